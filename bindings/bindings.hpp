@@ -1,0 +1,21 @@
+// Each bindings/<concept>.cpp defines one bind_<concept>; module.cpp calls them all.
+// The binding layer only converts between Python and C++; logic lives in libtierlm.
+#pragma once
+
+#include <nanobind/nanobind.h>
+
+namespace tierlm::bindings {
+
+void bind_errors(nanobind::module_& m);
+void bind_tier(nanobind::module_& m);
+void bind_info(nanobind::module_& m);
+
+}  // namespace tierlm::bindings
+
+namespace tierlm {
+struct TierStats;
+}
+
+namespace tierlm::bindings {
+nanobind::dict tier_stats_dict(const TierStats& stats);
+}  // namespace tierlm::bindings

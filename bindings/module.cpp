@@ -1,0 +1,9 @@
+// The tierlm._core extension module.
+#include "bindings.hpp"
+
+NB_MODULE(_core, m) {
+  m.doc() = "tierlm native core";
+  tierlm::bindings::bind_errors(m);
+  tierlm::bindings::bind_tier(m);
+  tierlm::bindings::bind_info(m);
+}

@@ -1,0 +1,11 @@
+# GoogleTest C++ tests: one executable per tests/cpp/test_<module>.cpp, run by ctest.
+find_package(GTest REQUIRED)
+include(GoogleTest)
+file(GLOB TIERLM_TEST_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/tests/cpp/test_*.cpp)
+foreach(src IN LISTS TIERLM_TEST_SOURCES)
+  get_filename_component(name ${src} NAME_WE)
+  add_executable(${name} ${src})
+  target_link_libraries(${name} PRIVATE tierlm GTest::gtest GTest::gtest_main)
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/cpp/src)
+  gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60)
+endforeach()

@@ -1,0 +1,25 @@
+// Run-time SIMD dispatch: what the CPU supports, and which level kernels use.
+// TIERLM_SIMD=scalar|avx2|avx512 caps the level (tests run every level this way).
+#pragma once
+
+namespace tierlm {
+
+enum class SimdLevel { kSimdScalar = 0, kSimdAvx2 = 1, kSimdAvx512 = 2 };
+
+struct CpuFeatures {
+  bool avx2 = false;    // with FMA and F16C
+  bool avx512 = false;  // F, BW, VL, DQ
+  bool avx512_bf16 = false;
+  bool avx512_fp16 = false;
+};
+
+const CpuFeatures& cpu_features();
+const char* simd_level_name(SimdLevel level);
+// The best level this CPU supports.
+SimdLevel simd_detected();
+// The level kernels dispatch to: detected, capped by TIERLM_SIMD or simd_set_level.
+SimdLevel simd_level();
+// Caps the level (throws kErrorUnsupported when the CPU lacks it).
+void simd_set_level(SimdLevel level);
+
+}  // namespace tierlm

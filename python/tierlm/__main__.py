@@ -1,0 +1,5 @@
+import sys
+
+from tierlm.cli import main
+
+sys.exit(main())
