@@ -19,7 +19,11 @@ def collect():
     io = _core.io_probe()
     return {
         "version": build["version"],
-        "build": {"cuda": build["cuda"], "io_uring": build["io_uring"], "compiler": build["compiler"]},
+        "build": {
+            "cuda": build["cuda"],
+            "io_uring": build["io_uring"],
+            "compiler": build["compiler"],
+        },
         "cpu": cpu,
         "io": io,
         "memlock_limit": _core.memlock_limit(),
@@ -43,7 +47,9 @@ def run(args):
         ("I/O back end", f"{io['chosen']} ({io['reason']})"),
         ("memlock limit", "unlimited" if memlock >= 2**63 else format_size(memlock)),
     ]
-    rows += [(f"{tier} budget", format_size(size)) for tier, size in info["default_budgets"].items()]
+    rows += [
+        (f"{tier} budget", format_size(size)) for tier, size in info["default_budgets"].items()
+    ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
