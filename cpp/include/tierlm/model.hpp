@@ -1,0 +1,113 @@
+// A loaded model package and its executor: weights in a per-layer weight store under the
+// host budget, a KV cache, and one activation arena at planned offsets. forward() runs the
+// graph for a batch of tokens at the current position and allocates nothing.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "tierlm/package.hpp"
+#include "tierlm/tier.hpp"
+
+namespace tierlm {
+
+struct ModelOptions {
+  uint64_t host_budget = UINT64_MAX;  // bytes the host tier may hold (weights, KV, arena)
+  size_t threads = 0;                 // compute threads; 0 keeps the pool's size
+  bool verify = false;                // check each tensor's CRC-32 while loading
+  int64_t max_context = 0;            // KV cache capacity in tokens; 0 = config.max_positions
+  int64_t prefill_chunk = 0;          // tokens per prefill batch; 0 = a stored plan's or 256
+  bool lock = true;                   // mlock host buffers where RLIMIT_MEMLOCK allows
+};
+
+// One activation or workspace buffer of the graph for a batch of `seq` tokens: live from op
+// `start` to op `end` (inclusive; end == number of ops for the graph output).
+struct MemoryBuffer {
+  std::string name;  // "<value>@<op>" or "<op kind>.workspace@<op>"
+  uint64_t size = 0;
+  int64_t start = 0;
+  int64_t end = 0;
+  uint64_t offset = 0;  // in the arena, once planned
+};
+
+struct MemoryPlan {
+  int64_t seq = 0;
+  std::vector<MemoryBuffer> buffers;
+  uint64_t peak = 0;         // arena bytes: max(offset + size)
+  uint64_t lower_bound = 0;  // most bytes live at one op
+  std::string source;        // "internal" or the stored plan's path
+};
+
+struct ModelStats {
+  uint64_t prefill_tokens = 0;  // totals since load
+  uint64_t decode_tokens = 0;
+  double prefill_seconds = 0.0;
+  double decode_seconds = 0.0;
+  double load_seconds = 0.0;
+  uint64_t disk_bytes_read = 0;  // weight bytes read from the package files
+  uint64_t weight_bytes = 0;     // host bytes holding weights
+  uint64_t kv_bytes = 0;         // host bytes of the KV cache
+  uint64_t arena_bytes = 0;      // host bytes of the activation arena
+  TierStats host;
+};
+
+class Model {
+ public:
+  // Opens and validates the package, reads the weights into the host tier and allocates the
+  // KV cache and arena; throws kErrorBudget (naming what needs how much) when they do not fit.
+  static Model load(const std::string& path, const ModelOptions& options = {});
+
+  Model(Model&&) noexcept;
+  Model& operator=(Model&&) noexcept;
+  ~Model();
+
+  const Package& package() const;
+  const ModelConfig& config() const;
+  int64_t vocab_size() const;
+  // Tokens the KV cache holds (the longest prompt + generation).
+  int64_t context_length() const;
+  int64_t prefill_chunk() const;
+
+  // Empties the KV cache: the next forward starts at position 0.
+  void reset();
+  // Tokens in the KV cache.
+  int64_t position() const;
+  // Runs tokens at the current position (in prefill_chunk batches), appends them to the KV
+  // cache and returns the last token's logits (vocab_size floats, valid until the next call).
+  // Throws kErrorInvalidArgument for an empty batch, ids outside the vocabulary or a batch
+  // that would overflow the context. Allocates nothing.
+  const float* forward(std::span<const int32_t> tokens);
+  // Last-position logits of ids from an empty cache (resets first).
+  std::vector<float> logits(std::span<const int32_t> ids);
+
+  ModelStats stats() const;
+  // Counts a generation's timings into stats() (prefill and decode totals).
+  void record_timing(uint64_t prefill_tokens, double prefill_seconds, uint64_t decode_tokens,
+                     double decode_seconds);
+  // The graph's buffers for a batch of seq tokens (offsets 0), for external planners.
+  std::vector<MemoryBuffer> memory_buffers(int64_t seq) const;
+  // The plan the arena uses.
+  const MemoryPlan& memory_plan() const;
+  // Increments whenever the sequence restarts (reset / logits); generators use it to notice
+  // that another caller took the KV cache.
+  uint64_t sequence_id() const;
+
+ private:
+  struct Impl;
+  explicit Model(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Offsets for buffers by first fit in decreasing size order: a buffer never overlaps one whose
+// lifetime intersects its own. Returns the peak.
+uint64_t memory_plan_first_fit(std::vector<MemoryBuffer>& buffers, uint64_t alignment = 64);
+// Largest sum of sizes live at one op.
+uint64_t memory_lower_bound(const std::vector<MemoryBuffer>& buffers);
+// Throws kErrorCorrupt when two buffers with intersecting lifetimes overlap in memory.
+void memory_plan_check(const std::vector<MemoryBuffer>& buffers, const std::string& source);
+
+}  // namespace tierlm

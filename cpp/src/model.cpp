@@ -1,0 +1,759 @@
+// The executor: resolves graph.json into ops over raw pointers once at load (weights from the
+// weight store, activations at planned arena offsets, KV cache slots), then runs them per
+// token batch without allocating.
+#include "tierlm/model.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <cmath>
+#include <cstring>
+#include <dirent.h>
+#include <unordered_map>
+
+#include "tierlm/detail/json.hpp"
+#include "tierlm/detail/weight_store.hpp"
+#include "tierlm/error.hpp"
+#include "tierlm/kernels.hpp"
+#include "tierlm/parallel.hpp"
+
+namespace tierlm {
+
+namespace {
+
+constexpr uint64_t kArenaAlignment = 64;
+constexpr int64_t kDefaultPrefillChunk = 256;
+
+bool is_int_input(const std::string& name) { return name == "tokens" || name == "positions"; }
+
+// Ops whose kernels may write their output over one of their inputs.
+bool in_place_safe(OpKind kind) {
+  switch (kind) {
+    case OpKind::kOpAdd:
+    case OpKind::kOpRelu:
+    case OpKind::kOpGelu:
+    case OpKind::kOpRope:
+    case OpKind::kOpPositionEmbedding:
+    case OpKind::kOpSiluMul:
+      return true;
+    default:
+      return false;
+  }
+}
+
+uint64_t align_up(uint64_t value, uint64_t alignment) {
+  return (value + alignment - 1) / alignment * alignment;
+}
+
+// Buffers of the graph for `seq` tokens and, per op, which buffer each float input, the
+// output and the workspace use (-1: none).
+struct OpBuffers {
+  int in[3] = {-1, -1, -1};
+  int out = -1;
+  int workspace = -1;
+};
+
+struct BufferAssignment {
+  std::vector<MemoryBuffer> buffers;
+  std::vector<OpBuffers> ops;
+  int output = -1;
+};
+
+AttentionShape attention_shape(const GraphOp& op, int64_t n_q, int64_t context) {
+  AttentionShape s;
+  s.n_q = static_cast<size_t>(n_q);
+  s.n_heads = static_cast<size_t>(op.heads);
+  s.n_kv_heads = static_cast<size_t>(op.kv_heads);
+  s.head_dim = static_cast<size_t>(op.head_dim);
+  s.kv_len = static_cast<size_t>(context);
+  s.kv_capacity = static_cast<size_t>(context);
+  s.q_pos0 = static_cast<size_t>(context - n_q);
+  return s;
+}
+
+BufferAssignment assign_buffers(const Package& package, int64_t seq, int64_t context) {
+  const Graph& graph = package.graph;
+  BufferAssignment a;
+  std::unordered_map<std::string, int> current;
+  const int64_t n_ops = static_cast<int64_t>(graph.ops.size());
+  for (int64_t i = 0; i < n_ops; ++i) {
+    const GraphOp& op = graph.ops[i];
+    OpBuffers ob;
+    int n_in = 0;
+    for (const std::string& name : op.inputs) {
+      if (is_int_input(name)) continue;
+      auto it = current.find(name);
+      TIERLM_CHECK(it != current.end(), kErrorCorrupt, "graph.json: op ", i, " (",
+                   op_kind_name(op.kind), ") reads \"", name, "\" before any op writes it");
+      TIERLM_CHECK(n_in < 3, kErrorCorrupt, "graph.json: op ", i, " has too many inputs");
+      ob.in[n_in++] = it->second;
+      a.buffers[it->second].end = i;
+    }
+    auto out_it = current.find(op.output);
+    bool reuse = false;
+    if (out_it != current.end() && in_place_safe(op.kind)) {
+      for (int k = 0; k < n_in; ++k) reuse = reuse || ob.in[k] == out_it->second;
+    }
+    if (reuse) {
+      ob.out = out_it->second;
+    } else {
+      const int64_t rows = op.kind == OpKind::kOpLmHead ? 1 : seq;
+      MemoryBuffer b;
+      b.name = op.output + "@" + std::to_string(i);
+      b.size = static_cast<uint64_t>(rows * graph.width(op.output)) * sizeof(float);
+      b.start = b.end = i;
+      ob.out = static_cast<int>(a.buffers.size());
+      a.buffers.push_back(std::move(b));
+      current[op.output] = ob.out;
+    }
+    uint64_t workspace = 0;
+    if (op.kind == OpKind::kOpAttention) {
+      workspace = kernel_attention_workspace(attention_shape(op, seq, context));
+    } else if (op.kind == OpKind::kOpPositionEmbedding) {
+      workspace = static_cast<uint64_t>(seq * graph.width(op.output)) * sizeof(float);
+    }
+    if (workspace > 0) {
+      MemoryBuffer b;
+      b.name = std::string(op_kind_name(op.kind)) + ".workspace@" + std::to_string(i);
+      b.size = workspace;
+      b.start = b.end = i;
+      ob.workspace = static_cast<int>(a.buffers.size());
+      a.buffers.push_back(std::move(b));
+    }
+    a.ops.push_back(ob);
+  }
+  auto out_it = current.find(graph.output);
+  TIERLM_CHECK(out_it != current.end(), kErrorCorrupt, "graph.json: the output \"", graph.output,
+               "\" is never written");
+  a.output = out_it->second;
+  a.buffers[a.output].end = n_ops;  // read by the caller after the graph
+  return a;
+}
+
+bool lifetimes_meet(const MemoryBuffer& a, const MemoryBuffer& b) {
+  return a.start <= b.end && b.start <= a.end;
+}
+
+}  // namespace
+
+uint64_t memory_plan_first_fit(std::vector<MemoryBuffer>& buffers, uint64_t alignment) {
+  std::vector<size_t> order(buffers.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) {
+    return buffers[x].size > buffers[y].size;
+  });
+  std::vector<size_t> placed;
+  std::vector<std::pair<uint64_t, uint64_t>> taken;  // [begin, end) of conflicting buffers
+  uint64_t peak = 0;
+  for (size_t i : order) {
+    MemoryBuffer& b = buffers[i];
+    taken.clear();
+    for (size_t j : placed) {
+      if (lifetimes_meet(b, buffers[j])) {
+        taken.emplace_back(buffers[j].offset, buffers[j].offset + buffers[j].size);
+      }
+    }
+    std::sort(taken.begin(), taken.end());
+    uint64_t offset = 0;
+    for (const auto& [begin, end] : taken) {
+      if (offset + b.size <= begin) break;
+      offset = std::max(offset, align_up(end, alignment));
+    }
+    b.offset = offset;
+    peak = std::max(peak, offset + b.size);
+    placed.push_back(i);
+  }
+  return peak;
+}
+
+uint64_t memory_lower_bound(const std::vector<MemoryBuffer>& buffers) {
+  int64_t last = 0;
+  for (const MemoryBuffer& b : buffers) last = std::max(last, b.end);
+  std::vector<uint64_t> live(static_cast<size_t>(last + 2), 0);
+  for (const MemoryBuffer& b : buffers) {
+    for (int64_t t = b.start; t <= b.end; ++t) live[t] += b.size;
+  }
+  return live.empty() ? 0 : *std::max_element(live.begin(), live.end());
+}
+
+void memory_plan_check(const std::vector<MemoryBuffer>& buffers, const std::string& source) {
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    for (size_t j = i + 1; j < buffers.size(); ++j) {
+      const MemoryBuffer& a = buffers[i];
+      const MemoryBuffer& b = buffers[j];
+      if (!lifetimes_meet(a, b) || a.size == 0 || b.size == 0) continue;
+      const bool disjoint = a.offset + a.size <= b.offset || b.offset + b.size <= a.offset;
+      TIERLM_CHECK(disjoint, kErrorCorrupt, source, ": buffers ", a.name, " (", a.size,
+                   " bytes at ", a.offset, ") and ", b.name, " (", b.size, " bytes at ", b.offset,
+                   ") are live together but overlap; plan again with `tierlm plan`");
+    }
+  }
+}
+
+// One graph op resolved to pointers and sizes.
+struct ExecOp {
+  OpKind kind = OpKind::kOpAdd;
+  int layer = -1;
+  float* in[3] = {nullptr, nullptr, nullptr};
+  float* out = nullptr;
+  int64_t width = 0;  // output width
+  int64_t in_width = 0;
+  int weight = -1;
+  int bias = -1;
+  DType dtype = DType::kDTypeF32;
+  const float* bias_f32 = nullptr;   // linear: bias added separately (dtype differs)
+  const float* norm_f32 = nullptr;   // layernorm: weight and bias as f32 (dtypes differ)
+  const float* normb_f32 = nullptr;
+  float eps = 1e-5f;
+  AttentionShape shape;
+  float scale = 1.0f;
+  int kv = -1;
+  void* workspace = nullptr;
+  int64_t offset = 0;
+  size_t index = 0;
+};
+
+struct Model::Impl {
+  Package package;
+  ModelOptions options;
+  std::unique_ptr<HostTier> host;
+  std::unique_ptr<detail::WeightStore> weights;
+  int64_t context = 0;
+  int64_t chunk = 0;
+  HostBuffer kv;
+  std::vector<float*> k_cache;  // per attention op
+  std::vector<float*> v_cache;
+  HostBuffer arena;
+  MemoryPlan plan;
+  std::vector<ExecOp> ops;
+  std::vector<std::vector<float>> converted;  // f32 copies of small tensors, made at load
+  std::vector<int32_t> positions;
+  std::vector<int32_t> shifted;
+  float* logits = nullptr;
+  int64_t pos = 0;
+  uint64_t sequence = 0;
+  ModelStats totals;
+  double load_seconds = 0.0;
+
+  const void* w(int index) const { return index < 0 ? nullptr : weights->data(index); }
+
+  void run_chunk(const int32_t* tokens, int64_t n);
+  void run_op(const ExecOp& op, const int32_t* tokens, int64_t n);
+};
+
+namespace {
+
+std::vector<float> to_f32(const void* data, DType dtype, size_t n) {
+  std::vector<float> out(n);
+  const int32_t zero = 0;
+  kernel_embedding(data, dtype, &zero, 1, n, out.data());  // row 0 of a one-row table
+  return out;
+}
+
+// Stored plans: plans/seq-<N>.json; returns the N found, sorted.
+std::vector<int64_t> stored_plan_seqs(const std::string& package_path) {
+  std::vector<int64_t> seqs;
+  DIR* dir = ::opendir((package_path + "/plans").c_str());
+  if (dir == nullptr) return seqs;
+  while (dirent* entry = ::readdir(dir)) {
+    const std::string name = entry->d_name;
+    if (name.rfind("seq-", 0) != 0 || name.size() <= 9 ||
+        name.substr(name.size() - 5) != ".json") {
+      continue;
+    }
+    const std::string digits = name.substr(4, name.size() - 9);
+    if (digits.find_first_not_of("0123456789") != std::string::npos) continue;
+    seqs.push_back(std::stoll(digits));
+  }
+  ::closedir(dir);
+  std::sort(seqs.begin(), seqs.end());
+  return seqs;
+}
+
+// Applies plans/seq-N.json's offsets to buffers. Accepts {"buffers": [{"name", "size",
+// "offset"}, ...]} or {"names": [...], "offsets": [...]}; returns false (with why) when the
+// plan does not describe these buffers.
+bool apply_stored_plan(const std::string& path, std::vector<MemoryBuffer>& buffers,
+                       std::string& why) {
+  const detail::Json plan = detail::json_parse_file(path);
+  std::unordered_map<std::string, std::pair<uint64_t, uint64_t>> by_name;  // offset, size
+  if (const detail::Json* list = plan.find("buffers"); list != nullptr && list->is_array()) {
+    for (const detail::Json& b : list->as_array(path)) {
+      const detail::Json* name = b.find("name");
+      const detail::Json* offset = b.find("offset");
+      if (name == nullptr || offset == nullptr) {
+        why = "a buffer lacks name or offset";
+        return false;
+      }
+      const detail::Json* size = b.find("size");
+      by_name[name->as_string(path)] = {static_cast<uint64_t>(offset->as_int(path)),
+                                        size ? static_cast<uint64_t>(size->as_int(path)) : 0};
+    }
+  } else if (plan.find("names") && plan.find("offsets")) {
+    const auto& names = plan.at("names", path).as_array(path);
+    const auto& offsets = plan.at("offsets", path).as_array(path);
+    if (names.size() != offsets.size()) {
+      why = "names and offsets differ in length";
+      return false;
+    }
+    for (size_t i = 0; i < names.size(); ++i) {
+      by_name[names[i].as_string(path)] = {static_cast<uint64_t>(offsets[i].as_int(path)), 0};
+    }
+  } else {
+    why = "no \"buffers\" or \"names\"/\"offsets\"";
+    return false;
+  }
+  if (by_name.size() != buffers.size()) {
+    why = "it has " + std::to_string(by_name.size()) + " buffers, the graph " +
+          std::to_string(buffers.size());
+    return false;
+  }
+  for (MemoryBuffer& b : buffers) {
+    auto it = by_name.find(b.name);
+    if (it == by_name.end()) {
+      why = "it lacks buffer " + b.name;
+      return false;
+    }
+    if (it->second.second != 0 && it->second.second != b.size) {
+      why = "buffer " + b.name + " has another size";
+      return false;
+    }
+    b.offset = it->second.first;
+  }
+  memory_plan_check(buffers, path);
+  return true;
+}
+
+}  // namespace
+
+Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Model::Model(Model&&) noexcept = default;
+Model& Model::operator=(Model&&) noexcept = default;
+Model::~Model() = default;
+
+Model Model::load(const std::string& path, const ModelOptions& options) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto impl = std::make_unique<Impl>();
+  Impl& m = *impl;
+  m.options = options;
+  m.package = package_open(path);
+  const Package& p = m.package;
+  const ModelConfig& c = p.config;
+  if (options.threads > 0 && options.threads != parallel_threads()) {
+    parallel_set_threads(options.threads);
+  }
+
+  TIERLM_CHECK(options.max_context >= 0, kErrorInvalidArgument, "max_context ",
+               options.max_context, " is negative");
+  m.context = options.max_context > 0 ? std::min(options.max_context, c.max_positions)
+                                      : c.max_positions;
+  const std::vector<int64_t> plans = stored_plan_seqs(p.path);
+  if (options.prefill_chunk > 0) {
+    m.chunk = std::min(options.prefill_chunk, m.context);
+  } else {
+    m.chunk = std::min(kDefaultPrefillChunk, m.context);
+    for (int64_t seq : plans) {
+      if (seq <= m.context) m.chunk = seq;
+    }
+  }
+
+  // Tensors the graph uses (lm_head falls back to embed.weight when tied).
+  std::vector<std::string> names;
+  auto weight_name = [&](const GraphOp& op) {
+    if (op.kind == OpKind::kOpLmHead && p.find_tensor(op.weight) == nullptr &&
+        c.tie_embeddings) {
+      return std::string("embed.weight");
+    }
+    return op.weight;
+  };
+  for (const GraphOp& op : p.graph.ops) {
+    if (!op.weight.empty()) names.push_back(weight_name(op));
+    if (!op.bias.empty()) names.push_back(op.bias);
+  }
+
+  // Memory: buffers and plan for a chunk, KV cache for the context.
+  BufferAssignment assignment = assign_buffers(p, m.chunk, m.context);
+  m.plan.seq = m.chunk;
+  m.plan.buffers = assignment.buffers;
+  m.plan.source = "internal";
+  bool planned = false;
+  if (std::find(plans.begin(), plans.end(), m.chunk) != plans.end()) {
+    const std::string plan_path = p.path + "/plans/seq-" + std::to_string(m.chunk) + ".json";
+    std::string why;
+    if (apply_stored_plan(plan_path, m.plan.buffers, why)) {
+      planned = true;
+      m.plan.source = plan_path;
+    } else {
+      m.plan.source = "internal (" + plan_path + " ignored: " + why + ")";
+    }
+  }
+  if (!planned) memory_plan_first_fit(m.plan.buffers, kArenaAlignment);
+  m.plan.peak = 0;
+  for (const MemoryBuffer& b : m.plan.buffers) m.plan.peak = std::max(m.plan.peak, b.offset + b.size);
+  m.plan.lower_bound = memory_lower_bound(m.plan.buffers);
+
+  size_t n_attention = 0;
+  for (const GraphOp& op : p.graph.ops) n_attention += op.kind == OpKind::kOpAttention;
+  uint64_t kv_floats = 0;
+  for (const GraphOp& op : p.graph.ops) {
+    if (op.kind == OpKind::kOpAttention) {
+      kv_floats += 2 * static_cast<uint64_t>(op.kv_heads * m.context * op.head_dim);
+    }
+  }
+  const uint64_t weight_bytes = detail::resident_weight_bytes(p, names);
+  const uint64_t kv_bytes = align_up(kv_floats * sizeof(float), 4096);
+  const uint64_t arena_bytes = align_up(std::max<uint64_t>(m.plan.peak, 1), 4096);
+  const uint64_t needed = weight_bytes + kv_bytes + arena_bytes;
+  TIERLM_CHECK(needed <= options.host_budget, kErrorBudget, "host tier: the model needs ",
+               format_bytes(needed), " (weights ", format_bytes(weight_bytes), ", KV cache ",
+               format_bytes(kv_bytes), " for ", m.context, " tokens, activations ",
+               format_bytes(arena_bytes), ") but the host budget is ",
+               format_bytes(options.host_budget),
+               "; raise the host budget or lower max_context (streaming weights from disk "
+               "is not implemented yet)");
+
+  m.host = std::make_unique<HostTier>(options.host_budget, options.lock);
+  detail::WeightStoreOptions store_options;
+  store_options.verify = options.verify;
+  m.weights = detail::weight_store_resident(p, *m.host, names, store_options);
+  m.kv = m.host->allocate(std::max<uint64_t>(kv_floats * sizeof(float), 1));
+  std::memset(m.kv.data(), 0, m.kv.size());
+  m.arena = m.host->allocate(arena_bytes);
+  std::memset(m.arena.data(), 0, m.arena.size());
+  char* arena = static_cast<char*>(m.arena.data());
+  auto buffer_ptr = [&](int index) -> float* {
+    return index < 0 ? nullptr
+                     : reinterpret_cast<float*>(arena + m.plan.buffers[index].offset);
+  };
+
+  // Resolve ops.
+  float* kv_next = static_cast<float*>(m.kv.data());
+  for (size_t i = 0; i < p.graph.ops.size(); ++i) {
+    const GraphOp& g = p.graph.ops[i];
+    const OpBuffers& ob = assignment.ops[i];
+    const std::string where = "graph.json: op " + std::to_string(i) + " (" +
+                              op_kind_name(g.kind) + ")";
+    ExecOp op;
+    op.kind = g.kind;
+    op.layer = g.layer;
+    op.index = i;
+    for (int k = 0; k < 3; ++k) op.in[k] = buffer_ptr(ob.in[k]);
+    op.out = buffer_ptr(ob.out);
+    op.workspace = buffer_ptr(ob.workspace);
+    op.width = p.graph.width(g.output);
+    op.eps = static_cast<float>(g.eps);
+    int n_float_in = 0;
+    for (const std::string& name : g.inputs) {
+      if (is_int_input(name)) continue;
+      if (n_float_in++ == 0) op.in_width = p.graph.width(name);
+    }
+    auto need_inputs = [&](int count) {
+      TIERLM_CHECK(n_float_in == count, kErrorCorrupt, where, " needs ", count,
+                   " activation inputs, has ", n_float_in);
+    };
+    if (!g.weight.empty()) {
+      op.weight = m.weights->index(weight_name(g));
+      op.dtype = m.weights->info(op.weight).dtype;
+    }
+    if (!g.bias.empty()) op.bias = m.weights->index(g.bias);
+    const TensorInfo* wi = op.weight >= 0 ? &m.weights->info(op.weight) : nullptr;
+    const TensorInfo* bi = op.bias >= 0 ? &m.weights->info(op.bias) : nullptr;
+    auto need_shape = [&](const TensorInfo* t, std::vector<int64_t> shape) {
+      TIERLM_CHECK(t != nullptr && t->shape == shape, kErrorCorrupt, where, ": tensor `",
+                   t ? t->name : std::string("?"), "` has the wrong shape for its values");
+    };
+    switch (g.kind) {
+      case OpKind::kOpEmbedding:
+        TIERLM_CHECK(wi && wi->shape.size() == 2 && wi->shape[1] == op.width, kErrorCorrupt,
+                     where, ": embedding table does not match width ", op.width);
+        TIERLM_CHECK(wi->shape[0] >= c.vocab_size, kErrorCorrupt, where,
+                     ": embedding table has fewer rows than vocab_size");
+        break;
+      case OpKind::kOpPositionEmbedding:
+        TIERLM_CHECK(wi && wi->shape.size() == 2 && wi->shape[1] == op.width, kErrorCorrupt,
+                     where, ": position table does not match width ", op.width);
+        TIERLM_CHECK(wi->shape[0] >= m.context + g.offset, kErrorCorrupt, where,
+                     ": position table has ", wi->shape[0], " rows, the context needs ",
+                     m.context + g.offset);
+        need_inputs(1);
+        op.offset = g.offset;
+        break;
+      case OpKind::kOpRmsNorm:
+        need_inputs(1);
+        need_shape(wi, {op.width});
+        break;
+      case OpKind::kOpLayerNorm:
+        need_inputs(1);
+        need_shape(wi, {op.width});
+        need_shape(bi, {op.width});
+        if (bi->dtype != wi->dtype) {
+          m.converted.push_back(to_f32(m.weights->data(op.weight), wi->dtype, op.width));
+          op.norm_f32 = m.converted.back().data();
+          m.converted.push_back(to_f32(m.weights->data(op.bias), bi->dtype, op.width));
+          op.normb_f32 = m.converted.back().data();
+        }
+        break;
+      case OpKind::kOpLinear:
+      case OpKind::kOpLmHead:
+        need_inputs(1);
+        need_shape(wi, {op.width, op.in_width});
+        if (bi) {
+          need_shape(bi, {op.width});
+          if (bi->dtype != wi->dtype) {
+            m.converted.push_back(to_f32(m.weights->data(op.bias), bi->dtype, op.width));
+            op.bias_f32 = m.converted.back().data();
+          }
+        }
+        break;
+      case OpKind::kOpRope: {
+        need_inputs(1);
+        const int64_t heads = g.heads;
+        TIERLM_CHECK(heads > 0 && op.width % heads == 0, kErrorCorrupt, where, ": width ",
+                     op.width, " is not a multiple of heads ", heads);
+        op.shape.n_heads = static_cast<size_t>(heads);
+        op.shape.head_dim = static_cast<size_t>(op.width / heads);
+        TIERLM_CHECK(c.rope_inv_freq.size() * 2 == op.shape.head_dim, kErrorCorrupt, where,
+                     ": config.rope_inv_freq has ", c.rope_inv_freq.size(),
+                     " entries, head_dim ", op.shape.head_dim, " needs half as many");
+        break;
+      }
+      case OpKind::kOpAttention: {
+        need_inputs(3);
+        const int64_t head_dim = g.head_dim > 0 ? g.head_dim : c.head_dim;
+        TIERLM_CHECK(g.heads > 0 && g.kv_heads > 0 && g.heads % g.kv_heads == 0, kErrorCorrupt,
+                     where, ": heads ", g.heads, " and kv_heads ", g.kv_heads, " do not fit");
+        const int64_t qw = p.graph.width(g.inputs[0]);
+        const int64_t kw = p.graph.width(g.inputs[1]);
+        const int64_t vw = p.graph.width(g.inputs[2]);
+        TIERLM_CHECK(qw == g.heads * head_dim && kw == g.kv_heads * head_dim && vw == kw &&
+                         op.width == qw,
+                     kErrorCorrupt, where, ": q/k/v/out widths ", qw, "/", kw, "/", vw, "/",
+                     op.width, " do not match heads ", g.heads, ", kv_heads ", g.kv_heads,
+                     ", head_dim ", head_dim);
+        op.shape.n_heads = static_cast<size_t>(g.heads);
+        op.shape.n_kv_heads = static_cast<size_t>(g.kv_heads);
+        op.shape.head_dim = static_cast<size_t>(head_dim);
+        op.shape.kv_capacity = static_cast<size_t>(m.context);
+        op.scale = g.scale > 0 ? static_cast<float>(g.scale)
+                               : 1.0f / std::sqrt(static_cast<float>(head_dim));
+        op.kv = static_cast<int>(m.k_cache.size());
+        const size_t per = static_cast<size_t>(g.kv_heads * m.context * head_dim);
+        m.k_cache.push_back(kv_next);
+        m.v_cache.push_back(kv_next + per);
+        kv_next += 2 * per;
+        break;
+      }
+      case OpKind::kOpAdd:
+        need_inputs(2);
+        TIERLM_CHECK(p.graph.width(g.inputs[1]) == op.width && op.in_width == op.width,
+                     kErrorCorrupt, where, ": inputs differ in width");
+        break;
+      case OpKind::kOpSiluMul:
+        need_inputs(2);
+        TIERLM_CHECK(p.graph.width(g.inputs[1]) == op.width && op.in_width == op.width,
+                     kErrorCorrupt, where, ": inputs differ in width");
+        break;
+      case OpKind::kOpRelu:
+      case OpKind::kOpGelu:
+        need_inputs(1);
+        TIERLM_CHECK(op.in_width == op.width, kErrorCorrupt, where, ": input and output differ");
+        break;
+    }
+    m.ops.push_back(op);
+  }
+  (void)n_attention;
+  m.logits = buffer_ptr(assignment.output);
+  TIERLM_CHECK(p.graph.width(p.graph.output) == c.vocab_size, kErrorCorrupt,
+               "graph.json: the output \"", p.graph.output, "\" has width ",
+               p.graph.width(p.graph.output), ", vocab_size is ", c.vocab_size);
+  TIERLM_CHECK(!m.ops.empty() && m.ops.back().kind == OpKind::kOpLmHead &&
+                   m.ops.back().out == m.logits,
+               kErrorCorrupt, "graph.json: the last op must be lm_head writing the output");
+  m.positions.resize(static_cast<size_t>(m.chunk));
+  m.shifted.resize(static_cast<size_t>(m.chunk));
+  m.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return Model(std::move(impl));
+}
+
+void Model::Impl::run_op(const ExecOp& op, const int32_t* tokens, int64_t n) {
+  const size_t rows = static_cast<size_t>(n);
+  const size_t width = static_cast<size_t>(op.width);
+  const size_t elems = rows * width;
+  switch (op.kind) {
+    case OpKind::kOpEmbedding:
+      kernel_embedding(w(op.weight), op.dtype, tokens, rows, width, op.out);
+      break;
+    case OpKind::kOpPositionEmbedding: {
+      for (size_t i = 0; i < rows; ++i) shifted[i] = positions[i] + static_cast<int32_t>(op.offset);
+      float* rows_f32 = static_cast<float*>(op.workspace);
+      kernel_embedding(w(op.weight), op.dtype, shifted.data(), rows, width, rows_f32);
+      if (op.out != op.in[0]) std::memcpy(op.out, op.in[0], elems * sizeof(float));
+      kernel_add(op.out, rows_f32, elems);
+      break;
+    }
+    case OpKind::kOpRmsNorm:
+      kernel_rmsnorm(op.in[0], w(op.weight), op.dtype, op.out, rows, width, op.eps);
+      break;
+    case OpKind::kOpLayerNorm:
+      if (op.norm_f32 != nullptr) {
+        kernel_layernorm(op.in[0], op.norm_f32, op.normb_f32, DType::kDTypeF32, op.out, rows,
+                         width, op.eps);
+      } else {
+        kernel_layernorm(op.in[0], w(op.weight), w(op.bias), op.dtype, op.out, rows, width,
+                         op.eps);
+      }
+      break;
+    case OpKind::kOpLinear:
+    case OpKind::kOpLmHead: {
+      const float* x = op.in[0];
+      size_t m_rows = rows;
+      if (op.kind == OpKind::kOpLmHead) {  // last token only
+        x += (rows - 1) * static_cast<size_t>(op.in_width);
+        m_rows = 1;
+      }
+      const void* bias = op.bias_f32 != nullptr ? nullptr : w(op.bias);
+      kernel_linear(x, w(op.weight), bias, op.dtype, op.out, m_rows, width,
+                    static_cast<size_t>(op.in_width));
+      if (op.bias_f32 != nullptr) {
+        for (size_t r = 0; r < m_rows; ++r) kernel_add(op.out + r * width, op.bias_f32, width);
+      }
+      break;
+    }
+    case OpKind::kOpRope:
+      if (op.out != op.in[0]) std::memcpy(op.out, op.in[0], elems * sizeof(float));
+      kernel_rope(op.out, positions.data(), package.config.rope_inv_freq.data(), rows,
+                  op.shape.n_heads, op.shape.head_dim);
+      break;
+    case OpKind::kOpAttention: {
+      const size_t kv_heads = op.shape.n_kv_heads;
+      const size_t head_dim = op.shape.head_dim;
+      const size_t kv_width = kv_heads * head_dim;
+      float* kc = k_cache[op.kv];
+      float* vc = v_cache[op.kv];
+      const size_t pos0 = static_cast<size_t>(pos);
+      for (size_t i = 0; i < rows; ++i) {
+        for (size_t h = 0; h < kv_heads; ++h) {
+          const size_t slot = (h * static_cast<size_t>(context) + pos0 + i) * head_dim;
+          std::memcpy(kc + slot, op.in[1] + i * kv_width + h * head_dim, head_dim * sizeof(float));
+          std::memcpy(vc + slot, op.in[2] + i * kv_width + h * head_dim, head_dim * sizeof(float));
+        }
+      }
+      AttentionShape shape = op.shape;
+      shape.n_q = rows;
+      shape.q_pos0 = pos0;
+      shape.kv_len = pos0 + rows;
+      kernel_attention(op.in[0], kc, vc, op.out, shape, op.scale, op.workspace);
+      break;
+    }
+    case OpKind::kOpAdd:
+      if (op.out == op.in[0]) {
+        kernel_add(op.out, op.in[1], elems);
+      } else if (op.out == op.in[1]) {
+        kernel_add(op.out, op.in[0], elems);
+      } else {
+        std::memcpy(op.out, op.in[0], elems * sizeof(float));
+        kernel_add(op.out, op.in[1], elems);
+      }
+      break;
+    case OpKind::kOpSiluMul:
+      kernel_silu_mul(op.in[0], op.in[1], op.out, elems);
+      break;
+    case OpKind::kOpRelu:
+    case OpKind::kOpGelu:
+      if (op.out != op.in[0]) std::memcpy(op.out, op.in[0], elems * sizeof(float));
+      if (op.kind == OpKind::kOpRelu) {
+        kernel_relu(op.out, elems);
+      } else {
+        kernel_gelu(op.out, elems);
+      }
+      break;
+  }
+}
+
+void Model::Impl::run_chunk(const int32_t* tokens, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) positions[i] = static_cast<int32_t>(pos + i);
+  int layer = INT_MIN;
+  for (const ExecOp& op : ops) {
+    if (op.layer != layer) {
+      if (layer != INT_MIN) weights->end_layer(layer);
+      layer = op.layer;
+      weights->begin_layer(layer);
+    }
+    run_op(op, tokens, n);
+  }
+  if (layer != INT_MIN) weights->end_layer(layer);
+  pos += n;
+}
+
+const Package& Model::package() const { return impl_->package; }
+const ModelConfig& Model::config() const { return impl_->package.config; }
+int64_t Model::vocab_size() const { return impl_->package.config.vocab_size; }
+int64_t Model::context_length() const { return impl_->context; }
+int64_t Model::prefill_chunk() const { return impl_->chunk; }
+int64_t Model::position() const { return impl_->pos; }
+uint64_t Model::sequence_id() const { return impl_->sequence; }
+const MemoryPlan& Model::memory_plan() const { return impl_->plan; }
+
+void Model::reset() {
+  impl_->pos = 0;
+  ++impl_->sequence;
+}
+
+const float* Model::forward(std::span<const int32_t> tokens) {
+  Impl& m = *impl_;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  TIERLM_CHECK(n > 0, kErrorInvalidArgument,
+               "empty prompt: give at least one token (a text prompt that tokenizes to nothing?)");
+  const int64_t vocab = m.package.config.vocab_size;
+  for (int64_t i = 0; i < n; ++i) {
+    TIERLM_CHECK(tokens[i] >= 0 && tokens[i] < vocab, kErrorInvalidArgument, "token id ",
+                 tokens[i], " at index ", i, " is outside the vocabulary (0..", vocab - 1, ")");
+  }
+  TIERLM_CHECK(m.pos + n <= m.context, kErrorInvalidArgument, "the sequence needs ", m.pos + n,
+               " positions (", m.pos, " in the cache + ", n,
+               " new tokens) but the context holds ", m.context, " (max_positions ",
+               m.package.config.max_positions, "); shorten the prompt");
+  for (int64_t start = 0; start < n; start += m.chunk) {
+    m.run_chunk(tokens.data() + start, std::min(m.chunk, n - start));
+  }
+  return m.logits;
+}
+
+std::vector<float> Model::logits(std::span<const int32_t> ids) {
+  reset();
+  const auto t0 = std::chrono::steady_clock::now();
+  const float* out = forward(ids);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  record_timing(ids.size(), seconds, 0, 0.0);
+  return std::vector<float>(out, out + vocab_size());
+}
+
+void Model::record_timing(uint64_t prefill_tokens, double prefill_seconds,
+                          uint64_t decode_tokens, double decode_seconds) {
+  ModelStats& t = impl_->totals;
+  t.prefill_tokens += prefill_tokens;
+  t.prefill_seconds += prefill_seconds;
+  t.decode_tokens += decode_tokens;
+  t.decode_seconds += decode_seconds;
+}
+
+ModelStats Model::stats() const {
+  const Impl& m = *impl_;
+  ModelStats s = m.totals;
+  const detail::WeightStoreStats ws = m.weights->stats();
+  s.load_seconds = m.load_seconds;
+  s.disk_bytes_read = ws.disk_bytes_read;
+  s.weight_bytes = ws.resident_bytes;
+  s.kv_bytes = m.kv.size();
+  s.arena_bytes = m.arena.size();
+  s.host = m.host->stats();
+  return s;
+}
+
+std::vector<MemoryBuffer> Model::memory_buffers(int64_t seq) const {
+  TIERLM_CHECK(seq > 0 && seq <= impl_->context, kErrorInvalidArgument, "memory_buffers: seq ",
+               seq, " must be in 1..", impl_->context, " (the context length)");
+  return assign_buffers(impl_->package, seq, impl_->context).buffers;
+}
+
+}  // namespace tierlm
