@@ -20,3 +20,7 @@ struct TierStats;
 namespace tierlm::bindings {
 nanobind::dict tier_stats_dict(const TierStats& stats);
 }  // namespace tierlm::bindings
+
+namespace tierlm::bindings {
+void bind_model(nanobind::module_& m);
+}  // namespace tierlm::bindings

@@ -7,4 +7,5 @@ NB_MODULE(_core, m) {
   tierlm::bindings::bind_tier(m);
   tierlm::bindings::bind_info(m);
   tierlm::bindings::bind_kernels(m);
+  tierlm::bindings::bind_model(m);
 }

@@ -79,8 +79,7 @@ int32_t sample_token(const float* logits, int64_t vocab, const GenerateOptions& 
   return order[n - 1];
 }
 
-Generator::Generator(Model& model, std::span<const int32_t> prompt,
-                     const GenerateOptions& options)
+Generator::Generator(Model& model, std::span<const int32_t> prompt, const GenerateOptions& options)
     : model_(&model), prompt_(prompt.begin(), prompt.end()), options_(options), rng_(options.seed) {
   TIERLM_CHECK(!prompt_.empty(), kErrorInvalidArgument,
                "empty prompt: give at least one token (a text prompt that tokenizes to nothing?)");
@@ -96,8 +95,7 @@ Generator::Generator(Model& model, std::span<const int32_t> prompt,
   const int64_t context = model.context_length();
   TIERLM_CHECK(static_cast<int64_t>(prompt_.size()) <= context, kErrorInvalidArgument,
                "the prompt has ", prompt_.size(), " tokens but the model's context is ", context,
-               " tokens (max_positions ", model.config().max_positions,
-               "); shorten the prompt");
+               " tokens (max_positions ", model.config().max_positions, "); shorten the prompt");
   const int64_t vocab = model.vocab_size();
   for (size_t i = 0; i < prompt_.size(); ++i) {
     TIERLM_CHECK(prompt_[i] >= 0 && prompt_[i] < vocab, kErrorInvalidArgument, "token id ",

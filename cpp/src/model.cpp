@@ -3,12 +3,13 @@
 // token batch without allocating.
 #include "tierlm/model.hpp"
 
+#include <dirent.h>
+
 #include <algorithm>
 #include <chrono>
 #include <climits>
 #include <cmath>
 #include <cstring>
-#include <dirent.h>
 #include <unordered_map>
 
 #include "tierlm/detail/json.hpp"
@@ -78,7 +79,7 @@ BufferAssignment assign_buffers(const Package& package, int64_t seq, int64_t con
   const int64_t n_ops = static_cast<int64_t>(graph.ops.size());
   for (int64_t i = 0; i < n_ops; ++i) {
     const GraphOp& op = graph.ops[i];
-    OpBuffers ob;
+    OpBuffers ob{};
     int n_in = 0;
     for (const std::string& name : op.inputs) {
       if (is_int_input(name)) continue;
@@ -92,7 +93,7 @@ BufferAssignment assign_buffers(const Package& package, int64_t seq, int64_t con
     auto out_it = current.find(op.output);
     bool reuse = false;
     if (out_it != current.end() && in_place_safe(op.kind)) {
-      for (int k = 0; k < n_in; ++k) reuse = reuse || ob.in[k] == out_it->second;
+      for (const std::string& name : op.inputs) reuse = reuse || name == op.output;
     }
     if (reuse) {
       ob.out = out_it->second;
@@ -139,9 +140,8 @@ bool lifetimes_meet(const MemoryBuffer& a, const MemoryBuffer& b) {
 uint64_t memory_plan_first_fit(std::vector<MemoryBuffer>& buffers, uint64_t alignment) {
   std::vector<size_t> order(buffers.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) {
-    return buffers[x].size > buffers[y].size;
-  });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t x, size_t y) { return buffers[x].size > buffers[y].size; });
   std::vector<size_t> placed;
   std::vector<std::pair<uint64_t, uint64_t>> taken;  // [begin, end) of conflicting buffers
   uint64_t peak = 0;
@@ -201,8 +201,8 @@ struct ExecOp {
   int weight = -1;
   int bias = -1;
   DType dtype = DType::kDTypeF32;
-  const float* bias_f32 = nullptr;   // linear: bias added separately (dtype differs)
-  const float* norm_f32 = nullptr;   // layernorm: weight and bias as f32 (dtypes differ)
+  const float* bias_f32 = nullptr;  // linear: bias added separately (dtype differs)
+  const float* norm_f32 = nullptr;  // layernorm: weight and bias as f32 (dtypes differ)
   const float* normb_f32 = nullptr;
   float eps = 1e-5f;
   AttentionShape shape;
@@ -257,8 +257,7 @@ std::vector<int64_t> stored_plan_seqs(const std::string& package_path) {
   if (dir == nullptr) return seqs;
   while (dirent* entry = ::readdir(dir)) {
     const std::string name = entry->d_name;
-    if (name.rfind("seq-", 0) != 0 || name.size() <= 9 ||
-        name.substr(name.size() - 5) != ".json") {
+    if (name.rfind("seq-", 0) != 0 || name.size() <= 9 || name.substr(name.size() - 5) != ".json") {
       continue;
     }
     const std::string digits = name.substr(4, name.size() - 9);
@@ -343,10 +342,10 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     parallel_set_threads(options.threads);
   }
 
-  TIERLM_CHECK(options.max_context >= 0, kErrorInvalidArgument, "max_context ",
-               options.max_context, " is negative");
-  m.context = options.max_context > 0 ? std::min(options.max_context, c.max_positions)
-                                      : c.max_positions;
+  TIERLM_CHECK(options.max_context >= 0, kErrorInvalidArgument, "max_context ", options.max_context,
+               " is negative");
+  m.context =
+      options.max_context > 0 ? std::min(options.max_context, c.max_positions) : c.max_positions;
   const std::vector<int64_t> plans = stored_plan_seqs(p.path);
   if (options.prefill_chunk > 0) {
     m.chunk = std::min(options.prefill_chunk, m.context);
@@ -360,8 +359,7 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   // Tensors the graph uses (lm_head falls back to embed.weight when tied).
   std::vector<std::string> names;
   auto weight_name = [&](const GraphOp& op) {
-    if (op.kind == OpKind::kOpLmHead && p.find_tensor(op.weight) == nullptr &&
-        c.tie_embeddings) {
+    if (op.kind == OpKind::kOpLmHead && p.find_tensor(op.weight) == nullptr && c.tie_embeddings) {
       return std::string("embed.weight");
     }
     return op.weight;
@@ -389,7 +387,8 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   }
   if (!planned) memory_plan_first_fit(m.plan.buffers, kArenaAlignment);
   m.plan.peak = 0;
-  for (const MemoryBuffer& b : m.plan.buffers) m.plan.peak = std::max(m.plan.peak, b.offset + b.size);
+  for (const MemoryBuffer& b : m.plan.buffers)
+    m.plan.peak = std::max(m.plan.peak, b.offset + b.size);
   m.plan.lower_bound = memory_lower_bound(m.plan.buffers);
 
   size_t n_attention = 0;
@@ -422,8 +421,7 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   std::memset(m.arena.data(), 0, m.arena.size());
   char* arena = static_cast<char*>(m.arena.data());
   auto buffer_ptr = [&](int index) -> float* {
-    return index < 0 ? nullptr
-                     : reinterpret_cast<float*>(arena + m.plan.buffers[index].offset);
+    return index < 0 ? nullptr : reinterpret_cast<float*>(arena + m.plan.buffers[index].offset);
   };
 
   // Resolve ops.
@@ -431,8 +429,8 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   for (size_t i = 0; i < p.graph.ops.size(); ++i) {
     const GraphOp& g = p.graph.ops[i];
     const OpBuffers& ob = assignment.ops[i];
-    const std::string where = "graph.json: op " + std::to_string(i) + " (" +
-                              op_kind_name(g.kind) + ")";
+    const std::string where =
+        "graph.json: op " + std::to_string(i) + " (" + op_kind_name(g.kind) + ")";
     ExecOp op;
     op.kind = g.kind;
     op.layer = g.layer;
@@ -464,14 +462,14 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     };
     switch (g.kind) {
       case OpKind::kOpEmbedding:
-        TIERLM_CHECK(wi && wi->shape.size() == 2 && wi->shape[1] == op.width, kErrorCorrupt,
-                     where, ": embedding table does not match width ", op.width);
+        TIERLM_CHECK(wi && wi->shape.size() == 2 && wi->shape[1] == op.width, kErrorCorrupt, where,
+                     ": embedding table does not match width ", op.width);
         TIERLM_CHECK(wi->shape[0] >= c.vocab_size, kErrorCorrupt, where,
                      ": embedding table has fewer rows than vocab_size");
         break;
       case OpKind::kOpPositionEmbedding:
-        TIERLM_CHECK(wi && wi->shape.size() == 2 && wi->shape[1] == op.width, kErrorCorrupt,
-                     where, ": position table does not match width ", op.width);
+        TIERLM_CHECK(wi && wi->shape.size() == 2 && wi->shape[1] == op.width, kErrorCorrupt, where,
+                     ": position table does not match width ", op.width);
         TIERLM_CHECK(wi->shape[0] >= m.context + g.offset, kErrorCorrupt, where,
                      ": position table has ", wi->shape[0], " rows, the context needs ",
                      m.context + g.offset);
@@ -508,13 +506,13 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
       case OpKind::kOpRope: {
         need_inputs(1);
         const int64_t heads = g.heads;
-        TIERLM_CHECK(heads > 0 && op.width % heads == 0, kErrorCorrupt, where, ": width ",
-                     op.width, " is not a multiple of heads ", heads);
+        TIERLM_CHECK(heads > 0 && op.width % heads == 0, kErrorCorrupt, where, ": width ", op.width,
+                     " is not a multiple of heads ", heads);
         op.shape.n_heads = static_cast<size_t>(heads);
         op.shape.head_dim = static_cast<size_t>(op.width / heads);
         TIERLM_CHECK(c.rope_inv_freq.size() * 2 == op.shape.head_dim, kErrorCorrupt, where,
-                     ": config.rope_inv_freq has ", c.rope_inv_freq.size(),
-                     " entries, head_dim ", op.shape.head_dim, " needs half as many");
+                     ": config.rope_inv_freq has ", c.rope_inv_freq.size(), " entries, head_dim ",
+                     op.shape.head_dim, " needs half as many");
         break;
       }
       case OpKind::kOpAttention: {
@@ -525,11 +523,10 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
         const int64_t qw = p.graph.width(g.inputs[0]);
         const int64_t kw = p.graph.width(g.inputs[1]);
         const int64_t vw = p.graph.width(g.inputs[2]);
-        TIERLM_CHECK(qw == g.heads * head_dim && kw == g.kv_heads * head_dim && vw == kw &&
-                         op.width == qw,
-                     kErrorCorrupt, where, ": q/k/v/out widths ", qw, "/", kw, "/", vw, "/",
-                     op.width, " do not match heads ", g.heads, ", kv_heads ", g.kv_heads,
-                     ", head_dim ", head_dim);
+        TIERLM_CHECK(
+            qw == g.heads * head_dim && kw == g.kv_heads * head_dim && vw == kw && op.width == qw,
+            kErrorCorrupt, where, ": q/k/v/out widths ", qw, "/", kw, "/", vw, "/", op.width,
+            " do not match heads ", g.heads, ", kv_heads ", g.kv_heads, ", head_dim ", head_dim);
         op.shape.n_heads = static_cast<size_t>(g.heads);
         op.shape.n_kv_heads = static_cast<size_t>(g.kv_heads);
         op.shape.head_dim = static_cast<size_t>(head_dim);
@@ -566,9 +563,9 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   TIERLM_CHECK(p.graph.width(p.graph.output) == c.vocab_size, kErrorCorrupt,
                "graph.json: the output \"", p.graph.output, "\" has width ",
                p.graph.width(p.graph.output), ", vocab_size is ", c.vocab_size);
-  TIERLM_CHECK(!m.ops.empty() && m.ops.back().kind == OpKind::kOpLmHead &&
-                   m.ops.back().out == m.logits,
-               kErrorCorrupt, "graph.json: the last op must be lm_head writing the output");
+  TIERLM_CHECK(
+      !m.ops.empty() && m.ops.back().kind == OpKind::kOpLmHead && m.ops.back().out == m.logits,
+      kErrorCorrupt, "graph.json: the last op must be lm_head writing the output");
   m.positions.resize(static_cast<size_t>(m.chunk));
   m.shifted.resize(static_cast<size_t>(m.chunk));
   m.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -596,11 +593,10 @@ void Model::Impl::run_op(const ExecOp& op, const int32_t* tokens, int64_t n) {
       break;
     case OpKind::kOpLayerNorm:
       if (op.norm_f32 != nullptr) {
-        kernel_layernorm(op.in[0], op.norm_f32, op.normb_f32, DType::kDTypeF32, op.out, rows,
-                         width, op.eps);
-      } else {
-        kernel_layernorm(op.in[0], w(op.weight), w(op.bias), op.dtype, op.out, rows, width,
+        kernel_layernorm(op.in[0], op.norm_f32, op.normb_f32, DType::kDTypeF32, op.out, rows, width,
                          op.eps);
+      } else {
+        kernel_layernorm(op.in[0], w(op.weight), w(op.bias), op.dtype, op.out, rows, width, op.eps);
       }
       break;
     case OpKind::kOpLinear:
@@ -706,13 +702,13 @@ const float* Model::forward(std::span<const int32_t> tokens) {
                "empty prompt: give at least one token (a text prompt that tokenizes to nothing?)");
   const int64_t vocab = m.package.config.vocab_size;
   for (int64_t i = 0; i < n; ++i) {
-    TIERLM_CHECK(tokens[i] >= 0 && tokens[i] < vocab, kErrorInvalidArgument, "token id ",
-                 tokens[i], " at index ", i, " is outside the vocabulary (0..", vocab - 1, ")");
+    TIERLM_CHECK(tokens[i] >= 0 && tokens[i] < vocab, kErrorInvalidArgument, "token id ", tokens[i],
+                 " at index ", i, " is outside the vocabulary (0..", vocab - 1, ")");
   }
   TIERLM_CHECK(m.pos + n <= m.context, kErrorInvalidArgument, "the sequence needs ", m.pos + n,
-               " positions (", m.pos, " in the cache + ", n,
-               " new tokens) but the context holds ", m.context, " (max_positions ",
-               m.package.config.max_positions, "); shorten the prompt");
+               " positions (", m.pos, " in the cache + ", n, " new tokens) but the context holds ",
+               m.context, " (max_positions ", m.package.config.max_positions,
+               "); shorten the prompt");
   for (int64_t start = 0; start < n; start += m.chunk) {
     m.run_chunk(tokens.data() + start, std::min(m.chunk, n - start));
   }
@@ -723,13 +719,14 @@ std::vector<float> Model::logits(std::span<const int32_t> ids) {
   reset();
   const auto t0 = std::chrono::steady_clock::now();
   const float* out = forward(ids);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   record_timing(ids.size(), seconds, 0, 0.0);
   return std::vector<float>(out, out + vocab_size());
 }
 
-void Model::record_timing(uint64_t prefill_tokens, double prefill_seconds,
-                          uint64_t decode_tokens, double decode_seconds) {
+void Model::record_timing(uint64_t prefill_tokens, double prefill_seconds, uint64_t decode_tokens,
+                          double decode_seconds) {
   ModelStats& t = impl_->totals;
   t.prefill_tokens += prefill_tokens;
   t.prefill_seconds += prefill_seconds;
@@ -751,8 +748,8 @@ ModelStats Model::stats() const {
 }
 
 std::vector<MemoryBuffer> Model::memory_buffers(int64_t seq) const {
-  TIERLM_CHECK(seq > 0 && seq <= impl_->context, kErrorInvalidArgument, "memory_buffers: seq ",
-               seq, " must be in 1..", impl_->context, " (the context length)");
+  TIERLM_CHECK(seq > 0 && seq <= impl_->context, kErrorInvalidArgument, "memory_buffers: seq ", seq,
+               " must be in 1..", impl_->context, " (the context length)");
   return assign_buffers(impl_->package, seq, impl_->context).buffers;
 }
 

@@ -264,10 +264,12 @@ Package package_open(const std::string& path) {
   manifest.as_object(what);
 
   const Json* format = manifest.find("format");
-  TIERLM_CHECK(format != nullptr && format->is_string() &&
-                   format->as_string(what) == "tierlm-package",
-               kErrorCorrupt, what, ": not a tierlm package manifest (\"format\" must be \"tierlm-package\")");
-  p.format_version = static_cast<int>(manifest.at("format_version", what).as_int(what + ": format_version"));
+  TIERLM_CHECK(
+      format != nullptr && format->is_string() && format->as_string(what) == "tierlm-package",
+      kErrorCorrupt, what,
+      ": not a tierlm package manifest (\"format\" must be \"tierlm-package\")");
+  p.format_version =
+      static_cast<int>(manifest.at("format_version", what).as_int(what + ": format_version"));
   TIERLM_CHECK(p.format_version <= kPackageFormatVersion, kErrorUnsupported, what,
                ": format_version ", p.format_version, " is newer than this tierlm reads (",
                kPackageFormatVersion, "); upgrade tierlm or export the package with this version");
@@ -280,8 +282,9 @@ Package package_open(const std::string& path) {
   for (const Json& f : manifest.at("files", what).as_array(what + ": files")) {
     PackageFile file;
     file.name = f.at("name", what + ": files").as_string(what + ": files.name");
-    TIERLM_CHECK(file.name.find('/') == std::string::npos && file.name != ".." && !file.name.empty(),
-                 kErrorCorrupt, what, ": file name \"", file.name, "\" must be a plain file name");
+    TIERLM_CHECK(
+        file.name.find('/') == std::string::npos && file.name != ".." && !file.name.empty(),
+        kErrorCorrupt, what, ": file name \"", file.name, "\" must be a plain file name");
     file.size = static_cast<uint64_t>(f.at("size", what + ": files").as_int(what + ": files.size"));
     const uint64_t actual = file_size_or_fail(p.file_path(file.name));
     TIERLM_CHECK(actual == file.size, kErrorCorrupt, p.file_path(file.name), " is ", actual,
@@ -311,7 +314,8 @@ Package package_open(const std::string& path) {
   validate_tensors(p);
 
   if (const Json* tok = manifest.find("tokenizer"); tok != nullptr && !tok->is_null()) {
-    const std::string dir = tok->at("dir", what + ": tokenizer").as_string(what + ": tokenizer.dir");
+    const std::string dir =
+        tok->at("dir", what + ": tokenizer").as_string(what + ": tokenizer.dir");
     p.tokenizer_dir = p.path + "/" + dir;
     if (const Json* files = tok->find("files")) {
       for (const Json& f : files->as_array(what + ": tokenizer.files")) {
@@ -324,7 +328,8 @@ Package package_open(const std::string& path) {
   for (const GraphOp& op : p.graph.ops) {
     for (const std::string* name : {&op.weight, &op.bias}) {
       if (name->empty()) continue;
-      if (op.kind == OpKind::kOpLmHead && p.config.tie_embeddings && p.find_tensor(*name) == nullptr) {
+      if (op.kind == OpKind::kOpLmHead && p.config.tie_embeddings &&
+          p.find_tensor(*name) == nullptr) {
         continue;  // tied: the executor uses embed.weight
       }
       p.tensor(*name);

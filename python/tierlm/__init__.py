@@ -25,3 +25,7 @@ __all__ = [
     "format_size",
     "parse_size",
 ]
+
+from tierlm.model import GenerateResult, Model, Token, load  # noqa: E402
+
+__all__ += ["GenerateResult", "Model", "Token", "load"]

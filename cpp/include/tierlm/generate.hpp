@@ -19,7 +19,7 @@ struct GenerateOptions {
   int64_t top_k = 0;         // 0: no limit
   float top_p = 1.0f;        // 1: no nucleus cut
   uint64_t seed = 0;
-  bool stop_at_eos = true;   // stop after emitting one of config.eos_token_ids
+  bool stop_at_eos = true;  // stop after emitting one of config.eos_token_ids
 };
 
 enum class FinishReason { kFinishNone, kFinishLength, kFinishEos, kFinishContext, kFinishStopped };

@@ -48,8 +48,8 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   std::vector<float> rope_inv_freq;  // head_dim / 2 entries, scaling applied
   bool tie_embeddings = false;
-  int64_t bos_token_id = -1;              // -1 when none
-  std::vector<int64_t> eos_token_ids;     // empty when none
+  int64_t bos_token_id = -1;           // -1 when none
+  std::vector<int64_t> eos_token_ids;  // empty when none
   int64_t position_offset = 0;
 };
 

@@ -17,7 +17,8 @@ FileReader::FileReader(const std::string& path) : path_(path) {
   if (fd_ < 0) {
     const int err = errno;
     if (err == ENOENT) {
-      TIERLM_FAIL(kErrorNotFound, err, path, ": not found (the package is incomplete; export it again)");
+      TIERLM_FAIL(kErrorNotFound, err, path,
+                  ": not found (the package is incomplete; export it again)");
     }
     TIERLM_FAIL(kErrorIo, err, path, ": cannot open: ", errno_text(err));
   }

@@ -21,8 +21,8 @@ uint64_t round_up(uint64_t value, uint64_t multiple) {
 
 class ResidentWeightStore final : public WeightStore {
  public:
-  ResidentWeightStore(const Package& package, HostTier& host,
-                      const std::vector<std::string>& names, const WeightStoreOptions& options) {
+  ResidentWeightStore(const Package& package, HostTier& host, const std::vector<std::string>& names,
+                      const WeightStoreOptions& options) {
     const auto t0 = std::chrono::steady_clock::now();
     for (const std::string& name : names) {
       if (by_name_.count(name) != 0) continue;
@@ -31,7 +31,8 @@ class ResidentWeightStore final : public WeightStore {
     }
     // Group by layer; each layer gets one buffer with its tensors at aligned offsets.
     std::map<int, std::vector<int>> layers;
-    for (size_t i = 0; i < tensors_.size(); ++i) layers[tensors_[i].layer].push_back(static_cast<int>(i));
+    for (size_t i = 0; i < tensors_.size(); ++i)
+      layers[tensors_[i].layer].push_back(static_cast<int>(i));
     data_.resize(tensors_.size(), nullptr);
     std::unordered_map<std::string, FileReader> readers;
     for (const auto& [layer, members] : layers) {
