@@ -127,28 +127,112 @@ def export_hf(model, out_dir, dtype="f32", tokenizer_dir=None):
         kv_heads = heads
         inter = cfg.ffn_dim
         prefix = "model.decoder."
-        op("embedding", ["tokens"], "h", hidden, -1, weight=w.add("embed.weight", sd[prefix + "embed_tokens.weight"]))
+        op(
+            "embedding",
+            ["tokens"],
+            "h",
+            hidden,
+            -1,
+            weight=w.add("embed.weight", sd[prefix + "embed_tokens.weight"]),
+        )
         w.add("embed.positions", sd[prefix + "embed_positions.weight"])
-        op("position_embedding", ["h", "positions"], "h", hidden, -1, weight="embed.positions", offset=2)
+        op(
+            "position_embedding",
+            ["h", "positions"],
+            "h",
+            hidden,
+            -1,
+            weight="embed.positions",
+            offset=2,
+        )
         for i in range(cfg.num_hidden_layers):
             p = f"{prefix}layers.{i}."
             L = f"layers.{i}."
 
-            def t(name, src, i=i):
+            def t(name, src, i=i, p=p, L=L):
                 return w.add(L + name, sd[p + src], layer=i)
 
-            op("layernorm", ["h"], "x", hidden, i, weight=t("attn_norm.weight", "self_attn_layer_norm.weight"), bias=t("attn_norm.bias", "self_attn_layer_norm.bias"), eps=1e-5)
+            op(
+                "layernorm",
+                ["h"],
+                "x",
+                hidden,
+                i,
+                weight=t("attn_norm.weight", "self_attn_layer_norm.weight"),
+                bias=t("attn_norm.bias", "self_attn_layer_norm.bias"),
+                eps=1e-5,
+            )
             for proj in "qkv":
-                op("linear", ["x"], proj, hidden, i, weight=t(f"attn.{proj}.weight", f"self_attn.{proj}_proj.weight"), bias=t(f"attn.{proj}.bias", f"self_attn.{proj}_proj.bias"))
-            op("attention", ["q", "k", "v"], "a", hidden, i, heads=heads, kv_heads=heads, head_dim=head_dim, scale=head_dim**-0.5)
-            op("linear", ["a"], "o", hidden, i, weight=t("attn.o.weight", "self_attn.out_proj.weight"), bias=t("attn.o.bias", "self_attn.out_proj.bias"))
+                op(
+                    "linear",
+                    ["x"],
+                    proj,
+                    hidden,
+                    i,
+                    weight=t(f"attn.{proj}.weight", f"self_attn.{proj}_proj.weight"),
+                    bias=t(f"attn.{proj}.bias", f"self_attn.{proj}_proj.bias"),
+                )
+            op(
+                "attention",
+                ["q", "k", "v"],
+                "a",
+                hidden,
+                i,
+                heads=heads,
+                kv_heads=heads,
+                head_dim=head_dim,
+                scale=head_dim**-0.5,
+            )
+            op(
+                "linear",
+                ["a"],
+                "o",
+                hidden,
+                i,
+                weight=t("attn.o.weight", "self_attn.out_proj.weight"),
+                bias=t("attn.o.bias", "self_attn.out_proj.bias"),
+            )
             op("add", ["h", "o"], "h", hidden, i)
-            op("layernorm", ["h"], "x", hidden, i, weight=t("ffn_norm.weight", "final_layer_norm.weight"), bias=t("ffn_norm.bias", "final_layer_norm.bias"), eps=1e-5)
-            op("linear", ["x"], "f", inter, i, weight=t("ffn.up.weight", "fc1.weight"), bias=t("ffn.up.bias", "fc1.bias"))
+            op(
+                "layernorm",
+                ["h"],
+                "x",
+                hidden,
+                i,
+                weight=t("ffn_norm.weight", "final_layer_norm.weight"),
+                bias=t("ffn_norm.bias", "final_layer_norm.bias"),
+                eps=1e-5,
+            )
+            op(
+                "linear",
+                ["x"],
+                "f",
+                inter,
+                i,
+                weight=t("ffn.up.weight", "fc1.weight"),
+                bias=t("ffn.up.bias", "fc1.bias"),
+            )
             op("relu", ["f"], "f", inter, i)
-            op("linear", ["f"], "d", hidden, i, weight=t("ffn.down.weight", "fc2.weight"), bias=t("ffn.down.bias", "fc2.bias"))
+            op(
+                "linear",
+                ["f"],
+                "d",
+                hidden,
+                i,
+                weight=t("ffn.down.weight", "fc2.weight"),
+                bias=t("ffn.down.bias", "fc2.bias"),
+            )
             op("add", ["h", "d"], "h", hidden, i)
-        op("layernorm", ["h"], "x", hidden, -1, weight=w.add("final_norm.weight", sd[prefix + "final_layer_norm.weight"]), bias=w.add("final_norm.bias", sd[prefix + "final_layer_norm.bias"]), eps=1e-5)
+        op(
+            "layernorm",
+            ["h"],
+            "x",
+            hidden,
+            -1,
+            weight=w.add("final_norm.weight", sd[prefix + "final_layer_norm.weight"]),
+            bias=w.add("final_norm.bias", sd[prefix + "final_layer_norm.bias"]),
+            eps=1e-5,
+        )
         op("lm_head", ["x"], "logits", cfg.vocab_size, -1, weight="embed.weight")
         tie = True
         theta = 10000.0
@@ -162,34 +246,121 @@ def export_hf(model, out_dir, dtype="f32", tokenizer_dir=None):
         eps = cfg.rms_norm_eps
         rope = getattr(cfg, "rope_parameters", None) or {}
         theta = float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
-        inv_freq = (1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)).tolist()
+        inv_freq = (
+            1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+        ).tolist()
         offset = 0
         tie = bool(cfg.tie_word_embeddings)
-        op("embedding", ["tokens"], "h", hidden, -1, weight=w.add("embed.weight", sd["model.embed_tokens.weight"]))
+        op(
+            "embedding",
+            ["tokens"],
+            "h",
+            hidden,
+            -1,
+            weight=w.add("embed.weight", sd["model.embed_tokens.weight"]),
+        )
         for i in range(cfg.num_hidden_layers):
             p = f"model.layers.{i}."
             L = f"layers.{i}."
 
-            def t(name, src, i=i):
+            def t(name, src, i=i, p=p, L=L):
                 return w.add(L + name, sd[p + src], layer=i)
 
-            op("rmsnorm", ["h"], "x", hidden, i, weight=t("attn_norm.weight", "input_layernorm.weight"), eps=eps)
+            op(
+                "rmsnorm",
+                ["h"],
+                "x",
+                hidden,
+                i,
+                weight=t("attn_norm.weight", "input_layernorm.weight"),
+                eps=eps,
+            )
             widths = {"q": heads * head_dim, "k": kv_heads * head_dim, "v": kv_heads * head_dim}
             for proj in "qkv":
-                bias = t(f"attn.{proj}.bias", f"self_attn.{proj}_proj.bias") if p + f"self_attn.{proj}_proj.bias" in sd else None
-                op("linear", ["x"], proj, widths[proj], i, weight=t(f"attn.{proj}.weight", f"self_attn.{proj}_proj.weight"), bias=bias)
+                bias = (
+                    t(f"attn.{proj}.bias", f"self_attn.{proj}_proj.bias")
+                    if p + f"self_attn.{proj}_proj.bias" in sd
+                    else None
+                )
+                op(
+                    "linear",
+                    ["x"],
+                    proj,
+                    widths[proj],
+                    i,
+                    weight=t(f"attn.{proj}.weight", f"self_attn.{proj}_proj.weight"),
+                    bias=bias,
+                )
             op("rope", ["q"], "q", widths["q"], i, heads=heads, head_dim=head_dim)
             op("rope", ["k"], "k", widths["k"], i, heads=kv_heads, head_dim=head_dim)
-            op("attention", ["q", "k", "v"], "a", widths["q"], i, heads=heads, kv_heads=kv_heads, head_dim=head_dim, scale=head_dim**-0.5)
-            op("linear", ["a"], "o", hidden, i, weight=t("attn.o.weight", "self_attn.o_proj.weight"), bias=None)
+            op(
+                "attention",
+                ["q", "k", "v"],
+                "a",
+                widths["q"],
+                i,
+                heads=heads,
+                kv_heads=kv_heads,
+                head_dim=head_dim,
+                scale=head_dim**-0.5,
+            )
+            op(
+                "linear",
+                ["a"],
+                "o",
+                hidden,
+                i,
+                weight=t("attn.o.weight", "self_attn.o_proj.weight"),
+                bias=None,
+            )
             op("add", ["h", "o"], "h", hidden, i)
-            op("rmsnorm", ["h"], "x", hidden, i, weight=t("ffn_norm.weight", "post_attention_layernorm.weight"), eps=eps)
-            op("linear", ["x"], "g", inter, i, weight=t("ffn.gate.weight", "mlp.gate_proj.weight"), bias=None)
-            op("linear", ["x"], "u", inter, i, weight=t("ffn.up.weight", "mlp.up_proj.weight"), bias=None)
+            op(
+                "rmsnorm",
+                ["h"],
+                "x",
+                hidden,
+                i,
+                weight=t("ffn_norm.weight", "post_attention_layernorm.weight"),
+                eps=eps,
+            )
+            op(
+                "linear",
+                ["x"],
+                "g",
+                inter,
+                i,
+                weight=t("ffn.gate.weight", "mlp.gate_proj.weight"),
+                bias=None,
+            )
+            op(
+                "linear",
+                ["x"],
+                "u",
+                inter,
+                i,
+                weight=t("ffn.up.weight", "mlp.up_proj.weight"),
+                bias=None,
+            )
             op("silu_mul", ["g", "u"], "f", inter, i)
-            op("linear", ["f"], "d", hidden, i, weight=t("ffn.down.weight", "mlp.down_proj.weight"), bias=None)
+            op(
+                "linear",
+                ["f"],
+                "d",
+                hidden,
+                i,
+                weight=t("ffn.down.weight", "mlp.down_proj.weight"),
+                bias=None,
+            )
             op("add", ["h", "d"], "h", hidden, i)
-        op("rmsnorm", ["h"], "x", hidden, -1, weight=w.add("final_norm.weight", sd["model.norm.weight"]), eps=eps)
+        op(
+            "rmsnorm",
+            ["h"],
+            "x",
+            hidden,
+            -1,
+            weight=w.add("final_norm.weight", sd["model.norm.weight"]),
+            eps=eps,
+        )
         head = "embed.weight" if tie else w.add("lm_head.weight", sd["lm_head.weight"])
         op("lm_head", ["x"], "logits", cfg.vocab_size, -1, weight=head)
     w.close()
@@ -232,7 +403,12 @@ def export_hf(model, out_dir, dtype="f32", tokenizer_dir=None):
         manifest["tokenizer"] = {"dir": "tokenizer", "files": files}
     with open(os.path.join(out_dir, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
-    graph = {"inputs": {"tokens": "int32[tokens]", "positions": "int32[tokens]"}, "output": "logits", "values": values, "ops": ops}
+    graph = {
+        "inputs": {"tokens": "int32[tokens]", "positions": "int32[tokens]"},
+        "output": "logits",
+        "values": values,
+        "ops": ops,
+    }
     with open(os.path.join(out_dir, "graph.json"), "w") as f:
         json.dump(graph, f, indent=1)
     return out_dir
