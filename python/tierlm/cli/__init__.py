@@ -6,10 +6,11 @@ Errors print as one line (`tierlm: error: ...`); --debug shows the traceback.
 import argparse
 import sys
 
-from tierlm.cli import info
+from tierlm.cli import generate, info
 
 # Each module adds its subparser and sets `run`.
 COMMANDS = [info]
+COMMANDS += [generate]
 
 
 def build_parser():
