@@ -148,6 +148,7 @@ def export(
                 "(--overwrite)"
             )
     plan = module.plan(hf, max_positions=max_positions)
+    _generation_ids(hf_dir, plan.config)
     checkpoint = Checkpoint(hf_dir)
     rows = plan_tensors(plan, checkpoint, dtype)
     files, placed = layout(rows, file_limit or FILE_LIMIT)
@@ -189,11 +190,12 @@ def export(
                     os.fsync(f.fileno())
         token_files = _copy_tokenizer(hf_dir, tmp)
         source_dtypes = sorted({entry.dtype for _, _, entry, _ in rows})
+        matrix_dtypes = sorted({out for spec, _, _, out in rows if len(spec.shape) > 1})
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "architecture": plan.architecture,
-            "dtype": dtype or (source_dtypes[0] if len(source_dtypes) == 1 else "mixed"),
+            "dtype": matrix_dtypes[0] if len(matrix_dtypes) == 1 else "mixed",
             "config": plan.config,
             "files": files,
             "tensors": tensors,
@@ -212,6 +214,25 @@ def export(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _generation_ids(hf_dir, config):
+    """End-of-sequence ids as transformers' generate uses them: generation_config.json when the
+    checkpoint has one (it may list more ids than config.json), else config.json's."""
+    path = os.path.join(hf_dir, "generation_config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        try:
+            generation = json.load(f)
+        except ValueError as error:
+            raise CorruptError(f"{path}: not valid JSON ({error})") from None
+    eos = generation.get("eos_token_id")
+    if eos is not None:
+        ids = eos if isinstance(eos, list) else [eos]
+        config["eos_token_ids"], config["eos_token_id"] = ids, ids[0] if ids else None
+    if generation.get("bos_token_id") is not None:
+        config["bos_token_id"] = generation["bos_token_id"]
 
 
 def _copy_tokenizer(hf_dir, tmp):

@@ -119,6 +119,38 @@ def test_manifest_config_and_tensor_names(built):
     assert opt.tensors["embed.positions"]["shape"] == [258, 200]
 
 
+def test_transformers_v4_config_style(built, tmp_path):
+    """rope_theta + rope_scaling (transformers < 5) give the same package config."""
+    import shutil
+
+    _, pkg = built("llama_tied")
+    hf_dir = tmp_path / "v4"
+    shutil.copytree(pkg[: -len("-pkg")] + "-hf", hf_dir)
+    with open(hf_dir / "config.json") as f:
+        config = json.load(f)
+    rope = config.pop("rope_parameters")
+    config["rope_theta"] = rope.pop("rope_theta")
+    config["rope_scaling"] = {"type": rope.pop("rope_type"), **rope}
+    with open(hf_dir / "config.json", "w") as f:
+        json.dump(config, f)
+    out = Package.open(tierlm.export(hf_dir, tmp_path / "pkg", progress=False))
+    assert out.config["rope_inv_freq"] == Package.open(pkg).config["rope_inv_freq"]
+    assert out.config["rope_theta"] == 5000.0
+
+
+def test_generation_config_eos_ids(built, tmp_path):
+    import shutil
+
+    _, pkg = built("llama3")
+    hf_dir = tmp_path / "hf"
+    shutil.copytree(pkg[: -len("-pkg")] + "-hf", hf_dir)
+    assert Package.open(pkg).config["eos_token_ids"] == [2, 3]
+    with open(hf_dir / "generation_config.json", "w") as f:
+        json.dump({"bos_token_id": 1, "eos_token_id": [7, 2, 3]}, f)
+    config = Package.open(tierlm.export(hf_dir, tmp_path / "pkg", progress=False)).config
+    assert config["eos_token_ids"] == [7, 2, 3] and config["eos_token_id"] == 7
+
+
 def test_layout_is_aligned_and_padded_with_zeros(built):
     _, pkg = built("qwen2")
     p = Package.open(pkg)
