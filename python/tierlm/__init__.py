@@ -9,6 +9,8 @@ from tierlm.errors import (
     TierlmError,
     UnsupportedError,
 )
+from tierlm.export import export  # noqa: E402  (binds the function over the submodule name)
+from tierlm.package import Package  # noqa: E402
 from tierlm.sizes import format_size, parse_size
 from tierlm.tiers import HostTier
 
@@ -24,6 +26,8 @@ __all__ = [
     "UnsupportedError",
     "format_size",
     "parse_size",
+    "export",
+    "Package",
 ]
 
 from tierlm.model import GenerateResult, Model, Token, load  # noqa: E402

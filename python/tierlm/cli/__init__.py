@@ -6,11 +6,10 @@ Errors print as one line (`tierlm: error: ...`); --debug shows the traceback.
 import argparse
 import sys
 
-from tierlm.cli import generate, info
+from tierlm.cli import export, generate, info
 
 # Each module adds its subparser and sets `run`.
-COMMANDS = [info]
-COMMANDS += [generate]
+COMMANDS = [info, export, generate]
 
 
 def build_parser():
