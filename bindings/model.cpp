@@ -116,7 +116,7 @@ void bind_model(nb::module_& m) {
           nb::arg("lock") = true)
       .def_prop_ro("path", [](const Model& self) { return self.package().path; })
       .def_prop_ro("architecture", [](const Model& self) { return self.package().architecture; })
-      .def_prop_ro("dtype", [](const Model& self) { return dtype_name(self.package().dtype); })
+      .def_prop_ro("dtype", [](const Model& self) { return self.package().dtype; })
       .def_prop_ro("format_version",
                    [](const Model& self) { return self.package().format_version; })
       .def_prop_ro("tokenizer_dir", [](const Model& self) { return self.package().tokenizer_dir; })

@@ -160,10 +160,13 @@ ModelConfig parse_config(const Json& json) {
     c.tie_embeddings = tie->as_bool(what + ".tie_embeddings");
   }
   c.bos_token_id = config_int(json, "bos_token_id", -1);
-  if (const Json* eos = json.find("eos_token_id"); eos != nullptr && !eos->is_null()) {
+  // eos_token_ids (all of them) when present, else eos_token_id (a number or a list).
+  const Json* eos = json.find("eos_token_ids");
+  if (eos == nullptr || eos->is_null()) eos = json.find("eos_token_id");
+  if (eos != nullptr && !eos->is_null()) {
     if (eos->is_array()) {
-      for (const Json& e : eos->as_array(what + ".eos_token_id")) {
-        c.eos_token_ids.push_back(e.as_int(what + ".eos_token_id"));
+      for (const Json& e : eos->as_array(what + ".eos_token_ids")) {
+        c.eos_token_ids.push_back(e.as_int(what + ".eos_token_ids"));
       }
     } else {
       c.eos_token_ids.push_back(eos->as_int(what + ".eos_token_id"));
@@ -276,7 +279,8 @@ Package package_open(const std::string& path) {
   TIERLM_CHECK(p.format_version >= 1, kErrorCorrupt, what, ": format_version ", p.format_version,
                " is invalid");
   p.architecture = manifest.at("architecture", what).as_string(what + ": architecture");
-  p.dtype = parse_dtype(manifest.at("dtype", what), what + ": dtype");
+  // Informative: each tensor carries its own dtype ("mixed" when matrices differ).
+  p.dtype = manifest.at("dtype", what).as_string(what + ": dtype");
   p.config = parse_config(manifest.at("config", what));
 
   for (const Json& f : manifest.at("files", what).as_array(what + ": files")) {

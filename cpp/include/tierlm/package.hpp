@@ -98,7 +98,7 @@ struct Package {
   std::string path;  // the package directory
   int format_version = 0;
   std::string architecture;
-  DType dtype = DType::kDTypeF32;
+  std::string dtype;  // of the matrices: "f32", "f16", "bf16" or "mixed"
   ModelConfig config;
   std::vector<PackageFile> files;
   std::vector<TensorInfo> tensors;  // in manifest order
