@@ -7,9 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-from models import PARITY_ARCHS, hf_checkpoint, hf_logits, package, prompt, relative_error
-
 import tierlm
+from models import PARITY_ARCHS, hf_checkpoint, hf_logits, package, prompt, relative_error
 
 torch = pytest.importorskip("torch")
 VOCAB = 211
