@@ -33,3 +33,7 @@ __all__ = [
 from tierlm.model import GenerateResult, Model, Token, load  # noqa: E402
 
 __all__ += ["GenerateResult", "Model", "Token", "load"]
+
+from tierlm.paths import cmake_dir, include_dir, library_path  # noqa: E402
+
+__all__ += ["cmake_dir", "include_dir", "library_path"]
