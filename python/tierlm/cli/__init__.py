@@ -6,10 +6,10 @@ Errors print as one line (`tierlm: error: ...`); --debug shows the traceback.
 import argparse
 import sys
 
-from tierlm.cli import export, generate, info
+from tierlm.cli import demo, export, generate, info
 
 # Each module adds its subparser and sets `run`.
-COMMANDS = [info, export, generate]
+COMMANDS = [info, export, generate, demo]
 
 
 def build_parser():
