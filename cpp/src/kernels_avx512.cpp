@@ -57,6 +57,15 @@ struct VecAvx512 {
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ), y, x);
   }
   static float reduce_add(F v) { return _mm512_reduce_add_ps(v); }
+  // out[0..4) = horizontal sums of a, b, c, d.
+  static void reduce4(F a, F b, F c, F d, float* out) {
+    const F ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    const F cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    const F abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xee));
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(abcd), _mm512_extractf32x8_ps(abcd, 1));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+  }
+  static F load_n_zero_rest(F v, size_t n) { return _mm512_maskz_mov_ps(mask(n), v); }
   static float reduce_max(F v) { return _mm512_reduce_max_ps(v); }
   static F pow2i(F n) {
     const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));

@@ -420,6 +420,8 @@ void convert(const void* src, DType dtype, float* dst, size_t n) {
   }
 }
 
+inline void prefetch(const float* p) { __builtin_prefetch(p, 0, 3); }
+
 // ---- attention --------------------------------------------------------------------------------
 //
 // Scores are kept transposed, st[key][row] (rows padded to whole vectors), so the online
@@ -475,41 +477,11 @@ void scores_transposed(const float* k, size_t d, size_t nk, const float* qt, siz
   }
 }
 
-// Few rows: st[j][r] = dot(q_r, k_j) with q rows read from qt's untransposed copy.
-template <class V>
-void scores_dot(const float* k, size_t d, size_t nk, const float* q, size_t rows, size_t rp,
-                float* st) {
-  using F = typename V::F;
-  constexpr size_t kW = V::kWidth;
-  for (size_t j = 0; j < nk; j += 2) {
-    const bool two = j + 1 < nk;
-    const float* k0 = k + j * d;
-    const float* k1 = two ? k0 + d : k0;
-    for (size_t r = 0; r < rows; ++r) {
-      const float* qr = q + r * d;
-      F a0 = V::zero(), a1 = V::zero();
-      size_t c = 0;
-      for (; c + kW <= d; c += kW) {
-        const F qv = V::load(qr + c);
-        a0 = V::fma(qv, V::load(k0 + c), a0);
-        a1 = V::fma(qv, V::load(k1 + c), a1);
-      }
-      if (c < d) {
-        const F qv = V::load_n(qr + c, d - c);
-        a0 = V::fma(qv, V::load_n(k0 + c, d - c), a0);
-        a1 = V::fma(qv, V::load_n(k1 + c, d - c), a1);
-      }
-      st[j * rp + r] = V::reduce_add(a0);
-      if (two) st[(j + 1) * rp + r] = V::reduce_add(a1);
-    }
-  }
-}
-
-// acc[r][c..] += sum_j p[j][r] * v[j][c..] for RB rows and DV vectors of head_dim (the last
-// possibly partial: `tail` lanes).
+// acc[r][c..] += sum_j p[j * sj + r * sr] * v[j][c..] for RB rows and DV vectors of head_dim
+// (the last possibly partial: `tail` lanes).
 template <class V, size_t RB, size_t DV>
-inline void pv_tile(const float* p, size_t rp, const float* v, size_t d, size_t nk, float* acc,
-                    size_t tail) {
+inline void pv_tile(const float* p, size_t sj, size_t sr, const float* v, size_t d, size_t nk,
+                    float* acc, size_t tail, bool ahead) {
   using F = typename V::F;
   constexpr size_t kW = V::kWidth;
   F a[RB][DV];
@@ -522,8 +494,10 @@ inline void pv_tile(const float* p, size_t rp, const float* v, size_t d, size_t 
     for (size_t u = 0; u < DV; ++u)
       vv[u] =
           (u + 1 == DV && tail) ? V::load_n(v + j * d + u * kW, tail) : V::load(v + j * d + u * kW);
+    if (ahead)
+      for (size_t u = 0; u < DV; ++u) prefetch(v + (j + kAttentionKeyTile) * d + u * kW);
     for (size_t i = 0; i < RB; ++i) {
-      const F pb = V::set1(p[j * rp + i]);
+      const F pb = V::set1(p[j * sj + i * sr]);
       for (size_t u = 0; u < DV; ++u) a[i][u] = V::fma(pb, vv[u], a[i][u]);
     }
   }
@@ -537,13 +511,146 @@ inline void pv_tile(const float* p, size_t rp, const float* v, size_t d, size_t 
 }
 
 template <class V, size_t RB>
-inline void pv_rows(const float* p, size_t rp, const float* v, size_t d, size_t nk, float* acc) {
+inline void pv_rows(const float* p, size_t sj, size_t sr, const float* v, size_t d, size_t nk,
+                    float* acc, bool ahead) {
   constexpr size_t kW = V::kWidth;
   constexpr size_t kDV = V::kPvVecs;
   size_t c = 0;
-  for (; c + kDV * kW <= d; c += kDV * kW) pv_tile<V, RB, kDV>(p, rp, v + c, d, nk, acc + c, 0);
-  for (; c + kW <= d; c += kW) pv_tile<V, RB, 1>(p, rp, v + c, d, nk, acc + c, 0);
-  if (c < d) pv_tile<V, RB, 1>(p, rp, v + c, d, nk, acc + c, d - c);
+  for (; c + kDV * kW <= d; c += kDV * kW)
+    pv_tile<V, RB, kDV>(p, sj, sr, v + c, d, nk, acc + c, 0, ahead);
+  for (; c + kW <= d; c += kW) pv_tile<V, RB, 1>(p, sj, sr, v + c, d, nk, acc + c, 0, ahead);
+  if (c < d) pv_tile<V, RB, 1>(p, sj, sr, v + c, d, nk, acc + c, d - c, ahead);
+}
+
+// acc[0..rows) += P · V over nk keys.
+template <class V>
+inline void pv(const float* p, size_t sj, size_t sr, const float* v, size_t d, size_t nk,
+               size_t rows, float* acc) {
+  constexpr size_t kRB = V::kPvRows;
+  size_t r = 0;
+  for (; r + kRB <= rows; r += kRB)
+    pv_rows<V, kRB>(p + r * sr, sj, sr, v, d, nk, acc + r * d, r == 0);
+  for (; r < rows; ++r) pv_rows<V, 1>(p + r * sr, sj, sr, v, d, nk, acc + r * d, r == 0);
+}
+
+inline void scale_acc_row(float* a, size_t d, float c) {
+  for (size_t i = 0; i < d; ++i) a[i] *= c;
+}
+
+// Decode body (few rows): scores s[r][j] (row-major, one key tile per row) as dot products
+// of RB rows with 4 keys at once, reduced 4 at a time; the softmax then runs along keys.
+template <class V, size_t RB, bool kPrefetch>
+inline void scores_dot4(const float* q, const float* k, size_t d, size_t nk, float* s) {
+  using F = typename V::F;
+  constexpr size_t kW = V::kWidth;
+  size_t j = 0;
+  for (; j + 4 <= nk; j += 4) {
+    F a[RB][4];
+    for (size_t i = 0; i < RB; ++i)
+      for (size_t u = 0; u < 4; ++u) a[i][u] = V::zero();
+    const float* kj = k + j * d;
+    size_t c = 0;
+    for (; c + kW <= d; c += kW) {
+      F kv[4];
+      for (size_t u = 0; u < 4; ++u) kv[u] = V::load(kj + u * d + c);
+      // The next key tile streams from DRAM while this one computes.
+      if (kPrefetch)
+        for (size_t u = 0; u < 4; ++u) prefetch(kj + (kAttentionKeyTile + u) * d + c);
+      for (size_t i = 0; i < RB; ++i) {
+        const F qv = V::load(q + i * d + c);
+        for (size_t u = 0; u < 4; ++u) a[i][u] = V::fma(qv, kv[u], a[i][u]);
+      }
+    }
+    if (c < d) {
+      F kv[4];
+      for (size_t u = 0; u < 4; ++u) kv[u] = V::load_n(kj + u * d + c, d - c);
+      for (size_t i = 0; i < RB; ++i) {
+        const F qv = V::load_n(q + i * d + c, d - c);
+        for (size_t u = 0; u < 4; ++u) a[i][u] = V::fma(qv, kv[u], a[i][u]);
+      }
+    }
+    for (size_t i = 0; i < RB; ++i)
+      V::reduce4(a[i][0], a[i][1], a[i][2], a[i][3], s + i * kAttentionKeyTile + j);
+  }
+  for (; j < nk; ++j) {
+    const float* kj = k + j * d;
+    for (size_t i = 0; i < RB; ++i) {
+      F a = V::zero();
+      for (size_t c = 0; c < d; c += kW) {
+        const size_t n = std::min(kW, d - c);
+        a = V::fma(V::load_n(q + i * d + c, n), V::load_n(kj + c, n), a);
+      }
+      s[i * kAttentionKeyTile + j] = V::reduce_add(a);
+    }
+  }
+}
+
+template <class V>
+void attention_decode(const AttentionTile& t) {
+  using F = typename V::F;
+  constexpr size_t kW = V::kWidth;
+  constexpr size_t kT = kAttentionKeyTile;
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const size_t d = t.head_dim;
+  const size_t rows = t.n_queries * t.group;
+  float* q = t.scratch;     // [rows][d], scaled
+  float* s = q + rows * d;  // [rows][kT]
+  float* m = t.m;
+  float* l = t.l;
+  for (size_t r = 0; r < rows; ++r) {
+    const float* qr = t.q + (r / t.group) * t.q_stride + (r % t.group) * d;
+    for (size_t c = 0; c < d; ++c) q[r * d + c] = qr[c] * t.scale;
+    m[r] = -kInf;
+    l[r] = 0.0f;
+  }
+  std::fill(t.acc, t.acc + rows * d, 0.0f);
+  const size_t end = std::min(t.key_end, t.q_pos + t.n_queries);
+  for (size_t t0 = t.key_begin; t0 < end; t0 += kT) {
+    const size_t nk = std::min(kT, end - t0);
+    const float* k = t.k + t0 * d;
+    size_t r = 0;
+    for (; r + 4 <= rows; r += 4)
+      if (r == 0)
+        scores_dot4<V, 4, true>(q + r * d, k, d, nk, s + r * kT);
+      else
+        scores_dot4<V, 4, false>(q + r * d, k, d, nk, s + r * kT);
+    for (; r < rows; ++r)
+      if (r == 0)
+        scores_dot4<V, 1, true>(q + r * d, k, d, nk, s + r * kT);
+      else
+        scores_dot4<V, 1, false>(q + r * d, k, d, nk, s + r * kT);
+    for (r = 0; r < rows; ++r) {
+      float* sr = s + r * kT;
+      const size_t lim = std::min(t.key_end, t.q_pos + r / t.group + 1);
+      const size_t valid = lim > t0 ? std::min(nk, lim - t0) : 0;
+      if (valid == 0) {
+        std::fill(sr, sr + nk, 0.0f);
+        continue;
+      }
+      F mx = V::set1(-kInf);
+      size_t j = 0;
+      for (; j + kW <= valid; j += kW) mx = V::max(mx, V::load(sr + j));
+      float row_max = V::reduce_max(mx);
+      for (; j < valid; ++j) row_max = std::max(row_max, sr[j]);
+      const float m_new = std::max(m[r], row_max);
+      const float corr = std::exp(m[r] - m_new);  // 0 on the first visible key
+      const F vm = V::set1(m_new);
+      F sum = V::zero();
+      for (j = 0; j < valid; j += kW) {
+        const size_t n = std::min(kW, valid - j);
+        const F p = vexp<V>(V::sub(V::load_n(sr + j, n), vm));
+        // Lanes past `valid` loaded 0 and became exp(-m_new): keep them out of the sum.
+        const F pz = n == kW ? p : V::load_n_zero_rest(p, n);
+        V::store_n(sr + j, pz, n);
+        sum = V::add(sum, pz);
+      }
+      std::fill(sr + valid, sr + nk, 0.0f);
+      if (corr != 1.0f && t0 != t.key_begin) scale_acc_row(t.acc + r * d, d, corr);
+      l[r] = l[r] * corr + V::reduce_add(sum);
+      m[r] = m_new;
+    }
+    pv<V>(s, 1, kT, t.v + t0 * d, d, nk, rows, t.acc);
+  }
 }
 
 template <class V>
@@ -551,13 +658,12 @@ void attention(const AttentionTile& t) {
   using F = typename V::F;
   constexpr size_t kW = V::kWidth;
   constexpr float kInf = std::numeric_limits<float>::infinity();
-  const size_t d = t.head_dim;
   const size_t rows = t.n_queries * t.group;
+  if (rows <= V::kDotRows) return attention_decode<V>(t);
+  const size_t d = t.head_dim;
   const size_t rp = (rows + kW - 1) / kW * kW;
   const size_t nv = rp / kW;
-  // Few rows (decode): dot products; many: transposed score tiles.
-  const bool dot = rows <= V::kDotRows;
-  float* qt = t.scratch;  // [d][rp] transposed, or [rows][d] for dot
+  float* qt = t.scratch;  // [d][rp], scaled
   float* st = qt + rp * d;
   float* lim = st + kAttentionKeyTile * rp;
   float* m = lim + rp;
@@ -566,15 +672,11 @@ void attention(const AttentionTile& t) {
 
   for (size_t r = 0; r < rows; ++r) {
     const float* qr = t.q + (r / t.group) * t.q_stride + (r % t.group) * d;
-    if (dot)
-      for (size_t c = 0; c < d; ++c) qt[r * d + c] = qr[c] * t.scale;
-    else
-      for (size_t c = 0; c < d; ++c) qt[c * rp + r] = qr[c] * t.scale;
+    for (size_t c = 0; c < d; ++c) qt[c * rp + r] = qr[c] * t.scale;
     lim[r] = static_cast<float>(std::min(t.key_end, t.q_pos + r / t.group + 1));
   }
   for (size_t r = rows; r < rp; ++r) {
-    if (!dot)
-      for (size_t c = 0; c < d; ++c) qt[c * rp + r] = 0.0f;
+    for (size_t c = 0; c < d; ++c) qt[c * rp + r] = 0.0f;
     lim[r] = static_cast<float>(t.key_end);
   }
   for (size_t r = 0; r < rp; ++r) {
@@ -587,25 +689,20 @@ void attention(const AttentionTile& t) {
   const size_t lim_min = std::min(t.key_end, t.q_pos + 1);
   for (size_t t0 = t.key_begin; t0 < end; t0 += kAttentionKeyTile) {
     const size_t nk = std::min(kAttentionKeyTile, end - t0);
-    const float* k = t.k + t0 * d;
-    if (dot)
-      scores_dot<V>(k, d, nk, qt, rows, rp, st);
-    else
-      scores_transposed<V>(k, d, nk, qt, rp, st);
+    scores_transposed<V>(t.k + t0 * d, d, nk, qt, rp, st);
     const bool masked = t0 + nk > lim_min;
-    bool rescale = false;
     for (size_t v = 0; v < nv; ++v) {
       const size_t o = v * kW;
       const F vlim = V::load(lim + o);
       F mx = V::set1(-kInf);
       for (size_t j = 0; j < nk; ++j) {
-        F s = V::load(st + j * rp + o);
+        F sc = V::load(st + j * rp + o);
         if (masked) {
           // Key t0 + j is visible to rows whose limit exceeds it.
-          s = V::select_lt(V::set1(static_cast<float>(t0 + j)), vlim, s, V::set1(-kInf));
-          V::store(st + j * rp + o, s);
+          sc = V::select_lt(V::set1(static_cast<float>(t0 + j)), vlim, sc, V::set1(-kInf));
+          V::store(st + j * rp + o, sc);
         }
-        mx = V::max(mx, s);
+        mx = V::max(mx, sc);
       }
       const F m_old = V::load(m + o);
       const F m_new = V::max(m_old, mx);
@@ -622,22 +719,10 @@ void attention(const AttentionTile& t) {
       V::store(m + o, m_new);
       V::store(corr + o, c);
     }
-    for (size_t r = 0; r < rows; ++r) rescale |= corr[r] != 1.0f;
-    if (rescale && t0 != t.key_begin)
+    if (t0 != t.key_begin)
       for (size_t r = 0; r < rows; ++r)
-        if (corr[r] != 1.0f) {
-          const F cr = V::set1(corr[r]);
-          float* a = t.acc + r * d;
-          for (size_t c = 0; c < d; c += kW) {
-            const size_t kk = std::min(kW, d - c);
-            V::store_n(a + c, V::mul(V::load_n(a + c, kk), cr), kk);
-          }
-        }
-    const float* vt = t.v + t0 * d;
-    constexpr size_t kRB = V::kPvRows;
-    size_t r = 0;
-    for (; r + kRB <= rows; r += kRB) pv_rows<V, kRB>(st + r, rp, vt, d, nk, t.acc + r * d);
-    for (; r < rows; ++r) pv_rows<V, 1>(st + r, rp, vt, d, nk, t.acc + r * d);
+        if (corr[r] != 1.0f) scale_acc_row(t.acc + r * d, d, corr[r]);
+    pv<V>(st, rp, 1, t.v + t0 * d, d, nk, rows, t.acc);
   }
   for (size_t r = 0; r < rows; ++r) {
     t.m[r] = m[r];
