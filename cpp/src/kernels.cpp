@@ -19,7 +19,17 @@ namespace tierlm {
 
 namespace {
 
-const detail::KernelTable& table() { return detail::kernels_scalar(); }
+const detail::KernelTable& table() {
+  switch (simd_level()) {
+    case SimdLevel::kSimdAvx512:
+      return detail::kernels_avx512();
+    case SimdLevel::kSimdAvx2:
+      return detail::kernels_avx2();
+    case SimdLevel::kSimdScalar:
+      break;
+  }
+  return detail::kernels_scalar();
+}
 
 // Elements per parallel chunk below which waking the pool costs more than it saves.
 constexpr size_t kMinChunkElements = 1 << 15;

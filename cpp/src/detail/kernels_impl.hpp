@@ -37,9 +37,10 @@ struct AttentionTile {
 // Keys per tile of the attention inner loop, and the scratch one tile call needs.
 constexpr size_t kAttentionKeyTile = 64;
 inline size_t attention_scratch_floats(size_t rows, size_t head_dim) {
-  auto up = [](size_t x) { return (x + 15) / 16 * 16; };
-  // q copy, scores, transposed key tile
-  return up(rows * head_dim) + up(rows * kAttentionKeyTile) + up(head_dim * kAttentionKeyTile);
+  const size_t padded = (rows + 15) / 16 * 16;
+  // transposed scaled queries [head_dim, padded], scores [key tile, padded], and per row:
+  // causal limit, max, sum, correction.
+  return padded * head_dim + padded * kAttentionKeyTile + 4 * padded;
 }
 
 struct KernelTable {

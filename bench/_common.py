@@ -1,0 +1,41 @@
+"""Shared helpers of the bench scripts: timing and the machine's memory bandwidth."""
+
+import statistics
+import time
+
+import numpy as np
+
+
+def median_time(fn, repeats=7, warmup=1):
+    """Median wall time of fn() in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def memory_bandwidth(nbytes=256 << 20, threads=2):
+    """DRAM bandwidth in bytes/s, measured now: the best of numpy copy (read + write bytes)
+    and a torch sum on `threads` threads (read bytes), over arrays far larger than the caches."""
+    import torch
+
+    src = np.ones(nbytes // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    copy = 2 * src.nbytes / median_time(lambda: np.copyto(dst, src), repeats=5)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    t = torch.from_numpy(src)
+    read = src.nbytes / median_time(lambda: t.sum(), repeats=5)
+    torch.set_num_threads(before)
+    return {"copy": copy, "read": read, "bound": max(copy, read)}
+
+
+def print_table(headers, rows):
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    print("  ".join(str(h).rjust(w) for h, w in zip(headers, widths, strict=True)))
+    for r in rows:
+        print("  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)))
