@@ -41,6 +41,11 @@ class GraphBuilder:
             )
         return name
 
+    def _width(self, name):
+        if name not in self.values:
+            raise ValueError(f"graph value {name!r} is not defined yet")
+        return self.values[name]
+
     def _op(self, op, ins, out, width, **attrs):
         for name in ins:
             if name not in self.values and name not in INPUTS:
@@ -55,22 +60,22 @@ class GraphBuilder:
     def position_embedding(self, x, weight, offset):
         """x += weight[positions + offset]."""
         return self._op(
-            "position_embedding", [x, "positions"], x, self.values[x], weight=weight, offset=offset
+            "position_embedding", [x, "positions"], x, self._width(x), weight=weight, offset=offset
         )
 
     def rmsnorm(self, x, out, weight, eps):
-        return self._op("rmsnorm", [x], out, self.values[x], weight=weight, eps=float(eps))
+        return self._op("rmsnorm", [x], out, self._width(x), weight=weight, eps=float(eps))
 
     def layernorm(self, x, out, weight, bias, eps):
         return self._op(
-            "layernorm", [x], out, self.values[x], weight=weight, bias=bias, eps=float(eps)
+            "layernorm", [x], out, self._width(x), weight=weight, bias=bias, eps=float(eps)
         )
 
     def linear(self, x, out, weight, width, bias=None):
         return self._op("linear", [x], out, width, weight=weight, bias=bias)
 
     def rope(self, x, heads, head_dim):
-        return self._op("rope", [x], x, self.values[x], heads=heads, head_dim=head_dim)
+        return self._op("rope", [x], x, self._width(x), heads=heads, head_dim=head_dim)
 
     def attention(self, q, k, v, out, heads, kv_heads, head_dim, scale):
         return self._op(
@@ -85,16 +90,16 @@ class GraphBuilder:
         )
 
     def add(self, a, b, out):
-        return self._op("add", [a, b], out, self.values[a])
+        return self._op("add", [a, b], out, self._width(a))
 
     def silu_mul(self, gate, up, out):
-        return self._op("silu_mul", [gate, up], out, self.values[gate])
+        return self._op("silu_mul", [gate, up], out, self._width(gate))
 
     def relu(self, x):
-        return self._op("relu", [x], x, self.values[x])
+        return self._op("relu", [x], x, self._width(x))
 
     def gelu(self, x):
-        return self._op("gelu", [x], x, self.values[x])
+        return self._op("gelu", [x], x, self._width(x))
 
     def lm_head(self, x, out, weight, vocab):
         return self._op("lm_head", [x], out, vocab, weight=weight)
