@@ -1,6 +1,6 @@
 """tierlm: run and fine-tune transformer language models that do not fit in fast memory."""
 
-from tierlm import _core
+from tierlm import _core, plan
 from tierlm.errors import (
     BudgetError,
     CorruptError,
@@ -24,4 +24,5 @@ __all__ = [
     "UnsupportedError",
     "format_size",
     "parse_size",
+    "plan",
 ]
