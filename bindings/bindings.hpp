@@ -10,6 +10,7 @@ void bind_errors(nanobind::module_& m);
 void bind_tier(nanobind::module_& m);
 void bind_info(nanobind::module_& m);
 void bind_kernels(nanobind::module_& m);
+void bind_planner(nanobind::module_& m);
 
 }  // namespace tierlm::bindings
 

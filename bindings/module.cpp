@@ -8,4 +8,5 @@ NB_MODULE(_core, m) {
   tierlm::bindings::bind_info(m);
   tierlm::bindings::bind_kernels(m);
   tierlm::bindings::bind_model(m);
+  tierlm::bindings::bind_planner(m);
 }

@@ -1,6 +1,6 @@
 """tierlm: run and fine-tune transformer language models that do not fit in fast memory."""
 
-from tierlm import _core
+from tierlm import _core, plan
 from tierlm.errors import (
     BudgetError,
     CorruptError,
@@ -28,6 +28,7 @@ __all__ = [
     "parse_size",
     "export",
     "Package",
+    "plan",
 ]
 
 from tierlm.model import GenerateResult, Model, Token, load  # noqa: E402

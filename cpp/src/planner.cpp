@@ -1,0 +1,385 @@
+// Greedy best-fit planner, lower bound and checker. The greedy finds the buffers that
+// conflict with the one being placed through a segment tree over time (those live when it
+// starts) and an index by first op (those that start later within its lifetime), so each
+// placement costs O(log n + conflicts), never a scan over every buffer placed so far.
+#include "tierlm/planner.hpp"
+
+#include <algorithm>
+#include <map>
+#include <numeric>
+#include <queue>
+#include <set>
+
+#include "tierlm/error.hpp"
+
+namespace tierlm {
+
+namespace {
+
+uint64_t round_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+
+uint64_t alignment_of(const PlanBuffer& b, uint64_t fallback) {
+  return b.alignment != 0 ? b.alignment : fallback;
+}
+
+void validate(std::span<const PlanBuffer> buffers, uint64_t alignment) {
+  TIERLM_CHECK(alignment >= 1, kErrorInvalidArgument,
+               "plan: alignment must be at least 1 byte, got 0");
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    const PlanBuffer& b = buffers[i];
+    TIERLM_CHECK(b.last_op >= b.first_op, kErrorInvalidArgument, "plan: buffer ", i,
+                 " ends (last_op ", b.last_op, ") before it starts (first_op ", b.first_op,
+                 "); give each buffer first_op <= last_op");
+  }
+}
+
+// Compressed time: the distinct first/last ops, so a tree over them has <= 2n leaves.
+struct Timeline {
+  std::vector<int64_t> times;
+  int index(int64_t t) const {
+    return static_cast<int>(std::lower_bound(times.begin(), times.end(), t) - times.begin());
+  }
+};
+
+Timeline make_timeline(std::span<const PlanBuffer> buffers) {
+  Timeline tl;
+  tl.times.reserve(buffers.size() * 2);
+  for (const PlanBuffer& b : buffers) {
+    tl.times.push_back(b.first_op);
+    tl.times.push_back(b.last_op);
+  }
+  std::sort(tl.times.begin(), tl.times.end());
+  tl.times.erase(std::unique(tl.times.begin(), tl.times.end()), tl.times.end());
+  return tl;
+}
+
+// Memory taken by placed buffers, found by time. A buffer live over ops [f, l] (compressed)
+// is stored in the O(log T) canonical nodes of a segment tree over time. Every node keeps
+// the union of the memory spans stored at it (own_) and in its subtree (sub_), coalesced.
+// The buffers live at some op of a query window are those stored at the window's canonical
+// nodes or below them (their sub_) or at those nodes' ancestors (their own_), so a query
+// merges O(log T) span lists whose length is the number of holes, not of buffers.
+class SpanIndex {
+ public:
+  explicit SpanIndex(int num_times) {
+    leaves_ = 1;
+    while (leaves_ < num_times) leaves_ <<= 1;
+    own_.resize(2 * static_cast<size_t>(leaves_));
+    sub_.resize(2 * static_cast<size_t>(leaves_));
+    marks_.assign(2 * static_cast<size_t>(leaves_), 0);
+  }
+
+  void insert(int first, int last, uint64_t lo, uint64_t hi) {
+    canonical(first, last);
+    for (int node : nodes_) {
+      add(own_[node], lo, hi);
+      for (int p = node; p >= 1; p >>= 1) {
+        if (p != node && !mark(p)) break;  // the rest of the path is done
+        add(sub_[p], lo, hi);
+      }
+    }
+    ++stamp_;
+  }
+
+  // The occupied spans of buffers live at some op in [first, last], unsorted, may overlap.
+  void occupied(int first, int last, std::vector<std::pair<uint64_t, uint64_t>>& out) {
+    canonical(first, last);
+    for (int node : nodes_) {
+      out.insert(out.end(), sub_[node].begin(), sub_[node].end());
+      for (int p = node >> 1; p >= 1; p >>= 1) {
+        if (!mark(p)) break;
+        out.insert(out.end(), own_[p].begin(), own_[p].end());
+      }
+    }
+    ++stamp_;
+  }
+
+ private:
+  using Spans = std::vector<std::pair<uint64_t, uint64_t>>;
+
+  // True the first time a node is seen in this insert or query.
+  bool mark(int node) {
+    if (marks_[node] == stamp_) return false;
+    marks_[node] = stamp_;
+    return true;
+  }
+
+  void canonical(int first, int last) {
+    nodes_.clear();
+    for (int lo = first + leaves_, hi = last + leaves_ + 1; lo < hi; lo >>= 1, hi >>= 1) {
+      if (lo & 1) nodes_.push_back(lo++);
+      if (hi & 1) nodes_.push_back(--hi);
+    }
+  }
+
+  // Inserts [lo, hi) into a sorted list of disjoint spans, merging what it meets or touches.
+  static void add(Spans& spans, uint64_t lo, uint64_t hi) {
+    auto begin = std::lower_bound(spans.begin(), spans.end(), std::make_pair(lo, uint64_t{0}));
+    if (begin != spans.begin() && std::prev(begin)->second >= lo) --begin;
+    auto end = begin;
+    while (end != spans.end() && end->first <= hi) {
+      lo = std::min(lo, end->first);
+      hi = std::max(hi, end->second);
+      ++end;
+    }
+    if (begin == end) {
+      spans.insert(begin, {lo, hi});
+    } else {
+      *begin = {lo, hi};
+      spans.erase(begin + 1, end);
+    }
+  }
+
+  int leaves_ = 1;
+  std::vector<Spans> own_, sub_;
+  std::vector<int> nodes_;
+  std::vector<uint64_t> marks_;
+  uint64_t stamp_ = 1;
+};
+
+// Size order: the conflicts of a buffer are the larger ones placed before it that are live at
+// some op of its lifetime; its offset is the best-fitting hole among them, else their top.
+Plan place_by_size(std::span<const PlanBuffer> buffers, uint64_t alignment, const Timeline& tl,
+                   const std::vector<int>& order) {
+  const size_t n = buffers.size();
+  Plan plan;
+  plan.order = PlanOrder::kPlanOrderSize;
+  plan.offsets.assign(n, 0);
+  SpanIndex placed(static_cast<int>(std::max<size_t>(tl.times.size(), 1)));
+  std::vector<std::pair<uint64_t, uint64_t>> spans;  // [offset, end) taken during the lifetime
+  for (int id : order) {
+    const PlanBuffer& b = buffers[id];
+    if (b.size == 0) continue;
+    const uint64_t a = alignment_of(b, alignment);
+    const int first = tl.index(b.first_op), last = tl.index(b.last_op);
+    spans.clear();
+    placed.occupied(first, last, spans);
+    std::sort(spans.begin(), spans.end());
+    uint64_t cursor = 0;
+    uint64_t best_offset = 0, best_gap = UINT64_MAX;
+    for (const auto& [lo, hi] : spans) {
+      if (lo > cursor) {
+        const uint64_t start = round_up(cursor, a);
+        if (start + b.size <= lo && lo - cursor < best_gap) {
+          best_gap = lo - cursor;
+          best_offset = start;
+        }
+      }
+      cursor = std::max(cursor, hi);
+    }
+    plan.offsets[id] = best_gap != UINT64_MAX ? best_offset : round_up(cursor, a);
+    placed.insert(first, last, plan.offsets[id], plan.offsets[id] + b.size);
+  }
+  plan.peak = plan_peak(buffers, plan.offsets);
+  return plan;
+}
+
+// Time order: the conflicts of a buffer are exactly the buffers live when it starts, so this
+// is a best-fit allocator replaying the lifetimes: a free list of coalesced holes below the
+// top of the live buffers, searched by size. O(n log n).
+class BestFitArena {
+ public:
+  uint64_t allocate(uint64_t size, uint64_t a) {
+    for (auto it = by_size_.lower_bound({size, 0}); it != by_size_.end(); ++it) {
+      const uint64_t lo = it->second, hi = lo + it->first;
+      const uint64_t start = round_up(lo, a);
+      if (start + size > hi) continue;
+      erase_hole(lo);
+      if (start > lo) add_hole(lo, start);
+      if (start + size < hi) add_hole(start + size, hi);
+      return start;
+    }
+    const uint64_t start = round_up(top_, a);
+    if (start > top_) add_hole(top_, start);
+    top_ = start + size;
+    return start;
+  }
+
+  void release(uint64_t lo, uint64_t hi) {
+    auto next = holes_.lower_bound(lo);
+    if (next != holes_.end() && next->first == hi) {
+      hi = next->second;
+      erase_hole(next->first);
+    }
+    auto prev = holes_.lower_bound(lo);
+    if (prev != holes_.begin() && std::prev(prev)->second == lo) {
+      lo = std::prev(prev)->first;
+      erase_hole(lo);
+    }
+    if (hi == top_) {
+      top_ = lo;  // everything from lo up is free now
+    } else {
+      add_hole(lo, hi);
+    }
+  }
+
+ private:
+  void add_hole(uint64_t lo, uint64_t hi) {
+    holes_.emplace(lo, hi);
+    by_size_.emplace(hi - lo, lo);
+  }
+  void erase_hole(uint64_t lo) {
+    auto it = holes_.find(lo);
+    by_size_.erase({it->second - it->first, lo});
+    holes_.erase(it);
+  }
+
+  uint64_t top_ = 0;
+  std::map<uint64_t, uint64_t> holes_;               // offset -> end
+  std::set<std::pair<uint64_t, uint64_t>> by_size_;  // (length, offset): best fit, then lowest
+};
+
+Plan place_by_time(std::span<const PlanBuffer> buffers, uint64_t alignment,
+                   const std::vector<int>& order) {
+  Plan plan;
+  plan.order = PlanOrder::kPlanOrderTime;
+  plan.offsets.assign(buffers.size(), 0);
+  BestFitArena arena;
+  using Expiry = std::pair<int64_t, int>;
+  std::priority_queue<Expiry, std::vector<Expiry>, std::greater<>> live;
+  for (int id : order) {
+    const PlanBuffer& b = buffers[id];
+    if (b.size == 0) continue;
+    while (!live.empty() && live.top().first < b.first_op) {
+      const int done = live.top().second;
+      arena.release(plan.offsets[done], plan.offsets[done] + buffers[done].size);
+      live.pop();
+    }
+    plan.offsets[id] = arena.allocate(b.size, alignment_of(b, alignment));
+    live.emplace(b.last_op, id);
+  }
+  plan.peak = plan_peak(buffers, plan.offsets);
+  return plan;
+}
+
+}  // namespace
+
+const char* plan_order_name(PlanOrder order) {
+  switch (order) {
+    case PlanOrder::kPlanOrderSize:
+      return "size";
+    case PlanOrder::kPlanOrderTime:
+      return "time";
+    case PlanOrder::kPlanOrderBest:
+      return "best";
+  }
+  return "unknown";
+}
+
+Plan plan_greedy(std::span<const PlanBuffer> buffers, uint64_t alignment, PlanOrder order) {
+  validate(buffers, alignment);
+  const size_t n = buffers.size();
+  auto length = [&](int i) { return buffers[i].last_op - buffers[i].first_op; };
+  std::vector<int> ids(n);
+  std::iota(ids.begin(), ids.end(), 0);
+
+  Plan best;
+  bool have = false;
+  if (order == PlanOrder::kPlanOrderSize || order == PlanOrder::kPlanOrderBest) {
+    const Timeline tl = make_timeline(buffers);
+    std::vector<int> by_size = ids;
+    std::stable_sort(by_size.begin(), by_size.end(), [&](int x, int y) {
+      if (buffers[x].size != buffers[y].size) return buffers[x].size > buffers[y].size;
+      if (length(x) != length(y)) return length(x) > length(y);
+      return buffers[x].first_op < buffers[y].first_op;
+    });
+    best = place_by_size(buffers, alignment, tl, by_size);
+    have = true;
+  }
+  if (order == PlanOrder::kPlanOrderTime || order == PlanOrder::kPlanOrderBest) {
+    std::vector<int> by_time = ids;
+    std::stable_sort(by_time.begin(), by_time.end(), [&](int x, int y) {
+      if (buffers[x].first_op != buffers[y].first_op) {
+        return buffers[x].first_op < buffers[y].first_op;
+      }
+      if (buffers[x].size != buffers[y].size) return buffers[x].size > buffers[y].size;
+      return length(x) > length(y);
+    });
+    Plan p = place_by_time(buffers, alignment, by_time);
+    if (!have || p.peak < best.peak) best = std::move(p);
+  }
+  best.lower_bound = plan_lower_bound(buffers);
+  return best;
+}
+
+uint64_t plan_lower_bound(std::span<const PlanBuffer> buffers) {
+  // +size at first_op, -size after last_op; ends at t + 1 sort before starts at t + 1.
+  std::vector<std::pair<int64_t, int64_t>> events;
+  events.reserve(buffers.size() * 2);
+  for (const PlanBuffer& b : buffers) {
+    if (b.size == 0) continue;
+    events.emplace_back(b.first_op, static_cast<int64_t>(b.size));
+    events.emplace_back(b.last_op + 1, -static_cast<int64_t>(b.size));
+  }
+  std::sort(events.begin(), events.end());
+  int64_t live = 0, best = 0;
+  for (const auto& [t, delta] : events) {
+    live += delta;
+    best = std::max(best, live);
+  }
+  return static_cast<uint64_t>(best);
+}
+
+uint64_t plan_peak(std::span<const PlanBuffer> buffers, std::span<const uint64_t> offsets) {
+  TIERLM_CHECK(buffers.size() == offsets.size(), kErrorInvalidArgument, "plan: ", offsets.size(),
+               " offsets for ", buffers.size(), " buffers; give one per buffer");
+  uint64_t peak = 0;
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    if (buffers[i].size != 0) peak = std::max(peak, offsets[i] + buffers[i].size);
+  }
+  return peak;
+}
+
+void plan_check(std::span<const PlanBuffer> buffers, std::span<const uint64_t> offsets,
+                uint64_t alignment) {
+  validate(buffers, alignment);
+  TIERLM_CHECK(buffers.size() == offsets.size(), kErrorInvalidArgument, "plan: ", offsets.size(),
+               " offsets for ", buffers.size(), " buffers; give one per buffer");
+  auto describe = [&](size_t i) {
+    const PlanBuffer& b = buffers[i];
+    std::ostringstream s;
+    s << "buffer " << i << " (" << b.size << " bytes at offset " << offsets[i] << ", ops "
+      << b.first_op << ".." << b.last_op << ")";
+    return s.str();
+  };
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    const uint64_t a = alignment_of(buffers[i], alignment);
+    TIERLM_CHECK(offsets[i] % a == 0, kErrorInvalidArgument, "plan: ", describe(i),
+                 " is not aligned to ", a, " bytes");
+    TIERLM_CHECK(offsets[i] <= UINT64_MAX - buffers[i].size, kErrorInvalidArgument,
+                 "plan: ", describe(i), " ends past 2^64");
+  }
+  // Sweep by first op. The live buffers are disjoint in memory (else we already threw), so a
+  // new buffer can only collide with its neighbours by offset.
+  std::vector<size_t> order(buffers.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::sort(order.begin(), order.end(),
+            [&](size_t x, size_t y) { return buffers[x].first_op < buffers[y].first_op; });
+  std::map<uint64_t, size_t> live;  // offset -> buffer
+  using Expiry = std::pair<int64_t, size_t>;
+  std::priority_queue<Expiry, std::vector<Expiry>, std::greater<>> expiry;
+  for (size_t i : order) {
+    const PlanBuffer& b = buffers[i];
+    if (b.size == 0) continue;
+    while (!expiry.empty() && expiry.top().first < b.first_op) {
+      live.erase(offsets[expiry.top().second]);
+      expiry.pop();
+    }
+    auto fail = [&](size_t other) {
+      const PlanBuffer& o = buffers[other];
+      TIERLM_FAIL(kErrorInvalidArgument, 0, "plan: ", describe(std::min(i, other)), " and ",
+                  describe(std::max(i, other)), " overlap in memory while both live (ops ",
+                  std::max(b.first_op, o.first_op), "..", std::min(b.last_op, o.last_op), ")");
+    };
+    auto next = live.lower_bound(offsets[i]);
+    if (next != live.end() && next->first < offsets[i] + b.size) fail(next->second);
+    if (next != live.begin()) {
+      auto prev = std::prev(next);
+      if (prev->first + buffers[prev->second].size > offsets[i]) fail(prev->second);
+    }
+    live.emplace(offsets[i], i);
+    expiry.emplace(b.last_op, i);
+  }
+}
+
+}  // namespace tierlm
