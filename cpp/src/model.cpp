@@ -17,6 +17,7 @@
 #include "tierlm/error.hpp"
 #include "tierlm/kernels.hpp"
 #include "tierlm/parallel.hpp"
+#include "tierlm/planner.hpp"
 
 namespace tierlm {
 
@@ -131,64 +132,27 @@ BufferAssignment assign_buffers(const Package& package, int64_t seq, int64_t con
   return a;
 }
 
-bool lifetimes_meet(const MemoryBuffer& a, const MemoryBuffer& b) {
-  return a.start <= b.end && b.start <= a.end;
+}  // namespace
+
+namespace {
+
+std::vector<PlanBuffer> plan_buffers(const std::vector<MemoryBuffer>& buffers) {
+  std::vector<PlanBuffer> out(buffers.size());
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    out[i].size = buffers[i].size;
+    out[i].first_op = buffers[i].start;
+    out[i].last_op = buffers[i].end;
+  }
+  return out;
+}
+
+std::vector<uint64_t> plan_offsets(const std::vector<MemoryBuffer>& buffers) {
+  std::vector<uint64_t> out(buffers.size());
+  for (size_t i = 0; i < buffers.size(); ++i) out[i] = buffers[i].offset;
+  return out;
 }
 
 }  // namespace
-
-uint64_t memory_plan_first_fit(std::vector<MemoryBuffer>& buffers, uint64_t alignment) {
-  std::vector<size_t> order(buffers.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t x, size_t y) { return buffers[x].size > buffers[y].size; });
-  std::vector<size_t> placed;
-  std::vector<std::pair<uint64_t, uint64_t>> taken;  // [begin, end) of conflicting buffers
-  uint64_t peak = 0;
-  for (size_t i : order) {
-    MemoryBuffer& b = buffers[i];
-    taken.clear();
-    for (size_t j : placed) {
-      if (lifetimes_meet(b, buffers[j])) {
-        taken.emplace_back(buffers[j].offset, buffers[j].offset + buffers[j].size);
-      }
-    }
-    std::sort(taken.begin(), taken.end());
-    uint64_t offset = 0;
-    for (const auto& [begin, end] : taken) {
-      if (offset + b.size <= begin) break;
-      offset = std::max(offset, align_up(end, alignment));
-    }
-    b.offset = offset;
-    peak = std::max(peak, offset + b.size);
-    placed.push_back(i);
-  }
-  return peak;
-}
-
-uint64_t memory_lower_bound(const std::vector<MemoryBuffer>& buffers) {
-  int64_t last = 0;
-  for (const MemoryBuffer& b : buffers) last = std::max(last, b.end);
-  std::vector<uint64_t> live(static_cast<size_t>(last + 2), 0);
-  for (const MemoryBuffer& b : buffers) {
-    for (int64_t t = b.start; t <= b.end; ++t) live[t] += b.size;
-  }
-  return live.empty() ? 0 : *std::max_element(live.begin(), live.end());
-}
-
-void memory_plan_check(const std::vector<MemoryBuffer>& buffers, const std::string& source) {
-  for (size_t i = 0; i < buffers.size(); ++i) {
-    for (size_t j = i + 1; j < buffers.size(); ++j) {
-      const MemoryBuffer& a = buffers[i];
-      const MemoryBuffer& b = buffers[j];
-      if (!lifetimes_meet(a, b) || a.size == 0 || b.size == 0) continue;
-      const bool disjoint = a.offset + a.size <= b.offset || b.offset + b.size <= a.offset;
-      TIERLM_CHECK(disjoint, kErrorCorrupt, source, ": buffers ", a.name, " (", a.size,
-                   " bytes at ", a.offset, ") and ", b.name, " (", b.size, " bytes at ", b.offset,
-                   ") are live together but overlap; plan again with `tierlm plan`");
-    }
-  }
-}
 
 // One graph op resolved to pointers and sizes.
 struct ExecOp {
@@ -275,18 +239,30 @@ std::vector<int64_t> stored_plan_seqs(const std::string& package_path) {
 bool apply_stored_plan(const std::string& path, std::vector<MemoryBuffer>& buffers,
                        std::string& why) {
   const detail::Json plan = detail::json_parse_file(path);
-  std::unordered_map<std::string, std::pair<uint64_t, uint64_t>> by_name;  // offset, size
+  struct Entry {
+    uint64_t offset = 0;
+    uint64_t size = 0;  // 0: not given
+    int64_t first = -1;
+    int64_t last = -1;
+  };
+  std::unordered_map<std::string, Entry> by_name;
+  auto number = [&](const detail::Json& b, const char* key, int64_t fallback) {
+    const detail::Json* v = b.find(key);
+    return v == nullptr || v->is_null() ? fallback : v->as_int(path + ": " + key);
+  };
   if (const detail::Json* list = plan.find("buffers"); list != nullptr && list->is_array()) {
     for (const detail::Json& b : list->as_array(path)) {
       const detail::Json* name = b.find("name");
-      const detail::Json* offset = b.find("offset");
-      if (name == nullptr || offset == nullptr) {
+      if (name == nullptr || b.find("offset") == nullptr) {
         why = "a buffer lacks name or offset";
         return false;
       }
-      const detail::Json* size = b.find("size");
-      by_name[name->as_string(path)] = {static_cast<uint64_t>(offset->as_int(path)),
-                                        size ? static_cast<uint64_t>(size->as_int(path)) : 0};
+      Entry e;
+      e.offset = static_cast<uint64_t>(number(b, "offset", 0));
+      e.size = static_cast<uint64_t>(number(b, "size", 0));
+      e.first = number(b, "first", -1);
+      e.last = number(b, "last", -1);
+      by_name[name->as_string(path)] = e;
     }
   } else if (plan.find("names") && plan.find("offsets")) {
     const auto& names = plan.at("names", path).as_array(path);
@@ -296,7 +272,7 @@ bool apply_stored_plan(const std::string& path, std::vector<MemoryBuffer>& buffe
       return false;
     }
     for (size_t i = 0; i < names.size(); ++i) {
-      by_name[names[i].as_string(path)] = {static_cast<uint64_t>(offsets[i].as_int(path)), 0};
+      by_name[names[i].as_string(path)].offset = static_cast<uint64_t>(offsets[i].as_int(path));
     }
   } else {
     why = "no \"buffers\" or \"names\"/\"offsets\"";
@@ -304,22 +280,33 @@ bool apply_stored_plan(const std::string& path, std::vector<MemoryBuffer>& buffe
   }
   if (by_name.size() != buffers.size()) {
     why = "it has " + std::to_string(by_name.size()) + " buffers, the graph " +
-          std::to_string(buffers.size());
+          std::to_string(buffers.size()) + "; plan again with `tierlm plan`";
     return false;
   }
   for (MemoryBuffer& b : buffers) {
     auto it = by_name.find(b.name);
     if (it == by_name.end()) {
-      why = "it lacks buffer " + b.name;
+      why = "it lacks buffer " + b.name + "; plan again with `tierlm plan`";
       return false;
     }
-    if (it->second.second != 0 && it->second.second != b.size) {
-      why = "buffer " + b.name + " has another size";
+    const Entry& e = it->second;
+    if ((e.size != 0 && e.size != b.size) || (e.first >= 0 && e.first != b.start) ||
+        (e.last >= 0 && e.last != b.end)) {
+      why = "buffer " + b.name + " has another size or lifetime; plan again with `tierlm plan`";
       return false;
     }
-    b.offset = it->second.first;
+    if (e.offset % kArenaAlignment != 0) {
+      why = "buffer " + b.name + " is not 64-byte aligned";
+      return false;
+    }
+    b.offset = e.offset;
   }
-  memory_plan_check(buffers, path);
+  try {
+    plan_check(plan_buffers(buffers), plan_offsets(buffers), kArenaAlignment);
+  } catch (const Error& e) {
+    TIERLM_FAIL(kErrorCorrupt, 0, path, ": the plan is invalid (", e.what(),
+                "); plan again with `tierlm plan` or delete the file");
+  }
   return true;
 }
 
@@ -385,14 +372,14 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
       m.plan.source = "internal (" + plan_path + " ignored: " + why + ")";
     }
   }
-  if (!planned) memory_plan_first_fit(m.plan.buffers, kArenaAlignment);
-  m.plan.peak = 0;
-  for (const MemoryBuffer& b : m.plan.buffers)
-    m.plan.peak = std::max(m.plan.peak, b.offset + b.size);
-  m.plan.lower_bound = memory_lower_bound(m.plan.buffers);
+  const std::vector<PlanBuffer> spans = plan_buffers(m.plan.buffers);
+  if (!planned) {
+    const Plan greedy = plan_greedy(spans, kArenaAlignment);
+    for (size_t i = 0; i < m.plan.buffers.size(); ++i) m.plan.buffers[i].offset = greedy.offsets[i];
+  }
+  m.plan.peak = plan_peak(spans, plan_offsets(m.plan.buffers));
+  m.plan.lower_bound = plan_lower_bound(spans);
 
-  size_t n_attention = 0;
-  for (const GraphOp& op : p.graph.ops) n_attention += op.kind == OpKind::kOpAttention;
   uint64_t kv_floats = 0;
   for (const GraphOp& op : p.graph.ops) {
     if (op.kind == OpKind::kOpAttention) {
@@ -558,7 +545,6 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     }
     m.ops.push_back(op);
   }
-  (void)n_attention;
   m.logits = buffer_ptr(assignment.output);
   TIERLM_CHECK(p.graph.width(p.graph.output) == c.vocab_size, kErrorCorrupt,
                "graph.json: the output \"", p.graph.output, "\" has width ",

@@ -319,3 +319,23 @@ def test_budget_too_small_is_refused(packages):
         tierlm.load(packages("llama")[1], budget={"host": "1MiB"})
     with pytest.raises(tierlm.InvalidArgumentError, match="size"):
         tierlm.load(packages("llama")[1], budget={"host": "lots"})
+
+
+def test_tierlm_plan_output_is_used(packages, tmp_path):
+    pytest.importorskip("ortools")
+    from tierlm.cli import main
+
+    pkg = copy_package(packages("opt")[1], tmp_path)
+    ref = load(pkg, prefill_chunk=12)
+    assert main(["plan", str(pkg), "--seq", "12", "--time-limit", "2"]) == 0
+    model = load(pkg)
+    plan = model.memory_plan()
+    assert plan["seq"] == 12 and plan["source"].endswith(os.path.join("plans", "seq-12.json"))
+    stored = json.loads((pkg / "plans" / "seq-12.json").read_text())
+    assert plan["peak"] == stored["peak"] <= ref.memory_plan()["peak"]
+    ids = prompt(30, seed=4)
+    np.testing.assert_allclose(model.logits(ids), ref.logits(ids), rtol=0, atol=1e-5)
+    assert (
+        model.generate(ids, max_new_tokens=6).output_ids
+        == ref.generate(ids, max_new_tokens=6).output_ids
+    )

@@ -39,7 +39,7 @@ struct MemoryPlan {
   std::vector<MemoryBuffer> buffers;
   uint64_t peak = 0;         // arena bytes: max(offset + size)
   uint64_t lower_bound = 0;  // most bytes live at one op
-  std::string source;        // "internal" or the stored plan's path
+  std::string source;        // "internal" (plan_greedy) or the stored plan's path
 };
 
 struct ModelStats {
@@ -101,13 +101,5 @@ class Model {
   explicit Model(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
-
-// Offsets for buffers by first fit in decreasing size order: a buffer never overlaps one whose
-// lifetime intersects its own. Returns the peak.
-uint64_t memory_plan_first_fit(std::vector<MemoryBuffer>& buffers, uint64_t alignment = 64);
-// Largest sum of sizes live at one op.
-uint64_t memory_lower_bound(const std::vector<MemoryBuffer>& buffers);
-// Throws kErrorCorrupt when two buffers with intersecting lifetimes overlap in memory.
-void memory_plan_check(const std::vector<MemoryBuffer>& buffers, const std::string& source);
 
 }  // namespace tierlm
