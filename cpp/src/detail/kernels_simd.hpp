@@ -3,7 +3,8 @@
 // anonymous namespace: each ISA translation unit gets its own copy compiled with its flags,
 // so no AVX-512 instance can be picked by the linker for the AVX2 path.
 //
-// V provides: F (register type), kWidth, kLinearRows / kLinearTokens (matrix-matrix register
+// V provides: F (register type), kWidth, kMatvecRows (weight rows streamed at once by the
+// matrix-vector path), kLinearRows / kLinearTokens (matrix-matrix register
 // tile), kScoreVecs (score tile width in vectors) and score_keys(vecs) (its height),
 // kDotRows (at most this many rows use dot-product scores), kPvRows / kPvVecs (P·V tile), and
 // static zero, set1, load, store, load_n, store_n (first n lanes, rest zero), load_f16(_n),
@@ -191,7 +192,7 @@ void linear_typed(const float* x, const void* w_raw, const void* bias_raw, float
   const auto* w = static_cast<const typename W::Storage*>(w_raw);
   const auto* bias = static_cast<const typename W::Storage*>(bias_raw);
   if (n == 1) {
-    constexpr size_t kRB = 4;
+    constexpr size_t kRB = V::kMatvecRows;
     size_t r = r0;
     for (; r + kRB <= r1; r += kRB) matvec_tile<V, W, kRB>(x, w, bias, y, cols, r);
     for (; r < r1; ++r) matvec_tile<V, W, 1>(x, w, bias, y, cols, r);
