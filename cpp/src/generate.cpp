@@ -112,10 +112,9 @@ int32_t Generator::next() {
   if (done()) return -1;
   const float* logits = nullptr;
   if (!started_) {
-    model_->reset();
-    sequence_id_ = model_->sequence_id();
     const auto t0 = std::chrono::steady_clock::now();
-    logits = model_->forward(prompt_);
+    logits = model_->forward(prompt_, true);
+    sequence_id_ = model_->sequence_id();
     stats_.prefill_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     model_->record_timing(prompt_.size(), stats_.prefill_seconds, 0, 0.0);

@@ -10,6 +10,7 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <unordered_map>
 
 #include "tierlm/detail/json.hpp"
@@ -198,6 +199,7 @@ struct Model::Impl {
   uint64_t sequence = 0;
   ModelStats totals;
   double load_seconds = 0.0;
+  std::mutex busy;  // one forward at a time: the KV cache and arena are shared state
 
   const void* w(int index) const { return index < 0 ? nullptr : weights->data(index); }
 
@@ -676,13 +678,32 @@ int64_t Model::position() const { return impl_->pos; }
 uint64_t Model::sequence_id() const { return impl_->sequence; }
 const MemoryPlan& Model::memory_plan() const { return impl_->plan; }
 
+namespace {
+
+std::unique_lock<std::mutex> claim(std::mutex& busy) {
+  std::unique_lock lock(busy, std::try_to_lock);
+  TIERLM_CHECK(lock.owns_lock(), kErrorInvalidArgument,
+               "the model is already running on another thread; use one Model per thread");
+  return lock;
+}
+
+}  // namespace
+
 void Model::reset() {
+  auto lock = claim(impl_->busy);
   impl_->pos = 0;
   ++impl_->sequence;
 }
 
-const float* Model::forward(std::span<const int32_t> tokens) {
+const float* Model::forward(std::span<const int32_t> tokens) { return forward(tokens, false); }
+
+const float* Model::forward(std::span<const int32_t> tokens, bool restart) {
   Impl& m = *impl_;
+  auto lock = claim(m.busy);
+  if (restart) {
+    m.pos = 0;
+    ++m.sequence;
+  }
   const int64_t n = static_cast<int64_t>(tokens.size());
   TIERLM_CHECK(n > 0, kErrorInvalidArgument,
                "empty prompt: give at least one token (a text prompt that tokenizes to nothing?)");
@@ -702,9 +723,8 @@ const float* Model::forward(std::span<const int32_t> tokens) {
 }
 
 std::vector<float> Model::logits(std::span<const int32_t> ids) {
-  reset();
   const auto t0 = std::chrono::steady_clock::now();
-  const float* out = forward(ids);
+  const float* out = forward(ids, true);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   record_timing(ids.size(), seconds, 0, 0.0);

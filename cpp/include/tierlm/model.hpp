@@ -72,7 +72,8 @@ class Model {
   int64_t context_length() const;
   int64_t prefill_chunk() const;
 
-  // Empties the KV cache: the next forward starts at position 0.
+  // Empties the KV cache: the next forward starts at position 0. A Model runs on one thread
+  // at a time: a call while another thread runs it throws kErrorInvalidArgument.
   void reset();
   // Tokens in the KV cache.
   int64_t position() const;
@@ -81,6 +82,8 @@ class Model {
   // Throws kErrorInvalidArgument for an empty batch, ids outside the vocabulary or a batch
   // that would overflow the context. Allocates nothing.
   const float* forward(std::span<const int32_t> tokens);
+  // The same; restart = true empties the cache first, atomically with the run.
+  const float* forward(std::span<const int32_t> tokens, bool restart);
   // Last-position logits of ids from an empty cache (resets first).
   std::vector<float> logits(std::span<const int32_t> ids);
 
