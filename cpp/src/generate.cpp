@@ -176,4 +176,103 @@ GenerateResult generate(Model& model, std::span<const int32_t> prompt,
   return result;
 }
 
+std::vector<GenerateResult> generate_batch(Model& model,
+                                           const std::vector<std::vector<int32_t>>& prompts,
+                                           const GenerateOptions& options) {
+  const int64_t batch = static_cast<int64_t>(prompts.size());
+  TIERLM_CHECK(batch > 0, kErrorInvalidArgument, "generate_batch: no prompts");
+  TIERLM_CHECK(batch <= model.max_batch(), kErrorInvalidArgument, "generate_batch: ", batch,
+               " prompts but the model was loaded with max_batch ", model.max_batch(),
+               "; load it with max_batch >= ", batch);
+  // Validates each prompt and options the way a single generation does.
+  for (const auto& prompt : prompts) Generator(model, prompt, options);
+
+  const int64_t vocab = model.vocab_size();
+  const int64_t context = model.context_length();
+  std::vector<GenerateResult> results(static_cast<size_t>(batch));
+  std::vector<std::mt19937_64> rngs;
+  SamplerScratch scratch{std::vector<int32_t>(static_cast<size_t>(vocab)),
+                         std::vector<float>(static_cast<size_t>(vocab))};
+  std::vector<int32_t> slots, tokens;
+  slots.reserve(static_cast<size_t>(batch));
+  tokens.reserve(static_cast<size_t>(batch));
+  const auto& eos = model.config().eos_token_ids;
+
+  // Appends a token; returns true while the sequence goes on.
+  auto emit = [&](int32_t slot, int32_t token) {
+    GenerateResult& r = results[slot];
+    r.output_ids.push_back(token);
+    ++r.stats.new_tokens;
+    if (options.stop_at_eos && std::find(eos.begin(), eos.end(), token) != eos.end()) {
+      r.finish_reason = FinishReason::kFinishEos;
+    } else if (static_cast<int64_t>(r.output_ids.size()) >= options.max_new_tokens) {
+      r.finish_reason = FinishReason::kFinishLength;
+    }
+    return r.finish_reason == FinishReason::kFinishNone;
+  };
+
+  double prefill_seconds = 0.0;
+  for (int32_t b = 0; b < batch; ++b) {
+    rngs.emplace_back(options.seed + static_cast<uint64_t>(b));
+    GenerateResult& r = results[b];
+    r.output_ids.reserve(static_cast<size_t>(std::min(options.max_new_tokens, context)));
+    r.stats.prompt_tokens = static_cast<int64_t>(prompts[b].size());
+    if (options.max_new_tokens == 0) {
+      r.finish_reason = FinishReason::kFinishLength;
+      continue;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const float* logits = model.forward_slot(b, prompts[b], true);
+    r.stats.prefill_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    prefill_seconds += r.stats.prefill_seconds;
+    if (emit(b, sample_token(logits, vocab, options, rngs[b], scratch))) slots.push_back(b);
+  }
+  int64_t prompt_tokens = 0;
+  for (const auto& prompt : prompts) prompt_tokens += static_cast<int64_t>(prompt.size());
+  model.record_timing(static_cast<uint64_t>(prompt_tokens), prefill_seconds, 0, 0.0);
+
+  double decode_seconds = 0.0;
+  int64_t decode_tokens = 0;
+  while (!slots.empty()) {
+    // Sequences whose cache is full stop here.
+    size_t kept = 0;
+    for (int32_t s : slots) {
+      if (model.position(s) >= context) {
+        results[s].finish_reason = FinishReason::kFinishContext;
+      } else {
+        slots[kept++] = s;
+      }
+    }
+    slots.resize(kept);
+    if (slots.empty()) break;
+    tokens.clear();
+    for (int32_t s : slots) tokens.push_back(results[s].output_ids.back());
+    const auto t0 = std::chrono::steady_clock::now();
+    const float* logits = model.forward_batch(tokens, slots);
+    kept = 0;
+    for (size_t i = 0; i < slots.size(); ++i) {
+      const int32_t s = slots[i];
+      ++results[s].stats.decode_steps;
+      if (emit(s, sample_token(logits + i * vocab, vocab, options, rngs[s], scratch))) {
+        slots[kept++] = s;
+      }
+    }
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    decode_seconds += seconds;
+    decode_tokens += static_cast<int64_t>(tokens.size());
+    for (int32_t s : slots) results[s].stats.decode_seconds += seconds;
+    slots.resize(kept);
+  }
+  model.record_timing(0, 0.0, static_cast<uint64_t>(decode_tokens), decode_seconds);
+  for (GenerateResult& r : results) {
+    GenerateStats& st = r.stats;
+    if (st.prefill_seconds > 0) st.prefill_tokens_per_s = st.prompt_tokens / st.prefill_seconds;
+    // Throughput of the whole batch: tokens of every sequence per second of decode.
+    if (decode_seconds > 0) st.decode_tokens_per_s = decode_tokens / decode_seconds;
+  }
+  return results;
+}
+
 }  // namespace tierlm

@@ -74,7 +74,8 @@ AttentionShape attention_shape(const GraphOp& op, int64_t n_q, int64_t context) 
   return s;
 }
 
-BufferAssignment assign_buffers(const Package& package, int64_t seq, int64_t context) {
+BufferAssignment assign_buffers(const Package& package, int64_t seq, int64_t context,
+                                int64_t batch) {
   const Graph& graph = package.graph;
   BufferAssignment a;
   std::unordered_map<std::string, int> current;
@@ -100,7 +101,7 @@ BufferAssignment assign_buffers(const Package& package, int64_t seq, int64_t con
     if (reuse) {
       ob.out = out_it->second;
     } else {
-      const int64_t rows = op.kind == OpKind::kOpLmHead ? 1 : seq;
+      const int64_t rows = op.kind == OpKind::kOpLmHead ? batch : seq;  // last rows only
       MemoryBuffer b;
       b.name = op.output + "@" + std::to_string(i);
       b.size = static_cast<uint64_t>(rows * graph.width(op.output)) * sizeof(float);
@@ -173,6 +174,7 @@ struct ExecOp {
   AttentionShape shape;
   float scale = 1.0f;
   int kv = -1;
+  size_t kv_stride = 0;  // floats between sequence slots in this op's k (and v) cache
   void* workspace = nullptr;
   int64_t offset = 0;
   size_t index = 0;
@@ -195,7 +197,13 @@ struct Model::Impl {
   std::vector<int32_t> positions;
   std::vector<int32_t> shifted;
   float* logits = nullptr;
-  int64_t pos = 0;
+  int64_t max_batch = 1;
+  std::vector<int64_t> slot_pos;  // tokens in each sequence slot's KV cache
+  size_t kv_slot_stride = 0;      // floats between slots, per attention op and per k / v
+  // The rows of the batch being run: one sequence slot (prefill) or one slot per row (batched
+  // decode, slots != nullptr).
+  int32_t slot = 0;
+  const int32_t* slots = nullptr;
   uint64_t sequence = 0;
   ModelStats totals;
   double load_seconds = 0.0;
@@ -203,7 +211,7 @@ struct Model::Impl {
 
   const void* w(int index) const { return index < 0 ? nullptr : weights->data(index); }
 
-  void run_chunk(const int32_t* tokens, int64_t n);
+  void run_rows(const int32_t* tokens, int64_t n);
   void run_op(const ExecOp& op, const int32_t* tokens, int64_t n);
 };
 
@@ -335,15 +343,20 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
                " is negative");
   m.context =
       options.max_context > 0 ? std::min(options.max_context, c.max_positions) : c.max_positions;
+  TIERLM_CHECK(options.max_batch >= 1, kErrorInvalidArgument, "max_batch ", options.max_batch,
+               " must be at least 1");
+  m.max_batch = options.max_batch;
   const std::vector<int64_t> plans = stored_plan_seqs(p.path);
   if (options.prefill_chunk > 0) {
     m.chunk = std::min(options.prefill_chunk, m.context);
   } else {
     m.chunk = std::min(kDefaultPrefillChunk, m.context);
     for (int64_t seq : plans) {
-      if (seq <= m.context) m.chunk = seq;
+      if (seq <= m.context && seq >= m.max_batch) m.chunk = seq;
     }
   }
+  // A batched decode step runs one row per sequence through the same arena.
+  m.chunk = std::max(m.chunk, m.max_batch);
 
   // Tensors the graph uses (lm_head falls back to embed.weight when tied).
   std::vector<std::string> names;
@@ -359,7 +372,7 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   }
 
   // Memory: buffers and plan for a chunk, KV cache for the context.
-  BufferAssignment assignment = assign_buffers(p, m.chunk, m.context);
+  BufferAssignment assignment = assign_buffers(p, m.chunk, m.context, m.max_batch);
   m.plan.seq = m.chunk;
   m.plan.buffers = assignment.buffers;
   m.plan.source = "internal";
@@ -385,7 +398,7 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   uint64_t kv_floats = 0;
   for (const GraphOp& op : p.graph.ops) {
     if (op.kind == OpKind::kOpAttention) {
-      kv_floats += 2 * static_cast<uint64_t>(op.kv_heads * m.context * op.head_dim);
+      kv_floats += 2 * static_cast<uint64_t>(m.max_batch * op.kv_heads * m.context * op.head_dim);
     }
   }
   const uint64_t weight_bytes = detail::resident_weight_bytes(p, names);
@@ -394,8 +407,8 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   const uint64_t needed = weight_bytes + kv_bytes + arena_bytes;
   TIERLM_CHECK(needed <= options.host_budget, kErrorBudget, "host tier: the model needs ",
                format_bytes(needed), " (weights ", format_bytes(weight_bytes), ", KV cache ",
-               format_bytes(kv_bytes), " for ", m.context, " tokens, activations ",
-               format_bytes(arena_bytes), ") but the host budget is ",
+               format_bytes(kv_bytes), " for ", m.max_batch, " x ", m.context,
+               " tokens, activations ", format_bytes(arena_bytes), ") but the host budget is ",
                format_bytes(options.host_budget),
                "; raise the host budget or lower max_context (streaming weights from disk "
                "is not implemented yet)");
@@ -524,9 +537,10 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
                                : 1.0f / std::sqrt(static_cast<float>(head_dim));
         op.kv = static_cast<int>(m.k_cache.size());
         const size_t per = static_cast<size_t>(g.kv_heads * m.context * head_dim);
+        op.kv_stride = per;
         m.k_cache.push_back(kv_next);
-        m.v_cache.push_back(kv_next + per);
-        kv_next += 2 * per;
+        m.v_cache.push_back(kv_next + per * m.max_batch);
+        kv_next += 2 * per * m.max_batch;
         break;
       }
       case OpKind::kOpAdd:
@@ -554,6 +568,7 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   TIERLM_CHECK(
       !m.ops.empty() && m.ops.back().kind == OpKind::kOpLmHead && m.ops.back().out == m.logits,
       kErrorCorrupt, "graph.json: the last op must be lm_head writing the output");
+  m.slot_pos.assign(static_cast<size_t>(m.max_batch), 0);
   m.positions.resize(static_cast<size_t>(m.chunk));
   m.shifted.resize(static_cast<size_t>(m.chunk));
   m.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -591,7 +606,7 @@ void Model::Impl::run_op(const ExecOp& op, const int32_t* tokens, int64_t n) {
     case OpKind::kOpLmHead: {
       const float* x = op.in[0];
       size_t m_rows = rows;
-      if (op.kind == OpKind::kOpLmHead) {  // last token only
+      if (op.kind == OpKind::kOpLmHead && slots == nullptr) {  // last token only
         x += (rows - 1) * static_cast<size_t>(op.in_width);
         m_rows = 1;
       }
@@ -612,21 +627,33 @@ void Model::Impl::run_op(const ExecOp& op, const int32_t* tokens, int64_t n) {
       const size_t kv_heads = op.shape.n_kv_heads;
       const size_t head_dim = op.shape.head_dim;
       const size_t kv_width = kv_heads * head_dim;
-      float* kc = k_cache[op.kv];
-      float* vc = v_cache[op.kv];
-      const size_t pos0 = static_cast<size_t>(pos);
-      for (size_t i = 0; i < rows; ++i) {
-        for (size_t h = 0; h < kv_heads; ++h) {
-          const size_t slot = (h * static_cast<size_t>(context) + pos0 + i) * head_dim;
-          std::memcpy(kc + slot, op.in[1] + i * kv_width + h * head_dim, head_dim * sizeof(float));
-          std::memcpy(vc + slot, op.in[2] + i * kv_width + h * head_dim, head_dim * sizeof(float));
+      const size_t q_width = op.shape.n_heads * head_dim;
+      // Rows of one sequence are consecutive positions; a batched decode step has one row per
+      // sequence, each attending over its own slot's cache.
+      const size_t groups = slots == nullptr ? 1 : rows;
+      const size_t per_group = slots == nullptr ? rows : 1;
+      for (size_t g = 0; g < groups; ++g) {
+        const size_t s = static_cast<size_t>(slots == nullptr ? slot : slots[g]);
+        float* kc = k_cache[op.kv] + s * op.kv_stride;
+        float* vc = v_cache[op.kv] + s * op.kv_stride;
+        const size_t pos0 = static_cast<size_t>(slot_pos[s]);
+        const size_t row0 = g * per_group;
+        for (size_t i = 0; i < per_group; ++i) {
+          const float* k = op.in[1] + (row0 + i) * kv_width;
+          const float* v = op.in[2] + (row0 + i) * kv_width;
+          for (size_t h = 0; h < kv_heads; ++h) {
+            const size_t at = (h * static_cast<size_t>(context) + pos0 + i) * head_dim;
+            std::memcpy(kc + at, k + h * head_dim, head_dim * sizeof(float));
+            std::memcpy(vc + at, v + h * head_dim, head_dim * sizeof(float));
+          }
         }
+        AttentionShape shape = op.shape;
+        shape.n_q = per_group;
+        shape.q_pos0 = pos0;
+        shape.kv_len = pos0 + per_group;
+        kernel_attention(op.in[0] + row0 * q_width, kc, vc, op.out + row0 * q_width, shape,
+                         op.scale, op.workspace);
       }
-      AttentionShape shape = op.shape;
-      shape.n_q = rows;
-      shape.q_pos0 = pos0;
-      shape.kv_len = pos0 + rows;
-      kernel_attention(op.in[0], kc, vc, op.out, shape, op.scale, op.workspace);
       break;
     }
     case OpKind::kOpAdd:
@@ -654,8 +681,10 @@ void Model::Impl::run_op(const ExecOp& op, const int32_t* tokens, int64_t n) {
   }
 }
 
-void Model::Impl::run_chunk(const int32_t* tokens, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) positions[i] = static_cast<int32_t>(pos + i);
+void Model::Impl::run_rows(const int32_t* tokens, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    positions[i] = static_cast<int32_t>(slots == nullptr ? slot_pos[slot] + i : slot_pos[slots[i]]);
+  }
   int layer = INT_MIN;
   for (const ExecOp& op : ops) {
     if (op.layer != layer) {
@@ -666,7 +695,11 @@ void Model::Impl::run_chunk(const int32_t* tokens, int64_t n) {
     run_op(op, tokens, n);
   }
   if (layer != INT_MIN) weights->end_layer(layer);
-  pos += n;
+  if (slots == nullptr) {
+    slot_pos[slot] += n;
+  } else {
+    for (int64_t i = 0; i < n; ++i) ++slot_pos[slots[i]];
+  }
 }
 
 const Package& Model::package() const { return impl_->package; }
@@ -674,7 +707,13 @@ const ModelConfig& Model::config() const { return impl_->package.config; }
 int64_t Model::vocab_size() const { return impl_->package.config.vocab_size; }
 int64_t Model::context_length() const { return impl_->context; }
 int64_t Model::prefill_chunk() const { return impl_->chunk; }
-int64_t Model::position() const { return impl_->pos; }
+int64_t Model::position() const { return impl_->slot_pos[0]; }
+int64_t Model::position(int32_t slot) const {
+  TIERLM_CHECK(slot >= 0 && slot < impl_->max_batch, kErrorInvalidArgument, "slot ", slot,
+               " is outside 0..", impl_->max_batch - 1, " (max_batch)");
+  return impl_->slot_pos[slot];
+}
+int64_t Model::max_batch() const { return impl_->max_batch; }
 uint64_t Model::sequence_id() const { return impl_->sequence; }
 const MemoryPlan& Model::memory_plan() const { return impl_->plan; }
 
@@ -691,34 +730,77 @@ std::unique_lock<std::mutex> claim(std::mutex& busy) {
 
 void Model::reset() {
   auto lock = claim(impl_->busy);
-  impl_->pos = 0;
+  std::fill(impl_->slot_pos.begin(), impl_->slot_pos.end(), 0);
   ++impl_->sequence;
 }
 
 const float* Model::forward(std::span<const int32_t> tokens) { return forward(tokens, false); }
 
 const float* Model::forward(std::span<const int32_t> tokens, bool restart) {
-  Impl& m = *impl_;
-  auto lock = claim(m.busy);
-  if (restart) {
-    m.pos = 0;
-    ++m.sequence;
-  }
-  const int64_t n = static_cast<int64_t>(tokens.size());
-  TIERLM_CHECK(n > 0, kErrorInvalidArgument,
+  return forward_slot(0, tokens, restart);
+}
+
+namespace {
+
+void check_tokens(std::span<const int32_t> tokens, int64_t vocab) {
+  TIERLM_CHECK(!tokens.empty(), kErrorInvalidArgument,
                "empty prompt: give at least one token (a text prompt that tokenizes to nothing?)");
-  const int64_t vocab = m.package.config.vocab_size;
-  for (int64_t i = 0; i < n; ++i) {
+  for (size_t i = 0; i < tokens.size(); ++i) {
     TIERLM_CHECK(tokens[i] >= 0 && tokens[i] < vocab, kErrorInvalidArgument, "token id ", tokens[i],
                  " at index ", i, " is outside the vocabulary (0..", vocab - 1, ")");
   }
-  TIERLM_CHECK(m.pos + n <= m.context, kErrorInvalidArgument, "the sequence needs ", m.pos + n,
-               " positions (", m.pos, " in the cache + ", n, " new tokens) but the context holds ",
+}
+
+}  // namespace
+
+const float* Model::forward_slot(int32_t slot, std::span<const int32_t> tokens, bool restart) {
+  Impl& m = *impl_;
+  auto lock = claim(m.busy);
+  TIERLM_CHECK(slot >= 0 && slot < m.max_batch, kErrorInvalidArgument, "slot ", slot,
+               " is outside 0..", m.max_batch - 1, " (load the model with a larger max_batch)");
+  if (restart) {
+    m.slot_pos[slot] = 0;
+    ++m.sequence;
+  }
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  check_tokens(tokens, m.package.config.vocab_size);
+  const int64_t pos = m.slot_pos[slot];
+  TIERLM_CHECK(pos + n <= m.context, kErrorInvalidArgument, "the sequence needs ", pos + n,
+               " positions (", pos, " in the cache + ", n, " new tokens) but the context holds ",
                m.context, " (max_positions ", m.package.config.max_positions,
                "); shorten the prompt");
+  m.slot = slot;
+  m.slots = nullptr;
   for (int64_t start = 0; start < n; start += m.chunk) {
-    m.run_chunk(tokens.data() + start, std::min(m.chunk, n - start));
+    m.run_rows(tokens.data() + start, std::min(m.chunk, n - start));
   }
+  return m.logits;
+}
+
+const float* Model::forward_batch(std::span<const int32_t> tokens, std::span<const int32_t> slots) {
+  Impl& m = *impl_;
+  auto lock = claim(m.busy);
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  TIERLM_CHECK(slots.size() == tokens.size(), kErrorInvalidArgument,
+               "forward_batch: ", tokens.size(), " tokens for ", slots.size(),
+               " slots; give one token per slot");
+  TIERLM_CHECK(n <= m.max_batch, kErrorInvalidArgument, "forward_batch: ", n,
+               " sequences but the model was loaded with max_batch ", m.max_batch);
+  check_tokens(tokens, m.package.config.vocab_size);
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t s = slots[i];
+    TIERLM_CHECK(s >= 0 && s < m.max_batch, kErrorInvalidArgument, "forward_batch: slot ", s,
+                 " is outside 0..", m.max_batch - 1);
+    for (int64_t j = 0; j < i; ++j) {
+      TIERLM_CHECK(slots[j] != s, kErrorInvalidArgument, "forward_batch: slot ", s,
+                   " appears twice");
+    }
+    TIERLM_CHECK(m.slot_pos[s] + 1 <= m.context, kErrorInvalidArgument, "forward_batch: slot ", s,
+                 " holds ", m.slot_pos[s], " tokens, the context is full (", m.context, ")");
+  }
+  m.slots = slots.data();
+  m.run_rows(tokens.data(), n);
+  m.slots = nullptr;
   return m.logits;
 }
 
@@ -756,7 +838,7 @@ ModelStats Model::stats() const {
 std::vector<MemoryBuffer> Model::memory_buffers(int64_t seq) const {
   TIERLM_CHECK(seq > 0 && seq <= impl_->context, kErrorInvalidArgument, "memory_buffers: seq ", seq,
                " must be in 1..", impl_->context, " (the context length)");
-  return assign_buffers(impl_->package, seq, impl_->context).buffers;
+  return assign_buffers(impl_->package, seq, impl_->context, impl_->max_batch).buffers;
 }
 
 }  // namespace tierlm

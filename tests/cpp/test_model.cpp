@@ -212,6 +212,70 @@ TEST(Model, MemoryPlanHasNoOverlapAndBeatsNoReuse) {
   EXPECT_EQ(plan.source, "internal");
 }
 
+TEST(Model, BatchedDecodeEqualsSeparateSequences) {
+  TempDir dir;
+  write_tiny_package(dir.path());
+  ModelOptions options = small_budget();
+  options.max_batch = 3;
+  Model batched = Model::load(dir.path(), options);
+  Model single = Model::load(dir.path(), small_budget());
+  const std::vector<std::vector<int32_t>> prompts = {{3, 9, 27}, {5, 10, 15, 20, 25}, {7}};
+  for (int32_t b = 0; b < 3; ++b) batched.forward_slot(b, prompts[b], true);
+  std::vector<int32_t> slots = {2, 0, 1};
+  std::vector<int32_t> tokens = {11, 12, 13};
+  for (int step = 0; step < 4; ++step) {
+    g_allocations = 0;
+    g_counting = true;
+    const float* logits = batched.forward_batch(tokens, slots);
+    g_counting = false;
+    EXPECT_EQ(g_allocations.load(), 0) << "forward_batch allocated";
+    for (size_t i = 0; i < slots.size(); ++i) {
+      // The batch appended the same token to this slot at every step.
+      std::vector<int32_t> history = prompts[slots[i]];
+      for (int k = 0; k <= step; ++k) history.push_back(tokens[i]);
+      const std::vector<float> ref = single.logits(history);
+      for (int64_t v = 0; v < single.vocab_size(); ++v) {
+        ASSERT_NEAR(logits[i * single.vocab_size() + v], ref[v], 1e-4)
+            << "step " << step << " row " << i;
+      }
+    }
+    for (size_t i = 0; i < slots.size(); ++i) {
+      EXPECT_EQ(batched.position(slots[i]),
+                static_cast<int64_t>(prompts[slots[i]].size()) + step + 1);
+    }
+  }
+  EXPECT_THROW(batched.forward_batch(std::vector<int32_t>{1, 2}, std::vector<int32_t>{0, 0}),
+               Error);
+  EXPECT_THROW(batched.forward_batch(std::vector<int32_t>{1}, std::vector<int32_t>{3}), Error);
+}
+
+TEST(Model, GenerateBatchEqualsGenerate) {
+  TempDir dir;
+  write_tiny_package(dir.path());
+  ModelOptions options = small_budget();
+  options.max_batch = 4;
+  Model batched = Model::load(dir.path(), options);
+  Model single = Model::load(dir.path(), small_budget());
+  const std::vector<std::vector<int32_t>> prompts = {{3, 9, 27}, {5, 10, 15, 20, 25}, {7}, {8, 1}};
+  for (float temperature : {0.0f, 1.0f}) {
+    GenerateOptions g;
+    g.max_new_tokens = 9 + static_cast<int>(temperature);
+    g.temperature = temperature;
+    g.seed = 40;
+    g.stop_at_eos = false;
+    const std::vector<GenerateResult> results = generate_batch(batched, prompts, g);
+    ASSERT_EQ(results.size(), prompts.size());
+    for (size_t b = 0; b < prompts.size(); ++b) {
+      GenerateOptions one = g;
+      one.seed = g.seed + b;
+      EXPECT_EQ(results[b].output_ids, generate(single, prompts[b], one).output_ids) << b;
+      EXPECT_EQ(results[b].finish_reason, FinishReason::kFinishLength);
+    }
+  }
+  GenerateOptions g;
+  EXPECT_THROW(generate_batch(single, prompts, g), Error);  // max_batch 1
+}
+
 TEST(Sampler, GreedyTopKTopP) {
   const std::vector<float> logits = {0.1f, 2.0f, -1.0f, 2.0f, 1.5f};
   SamplerScratch scratch{std::vector<int32_t>(5), std::vector<float>(5)};

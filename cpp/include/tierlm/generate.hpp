@@ -83,4 +83,12 @@ class Generator {
 GenerateResult generate(Model& model, std::span<const int32_t> prompt,
                         const GenerateOptions& options = {}, const TokenCallback& on_token = {});
 
+// Generates for several prompts at once (at most model.max_batch()): each prompt is
+// prefilled into its own KV slot, then every decode step runs the unfinished sequences
+// together (forward_batch). Sequence i samples with seed options.seed + i, so its tokens
+// equal generate(prompts[i]) with that seed (up to float rounding of batched products).
+std::vector<GenerateResult> generate_batch(Model& model,
+                                           const std::vector<std::vector<int32_t>>& prompts,
+                                           const GenerateOptions& options = {});
+
 }  // namespace tierlm

@@ -22,6 +22,7 @@ struct ModelOptions {
   int64_t max_context = 0;            // KV cache capacity in tokens; 0 = config.max_positions
   int64_t prefill_chunk = 0;          // tokens per prefill batch; 0 = a stored plan's or 256
   bool lock = true;                   // mlock host buffers where RLIMIT_MEMLOCK allows
+  int64_t max_batch = 1;              // sequences decoded together (KV cache slots)
 };
 
 // One activation or workspace buffer of the graph for a batch of `seq` tokens: live from op
@@ -75,8 +76,11 @@ class Model {
   // Empties the KV cache: the next forward starts at position 0. A Model runs on one thread
   // at a time: a call while another thread runs it throws kErrorInvalidArgument.
   void reset();
-  // Tokens in the KV cache.
+  // Tokens in the KV cache (of slot 0, or of a sequence slot).
   int64_t position() const;
+  int64_t position(int32_t slot) const;
+  // Sequence slots: how many sequences forward_batch can decode together.
+  int64_t max_batch() const;
   // Runs tokens at the current position (in prefill_chunk batches), appends them to the KV
   // cache and returns the last token's logits (vocab_size floats, valid until the next call).
   // Throws kErrorInvalidArgument for an empty batch, ids outside the vocabulary or a batch
@@ -84,6 +88,12 @@ class Model {
   const float* forward(std::span<const int32_t> tokens);
   // The same; restart = true empties the cache first, atomically with the run.
   const float* forward(std::span<const int32_t> tokens, bool restart);
+  // The same on sequence slot `slot` (0 .. max_batch - 1), each with its own KV cache.
+  const float* forward_slot(int32_t slot, std::span<const int32_t> tokens, bool restart);
+  // One decode step of several sequences at once: tokens[i] is appended to slot slots[i]
+  // (distinct slots) at that slot's position. The matrix products read each weight once for
+  // all rows. Returns logits [tokens.size(), vocab_size], row i for slots[i].
+  const float* forward_batch(std::span<const int32_t> tokens, std::span<const int32_t> slots);
   // Last-position logits of ids from an empty cache (resets first).
   std::vector<float> logits(std::span<const int32_t> ids);
 
