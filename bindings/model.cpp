@@ -100,7 +100,7 @@ void bind_model(nb::module_& m) {
       .def_static(
           "load",
           [](const std::string& path, uint64_t host_budget, size_t threads, bool verify,
-             int64_t max_context, int64_t prefill_chunk, bool lock) {
+             int64_t max_context, int64_t prefill_chunk, bool lock, int64_t max_batch) {
             ModelOptions o;
             o.host_budget = host_budget;
             o.threads = threads;
@@ -108,12 +108,13 @@ void bind_model(nb::module_& m) {
             o.max_context = max_context;
             o.prefill_chunk = prefill_chunk;
             o.lock = lock;
+            o.max_batch = max_batch;
             nb::gil_scoped_release release;
             return Model::load(path, o);
           },
           nb::arg("path"), nb::arg("host_budget"), nb::arg("threads") = 0,
           nb::arg("verify") = false, nb::arg("max_context") = 0, nb::arg("prefill_chunk") = 0,
-          nb::arg("lock") = true)
+          nb::arg("lock") = true, nb::arg("max_batch") = 1)
       .def_prop_ro("path", [](const Model& self) { return self.package().path; })
       .def_prop_ro("architecture", [](const Model& self) { return self.package().architecture; })
       .def_prop_ro("dtype", [](const Model& self) { return self.package().dtype; })
@@ -124,7 +125,8 @@ void bind_model(nb::module_& m) {
       .def_prop_ro("vocab_size", &Model::vocab_size)
       .def_prop_ro("context_length", &Model::context_length)
       .def_prop_ro("prefill_chunk", &Model::prefill_chunk)
-      .def_prop_ro("position", &Model::position)
+      .def_prop_ro("position", [](const Model& self) { return self.position(); })
+      .def_prop_ro("max_batch", &Model::max_batch)
       .def("reset", &Model::reset)
       .def(
           "logits",
@@ -157,6 +159,30 @@ void bind_model(nb::module_& m) {
             return d;
           },
           nb::arg("ids"), nb::arg("max_new_tokens") = 32, nb::arg("temperature") = 0.0f,
+          nb::arg("top_k") = 0, nb::arg("top_p") = 1.0f, nb::arg("seed") = 0,
+          nb::arg("stop_at_eos") = true)
+      .def(
+          "generate_batch",
+          [](Model& self, const std::vector<std::vector<int32_t>>& prompts, int64_t max_new_tokens,
+             float temperature, int64_t top_k, float top_p, uint64_t seed, bool stop_at_eos) {
+            std::vector<GenerateResult> results;
+            {
+              nb::gil_scoped_release release;
+              results = generate_batch(
+                  self, prompts,
+                  generate_options(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos));
+            }
+            nb::list out;
+            for (const GenerateResult& result : results) {
+              nb::dict d;
+              d["output_ids"] = result.output_ids;
+              d["finish_reason"] = finish_reason_name(result.finish_reason);
+              d["stats"] = generate_stats_dict(result.stats);
+              out.append(d);
+            }
+            return out;
+          },
+          nb::arg("prompts"), nb::arg("max_new_tokens") = 32, nb::arg("temperature") = 0.0f,
           nb::arg("top_k") = 0, nb::arg("top_p") = 1.0f, nb::arg("seed") = 0,
           nb::arg("stop_at_eos") = true)
       .def("stats", [](const Model& self) { return model_stats_dict(self.stats()); })

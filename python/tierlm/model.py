@@ -153,6 +153,42 @@ class Model:
             stats=stats,
         )
 
+    def generate_batch(
+        self,
+        prompts,
+        max_new_tokens=32,
+        temperature=0.0,
+        top_k=0,
+        top_p=1.0,
+        seed=0,
+        stop_at_eos=True,
+    ):
+        """Generates for several prompts (texts or id lists) at once; returns one
+        GenerateResult per prompt. Needs a model loaded with max_batch >= len(prompts).
+        Decode steps run all unfinished sequences together (one weight read per step);
+        prompt i samples with seed + i. stats["decode_tokens_per_s"] is the batch's."""
+        ids = [self.encode(p) for p in prompts]
+        outs = self._native.generate_batch(
+            ids,
+            max_new_tokens=int(max_new_tokens),
+            temperature=float(temperature),
+            top_k=int(top_k or 0),
+            top_p=float(1.0 if top_p is None else top_p),
+            seed=int(seed or 0),
+            stop_at_eos=bool(stop_at_eos),
+        )
+        tiers = self._tier_stats()
+        return [
+            GenerateResult(
+                prompt_ids=p,
+                output_ids=list(out["output_ids"]),
+                text=self.decode(out["output_ids"]),
+                finish_reason=out["finish_reason"],
+                stats={**out["stats"], **tiers},
+            )
+            for p, out in zip(ids, outs, strict=True)
+        ]
+
     def stream(
         self,
         prompt,
@@ -239,12 +275,14 @@ def load(
     max_context=0,
     prefill_chunk=0,
     lock=True,
+    max_batch=1,
 ):
     """Loads a package (tierlm export's output).
 
     budget: {"host": "4GiB"} (sizes as bytes or strings), one size for the host tier, or None
     for the machine's default. verify: check every tensor's CRC-32 while reading.
     max_context: KV cache tokens (default: the model's max_positions).
+    max_batch: sequences generate_batch decodes together (each gets its own KV cache).
     """
     budgets = _budgets(budget)
     native = _core.Model.load(
@@ -255,5 +293,6 @@ def load(
         max_context=int(max_context or 0),
         prefill_chunk=int(prefill_chunk or 0),
         lock=bool(lock),
+        max_batch=int(max_batch),
     )
     return Model(native, budgets)

@@ -367,3 +367,27 @@ def test_concurrent_use_is_refused_not_corrupted(packages):
     assert len(results) + len(errors) == 15 and results
     for r in results:
         np.testing.assert_array_equal(r, ref)
+
+
+def test_generate_batch_equals_single_generation(packages):
+    hf, pkg = packages("qwen2")
+    model = load(pkg, max_batch=3)
+    assert model._native.max_batch == 3
+    prompts = [prompt(7, seed=1), prompt(1, seed=2), prompt(20, seed=3)]
+    results = model.generate_batch(prompts, max_new_tokens=12)
+    single = load(pkg)
+    for p, r in zip(prompts, results, strict=True):
+        assert r.prompt_ids == p
+        assert r.output_ids == single.generate(p, max_new_tokens=12).output_ids
+    # Matches transformers too (greedy).
+    with torch.no_grad():
+        ref = hf.generate(
+            torch.tensor([prompts[2]]), max_new_tokens=12, do_sample=False, pad_token_id=0
+        )[0, 20:].tolist()
+    assert results[2].output_ids == ref
+    sampled = model.generate_batch(prompts, max_new_tokens=6, temperature=1.0, seed=9)
+    for i, (p, r) in enumerate(zip(prompts, sampled, strict=True)):
+        one = single.generate(p, max_new_tokens=6, temperature=1.0, seed=9 + i)
+        assert r.output_ids == one.output_ids
+    with pytest.raises(tierlm.InvalidArgumentError, match="max_batch"):
+        single.generate_batch(prompts, max_new_tokens=2)
