@@ -210,10 +210,11 @@ AttentionPlan attention_plan(const AttentionShape& s) {
   p.slot_floats =
       align16(p.rows * d) + 2 * align16(p.rows) + detail::attention_scratch_floats(p.rows, d);
   p.partial_floats = align16(p.rows * d) + 2 * align16(p.rows);
-  // Partial states are only kept when the key range is split; reserving them for the largest
-  // split count any shape with these rows can get keeps the size monotonic in n_q and kv_len.
-  const size_t max_partials = p.n_splits > 1 ? 2 * kAttentionTargetItems : 0;
-  p.bytes = 64 + sizeof(float) * (p.slots * p.slot_floats + max_partials * p.partial_floats);
+  // Split partial states: fewer than 2 * kAttentionTargetItems items ever split, and reserving
+  // them whether or not this shape splits keeps the size independent of kv_len and growing
+  // with n_q, so the size for the largest step covers every smaller one.
+  p.bytes =
+      64 + sizeof(float) * (p.slots * p.slot_floats + 2 * kAttentionTargetItems * p.partial_floats);
   return p;
 }
 
@@ -233,9 +234,7 @@ void check_attention_shape(const AttentionShape& s) {
 
 size_t kernel_attention_workspace(const AttentionShape& shape) {
   check_attention_shape(shape);
-  AttentionShape upper = shape;
-  upper.q_pos0 = shape.kv_len - shape.n_q;  // the split count grows with the keys seen
-  return attention_plan(upper).bytes;
+  return attention_plan(shape).bytes;
 }
 
 void kernel_attention(const float* q, const float* k_cache, const float* v_cache, float* out,
