@@ -12,7 +12,7 @@ import argparse
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import median_time, memory_bandwidth, print_table
+from _common import median_times, memory_bandwidth, print_table
 from tierlm import _core
 
 K = _core.kernels
@@ -25,14 +25,15 @@ def prefill_row(n, rng):
     vc = rng.standard_normal((HKV, n, D), dtype=np.float32)
     ws = np.zeros(K.attention_workspace(n, H, HKV, D, n, n, 0), dtype=np.uint8)
     scale = D**-0.5
-    ours = median_time(lambda: K.attention(q, kc, vc, n, 0, scale, workspace=ws), repeats=5)
     qt = torch.from_numpy(q).transpose(0, 1).contiguous()[None]
     kt, vt = torch.from_numpy(kc)[None], torch.from_numpy(vc)[None]
 
     def ref():
         F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale, enable_gqa=True)
 
-    theirs = median_time(ref, repeats=5)
+    ours, theirs = median_times(
+        [lambda: K.attention(q, kc, vc, n, 0, scale, workspace=ws), ref], repeats=5
+    )
     flops = 4 * H * D * n * (n + 1) / 2
     return [
         "prefill",
@@ -72,8 +73,7 @@ def decode_row(kv, rng, bandwidth):
         for kt, vt in tcaches:
             F.scaled_dot_product_attention(qt, kt, vt, scale=scale, enable_gqa=True)
 
-    t_ours = median_time(ours, repeats=5) / layers
-    t_theirs = median_time(theirs, repeats=5) / layers
+    t_ours, t_theirs = (t / layers for t in median_times([ours, theirs], repeats=7))
     bound = kv_bytes / bandwidth
     return [
         "decode",

@@ -12,7 +12,7 @@ import argparse
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import median_time, memory_bandwidth, print_table
+from _common import median_times, memory_bandwidth, print_table
 from tierlm import _core
 
 K = _core.kernels
@@ -45,11 +45,12 @@ def bench(rows, cols, dtype, rng, bandwidth, n):
         for _, w in ws:
             F.linear(xt, w)
 
-    t_ours = median_time(ours, repeats=7) / copies
-    t_torch = median_time(theirs, repeats=7) / copies
-    t_np = None
+    fns = [ours, theirs]
     if dtype == "f32":
-        t_np = median_time(lambda: [x @ arr.T for arr, _ in ws], repeats=7) / copies
+        fns.append(lambda: [x @ arr.T for arr, _ in ws])
+    times = [t / copies for t in median_times(fns, repeats=7)]
+    t_ours, t_torch = times[:2]
+    t_np = times[2] if dtype == "f32" else None
     if n == 1:
         bound = nbytes / bandwidth
         rate = lambda t: f"{nbytes / t / 1e9:.1f}"  # noqa: E731

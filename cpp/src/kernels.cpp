@@ -270,11 +270,13 @@ void kernel_attention(const float* q, const float* k_cache, const float* v_cache
     for (size_t slot = s0; slot < s1; ++slot) {
       float* scratch = slots + slot * p.slot_floats;
       for (size_t item = next.fetch_add(1); item < n_items; item = next.fetch_add(1)) {
-        // Last query blocks first: under the causal mask they see the most keys.
+        // Head by head, so consecutive items (on both threads) reuse one head's K/V from cache;
+        // within a head the last query blocks first: under the causal mask they see the most
+        // keys, and the small blocks fill in at the end.
         const size_t split = item % p.n_splits;
         const size_t rest = item / p.n_splits;
-        const size_t head = rest % shape.n_kv_heads;
-        const size_t block = p.n_qblocks - 1 - rest / shape.n_kv_heads;
+        const size_t head = rest / p.n_qblocks;
+        const size_t block = p.n_qblocks - 1 - rest % p.n_qblocks;
         const size_t i0 = block * p.q_block;
         const size_t nq = std::min(p.q_block, shape.n_q - i0);
         const size_t keys = shape.q_pos0 + i0 + nq;
@@ -306,8 +308,8 @@ void kernel_attention(const float* q, const float* k_cache, const float* v_cache
   const size_t groups = shape.n_kv_heads * p.n_qblocks;
   parallel_for(groups, [&](size_t g0, size_t g1) {
     for (size_t g = g0; g < g1; ++g) {
-      const size_t head = g % shape.n_kv_heads;
-      const size_t block = p.n_qblocks - 1 - g / shape.n_kv_heads;
+      const size_t head = g / p.n_qblocks;
+      const size_t block = p.n_qblocks - 1 - g % p.n_qblocks;
       const size_t i0 = block * p.q_block;
       const size_t nq = std::min(p.q_block, shape.n_q - i0);
       const float* first = partials + g * p.n_splits * p.partial_floats;
