@@ -106,7 +106,7 @@ namespace {
 // broadcasts one activation pair and multiplies it with 16 rows at once: no horizontal sums,
 // 2 loads + 12 broadcasts per 24 instructions. Activation rounding costs about 3 significant
 // digits, as bf16 models computed in bf16 (transformers) have anyway. Tiles live on the stack
-// (96 KiB), so the launcher still allocates nothing.
+// (80 KiB), so the launcher still allocates nothing.
 constexpr size_t kPackCols = 512;   // columns per chunk (256 pairs)
 constexpr size_t kPackTokens = 64;  // tokens per activation tile: 64 KiB of bf16
 constexpr size_t kPackRows = 32;    // rows per weight panel: two 16-row vectors, 32 KiB
@@ -154,8 +154,10 @@ void pack_panel(const uint16_t* w, size_t cols, size_t r, size_t nr, size_t c0, 
       __m512i block[16];
       for (size_t i = 0; i < 16; ++i) {
         const size_t row = 16 * v + i;
-        block[i] = row < nr ? _mm512_maskz_loadu_epi16(m, w + (r + row) * cols + c)
-                            : _mm512_setzero_si512();
+        const uint16_t* src = w + (r + row) * cols + c;
+        block[i] = row < nr ? _mm512_maskz_loadu_epi16(m, src) : _mm512_setzero_si512();
+        // The next panel streams in from DRAM while this one is multiplied.
+        _mm_prefetch(reinterpret_cast<const char*>(src + kPackRows * cols), _MM_HINT_T0);
       }
       transpose16(block);
       for (size_t p = 0; p < np; ++p)
