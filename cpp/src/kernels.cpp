@@ -178,6 +178,10 @@ constexpr size_t kAttentionRows = 64;
 // has work even for one head (decode); each split keeps at least kMinSplitKeys keys.
 constexpr size_t kAttentionTargetItems = 32;
 constexpr size_t kMinSplitKeys = 256;
+// Scratch slots: each thread works through a slot at a time. A fixed count (not the pool size)
+// keeps the workspace valid when the thread count changes after it was sized; at most this
+// many threads share one attention call.
+constexpr size_t kAttentionSlots = 32;
 
 size_t align16(size_t floats) { return (floats + 15) / 16 * 16; }
 
@@ -205,7 +209,7 @@ AttentionPlan attention_plan(const AttentionShape& s) {
     const size_t by_items = (kAttentionTargetItems + base_items - 1) / base_items;
     p.n_splits = std::min(by_keys, by_items);
   }
-  p.slots = parallel_threads();
+  p.slots = kAttentionSlots;
   const size_t d = s.head_dim;
   p.slot_floats =
       align16(p.rows * d) + 2 * align16(p.rows) + detail::attention_scratch_floats(p.rows, d);
@@ -266,7 +270,7 @@ void kernel_attention(const float* q, const float* k_cache, const float* v_cache
   };
 
   std::atomic<size_t> next{0};
-  parallel_for(p.slots, [&](size_t s0, size_t s1) {
+  parallel_for(std::min(p.slots, n_items), [&](size_t s0, size_t s1) {
     for (size_t slot = s0; slot < s1; ++slot) {
       float* scratch = slots + slot * p.slot_floats;
       for (size_t item = next.fetch_add(1); item < n_items; item = next.fetch_add(1)) {

@@ -238,15 +238,19 @@ def test_attention_prefill_midway(level, n_q, q_pos0, kv_len):
 
 
 def test_attention_same_result_for_any_thread_count():
+    """Split-KV decode is deterministic, and a workspace sized under one thread count stays
+    valid under another."""
     q = RNG.standard_normal((1, 4, 64)).astype(np.float32)
     kc = RNG.standard_normal((1, 3000, 64)).astype(np.float32)
     vc = RNG.standard_normal((1, 3000, 64)).astype(np.float32)
     threads = _core.cpu_info()["threads"]
     try:
         _core.set_threads(1)
-        one = K.attention(q, kc, vc, 3000, 2999, 0.125)
+        ws = np.zeros(K.attention_workspace(1, 4, 1, 64, 3000, 3000, 2999), dtype=np.uint8)
+        one = K.attention(q, kc, vc, 3000, 2999, 0.125, workspace=ws)
         _core.set_threads(3)
-        three = K.attention(q, kc, vc, 3000, 2999, 0.125)
+        assert K.attention_workspace(1, 4, 1, 64, 3000, 3000, 2999) == ws.size
+        three = K.attention(q, kc, vc, 3000, 2999, 0.125, workspace=ws)
     finally:
         _core.set_threads(threads)
     np.testing.assert_array_equal(one, three)

@@ -59,9 +59,9 @@ struct AttentionShape {
   size_t kv_capacity = 1;
   size_t q_pos0 = 0;
 };
-// Bytes of scratch the kernel needs for this shape at the current parallel_threads(). It does
-// not depend on kv_len or q_pos0 and grows with n_q, so the size for the largest step (e.g. the
-// longest prefill) covers every smaller one, decode included. Any alignment is accepted.
+// Bytes of scratch the kernel needs for this shape. It does not depend on kv_len, q_pos0 or
+// the thread count, and grows with n_q, so the size for the largest step (e.g. the longest
+// prefill) covers every smaller one, decode included. Any alignment is accepted.
 size_t kernel_attention_workspace(const AttentionShape& shape);
 void kernel_attention(const float* q, const float* k_cache, const float* v_cache, float* out,
                       const AttentionShape& shape, float scale, void* workspace);
