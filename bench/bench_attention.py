@@ -46,6 +46,7 @@ def prefill_row(n, rng):
         f"{flops / ours / 1e9:.0f} GFLOP/s",
         "",
         "",
+        "",
     ]
 
 
@@ -86,6 +87,7 @@ def decode_row(kv, rng, copy):
         f"{t_theirs * 1e3:.3f}",
         f"{t_theirs / t_ours:.2f}",
         f"{kv_bytes / t_ours / 1e9:.1f} GB/s",
+        f"{bandwidth / 1e9:.1f}",
         f"{bound * 1e3:.3f}",
         f"{bound / t_ours:.2f}",
     ]
@@ -122,6 +124,7 @@ def main():
             "torch ms",
             "speedup",
             "rate",
+            "copy GB/s",
             "DRAM bound ms",
             "of bound",
         ],
