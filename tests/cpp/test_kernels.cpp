@@ -140,6 +140,29 @@ TEST(Kernels, EveryLevelMatchesScalar) {
   }
 }
 
+TEST(Kernels, ElementwiseAndNormsWorkInPlace) {
+  LevelGuard guard;
+  const size_t n = 3, dim = 1031;
+  const std::vector<float> x = random_floats(n * dim, 10), up = random_floats(n * dim, 11);
+  const std::vector<float> w = random_floats(dim, 12), b = random_floats(dim, 13);
+  for (SimdLevel level : levels()) {
+    simd_set_level(level);
+    std::vector<float> out(n * dim), in_place = x;
+    kernel_rmsnorm(x.data(), w.data(), DType::kDTypeF32, out.data(), n, dim, 1e-6f);
+    kernel_rmsnorm(in_place.data(), w.data(), DType::kDTypeF32, in_place.data(), n, dim, 1e-6f);
+    EXPECT_EQ(out, in_place) << simd_level_name(level);
+    in_place = x;
+    kernel_layernorm(x.data(), w.data(), b.data(), DType::kDTypeF32, out.data(), n, dim, 1e-5f);
+    kernel_layernorm(in_place.data(), w.data(), b.data(), DType::kDTypeF32, in_place.data(), n, dim,
+                     1e-5f);
+    EXPECT_EQ(out, in_place) << simd_level_name(level);
+    in_place = x;
+    kernel_silu_mul(x.data(), up.data(), out.data(), n * dim);
+    kernel_silu_mul(in_place.data(), up.data(), in_place.data(), n * dim);
+    EXPECT_EQ(out, in_place) << simd_level_name(level);
+  }
+}
+
 TEST(Kernels, BadArgumentsAreInvalidArgumentErrors) {
   EXPECT_EQ(dtype_parse("bfloat16"), DType::kDTypeBF16);
   EXPECT_STREQ(dtype_name(DType::kDTypeF16), "f16");
