@@ -2,7 +2,8 @@
 bf16 and f16 weights of Llama-1B-ish projection shapes, vs numpy and torch on the same
 threads and vs the DRAM bound (weight bytes / bandwidth measured in the same run); plus the
 prefill matrix-matrix path (n = 128) in GFLOP/s vs torch. Each timed call rotates over enough
-weight copies (> 192 MiB) that weights come from DRAM, as in a model.
+weight copies (> 192 MiB) that weights come from DRAM, as in a model; the bandwidth is a numpy
+copy (read + write bytes) timed interleaved with the contenders on each row.
 
     python bench/bench_linear.py [--threads 2]
 """
@@ -12,7 +13,7 @@ import argparse
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import median_time, memory_bandwidth, print_table
+from _common import CopyBandwidth, median_times, memory_bandwidth, print_table
 from tierlm import _core
 
 K = _core.kernels
@@ -30,7 +31,7 @@ def weights(rows, cols, dtype, rng, copies):
     return out
 
 
-def bench(rows, cols, dtype, rng, bandwidth, n):
+def bench(rows, cols, dtype, rng, copy, n):
     nbytes = rows * cols * K.dtype_size(dtype)
     copies = max(2, (192 << 20) // nbytes + 1) if n == 1 else 2
     ws = weights(rows, cols, dtype, rng, copies)
@@ -45,11 +46,13 @@ def bench(rows, cols, dtype, rng, bandwidth, n):
         for _, w in ws:
             F.linear(xt, w)
 
-    t_ours = median_time(ours, repeats=7) / copies
-    t_torch = median_time(theirs, repeats=7) / copies
-    t_np = None
+    fns = [ours, theirs, copy]
     if dtype == "f32":
-        t_np = median_time(lambda: [x @ arr.T for arr, _ in ws], repeats=7) / copies
+        fns.append(lambda: [x @ arr.T for arr, _ in ws])
+    times = median_times(fns, repeats=7)
+    bandwidth = copy.bytes / times[2]
+    t_ours, t_torch = times[0] / copies, times[1] / copies
+    t_np = times[3] / copies if dtype == "f32" else None
     if n == 1:
         bound = nbytes / bandwidth
         rate = lambda t: f"{nbytes / t / 1e9:.1f}"  # noqa: E731
@@ -94,22 +97,23 @@ def main():
         f"(torch runs x in the weight dtype), numpy {np.__version__}"
     )
     print(
-        f"memory bandwidth: numpy copy {bw['copy'] / 1e9:.1f} GB/s (read+write), torch sum "
-        f"{bw['read'] / 1e9:.1f} GB/s (read); bound uses {bw['bound'] / 1e9:.1f} GB/s"
+        f"bandwidth at start: numpy copy {bw['copy'] / 1e9:.1f} GB/s (read+write), torch sum "
+        f"{bw['read'] / 1e9:.1f} GB/s (read); bounds below use the copy timed on each row"
     )
+    copy = CopyBandwidth()
     rows = []
     for rows_cols in SHAPES:
         for dtype in ("f32", "bf16", "f16"):
-            rows.append(bench(*rows_cols, dtype, rng, bw["bound"], 1))
+            rows.append(bench(*rows_cols, dtype, rng, copy, 1))
     print("n = 1 (decode): GB/s of weights read")
     print_table(
-        ["shape", "dtype", "n", "tierlm", "torch", "numpy", "vs torch", "DRAM GB/s", "of bound"],
+        ["shape", "dtype", "n", "tierlm", "torch", "numpy", "vs torch", "copy GB/s", "of bound"],
         rows,
     )
     rows = []
     for rows_cols in SHAPES:
         for dtype in ("f32", "bf16", "f16"):
-            rows.append(bench(*rows_cols, dtype, rng, bw["bound"], args.prefill))
+            rows.append(bench(*rows_cols, dtype, rng, copy, args.prefill))
     print(f"n = {args.prefill} (prefill): GFLOP/s")
     print_table(["shape", "dtype", "n", "tierlm", "torch", "numpy", "vs torch", "-", "-"], rows)
 

@@ -178,6 +178,10 @@ constexpr size_t kAttentionRows = 64;
 // has work even for one head (decode); each split keeps at least kMinSplitKeys keys.
 constexpr size_t kAttentionTargetItems = 32;
 constexpr size_t kMinSplitKeys = 256;
+// Scratch slots: each thread works through a slot at a time. A fixed count (not the pool size)
+// keeps the workspace valid when the thread count changes after it was sized; at most this
+// many threads share one attention call.
+constexpr size_t kAttentionSlots = 32;
 
 size_t align16(size_t floats) { return (floats + 15) / 16 * 16; }
 
@@ -205,15 +209,16 @@ AttentionPlan attention_plan(const AttentionShape& s) {
     const size_t by_items = (kAttentionTargetItems + base_items - 1) / base_items;
     p.n_splits = std::min(by_keys, by_items);
   }
-  p.slots = parallel_threads();
+  p.slots = kAttentionSlots;
   const size_t d = s.head_dim;
   p.slot_floats =
       align16(p.rows * d) + 2 * align16(p.rows) + detail::attention_scratch_floats(p.rows, d);
   p.partial_floats = align16(p.rows * d) + 2 * align16(p.rows);
-  // Partial states are only kept when the key range is split; reserving them for the largest
-  // split count any shape with these rows can get keeps the size monotonic in n_q and kv_len.
-  const size_t max_partials = p.n_splits > 1 ? 2 * kAttentionTargetItems : 0;
-  p.bytes = 64 + sizeof(float) * (p.slots * p.slot_floats + max_partials * p.partial_floats);
+  // Split partial states: fewer than 2 * kAttentionTargetItems items ever split, and reserving
+  // them whether or not this shape splits keeps the size independent of kv_len and growing
+  // with n_q, so the size for the largest step covers every smaller one.
+  p.bytes =
+      64 + sizeof(float) * (p.slots * p.slot_floats + 2 * kAttentionTargetItems * p.partial_floats);
   return p;
 }
 
@@ -233,9 +238,7 @@ void check_attention_shape(const AttentionShape& s) {
 
 size_t kernel_attention_workspace(const AttentionShape& shape) {
   check_attention_shape(shape);
-  AttentionShape upper = shape;
-  upper.q_pos0 = shape.kv_len - shape.n_q;  // the split count grows with the keys seen
-  return attention_plan(upper).bytes;
+  return attention_plan(shape).bytes;
 }
 
 void kernel_attention(const float* q, const float* k_cache, const float* v_cache, float* out,
@@ -267,15 +270,17 @@ void kernel_attention(const float* q, const float* k_cache, const float* v_cache
   };
 
   std::atomic<size_t> next{0};
-  parallel_for(p.slots, [&](size_t s0, size_t s1) {
+  parallel_for(std::min(p.slots, n_items), [&](size_t s0, size_t s1) {
     for (size_t slot = s0; slot < s1; ++slot) {
       float* scratch = slots + slot * p.slot_floats;
       for (size_t item = next.fetch_add(1); item < n_items; item = next.fetch_add(1)) {
-        // Last query blocks first: under the causal mask they see the most keys.
+        // Head by head, so consecutive items (on both threads) reuse one head's K/V from cache;
+        // within a head the last query blocks first: under the causal mask they see the most
+        // keys, and the small blocks fill in at the end.
         const size_t split = item % p.n_splits;
         const size_t rest = item / p.n_splits;
-        const size_t head = rest % shape.n_kv_heads;
-        const size_t block = p.n_qblocks - 1 - rest / shape.n_kv_heads;
+        const size_t head = rest / p.n_qblocks;
+        const size_t block = p.n_qblocks - 1 - rest % p.n_qblocks;
         const size_t i0 = block * p.q_block;
         const size_t nq = std::min(p.q_block, shape.n_q - i0);
         const size_t keys = shape.q_pos0 + i0 + nq;
@@ -307,8 +312,8 @@ void kernel_attention(const float* q, const float* k_cache, const float* v_cache
   const size_t groups = shape.n_kv_heads * p.n_qblocks;
   parallel_for(groups, [&](size_t g0, size_t g1) {
     for (size_t g = g0; g < g1; ++g) {
-      const size_t head = g % shape.n_kv_heads;
-      const size_t block = p.n_qblocks - 1 - g / shape.n_kv_heads;
+      const size_t head = g / p.n_qblocks;
+      const size_t block = p.n_qblocks - 1 - g % p.n_qblocks;
       const size_t i0 = block * p.q_block;
       const size_t nq = std::min(p.q_block, shape.n_q - i0);
       const float* first = partials + g * p.n_splits * p.partial_floats;

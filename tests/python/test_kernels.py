@@ -200,9 +200,9 @@ def _attention_ref(q, kc, vc, kv_len, q_pos0, scale):
     return out[0].transpose(0, 1).numpy()
 
 
-@pytest.mark.parametrize("heads", [(8, 2, 64), (5, 1, 37), (4, 4, 128), (32, 8, 128)])
+@pytest.mark.parametrize("heads", [(8, 2, 64), (5, 1, 37), (4, 4, 128), (16, 1, 64), (32, 8, 128)])
 @pytest.mark.parametrize("kv_len", [1, 63, 501, 3771])
-@pytest.mark.parametrize("n_q", [1, 37])
+@pytest.mark.parametrize("n_q", [1, 2, 37])
 def test_attention_matches_sdpa(level, heads, kv_len, n_q):
     n_heads, n_kv_heads, d = heads
     if n_q > kv_len:
@@ -223,7 +223,9 @@ def test_attention_matches_sdpa(level, heads, kv_len, n_q):
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-5)
 
 
-@pytest.mark.parametrize("n_q,q_pos0,kv_len", [(37, 100, 501), (129, 0, 129), (7, 3000, 3771)])
+@pytest.mark.parametrize(
+    "n_q,q_pos0,kv_len", [(37, 100, 501), (129, 0, 129), (7, 3000, 3771), (2, 0, 2), (2, 700, 1000)]
+)
 def test_attention_prefill_midway(level, n_q, q_pos0, kv_len):
     """Queries placed before the end of the cache see only keys up to their own position."""
     n_heads, n_kv_heads, d = 6, 2, 64
@@ -236,15 +238,19 @@ def test_attention_prefill_midway(level, n_q, q_pos0, kv_len):
 
 
 def test_attention_same_result_for_any_thread_count():
+    """Split-KV decode is deterministic, and a workspace sized under one thread count stays
+    valid under another."""
     q = RNG.standard_normal((1, 4, 64)).astype(np.float32)
     kc = RNG.standard_normal((1, 3000, 64)).astype(np.float32)
     vc = RNG.standard_normal((1, 3000, 64)).astype(np.float32)
     threads = _core.cpu_info()["threads"]
     try:
         _core.set_threads(1)
-        one = K.attention(q, kc, vc, 3000, 2999, 0.125)
+        ws = np.zeros(K.attention_workspace(1, 4, 1, 64, 3000, 3000, 2999), dtype=np.uint8)
+        one = K.attention(q, kc, vc, 3000, 2999, 0.125, workspace=ws)
         _core.set_threads(3)
-        three = K.attention(q, kc, vc, 3000, 2999, 0.125)
+        assert K.attention_workspace(1, 4, 1, 64, 3000, 3000, 2999) == ws.size
+        three = K.attention(q, kc, vc, 3000, 2999, 0.125, workspace=ws)
     finally:
         _core.set_threads(threads)
     np.testing.assert_array_equal(one, three)

@@ -467,11 +467,18 @@ void scores_transposed(const float* k, size_t d, size_t nk, const float* qt, siz
     const size_t rv = std::min(V::kScoreVecs, nv - v0);
     const float* q = qt + v0 * kW;
     float* s = st + v0 * kW;
-    if (rv >= 4 && V::kScoreVecs >= 4)
-      scores_rows<V, 4>(k, d, nk, q, rp, s);
-    else if (rv == 3)
-      scores_rows<V, 3>(k, d, nk, q, rp, s);
-    else if (rv == 2)
+    // Only the widths V can hold in registers are instantiated.
+    if constexpr (V::kScoreVecs >= 4)
+      if (rv == 4) {
+        scores_rows<V, 4>(k, d, nk, q, rp, s);
+        continue;
+      }
+    if constexpr (V::kScoreVecs >= 3)
+      if (rv == 3) {
+        scores_rows<V, 3>(k, d, nk, q, rp, s);
+        continue;
+      }
+    if (rv == 2)
       scores_rows<V, 2>(k, d, nk, q, rp, s);
     else
       scores_rows<V, 1>(k, d, nk, q, rp, s);
