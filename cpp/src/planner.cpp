@@ -5,6 +5,7 @@
 #include "tierlm/planner.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <map>
 #include <numeric>
 #include <queue>
@@ -64,52 +65,63 @@ class SpanIndex {
   explicit SpanIndex(int num_times) {
     leaves_ = 1;
     while (leaves_ < num_times) leaves_ <<= 1;
-    own_.resize(2 * static_cast<size_t>(leaves_));
-    sub_.resize(2 * static_cast<size_t>(leaves_));
-    marks_.assign(2 * static_cast<size_t>(leaves_), 0);
+    nodes_.resize(2 * static_cast<size_t>(leaves_));
   }
 
   void insert(int first, int last, uint64_t lo, uint64_t hi) {
-    canonical(first, last);
-    for (int node : nodes_) {
-      add(own_[node], lo, hi);
-      for (int p = node; p >= 1; p >>= 1) {
-        if (p != node && !mark(p)) break;  // the rest of the path is done
-        add(sub_[p], lo, hi);
-      }
+    walk(first, last);
+    for (int node : inside_) {
+      add(nodes_[node].own, lo, hi);
+      add(nodes_[node].sub, lo, hi);
     }
-    ++stamp_;
+    for (int node : partial_) add(nodes_[node].sub, lo, hi);
   }
 
   // The occupied spans of buffers live at some op in [first, last], unsorted, may overlap.
   void occupied(int first, int last, std::vector<std::pair<uint64_t, uint64_t>>& out) {
-    canonical(first, last);
-    for (int node : nodes_) {
-      out.insert(out.end(), sub_[node].begin(), sub_[node].end());
-      for (int p = node >> 1; p >= 1; p >>= 1) {
-        if (!mark(p)) break;
-        out.insert(out.end(), own_[p].begin(), own_[p].end());
-      }
+    walk(first, last);
+    for (int node : inside_) {
+      const Spans& spans = nodes_[node].sub;
+      out.insert(out.end(), spans.begin(), spans.end());
     }
-    ++stamp_;
+    for (int node : partial_) {
+      const Spans& spans = nodes_[node].own;
+      out.insert(out.end(), spans.begin(), spans.end());
+    }
   }
 
  private:
   using Spans = std::vector<std::pair<uint64_t, uint64_t>>;
+  struct Node {
+    Spans own;  // buffers whose canonical node this is
+    Spans sub;  // buffers stored here or below
+  };
 
-  // True the first time a node is seen in this insert or query.
-  bool mark(int node) {
-    if (marks_[node] == stamp_) return false;
-    marks_[node] = stamp_;
-    return true;
+  // inside_: the canonical nodes of [first, last]; partial_: their proper ancestors, which
+  // are the nodes on the paths from leaves first and last that stick out of the range.
+  void walk(int first, int last) {
+    inside_.clear();
+    partial_.clear();
+    for (int lo = first + leaves_, hi = last + leaves_ + 1; lo < hi; lo >>= 1, hi >>= 1) {
+      if (lo & 1) inside_.push_back(lo++);
+      if (hi & 1) inside_.push_back(--hi);
+    }
+    for (int node = (first + leaves_) >> 1; node >= 1; node >>= 1) {
+      if (!covered(node, first, last)) partial_.push_back(node);
+    }
+    for (int node = (last + leaves_) >> 1; node >= 1; node >>= 1) {
+      int level = std::bit_width(static_cast<unsigned>(node)) - 1;
+      int begin = (node - (1 << level)) * (leaves_ >> level);
+      if (begin <= first) break;  // from here up the path is first's, already walked
+      if (!covered(node, first, last)) partial_.push_back(node);
+    }
   }
 
-  void canonical(int first, int last) {
-    nodes_.clear();
-    for (int lo = first + leaves_, hi = last + leaves_ + 1; lo < hi; lo >>= 1, hi >>= 1) {
-      if (lo & 1) nodes_.push_back(lo++);
-      if (hi & 1) nodes_.push_back(--hi);
-    }
+  bool covered(int node, int first, int last) const {
+    int level = std::bit_width(static_cast<unsigned>(node)) - 1;
+    int width = leaves_ >> level;
+    int begin = (node - (1 << level)) * width;
+    return first <= begin && begin + width - 1 <= last;
   }
 
   // Inserts [lo, hi) into a sorted list of disjoint spans, merging what it meets or touches.
@@ -131,10 +143,8 @@ class SpanIndex {
   }
 
   int leaves_ = 1;
-  std::vector<Spans> own_, sub_;
-  std::vector<int> nodes_;
-  std::vector<uint64_t> marks_;
-  uint64_t stamp_ = 1;
+  std::vector<Node> nodes_;
+  std::vector<int> inside_, partial_;
 };
 
 // Size order: the conflicts of a buffer are the larger ones placed before it that are live at

@@ -3,6 +3,8 @@ HiGHS. Both see the same reduced model: sizes in units of the gcd of the aligned
 no-overlap only between buffers live at a common op (the maximal cliques of the interval
 graph), identical buffers ordered, and the greedy plan as the starting solution."""
 
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -165,6 +167,21 @@ def _solve_cpsat(leaf, time_limit, workers):
     return _result(leaf, values, status == cp_model.OPTIMAL, t0, "cpsat")
 
 
+def _quiet_highs(highspy):
+    """A Highs instance; its constructor prints a banner on fd 1, which we drop."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            h = highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    h.setOptionValue("output_flag", False)
+    return h
+
+
 def _solve_highs(leaf, time_limit):
     t0 = time.perf_counter()
     try:
@@ -227,8 +244,7 @@ def _solve_highs(leaf, time_limit):
     lp.integrality_ = [highspy.HighsVarType.kContinuous] * (n + 1) + [
         highspy.HighsVarType.kInteger
     ] * len(pairs)
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = _quiet_highs(highspy)
     h.setOptionValue("time_limit", max(0.05, float(time_limit)))
     h.setOptionValue("mip_rel_gap", 0.0)
     h.setOptionValue("threads", 1)
