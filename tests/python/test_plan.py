@@ -293,3 +293,14 @@ def test_cli_package_writes_plans_seq_file(tmp_path, capsys, monkeypatch):
     loaded = plan.load(os.path.join(pkg, "plans", "seq-11.json"))
     assert loaded.seq == 11 and loaded.names == ["h", "x", "logits"]
     assert loaded.peak == max(2 * 11 * 64, 11 * 64 + 1000) and loaded.optimal
+
+
+def test_oversized_leaf_keeps_its_greedy_plan(monkeypatch):
+    from tierlm.plan import mip
+
+    rng = np.random.default_rng(4)
+    sizes, starts, ends = random_instance(rng, 60, 20, 9, 300, odd=True)
+    greedy = plan.solve(sizes, starts, ends, method="greedy")
+    monkeypatch.setattr(mip, "MAX_TERMS", 1)
+    p = plan.solve(sizes, starts, ends, method="mip", time_limit=5)
+    assert p.check() == p.peak <= greedy.peak

@@ -109,8 +109,9 @@ class LeafResult:
     solver: str
 
 
-def _result(leaf, offsets_units, optimal, t0, solver):
-    offsets = np.asarray(offsets_units, dtype=np.int64) * leaf.unit
+def _result(leaf, offsets, optimal, t0, solver):
+    """offsets in bytes; falls back to the hint if the solver found nothing better."""
+    offsets = np.asarray(offsets, dtype=np.int64)
     peak = int((offsets + leaf.sizes).max()) if len(offsets) else 0
     hint_peak = int((leaf.hint + leaf.sizes).max()) if len(offsets) else 0
     if peak > hint_peak:  # a solver that stopped early with nothing better than the hint
@@ -120,7 +121,22 @@ def _result(leaf, offsets_units, optimal, t0, solver):
     )
 
 
+# Beyond this many (clique member) terms the model takes longer to build than to be useful;
+# such a leaf keeps its greedy plan.
+MAX_TERMS = 4_000_000
+
+
+def model_terms(leaf, solver):
+    if solver == "highs":
+        return sum(len(c) * (len(c) - 1) // 2 for c in leaf.cliques)
+    return sum(len(c) for c in leaf.cliques)
+
+
 def solve_leaf(leaf, time_limit, solver=DEFAULT_SOLVER, workers=None):
+    """Best plan for the leaf found within time_limit seconds, never worse than its hint."""
+    if solver in SOLVERS and model_terms(leaf, solver) > MAX_TERMS:
+        t0 = time.perf_counter()
+        return _result(leaf, leaf.hint, False, t0, "greedy")
     if solver == "cpsat":
         return _solve_cpsat(leaf, time_limit, workers)
     if solver == "highs":
@@ -162,8 +178,8 @@ def _solve_cpsat(leaf, time_limit, workers):
     s.parameters.num_workers = workers or 8
     status = s.solve(m)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return _result(leaf, hint // u, False, t0, "cpsat")
-    values = [s.value(o) for o in offs]
+        return _result(leaf, leaf.hint, False, t0, "cpsat")
+    values = np.array([s.value(o) for o in offs], dtype=np.int64) * u
     return _result(leaf, values, status == cp_model.OPTIMAL, t0, "cpsat")
 
 
@@ -262,8 +278,7 @@ def _solve_highs(leaf, time_limit):
     status = h.getModelStatus()
     values = np.array(h.getSolution().col_value[:n]) if h.getSolution().value_valid else None
     if values is None or len(values) != n:
-        return _result(leaf, hint, False, t0, "highs")
+        return _result(leaf, leaf.hint, False, t0, "highs")
     # Keep the solution's order; gravity makes the offsets integral (and never higher).
-    return _result(
-        leaf, gravity(leaf, values), status == highspy.HighsModelStatus.kOptimal, t0, "highs"
-    )
+    offsets = gravity(leaf, values) * u
+    return _result(leaf, offsets, status == highspy.HighsModelStatus.kOptimal, t0, "highs")
