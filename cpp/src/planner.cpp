@@ -12,6 +12,7 @@
 #include <set>
 
 #include "tierlm/error.hpp"
+#include "tierlm/parallel.hpp"
 
 namespace tierlm {
 
@@ -149,11 +150,11 @@ class SpanIndex {
 
 // Size order: the conflicts of a buffer are the larger ones placed before it that are live at
 // some op of its lifetime; its offset is the best-fitting hole among them, else their top.
-Plan place_by_size(std::span<const PlanBuffer> buffers, uint64_t alignment, const Timeline& tl,
-                   const std::vector<int>& order) {
+Plan place_best_fit(std::span<const PlanBuffer> buffers, uint64_t alignment, const Timeline& tl,
+                    const std::vector<int>& order, PlanOrder which) {
   const size_t n = buffers.size();
   Plan plan;
-  plan.order = PlanOrder::kPlanOrderSize;
+  plan.order = which;
   plan.offsets.assign(n, 0);
   SpanIndex placed(static_cast<int>(std::max<size_t>(tl.times.size(), 1)));
   std::vector<std::pair<uint64_t, uint64_t>> spans;  // [offset, end) taken during the lifetime
@@ -270,6 +271,10 @@ const char* plan_order_name(PlanOrder order) {
       return "size";
     case PlanOrder::kPlanOrderTime:
       return "time";
+    case PlanOrder::kPlanOrderArea:
+      return "area";
+    case PlanOrder::kPlanOrderLength:
+      return "length";
     case PlanOrder::kPlanOrderBest:
       return "best";
   }
@@ -283,31 +288,65 @@ Plan plan_greedy(std::span<const PlanBuffer> buffers, uint64_t alignment, PlanOr
   std::vector<int> ids(n);
   std::iota(ids.begin(), ids.end(), 0);
 
-  Plan best;
-  bool have = false;
-  if (order == PlanOrder::kPlanOrderSize || order == PlanOrder::kPlanOrderBest) {
-    const Timeline tl = make_timeline(buffers);
-    std::vector<int> by_size = ids;
-    std::stable_sort(by_size.begin(), by_size.end(), [&](int x, int y) {
-      if (buffers[x].size != buffers[y].size) return buffers[x].size > buffers[y].size;
-      if (length(x) != length(y)) return length(x) > length(y);
+  // Orders placed by best fit over the conflicts: each is a key, larger first, then ties.
+  auto by_key = [&](auto key) {
+    std::vector<int> sorted = ids;
+    std::stable_sort(sorted.begin(), sorted.end(), [&](int x, int y) {
+      auto kx = key(x), ky = key(y);
+      if (kx != ky) return kx > ky;
       return buffers[x].first_op < buffers[y].first_op;
     });
-    best = place_by_size(buffers, alignment, tl, by_size);
-    have = true;
+    return sorted;
+  };
+  auto size = [&](int i) { return std::make_pair(buffers[i].size, length(i)); };
+  auto area = [&](int i) {
+    return static_cast<double>(buffers[i].size) * static_cast<double>(length(i) + 1);
+  };
+  auto span = [&](int i) { return std::make_pair(length(i), buffers[i].size); };
+
+  std::vector<PlanOrder> orders;
+  if (order == PlanOrder::kPlanOrderBest) {
+    orders = {PlanOrder::kPlanOrderSize, PlanOrder::kPlanOrderArea, PlanOrder::kPlanOrderLength,
+              PlanOrder::kPlanOrderTime};
+  } else {
+    orders = {order};
   }
-  if (order == PlanOrder::kPlanOrderTime || order == PlanOrder::kPlanOrderBest) {
-    std::vector<int> by_time = ids;
-    std::stable_sort(by_time.begin(), by_time.end(), [&](int x, int y) {
-      if (buffers[x].first_op != buffers[y].first_op) {
-        return buffers[x].first_op < buffers[y].first_op;
+  const bool need_timeline = orders.size() > 1 || orders[0] != PlanOrder::kPlanOrderTime;
+  const Timeline tl = need_timeline ? make_timeline(buffers) : Timeline{};
+  // The orders are independent: run them on the compute pool, keep the smallest peak (the
+  // first order listed wins ties, so the result does not depend on scheduling).
+  std::vector<Plan> plans(orders.size());
+  parallel_for(orders.size(), [&](size_t begin, size_t end) {
+    for (size_t k = begin; k < end; ++k) {
+      switch (orders[k]) {
+        case PlanOrder::kPlanOrderSize:
+          plans[k] = place_best_fit(buffers, alignment, tl, by_key(size), orders[k]);
+          break;
+        case PlanOrder::kPlanOrderArea:
+          plans[k] = place_best_fit(buffers, alignment, tl, by_key(area), orders[k]);
+          break;
+        case PlanOrder::kPlanOrderLength:
+          plans[k] = place_best_fit(buffers, alignment, tl, by_key(span), orders[k]);
+          break;
+        default: {
+          std::vector<int> by_time = ids;
+          std::stable_sort(by_time.begin(), by_time.end(), [&](int x, int y) {
+            if (buffers[x].first_op != buffers[y].first_op) {
+              return buffers[x].first_op < buffers[y].first_op;
+            }
+            if (buffers[x].size != buffers[y].size) return buffers[x].size > buffers[y].size;
+            return length(x) > length(y);
+          });
+          plans[k] = place_by_time(buffers, alignment, by_time);
+        }
       }
-      if (buffers[x].size != buffers[y].size) return buffers[x].size > buffers[y].size;
-      return length(x) > length(y);
-    });
-    Plan p = place_by_time(buffers, alignment, by_time);
-    if (!have || p.peak < best.peak) best = std::move(p);
+    }
+  });
+  size_t winner = 0;
+  for (size_t k = 1; k < plans.size(); ++k) {
+    if (plans[k].peak < plans[winner].peak) winner = k;
   }
+  Plan best = std::move(plans[winner]);
   best.lower_bound = plan_lower_bound(buffers);
   return best;
 }

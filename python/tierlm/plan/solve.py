@@ -26,7 +26,7 @@ class Plan:
     optimal: bool  # the peak is proven minimal
     seconds: float  # time to solve
     method: str  # "greedy" or "mip"
-    solver: str  # what produced the offsets: greedy-size, greedy-time, cpsat, highs
+    solver: str  # what produced the offsets: greedy-<order>, cpsat, highs
     align: int
     sizes: np.ndarray
     starts: np.ndarray
@@ -73,7 +73,8 @@ def _arrays(sizes, starts, ends):
 
 
 def greedy(sizes, starts, ends, align=64, order="best"):
-    """The native best-fit greedy: (offsets, peak, lower_bound, order)."""
+    """The native best-fit greedy: (offsets, peak, lower_bound, order). order: "size",
+    "time", "area" (size x lifetime), "length" (lifetime) or "best" (all, smallest peak)."""
     sizes, starts, ends = _arrays(sizes, starts, ends)
     offsets, peak, bound, used = _core.plan_greedy(
         sizes.astype(np.uint64), starts, ends, int(align), order
