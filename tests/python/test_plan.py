@@ -309,3 +309,38 @@ def test_oversized_leaf_keeps_its_greedy_plan(monkeypatch):
     monkeypatch.setattr(mip, "MAX_TERMS", 1)
     p = plan.solve(sizes, starts, ends, method="mip", time_limit=5)
     assert p.check() == p.peak <= greedy.peak
+
+
+def chained_gap_layers(layers, residual_len=5):
+    """GAP_LAYER repeated every 10 ops, each layer handing a residual to the next one."""
+    sizes, starts, ends = [], [], []
+    for k in range(layers):
+        sizes += GAP_LAYER[0] + [2]
+        starts += [s + 10 * k for s in GAP_LAYER[1]] + [10 * k + 8]
+        ends += [e + 10 * k for e in GAP_LAYER[2]] + [10 * k + 8 + residual_len]
+    return np.array(sizes), np.array(starts), np.array(ends)
+
+
+def test_repeated_layers_are_planned_as_one(monkeypatch):
+    from tierlm.plan import mip, repeat
+
+    sizes, starts, ends = chained_gap_layers(30)
+    assert repeat.find_period(sizes, starts, ends) == 10
+    label, count = repeat.classes(sizes, starts, ends, 10)
+    assert count == 8 and sorted(set(label.tolist())) == list(range(8))
+    # A residual living longer than a layer alternates between two offsets.
+    long_sizes, long_starts, long_ends = chained_gap_layers(30, residual_len=12)
+    assert repeat.classes(long_sizes, long_starts, long_ends, 10)[1] == 9
+
+    g = plan.solve(sizes, starts, ends, align=1, method="greedy")
+    hint = g.offsets
+    leaf = mip.Leaf(sizes, sizes, starts, ends, hint)
+    result, layer = repeat.solve_repeated(leaf, 10, "cpsat")
+    assert layer == 8 and result.optimal and result.peak == 16 < g.peak
+    assert plan.check(sizes, starts, ends, result.offsets, 1) == 16
+
+    solve_module = __import__("sys").modules["tierlm.plan.solve"]
+    monkeypatch.setattr(solve_module, "REPEAT_MIN_BUFFERS", 10)
+    p = plan.solve(long_sizes, long_starts, long_ends, align=1, method="mip", time_limit=10)
+    assert p.check() == p.peak and p.stats["layer_buffers"] == 9
+    assert p.peak <= plan.solve(long_sizes, long_starts, long_ends, align=1, method="greedy").peak

@@ -31,7 +31,8 @@ class Leaf:
 
     def __post_init__(self):
         self.unit = int(np.gcd.reduce(self.rounded.astype(np.int64))) if len(self.rounded) else 1
-        self.cliques = maximal_cliques(self.starts, self.ends)
+        if not self.cliques:  # given explicitly for a leaf that is not an interval graph
+            self.cliques = maximal_cliques(self.starts, self.ends)
         # The top buffer of a clique sits above all the others' aligned sizes.
         slack = self.rounded - self.sizes
         self.bound = max(
@@ -174,7 +175,8 @@ def _solve_cpsat(leaf, time_limit, workers):
     for i in range(n):
         m.add_hint(offs[i], int(hint[i]) // u)
     s = cp_model.CpSolver()
-    s.parameters.max_time_in_seconds = max(0.05, float(time_limit))
+    # Building the model took part of the budget.
+    s.parameters.max_time_in_seconds = max(0.05, float(time_limit) - (time.perf_counter() - t0))
     s.parameters.num_workers = workers or 8
     status = s.solve(m)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -261,7 +263,7 @@ def _solve_highs(leaf, time_limit):
         highspy.HighsVarType.kInteger
     ] * len(pairs)
     h = _quiet_highs(highspy)
-    h.setOptionValue("time_limit", max(0.05, float(time_limit)))
+    h.setOptionValue("time_limit", max(0.05, float(time_limit) - (time.perf_counter() - t0)))
     h.setOptionValue("mip_rel_gap", 0.0)
     h.setOptionValue("threads", 1)
     h.passModel(lp)
