@@ -18,6 +18,9 @@ namespace tierlm {
 
 namespace {
 
+// Span entries an order of kPlanOrderBest may touch per buffer before it is dropped.
+constexpr uint64_t kPlanMaxWorkPerBuffer = 64;
+
 uint64_t round_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
 uint64_t alignment_of(const PlanBuffer& b, uint64_t fallback) {
@@ -78,6 +81,9 @@ class SpanIndex {
     for (int node : partial_) add(nodes_[node].sub, lo, hi);
   }
 
+  // Span entries read or moved so far: the cost of this order on this instance.
+  uint64_t work() const { return work_; }
+
   // The occupied spans of buffers live at some op in [first, last], unsorted, may overlap.
   void occupied(int first, int last, std::vector<std::pair<uint64_t, uint64_t>>& out) {
     walk(first, last);
@@ -89,6 +95,7 @@ class SpanIndex {
       const Spans& spans = nodes_[node].own;
       out.insert(out.end(), spans.begin(), spans.end());
     }
+    work_ += out.size();
   }
 
  private:
@@ -126,7 +133,8 @@ class SpanIndex {
   }
 
   // Inserts [lo, hi) into a sorted list of disjoint spans, merging what it meets or touches.
-  static void add(Spans& spans, uint64_t lo, uint64_t hi) {
+  void add(Spans& spans, uint64_t lo, uint64_t hi) {
+    work_ += spans.size() / 8 + 1;  // the memmove below, roughly
     auto begin = std::lower_bound(spans.begin(), spans.end(), std::make_pair(lo, uint64_t{0}));
     if (begin != spans.begin() && std::prev(begin)->second >= lo) --begin;
     auto end = begin;
@@ -146,12 +154,15 @@ class SpanIndex {
   int leaves_ = 1;
   std::vector<Node> nodes_;
   std::vector<int> inside_, partial_;
+  uint64_t work_ = 0;
 };
 
 // Size order: the conflicts of a buffer are the larger ones placed before it that are live at
 // some op of its lifetime; its offset is the best-fitting hole among them, else their top.
+// Holes can make an order's span lists long (quadratic time); past `max_work` span entries
+// the order gives up and returns a plan with peak UINT64_MAX.
 Plan place_best_fit(std::span<const PlanBuffer> buffers, uint64_t alignment, const Timeline& tl,
-                    const std::vector<int>& order, PlanOrder which) {
+                    const std::vector<int>& order, PlanOrder which, uint64_t max_work) {
   const size_t n = buffers.size();
   Plan plan;
   plan.order = which;
@@ -180,6 +191,10 @@ Plan place_best_fit(std::span<const PlanBuffer> buffers, uint64_t alignment, con
     }
     plan.offsets[id] = best_gap != UINT64_MAX ? best_offset : round_up(cursor, a);
     placed.insert(first, last, plan.offsets[id], plan.offsets[id] + b.size);
+    if (placed.work() > max_work) {
+      plan.peak = UINT64_MAX;
+      return plan;
+    }
   }
   plan.peak = plan_peak(buffers, plan.offsets);
   return plan;
@@ -313,6 +328,9 @@ Plan plan_greedy(std::span<const PlanBuffer> buffers, uint64_t alignment, PlanOr
   }
   const bool need_timeline = orders.size() > 1 || orders[0] != PlanOrder::kPlanOrderTime;
   const Timeline tl = need_timeline ? make_timeline(buffers) : Timeline{};
+  // With several orders, one that turns quadratic on this instance is dropped: the time
+  // order (O(n log n), never dropped) bounds the cost of kPlanOrderBest.
+  const uint64_t max_work = orders.size() > 1 ? kPlanMaxWorkPerBuffer * n + 1'000'000 : UINT64_MAX;
   // The orders are independent: run them on the compute pool, keep the smallest peak (the
   // first order listed wins ties, so the result does not depend on scheduling).
   std::vector<Plan> plans(orders.size());
@@ -320,13 +338,13 @@ Plan plan_greedy(std::span<const PlanBuffer> buffers, uint64_t alignment, PlanOr
     for (size_t k = begin; k < end; ++k) {
       switch (orders[k]) {
         case PlanOrder::kPlanOrderSize:
-          plans[k] = place_best_fit(buffers, alignment, tl, by_key(size), orders[k]);
+          plans[k] = place_best_fit(buffers, alignment, tl, by_key(size), orders[k], max_work);
           break;
         case PlanOrder::kPlanOrderArea:
-          plans[k] = place_best_fit(buffers, alignment, tl, by_key(area), orders[k]);
+          plans[k] = place_best_fit(buffers, alignment, tl, by_key(area), orders[k], max_work);
           break;
         case PlanOrder::kPlanOrderLength:
-          plans[k] = place_best_fit(buffers, alignment, tl, by_key(span), orders[k]);
+          plans[k] = place_best_fit(buffers, alignment, tl, by_key(span), orders[k], max_work);
           break;
         default: {
           std::vector<int> by_time = ids;
