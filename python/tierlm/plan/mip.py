@@ -234,30 +234,45 @@ def _solve_highs(leaf, time_limit):
             col_lower[n + 1 + k] = 1.0
     cost = np.zeros(num_col)
     cost[p_col] = 1.0
-    starts, index, value, row_lower, row_upper = [0], [], [], [], []
-
-    def row(cols, vals, lo, hi):
-        index.extend(cols)
-        value.extend(vals)
-        starts.append(len(index))
-        row_lower.append(lo)
-        row_upper.append(hi)
-
     inf = highspy.kHighsInf
-    for i in range(n):  # peak >= o_i + size_i
-        row([p_col, i], [1.0, -1.0], raw[i], inf)
-    for k, (i, j) in enumerate(pairs):
-        z = n + 1 + k  # z = 1: i below j
-        row([i, j, z], [1.0, -1.0, big_m[i]], -inf, big_m[i] - units[i])
-        row([j, i, z], [1.0, -1.0, -big_m[j]], -inf, -units[j])
+    # Rows (built with numpy: a piece can have 10^5 pairs): peak >= o_i + size_i, then per
+    # pair k = (i, j) with z_k = 1 meaning i below j:
+    #   o_i - o_j + M_i z <= M_i - units_i      and      o_j - o_i - M_j z <= -units_j
+    ii = np.array([p[0] for p in pairs], dtype=np.int64).reshape(-1)
+    jj = np.array([p[1] for p in pairs], dtype=np.int64).reshape(-1)
+    zz = n + 1 + np.arange(len(pairs), dtype=np.int64)
+    peak_idx = np.stack([np.full(n, p_col), np.arange(n)], axis=1).reshape(-1)
+    peak_val = np.tile([1.0, -1.0], n)
+    pair_idx = np.concatenate(
+        [np.stack([ii, jj, zz], axis=1), np.stack([jj, ii, zz], axis=1)], axis=1
+    ).reshape(-1)
+    pair_val = np.concatenate(
+        [
+            np.stack([np.ones(len(ii)), -np.ones(len(ii)), big_m[ii]], axis=1),
+            np.stack([np.ones(len(ii)), -np.ones(len(ii)), -big_m[jj]], axis=1),
+        ],
+        axis=1,
+    ).reshape(-1)
+    index = np.concatenate([peak_idx, pair_idx]).astype(np.int32)
+    value = np.concatenate([peak_val, pair_val])
+    starts = np.concatenate([np.arange(n + 1) * 2, 2 * n + 3 * np.arange(1, 2 * len(ii) + 1)])
+    row_lower = np.concatenate(
+        [raw, np.stack([np.full(len(ii), -inf), np.full(len(ii), -inf)], axis=1).reshape(-1)]
+    )
+    row_upper = np.concatenate(
+        [
+            np.full(n, inf),
+            np.stack([big_m[ii] - units[ii], -units[jj]], axis=1).reshape(-1),
+        ]
+    )
     lp = highspy.HighsLp()
     lp.num_col_, lp.num_row_ = num_col, len(row_lower)
     lp.col_cost_, lp.col_lower_, lp.col_upper_ = cost, col_lower, col_upper
     lp.row_lower_, lp.row_upper_ = np.array(row_lower), np.array(row_upper)
     lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
-    lp.a_matrix_.start_ = np.array(starts, dtype=np.int32)
-    lp.a_matrix_.index_ = np.array(index, dtype=np.int32)
-    lp.a_matrix_.value_ = np.array(value)
+    lp.a_matrix_.start_ = starts.astype(np.int32)
+    lp.a_matrix_.index_ = index
+    lp.a_matrix_.value_ = value
     lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = num_col, len(row_lower)
     lp.integrality_ = [highspy.HighsVarType.kContinuous] * (n + 1) + [
         highspy.HighsVarType.kInteger
@@ -270,8 +285,7 @@ def _solve_highs(leaf, time_limit):
     start = np.zeros(num_col)
     start[:n] = hint
     start[p_col] = upper
-    for k, (i, j) in enumerate(pairs):
-        start[n + 1 + k] = 1.0 if hint[i] < hint[j] else 0.0
+    start[n + 1 :] = (hint[ii] < hint[jj]).astype(np.float64)
     sol = highspy.HighsSolution()
     sol.col_value = list(start)
     sol.value_valid = True
