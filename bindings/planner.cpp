@@ -37,9 +37,11 @@ std::vector<PlanBuffer> to_buffers(const Sizes& sizes, const Ops& starts, const 
 PlanOrder parse_order(const std::string& order) {
   if (order == "size") return PlanOrder::kPlanOrderSize;
   if (order == "time") return PlanOrder::kPlanOrderTime;
+  if (order == "area") return PlanOrder::kPlanOrderArea;
+  if (order == "length") return PlanOrder::kPlanOrderLength;
   if (order == "best") return PlanOrder::kPlanOrderBest;
   TIERLM_FAIL(kErrorInvalidArgument, 0, "plan: unknown greedy order '", order,
-              "'; use size, time or best");
+              "'; use size, time, area, length or best");
 }
 
 nb::ndarray<nb::numpy, uint64_t, nb::ndim<1>> to_numpy(std::vector<uint64_t>&& values) {

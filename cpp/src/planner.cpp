@@ -5,16 +5,21 @@
 #include "tierlm/planner.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <map>
 #include <numeric>
 #include <queue>
 #include <set>
 
 #include "tierlm/error.hpp"
+#include "tierlm/parallel.hpp"
 
 namespace tierlm {
 
 namespace {
+
+// Span entries an order of kPlanOrderBest may touch per buffer before it is dropped.
+constexpr uint64_t kPlanMaxWorkPerBuffer = 64;
 
 uint64_t round_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
@@ -64,56 +69,72 @@ class SpanIndex {
   explicit SpanIndex(int num_times) {
     leaves_ = 1;
     while (leaves_ < num_times) leaves_ <<= 1;
-    own_.resize(2 * static_cast<size_t>(leaves_));
-    sub_.resize(2 * static_cast<size_t>(leaves_));
-    marks_.assign(2 * static_cast<size_t>(leaves_), 0);
+    nodes_.resize(2 * static_cast<size_t>(leaves_));
   }
 
   void insert(int first, int last, uint64_t lo, uint64_t hi) {
-    canonical(first, last);
-    for (int node : nodes_) {
-      add(own_[node], lo, hi);
-      for (int p = node; p >= 1; p >>= 1) {
-        if (p != node && !mark(p)) break;  // the rest of the path is done
-        add(sub_[p], lo, hi);
-      }
+    walk(first, last);
+    for (int node : inside_) {
+      add(nodes_[node].own, lo, hi);
+      add(nodes_[node].sub, lo, hi);
     }
-    ++stamp_;
+    for (int node : partial_) add(nodes_[node].sub, lo, hi);
   }
+
+  // Span entries read or moved so far: the cost of this order on this instance.
+  uint64_t work() const { return work_; }
 
   // The occupied spans of buffers live at some op in [first, last], unsorted, may overlap.
   void occupied(int first, int last, std::vector<std::pair<uint64_t, uint64_t>>& out) {
-    canonical(first, last);
-    for (int node : nodes_) {
-      out.insert(out.end(), sub_[node].begin(), sub_[node].end());
-      for (int p = node >> 1; p >= 1; p >>= 1) {
-        if (!mark(p)) break;
-        out.insert(out.end(), own_[p].begin(), own_[p].end());
-      }
+    walk(first, last);
+    for (int node : inside_) {
+      const Spans& spans = nodes_[node].sub;
+      out.insert(out.end(), spans.begin(), spans.end());
     }
-    ++stamp_;
+    for (int node : partial_) {
+      const Spans& spans = nodes_[node].own;
+      out.insert(out.end(), spans.begin(), spans.end());
+    }
+    work_ += out.size();
   }
 
  private:
   using Spans = std::vector<std::pair<uint64_t, uint64_t>>;
+  struct Node {
+    Spans own;  // buffers whose canonical node this is
+    Spans sub;  // buffers stored here or below
+  };
 
-  // True the first time a node is seen in this insert or query.
-  bool mark(int node) {
-    if (marks_[node] == stamp_) return false;
-    marks_[node] = stamp_;
-    return true;
-  }
-
-  void canonical(int first, int last) {
-    nodes_.clear();
+  // inside_: the canonical nodes of [first, last]; partial_: their proper ancestors, which
+  // are the nodes on the paths from leaves first and last that stick out of the range.
+  void walk(int first, int last) {
+    inside_.clear();
+    partial_.clear();
     for (int lo = first + leaves_, hi = last + leaves_ + 1; lo < hi; lo >>= 1, hi >>= 1) {
-      if (lo & 1) nodes_.push_back(lo++);
-      if (hi & 1) nodes_.push_back(--hi);
+      if (lo & 1) inside_.push_back(lo++);
+      if (hi & 1) inside_.push_back(--hi);
+    }
+    for (int node = (first + leaves_) >> 1; node >= 1; node >>= 1) {
+      if (!covered(node, first, last)) partial_.push_back(node);
+    }
+    for (int node = (last + leaves_) >> 1; node >= 1; node >>= 1) {
+      int level = std::bit_width(static_cast<unsigned>(node)) - 1;
+      int begin = (node - (1 << level)) * (leaves_ >> level);
+      if (begin <= first) break;  // from here up the path is first's, already walked
+      if (!covered(node, first, last)) partial_.push_back(node);
     }
   }
 
+  bool covered(int node, int first, int last) const {
+    int level = std::bit_width(static_cast<unsigned>(node)) - 1;
+    int width = leaves_ >> level;
+    int begin = (node - (1 << level)) * width;
+    return first <= begin && begin + width - 1 <= last;
+  }
+
   // Inserts [lo, hi) into a sorted list of disjoint spans, merging what it meets or touches.
-  static void add(Spans& spans, uint64_t lo, uint64_t hi) {
+  void add(Spans& spans, uint64_t lo, uint64_t hi) {
+    work_ += spans.size() / 8 + 1;  // the memmove below, roughly
     auto begin = std::lower_bound(spans.begin(), spans.end(), std::make_pair(lo, uint64_t{0}));
     if (begin != spans.begin() && std::prev(begin)->second >= lo) --begin;
     auto end = begin;
@@ -131,19 +152,20 @@ class SpanIndex {
   }
 
   int leaves_ = 1;
-  std::vector<Spans> own_, sub_;
-  std::vector<int> nodes_;
-  std::vector<uint64_t> marks_;
-  uint64_t stamp_ = 1;
+  std::vector<Node> nodes_;
+  std::vector<int> inside_, partial_;
+  uint64_t work_ = 0;
 };
 
 // Size order: the conflicts of a buffer are the larger ones placed before it that are live at
 // some op of its lifetime; its offset is the best-fitting hole among them, else their top.
-Plan place_by_size(std::span<const PlanBuffer> buffers, uint64_t alignment, const Timeline& tl,
-                   const std::vector<int>& order) {
+// Holes can make an order's span lists long (quadratic time); past `max_work` span entries
+// the order gives up and returns a plan with peak UINT64_MAX.
+Plan place_best_fit(std::span<const PlanBuffer> buffers, uint64_t alignment, const Timeline& tl,
+                    const std::vector<int>& order, PlanOrder which, uint64_t max_work) {
   const size_t n = buffers.size();
   Plan plan;
-  plan.order = PlanOrder::kPlanOrderSize;
+  plan.order = which;
   plan.offsets.assign(n, 0);
   SpanIndex placed(static_cast<int>(std::max<size_t>(tl.times.size(), 1)));
   std::vector<std::pair<uint64_t, uint64_t>> spans;  // [offset, end) taken during the lifetime
@@ -169,6 +191,10 @@ Plan place_by_size(std::span<const PlanBuffer> buffers, uint64_t alignment, cons
     }
     plan.offsets[id] = best_gap != UINT64_MAX ? best_offset : round_up(cursor, a);
     placed.insert(first, last, plan.offsets[id], plan.offsets[id] + b.size);
+    if (placed.work() > max_work) {
+      plan.peak = UINT64_MAX;
+      return plan;
+    }
   }
   plan.peak = plan_peak(buffers, plan.offsets);
   return plan;
@@ -260,6 +286,10 @@ const char* plan_order_name(PlanOrder order) {
       return "size";
     case PlanOrder::kPlanOrderTime:
       return "time";
+    case PlanOrder::kPlanOrderArea:
+      return "area";
+    case PlanOrder::kPlanOrderLength:
+      return "length";
     case PlanOrder::kPlanOrderBest:
       return "best";
   }
@@ -273,31 +303,68 @@ Plan plan_greedy(std::span<const PlanBuffer> buffers, uint64_t alignment, PlanOr
   std::vector<int> ids(n);
   std::iota(ids.begin(), ids.end(), 0);
 
-  Plan best;
-  bool have = false;
-  if (order == PlanOrder::kPlanOrderSize || order == PlanOrder::kPlanOrderBest) {
-    const Timeline tl = make_timeline(buffers);
-    std::vector<int> by_size = ids;
-    std::stable_sort(by_size.begin(), by_size.end(), [&](int x, int y) {
-      if (buffers[x].size != buffers[y].size) return buffers[x].size > buffers[y].size;
-      if (length(x) != length(y)) return length(x) > length(y);
+  // Orders placed by best fit over the conflicts: each is a key, larger first, then ties.
+  auto by_key = [&](auto key) {
+    std::vector<int> sorted = ids;
+    std::stable_sort(sorted.begin(), sorted.end(), [&](int x, int y) {
+      auto kx = key(x), ky = key(y);
+      if (kx != ky) return kx > ky;
       return buffers[x].first_op < buffers[y].first_op;
     });
-    best = place_by_size(buffers, alignment, tl, by_size);
-    have = true;
+    return sorted;
+  };
+  auto size = [&](int i) { return std::make_pair(buffers[i].size, length(i)); };
+  auto area = [&](int i) {
+    return static_cast<double>(buffers[i].size) * static_cast<double>(length(i) + 1);
+  };
+  auto span = [&](int i) { return std::make_pair(length(i), buffers[i].size); };
+
+  std::vector<PlanOrder> orders;
+  if (order == PlanOrder::kPlanOrderBest) {
+    orders = {PlanOrder::kPlanOrderSize, PlanOrder::kPlanOrderArea, PlanOrder::kPlanOrderLength,
+              PlanOrder::kPlanOrderTime};
+  } else {
+    orders = {order};
   }
-  if (order == PlanOrder::kPlanOrderTime || order == PlanOrder::kPlanOrderBest) {
-    std::vector<int> by_time = ids;
-    std::stable_sort(by_time.begin(), by_time.end(), [&](int x, int y) {
-      if (buffers[x].first_op != buffers[y].first_op) {
-        return buffers[x].first_op < buffers[y].first_op;
+  const bool need_timeline = orders.size() > 1 || orders[0] != PlanOrder::kPlanOrderTime;
+  const Timeline tl = need_timeline ? make_timeline(buffers) : Timeline{};
+  // With several orders, one that turns quadratic on this instance is dropped: the time
+  // order (O(n log n), never dropped) bounds the cost of kPlanOrderBest.
+  const uint64_t max_work = orders.size() > 1 ? kPlanMaxWorkPerBuffer * n + 1'000'000 : UINT64_MAX;
+  // The orders are independent: run them on the compute pool, keep the smallest peak (the
+  // first order listed wins ties, so the result does not depend on scheduling).
+  std::vector<Plan> plans(orders.size());
+  parallel_for(orders.size(), [&](size_t begin, size_t end) {
+    for (size_t k = begin; k < end; ++k) {
+      switch (orders[k]) {
+        case PlanOrder::kPlanOrderSize:
+          plans[k] = place_best_fit(buffers, alignment, tl, by_key(size), orders[k], max_work);
+          break;
+        case PlanOrder::kPlanOrderArea:
+          plans[k] = place_best_fit(buffers, alignment, tl, by_key(area), orders[k], max_work);
+          break;
+        case PlanOrder::kPlanOrderLength:
+          plans[k] = place_best_fit(buffers, alignment, tl, by_key(span), orders[k], max_work);
+          break;
+        default: {
+          std::vector<int> by_time = ids;
+          std::stable_sort(by_time.begin(), by_time.end(), [&](int x, int y) {
+            if (buffers[x].first_op != buffers[y].first_op) {
+              return buffers[x].first_op < buffers[y].first_op;
+            }
+            if (buffers[x].size != buffers[y].size) return buffers[x].size > buffers[y].size;
+            return length(x) > length(y);
+          });
+          plans[k] = place_by_time(buffers, alignment, by_time);
+        }
       }
-      if (buffers[x].size != buffers[y].size) return buffers[x].size > buffers[y].size;
-      return length(x) > length(y);
-    });
-    Plan p = place_by_time(buffers, alignment, by_time);
-    if (!have || p.peak < best.peak) best = std::move(p);
+    }
+  });
+  size_t winner = 0;
+  for (size_t k = 1; k < plans.size(); ++k) {
+    if (plans[k].peak < plans[winner].peak) winner = k;
   }
+  Plan best = std::move(plans[winner]);
   best.lower_bound = plan_lower_bound(buffers);
   return best;
 }

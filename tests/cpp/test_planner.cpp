@@ -86,7 +86,8 @@ TEST(Planner, RandomPlansAreValidAndAboveTheBound) {
   for (uint32_t seed = 1; seed <= 40; ++seed) {
     auto b = random_buffers(1 + seed * 3, 37, 11, 4097, seed);
     for (PlanOrder order :
-         {PlanOrder::kPlanOrderSize, PlanOrder::kPlanOrderTime, PlanOrder::kPlanOrderBest}) {
+         {PlanOrder::kPlanOrderSize, PlanOrder::kPlanOrderTime, PlanOrder::kPlanOrderArea,
+          PlanOrder::kPlanOrderLength, PlanOrder::kPlanOrderBest}) {
       Plan p = plan_greedy(b, 64, order);
       ASSERT_TRUE(valid_by_pairs(b, p.offsets)) << "seed " << seed;
       plan_check(b, p.offsets, 64);
@@ -97,16 +98,23 @@ TEST(Planner, RandomPlansAreValidAndAboveTheBound) {
   }
 }
 
-TEST(Planner, BestIsTheSmallerOfBothOrders) {
+TEST(Planner, BestIsTheSmallestOfAllOrders) {
   auto b = random_buffers(301, 101, 17, 65537, 7);
-  Plan s = plan_greedy(b, 64, PlanOrder::kPlanOrderSize);
-  Plan t = plan_greedy(b, 64, PlanOrder::kPlanOrderTime);
+  uint64_t smallest = UINT64_MAX;
+  for (PlanOrder order : {PlanOrder::kPlanOrderSize, PlanOrder::kPlanOrderTime,
+                          PlanOrder::kPlanOrderArea, PlanOrder::kPlanOrderLength}) {
+    Plan p = plan_greedy(b, 64, order);
+    EXPECT_EQ(p.order, order);
+    plan_check(b, p.offsets, 64);
+    smallest = std::min(smallest, p.peak);
+  }
   Plan best = plan_greedy(b, 64);
-  EXPECT_EQ(best.peak, std::min(s.peak, t.peak));
+  EXPECT_EQ(best.peak, smallest);
+  EXPECT_STREQ(plan_order_name(PlanOrder::kPlanOrderArea), "area");
 }
 
 TEST(Planner, HundredThousandBuffers) {
-  auto b = random_buffers(100000, 50000, 300, 1 << 20, 3);
+  auto b = random_buffers(100000, 100000, 12, 1 << 24, 3);
   auto t0 = std::chrono::steady_clock::now();
   Plan p = plan_greedy(b, 64);
   double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -64,17 +64,20 @@ def test_mip_equals_brute_force(seed, solver):
     assert p.lower_bound <= p.peak
 
 
-def test_brute_force_finds_a_gap_greedy_can_miss():
-    # Decreasing size and time order both put the long 3-unit buffer first on the bottom;
-    # the optimum stacks differently. The MIP must reach the brute-force optimum.
-    sizes = [2, 3, 2, 1, 2]
-    starts = [0, 1, 0, 2, 3]
-    ends = [1, 3, 0, 4, 4]
+# Seven buffers where every greedy order ends one unit above the optimum (found by search).
+GAP_LAYER = ([1, 1, 1, 6, 5, 6, 3], [3, 4, 2, 2, 5, 4, 5], [4, 6, 5, 4, 8, 6, 7])
+
+
+def test_mip_beats_greedy_where_greedy_misses():
+    sizes, starts, ends = GAP_LAYER
     exact = brute_force_peak(sizes, starts, ends, 1)
-    p = plan.solve(sizes, starts, ends, align=1, method="mip")
-    assert p.peak == exact and p.optimal
     g = plan.solve(sizes, starts, ends, align=1, method="greedy")
-    assert g.peak >= exact
+    assert g.peak > exact and not g.optimal
+    for solver in plan.SOLVERS:
+        p = plan.solve(sizes, starts, ends, align=1, method="mip", solver=solver)
+        assert p.check() == p.peak == exact and p.optimal and p.solver == solver
+    best = plan.solve(sizes, starts, ends, align=1, method="best")
+    assert best.peak == exact and best.method == "mip"
 
 
 def test_checker_rejects_overlap_and_names_both():
@@ -128,11 +131,14 @@ def test_random_instances_give_valid_plans(instance):
     sizes, starts, lengths, align = instance
     ends = [s + d for s, d in zip(starts, lengths, strict=True)]
     bound = plan.lower_bound(sizes, starts, ends)
+    peaks = {}
     for method in ("greedy", "mip", "best"):
         p = plan.solve(sizes, starts, ends, align=align, method=method, time_limit=2)
         assert plan.check(sizes, starts, ends, p.offsets, align) == p.peak
         assert p.lower_bound == bound <= p.peak
         assert p.peak <= sum(-(-s // align) * align for s in sizes)
+        peaks[method] = p.peak
+    assert peaks["mip"] <= peaks["greedy"] and peaks["best"] <= peaks["greedy"]
 
 
 def test_highs_and_cpsat_agree_on_a_layered_instance():
@@ -146,20 +152,19 @@ def test_highs_and_cpsat_agree_on_a_layered_instance():
 
 
 def test_reductions_fix_whole_run_buffers_and_reuse_identical_layers():
-    # A 4 KiB buffer live throughout, and 12 identical layers that no buffer crosses.
-    sizes, starts, ends = [4096], [0], [12 * 10 - 1]
-    layer = ([640, 192, 448, 320, 128], [0, 1, 1, 4, 6], [4, 3, 6, 8, 9])
+    # A buffer live throughout, and 12 identical layers (10 ops apart) that no buffer
+    # crosses, each one where greedy misses the optimum by one unit.
+    sizes, starts, ends = [4], [0], [12 * 10 - 1]
     for k in range(12):
-        sizes += layer[0]
-        starts += [s + 10 * k for s in layer[1]]
-        ends += [e + 10 * k for e in layer[2]]
-    p = plan.solve(sizes, starts, ends, method="mip", time_limit=10)
-    assert p.check() == p.peak
-    assert p.offsets[0] == 0
-    assert p.optimal
-    if p.solver != "greedy-size" and p.solver != "greedy-time":
-        assert p.stats["fixed"] == 1 and p.stats["leaves"] == 12
-        assert p.stats["solved"] <= 1 and p.stats["reused"] == p.stats["solved"] * 11
+        sizes += GAP_LAYER[0]
+        starts += [s + 10 * k for s in GAP_LAYER[1]]
+        ends += [e + 10 * k for e in GAP_LAYER[2]]
+    g = plan.solve(sizes, starts, ends, align=1, method="greedy")
+    p = plan.solve(sizes, starts, ends, align=1, method="mip", time_limit=10)
+    assert p.check() == p.peak == 4 + 16 < g.peak
+    assert p.offsets[0] == 0 and p.optimal
+    assert p.stats["fixed"] == 1 and p.stats["leaves"] == 12
+    assert p.stats["solved"] == 1 and p.stats["reused"] == 11
 
 
 def test_greedy_hundred_thousand_buffers_is_valid():
@@ -293,3 +298,49 @@ def test_cli_package_writes_plans_seq_file(tmp_path, capsys, monkeypatch):
     loaded = plan.load(os.path.join(pkg, "plans", "seq-11.json"))
     assert loaded.seq == 11 and loaded.names == ["h", "x", "logits"]
     assert loaded.peak == max(2 * 11 * 64, 11 * 64 + 1000) and loaded.optimal
+
+
+def test_oversized_leaf_keeps_its_greedy_plan(monkeypatch):
+    from tierlm.plan import mip
+
+    rng = np.random.default_rng(4)
+    sizes, starts, ends = random_instance(rng, 60, 20, 9, 300, odd=True)
+    greedy = plan.solve(sizes, starts, ends, method="greedy")
+    monkeypatch.setattr(mip, "MAX_TERMS", 1)
+    p = plan.solve(sizes, starts, ends, method="mip", time_limit=5)
+    assert p.check() == p.peak <= greedy.peak
+
+
+def chained_gap_layers(layers, residual_len=5):
+    """GAP_LAYER repeated every 10 ops, each layer handing a residual to the next one."""
+    sizes, starts, ends = [], [], []
+    for k in range(layers):
+        sizes += GAP_LAYER[0] + [2]
+        starts += [s + 10 * k for s in GAP_LAYER[1]] + [10 * k + 8]
+        ends += [e + 10 * k for e in GAP_LAYER[2]] + [10 * k + 8 + residual_len]
+    return np.array(sizes), np.array(starts), np.array(ends)
+
+
+def test_repeated_layers_are_planned_as_one(monkeypatch):
+    from tierlm.plan import mip, repeat
+
+    sizes, starts, ends = chained_gap_layers(30)
+    assert repeat.find_period(sizes, starts, ends) == 10
+    label, count = repeat.classes(sizes, starts, ends, 10)
+    assert count == 8 and sorted(set(label.tolist())) == list(range(8))
+    # A residual living longer than a layer alternates between two offsets.
+    long_sizes, long_starts, long_ends = chained_gap_layers(30, residual_len=12)
+    assert repeat.classes(long_sizes, long_starts, long_ends, 10)[1] == 9
+
+    g = plan.solve(sizes, starts, ends, align=1, method="greedy")
+    hint = g.offsets
+    leaf = mip.Leaf(sizes, sizes, starts, ends, hint)
+    result, layer = repeat.solve_repeated(leaf, 10, "cpsat")
+    assert layer == 8 and result.optimal and result.peak == 16 < g.peak
+    assert plan.check(sizes, starts, ends, result.offsets, 1) == 16
+
+    solve_module = __import__("sys").modules["tierlm.plan.solve"]
+    monkeypatch.setattr(solve_module, "REPEAT_MIN_BUFFERS", 10)
+    p = plan.solve(long_sizes, long_starts, long_ends, align=1, method="mip", time_limit=10)
+    assert p.check() == p.peak and p.stats["layer_buffers"] == 9
+    assert p.peak <= plan.solve(long_sizes, long_starts, long_ends, align=1, method="greedy").peak

@@ -19,9 +19,11 @@ struct PlanBuffer {
 
 // The order in which the greedy planner places buffers.
 enum class PlanOrder {
-  kPlanOrderSize,  // decreasing size (longer lifetime first on ties)
-  kPlanOrderTime,  // by first op, larger first on ties (an allocator's view)
-  kPlanOrderBest,  // both, keep the smaller peak
+  kPlanOrderSize,    // decreasing size (longer lifetime first on ties)
+  kPlanOrderTime,    // by first op, larger first on ties (an allocator's view)
+  kPlanOrderArea,    // decreasing size x lifetime
+  kPlanOrderLength,  // longest lifetime first, larger first on ties
+  kPlanOrderBest,    // every order above, keep the smallest peak
 };
 
 const char* plan_order_name(PlanOrder order);
@@ -34,7 +36,9 @@ struct Plan {
 };
 
 // Best-fit greedy: each buffer goes into the smallest gap, among buffers already placed that
-// are live at the same time, that holds it; or on top of them. O(n log n + sum of conflicts).
+// are live at the same time, that holds it; or on top of them. kPlanOrderBest tries every
+// order (in parallel on the compute pool) and keeps the smallest peak. The time order costs
+// O(n log n); the others O(n log n) plus the holes met along the way.
 // alignment must be >= 1 (it need not be a power of two). Throws kErrorInvalidArgument on a
 // buffer with last_op < first_op or alignment 0.
 Plan plan_greedy(std::span<const PlanBuffer> buffers, uint64_t alignment = 64,

@@ -3,6 +3,8 @@ HiGHS. Both see the same reduced model: sizes in units of the gcd of the aligned
 no-overlap only between buffers live at a common op (the maximal cliques of the interval
 graph), identical buffers ordered, and the greedy plan as the starting solution."""
 
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -29,7 +31,8 @@ class Leaf:
 
     def __post_init__(self):
         self.unit = int(np.gcd.reduce(self.rounded.astype(np.int64))) if len(self.rounded) else 1
-        self.cliques = maximal_cliques(self.starts, self.ends)
+        if not self.cliques:  # given explicitly for a leaf that is not an interval graph
+            self.cliques = maximal_cliques(self.starts, self.ends)
         # The top buffer of a clique sits above all the others' aligned sizes.
         slack = self.rounded - self.sizes
         self.bound = max(
@@ -107,8 +110,9 @@ class LeafResult:
     solver: str
 
 
-def _result(leaf, offsets_units, optimal, t0, solver):
-    offsets = np.asarray(offsets_units, dtype=np.int64) * leaf.unit
+def _result(leaf, offsets, optimal, t0, solver):
+    """offsets in bytes; falls back to the hint if the solver found nothing better."""
+    offsets = np.asarray(offsets, dtype=np.int64)
     peak = int((offsets + leaf.sizes).max()) if len(offsets) else 0
     hint_peak = int((leaf.hint + leaf.sizes).max()) if len(offsets) else 0
     if peak > hint_peak:  # a solver that stopped early with nothing better than the hint
@@ -118,7 +122,22 @@ def _result(leaf, offsets_units, optimal, t0, solver):
     )
 
 
+# Beyond this many (clique member) terms the model takes longer to build than to be useful;
+# such a leaf keeps its greedy plan.
+MAX_TERMS = 4_000_000
+
+
+def model_terms(leaf, solver):
+    if solver == "highs":
+        return sum(len(c) * (len(c) - 1) // 2 for c in leaf.cliques)
+    return sum(len(c) for c in leaf.cliques)
+
+
 def solve_leaf(leaf, time_limit, solver=DEFAULT_SOLVER, workers=None):
+    """Best plan for the leaf found within time_limit seconds, never worse than its hint."""
+    if solver in SOLVERS and model_terms(leaf, solver) > MAX_TERMS:
+        t0 = time.perf_counter()
+        return _result(leaf, leaf.hint, False, t0, "greedy")
     if solver == "cpsat":
         return _solve_cpsat(leaf, time_limit, workers)
     if solver == "highs":
@@ -156,13 +175,29 @@ def _solve_cpsat(leaf, time_limit, workers):
     for i in range(n):
         m.add_hint(offs[i], int(hint[i]) // u)
     s = cp_model.CpSolver()
-    s.parameters.max_time_in_seconds = max(0.05, float(time_limit))
+    # Building the model took part of the budget.
+    s.parameters.max_time_in_seconds = max(0.05, float(time_limit) - (time.perf_counter() - t0))
     s.parameters.num_workers = workers or 8
     status = s.solve(m)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return _result(leaf, hint // u, False, t0, "cpsat")
-    values = [s.value(o) for o in offs]
+        return _result(leaf, leaf.hint, False, t0, "cpsat")
+    values = np.array([s.value(o) for o in offs], dtype=np.int64) * u
     return _result(leaf, values, status == cp_model.OPTIMAL, t0, "cpsat")
+
+
+def _quiet_highs(highspy):
+    """A Highs instance; its constructor prints a banner on fd 1, which we drop."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            h = highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    h.setOptionValue("output_flag", False)
+    return h
 
 
 def _solve_highs(leaf, time_limit):
@@ -199,45 +234,58 @@ def _solve_highs(leaf, time_limit):
             col_lower[n + 1 + k] = 1.0
     cost = np.zeros(num_col)
     cost[p_col] = 1.0
-    starts, index, value, row_lower, row_upper = [0], [], [], [], []
-
-    def row(cols, vals, lo, hi):
-        index.extend(cols)
-        value.extend(vals)
-        starts.append(len(index))
-        row_lower.append(lo)
-        row_upper.append(hi)
-
     inf = highspy.kHighsInf
-    for i in range(n):  # peak >= o_i + size_i
-        row([p_col, i], [1.0, -1.0], raw[i], inf)
-    for k, (i, j) in enumerate(pairs):
-        z = n + 1 + k  # z = 1: i below j
-        row([i, j, z], [1.0, -1.0, big_m[i]], -inf, big_m[i] - units[i])
-        row([j, i, z], [1.0, -1.0, -big_m[j]], -inf, -units[j])
+    # Rows (built with numpy: a piece can have 10^5 pairs): peak >= o_i + size_i, then per
+    # pair k = (i, j) with z_k = 1 meaning i below j:
+    #   o_i - o_j + M_i z <= M_i - units_i      and      o_j - o_i - M_j z <= -units_j
+    ii = np.array([p[0] for p in pairs], dtype=np.int64).reshape(-1)
+    jj = np.array([p[1] for p in pairs], dtype=np.int64).reshape(-1)
+    zz = n + 1 + np.arange(len(pairs), dtype=np.int64)
+    peak_idx = np.stack([np.full(n, p_col), np.arange(n)], axis=1).reshape(-1)
+    peak_val = np.tile([1.0, -1.0], n)
+    pair_idx = np.concatenate(
+        [np.stack([ii, jj, zz], axis=1), np.stack([jj, ii, zz], axis=1)], axis=1
+    ).reshape(-1)
+    pair_val = np.concatenate(
+        [
+            np.stack([np.ones(len(ii)), -np.ones(len(ii)), big_m[ii]], axis=1),
+            np.stack([np.ones(len(ii)), -np.ones(len(ii)), -big_m[jj]], axis=1),
+        ],
+        axis=1,
+    ).reshape(-1)
+    index = np.concatenate([peak_idx, pair_idx]).astype(np.int32)
+    value = np.concatenate([peak_val, pair_val])
+    starts = np.concatenate([np.arange(n + 1) * 2, 2 * n + 3 * np.arange(1, 2 * len(ii) + 1)])
+    row_lower = np.concatenate(
+        [raw, np.stack([np.full(len(ii), -inf), np.full(len(ii), -inf)], axis=1).reshape(-1)]
+    )
+    row_upper = np.concatenate(
+        [
+            np.full(n, inf),
+            np.stack([big_m[ii] - units[ii], -units[jj]], axis=1).reshape(-1),
+        ]
+    )
     lp = highspy.HighsLp()
     lp.num_col_, lp.num_row_ = num_col, len(row_lower)
     lp.col_cost_, lp.col_lower_, lp.col_upper_ = cost, col_lower, col_upper
     lp.row_lower_, lp.row_upper_ = np.array(row_lower), np.array(row_upper)
     lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
-    lp.a_matrix_.start_ = np.array(starts, dtype=np.int32)
-    lp.a_matrix_.index_ = np.array(index, dtype=np.int32)
-    lp.a_matrix_.value_ = np.array(value)
+    lp.a_matrix_.start_ = starts.astype(np.int32)
+    lp.a_matrix_.index_ = index
+    lp.a_matrix_.value_ = value
     lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = num_col, len(row_lower)
     lp.integrality_ = [highspy.HighsVarType.kContinuous] * (n + 1) + [
         highspy.HighsVarType.kInteger
     ] * len(pairs)
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("time_limit", max(0.05, float(time_limit)))
+    h = _quiet_highs(highspy)
+    h.setOptionValue("time_limit", max(0.05, float(time_limit) - (time.perf_counter() - t0)))
     h.setOptionValue("mip_rel_gap", 0.0)
     h.setOptionValue("threads", 1)
     h.passModel(lp)
     start = np.zeros(num_col)
     start[:n] = hint
     start[p_col] = upper
-    for k, (i, j) in enumerate(pairs):
-        start[n + 1 + k] = 1.0 if hint[i] < hint[j] else 0.0
+    start[n + 1 :] = (hint[ii] < hint[jj]).astype(np.float64)
     sol = highspy.HighsSolution()
     sol.col_value = list(start)
     sol.value_valid = True
@@ -246,8 +294,7 @@ def _solve_highs(leaf, time_limit):
     status = h.getModelStatus()
     values = np.array(h.getSolution().col_value[:n]) if h.getSolution().value_valid else None
     if values is None or len(values) != n:
-        return _result(leaf, hint, False, t0, "highs")
+        return _result(leaf, leaf.hint, False, t0, "highs")
     # Keep the solution's order; gravity makes the offsets integral (and never higher).
-    return _result(
-        leaf, gravity(leaf, values), status == highspy.HighsModelStatus.kOptimal, t0, "highs"
-    )
+    offsets = gravity(leaf, values) * u
+    return _result(leaf, offsets, status == highspy.HighsModelStatus.kOptimal, t0, "highs")

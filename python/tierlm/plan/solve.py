@@ -1,7 +1,9 @@
 """tierlm.plan.solve: the native greedy, then an exact MIP on what is left after exact
 reductions. Reductions: buffers live for a whole piece go to its bottom (any plan can be
 rearranged so, at no cost); pieces of time no buffer crosses are solved separately; pieces
-identical up to a shift in time (the layers of a model) are solved once and reused (MEMO)."""
+identical up to a shift in time (the layers of a model) are solved once and reused (MEMO);
+a piece made of chained repeated layers is first planned as one layer whose copies share
+offsets (repeat.py), which is optimal when it meets the bound and a warm start otherwise."""
 
 import time
 from dataclasses import dataclass, field
@@ -10,7 +12,7 @@ import numpy as np
 
 from tierlm import _core
 from tierlm.errors import InvalidArgumentError
-from tierlm.plan import mip
+from tierlm.plan import mip, repeat
 from tierlm.plan.check import check as _check
 
 METHODS = ("greedy", "mip", "best")
@@ -26,7 +28,7 @@ class Plan:
     optimal: bool  # the peak is proven minimal
     seconds: float  # time to solve
     method: str  # "greedy" or "mip"
-    solver: str  # what produced the offsets: greedy-size, greedy-time, cpsat, highs
+    solver: str  # what produced the offsets: greedy-<order>, cpsat, highs
     align: int
     sizes: np.ndarray
     starts: np.ndarray
@@ -73,7 +75,8 @@ def _arrays(sizes, starts, ends):
 
 
 def greedy(sizes, starts, ends, align=64, order="best"):
-    """The native best-fit greedy: (offsets, peak, lower_bound, order)."""
+    """The native best-fit greedy: (offsets, peak, lower_bound, order). order: "size",
+    "time", "area" (size x lifetime), "length" (lifetime) or "best" (all, smallest peak)."""
     sizes, starts, ends = _arrays(sizes, starts, ends)
     offsets, peak, bound, used = _core.plan_greedy(
         sizes.astype(np.uint64), starts, ends, int(align), order
@@ -120,6 +123,28 @@ def _decompose(ids, sizes, rounded, starts, ends):
         else:
             stack.extend((p, base) for p in parts)
     return fixed, leaves
+
+
+# Pieces at least this large try the repeated-layer reduction before the full MIP (below
+# it the full MIP does at least as well within the same time on our instances).
+REPEAT_MIN_BUFFERS = 2000
+
+
+def _solve_piece(leaf, budget, solver, workers, stats):
+    """The full MIP on one piece, first through one repeated layer when it has them."""
+    t0 = time.perf_counter()
+    if len(leaf.sizes) >= REPEAT_MIN_BUFFERS:
+        found = repeat.solve_repeated(leaf, budget / 2, solver, workers)
+        if found is not None:
+            result, layer = found
+            stats["layer_buffers"] = stats.get("layer_buffers", 0) + layer
+            if result.optimal:
+                return result
+            hint_peak = int((leaf.hint + leaf.sizes).max())
+            if result.peak < hint_peak:
+                leaf.hint = result.offsets
+    left = max(0.05, budget - (time.perf_counter() - t0))
+    return mip.solve_leaf(leaf, left, solver=solver, workers=workers)
 
 
 def solve(
@@ -196,7 +221,7 @@ def solve(
             stats["reused"] += 1
         else:
             budget = max(0.05, (deadline - time.perf_counter()) / (len(work) - k))
-            result = mip.solve_leaf(entry["leaf"], budget, solver=solver, workers=workers)
+            result = _solve_piece(entry["leaf"], budget, solver, workers, stats)
             cache[entry["key"]] = result
             stats["solved"] += 1
             solvers_used.add(result.solver)
