@@ -167,7 +167,8 @@ struct ExecOp {
   int weight = -1;
   int bias = -1;
   DType dtype = DType::kDTypeF32;
-  const float* bias_f32 = nullptr;  // linear: bias added separately (dtype differs)
+  bool bias_apart = false;          // linear: bias dtype differs, added after the product
+  const float* bias_f32 = nullptr;  // ... from this f32 copy (nullptr: the bias is f32)
   const float* norm_f32 = nullptr;  // layernorm: weight and bias as f32 (dtypes differ)
   const float* normb_f32 = nullptr;
   float eps = 1e-5f;
@@ -500,8 +501,11 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
         if (bi) {
           need_shape(bi, {op.width});
           if (bi->dtype != wi->dtype) {
-            m.converted.push_back(to_f32(m.weights->data(op.bias), bi->dtype, op.width));
-            op.bias_f32 = m.converted.back().data();
+            op.bias_apart = true;
+            if (bi->dtype != DType::kDTypeF32) {
+              m.converted.push_back(to_f32(m.weights->data(op.bias), bi->dtype, op.width));
+              op.bias_f32 = m.converted.back().data();
+            }
           }
         }
         break;
@@ -610,11 +614,12 @@ void Model::Impl::run_op(const ExecOp& op, const int32_t* tokens, int64_t n) {
         x += (rows - 1) * static_cast<size_t>(op.in_width);
         m_rows = 1;
       }
-      const void* bias = op.bias_f32 != nullptr ? nullptr : w(op.bias);
+      const void* bias = op.bias_apart ? nullptr : w(op.bias);
       kernel_linear(x, w(op.weight), bias, op.dtype, op.out, m_rows, width,
                     static_cast<size_t>(op.in_width));
-      if (op.bias_f32 != nullptr) {
-        for (size_t r = 0; r < m_rows; ++r) kernel_add(op.out + r * width, op.bias_f32, width);
+      if (op.bias_apart) {
+        const float* b = op.bias_f32 ? op.bias_f32 : static_cast<const float*>(w(op.bias));
+        for (size_t r = 0; r < m_rows; ++r) kernel_add(op.out + r * width, b, width);
       }
       break;
     }
