@@ -269,6 +269,39 @@ void kernel_attention(const float* q, const float* k_cache, const float* v_cache
     }
   };
 
+  // Merges the split states of one (head, query block): rescale to the common max. The
+  // thread finishing a group's last split runs it, in split order, so results do not depend
+  // on the thread count.
+  auto merge = [&](size_t g) {
+    const size_t head = g / p.n_qblocks;
+    const size_t block = p.n_qblocks - 1 - g % p.n_qblocks;
+    const size_t i0 = block * p.q_block;
+    const size_t nq = std::min(p.q_block, shape.n_q - i0);
+    const float* first = partials + g * p.n_splits * p.partial_floats;
+    for (size_t r = 0; r < nq * p.group; ++r) {
+      float m = -std::numeric_limits<float>::infinity();
+      for (size_t s = 0; s < p.n_splits; ++s)
+        m = std::max(m, first[s * p.partial_floats + align16(p.rows * d) + r]);
+      const size_t qi = i0 + r / p.group;
+      float* o = out + qi * q_stride + (head * p.group + r % p.group) * d;
+      std::fill(o, o + d, 0.0f);
+      float l = 0.0f;
+      for (size_t s = 0; s < p.n_splits; ++s) {
+        const float* st = first + s * p.partial_floats;
+        const float ms = st[align16(p.rows * d) + r];
+        if (ms == -std::numeric_limits<float>::infinity()) continue;
+        const float w = std::exp(ms - m);
+        l += w * st[align16(p.rows * d) + align16(p.rows) + r];
+        k.add_scaled(o, st + r * d, w, d);
+      }
+      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+      for (size_t c = 0; c < d; ++c) o[c] *= inv;
+    }
+  };
+  // Fewer than kAttentionTargetItems groups whenever the key range is split.
+  std::atomic<size_t> splits_done[kAttentionTargetItems];
+  for (auto& c : splits_done) c.store(0, std::memory_order_relaxed);
+
   std::atomic<size_t> next{0};
   parallel_for(std::min(p.slots, n_items), [&](size_t s0, size_t s1) {
     for (size_t slot = s0; slot < s1; ++slot) {
@@ -302,39 +335,10 @@ void kernel_attention(const float* q, const float* k_cache, const float* v_cache
         t.l = t.m + align16(p.rows);
         t.scratch = p.n_splits > 1 ? scratch : t.l + align16(p.rows);
         k.attention(t);
-        if (p.n_splits == 1) finish(head, i0, nq, t.acc, t.l);
-      }
-    }
-  });
-  if (p.n_splits == 1) return;
-
-  // Merge the split states of each (head, query block): rescale to the common max.
-  const size_t groups = shape.n_kv_heads * p.n_qblocks;
-  parallel_for(groups, [&](size_t g0, size_t g1) {
-    for (size_t g = g0; g < g1; ++g) {
-      const size_t head = g / p.n_qblocks;
-      const size_t block = p.n_qblocks - 1 - g % p.n_qblocks;
-      const size_t i0 = block * p.q_block;
-      const size_t nq = std::min(p.q_block, shape.n_q - i0);
-      const float* first = partials + g * p.n_splits * p.partial_floats;
-      for (size_t r = 0; r < nq * p.group; ++r) {
-        float m = -std::numeric_limits<float>::infinity();
-        for (size_t s = 0; s < p.n_splits; ++s)
-          m = std::max(m, first[s * p.partial_floats + align16(p.rows * d) + r]);
-        const size_t qi = i0 + r / p.group;
-        float* o = out + qi * q_stride + (head * p.group + r % p.group) * d;
-        std::fill(o, o + d, 0.0f);
-        float l = 0.0f;
-        for (size_t s = 0; s < p.n_splits; ++s) {
-          const float* st = first + s * p.partial_floats;
-          const float ms = st[align16(p.rows * d) + r];
-          if (ms == -std::numeric_limits<float>::infinity()) continue;
-          const float w = std::exp(ms - m);
-          l += w * st[align16(p.rows * d) + align16(p.rows) + r];
-          k.add_scaled(o, st + r * d, w, d);
-        }
-        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-        for (size_t c = 0; c < d; ++c) o[c] *= inv;
+        if (p.n_splits == 1)
+          finish(head, i0, nq, t.acc, t.l);
+        else if (splits_done[rest].fetch_add(1, std::memory_order_acq_rel) + 1 == p.n_splits)
+          merge(rest);
       }
     }
   });
