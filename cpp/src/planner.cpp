@@ -18,7 +18,8 @@ namespace tierlm {
 
 namespace {
 
-// Span entries an order of kPlanOrderBest may touch per buffer before it is dropped.
+// Span entries the area and length orders of kPlanOrderBest may touch per buffer before
+// they are dropped.
 constexpr uint64_t kPlanMaxWorkPerBuffer = 64;
 
 uint64_t round_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
@@ -328,8 +329,8 @@ Plan plan_greedy(std::span<const PlanBuffer> buffers, uint64_t alignment, PlanOr
   }
   const bool need_timeline = orders.size() > 1 || orders[0] != PlanOrder::kPlanOrderTime;
   const Timeline tl = need_timeline ? make_timeline(buffers) : Timeline{};
-  // With several orders, one that turns quadratic on this instance is dropped: the time
-  // order (O(n log n), never dropped) bounds the cost of kPlanOrderBest.
+  // With several orders, the extra ones (area, length) are dropped when they turn quadratic
+  // on an instance; the size and time orders always run to the end.
   const uint64_t max_work = orders.size() > 1 ? kPlanMaxWorkPerBuffer * n + 1'000'000 : UINT64_MAX;
   // The orders are independent: run them on the compute pool, keep the smallest peak (the
   // first order listed wins ties, so the result does not depend on scheduling).
@@ -338,7 +339,7 @@ Plan plan_greedy(std::span<const PlanBuffer> buffers, uint64_t alignment, PlanOr
     for (size_t k = begin; k < end; ++k) {
       switch (orders[k]) {
         case PlanOrder::kPlanOrderSize:
-          plans[k] = place_best_fit(buffers, alignment, tl, by_key(size), orders[k], max_work);
+          plans[k] = place_best_fit(buffers, alignment, tl, by_key(size), orders[k], UINT64_MAX);
           break;
         case PlanOrder::kPlanOrderArea:
           plans[k] = place_best_fit(buffers, alignment, tl, by_key(area), orders[k], max_work);

@@ -37,8 +37,9 @@ struct Plan {
 
 // Best-fit greedy: each buffer goes into the smallest gap, among buffers already placed that
 // are live at the same time, that holds it; or on top of them. kPlanOrderBest tries every
-// order (in parallel on the compute pool) and keeps the smallest peak. The time order costs
-// O(n log n); the others O(n log n) plus the holes met along the way.
+// order (in parallel on the compute pool) and keeps the smallest peak; the area and length
+// orders are dropped on instances where they would take more than ~64 steps per buffer.
+// The time order costs O(n log n); the others O(n log n) plus the holes met on the way.
 // alignment must be >= 1 (it need not be a power of two). Throws kErrorInvalidArgument on a
 // buffer with last_op < first_op or alignment 0.
 Plan plan_greedy(std::span<const PlanBuffer> buffers, uint64_t alignment = 64,

@@ -185,7 +185,8 @@ def solve(
         plan.seconds = time.perf_counter() - t0
         return plan
 
-    deadline = t0 + float(time_limit)
+    # Leave a little of the limit for assembling and checking the plan afterwards.
+    deadline = t0 + float(time_limit) - min(0.25, 0.05 * float(time_limit))
     rounded = (sizes + align - 1) // align * align
     ids = np.nonzero(sizes > 0)[0]
     fixed, leaves = _decompose(ids, sizes, rounded, starts, ends)
