@@ -9,6 +9,8 @@ namespace tierlm::bindings {
 void bind_errors(nanobind::module_& m);
 void bind_tier(nanobind::module_& m);
 void bind_info(nanobind::module_& m);
+void bind_kernels(nanobind::module_& m);
+void bind_planner(nanobind::module_& m);
 
 }  // namespace tierlm::bindings
 
@@ -18,4 +20,8 @@ struct TierStats;
 
 namespace tierlm::bindings {
 nanobind::dict tier_stats_dict(const TierStats& stats);
+}  // namespace tierlm::bindings
+
+namespace tierlm::bindings {
+void bind_model(nanobind::module_& m);
 }  // namespace tierlm::bindings

@@ -6,4 +6,7 @@ NB_MODULE(_core, m) {
   tierlm::bindings::bind_errors(m);
   tierlm::bindings::bind_tier(m);
   tierlm::bindings::bind_info(m);
+  tierlm::bindings::bind_kernels(m);
+  tierlm::bindings::bind_model(m);
+  tierlm::bindings::bind_planner(m);
 }

@@ -22,9 +22,10 @@ endforeach()
 
 add_library(tierlm SHARED ${TIERLM_SOURCES})
 add_library(tierlm::tierlm ALIAS tierlm)
+# The install include dir comes from install(TARGETS ... INCLUDES DESTINATION), which is
+# tierlm/include inside a wheel; a fixed "include" here would name a missing directory.
 target_include_directories(tierlm PUBLIC
-  $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/cpp/include>
-  $<INSTALL_INTERFACE:include>)
+  $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/cpp/include>)
 target_include_directories(tierlm PRIVATE ${PROJECT_SOURCE_DIR}/cpp/src)
 target_compile_options(tierlm PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -O3>)
 find_package(Threads REQUIRED)

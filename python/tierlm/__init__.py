@@ -1,6 +1,6 @@
 """tierlm: run and fine-tune transformer language models that do not fit in fast memory."""
 
-from tierlm import _core
+from tierlm import _core, plan
 from tierlm.errors import (
     BudgetError,
     CorruptError,
@@ -9,6 +9,8 @@ from tierlm.errors import (
     TierlmError,
     UnsupportedError,
 )
+from tierlm.export import export  # noqa: E402  (binds the function over the submodule name)
+from tierlm.package import Package  # noqa: E402
 from tierlm.sizes import format_size, parse_size
 from tierlm.tiers import HostTier
 
@@ -24,4 +26,15 @@ __all__ = [
     "UnsupportedError",
     "format_size",
     "parse_size",
+    "export",
+    "Package",
+    "plan",
 ]
+
+from tierlm.model import GenerateResult, Model, Token, load  # noqa: E402
+
+__all__ += ["GenerateResult", "Model", "Token", "load"]
+
+from tierlm.paths import cmake_dir, include_dir, library_path  # noqa: E402
+
+__all__ += ["cmake_dir", "include_dir", "library_path"]

@@ -44,9 +44,12 @@ void kernel_embedding(const void* table, DType dtype, const int32_t* ids, size_t
                       float* out);
 
 // Fused causal attention with grouped-query heads, reading the KV cache in place.
-// q: [n_q, n_heads, head_dim]; out: same shape.
+// q: [n_q, n_heads, head_dim]; out: same shape (f32, contiguous).
 // Cache layout per layer: k_cache / v_cache [n_kv_heads, kv_capacity, head_dim]; positions
-// 0 .. kv_len-1 are valid. Query i sits at position q_pos0 + i and sees keys 0 .. q_pos0 + i.
+// 0 .. kv_len-1 are valid. Query i sits at position q_pos0 + i and sees keys 0 .. q_pos0 + i,
+// so this step's keys must already be in the cache: q_pos0 + n_q <= kv_len <= kv_capacity.
+// Query head h uses KV head h / (n_heads / n_kv_heads) (repeat_interleave, as transformers).
+// Scores are scale * q·k; slots past kv_len are never read.
 struct AttentionShape {
   size_t n_q = 1;
   size_t n_heads = 1;
@@ -56,7 +59,9 @@ struct AttentionShape {
   size_t kv_capacity = 1;
   size_t q_pos0 = 0;
 };
-// Bytes of scratch the kernel needs for this shape (O(kv_len), not O(kv_len^2)).
+// Bytes of scratch the kernel needs for this shape. It does not depend on kv_len, q_pos0 or
+// the thread count, and grows with n_q, so the size for the largest step (e.g. the longest
+// prefill) covers every smaller one, decode included. Any alignment is accepted.
 size_t kernel_attention_workspace(const AttentionShape& shape);
 void kernel_attention(const float* q, const float* k_cache, const float* v_cache, float* out,
                       const AttentionShape& shape, float scale, void* workspace);

@@ -10,6 +10,11 @@ from tierlm.sizes import format_size
 def add_parser(subparsers):
     parser = subparsers.add_parser("info", help="show build options and machine capabilities")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--cmake-dir",
+        action="store_true",
+        help="print the directory of tierlmConfig.cmake (for -Dtierlm_DIR=...) and exit",
+    )
     parser.set_defaults(run=run)
 
 
@@ -33,6 +38,11 @@ def collect():
 
 
 def run(args):
+    if args.cmake_dir:
+        from tierlm.paths import cmake_dir
+
+        print(cmake_dir())
+        return
     info = collect()
     if args.json:
         print(json.dumps(info, indent=2))

@@ -1,0 +1,164 @@
+"""In-memory decode speed of the native executor on a random Llama-shaped model (TinyLlama
+1.1B shape by default), f32 and bf16, against transformers' generate on the same weights and
+against the DRAM bound (weight bytes read per token / measured read bandwidth).
+
+    python bench/bench_decode.py [--layers 22] [--threads 2] [--tokens 32] [--runs 3]
+
+The checkpoint and packages are made once under ~/.cache/tierlm/bench (several GB).
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import memory_bandwidth, print_table  # noqa: E402
+
+SHAPE = dict(
+    vocab_size=32000,
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_attention_heads=32,
+    num_key_value_heads=4,
+    max_position_embeddings=2048,
+)
+
+
+def checkpoint(root, layers):
+    import torch
+    import transformers
+
+    hf_dir = os.path.join(root, "hf")
+    if os.path.exists(os.path.join(hf_dir, "config.json")):
+        return hf_dir
+    config = transformers.LlamaConfig(num_hidden_layers=layers, **SHAPE)
+    torch.set_default_dtype(torch.bfloat16)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    torch.set_default_dtype(torch.float32)
+    transformers.utils.logging.disable_progress_bar()
+    model.save_pretrained(hf_dir)
+    return hf_dir
+
+
+def package(root, hf_dir, dtype):
+    import tierlm
+
+    out = os.path.join(root, f"package-{dtype}")
+    if not os.path.exists(os.path.join(out, "manifest.json")):
+        tierlm.export(hf_dir, out, dtype=dtype, progress=True)
+    return out
+
+
+def streamed_bytes(pkg):
+    """Weight bytes one decode step reads: every tensor but the embedding table (one row)."""
+    import json
+
+    manifest = json.load(open(os.path.join(pkg, "manifest.json")))
+    tensors = manifest["tensors"]
+    total = sum(t["nbytes"] for t in tensors.values())
+    embed = tensors["embed.weight"]
+    if "lm_head.weight" in tensors:
+        total -= embed["nbytes"] - embed["nbytes"] // embed["shape"][0]
+    return total
+
+
+def tierlm_decode(pkg, threads, prompt, tokens, runs):
+    import tierlm
+
+    model = tierlm.load(pkg, budget={"host": "16GiB"}, threads=threads, max_context=256)
+    model.generate(prompt, max_new_tokens=4, stop_at_eos=False)  # warm up
+    rates = []
+    for _ in range(runs):
+        result = model.generate(prompt, max_new_tokens=tokens + 1, stop_at_eos=False)
+        rates.append(result.stats["decode_tokens_per_s"])
+    return statistics.median(rates)
+
+
+def transformers_decode(hf_dir, dtype, threads, prompt, tokens, runs):
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    torch_dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch_dtype).eval()
+    ids = torch.tensor([prompt])
+    mask = torch.ones_like(ids)
+
+    def run(n):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+            )
+        return time.perf_counter() - t0
+
+    run(2)
+    rates = []
+    for _ in range(runs):
+        rates.append(tokens / (run(tokens + 1) - run(1)))
+    return statistics.median(rates)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=22)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--dtypes", default="bf16,f32")
+    parser.add_argument("--no-transformers", action="store_true")
+    args = parser.parse_args()
+    root = os.path.join(os.path.expanduser("~/.cache/tierlm/bench"), f"decode-l{args.layers}")
+    hf_dir = checkpoint(root, args.layers)
+    prompt = list(range(100, 116))
+    bandwidth = memory_bandwidth(threads=args.threads)["bound"]
+    rows = []
+    for dtype in args.dtypes.split(","):
+        pkg = package(root, hf_dir, dtype)
+        nbytes = streamed_bytes(pkg)
+        ours = tierlm_decode(pkg, args.threads, prompt, args.tokens, args.runs)
+        theirs = (
+            None
+            if args.no_transformers
+            else transformers_decode(hf_dir, dtype, args.threads, prompt, args.tokens, args.runs)
+        )
+        bound = bandwidth / nbytes
+        rows.append(
+            (
+                f"llama {args.layers}L h2048 {dtype}, {args.threads} threads",
+                f"{nbytes / 1e9:.2f} GB",
+                f"{ours:.2f}",
+                "-" if theirs is None else f"{theirs:.2f}",
+                "-" if theirs is None else f"{ours / theirs:.2f}x",
+                f"{bound:.2f}",
+                f"{ours / bound:.2f}x",
+            )
+        )
+    print(
+        f"decode tokens/s, median of {args.runs} runs of {args.tokens} tokens after a "
+        f"16-token prompt; DRAM read bandwidth {bandwidth / 1e9:.1f} GB/s"
+    )
+    print_table(
+        [
+            "configuration",
+            "bytes/token",
+            "tierlm",
+            "transformers",
+            "ratio",
+            "DRAM bound",
+            "of bound",
+        ],
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()

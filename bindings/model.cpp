@@ -1,0 +1,230 @@
+// tierlm._core.Model / Generator: the native executor for Python. Conversion only; every
+// call that computes releases the GIL.
+#include "tierlm/model.hpp"
+
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstring>
+
+#include "bindings.hpp"
+#include "tierlm/generate.hpp"
+
+namespace nb = nanobind;
+
+namespace tierlm::bindings {
+
+namespace {
+
+nb::dict config_dict(const ModelConfig& c) {
+  nb::dict d;
+  d["vocab_size"] = c.vocab_size;
+  d["hidden_size"] = c.hidden_size;
+  d["num_layers"] = c.num_layers;
+  d["num_heads"] = c.num_heads;
+  d["num_kv_heads"] = c.num_kv_heads;
+  d["head_dim"] = c.head_dim;
+  d["intermediate_size"] = c.intermediate_size;
+  d["max_positions"] = c.max_positions;
+  d["norm_eps"] = c.norm_eps;
+  d["rope_theta"] = c.rope_theta;
+  d["tie_embeddings"] = c.tie_embeddings;
+  d["bos_token_id"] = c.bos_token_id;
+  d["eos_token_ids"] = c.eos_token_ids;
+  d["position_offset"] = c.position_offset;
+  return d;
+}
+
+nb::dict generate_stats_dict(const GenerateStats& s) {
+  nb::dict d;
+  d["prompt_tokens"] = s.prompt_tokens;
+  d["new_tokens"] = s.new_tokens;
+  d["decode_steps"] = s.decode_steps;
+  d["prefill_seconds"] = s.prefill_seconds;
+  d["decode_seconds"] = s.decode_seconds;
+  d["prefill_tokens_per_s"] = s.prefill_tokens_per_s;
+  d["decode_tokens_per_s"] = s.decode_tokens_per_s;
+  return d;
+}
+
+nb::dict model_stats_dict(const ModelStats& s) {
+  nb::dict d;
+  d["prefill_tokens"] = s.prefill_tokens;
+  d["decode_tokens"] = s.decode_tokens;
+  d["prefill_seconds"] = s.prefill_seconds;
+  d["decode_seconds"] = s.decode_seconds;
+  d["load_seconds"] = s.load_seconds;
+  d["disk_bytes_read"] = s.disk_bytes_read;
+  d["weight_bytes"] = s.weight_bytes;
+  d["kv_bytes"] = s.kv_bytes;
+  d["arena_bytes"] = s.arena_bytes;
+  d["host"] = tier_stats_dict(s.host);
+  return d;
+}
+
+nb::dict buffers_dict(const std::vector<MemoryBuffer>& buffers) {
+  nb::list names, sizes, starts, ends, offsets;
+  for (const MemoryBuffer& b : buffers) {
+    names.append(b.name);
+    sizes.append(b.size);
+    starts.append(b.start);
+    ends.append(b.end);
+    offsets.append(b.offset);
+  }
+  nb::dict d;
+  d["names"] = names;
+  d["sizes"] = sizes;
+  d["starts"] = starts;
+  d["ends"] = ends;
+  d["offsets"] = offsets;
+  return d;
+}
+
+GenerateOptions generate_options(int64_t max_new_tokens, float temperature, int64_t top_k,
+                                 float top_p, uint64_t seed, bool stop_at_eos) {
+  GenerateOptions o;
+  o.max_new_tokens = max_new_tokens;
+  o.temperature = temperature;
+  o.top_k = top_k;
+  o.top_p = top_p;
+  o.seed = seed;
+  o.stop_at_eos = stop_at_eos;
+  return o;
+}
+
+}  // namespace
+
+void bind_model(nb::module_& m) {
+  nb::class_<Model>(m, "Model")
+      .def_static(
+          "load",
+          [](const std::string& path, uint64_t host_budget, size_t threads, bool verify,
+             int64_t max_context, int64_t prefill_chunk, bool lock, int64_t max_batch) {
+            ModelOptions o;
+            o.host_budget = host_budget;
+            o.threads = threads;
+            o.verify = verify;
+            o.max_context = max_context;
+            o.prefill_chunk = prefill_chunk;
+            o.lock = lock;
+            o.max_batch = max_batch;
+            nb::gil_scoped_release release;
+            return Model::load(path, o);
+          },
+          nb::arg("path"), nb::arg("host_budget"), nb::arg("threads") = 0,
+          nb::arg("verify") = false, nb::arg("max_context") = 0, nb::arg("prefill_chunk") = 0,
+          nb::arg("lock") = true, nb::arg("max_batch") = 1)
+      .def_prop_ro("path", [](const Model& self) { return self.package().path; })
+      .def_prop_ro("architecture", [](const Model& self) { return self.package().architecture; })
+      .def_prop_ro("dtype", [](const Model& self) { return self.package().dtype; })
+      .def_prop_ro("format_version",
+                   [](const Model& self) { return self.package().format_version; })
+      .def_prop_ro("tokenizer_dir", [](const Model& self) { return self.package().tokenizer_dir; })
+      .def_prop_ro("config", [](const Model& self) { return config_dict(self.config()); })
+      .def_prop_ro("vocab_size", &Model::vocab_size)
+      .def_prop_ro("context_length", &Model::context_length)
+      .def_prop_ro("prefill_chunk", &Model::prefill_chunk)
+      .def_prop_ro("position", [](const Model& self) { return self.position(); })
+      .def_prop_ro("max_batch", &Model::max_batch)
+      .def("reset", &Model::reset)
+      .def(
+          "logits",
+          [](Model& self, const std::vector<int32_t>& ids) {
+            std::vector<float>* out = nullptr;
+            {
+              nb::gil_scoped_release release;
+              out = new std::vector<float>(self.logits(ids));
+            }
+            nb::capsule owner(out,
+                              [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
+            return nb::ndarray<nb::numpy, float, nb::ndim<1>>(out->data(), {out->size()}, owner);
+          },
+          nb::arg("ids"))
+      .def(
+          "generate",
+          [](Model& self, const std::vector<int32_t>& ids, int64_t max_new_tokens,
+             float temperature, int64_t top_k, float top_p, uint64_t seed, bool stop_at_eos) {
+            GenerateResult result;
+            {
+              nb::gil_scoped_release release;
+              result = generate(
+                  self, ids,
+                  generate_options(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos));
+            }
+            nb::dict d;
+            d["output_ids"] = result.output_ids;
+            d["finish_reason"] = finish_reason_name(result.finish_reason);
+            d["stats"] = generate_stats_dict(result.stats);
+            return d;
+          },
+          nb::arg("ids"), nb::arg("max_new_tokens") = 32, nb::arg("temperature") = 0.0f,
+          nb::arg("top_k") = 0, nb::arg("top_p") = 1.0f, nb::arg("seed") = 0,
+          nb::arg("stop_at_eos") = true)
+      .def(
+          "generate_batch",
+          [](Model& self, const std::vector<std::vector<int32_t>>& prompts, int64_t max_new_tokens,
+             float temperature, int64_t top_k, float top_p, uint64_t seed, bool stop_at_eos) {
+            std::vector<GenerateResult> results;
+            {
+              nb::gil_scoped_release release;
+              results = generate_batch(
+                  self, prompts,
+                  generate_options(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos));
+            }
+            nb::list out;
+            for (const GenerateResult& result : results) {
+              nb::dict d;
+              d["output_ids"] = result.output_ids;
+              d["finish_reason"] = finish_reason_name(result.finish_reason);
+              d["stats"] = generate_stats_dict(result.stats);
+              out.append(d);
+            }
+            return out;
+          },
+          nb::arg("prompts"), nb::arg("max_new_tokens") = 32, nb::arg("temperature") = 0.0f,
+          nb::arg("top_k") = 0, nb::arg("top_p") = 1.0f, nb::arg("seed") = 0,
+          nb::arg("stop_at_eos") = true)
+      .def("stats", [](const Model& self) { return model_stats_dict(self.stats()); })
+      .def(
+          "memory_buffers",
+          [](const Model& self, int64_t seq) { return buffers_dict(self.memory_buffers(seq)); },
+          nb::arg("seq"))
+      .def("memory_plan", [](const Model& self) {
+        const MemoryPlan& plan = self.memory_plan();
+        nb::dict d = buffers_dict(plan.buffers);
+        d["seq"] = plan.seq;
+        d["peak"] = plan.peak;
+        d["lower_bound"] = plan.lower_bound;
+        d["source"] = plan.source;
+        return d;
+      });
+
+  nb::class_<Generator>(m, "Generator")
+      .def(
+          "__init__",
+          [](Generator* self, Model& model, const std::vector<int32_t>& ids, int64_t max_new_tokens,
+             float temperature, int64_t top_k, float top_p, uint64_t seed, bool stop_at_eos) {
+            new (self) Generator(
+                model, ids,
+                generate_options(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos));
+          },
+          nb::arg("model"), nb::arg("ids"), nb::arg("max_new_tokens") = 32,
+          nb::arg("temperature") = 0.0f, nb::arg("top_k") = 0, nb::arg("top_p") = 1.0f,
+          nb::arg("seed") = 0, nb::arg("stop_at_eos") = true, nb::keep_alive<1, 2>())
+      .def(
+          "next",
+          [](Generator& self) {
+            nb::gil_scoped_release release;
+            return self.next();
+          },
+          "The next token id, or -1 when finished.")
+      .def("stop", &Generator::stop)
+      .def_prop_ro("done", &Generator::done)
+      .def_prop_ro("finish_reason",
+                   [](const Generator& self) { return finish_reason_name(self.finish_reason()); })
+      .def_prop_ro("output_ids", [](const Generator& self) { return self.output_ids(); })
+      .def("stats", [](const Generator& self) { return generate_stats_dict(self.stats()); });
+}
+
+}  // namespace tierlm::bindings

@@ -1,0 +1,118 @@
+// A loaded model package and its executor: weights in a per-layer weight store under the
+// host budget, a KV cache, and one activation arena at planned offsets. forward() runs the
+// graph for a batch of tokens at the current position and allocates nothing.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "tierlm/package.hpp"
+#include "tierlm/tier.hpp"
+
+namespace tierlm {
+
+struct ModelOptions {
+  uint64_t host_budget = UINT64_MAX;  // bytes the host tier may hold (weights, KV, arena)
+  size_t threads = 0;                 // compute threads; 0 keeps the pool's size
+  bool verify = false;                // check each tensor's CRC-32 while loading
+  int64_t max_context = 0;            // KV cache capacity in tokens; 0 = config.max_positions
+  int64_t prefill_chunk = 0;          // tokens per prefill batch; 0 = a stored plan's or 256
+  bool lock = true;                   // mlock host buffers where RLIMIT_MEMLOCK allows
+  int64_t max_batch = 1;              // sequences decoded together (KV cache slots)
+};
+
+// One activation or workspace buffer of the graph for a batch of `seq` tokens: live from op
+// `start` to op `end` (inclusive; end == number of ops for the graph output).
+struct MemoryBuffer {
+  std::string name;  // "<value>@<op>" or "<op kind>.workspace@<op>"
+  uint64_t size = 0;
+  int64_t start = 0;
+  int64_t end = 0;
+  uint64_t offset = 0;  // in the arena, once planned
+};
+
+struct MemoryPlan {
+  int64_t seq = 0;
+  std::vector<MemoryBuffer> buffers;
+  uint64_t peak = 0;         // arena bytes: max(offset + size)
+  uint64_t lower_bound = 0;  // most bytes live at one op
+  std::string source;        // "internal" (plan_greedy) or the stored plan's path
+};
+
+struct ModelStats {
+  uint64_t prefill_tokens = 0;  // totals since load
+  uint64_t decode_tokens = 0;
+  double prefill_seconds = 0.0;
+  double decode_seconds = 0.0;
+  double load_seconds = 0.0;
+  uint64_t disk_bytes_read = 0;  // weight bytes read from the package files
+  uint64_t weight_bytes = 0;     // host bytes holding weights
+  uint64_t kv_bytes = 0;         // host bytes of the KV cache
+  uint64_t arena_bytes = 0;      // host bytes of the activation arena
+  TierStats host;
+};
+
+class Model {
+ public:
+  // Opens and validates the package, reads the weights into the host tier and allocates the
+  // KV cache and arena; throws kErrorBudget (naming what needs how much) when they do not fit.
+  static Model load(const std::string& path, const ModelOptions& options = {});
+
+  Model(Model&&) noexcept;
+  Model& operator=(Model&&) noexcept;
+  ~Model();
+
+  const Package& package() const;
+  const ModelConfig& config() const;
+  int64_t vocab_size() const;
+  // Tokens the KV cache holds (the longest prompt + generation).
+  int64_t context_length() const;
+  int64_t prefill_chunk() const;
+
+  // Empties the KV cache: the next forward starts at position 0. A Model runs on one thread
+  // at a time: a call while another thread runs it throws kErrorInvalidArgument.
+  void reset();
+  // Tokens in the KV cache (of slot 0, or of a sequence slot).
+  int64_t position() const;
+  int64_t position(int32_t slot) const;
+  // Sequence slots: how many sequences forward_batch can decode together.
+  int64_t max_batch() const;
+  // Runs tokens at the current position (in prefill_chunk batches), appends them to the KV
+  // cache and returns the last token's logits (vocab_size floats, valid until the next call).
+  // Throws kErrorInvalidArgument for an empty batch, ids outside the vocabulary or a batch
+  // that would overflow the context. Allocates nothing.
+  const float* forward(std::span<const int32_t> tokens);
+  // The same; restart = true empties the cache first, atomically with the run.
+  const float* forward(std::span<const int32_t> tokens, bool restart);
+  // The same on sequence slot `slot` (0 .. max_batch - 1), each with its own KV cache.
+  const float* forward_slot(int32_t slot, std::span<const int32_t> tokens, bool restart);
+  // One decode step of several sequences at once: tokens[i] is appended to slot slots[i]
+  // (distinct slots) at that slot's position. The matrix products read each weight once for
+  // all rows. Returns logits [tokens.size(), vocab_size], row i for slots[i].
+  const float* forward_batch(std::span<const int32_t> tokens, std::span<const int32_t> slots);
+  // Last-position logits of ids from an empty cache (resets first).
+  std::vector<float> logits(std::span<const int32_t> ids);
+
+  ModelStats stats() const;
+  // Counts a generation's timings into stats() (prefill and decode totals).
+  void record_timing(uint64_t prefill_tokens, double prefill_seconds, uint64_t decode_tokens,
+                     double decode_seconds);
+  // The graph's buffers for a batch of seq tokens (offsets 0), for external planners.
+  std::vector<MemoryBuffer> memory_buffers(int64_t seq) const;
+  // The plan the arena uses.
+  const MemoryPlan& memory_plan() const;
+  // Increments whenever the sequence restarts (reset / logits); generators use it to notice
+  // that another caller took the KV cache.
+  uint64_t sequence_id() const;
+
+ private:
+  struct Impl;
+  explicit Model(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tierlm

@@ -1,0 +1,79 @@
+/* The C API of tierlm for embedding: opaque handles, status codes, no exceptions.
+ * Every function returns TIERLM_OK or an error status; tierlm_last_error() then gives the
+ * message of the calling thread's last failure. */
+#ifndef TIERLM_TIERLM_H_
+#define TIERLM_TIERLM_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum tierlm_status {
+  TIERLM_OK = 0,
+  TIERLM_ERROR_INVALID_ARGUMENT = 1, /* a caller passed something malformed */
+  TIERLM_ERROR_NOT_FOUND = 2,        /* a file or tensor that should exist does not */
+  TIERLM_ERROR_IO = 3,               /* a system call failed */
+  TIERLM_ERROR_BUDGET = 4,           /* a tier cannot hold the request within its budget */
+  TIERLM_ERROR_CORRUPT = 5,          /* a file is damaged (size, checksum, format) */
+  TIERLM_ERROR_UNSUPPORTED = 6,      /* the build, machine or package needs a missing feature */
+  TIERLM_ERROR_INTERNAL = 7          /* anything else (out of memory, a bug) */
+} tierlm_status;
+
+typedef struct tierlm_model tierlm_model;
+
+typedef struct tierlm_model_options {
+  uint64_t host_budget; /* bytes; 0 = unlimited */
+  uint32_t threads;     /* 0 = keep the thread pool's size */
+  int32_t verify;       /* nonzero: check tensor checksums while loading */
+  int64_t max_context;  /* KV cache tokens; 0 = the model's max_positions */
+} tierlm_model_options;
+
+typedef struct tierlm_generate_options {
+  int64_t max_new_tokens; /* default 32 */
+  float temperature;      /* 0 = greedy */
+  int64_t top_k;          /* 0 = no limit */
+  float top_p;            /* 1 = no nucleus cut */
+  uint64_t seed;
+  int32_t stop_at_eos; /* default 1 */
+} tierlm_generate_options;
+
+/* Called with each new token; return nonzero to continue, 0 to stop. */
+typedef int (*tierlm_token_callback)(int32_t token, void* user_data);
+
+/* Fill an options struct with the defaults. */
+void tierlm_model_options_init(tierlm_model_options* options);
+void tierlm_generate_options_init(tierlm_generate_options* options);
+
+/* Loads the package at path; options may be NULL (defaults). On success *out owns a model
+ * to be released with tierlm_model_destroy. */
+tierlm_status tierlm_model_create(const char* path, const tierlm_model_options* options,
+                                  tierlm_model** out);
+void tierlm_model_destroy(tierlm_model* model);
+
+int64_t tierlm_model_vocab_size(const tierlm_model* model);
+int64_t tierlm_model_context_length(const tierlm_model* model);
+
+/* Generates up to options->max_new_tokens tokens after the prompt. Writes at most
+ * out_capacity of them to out_tokens and their count to *n_out (both may be NULL / 0 when a
+ * callback consumes the tokens). options and callback may be NULL. */
+tierlm_status tierlm_generate(tierlm_model* model, const int32_t* prompt, size_t n_prompt,
+                              const tierlm_generate_options* options, int32_t* out_tokens,
+                              size_t out_capacity, size_t* n_out, tierlm_token_callback callback,
+                              void* user_data);
+
+/* Last-position logits of the ids (vocab_size floats into out_logits). */
+tierlm_status tierlm_logits(tierlm_model* model, const int32_t* ids, size_t n_ids,
+                            float* out_logits, size_t capacity);
+
+/* Message of this thread's last failure ("" when none). Valid until the next call. */
+const char* tierlm_last_error(void);
+const char* tierlm_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TIERLM_TIERLM_H_ */

@@ -1,0 +1,259 @@
+// AVX-512 (F, BW, VL, DQ) kernels: 16-lane vectors with masked tails over the shared bodies of
+// detail/kernels_simd.hpp.
+#include <immintrin.h>
+
+#include <algorithm>
+
+// GCC 12's _mm512_castps512_ps256 reads an "undefined" register it declares as self-initialised.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include "detail/kernels_impl.hpp"
+
+namespace tierlm::detail {
+namespace {
+
+struct VecAvx512 {
+  using F = __m512;
+  static constexpr size_t kWidth = 16;
+  static constexpr size_t kMatvecRows = 8;
+  static constexpr size_t kLinearRows = 4;
+  static constexpr size_t kLinearTokens = 4;
+  static constexpr size_t kScoreVecs = 4;
+  static constexpr size_t score_keys(size_t vecs) { return vecs == 1 ? 16 : vecs == 4 ? 4 : 8; }
+  static constexpr size_t kDotRows = 8;
+  static constexpr size_t kPvRows = 4;
+  static constexpr size_t kPvVecs = 4;
+
+  static __mmask16 mask(size_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
+  static F zero() { return _mm512_setzero_ps(); }
+  static F set1(float x) { return _mm512_set1_ps(x); }
+  static F load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static F load_n(const float* p, size_t n) { return _mm512_maskz_loadu_ps(mask(n), p); }
+  static void store_n(float* p, F v, size_t n) { _mm512_mask_storeu_ps(p, mask(n), v); }
+  static F load_f16(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static F load_f16_n(const uint16_t* p, size_t n) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask(n), p));
+  }
+  static F bf16_bits(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  static F load_bf16(const uint16_t* p) {
+    return bf16_bits(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static F load_bf16_n(const uint16_t* p, size_t n) {
+    return bf16_bits(_mm256_maskz_loadu_epi16(mask(n), p));
+  }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F div(F a, F b) { return _mm512_div_ps(a, b); }
+  static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F max(F a, F b) { return _mm512_max_ps(a, b); }
+  static F min(F a, F b) { return _mm512_min_ps(a, b); }
+  static F round(F a) {
+    return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  static F select_lt(F a, F b, F x, F y) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), y, x);
+  }
+  static F select_eq(F a, F b, F x, F y) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ), y, x);
+  }
+  static float reduce_add(F v) {
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
+  // out[0..4) = horizontal sums of a, b, c, d.
+  static void reduce4(F a, F b, F c, F d, float* out) {
+    const F ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    const F cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    const F abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xee));
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(abcd), _mm512_extractf32x8_ps(abcd, 1));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+  }
+  static F load_n_zero_rest(F v, size_t n) { return _mm512_maskz_mov_ps(mask(n), v); }
+  static float reduce_max(F v) {
+    const __m256 h = _mm256_max_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+  }
+  static F pow2i(F n) {
+    const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+  }
+};
+
+}  // namespace
+}  // namespace tierlm::detail
+
+#include "detail/kernels_simd.hpp"
+#include "tierlm/simd.hpp"
+
+namespace tierlm::detail {
+
+namespace {
+
+// bf16 matrix-matrix with AVX512-BF16 (VDPBF16PS: 32 bf16 products per instruction, f32
+// accumulation). Per cache tile, activations are rounded to bf16 pairs (x[t][2p], x[t][2p+1])
+// and a 32-row weight panel is repacked pair-interleaved, panel[p][row], so the inner loop
+// broadcasts one activation pair and multiplies it with 16 rows at once: no horizontal sums,
+// 2 loads + 12 broadcasts per 24 instructions. Activation rounding costs about 3 significant
+// digits, as bf16 models computed in bf16 (transformers) have anyway. Tiles live on the stack
+// (80 KiB), so the launcher still allocates nothing.
+constexpr size_t kPackCols = 512;   // columns per chunk (256 pairs)
+constexpr size_t kPackTokens = 64;  // tokens per activation tile: 64 KiB of bf16
+constexpr size_t kPackRows = 32;    // rows per weight panel: two 16-row vectors, 32 KiB
+constexpr size_t kPackPairs = kPackCols / 2;
+
+// Transposes a 16x16 block of 32-bit elements held in r[0..16) in place.
+inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+    r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
+  }
+}
+
+// panel[v][p][i] = pair p of row r + 16 v + i over columns c0 .. c0 + kc (zero past the
+// matrix), for v < 2.
+void pack_panel(const uint16_t* w, size_t cols, size_t r, size_t nr, size_t c0, size_t kc,
+                uint32_t* panel) {
+  const size_t pairs = (kc + 1) / 2;
+  for (size_t v = 0; v < 2; ++v) {
+    uint32_t* out = panel + v * kPackPairs * 16;
+    for (size_t p0 = 0; p0 < pairs; p0 += 16) {
+      const size_t np = std::min<size_t>(16, pairs - p0);
+      const size_t c = c0 + 2 * p0;
+      const size_t elems = std::min<size_t>(32, c0 + kc - c);
+      const __mmask32 m = elems == 32 ? ~__mmask32{0} : (__mmask32{1} << elems) - 1;
+      __m512i block[16];
+      for (size_t i = 0; i < 16; ++i) {
+        const size_t row = 16 * v + i;
+        const uint16_t* src = w + (r + row) * cols + c;
+        block[i] = row < nr ? _mm512_maskz_loadu_epi16(m, src) : _mm512_setzero_si512();
+        // The next panel streams in from DRAM while this one is multiplied.
+        _mm_prefetch(reinterpret_cast<const char*>(src + kPackRows * cols), _MM_HINT_T0);
+      }
+      transpose16(block);
+      for (size_t p = 0; p < np; ++p)
+        _mm512_store_si512(reinterpret_cast<__m512i*>(out + (p0 + p) * 16), block[p]);
+    }
+  }
+}
+
+// y[t + j][r .. r + 32) (+)= sum over pairs of xb[j][p] * panel[.][p] for TB tokens.
+template <size_t TB>
+inline void packed_tile(const uint32_t* xb, const uint32_t* panel, size_t pairs, float* y,
+                        size_t rows, size_t r, size_t nr, size_t t, const uint16_t* bias,
+                        bool first) {
+  __m512 acc[TB][2];
+#pragma GCC unroll 16
+  for (size_t j = 0; j < TB; ++j) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+  const uint32_t* p1 = panel + kPackPairs * 16;
+  for (size_t p = 0; p < pairs; ++p) {
+    const __m512bh w0 =
+        (__m512bh)_mm512_load_si512(reinterpret_cast<const __m512i*>(panel + p * 16));
+    const __m512bh w1 = (__m512bh)_mm512_load_si512(reinterpret_cast<const __m512i*>(p1 + p * 16));
+#pragma GCC unroll 16
+    for (size_t j = 0; j < TB; ++j) {
+      const __m512bh xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(xb[j * kPackPairs + p]));
+      acc[j][0] = _mm512_dpbf16_ps(acc[j][0], w0, xv);
+      acc[j][1] = _mm512_dpbf16_ps(acc[j][1], w1, xv);
+    }
+  }
+  for (size_t v = 0; v < 2; ++v) {
+    const size_t r0 = r + 16 * v;
+    if (16 * v >= nr) break;
+    const size_t n = std::min<size_t>(16, nr - 16 * v);
+    const __mmask16 m = n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
+    __m512 b = _mm512_setzero_ps();
+    if (first && bias) b = VecAvx512::load_bf16_n(bias + r0, n);
+    for (size_t j = 0; j < TB; ++j) {
+      float* out = y + (t + j) * rows + r0;
+      const __m512 base = first ? b : _mm512_maskz_loadu_ps(m, out);
+      _mm512_mask_storeu_ps(out, m, _mm512_add_ps(base, acc[j][v]));
+    }
+  }
+}
+
+void linear_bf16_packed(const float* x, const uint16_t* w, const uint16_t* bias, float* y, size_t n,
+                        size_t rows, size_t cols, size_t r0, size_t r1) {
+  alignas(64) uint32_t xb[kPackTokens * kPackPairs];
+  alignas(64) uint32_t panel[2 * kPackPairs * 16];
+  for (size_t t0 = 0; t0 < n; t0 += kPackTokens) {
+    const size_t nt = std::min(kPackTokens, n - t0);
+    for (size_t c0 = 0; c0 < cols; c0 += kPackCols) {
+      const size_t kc = std::min(kPackCols, cols - c0);
+      const size_t pairs = (kc + 1) / 2;
+      for (size_t j = 0; j < nt; ++j) {
+        const float* xr = x + (t0 + j) * cols + c0;
+        for (size_t c = 0; c < kc; c += 32) {
+          const size_t k = kc - c;
+          const __m512 lo = VecAvx512::load_n(xr + c, std::min<size_t>(16, k));
+          const __m512 hi = k > 16 ? VecAvx512::load_n(xr + c + 16, std::min<size_t>(16, k - 16))
+                                   : _mm512_setzero_ps();
+          _mm512_store_si512(reinterpret_cast<__m512i*>(xb + j * kPackPairs + c / 2),
+                             (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+        }
+      }
+      const bool first = c0 == 0;
+      for (size_t r = r0; r < r1; r += kPackRows) {
+        const size_t nr = std::min(kPackRows, r1 - r);
+        pack_panel(w, cols, r, nr, c0, kc, panel);
+        size_t t = 0;
+        for (; t + 12 <= nt; t += 12)
+          packed_tile<12>(xb + t * kPackPairs, panel, pairs, y, rows, r, nr, t0 + t, bias, first);
+        for (; t + 4 <= nt; t += 4)
+          packed_tile<4>(xb + t * kPackPairs, panel, pairs, y, rows, r, nr, t0 + t, bias, first);
+        for (; t < nt; ++t)
+          packed_tile<1>(xb + t * kPackPairs, panel, pairs, y, rows, r, nr, t0 + t, bias, first);
+      }
+    }
+  }
+}
+
+void linear_avx512(const float* x, const void* w, const void* bias, DType w_dtype, float* y,
+                   size_t n, size_t rows, size_t cols, size_t r0, size_t r1) {
+  if (w_dtype == DType::kDTypeBF16 && n > 1 && cpu_features().avx512_bf16)
+    return linear_bf16_packed(x, static_cast<const uint16_t*>(w),
+                              static_cast<const uint16_t*>(bias), y, n, rows, cols, r0, r1);
+  linear<VecAvx512>(x, w, bias, w_dtype, y, n, rows, cols, r0, r1);
+}
+
+}  // namespace
+
+const KernelTable& kernels_avx512() {
+  static const KernelTable kTable = [] {
+    KernelTable t = make_table<VecAvx512>();
+    t.linear = linear_avx512;
+    return t;
+  }();
+  return kTable;
+}
+
+}  // namespace tierlm::detail

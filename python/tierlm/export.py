@@ -1,0 +1,266 @@
+"""`tierlm.export`: a Hugging Face checkpoint directory to a tierlm package.
+
+Tensors are converted and written one at a time, in chunks, so memory stays near one chunk; the
+package is assembled in a temporary sibling directory and renamed into place, so a failed export
+leaves nothing behind.
+"""
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import zlib
+
+from tierlm.archs import arch_lookup
+from tierlm.checkpoint import Checkpoint, check_no_quantization
+from tierlm.dtypes import DTYPE_SIZES, convert, dtype_check
+from tierlm.errors import CorruptError, InvalidArgumentError, NotFoundError, UnsupportedError
+from tierlm.graph import graph_check
+
+FORMAT = "tierlm-package"
+FORMAT_VERSION = 1
+ALIGN = 4096
+FILE_LIMIT = 2 << 30  # weight files are split at 2 GiB
+CHUNK = 16 << 20  # bytes of source data converted at a time
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+def _align(n):
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def read_hf_config(hf_dir):
+    path = os.path.join(hf_dir, "config.json")
+    if not os.path.isdir(hf_dir):
+        raise NotFoundError(f"{hf_dir}: checkpoint directory does not exist")
+    if not os.path.exists(path):
+        raise NotFoundError(f"{hf_dir}: no config.json (is this a Hugging Face checkpoint?)")
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except ValueError as error:
+            raise CorruptError(f"{path}: not valid JSON ({error})") from None
+
+
+def plan_tensors(plan, checkpoint, dtype):
+    """Pairs each tensor spec with its checkpoint entry and output dtype; checks shapes and
+    that no checkpoint tensor is left unused (an unknown tensor means an unknown variant)."""
+    used, rows = set(), []
+    for spec in plan.tensors:
+        source = next((s for s in spec.sources if s in checkpoint), None)
+        if source is None:
+            raise NotFoundError(
+                f"{checkpoint.dir}: checkpoint has no tensor {spec.sources[0]} (needed for "
+                f"{spec.name}); incomplete checkpoint or a variant tierlm does not know"
+            )
+        entry = checkpoint.entries[source]
+        if entry.shape != tuple(spec.shape):
+            raise CorruptError(
+                f"{entry.file}: tensor {source} has shape {list(entry.shape)}, config.json "
+                f"implies {list(spec.shape)}"
+            )
+        # 1-D tensors (norms, biases) are always f32: tiny, and the executor reads them in f32
+        out = "f32" if len(spec.shape) == 1 else (dtype or entry.dtype)
+        used.add(source)
+        rows.append((spec, source, entry, out))
+    unused = sorted(n for n in checkpoint.entries if n not in used and not plan.ignore.match(n))
+    if unused:
+        raise UnsupportedError(
+            f"{checkpoint.dir}: checkpoint tensors {', '.join(unused[:4])}"
+            f"{' ...' if len(unused) > 4 else ''} are not used by the {plan.architecture} "
+            "architecture; this variant is not supported"
+        )
+    return rows
+
+
+def layout(rows, limit=FILE_LIMIT):
+    """Assigns each tensor a weight file and a 4 KiB-aligned offset; a file is closed when the
+    next tensor would pass `limit` (a larger tensor gets a file of its own)."""
+    files, placed, index, end = [], [], 0, 0
+    for spec, source, entry, out in rows:
+        nbytes = math.prod(spec.shape) * DTYPE_SIZES[out]
+        if end and _align(end) + nbytes > limit:
+            files.append({"name": f"weights-{index}.bin", "size": _align(end)})
+            index, end = index + 1, 0
+        offset = _align(end)
+        placed.append((spec, source, entry, out, f"weights-{index}.bin", offset, nbytes))
+        end = offset + nbytes
+    files.append({"name": f"weights-{index}.bin", "size": _align(end)})
+    return files, placed
+
+
+def _write_tensor(f, checkpoint, source, entry, out, name, bar):
+    raw = checkpoint.raw(source)
+    step = CHUNK - CHUNK % DTYPE_SIZES[entry.dtype]
+    crc = 0
+    for start in range(0, entry.nbytes, step):
+        data = convert(raw[start : start + step], entry.dtype, out, name)
+        crc = zlib.crc32(data, crc)
+        f.write(memoryview(data).cast("B"))
+        bar.update(data.nbytes)
+    del raw
+    return crc
+
+
+def _progress(total, enabled):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc="export",
+        disable=not enabled,
+    )
+
+
+def export(
+    hf_dir, out_dir, dtype=None, progress=True, overwrite=False, max_positions=None, file_limit=None
+):
+    """Exports the checkpoint in hf_dir to a package in out_dir and returns out_dir.
+
+    dtype: "f32", "f16", "bf16" for the matrices, or None to keep the checkpoint's; 1-D tensors
+    are always f32. max_positions caps the context (needed for sliding-window models).
+    overwrite replaces an existing package. file_limit overrides the 2 GiB weight-file split.
+    """
+    hf_dir, out_dir = os.fspath(hf_dir), os.path.abspath(os.fspath(out_dir))
+    dtype_check(dtype)
+    hf = read_hf_config(hf_dir)
+    check_no_quantization(hf, os.path.join(hf_dir, "config.json"))
+    module = arch_lookup(hf, os.path.join(hf_dir, "config.json"))
+    if os.path.exists(out_dir) and not overwrite:
+        if not os.path.isdir(out_dir) or os.listdir(out_dir):
+            raise InvalidArgumentError(
+                f"{out_dir} already exists; choose another directory or pass overwrite=True "
+                "(--overwrite)"
+            )
+    plan = module.plan(hf, max_positions=max_positions)
+    _generation_ids(hf_dir, plan.config)
+    checkpoint = Checkpoint(hf_dir)
+    rows = plan_tensors(plan, checkpoint, dtype)
+    files, placed = layout(rows, file_limit or FILE_LIMIT)
+    tensors = {}
+    for spec, _, _, out, file, offset, nbytes in placed:
+        tensors[spec.name] = {
+            "dtype": out,
+            "shape": list(spec.shape),
+            "file": file,
+            "offset": offset,
+            "nbytes": nbytes,
+            "crc32": 0,
+            "layer": spec.layer,
+        }
+    graph_check(plan.graph, tensors)
+
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a package is an ordinary dir
+    try:
+        with _progress(sum(t["nbytes"] for t in tensors.values()), progress) as bar:
+            by_file = {}
+            for row in placed:
+                by_file.setdefault(row[4], []).append(row)
+            for spec in files:
+                path = os.path.join(tmp, spec["name"])
+                with open(path, "wb") as f:
+                    for tensor, source, entry, out, _, offset, _ in by_file[spec["name"]]:
+                        f.write(bytes(offset - f.tell()))
+                        info = tensors[tensor.name]
+                        info["crc32"] = _write_tensor(
+                            f, checkpoint, source, entry, out, tensor.name, bar
+                        )
+                    f.write(bytes(spec["size"] - f.tell()))
+                    f.flush()
+                    os.fsync(f.fileno())
+        token_files = _copy_tokenizer(hf_dir, tmp)
+        source_dtypes = sorted({entry.dtype for _, _, entry, _ in rows})
+        matrix_dtypes = sorted({out for spec, _, _, out in rows if len(spec.shape) > 1})
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "architecture": plan.architecture,
+            "dtype": matrix_dtypes[0] if len(matrix_dtypes) == 1 else "mixed",
+            "config": plan.config,
+            "files": files,
+            "tensors": tensors,
+            "tokenizer": {"dir": "tokenizer", "files": token_files} if token_files else None,
+            "source": {
+                "model_type": hf.get("model_type"),
+                "architectures": hf.get("architectures"),
+                "dtypes": source_dtypes,
+                "transformers_version": hf.get("transformers_version"),
+            },
+        }
+        _write_json(os.path.join(tmp, "manifest.json"), manifest)
+        _write_json(os.path.join(tmp, "graph.json"), plan.graph)
+        _install(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _generation_ids(hf_dir, config):
+    """End-of-sequence ids as transformers' generate uses them: generation_config.json when the
+    checkpoint has one (it may list more ids than config.json), else config.json's."""
+    path = os.path.join(hf_dir, "generation_config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        try:
+            generation = json.load(f)
+        except ValueError as error:
+            raise CorruptError(f"{path}: not valid JSON ({error})") from None
+    eos = generation.get("eos_token_id")
+    if eos is not None:
+        ids = eos if isinstance(eos, list) else [eos]
+        config["eos_token_ids"], config["eos_token_id"] = ids, ids[0] if ids else None
+    if generation.get("bos_token_id") is not None:
+        config["bos_token_id"] = generation["bos_token_id"]
+
+
+def _copy_tokenizer(hf_dir, tmp):
+    names = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, n))]
+    if names:
+        os.mkdir(os.path.join(tmp, "tokenizer"))
+        for name in names:
+            shutil.copyfile(os.path.join(hf_dir, name), os.path.join(tmp, "tokenizer", name))
+    return names
+
+
+def _write_json(path, value):
+    with open(path, "w") as f:
+        json.dump(value, f, indent=1)
+        f.write("\n")
+
+
+def _install(tmp, out_dir):
+    """Renames the finished package into place, replacing an old one only at the last step."""
+    old = None
+    if os.path.exists(out_dir):
+        if os.path.isdir(out_dir) and not os.listdir(out_dir):
+            os.rmdir(out_dir)
+        else:
+            parent = os.path.dirname(out_dir)
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
+            os.rmdir(old)
+            os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,183 @@
+"""The execution graph: a list of ops over named f32 activations, built by python/tierlm/archs.
+
+An architecture module drives a GraphBuilder; `graph_check` validates a graph against the
+package's tensors (used at export and at load). The format is in docs/package-format.md.
+"""
+
+from tierlm.errors import CorruptError
+
+GRAPH_VERSION = 1
+
+# op -> (number of inputs, attributes it must carry besides in/out/layer)
+OPS = {
+    "embedding": (1, ("weight",)),
+    "position_embedding": (2, ("weight", "offset")),
+    "rmsnorm": (1, ("weight", "eps")),
+    "layernorm": (1, ("weight", "bias", "eps")),
+    "linear": (1, ("weight", "bias")),
+    "rope": (1, ("heads", "head_dim")),
+    "attention": (3, ("heads", "kv_heads", "head_dim", "scale")),
+    "add": (2, ()),
+    "silu_mul": (2, ()),
+    "relu": (1, ()),
+    "gelu": (1, ()),
+    "lm_head": (1, ("weight",)),
+}
+INPUTS = {"tokens": "int32[tokens]", "positions": "int32[tokens]"}
+
+
+class GraphBuilder:
+    """Collects ops and value widths; `layer` tags every op added while it is set."""
+
+    def __init__(self):
+        self.ops = []
+        self.values = {}
+        self.layer = -1
+
+    def _value(self, name, width):
+        if self.values.setdefault(name, width) != width:
+            raise ValueError(
+                f"graph value {name!r} used with widths {self.values[name]} and {width}"
+            )
+        return name
+
+    def _width(self, name):
+        if name not in self.values:
+            raise ValueError(f"graph value {name!r} is not defined yet")
+        return self.values[name]
+
+    def _op(self, op, ins, out, width, **attrs):
+        for name in ins:
+            if name not in self.values and name not in INPUTS:
+                raise ValueError(f"graph op {op}: input {name!r} is not defined yet")
+        self._value(out, width)
+        self.ops.append({"op": op, "in": list(ins), "out": out, **attrs, "layer": self.layer})
+        return out
+
+    def embedding(self, out, weight, width):
+        return self._op("embedding", ["tokens"], out, width, weight=weight)
+
+    def position_embedding(self, x, weight, offset):
+        """x += weight[positions + offset]."""
+        return self._op(
+            "position_embedding", [x, "positions"], x, self._width(x), weight=weight, offset=offset
+        )
+
+    def rmsnorm(self, x, out, weight, eps):
+        return self._op("rmsnorm", [x], out, self._width(x), weight=weight, eps=float(eps))
+
+    def layernorm(self, x, out, weight, bias, eps):
+        return self._op(
+            "layernorm", [x], out, self._width(x), weight=weight, bias=bias, eps=float(eps)
+        )
+
+    def linear(self, x, out, weight, width, bias=None):
+        return self._op("linear", [x], out, width, weight=weight, bias=bias)
+
+    def rope(self, x, heads, head_dim):
+        return self._op("rope", [x], x, self._width(x), heads=heads, head_dim=head_dim)
+
+    def attention(self, q, k, v, out, heads, kv_heads, head_dim, scale):
+        return self._op(
+            "attention",
+            [q, k, v],
+            out,
+            heads * head_dim,
+            heads=heads,
+            kv_heads=kv_heads,
+            head_dim=head_dim,
+            scale=float(scale),
+        )
+
+    def add(self, a, b, out):
+        return self._op("add", [a, b], out, self._width(a))
+
+    def silu_mul(self, gate, up, out):
+        return self._op("silu_mul", [gate, up], out, self._width(gate))
+
+    def relu(self, x):
+        return self._op("relu", [x], x, self._width(x))
+
+    def gelu(self, x):
+        return self._op("gelu", [x], x, self._width(x))
+
+    def lm_head(self, x, out, weight, vocab):
+        return self._op("lm_head", [x], out, vocab, weight=weight)
+
+    def build(self, output="logits"):
+        return {
+            "graph_version": GRAPH_VERSION,
+            "inputs": dict(INPUTS),
+            "output": output,
+            "values": dict(self.values),
+            "ops": list(self.ops),
+        }
+
+
+def graph_weights(graph):
+    """Returns the tensor names the graph reads, in op order, without repeats."""
+    names = []
+    for op in graph["ops"]:
+        for key in ("weight", "bias"):
+            if op.get(key) and op[key] not in names:
+                names.append(op[key])
+    return names
+
+
+def graph_check(graph, tensors, where="graph.json"):
+    """Raises CorruptError unless every op is known, complete and its weights fit its values.
+
+    `tensors` maps tensor names to objects or dicts with a `shape`.
+    """
+
+    def fail(index, message):
+        raise CorruptError(f"{where}: op {index} ({graph['ops'][index].get('op')}): {message}")
+
+    def shape(index, name):
+        if name not in tensors:
+            fail(index, f"tensor {name!r} is not in the manifest")
+        info = tensors[name]
+        return list(info["shape"] if isinstance(info, dict) else info.shape)
+
+    for key in ("inputs", "output", "values", "ops"):
+        if key not in graph:
+            raise CorruptError(f"{where}: missing key {key!r}")
+    values = graph["values"]
+    defined = set(graph["inputs"])
+    for index, op in enumerate(graph["ops"]):
+        kind = op.get("op")
+        if kind not in OPS:
+            fail(index, f"unknown op {kind!r}; known: {', '.join(OPS)}")
+        count, attrs = OPS[kind]
+        missing = [a for a in ("in", "out", "layer", *attrs) if a not in op]
+        if missing or len(op["in"]) != count:
+            fail(index, f"needs {count} inputs and keys {missing or attrs}")
+        for name in op["in"]:
+            if name not in defined:
+                fail(index, f"input {name!r} is used before it is written")
+        if op["out"] not in values:
+            fail(index, f"output {op['out']!r} has no width in values")
+        width = values[op["out"]]
+        if kind in ("linear", "lm_head", "embedding"):
+            rows, cols = shape(index, op["weight"])
+            source = values.get(op["in"][0]) if kind != "embedding" else None
+            expect = [width, source] if kind != "embedding" else [rows, width]
+            if [rows, cols] != expect:
+                fail(index, f"weight {op['weight']} has shape {[rows, cols]}, values need {expect}")
+        if op.get("bias") and shape(index, op["bias"]) != [width]:
+            fail(index, f"bias {op['bias']} has shape {shape(index, op['bias'])}, needs [{width}]")
+        if kind in ("rmsnorm", "layernorm") and shape(index, op["weight"]) != [width]:
+            fail(index, f"weight {op['weight']} does not have shape [{width}]")
+        if kind == "position_embedding" and shape(index, op["weight"])[1] != width:
+            fail(index, f"weight {op['weight']} rows are not {width} wide")
+        if kind == "rope" and op["heads"] * op["head_dim"] != width:
+            fail(index, f"heads x head_dim != width {width}")
+        if kind == "attention":
+            q, k, v = (values[name] for name in op["in"])
+            if q != op["heads"] * op["head_dim"] or k != v or k != op["kv_heads"] * op["head_dim"]:
+                fail(index, f"q/k/v widths {q}/{k}/{v} do not match heads and head_dim")
+            if op["heads"] % op["kv_heads"]:
+                fail(index, "heads is not a multiple of kv_heads")
+        defined.add(op["out"])
+    if graph["output"] not in defined:
+        raise CorruptError(f"{where}: output {graph['output']!r} is never written")

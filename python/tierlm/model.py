@@ -1,0 +1,298 @@
+"""Loading a package and generating with the native executor.
+
+`tierlm.load(path, budget=...)` returns a Model; the per-token work runs in libtierlm
+(tierlm._core.Model), this module only converts prompts, options and results.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tierlm import _core
+from tierlm.budgets import default_budgets
+from tierlm.errors import InvalidArgumentError
+from tierlm.sizes import parse_size
+
+
+@dataclass
+class GenerateResult:
+    """What generate() returns: the new tokens only, their text, and timings."""
+
+    prompt_ids: list
+    output_ids: list
+    text: str | None
+    finish_reason: str
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class Token:
+    """One streamed token: its id and the text it adds (None without a tokenizer)."""
+
+    id: int
+    text: str | None
+
+    def __int__(self):
+        return self.id
+
+    def __index__(self):
+        return self.id
+
+
+def _budgets(budget):
+    """{"host": bytes} from a dict of sizes, one size (the host budget) or None (defaults)."""
+    if budget is None:
+        return {"host": default_budgets()["host"]}
+    if not isinstance(budget, dict):
+        return {"host": parse_size(budget, "host budget")}
+    unknown = set(budget) - {"host", "disk", "device"}
+    if unknown:
+        raise InvalidArgumentError(
+            f"budget: unknown tier(s) {', '.join(sorted(unknown))}; use host, disk, device"
+        )
+    out = {tier: parse_size(size, f"{tier} budget") for tier, size in budget.items()}
+    out.setdefault("host", default_budgets()["host"])
+    return out
+
+
+def _load_tokenizer(tokenizer_dir):
+    if not tokenizer_dir:
+        return None
+    path = os.path.join(tokenizer_dir, "tokenizer.json")
+    if not os.path.exists(path):
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(path)
+
+
+class Model:
+    """A loaded package. Use tierlm.load() to make one."""
+
+    def __init__(self, native, budgets):
+        self._native = native
+        self.budgets = budgets
+        self.tokenizer = _load_tokenizer(native.tokenizer_dir)
+
+    @property
+    def path(self):
+        return self._native.path
+
+    @property
+    def config(self):
+        return self._native.config
+
+    @property
+    def architecture(self):
+        return self._native.architecture
+
+    @property
+    def dtype(self):
+        return self._native.dtype
+
+    @property
+    def vocab_size(self):
+        return self._native.vocab_size
+
+    @property
+    def context_length(self):
+        return self._native.context_length
+
+    def encode(self, prompt):
+        """Token ids of a string (with the tokenizer's special tokens) or of a list of ids."""
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise InvalidArgumentError(
+                    f"{self.path} has no tokenizer; pass token ids instead of text"
+                )
+            return list(self.tokenizer.encode(prompt, add_special_tokens=True).ids)
+        if isinstance(prompt, np.ndarray):
+            prompt = prompt.reshape(-1).tolist()
+        try:
+            ids = [int(i) for i in prompt]
+        except (TypeError, ValueError) as error:
+            raise InvalidArgumentError(
+                f"prompt must be a string or a list of token ids, got {type(prompt).__name__}"
+            ) from error
+        return ids
+
+    def decode(self, ids):
+        if self.tokenizer is None:
+            return None
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def generate(
+        self,
+        prompt,
+        max_new_tokens=32,
+        temperature=0.0,
+        top_k=0,
+        top_p=1.0,
+        seed=0,
+        stop_at_eos=True,
+    ):
+        """Generates after prompt (text or ids); returns a GenerateResult."""
+        ids = self.encode(prompt)
+        out = self._native.generate(
+            ids,
+            max_new_tokens=int(max_new_tokens),
+            temperature=float(temperature),
+            top_k=int(top_k or 0),
+            top_p=float(1.0 if top_p is None else top_p),
+            seed=int(seed or 0),
+            stop_at_eos=bool(stop_at_eos),
+        )
+        stats = dict(out["stats"])
+        stats.update(self._tier_stats())
+        return GenerateResult(
+            prompt_ids=ids,
+            output_ids=list(out["output_ids"]),
+            text=self.decode(out["output_ids"]),
+            finish_reason=out["finish_reason"],
+            stats=stats,
+        )
+
+    def generate_batch(
+        self,
+        prompts,
+        max_new_tokens=32,
+        temperature=0.0,
+        top_k=0,
+        top_p=1.0,
+        seed=0,
+        stop_at_eos=True,
+    ):
+        """Generates for several prompts (texts or id lists) at once; returns one
+        GenerateResult per prompt. Needs a model loaded with max_batch >= len(prompts).
+        Decode steps run all unfinished sequences together (one weight read per step);
+        prompt i samples with seed + i. stats["decode_tokens_per_s"] is the batch's."""
+        ids = [self.encode(p) for p in prompts]
+        outs = self._native.generate_batch(
+            ids,
+            max_new_tokens=int(max_new_tokens),
+            temperature=float(temperature),
+            top_k=int(top_k or 0),
+            top_p=float(1.0 if top_p is None else top_p),
+            seed=int(seed or 0),
+            stop_at_eos=bool(stop_at_eos),
+        )
+        tiers = self._tier_stats()
+        return [
+            GenerateResult(
+                prompt_ids=p,
+                output_ids=list(out["output_ids"]),
+                text=self.decode(out["output_ids"]),
+                finish_reason=out["finish_reason"],
+                stats={**out["stats"], **tiers},
+            )
+            for p, out in zip(ids, outs, strict=True)
+        ]
+
+    def stream(
+        self,
+        prompt,
+        max_new_tokens=32,
+        temperature=0.0,
+        top_k=0,
+        top_p=1.0,
+        seed=0,
+        stop_at_eos=True,
+    ):
+        """Yields a Token per new token as it is generated."""
+        ids = self.encode(prompt)
+        generator = _core.Generator(
+            self._native,
+            ids,
+            max_new_tokens=int(max_new_tokens),
+            temperature=float(temperature),
+            top_k=int(top_k or 0),
+            top_p=float(1.0 if top_p is None else top_p),
+            seed=int(seed or 0),
+            stop_at_eos=bool(stop_at_eos),
+        )
+        emitted = ""
+        out = []
+        while True:
+            token = generator.next()
+            if token < 0:
+                return
+            out.append(token)
+            text = None
+            if self.tokenizer is not None:
+                full = self.decode(out)
+                text, emitted = full[len(emitted) :], full
+            yield Token(token, text)
+
+    def logits(self, ids):
+        """Last-position logits (float32 numpy, vocab_size) of ids, from an empty cache."""
+        return self._native.logits(self.encode(ids))
+
+    def _tier_stats(self):
+        s = self._native.stats()
+        return {
+            "disk_bytes_read": s["disk_bytes_read"],
+            "peak_bytes": {"host": s["host"]["peak"]},
+        }
+
+    def stats(self):
+        """Totals since load: tokens and seconds of prefill/decode, bytes read, tier stats."""
+        s = self._native.stats()
+        s["prefill_tokens_per_s"] = (
+            s["prefill_tokens"] / s["prefill_seconds"] if s["prefill_seconds"] else 0.0
+        )
+        s["decode_tokens_per_s"] = (
+            s["decode_tokens"] / s["decode_seconds"] if s["decode_seconds"] else 0.0
+        )
+        s["peak_bytes"] = {"host": s["host"]["peak"]}
+        return s
+
+    def memory_buffers(self, seq):
+        """The graph's activation and workspace buffers for a batch of seq tokens:
+        {"names", "sizes", "starts", "ends"} (lifetimes in op indices, inclusive), the input of
+        `tierlm plan`, which stores plans/seq-<seq>.json for the executor to use."""
+        out = self._native.memory_buffers(int(seq))
+        del out["offsets"]
+        return out
+
+    def memory_plan(self):
+        """The plan the activation arena uses: buffers with offsets, peak, lower bound, source."""
+        return self._native.memory_plan()
+
+    def __repr__(self):
+        c = self.config
+        return (
+            f"tierlm.Model({self.path!r}, {self.architecture}, {self.dtype}, "
+            f"{c['num_layers']} layers, hidden {c['hidden_size']})"
+        )
+
+
+def load(
+    path,
+    budget=None,
+    threads=0,
+    verify=False,
+    max_context=0,
+    prefill_chunk=0,
+    lock=True,
+    max_batch=1,
+):
+    """Loads a package (tierlm export's output).
+
+    budget: {"host": "4GiB"} (sizes as bytes or strings), one size for the host tier, or None
+    for the machine's default. verify: check every tensor's CRC-32 while reading.
+    max_context: KV cache tokens (default: the model's max_positions).
+    max_batch: sequences generate_batch decodes together (each gets its own KV cache).
+    """
+    budgets = _budgets(budget)
+    native = _core.Model.load(
+        os.fspath(path),
+        budgets["host"],
+        threads=int(threads or 0),
+        verify=bool(verify),
+        max_context=int(max_context or 0),
+        prefill_chunk=int(prefill_chunk or 0),
+        lock=bool(lock),
+        max_batch=int(max_batch),
+    )
+    return Model(native, budgets)

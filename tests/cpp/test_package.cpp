@@ -1,0 +1,137 @@
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+#include "tierlm/error.hpp"
+#include "tierlm/model.hpp"
+#include "tierlm/package.hpp"
+#include "tiny_package.hpp"
+
+namespace tierlm {
+namespace {
+
+using testing::TempDir;
+using testing::TinySpec;
+using testing::write_tiny_package;
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_text(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+
+Error expect_error(const std::function<void()>& fn, ErrorCode code, const std::string& text) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), code) << e.what();
+    EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
+    return e;
+  }
+  ADD_FAILURE() << "no error; expected one containing " << text;
+  return Error(code, 0, "");
+}
+
+TEST(Package, OpensAndDescribes) {
+  TempDir dir;
+  write_tiny_package(dir.path());
+  Package p = package_open(dir.path());
+  EXPECT_EQ(p.format_version, 1);
+  EXPECT_EQ(p.config.vocab_size, 37);
+  EXPECT_EQ(p.config.num_kv_heads, 1);
+  EXPECT_EQ(p.config.rope_inv_freq.size(), 4u);  // computed from rope_theta when null
+  EXPECT_FLOAT_EQ(p.config.rope_inv_freq[1], static_cast<float>(std::pow(10000.0, -2.0 / 8)));
+  ASSERT_EQ(p.config.eos_token_ids.size(), 1u);
+  EXPECT_EQ(p.graph.ops.front().kind, OpKind::kOpEmbedding);
+  EXPECT_EQ(p.graph.ops.back().kind, OpKind::kOpLmHead);
+  EXPECT_EQ(p.tensor("layers.1.attn.q.weight").layer, 1);
+  EXPECT_NO_THROW(package_verify(p));
+  expect_error([&] { p.tensor("nope"); }, ErrorCode::kErrorNotFound, "no tensor \"nope\"");
+}
+
+TEST(Package, Crc32MatchesZlib) {
+  EXPECT_EQ(crc32_update(0, "123456789", 9), 0xCBF43926u);
+  EXPECT_EQ(crc32_update(crc32_update(0, "12345", 5), "6789", 4), 0xCBF43926u);
+  EXPECT_EQ(crc32_update(0, "", 0), 0u);
+}
+
+TEST(Package, NewerFormatVersionIsRefused) {
+  TempDir dir;
+  TinySpec spec;
+  spec.format_version = 2;
+  write_tiny_package(dir.path(), spec);
+  expect_error([&] { package_open(dir.path()); }, ErrorCode::kErrorUnsupported,
+               "format_version 2 is newer than this tierlm reads (1)");
+}
+
+TEST(Package, MissingFilesAreNotFound) {
+  TempDir dir;
+  write_tiny_package(dir.path());
+  std::filesystem::remove(dir.path() + "/weights-0.bin");
+  Error e = expect_error([&] { package_open(dir.path()); }, ErrorCode::kErrorNotFound,
+                         "weights-0.bin: weight file not found");
+  EXPECT_EQ(e.sys_errno(), ENOENT);
+  std::filesystem::remove(dir.path() + "/manifest.json");
+  expect_error([&] { package_open(dir.path()); }, ErrorCode::kErrorNotFound, "manifest.json");
+}
+
+TEST(Package, TruncatedWeightsAreCorrupt) {
+  TempDir dir;
+  write_tiny_package(dir.path());
+  const std::string path = dir.path() + "/weights-0.bin";
+  std::filesystem::resize_file(path, std::filesystem::file_size(path) - 1);
+  expect_error([&] { package_open(dir.path()); }, ErrorCode::kErrorCorrupt, "truncated");
+}
+
+TEST(Package, InconsistentTensorsAreCorrupt) {
+  TempDir dir;
+  write_tiny_package(dir.path());
+  const std::string manifest = dir.path() + "/manifest.json";
+  const std::string text = read_text(manifest);
+  // Misaligned offset.
+  write_text(manifest,
+             std::regex_replace(text, std::regex("\"offset\": 4096,"), "\"offset\": 4100,",
+                                std::regex_constants::format_first_only));
+  expect_error([&] { package_open(dir.path()); }, ErrorCode::kErrorCorrupt,
+               "not a multiple of 4096");
+  // nbytes disagreeing with the shape.
+  write_text(manifest,
+             std::regex_replace(text, std::regex("\"shape\": \\[37, 24\\]"), "\"shape\": [37, 25]",
+                                std::regex_constants::format_first_only));
+  expect_error([&] { package_open(dir.path()); }, ErrorCode::kErrorCorrupt, "embed.weight");
+  // Unknown op.
+  write_text(manifest, text);
+  const std::string graph = dir.path() + "/graph.json";
+  write_text(graph, std::regex_replace(read_text(graph), std::regex("\"silu_mul\""), "\"swish9\""));
+  expect_error([&] { package_open(dir.path()); }, ErrorCode::kErrorUnsupported, "\"swish9\"");
+}
+
+TEST(Package, FlippedByteFailsVerification) {
+  TempDir dir;
+  write_tiny_package(dir.path());
+  Package p = package_open(dir.path());
+  const TensorInfo& t = p.tensor("layers.1.ffn.up.weight");
+  {
+    std::fstream f(dir.path() + "/weights-0.bin", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(t.offset + 13));
+    char c = 0;
+    f.read(&c, 1);
+    c ^= 0x04;
+    f.seekp(static_cast<std::streamoff>(t.offset + 13));
+    f.write(&c, 1);
+  }
+  expect_error([&] { package_verify(p); }, ErrorCode::kErrorCorrupt,
+               "tensor `layers.1.ffn.up.weight`");
+  ModelOptions options;
+  options.verify = true;
+  expect_error([&] { Model::load(dir.path(), options); }, ErrorCode::kErrorCorrupt,
+               "layers.1.ffn.up.weight");
+  options.verify = false;
+  EXPECT_NO_THROW(Model::load(dir.path(), options));
+}
+
+}  // namespace
+}  // namespace tierlm

@@ -1,0 +1,89 @@
+// The resident weight store: bytes equal the file, one host buffer per layer, budget and
+// damaged-file errors; FileReader's short-read error.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+
+#include "tierlm/detail/file_reader.hpp"
+#include "tierlm/detail/weight_store.hpp"
+#include "tierlm/error.hpp"
+#include "tiny_package.hpp"
+
+namespace tierlm::detail {
+namespace {
+
+using tierlm::testing::TempDir;
+using tierlm::testing::write_tiny_package;
+
+std::vector<std::string> all_tensors(const Package& p) {
+  std::vector<std::string> names;
+  for (const TensorInfo& t : p.tensors) names.push_back(t.name);
+  return names;
+}
+
+TEST(WeightStore, ResidentBytesEqualTheFile) {
+  TempDir dir;
+  const Package p = package_open(write_tiny_package(dir.path()));
+  HostTier host(64 << 20);
+  const auto names = all_tensors(p);
+  auto store = weight_store_resident(p, host, names, WeightStoreOptions{true});
+  FileReader file(p.file_path("weights-0.bin"));
+  uint64_t total = 0;
+  for (const TensorInfo& t : p.tensors) {
+    const int index = store->index(t.name);
+    EXPECT_EQ(store->info(index).name, t.name);
+    std::vector<char> expected(t.nbytes);
+    file.read(expected.data(), t.nbytes, t.offset, t.name);
+    store->begin_layer(t.layer);
+    EXPECT_EQ(std::memcmp(store->data(index), expected.data(), t.nbytes), 0) << t.name;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(store->data(index)) % 4096, 0u) << t.name;
+    store->end_layer(t.layer);
+    total += t.nbytes;
+  }
+  const WeightStoreStats s = store->stats();
+  EXPECT_EQ(s.disk_bytes_read, total);
+  EXPECT_EQ(s.tensors, p.tensors.size());
+  EXPECT_EQ(s.resident_bytes, resident_weight_bytes(p, names));
+  EXPECT_EQ(host.stats().current, s.resident_bytes);
+  EXPECT_EQ(host.stats().allocations, 3u);  // layers -1, 0, 1
+  EXPECT_THROW(store->index("missing"), Error);
+}
+
+TEST(WeightStore, BudgetIsEnforced) {
+  TempDir dir;
+  const Package p = package_open(write_tiny_package(dir.path()));
+  const auto names = all_tensors(p);
+  HostTier host(resident_weight_bytes(p, names) - 4096);
+  try {
+    weight_store_resident(p, host, names, {});
+    FAIL() << "loaded past the budget";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kErrorBudget);
+  }
+  EXPECT_EQ(host.stats().current, 0u);  // what was loaded before the failure is released
+}
+
+TEST(FileReader, ShortReadNamesFileTensorAndOffset) {
+  TempDir dir;
+  const std::string path = dir.path() + "/f.bin";
+  std::ofstream(path) << std::string(100, 'x');
+  FileReader file(path);
+  EXPECT_EQ(file.size(), 100u);
+  char buf[64];
+  file.read(buf, 64, 36, "t");
+  try {
+    file.read(buf, 64, 40, "tensor `x`");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kErrorCorrupt);
+    const std::string what = e.what();
+    for (const char* part : {"tensor `x`", "offset 40", "f.bin", "truncated"}) {
+      EXPECT_NE(what.find(part), std::string::npos) << what;
+    }
+  }
+  EXPECT_THROW(FileReader(dir.path() + "/none.bin"), Error);
+}
+
+}  // namespace
+}  // namespace tierlm::detail

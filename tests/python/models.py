@@ -1,0 +1,203 @@
+"""Tiny random Hugging Face models of each supported architecture, saved as checkpoints and
+exported to tierlm packages. Shared by the export and executor tests.
+
+    from models import ARCHS, hf_checkpoint, package, hf_logits
+    model, hf_dir = hf_checkpoint("llama", tmp_path / "hf")
+    pkg = package("llama", tmp_path)          # checkpoint + export, returns the package dir
+
+Weights are drawn at random with the scale of a trained model (activations of order 1, norm
+weights near 1, non-zero biases) so that a misplaced tensor changes the logits visibly.
+"""
+
+import math
+import os
+
+import numpy as np
+
+torch = None
+transformers = None
+
+
+def _import():
+    global torch, transformers
+    if torch is None:
+        import pytest
+
+        torch = pytest.importorskip("torch")
+        transformers = pytest.importorskip("transformers")
+        transformers.utils.logging.disable_progress_bar()
+
+
+# Odd sizes: hidden 200, 3 layers, 5 heads where the architecture allows; vocab 211 (prime).
+COMMON = {"vocab_size": 211, "hidden_size": 200, "num_hidden_layers": 3, "bos_token_id": 1}
+ARCHS = {
+    # GQA: 10 query heads share 2 KV heads
+    "llama": dict(
+        model_type="llama",
+        num_attention_heads=10,
+        num_key_value_heads=2,
+        intermediate_size=307,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        eos_token_id=2,
+    ),
+    "llama_tied": dict(
+        model_type="llama",
+        num_attention_heads=5,
+        num_key_value_heads=5,
+        intermediate_size=307,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        attention_bias=True,
+        mlp_bias=True,
+        rope_parameters={"rope_type": "linear", "rope_theta": 5000.0, "factor": 2.0},
+    ),
+    "llama3": dict(
+        model_type="llama",
+        num_attention_heads=5,
+        num_key_value_heads=1,
+        intermediate_size=307,
+        max_position_embeddings=512,
+        eos_token_id=[2, 3],
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    ),
+    # head_dim 24: q width 120 != hidden 200
+    "mistral": dict(
+        model_type="mistral",
+        num_attention_heads=5,
+        num_key_value_heads=1,
+        head_dim=24,
+        intermediate_size=307,
+        max_position_embeddings=256,
+        sliding_window=None,
+    ),
+    "qwen2": dict(
+        model_type="qwen2",
+        num_attention_heads=5,
+        num_key_value_heads=1,
+        intermediate_size=307,
+        max_position_embeddings=256,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    ),
+    "opt": dict(
+        model_type="opt",
+        num_attention_heads=5,
+        ffn_dim=307,
+        max_position_embeddings=256,
+        word_embed_proj_dim=200,
+        do_layer_norm_before=True,
+        pad_token_id=1,
+        eos_token_id=2,
+    ),
+}
+PARITY_ARCHS = ("llama", "llama_tied", "llama3", "mistral", "qwen2", "opt")
+
+
+def hf_config(arch, **overrides):
+    """A transformers config for one of ARCHS, with overrides."""
+    _import()
+    settings = {**COMMON, **ARCHS[arch], **overrides}
+    model_type = settings.pop("model_type")
+    return transformers.AutoConfig.for_model(model_type, **settings)
+
+
+def randomize(model, seed=0):
+    """Draws every parameter at random with trained-model scales."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+            if param.dim() == 1 and "norm" in name and name.endswith("weight"):
+                value = 1 + 0.1 * noise
+            elif param.dim() == 1:
+                value = 0.1 * noise
+            elif "embed" in name:
+                value = noise * (0.02 if "positions" in name else 1.0)
+            else:
+                value = noise / math.sqrt(param.shape[1])
+            param.copy_(value.to(param.dtype))
+    return model
+
+
+def hf_model(arch, dtype="float32", seed=0, **overrides):
+    _import()
+    config = hf_config(arch, **overrides)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model.eval()
+    return randomize(model, seed)
+
+
+def hf_checkpoint(
+    arch, hf_dir, dtype="float32", seed=0, max_shard_size=None, tokenizer=False, **kw
+):
+    """Saves a random model of `arch` to hf_dir (sharded when max_shard_size is given, e.g.
+    "40KB"); returns (model, hf_dir)."""
+    model = hf_model(arch, dtype, seed, **kw)
+    os.makedirs(hf_dir, exist_ok=True)
+    extra = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(hf_dir, **extra)
+    if tokenizer:
+        tiny_tokenizer(hf_dir, model.config.vocab_size)
+    return model, str(hf_dir)
+
+
+def package(arch, tmp_dir, dtype=None, hf_dtype="float32", seed=0, name=None, **kw):
+    """Builds a random checkpoint of `arch` under tmp_dir and exports it; returns
+    (model, package_dir). dtype is the export dtype (None keeps the checkpoint's)."""
+    import tierlm
+
+    name = name or f"{arch}-{hf_dtype}-{dtype}-{seed}"
+    model, hf_dir = hf_checkpoint(arch, os.path.join(tmp_dir, name + "-hf"), hf_dtype, seed, **kw)
+    out = os.path.join(tmp_dir, name + "-pkg")
+    tierlm.export(hf_dir, out, dtype=dtype, progress=False)
+    return model, out
+
+
+def hf_logits(model, ids):
+    """Logits [len(ids), vocab] of one prompt from transformers, as float32 numpy."""
+    _import()
+    with torch.no_grad():
+        out = model(torch.tensor([list(ids)], dtype=torch.long))
+    return out.logits[0].float().numpy()
+
+
+def prompt(length, vocab=211, seed=0):
+    return np.random.default_rng(seed).integers(0, vocab, length).tolist()
+
+
+def relative_error(actual, expected):
+    """max |actual - expected| / max |expected|: the parity measure of the tests."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+
+
+def tiny_tokenizer(out_dir, vocab_size=211):
+    """Trains a small byte-level BPE tokenizer offline and saves it in transformers' layout
+    (tokenizer.json, tokenizer_config.json, ...). Returns the file names written."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    text = ["the quick brown fox jumps over the lazy dog", "tiered memory for language models"]
+    tok.train_from_iterator(text * 4, trainer)
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    before = set(os.listdir(out_dir))
+    fast.save_pretrained(out_dir)
+    return sorted(set(os.listdir(out_dir)) - before)
