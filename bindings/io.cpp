@@ -1,6 +1,8 @@
 // The I/O engine and the disk tier. Buffers are any C-contiguous CPU array (numpy, torch via
 // DLPack, bytearray, memoryview); waits and transfers run with the GIL released. Keeping a
 // buffer alive while its request is in flight is the Python layer's job (tierlm.io).
+#include "tierlm/io.hpp"
+
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
@@ -8,7 +10,6 @@
 
 #include "bindings.hpp"
 #include "tierlm/disk_tier.hpp"
-#include "tierlm/io.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -66,8 +67,8 @@ void bind_io(nb::module_& m) {
             nb::gil_scoped_release release;
             new (self) File(path, io_mode, options);
           },
-          "path"_a, "mode"_a = "r", "backend"_a = "auto", "queue_depth"_a = 32,
-          "direct"_a = true, "threads"_a = 0)
+          "path"_a, "mode"_a = "r", "backend"_a = "auto", "queue_depth"_a = 32, "direct"_a = true,
+          "threads"_a = 0)
       .def(
           "read",
           [](File& f, Buffer buf, uint64_t offset) {

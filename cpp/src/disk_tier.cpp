@@ -46,12 +46,12 @@ class DiskSpace {
                   " but no free extent is that large (largest ", format_bytes(largest),
                   ": fragmented); free extents or raise the disk budget");
     }
-    const int r = posix_fallocate(file.fd(), static_cast<off_t>(*offset),
-                                  static_cast<off_t>(reserved));
+    const int r =
+        posix_fallocate(file.fd(), static_cast<off_t>(*offset), static_cast<off_t>(reserved));
     if (r != 0) {
       free(*offset, reserved);
-      TIERLM_FAIL(kErrorIo, r, "disk tier: cannot reserve ", format_bytes(reserved), " (",
-                  reserved, " bytes) in the scratch file under ", dir, ": ", errno_text(r),
+      TIERLM_FAIL(kErrorIo, r, "disk tier: cannot reserve ", format_bytes(reserved), " (", reserved,
+                  " bytes) in the scratch file under ", dir, ": ", errno_text(r),
                   r == ENOSPC ? " (the file system holding " + dir +
                                     " is full; free space, lower the disk budget or choose "
                                     "another directory)"
@@ -104,8 +104,8 @@ void DiskExtent::release() {
 void DiskExtent::check(const char* what, size_t len, uint64_t offset) const {
   TIERLM_CHECK(space_ != nullptr, kErrorInvalidArgument, "disk tier: ", what,
                " of an empty or released extent");
-  TIERLM_CHECK(offset <= size_ && len <= size_ - offset, kErrorInvalidArgument, "disk tier: ",
-               what, " of ", len, " bytes at offset ", offset, " is outside the extent of ", size_,
+  TIERLM_CHECK(offset <= size_ && len <= size_ - offset, kErrorInvalidArgument, "disk tier: ", what,
+               " of ", len, " bytes at offset ", offset, " is outside the extent of ", size_,
                " bytes; keep offset + length within the extent");
 }
 
@@ -140,7 +140,7 @@ IoFuture DiskExtent::pwrite(const void* buf, size_t len, uint64_t offset) {
 namespace {
 
 File open_scratch(const std::string& dir, const IoOptions& options) {
-  struct stat st{};
+  struct stat st {};
   if (stat(dir.c_str(), &st) != 0) {
     const int err = errno;
     if (err == ENOENT) {
@@ -177,9 +177,8 @@ DiskTier::DiskTier(const std::string& dir, uint64_t budget, IoOptions options)
     : space_(std::make_shared<detail::DiskSpace>(dir, budget, open_scratch(dir, options))) {}
 
 DiskExtent DiskTier::allocate(size_t bytes) {
-  const uint64_t reserved =
-      (std::max<uint64_t>(bytes, 1) + detail::kDiskAlign - 1) / detail::kDiskAlign *
-      detail::kDiskAlign;
+  const uint64_t reserved = (std::max<uint64_t>(bytes, 1) + detail::kDiskAlign - 1) /
+                            detail::kDiskAlign * detail::kDiskAlign;
   DiskExtent extent;
   extent.offset_ = space_->allocate(bytes, reserved);
   extent.space_ = space_;

@@ -195,11 +195,11 @@ detail::IoOp make_op(const detail::IoFd& file, detail::IoOpKind kind, const void
                read ? "read from " : "write to ", file.path, ": it is open for ",
                read ? "writing only (mode 'w'); open it with 'r+'"
                     : "reading only (mode 'r'); open it with 'r+' or 'w'");
-  TIERLM_CHECK(buf != nullptr || len == 0, kErrorInvalidArgument, read ? "read" : "write",
-               " of ", len, " bytes at offset ", offset, " of ", file.path, ": buffer is null");
+  TIERLM_CHECK(buf != nullptr || len == 0, kErrorInvalidArgument, read ? "read" : "write", " of ",
+               len, " bytes at offset ", offset, " of ", file.path, ": buffer is null");
   TIERLM_CHECK(offset <= static_cast<uint64_t>(INT64_MAX) - len, kErrorInvalidArgument,
-               read ? "read" : "write", " of ", len, " bytes at offset ", offset, " of ",
-               file.path, ": offset out of range");
+               read ? "read" : "write", " of ", len, " bytes at offset ", offset, " of ", file.path,
+               ": offset out of range");
   detail::IoOp op;
   op.kind = kind;
   op.buf = static_cast<char*>(const_cast<void*>(buf));
@@ -274,7 +274,7 @@ std::vector<IoFuture> File::pwrite_batch(std::span<const IoRequest> requests) {
 
 uint64_t File::size() const {
   const int fd = engine("stat").file().fd;
-  struct stat st{};
+  struct stat st {};
   if (fstat(fd, &st) != 0) {
     const int err = errno;
     TIERLM_FAIL(kErrorIo, err, "cannot stat ", path_, ": ", errno_text(err));
@@ -391,8 +391,7 @@ IoBenchResult io_bench_read(const std::string& path, size_t block, unsigned queu
     }
     next = again.back();
   }
-  result.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   file.unregister_buffer(buffers);
   return result;
 }

@@ -1,5 +1,3 @@
-#include "tierlm/disk_tier.hpp"
-
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/statvfs.h>
@@ -10,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "tierlm/disk_tier.hpp"
 #include "tierlm/error.hpp"
 
 namespace tierlm {
@@ -149,7 +148,7 @@ TEST(DiskTier, MissingDirectory) {
 TEST(DiskTier, FullFileSystemFailsAtAllocation) {
   // A tmpfs refuses, at once, a reservation larger than itself: a real ENOSPC, no disk filled.
   const char* dir = "/dev/shm";
-  struct statvfs vfs{};
+  struct statvfs vfs {};
   if (statvfs(dir, &vfs) != 0 || vfs.f_blocks == 0) GTEST_SKIP() << "no sized tmpfs at " << dir;
   const uint64_t fs_size = static_cast<uint64_t>(vfs.f_blocks) * vfs.f_frsize;
   DiskTier tier(dir, UINT64_MAX / 2);

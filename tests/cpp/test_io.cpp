@@ -1,5 +1,3 @@
-#include "tierlm/io.hpp"
-
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -15,6 +13,7 @@
 #include <vector>
 
 #include "tierlm/error.hpp"
+#include "tierlm/io.hpp"
 
 namespace tierlm {
 namespace {
@@ -46,7 +45,8 @@ void write_file(const std::string& path, const std::vector<char>& bytes) {
 }
 
 struct Aligned {
-  explicit Aligned(size_t n) : data(static_cast<char*>(aligned_alloc(4096, (n + 4095) / 4096 * 4096))) {}
+  explicit Aligned(size_t n)
+      : data(static_cast<char*>(aligned_alloc(4096, (n + 4095) / 4096 * 4096))) {}
   ~Aligned() { free(data); }
   char* data;
 };
@@ -138,9 +138,8 @@ TEST_P(IoTest, DirectReadEndingAtUnalignedEndOfFileIsAnError) {
   // The part before end of file is fine through any path.
   ASSERT_EQ(file.read(buf.data, size - 2 * 4096, 2 * 4096), 4196u);
   EXPECT_EQ(std::memcmp(buf.data, bytes.data() + 2 * 4096, 4196), 0);
-  const std::string what = expect_error(ErrorCode::kErrorCorrupt, 0, [&] {
-    file.read(buf.data, 2 * 4096, 2 * 4096);
-  });
+  const std::string what =
+      expect_error(ErrorCode::kErrorCorrupt, 0, [&] { file.read(buf.data, 2 * 4096, 2 * 4096); });
   EXPECT_TRUE(contains(what, path)) << what;
   EXPECT_TRUE(contains(what, "offset 8192")) << what;
   EXPECT_TRUE(contains(what, "8192 bytes")) << what;
@@ -227,8 +226,8 @@ TEST_P(IoTest, WritesThenReads) {
     std::memcpy(aligned.data, bytes.data() + 8 * 4096, 16 * 4096);
     std::vector<IoRequest> requests = {{aligned.data, 16 * 4096, 8 * 4096}};
     for (uint64_t at = 0; at < 8 * 4096; at += 1000) {
-      requests.push_back({const_cast<char*>(bytes.data()) + at,
-                          std::min<size_t>(1000, 8 * 4096 - at), at});
+      requests.push_back(
+          {const_cast<char*>(bytes.data()) + at, std::min<size_t>(1000, 8 * 4096 - at), at});
     }
     for (IoFuture& f : file.pwrite_batch(requests)) f.get();
     const uint64_t tail = 24 * 4096;
@@ -258,13 +257,11 @@ TEST_P(IoTest, WritesThenReads) {
 
 TEST_P(IoTest, MissingFileAndPermissionErrors) {
   const std::string missing = dir_.file("missing.bin");
-  std::string what = expect_error(ErrorCode::kErrorNotFound, ENOENT, [&] {
-    File(missing, IoMode::kIoModeRead, options());
-  });
+  std::string what = expect_error(ErrorCode::kErrorNotFound, ENOENT,
+                                  [&] { File(missing, IoMode::kIoModeRead, options()); });
   EXPECT_TRUE(contains(what, missing)) << what;
-  what = expect_error(ErrorCode::kErrorNotFound, ENOENT, [&] {
-    File(dir_.file("no/such/dir.bin"), IoMode::kIoModeWrite, options());
-  });
+  what = expect_error(ErrorCode::kErrorNotFound, ENOENT,
+                      [&] { File(dir_.file("no/such/dir.bin"), IoMode::kIoModeWrite, options()); });
   EXPECT_TRUE(contains(what, "directory")) << what;
   // Root ignores file modes; a sysfs attribute without a store method refuses writers.
   std::string denied = dir_.file("denied.bin");
@@ -363,14 +360,14 @@ TEST(IoBackendChoice, EnvironmentOverridesAutoAndCodeWins) {
   if (io_probe().uring_available) {
     EXPECT_EQ(File(path, IoMode::kIoModeRead).backend(), IoBackend::kIoBackendUring);
   } else {
-    const std::string what = expect_error(ErrorCode::kErrorUnsupported, 0,
-                                          [&] { File(path, IoMode::kIoModeRead); });
+    const std::string what =
+        expect_error(ErrorCode::kErrorUnsupported, 0, [&] { File(path, IoMode::kIoModeRead); });
     EXPECT_TRUE(contains(what, "TIERLM_IO=threads")) << what;
   }
   unsetenv("TIERLM_IO");
   const IoBackend chosen = File(path, IoMode::kIoModeRead).backend();
-  EXPECT_EQ(chosen, io_probe().uring_available ? IoBackend::kIoBackendUring
-                                               : IoBackend::kIoBackendThreads);
+  EXPECT_EQ(chosen,
+            io_probe().uring_available ? IoBackend::kIoBackendUring : IoBackend::kIoBackendThreads);
   EXPECT_FALSE(io_probe().reason.empty());
   EXPECT_EQ(io_backend_parse("threads"), IoBackend::kIoBackendThreads);
   expect_error(ErrorCode::kErrorInvalidArgument, 0, [] { io_backend_parse("fast"); });

@@ -44,7 +44,7 @@ const char* errno_hint(int err) {
 }
 
 uint64_t file_size_of(int fd) {
-  struct stat st{};
+  struct stat st {};
   if (fstat(fd, &st) != 0) return 0;
   if (S_ISBLK(st.st_mode)) {
     const off_t end = lseek(fd, 0, SEEK_END);
@@ -141,14 +141,12 @@ IoFd io_open(const std::string& path, IoMode mode, bool want_direct) {
                   mode == IoMode::kIoModeWrite ? " (does its directory exist?)"
                                                : " (check the path; mode 'w' creates files)");
     }
-    const char* hint = (err == EACCES || err == EPERM)
-                           ? " (check the file's permissions and owner)"
+    const char* hint = (err == EACCES || err == EPERM) ? " (check the file's permissions and owner)"
                        : err == EROFS ? " (read-only file system; open with mode 'r')"
                                       : "";
-    TIERLM_FAIL(kErrorIo, err, "cannot open ", path, " for ", purpose, ": ", errno_text(err),
-                hint);
+    TIERLM_FAIL(kErrorIo, err, "cannot open ", path, " for ", purpose, ": ", errno_text(err), hint);
   }
-  struct stat st{};
+  struct stat st {};
   if (fstat(file.fd, &st) == 0 && S_ISDIR(st.st_mode)) {
     TIERLM_FAIL(kErrorIo, EISDIR, "cannot open ", path, " for ", purpose,
                 ": it is a directory; give a file path");
@@ -204,11 +202,10 @@ bool io_op_advance(const IoFd& file, IoOp& op, long result) {
 void io_op_run_blocking(const IoFd& file, IoOp& op) {
   for (;;) {
     const int fd = op.direct ? file.direct_fd : file.fd;
-    const ssize_t n = op.kind == IoOpKind::kIoOpRead
-                          ? ::pread(fd, op.next_buf(), op.next_len(),
-                                    static_cast<off_t>(op.next_offset()))
-                          : ::pwrite(fd, op.next_buf(), op.next_len(),
-                                     static_cast<off_t>(op.next_offset()));
+    const ssize_t n =
+        op.kind == IoOpKind::kIoOpRead
+            ? ::pread(fd, op.next_buf(), op.next_len(), static_cast<off_t>(op.next_offset()))
+            : ::pwrite(fd, op.next_buf(), op.next_len(), static_cast<off_t>(op.next_offset()));
     if (io_op_advance(file, op, n < 0 ? -static_cast<long>(errno) : static_cast<long>(n))) {
       return;
     }
