@@ -311,3 +311,88 @@ def test_drop_cache_and_bench_cli(tmp_path, capsys):
     assert result["requests"] > 0 and result["bytes"] == 4096 * result["requests"]
     assert cli_main(["bench", "io", str(tmp_path / "missing")]) == 1
     assert "missing" in capsys.readouterr().err
+
+
+SECCOMP_CHILD = """
+import ctypes, json, sys
+import tierlm
+from tierlm import io
+probe = io.probe()
+out = {"probe": probe}
+try:
+    io.File(sys.argv[1], backend="uring")
+except tierlm.UnsupportedError as error:
+    out["uring_error"] = str(error)
+with io.File(sys.argv[1]) as f:
+    buf = bytearray(5)
+    f.read(buf, 1)
+    out["backend"], out["data"] = f.backend, buf.decode()
+print(json.dumps(out))
+"""
+
+
+def _forbid_io_uring():
+    """Installs a seccomp filter failing io_uring_setup with EPERM, as many containers do."""
+    import ctypes
+    import struct
+
+    def insn(code, jt, jf, k):
+        return struct.pack("HBBI", code, jt, jf, k)
+
+    program = b"".join(
+        [
+            insn(0x20, 0, 0, 4),  # load arch
+            insn(0x15, 1, 0, 0xC000003E),  # x86_64? skip the next instruction
+            insn(0x06, 0, 0, 0x7FFF0000),  # other arch: allow
+            insn(0x20, 0, 0, 0),  # load syscall number
+            insn(0x15, 0, 1, 425),  # io_uring_setup
+            insn(0x06, 0, 0, 0x00050000 | errno.EPERM),  # fail with EPERM
+            insn(0x06, 0, 0, 0x7FFF0000),  # allow
+        ]
+    )
+    filters = ctypes.create_string_buffer(program)
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    prog = SockFprog(len(program) // 8, ctypes.addressof(filters))
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
+    if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    if libc.prctl(pr_set_seccomp, seccomp_mode_filter, ctypes.byref(prog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
+
+
+def test_auto_falls_back_when_seccomp_forbids_io_uring(tmp_path):
+    import platform
+    import subprocess
+    import sys
+
+    if platform.machine() != "x86_64":
+        pytest.skip("the seccomp filter in this test is written for x86_64")
+    if not io.probe()["uring_compiled"]:
+        pytest.skip("built without io_uring: nothing to fall back from")
+    path = tmp_path / "seccomp.bin"
+    path.write_bytes(b"0hello")
+    env = {k: v for k, v in os.environ.items() if k != "TIERLM_IO"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", SECCOMP_CHILD, str(path)],
+            preexec_fn=_forbid_io_uring,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+        )
+    except subprocess.SubprocessError as error:
+        pytest.skip(f"cannot install a seccomp filter here: {error}")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["probe"]["uring_available"] is False
+    assert out["probe"]["chosen"] == "threads"
+    assert "seccomp" in out["probe"]["reason"]
+    assert "Operation not permitted" in out["probe"]["reason"]
+    assert "TIERLM_IO=threads" in out["uring_error"] and "seccomp" in out["uring_error"]
+    assert out["backend"] == "threads" and out["data"] == "hello"
