@@ -137,11 +137,7 @@ size_t IoFuture::get() {
   return state_->bytes;
 }
 
-bool IoFuture::ready() const {
-  if (state_ == nullptr) return false;
-  std::lock_guard<std::mutex> lock(state_->mutex);
-  return state_->done;
-}
+bool IoFuture::ready() const { return state_ != nullptr && state_->ready(); }
 
 void IoFuture::wait() const {
   if (state_ != nullptr) state_->wait();

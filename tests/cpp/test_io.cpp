@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "tierlm/detail/io_engine.hpp"
 #include "tierlm/error.hpp"
 #include "tierlm/io.hpp"
 
@@ -215,6 +216,50 @@ TEST_P(IoTest, ConcurrentRequestsFromSeveralThreads) {
   EXPECT_EQ(mismatches.load(), 0);
 }
 
+TEST_P(IoTest, WaitersPollersAndDroppedFuturesNeverHang) {
+  const size_t size = 64 * 4096 + 31;
+  const std::string path = dir_.file("mixed.bin");
+  const std::vector<char> bytes = random_bytes(size, 13);
+  write_file(path, bytes);
+  File file(path, IoMode::kIoModeRead, options(3));
+  std::atomic<int> mismatches{0};
+  std::vector<std::vector<char>> dropped(4, std::vector<char>(10 * 8192));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(200 + t);
+      Aligned buf(10 * 8192);
+      for (int round = 0; round < 30; ++round) {
+        const int how = round % 3;
+        char* base = how == 2 ? dropped[t].data() : buf.data;
+        std::vector<IoRequest> requests;
+        for (int i = 0; i < 10; ++i) {
+          const size_t len = i % 2 ? 8192 : 1 + rng() % 8192;
+          const uint64_t offset = i % 2 ? (rng() % (size / 4096 - 2)) * 4096 : rng() % (size - len);
+          requests.push_back({base + i * 8192, len, offset});
+        }
+        std::vector<IoFuture> futures = file.pread_batch(requests);
+        if (how == 0) {
+          for (size_t i = futures.size(); i-- > 0;) futures[i].get();
+        } else if (how == 1) {
+          for (bool all = false; !all;) {
+            all = true;
+            for (IoFuture& f : futures) all = f.ready() && all;
+          }
+        } else {
+          continue;  // dropped: the engine still finishes them
+        }
+        for (const IoRequest& r : requests) {
+          if (std::memcmp(r.buf, bytes.data() + r.offset, r.len) != 0) ++mismatches;
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  file.close();  // waits for the dropped requests
+  EXPECT_EQ(mismatches.load(), 0);
+}
+
 TEST_P(IoTest, WritesThenReads) {
   const std::string path = dir_.file("written.bin");
   const size_t size = 33 * 4096 + 5;
@@ -375,6 +420,57 @@ TEST(IoBackendChoice, EnvironmentOverridesAutoAndCodeWins) {
   IoOptions zero;
   zero.queue_depth = 0;
   expect_error(ErrorCode::kErrorInvalidArgument, 0, [&] { File(path, IoMode::kIoModeRead, zero); });
+}
+
+// The rule both back ends apply after every chunk: short transfers continue where they
+// stopped, retryable errors retry, O_DIRECT refusals continue buffered, the rest complete.
+TEST(IoOpAdvance, ShortTransfersRetriesAndFailures) {
+  TempDir dir;
+  const std::string path = dir.file("advance.bin");
+  write_file(path, random_bytes(3 * 4096 + 10, 12));
+  detail::IoFd file = detail::io_open(path, IoMode::kIoModeRead, true);
+  Aligned buf(4 * 4096);
+  auto make = [&](size_t len, uint64_t offset) {
+    detail::IoOp op;
+    op.buf = buf.data;
+    op.len = len;
+    op.offset = offset;
+    op.direct = file.direct_ok(buf.data, len, offset);
+    op.state = std::make_shared<detail::IoState>();
+    return op;
+  };
+  detail::IoOp op = make(3 * 4096, 0);
+  EXPECT_EQ(op.direct, file.direct_fd >= 0);
+  EXPECT_FALSE(detail::io_op_advance(file, op, 4096));  // short, still aligned
+  EXPECT_EQ(op.done, 4096u);
+  EXPECT_EQ(op.direct, file.direct_fd >= 0);
+  EXPECT_FALSE(detail::io_op_advance(file, op, -EINTR));
+  EXPECT_FALSE(detail::io_op_advance(file, op, -EAGAIN));
+  EXPECT_FALSE(detail::io_op_advance(file, op, 100));  // now unaligned: buffered
+  EXPECT_FALSE(op.direct);
+  EXPECT_EQ(op.next_offset(), 4196u);
+  EXPECT_EQ(op.next_len(), 3 * 4096 - 4196u);
+  EXPECT_TRUE(detail::io_op_advance(file, op, static_cast<long>(op.next_len())));
+  EXPECT_EQ(IoFuture(op.state).get(), 3u * 4096);
+
+  detail::IoOp refused = make(4096, 4096);
+  if (refused.direct) {
+    EXPECT_FALSE(detail::io_op_advance(file, refused, -EINVAL));
+    EXPECT_FALSE(refused.direct);  // retried through the page cache
+  }
+  EXPECT_TRUE(detail::io_op_advance(file, refused, -EIO));
+  expect_error(ErrorCode::kErrorIo, EIO, [&] { IoFuture(refused.state).get(); });
+
+  detail::IoOp eof = make(4096, 3 * 4096);
+  EXPECT_FALSE(detail::io_op_advance(file, eof, 10));
+  EXPECT_TRUE(detail::io_op_advance(file, eof, 0));
+  const std::string what =
+      expect_error(ErrorCode::kErrorCorrupt, 0, [&] { IoFuture(eof.state).get(); });
+  EXPECT_TRUE(contains(what, "end of file at offset 12298")) << what;
+  // The blocking loop the thread pool runs applies the same rule.
+  detail::IoOp whole = make(3 * 4096 + 10, 0);
+  detail::io_op_run_blocking(file, whole);
+  EXPECT_EQ(IoFuture(whole.state).get(), 3u * 4096 + 10);
 }
 
 TEST(IoBench, MeasuresRandomReads) {

@@ -74,18 +74,29 @@ std::exception_ptr eof_error(const IoFd& file, const IoOp& op) {
 }  // namespace
 
 void IoState::finish(size_t transferred, std::exception_ptr failure) {
+  bytes = transferred;
+  error = std::move(failure);
   {
     std::lock_guard<std::mutex> lock(mutex);
-    bytes = transferred;
-    error = std::move(failure);
-    done = true;
+    done.store(true, std::memory_order_release);
   }
   cv.notify_all();
 }
 
 void IoState::wait() {
+  if (done.load(std::memory_order_acquire)) return;
+  if (std::shared_ptr<IoDriver> d = driver.lock()) {
+    d->wait(*this);
+    return;
+  }
   std::unique_lock<std::mutex> lock(mutex);
-  cv.wait(lock, [this] { return done; });
+  cv.wait(lock, [this] { return done.load(std::memory_order_acquire); });
+}
+
+bool IoState::ready() {
+  if (done.load(std::memory_order_acquire)) return true;
+  if (std::shared_ptr<IoDriver> d = driver.lock()) d->poll();
+  return done.load(std::memory_order_acquire);
 }
 
 IoFd::IoFd(IoFd&& other) noexcept

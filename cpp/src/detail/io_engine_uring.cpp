@@ -1,12 +1,14 @@
 // io_uring back end. Submitters fill the submission queue under one lock and call
 // io_uring_submit once per batch; at most queue_depth requests are in the ring, the rest wait
-// in a backlog. A reaper thread takes completions in batches, resubmits the rest of short
-// transfers, completes futures and refills the ring. The file's descriptors are registered
-// (fixed files) and buffers given to register_buffer go to a sparse fixed-buffer table.
+// in a backlog. Completions are taken in batches by whoever waits (or by a background thread
+// while the backlog is not empty): short transfers are resubmitted, futures completed and the
+// ring refilled. The file's descriptors are registered (fixed files) and buffers given to
+// register_buffer go to a sparse fixed-buffer table.
 #include <liburing.h>
 #include <sys/resource.h>
 
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <fstream>
@@ -50,13 +52,16 @@ std::string setup_failure(int err) {
   return why;
 }
 
-class UringEngine final : public IoEngine {
+// The ring and everything about it. Only the holder of the reaping token consumes
+// completions, so a thread blocked in the kernel always has a completion coming to it.
+// Waiters take the token themselves (their completion wakes them directly, as in fio); the
+// background reaper takes it only while requests wait in the backlog for ring space.
+class UringCore final : public IoDriver {
  public:
-  UringEngine(IoFd file, const IoOptions& options)
-      : IoEngine(std::move(file)), depth_(options.queue_depth) {
+  UringCore(const IoFd& file, unsigned depth) : file_(file), depth_(depth) {
     io_uring_params params{};
     params.flags = IORING_SETUP_CQSIZE;
-    params.cq_entries = 2 * depth_ + 2;  // every request in flight plus the shutdown NOP
+    params.cq_entries = 2 * depth_;  // never fewer than the requests in the ring
     const int r = io_uring_queue_init_params(depth_, &ring_, &params);
     if (r < 0) {
       TIERLM_FAIL(kErrorUnsupported, -r, "cannot create an io_uring of depth ", depth_, " for ",
@@ -67,33 +72,52 @@ class UringEngine final : public IoEngine {
     fixed_files_ = io_uring_register_files(&ring_, fds, file_.direct_fd >= 0 ? 2 : 1) == 0;
     sparse_buffers_ = io_uring_register_buffers_sparse(&ring_, kBufferSlots) == 0;
     buffers_.resize(kBufferSlots);
-    reaper_ = std::thread([this] { reap(); });
   }
 
-  ~UringEngine() override {
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      idle_cv_.wait(lock, [this] { return pending_ == 0; });
-      io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-      io_uring_prep_nop(sqe);
-      io_uring_sqe_set_data(sqe, nullptr);
-      submit_locked();
-    }
-    reaper_.join();
-    io_uring_queue_exit(&ring_);
-  }
+  ~UringCore() override { io_uring_queue_exit(&ring_); }
 
-  void submit(std::span<IoOp> ops) override {
-    std::vector<IoOp*> owned;
-    owned.reserve(ops.size());
-    for (IoOp& op : ops) owned.push_back(new IoOp(std::move(op)));
+  void submit(std::vector<IoOp*>& ops) {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (IoOp* op : owned) backlog_.push_back(op);
-    pending_ += owned.size();
+    for (IoOp* op : ops) backlog_.push_back(op);
+    pending_ += ops.size();
     fill_locked();
+    if (!backlog_.empty() && !reaping_) reaper_cv_.notify_one();  // it keeps the ring full
   }
 
-  bool register_buffer(void* buf, size_t len) override {
+  void wait(IoState& state) override {
+    std::unique_lock<std::mutex> lock(mutex_);
+    drive(lock, [&] { return state.done.load(std::memory_order_acquire); });
+  }
+
+  void poll() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!reaping_) consume_locked();
+  }
+
+  void drain() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    drive(lock, [&] { return pending_ == 0; });
+  }
+
+  // Background progress: moves the backlog into the ring as slots free up.
+  void reap_backlog() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      reaper_cv_.wait(lock, [&] { return stopping_ || (!backlog_.empty() && !reaping_); });
+      if (stopping_) return;
+      drive(lock, [&] { return stopping_ || backlog_.empty(); });
+    }
+  }
+
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    reaper_cv_.notify_all();
+  }
+
+  bool register_buffer(void* buf, size_t len) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!sparse_buffers_ || buf == nullptr || len == 0 || len > kMaxChunk) return false;
     for (unsigned slot = 0; slot < kBufferSlots; ++slot) {
@@ -109,7 +133,7 @@ class UringEngine final : public IoEngine {
     return false;
   }
 
-  void unregister_buffer(void* buf) override {
+  void unregister_buffer(void* buf) {
     std::lock_guard<std::mutex> lock(mutex_);
     for (unsigned slot = 0; slot < kBufferSlots; ++slot) {
       if (buffers_[slot].base != buf || buf == nullptr) continue;
@@ -121,14 +145,62 @@ class UringEngine final : public IoEngine {
     }
   }
 
-  IoBackend backend() const override { return IoBackend::kIoBackendUring; }
-  unsigned queue_depth() const override { return depth_; }
-
  private:
   struct Registered {
     char* base = nullptr;
     size_t len = 0;
   };
+
+  // Consumes completions until done() holds. Blocks in the kernel only while holding the
+  // token and with requests in the ring, so a completion is always on its way.
+  template <typename Done>
+  void drive(std::unique_lock<std::mutex>& lock, Done done) {
+    while (!done()) {
+      if (reaping_) {
+        ++followers_;
+        progress_cv_.wait(lock);
+        --followers_;
+        continue;
+      }
+      if (inflight_ == 0) fill_locked();
+      if (inflight_ == 0) {
+        // Nothing in the ring could finish what we wait for: a submission failed hard.
+        progress_cv_.wait_for(lock, std::chrono::milliseconds(1));
+        continue;
+      }
+      reaping_ = true;
+      lock.unlock();
+      io_uring_cqe* cqe = nullptr;
+      io_uring_wait_cqe(&ring_, &cqe);  // EINTR and the like: consume what is there, loop
+      lock.lock();
+      consume_locked();
+      reaping_ = false;
+      // Wake other waiters only if there are any: a needless wake-up costs more than the I/O.
+      if (followers_ > 0) progress_cv_.notify_all();
+      if (!backlog_.empty()) reaper_cv_.notify_one();
+    }
+  }
+
+  // Takes every available completion, advances its request, refills the ring.
+  void consume_locked() {
+    io_uring_cqe* batch[kReapBatch];
+    for (;;) {
+      const unsigned n = io_uring_peek_batch_cqe(&ring_, batch, kReapBatch);
+      if (n == 0) break;
+      for (unsigned i = 0; i < n; ++i) {
+        IoOp* op = static_cast<IoOp*>(io_uring_cqe_get_data(batch[i]));
+        --inflight_;
+        if (io_op_advance(file_, *op, batch[i]->res)) {
+          delete op;
+          --pending_;
+        } else {
+          backlog_.push_front(op);  // the rest of a short transfer goes first
+        }
+      }
+      io_uring_cq_advance(&ring_, n);
+    }
+    fill_locked();
+  }
 
   int buffer_slot(const char* p, size_t n) const {
     if (registered_ == 0) return -1;
@@ -173,62 +245,65 @@ class UringEngine final : public IoEngine {
       ++inflight_;
       ++prepared;
     }
-    if (prepared > 0) submit_locked();
-  }
-
-  void submit_locked() {
-    for (int attempt = 0;; ++attempt) {
+    if (prepared == 0 && io_uring_sq_ready(&ring_) == 0) return;
+    for (int attempt = 0; attempt < 1000; ++attempt) {
       const int r = io_uring_submit(&ring_);
-      if (r >= 0) return;
-      // Transient: the kernel could not allocate. The entries stay queued; retry.
-      if ((r == -EINTR || r == -EAGAIN || r == -EBUSY) && attempt < 1000) {
-        if (r != -EINTR) std::this_thread::yield();
-        continue;
-      }
-      return;  // entries remain in the ring and go with the next submission
+      // Transient failures (the kernel could not allocate) leave the entries queued: retry.
+      if (r >= 0 || (r != -EINTR && r != -EAGAIN && r != -EBUSY)) return;
+      std::this_thread::yield();
     }
   }
 
-  void reap() {
-    io_uring_cqe* batch[kReapBatch];
-    bool stopping = false;
-    while (!stopping) {
-      io_uring_cqe* first = nullptr;
-      const int r = io_uring_wait_cqe(&ring_, &first);
-      if (r < 0) continue;  // EINTR / EAGAIN: wait again
-      const unsigned n = io_uring_peek_batch_cqe(&ring_, batch, kReapBatch);
-      std::lock_guard<std::mutex> lock(mutex_);
-      for (unsigned i = 0; i < n; ++i) {
-        IoOp* op = static_cast<IoOp*>(io_uring_cqe_get_data(batch[i]));
-        if (op == nullptr) {
-          stopping = true;
-          continue;
-        }
-        --inflight_;
-        if (io_op_advance(file_, *op, batch[i]->res)) {
-          delete op;
-          --pending_;
-        } else {
-          backlog_.push_front(op);  // the rest of a short transfer goes first
-        }
-      }
-      io_uring_cq_advance(&ring_, n);
-      fill_locked();
-      if (pending_ == 0) idle_cv_.notify_all();
-    }
-  }
-
+  const IoFd& file_;
+  const unsigned depth_;
   io_uring ring_{};
-  unsigned depth_;
   bool fixed_files_ = false;
   bool sparse_buffers_ = false;
-  std::mutex mutex_;  // guards the submission queue, the backlog, the counters and buffers_
-  std::condition_variable idle_cv_;
+  std::mutex mutex_;  // guards the rings' use, the backlog, the counters, the token, buffers_
+  std::condition_variable progress_cv_;  // waiters whose thread does not hold the token
+  std::condition_variable reaper_cv_;    // the background reaper: backlog to move, or stop
+  unsigned followers_ = 0;
   std::deque<IoOp*> backlog_;
-  unsigned inflight_ = 0;  // requests in the ring
+  unsigned inflight_ = 0;  // requests in the ring (submitted or finished, not yet consumed)
   size_t pending_ = 0;     // requests not finished: backlog + ring
+  bool reaping_ = false;   // the token: its holder alone consumes completions
+  bool stopping_ = false;
   std::vector<Registered> buffers_;
   unsigned registered_ = 0;
+};
+
+class UringEngine final : public IoEngine {
+ public:
+  UringEngine(IoFd file, const IoOptions& options)
+      : IoEngine(std::move(file)),
+        depth_(options.queue_depth),
+        core_(std::make_shared<UringCore>(file_, options.queue_depth)),
+        reaper_([this] { core_->reap_backlog(); }) {}
+
+  ~UringEngine() override {
+    core_->drain();
+    core_->stop();
+    reaper_.join();
+  }
+
+  void submit(std::span<IoOp> ops) override {
+    std::vector<IoOp*> owned;
+    owned.reserve(ops.size());
+    for (IoOp& op : ops) {
+      op.state->driver = core_;
+      owned.push_back(new IoOp(std::move(op)));
+    }
+    core_->submit(owned);
+  }
+
+  bool register_buffer(void* buf, size_t len) override { return core_->register_buffer(buf, len); }
+  void unregister_buffer(void* buf) override { core_->unregister_buffer(buf); }
+  IoBackend backend() const override { return IoBackend::kIoBackendUring; }
+  unsigned queue_depth() const override { return depth_; }
+
+ private:
+  unsigned depth_;
+  std::shared_ptr<UringCore> core_;
   std::thread reaper_;
 };
 

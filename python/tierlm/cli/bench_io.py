@@ -39,8 +39,11 @@ def create_file(path, size, chunk=8 << 20):
         file.sync()
 
 
-def measure(path, block, qd, backend="auto", seconds=5.0, direct=True):
-    result = _core.io_bench_read(str(path), block, qd, backend, seconds, direct)
+def measure(path, block, qd, backend="auto", seconds=5.0, direct=True, seed=None):
+    """Random reads of `block` bytes at `qd` in flight; a fresh random offset sequence per call
+    (unless seed is given), so no cache below the page cache can replay an earlier run."""
+    seed = int.from_bytes(os.urandom(8), "little") if seed is None else seed
+    result = _core.io_bench_read(str(path), block, qd, backend, seconds, direct, seed)
     result.update(
         file=str(path),
         block=block,

@@ -3,6 +3,7 @@
 // the thread pool resubmit, fall back and fail in exactly the same way.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -18,16 +19,29 @@ namespace tierlm::detail {
 
 inline constexpr size_t kIoAlign = 4096;
 
+struct IoState;
+
+// A back end whose waiters drive completions themselves (io_uring: the waiting thread reaps
+// the ring, so no other thread has to be woken to hand the result over).
+class IoDriver {
+ public:
+  virtual ~IoDriver() = default;
+  virtual void wait(IoState& state) = 0;  // returns once state.done
+  virtual void poll() = 0;                // takes finished completions without blocking
+};
+
 // The completion of one request, shared by the engine and the IoFuture.
 struct IoState {
   std::mutex mutex;
   std::condition_variable cv;
-  bool done = false;
-  size_t bytes = 0;
+  std::atomic<bool> done{false};
+  size_t bytes = 0;  // valid once done
   std::exception_ptr error;
+  std::weak_ptr<IoDriver> driver;  // set before the request is queued; empty: wait on cv
 
   void finish(size_t transferred, std::exception_ptr failure);
   void wait();
+  bool ready();
 };
 
 // The open file: a buffered descriptor always, an O_DIRECT one when the file system allows.
