@@ -19,7 +19,8 @@ const char* io_backend_name(IoBackend backend);
 // Parses "auto" | "uring" | "threads"; throws kErrorInvalidArgument otherwise.
 IoBackend io_backend_parse(const std::string& name);
 
-// What `auto` resolves to on this machine and why (probed once; TIERLM_IO overrides).
+// What `auto` resolves to on this machine and why (probed once, with TIERLM_IO as it was at
+// the first call; Files resolve TIERLM_IO again when opened).
 struct IoProbe {
   bool uring_compiled = false;   // built with liburing
   bool uring_available = false;  // a ring could be created here
@@ -71,6 +72,9 @@ class IoFuture {
   std::shared_ptr<detail::IoState> state_;
 };
 
+// A file opened for the engine. Calls may come from several threads at once (close() and
+// moves excepted). A request's buffer must stay valid until its future is ready; destroying
+// or closing the File waits for every request in flight.
 class File {
  public:
   File(const std::string& path, IoMode mode, IoOptions options = {});
