@@ -348,6 +348,7 @@ TEST_P(IoTest, EioFailsTheFutureAndOthersStillComplete) {
 }
 
 TEST_P(IoTest, EnospcOnWrite) {
+  if (access("/dev/full", W_OK) != 0) GTEST_SKIP() << "no writable /dev/full here";
   File full("/dev/full", IoMode::kIoModeWrite, options());
   Aligned buf(8192);
   std::memset(buf.data, 1, 8192);
