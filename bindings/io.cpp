@@ -45,6 +45,21 @@ std::vector<IoRequest> requests_of(nb::handle pairs) {
   return requests;
 }
 
+template <typename Array>
+std::vector<DiskRequest> disk_requests_of(nb::handle triples) {
+  std::vector<DiskRequest> requests;
+  for (nb::handle item : triples) {
+    nb::sequence triple = nb::borrow<nb::sequence>(item);
+    if (nb::len(triple) != 3) throw nb::type_error("expected (extent, buffer, offset) triples");
+    nb::object extent = triple[0], buffer = triple[1], offset = triple[2];
+    Array array = nb::cast<Array>(buffer, false);
+    requests.push_back({&nb::cast<const DiskExtent&>(extent),
+                        const_cast<void*>(static_cast<const void*>(array.data())), array.nbytes(),
+                        nb::cast<uint64_t>(offset)});
+  }
+  return requests;
+}
+
 const char* const kBufferDoc =
     "buf: a C-contiguous CPU buffer (numpy array, torch tensor, bytearray); its whole size.";
 
@@ -222,6 +237,22 @@ void bind_io(nb::module_& m) {
           },
           "dir"_a, "budget"_a, "backend"_a = "auto", "queue_depth"_a = 32, "direct"_a = true)
       .def("allocate", &DiskTier::allocate, "nbytes"_a, nb::call_guard<nb::gil_scoped_release>())
+      .def(
+          "pread_batch",
+          [](const DiskTier& t, nb::iterable triples) {
+            const std::vector<DiskRequest> requests = disk_requests_of<Buffer>(triples);
+            nb::gil_scoped_release release;
+            return t.pread_batch(requests);
+          },
+          "requests"_a, "requests: iterable of (extent, buffer, offset in the extent).")
+      .def(
+          "pwrite_batch",
+          [](DiskTier& t, nb::iterable triples) {
+            const std::vector<DiskRequest> requests = disk_requests_of<ConstBuffer>(triples);
+            nb::gil_scoped_release release;
+            return t.pwrite_batch(requests);
+          },
+          "requests"_a)
       .def_prop_ro("budget", &DiskTier::budget)
       .def_prop_ro("available", &DiskTier::available)
       .def_prop_ro("directory", &DiskTier::directory)

@@ -187,6 +187,35 @@ DiskExtent DiskTier::allocate(size_t bytes) {
   return extent;
 }
 
+std::vector<IoRequest> DiskTier::file_requests(std::span<const DiskRequest> requests,
+                                               const char* what) const {
+  std::vector<IoRequest> out;
+  out.reserve(requests.size());
+  for (const DiskRequest& r : requests) {
+    TIERLM_CHECK(r.extent != nullptr, kErrorInvalidArgument, "disk tier: ", what,
+                 " request without an extent");
+    r.extent->check(what, r.len, r.offset);
+    TIERLM_CHECK(r.extent->space_ == space_, kErrorInvalidArgument, "disk tier: ", what,
+                 " request names an extent of another disk tier");
+    out.push_back({r.buf, r.len, r.extent->offset() + r.offset});
+  }
+  return out;
+}
+
+std::vector<IoFuture> DiskTier::pread_batch(std::span<const DiskRequest> requests) const {
+  const std::vector<IoRequest> file = file_requests(requests, "read");
+  std::vector<IoFuture> futures = space_->file.pread_batch(file);
+  for (const IoRequest& r : file) space_->ledger->record_out(r.len);
+  return futures;
+}
+
+std::vector<IoFuture> DiskTier::pwrite_batch(std::span<const DiskRequest> requests) {
+  const std::vector<IoRequest> file = file_requests(requests, "write");
+  std::vector<IoFuture> futures = space_->file.pwrite_batch(file);
+  for (const IoRequest& r : file) space_->ledger->record_in(r.len);
+  return futures;
+}
+
 TierStats DiskTier::stats() const { return space_->ledger->stats(); }
 uint64_t DiskTier::budget() const { return space_->ledger->budget(); }
 uint64_t DiskTier::available() const {

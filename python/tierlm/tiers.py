@@ -127,6 +127,18 @@ class DiskTier:
         """A DiskExtent of nbytes (reserved rounded up to 4 KiB); BudgetError past the budget."""
         return DiskExtent(self._native.allocate(parse_size(nbytes, "allocation")), self)
 
+    def pread_batch(self, requests):
+        """requests: [(extent, buf, offset in the extent), ...] in one submission; Futures."""
+        return self._batch(self._native.pread_batch, requests)
+
+    def pwrite_batch(self, requests):
+        return self._batch(self._native.pwrite_batch, requests)
+
+    def _batch(self, submit, requests):
+        requests = [(extent._native, buf, offset) for extent, buf, offset in requests]
+        natives = submit(requests)
+        return [self._track(n, buf) for n, (_, buf, _) in zip(natives, requests, strict=True)]
+
     def _track(self, native, buf):
         self._keeper.add(native, buf)
         return Future(native, buf)

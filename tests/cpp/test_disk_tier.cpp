@@ -119,6 +119,36 @@ TEST_P(DiskTierTest, FreedExtentsAreReusedAndCoalesce) {
   EXPECT_EQ(tier.stats().peak, 4u * 4096);
 }
 
+TEST_P(DiskTierTest, BatchesOverSeveralExtents) {
+  DiskTier tier(dir_, 1 << 20, options());
+  std::vector<DiskExtent> extents;
+  for (size_t n : {size_t{1}, size_t{4095}, size_t{4096}, size_t{4097}, size_t{30011}}) {
+    extents.push_back(tier.allocate(n));
+  }
+  std::mt19937 rng(3);
+  std::vector<std::vector<char>> data, back;
+  std::vector<DiskRequest> writes, reads;
+  for (const DiskExtent& e : extents) {
+    data.emplace_back(e.size());
+    for (char& c : data.back()) c = static_cast<char>(rng());
+    back.emplace_back(e.size());
+  }
+  for (size_t i = 0; i < extents.size(); ++i) {
+    writes.push_back({&extents[i], data[i].data(), data[i].size(), 0});
+    reads.push_back({&extents[i], back[i].data(), back[i].size(), 0});
+  }
+  for (IoFuture& f : tier.pwrite_batch(writes)) f.get();
+  for (IoFuture& f : tier.pread_batch(reads)) f.get();
+  EXPECT_EQ(back, data);
+  EXPECT_EQ(tier.stats().transfers, 2 * extents.size());
+  DiskRequest outside{&extents[0], back[0].data(), 2, 0};
+  EXPECT_THROW(tier.pread_batch({&outside, 1}), Error);
+  DiskTier other(dir_, 1 << 20, options());
+  DiskExtent foreign = other.allocate(10);
+  DiskRequest wrong{&foreign, back[0].data(), 1, 0};
+  EXPECT_THROW(tier.pread_batch({&wrong, 1}), Error);
+}
+
 TEST_P(DiskTierTest, ScratchFileLeavesNothingBehind) {
   {
     DiskTier tier(dir_, 1 << 20, options());

@@ -59,6 +59,25 @@ def test_round_trip_and_stats(tmp_path, backend):
     assert os.listdir(tmp_path) == []  # the scratch file is unlinked
 
 
+def test_batches_over_several_extents(tmp_path, backend):
+    tier = tierlm.DiskTier(tmp_path, "1MiB", backend=backend)
+    sizes = [1, 4095, 4096, 4097, 30011]
+    extents = [tier.allocate(n) for n in sizes]
+    rng = np.random.default_rng(1)
+    data = [rng.integers(0, 256, n, dtype=np.uint8) for n in sizes]
+    for fut in tier.pwrite_batch([(e, d, 0) for e, d in zip(extents, data, strict=True)]):
+        fut.result()
+    back = [np.zeros(n - 1 or 1, np.uint8) for n in sizes]
+    pairs = [(e, b, 1 if n > 1 else 0) for e, b, n in zip(extents, back, sizes, strict=True)]
+    for fut in tier.pread_batch(pairs):
+        fut.result()
+    assert np.array_equal(back[0], data[0])
+    for b, d in zip(back[1:], data[1:], strict=True):
+        assert np.array_equal(b, d[1:])
+    with pytest.raises(tierlm.InvalidArgumentError, match="outside the extent"):
+        tier.pread_batch([(extents[0], np.zeros(2, np.uint8), 0)])
+
+
 def test_extents_reused_after_free(tmp_path, backend):
     tier = tierlm.DiskTier(tmp_path, 4 * 4096, backend=backend)
     x, y, z = (tier.allocate(4096) for _ in range(3))

@@ -7,7 +7,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "tierlm/io.hpp"
 #include "tierlm/tier.hpp"
@@ -52,6 +54,14 @@ class DiskExtent {
   size_t reserved_ = 0;
 };
 
+// One transfer of a batch over several extents: len bytes at offset inside *extent.
+struct DiskRequest {
+  const DiskExtent* extent = nullptr;
+  void* buf = nullptr;
+  size_t len = 0;
+  uint64_t offset = 0;
+};
+
 class DiskTier {
  public:
   // dir must exist and be writable; the scratch file lives there until the tier and its
@@ -59,6 +69,9 @@ class DiskTier {
   DiskTier(const std::string& dir, uint64_t budget, IoOptions options = {});
 
   DiskExtent allocate(size_t bytes);
+  // Bounds-checked transfers into/out of many extents of this tier in one submission.
+  std::vector<IoFuture> pread_batch(std::span<const DiskRequest> requests) const;
+  std::vector<IoFuture> pwrite_batch(std::span<const DiskRequest> requests);
   TierStats stats() const;
   uint64_t budget() const;
   uint64_t available() const;
@@ -67,6 +80,9 @@ class DiskTier {
   File& file() const;
 
  private:
+  std::vector<IoRequest> file_requests(std::span<const DiskRequest> requests,
+                                       const char* what) const;
+
   std::shared_ptr<detail::DiskSpace> space_;
 };
 
