@@ -114,6 +114,18 @@ def test_aligned_requests_use_o_direct(tmp_path, backend):
                 assert buf.tobytes() == data[offset : offset + length]
 
 
+def test_host_tier_buffers_go_straight_to_the_engine(tmp_path, backend):
+    path = tmp_path / "host.bin"
+    data = make_file(path, 3 * 4096 + 9, seed=12)
+    buf = tierlm.HostTier("1MiB").allocate(3 * 4096)  # page-aligned: O_DIRECT where allowed
+    with io.File(path, backend=backend) as f:
+        assert f.pread(buf, 0).result() == 3 * 4096
+        assert buf.numpy().tobytes() == data[: 3 * 4096]
+        with io.File(tmp_path / "copy.bin", "w", backend=backend) as out:
+            out.write(buf, 4096)
+    assert (tmp_path / "copy.bin").read_bytes() == bytes(4096) + data[: 3 * 4096]
+
+
 def test_batch_bigger_than_queue_depth(tmp_path, backend):
     path = tmp_path / "batch.bin"
     size = 300 * 1000 + 7
