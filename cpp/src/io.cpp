@@ -357,35 +357,34 @@ IoBenchResult io_bench_read(const std::string& path, size_t block, unsigned queu
   std::vector<IoFuture> slots = file.pread_batch(requests);
   std::vector<bool> live(queue_depth, true);
   unsigned live_count = queue_depth;
-  // Waits for the oldest request, then resubmits every finished one in one batch.
+  // Waits for the oldest request, then resubmits every finished one in one batch, so the
+  // queue stays as full as the completions allow.
+  std::vector<unsigned> again;
+  std::vector<IoRequest> batch;
   for (unsigned next = 0; live_count > 0; next = (next + 1) % queue_depth) {
     if (!live[next]) continue;
     slots[next].get();
-    result.requests += 1;
-    result.bytes += block;
-    live[next] = false;
-    --live_count;
-    if (std::chrono::steady_clock::now() >= stop) continue;
-    std::vector<unsigned> again{next};
+    again.assign(1, next);
     for (unsigned k = 1; k < queue_depth; ++k) {
       const unsigned i = (next + k) % queue_depth;
-      if (!live[i] || !slots[i].ready()) break;
+      if (live[i] && slots[i].ready()) again.push_back(i);
+    }
+    const bool more = std::chrono::steady_clock::now() < stop;
+    batch.clear();
+    for (unsigned i : again) {
       slots[i].get();
       result.requests += 1;
       result.bytes += block;
-      again.push_back(i);
-      live[i] = false;
-      --live_count;
+      if (more) {
+        batch.push_back({buffers + i * stride, block, pick(rng) * block});
+      } else {
+        live[i] = false;
+        --live_count;
+      }
     }
-    std::vector<IoRequest> batch;
-    for (unsigned i : again) batch.push_back({buffers + i * stride, block, pick(rng) * block});
+    if (!more) continue;
     std::vector<IoFuture> issued = file.pread_batch(batch);
-    for (size_t k = 0; k < again.size(); ++k) {
-      slots[again[k]] = std::move(issued[k]);
-      live[again[k]] = true;
-      ++live_count;
-    }
-    next = again.back();
+    for (size_t k = 0; k < again.size(); ++k) slots[again[k]] = std::move(issued[k]);
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   file.unregister_buffer(buffers);
