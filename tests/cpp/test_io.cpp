@@ -1,5 +1,7 @@
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -127,6 +129,34 @@ TEST_P(IoTest, AlignedRequestsUseODirectAndMatch) {
       ASSERT_EQ(std::memcmp(buf.data, bytes.data() + offset, len), 0) << len << " @ " << offset;
     }
   }
+}
+
+// Pages of path in the page cache, by mincore on a mapping.
+size_t resident_pages(const std::string& path, size_t size) {
+  const int fd = open(path.c_str(), O_RDONLY);
+  void* map = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  close(fd);
+  std::vector<unsigned char> vec((size + 4095) / 4096);
+  mincore(map, size, vec.data());
+  munmap(map, size);
+  size_t n = 0;
+  for (unsigned char v : vec) n += v & 1;
+  return n;
+}
+
+TEST_P(IoTest, AlignedReadsBypassThePageCacheOthersUseIt) {
+  const size_t size = 16 * 4096;
+  const std::string path = dir_.file("cache.bin");
+  write_file(path, random_bytes(size, 14));
+  File file(path, IoMode::kIoModeRead, options());
+  if (!file.direct()) GTEST_SKIP() << "no O_DIRECT here: " << file.direct_reason();
+  io_drop_cache(path);
+  if (resident_pages(path, size) != 0) GTEST_SKIP() << "the page cache cannot be dropped here";
+  Aligned buf(size);
+  file.read(buf.data, 8 * 4096, 0);
+  EXPECT_EQ(resident_pages(path, size), 0u);  // O_DIRECT: nothing cached
+  file.read(buf.data + 1, 100, 8 * 4096 + 7);
+  EXPECT_GT(resident_pages(path, size), 0u);  // unaligned: through the page cache
 }
 
 TEST_P(IoTest, DirectReadEndingAtUnalignedEndOfFileIsAnError) {
