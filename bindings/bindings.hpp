@@ -11,6 +11,7 @@ void bind_tier(nanobind::module_& m);
 void bind_info(nanobind::module_& m);
 void bind_kernels(nanobind::module_& m);
 void bind_planner(nanobind::module_& m);
+void bind_io(nanobind::module_& m);
 
 }  // namespace tierlm::bindings
 

@@ -9,4 +9,5 @@ NB_MODULE(_core, m) {
   tierlm::bindings::bind_kernels(m);
   tierlm::bindings::bind_model(m);
   tierlm::bindings::bind_planner(m);
+  tierlm::bindings::bind_io(m);
 }

@@ -1,6 +1,6 @@
 """tierlm: run and fine-tune transformer language models that do not fit in fast memory."""
 
-from tierlm import _core, plan
+from tierlm import _core, io, plan
 from tierlm.errors import (
     BudgetError,
     CorruptError,
@@ -12,19 +12,22 @@ from tierlm.errors import (
 from tierlm.export import export  # noqa: E402  (binds the function over the submodule name)
 from tierlm.package import Package  # noqa: E402
 from tierlm.sizes import format_size, parse_size
-from tierlm.tiers import HostTier
+from tierlm.tiers import DiskExtent, DiskTier, HostTier
 
 __version__ = _core.build_info()["version"]
 
 __all__ = [
     "BudgetError",
     "CorruptError",
+    "DiskExtent",
+    "DiskTier",
     "HostTier",
     "InvalidArgumentError",
     "NotFoundError",
     "TierlmError",
     "UnsupportedError",
     "format_size",
+    "io",
     "parse_size",
     "export",
     "Package",
