@@ -11,17 +11,22 @@ from tierlm.errors import (
 )
 from tierlm.sizes import format_size, parse_size
 from tierlm.tiers import HostTier
+from tierlm import io
+from tierlm.tiers import DiskExtent, DiskTier
 
 __version__ = _core.build_info()["version"]
 
 __all__ = [
     "BudgetError",
     "CorruptError",
+    "DiskExtent",
+    "DiskTier",
     "HostTier",
     "InvalidArgumentError",
     "NotFoundError",
     "TierlmError",
     "UnsupportedError",
     "format_size",
+    "io",
     "parse_size",
 ]

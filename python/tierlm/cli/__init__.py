@@ -6,10 +6,10 @@ Errors print as one line (`tierlm: error: ...`); --debug shows the traceback.
 import argparse
 import sys
 
-from tierlm.cli import info
+from tierlm.cli import bench, info
 
 # Each module adds its subparser and sets `run`.
-COMMANDS = [info]
+COMMANDS = [info, bench]
 
 
 def build_parser():
