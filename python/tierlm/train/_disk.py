@@ -62,3 +62,27 @@ class DiskHome:
     def stats(self):
         return self.tier.stats()
 
+
+class _Pending:
+    """A request in flight; holds its buffer until result() (tierlm.io's keeper would hold
+    completed buffers until it prunes, keeping host-tier memory charged after release)."""
+
+    __slots__ = ("_native", "_buf")
+
+    def __init__(self, native, buf):
+        self._native = native
+        self._buf = buf
+
+    def result(self):
+        try:
+            return self._native.result()
+        finally:
+            self._buf = None
+
+
+def pread(extent, buf, offset=0):
+    return _Pending(extent._native.pread(buf, offset), buf)
+
+
+def pwrite(extent, buf, offset=0):
+    return _Pending(extent._native.pwrite(buf, offset), buf)

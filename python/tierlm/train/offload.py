@@ -30,6 +30,7 @@ the new parameters (ZeRO-1/2 style sharding of the offloaded state).
 import collections
 import concurrent.futures
 import contextlib
+import gc
 import os
 import threading
 import time
@@ -212,6 +213,7 @@ class OffloadTrainer:
         self._jobs = collections.deque()
         self._lock = threading.Lock()
         self._phase = "idle"
+        self._failed = None
         self._hooks = []
         self._block_index = {id(b.module): b for b in self.blocks}
         self._reset_counters()
@@ -224,7 +226,9 @@ class OffloadTrainer:
         blocks = list(blocks) if blocks is not None else find_blocks(model)
         if not blocks:
             raise InvalidArgumentError("offload: blocks is empty")
-        names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+        names = {}
+        for n, p in model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(p), n)
         seen = set()
         units = []
         block_entries = []
@@ -285,14 +289,19 @@ class OffloadTrainer:
                 u.ext_p = self.disk.allocate(u.n_total * 4, f"{u.name} parameters")
                 buf, arr = self._host_array(u.n_total, np.float32, mandatory=True)
                 self._fill(u, arr)
-                self._wait([u.ext_p.pwrite(arr)], "write", u.name)
+                self._wait([_disk.pwrite(u.ext_p, arr)], "write", u.name)
                 if owner and u.n_train:
                     nbytes = u.n_train * self.state_itemsize
                     u.ext_m = self.disk.allocate(nbytes, f"{u.name} exp_avg")
                     u.ext_v = self.disk.allocate(nbytes, f"{u.name} exp_avg_sq")
                     zeros = arr.view(np.uint8)[:nbytes]
                     zeros[:] = 0
-                    self._wait([u.ext_m.pwrite(zeros), u.ext_v.pwrite(zeros)], "write", u.name)
+                    self._wait(
+                        [_disk.pwrite(u.ext_m, zeros), _disk.pwrite(u.ext_v, zeros)],
+                        "write",
+                        u.name,
+                    )
+                    del zeros
                 del buf, arr
                 for p in u.params:
                     p.data = _released(p.shape)
@@ -344,6 +353,7 @@ class OffloadTrainer:
             for name, param in zip(u.names, u.params, strict=True):
                 off = u.offsets[id(param)]
                 out[name] = flat[off : off + param.numel()].view(param.shape).clone()
+            p = flat = None  # back to the budget before the next unit
         return out
 
     def close(self, restore=True):
@@ -379,13 +389,19 @@ class OffloadTrainer:
             except BudgetError:
                 return None, None
         else:
+            collected = False
             while True:
                 try:
                     buf = self.host.allocate(nbytes)
                     break
                 except BudgetError:
-                    if not self._wait_oldest():
+                    if self._wait_oldest():
+                        continue
+                    if collected:
                         raise
+                    # Buffers may be pinned only by reference cycles (a traceback's frames).
+                    gc.collect()
+                    collected = True
         arr = buf.numpy(np.dtype(dtype).name if dtype != np.uint16 else "uint16")[:n]
         return buf, arr
 
@@ -400,7 +416,7 @@ class OffloadTrainer:
         buf, arr = self._host_array(u.n_total, np.float32, optional=optional)
         if buf is None:
             return None
-        fut = u.ext_p.pread(arr)
+        fut = _disk.pread(u.ext_p, arr)
         self._count("disk_read", u.n_total * 4)
         return buf, arr, fut
 
@@ -447,7 +463,7 @@ class OffloadTrainer:
         vb, v = self._host_array(u.n_train, self._np_state(), optional=True)
         if vb is None:
             return
-        futs = [u.ext_m.pread(m), u.ext_v.pread(v)]
+        futs = [_disk.pread(u.ext_m, m), _disk.pread(u.ext_v, v)]
         self._count("disk_read", 2 * u.n_train * self.state_itemsize)
         u.mv_prefetch = (mb, m, vb, v, futs)
 
@@ -542,7 +558,7 @@ class OffloadTrainer:
             if mv is None:
                 mb, m = self._host_array(u.n_train, self._np_state())
                 vb, v = self._host_array(u.n_train, self._np_state())
-                futs = [u.ext_m.pread(m), u.ext_v.pread(v)]
+                futs = [_disk.pread(u.ext_m, m), _disk.pread(u.ext_v, v)]
                 self._count("disk_read", 2 * u.n_train * self.state_itemsize)
                 mv = (mb, m, vb, v, futs)
             u.m_buf, u.m, u.v_buf, u.v = mv[:4]
@@ -567,16 +583,17 @@ class OffloadTrainer:
                     if id(param) in fired:
                         a, b = u.offsets[id(param)], u.offsets[id(param)] + param.numel()
                         adam_step(p[a:b], g[a:b], m[a:b], v[a:b], step=step, **self.hyper)
+        m = v = p = g = None  # a traceback kept by the caller must not pin the buffers
         t2 = time.perf_counter()
         if self._pg_job is not None and u.n_train:
             torch.distributed.broadcast(u.p_tensor[: u.n_train], src=u.owner, group=self._pg_job)
         t3 = time.perf_counter()
         writes = []
         if u.home == "disk" and u.n_train:
-            writes.append(u.ext_p.pwrite(u.p.view(np.uint8)[: u.n_train * 4]))
+            writes.append(_disk.pwrite(u.ext_p, u.p.view(np.uint8)[: u.n_train * 4]))
             if u.owner == self.rank:
-                writes.append(u.ext_m.pwrite(u.m))
-                writes.append(u.ext_v.pwrite(u.v))
+                writes.append(_disk.pwrite(u.ext_m, u.m))
+                writes.append(_disk.pwrite(u.ext_v, u.v))
         for f in writes:
             f.result()
         t4 = time.perf_counter()
@@ -607,8 +624,13 @@ class OffloadTrainer:
         t0 = time.perf_counter()
         try:
             result = job.result()
-        except BaseException:
+        except BaseException as error:
             self._fail_pending()
+            self._failed = (
+                f"{u.name}'s optimizer step failed ({type(error).__name__}: {error}); its state "
+                "in the host/disk tiers may be half-written"
+            )
+            self._abort_backward()
             raise
         self._add_time("wait_optimizer", time.perf_counter() - t0)
         self._finish(u, result)
@@ -626,8 +648,16 @@ class OffloadTrainer:
             pass
 
     # ---------------------------------------------------------------- the loop
+    def _check_usable(self):
+        if self._failed:
+            raise InvalidArgumentError(
+                f"offload: training state is not usable: {self._failed}; call "
+                "trainer.resume(checkpoint_dir) to continue from the last checkpoint"
+            )
+
     def backward(self, loss):
         """loss.backward(), stepping each unit's AdamW as soon as its gradients are done."""
+        self._check_usable()
         self._drain()
         self._phase = "backward"
         root = self.units[0]
@@ -658,6 +688,7 @@ class OffloadTrainer:
 
     def step(self):
         """Finishes this step's optimizer work (units whose gradients were incomplete too)."""
+        self._check_usable()
         for u in self.units:
             if u.fired and not u.submitted:
                 self._submit(u)
@@ -731,12 +762,12 @@ class OffloadTrainer:
             m, v = u.m, u.v
             return p, m, v
         _, p = self._host_array(u.n_total, np.float32)
-        futs = [u.ext_p.pread(p)]
+        futs = [_disk.pread(u.ext_p, p)]
         m = v = None
         if state and u.owner == self.rank and u.n_train:
             _, m = self._host_array(u.n_train, self._np_state())
             _, v = self._host_array(u.n_train, self._np_state())
-            futs += [u.ext_m.pread(m), u.ext_v.pread(v)]
+            futs += [_disk.pread(u.ext_m, m), _disk.pread(u.ext_v, v)]
         self._wait(futs, "read", u.name)
         return p, m, v
 
@@ -749,6 +780,7 @@ class OffloadTrainer:
         """
         from tierlm.train import checkpoint
 
+        self._check_usable()
         self._drain()
         step = max(u.step for u in self.units)
         records = []
@@ -824,13 +856,16 @@ class OffloadTrainer:
             else:
                 buf, arr = self._host_array(u.n_total, np.float32)
                 arr[:] = p
-                futs = [u.ext_p.pwrite(arr)]
+                futs = [_disk.pwrite(u.ext_p, arr)]
                 if owner and u.n_train:
                     sb, s = self._host_array(2 * u.n_train * isz, np.uint8)
                     s[:] = np.frombuffer(data, np.uint8, 2 * u.n_train * isz, p_bytes)
                     half = u.n_train * isz
-                    futs += [u.ext_m.pwrite(s[:half]), u.ext_v.pwrite(s[half:])]
+                    futs += [_disk.pwrite(u.ext_m, s[:half]), _disk.pwrite(u.ext_v, s[half:])]
                 self._wait(futs, "write", u.name)
+                del buf, arr, futs  # back to the budget before the next unit
+                sb = s = None
+        self._failed = None
         return meta["step"]
 
 
