@@ -858,13 +858,13 @@ class OffloadTrainer:
                 arr[:] = p
                 futs = [_disk.pwrite(u.ext_p, arr)]
                 if owner and u.n_train:
-                    sb, s = self._host_array(2 * u.n_train * isz, np.uint8)
+                    _sb, s = self._host_array(2 * u.n_train * isz, np.uint8)
                     s[:] = np.frombuffer(data, np.uint8, 2 * u.n_train * isz, p_bytes)
                     half = u.n_train * isz
                     futs += [_disk.pwrite(u.ext_m, s[:half]), _disk.pwrite(u.ext_v, s[half:])]
                 self._wait(futs, "write", u.name)
                 del buf, arr, futs  # back to the budget before the next unit
-                sb = s = None
+                _sb = s = None
         self._failed = None
         return meta["step"]
 
