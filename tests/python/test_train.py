@@ -392,3 +392,58 @@ def test_write_failure_mid_step_then_resume(tmp_path):
     ref_losses = train_reference(ref, data)
     torch.testing.assert_close(losses, ref_losses[2:], rtol=1e-5, atol=0)
     assert_params_close(trainer.state_dict(), ref)
+
+
+# ----------------------------------------------------------------- data parallel
+
+DP_WORKER = r"""
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, {here!r})
+torch.set_num_threads(1)
+from train_helpers import HYPER, llama, batches
+import tierlm.train as tt
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+model = llama()
+data = batches(model, {steps}, batch=4)
+plan = tt.offload_plan(model)
+trainer = tt.offload(model, budget={{"host": plan["minimum"]}}, disk_dir={tmp!r}, **HYPER)
+assert "disk" in trainer.homes().values()
+for ids in data:
+    mine = ids[2 * rank : 2 * rank + 2]
+    loss = model(input_ids=mine, labels=mine).loss
+    trainer.backward(loss)
+    trainer.step()
+    trainer.zero_grad()
+state = trainer.state_dict()
+torch.save(state, {out!r} + str(rank))
+dist.destroy_process_group()
+"""
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_data_parallel_two_ranks_equal_single_process(tmp_path):
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available in this torch build")
+    steps = 3
+    out = str(tmp_path / "state")
+    script = DP_WORKER.format(here=HERE, port=free_port(), steps=steps, tmp=str(tmp_path), out=out)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(r)]) for r in range(2)]
+    try:
+        codes = [p.wait(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert codes == [0, 0]
+    ref = llama()
+    data = batches(ref, steps, batch=4)
+    train_reference(ref, data)  # one process, the global batch of 4
+    for rank in range(2):
+        assert_params_close(torch.load(out + str(rank)), ref)
