@@ -447,3 +447,34 @@ def test_data_parallel_two_ranks_equal_single_process(tmp_path):
     train_reference(ref, data)  # one process, the global batch of 4
     for rank in range(2):
         assert_params_close(torch.load(out + str(rank)), ref)
+
+
+def test_example_finetune_runs(tmp_path):
+    example = os.path.join(HERE, "..", "..", "examples", "finetune.py")
+    if not os.path.exists(example):
+        pytest.skip("examples/ is not next to the tests (installed package only)")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run(
+        [
+            sys.executable,
+            example,
+            "--layers",
+            "2",
+            "--hidden",
+            "64",
+            "--steps",
+            "6",
+            "--disk-dir",
+            str(tmp_path),
+            "--save",
+            str(tmp_path / "ckpt"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "finetune" in run.stderr and "loss=" in run.stderr  # the tqdm bar
+    assert "units on disk" in run.stdout
+    assert os.path.exists(tmp_path / "ckpt" / "LATEST")
