@@ -57,7 +57,7 @@ AdamScalars adam_scalars(const AdamConfig& c) {
   s.beta2 = static_cast<float>(c.beta2);
   s.one_minus_beta2 = static_cast<float>(1.0 - beta2);
   s.step_size = static_cast<float>(lr / bc1);
-  s.bc2_sqrt = static_cast<float>(std::sqrt(bc2));
+  s.inv_bc2_sqrt = static_cast<float>(1.0 / std::sqrt(bc2));
   s.eps = static_cast<float>(c.eps);
   return s;
 }

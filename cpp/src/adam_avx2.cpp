@@ -39,7 +39,7 @@ void adam_range_avx2(const AdamScalars& s, const AdamTensors& t, size_t begin, s
   const __m256 beta2 = _mm256_set1_ps(s.beta2);
   const __m256 w2 = _mm256_set1_ps(s.one_minus_beta2);
   const __m256 neg_step = _mm256_set1_ps(-s.step_size);
-  const __m256 bc2 = _mm256_set1_ps(s.bc2_sqrt);
+  const __m256 inv_bc2 = _mm256_set1_ps(s.inv_bc2_sqrt);
   const __m256 eps = _mm256_set1_ps(s.eps);
   size_t i = begin;
   for (; i + 8 <= end; i += 8) {
@@ -49,7 +49,7 @@ void adam_range_avx2(const AdamScalars& s, const AdamTensors& t, size_t begin, s
     const __m256 p = _mm256_mul_ps(_mm256_loadu_ps(t.param + i), decay);
     m = _mm256_fmadd_ps(w1, _mm256_sub_ps(g, m), m);
     v = _mm256_fmadd_ps(_mm256_mul_ps(w2, g), g, _mm256_mul_ps(v, beta2));
-    const __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(v), bc2), eps);
+    const __m256 denom = _mm256_fmadd_ps(_mm256_sqrt_ps(v), inv_bc2, eps);
     const __m256 out = _mm256_add_ps(p, _mm256_div_ps(_mm256_mul_ps(neg_step, m), denom));
     _mm256_storeu_ps(t.param + i, out);
     if (bf16) {

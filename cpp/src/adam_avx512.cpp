@@ -35,29 +35,46 @@ void adam_range_avx512(const AdamScalars& s, const AdamTensors& t, size_t begin,
   const __m512 beta2 = _mm512_set1_ps(s.beta2);
   const __m512 w2 = _mm512_set1_ps(s.one_minus_beta2);
   const __m512 neg_step = _mm512_set1_ps(-s.step_size);
-  const __m512 bc2 = _mm512_set1_ps(s.bc2_sqrt);
+  const __m512 inv_bc2 = _mm512_set1_ps(s.inv_bc2_sqrt);
   const __m512 eps = _mm512_set1_ps(s.eps);
-  for (size_t i = begin; i < end; i += 16) {
-    const __mmask16 k = end - i >= 16 ? static_cast<__mmask16>(0xffff)
-                                      : static_cast<__mmask16>((1u << (end - i)) - 1);
-    const __m512 g = _mm512_maskz_loadu_ps(k, t.grad + i);
-    __m512 m = bf16 ? load_bf16(k, m16 + i) : _mm512_maskz_loadu_ps(k, m32 + i);
-    __m512 v = bf16 ? load_bf16(k, v16 + i) : _mm512_maskz_loadu_ps(k, v32 + i);
-    const __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, t.param + i), decay);
+  // Full vectors unmasked (masked stores are slow on some cores), the tail under a mask.
+  auto step16 = [&](size_t i, __mmask16 k, bool full) {
+    auto ld = [&](const float* q) {
+      return full ? _mm512_loadu_ps(q) : _mm512_maskz_loadu_ps(k, q);
+    };
+    auto st = [&](float* q, __m512 x) {
+      if (full)
+        _mm512_storeu_ps(q, x);
+      else
+        _mm512_mask_storeu_ps(q, k, x);
+    };
+    auto st16 = [&](uint16_t* q, __m256i x) {
+      if (full)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), x);
+      else
+        _mm256_mask_storeu_epi16(q, k, x);
+    };
+    const __m512 g = ld(t.grad + i);
+    __m512 m = bf16 ? load_bf16(k, m16 + i) : ld(m32 + i);
+    __m512 v = bf16 ? load_bf16(k, v16 + i) : ld(v32 + i);
+    const __m512 p = _mm512_mul_ps(ld(t.param + i), decay);
     m = _mm512_fmadd_ps(w1, _mm512_sub_ps(g, m), m);
     v = _mm512_fmadd_ps(_mm512_mul_ps(w2, g), g, _mm512_mul_ps(v, beta2));
-    const __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(v), bc2), eps);
+    const __m512 denom = _mm512_fmadd_ps(_mm512_sqrt_ps(v), inv_bc2, eps);
     const __m512 out = _mm512_add_ps(p, _mm512_div_ps(_mm512_mul_ps(neg_step, m), denom));
-    _mm512_mask_storeu_ps(t.param + i, k, out);
+    st(t.param + i, out);
     if (bf16) {
-      _mm256_mask_storeu_epi16(m16 + i, k, to_bf16(m));
-      _mm256_mask_storeu_epi16(v16 + i, k, to_bf16(v));
+      st16(m16 + i, to_bf16(m));
+      st16(v16 + i, to_bf16(v));
     } else {
-      _mm512_mask_storeu_ps(m32 + i, k, m);
-      _mm512_mask_storeu_ps(v32 + i, k, v);
+      st(m32 + i, m);
+      st(v32 + i, v);
     }
-    if (t.param_bf16) _mm256_mask_storeu_epi16(t.param_bf16 + i, k, to_bf16(out));
-  }
+    if (t.param_bf16) st16(t.param_bf16 + i, to_bf16(out));
+  };
+  size_t i = begin;
+  for (; i + 16 <= end; i += 16) step16(i, static_cast<__mmask16>(0xffff), true);
+  if (i < end) step16(i, static_cast<__mmask16>((1u << (end - i)) - 1), false);
 }
 
 }  // namespace tierlm::detail

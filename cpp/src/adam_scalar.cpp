@@ -19,7 +19,7 @@ void adam_range_scalar(const AdamScalars& s, const AdamTensors& t, size_t begin,
     m = std::fma(s.one_minus_beta1, g - m, m);  // exp_avg.lerp_(grad, 1 - beta1)
     const float gv = s.one_minus_beta2 * g;
     v = std::fma(gv, g, v * s.beta2);  // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
-    const float denom = std::sqrt(v) / s.bc2_sqrt + s.eps;
+    const float denom = std::fma(std::sqrt(v), s.inv_bc2_sqrt, s.eps);
     const float out = p + (-s.step_size * m) / denom;  // addcdiv_(m, denom, -step_size)
     t.param[i] = out;
     if (bf16) {

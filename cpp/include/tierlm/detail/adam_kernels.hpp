@@ -13,8 +13,8 @@ struct AdamScalars {
   float one_minus_beta1;
   float beta2;
   float one_minus_beta2;
-  float step_size;  // lr / (1 - beta1^step)
-  float bc2_sqrt;   // sqrt(1 - beta2^step)
+  float step_size;     // lr / (1 - beta1^step)
+  float inv_bc2_sqrt;  // 1 / sqrt(1 - beta2^step): a multiply instead of a divide
   float eps;
 };
 
