@@ -28,3 +28,12 @@ __all__ = [
     "io",
     "parse_size",
 ]
+
+
+def __getattr__(name):
+    # tierlm.train imports torch, so it loads on first use rather than with `import tierlm`.
+    if name == "train":
+        import importlib
+
+        return importlib.import_module("tierlm.train")
+    raise AttributeError(f"module 'tierlm' has no attribute {name!r}")
