@@ -266,11 +266,6 @@ class OffloadTrainer:
             if resident + host_cost + transient <= host_budget:
                 u.home = "host"
                 resident += host_cost
-        disk_units = [b for b in self.blocks if b.home == "disk"]
-        self._headroom = max(
-            [_unit_transient(b, isz, self.rank) for b in disk_units]
-            + [_page(b.n_train * 4) for b in self.blocks]
-        )
 
     def _init_homes(self):
         """Copies every parameter into its home and points the model at it."""
@@ -287,7 +282,7 @@ class OffloadTrainer:
                     u.v[:] = 0
             else:
                 u.ext_p = self.disk.allocate(u.n_total * 4, f"{u.name} parameters")
-                buf, arr = self._host_array(u.n_total, np.float32, mandatory=True)
+                buf, arr = self._host_array(u.n_total, np.float32)
                 self._fill(u, arr)
                 self._wait([_disk.pwrite(u.ext_p, arr)], "write", u.name)
                 if owner and u.n_train:
@@ -379,10 +374,14 @@ class OffloadTrainer:
         self._executor.shutdown(wait=True)
 
     # ---------------------------------------------------------------- memory
-    def _host_array(self, n, dtype, mandatory=True, optional=False):
+    def _host_array(self, n, dtype, optional=False, headroom=0):
+        """A host-tier buffer and its numpy view. Mandatory requests wait for in-flight
+        optimizer steps to free memory; optional ones (prefetches) are skipped unless they fit
+        with `headroom` bytes to spare for what must still be allocated before any wait helps.
+        """
         nbytes = max(1, n * np.dtype(dtype).itemsize)
         if optional:
-            if self.host.available < _page(nbytes) + self._headroom:
+            if self.host.available < _page(nbytes) + headroom:
                 return None, None
             try:
                 buf = self.host.allocate(nbytes)
@@ -412,8 +411,8 @@ class OffloadTrainer:
         return time.perf_counter() - t0
 
     # ---------------------------------------------------------------- streaming
-    def _read_p(self, u, optional=False):
-        buf, arr = self._host_array(u.n_total, np.float32, optional=optional)
+    def _read_p(self, u, optional=False, headroom=0):
+        buf, arr = self._host_array(u.n_total, np.float32, optional=optional, headroom=headroom)
         if buf is None:
             return None
         fut = _disk.pread(u.ext_p, arr)
@@ -443,10 +442,20 @@ class OffloadTrainer:
             p.data = _released(p.shape)
         u.p = u.p_buf = u.p_tensor = None
 
-    def _prefetch(self, u):
+    def _prefetch(self, u, headroom=0):
         if u is None or u.home != "disk" or u.p is not None or u.prefetch is not None:
             return
-        u.prefetch = self._read_p(u, optional=True)
+        u.prefetch = self._read_p(u, optional=True, headroom=headroom)
+
+    def _prefetch_backward(self, u):
+        """While u is in backward: its moments first (needed next), then the previous block's
+        params, keeping room for u's moments when they could not be prefetched."""
+        self._prefetch_moments(u)
+        needs_mv = u.home == "disk" and u.n_train and u.owner == self.rank and u.mv_prefetch is None
+        self._prefetch(
+            self._neighbour(u, -1),
+            headroom=2 * _page(u.n_train * self.state_itemsize) if needs_mv else 0,
+        )
 
     def _prefetch_moments(self, u):
         if (
@@ -476,8 +485,7 @@ class OffloadTrainer:
             backward = self._phase == "backward"
             self._materialize(u, for_backward=backward)
             if backward:
-                self._prefetch(self._neighbour(u, -1))
-                self._prefetch_moments(u)
+                self._prefetch_backward(u)
             else:
                 self._prefetch(self._neighbour(u, +1))
             t0 = time.perf_counter()
@@ -521,8 +529,7 @@ class OffloadTrainer:
         if isinstance(packed, tuple) and len(packed) == 5 and packed[0] == "tierlm-param":
             _, u, size, stride, offset = packed
             self._materialize(u, for_backward=True)
-            self._prefetch(self._neighbour(u, -1))
-            self._prefetch_moments(u)
+            self._prefetch_backward(u)
             return torch.as_strided(u.p_tensor, size, stride, offset)
         return packed
 
