@@ -97,7 +97,7 @@ def run_offload(model, data, steps, budget, disk_dir, checkpointing=True):
         trainer.zero_grad()
         times.append(time.perf_counter() - t0)
     homes = trainer.homes()
-    trainer.close(restore=False)
+    trainer.close()
     return times, dict(stats=stats[-1], on_disk=sum(h == "disk" for h in homes.values()))
 
 
