@@ -27,6 +27,7 @@ are reduced to the rank that owns each unit's optimizer state, which steps it an
 the new parameters (ZeRO-1/2 style sharding of the offloaded state).
 """
 
+import atexit
 import collections
 import concurrent.futures
 import contextlib
@@ -34,6 +35,7 @@ import gc
 import os
 import threading
 import time
+import weakref
 
 import numpy as np
 import torch
@@ -220,6 +222,7 @@ class OffloadTrainer:
         self.last_stats = None
         self._init_homes()
         self._install()
+        _LIVE.add(self)
 
     # ---------------------------------------------------------------- construction
     def _build_units(self, model, blocks):
@@ -449,13 +452,17 @@ class OffloadTrainer:
 
     def _prefetch_backward(self, u):
         """While u is in backward: its moments first (needed next), then the previous block's
-        params, keeping room for u's moments when they could not be prefetched."""
+        params if that leaves room for what must come before u's AdamW step can free memory."""
         self._prefetch_moments(u)
         needs_mv = u.home == "disk" and u.n_train and u.owner == self.rank and u.mv_prefetch is None
-        self._prefetch(
-            self._neighbour(u, -1),
-            headroom=2 * _page(u.n_train * self.state_itemsize) if needs_mv else 0,
-        )
+        prev = self._neighbour(u, -1)
+        if prev is None:
+            return
+        # Room for u's moments and for prev's gradient, so neither waits on u's AdamW step.
+        headroom = _page(prev.n_train * 4)
+        if needs_mv:
+            headroom += 2 * _page(u.n_train * self.state_itemsize)
+        self._prefetch(prev, headroom=headroom)
 
     def _prefetch_moments(self, u):
         if (
@@ -748,6 +755,9 @@ class OffloadTrainer:
             overlap=overlap,
             disk_read_bytes=c["disk_read"],
             disk_write_bytes=c["disk_write"],
+            # Every disk transfer lands in or leaves from a host-tier staging buffer.
+            host_bytes_in=c["disk_read"],
+            host_bytes_out=c["disk_write"],
             host_peak=host["peak"],
             host_budget=host["budget"],
             host_current=host["current"],
@@ -874,6 +884,26 @@ class OffloadTrainer:
                 _sb = s = None
         self._failed = None
         return meta["step"]
+
+
+_LIVE = weakref.WeakSet()
+
+
+@atexit.register
+def _detach_all():
+    # At interpreter exit, drop the model's views of tier memory so the native buffers are
+    # freed before the extension module goes away.
+    for trainer in list(_LIVE):
+        with contextlib.suppress(Exception):
+            trainer._drain()
+        for u in trainer.units:
+            for p in u.params:
+                with contextlib.suppress(Exception):
+                    p.data = _released(p.shape)
+                    p.grad = None
+            u.p = u.p_buf = u.p_tensor = u.g = u.g_buf = None
+            u.m = u.v = u.m_buf = u.v_buf = u.prefetch = u.mv_prefetch = None
+            u.ext_p = u.ext_m = u.ext_v = None
 
 
 def _unit_host_bytes(u, isz, rank):
