@@ -20,7 +20,9 @@ The user's loop stays plain PyTorch::
         trainer.zero_grad()
     trainer.save("ckpt")            # atomic; trainer.resume("ckpt") restores params + Adam
 
-Parameter .grad tensors are not kept after trainer.backward (each block's gradients go to the
+One trainer.backward per step (no gradient accumulation across micro-batches: each block is
+stepped as soon as its gradients are complete). Parameter .grad tensors are not kept after
+trainer.backward (each block's gradients go to the
 optimizer and are freed). Frozen parameters (requires_grad=False, e.g. a LoRA base) are
 streamed read-only and have no optimizer state. With torch.distributed initialised, gradients
 are reduced to the rank that owns each unit's optimizer state, which steps it and broadcasts
@@ -127,7 +129,15 @@ class StepStats(dict):
 
 
 class OffloadTrainer:
-    """Created by tierlm.train.offload(); see the module docstring for the loop."""
+    """Created by tierlm.train.offload(); see the module docstring for the loop.
+
+    Attributes: units (root + one per block), homes() ({unit: "host"|"disk"}), plan (the
+    budget plan: minimum, all_host, root, transient_max bytes), host (the HostTier), disk
+    (the disk home or None), last_stats (stats of the last step()).
+    offload_activations: with compute on the host (CPU build) activations already live in the
+    host tier, so the flag changes nothing there; checkpointed block inputs are the only
+    activations kept between forward and backward.
+    """
 
     def __init__(
         self,
