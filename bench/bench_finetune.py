@@ -61,44 +61,52 @@ def engine_bandwidth(directory, nbytes=256 << 20, block=8 << 20):
     return read, write
 
 
-def run_plain(model, data, steps, checkpointing=False):
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        loss = model(input_ids=data, labels=data).loss
-        opt.zero_grad()
+class Plain:
+    """Model + torch fused AdamW in RAM, optionally with HF activation checkpointing."""
+
+    def __init__(self, model, data, checkpointing=False):
+        if checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        model.config.use_cache = False
+        self.model, self.data = model, data
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+    def step(self):
+        loss = self.model(input_ids=self.data, labels=self.data).loss
+        self.opt.zero_grad()
         loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    if checkpointing:
-        model.gradient_checkpointing_disable()
-    return times, {}
+        self.opt.step()
+        return {}
+
+    def close(self):
+        return {}
 
 
-def run_offload(model, data, steps, budget, disk_dir, checkpointing=True):
-    trainer = tt.offload(
-        model,
-        budget={"host": budget},
-        disk_dir=disk_dir,
-        lr=1e-4,
-        weight_decay=0.0,
-        checkpoint_activations=checkpointing,
-    )
-    times, stats = [], []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        loss = model(input_ids=data, labels=data).loss
-        trainer.backward(loss)
-        stats.append(trainer.step())
-        trainer.zero_grad()
-        times.append(time.perf_counter() - t0)
-    homes = trainer.homes()
-    trainer.close()
-    return times, dict(stats=stats[-1], on_disk=sum(h == "disk" for h in homes.values()))
+class Offload:
+    def __init__(self, model, data, budget, disk_dir, checkpointing=True):
+        self.model, self.data = model, data
+        self.trainer = tt.offload(
+            model,
+            budget={"host": budget},
+            disk_dir=disk_dir,
+            lr=1e-4,
+            weight_decay=0.0,
+            checkpoint_activations=checkpointing,
+        )
+
+    def step(self):
+        loss = self.model(input_ids=self.data, labels=self.data).loss
+        self.trainer.backward(loss)
+        stats = self.trainer.step()
+        self.trainer.zero_grad()
+        return stats
+
+    def close(self):
+        on_disk = sum(h == "disk" for h in self.trainer.homes().values())
+        self.trainer.close(restore=False)
+        return {"on_disk": on_disk}
 
 
 def main(argv=None):
@@ -126,37 +134,50 @@ def main(argv=None):
         f"{args.length}; torch threads {torch.get_num_threads()}; engine "
         f"{tierlm.io.probe()['chosen']}: read {rd / 1e9:.2f} GB/s, write {wr / 1e9:.2f} GB/s"
     )
-    rows = []
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    steps = args.steps + 1
+    del model
+
+    def fresh():
+        m = build(args)
+        m.load_state_dict(state)
+        return m
+
     configs = [
-        ("plain torch (fits in RAM)", lambda m: run_plain(m, data, steps)),
-        ("plain torch + ckpt", lambda m: run_plain(m, data, steps, checkpointing=True)),
+        ("plain torch (fits in RAM)", lambda: Plain(fresh(), data)),
+        ("plain torch + ckpt", lambda: Plain(fresh(), data, checkpointing=True)),
         (
             "offload all-host, no ckpt",
-            lambda m: run_offload(m, data, steps, plan["all_host"], disk_dir, checkpointing=False),
+            lambda: Offload(fresh(), data, plan["all_host"], disk_dir, checkpointing=False),
         ),
-        (
-            "offload all-host + ckpt",
-            lambda m: run_offload(m, data, steps, plan["all_host"], disk_dir),
-        ),
+        ("offload all-host + ckpt", lambda: Offload(fresh(), data, plan["all_host"], disk_dir)),
         (
             f"offload {args.budget}, no ckpt",
-            lambda m: run_offload(m, data, steps, budget, disk_dir, checkpointing=False),
+            lambda: Offload(fresh(), data, budget, disk_dir, checkpointing=False),
         ),
-        (f"offload {args.budget} + ckpt", lambda m: run_offload(m, data, steps, budget, disk_dir)),
+        (f"offload {args.budget} + ckpt", lambda: Offload(fresh(), data, budget, disk_dir)),
     ]
-    for name, fn in configs:
-        model.load_state_dict(state)
-        times, info = fn(model)
-        rows.append((name, statistics.median(times[1:]), info))
-    computes = {False: rows[0][1], True: rows[1][1]}
+    runners = [(name, make()) for name, make in configs]
+    times = {name: [] for name, _ in runners}
+    stats = {}
+    # Round-robin: one step of each configuration in turn, so load from other processes on a
+    # shared machine falls on all of them alike. The first round is a warm-up.
+    for round_ in range(args.steps + 1):
+        for name, runner in runners:
+            t0 = time.perf_counter()
+            stats[name] = runner.step()
+            if round_ > 0:
+                times[name].append(time.perf_counter() - t0)
+    rows = []
+    for name, runner in runners:
+        runner.close()
+        rows.append((name, statistics.median(times[name]), {"stats": stats[name]}))
+    computes = {False: rows[0][1], True: rows[1][1]}  # plain torch without / with ckpt
     print(
         f"{'configuration':<30} {'step s':>7} {'disk rd':>9} {'disk wr':>9} {'I/O bound s':>11} "
         f"{'overlap':>7} {'host peak':>10} {'x max(compute,IO)':>17}"
     )
     for name, t, info in rows:
-        compute = computes["ckpt" in name]
+        compute = computes[name.endswith("+ ckpt")]
         s = info.get("stats", {})
         rb, wb = s.get("disk_read_bytes", 0), s.get("disk_write_bytes", 0)
         io_bound = rb / rd + wb / wr
