@@ -914,6 +914,7 @@ def _detach_all():
             u.p = u.p_buf = u.p_tensor = u.g = u.g_buf = None
             u.m = u.v = u.m_buf = u.v_buf = u.prefetch = u.mv_prefetch = None
             u.ext_p = u.ext_m = u.ext_v = None
+        trainer.host = trainer.disk = None
 
 
 def _unit_host_bytes(u, isz, rank):
