@@ -1,7 +1,8 @@
 """Claim: offloaded fine-tuning of a model whose f32 weights + AdamW state exceed the host
 budget runs within 1.1x of max(compute time, I/O bound), the state living on disk.
 
-    python bench/bench_finetune.py [--layers 8 --hidden 512 --budget 160MiB --steps 4]
+    OMP_WAIT_POLICY=passive python bench/bench_finetune.py [--layers 8 --hidden 512
+        --budget 160MiB --steps 4]
 
 One table: step time (median) of plain torch (model + torch fused AdamW in RAM: the compute
 time), tierlm offload with everything in the host tier, and tierlm offload under the host
