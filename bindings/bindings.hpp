@@ -12,6 +12,7 @@ void bind_info(nanobind::module_& m);
 void bind_kernels(nanobind::module_& m);
 void bind_planner(nanobind::module_& m);
 void bind_io(nanobind::module_& m);
+void bind_adam(nanobind::module_& m);
 
 }  // namespace tierlm::bindings
 

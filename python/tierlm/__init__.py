@@ -41,3 +41,11 @@ __all__ += ["GenerateResult", "Model", "Token", "load"]
 from tierlm.paths import cmake_dir, include_dir, library_path  # noqa: E402
 
 __all__ += ["cmake_dir", "include_dir", "library_path"]
+
+def __getattr__(name):
+    # tierlm.train imports torch, so it loads on first use rather than with `import tierlm`.
+    if name == "train":
+        import importlib
+
+        return importlib.import_module("tierlm.train")
+    raise AttributeError(f"module 'tierlm' has no attribute {name!r}")

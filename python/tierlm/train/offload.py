@@ -1,0 +1,972 @@
+"""Offloaded fine-tuning: PyTorch does autograd, tierlm owns the memory of parameters and AdamW.
+
+A model made of repeated blocks (a Hugging Face causal LM's decoder layers, or a list you give)
+is split into units: one per block plus a root unit (embeddings, final norm, head). Each unit's
+fp32 parameters and Adam moments have a home tier, host or disk, chosen under the budget. A
+disk-homed block is read into a host-tier staging buffer just before its forward, released
+after, read again for its (checkpointed) recompute in backward, and the next block is
+prefetched while the current one computes. As soon as a block's gradients are complete its
+AdamW step runs on a background thread (fused native kernel, state read and written through
+the I/O engine) while autograd continues with the earlier blocks (Fuyou's overlap).
+
+The user's loop stays plain PyTorch::
+
+    trainer = tierlm.train.offload(model, budget={"host": "4GiB"}, disk_dir="/nvme/state",
+                                   lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    for batch in loader:
+        loss = model(**batch).loss
+        trainer.backward(loss)      # gradients are consumed (stepped) as backward goes
+        trainer.step()              # waits for the last optimizer steps; stats for the step
+        trainer.zero_grad()
+    trainer.save("ckpt")            # atomic; trainer.resume("ckpt") restores params + Adam
+
+One trainer.backward per step (no gradient accumulation across micro-batches: each block is
+stepped as soon as its gradients are complete). Parameter .grad tensors are not kept after
+trainer.backward (each block's gradients go to the
+optimizer and are freed). Frozen parameters (requires_grad=False, e.g. a LoRA base) are
+streamed read-only and have no optimizer state. With torch.distributed initialised, gradients
+are reduced to the rank that owns each unit's optimizer state, which steps it and broadcasts
+the new parameters (ZeRO-1/2 style sharding of the offloaded state).
+"""
+
+import atexit
+import collections
+import concurrent.futures
+import contextlib
+import gc
+import os
+import threading
+import time
+import weakref
+
+import numpy as np
+import torch
+import torch.utils.checkpoint
+
+from tierlm.errors import BudgetError, CorruptError, InvalidArgumentError, UnsupportedError
+from tierlm.sizes import format_size, parse_size
+from tierlm.tiers import HostTier
+from tierlm.train import _disk
+from tierlm.train.adamw import adam_step, moments_dtype_of
+
+ALIGN_ELEMS = 16  # each parameter starts on a 64-byte line inside its unit's flat buffer
+PAGE_ELEMS = _disk.ALIGN // 4  # unit regions are page-aligned, so disk reads are O_DIRECT-able
+CHECKPOINT_FORMAT = "tierlm-train-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def _round(n, k):
+    return (n + k - 1) // k * k
+
+
+def _page(nbytes):
+    return _round(nbytes, _disk.ALIGN)
+
+
+def find_blocks(model):
+    """The longest nn.ModuleList whose children are all of one class (the decoder layers)."""
+    best = None
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 0:
+            kinds = {type(child) for child in module}
+            if len(kinds) == 1 and (best is None or len(module) > len(best[1])):
+                best = (name, module)
+    if best is None:
+        raise InvalidArgumentError(
+            "offload: found no nn.ModuleList of repeated blocks in the model; pass "
+            "blocks=[...] (the modules to stream one at a time)"
+        )
+    return list(best[1])
+
+
+class _Unit:
+    """One block (or the root): its parameters laid out in one flat fp32 buffer."""
+
+    def __init__(self, index, name, module, entries):
+        self.index = index
+        self.name = name
+        self.module = module
+        self.train = [(n, p) for n, p in entries if p.requires_grad]
+        self.frozen = [(n, p) for n, p in entries if not p.requires_grad]
+        self.offsets = {}
+        pos = 0
+        for _, p in self.train:
+            self.offsets[id(p)] = pos
+            pos = _round(pos + p.numel(), ALIGN_ELEMS)
+        self.n_train = _round(pos, PAGE_ELEMS)
+        pos = self.n_train
+        for _, p in self.frozen:
+            self.offsets[id(p)] = pos
+            pos = _round(pos + p.numel(), ALIGN_ELEMS)
+        self.n_total = _round(pos, PAGE_ELEMS)
+        self.params = [p for _, p in self.train] + [p for _, p in self.frozen]
+        self.names = [n for n, _ in self.train] + [n for n, _ in self.frozen]
+        self.home = "host"
+        self.owner = 0
+        self.step = 0
+        # Materialised state (numpy views of host-tier buffers).
+        self.p = None  # flat fp32 [n_total]
+        self.p_buf = None
+        self.p_tensor = None
+        self.g = None
+        self.g_buf = None
+        self.m = self.v = None
+        self.m_buf = self.v_buf = None
+        self.ext_p = self.ext_m = self.ext_v = None
+        self.prefetch = None  # (buffer, array, future) of p
+        self.mv_prefetch = None  # (m_buf, m, v_buf, v, futures)
+        self.fired = set()
+        self.submitted = False
+
+
+def _released(shape):
+    # A stand-in with the parameter's shape that owns no memory (stride 0).
+    return torch.zeros((), dtype=torch.float32).expand(shape)
+
+
+class StepStats(dict):
+    """Per-step counters: bytes per tier, seconds per activity, overlap and tier peaks."""
+
+
+class OffloadTrainer:
+    """Created by tierlm.train.offload(); see the module docstring for the loop.
+
+    Attributes: units (root + one per block), homes() ({unit: "host"|"disk"}), plan (the
+    budget plan: minimum, all_host, root, transient_max bytes), host (the HostTier), disk
+    (the disk home or None), last_stats (stats of the last step()).
+    offload_activations: with compute on the host (CPU build) activations already live in the
+    host tier, so the flag changes nothing there; checkpointed block inputs are the only
+    activations kept between forward and backward.
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        budget=None,
+        disk_dir=None,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=1e-2,
+        blocks=None,
+        checkpoint_activations=True,
+        offload_activations=False,
+        moments_dtype="float32",
+        io_backend="auto",
+        process_group=None,
+    ):
+        budget = dict(budget or {})
+        unknown = set(budget) - {"host", "disk"}
+        if unknown:
+            raise InvalidArgumentError(
+                f"offload: unknown tier(s) {sorted(unknown)} in budget; use 'host' and 'disk'"
+            )
+        self.model = model
+        self.hyper = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        self.moments_dtype = moments_dtype_of(moments_dtype)
+        self.state_itemsize = 2 if self.moments_dtype == torch.bfloat16 else 4
+        self.checkpoint_activations = checkpoint_activations
+        # With compute on the host (CPU build) activations already live in the host tier.
+        self.offload_activations = offload_activations
+        self.io_backend = io_backend
+        self.disk_dir = disk_dir
+        if getattr(getattr(model, "config", None), "use_cache", None):
+            model.config.use_cache = False  # a KV cache would be updated twice by recompute
+
+        # Data parallel: unit i's optimizer state lives on rank i % world.
+        dist = torch.distributed
+        self._dist = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank(process_group) if self._dist else 0
+        self.world = dist.get_world_size(process_group) if self._dist else 1
+        self._pg = process_group
+        self._pg_job = dist.new_group(backend="gloo") if self._dist and self.world > 1 else None
+
+        self.units = self._build_units(model, blocks)
+        self.blocks = self.units[1:]
+        for u in self.units:
+            u.owner = u.index % self.world
+            for p in u.params:
+                if p.dtype != torch.float32 or p.device.type != "cpu":
+                    raise UnsupportedError(
+                        f"offload: parameter {u.names[u.params.index(p)]} is {p.dtype} on "
+                        f"{p.device}; this build trains float32 CPU models (convert with "
+                        "model.float())"
+                    )
+
+        host_budget = budget.get("host")
+        self.plan = plan_units(self.units, self.state_itemsize, self.rank)
+        if host_budget is None:
+            from tierlm.budgets import available_host_bytes
+
+            host_budget = max(self.plan["all_host"], int(available_host_bytes() * 0.75))
+        host_budget = parse_size(host_budget, "host budget")
+        if host_budget < self.plan["minimum"]:
+            raise BudgetError(
+                f"offload: host budget {format_size(host_budget)} ({host_budget} bytes) is below "
+                f"the minimum this model needs, {format_size(self.plan['minimum'])} "
+                f"({self.plan['minimum']} bytes: root unit {format_size(self.plan['root'])} "
+                f"resident + the largest block's transient "
+                f"{format_size(self.plan['transient_max'])}); raise budget['host'] to at "
+                "least that"
+            )
+        self._place(host_budget)
+        self.host = HostTier(host_budget, lock=False)
+        self.disk = None
+        if any(u.home == "disk" for u in self.units):
+            disk_budget = budget.get("disk")
+            self.disk = _disk.DiskHome(
+                disk_dir,
+                None if disk_budget is None else parse_size(disk_budget, "disk budget"),
+                backend=io_backend,
+            )
+
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "tierlm-adam")
+        self._jobs = collections.deque()
+        self._lock = threading.Lock()
+        self._phase = "idle"
+        self._failed = None
+        self._hooks = []
+        self._block_index = {id(b.module): b for b in self.blocks}
+        self._reset_counters()
+        self.last_stats = None
+        self._init_homes()
+        self._install()
+        _LIVE.add(self)
+
+    # ---------------------------------------------------------------- construction
+    def _build_units(self, model, blocks):
+        blocks = list(blocks) if blocks is not None else find_blocks(model)
+        if not blocks:
+            raise InvalidArgumentError("offload: blocks is empty")
+        names = {}
+        for n, p in model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(p), n)
+        seen = set()
+        units = []
+        block_entries = []
+        for block in blocks:
+            entries = []
+            for p in block.parameters():
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                entries.append((names.get(id(p), f"?{len(entries)}"), p))
+            block_entries.append((block, entries))
+        root_entries = []
+        for n, p in model.named_parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                root_entries.append((n, p))
+        units.append(_Unit(0, "root", model, root_entries))
+        for i, (block, entries) in enumerate(block_entries):
+            units.append(_Unit(i + 1, f"block{i}", block, entries))
+        return units
+
+    def _place(self, host_budget):
+        """Greedy: blocks in order go to host while the budget keeps room for the rest."""
+        isz = self.state_itemsize
+        for u in self.blocks:
+            u.home = "disk"
+        resident = self.plan["root"]
+        for u in self.blocks:
+            host_cost = _unit_host_bytes(u, isz, self.rank)
+            disk_units = [b for b in self.blocks if b.home == "disk" and b is not u]
+            transient = max(
+                [_unit_transient(b, isz, self.rank) for b in disk_units]
+                + [_page(b.n_train * 4) for b in self.blocks]
+            )
+            if resident + host_cost + transient <= host_budget:
+                u.home = "host"
+                resident += host_cost
+
+    def _init_homes(self):
+        """Copies every parameter into its home and points the model at it."""
+        for u in self.units:
+            owner = u.owner == self.rank
+            if u.home == "host":
+                u.p_buf, u.p = self._host_array(u.n_total, np.float32)
+                self._fill(u)
+                self._bind(u)
+                if owner and u.n_train:
+                    u.m_buf, u.m = self._host_array(u.n_train, self._np_state())
+                    u.v_buf, u.v = self._host_array(u.n_train, self._np_state())
+                    u.m[:] = 0
+                    u.v[:] = 0
+            else:
+                u.ext_p = self.disk.allocate(u.n_total * 4, f"{u.name} parameters")
+                buf, arr = self._host_array(u.n_total, np.float32)
+                self._fill(u, arr)
+                self._wait([_disk.pwrite(u.ext_p, arr)], "write", u.name)
+                if owner and u.n_train:
+                    nbytes = u.n_train * self.state_itemsize
+                    u.ext_m = self.disk.allocate(nbytes, f"{u.name} exp_avg")
+                    u.ext_v = self.disk.allocate(nbytes, f"{u.name} exp_avg_sq")
+                    zeros = arr.view(np.uint8)[:nbytes]
+                    zeros[:] = 0
+                    self._wait(
+                        [_disk.pwrite(u.ext_m, zeros), _disk.pwrite(u.ext_v, zeros)],
+                        "write",
+                        u.name,
+                    )
+                    del zeros
+                del buf, arr
+                for p in u.params:
+                    p.data = _released(p.shape)
+
+    def _np_state(self):
+        return np.uint16 if self.state_itemsize == 2 else np.float32
+
+    def _torch_state(self, arr):
+        t = torch.from_numpy(arr)
+        return t.view(torch.bfloat16) if self.state_itemsize == 2 else t
+
+    def _fill(self, u, arr=None):
+        arr = u.p if arr is None else arr
+        arr[:] = 0
+        flat = torch.from_numpy(arr)
+        for p in u.params:
+            off = u.offsets[id(p)]
+            flat[off : off + p.numel()].copy_(p.detach().reshape(-1))
+
+    def _bind(self, u):
+        """Points each parameter's .data at its slice of the unit's flat buffer (no copy)."""
+        flat = torch.from_numpy(u.p)
+        u.p_tensor = flat
+        for p in u.params:
+            off = u.offsets[id(p)]
+            p.data = flat[off : off + p.numel()].view(p.shape)
+
+    def _install(self):
+        for u in self.units:
+            for p in u.params[: len(u.train)]:
+                self._hooks.append(
+                    p.register_post_accumulate_grad_hook(
+                        lambda param, u=u: self._grad_ready(u, param)
+                    )
+                )
+        for u in self.blocks:
+            module = u.module
+            original = module.forward
+            module.forward = self._wrap_forward(u, original)
+            u.original_forward = original
+
+    def state_dict(self):
+        """{parameter name: tensor} of every parameter, read from its home (copies)."""
+        self._drain()
+        out = {}
+        for u in self.units:
+            p, _, _ = self._unit_arrays(u, state=False)
+            flat = torch.from_numpy(p)
+            for name, param in zip(u.names, u.params, strict=True):
+                off = u.offsets[id(param)]
+                out[name] = flat[off : off + param.numel()].view(param.shape).clone()
+            p = flat = None  # back to the budget before the next unit
+        return out
+
+    def close(self, restore=True):
+        """Waits for pending work, unhooks the model and stops the worker.
+
+        restore=True gives every parameter back its own memory (outside the budget), so the
+        model is a plain torch module again.
+        """
+        self._drain()
+        if restore:
+            values = self.state_dict()
+            names = {id(p): n for u in self.units for n, p in zip(u.names, u.params, strict=True)}
+            for u in self.units:
+                for p in u.params:
+                    p.data = values[names[id(p)]]
+                u.p = u.p_buf = u.p_tensor = None
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        for u in self.blocks:
+            if hasattr(u, "original_forward"):
+                u.module.forward = u.original_forward
+        self._executor.shutdown(wait=True)
+
+    # ---------------------------------------------------------------- memory
+    def _host_array(self, n, dtype, optional=False, headroom=0):
+        """A host-tier buffer and its numpy view. Mandatory requests wait for in-flight
+        optimizer steps to free memory; optional ones (prefetches) are skipped unless they fit
+        with `headroom` bytes to spare for what must still be allocated before any wait helps.
+        """
+        nbytes = max(1, n * np.dtype(dtype).itemsize)
+        if optional:
+            if self.host.available < _page(nbytes) + headroom:
+                return None, None
+            try:
+                buf = self.host.allocate(nbytes)
+            except BudgetError:
+                return None, None
+        else:
+            collected = False
+            while True:
+                try:
+                    buf = self.host.allocate(nbytes)
+                    break
+                except BudgetError:
+                    if self._wait_oldest():
+                        continue
+                    if collected:
+                        raise
+                    # Buffers may be pinned only by reference cycles (a traceback's frames).
+                    gc.collect()
+                    collected = True
+        arr = buf.numpy(np.dtype(dtype).name if dtype != np.uint16 else "uint16")[:n]
+        return buf, arr
+
+    def _wait(self, futures, what, name):
+        t0 = time.perf_counter()
+        for f in futures:
+            f.result()
+        return time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- streaming
+    def _read_p(self, u, optional=False, headroom=0):
+        buf, arr = self._host_array(u.n_total, np.float32, optional=optional, headroom=headroom)
+        if buf is None:
+            return None
+        fut = _disk.pread(u.ext_p, arr)
+        self._count("disk_read", u.n_total * 4)
+        return buf, arr, fut
+
+    def _materialize(self, u, for_backward):
+        if u.home == "disk" and u.p is None:
+            staged = u.prefetch or self._read_p(u)
+            u.prefetch = None
+            buf, arr, fut = staged
+            self._add_time("io_wait", self._wait([fut], "read", u.name))
+            u.p_buf, u.p = buf, arr
+            self._bind(u)
+        if for_backward and u.n_train and u.g is None:
+            u.g_buf, u.g = self._host_array(u.n_train, np.float32)
+            u.g[:] = 0
+            gflat = torch.from_numpy(u.g)
+            for p in u.params[: len(u.train)]:
+                off = u.offsets[id(p)]
+                p.grad = gflat[off : off + p.numel()].view(p.shape)
+
+    def _release(self, u):
+        if u.home != "disk" or u.p is None:
+            return
+        for p in u.params:
+            p.data = _released(p.shape)
+        u.p = u.p_buf = u.p_tensor = None
+
+    def _prefetch(self, u, headroom=0):
+        if u is None or u.home != "disk" or u.p is not None or u.prefetch is not None:
+            return
+        u.prefetch = self._read_p(u, optional=True, headroom=headroom)
+
+    def _prefetch_backward(self, u):
+        """While u is in backward: its moments first (needed next), then the previous block's
+        params if that leaves room for what must come before u's AdamW step can free memory."""
+        self._prefetch_moments(u)
+        needs_mv = u.home == "disk" and u.n_train and u.owner == self.rank and u.mv_prefetch is None
+        prev = self._neighbour(u, -1)
+        if prev is None:
+            return
+        # Room for u's moments and for prev's gradient, so neither waits on u's AdamW step.
+        headroom = _page(prev.n_train * 4)
+        if needs_mv:
+            headroom += 2 * _page(u.n_train * self.state_itemsize)
+        self._prefetch(prev, headroom=headroom)
+
+    def _prefetch_moments(self, u):
+        if (
+            u.home != "disk"
+            or not u.n_train
+            or u.owner != self.rank
+            or u.mv_prefetch is not None
+            or u.submitted
+        ):
+            return
+        mb, m = self._host_array(u.n_train, self._np_state(), optional=True)
+        if mb is None:
+            return
+        vb, v = self._host_array(u.n_train, self._np_state(), optional=True)
+        if vb is None:
+            return
+        futs = [_disk.pread(u.ext_m, m), _disk.pread(u.ext_v, v)]
+        self._count("disk_read", 2 * u.n_train * self.state_itemsize)
+        u.mv_prefetch = (mb, m, vb, v, futs)
+
+    def _neighbour(self, u, delta):
+        i = u.index - 1 + delta
+        return self.blocks[i] if 0 <= i < len(self.blocks) else None
+
+    def _wrap_forward(self, u, original):
+        def run(*args, **kwargs):
+            backward = self._phase == "backward"
+            self._materialize(u, for_backward=backward)
+            if backward:
+                self._prefetch_backward(u)
+            else:
+                self._prefetch(self._neighbour(u, +1))
+            t0 = time.perf_counter()
+            out = original(*args, **kwargs)
+            self._add_time("compute_fwd", time.perf_counter() - t0)
+            return out
+
+        def forward(*args, **kwargs):
+            if not torch.is_grad_enabled():
+                out = run(*args, **kwargs)
+                if self._phase != "backward":
+                    self._release(u)
+                return out
+            if self.checkpoint_activations:
+                out = torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, **kwargs)
+            else:
+                with torch.autograd.graph.saved_tensors_hooks(
+                    self._pack_hook(u), self._unpack_hook
+                ):
+                    out = run(*args, **kwargs)
+            if self._phase != "backward":
+                self._release(u)
+            return out
+
+        return forward
+
+    def _pack_hook(self, u):
+        def pack(t):
+            if u.home == "disk" and u.p_tensor is not None:
+                try:
+                    same = t.untyped_storage().data_ptr() == u.p_tensor.untyped_storage().data_ptr()
+                except RuntimeError:
+                    same = False
+                if same:
+                    return ("tierlm-param", u, t.size(), t.stride(), t.storage_offset())
+            return t
+
+        return pack
+
+    def _unpack_hook(self, packed):
+        if isinstance(packed, tuple) and len(packed) == 5 and packed[0] == "tierlm-param":
+            _, u, size, stride, offset = packed
+            self._materialize(u, for_backward=True)
+            self._prefetch_backward(u)
+            return torch.as_strided(u.p_tensor, size, stride, offset)
+        return packed
+
+    # ---------------------------------------------------------------- optimizer
+    def _grad_ready(self, u, param):
+        if self._phase != "backward":
+            return
+        if u.g is None:
+            self._materialize(u, for_backward=True)
+        off = u.offsets[id(param)]
+        slot = torch.from_numpy(u.g)[off : off + param.numel()].view(param.shape)
+        if param.grad is not None and param.grad.data_ptr() != slot.data_ptr():
+            slot.add_(param.grad)  # torch made its own grad (no saved tensors touched first)
+            param.grad = slot
+        u.fired.add(id(param))
+        if len(u.fired) == len(u.train):
+            self._submit(u)
+
+    def _submit(self, u):
+        u.submitted = True
+        if self._dist and self.world > 1:
+            g = torch.from_numpy(u.g)
+            t0 = time.perf_counter()
+            torch.distributed.reduce(g, dst=u.owner, group=self._pg)
+            g.div_(self.world)
+            self._add_time("comm", time.perf_counter() - t0)
+        owner = u.owner == self.rank
+        u.step += 1
+        mv = None
+        if owner and u.home == "disk" and u.n_train:
+            mv = u.mv_prefetch
+            u.mv_prefetch = None
+            if mv is None:
+                mb, m = self._host_array(u.n_train, self._np_state())
+                vb, v = self._host_array(u.n_train, self._np_state())
+                futs = [_disk.pread(u.ext_m, m), _disk.pread(u.ext_v, v)]
+                self._count("disk_read", 2 * u.n_train * self.state_itemsize)
+                mv = (mb, m, vb, v, futs)
+            u.m_buf, u.m, u.v_buf, u.v = mv[:4]
+        fired = None if len(u.fired) == len(u.train) else set(u.fired)
+        job = self._executor.submit(self._job, u, u.step, mv[4] if mv else [], fired)
+        self._jobs.append((u, job))
+
+    def _job(self, u, step, reads, fired):
+        """Background thread: AdamW on the unit, state written back to its home."""
+        t0 = time.perf_counter()
+        for f in reads:
+            f.result()
+        t1 = time.perf_counter()
+        if u.owner == self.rank and u.n_train:
+            m, v = self._torch_state(u.m), self._torch_state(u.v)
+            p = u.p_tensor[: u.n_train]
+            g = torch.from_numpy(u.g)
+            if fired is None:
+                adam_step(p, g, m, v, step=step, **self.hyper)
+            else:  # some parameters got no gradient: torch skips them, so do we
+                for param in u.params[: len(u.train)]:
+                    if id(param) in fired:
+                        a, b = u.offsets[id(param)], u.offsets[id(param)] + param.numel()
+                        adam_step(p[a:b], g[a:b], m[a:b], v[a:b], step=step, **self.hyper)
+        m = v = p = g = None  # a traceback kept by the caller must not pin the buffers
+        t2 = time.perf_counter()
+        if self._pg_job is not None and u.n_train:
+            torch.distributed.broadcast(u.p_tensor[: u.n_train], src=u.owner, group=self._pg_job)
+        t3 = time.perf_counter()
+        writes = []
+        if u.home == "disk" and u.n_train:
+            writes.append(_disk.pwrite(u.ext_p, u.p.view(np.uint8)[: u.n_train * 4]))
+            if u.owner == self.rank:
+                writes.append(_disk.pwrite(u.ext_m, u.m))
+                writes.append(_disk.pwrite(u.ext_v, u.v))
+        for f in writes:
+            f.result()
+        t4 = time.perf_counter()
+        return dict(io=(t1 - t0) + (t4 - t3), optimizer=t2 - t1, comm=t3 - t2)
+
+    def _finish(self, u, result):
+        with self._lock:
+            self._counters["io_job"] += result["io"]
+            self._counters["optimizer"] += result["optimizer"]
+            self._counters["comm"] += result["comm"]
+        if u.home == "disk" and u.n_train:
+            self._count("disk_write", u.n_train * 4)
+            if u.owner == self.rank:
+                self._count("disk_write", 2 * u.n_train * self.state_itemsize)
+        for p in u.params[: len(u.train)]:
+            p.grad = None
+        u.g = u.g_buf = None
+        u.fired = set()
+        u.submitted = False
+        if u.home == "disk":
+            u.m = u.v = u.m_buf = u.v_buf = None
+            self._release(u)
+
+    def _wait_oldest(self):
+        if not self._jobs:
+            return False
+        u, job = self._jobs.popleft()
+        t0 = time.perf_counter()
+        try:
+            result = job.result()
+        except BaseException as error:
+            self._fail_pending()
+            self._failed = (
+                f"{u.name}'s optimizer step failed ({type(error).__name__}: {error}); its state "
+                "in the host/disk tiers may be half-written"
+            )
+            self._abort_backward()
+            raise
+        self._add_time("wait_optimizer", time.perf_counter() - t0)
+        self._finish(u, result)
+        return True
+
+    def _fail_pending(self):
+        # Let the other jobs finish (their state stays consistent) before reporting.
+        while self._jobs:
+            u, job = self._jobs.popleft()
+            with contextlib.suppress(BaseException):
+                job.result()
+
+    def _drain(self):
+        while self._wait_oldest():
+            pass
+
+    # ---------------------------------------------------------------- the loop
+    def _check_usable(self):
+        if self._failed:
+            raise InvalidArgumentError(
+                f"offload: training state is not usable: {self._failed}; call "
+                "trainer.resume(checkpoint_dir) to continue from the last checkpoint"
+            )
+
+    def backward(self, loss):
+        """loss.backward(), stepping each unit's AdamW as soon as its gradients are done."""
+        self._check_usable()
+        self._drain()
+        self._phase = "backward"
+        root = self.units[0]
+        t0 = time.perf_counter()
+        try:
+            self._materialize(root, for_backward=True)
+            loss.backward()
+        except BaseException:
+            self._phase = "idle"
+            self._abort_backward()
+            raise
+        self._phase = "idle"
+        self._add_time("backward", time.perf_counter() - t0)
+        self._loss = float(loss.detach())
+
+    def _abort_backward(self):
+        self._fail_pending()
+        for u in self.units:
+            for p in u.params[: len(u.train)]:
+                p.grad = None
+            u.g = u.g_buf = None
+            u.fired = set()
+            u.submitted = False
+            u.prefetch = u.mv_prefetch = None
+            if u.home == "disk":
+                u.m = u.v = u.m_buf = u.v_buf = None
+                self._release(u)
+
+    def step(self):
+        """Finishes this step's optimizer work (units whose gradients were incomplete too)."""
+        self._check_usable()
+        for u in self.units:
+            if u.fired and not u.submitted:
+                self._submit(u)
+        self._drain()
+        for u in self.units:
+            u.prefetch = u.mv_prefetch = None
+            self._release(u)
+        self.last_stats = self._step_stats()
+        self._reset_counters()
+        return self.last_stats
+
+    def zero_grad(self, set_to_none=True):
+        """Gradients are freed as they are consumed; this clears any the user made."""
+        for u in self.units:
+            if u.g is None:
+                for p in u.params:
+                    p.grad = None
+
+    # ---------------------------------------------------------------- stats
+    def _reset_counters(self):
+        self._counters = collections.Counter()
+        self._t_step = time.perf_counter()
+        if hasattr(self, "host"):
+            self._host_stats0 = self.host.stats()
+
+    def _count(self, key, nbytes):
+        with self._lock:
+            self._counters[key] += nbytes
+
+    def _add_time(self, key, seconds):
+        with self._lock:
+            self._counters[key] += seconds
+
+    def _step_stats(self):
+        c = self._counters
+        wall = time.perf_counter() - self._t_step
+        host = self.host.stats()
+        background = c["optimizer"] + c["io_job"] + c["comm"]
+        exposed = c["wait_optimizer"]
+        overlap = 1.0 - min(exposed, background) / background if background > 0 else 1.0
+        stats = StepStats(
+            loss=getattr(self, "_loss", None),
+            wall_s=wall,
+            compute_s=max(0.0, wall - exposed - c["io_wait"]),
+            io_wait_s=c["io_wait"],
+            io_background_s=c["io_job"],
+            optimizer_s=c["optimizer"],
+            comm_s=c["comm"],
+            optimizer_exposed_s=exposed,
+            overlap=overlap,
+            disk_read_bytes=c["disk_read"],
+            disk_write_bytes=c["disk_write"],
+            # Every disk transfer lands in or leaves from a host-tier staging buffer.
+            host_bytes_in=c["disk_read"],
+            host_bytes_out=c["disk_write"],
+            host_peak=host["peak"],
+            host_budget=host["budget"],
+            host_current=host["current"],
+        )
+        if self.disk is not None:
+            d = self.disk.stats()
+            stats.update(disk_peak=d["peak"], disk_budget=d["budget"])
+        return stats
+
+    def homes(self):
+        """{unit name: "host" | "disk"}."""
+        return {u.name: u.home for u in self.units}
+
+    # ---------------------------------------------------------------- checkpoints
+    def _unit_arrays(self, u, state=True):
+        """(params, m, v) of a unit as numpy arrays read from its home."""
+        if u.home == "host":
+            p = u.p
+            m, v = u.m, u.v
+            return p, m, v
+        _, p = self._host_array(u.n_total, np.float32)
+        futs = [_disk.pread(u.ext_p, p)]
+        m = v = None
+        if state and u.owner == self.rank and u.n_train:
+            _, m = self._host_array(u.n_train, self._np_state())
+            _, v = self._host_array(u.n_train, self._np_state())
+            futs += [_disk.pread(u.ext_m, m), _disk.pread(u.ext_v, v)]
+        self._wait(futs, "read", u.name)
+        return p, m, v
+
+    def save(self, directory):
+        """Writes params + AdamW state to directory/ckpt-<step>, then flips LATEST atomically.
+
+        Each file is written under a temporary name, fsynced and renamed; LATEST (the pointer
+        resume() follows) is replaced last, so an interrupted save leaves the previous
+        checkpoint intact and loadable.
+        """
+        from tierlm.train import checkpoint
+
+        self._check_usable()
+        self._drain()
+        step = max(u.step for u in self.units)
+        records = []
+
+        def unit_payload(u):
+            p, m, v = self._unit_arrays(u)
+            parts = [p.view(np.uint8)]
+            if m is not None:
+                parts += [m.view(np.uint8), v.view(np.uint8)]
+            return parts
+
+        owned = [u for u in self.units if u.owner == self.rank]
+        for u in self.units:
+            records.append(
+                dict(
+                    name=u.name,
+                    file=f"unit-{u.index:04d}.bin",
+                    n_train=u.n_train,
+                    n_total=u.n_total,
+                    params=u.names,
+                    step=u.step,
+                    has_state=bool(u.n_train),
+                )
+            )
+        meta = dict(
+            format=CHECKPOINT_FORMAT,
+            version=CHECKPOINT_VERSION,
+            step=step,
+            moments_dtype=str(self.moments_dtype).replace("torch.", ""),
+            hyper=dict(self.hyper, betas=list(self.hyper["betas"])),
+            world=self.world,
+            units=records,
+        )
+        return checkpoint.write(
+            directory, f"ckpt-{step:08d}", meta, [(u, unit_payload) for u in owned], self
+        )
+
+    def resume(self, directory):
+        """Loads the checkpoint LATEST points to; CorruptError names a damaged file."""
+        from tierlm.train import checkpoint
+
+        self._drain()
+        meta, path = checkpoint.read_meta(directory)
+        if meta.get("moments_dtype") != str(self.moments_dtype).replace("torch.", ""):
+            raise InvalidArgumentError(
+                f"resume: {path} holds {meta.get('moments_dtype')} moments but this trainer "
+                f"uses {self.moments_dtype}"
+            )
+        records = meta["units"]
+        if len(records) != len(self.units) or any(
+            r["name"] != u.name or r["n_total"] != u.n_total or r["n_train"] != u.n_train
+            for r, u in zip(records, self.units, strict=False)
+        ):
+            raise CorruptError(
+                f"resume: {os.path.join(path, 'manifest.json')} describes a different model "
+                "(units, parameter sizes or trainable set differ)"
+            )
+        isz = self.state_itemsize
+        for r, u in zip(records, self.units, strict=True):
+            owner = u.owner == self.rank
+            want = u.n_total * 4 + (2 * u.n_train * isz if u.n_train else 0)
+            data = checkpoint.read_file(path, r["file"], meta, want)
+            p_bytes = u.n_total * 4
+            p = np.frombuffer(data, np.float32, u.n_total, 0)
+            u.step = r["step"]
+            if u.home == "host":
+                u.p[:] = p
+                if owner and u.n_train:
+                    off = p_bytes
+                    n = u.n_train
+                    u.m[:] = np.frombuffer(data, self._np_state(), n, off)
+                    u.v[:] = np.frombuffer(data, self._np_state(), n, off + n * isz)
+            else:
+                buf, arr = self._host_array(u.n_total, np.float32)
+                arr[:] = p
+                futs = [_disk.pwrite(u.ext_p, arr)]
+                if owner and u.n_train:
+                    _sb, s = self._host_array(2 * u.n_train * isz, np.uint8)
+                    s[:] = np.frombuffer(data, np.uint8, 2 * u.n_train * isz, p_bytes)
+                    half = u.n_train * isz
+                    futs += [_disk.pwrite(u.ext_m, s[:half]), _disk.pwrite(u.ext_v, s[half:])]
+                self._wait(futs, "write", u.name)
+                del buf, arr, futs  # back to the budget before the next unit
+                _sb = s = None
+        self._failed = None
+        return meta["step"]
+
+
+_LIVE = weakref.WeakSet()
+
+
+@atexit.register
+def _detach_all():
+    # At interpreter exit, drop the model's views of tier memory so the native buffers are
+    # freed before the extension module goes away.
+    for trainer in list(_LIVE):
+        with contextlib.suppress(Exception):
+            trainer._drain()
+        for u in trainer.units:
+            for p in u.params:
+                with contextlib.suppress(Exception):
+                    p.data = _released(p.shape)
+                    p.grad = None
+            u.p = u.p_buf = u.p_tensor = u.g = u.g_buf = None
+            u.m = u.v = u.m_buf = u.v_buf = u.prefetch = u.mv_prefetch = None
+            u.ext_p = u.ext_m = u.ext_v = None
+        trainer.host = trainer.disk = None
+
+
+def _unit_host_bytes(u, isz, rank):
+    """Bytes a unit holds in the host tier when its home is host."""
+    total = _page(u.n_total * 4)
+    if u.n_train and u.owner == rank:
+        total += 2 * _page(u.n_train * isz)
+    return total
+
+
+def _unit_transient(u, isz, rank):
+    """Bytes a disk-homed unit needs in the host tier while it is in backward + stepped."""
+    total = _page(u.n_total * 4) + _page(u.n_train * 4)
+    if u.n_train and u.owner == rank:
+        total += 2 * _page(u.n_train * isz)
+    return total
+
+
+def plan_units(units, isz, rank=0):
+    root = units[0]
+    blocks = units[1:]
+    root_bytes = _unit_host_bytes(root, isz, rank)
+    transient_max = max([_unit_transient(b, isz, rank) for b in blocks] + [0])
+    grad_max = max([_page(u.n_train * 4) for u in units] + [0])
+    all_host = root_bytes + sum(_unit_host_bytes(b, isz, rank) for b in blocks) + grad_max
+    # The root's gradient is held for the whole backward, beside one block's transient.
+    minimum = root_bytes + _page(root.n_train * 4) + transient_max
+    all_host = max(all_host + _page(root.n_train * 4), minimum)
+    return dict(
+        root=root_bytes + _page(root.n_train * 4),
+        transient_max=transient_max,
+        minimum=minimum,
+        all_host=all_host,
+    )
+
+
+def offload(model, budget=None, disk_dir=None, **options):
+    """Wraps model for offloaded AdamW fine-tuning; returns the OffloadTrainer.
+
+    budget: {"host": size, "disk": size} (sizes as bytes or "4GiB"); disk_dir: where
+    disk-homed state lives. Options: lr, betas, eps, weight_decay, blocks,
+    checkpoint_activations (True), offload_activations (False), moments_dtype ("float32" or
+    "bfloat16"), io_backend ("auto" | "uring" | "threads"), process_group.
+    """
+    return OffloadTrainer(model, budget=budget, disk_dir=disk_dir, **options)
+
+
+def offload_plan(model, blocks=None, moments_dtype="float32"):
+    """{"minimum": bytes, "all_host": bytes, ...}: host budgets for offload(model) (rank 0)."""
+    isz = 2 if moments_dtype_of(moments_dtype) == torch.bfloat16 else 4
+    units = OffloadTrainer._build_units(None, model, blocks)
+    return plan_units(units, isz, 0)
+
+
+__all__ = ["OffloadTrainer", "StepStats", "find_blocks", "offload", "offload_plan"]
