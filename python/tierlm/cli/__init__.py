@@ -7,9 +7,10 @@ import argparse
 import sys
 
 from tierlm.cli import info
+from tierlm.cli import sparse
 
 # Each module adds its subparser and sets `run`.
-COMMANDS = [info]
+COMMANDS = [info, sparse]
 
 
 def build_parser():
