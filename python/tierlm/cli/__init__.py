@@ -6,8 +6,7 @@ Errors print as one line (`tierlm: error: ...`); --debug shows the traceback.
 import argparse
 import sys
 
-from tierlm.cli import info
-from tierlm.cli import sparse
+from tierlm.cli import info, sparse
 
 # Each module adds its subparser and sets `run`.
 COMMANDS = [info, sparse]
