@@ -16,34 +16,11 @@ import math
 import os
 import sys
 import time
-import zlib
 from pathlib import Path
 
+from tierlm.sparse.corpus import load_texts, stdlib_root
+
 SPECIAL = ["<s>", "<pad>", "</s>", "<unk>"]  # OPT's ids: pad 1, bos = eos = 2, unk 3
-
-
-def stdlib_files(root):
-    """Every .py file of the standard library in sorted order, minus site-packages and tests."""
-    skip = {"site-packages", "dist-packages", "test", "tests", "__pycache__"}
-    files = []
-    for path in root.rglob("*.py"):
-        rel = path.relative_to(root)
-        if skip.intersection(rel.parts[:-1]):
-            continue
-        files.append(rel.as_posix())
-    return sorted(files)
-
-
-def is_held_out(rel):
-    return zlib.crc32(rel.encode()) % 50 == 0
-
-
-def load_texts(root):
-    train, held = [], []
-    for rel in stdlib_files(root):
-        text = (root / rel).read_text(encoding="utf-8", errors="replace")
-        (held if is_held_out(rel) else train).append(text)
-    return train, held
 
 
 def train_tokenizer(texts, vocab_size):
@@ -151,8 +128,7 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    root = args.stdlib or Path(sys.base_prefix) / "lib" / version
+    root = args.stdlib or stdlib_root()
     t0 = time.time()
     train_texts, held_texts = load_texts(root)
     tok = train_tokenizer(train_texts, args.vocab)

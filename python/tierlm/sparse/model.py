@@ -85,6 +85,9 @@ def load_model(path):
         )
     _check_opt(json.loads((path / "config.json").read_text()), path)
     from transformers import OPTForCausalLM
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
 
     model = OPTForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     return LoadedModel(model, _load_tokenizer(path), "hf", path)
