@@ -8,6 +8,7 @@ train_info.json with the run's numbers.
 
     python scripts/train_demo_model.py --out python/tierlm/data/demo-opt --steps 750
     python scripts/train_demo_model.py --out /tmp/x --steps 5 --time-steps   # measure speed
+    python scripts/train_demo_model.py --out DIR --predictors-only           # predictors only
 """
 
 import argparse
@@ -104,6 +105,32 @@ def evaluate(model, ids, context, max_blocks=None):
     return math.exp(total / count)
 
 
+def train_demo_predictors(out, threads=1):
+    """Activation predictors for the saved model (tierlm.sparse.predictor), deterministic:
+    calibration = training-split files, measured on held-out files."""
+    import numpy as np
+    import torch
+    from tierlm.sparse.corpus import held_out_text, train_text
+    from tierlm.sparse.model import load_model
+    from tierlm.sparse.predictor import default_ranks, train_predictors
+
+    torch.set_num_threads(threads)
+    loaded = load_model(out)
+    calib = np.array(loaded.encode(train_text(max_chars=400_000)))
+    held = np.array(loaded.encode(held_out_text()))
+    ranks = default_ranks(loaded.num_layers, loaded.hidden_size)
+    t0 = time.time()
+    predictors = train_predictors(loaded, calib, held, ranks, max_tokens=32768, seed=0)
+    predictors.metrics["seconds"] = round(time.time() - t0, 1)
+    predictors.save(out)
+    for m in predictors.metrics["layers"]:
+        print(
+            f"layer {m['layer']} rank {m['rank']}: recall {m['recall']:.3f} "
+            f"precision {m['precision']:.3f} active {m['true_density']:.3f}",
+            flush=True,
+        )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
@@ -119,6 +146,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--time-steps", action="store_true", help="only time a few steps")
+    parser.add_argument(
+        "--predictors-only", action="store_true", help="only train predictors for --out"
+    )
     parser.add_argument("--stdlib", type=Path, default=None, help="default: this Python's")
     args = parser.parse_args(argv)
 
@@ -127,6 +157,8 @@ def main(argv=None):
     from transformers import PreTrainedTokenizerFast
 
     torch.set_num_threads(args.threads)
+    if args.predictors_only:
+        return train_demo_predictors(args.out, args.threads)
     torch.manual_seed(args.seed)
     root = args.stdlib or stdlib_root()
     t0 = time.time()
@@ -223,6 +255,7 @@ def main(argv=None):
     }
     (args.out / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info, indent=2), flush=True)
+    train_demo_predictors(args.out, args.threads)
 
 
 if __name__ == "__main__":
