@@ -50,7 +50,7 @@ def test_native_path_with_oracle_sets_equals_dense(random_opt, tmp_path, dtype):
     if dtype == "f16":  # the bundle then holds the model's weights exactly
         lm.model.half().float()
     write_model_bundles(lm, tmp_path, dtype)
-    ids = torch.tensor([np.random.default_rng(0).integers(0, 101, 37)])
+    ids = torch.from_numpy(np.random.default_rng(0).integers(0, 101, 37))[None]
     with torch.no_grad():
         dense = lm.model(ids).logits
         with NativeSparseFfn(lm, tmp_path, None, k=3) as native:
