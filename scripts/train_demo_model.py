@@ -222,7 +222,7 @@ def main(argv=None):
     ppl_f32 = evaluate(model, held_ids, args.context)
     args.out.mkdir(parents=True, exist_ok=True)
     model = model.to(torch.float16)
-    model.config.torch_dtype = "float16"
+    model.config.dtype = "float16"
     model.save_pretrained(args.out, safe_serialization=True)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,

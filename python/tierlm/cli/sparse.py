@@ -25,9 +25,13 @@ def add_parser(subparsers):
     train.add_argument("--last-rank", type=int, help="rank of the last layers (default 2*rank)")
     train.add_argument("--last-layers", type=int, help="how many layers get --last-rank")
     train.add_argument("--epochs", type=int, default=8)
+    train.add_argument(
+        "--min-steps", type=int, default=400, help="optimizer steps per layer at least"
+    )
     train.add_argument("--max-tokens", type=int, default=32768, help="calibration tokens used")
     train.add_argument("--threshold", type=float, default=0.5, help="sigmoid cut-off")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     train.add_argument("--out", help="where to write the predictors (default: the model dir)")
     train.add_argument("--json", action="store_true", help="print one JSON object")
     train.set_defaults(run=run_train)
@@ -47,6 +51,10 @@ def run_train(args):
     from tierlm.sparse.model import load_model
     from tierlm.sparse.predictor import default_ranks, split_ids, train_predictors
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if not 0.0 < args.threshold < 1.0:
         raise ValueError(f"--threshold {args.threshold} must lie in (0, 1)")
     loaded = load_model(args.model)
@@ -79,6 +87,7 @@ def run_train(args):
         held_ids,
         ranks,
         epochs=args.epochs,
+        min_steps=args.min_steps,
         max_tokens=args.max_tokens,
         seed=args.seed,
         threshold=args.threshold,

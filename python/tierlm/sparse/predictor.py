@@ -125,8 +125,11 @@ def activation_labels(x, up, up_bias):
     return (np.asarray(x, np.float32) @ up.T + up_bias) > 0
 
 
-def train_layer(x, labels, rank, epochs=8, batch=512, lr=3e-3, seed=0, threshold=0.5):
-    """Fits one layer's predictor with torch on (x [n, d], labels [n, ffn] bool)."""
+def train_layer(
+    x, labels, rank, epochs=8, batch=512, lr=3e-3, seed=0, threshold=0.5, min_steps=400
+):
+    """Fits one layer's predictor with torch on (x [n, d], labels [n, ffn] bool): `epochs`
+    passes, and at least `min_steps` optimizer steps when the data is small."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
@@ -144,7 +147,9 @@ def train_layer(x, labels, rank, epochs=8, batch=512, lr=3e-3, seed=0, threshold
         up.bias.fill_(float(np.log(max(density, 1e-6) / max(1 - density, 1e-6))))
     params = list(down.parameters()) + list(up.parameters())
     opt = torch.optim.Adam(params, lr=lr)
-    steps = epochs * max(1, (n + batch - 1) // batch)
+    per_epoch = max(1, (n + batch - 1) // batch)
+    epochs = max(epochs, -(-min_steps // per_epoch))
+    steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     for _ in range(epochs):
@@ -189,6 +194,7 @@ def train_predictors(
     held_ids,
     ranks,
     epochs=8,
+    min_steps=400,
     max_tokens=32768,
     seed=0,
     threshold=0.5,
@@ -213,7 +219,13 @@ def train_predictors(
         t1 = time.time()
         with torch.random.fork_rng():
             p = train_layer(
-                xs_train[i], y_train, ranks[i], epochs, seed=seed + i, threshold=threshold
+                xs_train[i],
+                y_train,
+                ranks[i],
+                epochs,
+                seed=seed + i,
+                threshold=threshold,
+                min_steps=min_steps,
             )
         y_held = activation_labels(xs_held[i], up, up_bias)
         m = layer_metrics(p.predict(xs_held[i]), y_held)
