@@ -9,6 +9,7 @@ namespace tierlm::bindings {
 void bind_errors(nanobind::module_& m);
 void bind_tier(nanobind::module_& m);
 void bind_info(nanobind::module_& m);
+void bind_io(nanobind::module_& m);
 void bind_sparse(nanobind::module_& m);
 
 }  // namespace tierlm::bindings

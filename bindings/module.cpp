@@ -6,5 +6,6 @@ NB_MODULE(_core, m) {
   tierlm::bindings::bind_errors(m);
   tierlm::bindings::bind_tier(m);
   tierlm::bindings::bind_info(m);
+  tierlm::bindings::bind_io(m);
   tierlm::bindings::bind_sparse(m);
 }

@@ -5,6 +5,7 @@
 #include <nanobind/stl/string.h>
 
 #include "bindings.hpp"
+#include "tierlm/device.hpp"
 
 namespace nb = nanobind;
 
@@ -46,6 +47,28 @@ void bind_tier(nb::module_& m) {
       .def("stats", [](const HostTier& t) { return tier_stats_dict(t.stats()); });
 
   m.def("memlock_limit", &memlock_limit);
+  m.def("device_count", &device_count);
+  m.def("device_unavailable_reason", &device_unavailable_reason);
+
+  nb::class_<DeviceTier>(m, "DeviceTier")
+      .def(nb::init<uint64_t, int>(), nb::arg("budget"), nb::arg("device") = 0)
+      .def("allocate", &DeviceTier::allocate, nb::arg("nbytes"))
+      .def("stats", [](const DeviceTier& t) { return tier_stats_dict(t.stats()); })
+      .def(
+          "copy_in",
+          [](DeviceTier& t, const DeviceBuffer& dst, size_t offset,
+             nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu> src) {
+            t.copy_in(dst, offset, src.data(), src.nbytes());
+          },
+          nb::arg("dst"), nb::arg("offset"), nb::arg("src"))
+      .def(
+          "copy_out",
+          [](DeviceTier& t, const DeviceBuffer& src, size_t offset,
+             nb::ndarray<nb::c_contig, nb::device::cpu> dst) {
+            t.copy_out(src, offset, dst.data(), dst.nbytes());
+          },
+          nb::arg("src"), nb::arg("offset"), nb::arg("dst"));
+  nb::class_<DeviceBuffer>(m, "DeviceBuffer").def_prop_ro("size", &DeviceBuffer::size);
 }
 
 }  // namespace tierlm::bindings

@@ -7,8 +7,8 @@ endif()
 if(TIERLM_HAVE_CUDA)
   file(GLOB TIERLM_CUDA_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/cuda/*.cu)
   list(APPEND TIERLM_SOURCES ${TIERLM_CUDA_SOURCES})
-else()
-  list(FILTER TIERLM_SOURCES EXCLUDE REGEX ".*_cuda\\.cpp$")
+  # *_nocuda.cpp implement the same interfaces for builds without CUDA.
+  list(FILTER TIERLM_SOURCES EXCLUDE REGEX ".*_nocuda\\.cpp$")
 endif()
 
 foreach(src IN LISTS TIERLM_SOURCES)

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "tierlm/detail/tier_ledger.hpp"
+#include "tierlm/device.hpp"
 #include "tierlm/error.hpp"
 
 namespace tierlm {
@@ -56,6 +57,7 @@ HostBuffer& HostBuffer::operator=(HostBuffer&& other) noexcept {
     size_ = std::exchange(other.size_, 0);
     reserved_ = std::exchange(other.reserved_, 0);
     locked_ = std::exchange(other.locked_, false);
+    pinned_ = std::exchange(other.pinned_, false);
   }
   return *this;
 }
@@ -64,6 +66,7 @@ HostBuffer::~HostBuffer() { release(); }
 
 void HostBuffer::release() {
   if (data_ == nullptr) return;
+  if (pinned_) detail::host_unpin(data_);
   if (locked_) {
     munlock(data_, reserved_);
     ledger_->record_locked(-static_cast<int64_t>(reserved_));
@@ -98,6 +101,7 @@ HostBuffer HostTier::allocate(size_t bytes, size_t alignment) {
     buffer.locked_ = true;
     ledger_->record_locked(static_cast<int64_t>(reserved));
   }
+  buffer.pinned_ = detail::host_pin(data, reserved);
   return buffer;
 }
 

@@ -1,6 +1,7 @@
 """Python face of the memory tiers: budgets given as sizes, buffers shared with numpy/torch."""
 
 from tierlm import _core
+from tierlm.io import Future, _Keeper
 from tierlm.sizes import parse_size
 
 
@@ -58,3 +59,110 @@ class HostTier:
 
     def stats(self):
         return self._native.stats()
+
+    def __del__(self):
+        keeper = getattr(self, "_keeper", None)
+        if keeper is not None:
+            keeper.wait_all()
+
+
+class DiskExtent:
+    """4 KiB-aligned bytes of a DiskTier's scratch file; returned to the tier when dropped.
+
+    read/write take any C-contiguous CPU buffer (numpy, torch, bytearray) and an offset
+    inside the extent; pread/pwrite return a tierlm.io.Future.
+    """
+
+    def __init__(self, native, tier):
+        self._native = native
+        self._tier = tier
+
+    @property
+    def size(self):
+        return self._native.size
+
+    @property
+    def offset(self):
+        """Offset in the tier's scratch file (a multiple of 4096)."""
+        return self._native.offset
+
+    @property
+    def reserved(self):
+        return self._native.reserved
+
+    def read(self, buf, offset=0):
+        return self._native.read(buf, offset)
+
+    def write(self, buf, offset=0):
+        return self._native.write(buf, offset)
+
+    def pread(self, buf, offset=0):
+        return self._tier._track(self._native.pread(buf, offset), buf)
+
+    def pwrite(self, buf, offset=0):
+        return self._tier._track(self._native.pwrite(buf, offset), buf)
+
+    def release(self):
+        """Returns the space to the tier now."""
+        self._native.release()
+
+    def __len__(self):
+        return self.size
+
+
+class DiskTier:
+    """Extents of an unlinked scratch file under `directory`, within a byte budget.
+
+    Space is reserved with posix_fallocate at allocate(), so a full disk fails there
+    (OSError ENOSPC naming the directory) instead of in the middle of a write.
+    """
+
+    def __init__(self, directory, budget, backend="auto", queue_depth=32, direct=True):
+        self._native = _core.DiskTier(
+            str(directory), parse_size(budget, "disk budget"), backend, queue_depth, direct
+        )
+        self._keeper = _Keeper()
+
+    def allocate(self, nbytes):
+        """A DiskExtent of nbytes (reserved rounded up to 4 KiB); BudgetError past the budget."""
+        return DiskExtent(self._native.allocate(parse_size(nbytes, "allocation")), self)
+
+    def pread_batch(self, requests):
+        """requests: [(extent, buf, offset in the extent), ...] in one submission; Futures."""
+        return self._batch(self._native.pread_batch, requests)
+
+    def pwrite_batch(self, requests):
+        return self._batch(self._native.pwrite_batch, requests)
+
+    def _batch(self, submit, requests):
+        requests = [(extent._native, buf, offset) for extent, buf, offset in requests]
+        natives = submit(requests)
+        return [self._track(n, buf) for n, (_, buf, _) in zip(natives, requests, strict=True)]
+
+    def _track(self, native, buf):
+        self._keeper.add(native, buf)
+        return Future(native, buf)
+
+    @property
+    def budget(self):
+        return self._native.budget
+
+    @property
+    def available(self):
+        return self._native.available
+
+    @property
+    def directory(self):
+        return self._native.directory
+
+    @property
+    def backend(self):
+        return self._native.file.backend
+
+    def stats(self):
+        return self._native.stats()
+
+    def __del__(self):
+        keeper = getattr(self, "_keeper", None)
+        if keeper is not None:
+            keeper.wait_all()

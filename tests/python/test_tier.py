@@ -61,3 +61,29 @@ def test_sizes():
 
 def test_memlock_limit_is_reported():
     assert _core.memlock_limit() > 0
+
+
+def _require_gpu():
+    if _core.device_count() == 0:
+        pytest.skip(f"no GPU: {_core.device_unavailable_reason()}")
+
+
+def test_device_tier_round_trip_and_budget():
+    _require_gpu()
+    tier = _core.DeviceTier(1 << 20)
+    buf = tier.allocate(4097)
+    src = np.arange(4097, dtype=np.uint8)
+    tier.copy_in(buf, 0, src)
+    out = np.zeros_like(src)
+    tier.copy_out(buf, 0, out)
+    np.testing.assert_array_equal(out, src)
+    with pytest.raises(tierlm.BudgetError, match="device tier"):
+        tier.allocate(1 << 20)
+    assert tier.stats()["bytes_in"] == 4097
+
+
+def test_device_tier_refused_without_gpu():
+    if _core.device_count() > 0:
+        pytest.skip("a GPU is present")
+    with pytest.raises(tierlm.UnsupportedError, match="device tier"):
+        _core.DeviceTier(1 << 20)

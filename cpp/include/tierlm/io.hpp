@@ -19,7 +19,8 @@ const char* io_backend_name(IoBackend backend);
 // Parses "auto" | "uring" | "threads"; throws kErrorInvalidArgument otherwise.
 IoBackend io_backend_parse(const std::string& name);
 
-// What `auto` resolves to on this machine and why (probed once; TIERLM_IO overrides).
+// What `auto` resolves to on this machine and why (probed once, with TIERLM_IO as it was at
+// the first call; Files resolve TIERLM_IO again when opened).
 struct IoProbe {
   bool uring_compiled = false;   // built with liburing
   bool uring_available = false;  // a ring could be created here
@@ -27,11 +28,15 @@ struct IoProbe {
   std::string reason;  // e.g. "io_uring_setup: Operation not permitted (seccomp?)"
 };
 const IoProbe& io_probe();
+// The back end a File asking for `requested` gets now: TIERLM_IO (read at each call) replaces
+// `auto`; an explicit back end in code wins over the variable. Sets *reason when given.
+// Throws kErrorUnsupported when uring is asked for (in code or TIERLM_IO) but unavailable.
+IoBackend io_backend_resolve(IoBackend requested, std::string* reason = nullptr);
 
 struct IoOptions {
   IoBackend backend = IoBackend::kIoBackendAuto;
   unsigned queue_depth = 32;  // io_uring entries in flight
-  unsigned threads = 0;       // thread-pool workers; 0 = hardware concurrency
+  unsigned threads = 0;       // thread-pool workers; 0 = queue_depth (started on demand)
   bool direct = true;         // use O_DIRECT for aligned requests when the file system allows
 };
 
@@ -53,18 +58,23 @@ class IoEngine;
 
 // Completion of one asynchronous request. get() waits and returns the bytes transferred or
 // throws the request's error (naming file, offset, length and cause).
+// get() may be called again and returns (or throws) the same result.
 class IoFuture {
  public:
   IoFuture() = default;
   explicit IoFuture(std::shared_ptr<detail::IoState> state) : state_(std::move(state)) {}
   size_t get();
   bool ready() const;
+  void wait() const;  // waits without throwing
   bool valid() const { return state_ != nullptr; }
 
  private:
   std::shared_ptr<detail::IoState> state_;
 };
 
+// A file opened for the engine. Calls may come from several threads at once (close() and
+// moves excepted). A request's buffer must stay valid until its future is ready; destroying
+// or closing the File waits for every request in flight.
 class File {
  public:
   File(const std::string& path, IoMode mode, IoOptions options = {});
@@ -86,18 +96,52 @@ class File {
 
   uint64_t size() const;
   void sync();  // fsync
-  // Registers a buffer with the ring so reads into it use fixed buffers (no-op for threads).
-  void register_buffer(void* buf, size_t len);
+  // Registers a buffer with the ring so requests inside it use fixed buffers (no pinning per
+  // request). Returns false where that is impossible (thread pool, RLIMIT_MEMLOCK, table
+  // full); requests then work as before. The buffer must stay allocated until
+  // unregister_buffer or close: the kernel keeps its pages pinned.
+  bool register_buffer(void* buf, size_t len);
+  void unregister_buffer(void* buf);
+  // Waits for every request in flight, then closes the descriptors. Later calls throw.
+  void close();
+  bool is_open() const { return engine_ != nullptr; }
 
   const std::string& path() const;
   IoBackend backend() const;
   bool direct() const;  // O_DIRECT is available for aligned requests
+  int fd() const;       // the buffered descriptor (fallocate, fstat)
+  unsigned queue_depth() const;
+
+  // Why direct() is false ("" when it is true).
+  const std::string& direct_reason() const;
 
  private:
+  detail::IoEngine& engine(const char* what) const;
+
   std::unique_ptr<detail::IoEngine> engine_;
+  std::string path_;
+  std::string direct_reason_;
+  IoBackend backend_ = IoBackend::kIoBackendThreads;
+  bool direct_ = false;
+  unsigned queue_depth_ = 0;
 };
 
 // Drops the file's pages from the page cache (posix_fadvise DONTNEED), for cold benchmarks.
 void io_drop_cache(const std::string& path);
+
+// Random block-aligned reads of `block` bytes with `queue_depth` requests in flight for
+// `seconds` (page cache dropped first), for `tierlm bench io` and bench/bench_io.py.
+struct IoBenchResult {
+  IoBackend backend = IoBackend::kIoBackendThreads;
+  bool direct = false;
+  bool registered = false;  // buffers registered with the ring
+  uint64_t requests = 0;
+  uint64_t bytes = 0;
+  double seconds = 0;
+  double bytes_per_second() const { return seconds > 0 ? bytes / seconds : 0; }
+  double iops() const { return seconds > 0 ? requests / seconds : 0; }
+};
+IoBenchResult io_bench_read(const std::string& path, size_t block, unsigned queue_depth,
+                            IoOptions options, double seconds, uint64_t seed = 1);
 
 }  // namespace tierlm

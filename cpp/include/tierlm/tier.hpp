@@ -44,6 +44,7 @@ class HostBuffer {
   void* data() const { return data_; }
   size_t size() const { return size_; }
   bool locked() const { return locked_; }
+  bool pinned() const { return pinned_; }  // registered with CUDA for DMA
   explicit operator bool() const { return data_ != nullptr; }
 
  private:
@@ -55,6 +56,7 @@ class HostBuffer {
   size_t size_ = 0;
   size_t reserved_ = 0;  // bytes charged to the budget (size rounded up to the page)
   bool locked_ = false;
+  bool pinned_ = false;
 };
 
 class HostTier {

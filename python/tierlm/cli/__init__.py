@@ -6,10 +6,10 @@ Errors print as one line (`tierlm: error: ...`); --debug shows the traceback.
 import argparse
 import sys
 
-from tierlm.cli import info, sparse
+from tierlm.cli import bench, info, sparse
 
 # Each module adds its subparser and sets `run`.
-COMMANDS = [info, sparse]
+COMMANDS = [info, bench, sparse]
 
 
 def build_parser():

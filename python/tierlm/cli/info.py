@@ -26,6 +26,7 @@ def collect():
         },
         "cpu": cpu,
         "io": io,
+        "gpus": _core.device_count(),
         "memlock_limit": _core.memlock_limit(),
         "default_budgets": default_budgets(),
     }
@@ -41,6 +42,7 @@ def run(args):
     rows = [
         ("version", info["version"]),
         ("CUDA", "built" if build["cuda"] else "not built"),
+        ("GPUs", info["gpus"] or _core.device_unavailable_reason()),
         ("io_uring", "built" if build["io_uring"] else "not built"),
         ("SIMD", f"{cpu['simd_level']} (CPU supports {cpu['simd_detected']})"),
         ("threads", cpu["threads"]),
