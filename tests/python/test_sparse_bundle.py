@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import tierlm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tierlm.sparse.bundle import (
@@ -86,3 +87,15 @@ def test_requests_cover_exactly_the_rows(ids, row_dim, align):
     if align is None:  # one request per run of adjacent ids
         runs = sum(1 for i, n in enumerate(ids) if i == 0 or ids[i - 1] != n - 1)
         assert len(requests) == runs
+
+
+def test_truncated_bundle_fails_clearly(tmp_path):
+    rng = np.random.default_rng(2)
+    up, down, _ = weights(rng, 300, 16, False)
+    (layout,) = write_bundles(tmp_path, [(up, down, None)], "f32")
+    path = tmp_path / layout.file
+    with open(path, "r+b") as f:
+        f.truncate(100 * layout.row_bytes)
+    np.testing.assert_array_equal(read_rows(path, layout, [0, 99])[:, :16], up[[0, 99]])
+    with pytest.raises(tierlm.CorruptError, match="ffn-bundle-0.bin.*truncated"):
+        read_rows(path, layout, [5, 150])

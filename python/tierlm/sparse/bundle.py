@@ -9,7 +9,6 @@ file starts 4 KiB-aligned and is zero-padded to a multiple of 4 KiB. Biases stay
 """
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -169,24 +168,23 @@ def read_requests(layout, neurons, align=None):
     return [(lo, hi - lo) for lo, hi in merged]
 
 
-def read_rows(path, layout, neurons):
+def read_rows(source, layout, neurons):
     """The bundled rows of sorted unique `neurons` as stored ([n, row_elems], file dtype),
-    read from `path` with one pread per coalesced request."""
+    read through tierlm's I/O engine: one batch of coalesced requests, each landing directly
+    in its place in the result. `source` is a path or an open tierlm.io.File."""
+    from tierlm.io import File
+
     ids = np.asarray(neurons, dtype=np.int64)
     np_dtype = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[layout.dtype]
     out = np.empty((ids.size, layout.row_elems), dtype=np_dtype)
     buf = out.reshape(-1).view(np.uint8)
-    pos = 0
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for off, length in read_requests(layout, ids):
-            data = os.pread(fd, length, off)
-            if len(data) != length:
-                raise OSError(
-                    f"{path}: short read of {length} bytes at offset {off} (file truncated?)"
-                )
-            buf[pos : pos + length] = np.frombuffer(data, np.uint8)
-            pos += length
-    finally:
-        os.close(fd)
+    requests, pos = [], 0
+    for off, length in read_requests(layout, ids):
+        requests.append((buf[pos : pos + length], off))
+        pos += length
+    if not requests:
+        return out
+    file = source if isinstance(source, File) else File(source, "r")
+    for future in file.pread_batch(requests):
+        future.result()
     return out

@@ -4,6 +4,7 @@ bytes a token would read with and without the neuron window."""
 
 import contextlib
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -135,7 +136,7 @@ class NativeSparseFfn:
         from tierlm.tiers import HostTier
 
         self.loaded, self.predictors, self.k = loaded, predictors, k
-        self.bundle_dir = bundle_dir
+        self.bundle_dir = Path(bundle_dir)
         self.layouts = load_layouts(bundle_dir)
         ffn = loaded.ffn_dim
         need = sum(lay.row_bytes * ffn + 8 * ffn for lay in self.layouts) + 64 * 4096
@@ -145,6 +146,9 @@ class NativeSparseFfn:
         ]
         self.windows = [NeuronWindow(ffn, k) for _ in self.layouts]
         self.biases = [loaded.ffn(i) for i in range(loaded.num_layers)]
+        from tierlm.io import File
+
+        self.files = [File(self.bundle_dir / lay.file, "r") for lay in self.layouts]
         self.stats = {
             "tokens": 0,
             "rows_predicted": 0,
@@ -178,8 +182,7 @@ class NativeSparseFfn:
             cache.erase(evict)
         if load.size:
             load = np.sort(load)
-            path = self.bundle_dir / layout.file
-            cache.insert(load, read_rows(path, layout, load))
+            cache.insert(load, read_rows(self.files[i], layout, load))
             self.stats["rows_read"] += load.size
             self.stats["bytes_read"] += load.size * layout.row_bytes
             self.stats["requests"] += len(read_requests(layout, load))
