@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import tierlm
@@ -99,3 +101,23 @@ def test_truncated_bundle_fails_clearly(tmp_path):
     np.testing.assert_array_equal(read_rows(path, layout, [0, 99])[:, :16], up[[0, 99]])
     with pytest.raises(tierlm.CorruptError, match="ffn-bundle-0.bin.*truncated"):
         read_rows(path, layout, [5, 150])
+
+
+def test_cli_bundles_the_demo_model(tmp_path, capsys):
+    from tierlm.cli import main
+    from tierlm.sparse import DEMO_MODEL_DIR
+    from tierlm.sparse.model import load_model
+
+    if not (DEMO_MODEL_DIR / "config.json").exists():
+        pytest.skip("demo model not shipped")
+    assert main(["sparse", "bundle", str(DEMO_MODEL_DIR), str(tmp_path), "--json"]) == 0
+    layers = json.loads(capsys.readouterr().out)["layers"]
+    loaded = load_model(DEMO_MODEL_DIR)
+    assert len(layers) == loaded.num_layers
+    layouts = load_layouts(tmp_path)
+    up, _, down, _ = loaded.ffn(loaded.num_layers - 1)
+    ids = [0, 1, 2, 500, 1023]
+    rows = read_rows(tmp_path / layouts[-1].file, layouts[-1], ids).astype(np.float32)
+    # The model's weights are f16, so the f16 bundle holds them exactly.
+    np.testing.assert_array_equal(rows[:, : up.shape[1]], up[ids])
+    np.testing.assert_array_equal(rows[:, up.shape[1] :], down[:, ids].T)

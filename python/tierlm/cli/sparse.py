@@ -1,5 +1,6 @@
 """`tierlm sparse ...`: sparse-neuron flash loading tools. `train` fits the per-layer
-activation predictors on calibration text and stores them beside the model."""
+activation predictors on calibration text and stores them beside the model; `bundle`
+writes the row-column bundled FFN files."""
 
 import json
 import sys
@@ -7,7 +8,9 @@ from pathlib import Path
 
 
 def add_parser(subparsers):
-    parser = subparsers.add_parser("sparse", help="sparse-neuron loading: train predictors")
+    parser = subparsers.add_parser(
+        "sparse", help="sparse-neuron loading: train predictors, bundle FFNs"
+    )
     sub = parser.add_subparsers(dest="sparse_command", required=True, metavar="SUBCOMMAND")
     train = sub.add_parser(
         "train",
@@ -35,6 +38,34 @@ def add_parser(subparsers):
     train.add_argument("--out", help="where to write the predictors (default: the model dir)")
     train.add_argument("--json", action="store_true", help="print one JSON object")
     train.set_defaults(run=run_train)
+
+    bundle = sub.add_parser(
+        "bundle",
+        help="write row-column bundled FFN files",
+        description="Write per FFN layer ffn-bundle-{i}.bin (neuron i's up row and down "
+        "column contiguous, 4 KiB-aligned file) and bundles.json into OUT_DIR.",
+    )
+    bundle.add_argument("model", help="tierlm package or Hugging Face directory (OPT)")
+    bundle.add_argument("out", help="output directory")
+    bundle.add_argument("--dtype", default="f16", choices=["f32", "f16", "bf16"])
+    bundle.add_argument("--json", action="store_true", help="print one JSON object")
+    bundle.set_defaults(run=run_bundle)
+
+
+def run_bundle(args):
+    from tierlm.sparse.bundle import write_model_bundles
+    from tierlm.sparse.model import load_model
+
+    layouts = write_model_bundles(load_model(args.model), Path(args.out), args.dtype)
+    result = {"out": args.out, "layers": [lay.to_json() for lay in layouts]}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    total = sum(lay.file_bytes for lay in layouts)
+    print(
+        f"wrote {len(layouts)} bundled FFN files ({layouts[0].n_neurons} neurons of "
+        f"{layouts[0].row_bytes} bytes per layer, {total} bytes) to {args.out}"
+    )
 
 
 def _read_text(path, what):
