@@ -13,6 +13,7 @@ void bind_kernels(nanobind::module_& m);
 void bind_planner(nanobind::module_& m);
 void bind_io(nanobind::module_& m);
 void bind_adam(nanobind::module_& m);
+void bind_sparse(nanobind::module_& m);
 
 }  // namespace tierlm::bindings
 

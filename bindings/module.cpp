@@ -11,4 +11,5 @@ NB_MODULE(_core, m) {
   tierlm::bindings::bind_planner(m);
   tierlm::bindings::bind_io(m);
   tierlm::bindings::bind_adam(m);
+  tierlm::bindings::bind_sparse(m);
 }

@@ -1,0 +1,206 @@
+// Neuron cache, neuron window and sparse FFN kernel (tierlm/neuron_cache.hpp, sparse_ffn.hpp).
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+
+#include <cstring>
+#include <optional>
+#include <string>
+
+#include "bindings.hpp"
+#include "tierlm/error.hpp"
+#include "tierlm/neuron_cache.hpp"
+#include "tierlm/sparse_ffn.hpp"
+
+namespace nb = nanobind;
+
+namespace tierlm::bindings {
+
+namespace {
+
+using IdArray = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using F32Vec = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using RowArray = nb::ndarray<nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+
+DType parse_dtype(const std::string& name) {
+  if (name == "f32" || name == "float32") return DType::kDTypeF32;
+  if (name == "f16" || name == "float16") return DType::kDTypeF16;
+  if (name == "bf16" || name == "bfloat16") return DType::kDTypeBF16;
+  TIERLM_FAIL(kErrorInvalidArgument, 0, "unknown dtype '", name, "' (f32, f16, bf16)");
+}
+
+const char* dtype_str(DType d) {
+  return d == DType::kDTypeF32 ? "f32" : d == DType::kDTypeF16 ? "f16" : "bf16";
+}
+
+// Rows arrive as float32 (f32) or as 16-bit words (uint16/float16/bfloat16 views).
+void check_rows(const RowArray& rows, DType dtype, size_t row_elems, const char* what) {
+  const size_t bits = rows.dtype().bits;
+  const size_t want = dtype == DType::kDTypeF32 ? 32 : 16;
+  TIERLM_CHECK(bits == want, kErrorInvalidArgument, what, ": rows have ", bits,
+               "-bit elements but the dtype is ", dtype_str(dtype));
+  TIERLM_CHECK(row_elems == 0 || rows.shape(1) == row_elems, kErrorInvalidArgument, what,
+               ": rows have ", rows.shape(1), " elements each, expected ", row_elems);
+}
+
+nb::object rows_view(nb::handle owner, void* data, size_t n, size_t elems, DType dtype) {
+  if (dtype == DType::kDTypeF32) {
+    return nb::cast(
+        nb::ndarray<nb::numpy, float, nb::ndim<2>>(static_cast<float*>(data), {n, elems}, owner));
+  }
+  return nb::cast(nb::ndarray<nb::numpy, uint16_t, nb::ndim<2>>(static_cast<uint16_t*>(data),
+                                                                {n, elems}, owner));
+}
+
+nb::ndarray<nb::numpy, int32_t, nb::ndim<1>> id_array(const int32_t* ids, size_t n) {
+  int32_t* copy = new int32_t[n > 0 ? n : 1];
+  std::memcpy(copy, ids, n * sizeof(int32_t));
+  nb::capsule owner(copy, [](void* p) noexcept { delete[] static_cast<int32_t*>(p); });
+  return nb::ndarray<nb::numpy, int32_t, nb::ndim<1>>(copy, {n}, owner);
+}
+
+}  // namespace
+
+void bind_sparse(nb::module_& m) {
+  nb::class_<NeuronCache>(m, "NeuronCache")
+      .def(
+          "__init__",
+          [](NeuronCache* self, HostTier& tier, size_t n_neurons, size_t capacity, size_t row_elems,
+             const std::string& dtype) {
+            new (self) NeuronCache(tier, n_neurons, capacity, row_elems, parse_dtype(dtype));
+          },
+          nb::arg("tier"), nb::arg("n_neurons"), nb::arg("capacity"), nb::arg("row_elems"),
+          nb::arg("dtype") = "f32", nb::keep_alive<1, 2>())
+      .def_prop_ro("size", &NeuronCache::size)
+      .def_prop_ro("capacity", &NeuronCache::capacity)
+      .def_prop_ro("n_neurons", &NeuronCache::n_neurons)
+      .def_prop_ro("row_elems", &NeuronCache::row_elems)
+      .def_prop_ro("row_bytes", &NeuronCache::row_bytes)
+      .def_prop_ro("reserved_bytes", &NeuronCache::reserved_bytes)
+      .def_prop_ro("dtype", [](const NeuronCache& c) { return dtype_str(c.dtype()); })
+      .def("__len__", &NeuronCache::size)
+      .def("__contains__", &NeuronCache::contains)
+      .def("slot_of", &NeuronCache::slot_of)
+      .def("neuron_at", &NeuronCache::neuron_at)
+      .def(
+          "neurons", [](const NeuronCache& c) { return id_array(c.neurons(), c.size()); },
+          "slot -> neuron for the filled slots (a copy)")
+      .def(
+          "rows",
+          [](nb::handle self) {
+            NeuronCache& c = nb::cast<NeuronCache&>(self);
+            return rows_view(self, const_cast<void*>(c.rows()), c.size(), c.row_elems(), c.dtype());
+          },
+          "The filled rows [size, row_elems] as a numpy view (no copy; valid until the next "
+          "insert or erase)")
+      .def(
+          "insert",
+          [](NeuronCache& c, IdArray neurons, RowArray rows) {
+            check_rows(rows, c.dtype(), c.row_elems(), "neuron cache insert");
+            TIERLM_CHECK(rows.shape(0) == neurons.shape(0), kErrorInvalidArgument,
+                         "neuron cache insert: ", neurons.shape(0), " neurons but ", rows.shape(0),
+                         " rows");
+            c.insert(neurons.data(), neurons.shape(0), rows.data());
+          },
+          nb::arg("neurons"), nb::arg("rows"))
+      .def(
+          "erase",
+          [](NeuronCache& c, IdArray neurons) { c.erase(neurons.data(), neurons.shape(0)); },
+          nb::arg("neurons"))
+      .def("clear", &NeuronCache::clear);
+
+  nb::class_<NeuronWindow>(m, "NeuronWindow")
+      .def(nb::init<size_t, size_t>(), nb::arg("n_neurons"), nb::arg("k") = 4)
+      .def_prop_ro("size", &NeuronWindow::size)
+      .def_prop_ro("k", &NeuronWindow::k)
+      .def_prop_ro("n_neurons", &NeuronWindow::n_neurons)
+      .def_prop_ro("tokens", &NeuronWindow::tokens)
+      .def("__len__", &NeuronWindow::size)
+      .def("__contains__", &NeuronWindow::contains)
+      .def("reset", &NeuronWindow::reset)
+      .def(
+          "step",
+          [](NeuronWindow& w, IdArray active) {
+            std::vector<int32_t> load(w.n_neurons()), evict(w.n_neurons());
+            NeuronWindow::Step s =
+                w.step(active.data(), active.shape(0), load.data(), evict.data());
+            return std::make_pair(id_array(load.data(), s.n_load),
+                                  id_array(evict.data(), s.n_evict));
+          },
+          nb::arg("active"), "(to_load, to_evict) for the next token's active neurons");
+
+  m.def(
+      "sparse_ffn",
+      [](F32Vec x, RowArray rows, const std::string& dtype, size_t dim, bool gated,
+         std::optional<IdArray> neurons, std::optional<F32Vec> up_bias,
+         std::optional<F32Vec> gate_bias, std::optional<F32Vec> down_bias,
+         std::optional<IdArray> slots, std::optional<std::string> level) {
+        SparseFfnRows r;
+        r.dtype = parse_dtype(dtype);
+        check_rows(rows, r.dtype, 0, "sparse_ffn");
+        r.rows = rows.data();
+        r.n_rows = rows.shape(0);
+        r.dim = dim;
+        r.row_stride = rows.shape(1);
+        r.gated = gated;
+        TIERLM_CHECK(x.shape(0) == dim, kErrorInvalidArgument, "sparse_ffn: x has ", x.shape(0),
+                     " elements, dim is ", dim);
+        if (neurons) {
+          TIERLM_CHECK(neurons->shape(0) >= r.n_rows, kErrorInvalidArgument,
+                       "sparse_ffn: neurons has ", neurons->shape(0), " ids for ", r.n_rows,
+                       " rows");
+          r.neurons = neurons->data();
+        }
+        // Biases are indexed by neuron id: check every id is inside them.
+        size_t max_id = r.n_rows ? r.n_rows - 1 : 0;
+        if (neurons) {
+          for (size_t i = 0; i < r.n_rows; ++i) {
+            TIERLM_CHECK(r.neurons[i] >= 0, kErrorInvalidArgument, "sparse_ffn: negative id");
+            max_id = std::max(max_id, static_cast<size_t>(r.neurons[i]));
+          }
+        }
+        for (auto* b : {&up_bias, &gate_bias}) {
+          if (*b) {
+            TIERLM_CHECK(r.n_rows == 0 || (*b)->shape(0) > max_id, kErrorInvalidArgument,
+                         "sparse_ffn: a bias of ", (*b)->shape(0), " entries is indexed by id ",
+                         max_id);
+          }
+        }
+        if (up_bias) r.up_bias = up_bias->data();
+        if (gate_bias) r.gate_bias = gate_bias->data();
+        if (down_bias) {
+          TIERLM_CHECK(down_bias->shape(0) == dim, kErrorInvalidArgument,
+                       "sparse_ffn: down_bias has ", down_bias->shape(0), " entries, dim is ", dim);
+        }
+        float* y = new float[dim];
+        nb::capsule owner(y, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+        const int32_t* s = slots ? slots->data() : nullptr;
+        const size_t n = slots ? slots->shape(0) : r.n_rows;
+        SimdLevel lv = simd_level();
+        if (level) {
+          if (*level == "scalar")
+            lv = SimdLevel::kSimdScalar;
+          else if (*level == "avx2")
+            lv = SimdLevel::kSimdAvx2;
+          else if (*level == "avx512")
+            lv = SimdLevel::kSimdAvx512;
+          else
+            TIERLM_FAIL(kErrorInvalidArgument, 0, "unknown SIMD level '", *level,
+                        "' (scalar, avx2, avx512)");
+        }
+        {
+          nb::gil_scoped_release release;
+          kernel_sparse_ffn_at(lv, x.data(), r, s, n, down_bias ? down_bias->data() : nullptr, y);
+        }
+        return nb::ndarray<nb::numpy, float, nb::ndim<1>>(y, {dim}, owner);
+      },
+      nb::arg("x"), nb::arg("rows"), nb::arg("dtype"), nb::arg("dim"), nb::arg("gated") = false,
+      nb::arg("neurons") = nb::none(), nb::arg("up_bias") = nb::none(),
+      nb::arg("gate_bias") = nb::none(), nb::arg("down_bias") = nb::none(),
+      nb::arg("slots") = nb::none(), nb::arg("level") = nb::none(),
+      "y = down_bias + sum over rows (or slots) of act(x . up + b) * down; rows are bundled "
+      "[up | gate | down] rows of `dtype` (16-bit dtypes as uint16 words)");
+}
+
+}  // namespace tierlm::bindings

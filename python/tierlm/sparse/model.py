@@ -1,0 +1,200 @@
+"""Loads an OPT causal LM into torch from a Hugging Face directory or a tierlm package, and
+gives access to each layer's FFN (its input after the FFN layer norm, and its weights).
+
+The sparse tools train and evaluate in torch; only ReLU FFNs (OPT) are handled here.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_NP_DTYPES = {"f32": np.float32, "f16": np.float16, "bf16": None}
+
+
+@dataclass
+class LoadedModel:
+    model: object  # transformers OPTForCausalLM, f32, eval mode
+    tokenizer: object  # tokenizers.Tokenizer or None
+    source: str  # "hf" | "package"
+    path: Path
+
+    @property
+    def layers(self):
+        return self.model.model.decoder.layers
+
+    @property
+    def num_layers(self):
+        return len(self.layers)
+
+    @property
+    def hidden_size(self):
+        return self.model.config.hidden_size
+
+    @property
+    def ffn_dim(self):
+        return self.model.config.ffn_dim
+
+    def ffn(self, layer):
+        """(up [ffn, d], up bias [ffn], down [d, ffn], down bias [d]) as f32 numpy arrays."""
+        mod = self.layers[layer]
+        return (
+            mod.fc1.weight.detach().numpy(),
+            mod.fc1.bias.detach().numpy(),
+            mod.fc2.weight.detach().numpy(),
+            mod.fc2.bias.detach().numpy(),
+        )
+
+    def encode(self, text):
+        if self.tokenizer is None:
+            raise ValueError(f"{self.path} has no tokenizer files: pass token ids instead of text")
+        return list(self.tokenizer.encode(text).ids)
+
+    def decode(self, ids):
+        return self.tokenizer.decode(list(ids))
+
+
+def _check_opt(config, path):
+    arch = config.get("model_type") or config.get("architecture")
+    if arch != "opt":
+        raise ValueError(
+            f"{path}: architecture '{arch}' is not supported by the sparse tools yet "
+            "(only OPT, whose FFN is ReLU)"
+        )
+
+
+def _load_tokenizer(directory):
+    from tokenizers import Tokenizer
+
+    file = Path(directory) / "tokenizer.json"
+    return Tokenizer.from_file(str(file)) if file.exists() else None
+
+
+def load_model(path):
+    """An OPT model from an HF directory (config.json) or a package (manifest.json)."""
+    import torch
+
+    path = Path(path)
+    if (path / "manifest.json").exists():
+        return _load_package(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"{path}: neither a tierlm package (manifest.json) nor a Hugging Face directory "
+            "(config.json)"
+        )
+    _check_opt(json.loads((path / "config.json").read_text()), path)
+    from transformers import OPTForCausalLM
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+    model = OPTForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return LoadedModel(model, _load_tokenizer(path), "hf", path)
+
+
+def _package_tensor(path, meta):
+    dtype = meta["dtype"]
+    count = int(np.prod(meta["shape"]))
+    raw = np.fromfile(
+        path / meta["file"],
+        dtype=np.uint16 if dtype == "bf16" else _NP_DTYPES[dtype],
+        count=count,
+        offset=meta["offset"],
+    )
+    if raw.size != count:
+        raise ValueError(
+            f"{path / meta['file']}: short read of a tensor at offset {meta['offset']}"
+        )
+    if dtype == "bf16":
+        raw = (raw.astype(np.uint32) << 16).view(np.float32)
+    return raw.astype(np.float32).reshape(meta["shape"])
+
+
+def _load_package(path):
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    _check_opt(manifest, path)
+    cfg = manifest["config"]
+    config = OPTConfig(
+        vocab_size=cfg["vocab_size"],
+        hidden_size=cfg["hidden_size"],
+        num_hidden_layers=cfg["num_layers"],
+        ffn_dim=cfg["intermediate_size"],
+        num_attention_heads=cfg["num_heads"],
+        max_position_embeddings=cfg["max_positions"],
+        do_layer_norm_before=True,
+        word_embed_proj_dim=cfg["hidden_size"],
+        activation_function="relu",
+        dropout=0.0,
+        attention_dropout=0.0,
+        tie_word_embeddings=cfg.get("tie_embeddings", True),
+        bos_token_id=cfg.get("bos_token_id", 2),
+        eos_token_id=cfg.get("eos_token_id", 2),
+    )
+    model = OPTForCausalLM(config).eval()
+    names = {
+        "embed.weight": "model.decoder.embed_tokens.weight",
+        "embed.positions": "model.decoder.embed_positions.weight",
+        "final_norm.weight": "model.decoder.final_layer_norm.weight",
+        "final_norm.bias": "model.decoder.final_layer_norm.bias",
+        "lm_head.weight": "lm_head.weight",
+    }
+    parts = {
+        "attn_norm": "self_attn_layer_norm",
+        "ffn_norm": "final_layer_norm",
+        "attn.q": "self_attn.q_proj",
+        "attn.k": "self_attn.k_proj",
+        "attn.v": "self_attn.v_proj",
+        "attn.o": "self_attn.out_proj",
+        "ffn.up": "fc1",
+        "ffn.down": "fc2",
+    }
+    for i in range(cfg["num_layers"]):
+        for ours, theirs in parts.items():
+            for kind in ("weight", "bias"):
+                names[f"layers.{i}.{ours}.{kind}"] = f"model.decoder.layers.{i}.{theirs}.{kind}"
+    state = {}
+    for name, meta in manifest["tensors"].items():
+        if name not in names:
+            raise ValueError(f"{path}: tensor '{name}' has no OPT counterpart")
+        state[names[name]] = torch.from_numpy(_package_tensor(path, meta))
+    missing, _ = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if m != "lm_head.weight" or not config.tie_word_embeddings]
+    if missing:
+        raise ValueError(f"{path}: package lacks tensors for {missing[:3]}")
+    model.tie_weights()
+    tok_dir = path / manifest.get("tokenizer", {}).get("dir", "tokenizer")
+    return LoadedModel(model, _load_tokenizer(tok_dir), "package", path)
+
+
+def collect_ffn_inputs(loaded, ids, context=None, max_tokens=None):
+    """Each layer's FFN input (after its layer norm) for the ids, fed in windows of `context`.
+
+    Returns a list (one per layer) of f32 arrays [tokens, hidden].
+    """
+    import torch
+
+    context = context or loaded.model.config.max_position_embeddings
+    ids = np.asarray(ids, dtype=np.int64)
+    if max_tokens:
+        ids = ids[:max_tokens]
+    store = [[] for _ in range(loaded.num_layers)]
+    hooks = []
+    for i, layer in enumerate(loaded.layers):
+
+        def hook(_module, args, i=i):
+            store[i].append(args[0].detach().reshape(-1, args[0].shape[-1]).clone())
+
+        hooks.append(layer.fc1.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            for start in range(0, len(ids), context):
+                chunk = torch.from_numpy(ids[start : start + context])[None]
+                loaded.model(input_ids=chunk)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [torch.cat(s).numpy() for s in store]

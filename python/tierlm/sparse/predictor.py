@@ -1,0 +1,243 @@
+"""Low-rank activation predictors (LLM in a flash, section 3.1): per layer
+x -> W1 [d, r] -> W2 [r, ffn] + b -> sigmoid, predicting which FFN neurons are positive
+after the ReLU, from the layer's FFN input (after the FFN layer norm).
+
+Trained with a balanced loss (positives weighted by negatives / positives, per layer) on
+activations collected from calibration text. Stored as predictors.safetensors (tensors
+`layers.{i}.predictor.down` [r, d] and `layers.{i}.predictor.up` [ffn, r], `.up_bias`
+[ffn], the nn.Linear layout) beside predictors.json (ranks, thresholds, metrics); see
+docs/sparse.md.
+"""
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+PREDICTORS_FILE = "predictors.safetensors"
+PREDICTORS_JSON = "predictors.json"
+FORMAT_VERSION = 1
+
+
+def default_ranks(num_layers, hidden, rank=None, last_rank=None, last_layers=None):
+    """Ranks per layer: `rank` for most layers and a larger `last_rank` for the last ones,
+    as the paper does (128 for most layers of OPT 6.7B and 1024 for the last four)."""
+    rank = rank or max(8, hidden // 8)
+    last_rank = last_rank or min(hidden, 2 * rank)
+    last_layers = num_layers // 3 if last_layers is None else last_layers
+    return [last_rank if i >= num_layers - last_layers else rank for i in range(num_layers)]
+
+
+@dataclass
+class LayerPredictor:
+    down: np.ndarray  # [r, d]   (first low-rank projection)
+    up: np.ndarray  # [ffn, r]
+    up_bias: np.ndarray  # [ffn]
+    threshold: float = 0.5  # on the sigmoid output
+
+    @property
+    def rank(self):
+        return self.down.shape[0]
+
+    def logits(self, x):
+        return (np.asarray(x, dtype=np.float32) @ self.down.T) @ self.up.T + self.up_bias
+
+    def predict(self, x):
+        """Boolean [tokens, ffn]: neurons predicted active for each row of x [tokens, d]."""
+        return self.logits(x) > _logit(self.threshold)
+
+
+def _logit(p):
+    return float(np.log(p / (1.0 - p)))
+
+
+@dataclass
+class Predictors:
+    layers: list
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def ranks(self):
+        return [p.rank for p in self.layers]
+
+    @property
+    def thresholds(self):
+        return [p.threshold for p in self.layers]
+
+    def save(self, directory):
+        from safetensors.numpy import save_file
+
+        directory = Path(directory)
+        tensors = {}
+        for i, p in enumerate(self.layers):
+            tensors[f"layers.{i}.predictor.down"] = np.ascontiguousarray(p.down, np.float32)
+            tensors[f"layers.{i}.predictor.up"] = np.ascontiguousarray(p.up, np.float32)
+            tensors[f"layers.{i}.predictor.up_bias"] = np.ascontiguousarray(p.up_bias, np.float32)
+        save_file(tensors, str(directory / PREDICTORS_FILE))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "file": PREDICTORS_FILE,
+            "activation": "relu",
+            "num_layers": len(self.layers),
+            "ranks": self.ranks,
+            "thresholds": self.thresholds,
+            "metrics": self.metrics,
+        }
+        (directory / PREDICTORS_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory):
+        from safetensors.numpy import load_file
+
+        directory = Path(directory)
+        meta_path = directory / PREDICTORS_JSON
+        if not meta_path.exists():
+            raise FileNotFoundError(
+                f"{directory}: no {PREDICTORS_JSON} (train predictors with `tierlm sparse train`)"
+            )
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(
+                f"{meta_path}: predictor format version {meta['format_version']} is newer than "
+                f"this tierlm reads ({FORMAT_VERSION}); upgrade tierlm"
+            )
+        tensors = load_file(str(directory / meta["file"]))
+        layers = []
+        for i in range(meta["num_layers"]):
+            try:
+                layers.append(
+                    LayerPredictor(
+                        tensors[f"layers.{i}.predictor.down"],
+                        tensors[f"layers.{i}.predictor.up"],
+                        tensors[f"layers.{i}.predictor.up_bias"],
+                        float(meta["thresholds"][i]),
+                    )
+                )
+            except KeyError as missing:
+                raise ValueError(f"{directory / meta['file']}: missing tensor {missing}") from None
+        return cls(layers, meta.get("metrics", {}))
+
+
+def activation_labels(x, up, up_bias):
+    """True active set: relu(x · up^T + b) > 0, as booleans [tokens, ffn]."""
+    return (np.asarray(x, np.float32) @ up.T + up_bias) > 0
+
+
+def train_layer(
+    x, labels, rank, epochs=8, batch=512, lr=3e-3, seed=0, threshold=0.5, min_steps=400
+):
+    """Fits one layer's predictor with torch on (x [n, d], labels [n, ffn] bool): `epochs`
+    passes, and at least `min_steps` optimizer steps when the data is small."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    n, d = x.shape
+    ffn = labels.shape[1]
+    xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    yt = torch.from_numpy(np.ascontiguousarray(labels)).float()
+    density = float(yt.mean())
+    # Balanced: missing a firing neuron costs as much in total as reading the idle ones.
+    pos_weight = torch.tensor((1.0 - density) / max(density, 1e-6))
+    down = torch.nn.Linear(d, rank, bias=False)
+    up = torch.nn.Linear(rank, ffn, bias=True)
+    with torch.no_grad():  # start from the neurons' base rates
+        up.bias.fill_(float(np.log(max(density, 1e-6) / max(1 - density, 1e-6))))
+    params = list(down.parameters()) + list(up.parameters())
+    opt = torch.optim.Adam(params, lr=lr)
+    per_epoch = max(1, (n + batch - 1) // batch)
+    epochs = max(epochs, -(-min_steps // per_epoch))
+    steps = epochs * per_epoch
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, batch):
+            idx = order[start : start + batch]
+            loss = loss_fn(up(down(xt[idx])), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return LayerPredictor(
+        down.weight.detach().numpy().copy(),
+        up.weight.detach().numpy().copy(),
+        up.bias.detach().numpy().copy(),
+        threshold,
+    )
+
+
+def layer_metrics(pred, labels):
+    """Recall, precision and densities of a boolean prediction against the true labels."""
+    tp = int(np.logical_and(pred, labels).sum())
+    n_pred = int(pred.sum())
+    n_true = int(labels.sum())
+    return {
+        "recall": tp / n_true if n_true else 1.0,
+        "precision": tp / n_pred if n_pred else 1.0,
+        "true_density": n_true / labels.size,
+        "predicted_density": n_pred / labels.size,
+    }
+
+
+def split_ids(ids, held_out_fraction=0.1):
+    """Calibration ids split into a training head and a held-out tail."""
+    cut = int(len(ids) * (1.0 - held_out_fraction))
+    return ids[:cut], ids[cut:]
+
+
+def train_predictors(
+    loaded,
+    train_ids,
+    held_ids,
+    ranks,
+    epochs=8,
+    min_steps=400,
+    max_tokens=32768,
+    seed=0,
+    threshold=0.5,
+    progress=None,
+):
+    """Trains one predictor per layer of a loaded OPT model (tierlm.sparse.model) and
+    measures it on held-out ids. Returns Predictors with per-layer metrics."""
+    import torch
+
+    from tierlm.sparse.model import collect_ffn_inputs
+
+    if len(ranks) != loaded.num_layers:
+        raise ValueError(f"{len(ranks)} ranks given for a model of {loaded.num_layers} layers")
+    t0 = time.time()
+    xs_train = collect_ffn_inputs(loaded, train_ids, max_tokens=max_tokens)
+    xs_held = collect_ffn_inputs(loaded, held_ids, max_tokens=max_tokens)
+    collect_s = time.time() - t0
+    layers, per_layer = [], []
+    for i in range(loaded.num_layers):
+        up, up_bias, _, _ = loaded.ffn(i)
+        y_train = activation_labels(xs_train[i], up, up_bias)
+        t1 = time.time()
+        with torch.random.fork_rng():
+            p = train_layer(
+                xs_train[i],
+                y_train,
+                ranks[i],
+                epochs,
+                seed=seed + i,
+                threshold=threshold,
+                min_steps=min_steps,
+            )
+        y_held = activation_labels(xs_held[i], up, up_bias)
+        m = layer_metrics(p.predict(xs_held[i]), y_held)
+        m.update(layer=i, rank=p.rank, train_seconds=round(time.time() - t1, 2))
+        layers.append(p)
+        per_layer.append(m)
+        if progress:
+            progress(m)
+    metrics = {
+        "train_tokens": int(xs_train[0].shape[0]),
+        "held_out_tokens": int(xs_held[0].shape[0]),
+        "collect_seconds": round(collect_s, 2),
+        "layers": per_layer,
+    }
+    return Predictors(layers, metrics)
