@@ -10,90 +10,32 @@ import time
 
 from tierlm.sizes import format_size, parse_size
 
-DEMO_PROMPT = "Memory tiers let a small machine run a large model"
+DEMO_PROMPT = "class Parser:\n    def __init__(self"
 
-# Text the demo tokenizer is trained on: offline, ships with Python.
-_TOKENIZER_TEXT_MODULES = ("this", "argparse", "json", "os", "shutil", "textwrap", "zipfile")
-
-
-def _tokenizer_corpus():
-    import importlib
-    import inspect
-
-    texts = []
-    for name in _TOKENIZER_TEXT_MODULES:
-        try:
-            module = importlib.import_module(name) if name != "this" else None
-        except ImportError:
-            continue
-        if module is None:
-            import codecs
-            import contextlib
-            import io
-
-            with contextlib.redirect_stdout(io.StringIO()):  # `import this` prints the Zen
-                import this
-            texts.append(codecs.decode(this.s, "rot13"))
-            continue
-        for _, obj in inspect.getmembers(module):
-            doc = inspect.getdoc(obj)
-            if doc:
-                texts.append(doc)
-    return texts
+# Checkpoint files copied from the shipped model (predictors and notes stay behind).
+_CHECKPOINT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
 
 
-def _train_tokenizer(out_dir, vocab_size):
-    import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_tokenizer_corpus(), trainer)
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
-    fast.save_pretrained(out_dir)
-    return len(tok.get_vocab())
-
-
-def random_llama_checkpoint(hf_dir):
-    """A small Llama (GQA, SwiGLU, RoPE) with random weights and a BPE tokenizer trained on
-    Python's docstrings. Writes a Hugging Face checkpoint to hf_dir; returns a description.
-    To be replaced by a model the project trains (keep the signature)."""
-    import torch
-    import transformers
+def trained_opt_checkpoint(hf_dir):
+    """The OPT model (ReLU FFN, 6.4 M parameters) that scripts/train_demo_model.py trained on
+    the Python standard library, shipped with tierlm. Writes a Hugging Face checkpoint to
+    hf_dir; returns a description."""
+    from tierlm.sparse import DEMO_MODEL_DIR
 
     os.makedirs(hf_dir, exist_ok=True)
-    vocab = _train_tokenizer(hf_dir, 1024)
-    config = transformers.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
-    transformers.utils.logging.disable_progress_bar()
-    model.save_pretrained(hf_dir)
-    return "random Llama (4 layers, hidden 256, GQA 8/2), untrained: its text is noise"
+    for name in _CHECKPOINT_FILES:
+        shutil.copy(DEMO_MODEL_DIR / name, os.path.join(hf_dir, name))
+    return "OPT, 6 layers, hidden 256, trained on the Python standard library (f16)"
 
 
 # The demo's model: one function writing a Hugging Face checkpoint directory.
-MODEL_SOURCE = random_llama_checkpoint
+MODEL_SOURCE = trained_opt_checkpoint
 
 
 def cache_root():
@@ -130,8 +72,8 @@ def add_parser(subparsers):
     parser = subparsers.add_parser("demo", help="export a small model and generate with a budget")
     parser.add_argument("--prompt", default=DEMO_PROMPT)
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--budget", default="64MiB", help="host budget (default 64MiB)")
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--budget", default="48MiB", help="host budget (default 48MiB)")
+    parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--top-k", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=None, help="default ~/.cache/tierlm/demo/...")
