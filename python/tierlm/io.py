@@ -37,17 +37,20 @@ def _buffer_errors(what, buf):
 class Future:
     """One asynchronous request. result() waits (without the GIL) and returns bytes moved."""
 
-    __slots__ = ("_native", "_buffer")
+    __slots__ = ("_native", "_buffer", "_keeper")
 
-    def __init__(self, native, buffer):
+    def __init__(self, native, buffer, keeper):
         self._native = native
         self._buffer = buffer
+        self._keeper = keeper
 
     def result(self):
         try:
             return self._native.result()
         finally:
+            # Done: the buffer (maybe tier memory) is the caller's again at once.
             self._buffer = None
+            self._keeper.discard(self._native)
 
     def done(self):
         return self._native.done()
@@ -57,25 +60,29 @@ class Future:
 
 
 class _Keeper:
-    """Buffers of requests in flight, so they outlive Futures the caller dropped."""
+    """Buffers of requests in flight, so they outlive Futures the caller dropped. Entries
+    leave when their Future's result() is taken, or in a sweep of finished ones."""
 
     def __init__(self):
-        self._inflight = []
-        self._prune_at = 64
+        self._inflight = {}
+        self._sweep_at = 64
 
     def add(self, native, buffer):
-        self._inflight.append((native, buffer))
-        if len(self._inflight) >= self._prune_at:
-            self._inflight = [entry for entry in self._inflight if not entry[0].done()]
-            self._prune_at = max(64, 2 * len(self._inflight))
+        self._inflight[id(native)] = (native, buffer)
+        if len(self._inflight) >= self._sweep_at:
+            self._inflight = {k: v for k, v in self._inflight.items() if not v[0].done()}
+            self._sweep_at = max(64, 2 * len(self._inflight))
+
+    def discard(self, native):
+        self._inflight.pop(id(native), None)
 
     def wait_all(self):
-        for native, _ in self._inflight:
+        for native, _ in self._inflight.values():
             native.wait()
-        self._inflight = []
+        self._inflight = {}
 
     def clear(self):
-        self._inflight = []
+        self._inflight = {}
 
 
 class File:
@@ -134,7 +141,7 @@ class File:
 
     def _track(self, native, buf):
         self._keeper.add(native, buf)
-        return Future(native, buf)
+        return Future(native, buf, self._keeper)
 
     @property
     def size(self):

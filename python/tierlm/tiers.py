@@ -141,7 +141,7 @@ class DiskTier:
 
     def _track(self, native, buf):
         self._keeper.add(native, buf)
-        return Future(native, buf)
+        return Future(native, buf, self._keeper)
 
     @property
     def budget(self):

@@ -410,3 +410,16 @@ def test_auto_falls_back_when_seccomp_forbids_io_uring(tmp_path):
     assert "Operation not permitted" in out["probe"]["reason"]
     assert "TIERLM_IO=threads" in out["uring_error"] and "seccomp" in out["uring_error"]
     assert out["backend"] == "threads" and out["data"] == "hello"
+
+
+def test_result_releases_the_buffer_at_once(tmp_path):
+    # A finished request must not keep its buffer (e.g. host-tier memory) charged.
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(256)) * 64)
+    tier = tierlm.HostTier(8192)
+    with tierlm.io.File(str(path), "r") as f:
+        for _ in range(3):
+            buf = tier.allocate(4096)
+            f.pread(buf.numpy(), 4096).result()
+            del buf
+            assert tier.stats()["current"] == 0
