@@ -42,6 +42,7 @@ from tierlm.paths import cmake_dir, include_dir, library_path  # noqa: E402
 
 __all__ += ["cmake_dir", "include_dir", "library_path"]
 
+
 def __getattr__(name):
     # tierlm.train imports torch, so it loads on first use rather than with `import tierlm`.
     if name == "train":

@@ -247,6 +247,17 @@ class Model:
         s["peak_bytes"] = {"host": s["host"]["peak"]}
         return s
 
+    def placement(self):
+        """Where the weights live: {"streaming", "resident_bytes", "section_bytes", "sections",
+        "ring_bytes", "streamed_bytes" (read per forward pass), "minimum_budget",
+        "resident_layers", "streamed_layers", "streamed_tensors", ...}."""
+        return self._native.placement()
+
+    def stream_events(self):
+        """One entry per streamed layer's begin: {"t", "wait", "layer", "bytes_read"} lists
+        (seconds since load, seconds waited for its reads, layer, streamed bytes so far)."""
+        return self._native.stream_events()
+
     def memory_buffers(self, seq):
         """The graph's activation and workspace buffers for a batch of seq tokens:
         {"names", "sizes", "starts", "ends"} (lifetimes in op indices, inclusive), the input of
@@ -276,6 +287,7 @@ def load(
     prefill_chunk=0,
     lock=True,
     max_batch=1,
+    ring_sections=0,
 ):
     """Loads a package (tierlm export's output).
 
@@ -283,6 +295,9 @@ def load(
     for the machine's default. verify: check every tensor's CRC-32 while reading.
     max_context: KV cache tokens (default: the model's max_positions).
     max_batch: sequences generate_batch decodes together (each gets its own KV cache).
+    When the weights do not fit the host budget (with the KV cache and activations), layers
+    are streamed from the package files through a ring of ring_sections staging sections
+    (0 = auto); model.placement() says which. A budget below the minimum raises BudgetError.
     """
     budgets = _budgets(budget)
     native = _core.Model.load(
@@ -294,5 +309,6 @@ def load(
         prefill_chunk=int(prefill_chunk or 0),
         lock=bool(lock),
         max_batch=int(max_batch),
+        ring_sections=int(ring_sections or 0),
     )
     return Model(native, budgets)
