@@ -134,6 +134,7 @@ class Model:
     ):
         """Generates after prompt (text or ids); returns a GenerateResult."""
         ids = self.encode(prompt)
+        before = self._native.stats()
         out = self._native.generate(
             ids,
             max_new_tokens=int(max_new_tokens),
@@ -145,6 +146,7 @@ class Model:
         )
         stats = dict(out["stats"])
         stats.update(self._tier_stats())
+        stats.update(self._stream_stats(before, self._native.stats(), stats))
         return GenerateResult(
             prompt_ids=ids,
             output_ids=list(out["output_ids"]),
@@ -227,6 +229,26 @@ class Model:
     def logits(self, ids):
         """Last-position logits (float32 numpy, vocab_size) of ids, from an empty cache."""
         return self._native.logits(self.encode(ids))
+
+    def _stream_stats(self, before, after, stats):
+        """Streaming stats of one generation: bytes read from disk (total and per forward
+        pass), time waiting for reads vs computing, and overlap % = share of the time the
+        reads were in flight that ran behind compute (1 - wait / read time)."""
+        p = self._native.placement()
+        wait = after["io_wait_seconds"] - before["io_wait_seconds"]
+        busy = after["read_busy_seconds"] - before["read_busy_seconds"]
+        total = stats.get("prefill_seconds", 0.0) + stats.get("decode_seconds", 0.0)
+        return {
+            "streaming": p["streaming"],
+            "stream_bytes_read": after["stream_bytes_read"] - before["stream_bytes_read"],
+            "bytes_read_per_token": p["streamed_bytes"],
+            "io_wait_seconds": wait,
+            "compute_seconds": max(total - wait, 0.0),
+            "overlap_pct": 100.0 * (1.0 - wait / busy) if busy > 0 else 100.0,
+            "io_backend": after["io_backend"],
+            "io_direct": after["io_direct"],
+            "ring_sections": p["sections"],
+        }
 
     def _tier_stats(self):
         s = self._native.stats()
