@@ -133,3 +133,22 @@ def test_too_small_budget_refused_with_minimum(llama):
 def test_kv_cache_that_does_not_fit_is_refused(llama):
     with pytest.raises(tierlm.BudgetError, match="KV cache"):
         tierlm.load(llama["pkg"], budget={"host": llama["fixed"] - 4096})
+
+
+def test_cli_generate_json_verbose_timeline(llama, tmp_path, capsys):
+    import json
+
+    from tierlm.cli import main
+
+    png = tmp_path / "timeline.png"
+    budget = f"host={llama['minimum']}"
+    argv = ["generate", llama["pkg"], "--ids", ",".join(map(str, llama["ids"]))]
+    argv += ["--max-new-tokens", str(NEW_TOKENS), "--no-stop-at-eos", "--budget", budget]
+    assert main(argv + ["--json", "--verbose", "--timeline", str(png)]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["output_ids"] == llama["ref"]
+    assert out["stats"]["streaming"] and out["stats"]["stream_bytes_read"] > 0
+    assert out["placement"]["sections"] == 1
+    assert "streamed layers 0-7" in captured.err and "ring: 1 staging sections" in captured.err
+    assert png.stat().st_size > 10_000
