@@ -4,8 +4,8 @@ per-layer streaming (AirLLM's method), at host budgets of 50% and 25% of the wei
 The page cache of every weight file is dropped before each decode step for every method
 (posix_fadvise DONTNEED, not timed): tierlm reads with O_DIRECT, the baselines through mmap.
 Columns: decode s/token (median of the decode steps), bytes the process read from disk per
-token (/proc/self/io), the disk bound (bytes per token / fio's random-read bandwidth at 1 MiB,
-io_uring, O_DIRECT, QD 32), and ratios.
+token (/proc/self/io), the disk bound (bytes per token / fio's random-read bandwidth at
+8 MiB blocks, tierlm's request size; io_uring, O_DIRECT, QD 32), and ratios.
 
     python bench/bench_offload.py [--layers 12] [--hidden 2048] [--new-tokens 4] [--dir DIR]
 """
@@ -73,24 +73,23 @@ def main():
     hf_files = [str(p) for p in hf.glob("*.safetensors")]
     pkg_files = [str(p) for p in pkg.glob("*.bin")]
     biggest = max(pkg_files, key=os.path.getsize)
-    bandwidth = ob.fio_read_bandwidth(biggest, block="1M", depth=32, seconds=3)
+    bandwidth = ob.fio_read_bandwidth(biggest, block="8M", depth=32, seconds=3)
     prompt_ids = [(7 * i + 3) % args.vocab for i in range(args.prompt)]
     skip = set(filter(None, args.skip.split(",")))
 
     rows = []
-    ref_ids = None
+    tierlm_ids = None
     per_layer = None
     if "layers" not in skip:
-        steps, ids = ob.layer_streaming_decode(str(hf), prompt_ids, args.new_tokens, hf_files)
+        steps, _ids = ob.layer_streaming_decode(str(hf), prompt_ids, args.new_tokens, hf_files)
         per_layer = steps
-        ref_ids = ids
     for frac in [float(f) for f in args.budgets.split(",")]:
         budget = int(weight_bytes * frac)
         steps, ids, info = tierlm_decode(str(pkg), budget, prompt_ids, args.new_tokens, pkg_files)
+        if tierlm_ids is None:
+            tierlm_ids = ids
         same = (
-            ""
-            if ref_ids is None
-            else (" ids==per-layer" if ids == ref_ids[: len(ids)] else " ids DIFFER")
+            "ids == first tierlm row" if ids == tierlm_ids else "ids DIFFER from first tierlm row"
         )
         p = info["placement"]
         note = (
@@ -98,7 +97,7 @@ def main():
             f"{len(p['resident_layers'])}/{args.layers} layers resident, {info['backend']}"
             f"{' O_DIRECT' if info['direct'] else ''}, peak {info['peak'] / 2**20:.0f} MiB, "
             f"overlap {100 * (1 - info['wait'] / info['busy']) if info['busy'] else 100:.0f}%"
-            f"{same}"
+            f", {same}"
         )
         rows.append(("tierlm", frac, steps, note))
         if "accelerate" not in skip:
@@ -114,7 +113,7 @@ def main():
         f"\nmodel: random Llama bf16, hidden {args.hidden}, {args.layers} layers, ffn "
         f"{args.intermediate}, vocab {args.vocab}: {weight_bytes / 1e9:.2f} GB of weights; "
         f"prompt {args.prompt} tokens, {args.new_tokens - 1} decode steps, page cache dropped "
-        f"before each step; fio 1 MiB randread QD32: "
+        f"before each step; fio 8 MiB randread QD32: "
         + (f"{bandwidth / 1e9:.2f} GB/s" if bandwidth else "unavailable")
     )
     header = (

@@ -143,13 +143,15 @@ class RingStore final : public StreamingWeightStore {
 
     // The ring.
     sections_.resize(placement_.sections);
+    bool registered = !sections_.empty();
     for (Section& s : sections_) {
       s.buffer = host.allocate(placement_.section_bytes, kAlign);
       bool all = true;
       for (File& f : files_) all = f.register_buffer(s.buffer.data(), s.buffer.size()) && all;
-      stream_.registered = all && !files_.empty();
+      registered = registered && all && !files_.empty();
       s.futures.reserve(64);
     }
+    stream_.registered = registered;
     slot_.assign(m, -1);
     scratch_.reserve(256);
     events_.resize(kMaxEvents);
