@@ -39,6 +39,12 @@ std::vector<TensorInfo> unique_tensors(const Package& package,
 
 using Clock = std::chrono::steady_clock;
 
+// The tensor's bytes rounded up to 4 KiB (whole pages: O_DIRECT), clamped to the file's end
+// (package files are padded to 4 KiB, but a tail read stays exact if one is not).
+uint64_t read_length(const File& file, const TensorInfo& t) {
+  return std::min(round_up(t.nbytes, kAlign), file.size() - t.offset);
+}
+
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
@@ -86,7 +92,7 @@ class RingStore final : public StreamingWeightStore {
       if (is_streamed(t)) continue;
       File& f = files_[file_of(t.file)];
       char* dst = base + offset;
-      f.read(dst, round_up(t.nbytes, kAlign), t.offset);
+      f.read(dst, read_length(f, t), t.offset);
       host.record_in(t.nbytes);
       stats_.disk_bytes_read += round_up(t.nbytes, kAlign);
       if (options.verify && t.has_crc32) {
@@ -116,7 +122,7 @@ class RingStore final : public StreamingWeightStore {
       for (size_t i : layer.members) {
         const TensorInfo& t = tensors_[i];
         const int file = file_of(t.file);
-        const uint64_t len = round_up(t.nbytes, kAlign);
+        const uint64_t len = read_length(files_[file], t);
         layer.offsets.push_back(rel);
         Read* last = layer.reads.empty() ? nullptr : &layer.reads.back();
         if (last && last->file == file && last->offset + last->len == t.offset &&
@@ -125,7 +131,7 @@ class RingStore final : public StreamingWeightStore {
         } else {
           layer.reads.push_back({file, rel, t.offset, len});
         }
-        rel += len;
+        rel += round_up(t.nbytes, kAlign);
       }
       // Split reads longer than kMaxRequest.
       std::vector<Read> split;
