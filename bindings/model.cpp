@@ -84,6 +84,7 @@ nb::dict placement_dict(const WeightPlacementInfo& p) {
   d["resident_layers"] = p.resident_layers;
   d["streamed_layers"] = p.streamed_layers;
   d["streamed_tensors"] = p.streamed_tensors;
+  d["pinned_tensors"] = p.pinned_tensors;
   return d;
 }
 

@@ -451,6 +451,7 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     info.sections = placement.sections;
     info.resident_layers = placement.resident_layers;
     info.streamed_layers = placement.streamed_layers;
+    info.pinned_tensors = placement.pinned_tensors;
     info.minimum_budget = minimum;
     for (const std::string& name : names) {
       const TensorInfo& t = p.tensor(name);
@@ -458,7 +459,9 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
           std::find(placement.streamed_layers.begin(), placement.streamed_layers.end(), t.layer) !=
               placement.streamed_layers.end() &&
           std::find(info.streamed_tensors.begin(), info.streamed_tensors.end(), name) ==
-              info.streamed_tensors.end()) {
+              info.streamed_tensors.end() &&
+          std::find(placement.pinned_tensors.begin(), placement.pinned_tensors.end(), name) ==
+              placement.pinned_tensors.end()) {
         info.streamed_tensors.push_back(name);
       }
     }

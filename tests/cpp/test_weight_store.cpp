@@ -116,7 +116,17 @@ TEST(WeightStore, StreamingPlacementAndRing) {
   EXPECT_EQ(three.sections, 3);
   EXPECT_EQ(three.resident_layers.size(), 2u);
 
-  for (const WeightPlacement& plan : {one, three}) {
+  // Half a layer left over: matrices of the last streamed layer stay resident.
+  const WeightPlacement pinned =
+      weight_placement(p, names, probe.minimum() + 5 * probe.section_bytes / 2, 0);
+  EXPECT_EQ(pinned.sections, 2);
+  EXPECT_EQ(pinned.resident_layers.size(), 1u);
+  EXPECT_FALSE(pinned.pinned_tensors.empty());
+  EXPECT_LT(pinned.streamed_bytes, (spec.spec.layers - 1) * probe.section_bytes);
+  EXPECT_LE(pinned.resident_bytes + pinned.ring_bytes,
+            probe.minimum() + 5 * probe.section_bytes / 2);
+
+  for (const WeightPlacement& plan : {one, three, pinned}) {
     HostTier host(plan.resident_bytes + plan.ring_bytes);
     auto store = weight_store_streaming(p, host, names, plan, {});
     EXPECT_EQ(host.stats().current, plan.resident_bytes + plan.ring_bytes);

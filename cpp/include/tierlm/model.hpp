@@ -43,6 +43,7 @@ struct WeightPlacementInfo {
   std::vector<int> resident_layers;
   std::vector<int> streamed_layers;
   std::vector<std::string> streamed_tensors;
+  std::vector<std::string> pinned_tensors;  // matrices of streamed layers kept resident
 };
 
 struct StreamEventInfo {

@@ -63,8 +63,10 @@ class RingStore final : public StreamingWeightStore {
     for (size_t j = 0; j < placement_.streamed_layers.size(); ++j) {
       stream_index_[placement_.streamed_layers[j]] = static_cast<int>(j);
     }
+    std::unordered_map<std::string, bool> pinned;
+    for (const std::string& name : placement_.pinned_tensors) pinned[name] = true;
     auto is_streamed = [&](const TensorInfo& t) {
-      return streamable(t) && stream_index_[t.layer] >= 0;
+      return streamable(t) && stream_index_[t.layer] >= 0 && pinned.count(t.name) == 0;
     };
 
     // Files: one per weight file, O_DIRECT for the aligned requests.
@@ -361,10 +363,33 @@ WeightPlacement weight_placement(const Package& package, const std::vector<std::
     k = std::max(m, 1);
   }
   p.sections = k;
-  p.ring_bytes = static_cast<uint64_t>(k) * p.section_bytes;
   p.resident_bytes = p.base_bytes;
   for (int layer : p.resident_layers) p.resident_bytes += layer_bytes[layer];
-  for (int layer : p.streamed_layers) p.streamed_bytes += layer_bytes[layer];
+  // What is left after the ring and the resident layers keeps single matrices of streamed
+  // layers resident (from the last streamed layer back), so fewer bytes are read per token.
+  uint64_t left =
+      avail + p.base_bytes - p.resident_bytes - static_cast<uint64_t>(k) * p.section_bytes;
+  std::map<int, uint64_t> streamed;
+  for (int layer : p.streamed_layers) streamed[layer] = layer_bytes[layer];
+  const std::vector<TensorInfo> all = unique_tensors(package, names);
+  for (auto it = p.streamed_layers.rbegin(); it != p.streamed_layers.rend() && left >= kAlign;
+       ++it) {
+    for (const TensorInfo& t : all) {
+      const uint64_t bytes = round_up(t.nbytes, kAlign);
+      if (t.layer != *it || !streamable(t) || bytes > left) continue;
+      if (streamed[t.layer] == bytes) continue;  // keep at least one matrix streamed
+      p.pinned_tensors.push_back(t.name);
+      streamed[t.layer] -= bytes;
+      p.resident_bytes += bytes;
+      left -= bytes;
+    }
+  }
+  p.section_bytes = 0;
+  for (const auto& [layer, bytes] : streamed) {
+    p.section_bytes = std::max(p.section_bytes, bytes);
+    p.streamed_bytes += bytes;
+  }
+  p.ring_bytes = static_cast<uint64_t>(k) * p.section_bytes;
   return p;
 }
 

@@ -140,7 +140,8 @@ def print_placement(model, out):
         f"layers {_ranges(p['resident_layers']) or 'none'}), "
         f"streamed layers {_ranges(p['streamed_layers'])} "
         f"({format_size(p['streamed_bytes'])} read per token, "
-        f"{len(p['streamed_tensors'])} tensors)",
+        f"{len(p['streamed_tensors'])} tensors; {len(p['pinned_tensors'])} matrices of "
+        "streamed layers kept resident)",
         file=out,
     )
     print(

@@ -71,6 +71,7 @@ struct WeightPlacement {
   int sections = 0;
   std::vector<int> resident_layers;
   std::vector<int> streamed_layers;
+  std::vector<std::string> pinned_tensors;  // matrices of streamed layers kept resident
   // Least weight bytes a streaming store can run in: base + one section.
   uint64_t minimum() const { return base_bytes + section_bytes; }
 };
