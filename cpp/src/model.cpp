@@ -425,7 +425,7 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
                  ") stay in the host tier and do not fit the host budget of ",
                  format_bytes(options.host_budget),
                  "; lower max_context or max_batch, or raise "
-                 "the host budget (streaming needs at least ",
+                 "the host budget (streaming the weights needs at least ",
                  format_bytes(minimum), ")");
     TIERLM_CHECK(minimum <= options.host_budget, kErrorBudget,
                  "host tier: streaming the weights "
