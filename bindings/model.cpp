@@ -60,6 +60,31 @@ nb::dict model_stats_dict(const ModelStats& s) {
   d["kv_bytes"] = s.kv_bytes;
   d["arena_bytes"] = s.arena_bytes;
   d["host"] = tier_stats_dict(s.host);
+  d["stream_bytes_read"] = s.stream_bytes_read;
+  d["io_wait_seconds"] = s.io_wait_seconds;
+  d["read_busy_seconds"] = s.read_busy_seconds;
+  d["layer_waits"] = s.layer_waits;
+  d["ring_restarts"] = s.ring_restarts;
+  d["io_direct"] = s.io_direct;
+  d["io_registered"] = s.io_registered;
+  d["io_backend"] = s.io_backend;
+  return d;
+}
+
+nb::dict placement_dict(const WeightPlacementInfo& p) {
+  nb::dict d;
+  d["streaming"] = p.streaming;
+  d["resident_bytes"] = p.resident_bytes;
+  d["base_bytes"] = p.base_bytes;
+  d["section_bytes"] = p.section_bytes;
+  d["ring_bytes"] = p.ring_bytes;
+  d["streamed_bytes"] = p.streamed_bytes;
+  d["minimum_budget"] = p.minimum_budget;
+  d["sections"] = p.sections;
+  d["resident_layers"] = p.resident_layers;
+  d["streamed_layers"] = p.streamed_layers;
+  d["streamed_tensors"] = p.streamed_tensors;
+  d["pinned_tensors"] = p.pinned_tensors;
   return d;
 }
 
@@ -100,7 +125,8 @@ void bind_model(nb::module_& m) {
       .def_static(
           "load",
           [](const std::string& path, uint64_t host_budget, size_t threads, bool verify,
-             int64_t max_context, int64_t prefill_chunk, bool lock, int64_t max_batch) {
+             int64_t max_context, int64_t prefill_chunk, bool lock, int64_t max_batch,
+             int64_t ring_sections) {
             ModelOptions o;
             o.host_budget = host_budget;
             o.threads = threads;
@@ -109,12 +135,13 @@ void bind_model(nb::module_& m) {
             o.prefill_chunk = prefill_chunk;
             o.lock = lock;
             o.max_batch = max_batch;
+            o.ring_sections = ring_sections;
             nb::gil_scoped_release release;
             return Model::load(path, o);
           },
           nb::arg("path"), nb::arg("host_budget"), nb::arg("threads") = 0,
           nb::arg("verify") = false, nb::arg("max_context") = 0, nb::arg("prefill_chunk") = 0,
-          nb::arg("lock") = true, nb::arg("max_batch") = 1)
+          nb::arg("lock") = true, nb::arg("max_batch") = 1, nb::arg("ring_sections") = 0)
       .def_prop_ro("path", [](const Model& self) { return self.package().path; })
       .def_prop_ro("architecture", [](const Model& self) { return self.package().architecture; })
       .def_prop_ro("dtype", [](const Model& self) { return self.package().dtype; })
@@ -186,6 +213,23 @@ void bind_model(nb::module_& m) {
           nb::arg("top_k") = 0, nb::arg("top_p") = 1.0f, nb::arg("seed") = 0,
           nb::arg("stop_at_eos") = true)
       .def("stats", [](const Model& self) { return model_stats_dict(self.stats()); })
+      .def("placement", [](const Model& self) { return placement_dict(self.placement()); })
+      .def("stream_events",
+           [](const Model& self) {
+             nb::list t, wait, layer, bytes;
+             for (const StreamEventInfo& e : self.stream_events()) {
+               t.append(e.t);
+               wait.append(e.wait);
+               layer.append(e.layer);
+               bytes.append(e.bytes_read);
+             }
+             nb::dict d;
+             d["t"] = t;
+             d["wait"] = wait;
+             d["layer"] = layer;
+             d["bytes_read"] = bytes;
+             return d;
+           })
       .def(
           "memory_buffers",
           [](const Model& self, int64_t seq) { return buffers_dict(self.memory_buffers(seq)); },

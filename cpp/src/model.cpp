@@ -186,6 +186,8 @@ struct Model::Impl {
   ModelOptions options;
   std::unique_ptr<HostTier> host;
   std::unique_ptr<detail::WeightStore> weights;
+  detail::StreamingWeightStore* stream = nullptr;  // weights, when streaming
+  WeightPlacementInfo placement;
   int64_t context = 0;
   int64_t chunk = 0;
   HostBuffer kv;
@@ -406,18 +408,67 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   const uint64_t kv_bytes = align_up(kv_floats * sizeof(float), 4096);
   const uint64_t arena_bytes = align_up(std::max<uint64_t>(m.plan.peak, 1), 4096);
   const uint64_t needed = weight_bytes + kv_bytes + arena_bytes;
-  TIERLM_CHECK(needed <= options.host_budget, kErrorBudget, "host tier: the model needs ",
-               format_bytes(needed), " (weights ", format_bytes(weight_bytes), ", KV cache ",
-               format_bytes(kv_bytes), " for ", m.max_batch, " x ", m.context,
-               " tokens, activations ", format_bytes(arena_bytes), ") but the host budget is ",
-               format_bytes(options.host_budget),
-               "; raise the host budget or lower max_context (streaming weights from disk "
-               "is not implemented yet)");
-
-  m.host = std::make_unique<HostTier>(options.host_budget, options.lock);
+  const uint64_t fixed = kv_bytes + arena_bytes;
   detail::WeightStoreOptions store_options;
   store_options.verify = options.verify;
-  m.weights = detail::weight_store_resident(p, *m.host, names, store_options);
+  if (needed <= options.host_budget) {
+    m.host = std::make_unique<HostTier>(options.host_budget, options.lock);
+    m.weights = detail::weight_store_resident(p, *m.host, names, store_options);
+    m.placement.resident_bytes = weight_bytes;
+    m.placement.base_bytes = weight_bytes;
+  } else {
+    const detail::WeightPlacement probe = detail::weight_placement(p, names, 0, 0);
+    const uint64_t minimum = probe.minimum() + fixed;
+    TIERLM_CHECK(fixed <= options.host_budget, kErrorBudget, "host tier: the KV cache (",
+                 format_bytes(kv_bytes), " for ", m.max_batch, " x ", m.context,
+                 " tokens) and activations (", format_bytes(arena_bytes),
+                 ") stay in the host tier and do not fit the host budget of ",
+                 format_bytes(options.host_budget),
+                 "; lower max_context or max_batch, or raise "
+                 "the host budget (streaming the weights needs at least ",
+                 format_bytes(minimum), ")");
+    TIERLM_CHECK(minimum <= options.host_budget, kErrorBudget,
+                 "host tier: streaming the weights "
+                 "needs a host budget of at least ",
+                 format_bytes(minimum), " (", minimum, " bytes: resident norms/embeddings/lm_head ",
+                 format_bytes(probe.base_bytes), " + one staging section ",
+                 format_bytes(probe.section_bytes), " + KV cache ", format_bytes(kv_bytes),
+                 " + activations ", format_bytes(arena_bytes), ") but the host budget is ",
+                 format_bytes(options.host_budget), "; raise the host budget or lower max_context");
+    const detail::WeightPlacement placement = detail::weight_placement(
+        p, names, options.host_budget - fixed, static_cast<int>(options.ring_sections));
+    m.host = std::make_unique<HostTier>(options.host_budget, options.lock);
+    auto store = detail::weight_store_streaming(p, *m.host, names, placement, store_options);
+    m.stream = store.get();
+    m.weights = std::move(store);
+    WeightPlacementInfo& info = m.placement;
+    info.streaming = true;
+    info.resident_bytes = placement.resident_bytes;
+    info.base_bytes = placement.base_bytes;
+    info.section_bytes = placement.section_bytes;
+    info.ring_bytes = placement.ring_bytes;
+    info.streamed_bytes = placement.streamed_bytes;
+    info.sections = placement.sections;
+    info.resident_layers = placement.resident_layers;
+    info.streamed_layers = placement.streamed_layers;
+    info.pinned_tensors = placement.pinned_tensors;
+    info.minimum_budget = minimum;
+    for (const std::string& name : names) {
+      const TensorInfo& t = p.tensor(name);
+      if (t.layer >= 0 && t.shape.size() >= 2 &&
+          std::find(placement.streamed_layers.begin(), placement.streamed_layers.end(), t.layer) !=
+              placement.streamed_layers.end() &&
+          std::find(info.streamed_tensors.begin(), info.streamed_tensors.end(), name) ==
+              info.streamed_tensors.end() &&
+          std::find(placement.pinned_tensors.begin(), placement.pinned_tensors.end(), name) ==
+              placement.pinned_tensors.end()) {
+        info.streamed_tensors.push_back(name);
+      }
+    }
+  }
+  if (!m.placement.streaming) {
+    m.placement.minimum_budget = detail::weight_placement(p, names, 0, 0).minimum() + fixed;
+  }
   m.kv = m.host->allocate(std::max<uint64_t>(kv_floats * sizeof(float), 1));
   std::memset(m.kv.data(), 0, m.kv.size());
   m.arena = m.host->allocate(arena_bytes);
@@ -837,7 +888,29 @@ ModelStats Model::stats() const {
   s.kv_bytes = m.kv.size();
   s.arena_bytes = m.arena.size();
   s.host = m.host->stats();
+  if (m.stream != nullptr) {
+    const detail::StreamStats ss = m.stream->stream_stats();
+    s.stream_bytes_read = ss.stream_bytes_read;
+    s.io_wait_seconds = ss.io_wait_seconds;
+    s.read_busy_seconds = ss.read_busy_seconds;
+    s.layer_waits = ss.layer_waits;
+    s.ring_restarts = ss.ring_restarts;
+    s.io_direct = ss.direct;
+    s.io_registered = ss.registered;
+    s.io_backend = ss.backend;
+  }
   return s;
+}
+
+const WeightPlacementInfo& Model::placement() const { return impl_->placement; }
+
+std::vector<StreamEventInfo> Model::stream_events() const {
+  std::vector<StreamEventInfo> out;
+  if (impl_->stream == nullptr) return out;
+  for (const detail::StreamEvent& e : impl_->stream->events()) {
+    out.push_back({e.t, e.wait, e.layer, e.bytes_read});
+  }
+  return out;
 }
 
 std::vector<MemoryBuffer> Model::memory_buffers(int64_t seq) const {

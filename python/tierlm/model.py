@@ -134,6 +134,7 @@ class Model:
     ):
         """Generates after prompt (text or ids); returns a GenerateResult."""
         ids = self.encode(prompt)
+        before = self._native.stats()
         out = self._native.generate(
             ids,
             max_new_tokens=int(max_new_tokens),
@@ -145,6 +146,7 @@ class Model:
         )
         stats = dict(out["stats"])
         stats.update(self._tier_stats())
+        stats.update(self._stream_stats(before, self._native.stats(), stats))
         return GenerateResult(
             prompt_ids=ids,
             output_ids=list(out["output_ids"]),
@@ -228,6 +230,26 @@ class Model:
         """Last-position logits (float32 numpy, vocab_size) of ids, from an empty cache."""
         return self._native.logits(self.encode(ids))
 
+    def _stream_stats(self, before, after, stats):
+        """Streaming stats of one generation: bytes read from disk (total and per forward
+        pass), time waiting for reads vs computing, and overlap % = share of the time the
+        reads were in flight that ran behind compute (1 - wait / read time)."""
+        p = self._native.placement()
+        wait = after["io_wait_seconds"] - before["io_wait_seconds"]
+        busy = after["read_busy_seconds"] - before["read_busy_seconds"]
+        total = stats.get("prefill_seconds", 0.0) + stats.get("decode_seconds", 0.0)
+        return {
+            "streaming": p["streaming"],
+            "stream_bytes_read": after["stream_bytes_read"] - before["stream_bytes_read"],
+            "bytes_read_per_token": p["streamed_bytes"],
+            "io_wait_seconds": wait,
+            "compute_seconds": max(total - wait, 0.0),
+            "overlap_pct": 100.0 * (1.0 - wait / busy) if busy > 0 else 100.0,
+            "io_backend": after["io_backend"],
+            "io_direct": after["io_direct"],
+            "ring_sections": p["sections"],
+        }
+
     def _tier_stats(self):
         s = self._native.stats()
         return {
@@ -246,6 +268,17 @@ class Model:
         )
         s["peak_bytes"] = {"host": s["host"]["peak"]}
         return s
+
+    def placement(self):
+        """Where the weights live: {"streaming", "resident_bytes", "section_bytes", "sections",
+        "ring_bytes", "streamed_bytes" (read per forward pass), "minimum_budget",
+        "resident_layers", "streamed_layers", "streamed_tensors", ...}."""
+        return self._native.placement()
+
+    def stream_events(self):
+        """One entry per streamed layer's begin: {"t", "wait", "layer", "bytes_read"} lists
+        (seconds since load, seconds waited for its reads, layer, streamed bytes so far)."""
+        return self._native.stream_events()
 
     def memory_buffers(self, seq):
         """The graph's activation and workspace buffers for a batch of seq tokens:
@@ -276,6 +309,7 @@ def load(
     prefill_chunk=0,
     lock=True,
     max_batch=1,
+    ring_sections=0,
 ):
     """Loads a package (tierlm export's output).
 
@@ -283,6 +317,9 @@ def load(
     for the machine's default. verify: check every tensor's CRC-32 while reading.
     max_context: KV cache tokens (default: the model's max_positions).
     max_batch: sequences generate_batch decodes together (each gets its own KV cache).
+    When the weights do not fit the host budget (with the KV cache and activations), layers
+    are streamed from the package files through a ring of ring_sections staging sections
+    (0 = auto); model.placement() says which. A budget below the minimum raises BudgetError.
     """
     budgets = _budgets(budget)
     native = _core.Model.load(
@@ -294,5 +331,6 @@ def load(
         prefill_chunk=int(prefill_chunk or 0),
         lock=bool(lock),
         max_batch=int(max_batch),
+        ring_sections=int(ring_sections or 0),
     )
     return Model(native, budgets)

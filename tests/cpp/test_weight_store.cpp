@@ -85,5 +85,78 @@ TEST(FileReader, ShortReadNamesFileTensorAndOffset) {
   EXPECT_THROW(FileReader(dir.path() + "/none.bin"), Error);
 }
 
+struct TinySpecForStreaming {
+  tierlm::testing::TinySpec spec = [] {
+    tierlm::testing::TinySpec s;
+    s.layers = 7;
+    s.hidden = 40;
+    s.inter = 67;
+    return s;
+  }();
+};
+
+// Streaming: placement under a weight budget, bytes equal the file through the ring over
+// several passes, out-of-order access restarts the ring, the tier holds resident + ring.
+TEST(WeightStore, StreamingPlacementAndRing) {
+  TempDir dir;
+  TinySpecForStreaming spec;
+  const Package p = package_open(write_tiny_package(dir.path(), spec.spec));
+  const auto names = all_tensors(p);
+  const WeightPlacement probe = weight_placement(p, names, 0, 0);
+  ASSERT_GT(probe.section_bytes, 0u);
+  EXPECT_TRUE(probe.streamed_layers.empty());  // below the minimum: nothing planned
+  const WeightPlacement one = weight_placement(p, names, probe.minimum(), 0);
+  EXPECT_EQ(one.sections, 1);
+  EXPECT_EQ(one.streamed_layers.size(), static_cast<size_t>(spec.spec.layers));
+  const WeightPlacement all = weight_placement(p, names, 1ull << 40, 0);
+  EXPECT_EQ(all.sections, 0);
+  EXPECT_TRUE(all.streamed_layers.empty());
+  const WeightPlacement three =
+      weight_placement(p, names, probe.minimum() + 4 * probe.section_bytes, 3);
+  EXPECT_EQ(three.sections, 3);
+  EXPECT_EQ(three.resident_layers.size(), 2u);
+
+  // Half a layer left over: matrices of the last streamed layer stay resident.
+  const WeightPlacement pinned =
+      weight_placement(p, names, probe.minimum() + 5 * probe.section_bytes / 2, 0);
+  EXPECT_EQ(pinned.sections, 2);
+  EXPECT_EQ(pinned.resident_layers.size(), 1u);
+  EXPECT_FALSE(pinned.pinned_tensors.empty());
+  EXPECT_LT(pinned.streamed_bytes, (spec.spec.layers - 1) * probe.section_bytes);
+  EXPECT_LE(pinned.resident_bytes + pinned.ring_bytes,
+            probe.minimum() + 5 * probe.section_bytes / 2);
+
+  for (const WeightPlacement& plan : {one, three, pinned}) {
+    HostTier host(plan.resident_bytes + plan.ring_bytes);
+    auto store = weight_store_streaming(p, host, names, plan, {});
+    EXPECT_EQ(host.stats().current, plan.resident_bytes + plan.ring_bytes);
+    FileReader file(p.file_path("weights-0.bin"));
+    auto check_layer = [&](int layer) {
+      store->begin_layer(layer);
+      for (const TensorInfo& t : p.tensors) {
+        if (t.layer != layer && t.layer != kGlobalLayer) continue;
+        std::vector<char> expected(t.nbytes);
+        file.read(expected.data(), t.nbytes, t.offset, t.name);
+        const void* data = store->data(store->index(t.name));
+        ASSERT_NE(data, nullptr) << t.name;
+        EXPECT_EQ(std::memcmp(data, expected.data(), t.nbytes), 0) << t.name;
+      }
+      store->end_layer(layer);
+    };
+    for (int pass = 0; pass < 3; ++pass) {
+      check_layer(kGlobalLayer);
+      for (int layer = 0; layer < spec.spec.layers; ++layer) check_layer(layer);
+      check_layer(kGlobalLayer);
+    }
+    EXPECT_EQ(store->stream_stats().ring_restarts, 0u);
+    EXPECT_EQ(store->stream_stats().stream_bytes_read, 3 * plan.streamed_bytes);
+    check_layer(spec.spec.layers - 1);  // out of order
+    check_layer(0);
+    EXPECT_GE(store->stream_stats().ring_restarts, 1u);
+    EXPECT_EQ(host.stats().peak, plan.resident_bytes + plan.ring_bytes);
+    EXPECT_EQ(store->events().size(), store->stream_stats().layer_waits);
+  }
+}
+
 }  // namespace
 }  // namespace tierlm::detail

@@ -23,6 +23,34 @@ struct ModelOptions {
   int64_t prefill_chunk = 0;          // tokens per prefill batch; 0 = a stored plan's or 256
   bool lock = true;                   // mlock host buffers where RLIMIT_MEMLOCK allows
   int64_t max_batch = 1;              // sequences decoded together (KV cache slots)
+  // Streaming (weights larger than the host budget): staging sections of the prefetch ring;
+  // 0 = auto (2 when the budget allows, else 1).
+  int64_t ring_sections = 0;
+};
+
+// Where the weights live (issue 4): everything resident, or a resident set plus a ring of
+// staging sections streamed from the package files with O_DIRECT.
+struct WeightPlacementInfo {
+  bool streaming = false;
+  uint64_t resident_bytes = 0;  // weights kept in the host tier
+  uint64_t base_bytes = 0;      // layer -1 tensors and 1-D tensors (norms, biases)
+  uint64_t section_bytes = 0;   // one staging section (the largest streamed layer)
+  uint64_t ring_bytes = 0;
+  uint64_t streamed_bytes = 0;  // read from disk per forward pass
+  uint64_t minimum_budget =
+      0;  // least host budget that loads (resident set + KV + arena + 1 section)
+  int64_t sections = 0;
+  std::vector<int> resident_layers;
+  std::vector<int> streamed_layers;
+  std::vector<std::string> streamed_tensors;
+  std::vector<std::string> pinned_tensors;  // matrices of streamed layers kept resident
+};
+
+struct StreamEventInfo {
+  double t = 0;
+  double wait = 0;
+  int layer = 0;
+  uint64_t bytes_read = 0;
 };
 
 // One activation or workspace buffer of the graph for a batch of `seq` tokens: live from op
@@ -54,6 +82,16 @@ struct ModelStats {
   uint64_t kv_bytes = 0;         // host bytes of the KV cache
   uint64_t arena_bytes = 0;      // host bytes of the activation arena
   TierStats host;
+  // Streaming: bytes read by the ring, time begin_layer waited for reads, time from issuing a
+  // layer's reads to seeing them complete (summed over layers).
+  uint64_t stream_bytes_read = 0;
+  double io_wait_seconds = 0.0;
+  double read_busy_seconds = 0.0;
+  uint64_t layer_waits = 0;
+  uint64_t ring_restarts = 0;
+  bool io_direct = false;
+  bool io_registered = false;
+  std::string io_backend;
 };
 
 class Model {
@@ -98,6 +136,9 @@ class Model {
   std::vector<float> logits(std::span<const int32_t> ids);
 
   ModelStats stats() const;
+  const WeightPlacementInfo& placement() const;
+  // One event per streamed layer's begin (time, wait, bytes read so far), oldest first.
+  std::vector<StreamEventInfo> stream_events() const;
   // Counts a generation's timings into stats() (prefill and decode totals).
   void record_timing(uint64_t prefill_tokens, double prefill_seconds, uint64_t decode_tokens,
                      double decode_seconds);

@@ -30,6 +30,15 @@ def add_parser(subparsers):
     parser.add_argument("--verify", action="store_true", help="check tensor checksums on load")
     parser.add_argument("--no-stop-at-eos", action="store_true", help="ignore eos tokens")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--verbose", action="store_true", help="print the weight placement (resident/streamed)"
+    )
+    parser.add_argument(
+        "--ring-sections", type=int, default=0, help="streaming staging sections (0 = auto)"
+    )
+    parser.add_argument(
+        "--timeline", metavar="PNG", help="plot host-tier usage and I/O over time (matplotlib)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -59,7 +68,10 @@ def run(args):
         threads=args.threads,
         verify=args.verify,
         max_context=args.max_context,
+        ring_sections=args.ring_sections,
     )
+    if args.verbose:
+        print_placement(model, sys.stderr)
     prompt = args.prompt if args.prompt is not None else parse_ids(args.ids)
     options = dict(
         max_new_tokens=args.max_new_tokens,
@@ -79,9 +91,13 @@ def run(args):
                     "text": result.text,
                     "finish_reason": result.finish_reason,
                     "stats": result.stats,
+                    "placement": model.placement(),
+                    "model_stats": model.stats(),
                 }
             )
         )
+        if args.timeline:
+            plot_timeline(model, args.timeline)
         return 0
     has_text = model.tokenizer is not None
     for token in model.stream(prompt, **options):
@@ -95,4 +111,96 @@ def run(args):
         f"read {format_size(s['disk_bytes_read'])}, host peak {format_size(s['host']['peak'])}",
         file=sys.stderr,
     )
+    if model.placement()["streaming"]:
+        print(
+            f"streamed {format_size(s['stream_bytes_read'])} "
+            f"({format_size(model.placement()['streamed_bytes'])}/token), "
+            f"I/O wait {s['io_wait_seconds']:.3f} s, backend {s['io_backend']}"
+            f"{' O_DIRECT' if s['io_direct'] else ''}",
+            file=sys.stderr,
+        )
+    if args.timeline:
+        plot_timeline(model, args.timeline)
     return 0
+
+
+def print_placement(model, out):
+    p = model.placement()
+    s = model.stats()
+    if not p["streaming"]:
+        print(
+            "placement: all weights resident in the host tier "
+            f"({format_size(p['resident_bytes'])})",
+            file=out,
+        )
+        return
+    print(
+        f"placement: resident {format_size(p['resident_bytes'])} "
+        f"(embeddings, lm_head, norms, biases: {format_size(p['base_bytes'])}; "
+        f"layers {_ranges(p['resident_layers']) or 'none'}), "
+        f"streamed layers {_ranges(p['streamed_layers'])} "
+        f"({format_size(p['streamed_bytes'])} read per token, "
+        f"{len(p['streamed_tensors'])} tensors; {len(p['pinned_tensors'])} matrices of "
+        "streamed layers kept resident)",
+        file=out,
+    )
+    print(
+        f"ring: {p['sections']} staging sections x {format_size(p['section_bytes'])} = "
+        f"{format_size(p['ring_bytes'])}; KV cache {format_size(s['kv_bytes'])}, "
+        f"activations {format_size(s['arena_bytes'])}; host budget "
+        f"{format_size(s['host']['budget'])} (minimum {format_size(p['minimum_budget'])})",
+        file=out,
+    )
+
+
+def _ranges(layers):
+    parts, start = [], None
+    for i, layer in enumerate(layers):
+        if start is None:
+            start = layer
+        if i + 1 == len(layers) or layers[i + 1] != layer + 1:
+            parts.append(str(start) if start == layer else f"{start}-{layer}")
+            start = None
+    return ",".join(parts)
+
+
+def plot_timeline(model, path):
+    """Host-tier usage (by part) and streamed bytes / read waits over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ev = model.stream_events()
+    p = model.placement()
+    s = model.stats()
+    t = ev["t"] or [0.0, s["load_seconds"]]
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
+    mib = 1 << 20
+    parts = [
+        ("resident weights", p["resident_bytes"]),
+        ("staging ring", p["ring_bytes"]),
+        ("KV cache", s["kv_bytes"]),
+        ("activations", s["arena_bytes"]),
+    ]
+    level = 0.0
+    for name, size in parts:
+        top.fill_between([t[0], t[-1]], level / mib, (level + size) / mib, label=name, alpha=0.6)
+        level += size
+    top.axhline(s["host"]["budget"] / mib, color="k", linestyle="--", label="host budget")
+    top.axhline(s["host"]["peak"] / mib, color="r", linestyle=":", label="host peak")
+    top.set_ylabel("host tier (MiB)")
+    top.legend(loc="lower right", fontsize=7)
+    if ev["t"]:
+        bottom.plot(ev["t"], [b / mib for b in ev["bytes_read"]], label="streamed (MiB)")
+        bottom.set_ylabel("bytes read (MiB)")
+        waits = bottom.twinx()
+        width = max(ev["t"][-1] - ev["t"][0], 1e-3) / max(len(ev["t"]), 1) * 0.8
+        waits.bar(ev["t"], [w * 1e3 for w in ev["wait"]], width=width, color="r", alpha=0.5)
+        waits.set_ylabel("read wait per layer (ms)", color="r")
+    else:
+        bottom.text(0.5, 0.5, "all weights resident: no streaming", ha="center")
+    bottom.set_xlabel("seconds since load")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

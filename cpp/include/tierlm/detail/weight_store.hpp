@@ -55,3 +55,61 @@ std::unique_ptr<WeightStore> weight_store_resident(const Package& package, HostT
                                                    const WeightStoreOptions& options);
 
 }  // namespace tierlm::detail
+
+namespace tierlm::detail {
+
+// Streaming (issue 4). Placement of a package's weights under a host byte budget for weights:
+// resident = layer -1 tensors, every 1-D tensor (norms, biases) and the first whole layers
+// that fit; the other layers' matrices are read with O_DIRECT through `sections` staging
+// sections of `section_bytes` each (the largest streamed layer), ring order = layer order.
+struct WeightPlacement {
+  uint64_t base_bytes = 0;      // layer -1 + small tensors (always resident)
+  uint64_t section_bytes = 0;   // the largest layer's streamable matrices
+  uint64_t resident_bytes = 0;  // base + resident layers
+  uint64_t ring_bytes = 0;      // sections * section_bytes
+  uint64_t streamed_bytes = 0;  // bytes read per pass over the streamed layers
+  int sections = 0;
+  std::vector<int> resident_layers;
+  std::vector<int> streamed_layers;
+  std::vector<std::string> pinned_tensors;  // matrices of streamed layers kept resident
+  // Least weight bytes a streaming store can run in: base + one section.
+  uint64_t minimum() const { return base_bytes + section_bytes; }
+};
+
+// Plans placement for `weight_budget` bytes; ring_sections 0 = auto (up to 4, at least 2
+// when the budget allows). Throws kErrorBudget when weight_budget < minimum().
+WeightPlacement weight_placement(const Package& package, const std::vector<std::string>& tensors,
+                                 uint64_t weight_budget, int ring_sections);
+
+// One entry per begin_layer of a streamed layer, for timelines (kept in a fixed buffer).
+struct StreamEvent {
+  double t = 0;     // seconds since the store was made
+  double wait = 0;  // seconds begin_layer waited for the reads
+  int layer = 0;
+  uint64_t bytes_read = 0;  // total streamed bytes read so far (completed)
+};
+
+struct StreamStats {
+  uint64_t stream_bytes_read = 0;  // bytes read by the ring since load
+  double io_wait_seconds = 0;      // time begin_layer spent waiting on reads
+  double read_busy_seconds = 0;    // sum over layers of issue -> reads complete (as seen)
+  uint64_t layer_waits = 0;        // begin_layer calls of streamed layers
+  uint64_t ring_restarts = 0;      // out-of-order layer accesses that drained the ring
+  bool registered = false;         // sections registered with the I/O engine
+  bool direct = false;             // reads use O_DIRECT
+  std::string backend;
+};
+
+class StreamingWeightStore : public WeightStore {
+ public:
+  virtual const WeightPlacement& placement() const = 0;
+  virtual StreamStats stream_stats() const = 0;
+  // The recorded events, oldest first (the last 65536 kept).
+  virtual std::vector<StreamEvent> events() const = 0;
+};
+
+std::unique_ptr<StreamingWeightStore> weight_store_streaming(
+    const Package& package, HostTier& host, const std::vector<std::string>& tensors,
+    const WeightPlacement& placement, const WeightStoreOptions& options);
+
+}  // namespace tierlm::detail

@@ -1,0 +1,156 @@
+"""Offloaded inference (issue 4): weights streamed from the package files through a ring of
+host staging sections must give the same tokens as the fully resident run, within the budget,
+on both I/O back ends."""
+
+import re
+
+import pytest
+import tierlm
+from models import package, prompt
+from tierlm import io
+
+NEW_TOKENS = 9
+# RSS may grow during generation by at most this much beyond nothing: the ring, KV cache and
+# arena are allocated at load; what remains is Python objects, I/O futures, thread stacks.
+RSS_OVERHEAD = 8 << 20
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    # 8 layers, bf16: per-layer matrices are 4 KiB multiples of odd sizes (hidden 200, ffn 307).
+    _, pkg = package(
+        "llama",
+        str(tmp_path_factory.mktemp("offload")),
+        dtype="bf16",
+        num_hidden_layers=8,
+        max_position_embeddings=48,
+    )
+    model = tierlm.load(pkg)
+    ids = prompt(11)
+    ref = model.generate(ids, max_new_tokens=NEW_TOKENS, stop_at_eos=False).output_ids
+    s = model.stats()
+    return {
+        "pkg": pkg,
+        "ids": ids,
+        "ref": ref,
+        "weights": s["weight_bytes"],
+        "fixed": s["kv_bytes"] + s["arena_bytes"],
+        "minimum": model.placement()["minimum_budget"],
+    }
+
+
+@pytest.fixture(params=["threads", "uring"])
+def backend(request, monkeypatch):
+    if request.param == "uring" and not io.probe()["uring_available"]:
+        pytest.skip(f"io_uring unavailable: {io.probe()['reason']}")
+    monkeypatch.setenv("TIERLM_IO", request.param)
+    return request.param
+
+
+def rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def pages(n):
+    return -(-n // 4096) * 4096
+
+
+def budget_of(llama, which):
+    if which == "minimum":
+        return llama["minimum"]
+    if which == "weights":  # the host budget equals the weight bytes: streams a few layers
+        return llama["weights"]
+    return int(llama["weights"] * which) + llama["fixed"]
+
+
+@pytest.mark.parametrize("which", ["weights", 0.5, 0.25, "minimum"])
+def test_streamed_tokens_equal_resident(llama, backend, which):
+    budget = budget_of(llama, which)
+    model = tierlm.load(llama["pkg"], budget={"host": budget})
+    placement = model.placement()
+    assert placement["streaming"], placement
+    assert placement["streamed_layers"], placement
+    assert placement["sections"] >= 1
+    if which == "minimum":
+        assert placement["sections"] == 1
+        assert placement["resident_layers"] == []
+    elif which == 0.5:
+        assert placement["sections"] >= 2
+        assert placement["pinned_tensors"]  # leftover budget keeps some matrices resident
+        assert not set(placement["pinned_tensors"]) & set(placement["streamed_tensors"])
+    rss0 = rss_bytes()
+    result = model.generate(llama["ids"], max_new_tokens=NEW_TOKENS, stop_at_eos=False)
+    rss1 = rss_bytes()
+    assert result.output_ids == llama["ref"]
+    s = model.stats()
+    assert s["io_backend"] == backend
+    assert s["ring_restarts"] == 0
+    # Every forward pass reads each streamed layer once.
+    passes = s["layer_waits"] // len(placement["streamed_layers"])
+    assert s["layer_waits"] % len(placement["streamed_layers"]) == 0
+    assert passes == NEW_TOKENS  # 1 prefill chunk + NEW_TOKENS - 1 decode steps
+    assert s["stream_bytes_read"] == passes * placement["streamed_bytes"]
+    assert result.stats["bytes_read_per_token"] == placement["streamed_bytes"]
+    assert 0.0 <= result.stats["overlap_pct"] <= 100.0
+    # The budget holds: tier peak, and the process did not grow beyond a fixed overhead.
+    assert s["host"]["peak"] <= budget
+    assert s["host"]["peak"] == placement["resident_bytes"] + placement["ring_bytes"] + pages(
+        s["kv_bytes"]
+    ) + pages(s["arena_bytes"])
+    assert rss1 - rss0 <= RSS_OVERHEAD, (rss0, rss1)
+
+
+def test_ring_depth_configurable(llama, backend):
+    budget = llama["weights"] + llama["fixed"] - 1
+    model = tierlm.load(llama["pkg"], budget={"host": budget}, ring_sections=3)
+    p = model.placement()
+    assert p["sections"] == 3
+    assert p["ring_bytes"] == 3 * p["section_bytes"]
+    assert len(p["resident_layers"]) + len(p["streamed_layers"]) == 8
+    out = model.generate(llama["ids"], max_new_tokens=NEW_TOKENS, stop_at_eos=False)
+    assert out.output_ids == llama["ref"]
+    assert model.stats()["host"]["peak"] <= budget
+
+
+def test_second_generation_and_logits_reuse_ring(llama):
+    model = tierlm.load(llama["pkg"], budget={"host": llama["minimum"]})
+    for _ in range(2):
+        out = model.generate(llama["ids"], max_new_tokens=NEW_TOKENS, stop_at_eos=False)
+        assert out.output_ids == llama["ref"]
+    resident = tierlm.load(llama["pkg"])
+    assert (model.logits(llama["ids"]) == resident.logits(llama["ids"])).all()
+
+
+def test_too_small_budget_refused_with_minimum(llama):
+    minimum = llama["minimum"]
+    with pytest.raises(tierlm.BudgetError) as error:
+        tierlm.load(llama["pkg"], budget={"host": minimum - 1})
+    message = str(error.value)
+    assert f"({minimum} bytes" in message
+    assert re.search(r"staging section", message)
+    tierlm.load(llama["pkg"], budget={"host": minimum})  # exactly the minimum loads
+
+
+def test_kv_cache_that_does_not_fit_is_refused(llama):
+    with pytest.raises(tierlm.BudgetError, match="KV cache"):
+        tierlm.load(llama["pkg"], budget={"host": llama["fixed"] - 4096})
+
+
+def test_cli_generate_json_verbose_timeline(llama, tmp_path, capsys):
+    import json
+
+    from tierlm.cli import main
+
+    png = tmp_path / "timeline.png"
+    budget = f"host={llama['minimum']}"
+    argv = ["generate", llama["pkg"], "--ids", ",".join(map(str, llama["ids"]))]
+    argv += ["--max-new-tokens", str(NEW_TOKENS), "--no-stop-at-eos", "--budget", budget]
+    assert main(argv + ["--json", "--verbose", "--timeline", str(png)]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["output_ids"] == llama["ref"]
+    assert out["stats"]["streaming"] and out["stats"]["stream_bytes_read"] > 0
+    assert out["placement"]["sections"] == 1
+    assert "streamed layers 0-7" in captured.err and "ring: 1 staging sections" in captured.err
+    assert png.stat().st_size > 10_000
