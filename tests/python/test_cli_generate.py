@@ -118,5 +118,5 @@ def test_demo_builds_once_and_generates(tmp_path, capsys):
     assert second["output_ids"] == first["output_ids"]
     assert main(["demo", "--cache-dir", str(cache), "--max-new-tokens", "4"]) == 0
     table = capsys.readouterr().out
-    for row in ("host budget", "host peak", "tok/s"):
+    for row in ("host budget", "host peak", "tok/s", "streamed through", "per token"):
         assert row in table

@@ -72,7 +72,11 @@ def add_parser(subparsers):
     parser = subparsers.add_parser("demo", help="export a small model and generate with a budget")
     parser.add_argument("--prompt", default=DEMO_PROMPT)
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--budget", default="48MiB", help="host budget (default 48MiB)")
+    parser.add_argument(
+        "--budget",
+        default="14MiB",
+        help="host budget (default 14MiB: less than weights + KV cache, so layers stream)",
+    )
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--top-k", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
@@ -80,6 +84,25 @@ def add_parser(subparsers):
     parser.add_argument("--rebuild", action="store_true", help="make the model again")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=run)
+
+
+def _placement_text(model):
+    p = model.placement()
+    if not p["streaming"]:
+        return "every weight resident in the host tier"
+    return (
+        f"layers {p['resident_layers']} resident, {p['streamed_layers']} streamed through "
+        f"{p['sections']} ring sections of {format_size(p['section_bytes'])}"
+    )
+
+
+def _disk_text(stats):
+    if not stats.get("streaming"):
+        return f"{format_size(stats['disk_bytes_read'])} (weights read once at load)"
+    return (
+        f"{format_size(stats['bytes_read_per_token'])} per token, O_DIRECT via "
+        f"{stats['io_backend']}, I/O overlapped with compute {stats['overlap_pct']:.0f}%"
+    )
 
 
 def run(args):
@@ -106,9 +129,11 @@ def run(args):
         ("model", description),
         ("package", f"{pkg} ({format_size(weights)} of weights, {model.dtype})"),
         ("host budget", format_size(budget)),
-        ("load", f"{load_seconds * 1000:.0f} ms, read {format_size(total['disk_bytes_read'])}"),
+        ("load", f"{load_seconds * 1000:.0f} ms"),
+        ("placement", _placement_text(model)),
         ("prompt", f"{s['prompt_tokens']} tokens at {s['prefill_tokens_per_s']:.0f} tok/s"),
         ("generated", f"{s['new_tokens']} tokens at {s['decode_tokens_per_s']:.0f} tok/s"),
+        ("disk reads", _disk_text(s)),
         (
             "host peak",
             f"{format_size(total['host']['peak'])} of {format_size(budget)} "
