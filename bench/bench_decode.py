@@ -1,10 +1,19 @@
 """In-memory decode speed of the native executor on a random Llama-shaped model (TinyLlama
-1.1B shape by default), f32 and bf16, against transformers' generate on the same weights and
-against the DRAM bound (weight bytes read per token / measured read bandwidth).
+1.1B shape by default), f32, f16 and bf16, against transformers' generate and llama.cpp on the
+same weights and against the DRAM bound (weight bytes read per token / measured read bandwidth).
 
     python bench/bench_decode.py [--layers 22] [--threads 2] [--tokens 32] [--runs 3]
 
-The checkpoint and packages are made once under ~/.cache/tierlm/bench (several GB).
+The llama.cpp baseline needs two bench-only packages (not tierlm dependencies):
+
+    pip install llama-cpp-python gguf     # builds llama.cpp from source, ~5 minutes
+
+Without them the llama.cpp column prints "-" and the reason is printed. The HF checkpoint is
+converted to GGUF by bench/_llamacpp.py (convert_hf_to_gguf.py's Llama layout: Q/K rows
+permuted for llama.cpp's rotary pairs); a sanity step checks each dtype's llama.cpp logits and
+greedy tokens against tierlm's on the same prompt and prints the agreement.
+
+The checkpoint, packages and GGUF files are made once under ~/.cache/tierlm/bench (~15 GB).
 """
 
 import argparse
@@ -13,7 +22,10 @@ import statistics
 import sys
 import time
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _llamacpp  # noqa: E402
 from _common import memory_bandwidth, print_table  # noqa: E402
 
 SHAPE = dict(
@@ -66,6 +78,7 @@ def streamed_bytes(pkg):
 
 
 def tierlm_decode(pkg, threads, prompt, tokens, runs):
+    """Median decode tokens/s, plus the prompt's last logits and greedy tokens for the check."""
     import tierlm
 
     model = tierlm.load(pkg, budget={"host": "16GiB"}, threads=threads, max_context=256)
@@ -74,7 +87,42 @@ def tierlm_decode(pkg, threads, prompt, tokens, runs):
     for _ in range(runs):
         result = model.generate(prompt, max_new_tokens=tokens + 1, stop_at_eos=False)
         rates.append(result.stats["decode_tokens_per_s"])
-    return statistics.median(rates)
+    logits = np.asarray(model.logits(prompt), dtype=np.float32)
+    return statistics.median(rates), logits, list(result.output_ids)
+
+
+def gguf_file(root, hf_dir, dtype):
+    path = os.path.join(root, f"model-{dtype}.gguf")
+    if not os.path.exists(path):
+        print(f"converting {hf_dir} to {path}", flush=True)
+        _llamacpp.convert(hf_dir, path, dtype)
+    return path
+
+
+def llamacpp_decode(root, hf_dir, dtype, threads, prompt, tokens, runs):
+    """Median decode tokens/s of llama.cpp, plus logits and greedy tokens for the check."""
+    llm = _llamacpp.LlamaCpp(gguf_file(root, hf_dir, dtype), threads)
+    rate = llm.decode_rate(prompt, tokens, runs)
+    logits = llm.logits(prompt)
+    ids, _ = llm.greedy(prompt, tokens + 1)
+    del llm
+    return rate, logits, ids
+
+
+def agreement(ours, theirs):
+    """One line: how closely llama.cpp's logits and greedy tokens follow tierlm's."""
+    (_, our_logits, our_ids), (_, their_logits, their_ids) = ours, theirs
+    diff = float(np.max(np.abs(our_logits - their_logits)))
+    scale = float(np.max(np.abs(our_logits)))
+    same = next(
+        (i for i, (a, b) in enumerate(zip(our_ids, their_ids, strict=False)) if a != b),
+        len(our_ids),
+    )
+    return (
+        f"max |logit diff| {diff:.2e} (max |logit| {scale:.2f}), first-token argmax "
+        f"{'equal' if our_ids[0] == their_ids[0] else 'DIFFERENT'}, greedy tokens equal for "
+        f"{same}/{len(our_ids)}"
+    )
 
 
 def transformers_decode(hf_dir, dtype, threads, prompt, tokens, runs):
@@ -82,7 +130,7 @@ def transformers_decode(hf_dir, dtype, threads, prompt, tokens, runs):
     import transformers
 
     torch.set_num_threads(threads)
-    torch_dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    torch_dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch_dtype).eval()
     ids = torch.tensor([prompt])
     mask = torch.ones_like(ids)
@@ -113,35 +161,55 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--dtypes", default="bf16,f32")
+    parser.add_argument("--dtypes", default="bf16,f16,f32")
     parser.add_argument("--no-transformers", action="store_true")
+    parser.add_argument("--no-llamacpp", action="store_true")
     args = parser.parse_args()
     root = os.path.join(os.path.expanduser("~/.cache/tierlm/bench"), f"decode-l{args.layers}")
     hf_dir = checkpoint(root, args.layers)
     prompt = list(range(100, 116))
+    why_no_llamacpp = "--no-llamacpp" if args.no_llamacpp else _llamacpp.missing()
+    if why_no_llamacpp:
+        print(f"llama.cpp column skipped: {why_no_llamacpp}")
     bandwidth = memory_bandwidth(threads=args.threads)["bound"]
-    rows = []
+    rows, checks = [], []
+
+    def fmt(x):
+        return "-" if x is None else f"{x:.2f}"
+
+    def ratio(a, b):
+        return "-" if b is None else f"{a / b:.2f}x"
+
     for dtype in args.dtypes.split(","):
         pkg = package(root, hf_dir, dtype)
         nbytes = streamed_bytes(pkg)
         ours = tierlm_decode(pkg, args.threads, prompt, args.tokens, args.runs)
-        theirs = (
+        hf = (
             None
             if args.no_transformers
             else transformers_decode(hf_dir, dtype, args.threads, prompt, args.tokens, args.runs)
         )
+        cpp = None
+        if not why_no_llamacpp:
+            cpp = llamacpp_decode(root, hf_dir, dtype, args.threads, prompt, args.tokens, args.runs)
+            checks.append(f"{dtype}: llama.cpp vs tierlm: {agreement(ours, cpp)}")
+        rate, cpp_rate = ours[0], None if cpp is None else cpp[0]
         bound = bandwidth / nbytes
         rows.append(
             (
                 f"llama {args.layers}L h2048 {dtype}, {args.threads} threads",
                 f"{nbytes / 1e9:.2f} GB",
-                f"{ours:.2f}",
-                "-" if theirs is None else f"{theirs:.2f}",
-                "-" if theirs is None else f"{ours / theirs:.2f}x",
+                f"{rate:.2f}",
+                fmt(cpp_rate),
+                fmt(hf),
+                ratio(rate, cpp_rate),
+                ratio(rate, hf),
                 f"{bound:.2f}",
-                f"{ours / bound:.2f}x",
+                f"{rate / bound:.2f}x",
             )
         )
+    for line in checks:
+        print(line)
     print(
         f"decode tokens/s, median of {args.runs} runs of {args.tokens} tokens after a "
         f"16-token prompt; DRAM read bandwidth {bandwidth / 1e9:.1f} GB/s"
@@ -151,8 +219,10 @@ def main():
             "configuration",
             "bytes/token",
             "tierlm",
+            "llama.cpp",
             "transformers",
-            "ratio",
+            "vs llama.cpp",
+            "vs transformers",
             "DRAM bound",
             "of bound",
         ],
