@@ -12,7 +12,6 @@ feeds token ids, never text.
 
 import json
 import os
-import statistics
 import time
 
 import numpy as np
@@ -177,7 +176,8 @@ class LlamaCpp:
 
     def logits(self, prompt):
         """Last-position logits of prompt (float32), from an empty cache."""
-        self.llm.reset()
+        self.llm.reset()  # n_tokens = 0 only: the KV cache must be cleared too
+        self.llm._ctx.kv_cache_clear()
         self.llm.eval(list(prompt))
         return np.array(self._last(), dtype=np.float32)
 
@@ -190,13 +190,3 @@ class LlamaCpp:
             self.llm.eval([out[-1]])
             out.append(int(np.argmax(self._last())))
         return out, time.perf_counter() - t0
-
-    def decode_rate(self, prompt, tokens, runs):
-        """Median decode tokens/s over runs, each generating tokens + 1 (like tierlm's stats,
-        which time the tokens after the one prefill yields)."""
-        self.greedy(prompt, 4)  # warm up (pages the mmapped weights in)
-        rates = []
-        for _ in range(runs):
-            _, seconds = self.greedy(prompt, tokens + 1)
-            rates.append(tokens / seconds)
-        return statistics.median(rates)

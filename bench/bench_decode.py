@@ -77,18 +77,25 @@ def streamed_bytes(pkg):
     return total
 
 
-def tierlm_decode(pkg, threads, prompt, tokens, runs):
-    """Median decode tokens/s, plus the prompt's last logits and greedy tokens for the check."""
-    import tierlm
+class Tierlm:
+    """tierlm's native executor; run() is one generation's decode tokens/s."""
 
-    model = tierlm.load(pkg, budget={"host": "16GiB"}, threads=threads, max_context=256)
-    model.generate(prompt, max_new_tokens=4, stop_at_eos=False)  # warm up
-    rates = []
-    for _ in range(runs):
-        result = model.generate(prompt, max_new_tokens=tokens + 1, stop_at_eos=False)
-        rates.append(result.stats["decode_tokens_per_s"])
-    logits = np.asarray(model.logits(prompt), dtype=np.float32)
-    return statistics.median(rates), logits, list(result.output_ids)
+    def __init__(self, pkg, threads, prompt, tokens):
+        import tierlm
+
+        self.model = tierlm.load(pkg, budget={"host": "16GiB"}, threads=threads, max_context=256)
+        self.prompt, self.tokens = prompt, tokens
+        self.model.generate(prompt, max_new_tokens=4, stop_at_eos=False)  # warm up
+
+    def run(self):
+        result = self.model.generate(self.prompt, max_new_tokens=self.tokens + 1, stop_at_eos=False)
+        return result.stats["decode_tokens_per_s"]
+
+    def check(self):
+        """The prompt's last logits and the greedy tokens, for the llama.cpp agreement."""
+        logits = np.asarray(self.model.logits(self.prompt), dtype=np.float32)
+        ids = self.model.generate(self.prompt, max_new_tokens=self.tokens + 1, stop_at_eos=False)
+        return logits, list(ids.output_ids)
 
 
 def gguf_file(root, hf_dir, dtype):
@@ -99,19 +106,26 @@ def gguf_file(root, hf_dir, dtype):
     return path
 
 
-def llamacpp_decode(root, hf_dir, dtype, threads, prompt, tokens, runs):
-    """Median decode tokens/s of llama.cpp, plus logits and greedy tokens for the check."""
-    llm = _llamacpp.LlamaCpp(gguf_file(root, hf_dir, dtype), threads)
-    rate = llm.decode_rate(prompt, tokens, runs)
-    logits = llm.logits(prompt)
-    ids, _ = llm.greedy(prompt, tokens + 1)
-    del llm
-    return rate, logits, ids
+class LlamaCpp:
+    """llama.cpp on the same weights converted to GGUF; run() is one generation's decode
+    tokens/s (single-token evals after the prompt's)."""
+
+    def __init__(self, gguf_path, threads, prompt, tokens):
+        self.llm = _llamacpp.LlamaCpp(gguf_path, threads)
+        self.prompt, self.tokens = prompt, tokens
+        self.llm.greedy(prompt, 4)  # warm up (pages the mmapped weights in)
+
+    def run(self):
+        _, seconds = self.llm.greedy(self.prompt, self.tokens + 1)
+        return self.tokens / seconds
+
+    def check(self):
+        return self.llm.logits(self.prompt), self.llm.greedy(self.prompt, self.tokens + 1)[0]
 
 
 def agreement(ours, theirs):
     """One line: how closely llama.cpp's logits and greedy tokens follow tierlm's."""
-    (_, our_logits, our_ids), (_, their_logits, their_ids) = ours, theirs
+    (our_logits, our_ids), (their_logits, their_ids) = ours, theirs
     diff = float(np.max(np.abs(our_logits - their_logits)))
     scale = float(np.max(np.abs(our_logits)))
     same = next(
@@ -125,22 +139,32 @@ def agreement(ours, theirs):
     )
 
 
-def transformers_decode(hf_dir, dtype, threads, prompt, tokens, runs):
-    import torch
-    import transformers
+class Transformers:
+    """transformers' generate on the HF checkpoint; run() is tokens / (time of tokens + 1
+    new tokens - time of 1), i.e. without the prompt's forward."""
 
-    torch.set_num_threads(threads)
-    torch_dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch_dtype).eval()
-    ids = torch.tensor([prompt])
-    mask = torch.ones_like(ids)
+    def __init__(self, hf_dir, dtype, threads, prompt, tokens):
+        import torch
+        import transformers
 
-    def run(n):
+        torch.set_num_threads(threads)
+        torch_dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(
+            hf_dir, dtype=torch_dtype
+        ).eval()
+        self.ids = torch.tensor([prompt])
+        self.mask = torch.ones_like(self.ids)
+        self.tokens = tokens
+        self._time(2)  # warm up
+
+    def _time(self, n):
+        import torch
+
         t0 = time.perf_counter()
         with torch.no_grad():
-            model.generate(
-                ids,
-                attention_mask=mask,
+            self.model.generate(
+                self.ids,
+                attention_mask=self.mask,
                 max_new_tokens=n,
                 min_new_tokens=n,
                 do_sample=False,
@@ -148,11 +172,19 @@ def transformers_decode(hf_dir, dtype, threads, prompt, tokens, runs):
             )
         return time.perf_counter() - t0
 
-    run(2)
-    rates = []
+    def run(self):
+        return self.tokens / (self._time(self.tokens + 1) - self._time(1))
+
+
+def interleaved(contenders, runs):
+    """Median rate of each contender (None stays None), runs interleaved (a, b, c, a, b, c, ...)
+    so that load from other processes on the shared machine hits every contender alike."""
+    rates = [[] for _ in contenders]
     for _ in range(runs):
-        rates.append(tokens / (run(tokens + 1) - run(1)))
-    return statistics.median(rates)
+        for c, r in zip(contenders, rates, strict=True):
+            if c is not None:
+                r.append(c.run())
+    return [statistics.median(r) if r else None for r in rates]
 
 
 def main():
@@ -171,8 +203,7 @@ def main():
     why_no_llamacpp = "--no-llamacpp" if args.no_llamacpp else _llamacpp.missing()
     if why_no_llamacpp:
         print(f"llama.cpp column skipped: {why_no_llamacpp}")
-    bandwidth = memory_bandwidth(threads=args.threads)["bound"]
-    rows, checks = [], []
+    rows, checks, bandwidths = [], [], []
 
     def fmt(x):
         return "-" if x is None else f"{x:.2f}"
@@ -183,17 +214,20 @@ def main():
     for dtype in args.dtypes.split(","):
         pkg = package(root, hf_dir, dtype)
         nbytes = streamed_bytes(pkg)
-        ours = tierlm_decode(pkg, args.threads, prompt, args.tokens, args.runs)
-        hf = (
+        gguf = None if why_no_llamacpp else gguf_file(root, hf_dir, dtype)
+        ours = Tierlm(pkg, args.threads, prompt, args.tokens)
+        cpp = None if gguf is None else LlamaCpp(gguf, args.threads, prompt, args.tokens)
+        hf_model = (
             None
             if args.no_transformers
-            else transformers_decode(hf_dir, dtype, args.threads, prompt, args.tokens, args.runs)
+            else Transformers(hf_dir, dtype, args.threads, prompt, args.tokens)
         )
-        cpp = None
-        if not why_no_llamacpp:
-            cpp = llamacpp_decode(root, hf_dir, dtype, args.threads, prompt, args.tokens, args.runs)
-            checks.append(f"{dtype}: llama.cpp vs tierlm: {agreement(ours, cpp)}")
-        rate, cpp_rate = ours[0], None if cpp is None else cpp[0]
+        rate, cpp_rate, hf = interleaved([ours, cpp, hf_model], args.runs)
+        if cpp is not None:
+            checks.append(f"{dtype}: llama.cpp vs tierlm: {agreement(ours.check(), cpp.check())}")
+        del ours, cpp, hf_model
+        bandwidth = memory_bandwidth(threads=args.threads)["bound"]
+        bandwidths.append(bandwidth)
         bound = bandwidth / nbytes
         rows.append(
             (
@@ -212,7 +246,8 @@ def main():
         print(line)
     print(
         f"decode tokens/s, median of {args.runs} runs of {args.tokens} tokens after a "
-        f"16-token prompt; DRAM read bandwidth {bandwidth / 1e9:.1f} GB/s"
+        f"16-token prompt, contenders interleaved; DRAM read bandwidth measured after each "
+        f"row: {', '.join(f'{b / 1e9:.1f}' for b in bandwidths)} GB/s"
     )
     print_table(
         [
