@@ -1,10 +1,19 @@
 """In-memory decode speed of the native executor on a random Llama-shaped model (TinyLlama
-1.1B shape by default), f32 and bf16, against transformers' generate on the same weights and
-against the DRAM bound (weight bytes read per token / measured read bandwidth).
+1.1B shape by default), f32, f16 and bf16, against transformers' generate and llama.cpp on the
+same weights and against the DRAM bound (weight bytes read per token / measured read bandwidth).
 
     python bench/bench_decode.py [--layers 22] [--threads 2] [--tokens 32] [--runs 3]
 
-The checkpoint and packages are made once under ~/.cache/tierlm/bench (several GB).
+The llama.cpp baseline needs two bench-only packages (not tierlm dependencies):
+
+    pip install llama-cpp-python gguf     # builds llama.cpp from source, ~5 minutes
+
+Without them the llama.cpp column prints "-" and the reason is printed. The HF checkpoint is
+converted to GGUF by bench/_llamacpp.py (convert_hf_to_gguf.py's Llama layout: Q/K rows
+permuted for llama.cpp's rotary pairs); a sanity step checks each dtype's llama.cpp logits and
+greedy tokens against tierlm's on the same prompt and prints the agreement.
+
+The checkpoint, packages and GGUF files are made once under ~/.cache/tierlm/bench (~15 GB).
 """
 
 import argparse
@@ -13,7 +22,10 @@ import statistics
 import sys
 import time
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _llamacpp  # noqa: E402
 from _common import memory_bandwidth, print_table  # noqa: E402
 
 SHAPE = dict(
@@ -65,34 +77,94 @@ def streamed_bytes(pkg):
     return total
 
 
-def tierlm_decode(pkg, threads, prompt, tokens, runs):
-    import tierlm
+class Tierlm:
+    """tierlm's native executor; run() is one generation's decode tokens/s."""
 
-    model = tierlm.load(pkg, budget={"host": "16GiB"}, threads=threads, max_context=256)
-    model.generate(prompt, max_new_tokens=4, stop_at_eos=False)  # warm up
-    rates = []
-    for _ in range(runs):
-        result = model.generate(prompt, max_new_tokens=tokens + 1, stop_at_eos=False)
-        rates.append(result.stats["decode_tokens_per_s"])
-    return statistics.median(rates)
+    def __init__(self, pkg, threads, prompt, tokens):
+        import tierlm
+
+        self.model = tierlm.load(pkg, budget={"host": "16GiB"}, threads=threads, max_context=256)
+        self.prompt, self.tokens = prompt, tokens
+        self.model.generate(prompt, max_new_tokens=4, stop_at_eos=False)  # warm up
+
+    def run(self):
+        result = self.model.generate(self.prompt, max_new_tokens=self.tokens + 1, stop_at_eos=False)
+        return result.stats["decode_tokens_per_s"]
+
+    def check(self):
+        """The prompt's last logits and the greedy tokens, for the llama.cpp agreement."""
+        logits = np.asarray(self.model.logits(self.prompt), dtype=np.float32)
+        ids = self.model.generate(self.prompt, max_new_tokens=self.tokens + 1, stop_at_eos=False)
+        return logits, list(ids.output_ids)
 
 
-def transformers_decode(hf_dir, dtype, threads, prompt, tokens, runs):
-    import torch
-    import transformers
+def gguf_file(root, hf_dir, dtype):
+    path = os.path.join(root, f"model-{dtype}.gguf")
+    if not os.path.exists(path):
+        print(f"converting {hf_dir} to {path}", flush=True)
+        _llamacpp.convert(hf_dir, path, dtype)
+    return path
 
-    torch.set_num_threads(threads)
-    torch_dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch_dtype).eval()
-    ids = torch.tensor([prompt])
-    mask = torch.ones_like(ids)
 
-    def run(n):
+class LlamaCpp:
+    """llama.cpp on the same weights converted to GGUF; run() is one generation's decode
+    tokens/s (single-token evals after the prompt's)."""
+
+    def __init__(self, gguf_path, threads, prompt, tokens):
+        self.llm = _llamacpp.LlamaCpp(gguf_path, threads)
+        self.prompt, self.tokens = prompt, tokens
+        self.llm.greedy(prompt, 4)  # warm up (pages the mmapped weights in)
+
+    def run(self):
+        _, seconds = self.llm.greedy(self.prompt, self.tokens + 1)
+        return self.tokens / seconds
+
+    def check(self):
+        return self.llm.logits(self.prompt), self.llm.greedy(self.prompt, self.tokens + 1)[0]
+
+
+def agreement(ours, theirs):
+    """One line: how closely llama.cpp's logits and greedy tokens follow tierlm's."""
+    (our_logits, our_ids), (their_logits, their_ids) = ours, theirs
+    diff = float(np.max(np.abs(our_logits - their_logits)))
+    scale = float(np.max(np.abs(our_logits)))
+    same = next(
+        (i for i, (a, b) in enumerate(zip(our_ids, their_ids, strict=False)) if a != b),
+        len(our_ids),
+    )
+    return (
+        f"max |logit diff| {diff:.2e} (max |logit| {scale:.2f}), first-token argmax "
+        f"{'equal' if our_ids[0] == their_ids[0] else 'DIFFERENT'}, greedy tokens equal for "
+        f"{same}/{len(our_ids)}"
+    )
+
+
+class Transformers:
+    """transformers' generate on the HF checkpoint; run() is tokens / (time of tokens + 1
+    new tokens - time of 1), i.e. without the prompt's forward."""
+
+    def __init__(self, hf_dir, dtype, threads, prompt, tokens):
+        import torch
+        import transformers
+
+        torch.set_num_threads(threads)
+        torch_dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(
+            hf_dir, dtype=torch_dtype
+        ).eval()
+        self.ids = torch.tensor([prompt])
+        self.mask = torch.ones_like(self.ids)
+        self.tokens = tokens
+        self._time(2)  # warm up
+
+    def _time(self, n):
+        import torch
+
         t0 = time.perf_counter()
         with torch.no_grad():
-            model.generate(
-                ids,
-                attention_mask=mask,
+            self.model.generate(
+                self.ids,
+                attention_mask=self.mask,
                 max_new_tokens=n,
                 min_new_tokens=n,
                 do_sample=False,
@@ -100,11 +172,19 @@ def transformers_decode(hf_dir, dtype, threads, prompt, tokens, runs):
             )
         return time.perf_counter() - t0
 
-    run(2)
-    rates = []
+    def run(self):
+        return self.tokens / (self._time(self.tokens + 1) - self._time(1))
+
+
+def interleaved(contenders, runs):
+    """Median rate of each contender (None stays None), runs interleaved (a, b, c, a, b, c, ...)
+    so that load from other processes on the shared machine hits every contender alike."""
+    rates = [[] for _ in contenders]
     for _ in range(runs):
-        rates.append(tokens / (run(tokens + 1) - run(1)))
-    return statistics.median(rates)
+        for c, r in zip(contenders, rates, strict=True):
+            if c is not None:
+                r.append(c.run())
+    return [statistics.median(r) if r else None for r in rates]
 
 
 def main():
@@ -113,46 +193,71 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--dtypes", default="bf16,f32")
+    parser.add_argument("--dtypes", default="bf16,f16,f32")
     parser.add_argument("--no-transformers", action="store_true")
+    parser.add_argument("--no-llamacpp", action="store_true")
     args = parser.parse_args()
     root = os.path.join(os.path.expanduser("~/.cache/tierlm/bench"), f"decode-l{args.layers}")
     hf_dir = checkpoint(root, args.layers)
     prompt = list(range(100, 116))
-    bandwidth = memory_bandwidth(threads=args.threads)["bound"]
-    rows = []
+    why_no_llamacpp = "--no-llamacpp" if args.no_llamacpp else _llamacpp.missing()
+    if why_no_llamacpp:
+        print(f"llama.cpp column skipped: {why_no_llamacpp}")
+    rows, checks, bandwidths = [], [], []
+
+    def fmt(x):
+        return "-" if x is None else f"{x:.2f}"
+
+    def ratio(a, b):
+        return "-" if b is None else f"{a / b:.2f}x"
+
     for dtype in args.dtypes.split(","):
         pkg = package(root, hf_dir, dtype)
         nbytes = streamed_bytes(pkg)
-        ours = tierlm_decode(pkg, args.threads, prompt, args.tokens, args.runs)
-        theirs = (
+        gguf = None if why_no_llamacpp else gguf_file(root, hf_dir, dtype)
+        ours = Tierlm(pkg, args.threads, prompt, args.tokens)
+        cpp = None if gguf is None else LlamaCpp(gguf, args.threads, prompt, args.tokens)
+        hf_model = (
             None
             if args.no_transformers
-            else transformers_decode(hf_dir, dtype, args.threads, prompt, args.tokens, args.runs)
+            else Transformers(hf_dir, dtype, args.threads, prompt, args.tokens)
         )
+        rate, cpp_rate, hf = interleaved([ours, cpp, hf_model], args.runs)
+        if cpp is not None:
+            checks.append(f"{dtype}: llama.cpp vs tierlm: {agreement(ours.check(), cpp.check())}")
+        del ours, cpp, hf_model
+        bandwidth = memory_bandwidth(threads=args.threads)["bound"]
+        bandwidths.append(bandwidth)
         bound = bandwidth / nbytes
         rows.append(
             (
                 f"llama {args.layers}L h2048 {dtype}, {args.threads} threads",
                 f"{nbytes / 1e9:.2f} GB",
-                f"{ours:.2f}",
-                "-" if theirs is None else f"{theirs:.2f}",
-                "-" if theirs is None else f"{ours / theirs:.2f}x",
+                f"{rate:.2f}",
+                fmt(cpp_rate),
+                fmt(hf),
+                ratio(rate, cpp_rate),
+                ratio(rate, hf),
                 f"{bound:.2f}",
-                f"{ours / bound:.2f}x",
+                f"{rate / bound:.2f}x",
             )
         )
+    for line in checks:
+        print(line)
     print(
         f"decode tokens/s, median of {args.runs} runs of {args.tokens} tokens after a "
-        f"16-token prompt; DRAM read bandwidth {bandwidth / 1e9:.1f} GB/s"
+        f"16-token prompt, contenders interleaved; DRAM read bandwidth measured after each "
+        f"row: {', '.join(f'{b / 1e9:.1f}' for b in bandwidths)} GB/s"
     )
     print_table(
         [
             "configuration",
             "bytes/token",
             "tierlm",
+            "llama.cpp",
             "transformers",
-            "ratio",
+            "vs llama.cpp",
+            "vs transformers",
             "DRAM bound",
             "of bound",
         ],

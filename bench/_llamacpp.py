@@ -1,0 +1,192 @@
+"""llama.cpp as a bench baseline: a small HF Llama safetensors -> GGUF converter (gguf package)
+and greedy decode timing through llama-cpp-python. Both are bench-only dependencies:
+
+    pip install llama-cpp-python gguf
+
+The converter follows llama.cpp's convert_hf_to_gguf.py for LlamaForCausalLM: the same tensor
+names, Q and K rows permuted from HF's rotate-half rotary layout to llama.cpp's interleaved
+pairs, 1-D tensors (norms) kept in f32, matrices in the requested dtype. The vocabulary is a
+placeholder (SentencePiece-style: <unk> <s> </s>, 256 byte tokens, then dummies): the bench
+feeds token ids, never text.
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+
+
+def missing():
+    """None when llama-cpp-python and gguf import, else the reason they do not."""
+    try:
+        import gguf  # noqa: F401
+        import llama_cpp  # noqa: F401
+    except Exception as e:  # ImportError, or a llama.cpp shared library that fails to load
+        return f"{type(e).__name__}: {e} (pip install llama-cpp-python gguf)"
+    return None
+
+
+def permute(w, n_head, n_head_kv=None):
+    """convert_hf_to_gguf.py's LlamaModel.permute: within each head, rows [x0..x(d/2-1),
+    y0..y(d/2-1)] (HF rotate-half) become [x0, y0, x1, y1, ...] (llama.cpp rope pairs)."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+_LAYER_NAMES = {
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+}
+_GLOBAL_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+
+
+def gguf_name(hf_name):
+    if hf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[hf_name]
+    parts = hf_name.split(".")
+    if parts[:2] != ["model", "layers"] or ".".join(parts[3:]) not in _LAYER_NAMES:
+        raise ValueError(f"tensor {hf_name!r} has no GGUF name in the Llama layout")
+    return f"blk.{int(parts[2])}.{_LAYER_NAMES['.'.join(parts[3:])]}"
+
+
+def convert(hf_dir, out_path, dtype):
+    """Writes hf_dir's LlamaForCausalLM (config.json + *.safetensors) as a GGUF file with
+    matrices in dtype ("f32", "f16", "bf16"); tensors stream one at a time to the file."""
+    import gguf
+    import torch
+    from safetensors import safe_open
+
+    cfg = json.load(open(os.path.join(hf_dir, "config.json")))
+    if cfg.get("architectures", ["LlamaForCausalLM"])[0] != "LlamaForCausalLM":
+        raise ValueError(f"{hf_dir}: only LlamaForCausalLM converts, not {cfg['architectures']}")
+    n_head = cfg["num_attention_heads"]
+    n_kv = cfg.get("num_key_value_heads", n_head)
+    hidden = cfg["hidden_size"]
+    head_dim = cfg.get("head_dim") or hidden // n_head
+    vocab = cfg["vocab_size"]
+    if cfg.get("rope_scaling"):
+        raise ValueError(f"{hf_dir}: rope_scaling is not converted")
+
+    files = sorted(f for f in os.listdir(hf_dir) if f.endswith(".safetensors"))
+    handles = [safe_open(os.path.join(hf_dir, f), framework="pt") for f in files]
+    where = {name: h for h in handles for name in h.keys()}
+
+    types = {
+        "f32": (torch.float32, gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
+        "f16": (torch.float16, gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
+        "bf16": (torch.bfloat16, gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16),
+    }
+    torch_dtype, ggml_type, file_type = types[dtype]
+
+    def array(name):
+        t = where[name].get_tensor(name)
+        if name.endswith("q_proj.weight"):
+            t = permute(t, n_head, n_head)
+        elif name.endswith("k_proj.weight"):
+            t = permute(t, n_head, n_kv)
+        if t.dim() == 1:
+            return t.float().numpy(), gguf.GGMLQuantizationType.F32
+        t = t.to(torch_dtype).contiguous()
+        if dtype == "bf16":  # numpy has no bfloat16: raw bit patterns
+            return t.view(torch.int16).numpy().view(np.uint16), ggml_type
+        return t.numpy(), ggml_type
+
+    tmp = out_path + ".tmp"
+    w = gguf.GGUFWriter(tmp, "llama")
+    w.add_name("tierlm bench random llama")
+    w.add_context_length(cfg.get("max_position_embeddings", 2048))
+    w.add_embedding_length(hidden)
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(float(cfg.get("rope_theta", 10000.0)))
+    w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
+    w.add_vocab_size(vocab)
+    w.add_file_type(file_type)
+    tokens = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{i:02X}>".encode() for i in range(256)]
+    tokens += [f"tok{i}".encode() for i in range(len(tokens), vocab)]
+    kinds = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+    kinds += [gguf.TokenType.BYTE] * 256 + [gguf.TokenType.NORMAL] * (vocab - 259)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * vocab)
+    w.add_token_types(kinds)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(cfg.get("bos_token_id", 1) or 1)
+    w.add_eos_token_id(cfg.get("eos_token_id", 2) or 2)
+    w.add_add_bos_token(False)
+
+    names = [n for n in where if not n.endswith("rotary_emb.inv_freq")]
+    order = sorted(names, key=lambda n: (not n.startswith("model.embed"), gguf_name(n)))
+    for name in order:  # shapes first (header), data after, one tensor in memory at a time
+        a, t = array(name)
+        w.add_tensor_info(gguf_name(name), a.shape, a.dtype, a.nbytes, raw_dtype=t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    for name in order:
+        w.write_tensor_data(array(name)[0])
+    w.close()
+    os.replace(tmp, out_path)
+    return out_path
+
+
+class LlamaCpp:
+    """A GGUF model in llama.cpp; greedy decode on token ids."""
+
+    def __init__(self, gguf_path, threads, n_ctx=256):
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(
+            model_path=gguf_path,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_ctx=n_ctx,
+            n_batch=n_ctx,
+            logits_all=False,
+            verbose=False,
+        )
+
+    def _last(self):
+        """The last evaluated position's logits, a view of llama.cpp's buffer (Llama.scores
+        stays empty without logits_all)."""
+        import llama_cpp
+
+        ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),))
+
+    def logits(self, prompt):
+        """Last-position logits of prompt (float32), from an empty cache."""
+        self.llm.reset()  # n_tokens = 0 only: the KV cache must be cleared too
+        self.llm._ctx.kv_cache_clear()
+        self.llm.eval(list(prompt))
+        return np.array(self._last(), dtype=np.float32)
+
+    def greedy(self, prompt, n):
+        """Greedy tokens after prompt and the decode seconds (single-token evals of tokens 2..n,
+        prompt eval and the first token's argmax excluded)."""
+        out = [int(np.argmax(self.logits(prompt)))]
+        t0 = time.perf_counter()
+        for _ in range(n - 1):
+            self.llm.eval([out[-1]])
+            out.append(int(np.argmax(self._last())))
+        return out, time.perf_counter() - t0
