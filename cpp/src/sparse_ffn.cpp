@@ -19,13 +19,13 @@ void sparse_ffn_scalar(const float* x, const SparseFfnRows& rows, const int32_t*
     const size_t r = slots ? static_cast<size_t>(slots[j]) : j;
     const char* row = static_cast<const char*>(rows.rows) + r * rows.row_stride * esize;
     float up = 0.0f, gate = 0.0f;
-    for (size_t i = 0; i < dim; ++i) up += x[i] * load_elem(row, rows.dtype, i);
+    for (size_t i = 0; i < dim; ++i) up += x[i] * load_weight(row, rows.dtype, i);
     if (rows.gated) {
-      for (size_t i = 0; i < dim; ++i) gate += x[i] * load_elem(row, rows.dtype, dim + i);
+      for (size_t i = 0; i < dim; ++i) gate += x[i] * load_weight(row, rows.dtype, dim + i);
     }
     const float a = sparse_ffn_activation(rows, r, up, gate);
     if (a == 0.0f) continue;
-    for (size_t i = 0; i < dim; ++i) y[i] += a * load_elem(row, rows.dtype, down_at + i);
+    for (size_t i = 0; i < dim; ++i) y[i] += a * load_weight(row, rows.dtype, down_at + i);
   }
 }
 

@@ -28,58 +28,37 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-template <DType D>
-float dot(const float* x, const char* w, size_t dim) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  size_t i = 0;
-  for (; i + 16 <= dim; i += 16) {
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), load8<D>(w, i), a0);
-    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), load8<D>(w, i + 8), a1);
+struct Isa {
+  template <DType D>
+  static float dot(const float* x, const char* w, size_t dim) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 16 <= dim; i += 16) {
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), load8<D>(w, i), a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), load8<D>(w, i + 8), a1);
+    }
+    for (; i + 8 <= dim; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), load8<D>(w, i), a0);
+    float s = hsum(_mm256_add_ps(a0, a1));
+    for (; i < dim; ++i) s += x[i] * load_weight(w, D, i);
+    return s;
   }
-  for (; i + 8 <= dim; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), load8<D>(w, i), a0);
-  float s = hsum(_mm256_add_ps(a0, a1));
-  for (; i < dim; ++i) s += x[i] * load_elem(w, D, i);
-  return s;
-}
 
-template <DType D>
-void axpy(float a, const char* w, float* y, size_t dim) {
-  const __m256 va = _mm256_set1_ps(a);
-  size_t i = 0;
-  for (; i + 8 <= dim; i += 8) {
-    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, load8<D>(w, i), _mm256_loadu_ps(y + i)));
+  template <DType D>
+  static void axpy(float a, const char* w, float* y, size_t dim) {
+    const __m256 va = _mm256_set1_ps(a);
+    size_t i = 0;
+    for (; i + 8 <= dim; i += 8) {
+      _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, load8<D>(w, i), _mm256_loadu_ps(y + i)));
+    }
+    for (; i < dim; ++i) y[i] += a * load_weight(w, D, i);
   }
-  for (; i < dim; ++i) y[i] += a * load_elem(w, D, i);
-}
-
-template <DType D>
-void run(const float* x, const SparseFfnRows& rows, const int32_t* slots, size_t n_slots,
-         float* y) {
-  const size_t dim = rows.dim;
-  const size_t esize = D == DType::kDTypeF32 ? 4 : 2;
-  const size_t down_at = (rows.gated ? 2 * dim : dim) * esize;
-  for (size_t j = 0; j < n_slots; ++j) {
-    const size_t r = slots ? static_cast<size_t>(slots[j]) : j;
-    const char* row = static_cast<const char*>(rows.rows) + r * rows.row_stride * esize;
-    const float up = dot<D>(x, row, dim);
-    const float gate = rows.gated ? dot<D>(x, row + dim * esize, dim) : 0.0f;
-    const float a = sparse_ffn_activation(rows, r, up, gate);
-    if (a != 0.0f) axpy<D>(a, row + down_at, y, dim);
-  }
-}
+};
 
 }  // namespace
 
 void sparse_ffn_avx2(const float* x, const SparseFfnRows& rows, const int32_t* slots,
                      size_t n_slots, float* y) {
-  switch (rows.dtype) {
-    case DType::kDTypeF32:
-      return run<DType::kDTypeF32>(x, rows, slots, n_slots, y);
-    case DType::kDTypeF16:
-      return run<DType::kDTypeF16>(x, rows, slots, n_slots, y);
-    case DType::kDTypeBF16:
-      return run<DType::kDTypeBF16>(x, rows, slots, n_slots, y);
-  }
+  sparse_ffn_run<Isa>(x, rows, slots, n_slots, y);
 }
 
 }  // namespace tierlm::detail

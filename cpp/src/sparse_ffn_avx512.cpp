@@ -28,59 +28,38 @@ inline __mmask16 tail_mask(size_t left) {
   return left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
 }
 
-template <DType D>
-float dot(const float* x, const char* w, size_t dim) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-  size_t i = 0;
-  for (; i + 32 <= dim; i += 32) {
-    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), load16<D>(w, i, 0xffff), a0);
-    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), load16<D>(w, i + 16, 0xffff), a1);
+struct Isa {
+  template <DType D>
+  static float dot(const float* x, const char* w, size_t dim) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    size_t i = 0;
+    for (; i + 32 <= dim; i += 32) {
+      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), load16<D>(w, i, 0xffff), a0);
+      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), load16<D>(w, i + 16, 0xffff), a1);
+    }
+    for (; i < dim; i += 16) {
+      const __mmask16 m = tail_mask(dim - i);
+      a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i), load16<D>(w, i, m), a0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
   }
-  for (; i < dim; i += 16) {
-    const __mmask16 m = tail_mask(dim - i);
-    a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i), load16<D>(w, i, m), a0);
-  }
-  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-}
 
-template <DType D>
-void axpy(float a, const char* w, float* y, size_t dim) {
-  const __m512 va = _mm512_set1_ps(a);
-  for (size_t i = 0; i < dim; i += 16) {
-    const __mmask16 m = tail_mask(dim - i);
-    const __m512 r = _mm512_fmadd_ps(va, load16<D>(w, i, m), _mm512_maskz_loadu_ps(m, y + i));
-    _mm512_mask_storeu_ps(y + i, m, r);
+  template <DType D>
+  static void axpy(float a, const char* w, float* y, size_t dim) {
+    const __m512 va = _mm512_set1_ps(a);
+    for (size_t i = 0; i < dim; i += 16) {
+      const __mmask16 m = tail_mask(dim - i);
+      const __m512 r = _mm512_fmadd_ps(va, load16<D>(w, i, m), _mm512_maskz_loadu_ps(m, y + i));
+      _mm512_mask_storeu_ps(y + i, m, r);
+    }
   }
-}
-
-template <DType D>
-void run(const float* x, const SparseFfnRows& rows, const int32_t* slots, size_t n_slots,
-         float* y) {
-  const size_t dim = rows.dim;
-  const size_t esize = D == DType::kDTypeF32 ? 4 : 2;
-  const size_t down_at = (rows.gated ? 2 * dim : dim) * esize;
-  for (size_t j = 0; j < n_slots; ++j) {
-    const size_t r = slots ? static_cast<size_t>(slots[j]) : j;
-    const char* row = static_cast<const char*>(rows.rows) + r * rows.row_stride * esize;
-    const float up = dot<D>(x, row, dim);
-    const float gate = rows.gated ? dot<D>(x, row + dim * esize, dim) : 0.0f;
-    const float a = sparse_ffn_activation(rows, r, up, gate);
-    if (a != 0.0f) axpy<D>(a, row + down_at, y, dim);
-  }
-}
+};
 
 }  // namespace
 
 void sparse_ffn_avx512(const float* x, const SparseFfnRows& rows, const int32_t* slots,
                        size_t n_slots, float* y) {
-  switch (rows.dtype) {
-    case DType::kDTypeF32:
-      return run<DType::kDTypeF32>(x, rows, slots, n_slots, y);
-    case DType::kDTypeF16:
-      return run<DType::kDTypeF16>(x, rows, slots, n_slots, y);
-    case DType::kDTypeBF16:
-      return run<DType::kDTypeBF16>(x, rows, slots, n_slots, y);
-  }
+  sparse_ffn_run<Isa>(x, rows, slots, n_slots, y);
 }
 
 }  // namespace tierlm::detail

@@ -67,6 +67,18 @@ def _load_tokenizer(tokenizer_dir):
     return Tokenizer.from_file(path)
 
 
+def _sampling(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos):
+    """Generation options as the native layer takes them (None means the default)."""
+    return {
+        "max_new_tokens": int(max_new_tokens),
+        "temperature": float(temperature),
+        "top_k": int(top_k or 0),
+        "top_p": float(1.0 if top_p is None else top_p),
+        "seed": int(seed or 0),
+        "stop_at_eos": bool(stop_at_eos),
+    }
+
+
 class Model:
     """A loaded package. Use tierlm.load() to make one."""
 
@@ -137,12 +149,7 @@ class Model:
         before = self._native.stats()
         out = self._native.generate(
             ids,
-            max_new_tokens=int(max_new_tokens),
-            temperature=float(temperature),
-            top_k=int(top_k or 0),
-            top_p=float(1.0 if top_p is None else top_p),
-            seed=int(seed or 0),
-            stop_at_eos=bool(stop_at_eos),
+            **_sampling(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos),
         )
         stats = dict(out["stats"])
         stats.update(self._tier_stats())
@@ -172,12 +179,7 @@ class Model:
         ids = [self.encode(p) for p in prompts]
         outs = self._native.generate_batch(
             ids,
-            max_new_tokens=int(max_new_tokens),
-            temperature=float(temperature),
-            top_k=int(top_k or 0),
-            top_p=float(1.0 if top_p is None else top_p),
-            seed=int(seed or 0),
-            stop_at_eos=bool(stop_at_eos),
+            **_sampling(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos),
         )
         tiers = self._tier_stats()
         return [
@@ -206,12 +208,7 @@ class Model:
         generator = _core.Generator(
             self._native,
             ids,
-            max_new_tokens=int(max_new_tokens),
-            temperature=float(temperature),
-            top_k=int(top_k or 0),
-            top_p=float(1.0 if top_p is None else top_p),
-            seed=int(seed or 0),
-            stop_at_eos=bool(stop_at_eos),
+            **_sampling(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos),
         )
         emitted = ""
         out = []

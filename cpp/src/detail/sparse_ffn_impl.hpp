@@ -1,8 +1,7 @@
 // SIMD variants of the sparse FFN kernel; each lives in a file compiled with its ISA flags.
 #pragma once
 
-#include <cstring>
-
+#include "detail/kernels_impl.hpp"
 #include "tierlm/sparse_ffn.hpp"
 
 namespace tierlm::detail {
@@ -14,42 +13,6 @@ void sparse_ffn_avx2(const float* x, const SparseFfnRows& rows, const int32_t* s
 void sparse_ffn_avx512(const float* x, const SparseFfnRows& rows, const int32_t* slots,
                        size_t n_slots, float* y);
 
-// One element of a row as f32 (the scalar path and the SIMD tails).
-inline float load_elem(const void* base, DType dtype, size_t i) {
-  if (dtype == DType::kDTypeF32) return static_cast<const float*>(base)[i];
-  const uint16_t h = static_cast<const uint16_t*>(base)[i];
-  if (dtype == DType::kDTypeBF16) {
-    const uint32_t bits = static_cast<uint32_t>(h) << 16;
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-  }
-  // IEEE half -> float, subnormals and inf/nan included.
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-  const uint32_t exp = (h >> 10) & 0x1f;
-  uint32_t mant = h & 0x3ff;
-  uint32_t bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {
-      int e = -1;
-      do {
-        ++e;
-        mant <<= 1;
-      } while ((mant & 0x400) == 0);
-      bits = sign | static_cast<uint32_t>(127 - 15 - e) << 23 | (mant & 0x3ff) << 13;
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | mant << 13;
-  } else {
-    bits = sign | (exp + 127 - 15) << 23 | mant << 13;
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 // Activation of one row from its dot products, shared by every variant.
 inline float sparse_ffn_activation(const SparseFfnRows& rows, size_t r, float up_dot,
                                    float gate_dot) {
@@ -58,6 +21,37 @@ inline float sparse_ffn_activation(const SparseFfnRows& rows, size_t r, float up
   if (!rows.gated) return up > 0.0f ? up : 0.0f;
   const float gate = gate_dot + (rows.gate_bias ? rows.gate_bias[neuron] : 0.0f);
   return gate / (1.0f + __builtin_expf(-gate)) * up;
+}
+
+// The row loop every variant shares: up (and gate) dot products, activation, down axpy.
+// Isa supplies dot<D>(x, w, dim) and axpy<D>(a, w, y, dim) for its vector width.
+template <class Isa, DType D>
+void sparse_ffn_rows(const float* x, const SparseFfnRows& rows, const int32_t* slots,
+                     size_t n_slots, float* y) {
+  const size_t dim = rows.dim;
+  const size_t esize = D == DType::kDTypeF32 ? 4 : 2;
+  const size_t down_at = (rows.gated ? 2 * dim : dim) * esize;
+  for (size_t j = 0; j < n_slots; ++j) {
+    const size_t r = slots ? static_cast<size_t>(slots[j]) : j;
+    const char* row = static_cast<const char*>(rows.rows) + r * rows.row_stride * esize;
+    const float up = Isa::template dot<D>(x, row, dim);
+    const float gate = rows.gated ? Isa::template dot<D>(x, row + dim * esize, dim) : 0.0f;
+    const float a = sparse_ffn_activation(rows, r, up, gate);
+    if (a != 0.0f) Isa::template axpy<D>(a, row + down_at, y, dim);
+  }
+}
+
+template <class Isa>
+void sparse_ffn_run(const float* x, const SparseFfnRows& rows, const int32_t* slots, size_t n_slots,
+                    float* y) {
+  switch (rows.dtype) {
+    case DType::kDTypeF32:
+      return sparse_ffn_rows<Isa, DType::kDTypeF32>(x, rows, slots, n_slots, y);
+    case DType::kDTypeF16:
+      return sparse_ffn_rows<Isa, DType::kDTypeF16>(x, rows, slots, n_slots, y);
+    case DType::kDTypeBF16:
+      return sparse_ffn_rows<Isa, DType::kDTypeBF16>(x, rows, slots, n_slots, y);
+  }
 }
 
 }  // namespace tierlm::detail
