@@ -68,6 +68,24 @@ nb::dict model_stats_dict(const ModelStats& s) {
   d["io_direct"] = s.io_direct;
   d["io_registered"] = s.io_registered;
   d["io_backend"] = s.io_backend;
+  d["sparse"] = s.sparse;
+  if (s.sparse) {
+    d["sparse_tokens"] = s.sparse_tokens;
+    d["sparse_neurons_predicted"] = s.sparse_neurons_predicted;
+    d["sparse_neurons_read"] = s.sparse_neurons_read;
+    d["sparse_bytes_read"] = s.sparse_bytes_read;
+    d["sparse_requests"] = s.sparse_requests;
+    d["sparse_overflows"] = s.sparse_overflows;
+    d["sparse_predictor_seconds"] = s.sparse_predictor_seconds;
+    d["sparse_io_seconds"] = s.sparse_io_seconds;
+    d["sparse_memory_seconds"] = s.sparse_memory_seconds;
+    d["sparse_compute_seconds"] = s.sparse_compute_seconds;
+    d["sparse_host_bytes"] = s.sparse_host_bytes;
+    d["sparse_dense_ffn_bytes"] = s.sparse_dense_ffn_bytes;
+    d["sparse_window"] = s.sparse_window;
+    d["sparse_bundled"] = s.sparse_bundled;
+    d["sparse_capacity"] = s.sparse_capacity;
+  }
   return d;
 }
 
@@ -126,8 +144,13 @@ void bind_model(nb::module_& m) {
           "load",
           [](const std::string& path, uint64_t host_budget, size_t threads, bool verify,
              int64_t max_context, int64_t prefill_chunk, bool lock, int64_t max_batch,
-             int64_t ring_sections) {
+             int64_t ring_sections, bool sparse, int64_t sparse_window, bool sparse_bundled,
+             int64_t sparse_capacity) {
             ModelOptions o;
+            o.sparse = sparse;
+            o.sparse_window = sparse_window;
+            o.sparse_bundled = sparse_bundled;
+            o.sparse_capacity = sparse_capacity;
             o.host_budget = host_budget;
             o.threads = threads;
             o.verify = verify;
@@ -141,7 +164,9 @@ void bind_model(nb::module_& m) {
           },
           nb::arg("path"), nb::arg("host_budget"), nb::arg("threads") = 0,
           nb::arg("verify") = false, nb::arg("max_context") = 0, nb::arg("prefill_chunk") = 0,
-          nb::arg("lock") = true, nb::arg("max_batch") = 1, nb::arg("ring_sections") = 0)
+          nb::arg("lock") = true, nb::arg("max_batch") = 1, nb::arg("ring_sections") = 0,
+          nb::arg("sparse") = false, nb::arg("sparse_window") = 4, nb::arg("sparse_bundled") = true,
+          nb::arg("sparse_capacity") = 0)
       .def_prop_ro("path", [](const Model& self) { return self.package().path; })
       .def_prop_ro("architecture", [](const Model& self) { return self.package().architecture; })
       .def_prop_ro("dtype", [](const Model& self) { return self.package().dtype; })
@@ -228,6 +253,30 @@ void bind_model(nb::module_& m) {
              d["wait"] = wait;
              d["layer"] = layer;
              d["bytes_read"] = bytes;
+             return d;
+           })
+      .def("sparse_tokens",
+           [](const Model& self) {
+             nb::list predicted, read, bytes, requests, predictor, io, memory, compute;
+             for (const SparseTokenInfo& t : self.sparse_tokens()) {
+               predicted.append(t.neurons_predicted);
+               read.append(t.neurons_read);
+               bytes.append(t.bytes_read);
+               requests.append(t.requests);
+               predictor.append(t.predictor_seconds);
+               io.append(t.io_seconds);
+               memory.append(t.memory_seconds);
+               compute.append(t.compute_seconds);
+             }
+             nb::dict d;
+             d["neurons_predicted"] = predicted;
+             d["neurons_read"] = read;
+             d["bytes_read"] = bytes;
+             d["requests"] = requests;
+             d["predictor_seconds"] = predictor;
+             d["io_seconds"] = io;
+             d["memory_seconds"] = memory;
+             d["compute_seconds"] = compute;
              return d;
            })
       .def(

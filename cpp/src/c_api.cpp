@@ -73,6 +73,10 @@ void tierlm_model_options_init(tierlm_model_options* options) {
   options->threads = 0;
   options->verify = 0;
   options->max_context = 0;
+  options->sparse = 0;
+  options->sparse_window = 0;
+  options->sparse_no_bundling = 0;
+  options->sparse_capacity = 0;
 }
 
 void tierlm_generate_options_init(tierlm_generate_options* options) {
@@ -98,6 +102,10 @@ tierlm_status tierlm_model_create(const char* path, const tierlm_model_options* 
       o.threads = options->threads;
       o.verify = options->verify != 0;
       o.max_context = options->max_context;
+      o.sparse = options->sparse != 0;
+      o.sparse_window = options->sparse_window > 0 ? options->sparse_window : 4;
+      o.sparse_bundled = options->sparse_no_bundling == 0;
+      o.sparse_capacity = options->sparse_capacity;
     }
     *out = new tierlm_model(tierlm::Model::load(path, o));
   });

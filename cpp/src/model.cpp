@@ -13,6 +13,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "detail/sparse_ffn_layer.hpp"
 #include "tierlm/detail/json.hpp"
 #include "tierlm/detail/weight_store.hpp"
 #include "tierlm/error.hpp"
@@ -179,6 +180,11 @@ struct ExecOp {
   void* workspace = nullptr;
   int64_t offset = 0;
   size_t index = 0;
+  // Sparse FFN (ModelOptions::sparse): the layer's index in the sparse plan; the up op runs
+  // the whole FFN into its own buffer, the down op copies that out (relu is dropped).
+  int sparse = -1;
+  bool sparse_copy = false;
+  int sparse_down_bias = -1;
 };
 
 struct Model::Impl {
@@ -187,6 +193,7 @@ struct Model::Impl {
   std::unique_ptr<HostTier> host;
   std::unique_ptr<detail::WeightStore> weights;
   detail::StreamingWeightStore* stream = nullptr;  // weights, when streaming
+  std::unique_ptr<detail::SparseFfn> sparse;       // ModelOptions::sparse
   WeightPlacementInfo placement;
   int64_t context = 0;
   int64_t chunk = 0;
@@ -373,6 +380,16 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     if (!op.weight.empty()) names.push_back(weight_name(op));
     if (!op.bias.empty()) names.push_back(op.bias);
   }
+  // Sparse FFN: the FFN matrices are read per neuron from the bundles, not by the store.
+  detail::SparseFfnPlan sparse_plan;
+  if (options.sparse) {
+    sparse_plan = detail::sparse_ffn_plan(p, options, static_cast<size_t>(m.chunk));
+    std::erase_if(names, [&](const std::string& name) {
+      return std::find(sparse_plan.dense_tensors.begin(), sparse_plan.dense_tensors.end(), name) !=
+             sparse_plan.dense_tensors.end();
+    });
+  }
+  const uint64_t sparse_bytes = sparse_plan.host_bytes;
 
   // Memory: buffers and plan for a chunk, KV cache for the context.
   BufferAssignment assignment = assign_buffers(p, m.chunk, m.context, m.max_batch);
@@ -407,8 +424,12 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   const uint64_t weight_bytes = detail::resident_weight_bytes(p, names);
   const uint64_t kv_bytes = align_up(kv_floats * sizeof(float), 4096);
   const uint64_t arena_bytes = align_up(std::max<uint64_t>(m.plan.peak, 1), 4096);
-  const uint64_t needed = weight_bytes + kv_bytes + arena_bytes;
-  const uint64_t fixed = kv_bytes + arena_bytes;
+  const uint64_t needed = weight_bytes + kv_bytes + arena_bytes + sparse_bytes;
+  const uint64_t fixed = kv_bytes + arena_bytes + sparse_bytes;
+  const std::string sparse_part =
+      options.sparse ? " + sparse FFN neuron caches, staging and predictors " +
+                           format_bytes(sparse_bytes) + " (lower sparse_capacity or sparse_window)"
+                     : std::string();
   detail::WeightStoreOptions store_options;
   store_options.verify = options.verify;
   if (needed <= options.host_budget) {
@@ -421,8 +442,8 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     const uint64_t minimum = probe.minimum() + fixed;
     TIERLM_CHECK(fixed <= options.host_budget, kErrorBudget, "host tier: the KV cache (",
                  format_bytes(kv_bytes), " for ", m.max_batch, " x ", m.context,
-                 " tokens) and activations (", format_bytes(arena_bytes),
-                 ") stay in the host tier and do not fit the host budget of ",
+                 " tokens) and activations (", format_bytes(arena_bytes), ")", sparse_part,
+                 " stay in the host tier and do not fit the host budget of ",
                  format_bytes(options.host_budget),
                  "; lower max_context or max_batch, or raise "
                  "the host budget (streaming the weights needs at least ",
@@ -433,8 +454,9 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
                  format_bytes(minimum), " (", minimum, " bytes: resident norms/embeddings/lm_head ",
                  format_bytes(probe.base_bytes), " + one staging section ",
                  format_bytes(probe.section_bytes), " + KV cache ", format_bytes(kv_bytes),
-                 " + activations ", format_bytes(arena_bytes), ") but the host budget is ",
-                 format_bytes(options.host_budget), "; raise the host budget or lower max_context");
+                 " + activations ", format_bytes(arena_bytes), sparse_part,
+                 ") but the host budget is ", format_bytes(options.host_budget),
+                 "; raise the host budget or lower max_context");
     const detail::WeightPlacement placement = detail::weight_placement(
         p, names, options.host_budget - fixed, static_cast<int>(options.ring_sections));
     m.host = std::make_unique<HostTier>(options.host_budget, options.lock);
@@ -473,6 +495,7 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   std::memset(m.kv.data(), 0, m.kv.size());
   m.arena = m.host->allocate(arena_bytes);
   std::memset(m.arena.data(), 0, m.arena.size());
+  if (options.sparse) m.sparse = std::make_unique<detail::SparseFfn>(sparse_plan, *m.host);
   char* arena = static_cast<char*>(m.arena.data());
   auto buffer_ptr = [&](int index) -> float* {
     return index < 0 ? nullptr : reinterpret_cast<float*>(arena + m.plan.buffers[index].offset);
@@ -494,6 +517,21 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     op.workspace = buffer_ptr(ob.workspace);
     op.width = p.graph.width(g.output);
     op.eps = static_cast<float>(g.eps);
+    int sparse_role = 0;
+    const int sparse_layer = m.sparse ? sparse_plan.layer_of_op(i, &sparse_role) : -1;
+    if (sparse_layer >= 0) {
+      if (sparse_role == 2) continue;  // relu: inside the sparse kernel
+      op.sparse = sparse_layer;
+      if (sparse_role == 1) {
+        const detail::SparseLayerPlan& sl = sparse_plan.layers[sparse_layer];
+        if (!sl.up_bias.empty()) op.bias = m.weights->index(sl.up_bias);
+        if (!sl.down_bias.empty()) op.sparse_down_bias = m.weights->index(sl.down_bias);
+      } else {
+        op.sparse_copy = true;
+      }
+      m.ops.push_back(op);
+      continue;
+    }
     int n_float_in = 0;
     for (const std::string& name : g.inputs) {
       if (is_int_input(name)) continue;
@@ -634,6 +672,15 @@ void Model::Impl::run_op(const ExecOp& op, const int32_t* tokens, int64_t n) {
   const size_t rows = static_cast<size_t>(n);
   const size_t width = static_cast<size_t>(op.width);
   const size_t elems = rows * width;
+  if (op.sparse >= 0) {
+    if (op.sparse_copy) {
+      std::memcpy(op.out, op.in[0], elems * sizeof(float));
+    } else {
+      sparse->run(op.sparse, op.in[0], rows, static_cast<const float*>(w(op.bias)),
+                  static_cast<const float*>(w(op.sparse_down_bias)), op.out);
+    }
+    return;
+  }
   switch (op.kind) {
     case OpKind::kOpEmbedding:
       kernel_embedding(w(op.weight), op.dtype, tokens, rows, width, op.out);
@@ -751,6 +798,7 @@ void Model::Impl::run_rows(const int32_t* tokens, int64_t n) {
     run_op(op, tokens, n);
   }
   if (layer != INT_MIN) weights->end_layer(layer);
+  if (sparse) sparse->end_batch(static_cast<size_t>(n));
   if (slots == nullptr) {
     slot_pos[slot] += n;
   } else {
@@ -788,6 +836,7 @@ void Model::reset() {
   auto lock = claim(impl_->busy);
   std::fill(impl_->slot_pos.begin(), impl_->slot_pos.end(), 0);
   ++impl_->sequence;
+  if (impl_->sparse) impl_->sparse->reset();
 }
 
 const float* Model::forward(std::span<const int32_t> tokens) { return forward(tokens, false); }
@@ -817,6 +866,7 @@ const float* Model::forward_slot(int32_t slot, std::span<const int32_t> tokens, 
   if (restart) {
     m.slot_pos[slot] = 0;
     ++m.sequence;
+    if (m.sparse) m.sparse->reset();  // cached rows of another sequence would join the sum
   }
   const int64_t n = static_cast<int64_t>(tokens.size());
   check_tokens(tokens, m.package.config.vocab_size);
@@ -899,6 +949,7 @@ ModelStats Model::stats() const {
     s.io_registered = ss.registered;
     s.io_backend = ss.backend;
   }
+  if (m.sparse) m.sparse->add_stats(s);
   return s;
 }
 
@@ -911,6 +962,11 @@ std::vector<StreamEventInfo> Model::stream_events() const {
     out.push_back({e.t, e.wait, e.layer, e.bytes_read});
   }
   return out;
+}
+
+std::vector<SparseTokenInfo> Model::sparse_tokens() const {
+  if (impl_->sparse == nullptr) return {};
+  return impl_->sparse->tokens();
 }
 
 std::vector<MemoryBuffer> Model::memory_buffers(int64_t seq) const {

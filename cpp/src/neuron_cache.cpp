@@ -152,13 +152,40 @@ void NeuronCache::clear() {
   size_ = 0;
 }
 
-NeuronWindow::NeuronWindow(size_t n_neurons, size_t k) : n_neurons_(n_neurons), k_(k) {
+namespace {
+
+void check_window(size_t n_neurons, size_t k) {
   TIERLM_CHECK(n_neurons > 0 && n_neurons <= INT32_MAX, kErrorInvalidArgument,
                "neuron window: n_neurons ", n_neurons, " must be in 1 .. 2^31-1");
   TIERLM_CHECK(k >= 1, kErrorInvalidArgument, "neuron window: k must be >= 1 token");
-  last_seen_.assign(n_neurons, -1);
-  ring_.assign(k * n_neurons, 0);
-  ring_len_.assign(k, 0);
+}
+
+}  // namespace
+
+size_t NeuronWindow::state_bytes(size_t n_neurons, size_t k) {
+  return n_neurons * sizeof(int64_t) + k * sizeof(size_t) + k * n_neurons * sizeof(int32_t);
+}
+
+NeuronWindow::NeuronWindow(size_t n_neurons, size_t k) : n_neurons_(n_neurons), k_(k) {
+  check_window(n_neurons, k);
+  heap_.resize(state_bytes(n_neurons, k) + sizeof(int64_t));
+  // vector<char> storage is suitably aligned for int64 (operator new alignment).
+  init(heap_.data());
+}
+
+NeuronWindow::NeuronWindow(HostTier& tier, size_t n_neurons, size_t k)
+    : n_neurons_(n_neurons), k_(k) {
+  check_window(n_neurons, k);
+  tier_ = tier.allocate(state_bytes(n_neurons, k));
+  init(tier_.data());
+}
+
+void NeuronWindow::init(void* state) {
+  last_seen_ = static_cast<int64_t*>(state);
+  ring_len_ = reinterpret_cast<size_t*>(last_seen_ + n_neurons_);
+  ring_ = reinterpret_cast<int32_t*>(ring_len_ + k_);
+  std::fill(last_seen_, last_seen_ + n_neurons_, -1);
+  std::fill(ring_len_, ring_len_ + k_, 0);
 }
 
 bool NeuronWindow::contains(int32_t neuron) const {
@@ -212,8 +239,8 @@ NeuronWindow::Step NeuronWindow::step(const int32_t* active, size_t n_active, in
 }
 
 void NeuronWindow::reset() {
-  std::fill(last_seen_.begin(), last_seen_.end(), -1);
-  std::fill(ring_len_.begin(), ring_len_.end(), 0);
+  std::fill(last_seen_, last_seen_ + n_neurons_, -1);
+  std::fill(ring_len_, ring_len_ + k_, 0);
   token_ = 0;
   union_size_ = 0;
 }

@@ -128,13 +128,24 @@ def _progress(total, enabled):
 
 
 def export(
-    hf_dir, out_dir, dtype=None, progress=True, overwrite=False, max_positions=None, file_limit=None
+    hf_dir,
+    out_dir,
+    dtype=None,
+    progress=True,
+    overwrite=False,
+    max_positions=None,
+    file_limit=None,
+    sparse=False,
 ):
     """Exports the checkpoint in hf_dir to a package in out_dir and returns out_dir.
 
     dtype: "f32", "f16", "bf16" for the matrices, or None to keep the checkpoint's; 1-D tensors
     are always f32. max_positions caps the context (needed for sliding-window models).
     overwrite replaces an existing package. file_limit overrides the 2 GiB weight-file split.
+    sparse: also write the row-column bundled FFN files (ffn-bundle-{i}.bin, in the package
+    dtype) and copy the checkpoint's activation predictors (predictors.json + .safetensors)
+    when it has them; both are listed in the manifest ("bundles", "predictors"). The dense
+    FFN matrices stay, so the package also runs dense.
     """
     hf_dir, out_dir = os.fspath(hf_dir), os.path.abspath(os.fspath(out_dir))
     dtype_check(dtype)
@@ -149,6 +160,10 @@ def export(
             )
     plan = module.plan(hf, max_positions=max_positions)
     _generation_ids(hf_dir, plan.config)
+    if sparse:
+        from tierlm.sparse.package import check_sparse_config
+
+        check_sparse_config(plan.config, os.path.join(hf_dir, "config.json"))
     checkpoint = Checkpoint(hf_dir)
     rows = plan_tensors(plan, checkpoint, dtype)
     files, placed = layout(rows, file_limit or FILE_LIMIT)
@@ -189,6 +204,12 @@ def export(
                     f.flush()
                     os.fsync(f.fileno())
         token_files = _copy_tokenizer(hf_dir, tmp)
+        sections = {}
+        if sparse:
+            from tierlm.sparse.package import copy_predictors, write_package_bundles
+
+            sections["bundles"] = write_package_bundles(tmp, tensors, plan.config)
+            sections["predictors"] = copy_predictors(hf_dir, tmp, plan.config)
         source_dtypes = sorted({entry.dtype for _, _, entry, _ in rows})
         matrix_dtypes = sorted({out for spec, _, _, out in rows if len(spec.shape) > 1})
         manifest = {
@@ -206,6 +227,7 @@ def export(
                 "dtypes": source_dtypes,
                 "transformers_version": hf.get("transformers_version"),
             },
+            **sections,
         }
         _write_json(os.path.join(tmp, "manifest.json"), manifest)
         _write_json(os.path.join(tmp, "graph.json"), plan.graph)

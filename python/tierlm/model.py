@@ -153,7 +153,9 @@ class Model:
         )
         stats = dict(out["stats"])
         stats.update(self._tier_stats())
-        stats.update(self._stream_stats(before, self._native.stats(), stats))
+        after = self._native.stats()
+        stats.update(self._stream_stats(before, after, stats))
+        stats.update(self._sparse_stats(before, after))
         return GenerateResult(
             prompt_ids=ids,
             output_ids=list(out["output_ids"]),
@@ -247,6 +249,48 @@ class Model:
             "ring_sections": p["sections"],
         }
 
+    def _sparse_stats(self, before, after):
+        """Sparse FFN counters of one generation (every token through the FFNs, prompt
+        included): totals, per-token means, cache hit rate, and per-token lists."""
+        if not after.get("sparse"):
+            return {"sparse": False}
+
+        def delta(key):
+            return after[key] - before[key]
+
+        tokens = delta("sparse_tokens")
+        predicted, read = delta("sparse_neurons_predicted"), delta("sparse_neurons_read")
+        per = max(tokens, 1)
+        log = self._native.sparse_tokens()
+        take = min(tokens, len(log["bytes_read"]))
+        return {
+            "sparse": True,
+            "sparse_window": after["sparse_window"],
+            "sparse_bundled": after["sparse_bundled"],
+            "sparse_capacity": after["sparse_capacity"],
+            "sparse_tokens": tokens,
+            "sparse_neurons_predicted": predicted,
+            "sparse_neurons_read": read,
+            "sparse_bytes_read": delta("sparse_bytes_read"),
+            "sparse_requests": delta("sparse_requests"),
+            "sparse_overflows": delta("sparse_overflows"),
+            "sparse_cache_hit_rate": 1.0 - read / predicted if predicted else 1.0,
+            "sparse_predictor_seconds": delta("sparse_predictor_seconds"),
+            "sparse_io_seconds": delta("sparse_io_seconds"),
+            "sparse_memory_seconds": delta("sparse_memory_seconds"),
+            "sparse_compute_seconds": delta("sparse_compute_seconds"),
+            "sparse_neurons_predicted_per_token": predicted / per,
+            "sparse_neurons_read_per_token": read / per,
+            "sparse_bytes_read_per_token": delta("sparse_bytes_read") / per,
+            "dense_ffn_bytes_per_token": after["sparse_dense_ffn_bytes"],
+            "sparse_per_token": {k: v[len(v) - take :] for k, v in log.items()},
+        }
+
+    def sparse_tokens(self):
+        """Sparse FFN: per token since load (the last 16384), lists of neurons_predicted,
+        neurons_read, bytes_read, requests and predictor/io/memory/compute seconds."""
+        return self._native.sparse_tokens()
+
     def _tier_stats(self):
         s = self._native.stats()
         return {
@@ -264,6 +308,11 @@ class Model:
             s["decode_tokens"] / s["decode_seconds"] if s["decode_seconds"] else 0.0
         )
         s["peak_bytes"] = {"host": s["host"]["peak"]}
+        if s["sparse"]:
+            predicted = s["sparse_neurons_predicted"]
+            s["sparse_cache_hit_rate"] = (
+                1.0 - s["sparse_neurons_read"] / predicted if predicted else 1.0
+            )
         return s
 
     def placement(self):
@@ -307,6 +356,10 @@ def load(
     lock=True,
     max_batch=1,
     ring_sections=0,
+    sparse=False,
+    sparse_window=4,
+    sparse_bundled=True,
+    sparse_capacity=0,
 ):
     """Loads a package (tierlm export's output).
 
@@ -317,6 +370,13 @@ def load(
     When the weights do not fit the host budget (with the KV cache and activations), layers
     are streamed from the package files through a ring of ring_sections staging sections
     (0 = auto); model.placement() says which. A budget below the minimum raises BudgetError.
+    sparse: sparse-neuron flash loading (a package exported with --sparse, with predictors):
+    the FFN matrices are not loaded; per token only the predicted neurons' bundled rows are
+    read into a host-tier neuron cache holding the neurons of the last sparse_window tokens
+    (1 = no window); sparse_bundled=False reads each neuron's up and down parts apart without
+    coalescing (the paper's ablation); sparse_capacity: cached neurons per layer (0 = auto
+    from the predictors' predicted density x window x 1.5). Caches, staging and predictors
+    count against the host budget.
     """
     budgets = _budgets(budget)
     native = _core.Model.load(
@@ -329,5 +389,9 @@ def load(
         lock=bool(lock),
         max_batch=int(max_batch),
         ring_sections=int(ring_sections or 0),
+        sparse=bool(sparse),
+        sparse_window=int(sparse_window),
+        sparse_bundled=bool(sparse_bundled),
+        sparse_capacity=int(sparse_capacity or 0),
     )
     return Model(native, budgets)

@@ -26,6 +26,14 @@ struct ModelOptions {
   // Streaming (weights larger than the host budget): staging sections of the prefetch ring;
   // 0 = auto (2 when the budget allows, else 1).
   int64_t ring_sections = 0;
+  // Sparse-neuron flash loading (docs/sparse.md; needs a package exported with --sparse and
+  // predictors): the FFN up/down matrices are neither resident nor streamed; per token a
+  // low-rank predictor picks the FFN neurons, whose bundled rows are read into a host-tier
+  // neuron cache that keeps the neurons of the last sparse_window tokens.
+  bool sparse = false;
+  int64_t sparse_window = 4;    // tokens whose neurons stay cached (1 = no window)
+  bool sparse_bundled = true;   // false: up and down parts read apart, no coalescing (ablation)
+  int64_t sparse_capacity = 0;  // cached neurons per layer; 0 = auto from the predictors
 };
 
 // Where the weights live (issue 4): everything resident, or a resident set plus a ring of
@@ -92,6 +100,36 @@ struct ModelStats {
   bool io_direct = false;
   bool io_registered = false;
   std::string io_backend;
+  // Sparse FFN (ModelOptions::sparse), totals since load over every layer; a token is one
+  // row through the FFNs (prompt tokens included).
+  bool sparse = false;
+  uint64_t sparse_tokens = 0;
+  uint64_t sparse_neurons_predicted = 0;
+  uint64_t sparse_neurons_read = 0;  // rows read from the bundle files (cache misses)
+  uint64_t sparse_bytes_read = 0;    // bytes requested (4 KiB-widened reads)
+  uint64_t sparse_requests = 0;      // read requests submitted
+  uint64_t sparse_overflows = 0;     // layer steps whose prediction alone passed the capacity
+  double sparse_predictor_seconds = 0.0;
+  double sparse_io_seconds = 0.0;       // submit -> every read of the step complete
+  double sparse_memory_seconds = 0.0;   // neuron cache erase / insert (row copies included)
+  double sparse_compute_seconds = 0.0;  // the sparse FFN kernel
+  uint64_t sparse_host_bytes = 0;       // neuron caches + staging + predictors + scratch
+  uint64_t sparse_dense_ffn_bytes = 0;  // bytes of the dense FFN matrices a token would read
+  int64_t sparse_window = 0;
+  bool sparse_bundled = true;
+  std::vector<int64_t> sparse_capacity;  // per layer
+};
+
+// One token through every sparse FFN layer (ModelStats' counters for that token).
+struct SparseTokenInfo {
+  uint64_t neurons_predicted = 0;
+  uint64_t neurons_read = 0;
+  uint64_t bytes_read = 0;
+  uint64_t requests = 0;
+  double predictor_seconds = 0.0;
+  double io_seconds = 0.0;
+  double memory_seconds = 0.0;
+  double compute_seconds = 0.0;
 };
 
 class Model {
@@ -139,6 +177,8 @@ class Model {
   const WeightPlacementInfo& placement() const;
   // One event per streamed layer's begin (time, wait, bytes read so far), oldest first.
   std::vector<StreamEventInfo> stream_events() const;
+  // Sparse FFN: one entry per token since load, oldest first (the last 65536 kept).
+  std::vector<SparseTokenInfo> sparse_tokens() const;
   // Counts a generation's timings into stats() (prefill and decode totals).
   void record_timing(uint64_t prefill_tokens, double prefill_seconds, uint64_t decode_tokens,
                      double decode_seconds);

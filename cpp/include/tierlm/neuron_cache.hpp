@@ -77,6 +77,15 @@ class NeuronCache {
 class NeuronWindow {
  public:
   NeuronWindow(size_t n_neurons, size_t k = 4);
+  // The same with its state (about (k * 4 + 8) * n_neurons bytes) allocated from a host tier,
+  // so that it counts against the tier's budget.
+  NeuronWindow(HostTier& tier, size_t n_neurons, size_t k);
+  // Bytes of state a window of these sizes holds.
+  static size_t state_bytes(size_t n_neurons, size_t k);
+  NeuronWindow(NeuronWindow&&) noexcept = default;
+  NeuronWindow& operator=(NeuronWindow&&) noexcept = default;
+  NeuronWindow(const NeuronWindow&) = delete;
+  NeuronWindow& operator=(const NeuronWindow&) = delete;
 
   struct Step {
     size_t n_load = 0;
@@ -97,10 +106,13 @@ class NeuronWindow {
   size_t k_ = 0;
   uint64_t token_ = 0;  // tokens stepped so far
   size_t union_size_ = 0;
-  // Sized once at construction; step() only writes into them.
-  std::vector<int64_t> last_seen_;  // [n_neurons] last token a neuron was active in, -1 never
-  std::vector<int32_t> ring_;       // [k, n_neurons] active lists of the last k tokens
-  std::vector<size_t> ring_len_;    // [k]
+  void init(void* state);
+  // Sized once at construction (in heap_ or tier_); step() only writes into them.
+  std::vector<char> heap_;
+  HostBuffer tier_;
+  int64_t* last_seen_ = nullptr;  // [n_neurons] last token a neuron was active in, -1 never
+  size_t* ring_len_ = nullptr;    // [k]
+  int32_t* ring_ = nullptr;       // [k, n_neurons] active lists of the last k tokens
 };
 
 }  // namespace tierlm

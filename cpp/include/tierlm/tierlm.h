@@ -29,6 +29,12 @@ typedef struct tierlm_model_options {
   uint32_t threads;     /* 0 = keep the thread pool's size */
   int32_t verify;       /* nonzero: check tensor checksums while loading */
   int64_t max_context;  /* KV cache tokens; 0 = the model's max_positions */
+  /* Sparse-neuron flash loading (package exported with --sparse, with predictors). Zero
+   * values are the defaults. */
+  int32_t sparse;             /* nonzero: read only the predicted FFN neurons */
+  int32_t sparse_window;      /* tokens whose neurons stay cached; 0 = 4 */
+  int32_t sparse_no_bundling; /* nonzero: up and down parts read apart (ablation) */
+  int64_t sparse_capacity;    /* cached neurons per layer; 0 = auto */
 } tierlm_model_options;
 
 typedef struct tierlm_generate_options {

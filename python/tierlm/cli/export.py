@@ -24,6 +24,12 @@ def add_parser(subparsers):
         metavar="N",
         help="cap the context at N tokens (required for sliding-window models: N <= window)",
     )
+    parser.add_argument(
+        "--sparse",
+        action="store_true",
+        help="also write row-column bundled FFN files and copy the checkpoint's activation "
+        "predictors, for `tierlm generate --sparse`",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -38,6 +44,7 @@ def run(args):
         progress=not (args.no_progress or args.json),
         overwrite=args.overwrite,
         max_positions=args.max_positions,
+        sparse=args.sparse,
     )
     package = Package.open(out)
     manifest = package.manifest
@@ -52,6 +59,10 @@ def run(args):
         "files": [f["name"] for f in manifest["files"]],
         "tokenizer": (manifest["tokenizer"] or {}).get("files", []),
     }
+    if args.sparse:
+        bundles = manifest.get("bundles") or {}
+        summary["bundles"] = [lay["file"] for lay in bundles.get("layers", [])]
+        summary["predictors"] = manifest.get("predictors")
     if args.json:
         print(json.dumps(summary, indent=2))
         return
@@ -60,3 +71,12 @@ def run(args):
         f"{summary['tensors']} tensors, {format_size(total)} in {len(summary['files'])} file(s), "
         f"tokenizer: {', '.join(summary['tokenizer']) or 'none'} -> {out}"
     )
+    if args.sparse:
+        print(f"sparse: {len(summary['bundles'])} bundled FFN files", end="")
+        if summary["predictors"]:
+            print(", predictors copied from the checkpoint")
+        else:
+            print(
+                "; no predictors in the checkpoint: train them with "
+                f"`tierlm sparse train {out} --calibration TEXTFILE` before `--sparse` runs"
+            )

@@ -37,6 +37,28 @@ def add_parser(subparsers):
         "--ring-sections", type=int, default=0, help="streaming staging sections (0 = auto)"
     )
     parser.add_argument(
+        "--sparse",
+        action="store_true",
+        help="sparse-neuron flash loading: read only the FFN neurons the predictors pick "
+        "(package exported with --sparse, with predictors; exact for ReLU FFNs up to "
+        "predictor misses)",
+    )
+    parser.add_argument(
+        "--sparse-window", type=int, default=4, metavar="K", help="tokens whose neurons stay cached"
+    )
+    parser.add_argument(
+        "--no-bundling",
+        action="store_true",
+        help="sparse: read each neuron's up and down parts apart, no coalescing (ablation)",
+    )
+    parser.add_argument(
+        "--sparse-capacity",
+        type=int,
+        default=0,
+        metavar="N",
+        help="sparse: cached neurons per layer (0 = auto from the predictors)",
+    )
+    parser.add_argument(
         "--timeline", metavar="PNG", help="plot host-tier usage and I/O over time (matplotlib)"
     )
     parser.set_defaults(run=run)
@@ -69,6 +91,10 @@ def run(args):
         verify=args.verify,
         max_context=args.max_context,
         ring_sections=args.ring_sections,
+        sparse=args.sparse,
+        sparse_window=args.sparse_window,
+        sparse_bundled=not args.no_bundling,
+        sparse_capacity=args.sparse_capacity,
     )
     if args.verbose:
         print_placement(model, sys.stderr)
@@ -119,9 +145,31 @@ def run(args):
             f"{' O_DIRECT' if s['io_direct'] else ''}",
             file=sys.stderr,
         )
+    if s["sparse"]:
+        print_sparse(s, sys.stderr)
     if args.timeline:
         plot_timeline(model, args.timeline)
     return 0
+
+
+def print_sparse(s, out):
+    tokens = max(s["sparse_tokens"], 1)
+    dense = s["sparse_dense_ffn_bytes"]
+    per = s["sparse_bytes_read"] / tokens
+    print(
+        f"sparse FFN (window {s['sparse_window']}, "
+        f"{'bundled' if s['sparse_bundled'] else 'not bundled'}): "
+        f"{s['sparse_neurons_predicted'] / tokens:.0f} neurons predicted/token, "
+        f"{s['sparse_neurons_read'] / tokens:.0f} read/token, "
+        f"cache hit rate {100 * s['sparse_cache_hit_rate']:.1f}%, "
+        f"{format_size(per)}/token read vs {format_size(dense)} dense FFN "
+        f"({100 * per / dense if dense else 0:.1f}%); per token: predictor "
+        f"{1e3 * s['sparse_predictor_seconds'] / tokens:.2f} ms, I/O "
+        f"{1e3 * s['sparse_io_seconds'] / tokens:.2f} ms, cache "
+        f"{1e3 * s['sparse_memory_seconds'] / tokens:.2f} ms, kernel "
+        f"{1e3 * s['sparse_compute_seconds'] / tokens:.2f} ms",
+        file=out,
+    )
 
 
 def print_placement(model, out):

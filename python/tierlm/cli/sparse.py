@@ -17,7 +17,8 @@ def add_parser(subparsers):
         help="train activation predictors on calibration text",
         description="Train one low-rank predictor per FFN layer (balanced loss) and report "
         "recall and precision per layer on held-out text. Writes predictors.safetensors and "
-        "predictors.json into the model directory (or --out).",
+        "predictors.json into the model directory (or --out); in a package, they are also "
+        "listed in manifest.json for `tierlm generate --sparse`.",
     )
     train.add_argument("model", help="tierlm package or Hugging Face directory (OPT)")
     train.add_argument("--calibration", required=True, help="text file to train on")
@@ -127,7 +128,18 @@ def run_train(args):
     out = Path(args.out) if args.out else Path(args.model)
     out.mkdir(parents=True, exist_ok=True)
     predictors.save(out)
-    result = {"out": str(out), "ranks": predictors.ranks, **predictors.metrics}
+    registered = False
+    if (out / "manifest.json").exists():  # a package: list them in its manifest
+        from tierlm.sparse.package import register_predictors
+
+        register_predictors(out)
+        registered = True
+    result = {
+        "out": str(out),
+        "manifest_updated": registered,
+        "ranks": predictors.ranks,
+        **predictors.metrics,
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return

@@ -98,6 +98,37 @@ def write_bundle(path, up, down, gate=None, dtype="f16"):
     return layout
 
 
+def write_bundle_stored(path, up, down, gate=None, dtype="f16", chunk_bytes=16 << 20):
+    """Like write_bundle, from arrays already in the stored dtype (f32 / f16 arrays, bf16 as
+    uint16 words; e.g. a package's memory-mapped tensors): bytes are copied, never rounded
+    again, and `chunk_bytes` of rows are assembled at a time so memory stays small."""
+    path = Path(path)
+    ffn, dim = up.shape
+    if down.shape != (dim, ffn) or (gate is not None and gate.shape != up.shape):
+        raise ValueError(f"bundle {path.name}: up {up.shape}, down {down.shape} do not match")
+    layout = BundleLayout(path.name, ffn, dim, gate is not None, dtype)
+    step = max(1, chunk_bytes // layout.row_bytes)
+    with open(path, "wb") as f:
+        for s in range(0, ffn, step):
+            e = min(ffn, s + step)
+            parts = [np.asarray(up[s:e])]
+            if gate is not None:
+                parts.append(np.asarray(gate[s:e]))
+            parts.append(np.asarray(down[:, s:e]).T)
+            f.write(np.ascontiguousarray(np.concatenate(parts, axis=1)).tobytes())
+        f.write(b"\0" * (layout.file_bytes - layout.data_bytes))
+    return layout
+
+
+def write_bundles_json(out_dir, layouts):
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "alignment": ALIGNMENT,
+        "layers": [layout.to_json() for layout in layouts],
+    }
+    (Path(out_dir) / BUNDLES_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+
+
 def write_bundles(out_dir, layers, dtype="f16"):
     """Writes ffn-bundle-{i}.bin for each (up, down, gate or None) and bundles.json."""
     out_dir = Path(out_dir)
@@ -106,12 +137,7 @@ def write_bundles(out_dir, layers, dtype="f16"):
         write_bundle(out_dir / f"ffn-bundle-{i}.bin", up, down, gate, dtype)
         for i, (up, down, gate) in enumerate(layers)
     ]
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "alignment": ALIGNMENT,
-        "layers": [layout.to_json() for layout in layouts],
-    }
-    (out_dir / BUNDLES_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    write_bundles_json(out_dir, layouts)
     return layouts
 
 
