@@ -127,15 +127,18 @@ class NativeSparseFfn:
     cache's slots of this token's neurons. Counts rows and bytes read and read requests.
 
     Use as a context manager around model calls; `bundle_dir` holds the files written by
-    tierlm.sparse.bundle.write_model_bundles.
+    tierlm.sparse.bundle.write_model_bundles (or a package exported with --sparse).
+    all_cached=True computes over every cached row (the window's union, a superset of the
+    prediction; exact for ReLU), as the native executor (tierlm.load(..., sparse=True)) does.
     """
 
-    def __init__(self, loaded, bundle_dir, predictors=None, k=4, tier=None):
+    def __init__(self, loaded, bundle_dir, predictors=None, k=4, tier=None, all_cached=False):
         from tierlm.sparse.bundle import load_layouts
         from tierlm.sparse.cache import NeuronCache, NeuronWindow
         from tierlm.tiers import HostTier
 
         self.loaded, self.predictors, self.k = loaded, predictors, k
+        self.all_cached = all_cached
         self.bundle_dir = Path(bundle_dir)
         self.layouts = load_layouts(bundle_dir)
         ffn = loaded.ffn_dim
@@ -187,10 +190,12 @@ class NativeSparseFfn:
             self.stats["bytes_read"] += load.size * layout.row_bytes
             self.stats["requests"] += len(read_requests(layout, load))
         self.stats["rows_predicted"] += active.size
+        _, up_bias, _, down_bias = self.biases[i]
+        if self.all_cached:
+            return cache.ffn(x, layout.dim, up_bias, down_bias)
         slot_of = np.full(cache.n_neurons, -1, np.int32)
         slot_of[cache.neurons()] = np.arange(len(cache), dtype=np.int32)
         slots = slot_of[active]
-        _, up_bias, _, down_bias = self.biases[i]
         return cache.ffn(x, layout.dim, up_bias, down_bias, slots=slots)
 
     def __enter__(self):

@@ -1,0 +1,259 @@
+"""Sparse FFN in the native executor (tierlm.load(..., sparse=True)): export --sparse, exactness
+with predictors that pick every neuron, equality with the Python NativeSparseFfn path on the
+trained demo model, window / capacity / bundling behaviour, budgets and errors, the CLI."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tierlm
+from models import package, prompt, relative_error
+from tierlm import io
+from tierlm.cli import main
+from tierlm.errors import BudgetError, CorruptError, NotFoundError, UnsupportedError
+from tierlm.sparse import DEMO_MODEL_DIR
+
+torch = pytest.importorskip("torch")
+
+needs_demo = pytest.mark.skipif(
+    not (DEMO_MODEL_DIR / "predictors.json").exists(), reason="demo model not shipped"
+)
+
+
+@pytest.fixture(params=["uring", "threads"])
+def backend(request, monkeypatch):
+    if request.param == "uring" and not io.probe()["uring_available"]:
+        pytest.skip(f"io_uring unavailable: {io.probe()['reason']}")
+    monkeypatch.setenv("TIERLM_IO", request.param)
+    return request.param
+
+
+def all_neuron_predictors(pkg, rank=3):
+    """Predictors whose logits are +10 for every neuron: the sparse path then computes every
+    neuron and must equal the dense FFN."""
+    from tierlm.sparse.package import register_predictors
+    from tierlm.sparse.predictor import LayerPredictor, Predictors
+
+    cfg = json.load(open(os.path.join(pkg, "manifest.json")))["config"]
+    d, ffn = cfg["hidden_size"], cfg["intermediate_size"]
+    layers = [
+        LayerPredictor(
+            np.zeros((rank, d), np.float32),
+            np.zeros((ffn, rank), np.float32),
+            np.full(ffn, 10.0, np.float32),
+        )
+        for _ in range(cfg["num_layers"])
+    ]
+    Predictors(layers, {"layers": [{"predicted_density": 1.0}] * len(layers)}).save(pkg)
+    register_predictors(pkg)
+
+
+@pytest.fixture(scope="module")
+def opt_sparse(tmp_path_factory):
+    """Random OPT (hidden 200, ffn 307, 3 layers), f32 and f16 packages with bundles and
+    all-neuron predictors."""
+    root = str(tmp_path_factory.mktemp("opt_sparse"))
+    out = {}
+    for dtype in ("f32", "f16"):
+        _, pkg = package("opt", root, dtype=dtype)
+        sparse = pkg + "-sparse"
+        tierlm.export(pkg.replace("-pkg", "-hf"), sparse, dtype=dtype, progress=False, sparse=True)
+        all_neuron_predictors(sparse)
+        out[dtype] = sparse
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+@pytest.mark.parametrize(
+    "window,bundled,capacity", [(1, True, 0), (4, True, 0), (2, False, 0), (3, True, 37)]
+)
+def test_all_neurons_equal_dense(opt_sparse, backend, dtype, window, bundled, capacity):
+    pkg = opt_sparse[dtype]
+    ids = prompt(29)
+    dense = tierlm.load(pkg)
+    sparse = tierlm.load(
+        pkg, sparse=True, sparse_window=window, sparse_bundled=bundled, sparse_capacity=capacity
+    )
+    # Same weights, same f32 accumulation, another summation order: 1e-5 of the logit range.
+    assert relative_error(sparse.logits(ids), dense.logits(ids)) < 1e-5
+    a = dense.generate(ids, max_new_tokens=6, stop_at_eos=False)
+    b = sparse.generate(ids, max_new_tokens=6, stop_at_eos=False)
+    assert a.output_ids == b.output_ids
+    s = b.stats
+    assert s["sparse"] and s["sparse_tokens"] == 29 + 5
+    assert s["sparse_neurons_predicted"] == 3 * 307 * s["sparse_tokens"]
+    assert sparse.stats()["io_backend"] == backend
+    if capacity:  # every token predicts 307 > 37 neurons: the overflow path ran
+        assert s["sparse_overflows"] == 3 * s["sparse_tokens"]
+        assert s["sparse_capacity"] == [37, 37, 37]
+    else:
+        assert s["sparse_overflows"] == 0
+    if not bundled:  # two requests per neuron read, never coalesced
+        assert s["sparse_requests"] == 2 * s["sparse_neurons_read"]
+    else:
+        assert s["sparse_requests"] < s["sparse_neurons_read"]
+
+
+def test_dense_matrices_are_not_loaded(opt_sparse):
+    pkg = opt_sparse["f32"]
+    dense, sparse = tierlm.load(pkg), tierlm.load(pkg, sparse=True)
+    ffn_bytes = 3 * 2 * 307 * 200 * 4
+    assert sparse.stats()["sparse_dense_ffn_bytes"] == ffn_bytes
+    assert dense.stats()["weight_bytes"] - sparse.stats()["weight_bytes"] >= ffn_bytes
+    assert not dense.stats()["sparse"]
+
+
+def test_budget_held_and_minimum_named(opt_sparse):
+    pkg = opt_sparse["f16"]
+    ids = prompt(17)
+    ref = tierlm.load(pkg, sparse=True).generate(ids, max_new_tokens=5, stop_at_eos=False)
+    probe = tierlm.load(pkg, sparse=True)
+    need, minimum = probe.stats()["host"]["peak"], probe.placement()["minimum_budget"]
+    assert minimum < need
+    for budget in (need, minimum):  # at the minimum, the attention matrices stream
+        model = tierlm.load(pkg, budget=budget, sparse=True)
+        out = model.generate(ids, max_new_tokens=5, stop_at_eos=False)
+        assert out.output_ids == ref.output_ids
+        assert model.stats()["host"]["peak"] <= budget
+        assert model.placement()["streaming"] == (budget < need)
+    with pytest.raises(BudgetError, match=f"at least .*{minimum} bytes.*sparse FFN neuron caches"):
+        tierlm.load(pkg, budget=minimum - 4096, sparse=True)
+
+
+def test_errors_name_package_and_fix(opt_sparse, tmp_path):
+    src = opt_sparse["f32"]
+    pkg = str(tmp_path / "pkg")
+    shutil.copytree(src, pkg)
+    with open(os.path.join(pkg, "ffn-bundle-1.bin"), "r+b") as f:
+        f.truncate(4096)
+    with pytest.raises(CorruptError, match="ffn-bundle-1.bin.*truncated"):
+        tierlm.load(pkg, sparse=True)
+    # Without predictors / without bundles: say what to run.
+    manifest = json.load(open(os.path.join(src, "manifest.json")))
+    manifest["predictors"] = None
+    shutil.rmtree(pkg)
+    shutil.copytree(src, pkg)
+    json.dump(manifest, open(os.path.join(pkg, "manifest.json"), "w"))
+    with pytest.raises(NotFoundError, match=f"{pkg}.*tierlm sparse train"):
+        tierlm.load(pkg, sparse=True)
+    del manifest["bundles"]
+    json.dump(manifest, open(os.path.join(pkg, "manifest.json"), "w"))
+    with pytest.raises(NotFoundError, match="--sparse"):
+        tierlm.load(pkg, sparse=True)
+    tierlm.load(pkg).logits([1, 2, 3])  # the package still runs dense
+    with pytest.raises(tierlm.errors.InvalidArgumentError, match="sparse_window"):
+        tierlm.load(src, sparse=True, sparse_window=0)
+
+
+def test_gated_and_gelu_ffns_are_refused(tmp_path):
+    _, llama = package("llama", str(tmp_path))
+    out = str(tmp_path / "llama-sparse")
+    tierlm.export(llama.replace("-pkg", "-hf"), out, progress=False, sparse=True)
+    assert json.load(open(os.path.join(out, "manifest.json")))["bundles"]["layers"][0]["gated"]
+    all_neuron_predictors(out)
+    with pytest.raises(UnsupportedError, match="gated SiLU"):
+        tierlm.load(out, sparse=True)
+    _, gelu = package("opt", str(tmp_path), activation_function="gelu", name="gelu")
+    with pytest.raises(UnsupportedError, match="ReLU"):
+        tierlm.export(gelu.replace("-pkg", "-hf"), str(tmp_path / "g"), sparse=True)
+
+
+@pytest.fixture(scope="module")
+def demo_pkg(tmp_path_factory):
+    if not (DEMO_MODEL_DIR / "predictors.json").exists():
+        pytest.skip("demo model not shipped")
+    out = str(tmp_path_factory.mktemp("demo") / "pkg")
+    tierlm.export(DEMO_MODEL_DIR, out, progress=False, sparse=True)
+    return out
+
+
+DEMO_PROMPT = "import os\nimport sys\n\ndef main(argv):\n    for name in argv:\n        print("
+
+
+@needs_demo
+@pytest.mark.parametrize("window", [1, 4])
+def test_demo_equals_python_native_sparse_ffn(demo_pkg, window):
+    from tierlm.sparse.model import load_model
+    from tierlm.sparse.predictor import Predictors
+    from tierlm.sparse.quality import NativeSparseFfn
+
+    lm = load_model(demo_pkg)
+    ids = lm.encode(DEMO_PROMPT)
+    with (
+        torch.no_grad(),
+        NativeSparseFfn(lm, demo_pkg, Predictors.load(demo_pkg), k=window, all_cached=True) as ref,
+    ):
+        expected = lm.model(torch.tensor([ids])).logits[0, -1].numpy()
+    model = tierlm.load(demo_pkg, sparse=True, sparse_window=window, sparse_capacity=1024)
+    got = model.logits(ids)
+    # Same rows, same f16 weights; the executor's activations differ from torch's by f32
+    # rounding (dense executor vs torch: ~5e-7), which can flip a borderline prediction.
+    assert relative_error(got, expected) < 1e-4
+    assert np.argmax(got) == np.argmax(expected)
+    s = model.stats()
+    assert s["sparse_tokens"] == ref.stats["tokens"] == len(ids)
+    assert s["sparse_neurons_predicted"] == ref.stats["rows_predicted"]
+    assert s["sparse_neurons_read"] == ref.stats["rows_read"]
+
+
+@needs_demo
+def test_demo_greedy_agrees_with_dense_and_window_reads_less(demo_pkg):
+    dense = tierlm.load(demo_pkg)
+    ids = dense.encode(DEMO_PROMPT)
+    seq = ids + dense.generate(ids, max_new_tokens=24, stop_at_eos=False).output_ids
+    sparse = tierlm.load(demo_pkg, sparse=True)
+    picks = [int(np.argmax(sparse.logits(seq[:n]))) for n in range(len(ids), len(seq))]
+    agree = np.mean([a == b for a, b in zip(picks, seq[len(ids) :], strict=True)])
+    assert agree >= 0.9, agree
+    read = {}
+    for window in (1, 4):
+        model = tierlm.load(demo_pkg, sparse=True, sparse_window=window)
+        s = model.generate(ids, max_new_tokens=16, stop_at_eos=False).stats
+        read[window] = s["sparse_bytes_read_per_token"]
+        assert s["sparse_bytes_read_per_token"] < 0.5 * s["dense_ffn_bytes_per_token"]
+        assert s["sparse_cache_hit_rate"] > (0.3 if window == 4 else 0.0)
+    assert read[4] < 0.8 * read[1], read
+
+
+@needs_demo
+def test_cli_sparse_flags_and_json(demo_pkg, capsys):
+    argv = ["generate", demo_pkg, "--prompt", "def f(", "--max-new-tokens", "5"]
+    argv += ["--no-stop-at-eos", "--sparse", "--sparse-window", "2", "--no-bundling"]
+    assert main([*argv, "--sparse-capacity", "300", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    s = out["stats"]
+    tokens = s["sparse_tokens"]
+    assert tokens == len(out["prompt_ids"]) + 4
+    assert s["sparse_window"] == 2 and s["sparse_bundled"] is False
+    assert s["sparse_capacity"] == [300] * 6
+    for key in ("neurons_predicted", "neurons_read", "bytes_read", "io_seconds"):
+        assert len(s["sparse_per_token"][key]) == tokens
+    assert sum(s["sparse_per_token"]["bytes_read"]) == s["sparse_bytes_read"]
+    for key in ("sparse_cache_hit_rate", "sparse_predictor_seconds", "sparse_memory_seconds"):
+        assert key in s
+    assert out["model_stats"]["sparse"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "sparse FFN (window 2, not bundled)" in err and "cache hit rate" in err
+
+
+def test_export_sparse_cli_and_train_updates_manifest(tmp_path, capsys):
+    from models import hf_checkpoint
+
+    # The byte-level tokenizer has 259+ tokens: a vocabulary of 320 holds them.
+    _, hf = hf_checkpoint("opt", tmp_path / "hf", tokenizer=True, vocab_size=320)
+    pkg = str(tmp_path / "pkg")
+    assert main(["export", hf, pkg, "--sparse", "--no-progress"]) == 0
+    assert "tierlm sparse train" in capsys.readouterr().out
+    manifest = json.load(open(os.path.join(pkg, "manifest.json")))
+    assert manifest["predictors"] is None and len(manifest["bundles"]["layers"]) == 3
+    text = tmp_path / "cal.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 60)
+    argv = ["sparse", "train", pkg, "--calibration", str(text), "--epochs", "1"]
+    assert main([*argv, "--min-steps", "2", "--max-tokens", "512", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["manifest_updated"]
+    manifest = json.load(open(os.path.join(pkg, "manifest.json")))
+    assert manifest["predictors"]["file"] == "predictors.safetensors"
+    tierlm.load(pkg, sparse=True).logits([5, 6, 7])
