@@ -103,5 +103,27 @@ TEST(CApi, ErrorsBecomeStatusAndMessage) {
   tierlm_model_destroy(nullptr);
 }
 
+TEST(CApi, SparseOptionsReachTheExecutor) {
+  TempDir dir;
+  write_tiny_package(dir.path());  // no bundles, no predictors, gated FFN
+  tierlm_model_options options;
+  tierlm_model_options_init(&options);
+  EXPECT_EQ(options.sparse, 0);
+  EXPECT_EQ(options.sparse_window, 0);
+  EXPECT_EQ(options.sparse_no_bundling, 0);
+  EXPECT_EQ(options.sparse_capacity, 0);
+  options.host_budget = 64 << 20;
+  options.sparse = 1;
+  tierlm_model* model = nullptr;
+  EXPECT_EQ(tierlm_model_create(dir.path().c_str(), &options, &model), TIERLM_ERROR_UNSUPPORTED);
+  EXPECT_EQ(model, nullptr);
+  EXPECT_NE(std::string(tierlm_last_error()).find("gated SiLU"), std::string::npos)
+      << tierlm_last_error();
+  options.sparse = 0;  // the same package loads dense
+  ASSERT_EQ(tierlm_model_create(dir.path().c_str(), &options, &model), TIERLM_OK)
+      << tierlm_last_error();
+  tierlm_model_destroy(model);
+}
+
 }  // namespace
 }  // namespace tierlm
