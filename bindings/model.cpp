@@ -85,6 +85,8 @@ nb::dict model_stats_dict(const ModelStats& s) {
     d["sparse_window"] = s.sparse_window;
     d["sparse_bundled"] = s.sparse_bundled;
     d["sparse_capacity"] = s.sparse_capacity;
+    d["sparse_target_sparsity"] = s.sparse_target_sparsity;
+    d["sparse_lossy"] = s.sparse_target_sparsity > 0;
   }
   return d;
 }

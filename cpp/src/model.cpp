@@ -184,6 +184,7 @@ struct ExecOp {
   // the whole FFN into its own buffer, the down op copies that out (relu is dropped).
   int sparse = -1;
   bool sparse_copy = false;
+  int sparse_gate_bias = -1;
   int sparse_down_bias = -1;
 };
 
@@ -517,15 +518,20 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     op.workspace = buffer_ptr(ob.workspace);
     op.width = p.graph.width(g.output);
     op.eps = static_cast<float>(g.eps);
-    int sparse_role = 0;
+    detail::SparseOpRole sparse_role = detail::SparseOpRole::kSparseOpNone;
     const int sparse_layer = m.sparse ? sparse_plan.layer_of_op(i, &sparse_role) : -1;
     if (sparse_layer >= 0) {
-      if (sparse_role == 2) continue;  // relu: inside the sparse kernel
+      if (sparse_role == detail::SparseOpRole::kSparseOpDrop) continue;
+      const detail::SparseLayerPlan& sl = sparse_plan.layers[sparse_layer];
       op.sparse = sparse_layer;
-      if (sparse_role == 1) {
-        const detail::SparseLayerPlan& sl = sparse_plan.layers[sparse_layer];
-        if (!sl.up_bias.empty()) op.bias = m.weights->index(sl.up_bias);
-        if (!sl.down_bias.empty()) op.sparse_down_bias = m.weights->index(sl.down_bias);
+      op.width = static_cast<int64_t>(sl.dim);  // the FFN's result, [rows, dim]
+      if (sparse_role == detail::SparseOpRole::kSparseOpCompute) {
+        auto index = [&](const std::string& name) {
+          return name.empty() ? -1 : m.weights->index(name);
+        };
+        op.bias = index(sl.up_bias);
+        op.sparse_gate_bias = index(sl.gate_bias);
+        op.sparse_down_bias = index(sl.down_bias);
       } else {
         op.sparse_copy = true;
       }
@@ -674,9 +680,10 @@ void Model::Impl::run_op(const ExecOp& op, const int32_t* tokens, int64_t n) {
   const size_t elems = rows * width;
   if (op.sparse >= 0) {
     if (op.sparse_copy) {
-      std::memcpy(op.out, op.in[0], elems * sizeof(float));
+      if (op.out != op.in[0]) std::memcpy(op.out, op.in[0], elems * sizeof(float));
     } else {
       sparse->run(op.sparse, op.in[0], rows, static_cast<const float*>(w(op.bias)),
+                  static_cast<const float*>(w(op.sparse_gate_bias)),
                   static_cast<const float*>(w(op.sparse_down_bias)), op.out);
     }
     return;

@@ -268,6 +268,8 @@ class Model:
             "sparse_window": after["sparse_window"],
             "sparse_bundled": after["sparse_bundled"],
             "sparse_capacity": after["sparse_capacity"],
+            "sparse_lossy": after["sparse_lossy"],
+            "sparse_target_sparsity": after["sparse_target_sparsity"],
             "sparse_tokens": tokens,
             "sparse_neurons_predicted": predicted,
             "sparse_neurons_read": read,

@@ -61,6 +61,41 @@ TEST(SparseFfn, EveryLevelMatchesTheReference) {
   }
 }
 
+TEST(SparseFfn, ActThresholdDropsSmallSiluNeurons) {
+  const size_t dim = 33, n_rows = 41, stride = 3 * dim;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  std::vector<float> x(dim), rows(n_rows * stride), ub(n_rows), gb(n_rows);
+  for (auto& v : x) v = nd(rng);
+  for (auto& v : rows) v = nd(rng) / std::sqrt(float(dim));
+  for (auto& v : gb) v = nd(rng) * 0.3f;
+  const float threshold = 0.2f;
+  // Reference over the rows whose |silu(gate)| passes the threshold.
+  std::vector<int32_t> kept;
+  for (size_t r = 0; r < n_rows; ++r) {
+    double g = gb[r];
+    for (size_t i = 0; i < dim; ++i) g += double(x[i]) * rows[r * stride + dim + i];
+    if (std::abs(g / (1.0 + std::exp(-g))) > threshold) kept.push_back(static_cast<int32_t>(r));
+  }
+  ASSERT_GT(kept.size(), 3u);
+  ASSERT_LT(kept.size(), n_rows - 3);
+  std::vector<float> kept_rows;
+  for (int32_t r : kept) {
+    kept_rows.insert(kept_rows.end(), rows.begin() + r * stride, rows.begin() + (r + 1) * stride);
+  }
+  const std::vector<double> want = reference(x, kept_rows, dim, stride, true, kept, ub, gb);
+  for (SimdLevel level : {SimdLevel::kSimdScalar, SimdLevel::kSimdAvx2, SimdLevel::kSimdAvx512}) {
+    if (level > simd_detected()) continue;
+    SparseFfnRows r{rows.data(), DType::kDTypeF32, n_rows,    dim,       stride,
+                    true,        nullptr,          ub.data(), gb.data(), threshold};
+    std::vector<float> y(dim);
+    kernel_sparse_ffn_at(level, x.data(), r, nullptr, n_rows, nullptr, y.data());
+    for (size_t i = 0; i < dim; ++i) {
+      EXPECT_NEAR(y[i], want[i], 1e-4 * (1.0 + std::abs(want[i]))) << simd_level_name(level);
+    }
+  }
+}
+
 TEST(SparseFfn, SlotsChooseRowsAndOrderDoesNotMatter) {
   const size_t dim = 45, n_rows = 10, stride = 2 * dim;
   std::mt19937 rng(3);

@@ -257,3 +257,78 @@ def test_export_sparse_cli_and_train_updates_manifest(tmp_path, capsys):
     manifest = json.load(open(os.path.join(pkg, "manifest.json")))
     assert manifest["predictors"]["file"] == "predictors.safetensors"
     tierlm.load(pkg, sparse=True).logits([5, 6, 7])
+
+
+@pytest.fixture(scope="module")
+def llama_hf(tmp_path_factory):
+    from models import hf_checkpoint
+
+    _, hf = hf_checkpoint(
+        "llama", tmp_path_factory.mktemp("llama") / "hf", seed=1, tokenizer=True, vocab_size=320
+    )
+    return hf
+
+
+def test_gated_threshold_only_equals_torch_reference(llama_hf, tmp_path):
+    """Thresholded SiLU (lossy) with predictors that pick every neuron: the executor keeps
+    exactly the neurons with |silu(gate)| > t, as the torch reference does."""
+    from tierlm.sparse.model import load_model
+    from tierlm.sparse.predictor import (
+        LayerPredictor,
+        Predictors,
+        calibrate_threshold,
+        silu_magnitudes,
+    )
+    from tierlm.sparse.quality import thresholded_silu_mode
+
+    hf = str(tmp_path / "hf")
+    shutil.copytree(llama_hf, hf)
+    lm = load_model(hf)
+    x = np.random.default_rng(0).standard_normal((64, 200)).astype(np.float32)
+    cuts = [calibrate_threshold(silu_magnitudes(x, *lm.gate(i)), 0.6) for i in range(3)]
+    every = LayerPredictor(np.zeros((3, 200), np.float32), np.zeros((307, 3), np.float32),
+                           np.full(307, 10.0, np.float32))  # fmt: skip
+    pred = Predictors([every] * 3, {}, "silu_threshold", cuts, 0.6)
+    pred.save(hf)
+    pkg = str(tmp_path / "pkg")
+    tierlm.export(hf, pkg, progress=False, sparse=True)
+    ids = prompt(23)
+    with torch.no_grad(), thresholded_silu_mode(lm, pred, oracle=True):
+        want = lm.model(torch.tensor([ids])).logits[0, -1].numpy()
+    dense = tierlm.load(pkg).logits(ids)
+    model = tierlm.load(pkg, sparse=True, sparse_window=2)
+    got = model.logits(ids)
+    # A neuron within f32 rounding of the threshold may flip: 1e-3 of the logit range.
+    assert relative_error(got, want) < 1e-3
+    assert relative_error(dense, want) > 10 * relative_error(got, want)  # the cut matters
+    s = model.stats()
+    assert s["sparse_lossy"] and s["sparse_target_sparsity"] == 0.6
+
+
+def test_gated_train_cli_reports_quality_cost(llama_hf, tmp_path, capsys):
+    hf = str(tmp_path / "hf")
+    shutil.copytree(llama_hf, hf)
+    text = tmp_path / "cal.txt"
+    text.write_text("tiered memory for language models, the quick brown fox. " * 80)
+    argv = ["sparse", "train", hf, "--calibration", str(text), "--epochs", "2"]
+    argv += ["--min-steps", "20", "--max-tokens", "1024"]
+    with pytest.raises(ValueError, match="target sparsity"):
+        _train_needs_target(hf)
+    assert main([*argv, "--target-sparsity", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "LOSSY thresholded SiLU (target sparsity 0.5)" in out and "top-1 agreement" in out
+    meta = json.load(open(os.path.join(hf, "predictors.json")))
+    assert meta["activation"] == "silu_threshold" and len(meta["act_thresholds"]) == 3
+    pkg = str(tmp_path / "pkg")
+    assert main(["export", hf, pkg, "--sparse", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["generate", pkg, "--ids", "5,6,7,8", "--max-new-tokens", "4", "--sparse"]) == 0
+    assert "LOSSY thresholded SiLU, target sparsity 0.5" in capsys.readouterr().err
+
+
+def _train_needs_target(hf):
+    from tierlm.sparse.model import load_model
+    from tierlm.sparse.predictor import train_predictors
+
+    lm = load_model(hf)
+    train_predictors(lm, list(range(64)), list(range(16)), [4, 4, 4], epochs=1, min_steps=1)

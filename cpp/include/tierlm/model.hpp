@@ -118,6 +118,8 @@ struct ModelStats {
   int64_t sparse_window = 0;
   bool sparse_bundled = true;
   std::vector<int64_t> sparse_capacity;  // per layer
+  // Gated SiLU FFNs: the target sparsity the thresholds were calibrated for (lossy); 0 = ReLU.
+  double sparse_target_sparsity = 0.0;
 };
 
 // One token through every sparse FFN layer (ModelStats' counters for that token).

@@ -24,11 +24,15 @@ struct SparseFfnRows {
   const int32_t* neurons = nullptr;
   const float* up_bias = nullptr;    // [n_neurons] or null
   const float* gate_bias = nullptr;  // [n_neurons] or null (gated only)
+  // Gated only, thresholded SiLU sparsity (lossy): a neuron counts only when
+  // |silu(x·gate + b_g)| > act_threshold; 0 keeps every neuron.
+  float act_threshold = 0.0f;
 };
 
 // y[dim] = down_bias + sum over the chosen rows r of act_r * down_r with
 //   act_r = relu(x·up_r + up_bias[n_r])                              (ReLU FFN)
-//   act_r = silu(x·gate_r + gate_bias[n_r]) * (x·up_r + up_bias[n_r]) (gated SiLU FFN)
+//   act_r = silu(x·gate_r + gate_bias[n_r]) * (x·up_r + up_bias[n_r]) (gated SiLU FFN; 0 when
+//           |silu(...)| <= rows.act_threshold, if that is > 0)
 // The rows chosen are `slots` (n_slots row indices) or every row when slots is null. The
 // sum does not depend on row order beyond f32 rounding. down_bias may be null. No allocation.
 void kernel_sparse_ffn(const float* x, const SparseFfnRows& rows, const int32_t* slots,

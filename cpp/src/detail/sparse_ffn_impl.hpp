@@ -20,7 +20,9 @@ inline float sparse_ffn_activation(const SparseFfnRows& rows, size_t r, float up
   const float up = up_dot + (rows.up_bias ? rows.up_bias[neuron] : 0.0f);
   if (!rows.gated) return up > 0.0f ? up : 0.0f;
   const float gate = gate_dot + (rows.gate_bias ? rows.gate_bias[neuron] : 0.0f);
-  return gate / (1.0f + __builtin_expf(-gate)) * up;
+  const float s = gate / (1.0f + __builtin_expf(-gate));
+  if (rows.act_threshold > 0.0f && __builtin_fabsf(s) <= rows.act_threshold) return 0.0f;
+  return s * up;
 }
 
 // The row loop every variant shares: up (and gate) dot products, activation, down axpy.

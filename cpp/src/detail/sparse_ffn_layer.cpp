@@ -65,15 +65,19 @@ struct SafetensorsEntry {
 
 }  // namespace
 
-int SparseFfnPlan::layer_of_op(size_t op, int* role) const {
+int SparseFfnPlan::layer_of_op(size_t op, SparseOpRole* role) const {
   for (size_t i = 0; i < layers.size(); ++i) {
     const SparseLayerPlan& l = layers[i];
-    if (op == l.up_op || op == l.act_op || op == l.down_op) {
-      *role = op == l.up_op ? 1 : op == l.act_op ? 2 : 3;
+    const bool copy = std::find(l.copy_ops.begin(), l.copy_ops.end(), op) != l.copy_ops.end();
+    const bool drop = std::find(l.drop_ops.begin(), l.drop_ops.end(), op) != l.drop_ops.end();
+    if (op == l.compute_op || copy || drop) {
+      *role = op == l.compute_op ? SparseOpRole::kSparseOpCompute
+              : copy             ? SparseOpRole::kSparseOpCopy
+                                 : SparseOpRole::kSparseOpDrop;
       return static_cast<int>(i);
     }
   }
-  *role = 0;
+  *role = SparseOpRole::kSparseOpNone;
   return -1;
 }
 
@@ -90,40 +94,56 @@ SparseFfnPlan sparse_ffn_plan(const Package& p, const ModelOptions& options, siz
   const std::string manifest_path = p.path + "/manifest.json";
   const Json manifest = json_parse_file(manifest_path);
 
-  // The graph's FFNs: linear(ffn.up) -> relu -> linear(ffn.down) per layer.
+  // The graph's FFNs per layer: linear(ffn.up) -> relu -> linear(ffn.down), or gated
+  // linear(ffn.gate), linear(ffn.up) -> silu_mul -> linear(ffn.down).
   const Graph& g = p.graph;
   for (int64_t layer = 0; layer < p.config.num_layers; ++layer) {
     const std::string prefix = "layers." + std::to_string(layer) + ".ffn.";
     SparseLayerPlan l;
     l.layer = static_cast<int>(layer);
     bool found = false;
-    for (size_t i = 0; i < g.ops.size(); ++i) {
+    auto linear = [&](size_t i, const std::string& weight) {
+      return i < g.ops.size() && g.ops[i].kind == OpKind::kOpLinear &&
+             g.ops[i].weight == prefix + weight;
+    };
+    for (size_t i = 0; i < g.ops.size() && !found; ++i) {
       const GraphOp& op = g.ops[i];
-      if (op.weight == prefix + "gate.weight") {
-        TIERLM_FAIL(kErrorUnsupported, 0, p.path, ": layer ", layer,
-                    "'s FFN is gated SiLU (Llama family); sparse loading runs ReLU FFNs (OPT) "
-                    "only; load it without sparse");
+      if (linear(i, "gate.weight")) {
+        const bool shape_ok =
+            linear(i + 1, "up.weight") && linear(i + 3, "down.weight") &&
+            g.ops[i + 1].inputs == op.inputs && g.ops[i + 2].kind == OpKind::kOpSiluMul &&
+            g.ops[i + 2].inputs.size() == 2 && g.ops[i + 2].inputs[0] == op.output &&
+            g.ops[i + 2].inputs[1] == g.ops[i + 1].output && g.ops[i + 3].inputs.size() == 1 &&
+            g.ops[i + 3].inputs[0] == g.ops[i + 2].output;
+        TIERLM_CHECK(shape_ok, kErrorUnsupported, p.path, ": layer ", layer,
+                     "'s gated FFN is not linear(gate), linear(up) -> silu_mul -> linear(down) "
+                     "in graph.json; sparse loading cannot run it");
+        l.gated = true;
+        l.compute_op = i;  // the whole FFN, into the gate output's buffer
+        l.drop_ops = {i + 1};
+        l.copy_ops = {i + 2, i + 3};
+        l.gate_bias = op.bias;
+        l.up_bias = g.ops[i + 1].bias;
+        l.down_bias = g.ops[i + 3].bias;
+        found = true;
+      } else if (linear(i, "up.weight")) {
+        const bool shape_ok = linear(i + 2, "down.weight") && g.ops[i + 1].inputs.size() == 1 &&
+                              g.ops[i + 1].inputs[0] == op.output &&
+                              g.ops[i + 1].output == op.output && g.ops[i + 2].inputs.size() == 1 &&
+                              g.ops[i + 2].inputs[0] == op.output;
+        TIERLM_CHECK(shape_ok, kErrorUnsupported, p.path, ": layer ", layer,
+                     "'s FFN is not linear(up) -> activation -> linear(down) in graph.json; "
+                     "sparse loading cannot run it");
+        TIERLM_CHECK(g.ops[i + 1].kind == OpKind::kOpRelu, kErrorUnsupported, p.path, ": layer ",
+                     layer, "'s FFN activation is ", op_kind_name(g.ops[i + 1].kind),
+                     "; sparse loading needs ReLU (its activations are exactly zero) or gated "
+                     "SiLU; load it without sparse");
+        l.compute_op = i;  // into the up output's buffer (relu runs in place on it)
+        l.copy_ops = {i + 1, i + 2};
+        l.up_bias = op.bias;
+        l.down_bias = g.ops[i + 2].bias;
+        found = true;
       }
-      if (op.kind != OpKind::kOpLinear || op.weight != prefix + "up.weight") continue;
-      const bool shape_ok =
-          i + 2 < g.ops.size() && g.ops[i + 2].kind == OpKind::kOpLinear &&
-          g.ops[i + 2].weight == prefix + "down.weight" && g.ops[i + 1].inputs.size() == 1 &&
-          g.ops[i + 1].inputs[0] == op.output && g.ops[i + 1].output == op.output &&
-          g.ops[i + 2].inputs.size() == 1 && g.ops[i + 2].inputs[0] == op.output;
-      TIERLM_CHECK(shape_ok, kErrorUnsupported, p.path, ": layer ", layer,
-                   "'s FFN is not linear(up) -> activation -> linear(down) in graph.json; "
-                   "sparse loading cannot run it");
-      TIERLM_CHECK(g.ops[i + 1].kind == OpKind::kOpRelu, kErrorUnsupported, p.path, ": layer ",
-                   layer, "'s FFN activation is ", op_kind_name(g.ops[i + 1].kind),
-                   "; sparse loading needs ReLU (its activations are exactly zero); load it "
-                   "without sparse");
-      l.up_op = i;
-      l.act_op = i + 1;
-      l.down_op = i + 2;
-      l.up_bias = op.bias;
-      l.down_bias = g.ops[i + 2].bias;
-      found = true;
-      break;
     }
     TIERLM_CHECK(found, kErrorUnsupported, p.path, ": graph.json has no FFN of layer ", layer,
                  " (linear ", prefix, "up.weight); sparse loading cannot run this architecture");
@@ -132,7 +152,12 @@ SparseFfnPlan sparse_ffn_plan(const Package& p, const ModelOptions& options, siz
     plan.dense_tensors.push_back(up.name);
     plan.dense_tensors.push_back(down.name);
     plan.dense_ffn_bytes += up.nbytes + down.nbytes;
-    for (const std::string& bias : {l.up_bias, l.down_bias}) {
+    if (l.gated) {
+      const TensorInfo& gate = p.tensor(prefix + "gate.weight");
+      plan.dense_tensors.push_back(gate.name);
+      plan.dense_ffn_bytes += gate.nbytes;
+    }
+    for (const std::string& bias : {l.up_bias, l.gate_bias, l.down_bias}) {
       const TensorInfo* b = tensor_or_null(p, bias);
       TIERLM_CHECK(bias.empty() || (b && b->dtype == DType::kDTypeF32), kErrorUnsupported, p.path,
                    ": bias `", bias, "` is not f32; sparse loading needs f32 biases");
@@ -168,10 +193,11 @@ SparseFfnPlan sparse_ffn_plan(const Package& p, const ModelOptions& options, siz
                  kErrorCorrupt, w, ": ", n, " neurons of ", dim,
                  " do not match the layer's FFN weights (", l.n_neurons, " x ", l.dim,
                  "); export the package again with --sparse");
-    TIERLM_CHECK(!b.at("gated", w).as_bool(w), kErrorCorrupt, w,
-                 ": gated bundle for a ReLU FFN; export the package again with --sparse");
+    TIERLM_CHECK(b.at("gated", w).as_bool(w) == l.gated, kErrorCorrupt, w,
+                 l.gated ? ": plain bundle for a gated FFN" : ": gated bundle for a ReLU FFN",
+                 "; export the package again with --sparse");
     l.dtype = dtype_parse(b.at("dtype", w).as_string(w));
-    l.row_elems = 2 * l.dim;
+    l.row_elems = (l.gated ? 3 : 2) * l.dim;
     l.row_bytes = l.row_elems * dtype_size(l.dtype);
     const uint64_t data = static_cast<uint64_t>(l.n_neurons) * l.row_bytes;
     l.file_bytes = file_size(l.file);
@@ -196,6 +222,25 @@ SparseFfnPlan sparse_ffn_plan(const Package& p, const ModelOptions& options, siz
   TIERLM_CHECK(thresholds.size() == plan.layers.size(), kErrorCorrupt, meta_path, ": ",
                thresholds.size(), " thresholds for ", plan.layers.size(),
                " layers; train the predictors again");
+  const Json* activation = meta.find("activation");
+  const std::string act =
+      activation && activation->is_string() ? activation->as_string("") : "relu";
+  const bool gated = plan.layers.front().gated;
+  TIERLM_CHECK(act == (gated ? "silu_threshold" : "relu"), kErrorUnsupported, meta_path,
+               ": predictors for activation \"", act, "\" but the model's FFN is ",
+               gated ? "gated SiLU: train thresholded-SiLU predictors with `tierlm sparse train "
+                       "HF_DIR --target-sparsity S` and export again with --sparse"
+                     : "ReLU: train them again with `tierlm sparse train`");
+  if (gated) {
+    const auto& act_t = meta.at("act_thresholds", meta_path).as_array(meta_path);
+    TIERLM_CHECK(act_t.size() == plan.layers.size(), kErrorCorrupt, meta_path, ": ", act_t.size(),
+                 " act_thresholds for ", plan.layers.size(), " layers");
+    for (size_t i = 0; i < act_t.size(); ++i) {
+      plan.layers[i].act_threshold = static_cast<float>(act_t[i].as_number(meta_path));
+    }
+    const Json* target = meta.find("target_sparsity");
+    if (target && target->is_number()) plan.target_sparsity = target->as_number(meta_path);
+  }
   const Json* metrics = meta.find("metrics");
   const Json* mlayers = metrics ? metrics->find("layers") : nullptr;
   for (size_t i = 0; i < plan.layers.size(); ++i) {
@@ -273,7 +318,7 @@ SparseFfnPlan sparse_ffn_plan(const Package& p, const ModelOptions& options, siz
     max_rank = std::max(max_rank, l.rank);
     max_dim = std::max(max_dim, l.dim);
     max_cap = std::max(max_cap, l.capacity);
-    const uint64_t part = l.dim * dtype_size(l.dtype);
+    const uint64_t part = (l.gated ? 2 : 1) * l.dim * dtype_size(l.dtype);
     const uint64_t row = plan.bundled ? worst_widened(l.row_bytes, l.row_bytes)
                                       : 2 * worst_widened(part, l.row_bytes);
     worst_row = std::max(worst_row, row);
@@ -454,7 +499,7 @@ struct SparseFfn::Impl {
     cache.insert(need_pending_, n_pending, nullptr);
     const SparseLayerPlan& p = *l.plan;
     const char* stage = static_cast<const char*>(staging.data());
-    const size_t part = p.dim * dtype_size(p.dtype);
+    const size_t part = (p.gated ? 2 : 1) * p.dim * dtype_size(p.dtype);
     for (size_t j = 0; j < n_pending; ++j) {
       char* row = static_cast<char*>(cache.row(first + j));
       if (plan.bundled) {
@@ -506,7 +551,7 @@ struct SparseFfn::Impl {
         }
         pending_a[n_pending++] = cur_stage + (a - cur_lo);
       } else {
-        const uint64_t part = p.dim * dtype_size(p.dtype);
+        const uint64_t part = (p.gated ? 2 : 1) * p.dim * dtype_size(p.dtype);
         const uint64_t ulo = a / kPage * kPage, uhi = round_up(a + part, kPage);
         const uint64_t dlo = (a + part) / kPage * kPage;
         const uint64_t dhi = std::min(round_up(a + rb, kPage), p.file_bytes);
@@ -540,6 +585,9 @@ struct SparseFfn::Impl {
     rows.row_stride = p.row_elems;
     rows.neurons = l.cache.neurons() + first;
     rows.up_bias = up_bias;
+    rows.gated = p.gated;
+    rows.gate_bias = gate_bias_;
+    rows.act_threshold = p.act_threshold;
     const size_t work_rows = std::max<size_t>(1, kKernelWork / (2 * dim));
     const size_t chunks = std::clamp<size_t>(n / work_rows, 1, plan.partials);
     if (chunks == 1) {
@@ -649,6 +697,7 @@ struct SparseFfn::Impl {
   }
 
   const int32_t* need_pending_ = nullptr;  // ids of the pending rows, in order
+  const float* gate_bias_ = nullptr;       // of the layer running
 };
 
 SparseFfn::SparseFfn(const SparseFfnPlan& plan, HostTier& host)
@@ -656,13 +705,18 @@ SparseFfn::SparseFfn(const SparseFfnPlan& plan, HostTier& host)
 SparseFfn::~SparseFfn() = default;
 
 void SparseFfn::run(int index, const float* x, size_t rows, const float* up_bias,
-                    const float* down_bias, float* y) {
+                    const float* gate_bias, const float* down_bias, float* y) {
   Impl& m = *impl_;
+  m.gate_bias_ = gate_bias;
   Impl::Layer& l = m.layers[static_cast<size_t>(index)];
   const size_t dim = l.plan->dim;
   for (size_t r = 0; r < rows; ++r) {
     m.token(l, x + r * dim, up_bias, down_bias, y + r * dim, m.rows[r]);
   }
+}
+
+size_t SparseFfn::dim(int index) const {
+  return impl_->layers[static_cast<size_t>(index)].plan->dim;
 }
 
 void SparseFfn::end_batch(size_t rows) {
@@ -711,6 +765,7 @@ void SparseFfn::add_stats(ModelStats& s) const {
   s.sparse_window = t.sparse_window;
   s.sparse_bundled = t.sparse_bundled;
   s.sparse_capacity = t.sparse_capacity;
+  s.sparse_target_sparsity = impl_->plan.target_sparsity;
   s.disk_bytes_read += t.sparse_bytes_read;
   if (s.io_backend.empty()) {
     s.io_backend = impl_->backend;

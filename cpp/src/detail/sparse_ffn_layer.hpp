@@ -17,15 +17,22 @@
 
 namespace tierlm::detail {
 
+enum class SparseOpRole { kSparseOpNone, kSparseOpCompute, kSparseOpCopy, kSparseOpDrop };
+
 // One FFN layer: where it sits in the graph, its bundle file and its predictor.
 struct SparseLayerPlan {
   int layer = 0;
-  size_t up_op = 0;  // graph op indices of linear(up) -> relu -> linear(down)
-  size_t act_op = 0;
-  size_t down_op = 0;
+  bool gated = false;  // gated SiLU (thresholded, lossy) instead of ReLU
+  // Graph ops: compute_op runs the whole FFN into its output buffer; copy_ops pass that
+  // result on to their output buffers ([rows, dim]); drop_ops do nothing.
+  size_t compute_op = 0;
+  std::vector<size_t> copy_ops;
+  std::vector<size_t> drop_ops;
   std::string up_bias;  // tensor names, empty when the FFN has no bias
+  std::string gate_bias;
   std::string down_bias;
-  std::string file;  // bundle file (absolute path)
+  float act_threshold = 0.0f;  // gated: keep neurons with |silu(gate)| above it
+  std::string file;            // bundle file (absolute path)
   uint64_t file_bytes = 0;
   size_t n_neurons = 0;
   size_t dim = 0;
@@ -54,8 +61,10 @@ struct SparseFfnPlan {
   uint64_t host_bytes = 0;       // everything SparseFfn allocates from the host tier
   uint64_t dense_ffn_bytes = 0;  // the FFN matrices' bytes (what dense offload reads)
 
-  // Index in layers of graph op i's FFN, -1 when none; role 1 = up, 2 = activation, 3 = down.
-  int layer_of_op(size_t op, int* role) const;
+  double target_sparsity = 0.0;  // gated: what the thresholds were calibrated for
+
+  // Index in layers of graph op `op`'s FFN (and what the op does), -1 when none.
+  int layer_of_op(size_t op, SparseOpRole* role) const;
 };
 
 // Reads the package's "bundles" and "predictors" sections and matches the graph's FFNs;
@@ -70,8 +79,10 @@ class SparseFfn {
   SparseFfn& operator=(const SparseFfn&) = delete;
 
   // FFN of layers[index] for rows tokens x [rows, dim] into y [rows, dim], token by token.
-  void run(int index, const float* x, size_t rows, const float* up_bias, const float* down_bias,
-           float* y);
+  void run(int index, const float* x, size_t rows, const float* up_bias, const float* gate_bias,
+           const float* down_bias, float* y);
+  // Row width of layers[index]'s result (the hidden size).
+  size_t dim(int index) const;
   // The batch of rows is done: its per-token counters go to the totals and the token log.
   void end_batch(size_t rows);
   // Empties the caches and windows (a new sequence).

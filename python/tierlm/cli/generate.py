@@ -40,8 +40,8 @@ def add_parser(subparsers):
         "--sparse",
         action="store_true",
         help="sparse-neuron flash loading: read only the FFN neurons the predictors pick "
-        "(package exported with --sparse, with predictors; exact for ReLU FFNs up to "
-        "predictor misses)",
+        "(package exported with --sparse, with predictors; ReLU FFNs: exact up to predictor "
+        "misses; gated SiLU FFNs (Llama family): LOSSY thresholded sparsity)",
     )
     parser.add_argument(
         "--sparse-window", type=int, default=4, metavar="K", help="tokens whose neurons stay cached"
@@ -156,8 +156,13 @@ def print_sparse(s, out):
     tokens = max(s["sparse_tokens"], 1)
     dense = s["sparse_dense_ffn_bytes"]
     per = s["sparse_bytes_read"] / tokens
+    lossy = (
+        f"LOSSY thresholded SiLU, target sparsity {s['sparse_target_sparsity']:g}, "
+        if s.get("sparse_lossy")
+        else ""
+    )
     print(
-        f"sparse FFN (window {s['sparse_window']}, "
+        f"sparse FFN ({lossy}window {s['sparse_window']}, "
         f"{'bundled' if s['sparse_bundled'] else 'not bundled'}): "
         f"{s['sparse_neurons_predicted'] / tokens:.0f} neurons predicted/token, "
         f"{s['sparse_neurons_read'] / tokens:.0f} read/token, "

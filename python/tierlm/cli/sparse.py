@@ -20,7 +20,11 @@ def add_parser(subparsers):
         "predictors.json into the model directory (or --out); in a package, they are also "
         "listed in manifest.json for `tierlm generate --sparse`.",
     )
-    train.add_argument("model", help="tierlm package or Hugging Face directory (OPT)")
+    train.add_argument(
+        "model",
+        help="tierlm package or Hugging Face directory (OPT); Llama-family (gated SiLU): a "
+        "Hugging Face directory",
+    )
     train.add_argument("--calibration", required=True, help="text file to train on")
     train.add_argument(
         "--held-out", help="text file to measure on (default: the last 10%% of --calibration)"
@@ -35,6 +39,13 @@ def add_parser(subparsers):
     train.add_argument("--max-tokens", type=int, default=32768, help="calibration tokens used")
     train.add_argument("--threshold", type=float, default=0.5, help="sigmoid cut-off")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--target-sparsity",
+        type=float,
+        help="gated SiLU FFNs (Llama family) only, LOSSY: drop the neurons whose |silu(gate)| "
+        "is below a per-layer threshold calibrated so that this fraction (e.g. 0.5) of the "
+        "activations are dropped; the quality cost is measured and printed",
+    )
     train.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     train.add_argument("--out", help="where to write the predictors (default: the model dir)")
     train.add_argument("--json", action="store_true", help="print one JSON object")
@@ -124,6 +135,7 @@ def run_train(args):
         seed=args.seed,
         threshold=args.threshold,
         progress=progress,
+        target_sparsity=args.target_sparsity,
     )
     out = Path(args.out) if args.out else Path(args.model)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,8 +146,15 @@ def run_train(args):
 
         register_predictors(out)
         registered = True
+    quality = None
+    if loaded.gated:
+        from tierlm.sparse.quality import gated_quality
+
+        quality = gated_quality(loaded, predictors, held_ids)
     result = {
         "out": str(out),
+        "lossy": loaded.gated,
+        "quality": quality,
         "manifest_updated": registered,
         "ranks": predictors.ranks,
         **predictors.metrics,
@@ -151,3 +170,11 @@ def run_train(args):
         f"measured on {predictors.metrics['held_out_tokens']} held-out tokens: "
         f"mean recall {mean_recall:.3f}, mean precision {mean_precision:.3f}; wrote {out}"
     )
+    if quality:
+        p, t = quality["predicted"], quality["threshold_only"]
+        print(
+            f"LOSSY thresholded SiLU (target sparsity {args.target_sparsity}): vs dense on "
+            f"{quality['tokens']} held-out tokens, logit error {p['logit_error']:.4f} "
+            f"(threshold alone {t['logit_error']:.4f}), top-1 agreement "
+            f"{p['top1_agreement']:.3f} (threshold alone {t['top1_agreement']:.3f})"
+        )

@@ -1,7 +1,9 @@
 """Loads an OPT causal LM into torch from a Hugging Face directory or a tierlm package, and
 gives access to each layer's FFN (its input after the FFN layer norm, and its weights).
 
-The sparse tools train and evaluate in torch; only ReLU FFNs (OPT) are handled here.
+The sparse tools train and evaluate in torch. ReLU FFNs (OPT) from a directory or a
+package; gated SiLU FFNs (Llama family, thresholded sparsity, lossy) from a Hugging Face
+directory.
 """
 
 import json
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 _NP_DTYPES = {"f32": np.float32, "f16": np.float16, "bf16": None}
+GATED_TYPES = ("llama", "mistral", "qwen2")
 
 
 @dataclass
@@ -21,8 +24,17 @@ class LoadedModel:
     path: Path
 
     @property
+    def gated(self):
+        """True for gated SiLU FFNs (Llama family), False for OPT's ReLU."""
+        return not hasattr(self.model.model, "decoder")
+
+    @property
     def layers(self):
-        return self.model.model.decoder.layers
+        return self.model.model.layers if self.gated else self.model.model.decoder.layers
+
+    def ffn_input_module(self, layer):
+        """The module whose forward input is the FFN input (after the FFN norm)."""
+        return self.layers[layer].mlp if self.gated else self.layers[layer].fc1
 
     @property
     def num_layers(self):
@@ -34,17 +46,23 @@ class LoadedModel:
 
     @property
     def ffn_dim(self):
-        return self.model.config.ffn_dim
+        c = self.model.config
+        return c.intermediate_size if self.gated else c.ffn_dim
 
     def ffn(self, layer):
-        """(up [ffn, d], up bias [ffn], down [d, ffn], down bias [d]) as f32 numpy arrays."""
-        mod = self.layers[layer]
-        return (
-            mod.fc1.weight.detach().numpy(),
-            mod.fc1.bias.detach().numpy(),
-            mod.fc2.weight.detach().numpy(),
-            mod.fc2.bias.detach().numpy(),
-        )
+        """(up [ffn, d], up bias [ffn], down [d, ffn], down bias [d]) as f32 numpy arrays
+        (zero biases when the FFN has none)."""
+        if self.gated:
+            mlp = self.layers[layer].mlp
+            up, down = mlp.up_proj, mlp.down_proj
+        else:
+            up, down = self.layers[layer].fc1, self.layers[layer].fc2
+        return (_np(up.weight), _bias(up), _np(down.weight), _bias(down))
+
+    def gate(self, layer):
+        """Gated FFNs: (gate [ffn, d], gate bias [ffn]) as f32 numpy arrays."""
+        proj = self.layers[layer].mlp.gate_proj
+        return _np(proj.weight), _bias(proj)
 
     def encode(self, text):
         if self.tokenizer is None:
@@ -55,13 +73,26 @@ class LoadedModel:
         return self.tokenizer.decode(list(ids))
 
 
-def _check_opt(config, path):
+def _np(t):
+    return t.detach().float().numpy()
+
+
+def _bias(linear):
+    if linear.bias is None:
+        return np.zeros(linear.weight.shape[0], np.float32)
+    return _np(linear.bias)
+
+
+def _check_opt(config, path, gated_ok=False):
     arch = config.get("model_type") or config.get("architecture")
-    if arch != "opt":
-        raise ValueError(
-            f"{path}: architecture '{arch}' is not supported by the sparse tools yet "
-            "(only OPT, whose FFN is ReLU)"
-        )
+    if arch == "opt" or (gated_ok and arch in GATED_TYPES):
+        return
+    where = "" if gated_ok else " from a package (train on its Hugging Face directory)"
+    raise ValueError(
+        f"{path}: architecture '{arch}' is not supported by the sparse tools{where}: OPT "
+        f"(ReLU FFN), or {', '.join(GATED_TYPES)} (gated SiLU, thresholded) from a Hugging Face "
+        "directory"
+    )
 
 
 def _load_tokenizer(directory):
@@ -83,13 +114,13 @@ def load_model(path):
             f"{path}: neither a tierlm package (manifest.json) nor a Hugging Face directory "
             "(config.json)"
         )
-    _check_opt(json.loads((path / "config.json").read_text()), path)
-    from transformers import OPTForCausalLM
+    _check_opt(json.loads((path / "config.json").read_text()), path, gated_ok=True)
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
     logging.disable_progress_bar()
 
-    model = OPTForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     return LoadedModel(model, _load_tokenizer(path), "hf", path)
 
 
@@ -183,12 +214,12 @@ def collect_ffn_inputs(loaded, ids, context=None, max_tokens=None):
         ids = ids[:max_tokens]
     store = [[] for _ in range(loaded.num_layers)]
     hooks = []
-    for i, layer in enumerate(loaded.layers):
+    for i in range(loaded.num_layers):
 
         def hook(_module, args, i=i):
             store[i].append(args[0].detach().reshape(-1, args[0].shape[-1]).clone())
 
-        hooks.append(layer.fc1.register_forward_pre_hook(hook))
+        hooks.append(loaded.ffn_input_module(i).register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
             for start in range(0, len(ids), context):

@@ -57,6 +57,11 @@ def _logit(p):
 class Predictors:
     layers: list
     metrics: dict = field(default_factory=dict)
+    # "relu", or "silu_threshold" for gated FFNs: neuron i counts when |silu(x·gate_i)| >
+    # act_thresholds[layer], calibrated so that target_sparsity of the activations are dropped
+    activation: str = "relu"
+    act_thresholds: list | None = None
+    target_sparsity: float | None = None
 
     @property
     def ranks(self):
@@ -79,12 +84,15 @@ class Predictors:
         meta = {
             "format_version": FORMAT_VERSION,
             "file": PREDICTORS_FILE,
-            "activation": "relu",
+            "activation": self.activation,
             "num_layers": len(self.layers),
             "ranks": self.ranks,
             "thresholds": self.thresholds,
             "metrics": self.metrics,
         }
+        if self.activation == "silu_threshold":
+            meta["act_thresholds"] = [float(t) for t in self.act_thresholds]
+            meta["target_sparsity"] = self.target_sparsity
         (directory / PREDICTORS_JSON).write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
@@ -117,12 +125,29 @@ class Predictors:
                 )
             except KeyError as missing:
                 raise ValueError(f"{directory / meta['file']}: missing tensor {missing}") from None
-        return cls(layers, meta.get("metrics", {}))
+        return cls(
+            layers,
+            meta.get("metrics", {}),
+            meta.get("activation", "relu"),
+            meta.get("act_thresholds"),
+            meta.get("target_sparsity"),
+        )
 
 
 def activation_labels(x, up, up_bias):
     """True active set: relu(x · up^T + b) > 0, as booleans [tokens, ffn]."""
     return (np.asarray(x, np.float32) @ up.T + up_bias) > 0
+
+
+def silu_magnitudes(x, gate, gate_bias):
+    """|silu(x · gate^T + b)| [tokens, ffn] of a gated FFN."""
+    g = np.asarray(x, np.float32) @ gate.T + gate_bias
+    return np.abs(g / (1.0 + np.exp(-g)))
+
+
+def calibrate_threshold(magnitudes, target_sparsity):
+    """The |silu| threshold below which `target_sparsity` of the activations fall."""
+    return float(np.quantile(magnitudes, target_sparsity))
 
 
 def train_layer(
@@ -199,23 +224,41 @@ def train_predictors(
     seed=0,
     threshold=0.5,
     progress=None,
+    target_sparsity=None,
 ):
-    """Trains one predictor per layer of a loaded OPT model (tierlm.sparse.model) and
-    measures it on held-out ids. Returns Predictors with per-layer metrics."""
+    """Trains one predictor per layer of a loaded model (tierlm.sparse.model) and measures it
+    on held-out ids. Returns Predictors with per-layer metrics.
+
+    ReLU FFNs: labels relu(x·up + b) > 0. Gated SiLU FFNs (lossy): target_sparsity (0..1) is
+    required; per layer the threshold t is the target_sparsity quantile of |silu(x·gate + b)|
+    over the training tokens and the labels are |silu(x·gate + b)| > t."""
     import torch
 
     from tierlm.sparse.model import collect_ffn_inputs
 
+    gated = getattr(loaded, "gated", False)
+    if gated and not (target_sparsity is not None and 0.0 < target_sparsity < 1.0):
+        raise ValueError(
+            "a gated SiLU FFN has no exact zeros: give a target sparsity in (0, 1) "
+            "(--target-sparsity) to calibrate the thresholds (lossy)"
+        )
     if len(ranks) != loaded.num_layers:
         raise ValueError(f"{len(ranks)} ranks given for a model of {loaded.num_layers} layers")
     t0 = time.time()
     xs_train = collect_ffn_inputs(loaded, train_ids, max_tokens=max_tokens)
     xs_held = collect_ffn_inputs(loaded, held_ids, max_tokens=max_tokens)
     collect_s = time.time() - t0
-    layers, per_layer = [], []
+    layers, per_layer, act_thresholds = [], [], []
     for i in range(loaded.num_layers):
-        up, up_bias, _, _ = loaded.ffn(i)
-        y_train = activation_labels(xs_train[i], up, up_bias)
+        if gated:
+            gate, gate_bias = loaded.gate(i)
+            mags = silu_magnitudes(xs_train[i], gate, gate_bias)
+            cut = calibrate_threshold(mags, target_sparsity)
+            act_thresholds.append(cut)
+            y_train = mags > cut
+        else:
+            up, up_bias, _, _ = loaded.ffn(i)
+            y_train = activation_labels(xs_train[i], up, up_bias)
         t1 = time.time()
         with torch.random.fork_rng():
             p = train_layer(
@@ -227,9 +270,14 @@ def train_predictors(
                 threshold=threshold,
                 min_steps=min_steps,
             )
-        y_held = activation_labels(xs_held[i], up, up_bias)
+        if gated:
+            y_held = silu_magnitudes(xs_held[i], gate, gate_bias) > cut
+        else:
+            y_held = activation_labels(xs_held[i], up, up_bias)
         m = layer_metrics(p.predict(xs_held[i]), y_held)
         m.update(layer=i, rank=p.rank, train_seconds=round(time.time() - t1, 2))
+        if gated:
+            m["act_threshold"] = cut
         layers.append(p)
         per_layer.append(m)
         if progress:
@@ -240,4 +288,6 @@ def train_predictors(
         "collect_seconds": round(collect_s, 2),
         "layers": per_layer,
     }
+    if gated:
+        return Predictors(layers, metrics, "silu_threshold", act_thresholds, target_sparsity)
     return Predictors(layers, metrics)

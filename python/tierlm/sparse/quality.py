@@ -244,3 +244,54 @@ class NativeSparseFfn:
             "cache_hit_rate": 1.0 - s["rows_read"] / max(1, s["rows_predicted"]),
             "recall": 1.0 - s["rows_missed"] / max(1, s["rows_true"]),
         }
+
+
+@contextlib.contextmanager
+def thresholded_silu_mode(loaded, predictors, oracle=False):
+    """Gated SiLU FFNs (lossy): within the block each FFN keeps only neurons whose
+    |silu(x·gate)| passes the layer's calibrated threshold and, unless oracle, that the
+    predictor selects: down(silu(g) * u * mask)."""
+    import torch
+
+    cuts = predictors.act_thresholds
+    hooks = []
+    for i, layer in enumerate(loaded.layers):
+        p = predictors.layers[i]
+        down, up = torch.from_numpy(p.down), torch.from_numpy(p.up)
+        up_bias = torch.from_numpy(p.up_bias)
+        cut = math.log(p.threshold / (1.0 - p.threshold))
+
+        def forward_hook(module, args, output, cut_act=cuts[i], down=down, up=up, b=up_bias, c=cut):
+            x = args[0]
+            s = torch.nn.functional.silu(module.gate_proj(x))
+            mask = s.abs() > cut_act
+            if not oracle:
+                mask = mask & (((x @ down.T) @ up.T + b) > c)
+            return module.down_proj(s * module.up_proj(x) * mask)
+
+        hooks.append(layer.mlp.register_forward_hook(forward_hook))
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def gated_quality(loaded, predictors, ids):
+    """Quality cost of thresholded SiLU sparsity against dense on ids (teacher-forced, one
+    window of the model's context): mean over positions of max|Δlogit| / max|logit|, and
+    top-1 agreement, with the predictors and with the threshold alone (oracle)."""
+    import torch
+
+    context = loaded.model.config.max_position_embeddings
+    seq = torch.tensor([list(ids)[:context]])
+    with torch.no_grad():
+        dense = loaded.model(input_ids=seq).logits[0]
+        out = {"tokens": int(seq.shape[1]), "target_sparsity": predictors.target_sparsity}
+        for name, oracle in (("predicted", False), ("threshold_only", True)):
+            with thresholded_silu_mode(loaded, predictors, oracle=oracle):
+                sparse = loaded.model(input_ids=seq).logits[0]
+            err = (sparse - dense).abs().amax(-1) / dense.abs().amax(-1)
+            agree = (sparse.argmax(-1) == dense.argmax(-1)).float().mean()
+            out[name] = {"logit_error": float(err.mean()), "top1_agreement": float(agree)}
+    return out
