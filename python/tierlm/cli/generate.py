@@ -180,6 +180,15 @@ def print_sparse(s, out):
 def print_placement(model, out):
     p = model.placement()
     s = model.stats()
+    if s["sparse"]:
+        caps = s["sparse_capacity"]
+        print(
+            f"sparse FFN: FFN matrices not loaded ({format_size(s['sparse_dense_ffn_bytes'])}); "
+            f"neuron caches, staging and predictors {format_size(s['sparse_host_bytes'])} "
+            f"(capacity {min(caps)}..{max(caps)} neurons per layer, window "
+            f"{s['sparse_window']})",
+            file=out,
+        )
     if not p["streaming"]:
         print(
             "placement: all weights resident in the host tier "
