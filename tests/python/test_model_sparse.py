@@ -153,6 +153,17 @@ def test_errors_name_package_and_fix(opt_sparse, tmp_path):
         f.truncate(4096)
     with pytest.raises(CorruptError, match="ffn-bundle-1.bin.*truncated"):
         tierlm.load(pkg, sparse=True)
+    # A flipped byte inside the rows: found with verify=True, naming the file.
+    shutil.rmtree(pkg)
+    shutil.copytree(src, pkg)
+    with open(os.path.join(pkg, "ffn-bundle-2.bin"), "r+b") as f:
+        f.seek(5000)
+        byte = f.read(1)
+        f.seek(5000)
+        f.write(bytes([byte[0] ^ 0x40]))
+    tierlm.load(pkg, sparse=True)  # not checked by default
+    with pytest.raises(CorruptError, match="ffn-bundle-2.bin: checksum mismatch"):
+        tierlm.load(pkg, sparse=True, verify=True)
     # Without predictors / without bundles: say what to run.
     manifest = json.load(open(os.path.join(src, "manifest.json")))
     manifest["predictors"] = None

@@ -206,6 +206,21 @@ SparseFfnPlan sparse_ffn_plan(const Package& p, const ModelOptions& options, siz
                  round_up(data, kPage),
                  " (file is truncated?); export the package again with --sparse");
     l.file_bytes = round_up(data, kPage);  // reads never go past the padded rows
+    const Json* crc = b.find("crc32");
+    if (options.verify && crc != nullptr && crc->is_number()) {
+      // The rows' CRC-32, read in 8 MiB pieces (load-time only, with verify).
+      File f(l.file, IoMode::kIoModeRead, IoOptions{.direct = false});
+      std::vector<char> buf(8u << 20);
+      uint32_t sum = 0;
+      for (uint64_t at = 0; at < data; at += buf.size()) {
+        const size_t len = static_cast<size_t>(std::min<uint64_t>(buf.size(), data - at));
+        f.read(buf.data(), len, at);
+        sum = crc32_update(sum, buf.data(), len);
+      }
+      TIERLM_CHECK(sum == static_cast<uint32_t>(crc->as_int(w)), kErrorCorrupt, l.file,
+                   ": checksum mismatch (CRC-32 ", sum, ", manifest says ", crc->as_int(w),
+                   "); the bundle file is damaged: export the package again with --sparse");
+    }
   }
 
   // Predictors: predictors.json (thresholds, metrics) and its safetensors file.

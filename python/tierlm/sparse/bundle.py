@@ -9,7 +9,8 @@ file starts 4 KiB-aligned and is zero-padded to a multiple of 4 KiB. Biases stay
 """
 
 import json
-from dataclasses import asdict, dataclass
+import zlib
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,12 @@ class BundleLayout:
     def file_bytes(self):
         return -(-self.data_bytes // ALIGNMENT) * ALIGNMENT
 
+    crc32: int | None = None  # zlib CRC-32 of the rows, when known
+
     def to_json(self):
         d = asdict(self)
+        if d["crc32"] is None:
+            del d["crc32"]
         d.update(row_elems=self.row_elems, row_bytes=self.row_bytes, nbytes=self.file_bytes)
         return d
 
@@ -108,6 +113,7 @@ def write_bundle_stored(path, up, down, gate=None, dtype="f16", chunk_bytes=16 <
         raise ValueError(f"bundle {path.name}: up {up.shape}, down {down.shape} do not match")
     layout = BundleLayout(path.name, ffn, dim, gate is not None, dtype)
     step = max(1, chunk_bytes // layout.row_bytes)
+    crc = 0
     with open(path, "wb") as f:
         for s in range(0, ffn, step):
             e = min(ffn, s + step)
@@ -115,9 +121,12 @@ def write_bundle_stored(path, up, down, gate=None, dtype="f16", chunk_bytes=16 <
             if gate is not None:
                 parts.append(np.asarray(gate[s:e]))
             parts.append(np.asarray(down[:, s:e]).T)
-            f.write(np.ascontiguousarray(np.concatenate(parts, axis=1)).tobytes())
+            data = np.ascontiguousarray(np.concatenate(parts, axis=1)).tobytes()
+            crc = zlib.crc32(data, crc)
+            f.write(data)
         f.write(b"\0" * (layout.file_bytes - layout.data_bytes))
-    return layout
+    # CRC-32 of the rows (not the padding): tierlm.load(..., verify=True) checks it.
+    return replace(layout, crc32=crc)
 
 
 def write_bundles_json(out_dir, layouts):
