@@ -2,12 +2,15 @@
 // gated bundles and predictors that pick every neuron with a SiLU threshold of 0 (keep all)
 // must give the dense logits, through windows, unbundled reads and capacity overflow.
 #include <gtest/gtest.h>
+#include <malloc.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <new>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -16,6 +19,44 @@
 #include "tierlm/generate.hpp"
 #include "tierlm/model.hpp"
 #include "tiny_package.hpp"
+
+// Counts every operator new and malloc-family call of the process while enabled.
+namespace {
+std::atomic<long> g_allocations{0};
+std::atomic<bool> g_counting{false};
+void count() {
+  if (g_counting.load(std::memory_order_relaxed)) g_allocations.fetch_add(1);
+}
+}  // namespace
+
+extern "C" {
+void* __libc_malloc(size_t);
+void* __libc_calloc(size_t, size_t);
+void* __libc_realloc(void*, size_t);
+void* malloc(size_t size) {
+  count();
+  return __libc_malloc(size);
+}
+void* calloc(size_t n, size_t size) {
+  count();
+  return __libc_calloc(n, size);
+}
+void* realloc(void* p, size_t size) {
+  count();
+  return __libc_realloc(p, size);
+}
+}
+
+void* operator new(size_t size) {
+  count();
+  if (void* p = __libc_malloc(size ? size : 1)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](size_t size) { return operator new(size); }
+void operator delete(void* p) noexcept { free(p); }
+void operator delete[](void* p) noexcept { free(p); }
+void operator delete(void* p, size_t) noexcept { free(p); }
+void operator delete[](void* p, size_t) noexcept { free(p); }
 
 namespace tierlm {
 namespace {
@@ -164,6 +205,42 @@ TEST(SparseFfnLayer, DecodeTakesNothingFromTheHostTier) {
   EXPECT_EQ(r.output_ids.size(), 12u);
   EXPECT_EQ(model.stats().host.allocations, before);
   EXPECT_LE(model.stats().host.peak, model.stats().host.budget);
+}
+
+TEST(SparseFfnLayer, DecodeWithoutReadsMakesNoHeapAllocation) {
+  // Every neuron is predicted and the cache holds them all: after the prompt no token reads,
+  // so a decode step must allocate nothing (the only per-token allocations of the sparse
+  // path are the I/O engine's futures of a read batch).
+  TempDir dir;
+  const TinySpec spec;
+  write_tiny_package(dir.path(), spec);
+  add_sparse_sections(dir.path(), spec);
+  Model model = Model::load(dir.path(), options(true, 4, true, spec.inter));
+  GenerateOptions g;
+  g.max_new_tokens = 20;
+  g.stop_at_eos = false;
+  std::vector<long> at_token;
+  at_token.reserve(32);
+  generate(model, std::vector<int32_t>{4, 8, 15}, g, [&](int32_t) {
+    at_token.push_back(g_allocations.load());
+    g_counting = true;
+    return true;
+  });
+  g_counting = false;
+  ASSERT_EQ(at_token.size(), 20u);
+  for (size_t i = 1; i < at_token.size(); ++i) {
+    EXPECT_EQ(at_token[i], at_token[0]) << "decode steps 1.." << i << " allocated";
+  }
+  EXPECT_EQ(model.stats().sparse_neurons_read, uint64_t(spec.layers * spec.inter));
+  g_allocations = 0;
+  // The check can fail: a step that reads allocates (the I/O engine's futures).
+  Model small = Model::load(dir.path(), options(true, 1, true, 5));
+  const std::vector<int32_t> one = {4};
+  g_counting = true;
+  small.forward(one, true);
+  g_counting = false;
+  EXPECT_GT(g_allocations.load(), 0);
+  g_allocations = 0;
 }
 
 TEST(SparseFfnLayer, DamagedSectionsAreNamed) {
