@@ -390,7 +390,6 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
              sparse_plan.dense_tensors.end();
     });
   }
-  const uint64_t sparse_bytes = sparse_plan.host_bytes;
 
   // Memory: buffers and plan for a chunk, KV cache for the context.
   BufferAssignment assignment = assign_buffers(p, m.chunk, m.context, m.max_batch);
@@ -425,6 +424,14 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   const uint64_t weight_bytes = detail::resident_weight_bytes(p, names);
   const uint64_t kv_bytes = align_up(kv_floats * sizeof(float), 4096);
   const uint64_t arena_bytes = align_up(std::max<uint64_t>(m.plan.peak, 1), 4096);
+  if (options.sparse && options.sparse_capacity == 0 &&
+      weight_bytes + kv_bytes + arena_bytes + sparse_plan.host_bytes > options.host_budget) {
+    // Weights first: a resident weight byte saves a read on every token, a cached window row
+    // only on some. Auto capacities then hold one token's prediction; the window still evicts
+    // the least recently used neurons when its union is larger.
+    sparse_plan = detail::sparse_ffn_plan(p, options, static_cast<size_t>(m.chunk), 1);
+  }
+  const uint64_t sparse_bytes = sparse_plan.host_bytes;
   const uint64_t needed = weight_bytes + kv_bytes + arena_bytes + sparse_bytes;
   const uint64_t fixed = kv_bytes + arena_bytes + sparse_bytes;
   const std::string sparse_part =

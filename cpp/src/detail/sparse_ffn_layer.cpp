@@ -81,7 +81,8 @@ int SparseFfnPlan::layer_of_op(size_t op, SparseOpRole* role) const {
   return -1;
 }
 
-SparseFfnPlan sparse_ffn_plan(const Package& p, const ModelOptions& options, size_t max_rows) {
+SparseFfnPlan sparse_ffn_plan(const Package& p, const ModelOptions& options, size_t max_rows,
+                              size_t capacity_tokens) {
   SparseFfnPlan plan;
   plan.package = p.path;
   TIERLM_CHECK(options.sparse_window >= 1, kErrorInvalidArgument, "sparse_window ",
@@ -323,8 +324,9 @@ SparseFfnPlan sparse_ffn_plan(const Package& p, const ModelOptions& options, siz
     if (options.sparse_capacity > 0) {
       l.capacity = std::min<size_t>(static_cast<size_t>(options.sparse_capacity), l.n_neurons);
     } else if (l.predicted_density > 0) {
-      const double want = std::ceil(l.predicted_density * static_cast<double>(l.n_neurons) *
-                                    static_cast<double>(plan.window) * kCapacityMargin);
+      const double want = std::ceil(
+          l.predicted_density * static_cast<double>(l.n_neurons) *
+          static_cast<double>(capacity_tokens ? capacity_tokens : plan.window) * kCapacityMargin);
       l.capacity = std::clamp<size_t>(static_cast<size_t>(want), 1, l.n_neurons);
     } else {
       l.capacity = l.n_neurons;

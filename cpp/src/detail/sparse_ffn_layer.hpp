@@ -69,7 +69,10 @@ struct SparseFfnPlan {
 
 // Reads the package's "bundles" and "predictors" sections and matches the graph's FFNs;
 // throws kErrorNotFound / kErrorUnsupported / kErrorCorrupt naming the package and the fix.
-SparseFfnPlan sparse_ffn_plan(const Package& package, const ModelOptions& options, size_t max_rows);
+// Auto capacities (options.sparse_capacity 0) hold the predictions of `capacity_tokens`
+// tokens (0 = the window's k).
+SparseFfnPlan sparse_ffn_plan(const Package& package, const ModelOptions& options, size_t max_rows,
+                              size_t capacity_tokens = 0);
 
 class SparseFfn {
  public:
