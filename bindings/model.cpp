@@ -81,6 +81,7 @@ nb::dict placement_dict(const WeightPlacementInfo& p) {
   d["streamed_bytes"] = p.streamed_bytes;
   d["minimum_budget"] = p.minimum_budget;
   d["sections"] = p.sections;
+  d["chunks"] = p.chunks;
   d["resident_layers"] = p.resident_layers;
   d["streamed_layers"] = p.streamed_layers;
   d["streamed_tensors"] = p.streamed_tensors;

@@ -431,7 +431,7 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
                  "host tier: streaming the weights "
                  "needs a host budget of at least ",
                  format_bytes(minimum), " (", minimum, " bytes: resident norms/embeddings/lm_head ",
-                 format_bytes(probe.base_bytes), " + one staging section ",
+                 format_bytes(probe.base_bytes), " + one staging section (the largest matrix) ",
                  format_bytes(probe.section_bytes), " + KV cache ", format_bytes(kv_bytes),
                  " + activations ", format_bytes(arena_bytes), ") but the host budget is ",
                  format_bytes(options.host_budget), "; raise the host budget or lower max_context");
@@ -449,6 +449,7 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     info.ring_bytes = placement.ring_bytes;
     info.streamed_bytes = placement.streamed_bytes;
     info.sections = placement.sections;
+    info.chunks = placement.chunks;
     info.resident_layers = placement.resident_layers;
     info.streamed_layers = placement.streamed_layers;
     info.pinned_tensors = placement.pinned_tensors;
@@ -749,6 +750,7 @@ void Model::Impl::run_rows(const int32_t* tokens, int64_t n) {
       weights->begin_layer(layer);
     }
     run_op(op, tokens, n);
+    if (op.weight >= 0) weights->release(op.weight);  // a streaming store reuses its section
   }
   if (layer != INT_MIN) weights->end_layer(layer);
   if (slots == nullptr) {

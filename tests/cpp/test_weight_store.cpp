@@ -2,6 +2,7 @@
 // damaged-file errors; FileReader's short-read error.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 
@@ -95,36 +96,58 @@ struct TinySpecForStreaming {
   }();
 };
 
-// Streaming: placement under a weight budget, bytes equal the file through the ring over
-// several passes, out-of-order access restarts the ring, the tier holds resident + ring.
+uint64_t pages(uint64_t n) { return (n + 4095) / 4096 * 4096; }
+
+// Streaming: placement under a weight budget, sections of one matrix (smaller than a layer),
+// bytes equal the file through the ring over several passes, out-of-order access restarts the
+// ring, the tier holds resident + ring.
 TEST(WeightStore, StreamingPlacementAndRing) {
   TempDir dir;
   TinySpecForStreaming spec;
   const Package p = package_open(write_tiny_package(dir.path(), spec.spec));
   const auto names = all_tensors(p);
+  uint64_t layer_bytes = 0, largest = 0;
+  int layer_matrices = 0;
+  for (const TensorInfo& t : p.tensors) {
+    if (t.layer != 0 || t.shape.size() < 2) continue;
+    layer_bytes += pages(t.nbytes);
+    largest = std::max(largest, pages(t.nbytes));
+    ++layer_matrices;
+  }
   const WeightPlacement probe = weight_placement(p, names, 0, 0);
-  ASSERT_GT(probe.section_bytes, 0u);
+  EXPECT_EQ(probe.section_bytes, largest);  // a section holds one matrix, not a layer
+  ASSERT_LT(probe.section_bytes, layer_bytes);
   EXPECT_TRUE(probe.streamed_layers.empty());  // below the minimum: nothing planned
+  const WeightPlacement none = weight_placement(p, names, probe.minimum() - 1, 0);
+  EXPECT_TRUE(none.streamed_layers.empty());
+  EXPECT_EQ(none.sections, 0);
   const WeightPlacement one = weight_placement(p, names, probe.minimum(), 0);
   EXPECT_EQ(one.sections, 1);
+  EXPECT_EQ(one.ring_bytes, largest);
   EXPECT_EQ(one.streamed_layers.size(), static_cast<size_t>(spec.spec.layers));
+  EXPECT_GT(one.chunks, spec.spec.layers);  // several chunks per layer
+  EXPECT_LE(one.chunks, spec.spec.layers * layer_matrices);
   const WeightPlacement all = weight_placement(p, names, 1ull << 40, 0);
   EXPECT_EQ(all.sections, 0);
   EXPECT_TRUE(all.streamed_layers.empty());
   const WeightPlacement three =
-      weight_placement(p, names, probe.minimum() + 4 * probe.section_bytes, 3);
+      weight_placement(p, names, probe.base_bytes + 3 * largest + 2 * layer_bytes, 3);
   EXPECT_EQ(three.sections, 3);
+  EXPECT_EQ(three.ring_bytes, 3 * largest);
   EXPECT_EQ(three.resident_layers.size(), 2u);
+  EXPECT_TRUE(three.pinned_tensors.empty());
+  const WeightPlacement auto_two =
+      weight_placement(p, names, probe.minimum() + largest + layer_bytes + 1, 0);
+  EXPECT_EQ(auto_two.sections, 2);  // the auto ring is at least two sections when it fits
 
   // Half a layer left over: matrices of the last streamed layer stay resident.
-  const WeightPlacement pinned =
-      weight_placement(p, names, probe.minimum() + 5 * probe.section_bytes / 2, 0);
+  const uint64_t half_budget = probe.minimum() + largest + layer_bytes / 2;
+  const WeightPlacement pinned = weight_placement(p, names, half_budget, 0);
   EXPECT_EQ(pinned.sections, 2);
-  EXPECT_EQ(pinned.resident_layers.size(), 1u);
+  EXPECT_TRUE(pinned.resident_layers.empty());
   EXPECT_FALSE(pinned.pinned_tensors.empty());
-  EXPECT_LT(pinned.streamed_bytes, (spec.spec.layers - 1) * probe.section_bytes);
-  EXPECT_LE(pinned.resident_bytes + pinned.ring_bytes,
-            probe.minimum() + 5 * probe.section_bytes / 2);
+  EXPECT_LT(pinned.streamed_bytes, spec.spec.layers * layer_bytes);
+  EXPECT_LE(pinned.resident_bytes + pinned.ring_bytes, half_budget);
 
   for (const WeightPlacement& plan : {one, three, pinned}) {
     HostTier host(plan.resident_bytes + plan.ring_bytes);
@@ -137,9 +160,12 @@ TEST(WeightStore, StreamingPlacementAndRing) {
         if (t.layer != layer && t.layer != kGlobalLayer) continue;
         std::vector<char> expected(t.nbytes);
         file.read(expected.data(), t.nbytes, t.offset, t.name);
-        const void* data = store->data(store->index(t.name));
+        const int index = store->index(t.name);
+        const void* data = store->data(index);
         ASSERT_NE(data, nullptr) << t.name;
         EXPECT_EQ(std::memcmp(data, expected.data(), t.nbytes), 0) << t.name;
+        EXPECT_EQ(reinterpret_cast<uintptr_t>(data) % 4096, 0u) << t.name;
+        store->release(index);
       }
       store->end_layer(layer);
     };
@@ -148,14 +174,54 @@ TEST(WeightStore, StreamingPlacementAndRing) {
       for (int layer = 0; layer < spec.spec.layers; ++layer) check_layer(layer);
       check_layer(kGlobalLayer);
     }
-    EXPECT_EQ(store->stream_stats().ring_restarts, 0u);
-    EXPECT_EQ(store->stream_stats().stream_bytes_read, 3 * plan.streamed_bytes);
+    const StreamStats s = store->stream_stats();
+    EXPECT_EQ(s.ring_restarts, 0u);
+    EXPECT_EQ(s.stream_bytes_read, 3 * plan.streamed_bytes);
+    EXPECT_EQ(s.chunk_waits, 3u * plan.chunks);
+    EXPECT_EQ(s.layer_waits, 3u * plan.streamed_layers.size());
     check_layer(spec.spec.layers - 1);  // out of order
     check_layer(0);
     EXPECT_GE(store->stream_stats().ring_restarts, 1u);
     EXPECT_EQ(host.stats().peak, plan.resident_bytes + plan.ring_bytes);
     EXPECT_EQ(store->events().size(), store->stream_stats().layer_waits);
   }
+}
+
+// A one-section ring cannot serve a second matrix while the first is still held: data() says
+// so (the executor must release each tensor after its op) rather than overwrite it.
+TEST(WeightStore, StreamingRingNeedsRelease) {
+  TempDir dir;
+  TinySpecForStreaming spec;
+  const Package p = package_open(write_tiny_package(dir.path(), spec.spec));
+  const auto names = all_tensors(p);
+  const WeightPlacement plan =
+      weight_placement(p, names, weight_placement(p, names, 0, 0).minimum(), 0);
+  ASSERT_EQ(plan.sections, 1);
+  HostTier host(plan.resident_bytes + plan.ring_bytes);
+  auto store = weight_store_streaming(p, host, names, plan, {});
+  std::vector<int> matrices;
+  for (const TensorInfo& t : p.tensors) {
+    if (t.layer == 0 && t.shape.size() >= 2) matrices.push_back(store->index(t.name));
+  }
+  store->begin_layer(0);
+  store->data(matrices.front());
+  try {
+    store->data(matrices.back());
+    FAIL() << "a held section was reused";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kErrorInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("release"), std::string::npos) << e.what();
+  }
+  store->end_layer(0);  // end_layer frees what the layer held
+  store->begin_layer(1);
+  for (const TensorInfo& t : p.tensors) {
+    if (t.layer != 1 || t.shape.size() < 2) continue;
+    const int index = store->index(t.name);
+    EXPECT_NE(store->data(index), nullptr);
+    store->release(index);
+  }
+  store->end_layer(1);
+  EXPECT_EQ(host.stats().peak, plan.resident_bytes + plan.ring_bytes);
 }
 
 }  // namespace

@@ -23,8 +23,9 @@ struct ModelOptions {
   int64_t prefill_chunk = 0;          // tokens per prefill batch; 0 = a stored plan's or 256
   bool lock = true;                   // mlock host buffers where RLIMIT_MEMLOCK allows
   int64_t max_batch = 1;              // sequences decoded together (KV cache slots)
-  // Streaming (weights larger than the host budget): staging sections of the prefetch ring;
-  // 0 = auto (2 when the budget allows, else 1).
+  // Streaming (weights larger than the host budget): staging sections of the prefetch ring, each
+  // the size of the largest streamed matrix; 0 = auto (about 64 MiB of sections, at least 2
+  // when the budget allows, else 1).
   int64_t ring_sections = 0;
 };
 
@@ -34,12 +35,13 @@ struct WeightPlacementInfo {
   bool streaming = false;
   uint64_t resident_bytes = 0;  // weights kept in the host tier
   uint64_t base_bytes = 0;      // layer -1 tensors and 1-D tensors (norms, biases)
-  uint64_t section_bytes = 0;   // one staging section (the largest streamed layer)
+  uint64_t section_bytes = 0;   // one staging section (the largest streamed matrix)
   uint64_t ring_bytes = 0;
   uint64_t streamed_bytes = 0;  // read from disk per forward pass
   uint64_t minimum_budget =
       0;  // least host budget that loads (resident set + KV + arena + 1 section)
   int64_t sections = 0;
+  int64_t chunks = 0;  // section-sized groups of streamed matrices read per forward pass
   std::vector<int> resident_layers;
   std::vector<int> streamed_layers;
   std::vector<std::string> streamed_tensors;

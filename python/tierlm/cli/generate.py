@@ -146,7 +146,7 @@ def print_placement(model, out):
     )
     print(
         f"ring: {p['sections']} staging sections x {format_size(p['section_bytes'])} = "
-        f"{format_size(p['ring_bytes'])}; KV cache {format_size(s['kv_bytes'])}, "
+        f"{format_size(p['ring_bytes'])} ({p['chunks']} chunks per token); KV cache {format_size(s['kv_bytes'])}, "
         f"activations {format_size(s['arena_bytes'])}; host budget "
         f"{format_size(s['host']['budget'])} (minimum {format_size(p['minimum_budget'])})",
         file=out,
