@@ -64,6 +64,7 @@ nb::dict model_stats_dict(const ModelStats& s) {
   d["io_wait_seconds"] = s.io_wait_seconds;
   d["read_busy_seconds"] = s.read_busy_seconds;
   d["layer_waits"] = s.layer_waits;
+  d["chunk_waits"] = s.chunk_waits;
   d["ring_restarts"] = s.ring_restarts;
   d["io_direct"] = s.io_direct;
   d["io_registered"] = s.io_registered;

@@ -896,6 +896,7 @@ ModelStats Model::stats() const {
     s.io_wait_seconds = ss.io_wait_seconds;
     s.read_busy_seconds = ss.read_busy_seconds;
     s.layer_waits = ss.layer_waits;
+    s.chunk_waits = ss.chunk_waits;
     s.ring_restarts = ss.ring_restarts;
     s.io_direct = ss.direct;
     s.io_registered = ss.registered;

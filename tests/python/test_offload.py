@@ -72,9 +72,14 @@ def test_streamed_tokens_equal_resident(llama, backend, which):
     assert placement["streaming"], placement
     assert placement["streamed_layers"], placement
     assert placement["sections"] >= 1
+    layer_bytes = placement["streamed_bytes"] / len(placement["streamed_layers"])
+    # Sections hold one matrix, not a layer: several chunks per streamed layer.
+    assert placement["section_bytes"] < layer_bytes
+    assert placement["chunks"] > len(placement["streamed_layers"])
     if which == "minimum":
         assert placement["sections"] == 1
         assert placement["resident_layers"] == []
+        assert placement["ring_bytes"] < layer_bytes  # the ring is smaller than one layer
     elif which == 0.5:
         assert placement["sections"] >= 2
         assert placement["pinned_tensors"]  # leftover budget keeps some matrices resident
@@ -91,6 +96,7 @@ def test_streamed_tokens_equal_resident(llama, backend, which):
     assert s["layer_waits"] % len(placement["streamed_layers"]) == 0
     assert passes == NEW_TOKENS  # 1 prefill chunk + NEW_TOKENS - 1 decode steps
     assert s["stream_bytes_read"] == passes * placement["streamed_bytes"]
+    assert s["chunk_waits"] == passes * placement["chunks"]
     assert result.stats["bytes_read_per_token"] == placement["streamed_bytes"]
     assert 0.0 <= result.stats["overlap_pct"] <= 100.0
     # The budget holds: tier peak, and the process did not grow beyond a fixed overhead.

@@ -90,6 +90,7 @@ struct ModelStats {
   double io_wait_seconds = 0.0;
   double read_busy_seconds = 0.0;
   uint64_t layer_waits = 0;
+  uint64_t chunk_waits = 0;  // streamed chunks waited for (a chunk: section-sized matrices)
   uint64_t ring_restarts = 0;
   bool io_direct = false;
   bool io_registered = false;
