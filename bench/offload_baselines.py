@@ -10,8 +10,8 @@ cache (drop_page_cache), and their residency is checked with mincore.
 
 import contextlib
 import ctypes
-import mmap
 import json
+import mmap
 import os
 import time
 from pathlib import Path
@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -213,7 +212,8 @@ def _keep_in_ram(model):
     safetensors pages would otherwise be re-read each step and count against it)."""
     with torch.no_grad():
         for module in model.modules():
-            for name, tensor in list(module._parameters.items()) + list(module._buffers.items()):
+            tensors = list(module._parameters.values()) + list(module._buffers.values())
+            for tensor in tensors:
                 if tensor is not None and tensor.device.type == "cpu":
                     tensor.data = tensor.data.clone()
 

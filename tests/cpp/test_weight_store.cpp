@@ -224,5 +224,54 @@ TEST(WeightStore, StreamingRingNeedsRelease) {
   EXPECT_EQ(host.stats().peak, plan.resident_bytes + plan.ring_bytes);
 }
 
+// Embedding rows on demand: the table is not resident, its row buffers (max_rows aligned
+// spans) are, so the minimum drops; rows() returns the file's bytes for any ids.
+TEST(WeightStore, StreamingEmbeddingRowsOnDemand) {
+  TempDir dir;
+  TinySpecForStreaming spec;
+  spec.spec.vocab = 1009;  // a table of 1009 rows of 160 bytes: 40 pages
+  const Package p = package_open(write_tiny_package(dir.path(), spec.spec));
+  const auto names = all_tensors(p);
+  const TensorInfo& table = p.tensor("embed.weight");
+  const std::vector<std::string> rows_of = {"embed.weight"};
+  const WeightPlacement whole = weight_placement(p, names, 0, 0);
+  const WeightPlacement probe = weight_placement(p, names, 0, 0, rows_of, 3);
+  ASSERT_EQ(probe.row_tensors, rows_of);
+  EXPECT_EQ(probe.row_buffer_bytes, 3u * 8192);  // rows straddle pages: two pages each
+  EXPECT_EQ(whole.minimum() - probe.minimum(), pages(table.nbytes) - 3 * 8192);
+  // Not worth it when the row buffers exceed the table.
+  EXPECT_TRUE(weight_placement(p, names, 0, 0, rows_of, 41).row_tensors.empty());
+
+  const WeightPlacement plan = weight_placement(p, names, probe.minimum(), 0, rows_of, 3);
+  ASSERT_EQ(plan.sections, 1);
+  HostTier host(plan.resident_bytes + plan.ring_bytes);
+  auto store = weight_store_streaming(p, host, names, plan, {});
+  EXPECT_EQ(host.stats().current, plan.resident_bytes + plan.ring_bytes);
+  const int index = store->index("embed.weight");
+  FileReader file(p.file_path("weights-0.bin"));
+  const uint64_t row = table.nbytes / 1009;
+  uint64_t spans = 0;  // the aligned pages around each row: what O_DIRECT reads
+  for (const std::vector<int32_t>& ids :
+       {std::vector<int32_t>{0, 1008, 25}, {25, 25}, {1}, {1008, 511, 0}}) {
+    const void* const* rows = store->rows(index, ids.data(), ids.size());
+    ASSERT_NE(rows, nullptr);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const uint64_t at = table.offset + ids[i] * row;
+      spans += pages(at + row) - at / 4096 * 4096;
+      std::vector<char> expected(row);
+      file.read(expected.data(), row, table.offset + ids[i] * row, "row");
+      EXPECT_EQ(std::memcmp(rows[i], expected.data(), row), 0) << ids[i];
+    }
+  }
+  EXPECT_EQ(store->stream_stats().row_bytes_read, spans);
+  const std::vector<int32_t> too_many = {1, 2, 3, 4};
+  EXPECT_THROW(store->rows(index, too_many.data(), 4), Error);
+  const int32_t outside = 1009;
+  EXPECT_THROW(store->rows(index, &outside, 1), Error);
+  EXPECT_THROW(store->data(index), Error);  // the whole table is not there
+  EXPECT_EQ(store->rows(store->index("final_norm.weight"), &outside, 1), nullptr);
+  EXPECT_EQ(host.stats().peak, plan.resident_bytes + plan.ring_bytes);
+}
+
 }  // namespace
 }  // namespace tierlm::detail

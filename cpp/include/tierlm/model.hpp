@@ -46,6 +46,7 @@ struct WeightPlacementInfo {
   std::vector<int> streamed_layers;
   std::vector<std::string> streamed_tensors;
   std::vector<std::string> pinned_tensors;  // matrices of streamed layers kept resident
+  std::vector<std::string> row_tensors;     // embedding tables read by rows on demand
 };
 
 struct StreamEventInfo {
@@ -90,7 +91,9 @@ struct ModelStats {
   double io_wait_seconds = 0.0;
   double read_busy_seconds = 0.0;
   uint64_t layer_waits = 0;
-  uint64_t chunk_waits = 0;  // streamed chunks waited for (a chunk: section-sized matrices)
+  uint64_t chunk_waits = 0;
+  uint64_t row_bytes_read = 0;  // embedding rows read on demand  // streamed chunks waited for (a
+                                // chunk: section-sized matrices)
   uint64_t ring_restarts = 0;
   bool io_direct = false;
   bool io_registered = false;

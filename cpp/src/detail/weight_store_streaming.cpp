@@ -49,6 +49,13 @@ uint64_t read_length(const File& file, const TensorInfo& t) {
   return std::min(round_up(t.nbytes, kAlign), file.size() - t.offset);
 }
 
+// Host bytes for one row of a 2-D table read with O_DIRECT: the aligned span around the row.
+uint64_t row_slot_bytes(const TensorInfo& t) {
+  if (t.shape.size() != 2 || t.shape[0] <= 0) return 0;
+  const uint64_t row = t.nbytes / static_cast<uint64_t>(t.shape[0]);
+  return round_up(row, kAlign) + (row % kAlign == 0 && t.offset % kAlign == 0 ? 0 : kAlign);
+}
+
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
@@ -71,8 +78,12 @@ class RingStore final : public StreamingWeightStore {
     }
     std::unordered_map<std::string, bool> pinned;
     for (const std::string& name : placement_.pinned_tensors) pinned[name] = true;
+    std::unordered_map<std::string, bool> by_rows;
+    for (const std::string& name : placement_.row_tensors) by_rows[name] = true;
+    auto is_row = [&](const TensorInfo& t) { return by_rows.count(t.name) != 0; };
     auto is_streamed = [&](const TensorInfo& t) {
-      return streamable(t) && stream_index_[t.layer] >= 0 && pinned.count(t.name) == 0;
+      return !is_row(t) && streamable(t) && stream_index_[t.layer] >= 0 &&
+             pinned.count(t.name) == 0;
     };
 
     // Files: one per weight file, O_DIRECT for the aligned requests.
@@ -90,14 +101,14 @@ class RingStore final : public StreamingWeightStore {
     // Resident set: one buffer, tensors at aligned offsets, read now.
     uint64_t resident = 0;
     for (const TensorInfo& t : tensors_) {
-      if (!is_streamed(t)) resident += round_up(t.nbytes, kAlign);
+      if (!is_streamed(t) && !is_row(t)) resident += round_up(t.nbytes, kAlign);
     }
     resident_ = host.allocate(std::max<uint64_t>(resident, kAlign), kAlign);
     char* base = static_cast<char*>(resident_.data());
     uint64_t offset = 0;
     for (size_t i = 0; i < tensors_.size(); ++i) {
       const TensorInfo& t = tensors_[i];
-      if (is_streamed(t)) continue;
+      if (is_streamed(t) || is_row(t)) continue;
       File& f = files_[file_of(t.file)];
       char* dst = base + offset;
       f.read(dst, read_length(f, t), t.offset);
@@ -113,6 +124,25 @@ class RingStore final : public StreamingWeightStore {
       offset += round_up(t.nbytes, kAlign);
     }
     stats_.resident_bytes = resident_.size();
+
+    // Tables read by rows: one aligned slot per row a forward pass may need.
+    row_of_.assign(tensors_.size(), -1);
+    for (size_t i = 0; i < tensors_.size(); ++i) {
+      if (!is_row(tensors_[i])) continue;
+      RowTable table;
+      table.tensor = static_cast<int>(i);
+      table.file = file_of(tensors_[i].file);
+      table.row_bytes = tensors_[i].nbytes / static_cast<uint64_t>(tensors_[i].shape[0]);
+      table.slot = row_slot_bytes(tensors_[i]);
+      const size_t max_rows = static_cast<size_t>(placement_.max_rows);
+      table.buffer = host.allocate(table.slot * max_rows, kAlign);
+      table.ptrs.assign(max_rows, nullptr);
+      table.requests.reserve(max_rows);
+      table.futures.reserve(max_rows);
+      row_of_[i] = static_cast<int>(row_tables_.size());
+      row_tables_.push_back(std::move(table));
+      stats_.resident_bytes += row_tables_.back().buffer.size();
+    }
 
     // Chunks: each streamed layer's streamed tensors in use order (names' first-use order),
     // packed into runs of at most one section; file-contiguous neighbours merge into one read.
@@ -198,6 +228,8 @@ class RingStore final : public StreamingWeightStore {
 
   const void* data(int index) override {
     const int c = chunk_of_[index];
+    TIERLM_CHECK(row_of_[index] < 0, kErrorInvalidArgument, "weight store: tensor `",
+                 tensors_[index].name, "` is read by rows on demand; ask rows(), not data()");
     if (c < 0) return data_[index];
     acquire(c);
     return static_cast<const char*>(sections_[chunks_[c].slot].buffer.data()) +
@@ -210,6 +242,41 @@ class RingStore final : public StreamingWeightStore {
     if (++chunks_[c].released < chunks_[c].members) return;
     free_section(chunks_[c].slot);
     fill_ring();
+  }
+
+  const void* const* rows(int index, const int32_t* ids, size_t n) override {
+    const int r = row_of_[index];
+    if (r < 0) return nullptr;
+    RowTable& table = row_tables_[r];
+    const TensorInfo& t = tensors_[table.tensor];
+    TIERLM_CHECK(n <= table.ptrs.size(), kErrorInvalidArgument, "weight store: ", n, " rows of `",
+                 t.name, "` asked at once, the row buffers hold ", table.ptrs.size());
+    File& file = files_[table.file];
+    table.requests.clear();
+    char* base = static_cast<char*>(table.buffer.data());
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < n; ++i) {
+      TIERLM_CHECK(ids[i] >= 0 && ids[i] < t.shape[0], kErrorInvalidArgument, "token id ", ids[i],
+                   " outside the ", t.shape[0], " rows of `", t.name, "`");
+      const uint64_t offset = t.offset + static_cast<uint64_t>(ids[i]) * table.row_bytes;
+      const uint64_t start = offset / kAlign * kAlign;
+      const uint64_t end = std::min(round_up(offset + table.row_bytes, kAlign), file.size());
+      char* dst = base + i * table.slot;
+      table.requests.push_back({dst, end - start, start});
+      table.ptrs[i] = dst + (offset - start);
+      bytes += end - start;
+    }
+    const auto t0 = Clock::now();
+    table.futures = file.pread_batch(table.requests);
+    for (IoFuture& f : table.futures) f.get();
+    table.futures.clear();
+    const double wait = seconds_since(t0);
+    stream_.io_wait_seconds += wait;
+    stream_.read_busy_seconds += wait;
+    stream_.row_bytes_read += bytes;
+    stats_.disk_bytes_read += bytes;
+    host_->record_in(bytes);
+    return table.ptrs.data();
   }
 
   void begin_layer(int layer) override {
@@ -262,6 +329,16 @@ class RingStore final : public StreamingWeightStore {
     int slot = -1;          // section holding (or reading) it, -1 none
     bool acquired = false;  // its reads were waited for by data()
     size_t released = 0;    // release() calls since acquired
+  };
+  struct RowTable {
+    int tensor = -1;
+    int file = -1;
+    uint64_t row_bytes = 0;
+    uint64_t slot = 0;  // buffer bytes per row (the aligned span)
+    HostBuffer buffer;
+    std::vector<const void*> ptrs;
+    std::vector<IoRequest> requests;
+    std::vector<IoFuture> futures;
   };
   struct Section {
     HostBuffer buffer;
@@ -363,6 +440,8 @@ class RingStore final : public StreamingWeightStore {
   std::vector<uint64_t> chunk_offset_;  // tensor -> offset in its chunk's section
   std::vector<int> stream_index_;       // layer -> streamed index or -1
   HostBuffer resident_;
+  std::vector<int> row_of_;  // tensor -> row table, -1 none
+  std::vector<RowTable> row_tables_;
   std::vector<Section> sections_;  // before files_: files close (and wait) first
   std::vector<File> files_;
   std::unordered_map<std::string, int> file_index_;
@@ -381,14 +460,23 @@ class RingStore final : public StreamingWeightStore {
 }  // namespace
 
 WeightPlacement weight_placement(const Package& package, const std::vector<std::string>& names,
-                                 uint64_t weight_budget, int ring_sections) {
+                                 uint64_t weight_budget, int ring_sections,
+                                 const std::vector<std::string>& row_tensors, int64_t max_rows) {
   WeightPlacement p;
   const std::vector<TensorInfo> all = unique_tensors(package, names);
   std::map<int, uint64_t> layer_bytes;
   std::map<int, int> layer_matrices;
+  p.max_rows = max_rows;
   for (const TensorInfo& t : all) {
     const uint64_t bytes = round_up(t.nbytes, kAlign);
-    if (streamable(t)) {
+    const uint64_t row_buffer =
+        row_slot_bytes(t) * static_cast<uint64_t>(std::max<int64_t>(max_rows, 0));
+    if (t.shape.size() == 2 && max_rows > 0 && row_buffer < bytes &&
+        std::find(row_tensors.begin(), row_tensors.end(), t.name) != row_tensors.end()) {
+      p.row_tensors.push_back(t.name);
+      p.row_buffer_bytes += row_buffer;
+      p.base_bytes += row_buffer;
+    } else if (streamable(t)) {
       layer_bytes[t.layer] += bytes;
       ++layer_matrices[t.layer];
       p.section_bytes = std::max(p.section_bytes, bytes);

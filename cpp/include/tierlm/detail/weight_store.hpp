@@ -39,6 +39,12 @@ class WeightStore {
   // The executor is done with the tensor's bytes for this pass (call once per data() use, after
   // the op): a streaming store reuses its staging space for the next tensors' reads.
   virtual void release(int /*index*/) {}
+  // Rows ids[0..n) of a tensor the store reads by rows on demand (a streaming store's embedding
+  // table): one pointer per id, valid until the next rows() call. nullptr when the store holds
+  // the whole tensor (use data()). Must not allocate beyond the I/O futures.
+  virtual const void* const* rows(int /*index*/, const int32_t* /*ids*/, size_t /*n*/) {
+    return nullptr;
+  }
   // The executor is about to run / has finished the ops of `layer`. end_layer releases what the
   // layer still holds; must not allocate.
   virtual void begin_layer(int layer) = 0;
@@ -77,6 +83,11 @@ struct WeightPlacement {
   uint64_t streamed_bytes = 0;  // bytes read per pass over the streamed layers
   int sections = 0;
   int chunks = 0;  // chunks read per pass
+  // Tables read by rows on demand (embeddings): not resident; base_bytes holds their row
+  // buffers instead (max_rows rows each, 4 KiB-aligned spans for O_DIRECT).
+  std::vector<std::string> row_tensors;
+  uint64_t row_buffer_bytes = 0;
+  int64_t max_rows = 0;
   std::vector<int> resident_layers;
   std::vector<int> streamed_layers;
   std::vector<std::string> pinned_tensors;  // matrices of streamed layers kept resident
@@ -87,8 +98,12 @@ struct WeightPlacement {
 // Plans placement for `weight_budget` bytes; ring_sections 0 = auto (about kAutoRingBytes of
 // sections, at least 2 when the budget allows, else 1). Below minimum() nothing is planned
 // (streamed_layers empty); the caller refuses with minimum().
+// `row_tensors` may be read by rows on demand, at most `max_rows` rows per forward pass; each
+// is when its row buffers are smaller than the table.
 WeightPlacement weight_placement(const Package& package, const std::vector<std::string>& tensors,
-                                 uint64_t weight_budget, int ring_sections);
+                                 uint64_t weight_budget, int ring_sections,
+                                 const std::vector<std::string>& row_tensors = {},
+                                 int64_t max_rows = 0);
 
 // One entry per begin_layer of a streamed layer, for timelines (kept in a fixed buffer).
 struct StreamEvent {
@@ -107,7 +122,8 @@ struct StreamStats {
   bool registered = false;         // sections registered with the I/O engine
   bool direct = false;             // reads use O_DIRECT
   std::string backend;
-  uint64_t chunk_waits = 0;  // data() calls that waited for a chunk's reads
+  uint64_t chunk_waits = 0;     // data() calls that waited for a chunk's reads
+  uint64_t row_bytes_read = 0;  // rows read on demand (embedding rows)
 };
 
 class StreamingWeightStore : public WeightStore {
