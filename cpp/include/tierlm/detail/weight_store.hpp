@@ -95,7 +95,7 @@ struct WeightPlacement {
   uint64_t minimum() const { return base_bytes + section_bytes; }
 };
 
-// Plans placement for `weight_budget` bytes; ring_sections 0 = auto (about kAutoRingBytes of
+// Plans placement for `weight_budget` bytes; ring_sections 0 = auto (about 64 MiB of
 // sections, at least 2 when the budget allows, else 1). Below minimum() nothing is planned
 // (streamed_layers empty); the caller refuses with minimum().
 // `row_tensors` may be read by rows on demand, at most `max_rows` rows per forward pass; each
