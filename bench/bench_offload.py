@@ -70,6 +70,7 @@ def main():
     parser.add_argument("--skip", default="", help="comma list: accelerate,layers")
     parser.add_argument("--ring-sections", type=int, default=0, help="tierlm's (0 = auto)")
     parser.add_argument("--fio-seconds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every row, interleaved")
     parser.add_argument("--verbose", action="store_true", help="print every decode step")
     args = parser.parse_args()
 
@@ -93,42 +94,52 @@ def main():
 
     rows = []  # (method, budget fraction, steps, note, fio bandwidth before, after)
     tierlm_ids = None
-    if "layers" not in skip:
-        bw0 = fio()
-        steps, _ids = ob.layer_streaming_decode(str(hf), prompt_ids, args.new_tokens, hf_files)
-        rows.append(("per-layer streaming", None, steps, "no overlap, budget-free", bw0, fio()))
-    for frac in [float(f) for f in args.budgets.split(",")]:
-        budget = int(weight_bytes * frac)
-        bw0 = fio()
-        steps, ids, info = tierlm_decode(
-            str(pkg), budget, prompt_ids, args.new_tokens, pkg_files, args.ring_sections
-        )
-        bw1 = fio()
-        if tierlm_ids is None:
-            tierlm_ids = ids
-        same = "ids == first tierlm row" if ids == tierlm_ids else "ids DIFFER from first row"
-        p = info["placement"]
-        note = (
-            f"{p['sections']} sections x {p['section_bytes'] / 2**20:.0f} MiB "
-            f"({p['chunks']} chunks/token), {len(p['resident_layers'])}/{args.layers} layers "
-            f"resident, {info['backend']}{' O_DIRECT' if info['direct'] else ''}, peak "
-            f"{info['peak'] / 2**20:.0f} MiB, overlap "
-            f"{100 * (1 - info['wait'] / info['busy']) if info['busy'] else 100:.0f}%, {same}"
-        )
-        rows.append(("tierlm", frac, steps, note, bw0, bw1))
-        if "accelerate" not in skip:
-            offload = root / f"accelerate-offload-{frac}"
-            steps, offloaded = ob.accelerate_decode(
-                str(hf), budget, offload, prompt_ids, args.new_tokens, hf_files
+    # Rounds interleave the methods, so a slow spell of the shared disk hits all of them.
+    for _round in range(args.rounds):
+        if "layers" not in skip:
+            bw0 = fio()
+            steps, _ids = ob.layer_streaming_decode(str(hf), prompt_ids, args.new_tokens, hf_files)
+            rows.append(("per-layer streaming", None, steps, "no overlap, budget-free", bw0, fio()))
+        for frac in [float(f) for f in args.budgets.split(",")]:
+            budget = int(weight_bytes * frac)
+            bw0 = fio()
+            steps, ids, info = tierlm_decode(
+                str(pkg), budget, prompt_ids, args.new_tokens, pkg_files, args.ring_sections
             )
-            note = f"device_map=auto, max_memory, {len(offloaded)} offload files"
-            rows.append(("accelerate disk offload", frac, steps, note, bw1, fio()))
+            bw1 = fio()
+            if tierlm_ids is None:
+                tierlm_ids = ids
+            same = "ids == first tierlm row" if ids == tierlm_ids else "ids DIFFER from first row"
+            p = info["placement"]
+            note = (
+                f"{p['sections']} sections x {p['section_bytes'] / 2**20:.0f} MiB "
+                f"({p['chunks']} chunks/token), {len(p['resident_layers'])}/{args.layers} layers "
+                f"resident, {info['backend']}{' O_DIRECT' if info['direct'] else ''}, peak "
+                f"{info['peak'] / 2**20:.0f} MiB, overlap "
+                f"{100 * (1 - info['wait'] / info['busy']) if info['busy'] else 100:.0f}%, {same}"
+            )
+            rows.append(("tierlm", frac, steps, note, bw0, bw1))
+            if "accelerate" not in skip:
+                offload = root / f"accelerate-offload-{frac}"
+                steps, offloaded = ob.accelerate_decode(
+                    str(hf), budget, offload, prompt_ids, args.new_tokens, hf_files
+                )
+                note = f"device_map=auto, max_memory, {len(offloaded)} offload files"
+                rows.append(("accelerate disk offload", frac, steps, note, bw1, fio()))
 
+    merged = {}  # (method, fraction) -> [steps, note, fio bandwidths], rounds pooled
+    for method, frac, steps, note, b0, b1 in rows:
+        entry = merged.setdefault((method, frac), [[], note, []])
+        entry[0].extend(steps)
+        entry[2].extend(b for b in (b0, b1) if b)
+        if "DIFFER" in note:
+            entry[1] = note
     bws = [b for row in rows for b in row[4:] if b]
     print(
         f"\nmodel: random Llama bf16, hidden {args.hidden}, {args.layers} layers, ffn "
         f"{args.intermediate}, vocab {args.vocab}: {weight_bytes / 1e9:.2f} GB of weights; "
-        f"prompt {args.prompt} tokens, {args.new_tokens - 1} decode steps (median); before "
+        f"prompt {args.prompt} tokens, {args.new_tokens - 1} decode steps x {args.rounds} "
+        "rounds (median); before "
         "every step each method's weight files are unmapped (madvise) and dropped from the "
         "page cache (fadvise), residency checked with mincore (cached%: the most seen); "
         "fio 8 MiB randread QD32 O_DIRECT before and after each row: "
@@ -141,16 +152,16 @@ def main():
     print(header)
     print("-" * len(header))
     tier_time = {}
-    for method, frac, steps, _note, _b0, _b1 in rows:
+    for (method, frac), (steps, _note, _bws) in merged.items():
         if method == "tierlm":
             tier_time[frac] = ob.median([s[0] for s in steps])
-    for method, frac, steps, note, b0, b1 in rows:
+    for (method, frac), (steps, note, row_bws) in merged.items():
         fracs = [frac] if frac is not None else sorted(tier_time, reverse=True)
         for f in fracs:
             t = ob.median([s[0] for s in steps])
             b = ob.median([s[1] for s in steps])
             cached = max(s[2] for s in steps) if steps else float("nan")
-            bw = (b0 + b1) / 2 if b0 and b1 else (b0 or b1)
+            bw = sum(row_bws) / len(row_bws) if row_bws else None
             bound = b / bw if bw else float("nan")
             ratio = t / tier_time[f] if f in tier_time and t else float("nan")
             print(
@@ -165,7 +176,8 @@ def main():
                         f"{100 * sc:.2f}% cached when it began"
                     )
     print(
-        "bound s: MB/token / fio GB/s (mean of the fio runs before and after the row); "
+        "bound s: MB/token / fio GB/s (mean of the fio runs before and after the row's "
+        "runs); "
         "bound/t: disk bound / measured (1.0 = at the disk bound); x tierlm: method's s/token"
         " / tierlm's s/token at the same budget (per-layer streaming is budget-free: compared"
         " with tierlm at each budget)"
