@@ -1,11 +1,15 @@
 """Offloaded decode: tierlm's streaming weight store against accelerate's disk offload and
 per-layer streaming (AirLLM's method), at host budgets of 50% and 25% of the weight bytes.
 
-The page cache of every weight file is dropped before each decode step for every method
-(posix_fadvise DONTNEED, not timed): tierlm reads with O_DIRECT, the baselines through mmap.
+Cold for every method: before each decode step (not timed) the method's weight files are
+unmapped from the process's page tables (madvise PAGEOUT/DONTNEED on their /proc/self/maps
+ranges: accelerate keeps its offload files and safetensors memory-mapped, where
+posix_fadvise alone cannot evict them) and dropped from the page cache (posix_fadvise
+DONTNEED); mincore then checks residency (column cached%). tierlm reads with O_DIRECT.
 Columns: decode s/token (median of the decode steps), bytes the process read from disk per
 token (/proc/self/io), the disk bound (bytes per token / fio's random-read bandwidth at
-8 MiB blocks, tierlm's request size; io_uring, O_DIRECT, QD 32), and ratios.
+8 MiB blocks, tierlm's request size; io_uring, O_DIRECT, QD 32, measured before and after
+each row since the disk is shared), and ratios.
 
     python bench/bench_offload.py [--layers 12] [--hidden 2048] [--new-tokens 4] [--dir DIR]
 """
@@ -22,20 +26,23 @@ import offload_baselines as ob  # noqa: E402
 import tierlm  # noqa: E402
 
 
-def tierlm_decode(pkg, budget, prompt_ids, new_tokens, files):
+def tierlm_decode(pkg, budget, prompt_ids, new_tokens, files, ring_sections=0):
     """Decode steps (seconds, bytes read) and token ids of tierlm at a host budget."""
-    model = tierlm.load(pkg, budget={"host": budget}, max_context=len(prompt_ids) + new_tokens)
+    model = tierlm.load(
+        pkg,
+        budget={"host": budget},
+        max_context=len(prompt_ids) + new_tokens,
+        ring_sections=ring_sections,
+    )
     ob.drop_page_cache(files)
     stamps, untimed, ids = [], 0.0, []
     for token in model.stream(prompt_ids, max_new_tokens=new_tokens, stop_at_eos=False):
         ids.append(token.id)
         start = time.perf_counter()
-        ob.drop_page_cache(files)
+        cached = ob.drop_page_cache(files)
         untimed += time.perf_counter() - start
-        stamps.append((time.perf_counter(), untimed, ob.process_read_bytes()))
-    steps = []
-    for (t0, u0, b0), (t1, u1, b1) in zip(stamps, stamps[1:], strict=False):
-        steps.append(((t1 - t0) - (u1 - u0), b1 - b0))
+        stamps.append((time.perf_counter(), untimed, ob.process_read_bytes(), cached))
+    steps = ob.decode_steps(stamps)
     s = model.stats()
     info = {
         "placement": model.placement(),
@@ -43,6 +50,7 @@ def tierlm_decode(pkg, budget, prompt_ids, new_tokens, files):
         "wait": s["io_wait_seconds"],
         "busy": s["read_busy_seconds"],
         "backend": s["io_backend"],
+        "chunk_waits": s.get("chunk_waits", 0),
         "direct": s["io_direct"],
     }
     del model
@@ -60,6 +68,10 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=4, help="decode steps = this - 1")
     parser.add_argument("--budgets", default="0.5,0.25")
     parser.add_argument("--skip", default="", help="comma list: accelerate,layers")
+    parser.add_argument("--ring-sections", type=int, default=0, help="tierlm's (0 = auto)")
+    parser.add_argument("--fio-seconds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every row, interleaved")
+    parser.add_argument("--verbose", action="store_true", help="print every decode step")
     args = parser.parse_args()
 
     root = Path(args.dir)
@@ -73,71 +85,102 @@ def main():
     hf_files = [str(p) for p in hf.glob("*.safetensors")]
     pkg_files = [str(p) for p in pkg.glob("*.bin")]
     biggest = max(pkg_files, key=os.path.getsize)
-    bandwidth = ob.fio_read_bandwidth(biggest, block="8M", depth=32, seconds=3)
     prompt_ids = [(7 * i + 3) % args.vocab for i in range(args.prompt)]
     skip = set(filter(None, args.skip.split(",")))
 
-    rows = []
-    tierlm_ids = None
-    per_layer = None
-    if "layers" not in skip:
-        steps, _ids = ob.layer_streaming_decode(str(hf), prompt_ids, args.new_tokens, hf_files)
-        per_layer = steps
-    for frac in [float(f) for f in args.budgets.split(",")]:
-        budget = int(weight_bytes * frac)
-        steps, ids, info = tierlm_decode(str(pkg), budget, prompt_ids, args.new_tokens, pkg_files)
-        if tierlm_ids is None:
-            tierlm_ids = ids
-        same = (
-            "ids == first tierlm row" if ids == tierlm_ids else "ids DIFFER from first tierlm row"
-        )
-        p = info["placement"]
-        note = (
-            f"{p['sections']} sections x {p['section_bytes'] / 2**20:.0f} MiB, "
-            f"{len(p['resident_layers'])}/{args.layers} layers resident, {info['backend']}"
-            f"{' O_DIRECT' if info['direct'] else ''}, peak {info['peak'] / 2**20:.0f} MiB, "
-            f"overlap {100 * (1 - info['wait'] / info['busy']) if info['busy'] else 100:.0f}%"
-            f", {same}"
-        )
-        rows.append(("tierlm", frac, steps, note))
-        if "accelerate" not in skip:
-            offload = root / f"accelerate-offload-{frac}"
-            steps = ob.accelerate_decode(
-                str(hf), budget, offload, prompt_ids, args.new_tokens, hf_files
-            )
-            rows.append(("accelerate disk offload", frac, steps, "device_map=auto, max_memory"))
-        if per_layer is not None:
-            rows.append(("per-layer streaming", frac, per_layer, "no overlap, budget-free"))
+    def fio():
+        # The disk is shared: measure its bandwidth next to every row, not once.
+        return ob.fio_read_bandwidth(biggest, block="8M", depth=32, seconds=args.fio_seconds)
 
+    rows = []  # (method, budget fraction, steps, note, fio bandwidth before, after)
+    tierlm_ids = None
+    # Rounds interleave the methods, so a slow spell of the shared disk hits all of them.
+    for _round in range(args.rounds):
+        if "layers" not in skip:
+            bw0 = fio()
+            steps, _ids = ob.layer_streaming_decode(str(hf), prompt_ids, args.new_tokens, hf_files)
+            rows.append(("per-layer streaming", None, steps, "no overlap, budget-free", bw0, fio()))
+        for frac in [float(f) for f in args.budgets.split(",")]:
+            budget = int(weight_bytes * frac)
+            bw0 = fio()
+            steps, ids, info = tierlm_decode(
+                str(pkg), budget, prompt_ids, args.new_tokens, pkg_files, args.ring_sections
+            )
+            bw1 = fio()
+            if tierlm_ids is None:
+                tierlm_ids = ids
+            same = "ids == first tierlm row" if ids == tierlm_ids else "ids DIFFER from first row"
+            p = info["placement"]
+            note = (
+                f"{p['sections']} sections x {p['section_bytes'] / 2**20:.0f} MiB "
+                f"({p['chunks']} chunks/token), {len(p['resident_layers'])}/{args.layers} layers "
+                f"resident, {info['backend']}{' O_DIRECT' if info['direct'] else ''}, peak "
+                f"{info['peak'] / 2**20:.0f} MiB, overlap "
+                f"{100 * (1 - info['wait'] / info['busy']) if info['busy'] else 100:.0f}%, {same}"
+            )
+            rows.append(("tierlm", frac, steps, note, bw0, bw1))
+            if "accelerate" not in skip:
+                offload = root / f"accelerate-offload-{frac}"
+                steps, offloaded = ob.accelerate_decode(
+                    str(hf), budget, offload, prompt_ids, args.new_tokens, hf_files
+                )
+                note = f"device_map=auto, max_memory, {len(offloaded)} offload files"
+                rows.append(("accelerate disk offload", frac, steps, note, bw1, fio()))
+
+    merged = {}  # (method, fraction) -> [steps, note, fio bandwidths], rounds pooled
+    for method, frac, steps, note, b0, b1 in rows:
+        entry = merged.setdefault((method, frac), [[], note, []])
+        entry[0].extend(steps)
+        entry[2].extend(b for b in (b0, b1) if b)
+        if "DIFFER" in note:
+            entry[1] = note
+    bws = [b for row in rows for b in row[4:] if b]
     print(
         f"\nmodel: random Llama bf16, hidden {args.hidden}, {args.layers} layers, ffn "
         f"{args.intermediate}, vocab {args.vocab}: {weight_bytes / 1e9:.2f} GB of weights; "
-        f"prompt {args.prompt} tokens, {args.new_tokens - 1} decode steps, page cache dropped "
-        f"before each step; fio 8 MiB randread QD32: "
-        + (f"{bandwidth / 1e9:.2f} GB/s" if bandwidth else "unavailable")
+        f"prompt {args.prompt} tokens, {args.new_tokens - 1} decode steps x {args.rounds} "
+        "rounds (median); before "
+        "every step each method's weight files are unmapped (madvise) and dropped from the "
+        "page cache (fadvise), residency checked with mincore (cached%: the most seen); "
+        "fio 8 MiB randread QD32 O_DIRECT before and after each row: "
+        + (f"{min(bws) / 1e9:.2f}-{max(bws) / 1e9:.2f} GB/s" if bws else "unavailable")
     )
     header = (
-        f"{'method':<24} {'budget':>6} {'s/token':>8} {'MB/token':>9} {'bound s':>8} "
-        f"{'bound/t':>8} {'tierlm x':>8}  notes"
+        f"{'method':<24} {'budget':>6} {'s/token':>8} {'MB/token':>9} {'cached%':>7} "
+        f"{'fio GB/s':>8} {'bound s':>8} {'bound/t':>8} {'x tierlm':>8}  notes"
     )
     print(header)
     print("-" * len(header))
     tier_time = {}
-    for method, frac, steps, note in rows:
-        t = ob.median([s for s, _ in steps])
-        b = ob.median([b for _, b in steps])
+    for (method, frac), (steps, _note, _bws) in merged.items():
         if method == "tierlm":
-            tier_time[frac] = t
-        bound = b / bandwidth if bandwidth else float("nan")
-        speed = tier_time.get(frac, float("nan")) / t if t else float("nan")
-        print(
-            f"{method:<24} {int(frac * 100):>5}% {t:>8.3f} {b / 1e6:>9.1f} {bound:>8.3f} "
-            f"{bound / t if t else float('nan'):>8.2f} {1 / speed if speed else float('nan'):>8.2f}"
-            f"  {note}"
-        )
+            tier_time[frac] = ob.median([s[0] for s in steps])
+    for (method, frac), (steps, note, row_bws) in merged.items():
+        fracs = [frac] if frac is not None else sorted(tier_time, reverse=True)
+        for f in fracs:
+            t = ob.median([s[0] for s in steps])
+            b = ob.median([s[1] for s in steps])
+            cached = max(s[2] for s in steps) if steps else float("nan")
+            bw = sum(row_bws) / len(row_bws) if row_bws else None
+            bound = b / bw if bw else float("nan")
+            ratio = t / tier_time[f] if f in tier_time and t else float("nan")
+            print(
+                f"{method:<24} {int(f * 100):>5}% {t:>8.3f} {b / 1e6:>9.1f} {100 * cached:>6.1f}%"
+                f" {bw / 1e9 if bw else float('nan'):>8.2f} {bound:>8.3f} "
+                f"{bound / t if t else float('nan'):>8.2f} {ratio:>8.2f}  {note}"
+            )
+            if args.verbose:
+                for i, (st, sb, sc) in enumerate(steps):
+                    print(
+                        f"    step {i}: {st:.3f} s, {sb / 1e6:.1f} MB read, weight files "
+                        f"{100 * sc:.2f}% cached when it began"
+                    )
     print(
-        "bound/t: disk bound / measured (1.0 = at the disk bound); tierlm x: method's s/token"
-        " / tierlm's s/token at the same budget"
+        "bound s: MB/token / fio GB/s (mean of the fio runs before and after the row's "
+        "runs); "
+        "bound/t: disk bound / measured (1.0 = at the disk bound); x tierlm: method's s/token"
+        " / tierlm's s/token at the same budget (per-layer streaming is budget-free: compared"
+        " with tierlm at each budget)"
     )
 
 

@@ -3,11 +3,15 @@
 - HF accelerate disk offload: device_map + max_memory + offload_folder.
 - Per-layer streaming without overlap (AirLLM's method): read one layer's weights from
   safetensors, compute, free, next layer.
-Both read through the page cache, so the caller drops it before every decode step.
+Both read through the page cache (and accelerate keeps files memory-mapped), so before every
+decode step the weight files are unmapped from the page tables and dropped from the page
+cache (drop_page_cache), and their residency is checked with mincore.
 """
 
 import contextlib
+import ctypes
 import json
+import mmap
 import os
 import time
 from pathlib import Path
@@ -17,15 +21,82 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MADV_DONTNEED = 4
+_MADV_PAGEOUT = 21  # Linux 5.4+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _mappings(paths):
+    """(start, end, perms) of this process's mappings of the given files (/proc/self/maps)."""
+    real = {os.path.realpath(p) for p in paths}
+    out = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and parts[5].rstrip("\n") in real:
+                start, end = (int(x, 16) for x in parts[0].split("-"))
+                out.append((start, end, parts[1]))
+    return out
+
 
 def drop_page_cache(paths):
-    """posix_fadvise(DONTNEED) on every file: the next read goes to the disk."""
+    """Makes the next read of every file go to the disk, even where the process keeps it
+    memory-mapped (accelerate's offload .dat files, safetensors): the file's mappings are
+    unmapped from the page tables (madvise PAGEOUT, then DONTNEED where no private copy can
+    be lost), dirty pages written back, and the page cache dropped (posix_fadvise DONTNEED).
+    Returns the files' page-cache residency afterwards (fraction, 0..1)."""
+    for start, end, perms in _mappings(paths):
+        _libc.madvise(start, end - start, _MADV_PAGEOUT)
+        if "w" not in perms or "s" in perms:  # a private writable page may hold a copy
+            _libc.madvise(start, end - start, _MADV_DONTNEED)
     for path in paths:
         fd = os.open(path, os.O_RDONLY)
         try:
+            os.fdatasync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+    return residency(paths)
+
+
+def residency(paths):
+    """Fraction of the files' pages in the page cache (mincore on a fresh read-only mapping,
+    which reports the page cache as root or as the file's owner)."""
+    resident = total = 0
+    for path in paths:
+        size = os.path.getsize(path)
+        if size == 0:
+            continue
+        pages = -(-size // _PAGE)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+            if addr in (None, ctypes.c_void_p(-1).value):
+                raise OSError(ctypes.get_errno(), f"mmap of {path} failed")
+            try:
+                vec = (ctypes.c_ubyte * pages)()
+                if _libc.mincore(addr, size, vec) != 0:
+                    raise OSError(ctypes.get_errno(), f"mincore of {path} failed")
+                resident += sum(b & 1 for b in bytes(vec))
+            finally:
+                _libc.munmap(addr, size)
+        finally:
+            os.close(fd)
+        total += pages
+    return resident / total if total else 0.0
 
 
 def process_read_bytes():
@@ -117,20 +188,34 @@ class _DropCacheStreamer:
 
     def put(self, _value):
         start = time.perf_counter()
-        drop_page_cache(self.paths)
+        cached = drop_page_cache(self.paths)
         self.untimed += time.perf_counter() - start
-        self.stamps.append((time.perf_counter(), self.untimed, process_read_bytes()))
+        self.stamps.append((time.perf_counter(), self.untimed, process_read_bytes(), cached))
 
     def end(self):
         pass
 
 
-def _decode_steps(stamps):
-    """Seconds and disk bytes of each decode step from streamer stamps (first = prompt)."""
+def decode_steps(stamps):
+    """(seconds, disk bytes, page-cache residency of the weight files when the step began) of
+    each decode step from stamps (time, untimed so far, read bytes, residency); the first
+    stamp ends the prompt."""
     steps = []
-    for (t0, u0, b0), (t1, u1, b1) in zip(stamps[1:], stamps[2:], strict=False):
-        steps.append(((t1 - t0) - (u1 - u0), b1 - b0))
+    for (t0, u0, b0, c0), (t1, u1, b1, _c1) in zip(stamps, stamps[1:], strict=False):
+        steps.append(((t1 - t0) - (u1 - u0), b1 - b0, c0))
     return steps
+
+
+def _keep_in_ram(model):
+    """Copies the parameters accelerate placed on the CPU into anonymous memory, so dropping
+    the weight files' page cache only evicts what it offloaded (its CPU budget is RAM; mapped
+    safetensors pages would otherwise be re-read each step and count against it)."""
+    with torch.no_grad():
+        for module in model.modules():
+            tensors = list(module._parameters.values()) + list(module._buffers.values())
+            for tensor in tensors:
+                if tensor is not None and tensor.device.type == "cpu":
+                    tensor.data = tensor.data.clone()
 
 
 def accelerate_decode(model_dir, budget_bytes, offload_dir, prompt_ids, new_tokens, files):
@@ -144,6 +229,7 @@ def accelerate_decode(model_dir, budget_bytes, offload_dir, prompt_ids, new_toke
         offload_folder=str(offload_dir),
         dtype=torch.bfloat16,
     )
+    _keep_in_ram(model)
     offloaded = [str(p) for p in Path(offload_dir).rglob("*") if p.is_file()]
     streamer = _DropCacheStreamer(list(files) + offloaded)
     drop_page_cache(streamer.paths)
@@ -156,7 +242,7 @@ def accelerate_decode(model_dir, budget_bytes, offload_dir, prompt_ids, new_toke
             streamer=streamer,
         )
     del model
-    return _decode_steps(streamer.stamps)
+    return decode_steps(streamer.stamps[1:]), offloaded
 
 
 def layer_streaming_decode(model_dir, prompt_ids, new_tokens, files):
@@ -221,14 +307,14 @@ def layer_streaming_decode(model_dir, prompt_ids, new_tokens, files):
             position += ids.shape[1]
             ids = torch.tensor([[tokens[-1]]])
             start = time.perf_counter()
-            drop_page_cache(files)
+            cached = drop_page_cache(files)
             untimed = time.perf_counter() - start
-            stamps.append((time.perf_counter(), untimed, process_read_bytes()))
+            stamps.append((time.perf_counter(), untimed, process_read_bytes(), cached))
     cumulative, total = [], 0.0
-    for t, u, b in stamps:
+    for t, u, b, c in stamps:
         total += u
-        cumulative.append((t, total, b))
-    return _decode_steps([cumulative[0]] + cumulative), tokens
+        cumulative.append((t, total, b, c))
+    return decode_steps(cumulative), tokens
 
 
 def fio_read_bandwidth(path, block="1M", depth=32, seconds=5):

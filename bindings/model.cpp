@@ -64,6 +64,8 @@ nb::dict model_stats_dict(const ModelStats& s) {
   d["io_wait_seconds"] = s.io_wait_seconds;
   d["read_busy_seconds"] = s.read_busy_seconds;
   d["layer_waits"] = s.layer_waits;
+  d["chunk_waits"] = s.chunk_waits;
+  d["row_bytes_read"] = s.row_bytes_read;
   d["ring_restarts"] = s.ring_restarts;
   d["io_direct"] = s.io_direct;
   d["io_registered"] = s.io_registered;
@@ -101,10 +103,12 @@ nb::dict placement_dict(const WeightPlacementInfo& p) {
   d["streamed_bytes"] = p.streamed_bytes;
   d["minimum_budget"] = p.minimum_budget;
   d["sections"] = p.sections;
+  d["chunks"] = p.chunks;
   d["resident_layers"] = p.resident_layers;
   d["streamed_layers"] = p.streamed_layers;
   d["streamed_tensors"] = p.streamed_tensors;
   d["pinned_tensors"] = p.pinned_tensors;
+  d["row_tensors"] = p.row_tensors;
   return d;
 }
 

@@ -390,6 +390,18 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
              sparse_plan.dense_tensors.end();
     });
   }
+  // Tables only token embeddings read can be read by rows on demand when streaming.
+  std::vector<std::string> row_tensors;
+  for (const GraphOp& op : p.graph.ops) {
+    if (op.kind != OpKind::kOpEmbedding) continue;
+    const std::string name = weight_name(op);
+    bool only_rows = true;
+    for (const GraphOp& other : p.graph.ops) {
+      if (other.kind != OpKind::kOpEmbedding && (weight_name(other) == name || other.bias == name))
+        only_rows = false;
+    }
+    if (only_rows) row_tensors.push_back(name);
+  }
 
   // Memory: buffers and plan for a chunk, KV cache for the context.
   BufferAssignment assignment = assign_buffers(p, m.chunk, m.context, m.max_batch);
@@ -446,7 +458,8 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     m.placement.resident_bytes = weight_bytes;
     m.placement.base_bytes = weight_bytes;
   } else {
-    const detail::WeightPlacement probe = detail::weight_placement(p, names, 0, 0);
+    const detail::WeightPlacement probe =
+        detail::weight_placement(p, names, 0, 0, row_tensors, m.chunk);
     const uint64_t minimum = probe.minimum() + fixed;
     TIERLM_CHECK(fixed <= options.host_budget, kErrorBudget, "host tier: the KV cache (",
                  format_bytes(kv_bytes), " for ", m.max_batch, " x ", m.context,
@@ -460,13 +473,14 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
                  "host tier: streaming the weights "
                  "needs a host budget of at least ",
                  format_bytes(minimum), " (", minimum, " bytes: resident norms/embeddings/lm_head ",
-                 format_bytes(probe.base_bytes), " + one staging section ",
+                 format_bytes(probe.base_bytes), " + one staging section (the largest matrix) ",
                  format_bytes(probe.section_bytes), " + KV cache ", format_bytes(kv_bytes),
                  " + activations ", format_bytes(arena_bytes), sparse_part,
                  ") but the host budget is ", format_bytes(options.host_budget),
                  "; raise the host budget or lower max_context");
-    const detail::WeightPlacement placement = detail::weight_placement(
-        p, names, options.host_budget - fixed, static_cast<int>(options.ring_sections));
+    const detail::WeightPlacement placement =
+        detail::weight_placement(p, names, options.host_budget - fixed,
+                                 static_cast<int>(options.ring_sections), row_tensors, m.chunk);
     m.host = std::make_unique<HostTier>(options.host_budget, options.lock);
     auto store = detail::weight_store_streaming(p, *m.host, names, placement, store_options);
     m.stream = store.get();
@@ -479,6 +493,8 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     info.ring_bytes = placement.ring_bytes;
     info.streamed_bytes = placement.streamed_bytes;
     info.sections = placement.sections;
+    info.chunks = placement.chunks;
+    info.row_tensors = placement.row_tensors;
     info.resident_layers = placement.resident_layers;
     info.streamed_layers = placement.streamed_layers;
     info.pinned_tensors = placement.pinned_tensors;
@@ -497,7 +513,8 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     }
   }
   if (!m.placement.streaming) {
-    m.placement.minimum_budget = detail::weight_placement(p, names, 0, 0).minimum() + fixed;
+    m.placement.minimum_budget =
+        detail::weight_placement(p, names, 0, 0, row_tensors, m.chunk).minimum() + fixed;
   }
   m.kv = m.host->allocate(std::max<uint64_t>(kv_floats * sizeof(float), 1));
   std::memset(m.kv.data(), 0, m.kv.size());
@@ -697,7 +714,14 @@ void Model::Impl::run_op(const ExecOp& op, const int32_t* tokens, int64_t n) {
   }
   switch (op.kind) {
     case OpKind::kOpEmbedding:
-      kernel_embedding(w(op.weight), op.dtype, tokens, rows, width, op.out);
+      if (const void* const* table_rows = weights->rows(op.weight, tokens, rows)) {
+        const int32_t zero = 0;  // each pointer is a one-row table
+        for (size_t i = 0; i < rows; ++i) {
+          kernel_embedding(table_rows[i], op.dtype, &zero, 1, width, op.out + i * width);
+        }
+      } else {
+        kernel_embedding(w(op.weight), op.dtype, tokens, rows, width, op.out);
+      }
       break;
     case OpKind::kOpPositionEmbedding: {
       for (size_t i = 0; i < rows; ++i) shifted[i] = positions[i] + static_cast<int32_t>(op.offset);
@@ -810,6 +834,7 @@ void Model::Impl::run_rows(const int32_t* tokens, int64_t n) {
       weights->begin_layer(layer);
     }
     run_op(op, tokens, n);
+    if (op.weight >= 0) weights->release(op.weight);  // a streaming store reuses its section
   }
   if (layer != INT_MIN) weights->end_layer(layer);
   if (sparse) sparse->end_batch(static_cast<size_t>(n));
@@ -958,6 +983,8 @@ ModelStats Model::stats() const {
     s.io_wait_seconds = ss.io_wait_seconds;
     s.read_busy_seconds = ss.read_busy_seconds;
     s.layer_waits = ss.layer_waits;
+    s.chunk_waits = ss.chunk_waits;
+    s.row_bytes_read = ss.row_bytes_read;
     s.ring_restarts = ss.ring_restarts;
     s.io_direct = ss.direct;
     s.io_registered = ss.registered;

@@ -318,13 +318,15 @@ class Model:
         return s
 
     def placement(self):
-        """Where the weights live: {"streaming", "resident_bytes", "section_bytes", "sections",
+        """Where the weights live: {"streaming", "resident_bytes", "section_bytes" (the largest
+        streamed matrix), "sections", "chunks" (section-sized reads per forward pass),
         "ring_bytes", "streamed_bytes" (read per forward pass), "minimum_budget",
-        "resident_layers", "streamed_layers", "streamed_tensors", ...}."""
+        "resident_layers", "streamed_layers", "streamed_tensors", "pinned_tensors",
+        "row_tensors" (embedding tables read by rows on demand), ...}."""
         return self._native.placement()
 
     def stream_events(self):
-        """One entry per streamed layer's begin: {"t", "wait", "layer", "bytes_read"} lists
+        """One entry per streamed layer, at its end: {"t", "wait", "layer", "bytes_read"} lists
         (seconds since load, seconds waited for its reads, layer, streamed bytes so far)."""
         return self._native.stream_events()
 
@@ -369,16 +371,18 @@ def load(
     for the machine's default. verify: check every tensor's CRC-32 while reading.
     max_context: KV cache tokens (default: the model's max_positions).
     max_batch: sequences generate_batch decodes together (each gets its own KV cache).
-    When the weights do not fit the host budget (with the KV cache and activations), layers
-    are streamed from the package files through a ring of ring_sections staging sections
-    (0 = auto); model.placement() says which. A budget below the minimum raises BudgetError.
+    When the weights do not fit the host budget (with the KV cache and activations), matrices
+    are streamed from the package files through a ring of ring_sections staging sections of
+    one matrix each (0 = auto), and the embedding table is read by rows on demand;
+    model.placement() says which. A budget below the minimum raises BudgetError.
     sparse: sparse-neuron flash loading (a package exported with --sparse, with predictors):
     the FFN matrices are not loaded; per token only the predicted neurons' bundled rows are
     read into a host-tier neuron cache holding the neurons of the last sparse_window tokens
     (1 = no window); sparse_bundled=False reads each neuron's up and down parts apart without
     coalescing (the paper's ablation); sparse_capacity: cached neurons per layer (0 = auto
-    from the predictors' predicted density x window x 1.5). Caches, staging and predictors
-    count against the host budget.
+    from the predictors' predicted density x window x 1.5, or x 1 token when the window's
+    caches would push weights out of residency). Caches, staging and predictors count
+    against the host budget.
     """
     budgets = _budgets(budget)
     native = _core.Model.load(

@@ -72,9 +72,14 @@ def test_streamed_tokens_equal_resident(llama, backend, which):
     assert placement["streaming"], placement
     assert placement["streamed_layers"], placement
     assert placement["sections"] >= 1
+    layer_bytes = placement["streamed_bytes"] / len(placement["streamed_layers"])
+    # Sections hold one matrix, not a layer: several chunks per streamed layer.
+    assert placement["section_bytes"] < layer_bytes
+    assert placement["chunks"] > len(placement["streamed_layers"])
     if which == "minimum":
         assert placement["sections"] == 1
         assert placement["resident_layers"] == []
+        assert placement["ring_bytes"] < layer_bytes  # the ring is smaller than one layer
     elif which == 0.5:
         assert placement["sections"] >= 2
         assert placement["pinned_tensors"]  # leftover budget keeps some matrices resident
@@ -91,6 +96,7 @@ def test_streamed_tokens_equal_resident(llama, backend, which):
     assert s["layer_waits"] % len(placement["streamed_layers"]) == 0
     assert passes == NEW_TOKENS  # 1 prefill chunk + NEW_TOKENS - 1 decode steps
     assert s["stream_bytes_read"] == passes * placement["streamed_bytes"]
+    assert s["chunk_waits"] == passes * placement["chunks"]
     assert result.stats["bytes_read_per_token"] == placement["streamed_bytes"]
     assert 0.0 <= result.stats["overlap_pct"] <= 100.0
     # The budget holds: tier peak, and the process did not grow beyond a fixed overhead.
@@ -154,3 +160,38 @@ def test_cli_generate_json_verbose_timeline(llama, tmp_path, capsys):
     assert out["placement"]["sections"] == 1
     assert "streamed layers 0-7" in captured.err and "ring: 1 staging sections" in captured.err
     assert png.stat().st_size > 10_000
+
+
+def test_embedding_rows_on_demand_lower_the_minimum(tmp_path, backend):
+    # vocab 4099 (prime) x hidden 200 bf16: a 1.6 MB table; 40 rows of 8 KiB buffers are less.
+    _, pkg = package(
+        "llama",
+        str(tmp_path),
+        dtype="bf16",
+        vocab_size=4099,
+        num_hidden_layers=2,
+        max_position_embeddings=40,
+    )
+    ids = prompt(13, vocab=4099)
+    resident = tierlm.load(pkg)
+    ref = resident.generate(ids, max_new_tokens=5, stop_at_eos=False).output_ids
+    table = pages(4099 * 200 * 2)
+    minimum = resident.placement()["minimum_budget"]
+    model = tierlm.load(pkg, budget={"host": minimum})
+    p = model.placement()
+    assert p["row_tensors"] == ["embed.weight"]
+    rows = 40 * 8192  # max_rows = the prefill chunk (the 40-token context), 2 pages each
+    # The minimum counts the row buffers, not the table.
+    assert minimum <= p["base_bytes"] + p["section_bytes"] + pages(
+        model.stats()["kv_bytes"]
+    ) + pages(model.stats()["arena_bytes"])
+    # lm_head stays whole; the embedding table (the same size) is replaced by its row buffers.
+    assert table + rows <= p["base_bytes"] < 2 * table
+    out = model.generate(ids, max_new_tokens=5, stop_at_eos=False)
+    assert out.output_ids == ref
+    s = model.stats()
+    tokens = len(ids) + 5 - 1  # the prompt, then one row per decode step
+    assert 400 * tokens <= s["row_bytes_read"] <= 8192 * tokens
+    assert s["host"]["peak"] <= minimum
+    with pytest.raises(tierlm.BudgetError):
+        tierlm.load(pkg, budget={"host": minimum - 1})

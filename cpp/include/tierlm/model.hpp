@@ -23,8 +23,9 @@ struct ModelOptions {
   int64_t prefill_chunk = 0;          // tokens per prefill batch; 0 = a stored plan's or 256
   bool lock = true;                   // mlock host buffers where RLIMIT_MEMLOCK allows
   int64_t max_batch = 1;              // sequences decoded together (KV cache slots)
-  // Streaming (weights larger than the host budget): staging sections of the prefetch ring;
-  // 0 = auto (2 when the budget allows, else 1).
+  // Streaming (weights larger than the host budget): staging sections of the prefetch ring, each
+  // the size of the largest streamed matrix; 0 = auto (about 64 MiB of sections, at least 2
+  // when the budget allows, else 1).
   int64_t ring_sections = 0;
   // Sparse-neuron flash loading (docs/sparse.md; needs a package exported with --sparse and
   // predictors): the FFN up/down matrices are neither resident nor streamed; per token a
@@ -42,16 +43,18 @@ struct WeightPlacementInfo {
   bool streaming = false;
   uint64_t resident_bytes = 0;  // weights kept in the host tier
   uint64_t base_bytes = 0;      // layer -1 tensors and 1-D tensors (norms, biases)
-  uint64_t section_bytes = 0;   // one staging section (the largest streamed layer)
+  uint64_t section_bytes = 0;   // one staging section (the largest streamed matrix)
   uint64_t ring_bytes = 0;
   uint64_t streamed_bytes = 0;  // read from disk per forward pass
   uint64_t minimum_budget =
       0;  // least host budget that loads (resident set + KV + arena + 1 section)
   int64_t sections = 0;
+  int64_t chunks = 0;  // section-sized groups of streamed matrices read per forward pass
   std::vector<int> resident_layers;
   std::vector<int> streamed_layers;
   std::vector<std::string> streamed_tensors;
   std::vector<std::string> pinned_tensors;  // matrices of streamed layers kept resident
+  std::vector<std::string> row_tensors;     // embedding tables read by rows on demand
 };
 
 struct StreamEventInfo {
@@ -96,6 +99,9 @@ struct ModelStats {
   double io_wait_seconds = 0.0;
   double read_busy_seconds = 0.0;
   uint64_t layer_waits = 0;
+  uint64_t chunk_waits = 0;
+  uint64_t row_bytes_read = 0;  // embedding rows read on demand  // streamed chunks waited for (a
+                                // chunk: section-sized matrices)
   uint64_t ring_restarts = 0;
   bool io_direct = false;
   bool io_registered = false;

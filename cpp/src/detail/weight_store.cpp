@@ -77,7 +77,7 @@ class ResidentWeightStore final : public WeightStore {
     return it->second;
   }
   const TensorInfo& info(int index) const override { return tensors_[index]; }
-  const void* data(int index) const override { return data_[index]; }
+  const void* data(int index) override { return data_[index]; }
   void begin_layer(int) override {}
   void end_layer(int) override {}
   WeightStoreStats stats() const override { return stats_; }

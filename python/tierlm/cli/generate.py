@@ -203,12 +203,18 @@ def print_placement(model, out):
         f"streamed layers {_ranges(p['streamed_layers'])} "
         f"({format_size(p['streamed_bytes'])} read per token, "
         f"{len(p['streamed_tensors'])} tensors; {len(p['pinned_tensors'])} matrices of "
-        "streamed layers kept resident)",
+        "streamed layers kept resident)"
+        + (
+            f"; rows on demand: {', '.join(p['row_tensors'])} (only the tokens' rows are read)"
+            if p["row_tensors"]
+            else ""
+        ),
         file=out,
     )
     print(
         f"ring: {p['sections']} staging sections x {format_size(p['section_bytes'])} = "
-        f"{format_size(p['ring_bytes'])}; KV cache {format_size(s['kv_bytes'])}, "
+        f"{format_size(p['ring_bytes'])} ({p['chunks']} chunks per token); "
+        f"KV cache {format_size(s['kv_bytes'])}, "
         f"activations {format_size(s['arena_bytes'])}; host budget "
         f"{format_size(s['host']['budget'])} (minimum {format_size(p['minimum_budget'])})",
         file=out,

@@ -1,7 +1,8 @@
 // Where the executor gets weight bytes from, one transformer layer at a time.
-// The executor brackets each layer's ops with begin_layer / end_layer and asks data(tensor)
-// in between, so a store may keep every layer resident (ResidentWeightStore, today) or stream
-// layers through a ring of host staging sections while earlier layers compute (issue 4).
+// The executor brackets each layer's ops with begin_layer / end_layer, asks data(tensor) for
+// an op's weights and release(tensor) after the op, so a store may keep every layer resident
+// (ResidentWeightStore) or stream tensors through a ring of host staging sections smaller than
+// a layer while earlier tensors compute (issue 4).
 #pragma once
 
 #include <cstdint>
@@ -31,11 +32,21 @@ class WeightStore {
   // Stable index of a tensor the graph uses; throws kErrorNotFound when the store lacks it.
   virtual int index(const std::string& name) const = 0;
   virtual const TensorInfo& info(int index) const = 0;
-  // The tensor's bytes; valid between begin_layer(info.layer) and end_layer(info.layer), and
-  // always for kGlobalLayer tensors.
-  virtual const void* data(int index) const = 0;
-  // The executor is about to run / has finished the ops of `layer`. A streaming store waits
-  // here for the layer's reads and schedules the next layers'; must not allocate.
+  // The tensor's bytes. Always valid for kGlobalLayer and resident tensors. A streaming store
+  // waits here for a streamed tensor's reads; its bytes then stay valid until release(index)
+  // or end_layer(info.layer), whichever comes first. Must not allocate.
+  virtual const void* data(int index) = 0;
+  // The executor is done with the tensor's bytes for this pass (call once per data() use, after
+  // the op): a streaming store reuses its staging space for the next tensors' reads.
+  virtual void release(int /*index*/) {}
+  // Rows ids[0..n) of a tensor the store reads by rows on demand (a streaming store's embedding
+  // table): one pointer per id, valid until the next rows() call. nullptr when the store holds
+  // the whole tensor (use data()). Must not allocate beyond the I/O futures.
+  virtual const void* const* rows(int /*index*/, const int32_t* /*ids*/, size_t /*n*/) {
+    return nullptr;
+  }
+  // The executor is about to run / has finished the ops of `layer`. end_layer releases what the
+  // layer still holds; must not allocate.
   virtual void begin_layer(int layer) = 0;
   virtual void end_layer(int layer) = 0;
   virtual WeightStoreStats stats() const = 0;
@@ -61,14 +72,22 @@ namespace tierlm::detail {
 // Streaming (issue 4). Placement of a package's weights under a host byte budget for weights:
 // resident = layer -1 tensors, every 1-D tensor (norms, biases) and the first whole layers
 // that fit; the other layers' matrices are read with O_DIRECT through `sections` staging
-// sections of `section_bytes` each (the largest streamed layer), ring order = layer order.
+// sections of `section_bytes` each (the largest streamed matrix). A layer's streamed matrices,
+// in the order the graph uses them, are packed into chunks of at most section_bytes; a chunk is
+// one section's reads, ring order = layer order, then use order.
 struct WeightPlacement {
   uint64_t base_bytes = 0;      // layer -1 + small tensors (always resident)
-  uint64_t section_bytes = 0;   // the largest layer's streamable matrices
-  uint64_t resident_bytes = 0;  // base + resident layers
+  uint64_t section_bytes = 0;   // the largest streamed matrix
+  uint64_t resident_bytes = 0;  // base + resident layers + pinned matrices
   uint64_t ring_bytes = 0;      // sections * section_bytes
   uint64_t streamed_bytes = 0;  // bytes read per pass over the streamed layers
   int sections = 0;
+  int chunks = 0;  // chunks read per pass
+  // Tables read by rows on demand (embeddings): not resident; base_bytes holds their row
+  // buffers instead (max_rows rows each, 4 KiB-aligned spans for O_DIRECT).
+  std::vector<std::string> row_tensors;
+  uint64_t row_buffer_bytes = 0;
+  int64_t max_rows = 0;
   std::vector<int> resident_layers;
   std::vector<int> streamed_layers;
   std::vector<std::string> pinned_tensors;  // matrices of streamed layers kept resident
@@ -76,10 +95,15 @@ struct WeightPlacement {
   uint64_t minimum() const { return base_bytes + section_bytes; }
 };
 
-// Plans placement for `weight_budget` bytes; ring_sections 0 = auto (up to 4, at least 2
-// when the budget allows). Throws kErrorBudget when weight_budget < minimum().
+// Plans placement for `weight_budget` bytes; ring_sections 0 = auto (about 64 MiB of
+// sections, at least 2 when the budget allows, else 1). Below minimum() nothing is planned
+// (streamed_layers empty); the caller refuses with minimum().
+// `row_tensors` may be read by rows on demand, at most `max_rows` rows per forward pass; each
+// is when its row buffers are smaller than the table.
 WeightPlacement weight_placement(const Package& package, const std::vector<std::string>& tensors,
-                                 uint64_t weight_budget, int ring_sections);
+                                 uint64_t weight_budget, int ring_sections,
+                                 const std::vector<std::string>& row_tensors = {},
+                                 int64_t max_rows = 0);
 
 // One entry per begin_layer of a streamed layer, for timelines (kept in a fixed buffer).
 struct StreamEvent {
@@ -98,6 +122,8 @@ struct StreamStats {
   bool registered = false;         // sections registered with the I/O engine
   bool direct = false;             // reads use O_DIRECT
   std::string backend;
+  uint64_t chunk_waits = 0;     // data() calls that waited for a chunk's reads
+  uint64_t row_bytes_read = 0;  // rows read on demand (embedding rows)
 };
 
 class StreamingWeightStore : public WeightStore {
