@@ -26,13 +26,11 @@ import offload_baselines as ob  # noqa: E402
 import tierlm  # noqa: E402
 
 
-def tierlm_decode(pkg, budget, prompt_ids, new_tokens, files, ring_sections=0):
-    """Decode steps (seconds, bytes read) and token ids of tierlm at a host budget."""
+def tierlm_decode(pkg, budget, prompt_ids, new_tokens, files, **options):
+    """Decode steps (seconds, bytes read, residency) and token ids of tierlm at a host budget;
+    options go to tierlm.load (ring_sections, sparse, ...)."""
     model = tierlm.load(
-        pkg,
-        budget={"host": budget},
-        max_context=len(prompt_ids) + new_tokens,
-        ring_sections=ring_sections,
+        pkg, budget={"host": budget}, max_context=len(prompt_ids) + new_tokens, **options
     )
     ob.drop_page_cache(files)
     stamps, untimed, ids = [], 0.0, []
@@ -45,6 +43,8 @@ def tierlm_decode(pkg, budget, prompt_ids, new_tokens, files, ring_sections=0):
     steps = ob.decode_steps(stamps)
     s = model.stats()
     info = {
+        "stats": s,
+        "sparse_tokens": model.sparse_tokens() if s["sparse"] else None,
         "placement": model.placement(),
         "peak": s["host"]["peak"],
         "wait": s["io_wait_seconds"],
@@ -104,7 +104,12 @@ def main():
             budget = int(weight_bytes * frac)
             bw0 = fio()
             steps, ids, info = tierlm_decode(
-                str(pkg), budget, prompt_ids, args.new_tokens, pkg_files, args.ring_sections
+                str(pkg),
+                budget,
+                prompt_ids,
+                args.new_tokens,
+                pkg_files,
+                ring_sections=args.ring_sections,
             )
             bw1 = fio()
             if tierlm_ids is None:

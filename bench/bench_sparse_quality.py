@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="default: the shipped demo model")
     parser.add_argument("--tokens", type=int, default=4096, help="held-out tokens measured")
@@ -31,7 +31,7 @@ def main():
     parser.add_argument("--retrain", action="store_true", help="train predictors afresh")
     parser.add_argument("--rank", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     from tierlm.sparse import DEMO_MODEL_DIR

@@ -1,0 +1,182 @@
+"""Sparse-neuron flash loading (LLM in a flash) at scale: decode speed and bytes read per
+token of dense offload vs sparse loading without window, with window, and with window +
+row-column bundling (the paper's ablation), on an OPT-shaped model of >= 4 GB whose
+activation sparsity is synthetic (90%, 95%, 97% of the FFN neurons off; see
+sparse_synthetic.py), host budget 50% of the weight bytes, page cache dropped before every
+decode step. Then, unless --skip-quality, the quality table of the trained demo model
+(bench_sparse_quality.py: real sparsity, predictor recall/precision, perplexity).
+
+Columns: decode s/token (median of the decode steps), MB the process read from disk per
+token, FFN MB read per token (the sparse rows; dense offload: the FFN matrices streamed),
+the disk bound (streamed bytes per token / fio's random-read bandwidth at 8 MiB, plus sparse
+row bytes per token / fio's bandwidth at the mean sparse request size), and speed relative
+to dense.
+
+    python bench/bench_sparse.py [--layers 40] [--sparsities 0.9,0.95,0.97] [--dir DIR]
+"""
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_offload  # noqa: E402
+import bench_sparse_quality  # noqa: E402
+import offload_baselines as ob  # noqa: E402
+import sparse_synthetic  # noqa: E402
+import tierlm  # noqa: E402
+
+# name, tierlm.load options
+METHODS = [
+    ("dense offload", {}),
+    ("sparse, no window", {"sparse": True, "sparse_window": 1}),
+    ("sparse + window k=4", {"sparse": True, "sparse_window": 4, "sparse_bundled": False}),
+    ("sparse + window + bundles", {"sparse": True, "sparse_window": 4}),
+]
+
+
+def run_method(pkg, budget, prompt_ids, new_tokens, files, options):
+    steps, ids, info = bench_offload.tierlm_decode(
+        pkg, budget, prompt_ids, new_tokens, files, **options
+    )
+    result = {
+        "time": ob.median([s[0] for s in steps]),
+        "bytes": ob.median([s[1] for s in steps]),
+        "cached": max(s[2] for s in steps),
+        "ids": ids,
+        "peak": info["peak"],
+        "decode": len(steps),
+        "placement": info["placement"],
+        "sparse": None,
+    }
+    log = info["sparse_tokens"]
+    if log:  # per token through the FFNs: the last len(steps) are the timed decode steps
+        last = {k: v[-len(steps) :] for k, v in log.items()}
+        predicted, read = sum(last["neurons_predicted"]), sum(last["neurons_read"])
+        result["sparse"] = {
+            "ffn_bytes": ob.median(last["bytes_read"]),
+            "request": sum(last["bytes_read"]) / max(sum(last["requests"]), 1),
+            "predicted": predicted / len(steps),
+            "hit": 1.0 - read / predicted if predicted else 1.0,
+            "capacity": sum(info["stats"]["sparse_capacity"]),
+        }
+    return result
+
+
+def fio_bandwidths(path, blocks):
+    return {b: ob.fio_read_bandwidth(path, block=b, depth=32, seconds=3) for b in blocks}
+
+
+def block_for(request_bytes, bandwidths):
+    """The measured block size closest to the mean request size."""
+    sizes = {"4K": 4096, "8K": 8192, "16K": 16384, "64K": 65536, "8M": 8 << 20}
+    best = min(bandwidths, key=lambda b: abs(sizes[b] - request_bytes))
+    return best, bandwidths[best]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", default="/tmp/tierlm-bench-sparse")
+    parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--layers", type=int, default=40)
+    parser.add_argument("--ffn", type=int, default=8192)
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--rank", type=int, default=64, help="predictor rank")
+    parser.add_argument("--sparsities", default="0.9,0.95,0.97")
+    parser.add_argument("--budget", type=float, default=0.5, help="of the weight bytes")
+    parser.add_argument("--prompt", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=9, help="decode steps = this - 1")
+    parser.add_argument("--keep", action="store_true", help="keep the packages")
+    parser.add_argument("--skip-quality", action="store_true")
+    args = parser.parse_args()
+
+    root = Path(args.dir)
+    sparsities = [float(s) for s in args.sparsities.split(",")]
+    weight_bytes = sparse_synthetic.make_models(
+        root, sparsities, args.hidden, args.layers, args.ffn, args.heads, args.vocab, args.rank
+    )
+    budget = int(weight_bytes * args.budget)
+    ffn_dense = 2 * args.layers * args.ffn * args.hidden * 2  # fc1 + fc2, f16
+    prompt_ids = [(7 * i + 3) % args.vocab for i in range(args.prompt)]
+    bandwidths = None
+    results = []
+    for sparsity in sparsities:
+        hf = sparse_synthetic.variant_dir(root, sparsity)
+        pkg = root / f"pkg-sparse{round(sparsity * 100)}"
+        if not (pkg / "manifest.json").exists():
+            tierlm.export(str(hf), str(pkg), sparse=True, progress=False)
+        files = [str(p) for p in pkg.glob("*.bin")]
+        if bandwidths is None:
+            bandwidths = fio_bandwidths(max(files, key=os.path.getsize), ["4K", "8K", "16K", "8M"])
+        for name, options in METHODS:
+            r = run_method(str(pkg), budget, prompt_ids, args.new_tokens, files, options)
+            results.append((sparsity, name, r))
+            print(f"  {sparsity:.0%} {name}: {r['time']:.3f} s/token", flush=True)
+        if not args.keep:
+            shutil.rmtree(pkg)
+
+    print(
+        f"\nmodel: OPT shape, hidden {args.hidden}, {args.layers} layers, ffn {args.ffn}, vocab "
+        f"{args.vocab}, f16, {weight_bytes / 1e9:.2f} GB of weights; SYNTHETIC sparsity "
+        f"({sparse_synthetic.SYNTHETIC}); predictor rank {args.rank}; host budget "
+        f"{args.budget:.0%} = {budget / 1e9:.2f} GB; prompt {args.prompt} tokens, "
+        f"{args.new_tokens - 1} decode steps, page cache dropped before each step"
+    )
+    print(
+        "fio randread QD32 O_DIRECT: "
+        + ", ".join(f"{b} {v / 1e9:.2f} GB/s" for b, v in bandwidths.items() if v)
+    )
+    header = (
+        f"{'sparsity':>8} {'method':<26} {'s/token':>8} {'MB/token':>9} {'FFN MB/tok':>10} "
+        f"{'FFN %':>6} {'bound s':>8} {'bound/t':>8} {'x dense':>8}  notes"
+    )
+    print(header)
+    print("-" * len(header))
+    dense = {}
+    for sparsity, name, r in results:
+        if name == "dense offload":
+            dense[sparsity] = r
+        d = dense[sparsity]
+        sp = r["sparse"]
+        # Streamed matrices at the 8 MiB bandwidth, sparse rows at their request size's.
+        sparse_bytes = sp["ffn_bytes"] if sp else 0
+        block, bw = block_for(sp["request"], bandwidths) if sp else ("8M", None)
+        bound = (r["bytes"] - sparse_bytes) / bandwidths["8M"] + (sparse_bytes / bw if bw else 0)
+        if sp:
+            ffn_cell = f"{sp['ffn_bytes'] / 1e6:>10.1f} {100 * sp['ffn_bytes'] / ffn_dense:>5.1f}%"
+        else:
+            ffn_cell = f"{'-':>10} {'-':>6}"
+        agree = sum(a == b for a, b in zip(r["ids"], d["ids"], strict=False))
+        p = r["placement"]
+        layers = len(p["resident_layers"]) + len(p["streamed_layers"])
+        resident = f"{len(p['resident_layers'])}/{layers}" if p["streaming"] else "all"
+        notes = (
+            f"cached {100 * r['cached']:.1f}%, peak {r['peak'] / 2**30:.2f} GiB, {resident} layers"
+            f" resident, ids = dense "
+            f"{agree}/{len(d['ids'])}, fio {block}"
+        )
+        if sp:
+            notes += (
+                f", predicted {sp['predicted']:.0f}/tok, hit {sp['hit']:.2f}, cache "
+                f"{sp['capacity']} rows"
+            )
+        print(
+            f"{sparsity:>8.0%} {name:<26} {r['time']:>8.3f} {r['bytes'] / 1e6:>9.1f} {ffn_cell} "
+            f"{bound:>8.3f} {bound / r['time']:>8.2f} {d['time'] / r['time']:>8.2f}  {notes}"
+        )
+    print(
+        f"FFN %: FFN bytes read per token / the dense FFN bytes ({ffn_dense / 1e6:.0f} MB); "
+        "bound/t: disk bound / measured; x dense: dense offload s/token / method's s/token"
+    )
+    if not args.skip_quality:
+        print("\nquality on the trained demo model (bench_sparse_quality.py):\n")
+        bench_sparse_quality.main([])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
