@@ -11,11 +11,14 @@ torch's timings swing several-fold.)
 One table: params/s of tierlm (f32 and bf16 moments) and torch AdamW foreach=True and
 fused=True, each measured in the same run, the ratio to torch fused, and the bound at the
 measured copy bandwidth. Then the accuracy cost of bf16 moments on a short fine-tune.
-DeepSpeedCPUAdam is not measured: its CPU op compiles at first use (minutes, and a full
-deepspeed install); see the note printed at the end.
+DeepSpeedCPUAdam (adamw_mode, f32 state) is an optional column: measured when `deepspeed`
+is installed and its cpu_adam op builds (a JIT C++ build with ninja at first use, about a
+minute; DS_ACCELERATOR=cpu is set for it), otherwise skipped with the reason printed. Its
+result is checked against torch AdamW before it is timed. Not a tierlm dependency.
 """
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -76,6 +79,44 @@ def bench_tierlm(n, reps, moments):
     return t
 
 
+def deepspeed_adam():
+    """(DeepSpeedCPUAdam, "") when it imports, builds and matches torch AdamW, else
+    (None, why not)."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    try:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+    except Exception as e:  # not installed, or its import fails here
+        return None, f"deepspeed does not import ({type(e).__name__}: {e})"
+    n = 4097
+    p0, g = torch.randn(n), torch.randn(n)
+    try:
+        p = torch.nn.Parameter(p0.clone())
+        p.grad = g.clone()
+        opt = DeepSpeedCPUAdam([p], lr=1e-3, weight_decay=0.01, adamw_mode=True)
+        for _ in range(3):
+            opt.step()
+    except Exception as e:  # the JIT build of the cpu_adam op failed
+        return None, f"DeepSpeedCPUAdam's cpu_adam op did not build/load ({type(e).__name__}: {e})"
+    ref = torch.nn.Parameter(p0.clone())
+    ref.grad = g.clone()
+    topt = torch.optim.AdamW([ref], lr=1e-3, weight_decay=0.01)
+    for _ in range(3):
+        topt.step()
+    err = ((p.detach() - ref.detach()).abs().max() / ref.detach().abs().max()).item()
+    if err > 1e-5:
+        return None, f"DeepSpeedCPUAdam differs from torch AdamW by {err:.1e} (relative)"
+    return DeepSpeedCPUAdam, ""
+
+
+def bench_deepspeed(cls, n, reps):
+    p = torch.nn.Parameter(torch.randn(n))
+    p.grad = torch.randn(n)
+    opt = cls([p], lr=1e-3, weight_decay=0.01, adamw_mode=True)
+    t = median_time(opt.step, reps)
+    del opt, p
+    return t
+
+
 def bf16_accuracy(steps=60):
     """Final loss of a small Llama fine-tune with f32 vs bf16 moments (same data, seed)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -109,14 +150,22 @@ def main(argv=None):
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-accuracy", action="store_true")
+    ap.add_argument("--no-deepspeed", action="store_true", help="skip DeepSpeedCPUAdam")
     args = ap.parse_args(argv)
     sizes = [parse_count(s) for s in args.sizes.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
     print(f"simd={_core.cpu_info()['simd_level']}  torch={torch.__version__}  reps={args.reps}")
+    ds, ds_why = (None, "--no-deepspeed") if args.no_deepspeed else deepspeed_adam()
+    if ds is None:
+        print(f"DeepSpeedCPUAdam: skipped: {ds_why}")
+    else:
+        import deepspeed
+
+        print(f"DeepSpeedCPUAdam: deepspeed {deepspeed.__version__}, cpu_adam op (JIT build)")
     header = (
         f"{'params':>7} {'thr':>3} | {'tierlm f32':>11} {'tierlm bf16':>11} "
-        f"{'torch fused':>11} {'torch foreach':>13} | {'x fused':>7} {'x foreach':>9} | "
-        f"{'bound 28B/p':>11} {'f32 % bound':>11}"
+        f"{'torch fused':>11} {'torch foreach':>13} {'deepspeed':>11} | {'x fused':>7} "
+        f"{'x foreach':>9} {'x ds':>6} | {'bound 28B/p':>11} {'f32 % bound':>11}"
     )
     print("params/s (G = 1e9), median; 'x' = tierlm f32 speed / baseline speed")
     print(header)
@@ -134,11 +183,13 @@ def main(argv=None):
             ours16 = bench_tierlm(n, reps, "bfloat16")
             fused = bench_torch(n, reps, fused=True)
             foreach = bench_torch(n, reps, foreach=True)
+            dst = bench_deepspeed(ds, n, reps) if ds is not None else None
             bound = 28 * n / bw
             g = lambda t, n=n: f"{n / t / 1e9:9.3f} G"  # noqa: E731
             print(
                 f"{n / 1e6:6.0f}M {th:>3} | {g(ours):>11} {g(ours16):>11} {g(fused):>11} "
-                f"{g(foreach):>13} | {fused / ours:7.2f} {foreach / ours:9.2f} | "
+                f"{g(foreach):>13} {g(dst) if dst else '-':>11} | {fused / ours:7.2f} "
+                f"{foreach / ours:9.2f} {f'{dst / ours:6.2f}' if dst else '-':>6} | "
                 f"{bound * 1e3:8.1f} ms {bound / ours:10.0%}"
             )
             sys.stdout.flush()
@@ -151,7 +202,6 @@ def main(argv=None):
             f"bf16 moments accuracy: 60-step Llama fine-tune final loss f32 {f32:.4f}, "
             f"bf16 {b16:.4f} ({(b16 - f32) / f32:+.2%})"
         )
-    print("DeepSpeedCPUAdam: not measured (needs deepspeed + a JIT C++ build at first use).")
 
 
 if __name__ == "__main__":
