@@ -108,7 +108,7 @@ class Plain:
 class Offload:
     """tierlm offload of the same model; the trainer's checkpointing toggled per step."""
 
-    def __init__(self, model, data, budget, disk_dir, threads):
+    def __init__(self, model, data, budget, disk_dir, pipeline_depth):
         self.model, self.data = model, data
         self.trainer = tt.offload(
             model,
@@ -116,7 +116,7 @@ class Offload:
             disk_dir=disk_dir,
             lr=1e-4,
             weight_decay=0.0,
-            **({"optimizer_threads": threads} if threads else {}),
+            pipeline_depth=pipeline_depth,
         )
 
     def step(self, ckpt):
@@ -156,7 +156,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=3, help="measured steps per phase and setting")
     ap.add_argument("--rounds", type=int, default=2, help="plain / offload phase pairs")
     ap.add_argument("--budget", default="4GiB")
-    ap.add_argument("--optimizer-threads", type=int, default=0, help="0: the trainer's default")
+    ap.add_argument("--pipeline-depth", type=int, default=2, help="offload(pipeline_depth=)")
     ap.add_argument("--disk-dir", default=None)
     args = ap.parse_args(argv)
     disk_dir = args.disk_dir or tempfile.mkdtemp(prefix="tierlm-bench-")
@@ -188,7 +188,7 @@ def main(argv=None):
         # The trainer's requests: one block's params (forward, recompute) or moments, up to
         # three reads (m, v, the previous block's params) and three writes (p, m, v) in flight.
         bandwidths.append(engine_bandwidth(disk_dir, block_bytes, 3, 3))
-        off = Offload(model, data, budget, disk_dir, args.optimizer_threads)
+        off = Offload(model, data, budget, disk_dir, args.pipeline_depth)
         run_phase(off, args.steps, times, stats, "offload")
         homes = off.close()
         del off

@@ -155,6 +155,7 @@ class OffloadTrainer:
         moments_dtype="float32",
         io_backend="auto",
         process_group=None,
+        pipeline_depth=2,
     ):
         budget = dict(budget or {})
         unknown = set(budget) - {"host", "disk"}
@@ -170,6 +171,9 @@ class OffloadTrainer:
         # With compute on the host (CPU build) activations already live in the host tier.
         self.offload_activations = offload_activations
         self.io_backend = io_backend
+        if int(pipeline_depth) < 0:
+            raise InvalidArgumentError(f"offload: pipeline_depth {pipeline_depth} is negative")
+        self.pipeline_depth = int(pipeline_depth)
         self.disk_dir = disk_dir
         if getattr(getattr(model, "config", None), "use_cache", None):
             model.config.use_cache = False  # a KV cache would be updated twice by recompute
@@ -264,21 +268,37 @@ class OffloadTrainer:
         return units
 
     def _place(self, host_budget):
-        """Greedy: blocks in order go to host while the budget keeps room for the rest."""
+        """Homes of the blocks under the budget. All host when everything fits. Otherwise as
+        many host blocks as fit beside room for pipeline_depth + 1 disk blocks' transient
+        state (the block in backward, the one whose AdamW step and write-back are in flight,
+        the next one prefetched), with the disk blocks spread evenly over the model: a
+        contiguous run of them would put the whole step's disk traffic behind a fraction of
+        its compute. Fewer host blocks when the budget is tight, then a shallower pipeline."""
         isz = self.state_itemsize
-        for u in self.blocks:
+        blocks = self.blocks
+        for u in blocks:
+            u.home = "host"
+        if self.plan["all_host"] <= host_budget or not blocks:
+            return
+        grad_max = max(_page(b.n_train * 4) for b in blocks)
+        n = len(blocks)
+        for depth in range(self.pipeline_depth, -1, -1):
+            for n_disk in range(1, n + 1):
+                disk = set(_spread(n_disk, n))
+                resident = self.plan["root"] + sum(
+                    _unit_host_bytes(b, isz, self.rank)
+                    for i, b in enumerate(blocks)
+                    if i not in disk
+                )
+                transient = max(
+                    [_unit_transient(blocks[i], isz, self.rank) for i in disk] + [grad_max]
+                )
+                if resident + (1 + depth) * transient <= host_budget:
+                    for i in disk:
+                        blocks[i].home = "disk"
+                    return
+        for u in blocks:  # unreachable above the minimum budget (checked before)
             u.home = "disk"
-        resident = self.plan["root"]
-        for u in self.blocks:
-            host_cost = _unit_host_bytes(u, isz, self.rank)
-            disk_units = [b for b in self.blocks if b.home == "disk" and b is not u]
-            transient = max(
-                [_unit_transient(b, isz, self.rank) for b in disk_units]
-                + [_page(b.n_train * 4) for b in self.blocks]
-            )
-            if resident + host_cost + transient <= host_budget:
-                u.home = "host"
-                resident += host_cost
 
     def _init_homes(self):
         """Copies every parameter into its home and points the model at it."""
@@ -393,6 +413,7 @@ class OffloadTrainer:
         with `headroom` bytes to spare for what must still be allocated before any wait helps.
         """
         nbytes = max(1, n * np.dtype(dtype).itemsize)
+        self._reap()
         if optional:
             if self.host.available < _page(nbytes) + headroom:
                 return None, None
@@ -434,10 +455,17 @@ class OffloadTrainer:
 
     def _materialize(self, u, for_backward):
         if u.home == "disk" and u.p is None:
-            staged = u.prefetch or self._read_p(u)
+            staged = u.prefetch
+            if staged is None:
+                self._count("prefetch_miss", 1)
+                staged = self._read_p(u)
             u.prefetch = None
             buf, arr, fut = staged
-            self._add_time("io_wait", self._wait([fut], "read", u.name))
+            waited = self._wait([fut], "read", u.name)
+            self._add_time("io_wait", waited)
+            self._add_time(
+                "io_wait_backward" if self._phase == "backward" else "io_wait_forward", waited
+            )
             u.p_buf, u.p = buf, arr
             self._bind(u)
         if for_backward and u.n_train and u.g is None:
@@ -461,20 +489,23 @@ class OffloadTrainer:
         u.prefetch = self._read_p(u, optional=True, headroom=headroom)
 
     def _prefetch_backward(self, u):
-        """While u is in backward: its moments first (needed next), then the previous block's
-        params if that leaves room for what must come before u's AdamW step can free memory."""
+        """While u is in backward: its moments first (needed for its AdamW step), then the
+        next disk block's params and moments if that leaves room for what must come before
+        u's step can free memory."""
         self._prefetch_moments(u)
         needs_mv = u.home == "disk" and u.n_train and u.owner == self.rank and u.mv_prefetch is None
-        prev = self._neighbour(u, -1)
-        if prev is None:
+        nxt = self._next_disk(u, -1)
+        if nxt is None:
             return
-        # Room for u's moments and for prev's gradient, so neither waits on u's AdamW step.
-        headroom = _page(prev.n_train * 4)
+        # Room for u's moments and for nxt's gradient, so neither waits on an AdamW step.
+        headroom = _page(nxt.n_train * 4)
         if needs_mv:
             headroom += 2 * _page(u.n_train * self.state_itemsize)
-        self._prefetch(prev, headroom=headroom)
+        self._prefetch(nxt, headroom=headroom)
+        if nxt.prefetch is not None or nxt.p is not None:
+            self._prefetch_moments(nxt, headroom=headroom)
 
-    def _prefetch_moments(self, u):
+    def _prefetch_moments(self, u, headroom=0):
         if (
             u.home != "disk"
             or not u.n_train
@@ -483,19 +514,28 @@ class OffloadTrainer:
             or u.submitted
         ):
             return
-        mb, m = self._host_array(u.n_train, self._np_state(), optional=True)
+        nbytes = _page(u.n_train * self.state_itemsize)
+        mb, m = self._host_array(
+            u.n_train, self._np_state(), optional=True, headroom=headroom + nbytes
+        )
         if mb is None:
             return
-        vb, v = self._host_array(u.n_train, self._np_state(), optional=True)
+        vb, v = self._host_array(u.n_train, self._np_state(), optional=True, headroom=headroom)
         if vb is None:
             return
         futs = [_disk.pread(u.ext_m, m), _disk.pread(u.ext_v, v)]
         self._count("disk_read", 2 * u.n_train * self.state_itemsize)
         u.mv_prefetch = (mb, m, vb, v, futs)
 
-    def _neighbour(self, u, delta):
-        i = u.index - 1 + delta
-        return self.blocks[i] if 0 <= i < len(self.blocks) else None
+    def _next_disk(self, u, direction):
+        """The nearest disk-homed block after u in the direction compute goes (+1 forward,
+        -1 backward), or None."""
+        i = u.index - 1 + direction
+        while 0 <= i < len(self.blocks):
+            if self.blocks[i].home == "disk":
+                return self.blocks[i]
+            i += direction
+        return None
 
     def _wrap_forward(self, u, original):
         def run(*args, **kwargs):
@@ -503,8 +543,13 @@ class OffloadTrainer:
             self._materialize(u, for_backward=backward)
             if backward:
                 self._prefetch_backward(u)
-            else:
-                self._prefetch(self._neighbour(u, +1))
+            else:  # the next pipeline_depth disk blocks' params (no gradients yet)
+                nxt = u
+                for _ in range(max(1, self.pipeline_depth)):
+                    nxt = self._next_disk(nxt, +1)
+                    if nxt is None:
+                        break
+                    self._prefetch(nxt)
             t0 = time.perf_counter()
             out = original(*args, **kwargs)
             self._add_time("compute_fwd", time.perf_counter() - t0)
@@ -660,6 +705,11 @@ class OffloadTrainer:
         self._finish(u, result)
         return True
 
+    def _reap(self):
+        """Finishes the optimizer steps already done (frees their buffers) without waiting."""
+        while self._jobs and self._jobs[0][1].done():
+            self._wait_oldest()
+
     def _fail_pending(self):
         # Let the other jobs finish (their state stays consistent) before reporting.
         while self._jobs:
@@ -758,6 +808,9 @@ class OffloadTrainer:
             wall_s=wall,
             compute_s=max(0.0, wall - exposed - c["io_wait"]),
             io_wait_s=c["io_wait"],
+            io_wait_forward_s=c["io_wait_forward"],
+            io_wait_backward_s=c["io_wait_backward"],
+            prefetch_misses=c["prefetch_miss"],
             io_background_s=c["io_job"],
             optimizer_s=c["optimizer"],
             comm_s=c["comm"],
@@ -933,6 +986,14 @@ def _unit_transient(u, isz, rank):
     return total
 
 
+def _spread(k, n):
+    """k of the indices 0..n-1, evenly spaced (the ends kept free while there is room)."""
+    if k >= n:
+        return list(range(n))
+    step = n / (k + 1)  # >= 1, so rounding keeps them distinct
+    return [int((j + 1) * step - 1 + 0.5) for j in range(k)]
+
+
 def plan_units(units, isz, rank=0):
     root = units[0]
     blocks = units[1:]
@@ -957,7 +1018,10 @@ def offload(model, budget=None, disk_dir=None, **options):
     budget: {"host": size, "disk": size} (sizes as bytes or "4GiB"); disk_dir: where
     disk-homed state lives. Options: lr, betas, eps, weight_decay, blocks,
     checkpoint_activations (True), offload_activations (False), moments_dtype ("float32" or
-    "bfloat16"), io_backend ("auto" | "uring" | "threads"), process_group.
+    "bfloat16"), io_backend ("auto" | "uring" | "threads"), process_group, pipeline_depth
+    (2: when blocks go to disk, the budget keeps room for this many disk blocks in flight
+    beside the one computing -- prefetched, or being stepped and written back -- at the cost
+    of fewer host-resident blocks; 0 packs the host tier fullest).
     """
     return OffloadTrainer(model, budget=budget, disk_dir=disk_dir, **options)
 
