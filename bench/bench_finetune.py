@@ -195,8 +195,9 @@ def main(argv=None):
     rd = statistics.median(b[0] for b in bandwidths)
     wr = statistics.median(b[1] for b in bandwidths)
     on_disk = sum(h == "disk" for h in homes.values())
+    pattern = "".join("D" if homes[f"block{i}"] == "disk" else "h" for i in range(len(homes) - 1))
     print(
-        f"{on_disk} of {len(homes) - 1} blocks on disk; disk bandwidth (requests of "
+        f"{on_disk} of {len(homes) - 1} blocks on disk ({pattern}); disk bandwidth (requests of "
         f"{tierlm.format_size(_disk.round_up(block_bytes))}, 3 in flight, O_DIRECT): read "
         + ", ".join(f"{b[0] / 1e9:.2f}" for b in bandwidths)
         + " GB/s, write "
@@ -205,7 +206,7 @@ def main(argv=None):
     )
     header = (
         f"{'configuration':<26} {'step s':>7} {'compute s':>9} {'disk rd':>9} {'disk wr':>9} "
-        f"{'I/O bound s':>11} {'io wait s':>9} {'opt exp s':>9} {'overlap':>7} "
+        f"{'I/O bound s':>11} {'io wait s':>9} {'misses':>6} {'opt exp s':>9} {'overlap':>7} "
         f"{'host peak':>10} {'x max(compute,IO)':>17}"
     )
     print(header)
@@ -225,6 +226,7 @@ def main(argv=None):
             print(
                 f"{name:<26} {t:7.2f} {compute:9.2f} {tierlm.format_size(int(rb)):>9} "
                 f"{tierlm.format_size(int(wb)):>9} {io_bound:11.2f} {med('io_wait_s'):9.2f} "
+                f"{med('prefetch_misses'):6.0f} "
                 f"{med('optimizer_exposed_s'):9.2f} "
                 + (f"{med('overlap'):7.0%} {tierlm.format_size(peak):>10}" if ss else f"{'':>18}")
                 + f" {t / max(compute, io_bound):17.2f}"

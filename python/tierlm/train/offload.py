@@ -391,6 +391,7 @@ class OffloadTrainer:
         model is a plain torch module again.
         """
         self._drain()
+        self._drop_prefetches()
         if restore:
             values = self.state_dict()
             names = {id(p): n for u in self.units for n, p in zip(u.names, u.params, strict=True)}
@@ -428,7 +429,7 @@ class OffloadTrainer:
                     buf = self.host.allocate(nbytes)
                     break
                 except BudgetError:
-                    if self._wait_oldest():
+                    if self._wait_oldest() or self._drop_prefetches():
                         continue
                     if collected:
                         raise
@@ -528,9 +529,10 @@ class OffloadTrainer:
         u.mv_prefetch = (mb, m, vb, v, futs)
 
     def _next_disk(self, u, direction):
-        """The nearest disk-homed block after u in the direction compute goes (+1 forward,
-        -1 backward), or None."""
-        i = u.index - 1 + direction
+        """The nearest disk-homed block after u (None: from the start) in the direction compute
+        goes (+1 forward, -1 backward), or None."""
+        i = (-1 if direction > 0 else len(self.blocks)) if u is None else u.index - 1
+        i += direction
         while 0 <= i < len(self.blocks):
             if self.blocks[i].home == "disk":
                 return self.blocks[i]
@@ -568,7 +570,11 @@ class OffloadTrainer:
                     self._pack_hook(u), self._unpack_hook
                 ):
                     out = run(*args, **kwargs)
-            if self._phase != "backward":
+            # The last disk block forward is the first backward: keep it rather than read it
+            # again at once (its AdamW step releases it).
+            if self._phase != "backward" and not (
+                self.pipeline_depth and u is self._next_disk(None, -1)
+            ):
                 self._release(u)
             return out
 
@@ -755,10 +761,27 @@ class OffloadTrainer:
             u.g = u.g_buf = None
             u.fired = set()
             u.submitted = False
-            u.prefetch = u.mv_prefetch = None
             if u.home == "disk":
                 u.m = u.v = u.m_buf = u.v_buf = None
                 self._release(u)
+        self._drop_prefetches()
+
+    def _drop_prefetches(self):
+        """Waits for prefetch reads still in flight and frees their buffers (a read must not
+        outlive its buffer nor race a write of its extent). True when any was dropped."""
+        dropped = False
+        for u in self.units:
+            futures = []
+            if u.prefetch is not None:
+                futures.append(u.prefetch[2])
+            if u.mv_prefetch is not None:
+                futures += u.mv_prefetch[4]
+            for f in futures:
+                with contextlib.suppress(BaseException):  # a failed read is simply not used
+                    f.result()
+            dropped = dropped or bool(futures)
+            u.prefetch = u.mv_prefetch = None
+        return dropped
 
     def step(self):
         """Finishes this step's optimizer work (units whose gradients were incomplete too)."""
@@ -767,11 +790,13 @@ class OffloadTrainer:
             if u.fired and not u.submitted:
                 self._submit(u)
         self._drain()
+        self._drop_prefetches()
         for u in self.units:
-            u.prefetch = u.mv_prefetch = None
             self._release(u)
         self.last_stats = self._step_stats()
         self._reset_counters()
+        if self.pipeline_depth:  # the next forward's first disk block, read while idle
+            self._prefetch(self._next_disk(None, +1))
         return self.last_stats
 
     def zero_grad(self, set_to_none=True):
@@ -903,6 +928,7 @@ class OffloadTrainer:
         from tierlm.train import checkpoint
 
         self._drain()
+        self._drop_prefetches()  # they hold the parameters this overwrites
         meta, path = checkpoint.read_meta(directory)
         if meta.get("moments_dtype") != str(self.moments_dtype).replace("torch.", ""):
             raise InvalidArgumentError(
@@ -987,11 +1013,10 @@ def _unit_transient(u, isz, rank):
 
 
 def _spread(k, n):
-    """k of the indices 0..n-1, evenly spaced (the ends kept free while there is room)."""
-    if k >= n:
-        return list(range(n))
-    step = n / (k + 1)  # >= 1, so rounding keeps them distinct
-    return [int((j + 1) * step - 1 + 0.5) for j in range(k)]
+    """k of the indices 0..n-1, evenly spaced: no two adjacent while 2k <= n, both ends
+    free while 2k < n."""
+    step = n / k if k else 1.0  # >= 1, so flooring keeps them distinct
+    return [int((j + 0.5) * step) for j in range(min(k, n))]
 
 
 def plan_units(units, isz, rank=0):
