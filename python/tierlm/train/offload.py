@@ -2,9 +2,12 @@
 
 A model made of repeated blocks (a Hugging Face causal LM's decoder layers, or a list you give)
 is split into units: one per block plus a root unit (embeddings, final norm, head). Each unit's
-fp32 parameters and Adam moments have a home tier, host or disk, chosen under the budget. A
-disk-homed block is read into a host-tier staging buffer just before its forward, released
-after, read again for its (checkpointed) recompute in backward, and the next block is
+fp32 parameters and Adam moments have a home tier, host or disk, chosen under the budget:
+when not everything fits, the disk blocks are spread evenly among the host blocks (so their
+I/O overlaps the host blocks' compute too) and the budget keeps room for pipeline_depth disk
+blocks in flight besides the one computing. A disk-homed block is read into a host-tier
+staging buffer just before its forward, released after, read again for its (checkpointed)
+recompute in backward; the next disk blocks' params (and in backward their moments) are
 prefetched while the current one computes. As soon as a block's gradients are complete its
 AdamW step runs on a background thread (fused native kernel, state read and written through
 the I/O engine) while autograd continues with the earlier blocks (Fuyou's overlap).
