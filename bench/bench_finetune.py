@@ -207,7 +207,7 @@ def main(argv=None):
     header = (
         f"{'configuration':<26} {'step s':>7} {'compute s':>9} {'disk rd':>9} {'disk wr':>9} "
         f"{'I/O bound s':>11} {'io wait s':>9} {'misses':>6} {'opt exp s':>9} {'overlap':>7} "
-        f"{'host peak':>10} {'x max(compute,IO)':>17}"
+        f"{'peak/budg':>10} {'x max(compute,IO)':>17}"
     )
     print(header)
     print("-" * len(header))
@@ -228,13 +228,13 @@ def main(argv=None):
                 f"{tierlm.format_size(int(wb)):>9} {io_bound:11.2f} {med('io_wait_s'):9.2f} "
                 f"{med('prefetch_misses'):6.0f} "
                 f"{med('optimizer_exposed_s'):9.2f} "
-                + (f"{med('overlap'):7.0%} {tierlm.format_size(peak):>10}" if ss else f"{'':>18}")
+                + (f"{med('overlap'):7.0%} {peak / budget:10.1%}" if ss else f"{'':>18}")
                 + f" {t / max(compute, io_bound):17.2f}"
             )
     print(
         f"compute = median plain torch step (same checkpointing); I/O bound = disk read bytes / "
-        f"read bandwidth + write bytes / write bandwidth; host tier budget "
-        f"{tierlm.format_size(budget)}; per-step times: "
+        f"read bandwidth + write bytes / write bandwidth; peak/budg = host tier peak / budget "
+        f"({budget} bytes); per-step times: "
         + "; ".join(
             f"{k}{'+ckpt' if c else ''} " + " ".join(f"{x:.2f}" for x in v)
             for (k, c), v in times.items()

@@ -988,6 +988,8 @@ def _detach_all():
     for trainer in list(_LIVE):
         with contextlib.suppress(Exception):
             trainer._drain()
+        with contextlib.suppress(Exception):
+            trainer._drop_prefetches()  # no read may outlive its buffer
         for u in trainer.units:
             for p in u.params:
                 with contextlib.suppress(Exception):
