@@ -97,6 +97,15 @@ class _Unit:
             self.offsets[id(p)] = pos
             pos = _round(pos + p.numel(), ALIGN_ELEMS)
         self.n_train = _round(pos, PAGE_ELEMS)
+        # [a, b) ranges of the flat gradient no trainable parameter covers (alignment padding)
+        self.gaps = []
+        pos = 0
+        for _, p in self.train:
+            if self.offsets[id(p)] > pos:
+                self.gaps.append((pos, self.offsets[id(p)]))
+            pos = self.offsets[id(p)] + p.numel()
+        if self.n_train > pos:
+            self.gaps.append((pos, self.n_train))
         pos = self.n_train
         for _, p in self.frozen:
             self.offsets[id(p)] = pos
@@ -473,12 +482,12 @@ class OffloadTrainer:
             u.p_buf, u.p = buf, arr
             self._bind(u)
         if for_backward and u.n_train and u.g is None:
+            # Each parameter's gradient is copied in when autograd finishes it (_grad_ready):
+            # cheaper than zeroing the buffer and letting autograd add into it. Only the
+            # alignment gaps between parameters are zeroed (AdamW runs over them too).
             u.g_buf, u.g = self._host_array(u.n_train, np.float32)
-            u.g[:] = 0
-            gflat = torch.from_numpy(u.g)
-            for p in u.params[: len(u.train)]:
-                off = u.offsets[id(p)]
-                p.grad = gflat[off : off + p.numel()].view(p.shape)
+            for a, b in u.gaps:
+                u.g[a:b] = 0
 
     def _release(self, u):
         if u.home != "disk" or u.p is None:
@@ -611,10 +620,8 @@ class OffloadTrainer:
         if u.g is None:
             self._materialize(u, for_backward=True)
         off = u.offsets[id(param)]
-        slot = torch.from_numpy(u.g)[off : off + param.numel()].view(param.shape)
-        if param.grad is not None and param.grad.data_ptr() != slot.data_ptr():
-            slot.add_(param.grad)  # torch made its own grad (no saved tensors touched first)
-            param.grad = slot
+        torch.from_numpy(u.g)[off : off + param.numel()].copy_(param.grad.reshape(-1))
+        param.grad = None  # torch's buffer goes now; AdamW reads the unit's flat gradient
         u.fired.add(id(param))
         if len(u.fired) == len(u.train):
             self._submit(u)
@@ -744,6 +751,9 @@ class OffloadTrainer:
         self._drain()
         self._phase = "backward"
         root = self.units[0]
+        for u in self.units:  # autograd must hand over fresh gradients, not add to old ones
+            for p in u.params[: len(u.train)]:
+                p.grad = None
         t0 = time.perf_counter()
         try:
             self._materialize(root, for_backward=True)
