@@ -139,11 +139,12 @@ def run_phase(runner, steps, times, stats, prefix):
         runner.step(ckpt)
     for _ in range(steps):
         for ckpt in (False, True):
-            t0 = time.perf_counter()
+            r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             s = runner.step(ckpt)
-            times[(prefix, ckpt)].append(time.perf_counter() - t0)
-            if s:
-                stats[(prefix, ckpt)].append(s)
+            r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            times[(prefix, ckpt)].append(t1 - t0)
+            cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+            stats[(prefix, ckpt)].append(dict(s, cpu_s=cpu))
 
 
 def main(argv=None):
@@ -207,7 +208,7 @@ def main(argv=None):
     header = (
         f"{'configuration':<26} {'step s':>7} {'compute s':>9} {'disk rd':>9} {'disk wr':>9} "
         f"{'I/O bound s':>11} {'io wait s':>9} {'misses':>6} {'opt exp s':>9} {'overlap':>7} "
-        f"{'peak/budg':>10} {'x max(compute,IO)':>17}"
+        f"{'peak/budg':>10} {'x max(compute,IO)':>17} {'cpu s':>6} {'x cpu':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -219,18 +220,28 @@ def main(argv=None):
                 " + ckpt" if ckpt else ", no ckpt"
             )
             ss = stats[(kind, ckpt)]
-            med = lambda key, ss=ss: statistics.median(s[key] for s in ss) if ss else 0  # noqa: E731
+            med = lambda key, ss=ss: statistics.median(s.get(key, 0) for s in ss)  # noqa: E731
+            cpu = med("cpu_s")
+            cpu_ref = statistics.median(s["cpu_s"] for s in stats[("plain", ckpt)])
             rb, wb = med("disk_read_bytes"), med("disk_write_bytes")
             io_bound = rb / rd + wb / wr
-            peak = max((s["host_peak"] for s in ss), default=0)
+            peak = max(s.get("host_peak", 0) for s in ss)
             print(
                 f"{name:<26} {t:7.2f} {compute:9.2f} {tierlm.format_size(int(rb)):>9} "
                 f"{tierlm.format_size(int(wb)):>9} {io_bound:11.2f} {med('io_wait_s'):9.2f} "
                 f"{med('prefetch_misses'):6.0f} "
                 f"{med('optimizer_exposed_s'):9.2f} "
-                + (f"{med('overlap'):7.0%} {peak / budget:10.1%}" if ss else f"{'':>18}")
-                + f" {t / max(compute, io_bound):17.2f}"
+                + (
+                    f"{med('overlap'):7.0%} {peak / budget:10.1%}"
+                    if kind != "plain"
+                    else f"{'':>18}"
+                )
+                + f" {t / max(compute, io_bound):17.2f} {cpu:6.2f} {cpu / cpu_ref:7.2f}"
             )
+    print(
+        "cpu s = the process's user + sys CPU seconds in the step (median; less sensitive than "
+        "wall time to other processes on a shared machine), x cpu = that / plain torch's"
+    )
     print(
         f"compute = median plain torch step (same checkpointing); I/O bound = disk read bytes / "
         f"read bandwidth + write bytes / write bandwidth; peak/budg = host tier peak / budget "
