@@ -471,6 +471,8 @@ class OffloadTrainer:
             staged = u.prefetch
             if staged is None:
                 self._count("prefetch_miss", 1)
+                if self._phase != "backward":
+                    self._count("prefetch_miss_forward", 1)
                 staged = self._read_p(u)
             u.prefetch = None
             buf, arr, fut = staged
@@ -849,6 +851,7 @@ class OffloadTrainer:
             io_wait_forward_s=c["io_wait_forward"],
             io_wait_backward_s=c["io_wait_backward"],
             prefetch_misses=c["prefetch_miss"],
+            prefetch_misses_forward=c["prefetch_miss_forward"],
             io_background_s=c["io_job"],
             optimizer_s=c["optimizer"],
             comm_s=c["comm"],
