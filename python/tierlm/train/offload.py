@@ -2,9 +2,12 @@
 
 A model made of repeated blocks (a Hugging Face causal LM's decoder layers, or a list you give)
 is split into units: one per block plus a root unit (embeddings, final norm, head). Each unit's
-fp32 parameters and Adam moments have a home tier, host or disk, chosen under the budget. A
-disk-homed block is read into a host-tier staging buffer just before its forward, released
-after, read again for its (checkpointed) recompute in backward, and the next block is
+fp32 parameters and Adam moments have a home tier, host or disk, chosen under the budget:
+when not everything fits, the disk blocks are spread evenly among the host blocks (so their
+I/O overlaps the host blocks' compute too) and the budget keeps room for pipeline_depth disk
+blocks in flight besides the one computing. A disk-homed block is read into a host-tier
+staging buffer just before its forward, released after, read again for its (checkpointed)
+recompute in backward; the next disk blocks' params (and in backward their moments) are
 prefetched while the current one computes. As soon as a block's gradients are complete its
 AdamW step runs on a background thread (fused native kernel, state read and written through
 the I/O engine) while autograd continues with the earlier blocks (Fuyou's overlap).
@@ -94,6 +97,15 @@ class _Unit:
             self.offsets[id(p)] = pos
             pos = _round(pos + p.numel(), ALIGN_ELEMS)
         self.n_train = _round(pos, PAGE_ELEMS)
+        # [a, b) ranges of the flat gradient no trainable parameter covers (alignment padding)
+        self.gaps = []
+        pos = 0
+        for _, p in self.train:
+            if self.offsets[id(p)] > pos:
+                self.gaps.append((pos, self.offsets[id(p)]))
+            pos = self.offsets[id(p)] + p.numel()
+        if self.n_train > pos:
+            self.gaps.append((pos, self.n_train))
         pos = self.n_train
         for _, p in self.frozen:
             self.offsets[id(p)] = pos
@@ -155,6 +167,7 @@ class OffloadTrainer:
         moments_dtype="float32",
         io_backend="auto",
         process_group=None,
+        pipeline_depth=2,
     ):
         budget = dict(budget or {})
         unknown = set(budget) - {"host", "disk"}
@@ -170,6 +183,9 @@ class OffloadTrainer:
         # With compute on the host (CPU build) activations already live in the host tier.
         self.offload_activations = offload_activations
         self.io_backend = io_backend
+        if int(pipeline_depth) < 0:
+            raise InvalidArgumentError(f"offload: pipeline_depth {pipeline_depth} is negative")
+        self.pipeline_depth = int(pipeline_depth)
         self.disk_dir = disk_dir
         if getattr(getattr(model, "config", None), "use_cache", None):
             model.config.use_cache = False  # a KV cache would be updated twice by recompute
@@ -264,21 +280,37 @@ class OffloadTrainer:
         return units
 
     def _place(self, host_budget):
-        """Greedy: blocks in order go to host while the budget keeps room for the rest."""
+        """Homes of the blocks under the budget. All host when everything fits. Otherwise as
+        many host blocks as fit beside room for pipeline_depth + 1 disk blocks' transient
+        state (the block in backward, the one whose AdamW step and write-back are in flight,
+        the next one prefetched), with the disk blocks spread evenly over the model: a
+        contiguous run of them would put the whole step's disk traffic behind a fraction of
+        its compute. Fewer host blocks when the budget is tight, then a shallower pipeline."""
         isz = self.state_itemsize
-        for u in self.blocks:
+        blocks = self.blocks
+        for u in blocks:
+            u.home = "host"
+        if self.plan["all_host"] <= host_budget or not blocks:
+            return
+        grad_max = max(_page(b.n_train * 4) for b in blocks)
+        n = len(blocks)
+        for depth in range(self.pipeline_depth, -1, -1):
+            for n_disk in range(1, n + 1):
+                disk = set(_spread(n_disk, n))
+                resident = self.plan["root"] + sum(
+                    _unit_host_bytes(b, isz, self.rank)
+                    for i, b in enumerate(blocks)
+                    if i not in disk
+                )
+                transient = max(
+                    [_unit_transient(blocks[i], isz, self.rank) for i in disk] + [grad_max]
+                )
+                if resident + (1 + depth) * transient <= host_budget:
+                    for i in disk:
+                        blocks[i].home = "disk"
+                    return
+        for u in blocks:  # unreachable above the minimum budget (checked before)
             u.home = "disk"
-        resident = self.plan["root"]
-        for u in self.blocks:
-            host_cost = _unit_host_bytes(u, isz, self.rank)
-            disk_units = [b for b in self.blocks if b.home == "disk" and b is not u]
-            transient = max(
-                [_unit_transient(b, isz, self.rank) for b in disk_units]
-                + [_page(b.n_train * 4) for b in self.blocks]
-            )
-            if resident + host_cost + transient <= host_budget:
-                u.home = "host"
-                resident += host_cost
 
     def _init_homes(self):
         """Copies every parameter into its home and points the model at it."""
@@ -371,6 +403,7 @@ class OffloadTrainer:
         model is a plain torch module again.
         """
         self._drain()
+        self._drop_prefetches()
         if restore:
             values = self.state_dict()
             names = {id(p): n for u in self.units for n, p in zip(u.names, u.params, strict=True)}
@@ -393,6 +426,7 @@ class OffloadTrainer:
         with `headroom` bytes to spare for what must still be allocated before any wait helps.
         """
         nbytes = max(1, n * np.dtype(dtype).itemsize)
+        self._reap()
         if optional:
             if self.host.available < _page(nbytes) + headroom:
                 return None, None
@@ -407,7 +441,7 @@ class OffloadTrainer:
                     buf = self.host.allocate(nbytes)
                     break
                 except BudgetError:
-                    if self._wait_oldest():
+                    if self._wait_oldest() or self._drop_prefetches():
                         continue
                     if collected:
                         raise
@@ -434,19 +468,28 @@ class OffloadTrainer:
 
     def _materialize(self, u, for_backward):
         if u.home == "disk" and u.p is None:
-            staged = u.prefetch or self._read_p(u)
+            staged = u.prefetch
+            if staged is None:
+                self._count("prefetch_miss", 1)
+                if self._phase != "backward":
+                    self._count("prefetch_miss_forward", 1)
+                staged = self._read_p(u)
             u.prefetch = None
             buf, arr, fut = staged
-            self._add_time("io_wait", self._wait([fut], "read", u.name))
+            waited = self._wait([fut], "read", u.name)
+            self._add_time("io_wait", waited)
+            self._add_time(
+                "io_wait_backward" if self._phase == "backward" else "io_wait_forward", waited
+            )
             u.p_buf, u.p = buf, arr
             self._bind(u)
         if for_backward and u.n_train and u.g is None:
+            # Each parameter's gradient is copied in when autograd finishes it (_grad_ready):
+            # cheaper than zeroing the buffer and letting autograd add into it. Only the
+            # alignment gaps between parameters are zeroed (AdamW runs over them too).
             u.g_buf, u.g = self._host_array(u.n_train, np.float32)
-            u.g[:] = 0
-            gflat = torch.from_numpy(u.g)
-            for p in u.params[: len(u.train)]:
-                off = u.offsets[id(p)]
-                p.grad = gflat[off : off + p.numel()].view(p.shape)
+            for a, b in u.gaps:
+                u.g[a:b] = 0
 
     def _release(self, u):
         if u.home != "disk" or u.p is None:
@@ -461,20 +504,23 @@ class OffloadTrainer:
         u.prefetch = self._read_p(u, optional=True, headroom=headroom)
 
     def _prefetch_backward(self, u):
-        """While u is in backward: its moments first (needed next), then the previous block's
-        params if that leaves room for what must come before u's AdamW step can free memory."""
+        """While u is in backward: its moments first (needed for its AdamW step), then the
+        next disk block's params and moments if that leaves room for what must come before
+        u's step can free memory."""
         self._prefetch_moments(u)
         needs_mv = u.home == "disk" and u.n_train and u.owner == self.rank and u.mv_prefetch is None
-        prev = self._neighbour(u, -1)
-        if prev is None:
+        nxt = self._next_disk(u, -1)
+        if nxt is None:
             return
-        # Room for u's moments and for prev's gradient, so neither waits on u's AdamW step.
-        headroom = _page(prev.n_train * 4)
+        # Room for u's moments and for nxt's gradient, so neither waits on an AdamW step.
+        headroom = _page(nxt.n_train * 4)
         if needs_mv:
             headroom += 2 * _page(u.n_train * self.state_itemsize)
-        self._prefetch(prev, headroom=headroom)
+        self._prefetch(nxt, headroom=headroom)
+        if nxt.prefetch is not None or nxt.p is not None:
+            self._prefetch_moments(nxt, headroom=headroom)
 
-    def _prefetch_moments(self, u):
+    def _prefetch_moments(self, u, headroom=0):
         if (
             u.home != "disk"
             or not u.n_train
@@ -483,19 +529,29 @@ class OffloadTrainer:
             or u.submitted
         ):
             return
-        mb, m = self._host_array(u.n_train, self._np_state(), optional=True)
+        nbytes = _page(u.n_train * self.state_itemsize)
+        mb, m = self._host_array(
+            u.n_train, self._np_state(), optional=True, headroom=headroom + nbytes
+        )
         if mb is None:
             return
-        vb, v = self._host_array(u.n_train, self._np_state(), optional=True)
+        vb, v = self._host_array(u.n_train, self._np_state(), optional=True, headroom=headroom)
         if vb is None:
             return
         futs = [_disk.pread(u.ext_m, m), _disk.pread(u.ext_v, v)]
         self._count("disk_read", 2 * u.n_train * self.state_itemsize)
         u.mv_prefetch = (mb, m, vb, v, futs)
 
-    def _neighbour(self, u, delta):
-        i = u.index - 1 + delta
-        return self.blocks[i] if 0 <= i < len(self.blocks) else None
+    def _next_disk(self, u, direction):
+        """The nearest disk-homed block after u (None: from the start) in the direction compute
+        goes (+1 forward, -1 backward), or None."""
+        i = (-1 if direction > 0 else len(self.blocks)) if u is None else u.index - 1
+        i += direction
+        while 0 <= i < len(self.blocks):
+            if self.blocks[i].home == "disk":
+                return self.blocks[i]
+            i += direction
+        return None
 
     def _wrap_forward(self, u, original):
         def run(*args, **kwargs):
@@ -503,8 +559,13 @@ class OffloadTrainer:
             self._materialize(u, for_backward=backward)
             if backward:
                 self._prefetch_backward(u)
-            else:
-                self._prefetch(self._neighbour(u, +1))
+            else:  # the next pipeline_depth disk blocks' params (no gradients yet)
+                nxt = u
+                for _ in range(max(1, self.pipeline_depth)):
+                    nxt = self._next_disk(nxt, +1)
+                    if nxt is None:
+                        break
+                    self._prefetch(nxt)
             t0 = time.perf_counter()
             out = original(*args, **kwargs)
             self._add_time("compute_fwd", time.perf_counter() - t0)
@@ -523,7 +584,11 @@ class OffloadTrainer:
                     self._pack_hook(u), self._unpack_hook
                 ):
                     out = run(*args, **kwargs)
-            if self._phase != "backward":
+            # The last disk block forward is the first backward: keep it rather than read it
+            # again at once (its AdamW step releases it).
+            if self._phase != "backward" and not (
+                self.pipeline_depth and u is self._next_disk(None, -1)
+            ):
                 self._release(u)
             return out
 
@@ -557,10 +622,8 @@ class OffloadTrainer:
         if u.g is None:
             self._materialize(u, for_backward=True)
         off = u.offsets[id(param)]
-        slot = torch.from_numpy(u.g)[off : off + param.numel()].view(param.shape)
-        if param.grad is not None and param.grad.data_ptr() != slot.data_ptr():
-            slot.add_(param.grad)  # torch made its own grad (no saved tensors touched first)
-            param.grad = slot
+        torch.from_numpy(u.g)[off : off + param.numel()].copy_(param.grad.reshape(-1))
+        param.grad = None  # torch's buffer goes now; AdamW reads the unit's flat gradient
         u.fired.add(id(param))
         if len(u.fired) == len(u.train):
             self._submit(u)
@@ -660,6 +723,11 @@ class OffloadTrainer:
         self._finish(u, result)
         return True
 
+    def _reap(self):
+        """Finishes the optimizer steps already done (frees their buffers) without waiting."""
+        while self._jobs and self._jobs[0][1].done():
+            self._wait_oldest()
+
     def _fail_pending(self):
         # Let the other jobs finish (their state stays consistent) before reporting.
         while self._jobs:
@@ -685,6 +753,9 @@ class OffloadTrainer:
         self._drain()
         self._phase = "backward"
         root = self.units[0]
+        for u in self.units:  # autograd must hand over fresh gradients, not add to old ones
+            for p in u.params[: len(u.train)]:
+                p.grad = None
         t0 = time.perf_counter()
         try:
             self._materialize(root, for_backward=True)
@@ -705,10 +776,27 @@ class OffloadTrainer:
             u.g = u.g_buf = None
             u.fired = set()
             u.submitted = False
-            u.prefetch = u.mv_prefetch = None
             if u.home == "disk":
                 u.m = u.v = u.m_buf = u.v_buf = None
                 self._release(u)
+        self._drop_prefetches()
+
+    def _drop_prefetches(self):
+        """Waits for prefetch reads still in flight and frees their buffers (a read must not
+        outlive its buffer nor race a write of its extent). True when any was dropped."""
+        dropped = False
+        for u in self.units:
+            futures = []
+            if u.prefetch is not None:
+                futures.append(u.prefetch[2])
+            if u.mv_prefetch is not None:
+                futures += u.mv_prefetch[4]
+            for f in futures:
+                with contextlib.suppress(BaseException):  # a failed read is simply not used
+                    f.result()
+            dropped = dropped or bool(futures)
+            u.prefetch = u.mv_prefetch = None
+        return dropped
 
     def step(self):
         """Finishes this step's optimizer work (units whose gradients were incomplete too)."""
@@ -717,11 +805,13 @@ class OffloadTrainer:
             if u.fired and not u.submitted:
                 self._submit(u)
         self._drain()
+        self._drop_prefetches()
         for u in self.units:
-            u.prefetch = u.mv_prefetch = None
             self._release(u)
         self.last_stats = self._step_stats()
         self._reset_counters()
+        if self.pipeline_depth:  # the next forward's first disk block, read while idle
+            self._prefetch(self._next_disk(None, +1))
         return self.last_stats
 
     def zero_grad(self, set_to_none=True):
@@ -758,6 +848,10 @@ class OffloadTrainer:
             wall_s=wall,
             compute_s=max(0.0, wall - exposed - c["io_wait"]),
             io_wait_s=c["io_wait"],
+            io_wait_forward_s=c["io_wait_forward"],
+            io_wait_backward_s=c["io_wait_backward"],
+            prefetch_misses=c["prefetch_miss"],
+            prefetch_misses_forward=c["prefetch_miss_forward"],
             io_background_s=c["io_job"],
             optimizer_s=c["optimizer"],
             comm_s=c["comm"],
@@ -850,6 +944,7 @@ class OffloadTrainer:
         from tierlm.train import checkpoint
 
         self._drain()
+        self._drop_prefetches()  # they hold the parameters this overwrites
         meta, path = checkpoint.read_meta(directory)
         if meta.get("moments_dtype") != str(self.moments_dtype).replace("torch.", ""):
             raise InvalidArgumentError(
@@ -906,6 +1001,8 @@ def _detach_all():
     for trainer in list(_LIVE):
         with contextlib.suppress(Exception):
             trainer._drain()
+        with contextlib.suppress(Exception):
+            trainer._drop_prefetches()  # no read may outlive its buffer
         for u in trainer.units:
             for p in u.params:
                 with contextlib.suppress(Exception):
@@ -933,6 +1030,13 @@ def _unit_transient(u, isz, rank):
     return total
 
 
+def _spread(k, n):
+    """k of the indices 0..n-1, evenly spaced: no two adjacent while 2k <= n, both ends
+    free while 2k < n."""
+    step = n / k if k else 1.0  # >= 1, so flooring keeps them distinct
+    return [int((j + 0.5) * step) for j in range(min(k, n))]
+
+
 def plan_units(units, isz, rank=0):
     root = units[0]
     blocks = units[1:]
@@ -957,7 +1061,10 @@ def offload(model, budget=None, disk_dir=None, **options):
     budget: {"host": size, "disk": size} (sizes as bytes or "4GiB"); disk_dir: where
     disk-homed state lives. Options: lr, betas, eps, weight_decay, blocks,
     checkpoint_activations (True), offload_activations (False), moments_dtype ("float32" or
-    "bfloat16"), io_backend ("auto" | "uring" | "threads"), process_group.
+    "bfloat16"), io_backend ("auto" | "uring" | "threads"), process_group, pipeline_depth
+    (2: when blocks go to disk, the budget keeps room for this many disk blocks in flight
+    beside the one computing -- prefetched, or being stepped and written back -- at the cost
+    of fewer host-resident blocks; 0 packs the host tier fullest).
     """
     return OffloadTrainer(model, budget=budget, disk_dir=disk_dir, **options)
 
