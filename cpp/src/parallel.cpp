@@ -53,6 +53,7 @@ class Pool {
       fn_ = fn;
       n_ = n;
       chunks_ = chunks;
+      dynamic_ = false;
       pending_ = chunks - 1;
       ++generation_;
     }
@@ -62,11 +63,48 @@ class Pool {
     done_.wait(lock, [this] { return pending_ == 0; });
   }
 
+  void run_dynamic(size_t n, size_t chunk, void* context, detail::RangeFn fn) {
+    chunk = std::max<size_t>(1, chunk);
+    const size_t chunks = (n + chunk - 1) / chunk;
+    if (threads_ <= 1 || chunks <= 1) {
+      fn(context, 0, n);
+      return;
+    }
+    std::unique_lock run_lock(run_mutex_);
+    {
+      std::lock_guard lock(mutex_);
+      context_ = context;
+      fn_ = fn;
+      n_ = n;
+      chunk_ = chunk;
+      chunks_ = chunks;
+      dynamic_ = true;
+      open_ = true;
+      active_ = 0;
+      next_.store(0, std::memory_order_relaxed);
+      ++generation_;
+    }
+    wake_.notify_all();
+    claim_chunks();
+    // Workers that have not joined by now stay out; wait only for those claiming chunks.
+    std::unique_lock lock(mutex_);
+    open_ = false;
+    done_.wait(lock, [this] { return active_ == 0; });
+  }
+
  private:
   void run_chunk(size_t index) {
     const size_t begin = n_ * index / chunks_;
     const size_t end = n_ * (index + 1) / chunks_;
     if (begin < end) fn_(context_, begin, end);
+  }
+
+  void claim_chunks() {
+    for (;;) {
+      const size_t c = next_.fetch_add(1, std::memory_order_relaxed);
+      if (c >= chunks_) return;
+      fn_(context_, c * chunk_, std::min(n_, (c + 1) * chunk_));
+    }
   }
 
   void work(size_t index) {
@@ -76,6 +114,15 @@ class Pool {
       wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
       if (stopping_) return;
       seen = generation_;
+      if (dynamic_) {
+        if (!open_) continue;
+        ++active_;
+        lock.unlock();
+        claim_chunks();
+        lock.lock();
+        if (--active_ == 0) done_.notify_one();
+        continue;
+      }
       if (index >= chunks_) continue;
       lock.unlock();
       run_chunk(index);
@@ -97,6 +144,12 @@ class Pool {
   size_t n_ = 0;
   size_t chunks_ = 0;
   size_t pending_ = 0;
+  // parallel_for_dynamic: chunk size, whether workers may still join, how many are claiming.
+  bool dynamic_ = false;
+  bool open_ = false;
+  size_t chunk_ = 0;
+  size_t active_ = 0;
+  std::atomic<size_t> next_{0};
 };
 
 std::mutex g_pool_mutex;
@@ -129,6 +182,11 @@ namespace detail {
 void parallel_run(size_t n, size_t min_chunk, void* context, RangeFn fn) {
   if (n == 0) return;
   pool().run(n, min_chunk, context, fn);
+}
+
+void parallel_run_dynamic(size_t n, size_t chunk, void* context, RangeFn fn) {
+  if (n == 0) return;
+  pool().run_dynamic(n, chunk, context, fn);
 }
 }  // namespace detail
 
