@@ -28,12 +28,19 @@ inline __m128i to_bf16(__m256 x) {
 
 }  // namespace
 
-void adam_range_avx2(const AdamScalars& s, const AdamTensors& t, size_t begin, size_t end) {
-  const bool bf16 = t.state_dtype == AdamStateDType::kAdamStateBf16;
-  float* m32 = static_cast<float*>(t.exp_avg);
-  float* v32 = static_cast<float*>(t.exp_avg_sq);
-  uint16_t* m16 = static_cast<uint16_t*>(t.exp_avg);
-  uint16_t* v16 = static_cast<uint16_t*>(t.exp_avg_sq);
+namespace {
+
+// As in adam_avx512.cpp: formats as template parameters (no branches in the loop), pointers as
+// locals (the intrinsics' stores may alias `t`), four independent vectors per iteration.
+template <bool kBf16State, bool kBf16Out>
+void adam_range(const AdamScalars& s, const AdamTensors& t, size_t begin, size_t end) {
+  float* __restrict param = t.param;
+  const float* __restrict grad = t.grad;
+  float* __restrict m32 = static_cast<float*>(t.exp_avg);
+  float* __restrict v32 = static_cast<float*>(t.exp_avg_sq);
+  uint16_t* __restrict m16 = static_cast<uint16_t*>(t.exp_avg);
+  uint16_t* __restrict v16 = static_cast<uint16_t*>(t.exp_avg_sq);
+  uint16_t* __restrict out16 = t.param_bf16;
   const __m256 decay = _mm256_set1_ps(s.decay);
   const __m256 w1 = _mm256_set1_ps(s.one_minus_beta1);
   const __m256 beta2 = _mm256_set1_ps(s.beta2);
@@ -41,27 +48,51 @@ void adam_range_avx2(const AdamScalars& s, const AdamTensors& t, size_t begin, s
   const __m256 neg_step = _mm256_set1_ps(-s.step_size);
   const __m256 inv_bc2 = _mm256_set1_ps(s.inv_bc2_sqrt);
   const __m256 eps = _mm256_set1_ps(s.eps);
-  size_t i = begin;
-  for (; i + 8 <= end; i += 8) {
-    const __m256 g = _mm256_loadu_ps(t.grad + i);
-    __m256 m = bf16 ? load_bf16(m16 + i) : _mm256_loadu_ps(m32 + i);
-    __m256 v = bf16 ? load_bf16(v16 + i) : _mm256_loadu_ps(v32 + i);
-    const __m256 p = _mm256_mul_ps(_mm256_loadu_ps(t.param + i), decay);
+  auto step8 = [&](size_t i) __attribute__((always_inline)) {
+    const __m256 g = _mm256_loadu_ps(grad + i);
+    __m256 m = kBf16State ? load_bf16(m16 + i) : _mm256_loadu_ps(m32 + i);
+    __m256 v = kBf16State ? load_bf16(v16 + i) : _mm256_loadu_ps(v32 + i);
+    const __m256 p = _mm256_mul_ps(_mm256_loadu_ps(param + i), decay);
     m = _mm256_fmadd_ps(w1, _mm256_sub_ps(g, m), m);
     v = _mm256_fmadd_ps(_mm256_mul_ps(w2, g), g, _mm256_mul_ps(v, beta2));
     const __m256 denom = _mm256_fmadd_ps(_mm256_sqrt_ps(v), inv_bc2, eps);
     const __m256 out = _mm256_add_ps(p, _mm256_div_ps(_mm256_mul_ps(neg_step, m), denom));
-    _mm256_storeu_ps(t.param + i, out);
-    if (bf16) {
+    _mm256_storeu_ps(param + i, out);
+    if (kBf16State) {
       _mm_storeu_si128(reinterpret_cast<__m128i*>(m16 + i), to_bf16(m));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(v16 + i), to_bf16(v));
     } else {
       _mm256_storeu_ps(m32 + i, m);
       _mm256_storeu_ps(v32 + i, v);
     }
-    if (t.param_bf16) _mm_storeu_si128(reinterpret_cast<__m128i*>(t.param_bf16 + i), to_bf16(out));
+    if (kBf16Out) _mm_storeu_si128(reinterpret_cast<__m128i*>(out16 + i), to_bf16(out));
+  };
+  size_t i = begin;
+  for (; i + 32 <= end; i += 32) {
+    step8(i);
+    step8(i + 8);
+    step8(i + 16);
+    step8(i + 24);
   }
+  for (; i + 8 <= end; i += 8) step8(i);
   if (i < end) adam_range_scalar(s, t, i, end);
+}
+
+}  // namespace
+
+void adam_range_avx2(const AdamScalars& s, const AdamTensors& t, size_t begin, size_t end) {
+  const bool bf16 = t.state_dtype == AdamStateDType::kAdamStateBf16;
+  if (bf16) {
+    if (t.param_bf16)
+      adam_range<true, true>(s, t, begin, end);
+    else
+      adam_range<true, false>(s, t, begin, end);
+  } else {
+    if (t.param_bf16)
+      adam_range<false, true>(s, t, begin, end);
+    else
+      adam_range<false, false>(s, t, begin, end);
+  }
 }
 
 }  // namespace tierlm::detail
