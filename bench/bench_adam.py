@@ -62,6 +62,22 @@ def contenders(ds):
     return out
 
 
+def balanced_orders(m):
+    """Orders of m contenders in which each directly follows every other equally often
+    (a Williams design: m rows for even m, 2m for odd). What ran just before sets the cache
+    state a step starts in (the copy probe leaves the cache full of dirty lines); plain
+    rotation keeps the cyclic order, so each contender would always follow the same one."""
+    first, lo, hi = [0], 1, m - 1
+    while len(first) < m:
+        first.append(lo)
+        lo += 1
+        if len(first) < m:
+            first.append(hi)
+            hi -= 1
+    rows = [[(x + r) % m for x in first] for r in range(m)]
+    return rows if m % 2 == 0 else rows + [row[::-1] for row in rows]
+
+
 def bench_row(n, reps, entries, max_state, copy):
     """{name: median seconds per step} at n params, each contender with its own param, grad
     and moments. Within a group that fits max_state bytes they run in turn, one step each per
@@ -89,8 +105,9 @@ def bench_row(n, reps, entries, max_state, copy):
         if not out:  # the copy-bandwidth probe rides along in the first group
             steps.append(("copy", lambda: copy[1].copy_(copy[0])))
         times = {name: [] for name, _ in steps}
-        for r in range(reps):  # rotated, so each follows every other equally (cache state)
-            for name, step in steps[r % len(steps) :] + steps[: r % len(steps)]:
+        orders = balanced_orders(len(steps))
+        for r in range(reps):
+            for name, step in (steps[i] for i in orders[r % len(orders)]):
                 times[name].append(timed(step))
         if "copy" in times:  # the best copy, not the typical one: the bound is what is possible
             out["copy_bw"] = 8 * copy[0].numel() / min(times.pop("copy"))
