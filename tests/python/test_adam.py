@@ -1,5 +1,7 @@
 """tierlm.train.AdamW and the fused kernel against torch.optim.AdamW, at every SIMD level."""
 
+import copy
+
 import numpy as np
 import pytest
 import tierlm.train as tt
@@ -145,6 +147,41 @@ def test_state_dict_round_trips_with_torch():
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert ours.state_dict()["param_groups"][0]["lr"] == 1e-2
+
+
+def test_cached_views_follow_loaded_state_and_replaced_storage():
+    """AdamW.step caches numpy views of param and moments; a loaded state_dict (new moment
+    tensors) or a replaced p.data must be stepped, not the stale views."""
+    torch.manual_seed(1)
+    n = 4097
+    hyper = dict(lr=1e-2, weight_decay=0.05)
+    p, q = torch.nn.Parameter(torch.randn(n)), torch.nn.Parameter(torch.randn(n))
+    ours, other = tt.AdamW([p], **hyper), torch.optim.AdamW([q], **hyper)
+    for _ in range(2):  # different grads: the two states differ
+        p.grad, q.grad = torch.randn(n), torch.randn(n)
+        ours.step()
+        other.step()
+    # torch's load_state_dict keeps the given tensors when dtypes match: give each a copy.
+    ours.load_state_dict(copy.deepcopy(other.state_dict()))
+    ref_p = torch.nn.Parameter(p.detach().clone())
+    ref = torch.optim.AdamW([ref_p], **hyper)
+    ref.load_state_dict(copy.deepcopy(other.state_dict()))
+    p.grad = torch.randn(n)
+    ref_p.grad = p.grad.clone()
+    ours.step()
+    ref.step()
+    torch.testing.assert_close(p.detach(), ref_p.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.state[p]["exp_avg"], ref.state[ref_p]["exp_avg"])
+    # New storage behind the same Parameter.
+    fresh = torch.randn(n)
+    p.data = fresh.clone()
+    ref_p.data = fresh.clone()
+    p.grad = torch.randn(n)
+    ref_p.grad = p.grad.clone()
+    ours.step()
+    ref.step()
+    torch.testing.assert_close(p.detach(), ref_p.detach(), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(p.detach(), fresh)
 
 
 def test_rejects_bad_hyperparameters():
