@@ -284,7 +284,7 @@ void matvec_bf16(const float* x, const uint16_t* w, const uint16_t* bias, float*
 
 // bf16 matrix-vector with AVX512-BF16: x is rounded to bf16 once per call (as the
 // matrix-matrix path and llama.cpp do), then one VDPBF16PS takes 32 weights, so a row streams
-// at load speed; rows one at a time, as in matvec_rows, with 4 accumulators.
+// at load speed; rows one at a time with prefetch, as in matvec_rows, with 4 accumulators.
 constexpr size_t kDotMaxCols = 16384;  // the rounded x lives on the stack (32 KiB)
 
 void matvec_bf16_dot(const float* x, const uint16_t* w, const uint16_t* bias, float* y, size_t cols,
@@ -305,6 +305,7 @@ void matvec_bf16_dot(const float* x, const uint16_t* w, const uint16_t* bias, fl
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     size_t c = 0;
     for (; c + 128 <= cols; c += 128) {
+      for (size_t line = 0; line < 128; line += 32) prefetch_ahead(row + c + line);
       a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(row + c), xv(c));
       a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512(row + c + 32), xv(c + 32));
       a2 = _mm512_dpbf16_ps(a2, (__m512bh)_mm512_loadu_si512(row + c + 64), xv(c + 64));
