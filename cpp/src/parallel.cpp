@@ -84,18 +84,25 @@ class Pool {
     fn_ = fn;
     n_ = n;
     finished_.store(0, std::memory_order_relaxed);
-    {
-      // Under the mutex so that a worker about to sleep sees the new generation or is woken.
+    // No lock on the hot path: a mutex the caller and a finishing worker both take once per
+    // region turns into futex sleeps whenever they meet. Instead a thread about to sleep
+    // announces it (sleepers_, caller_sleeping_) and re-checks under the mutex; the seq_cst
+    // store / load pairs guarantee that the other side either sees the announcement, and wakes
+    // it under the mutex, or the sleeper sees the new state and does not sleep.
+    const uint64_t generation = (generation_of(state_.load(std::memory_order_relaxed)) + 1) &
+                                ((uint64_t{1} << kGenerationBits) - 1);
+    state_.store(generation << 48 | uint64_t{chunks} << 32);
+    if (sleepers_.load() > 0) {
       std::lock_guard lock(mutex_);
-      const uint64_t generation = (generation_of(state_.load(std::memory_order_relaxed)) + 1) &
-                                  ((uint64_t{1} << kGenerationBits) - 1);
-      state_.store(generation << 48 | uint64_t{chunks} << 32, std::memory_order_release);
-      if (sleepers_ > 0) wake_.notify_all();
+      wake_.notify_all();
     }
     claim_chunks();
-    if (!spin_until([&] { return finished_.load(std::memory_order_acquire) == chunks; })) {
+    auto all_done = [&] { return finished_.load() == chunks; };
+    if (!spin_until(all_done)) {
       std::unique_lock lock(mutex_);
-      done_.wait(lock, [&] { return finished_.load(std::memory_order_acquire) == chunks; });
+      caller_sleeping_.store(true);
+      done_.wait(lock, all_done);
+      caller_sleeping_.store(false);
     }
   }
 
@@ -117,7 +124,7 @@ class Pool {
       const size_t begin = n_ * index / chunks;
       const size_t end = n_ * (index + 1) / chunks;
       fn_(context_, begin, end);
-      if (finished_.fetch_add(1, std::memory_order_acq_rel) + 1 == chunks) {
+      if (finished_.fetch_add(1) + 1 == chunks && caller_sleeping_.load()) {
         std::lock_guard lock(mutex_);  // the caller may be checking its predicate
         done_.notify_one();
       }
@@ -127,15 +134,12 @@ class Pool {
   void work() {
     uint64_t seen = 0;
     for (;;) {
-      auto fresh = [&] {
-        return stopping_.load(std::memory_order_acquire) ||
-               generation_of(state_.load(std::memory_order_acquire)) != seen;
-      };
+      auto fresh = [&] { return stopping_.load() || generation_of(state_.load()) != seen; };
       if (!spin_until(fresh)) {
         std::unique_lock lock(mutex_);
-        ++sleepers_;
+        sleepers_.fetch_add(1);
         wake_.wait(lock, fresh);
-        --sleepers_;
+        sleepers_.fetch_sub(1);
       }
       if (stopping_.load(std::memory_order_acquire)) return;
       seen = generation_of(state_.load(std::memory_order_acquire));
@@ -151,7 +155,8 @@ class Pool {
   std::condition_variable wake_;
   std::condition_variable done_;
   std::atomic<bool> stopping_{false};
-  size_t sleepers_ = 0;  // guarded by mutex_
+  std::atomic<size_t> sleepers_{0};
+  std::atomic<bool> caller_sleeping_{false};
   // The region: written by the caller before it publishes a generation in state_.
   void* context_ = nullptr;
   detail::RangeFn fn_ = nullptr;
