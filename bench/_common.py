@@ -18,19 +18,15 @@ def median_time(fn, repeats=7, warmup=1):
     return statistics.median(times)
 
 
-def median_times(fns, repeats=7, warmup=1, settle=0.0):
+def median_times(fns, repeats=7, warmup=1):
     """Median wall time of each fn in seconds, the runs interleaved (a, b, a, b, ...) so that
-    load from other processes on a shared machine hits every contender alike. settle: seconds
-    to sleep before each timed call, so that a contender's idle-spinning worker threads
-    (OpenBLAS spins about 0.1 s after each call) do not take a core from the next one."""
+    load from other processes on a shared machine hits every contender alike."""
     for fn in fns:
         for _ in range(warmup):
             fn()
     times = [[] for _ in fns]
     for _ in range(repeats):
         for fn, t in zip(fns, times, strict=True):
-            if settle:
-                time.sleep(settle)
             t0 = time.perf_counter()
             fn()
             t.append(time.perf_counter() - t0)

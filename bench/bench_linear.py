@@ -49,9 +49,7 @@ def bench(rows, cols, dtype, rng, copy, n):
     fns = [ours, theirs, copy]
     if dtype == "f32":
         fns.append(lambda: [x @ arr.T for arr, _ in ws])
-    # numpy's OpenBLAS threads spin after each call; without settling, whoever runs next (us,
-    # in this order) gets one core.
-    times = median_times(fns, repeats=7, settle=0.2)
+    times = median_times(fns, repeats=7)
     bandwidth = copy.bytes / times[2]
     t_ours, t_torch = times[0] / copies, times[1] / copies
     t_np = times[3] / copies if dtype == "f32" else None
