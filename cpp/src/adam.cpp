@@ -1,6 +1,6 @@
 // AdamW dispatch: derives the step's scalars the way torch does (host fp64, then f32), splits
-// the tensors into chunks that the compute pool's threads claim one at a time and runs the kernel
-// of the current SIMD level on each.
+// the tensors into cache-line-aligned ranges over the compute pool and runs the kernel of the
+// current SIMD level on each.
 #include "tierlm/adam.hpp"
 
 #include <cmath>
@@ -15,12 +15,9 @@ namespace tierlm {
 
 namespace {
 
-// Threads claim 32K-element chunks (128 KiB of each f32 array, ~10 us of work) one at a time,
-// so a thread descheduled on a shared machine delays the step by at most one chunk; chunk
-// starts are multiples of 64 elements, so no cache line (even of bf16 state) is shared.
-constexpr size_t kAdamChunk = size_t{1} << 15;
-// Below two chunks, waking a worker (~5-20 us) costs more than it saves.
-constexpr size_t kAdamMinParallel = 2 * kAdamChunk;
+constexpr size_t kAdamBlock = 64;  // elements per scheduling unit (a cache line of bf16 x2)
+// 32K elements (~10 us of work) per thread at least: below that, waking a worker costs more.
+constexpr size_t kAdamMinBlocksPerThread = 512;
 
 using RangeKernel = void (*)(const detail::AdamScalars&, const AdamTensors&, size_t, size_t);
 
@@ -92,12 +89,16 @@ void adam_step(const AdamConfig& config, const AdamTensors& tensors) {
   check(config, tensors);
   const detail::AdamScalars scalars = detail::adam_scalars(config);
   const RangeKernel kernel = kernel_for_level();
-  if (tensors.n < kAdamMinParallel) {
-    kernel(scalars, tensors, 0, tensors.n);
-    return;
-  }
-  parallel_for_dynamic(tensors.n, kAdamChunk,
-                       [&](size_t begin, size_t end) { kernel(scalars, tensors, begin, end); });
+  const size_t blocks = (tensors.n + kAdamBlock - 1) / kAdamBlock;
+  // The pool's chunks are claimed, not assigned: a worker that wakes late (its core taken by
+  // another process) leaves its chunk to the caller instead of holding the step up.
+  parallel_for(
+      blocks,
+      [&](size_t begin, size_t end) {
+        const size_t hi = end * kAdamBlock < tensors.n ? end * kAdamBlock : tensors.n;
+        kernel(scalars, tensors, begin * kAdamBlock, hi);
+      },
+      kAdamMinBlocksPerThread);
 }
 
 }  // namespace tierlm

@@ -35,6 +35,12 @@ const detail::KernelTable& table() {
 constexpr size_t kMinChunkElements = 1 << 15;
 // Rows of W handed out together, so SIMD bodies see whole row blocks.
 constexpr size_t kLinearRowBlock = 16;
+// Matrix-vector: below this many weights one thread streams W faster than the pool wakes; above
+// it, rows go out in blocks of about kMatvecBlockBytes (a few microseconds of streaming) to at
+// most kMatvecMaxLanes threads.
+constexpr size_t kMatvecMinElements = 1 << 16;
+constexpr size_t kMatvecBlockBytes = 64 << 10;
+constexpr size_t kMatvecMaxLanes = 64;
 
 }  // namespace
 
@@ -64,6 +70,38 @@ void kernel_linear(const float* x, const void* w, const void* bias, DType w_dtyp
                    size_t n, size_t rows, size_t cols) {
   if (n == 0 || rows == 0) return;
   const detail::KernelTable& k = table();
+  if (n == 1) {
+    if (rows * cols < kMatvecMinElements)
+      return k.linear(x, w, bias, w_dtype, y, 1, rows, cols, 0, rows);
+    // Decode streams W once from DRAM. Each thread owns a contiguous run of row blocks and
+    // streams it in order; a thread done with its own run takes blocks from the others' runs, so
+    // a thread slowed by another process (the cores are shared) hands its rows over instead of
+    // stalling the step.
+    const size_t lanes = std::min(parallel_threads(), kMatvecMaxLanes);
+    const size_t row_bytes = std::max<size_t>(1, cols * dtype_size(w_dtype));
+    const size_t block =
+        kLinearRowBlock * std::max<size_t>(1, kMatvecBlockBytes / row_bytes / kLinearRowBlock);
+    const size_t blocks = (rows + block - 1) / block;
+    struct alignas(64) Run {
+      std::atomic<size_t> next;
+      size_t end;
+    };
+    Run runs[kMatvecMaxLanes];
+    for (size_t i = 0; i < lanes; ++i) {
+      runs[i].next.store(blocks * i / lanes, std::memory_order_relaxed);
+      runs[i].end = blocks * (i + 1) / lanes;
+    }
+    parallel_for(lanes, [&](size_t lane, size_t) {
+      for (size_t j = 0; j < lanes; ++j) {
+        Run& run = runs[(lane + j) % lanes];
+        for (size_t b = run.next.fetch_add(1, std::memory_order_relaxed); b < run.end;
+             b = run.next.fetch_add(1, std::memory_order_relaxed))
+          k.linear(x, w, bias, w_dtype, y, 1, rows, cols, b * block,
+                   std::min(rows, (b + 1) * block));
+      }
+    });
+    return;
+  }
   const size_t blocks = (rows + kLinearRowBlock - 1) / kLinearRowBlock;
   const size_t work_per_block = std::max<size_t>(1, kLinearRowBlock * cols * n);
   const size_t min_blocks = std::max<size_t>(1, (1 << 16) / work_per_block);

@@ -11,7 +11,6 @@ namespace {
 struct VecAvx2 {
   using F = __m256;
   static constexpr size_t kWidth = 8;
-  static constexpr size_t kMatvecRows = 4;
   static constexpr size_t kLinearRows = 4;
   static constexpr size_t kLinearTokens = 3;
   static constexpr size_t kScoreVecs = 2;

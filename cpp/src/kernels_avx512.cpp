@@ -16,7 +16,6 @@ namespace {
 struct VecAvx512 {
   using F = __m512;
   static constexpr size_t kWidth = 16;
-  static constexpr size_t kMatvecRows = 8;
   static constexpr size_t kLinearRows = 4;
   static constexpr size_t kLinearTokens = 4;
   static constexpr size_t kScoreVecs = 4;
@@ -283,11 +282,53 @@ void matvec_bf16(const float* x, const uint16_t* w, const uint16_t* bias, float*
   for (; r < r1; ++r) matvec_bf16_rows<1>(x, w, bias, y, cols, r);
 }
 
+// bf16 matrix-vector with AVX512-BF16: x is rounded to bf16 once per call (as the
+// matrix-matrix path and llama.cpp do), then one VDPBF16PS takes 32 weights, so a row streams
+// at load speed; rows one at a time with prefetch, as in matvec_rows, with 4 accumulators.
+constexpr size_t kDotMaxCols = 16384;  // the rounded x lives on the stack (32 KiB)
+
+void matvec_bf16_dot(const float* x, const uint16_t* w, const uint16_t* bias, float* y, size_t cols,
+                     size_t r0, size_t r1) {
+  alignas(64) uint16_t xb[kDotMaxCols];
+  for (size_t c = 0; c < cols; c += 32) {  // zero past cols, so masked row tails add nothing
+    const size_t k = cols - c;
+    const __m512 lo = VecAvx512::load_n(x + c, std::min<size_t>(16, k));
+    const __m512 hi =
+        k > 16 ? VecAvx512::load_n(x + c + 16, std::min<size_t>(16, k - 16)) : _mm512_setzero_ps();
+    _mm512_store_si512(reinterpret_cast<__m512i*>(xb + c), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+  }
+  auto xv = [&](size_t c) {
+    return (__m512bh)_mm512_load_si512(reinterpret_cast<const __m512i*>(xb + c));
+  };
+  for (size_t r = r0; r < r1; ++r) {
+    const uint16_t* row = w + r * cols;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    size_t c = 0;
+    for (; c + 128 <= cols; c += 128) {
+      for (size_t line = 0; line < 128; line += 32) prefetch_ahead(row + c + line);
+      a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(row + c), xv(c));
+      a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512(row + c + 32), xv(c + 32));
+      a2 = _mm512_dpbf16_ps(a2, (__m512bh)_mm512_loadu_si512(row + c + 64), xv(c + 64));
+      a3 = _mm512_dpbf16_ps(a3, (__m512bh)_mm512_loadu_si512(row + c + 96), xv(c + 96));
+    }
+    for (; c < cols; c += 32) {
+      const size_t k = std::min<size_t>(32, cols - c);
+      const __mmask32 m = k == 32 ? ~__mmask32{0} : (__mmask32{1} << k) - 1;
+      a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_maskz_loadu_epi16(m, row + c), xv(c));
+    }
+    const float b = bias ? bf16_to_f32(bias[r]) : 0.0f;
+    y[r] = VecAvx512::reduce_add(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))) + b;
+  }
+}
+
 void linear_avx512(const float* x, const void* w, const void* bias, DType w_dtype, float* y,
                    size_t n, size_t rows, size_t cols, size_t r0, size_t r1) {
   if (w_dtype == DType::kDTypeBF16 && n > 1 && cpu_features().avx512_bf16)
     return linear_bf16_packed(x, static_cast<const uint16_t*>(w),
                               static_cast<const uint16_t*>(bias), y, n, rows, cols, r0, r1);
+  if (w_dtype == DType::kDTypeBF16 && n == 1 && cols <= kDotMaxCols && cpu_features().avx512_bf16)
+    return matvec_bf16_dot(x, static_cast<const uint16_t*>(w), static_cast<const uint16_t*>(bias),
+                           y, cols, r0, r1);
   if (w_dtype == DType::kDTypeBF16 && n == 1)
     return matvec_bf16(x, static_cast<const uint16_t*>(w), static_cast<const uint16_t*>(bias), y,
                        cols, r0, r1);

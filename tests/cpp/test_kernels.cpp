@@ -115,25 +115,29 @@ TEST(Kernels, EveryLevelMatchesScalar) {
   }
   AttentionCase att({7, 12, 4, 80, 1500, 1600, 1493});
   simd_set_level(SimdLevel::kSimdScalar);
-  std::vector<float> ref(n * rows), ref1(rows), refb(n * rows);
+  std::vector<float> ref(n * rows), ref1(rows), refb(n * rows), refb1(rows);
   kernel_linear(x.data(), w.data(), nullptr, DType::kDTypeF32, ref.data(), n, rows, cols);
   kernel_linear(x.data(), w.data(), nullptr, DType::kDTypeF32, ref1.data(), 1, rows, cols);
   kernel_linear(x.data(), wb.data(), nullptr, DType::kDTypeBF16, refb.data(), n, rows, cols);
+  kernel_linear(x.data(), wb.data(), nullptr, DType::kDTypeBF16, refb1.data(), 1, rows, cols);
   att.run();
   const std::vector<float> att_ref = att.out;
   for (SimdLevel level : levels()) {
     simd_set_level(level);
-    std::vector<float> y(n * rows), y1(rows), yb(n * rows);
+    std::vector<float> y(n * rows), y1(rows), yb(n * rows), yb1(rows);
     kernel_linear(x.data(), w.data(), nullptr, DType::kDTypeF32, y.data(), n, rows, cols);
     kernel_linear(x.data(), w.data(), nullptr, DType::kDTypeF32, y1.data(), 1, rows, cols);
     kernel_linear(x.data(), wb.data(), nullptr, DType::kDTypeBF16, yb.data(), n, rows, cols);
+    kernel_linear(x.data(), wb.data(), nullptr, DType::kDTypeBF16, yb1.data(), 1, rows, cols);
     for (size_t i = 0; i < y.size(); ++i) {
       EXPECT_NEAR(y[i], ref[i], 1e-3f) << simd_level_name(level) << " f32 " << i;
       // bf16 x bf16 products (AVX512-BF16) round the activations: 1% of the typical |y|.
       EXPECT_NEAR(yb[i], refb[i], 0.35f) << simd_level_name(level) << " bf16 " << i;
     }
-    for (size_t i = 0; i < y1.size(); ++i)
+    for (size_t i = 0; i < y1.size(); ++i) {
       EXPECT_NEAR(y1[i], ref1[i], 1e-3f) << simd_level_name(level);
+      EXPECT_NEAR(yb1[i], refb1[i], 0.35f) << simd_level_name(level) << " bf16 matvec " << i;
+    }
     att.run();
     for (size_t i = 0; i < att.out.size(); ++i)
       ASSERT_NEAR(att.out[i], att_ref[i], 1e-4f) << simd_level_name(level) << " attention " << i;

@@ -1,49 +1,98 @@
-// parallel_for_dynamic: every index visited exactly once, ranges aligned to the chunk, on
-// pools of 1 to 3 threads (the pool is shared with parallel_for, so both are interleaved).
+// The compute pool: parallel_for covers [0, n) exactly once per call, back to back (workers
+// spinning), after the workers went to sleep, and across pool resizes; chunks run
+// concurrently; a decode matrix-vector split over any thread
+// count gives the single-thread result bit for bit.
 #include <gtest/gtest.h>
 
 #include <atomic>
-#include <memory>
+#include <chrono>
+#include <random>
+#include <thread>
 #include <vector>
 
+#include "tierlm/kernels.hpp"
 #include "tierlm/parallel.hpp"
 
 namespace tierlm {
 namespace {
 
-TEST(ParallelForDynamic, CoversEachIndexOnceInAlignedRanges) {
-  for (size_t threads : {1, 2, 3}) {
-    parallel_set_threads(threads);
-    for (size_t n : {size_t{1}, size_t{7}, size_t{4095}, size_t{4097}, size_t{100003}}) {
-      for (size_t chunk : {size_t{1}, size_t{64}, size_t{4096}, size_t{1} << 20}) {
-        auto hits = std::make_unique<std::atomic<int>[]>(n);
-        std::atomic<bool> misaligned{false};
-        parallel_for_dynamic(n, chunk, [&](size_t begin, size_t end) {
-          const bool whole = begin == 0 && end == n && (threads == 1 || n <= chunk);
-          if (!whole &&
-              (begin % chunk != 0 || end - begin > chunk || (end - begin < chunk && end != n)))
-            misaligned = true;
-          for (size_t i = begin; i < end; ++i) hits[i].fetch_add(1, std::memory_order_relaxed);
-        });
-        ASSERT_FALSE(misaligned) << "threads " << threads << " n " << n << " chunk " << chunk;
-        for (size_t i = 0; i < n; ++i)
-          ASSERT_EQ(hits[i].load(), 1) << "threads " << threads << " n " << n << " i " << i;
-        // The static split still works on the same pool right after.
-        std::atomic<size_t> sum{0};
-        parallel_for(n, [&](size_t begin, size_t end) { sum += end - begin; });
-        ASSERT_EQ(sum.load(), n);
-      }
-    }
-  }
-  parallel_set_threads(0);
+// Runs one parallel_for over n items and checks each was visited once.
+void expect_covered(size_t n, size_t min_chunk = 1) {
+  std::vector<std::atomic<int>> seen(n);
+  for (auto& s : seen) s.store(0);
+  parallel_for(
+      n,
+      [&](size_t begin, size_t end) {
+        ASSERT_LE(begin, end);
+        ASSERT_LE(end, n);
+        for (size_t i = begin; i < end; ++i) seen[i].fetch_add(1);
+      },
+      min_chunk);
+  for (size_t i = 0; i < n; ++i) ASSERT_EQ(seen[i].load(), 1) << "item " << i << " of " << n;
 }
 
-TEST(ParallelForDynamic, ZeroItemsCallsNothing) {
+struct ThreadsGuard {
+  size_t before = parallel_threads();
+  ~ThreadsGuard() { parallel_set_threads(before); }
+};
+
+TEST(Parallel, CoversEveryItemOnceForAnyThreadCount) {
+  ThreadsGuard guard;
+  for (size_t threads : {1, 2, 3, 7}) {
+    parallel_set_threads(threads);
+    EXPECT_EQ(parallel_threads(), threads);
+    for (size_t n : {1, 2, 3, 7, 64, 4097}) expect_covered(n);
+    expect_covered(4097, 1000);  // min_chunk limits the chunk count
+  }
+}
+
+TEST(Parallel, BackToBackRegionsAndAfterWorkersSleep) {
+  ThreadsGuard guard;
+  parallel_set_threads(3);
+  for (int i = 0; i < 5000; ++i) expect_covered(static_cast<size_t>(2 + i % 5));
+  // Longer than the spin: the workers sleep and must be woken.
+  for (int i = 0; i < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    expect_covered(6);
+  }
+}
+
+TEST(Parallel, ChunksRunConcurrently) {
+  ThreadsGuard guard;
   parallel_set_threads(2);
-  bool called = false;
-  parallel_for_dynamic(0, 64, [&](size_t, size_t) { called = true; });
-  EXPECT_FALSE(called);
-  parallel_set_threads(0);
+  // The first chunk to start blocks until another chunk ran: the other thread must claim it
+  // (a pool that ran the chunks one after another would hang here).
+  std::atomic<int> started{0};
+  std::atomic<int> done{0};
+  parallel_for(2, [&](size_t, size_t) {
+    if (started.fetch_add(1) == 0) {
+      while (done.load() == 0) std::this_thread::yield();
+    }
+    done.fetch_add(1);
+  });
+  EXPECT_EQ(done.load(), 2);
+}
+
+TEST(Parallel, MatvecIsTheSameForAnyThreadCount) {
+  ThreadsGuard guard;
+  const size_t rows = 1031, cols = 509;  // several row blocks, odd tail
+  std::mt19937 rng(7);
+  std::normal_distribution<float> dist;
+  std::vector<float> x(cols), w(rows * cols), bias(rows);
+  for (float& v : x) v = dist(rng);
+  for (float& v : w) v = dist(rng);
+  for (float& v : bias) v = dist(rng);
+  parallel_set_threads(1);
+  std::vector<float> ref(rows);
+  kernel_linear(x.data(), w.data(), bias.data(), DType::kDTypeF32, ref.data(), 1, rows, cols);
+  for (size_t threads : {2, 3, 5}) {
+    parallel_set_threads(threads);
+    for (int rep = 0; rep < 20; ++rep) {
+      std::vector<float> y(rows, -1.0f);
+      kernel_linear(x.data(), w.data(), bias.data(), DType::kDTypeF32, y.data(), 1, rows, cols);
+      ASSERT_EQ(y, ref) << threads << " threads";
+    }
+  }
 }
 
 }  // namespace

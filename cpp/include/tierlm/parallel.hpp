@@ -15,7 +15,6 @@ void parallel_shutdown();
 namespace detail {
 using RangeFn = void (*)(void* context, size_t begin, size_t end);
 void parallel_run(size_t n, size_t min_chunk, void* context, RangeFn fn);
-void parallel_run_dynamic(size_t n, size_t chunk, void* context, RangeFn fn);
 }  // namespace detail
 
 // Calls fn(begin, end) over disjoint ranges covering [0, n), at least min_chunk items each,
@@ -26,20 +25,6 @@ void parallel_for(size_t n, Fn&& fn, size_t min_chunk = 1) {
     (*static_cast<Fn*>(context))(begin, end);
   };
   detail::parallel_run(n, min_chunk, const_cast<void*>(static_cast<const void*>(&fn)), trampoline);
-}
-
-// Calls fn(begin, end) over [0, n) cut into ranges of `chunk` items (the last may be shorter)
-// that the caller and the pool's threads claim one at a time: a thread that is descheduled or
-// wakes late does less (or none) of the work instead of holding everyone up, which matters
-// for memory-bound loops on a shared machine. Ranges start at multiples of chunk; on a
-// one-thread pool, or when n fits one chunk, fn(0, n) is called once.
-template <typename Fn>
-void parallel_for_dynamic(size_t n, size_t chunk, Fn&& fn) {
-  auto trampoline = [](void* context, size_t begin, size_t end) {
-    (*static_cast<Fn*>(context))(begin, end);
-  };
-  detail::parallel_run_dynamic(n, chunk, const_cast<void*>(static_cast<const void*>(&fn)),
-                               trampoline);
 }
 
 }  // namespace tierlm
