@@ -30,9 +30,10 @@ def backend(request, monkeypatch):
     return request.param
 
 
-def all_neuron_predictors(pkg, rank=3):
+def all_neuron_predictors(pkg, rank=3, density=1.0):
     """Predictors whose logits are +10 for every neuron: the sparse path then computes every
-    neuron and must equal the dense FFN."""
+    neuron and must equal the dense FFN. `density` is what their metrics claim (it sizes the
+    auto capacity)."""
     from tierlm.sparse.package import register_predictors
     from tierlm.sparse.predictor import LayerPredictor, Predictors
 
@@ -46,7 +47,7 @@ def all_neuron_predictors(pkg, rank=3):
         )
         for _ in range(cfg["num_layers"])
     ]
-    Predictors(layers, {"layers": [{"predicted_density": 1.0}] * len(layers)}).save(pkg)
+    Predictors(layers, {"layers": [{"predicted_density": density}] * len(layers)}).save(pkg)
     register_predictors(pkg)
 
 
@@ -143,6 +144,29 @@ def test_budget_held_and_minimum_named(opt_sparse):
         assert model.placement()["streaming"] == (budget < need)
     with pytest.raises(BudgetError, match=f"at least .*{minimum} bytes.*sparse FFN neuron caches"):
         tierlm.load(pkg, budget=minimum - 4096, sparse=True)
+
+
+def test_auto_capacity_gives_the_budget_to_weights_first(opt_sparse, tmp_path):
+    """Metrics claiming 10% density: window-4 caches hold ceil(0.1 * 307 * 4 * 1.5) = 185
+    neurons. A budget just below what they need with every weight resident gets one-token
+    caches (47) and keeps every weight resident; the overflow rounds keep the output exact."""
+    pkg = str(tmp_path / "pkg")
+    shutil.copytree(opt_sparse["f16"], pkg)
+    all_neuron_predictors(pkg, density=0.1)
+    ids = prompt(9)
+    roomy = tierlm.load(pkg, sparse=True, sparse_window=4)
+    assert roomy.stats()["sparse_capacity"] == [185] * 3
+    ref = roomy.generate(ids, max_new_tokens=4, stop_at_eos=False)
+    budget = roomy.stats()["host"]["peak"] - 4096
+    tight = tierlm.load(pkg, budget=budget, sparse=True, sparse_window=4)
+    assert tight.stats()["sparse_capacity"] == [47] * 3
+    assert not tight.placement()["streaming"]
+    out = tight.generate(ids, max_new_tokens=4, stop_at_eos=False)
+    assert out.output_ids == ref.output_ids
+    assert tight.stats()["host"]["peak"] <= budget
+    fixed = tierlm.load(pkg, budget=budget, sparse=True, sparse_window=4, sparse_capacity=185)
+    assert fixed.stats()["sparse_capacity"] == [185] * 3  # an explicit capacity is kept
+    assert fixed.placement()["streaming"]
 
 
 def test_errors_name_package_and_fix(opt_sparse, tmp_path):
