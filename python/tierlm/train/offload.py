@@ -695,6 +695,11 @@ class OffloadTrainer:
             self._count("disk_write", u.n_train * 4)
             if u.owner == self.rank:
                 self._count("disk_write", 2 * u.n_train * self.state_itemsize)
+        self._reset_unit(u)
+
+    def _reset_unit(self, u):
+        """Drops a unit's gradients and step bookkeeping; a disk unit also its moments and
+        parameter buffers."""
         for p in u.params[: len(u.train)]:
             p.grad = None
         u.g = u.g_buf = None
@@ -771,14 +776,7 @@ class OffloadTrainer:
     def _abort_backward(self):
         self._fail_pending()
         for u in self.units:
-            for p in u.params[: len(u.train)]:
-                p.grad = None
-            u.g = u.g_buf = None
-            u.fired = set()
-            u.submitted = False
-            if u.home == "disk":
-                u.m = u.v = u.m_buf = u.v_buf = None
-                self._release(u)
+            self._reset_unit(u)
         self._drop_prefetches()
 
     def _drop_prefetches(self):
