@@ -441,7 +441,7 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     // Weights first: a resident weight byte saves a read on every token, a cached window row
     // only on some. Auto capacities then hold one token's prediction; the window still evicts
     // the least recently used neurons when its union is larger.
-    sparse_plan = detail::sparse_ffn_plan(p, options, static_cast<size_t>(m.chunk), 1);
+    detail::size_sparse_caches(sparse_plan, 0, 1);
   }
   const uint64_t sparse_bytes = sparse_plan.host_bytes;
   const uint64_t needed = weight_bytes + kv_bytes + arena_bytes + sparse_bytes;

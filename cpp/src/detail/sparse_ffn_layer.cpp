@@ -81,8 +81,7 @@ int SparseFfnPlan::layer_of_op(size_t op, SparseOpRole* role) const {
   return -1;
 }
 
-SparseFfnPlan sparse_ffn_plan(const Package& p, const ModelOptions& options, size_t max_rows,
-                              size_t capacity_tokens) {
+SparseFfnPlan sparse_ffn_plan(const Package& p, const ModelOptions& options, size_t max_rows) {
   SparseFfnPlan plan;
   plan.package = p.path;
   TIERLM_CHECK(options.sparse_window >= 1, kErrorInvalidArgument, "sparse_window ",
@@ -317,16 +316,19 @@ SparseFfnPlan sparse_ffn_plan(const Package& p, const ModelOptions& options, siz
     l.pred_bias = entry(pre + "up_bias", {n});
   }
 
-  // Capacities, staging and the host bytes of everything SparseFfn allocates.
+  size_sparse_caches(plan, options.sparse_capacity, plan.window);
+  return plan;
+}
+
+void size_sparse_caches(SparseFfnPlan& plan, int64_t capacity, size_t capacity_tokens) {
   size_t max_n = 0, max_rank = 0, max_dim = 0, max_cap = 0;
   uint64_t worst_row = 0, bound = 0;
   for (SparseLayerPlan& l : plan.layers) {
-    if (options.sparse_capacity > 0) {
-      l.capacity = std::min<size_t>(static_cast<size_t>(options.sparse_capacity), l.n_neurons);
+    if (capacity > 0) {
+      l.capacity = std::min<size_t>(static_cast<size_t>(capacity), l.n_neurons);
     } else if (l.predicted_density > 0) {
-      const double want = std::ceil(
-          l.predicted_density * static_cast<double>(l.n_neurons) *
-          static_cast<double>(capacity_tokens ? capacity_tokens : plan.window) * kCapacityMargin);
+      const double want = std::ceil(l.predicted_density * static_cast<double>(l.n_neurons) *
+                                    static_cast<double>(capacity_tokens) * kCapacityMargin);
       l.capacity = std::clamp<size_t>(static_cast<size_t>(want), 1, l.n_neurons);
     } else {
       l.capacity = l.n_neurons;
@@ -362,7 +364,6 @@ SparseFfnPlan sparse_ffn_plan(const Package& p, const ModelOptions& options, siz
                            kTokenLog * sizeof(SparseTokenInfo) + 16 * 64;
   bytes += page(scratch);
   plan.host_bytes = bytes;
-  return plan;
 }
 
 struct SparseFfn::Impl {

@@ -69,10 +69,13 @@ struct SparseFfnPlan {
 
 // Reads the package's "bundles" and "predictors" sections and matches the graph's FFNs;
 // throws kErrorNotFound / kErrorUnsupported / kErrorCorrupt naming the package and the fix.
-// Auto capacities (options.sparse_capacity 0) hold the predictions of `capacity_tokens`
-// tokens (0 = the window's k).
-SparseFfnPlan sparse_ffn_plan(const Package& package, const ModelOptions& options, size_t max_rows,
-                              size_t capacity_tokens = 0);
+// Caches are sized by size_sparse_caches(plan, options.sparse_capacity, window).
+SparseFfnPlan sparse_ffn_plan(const Package& package, const ModelOptions& options, size_t max_rows);
+
+// Sets each layer's cache capacity, the staging buffer and plan.host_bytes: `capacity`
+// neurons per layer, or when 0 (auto) the predictions of `capacity_tokens` tokens (predicted
+// density x tokens x 1.5, all neurons when the metrics lack the density).
+void size_sparse_caches(SparseFfnPlan& plan, int64_t capacity, size_t capacity_tokens);
 
 class SparseFfn {
  public:
