@@ -79,9 +79,9 @@ def balanced_orders(m):
 
 
 def bench_row(n, reps, entries, max_state, copy):
-    """{name: median seconds per step} at n params, each contender with its own param, grad
-    and moments. Within a group that fits max_state bytes they run in turn, one step each per
-    round, so load from other processes hits them alike.
+    """{name: (group index, seconds per step in each round)} at n params, each contender with
+    its own param, grad and moments. Within a group that fits max_state bytes they run in turn,
+    one step each per round, so load from other processes hits them alike.
     copy: (src, dst) f32 tensors whose copy measures the memory bandwidth in the same rounds
     (out["copy_bw"], bytes/s)."""
     groups, used = [[]], 0
@@ -93,7 +93,7 @@ def bench_row(n, reps, entries, max_state, copy):
         groups[-1].append(entry)
         used += nbytes
     out = {}
-    for group in groups:
+    for index, group in enumerate(groups):
         steps = []
         for name, _, make in group:
             p = torch.nn.Parameter(torch.randn(n))
@@ -114,10 +114,37 @@ def bench_row(n, reps, entries, max_state, copy):
             # line read for ownership (write-allocate) and its write-back. AdamW's writes go to
             # lines it has just read, so its 28 bytes/param carry no such extra read.
             out["copy_bw"] = 12 * copy[0].numel() / min(times.pop("copy"))
-        out.update({name: statistics.median(t) for name, t in times.items()})
+        out.update({name: (index, t) for name, t in times.items()})
         del steps, step
         gc.collect()
     return out
+
+
+def speedup(row, ours, base):
+    """How much faster `ours` steps than `base`: the median over rounds of the two steps'
+    ratio when both ran in the same rounds (each round's pair saw the same machine, so a
+    neighbour's load that comes and goes cancels out), else the ratio of the medians."""
+    (group_ours, t_ours), (group_base, t_base) = row[ours], row[base]
+    if group_ours == group_base:
+        return statistics.median(b / a for a, b in zip(t_ours, t_base, strict=True))
+    return statistics.median(t_base) / statistics.median(t_ours)
+
+
+def format_row(n, threads, row):
+    """One table line from bench_row's result."""
+    bound = 28 * n / row.pop("copy_bw")
+    med = {name: statistics.median(times) for name, (_, times) in row.items()}
+    x = {name: f"{speedup(row, 'tierlm f32', name):.2f}" for name in row}
+
+    def g(name):
+        return f"{n / med[name] / 1e9:9.3f} G" if name in med else "-"
+
+    return (
+        f"{n / 1e6:6.0f}M {threads:>3} | {g('tierlm f32'):>11} {g('tierlm bf16'):>11} "
+        f"{g('torch fused'):>11} {g('torch foreach'):>13} {g('deepspeed'):>11} | "
+        f"{x['torch fused']:>7} {x['torch foreach']:>9} {x.get('deepspeed', '-'):>6} | "
+        f"{bound * 1e3:8.1f} ms {bound / med['tierlm f32']:10.0%}"
+    )
 
 
 def deepspeed_adam():
@@ -204,7 +231,8 @@ def main(argv=None):
         f"{'torch fused':>11} {'torch foreach':>13} {'deepspeed':>11} | {'x fused':>7} "
         f"{'x foreach':>9} {'x ds':>6} | {'bound 28B/p':>11} {'f32 % bound':>11}"
     )
-    print("params/s (G = 1e9), median; 'x' = tierlm f32 speed / baseline speed")
+    print("params/s (G = 1e9), median over rounds; 'x' = how much faster tierlm f32 steps than the")
+    print("baseline: the median of the per-round ratios (the same round's steps, paired)")
     print(header)
     print("-" * len(header))
     entries = contenders(ds)
@@ -215,18 +243,7 @@ def main(argv=None):
         for th in threads:
             torch.set_num_threads(th)
             _core.set_threads(th)
-            t = bench_row(n, reps, entries, max_state, copy)
-            bw = t["copy_bw"]
-            ours, ours16, fused = t["tierlm f32"], t["tierlm bf16"], t["torch fused"]
-            foreach, dst = t["torch foreach"], t.get("deepspeed")
-            bound = 28 * n / bw
-            g = lambda t, n=n: f"{n / t / 1e9:9.3f} G"  # noqa: E731
-            print(
-                f"{n / 1e6:6.0f}M {th:>3} | {g(ours):>11} {g(ours16):>11} {g(fused):>11} "
-                f"{g(foreach):>13} {g(dst) if dst else '-':>11} | {fused / ours:7.2f} "
-                f"{foreach / ours:9.2f} {f'{dst / ours:6.2f}' if dst else '-':>6} | "
-                f"{bound * 1e3:8.1f} ms {bound / ours:10.0%}"
-            )
+            print(format_row(n, th, bench_row(n, reps, entries, max_state, copy)))
             sys.stdout.flush()
     print("bound: 28 bytes/param at the best copy bandwidth (256 MB f32 torch copy, same threads,")
     print("counted as 12 bytes per element: read, read for ownership, write-back;")
