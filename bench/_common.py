@@ -63,6 +63,22 @@ def memory_bandwidth(nbytes=256 << 20, threads=2):
     return {"copy": copy, "read": read, "bound": max(copy, read)}
 
 
+def start_kernel_bench(threads):
+    """Sets tierlm's and torch's threads and prints the bandwidth measured now (the kernel
+    benches' preamble); returns _core.cpu_info()."""
+    import torch
+    from tierlm import _core
+
+    _core.set_threads(threads)
+    torch.set_num_threads(threads)
+    bw = memory_bandwidth(threads=threads)
+    print(
+        f"bandwidth at start: numpy copy {bw['copy'] / 1e9:.1f} GB/s (read+write), torch sum "
+        f"{bw['read'] / 1e9:.1f} GB/s (read); bounds below use the copy timed on each row"
+    )
+    return _core.cpu_info()
+
+
 def print_table(headers, rows):
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
     print("  ".join(str(h).rjust(w) for h, w in zip(headers, widths, strict=True)))

@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import CopyBandwidth, median_times, memory_bandwidth, print_table
+from _common import CopyBandwidth, median_times, print_table, start_kernel_bench
 from tierlm import _core
 
 K = _core.kernels
@@ -99,18 +99,11 @@ def main():
     parser.add_argument("--prefill", default="512,1024,2048,4096")
     parser.add_argument("--decode", default="512,1024,2048,4096,8192,16384")
     args = parser.parse_args()
-    _core.set_threads(args.threads)
-    torch.set_num_threads(args.threads)
+    info = start_kernel_bench(args.threads)
     rng = np.random.default_rng(0)
-    bw = memory_bandwidth(threads=args.threads)
-    info = _core.cpu_info()
     print(
         f"threads {args.threads}, SIMD {info['simd_level']}, heads {H}/{HKV} kv, head_dim {D}, "
         f"f32; torch {torch.__version__}"
-    )
-    print(
-        f"bandwidth at start: numpy copy {bw['copy'] / 1e9:.1f} GB/s (read+write), torch sum "
-        f"{bw['read'] / 1e9:.1f} GB/s (read); bounds below use the copy timed on each row"
     )
     rows = [prefill_row(int(n), rng) for n in args.prefill.split(",") if n]
     copy = CopyBandwidth()

@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import CopyBandwidth, median_times, memory_bandwidth, print_table
+from _common import CopyBandwidth, median_times, print_table, start_kernel_bench
 from tierlm import _core
 
 K = _core.kernels
@@ -87,18 +87,11 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prefill", type=int, default=128)
     args = parser.parse_args()
-    _core.set_threads(args.threads)
-    torch.set_num_threads(args.threads)
+    info = start_kernel_bench(args.threads)
     rng = np.random.default_rng(0)
-    bw = memory_bandwidth(threads=args.threads)
-    info = _core.cpu_info()
     print(
         f"threads {args.threads}, SIMD {info['simd_level']}, torch {torch.__version__} "
         f"(torch runs x in the weight dtype), numpy {np.__version__}"
-    )
-    print(
-        f"bandwidth at start: numpy copy {bw['copy'] / 1e9:.1f} GB/s (read+write), torch sum "
-        f"{bw['read'] / 1e9:.1f} GB/s (read); bounds below use the copy timed on each row"
     )
     copy = CopyBandwidth()
     rows = []

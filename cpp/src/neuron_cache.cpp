@@ -5,33 +5,16 @@
 #include <cstring>
 
 #include "tierlm/error.hpp"
+#include "tierlm/kernels.hpp"
 
 namespace tierlm {
-
-namespace {
-
-size_t element_size(DType dtype) { return dtype == DType::kDTypeF32 ? 4 : 2; }
-
-const char* element_name(DType dtype) {
-  switch (dtype) {
-    case DType::kDTypeF32:
-      return "f32";
-    case DType::kDTypeF16:
-      return "f16";
-    case DType::kDTypeBF16:
-      return "bf16";
-  }
-  return "?";
-}
-
-}  // namespace
 
 NeuronCache::NeuronCache(HostTier& tier, size_t n_neurons, size_t capacity, size_t row_elems,
                          DType dtype)
     : n_neurons_(n_neurons),
       capacity_(capacity),
       row_elems_(row_elems),
-      row_bytes_(row_elems * element_size(dtype)),
+      row_bytes_(row_elems * dtype_size(dtype)),
       dtype_(dtype) {
   TIERLM_CHECK(n_neurons > 0 && n_neurons <= INT32_MAX, kErrorInvalidArgument,
                "neuron cache: n_neurons ", n_neurons, " must be in 1 .. 2^31-1");
@@ -41,7 +24,7 @@ NeuronCache::NeuronCache(HostTier& tier, size_t n_neurons, size_t capacity, size
   const size_t row_total = capacity * row_bytes_;
   const size_t map_total = (n_neurons + capacity) * sizeof(int32_t);
   TIERLM_CHECK(tier.available() >= row_total + map_total, kErrorBudget, "neuron cache: ", capacity,
-               " rows of ", row_elems, " ", element_name(dtype), " (", format_bytes(row_total),
+               " rows of ", row_elems, " ", dtype_name(dtype), " (", format_bytes(row_total),
                ") plus maps (", format_bytes(map_total),
                ") do not fit in the host tier: ", format_bytes(tier.available()), " of ",
                format_bytes(tier.budget()),

@@ -139,6 +139,14 @@ def test_pipeline_depth_negative_is_an_error():
         tt.offload(llama(), pipeline_depth=-1, **HYPER)
 
 
+def test_non_float32_or_non_cpu_model_is_refused_by_name():
+    with pytest.raises(tierlm.errors.UnsupportedError, match=r"embed_tokens.*model\.float\(\)"):
+        tt.offload(llama().to(torch.bfloat16), **HYPER)
+    # No GPU here: the meta device stands in for any device other than the CPU.
+    with pytest.raises(tierlm.errors.UnsupportedError, match=r"embed_tokens.*meta.*model\.cpu\(\)"):
+        tt.offload(llama().to("meta"), **HYPER)
+
+
 def test_minimum_budget_error():
     model = llama()
     plan = tt.offload_plan(model)

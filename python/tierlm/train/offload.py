@@ -202,12 +202,17 @@ class OffloadTrainer:
         self.blocks = self.units[1:]
         for u in self.units:
             u.owner = u.index % self.world
-            for p in u.params:
-                if p.dtype != torch.float32 or p.device.type != "cpu":
+            for name, p in zip(u.names, u.params, strict=True):
+                if p.device.type != "cpu":
                     raise UnsupportedError(
-                        f"offload: parameter {u.names[u.params.index(p)]} is {p.dtype} on "
-                        f"{p.device}; this build trains float32 CPU models (convert with "
-                        "model.float())"
+                        f"offload: parameter {name} is on {p.device}; the offload trainer "
+                        "computes on the CPU (no GPU compute path yet): give it the model on "
+                        "the CPU (model.cpu())"
+                    )
+                if p.dtype != torch.float32:
+                    raise UnsupportedError(
+                        f"offload: parameter {name} is {p.dtype}; the offload trainer trains "
+                        "float32 models (convert with model.float())"
                     )
 
         host_budget = budget.get("host")
