@@ -77,10 +77,12 @@ def train_reference(model, data, hyper=HYPER, optimizer=None):
     return losses
 
 
-def train_offloaded(model, trainer, data):
+def train_offloaded(model, trainer, data, device=None):
     losses = []
     stats = []
     for ids in data:
+        if device is not None:
+            ids = ids.to(device)
         loss = model(input_ids=ids, labels=ids).loss
         trainer.backward(loss)
         stats.append(trainer.step())

@@ -23,6 +23,11 @@ The user's loop stays plain PyTorch::
         trainer.zero_grad()
     trainer.save("ckpt")            # atomic; trainer.resume("ckpt") restores params + Adam
 
+With a compute device (a CUDA model, or device=...) PyTorch computes there: the root unit
+stays resident on it, each block's parameters are copied in from their home tier before its
+forward and its backward and dropped after, and each gradient is copied back to the host as
+autograd finishes it; AdamW still runs on the host copies (the masters).
+
 One trainer.backward per step (no gradient accumulation across micro-batches: each block is
 stepped as soon as its gradients are complete). Parameter .grad tensors are not kept after
 trainer.backward (each block's gradients go to the
@@ -119,7 +124,10 @@ class _Unit:
         # Materialised state (numpy views of host-tier buffers).
         self.p = None  # flat fp32 [n_total]
         self.p_buf = None
-        self.p_tensor = None
+        self.p_tensor = None  # torch view of p
+        # What the parameters are views of while materialised: p_tensor itself, or a copy of
+        # it on the compute device.
+        self.compute = None
         self.g = None
         self.g_buf = None
         self.m = self.v = None
@@ -131,9 +139,9 @@ class _Unit:
         self.submitted = False
 
 
-def _released(shape):
+def _released(shape, device=None):
     # A stand-in with the parameter's shape that owns no memory (stride 0).
-    return torch.zeros((), dtype=torch.float32).expand(shape)
+    return torch.zeros((), dtype=torch.float32, device=device).expand(shape)
 
 
 class StepStats(dict):
@@ -146,9 +154,11 @@ class OffloadTrainer:
     Attributes: units (root + one per block), homes() ({unit: "host"|"disk"}), plan (the
     budget plan: minimum, all_host, root, transient_max bytes), host (the HostTier), disk
     (the disk home or None), last_stats (stats of the last step()).
-    offload_activations: with compute on the host (CPU build) activations already live in the
-    host tier, so the flag changes nothing there; checkpointed block inputs are the only
-    activations kept between forward and backward.
+    device: where blocks compute (see offload()). offload_activations: with a compute device
+    and checkpoint_activations=False, the float32 tensors autograd saves for backward wait in
+    host-tier buffers instead of device memory; computing in place on the host they already
+    live there, so the flag changes nothing (with checkpointing the block inputs are the only
+    activations kept).
     """
 
     def __init__(
@@ -168,6 +178,7 @@ class OffloadTrainer:
         io_backend="auto",
         process_group=None,
         pipeline_depth=2,
+        device=None,
     ):
         budget = dict(budget or {})
         unknown = set(budget) - {"host", "disk"}
@@ -195,25 +206,19 @@ class OffloadTrainer:
         self._dist = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank(process_group) if self._dist else 0
         self.world = dist.get_world_size(process_group) if self._dist else 1
-        self._pg = process_group
-        self._pg_job = dist.new_group(backend="gloo") if self._dist and self.world > 1 else None
+        # Gradients are reduced and parameters broadcast as host tensors, so over gloo: the
+        # user's group when it is gloo, else (NCCL) a gloo group beside it. The optimizer
+        # thread's broadcasts get a group of their own (one thread per group).
+        many = self._dist and self.world > 1
+        gloo = many and dist.get_backend(process_group) == "gloo"
+        self._pg = process_group if not many or gloo else dist.new_group(backend="gloo")
+        self._pg_job = dist.new_group(backend="gloo") if many else None
 
         self.units = self._build_units(model, blocks)
         self.blocks = self.units[1:]
+        self.device = _compute_device(self.units, device)
         for u in self.units:
             u.owner = u.index % self.world
-            for name, p in zip(u.names, u.params, strict=True):
-                if p.device.type != "cpu":
-                    raise UnsupportedError(
-                        f"offload: parameter {name} is on {p.device}; the offload trainer "
-                        "computes on the CPU (no GPU compute path yet): give it the model on "
-                        "the CPU (model.cpu())"
-                    )
-                if p.dtype != torch.float32:
-                    raise UnsupportedError(
-                        f"offload: parameter {name} is {p.dtype}; the offload trainer trains "
-                        "float32 models (convert with model.float())"
-                    )
 
         host_budget = budget.get("host")
         self.plan = plan_units(self.units, self.state_itemsize, self.rank)
@@ -252,6 +257,8 @@ class OffloadTrainer:
         self._reset_counters()
         self.last_stats = None
         self._init_homes()
+        if self.device is not None:
+            _move_buffers(model, self.device)
         self._install()
         _LIVE.add(self)
 
@@ -323,8 +330,13 @@ class OffloadTrainer:
             owner = u.owner == self.rank
             if u.home == "host":
                 u.p_buf, u.p = self._host_array(u.n_total, np.float32)
+                u.p_tensor = torch.from_numpy(u.p)
                 self._fill(u)
-                self._bind(u)
+                if self._releasable(u):  # copied to the compute device when it runs
+                    for p in u.params:
+                        p.data = _released(p.shape, self.device)
+                else:
+                    self._bind(u)
                 if owner and u.n_train:
                     u.m_buf, u.m = self._host_array(u.n_train, self._np_state())
                     u.v_buf, u.v = self._host_array(u.n_train, self._np_state())
@@ -349,7 +361,7 @@ class OffloadTrainer:
                     del zeros
                 del buf, arr
                 for p in u.params:
-                    p.data = _released(p.shape)
+                    p.data = _released(p.shape, self.device)
 
     def _np_state(self):
         return np.uint16 if self.state_itemsize == 2 else np.float32
@@ -367,9 +379,14 @@ class OffloadTrainer:
             flat[off : off + p.numel()].copy_(p.detach().reshape(-1))
 
     def _bind(self, u):
-        """Points each parameter's .data at its slice of the unit's flat buffer (no copy)."""
-        flat = torch.from_numpy(u.p)
-        u.p_tensor = flat
+        """Points each parameter's .data at its slice of the unit's flat buffer: the host-tier
+        buffer itself (no copy), or with a compute device a copy made there."""
+        flat = u.p_tensor
+        if self.device is not None:
+            flat = torch.empty(u.n_total, dtype=torch.float32, device=self.device)
+            flat.copy_(u.p_tensor)
+            self._count("device_in", u.n_total * 4)
+        u.compute = flat
         for p in u.params:
             off = u.offsets[id(p)]
             p.data = flat[off : off + p.numel()].view(p.shape)
@@ -414,8 +431,9 @@ class OffloadTrainer:
             names = {id(p): n for u in self.units for n, p in zip(u.names, u.params, strict=True)}
             for u in self.units:
                 for p in u.params:
-                    p.data = values[names[id(p)]]
-                u.p = u.p_buf = u.p_tensor = None
+                    value = values[names[id(p)]]
+                    p.data = value if self.device is None else value.to(self.device)
+                u.p = u.p_buf = u.p_tensor = u.compute = None
         for h in self._hooks:
             h.remove()
         self._hooks = []
@@ -487,6 +505,8 @@ class OffloadTrainer:
                 "io_wait_backward" if self._phase == "backward" else "io_wait_forward", waited
             )
             u.p_buf, u.p = buf, arr
+            u.p_tensor = torch.from_numpy(arr)
+        if u.compute is None:
             self._bind(u)
         if for_backward and u.n_train and u.g is None:
             # Each parameter's gradient is copied in when autograd finishes it (_grad_ready):
@@ -496,12 +516,20 @@ class OffloadTrainer:
             for a, b in u.gaps:
                 u.g[a:b] = 0
 
+    def _releasable(self, u):
+        """Whether u's parameters are materialised only around its forward and backward: a
+        disk unit's (its host buffer too), and with a compute device every block's copy there.
+        The root unit (embeddings, head: not wrapped) stays materialised."""
+        return u.home == "disk" or (self.device is not None and u is not self.units[0])
+
     def _release(self, u):
-        if u.home != "disk" or u.p is None:
+        if not self._releasable(u) or u.compute is None:
             return
         for p in u.params:
-            p.data = _released(p.shape)
-        u.p = u.p_buf = u.p_tensor = None
+            p.data = _released(p.shape, self.device)
+        u.compute = None
+        if u.home == "disk":
+            u.p = u.p_buf = u.p_tensor = None
 
     def _prefetch(self, u, headroom=0):
         if u is None or u.home != "disk" or u.p is not None or u.prefetch is not None:
@@ -601,13 +629,23 @@ class OffloadTrainer:
 
     def _pack_hook(self, u):
         def pack(t):
-            if u.home == "disk" and u.p_tensor is not None:
+            if self._releasable(u) and u.compute is not None:
                 try:
-                    same = t.untyped_storage().data_ptr() == u.p_tensor.untyped_storage().data_ptr()
+                    same = t.untyped_storage().data_ptr() == u.compute.untyped_storage().data_ptr()
                 except RuntimeError:
                     same = False
                 if same:
                     return ("tierlm-param", u, t.size(), t.stride(), t.storage_offset())
+            if (
+                self.offload_activations
+                and self.device is not None
+                and t.device == self.device
+                and t.dtype == torch.float32
+            ):
+                buf, arr = self._host_array(t.numel(), np.float32)
+                torch.from_numpy(arr).copy_(t.reshape(-1))
+                self._count("activations_out", t.numel() * 4)
+                return ("tierlm-activation", buf, arr, t.size())
             return t
 
         return pack
@@ -617,7 +655,10 @@ class OffloadTrainer:
             _, u, size, stride, offset = packed
             self._materialize(u, for_backward=True)
             self._prefetch_backward(u)
-            return torch.as_strided(u.p_tensor, size, stride, offset)
+            return torch.as_strided(u.compute, size, stride, offset)
+        if isinstance(packed, tuple) and len(packed) == 4 and packed[0] == "tierlm-activation":
+            _, _buf, arr, size = packed  # the host-tier buffer lives as long as the pack
+            return torch.from_numpy(arr).to(self.device, copy=True).view(size)
         return packed
 
     # ---------------------------------------------------------------- optimizer
@@ -628,6 +669,8 @@ class OffloadTrainer:
             self._materialize(u, for_backward=True)
         off = u.offsets[id(param)]
         torch.from_numpy(u.g)[off : off + param.numel()].copy_(param.grad.reshape(-1))
+        if self.device is not None:
+            self._count("device_out", param.numel() * 4)
         param.grad = None  # torch's buffer goes now; AdamW reads the unit's flat gradient
         u.fired.add(id(param))
         if len(u.fired) == len(u.train):
@@ -712,7 +755,11 @@ class OffloadTrainer:
         u.submitted = False
         if u.home == "disk":
             u.m = u.v = u.m_buf = u.v_buf = None
-            self._release(u)
+        # The host copy is the master: a compute-device copy is stale after the step.
+        self._release(u)
+        if self.device is not None and u.compute is not None:  # the root stays resident
+            u.compute.copy_(u.p_tensor)
+            self._count("device_in", u.n_total * 4)
 
     def _wait_oldest(self):
         if not self._jobs:
@@ -868,6 +915,10 @@ class OffloadTrainer:
             host_peak=host["peak"],
             host_budget=host["budget"],
             host_current=host["current"],
+            # Parameters copied to the compute device, gradients copied back (0 on the CPU).
+            device_bytes_in=c["device_in"],
+            device_bytes_out=c["device_out"],
+            activation_bytes_offloaded=c["activations_out"],
         )
         if self.disk is not None:
             d = self.disk.stats()
@@ -990,6 +1041,7 @@ class OffloadTrainer:
                 self._wait(futs, "write", u.name)
                 del buf, arr, futs  # back to the budget before the next unit
                 _sb = s = None
+            self._reset_unit(u)  # a compute-device copy follows the loaded parameters
         self._failed = None
         return meta["step"]
 
@@ -1011,7 +1063,7 @@ def _detach_all():
                 with contextlib.suppress(Exception):
                     p.data = _released(p.shape)
                     p.grad = None
-            u.p = u.p_buf = u.p_tensor = u.g = u.g_buf = None
+            u.p = u.p_buf = u.p_tensor = u.compute = u.g = u.g_buf = None
             u.m = u.v = u.m_buf = u.v_buf = u.prefetch = u.mv_prefetch = None
             u.ext_p = u.ext_m = u.ext_v = None
         trainer.host = trainer.disk = None
@@ -1058,6 +1110,51 @@ def plan_units(units, isz, rank=0):
     )
 
 
+def _compute_device(units, device):
+    """The device blocks compute on, None for in place in the host tier (CPU models by
+    default). Every parameter must be float32 and on the CPU or on that device."""
+    params = [(n, p) for u in units for n, p in zip(u.names, u.params, strict=True)]
+    for name, p in params:
+        if p.dtype != torch.float32:
+            raise UnsupportedError(
+                f"offload: parameter {name} is {p.dtype}; the offload trainer trains float32 "
+                "models (convert with model.float())"
+            )
+    if device is None:
+        where = {p.device for _, p in params}
+        if len(where) > 1:
+            raise UnsupportedError(
+                f"offload: the model's parameters are on {sorted(map(str, where))}; give it "
+                "on one device (model.cpu() or model.cuda())"
+            )
+        device = next(iter(where))
+        if device.type == "cpu":
+            return None
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device.type not in ("cpu", "cuda"):
+        raise UnsupportedError(
+            f"offload: cannot compute on {device}; the compute device is the CPU or a CUDA "
+            "GPU (device=None computes where the model's parameters are)"
+        )
+    for name, p in params:
+        if p.device.type != "cpu" and p.device != device:
+            raise UnsupportedError(
+                f"offload: parameter {name} is on {p.device}, neither the CPU nor the compute "
+                f"device {device}; move the model (model.cpu())"
+            )
+    return device
+
+
+def _move_buffers(model, device):
+    # Buffers (rotary frequencies, masks) are small and stay on the compute device.
+    for module in model.modules():
+        for name, buf in module._buffers.items():
+            if buf is not None and buf.device != device:
+                module._buffers[name] = buf.to(device)
+
+
 def offload(model, budget=None, disk_dir=None, **options):
     """Wraps model for offloaded AdamW fine-tuning; returns the OffloadTrainer.
 
@@ -1067,7 +1164,11 @@ def offload(model, budget=None, disk_dir=None, **options):
     "bfloat16"), io_backend ("auto" | "uring" | "threads"), process_group, pipeline_depth
     (2: when blocks go to disk, the budget keeps room for this many disk blocks in flight
     beside the one computing -- prefetched, or being stepped and written back -- at the cost
-    of fewer host-resident blocks; 0 packs the host tier fullest).
+    of fewer host-resident blocks; 0 packs the host tier fullest), device (None: compute where
+    the model's parameters are -- a CPU model in place in the host tier, no copies; a CUDA
+    model or device="cuda": the host/disk homes stay the masters and each block's parameters
+    are copied to the device for its forward and again for its backward, gradients copied
+    back for the CPU AdamW; device="cpu" makes those copies on the CPU).
     """
     return OffloadTrainer(model, budget=budget, disk_dir=disk_dir, **options)
 
