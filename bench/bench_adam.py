@@ -208,7 +208,11 @@ def main(argv=None):
     ap.add_argument("--sizes", default="1M,4M,16M,64M,256M")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument(
-        "--reps", type=int, default=12, help="rounds; 12 balances the 6-way Williams order"
+        "--reps",
+        type=int,
+        default=12,
+        help="rounds at 256M params; n params get 256M/n times as many (up to 4096), so every "
+        "row takes about as long; multiples of 12 balance the 6-way Williams order",
     )
     ap.add_argument("--no-accuracy", action="store_true")
     ap.add_argument("--no-deepspeed", action="store_true", help="skip DeepSpeedCPUAdam")
@@ -218,7 +222,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     sizes = [parse_count(s) for s in args.sizes.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
-    print(f"simd={_core.cpu_info()['simd_level']}  torch={torch.__version__}  reps={args.reps}")
+    print(
+        f"simd={_core.cpu_info()['simd_level']}  torch={torch.__version__}  "
+        f"rounds={args.reps} at 256M params, 256M/n times as many at n"
+    )
     ds, ds_why = (None, "--no-deepspeed") if args.no_deepspeed else deepspeed_adam()
     if ds is None:
         print(f"DeepSpeedCPUAdam: skipped: {ds_why}")
@@ -239,7 +246,7 @@ def main(argv=None):
     copy = (torch.randn(64_000_000), torch.empty(64_000_000))  # well past the caches
     max_state = parse_count(args.max_state)
     for n in sizes:
-        reps = args.reps
+        reps = min(4096, args.reps * max(1, 256_000_000 // n))
         for th in threads:
             torch.set_num_threads(th)
             _core.set_threads(th)
