@@ -31,6 +31,12 @@ def main(argv=None):
     ap.add_argument("--disk-dir", default=None, help="default: a temporary directory")
     ap.add_argument("--io-backend", default="auto", choices=["auto", "uring", "threads"])
     ap.add_argument("--save", default=None, help="checkpoint directory to save to at the end")
+    ap.add_argument(
+        "--device",
+        default=None,
+        help="compute device, e.g. cuda (blocks copied there for forward and backward); "
+        "default: the CPU, in place in the host tier",
+    )
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
@@ -55,6 +61,7 @@ def main(argv=None):
         eps=1e-8,
         weight_decay=0.0,
         io_backend=args.io_backend,
+        device=args.device,
     )
     params = sum(p.numel() for p in model.parameters())
     homes = trainer.homes()
@@ -65,6 +72,8 @@ def main(argv=None):
         f"{len(homes)} units on disk under {disk_dir}"
     )
     data = torch.randint(0, args.vocab, (args.batch, args.length))
+    if trainer.device is not None:
+        data = data.to(trainer.device)
     bar = tqdm(range(args.steps), desc="finetune", unit="step")
     first = last = None
     for _ in bar:

@@ -573,7 +573,8 @@ def test_data_parallel_two_ranks_equal_single_process(tmp_path):
         assert_params_close(torch.load(out + str(rank)), ref)
 
 
-def test_example_finetune_runs(tmp_path):
+@pytest.mark.parametrize("device", [None, "cpu"], ids=["in-place", "device-copies"])
+def test_example_finetune_runs(device, tmp_path):
     example = os.path.join(HERE, "..", "..", "examples", "finetune.py")
     if not os.path.exists(example):
         pytest.skip("examples/ is not next to the tests (installed package only)")
@@ -592,7 +593,8 @@ def test_example_finetune_runs(tmp_path):
             str(tmp_path),
             "--save",
             str(tmp_path / "ckpt"),
-        ],
+        ]
+        + (["--device", device] if device else []),
         capture_output=True,
         text=True,
         env=env,
