@@ -3,7 +3,7 @@ near the memory bound (28 bytes/param: read p, g, m, v; write p, m, v); bf16 mom
 (20 bytes/param) go below that bound at a small accuracy cost.
 
     OMP_WAIT_POLICY=passive python bench/bench_adam.py [--sizes 1M,4M,16M,64M,256M]
-        [--threads 1,2] [--reps 12]
+        [--threads 1,2] [--reps 48]      (about 12 minutes)
 
 (passive OpenMP waits: on a shared machine spinning workers of a descheduled peer make
 torch's timings swing several-fold.)
@@ -210,8 +210,8 @@ def main(argv=None):
     ap.add_argument(
         "--reps",
         type=int,
-        default=12,
-        help="rounds at 256M params; n params get 256M/n times as many (up to 4096), so every "
+        default=48,
+        help="rounds at 256M params; n params get 256M/n times as many (up to 4080), so every "
         "row takes about as long; multiples of 12 balance the 6-way Williams order",
     )
     ap.add_argument("--no-accuracy", action="store_true")
@@ -246,7 +246,7 @@ def main(argv=None):
     copy = (torch.randn(64_000_000), torch.empty(64_000_000))  # well past the caches
     max_state = parse_count(args.max_state)
     for n in sizes:
-        reps = min(4096, args.reps * max(1, 256_000_000 // n))
+        reps = min(4080, args.reps * max(1, 256_000_000 // n))
         for th in threads:
             torch.set_num_threads(th)
             _core.set_threads(th)
