@@ -48,12 +48,23 @@ void adam_range_simd(const AdamScalars& s, const AdamTensors& t, size_t begin, s
     auto ld16 = [&](const uint16_t* q) { return full ? V::load_bf16(q) : V::load_bf16_n(q, n); };
     auto st = [&](float* q, F x) { full ? V::store(q, x) : V::store_n(q, x, n); };
     auto st16 = [&](uint16_t* q, F x) { full ? V::store_bf16(q, x) : V::store_bf16_n(q, x, n); };
+    // A moment stream (exp_avg or exp_avg_sq) in the state format, as a whole group.
+    auto load_state = [&](const uint16_t* q16, const float* q32, F* x) {
+      for (size_t j = 0; j < kVectors; ++j)
+        x[j] = kBf16State ? ld16(q16 + i + kW * j) : ld(q32 + i + kW * j);
+    };
+    auto store_state = [&](uint16_t* q16, float* q32, const F* x) {
+      for (size_t j = 0; j < kVectors; ++j) {
+        if constexpr (kBf16State)
+          st16(q16 + i + kW * j, x[j]);
+        else
+          st(q32 + i + kW * j, x[j]);
+      }
+    };
     F g[kVectors], m[kVectors], v[kVectors], p[kVectors];
     for (size_t j = 0; j < kVectors; ++j) g[j] = ld(grad + i + kW * j);
-    for (size_t j = 0; j < kVectors; ++j)
-      m[j] = kBf16State ? ld16(m16 + i + kW * j) : ld(m32 + i + kW * j);
-    for (size_t j = 0; j < kVectors; ++j)
-      v[j] = kBf16State ? ld16(v16 + i + kW * j) : ld(v32 + i + kW * j);
+    load_state(m16, m32, m);
+    load_state(v16, v32, v);
     for (size_t j = 0; j < kVectors; ++j) p[j] = ld(param + i + kW * j);
     for (size_t j = 0; j < kVectors; ++j) {
       m[j] = V::fma(w1, V::sub(g[j], m[j]), m[j]);  // exp_avg.lerp_(grad, 1 - beta1)
@@ -62,18 +73,8 @@ void adam_range_simd(const AdamScalars& s, const AdamTensors& t, size_t begin, s
       p[j] = V::add(V::mul(p[j], decay), V::div(V::mul(neg_step, m[j]), denom));
     }
     for (size_t j = 0; j < kVectors; ++j) st(param + i + kW * j, p[j]);
-    for (size_t j = 0; j < kVectors; ++j) {
-      if (kBf16State)
-        st16(m16 + i + kW * j, m[j]);
-      else
-        st(m32 + i + kW * j, m[j]);
-    }
-    for (size_t j = 0; j < kVectors; ++j) {
-      if (kBf16State)
-        st16(v16 + i + kW * j, v[j]);
-      else
-        st(v32 + i + kW * j, v[j]);
-    }
+    store_state(m16, m32, m);
+    store_state(v16, v32, v);
     if (kBf16Out)
       for (size_t j = 0; j < kVectors; ++j) st16(out16 + i + kW * j, p[j]);
   };
