@@ -333,8 +333,7 @@ class OffloadTrainer:
                 u.p_tensor = torch.from_numpy(u.p)
                 self._fill(u)
                 if self._releasable(u):  # copied to the compute device when it runs
-                    for p in u.params:
-                        p.data = _released(p.shape, self.device)
+                    self._unbind(u)
                 else:
                     self._bind(u)
                 if owner and u.n_train:
@@ -360,8 +359,7 @@ class OffloadTrainer:
                     )
                     del zeros
                 del buf, arr
-                for p in u.params:
-                    p.data = _released(p.shape, self.device)
+                self._unbind(u)
 
     def _np_state(self):
         return np.uint16 if self.state_itemsize == 2 else np.float32
@@ -522,12 +520,16 @@ class OffloadTrainer:
         The root unit (embeddings, head: not wrapped) stays materialised."""
         return u.home == "disk" or (self.device is not None and u is not self.units[0])
 
-    def _release(self, u):
-        if not self._releasable(u) or u.compute is None:
-            return
+    def _unbind(self, u):
+        """Points u's parameters at stand-ins that own no memory; the compute copy goes."""
         for p in u.params:
             p.data = _released(p.shape, self.device)
         u.compute = None
+
+    def _release(self, u):
+        if not self._releasable(u) or u.compute is None:
+            return
+        self._unbind(u)
         if u.home == "disk":
             u.p = u.p_buf = u.p_tensor = None
 
