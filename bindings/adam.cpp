@@ -1,6 +1,6 @@
 // Fused AdamW on numpy arrays / torch tensors (DLPack, no copy); the GIL is released while
 // the kernel runs so a background optimizer thread overlaps Python work.
-#include "tierlm/adam.hpp"
+#include "tierlm/train/adam.hpp"
 
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -9,7 +9,7 @@
 #include <string>
 
 #include "bindings.hpp"
-#include "tierlm/error.hpp"
+#include "tierlm/core/error.hpp"
 
 namespace nb = nanobind;
 

@@ -3,7 +3,7 @@
 #include <nanobind/nanobind.h>
 
 #include "bindings.hpp"
-#include "tierlm/error.hpp"
+#include "tierlm/core/error.hpp"
 
 namespace nb = nanobind;
 

@@ -1,11 +1,11 @@
 // Build options and machine capabilities, for `tierlm info`.
-#include "tierlm/info.hpp"
+#include "tierlm/core/info.hpp"
 
 #include <nanobind/stl/string.h>
 
 #include "bindings.hpp"
-#include "tierlm/parallel.hpp"
-#include "tierlm/simd.hpp"
+#include "tierlm/core/parallel.hpp"
+#include "tierlm/core/simd.hpp"
 
 namespace nb = nanobind;
 

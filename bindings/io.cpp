@@ -1,7 +1,7 @@
 // The I/O engine and the disk tier. Buffers are any C-contiguous CPU array (numpy, torch via
 // DLPack, bytearray, memoryview); waits and transfers run with the GIL released. Keeping a
 // buffer alive while its request is in flight is the Python layer's job (tierlm.io).
-#include "tierlm/io.hpp"
+#include "tierlm/io/io.hpp"
 
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
@@ -9,7 +9,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "bindings.hpp"
-#include "tierlm/disk_tier.hpp"
+#include "tierlm/memory/disk_tier.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;

@@ -1,7 +1,7 @@
 // tierlm._core.kernels: each CPU kernel on numpy arrays, for tests and benchmarks.
 // Conversion only: shapes and dtypes are checked here, the math is in libtierlm. bf16 data
 // passes as uint16 arrays with dtype="bf16"; kernels run without the GIL.
-#include "tierlm/kernels.hpp"
+#include "tierlm/kernels/kernels.hpp"
 
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "bindings.hpp"
-#include "tierlm/error.hpp"
+#include "tierlm/core/error.hpp"
 
 namespace nb = nanobind;
 

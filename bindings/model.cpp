@@ -1,6 +1,6 @@
 // tierlm._core.Model / Generator: the native executor for Python. Conversion only; every
 // call that computes releases the GIL.
-#include "tierlm/model.hpp"
+#include "tierlm/model/model.hpp"
 
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
@@ -9,7 +9,7 @@
 #include <cstring>
 
 #include "bindings.hpp"
-#include "tierlm/generate.hpp"
+#include "tierlm/model/generate.hpp"
 
 namespace nb = nanobind;
 

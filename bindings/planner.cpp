@@ -1,5 +1,5 @@
 // Greedy planner, lower bound and checker over numpy arrays (sizes uint64, ops int64).
-#include "tierlm/planner.hpp"
+#include "tierlm/planner/planner.hpp"
 
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -8,7 +8,7 @@
 #include <string>
 
 #include "bindings.hpp"
-#include "tierlm/error.hpp"
+#include "tierlm/core/error.hpp"
 
 namespace nb = nanobind;
 

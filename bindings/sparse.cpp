@@ -9,9 +9,9 @@
 #include <string>
 
 #include "bindings.hpp"
-#include "tierlm/error.hpp"
-#include "tierlm/neuron_cache.hpp"
-#include "tierlm/sparse_ffn.hpp"
+#include "tierlm/core/error.hpp"
+#include "tierlm/kernels/sparse_ffn.hpp"
+#include "tierlm/sparse/neuron_cache.hpp"
 
 namespace nb = nanobind;
 

@@ -1,11 +1,11 @@
 // Host tier and its buffers; a buffer is exposed to numpy/torch without copying.
-#include "tierlm/tier.hpp"
+#include "tierlm/memory/tier.hpp"
 
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
 
 #include "bindings.hpp"
-#include "tierlm/device.hpp"
+#include "tierlm/memory/device.hpp"
 
 namespace nb = nanobind;
 

@@ -5,10 +5,10 @@
 #include <mutex>
 #include <utility>
 
-#include "tierlm/detail/extent_allocator.hpp"
-#include "tierlm/detail/tier_ledger.hpp"
-#include "tierlm/device.hpp"
-#include "tierlm/error.hpp"
+#include "memory/extent_allocator.hpp"
+#include "memory/tier_ledger.hpp"
+#include "tierlm/core/error.hpp"
+#include "tierlm/memory/device.hpp"
 
 namespace tierlm {
 

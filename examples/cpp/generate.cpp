@@ -7,9 +7,9 @@
 #include <cstring>
 #include <sstream>
 #include <string>
-#include <tierlm/error.hpp>
-#include <tierlm/generate.hpp>
-#include <tierlm/model.hpp>
+#include <tierlm/core/error.hpp>
+#include <tierlm/model/generate.hpp>
+#include <tierlm/model/model.hpp>
 #include <vector>
 
 namespace {

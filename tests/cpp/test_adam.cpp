@@ -4,9 +4,9 @@
 #include <random>
 #include <vector>
 
-#include "tierlm/adam.hpp"
-#include "tierlm/error.hpp"
-#include "tierlm/simd.hpp"
+#include "tierlm/core/error.hpp"
+#include "tierlm/core/simd.hpp"
+#include "tierlm/train/adam.hpp"
 
 namespace tierlm {
 namespace {

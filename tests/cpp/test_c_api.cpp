@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "tierlm/generate.hpp"
+#include "tierlm/model/generate.hpp"
 #include "tierlm/tierlm.h"
 #include "tiny_package.hpp"
 

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "tierlm/disk_tier.hpp"
-#include "tierlm/error.hpp"
+#include "tierlm/core/error.hpp"
+#include "tierlm/memory/disk_tier.hpp"
 
 namespace tierlm {
 namespace {

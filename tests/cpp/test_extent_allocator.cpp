@@ -3,7 +3,7 @@
 #include <random>
 #include <vector>
 
-#include "tierlm/detail/extent_allocator.hpp"
+#include "memory/extent_allocator.hpp"
 
 namespace tierlm::detail {
 namespace {

@@ -14,9 +14,9 @@
 #include <thread>
 #include <vector>
 
-#include "tierlm/detail/io_engine.hpp"
-#include "tierlm/error.hpp"
-#include "tierlm/io.hpp"
+#include "io/io_engine.hpp"
+#include "tierlm/core/error.hpp"
+#include "tierlm/io/io.hpp"
 
 namespace tierlm {
 namespace {

@@ -1,7 +1,7 @@
 #include <gtest/gtest.h>
 
-#include "tierlm/detail/json.hpp"
-#include "tierlm/error.hpp"
+#include "core/json.hpp"
+#include "tierlm/core/error.hpp"
 
 namespace tierlm::detail {
 namespace {

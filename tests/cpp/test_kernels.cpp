@@ -11,10 +11,10 @@
 #include <random>
 #include <vector>
 
-#include "tierlm/error.hpp"
-#include "tierlm/kernels.hpp"
-#include "tierlm/parallel.hpp"
-#include "tierlm/simd.hpp"
+#include "tierlm/core/error.hpp"
+#include "tierlm/core/parallel.hpp"
+#include "tierlm/core/simd.hpp"
+#include "tierlm/kernels/kernels.hpp"
 
 namespace {
 std::atomic<size_t> g_allocations{0};

@@ -7,10 +7,10 @@
 #include <vector>
 
 #include "count_allocations.hpp"
-#include "tierlm/error.hpp"
-#include "tierlm/generate.hpp"
-#include "tierlm/model.hpp"
-#include "tierlm/planner.hpp"
+#include "tierlm/core/error.hpp"
+#include "tierlm/model/generate.hpp"
+#include "tierlm/model/model.hpp"
+#include "tierlm/planner/planner.hpp"
 #include "tiny_package.hpp"
 
 namespace tierlm {

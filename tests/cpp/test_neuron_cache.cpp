@@ -6,8 +6,8 @@
 #include <set>
 #include <vector>
 
-#include "tierlm/error.hpp"
-#include "tierlm/neuron_cache.hpp"
+#include "tierlm/core/error.hpp"
+#include "tierlm/sparse/neuron_cache.hpp"
 
 namespace tierlm {
 namespace {

@@ -4,9 +4,9 @@
 #include <fstream>
 #include <regex>
 
-#include "tierlm/error.hpp"
-#include "tierlm/model.hpp"
-#include "tierlm/package.hpp"
+#include "tierlm/core/error.hpp"
+#include "tierlm/model/model.hpp"
+#include "tierlm/model/package.hpp"
 #include "tiny_package.hpp"
 
 namespace tierlm {

@@ -10,8 +10,8 @@
 #include <thread>
 #include <vector>
 
-#include "tierlm/kernels.hpp"
-#include "tierlm/parallel.hpp"
+#include "tierlm/core/parallel.hpp"
+#include "tierlm/kernels/kernels.hpp"
 
 namespace tierlm {
 namespace {

@@ -5,8 +5,8 @@
 #include <random>
 #include <vector>
 
-#include "tierlm/error.hpp"
-#include "tierlm/planner.hpp"
+#include "tierlm/core/error.hpp"
+#include "tierlm/planner/planner.hpp"
 
 namespace tierlm {
 namespace {

@@ -4,8 +4,8 @@
 #include <random>
 #include <vector>
 
-#include "tierlm/error.hpp"
-#include "tierlm/sparse_ffn.hpp"
+#include "tierlm/core/error.hpp"
+#include "tierlm/kernels/sparse_ffn.hpp"
 
 namespace tierlm {
 namespace {

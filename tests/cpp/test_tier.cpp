@@ -4,8 +4,8 @@
 #include <thread>
 #include <vector>
 
-#include "tierlm/error.hpp"
-#include "tierlm/tier.hpp"
+#include "tierlm/core/error.hpp"
+#include "tierlm/memory/tier.hpp"
 
 namespace tierlm {
 namespace {

@@ -6,10 +6,10 @@
 #include <cstring>
 #include <fstream>
 
-#include "tierlm/detail/file_reader.hpp"
-#include "tierlm/detail/weight_store.hpp"
-#include "tierlm/error.hpp"
+#include "io/file_reader.hpp"
+#include "tierlm/core/error.hpp"
 #include "tiny_package.hpp"
+#include "weights/weight_store.hpp"
 
 namespace tierlm::detail {
 namespace {

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "tierlm/package.hpp"
+#include "tierlm/model/package.hpp"
 
 namespace tierlm::testing {
 

@@ -1,5 +1,5 @@
 """Python face of the native neuron cache, window and sparse FFN kernel
-(cpp/include/tierlm/neuron_cache.hpp, sparse_ffn.hpp)."""
+(cpp/include/tierlm/sparse/neuron_cache.hpp, kernels/sparse_ffn.hpp)."""
 
 import numpy as np
 

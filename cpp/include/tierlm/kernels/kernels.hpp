@@ -1,0 +1,64 @@
+// CPU compute kernels of the executor. Each has a scalar reference and SIMD variants
+// (AVX2, AVX-512) chosen at run time by simd_level(); all accumulate in f32.
+// Launchers take raw pointers and sizes and never allocate; the caller owns every buffer.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "tierlm/core/dtype.hpp"
+
+namespace tierlm {
+
+// Y[n, rows] = X[n, cols] · W[rows, cols]^T (+ bias[rows]); W row-major in w_dtype,
+// bias (optional) in w_dtype. n == 1 is the decode matrix-vector path.
+void kernel_linear(const float* x, const void* w, const void* bias, DType w_dtype, float* y,
+                   size_t n, size_t rows, size_t cols);
+
+// y = x / rms(x) * weight, per row of dim; weight in w_dtype.
+void kernel_rmsnorm(const float* x, const void* weight, DType w_dtype, float* y, size_t n,
+                    size_t dim, float eps);
+// y = (x - mean) / std * weight + bias, per row of dim.
+void kernel_layernorm(const float* x, const void* weight, const void* bias, DType w_dtype, float* y,
+                      size_t n, size_t dim, float eps);
+
+// Rotary embedding in place on x[n_tokens, n_heads, head_dim], GPT-NeoX style (rotate
+// halves, as Llama in transformers). inv_freq has head_dim / 2 entries (already scaled).
+void kernel_rope(float* x, const int32_t* positions, const float* inv_freq, size_t n_tokens,
+                 size_t n_heads, size_t head_dim);
+
+// out = silu(gate) * up (SwiGLU), elementwise.
+void kernel_silu_mul(const float* gate, const float* up, float* out, size_t n);
+void kernel_relu(float* x, size_t n);
+void kernel_gelu(float* x, size_t n);                 // tanh approximation off: exact erf GELU
+void kernel_add(float* y, const float* x, size_t n);  // y += x
+
+// out[i, :] = table[ids[i], :], converted to f32.
+void kernel_embedding(const void* table, DType dtype, const int32_t* ids, size_t n, size_t dim,
+                      float* out);
+
+// Fused causal attention with grouped-query heads, reading the KV cache in place.
+// q: [n_q, n_heads, head_dim]; out: same shape (f32, contiguous).
+// Cache layout per layer: k_cache / v_cache [n_kv_heads, kv_capacity, head_dim]; positions
+// 0 .. kv_len-1 are valid. Query i sits at position q_pos0 + i and sees keys 0 .. q_pos0 + i,
+// so this step's keys must already be in the cache: q_pos0 + n_q <= kv_len <= kv_capacity.
+// Query head h uses KV head h / (n_heads / n_kv_heads) (repeat_interleave, as transformers).
+// Scores are scale * q·k; slots past kv_len are never read.
+struct AttentionShape {
+  size_t n_q = 1;
+  size_t n_heads = 1;
+  size_t n_kv_heads = 1;
+  size_t head_dim = 64;
+  size_t kv_len = 1;
+  size_t kv_capacity = 1;
+  size_t q_pos0 = 0;
+};
+// Bytes of scratch the kernel needs for this shape. It does not depend on kv_len, q_pos0 or
+// the thread count, and grows with n_q, so the size for the largest step (e.g. the longest
+// prefill) covers every smaller one, decode included. Any alignment is accepted.
+size_t kernel_attention_workspace(const AttentionShape& shape);
+void kernel_attention(const float* q, const float* k_cache, const float* v_cache, float* out,
+                      const AttentionShape& shape, float scale, void* workspace);
+
+}  // namespace tierlm

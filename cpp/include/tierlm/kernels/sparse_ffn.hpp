@@ -1,0 +1,44 @@
+// Sparse FFN kernel (LLM in a flash): computes an FFN layer from a set of bundled neuron rows
+// (the neuron cache's matrix) instead of the dense weights. Scalar reference plus AVX2 and
+// AVX-512 variants picked at run time by simd_level().
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "tierlm/core/simd.hpp"
+#include "tierlm/kernels/kernels.hpp"
+
+namespace tierlm {
+
+// The bundled rows the sparse FFN reads: rows[r] = [up | gate (gated) | down], each dim
+// elements of dtype, rows row_stride elements apart. neurons[r] is the neuron id of row r,
+// used to index the biases (null: row r is neuron r).
+struct SparseFfnRows {
+  const void* rows = nullptr;
+  DType dtype = DType::kDTypeF32;
+  size_t n_rows = 0;
+  size_t dim = 0;
+  size_t row_stride = 0;  // elements; at least 2*dim (3*dim gated)
+  bool gated = false;
+  const int32_t* neurons = nullptr;
+  const float* up_bias = nullptr;    // [n_neurons] or null
+  const float* gate_bias = nullptr;  // [n_neurons] or null (gated only)
+  // Gated only, thresholded SiLU sparsity (lossy): a neuron counts only when
+  // |silu(x·gate + b_g)| > act_threshold; 0 keeps every neuron.
+  float act_threshold = 0.0f;
+};
+
+// y[dim] = down_bias + sum over the chosen rows r of act_r * down_r with
+//   act_r = relu(x·up_r + up_bias[n_r])                              (ReLU FFN)
+//   act_r = silu(x·gate_r + gate_bias[n_r]) * (x·up_r + up_bias[n_r]) (gated SiLU FFN; 0 when
+//           |silu(...)| <= rows.act_threshold, if that is > 0)
+// The rows chosen are `slots` (n_slots row indices) or every row when slots is null. The
+// sum does not depend on row order beyond f32 rounding. down_bias may be null. No allocation.
+void kernel_sparse_ffn(const float* x, const SparseFfnRows& rows, const int32_t* slots,
+                       size_t n_slots, const float* down_bias, float* y);
+// The same at a chosen SIMD level (tests compare every level with the scalar reference).
+void kernel_sparse_ffn_at(SimdLevel level, const float* x, const SparseFfnRows& rows,
+                          const int32_t* slots, size_t n_slots, const float* down_bias, float* y);
+
+}  // namespace tierlm

@@ -1,0 +1,130 @@
+// The model package on disk (docs/package-format.md): manifest, tensors, graph and files.
+// package_open parses and validates everything but the tensor bytes; checksums are checked
+// when the weights are read with verification on (ModelOptions::verify, package_verify).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tierlm/core/dtype.hpp"
+
+namespace tierlm {
+
+// The newest manifest format_version this build reads.
+constexpr int kPackageFormatVersion = 1;
+
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::kDTypeF32;
+  std::vector<int64_t> shape;
+  std::string file;
+  uint64_t offset = 0;
+  uint64_t nbytes = 0;
+  bool has_crc32 = false;
+  uint32_t crc32 = 0;
+  int layer = -1;  // -1 outside the layer stack
+
+  int64_t numel() const;
+};
+
+struct PackageFile {
+  std::string name;
+  uint64_t size = 0;
+};
+
+// The normalised config of manifest.json; keys an architecture does not use keep defaults.
+struct ModelConfig {
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t num_layers = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t intermediate_size = 0;
+  int64_t max_positions = 0;
+  double norm_eps = 1e-5;
+  double rope_theta = 10000.0;
+  std::vector<float> rope_inv_freq;  // head_dim / 2 entries, scaling applied
+  bool tie_embeddings = false;
+  int64_t bos_token_id = -1;           // -1 when none
+  std::vector<int64_t> eos_token_ids;  // empty when none
+  int64_t position_offset = 0;
+};
+
+enum class OpKind {
+  kOpEmbedding,
+  kOpPositionEmbedding,
+  kOpRmsNorm,
+  kOpLayerNorm,
+  kOpLinear,
+  kOpRope,
+  kOpAttention,
+  kOpAdd,
+  kOpSiluMul,
+  kOpRelu,
+  kOpGelu,
+  kOpLmHead,
+};
+
+const char* op_kind_name(OpKind kind);
+
+struct GraphOp {
+  OpKind kind = OpKind::kOpAdd;
+  std::vector<std::string> inputs;
+  std::string output;
+  std::string weight;  // empty when the op has none
+  std::string bias;    // empty when none (null in JSON)
+  double eps = 1e-5;
+  int64_t heads = 0;
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+  double scale = 0.0;
+  int64_t offset = 0;  // position_embedding: index of position 0 in the table
+  int layer = -1;
+};
+
+struct Graph {
+  std::vector<std::pair<std::string, int64_t>> values;  // name -> width, in file order
+  std::string output;
+  std::vector<GraphOp> ops;
+
+  // Width of a value; throws kErrorCorrupt when the graph does not declare it.
+  int64_t width(const std::string& value) const;
+};
+
+struct Package {
+  std::string path;  // the package directory
+  int format_version = 0;
+  std::string architecture;
+  std::string dtype;  // of the matrices: "f32", "f16", "bf16" or "mixed"
+  ModelConfig config;
+  std::vector<PackageFile> files;
+  std::vector<TensorInfo> tensors;  // in manifest order
+  std::string tokenizer_dir;        // absolute; empty when the package has no tokenizer
+  std::vector<std::string> tokenizer_files;
+  Graph graph;
+
+  // nullptr when absent.
+  const TensorInfo* find_tensor(const std::string& name) const;
+  // Throws kErrorNotFound naming the tensor and the package.
+  const TensorInfo& tensor(const std::string& name) const;
+  std::string file_path(const std::string& file) const;
+  uint64_t weight_bytes() const;
+};
+
+// Reads manifest.json and graph.json of the package directory and checks that they agree
+// with each other and with the weight files (existence, sizes, offsets, alignment).
+// Errors: kErrorNotFound (missing file), kErrorCorrupt (damaged or inconsistent),
+// kErrorUnsupported (newer format_version, unknown op).
+Package package_open(const std::string& path);
+
+// Reads every tensor and compares its CRC-32 with the manifest (tensors without one are
+// skipped); throws kErrorCorrupt naming the first damaged tensor, its file and offset.
+void package_verify(const Package& package);
+
+// zlib-compatible CRC-32; pass the previous value to continue a running checksum.
+uint32_t crc32_update(uint32_t crc, const void* data, size_t size);
+
+}  // namespace tierlm

@@ -1,0 +1,337 @@
+// io_uring back end. Submitters fill the submission queue under one lock and call
+// io_uring_submit once per batch; at most queue_depth requests are in the ring, the rest wait
+// in a backlog. Completions are taken in batches by whoever waits (or by a background thread
+// while the backlog is not empty): short transfers are resubmitted, futures completed and the
+// ring refilled. The file's descriptors are registered (fixed files) and buffers given to
+// register_buffer go to a sparse fixed-buffer table.
+#include <liburing.h>
+#include <sys/resource.h>
+
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <fstream>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "io/io_engine.hpp"
+#include "tierlm/core/error.hpp"
+
+namespace tierlm::detail {
+
+namespace {
+
+constexpr unsigned kBufferSlots = 64;
+constexpr unsigned kReapBatch = 64;
+constexpr size_t kMaxChunk = size_t{1} << 30;  // io_uring lengths are 32-bit
+
+std::string setup_failure(int err) {
+  std::string why = "io_uring_setup: " + errno_text(err);
+  if (err == EPERM || err == EACCES) {
+    int disabled = 0;
+    std::ifstream("/proc/sys/kernel/io_uring_disabled") >> disabled;
+    if (disabled == 2) {
+      why += " (kernel.io_uring_disabled=2 turns io_uring off for everyone)";
+    } else if (disabled == 1) {
+      why += " (kernel.io_uring_disabled=1 and this process is not in kernel.io_uring_group)";
+    } else {
+      why += " (blocked by a seccomp filter; containers often forbid io_uring)";
+    }
+  } else if (err == ENOSYS) {
+    why += " (kernel without io_uring: older than 5.1, built without it, or seccomp)";
+  } else if (err == ENOMEM) {
+    rlimit limit{};
+    getrlimit(RLIMIT_MEMLOCK, &limit);
+    why += " (not enough locked memory for the ring: RLIMIT_MEMLOCK is " +
+           (limit.rlim_cur == RLIM_INFINITY ? std::string("unlimited")
+                                            : format_bytes(limit.rlim_cur)) +
+           "; raise `ulimit -l`)";
+  }
+  return why;
+}
+
+// The ring and everything about it. Only the holder of the reaping token consumes
+// completions, so a thread blocked in the kernel always has a completion coming to it.
+// Waiters take the token themselves (their completion wakes them directly, as in fio); the
+// background reaper takes it only while requests wait in the backlog for ring space.
+class UringCore final : public IoDriver {
+ public:
+  UringCore(const IoFd& file, unsigned depth) : file_(file), depth_(depth) {
+    io_uring_params params{};
+    params.flags = IORING_SETUP_CQSIZE;
+    params.cq_entries = 2 * depth_;  // never fewer than the requests in the ring
+    const int r = io_uring_queue_init_params(depth_, &ring_, &params);
+    if (r < 0) {
+      TIERLM_FAIL(kErrorUnsupported, -r, "cannot create an io_uring of depth ", depth_, " for ",
+                  file_.path, ": ", setup_failure(-r),
+                  "; use backend='threads' or TIERLM_IO=threads, or a smaller queue depth");
+    }
+    int fds[2] = {file_.fd, file_.direct_fd};
+    fixed_files_ = io_uring_register_files(&ring_, fds, file_.direct_fd >= 0 ? 2 : 1) == 0;
+    sparse_buffers_ = io_uring_register_buffers_sparse(&ring_, kBufferSlots) == 0;
+    buffers_.resize(kBufferSlots);
+  }
+
+  ~UringCore() override { io_uring_queue_exit(&ring_); }
+
+  void submit(std::vector<IoOp*>& ops) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (IoOp* op : ops) backlog_.push_back(op);
+    pending_ += ops.size();
+    fill_locked();
+    if (!backlog_.empty() && !reaping_) reaper_cv_.notify_one();  // it keeps the ring full
+  }
+
+  void wait(IoState& state) override {
+    std::unique_lock<std::mutex> lock(mutex_);
+    drive(lock, [&] { return state.done.load(std::memory_order_acquire); });
+  }
+
+  void poll() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!reaping_) consume_locked();
+  }
+
+  void drain() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    drive(lock, [&] { return pending_ == 0; });
+  }
+
+  // Background progress: moves the backlog into the ring as slots free up.
+  void reap_backlog() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      reaper_cv_.wait(lock, [&] { return stopping_ || (!backlog_.empty() && !reaping_); });
+      if (stopping_) return;
+      drive(lock, [&] { return stopping_ || backlog_.empty(); });
+    }
+  }
+
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    reaper_cv_.notify_all();
+  }
+
+  bool register_buffer(void* buf, size_t len) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!sparse_buffers_ || buf == nullptr || len == 0 || len > kMaxChunk) return false;
+    for (unsigned slot = 0; slot < kBufferSlots; ++slot) {
+      if (buffers_[slot].base != nullptr) continue;
+      iovec iov{buf, len};
+      if (io_uring_register_buffers_update_tag(&ring_, slot, &iov, nullptr, 1) != 1) {
+        return false;  // RLIMIT_MEMLOCK, or memory the kernel cannot pin
+      }
+      buffers_[slot] = {static_cast<char*>(buf), len};
+      ++registered_;
+      return true;
+    }
+    return false;
+  }
+
+  void unregister_buffer(void* buf) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (unsigned slot = 0; slot < kBufferSlots; ++slot) {
+      if (buffers_[slot].base != buf || buf == nullptr) continue;
+      iovec iov{nullptr, 0};
+      // Requests in flight keep their own reference to the old pages.
+      io_uring_register_buffers_update_tag(&ring_, slot, &iov, nullptr, 1);
+      buffers_[slot] = {};
+      --registered_;
+    }
+  }
+
+ private:
+  struct Registered {
+    char* base = nullptr;
+    size_t len = 0;
+  };
+
+  // Consumes completions until done() holds. Blocks in the kernel only while holding the
+  // token and with requests in the ring, so a completion is always on its way.
+  template <typename Done>
+  void drive(std::unique_lock<std::mutex>& lock, Done done) {
+    while (!done()) {
+      if (reaping_) {
+        ++followers_;
+        progress_cv_.wait(lock);
+        --followers_;
+        continue;
+      }
+      if (inflight_ == 0) fill_locked();
+      if (inflight_ == 0) {
+        // Nothing in the ring could finish what we wait for: a submission failed hard.
+        progress_cv_.wait_for(lock, std::chrono::milliseconds(1));
+        continue;
+      }
+      reaping_ = true;
+      lock.unlock();
+      io_uring_cqe* cqe = nullptr;
+      io_uring_wait_cqe(&ring_, &cqe);  // EINTR and the like: consume what is there, loop
+      lock.lock();
+      consume_locked();
+      reaping_ = false;
+      // Wake other waiters only if there are any: a needless wake-up costs more than the I/O.
+      if (followers_ > 0) progress_cv_.notify_all();
+      if (!backlog_.empty()) reaper_cv_.notify_one();
+    }
+  }
+
+  // Takes every available completion, advances its request, refills the ring.
+  void consume_locked() {
+    io_uring_cqe* batch[kReapBatch];
+    for (;;) {
+      const unsigned n = io_uring_peek_batch_cqe(&ring_, batch, kReapBatch);
+      if (n == 0) break;
+      for (unsigned i = 0; i < n; ++i) {
+        IoOp* op = static_cast<IoOp*>(io_uring_cqe_get_data(batch[i]));
+        --inflight_;
+        if (io_op_advance(file_, *op, batch[i]->res)) {
+          delete op;
+          --pending_;
+        } else {
+          backlog_.push_front(op);  // the rest of a short transfer goes first
+        }
+      }
+      io_uring_cq_advance(&ring_, n);
+    }
+    fill_locked();
+  }
+
+  int buffer_slot(const char* p, size_t n) const {
+    if (registered_ == 0) return -1;
+    for (unsigned slot = 0; slot < kBufferSlots; ++slot) {
+      const Registered& r = buffers_[slot];
+      if (r.base != nullptr && p >= r.base && p + n <= r.base + r.len) {
+        return static_cast<int>(slot);
+      }
+    }
+    return -1;
+  }
+
+  void prep(io_uring_sqe* sqe, IoOp* op) {
+    const int fd = fixed_files_ ? (op->direct ? 1 : 0) : (op->direct ? file_.direct_fd : file_.fd);
+    const unsigned n = static_cast<unsigned>(std::min(op->next_len(), kMaxChunk));
+    const int slot = buffer_slot(op->next_buf(), n);
+    if (op->kind == IoOpKind::kIoOpRead) {
+      if (slot >= 0) {
+        io_uring_prep_read_fixed(sqe, fd, op->next_buf(), n, op->next_offset(), slot);
+      } else {
+        io_uring_prep_read(sqe, fd, op->next_buf(), n, op->next_offset());
+      }
+    } else {
+      if (slot >= 0) {
+        io_uring_prep_write_fixed(sqe, fd, op->next_buf(), n, op->next_offset(), slot);
+      } else {
+        io_uring_prep_write(sqe, fd, op->next_buf(), n, op->next_offset());
+      }
+    }
+    if (fixed_files_) sqe->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data(sqe, op);
+  }
+
+  // Moves the backlog into the ring up to the queue depth; one io_uring_submit for all.
+  void fill_locked() {
+    unsigned prepared = 0;
+    while (inflight_ < depth_ && !backlog_.empty()) {
+      io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+      if (sqe == nullptr) break;
+      prep(sqe, backlog_.front());
+      backlog_.pop_front();
+      ++inflight_;
+      ++prepared;
+    }
+    if (prepared == 0 && io_uring_sq_ready(&ring_) == 0) return;
+    for (int attempt = 0; attempt < 1000; ++attempt) {
+      const int r = io_uring_submit(&ring_);
+      // Transient failures (the kernel could not allocate) leave the entries queued: retry.
+      if (r >= 0 || (r != -EINTR && r != -EAGAIN && r != -EBUSY)) return;
+      std::this_thread::yield();
+    }
+  }
+
+  const IoFd& file_;
+  const unsigned depth_;
+  io_uring ring_{};
+  bool fixed_files_ = false;
+  bool sparse_buffers_ = false;
+  std::mutex mutex_;  // guards the rings' use, the backlog, the counters, the token, buffers_
+  std::condition_variable progress_cv_;  // waiters whose thread does not hold the token
+  std::condition_variable reaper_cv_;    // the background reaper: backlog to move, or stop
+  unsigned followers_ = 0;
+  std::deque<IoOp*> backlog_;
+  unsigned inflight_ = 0;  // requests in the ring (submitted or finished, not yet consumed)
+  size_t pending_ = 0;     // requests not finished: backlog + ring
+  bool reaping_ = false;   // the token: its holder alone consumes completions
+  bool stopping_ = false;
+  std::vector<Registered> buffers_;
+  unsigned registered_ = 0;
+};
+
+class UringEngine final : public IoEngine {
+ public:
+  UringEngine(IoFd file, const IoOptions& options)
+      : IoEngine(std::move(file)),
+        depth_(options.queue_depth),
+        core_(std::make_shared<UringCore>(file_, options.queue_depth)),
+        reaper_([this] { core_->reap_backlog(); }) {}
+
+  ~UringEngine() override {
+    core_->drain();
+    core_->stop();
+    reaper_.join();
+  }
+
+  void submit(std::span<IoOp> ops) override {
+    std::vector<IoOp*> owned;
+    owned.reserve(ops.size());
+    for (IoOp& op : ops) {
+      op.state->driver = core_;
+      owned.push_back(new IoOp(std::move(op)));
+    }
+    core_->submit(owned);
+  }
+
+  bool register_buffer(void* buf, size_t len) override { return core_->register_buffer(buf, len); }
+  void unregister_buffer(void* buf) override { core_->unregister_buffer(buf); }
+  IoBackend backend() const override { return IoBackend::kIoBackendUring; }
+  unsigned queue_depth() const override { return depth_; }
+
+ private:
+  unsigned depth_;
+  std::shared_ptr<UringCore> core_;
+  std::thread reaper_;
+};
+
+}  // namespace
+
+std::unique_ptr<IoEngine> io_engine_uring(IoFd file, const IoOptions& options) {
+  return std::make_unique<UringEngine>(std::move(file), options);
+}
+
+int uring_probe(std::string* why) {
+  io_uring ring{};
+  const int r = io_uring_queue_init(4, &ring, 0);
+  if (r < 0) {
+    *why = setup_failure(-r);
+    return -r;
+  }
+  struct io_uring_probe* probe = io_uring_get_probe_ring(&ring);
+  const bool ops = probe != nullptr && io_uring_opcode_supported(probe, IORING_OP_READ) &&
+                   io_uring_opcode_supported(probe, IORING_OP_WRITE) &&
+                   io_uring_opcode_supported(probe, IORING_OP_READ_FIXED);
+  if (probe != nullptr) io_uring_free_probe(probe);
+  io_uring_queue_exit(&ring);
+  if (!ops) {
+    *why = "the kernel's io_uring lacks IORING_OP_READ/WRITE (needs Linux 5.6 or newer)";
+    return ENOSYS;
+  }
+  *why = "io_uring is available";
+  return 0;
+}
+
+}  // namespace tierlm::detail
