@@ -9,14 +9,21 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import zlib
 
 from tierlm.archs import arch_lookup
 from tierlm.checkpoint import Checkpoint, check_no_quantization
 from tierlm.dtypes import DTYPE_SIZES, convert, dtype_check
-from tierlm.errors import CorruptError, InvalidArgumentError, NotFoundError, UnsupportedError
+from tierlm.errors import CorruptError, NotFoundError, UnsupportedError
 from tierlm.graph import graph_check
+from tierlm.outdir import (
+    check_out_dir,
+    discard,
+    install,
+    make_staging,
+    raise_write_error,
+    writing,
+)
 
 FORMAT = "tierlm-package"
 FORMAT_VERSION = 1
@@ -152,12 +159,7 @@ def export(
     hf = read_hf_config(hf_dir)
     check_no_quantization(hf, os.path.join(hf_dir, "config.json"))
     module = arch_lookup(hf, os.path.join(hf_dir, "config.json"))
-    if os.path.exists(out_dir) and not overwrite:
-        if not os.path.isdir(out_dir) or os.listdir(out_dir):
-            raise InvalidArgumentError(
-                f"{out_dir} already exists; choose another directory or pass overwrite=True "
-                "(--overwrite)"
-            )
+    check_out_dir(out_dir, [hf_dir], overwrite, FORMAT)
     plan = module.plan(hf, max_positions=max_positions)
     _generation_ids(hf_dir, plan.config)
     if sparse:
@@ -180,12 +182,7 @@ def export(
         }
     graph_check(plan.graph, tensors)
 
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    umask = os.umask(0o022)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a package is an ordinary dir
+    tmp = make_staging(out_dir)
     try:
         with _progress(sum(t["nbytes"] for t in tensors.values()), progress) as bar:
             by_file = {}
@@ -193,7 +190,7 @@ def export(
                 by_file.setdefault(row[4], []).append(row)
             for spec in files:
                 path = os.path.join(tmp, spec["name"])
-                with open(path, "wb") as f:
+                with writing(os.path.join(out_dir, spec["name"])), open(path, "wb") as f:
                     for tensor, source, entry, out, _, offset, _ in by_file[spec["name"]]:
                         f.write(bytes(offset - f.tell()))
                         info = tensors[tensor.name]
@@ -231,9 +228,12 @@ def export(
         }
         _write_json(os.path.join(tmp, "manifest.json"), manifest)
         _write_json(os.path.join(tmp, "graph.json"), plan.graph)
-        _install(tmp, out_dir)
+        install(tmp, out_dir)
+    except OSError as error:
+        discard(tmp)
+        raise_write_error(error, out_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         raise
     return out_dir
 
@@ -267,22 +267,6 @@ def _copy_tokenizer(hf_dir, tmp):
 
 
 def _write_json(path, value):
-    with open(path, "w") as f:
+    with writing(path), open(path, "w") as f:
         json.dump(value, f, indent=1)
         f.write("\n")
-
-
-def _install(tmp, out_dir):
-    """Renames the finished package into place, replacing an old one only at the last step."""
-    old = None
-    if os.path.exists(out_dir):
-        if os.path.isdir(out_dir) and not os.listdir(out_dir):
-            os.rmdir(out_dir)
-        else:
-            parent = os.path.dirname(out_dir)
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
-            os.rmdir(old)
-            os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
