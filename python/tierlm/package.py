@@ -102,7 +102,15 @@ class Package:
     def tokenizer_dir(self):
         """The tokenizer directory, or None when the checkpoint had no tokenizer files."""
         tokenizer = self.manifest.get("tokenizer")
-        return os.path.join(self.path, tokenizer["dir"]) if tokenizer else None
+        if not tokenizer:
+            return None
+        name = tokenizer.get("dir")
+        if not isinstance(name, str) or os.path.isabs(name) or ".." in name.split("/") or not name:
+            raise CorruptError(
+                f"{os.path.join(self.path, 'manifest.json')}: tokenizer.dir {name!r} points "
+                'outside the package (it must be a relative path without "..")'
+            )
+        return os.path.join(self.path, name)
 
 
 def _read_json(path):

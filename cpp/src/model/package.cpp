@@ -105,6 +105,18 @@ OpKind parse_op_kind(const std::string& name, size_t index) {
               "\", which this tierlm cannot run (upgrade tierlm or re-export the package)");
 }
 
+// A path inside the package: relative, no ".." component.
+bool package_relative(const std::string& path) {
+  if (path.empty() || path[0] == '/') return false;
+  size_t start = 0;
+  while (start <= path.size()) {
+    const size_t end = std::min(path.find('/', start), path.size());
+    if (path.compare(start, end - start, "..") == 0 && end - start == 2) return false;
+    start = end + 1;
+  }
+  return true;
+}
+
 DType parse_dtype(const Json& value, const std::string& what) {
   const std::string& text = value.as_string(what);
   DType dtype;
@@ -276,13 +288,13 @@ Package package_open(const std::string& path) {
       format != nullptr && format->is_string() && format->as_string(what) == "tierlm-package",
       kErrorCorrupt, what,
       ": not a tierlm package manifest (\"format\" must be \"tierlm-package\")");
-  p.format_version =
-      static_cast<int>(manifest.at("format_version", what).as_int(what + ": format_version"));
-  TIERLM_CHECK(p.format_version <= kPackageFormatVersion, kErrorUnsupported, what,
-               ": format_version ", p.format_version, " is newer than this tierlm reads (",
-               kPackageFormatVersion, "); upgrade tierlm or export the package with this version");
-  TIERLM_CHECK(p.format_version >= 1, kErrorCorrupt, what, ": format_version ", p.format_version,
-               " is invalid");
+  // Checked as read (64-bit) before it is narrowed, so 2^40 is reported as 2^40, not 0.
+  const int64_t version = manifest.at("format_version", what).as_int(what + ": format_version");
+  TIERLM_CHECK(version <= kPackageFormatVersion, kErrorUnsupported, what, ": format_version ",
+               version, " is newer than this tierlm reads (", kPackageFormatVersion,
+               "); upgrade tierlm or export the package with this version");
+  TIERLM_CHECK(version >= 1, kErrorCorrupt, what, ": format_version ", version, " is invalid");
+  p.format_version = static_cast<int>(version);
   p.architecture = manifest.at("architecture", what).as_string(what + ": architecture");
   // Informative: each tensor carries its own dtype ("mixed" when matrices differ).
   p.dtype = manifest.at("dtype", what).as_string(what + ": dtype");
@@ -325,6 +337,8 @@ Package package_open(const std::string& path) {
   if (const Json* tok = manifest.find("tokenizer"); tok != nullptr && !tok->is_null()) {
     const std::string dir =
         tok->at("dir", what + ": tokenizer").as_string(what + ": tokenizer.dir");
+    TIERLM_CHECK(package_relative(dir), kErrorCorrupt, what, ": tokenizer.dir \"", dir,
+                 "\" points outside the package (it must be a relative path without \"..\")");
     p.tokenizer_dir = p.path + "/" + dir;
     if (const Json* files = tok->find("files")) {
       for (const Json& f : files->as_array(what + ": tokenizer.files")) {
