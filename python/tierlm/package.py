@@ -139,6 +139,12 @@ def _check_files(path, manifest):
     for name, t in manifest["tensors"].items():
         if t["file"] not in sizes:
             raise CorruptError(f"manifest.json: tensor {name} names unknown file {t['file']}")
+        for field in ("offset", "nbytes"):
+            if not isinstance(t[field], int) or t[field] < 0:
+                raise CorruptError(
+                    f"manifest.json: tensor {name}: {field} {t[field]!r} is not a byte count "
+                    "(an integer, 0 or more)"
+                )
         if t["dtype"] not in DTYPE_SIZES:
             raise CorruptError(f"manifest.json: tensor {name} has unknown dtype {t['dtype']!r}")
         if t["nbytes"] != math.prod(t["shape"]) * DTYPE_SIZES[t["dtype"]] or t["offset"] % ALIGN:

@@ -51,3 +51,15 @@ def test_format_version_beyond_32_bits(edited):
     pkg = edited(lambda m: m.update(format_version=2**40))
     with pytest.raises(tierlm.UnsupportedError, match=f"format_version {2**40} is newer"):
         tierlm.load(pkg)
+
+
+@pytest.mark.parametrize("offset", [-4096, -(2**40), 2**64 - 4096])
+def test_tensor_offset_that_wraps(edited, offset):
+    def edit(manifest):
+        manifest["tensors"]["layers.0.attn.q.weight"]["offset"] = offset
+
+    pkg = edited(edit)
+    with pytest.raises(tierlm.CorruptError, match=r"layers\.0\.attn\.q\.weight"):
+        Package.open(pkg)
+    with pytest.raises(tierlm.CorruptError, match=r"layers\.0\.attn\.q\.weight.*offset"):
+        tierlm.load(pkg)

@@ -105,6 +105,12 @@ OpKind parse_op_kind(const std::string& name, size_t index) {
               "\", which this tierlm cannot run (upgrade tierlm or re-export the package)");
 }
 
+uint64_t non_negative(const Json& value, const std::string& what) {
+  const int64_t v = value.as_int(what);
+  TIERLM_CHECK(v >= 0, kErrorCorrupt, what, " is ", v, "; it must be 0 or more");
+  return static_cast<uint64_t>(v);
+}
+
 // A path inside the package: relative, no ".." component.
 bool package_relative(const std::string& path) {
   if (path.empty() || path[0] == '/') return false;
@@ -266,9 +272,10 @@ void validate_tensors(const Package& p) {
                  " but its shape and dtype ", dtype_name(t.dtype), " need ", expected);
     TIERLM_CHECK(t.offset % kTensorAlignment == 0, kErrorCorrupt, where, ": offset ", t.offset,
                  " is not a multiple of ", kTensorAlignment);
-    TIERLM_CHECK(t.offset + t.nbytes <= it->second->size, kErrorCorrupt, where, ": bytes ",
-                 t.offset, "..", t.offset + t.nbytes, " run past the end of ", t.file, " (",
-                 it->second->size, " bytes)");
+    // Written so that no sum can wrap: a crafted offset near 2^64 must not pass.
+    TIERLM_CHECK(t.nbytes <= it->second->size && t.offset <= it->second->size - t.nbytes,
+                 kErrorCorrupt, where, ": ", t.nbytes, " bytes at offset ", t.offset,
+                 " run past the end of ", t.file, " (", it->second->size, " bytes)");
   }
 }
 
@@ -323,8 +330,8 @@ Package package_open(const std::string& path) {
       info.shape.push_back(d.as_int(where + ".shape"));
     }
     info.file = t.at("file", where).as_string(where + ".file");
-    info.offset = static_cast<uint64_t>(t.at("offset", where).as_int(where + ".offset"));
-    info.nbytes = static_cast<uint64_t>(t.at("nbytes", where).as_int(where + ".nbytes"));
+    info.offset = non_negative(t.at("offset", where), where + ".offset");
+    info.nbytes = non_negative(t.at("nbytes", where), where + ".nbytes");
     if (const Json* crc = t.find("crc32"); crc != nullptr && !crc->is_null()) {
       info.has_crc32 = true;
       info.crc32 = static_cast<uint32_t>(crc->as_int(where + ".crc32"));
