@@ -384,7 +384,11 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   // Sparse FFN: the FFN matrices are read per neuron from the bundles, not by the store.
   detail::SparseFfnPlan sparse_plan;
   if (options.sparse) {
-    sparse_plan = detail::sparse_ffn_plan(p, options, static_cast<size_t>(m.chunk));
+    sparse_plan = detail::sparse_ffn_plan(p, {.window = options.sparse_window,
+                                              .capacity = options.sparse_capacity,
+                                              .bundled = options.sparse_bundled,
+                                              .verify = options.verify,
+                                              .max_rows = static_cast<size_t>(m.chunk)});
     std::erase_if(names, [&](const std::string& name) {
       return std::find(sparse_plan.dense_tensors.begin(), sparse_plan.dense_tensors.end(), name) !=
              sparse_plan.dense_tensors.end();
@@ -967,6 +971,38 @@ void Model::record_timing(uint64_t prefill_tokens, double prefill_seconds, uint6
   t.decode_seconds += decode_seconds;
 }
 
+namespace {
+
+// The sparse layer's record into ModelStats' flat sparse_* fields; its reads count as disk
+// reads, and its I/O back end names the model's when no weights stream.
+void add_sparse_stats(const SparseStats& from, ModelStats& s) {
+  s.sparse = true;
+  s.sparse_tokens = from.tokens;
+  s.sparse_neurons_predicted = from.sum.neurons_predicted;
+  s.sparse_neurons_read = from.sum.neurons_read;
+  s.sparse_bytes_read = from.sum.bytes_read;
+  s.sparse_requests = from.sum.requests;
+  s.sparse_overflows = from.overflows;
+  s.sparse_predictor_seconds = from.sum.predictor_seconds;
+  s.sparse_io_seconds = from.sum.io_seconds;
+  s.sparse_memory_seconds = from.sum.memory_seconds;
+  s.sparse_compute_seconds = from.sum.compute_seconds;
+  s.sparse_host_bytes = from.host_bytes;
+  s.sparse_dense_ffn_bytes = from.dense_ffn_bytes;
+  s.sparse_window = from.window;
+  s.sparse_bundled = from.bundled;
+  s.sparse_capacity = from.capacity;
+  s.sparse_target_sparsity = from.target_sparsity;
+  s.disk_bytes_read += from.sum.bytes_read;
+  if (s.io_backend.empty()) {
+    s.io_backend = from.io_backend;
+    s.io_direct = from.io_direct;
+    s.io_registered = from.io_registered;
+  }
+}
+
+}  // namespace
+
 ModelStats Model::stats() const {
   const Impl& m = *impl_;
   ModelStats s = m.totals;
@@ -990,7 +1026,7 @@ ModelStats Model::stats() const {
     s.io_registered = ss.registered;
     s.io_backend = ss.backend;
   }
-  if (m.sparse) m.sparse->add_stats(s);
+  if (m.sparse) add_sparse_stats(m.sparse->stats(), s);
   return s;
 }
 

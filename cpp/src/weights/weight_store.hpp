@@ -2,7 +2,7 @@
 // The executor brackets each layer's ops with begin_layer / end_layer, asks data(tensor) for
 // an op's weights and release(tensor) after the op, so a store may keep every layer resident
 // (ResidentWeightStore) or stream tensors through a ring of host staging sections smaller than
-// a layer while earlier tensors compute (issue 4).
+// a layer while earlier tensors compute (StreamingWeightStore, placed by weight_placement).
 #pragma once
 
 #include <cstdint>
@@ -12,6 +12,7 @@
 
 #include "tierlm/memory/tier.hpp"
 #include "tierlm/model/package.hpp"
+#include "weights/weight_placement.hpp"
 
 namespace tierlm::detail {
 
@@ -34,7 +35,8 @@ class WeightStore {
   virtual const TensorInfo& info(int index) const = 0;
   // The tensor's bytes. Always valid for kGlobalLayer and resident tensors. A streaming store
   // waits here for a streamed tensor's reads; its bytes then stay valid until release(index)
-  // or end_layer(info.layer), whichever comes first. Must not allocate.
+  // or end_layer(info.layer), whichever comes first. Allocates nothing beyond the I/O
+  // engine's futures of the reads a streaming store issues to refill its ring.
   virtual const void* data(int index) = 0;
   // The executor is done with the tensor's bytes for this pass (call once per data() use, after
   // the op): a streaming store reuses its staging space for the next tensors' reads.
@@ -46,7 +48,7 @@ class WeightStore {
     return nullptr;
   }
   // The executor is about to run / has finished the ops of `layer`. end_layer releases what the
-  // layer still holds; must not allocate.
+  // layer still holds; it allocates nothing beyond the I/O futures of the refill reads.
   virtual void begin_layer(int layer) = 0;
   virtual void end_layer(int layer) = 0;
   virtual WeightStoreStats stats() const = 0;
@@ -65,59 +67,19 @@ std::unique_ptr<WeightStore> weight_store_resident(const Package& package, HostT
                                                    const std::vector<std::string>& tensors,
                                                    const WeightStoreOptions& options);
 
-}  // namespace tierlm::detail
-
-namespace tierlm::detail {
-
-// Streaming (issue 4). Placement of a package's weights under a host byte budget for weights:
-// resident = layer -1 tensors, every 1-D tensor (norms, biases) and the first whole layers
-// that fit; the other layers' matrices are read with O_DIRECT through `sections` staging
-// sections of `section_bytes` each (the largest streamed matrix). A layer's streamed matrices,
-// in the order the graph uses them, are packed into chunks of at most section_bytes; a chunk is
-// one section's reads, ring order = layer order, then use order.
-struct WeightPlacement {
-  uint64_t base_bytes = 0;      // layer -1 + small tensors (always resident)
-  uint64_t section_bytes = 0;   // the largest streamed matrix
-  uint64_t resident_bytes = 0;  // base + resident layers + pinned matrices
-  uint64_t ring_bytes = 0;      // sections * section_bytes
-  uint64_t streamed_bytes = 0;  // bytes read per pass over the streamed layers
-  int sections = 0;
-  int chunks = 0;  // chunks read per pass
-  // Tables read by rows on demand (embeddings): not resident; base_bytes holds their row
-  // buffers instead (max_rows rows each, 4 KiB-aligned spans for O_DIRECT).
-  std::vector<std::string> row_tensors;
-  uint64_t row_buffer_bytes = 0;
-  int64_t max_rows = 0;
-  std::vector<int> resident_layers;
-  std::vector<int> streamed_layers;
-  std::vector<std::string> pinned_tensors;  // matrices of streamed layers kept resident
-  // Least weight bytes a streaming store can run in: base + one section.
-  uint64_t minimum() const { return base_bytes + section_bytes; }
-};
-
-// Plans placement for `weight_budget` bytes; ring_sections 0 = auto (about 64 MiB of
-// sections, at least 2 when the budget allows, else 1). Below minimum() nothing is planned
-// (streamed_layers empty); the caller refuses with minimum().
-// `row_tensors` may be read by rows on demand, at most `max_rows` rows per forward pass; each
-// is when its row buffers are smaller than the table.
-WeightPlacement weight_placement(const Package& package, const std::vector<std::string>& tensors,
-                                 uint64_t weight_budget, int ring_sections,
-                                 const std::vector<std::string>& row_tensors = {},
-                                 int64_t max_rows = 0);
-
-// One entry per begin_layer of a streamed layer, for timelines (kept in a fixed buffer).
+// One entry per end_layer of a streamed layer, for timelines (kept in a fixed buffer).
 struct StreamEvent {
-  double t = 0;     // seconds since the store was made
-  double wait = 0;  // seconds begin_layer waited for the reads
+  double t = 0;     // seconds since the store was made, at the layer's end
+  double wait = 0;  // seconds the layer's data() calls waited for reads
   int layer = 0;
   uint64_t bytes_read = 0;  // total streamed bytes read so far (completed)
 };
 
 struct StreamStats {
   uint64_t stream_bytes_read = 0;  // bytes read by the ring since load
-  double io_wait_seconds = 0;      // time begin_layer spent waiting on reads
-  double read_busy_seconds = 0;    // sum over layers of issue -> reads complete (as seen)
-  uint64_t layer_waits = 0;        // begin_layer calls of streamed layers
+  double io_wait_seconds = 0;      // time data() and rows() spent waiting on reads
+  double read_busy_seconds = 0;    // sum over chunks of issue -> reads complete (as seen)
+  uint64_t layer_waits = 0;        // end_layer calls of streamed layers
   uint64_t ring_restarts = 0;      // out-of-order layer accesses that drained the ring
   bool registered = false;         // sections registered with the I/O engine
   bool direct = false;             // reads use O_DIRECT

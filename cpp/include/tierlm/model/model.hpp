@@ -1,6 +1,7 @@
 // A loaded model package and its executor: weights in a per-layer weight store under the
 // host budget, a KV cache, and one activation arena at planned offsets. forward() runs the
-// graph for a batch of tokens at the current position and allocates nothing.
+// graph for a batch of tokens at the current position and allocates nothing but the I/O
+// engine's futures of the reads streamed weights and sparse FFN rows issue.
 #pragma once
 
 #include <cstddef>
@@ -12,6 +13,7 @@
 
 #include "tierlm/memory/tier.hpp"
 #include "tierlm/model/package.hpp"
+#include "tierlm/sparse/sparse_stats.hpp"
 
 namespace tierlm {
 
@@ -37,7 +39,7 @@ struct ModelOptions {
   int64_t sparse_capacity = 0;  // cached neurons per layer; 0 = auto from the predictors
 };
 
-// Where the weights live (issue 4): everything resident, or a resident set plus a ring of
+// Where the weights live: everything resident, or a resident set plus a ring of
 // staging sections streamed from the package files with O_DIRECT.
 struct WeightPlacementInfo {
   bool streaming = false;
@@ -93,15 +95,14 @@ struct ModelStats {
   uint64_t kv_bytes = 0;         // host bytes of the KV cache
   uint64_t arena_bytes = 0;      // host bytes of the activation arena
   TierStats host;
-  // Streaming: bytes read by the ring, time begin_layer waited for reads, time from issuing a
-  // layer's reads to seeing them complete (summed over layers).
+  // Streaming: bytes read by the ring, time the weight reads were waited for (ring chunks and
+  // embedding rows), time from issuing a chunk's reads to seeing them complete (summed).
   uint64_t stream_bytes_read = 0;
   double io_wait_seconds = 0.0;
   double read_busy_seconds = 0.0;
-  uint64_t layer_waits = 0;
-  uint64_t chunk_waits = 0;
-  uint64_t row_bytes_read = 0;  // embedding rows read on demand  // streamed chunks waited for (a
-                                // chunk: section-sized matrices)
+  uint64_t layer_waits = 0;     // streamed layers ended
+  uint64_t chunk_waits = 0;     // streamed chunks waited for (a chunk: section-sized matrices)
+  uint64_t row_bytes_read = 0;  // embedding rows read on demand
   uint64_t ring_restarts = 0;
   bool io_direct = false;
   bool io_registered = false;
@@ -126,18 +127,6 @@ struct ModelStats {
   std::vector<int64_t> sparse_capacity;  // per layer
   // Gated SiLU FFNs: the target sparsity the thresholds were calibrated for (lossy); 0 = ReLU.
   double sparse_target_sparsity = 0.0;
-};
-
-// One token through every sparse FFN layer (ModelStats' counters for that token).
-struct SparseTokenInfo {
-  uint64_t neurons_predicted = 0;
-  uint64_t neurons_read = 0;
-  uint64_t bytes_read = 0;
-  uint64_t requests = 0;
-  double predictor_seconds = 0.0;
-  double io_seconds = 0.0;
-  double memory_seconds = 0.0;
-  double compute_seconds = 0.0;
 };
 
 class Model {
@@ -168,7 +157,8 @@ class Model {
   // Runs tokens at the current position (in prefill_chunk batches), appends them to the KV
   // cache and returns the last token's logits (vocab_size floats, valid until the next call).
   // Throws kErrorInvalidArgument for an empty batch, ids outside the vocabulary or a batch
-  // that would overflow the context. Allocates nothing.
+  // that would overflow the context. Allocates nothing but the I/O futures of streamed weight
+  // and sparse row reads.
   const float* forward(std::span<const int32_t> tokens);
   // The same; restart = true empties the cache first, atomically with the run.
   const float* forward(std::span<const int32_t> tokens, bool restart);
@@ -183,9 +173,9 @@ class Model {
 
   ModelStats stats() const;
   const WeightPlacementInfo& placement() const;
-  // One event per streamed layer's begin (time, wait, bytes read so far), oldest first.
+  // One event per streamed layer's end (time, wait, bytes read so far), oldest first.
   std::vector<StreamEventInfo> stream_events() const;
-  // Sparse FFN: one entry per token since load, oldest first (the last 65536 kept).
+  // Sparse FFN: one entry per token since load, oldest first (the last 16384 kept).
   std::vector<SparseTokenInfo> sparse_tokens() const;
   // Counts a generation's timings into stats() (prefill and decode totals).
   void record_timing(uint64_t prefill_tokens, double prefill_seconds, uint64_t decode_tokens,
