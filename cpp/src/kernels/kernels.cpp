@@ -19,8 +19,13 @@ namespace tierlm {
 
 namespace {
 
+// A level pinned on this thread by detail::KernelLevelPin (-1: none, follow simd_level()).
+thread_local int t_pinned_level = -1;
+
 const detail::KernelTable& table() {
-  switch (simd_level()) {
+  const SimdLevel level =
+      t_pinned_level < 0 ? simd_level() : static_cast<SimdLevel>(t_pinned_level);
+  switch (level) {
     case SimdLevel::kSimdAvx512:
       return detail::kernels_avx512();
     case SimdLevel::kSimdAvx2:
@@ -43,6 +48,11 @@ constexpr size_t kMatvecBlockBytes = 64 << 10;
 constexpr size_t kMatvecMaxLanes = 64;
 
 }  // namespace
+
+detail::KernelLevelPin::KernelLevelPin(int level) : saved_(t_pinned_level) {
+  t_pinned_level = level;
+}
+detail::KernelLevelPin::~KernelLevelPin() { t_pinned_level = saved_; }
 
 void kernel_linear(const float* x, const void* w, const void* bias, DType w_dtype, float* y,
                    size_t n, size_t rows, size_t cols) {

@@ -62,6 +62,20 @@ struct KernelTable {
   void (*attention)(const AttentionTile& tile);
 };
 
+// Pins the SIMD level of the kernel_* launchers called on this thread while it lives (the CPU
+// backend at a fixed level, tests/cpp/test_backend_ops.cpp); -1 follows simd_level(). Work the
+// pool runs for a launcher uses the table the calling thread chose, so the pin covers it.
+class KernelLevelPin {
+ public:
+  explicit KernelLevelPin(int level);
+  ~KernelLevelPin();
+  KernelLevelPin(const KernelLevelPin&) = delete;
+  KernelLevelPin& operator=(const KernelLevelPin&) = delete;
+
+ private:
+  int saved_;
+};
+
 const KernelTable& kernels_scalar();
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
