@@ -17,10 +17,16 @@ from tierlm.checkpoint import Checkpoint, check_no_quantization
 from tierlm.dtypes import DTYPE_SIZES, convert, dtype_check
 from tierlm.errors import CorruptError, InvalidArgumentError, NotFoundError, UnsupportedError
 from tierlm.graph import graph_check
+from tierlm.package_format import (
+    ALIGN,
+    FORMAT,
+    FORMAT_VERSION,
+    GRAPH,
+    MANIFEST,
+    TOKENIZER_DIR,
+    weight_file,
+)
 
-FORMAT = "tierlm-package"
-FORMAT_VERSION = 1
-ALIGN = 4096
 FILE_LIMIT = 2 << 30  # weight files are split at 2 GiB
 CHUNK = 16 << 20  # bytes of source data converted at a time
 TOKENIZER_FILES = (
@@ -92,12 +98,12 @@ def layout(rows, limit=FILE_LIMIT):
     for spec, source, entry, out in rows:
         nbytes = math.prod(spec.shape) * DTYPE_SIZES[out]
         if end and _align(end) + nbytes > limit:
-            files.append({"name": f"weights-{index}.bin", "size": _align(end)})
+            files.append({"name": weight_file(index), "size": _align(end)})
             index, end = index + 1, 0
         offset = _align(end)
-        placed.append((spec, source, entry, out, f"weights-{index}.bin", offset, nbytes))
+        placed.append((spec, source, entry, out, weight_file(index), offset, nbytes))
         end = offset + nbytes
-    files.append({"name": f"weights-{index}.bin", "size": _align(end)})
+    files.append({"name": weight_file(index), "size": _align(end)})
     return files, placed
 
 
@@ -220,7 +226,7 @@ def export(
             "config": plan.config,
             "files": files,
             "tensors": tensors,
-            "tokenizer": {"dir": "tokenizer", "files": token_files} if token_files else None,
+            "tokenizer": {"dir": TOKENIZER_DIR, "files": token_files} if token_files else None,
             "source": {
                 "model_type": hf.get("model_type"),
                 "architectures": hf.get("architectures"),
@@ -229,8 +235,8 @@ def export(
             },
             **sections,
         }
-        _write_json(os.path.join(tmp, "manifest.json"), manifest)
-        _write_json(os.path.join(tmp, "graph.json"), plan.graph)
+        _write_json(os.path.join(tmp, MANIFEST), manifest)
+        _write_json(os.path.join(tmp, GRAPH), plan.graph)
         _install(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -260,9 +266,9 @@ def _generation_ids(hf_dir, config):
 def _copy_tokenizer(hf_dir, tmp):
     names = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, n))]
     if names:
-        os.mkdir(os.path.join(tmp, "tokenizer"))
+        os.mkdir(os.path.join(tmp, TOKENIZER_DIR))
         for name in names:
-            shutil.copyfile(os.path.join(hf_dir, name), os.path.join(tmp, "tokenizer", name))
+            shutil.copyfile(os.path.join(hf_dir, name), os.path.join(tmp, TOKENIZER_DIR, name))
     return names
 
 
