@@ -41,24 +41,10 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def backends():
-    out = ["threads"]
-    probe = tierlm.io.probe()
-    out.append(
-        pytest.param("uring")
-        if probe["uring_available"]
-        else pytest.param(
-            "uring", marks=pytest.mark.skip(reason=f"io_uring unavailable: {probe['reason']}")
-        )
-    )
-    return out
-
-
 def budget_for(plan, fraction):
     return plan["minimum"] + int((plan["all_host"] - plan["minimum"]) * fraction)
 
 
-@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("fraction", [1.0, 0.5, 0.0], ids=["host100", "host50", "minimum"])
 @pytest.mark.parametrize("arch", ["llama", "opt"])
 def test_equals_torch_adamw(arch, fraction, backend, tmp_path):
