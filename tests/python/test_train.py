@@ -1,5 +1,6 @@
 """Offloaded fine-tuning equals plain torch AdamW training, within budgets, on both back ends."""
 
+import gc
 import json
 import os
 import resource
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 
 import pytest
 import tierlm
@@ -119,6 +121,27 @@ def test_pipeline_placement_spreads_disk_blocks_and_prefetches(depth, tmp_path):
         first = next(u for u in trainer.blocks if u.home == "disk")
         assert first.prefetch is not None
     trainer.close()
+
+
+def test_closed_trainer_is_freed_at_once_and_refuses_work():
+    # No reference cycle is left once closed: its host tier goes when it is dropped, not at a
+    # later garbage collection (a training loop that makes trainers would hold several).
+    model = llama()
+    data = batches(model, 2)
+    trainer = tt.offload(model, **HYPER)
+    train_offloaded(model, trainer, data[:1])
+    trainer.close()
+    trainer.close()
+    with pytest.raises(tierlm.InvalidArgumentError, match="closed"):
+        trainer.step()
+    gc.disable()
+    try:
+        alive = weakref.ref(trainer)
+        del trainer
+        assert alive() is None
+    finally:
+        gc.enable()
+    model(input_ids=data[1], labels=data[1]).loss.backward()  # a plain torch model again
 
 
 def test_pipeline_depth_negative_is_an_error():

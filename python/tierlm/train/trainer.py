@@ -223,7 +223,14 @@ class OffloadTrainer:
         self._failed = reason
 
     # ---------------------------------------------------------------- the loop
+    def _check_open(self):
+        if self.worker is None:
+            raise InvalidArgumentError(
+                "offload: this trainer was closed; make a new one with tierlm.train.offload()"
+            )
+
     def _check_usable(self):
+        self._check_open()
         failed = self._failed or self.worker.failed
         if failed:
             raise InvalidArgumentError(
@@ -290,6 +297,7 @@ class OffloadTrainer:
     # ---------------------------------------------------------------- state
     def state_dict(self):
         """{parameter name: tensor} of every parameter, read from its home (copies)."""
+        self._check_open()
         self.worker.drain()
         out = {}
         for u in self.units:
@@ -315,6 +323,7 @@ class OffloadTrainer:
         """Loads the checkpoint LATEST points to; returns its step. All or nothing: on a
         damaged or mismatched checkpoint (CorruptError naming the file) the trainer is left
         exactly as it was."""
+        self._check_open()
         self.worker.drain()
         self.prefetch.drop(self.units)  # they hold the parameters this overwrites
         step = snapshot.resume(self, directory)
@@ -328,8 +337,10 @@ class OffloadTrainer:
         """Waits for pending work, unhooks the model and stops the worker.
 
         restore=True gives every parameter back its own memory (outside the budget), so the
-        model is a plain torch module again.
+        model is a plain torch module again. Closing twice does nothing.
         """
+        if self.worker is None:
+            return
         self.worker.drain()
         self.prefetch.drop(self.units)
         if restore:
@@ -341,6 +352,9 @@ class OffloadTrainer:
                 u.p = u.p_buf = u.p_tensor = u.compute = None
         self.hooks.remove()
         self.worker.shutdown()
+        # The parts call back into the trainer (reference cycles): let them go, so a closed
+        # trainer and its tiers are freed once dropped, not at some later garbage collection.
+        self.hooks = self.worker = self.staging = self.prefetch = None
 
     def detach(self):
         """At interpreter exit: drops the model's views of tier memory, so the native buffers
@@ -357,7 +371,8 @@ class OffloadTrainer:
             u.p = u.p_buf = u.p_tensor = u.compute = u.g = u.g_buf = None
             u.m = u.v = u.m_buf = u.v_buf = u.prefetch = u.mv_prefetch = None
             u.ext_p = u.ext_m = u.ext_v = None
-        self.staging.close()
+        if self.staging is not None:  # None once closed
+            self.staging.close()
         self.host = self.disk = None
 
 
