@@ -24,10 +24,16 @@ from tierlm.outdir import (
     raise_write_error,
     writing,
 )
+from tierlm.package_format import (
+    ALIGN,
+    FORMAT,
+    FORMAT_VERSION,
+    GRAPH,
+    MANIFEST,
+    TOKENIZER_DIR,
+    weight_file,
+)
 
-FORMAT = "tierlm-package"
-FORMAT_VERSION = 1
-ALIGN = 4096
 FILE_LIMIT = 2 << 30  # weight files are split at 2 GiB
 CHUNK = 16 << 20  # bytes of source data converted at a time
 TOKENIZER_FILES = (
@@ -99,12 +105,12 @@ def layout(rows, limit=FILE_LIMIT):
     for spec, source, entry, out in rows:
         nbytes = math.prod(spec.shape) * DTYPE_SIZES[out]
         if end and _align(end) + nbytes > limit:
-            files.append({"name": f"weights-{index}.bin", "size": _align(end)})
+            files.append({"name": weight_file(index), "size": _align(end)})
             index, end = index + 1, 0
         offset = _align(end)
-        placed.append((spec, source, entry, out, f"weights-{index}.bin", offset, nbytes))
+        placed.append((spec, source, entry, out, weight_file(index), offset, nbytes))
         end = offset + nbytes
-    files.append({"name": f"weights-{index}.bin", "size": _align(end)})
+    files.append({"name": weight_file(index), "size": _align(end)})
     return files, placed
 
 
@@ -159,7 +165,7 @@ def export(
     hf = read_hf_config(hf_dir)
     check_no_quantization(hf, os.path.join(hf_dir, "config.json"))
     module = arch_lookup(hf, os.path.join(hf_dir, "config.json"))
-    check_out_dir(out_dir, [hf_dir], overwrite, FORMAT)
+    check_out_dir(out_dir, [hf_dir], overwrite)
     plan = module.plan(hf, max_positions=max_positions)
     _generation_ids(hf_dir, plan.config)
     if sparse:
@@ -217,7 +223,7 @@ def export(
             "config": plan.config,
             "files": files,
             "tensors": tensors,
-            "tokenizer": {"dir": "tokenizer", "files": token_files} if token_files else None,
+            "tokenizer": {"dir": TOKENIZER_DIR, "files": token_files} if token_files else None,
             "source": {
                 "model_type": hf.get("model_type"),
                 "architectures": hf.get("architectures"),
@@ -226,8 +232,8 @@ def export(
             },
             **sections,
         }
-        _write_json(os.path.join(tmp, "manifest.json"), manifest)
-        _write_json(os.path.join(tmp, "graph.json"), plan.graph)
+        _write_json(os.path.join(tmp, MANIFEST), manifest)
+        _write_json(os.path.join(tmp, GRAPH), plan.graph)
         install(tmp, out_dir)
     except OSError as error:
         discard(tmp)
@@ -260,9 +266,9 @@ def _generation_ids(hf_dir, config):
 def _copy_tokenizer(hf_dir, tmp):
     names = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, n))]
     if names:
-        os.mkdir(os.path.join(tmp, "tokenizer"))
+        os.mkdir(os.path.join(tmp, TOKENIZER_DIR))
         for name in names:
-            shutil.copyfile(os.path.join(hf_dir, name), os.path.join(tmp, "tokenizer", name))
+            shutil.copyfile(os.path.join(hf_dir, name), os.path.join(tmp, TOKENIZER_DIR, name))
     return names
 
 

@@ -10,16 +10,17 @@ import tempfile
 from contextlib import contextmanager
 
 from tierlm.errors import InvalidArgumentError
+from tierlm.package_format import FORMAT, MANIFEST
 
 # A staging folder holds this file from its first moment, so only folders an export made are
 # ever removed as stale; its content is the pid of the export that owns it.
 _STAGING_MARK = ".tierlm-staging"
 
 
-def check_out_dir(out_dir, sources, overwrite, format_name):
+def check_out_dir(out_dir, sources, overwrite):
     """Refuses an OUT that the export must not write: one that holds (or is) a source, a file,
     a non-empty folder without overwrite, or, with overwrite, anything but a package whose
-    manifest says format_name."""
+    manifest says it is one."""
     out_real = os.path.realpath(out_dir)
     for source in sources:
         source_real = os.path.realpath(source)
@@ -41,21 +42,21 @@ def check_out_dir(out_dir, sources, overwrite, format_name):
             f"{out_dir} already exists; choose another directory or pass overwrite=True "
             "(--overwrite)"
         )
-    if not _is_package(out_dir, format_name):
+    if not _is_package(out_dir):
         raise InvalidArgumentError(
-            f"{out_dir} is not a tierlm package (no manifest.json with format "
-            f'"{format_name}"), so --overwrite will not replace it: choose another output '
+            f"{out_dir} is not a tierlm package (no {MANIFEST} with format "
+            f'"{FORMAT}"), so --overwrite will not replace it: choose another output '
             "directory or remove it yourself"
         )
 
 
-def _is_package(path, format_name):
+def _is_package(path):
     try:
-        with open(os.path.join(path, "manifest.json")) as f:
+        with open(os.path.join(path, MANIFEST)) as f:
             manifest = json.load(f)
     except (OSError, ValueError):
         return False
-    return isinstance(manifest, dict) and manifest.get("format") == format_name
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
 def make_staging(out_dir):

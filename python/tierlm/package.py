@@ -13,8 +13,8 @@ import numpy as np
 
 from tierlm.dtypes import DTYPE_SIZES, NUMPY_DTYPES, to_f32
 from tierlm.errors import CorruptError, NotFoundError, UnsupportedError
-from tierlm.export import ALIGN, FORMAT, FORMAT_VERSION
 from tierlm.graph import graph_check
+from tierlm.package_format import ALIGN, FORMAT, FORMAT_VERSION, GRAPH, MANIFEST
 
 _CRC_CHUNK = 16 << 20
 
@@ -33,7 +33,7 @@ class Package:
     @classmethod
     def open(cls, path):
         path = os.fspath(path)
-        manifest_path = os.path.join(path, "manifest.json")
+        manifest_path = os.path.join(path, MANIFEST)
         if not os.path.isdir(path):
             raise NotFoundError(f"{path}: package directory does not exist")
         manifest = _read_json(manifest_path)
@@ -53,8 +53,8 @@ class Package:
             if key not in manifest:
                 raise CorruptError(f"{manifest_path}: missing key {key!r}")
         _check_files(path, manifest)
-        graph = _read_json(os.path.join(path, "graph.json"))
-        graph_check(graph, manifest["tensors"], os.path.join(path, "graph.json"))
+        graph = _read_json(os.path.join(path, GRAPH))
+        graph_check(graph, manifest["tensors"], os.path.join(path, GRAPH))
         return cls(path, manifest, graph)
 
     def file_path(self, name):

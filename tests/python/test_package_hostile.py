@@ -6,9 +6,8 @@ import os
 import shutil
 
 import pytest
-from models import package
-
 import tierlm
+from models import package
 from tierlm.package import Package
 
 
