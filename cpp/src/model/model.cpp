@@ -75,6 +75,15 @@ AttentionShape attention_shape(const GraphOp& op, int64_t n_q, int64_t context) 
   return s;
 }
 
+// The tensor an op's weight names (lm_head falls back to embed.weight when tied).
+std::string op_weight_name(const Package& p, const GraphOp& op) {
+  if (op.kind == OpKind::kOpLmHead && p.find_tensor(op.weight) == nullptr &&
+      p.config.tie_embeddings) {
+    return "embed.weight";
+  }
+  return op.weight;
+}
+
 BufferAssignment assign_buffers(const Package& package, int64_t seq, int64_t context,
                                 int64_t batch) {
   const Graph& graph = package.graph;
@@ -116,6 +125,12 @@ BufferAssignment assign_buffers(const Package& package, int64_t seq, int64_t con
       workspace = kernel_attention_workspace(attention_shape(op, seq, context));
     } else if (op.kind == OpKind::kOpPositionEmbedding) {
       workspace = static_cast<uint64_t>(seq * graph.width(op.output)) * sizeof(float);
+    } else if ((op.kind == OpKind::kOpLinear || op.kind == OpKind::kOpLmHead) && ob.in[0] >= 0) {
+      // Quantized weights: the activation rows as int8 blocks (0 bytes otherwise).
+      if (const TensorInfo* t = package.find_tensor(op_weight_name(package, op)))
+        workspace = kernel_linear_workspace(
+            t->dtype, static_cast<size_t>(op.kind == OpKind::kOpLmHead ? batch : seq),
+            static_cast<size_t>(graph.width(op.inputs[0])));
     }
     if (workspace > 0) {
       MemoryBuffer b;
@@ -369,14 +384,9 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   // A batched decode step runs one row per sequence through the same arena.
   m.chunk = std::max(m.chunk, m.max_batch);
 
-  // Tensors the graph uses (lm_head falls back to embed.weight when tied).
+  // Tensors the graph uses.
   std::vector<std::string> names;
-  auto weight_name = [&](const GraphOp& op) {
-    if (op.kind == OpKind::kOpLmHead && p.find_tensor(op.weight) == nullptr && c.tie_embeddings) {
-      return std::string("embed.weight");
-    }
-    return op.weight;
-  };
+  auto weight_name = [&](const GraphOp& op) { return op_weight_name(p, op); };
   for (const GraphOp& op : p.graph.ops) {
     if (!op.weight.empty()) names.push_back(weight_name(op));
     if (!op.bias.empty()) names.push_back(op.bias);
@@ -582,6 +592,11 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
       TIERLM_CHECK(t != nullptr && t->shape == shape, kErrorCorrupt, where, ": tensor `",
                    t ? t->name : std::string("?"), "` has the wrong shape for its values");
     };
+    auto need_unquantized = [&](const TensorInfo* t) {
+      TIERLM_CHECK(!dtype_is_quantized(t->dtype), kErrorUnsupported, where, ": tensor `", t->name,
+                   "` is ", dtype_name(t->dtype),
+                   "; norm weights must be f32, f16 or bf16 (keep them unquantized at export)");
+    };
     switch (g.kind) {
       case OpKind::kOpEmbedding:
         TIERLM_CHECK(wi && wi->shape.size() == 2 && wi->shape[1] == op.width, kErrorCorrupt, where,
@@ -601,11 +616,14 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
       case OpKind::kOpRmsNorm:
         need_inputs(1);
         need_shape(wi, {op.width});
+        need_unquantized(wi);
         break;
       case OpKind::kOpLayerNorm:
         need_inputs(1);
         need_shape(wi, {op.width});
         need_shape(bi, {op.width});
+        need_unquantized(wi);
+        need_unquantized(bi);
         if (bi->dtype != wi->dtype) {
           m.converted.push_back(to_f32(m.weights->data(op.weight), wi->dtype, op.width));
           op.norm_f32 = m.converted.back().data();
@@ -752,7 +770,7 @@ void Model::Impl::run_op(const ExecOp& op, const int32_t* tokens, int64_t n) {
       }
       const void* bias = op.bias_apart ? nullptr : w(op.bias);
       kernel_linear(x, w(op.weight), bias, op.dtype, op.out, m_rows, width,
-                    static_cast<size_t>(op.in_width));
+                    static_cast<size_t>(op.in_width), op.workspace);
       if (op.bias_apart) {
         const float* b = op.bias_f32 ? op.bias_f32 : static_cast<const float*>(w(op.bias));
         for (size_t r = 0; r < m_rows; ++r) kernel_add(op.out + r * width, b, width);
