@@ -110,8 +110,12 @@ std::vector<float> rounded_x(DType dtype, const std::vector<float>& x, size_t n,
     const auto* a = reinterpret_cast<const detail::ActBlock256*>(act.data());
     for (size_t i = 0; i < out.size(); ++i) out[i] = a[i / 256].d * a[i / 256].q[i % 256];
   } else {
-    const auto* a = reinterpret_cast<const detail::ActBlock32*>(act.data());
-    for (size_t i = 0; i < out.size(); ++i) out[i] = a[i / 32].d * a[i / 32].q[i % 32];
+    const size_t nb = cols / 32;
+    for (size_t t = 0; t < n; ++t) {
+      const detail::Act32Row<true> a(act.data() + t * detail::act32_row_bytes(nb), nb);
+      for (size_t c = 0; c < cols; ++c)
+        out[t * cols + c] = a.d[c / 32] * a.q[detail::act32_index(nb, c / 32, c % 32)];
+    }
   }
   return out;
 }
@@ -148,11 +152,12 @@ struct Case {
   size_t rows, cols, n;
 };
 std::vector<Case> cases(DType dtype) {
-  // cols: one block, three, and a long row with a tail block past a power of two.
+  // cols: one block, three, a long row with a tail block past a power of two, and a power of
+  // two (for the 32-blocks: odd and even block counts, as the activations pair blocks).
   const bool k = detail::quant_is_k_type(dtype);
   const size_t c0 = k ? 256 : 32, c1 = k ? 768 : 96, c2 = k ? 4352 : 4128;
-  return {{1, c0, 1},   {3, c1, 2},    {37, c2, 7}, {4097, c0, 1},
-          {37, c1, 33}, {4097, c2, 2}, {3, c2, 33}, {37, c0, 1}};
+  return {{1, c0, 1},    {3, c1, 2},  {37, c2, 7}, {4097, c0, 1}, {37, c1, 33},
+          {4097, c2, 2}, {3, c2, 33}, {37, c0, 1}, {5, 4096, 3}};
 }
 
 class QuantLinear : public ::testing::TestWithParam<DType> {};
@@ -236,7 +241,7 @@ TEST(QuantKernels, BlockRecordsHaveTheDtypeGeometry) {
 TEST(QuantKernels, EveryLevelQuantizesActivationsIdentically) {
   LevelGuard guard;
   for (DType dtype : {DType::kDTypeQ4_0, DType::kDTypeQ4_K}) {
-    const size_t n = 3, cols = 768;
+    const size_t n = 3, cols = dtype == DType::kDTypeQ4_0 ? 800 : 768;  // 25 blocks: one unpaired
     std::vector<float> x = random_x(n * cols, 11);
     x[5] = 0.0f;
     std::fill(x.begin() + 256, x.begin() + 512, 0.0f);  // an all-zero block: scale 0

@@ -12,7 +12,7 @@
 namespace tierlm::detail {
 
 struct QuantKernels {
-  // x[n, cols] to the activation blocks of w_dtype's kind (quant_act_row_bytes per row).
+  // x[n, cols] to the activations of w_dtype's kind (quant_act_row_bytes per row).
   void (*quantize_rows)(const float* x, DType w_dtype, void* xq, size_t n, size_t cols);
   // Y[:, r0:r1] = X · W^T (+ bias, f32) from X's activation blocks, for a block-type W.
   void (*linear)(const void* xq, const void* w, const float* bias, DType w_dtype, float* y,
@@ -29,7 +29,7 @@ inline bool quant_is_k_type(DType dtype) { return dtype_block(dtype).elems == kB
 // Bytes of one activation row of cols elements for w_dtype's dot products.
 inline size_t quant_act_row_bytes(DType w_dtype, size_t cols) {
   return quant_is_k_type(w_dtype) ? cols / kBlock256 * sizeof(ActBlock256)
-                                  : cols / kBlock32 * sizeof(ActBlock32);
+                                  : act32_row_bytes(cols / kBlock32);
 }
 
 // The scalar dequantizer, ggml's dequantize_row_* to the bit: n elements (whole blocks) of

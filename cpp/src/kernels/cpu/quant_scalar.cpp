@@ -73,11 +73,11 @@ struct KUnpacked {
 };
 
 void unpack(const BlockQ4_K& b, KUnpacked& u) {
-  uint8_t sc[8], mn[8];
-  k4_scale_min(b.scales, sc, mn);
+  uint64_t sc, mn;
+  k4_scale_min(b.scales, &sc, &mn);
   for (size_t i = 0; i < 8; ++i) {
-    u.scale[i] = sc[i];
-    u.min[i] = mn[i];
+    u.scale[i] = static_cast<int>((sc >> (8 * i)) & 0xff);
+    u.min[i] = static_cast<int>((mn >> (8 * i)) & 0xff);
   }
   for (size_t i = 0; i < 4; ++i)
     for (size_t l = 0; l < 32; ++l) {
@@ -87,11 +87,11 @@ void unpack(const BlockQ4_K& b, KUnpacked& u) {
 }
 
 void unpack(const BlockQ5_K& b, KUnpacked& u) {
-  uint8_t sc[8], mn[8];
-  k4_scale_min(b.scales, sc, mn);
+  uint64_t sc, mn;
+  k4_scale_min(b.scales, &sc, &mn);
   for (size_t i = 0; i < 8; ++i) {
-    u.scale[i] = sc[i];
-    u.min[i] = mn[i];
+    u.scale[i] = static_cast<int>((sc >> (8 * i)) & 0xff);
+    u.min[i] = static_cast<int>((mn >> (8 * i)) & 0xff);
   }
   for (size_t i = 0; i < 4; ++i)
     for (size_t l = 0; l < 32; ++l) {
@@ -189,14 +189,19 @@ void quantize_rows(const float* x, DType w_dtype, void* xq, size_t n, size_t col
     }
     return;
   }
-  auto* out = static_cast<ActBlock32*>(xq);
   const size_t nb = cols / kBlock32;
-  for (size_t i = 0; i < n * nb; ++i) {
-    ActBlock32& a = out[i];
-    a.d = quantize_span<kBlock32>(x + i * kBlock32, a.q);
-    int sum = 0;
-    for (size_t j = 0; j < kBlock32; ++j) sum += a.q[j];
-    a.s = a.d * static_cast<float>(sum);
+  for (size_t t = 0; t < n; ++t) {
+    Act32Row<false> a(static_cast<char*>(xq) + t * act32_row_bytes(nb), nb);
+    for (size_t b = 0; b < nb; ++b) {
+      int8_t q[kBlock32];
+      a.d[b] = quantize_span<kBlock32>(x + t * cols + b * kBlock32, q);
+      int sum = 0;
+      for (size_t j = 0; j < kBlock32; ++j) {
+        a.q[act32_index(nb, b, j)] = q[j];
+        sum += q[j];
+      }
+      a.s[b] = a.d[b] * static_cast<float>(sum);
+    }
   }
 }
 
@@ -205,15 +210,16 @@ void quantize_rows(const float* x, DType w_dtype, void* xq, size_t n, size_t col
 // Per block: (d_w * d_x) * sum(q_w * q_x) + m_w * s_x, where a type with an offset has
 // m_w = -offset * d_w (so (q - offset) * d needs no signed unpacking).
 template <class T>
-float row_dot32(const void* row, const ActBlock32* x, size_t nb) {
+float row_dot32(const void* row, const void* x_row, size_t nb) {
   const auto* w = static_cast<const typename T::Block*>(row);
+  const Act32Row<true> x(x_row, nb);
   float acc = 0.0f;
   for (size_t b = 0; b < nb; ++b) {
     int isum = 0;
-    for (size_t j = 0; j < kBlock32; ++j) isum += T::q(w[b], j) * x[b].q[j];
+    for (size_t j = 0; j < kBlock32; ++j) isum += T::q(w[b], j) * x.q[act32_index(nb, b, j)];
     const float d = f16_to_f32(w[b].d);
     const float m = T::kMin ? block_min<T>(w[b]) : -static_cast<float>(T::kOffset) * d;
-    acc += d * x[b].d * static_cast<float>(isum) + m * x[b].s;
+    acc += d * x.d[b] * static_cast<float>(isum) + m * x.s[b];
   }
   return acc;
 }
@@ -222,8 +228,9 @@ float row_dot32(const void* row, const ActBlock32* x, size_t nb) {
 //                  (d * d_x) * sum_g scale_g * sum q_w * q_x - (dmin * d_x) * sum_g min_g *
 //                  sum_g q_x                                                      (q4_k, q5_k)
 template <class Block>
-float row_dot256(const void* row, const ActBlock256* x, size_t nb) {
+float row_dot256(const void* row, const void* x_row, size_t nb) {
   const auto* w = static_cast<const Block*>(row);
+  const auto* x = static_cast<const ActBlock256*>(x_row);
   constexpr bool kQ6 = std::is_same_v<Block, BlockQ6_K>;
   constexpr size_t kGroup = kQ6 ? 16 : 32;
   KUnpacked u;
@@ -251,16 +258,17 @@ float row_dot256(const void* row, const ActBlock256* x, size_t nb) {
   return acc;
 }
 
-template <class Act, float (*Dot)(const void*, const Act*, size_t)>
+template <float (*Dot)(const void*, const void*, size_t)>
 void linear_rows(const void* xq, const void* w, const float* bias, DType w_dtype, float* y,
                  size_t n, size_t rows, size_t cols, size_t r0, size_t r1) {
   const size_t row_bytes = dtype_row_bytes(w_dtype, cols);
   const size_t nb = cols / dtype_block(w_dtype).elems;
-  const auto* x = static_cast<const Act*>(xq);
+  const size_t act_bytes = quant_act_row_bytes(w_dtype, cols);
   for (size_t r = r0; r < r1; ++r) {
     const void* row = static_cast<const char*>(w) + r * row_bytes;
     for (size_t t = 0; t < n; ++t)
-      y[t * rows + r] = Dot(row, x + t * nb, nb) + (bias ? bias[r] : 0.0f);
+      y[t * rows + r] =
+          Dot(row, static_cast<const char*>(xq) + t * act_bytes, nb) + (bias ? bias[r] : 0.0f);
   }
 }
 
@@ -268,29 +276,21 @@ void linear(const void* xq, const void* w, const float* bias, DType w_dtype, flo
             size_t rows, size_t cols, size_t r0, size_t r1) {
   switch (w_dtype) {
     case DType::kDTypeQ8_0:
-      return linear_rows<ActBlock32, row_dot32<Q8_0>>(xq, w, bias, w_dtype, y, n, rows, cols, r0,
-                                                      r1);
+      return linear_rows<row_dot32<Q8_0>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
     case DType::kDTypeQ4_0:
-      return linear_rows<ActBlock32, row_dot32<Q4_0>>(xq, w, bias, w_dtype, y, n, rows, cols, r0,
-                                                      r1);
+      return linear_rows<row_dot32<Q4_0>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
     case DType::kDTypeQ4_1:
-      return linear_rows<ActBlock32, row_dot32<Q4_1>>(xq, w, bias, w_dtype, y, n, rows, cols, r0,
-                                                      r1);
+      return linear_rows<row_dot32<Q4_1>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
     case DType::kDTypeQ5_0:
-      return linear_rows<ActBlock32, row_dot32<Q5_0>>(xq, w, bias, w_dtype, y, n, rows, cols, r0,
-                                                      r1);
+      return linear_rows<row_dot32<Q5_0>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
     case DType::kDTypeQ5_1:
-      return linear_rows<ActBlock32, row_dot32<Q5_1>>(xq, w, bias, w_dtype, y, n, rows, cols, r0,
-                                                      r1);
+      return linear_rows<row_dot32<Q5_1>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
     case DType::kDTypeQ4_K:
-      return linear_rows<ActBlock256, row_dot256<BlockQ4_K>>(xq, w, bias, w_dtype, y, n, rows, cols,
-                                                             r0, r1);
+      return linear_rows<row_dot256<BlockQ4_K>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
     case DType::kDTypeQ5_K:
-      return linear_rows<ActBlock256, row_dot256<BlockQ5_K>>(xq, w, bias, w_dtype, y, n, rows, cols,
-                                                             r0, r1);
+      return linear_rows<row_dot256<BlockQ5_K>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
     case DType::kDTypeQ6_K:
-      return linear_rows<ActBlock256, row_dot256<BlockQ6_K>>(xq, w, bias, w_dtype, y, n, rows, cols,
-                                                             r0, r1);
+      return linear_rows<row_dot256<BlockQ6_K>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
     case DType::kDTypeF32:
     case DType::kDTypeF16:
     case DType::kDTypeBF16:
