@@ -116,6 +116,11 @@ ResolvedOps ops_resolve(const Package& package, const BufferAssignment& assignme
       TIERLM_CHECK(t != nullptr && t->shape == shape, kErrorCorrupt, where, ": tensor `",
                    t ? t->name : std::string("?"), "` has the wrong shape for its values");
     };
+    auto need_unquantized = [&](const TensorInfo* t) {
+      TIERLM_CHECK(!dtype_is_quantized(t->dtype), kErrorUnsupported, where, ": tensor `", t->name,
+                   "` is ", dtype_name(t->dtype),
+                   "; norm weights must be f32, f16 or bf16 (keep them unquantized at export)");
+    };
     auto f32_copy = [&](int index, DType dtype) {
       r.converted.push_back(to_f32(backend, weights.data(index), dtype, op.width));
       return r.converted.back().data();
@@ -139,11 +144,14 @@ ResolvedOps ops_resolve(const Package& package, const BufferAssignment& assignme
       case OpKind::kOpRmsNorm:
         need_inputs(1);
         need_shape(wi, {op.width});
+        need_unquantized(wi);
         break;
       case OpKind::kOpLayerNorm:
         need_inputs(1);
         need_shape(wi, {op.width});
         need_shape(bi, {op.width});
+        need_unquantized(wi);
+        need_unquantized(bi);
         if (bi->dtype != wi->dtype) {
           op.norm_f32 = f32_copy(op.weight, wi->dtype);
           op.normb_f32 = f32_copy(op.bias, bi->dtype);

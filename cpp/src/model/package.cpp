@@ -125,16 +125,12 @@ bool package_relative(const std::string& path) {
 
 DType parse_dtype(const Json& value, const std::string& what) {
   const std::string& text = value.as_string(what);
-  DType dtype;
   try {
-    dtype = dtype_parse(text);
+    return dtype_parse(text);
   } catch (const Error&) {
-    TIERLM_FAIL(kErrorCorrupt, 0, what, ": unknown dtype \"", text, "\" (f32, f16, bf16)");
+    TIERLM_FAIL(kErrorCorrupt, 0, what, ": unknown dtype \"", text,
+                "\" (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k)");
   }
-  if (dtype_is_quantized(dtype))
-    TIERLM_FAIL(kErrorUnsupported, 0, what, ": dtype \"", text,
-                "\" has no kernels in this tierlm yet (f32, f16, bf16)");
-  return dtype;
 }
 
 int64_t config_int(const Json& config, const char* key, int64_t fallback) {
@@ -267,7 +263,14 @@ void validate_tensors(const Package& p) {
     for (int64_t d : t.shape) {
       TIERLM_CHECK(d > 0, kErrorCorrupt, where, " has a non-positive dimension ", d);
     }
-    const uint64_t expected = static_cast<uint64_t>(t.numel()) * dtype_size(t.dtype);
+    // Rows of whole blocks along the last dimension (one element per block unquantized).
+    const int64_t cols = t.shape.empty() ? 1 : t.shape.back();
+    const size_t block = dtype_block(t.dtype).elems;
+    TIERLM_CHECK(static_cast<size_t>(cols) % block == 0, kErrorCorrupt, where,
+                 ": its last dimension ", cols, " is not a whole number of ", dtype_name(t.dtype),
+                 " blocks (", block, " elements each)");
+    const uint64_t expected = static_cast<uint64_t>(t.numel() / cols) *
+                              dtype_row_bytes(t.dtype, static_cast<size_t>(cols));
     TIERLM_CHECK(t.nbytes == expected, kErrorCorrupt, where, ": nbytes is ", t.nbytes,
                  " but its shape and dtype ", dtype_name(t.dtype), " need ", expected);
     TIERLM_CHECK(t.offset % kTensorAlignment == 0, kErrorCorrupt, where, ": offset ", t.offset,

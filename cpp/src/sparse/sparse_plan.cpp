@@ -152,6 +152,10 @@ void read_bundles(const Package& p, const Json& manifest, const std::string& man
                  l.gated ? ": plain bundle for a gated FFN" : ": gated bundle for a ReLU FFN",
                  "; export the package again with --sparse");
     l.dtype = dtype_parse(b.at("dtype", w).as_string(w));
+    TIERLM_CHECK(!dtype_is_quantized(l.dtype), kErrorUnsupported, w, ": bundles of ",
+                 dtype_name(l.dtype),
+                 " rows have no sparse kernel yet (f32, f16, bf16); run without sparse or export "
+                 "the bundles unquantized");
     l.row_elems = (l.gated ? 3 : 2) * l.dim;
     l.row_bytes = l.row_elems * dtype_size(l.dtype);
     const uint64_t data = static_cast<uint64_t>(l.n_neurons) * l.row_bytes;

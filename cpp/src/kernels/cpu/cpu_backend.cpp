@@ -18,15 +18,17 @@ class CpuBackend final : public Backend {
 
   const char* name() const override { return name_.c_str(); }
 
-  size_t linear_workspace(const LinearShape&) const override { return 0; }
+  size_t linear_workspace(const LinearShape& largest) const override {
+    return kernel_linear_workspace(largest.w_dtype, largest.n, largest.cols);
+  }
   size_t attention_workspace(const AttentionShape& largest) const override {
     return kernel_attention_workspace(largest);
   }
 
   void linear(const float* x, const void* w, const void* bias, float* y, const LinearShape& shape,
-              void*) override {
+              void* workspace) override {
     KernelLevelPin pin(level_);
-    kernel_linear(x, w, bias, shape.w_dtype, y, shape.n, shape.rows, shape.cols);
+    kernel_linear(x, w, bias, shape.w_dtype, y, shape.n, shape.rows, shape.cols, workspace);
   }
   void rmsnorm(const float* x, const void* weight, DType w_dtype, float* y, size_t n, size_t dim,
                float eps) override {
