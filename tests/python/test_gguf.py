@@ -206,3 +206,29 @@ def test_llama_vocabulary_against_transformers(tmp_path):
         assert ours.decode(ours.encode(text).ids, skip_special_tokens=True) == ref.decode(
             ref(text)["input_ids"], skip_special_tokens=True
         )
+
+
+def test_bench_converter_reads_rope_parameters(tmp_path):
+    """bench/_llamacpp.py's HF -> GGUF converter takes rope_theta from transformers 5's
+    rope_parameters (it used the top-level key only and wrote 10000); its file imports back to
+    the checkpoint's logits."""
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location(
+        "_llamacpp", os.path.join(here, "..", "..", "bench", "_llamacpp.py")
+    )
+    converter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(converter)
+    model, hf_dir = models.hf_checkpoint(
+        "llama", tmp_path / "hf", rope_parameters={"rope_type": "default", "rope_theta": 123456.0}
+    )
+    config = json.load(open(os.path.join(hf_dir, "config.json")))
+    assert "rope_theta" not in config and config["rope_parameters"]["rope_theta"] == 123456.0
+    path = converter.convert(hf_dir, str(tmp_path / "m.gguf"), "f32")
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["llama.rope.freq_base"].contents() == 123456.0
+    pkg = Package.open(tierlm.export(path, tmp_path / "pkg", progress=False))
+    assert pkg.config["rope_theta"] == 123456.0
+    ids = models.prompt(6)
+    assert models.relative_error(reference_logits(pkg, ids), models.hf_logits(model, ids)) < 1e-4

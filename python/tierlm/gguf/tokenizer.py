@@ -11,7 +11,7 @@ tokens and the chat template, so the package's tokenizer/ reads like a Hugging F
 import json
 import os
 
-from tierlm.errors import UnsupportedError
+from tierlm.errors import CorruptError, UnsupportedError
 from tierlm.gguf.reader import field_value
 
 CONTROL, USER_DEFINED, UNKNOWN = 3, 4, 2  # llama.cpp's token types (gguf.TokenType)
@@ -106,6 +106,13 @@ def build_tokenizer(reader, path):
     if tokens is None:
         raise UnsupportedError(f"{path}: the file has no vocabulary (tokenizer.ggml.tokens)")
     types = meta("ggml.token_type") or [1] * len(tokens)
+    scores = meta("ggml.scores") or [0.0] * len(tokens)
+    for key, values in (("token_type", types), ("scores", scores)):
+        if len(values) != len(tokens):
+            raise CorruptError(
+                f"{path}: tokenizer.ggml.{key} has {len(values)} entries for {len(tokens)} "
+                "tokens (inconsistent GGUF vocabulary)"
+            )
     names = {}
     for key in ("bos", "eos", "unknown", "padding"):
         token_id = meta(f"ggml.{key}_token_id")
@@ -114,7 +121,6 @@ def build_tokenizer(reader, path):
         tok = _byte_level(tokens, meta("ggml.merges") or [], meta("ggml.pre", "default"), path)
         add_bos = bool(meta("ggml.add_bos_token", False))
     elif model == "llama":
-        scores = meta("ggml.scores") or [0.0] * len(tokens)
         prefix = bool(meta("ggml.add_space_prefix", True))
         tok = _sentencepiece(tokens, scores, prefix, names["unknown"])
         add_bos = bool(meta("ggml.add_bos_token", True))
