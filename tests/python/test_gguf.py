@@ -111,6 +111,18 @@ def test_unsupported_type_names_tensor_and_types(tmp_path):
         tierlm.export(q2, tmp_path / "pkg", progress=False)
 
 
+def test_inconsistent_vocabulary(tmp_path):
+    path = write_gguf(tiny(), tmp_path / "m.gguf", "Q8_0")
+    bad = rewrite_gguf(
+        path,
+        tmp_path / "bad.gguf",
+        drop=("tokenizer.ggml.token_type",),
+        add=lambda w: w.add_token_types([1] * 10),
+    )
+    with pytest.raises(tierlm.CorruptError, match=r"bad\.gguf: tokenizer.ggml.token_type has 10"):
+        tierlm.export(bad, tmp_path / "pkg", progress=False)
+
+
 def test_refusals(tmp_path):
     path = write_gguf(tiny(), tmp_path / "m.gguf", "Q8_0")
     with pytest.raises(tierlm.InvalidArgumentError, match="never re-quantized; --dtype"):
