@@ -1,4 +1,4 @@
-"""Offloaded inference (issue 4): weights streamed from the package files through a ring of
+"""Offloaded inference: weights streamed from the package files through a ring of
 host staging sections must give the same tokens as the fully resident run, within the budget,
 on both I/O back ends."""
 
