@@ -8,6 +8,18 @@
 
 #include "tierlm/kernels/kernels.hpp"
 
+// The block types, as case labels: the 16-bit bodies list them so that a switch over DType stays
+// exhaustive (-Wswitch names a new type) and still refuses them in one place.
+#define TIERLM_CASE_BLOCK_DTYPES \
+  case DType::kDTypeQ8_0:        \
+  case DType::kDTypeQ4_0:        \
+  case DType::kDTypeQ4_1:        \
+  case DType::kDTypeQ5_0:        \
+  case DType::kDTypeQ5_1:        \
+  case DType::kDTypeQ4_K:        \
+  case DType::kDTypeQ5_K:        \
+  case DType::kDTypeQ6_K
+
 namespace tierlm::detail {
 
 // One unit of fused attention: the query rows of one KV-head group over one key range.
@@ -129,14 +141,7 @@ inline float load_weight(const void* w, DType dtype, size_t i) {
       return f16_to_f32(static_cast<const uint16_t*>(w)[i]);
     case DType::kDTypeBF16:
       return bf16_to_f32(static_cast<const uint16_t*>(w)[i]);
-    case DType::kDTypeQ8_0:
-    case DType::kDTypeQ4_0:
-    case DType::kDTypeQ4_1:
-    case DType::kDTypeQ5_0:
-    case DType::kDTypeQ5_1:
-    case DType::kDTypeQ4_K:
-    case DType::kDTypeQ5_K:
-    case DType::kDTypeQ6_K:
+    TIERLM_CASE_BLOCK_DTYPES:
       break;
   }
   fail_block_dtype("load_weight", dtype);
