@@ -1,7 +1,7 @@
-// AVX2 + FMA + F16C kernels: 8-lane vectors over the shared bodies of detail/kernels_simd.hpp.
+// AVX2 + FMA + F16C kernels: 8-lane vectors over the shared bodies of kernels_simd.hpp.
 #include <immintrin.h>
 
-#include "kernels/cpu/kernels_simd.hpp"
+#include "kernels/cpu/kernels_simd_table.hpp"
 #include "kernels/cpu/vec_avx2.hpp"
 #include "kernels/kernels_impl.hpp"
 

@@ -1,10 +1,10 @@
 // AVX-512 (F, BW, VL, DQ) kernels: 16-lane vectors with masked tails over the shared bodies of
-// detail/kernels_simd.hpp.
+// kernels_simd.hpp.
 #include <immintrin.h>
 
 #include <algorithm>
 
-#include "kernels/cpu/kernels_simd.hpp"
+#include "kernels/cpu/kernels_simd_table.hpp"
 #include "kernels/cpu/vec_avx512.hpp"
 #include "kernels/kernels_impl.hpp"
 #include "tierlm/core/simd.hpp"

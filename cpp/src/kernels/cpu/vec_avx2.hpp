@@ -1,5 +1,5 @@
 // VecAvx2: 8-lane f32 vectors (AVX2, FMA, F16C), the V of the SIMD bodies written once
-// (detail/kernels_simd.hpp, detail/adam_simd.hpp). Include only from *_avx2.cpp files: it sits
+// (kernels/cpu/kernels_simd.hpp, train/adam_simd.hpp). Include only from *_avx2.cpp files: it sits
 // in an anonymous namespace, one copy per translation unit compiled with AVX2 flags.
 #pragma once
 

@@ -1,5 +1,5 @@
 // VecAvx512: 16-lane f32 vectors with masked tails, the V of the SIMD bodies written once
-// (detail/kernels_simd.hpp, detail/adam_simd.hpp). Include only from *_avx512.cpp files: it
+// (kernels/cpu/kernels_simd.hpp, train/adam_simd.hpp). Include only from *_avx512.cpp files: it
 // sits in an anonymous namespace, one copy per translation unit compiled with AVX-512 flags.
 #pragma once
 
