@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "memory/tier_ledger.hpp"
+#include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/memory/device.hpp"
 
@@ -19,10 +20,6 @@ namespace {
 size_t page_size() {
   static const size_t kPage = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   return kPage;
-}
-
-size_t round_up(size_t value, size_t multiple) {
-  return (value + multiple - 1) / multiple * multiple;
 }
 
 // Buffers of at least this size are aligned to it and asked for transparent huge pages: decode

@@ -8,6 +8,8 @@
 #include <memory>
 #include <string>
 
+#include "tierlm/core/align.hpp"
+
 namespace tierlm {
 
 enum class TierKind { kTierDevice, kTierHost, kTierDisk };
@@ -64,7 +66,7 @@ class HostTier {
   // lock: pin buffers with mlock while RLIMIT_MEMLOCK allows; beyond it they stay pageable.
   explicit HostTier(uint64_t budget, bool lock = true);
 
-  HostBuffer allocate(size_t bytes, size_t alignment = 4096);
+  HostBuffer allocate(size_t bytes, size_t alignment = kAlignment);
   TierStats stats() const;
   uint64_t budget() const;
   uint64_t available() const;
