@@ -12,6 +12,7 @@ import numpy as np
 from tierlm import _core
 from tierlm.budgets import default_budgets
 from tierlm.errors import InvalidArgumentError
+from tierlm.records import as_dict, columns
 from tierlm.sizes import parse_size
 
 
@@ -93,7 +94,7 @@ class Model:
 
     @property
     def config(self):
-        return self._native.config
+        return as_dict(self._native.config)
 
     @property
     def architecture(self):
@@ -151,18 +152,14 @@ class Model:
             ids,
             **_sampling(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos),
         )
-        stats = dict(out["stats"])
-        stats.update(self._tier_stats())
-        after = self._native.stats()
-        stats.update(self._stream_stats(before, after, stats))
-        stats.update(self._sparse_stats(before, after))
-        return GenerateResult(
-            prompt_ids=ids,
-            output_ids=list(out["output_ids"]),
-            text=self.decode(out["output_ids"]),
-            finish_reason=out["finish_reason"],
-            stats=stats,
-        )
+        model = self._native.stats().since(before)
+        stats = self._result_stats(model, out)
+        if model.sparse:  # this generation's tokens from the log (the last 65536 kept)
+            log = self.sparse_tokens()
+            stats["sparse_per_token"] = {
+                k: v[max(len(v) - model.sparse_tokens, 0) :] for k, v in log.items()
+            }
+        return self._result(ids, out, stats)
 
     def generate_batch(
         self,
@@ -179,21 +176,31 @@ class Model:
         Decode steps run all unfinished sequences together (one weight read per step);
         prompt i samples with seed + i. stats["decode_tokens_per_s"] is the batch's."""
         ids = [self.encode(p) for p in prompts]
+        before = self._native.stats()
         outs = self._native.generate_batch(
             ids,
             **_sampling(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos),
         )
-        tiers = self._tier_stats()
+        model = self._native.stats().since(before)
         return [
-            GenerateResult(
-                prompt_ids=p,
-                output_ids=list(out["output_ids"]),
-                text=self.decode(out["output_ids"]),
-                finish_reason=out["finish_reason"],
-                stats={**out["stats"], **tiers},
-            )
+            self._result(p, out, self._result_stats(model, out))
             for p, out in zip(ids, outs, strict=True)
         ]
+
+    def _result(self, ids, out, stats):
+        return GenerateResult(
+            prompt_ids=ids,
+            output_ids=list(out.output_ids),
+            text=self.decode(out.output_ids),
+            finish_reason=out.finish_reason,
+            stats=stats,
+        )
+
+    @staticmethod
+    def _result_stats(model, out):
+        """The model's stats over the generation (counters of this call; sizes, peaks and
+        settings as now) under the generation's own tokens and timings."""
+        return {**as_dict(model), **as_dict(out.stats)}
 
     def stream(
         self,
@@ -229,93 +236,15 @@ class Model:
         """Last-position logits (float32 numpy, vocab_size) of ids, from an empty cache."""
         return self._native.logits(self.encode(ids))
 
-    def _stream_stats(self, before, after, stats):
-        """Streaming stats of one generation: bytes read from disk (total and per forward
-        pass), time waiting for reads vs computing, and overlap % = share of the time the
-        reads were in flight that ran behind compute (1 - wait / read time)."""
-        p = self._native.placement()
-        wait = after["io_wait_seconds"] - before["io_wait_seconds"]
-        busy = after["read_busy_seconds"] - before["read_busy_seconds"]
-        total = stats.get("prefill_seconds", 0.0) + stats.get("decode_seconds", 0.0)
-        return {
-            "streaming": p["streaming"],
-            "stream_bytes_read": after["stream_bytes_read"] - before["stream_bytes_read"],
-            "bytes_read_per_token": p["streamed_bytes"],
-            "io_wait_seconds": wait,
-            "compute_seconds": max(total - wait, 0.0),
-            "overlap_pct": 100.0 * (1.0 - wait / busy) if busy > 0 else 100.0,
-            "io_backend": after["io_backend"],
-            "io_direct": after["io_direct"],
-            "ring_sections": p["sections"],
-        }
-
-    def _sparse_stats(self, before, after):
-        """Sparse FFN counters of one generation (every token through the FFNs, prompt
-        included): totals, per-token means, cache hit rate, and per-token lists."""
-        if not after.get("sparse"):
-            return {"sparse": False}
-
-        def delta(key):
-            return after[key] - before[key]
-
-        tokens = delta("sparse_tokens")
-        predicted, read = delta("sparse_neurons_predicted"), delta("sparse_neurons_read")
-        per = max(tokens, 1)
-        log = self._native.sparse_tokens()
-        take = min(tokens, len(log["bytes_read"]))
-        return {
-            "sparse": True,
-            "sparse_window": after["sparse_window"],
-            "sparse_bundled": after["sparse_bundled"],
-            "sparse_capacity": after["sparse_capacity"],
-            "sparse_lossy": after["sparse_lossy"],
-            "sparse_target_sparsity": after["sparse_target_sparsity"],
-            "sparse_tokens": tokens,
-            "sparse_neurons_predicted": predicted,
-            "sparse_neurons_read": read,
-            "sparse_bytes_read": delta("sparse_bytes_read"),
-            "sparse_requests": delta("sparse_requests"),
-            "sparse_overflows": delta("sparse_overflows"),
-            "sparse_cache_hit_rate": 1.0 - read / predicted if predicted else 1.0,
-            "sparse_predictor_seconds": delta("sparse_predictor_seconds"),
-            "sparse_io_seconds": delta("sparse_io_seconds"),
-            "sparse_memory_seconds": delta("sparse_memory_seconds"),
-            "sparse_compute_seconds": delta("sparse_compute_seconds"),
-            "sparse_neurons_predicted_per_token": predicted / per,
-            "sparse_neurons_read_per_token": read / per,
-            "sparse_bytes_read_per_token": delta("sparse_bytes_read") / per,
-            "dense_ffn_bytes_per_token": after["sparse_dense_ffn_bytes"],
-            "sparse_per_token": {k: v[len(v) - take :] for k, v in log.items()},
-        }
-
     def sparse_tokens(self):
-        """Sparse FFN: per token since load (the last 16384), lists of neurons_predicted,
+        """Sparse FFN: per token since load (the last 65536), lists of neurons_predicted,
         neurons_read, bytes_read, requests and predictor/io/memory/compute seconds."""
-        return self._native.sparse_tokens()
-
-    def _tier_stats(self):
-        s = self._native.stats()
-        return {
-            "disk_bytes_read": s["disk_bytes_read"],
-            "peak_bytes": {"host": s["host"]["peak"]},
-        }
+        return columns(self._native.sparse_tokens(), _core.SparseTokenInfo)
 
     def stats(self):
-        """Totals since load: tokens and seconds of prefill/decode, bytes read, tier stats."""
-        s = self._native.stats()
-        s["prefill_tokens_per_s"] = (
-            s["prefill_tokens"] / s["prefill_seconds"] if s["prefill_seconds"] else 0.0
-        )
-        s["decode_tokens_per_s"] = (
-            s["decode_tokens"] / s["decode_seconds"] if s["decode_seconds"] else 0.0
-        )
-        s["peak_bytes"] = {"host": s["host"]["peak"]}
-        if s["sparse"]:
-            predicted = s["sparse_neurons_predicted"]
-            s["sparse_cache_hit_rate"] = (
-                1.0 - s["sparse_neurons_read"] / predicted if predicted else 1.0
-            )
-        return s
+        """Totals since load: tokens and seconds of prefill/decode, bytes read, tier stats,
+        streaming and sparse FFN counters, and the rates derived from them."""
+        return as_dict(self._native.stats())
 
     def placement(self):
         """Where the weights live: {"streaming", "resident_bytes", "section_bytes" (the largest
@@ -323,12 +252,12 @@ class Model:
         "ring_bytes", "streamed_bytes" (read per forward pass), "minimum_budget",
         "resident_layers", "streamed_layers", "streamed_tensors", "pinned_tensors",
         "row_tensors" (embedding tables read by rows on demand), ...}."""
-        return self._native.placement()
+        return as_dict(self._native.placement())
 
     def stream_events(self):
-        """One entry per streamed layer, at its end: {"t", "wait", "layer", "bytes_read"} lists
-        (seconds since load, seconds waited for its reads, layer, streamed bytes so far)."""
-        return self._native.stream_events()
+        """One entry per streamed layer, at its begin: {"t", "wait", "layer", "bytes_read"}
+        lists (seconds since load, seconds waited for its reads, layer, streamed bytes so far)."""
+        return columns(self._native.stream_events(), _core.StreamEvent)
 
     def memory_buffers(self, seq):
         """The graph's activation and workspace buffers for a batch of seq tokens:

@@ -2,6 +2,7 @@
 
 from tierlm import _core
 from tierlm.io import Future, _Keeper
+from tierlm.records import as_dict
 from tierlm.sizes import parse_size
 
 
@@ -58,7 +59,7 @@ class HostTier:
         return self._native.available
 
     def stats(self):
-        return self._native.stats()
+        return as_dict(self._native.stats())
 
     def __del__(self):
         keeper = getattr(self, "_keeper", None)
@@ -160,7 +161,7 @@ class DiskTier:
         return self._native.file.backend
 
     def stats(self):
-        return self._native.stats()
+        return as_dict(self._native.stats())
 
     def __del__(self):
         keeper = getattr(self, "_keeper", None)

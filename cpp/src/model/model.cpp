@@ -195,7 +195,7 @@ struct Model::Impl {
   std::unique_ptr<detail::WeightStore> weights;
   detail::StreamingWeightStore* stream = nullptr;  // weights, when streaming
   std::unique_ptr<detail::SparseFfn> sparse;       // ModelOptions::sparse
-  WeightPlacementInfo placement;
+  WeightPlacement placement;
   int64_t context = 0;
   int64_t chunk = 0;
   HostBuffer kv;
@@ -458,8 +458,7 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     m.placement.resident_bytes = weight_bytes;
     m.placement.base_bytes = weight_bytes;
   } else {
-    const detail::WeightPlacement probe =
-        detail::weight_placement(p, names, 0, 0, row_tensors, m.chunk);
+    const WeightPlacement probe = detail::weight_placement(p, names, 0, 0, row_tensors, m.chunk);
     const uint64_t minimum = probe.minimum() + fixed;
     TIERLM_CHECK(fixed <= options.host_budget, kErrorBudget, "host tier: the KV cache (",
                  format_bytes(kv_bytes), " for ", m.max_batch, " x ", m.context,
@@ -478,26 +477,16 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
                  " + activations ", format_bytes(arena_bytes), sparse_part,
                  ") but the host budget is ", format_bytes(options.host_budget),
                  "; raise the host budget or lower max_context");
-    const detail::WeightPlacement placement =
+    const WeightPlacement placement =
         detail::weight_placement(p, names, options.host_budget - fixed,
                                  static_cast<int>(options.ring_sections), row_tensors, m.chunk);
     m.host = std::make_unique<HostTier>(options.host_budget, options.lock);
     auto store = detail::weight_store_streaming(p, *m.host, names, placement, store_options);
     m.stream = store.get();
     m.weights = std::move(store);
-    WeightPlacementInfo& info = m.placement;
+    WeightPlacement& info = m.placement;
+    info = placement;
     info.streaming = true;
-    info.resident_bytes = placement.resident_bytes;
-    info.base_bytes = placement.base_bytes;
-    info.section_bytes = placement.section_bytes;
-    info.ring_bytes = placement.ring_bytes;
-    info.streamed_bytes = placement.streamed_bytes;
-    info.sections = placement.sections;
-    info.chunks = placement.chunks;
-    info.row_tensors = placement.row_tensors;
-    info.resident_layers = placement.resident_layers;
-    info.streamed_layers = placement.streamed_layers;
-    info.pinned_tensors = placement.pinned_tensors;
     info.minimum_budget = minimum;
     for (const std::string& name : names) {
       const TensorInfo& t = p.tensor(name);
@@ -977,32 +966,16 @@ ModelStats Model::stats() const {
   s.kv_bytes = m.kv.size();
   s.arena_bytes = m.arena.size();
   s.host = m.host->stats();
-  if (m.stream != nullptr) {
-    const detail::StreamStats ss = m.stream->stream_stats();
-    s.stream_bytes_read = ss.stream_bytes_read;
-    s.io_wait_seconds = ss.io_wait_seconds;
-    s.read_busy_seconds = ss.read_busy_seconds;
-    s.layer_waits = ss.layer_waits;
-    s.chunk_waits = ss.chunk_waits;
-    s.row_bytes_read = ss.row_bytes_read;
-    s.ring_restarts = ss.ring_restarts;
-    s.io_direct = ss.direct;
-    s.io_registered = ss.registered;
-    s.io_backend = ss.backend;
-  }
+  if (m.stream != nullptr) static_cast<StreamStats&>(s) = m.stream->stream_stats();
   if (m.sparse) m.sparse->add_stats(s);
   return s;
 }
 
-const WeightPlacementInfo& Model::placement() const { return impl_->placement; }
+const WeightPlacement& Model::placement() const { return impl_->placement; }
 
-std::vector<StreamEventInfo> Model::stream_events() const {
-  std::vector<StreamEventInfo> out;
-  if (impl_->stream == nullptr) return out;
-  for (const detail::StreamEvent& e : impl_->stream->events()) {
-    out.push_back({e.t, e.wait, e.layer, e.bytes_read});
-  }
-  return out;
+std::vector<StreamEvent> Model::stream_events() const {
+  if (impl_->stream == nullptr) return {};
+  return impl_->stream->events();
 }
 
 std::vector<SparseTokenInfo> Model::sparse_tokens() const {

@@ -413,7 +413,7 @@ struct SparseFfn::Impl {
   size_t n_requests = 0;
   uint64_t used = 0;
 
-  ModelStats totals;
+  SparseStats totals;
 
   Impl(const SparseFfnPlan& p, HostTier& host) : plan(p) {
     size_t pred_floats = 0, max_n = 0, max_rank = 0, max_dim = 0, max_cap = 0;
@@ -496,6 +496,7 @@ struct SparseFfn::Impl {
     totals.sparse_bundled = plan.bundled;
     totals.sparse_dense_ffn_bytes = plan.dense_ffn_bytes;
     totals.sparse_host_bytes = plan.host_bytes;
+    totals.sparse_target_sparsity = plan.target_sparsity;
     for (const SparseLayerPlan& l : plan.layers) {
       totals.sparse_capacity.push_back(static_cast<int64_t>(l.capacity));
     }
@@ -739,7 +740,7 @@ size_t SparseFfn::dim(int index) const {
 
 void SparseFfn::end_batch(size_t rows) {
   Impl& m = *impl_;
-  ModelStats& t = m.totals;
+  SparseStats& t = m.totals;
   for (size_t r = 0; r < rows && r < m.plan.max_rows; ++r) {
     const SparseTokenInfo& i = m.rows[r];
     ++t.sparse_tokens;
@@ -766,25 +767,8 @@ void SparseFfn::reset() {
 }
 
 void SparseFfn::add_stats(ModelStats& s) const {
-  const ModelStats& t = impl_->totals;
-  s.sparse = true;
-  s.sparse_tokens = t.sparse_tokens;
-  s.sparse_neurons_predicted = t.sparse_neurons_predicted;
-  s.sparse_neurons_read = t.sparse_neurons_read;
-  s.sparse_bytes_read = t.sparse_bytes_read;
-  s.sparse_requests = t.sparse_requests;
-  s.sparse_overflows = t.sparse_overflows;
-  s.sparse_predictor_seconds = t.sparse_predictor_seconds;
-  s.sparse_io_seconds = t.sparse_io_seconds;
-  s.sparse_memory_seconds = t.sparse_memory_seconds;
-  s.sparse_compute_seconds = t.sparse_compute_seconds;
-  s.sparse_host_bytes = t.sparse_host_bytes;
-  s.sparse_dense_ffn_bytes = t.sparse_dense_ffn_bytes;
-  s.sparse_window = t.sparse_window;
-  s.sparse_bundled = t.sparse_bundled;
-  s.sparse_capacity = t.sparse_capacity;
-  s.sparse_target_sparsity = impl_->plan.target_sparsity;
-  s.disk_bytes_read += t.sparse_bytes_read;
+  static_cast<SparseStats&>(s) = impl_->totals;
+  s.disk_bytes_read += s.sparse_bytes_read;
   if (s.io_backend.empty()) {
     s.io_backend = impl_->backend;
     s.io_direct = impl_->direct;

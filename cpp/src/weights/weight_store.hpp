@@ -12,6 +12,8 @@
 
 #include "tierlm/memory/tier.hpp"
 #include "tierlm/model/package.hpp"
+#include "tierlm/weights/placement.hpp"
+#include "tierlm/weights/stream_stats.hpp"
 
 namespace tierlm::detail {
 
@@ -69,62 +71,16 @@ std::unique_ptr<WeightStore> weight_store_resident(const Package& package, HostT
 
 namespace tierlm::detail {
 
-// Streaming (issue 4). Placement of a package's weights under a host byte budget for weights:
-// resident = layer -1 tensors, every 1-D tensor (norms, biases) and the first whole layers
-// that fit; the other layers' matrices are read with O_DIRECT through `sections` staging
-// sections of `section_bytes` each (the largest streamed matrix). A layer's streamed matrices,
-// in the order the graph uses them, are packed into chunks of at most section_bytes; a chunk is
-// one section's reads, ring order = layer order, then use order.
-struct WeightPlacement {
-  uint64_t base_bytes = 0;      // layer -1 + small tensors (always resident)
-  uint64_t section_bytes = 0;   // the largest streamed matrix
-  uint64_t resident_bytes = 0;  // base + resident layers + pinned matrices
-  uint64_t ring_bytes = 0;      // sections * section_bytes
-  uint64_t streamed_bytes = 0;  // bytes read per pass over the streamed layers
-  int sections = 0;
-  int chunks = 0;  // chunks read per pass
-  // Tables read by rows on demand (embeddings): not resident; base_bytes holds their row
-  // buffers instead (max_rows rows each, 4 KiB-aligned spans for O_DIRECT).
-  std::vector<std::string> row_tensors;
-  uint64_t row_buffer_bytes = 0;
-  int64_t max_rows = 0;
-  std::vector<int> resident_layers;
-  std::vector<int> streamed_layers;
-  std::vector<std::string> pinned_tensors;  // matrices of streamed layers kept resident
-  // Least weight bytes a streaming store can run in: base + one section.
-  uint64_t minimum() const { return base_bytes + section_bytes; }
-};
-
-// Plans placement for `weight_budget` bytes; ring_sections 0 = auto (about 64 MiB of
-// sections, at least 2 when the budget allows, else 1). Below minimum() nothing is planned
-// (streamed_layers empty); the caller refuses with minimum().
+// Streaming: plans the placement (tierlm/weights/placement.hpp) of a package's weights for
+// `weight_budget` bytes; ring_sections 0 = auto (about 64 MiB of sections, at least 2 when the
+// budget allows, else 1). Below minimum() nothing is planned (streamed_layers
+// empty); the caller refuses with minimum().
 // `row_tensors` may be read by rows on demand, at most `max_rows` rows per forward pass; each
 // is when its row buffers are smaller than the table.
 WeightPlacement weight_placement(const Package& package, const std::vector<std::string>& tensors,
                                  uint64_t weight_budget, int ring_sections,
                                  const std::vector<std::string>& row_tensors = {},
                                  int64_t max_rows = 0);
-
-// One entry per begin_layer of a streamed layer, for timelines (kept in a fixed buffer).
-struct StreamEvent {
-  double t = 0;     // seconds since the store was made
-  double wait = 0;  // seconds begin_layer waited for the reads
-  int layer = 0;
-  uint64_t bytes_read = 0;  // total streamed bytes read so far (completed)
-};
-
-struct StreamStats {
-  uint64_t stream_bytes_read = 0;  // bytes read by the ring since load
-  double io_wait_seconds = 0;      // time begin_layer spent waiting on reads
-  double read_busy_seconds = 0;    // sum over layers of issue -> reads complete (as seen)
-  uint64_t layer_waits = 0;        // begin_layer calls of streamed layers
-  uint64_t ring_restarts = 0;      // out-of-order layer accesses that drained the ring
-  bool registered = false;         // sections registered with the I/O engine
-  bool direct = false;             // reads use O_DIRECT
-  std::string backend;
-  uint64_t chunk_waits = 0;     // data() calls that waited for a chunk's reads
-  uint64_t row_bytes_read = 0;  // rows read on demand (embedding rows)
-};
 
 class StreamingWeightStore : public WeightStore {
  public:

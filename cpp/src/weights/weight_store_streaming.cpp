@@ -200,11 +200,14 @@ class RingStore final : public StreamingWeightStore {
       s.futures.reserve(64);
     }
     order_.reserve(sections_.size());
-    stream_.registered = registered;
+    stream_.io_registered = registered;
     scratch_.reserve(256);
     events_.resize(kMaxEvents);
-    stream_.direct = !files_.empty() && files_[0].direct();
-    stream_.backend = files_.empty() ? "" : io_backend_name(files_[0].backend());
+    stream_.io_direct = !files_.empty() && files_[0].direct();
+    stream_.io_backend = files_.empty() ? "" : io_backend_name(files_[0].backend());
+    stream_.streaming = true;
+    stream_.ring_sections = placement_.sections;
+    stream_.bytes_read_per_token = placement_.streamed_bytes;
     host_ = &host;
     fill_ring();
     stats_.tensors = tensors_.size();
