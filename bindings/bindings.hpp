@@ -8,6 +8,7 @@ namespace tierlm::bindings {
 
 void bind_errors(nanobind::module_& m);
 void bind_records(nanobind::module_& m);
+void bind_limits(nanobind::module_& m);
 void bind_tier(nanobind::module_& m);
 void bind_info(nanobind::module_& m);
 void bind_kernels(nanobind::module_& m);

@@ -12,6 +12,7 @@ import numpy as np
 from tierlm import _core
 from tierlm.budgets import default_budgets
 from tierlm.errors import InvalidArgumentError
+from tierlm.limits import check
 from tierlm.records import as_dict, columns
 from tierlm.sizes import parse_size
 
@@ -41,20 +42,35 @@ class Token:
         return self.id
 
 
+# The tiers a loaded model holds memory in. The executor keeps weights, KV cache and
+# activations in the host tier; a device tier (CUDA backend) and a disk scratch tier (KV and
+# expert spill) come with later issues, and until then their budgets are refused, not ignored.
+LOAD_TIERS = ("host",)
+
+
 def _budgets(budget):
     """{"host": bytes} from a dict of sizes, one size (the host budget) or None (defaults)."""
     if budget is None:
-        return {"host": default_budgets()["host"]}
-    if not isinstance(budget, dict):
-        return {"host": parse_size(budget, "host budget")}
-    unknown = set(budget) - {"host", "disk", "device"}
-    if unknown:
+        budget = {}
+    elif not isinstance(budget, dict):
+        budget = {"host": budget}
+    unused = sorted(set(budget) - set(LOAD_TIERS))
+    if unused:
+        later = [t for t in unused if t in ("device", "disk")]
         raise InvalidArgumentError(
-            f"budget: unknown tier(s) {', '.join(sorted(unknown))}; use host, disk, device"
+            f"budget: tierlm.load uses only the {', '.join(LOAD_TIERS)} tier budget, not "
+            f"{', '.join(repr(t) for t in unused)}"
+            + (
+                " (the executor has no device or disk tier yet: weights, KV cache and "
+                "activations live in the host tier; a later release adds them)"
+                if later
+                else ""
+            )
+            + '; give e.g. budget={"host": "4GiB"}'
         )
-    out = {tier: parse_size(size, f"{tier} budget") for tier, size in budget.items()}
-    out.setdefault("host", default_budgets()["host"])
-    return out
+    host = budget.get("host")
+    host = default_budgets()["host"] if host is None else parse_size(host, "host budget")
+    return {"host": check("host_budget", host)}
 
 
 def _load_tokenizer(tokenizer_dir):
@@ -71,11 +87,11 @@ def _load_tokenizer(tokenizer_dir):
 def _sampling(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos):
     """Generation options as the native layer takes them (None means the default)."""
     return {
-        "max_new_tokens": int(max_new_tokens),
+        "max_new_tokens": check("max_new_tokens", max_new_tokens),
         "temperature": float(temperature),
-        "top_k": int(top_k or 0),
+        "top_k": check("top_k", top_k or 0),
         "top_p": float(1.0 if top_p is None else top_p),
-        "seed": int(seed or 0),
+        "seed": check("seed", seed or 0),
         "stop_at_eos": bool(stop_at_eos),
     }
 
@@ -128,7 +144,7 @@ class Model:
             raise InvalidArgumentError(
                 f"prompt must be a string or a list of token ids, got {type(prompt).__name__}"
             ) from error
-        return ids
+        return [check("token id", i) for i in ids]
 
     def decode(self, ids):
         if self.tokenizer is None:
@@ -297,7 +313,10 @@ def load(
     """Loads a package (tierlm export's output).
 
     budget: {"host": "4GiB"} (sizes as bytes or strings), one size for the host tier, or None
-    for the machine's default. verify: check every tensor's CRC-32 while reading.
+    for the machine's default; other tiers' budgets (device, disk) are refused until the
+    executor uses those tiers. Numeric options outside their range (tierlm.limits) raise
+    InvalidArgumentError naming the option and the range.
+    verify: check every tensor's CRC-32 while reading.
     max_context: KV cache tokens (default: the model's max_positions).
     max_batch: sequences generate_batch decodes together (each gets its own KV cache).
     When the weights do not fit the host budget (with the KV cache and activations), matrices
@@ -317,16 +336,16 @@ def load(
     native = _core.Model.load(
         os.fspath(path),
         budgets["host"],
-        threads=int(threads or 0),
+        threads=check("threads", threads or 0),
         verify=bool(verify),
-        max_context=int(max_context or 0),
-        prefill_chunk=int(prefill_chunk or 0),
+        max_context=check("max_context", max_context or 0),
+        prefill_chunk=check("prefill_chunk", prefill_chunk or 0),
         lock=bool(lock),
-        max_batch=int(max_batch),
-        ring_sections=int(ring_sections or 0),
+        max_batch=check("max_batch", max_batch),
+        ring_sections=check("ring_sections", ring_sections or 0),
         sparse=bool(sparse),
-        sparse_window=int(sparse_window),
+        sparse_window=check("sparse_window", sparse_window),
         sparse_bundled=bool(sparse_bundled),
-        sparse_capacity=int(sparse_capacity or 0),
+        sparse_capacity=check("sparse_capacity", sparse_capacity or 0),
     )
     return Model(native, budgets)

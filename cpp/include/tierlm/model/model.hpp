@@ -42,6 +42,10 @@ struct ModelOptions {
   int64_t sparse_capacity = 0;  // cached neurons per layer; 0 = auto from the predictors
 };
 
+// Throws kErrorInvalidArgument naming the first numeric option outside its range
+// (tierlm/core/limits.hpp); Model::load calls it before any work.
+void check_model_options(const ModelOptions& options);
+
 // One activation or workspace buffer of the graph for a batch of `seq` tokens: live from op
 // `start` to op `end` (inclusive; end == number of ops for the graph output).
 struct MemoryBuffer {
