@@ -15,6 +15,7 @@ void bind_tier(nb::module_& m) {
   nb::class_<HostBuffer>(m, "HostBuffer")
       .def_prop_ro("size", &HostBuffer::size)
       .def_prop_ro("locked", &HostBuffer::locked)
+      .def_prop_ro("pinned", &HostBuffer::pinned)
       .def_prop_ro("address",
                    [](const HostBuffer& b) { return reinterpret_cast<uintptr_t>(b.data()); })
       .def(
@@ -27,12 +28,14 @@ void bind_tier(nb::module_& m) {
           "A uint8 numpy view of the buffer (no copy).");
 
   nb::class_<HostTier>(m, "HostTier")
-      .def(nb::init<uint64_t, bool>(), nb::arg("budget"), nb::arg("lock") = true)
+      .def(nb::init<uint64_t, bool, bool>(), nb::arg("budget"), nb::arg("lock") = true,
+           nb::arg("pin") = false)
       .def("allocate", &HostTier::allocate, nb::arg("nbytes"), nb::arg("alignment") = kAlignment)
       .def_prop_ro("budget", &HostTier::budget)
       .def_prop_ro("available", &HostTier::available)
       .def("stats", &HostTier::stats);
 
+  m.attr("ALIGNMENT") = kAlignment;
   m.def("memlock_limit", &memlock_limit);
   m.def("device_count", &device_count);
   m.def("device_unavailable_reason", &device_unavailable_reason);

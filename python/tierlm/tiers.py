@@ -21,6 +21,11 @@ class HostBuffer:
         return self._native.locked
 
     @property
+    def pinned(self):
+        """Registered with CUDA for DMA (HostTier(pin=True) on a machine with a GPU)."""
+        return self._native.pinned
+
+    @property
     def address(self):
         return self._native.address
 
@@ -42,12 +47,16 @@ class HostBuffer:
 
 
 class HostTier:
-    """Host DRAM under a byte budget; buffers are mlocked while RLIMIT_MEMLOCK allows."""
+    """Host DRAM under a byte budget; buffers are mlocked while RLIMIT_MEMLOCK allows.
 
-    def __init__(self, budget, lock=True):
-        self._native = _core.HostTier(parse_size(budget, "host budget"), lock)
+    pin=True also registers each buffer with CUDA (where a GPU is usable) for fast copies to a
+    device tier; it costs time and pinned memory, so only a user of a device tier asks for it.
+    """
 
-    def allocate(self, nbytes, alignment=4096):
+    def __init__(self, budget, lock=True, pin=False):
+        self._native = _core.HostTier(parse_size(budget, "host budget"), bool(lock), bool(pin))
+
+    def allocate(self, nbytes, alignment=_core.ALIGNMENT):
         return HostBuffer(self._native.allocate(parse_size(nbytes, "allocation"), alignment))
 
     @property

@@ -79,8 +79,10 @@ void HostBuffer::release() {
   ledger_.reset();
 }
 
-HostTier::HostTier(uint64_t budget, bool lock)
-    : ledger_(std::make_shared<detail::TierLedger>(TierKind::kTierHost, budget)), lock_(lock) {}
+HostTier::HostTier(uint64_t budget, bool lock, bool pin)
+    : ledger_(std::make_shared<detail::TierLedger>(TierKind::kTierHost, budget)),
+      lock_(lock),
+      pin_(pin) {}
 
 HostBuffer HostTier::allocate(size_t bytes, size_t alignment) {
   TIERLM_CHECK(alignment != 0 && (alignment & (alignment - 1)) == 0, kErrorInvalidArgument,
@@ -109,7 +111,7 @@ HostBuffer HostTier::allocate(size_t bytes, size_t alignment) {
     buffer.locked_ = true;
     ledger_->record_locked(static_cast<int64_t>(reserved));
   }
-  buffer.pinned_ = detail::host_pin(data, reserved);
+  buffer.pinned_ = pin_ && detail::host_pin(data, reserved);
   return buffer;
 }
 
