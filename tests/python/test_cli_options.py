@@ -6,6 +6,7 @@ test_every_cli_option_has_a_case; each case runs the command and checks what the
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -181,12 +182,20 @@ def case_generate_verify(ctx):
 
 
 def case_generate_no_stop_at_eos(ctx):
-    eos = tierlm.load(ctx.pkg).config["eos_token_ids"]
-    free = gen(ctx, "--max-new-tokens", "64")["output_ids"]
-    stopped = ctx.json("generate", ctx.pkg, "--ids", IDS, "--max-new-tokens", "64")
-    if not set(free) & set(eos):
-        pytest.skip("this random model never emits eos in 64 tokens")
-    assert stopped["finish_reason"] == "eos" and len(stopped["output_ids"]) < len(free)
+    free = gen(ctx, "--max-new-tokens", "16")["output_ids"]
+    # The same weights with free[3] as eos: without the flag generation stops after it.
+    eos_pkg = os.path.join(ctx.tmp, "eos")
+    shutil.copytree(ctx.pkg, eos_pkg)
+    with open(os.path.join(eos_pkg, "manifest.json")) as f:
+        manifest = json.load(f)
+    manifest["config"]["eos_token_id"] = manifest["config"]["eos_token_ids"] = [free[3]]
+    with open(os.path.join(eos_pkg, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    argv = ("generate", eos_pkg, "--ids", IDS, "--max-new-tokens", "16")
+    stopped = ctx.json(*argv)
+    assert stopped["finish_reason"] == "eos"
+    assert stopped["output_ids"] == free[: free.index(free[3]) + 1]
+    assert ctx.json(*argv, "--no-stop-at-eos")["output_ids"] == free
 
 
 def case_generate_json(ctx):
