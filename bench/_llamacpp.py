@@ -72,6 +72,7 @@ def convert(hf_dir, out_path, dtype):
     import gguf
     import torch
     from safetensors import safe_open
+    from tierlm.rope import rope_parameters
 
     cfg = json.load(open(os.path.join(hf_dir, "config.json")))
     if cfg.get("architectures", ["LlamaForCausalLM"])[0] != "LlamaForCausalLM":
@@ -81,8 +82,11 @@ def convert(hf_dir, out_path, dtype):
     hidden = cfg["hidden_size"]
     head_dim = cfg.get("head_dim") or hidden // n_head
     vocab = cfg["vocab_size"]
-    if cfg.get("rope_scaling"):
-        raise ValueError(f"{hf_dir}: rope_scaling is not converted")
+    # transformers 5 writes rope_theta under rope_parameters, 4.x at the top of config.json:
+    # tierlm's exporter reads both the same way, so the two engines run the same frequencies
+    rope_type, rope_theta, _ = rope_parameters(cfg)
+    if rope_type != "default":
+        raise ValueError(f"{hf_dir}: rope scaling {rope_type!r} is not converted")
 
     files = sorted(f for f in os.listdir(hf_dir) if f.endswith(".safetensors"))
     handles = [safe_open(os.path.join(hf_dir, f), framework="pt") for f in files]
@@ -118,7 +122,7 @@ def convert(hf_dir, out_path, dtype):
     w.add_head_count(n_head)
     w.add_head_count_kv(n_kv)
     w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(float(cfg.get("rope_theta", 10000.0)))
+    w.add_rope_freq_base(rope_theta)
     w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
     w.add_vocab_size(vocab)
     w.add_file_type(file_type)
@@ -126,6 +130,7 @@ def convert(hf_dir, out_path, dtype):
     tokens += [f"tok{i}".encode() for i in range(len(tokens), vocab)]
     kinds = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
     kinds += [gguf.TokenType.BYTE] * 256 + [gguf.TokenType.NORMAL] * (vocab - 259)
+    tokens, kinds = tokens[:vocab], kinds[:vocab]  # one entry per embedding row, even below 259
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
     w.add_token_scores([0.0] * vocab)

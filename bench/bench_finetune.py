@@ -29,7 +29,9 @@ import numpy as np
 import tierlm
 import tierlm.train as tt
 import torch
-from tierlm.train import _disk
+from tierlm.sizes import round_up
+from tierlm.tiers import PAGE
+from tierlm.train.disk_home import DiskHome
 from transformers import LlamaConfig, LlamaForCausalLM
 
 
@@ -63,19 +65,19 @@ def _stream(submit, bufs, nbytes, request, inflight):
 
 
 def engine_bandwidth(directory, request, inflight_read, inflight_write, nbytes=1 << 30):
-    """(read, write) bytes/s of the trainer's disk path (tierlm.train._disk on the I/O engine,
+    """(read, write) bytes/s of the trainer's disk path (tierlm.train.disk_home on the I/O engine,
     O_DIRECT), requests of `request` bytes with the trainer's number in flight."""
-    request = _disk.round_up(request)
+    request = round_up(request, PAGE)
     nbytes = max(nbytes // request, 4) * request
-    home = _disk.DiskHome(directory, 2 * nbytes)
+    home = DiskHome(directory, 2 * nbytes)
     extent = home.allocate(nbytes, "bandwidth probe")
     host = tierlm.HostTier(max(inflight_read, inflight_write) * request, lock=False)
     bufs = [host.allocate(request).numpy() for _ in range(max(inflight_read, inflight_write))]
     for b in bufs:
         b[:] = 7
-    _stream(lambda b, off: _disk.pwrite(extent, b, off), bufs, nbytes, request, inflight_write)
-    w = _stream(lambda b, off: _disk.pwrite(extent, b, off), bufs, nbytes, request, inflight_write)
-    r = _stream(lambda b, off: _disk.pread(extent, b, off), bufs, nbytes, request, inflight_read)
+    _stream(lambda b, off: extent.pwrite(b, off), bufs, nbytes, request, inflight_write)
+    w = _stream(lambda b, off: extent.pwrite(b, off), bufs, nbytes, request, inflight_write)
+    r = _stream(lambda b, off: extent.pread(b, off), bufs, nbytes, request, inflight_read)
     return nbytes / r, nbytes / w
 
 
@@ -199,7 +201,7 @@ def main(argv=None):
     pattern = "".join("D" if homes[f"block{i}"] == "disk" else "h" for i in range(len(homes) - 1))
     print(
         f"{on_disk} of {len(homes) - 1} blocks on disk ({pattern}); disk bandwidth (requests of "
-        f"{tierlm.format_size(_disk.round_up(block_bytes))}, 3 in flight, O_DIRECT): read "
+        f"{tierlm.format_size(round_up(block_bytes, PAGE))}, 3 in flight, O_DIRECT): read "
         + ", ".join(f"{b[0] / 1e9:.2f}" for b in bandwidths)
         + " GB/s, write "
         + ", ".join(f"{b[1] / 1e9:.2f}" for b in bandwidths)

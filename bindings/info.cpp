@@ -28,6 +28,7 @@ void bind_info(nb::module_& m) {
     d["avx512"] = f.avx512;
     d["avx512_bf16"] = f.avx512_bf16;
     d["avx512_fp16"] = f.avx512_fp16;
+    d["avx512_vnni"] = f.avx512_vnni;
     d["simd_detected"] = simd_level_name(simd_detected());
     d["simd_level"] = simd_level_name(simd_level());
     d["threads"] = parallel_threads();

@@ -1,6 +1,7 @@
 // tierlm._core.kernels: each CPU kernel on numpy arrays, for tests and benchmarks.
 // Conversion only: shapes and dtypes are checked here, the math is in libtierlm. bf16 data
-// passes as uint16 arrays with dtype="bf16"; kernels run without the GIL.
+// passes as uint16 arrays with dtype="bf16", block types as uint8 arrays of their blocks with
+// dtype="q4_0" etc.; kernels run without the GIL.
 #include "tierlm/kernels/kernels.hpp"
 
 #include <nanobind/ndarray.h>
@@ -25,8 +26,14 @@ using AnyArray = nb::ndarray<nb::c_contig, nb::device::cpu>;
 using I32Array = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using OutArray = nb::ndarray<nb::numpy, float>;
 
-// The weight dtype of an array: float32/float16 from numpy, uint16 needs dtype="bf16".
+// The weight dtype of an array: float32/float16 from numpy, uint16 needs dtype="bf16", and a
+// block type ("q4_0", ...) comes as uint8 rows of its blocks (what gguf.quants.quantize gives).
 DType weight_dtype(const AnyArray& a, const std::optional<std::string>& name, const char* what) {
+  if (name && dtype_is_quantized(dtype_parse(*name))) {
+    TIERLM_CHECK(a.dtype() == nb::dtype<uint8_t>(), kErrorInvalidArgument, what, ": ", *name,
+                 " data must be a uint8 array of its blocks");
+    return dtype_parse(*name);
+  }
   DType dtype;
   if (a.dtype() == nb::dtype<float>())
     dtype = DType::kDTypeF32;
@@ -60,6 +67,15 @@ OutArray new_array(std::vector<size_t> shape) {
   return OutArray(data, shape.size(), shape.data(), owner);
 }
 
+// Elements per row of a 2-D weight array: its columns, or for a block type its bytes in blocks.
+size_t row_elements(const AnyArray& a, DType dtype, const char* what) {
+  if (!dtype_is_quantized(dtype)) return a.shape(1);
+  const DTypeBlock b = dtype_block(dtype);
+  TIERLM_CHECK(a.shape(1) % b.bytes == 0, kErrorInvalidArgument, what, ": rows of ", a.shape(1),
+               " bytes are not whole ", dtype_name(dtype), " blocks (", b.bytes, " bytes each)");
+  return a.shape(1) / b.bytes * b.elems;
+}
+
 size_t last_dim(const nb::ndarray<>& a) { return a.ndim() == 0 ? 1 : a.shape(a.ndim() - 1); }
 size_t leading(const nb::ndarray<>& a) { return a.ndim() == 0 ? 1 : a.size() / last_dim(a); }
 
@@ -83,29 +99,35 @@ void bind_kernels(nb::module_& parent) {
          std::optional<std::string> dtype_name) {
         TIERLM_CHECK(w.ndim() == 2, kErrorInvalidArgument, "linear: w must be [rows, cols]");
         const DType dtype = weight_dtype(w, dtype_name, "linear: w");
-        const size_t rows = w.shape(0), cols = w.shape(1);
+        const size_t rows = w.shape(0), cols = row_elements(w, dtype, "linear: w");
         TIERLM_CHECK(x.ndim() >= 1 && x.shape(x.ndim() - 1) == cols, kErrorInvalidArgument,
                      "linear: x's last dimension must be cols = ", cols);
         const void* bias_ptr = nullptr;
         if (bias) {
-          TIERLM_CHECK(
-              bias->size() == rows && weight_dtype(*bias, dtype_name, "linear: bias") == dtype,
-              kErrorInvalidArgument, "linear: bias must have rows = ", rows,
-              " elements of w's dtype");
+          const bool f32 = bias->dtype() == nb::dtype<float>();
+          TIERLM_CHECK(bias->size() == rows &&
+                           (dtype_is_quantized(dtype)
+                                ? f32
+                                : weight_dtype(*bias, dtype_name, "linear: bias") == dtype),
+                       kErrorInvalidArgument, "linear: bias must have rows = ", rows,
+                       " elements of w's dtype (float32 for block types)");
           bias_ptr = bias->data();
         }
         const size_t n = x.size() / cols;
         std::vector<size_t> shape = shape_of(x);
         shape.back() = rows;
         OutArray y = new_array(shape);
+        std::vector<unsigned char> workspace(kernel_linear_workspace(dtype, n, cols));
         {
           nb::gil_scoped_release release;
-          kernel_linear(x.data(), w.data(), bias_ptr, dtype, y.data(), n, rows, cols);
+          kernel_linear(x.data(), w.data(), bias_ptr, dtype, y.data(), n, rows, cols,
+                        workspace.data());
         }
         return y;
       },
       nb::arg("x"), nb::arg("w"), nb::arg("bias") = nb::none(), nb::arg("dtype") = nb::none(),
-      "y = x @ w.T (+ bias), f32 accumulation; w in f32/f16/bf16.");
+      "y = x @ w.T (+ bias), f32 accumulation; w in f32/f16/bf16, or uint8 rows of a block type "
+      "named by dtype (q8_0 .. q6_k, bias float32).");
 
   m.def(
       "rmsnorm",
@@ -205,7 +227,7 @@ void bind_kernels(nb::module_& parent) {
         TIERLM_CHECK(table.ndim() == 2, kErrorInvalidArgument,
                      "embedding: table must be [vocab, dim]");
         const DType dtype = weight_dtype(table, dtype_name, "embedding: table");
-        const size_t n = ids.shape(0), dim = table.shape(1);
+        const size_t n = ids.shape(0), dim = row_elements(table, dtype, "embedding: table");
         for (size_t i = 0; i < n; ++i)
           TIERLM_CHECK(static_cast<size_t>(ids.data()[i]) < table.shape(0), kErrorInvalidArgument,
                        "embedding: token id ", ids.data()[i], " outside the vocabulary of ",

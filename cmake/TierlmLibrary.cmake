@@ -1,5 +1,6 @@
-# libtierlm: every cpp/src source; files named *_avx2.cpp / *_avx512.cpp get that ISA's
-# flags only, and the dispatcher picks among them at run time (never -march=native).
+# libtierlm: every cpp/src source; files named *_avx2.cpp / *_avx512.cpp / *_avx512vnni.cpp
+# get that ISA's flags only, and the dispatcher picks among them at run time (never
+# -march=native).
 file(GLOB_RECURSE TIERLM_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/cpp/src/*.cpp)
 if(NOT TIERLM_HAVE_IO_URING)
   list(FILTER TIERLM_SOURCES EXCLUDE REGEX ".*_uring\\.cpp$")
@@ -17,6 +18,10 @@ foreach(src IN LISTS TIERLM_SOURCES)
   elseif(src MATCHES "_avx512\\.cpp$")
     set_source_files_properties(${src} PROPERTIES COMPILE_OPTIONS
       "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mavx512bf16;-mfma;-mf16c")
+  elseif(src MATCHES "_avx512vnni\\.cpp$")
+    # Apart from _avx512: VNNI is not on every AVX-512 CPU (Skylake-X lacks it).
+    set_source_files_properties(${src} PROPERTIES COMPILE_OPTIONS
+      "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mavx512vnni;-mfma;-mf16c")
   endif()
 endforeach()
 

@@ -1,25 +1,49 @@
-"""Tensor dtypes of the package (f32, f16, bf16) and conversions between them in numpy.
+"""Tensor dtypes of the package (f32, f16, bf16 and GGUF's block types, tierlm.quant) and
+conversions between the float ones in numpy.
 
 numpy has no bfloat16, so bf16 travels as uint16 bit patterns; rounding from f32 is to nearest
 even, as torch does, so exported bytes equal `tensor.to(torch.bfloat16)`.
 """
 
+import math
+
 import numpy as np
 
 from tierlm.errors import InvalidArgumentError, UnsupportedError
+from tierlm.quant import BLOCKS, QUANT_DTYPES, dequantize, row_bytes
 
 DTYPES = ("f32", "f16", "bf16")
+PACKAGE_DTYPES = DTYPES + QUANT_DTYPES  # what a package tensor may be stored as
 DTYPE_SIZES = {"f32": 4, "f16": 2, "bf16": 2}
 # numpy dtype holding each package dtype's bytes (bf16 as its bit pattern)
 NUMPY_DTYPES = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "bf16": np.dtype("<u2")}
+NUMPY_DTYPES.update({q: np.dtype(np.uint8) for q in QUANT_DTYPES})  # bytes, [rows, row_bytes]
 SAFETENSORS_DTYPES = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
 
 
-def dtype_check(dtype, what="dtype"):
-    """Returns dtype if it is a package dtype (None passes), else raises InvalidArgumentError."""
-    if dtype is not None and dtype not in DTYPES:
-        raise InvalidArgumentError(f"{what}: {dtype!r} is not one of {', '.join(DTYPES)}")
+def dtype_check(dtype, what="dtype", allowed=DTYPES):
+    """Returns dtype if it is in allowed (None passes), else raises InvalidArgumentError."""
+    if dtype is not None and dtype not in allowed:
+        raise InvalidArgumentError(f"{what}: {dtype!r} is not one of {', '.join(allowed)}")
     return dtype
+
+
+def dtype_is_quantized(dtype):
+    return dtype in BLOCKS
+
+
+def dtype_nbytes(dtype, shape, what="tensor"):
+    """Bytes of a tensor: rows of whole blocks along the last axis for the block types."""
+    shape = tuple(shape)
+    if dtype in BLOCKS:
+        return math.prod(shape[:-1]) * row_bytes(dtype, shape[-1] if shape else 1, what)
+    return math.prod(shape) * DTYPE_SIZES[dtype]
+
+
+def stored_shape(dtype, shape):
+    """Shape of the stored array: [..., row_bytes] uint8 for a block type, else shape."""
+    shape = tuple(shape)
+    return (*shape[:-1], row_bytes(dtype, shape[-1])) if dtype in BLOCKS else shape
 
 
 def safetensors_dtype(name, tensor, file):
@@ -46,8 +70,11 @@ def f32_to_bf16(values):
     return rounded.astype(np.uint16)
 
 
-def to_f32(raw, dtype):
-    """Returns the values of raw bytes (any shape of uint8 or the numpy holder) as float32."""
+def to_f32(raw, dtype, shape=None):
+    """Returns the values of raw bytes (any shape of uint8 or the numpy holder) as float32;
+    a block type needs the tensor's shape."""
+    if dtype in BLOCKS:
+        return dequantize(dtype, raw, shape)
     data = np.asarray(raw).view(NUMPY_DTYPES[dtype])
     if dtype == "bf16":
         return bf16_to_f32(data)

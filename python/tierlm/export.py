@@ -1,4 +1,5 @@
-"""`tierlm.export`: a Hugging Face checkpoint directory to a tierlm package.
+"""`tierlm.export`: a Hugging Face checkpoint directory (or a GGUF file, tierlm.gguf) to a
+tierlm package.
 
 Tensors are converted and written one at a time, in chunks, so memory stays near one chunk; the
 package is assembled in a temporary sibling directory and renamed into place, so a failed export
@@ -6,21 +7,45 @@ leaves nothing behind.
 """
 
 import json
-import math
 import os
 import shutil
-import tempfile
 import zlib
+
+import numpy as np
 
 from tierlm.archs import arch_lookup
 from tierlm.checkpoint import Checkpoint, check_no_quantization
-from tierlm.dtypes import DTYPE_SIZES, convert, dtype_check
-from tierlm.errors import CorruptError, InvalidArgumentError, NotFoundError, UnsupportedError
+from tierlm.dtypes import (
+    DTYPE_SIZES,
+    PACKAGE_DTYPES,
+    convert,
+    dtype_check,
+    dtype_is_quantized,
+    dtype_nbytes,
+    to_f32,
+)
+from tierlm.errors import CorruptError, NotFoundError, UnsupportedError
 from tierlm.graph import graph_check
+from tierlm.outdir import (
+    check_out_dir,
+    discard,
+    install,
+    make_staging,
+    raise_write_error,
+    writing,
+)
+from tierlm.package_format import (
+    ALIGN,
+    FORMAT,
+    FORMAT_VERSION,
+    GRAPH,
+    MANIFEST,
+    TOKENIZER_DIR,
+    weight_file,
+)
+from tierlm.quant import quantize
+from tierlm.quant.recipe import recipe_apply, recipe_load
 
-FORMAT = "tierlm-package"
-FORMAT_VERSION = 1
-ALIGN = 4096
 FILE_LIMIT = 2 << 30  # weight files are split at 2 GiB
 CHUNK = 16 << 20  # bytes of source data converted at a time
 TOKENIZER_FILES = (
@@ -68,8 +93,8 @@ def plan_tensors(plan, checkpoint, dtype):
         entry = checkpoint.entries[source]
         if entry.shape != tuple(spec.shape):
             raise CorruptError(
-                f"{entry.file}: tensor {source} has shape {list(entry.shape)}, config.json "
-                f"implies {list(spec.shape)}"
+                f"{entry.file}: tensor {source} has shape {list(entry.shape)}, the model's "
+                f"config implies {list(spec.shape)}"
             )
         # 1-D tensors (norms, biases) are always f32: tiny, and the executor reads them in f32
         out = "f32" if len(spec.shape) == 1 else (dtype or entry.dtype)
@@ -90,23 +115,44 @@ def layout(rows, limit=FILE_LIMIT):
     next tensor would pass `limit` (a larger tensor gets a file of its own)."""
     files, placed, index, end = [], [], 0, 0
     for spec, source, entry, out in rows:
-        nbytes = math.prod(spec.shape) * DTYPE_SIZES[out]
+        nbytes = dtype_nbytes(out, spec.shape, spec.name)
         if end and _align(end) + nbytes > limit:
-            files.append({"name": f"weights-{index}.bin", "size": _align(end)})
+            files.append({"name": weight_file(index), "size": _align(end)})
             index, end = index + 1, 0
         offset = _align(end)
-        placed.append((spec, source, entry, out, f"weights-{index}.bin", offset, nbytes))
+        placed.append((spec, source, entry, out, weight_file(index), offset, nbytes))
         end = offset + nbytes
-    files.append({"name": f"weights-{index}.bin", "size": _align(end)})
+    files.append({"name": weight_file(index), "size": _align(end)})
     return files, placed
+
+
+def _float_chunks(raw, entry, out, name):
+    step = CHUNK - CHUNK % DTYPE_SIZES[entry.dtype]
+    for start in range(0, entry.nbytes, step):
+        yield convert(raw[start : start + step], entry.dtype, out, name)
+
+
+def _block_chunks(raw, entry, out, name):
+    """Stored block-type bytes as they are (a GGUF tensor is never re-quantized), or float
+    rows quantized to out a whole number of rows at a time."""
+    if entry.dtype == out:
+        for start in range(0, entry.nbytes, CHUNK):
+            yield np.asarray(raw[start : start + CHUNK])
+        return
+    cols = entry.shape[-1]
+    row = cols * DTYPE_SIZES[entry.dtype]
+    rows = max(1, CHUNK // row)
+    for start in range(0, entry.nbytes, rows * row):
+        values = to_f32(raw[start : start + rows * row], entry.dtype).reshape(-1, cols)
+        yield quantize(out, values, name)
 
 
 def _write_tensor(f, checkpoint, source, entry, out, name, bar):
     raw = checkpoint.raw(source)
-    step = CHUNK - CHUNK % DTYPE_SIZES[entry.dtype]
+    quantized = dtype_is_quantized(entry.dtype) or dtype_is_quantized(out)
+    chunks = (_block_chunks if quantized else _float_chunks)(raw, entry, out, name)
     crc = 0
-    for start in range(0, entry.nbytes, step):
-        data = convert(raw[start : start + step], entry.dtype, out, name)
+    for data in chunks:
         crc = zlib.crc32(data, crc)
         f.write(memoryview(data).cast("B"))
         bar.update(data.nbytes)
@@ -136,11 +182,18 @@ def export(
     max_positions=None,
     file_limit=None,
     sparse=False,
+    recipe=None,
 ):
-    """Exports the checkpoint in hf_dir to a package in out_dir and returns out_dir.
+    """Exports the checkpoint in hf_dir (or a .gguf file) to a package in out_dir and returns
+    out_dir.
 
-    dtype: "f32", "f16", "bf16" for the matrices, or None to keep the checkpoint's; 1-D tensors
-    are always f32. max_positions caps the context (needed for sliding-window models).
+    dtype: "f32", "f16", "bf16" or a block type of tierlm.quant (q8_0, q4_0, q4_1, ...,
+    quantized at export) for the matrices, or None to keep the checkpoint's; 1-D tensors are
+    always f32. recipe: a built-in recipe name ("m") or a recipe file giving some matrices
+    other dtypes (tierlm.quant.recipe); matrices whose rows are not whole blocks fall back to
+    16 bits (listed in the manifest's "quantization"). A GGUF file's tensors are copied as
+    they are stored (dtype and recipe are refused). max_positions caps the context (needed for
+    sliding-window models).
     overwrite replaces an existing package. file_limit overrides the 2 GiB weight-file split.
     sparse: also write the row-column bundled FFN files (ffn-bundle-{i}.bin, in the package
     dtype) and copy the checkpoint's activation predictors (predictors.json + .safetensors)
@@ -148,24 +201,29 @@ def export(
     FFN matrices stay, so the package also runs dense.
     """
     hf_dir, out_dir = os.fspath(hf_dir), os.path.abspath(os.fspath(out_dir))
-    dtype_check(dtype)
-    hf = read_hf_config(hf_dir)
-    check_no_quantization(hf, os.path.join(hf_dir, "config.json"))
-    module = arch_lookup(hf, os.path.join(hf_dir, "config.json"))
-    if os.path.exists(out_dir) and not overwrite:
-        if not os.path.isdir(out_dir) or os.listdir(out_dir):
-            raise InvalidArgumentError(
-                f"{out_dir} already exists; choose another directory or pass overwrite=True "
-                "(--overwrite)"
-            )
+    dtype_check(dtype, allowed=PACKAGE_DTYPES)
+    gguf = None
+    if os.path.isfile(hf_dir):
+        from tierlm.gguf.source import GGUFSource
+
+        gguf = GGUFSource.open(hf_dir, dtype=dtype, recipe=recipe)
+    hf = gguf.hf_config if gguf else read_hf_config(hf_dir)
+    where = gguf.path if gguf else os.path.join(hf_dir, "config.json")
+    if not gguf:
+        check_no_quantization(hf, where)
+    module = arch_lookup(hf, where)
+    recipe = recipe_load(recipe, PACKAGE_DTYPES)
+    check_out_dir(out_dir, [hf_dir], overwrite)
     plan = module.plan(hf, max_positions=max_positions)
     _generation_ids(hf_dir, plan.config)
     if sparse:
         from tierlm.sparse.package import check_sparse_config
 
-        check_sparse_config(plan.config, os.path.join(hf_dir, "config.json"))
-    checkpoint = Checkpoint(hf_dir)
-    rows = plan_tensors(plan, checkpoint, dtype)
+        check_sparse_config(plan.config, where)
+    checkpoint = gguf.checkpoint if gguf else Checkpoint(hf_dir)
+    rows, quantization = recipe_apply(plan_tensors(plan, checkpoint, dtype), recipe)
+    if sparse:
+        _check_sparse_dtypes(rows, where)
     files, placed = layout(rows, file_limit or FILE_LIMIT)
     tensors = {}
     for spec, _, _, out, file, offset, nbytes in placed:
@@ -180,12 +238,7 @@ def export(
         }
     graph_check(plan.graph, tensors)
 
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    umask = os.umask(0o022)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a package is an ordinary dir
+    tmp = make_staging(out_dir)
     try:
         with _progress(sum(t["nbytes"] for t in tensors.values()), progress) as bar:
             by_file = {}
@@ -193,7 +246,7 @@ def export(
                 by_file.setdefault(row[4], []).append(row)
             for spec in files:
                 path = os.path.join(tmp, spec["name"])
-                with open(path, "wb") as f:
+                with writing(os.path.join(out_dir, spec["name"])), open(path, "wb") as f:
                     for tensor, source, entry, out, _, offset, _ in by_file[spec["name"]]:
                         f.write(bytes(offset - f.tell()))
                         info = tensors[tensor.name]
@@ -203,7 +256,7 @@ def export(
                     f.write(bytes(spec["size"] - f.tell()))
                     f.flush()
                     os.fsync(f.fileno())
-        token_files = _copy_tokenizer(hf_dir, tmp)
+        token_files = gguf.write_tokenizer(tmp) if gguf else _copy_tokenizer(hf_dir, tmp)
         sections = {}
         if sparse:
             from tierlm.sparse.package import copy_predictors, write_package_bundles
@@ -220,22 +273,43 @@ def export(
             "config": plan.config,
             "files": files,
             "tensors": tensors,
-            "tokenizer": {"dir": "tokenizer", "files": token_files} if token_files else None,
+            "tokenizer": {"dir": TOKENIZER_DIR, "files": token_files} if token_files else None,
             "source": {
                 "model_type": hf.get("model_type"),
                 "architectures": hf.get("architectures"),
                 "dtypes": source_dtypes,
                 "transformers_version": hf.get("transformers_version"),
+                **(gguf.source_info() if gguf else {}),
             },
             **sections,
         }
-        _write_json(os.path.join(tmp, "manifest.json"), manifest)
-        _write_json(os.path.join(tmp, "graph.json"), plan.graph)
-        _install(tmp, out_dir)
+        if recipe or any(dtype_is_quantized(d) for d in matrix_dtypes + [dtype or ""]):
+            manifest["quantization"] = {
+                "dtype": dtype,
+                "recipe": recipe.to_json() if recipe else None,
+                **quantization,
+            }
+        _write_json(os.path.join(tmp, MANIFEST), manifest)
+        _write_json(os.path.join(tmp, GRAPH), plan.graph)
+        install(tmp, out_dir)
+    except OSError as error:
+        discard(tmp)
+        raise_write_error(error, out_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         raise
     return out_dir
+
+
+def _check_sparse_dtypes(rows, where):
+    quantized = sorted({s.name for s, _, _, out in rows if dtype_is_quantized(out)})
+    ffn = [n for n in quantized if ".ffn." in n]
+    if ffn:
+        raise UnsupportedError(
+            f"{where}: --sparse bundles FFN rows of f32/f16/bf16 only, and {ffn[0]} is "
+            "quantized; export without --sparse, or with a recipe keeping the FFN matrices at "
+            "16 bits ('layers.*.ffn.* bf16')"
+        )
 
 
 def _generation_ids(hf_dir, config):
@@ -260,29 +334,13 @@ def _generation_ids(hf_dir, config):
 def _copy_tokenizer(hf_dir, tmp):
     names = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, n))]
     if names:
-        os.mkdir(os.path.join(tmp, "tokenizer"))
+        os.mkdir(os.path.join(tmp, TOKENIZER_DIR))
         for name in names:
-            shutil.copyfile(os.path.join(hf_dir, name), os.path.join(tmp, "tokenizer", name))
+            shutil.copyfile(os.path.join(hf_dir, name), os.path.join(tmp, TOKENIZER_DIR, name))
     return names
 
 
 def _write_json(path, value):
-    with open(path, "w") as f:
+    with writing(path), open(path, "w") as f:
         json.dump(value, f, indent=1)
         f.write("\n")
-
-
-def _install(tmp, out_dir):
-    """Renames the finished package into place, replacing an old one only at the last step."""
-    old = None
-    if os.path.exists(out_dir):
-        if os.path.isdir(out_dir) and not os.listdir(out_dir):
-            os.rmdir(out_dir)
-        else:
-            parent = os.path.dirname(out_dir)
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
-            os.rmdir(old)
-            os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)

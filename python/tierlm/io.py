@@ -6,10 +6,11 @@ Future; the buffer is kept alive until its request completes, even if the Future
 """
 
 import contextlib
+import threading
 
 from tierlm import _core
 
-__all__ = ["File", "Future", "drop_cache", "probe"]
+__all__ = ["File", "Future", "InFlight", "drop_cache", "probe"]
 
 
 def probe():
@@ -37,12 +38,12 @@ def _buffer_errors(what, buf):
 class Future:
     """One asynchronous request. result() waits (without the GIL) and returns bytes moved."""
 
-    __slots__ = ("_native", "_buffer", "_keeper")
+    __slots__ = ("_native", "_buffer", "_inflight")
 
-    def __init__(self, native, buffer, keeper):
+    def __init__(self, native, buffer, inflight):
         self._native = native
         self._buffer = buffer
-        self._keeper = keeper
+        self._inflight = inflight
 
     def result(self):
         try:
@@ -50,7 +51,7 @@ class Future:
         finally:
             # Done: the buffer (maybe tier memory) is the caller's again at once.
             self._buffer = None
-            self._keeper.discard(self._native)
+            self._inflight.discard(self._native)
 
     def done(self):
         return self._native.done()
@@ -59,30 +60,39 @@ class Future:
         return f"<tierlm.io.Future {'done' if self.done() else 'pending'}>"
 
 
-class _Keeper:
-    """Buffers of requests in flight, so they outlive Futures the caller dropped. Entries
-    leave when their Future's result() is taken, or in a sweep of finished ones."""
+class InFlight:
+    """Buffers of requests in flight, so they outlive Futures the caller dropped (the native
+    engine holds raw pointers). track() makes the Future of a native request; entries leave
+    when its result() is taken, or in a sweep of finished ones. Every object that submits
+    requests (a File, a DiskTier) keeps one; a lock makes it safe from several threads."""
 
     def __init__(self):
-        self._inflight = {}
+        self._requests = {}
         self._sweep_at = 64
+        self._lock = threading.Lock()
 
-    def add(self, native, buffer):
-        self._inflight[id(native)] = (native, buffer)
-        if len(self._inflight) >= self._sweep_at:
-            self._inflight = {k: v for k, v in self._inflight.items() if not v[0].done()}
-            self._sweep_at = max(64, 2 * len(self._inflight))
+    def track(self, native, buffer):
+        """The Future of native request `native` reading into or writing from `buffer`."""
+        with self._lock:
+            self._requests[id(native)] = (native, buffer)
+            if len(self._requests) >= self._sweep_at:
+                self._requests = {k: v for k, v in self._requests.items() if not v[0].done()}
+                self._sweep_at = max(64, 2 * len(self._requests))
+        return Future(native, buffer, self)
 
     def discard(self, native):
-        self._inflight.pop(id(native), None)
+        with self._lock:
+            self._requests.pop(id(native), None)
 
     def wait_all(self):
-        for native, _ in self._inflight.values():
+        with self._lock:
+            requests, self._requests = self._requests, {}
+        for native, _ in requests.values():
             native.wait()
-        self._inflight = {}
 
     def clear(self):
-        self._inflight = {}
+        with self._lock:
+            self._requests = {}
 
 
 class File:
@@ -95,7 +105,7 @@ class File:
 
     def __init__(self, path, mode="r", backend="auto", queue_depth=32, direct=True, threads=0):
         self._native = _core.File(str(path), mode, backend, queue_depth, direct, threads)
-        self._keeper = _Keeper()
+        self._inflight = InFlight()
 
     # Synchronous: return the bytes transferred (always the buffer's size) or raise.
     def read(self, buf, offset=0):
@@ -109,24 +119,24 @@ class File:
     # Asynchronous: return a Future.
     def pread(self, buf, offset=0):
         with _buffer_errors("pread", buf):
-            return self._track(self._native.pread(buf, offset), buf)
+            return self._inflight.track(self._native.pread(buf, offset), buf)
 
     def pwrite(self, buf, offset=0):
         with _buffer_errors("pwrite", buf):
-            return self._track(self._native.pwrite(buf, offset), buf)
+            return self._inflight.track(self._native.pwrite(buf, offset), buf)
 
     def pread_batch(self, requests):
         """requests: [(buf, offset), ...], submitted at once; returns one Future each."""
         requests = list(requests)
         with _buffer_errors("pread_batch", None):
             natives = self._native.pread_batch(requests)
-        return [self._track(n, buf) for n, (buf, _) in zip(natives, requests, strict=True)]
+        return [self._inflight.track(n, buf) for n, (buf, _) in zip(natives, requests, strict=True)]
 
     def pwrite_batch(self, requests):
         requests = list(requests)
         with _buffer_errors("pwrite_batch", None):
             natives = self._native.pwrite_batch(requests)
-        return [self._track(n, buf) for n, (buf, _) in zip(natives, requests, strict=True)]
+        return [self._inflight.track(n, buf) for n, (buf, _) in zip(natives, requests, strict=True)]
 
     def register_buffer(self, buf):
         """Registers buf with the ring (fixed buffer); False where impossible. Keeps buf alive."""
@@ -138,10 +148,6 @@ class File:
     def unregister_buffer(self, buf):
         self._native.unregister_buffer(buf)
         self._registered = [b for b in getattr(self, "_registered", []) if b is not buf]
-
-    def _track(self, native, buf):
-        self._keeper.add(native, buf)
-        return Future(native, buf, self._keeper)
 
     @property
     def size(self):
@@ -177,7 +183,7 @@ class File:
     def close(self):
         """Waits for requests in flight, then closes the file."""
         self._native.close()
-        self._keeper.clear()
+        self._inflight.clear()
         self._registered = []
 
     def __del__(self):

@@ -151,6 +151,22 @@ class Model:
             return None
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
+    def chat_prompt(self, messages, add_generation_prompt=True):
+        """Token ids of messages under the package's chat template (rendered as transformers'
+        apply_chat_template, tierlm.chat), tokenized without adding special tokens."""
+        from tierlm.chat import chat_template, render_chat
+
+        if self.tokenizer is None:
+            raise InvalidArgumentError(f"{self.path} has no tokenizer; chat needs one")
+        template, special = chat_template(self._native.tokenizer_dir)
+        text = render_chat(template, messages, add_generation_prompt, special)
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def chat(self, messages, **options):
+        """Generates the assistant's reply to messages ([{"role": "user", "content": ...}]);
+        options are generate()'s. Returns a GenerateResult."""
+        return self.generate(self.chat_prompt(messages), **options)
+
     def generate(
         self,
         prompt,

@@ -5,16 +5,15 @@ CRC-32 of tensors on demand; `tensor` maps a tensor's bytes without reading them
 """
 
 import json
-import math
 import os
 import zlib
 
 import numpy as np
 
-from tierlm.dtypes import DTYPE_SIZES, NUMPY_DTYPES, to_f32
-from tierlm.errors import CorruptError, NotFoundError, UnsupportedError
-from tierlm.export import ALIGN, FORMAT, FORMAT_VERSION
+from tierlm.dtypes import NUMPY_DTYPES, PACKAGE_DTYPES, dtype_nbytes, stored_shape, to_f32
+from tierlm.errors import CorruptError, InvalidArgumentError, NotFoundError, UnsupportedError
 from tierlm.graph import graph_check
+from tierlm.package_format import ALIGN, FORMAT, FORMAT_VERSION, GRAPH, MANIFEST
 
 _CRC_CHUNK = 16 << 20
 
@@ -33,7 +32,7 @@ class Package:
     @classmethod
     def open(cls, path):
         path = os.fspath(path)
-        manifest_path = os.path.join(path, "manifest.json")
+        manifest_path = os.path.join(path, MANIFEST)
         if not os.path.isdir(path):
             raise NotFoundError(f"{path}: package directory does not exist")
         manifest = _read_json(manifest_path)
@@ -53,8 +52,8 @@ class Package:
             if key not in manifest:
                 raise CorruptError(f"{manifest_path}: missing key {key!r}")
         _check_files(path, manifest)
-        graph = _read_json(os.path.join(path, "graph.json"))
-        graph_check(graph, manifest["tensors"], os.path.join(path, "graph.json"))
+        graph = _read_json(os.path.join(path, GRAPH))
+        graph_check(graph, manifest["tensors"], os.path.join(path, GRAPH))
         return cls(path, manifest, graph)
 
     def file_path(self, name):
@@ -66,15 +65,17 @@ class Package:
         return self.tensors[name]
 
     def tensor(self, name):
-        """Returns a read-only np.memmap of the stored values (bf16 as uint16 bit patterns)."""
+        """Returns a read-only np.memmap of the stored values (bf16 as uint16 bit patterns; a
+        block type as its bytes, [rows, row_bytes] uint8)."""
         info = self.info(name)
         dtype = NUMPY_DTYPES[info["dtype"]]
-        return np.memmap(self.file_path(name), dtype, "r", info["offset"], tuple(info["shape"]))
+        shape = stored_shape(info["dtype"], info["shape"])
+        return np.memmap(self.file_path(name), dtype, "r", info["offset"], shape)
 
     def array(self, name):
         """Returns the tensor's values as a float32 array (a copy unless stored as f32)."""
         info = self.info(name)
-        return to_f32(self.tensor(name), info["dtype"]).reshape(info["shape"])
+        return to_f32(self.tensor(name), info["dtype"], info["shape"]).reshape(info["shape"])
 
     def verify(self, names=None):
         """Checks the CRC-32 of the named tensors (all by default); raises CorruptError naming
@@ -102,7 +103,15 @@ class Package:
     def tokenizer_dir(self):
         """The tokenizer directory, or None when the checkpoint had no tokenizer files."""
         tokenizer = self.manifest.get("tokenizer")
-        return os.path.join(self.path, tokenizer["dir"]) if tokenizer else None
+        if not tokenizer:
+            return None
+        name = tokenizer.get("dir")
+        if not isinstance(name, str) or os.path.isabs(name) or ".." in name.split("/") or not name:
+            raise CorruptError(
+                f"{os.path.join(self.path, 'manifest.json')}: tokenizer.dir {name!r} points "
+                'outside the package (it must be a relative path without "..")'
+            )
+        return os.path.join(self.path, name)
 
 
 def _read_json(path):
@@ -131,9 +140,19 @@ def _check_files(path, manifest):
     for name, t in manifest["tensors"].items():
         if t["file"] not in sizes:
             raise CorruptError(f"manifest.json: tensor {name} names unknown file {t['file']}")
-        if t["dtype"] not in DTYPE_SIZES:
+        for field in ("offset", "nbytes"):
+            if not isinstance(t[field], int) or t[field] < 0:
+                raise CorruptError(
+                    f"manifest.json: tensor {name}: {field} {t[field]!r} is not a byte count "
+                    "(an integer, 0 or more)"
+                )
+        if t["dtype"] not in PACKAGE_DTYPES:
             raise CorruptError(f"manifest.json: tensor {name} has unknown dtype {t['dtype']!r}")
-        if t["nbytes"] != math.prod(t["shape"]) * DTYPE_SIZES[t["dtype"]] or t["offset"] % ALIGN:
+        try:
+            nbytes = dtype_nbytes(t["dtype"], t["shape"], f"manifest.json: tensor {name}")
+        except InvalidArgumentError as error:
+            raise CorruptError(str(error)) from None
+        if t["nbytes"] != nbytes or t["offset"] % ALIGN:
             raise CorruptError(
                 f"manifest.json: tensor {name}: nbytes {t['nbytes']} or offset {t['offset']} "
                 f"does not fit shape {t['shape']} {t['dtype']} with {ALIGN}-byte alignment"

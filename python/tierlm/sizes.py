@@ -40,6 +40,11 @@ def parse_size(value, what="size"):
     return int(float(match.group(1)) * _UNITS[unit])
 
 
+def round_up(nbytes, multiple):
+    """nbytes rounded up to a multiple of `multiple`."""
+    return -(-nbytes // multiple) * multiple
+
+
 def format_size(nbytes):
     """Returns "4.0 MiB"-style text for a byte count."""
     value = float(nbytes)

@@ -1,9 +1,13 @@
 """Python face of the memory tiers: budgets given as sizes, buffers shared with numpy/torch."""
 
 from tierlm import _core
-from tierlm.io import Future, _Keeper
+from tierlm.io import InFlight
 from tierlm.records import as_dict
 from tierlm.sizes import parse_size
+
+# Host buffers and disk extents start on multiples of this (the unit of O_DIRECT): libtierlm's
+# kAlignment (tierlm/core/align.hpp).
+PAGE = _core.ALIGNMENT
 
 
 class HostBuffer:
@@ -56,7 +60,7 @@ class HostTier:
     def __init__(self, budget, lock=True, pin=False):
         self._native = _core.HostTier(parse_size(budget, "host budget"), bool(lock), bool(pin))
 
-    def allocate(self, nbytes, alignment=_core.ALIGNMENT):
+    def allocate(self, nbytes, alignment=PAGE):
         return HostBuffer(self._native.allocate(parse_size(nbytes, "allocation"), alignment))
 
     @property
@@ -69,11 +73,6 @@ class HostTier:
 
     def stats(self):
         return as_dict(self._native.stats())
-
-    def __del__(self):
-        keeper = getattr(self, "_keeper", None)
-        if keeper is not None:
-            keeper.wait_all()
 
 
 class DiskExtent:
@@ -107,10 +106,10 @@ class DiskExtent:
         return self._native.write(buf, offset)
 
     def pread(self, buf, offset=0):
-        return self._tier._track(self._native.pread(buf, offset), buf)
+        return self._tier.inflight.track(self._native.pread(buf, offset), buf)
 
     def pwrite(self, buf, offset=0):
-        return self._tier._track(self._native.pwrite(buf, offset), buf)
+        return self._tier.inflight.track(self._native.pwrite(buf, offset), buf)
 
     def release(self):
         """Returns the space to the tier now."""
@@ -131,7 +130,7 @@ class DiskTier:
         self._native = _core.DiskTier(
             str(directory), parse_size(budget, "disk budget"), backend, queue_depth, direct
         )
-        self._keeper = _Keeper()
+        self.inflight = InFlight()  # buffers of requests in flight, shared by its extents
 
     def allocate(self, nbytes):
         """A DiskExtent of nbytes (reserved rounded up to 4 KiB); BudgetError past the budget."""
@@ -147,11 +146,9 @@ class DiskTier:
     def _batch(self, submit, requests):
         requests = [(extent._native, buf, offset) for extent, buf, offset in requests]
         natives = submit(requests)
-        return [self._track(n, buf) for n, (_, buf, _) in zip(natives, requests, strict=True)]
-
-    def _track(self, native, buf):
-        self._keeper.add(native, buf)
-        return Future(native, buf, self._keeper)
+        return [
+            self.inflight.track(n, buf) for n, (_, buf, _) in zip(natives, requests, strict=True)
+        ]
 
     @property
     def budget(self):
@@ -173,6 +170,6 @@ class DiskTier:
         return as_dict(self._native.stats())
 
     def __del__(self):
-        keeper = getattr(self, "_keeper", None)
-        if keeper is not None:
-            keeper.wait_all()
+        inflight = getattr(self, "inflight", None)
+        if inflight is not None:
+            inflight.wait_all()

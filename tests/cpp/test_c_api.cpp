@@ -101,6 +101,22 @@ TEST(CApi, ErrorsBecomeStatusAndMessage) {
                             nullptr, nullptr, nullptr),
             TIERLM_ERROR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(tierlm_last_error()).find("context"), std::string::npos);
+  // A buffer smaller than max_new_tokens would lose tokens: refused before any work.
+  tierlm_generate_options small;
+  tierlm_generate_options_init(&small);
+  small.max_new_tokens = 8;
+  std::vector<int32_t> few(5, -1);
+  const int32_t three[] = {4, 8, 15};
+  n = 99;
+  EXPECT_EQ(tierlm_generate(model, three, 3, &small, few.data(), few.size(), &n, nullptr, nullptr),
+            TIERLM_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(n, 0u);
+  EXPECT_NE(std::string(tierlm_last_error())
+                .find("out_capacity (5) is smaller than "
+                      "max_new_tokens (8)"),
+            std::string::npos)
+      << tierlm_last_error();
+  EXPECT_EQ(few, std::vector<int32_t>(5, -1));
   EXPECT_STRNE(tierlm_version(), "");
   tierlm_model_destroy(model);
   tierlm_model_destroy(nullptr);

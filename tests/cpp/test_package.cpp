@@ -67,6 +67,29 @@ TEST(Package, NewerFormatVersionIsRefused) {
                "format_version 2 is newer than this tierlm reads (1)");
 }
 
+TEST(Package, HugeFormatVersionIsReportedAsWritten) {
+  TempDir dir;
+  write_tiny_package(dir.path());
+  const std::string manifest = dir.path() + "/manifest.json";
+  write_text(manifest, std::regex_replace(read_text(manifest), std::regex("\"format_version\": 1"),
+                                          "\"format_version\": 1099511627776"));
+  expect_error([&] { package_open(dir.path()); }, ErrorCode::kErrorUnsupported,
+               "format_version 1099511627776 is newer");
+}
+
+TEST(Package, TokenizerDirOutsideThePackageIsRefused) {
+  for (const char* dir_text : {"../elsewhere", "/etc", "tokenizer/../../x", ".."}) {
+    TempDir dir;
+    write_tiny_package(dir.path());
+    const std::string manifest = dir.path() + "/manifest.json";
+    write_text(manifest, std::regex_replace(read_text(manifest), std::regex("\"tokenizer\": null"),
+                                            std::string("\"tokenizer\": {\"dir\": \"") + dir_text +
+                                                "\", \"files\": [\"tokenizer.json\"]}"));
+    expect_error([&] { package_open(dir.path()); }, ErrorCode::kErrorCorrupt,
+                 "points outside the package");
+  }
+}
+
 TEST(Package, MissingFilesAreNotFound) {
   TempDir dir;
   write_tiny_package(dir.path());

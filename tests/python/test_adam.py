@@ -9,23 +9,7 @@ import torch
 from tierlm import _core
 from tierlm.errors import InvalidArgumentError
 
-LEVELS = ["scalar", "avx2", "avx512"]
 SIZES = [1, 7, 4097, 1_000_003]
-
-
-def supported(level):
-    order = {"scalar": 0, "avx2": 1, "avx512": 2}
-    return order[level] <= order[_core.cpu_info()["simd_detected"]]
-
-
-@pytest.fixture(params=LEVELS)
-def simd(request):
-    if not supported(request.param):
-        pytest.skip(f"CPU lacks {request.param} (best: {_core.cpu_info()['simd_detected']})")
-    before = _core.cpu_info()["simd_level"]
-    _core.set_simd_level(request.param)
-    yield request.param
-    _core.set_simd_level(before)
 
 
 def run_pair(n, steps, moments_dtype="float32", **hyper):
@@ -45,7 +29,7 @@ def run_pair(n, steps, moments_dtype="float32", **hyper):
 
 
 @pytest.mark.parametrize("n", SIZES)
-def test_equals_torch_adamw(simd, n):
+def test_equals_torch_adamw(level, n):
     hyper = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     ours, ref, opt, ref_opt = run_pair(n, 4, **hyper)
     # torch's sqrt (MKL VML) is not correctly rounded, ours is: a few ulp of the update apart.
@@ -59,14 +43,12 @@ def test_equals_torch_adamw(simd, n):
     assert not torch.equal(ours, torch.randn(n, generator=torch.Generator().manual_seed(n)))
 
 
-def test_levels_agree_with_each_other_and_scalar():
+def test_levels_agree_with_each_other_and_scalar(simd_levels):
     n = 4099
     outs = {}
     before = _core.cpu_info()["simd_level"]
     try:
-        for level in LEVELS:
-            if not supported(level):
-                continue
+        for level in simd_levels:
             _core.set_simd_level(level)
             outs[level] = run_pair(n, 3, lr=1e-3, weight_decay=0.0)[0]
     finally:
@@ -75,7 +57,7 @@ def test_levels_agree_with_each_other_and_scalar():
         torch.testing.assert_close(out, outs["scalar"], rtol=1e-6, atol=1e-7, msg=level)
 
 
-def test_bf16_moments_and_param_copy(simd):
+def test_bf16_moments_and_param_copy(level):
     n = 4097
     p = torch.randn(n)
     g = torch.randn(n)

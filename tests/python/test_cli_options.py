@@ -4,6 +4,7 @@ test_every_cli_option_has_a_case; each case runs the command and checks what the
 (or that a bad value is refused with a message naming it)."""
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -61,6 +62,21 @@ class Ctx:
         assert rc == 1 and match in err, err
         return err
 
+    def chat(self, *argv, stdin="tiered memory\n"):
+        """(exit code, replies, stderr) of `tierlm chat argv` reading the user's lines from
+        stdin."""
+        saved, sys.stdin = sys.stdin, io.StringIO(stdin)
+        try:
+            rc, out, err = self.run("chat", *argv)
+        finally:
+            sys.stdin = saved
+        return rc, out.split("\n")[:-1], err
+
+    def chat_fails(self, *argv, match):
+        rc, _, err = self.chat(*argv)
+        assert rc == 1 and match in err, err
+        return err
+
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
@@ -68,6 +84,27 @@ def shared(tmp_path_factory):
     _, pkg = package("llama", str(root), seed=7)
     _, hf = hf_checkpoint("opt", root / "hf-opt", tokenizer=True, vocab_size=320)
     return {"root": root, "pkg": pkg, "hf": hf}
+
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_pkg(shared):
+    """A llama package whose tokenizer carries a ChatML template, for `chat` and --chat."""
+    # vocabulary 300: the tokenizer's bytes and merges all have rows in the embedding
+    _, hf = hf_checkpoint("llama", shared["root"] / "hf-chat", tokenizer=True, vocab_size=300)
+    path = os.path.join(hf, "tokenizer_config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["chat_template"] = CHATML
+    with open(path, "w") as f:
+        json.dump(config, f)
+    return tierlm.export(hf, shared["root"] / "chat-pkg", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +235,15 @@ def case_generate_no_stop_at_eos(ctx):
     assert ctx.json(*argv, "--no-stop-at-eos")["output_ids"] == free
 
 
+def case_generate_chat(ctx):
+    model = tierlm.load(ctx.chat_pkg)
+    argv = ("generate", ctx.chat_pkg, "--prompt", "tiered memory", "--max-new-tokens", "2")
+    chat = ctx.json(*argv, "--chat")
+    assert chat["prompt_ids"] == model.chat_prompt([{"role": "user", "content": "tiered memory"}])
+    assert ctx.json(*argv)["prompt_ids"] == model.encode("tiered memory") != chat["prompt_ids"]
+    ctx.fails("generate", ctx.chat_pkg, "--ids", IDS, "--chat", match="--chat takes the user")
+
+
 def case_generate_json(ctx):
     rc, out, _ = ctx.run("generate", ctx.pkg, "--ids", IDS, "--max-new-tokens", "3")
     assert rc == 0 and len([int(t) for t in out.split()]) <= 3  # streamed ids, not JSON
@@ -267,6 +313,85 @@ def case_generate_timeline(ctx):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def chat_reply(ctx, messages, **options):
+    """What `tierlm chat` streams for the last user message of messages."""
+    model = tierlm.load(ctx.chat_pkg)
+    options.setdefault("max_new_tokens", 32)
+    return "".join(t.text for t in model.stream(model.chat_prompt(messages), **options))
+
+
+USER = [{"role": "user", "content": "tiered memory"}]
+
+
+def case_chat_package(ctx):
+    ctx.chat_fails(os.path.join(ctx.tmp, "missing"), match="missing")
+    rc, replies, _ = ctx.chat(ctx.chat_pkg, "--max-new-tokens", "3", stdin="tiered memory\n\n")
+    assert rc == 0 and replies == [chat_reply(ctx, USER, max_new_tokens=3)]
+
+
+def case_chat_system(ctx):
+    _, replies, _ = ctx.chat(ctx.chat_pkg, "--max-new-tokens", "3", "--system", "Be brief.")
+    system = [{"role": "system", "content": "Be brief."}, *USER]
+    assert replies == [chat_reply(ctx, system, max_new_tokens=3)]
+
+
+def case_chat_max_new_tokens(ctx):
+    _, replies, _ = ctx.chat(ctx.chat_pkg, "--max-new-tokens", "2")
+    assert replies == [chat_reply(ctx, USER, max_new_tokens=2)]
+    ctx.chat_fails(ctx.chat_pkg, "--max-new-tokens", "-1", match="max_new_tokens")
+
+
+def case_chat_budget(ctx):
+    assert ctx.chat(ctx.chat_pkg, "--budget", "host=48MiB", "--max-new-tokens", "1")[0] == 0
+    ctx.chat_fails(ctx.chat_pkg, "--budget", "host=64KiB", match="host budget")
+    ctx.chat_fails(ctx.chat_pkg, "--budget", "device=1GiB", match="device")
+    ctx.chat_fails(ctx.chat_pkg, "--budget", "host", match="TIER=SIZE")
+
+
+def case_chat_temperature(ctx):
+    argv = (ctx.chat_pkg, "--max-new-tokens", "12", "--temperature", "5", "--seed", "3")
+    hot = ctx.chat(*argv)[1]
+    assert hot == [chat_reply(ctx, USER, max_new_tokens=12, temperature=5.0, seed=3)]
+    ctx.chat_fails(ctx.chat_pkg, "--temperature", "-1", match="temperature")
+
+
+def case_chat_top_k(ctx):
+    argv = (ctx.chat_pkg, "--max-new-tokens", "8", "--temperature", "5", "--top-k", "1")
+    assert ctx.chat(*argv)[1] == [chat_reply(ctx, USER, max_new_tokens=8)]
+    ctx.chat_fails(ctx.chat_pkg, "--top-k", "-2", match="top_k = -2")
+
+
+def case_chat_top_p(ctx):
+    argv = (ctx.chat_pkg, "--max-new-tokens", "8", "--temperature", "5", "--top-p", "1e-6")
+    assert ctx.chat(*argv)[1] == [chat_reply(ctx, USER, max_new_tokens=8)]
+    ctx.chat_fails(ctx.chat_pkg, "--top-p", "0", match="top_p")
+
+
+def case_chat_seed(ctx):
+    argv = (ctx.chat_pkg, "--max-new-tokens", "12", "--temperature", "5", "--seed")
+    assert ctx.chat(*argv, "1")[1] == [
+        chat_reply(ctx, USER, max_new_tokens=12, temperature=5.0, seed=1)
+    ]
+    ctx.chat_fails(ctx.chat_pkg, "--seed", "-1", match="seed = -1")
+
+
+def case_chat_threads(ctx):
+    before = _core.cpu_info()["threads"]
+    try:
+        assert ctx.chat(ctx.chat_pkg, "--threads", "2", "--max-new-tokens", "1")[0] == 0
+        assert _core.cpu_info()["threads"] == 2
+        ctx.chat_fails(ctx.chat_pkg, "--threads", "1000000", match="0..1024")
+    finally:
+        _core.set_threads(before)
+
+
+def case_chat_max_context(ctx):
+    assert ctx.chat(ctx.chat_pkg, "--max-context", "64", "--max-new-tokens", "1")[0] == 0
+    # the templated message alone is longer than 8 tokens
+    ctx.chat_fails(ctx.chat_pkg, "--max-context", "8", match="8")
+    ctx.chat_fails(ctx.chat_pkg, "--max-context", "-1", match="max_context")
+
+
 def export(ctx, name, *argv):
     out = os.path.join(ctx.tmp, name)
     return out, ctx.json("export", ctx.hf, out, "--no-progress", *argv)
@@ -289,6 +414,19 @@ def case_export_out_dir(ctx):
 def case_export_dtype(ctx):
     out, summary = export(ctx, "f16", "--dtype", "f16")
     assert summary["dtype"] == "f16" == manifest(out)["dtype"]
+    out, summary = export(ctx, "q8_0", "--dtype", "q8_0")  # a block type quantizes
+    assert manifest(out)["quantization"]["dtype"] == "q8_0"
+    assert tierlm.load(out).generate([5, 7], max_new_tokens=1).output_ids
+
+
+def case_export_recipe(ctx):
+    out, _ = export(ctx, "recipe-m", "--dtype", "q8_0", "--recipe", "m")
+    assert manifest(out)["quantization"]["recipe"]["name"] == "m"
+    plain, _ = export(ctx, "no-recipe", "--dtype", "q8_0")
+    assert manifest(plain)["quantization"]["recipe"] is None
+    ctx.fails(
+        "export", ctx.hf, os.path.join(ctx.tmp, "x"), "--recipe", "xl", match="not a built-in"
+    )
 
 
 def case_export_max_positions(ctx):
@@ -375,6 +513,8 @@ def test_cli_option_acts_or_is_refused(option, shared, request, tmp_path, capsys
     if key.startswith("generate") or key == "debug":
         if any(s in key for s in ("sparse", "bundling", "prompt")):
             ctx.sparse_pkg = request.getfixturevalue("sparse_pkg")
+    if key.startswith("chat") or key == "generate chat":
+        ctx.chat_pkg = request.getfixturevalue("chat_pkg")
     if key.startswith("sparse train"):
         ctx.train = request.getfixturevalue("train_base")
     if key.startswith("demo") and not os.path.exists(os.path.join(DEMO, "config.json")):

@@ -4,18 +4,6 @@ import os
 import numpy as np
 import pytest
 import tierlm
-from tierlm import io
-
-BACKENDS = ["threads", "uring"]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
-    monkeypatch.delenv("TIERLM_IO", raising=False)
-    probe = io.probe()
-    if request.param == "uring" and not probe["uring_available"]:
-        pytest.skip(f"io_uring unavailable: {probe['reason']}")
-    return request.param
 
 
 def test_budget_exactly_reached_then_exceeded(tmp_path, backend):

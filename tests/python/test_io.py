@@ -8,21 +8,11 @@ import weakref
 import numpy as np
 import pytest
 import tierlm
+from conftest import IO_BACKENDS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tierlm import io
 from tierlm.cli import main as cli_main
-
-BACKENDS = ["threads", "uring"]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
-    monkeypatch.delenv("TIERLM_IO", raising=False)
-    probe = io.probe()
-    if request.param == "uring" and not probe["uring_available"]:
-        pytest.skip(f"io_uring unavailable: {probe['reason']}")
-    return request.param
 
 
 def make_file(path, size, seed=0):
@@ -71,7 +61,7 @@ def test_property_reads_equal_python_reads(tmp_path_factory, data):
     path = tmp_path_factory.getbasetemp() / "property.bin"
     if not path.exists():
         make_file(path, SIZE, seed=3)
-    backend = data.draw(st.sampled_from(BACKENDS))
+    backend = data.draw(st.sampled_from(IO_BACKENDS))
     if backend == "uring" and not io.probe()["uring_available"]:
         backend = "threads"
     offset = data.draw(st.integers(0, SIZE - 1))

@@ -14,26 +14,6 @@ K = _core.kernels
 RNG = np.random.default_rng(1234)
 
 
-def _levels():
-    info = _core.cpu_info()
-    levels = ["scalar"]
-    if info["avx2"]:
-        levels.append("avx2")
-    if info["avx512"]:
-        levels.append("avx512")
-    return levels
-
-
-@pytest.fixture(params=["scalar", "avx2", "avx512"])
-def level(request):
-    if request.param not in _levels():
-        pytest.skip(f"CPU lacks {request.param}")
-    before = _core.cpu_info()["simd_level"]
-    _core.set_simd_level(request.param)
-    yield request.param
-    _core.set_simd_level(before)
-
-
 def _weights(shape, dtype, scale=1.0):
     """(array to pass, its dtype string, exact f32 values the kernel sees)."""
     w = (RNG.standard_normal(shape) * scale).astype(np.float32)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import tierlm
 from models import package, prompt, relative_error
-from tierlm import io
 from tierlm.cli import main
 from tierlm.errors import BudgetError, CorruptError, NotFoundError, UnsupportedError
 from tierlm.sparse import DEMO_MODEL_DIR
@@ -20,14 +19,6 @@ torch = pytest.importorskip("torch")
 needs_demo = pytest.mark.skipif(
     not (DEMO_MODEL_DIR / "predictors.json").exists(), reason="demo model not shipped"
 )
-
-
-@pytest.fixture(params=["uring", "threads"])
-def backend(request, monkeypatch):
-    if request.param == "uring" and not io.probe()["uring_available"]:
-        pytest.skip(f"io_uring unavailable: {io.probe()['reason']}")
-    monkeypatch.setenv("TIERLM_IO", request.param)
-    return request.param
 
 
 def all_neuron_predictors(pkg, rank=3, density=1.0):

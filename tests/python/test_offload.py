@@ -7,7 +7,6 @@ import re
 import pytest
 import tierlm
 from models import package, prompt
-from tierlm import io
 
 NEW_TOKENS = 9
 # RSS may grow during generation by at most this much beyond nothing: the ring, KV cache and
@@ -37,14 +36,6 @@ def llama(tmp_path_factory):
         "fixed": s["kv_bytes"] + s["arena_bytes"],
         "minimum": model.placement()["minimum_budget"],
     }
-
-
-@pytest.fixture(params=["threads", "uring"])
-def backend(request, monkeypatch):
-    if request.param == "uring" and not io.probe()["uring_available"]:
-        pytest.skip(f"io_uring unavailable: {io.probe()['reason']}")
-    monkeypatch.setenv("TIERLM_IO", request.param)
-    return request.param
 
 
 def rss_bytes():

@@ -1,17 +1,9 @@
 import numpy as np
 import pytest
 import tierlm
-from tierlm import _core
 from tierlm.sparse import DEMO_MODEL_DIR
 from tierlm.sparse.bundle import bundle_rows, from_dtype, to_dtype
 from tierlm.sparse.cache import NeuronCache, sparse_ffn
-
-LEVELS = ["scalar", "avx2", "avx512"]
-
-
-def supported(level):
-    order = {"scalar": 0, "avx2": 1, "avx512": 2}
-    return order[level] <= order[_core.cpu_info()["simd_detected"]]
 
 
 def dense_ffn(x, up, up_bias, down, down_bias, gate=None, gate_bias=None):
@@ -26,13 +18,10 @@ def dense_ffn(x, up, up_bias, down, down_bias, gate=None, gate_bias=None):
     return down.astype(np.float64) @ a + down_bias, a
 
 
-@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
 @pytest.mark.parametrize("gated", [False, True])
 @pytest.mark.parametrize("dim,ffn", [(1, 3), (17, 61), (64, 257), (129, 97)])
 def test_oracle_active_set_equals_the_dense_ffn(level, dtype, gated, dim, ffn):
-    if not supported(level):
-        pytest.skip(f"CPU lacks {level}")
     rng = np.random.default_rng(dim * 7 + ffn)
     up = rng.standard_normal((ffn, dim)).astype(np.float32) / np.sqrt(dim)
     gate = rng.standard_normal((ffn, dim)).astype(np.float32) / np.sqrt(dim) if gated else None
@@ -86,7 +75,7 @@ def test_relu_inactive_rows_add_nothing_and_slots_select():
         sparse_ffn(x, rows[:, :-1], dim)
 
 
-def test_on_cached_rows_of_the_demo_model_with_oracle_sets():
+def test_on_cached_rows_of_the_demo_model_with_oracle_sets(simd_levels):
     """The neuron cache filled with the true active neurons of real FFN inputs of the shipped
     model computes its dense FFN exactly (f32 tolerance), at every SIMD level."""
     if not (DEMO_MODEL_DIR / "config.json").exists():
@@ -107,7 +96,7 @@ def test_on_cached_rows_of_the_demo_model_with_oracle_sets():
             assert 0 < active.size < loaded.ffn_dim
             cache.clear()
             cache.insert(active, rows[active])
-            for level in filter(supported, LEVELS):
+            for level in simd_levels:
                 got = cache.ffn(x, loaded.hidden_size, up_bias, down_bias, level=level)
                 np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
         del cache

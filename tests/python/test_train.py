@@ -1,5 +1,7 @@
 """Offloaded fine-tuning equals plain torch AdamW training, within budgets, on both back ends."""
 
+import gc
+import json
 import os
 import resource
 import signal
@@ -7,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 
 import pytest
 import tierlm
@@ -40,24 +43,10 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def backends():
-    out = ["threads"]
-    probe = tierlm.io.probe()
-    out.append(
-        pytest.param("uring")
-        if probe["uring_available"]
-        else pytest.param(
-            "uring", marks=pytest.mark.skip(reason=f"io_uring unavailable: {probe['reason']}")
-        )
-    )
-    return out
-
-
 def budget_for(plan, fraction):
     return plan["minimum"] + int((plan["all_host"] - plan["minimum"]) * fraction)
 
 
-@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("fraction", [1.0, 0.5, 0.0], ids=["host100", "host50", "minimum"])
 @pytest.mark.parametrize("arch", ["llama", "opt"])
 def test_equals_torch_adamw(arch, fraction, backend, tmp_path):
@@ -132,6 +121,27 @@ def test_pipeline_placement_spreads_disk_blocks_and_prefetches(depth, tmp_path):
         first = next(u for u in trainer.blocks if u.home == "disk")
         assert first.prefetch is not None
     trainer.close()
+
+
+def test_closed_trainer_is_freed_at_once_and_refuses_work():
+    # No reference cycle is left once closed: its host tier goes when it is dropped, not at a
+    # later garbage collection (a training loop that makes trainers would hold several).
+    model = llama()
+    data = batches(model, 2)
+    trainer = tt.offload(model, **HYPER)
+    train_offloaded(model, trainer, data[:1])
+    trainer.close()
+    trainer.close()
+    with pytest.raises(tierlm.InvalidArgumentError, match="closed"):
+        trainer.step()
+    gc.disable()
+    try:
+        alive = weakref.ref(trainer)
+        del trainer
+        assert alive() is None
+    finally:
+        gc.enable()
+    model(input_ids=data[1], labels=data[1]).loss.backward()  # a plain torch model again
 
 
 def test_pipeline_depth_negative_is_an_error():
@@ -431,6 +441,80 @@ def test_damaged_checkpoint_names_the_file(tmp_path, how):
         trainer.resume(str(tmp_path / "ckpt"))
     with pytest.raises(FileNotFoundError, match="LATEST"):
         trainer.resume(str(tmp_path / "empty"))
+
+
+def saved_state(path):
+    """The manifest and unit files of a saved checkpoint (everything the trainer holds)."""
+    with open(os.path.join(path, "manifest.json")) as f:
+        manifest = json.load(f)
+    files = {}
+    for record in manifest["units"]:
+        with open(os.path.join(path, record["file"]), "rb") as f:
+            files[record["file"]] = f.read()
+    return manifest, files
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "missing"])
+def test_failed_resume_leaves_the_trainer_as_it_was(tmp_path, how):
+    # The last unit's file is damaged, so every other unit would load before it fails. The
+    # trainer must be exactly as before (params, moments and steps of host and disk units)
+    # and go on training equal to torch.
+    model = llama()
+    ref = twin(model)
+    data = batches(model, 6)
+    budget = budget_for(tt.offload_plan(model), 0.5)
+    trainer = tt.offload(model, budget={"host": budget}, disk_dir=str(tmp_path), **HYPER)
+    assert set(trainer.homes().values()) == {"host", "disk"}
+    train_offloaded(model, trainer, data[:2])
+    path = trainer.save(str(tmp_path / "ckpt"))
+    train_offloaded(model, trainer, data[2:4])
+    before = saved_state(trainer.save(str(tmp_path / "before")))
+    victim = os.path.join(path, f"unit-{len(trainer.units) - 1:04d}.bin")
+    if how == "missing":
+        os.remove(victim)
+    else:
+        damage(victim, how)
+    with pytest.raises(CorruptError, match=os.path.basename(victim)):
+        trainer.resume(str(tmp_path / "ckpt"))
+    assert saved_state(trainer.save(str(tmp_path / "after"))) == before
+    losses, _ = train_offloaded(model, trainer, data[4:])
+    ref_losses = train_reference(ref, data)
+    torch.testing.assert_close(losses, ref_losses[4:], rtol=1e-5, atol=0)
+    assert_params_close(trainer.state_dict(), ref)
+
+
+def test_file_changed_during_resume_makes_the_trainer_unusable(tmp_path, monkeypatch):
+    # A file that passes the check and is damaged before it is loaded (another process
+    # writing it) is found while overwriting: the trainer refuses to train on the mix until
+    # a resume succeeds.
+    from tierlm.train import checkpoint
+
+    model = llama()
+    ref = twin(model)
+    data = batches(model, 4)
+    trainer = tt.offload(model, disk_dir=str(tmp_path), **HYPER)
+    train_offloaded(model, trainer, data[:2])
+    first = trainer.save(str(tmp_path / "first"))
+    trainer.save(str(tmp_path / "second"))
+    train_offloaded(model, trainer, data[2:3])
+    last = f"unit-{len(trainer.units) - 1:04d}.bin"
+    read_file = checkpoint.read_file
+
+    def damaged_after_check(path, record, want):
+        if record["file"] == last:
+            damage(os.path.join(path, last), "flip")
+        return read_file(path, record, want)
+
+    monkeypatch.setattr(checkpoint, "read_file", damaged_after_check)
+    with pytest.raises(CorruptError, match=os.path.join(first, last)):
+        trainer.resume(str(tmp_path / "first"))
+    monkeypatch.undo()
+    with pytest.raises(tierlm.InvalidArgumentError, match="resume.*partly restored"):
+        trainer.step()
+    assert trainer.resume(str(tmp_path / "second")) == 2
+    losses, _ = train_offloaded(model, trainer, data[2:])
+    torch.testing.assert_close(losses, train_reference(ref, data)[2:], rtol=1e-5, atol=0)
+    assert_params_close(trainer.state_dict(), ref)
 
 
 KILL_CHILD = r"""

@@ -65,9 +65,10 @@ void tierlm_model_destroy(tierlm_model* model);
 int64_t tierlm_model_vocab_size(const tierlm_model* model);
 int64_t tierlm_model_context_length(const tierlm_model* model);
 
-/* Generates up to options->max_new_tokens tokens after the prompt. Writes at most
- * out_capacity of them to out_tokens and their count to *n_out (both may be NULL / 0 when a
- * callback consumes the tokens). options and callback may be NULL. */
+/* Generates up to options->max_new_tokens tokens after the prompt and writes them to
+ * out_tokens, their count to *n_out. out_capacity must hold max_new_tokens (else
+ * TIERLM_ERROR_INVALID_ARGUMENT, before any work); out_tokens may be NULL (capacity 0) when a
+ * callback consumes the tokens. options and callback may be NULL. */
 tierlm_status tierlm_generate(tierlm_model* model, const int32_t* prompt, size_t n_prompt,
                               const tierlm_generate_options* options, int32_t* out_tokens,
                               size_t out_capacity, size_t* n_out, tierlm_token_callback callback,

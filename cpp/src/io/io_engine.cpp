@@ -210,6 +210,13 @@ bool io_op_advance(const IoFd& file, IoOp& op, long result) {
   return false;
 }
 
+void io_op_fail(const IoFd& file, IoOp& op, int err, const char* call) {
+  std::ostringstream out;
+  out << describe(file, op) << " failed: " << call << ": " << errno_text(err)
+      << " (the io_uring back end cannot submit here; use TIERLM_IO=threads)";
+  op.state->finish(0, std::make_exception_ptr(Error(ErrorCode::kErrorIo, err, out.str())));
+}
+
 void io_op_run_blocking(const IoFd& file, IoOp& op) {
   for (;;) {
     const int fd = op.direct ? file.direct_fd : file.fd;

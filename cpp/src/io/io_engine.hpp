@@ -80,6 +80,7 @@ struct IoOp {
   uint64_t offset = 0;
   size_t done = 0;
   bool direct = false;
+  unsigned ring_slot = 0;  // io_uring: its place in the table of requests in the ring
   std::shared_ptr<IoState> state;
 
   char* next_buf() const { return buf + done; }
@@ -91,6 +92,8 @@ struct IoOp {
 // request is finished (its state completed, with bytes or an error), false when the rest must
 // be submitted again (short transfer, EINTR/EAGAIN, or O_DIRECT refused: retry buffered).
 bool io_op_advance(const IoFd& file, IoOp& op, long result);
+// Finishes a request that the back end could not submit at all (`call` failed with err).
+void io_op_fail(const IoFd& file, IoOp& op, int err, const char* call);
 
 // Does op's remaining chunks with pread/pwrite on the calling thread; completes its state.
 void io_op_run_blocking(const IoFd& file, IoOp& op);

@@ -6,10 +6,12 @@
 // register_buffer go to a sparse fixed-buffer table.
 #include <liburing.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <fstream>
 #include <mutex>
@@ -72,6 +74,8 @@ class UringCore final : public IoDriver {
     fixed_files_ = io_uring_register_files(&ring_, fds, file_.direct_fd >= 0 ? 2 : 1) == 0;
     sparse_buffers_ = io_uring_register_buffers_sparse(&ring_, kBufferSlots) == 0;
     buffers_.resize(kBufferSlots);
+    staged_.assign(depth_, nullptr);
+    for (unsigned i = depth_; i > 0; --i) free_slots_.push_back(i - 1);
   }
 
   ~UringCore() override { io_uring_queue_exit(&ring_); }
@@ -189,6 +193,7 @@ class UringCore final : public IoDriver {
       if (n == 0) break;
       for (unsigned i = 0; i < n; ++i) {
         IoOp* op = static_cast<IoOp*>(io_uring_cqe_get_data(batch[i]));
+        unstage(op);
         --inflight_;
         if (io_op_advance(file_, *op, batch[i]->res)) {
           delete op;
@@ -200,6 +205,18 @@ class UringCore final : public IoDriver {
       io_uring_cq_advance(&ring_, n);
     }
     fill_locked();
+  }
+
+  // The requests in the ring, so that a refused submission can finish them: a table of
+  // depth_ entries and a stack of its free places.
+  void stage(IoOp* op) {
+    op->ring_slot = free_slots_.back();
+    free_slots_.pop_back();
+    staged_[op->ring_slot] = op;
+  }
+  void unstage(IoOp* op) {
+    staged_[op->ring_slot] = nullptr;
+    free_slots_.push_back(op->ring_slot);
   }
 
   int buffer_slot(const char* p, size_t n) const {
@@ -236,22 +253,49 @@ class UringCore final : public IoDriver {
 
   // Moves the backlog into the ring up to the queue depth; one io_uring_submit for all.
   void fill_locked() {
+    if (broken_ != 0) {
+      if (!backlog_.empty()) fail_all_locked(broken_);
+      return;
+    }
     unsigned prepared = 0;
     while (inflight_ < depth_ && !backlog_.empty()) {
       io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
       if (sqe == nullptr) break;
       prep(sqe, backlog_.front());
+      stage(backlog_.front());
       backlog_.pop_front();
       ++inflight_;
       ++prepared;
     }
     if (prepared == 0 && io_uring_sq_ready(&ring_) == 0) return;
+    int r = 0;
     for (int attempt = 0; attempt < 1000; ++attempt) {
-      const int r = io_uring_submit(&ring_);
+      r = io_uring_submit(&ring_);
       // Transient failures (the kernel could not allocate) leave the entries queued: retry.
-      if (r >= 0 || (r != -EINTR && r != -EAGAIN && r != -EBUSY)) return;
+      if (r >= 0) return;
+      if (r != -EINTR && r != -EAGAIN && r != -EBUSY) break;
       std::this_thread::yield();
     }
+    fail_all_locked(-r);
+  }
+
+  // io_uring_enter refused the ring's entries (seccomp, a dead ring): nothing queued will ever
+  // complete, so every request finishes now with that error, and the ring takes no more.
+  void fail_all_locked(int err) {
+    broken_ = err;
+    for (unsigned i = 0; i < depth_; ++i) {
+      if (staged_[i] == nullptr) continue;
+      backlog_.push_back(staged_[i]);
+      unstage(staged_[i]);
+    }
+    inflight_ = 0;
+    for (IoOp* op : backlog_) {
+      io_op_fail(file_, *op, err, "io_uring_enter");
+      delete op;
+      --pending_;
+    }
+    backlog_.clear();
+    progress_cv_.notify_all();
   }
 
   const IoFd& file_;
@@ -270,6 +314,9 @@ class UringCore final : public IoDriver {
   bool stopping_ = false;
   std::vector<Registered> buffers_;
   unsigned registered_ = 0;
+  std::vector<IoOp*> staged_;  // requests in the ring, at their ring_slot
+  std::vector<unsigned> free_slots_;
+  int broken_ = 0;  // errno of a refused io_uring_enter; the ring takes no more
 };
 
 class UringEngine final : public IoEngine {
@@ -313,6 +360,51 @@ std::unique_ptr<IoEngine> io_engine_uring(IoFd file, const IoOptions& options) {
   return std::make_unique<UringEngine>(std::move(file), options);
 }
 
+namespace {
+
+// Reads a few bytes from a pipe through the ring: a ring that io_uring_setup created may still
+// be unusable (seccomp refusing io_uring_enter), and only a real request shows that.
+int probe_read(io_uring& ring, std::string* why) {
+  int fds[2];
+  if (pipe(fds) != 0) {
+    *why = "cannot create a pipe to probe io_uring: " + errno_text(errno);
+    return errno;
+  }
+  const char sent[8] = {'t', 'i', 'e', 'r', 'l', 'm', '!', '\n'};
+  char got[8] = {};
+  int err = 0;
+  if (write(fds[1], sent, sizeof(sent)) != static_cast<ssize_t>(sizeof(sent))) {
+    err = errno;
+    *why = "cannot write the io_uring probe pipe: " + errno_text(err);
+  } else {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+    io_uring_prep_read(sqe, fds[0], got, sizeof(got), 0);
+    const int s = io_uring_submit(&ring);
+    io_uring_cqe* cqe = nullptr;
+    __kernel_timespec timeout{1, 0};
+    const int w = s < 0 ? s : io_uring_wait_cqe_timeout(&ring, &cqe, &timeout);
+    if (s < 0) {
+      err = -s;
+      *why = "io_uring_enter: " + errno_text(err) +
+             " (the ring was created but submitting to it is refused: a seccomp filter?)";
+    } else if (w < 0) {
+      err = w == -ETIME ? ETIMEDOUT : -w;
+      *why = "a probe read through io_uring did not complete: " + errno_text(err);
+    } else if (cqe->res != static_cast<int>(sizeof(sent)) ||
+               std::memcmp(got, sent, sizeof(sent)) != 0) {
+      err = cqe->res < 0 ? -cqe->res : EIO;
+      *why = "a probe read through io_uring returned " + std::to_string(cqe->res) +
+             " instead of the 8 bytes written";
+    }
+    if (cqe != nullptr) io_uring_cqe_seen(&ring, cqe);
+  }
+  close(fds[0]);
+  close(fds[1]);
+  return err;
+}
+
+}  // namespace
+
 int uring_probe(std::string* why) {
   io_uring ring{};
   const int r = io_uring_queue_init(4, &ring, 0);
@@ -325,13 +417,16 @@ int uring_probe(std::string* why) {
                    io_uring_opcode_supported(probe, IORING_OP_WRITE) &&
                    io_uring_opcode_supported(probe, IORING_OP_READ_FIXED);
   if (probe != nullptr) io_uring_free_probe(probe);
-  io_uring_queue_exit(&ring);
+  int err = 0;
   if (!ops) {
     *why = "the kernel's io_uring lacks IORING_OP_READ/WRITE (needs Linux 5.6 or newer)";
-    return ENOSYS;
+    err = ENOSYS;
+  } else {
+    err = probe_read(ring, why);
   }
-  *why = "io_uring is available";
-  return 0;
+  io_uring_queue_exit(&ring);
+  if (err == 0) *why = "io_uring is available";
+  return err;
 }
 
 }  // namespace tierlm::detail

@@ -11,16 +11,38 @@
 #include <limits>
 
 #include "kernels/kernels_impl.hpp"
+#include "kernels/quant_impl.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/core/parallel.hpp"
 #include "tierlm/core/simd.hpp"
 
 namespace tierlm {
 
+namespace detail {
+
+void fail_block_dtype(const char* kernel, DType dtype) {
+  TIERLM_FAIL(kErrorUnsupported, 0, kernel, ": ", dtype_name(dtype),
+              " is a block type, which this kernel body does not read (a launcher let it "
+              "through: please report this as a tierlm bug)");
+}
+
+void fail_not_block_dtype(const char* kernel, DType dtype) {
+  TIERLM_FAIL(kErrorInvalidArgument, 0, kernel, ": ", dtype_name(dtype),
+              " is not a block type (a launcher let it through: please report this as a tierlm "
+              "bug)");
+}
+
+}  // namespace detail
+
 namespace {
 
+// A level pinned on this thread by detail::KernelLevelPin (-1: none, follow simd_level()).
+thread_local int t_pinned_level = -1;
+
 const detail::KernelTable& table() {
-  switch (simd_level()) {
+  const SimdLevel level =
+      t_pinned_level < 0 ? simd_level() : static_cast<SimdLevel>(t_pinned_level);
+  switch (level) {
     case SimdLevel::kSimdAvx512:
       return detail::kernels_avx512();
     case SimdLevel::kSimdAvx2:
@@ -44,21 +66,42 @@ constexpr size_t kMatvecMaxLanes = 64;
 
 }  // namespace
 
-void kernel_linear(const float* x, const void* w, const void* bias, DType w_dtype, float* y,
-                   size_t n, size_t rows, size_t cols) {
-  if (n == 0 || rows == 0) return;
-  const detail::KernelTable& k = table();
+detail::KernelLevelPin::KernelLevelPin(int level) : saved_(t_pinned_level) {
+  t_pinned_level = level;
+}
+detail::KernelLevelPin::~KernelLevelPin() { t_pinned_level = saved_; }
+
+namespace {
+
+// The quantized bodies of the current level; AVX-512 without VNNI runs the AVX2 ones.
+const detail::QuantKernels& quant_table() {
+  const SimdLevel level =
+      t_pinned_level < 0 ? simd_level() : static_cast<SimdLevel>(t_pinned_level);
+  switch (level) {
+    case SimdLevel::kSimdAvx512:
+      if (cpu_features().avx512_vnni) return detail::quant_kernels_avx512();
+      return detail::quant_kernels_avx2();
+    case SimdLevel::kSimdAvx2:
+      return detail::quant_kernels_avx2();
+    case SimdLevel::kSimdScalar:
+      break;
+  }
+  return detail::quant_kernels_scalar();
+}
+
+// Runs body(n, r0, r1) over the rows of W (row_bytes each) for n tokens on the pool.
+template <typename Body>
+void linear_split(size_t n, size_t rows, size_t cols, size_t row_bytes, const Body& body) {
   if (n == 1) {
-    if (rows * cols < kMatvecMinElements)
-      return k.linear(x, w, bias, w_dtype, y, 1, rows, cols, 0, rows);
+    if (rows * cols < kMatvecMinElements) return body(0, rows);
     // Decode streams W once from DRAM. Each thread owns a contiguous run of row blocks and
     // streams it in order; a thread done with its own run takes blocks from the others' runs, so
     // a thread slowed by another process (the cores are shared) hands its rows over instead of
     // stalling the step.
     const size_t lanes = std::min(parallel_threads(), kMatvecMaxLanes);
-    const size_t row_bytes = std::max<size_t>(1, cols * dtype_size(w_dtype));
     const size_t block =
-        kLinearRowBlock * std::max<size_t>(1, kMatvecBlockBytes / row_bytes / kLinearRowBlock);
+        kLinearRowBlock *
+        std::max<size_t>(1, kMatvecBlockBytes / std::max<size_t>(1, row_bytes) / kLinearRowBlock);
     const size_t blocks = (rows + block - 1) / block;
     struct alignas(64) Run {
       std::atomic<size_t> next;
@@ -74,8 +117,7 @@ void kernel_linear(const float* x, const void* w, const void* bias, DType w_dtyp
         Run& run = runs[(lane + j) % lanes];
         for (size_t b = run.next.fetch_add(1, std::memory_order_relaxed); b < run.end;
              b = run.next.fetch_add(1, std::memory_order_relaxed))
-          k.linear(x, w, bias, w_dtype, y, 1, rows, cols, b * block,
-                   std::min(rows, (b + 1) * block));
+          body(b * block, std::min(rows, (b + 1) * block));
       }
     });
     return;
@@ -86,14 +128,69 @@ void kernel_linear(const float* x, const void* w, const void* bias, DType w_dtyp
   parallel_for(
       blocks,
       [&](size_t b0, size_t b1) {
-        k.linear(x, w, bias, w_dtype, y, n, rows, cols, b0 * kLinearRowBlock,
-                 std::min(rows, b1 * kLinearRowBlock));
+        body(b0 * kLinearRowBlock, std::min(rows, b1 * kLinearRowBlock));
       },
       min_blocks);
 }
 
+void linear_quantized(const float* x, const void* w, const float* bias, DType w_dtype, float* y,
+                      size_t n, size_t rows, size_t cols, void* workspace) {
+  const size_t block = dtype_block(w_dtype).elems;
+  TIERLM_CHECK(cols % block == 0, kErrorInvalidArgument, "linear: ", cols, " columns of ",
+               dtype_name(w_dtype), " weights are not a whole number of ", block,
+               "-element blocks");
+  TIERLM_CHECK(workspace != nullptr, kErrorInvalidArgument, "linear: ", dtype_name(w_dtype),
+               " weights need a workspace of ", kernel_linear_workspace(w_dtype, n, cols),
+               " bytes for the quantized activations (size it with kernel_linear_workspace)");
+  const detail::QuantKernels& q = quant_table();
+  void* xq =
+      reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(workspace) + 63) & ~uintptr_t{63});
+  const size_t act_bytes = detail::quant_act_row_bytes(w_dtype, cols);
+  parallel_for(
+      n,
+      [&](size_t t0, size_t t1) {
+        q.quantize_rows(x + t0 * cols, w_dtype, static_cast<char*>(xq) + t0 * act_bytes, t1 - t0,
+                        cols);
+      },
+      std::max<size_t>(1, kMinChunkElements / std::max<size_t>(1, cols)));
+  linear_split(n, rows, cols, dtype_row_bytes(w_dtype, cols), [&](size_t r0, size_t r1) {
+    q.linear(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
+  });
+}
+
+}  // namespace
+
+size_t kernel_linear_workspace(DType w_dtype, size_t n, size_t cols) {
+  if (!dtype_is_quantized(w_dtype)) return 0;
+  return 64 + n * detail::quant_act_row_bytes(w_dtype, cols);
+}
+
+void kernel_linear(const float* x, const void* w, const void* bias, DType w_dtype, float* y,
+                   size_t n, size_t rows, size_t cols, void* workspace) {
+  if (n == 0 || rows == 0) return;
+  if (dtype_is_quantized(w_dtype))
+    return linear_quantized(x, w, static_cast<const float*>(bias), w_dtype, y, n, rows, cols,
+                            workspace);
+  const detail::KernelTable& k = table();
+  linear_split(n, rows, cols, cols * dtype_size(w_dtype), [&](size_t r0, size_t r1) {
+    k.linear(x, w, bias, w_dtype, y, n, rows, cols, r0, r1);
+  });
+}
+
+namespace {
+
+void check_norm_dtype(const char* kernel, DType w_dtype) {
+  TIERLM_CHECK(!dtype_is_quantized(w_dtype), kErrorUnsupported, kernel, ": the weight is ",
+               dtype_name(w_dtype),
+               "; norm weights must be f32, f16 or bf16 (keep them "
+               "unquantized at export)");
+}
+
+}  // namespace
+
 void kernel_rmsnorm(const float* x, const void* weight, DType w_dtype, float* y, size_t n,
                     size_t dim, float eps) {
+  check_norm_dtype("rmsnorm", w_dtype);
   const detail::KernelTable& k = table();
   parallel_for(
       n,
@@ -105,6 +202,7 @@ void kernel_rmsnorm(const float* x, const void* weight, DType w_dtype, float* y,
 
 void kernel_layernorm(const float* x, const void* weight, const void* bias, DType w_dtype, float* y,
                       size_t n, size_t dim, float eps) {
+  check_norm_dtype("layernorm", w_dtype);
   const detail::KernelTable& k = table();
   parallel_for(
       n,
@@ -173,12 +271,18 @@ void kernel_embedding(const void* table_data, DType dtype, const int32_t* ids, s
     TIERLM_CHECK(ids[i] >= 0, kErrorInvalidArgument, "embedding: token id ", ids[i], " at index ",
                  i, " is negative");
   const auto* base = static_cast<const char*>(table_data);
-  const size_t row_bytes = dim * dtype_size(dtype);
+  const bool blocks = dtype_is_quantized(dtype);
+  const size_t row_bytes = dtype_row_bytes(dtype, dim);  // fails unless dim is whole blocks
   parallel_for(
       n,
       [&](size_t i0, size_t i1) {
-        for (size_t i = i0; i < i1; ++i)
-          k.convert(base + static_cast<size_t>(ids[i]) * row_bytes, dtype, out + i * dim, dim);
+        for (size_t i = i0; i < i1; ++i) {
+          const char* row = base + static_cast<size_t>(ids[i]) * row_bytes;
+          if (blocks)
+            detail::dequantize_row(row, dtype, out + i * dim, dim);
+          else
+            k.convert(row, dtype, out + i * dim, dim);
+        }
       },
       std::max<size_t>(1, kMinChunkElements / std::max<size_t>(1, dim)));
 }

@@ -62,6 +62,20 @@ struct KernelTable {
   void (*attention)(const AttentionTile& tile);
 };
 
+// Pins the SIMD level of the kernel_* launchers called on this thread while it lives (the CPU
+// backend at a fixed level, tests/cpp/test_backend_ops.cpp); -1 follows simd_level(). Work the
+// pool runs for a launcher uses the table the calling thread chose, so the pin covers it.
+class KernelLevelPin {
+ public:
+  explicit KernelLevelPin(int level);
+  ~KernelLevelPin();
+  KernelLevelPin(const KernelLevelPin&) = delete;
+  KernelLevelPin& operator=(const KernelLevelPin&) = delete;
+
+ private:
+  int saved_;
+};
+
 const KernelTable& kernels_scalar();
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
@@ -101,6 +115,12 @@ inline float bf16_to_f32(uint16_t b) {
   return f;
 }
 
+// Thrown where a per-element kernel body meets a block type. The launchers refuse block types
+// (or route them to the quantized kernels) first, so reaching it is a bug in tierlm.
+[[noreturn]] void fail_block_dtype(const char* kernel, DType dtype);
+// The converse, for the quantized bodies.
+[[noreturn]] void fail_not_block_dtype(const char* kernel, DType dtype);
+
 inline float load_weight(const void* w, DType dtype, size_t i) {
   switch (dtype) {
     case DType::kDTypeF32:
@@ -109,8 +129,17 @@ inline float load_weight(const void* w, DType dtype, size_t i) {
       return f16_to_f32(static_cast<const uint16_t*>(w)[i]);
     case DType::kDTypeBF16:
       return bf16_to_f32(static_cast<const uint16_t*>(w)[i]);
+    case DType::kDTypeQ8_0:
+    case DType::kDTypeQ4_0:
+    case DType::kDTypeQ4_1:
+    case DType::kDTypeQ5_0:
+    case DType::kDTypeQ5_1:
+    case DType::kDTypeQ4_K:
+    case DType::kDTypeQ5_K:
+    case DType::kDTypeQ6_K:
+      break;
   }
-  return 0.0f;
+  fail_block_dtype("load_weight", dtype);
 }
 
 }  // namespace tierlm::detail

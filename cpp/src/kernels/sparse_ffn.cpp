@@ -38,6 +38,10 @@ void check_args(const float* x, const SparseFfnRows& rows, const int32_t* slots,
   TIERLM_CHECK(x != nullptr && y != nullptr, kErrorInvalidArgument,
                "sparse ffn: x and y must not be null");
   TIERLM_CHECK(rows.dim > 0, kErrorInvalidArgument, "sparse ffn: dim must be > 0");
+  TIERLM_CHECK(!dtype_is_quantized(rows.dtype), kErrorUnsupported, "sparse ffn: bundled rows of ",
+               dtype_name(rows.dtype),
+               " have no kernel yet (f32, f16, bf16); run the model dense or export the bundles "
+               "unquantized");
   const size_t need = (rows.gated ? 3 : 2) * rows.dim;
   TIERLM_CHECK(rows.row_stride >= need, kErrorInvalidArgument, "sparse ffn: row stride ",
                rows.row_stride, " is shorter than a bundled row (", need, " elements)");

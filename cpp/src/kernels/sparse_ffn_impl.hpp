@@ -53,7 +53,17 @@ void sparse_ffn_run(const float* x, const SparseFfnRows& rows, const int32_t* sl
       return sparse_ffn_rows<Isa, DType::kDTypeF16>(x, rows, slots, n_slots, y);
     case DType::kDTypeBF16:
       return sparse_ffn_rows<Isa, DType::kDTypeBF16>(x, rows, slots, n_slots, y);
+    case DType::kDTypeQ8_0:
+    case DType::kDTypeQ4_0:
+    case DType::kDTypeQ4_1:
+    case DType::kDTypeQ5_0:
+    case DType::kDTypeQ5_1:
+    case DType::kDTypeQ4_K:
+    case DType::kDTypeQ5_K:
+    case DType::kDTypeQ6_K:
+      break;
   }
+  fail_block_dtype("sparse_ffn_run", rows.dtype);
 }
 
 }  // namespace tierlm::detail

@@ -141,13 +141,18 @@ tierlm_status tierlm_generate(tierlm_model* model, const int32_t* prompt, size_t
       o.seed = options->seed;
       o.stop_at_eos = options->stop_at_eos != 0;
     }
+    if (out_tokens != nullptr &&
+        out_capacity < static_cast<size_t>(std::max<int64_t>(0, o.max_new_tokens)))
+      TIERLM_FAIL(kErrorInvalidArgument, 0, "tierlm_generate: out_capacity (", out_capacity,
+                  ") is smaller than max_new_tokens (", o.max_new_tokens,
+                  "), so tokens would be lost: pass a larger buffer or a callback");
     tierlm::TokenCallback on_token;
     if (callback != nullptr) {
       on_token = [callback, user_data](int32_t token) { return callback(token, user_data) != 0; };
     }
     const tierlm::GenerateResult result =
         tierlm::generate(model->model, std::span<const int32_t>(prompt, n_prompt), o, on_token);
-    const size_t n = std::min(out_capacity, result.output_ids.size());
+    const size_t n = out_tokens == nullptr ? 0 : result.output_ids.size();
     std::copy_n(result.output_ids.begin(), n, out_tokens);
     if (n_out != nullptr) *n_out = n;
   });

@@ -105,18 +105,32 @@ OpKind parse_op_kind(const std::string& name, size_t index) {
               "\", which this tierlm cannot run (upgrade tierlm or re-export the package)");
 }
 
+uint64_t non_negative(const Json& value, const std::string& what) {
+  const int64_t v = value.as_int(what);
+  TIERLM_CHECK(v >= 0, kErrorCorrupt, what, " is ", v, "; it must be 0 or more");
+  return static_cast<uint64_t>(v);
+}
+
+// A path inside the package: relative, no ".." component.
+bool package_relative(const std::string& path) {
+  if (path.empty() || path[0] == '/') return false;
+  size_t start = 0;
+  while (start <= path.size()) {
+    const size_t end = std::min(path.find('/', start), path.size());
+    if (path.compare(start, end - start, "..") == 0 && end - start == 2) return false;
+    start = end + 1;
+  }
+  return true;
+}
+
 DType parse_dtype(const Json& value, const std::string& what) {
   const std::string& text = value.as_string(what);
-  DType dtype;
   try {
-    dtype = dtype_parse(text);
+    return dtype_parse(text);
   } catch (const Error&) {
-    TIERLM_FAIL(kErrorCorrupt, 0, what, ": unknown dtype \"", text, "\" (f32, f16, bf16)");
+    TIERLM_FAIL(kErrorCorrupt, 0, what, ": unknown dtype \"", text,
+                "\" (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k)");
   }
-  if (dtype_is_quantized(dtype))
-    TIERLM_FAIL(kErrorUnsupported, 0, what, ": dtype \"", text,
-                "\" has no kernels in this tierlm yet (f32, f16, bf16)");
-  return dtype;
 }
 
 int64_t config_int(const Json& config, const char* key, int64_t fallback) {
@@ -249,14 +263,22 @@ void validate_tensors(const Package& p) {
     for (int64_t d : t.shape) {
       TIERLM_CHECK(d > 0, kErrorCorrupt, where, " has a non-positive dimension ", d);
     }
-    const uint64_t expected = static_cast<uint64_t>(t.numel()) * dtype_size(t.dtype);
+    // Rows of whole blocks along the last dimension (one element per block unquantized).
+    const int64_t cols = t.shape.empty() ? 1 : t.shape.back();
+    const size_t block = dtype_block(t.dtype).elems;
+    TIERLM_CHECK(static_cast<size_t>(cols) % block == 0, kErrorCorrupt, where,
+                 ": its last dimension ", cols, " is not a whole number of ", dtype_name(t.dtype),
+                 " blocks (", block, " elements each)");
+    const uint64_t expected = static_cast<uint64_t>(t.numel() / cols) *
+                              dtype_row_bytes(t.dtype, static_cast<size_t>(cols));
     TIERLM_CHECK(t.nbytes == expected, kErrorCorrupt, where, ": nbytes is ", t.nbytes,
                  " but its shape and dtype ", dtype_name(t.dtype), " need ", expected);
     TIERLM_CHECK(t.offset % kTensorAlignment == 0, kErrorCorrupt, where, ": offset ", t.offset,
                  " is not a multiple of ", kTensorAlignment);
-    TIERLM_CHECK(t.offset + t.nbytes <= it->second->size, kErrorCorrupt, where, ": bytes ",
-                 t.offset, "..", t.offset + t.nbytes, " run past the end of ", t.file, " (",
-                 it->second->size, " bytes)");
+    // Written so that no sum can wrap: a crafted offset near 2^64 must not pass.
+    TIERLM_CHECK(t.nbytes <= it->second->size && t.offset <= it->second->size - t.nbytes,
+                 kErrorCorrupt, where, ": ", t.nbytes, " bytes at offset ", t.offset,
+                 " run past the end of ", t.file, " (", it->second->size, " bytes)");
   }
 }
 
@@ -276,13 +298,13 @@ Package package_open(const std::string& path) {
       format != nullptr && format->is_string() && format->as_string(what) == "tierlm-package",
       kErrorCorrupt, what,
       ": not a tierlm package manifest (\"format\" must be \"tierlm-package\")");
-  p.format_version =
-      static_cast<int>(manifest.at("format_version", what).as_int(what + ": format_version"));
-  TIERLM_CHECK(p.format_version <= kPackageFormatVersion, kErrorUnsupported, what,
-               ": format_version ", p.format_version, " is newer than this tierlm reads (",
-               kPackageFormatVersion, "); upgrade tierlm or export the package with this version");
-  TIERLM_CHECK(p.format_version >= 1, kErrorCorrupt, what, ": format_version ", p.format_version,
-               " is invalid");
+  // Checked as read (64-bit) before it is narrowed, so 2^40 is reported as 2^40, not 0.
+  const int64_t version = manifest.at("format_version", what).as_int(what + ": format_version");
+  TIERLM_CHECK(version <= kPackageFormatVersion, kErrorUnsupported, what, ": format_version ",
+               version, " is newer than this tierlm reads (", kPackageFormatVersion,
+               "); upgrade tierlm or export the package with this version");
+  TIERLM_CHECK(version >= 1, kErrorCorrupt, what, ": format_version ", version, " is invalid");
+  p.format_version = static_cast<int>(version);
   p.architecture = manifest.at("architecture", what).as_string(what + ": architecture");
   // Informative: each tensor carries its own dtype ("mixed" when matrices differ).
   p.dtype = manifest.at("dtype", what).as_string(what + ": dtype");
@@ -311,8 +333,8 @@ Package package_open(const std::string& path) {
       info.shape.push_back(d.as_int(where + ".shape"));
     }
     info.file = t.at("file", where).as_string(where + ".file");
-    info.offset = static_cast<uint64_t>(t.at("offset", where).as_int(where + ".offset"));
-    info.nbytes = static_cast<uint64_t>(t.at("nbytes", where).as_int(where + ".nbytes"));
+    info.offset = non_negative(t.at("offset", where), where + ".offset");
+    info.nbytes = non_negative(t.at("nbytes", where), where + ".nbytes");
     if (const Json* crc = t.find("crc32"); crc != nullptr && !crc->is_null()) {
       info.has_crc32 = true;
       info.crc32 = static_cast<uint32_t>(crc->as_int(where + ".crc32"));
@@ -325,6 +347,8 @@ Package package_open(const std::string& path) {
   if (const Json* tok = manifest.find("tokenizer"); tok != nullptr && !tok->is_null()) {
     const std::string dir =
         tok->at("dir", what + ": tokenizer").as_string(what + ": tokenizer.dir");
+    TIERLM_CHECK(package_relative(dir), kErrorCorrupt, what, ": tokenizer.dir \"", dir,
+                 "\" points outside the package (it must be a relative path without \"..\")");
     p.tokenizer_dir = p.path + "/" + dir;
     if (const Json* files = tok->find("files")) {
       for (const Json& f : files->as_array(what + ": tokenizer.files")) {

@@ -2,7 +2,7 @@
 // The executor brackets each layer's ops with begin_layer / end_layer, asks data(tensor) for
 // an op's weights and release(tensor) after the op, so a store may keep every layer resident
 // (ResidentWeightStore) or stream tensors through a ring of host staging sections smaller than
-// a layer while earlier tensors compute (issue 4).
+// a layer while earlier tensors compute (StreamingWeightStore, placed by weight_placement).
 #pragma once
 
 #include <cstdint>
@@ -14,6 +14,7 @@
 #include "tierlm/model/package.hpp"
 #include "tierlm/weights/placement.hpp"
 #include "tierlm/weights/stream_stats.hpp"
+#include "weights/weight_placement.hpp"
 
 namespace tierlm::detail {
 
@@ -36,7 +37,8 @@ class WeightStore {
   virtual const TensorInfo& info(int index) const = 0;
   // The tensor's bytes. Always valid for kGlobalLayer and resident tensors. A streaming store
   // waits here for a streamed tensor's reads; its bytes then stay valid until release(index)
-  // or end_layer(info.layer), whichever comes first. Must not allocate.
+  // or end_layer(info.layer), whichever comes first. Allocates nothing beyond the I/O
+  // engine's futures of the reads a streaming store issues to refill its ring.
   virtual const void* data(int index) = 0;
   // The executor is done with the tensor's bytes for this pass (call once per data() use, after
   // the op): a streaming store reuses its staging space for the next tensors' reads.
@@ -48,7 +50,7 @@ class WeightStore {
     return nullptr;
   }
   // The executor is about to run / has finished the ops of `layer`. end_layer releases what the
-  // layer still holds; must not allocate.
+  // layer still holds; it allocates nothing beyond the I/O futures of the refill reads.
   virtual void begin_layer(int layer) = 0;
   virtual void end_layer(int layer) = 0;
   virtual WeightStoreStats stats() const = 0;
@@ -67,21 +69,8 @@ std::unique_ptr<WeightStore> weight_store_resident(const Package& package, HostT
                                                    const std::vector<std::string>& tensors,
                                                    const WeightStoreOptions& options);
 
-}  // namespace tierlm::detail
-
-namespace tierlm::detail {
-
-// Streaming: plans the placement (tierlm/weights/placement.hpp) of a package's weights for
-// `weight_budget` bytes; ring_sections 0 = auto (about 64 MiB of sections, at least 2 when the
-// budget allows, else 1). Below minimum() nothing is planned (streamed_layers
-// empty); the caller refuses with minimum().
-// `row_tensors` may be read by rows on demand, at most `max_rows` rows per forward pass; each
-// is when its row buffers are smaller than the table.
-WeightPlacement weight_placement(const Package& package, const std::vector<std::string>& tensors,
-                                 uint64_t weight_budget, int ring_sections,
-                                 const std::vector<std::string>& row_tensors = {},
-                                 int64_t max_rows = 0);
-
+// Streaming: the placement (tierlm/weights/placement.hpp, planned by weights/weight_placement.hpp)
+// is read through a ring of staging sections; its counters are tierlm/weights/stream_stats.hpp.
 class StreamingWeightStore : public WeightStore {
  public:
   virtual const WeightPlacement& placement() const = 0;

@@ -80,7 +80,10 @@ def plan(hf, max_positions=None):
         return (f"model.{name}", name)
 
     q_width, kv_width = heads * head_dim, kv_heads * head_dim
-    tensors = [TensorSpec("embed.weight", src("embed_tokens.weight"), (vocab, hidden))]
+    # a tied checkpoint may hold the shared matrix only as lm_head.weight (safetensors'
+    # save_model keeps one name of tied tensors), so that name is the embedding's fallback
+    embed = src("embed_tokens.weight") + (("lm_head.weight",) if tied else ())
+    tensors = [TensorSpec("embed.weight", embed, (vocab, hidden))]
     for i in range(layers):
         hf_layer, layer = f"layers.{i}", f"layers.{i}"
         shapes = {

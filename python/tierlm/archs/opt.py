@@ -63,7 +63,12 @@ def plan(hf, max_positions=None):
         return (f"model.decoder.{name}", f"decoder.{name}")
 
     tensors = [
-        TensorSpec("embed.weight", src("embed_tokens.weight"), (vocab, hidden)),
+        # tied: the shared matrix may be stored only as lm_head.weight (see archs/llama.py)
+        TensorSpec(
+            "embed.weight",
+            src("embed_tokens.weight") + (("lm_head.weight",) if tied else ()),
+            (vocab, hidden),
+        ),
         TensorSpec(
             "embed.positions", src("embed_positions.weight"), (table + POSITION_OFFSET, hidden)
         ),

@@ -1,8 +1,9 @@
-"""`tierlm export HF_DIR OUT_DIR`: a Hugging Face checkpoint to a tierlm package."""
+"""`tierlm export HF_DIR|MODEL.gguf OUT_DIR`: a Hugging Face checkpoint or a GGUF file to a
+tierlm package."""
 
 import json
 
-from tierlm.dtypes import DTYPES
+from tierlm.dtypes import PACKAGE_DTYPES
 from tierlm.export import export
 from tierlm.package import Package
 from tierlm.sizes import format_size
@@ -10,12 +11,27 @@ from tierlm.sizes import format_size
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
-        "export", help="convert a Hugging Face checkpoint (safetensors) to a tierlm package"
+        "export",
+        help="convert a Hugging Face checkpoint (safetensors) or a GGUF file to a tierlm package",
     )
-    parser.add_argument("hf_dir", metavar="HF_DIR", help="checkpoint directory with config.json")
+    parser.add_argument(
+        "hf_dir",
+        metavar="HF_DIR|MODEL.gguf",
+        help="checkpoint directory with config.json, or a llama.cpp GGUF file (its tensors are "
+        "copied as stored)",
+    )
     parser.add_argument("out_dir", metavar="OUT_DIR", help="package directory to create")
     parser.add_argument(
-        "--dtype", choices=DTYPES, default=None, help="dtype of the matrices (default: keep)"
+        "--dtype",
+        choices=PACKAGE_DTYPES,
+        default=None,
+        help="dtype of the matrices (default: keep); the block types quantize at export",
+    )
+    parser.add_argument(
+        "--recipe",
+        metavar="NAME|FILE",
+        help="per-tensor dtypes: 'm' (embedding, lm_head, attention V, FFN down at q8_0) or a "
+        "file of 'PATTERN DTYPE' lines (docs/package-format.md)",
     )
     parser.add_argument(
         "--max-positions",
@@ -45,6 +61,7 @@ def run(args):
         overwrite=args.overwrite,
         max_positions=args.max_positions,
         sparse=args.sparse,
+        recipe=args.recipe,
     )
     package = Package.open(out)
     manifest = package.manifest
@@ -59,6 +76,9 @@ def run(args):
         "files": [f["name"] for f in manifest["files"]],
         "tokenizer": (manifest["tokenizer"] or {}).get("files", []),
     }
+    quantization = manifest.get("quantization")
+    if quantization:
+        summary["quantization"] = quantization
     if args.sparse:
         bundles = manifest.get("bundles") or {}
         summary["bundles"] = [lay["file"] for lay in bundles.get("layers", [])]
@@ -71,6 +91,8 @@ def run(args):
         f"{summary['tensors']} tensors, {format_size(total)} in {len(summary['files'])} file(s), "
         f"tokenizer: {', '.join(summary['tokenizer']) or 'none'} -> {out}"
     )
+    if quantization:
+        print_quantization(package, quantization)
     if args.sparse:
         print(f"sparse: {len(summary['bundles'])} bundled FFN files", end="")
         if summary["predictors"]:
@@ -80,3 +102,15 @@ def run(args):
                 "; no predictors in the checkpoint: train them with "
                 f"`tierlm sparse train {out} --calibration TEXTFILE` before `--sparse` runs"
             )
+
+
+def print_quantization(package, quantization):
+    counts = {}
+    for t in package.tensors.values():
+        if len(t["shape"]) > 1:
+            counts[t["dtype"]] = counts.get(t["dtype"], 0) + 1
+    print("matrices: " + ", ".join(f"{n} {d}" for d, n in sorted(counts.items())))
+    for f in quantization["fallbacks"]:
+        print(f"  {f['tensor']}: {f['dtype']} instead of {f['wanted']} ({f['reason']})")
+    for rule in quantization["unmatched_rules"]:
+        print(f"  recipe rule {rule} matched no matrix")

@@ -14,20 +14,12 @@ def add_parser(subparsers):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="prompt text (needs the package's tokenizer)")
     source.add_argument("--ids", help="prompt token ids, comma-separated: 1,2,3")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument(
-        "--budget",
-        action="append",
-        default=[],
-        metavar="TIER=SIZE",
-        help="host tier budget, e.g. host=4GiB (the only tier the executor uses yet)",
+        "--chat",
+        action="store_true",
+        help="the prompt is a user message: apply the package's chat template",
     )
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top-k", type=int, default=0, help="0 = no limit")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="compute threads (0 = all)")
-    parser.add_argument("--max-context", type=int, default=0, help="KV cache tokens")
+    add_run_options(parser)
     parser.add_argument("--verify", action="store_true", help="check tensor checksums on load")
     parser.add_argument("--no-stop-at-eos", action="store_true", help="ignore eos tokens")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -63,6 +55,35 @@ def add_parser(subparsers):
         "--timeline", metavar="PNG", help="plot host-tier usage and I/O over time (matplotlib)"
     )
     parser.set_defaults(run=run)
+
+
+def add_run_options(parser):
+    """Budget, sampling and compute options, shared with `tierlm chat`."""
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        metavar="TIER=SIZE",
+        help="host tier budget, e.g. host=4GiB (the only tier the executor uses yet)",
+    )
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=0, help="0 = no limit")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="compute threads (0 = all)")
+    parser.add_argument("--max-context", type=int, default=0, help="KV cache tokens")
+
+
+def sampling_options(args):
+    return dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop_at_eos=not getattr(args, "no_stop_at_eos", False),
+    )
 
 
 def parse_budgets(items):
@@ -105,14 +126,11 @@ def run(args):
     if args.verbose:
         print_placement(model, sys.stderr)
     prompt = args.prompt if args.prompt is not None else parse_ids(args.ids)
-    options = dict(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        stop_at_eos=not args.no_stop_at_eos,
-    )
+    if args.chat:
+        if args.prompt is None:
+            raise InvalidArgumentError("--chat takes the user message as --prompt, not --ids")
+        prompt = model.chat_prompt([{"role": "user", "content": args.prompt}])
+    options = sampling_options(args)
     if args.json:
         result = model.generate(prompt, **options)
         print(

@@ -12,11 +12,13 @@ import time
 import zlib
 
 import numpy as np
-import torch
 
 from tierlm.errors import CorruptError
 
+FORMAT = "tierlm-train-checkpoint"
+VERSION = 1
 LATEST = "LATEST"
+MANIFEST = "manifest.json"
 
 
 def _fsync_dir(path):
@@ -52,18 +54,11 @@ def _replace_atomic(path, text):
     _fsync_dir(os.path.dirname(path) or ".")
 
 
-def write(directory, name, meta, items, trainer):
-    """items: (unit, payload_fn) pairs this rank owns; returns the checkpoint's path."""
-    dist = torch.distributed
-    multi = trainer.world > 1
+def write(directory, name, meta, items, dp):
+    """items: (unit, payload_fn) pairs this rank owns; dp: the trainer's DataParallel (ranks
+    agree on one directory name and share their files' CRCs). Returns the checkpoint's path."""
     os.makedirs(directory, exist_ok=True)
-    if multi:
-        # Every rank must use the same directory name.
-        box = [f"{name}-{time.time_ns()}" if trainer.rank == 0 else None]
-        dist.broadcast_object_list(box, src=0, group=trainer._pg)
-        final_name = box[0]
-    else:
-        final_name = f"{name}-{time.time_ns()}"
+    final_name = dp.agree(f"{name}-{time.time_ns()}")
     tmp = os.path.join(directory, f"{final_name}.tmp")
     final = os.path.join(directory, final_name)
     os.makedirs(tmp, exist_ok=True)
@@ -72,15 +67,11 @@ def write(directory, name, meta, items, trainer):
         record = meta["units"][u.index]
         crc, size = _write_file(os.path.join(tmp, record["file"]), payload(u))
         crcs[record["file"]] = (crc, size)
-    if multi:
-        gathered = [None] * trainer.world
-        dist.all_gather_object(gathered, crcs, group=trainer._pg)
-        for g in gathered:
-            crcs.update(g)
-    if trainer.rank == 0:
+    crcs = dp.merge(crcs)
+    if dp.rank == 0:
         for record in meta["units"]:
             record["crc32"], record["bytes"] = crcs[record["file"]]
-        _replace_atomic(os.path.join(tmp, "manifest.json"), json.dumps(meta, indent=1))
+        _replace_atomic(os.path.join(tmp, MANIFEST), json.dumps(meta, indent=1))
         _fsync_dir(tmp)
         os.rename(tmp, final)
         _fsync_dir(directory)
@@ -90,8 +81,7 @@ def write(directory, name, meta, items, trainer):
             full = os.path.join(directory, entry)
             if entry.startswith("ckpt-") and entry != final_name and os.path.isdir(full):
                 shutil.rmtree(full, ignore_errors=True)
-    if multi:
-        dist.barrier(group=trainer._pg)
+    dp.barrier()
     return final
 
 
@@ -106,7 +96,7 @@ def read_meta(directory):
             e.errno, f"resume: {latest} does not exist; no checkpoint was saved in {directory}"
         ) from e
     path = os.path.join(directory, name)
-    manifest = os.path.join(path, "manifest.json")
+    manifest = os.path.join(path, MANIFEST)
     try:
         with open(manifest) as f:
             meta = json.load(f)
@@ -114,29 +104,51 @@ def read_meta(directory):
         raise CorruptError(f"resume: {manifest} is missing ({latest} points at it)") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorruptError(f"resume: {manifest} is not valid JSON ({e})") from e
-    if meta.get("format") != "tierlm-train-checkpoint" or "units" not in meta:
+    if meta.get("format") != FORMAT or "units" not in meta:
         raise CorruptError(f"resume: {manifest} is not a tierlm training checkpoint manifest")
     return meta, path
 
 
-def read_file(path, file, meta, want):
-    """The bytes of one unit file, checked against the manifest's length and CRC-32."""
-    full = os.path.join(path, file)
-    record = next(r for r in meta["units"] if r["file"] == file)
+_CHUNK = 16 << 20  # bytes read at a time when only checking a file
+
+
+def _open_unit(path, record):
+    full = os.path.join(path, record["file"])
     try:
-        with open(full, "rb") as f:
-            data = f.read()
+        return full, open(full, "rb")
     except FileNotFoundError as e:
         raise CorruptError(f"resume: checkpoint file {full} is missing") from e
-    if len(data) != record.get("bytes", want) or len(data) != want:
+
+
+def _check(full, record, want, size, crc):
+    if size != record.get("bytes", want) or size != want:
         raise CorruptError(
-            f"resume: checkpoint file {full} is {len(data)} bytes, expected {want} "
+            f"resume: checkpoint file {full} is {size} bytes, expected {want} "
             "(truncated or from another model)"
         )
-    crc = zlib.crc32(data)
     if crc != record.get("crc32"):
         raise CorruptError(
             f"resume: checkpoint file {full} fails its CRC-32 check ({crc:#010x}, manifest "
             f"says {record.get('crc32', 0):#010x}): the file is damaged"
         )
+
+
+def verify_file(path, record, want):
+    """Checks one unit file (its manifest record) against the manifest's length and CRC-32
+    and the `want` bytes the trainer expects, reading it in chunks."""
+    full, f = _open_unit(path, record)
+    crc = size = 0
+    with f:
+        while chunk := f.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+    _check(full, record, want, size, crc)
+
+
+def read_file(path, record, want):
+    """The bytes of one unit file, checked as verify_file checks them."""
+    full, f = _open_unit(path, record)
+    with f:
+        data = f.read()
+    _check(full, record, want, len(data), zlib.crc32(data))
     return data

@@ -11,6 +11,7 @@ struct CpuFeatures {
   bool avx512 = false;  // F, BW, VL, DQ
   bool avx512_bf16 = false;
   bool avx512_fp16 = false;
+  bool avx512_vnni = false;  // VPDPBUSD / VPDPWSSD: the quantized kernels' integer dot products
 };
 
 const CpuFeatures& cpu_features();

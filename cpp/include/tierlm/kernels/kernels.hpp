@@ -12,11 +12,21 @@
 namespace tierlm {
 
 // Y[n, rows] = X[n, cols] · W[rows, cols]^T (+ bias[rows]); W row-major in w_dtype,
-// bias (optional) in w_dtype. n == 1 is the decode matrix-vector path.
+// bias (optional) in w_dtype, or f32 when w_dtype is a block type. n == 1 is the decode
+// matrix-vector path.
+// Block types (q8_0 .. q6_k, cols a whole number of blocks) quantize X to int8 blocks once per
+// call (q8_0-style per 32 elements, one scale per 256 for the k-types) into `workspace` and use
+// integer dot products. That rounding bounds the error against f32 X times the dequantized W by
+// |y - y_ref| <= sqrt(B) / 254 * |x| * |w_row| (B = 32, or 256 for k-types; worst case, each
+// element off by half a step of its block's scale max|x| / 127).
+// kernel_linear_workspace: the workspace bytes for n tokens (0 for f32 / f16 / bf16, where
+// workspace may be null). It grows with n, so the size for the largest n covers every smaller.
+size_t kernel_linear_workspace(DType w_dtype, size_t n, size_t cols);
 void kernel_linear(const float* x, const void* w, const void* bias, DType w_dtype, float* y,
-                   size_t n, size_t rows, size_t cols);
+                   size_t n, size_t rows, size_t cols, void* workspace = nullptr);
 
-// y = x / rms(x) * weight, per row of dim; weight in w_dtype.
+// y = x / rms(x) * weight, per row of dim; weight in w_dtype (f32, f16 or bf16: a block type is
+// refused, as in layernorm).
 void kernel_rmsnorm(const float* x, const void* weight, DType w_dtype, float* y, size_t n,
                     size_t dim, float eps);
 // y = (x - mean) / std * weight + bias, per row of dim.
@@ -34,7 +44,7 @@ void kernel_relu(float* x, size_t n);
 void kernel_gelu(float* x, size_t n);                 // tanh approximation off: exact erf GELU
 void kernel_add(float* y, const float* x, size_t n);  // y += x
 
-// out[i, :] = table[ids[i], :], converted to f32.
+// out[i, :] = table[ids[i], :], converted to f32 (block types dequantized as ggml does).
 void kernel_embedding(const void* table, DType dtype, const int32_t* ids, size_t n, size_t dim,
                       float* out);
 

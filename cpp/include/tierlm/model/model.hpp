@@ -1,6 +1,7 @@
 // A loaded model package and its executor: weights in a per-layer weight store under the
 // host budget, a KV cache, and one activation arena at planned offsets. forward() runs the
-// graph for a batch of tokens at the current position and allocates nothing.
+// graph for a batch of tokens at the current position and allocates nothing but the I/O
+// engine's futures of the reads streamed weights and sparse FFN rows issue.
 #pragma once
 
 #include <algorithm>
@@ -134,7 +135,8 @@ class Model {
   // Runs tokens at the current position (in prefill_chunk batches), appends them to the KV
   // cache and returns the last token's logits (vocab_size floats, valid until the next call).
   // Throws kErrorInvalidArgument for an empty batch, ids outside the vocabulary or a batch
-  // that would overflow the context. Allocates nothing.
+  // that would overflow the context. Allocates nothing but the I/O futures of streamed weight
+  // and sparse row reads.
   const float* forward(std::span<const int32_t> tokens);
   // The same; restart = true empties the cache first, atomically with the run.
   const float* forward(std::span<const int32_t> tokens, bool restart);
@@ -149,9 +151,9 @@ class Model {
 
   ModelStats stats() const;
   const WeightPlacement& placement() const;
-  // One event per streamed layer's begin (time, wait, bytes read so far), oldest first.
+  // One event per streamed layer's end (time, wait, bytes read so far), oldest first.
   std::vector<StreamEvent> stream_events() const;
-  // Sparse FFN: one entry per token since load, oldest first (the last 65536 kept).
+  // Sparse FFN: one entry per token since load, oldest first (the last 16384 kept).
   std::vector<SparseTokenInfo> sparse_tokens() const;
   // Counts a generation's timings into stats() (prefill and decode totals).
   void record_timing(uint64_t prefill_tokens, double prefill_seconds, uint64_t decode_tokens,

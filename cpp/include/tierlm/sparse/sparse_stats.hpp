@@ -65,13 +65,13 @@ struct SparseStats {
 // One token through every sparse FFN layer (SparseStats' counters for that token).
 struct SparseTokenInfo {
   uint64_t neurons_predicted = 0;
-  uint64_t neurons_read = 0;
-  uint64_t bytes_read = 0;
-  uint64_t requests = 0;
+  uint64_t neurons_read = 0;  // rows read from the bundle files (cache misses)
+  uint64_t bytes_read = 0;    // bytes requested (4 KiB-widened reads)
+  uint64_t requests = 0;      // read requests submitted
   double predictor_seconds = 0.0;
-  double io_seconds = 0.0;
-  double memory_seconds = 0.0;
-  double compute_seconds = 0.0;
+  double io_seconds = 0.0;       // submit -> every read of the step complete
+  double memory_seconds = 0.0;   // neuron cache erase / insert (row copies included)
+  double compute_seconds = 0.0;  // the sparse FFN kernel
 };
 
 }  // namespace tierlm

@@ -12,9 +12,9 @@ struct StreamStats {
   int64_t ring_sections = 0;          // staging sections of the ring
   uint64_t bytes_read_per_token = 0;  // streamed bytes per forward pass (one decode token)
   uint64_t stream_bytes_read = 0;     // bytes read by the ring since load
-  double io_wait_seconds = 0.0;       // time begin_layer spent waiting on reads
-  double read_busy_seconds = 0.0;     // sum over layers of issue -> reads complete (as seen)
-  uint64_t layer_waits = 0;           // begin_layer calls of streamed layers
+  double io_wait_seconds = 0.0;       // time data() and rows() spent waiting on reads
+  double read_busy_seconds = 0.0;     // sum over chunks of issue -> reads complete (as seen)
+  uint64_t layer_waits = 0;           // end_layer calls of streamed layers
   uint64_t chunk_waits = 0;           // data() calls that waited for a chunk's reads
   uint64_t row_bytes_read = 0;        // embedding rows read on demand
   uint64_t ring_restarts = 0;         // out-of-order layer accesses that drained the ring
@@ -40,10 +40,10 @@ struct StreamStats {
   }
 };
 
-// One entry per begin_layer of a streamed layer (kept in a fixed buffer).
+// One entry per end_layer of a streamed layer (kept in a fixed buffer).
 struct StreamEvent {
-  double t = 0;     // seconds since the store was made
-  double wait = 0;  // seconds begin_layer waited for the reads
+  double t = 0;     // seconds since the store was made, at the layer's end
+  double wait = 0;  // seconds the layer's data() calls waited for reads
   int layer = 0;
   uint64_t bytes_read = 0;  // total streamed bytes read so far (completed)
 };

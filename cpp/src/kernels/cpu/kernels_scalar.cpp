@@ -49,7 +49,17 @@ void linear(const float* x, const void* w, const void* bias, DType w_dtype, floa
       return linear_rows<WeightF16>(x, w, bias, y, n, rows, cols, r0, r1);
     case DType::kDTypeBF16:
       return linear_rows<WeightBF16>(x, w, bias, y, n, rows, cols, r0, r1);
+    case DType::kDTypeQ8_0:
+    case DType::kDTypeQ4_0:
+    case DType::kDTypeQ4_1:
+    case DType::kDTypeQ5_0:
+    case DType::kDTypeQ5_1:
+    case DType::kDTypeQ4_K:
+    case DType::kDTypeQ5_K:
+    case DType::kDTypeQ6_K:
+      break;
   }
+  fail_block_dtype("linear", w_dtype);
 }
 
 void rmsnorm(const float* x, const void* weight, DType w_dtype, float* y, size_t n, size_t dim,

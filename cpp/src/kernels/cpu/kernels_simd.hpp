@@ -229,7 +229,17 @@ void linear(const float* x, const void* w, const void* bias, DType w_dtype, floa
       return linear_typed<V, WF16>(x, w, bias, y, n, rows, cols, r0, r1);
     case DType::kDTypeBF16:
       return linear_typed<V, WBF16>(x, w, bias, y, n, rows, cols, r0, r1);
+    case DType::kDTypeQ8_0:
+    case DType::kDTypeQ4_0:
+    case DType::kDTypeQ4_1:
+    case DType::kDTypeQ5_0:
+    case DType::kDTypeQ5_1:
+    case DType::kDTypeQ4_K:
+    case DType::kDTypeQ5_K:
+    case DType::kDTypeQ6_K:
+      break;
   }
+  fail_block_dtype("linear", w_dtype);
 }
 
 // ---- norms and elementwise --------------------------------------------------------------------
@@ -314,7 +324,17 @@ void rmsnorm(const float* x, const void* weight, DType w_dtype, float* y, size_t
       return norm_typed<V, WF16>(x, weight, nullptr, y, n, dim, eps, false);
     case DType::kDTypeBF16:
       return norm_typed<V, WBF16>(x, weight, nullptr, y, n, dim, eps, false);
+    case DType::kDTypeQ8_0:
+    case DType::kDTypeQ4_0:
+    case DType::kDTypeQ4_1:
+    case DType::kDTypeQ5_0:
+    case DType::kDTypeQ5_1:
+    case DType::kDTypeQ4_K:
+    case DType::kDTypeQ5_K:
+    case DType::kDTypeQ6_K:
+      break;
   }
+  fail_block_dtype("rmsnorm", w_dtype);
 }
 
 template <class V>
@@ -327,7 +347,17 @@ void layernorm(const float* x, const void* weight, const void* bias, DType w_dty
       return norm_typed<V, WF16>(x, weight, bias, y, n, dim, eps, true);
     case DType::kDTypeBF16:
       return norm_typed<V, WBF16>(x, weight, bias, y, n, dim, eps, true);
+    case DType::kDTypeQ8_0:
+    case DType::kDTypeQ4_0:
+    case DType::kDTypeQ4_1:
+    case DType::kDTypeQ5_0:
+    case DType::kDTypeQ5_1:
+    case DType::kDTypeQ4_K:
+    case DType::kDTypeQ5_K:
+    case DType::kDTypeQ6_K:
+      break;
   }
+  fail_block_dtype("layernorm", w_dtype);
 }
 
 template <class V>
@@ -421,7 +451,17 @@ void convert(const void* src, DType dtype, float* dst, size_t n) {
       return convert_typed<V, WF16>(src, dst, n);
     case DType::kDTypeBF16:
       return convert_typed<V, WBF16>(src, dst, n);
+    case DType::kDTypeQ8_0:
+    case DType::kDTypeQ4_0:
+    case DType::kDTypeQ4_1:
+    case DType::kDTypeQ5_0:
+    case DType::kDTypeQ5_1:
+    case DType::kDTypeQ4_K:
+    case DType::kDTypeQ5_K:
+    case DType::kDTypeQ6_K:
+      break;
   }
+  fail_block_dtype("convert", dtype);
 }
 
 inline void prefetch(const float* p) { __builtin_prefetch(p, 0, 3); }

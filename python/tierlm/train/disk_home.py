@@ -1,21 +1,17 @@
-"""Disk home of offloaded training state: extents of the disk tier, read and written as futures.
+"""Disk home of offloaded training state: extents of a tierlm.DiskTier under one directory.
 
-Uses tierlm.DiskTier (the native I/O engine: io_uring or a pread/pwrite pool, O_DIRECT when
-aligned). Buffers passed in are numpy arrays over host-tier memory (page-aligned).
+The native I/O engine (io_uring or a pread/pwrite pool, O_DIRECT when aligned) reads and writes
+them through DiskExtent.pread / pwrite; buffers are numpy views of host-tier memory.
 """
 
 import os
 import shutil
+import time
 
 import tierlm
 from tierlm.errors import InvalidArgumentError
-from tierlm.sizes import format_size
-
-ALIGN = 4096
-
-
-def round_up(n, align=ALIGN):
-    return (n + align - 1) // align * align
+from tierlm.sizes import format_size, round_up
+from tierlm.tiers import PAGE
 
 
 def check_dir(disk_dir):
@@ -51,7 +47,7 @@ class DiskHome:
 
     def allocate(self, nbytes, what):
         try:
-            return self.tier.allocate(round_up(nbytes))
+            return self.tier.allocate(round_up(nbytes, PAGE))
         except OSError as e:
             raise type(e)(
                 e.errno,
@@ -63,26 +59,16 @@ class DiskHome:
         return self.tier.stats()
 
 
-class _Pending:
-    """A request in flight; holds its buffer until result() (tierlm.io's keeper would hold
-    completed buffers until it prunes, keeping host-tier memory charged after release)."""
-
-    __slots__ = ("_native", "_buf")
-
-    def __init__(self, native, buf):
-        self._native = native
-        self._buf = buf
-
-    def result(self):
+def wait_all(futures):
+    """Waits for every request (none may outlive its buffer, even when one fails) and raises
+    the first failure; returns the seconds waited."""
+    t0 = time.perf_counter()
+    first = None
+    for f in futures:
         try:
-            return self._native.result()
-        finally:
-            self._buf = None
-
-
-def pread(extent, buf, offset=0):
-    return _Pending(extent._native.pread(buf, offset), buf)
-
-
-def pwrite(extent, buf, offset=0):
-    return _Pending(extent._native.pwrite(buf, offset), buf)
+            f.result()
+        except BaseException as error:  # noqa: BLE001  (re-raised once all are done)
+            first = first or error
+    if first is not None:
+        raise first
+    return time.perf_counter() - t0

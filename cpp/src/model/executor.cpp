@@ -1,0 +1,181 @@
+// The interpreter's loop and what each op kind does with its buffers: kernels through the
+// backend, activation copies where an op cannot run in place, the KV append before attention.
+#include "model/executor.hpp"
+
+#include <climits>
+
+namespace tierlm::detail {
+
+Executor::Executor(ResolvedOps ops, Backend& backend, WeightStore& weights, KvCache& kv,
+                   SparseFfn* sparse, const float* rope_inv_freq, int64_t max_rows)
+    : resolved_(std::move(ops)),
+      backend_(backend),
+      weights_(weights),
+      kv_(kv),
+      sparse_(sparse),
+      rope_inv_freq_(rope_inv_freq),
+      positions_(static_cast<size_t>(max_rows)),
+      shifted_(static_cast<size_t>(max_rows)) {}
+
+const float* Executor::run(const ExecBatch& batch) {
+  const int64_t n = batch.n;
+  for (int64_t i = 0; i < n; ++i) {
+    positions_[i] = static_cast<int32_t>(batch.slots == nullptr ? kv_.length(batch.slot) + i
+                                                                : kv_.length(batch.slots[i]));
+  }
+  int layer = INT_MIN;
+  for (const ExecOp& op : resolved_.ops) {
+    if (op.layer != layer) {
+      if (layer != INT_MIN) weights_.end_layer(layer);
+      layer = op.layer;
+      weights_.begin_layer(layer);
+    }
+    run_op(op, batch);
+    if (op.weight >= 0) weights_.release(op.weight);  // a streaming store reuses its section
+  }
+  if (layer != INT_MIN) weights_.end_layer(layer);
+  if (sparse_) sparse_->end_batch(static_cast<size_t>(n));
+  if (batch.slots == nullptr) {
+    kv_.advance(batch.slot, n);
+  } else {
+    for (int64_t i = 0; i < n; ++i) kv_.advance(batch.slots[i], 1);
+  }
+  return resolved_.logits;
+}
+
+void Executor::run_op(const ExecOp& op, const ExecBatch& batch) {
+  const size_t rows = static_cast<size_t>(batch.n);
+  const size_t width = static_cast<size_t>(op.width);
+  const size_t elems = rows * width;
+  // Ops that run in place on a copy of their input when the planner gave them another buffer.
+  auto copy_input = [&] {
+    if (op.out != op.in[0]) backend_.copy_rows(op.out, elems, op.in[0], elems, 1, elems);
+  };
+  if (op.sparse >= 0) {
+    if (op.sparse_copy) {
+      copy_input();
+    } else {
+      sparse_->run(op.sparse, op.in[0], rows, static_cast<const float*>(weight(op.bias)),
+                   static_cast<const float*>(weight(op.sparse_gate_bias)),
+                   static_cast<const float*>(weight(op.sparse_down_bias)), op.out);
+    }
+    return;
+  }
+  switch (op.kind) {
+    case OpKind::kOpEmbedding:
+      if (const void* const* table_rows = weights_.rows(op.weight, batch.tokens, rows)) {
+        const int32_t zero = 0;  // each pointer is a one-row table
+        for (size_t i = 0; i < rows; ++i) {
+          backend_.embedding(table_rows[i], op.dtype, &zero, 1, width, op.out + i * width);
+        }
+      } else {
+        backend_.embedding(weight(op.weight), op.dtype, batch.tokens, rows, width, op.out);
+      }
+      break;
+    case OpKind::kOpPositionEmbedding: {
+      for (size_t i = 0; i < rows; ++i) {
+        shifted_[i] = positions_[i] + static_cast<int32_t>(op.offset);
+      }
+      float* rows_f32 = static_cast<float*>(op.workspace);
+      backend_.embedding(weight(op.weight), op.dtype, shifted_.data(), rows, width, rows_f32);
+      copy_input();
+      backend_.add(op.out, rows_f32, elems);
+      break;
+    }
+    case OpKind::kOpRmsNorm:
+      backend_.rmsnorm(op.in[0], weight(op.weight), op.dtype, op.out, rows, width, op.eps);
+      break;
+    case OpKind::kOpLayerNorm:
+      if (op.norm_f32 != nullptr) {
+        backend_.layernorm(op.in[0], op.norm_f32, op.normb_f32, DType::kDTypeF32, op.out, rows,
+                           width, op.eps);
+      } else {
+        backend_.layernorm(op.in[0], weight(op.weight), weight(op.bias), op.dtype, op.out, rows,
+                           width, op.eps);
+      }
+      break;
+    case OpKind::kOpLinear:
+    case OpKind::kOpLmHead: {
+      const float* x = op.in[0];
+      LinearShape shape;
+      shape.n = rows;
+      shape.rows = width;
+      shape.cols = static_cast<size_t>(op.in_width);
+      shape.w_dtype = op.dtype;
+      if (op.kind == OpKind::kOpLmHead && batch.slots == nullptr) {  // last token only
+        x += (rows - 1) * shape.cols;
+        shape.n = 1;
+      }
+      const void* bias = op.bias_apart ? nullptr : weight(op.bias);
+      backend_.linear(x, weight(op.weight), bias, op.out, shape, op.workspace);
+      if (op.bias_apart) {
+        const float* b = op.bias_f32 ? op.bias_f32 : static_cast<const float*>(weight(op.bias));
+        for (size_t r = 0; r < shape.n; ++r) backend_.add(op.out + r * width, b, width);
+      }
+      break;
+    }
+    case OpKind::kOpRope:
+      copy_input();
+      backend_.rope(op.out, positions_.data(), rope_inv_freq_, rows, op.shape.n_heads,
+                    op.shape.head_dim);
+      break;
+    case OpKind::kOpAttention:
+      attend(op, batch);
+      break;
+    case OpKind::kOpAdd:
+      if (op.out == op.in[0]) {
+        backend_.add(op.out, op.in[1], elems);
+      } else if (op.out == op.in[1]) {
+        backend_.add(op.out, op.in[0], elems);
+      } else {
+        copy_input();
+        backend_.add(op.out, op.in[1], elems);
+      }
+      break;
+    case OpKind::kOpSiluMul:
+      backend_.silu_mul(op.in[0], op.in[1], op.out, elems);
+      break;
+    case OpKind::kOpRelu:
+      copy_input();
+      backend_.relu(op.out, elems);
+      break;
+    case OpKind::kOpGelu:
+      copy_input();
+      backend_.gelu(op.out, elems);
+      break;
+  }
+}
+
+// Rows of one sequence are consecutive positions; a batched decode step has one row per
+// sequence, each attending over its own slot's cache. The step's keys and values go into the
+// cache first: attention reads them in place.
+void Executor::attend(const ExecOp& op, const ExecBatch& batch) {
+  const size_t rows = static_cast<size_t>(batch.n);
+  const size_t kv_heads = op.shape.n_kv_heads;
+  const size_t head_dim = op.shape.head_dim;
+  const size_t kv_width = kv_heads * head_dim;
+  const size_t q_width = op.shape.n_heads * head_dim;
+  const size_t groups = batch.slots == nullptr ? 1 : rows;
+  const size_t per_group = batch.slots == nullptr ? rows : 1;
+  for (size_t g = 0; g < groups; ++g) {
+    const int32_t slot = batch.slots == nullptr ? batch.slot : batch.slots[g];
+    const KvSlotView cache = kv_.view(static_cast<size_t>(op.kv), slot);
+    const size_t pos0 = static_cast<size_t>(kv_.length(slot));
+    const size_t row0 = g * per_group;
+    for (size_t i = 0; i < per_group; ++i) {
+      const size_t at = (pos0 + i) * head_dim;  // of head 0; heads are head_stride apart
+      const float* k = op.in[1] + (row0 + i) * kv_width;
+      const float* v = op.in[2] + (row0 + i) * kv_width;
+      backend_.copy_rows(cache.k + at, cache.head_stride, k, head_dim, kv_heads, head_dim);
+      backend_.copy_rows(cache.v + at, cache.head_stride, v, head_dim, kv_heads, head_dim);
+    }
+    AttentionShape shape = op.shape;
+    shape.n_q = per_group;
+    shape.q_pos0 = pos0;
+    shape.kv_len = pos0 + per_group;
+    backend_.attention(op.in[0] + row0 * q_width, cache.k, cache.v, op.out + row0 * q_width, shape,
+                       op.scale, op.workspace);
+  }
+}
+
+}  // namespace tierlm::detail

@@ -1,0 +1,52 @@
+// The interpreter: runs the resolved ops for one batch of rows through the backend, brackets
+// each layer for the weight store, appends the batch's keys and values to the KV cache and
+// advances the sequences. Allocates nothing.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/backend.hpp"
+#include "model/kv_cache.hpp"
+#include "model/op_resolve.hpp"
+#include "sparse/sparse_ffn_layer.hpp"
+#include "weights/weight_store.hpp"
+
+namespace tierlm::detail {
+
+// The rows of one step: n tokens of sequence slot `slot` at consecutive positions (prefill,
+// single decode), or with slots set one token per row, row i of sequence slots[i] (batched
+// decode; distinct slots).
+struct ExecBatch {
+  const int32_t* tokens = nullptr;
+  int64_t n = 0;
+  int32_t slot = 0;
+  const int32_t* slots = nullptr;
+};
+
+class Executor {
+ public:
+  // max_rows: the most rows a batch has (the arena was planned for it). sparse may be null.
+  Executor(ResolvedOps ops, Backend& backend, WeightStore& weights, KvCache& kv, SparseFfn* sparse,
+           const float* rope_inv_freq, int64_t max_rows);
+
+  // Runs the graph on the batch; returns the logits ([1, vocab] for one slot, [n, vocab] for a
+  // batched decode), valid until the next run.
+  const float* run(const ExecBatch& batch);
+
+ private:
+  void run_op(const ExecOp& op, const ExecBatch& batch);
+  void attend(const ExecOp& op, const ExecBatch& batch);
+  const void* weight(int index) const { return index < 0 ? nullptr : weights_.data(index); }
+
+  ResolvedOps resolved_;
+  Backend& backend_;
+  WeightStore& weights_;
+  KvCache& kv_;
+  SparseFfn* sparse_;
+  const float* rope_inv_freq_;
+  std::vector<int32_t> positions_;  // of each row of the batch
+  std::vector<int32_t> shifted_;    // positions + a position table's offset
+};
+
+}  // namespace tierlm::detail

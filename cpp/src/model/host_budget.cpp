@@ -1,0 +1,100 @@
+// The budget checks and messages of load, and the placement record they lead to. Weights come
+// last: a resident weight byte saves a read on every token, so they get what the parts that
+// must stay in the host tier leave.
+#include "model/host_budget.hpp"
+
+#include <algorithm>
+
+#include "tierlm/core/error.hpp"
+
+namespace tierlm::detail {
+
+namespace {
+
+constexpr uint64_t kPageBytes = 4096;  // the host tier's allocation granule
+
+uint64_t whole_pages(uint64_t bytes) { return (bytes + kPageBytes - 1) / kPageBytes * kPageBytes; }
+
+}  // namespace
+
+HostBudget host_budget_fit(const Package& package, const ModelOptions& options,
+                           const HostDemand& demand, SparseFfnPlan& sparse_plan) {
+  const Package& p = package;
+  HostBudget b;
+  b.weight_bytes = resident_weight_bytes(p, demand.tensors);
+  b.kv_bytes = whole_pages(demand.kv_bytes);
+  b.arena_bytes = whole_pages(std::max<uint64_t>(demand.arena_bytes, 1));
+  const uint64_t kv_bytes = b.kv_bytes;
+  const uint64_t arena_bytes = b.arena_bytes;
+  if (options.sparse && options.sparse_capacity == 0 &&
+      b.weight_bytes + kv_bytes + arena_bytes + sparse_plan.host_bytes > options.host_budget) {
+    // Weights first: a resident weight byte saves a read on every token, a cached window row
+    // only on some. Auto capacities then hold one token's prediction; the window still evicts
+    // the least recently used neurons when its union is larger.
+    size_sparse_caches(sparse_plan, 0, 1);
+  }
+  b.sparse_bytes = sparse_plan.host_bytes;
+  b.fixed_bytes = kv_bytes + arena_bytes + b.sparse_bytes;
+  const uint64_t needed = b.weight_bytes + b.fixed_bytes;
+  const WeightPlacement probe =
+      weight_placement(p, demand.tensors, 0, 0, demand.row_tensors, demand.chunk);
+  b.minimum_budget = probe.minimum() + b.fixed_bytes;
+  if (needed <= options.host_budget) return b;
+
+  const std::string sparse_part = options.sparse
+                                      ? " + sparse FFN neuron caches, staging and predictors " +
+                                            format_bytes(b.sparse_bytes) +
+                                            " (lower sparse_capacity or sparse_window)"
+                                      : std::string();
+  const uint64_t minimum = b.minimum_budget;
+  TIERLM_CHECK(b.fixed_bytes <= options.host_budget, kErrorBudget, "host tier: the KV cache (",
+               format_bytes(kv_bytes), " for ", demand.max_batch, " x ", demand.context,
+               " tokens) and activations (", format_bytes(arena_bytes), ")", sparse_part,
+               " stay in the host tier and do not fit the host budget of ",
+               format_bytes(options.host_budget),
+               "; lower max_context or max_batch, or raise "
+               "the host budget (streaming the weights needs at least ",
+               format_bytes(minimum), ")");
+  TIERLM_CHECK(minimum <= options.host_budget, kErrorBudget,
+               "host tier: streaming the weights "
+               "needs a host budget of at least ",
+               format_bytes(minimum), " (", minimum, " bytes: resident norms/embeddings/lm_head ",
+               format_bytes(probe.base_bytes), " + one staging section (the largest matrix) ",
+               format_bytes(probe.section_bytes), " + KV cache ", format_bytes(kv_bytes),
+               " + activations ", format_bytes(arena_bytes), sparse_part,
+               ") but the host budget is ", format_bytes(options.host_budget),
+               "; raise the host budget or lower max_context");
+  b.streaming = true;
+  b.placement =
+      weight_placement(p, demand.tensors, options.host_budget - b.fixed_bytes,
+                       static_cast<int>(options.ring_sections), demand.row_tensors, demand.chunk);
+  return b;
+}
+
+WeightPlacement host_budget_placement(const Package& package, const HostDemand& demand,
+                                      const HostBudget& budget) {
+  if (!budget.streaming) {
+    WeightPlacement info;
+    info.minimum_budget = budget.minimum_budget;
+    info.resident_bytes = budget.weight_bytes;
+    info.base_bytes = budget.weight_bytes;
+    return info;
+  }
+  const WeightPlacement& placement = budget.placement;
+  WeightPlacement info = placement;
+  info.streaming = true;
+  info.minimum_budget = budget.minimum_budget;
+  auto contains = [](const auto& list, const auto& value) {
+    return std::find(list.begin(), list.end(), value) != list.end();
+  };
+  for (const std::string& name : demand.tensors) {
+    const TensorInfo& t = package.tensor(name);
+    if (t.layer >= 0 && t.shape.size() >= 2 && contains(placement.streamed_layers, t.layer) &&
+        !contains(info.streamed_tensors, name) && !contains(placement.pinned_tensors, name)) {
+      info.streamed_tensors.push_back(name);
+    }
+  }
+  return info;
+}
+
+}  // namespace tierlm::detail

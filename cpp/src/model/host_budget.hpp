@@ -1,0 +1,49 @@
+// Host budget arithmetic at load: the KV cache, the activation arena and the sparse FFN stay in
+// the host tier; the weights are resident when everything fits, else streamed through a ring
+// under what is left. Says which, or refuses naming each part and the least budget that loads.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sparse/sparse_ffn_layer.hpp"
+#include "tierlm/model/model.hpp"
+#include "tierlm/model/package.hpp"
+#include "weights/weight_store.hpp"
+
+namespace tierlm::detail {
+
+// What load asks of the host tier besides the weights.
+struct HostDemand {
+  std::vector<std::string> tensors;      // weights the store holds
+  std::vector<std::string> row_tensors;  // tables that may be read by rows on demand
+  int64_t chunk = 0;                     // rows of a batch
+  int64_t context = 0;                   // KV cache tokens per slot
+  int64_t max_batch = 1;                 // KV cache slots
+  uint64_t kv_bytes = 0;                 // the KV cache's bytes
+  uint64_t arena_bytes = 0;              // the arena plan's peak
+};
+
+struct HostBudget {
+  uint64_t kv_bytes = 0;      // as the host tier charges them (whole pages)
+  uint64_t arena_bytes = 0;   // ... and the size the arena is allocated with
+  uint64_t weight_bytes = 0;  // every weight resident
+  uint64_t sparse_bytes = 0;  // the sparse FFN's caches, staging, predictors and scratch
+  uint64_t fixed_bytes = 0;   // KV cache + arena + sparse: held whatever the weights do
+  bool streaming = false;
+  WeightPlacement placement;    // when streaming
+  uint64_t minimum_budget = 0;  // the least host budget that loads (streaming)
+};
+
+// Fits the demand into options.host_budget. An auto-sized sparse FFN (sparse_capacity 0)
+// that would not fit beside resident weights shrinks its caches to one token's prediction
+// first (sparse_plan is resized then). Throws kErrorBudget.
+HostBudget host_budget_fit(const Package& package, const ModelOptions& options,
+                           const HostDemand& demand, SparseFfnPlan& sparse_plan);
+
+// The placement record Model::placement() reports for a fit.
+WeightPlacement host_budget_placement(const Package& package, const HostDemand& demand,
+                                      const HostBudget& budget);
+
+}  // namespace tierlm::detail

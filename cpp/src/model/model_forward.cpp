@@ -1,0 +1,109 @@
+// Batching: the forward entry points check a request (tokens, slots, context room), claim the
+// model for one thread, cut a prompt into prefill batches of at most chunk rows, and hand each
+// batch to the executor.
+#include <chrono>
+
+#include "model/model_impl.hpp"
+#include "tierlm/core/error.hpp"
+
+namespace tierlm {
+
+namespace {
+
+std::unique_lock<std::mutex> claim(std::mutex& busy) {
+  std::unique_lock lock(busy, std::try_to_lock);
+  TIERLM_CHECK(lock.owns_lock(), kErrorInvalidArgument,
+               "the model is already running on another thread; use one Model per thread");
+  return lock;
+}
+
+void check_tokens(std::span<const int32_t> tokens, int64_t vocab) {
+  TIERLM_CHECK(!tokens.empty(), kErrorInvalidArgument,
+               "empty prompt: give at least one token (a text prompt that tokenizes to nothing?)");
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    TIERLM_CHECK(tokens[i] >= 0 && tokens[i] < vocab, kErrorInvalidArgument, "token id ", tokens[i],
+                 " at index ", i, " is outside the vocabulary (0..", vocab - 1, ")");
+  }
+}
+
+}  // namespace
+
+void Model::reset() {
+  auto lock = claim(impl_->busy);
+  impl_->kv->clear_all();
+  ++impl_->sequence;
+  if (impl_->sparse) impl_->sparse->reset();
+}
+
+const float* Model::forward(std::span<const int32_t> tokens) { return forward(tokens, false); }
+
+const float* Model::forward(std::span<const int32_t> tokens, bool restart) {
+  return forward_slot(0, tokens, restart);
+}
+
+const float* Model::forward_slot(int32_t slot, std::span<const int32_t> tokens, bool restart) {
+  Impl& m = *impl_;
+  auto lock = claim(m.busy);
+  TIERLM_CHECK(slot >= 0 && slot < m.max_batch, kErrorInvalidArgument, "slot ", slot,
+               " is outside 0..", m.max_batch - 1, " (load the model with a larger max_batch)");
+  if (restart) {
+    m.kv->clear(slot);
+    ++m.sequence;
+    if (m.sparse) m.sparse->reset();  // cached rows of another sequence would join the sum
+  }
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  check_tokens(tokens, m.package.config.vocab_size);
+  const int64_t pos = m.kv->length(slot);
+  TIERLM_CHECK(pos + n <= m.context, kErrorInvalidArgument, "the sequence needs ", pos + n,
+               " positions (", pos, " in the cache + ", n, " new tokens) but the context holds ",
+               m.context, " (max_positions ", m.package.config.max_positions,
+               "); shorten the prompt");
+  const float* logits = nullptr;
+  for (int64_t start = 0; start < n; start += m.chunk) {
+    detail::ExecBatch batch;
+    batch.tokens = tokens.data() + start;
+    batch.n = std::min(m.chunk, n - start);
+    batch.slot = slot;
+    logits = m.executor->run(batch);
+  }
+  return logits;
+}
+
+const float* Model::forward_batch(std::span<const int32_t> tokens, std::span<const int32_t> slots) {
+  Impl& m = *impl_;
+  auto lock = claim(m.busy);
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  TIERLM_CHECK(slots.size() == tokens.size(), kErrorInvalidArgument,
+               "forward_batch: ", tokens.size(), " tokens for ", slots.size(),
+               " slots; give one token per slot");
+  TIERLM_CHECK(n <= m.max_batch, kErrorInvalidArgument, "forward_batch: ", n,
+               " sequences but the model was loaded with max_batch ", m.max_batch);
+  check_tokens(tokens, m.package.config.vocab_size);
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t s = slots[i];
+    TIERLM_CHECK(s >= 0 && s < m.max_batch, kErrorInvalidArgument, "forward_batch: slot ", s,
+                 " is outside 0..", m.max_batch - 1);
+    for (int64_t j = 0; j < i; ++j) {
+      TIERLM_CHECK(slots[j] != s, kErrorInvalidArgument, "forward_batch: slot ", s,
+                   " appears twice");
+    }
+    TIERLM_CHECK(m.kv->length(s) + 1 <= m.context, kErrorInvalidArgument, "forward_batch: slot ", s,
+                 " holds ", m.kv->length(s), " tokens, the context is full (", m.context, ")");
+  }
+  detail::ExecBatch batch;
+  batch.tokens = tokens.data();
+  batch.n = n;
+  batch.slots = slots.data();
+  return m.executor->run(batch);
+}
+
+std::vector<float> Model::logits(std::span<const int32_t> ids) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const float* out = forward(ids, true);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  record_timing(ids.size(), seconds, 0, 0.0);
+  return std::vector<float>(out, out + vocab_size());
+}
+
+}  // namespace tierlm

@@ -1,0 +1,140 @@
+// Model::load: checks the options, chooses the batch size, lists the tensors the graph reads,
+// then sizes, fits and allocates (arena plan, KV cache, host budget, weights) and resolves the
+// graph into the executor. Each step's rules live in its own file; this is their order.
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "model/exec_buffers.hpp"
+#include "model/host_budget.hpp"
+#include "model/model_impl.hpp"
+#include "model/op_resolve.hpp"
+#include "model/package_plans.hpp"
+#include "tierlm/core/error.hpp"
+#include "tierlm/core/parallel.hpp"
+
+namespace tierlm {
+
+namespace {
+
+constexpr int64_t kDefaultPrefillChunk = 256;
+
+// Rows per batch: the option, else the largest stored plan that fits the context and holds a
+// batched decode step, else kDefaultPrefillChunk; never fewer than max_batch, since a batched
+// decode step runs one row per sequence through the same arena.
+int64_t choose_chunk(const Package& package, const ModelOptions& options, int64_t context,
+                     int64_t max_batch) {
+  int64_t chunk = 0;
+  if (options.prefill_chunk > 0) {
+    chunk = std::min(options.prefill_chunk, context);
+  } else {
+    chunk = std::min(kDefaultPrefillChunk, context);
+    for (int64_t seq : detail::package_plan_seqs(package.path)) {
+      if (seq <= context && seq >= max_batch) chunk = seq;
+    }
+  }
+  return std::max(chunk, max_batch);
+}
+
+// Tables that only token embeddings read, which a streaming store may read by rows on demand.
+std::vector<std::string> row_read_tables(const Package& package) {
+  std::vector<std::string> tables;
+  for (const GraphOp& op : package.graph.ops) {
+    if (op.kind != OpKind::kOpEmbedding) continue;
+    const std::string name = detail::graph_weight_name(package, op);
+    bool only_rows = true;
+    for (const GraphOp& other : package.graph.ops) {
+      if (other.kind != OpKind::kOpEmbedding &&
+          (detail::graph_weight_name(package, other) == name || other.bias == name))
+        only_rows = false;
+    }
+    if (only_rows) tables.push_back(name);
+  }
+  return tables;
+}
+
+}  // namespace
+
+Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Model::Model(Model&&) noexcept = default;
+Model& Model::operator=(Model&&) noexcept = default;
+Model::~Model() = default;
+
+Model Model::load(const std::string& path, const ModelOptions& options) {
+  check_model_options(options);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto impl = std::make_unique<Impl>();
+  Impl& m = *impl;
+  m.options = options;
+  m.package = package_open(path);
+  const Package& p = m.package;
+  const ModelConfig& c = p.config;
+  if (options.threads > 0 && options.threads != parallel_threads()) {
+    parallel_set_threads(options.threads);
+  }
+
+  m.context =
+      options.max_context > 0 ? std::min(options.max_context, c.max_positions) : c.max_positions;
+  m.max_batch = options.max_batch;
+  m.chunk = choose_chunk(p, options, m.context, m.max_batch);
+  m.backend = detail::backend_cpu();
+
+  detail::HostDemand demand;
+  demand.chunk = m.chunk;
+  demand.context = m.context;
+  demand.max_batch = m.max_batch;
+  for (const GraphOp& op : p.graph.ops) {
+    if (!op.weight.empty()) demand.tensors.push_back(detail::graph_weight_name(p, op));
+    if (!op.bias.empty()) demand.tensors.push_back(op.bias);
+  }
+  // Sparse FFN: the FFN matrices are read per neuron from the bundles, not by the store.
+  detail::SparseFfnPlan sparse_plan;
+  if (options.sparse) {
+    sparse_plan = detail::sparse_ffn_plan(p, {.window = options.sparse_window,
+                                              .capacity = options.sparse_capacity,
+                                              .bundled = options.sparse_bundled,
+                                              .verify = options.verify,
+                                              .max_rows = static_cast<size_t>(m.chunk)});
+    std::erase_if(demand.tensors, [&](const std::string& name) {
+      return std::find(sparse_plan.dense_tensors.begin(), sparse_plan.dense_tensors.end(), name) !=
+             sparse_plan.dense_tensors.end();
+    });
+  }
+  demand.row_tensors = row_read_tables(p);
+
+  // Memory: buffers and plan for a chunk, KV cache for the context, then the budget.
+  const detail::BufferAssignment assignment =
+      detail::buffers_assign(p, *m.backend, m.chunk, m.context, m.max_batch);
+  m.plan = detail::buffers_plan(p, assignment, m.chunk);
+  const std::vector<detail::KvLayerShape> kv_layers = detail::kv_layer_shapes(p);
+  demand.kv_bytes = detail::KvCache::bytes_needed(kv_layers, m.context, m.max_batch);
+  demand.arena_bytes = m.plan.peak;
+  const detail::HostBudget budget = detail::host_budget_fit(p, options, demand, sparse_plan);
+
+  detail::WeightStoreOptions store_options;
+  store_options.verify = options.verify;
+  m.host = std::make_unique<HostTier>(options.host_budget, options.lock);
+  if (budget.streaming) {
+    auto store =
+        detail::weight_store_streaming(p, *m.host, demand.tensors, budget.placement, store_options);
+    m.stream = store.get();
+    m.weights = std::move(store);
+  } else {
+    m.weights = detail::weight_store_resident(p, *m.host, demand.tensors, store_options);
+  }
+  m.placement = detail::host_budget_placement(p, demand, budget);
+  m.kv = std::make_unique<detail::KvCache>(*m.host, kv_layers, m.context, m.max_batch);
+  m.arena = m.host->allocate(budget.arena_bytes);
+  std::memset(m.arena.data(), 0, m.arena.size());
+  if (options.sparse) m.sparse = std::make_unique<detail::SparseFfn>(sparse_plan, *m.host);
+
+  detail::ResolvedOps ops =
+      detail::ops_resolve(p, assignment, m.plan, static_cast<char*>(m.arena.data()), *m.weights,
+                          *m.backend, options.sparse ? &sparse_plan : nullptr, m.context);
+  m.executor = std::make_unique<detail::Executor>(std::move(ops), *m.backend, *m.weights, *m.kv,
+                                                  m.sparse.get(), c.rope_inv_freq.data(), m.chunk);
+  m.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return Model(std::move(impl));
+}
+
+}  // namespace tierlm

@@ -1,0 +1,54 @@
+// The stats merge: ModelStats from the generation totals, the weight store, the host tier, the
+// streaming ring and the sparse FFN, plus the event and token logs they keep.
+#include "model/model_impl.hpp"
+
+namespace tierlm {
+
+void Model::record_timing(uint64_t prefill_tokens, double prefill_seconds, uint64_t decode_tokens,
+                          double decode_seconds) {
+  ModelStats& t = impl_->totals;
+  t.prefill_tokens += prefill_tokens;
+  t.prefill_seconds += prefill_seconds;
+  t.decode_tokens += decode_tokens;
+  t.decode_seconds += decode_seconds;
+}
+
+ModelStats Model::stats() const {
+  const Impl& m = *impl_;
+  ModelStats s = m.totals;
+  const detail::WeightStoreStats ws = m.weights->stats();
+  s.load_seconds = m.load_seconds;
+  s.disk_bytes_read = ws.disk_bytes_read;
+  s.weight_bytes = ws.resident_bytes;
+  s.kv_bytes = m.kv->bytes();
+  s.arena_bytes = m.arena.size();
+  s.host = m.host->stats();
+  if (m.stream != nullptr) static_cast<StreamStats&>(s) = m.stream->stream_stats();
+  if (m.sparse) {
+    // The sparse layer's record; its reads count as disk reads, and its I/O back end names
+    // the model's when no weights stream.
+    static_cast<SparseStats&>(s) = m.sparse->stats();
+    s.disk_bytes_read += s.sparse_bytes_read;
+    if (s.io_backend.empty()) {
+      const detail::SparseFfnIo& io = m.sparse->io();
+      s.io_backend = io.backend;
+      s.io_direct = io.direct;
+      s.io_registered = io.registered;
+    }
+  }
+  return s;
+}
+
+const WeightPlacement& Model::placement() const { return impl_->placement; }
+
+std::vector<StreamEvent> Model::stream_events() const {
+  if (impl_->stream == nullptr) return {};
+  return impl_->stream->events();
+}
+
+std::vector<SparseTokenInfo> Model::sparse_tokens() const {
+  if (impl_->sparse == nullptr) return {};
+  return impl_->sparse->tokens();
+}
+
+}  // namespace tierlm

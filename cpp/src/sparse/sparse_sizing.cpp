@@ -1,0 +1,103 @@
+// Sizes what the sparse FFN runtime allocates at load: each layer's neuron cache capacity, the
+// shared staging buffer, the scratch layout, and their host-tier total (plan.host_bytes), which
+// the model counts against the host budget before anything is allocated.
+#include <algorithm>
+#include <cmath>
+
+#include "sparse/sparse_plan.hpp"
+#include "tierlm/core/align.hpp"
+#include "tierlm/core/parallel.hpp"
+#include "tierlm/io/io.hpp"
+#include "tierlm/sparse/neuron_cache.hpp"
+#include "tierlm/sparse/sparse_stats.hpp"
+
+namespace tierlm::detail {
+
+namespace {
+
+constexpr double kCapacityMargin = 1.5;
+constexpr size_t kMaxStaging = 64ull << 20;
+constexpr size_t kMaxPartials = 16;
+constexpr size_t kScratchAlignment = 64;  // a cache line: views never share one
+
+// What a host-tier allocation of `bytes` reserves (whole pages, at least one).
+uint64_t page(uint64_t bytes) { return round_up(std::max<uint64_t>(bytes, 1), kAlignment); }
+
+// Worst widened size of a range of len bytes at offsets that are multiples of stride.
+uint64_t worst_widened(uint64_t len, uint64_t stride) {
+  if (stride % kAlignment == 0) return round_up(len, kAlignment);
+  return round_up(len + kAlignment - 1, kAlignment);
+}
+
+}  // namespace
+
+SparseScratchLayout sparse_scratch_layout(const SparseFfnPlan& plan) {
+  size_t max_n = 0, max_rank = 0, max_dim = 0, max_cap = 0;
+  for (const SparseLayerPlan& l : plan.layers) {
+    max_n = std::max(max_n, l.n_neurons);
+    max_rank = std::max(max_rank, l.rank);
+    max_dim = std::max(max_dim, l.dim);
+    max_cap = std::max(max_cap, l.capacity);
+  }
+  SparseScratchLayout s;
+  // A token's reads: at most two requests per row (unbundled), plus the open range's.
+  s.max_requests = 2 * max_cap + 2;
+  auto take = [&](size_t bytes) {
+    const size_t at = s.bytes;
+    s.bytes += round_up(bytes, kScratchAlignment);
+    return at;
+  };
+  s.mid = take(max_rank * sizeof(float));
+  s.logits = take(max_n * sizeof(float));
+  s.active = take(max_n * sizeof(int32_t));
+  s.to_load = take(max_n * sizeof(int32_t));
+  s.to_evict = take(max_n * sizeof(int32_t));
+  s.need = take(max_n * sizeof(int32_t));
+  s.evict = take(max_n * sizeof(int32_t));
+  s.pending_a = take(max_cap * sizeof(uint64_t));
+  s.pending_b = take(max_cap * sizeof(uint64_t));
+  s.requests = take(s.max_requests * sizeof(IoRequest));
+  s.partial = take(plan.partials * max_dim * sizeof(float));
+  s.y_tmp = take(max_dim * sizeof(float));
+  s.rows = take(plan.max_rows * sizeof(SparseTokenInfo));
+  s.log = take(kSparseTokenLog * sizeof(SparseTokenInfo));
+  return s;
+}
+
+void size_sparse_caches(SparseFfnPlan& plan, int64_t capacity, size_t capacity_tokens) {
+  size_t max_cap = 0;
+  uint64_t worst_row = 0, bound = 0;
+  for (SparseLayerPlan& l : plan.layers) {
+    if (capacity > 0) {
+      l.capacity = std::min<size_t>(static_cast<size_t>(capacity), l.n_neurons);
+    } else if (l.predicted_density > 0) {
+      const double want = std::ceil(l.predicted_density * static_cast<double>(l.n_neurons) *
+                                    static_cast<double>(capacity_tokens) * kCapacityMargin);
+      l.capacity = std::clamp<size_t>(static_cast<size_t>(want), 1, l.n_neurons);
+    } else {
+      l.capacity = l.n_neurons;
+    }
+    max_cap = std::max(max_cap, l.capacity);
+    const uint64_t row = plan.bundled ? worst_widened(l.row_bytes, l.row_bytes)
+                                      : 2 * worst_widened(l.up_part_bytes(), l.row_bytes);
+    worst_row = std::max(worst_row, row);
+    bound = std::max(bound, plan.bundled ? l.file_bytes : l.capacity * row);
+  }
+  const uint64_t staging = std::min<uint64_t>(bound, max_cap * worst_row);
+  plan.staging_bytes = static_cast<size_t>(
+      std::max<uint64_t>(std::min<uint64_t>(staging, kMaxStaging), 2 * worst_row));
+  plan.partials = std::clamp<size_t>(parallel_threads(), 1, kMaxPartials);
+  plan.scratch = sparse_scratch_layout(plan);
+  plan.predictor_floats = 0;
+  uint64_t bytes = page(plan.staging_bytes) + page(plan.scratch.bytes);
+  for (const SparseLayerPlan& l : plan.layers) {
+    bytes += page(l.capacity * l.row_bytes) + page((l.n_neurons + l.capacity) * 4);  // cache
+    bytes += page(NeuronWindow::state_bytes(l.n_neurons, plan.window));
+    bytes += page(l.n_neurons * sizeof(int64_t));  // last use per neuron
+    plan.predictor_floats += l.rank * l.dim + l.n_neurons * l.rank + l.n_neurons;
+  }
+  bytes += page(plan.predictor_floats * sizeof(float));
+  plan.host_bytes = bytes;
+}
+
+}  // namespace tierlm::detail

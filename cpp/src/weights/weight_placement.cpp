@@ -1,0 +1,202 @@
+// The streaming store's placement (see weight_placement.hpp): row tables, base and per-layer
+// bytes, the ring depth, the resident prefix of layers, matrices pinned with what is left, and
+// the chunks the ring will read, by the same rules the store applies.
+#include "weights/weight_placement.hpp"
+
+#include <algorithm>
+#include <map>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "tierlm/core/align.hpp"
+
+namespace tierlm::detail {
+
+namespace {
+
+// Auto ring depth: sections of one matrix each, about this many bytes in all so several
+// 8 MiB requests stay queued while a matrix computes.
+constexpr uint64_t kAutoRingBytes = 64ull << 20;
+constexpr uint64_t kMinAutoSections = 2;
+constexpr uint64_t kMaxAutoSections = 16;
+
+bool streamable(const TensorInfo& t) { return t.layer >= 0 && t.shape.size() >= 2; }
+
+uint64_t slot_bytes(const TensorInfo& t) { return round_up(t.nbytes, kAlignment); }
+
+bool contains(const std::vector<std::string>& names, const std::string& name) {
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+}  // namespace
+
+uint64_t weight_row_slot_bytes(const TensorInfo& t) {
+  if (t.shape.size() != 2 || t.shape[0] <= 0) return 0;
+  const uint64_t row = t.nbytes / static_cast<uint64_t>(t.shape[0]);
+  const bool aligned = row % kAlignment == 0 && t.offset % kAlignment == 0;
+  return round_up(row, kAlignment) + (aligned ? 0 : kAlignment);
+}
+
+std::vector<TensorInfo> weight_tensors(const Package& package,
+                                       const std::vector<std::string>& names) {
+  std::vector<TensorInfo> out;
+  std::unordered_set<std::string> seen;
+  for (const std::string& name : names) {
+    if (seen.insert(name).second) out.push_back(package.tensor(name));
+  }
+  return out;
+}
+
+std::vector<WeightHome> weight_homes(std::span<const TensorInfo> tensors,
+                                     const WeightPlacement& placement) {
+  const std::unordered_set<std::string> rows(placement.row_tensors.begin(),
+                                             placement.row_tensors.end());
+  const std::unordered_set<std::string> pinned(placement.pinned_tensors.begin(),
+                                               placement.pinned_tensors.end());
+  const std::unordered_set<int> streamed(placement.streamed_layers.begin(),
+                                         placement.streamed_layers.end());
+  std::vector<WeightHome> homes;
+  homes.reserve(tensors.size());
+  for (const TensorInfo& t : tensors) {
+    if (rows.count(t.name) != 0) {
+      homes.push_back(WeightHome::kWeightHomeRows);
+    } else if (streamable(t) && streamed.count(t.layer) != 0 && pinned.count(t.name) == 0) {
+      homes.push_back(WeightHome::kWeightHomeStreamed);
+    } else {
+      homes.push_back(WeightHome::kWeightHomeResident);
+    }
+  }
+  return homes;
+}
+
+std::vector<std::vector<size_t>> weight_chunks(std::span<const TensorInfo> tensors,
+                                               std::span<const WeightHome> homes,
+                                               const WeightPlacement& placement) {
+  std::vector<std::vector<size_t>> chunks;
+  for (int layer : placement.streamed_layers) {
+    uint64_t used = 0;
+    bool first = true;  // a layer's first matrix opens a chunk: a chunk is one layer's
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      if (homes[i] != WeightHome::kWeightHomeStreamed || tensors[i].layer != layer) continue;
+      const uint64_t bytes = slot_bytes(tensors[i]);
+      if (first || used + bytes > placement.section_bytes) {
+        chunks.emplace_back();
+        used = 0;
+        first = false;
+      }
+      chunks.back().push_back(i);
+      used += bytes;
+    }
+  }
+  return chunks;
+}
+
+WeightPlacement weight_placement(std::span<const TensorInfo> all,
+                                 const WeightPlacementOptions& options) {
+  WeightPlacement p;
+  std::map<int, uint64_t> layer_bytes;
+  std::map<int, int> layer_matrices;
+  const int64_t max_rows = options.max_rows;
+  p.max_rows = max_rows;
+  for (const TensorInfo& t : all) {
+    const uint64_t bytes = slot_bytes(t);
+    const uint64_t row_buffer =
+        weight_row_slot_bytes(t) * static_cast<uint64_t>(std::max<int64_t>(max_rows, 0));
+    if (t.shape.size() == 2 && max_rows > 0 && row_buffer < bytes &&
+        contains(options.row_tensors, t.name)) {
+      p.row_tensors.push_back(t.name);
+      p.row_buffer_bytes += row_buffer;
+      p.base_bytes += row_buffer;
+    } else if (streamable(t)) {
+      layer_bytes[t.layer] += bytes;
+      ++layer_matrices[t.layer];
+      p.section_bytes = std::max(p.section_bytes, bytes);
+    } else {
+      p.base_bytes += bytes;
+    }
+  }
+  uint64_t total = 0;
+  for (const auto& [layer, bytes] : layer_bytes) total += bytes;
+  if (options.weight_budget < p.minimum()) return p;  // caller refuses with minimum()
+  const uint64_t avail = options.weight_budget - p.base_bytes;
+  if (avail >= total || layer_bytes.empty()) {
+    for (const auto& [layer, bytes] : layer_bytes) p.resident_layers.push_back(layer);
+    p.resident_bytes = p.base_bytes + total;
+    return p;
+  }
+  // Sections hold one matrix (the largest); auto: about kAutoRingBytes of them, at least
+  // kMinAutoSections, never more than a quarter of the budget beyond that.
+  const uint64_t section = p.section_bytes;
+  const uint64_t fit = avail / section;
+  uint64_t want = static_cast<uint64_t>(options.ring_sections);
+  if (options.ring_sections <= 0) {
+    want = std::max<uint64_t>(
+        kMinAutoSections,
+        std::min<uint64_t>((kAutoRingBytes + section - 1) / section, avail / 4 / section));
+    want = std::min<uint64_t>(want, kMaxAutoSections);
+  }
+  int k = static_cast<int>(std::min<uint64_t>(want, std::max<uint64_t>(fit, 1)));
+  for (;;) {
+    p.resident_layers.clear();
+    p.streamed_layers.clear();
+    uint64_t room = avail - static_cast<uint64_t>(k) * section;
+    int matrices = 0;
+    for (const auto& [layer, bytes] : layer_bytes) {
+      if (bytes <= room) {
+        room -= bytes;
+        p.resident_layers.push_back(layer);
+      } else {
+        room = 0;  // keep resident layers a prefix: the ring streams a contiguous run
+        p.streamed_layers.push_back(layer);
+        matrices += layer_matrices[layer];
+      }
+    }
+    if (matrices >= k) break;
+    k = std::max(matrices, 1);  // more sections than streamed matrices would sit idle
+  }
+  p.sections = k;
+  p.resident_bytes = p.base_bytes;
+  for (int layer : p.resident_layers) p.resident_bytes += layer_bytes[layer];
+  // What is left after the ring and the resident layers keeps single matrices of streamed
+  // layers resident (from the last streamed layer back), so fewer bytes are read per token.
+  uint64_t left = avail + p.base_bytes - p.resident_bytes - static_cast<uint64_t>(k) * section;
+  std::map<int, uint64_t> streamed;
+  for (int layer : p.streamed_layers) streamed[layer] = layer_bytes[layer];
+  for (auto it = p.streamed_layers.rbegin(); it != p.streamed_layers.rend() && left >= kAlignment;
+       ++it) {
+    for (const TensorInfo& t : all) {
+      const uint64_t bytes = slot_bytes(t);
+      if (t.layer != *it || !streamable(t) || bytes > left) continue;
+      if (contains(p.row_tensors, t.name)) continue;
+      if (streamed[t.layer] == bytes) continue;  // keep at least one matrix streamed
+      p.pinned_tensors.push_back(t.name);
+      streamed[t.layer] -= bytes;
+      p.resident_bytes += bytes;
+      left -= bytes;
+    }
+  }
+  // Sections shrink to the largest matrix still streamed; the chunks are those the store packs.
+  const std::vector<WeightHome> homes = weight_homes(all, p);
+  p.section_bytes = 0;
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (homes[i] == WeightHome::kWeightHomeStreamed) {
+      p.section_bytes = std::max(p.section_bytes, slot_bytes(all[i]));
+    }
+  }
+  p.chunks = static_cast<int>(weight_chunks(all, homes, p).size());
+  for (const auto& [layer, bytes] : streamed) p.streamed_bytes += bytes;
+  p.ring_bytes = static_cast<uint64_t>(k) * p.section_bytes;
+  return p;
+}
+
+WeightPlacement weight_placement(const Package& package, const std::vector<std::string>& names,
+                                 uint64_t weight_budget, int ring_sections,
+                                 const std::vector<std::string>& row_tensors, int64_t max_rows) {
+  const std::vector<TensorInfo> tensors = weight_tensors(package, names);
+  return weight_placement(tensors, {.weight_budget = weight_budget,
+                                    .ring_sections = ring_sections,
+                                    .row_tensors = row_tensors,
+                                    .max_rows = max_rows});
+}
+
+}  // namespace tierlm::detail

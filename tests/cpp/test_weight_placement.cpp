@@ -1,0 +1,187 @@
+// weight_placement on its own: records built by hand (no package, no I/O), sizes worked out in
+// the comments: budget 0, exactly fitting, one byte short, the minimum and one byte under it,
+// a ring asked larger than the budget, odd sizes, rows on demand, and the chunks the store packs.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "weights/weight_placement.hpp"
+
+namespace tierlm::detail {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+
+TensorInfo tensor(const std::string& name, int layer, std::vector<int64_t> shape, uint64_t nbytes,
+                  uint64_t offset = 0) {
+  TensorInfo t;
+  t.name = name;
+  t.layer = layer;
+  t.shape = std::move(shape);
+  t.nbytes = nbytes;
+  t.offset = offset;
+  return t;
+}
+
+// Three layers of odd-sized matrices q (5000 bytes: 2 pages), k (4096: 1 page), mlp (12289:
+// 4 pages) and a norm (100: 1 page); an embedding of 50 rows of 200 bytes (10000: 3 pages) and a
+// final norm. Base = embedding + 4 norms = 7 pages; each layer's matrices 7 pages; the largest
+// matrix 4 pages.
+std::vector<TensorInfo> model() {
+  std::vector<TensorInfo> t = {tensor("embed", -1, {50, 50}, 10000)};
+  for (int l = 0; l < 3; ++l) {
+    const std::string p = "l" + std::to_string(l) + ".";
+    t.push_back(tensor(p + "norm", l, {25}, 100));
+    t.push_back(tensor(p + "q", l, {50, 25}, 5000));
+    t.push_back(tensor(p + "k", l, {32, 32}, 4096));
+    t.push_back(tensor(p + "mlp", l, {12289, 1}, 12289));
+  }
+  t.push_back(tensor("norm", -1, {25}, 100));
+  return t;
+}
+
+constexpr uint64_t kBase = 7 * kPage;
+constexpr uint64_t kLayer = 7 * kPage;
+constexpr uint64_t kLargest = 4 * kPage;
+
+WeightPlacement place(uint64_t budget, int ring_sections = 0) {
+  return weight_placement(model(), {.weight_budget = budget, .ring_sections = ring_sections});
+}
+
+TEST(WeightPlacement, BudgetZeroPlansNothing) {
+  const WeightPlacement p = place(0);
+  EXPECT_EQ(p.base_bytes, kBase);
+  EXPECT_EQ(p.section_bytes, kLargest);
+  EXPECT_EQ(p.minimum(), kBase + kLargest);
+  EXPECT_TRUE(p.resident_layers.empty());
+  EXPECT_TRUE(p.streamed_layers.empty());
+  EXPECT_EQ(p.sections, 0);
+  EXPECT_EQ(p.chunks, 0);
+}
+
+TEST(WeightPlacement, ExactlyFittingKeepsEverythingResident) {
+  for (uint64_t budget : {kBase + 3 * kLayer, kBase + 3 * kLayer + 1, uint64_t{1} << 40}) {
+    const WeightPlacement p = place(budget);
+    EXPECT_EQ(p.resident_layers, (std::vector<int>{0, 1, 2})) << budget;
+    EXPECT_TRUE(p.streamed_layers.empty()) << budget;
+    EXPECT_EQ(p.resident_bytes, kBase + 3 * kLayer) << budget;
+    EXPECT_EQ(p.sections, 0) << budget;
+    EXPECT_EQ(p.ring_bytes, 0u) << budget;
+    EXPECT_EQ(p.streamed_bytes, 0u) << budget;
+  }
+}
+
+TEST(WeightPlacement, OneByteShortStreamsAndPinsWhatIsLeft) {
+  // avail = 21 pages - 1 byte; auto ring = 2 sections (8 pages): room for layer 0 (7 pages),
+  // layers 1 and 2 stream. Left: 6 pages - 1 byte pins l2.q (2) and l2.k (1), then l1.q (2);
+  // 1 page - 1 byte pins nothing more. Still streamed: l1.k, l1.mlp, l2.mlp -> sections of
+  // 4 pages, chunks [l1.k] [l1.mlp] (5 pages do not fit one) [l2.mlp].
+  const uint64_t budget = kBase + 3 * kLayer - 1;
+  const WeightPlacement p = place(budget);
+  EXPECT_EQ(p.sections, 2);
+  EXPECT_EQ(p.resident_layers, (std::vector<int>{0}));
+  EXPECT_EQ(p.streamed_layers, (std::vector<int>{1, 2}));
+  EXPECT_EQ(p.pinned_tensors, (std::vector<std::string>{"l2.q", "l2.k", "l1.q"}));
+  EXPECT_EQ(p.resident_bytes, kBase + kLayer + 5 * kPage);
+  EXPECT_EQ(p.section_bytes, kLargest);
+  EXPECT_EQ(p.ring_bytes, 2 * kLargest);
+  EXPECT_EQ(p.streamed_bytes, 9 * kPage);
+  EXPECT_EQ(p.chunks, 3);
+  EXPECT_LE(p.resident_bytes + p.ring_bytes, budget);
+
+  const std::vector<TensorInfo> t = model();
+  const std::vector<WeightHome> homes = weight_homes(t, p);
+  std::vector<std::string> streamed;
+  for (size_t i = 0; i < t.size(); ++i) {
+    if (homes[i] == WeightHome::kWeightHomeStreamed) streamed.push_back(t[i].name);
+  }
+  EXPECT_EQ(streamed, (std::vector<std::string>{"l1.k", "l1.mlp", "l2.mlp"}));
+  std::vector<std::vector<std::string>> chunks;
+  for (const std::vector<size_t>& c : weight_chunks(t, homes, p)) {
+    chunks.emplace_back();
+    for (size_t i : c) chunks.back().push_back(t[i].name);
+  }
+  EXPECT_EQ(chunks, (std::vector<std::vector<std::string>>{{"l1.k"}, {"l1.mlp"}, {"l2.mlp"}}));
+}
+
+TEST(WeightPlacement, AtTheMinimumOneSectionStreamsEveryLayer) {
+  const WeightPlacement p = place(kBase + kLargest);
+  EXPECT_EQ(p.sections, 1);
+  EXPECT_TRUE(p.resident_layers.empty());
+  EXPECT_EQ(p.streamed_layers, (std::vector<int>{0, 1, 2}));
+  EXPECT_TRUE(p.pinned_tensors.empty());
+  EXPECT_EQ(p.resident_bytes, kBase);
+  EXPECT_EQ(p.streamed_bytes, 3 * kLayer);
+  EXPECT_EQ(p.chunks, 6);  // per layer: [q k] (3 pages) and [mlp] (4 pages)
+  const WeightPlacement under = place(kBase + kLargest - 1);
+  EXPECT_TRUE(under.streamed_layers.empty());
+  EXPECT_TRUE(under.resident_layers.empty());
+  EXPECT_EQ(under.sections, 0);
+}
+
+TEST(WeightPlacement, RingLargerThanTheBudgetGetsWhatFits) {
+  // 100 sections asked, 3 fit (avail = 3 sections): all layers stream through 3.
+  const WeightPlacement p = place(kBase + 3 * kLargest, 100);
+  EXPECT_EQ(p.sections, 3);
+  EXPECT_EQ(p.ring_bytes, 3 * kLargest);
+  EXPECT_TRUE(p.resident_layers.empty());
+  EXPECT_LE(p.resident_bytes + p.ring_bytes, kBase + 3 * kLargest);
+  // One asked, one given: the rest of the budget keeps layer 0 resident and pins from the end.
+  const WeightPlacement one = place(kBase + kLargest + kLayer + kPage, 1);
+  EXPECT_EQ(one.sections, 1);
+  EXPECT_EQ(one.resident_layers, (std::vector<int>{0}));
+  EXPECT_EQ(one.pinned_tensors, (std::vector<std::string>{"l2.k"}));
+}
+
+TEST(WeightPlacement, PageSizePlusOneRoundsUpAndGetsItsOwnChunk) {
+  // a: 4097 bytes (2 pages), b: 9 bytes (1 page), one layer; a budget one byte short of both.
+  // 8 sections asked, 1 fits; 1 page - 1 byte left pins nothing; a fills the section, so b
+  // starts a second chunk.
+  const std::vector<TensorInfo> t = {tensor("a", 0, {1, 4097}, 4097), tensor("b", 0, {1, 9}, 9)};
+  const WeightPlacement p =
+      weight_placement(t, {.weight_budget = 3 * kPage - 1, .ring_sections = 8});
+  EXPECT_EQ(p.base_bytes, 0u);
+  EXPECT_EQ(p.section_bytes, 2 * kPage);
+  EXPECT_EQ(p.streamed_layers, (std::vector<int>{0}));
+  EXPECT_EQ(p.sections, 1);
+  EXPECT_TRUE(p.pinned_tensors.empty());
+  EXPECT_EQ(p.chunks, 2);
+  EXPECT_EQ(p.streamed_bytes, 3 * kPage);
+  // Page size - 1 and 1 byte round to one page each: sections of one page, a chunk each.
+  const std::vector<TensorInfo> u = {tensor("a", 0, {1, 4095}, 4095), tensor("b", 0, {1, 1}, 1)};
+  const WeightPlacement q = weight_placement(u, {.weight_budget = 2 * kPage - 1});
+  EXPECT_EQ(q.section_bytes, kPage);
+  EXPECT_EQ(q.sections, 1);
+  EXPECT_EQ(q.chunks, 2);
+}
+
+TEST(WeightPlacement, OnlySmallTensorsNeedOnlyTheBase) {
+  const std::vector<TensorInfo> t = {tensor("n", 0, {7}, 28), tensor("m", -1, {3}, 12)};
+  EXPECT_TRUE(weight_placement(t, {.weight_budget = 2 * kPage - 1}).resident_layers.empty());
+  const WeightPlacement p = weight_placement(t, {.weight_budget = 2 * kPage});
+  EXPECT_EQ(p.minimum(), 2 * kPage);
+  EXPECT_EQ(p.resident_bytes, 2 * kPage);
+  EXPECT_EQ(p.sections, 0);
+}
+
+TEST(WeightPlacement, RowsOnDemandWhenTheirBuffersAreSmaller) {
+  // 200-byte rows straddle pages: 2 pages a row. One row (2 pages) < the table (3 pages).
+  const WeightPlacement one = weight_placement(model(), {.row_tensors = {"embed"}, .max_rows = 1});
+  EXPECT_EQ(one.row_tensors, (std::vector<std::string>{"embed"}));
+  EXPECT_EQ(one.row_buffer_bytes, 2 * kPage);
+  EXPECT_EQ(one.base_bytes, kBase - 3 * kPage + 2 * kPage);
+  EXPECT_EQ(weight_homes(model(), one).front(), WeightHome::kWeightHomeRows);
+  // Two rows (4 pages) are not smaller than the table; without max_rows nothing is by rows.
+  EXPECT_TRUE(
+      weight_placement(model(), {.row_tensors = {"embed"}, .max_rows = 2}).row_tensors.empty());
+  EXPECT_TRUE(weight_placement(model(), {.row_tensors = {"embed"}}).row_tensors.empty());
+  // Page-sized rows at an aligned offset need one page each.
+  const std::vector<TensorInfo> t = {tensor("e", -1, {3, 1024}, 3 * kPage, 8 * kPage)};
+  EXPECT_EQ(weight_row_slot_bytes(t[0]), kPage);
+  EXPECT_EQ(weight_placement(t, {.row_tensors = {"e"}, .max_rows = 2}).row_buffer_bytes, 2 * kPage);
+  EXPECT_EQ(weight_row_slot_bytes(tensor("e", -1, {3, 1024}, 3 * kPage, 100)), 2 * kPage);
+}
+
+}  // namespace
+}  // namespace tierlm::detail

@@ -1,0 +1,246 @@
+"""GGUF import (tierlm.gguf): synthetic llama/qwen2 GGUF files written like llama.cpp's
+converter, in every type tierlm stores, checked byte for byte against the file and in logits
+against transformers' own GGUF loader (which dequantizes); refusals name file and tensor;
+the rebuilt tokenizer against the tokenizer the vocabulary came from."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+
+import models  # noqa: E402
+import tierlm  # noqa: E402
+from gguf_files import gguf_arrays, permute, rewrite_gguf, write_gguf  # noqa: E402
+from tierlm.package import Package  # noqa: E402
+from tierlm.reference import reference_logits  # noqa: E402
+
+# hidden and FFN widths that are whole k-blocks (256), so every type applies to every matrix
+SHAPE = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
+TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "F16"]
+
+
+def tiny(arch="llama", **kw):
+    return models.hf_model(arch, **{**SHAPE, **kw})
+
+
+def hf_from_gguf(path):
+    """transformers' GGUF loader: config, dequantized weights, Q/K order undone."""
+    transformers = pytest.importorskip("transformers")
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path), dtype="float32"
+    )
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "arch,kind", [("llama", t) for t in TYPES] + [("qwen2", "Q8_0"), ("qwen2", "Q4_K")]
+)
+def test_import_equals_transformers(tmp_path, arch, kind):
+    model = tiny(arch)
+    path = write_gguf(
+        model, tmp_path / "m.gguf", kind, arch="llama" if arch == "llama" else "qwen2"
+    )
+    pkg = Package.open(tierlm.export(path, tmp_path / "pkg", progress=False))
+    pkg.verify()
+    reader = gguf.GGUFReader(path)
+    expected = kind.lower() if kind != "F16" else "f16"
+    matrices = {n: t for n, t in pkg.tensors.items() if len(t["shape"]) == 2}
+    assert {t["dtype"] for t in matrices.values()} == {expected}
+    assert pkg.manifest["dtype"] == expected and pkg.config["tie_embeddings"] is False
+    # bytes are the file's, Q and K rows moved back whole
+    heads, kv = SHAPE["num_attention_heads"], SHAPE["num_key_value_heads"]
+    for t in reader.tensors:
+        name = {"token_embd.weight": "embed.weight", "output.weight": "lm_head.weight"}.get(t.name)
+        if name is None:
+            continue
+        np.testing.assert_array_equal(np.asarray(pkg.tensor(name)).reshape(-1), t.data.reshape(-1))
+    q = next(t for t in reader.tensors if t.name == "blk.1.attn_q.weight")
+    k = next(t for t in reader.tensors if t.name == "blk.1.attn_k.weight")
+    if arch == "llama":  # the file holds permute(hf); permuting the package's rows gives it back
+        np.testing.assert_array_equal(
+            permute(np.asarray(pkg.tensor("layers.1.attn.q.weight")), heads), q.data
+        )
+        np.testing.assert_array_equal(
+            permute(np.asarray(pkg.tensor("layers.1.attn.k.weight")), kv), k.data
+        )
+    else:
+        np.testing.assert_array_equal(np.asarray(pkg.tensor("layers.1.attn.q.weight")), q.data)
+    ref = hf_from_gguf(path)
+    ids = models.prompt(9)
+    error = models.relative_error(reference_logits(pkg, ids), models.hf_logits(ref, ids))
+    assert error < 1e-4, error
+
+
+def test_tied_and_config(tmp_path):
+    model = tiny(tie_word_embeddings=True, rms_norm_eps=1e-6, max_position_embeddings=333)
+    path = write_gguf(model, tmp_path / "m.gguf", "Q8_0")
+    pkg = Package.open(tierlm.export(path, tmp_path / "pkg", progress=False))
+    c = pkg.config
+    assert c["tie_embeddings"] and "lm_head.weight" not in pkg.tensors
+    assert (c["num_layers"], c["hidden_size"], c["num_heads"], c["num_kv_heads"]) == (3, 256, 4, 2)
+    assert c["max_positions"] == 333 and c["norm_eps"] == pytest.approx(1e-6)
+    assert c["bos_token_id"] == 1 and c["eos_token_ids"] == [2]
+    assert pkg.manifest["source"]["gguf"] == "m.gguf"
+    ids = models.prompt(5)
+    error = models.relative_error(
+        reference_logits(pkg, ids), models.hf_logits(hf_from_gguf(path), ids)
+    )
+    assert error < 1e-4, error
+
+
+def test_truncated_file_names_the_tensor(tmp_path):
+    path = write_gguf(tiny(), tmp_path / "m.gguf", "Q4_0", truncate=1000)
+    last = gguf_arrays(tiny(), "llama")[-1][0]
+    with pytest.raises(tierlm.CorruptError, match=rf"m\.gguf: tensor {last} .*truncated"):
+        tierlm.export(path, tmp_path / "pkg", progress=False)
+    (tmp_path / "cut.gguf").write_bytes(open(path, "rb").read()[:100])
+    with pytest.raises(tierlm.CorruptError, match=r"cut\.gguf: not a readable GGUF file"):
+        tierlm.export(tmp_path / "cut.gguf", tmp_path / "pkg", progress=False)
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_unsupported_type_names_tensor_and_types(tmp_path):
+    name = "blk.2.ffn_down.weight"
+    raw = np.zeros((SHAPE["hidden_size"], SHAPE["intermediate_size"] // 256 * 84), np.uint8)
+    path = write_gguf(tiny(), tmp_path / "m.gguf", "Q4_0")
+    q2 = rewrite_gguf(path, tmp_path / "q2.gguf", tensors={name: (raw, "Q2_K")})
+    with pytest.raises(tierlm.UnsupportedError, match=rf"tensor {name} is Q2_K.*Q8_0.*Q6_K"):
+        tierlm.export(q2, tmp_path / "pkg", progress=False)
+
+
+def test_inconsistent_vocabulary(tmp_path):
+    path = write_gguf(tiny(), tmp_path / "m.gguf", "Q8_0")
+    bad = rewrite_gguf(
+        path,
+        tmp_path / "bad.gguf",
+        drop=("tokenizer.ggml.token_type",),
+        add=lambda w: w.add_token_types([1] * 10),
+    )
+    with pytest.raises(tierlm.CorruptError, match=r"bad\.gguf: tokenizer.ggml.token_type has 10"):
+        tierlm.export(bad, tmp_path / "pkg", progress=False)
+
+
+def test_refusals(tmp_path):
+    path = write_gguf(tiny(), tmp_path / "m.gguf", "Q8_0")
+    with pytest.raises(tierlm.InvalidArgumentError, match="never re-quantized; --dtype"):
+        tierlm.export(path, tmp_path / "pkg", dtype="q4_0", progress=False)
+    with pytest.raises(tierlm.InvalidArgumentError, match="--recipe does not apply"):
+        tierlm.export(path, tmp_path / "pkg", recipe="m", progress=False)
+    with pytest.raises(tierlm.UnsupportedError, match="--sparse bundles FFN rows"):
+        tierlm.export(path, tmp_path / "pkg", sparse=True, progress=False)
+    other = write_gguf(tiny(), tmp_path / "g.gguf", "Q8_0", arch="gemma")
+    with pytest.raises(tierlm.UnsupportedError, match="architecture 'gemma' is not supported"):
+        tierlm.export(other, tmp_path / "pkg", progress=False)
+
+
+def _gpt2_vocab(tok):
+    """A byte-level tokenizers.Tokenizer as GGUF's gpt2 vocabulary (tokens, merges, types)."""
+    data = json.loads(tok.to_str())
+    vocab = data["model"]["vocab"]
+    tokens = sorted(vocab, key=vocab.get)
+    merges = [" ".join(m) if isinstance(m, list) else m for m in data["model"]["merges"]]
+    special = {a["content"] for a in data["added_tokens"] if a["special"]}
+    kinds = [3 if t in special else 1 for t in tokens]
+    return tokens, merges, kinds
+
+
+TEXTS = [
+    "the quick brown fox",
+    "def f(x):\n\treturn x**2  # square\n\n",
+    "naïve café 日本語 🤖",
+    "   runs   of    spaces   ",
+    "numbers 12345 and 3.14159",
+    "<s>special</s> tokens<pad>",
+    "",
+]
+
+
+def test_gpt2_vocabulary_gives_the_same_ids(tmp_path):
+    from tokenizers import Tokenizer
+
+    models.hf_checkpoint("llama", tmp_path / "tok", tokenizer=True)  # its tokenizer files
+    original = Tokenizer.from_file(str(tmp_path / "tok" / "tokenizer.json"))
+    tokens, merges, kinds = _gpt2_vocab(original)
+    model = tiny(vocab_size=len(tokens))
+    path = write_gguf(model, tmp_path / "m.gguf", "Q8_0", vocab=(tokens, merges, kinds, "gpt-2"))
+    pkg = Package.open(tierlm.export(path, tmp_path / "pkg", progress=False))
+    ours = Tokenizer.from_file(os.path.join(pkg.tokenizer_dir(), "tokenizer.json"))
+    for text in TEXTS:
+        assert ours.encode(text).ids == original.encode(text).ids, text
+        assert ours.decode(ours.encode(text).ids, skip_special_tokens=False) == text
+    config = json.load(open(os.path.join(pkg.tokenizer_dir(), "tokenizer_config.json")))
+    assert (config["bos_token"], config["eos_token"]) == ("<s>", "</s>")
+    assert config["chat_template"].startswith("{% for m in messages %}")
+
+
+def test_llama_vocabulary_against_transformers(tmp_path):
+    """SentencePiece-style vocabulary: transformers' GGUF conversion is the reference (it
+    prefixes "▁" only to the text's start, llama.cpp also after special tokens: texts here
+    have no special tokens inside)."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers import models as tmodels
+
+    sp = Tokenizer(tmodels.BPE(unk_token="<unk>", byte_fallback=True))
+    sp.pre_tokenizer = pre_tokenizers.Metaspace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False
+    )
+    corpus = ["the quick brown fox jumps over the lazy dog", "tiered memory for language models"]
+    sp.train_from_iterator(corpus * 8 + TEXTS, trainer)
+    sp.decoder = decoders.Metaspace()
+    data = json.loads(sp.to_str())
+    vocab = data["model"]["vocab"]
+    pieces = sorted(vocab, key=vocab.get)
+    tokens = pieces[:3] + [f"<0x{i:02X}>" for i in range(256)] + pieces[3:]
+    kinds = [2, 3, 3] + [6] * 256 + [1] * (len(pieces) - 3)
+    path = write_gguf(tiny(vocab_size=len(tokens)), tmp_path / "m.gguf", "Q8_0")
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces) - 3)]
+
+    def vocabulary(w):
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(kinds)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_unk_token_id(0)
+
+    rewrite_gguf(path, tmp_path / "sp.gguf", drop=("tokenizer.ggml.",), add=vocabulary)
+    pkg = Package.open(tierlm.export(tmp_path / "sp.gguf", tmp_path / "pkg", progress=False))
+    ours = Tokenizer.from_file(os.path.join(pkg.tokenizer_dir(), "tokenizer.json"))
+    ref = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="sp.gguf")
+    for text in TEXTS[:5] + ["ünïcödé ≠ ascii", "x"]:
+        assert ours.encode(text).ids == ref(text)["input_ids"], text
+        assert ours.decode(ours.encode(text).ids, skip_special_tokens=True) == ref.decode(
+            ref(text)["input_ids"], skip_special_tokens=True
+        )
+
+
+def test_bench_converter_reads_rope_parameters(tmp_path):
+    """bench/_llamacpp.py's HF -> GGUF converter takes rope_theta from transformers 5's
+    rope_parameters (it used the top-level key only and wrote 10000); its file imports back to
+    the checkpoint's logits."""
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location(
+        "_llamacpp", os.path.join(here, "..", "..", "bench", "_llamacpp.py")
+    )
+    converter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(converter)
+    model, hf_dir = models.hf_checkpoint(
+        "llama", tmp_path / "hf", rope_parameters={"rope_type": "default", "rope_theta": 123456.0}
+    )
+    config = json.load(open(os.path.join(hf_dir, "config.json")))
+    assert "rope_theta" not in config and config["rope_parameters"]["rope_theta"] == 123456.0
+    path = converter.convert(hf_dir, str(tmp_path / "m.gguf"), "f32")
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["llama.rope.freq_base"].contents() == 123456.0
+    pkg = Package.open(tierlm.export(path, tmp_path / "pkg", progress=False))
+    assert pkg.config["rope_theta"] == 123456.0
+    ids = models.prompt(6)
+    assert models.relative_error(reference_logits(pkg, ids), models.hf_logits(model, ids)) < 1e-4

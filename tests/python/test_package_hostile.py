@@ -1,0 +1,64 @@
+"""Manifests written to mislead: fields that point outside the package or overflow as they are
+narrowed get an error naming the manifest and field, from the Python reader and the runtime."""
+
+import json
+import os
+import shutil
+
+import pytest
+import tierlm
+from models import package
+from tierlm.package import Package
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return package("llama", str(tmp_path_factory.mktemp("hostile")))[1]
+
+
+@pytest.fixture
+def edited(pristine, tmp_path):
+    """A copy of the package with its manifest changed by edit(manifest)."""
+
+    def make(edit):
+        target = str(tmp_path / "pkg")
+        shutil.copytree(pristine, target)
+        path = os.path.join(target, "manifest.json")
+        with open(path) as f:
+            manifest = json.load(f)
+        edit(manifest)
+        with open(path, "w") as f:
+            json.dump(manifest, f)
+        return target
+
+    return make
+
+
+@pytest.mark.parametrize("where", ["../outside", "/etc", "tokenizer/../../x"])
+def test_tokenizer_dir_outside_the_package(edited, where):
+    def edit(manifest):
+        manifest["tokenizer"] = {"dir": where, "files": ["tokenizer.json"]}
+
+    pkg = edited(edit)
+    with pytest.raises(tierlm.CorruptError, match="tokenizer.dir.*outside the package"):
+        Package.open(pkg).tokenizer_dir()
+    with pytest.raises(tierlm.CorruptError, match="tokenizer.dir.*outside the package"):
+        tierlm.load(pkg)
+
+
+def test_format_version_beyond_32_bits(edited):
+    pkg = edited(lambda m: m.update(format_version=2**40))
+    with pytest.raises(tierlm.UnsupportedError, match=f"format_version {2**40} is newer"):
+        tierlm.load(pkg)
+
+
+@pytest.mark.parametrize("offset", [-4096, -(2**40), 2**64 - 4096])
+def test_tensor_offset_that_wraps(edited, offset):
+    def edit(manifest):
+        manifest["tensors"]["layers.0.attn.q.weight"]["offset"] = offset
+
+    pkg = edited(edit)
+    with pytest.raises(tierlm.CorruptError, match=r"layers\.0\.attn\.q\.weight"):
+        Package.open(pkg)
+    with pytest.raises(tierlm.CorruptError, match=r"layers\.0\.attn\.q\.weight.*offset"):
+        tierlm.load(pkg)
