@@ -257,7 +257,7 @@ void bind_io(nb::module_& m) {
       .def_prop_ro("available", &DiskTier::available)
       .def_prop_ro("directory", &DiskTier::directory)
       .def_prop_ro("file", &DiskTier::file, nb::rv_policy::reference_internal)
-      .def("stats", [](const DiskTier& t) { return tier_stats_dict(t.stats()); });
+      .def("stats", &DiskTier::stats);
 }
 
 }  // namespace tierlm::bindings

@@ -4,6 +4,8 @@
 NB_MODULE(_core, m) {
   m.doc() = "tierlm native core";
   tierlm::bindings::bind_errors(m);
+  tierlm::bindings::bind_records(m);
+  tierlm::bindings::bind_limits(m);
   tierlm::bindings::bind_tier(m);
   tierlm::bindings::bind_info(m);
   tierlm::bindings::bind_kernels(m);

@@ -11,23 +11,11 @@ namespace nb = nanobind;
 
 namespace tierlm::bindings {
 
-nb::dict tier_stats_dict(const TierStats& s) {
-  nb::dict d;
-  d["budget"] = s.budget;
-  d["current"] = s.current;
-  d["peak"] = s.peak;
-  d["bytes_in"] = s.bytes_in;
-  d["bytes_out"] = s.bytes_out;
-  d["transfers"] = s.transfers;
-  d["allocations"] = s.allocations;
-  d["locked"] = s.locked;
-  return d;
-}
-
 void bind_tier(nb::module_& m) {
   nb::class_<HostBuffer>(m, "HostBuffer")
       .def_prop_ro("size", &HostBuffer::size)
       .def_prop_ro("locked", &HostBuffer::locked)
+      .def_prop_ro("pinned", &HostBuffer::pinned)
       .def_prop_ro("address",
                    [](const HostBuffer& b) { return reinterpret_cast<uintptr_t>(b.data()); })
       .def(
@@ -40,12 +28,14 @@ void bind_tier(nb::module_& m) {
           "A uint8 numpy view of the buffer (no copy).");
 
   nb::class_<HostTier>(m, "HostTier")
-      .def(nb::init<uint64_t, bool>(), nb::arg("budget"), nb::arg("lock") = true)
-      .def("allocate", &HostTier::allocate, nb::arg("nbytes"), nb::arg("alignment") = 4096)
+      .def(nb::init<uint64_t, bool, bool>(), nb::arg("budget"), nb::arg("lock") = true,
+           nb::arg("pin") = false)
+      .def("allocate", &HostTier::allocate, nb::arg("nbytes"), nb::arg("alignment") = kAlignment)
       .def_prop_ro("budget", &HostTier::budget)
       .def_prop_ro("available", &HostTier::available)
-      .def("stats", [](const HostTier& t) { return tier_stats_dict(t.stats()); });
+      .def("stats", &HostTier::stats);
 
+  m.attr("ALIGNMENT") = kAlignment;
   m.def("memlock_limit", &memlock_limit);
   m.def("device_count", &device_count);
   m.def("device_unavailable_reason", &device_unavailable_reason);
@@ -53,7 +43,7 @@ void bind_tier(nb::module_& m) {
   nb::class_<DeviceTier>(m, "DeviceTier")
       .def(nb::init<uint64_t, int>(), nb::arg("budget"), nb::arg("device") = 0)
       .def("allocate", &DeviceTier::allocate, nb::arg("nbytes"))
-      .def("stats", [](const DeviceTier& t) { return tier_stats_dict(t.stats()); })
+      .def("stats", &DeviceTier::stats)
       .def(
           "copy_in",
           [](DeviceTier& t, const DeviceBuffer& dst, size_t offset,

@@ -12,6 +12,8 @@ import numpy as np
 from tierlm import _core
 from tierlm.budgets import default_budgets
 from tierlm.errors import InvalidArgumentError
+from tierlm.limits import check
+from tierlm.records import as_dict, columns
 from tierlm.sizes import parse_size
 
 
@@ -40,20 +42,35 @@ class Token:
         return self.id
 
 
+# The tiers a loaded model holds memory in. The executor keeps weights, KV cache and
+# activations in the host tier; a device tier (CUDA backend) and a disk scratch tier (KV and
+# expert spill) come with later issues, and until then their budgets are refused, not ignored.
+LOAD_TIERS = ("host",)
+
+
 def _budgets(budget):
     """{"host": bytes} from a dict of sizes, one size (the host budget) or None (defaults)."""
     if budget is None:
-        return {"host": default_budgets()["host"]}
-    if not isinstance(budget, dict):
-        return {"host": parse_size(budget, "host budget")}
-    unknown = set(budget) - {"host", "disk", "device"}
-    if unknown:
+        budget = {}
+    elif not isinstance(budget, dict):
+        budget = {"host": budget}
+    unused = sorted(set(budget) - set(LOAD_TIERS))
+    if unused:
+        later = [t for t in unused if t in ("device", "disk")]
         raise InvalidArgumentError(
-            f"budget: unknown tier(s) {', '.join(sorted(unknown))}; use host, disk, device"
+            f"budget: tierlm.load uses only the {', '.join(LOAD_TIERS)} tier budget, not "
+            f"{', '.join(repr(t) for t in unused)}"
+            + (
+                " (the executor has no device or disk tier yet: weights, KV cache and "
+                "activations live in the host tier; a later release adds them)"
+                if later
+                else ""
+            )
+            + '; give e.g. budget={"host": "4GiB"}'
         )
-    out = {tier: parse_size(size, f"{tier} budget") for tier, size in budget.items()}
-    out.setdefault("host", default_budgets()["host"])
-    return out
+    host = budget.get("host")
+    host = default_budgets()["host"] if host is None else parse_size(host, "host budget")
+    return {"host": check("host_budget", host)}
 
 
 def _load_tokenizer(tokenizer_dir):
@@ -70,11 +87,11 @@ def _load_tokenizer(tokenizer_dir):
 def _sampling(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos):
     """Generation options as the native layer takes them (None means the default)."""
     return {
-        "max_new_tokens": int(max_new_tokens),
+        "max_new_tokens": check("max_new_tokens", max_new_tokens),
         "temperature": float(temperature),
-        "top_k": int(top_k or 0),
+        "top_k": check("top_k", top_k or 0),
         "top_p": float(1.0 if top_p is None else top_p),
-        "seed": int(seed or 0),
+        "seed": check("seed", seed or 0),
         "stop_at_eos": bool(stop_at_eos),
     }
 
@@ -93,7 +110,7 @@ class Model:
 
     @property
     def config(self):
-        return self._native.config
+        return as_dict(self._native.config)
 
     @property
     def architecture(self):
@@ -127,7 +144,7 @@ class Model:
             raise InvalidArgumentError(
                 f"prompt must be a string or a list of token ids, got {type(prompt).__name__}"
             ) from error
-        return ids
+        return [check("token id", i) for i in ids]
 
     def decode(self, ids):
         if self.tokenizer is None:
@@ -167,18 +184,14 @@ class Model:
             ids,
             **_sampling(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos),
         )
-        stats = dict(out["stats"])
-        stats.update(self._tier_stats())
-        after = self._native.stats()
-        stats.update(self._stream_stats(before, after, stats))
-        stats.update(self._sparse_stats(before, after))
-        return GenerateResult(
-            prompt_ids=ids,
-            output_ids=list(out["output_ids"]),
-            text=self.decode(out["output_ids"]),
-            finish_reason=out["finish_reason"],
-            stats=stats,
-        )
+        model = self._native.stats().since(before)
+        stats = self._result_stats(model, out)
+        if model.sparse:  # this generation's tokens from the log (the last 65536 kept)
+            log = self.sparse_tokens()
+            stats["sparse_per_token"] = {
+                k: v[max(len(v) - model.sparse_tokens, 0) :] for k, v in log.items()
+            }
+        return self._result(ids, out, stats)
 
     def generate_batch(
         self,
@@ -195,21 +208,31 @@ class Model:
         Decode steps run all unfinished sequences together (one weight read per step);
         prompt i samples with seed + i. stats["decode_tokens_per_s"] is the batch's."""
         ids = [self.encode(p) for p in prompts]
+        before = self._native.stats()
         outs = self._native.generate_batch(
             ids,
             **_sampling(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos),
         )
-        tiers = self._tier_stats()
+        model = self._native.stats().since(before)
         return [
-            GenerateResult(
-                prompt_ids=p,
-                output_ids=list(out["output_ids"]),
-                text=self.decode(out["output_ids"]),
-                finish_reason=out["finish_reason"],
-                stats={**out["stats"], **tiers},
-            )
+            self._result(p, out, self._result_stats(model, out))
             for p, out in zip(ids, outs, strict=True)
         ]
+
+    def _result(self, ids, out, stats):
+        return GenerateResult(
+            prompt_ids=ids,
+            output_ids=list(out.output_ids),
+            text=self.decode(out.output_ids),
+            finish_reason=out.finish_reason,
+            stats=stats,
+        )
+
+    @staticmethod
+    def _result_stats(model, out):
+        """The model's stats over the generation (counters of this call; sizes, peaks and
+        settings as now) under the generation's own tokens and timings."""
+        return {**as_dict(model), **as_dict(out.stats)}
 
     def stream(
         self,
@@ -245,93 +268,15 @@ class Model:
         """Last-position logits (float32 numpy, vocab_size) of ids, from an empty cache."""
         return self._native.logits(self.encode(ids))
 
-    def _stream_stats(self, before, after, stats):
-        """Streaming stats of one generation: bytes read from disk (total and per forward
-        pass), time waiting for reads vs computing, and overlap % = share of the time the
-        reads were in flight that ran behind compute (1 - wait / read time)."""
-        p = self._native.placement()
-        wait = after["io_wait_seconds"] - before["io_wait_seconds"]
-        busy = after["read_busy_seconds"] - before["read_busy_seconds"]
-        total = stats.get("prefill_seconds", 0.0) + stats.get("decode_seconds", 0.0)
-        return {
-            "streaming": p["streaming"],
-            "stream_bytes_read": after["stream_bytes_read"] - before["stream_bytes_read"],
-            "bytes_read_per_token": p["streamed_bytes"],
-            "io_wait_seconds": wait,
-            "compute_seconds": max(total - wait, 0.0),
-            "overlap_pct": 100.0 * (1.0 - wait / busy) if busy > 0 else 100.0,
-            "io_backend": after["io_backend"],
-            "io_direct": after["io_direct"],
-            "ring_sections": p["sections"],
-        }
-
-    def _sparse_stats(self, before, after):
-        """Sparse FFN counters of one generation (every token through the FFNs, prompt
-        included): totals, per-token means, cache hit rate, and per-token lists."""
-        if not after.get("sparse"):
-            return {"sparse": False}
-
-        def delta(key):
-            return after[key] - before[key]
-
-        tokens = delta("sparse_tokens")
-        predicted, read = delta("sparse_neurons_predicted"), delta("sparse_neurons_read")
-        per = max(tokens, 1)
-        log = self._native.sparse_tokens()
-        take = min(tokens, len(log["bytes_read"]))
-        return {
-            "sparse": True,
-            "sparse_window": after["sparse_window"],
-            "sparse_bundled": after["sparse_bundled"],
-            "sparse_capacity": after["sparse_capacity"],
-            "sparse_lossy": after["sparse_lossy"],
-            "sparse_target_sparsity": after["sparse_target_sparsity"],
-            "sparse_tokens": tokens,
-            "sparse_neurons_predicted": predicted,
-            "sparse_neurons_read": read,
-            "sparse_bytes_read": delta("sparse_bytes_read"),
-            "sparse_requests": delta("sparse_requests"),
-            "sparse_overflows": delta("sparse_overflows"),
-            "sparse_cache_hit_rate": 1.0 - read / predicted if predicted else 1.0,
-            "sparse_predictor_seconds": delta("sparse_predictor_seconds"),
-            "sparse_io_seconds": delta("sparse_io_seconds"),
-            "sparse_memory_seconds": delta("sparse_memory_seconds"),
-            "sparse_compute_seconds": delta("sparse_compute_seconds"),
-            "sparse_neurons_predicted_per_token": predicted / per,
-            "sparse_neurons_read_per_token": read / per,
-            "sparse_bytes_read_per_token": delta("sparse_bytes_read") / per,
-            "dense_ffn_bytes_per_token": after["sparse_dense_ffn_bytes"],
-            "sparse_per_token": {k: v[len(v) - take :] for k, v in log.items()},
-        }
-
     def sparse_tokens(self):
-        """Sparse FFN: per token since load (the last 16384), lists of neurons_predicted,
+        """Sparse FFN: per token since load (the last 65536), lists of neurons_predicted,
         neurons_read, bytes_read, requests and predictor/io/memory/compute seconds."""
-        return self._native.sparse_tokens()
-
-    def _tier_stats(self):
-        s = self._native.stats()
-        return {
-            "disk_bytes_read": s["disk_bytes_read"],
-            "peak_bytes": {"host": s["host"]["peak"]},
-        }
+        return columns(self._native.sparse_tokens(), _core.SparseTokenInfo)
 
     def stats(self):
-        """Totals since load: tokens and seconds of prefill/decode, bytes read, tier stats."""
-        s = self._native.stats()
-        s["prefill_tokens_per_s"] = (
-            s["prefill_tokens"] / s["prefill_seconds"] if s["prefill_seconds"] else 0.0
-        )
-        s["decode_tokens_per_s"] = (
-            s["decode_tokens"] / s["decode_seconds"] if s["decode_seconds"] else 0.0
-        )
-        s["peak_bytes"] = {"host": s["host"]["peak"]}
-        if s["sparse"]:
-            predicted = s["sparse_neurons_predicted"]
-            s["sparse_cache_hit_rate"] = (
-                1.0 - s["sparse_neurons_read"] / predicted if predicted else 1.0
-            )
-        return s
+        """Totals since load: tokens and seconds of prefill/decode, bytes read, tier stats,
+        streaming and sparse FFN counters, and the rates derived from them."""
+        return as_dict(self._native.stats())
 
     def placement(self):
         """Where the weights live: {"streaming", "resident_bytes", "section_bytes" (the largest
@@ -339,12 +284,12 @@ class Model:
         "ring_bytes", "streamed_bytes" (read per forward pass), "minimum_budget",
         "resident_layers", "streamed_layers", "streamed_tensors", "pinned_tensors",
         "row_tensors" (embedding tables read by rows on demand), ...}."""
-        return self._native.placement()
+        return as_dict(self._native.placement())
 
     def stream_events(self):
-        """One entry per streamed layer, at its end: {"t", "wait", "layer", "bytes_read"} lists
-        (seconds since load, seconds waited for its reads, layer, streamed bytes so far)."""
-        return self._native.stream_events()
+        """One entry per streamed layer, at its begin: {"t", "wait", "layer", "bytes_read"}
+        lists (seconds since load, seconds waited for its reads, layer, streamed bytes so far)."""
+        return columns(self._native.stream_events(), _core.StreamEvent)
 
     def memory_buffers(self, seq):
         """The graph's activation and workspace buffers for a batch of seq tokens:
@@ -384,7 +329,10 @@ def load(
     """Loads a package (tierlm export's output).
 
     budget: {"host": "4GiB"} (sizes as bytes or strings), one size for the host tier, or None
-    for the machine's default. verify: check every tensor's CRC-32 while reading.
+    for the machine's default; other tiers' budgets (device, disk) are refused until the
+    executor uses those tiers. Numeric options outside their range (tierlm.limits) raise
+    InvalidArgumentError naming the option and the range.
+    verify: check every tensor's CRC-32 while reading.
     max_context: KV cache tokens (default: the model's max_positions).
     max_batch: sequences generate_batch decodes together (each gets its own KV cache).
     When the weights do not fit the host budget (with the KV cache and activations), matrices
@@ -404,16 +352,16 @@ def load(
     native = _core.Model.load(
         os.fspath(path),
         budgets["host"],
-        threads=int(threads or 0),
+        threads=check("threads", threads or 0),
         verify=bool(verify),
-        max_context=int(max_context or 0),
-        prefill_chunk=int(prefill_chunk or 0),
+        max_context=check("max_context", max_context or 0),
+        prefill_chunk=check("prefill_chunk", prefill_chunk or 0),
         lock=bool(lock),
-        max_batch=int(max_batch),
-        ring_sections=int(ring_sections or 0),
+        max_batch=check("max_batch", max_batch),
+        ring_sections=check("ring_sections", ring_sections or 0),
         sparse=bool(sparse),
-        sparse_window=int(sparse_window),
+        sparse_window=check("sparse_window", sparse_window),
         sparse_bundled=bool(sparse_bundled),
-        sparse_capacity=int(sparse_capacity or 0),
+        sparse_capacity=check("sparse_capacity", sparse_capacity or 0),
     )
     return Model(native, budgets)

@@ -2,10 +2,12 @@
 
 from tierlm import _core
 from tierlm.io import InFlight
+from tierlm.records import as_dict
 from tierlm.sizes import parse_size
 
-# Host buffers and disk extents start on multiples of this (the unit of O_DIRECT).
-PAGE = 4096
+# Host buffers and disk extents start on multiples of this (the unit of O_DIRECT): libtierlm's
+# kAlignment (tierlm/core/align.hpp).
+PAGE = _core.ALIGNMENT
 
 
 class HostBuffer:
@@ -21,6 +23,11 @@ class HostBuffer:
     @property
     def locked(self):
         return self._native.locked
+
+    @property
+    def pinned(self):
+        """Registered with CUDA for DMA (HostTier(pin=True) on a machine with a GPU)."""
+        return self._native.pinned
 
     @property
     def address(self):
@@ -44,10 +51,14 @@ class HostBuffer:
 
 
 class HostTier:
-    """Host DRAM under a byte budget; buffers are mlocked while RLIMIT_MEMLOCK allows."""
+    """Host DRAM under a byte budget; buffers are mlocked while RLIMIT_MEMLOCK allows.
 
-    def __init__(self, budget, lock=True):
-        self._native = _core.HostTier(parse_size(budget, "host budget"), lock)
+    pin=True also registers each buffer with CUDA (where a GPU is usable) for fast copies to a
+    device tier; it costs time and pinned memory, so only a user of a device tier asks for it.
+    """
+
+    def __init__(self, budget, lock=True, pin=False):
+        self._native = _core.HostTier(parse_size(budget, "host budget"), bool(lock), bool(pin))
 
     def allocate(self, nbytes, alignment=PAGE):
         return HostBuffer(self._native.allocate(parse_size(nbytes, "allocation"), alignment))
@@ -61,7 +72,7 @@ class HostTier:
         return self._native.available
 
     def stats(self):
-        return self._native.stats()
+        return as_dict(self._native.stats())
 
 
 class DiskExtent:
@@ -156,7 +167,7 @@ class DiskTier:
         return self._native.file.backend
 
     def stats(self):
-        return self._native.stats()
+        return as_dict(self._native.stats())
 
     def __del__(self):
         inflight = getattr(self, "inflight", None)

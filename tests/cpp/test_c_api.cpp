@@ -1,9 +1,12 @@
 // The C API: status codes and messages instead of exceptions, and the same tokens as C++.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <fstream>
 #include <string>
 #include <vector>
 
+#include "tierlm/core/parallel.hpp"
 #include "tierlm/model/generate.hpp"
 #include "tierlm/tierlm.h"
 #include "tiny_package.hpp"
@@ -139,6 +142,159 @@ TEST(CApi, SparseOptionsReachTheExecutor) {
   ASSERT_EQ(tierlm_model_create(dir.path().c_str(), &options, &model), TIERLM_OK)
       << tierlm_last_error();
   tierlm_model_destroy(model);
+}
+
+// Each field of the C API's option structs changes what a call does or is refused with a
+// message naming it. The sizes pin the structs: a new field fails here until it has a case.
+static_assert(sizeof(tierlm_model_options) == 48, "a new tierlm_model_options field needs a case");
+static_assert(sizeof(tierlm_generate_options) == 48,
+              "a new tierlm_generate_options field needs a case");
+
+struct CApiModel {
+  tierlm_model* model = nullptr;
+  tierlm_status status = TIERLM_OK;
+  CApiModel(const std::string& path, const tierlm_model_options& options)
+      : status(tierlm_model_create(path.c_str(), &options, &model)) {}
+  ~CApiModel() { tierlm_model_destroy(model); }
+};
+
+void expect_refused(tierlm_status status, const std::string& message) {
+  EXPECT_EQ(status, TIERLM_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(tierlm_last_error()).find(message), std::string::npos)
+      << tierlm_last_error();
+}
+
+TEST(CApi, EveryModelOptionActsOrIsRefused) {
+  TempDir dir;
+  write_tiny_package(dir.path());
+  tierlm_model_options o;
+  tierlm_model_options_init(&o);
+  // host_budget: below the weights + KV cache it refuses with a budget error.
+  o.host_budget = 4096;
+  EXPECT_EQ(CApiModel(dir.path(), o).status, TIERLM_ERROR_BUDGET);
+  o.host_budget = 64 << 20;
+  // threads: sizes the compute pool; past the range it is refused before any work.
+  o.threads = 3;
+  ASSERT_EQ(CApiModel(dir.path(), o).status, TIERLM_OK) << tierlm_last_error();
+  EXPECT_EQ(parallel_threads(), 3u);
+  o.threads = 1000000;
+  expect_refused(CApiModel(dir.path(), o).status, "threads = 1000000 is out of range 0..1024");
+  EXPECT_EQ(parallel_threads(), 3u);
+  o.threads = 0;
+  // max_context: the KV cache's tokens; negative is refused.
+  o.max_context = 16;
+  {
+    CApiModel m(dir.path(), o);
+    ASSERT_EQ(m.status, TIERLM_OK);
+    EXPECT_EQ(tierlm_model_context_length(m.model), 16);
+  }
+  o.max_context = -1;
+  expect_refused(CApiModel(dir.path(), o).status, "max_context = -1 is out of range");
+  o.max_context = 0;
+  // sparse and its settings: a package without bundles is refused only when sparse is asked
+  // for; a window or capacity outside its range is refused whatever the package.
+  o.sparse = 1;
+  EXPECT_EQ(CApiModel(dir.path(), o).status, TIERLM_ERROR_NOT_FOUND);
+  o.sparse = 0;
+  o.sparse_window = -2;
+  expect_refused(CApiModel(dir.path(), o).status, "sparse_window = -2 is out of range 1..");
+  o.sparse_window = 0;
+  o.sparse_capacity = -1;
+  expect_refused(CApiModel(dir.path(), o).status, "sparse_capacity = -1 is out of range");
+  o.sparse_capacity = 0;
+  // verify: a flipped byte in a tensor loads silently without it and is refused with it.
+  {
+    std::fstream f(dir.path() + "/weights-0.bin", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    f.put(static_cast<char>(0x5a));
+  }
+  EXPECT_EQ(CApiModel(dir.path(), o).status, TIERLM_OK);
+  o.verify = 1;
+  EXPECT_EQ(CApiModel(dir.path(), o).status, TIERLM_ERROR_CORRUPT);
+  // sparse_no_bundling only changes how a sparse package's rows are read (stats the C API does
+  // not report); with sparse off it must not change anything.
+  o.verify = 0;
+  o.sparse_no_bundling = 1;
+  EXPECT_EQ(CApiModel(dir.path(), o).status, TIERLM_OK);
+}
+
+TEST(CApi, EveryGenerateOptionActsOrIsRefused) {
+  TempDir dir;
+  write_tiny_package(dir.path());
+  tierlm_model_options mo;
+  tierlm_model_options_init(&mo);
+  CApiModel m(dir.path(), mo);
+  ASSERT_EQ(m.status, TIERLM_OK);
+  const int32_t prompt[] = {4, 8, 15};
+  auto run = [&](const tierlm_generate_options& g, tierlm_status* status = nullptr) {
+    std::vector<int32_t> out(64);
+    size_t n = 0;
+    const tierlm_status s =
+        tierlm_generate(m.model, prompt, 3, &g, out.data(), out.size(), &n, nullptr, nullptr);
+    if (status != nullptr) *status = s;
+    out.resize(n);
+    return out;
+  };
+  tierlm_generate_options g;
+  tierlm_generate_options_init(&g);
+  g.stop_at_eos = 0;
+  g.max_new_tokens = 20;
+  const std::vector<int32_t> greedy = run(g);
+  ASSERT_EQ(greedy.size(), 20u);
+  // max_new_tokens
+  g.max_new_tokens = 5;
+  EXPECT_EQ(run(g), std::vector<int32_t>(greedy.begin(), greedy.begin() + 5));
+  g.max_new_tokens = -1;
+  tierlm_status status;
+  run(g, &status);
+  expect_refused(status, "max_new_tokens = -1 is out of range");
+  g.max_new_tokens = 20;
+  // temperature and seed: sampling differs from greedy and follows the seed.
+  g.temperature = 5.0f;
+  g.seed = 1;
+  const std::vector<int32_t> hot = run(g);
+  EXPECT_NE(hot, greedy);
+  EXPECT_EQ(run(g), hot);
+  g.seed = 2;
+  EXPECT_NE(run(g), hot);
+  // top_k = 1 and a tiny top_p both leave only the greedy token.
+  g.top_k = 1;
+  EXPECT_EQ(run(g), greedy);
+  g.top_k = -1;
+  run(g, &status);
+  expect_refused(status, "top_k = -1 is out of range");
+  g.top_k = 0;
+  g.top_p = 1e-6f;
+  EXPECT_EQ(run(g), greedy);
+  g.top_p = 0.0f;
+  run(g, &status);
+  EXPECT_EQ(status, TIERLM_ERROR_INVALID_ARGUMENT);
+  g.top_p = 1.0f;
+  g.temperature = -1.0f;
+  run(g, &status);
+  EXPECT_EQ(status, TIERLM_ERROR_INVALID_ARGUMENT);
+  // stop_at_eos: the same weights with greedy[3] as eos stop after its first occurrence, only
+  // when it is set.
+  g.temperature = 0.0f;
+  TempDir eos_dir;
+  testing::TinySpec spec;
+  spec.eos = greedy[3];
+  write_tiny_package(eos_dir.path(), spec);
+  CApiModel eos_model(eos_dir.path(), mo);
+  ASSERT_EQ(eos_model.status, TIERLM_OK);
+  std::vector<int32_t> out(64);
+  size_t n = 0;
+  ASSERT_EQ(
+      tierlm_generate(eos_model.model, prompt, 3, &g, out.data(), out.size(), &n, nullptr, nullptr),
+      TIERLM_OK);
+  EXPECT_EQ(n, greedy.size());
+  g.stop_at_eos = 1;
+  ASSERT_EQ(
+      tierlm_generate(eos_model.model, prompt, 3, &g, out.data(), out.size(), &n, nullptr, nullptr),
+      TIERLM_OK);
+  const auto eos = std::find(greedy.begin(), greedy.end(), greedy[3]);
+  EXPECT_EQ(std::vector<int32_t>(out.begin(), out.begin() + n),
+            std::vector<int32_t>(greedy.begin(), eos + 1));
 }
 
 }  // namespace

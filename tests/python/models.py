@@ -201,3 +201,18 @@ def tiny_tokenizer(out_dir, vocab_size=211):
     before = set(os.listdir(out_dir))
     fast.save_pretrained(out_dir)
     return sorted(set(os.listdir(out_dir)) - before)
+
+
+def flipped_copy(pkg, dest, offset=4096 + 17):
+    """A copy of package pkg at dest with one bit of its first weight file flipped (inside the
+    second tensor page): loads unchecked, fails a CRC check."""
+    import shutil
+
+    shutil.copytree(pkg, dest)
+    weights = sorted(f for f in os.listdir(dest) if f.endswith(".bin"))[0]
+    with open(os.path.join(dest, weights), "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x40]))
+    return dest

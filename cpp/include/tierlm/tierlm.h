@@ -24,6 +24,9 @@ typedef enum tierlm_status {
 
 typedef struct tierlm_model tierlm_model;
 
+/* Numeric fields outside their range (tierlm/core/limits.hpp: threads 0..1024, ...) make
+ * tierlm_model_create / tierlm_generate fail with TIERLM_ERROR_INVALID_ARGUMENT and a message
+ * naming the field and its range. */
 typedef struct tierlm_model_options {
   uint64_t host_budget; /* bytes; 0 = unlimited */
   uint32_t threads;     /* 0 = keep the thread pool's size */

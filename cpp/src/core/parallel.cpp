@@ -20,6 +20,8 @@
 #include <thread>
 #include <vector>
 
+#include "tierlm/core/limits.hpp"
+
 namespace tierlm {
 
 namespace {
@@ -182,6 +184,7 @@ Pool& pool() {
 size_t parallel_threads() { return pool().threads(); }
 
 void parallel_set_threads(size_t threads) {
+  check_option("threads", threads);
   std::lock_guard lock(g_pool_mutex);
   g_requested_threads = threads;
   g_pool.reset();

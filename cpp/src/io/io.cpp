@@ -333,9 +333,9 @@ IoBenchResult io_bench_read(const std::string& path, size_t block, unsigned queu
   TIERLM_CHECK(blocks > 0, kErrorInvalidArgument, "benchmark file ", path, " (",
                format_bytes(file.size()), ") is smaller than one block of ", format_bytes(block));
 
-  const size_t stride = (block + detail::kIoAlign - 1) / detail::kIoAlign * detail::kIoAlign;
+  const size_t stride = round_up(block, kAlignment);
   void* memory = nullptr;
-  TIERLM_CHECK(posix_memalign(&memory, detail::kIoAlign, stride * queue_depth) == 0,
+  TIERLM_CHECK(posix_memalign(&memory, kAlignment, stride * queue_depth) == 0,
                kErrorInvalidArgument, "cannot allocate ", format_bytes(stride * queue_depth),
                " of benchmark buffers");
   std::unique_ptr<void, decltype(&std::free)> hold(memory, &std::free);

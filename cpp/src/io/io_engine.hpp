@@ -13,11 +13,10 @@
 #include <span>
 #include <string>
 
+#include "tierlm/core/align.hpp"
 #include "tierlm/io/io.hpp"
 
 namespace tierlm::detail {
-
-inline constexpr size_t kIoAlign = 4096;
 
 struct IoState;
 
@@ -62,8 +61,8 @@ struct IoFd {
   bool writable() const { return mode != IoMode::kIoModeRead; }
   // Whether a transfer of len bytes at offset to/from buf may use the O_DIRECT descriptor.
   bool direct_ok(const void* buf, size_t len, uint64_t offset) const {
-    return direct_fd >= 0 && reinterpret_cast<uintptr_t>(buf) % kIoAlign == 0 &&
-           len % kIoAlign == 0 && offset % kIoAlign == 0 && len > 0;
+    return direct_fd >= 0 && reinterpret_cast<uintptr_t>(buf) % kAlignment == 0 &&
+           len % kAlignment == 0 && offset % kAlignment == 0 && len > 0;
   }
 };
 

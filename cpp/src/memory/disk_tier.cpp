@@ -13,13 +13,12 @@
 
 #include "memory/extent_allocator.hpp"
 #include "memory/tier_ledger.hpp"
+#include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
 
 namespace tierlm {
 
 namespace detail {
-
-constexpr uint64_t kDiskAlign = 4096;
 
 class DiskSpace {
  public:
@@ -27,7 +26,7 @@ class DiskSpace {
       : dir(std::move(dir)),
         ledger(std::make_shared<TierLedger>(TierKind::kTierDisk, budget)),
         file(std::move(file)),
-        allocator_(budget, kDiskAlign) {}
+        allocator_(budget, kAlignment) {}
 
   // Offset of a fresh extent of `reserved` bytes (a multiple of 4 KiB), space on disk held.
   uint64_t allocate(uint64_t bytes, uint64_t reserved) {
@@ -177,8 +176,7 @@ DiskTier::DiskTier(const std::string& dir, uint64_t budget, IoOptions options)
     : space_(std::make_shared<detail::DiskSpace>(dir, budget, open_scratch(dir, options))) {}
 
 DiskExtent DiskTier::allocate(size_t bytes) {
-  const uint64_t reserved = (std::max<uint64_t>(bytes, 1) + detail::kDiskAlign - 1) /
-                            detail::kDiskAlign * detail::kDiskAlign;
+  const uint64_t reserved = round_up(std::max<uint64_t>(bytes, 1), kAlignment);
   DiskExtent extent;
   extent.offset_ = space_->allocate(bytes, reserved);
   extent.space_ = space_;

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "memory/tier_ledger.hpp"
+#include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/memory/device.hpp"
 
@@ -19,10 +20,6 @@ namespace {
 size_t page_size() {
   static const size_t kPage = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   return kPage;
-}
-
-size_t round_up(size_t value, size_t multiple) {
-  return (value + multiple - 1) / multiple * multiple;
 }
 
 // Buffers of at least this size are aligned to it and asked for transparent huge pages: decode
@@ -82,8 +79,10 @@ void HostBuffer::release() {
   ledger_.reset();
 }
 
-HostTier::HostTier(uint64_t budget, bool lock)
-    : ledger_(std::make_shared<detail::TierLedger>(TierKind::kTierHost, budget)), lock_(lock) {}
+HostTier::HostTier(uint64_t budget, bool lock, bool pin)
+    : ledger_(std::make_shared<detail::TierLedger>(TierKind::kTierHost, budget)),
+      lock_(lock),
+      pin_(pin) {}
 
 HostBuffer HostTier::allocate(size_t bytes, size_t alignment) {
   TIERLM_CHECK(alignment != 0 && (alignment & (alignment - 1)) == 0, kErrorInvalidArgument,
@@ -112,7 +111,7 @@ HostBuffer HostTier::allocate(size_t bytes, size_t alignment) {
     buffer.locked_ = true;
     ledger_->record_locked(static_cast<int64_t>(reserved));
   }
-  buffer.pinned_ = detail::host_pin(data, reserved);
+  buffer.pinned_ = pin_ && detail::host_pin(data, reserved);
   return buffer;
 }
 

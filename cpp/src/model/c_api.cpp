@@ -103,7 +103,7 @@ tierlm_status tierlm_model_create(const char* path, const tierlm_model_options* 
       o.verify = options->verify != 0;
       o.max_context = options->max_context;
       o.sparse = options->sparse != 0;
-      o.sparse_window = options->sparse_window > 0 ? options->sparse_window : 4;
+      if (options->sparse_window != 0) o.sparse_window = options->sparse_window;
       o.sparse_bundled = options->sparse_no_bundling == 0;
       o.sparse_capacity = options->sparse_capacity;
     }

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "tierlm/core/error.hpp"
+#include "tierlm/core/limits.hpp"
 
 namespace tierlm {
 
@@ -83,13 +84,11 @@ Generator::Generator(Model& model, std::span<const int32_t> prompt, const Genera
     : model_(&model), prompt_(prompt.begin(), prompt.end()), options_(options), rng_(options.seed) {
   TIERLM_CHECK(!prompt_.empty(), kErrorInvalidArgument,
                "empty prompt: give at least one token (a text prompt that tokenizes to nothing?)");
-  TIERLM_CHECK(options.max_new_tokens >= 0, kErrorInvalidArgument, "max_new_tokens ",
-               options.max_new_tokens, " is negative");
+  check_option("max_new_tokens", options.max_new_tokens);
+  check_option("top_k", options.top_k);
   TIERLM_CHECK(std::isfinite(options.temperature) && options.temperature >= 0.0f,
                kErrorInvalidArgument, "temperature ", options.temperature,
                " must be >= 0 (0 = greedy)");
-  TIERLM_CHECK(options.top_k >= 0, kErrorInvalidArgument, "top_k ", options.top_k,
-               " is negative (0 = no limit)");
   TIERLM_CHECK(options.top_p > 0.0f && options.top_p <= 1.0f, kErrorInvalidArgument, "top_p ",
                options.top_p, " must be in (0, 1]");
   const int64_t context = model.context_length();

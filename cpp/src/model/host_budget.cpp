@@ -71,28 +71,19 @@ HostBudget host_budget_fit(const Package& package, const ModelOptions& options,
   return b;
 }
 
-WeightPlacementInfo host_budget_placement(const Package& package, const HostDemand& demand,
-                                          const HostBudget& budget) {
-  WeightPlacementInfo info;
-  info.minimum_budget = budget.minimum_budget;
+WeightPlacement host_budget_placement(const Package& package, const HostDemand& demand,
+                                      const HostBudget& budget) {
   if (!budget.streaming) {
+    WeightPlacement info;
+    info.minimum_budget = budget.minimum_budget;
     info.resident_bytes = budget.weight_bytes;
     info.base_bytes = budget.weight_bytes;
     return info;
   }
   const WeightPlacement& placement = budget.placement;
+  WeightPlacement info = placement;
   info.streaming = true;
-  info.resident_bytes = placement.resident_bytes;
-  info.base_bytes = placement.base_bytes;
-  info.section_bytes = placement.section_bytes;
-  info.ring_bytes = placement.ring_bytes;
-  info.streamed_bytes = placement.streamed_bytes;
-  info.sections = placement.sections;
-  info.chunks = placement.chunks;
-  info.row_tensors = placement.row_tensors;
-  info.resident_layers = placement.resident_layers;
-  info.streamed_layers = placement.streamed_layers;
-  info.pinned_tensors = placement.pinned_tensors;
+  info.minimum_budget = budget.minimum_budget;
   auto contains = [](const auto& list, const auto& value) {
     return std::find(list.begin(), list.end(), value) != list.end();
   };

@@ -43,7 +43,7 @@ HostBudget host_budget_fit(const Package& package, const ModelOptions& options,
                            const HostDemand& demand, SparseFfnPlan& sparse_plan);
 
 // The placement record Model::placement() reports for a fit.
-WeightPlacementInfo host_budget_placement(const Package& package, const HostDemand& demand,
-                                          const HostBudget& budget);
+WeightPlacement host_budget_placement(const Package& package, const HostDemand& demand,
+                                      const HostBudget& budget);
 
 }  // namespace tierlm::detail

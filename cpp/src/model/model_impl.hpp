@@ -31,7 +31,7 @@ struct Model::Impl {
   HostBuffer arena;
   MemoryPlan plan;
   std::unique_ptr<detail::Executor> executor;
-  WeightPlacementInfo placement;
+  WeightPlacement placement;
   uint64_t sequence = 0;
   ModelStats totals;
   double load_seconds = 0.0;

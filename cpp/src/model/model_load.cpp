@@ -61,6 +61,7 @@ Model& Model::operator=(Model&&) noexcept = default;
 Model::~Model() = default;
 
 Model Model::load(const std::string& path, const ModelOptions& options) {
+  check_model_options(options);
   const auto t0 = std::chrono::steady_clock::now();
   auto impl = std::make_unique<Impl>();
   Impl& m = *impl;
@@ -72,12 +73,8 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     parallel_set_threads(options.threads);
   }
 
-  TIERLM_CHECK(options.max_context >= 0, kErrorInvalidArgument, "max_context ", options.max_context,
-               " is negative");
   m.context =
       options.max_context > 0 ? std::min(options.max_context, c.max_positions) : c.max_positions;
-  TIERLM_CHECK(options.max_batch >= 1, kErrorInvalidArgument, "max_batch ", options.max_batch,
-               " must be at least 1");
   m.max_batch = options.max_batch;
   m.chunk = choose_chunk(p, options, m.context, m.max_batch);
   m.backend = detail::backend_cpu();

@@ -11,6 +11,7 @@
 #include <queue>
 #include <set>
 
+#include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/core/parallel.hpp"
 
@@ -21,8 +22,6 @@ namespace {
 // Span entries the area and length orders of kPlanOrderBest may touch per buffer before
 // they are dropped.
 constexpr uint64_t kPlanMaxWorkPerBuffer = 64;
-
-uint64_t round_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
 uint64_t alignment_of(const PlanBuffer& b, uint64_t fallback) {
   return b.alignment != 0 ? b.alignment : fallback;

@@ -8,8 +8,8 @@
 #include <cstring>
 #include <string>
 
-#include "core/align.hpp"
 #include "sparse/sparse_row_loader.hpp"
+#include "tierlm/core/align.hpp"
 #include "tierlm/core/parallel.hpp"
 #include "tierlm/io/io.hpp"
 #include "tierlm/kernels/kernels.hpp"
@@ -65,6 +65,7 @@ struct SparseFfn::Impl {
   const float* gate_bias = nullptr;  // of the layer running
 
   SparseStats totals;
+  SparseFfnIo bundle_io;  // the bundle files' I/O path
 
   template <class T>
   T* view(size_t offset) {
@@ -75,7 +76,7 @@ struct SparseFfn::Impl {
       : plan(p),
         predictors(host.allocate(plan.predictor_floats * sizeof(float))),
         scratch(host.allocate(plan.scratch.bytes)),
-        loader(host.allocate(plan.staging_bytes, kIoAlignment),
+        loader(host.allocate(plan.staging_bytes, kAlignment),
                view<IoRequest>(plan.scratch.requests), view<uint64_t>(plan.scratch.pending_a),
                view<uint64_t>(plan.scratch.pending_b), plan.scratch.max_requests, plan.bundled) {
     std::fill(rows, rows + plan.max_rows, SparseTokenInfo{});
@@ -109,18 +110,19 @@ struct SparseFfn::Impl {
       layer.pred_bias = pred;
       pred += l.n_neurons;
       const bool reg = layer.file.register_buffer(loader.staging(), loader.staging_bytes());
-      totals.io_registered = layers.empty() ? reg : totals.io_registered && reg;
-      totals.io_direct = layer.file.direct();
-      totals.io_backend = io_backend_name(layer.file.backend());
+      bundle_io.registered = layers.empty() ? reg : bundle_io.registered && reg;
+      bundle_io.direct = layer.file.direct();
+      bundle_io.backend = io_backend_name(layer.file.backend());
       layers.push_back(std::move(layer));
     }
-    totals.window = static_cast<int64_t>(plan.window);
-    totals.bundled = plan.bundled;
-    totals.dense_ffn_bytes = plan.dense_ffn_bytes;
-    totals.host_bytes = plan.host_bytes;
-    totals.target_sparsity = plan.target_sparsity;
+    totals.sparse = true;
+    totals.sparse_window = static_cast<int64_t>(plan.window);
+    totals.sparse_bundled = plan.bundled;
+    totals.sparse_dense_ffn_bytes = plan.dense_ffn_bytes;
+    totals.sparse_host_bytes = plan.host_bytes;
+    totals.sparse_target_sparsity = plan.target_sparsity;
     for (const SparseLayerPlan& l : plan.layers) {
-      totals.capacity.push_back(static_cast<int64_t>(l.capacity));
+      totals.sparse_capacity.push_back(static_cast<int64_t>(l.capacity));
     }
   }
 
@@ -232,7 +234,7 @@ struct SparseFfn::Impl {
 
     // This token's prediction alone passes the capacity: the rest in rounds of at most
     // `cap` rows, each replacing the rows computed last (the sum is additive).
-    ++totals.overflows;
+    ++totals.sparse_overflows;
     for (size_t done = fill; done < n_need;) {
       const size_t m = std::min(cap, n_need - done);
       t0 = Clock::now();
@@ -271,8 +273,17 @@ size_t SparseFfn::dim(int index) const {
 void SparseFfn::end_batch(size_t rows) {
   Impl& m = *impl_;
   for (size_t r = 0; r < rows && r < m.plan.max_rows; ++r) {
-    ++m.totals.tokens;
-    m.totals.sum += m.rows[r];
+    SparseStats& t = m.totals;
+    const SparseTokenInfo& i = m.rows[r];
+    ++t.sparse_tokens;
+    t.sparse_neurons_predicted += i.neurons_predicted;
+    t.sparse_neurons_read += i.neurons_read;
+    t.sparse_bytes_read += i.bytes_read;
+    t.sparse_requests += i.requests;
+    t.sparse_predictor_seconds += i.predictor_seconds;
+    t.sparse_io_seconds += i.io_seconds;
+    t.sparse_memory_seconds += i.memory_seconds;
+    t.sparse_compute_seconds += i.compute_seconds;
     m.log[m.logged++ % kSparseTokenLog] = m.rows[r];
     m.rows[r] = SparseTokenInfo{};
   }
@@ -288,6 +299,8 @@ void SparseFfn::reset() {
 }
 
 SparseStats SparseFfn::stats() const { return impl_->totals; }
+
+const SparseFfnIo& SparseFfn::io() const { return impl_->bundle_io; }
 
 std::vector<SparseTokenInfo> SparseFfn::tokens() const {
   const Impl& m = *impl_;

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "sparse/sparse_plan.hpp"
@@ -14,6 +15,14 @@
 #include "tierlm/sparse/sparse_stats.hpp"
 
 namespace tierlm::detail {
+
+// The bundle files' I/O: back end, O_DIRECT, staging registered with the engine (the model's
+// I/O path in ModelStats when no weights stream).
+struct SparseFfnIo {
+  std::string backend;
+  bool direct = false;
+  bool registered = false;
+};
 
 class SparseFfn {
  public:
@@ -32,6 +41,7 @@ class SparseFfn {
   // Empties the caches and windows (a new sequence).
   void reset();
   SparseStats stats() const;
+  const SparseFfnIo& io() const;
   // One record per token since load, oldest first (the last kSparseTokenLog kept).
   std::vector<SparseTokenInfo> tokens() const;
 

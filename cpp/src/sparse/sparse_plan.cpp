@@ -9,9 +9,9 @@
 #include <cmath>
 #include <vector>
 
-#include "core/align.hpp"
 #include "core/json.hpp"
 #include "io/safetensors.hpp"
+#include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/io/io.hpp"
 
@@ -159,7 +159,7 @@ void read_bundles(const Package& p, const Json& manifest, const std::string& man
     l.row_elems = (l.gated ? 3 : 2) * l.dim;
     l.row_bytes = l.row_elems * dtype_size(l.dtype);
     const uint64_t data = static_cast<uint64_t>(l.n_neurons) * l.row_bytes;
-    const uint64_t padded = round_up(data, kIoAlignment);
+    const uint64_t padded = round_up(data, kAlignment);
     l.file_bytes = file_size(l.file);
     TIERLM_CHECK(l.file_bytes >= padded, kErrorCorrupt, l.file, " is ", l.file_bytes,
                  " bytes but layer ", l.layer, "'s ", l.n_neurons, " bundled rows need ", padded,

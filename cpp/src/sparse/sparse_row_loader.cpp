@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-#include "core/align.hpp"
+#include "tierlm/core/align.hpp"
 
 namespace tierlm::detail {
 
@@ -77,8 +77,8 @@ void SparseRowLoader::load(File& file, const SparseLayerPlan& p, NeuronCache& ca
   for (size_t j = 0; j < n; ++j) {
     const uint64_t a = static_cast<uint64_t>(ids[j]) * rb;
     if (bundled_) {
-      const uint64_t lo = round_down(a, kIoAlignment);
-      const uint64_t hi = std::min(round_up(a + rb, kIoAlignment), p.file_bytes);
+      const uint64_t lo = round_down(a, kAlignment);
+      const uint64_t hi = std::min(round_up(a + rb, kAlignment), p.file_bytes);
       if (open && lo <= cur_hi && used_ + (std::max(hi, cur_hi) - cur_hi) <= cap) {
         used_ += std::max(hi, cur_hi) - cur_hi;
         cur_hi = std::max(hi, cur_hi);
@@ -97,9 +97,9 @@ void SparseRowLoader::load(File& file, const SparseLayerPlan& p, NeuronCache& ca
       pending_a_[n_pending_++] = cur_stage + (a - cur_lo);
     } else {
       const uint64_t part = p.up_part_bytes();
-      const uint64_t ulo = round_down(a, kIoAlignment), uhi = round_up(a + part, kIoAlignment);
-      const uint64_t dlo = round_down(a + part, kIoAlignment);
-      const uint64_t dhi = std::min(round_up(a + rb, kIoAlignment), p.file_bytes);
+      const uint64_t ulo = round_down(a, kAlignment), uhi = round_up(a + part, kAlignment);
+      const uint64_t dlo = round_down(a + part, kAlignment);
+      const uint64_t dhi = std::min(round_up(a + rb, kAlignment), p.file_bytes);
       if (used_ + (uhi - ulo) + (dhi - dlo) > cap || n_requests_ + 2 > max_requests_) {
         flush(file, p, cache, info);
         pending_ids_ = ids + j;

@@ -4,8 +4,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "core/align.hpp"
 #include "sparse/sparse_plan.hpp"
+#include "tierlm/core/align.hpp"
 #include "tierlm/core/parallel.hpp"
 #include "tierlm/io/io.hpp"
 #include "tierlm/sparse/neuron_cache.hpp"
@@ -21,12 +21,12 @@ constexpr size_t kMaxPartials = 16;
 constexpr size_t kScratchAlignment = 64;  // a cache line: views never share one
 
 // What a host-tier allocation of `bytes` reserves (whole pages, at least one).
-uint64_t page(uint64_t bytes) { return round_up(std::max<uint64_t>(bytes, 1), kIoAlignment); }
+uint64_t page(uint64_t bytes) { return round_up(std::max<uint64_t>(bytes, 1), kAlignment); }
 
 // Worst widened size of a range of len bytes at offsets that are multiples of stride.
 uint64_t worst_widened(uint64_t len, uint64_t stride) {
-  if (stride % kIoAlignment == 0) return round_up(len, kIoAlignment);
-  return round_up(len + kIoAlignment - 1, kIoAlignment);
+  if (stride % kAlignment == 0) return round_up(len, kAlignment);
+  return round_up(len + kAlignment - 1, kAlignment);
 }
 
 }  // namespace

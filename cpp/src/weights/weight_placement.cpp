@@ -8,7 +8,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include "core/align.hpp"
+#include "tierlm/core/align.hpp"
 
 namespace tierlm::detail {
 
@@ -22,7 +22,7 @@ constexpr uint64_t kMaxAutoSections = 16;
 
 bool streamable(const TensorInfo& t) { return t.layer >= 0 && t.shape.size() >= 2; }
 
-uint64_t slot_bytes(const TensorInfo& t) { return round_up(t.nbytes, kIoAlignment); }
+uint64_t slot_bytes(const TensorInfo& t) { return round_up(t.nbytes, kAlignment); }
 
 bool contains(const std::vector<std::string>& names, const std::string& name) {
   return std::find(names.begin(), names.end(), name) != names.end();
@@ -33,8 +33,8 @@ bool contains(const std::vector<std::string>& names, const std::string& name) {
 uint64_t weight_row_slot_bytes(const TensorInfo& t) {
   if (t.shape.size() != 2 || t.shape[0] <= 0) return 0;
   const uint64_t row = t.nbytes / static_cast<uint64_t>(t.shape[0]);
-  const bool aligned = row % kIoAlignment == 0 && t.offset % kIoAlignment == 0;
-  return round_up(row, kIoAlignment) + (aligned ? 0 : kIoAlignment);
+  const bool aligned = row % kAlignment == 0 && t.offset % kAlignment == 0;
+  return round_up(row, kAlignment) + (aligned ? 0 : kAlignment);
 }
 
 std::vector<TensorInfo> weight_tensors(const Package& package,
@@ -162,7 +162,7 @@ WeightPlacement weight_placement(std::span<const TensorInfo> all,
   uint64_t left = avail + p.base_bytes - p.resident_bytes - static_cast<uint64_t>(k) * section;
   std::map<int, uint64_t> streamed;
   for (int layer : p.streamed_layers) streamed[layer] = layer_bytes[layer];
-  for (auto it = p.streamed_layers.rbegin(); it != p.streamed_layers.rend() && left >= kIoAlignment;
+  for (auto it = p.streamed_layers.rbegin(); it != p.streamed_layers.rend() && left >= kAlignment;
        ++it) {
     for (const TensorInfo& t : all) {
       const uint64_t bytes = slot_bytes(t);

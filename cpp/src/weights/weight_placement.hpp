@@ -9,33 +9,12 @@
 #include <vector>
 
 #include "tierlm/model/package.hpp"
+#include "tierlm/weights/placement.hpp"
 
 namespace tierlm::detail {
 
-// resident = layer -1 tensors, every 1-D tensor (norms, biases) and the first whole layers
-// that fit; the other layers' matrices are read with O_DIRECT through `sections` staging
-// sections of `section_bytes` each (the largest streamed matrix). A layer's streamed matrices,
-// in the order the graph uses them, are packed into chunks of at most section_bytes; a chunk is
-// one section's reads, ring order = layer order, then use order.
-struct WeightPlacement {
-  uint64_t base_bytes = 0;      // layer -1 + small tensors (always resident)
-  uint64_t section_bytes = 0;   // the largest streamed matrix
-  uint64_t resident_bytes = 0;  // base + resident layers + pinned matrices
-  uint64_t ring_bytes = 0;      // sections * section_bytes
-  uint64_t streamed_bytes = 0;  // bytes read per pass over the streamed layers
-  int sections = 0;
-  int chunks = 0;  // chunks read per pass
-  // Tables read by rows on demand (embeddings): not resident; base_bytes holds their row
-  // buffers instead (max_rows rows each, 4 KiB-aligned spans for O_DIRECT).
-  std::vector<std::string> row_tensors;
-  uint64_t row_buffer_bytes = 0;
-  int64_t max_rows = 0;
-  std::vector<int> resident_layers;
-  std::vector<int> streamed_layers;
-  std::vector<std::string> pinned_tensors;  // matrices of streamed layers kept resident
-  // Least weight bytes a streaming store can run in: base + one section.
-  uint64_t minimum() const { return base_bytes + section_bytes; }
-};
+// The record planned (WeightPlacement, resident / streamed / row tensors) is the public
+// tierlm/weights/placement.hpp.
 
 struct WeightPlacementOptions {
   uint64_t weight_budget = 0;  // host bytes for weights (the budget less KV, arena, ...)

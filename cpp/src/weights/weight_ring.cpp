@@ -5,7 +5,7 @@
 
 #include <algorithm>
 
-#include "core/align.hpp"
+#include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
 
 namespace tierlm::detail {
@@ -23,7 +23,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 uint64_t weight_read_length(const File& file, const TensorInfo& t) {
-  return std::min(round_up(t.nbytes, kIoAlignment), file.size() - t.offset);
+  return std::min(round_up(t.nbytes, kAlignment), file.size() - t.offset);
 }
 
 WeightRing::WeightRing(std::span<const TensorInfo> tensors, std::span<const WeightHome> homes,
@@ -43,7 +43,7 @@ WeightRing::WeightRing(std::span<const TensorInfo> tensors, std::span<const Weig
     Chunk& c = chunks_.emplace_back();
     for (size_t i : members) {
       const TensorInfo& t = tensors[i];
-      const uint64_t bytes = round_up(t.nbytes, kIoAlignment);
+      const uint64_t bytes = round_up(t.nbytes, kAlignment);
       TIERLM_CHECK(bytes <= placement.section_bytes, kErrorCorrupt, "streamed tensor `", t.name,
                    "` needs ", bytes, " bytes, the ring's sections hold ", placement.section_bytes);
       c.layer = t.layer;
@@ -74,14 +74,14 @@ WeightRing::WeightRing(std::span<const TensorInfo> tensors, std::span<const Weig
   sections_.resize(placement.sections);
   bool registered = !sections_.empty();
   for (Section& s : sections_) {
-    s.buffer = host.allocate(placement.section_bytes, kIoAlignment);
+    s.buffer = host.allocate(placement.section_bytes, kAlignment);
     bool all = true;
     for (File& f : files_) all = f.register_buffer(s.buffer.data(), s.buffer.size()) && all;
     registered = registered && all && !files_.empty();
     s.futures.reserve(kSectionFutures);
   }
   order_.reserve(sections_.size());
-  stats_.registered = registered;
+  stats_.io_registered = registered;
   requests_.reserve(kBatchRequests);
   events_.resize(kMaxEvents);
   fill_ring();

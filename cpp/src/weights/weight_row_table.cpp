@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <chrono>
 
-#include "core/align.hpp"
+#include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
 #include "weights/weight_placement.hpp"
 
@@ -19,7 +19,7 @@ WeightRowTable::WeightRowTable(const TensorInfo& tensor, File& file, size_t max_
       stats_(&stats),
       row_bytes_(tensor.nbytes / static_cast<uint64_t>(tensor.shape[0])),
       slot_(weight_row_slot_bytes(tensor)),
-      buffer_(host.allocate(slot_ * max_rows, kIoAlignment)),
+      buffer_(host.allocate(slot_ * max_rows, kAlignment)),
       ptrs_(max_rows, nullptr) {
   requests_.reserve(max_rows);
   futures_.reserve(max_rows);
@@ -36,8 +36,8 @@ const void* const* WeightRowTable::read(const int32_t* ids, size_t n) {
     TIERLM_CHECK(ids[i] >= 0 && ids[i] < t.shape[0], kErrorInvalidArgument, "token id ", ids[i],
                  " outside the ", t.shape[0], " rows of `", t.name, "`");
     const uint64_t offset = t.offset + static_cast<uint64_t>(ids[i]) * row_bytes_;
-    const uint64_t start = round_down(offset, kIoAlignment);
-    const uint64_t end = std::min(round_up(offset + row_bytes_, kIoAlignment), file_->size());
+    const uint64_t start = round_down(offset, kAlignment);
+    const uint64_t end = std::min(round_up(offset + row_bytes_, kAlignment), file_->size());
     char* dst = base + i * slot_;
     requests_.push_back({dst, end - start, start});
     ptrs_[i] = dst + (offset - start);

@@ -12,6 +12,8 @@
 
 #include "tierlm/memory/tier.hpp"
 #include "tierlm/model/package.hpp"
+#include "tierlm/weights/placement.hpp"
+#include "tierlm/weights/stream_stats.hpp"
 #include "weights/weight_placement.hpp"
 
 namespace tierlm::detail {
@@ -67,27 +69,8 @@ std::unique_ptr<WeightStore> weight_store_resident(const Package& package, HostT
                                                    const std::vector<std::string>& tensors,
                                                    const WeightStoreOptions& options);
 
-// One entry per end_layer of a streamed layer, for timelines (kept in a fixed buffer).
-struct StreamEvent {
-  double t = 0;     // seconds since the store was made, at the layer's end
-  double wait = 0;  // seconds the layer's data() calls waited for reads
-  int layer = 0;
-  uint64_t bytes_read = 0;  // total streamed bytes read so far (completed)
-};
-
-struct StreamStats {
-  uint64_t stream_bytes_read = 0;  // bytes read by the ring since load
-  double io_wait_seconds = 0;      // time data() and rows() spent waiting on reads
-  double read_busy_seconds = 0;    // sum over chunks of issue -> reads complete (as seen)
-  uint64_t layer_waits = 0;        // end_layer calls of streamed layers
-  uint64_t ring_restarts = 0;      // out-of-order layer accesses that drained the ring
-  bool registered = false;         // sections registered with the I/O engine
-  bool direct = false;             // reads use O_DIRECT
-  std::string backend;
-  uint64_t chunk_waits = 0;     // data() calls that waited for a chunk's reads
-  uint64_t row_bytes_read = 0;  // rows read on demand (embedding rows)
-};
-
+// Streaming: the placement (tierlm/weights/placement.hpp, planned by weights/weight_placement.hpp)
+// is read through a ring of staging sections; its counters are tierlm/weights/stream_stats.hpp.
 class StreamingWeightStore : public WeightStore {
  public:
   virtual const WeightPlacement& placement() const = 0;

@@ -6,7 +6,7 @@
 #include <memory>
 #include <unordered_map>
 
-#include "core/align.hpp"
+#include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/io/io.hpp"
 #include "weights/weight_placement.hpp"
@@ -41,8 +41,11 @@ class StreamingStore final : public StreamingWeightStore {
     }
     ring_ = std::make_unique<WeightRing>(tensors_, homes, file_of_, files_, placement_, host,
                                          stream_, start);
-    stream_.direct = !files_.empty() && files_[0].direct();
-    stream_.backend = files_.empty() ? "" : io_backend_name(files_[0].backend());
+    stream_.io_direct = !files_.empty() && files_[0].direct();
+    stream_.io_backend = files_.empty() ? "" : io_backend_name(files_[0].backend());
+    stream_.streaming = true;
+    stream_.ring_sections = placement_.sections;
+    stream_.bytes_read_per_token = placement_.streamed_bytes;
     stats_.tensors = tensors_.size();
     stats_.load_seconds = std::chrono::duration<double>(Clock::now() - start).count();
   }
@@ -101,10 +104,10 @@ class StreamingStore final : public StreamingWeightStore {
     uint64_t bytes = 0;
     for (size_t i = 0; i < tensors_.size(); ++i) {
       if (homes[i] == WeightHome::kWeightHomeResident) {
-        bytes += round_up(tensors_[i].nbytes, kIoAlignment);
+        bytes += round_up(tensors_[i].nbytes, kAlignment);
       }
     }
-    resident_ = host.allocate(std::max<uint64_t>(bytes, kIoAlignment), kIoAlignment);
+    resident_ = host.allocate(std::max<uint64_t>(bytes, kAlignment), kAlignment);
     char* base = static_cast<char*>(resident_.data());
     uint64_t offset = 0;
     for (size_t i = 0; i < tensors_.size(); ++i) {
@@ -114,7 +117,7 @@ class StreamingStore final : public StreamingWeightStore {
       char* dst = base + offset;
       f.read(dst, weight_read_length(f, t), t.offset);
       host.record_in(t.nbytes);
-      resident_read_ += round_up(t.nbytes, kIoAlignment);
+      resident_read_ += round_up(t.nbytes, kAlignment);
       if (options.verify && t.has_crc32) {
         const uint32_t crc = crc32_update(0, dst, t.nbytes);
         TIERLM_CHECK(crc == t.crc32, kErrorCorrupt, "tensor `", t.name, "` in ",
@@ -122,7 +125,7 @@ class StreamingStore final : public StreamingWeightStore {
                      ", manifest says ", t.crc32, "); export the package again");
       }
       data_[i] = dst;
-      offset += round_up(t.nbytes, kIoAlignment);
+      offset += round_up(t.nbytes, kAlignment);
     }
     stats_.resident_bytes = resident_.size();
   }

@@ -1,9 +1,10 @@
 """`tierlm generate PKG --prompt TEXT | --ids 1,2,3`: generate with the native executor."""
 
+import importlib.util
 import json
 import sys
 
-from tierlm.errors import InvalidArgumentError
+from tierlm.errors import InvalidArgumentError, UnsupportedError
 from tierlm.sizes import format_size
 
 
@@ -64,7 +65,7 @@ def add_run_options(parser):
         action="append",
         default=[],
         metavar="TIER=SIZE",
-        help="tier budget, e.g. host=4GiB (repeatable)",
+        help="host tier budget, e.g. host=4GiB (the only tier the executor uses yet)",
     )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=0, help="0 = no limit")
@@ -105,6 +106,11 @@ def parse_ids(text):
 def run(args):
     import tierlm
 
+    if args.timeline and importlib.util.find_spec("matplotlib") is None:
+        raise UnsupportedError(
+            "--timeline needs matplotlib (pip install 'tierlm[plot]'); "
+            "run without --timeline or install it"
+        )
     model = tierlm.load(
         args.package,
         budget=parse_budgets(args.budget),

@@ -101,6 +101,11 @@ def run_train(args):
     if not 0.0 < args.threshold < 1.0:
         raise ValueError(f"--threshold {args.threshold} must lie in (0, 1)")
     loaded = load_model(args.model)
+    if args.target_sparsity is not None and not loaded.gated:
+        raise ValueError(
+            f"--target-sparsity is for gated SiLU FFNs (Llama family); {args.model} has a ReLU "
+            "FFN whose zeros are exact: run without --target-sparsity"
+        )
     ids = loaded.encode(_read_text(args.calibration, "calibration"))
     if args.held_out:
         train_ids, held_ids = ids, loaded.encode(_read_text(args.held_out, "held-out"))

@@ -3,6 +3,7 @@ HiGHS. Both see the same reduced model: sizes in units of the gcd of the aligned
 no-overlap only between buffers live at a common op (the maximal cliques of the interval
 graph), identical buffers ordered, and the greedy plan as the starting solution."""
 
+import importlib.util
 import os
 import sys
 import time
@@ -13,7 +14,9 @@ import numpy as np
 from tierlm.errors import InvalidArgumentError, UnsupportedError
 
 SOLVERS = ("cpsat", "highs")
-DEFAULT_SOLVER = "cpsat"
+# CP-SAT where OR-Tools (the `plan` extra) is installed; HiGHS, a core dependency, otherwise, so
+# the exact planner works after a plain `pip install .`.
+DEFAULT_SOLVER = "cpsat" if importlib.util.find_spec("ortools") is not None else "highs"
 
 
 @dataclass

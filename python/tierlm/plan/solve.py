@@ -163,7 +163,8 @@ def solve(
     method: "greedy" (native best fit, milliseconds), "mip" (exact: greedy, exact reductions,
     then CP-SAT or HiGHS within `time_limit` seconds; the best plan found and whether it is
     proven optimal), "best" (greedy, and the MIP only where greedy is not provably optimal;
-    `method` on the result says which plan won). solver: "cpsat" (default) or "highs".
+    `method` on the result says which plan won). solver: "cpsat" or "highs" (default: cpsat
+    where OR-Tools is installed, else highs).
     """
     t0 = time.perf_counter()
     if method not in METHODS:

@@ -8,6 +8,8 @@
 #include <memory>
 #include <string>
 
+#include "tierlm/core/align.hpp"
+
 namespace tierlm {
 
 enum class TierKind { kTierDevice, kTierHost, kTierDisk };
@@ -62,9 +64,11 @@ class HostBuffer {
 class HostTier {
  public:
   // lock: pin buffers with mlock while RLIMIT_MEMLOCK allows; beyond it they stay pageable.
-  explicit HostTier(uint64_t budget, bool lock = true);
+  // pin: also register each buffer with CUDA for DMA (where a GPU is usable), which only pays
+  // when a device tier copies from this tier: whoever creates a device tier sets it.
+  explicit HostTier(uint64_t budget, bool lock = true, bool pin = false);
 
-  HostBuffer allocate(size_t bytes, size_t alignment = 4096);
+  HostBuffer allocate(size_t bytes, size_t alignment = kAlignment);
   TierStats stats() const;
   uint64_t budget() const;
   uint64_t available() const;
@@ -75,6 +79,7 @@ class HostTier {
  private:
   TierLedgerPtr ledger_;
   bool lock_;
+  bool pin_;
 };
 
 // Bytes of RLIMIT_MEMLOCK (UINT64_MAX when unlimited or the process may lock anything).

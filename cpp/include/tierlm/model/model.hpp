@@ -4,8 +4,10 @@
 // engine's futures of the reads streamed weights and sparse FFN rows issue.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -14,6 +16,8 @@
 #include "tierlm/memory/tier.hpp"
 #include "tierlm/model/package.hpp"
 #include "tierlm/sparse/sparse_stats.hpp"
+#include "tierlm/weights/placement.hpp"
+#include "tierlm/weights/stream_stats.hpp"
 
 namespace tierlm {
 
@@ -39,32 +43,9 @@ struct ModelOptions {
   int64_t sparse_capacity = 0;  // cached neurons per layer; 0 = auto from the predictors
 };
 
-// Where the weights live: everything resident, or a resident set plus a ring of
-// staging sections streamed from the package files with O_DIRECT.
-struct WeightPlacementInfo {
-  bool streaming = false;
-  uint64_t resident_bytes = 0;  // weights kept in the host tier
-  uint64_t base_bytes = 0;      // layer -1 tensors and 1-D tensors (norms, biases)
-  uint64_t section_bytes = 0;   // one staging section (the largest streamed matrix)
-  uint64_t ring_bytes = 0;
-  uint64_t streamed_bytes = 0;  // read from disk per forward pass
-  uint64_t minimum_budget =
-      0;  // least host budget that loads (resident set + KV + arena + 1 section)
-  int64_t sections = 0;
-  int64_t chunks = 0;  // section-sized groups of streamed matrices read per forward pass
-  std::vector<int> resident_layers;
-  std::vector<int> streamed_layers;
-  std::vector<std::string> streamed_tensors;
-  std::vector<std::string> pinned_tensors;  // matrices of streamed layers kept resident
-  std::vector<std::string> row_tensors;     // embedding tables read by rows on demand
-};
-
-struct StreamEventInfo {
-  double t = 0;
-  double wait = 0;
-  int layer = 0;
-  uint64_t bytes_read = 0;
-};
+// Throws kErrorInvalidArgument naming the first numeric option outside its range
+// (tierlm/core/limits.hpp); Model::load calls it before any work.
+void check_model_options(const ModelOptions& options);
 
 // One activation or workspace buffer of the graph for a batch of `seq` tokens: live from op
 // `start` to op `end` (inclusive; end == number of ops for the graph output).
@@ -84,49 +65,46 @@ struct MemoryPlan {
   std::string source;        // "internal" (plan_greedy) or the stored plan's path
 };
 
-struct ModelStats {
+// The model's report: totals since load of prefill and decode, its host-tier footprint, and
+// the streaming store's and the sparse FFN's records (each defined beside its producer), with
+// the figures derived from them.
+struct ModelStats : StreamStats, SparseStats {
   uint64_t prefill_tokens = 0;  // totals since load
   uint64_t decode_tokens = 0;
   double prefill_seconds = 0.0;
   double decode_seconds = 0.0;
   double load_seconds = 0.0;
-  uint64_t disk_bytes_read = 0;  // weight bytes read from the package files
+  uint64_t disk_bytes_read = 0;  // weight bytes read from the package files at load (+ sparse rows)
   uint64_t weight_bytes = 0;     // host bytes holding weights
   uint64_t kv_bytes = 0;         // host bytes of the KV cache
   uint64_t arena_bytes = 0;      // host bytes of the activation arena
   TierStats host;
-  // Streaming: bytes read by the ring, time the weight reads were waited for (ring chunks and
-  // embedding rows), time from issuing a chunk's reads to seeing them complete (summed).
-  uint64_t stream_bytes_read = 0;
-  double io_wait_seconds = 0.0;
-  double read_busy_seconds = 0.0;
-  uint64_t layer_waits = 0;     // streamed layers ended
-  uint64_t chunk_waits = 0;     // streamed chunks waited for (a chunk: section-sized matrices)
-  uint64_t row_bytes_read = 0;  // embedding rows read on demand
-  uint64_t ring_restarts = 0;
-  bool io_direct = false;
-  bool io_registered = false;
-  std::string io_backend;
-  // Sparse FFN (ModelOptions::sparse), totals since load over every layer; a token is one
-  // row through the FFNs (prompt tokens included).
-  bool sparse = false;
-  uint64_t sparse_tokens = 0;
-  uint64_t sparse_neurons_predicted = 0;
-  uint64_t sparse_neurons_read = 0;  // rows read from the bundle files (cache misses)
-  uint64_t sparse_bytes_read = 0;    // bytes requested (4 KiB-widened reads)
-  uint64_t sparse_requests = 0;      // read requests submitted
-  uint64_t sparse_overflows = 0;     // layer steps whose prediction alone passed the capacity
-  double sparse_predictor_seconds = 0.0;
-  double sparse_io_seconds = 0.0;       // submit -> every read of the step complete
-  double sparse_memory_seconds = 0.0;   // neuron cache erase / insert (row copies included)
-  double sparse_compute_seconds = 0.0;  // the sparse FFN kernel
-  uint64_t sparse_host_bytes = 0;       // neuron caches + staging + predictors + scratch
-  uint64_t sparse_dense_ffn_bytes = 0;  // bytes of the dense FFN matrices a token would read
-  int64_t sparse_window = 0;
-  bool sparse_bundled = true;
-  std::vector<int64_t> sparse_capacity;  // per layer
-  // Gated SiLU FFNs: the target sparsity the thresholds were calibrated for (lossy); 0 = ReLU.
-  double sparse_target_sparsity = 0.0;
+
+  // The counters over an interval that began at `before` (one generation); sizes, peaks and
+  // settings as now.
+  ModelStats since(const ModelStats& before) const {
+    ModelStats d = *this;
+    static_cast<StreamStats&>(d) = StreamStats::since(before);
+    static_cast<SparseStats&>(d) = SparseStats::since(before);
+    d.prefill_tokens -= before.prefill_tokens;
+    d.decode_tokens -= before.decode_tokens;
+    d.prefill_seconds -= before.prefill_seconds;
+    d.decode_seconds -= before.decode_seconds;
+    return d;
+  }
+  double prefill_tokens_per_s() const { return rate(prefill_tokens, prefill_seconds); }
+  double decode_tokens_per_s() const { return rate(decode_tokens, decode_seconds); }
+  // Run time not spent waiting for streamed reads.
+  double compute_seconds() const {
+    return std::max(prefill_seconds + decode_seconds - io_wait_seconds, 0.0);
+  }
+  // Most bytes each tier held at once.
+  std::map<std::string, uint64_t> peak_bytes() const { return {{"host", host.peak}}; }
+
+ private:
+  static double rate(uint64_t tokens, double seconds) {
+    return seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0;
+  }
 };
 
 class Model {
@@ -172,9 +150,9 @@ class Model {
   std::vector<float> logits(std::span<const int32_t> ids);
 
   ModelStats stats() const;
-  const WeightPlacementInfo& placement() const;
+  const WeightPlacement& placement() const;
   // One event per streamed layer's end (time, wait, bytes read so far), oldest first.
-  std::vector<StreamEventInfo> stream_events() const;
+  std::vector<StreamEvent> stream_events() const;
   // Sparse FFN: one entry per token since load, oldest first (the last 16384 kept).
   std::vector<SparseTokenInfo> sparse_tokens() const;
   // Counts a generation's timings into stats() (prefill and decode totals).

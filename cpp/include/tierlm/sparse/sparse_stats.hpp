@@ -1,15 +1,68 @@
-// What the sparse FFN layer (sparse-neuron flash loading, docs/sparse.md) reports: one record
-// per token through every sparse FFN layer, and its totals since load, which the model merges
-// into ModelStats. A token is one row through the FFNs (prompt tokens included).
+// What the sparse FFN (ModelOptions::sparse) reports: its settings, counters since load over
+// every layer (a token is one row through the FFNs, prompt tokens included), the figures
+// derived from them, and one entry per token.
 #pragma once
 
 #include <cstdint>
-#include <string>
 #include <vector>
 
 namespace tierlm {
 
-// One token through every sparse FFN layer.
+struct SparseStats {
+  bool sparse = false;  // the model runs its FFNs sparse
+  uint64_t sparse_tokens = 0;
+  uint64_t sparse_neurons_predicted = 0;
+  uint64_t sparse_neurons_read = 0;  // rows read from the bundle files (cache misses)
+  uint64_t sparse_bytes_read = 0;    // bytes requested (4 KiB-widened reads)
+  uint64_t sparse_requests = 0;      // read requests submitted
+  uint64_t sparse_overflows = 0;     // layer steps whose prediction alone passed the capacity
+  double sparse_predictor_seconds = 0.0;
+  double sparse_io_seconds = 0.0;       // submit -> every read of the step complete
+  double sparse_memory_seconds = 0.0;   // neuron cache erase / insert (row copies included)
+  double sparse_compute_seconds = 0.0;  // the sparse FFN kernel
+  uint64_t sparse_host_bytes = 0;       // neuron caches + staging + predictors + scratch
+  uint64_t sparse_dense_ffn_bytes = 0;  // bytes of the dense FFN matrices a token would read
+  int64_t sparse_window = 0;
+  bool sparse_bundled = true;
+  std::vector<int64_t> sparse_capacity;  // per layer
+  // Gated SiLU FFNs: the target sparsity the thresholds were calibrated for (lossy); 0 = ReLU.
+  double sparse_target_sparsity = 0.0;
+
+  // The counters over an interval that began at `before`; settings as now.
+  SparseStats since(const SparseStats& before) const {
+    SparseStats d = *this;
+    d.sparse_tokens -= before.sparse_tokens;
+    d.sparse_neurons_predicted -= before.sparse_neurons_predicted;
+    d.sparse_neurons_read -= before.sparse_neurons_read;
+    d.sparse_bytes_read -= before.sparse_bytes_read;
+    d.sparse_requests -= before.sparse_requests;
+    d.sparse_overflows -= before.sparse_overflows;
+    d.sparse_predictor_seconds -= before.sparse_predictor_seconds;
+    d.sparse_io_seconds -= before.sparse_io_seconds;
+    d.sparse_memory_seconds -= before.sparse_memory_seconds;
+    d.sparse_compute_seconds -= before.sparse_compute_seconds;
+    return d;
+  }
+  bool sparse_lossy() const { return sparse_target_sparsity > 0; }
+  // Predicted neurons found in the caches (1 when none were predicted).
+  double sparse_cache_hit_rate() const {
+    return sparse_neurons_predicted ? 1.0 - static_cast<double>(sparse_neurons_read) /
+                                                static_cast<double>(sparse_neurons_predicted)
+                                    : 1.0;
+  }
+  double sparse_neurons_predicted_per_token() const { return per_token(sparse_neurons_predicted); }
+  double sparse_neurons_read_per_token() const { return per_token(sparse_neurons_read); }
+  double sparse_bytes_read_per_token() const { return per_token(sparse_bytes_read); }
+  // What dense offload would read per token, to set sparse_bytes_read_per_token against.
+  uint64_t dense_ffn_bytes_per_token() const { return sparse_dense_ffn_bytes; }
+
+ private:
+  double per_token(uint64_t total) const {
+    return static_cast<double>(total) / static_cast<double>(sparse_tokens ? sparse_tokens : 1);
+  }
+};
+
+// One token through every sparse FFN layer (SparseStats' counters for that token).
 struct SparseTokenInfo {
   uint64_t neurons_predicted = 0;
   uint64_t neurons_read = 0;  // rows read from the bundle files (cache misses)
@@ -19,36 +72,6 @@ struct SparseTokenInfo {
   double io_seconds = 0.0;       // submit -> every read of the step complete
   double memory_seconds = 0.0;   // neuron cache erase / insert (row copies included)
   double compute_seconds = 0.0;  // the sparse FFN kernel
-
-  SparseTokenInfo& operator+=(const SparseTokenInfo& o) {
-    neurons_predicted += o.neurons_predicted;
-    neurons_read += o.neurons_read;
-    bytes_read += o.bytes_read;
-    requests += o.requests;
-    predictor_seconds += o.predictor_seconds;
-    io_seconds += o.io_seconds;
-    memory_seconds += o.memory_seconds;
-    compute_seconds += o.compute_seconds;
-    return *this;
-  }
-};
-
-// Totals since load over every sparse FFN layer.
-struct SparseStats {
-  uint64_t tokens = 0;
-  SparseTokenInfo sum;           // the tokens' counters summed
-  uint64_t overflows = 0;        // layer steps whose prediction alone passed the capacity
-  uint64_t host_bytes = 0;       // neuron caches + staging + predictors + scratch
-  uint64_t dense_ffn_bytes = 0;  // bytes of the dense FFN matrices a token would read
-  int64_t window = 0;
-  bool bundled = true;
-  std::vector<int64_t> capacity;  // per layer
-  // Gated SiLU FFNs: the target sparsity the thresholds were calibrated for (lossy); 0 = ReLU.
-  double target_sparsity = 0.0;
-  // The bundle files' I/O: back end, O_DIRECT, staging registered with the engine.
-  std::string io_backend;
-  bool io_direct = false;
-  bool io_registered = false;
 };
 
 }  // namespace tierlm
