@@ -10,7 +10,7 @@ import sys
 import pytest
 import tierlm
 
-DEMO_ARGS = ("--max-new-tokens", "3")
+DEMO_ARGS = ("--model", "opt", "--max-new-tokens", "3")
 
 
 def demo(ctx, *argv):
@@ -25,16 +25,31 @@ def case_demo_prompt(ctx):
 
 
 def case_demo_max_new_tokens(ctx):
-    assert (
-        len(ctx.json("demo", "--cache-dir", ctx.demo_cache, "--max-new-tokens", "2")["output_ids"])
-        <= 2
+    assert len(demo(ctx, "--max-new-tokens", "2")["output_ids"]) <= 2
+    ctx.fails(
+        "demo",
+        "--cache-dir",
+        ctx.demo_cache,
+        "--model",
+        "opt",
+        "--max-new-tokens",
+        "-1",
+        match="max_new",
     )
-    ctx.fails("demo", "--cache-dir", ctx.demo_cache, "--max-new-tokens", "-1", match="max_new")
 
 
 def case_demo_budget(ctx):
     assert demo(ctx, "--budget", "64MiB")["host_budget"] == 64 << 20
-    ctx.fails("demo", "--cache-dir", ctx.demo_cache, "--budget", "lots", match="--budget")
+    ctx.fails(
+        "demo",
+        "--cache-dir",
+        ctx.demo_cache,
+        "--model",
+        "opt",
+        "--budget",
+        "lots",
+        match="--budget",
+    )
 
 
 def case_demo_temperature(ctx):
@@ -51,7 +66,9 @@ def case_demo_top_k(ctx):
         demo(ctx, "--max-new-tokens", "8", "--temperature", "5", "--top-k", "1")["output_ids"]
         == greedy
     )
-    ctx.fails("demo", "--cache-dir", ctx.demo_cache, "--top-k", "-1", match="top_k = -1")
+    ctx.fails(
+        "demo", "--cache-dir", ctx.demo_cache, "--model", "opt", "--top-k", "-1", match="top_k = -1"
+    )
 
 
 def case_demo_seed(ctx):
@@ -59,7 +76,9 @@ def case_demo_seed(ctx):
     assert (
         a == demo(ctx, "--max-new-tokens", "12", "--temperature", "5", "--seed", "1")["output_ids"]
     )
-    ctx.fails("demo", "--cache-dir", ctx.demo_cache, "--seed", "-1", match="seed = -1")
+    ctx.fails(
+        "demo", "--cache-dir", ctx.demo_cache, "--model", "opt", "--seed", "-1", match="seed = -1"
+    )
 
 
 def case_demo_cache_dir(ctx):
@@ -74,6 +93,16 @@ def case_demo_rebuild(ctx):
     assert os.path.exists(marker)  # cached: kept
     demo(ctx, "--rebuild")
     assert not os.path.exists(marker)  # rebuilt
+
+
+def case_demo_model(ctx):
+    assert demo(ctx)["model"] == "opt"
+    from tierlm.cli.demo import smollm2_gguf
+
+    auto = ctx.json("demo", "--cache-dir", ctx.tmp + "/auto", "--max-new-tokens", "2")
+    assert auto["model"] == ("smollm2" if smollm2_gguf() else "opt")
+    with pytest.raises(SystemExit):  # argparse refuses a model it does not list
+        ctx.run("demo", "--model", "gpt5")
 
 
 def case_demo_json(ctx):

@@ -111,7 +111,10 @@ def prepare(root, model, rebuild=False, log=print):
         shutil.rmtree(root)
     pkg = os.path.join(root, "package")
     if os.path.exists(done):
-        return pkg
+        with open(done) as f:
+            if json.load(f).get("model") == model.name:
+                return pkg
+        os.remove(done)  # the folder holds another demo model's package: make this one
     os.makedirs(root, exist_ok=True)
     shutil.rmtree(pkg, ignore_errors=True)
     log(f"making the demo model in {root} (once)")
