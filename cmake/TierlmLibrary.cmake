@@ -25,25 +25,41 @@ foreach(src IN LISTS TIERLM_SOURCES)
   endif()
 endforeach()
 
-add_library(tierlm SHARED ${TIERLM_SOURCES})
-add_library(tierlm::tierlm ALIAS tierlm)
+# The sources compile once, with hidden symbols: libtierlm (shared) exports only what the public
+# headers mark TIERLM_API / TIERLM_C_API; the C++ tests, which also reach private headers, link
+# the same objects as a static archive (tierlm_internal).
+add_library(tierlm_objects OBJECT ${TIERLM_SOURCES})
+set_target_properties(tierlm_objects PROPERTIES CXX_VISIBILITY_PRESET hidden
+  CUDA_VISIBILITY_PRESET hidden VISIBILITY_INLINES_HIDDEN ON)
 # The install include dir comes from install(TARGETS ... INCLUDES DESTINATION), which is
 # tierlm/include inside a wheel; a fixed "include" here would name a missing directory.
-target_include_directories(tierlm PUBLIC
+target_include_directories(tierlm_objects PUBLIC
   $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/cpp/include>)
-target_include_directories(tierlm PRIVATE ${PROJECT_SOURCE_DIR}/cpp/src)
-target_compile_options(tierlm PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -O3>)
+target_include_directories(tierlm_objects PRIVATE ${PROJECT_SOURCE_DIR}/cpp/src)
+target_compile_options(tierlm_objects PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -O3>)
+target_compile_definitions(tierlm_objects PRIVATE TIERLM_VERSION="${PROJECT_VERSION}")
 find_package(Threads REQUIRED)
-target_link_libraries(tierlm PUBLIC Threads::Threads)
-target_compile_definitions(tierlm PRIVATE TIERLM_VERSION="${PROJECT_VERSION}")
+set(TIERLM_LINK_PRIVATE "")
 if(TIERLM_HAVE_IO_URING)
-  target_include_directories(tierlm PRIVATE ${URING_INCLUDE_DIR})
-  target_link_libraries(tierlm PRIVATE ${URING_LIBRARY})
-  target_compile_definitions(tierlm PRIVATE TIERLM_HAVE_IO_URING=1)
+  target_include_directories(tierlm_objects PRIVATE ${URING_INCLUDE_DIR})
+  list(APPEND TIERLM_LINK_PRIVATE ${URING_LIBRARY})
+  target_compile_definitions(tierlm_objects PRIVATE TIERLM_HAVE_IO_URING=1)
 endif()
 if(TIERLM_HAVE_CUDA)
   # Static cudart loads libcuda lazily, so the library imports on machines without a GPU.
-  target_link_libraries(tierlm PRIVATE CUDA::cudart_static)
-  target_compile_definitions(tierlm PRIVATE TIERLM_HAVE_CUDA=1)
+  target_link_libraries(tierlm_objects PRIVATE CUDA::cudart_static)
+  list(APPEND TIERLM_LINK_PRIVATE CUDA::cudart_static)
+  target_compile_definitions(tierlm_objects PRIVATE TIERLM_HAVE_CUDA=1)
 endif()
-set_target_properties(tierlm PROPERTIES CXX_VISIBILITY_PRESET default)
+
+add_library(tierlm SHARED $<TARGET_OBJECTS:tierlm_objects>)
+add_library(tierlm::tierlm ALIAS tierlm)
+target_include_directories(tierlm PUBLIC $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/cpp/include>)
+target_link_libraries(tierlm PUBLIC Threads::Threads PRIVATE ${TIERLM_LINK_PRIVATE})
+
+if(TIERLM_BUILD_TESTS)
+  add_library(tierlm_internal STATIC $<TARGET_OBJECTS:tierlm_objects>)
+  target_include_directories(tierlm_internal PUBLIC
+    ${PROJECT_SOURCE_DIR}/cpp/include ${PROJECT_SOURCE_DIR}/cpp/src)
+  target_link_libraries(tierlm_internal PUBLIC Threads::Threads ${TIERLM_LINK_PRIVATE})
+endif()

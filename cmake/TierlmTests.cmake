@@ -5,7 +5,7 @@ file(GLOB TIERLM_TEST_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/tests/cpp/
 foreach(src IN LISTS TIERLM_TEST_SOURCES)
   get_filename_component(name ${src} NAME_WE)
   add_executable(${name} ${src})
-  target_link_libraries(${name} PRIVATE tierlm GTest::gtest GTest::gtest_main)
+  target_link_libraries(${name} PRIVATE tierlm_internal GTest::gtest GTest::gtest_main)
   target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/cpp/src)
   if(TIERLM_HAVE_IO_URING)
     target_compile_definitions(${name} PRIVATE TIERLM_HAVE_IO_URING=1)

@@ -4,6 +4,10 @@
 #ifndef TIERLM_TIERLM_H_
 #define TIERLM_TIERLM_H_
 
+/* libtierlm hides every symbol but its API (C's own export macro, tierlm/core/export.hpp's twin).
+ */
+#define TIERLM_C_API __attribute__((visibility("default")))
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -53,34 +57,35 @@ typedef struct tierlm_generate_options {
 typedef int (*tierlm_token_callback)(int32_t token, void* user_data);
 
 /* Fill an options struct with the defaults. */
-void tierlm_model_options_init(tierlm_model_options* options);
-void tierlm_generate_options_init(tierlm_generate_options* options);
+TIERLM_C_API void tierlm_model_options_init(tierlm_model_options* options);
+TIERLM_C_API void tierlm_generate_options_init(tierlm_generate_options* options);
 
 /* Loads the package at path; options may be NULL (defaults). On success *out owns a model
  * to be released with tierlm_model_destroy. */
-tierlm_status tierlm_model_create(const char* path, const tierlm_model_options* options,
-                                  tierlm_model** out);
-void tierlm_model_destroy(tierlm_model* model);
+TIERLM_C_API tierlm_status tierlm_model_create(const char* path,
+                                               const tierlm_model_options* options,
+                                               tierlm_model** out);
+TIERLM_C_API void tierlm_model_destroy(tierlm_model* model);
 
-int64_t tierlm_model_vocab_size(const tierlm_model* model);
-int64_t tierlm_model_context_length(const tierlm_model* model);
+TIERLM_C_API int64_t tierlm_model_vocab_size(const tierlm_model* model);
+TIERLM_C_API int64_t tierlm_model_context_length(const tierlm_model* model);
 
 /* Generates up to options->max_new_tokens tokens after the prompt and writes them to
  * out_tokens, their count to *n_out. out_capacity must hold max_new_tokens (else
  * TIERLM_ERROR_INVALID_ARGUMENT, before any work); out_tokens may be NULL (capacity 0) when a
  * callback consumes the tokens. options and callback may be NULL. */
-tierlm_status tierlm_generate(tierlm_model* model, const int32_t* prompt, size_t n_prompt,
-                              const tierlm_generate_options* options, int32_t* out_tokens,
-                              size_t out_capacity, size_t* n_out, tierlm_token_callback callback,
-                              void* user_data);
+TIERLM_C_API tierlm_status tierlm_generate(tierlm_model* model, const int32_t* prompt,
+                                           size_t n_prompt, const tierlm_generate_options* options,
+                                           int32_t* out_tokens, size_t out_capacity, size_t* n_out,
+                                           tierlm_token_callback callback, void* user_data);
 
 /* Last-position logits of the ids (vocab_size floats into out_logits). */
-tierlm_status tierlm_logits(tierlm_model* model, const int32_t* ids, size_t n_ids,
-                            float* out_logits, size_t capacity);
+TIERLM_C_API tierlm_status tierlm_logits(tierlm_model* model, const int32_t* ids, size_t n_ids,
+                                         float* out_logits, size_t capacity);
 
 /* Message of this thread's last failure ("" when none). Valid until the next call. */
-const char* tierlm_last_error(void);
-const char* tierlm_version(void);
+TIERLM_C_API const char* tierlm_last_error(void);
+TIERLM_C_API const char* tierlm_version(void);
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <string>
 
+#include "tierlm/core/export.hpp"
+
 namespace tierlm {
 
 enum class DType {
@@ -24,18 +26,18 @@ enum class DType {
 };
 
 // Elements and bytes of one block: {1, 4} for f32, {32, 34} for q8_0, {256, 144} for q4_k.
-struct DTypeBlock {
+struct TIERLM_API DTypeBlock {
   size_t elems;
   size_t bytes;
 };
-DTypeBlock dtype_block(DType dtype);
-bool dtype_is_quantized(DType dtype);
+TIERLM_API DTypeBlock dtype_block(DType dtype);
+TIERLM_API bool dtype_is_quantized(DType dtype);
 // Bytes of a row of n elements; fails (naming the dtype) unless n is a whole number of blocks.
-size_t dtype_row_bytes(DType dtype, size_t n);
+TIERLM_API size_t dtype_row_bytes(DType dtype, size_t n);
 // Bytes of one element of an unquantized type (f32, f16, bf16); fails for a block type.
-size_t dtype_size(DType dtype);
-const char* dtype_name(DType dtype);
+TIERLM_API size_t dtype_size(DType dtype);
+TIERLM_API const char* dtype_name(DType dtype);
 // Parses the names dtype_name gives (and "float32", "float16", "bfloat16").
-DType dtype_parse(const std::string& name);
+TIERLM_API DType dtype_parse(const std::string& name);
 
 }  // namespace tierlm

@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "tierlm/core/export.hpp"
+
 namespace tierlm {
 
 enum class ErrorCode {
@@ -17,7 +19,7 @@ enum class ErrorCode {
   kErrorUnsupported,      // the build or the machine lacks the feature
 };
 
-class Error : public std::runtime_error {
+class TIERLM_API Error : public std::runtime_error {
  public:
   Error(ErrorCode code, int sys_errno, const std::string& message)
       : std::runtime_error(message), code_(code), sys_errno_(sys_errno) {}
@@ -31,10 +33,10 @@ class Error : public std::runtime_error {
 };
 
 // Human-readable byte count ("4.0 MiB") for messages.
-std::string format_bytes(unsigned long long bytes);
+TIERLM_API std::string format_bytes(unsigned long long bytes);
 
 // Text of an errno value ("No space left on device").
-std::string errno_text(int err);
+TIERLM_API std::string errno_text(int err);
 
 namespace detail {
 template <typename... Parts>

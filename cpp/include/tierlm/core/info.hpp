@@ -3,15 +3,17 @@
 
 #include <string>
 
+#include "tierlm/core/export.hpp"
+
 namespace tierlm {
 
-struct BuildInfo {
+struct TIERLM_API BuildInfo {
   std::string version;
   bool cuda = false;
   bool io_uring = false;
   std::string compiler;
 };
 
-const BuildInfo& build_info();
+TIERLM_API const BuildInfo& build_info();
 
 }  // namespace tierlm

@@ -9,25 +9,27 @@
 #include <string_view>
 #include <type_traits>
 
+#include "tierlm/core/export.hpp"
+
 namespace tierlm {
 
-struct OptionRange {
+struct TIERLM_API OptionRange {
   const char* name;
   int64_t min;
   uint64_t max;
   const char* meaning;
 };
 
-std::span<const OptionRange> option_ranges();
+TIERLM_API std::span<const OptionRange> option_ranges();
 // The entry for `name`; throws std::logic_error for a name not in the table (a bug).
-const OptionRange& option_range(std::string_view name);
+TIERLM_API const OptionRange& option_range(std::string_view name);
 // "threads = 1000000 is out of range 0..1024 (compute threads; 0 = every core)".
-std::string option_range_error(std::string_view name, std::string_view value);
+TIERLM_API std::string option_range_error(std::string_view name, std::string_view value);
 // Throws kErrorInvalidArgument with option_range_error when value is outside name's range.
-void option_range_fail(std::string_view name, std::string_view value);
+TIERLM_API void option_range_fail(std::string_view name, std::string_view value);
 
 template <typename T>
-void check_option(std::string_view name, T value) {
+TIERLM_API void check_option(std::string_view name, T value) {
   static_assert(std::is_integral_v<T>);
   const OptionRange& r = option_range(name);
   bool inside;

@@ -11,29 +11,31 @@
 #include <string>
 #include <vector>
 
+#include "tierlm/core/export.hpp"
+
 namespace tierlm {
 
 enum class IoBackend { kIoBackendAuto, kIoBackendUring, kIoBackendThreads };
 
-const char* io_backend_name(IoBackend backend);
+TIERLM_API const char* io_backend_name(IoBackend backend);
 // Parses "auto" | "uring" | "threads"; throws kErrorInvalidArgument otherwise.
-IoBackend io_backend_parse(const std::string& name);
+TIERLM_API IoBackend io_backend_parse(const std::string& name);
 
 // What `auto` resolves to on this machine and why (probed once, with TIERLM_IO as it was at
 // the first call; Files resolve TIERLM_IO again when opened).
-struct IoProbe {
+struct TIERLM_API IoProbe {
   bool uring_compiled = false;   // built with liburing
   bool uring_available = false;  // a ring could be created here
   IoBackend chosen = IoBackend::kIoBackendThreads;
   std::string reason;  // e.g. "io_uring_setup: Operation not permitted (seccomp?)"
 };
-const IoProbe& io_probe();
+TIERLM_API const IoProbe& io_probe();
 // The back end a File asking for `requested` gets now: TIERLM_IO (read at each call) replaces
 // `auto`; an explicit back end in code wins over the variable. Sets *reason when given.
 // Throws kErrorUnsupported when uring is asked for (in code or TIERLM_IO) but unavailable.
-IoBackend io_backend_resolve(IoBackend requested, std::string* reason = nullptr);
+TIERLM_API IoBackend io_backend_resolve(IoBackend requested, std::string* reason = nullptr);
 
-struct IoOptions {
+struct TIERLM_API IoOptions {
   IoBackend backend = IoBackend::kIoBackendAuto;
   unsigned queue_depth = 32;  // io_uring entries in flight
   unsigned threads = 0;       // thread-pool workers; 0 = queue_depth (started on demand)
@@ -42,10 +44,10 @@ struct IoOptions {
 
 enum class IoMode { kIoModeRead, kIoModeWrite, kIoModeReadWrite };
 // Parses "r" | "w" | "r+"; throws kErrorInvalidArgument otherwise.
-IoMode io_mode_parse(const std::string& mode);
+TIERLM_API IoMode io_mode_parse(const std::string& mode);
 
 // One request of a batch: len bytes at offset to/from buf.
-struct IoRequest {
+struct TIERLM_API IoRequest {
   void* buf = nullptr;
   size_t len = 0;
   uint64_t offset = 0;
@@ -59,7 +61,7 @@ class IoEngine;
 // Completion of one asynchronous request. get() waits and returns the bytes transferred or
 // throws the request's error (naming file, offset, length and cause).
 // get() may be called again and returns (or throws) the same result.
-class IoFuture {
+class TIERLM_API IoFuture {
  public:
   IoFuture() = default;
   explicit IoFuture(std::shared_ptr<detail::IoState> state) : state_(std::move(state)) {}
@@ -75,7 +77,7 @@ class IoFuture {
 // A file opened for the engine. Calls may come from several threads at once (close() and
 // moves excepted). A request's buffer must stay valid until its future is ready; destroying
 // or closing the File waits for every request in flight.
-class File {
+class TIERLM_API File {
  public:
   File(const std::string& path, IoMode mode, IoOptions options = {});
   File(File&&) noexcept;
@@ -127,11 +129,11 @@ class File {
 };
 
 // Drops the file's pages from the page cache (posix_fadvise DONTNEED), for cold benchmarks.
-void io_drop_cache(const std::string& path);
+TIERLM_API void io_drop_cache(const std::string& path);
 
 // Random block-aligned reads of `block` bytes with `queue_depth` requests in flight for
 // `seconds` (page cache dropped first), for `tierlm bench io` and bench/bench_io.py.
-struct IoBenchResult {
+struct TIERLM_API IoBenchResult {
   IoBackend backend = IoBackend::kIoBackendThreads;
   bool direct = false;
   bool registered = false;  // buffers registered with the ring
@@ -141,7 +143,7 @@ struct IoBenchResult {
   double bytes_per_second() const { return seconds > 0 ? bytes / seconds : 0; }
   double iops() const { return seconds > 0 ? requests / seconds : 0; }
 };
-IoBenchResult io_bench_read(const std::string& path, size_t block, unsigned queue_depth,
-                            IoOptions options, double seconds, uint64_t seed = 1);
+TIERLM_API IoBenchResult io_bench_read(const std::string& path, size_t block, unsigned queue_depth,
+                                       IoOptions options, double seconds, uint64_t seed = 1);
 
 }  // namespace tierlm

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "tierlm/core/dtype.hpp"
+#include "tierlm/core/export.hpp"
 
 namespace tierlm {
 
@@ -21,32 +22,33 @@ namespace tierlm {
 // element off by half a step of its block's scale max|x| / 127).
 // kernel_linear_workspace: the workspace bytes for n tokens (0 for f32 / f16 / bf16, where
 // workspace may be null). It grows with n, so the size for the largest n covers every smaller.
-size_t kernel_linear_workspace(DType w_dtype, size_t n, size_t cols);
-void kernel_linear(const float* x, const void* w, const void* bias, DType w_dtype, float* y,
-                   size_t n, size_t rows, size_t cols, void* workspace = nullptr);
+TIERLM_API size_t kernel_linear_workspace(DType w_dtype, size_t n, size_t cols);
+TIERLM_API void kernel_linear(const float* x, const void* w, const void* bias, DType w_dtype,
+                              float* y, size_t n, size_t rows, size_t cols,
+                              void* workspace = nullptr);
 
 // y = x / rms(x) * weight, per row of dim; weight in w_dtype (f32, f16 or bf16: a block type is
 // refused, as in layernorm).
-void kernel_rmsnorm(const float* x, const void* weight, DType w_dtype, float* y, size_t n,
-                    size_t dim, float eps);
+TIERLM_API void kernel_rmsnorm(const float* x, const void* weight, DType w_dtype, float* y,
+                               size_t n, size_t dim, float eps);
 // y = (x - mean) / std * weight + bias, per row of dim.
-void kernel_layernorm(const float* x, const void* weight, const void* bias, DType w_dtype, float* y,
-                      size_t n, size_t dim, float eps);
+TIERLM_API void kernel_layernorm(const float* x, const void* weight, const void* bias,
+                                 DType w_dtype, float* y, size_t n, size_t dim, float eps);
 
 // Rotary embedding in place on x[n_tokens, n_heads, head_dim], GPT-NeoX style (rotate
 // halves, as Llama in transformers). inv_freq has head_dim / 2 entries (already scaled).
-void kernel_rope(float* x, const int32_t* positions, const float* inv_freq, size_t n_tokens,
-                 size_t n_heads, size_t head_dim);
+TIERLM_API void kernel_rope(float* x, const int32_t* positions, const float* inv_freq,
+                            size_t n_tokens, size_t n_heads, size_t head_dim);
 
 // out = silu(gate) * up (SwiGLU), elementwise.
-void kernel_silu_mul(const float* gate, const float* up, float* out, size_t n);
-void kernel_relu(float* x, size_t n);
-void kernel_gelu(float* x, size_t n);                 // tanh approximation off: exact erf GELU
-void kernel_add(float* y, const float* x, size_t n);  // y += x
+TIERLM_API void kernel_silu_mul(const float* gate, const float* up, float* out, size_t n);
+TIERLM_API void kernel_relu(float* x, size_t n);
+TIERLM_API void kernel_gelu(float* x, size_t n);  // tanh approximation off: exact erf GELU
+TIERLM_API void kernel_add(float* y, const float* x, size_t n);  // y += x
 
 // out[i, :] = table[ids[i], :], converted to f32 (block types dequantized as ggml does).
-void kernel_embedding(const void* table, DType dtype, const int32_t* ids, size_t n, size_t dim,
-                      float* out);
+TIERLM_API void kernel_embedding(const void* table, DType dtype, const int32_t* ids, size_t n,
+                                 size_t dim, float* out);
 
 // Fused causal attention with grouped-query heads, reading the KV cache in place.
 // q: [n_q, n_heads, head_dim]; out: same shape (f32, contiguous).
@@ -55,7 +57,7 @@ void kernel_embedding(const void* table, DType dtype, const int32_t* ids, size_t
 // so this step's keys must already be in the cache: q_pos0 + n_q <= kv_len <= kv_capacity.
 // Query head h uses KV head h / (n_heads / n_kv_heads) (repeat_interleave, as transformers).
 // Scores are scale * q·k; slots past kv_len are never read.
-struct AttentionShape {
+struct TIERLM_API AttentionShape {
   size_t n_q = 1;
   size_t n_heads = 1;
   size_t n_kv_heads = 1;
@@ -67,8 +69,9 @@ struct AttentionShape {
 // Bytes of scratch the kernel needs for this shape. It does not depend on kv_len, q_pos0 or
 // the thread count, and grows with n_q, so the size for the largest step (e.g. the longest
 // prefill) covers every smaller one, decode included. Any alignment is accepted.
-size_t kernel_attention_workspace(const AttentionShape& shape);
-void kernel_attention(const float* q, const float* k_cache, const float* v_cache, float* out,
-                      const AttentionShape& shape, float scale, void* workspace);
+TIERLM_API size_t kernel_attention_workspace(const AttentionShape& shape);
+TIERLM_API void kernel_attention(const float* q, const float* k_cache, const float* v_cache,
+                                 float* out, const AttentionShape& shape, float scale,
+                                 void* workspace);
 
 }  // namespace tierlm

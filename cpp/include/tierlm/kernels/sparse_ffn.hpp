@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "tierlm/core/export.hpp"
 #include "tierlm/core/simd.hpp"
 #include "tierlm/kernels/kernels.hpp"
 
@@ -14,7 +15,7 @@ namespace tierlm {
 // The bundled rows the sparse FFN reads: rows[r] = [up | gate (gated) | down], each dim
 // elements of dtype, rows row_stride elements apart. neurons[r] is the neuron id of row r,
 // used to index the biases (null: row r is neuron r).
-struct SparseFfnRows {
+struct TIERLM_API SparseFfnRows {
   const void* rows = nullptr;
   DType dtype = DType::kDTypeF32;
   size_t n_rows = 0;
@@ -35,10 +36,11 @@ struct SparseFfnRows {
 //           |silu(...)| <= rows.act_threshold, if that is > 0)
 // The rows chosen are `slots` (n_slots row indices) or every row when slots is null. The
 // sum does not depend on row order beyond f32 rounding. down_bias may be null. No allocation.
-void kernel_sparse_ffn(const float* x, const SparseFfnRows& rows, const int32_t* slots,
-                       size_t n_slots, const float* down_bias, float* y);
+TIERLM_API void kernel_sparse_ffn(const float* x, const SparseFfnRows& rows, const int32_t* slots,
+                                  size_t n_slots, const float* down_bias, float* y);
 // The same at a chosen SIMD level (tests compare every level with the scalar reference).
-void kernel_sparse_ffn_at(SimdLevel level, const float* x, const SparseFfnRows& rows,
-                          const int32_t* slots, size_t n_slots, const float* down_bias, float* y);
+TIERLM_API void kernel_sparse_ffn_at(SimdLevel level, const float* x, const SparseFfnRows& rows,
+                                     const int32_t* slots, size_t n_slots, const float* down_bias,
+                                     float* y);
 
 }  // namespace tierlm

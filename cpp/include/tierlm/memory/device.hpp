@@ -8,23 +8,24 @@
 #include <memory>
 #include <string>
 
+#include "tierlm/core/export.hpp"
 #include "tierlm/memory/tier.hpp"
 
 namespace tierlm {
 
 // GPUs usable by this build (0 without CUDA, without a driver or without a device).
-int device_count();
+TIERLM_API int device_count();
 // Why device_count() is 0, or "" when it is not.
-std::string device_unavailable_reason();
+TIERLM_API std::string device_unavailable_reason();
 
 namespace detail {
 class DeviceArena;
 // Pins / unpins host memory for fast DMA (cudaHostRegister); false when no GPU is usable.
-bool host_pin(void* data, size_t bytes);
-void host_unpin(void* data);
+TIERLM_API bool host_pin(void* data, size_t bytes);
+TIERLM_API void host_unpin(void* data);
 }  // namespace detail
 
-class DeviceBuffer {
+class TIERLM_API DeviceBuffer {
  public:
   DeviceBuffer() = default;
   DeviceBuffer(DeviceBuffer&& other) noexcept;
@@ -47,7 +48,7 @@ class DeviceBuffer {
   uint64_t offset_ = 0;
 };
 
-class DeviceTier {
+class TIERLM_API DeviceTier {
  public:
   // Reserves the whole budget as one arena on `device` up front, so later allocations
   // cannot fail because other processes took the GPU's memory.

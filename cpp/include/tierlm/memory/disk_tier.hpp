@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "tierlm/core/export.hpp"
 #include "tierlm/io/io.hpp"
 #include "tierlm/memory/tier.hpp"
 
@@ -22,7 +23,7 @@ class DiskSpace;
 
 // Bytes [offset(), offset() + size()) of the tier's scratch file; returned to the tier's free
 // list when destroyed. Offsets given to read/write are relative to the extent.
-class DiskExtent {
+class TIERLM_API DiskExtent {
  public:
   DiskExtent() = default;
   DiskExtent(DiskExtent&& other) noexcept;
@@ -55,14 +56,14 @@ class DiskExtent {
 };
 
 // One transfer of a batch over several extents: len bytes at offset inside *extent.
-struct DiskRequest {
+struct TIERLM_API DiskRequest {
   const DiskExtent* extent = nullptr;
   void* buf = nullptr;
   size_t len = 0;
   uint64_t offset = 0;
 };
 
-class DiskTier {
+class TIERLM_API DiskTier {
  public:
   // dir must exist and be writable; the scratch file lives there until the tier and its
   // extents are gone (it is unlinked at once, so a crash leaves nothing behind).

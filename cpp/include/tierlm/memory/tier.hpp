@@ -9,14 +9,15 @@
 #include <string>
 
 #include "tierlm/core/align.hpp"
+#include "tierlm/core/export.hpp"
 
 namespace tierlm {
 
 enum class TierKind { kTierDevice, kTierHost, kTierDisk };
 
-const char* tier_name(TierKind kind);
+TIERLM_API const char* tier_name(TierKind kind);
 
-struct TierStats {
+struct TIERLM_API TierStats {
   uint64_t budget = 0;
   uint64_t current = 0;      // bytes held now
   uint64_t peak = 0;         // most bytes ever held at once
@@ -34,7 +35,7 @@ class TierLedger;
 // One byte budget and its counters; shared by a tier and every handle it gave out.
 using TierLedgerPtr = std::shared_ptr<detail::TierLedger>;
 
-class HostBuffer {
+class TIERLM_API HostBuffer {
  public:
   HostBuffer() = default;
   HostBuffer(HostBuffer&& other) noexcept;
@@ -61,7 +62,7 @@ class HostBuffer {
   bool pinned_ = false;
 };
 
-class HostTier {
+class TIERLM_API HostTier {
  public:
   // lock: pin buffers with mlock while RLIMIT_MEMLOCK allows; beyond it they stay pageable.
   // pin: also register each buffer with CUDA for DMA (where a GPU is usable), which only pays
@@ -83,6 +84,6 @@ class HostTier {
 };
 
 // Bytes of RLIMIT_MEMLOCK (UINT64_MAX when unlimited or the process may lock anything).
-uint64_t memlock_limit();
+TIERLM_API uint64_t memlock_limit();
 
 }  // namespace tierlm

@@ -9,11 +9,12 @@
 #include <span>
 #include <vector>
 
+#include "tierlm/core/export.hpp"
 #include "tierlm/model/model.hpp"
 
 namespace tierlm {
 
-struct GenerateOptions {
+struct TIERLM_API GenerateOptions {
   int64_t max_new_tokens = 32;
   float temperature = 0.0f;  // 0: greedy (argmax, lowest id on ties)
   int64_t top_k = 0;         // 0: no limit
@@ -23,9 +24,9 @@ struct GenerateOptions {
 };
 
 enum class FinishReason { kFinishNone, kFinishLength, kFinishEos, kFinishContext, kFinishStopped };
-const char* finish_reason_name(FinishReason reason);
+TIERLM_API const char* finish_reason_name(FinishReason reason);
 
-struct GenerateStats {
+struct TIERLM_API GenerateStats {
   int64_t prompt_tokens = 0;
   int64_t new_tokens = 0;
   int64_t decode_steps = 0;  // forward passes of one token
@@ -35,7 +36,7 @@ struct GenerateStats {
   double decode_tokens_per_s = 0.0;
 };
 
-struct GenerateResult {
+struct TIERLM_API GenerateResult {
   std::vector<int32_t> output_ids;  // new tokens only
   FinishReason finish_reason = FinishReason::kFinishNone;
   GenerateStats stats;
@@ -45,16 +46,16 @@ struct GenerateResult {
 using TokenCallback = std::function<bool(int32_t token)>;
 
 // Picks a token from logits; scratch holds vocab entries and is reused (no allocation).
-struct SamplerScratch {
+struct TIERLM_API SamplerScratch {
   std::vector<int32_t> order;
   std::vector<float> probs;
 };
-int32_t sample_token(const float* logits, int64_t vocab, const GenerateOptions& options,
-                     std::mt19937_64& rng, SamplerScratch& scratch);
+TIERLM_API int32_t sample_token(const float* logits, int64_t vocab, const GenerateOptions& options,
+                                std::mt19937_64& rng, SamplerScratch& scratch);
 
 // Step-wise generation (what streaming APIs iterate). Owns the model's KV cache while it
 // runs: starting another generation or calling logits() on the model ends this one.
-class Generator {
+class TIERLM_API Generator {
  public:
   // Validates the prompt and options; the prefill runs on the first next().
   Generator(Model& model, std::span<const int32_t> prompt, const GenerateOptions& options);
@@ -80,15 +81,16 @@ class Generator {
   GenerateStats stats_;
 };
 
-GenerateResult generate(Model& model, std::span<const int32_t> prompt,
-                        const GenerateOptions& options = {}, const TokenCallback& on_token = {});
+TIERLM_API GenerateResult generate(Model& model, std::span<const int32_t> prompt,
+                                   const GenerateOptions& options = {},
+                                   const TokenCallback& on_token = {});
 
 // Generates for several prompts at once (at most model.max_batch()): each prompt is
 // prefilled into its own KV slot, then every decode step runs the unfinished sequences
 // together (forward_batch). Sequence i samples with seed options.seed + i, so its tokens
 // equal generate(prompts[i]) with that seed (up to float rounding of batched products).
-std::vector<GenerateResult> generate_batch(Model& model,
-                                           const std::vector<std::vector<int32_t>>& prompts,
-                                           const GenerateOptions& options = {});
+TIERLM_API std::vector<GenerateResult> generate_batch(
+    Model& model, const std::vector<std::vector<int32_t>>& prompts,
+    const GenerateOptions& options = {});
 
 }  // namespace tierlm

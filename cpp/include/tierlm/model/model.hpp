@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "tierlm/core/export.hpp"
 #include "tierlm/memory/tier.hpp"
 #include "tierlm/model/package.hpp"
 #include "tierlm/sparse/sparse_stats.hpp"
@@ -21,7 +22,7 @@
 
 namespace tierlm {
 
-struct ModelOptions {
+struct TIERLM_API ModelOptions {
   uint64_t host_budget = UINT64_MAX;  // bytes the host tier may hold (weights, KV, arena)
   size_t threads = 0;                 // compute threads; 0 keeps the pool's size
   bool verify = false;                // check each tensor's CRC-32 while loading
@@ -45,11 +46,11 @@ struct ModelOptions {
 
 // Throws kErrorInvalidArgument naming the first numeric option outside its range
 // (tierlm/core/limits.hpp); Model::load calls it before any work.
-void check_model_options(const ModelOptions& options);
+TIERLM_API void check_model_options(const ModelOptions& options);
 
 // One activation or workspace buffer of the graph for a batch of `seq` tokens: live from op
 // `start` to op `end` (inclusive; end == number of ops for the graph output).
-struct MemoryBuffer {
+struct TIERLM_API MemoryBuffer {
   std::string name;  // "<value>@<op>" or "<op kind>.workspace@<op>"
   uint64_t size = 0;
   int64_t start = 0;
@@ -57,7 +58,7 @@ struct MemoryBuffer {
   uint64_t offset = 0;  // in the arena, once planned
 };
 
-struct MemoryPlan {
+struct TIERLM_API MemoryPlan {
   int64_t seq = 0;
   std::vector<MemoryBuffer> buffers;
   uint64_t peak = 0;         // arena bytes: max(offset + size)
@@ -68,7 +69,7 @@ struct MemoryPlan {
 // The model's report: totals since load of prefill and decode, its host-tier footprint, and
 // the streaming store's and the sparse FFN's records (each defined beside its producer), with
 // the figures derived from them.
-struct ModelStats : StreamStats, SparseStats {
+struct TIERLM_API ModelStats : StreamStats, SparseStats {
   uint64_t prefill_tokens = 0;  // totals since load
   uint64_t decode_tokens = 0;
   double prefill_seconds = 0.0;
@@ -107,7 +108,7 @@ struct ModelStats : StreamStats, SparseStats {
   }
 };
 
-class Model {
+class TIERLM_API Model {
  public:
   // Opens and validates the package, reads the weights into the host tier and allocates the
   // KV cache and arena; throws kErrorBudget (naming what needs how much) when they do not fit.

@@ -9,13 +9,14 @@
 #include <vector>
 
 #include "tierlm/core/dtype.hpp"
+#include "tierlm/core/export.hpp"
 
 namespace tierlm {
 
 // The newest manifest format_version this build reads.
 constexpr int kPackageFormatVersion = 1;
 
-struct TensorInfo {
+struct TIERLM_API TensorInfo {
   std::string name;
   DType dtype = DType::kDTypeF32;
   std::vector<int64_t> shape;
@@ -29,13 +30,13 @@ struct TensorInfo {
   int64_t numel() const;
 };
 
-struct PackageFile {
+struct TIERLM_API PackageFile {
   std::string name;
   uint64_t size = 0;
 };
 
 // The normalised config of manifest.json; keys an architecture does not use keep defaults.
-struct ModelConfig {
+struct TIERLM_API ModelConfig {
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
   int64_t num_layers = 0;
@@ -68,9 +69,9 @@ enum class OpKind {
   kOpLmHead,
 };
 
-const char* op_kind_name(OpKind kind);
+TIERLM_API const char* op_kind_name(OpKind kind);
 
-struct GraphOp {
+struct TIERLM_API GraphOp {
   OpKind kind = OpKind::kOpAdd;
   std::vector<std::string> inputs;
   std::string output;
@@ -85,7 +86,7 @@ struct GraphOp {
   int layer = -1;
 };
 
-struct Graph {
+struct TIERLM_API Graph {
   std::vector<std::pair<std::string, int64_t>> values;  // name -> width, in file order
   std::string output;
   std::vector<GraphOp> ops;
@@ -94,7 +95,7 @@ struct Graph {
   int64_t width(const std::string& value) const;
 };
 
-struct Package {
+struct TIERLM_API Package {
   std::string path;  // the package directory
   int format_version = 0;
   std::string architecture;
@@ -118,13 +119,13 @@ struct Package {
 // with each other and with the weight files (existence, sizes, offsets, alignment).
 // Errors: kErrorNotFound (missing file), kErrorCorrupt (damaged or inconsistent),
 // kErrorUnsupported (newer format_version, unknown op).
-Package package_open(const std::string& path);
+TIERLM_API Package package_open(const std::string& path);
 
 // Reads every tensor and compares its CRC-32 with the manifest (tensors without one are
 // skipped); throws kErrorCorrupt naming the first damaged tensor, its file and offset.
-void package_verify(const Package& package);
+TIERLM_API void package_verify(const Package& package);
 
 // zlib-compatible CRC-32; pass the previous value to continue a running checksum.
-uint32_t crc32_update(uint32_t crc, const void* data, size_t size);
+TIERLM_API uint32_t crc32_update(uint32_t crc, const void* data, size_t size);
 
 }  // namespace tierlm

@@ -7,10 +7,12 @@
 #include <span>
 #include <vector>
 
+#include "tierlm/core/export.hpp"
+
 namespace tierlm {
 
 // One buffer of a plan. It is live from op first_op through op last_op, both included.
-struct PlanBuffer {
+struct TIERLM_API PlanBuffer {
   uint64_t size = 0;       // bytes; a zero-size buffer takes no space (offset 0)
   int64_t first_op = 0;    // first op that touches the buffer
   int64_t last_op = 0;     // last op that touches it (>= first_op)
@@ -26,9 +28,9 @@ enum class PlanOrder {
   kPlanOrderBest,    // every order above, keep the smallest peak
 };
 
-const char* plan_order_name(PlanOrder order);
+TIERLM_API const char* plan_order_name(PlanOrder order);
 
-struct Plan {
+struct TIERLM_API Plan {
   std::vector<uint64_t> offsets;                // one per buffer, in input order
   uint64_t peak = 0;                            // max(offset + size); the arena size the plan needs
   uint64_t lower_bound = 0;                     // max over time of the bytes live at once
@@ -42,19 +44,20 @@ struct Plan {
 // The time order costs O(n log n); the others O(n log n) plus the holes met on the way.
 // alignment must be >= 1 (it need not be a power of two). Throws kErrorInvalidArgument on a
 // buffer with last_op < first_op or alignment 0.
-Plan plan_greedy(std::span<const PlanBuffer> buffers, uint64_t alignment = 64,
-                 PlanOrder order = PlanOrder::kPlanOrderBest);
+TIERLM_API Plan plan_greedy(std::span<const PlanBuffer> buffers, uint64_t alignment = 64,
+                            PlanOrder order = PlanOrder::kPlanOrderBest);
 
 // The largest total size of buffers live at one moment: no plan's peak is below it.
-uint64_t plan_lower_bound(std::span<const PlanBuffer> buffers);
+TIERLM_API uint64_t plan_lower_bound(std::span<const PlanBuffer> buffers);
 
 // max(offset + size) over the buffers.
-uint64_t plan_peak(std::span<const PlanBuffer> buffers, std::span<const uint64_t> offsets);
+TIERLM_API uint64_t plan_peak(std::span<const PlanBuffer> buffers,
+                              std::span<const uint64_t> offsets);
 
 // Verifies a plan: one offset per buffer, every offset a multiple of its alignment, and no
 // two buffers live at the same time overlap in memory. Throws kErrorInvalidArgument naming
 // the buffers (index, size, ops, offset) on the first violation. O(n log n).
-void plan_check(std::span<const PlanBuffer> buffers, std::span<const uint64_t> offsets,
-                uint64_t alignment = 64);
+TIERLM_API void plan_check(std::span<const PlanBuffer> buffers, std::span<const uint64_t> offsets,
+                           uint64_t alignment = 64);
 
 }  // namespace tierlm

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "tierlm/core/export.hpp"
 #include "tierlm/kernels/kernels.hpp"
 #include "tierlm/memory/tier.hpp"
 
@@ -19,7 +20,7 @@ namespace tierlm {
 // bytes count against the tier's budget), plus neuron -> slot and slot -> neuron maps.
 // Insertion appends at the end; erasing moves the last rows into the holes, so rows stay
 // dense in slots [0, size) and nothing is ever reallocated.
-class NeuronCache {
+class TIERLM_API NeuronCache {
  public:
   // n_neurons: neurons of the layer (ids 0 .. n_neurons-1); row_elems: elements per row.
   NeuronCache(HostTier& tier, size_t n_neurons, size_t capacity, size_t row_elems,
@@ -74,7 +75,7 @@ class NeuronCache {
 // them. step() takes the next token's active neurons and says which to load (active now,
 // not in the union) and which to evict (in no token of the window any more). Evict before
 // loading: the cache then needs capacity for the largest union only.
-class NeuronWindow {
+class TIERLM_API NeuronWindow {
  public:
   NeuronWindow(size_t n_neurons, size_t k = 4);
   // The same with its state (about (k * 4 + 8) * n_neurons bytes) allocated from a host tier,

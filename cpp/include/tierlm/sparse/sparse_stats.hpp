@@ -6,9 +6,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "tierlm/core/export.hpp"
+
 namespace tierlm {
 
-struct SparseStats {
+struct TIERLM_API SparseStats {
   bool sparse = false;  // the model runs its FFNs sparse
   uint64_t sparse_tokens = 0;
   uint64_t sparse_neurons_predicted = 0;
@@ -63,7 +65,7 @@ struct SparseStats {
 };
 
 // One token through every sparse FFN layer (SparseStats' counters for that token).
-struct SparseTokenInfo {
+struct TIERLM_API SparseTokenInfo {
   uint64_t neurons_predicted = 0;
   uint64_t neurons_read = 0;  // rows read from the bundle files (cache misses)
   uint64_t bytes_read = 0;    // bytes requested (4 KiB-widened reads)

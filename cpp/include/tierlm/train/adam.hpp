@@ -7,11 +7,13 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "tierlm/core/export.hpp"
+
 namespace tierlm {
 
 enum class AdamStateDType { kAdamStateF32, kAdamStateBf16 };
 
-struct AdamConfig {
+struct TIERLM_API AdamConfig {
   // Double, as Python floats are: torch derives 1 - beta etc. in fp64 before rounding to f32.
   double lr = 1e-3;
   double beta1 = 0.9;
@@ -22,7 +24,7 @@ struct AdamConfig {
 };
 
 // n elements; m and v are float* (kAdamStateF32) or uint16_t* bf16 bits (kAdamStateBf16).
-struct AdamTensors {
+struct TIERLM_API AdamTensors {
   float* param = nullptr;
   const float* grad = nullptr;
   void* exp_avg = nullptr;
@@ -33,13 +35,13 @@ struct AdamTensors {
 };
 
 // One AdamW step over all n elements, on the compute pool (parallel.hpp).
-void adam_step(const AdamConfig& config, const AdamTensors& tensors);
+TIERLM_API void adam_step(const AdamConfig& config, const AdamTensors& tensors);
 
 // The same on the calling thread only, at the current SIMD level (benchmarks, tests).
-void adam_step_serial(const AdamConfig& config, const AdamTensors& tensors);
+TIERLM_API void adam_step_serial(const AdamConfig& config, const AdamTensors& tensors);
 
 // Round-to-nearest-even f32 -> bf16 bits and back (NaN stays NaN).
-uint16_t bf16_from_f32(float x);
-float bf16_to_f32(uint16_t x);
+TIERLM_API uint16_t bf16_from_f32(float x);
+TIERLM_API float bf16_to_f32(uint16_t x);
 
 }  // namespace tierlm

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "tierlm/core/export.hpp"
+
 namespace tierlm {
 
 // Resident = layer -1 tensors, every 1-D tensor (norms, biases) and the first whole layers
@@ -14,7 +16,7 @@ namespace tierlm {
 // sections of `section_bytes` each (the largest streamed matrix). A layer's streamed matrices,
 // in the order the graph uses them, are packed into chunks of at most section_bytes; a chunk is
 // one section's reads, ring order = layer order, then use order.
-struct WeightPlacement {
+struct TIERLM_API WeightPlacement {
   bool streaming = false;       // false: every weight resident (the fields below stay 0 / empty)
   uint64_t resident_bytes = 0;  // base + resident layers + pinned matrices
   uint64_t base_bytes = 0;      // layer -1 + small tensors (always resident)

@@ -5,9 +5,11 @@
 #include <cstdint>
 #include <string>
 
+#include "tierlm/core/export.hpp"
+
 namespace tierlm {
 
-struct StreamStats {
+struct TIERLM_API StreamStats {
   bool streaming = false;             // weights stream through a ring (else all resident)
   int64_t ring_sections = 0;          // staging sections of the ring
   uint64_t bytes_read_per_token = 0;  // streamed bytes per forward pass (one decode token)
@@ -41,7 +43,7 @@ struct StreamStats {
 };
 
 // One entry per end_layer of a streamed layer (kept in a fixed buffer).
-struct StreamEvent {
+struct TIERLM_API StreamEvent {
   double t = 0;     // seconds since the store was made, at the layer's end
   double wait = 0;  // seconds the layer's data() calls waited for reads
   int layer = 0;
