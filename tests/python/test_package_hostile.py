@@ -62,3 +62,55 @@ def test_tensor_offset_that_wraps(edited, offset):
         Package.open(pkg)
     with pytest.raises(tierlm.CorruptError, match=r"layers\.0\.attn\.q\.weight.*offset"):
         tierlm.load(pkg)
+
+
+@pytest.fixture(scope="module")
+def opt_pristine(tmp_path_factory):
+    return package("opt", str(tmp_path_factory.mktemp("hostile-opt")))[1]
+
+
+def edited_graph(pristine, tmp_path, edit):
+    target = str(tmp_path / "pkg")
+    shutil.copytree(pristine, target)
+    path = os.path.join(target, "graph.json")
+    with open(path) as f:
+        graph = json.load(f)
+    edit(graph)
+    with open(path, "w") as f:
+        json.dump(graph, f)
+    return target
+
+
+@pytest.mark.parametrize("offset", [-(2**32) + 2, -1, 2**31, 2**40])
+def test_position_offset_that_a_32_bit_position_cannot_hold(opt_pristine, tmp_path, offset):
+    """An offset near -2^32 passed the table check and, cut to 32 bits in the kernel, read
+    outside the table (SIGSEGV): it is refused at load, naming the op."""
+
+    def edit(graph):
+        for op in graph["ops"]:
+            if op["op"] == "position_embedding":
+                op["offset"] = offset
+
+    pkg = edited_graph(opt_pristine, tmp_path, edit)
+    with pytest.raises(tierlm.CorruptError, match="position"):
+        tierlm.load(pkg).generate([1, 2, 3], max_new_tokens=2)
+
+
+@pytest.mark.parametrize(
+    "field,value", [("heads", 2**40), ("kv_heads", 2**62), ("head_dim", 2**61)]
+)
+def test_attention_counts_that_would_overflow(pristine, tmp_path, field, value):
+    def edit(graph):
+        for op in graph["ops"]:
+            if op["op"] == "attention":
+                op[field] = value
+
+    pkg = edited_graph(pristine, tmp_path, edit)
+    with pytest.raises(tierlm.CorruptError, match="attention|heads|head_dim"):
+        tierlm.load(pkg)
+
+
+def test_graph_width_beyond_the_limit(pristine, tmp_path):
+    pkg = edited_graph(pristine, tmp_path, lambda g: g["values"].update(h=2**40))
+    with pytest.raises(tierlm.CorruptError, match="width"):
+        tierlm.load(pkg)

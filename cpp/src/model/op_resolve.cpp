@@ -135,6 +135,9 @@ ResolvedOps ops_resolve(const Package& package, const BufferAssignment& assignme
       case OpKind::kOpPositionEmbedding:
         TIERLM_CHECK(wi && wi->shape.size() == 2 && wi->shape[1] == op.width, kErrorCorrupt, where,
                      ": position table does not match width ", op.width);
+        // The kernel adds the offset to 32-bit positions: it must fit beside the context.
+        TIERLM_CHECK(g.offset >= 0 && g.offset <= INT32_MAX - context, kErrorCorrupt, where,
+                     ": position offset ", g.offset, " is outside 0..", INT32_MAX - context);
         TIERLM_CHECK(wi->shape[0] >= context + g.offset, kErrorCorrupt, where,
                      ": position table has ", wi->shape[0], " rows, the context needs ",
                      context + g.offset);
@@ -172,8 +175,8 @@ ResolvedOps ops_resolve(const Package& package, const BufferAssignment& assignme
       case OpKind::kOpRope: {
         need_inputs(1);
         const int64_t heads = g.heads;
-        TIERLM_CHECK(heads > 0 && op.width % heads == 0, kErrorCorrupt, where, ": width ", op.width,
-                     " is not a multiple of heads ", heads);
+        TIERLM_CHECK(heads > 0 && heads <= op.width && op.width % heads == 0, kErrorCorrupt, where,
+                     ": width ", op.width, " is not a multiple of heads ", heads);
         op.shape.n_heads = static_cast<size_t>(heads);
         op.shape.head_dim = static_cast<size_t>(op.width / heads);
         TIERLM_CHECK(c.rope_inv_freq.size() * 2 == op.shape.head_dim, kErrorCorrupt, where,
@@ -184,8 +187,11 @@ ResolvedOps ops_resolve(const Package& package, const BufferAssignment& assignme
       case OpKind::kOpAttention: {
         need_inputs(3);
         const int64_t head_dim = op_head_dim(g, c);
-        TIERLM_CHECK(g.heads > 0 && g.kv_heads > 0 && g.heads % g.kv_heads == 0, kErrorCorrupt,
-                     where, ": heads ", g.heads, " and kv_heads ", g.kv_heads, " do not fit");
+        // Each factor is at most a width (2^24), so the products below cannot overflow.
+        TIERLM_CHECK(g.heads > 0 && g.kv_heads > 0 && g.heads % g.kv_heads == 0 &&
+                         g.heads <= op.width && head_dim > 0 && head_dim <= op.width,
+                     kErrorCorrupt, where, ": heads ", g.heads, ", kv_heads ", g.kv_heads,
+                     " and head_dim ", head_dim, " do not fit width ", op.width);
         const int64_t qw = p.graph.width(g.inputs[0]);
         const int64_t kw = p.graph.width(g.inputs[1]);
         const int64_t vw = p.graph.width(g.inputs[2]);

@@ -105,6 +105,9 @@ OpKind parse_op_kind(const std::string& name, size_t index) {
               "\", which this tierlm cannot run (upgrade tierlm or re-export the package)");
 }
 
+// The widest activation a graph may declare (2^24 floats per token: far past any model).
+constexpr int64_t kMaxGraphWidth = int64_t{1} << 24;
+
 uint64_t non_negative(const Json& value, const std::string& what) {
   const int64_t v = value.as_int(what);
   TIERLM_CHECK(v >= 0, kErrorCorrupt, what, " is ", v, "; it must be 0 or more");
@@ -208,7 +211,9 @@ Graph parse_graph(const Json& json) {
   Graph g;
   for (const auto& [name, width] : json.at("values", what).as_object(what + ": values")) {
     const int64_t w = width.as_int(what + ": values." + name);
-    TIERLM_CHECK(w > 0, kErrorCorrupt, what, ": value \"", name, "\" has width ", w);
+    // Bounded so that no product of widths, heads and tokens can overflow 64 bits downstream.
+    TIERLM_CHECK(w > 0 && w <= kMaxGraphWidth, kErrorCorrupt, what, ": value \"", name,
+                 "\" has width ", w, " (1 to ", kMaxGraphWidth, ")");
     g.values.emplace_back(name, w);
   }
   g.output = json.at("output", what).as_string(what + ": output");
@@ -232,6 +237,12 @@ Graph parse_graph(const Json& json) {
     op.scale = config_number(j, "scale", 0.0);
     op.offset = config_int(j, "offset", 0);
     op.layer = static_cast<int>(config_int(j, "layer", -1));
+    for (const auto& [name, count] : {std::pair<const char*, int64_t>{"heads", op.heads},
+                                      {"kv_heads", op.kv_heads},
+                                      {"head_dim", op.head_dim}}) {
+      TIERLM_CHECK(count >= 0 && count <= kMaxGraphWidth, kErrorCorrupt, where, ": ", name, " ",
+                   count, " is outside 0..", kMaxGraphWidth);
+    }
     g.ops.push_back(std::move(op));
   }
   return g;
