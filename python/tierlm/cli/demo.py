@@ -154,9 +154,20 @@ def _placement_text(model):
     if not p["streaming"]:
         return "every weight resident in the host tier"
     return (
-        f"layers {p['resident_layers']} resident, {p['streamed_layers']} streamed through "
-        f"{p['sections']} ring sections of {format_size(p['section_bytes'])}"
+        f"layers {_ranges(p['resident_layers'])} resident, {_ranges(p['streamed_layers'])} "
+        f"streamed through {p['sections']} ring sections of {format_size(p['section_bytes'])}"
     )
+
+
+def _ranges(layers):
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8' ('none' for no layer)."""
+    runs = []
+    for layer in sorted(layers):
+        if runs and layer == runs[-1][1] + 1:
+            runs[-1][1] = layer
+        else:
+            runs.append([layer, layer])
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs) or "none"
 
 
 def _disk_text(stats):
