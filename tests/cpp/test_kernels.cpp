@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "simd_levels.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/core/parallel.hpp"
 #include "tierlm/core/simd.hpp"
@@ -39,17 +40,8 @@ std::vector<float> random_floats(size_t n, uint32_t seed) {
   return v;
 }
 
-std::vector<SimdLevel> levels() {
-  std::vector<SimdLevel> out;
-  for (SimdLevel l : {SimdLevel::kSimdScalar, SimdLevel::kSimdAvx2, SimdLevel::kSimdAvx512})
-    if (l <= simd_detected()) out.push_back(l);
-  return out;
-}
-
-struct LevelGuard {
-  SimdLevel saved = simd_level();
-  ~LevelGuard() { simd_set_level(saved); }
-};
+std::vector<SimdLevel> levels() { return testing::simd_levels_here(); }
+using LevelGuard = testing::SimdLevelGuard;
 
 struct AttentionCase {
   AttentionShape shape;

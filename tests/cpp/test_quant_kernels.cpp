@@ -16,6 +16,7 @@
 
 #include "count_allocations.hpp"
 #include "kernels/quant_impl.hpp"
+#include "simd_levels.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/core/simd.hpp"
 #include "tierlm/kernels/kernels.hpp"
@@ -31,17 +32,8 @@ constexpr DType kTypes[] = {DType::kDTypeQ8_0, DType::kDTypeQ4_0, DType::kDTypeQ
                             DType::kDTypeQ5_0, DType::kDTypeQ5_1, DType::kDTypeQ4_K,
                             DType::kDTypeQ5_K, DType::kDTypeQ6_K};
 
-std::vector<SimdLevel> levels() {
-  std::vector<SimdLevel> out;
-  for (SimdLevel l : {SimdLevel::kSimdScalar, SimdLevel::kSimdAvx2, SimdLevel::kSimdAvx512})
-    if (l <= simd_detected()) out.push_back(l);
-  return out;
-}
-
-struct LevelGuard {
-  SimdLevel saved = simd_level();
-  ~LevelGuard() { simd_set_level(saved); }
-};
+std::vector<SimdLevel> levels() { return testing::simd_levels_here(); }
+using LevelGuard = testing::SimdLevelGuard;
 
 // An f16 bit pattern of magnitude 2^-10 .. 2^-1 with a random mantissa (and sign if asked).
 uint16_t random_f16(std::mt19937& rng, bool any_sign) {

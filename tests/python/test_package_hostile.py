@@ -16,22 +16,23 @@ def pristine(tmp_path_factory):
     return package("llama", str(tmp_path_factory.mktemp("hostile")))[1]
 
 
+def edited_copy(pristine, tmp_path, name, edit):
+    """A copy of the package whose JSON file `name` is changed by edit(parsed)."""
+    target = str(tmp_path / "pkg")
+    shutil.copytree(pristine, target)
+    path = os.path.join(target, name)
+    with open(path) as f:
+        parsed = json.load(f)
+    edit(parsed)
+    with open(path, "w") as f:
+        json.dump(parsed, f)
+    return target
+
+
 @pytest.fixture
 def edited(pristine, tmp_path):
     """A copy of the package with its manifest changed by edit(manifest)."""
-
-    def make(edit):
-        target = str(tmp_path / "pkg")
-        shutil.copytree(pristine, target)
-        path = os.path.join(target, "manifest.json")
-        with open(path) as f:
-            manifest = json.load(f)
-        edit(manifest)
-        with open(path, "w") as f:
-            json.dump(manifest, f)
-        return target
-
-    return make
+    return lambda edit: edited_copy(pristine, tmp_path, "manifest.json", edit)
 
 
 @pytest.mark.parametrize("where", ["../outside", "/etc", "tokenizer/../../x"])
@@ -70,15 +71,7 @@ def opt_pristine(tmp_path_factory):
 
 
 def edited_graph(pristine, tmp_path, edit):
-    target = str(tmp_path / "pkg")
-    shutil.copytree(pristine, target)
-    path = os.path.join(target, "graph.json")
-    with open(path) as f:
-        graph = json.load(f)
-    edit(graph)
-    with open(path, "w") as f:
-        json.dump(graph, f)
-    return target
+    return edited_copy(pristine, tmp_path, "graph.json", edit)
 
 
 @pytest.mark.parametrize("offset", [-(2**32) + 2, -1, 2**31, 2**40])
