@@ -1,34 +1,18 @@
-"""A checkpoint save that cannot write (full disk: EFBIG under RLIMIT_FSIZE, or ENOSPC / EIO
-injected with TIERLM_FAULT) names the file, removes what it wrote and leaves LATEST and the
-previous checkpoint byte for byte as they were; resume then loads the previous one."""
+"""A checkpoint save that cannot write (a full disk: EFBIG under RLIMIT_FSIZE) names the file,
+removes what it wrote and leaves LATEST and the previous checkpoint byte for byte as they were;
+resume then loads the previous one. Injected ENOSPC / EIO on every write and fsync of a save:
+test_faults.py and fault_sweep.py (scenario checkpoint_save)."""
 
-import hashlib
-import json
-import os
 import resource
 import signal
-import subprocess
-import sys
 
 import pytest
 import tierlm.train as tt
 import torch
+from fault_sweep import digest
 from train_helpers import HYPER, batches, llama
 
 pytest.importorskip("transformers")
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def digest(path):
-    h = hashlib.sha256()
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            h.update(os.path.relpath(full, path).encode())
-            with open(full, "rb") as f:
-                h.update(f.read())
-    return h.hexdigest()
 
 
 def trained(steps=1):
@@ -66,43 +50,3 @@ def test_full_disk_during_save_keeps_the_previous_checkpoint(tmp_path):
     assert trainer.resume(ckpt) == 1
     for name, value in trainer.state_dict().items():
         assert torch.equal(value, state[name]), name
-
-
-@pytest.mark.parametrize(
-    "spec,errno_name",
-    [
-        ("op=write,errno=ENOSPC,nth=2", "No space left on device"),
-        ("op=fsync,errno=EIO,nth=1", "Input/output error"),
-        ("op=write,errno=EIO,nth=4", "Input/output error"),
-    ],
-)
-def test_injected_faults_name_the_file(tmp_path, spec, errno_name):
-    model, trainer = trained()
-    ckpt = str(tmp_path / "ckpt")
-    trainer.save(ckpt)
-    before = digest(ckpt)
-    code = f"""
-import sys
-sys.path.insert(0, {HERE!r})
-import test_train_checkpoint as t
-model, trainer = t.trained(2)
-try:
-    trainer.save({ckpt!r})
-except OSError as error:
-    print(error)
-    sys.exit(3)
-"""
-    env = dict(os.environ, TIERLM_FAULT=spec + ",path=/ckpt/")
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 3, proc.stdout + proc.stderr
-    fired = [line for line in proc.stderr.splitlines() if "TIERLM_FAULT injected" in line]
-    assert len(fired) == 1, proc.stderr
-    hit = fired[0].rsplit(" of ", 1)[1]
-    message = proc.stdout.strip()
-    assert f"failed writing {hit}: {errno_name}" in message, (message, hit)
-    assert "(LATEST) is intact" in message
-    assert digest(ckpt) == before
-    with open(os.path.join(ckpt, "LATEST")) as f:
-        assert json.load(open(os.path.join(ckpt, f.read().strip(), "manifest.json")))["step"] == 1

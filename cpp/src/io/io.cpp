@@ -137,6 +137,11 @@ size_t IoFuture::get() {
   return state_->bytes;
 }
 
+void io_wait_all(std::span<IoFuture> futures) {
+  for (const IoFuture& f : futures) f.wait();
+  for (IoFuture& f : futures) f.get();
+}
+
 bool IoFuture::ready() const { return state_ != nullptr && state_->ready(); }
 
 void IoFuture::wait() const {

@@ -59,9 +59,14 @@ class ResidentWeightStore final : public WeightStore {
         reads.push_back(f.pread(base + offset, weight_read_length(f, t), t.offset));
         offset += round_up(t.nbytes, kSlotAlignment);
       }
+      for (const IoFuture& read : reads) read.wait();  // none in flight if one failed
       for (size_t k = 0; k < members.size(); ++k) {
-        reads[k].get();
         const TensorInfo& t = tensors_[members[k]];
+        try {
+          reads[k].get();
+        } catch (const Error& error) {
+          throw Error(error.code(), error.sys_errno(), "tensor `" + t.name + "`: " + error.what());
+        }
         stats_.disk_bytes_read += t.nbytes;
         host.record_in(t.nbytes);
         if (options.verify) tensor_verify(package, t, data_[members[k]], &stats_.verify);

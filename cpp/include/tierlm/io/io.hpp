@@ -74,6 +74,10 @@ class TIERLM_API IoFuture {
   std::shared_ptr<detail::IoState> state_;
 };
 
+// Waits for every future, then throws the first one's error: when it throws, no request of
+// `futures` is still in flight, so their buffers may be reused or freed.
+TIERLM_API void io_wait_all(std::span<IoFuture> futures);
+
 // A file opened for the engine. Calls may come from several threads at once (close() and
 // moves excepted). A request's buffer must stay valid until its future is ready; destroying
 // or closing the File waits for every request in flight.
