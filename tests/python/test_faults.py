@@ -24,6 +24,8 @@ PER_BACKEND = [
     ("sparse_decode", "read", "EIO", 3),
     ("sparse_decode", "read", "EIO", 40),
     ("sparse_decode", "read", "short", 30),
+    ("sparse_decode", "read", "EIO", 59),  # the first token's rows of a bundle file
+    ("sparse_decode", "read", "short", 58),
 ]
 # Python's writers (not the engine), and the trainer (20 s a case, most of it importing torch).
 ONCE = [

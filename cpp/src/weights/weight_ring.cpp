@@ -171,9 +171,10 @@ void WeightRing::acquire(int c) {
   const auto t0 = Clock::now();
   try {
     io_wait_all(s.futures);
-  } catch (const Error&) {
+  } catch (const Error& error) {
     free_section(chunk.slot);  // nothing in flight into it; a later pass reads the chunk again
-    throw;
+    throw Error(error.code(), error.sys_errno(),
+                "streamed weights of layer " + std::to_string(chunk.layer) + ": " + error.what());
   }
   s.futures.clear();
   const auto t1 = Clock::now();

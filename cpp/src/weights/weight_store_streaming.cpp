@@ -128,7 +128,11 @@ class StreamingStore final : public StreamingWeightStore {
       const TensorInfo& t = tensors_[i];
       File& f = files_[file_of_[i]];
       char* dst = base + offset;
-      f.read(dst, weight_read_length(f, t), t.offset);
+      try {
+        f.read(dst, weight_read_length(f, t), t.offset);
+      } catch (const Error& error) {
+        throw Error(error.code(), error.sys_errno(), "tensor `" + t.name + "`: " + error.what());
+      }
       host.record_in(t.nbytes);
       resident_read_ += round_up(t.nbytes, kAlignment);
       if (options.verify) tensor_verify(package, t, dst, &stats_.verify);
