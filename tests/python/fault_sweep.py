@@ -51,7 +51,7 @@ GUARDED = {
 }
 # only calls on these paths count (the save's own files, not the trainer's swaps before it)
 PATHS = {"checkpoint_save": "/ckpt/"}
-TIMEOUT = 120
+TIMEOUT = 300  # generous: a loaded 2-core machine runs a trainer case in 20-70 s
 ERROR_EXIT = 3
 RETRY_EXIT = 4  # a generation after the failed one gave other tokens
 NEW_TOKENS = 4
