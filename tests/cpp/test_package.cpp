@@ -91,6 +91,20 @@ TEST(Package, TokenizerDirOutsideThePackageIsRefused) {
   }
 }
 
+TEST(Package, TokenizerFilesOutsideTheTokenizerDirAreRefused) {
+  for (const char* file : {"../../etc/passwd", "/etc/passwd", "..", ""}) {
+    TempDir dir;
+    write_tiny_package(dir.path());
+    const std::string manifest = dir.path() + "/manifest.json";
+    write_text(manifest,
+               std::regex_replace(read_text(manifest), std::regex("\"tokenizer\": null"),
+                                  std::string("\"tokenizer\": {\"dir\": \"tokenizer\", ") +
+                                      "\"files\": [\"" + file + "\"]}"));
+    expect_error([&] { package_open(dir.path()); }, ErrorCode::kErrorCorrupt,
+                 "must be a plain file name inside tokenizer.dir");
+  }
+}
+
 TEST(Package, MissingFilesAreNotFound) {
   TempDir dir;
   write_tiny_package(dir.path());

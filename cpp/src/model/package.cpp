@@ -129,6 +129,11 @@ uint64_t non_negative(const Json& value, const std::string& what) {
   return static_cast<uint64_t>(v);
 }
 
+// A file name without a folder: not empty, no '/', not "." or "..".
+bool plain_file_name(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos;
+}
+
 // A path inside the package: relative, no ".." component.
 bool package_relative(const std::string& path) {
   if (path.empty() || path[0] == '/') return false;
@@ -364,9 +369,8 @@ Package package_open(const std::string& path) {
   for (const Json& f : manifest.at("files", what).as_array(what + ": files")) {
     PackageFile file;
     file.name = f.at("name", what + ": files").as_string(what + ": files.name");
-    TIERLM_CHECK(
-        file.name.find('/') == std::string::npos && file.name != ".." && !file.name.empty(),
-        kErrorCorrupt, what, ": file name \"", file.name, "\" must be a plain file name");
+    TIERLM_CHECK(plain_file_name(file.name), kErrorCorrupt, what, ": file name \"", file.name,
+                 "\" must be a plain file name");
     file.size = non_negative(f.at("size", what + ": files"), what + ": files.size");
     const uint64_t actual = file_size_or_fail(p.file_path(file.name));
     TIERLM_CHECK(actual == file.size, kErrorCorrupt, p.file_path(file.name), " is ", actual,
@@ -406,7 +410,10 @@ Package package_open(const std::string& path) {
     p.tokenizer_dir = p.path + "/" + dir;
     if (const Json* files = tok->find("files")) {
       for (const Json& f : files->as_array(what + ": tokenizer.files")) {
-        p.tokenizer_files.push_back(f.as_string(what + ": tokenizer.files"));
+        const std::string& name = f.as_string(what + ": tokenizer.files");
+        TIERLM_CHECK(plain_file_name(name), kErrorCorrupt, what, ": tokenizer file \"", name,
+                     "\" must be a plain file name inside tokenizer.dir");
+        p.tokenizer_files.push_back(name);
       }
     }
   }
