@@ -225,6 +225,10 @@ def _child(argv, log):
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
+    # New text streams on the descriptors: a host like pytest may have pointed sys.stderr
+    # at its own capture file rather than at descriptor 2.
+    sys.stdout = open(1, "w", closefd=False)
+    sys.stderr = open(2, "w", closefd=False)
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
     signal.alarm(TIMEOUT_S)  # SIGALRM's default action ends the process, even in native code
     try:
