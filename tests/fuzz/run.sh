@@ -4,13 +4,13 @@
 # with atheris (pip install ".[fuzz]"). New crashers land in build/fuzz/crashers/<target>/;
 # copy them into tests/fuzz/corpus/<target>/ once fixed, so CI replays them.
 # Usage: tests/fuzz/run.sh [SECONDS] [TARGET...]   (targets: json safetensors package plan
-# checkpoint gguf; default all). Then the package mutator sweep: tests/fuzz/mutate_package.py.
+# checkpoint gguf pypackage; default all). Then the package mutator sweep: tests/fuzz/mutate_package.py.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(json safetensors package plan checkpoint gguf)
+[ ${#targets[@]} -gt 0 ] || targets=(json safetensors package plan checkpoint gguf pypackage)
 out=build/fuzz
 mkdir -p "$out/logs"
 

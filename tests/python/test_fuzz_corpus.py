@@ -9,7 +9,7 @@ import sys
 import pytest
 
 FUZZ = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fuzz")
-TARGETS = ("plan", "checkpoint", "gguf")
+TARGETS = ("plan", "checkpoint", "gguf", "pypackage")
 
 
 def corpus(target):
