@@ -116,26 +116,38 @@ def _write_files(directory, tmp, final, final_name, meta, items, dp):
                 shutil.rmtree(full, ignore_errors=True)
 
 
+def _plain_name(name):
+    """True for a file or folder name inside the checkpoint directory (no path, no '..')."""
+    return (
+        isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\0")
+    )
+
+
 def read_meta(directory):
     """(manifest dict, checkpoint path) of the checkpoint LATEST points to."""
     latest = os.path.join(directory, LATEST)
     try:
-        with open(latest) as f:
-            name = f.read().strip()
+        with open(latest, "rb") as f:
+            data = f.read()
     except FileNotFoundError as e:
         raise FileNotFoundError(
             e.errno, f"resume: {latest} does not exist; no checkpoint was saved in {directory}"
         ) from e
+    name = data.decode("utf-8", "replace").strip()
+    if not _plain_name(name):
+        raise CorruptError(
+            f"resume: {latest} names {name[:80]!r}, not a checkpoint folder inside {directory}"
+        )
     path = os.path.join(directory, name)
     manifest = os.path.join(path, MANIFEST)
     try:
-        with open(manifest) as f:
-            meta = json.load(f)
+        with open(manifest, "rb") as f:
+            meta = json.loads(f.read().decode("utf-8"))
     except FileNotFoundError as e:
         raise CorruptError(f"resume: {manifest} is missing ({latest} points at it)") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise CorruptError(f"resume: {manifest} is not valid JSON ({e})") from e
-    if meta.get("format") != FORMAT or "units" not in meta:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "units" not in meta:
         raise CorruptError(f"resume: {manifest} is not a tierlm training checkpoint manifest")
     return meta, path
 
@@ -144,6 +156,11 @@ _CHUNK = 16 << 20  # bytes read at a time when only checking a file
 
 
 def _open_unit(path, record):
+    if not _plain_name(record["file"]):
+        raise CorruptError(
+            f"resume: {os.path.join(path, MANIFEST)}: unit {record.get('name')!r} has file "
+            f"{record['file']!r}, not a file name inside the checkpoint"
+        )
     full = os.path.join(path, record["file"])
     try:
         return full, open(full, "rb")
@@ -158,9 +175,11 @@ def _check(full, record, want, size, crc):
             "(truncated or from another model)"
         )
     if crc != record.get("crc32"):
+        said = record.get("crc32")
+        said = f"{said:#010x}" if isinstance(said, int) else repr(said)
         raise CorruptError(
             f"resume: checkpoint file {full} fails its CRC-32 check ({crc:#010x}, manifest "
-            f"says {record.get('crc32', 0):#010x}): the file is damaged"
+            f"says {said}): the file is damaged"
         )
 
 
