@@ -17,6 +17,7 @@ import sys
 import time
 
 import numpy as np
+from _common import require_teacher_forced
 
 
 def missing():
@@ -290,3 +291,15 @@ class LlamaCpp:
         t0 = time.perf_counter()
         self.llm.eval(list(prompt))
         return time.perf_counter() - t0
+
+
+def require_same_as_tierlm(what, model, llm, prompt, n, min_top1=0.9, max_error=0.05):
+    """tierlm's model fed llama.cpp's (LlamaCpp llm) n greedy tokens after prompt: its top-1
+    must be llama.cpp's token at min_top1 of the steps and its logits within max_error
+    (relative L2) at every step, else the bench exits (_common.require_agreement). Returns
+    llama.cpp's tokens."""
+    theirs = []
+    tokens, _ = llm.greedy(prompt, n, logits=theirs)
+    ours = [model.logits(prompt)] + [model.logits([t], append=True) for t in tokens[:-1]]
+    require_teacher_forced(what, ours, theirs, tokens, min_top1, max_error)
+    return tokens

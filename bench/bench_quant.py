@@ -40,7 +40,6 @@ from _common import (  # noqa: E402
     print_table,
     require_agreement,
     require_same_tokens,
-    require_teacher_forced,
 )
 from bench_decode import streamed_bytes  # noqa: E402
 from bench_offload import tierlm_decode  # noqa: E402
@@ -152,13 +151,14 @@ class Pair:
         """Exits (require_agreement) unless both engines compute the same thing: tierlm is fed
         llama.cpp's greedy tokens and must pick the same next token at --min-top1 of the steps,
         with logits within --max-logit-error. Returns tierlm's own greedy tokens."""
-        theirs_logits = []
-        theirs, _ = self.theirs.greedy(PROMPT, args.check_tokens, logits=theirs_logits)
-        ours_logits = [self.ours.logits(PROMPT)]
-        ours_logits += [self.ours.logits([t], append=True) for t in theirs[:-1]]
-        what = f"{name}: tierlm vs llama.cpp"
-        require_teacher_forced(
-            what, ours_logits, theirs_logits, theirs, args.min_top1, args.max_logit_error
+        theirs = _llamacpp.require_same_as_tierlm(
+            f"{name}: tierlm vs llama.cpp",
+            self.ours,
+            self.theirs,
+            PROMPT,
+            args.check_tokens,
+            args.min_top1,
+            args.max_logit_error,
         )
         ours = self.ours.generate(PROMPT, max_new_tokens=args.check_tokens, stop_at_eos=False)
         ours = list(ours.output_ids)
