@@ -133,7 +133,7 @@ def require_close(what, ours, theirs, max_error):
     L2 error must be at most max_error (require_agreement's exit otherwise)."""
     error = relative_error(ours, theirs)
     require_agreement(
-        what, error <= max_error, f"relative L2 error {error:.2e} (ceiling {max_error:.0e})"
+        what, error <= max_error, f"relative L2 error {error:.2e} (ceiling {max_error:.2g})"
     )
     return error
 
@@ -150,6 +150,6 @@ def require_teacher_forced(what, ours, theirs, tokens, min_top1, max_error):
         what,
         top1 >= min_top1 and error <= max_error,
         f"teacher-forced top-1 equal at {top1:.0%} of {len(tokens)} steps (floor "
-        f"{min_top1:.0%}), largest relative L2 logit error {error:.2e} (ceiling {max_error:.0e})",
+        f"{min_top1:.0%}), largest relative L2 logit error {error:.2e} (ceiling {max_error:.2g})",
     )
     return top1, error
