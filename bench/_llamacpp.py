@@ -17,7 +17,6 @@ import sys
 import time
 
 import numpy as np
-from _common import require_teacher_forced
 
 
 def missing():
@@ -298,6 +297,8 @@ def require_same_as_tierlm(what, model, llm, prompt, n, min_top1=0.9, max_error=
     must be llama.cpp's token at min_top1 of the steps and its logits within max_error
     (relative L2) at every step, else the bench exits (_common.require_agreement). Returns
     llama.cpp's tokens."""
+    from _common import require_teacher_forced  # beside this file, on the benches' path
+
     theirs = []
     tokens, _ = llm.greedy(prompt, n, logits=theirs)
     ours = [model.logits(prompt)] + [model.logits([t], append=True) for t in tokens[:-1]]

@@ -17,7 +17,7 @@ own quantizer (llama_model_quantize) to Q8_0, Q4_0 and Q4_K_M; tierlm imports th
 Before any ratio, each type's greedy tokens and last logits are checked against llama.cpp's on
 the same file; a check below its floor prints AGREEMENT FAILED and exits 1.
 
-    pip install llama-cpp-python gguf        # bench-only baselines
+    pip install ".[bench]"                   # the baselines (llama-cpp-python: ~5 min build)
     python bench/bench_quant.py              # the 1.1B shape, ~10 minutes on 2 cores, ~10 GB disk
     python bench/bench_quant.py --layers 2 --hidden 512 --intermediate 1536 --heads 8 \\
         --kv-heads 2 --vocab 4096 --prefill 128      # a small shape to try it (~1 minute)
