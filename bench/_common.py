@@ -1,6 +1,8 @@
-"""Shared helpers of the bench scripts: timing and the machine's memory bandwidth."""
+"""Shared helpers of the bench scripts: timing, the machine's memory bandwidth, and the
+agreement checks that stop a bench before it prints a ratio over different computations."""
 
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -84,3 +86,70 @@ def print_table(headers, rows):
     print("  ".join(str(h).rjust(w) for h, w in zip(headers, widths, strict=True)))
     for r in rows:
         print("  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def leading_equal(ours, theirs):
+    """How many tokens two greedy continuations share before they first differ."""
+    n = min(len(ours), len(theirs))
+    return next((i for i in range(n) if ours[i] != theirs[i]), n)
+
+
+def relative_error(ours, theirs):
+    """||ours - theirs|| / ||theirs|| (L2, as float64)."""
+    a, b = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def require_agreement(what, ok, detail):
+    """Prints one line on how `what` (e.g. "q4_0: tierlm vs llama.cpp") agrees with its
+    baseline; when it does not (ok is False) prints "AGREEMENT FAILED" and exits with status 1,
+    so a bench never prints a ratio over two different computations."""
+    print(f"agreement {what}: {detail}", flush=True)
+    if not ok:
+        print(
+            f"AGREEMENT FAILED: {what}: {detail}; the two do not compute the same thing, so no "
+            "ratio is printed (rerun with a looser floor only if the difference is understood)",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(1)
+
+
+def require_same_tokens(what, ours, theirs, min_fraction):
+    """Greedy tokens of a contender against its baseline's: the leading run of equal tokens
+    must cover at least min_fraction of them (require_agreement's exit otherwise)."""
+    same = leading_equal(ours, theirs)
+    need = min_fraction * len(theirs)
+    require_agreement(
+        what,
+        len(ours) == len(theirs) and same >= need,
+        f"greedy tokens equal for the first {same} of {len(theirs)} (floor {need:.0f})",
+    )
+    return same
+
+
+def require_close(what, ours, theirs, max_error):
+    """Outputs (logits, parameters, ...) of a contender against its baseline's: the relative
+    L2 error must be at most max_error (require_agreement's exit otherwise)."""
+    error = relative_error(ours, theirs)
+    require_agreement(
+        what, error <= max_error, f"relative L2 error {error:.2e} (ceiling {max_error:.2g})"
+    )
+    return error
+
+
+def require_teacher_forced(what, ours, theirs, tokens, min_top1, max_error):
+    """Logits of a contender and its baseline at each step of the baseline's greedy run (both
+    fed the same tokens, so one near-tie does not end the comparison as it ends a free greedy
+    run): the contender's top-1 must equal the baseline's token at min_top1 of the steps, and
+    every step's relative L2 error must be at most max_error (require_agreement's exit
+    otherwise). Returns (top-1 fraction, largest error)."""
+    top1 = float(np.mean([int(np.argmax(a)) == t for a, t in zip(ours, tokens, strict=True)]))
+    error = max(relative_error(a, b) for a, b in zip(ours, theirs, strict=True))
+    require_agreement(
+        what,
+        top1 >= min_top1 and error <= max_error,
+        f"teacher-forced top-1 equal at {top1:.0%} of {len(tokens)} steps (floor "
+        f"{min_top1:.0%}), largest relative L2 logit error {error:.2e} (ceiling {max_error:.2g})",
+    )
+    return top1, error

@@ -10,8 +10,10 @@ placeholder (SentencePiece-style: <unk> <s> </s>, 256 byte tokens, then dummies)
 feeds token ids, never text.
 """
 
+import contextlib
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -142,9 +144,14 @@ def convert(hf_dir, out_path, dtype):
 
     names = [n for n in where if not n.endswith("rotary_emb.inv_freq")]
     order = sorted(names, key=lambda n: (not n.startswith("model.embed"), gguf_name(n)))
+    item = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[dtype]
     for name in order:  # shapes first (header), data after, one tensor in memory at a time
-        a, t = array(name)
-        w.add_tensor_info(gguf_name(name), a.shape, a.dtype, a.nbytes, raw_dtype=t)
+        shape = tuple(where[name].get_slice(name).get_shape())
+        a_dtype, t = (
+            (np.float32, gguf.GGMLQuantizationType.F32) if len(shape) == 1 else (item, ggml_type)
+        )
+        nbytes = int(np.prod(shape)) * np.dtype(a_dtype).itemsize
+        w.add_tensor_info(gguf_name(name), shape, np.dtype(a_dtype), nbytes, raw_dtype=t)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
@@ -155,21 +162,95 @@ def convert(hf_dir, out_path, dtype):
     return out_path
 
 
-class LlamaCpp:
-    """A GGUF model in llama.cpp; greedy decode on token ids."""
+# llama.cpp's quantizer recipes by the names the benches use (llama_model_quantize ftypes)
+QUANTIZE_RECIPES = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1", "q4_k_m": "Q4_K_M"}
 
-    def __init__(self, gguf_path, threads, n_ctx=256):
+
+def quantize(src_gguf, out_path, recipe, threads):
+    """llama.cpp's own quantizer (llama_model_quantize, as the llama-quantize tool runs it) on
+    src_gguf (f16/bf16/f32) with a recipe of QUANTIZE_RECIPES; writes out_path."""
+    import llama_cpp
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{QUANTIZE_RECIPES[recipe]}")
+    params.nthread = threads
+    tmp = out_path + ".tmp"
+    with suppress_stdout_stderr(disable=False):  # its per-tensor log, a line per tensor
+        status = llama_cpp.llama_model_quantize(src_gguf.encode(), tmp.encode(), params)
+    if status != 0:
+        raise RuntimeError(f"llama_model_quantize {src_gguf} -> {recipe} failed ({status})")
+    os.replace(tmp, out_path)
+    return out_path
+
+
+@contextlib.contextmanager
+def _model_defaults(**fields):
+    """llama-cpp-python's Llama() takes its model parameters from llama_model_default_params()
+    and exposes no switch for some fields (use_extra_bufts): set them there while it loads."""
+    import llama_cpp.llama as module
+
+    default = module.llama_cpp.llama_model_default_params
+
+    def patched():
+        params = default()
+        for key, value in fields.items():
+            setattr(params, key, value)
+        return params
+
+    module.llama_cpp.llama_model_default_params = patched
+    try:
+        yield
+    finally:
+        module.llama_cpp.llama_model_default_params = default
+
+
+_PROBE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import _llamacpp
+_llamacpp.LlamaCpp(sys.argv[2], 1, n_ctx=32).logits([3, 4])
+"""
+
+
+def repack_works(gguf_path):
+    """None when llama.cpp runs gguf_path with its repacked CPU buffers (the default), else why
+    not: some llama-cpp-python builds crash in decode on quantized weights repacked at load
+    (signal 11 on this machine's 0.3.36 build), so the probe runs in a child process."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    run = subprocess.run(
+        [sys.executable, "-c", _PROBE, here, gguf_path], capture_output=True, check=False
+    )
+    if run.returncode == 0:
+        return None
+    how = f"signal {-run.returncode}" if run.returncode < 0 else f"exit {run.returncode}"
+    return f"llama.cpp with repacked CPU buffers fails on {os.path.basename(gguf_path)} ({how})"
+
+
+class LlamaCpp:
+    """A GGUF model in llama.cpp; greedy decode on token ids.
+
+    repack=False keeps every weight in the mapped file: llama.cpp otherwise copies the block
+    types it has interleaved kernels for (Q4_0, Q4_K on AVX2) into its own memory at load,
+    which would hold a mapped model's weights in RAM whatever the budget."""
+
+    def __init__(self, gguf_path, threads, n_ctx=256, use_mmap=True, repack=True):
         import llama_cpp
 
-        self.llm = llama_cpp.Llama(
-            model_path=gguf_path,
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_ctx=n_ctx,
-            n_batch=n_ctx,
-            logits_all=False,
-            verbose=False,
-        )
+        with _model_defaults(**({} if repack else {"use_extra_bufts": False})):
+            self.llm = llama_cpp.Llama(
+                model_path=gguf_path,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_ctx=n_ctx,
+                n_batch=n_ctx,
+                n_ubatch=n_ctx,
+                logits_all=False,
+                use_mmap=use_mmap,
+                verbose=False,
+            )
 
     def _last(self):
         """The last evaluated position's logits, a view of llama.cpp's buffer (Llama.scores
@@ -186,12 +267,40 @@ class LlamaCpp:
         self.llm.eval(list(prompt))
         return np.array(self._last(), dtype=np.float32)
 
-    def greedy(self, prompt, n):
+    def greedy(self, prompt, n, logits=None):
         """Greedy tokens after prompt and the decode seconds (single-token evals of tokens 2..n,
-        prompt eval and the first token's argmax excluded)."""
-        out = [int(np.argmax(self.logits(prompt)))]
+        prompt eval and the first token's argmax excluded); a list given as logits receives a
+        copy of each step's logits (the step that chose each token)."""
+        first = self.logits(prompt)
+        out = [int(np.argmax(first))]
+        if logits is not None:
+            logits.append(first)
         t0 = time.perf_counter()
         for _ in range(n - 1):
             self.llm.eval([out[-1]])
             out.append(int(np.argmax(self._last())))
+            if logits is not None:
+                logits.append(np.array(self._last(), dtype=np.float32))
         return out, time.perf_counter() - t0
+
+    def prefill_seconds(self, prompt):
+        """Seconds of one evaluation of prompt from an empty cache (batches of n_batch)."""
+        self.llm.reset()
+        self.llm._ctx.kv_cache_clear()
+        t0 = time.perf_counter()
+        self.llm.eval(list(prompt))
+        return time.perf_counter() - t0
+
+
+def require_same_as_tierlm(what, model, llm, prompt, n, min_top1=0.9, max_error=0.05):
+    """tierlm's model fed llama.cpp's (LlamaCpp llm) n greedy tokens after prompt: its top-1
+    must be llama.cpp's token at min_top1 of the steps and its logits within max_error
+    (relative L2) at every step, else the bench exits (_common.require_agreement). Returns
+    llama.cpp's tokens."""
+    from _common import require_teacher_forced  # beside this file, on the benches' path
+
+    theirs = []
+    tokens, _ = llm.greedy(prompt, n, logits=theirs)
+    ours = [model.logits(prompt)] + [model.logits([t], append=True) for t in tokens[:-1]]
+    require_teacher_forced(what, ours, theirs, tokens, min_top1, max_error)
+    return tokens

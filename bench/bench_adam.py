@@ -28,6 +28,11 @@ import tierlm.train as tt
 import torch
 from tierlm import _core
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import relative_error, require_close  # noqa: E402
+
+HYPER = dict(lr=1e-3, weight_decay=0.01)
+
 
 def parse_count(text):
     text = text.strip().upper()
@@ -47,7 +52,7 @@ def contenders(ds):
     """(name, state bytes per param, make(param) -> step function), in the order they are
     grouped under the memory cap (at 256M params and the default 13G: the three f32 contenders
     in the same rounds, then tierlm bf16 + foreach)."""
-    hyper = dict(lr=1e-3, weight_decay=0.01)
+    hyper = HYPER
     out = [
         ("tierlm f32", 8, lambda p: tt.AdamW([p], **hyper).step),
         ("torch fused", 8, lambda p: torch.optim.AdamW([p], fused=True, **hyper).step),
@@ -147,6 +152,18 @@ def format_row(n, threads, row):
     )
 
 
+def after_steps(make, n=4097, steps=3):
+    """A parameter of n values after `steps` steps of the optimizer make([p]) builds, from a
+    fixed start and gradient: the agreement check of each contender against torch AdamW."""
+    generator = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(n, generator=generator))
+    p.grad = torch.randn(n, generator=generator)
+    optimizer = make([p])
+    for _ in range(steps):
+        optimizer.step()
+    return p.detach().numpy()
+
+
 def deepspeed_adam():
     """(DeepSpeedCPUAdam, "") when it imports, builds and matches torch AdamW, else
     (None, why not)."""
@@ -155,22 +172,11 @@ def deepspeed_adam():
         from deepspeed.ops.adam import DeepSpeedCPUAdam
     except Exception as e:  # not installed, or its import fails here
         return None, f"deepspeed does not import ({type(e).__name__}: {e})"
-    n = 4097
-    p0, g = torch.randn(n), torch.randn(n)
     try:
-        p = torch.nn.Parameter(p0.clone())
-        p.grad = g.clone()
-        opt = DeepSpeedCPUAdam([p], lr=1e-3, weight_decay=0.01, adamw_mode=True)
-        for _ in range(3):
-            opt.step()
+        p = after_steps(lambda ps: DeepSpeedCPUAdam(ps, adamw_mode=True, **HYPER))
     except Exception as e:  # the JIT build of the cpu_adam op failed
         return None, f"DeepSpeedCPUAdam's cpu_adam op did not build/load ({type(e).__name__}: {e})"
-    ref = torch.nn.Parameter(p0.clone())
-    ref.grad = g.clone()
-    topt = torch.optim.AdamW([ref], lr=1e-3, weight_decay=0.01)
-    for _ in range(3):
-        topt.step()
-    err = ((p.detach() - ref.detach()).abs().max() / ref.detach().abs().max()).item()
+    err = relative_error(p, after_steps(lambda ps: torch.optim.AdamW(ps, **HYPER)))
     if err > 1e-5:
         return None, f"DeepSpeedCPUAdam differs from torch AdamW by {err:.1e} (relative)"
     return DeepSpeedCPUAdam, ""
@@ -225,6 +231,12 @@ def main(argv=None):
     print(
         f"simd={_core.cpu_info()['simd_level']}  torch={torch.__version__}  "
         f"rounds={args.reps} at 256M params, 256M/n times as many at n"
+    )
+    require_close(
+        "tierlm AdamW (f32 moments) vs torch AdamW, 3 steps",
+        after_steps(lambda ps: tt.AdamW(ps, **HYPER)),
+        after_steps(lambda ps: torch.optim.AdamW(ps, **HYPER)),
+        1e-6,
     )
     ds, ds_why = (None, "--no-deepspeed") if args.no_deepspeed else deepspeed_adam()
     if ds is None:

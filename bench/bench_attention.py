@@ -13,7 +13,13 @@ import argparse
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import CopyBandwidth, median_times, print_table, start_kernel_bench
+from _common import (
+    CopyBandwidth,
+    median_times,
+    print_table,
+    require_close,
+    start_kernel_bench,
+)
 from tierlm import _core
 
 K = _core.kernels
@@ -30,8 +36,16 @@ def prefill_row(n, rng):
     kt, vt = torch.from_numpy(kc)[None], torch.from_numpy(vc)[None]
 
     def ref():
-        F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale, enable_gqa=True)
+        return F.scaled_dot_product_attention(
+            qt, kt, vt, is_causal=True, scale=scale, enable_gqa=True
+        )
 
+    require_close(
+        f"prefill {n}: tierlm attention vs torch SDPA",
+        np.asarray(K.attention(q, kc, vc, n, 0, scale, workspace=ws)).reshape(-1),
+        ref()[0].transpose(0, 1).numpy().reshape(-1),
+        1e-5,
+    )
     ours, theirs = median_times(
         [lambda: K.attention(q, kc, vc, n, 0, scale, workspace=ws), ref], repeats=5
     )
@@ -74,6 +88,18 @@ def decode_row(kv, rng, copy):
     def theirs():
         for kt, vt in tcaches:
             F.scaled_dot_product_attention(qt, kt, vt, scale=scale, enable_gqa=True)
+
+    kc, vc = caches[0]
+    kt, vt = tcaches[0]
+    require_close(
+        f"decode {kv}: tierlm attention vs torch SDPA",
+        np.asarray(K.attention(q, kc, vc, kv, kv - 1, scale, workspace=ws)).reshape(-1),
+        F.scaled_dot_product_attention(qt, kt, vt, scale=scale, enable_gqa=True)[0]
+        .transpose(0, 1)
+        .numpy()
+        .reshape(-1),
+        1e-5,
+    )
 
     t_ours, t_theirs, t_copy = median_times([ours, theirs, copy], repeats=7)
     t_ours, t_theirs = t_ours / layers, t_theirs / layers

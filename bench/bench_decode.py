@@ -10,8 +10,10 @@ The llama.cpp baseline needs two bench-only packages (not tierlm dependencies):
 
 Without them the llama.cpp column prints "-" and the reason is printed. The HF checkpoint is
 converted to GGUF by bench/_llamacpp.py (convert_hf_to_gguf.py's Llama layout: Q/K rows
-permuted for llama.cpp's rotary pairs); a sanity step checks each dtype's llama.cpp logits and
-greedy tokens against tierlm's on the same prompt and prints the agreement.
+permuted for llama.cpp's rotary pairs). Before timing a dtype, tierlm is checked against each
+baseline: fed llama.cpp's greedy tokens it must pick the same tokens (>= 90%) with logits within
+5%, and its prompt logits must be within 5% of transformers' (1e-4 in f32); a failed check
+prints AGREEMENT FAILED and exits 1.
 
 The checkpoint, packages and GGUF files are made once under ~/.cache/tierlm/bench (~15 GB).
 """
@@ -22,11 +24,9 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _llamacpp  # noqa: E402
-from _common import memory_bandwidth, print_table  # noqa: E402
+from _common import memory_bandwidth, print_table, require_close  # noqa: E402
 
 SHAPE = dict(
     vocab_size=32000,
@@ -91,12 +91,6 @@ class Tierlm:
         result = self.model.generate(self.prompt, max_new_tokens=self.tokens + 1, stop_at_eos=False)
         return result.stats["decode_tokens_per_s"]
 
-    def check(self):
-        """The prompt's last logits and the greedy tokens, for the llama.cpp agreement."""
-        logits = np.asarray(self.model.logits(self.prompt), dtype=np.float32)
-        ids = self.model.generate(self.prompt, max_new_tokens=self.tokens + 1, stop_at_eos=False)
-        return logits, list(ids.output_ids)
-
 
 def gguf_file(root, hf_dir, dtype):
     path = os.path.join(root, f"model-{dtype}.gguf")
@@ -118,25 +112,6 @@ class LlamaCpp:
     def run(self):
         _, seconds = self.llm.greedy(self.prompt, self.tokens + 1)
         return self.tokens / seconds
-
-    def check(self):
-        return self.llm.logits(self.prompt), self.llm.greedy(self.prompt, self.tokens + 1)[0]
-
-
-def agreement(ours, theirs):
-    """One line: how closely llama.cpp's logits and greedy tokens follow tierlm's."""
-    (our_logits, our_ids), (their_logits, their_ids) = ours, theirs
-    diff = float(np.max(np.abs(our_logits - their_logits)))
-    scale = float(np.max(np.abs(our_logits)))
-    same = next(
-        (i for i, (a, b) in enumerate(zip(our_ids, their_ids, strict=False)) if a != b),
-        len(our_ids),
-    )
-    return (
-        f"max |logit diff| {diff:.2e} (max |logit| {scale:.2f}), first-token argmax "
-        f"{'equal' if our_ids[0] == their_ids[0] else 'DIFFERENT'}, greedy tokens equal for "
-        f"{same}/{len(our_ids)}"
-    )
 
 
 class Transformers:
@@ -175,6 +150,13 @@ class Transformers:
     def run(self):
         return self.tokens / (self._time(self.tokens + 1) - self._time(1))
 
+    def logits(self):
+        """The prompt's last logits (float32 numpy)."""
+        import torch
+
+        with torch.no_grad():
+            return self.model(self.ids).logits[0, -1].float().numpy()
+
 
 def interleaved(contenders, runs):
     """Median rate of each contender (None stays None), runs interleaved (a, b, c, a, b, c, ...)
@@ -203,7 +185,7 @@ def main():
     why_no_llamacpp = "--no-llamacpp" if args.no_llamacpp else _llamacpp.missing()
     if why_no_llamacpp:
         print(f"llama.cpp column skipped: {why_no_llamacpp}")
-    rows, checks, bandwidths = [], [], []
+    rows, bandwidths = [], []
 
     def fmt(x):
         return "-" if x is None else f"{x:.2f}"
@@ -222,9 +204,17 @@ def main():
             if args.no_transformers
             else Transformers(hf_dir, dtype, args.threads, prompt, args.tokens)
         )
-        rate, cpp_rate, hf = interleaved([ours, cpp, hf_model], args.runs)
         if cpp is not None:
-            checks.append(f"{dtype}: llama.cpp vs tierlm: {agreement(ours.check(), cpp.check())}")
+            what = f"{dtype}: tierlm vs llama.cpp"
+            _llamacpp.require_same_as_tierlm(what, ours.model, cpp.llm, prompt, args.tokens)
+        if hf_model is not None:
+            require_close(
+                f"{dtype}: tierlm vs transformers, prompt logits",
+                ours.model.logits(prompt),
+                hf_model.logits(),
+                1e-4 if dtype == "f32" else 5e-2,
+            )
+        rate, cpp_rate, hf = interleaved([ours, cpp, hf_model], args.runs)
         del ours, cpp, hf_model
         bandwidth = memory_bandwidth(threads=args.threads)["bound"]
         bandwidths.append(bandwidth)
@@ -242,8 +232,6 @@ def main():
                 f"{rate / bound:.2f}x",
             )
         )
-    for line in checks:
-        print(line)
     print(
         f"decode tokens/s, median of {args.runs} runs of {args.tokens} tokens after a "
         f"16-token prompt, contenders interleaved; DRAM read bandwidth measured after each "

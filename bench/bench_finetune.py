@@ -22,6 +22,7 @@ import argparse
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
 
@@ -33,6 +34,9 @@ from tierlm.sizes import round_up
 from tierlm.tiers import PAGE
 from tierlm.train.disk_home import DiskHome
 from transformers import LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import require_close  # noqa: E402
 
 
 def build(args):
@@ -135,6 +139,33 @@ class Offload:
         return homes
 
 
+def check_against_torch(args, disk_dir):
+    """Two steps of tierlm offload against two of plain torch fused AdamW from the same start,
+    on a 2-layer model of the bench's width at its minimum host budget (state homed on disk): the
+    parameter updates must agree, or the bench exits before timing anything."""
+    small = argparse.Namespace(**{**vars(args), "layers": 2})
+    data = torch.randint(0, args.vocab, (args.batch, args.length))
+    start = torch.cat([p.detach().reshape(-1) for p in build(small).parameters()])
+    updates = []
+    for make in (
+        lambda m: Plain(m, data),
+        lambda m: Offload(m, data, tt.offload_plan(m)["minimum"], disk_dir, args.pipeline_depth),
+    ):
+        model = build(small)
+        runner = make(model)
+        for _ in range(2):
+            runner.step(False)
+        runner.close()
+        after = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        updates.append((after - start).numpy())
+    require_close(
+        "tierlm offload at its minimum budget vs torch fused AdamW, 2 steps' updates",
+        updates[1],
+        updates[0],
+        1e-4,
+    )
+
+
 def run_phase(runner, steps, times, stats, prefix):
     """One warm-up step per setting, then `steps` steps alternating ckpt off / on."""
     for ckpt in (False, True):
@@ -163,6 +194,7 @@ def main(argv=None):
     ap.add_argument("--disk-dir", default=None)
     args = ap.parse_args(argv)
     disk_dir = args.disk_dir or tempfile.mkdtemp(prefix="tierlm-bench-")
+    check_against_torch(args, disk_dir)
     model = build(args)
     n = sum(p.numel() for p in model.parameters())
     plan = tt.offload_plan(model)

@@ -10,6 +10,7 @@ bound: what the device gives a tuned C tool. Installs fio with apt when missing.
 
 import argparse
 import json
+import mmap
 import os
 import shutil
 import statistics
@@ -17,9 +18,13 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import tierlm
 from tierlm.cli.bench_io import create_file, measure
 from tierlm.sizes import format_size, parse_size
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import require_agreement  # noqa: E402
 
 
 def ensure_fio():
@@ -54,6 +59,32 @@ def fio_read(path, block, qd, seconds):
     return json.loads(out[out.index("{") :])["jobs"][0]["read"]["bw_bytes"]
 
 
+def check_reads(path, block, backend, count=8):
+    """The back end's batched reads of `count` random aligned blocks (page-aligned buffers, so
+    O_DIRECT applies as in the timed runs) must return the file's bytes, as os.pread reads
+    them; otherwise the bench exits before timing reads that are wrong."""
+    size = os.path.getsize(path)
+    rng = np.random.default_rng(block)
+    offsets = [int(o) * block for o in rng.integers(0, size // block, count)]
+    areas = [mmap.mmap(-1, block) for _ in offsets]
+    bufs = [np.frombuffer(a, dtype=np.uint8) for a in areas]
+    f = tierlm.io.File(path, backend=backend)
+    for future in f.pread_batch(zip(bufs, offsets, strict=True)):
+        future.result()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        wrong = [
+            o for b, o in zip(bufs, offsets, strict=True) if bytes(b) != os.pread(fd, block, o)
+        ]
+    finally:
+        os.close(fd)
+    require_agreement(
+        f"{backend} reads of {format_size(block)} blocks vs os.pread",
+        not wrong,
+        f"{count - len(wrong)} of {count} blocks equal" + (f" (wrong at {wrong})" if wrong else ""),
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where the test file goes")
@@ -79,6 +110,8 @@ def main():
     rows = []
     try:
         for block in blocks:
+            for name in backends:
+                check_reads(path, block, name)
             for qd in qds:
                 samples = {name: [] for name in [*backends, "fio"]}
                 direct = True
@@ -88,6 +121,11 @@ def main():
                         direct = direct and r["direct"]
                         samples[name].append(r["bytes_per_second"])
                     samples["fio"].append(fio_read(path, block, qd, args.seconds))
+                require_agreement(
+                    f"{format_size(block)} QD {qd}: tierlm reads O_DIRECT like fio",
+                    direct,
+                    "O_DIRECT" if direct else "tierlm read through the page cache, fio did not",
+                )
                 med = {name: statistics.median(v) / 1e6 for name, v in samples.items()}
                 rows.append((block, qd, med, direct))
                 print(f"done {format_size(block)} QD {qd}: {med}", file=sys.stderr)

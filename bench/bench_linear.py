@@ -13,7 +13,13 @@ import argparse
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import CopyBandwidth, median_times, print_table, start_kernel_bench
+from _common import (
+    CopyBandwidth,
+    median_times,
+    print_table,
+    require_close,
+    start_kernel_bench,
+)
 from tierlm import _core
 
 K = _core.kernels
@@ -41,6 +47,14 @@ def bench(rows, cols, dtype, rng, copy, n):
     def ours():
         for arr, _ in ws:
             K.linear(x, arr, dtype=dtype)
+
+    # the same weights widened to f32; 16-bit paths may round x to the weight dtype
+    require_close(
+        f"{rows}x{cols} {dtype} n={n}: tierlm linear vs f32 matmul",
+        np.asarray(K.linear(x, ws[0][0], dtype=dtype)),
+        x @ ws[0][1].float().numpy().T,
+        1e-5 if dtype == "f32" else 1e-2,
+    )
 
     def theirs():
         for _, w in ws:

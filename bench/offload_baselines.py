@@ -184,9 +184,12 @@ class _DropCacheStreamer:
     def __init__(self, paths):
         self.paths = paths
         self.stamps = []
+        self.tokens = []  # the new tokens (the first put is the prompt)
         self.untimed = 0.0
 
-    def put(self, _value):
+    def put(self, value):
+        if self.stamps:
+            self.tokens.extend(int(t) for t in value.reshape(-1))
         start = time.perf_counter()
         cached = drop_page_cache(self.paths)
         self.untimed += time.perf_counter() - start
@@ -219,7 +222,8 @@ def _keep_in_ram(model):
 
 
 def accelerate_decode(model_dir, budget_bytes, offload_dir, prompt_ids, new_tokens, files):
-    """Decode steps (seconds, bytes read) of accelerate's disk offload at a CPU budget."""
+    """Decode steps (seconds, bytes read), the offload files and the greedy tokens of
+    accelerate's disk offload at a CPU budget."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
@@ -242,7 +246,7 @@ def accelerate_decode(model_dir, budget_bytes, offload_dir, prompt_ids, new_toke
             streamer=streamer,
         )
     del model
-    return decode_steps(streamer.stamps[1:]), offloaded
+    return decode_steps(streamer.stamps[1:]), offloaded, streamer.tokens
 
 
 def layer_streaming_decode(model_dir, prompt_ids, new_tokens, files):

@@ -93,17 +93,22 @@ void bind_model(nb::module_& m) {
       .def("reset", &Model::reset)
       .def(
           "logits",
-          [](Model& self, const std::vector<int32_t>& ids) {
+          [](Model& self, const std::vector<int32_t>& ids, bool append) {
             std::vector<float>* out = nullptr;
             {
               nb::gil_scoped_release release;
-              out = new std::vector<float>(self.logits(ids));
+              if (append) {
+                const float* last = self.forward(ids, false);
+                out = new std::vector<float>(last, last + self.vocab_size());
+              } else {
+                out = new std::vector<float>(self.logits(ids));
+              }
             }
             nb::capsule owner(out,
                               [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
             return nb::ndarray<nb::numpy, float, nb::ndim<1>>(out->data(), {out->size()}, owner);
           },
-          nb::arg("ids"))
+          nb::arg("ids"), nb::arg("append") = false)
       .def(
           "generate",
           [](Model& self, const std::vector<int32_t>& ids, int64_t max_new_tokens,

@@ -264,9 +264,11 @@ class Model:
                 text, emitted = full[len(emitted) :], full
             yield Token(token, text)
 
-    def logits(self, ids):
-        """Last-position logits (float32 numpy, vocab_size) of ids, from an empty cache."""
-        return self._native.logits(self.encode(ids))
+    def logits(self, ids, append=False):
+        """Last-position logits (float32 numpy, vocab_size) of ids, from an empty cache; with
+        append=True ids run after the tokens already in the cache (a sequence fed piece by
+        piece, as perplexity and teacher-forced comparisons do)."""
+        return self._native.logits(self.encode(ids), append=bool(append))
 
     def sparse_tokens(self):
         """Sparse FFN: per token since load (the last 65536), lists of neurons_predicted,

@@ -109,6 +109,20 @@ def test_chunked_prefill_equals_one_batch(packages):
     assert a == whole.generate(ids, max_new_tokens=8).output_ids
 
 
+def test_logits_append_continues_the_sequence(packages):
+    _, pkg = packages("llama")
+    model = load(pkg)
+    ids = prompt(37, seed=4)
+    whole = model.logits(ids)
+    model.logits(ids[:20])
+    for i in range(20, 36):  # one token at a time: the decode path
+        model.logits([ids[i]], append=True)
+    np.testing.assert_allclose(model.logits([ids[36]], append=True), whole, rtol=0, atol=1e-4)
+    model.logits(ids[:30])
+    np.testing.assert_allclose(model.logits(ids[30:], append=True), whole, rtol=0, atol=1e-4)
+    assert model._native.position == 37
+
+
 def test_stream_yields_generate_tokens(packages):
     model = load(packages("qwen2")[1])
     ids = prompt(7)
