@@ -17,7 +17,7 @@ ALLOWED = {
     "train": {"core", "kernels"},
     "weights": {"core", "io", "memory", "kernels", "sparse"},
     "sparse": {"core", "io", "memory", "kernels"},
-    "moe": {"core", "io", "memory", "kernels", "weights"},
+    "moe": {"core", "io", "memory", "kernels", "weights"},  # weights/: read lengths
     "model": {"core", "io", "memory", "kernels", "planner", "weights", "sparse", "moe"},
 }
 # The package reader is the format layer: below weights/ and sparse/ although it sits in model/.

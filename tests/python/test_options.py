@@ -143,6 +143,23 @@ def case_sparse_capacity(pkg, sparse_pkg):
         tierlm.load(sparse_pkg, sparse=True, sparse_capacity=-1)
 
 
+def case_expert_cache(pkg, sparse_pkg, tmp_path):
+    moe = package("mixtral", str(tmp_path), seed=2, num_local_experts=8)[1]
+    full = tierlm.load(moe).stats()
+    # a third of the experts' bytes: most experts on the disk tier, read through the cache
+    budget = full["kv_bytes"] + full["arena_bytes"] + full["weight_bytes"] // 3
+    ids = prompt(9)
+    tokens = {}
+    for policy in ("lru", "lfu"):
+        model = tierlm.load(moe, budget=budget, expert_cache=policy)
+        assert model.placement()["experts"]["policy"] == policy
+        tokens[policy] = model.generate(ids, max_new_tokens=6, stop_at_eos=False).output_ids
+        assert model.stats()["moe_misses"] > 0
+    assert tokens["lru"] == tokens["lfu"]
+    with pytest.raises(InvalidArgumentError, match='expert_cache "mru"'):
+        tierlm.load(moe, expert_cache="mru")
+
+
 LOAD_CASES = {
     "budget": case_budget,
     "threads": case_threads,
@@ -156,6 +173,7 @@ LOAD_CASES = {
     "sparse_window": case_sparse_window,
     "sparse_bundled": case_sparse_bundled,
     "sparse_capacity": case_sparse_capacity,
+    "expert_cache": case_expert_cache,
 }
 
 

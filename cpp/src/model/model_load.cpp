@@ -88,7 +88,11 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     if (!op.weight.empty()) demand.tensors.push_back(detail::graph_weight_name(p, op));
     if (!op.bias.empty()) demand.tensors.push_back(op.bias);
   }
-  for (std::string& name : detail::moe_expert_tensors(p)) demand.tensors.push_back(std::move(name));
+  // Experts: the expert store holds them (homed or cached) under what the rest leaves.
+  if (!detail::moe_ops(p).empty()) {
+    demand.expert_bytes = detail::expert_resident_bytes(p);
+    demand.expert_slot_bytes = detail::expert_slot_bytes(p);
+  }
   // Sparse FFN: the FFN matrices are read per neuron from the bundles, not by the store.
   detail::SparseFfnPlan sparse_plan;
   if (options.sparse) {
@@ -129,8 +133,11 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   m.arena = m.host->allocate(budget.arena_bytes);
   std::memset(m.arena.data(), 0, m.arena.size());
   if (options.sparse) m.sparse = std::make_unique<detail::SparseFfn>(sparse_plan, *m.host);
-  if (!detail::moe_ops(p).empty()) {
-    m.experts = std::make_unique<detail::ExpertsFromWeights>(p, *m.weights);
+  if (demand.expert_bytes > 0) {
+    m.experts = std::make_unique<detail::ExpertStore>(
+        p, *m.host,
+        detail::ExpertStoreOptions{.budget = budget.expert_budget,
+                                   .policy = detail::expert_policy_parse(options.expert_cache)});
   }
 
   detail::ResolvedOps ops =

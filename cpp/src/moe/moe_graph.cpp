@@ -48,45 +48,4 @@ std::vector<size_t> moe_ops(const Package& package) {
   return ops;
 }
 
-std::vector<std::string> moe_expert_tensors(const Package& package) {
-  std::vector<std::string> names;
-  for (size_t i : moe_ops(package)) {
-    const GraphOp& op = package.graph.ops[i];
-    for (int64_t e = 0; e < op.experts; ++e) {
-      for (int part = 0; part < kExpertParts; ++part) {
-        names.push_back(moe_expert_tensor(op.expert_prefix, e, static_cast<ExpertPart>(part)));
-      }
-    }
-  }
-  return names;
-}
-
-ExpertsFromWeights::ExpertsFromWeights(const Package& package, WeightStore& weights)
-    : weights_(weights) {
-  for (size_t i : moe_ops(package)) {
-    const GraphOp& op = package.graph.ops[i];
-    std::vector<int>& indices = index_.emplace_back();
-    for (int64_t e = 0; e < op.experts; ++e) {
-      for (int part = 0; part < kExpertParts; ++part) {
-        indices.push_back(
-            weights.index(moe_expert_tensor(op.expert_prefix, e, static_cast<ExpertPart>(part))));
-      }
-    }
-  }
-}
-
-ExpertWeights ExpertsFromWeights::expert(int moe, int32_t e) {
-  ExpertWeights w;
-  for (int part = 0; part < kExpertParts; ++part) {
-    w.part[part] = weights_.data(index_[moe][e * kExpertParts + part]);
-  }
-  return w;
-}
-
-void ExpertsFromWeights::release(int moe, int32_t e) {
-  for (int part = 0; part < kExpertParts; ++part) {
-    weights_.release(index_[moe][e * kExpertParts + part]);
-  }
-}
-
 }  // namespace tierlm::detail

@@ -1,0 +1,292 @@
+// The tiered expert store (expert_store.hpp): extents and homes at load, the cache's slot
+// bookkeeping and the batched O_DIRECT reads per step.
+#include "moe/expert_store.hpp"
+
+#include <algorithm>
+#include <unordered_map>
+
+#include "moe/moe_graph.hpp"
+#include "tierlm/core/align.hpp"
+#include "tierlm/core/error.hpp"
+
+namespace tierlm::detail {
+
+namespace {
+
+// Expert e's three tensors of moe op `op`.
+std::vector<const TensorInfo*> expert_tensors(const Package& package, const GraphOp& op,
+                                              int64_t e) {
+  std::vector<const TensorInfo*> parts;
+  for (int part = 0; part < kExpertParts; ++part) {
+    parts.push_back(
+        &package.tensor(moe_expert_tensor(op.expert_prefix, e, static_cast<ExpertPart>(part))));
+  }
+  return parts;
+}
+
+// One expert's bytes in a slot: each part 4 KiB-rounded (O_DIRECT reads whole pages).
+uint64_t expert_bytes(const std::vector<const TensorInfo*>& parts) {
+  uint64_t bytes = 0;
+  for (const TensorInfo* t : parts) bytes += round_up(t->nbytes, kAlignment);
+  return bytes;
+}
+
+// The order in which experts are homed on the host tier while the budget lasts: the first and
+// last moe layers first (their experts are used on every token like any other, but a model's
+// outer layers route most unevenly, so they cache worst), then inwards.
+std::vector<int> home_order(size_t layers) {
+  std::vector<int> order;
+  for (size_t lo = 0, hi = layers; lo < hi; ++lo) {
+    order.push_back(static_cast<int>(lo));
+    if (lo + 1 < hi) order.push_back(static_cast<int>(--hi));
+  }
+  return order;
+}
+
+}  // namespace
+
+uint64_t expert_slot_bytes(const Package& package) {
+  uint64_t most = 0;
+  for (size_t i : moe_ops(package)) {
+    const GraphOp& op = package.graph.ops[i];
+    for (int64_t e = 0; e < op.experts; ++e) {
+      most = std::max(most, expert_bytes(expert_tensors(package, op, e)));
+    }
+  }
+  return most;
+}
+
+uint64_t expert_resident_bytes(const Package& package) {
+  uint64_t total = 0;
+  for (size_t i : moe_ops(package)) total += package.graph.ops[i].experts;
+  return total * expert_slot_bytes(package);
+}
+
+ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertStoreOptions& options)
+    : slot_bytes_(expert_slot_bytes(package)) {
+  const std::vector<size_t> ops = moe_ops(package);
+  std::unordered_map<std::string, int> file_index;
+  size_t max_top_k = 1;
+  for (size_t i : ops) {
+    const GraphOp& op = package.graph.ops[i];
+    first_key_.push_back(static_cast<int>(experts_.size()));
+    placement_.layers.push_back(op.layer);
+    max_top_k = std::max(max_top_k, static_cast<size_t>(op.top_k));
+    placement_.experts = op.experts;
+    for (int64_t e = 0; e < op.experts; ++e) {
+      Expert& x = experts_.emplace_back();
+      std::vector<const TensorInfo*> parts = expert_tensors(package, op, e);
+      const std::string where = "expert " + std::to_string(e) + " of " + op.expert_prefix;
+      auto [it, added] = file_index.emplace(parts[0]->file, static_cast<int>(files_.size()));
+      if (added) {
+        files_.emplace_back(package.file_path(parts[0]->file), IoMode::kIoModeRead,
+                            IoOptions{.direct = true});
+      }
+      x.file = it->second;
+      uint64_t rel = 0;
+      for (int p = 0; p < kExpertParts; ++p) {
+        const TensorInfo& t = *parts[p];
+        TIERLM_CHECK(t.file == parts[0]->file, kErrorUnsupported, where, ": its tensors are in ",
+                     parts[0]->file, " and ", t.file, "; export the package again");
+        const uint64_t len = round_up(t.nbytes, kAlignment);
+        x.part_rel[p] = rel;
+        Read* last = x.n_reads > 0 ? &x.reads[x.n_reads - 1] : nullptr;
+        if (last != nullptr && last->offset + last->len == t.offset) {
+          last->len += len;  // back to back in the file: one read
+        } else {
+          x.reads[x.n_reads++] = {rel, t.offset, len};
+        }
+        rel += len;
+      }
+      for (int r = 0; r < x.n_reads; ++r) {  // a file whose tail is not padded to a page
+        File& f = files_[x.file];
+        TIERLM_CHECK(x.reads[r].offset <= f.size(), kErrorCorrupt, where, " lies past the end of ",
+                     f.path());
+        x.reads[r].len = std::min(x.reads[r].len, f.size() - x.reads[r].offset);
+      }
+    }
+  }
+
+  // Homes: all on the host tier when they fit; else a cache of a quarter of the budget (at
+  // least 2 x top_k slots, so that one token's experts of a layer and the next fit), and the
+  // rest of the budget homes experts, outer layers first.
+  const uint64_t total = experts_.size();
+  const uint64_t fit = options.budget / slot_bytes_;
+  TIERLM_CHECK(fit >= 1, kErrorBudget, "host tier: the expert cache needs at least one expert (",
+               format_bytes(slot_bytes_), ") but the experts' share of the host budget is ",
+               format_bytes(options.budget), "; raise the host budget");
+  uint64_t slots = 0;
+  if (fit < total) slots = std::min(fit, std::max<uint64_t>(2 * max_top_k, fit / 4));
+  uint64_t homed = std::min(total, fit - slots);
+  if (homed > 0) homed_ = host.allocate(homed * slot_bytes_);
+  if (slots > 0) cache_ = host.allocate(slots * slot_bytes_);
+  slots_.resize(slots);
+  candidates_.reserve(slots);
+  requests_.reserve(slots * kExpertParts);
+  queued_.reserve(slots);
+  for (Slot& slot : slots_) slot.futures.reserve(kExpertParts);
+  policy_ = expert_policy_create(options.policy, experts_.size());
+  placement_.moe = !ops.empty();
+  placement_.expert_bytes = slot_bytes_;
+  placement_.host_bytes = homed * slot_bytes_;
+  placement_.cache_bytes = slots * slot_bytes_;
+  placement_.cache_slots = static_cast<int64_t>(slots);
+  placement_.policy = expert_policy_name(options.policy);
+  placement_.host_experts.resize(ops.size());
+  placement_.disk_experts.resize(ops.size());
+  uint64_t next = 0;
+  for (int m : home_order(ops.size())) {
+    for (int64_t e = 0; e < package.graph.ops[ops[m]].experts; ++e) {
+      Expert& x = experts_[key(m, static_cast<int32_t>(e))];
+      if (next < homed) x.host = static_cast<char*>(homed_.data()) + next++ * slot_bytes_;
+    }
+  }
+  // Read the homed experts now, all in one batch per file.
+  std::vector<IoFuture> futures;
+  for (size_t f = 0; f < files_.size(); ++f) {
+    std::vector<IoRequest> requests;
+    for (const Expert& x : experts_) {
+      if (x.host == nullptr || x.file != static_cast<int>(f)) continue;
+      for (int r = 0; r < x.n_reads; ++r) {
+        requests.push_back({x.host + x.reads[r].rel, x.reads[r].len, x.reads[r].offset});
+      }
+    }
+    for (IoFuture& fu : files_[f].pread_batch(requests)) futures.push_back(std::move(fu));
+  }
+  for (IoFuture& fu : futures) fu.get();
+  for (size_t m = 0; m < ops.size(); ++m) {
+    for (int64_t e = 0; e < package.graph.ops[ops[m]].experts; ++e) {
+      const bool on_host = experts_[key(static_cast<int>(m), static_cast<int32_t>(e))].host;
+      (on_host ? placement_.host_experts : placement_.disk_experts)[m].push_back(
+          static_cast<int>(e));
+    }
+  }
+  if (slots > 0) {
+    for (File& f : files_) f.register_buffer(cache_.data(), cache_.size());
+  }
+}
+
+ExpertStore::~ExpertStore() {
+  for (Slot& s : slots_) {
+    for (IoFuture& f : s.futures) f.wait();
+  }
+  if (!slots_.empty()) {
+    for (File& f : files_) f.unregister_buffer(cache_.data());
+  }
+}
+
+int ExpertStore::take_slot() {
+  candidates_.clear();
+  for (size_t s = 0; s < slots_.size(); ++s) {
+    if (slots_[s].key < 0) return static_cast<int>(s);
+    if (!slots_[s].pinned) candidates_.push_back(slots_[s].key);
+  }
+  if (candidates_.empty()) return -1;
+  const int victim = candidates_[policy_->victim(candidates_)];
+  const int s = experts_[victim].slot;
+  wait(s);  // a prefetch may still be in flight into it
+  experts_[victim].slot = -1;
+  slots_[s].key = -1;
+  return s;
+}
+
+void ExpertStore::queue(int k, int slot) {
+  Expert& x = experts_[k];
+  x.slot = slot;
+  slots_[slot].key = k;
+  slots_[slot].pinned = true;
+  queued_.push_back(k);
+  for (int r = 0; r < x.n_reads; ++r) stats_.moe_bytes_read += x.reads[r].len;
+  stats_.moe_reads += static_cast<uint64_t>(x.n_reads);
+}
+
+void ExpertStore::flush() {
+  for (size_t f = 0; f < files_.size() && !queued_.empty(); ++f) {
+    requests_.clear();
+    for (int k : queued_) {
+      const Expert& x = experts_[k];
+      if (x.file != static_cast<int>(f)) continue;
+      for (int r = 0; r < x.n_reads; ++r) {
+        requests_.push_back(
+            {slot_data(x.slot) + x.reads[r].rel, x.reads[r].len, x.reads[r].offset});
+      }
+    }
+    if (requests_.empty()) continue;
+    std::vector<IoFuture> futures = files_[f].pread_batch(requests_);
+    size_t next = 0;
+    for (int k : queued_) {
+      const Expert& x = experts_[k];
+      if (x.file != static_cast<int>(f)) continue;
+      for (int r = 0; r < x.n_reads; ++r) {
+        slots_[x.slot].futures.push_back(std::move(futures[next++]));
+      }
+    }
+  }
+  queued_.clear();
+}
+
+void ExpertStore::wait(int slot) {
+  std::vector<IoFuture>& futures = slots_[slot].futures;
+  if (futures.empty()) return;
+  const auto t0 = Clock::now();
+  for (IoFuture& f : futures) f.get();
+  futures.clear();
+  stats_.moe_io_wait_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+void ExpertStore::route(int moe, std::span<const int32_t> experts, size_t tokens) {
+  if (moe == 0) stats_.moe_tokens += tokens;
+  policy_->step();
+  // Hits first, pinned so that this step's misses do not evict them.
+  for (int32_t e : experts) {
+    const int k = key(moe, e);
+    Expert& x = experts_[k];
+    ++stats_.moe_lookups;
+    if (x.host != nullptr) {
+      ++stats_.moe_host_hits;
+      continue;
+    }
+    policy_->touch(k);
+    if (x.slot >= 0) {
+      ++stats_.moe_cache_hits;
+      slots_[x.slot].pinned = true;
+    }
+  }
+  for (int32_t e : experts) {
+    const int k = key(moe, e);
+    if (experts_[k].host != nullptr || experts_[k].slot >= 0) continue;
+    ++stats_.moe_misses;
+    const int s = take_slot();
+    if (s < 0) continue;  // every slot holds an expert of this step: read when it is used
+    queue(k, s);
+  }
+  flush();  // the step's misses in one batch
+}
+
+ExpertWeights ExpertStore::expert(int moe, int32_t e) {
+  Expert& x = experts_[key(moe, e)];
+  char* base = x.host;
+  if (base == nullptr) {
+    if (x.slot < 0) {
+      const int s = take_slot();
+      // Experts are used in route order and released in turn, so an expert that found no
+      // slot at route time finds the slot of one used before it.
+      TIERLM_CHECK(s >= 0, kErrorBudget, "expert cache: no slot for expert ", e, " of moe layer ",
+                   moe, " (every slot is in use)");
+      queue(key(moe, e), s);
+      flush();
+    }
+    wait(x.slot);
+    base = slot_data(x.slot);
+  }
+  ExpertWeights w;
+  for (int p = 0; p < kExpertParts; ++p) w.part[p] = base + x.part_rel[p];
+  return w;
+}
+
+void ExpertStore::release(int moe, int32_t e) {
+  const Expert& x = experts_[key(moe, e)];
+  if (x.slot >= 0) slots_[x.slot].pinned = false;
+}
+
+}  // namespace tierlm::detail

@@ -1,0 +1,93 @@
+// The tiered expert store: each expert (its gate, up and down matrices, stored back to back in
+// the package so that one read fetches it) is homed on the host tier, read at load, or on the
+// disk tier, read with O_DIRECT through the I/O engine into a host-tier expert cache whose
+// replacement policy (expert_policy.hpp) picks what to evict. A step's misses are issued as one
+// batch of reads when the router has chosen (route), and waited for as each expert is used.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "moe/expert_policy.hpp"
+#include "moe/moe_ffn.hpp"
+#include "tierlm/io/io.hpp"
+#include "tierlm/memory/tier.hpp"
+#include "tierlm/model/package.hpp"
+#include "tierlm/moe/moe_stats.hpp"
+
+namespace tierlm::detail {
+
+struct ExpertStoreOptions {
+  uint64_t budget = 0;  // host bytes for the experts: homed ones + the cache
+  ExpertPolicyKind policy = ExpertPolicyKind::kExpertPolicyLru;
+};
+
+// Host bytes of one expert cache slot (the largest expert's read), the least budget that loads.
+uint64_t expert_slot_bytes(const Package& package);
+// Host bytes of every expert homed on the host tier (no cache).
+uint64_t expert_resident_bytes(const Package& package);
+
+class ExpertStore final : public ExpertProvider {
+ public:
+  // Throws kErrorBudget when options.budget holds less than one slot.
+  ExpertStore(const Package& package, HostTier& host, const ExpertStoreOptions& options);
+  ~ExpertStore() override;
+  ExpertStore(const ExpertStore&) = delete;
+  ExpertStore& operator=(const ExpertStore&) = delete;
+
+  void route(int moe, std::span<const int32_t> experts, size_t tokens) override;
+  ExpertWeights expert(int moe, int32_t e) override;
+  void release(int moe, int32_t e) override;
+
+  const ExpertPlacement& placement() const { return placement_; }
+  const MoeStats& stats() const { return stats_; }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  struct Read {
+    uint64_t rel;  // in the expert's slot
+    uint64_t offset;
+    uint64_t len;
+  };
+  struct Expert {
+    int file = -1;
+    int n_reads = 0;
+    Read reads[kExpertParts];
+    uint64_t part_rel[kExpertParts] = {0, 0, 0};
+    char* host = nullptr;  // homed on the host tier: its bytes; else nullptr
+    int slot = -1;         // in the cache (or being read into it), else -1
+  };
+  struct Slot {
+    int key = -1;
+    bool pinned = false;  // routed this step and not yet released
+    std::vector<IoFuture> futures;
+  };
+
+  int key(int moe, int32_t e) const { return first_key_[moe] + e; }
+  char* slot_data(int slot) { return static_cast<char*>(cache_.data()) + slot * slot_bytes_; }
+  // A slot to read into: a free one, else the policy's victim among unpinned ones (-1: none).
+  int take_slot();
+  // Assigns expert k to the slot and queues its reads; flush() submits the queue, one batch
+  // per file.
+  void queue(int k, int slot);
+  void flush();
+  void wait(int slot);
+
+  std::vector<File> files_;
+  std::vector<Expert> experts_;  // by key
+  std::vector<int> first_key_;   // per moe op
+  uint64_t slot_bytes_ = 0;
+  HostBuffer homed_;
+  HostBuffer cache_;
+  std::vector<Slot> slots_;
+  std::vector<int> candidates_;      // scratch of take_slot
+  std::vector<IoRequest> requests_;  // scratch of flush
+  std::vector<int> queued_;
+  std::unique_ptr<ExpertPolicy> policy_;
+  ExpertPlacement placement_;
+  MoeStats stats_;
+};
+
+}  // namespace tierlm::detail

@@ -1,0 +1,102 @@
+"""Experts across the tiers: a mixture-of-experts model whose experts do not all fit the host
+budget homes some on the disk tier and reads them with O_DIRECT into the expert cache when
+routed to; it must give the same tokens as the fully resident run at every budget, on both I/O
+back ends, with the host tier's peak within the budget and the stats adding up."""
+
+import pytest
+import tierlm
+from models import package, prompt
+
+NEW_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def moe(tmp_path_factory):
+    # 4 layers x 8 experts of 3 x 307 x 200 bf16 (each part 30 pages): 32 experts, 11.8 MB
+    _, pkg = package(
+        "mixtral",
+        str(tmp_path_factory.mktemp("moe-offload")),
+        dtype="bf16",
+        num_hidden_layers=4,
+        num_local_experts=8,
+        intermediate_size=307,
+        max_position_embeddings=64,
+    )
+    model = tierlm.load(pkg)
+    ids = prompt(11)
+    ref = model.generate(ids, max_new_tokens=NEW_TOKENS, stop_at_eos=False).output_ids
+    s, experts = model.stats(), model.placement()["experts"]
+    assert sum(map(len, experts["host_experts"])) == 32 and experts["cache_slots"] == 0
+    expert_bytes = experts["host_bytes"]
+    return {
+        "pkg": pkg,
+        "ids": ids,
+        "ref": ref,
+        "experts": expert_bytes,
+        "others": s["weight_bytes"] - expert_bytes,
+        "fixed": s["kv_bytes"] + s["arena_bytes"],
+        "minimum": model.placement()["minimum_budget"],
+    }
+
+
+def budget_of(moe, share):
+    """Room for the other weights, KV cache and activations, plus `share` of the experts."""
+    if share == "minimum":
+        return moe["minimum"]
+    return moe["fixed"] + moe["others"] + int(moe["experts"] * share)
+
+
+@pytest.mark.parametrize("share", [1.0, 0.5, 0.25, "minimum"])
+def test_tokens_equal_resident_at_every_budget(moe, backend, share):
+    budget = budget_of(moe, share)
+    model = tierlm.load(moe["pkg"], budget={"host": budget})
+    placement = model.placement()["experts"]
+    homed = sum(map(len, placement["host_experts"]))
+    on_disk = sum(map(len, placement["disk_experts"]))
+    assert homed + on_disk == 32
+    result = model.generate(moe["ids"], max_new_tokens=NEW_TOKENS, stop_at_eos=False)
+    assert result.output_ids == moe["ref"]
+    s = model.stats()
+    assert s["host"]["peak"] <= budget
+    assert s["moe_lookups"] == s["moe_host_hits"] + s["moe_cache_hits"] + s["moe_misses"]
+    tokens = len(moe["ids"]) + NEW_TOKENS - 1  # the last new token is not run through
+    assert s["moe_tokens"] == tokens
+    # a step fetches each routed expert once: a decode step top_k (2) per layer, the prefill
+    # (11 tokens) 2 to 8 per layer
+    decode = 2 * 4 * (NEW_TOKENS - 1)
+    assert decode + 2 * 4 <= s["moe_lookups"] <= decode + 8 * 4
+    assert s["moe_experts_per_token"] == pytest.approx(s["moe_lookups"] / tokens)
+    if share == 1.0:
+        assert on_disk == 0 and s["moe_misses"] == 0 and s["moe_bytes_read"] == 0
+        assert s["moe_hit_rate_pct"] == 100.0
+        return
+    assert on_disk > 0 and placement["cache_slots"] >= 1
+    assert s["moe_misses"] > 0 and s["moe_hit_rate_pct"] < 100.0
+    # every miss is one expert read: its bytes are one expert's
+    assert s["moe_bytes_read"] == s["moe_misses"] * placement["expert_bytes"]
+    assert s["moe_bytes_read_per_token"] == pytest.approx(s["moe_bytes_read"] / tokens)
+    if share == "minimum":
+        assert homed == 0 and placement["cache_slots"] == 1
+    # experts are homed outer layers first (0, 3, 1, 2), each layer whole before the next
+    counts = [len(placement["host_experts"][i]) for i in (0, 3, 1, 2)]
+    assert counts == sorted(counts, reverse=True)
+    assert all(c == 8 for c in counts[: max(sum(c > 0 for c in counts) - 1, 0)])
+
+
+def test_budget_below_one_expert_is_refused(moe):
+    with pytest.raises(tierlm.BudgetError, match="expert"):
+        tierlm.load(moe["pkg"], budget={"host": moe["minimum"] - 4096})
+
+
+def test_batched_decode_reads_each_expert_once_per_step(moe):
+    """Three sequences decoded together give the single runs' tokens; grouping by expert makes
+    a step's lookups its distinct experts, fewer than top_k per token and layer."""
+    budget = budget_of(moe, 0.25)
+    prompts = [prompt(5, seed=1), prompt(3, seed=2), prompt(8, seed=3)]
+    single = tierlm.load(moe["pkg"], budget={"host": budget})
+    expect = [single.generate(p, max_new_tokens=6).output_ids for p in prompts]
+    model = tierlm.load(moe["pkg"], budget={"host": budget}, max_batch=3)
+    results = model.generate_batch(prompts, max_new_tokens=6)
+    assert [r.output_ids for r in results] == expect
+    s = model.stats()
+    assert 0 < s["moe_lookups"] < s["moe_tokens"] * 2 * 4
