@@ -100,3 +100,17 @@ def test_batched_decode_reads_each_expert_once_per_step(moe):
     assert [r.output_ids for r in results] == expect
     s = model.stats()
     assert 0 < s["moe_lookups"] < s["moe_tokens"] * 2 * 4
+
+
+def test_cli_verbose_prints_expert_placement_and_stats(moe, capsys):
+    from tierlm.cli import main
+
+    budget = budget_of(moe, 0.5)  # 16 experts' bytes: a cache of 4, 12 homed
+    argv = ["generate", moe["pkg"], "--ids", "1,2,3", "--max-new-tokens", "4", "--verbose"]
+    assert main([*argv, "--no-stop-at-eos", "--budget", f"host={budget}"]) == 0
+    err = capsys.readouterr().err
+    assert "homed on the host tier" in err and "lru cache of" in err
+    assert "layer 0: host 0-7, disk none" in err  # outer layers homed first
+    assert "layer 3: host 0-3, disk 4-7" in err
+    assert "layer 1: host none, disk 0-7" in err
+    assert "fetched/token, hit rate" in err

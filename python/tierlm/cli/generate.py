@@ -4,6 +4,7 @@ import importlib.util
 import json
 import sys
 
+from tierlm.cli.moe_report import print_expert_placement, print_moe
 from tierlm.errors import InvalidArgumentError, UnsupportedError
 from tierlm.sizes import format_size
 
@@ -171,6 +172,7 @@ def run(args):
         )
     if s["sparse"]:
         print_sparse(s, sys.stderr)
+    print_moe(s, sys.stderr)
     if args.timeline:
         plot_timeline(model, args.timeline)
     return 0
@@ -204,6 +206,7 @@ def print_sparse(s, out):
 def print_placement(model, out):
     p = model.placement()
     s = model.stats()
+    print_expert_placement(model, out)
     if s["sparse"]:
         caps = s["sparse_capacity"]
         print(
@@ -215,7 +218,8 @@ def print_placement(model, out):
         )
     if not p["streaming"]:
         print(
-            "placement: all weights resident in the host tier "
+            f"placement: all {'other ' if p.get('experts') else ''}weights resident in the host "
+            "tier "
             f"({format_size(p['resident_bytes'])})",
             file=out,
         )
