@@ -81,6 +81,7 @@ void bind_records(nb::module_& m) {
       .def_ro("host_bytes", &ExpertPlacement::host_bytes)
       .def_ro("cache_bytes", &ExpertPlacement::cache_bytes)
       .def_ro("cache_slots", &ExpertPlacement::cache_slots)
+      .def_ro("router_bytes", &ExpertPlacement::router_bytes)
       .def_ro("policy", &ExpertPlacement::policy)
       .def_ro("host_experts", &ExpertPlacement::host_experts)
       .def_ro("disk_experts", &ExpertPlacement::disk_experts);
@@ -171,7 +172,13 @@ void bind_records(nb::module_& m) {
       .def_ro("moe_bytes_read", &S::moe_bytes_read)
       .def_ro("moe_reads", &S::moe_reads)
       .def_ro("moe_io_wait_seconds", &S::moe_io_wait_seconds)
+      .def_ro("moe_predicted_lookups", &S::moe_predicted_lookups)
+      .def_ro("moe_predicted_right", &S::moe_predicted_right)
+      .def_ro("moe_prefetch_reads", &S::moe_prefetch_reads)
+      .def_ro("moe_prefetch_used", &S::moe_prefetch_used)
       .def_prop_ro("moe_hit_rate_pct", [](const S& s) { return s.moe_hit_rate_pct(); })
+      .def_prop_ro("moe_prediction_accuracy_pct",
+                   [](const S& s) { return s.moe_prediction_accuracy_pct(); })
       .def_prop_ro("moe_experts_per_token", [](const S& s) { return s.moe_experts_per_token(); })
       .def_prop_ro("moe_bytes_read_per_token",
                    [](const S& s) { return s.moe_bytes_read_per_token(); })

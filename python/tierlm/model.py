@@ -332,6 +332,7 @@ def load(
     sparse_bundled=True,
     sparse_capacity=0,
     expert_cache="lru",
+    expert_prefetch=True,
 ):
     """Loads a package (tierlm export's output).
 
@@ -358,6 +359,8 @@ def load(
     or on the disk tier (read with O_DIRECT when routed to, into a host-tier expert cache);
     the cache's replacement policy is "lru" or "lfu" (frequency-weighted: use counts that
     halve every 64 steps). The experts get the host budget the other weights leave.
+    expert_prefetch: predict layer i+1's experts by applying its router to layer i's input and
+    read the missing ones while layer i computes (stats: moe_prediction_accuracy_pct).
     """
     budgets = _budgets(budget)
     native = _core.Model.load(
@@ -375,5 +378,6 @@ def load(
         sparse_bundled=bool(sparse_bundled),
         sparse_capacity=check("sparse_capacity", sparse_capacity or 0),
         expert_cache=str(expert_cache),
+        expert_prefetch=bool(expert_prefetch),
     )
     return Model(native, budgets)

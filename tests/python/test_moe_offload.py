@@ -3,9 +3,13 @@ budget homes some on the disk tier and reads them with O_DIRECT into the expert 
 routed to; it must give the same tokens as the fully resident run at every budget, on both I/O
 back ends, with the host tier's peak within the budget and the stats adding up."""
 
+import re
+
+import numpy as np
 import pytest
 import tierlm
 from models import package, prompt
+from tierlm.reference import Reference
 
 NEW_TOKENS = 8
 
@@ -27,7 +31,7 @@ def moe(tmp_path_factory):
     ref = model.generate(ids, max_new_tokens=NEW_TOKENS, stop_at_eos=False).output_ids
     s, experts = model.stats(), model.placement()["experts"]
     assert sum(map(len, experts["host_experts"])) == 32 and experts["cache_slots"] == 0
-    expert_bytes = experts["host_bytes"]
+    expert_bytes = experts["host_bytes"] + experts["router_bytes"]  # the store's footprint
     return {
         "pkg": pkg,
         "ids": ids,
@@ -72,8 +76,9 @@ def test_tokens_equal_resident_at_every_budget(moe, backend, share):
         return
     assert on_disk > 0 and placement["cache_slots"] >= 1
     assert s["moe_misses"] > 0 and s["moe_hit_rate_pct"] < 100.0
-    # every miss is one expert read: its bytes are one expert's
-    assert s["moe_bytes_read"] == s["moe_misses"] * placement["expert_bytes"]
+    # every miss and every prefetch is one expert read: one expert's bytes
+    reads = s["moe_misses"] + s["moe_prefetch_reads"]
+    assert s["moe_bytes_read"] == reads * placement["expert_bytes"]
     assert s["moe_bytes_read_per_token"] == pytest.approx(s["moe_bytes_read"] / tokens)
     if share == "minimum":
         assert homed == 0 and placement["cache_slots"] == 1
@@ -105,12 +110,63 @@ def test_batched_decode_reads_each_expert_once_per_step(moe):
 def test_cli_verbose_prints_expert_placement_and_stats(moe, capsys):
     from tierlm.cli import main
 
-    budget = budget_of(moe, 0.5)  # 16 experts' bytes: a cache of 4, 12 homed
+    budget = budget_of(moe, 0.5)  # 16 experts' bytes: routers, a cache of 4, 11 homed
     argv = ["generate", moe["pkg"], "--ids", "1,2,3", "--max-new-tokens", "4", "--verbose"]
     assert main([*argv, "--no-stop-at-eos", "--budget", f"host={budget}"]) == 0
     err = capsys.readouterr().err
     assert "homed on the host tier" in err and "lru cache of" in err
     assert "layer 0: host 0-7, disk none" in err  # outer layers homed first
-    assert "layer 3: host 0-3, disk 4-7" in err
+    assert re.search(r"layer 3: host 0-\d, disk \d-7", err)
     assert "layer 1: host none, disk 0-7" in err
     assert "fetched/token, hit rate" in err
+
+
+class RoutingRecorder(Reference):
+    """The numpy reference, recording each moe op's input and the experts each row chose."""
+
+    def __init__(self, pkg):
+        super().__init__(pkg)
+        self.calls = []
+
+    def _moe(self, op, x):
+        logits = x @ self.weight(op["weight"]).T
+        self.calls.append((op, x, np.argsort(-logits, axis=-1)[:, : op["top_k"]]))
+        return super()._moe(op, x)
+
+
+def expected_prediction_counts(moe):
+    """(lookups, right) of the layer-ahead prediction over the fixture's generation: per step
+    and moe layer l > 0, the distinct experts the rows chose, and how many of them the rows'
+    top_k under layer l's router applied to layer l-1's input named."""
+    ref = RoutingRecorder(moe["pkg"])
+    lookups = right = 0
+    for step in [moe["ids"]] + [[t] for t in moe["ref"][:-1]]:
+        ref.calls.clear()
+        ref.forward(step)
+        for (_, x, _), (op, _, chosen) in zip(ref.calls, ref.calls[1:], strict=False):
+            predicted = np.argsort(-(x @ ref.weight(op["weight"]).T), axis=-1)[:, : op["top_k"]]
+            actual = set(chosen.ravel().tolist())
+            lookups += len(actual)
+            right += len(actual & set(predicted.ravel().tolist()))
+    return lookups, right
+
+
+def test_prefetch_predicts_a_layer_ahead(moe):
+    budget = budget_of(moe, 0.25)
+    runs = {}
+    for prefetch in (True, False):
+        model = tierlm.load(moe["pkg"], budget={"host": budget}, expert_prefetch=prefetch)
+        ids = model.generate(moe["ids"], max_new_tokens=NEW_TOKENS, stop_at_eos=False).output_ids
+        assert ids == moe["ref"]
+        runs[prefetch] = model.stats()
+    off, on = runs[False], runs[True]
+    assert off["moe_prefetch_reads"] == off["moe_predicted_lookups"] == 0
+    assert on["moe_prefetch_reads"] > 0
+    assert 0 < on["moe_prefetch_used"] <= on["moe_prefetch_reads"]
+    # prefetched experts turn misses into hits
+    assert on["moe_misses"] < off["moe_misses"]
+    # the accuracy is the layer-ahead prediction's, recomputed with the numpy reference
+    lookups, right = expected_prediction_counts(moe)
+    assert on["moe_predicted_lookups"] == lookups
+    assert on["moe_predicted_right"] == right
+    assert on["moe_prediction_accuracy_pct"] == pytest.approx(100 * right / lookups)

@@ -160,6 +160,17 @@ def case_expert_cache(pkg, sparse_pkg, tmp_path):
         tierlm.load(moe, expert_cache="mru")
 
 
+def case_expert_prefetch(pkg, sparse_pkg, tmp_path):
+    moe = package("mixtral", str(tmp_path), seed=3, num_local_experts=8)[1]
+    full = tierlm.load(moe).stats()
+    budget = full["kv_bytes"] + full["arena_bytes"] + full["weight_bytes"] // 3
+    for prefetch in (True, False):
+        model = tierlm.load(moe, budget=budget, expert_prefetch=prefetch)
+        model.generate(prompt(9), max_new_tokens=4)
+        assert (model.stats()["moe_predicted_lookups"] > 0) is prefetch
+        assert (model.placement()["experts"]["router_bytes"] > 0) is prefetch
+
+
 LOAD_CASES = {
     "budget": case_budget,
     "threads": case_threads,
@@ -174,6 +185,7 @@ LOAD_CASES = {
     "sparse_bundled": case_sparse_bundled,
     "sparse_capacity": case_sparse_capacity,
     "expert_cache": case_expert_cache,
+    "expert_prefetch": case_expert_prefetch,
 }
 
 

@@ -140,8 +140,10 @@ void Executor::run_op(const ExecOp& op, const ExecBatch& batch) {
       backend_.silu_mul(op.in[0], op.in[1], op.out, elems);
       break;
     case OpKind::kOpMoe:
-      moe_run(backend_, *experts_, op.moe, resolved_.moe[op.moe], weight(op.weight), op.in[0], rows,
-              op.out, op.workspace);
+      moe_run(backend_, *experts_, op.moe, resolved_.moe[op.moe],
+              op.moe + 1 < static_cast<int>(resolved_.moe.size()) ? &resolved_.moe[op.moe + 1]
+                                                                  : nullptr,
+              weight(op.weight), op.in[0], rows, op.out, op.workspace);
       break;
     case OpKind::kOpSigmoidGate:
       sigmoid_gate_run(backend_, op.in[0], static_cast<size_t>(op.in_width), weight(op.weight),

@@ -34,12 +34,12 @@ HostBudget host_budget_fit(const Package& package, const ModelOptions& options,
     size_sparse_caches(sparse_plan, 0, 1);
   }
   b.sparse_bytes = sparse_plan.host_bytes;
-  b.fixed_bytes = kv_bytes + arena_bytes + b.sparse_bytes + demand.expert_slot_bytes;
+  b.fixed_bytes = kv_bytes + arena_bytes + b.sparse_bytes + demand.expert_min_bytes;
   const uint64_t needed = b.weight_bytes + b.fixed_bytes;
   const WeightPlacement probe =
       weight_placement(p, demand.tensors, 0, 0, demand.row_tensors, demand.chunk);
   b.minimum_budget = probe.minimum() + b.fixed_bytes;
-  b.expert_budget = demand.expert_slot_bytes;
+  b.expert_budget = demand.expert_min_bytes;
   if (needed <= options.host_budget) {
     b.expert_budget += options.host_budget - needed;
     return b;
@@ -49,8 +49,9 @@ HostBudget host_budget_fit(const Package& package, const ModelOptions& options,
                                                format_bytes(b.sparse_bytes) +
                                                " (lower sparse_capacity or sparse_window)"
                                          : std::string();
-  if (demand.expert_slot_bytes > 0) {
-    also_held += " + one expert of the expert cache " + format_bytes(demand.expert_slot_bytes);
+  if (demand.expert_min_bytes > 0) {
+    also_held += " + one expert of the expert cache (and the routers) " +
+                 format_bytes(demand.expert_min_bytes);
   }
   const uint64_t minimum = b.minimum_budget;
   TIERLM_CHECK(b.fixed_bytes <= options.host_budget, kErrorBudget, "host tier: the KV cache (",

@@ -24,7 +24,7 @@ struct HostDemand {
   uint64_t kv_bytes = 0;                 // the KV cache's bytes
   uint64_t arena_bytes = 0;              // the arena plan's peak
   uint64_t expert_bytes = 0;             // every moe expert homed on the host tier
-  uint64_t expert_slot_bytes = 0;        // one expert: the least the expert store runs in
+  uint64_t expert_min_bytes = 0;         // the least the expert store runs in (expert_store.hpp)
 };
 
 struct HostBudget {

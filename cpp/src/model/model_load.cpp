@@ -91,7 +91,7 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   // Experts: the expert store holds them (homed or cached) under what the rest leaves.
   if (!detail::moe_ops(p).empty()) {
     demand.expert_bytes = detail::expert_resident_bytes(p);
-    demand.expert_slot_bytes = detail::expert_slot_bytes(p);
+    demand.expert_min_bytes = detail::expert_store_minimum(p, options.expert_prefetch);
   }
   // Sparse FFN: the FFN matrices are read per neuron from the bundles, not by the store.
   detail::SparseFfnPlan sparse_plan;
@@ -137,7 +137,8 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     m.experts = std::make_unique<detail::ExpertStore>(
         p, *m.host,
         detail::ExpertStoreOptions{.budget = budget.expert_budget,
-                                   .policy = detail::expert_policy_parse(options.expert_cache)});
+                                   .policy = detail::expert_policy_parse(options.expert_cache),
+                                   .prefetch = options.expert_prefetch});
   }
 
   detail::ResolvedOps ops =

@@ -41,8 +41,8 @@ ModelStats Model::stats() const {
     // experts and the cache hold weights.
     static_cast<MoeStats&>(s) = m.experts->stats();
     const ExpertPlacement& ep = m.experts->placement();
-    s.disk_bytes_read += ep.host_bytes + s.moe_bytes_read;
-    s.weight_bytes += ep.host_bytes + ep.cache_bytes;
+    s.disk_bytes_read += ep.host_bytes + ep.router_bytes + s.moe_bytes_read;
+    s.weight_bytes += ep.host_bytes + ep.cache_bytes + ep.router_bytes;
   }
   return s;
 }

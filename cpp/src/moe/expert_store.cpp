@@ -8,6 +8,7 @@
 #include "moe/moe_graph.hpp"
 #include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
+#include "weights/weight_ring.hpp"
 
 namespace tierlm::detail {
 
@@ -54,6 +55,19 @@ uint64_t expert_slot_bytes(const Package& package) {
     }
   }
   return most;
+}
+
+// The routers, each 4 KiB-rounded (read with O_DIRECT).
+uint64_t router_bytes(const Package& package) {
+  uint64_t total = 0;
+  for (size_t i : moe_ops(package)) {
+    total += round_up(package.tensor(package.graph.ops[i].weight).nbytes, kAlignment);
+  }
+  return total;
+}
+
+uint64_t expert_store_minimum(const Package& package, bool prefetch) {
+  return expert_slot_bytes(package) + (prefetch ? router_bytes(package) : 0);
 }
 
 uint64_t expert_resident_bytes(const Package& package) {
@@ -111,10 +125,13 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
   // least 2 x top_k slots, so that one token's experts of a layer and the next fit), and the
   // rest of the budget homes experts, outer layers first.
   const uint64_t total = experts_.size();
-  const uint64_t fit = options.budget / slot_bytes_;
+  const uint64_t routers = options.prefetch ? router_bytes(package) : 0;
+  const uint64_t fit = options.budget > routers ? (options.budget - routers) / slot_bytes_ : 0;
   TIERLM_CHECK(fit >= 1, kErrorBudget, "host tier: the expert cache needs at least one expert (",
                format_bytes(slot_bytes_), ") but the experts' share of the host budget is ",
-               format_bytes(options.budget), "; raise the host budget");
+               format_bytes(options.budget), options.prefetch ? " with the routers" : "",
+               "; raise the host budget");
+  if (options.prefetch) read_routers(package, host, ops, routers);
   uint64_t slots = 0;
   if (fit < total) slots = std::min(fit, std::max<uint64_t>(2 * max_top_k, fit / 4));
   uint64_t homed = std::min(total, fit - slots);
@@ -126,11 +143,15 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
   queued_.reserve(slots);
   for (Slot& slot : slots_) slot.futures.reserve(kExpertParts);
   policy_ = expert_policy_create(options.policy, experts_.size());
+  predicted_.assign(experts_.size(), 0);
+  layer_predicted_.assign(ops.size(), 0);
+  prefetched_slots_.reserve(slots);
   placement_.moe = !ops.empty();
   placement_.expert_bytes = slot_bytes_;
   placement_.host_bytes = homed * slot_bytes_;
   placement_.cache_bytes = slots * slot_bytes_;
   placement_.cache_slots = static_cast<int64_t>(slots);
+  placement_.router_bytes = routers;
   placement_.policy = expert_policy_name(options.policy);
   placement_.host_experts.resize(ops.size());
   placement_.disk_experts.resize(ops.size());
@@ -175,11 +196,45 @@ ExpertStore::~ExpertStore() {
   }
 }
 
-int ExpertStore::take_slot() {
+void ExpertStore::read_routers(const Package& package, HostTier& host,
+                               const std::vector<size_t>& ops, uint64_t bytes) {
+  routers_ = host.allocate(bytes);
+  uint64_t at = 0;
+  for (size_t i : ops) {
+    const TensorInfo& t = package.tensor(package.graph.ops[i].weight);
+    File f(package.file_path(t.file), IoMode::kIoModeRead, IoOptions{.direct = true});
+    f.read(static_cast<char*>(routers_.data()) + at, weight_read_length(f, t), t.offset);
+    router_at_.push_back(at);
+    at += round_up(t.nbytes, kAlignment);
+  }
+}
+
+const void* ExpertStore::next_router(int moe) const {
+  if (router_at_.empty() || moe >= static_cast<int>(router_at_.size())) return nullptr;
+  return static_cast<const char*>(routers_.data()) + router_at_[moe];
+}
+
+void ExpertStore::prefetch(int moe, std::span<const int32_t> experts) {
+  layer_predicted_[moe] = 1;
+  for (int32_t e : experts) predicted_[key(moe, e)] = 1;
+  for (int32_t e : experts) {
+    const int k = key(moe, e);
+    if (experts_[k].host != nullptr || experts_[k].slot >= 0) continue;
+    const int s = take_slot(false);
+    if (s < 0) break;  // every slot is in use by this layer or earlier predictions
+    queue(k, s);
+    slots_[s].prefetched = true;
+    prefetched_slots_.push_back(s);
+    ++stats_.moe_prefetch_reads;
+  }
+  flush();
+}
+
+int ExpertStore::take_slot(bool any) {
   candidates_.clear();
   for (size_t s = 0; s < slots_.size(); ++s) {
     if (slots_[s].key < 0) return static_cast<int>(s);
-    if (!slots_[s].pinned) candidates_.push_back(slots_[s].key);
+    if (any || !slots_[s].pinned) candidates_.push_back(slots_[s].key);
   }
   if (candidates_.empty()) return -1;
   const int victim = candidates_[policy_->victim(candidates_)];
@@ -187,6 +242,7 @@ int ExpertStore::take_slot() {
   wait(s);  // a prefetch may still be in flight into it
   experts_[victim].slot = -1;
   slots_[s].key = -1;
+  slots_[s].prefetched = false;
   return s;
 }
 
@@ -237,6 +293,16 @@ void ExpertStore::wait(int slot) {
 void ExpertStore::route(int moe, std::span<const int32_t> experts, size_t tokens) {
   if (moe == 0) stats_.moe_tokens += tokens;
   policy_->step();
+  for (int s : prefetched_slots_) slots_[s].pinned = false;  // this layer's, now routed
+  prefetched_slots_.clear();
+  if (layer_predicted_[moe]) {
+    stats_.moe_predicted_lookups += experts.size();
+    for (int32_t e : experts) stats_.moe_predicted_right += predicted_[key(moe, e)];
+    const size_t end =
+        moe + 1 < static_cast<int>(first_key_.size()) ? first_key_[moe + 1] : experts_.size();
+    std::fill(predicted_.begin() + key(moe, 0), predicted_.begin() + end, 0);
+    layer_predicted_[moe] = 0;
+  }
   // Hits first, pinned so that this step's misses do not evict them.
   for (int32_t e : experts) {
     const int k = key(moe, e);
@@ -250,13 +316,15 @@ void ExpertStore::route(int moe, std::span<const int32_t> experts, size_t tokens
     if (x.slot >= 0) {
       ++stats_.moe_cache_hits;
       slots_[x.slot].pinned = true;
+      if (slots_[x.slot].prefetched) ++stats_.moe_prefetch_used;
+      slots_[x.slot].prefetched = false;
     }
   }
   for (int32_t e : experts) {
     const int k = key(moe, e);
     if (experts_[k].host != nullptr || experts_[k].slot >= 0) continue;
     ++stats_.moe_misses;
-    const int s = take_slot();
+    const int s = take_slot(false);
     if (s < 0) continue;  // every slot holds an expert of this step: read when it is used
     queue(k, s);
   }
@@ -268,11 +336,15 @@ ExpertWeights ExpertStore::expert(int moe, int32_t e) {
   char* base = x.host;
   if (base == nullptr) {
     if (x.slot < 0) {
-      const int s = take_slot();
-      // Experts are used in route order and released in turn, so an expert that found no
-      // slot at route time finds the slot of one used before it.
-      TIERLM_CHECK(s >= 0, kErrorBudget, "expert cache: no slot for expert ", e, " of moe layer ",
-                   moe, " (every slot is in use)");
+      // No slot at route time: every slot holds an expert of this step. Those used before this
+      // one are released; when the rest hold hits of experts used after it, one of those is
+      // evicted (its hit becomes a miss, read again when its turn comes).
+      int s = take_slot(false);
+      if (s < 0) {
+        s = take_slot(true);
+        --stats_.moe_cache_hits;
+        ++stats_.moe_misses;
+      }
       queue(key(moe, e), s);
       flush();
     }

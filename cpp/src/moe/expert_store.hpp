@@ -3,6 +3,8 @@
 // disk tier, read with O_DIRECT through the I/O engine into a host-tier expert cache whose
 // replacement policy (expert_policy.hpp) picks what to evict. A step's misses are issued as one
 // batch of reads when the router has chosen (route), and waited for as each expert is used.
+// With prefetch, the store keeps every router in the host tier, and moe_run reads the experts
+// it predicts for layer i+1 (prefetch) while layer i computes.
 #pragma once
 
 #include <chrono>
@@ -22,10 +24,13 @@ namespace tierlm::detail {
 struct ExpertStoreOptions {
   uint64_t budget = 0;  // host bytes for the experts: homed ones + the cache
   ExpertPolicyKind policy = ExpertPolicyKind::kExpertPolicyLru;
+  bool prefetch = true;
 };
 
-// Host bytes of one expert cache slot (the largest expert's read), the least budget that loads.
+// Host bytes of one expert cache slot (the largest expert's read).
 uint64_t expert_slot_bytes(const Package& package);
+// The least budget the store loads in: one slot, plus the routers when it prefetches.
+uint64_t expert_store_minimum(const Package& package, bool prefetch);
 // Host bytes of every expert homed on the host tier (no cache).
 uint64_t expert_resident_bytes(const Package& package);
 
@@ -38,6 +43,8 @@ class ExpertStore final : public ExpertProvider {
   ExpertStore& operator=(const ExpertStore&) = delete;
 
   void route(int moe, std::span<const int32_t> experts, size_t tokens) override;
+  const void* next_router(int moe) const override;
+  void prefetch(int moe, std::span<const int32_t> experts) override;
   ExpertWeights expert(int moe, int32_t e) override;
   void release(int moe, int32_t e) override;
 
@@ -61,14 +68,18 @@ class ExpertStore final : public ExpertProvider {
   };
   struct Slot {
     int key = -1;
-    bool pinned = false;  // routed this step and not yet released
+    bool pinned = false;      // routed this step and not yet released, or prefetched
+    bool prefetched = false;  // read ahead and not used yet
     std::vector<IoFuture> futures;
   };
 
   int key(int moe, int32_t e) const { return first_key_[moe] + e; }
   char* slot_data(int slot) { return static_cast<char*>(cache_.data()) + slot * slot_bytes_; }
-  // A slot to read into: a free one, else the policy's victim among unpinned ones (-1: none).
-  int take_slot();
+  // A slot to read into: a free one, else the policy's victim among the unpinned ones (all ones
+  // with `any`); -1: none.
+  int take_slot(bool any);
+  void read_routers(const Package& package, HostTier& host, const std::vector<size_t>& ops,
+                    uint64_t bytes);
   // Assigns expert k to the slot and queues its reads; flush() submits the queue, one batch
   // per file.
   void queue(int k, int slot);
@@ -85,6 +96,11 @@ class ExpertStore final : public ExpertProvider {
   std::vector<int> candidates_;      // scratch of take_slot
   std::vector<IoRequest> requests_;  // scratch of flush
   std::vector<int> queued_;
+  HostBuffer routers_;                    // with prefetch: every moe op's router
+  std::vector<uint64_t> router_at_;       // its offset in routers_, per moe op
+  std::vector<uint8_t> predicted_;        // by key: named by the last prediction of its layer
+  std::vector<uint8_t> layer_predicted_;  // per moe op: a prediction awaits its route
+  std::vector<int> prefetched_slots_;     // pinned by prefetch until the layer's route
   std::unique_ptr<ExpertPolicy> policy_;
   ExpertPlacement placement_;
   MoeStats stats_;

@@ -32,8 +32,8 @@ MoeLayout moe_layout(const Backend& backend, const MoeShape& s, size_t rows) {
   l.logits = take(rows * s.experts * sizeof(float));
   l.chosen = take(picks * sizeof(int32_t));
   l.weights = take(picks * sizeof(float));
-  l.starts = take((s.experts + 1) * sizeof(int32_t));
-  l.order_rows = take(picks * sizeof(int32_t));
+  l.starts = take((2 * s.experts + 1) * sizeof(int32_t));      // + flags of moe_distinct
+  l.order_rows = take((picks + s.experts) * sizeof(int32_t));  // + the predicted experts
   l.order_weights = take(picks * sizeof(float));
   l.routed = take(s.experts * sizeof(int32_t));
   l.xs = take(rows * s.hidden * sizeof(float));
@@ -52,6 +52,19 @@ MoeLayout moe_layout(const Backend& backend, const MoeShape& s, size_t rows) {
 template <typename T>
 T* at(void* base, size_t offset) {
   return reinterpret_cast<T*>(static_cast<char*>(base) + offset);
+}
+
+// The distinct experts of `picks` choices, ascending, into `routed`; returns their number.
+// `seen`: scratch for `experts` flags.
+size_t moe_distinct(const int32_t* chosen, size_t picks, size_t experts, int32_t* seen,
+                    int32_t* routed) {
+  std::fill(seen, seen + experts, 0);
+  for (size_t i = 0; i < picks; ++i) seen[chosen[i]] = 1;
+  size_t n = 0;
+  for (size_t e = 0; e < experts; ++e) {
+    if (seen[e]) routed[n++] = static_cast<int32_t>(e);
+  }
+  return n;
 }
 
 }  // namespace
@@ -88,8 +101,14 @@ void moe_route(float* logits, size_t rows, const MoeShape& s, int32_t* chosen, f
   }
 }
 
+bool moe_predicts(const MoeShape& shape, const MoeShape& next) {
+  return shape.hidden == next.hidden && shape.experts == next.experts &&
+         shape.top_k == next.top_k && shape.router_dtype == next.router_dtype;
+}
+
 void moe_run(Backend& backend, ExpertProvider& experts, int moe, const MoeShape& s,
-             const void* router, const float* x, size_t rows, float* out, void* workspace) {
+             const MoeShape* next, const void* router, const float* x, size_t rows, float* out,
+             void* workspace) {
   const MoeLayout l = moe_layout(backend, s, rows);
   float* logits = at<float>(workspace, l.logits);
   int32_t* chosen = at<int32_t>(workspace, l.chosen);
@@ -121,6 +140,18 @@ void moe_run(Backend& backend, ExpertProvider& experts, int moe, const MoeShape&
   starts[0] = 0;
 
   experts.route(moe, {routed, n_routed}, rows);
+  // The next layer's experts, predicted from this layer's input through its router (the
+  // residual stream changes slowly), read while this layer's experts compute. The routing
+  // buffers are free again: the picks live in order_rows / order_weights now.
+  const void* next_router = next != nullptr ? experts.next_router(moe + 1) : nullptr;
+  if (next_router != nullptr && moe_predicts(s, *next)) {
+    backend.linear(x, next_router, nullptr, logits, {rows, s.experts, s.hidden, s.router_dtype},
+                   linear_ws);
+    moe_route(logits, rows, *next, chosen, weights);
+    int32_t* predicted = order_rows + picks;  // see moe_layout: room for `experts` more
+    const size_t n = moe_distinct(chosen, picks, s.experts, starts + s.experts + 1, predicted);
+    experts.prefetch(moe + 1, {predicted, n});
+  }
   std::memset(out, 0, rows * s.hidden * sizeof(float));
   float* xs = at<float>(workspace, l.xs);
   float* gate = at<float>(workspace, l.gate);

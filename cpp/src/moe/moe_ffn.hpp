@@ -35,6 +35,12 @@ class ExpertProvider {
   // The experts a step routes to (ascending, each once), before any expert() of the step:
   // a store issues their reads together. Allocates nothing beyond I/O futures.
   virtual void route(int moe, std::span<const int32_t> experts, size_t tokens) = 0;
+  // The router of moe op `moe` for predicting its experts a layer ahead, nullptr for none (no
+  // prefetch).
+  virtual const void* next_router(int moe) const = 0;
+  // The experts moe op `moe` will likely route to (predicted from the previous moe layer's
+  // input, ascending): a store reads the missing ones now, while the previous layer computes.
+  virtual void prefetch(int moe, std::span<const int32_t> experts) = 0;
   // Expert e's bytes, valid until release(moe, e).
   virtual ExpertWeights expert(int moe, int32_t e) = 0;
   virtual void release(int moe, int32_t e) = 0;
@@ -44,9 +50,16 @@ class ExpertProvider {
 size_t moe_workspace(const Backend& backend, const MoeShape& shape, size_t rows);
 
 // out[rows, hidden] = the op on x[rows, hidden] (out must not alias x). router: [experts,
-// hidden] in shape.router_dtype. Allocates nothing.
+// hidden] in shape.router_dtype. When `next` (the next moe op's shape) is given and its
+// router is available, the next op's experts are predicted by applying its router to x and
+// prefetched before this op's experts are multiplied. Allocates nothing.
 void moe_run(Backend& backend, ExpertProvider& experts, int moe, const MoeShape& shape,
-             const void* router, const float* x, size_t rows, float* out, void* workspace);
+             const MoeShape* next, const void* router, const float* x, size_t rows, float* out,
+             void* workspace);
+
+// Whether moe_run can predict `next` from an op of `shape` (same width, experts and top_k:
+// the prediction reuses the op's routing buffers).
+bool moe_predicts(const MoeShape& shape, const MoeShape& next);
 
 // The selection part of moe_run, for rows of router logits (overwritten by probabilities):
 // the top_k experts of each row (by probability, ties to the lower index) and their weights.

@@ -46,6 +46,9 @@ struct TIERLM_API ModelOptions {
   // Mixture of experts: the replacement policy of the host-tier cache of disk-homed experts,
   // "lru" or "lfu" (use counts that halve every 64 steps).
   std::string expert_cache = "lru";
+  // Predict the experts of layer i+1 by applying its router to layer i's input and read the
+  // missing ones while layer i computes (the routers stay in the host tier for it).
+  bool expert_prefetch = true;
 };
 
 // Throws kErrorInvalidArgument naming the first numeric option outside its range

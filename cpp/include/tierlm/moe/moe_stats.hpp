@@ -20,6 +20,7 @@ struct TIERLM_API ExpertPlacement {
   uint64_t host_bytes = 0;    // experts homed on the host tier
   uint64_t cache_bytes = 0;   // the expert cache for disk-homed experts
   int64_t cache_slots = 0;
+  uint64_t router_bytes = 0;    // copies of the routers, kept to predict a layer ahead
   std::string policy;  // the cache's replacement policy: "lru" or "lfu"
   // Per moe op, the experts homed on the host tier and on the disk tier (read into the cache).
   std::vector<std::vector<int>> host_experts;
@@ -35,6 +36,12 @@ struct TIERLM_API MoeStats {
   uint64_t moe_bytes_read = 0;     // expert bytes read since load (misses and prefetches)
   uint64_t moe_reads = 0;          // read requests submitted
   double moe_io_wait_seconds = 0;  // time spent waiting for expert reads
+  // Prefetch: lookups of layers whose experts were predicted a layer ahead, how many of them
+  // were predicted, experts read ahead, and how many of those were then used.
+  uint64_t moe_predicted_lookups = 0;
+  uint64_t moe_predicted_right = 0;
+  uint64_t moe_prefetch_reads = 0;
+  uint64_t moe_prefetch_used = 0;
 
   MoeStats since(const MoeStats& before) const {
     MoeStats d = *this;
@@ -46,6 +53,10 @@ struct TIERLM_API MoeStats {
     d.moe_bytes_read -= before.moe_bytes_read;
     d.moe_reads -= before.moe_reads;
     d.moe_io_wait_seconds -= before.moe_io_wait_seconds;
+    d.moe_predicted_lookups -= before.moe_predicted_lookups;
+    d.moe_predicted_right -= before.moe_predicted_right;
+    d.moe_prefetch_reads -= before.moe_prefetch_reads;
+    d.moe_prefetch_used -= before.moe_prefetch_used;
     return d;
   }
   // Share of lookups served without a read on demand (host-homed or cached), in percent.
@@ -53,6 +64,12 @@ struct TIERLM_API MoeStats {
     return moe_lookups ? 100.0 * static_cast<double>(moe_host_hits + moe_cache_hits) /
                              static_cast<double>(moe_lookups)
                        : 0.0;
+  }
+  // Share of the predicted layers' routed experts that the prediction named, in percent.
+  double moe_prediction_accuracy_pct() const {
+    return moe_predicted_lookups ? 100.0 * static_cast<double>(moe_predicted_right) /
+                                       static_cast<double>(moe_predicted_lookups)
+                                 : 0.0;
   }
   double moe_experts_per_token() const {
     return moe_tokens ? static_cast<double>(moe_lookups) / static_cast<double>(moe_tokens) : 0.0;
