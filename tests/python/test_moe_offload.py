@@ -170,3 +170,21 @@ def test_prefetch_predicts_a_layer_ahead(moe):
     assert on["moe_predicted_lookups"] == lookups
     assert on["moe_predicted_right"] == right
     assert on["moe_prediction_accuracy_pct"] == pytest.approx(100 * right / lookups)
+
+
+def test_verify_names_a_damaged_homed_expert(moe, tmp_path):
+    import json
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(moe["pkg"], bad)
+    with open(bad / "manifest.json") as f:
+        info = json.load(f)["tensors"]["layers.2.moe.experts.5.up.weight"]
+    with open(bad / info["file"], "r+b") as f:
+        f.seek(info["offset"] + 101)
+        byte = f.read(1)
+        f.seek(info["offset"] + 101)
+        f.write(bytes([byte[0] ^ 0x10]))
+    tierlm.load(bad)  # unchecked: loads
+    with pytest.raises(tierlm.CorruptError, match=r"layers\.2\.moe\.experts\.5\.up\.weight"):
+        tierlm.load(bad, verify=True)

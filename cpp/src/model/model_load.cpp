@@ -138,7 +138,8 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
         p, *m.host,
         detail::ExpertStoreOptions{.budget = budget.expert_budget,
                                    .policy = detail::expert_policy_parse(options.expert_cache),
-                                   .prefetch = options.expert_prefetch});
+                                   .prefetch = options.expert_prefetch,
+                                   .verify = options.verify});
   }
 
   detail::ResolvedOps ops =

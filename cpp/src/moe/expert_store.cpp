@@ -77,7 +77,7 @@ uint64_t expert_resident_bytes(const Package& package) {
 }
 
 ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertStoreOptions& options)
-    : slot_bytes_(expert_slot_bytes(package)) {
+    : host_(host), slot_bytes_(expert_slot_bytes(package)) {
   const std::vector<size_t> ops = moe_ops(package);
   std::unordered_map<std::string, int> file_index;
   size_t max_top_k = 1;
@@ -104,6 +104,7 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
                      parts[0]->file, " and ", t.file, "; export the package again");
         const uint64_t len = round_up(t.nbytes, kAlignment);
         x.part_rel[p] = rel;
+        x.part[p] = &t;
         Read* last = x.n_reads > 0 ? &x.reads[x.n_reads - 1] : nullptr;
         if (last != nullptr && last->offset + last->len == t.offset) {
           last->len += len;  // back to back in the file: one read
@@ -175,6 +176,18 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
     for (IoFuture& fu : files_[f].pread_batch(requests)) futures.push_back(std::move(fu));
   }
   for (IoFuture& fu : futures) fu.get();
+  for (const Expert& x : experts_) {
+    for (int p = 0; p < kExpertParts && x.host != nullptr; ++p) {
+      const TensorInfo& t = *x.part[p];
+      host.record_in(t.nbytes);
+      if (!options.verify || !t.has_crc32) continue;
+      const uint32_t crc = crc32_update(0, x.host + x.part_rel[p], t.nbytes);
+      TIERLM_CHECK(crc == t.crc32, kErrorCorrupt, "tensor `", t.name, "` (", format_bytes(t.nbytes),
+                   " at offset ", t.offset, ") in ", package.file_path(t.file),
+                   ": checksum mismatch (CRC-32 ", crc, ", manifest says ", t.crc32,
+                   "); the file is damaged, export the package again");
+    }
+  }
   for (size_t m = 0; m < ops.size(); ++m) {
     for (int64_t e = 0; e < package.graph.ops[ops[m]].experts; ++e) {
       const bool on_host = experts_[key(static_cast<int>(m), static_cast<int32_t>(e))].host;
@@ -253,6 +266,7 @@ void ExpertStore::queue(int k, int slot) {
   slots_[slot].pinned = true;
   queued_.push_back(k);
   for (int r = 0; r < x.n_reads; ++r) stats_.moe_bytes_read += x.reads[r].len;
+  for (const TensorInfo* t : x.part) host_.record_in(t->nbytes);
   stats_.moe_reads += static_cast<uint64_t>(x.n_reads);
 }
 

@@ -25,6 +25,7 @@ struct ExpertStoreOptions {
   uint64_t budget = 0;  // host bytes for the experts: homed ones + the cache
   ExpertPolicyKind policy = ExpertPolicyKind::kExpertPolicyLru;
   bool prefetch = true;
+  bool verify = false;  // compare the homed experts' CRC-32 with the manifest as they are read
 };
 
 // Host bytes of one expert cache slot (the largest expert's read).
@@ -36,7 +37,8 @@ uint64_t expert_resident_bytes(const Package& package);
 
 class ExpertStore final : public ExpertProvider {
  public:
-  // Throws kErrorBudget when options.budget holds less than one slot.
+  // Throws kErrorBudget when options.budget holds less than one slot. The package must outlive
+  // the store.
   ExpertStore(const Package& package, HostTier& host, const ExpertStoreOptions& options);
   ~ExpertStore() override;
   ExpertStore(const ExpertStore&) = delete;
@@ -63,6 +65,7 @@ class ExpertStore final : public ExpertProvider {
     int n_reads = 0;
     Read reads[kExpertParts];
     uint64_t part_rel[kExpertParts] = {0, 0, 0};
+    const TensorInfo* part[kExpertParts] = {nullptr, nullptr, nullptr};
     char* host = nullptr;  // homed on the host tier: its bytes; else nullptr
     int slot = -1;         // in the cache (or being read into it), else -1
   };
@@ -86,6 +89,7 @@ class ExpertStore final : public ExpertProvider {
   void flush();
   void wait(int slot);
 
+  HostTier& host_;
   std::vector<File> files_;
   std::vector<Expert> experts_;  // by key
   std::vector<int> first_key_;   // per moe op
