@@ -136,3 +136,30 @@ def test_damaged_moe_op_is_refused(packages, tmp_path, change, message):
         graph_check(graph, tensors)
     with pytest.raises((tierlm.CorruptError, tierlm.NotFoundError), match=message):
         load(tmp_path / "bad").logits([1, 2])
+
+
+@pytest.mark.parametrize("matrix_type", ["F32", "Q8_0"])
+def test_gguf_stacked_experts_import(tmp_path, matrix_type):
+    """llama.cpp's Mixtral GGUF (experts stacked per matrix as ffn_{gate,up,down}_exps) imports
+    with one tensor per expert, each expert's bytes the file's slice; F32 runs like
+    transformers."""
+    gguf = pytest.importorskip("gguf")
+    from gguf_files import write_gguf
+    from models import hf_model
+    from tierlm.package import Package
+
+    # quantized rows are whole 32-wide blocks: hidden 256, expert width 96
+    sizes = dict(hidden_size=256, intermediate_size=96, num_attention_heads=8)
+    hf = hf_model("mixtral", seed=4, **(sizes if matrix_type != "F32" else {}))
+    path = write_gguf(hf, tmp_path / "mixtral.gguf", matrix_type)
+    pkg = Package.open(tierlm.export(path, tmp_path / "pkg", progress=False))
+    assert pkg.manifest["architecture"] == "moe" and pkg.config["num_experts"] == 5
+    stacked = {t.name: t.data for t in gguf.GGUFReader(path).tensors}
+    for e in range(5):
+        for part, name in (("gate", "gate"), ("up", "up"), ("down", "down")):
+            tensor = pkg.tensor(f"layers.1.moe.experts.{e}.{part}.weight")
+            want = stacked[f"blk.1.ffn_{name}_exps.weight"][e]
+            np.testing.assert_array_equal(np.asarray(tensor).reshape(-1), want.reshape(-1))
+    if matrix_type == "F32":
+        ids = prompt(11, seed=9)
+        assert relative_error(load(pkg.path).logits(ids), hf_logits(hf, ids)[-1]) < 1e-4
