@@ -188,3 +188,29 @@ def test_verify_names_a_damaged_homed_expert(moe, tmp_path):
     tierlm.load(bad)  # unchecked: loads
     with pytest.raises(tierlm.CorruptError, match=r"layers\.2\.moe\.experts\.5\.up\.weight"):
         tierlm.load(bad, verify=True)
+
+
+def test_experts_split_across_weight_files(moe, tmp_path, backend):
+    """Weight files cut every 300 KB put parts of one expert in two files: its reads go to
+    each file, the tokens stay the resident run's."""
+    split = tierlm.export(
+        moe["pkg"][: -len("-pkg")] + "-hf",
+        tmp_path / "split",
+        dtype="bf16",
+        progress=False,
+        file_limit=300_000,
+    )
+    import json
+
+    with open(f"{split}/manifest.json") as f:
+        tensors = json.load(f)["tensors"]
+    files = {
+        tensors[f"layers.1.moe.experts.{e}.{p}.weight"]["file"]
+        for e in range(8)
+        for p in ("gate", "up", "down")
+    }
+    assert len(files) > 8
+    model = tierlm.load(split, budget={"host": budget_of(moe, 0.25)})
+    out = model.generate(moe["ids"], max_new_tokens=NEW_TOKENS, stop_at_eos=False).output_ids
+    assert out == moe["ref"]
+    assert model.stats()["moe_misses"] > 0

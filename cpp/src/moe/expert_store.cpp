@@ -3,7 +3,6 @@
 #include "moe/expert_store.hpp"
 
 #include <algorithm>
-#include <unordered_map>
 
 #include "moe/moe_graph.hpp"
 #include "tierlm/core/align.hpp"
@@ -79,7 +78,6 @@ uint64_t expert_resident_bytes(const Package& package) {
 ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertStoreOptions& options)
     : host_(host), slot_bytes_(expert_slot_bytes(package)) {
   const std::vector<size_t> ops = moe_ops(package);
-  std::unordered_map<std::string, int> file_index;
   size_t max_top_k = 1;
   for (size_t i : ops) {
     const GraphOp& op = package.graph.ops[i];
@@ -87,39 +85,7 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
     placement_.layers.push_back(op.layer);
     max_top_k = std::max(max_top_k, static_cast<size_t>(op.top_k));
     placement_.experts = op.experts;
-    for (int64_t e = 0; e < op.experts; ++e) {
-      Expert& x = experts_.emplace_back();
-      std::vector<const TensorInfo*> parts = expert_tensors(package, op, e);
-      const std::string where = "expert " + std::to_string(e) + " of " + op.expert_prefix;
-      auto [it, added] = file_index.emplace(parts[0]->file, static_cast<int>(files_.size()));
-      if (added) {
-        files_.emplace_back(package.file_path(parts[0]->file), IoMode::kIoModeRead,
-                            IoOptions{.direct = true});
-      }
-      x.file = it->second;
-      uint64_t rel = 0;
-      for (int p = 0; p < kExpertParts; ++p) {
-        const TensorInfo& t = *parts[p];
-        TIERLM_CHECK(t.file == parts[0]->file, kErrorUnsupported, where, ": its tensors are in ",
-                     parts[0]->file, " and ", t.file, "; export the package again");
-        const uint64_t len = round_up(t.nbytes, kAlignment);
-        x.part_rel[p] = rel;
-        x.part[p] = &t;
-        Read* last = x.n_reads > 0 ? &x.reads[x.n_reads - 1] : nullptr;
-        if (last != nullptr && last->offset + last->len == t.offset) {
-          last->len += len;  // back to back in the file: one read
-        } else {
-          x.reads[x.n_reads++] = {rel, t.offset, len};
-        }
-        rel += len;
-      }
-      for (int r = 0; r < x.n_reads; ++r) {  // a file whose tail is not padded to a page
-        File& f = files_[x.file];
-        TIERLM_CHECK(x.reads[r].offset <= f.size(), kErrorCorrupt, where, " lies past the end of ",
-                     f.path());
-        x.reads[r].len = std::min(x.reads[r].len, f.size() - x.reads[r].offset);
-      }
-    }
+    for (int64_t e = 0; e < op.experts; ++e) add_expert(package, expert_tensors(package, op, e));
   }
 
   // Homes: all on the host tier when they fit; else a cache of a quarter of the budget (at
@@ -135,7 +101,7 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
   if (options.prefetch) read_routers(package, host, ops, routers);
   uint64_t slots = 0;
   if (fit < total) slots = std::min(fit, std::max<uint64_t>(2 * max_top_k, fit / 4));
-  uint64_t homed = std::min(total, fit - slots);
+  const uint64_t homed = std::min(total, fit - slots);
   if (homed > 0) homed_ = host.allocate(homed * slot_bytes_);
   if (slots > 0) cache_ = host.allocate(slots * slot_bytes_);
   slots_.resize(slots);
@@ -147,6 +113,14 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
   predicted_.assign(experts_.size(), 0);
   layer_predicted_.assign(ops.size(), 0);
   prefetched_slots_.reserve(slots);
+  uint64_t next = 0;
+  for (int m : home_order(ops.size())) {
+    for (int64_t e = 0; e < package.graph.ops[ops[m]].experts; ++e) {
+      Expert& x = experts_[key(m, static_cast<int32_t>(e))];
+      if (next < homed) x.host = static_cast<char*>(homed_.data()) + next++ * slot_bytes_;
+    }
+  }
+  read_homed(package, options.verify);
   placement_.moe = !ops.empty();
   placement_.expert_bytes = slot_bytes_;
   placement_.host_bytes = homed * slot_bytes_;
@@ -156,38 +130,6 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
   placement_.policy = expert_policy_name(options.policy);
   placement_.host_experts.resize(ops.size());
   placement_.disk_experts.resize(ops.size());
-  uint64_t next = 0;
-  for (int m : home_order(ops.size())) {
-    for (int64_t e = 0; e < package.graph.ops[ops[m]].experts; ++e) {
-      Expert& x = experts_[key(m, static_cast<int32_t>(e))];
-      if (next < homed) x.host = static_cast<char*>(homed_.data()) + next++ * slot_bytes_;
-    }
-  }
-  // Read the homed experts now, all in one batch per file.
-  std::vector<IoFuture> futures;
-  for (size_t f = 0; f < files_.size(); ++f) {
-    std::vector<IoRequest> requests;
-    for (const Expert& x : experts_) {
-      if (x.host == nullptr || x.file != static_cast<int>(f)) continue;
-      for (int r = 0; r < x.n_reads; ++r) {
-        requests.push_back({x.host + x.reads[r].rel, x.reads[r].len, x.reads[r].offset});
-      }
-    }
-    for (IoFuture& fu : files_[f].pread_batch(requests)) futures.push_back(std::move(fu));
-  }
-  for (IoFuture& fu : futures) fu.get();
-  for (const Expert& x : experts_) {
-    for (int p = 0; p < kExpertParts && x.host != nullptr; ++p) {
-      const TensorInfo& t = *x.part[p];
-      host.record_in(t.nbytes);
-      if (!options.verify || !t.has_crc32) continue;
-      const uint32_t crc = crc32_update(0, x.host + x.part_rel[p], t.nbytes);
-      TIERLM_CHECK(crc == t.crc32, kErrorCorrupt, "tensor `", t.name, "` (", format_bytes(t.nbytes),
-                   " at offset ", t.offset, ") in ", package.file_path(t.file),
-                   ": checksum mismatch (CRC-32 ", crc, ", manifest says ", t.crc32,
-                   "); the file is damaged, export the package again");
-    }
-  }
   for (size_t m = 0; m < ops.size(); ++m) {
     for (int64_t e = 0; e < package.graph.ops[ops[m]].experts; ++e) {
       const bool on_host = experts_[key(static_cast<int>(m), static_cast<int32_t>(e))].host;
@@ -197,6 +139,61 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
   }
   if (slots > 0) {
     for (File& f : files_) f.register_buffer(cache_.data(), cache_.size());
+  }
+}
+
+// An expert's reads: its parts at 4 KiB-rounded offsets of its slot, neighbours in one file
+// merged into one read (the export stores them back to back).
+void ExpertStore::add_expert(const Package& package, const std::vector<const TensorInfo*>& parts) {
+  Expert& x = experts_.emplace_back();
+  uint64_t rel = 0;
+  for (int p = 0; p < kExpertParts; ++p) {
+    const TensorInfo& t = *parts[p];
+    auto [it, added] = file_index_.emplace(t.file, static_cast<int>(files_.size()));
+    if (added) {
+      files_.emplace_back(package.file_path(t.file), IoMode::kIoModeRead,
+                          IoOptions{.direct = true});
+    }
+    // weight_read_length: whole pages, clamped to a file whose tail is not padded
+    const uint64_t len = weight_read_length(files_[it->second], t);
+    x.part_rel[p] = rel;
+    x.part[p] = &t;
+    Read* last = x.n_reads > 0 ? &x.reads[x.n_reads - 1] : nullptr;
+    if (last != nullptr && last->file == it->second && last->rel + last->len == rel &&
+        last->offset + last->len == t.offset) {
+      last->len += len;
+    } else {
+      x.reads[x.n_reads++] = {it->second, rel, t.offset, len};
+    }
+    rel += round_up(t.nbytes, kAlignment);
+  }
+}
+
+// Reads the homed experts, all in one batch per file, and checks their CRC-32 with `verify`.
+void ExpertStore::read_homed(const Package& package, bool verify) {
+  std::vector<IoFuture> futures;
+  for (size_t f = 0; f < files_.size(); ++f) {
+    std::vector<IoRequest> requests;
+    for (const Expert& x : experts_) {
+      for (int r = 0; r < x.n_reads && x.host != nullptr; ++r) {
+        if (x.reads[r].file != static_cast<int>(f)) continue;
+        requests.push_back({x.host + x.reads[r].rel, x.reads[r].len, x.reads[r].offset});
+      }
+    }
+    for (IoFuture& fu : files_[f].pread_batch(requests)) futures.push_back(std::move(fu));
+  }
+  for (IoFuture& fu : futures) fu.get();
+  for (const Expert& x : experts_) {
+    for (int p = 0; p < kExpertParts && x.host != nullptr; ++p) {
+      const TensorInfo& t = *x.part[p];
+      host_.record_in(t.nbytes);
+      if (!verify || !t.has_crc32) continue;
+      const uint32_t crc = crc32_update(0, x.host + x.part_rel[p], t.nbytes);
+      TIERLM_CHECK(crc == t.crc32, kErrorCorrupt, "tensor `", t.name, "` (", format_bytes(t.nbytes),
+                   " at offset ", t.offset, ") in ", package.file_path(t.file),
+                   ": checksum mismatch (CRC-32 ", crc, ", manifest says ", t.crc32,
+                   "); the file is damaged, export the package again");
+    }
   }
 }
 
@@ -275,8 +272,8 @@ void ExpertStore::flush() {
     requests_.clear();
     for (int k : queued_) {
       const Expert& x = experts_[k];
-      if (x.file != static_cast<int>(f)) continue;
       for (int r = 0; r < x.n_reads; ++r) {
+        if (x.reads[r].file != static_cast<int>(f)) continue;
         requests_.push_back(
             {slot_data(x.slot) + x.reads[r].rel, x.reads[r].len, x.reads[r].offset});
       }
@@ -286,8 +283,8 @@ void ExpertStore::flush() {
     size_t next = 0;
     for (int k : queued_) {
       const Expert& x = experts_[k];
-      if (x.file != static_cast<int>(f)) continue;
       for (int r = 0; r < x.n_reads; ++r) {
+        if (x.reads[r].file != static_cast<int>(f)) continue;
         slots_[x.slot].futures.push_back(std::move(futures[next++]));
       }
     }

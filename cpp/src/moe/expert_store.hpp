@@ -10,6 +10,8 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "moe/expert_policy.hpp"
@@ -56,12 +58,12 @@ class ExpertStore final : public ExpertProvider {
  private:
   using Clock = std::chrono::steady_clock;
   struct Read {
+    int file;      // in files_
     uint64_t rel;  // in the expert's slot
     uint64_t offset;
     uint64_t len;
   };
   struct Expert {
-    int file = -1;
     int n_reads = 0;
     Read reads[kExpertParts];
     uint64_t part_rel[kExpertParts] = {0, 0, 0};
@@ -81,6 +83,8 @@ class ExpertStore final : public ExpertProvider {
   // A slot to read into: a free one, else the policy's victim among the unpinned ones (all ones
   // with `any`); -1: none.
   int take_slot(bool any);
+  void add_expert(const Package& package, const std::vector<const TensorInfo*>& parts);
+  void read_homed(const Package& package, bool verify);
   void read_routers(const Package& package, HostTier& host, const std::vector<size_t>& ops,
                     uint64_t bytes);
   // Assigns expert k to the slot and queues its reads; flush() submits the queue, one batch
@@ -91,8 +95,9 @@ class ExpertStore final : public ExpertProvider {
 
   HostTier& host_;
   std::vector<File> files_;
-  std::vector<Expert> experts_;  // by key
-  std::vector<int> first_key_;   // per moe op
+  std::unordered_map<std::string, int> file_index_;  // package file name -> files_ index
+  std::vector<Expert> experts_;                      // by key
+  std::vector<int> first_key_;                       // per moe op
   uint64_t slot_bytes_ = 0;
   HostBuffer homed_;
   HostBuffer cache_;
