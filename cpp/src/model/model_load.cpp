@@ -141,6 +141,7 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
                                    .prefetch = options.expert_prefetch,
                                    .verify = options.verify});
   }
+  m.sparse_verify = sparse_plan.verify;
 
   detail::ResolvedOps ops =
       detail::ops_resolve(p, assignment, m.plan, static_cast<char*>(m.arena.data()), *m.weights,

@@ -98,7 +98,7 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
                format_bytes(slot_bytes_), ") but the experts' share of the host budget is ",
                format_bytes(options.budget), options.prefetch ? " with the routers" : "",
                "; raise the host budget");
-  if (options.prefetch) read_routers(package, host, ops, routers);
+  if (options.prefetch) read_routers(package, host, ops, routers, options.verify);
   uint64_t slots = 0;
   if (fit < total) slots = std::min(fit, std::max<uint64_t>(2 * max_top_k, fit / 4));
   const uint64_t homed = std::min(total, fit - slots);
@@ -185,16 +185,19 @@ void ExpertStore::read_homed(const Package& package, bool verify) {
   for (IoFuture& fu : futures) fu.get();
   for (const Expert& x : experts_) {
     for (int p = 0; p < kExpertParts && x.host != nullptr; ++p) {
-      const TensorInfo& t = *x.part[p];
-      host_.record_in(t.nbytes);
-      if (!verify || !t.has_crc32) continue;
-      const uint32_t crc = crc32_update(0, x.host + x.part_rel[p], t.nbytes);
-      TIERLM_CHECK(crc == t.crc32, kErrorCorrupt, "tensor `", t.name, "` (", format_bytes(t.nbytes),
-                   " at offset ", t.offset, ") in ", package.file_path(t.file),
-                   ": checksum mismatch (CRC-32 ", crc, ", manifest says ", t.crc32,
-                   "); the file is damaged, export the package again");
+      host_.record_in(x.part[p]->nbytes);
+      if (verify) tensor_verify(package, *x.part[p], x.host + x.part_rel[p], &verify_);
     }
   }
+  // Disk-homed experts are read again whenever routed to: checked once now, so that a damaged
+  // file fails the load instead of giving wrong tokens later.
+  std::vector<std::string> unread;
+  for (const Expert& x : experts_) {
+    for (int p = 0; p < kExpertParts && verify && x.host == nullptr; ++p) {
+      unread.push_back(x.part[p]->name);
+    }
+  }
+  if (!unread.empty()) verify_.add(package_verify(package, unread));
 }
 
 ExpertStore::~ExpertStore() {
@@ -207,13 +210,15 @@ ExpertStore::~ExpertStore() {
 }
 
 void ExpertStore::read_routers(const Package& package, HostTier& host,
-                               const std::vector<size_t>& ops, uint64_t bytes) {
+                               const std::vector<size_t>& ops, uint64_t bytes, bool verify) {
   routers_ = host.allocate(bytes);
   uint64_t at = 0;
   for (size_t i : ops) {
     const TensorInfo& t = package.tensor(package.graph.ops[i].weight);
     File f(package.file_path(t.file), IoMode::kIoModeRead, IoOptions{.direct = true});
-    f.read(static_cast<char*>(routers_.data()) + at, weight_read_length(f, t), t.offset);
+    char* dst = static_cast<char*>(routers_.data()) + at;
+    f.read(dst, weight_read_length(f, t), t.offset);
+    if (verify) tensor_verify(package, t, dst, &verify_);
     router_at_.push_back(at);
     at += round_up(t.nbytes, kAlignment);
   }

@@ -27,7 +27,7 @@ struct ExpertStoreOptions {
   uint64_t budget = 0;  // host bytes for the experts: homed ones + the cache
   ExpertPolicyKind policy = ExpertPolicyKind::kExpertPolicyLru;
   bool prefetch = true;
-  bool verify = false;  // compare the homed experts' CRC-32 with the manifest as they are read
+  bool verify = false;  // check every expert's (and router's) CRC-32 at load
 };
 
 // Host bytes of one expert cache slot (the largest expert's read).
@@ -54,6 +54,7 @@ class ExpertStore final : public ExpertProvider {
 
   const ExpertPlacement& placement() const { return placement_; }
   const MoeStats& stats() const { return stats_; }
+  const VerifyStats& verify() const { return verify_; }
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -86,7 +87,7 @@ class ExpertStore final : public ExpertProvider {
   void add_expert(const Package& package, const std::vector<const TensorInfo*>& parts);
   void read_homed(const Package& package, bool verify);
   void read_routers(const Package& package, HostTier& host, const std::vector<size_t>& ops,
-                    uint64_t bytes);
+                    uint64_t bytes, bool verify);
   // Assigns expert k to the slot and queues its reads; flush() submits the queue, one batch
   // per file.
   void queue(int k, int slot);
@@ -113,6 +114,7 @@ class ExpertStore final : public ExpertProvider {
   std::unique_ptr<ExpertPolicy> policy_;
   ExpertPlacement placement_;
   MoeStats stats_;
+  VerifyStats verify_;
 };
 
 }  // namespace tierlm::detail
