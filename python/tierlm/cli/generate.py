@@ -5,6 +5,7 @@ import json
 import sys
 
 from tierlm.cli.moe_report import print_expert_placement, print_moe
+from tierlm.cli.ranges import format_ranges
 from tierlm.errors import InvalidArgumentError, UnsupportedError
 from tierlm.sizes import format_size
 
@@ -235,8 +236,8 @@ def print_placement(model, out):
     print(
         f"placement: resident {format_size(p['resident_bytes'])} "
         f"(embeddings, lm_head, norms, biases: {format_size(p['base_bytes'])}; "
-        f"layers {_ranges(p['resident_layers']) or 'none'}), "
-        f"streamed layers {_ranges(p['streamed_layers'])} "
+        f"layers {format_ranges(p['resident_layers']) or 'none'}), "
+        f"streamed layers {format_ranges(p['streamed_layers'])} "
         f"({format_size(p['streamed_bytes'])} read per token, "
         f"{len(p['streamed_tensors'])} tensors; {len(p['pinned_tensors'])} matrices of "
         "streamed layers kept resident)"
@@ -255,17 +256,6 @@ def print_placement(model, out):
         f"{format_size(s['host']['budget'])} (minimum {format_size(p['minimum_budget'])})",
         file=out,
     )
-
-
-def _ranges(layers):
-    parts, start = [], None
-    for i, layer in enumerate(layers):
-        if start is None:
-            start = layer
-        if i + 1 == len(layers) or layers[i + 1] != layer + 1:
-            parts.append(str(start) if start == layer else f"{start}-{layer}")
-            start = None
-    return ",".join(parts)
 
 
 def plot_timeline(model, path):

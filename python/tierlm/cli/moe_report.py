@@ -1,19 +1,8 @@
 """The mixture-of-experts lines of `tierlm generate`: where the experts live (--verbose) and
 the expert store's counters after a generation."""
 
+from tierlm.cli.ranges import format_ranges
 from tierlm.sizes import format_size
-
-
-def _ranges(experts):
-    """[0, 1, 2, 5] -> "0-2,5"."""
-    parts, start = [], None
-    for i, e in enumerate(experts):
-        if start is None:
-            start = e
-        if i + 1 == len(experts) or experts[i + 1] != e + 1:
-            parts.append(f"{start}" if start == e else f"{start}-{e}")
-            start = None
-    return ",".join(parts) or "none"
 
 
 def print_expert_placement(model, out):
@@ -29,7 +18,8 @@ def print_expert_placement(model, out):
         file=out,
     )
     for layer, host, disk in zip(e["layers"], e["host_experts"], e["disk_experts"], strict=True):
-        print(f"  layer {layer}: host {_ranges(host)}, disk {_ranges(disk)}", file=out)
+        host, disk = format_ranges(host) or "none", format_ranges(disk) or "none"
+        print(f"  layer {layer}: host {host}, disk {disk}", file=out)
 
 
 def print_moe(s, out):
