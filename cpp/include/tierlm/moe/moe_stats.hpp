@@ -20,8 +20,8 @@ struct TIERLM_API ExpertPlacement {
   uint64_t host_bytes = 0;    // experts homed on the host tier
   uint64_t cache_bytes = 0;   // the expert cache for disk-homed experts
   int64_t cache_slots = 0;
-  uint64_t router_bytes = 0;    // copies of the routers, kept to predict a layer ahead
-  std::string policy;  // the cache's replacement policy: "lru" or "lfu"
+  uint64_t router_bytes = 0;  // copies of the routers, kept to predict a layer ahead
+  std::string policy;         // the cache's replacement policy: "lru" or "lfu"
   // Per moe op, the experts homed on the host tier and on the disk tier (read into the cache).
   std::vector<std::vector<int>> host_experts;
   std::vector<std::vector<int>> disk_experts;
