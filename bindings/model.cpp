@@ -56,8 +56,10 @@ void bind_model(nb::module_& m) {
           [](const std::string& path, uint64_t host_budget, size_t threads, bool verify,
              int64_t max_context, int64_t prefill_chunk, bool lock, int64_t max_batch,
              int64_t ring_sections, bool sparse, int64_t sparse_window, bool sparse_bundled,
-             int64_t sparse_capacity) {
+             int64_t sparse_capacity, const std::string& expert_cache, bool expert_prefetch) {
             ModelOptions o;
+            o.expert_cache = expert_cache;
+            o.expert_prefetch = expert_prefetch;
             o.sparse = sparse;
             o.sparse_window = sparse_window;
             o.sparse_bundled = sparse_bundled;
@@ -77,7 +79,8 @@ void bind_model(nb::module_& m) {
           nb::arg("verify") = false, nb::arg("max_context") = 0, nb::arg("prefill_chunk") = 0,
           nb::arg("lock") = true, nb::arg("max_batch") = 1, nb::arg("ring_sections") = 0,
           nb::arg("sparse") = false, nb::arg("sparse_window") = 4, nb::arg("sparse_bundled") = true,
-          nb::arg("sparse_capacity") = 0)
+          nb::arg("sparse_capacity") = 0, nb::arg("expert_cache") = "lru",
+          nb::arg("expert_prefetch") = true)
       .def_prop_ro("path", [](const Model& self) { return self.package().path; })
       .def_prop_ro("architecture", [](const Model& self) { return self.package().architecture; })
       .def_prop_ro("dtype", [](const Model& self) { return self.package().dtype; })
@@ -135,6 +138,7 @@ void bind_model(nb::module_& m) {
           nb::arg("stop_at_eos") = true)
       .def("stats", &Model::stats)
       .def("placement", &Model::placement)
+      .def("expert_placement", &Model::expert_placement)
       .def("stream_events", &Model::stream_events)
       .def("sparse_tokens", &Model::sparse_tokens)
       .def(

@@ -82,6 +82,19 @@ void bind_records(nb::module_& m) {
       .def_ro("row_buffer_bytes", &WeightPlacement::row_buffer_bytes)
       .def_ro("max_rows", &WeightPlacement::max_rows);
 
+  record<ExpertPlacement>(m, "ExpertPlacement", "Where each expert lives (host / disk tier)")
+      .def_ro("moe", &ExpertPlacement::moe)
+      .def_ro("layers", &ExpertPlacement::layers)
+      .def_ro("experts", &ExpertPlacement::experts)
+      .def_ro("expert_bytes", &ExpertPlacement::expert_bytes)
+      .def_ro("host_bytes", &ExpertPlacement::host_bytes)
+      .def_ro("cache_bytes", &ExpertPlacement::cache_bytes)
+      .def_ro("cache_slots", &ExpertPlacement::cache_slots)
+      .def_ro("router_bytes", &ExpertPlacement::router_bytes)
+      .def_ro("policy", &ExpertPlacement::policy)
+      .def_ro("host_experts", &ExpertPlacement::host_experts)
+      .def_ro("disk_experts", &ExpertPlacement::disk_experts);
+
   record<StreamEvent>(m, "StreamEvent", "One streamed layer's begin")
       .def_ro("t", &StreamEvent::t)
       .def_ro("wait", &StreamEvent::wait)
@@ -161,6 +174,25 @@ void bind_records(nb::module_& m) {
                    [](const S& s) { return s.sparse_bytes_read_per_token(); })
       .def_prop_ro("dense_ffn_bytes_per_token",
                    [](const S& s) { return s.dense_ffn_bytes_per_token(); })
+      // MoeStats
+      .def_ro("moe_tokens", &S::moe_tokens)
+      .def_ro("moe_lookups", &S::moe_lookups)
+      .def_ro("moe_host_hits", &S::moe_host_hits)
+      .def_ro("moe_cache_hits", &S::moe_cache_hits)
+      .def_ro("moe_misses", &S::moe_misses)
+      .def_ro("moe_bytes_read", &S::moe_bytes_read)
+      .def_ro("moe_reads", &S::moe_reads)
+      .def_ro("moe_io_wait_seconds", &S::moe_io_wait_seconds)
+      .def_ro("moe_predicted_lookups", &S::moe_predicted_lookups)
+      .def_ro("moe_predicted_right", &S::moe_predicted_right)
+      .def_ro("moe_prefetch_reads", &S::moe_prefetch_reads)
+      .def_ro("moe_prefetch_used", &S::moe_prefetch_used)
+      .def_prop_ro("moe_hit_rate_pct", [](const S& s) { return s.moe_hit_rate_pct(); })
+      .def_prop_ro("moe_prediction_accuracy_pct",
+                   [](const S& s) { return s.moe_prediction_accuracy_pct(); })
+      .def_prop_ro("moe_experts_per_token", [](const S& s) { return s.moe_experts_per_token(); })
+      .def_prop_ro("moe_bytes_read_per_token",
+                   [](const S& s) { return s.moe_bytes_read_per_token(); })
       .def("since", &S::since, nb::arg("before"),
            "The counters over the interval since `before` (an earlier stats() of this model)");
 

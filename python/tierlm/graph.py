@@ -4,6 +4,8 @@ An architecture module drives a GraphBuilder; `graph_check` validates a graph ag
 package's tensors (used at export and at load). The format is in docs/package-format.md.
 """
 
+from functools import partial
+
 from tierlm.errors import CorruptError
 
 GRAPH_VERSION = 1
@@ -22,7 +24,18 @@ OPS = {
     "relu": (1, ()),
     "gelu": (1, ()),
     "lm_head": (1, ("weight",)),
+    "moe": (1, ("weight", "experts", "top_k", "norm_topk", "expert_prefix")),
+    "sigmoid_gate": (2, ("weight",)),
 }
+# The three matrices of expert e of a moe op, in file order (stored back to back: one read).
+EXPERT_PARTS = ("gate", "up", "down")
+
+
+def expert_names(op, e):
+    """Expert e's tensor names of a moe op: gate and up [inner, width], down [width, inner]."""
+    return [f"{op['expert_prefix']}.{e}.{part}.weight" for part in EXPERT_PARTS]
+
+
 INPUTS = {"tokens": "int32[tokens]", "positions": "int32[tokens]"}
 
 
@@ -63,8 +76,10 @@ class GraphBuilder:
             "position_embedding", [x, "positions"], x, self._width(x), weight=weight, offset=offset
         )
 
-    def rmsnorm(self, x, out, weight, eps):
-        return self._op("rmsnorm", [x], out, self._width(x), weight=weight, eps=float(eps))
+    def rmsnorm(self, x, out, weight, eps, head_dim=None):
+        """Normalises each row of x, or each head_dim slice of it when head_dim is given."""
+        extra = {"head_dim": head_dim} if head_dim else {}
+        return self._op("rmsnorm", [x], out, self._width(x), weight=weight, eps=float(eps), **extra)
 
     def layernorm(self, x, out, weight, bias, eps):
         return self._op(
@@ -101,6 +116,25 @@ class GraphBuilder:
     def gelu(self, x):
         return self._op("gelu", [x], x, self._width(x))
 
+    def moe(self, x, out, router, experts, top_k, norm_topk, expert_prefix):
+        """Routed experts: softmax over router(x), the top_k experts' SwiGLU outputs summed with
+        their probabilities (renormalised to sum 1 when norm_topk); see expert_names."""
+        return self._op(
+            "moe",
+            [x],
+            out,
+            self._width(x),
+            weight=router,
+            experts=int(experts),
+            top_k=int(top_k),
+            norm_topk=bool(norm_topk),
+            expert_prefix=expert_prefix,
+        )
+
+    def sigmoid_gate(self, x, y, out, weight):
+        """out = sigmoid(x . weight[0]) * y, row by row (Qwen2-MoE's shared expert gate)."""
+        return self._op("sigmoid_gate", [x, y], out, self._width(y), weight=weight)
+
     def lm_head(self, x, out, weight, vocab):
         return self._op("lm_head", [x], out, vocab, weight=weight)
 
@@ -118,9 +152,9 @@ def graph_weights(graph):
     """Returns the tensor names the graph reads, in op order, without repeats."""
     names = []
     for op in graph["ops"]:
-        for key in ("weight", "bias"):
-            if op.get(key) and op[key] not in names:
-                names.append(op[key])
+        experts = range(op["experts"]) if op["op"] == "moe" else ()
+        own = [op.get("weight"), op.get("bias")] + [n for e in experts for n in expert_names(op, e)]
+        names += [name for name in own if name and name not in names]
     return names
 
 
@@ -172,8 +206,20 @@ def graph_check(graph, tensors, where="graph.json"):
                 fail(index, f"weight {op['weight']} has shape {[rows, cols]}, values need {expect}")
         if op.get("bias") and shape(index, op["bias"]) != [width]:
             fail(index, f"bias {op['bias']} has shape {shape(index, op['bias'])}, needs [{width}]")
-        if kind in ("rmsnorm", "layernorm") and shape(index, op["weight"]) != [width]:
-            fail(index, f"weight {op['weight']} does not have shape [{width}]")
+        norm_width = (op.get("head_dim") or width) if kind == "rmsnorm" else width
+        if kind in ("rmsnorm", "layernorm") and shape(index, op["weight"]) != [norm_width]:
+            fail(index, f"weight {op['weight']} does not have shape [{norm_width}]")
+        if kind == "rmsnorm" and not (isinstance(norm_width, int) and 0 < norm_width <= width):
+            fail(index, f"head_dim {norm_width} is not between 1 and the width {width}")
+        if kind == "rmsnorm" and width % norm_width:
+            fail(index, f"head_dim {norm_width} does not divide width {width}")
+        if kind == "moe":
+            _moe_check(op, width, values[op["in"][0]], partial(shape, index), partial(fail, index))
+        if kind == "sigmoid_gate":
+            if shape(index, op["weight"]) != [1, values[op["in"][0]]]:
+                fail(index, f"weight {op['weight']} is not one row as wide as its first input")
+            if values[op["in"][1]] != width:
+                fail(index, "the gated input and the output differ in width")
         if kind == "position_embedding" and matrix(index, op["weight"])[1] != width:
             fail(index, f"weight {op['weight']} rows are not {width} wide")
         if kind == "rope" and op["heads"] * op["head_dim"] != width:
@@ -187,3 +233,18 @@ def graph_check(graph, tensors, where="graph.json"):
         defined.add(op["out"])
     if graph["output"] not in defined:
         raise CorruptError(f"{where}: output {graph['output']!r} is never written")
+
+
+def _moe_check(op, width, source, shape, fail):
+    experts, top_k = op["experts"], op["top_k"]
+    if not (isinstance(experts, int) and isinstance(top_k, int) and 1 <= top_k <= experts):
+        fail(f"needs 1 <= top_k ({top_k}) <= experts ({experts})")
+    if source != width:
+        fail(f"input width {source} != output width {width}")
+    if shape(op["weight"]) != [experts, width]:
+        fail(f"router {op['weight']} has shape {shape(op['weight'])}, needs [{experts}, {width}]")
+    for e in range(experts):
+        gate, up, down = (shape(name) for name in expert_names(op, e))
+        inner = gate[0]
+        if gate != [inner, width] or up != gate or down != [width, inner]:
+            fail(f"expert {e} has shapes {gate}, {up}, {down}; needs [n, {width}] x2, [{width}, n]")

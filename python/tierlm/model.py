@@ -285,8 +285,14 @@ class Model:
         streamed matrix), "sections", "chunks" (section-sized reads per forward pass),
         "ring_bytes", "streamed_bytes" (read per forward pass), "minimum_budget",
         "resident_layers", "streamed_layers", "streamed_tensors", "pinned_tensors",
-        "row_tensors" (embedding tables read by rows on demand), ...}."""
-        return as_dict(self._native.placement())
+        "row_tensors" (embedding tables read by rows on demand), ...}; for a mixture-of-experts
+        model also "experts": {"host_experts", "disk_experts" (per moe layer, the experts homed on
+        each tier), "cache_slots", "policy", "expert_bytes", ...}."""
+        placement = as_dict(self._native.placement())
+        experts = self._native.expert_placement()
+        if experts.moe:
+            placement["experts"] = as_dict(experts)
+        return placement
 
     def stream_events(self):
         """One entry per streamed layer, at its begin: {"t", "wait", "layer", "bytes_read"}
@@ -327,6 +333,8 @@ def load(
     sparse_window=4,
     sparse_bundled=True,
     sparse_capacity=0,
+    expert_cache="lru",
+    expert_prefetch=True,
 ):
     """Loads a package (tierlm export's output).
 
@@ -351,6 +359,12 @@ def load(
     from the predictors' predicted density x window x 1.5, or x 1 token when the window's
     caches would push weights out of residency). Caches, staging and predictors count
     against the host budget.
+    expert_cache: mixture-of-experts models home each expert on the host tier (read at load)
+    or on the disk tier (read with O_DIRECT when routed to, into a host-tier expert cache);
+    the cache's replacement policy is "lru" or "lfu" (frequency-weighted: use counts that
+    halve every 64 steps). The experts get the host budget the other weights leave.
+    expert_prefetch: predict layer i+1's experts by applying its router to layer i's input and
+    read the missing ones while layer i computes (stats: moe_prediction_accuracy_pct).
     """
     budgets = _budgets(budget)
     native = _core.Model.load(
@@ -367,5 +381,7 @@ def load(
         sparse_window=check("sparse_window", sparse_window),
         sparse_bundled=bool(sparse_bundled),
         sparse_capacity=check("sparse_capacity", sparse_capacity or 0),
+        expert_cache=str(expert_cache),
+        expert_prefetch=bool(expert_prefetch),
     )
     return Model(native, budgets)

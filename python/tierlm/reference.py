@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from tierlm.graph import expert_names
 from tierlm.package import Package
 
 
@@ -63,8 +64,10 @@ class Reference:
         return x + self.weight(op["weight"])[positions + op["offset"]]
 
     def _rmsnorm(self, op, x):
-        scale = 1 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.dtype.type(op["eps"]))
-        return x * scale * self.weight(op["weight"])
+        parts = x.reshape(len(x), -1, op.get("head_dim") or x.shape[-1])  # per head if given
+        eps = self.dtype.type(op["eps"])
+        scale = 1 / np.sqrt(np.mean(parts * parts, axis=-1, keepdims=True) + eps)
+        return (parts * scale * self.weight(op["weight"])).reshape(x.shape)
 
     def _layernorm(self, op, x):
         centred = x - x.mean(axis=-1, keepdims=True)
@@ -109,6 +112,26 @@ class Reference:
         scores = np.exp(scores - scores.max(-1, keepdims=True))
         probs = scores / scores.sum(-1, keepdims=True)
         return (probs @ vh).transpose(1, 0, 2).reshape(n, heads * dim)
+
+    def _moe(self, op, x):
+        """Softmax over the router's logits, the top_k experts per token (renormalised when
+        norm_topk), each a SwiGLU FFN, summed with those weights."""
+        logits = x @ self.weight(op["weight"]).T
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        top = np.argsort(-probs, axis=-1, kind="stable")[:, : op["top_k"]]
+        weights = np.take_along_axis(probs, top, -1)
+        if op["norm_topk"]:
+            weights /= weights.sum(-1, keepdims=True)
+        out = np.zeros_like(x)
+        for row, experts in enumerate(top):
+            for weight, e in zip(weights[row], experts, strict=True):
+                gate, up, down = (self.weight(name) for name in expert_names(op, e))
+                out[row] += weight * (self._silu_mul(op, gate @ x[row], up @ x[row]) @ down.T)
+        return out
+
+    def _sigmoid_gate(self, op, x, y):
+        return y / (1 + np.exp(-(x @ self.weight(op["weight"]).T)))
 
     def _add(self, op, a, b):
         return a + b

@@ -15,6 +15,7 @@ _LAYER = {
     "mlp.gate_proj": "ffn_gate",
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
+    "block_sparse_moe.gate": "ffn_gate_inp",
 }
 _GLOBAL = {
     "model.embed_tokens.weight": "token_embd.weight",
@@ -44,6 +45,18 @@ def gguf_arrays(model, arch):
     heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     out = []
     for name, tensor in model.state_dict().items():
+        parts = name.split(".")
+        if "experts" in parts:  # transformers 5 holds them stacked: gate_up_proj, down_proj
+            a = tensor.float().numpy()
+            inner = a.shape[1] // 2
+            if parts[-1] == "gate_up_proj":
+                out.append((f"blk.{parts[2]}.ffn_gate_exps.weight", a[:, :inner]))
+                out.append((f"blk.{parts[2]}.ffn_up_exps.weight", a[:, inner:]))
+            else:
+                out.append((f"blk.{parts[2]}.ffn_down_exps.weight", a))
+            continue
+        if name.endswith("mlp.gate.weight"):
+            name = name.replace("mlp.gate", "block_sparse_moe.gate")
         if name.endswith("rotary_emb.inv_freq"):
             continue
         if cfg.tie_word_embeddings and name == "lm_head.weight":
@@ -99,9 +112,12 @@ def write_gguf(model, path, matrix_type="F32", arch="llama", types=None, vocab=N
         w.add_token_types(kinds)
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
+    if getattr(cfg, "num_local_experts", None):
+        w.add_expert_count(cfg.num_local_experts)
+        w.add_expert_used_count(cfg.num_experts_per_tok)
     w.add_chat_template("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}")
     for name, a in gguf_arrays(model, arch):
-        kind = (types or {}).get(name, matrix_type if a.ndim == 2 else "F32")
+        kind = (types or {}).get(name, matrix_type if a.ndim >= 2 else "F32")
         qtype = getattr(gguf.GGMLQuantizationType, kind)
         if kind == "F32":
             w.add_tensor(name, a.astype(np.float32))

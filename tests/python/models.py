@@ -96,8 +96,66 @@ ARCHS = {
         pad_token_id=1,
         eos_token_id=2,
     ),
+    # Mixture of experts: 5..7 experts of odd widths, top-k normalised or not. transformers runs
+    # them with its per-expert loop ("eager"): its grouped_mm needs 16-byte strides.
+    "mixtral": dict(
+        model_type="mixtral",
+        experts_implementation="eager",
+        num_attention_heads=10,
+        num_key_value_heads=2,
+        intermediate_size=67,
+        num_local_experts=5,
+        num_experts_per_tok=2,
+        max_position_embeddings=256,
+        sliding_window=None,
+        eos_token_id=2,
+    ),
+    # shared expert behind its sigmoid gate; layer 1 dense (mlp_only_layers)
+    "qwen2_moe": dict(
+        model_type="qwen2_moe",
+        experts_implementation="eager",
+        num_attention_heads=5,
+        num_key_value_heads=1,
+        intermediate_size=97,
+        moe_intermediate_size=67,
+        shared_expert_intermediate_size=89,
+        num_experts=7,
+        num_experts_per_tok=3,
+        norm_topk_prob=False,
+        mlp_only_layers=[1],
+        max_position_embeddings=256,
+    ),
+    # q/k RMSNorm per head, head_dim 24 != hidden / heads
+    "qwen3_moe": dict(
+        model_type="qwen3_moe",
+        experts_implementation="eager",
+        num_attention_heads=5,
+        num_key_value_heads=1,
+        head_dim=24,
+        intermediate_size=97,
+        moe_intermediate_size=67,
+        num_experts=6,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,
+        max_position_embeddings=256,
+    ),
+    # q/k RMSNorm over the whole projection
+    "olmoe": dict(
+        model_type="olmoe",
+        experts_implementation="eager",
+        num_attention_heads=5,
+        num_key_value_heads=5,
+        intermediate_size=67,
+        num_experts=5,
+        num_experts_per_tok=3,
+        norm_topk_prob=False,
+        max_position_embeddings=256,
+        eos_token_id=2,
+        pad_token_id=1,
+    ),
 }
 PARITY_ARCHS = ("llama", "llama_tied", "llama3", "mistral", "qwen2", "opt")
+MOE_ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 
 
 def hf_config(arch, **overrides):

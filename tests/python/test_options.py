@@ -143,6 +143,34 @@ def case_sparse_capacity(pkg, sparse_pkg):
         tierlm.load(sparse_pkg, sparse=True, sparse_capacity=-1)
 
 
+def case_expert_cache(pkg, sparse_pkg, tmp_path):
+    moe = package("mixtral", str(tmp_path), seed=2, num_local_experts=8)[1]
+    full = tierlm.load(moe).stats()
+    # a third of the experts' bytes: most experts on the disk tier, read through the cache
+    budget = full["kv_bytes"] + full["arena_bytes"] + full["weight_bytes"] // 3
+    ids = prompt(9)
+    tokens = {}
+    for policy in ("lru", "lfu"):
+        model = tierlm.load(moe, budget=budget, expert_cache=policy)
+        assert model.placement()["experts"]["policy"] == policy
+        tokens[policy] = model.generate(ids, max_new_tokens=6, stop_at_eos=False).output_ids
+        assert model.stats()["moe_misses"] > 0
+    assert tokens["lru"] == tokens["lfu"]
+    with pytest.raises(InvalidArgumentError, match='expert_cache "mru"'):
+        tierlm.load(moe, expert_cache="mru")
+
+
+def case_expert_prefetch(pkg, sparse_pkg, tmp_path):
+    moe = package("mixtral", str(tmp_path), seed=3, num_local_experts=8)[1]
+    full = tierlm.load(moe).stats()
+    budget = full["kv_bytes"] + full["arena_bytes"] + full["weight_bytes"] // 3
+    for prefetch in (True, False):
+        model = tierlm.load(moe, budget=budget, expert_prefetch=prefetch)
+        model.generate(prompt(9), max_new_tokens=4)
+        assert (model.stats()["moe_predicted_lookups"] > 0) is prefetch
+        assert (model.placement()["experts"]["router_bytes"] > 0) is prefetch
+
+
 LOAD_CASES = {
     "budget": case_budget,
     "threads": case_threads,
@@ -156,6 +184,8 @@ LOAD_CASES = {
     "sparse_window": case_sparse_window,
     "sparse_bundled": case_sparse_bundled,
     "sparse_capacity": case_sparse_capacity,
+    "expert_cache": case_expert_cache,
+    "expert_prefetch": case_expert_prefetch,
 }
 
 

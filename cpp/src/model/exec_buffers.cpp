@@ -7,6 +7,7 @@
 
 #include "model/op_resolve.hpp"
 #include "model/package_plans.hpp"
+#include "moe/moe_graph.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/planner/planner.hpp"
 
@@ -23,6 +24,7 @@ bool in_place_safe(OpKind kind) {
     case OpKind::kOpRope:
     case OpKind::kOpPositionEmbedding:
     case OpKind::kOpSiluMul:
+    case OpKind::kOpSigmoidGate:
       return true;
     default:
       return false;
@@ -55,6 +57,16 @@ uint64_t op_workspace(const Package& package, const Backend& backend, const Grap
     }
     case OpKind::kOpPositionEmbedding:
       return static_cast<uint64_t>(seq * graph.width(g.output)) * sizeof(float);
+    case OpKind::kOpMoe: {
+      const auto index = static_cast<size_t>(&g - graph.ops.data());
+      return moe_workspace(backend, moe_shape(package, g, index), static_cast<size_t>(seq));
+    }
+    case OpKind::kOpSigmoidGate: {
+      const TensorInfo* w = package.find_tensor(g.weight);
+      if (w == nullptr || g.inputs.empty()) return 0;  // op resolution names the fault
+      return sigmoid_gate_workspace(backend, static_cast<size_t>(graph.width(g.inputs[0])),
+                                    w->dtype, static_cast<size_t>(seq));
+    }
     default:
       return 0;
   }

@@ -7,12 +7,14 @@
 namespace tierlm::detail {
 
 Executor::Executor(ResolvedOps ops, Backend& backend, WeightStore& weights, KvCache& kv,
-                   SparseFfn* sparse, const float* rope_inv_freq, int64_t max_rows)
+                   SparseFfn* sparse, ExpertProvider* experts, const float* rope_inv_freq,
+                   int64_t max_rows)
     : resolved_(std::move(ops)),
       backend_(backend),
       weights_(weights),
       kv_(kv),
       sparse_(sparse),
+      experts_(experts),
       rope_inv_freq_(rope_inv_freq),
       positions_(static_cast<size_t>(max_rows)),
       shifted_(static_cast<size_t>(max_rows)) {}
@@ -82,9 +84,11 @@ void Executor::run_op(const ExecOp& op, const ExecBatch& batch) {
       backend_.add(op.out, rows_f32, elems);
       break;
     }
-    case OpKind::kOpRmsNorm:
-      backend_.rmsnorm(op.in[0], weight(op.weight), op.dtype, op.out, rows, width, op.eps);
+    case OpKind::kOpRmsNorm: {
+      const size_t dim = op.shape.head_dim > 0 ? op.shape.head_dim : width;  // per head
+      backend_.rmsnorm(op.in[0], weight(op.weight), op.dtype, op.out, elems / dim, dim, op.eps);
       break;
+    }
     case OpKind::kOpLayerNorm:
       if (op.norm_f32 != nullptr) {
         backend_.layernorm(op.in[0], op.norm_f32, op.normb_f32, DType::kDTypeF32, op.out, rows,
@@ -134,6 +138,16 @@ void Executor::run_op(const ExecOp& op, const ExecBatch& batch) {
       break;
     case OpKind::kOpSiluMul:
       backend_.silu_mul(op.in[0], op.in[1], op.out, elems);
+      break;
+    case OpKind::kOpMoe:
+      moe_run(backend_, *experts_, op.moe, resolved_.moe[op.moe],
+              op.moe + 1 < static_cast<int>(resolved_.moe.size()) ? &resolved_.moe[op.moe + 1]
+                                                                  : nullptr,
+              weight(op.weight), op.in[0], rows, op.out, op.workspace);
+      break;
+    case OpKind::kOpSigmoidGate:
+      sigmoid_gate_run(backend_, op.in[0], static_cast<size_t>(op.in_width), weight(op.weight),
+                       op.dtype, op.in[1], op.out, rows, width, op.workspace);
       break;
     case OpKind::kOpRelu:
       copy_input();

@@ -9,6 +9,7 @@
 #include "kernels/backend.hpp"
 #include "model/kv_cache.hpp"
 #include "model/op_resolve.hpp"
+#include "moe/moe_ffn.hpp"
 #include "sparse/sparse_ffn_layer.hpp"
 #include "weights/weight_store.hpp"
 
@@ -26,9 +27,10 @@ struct ExecBatch {
 
 class Executor {
  public:
-  // max_rows: the most rows a batch has (the arena was planned for it). sparse may be null.
+  // max_rows: the most rows a batch has (the arena was planned for it). sparse may be null;
+  // experts is null unless the graph has moe ops.
   Executor(ResolvedOps ops, Backend& backend, WeightStore& weights, KvCache& kv, SparseFfn* sparse,
-           const float* rope_inv_freq, int64_t max_rows);
+           ExpertProvider* experts, const float* rope_inv_freq, int64_t max_rows);
 
   // Runs the graph on the batch; returns the logits ([1, vocab] for one slot, [n, vocab] for a
   // batched decode), valid until the next run.
@@ -44,6 +46,7 @@ class Executor {
   WeightStore& weights_;
   KvCache& kv_;
   SparseFfn* sparse_;
+  ExpertProvider* experts_;
   const float* rope_inv_freq_;
   std::vector<int32_t> positions_;  // of each row of the batch
   std::vector<int32_t> shifted_;    // positions + a position table's offset

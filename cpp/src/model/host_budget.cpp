@@ -34,22 +34,29 @@ HostBudget host_budget_fit(const Package& package, const ModelOptions& options,
     size_sparse_caches(sparse_plan, 0, 1);
   }
   b.sparse_bytes = sparse_plan.host_bytes;
-  b.fixed_bytes = kv_bytes + arena_bytes + b.sparse_bytes;
+  b.fixed_bytes = kv_bytes + arena_bytes + b.sparse_bytes + demand.expert_min_bytes;
   const uint64_t needed = b.weight_bytes + b.fixed_bytes;
   const WeightPlacement probe =
       weight_placement(p, demand.tensors, 0, 0, demand.row_tensors, demand.chunk);
   b.minimum_budget = probe.minimum() + b.fixed_bytes;
-  if (needed <= options.host_budget) return b;
+  b.expert_budget = demand.expert_min_bytes;
+  if (needed <= options.host_budget) {
+    b.expert_budget += options.host_budget - needed;
+    return b;
+  }
 
-  const std::string sparse_part = options.sparse
-                                      ? " + sparse FFN neuron caches, staging and predictors " +
-                                            format_bytes(b.sparse_bytes) +
-                                            " (lower sparse_capacity or sparse_window)"
-                                      : std::string();
+  std::string also_held = options.sparse ? " + sparse FFN neuron caches, staging and predictors " +
+                                               format_bytes(b.sparse_bytes) +
+                                               " (lower sparse_capacity or sparse_window)"
+                                         : std::string();
+  if (demand.expert_min_bytes > 0) {
+    also_held += " + one expert of the expert cache (and the routers) " +
+                 format_bytes(demand.expert_min_bytes);
+  }
   const uint64_t minimum = b.minimum_budget;
   TIERLM_CHECK(b.fixed_bytes <= options.host_budget, kErrorBudget, "host tier: the KV cache (",
                format_bytes(kv_bytes), " for ", demand.max_batch, " x ", demand.context,
-               " tokens) and activations (", format_bytes(arena_bytes), ")", sparse_part,
+               " tokens) and activations (", format_bytes(arena_bytes), ")", also_held,
                " stay in the host tier and do not fit the host budget of ",
                format_bytes(options.host_budget),
                "; lower max_context or max_batch, or raise "
@@ -61,9 +68,8 @@ HostBudget host_budget_fit(const Package& package, const ModelOptions& options,
                format_bytes(minimum), " (", minimum, " bytes: resident norms/embeddings/lm_head ",
                format_bytes(probe.base_bytes), " + one staging section (the largest matrix) ",
                format_bytes(probe.section_bytes), " + KV cache ", format_bytes(kv_bytes),
-               " + activations ", format_bytes(arena_bytes), sparse_part,
-               ") but the host budget is ", format_bytes(options.host_budget),
-               "; raise the host budget or lower max_context");
+               " + activations ", format_bytes(arena_bytes), also_held, ") but the host budget is ",
+               format_bytes(options.host_budget), "; raise the host budget or lower max_context");
   b.streaming = true;
   b.placement =
       weight_placement(p, demand.tensors, options.host_budget - b.fixed_bytes,

@@ -23,6 +23,8 @@ struct HostDemand {
   int64_t max_batch = 1;                 // KV cache slots
   uint64_t kv_bytes = 0;                 // the KV cache's bytes
   uint64_t arena_bytes = 0;              // the arena plan's peak
+  uint64_t expert_bytes = 0;             // every moe expert homed on the host tier
+  uint64_t expert_min_bytes = 0;         // the least the expert store runs in (expert_store.hpp)
 };
 
 struct HostBudget {
@@ -30,7 +32,10 @@ struct HostBudget {
   uint64_t arena_bytes = 0;   // ... and the size the arena is allocated with
   uint64_t weight_bytes = 0;  // every weight resident
   uint64_t sparse_bytes = 0;  // the sparse FFN's caches, staging, predictors and scratch
-  uint64_t fixed_bytes = 0;   // KV cache + arena + sparse: held whatever the weights do
+  uint64_t fixed_bytes = 0;   // KV cache + arena + sparse + one expert: held whatever happens
+  // The expert store's share: what the other weights leave (they are read on every token,
+  // an expert only when routed to), at least one expert.
+  uint64_t expert_budget = 0;
   bool streaming = false;
   WeightPlacement placement;    // when streaming
   uint64_t minimum_budget = 0;  // the least host budget that loads (streaming)

@@ -10,6 +10,7 @@
 #include "kernels/backend.hpp"
 #include "model/executor.hpp"
 #include "model/kv_cache.hpp"
+#include "moe/expert_store.hpp"
 #include "sparse/sparse_ffn_layer.hpp"
 #include "tierlm/model/model.hpp"
 #include "weights/weight_store.hpp"
@@ -26,6 +27,7 @@ struct Model::Impl {
   std::unique_ptr<detail::Backend> backend;
   std::unique_ptr<detail::WeightStore> weights;
   detail::StreamingWeightStore* stream = nullptr;  // weights, when streaming
+  std::unique_ptr<detail::ExpertStore> experts;    // when the graph has moe ops
   std::unique_ptr<detail::SparseFfn> sparse;       // ModelOptions::sparse
   std::unique_ptr<detail::KvCache> kv;
   HostBuffer arena;

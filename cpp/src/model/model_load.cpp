@@ -10,6 +10,7 @@
 #include "model/model_impl.hpp"
 #include "model/op_resolve.hpp"
 #include "model/package_plans.hpp"
+#include "moe/moe_graph.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/core/parallel.hpp"
 
@@ -87,6 +88,11 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     if (!op.weight.empty()) demand.tensors.push_back(detail::graph_weight_name(p, op));
     if (!op.bias.empty()) demand.tensors.push_back(op.bias);
   }
+  // Experts: the expert store holds them (homed or cached) under what the rest leaves.
+  if (!detail::moe_ops(p).empty()) {
+    demand.expert_bytes = detail::expert_resident_bytes(p);
+    demand.expert_min_bytes = detail::expert_store_minimum(p, options.expert_prefetch);
+  }
   // Sparse FFN: the FFN matrices are read per neuron from the bundles, not by the store.
   detail::SparseFfnPlan sparse_plan;
   if (options.sparse) {
@@ -127,13 +133,22 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   m.arena = m.host->allocate(budget.arena_bytes);
   std::memset(m.arena.data(), 0, m.arena.size());
   if (options.sparse) m.sparse = std::make_unique<detail::SparseFfn>(sparse_plan, *m.host);
+  if (demand.expert_bytes > 0) {
+    m.experts = std::make_unique<detail::ExpertStore>(
+        p, *m.host,
+        detail::ExpertStoreOptions{.budget = budget.expert_budget,
+                                   .policy = detail::expert_policy_parse(options.expert_cache),
+                                   .prefetch = options.expert_prefetch,
+                                   .verify = options.verify});
+  }
   m.sparse_verify = sparse_plan.verify;
 
   detail::ResolvedOps ops =
       detail::ops_resolve(p, assignment, m.plan, static_cast<char*>(m.arena.data()), *m.weights,
                           *m.backend, options.sparse ? &sparse_plan : nullptr, m.context);
   m.executor = std::make_unique<detail::Executor>(std::move(ops), *m.backend, *m.weights, *m.kv,
-                                                  m.sparse.get(), c.rope_inv_freq.data(), m.chunk);
+                                                  m.sparse.get(), m.experts.get(),
+                                                  c.rope_inv_freq.data(), m.chunk);
   m.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return Model(std::move(impl));
 }

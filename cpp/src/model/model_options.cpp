@@ -1,4 +1,5 @@
 // ModelOptions' numeric fields against the option range table, before a load does any work.
+#include "moe/expert_policy.hpp"
 #include "tierlm/core/limits.hpp"
 #include "tierlm/model/model.hpp"
 
@@ -13,6 +14,7 @@ void check_model_options(const ModelOptions& o) {
   check_option("ring_sections", o.ring_sections);
   check_option("sparse_window", o.sparse_window);
   check_option("sparse_capacity", o.sparse_capacity);
+  detail::expert_policy_parse(o.expert_cache);
 }
 
 }  // namespace tierlm

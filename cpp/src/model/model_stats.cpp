@@ -46,10 +46,24 @@ ModelStats Model::stats() const {
       s.io_registered = io.registered;
     }
   }
+  if (m.experts) {
+    // Expert reads (homed experts at load, misses since) count as disk reads; the homed
+    // experts and the cache hold weights.
+    static_cast<MoeStats&>(s) = m.experts->stats();
+    const ExpertPlacement& ep = m.experts->placement();
+    s.disk_bytes_read += ep.host_bytes + ep.router_bytes + s.moe_bytes_read;
+    s.weight_bytes += ep.host_bytes + ep.cache_bytes + ep.router_bytes;
+    s.verify.add(m.experts->verify());
+  }
   return s;
 }
 
 const WeightPlacement& Model::placement() const { return impl_->placement; }
+
+const ExpertPlacement& Model::expert_placement() const {
+  static const ExpertPlacement kNone;
+  return impl_->experts ? impl_->experts->placement() : kNone;
+}
 
 std::vector<StreamEvent> Model::stream_events() const {
   if (impl_->stream == nullptr) return {};

@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "moe/moe_graph.hpp"
 #include "tierlm/core/error.hpp"
 
 namespace tierlm::detail {
@@ -146,7 +147,12 @@ ResolvedOps ops_resolve(const Package& package, const BufferAssignment& assignme
         break;
       case OpKind::kOpRmsNorm:
         need_inputs(1);
-        need_shape(wi, {op.width});
+        TIERLM_CHECK(g.head_dim >= 0 && g.head_dim <= op.width &&
+                         (g.head_dim == 0 || op.width % g.head_dim == 0),
+                     kErrorCorrupt, where, ": head_dim ", g.head_dim, " does not divide width ",
+                     op.width);
+        op.shape.head_dim = static_cast<size_t>(g.head_dim);
+        need_shape(wi, {g.head_dim > 0 ? g.head_dim : op.width});
         need_unquantized(wi);
         break;
       case OpKind::kOpLayerNorm:
@@ -210,6 +216,17 @@ ResolvedOps ops_resolve(const Package& package, const BufferAssignment& assignme
         need_inputs(2);
         TIERLM_CHECK(p.graph.width(g.inputs[1]) == op.width && op.in_width == op.width,
                      kErrorCorrupt, where, ": inputs differ in width");
+        break;
+      case OpKind::kOpMoe:
+        need_inputs(1);
+        op.moe = static_cast<int>(r.moe.size());
+        r.moe.push_back(moe_shape(p, g, i));
+        break;
+      case OpKind::kOpSigmoidGate:
+        need_inputs(2);
+        need_shape(wi, {1, op.in_width});
+        TIERLM_CHECK(p.graph.width(g.inputs[1]) == op.width, kErrorCorrupt, where,
+                     ": the gated input and the output differ in width");
         break;
       case OpKind::kOpRelu:
       case OpKind::kOpGelu:

@@ -11,6 +11,7 @@
 #include "kernels/backend.hpp"
 #include "model/exec_buffers.hpp"
 #include "model/kv_cache.hpp"
+#include "moe/moe_ffn.hpp"
 #include "sparse/sparse_ffn_layer.hpp"
 #include "tierlm/model/package.hpp"
 #include "weights/weight_store.hpp"
@@ -35,9 +36,11 @@ struct ExecOp {
   const float* norm_f32 = nullptr;  // layernorm: weight and bias as f32 (dtypes differ)
   const float* normb_f32 = nullptr;
   float eps = 1e-5f;
-  AttentionShape shape;  // rope: n_heads, head_dim; attention: heads and kv_capacity
+  AttentionShape shape;  // rope: n_heads, head_dim; attention: heads and kv_capacity;
+                         // rmsnorm: head_dim when it normalises each head apart (else 0)
   float scale = 1.0f;
   int kv = -1;         // attention: layer in the KV cache
+  int moe = -1;        // moe: index in ResolvedOps::moe (and the ExpertProvider's moe number)
   int64_t offset = 0;  // position embedding: index of position 0 in the table
   // Sparse FFN (ModelOptions::sparse): the layer's index in the sparse plan; the up op runs
   // the whole FFN into its own buffer, the down op copies that out (relu is dropped).
@@ -50,6 +53,7 @@ struct ExecOp {
 struct ResolvedOps {
   std::vector<ExecOp> ops;
   std::vector<std::vector<float>> converted;  // f32 copies of small tensors the ops point at
+  std::vector<MoeShape> moe;                  // of each moe op, in graph order
   float* logits = nullptr;                    // the graph output in the arena
 };
 

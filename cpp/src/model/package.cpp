@@ -52,8 +52,17 @@ const char* op_kind_name(OpKind kind) {
       return "gelu";
     case OpKind::kOpLmHead:
       return "lm_head";
+    case OpKind::kOpMoe:
+      return "moe";
+    case OpKind::kOpSigmoidGate:
+      return "sigmoid_gate";
   }
   return "unknown";
+}
+
+std::string moe_expert_tensor(const std::string& prefix, int64_t expert, ExpertPart part) {
+  static const char* const kParts[kExpertParts] = {"gate", "up", "down"};
+  return prefix + "." + std::to_string(expert) + "." + kParts[static_cast<int>(part)] + ".weight";
 }
 
 int64_t Graph::width(const std::string& value) const {
@@ -92,12 +101,20 @@ constexpr uint64_t kTensorAlignment = 4096;
 
 OpKind parse_op_kind(const std::string& name, size_t index) {
   static const std::pair<const char*, OpKind> kKinds[] = {
-      {"embedding", OpKind::kOpEmbedding}, {"position_embedding", OpKind::kOpPositionEmbedding},
-      {"rmsnorm", OpKind::kOpRmsNorm},     {"layernorm", OpKind::kOpLayerNorm},
-      {"linear", OpKind::kOpLinear},       {"rope", OpKind::kOpRope},
-      {"attention", OpKind::kOpAttention}, {"add", OpKind::kOpAdd},
-      {"silu_mul", OpKind::kOpSiluMul},    {"relu", OpKind::kOpRelu},
-      {"gelu", OpKind::kOpGelu},           {"lm_head", OpKind::kOpLmHead},
+      {"embedding", OpKind::kOpEmbedding},
+      {"position_embedding", OpKind::kOpPositionEmbedding},
+      {"rmsnorm", OpKind::kOpRmsNorm},
+      {"layernorm", OpKind::kOpLayerNorm},
+      {"linear", OpKind::kOpLinear},
+      {"rope", OpKind::kOpRope},
+      {"attention", OpKind::kOpAttention},
+      {"add", OpKind::kOpAdd},
+      {"silu_mul", OpKind::kOpSiluMul},
+      {"relu", OpKind::kOpRelu},
+      {"gelu", OpKind::kOpGelu},
+      {"lm_head", OpKind::kOpLmHead},
+      {"moe", OpKind::kOpMoe},
+      {"sigmoid_gate", OpKind::kOpSigmoidGate},
   };
   for (const auto& [text, kind] : kKinds) {
     if (name == text) return kind;
@@ -108,6 +125,8 @@ OpKind parse_op_kind(const std::string& name, size_t index) {
 
 // The widest activation a graph may declare (2^24 floats per token: far past any model).
 constexpr int64_t kMaxGraphWidth = int64_t{1} << 24;
+// The most experts a moe op may route among (models have up to a few hundred).
+constexpr int64_t kMaxExperts = 4096;
 constexpr int64_t kInt32Max = INT32_MAX;
 
 // A layer index: -1 (outside the layer stack) to INT32_MAX, so narrowing it to int is exact
@@ -271,6 +290,19 @@ Graph parse_graph(const Json& json) {
     op.head_dim = config_int(j, "head_dim", 0);
     op.scale = config_number(j, "scale", 0.0);
     op.offset = config_int(j, "offset", 0);
+    op.layer = static_cast<int>(config_int(j, "layer", -1));
+    op.experts = config_int(j, "experts", 0);
+    op.top_k = config_int(j, "top_k", 0);
+    if (const Json* v = j.find("norm_topk"); v != nullptr && !v->is_null()) {
+      op.norm_topk = v->as_bool(where + ".norm_topk");
+    }
+    op.expert_prefix = optional_string(j, "expert_prefix", where);
+    if (op.kind == OpKind::kOpMoe) {
+      TIERLM_CHECK(op.experts >= 1 && op.experts <= kMaxExperts && op.top_k >= 1 &&
+                       op.top_k <= op.experts && !op.expert_prefix.empty(),
+                   kErrorCorrupt, where, ": moe needs 1 <= top_k (", op.top_k, ") <= experts (",
+                   op.experts, ") <= ", kMaxExperts, " and an expert_prefix");
+    }
     op.layer = parse_layer(j, where);
     for (const auto& [name, count] : {std::pair<const char*, int64_t>{"heads", op.heads},
                                       {"kv_heads", op.kv_heads},
@@ -425,6 +457,11 @@ Package package_open(const std::string& path) {
         continue;  // tied: the executor uses embed.weight
       }
       p.tensor(*name);
+    }
+    for (int64_t e = 0; e < (op.kind == OpKind::kOpMoe ? op.experts : 0); ++e) {
+      for (int part = 0; part < kExpertParts; ++part) {
+        p.tensor(moe_expert_tensor(op.expert_prefix, e, static_cast<ExpertPart>(part)));
+      }
     }
   }
   return p;

@@ -28,9 +28,10 @@ class ArchPlan:
 
 
 def _registry():
-    from tierlm.archs import llama, opt
+    from tierlm.archs import llama, moe, opt
 
-    return {model_type: module for module in (llama, opt) for model_type in module.MODEL_TYPES}
+    modules = (llama, moe, opt)
+    return {model_type: module for module in modules for model_type in module.MODEL_TYPES}
 
 
 def arch_lookup(hf_config, where="config.json"):

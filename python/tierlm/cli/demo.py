@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from tierlm.cli.ranges import format_ranges
 from tierlm.sizes import format_size, parse_size
 
 # Checkpoint files copied from the shipped model (predictors and notes stay behind).
@@ -154,20 +155,10 @@ def _placement_text(model):
     if not p["streaming"]:
         return "every weight resident in the host tier"
     return (
-        f"layers {_ranges(p['resident_layers'])} resident, {_ranges(p['streamed_layers'])} "
+        f"layers {format_ranges(p['resident_layers'], ', ') or 'none'} resident, "
+        f"{format_ranges(p['streamed_layers'], ', ') or 'none'} "
         f"streamed through {p['sections']} ring sections of {format_size(p['section_bytes'])}"
     )
-
-
-def _ranges(layers):
-    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8' ('none' for no layer)."""
-    runs = []
-    for layer in sorted(layers):
-        if runs and layer == runs[-1][1] + 1:
-            runs[-1][1] = layer
-        else:
-            runs.append([layer, layer])
-    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs) or "none"
 
 
 def _disk_text(stats):

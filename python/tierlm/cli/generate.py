@@ -4,6 +4,8 @@ import importlib.util
 import json
 import sys
 
+from tierlm.cli.moe_report import print_expert_placement, print_moe
+from tierlm.cli.ranges import format_ranges
 from tierlm.errors import InvalidArgumentError, UnsupportedError
 from tierlm.sizes import format_size
 
@@ -179,6 +181,7 @@ def run(args):
         )
     if s["sparse"]:
         print_sparse(s, sys.stderr)
+    print_moe(s, sys.stderr)
     if args.timeline:
         plot_timeline(model, args.timeline)
     return 0
@@ -212,6 +215,7 @@ def print_sparse(s, out):
 def print_placement(model, out):
     p = model.placement()
     s = model.stats()
+    print_expert_placement(model, out)
     if s["sparse"]:
         caps = s["sparse_capacity"]
         print(
@@ -223,7 +227,8 @@ def print_placement(model, out):
         )
     if not p["streaming"]:
         print(
-            "placement: all weights resident in the host tier "
+            f"placement: all {'other ' if p.get('experts') else ''}weights resident in the host "
+            "tier "
             f"({format_size(p['resident_bytes'])})",
             file=out,
         )
@@ -231,8 +236,8 @@ def print_placement(model, out):
     print(
         f"placement: resident {format_size(p['resident_bytes'])} "
         f"(embeddings, lm_head, norms, biases: {format_size(p['base_bytes'])}; "
-        f"layers {_ranges(p['resident_layers']) or 'none'}), "
-        f"streamed layers {_ranges(p['streamed_layers'])} "
+        f"layers {format_ranges(p['resident_layers']) or 'none'}), "
+        f"streamed layers {format_ranges(p['streamed_layers'])} "
         f"({format_size(p['streamed_bytes'])} read per token, "
         f"{len(p['streamed_tensors'])} tensors; {len(p['pinned_tensors'])} matrices of "
         "streamed layers kept resident)"
@@ -251,17 +256,6 @@ def print_placement(model, out):
         f"{format_size(s['host']['budget'])} (minimum {format_size(p['minimum_budget'])})",
         file=out,
     )
-
-
-def _ranges(layers):
-    parts, start = [], None
-    for i, layer in enumerate(layers):
-        if start is None:
-            start = layer
-        if i + 1 == len(layers) or layers[i + 1] != layer + 1:
-            parts.append(str(start) if start == layer else f"{start}-{layer}")
-            start = None
-    return ",".join(parts)
 
 
 def plot_timeline(model, path):

@@ -1,6 +1,8 @@
 """A GGUF file as an export source: a Hugging Face style config from its metadata, its tensors
 under Hugging Face names (so the architecture plans of tierlm.archs apply unchanged), Q and K
 rows put back in Hugging Face's rotary order, and the tokenizer rebuilt from its vocabulary.
+A llama GGUF with experts (Mixtral) stacks them: ffn_{gate,up,down}_exps [experts, rows,
+cols] are read as one entry per expert, Mixtral's names.
 """
 
 import os
@@ -32,7 +34,10 @@ _LAYER_NAMES = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    "ffn_gate_inp": "block_sparse_moe.gate",
 }
+# stacked experts -> Mixtral's name of one expert's matrix
+_EXPERTS = {"ffn_gate_exps": "w1", "ffn_up_exps": "w3", "ffn_down_exps": "w2"}
 _LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
 
 
@@ -122,10 +127,20 @@ class GGUFSource:
 
     def _config(self):
         model_type, hf_class = ARCHITECTURES[self.arch]
-        if experts := self.meta("expert_count", int):
-            raise UnsupportedError(
-                f"{self.path}: mixture-of-experts GGUF ({experts} experts) is not supported"
-            )
+        experts = self.meta("expert_count", int)
+        moe = {}
+        if experts:
+            if self.arch != "llama":
+                raise UnsupportedError(
+                    f"{self.path}: mixture-of-experts GGUF of architecture {self.arch!r} is not "
+                    "supported (tierlm imports llama-architecture ones: Mixtral)"
+                )
+            model_type, hf_class = "mixtral", "MixtralForCausalLM"
+            moe = {
+                "num_local_experts": self._positive("expert_count", experts),
+                "num_experts_per_tok": self._require("expert_used_count"),
+                "sliding_window": None,
+            }
         names = {t.name for t in self.reader.tensors}
         if "rope_freqs.weight" in names:
             raise UnsupportedError(
@@ -180,6 +195,7 @@ class GGUFSource:
             "hidden_act": "silu",
             "bos_token_id": bos,
             "eos_token_id": eos,
+            **moe,
         }
 
     def _checkpoint(self):
@@ -200,11 +216,30 @@ class GGUFSource:
                     f"{self.path}: 1-D tensor {t.name} is {t.tensor_type.name}; tierlm keeps "
                     "norms and biases in f32 and imports them from F32, F16 or BF16 only"
                 )
+            m = _LAYER.match(t.name)
+            if m and m.group(2) in _EXPERTS:
+                entries.update(self._expert_entries(t, m.group(1), _EXPERTS[m.group(2)], dtype))
+                continue
             entries[name] = Entry(self.path, dtype, shape, int(t.data_offset), int(t.n_bytes))
             for module, count in heads.items():
                 if f".{module}." in name:
                     permuted[name] = count
         return GGUFCheckpoint(self.path, entries, permuted)
+
+    def _expert_entries(self, t, layer, part, dtype):
+        """One entry per expert of a stacked [experts, rows, cols] tensor: its bytes are the
+        experts' matrices back to back."""
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        if len(shape) != 3:
+            raise UnsupportedError(f"{self.path}: tensor {t.name} has shape {list(shape)}, not 3-D")
+        each = int(t.n_bytes) // shape[0]
+        prefix = f"model.layers.{layer}.block_sparse_moe.experts"
+        return {
+            f"{prefix}.{e}.{part}.weight": Entry(
+                self.path, dtype, shape[1:], int(t.data_offset) + e * each, each
+            )
+            for e in range(shape[0])
+        }
 
     def write_tokenizer(self, package_dir):
         """Writes tokenizer/ (tokenizer.json, tokenizer_config.json) into the package being

@@ -16,6 +16,7 @@
 #include "tierlm/core/export.hpp"
 #include "tierlm/memory/tier.hpp"
 #include "tierlm/model/package.hpp"
+#include "tierlm/moe/moe_stats.hpp"
 #include "tierlm/sparse/sparse_stats.hpp"
 #include "tierlm/weights/placement.hpp"
 #include "tierlm/weights/stream_stats.hpp"
@@ -42,6 +43,12 @@ struct TIERLM_API ModelOptions {
   int64_t sparse_window = 4;    // tokens whose neurons stay cached (1 = no window)
   bool sparse_bundled = true;   // false: up and down parts read apart, no coalescing (ablation)
   int64_t sparse_capacity = 0;  // cached neurons per layer; 0 = auto from the predictors
+  // Mixture of experts: the replacement policy of the host-tier cache of disk-homed experts,
+  // "lru" or "lfu" (use counts that halve every 64 steps).
+  std::string expert_cache = "lru";
+  // Predict the experts of layer i+1 by applying its router to layer i's input and read the
+  // missing ones while layer i computes (the routers stay in the host tier for it).
+  bool expert_prefetch = true;
 };
 
 // Throws kErrorInvalidArgument naming the first numeric option outside its range
@@ -69,7 +76,7 @@ struct TIERLM_API MemoryPlan {
 // The model's report: totals since load of prefill and decode, its host-tier footprint, and
 // the streaming store's and the sparse FFN's records (each defined beside its producer), with
 // the figures derived from them.
-struct TIERLM_API ModelStats : StreamStats, SparseStats {
+struct TIERLM_API ModelStats : StreamStats, SparseStats, MoeStats {
   uint64_t prefill_tokens = 0;  // totals since load
   uint64_t decode_tokens = 0;
   double prefill_seconds = 0.0;
@@ -88,6 +95,7 @@ struct TIERLM_API ModelStats : StreamStats, SparseStats {
     ModelStats d = *this;
     static_cast<StreamStats&>(d) = StreamStats::since(before);
     static_cast<SparseStats&>(d) = SparseStats::since(before);
+    static_cast<MoeStats&>(d) = MoeStats::since(before);
     d.prefill_tokens -= before.prefill_tokens;
     d.decode_tokens -= before.decode_tokens;
     d.prefill_seconds -= before.prefill_seconds;
@@ -153,6 +161,8 @@ class TIERLM_API Model {
 
   ModelStats stats() const;
   const WeightPlacement& placement() const;
+  // Mixture of experts: where each expert lives (ExpertPlacement::moe false without moe layers).
+  const ExpertPlacement& expert_placement() const;
   // One event per streamed layer's end (time, wait, bytes read so far), oldest first.
   std::vector<StreamEvent> stream_events() const;
   // Sparse FFN: one entry per token since load, oldest first (the last 16384 kept).

@@ -67,6 +67,8 @@ enum class OpKind {
   kOpRelu,
   kOpGelu,
   kOpLmHead,
+  kOpMoe,          // routed experts (tierlm/model/package.hpp: moe_expert_tensor)
+  kOpSigmoidGate,  // out = sigmoid(in[0] . weight[0]) * in[1], row by row
 };
 
 TIERLM_API const char* op_kind_name(OpKind kind);
@@ -84,7 +86,20 @@ struct TIERLM_API GraphOp {
   double scale = 0.0;
   int64_t offset = 0;  // position_embedding: index of position 0 in the table
   int layer = -1;
+  // moe: `weight` is the router [experts, width]; expert e's matrices are named by
+  // moe_expert_tensor(expert_prefix, e, part).
+  int64_t experts = 0;
+  int64_t top_k = 0;
+  bool norm_topk = false;  // renormalise the top_k probabilities to sum 1
+  std::string expert_prefix;
 };
+
+// The parts of an expert, in the order the package stores them (back to back: one read).
+enum class ExpertPart { kExpertPartGate, kExpertPartUp, kExpertPartDown };
+constexpr int kExpertParts = 3;
+// "<prefix>.<e>.gate.weight" (up, down): gate and up [inner, width], down [width, inner].
+TIERLM_API std::string moe_expert_tensor(const std::string& prefix, int64_t expert,
+                                         ExpertPart part);
 
 struct TIERLM_API Graph {
   std::vector<std::pair<std::string, int64_t>> values;  // name -> width, in file order

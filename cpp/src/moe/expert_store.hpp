@@ -1,0 +1,120 @@
+// The tiered expert store: each expert (its gate, up and down matrices, stored back to back in
+// the package so that one read fetches it) is homed on the host tier, read at load, or on the
+// disk tier, read with O_DIRECT through the I/O engine into a host-tier expert cache whose
+// replacement policy (expert_policy.hpp) picks what to evict. A step's misses are issued as one
+// batch of reads when the router has chosen (route), and waited for as each expert is used.
+// With prefetch, the store keeps every router in the host tier, and moe_run reads the experts
+// it predicts for layer i+1 (prefetch) while layer i computes.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "moe/expert_policy.hpp"
+#include "moe/moe_ffn.hpp"
+#include "tierlm/io/io.hpp"
+#include "tierlm/memory/tier.hpp"
+#include "tierlm/model/package.hpp"
+#include "tierlm/moe/moe_stats.hpp"
+
+namespace tierlm::detail {
+
+struct ExpertStoreOptions {
+  uint64_t budget = 0;  // host bytes for the experts: homed ones + the cache
+  ExpertPolicyKind policy = ExpertPolicyKind::kExpertPolicyLru;
+  bool prefetch = true;
+  bool verify = false;  // check every expert's (and router's) CRC-32 at load
+};
+
+// Host bytes of one expert cache slot (the largest expert's read).
+uint64_t expert_slot_bytes(const Package& package);
+// The least budget the store loads in: one slot, plus the routers when it prefetches.
+uint64_t expert_store_minimum(const Package& package, bool prefetch);
+// Host bytes of every expert homed on the host tier (no cache).
+uint64_t expert_resident_bytes(const Package& package);
+
+class ExpertStore final : public ExpertProvider {
+ public:
+  // Throws kErrorBudget when options.budget holds less than one slot. The package must outlive
+  // the store.
+  ExpertStore(const Package& package, HostTier& host, const ExpertStoreOptions& options);
+  ~ExpertStore() override;
+  ExpertStore(const ExpertStore&) = delete;
+  ExpertStore& operator=(const ExpertStore&) = delete;
+
+  void route(int moe, std::span<const int32_t> experts, size_t tokens) override;
+  const void* next_router(int moe) const override;
+  void prefetch(int moe, std::span<const int32_t> experts) override;
+  ExpertWeights expert(int moe, int32_t e) override;
+  void release(int moe, int32_t e) override;
+
+  const ExpertPlacement& placement() const { return placement_; }
+  const MoeStats& stats() const { return stats_; }
+  const VerifyStats& verify() const { return verify_; }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  struct Read {
+    int file;      // in files_
+    uint64_t rel;  // in the expert's slot
+    uint64_t offset;
+    uint64_t len;
+  };
+  struct Expert {
+    int n_reads = 0;
+    Read reads[kExpertParts];
+    uint64_t part_rel[kExpertParts] = {0, 0, 0};
+    const TensorInfo* part[kExpertParts] = {nullptr, nullptr, nullptr};
+    char* host = nullptr;  // homed on the host tier: its bytes; else nullptr
+    int slot = -1;         // in the cache (or being read into it), else -1
+  };
+  struct Slot {
+    int key = -1;
+    bool pinned = false;      // routed this step and not yet released, or prefetched
+    bool prefetched = false;  // read ahead and not used yet
+    std::vector<IoFuture> futures;
+  };
+
+  int key(int moe, int32_t e) const { return first_key_[moe] + e; }
+  char* slot_data(int slot) { return static_cast<char*>(cache_.data()) + slot * slot_bytes_; }
+  // A slot to read into: a free one, else the policy's victim among the unpinned ones (all ones
+  // with `any`); -1: none.
+  int take_slot(bool any);
+  void add_expert(const Package& package, const std::vector<const TensorInfo*>& parts);
+  void read_homed(const Package& package, bool verify);
+  void read_routers(const Package& package, HostTier& host, const std::vector<size_t>& ops,
+                    uint64_t bytes, bool verify);
+  // Assigns expert k to the slot and queues its reads; flush() submits the queue, one batch
+  // per file.
+  void queue(int k, int slot);
+  void flush();
+  void wait(int slot);
+
+  HostTier& host_;
+  std::vector<File> files_;
+  std::unordered_map<std::string, int> file_index_;  // package file name -> files_ index
+  std::vector<Expert> experts_;                      // by key
+  std::vector<int> first_key_;                       // per moe op
+  uint64_t slot_bytes_ = 0;
+  HostBuffer homed_;
+  HostBuffer cache_;
+  std::vector<Slot> slots_;
+  std::vector<int> candidates_;      // scratch of take_slot
+  std::vector<IoRequest> requests_;  // scratch of flush
+  std::vector<int> queued_;
+  HostBuffer routers_;                    // with prefetch: every moe op's router
+  std::vector<uint64_t> router_at_;       // its offset in routers_, per moe op
+  std::vector<uint8_t> predicted_;        // by key: named by the last prediction of its layer
+  std::vector<uint8_t> layer_predicted_;  // per moe op: a prediction awaits its route
+  std::vector<int> prefetched_slots_;     // pinned by prefetch until the layer's route
+  std::unique_ptr<ExpertPolicy> policy_;
+  ExpertPlacement placement_;
+  MoeStats stats_;
+  VerifyStats verify_;
+};
+
+}  // namespace tierlm::detail
