@@ -4,7 +4,6 @@
 
 #include <sys/stat.h>
 
-#include <array>
 #include <cerrno>
 #include <climits>
 #include <cmath>
@@ -14,7 +13,6 @@
 #include <unordered_set>
 
 #include "core/json.hpp"
-#include "io/file_reader.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/memory/tier.hpp"
 
@@ -430,51 +428,6 @@ Package package_open(const std::string& path) {
     }
   }
   return p;
-}
-
-namespace {
-
-std::array<uint32_t, 256> make_crc_table() {
-  std::array<uint32_t, 256> table{};
-  for (uint32_t i = 0; i < 256; ++i) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-    table[i] = c;
-  }
-  return table;
-}
-
-}  // namespace
-
-uint32_t crc32_update(uint32_t crc, const void* data, size_t size) {
-  static const std::array<uint32_t, 256> kTable = make_crc_table();
-  const auto* bytes = static_cast<const unsigned char*>(data);
-  crc = ~crc;
-  for (size_t i = 0; i < size; ++i) crc = kTable[(crc ^ bytes[i]) & 0xFF] ^ (crc >> 8);
-  return ~crc;
-}
-
-void package_verify(const Package& package) {
-  std::vector<char> buffer(1 << 20);
-  std::unordered_map<std::string, detail::FileReader> readers;
-  for (const TensorInfo& t : package.tensors) {
-    if (!t.has_crc32) continue;
-    auto it = readers.find(t.file);
-    if (it == readers.end()) {
-      it = readers.emplace(t.file, detail::FileReader(package.file_path(t.file))).first;
-    }
-    uint32_t crc = 0;
-    for (uint64_t done = 0; done < t.nbytes;) {
-      const size_t chunk = static_cast<size_t>(std::min<uint64_t>(buffer.size(), t.nbytes - done));
-      it->second.read(buffer.data(), chunk, t.offset + done, "tensor `" + t.name + "`");
-      crc = crc32_update(crc, buffer.data(), chunk);
-      done += chunk;
-    }
-    TIERLM_CHECK(crc == t.crc32, kErrorCorrupt, "tensor `", t.name, "` (", format_bytes(t.nbytes),
-                 " at offset ", t.offset, ") in ", package.file_path(t.file),
-                 ": checksum mismatch (CRC-32 ", crc, ", manifest says ", t.crc32,
-                 "); the file is damaged, export the package again");
-  }
 }
 
 }  // namespace tierlm

@@ -13,6 +13,7 @@ import zlib
 
 import numpy as np
 
+from tierlm import writer
 from tierlm.errors import CorruptError
 
 FORMAT = "tierlm-train-checkpoint"
@@ -33,34 +34,66 @@ def _write_file(path, parts):
     """Writes the byte parts to path (fsynced) and returns their CRC-32 and length."""
     crc = 0
     size = 0
-    with open(path, "wb") as f:
+    with writer.writing(path), open(path, "wb") as f:
         for part in parts:
             mv = memoryview(np.ascontiguousarray(part)).cast("B")
-            f.write(mv)
+            writer.write(f, mv)
             crc = zlib.crc32(mv, crc)
             size += len(mv)
-        f.flush()
-        os.fsync(f.fileno())
+        writer.fsync(f)
     return crc, size
 
 
 def _replace_atomic(path, text):
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with writer.writing(tmp), open(tmp, "w") as f:
+            writer.write(f, text)
+            writer.fsync(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     _fsync_dir(os.path.dirname(path) or ".")
+
+
+def _latest_name(directory):
+    try:
+        with open(os.path.join(directory, LATEST)) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
 
 
 def write(directory, name, meta, items, dp):
     """items: (unit, payload_fn) pairs this rank owns; dp: the trainer's DataParallel (ranks
-    agree on one directory name and share their files' CRCs). Returns the checkpoint's path."""
+    agree on one directory name and share their files' CRCs). Returns the checkpoint's path.
+    A failure to write (ENOSPC, EIO, EFBIG) removes this save's files and raises an OSError
+    naming the file; LATEST and the checkpoint it names are left as they were."""
     os.makedirs(directory, exist_ok=True)
     final_name = dp.agree(f"{name}-{time.time_ns()}")
     tmp = os.path.join(directory, f"{final_name}.tmp")
     final = os.path.join(directory, final_name)
+    try:
+        _write_files(directory, tmp, final, final_name, meta, items, dp)
+    except OSError as error:
+        latest = _latest_name(directory)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if latest == final_name:  # only syncing the directory failed: LATEST moved already
+            kept = f"LATEST names the new checkpoint {final}, whose files are complete"
+        else:
+            shutil.rmtree(final, ignore_errors=True)
+            kept = (
+                f"the previous checkpoint {os.path.join(directory, latest)} (LATEST) is intact"
+                if latest
+                else "no earlier checkpoint was there"
+            )
+        raise writer.write_error(error, f"checkpoint save to {directory}", kept) from error
+    dp.barrier()
+    return final
+
+
+def _write_files(directory, tmp, final, final_name, meta, items, dp):
     os.makedirs(tmp, exist_ok=True)
     crcs = {}
     for u, payload in items:
@@ -81,8 +114,6 @@ def write(directory, name, meta, items, dp):
             full = os.path.join(directory, entry)
             if entry.startswith("ckpt-") and entry != final_name and os.path.isdir(full):
                 shutil.rmtree(full, ignore_errors=True)
-    dp.barrier()
-    return final
 
 
 def _plain_name(name):
