@@ -12,18 +12,32 @@
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <system_error>
 
 namespace tierlm::fuzz {
 
-// A folder under $TMPDIR that lives as long as the process and is removed at exit.
-inline const std::string& scratch_dir() {
-  static const std::string dir = [] {
+// A folder under $TMPDIR that lives as long as the process: removed by a static's destructor
+// (an atexit handler registered inside the static's initializer ran after its destruction).
+class ScratchDir {
+ public:
+  ScratchDir() {
     std::string tmpl = (std::filesystem::temp_directory_path() / "tierlm-fuzz-XXXXXX").string();
     if (mkdtemp(tmpl.data()) == nullptr) std::abort();
-    std::atexit([] { std::filesystem::remove_all(scratch_dir()); });
-    return tmpl;
-  }();
-  return dir;
+    path_ = tmpl;
+  }
+  ~ScratchDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+inline const std::string& scratch_dir() {
+  static const ScratchDir dir;
+  return dir.path();
 }
 
 inline void write_file(const std::string& path, std::string_view bytes) {

@@ -33,7 +33,11 @@ fi
 # One target: a fresh working corpus seeded from the kept one, crashers apart.
 run_one() {
   local t="$1" work="$out/corpus/$1" crashers="$out/crashers/$1"
-  mkdir -p "$work" "$crashers"
+  # The targets' scratch files go here, removed after the run even when it ends in a crash
+  # (libFuzzer and atheris then exit without running the targets' cleanup).
+  local scratch="$out/tmp/$1"
+  mkdir -p "$work" "$crashers" "$scratch"
+  export TMPDIR="$scratch"
   cp -n tests/fuzz/corpus/"$t"/* "$work"/ 2>/dev/null || true
   local dict=()
   [ -f "tests/fuzz/$t.dict" ] && dict=(-dict="tests/fuzz/$t.dict")
@@ -47,6 +51,7 @@ run_one() {
   fi >"$out/logs/$t.log" 2>&1 && echo "$t: no crash in ${seconds}s" ||
     echo "$t: CRASH (see $out/logs/$t.log, inputs in $crashers)"
   grep -E "stat::number_of_executed_units|Done [0-9]+ runs" "$out/logs/$t.log" | tail -1 || true
+  rm -rf "$scratch"
 }
 
 running=0

@@ -31,11 +31,20 @@ def _reader_class():
 
     class CheckedReader(gguf.GGUFReader):
         """GGUFReader that validates each tensor's type and extent before mapping it (the stock
-        reader fails on these with a numpy reshape error that names nothing)."""
+        reader fails on these with a numpy reshape error that names nothing) and each read
+        against the end of the file (it loops on a huge array count at the end)."""
 
         def __init__(self, path, mode="r"):
             self.path = os.fspath(path)
             super().__init__(path, mode)
+
+        def _get(self, offset, dtype, count=1, override_order=None):
+            # The stock reader slices past the end of the file into an empty array, and an
+            # array field counting 2^60 entries there loops without advancing: refuse it.
+            end = int(offset) + np.dtype(dtype).itemsize * int(count)
+            if end > len(self.data):
+                raise ValueError(f"a field at offset {offset} runs past the end of the file")
+            return super()._get(offset, dtype, count, override_order)
 
         def _build_tensors(self, start_offs, fields):
             size = len(self.data)
