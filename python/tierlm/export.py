@@ -222,8 +222,6 @@ def export(
         check_sparse_config(plan.config, where)
     checkpoint = gguf.checkpoint if gguf else Checkpoint(hf_dir)
     rows, quantization = recipe_apply(plan_tensors(plan, checkpoint, dtype), recipe)
-    if sparse:
-        _check_sparse_dtypes(rows, where)
     files, placed = layout(rows, file_limit or FILE_LIMIT)
     tensors = {}
     for spec, _, _, out, file, offset, nbytes in placed:
@@ -299,17 +297,6 @@ def export(
         discard(tmp)
         raise
     return out_dir
-
-
-def _check_sparse_dtypes(rows, where):
-    quantized = sorted({s.name for s, _, _, out in rows if dtype_is_quantized(out)})
-    ffn = [n for n in quantized if ".ffn." in n]
-    if ffn:
-        raise UnsupportedError(
-            f"{where}: --sparse bundles FFN rows of f32/f16/bf16 only, and {ffn[0]} is "
-            "quantized; export without --sparse, or with a recipe keeping the FFN matrices at "
-            "16 bits ('layers.*.ffn.* bf16')"
-        )
 
 
 def _generation_ids(hf_dir, config):

@@ -129,11 +129,37 @@ def test_refusals(tmp_path):
         tierlm.export(path, tmp_path / "pkg", dtype="q4_0", progress=False)
     with pytest.raises(tierlm.InvalidArgumentError, match="--recipe does not apply"):
         tierlm.export(path, tmp_path / "pkg", recipe="m", progress=False)
-    with pytest.raises(tierlm.UnsupportedError, match="--sparse bundles FFN rows"):
-        tierlm.export(path, tmp_path / "pkg", sparse=True, progress=False)
     other = write_gguf(tiny(), tmp_path / "g.gguf", "Q8_0", arch="gemma")
     with pytest.raises(tierlm.UnsupportedError, match="architecture 'gemma' is not supported"):
         tierlm.export(other, tmp_path / "pkg", progress=False)
+
+
+def test_sparse_bundles_copy_the_gguf_blocks(tmp_path):
+    """--sparse from a Q4_0 GGUF: the bundles are q4_0, up and gate rows the GGUF's own bytes,
+    down's columns its dequantized values quantized again as rows of down^T. q4_0 has
+    d = max / -8 (the value of largest magnitude maps to -8 exactly, the other side clamps at
+    +7), so each element is off by at most d = max|block| / 8 (1 % allowed for the f16 d).
+    """
+    from tierlm.quant import dequantize
+    from tierlm.sparse.bundle import from_dtype
+
+    path = write_gguf(tiny(), tmp_path / "m.gguf", "Q4_0")
+    pkg = Package.open(tierlm.export(path, tmp_path / "pkg", sparse=True, progress=False))
+    lay = pkg.manifest["bundles"]["layers"][1]
+    dim, n = lay["dim"], lay["n_neurons"]
+    assert lay["dtype"] == "q4_0" and lay["row_bytes"] == 3 * dim // 32 * 18
+    raw = np.fromfile(os.path.join(pkg.path, lay["file"]), np.uint8)[: n * lay["row_bytes"]]
+    rows = raw.reshape(n, -1)
+    part = dim // 32 * 18
+    np.testing.assert_array_equal(rows[:, :part], pkg.tensor("layers.1.ffn.up.weight"))
+    np.testing.assert_array_equal(rows[:, part : 2 * part], pkg.tensor("layers.1.ffn.gate.weight"))
+    down = pkg.array("layers.1.ffn.down.weight").T  # [n, dim]: the columns, dequantized
+    got = from_dtype(rows[:, 2 * part :], "q4_0")
+    step = np.abs(down.reshape(n, -1, 32)).max(axis=2, keepdims=True) / 8
+    assert np.all(np.abs(got - down).reshape(n, -1, 32) <= 1.01 * step)
+    assert np.array_equal(
+        dequantize("q4_0", rows[:, :part], (n, dim)), pkg.array("layers.1.ffn.up.weight")
+    )
 
 
 def _gpt2_vocab(tok):

@@ -8,8 +8,9 @@ import shutil
 
 import numpy as np
 
-from tierlm.dtypes import NUMPY_DTYPES
+from tierlm.dtypes import NUMPY_DTYPES, stored_shape
 from tierlm.errors import CorruptError, UnsupportedError
+from tierlm.quant import BLOCKS, dequantize
 from tierlm.sparse.bundle import ALIGNMENT, BUNDLES_JSON, write_bundle_stored, write_bundles_json
 from tierlm.sparse.predictor import PREDICTORS_JSON
 
@@ -23,7 +24,7 @@ def _tensor(directory, info, name):
         NUMPY_DTYPES[info[name]["dtype"]],
         "r",
         info[name]["offset"],
-        tuple(info[name]["shape"]),
+        stored_shape(info[name]["dtype"], info[name]["shape"]),
     )
 
 
@@ -36,10 +37,20 @@ def check_sparse_config(config, where):
         )
 
 
+def _values(directory, tensors, name):
+    """A tensor's f32 values (a block type's dequantized)."""
+    info = tensors[name]
+    if info["dtype"] in BLOCKS:
+        return dequantize(info["dtype"], _tensor(directory, tensors, name), info["shape"])
+    return np.asarray(_tensor(directory, tensors, name), np.float32)
+
+
 def write_package_bundles(directory, tensors, config):
     """Writes ffn-bundle-{i}.bin per layer and bundles.json into the package directory being
     built, from its own weight files (so the bundles hold the package dtype's exact bytes).
-    Returns the manifest section."""
+    When up (and gate) are of a block type the bundle takes it: their rows are copied and
+    down's values quantized to it as rows of down^T (down's own blocks run along the FFN, so
+    its columns cannot be copied). Returns the manifest section."""
     layouts = []
     for i in range(config["num_layers"]):
         p = f"layers.{i}.ffn."
@@ -47,14 +58,21 @@ def write_package_bundles(directory, tensors, config):
         gated = p + "gate.weight" in tensors
         if gated:
             names.append(p + "gate.weight")
-        dtypes = {tensors[n]["dtype"] for n in names}
+        row_dtypes = {tensors[n]["dtype"] for n in names if n != p + "down.weight"}
+        dtypes = row_dtypes | {tensors[p + "down.weight"]["dtype"]}
         up, down = _tensor(directory, tensors, names[0]), _tensor(directory, tensors, names[1])
         gate = _tensor(directory, tensors, names[2]) if gated else None
-        dtype = dtypes.pop() if len(dtypes) == 1 else "f32"
-        if dtype == "f32":
-            up, down = (np.asarray(a, np.float32) for a in (up, down))
-            gate = None if gate is None else np.asarray(gate, np.float32)
         path = os.path.join(directory, f"ffn-bundle-{i}.bin")
+        dtype = row_dtypes.pop() if len(row_dtypes) == 1 else "f32"
+        if dtype in BLOCKS:
+            down = _values(directory, tensors, names[1])
+            dim = tensors[names[0]]["shape"][1]
+            layouts.append(write_bundle_stored(path, up, down, gate, dtype, dim=dim))
+            continue
+        dtype = dtype if len(dtypes) == 1 else "f32"
+        if dtype == "f32":
+            up, down = (_values(directory, tensors, n) for n in names[:2])
+            gate = _values(directory, tensors, names[2]) if gated else None
         layouts.append(write_bundle_stored(path, up, down, gate, dtype))
     write_bundles_json(directory, layouts)
     return {
