@@ -110,11 +110,28 @@ def plan_tensors(plan, checkpoint, dtype):
     return rows
 
 
+def file_order(rows):
+    """The plan's order, except that a layer's 1-D tensors (norms, biases) go before its
+    matrices: a streamed layer's matrices then lie side by side in the file, and the ring
+    reads a run of them with one request (docs/offload.md)."""
+    first = {}
+    for i, (spec, *_) in enumerate(rows):
+        first.setdefault(spec.layer, i)
+
+    def key(item):
+        i, (spec, *_) = item
+        if spec.layer < 0:
+            return (i, 0, i)
+        return (first[spec.layer], len(spec.shape) >= 2, i)
+
+    return [row for _, row in sorted(enumerate(rows), key=key)]
+
+
 def layout(rows, limit=FILE_LIMIT):
-    """Assigns each tensor a weight file and a 4 KiB-aligned offset; a file is closed when the
-    next tensor would pass `limit` (a larger tensor gets a file of its own)."""
+    """Assigns each tensor a weight file and a 4 KiB-aligned offset, in file_order; a file is
+    closed when the next tensor would pass `limit` (a larger tensor gets a file of its own)."""
     files, placed, index, end = [], [], 0, 0
-    for spec, source, entry, out in rows:
+    for spec, source, entry, out in file_order(rows):
         nbytes = dtype_nbytes(out, spec.shape, spec.name)
         if end and _align(end) + nbytes > limit:
             files.append({"name": weight_file(index), "size": _align(end)})
