@@ -162,6 +162,58 @@ def test_sparse_bundles_copy_the_gguf_blocks(tmp_path):
     )
 
 
+def _llama31_rope_freqs(config):
+    """rope_freqs.weight as llama.cpp's convert_hf_to_gguf.py (LlamaModel) writes a llama3
+    rope scaling: one divisor per rotary frequency."""
+    import math
+
+    p = config.rope_parameters
+    base, dim = p["rope_theta"], config.hidden_size // config.num_attention_heads
+    low_wavelen = p["original_max_position_embeddings"] / p["low_freq_factor"]
+    high_wavelen = p["original_max_position_embeddings"] / p["high_freq_factor"]
+    factors = []
+    for freq in 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float32) / dim)):
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_wavelen:
+            factors.append(p["factor"])
+        else:
+            smooth = (p["original_max_position_embeddings"] / wavelen - p["low_freq_factor"]) / (
+                p["high_freq_factor"] - p["low_freq_factor"]
+            )
+            factors.append(1 / ((1 - smooth) / p["factor"] + smooth))
+    return np.asarray(factors, np.float32)
+
+
+def test_rope_freqs_import_as_llama31_scaling(tmp_path):
+    """A Llama 3.1-style GGUF holds its llama3 rope scaling only as rope_freqs.weight. Its
+    import equals transformers' llama3 rope on the same weights (1e-4 of the logit range, the
+    f32 parity bound of these tests) at 80 positions, past the 64 of
+    original_max_position_embeddings where the scaling acts; without the tensor it does not."""
+    model = tiny("llama3", num_attention_heads=4, num_key_value_heads=2)
+    plain = write_gguf(model, tmp_path / "plain.gguf", "F32")
+    factors = _llama31_rope_freqs(model.config)
+    assert len(set(factors.tolist())) > 2  # low, high and smoothed frequencies all occur
+    path = rewrite_gguf(
+        plain, tmp_path / "m.gguf", add=lambda w: w.add_tensor("rope_freqs.weight", factors)
+    )
+    pkg = Package.open(tierlm.export(path, tmp_path / "pkg", progress=False))
+    assert pkg.config["rope_scaling"]["rope_type"] == "factors"
+    assert "rope_freqs.weight" not in pkg.tensors
+    ids = models.prompt(80)
+    want = models.hf_logits(model, ids)
+    assert models.relative_error(reference_logits(pkg, ids), want) < 1e-4
+    assert models.relative_error(tierlm.load(pkg.path).logits(ids), want[-1]) < 1e-4
+    unscaled = Package.open(tierlm.export(plain, tmp_path / "plain-pkg", progress=False))
+    assert models.relative_error(reference_logits(unscaled, ids), want) > 1e-2
+    bad = rewrite_gguf(
+        plain, tmp_path / "bad.gguf", add=lambda w: w.add_tensor("rope_freqs.weight", factors[:5])
+    )
+    with pytest.raises(tierlm.UnsupportedError, match=r"rope_freqs.weight is F32 of 5 values"):
+        tierlm.export(bad, tmp_path / "bad-pkg", progress=False)
+
+
 def _gpt2_vocab(tok):
     """A byte-level tokenizers.Tokenizer as GGUF's gpt2 vocabulary (tokens, merges, types)."""
     data = json.loads(tok.to_str())
