@@ -188,7 +188,7 @@ def test_embedding_rows_on_demand_lower_the_minimum(tmp_path, backend):
         tierlm.load(pkg, budget={"host": minimum - 1})
 
 
-def test_auto_ring_merges_small_matrices_into_larger_requests(tmp_path, backend):
+def test_auto_ring_merges_small_matrices_into_larger_requests(tmp_path):
     """Many small matrices (hidden 64, 24 layers, f32: 16-32 KiB each): the auto ring holds
     the bytes of k one-matrix sections as fewer sections of several (at least 4 of them), so
     each request reads a run of a layer's matrices. Against the same k asked for (sections of
