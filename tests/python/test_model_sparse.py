@@ -487,3 +487,24 @@ def test_quantized_bundles_read_the_dtype_ratio_of_bytes(llama_quant_sparse):
     for dtype, ratio in (("q8_0", 34 / 64), ("q4_0", 18 / 64)):
         assert rows[dtype]["row_bytes"] == ratio * rows["bf16"]["row_bytes"]
         assert abs(per_token[dtype] / per_token["bf16"] - ratio) < 0.05, (dtype, per_token)
+
+
+def test_mixed_16_bit_ffn_bundles_hold_the_values(tmp_path):
+    """up and gate bf16, down f16 (a recipe): the bundle is f32 and holds each part's values
+    exactly (bf16 words widened, not read as integers)."""
+    from tierlm.package import Package
+
+    _, hf = package("llama", str(tmp_path), name="mixed")
+    recipe = tmp_path / "recipe.txt"
+    recipe.write_text("layers.*.ffn.down.weight f16\n")
+    out = str(tmp_path / "sparse")
+    tierlm.export(hf.replace("-pkg", "-hf"), out, dtype="bf16", recipe=recipe, sparse=True,
+                  progress=False)  # fmt: skip
+    p = Package.open(out)
+    lay = p.manifest["bundles"]["layers"][2]
+    assert lay["dtype"] == "f32"
+    n, dim = lay["n_neurons"], lay["dim"]
+    rows = np.fromfile(os.path.join(out, lay["file"]), np.float32)[: n * 3 * dim].reshape(n, -1)
+    np.testing.assert_array_equal(rows[:, :dim], p.array("layers.2.ffn.up.weight"))
+    np.testing.assert_array_equal(rows[:, dim : 2 * dim], p.array("layers.2.ffn.gate.weight"))
+    np.testing.assert_array_equal(rows[:, 2 * dim :], p.array("layers.2.ffn.down.weight").T)

@@ -8,9 +8,9 @@ import shutil
 
 import numpy as np
 
-from tierlm.dtypes import NUMPY_DTYPES, stored_shape
+from tierlm.dtypes import NUMPY_DTYPES, stored_shape, to_f32
 from tierlm.errors import CorruptError, UnsupportedError
-from tierlm.quant import BLOCKS, dequantize, quantize
+from tierlm.quant import BLOCKS, quantize
 from tierlm.sparse.bundle import ALIGNMENT, BUNDLES_JSON, write_bundle_stored, write_bundles_json
 from tierlm.sparse.predictor import PREDICTORS_JSON
 
@@ -43,11 +43,10 @@ def check_sparse_config(config, where):
 
 
 def _values(directory, tensors, name):
-    """A tensor's f32 values (a block type's dequantized)."""
+    """A tensor's f32 values (bf16 words widened, a block type dequantized)."""
     info = tensors[name]
-    if info["dtype"] in BLOCKS:
-        return dequantize(info["dtype"], _tensor(directory, tensors, name), info["shape"])
-    return np.asarray(_tensor(directory, tensors, name), np.float32)
+    raw = _tensor(directory, tensors, name)
+    return to_f32(raw, info["dtype"], info["shape"]).reshape(info["shape"])
 
 
 def write_package_bundles(directory, tensors, config):
