@@ -276,7 +276,14 @@ def export(
         if sparse:
             from tierlm.sparse.package import copy_predictors, write_package_bundles
 
-            sections["bundles"] = write_package_bundles(tmp, tensors, plan.config)
+            by_name = {spec.name: (source, entry) for spec, source, entry, _ in rows}
+
+            def source_values(name):
+                source, entry = by_name[name]
+                values = to_f32(checkpoint.raw(source), entry.dtype, entry.shape)
+                return entry.dtype, values.reshape(entry.shape)
+
+            sections["bundles"] = write_package_bundles(tmp, tensors, plan.config, source_values)
             sections["predictors"] = copy_predictors(hf_dir, tmp, plan.config)
         source_dtypes = sorted({entry.dtype for _, _, entry, _ in rows})
         matrix_dtypes = sorted({out for spec, _, _, out in rows if len(spec.shape) > 1})

@@ -439,7 +439,8 @@ def bundle_reference(model, pkg):
 
 @pytest.mark.parametrize("dtype", ["q8_0", "q4_0"])
 def test_quantized_bundles_equal_their_torch_reference(llama_quant_sparse, dtype):
-    """Bundles of q8_0 / q4_0 rows (up and gate copied, down re-quantized as rows of down^T)
+    """Bundles of q8_0 / q4_0 rows (up and gate copied, down quantized from the checkpoint's
+    f32 values as rows of down^T)
     run in place. With every neuron kept, the sparse path's logits equal transformers' on the
     same dequantized weights as closely as the dense quantized path equals its own reference
     (test_model_quant.py: int8 rounding of every linear's input, 1.3-1.6 %; measured here

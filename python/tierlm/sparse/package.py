@@ -14,10 +14,11 @@ from tierlm.quant import BLOCKS, quantize
 from tierlm.sparse.bundle import ALIGNMENT, BUNDLES_JSON, write_bundle_stored, write_bundles_json
 from tierlm.sparse.predictor import PREDICTORS_JSON
 
-# A down matrix stored in a block type was rounded once along the FFN axis; its bundle rounds it
-# again along the hidden axis. At q8_0 that second rounding is small; at 4-6 bits it doubles
-# the error (SmolLM2's Q4_1 file: logits 11-17 % of their range from dense with q4_1 bundles,
-# 3-5 % with q8_0), so such bundles are q8_0, up and gate included.
+# A down matrix whose source is a block type (a GGUF file) was rounded once along the FFN axis;
+# its bundle rounds it again along the hidden axis. At q8_0 that second rounding is small; at
+# 4-6 bits it doubles the error (SmolLM2's Q4_1 file: logits 11-17 % of their range from dense
+# with q4_1 bundles, 3-5 % with q8_0), so such bundles are q8_0, up and gate included. A float
+# source's down is rounded once, straight into the bundle's type.
 _REROUNDED_DOWN_DTYPE = "q8_0"
 SPARSE_ACTIVATIONS = ("relu", "swiglu")  # gated SwiGLU bundles carry the gate row too
 TRAIN_HINT = "tierlm sparse train {pkg} --calibration TEXTFILE"
@@ -49,12 +50,13 @@ def _values(directory, tensors, name):
     return to_f32(raw, info["dtype"], info["shape"]).reshape(info["shape"])
 
 
-def write_package_bundles(directory, tensors, config):
+def write_package_bundles(directory, tensors, config, source_values=None):
     """Writes ffn-bundle-{i}.bin per layer and bundles.json into the package directory being
     built, from its own weight files (so the bundles hold the package dtype's exact bytes).
     When up (and gate) are of a block type the bundle takes it: their rows are copied and
     down's values quantized to it as rows of down^T (down's own blocks run along the FFN, so
-    its columns cannot be copied); when down is itself of a block type the bundle is q8_0
+    its columns cannot be copied), from its checkpoint values (source_values(name) -> (source
+    dtype, f32 values); else the package's); when those are a block type the bundle is q8_0
     (see _REROUNDED_DOWN_DTYPE). Returns the manifest section."""
     layouts = []
     for i in range(config["num_layers"]):
@@ -70,9 +72,12 @@ def write_package_bundles(directory, tensors, config):
         path = os.path.join(directory, f"ffn-bundle-{i}.bin")
         dtype = row_dtypes.pop() if len(row_dtypes) == 1 else "f32"
         if dtype in BLOCKS:
-            down = _values(directory, tensors, names[1])
+            if source_values is not None:
+                down_dtype, down = source_values(names[1])
+            else:
+                down_dtype, down = tensors[names[1]]["dtype"], _values(directory, tensors, names[1])
             dim = tensors[names[0]]["shape"][1]
-            if tensors[names[1]]["dtype"] in BLOCKS and dtype != _REROUNDED_DOWN_DTYPE:
+            if down_dtype in BLOCKS and dtype != _REROUNDED_DOWN_DTYPE:
                 dtype = _REROUNDED_DOWN_DTYPE
                 up = quantize(dtype, _values(directory, tensors, names[0]))
                 gate = quantize(dtype, _values(directory, tensors, names[2])) if gated else None
