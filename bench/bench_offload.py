@@ -15,6 +15,12 @@ token (/proc/self/io), the disk bound (bytes per token / fio's random-read bandw
 each row since the disk is shared), and ratios.
 
     python bench/bench_offload.py [--layers 12] [--hidden 2048] [--new-tokens 4] [--dir DIR]
+
+--compare-merge adds, at each budget, tierlm with the auto ring's bytes as sections of one
+matrix each (ring_sections = the auto ring's bytes / the largest streamed matrix: what the
+auto ring was before it merged sections), interleaved with the merged auto ring; the notes
+give requests per pass. A SmolLM2-135M shape: --hidden 576 --layers 30 --intermediate 1536
+--vocab 49152 --skip accelerate,layers --compare-merge.
 """
 
 import argparse
@@ -28,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import offload_baselines as ob  # noqa: E402
 import tierlm  # noqa: E402
 from _common import require_same_tokens  # noqa: E402
+from tierlm.package import Package  # noqa: E402
 
 
 def tierlm_decode(pkg, budget, prompt_ids, new_tokens, files, **options):
@@ -61,6 +68,19 @@ def tierlm_decode(pkg, budget, prompt_ids, new_tokens, files, **options):
     return steps, ids, info
 
 
+def unmerged_sections(pkg, placement):
+    """Sections of one matrix each holding the auto ring's bytes (the ring before merging)."""
+    tensors = Package.open(str(pkg)).tensors
+    largest = max(-(-tensors[n]["nbytes"] // 4096) * 4096 for n in placement["streamed_tensors"])
+    return max(1, placement["ring_bytes"] // largest)
+
+
+def requests_note(info):
+    s, p = info["stats"], info["placement"]
+    passes = s["layer_waits"] // max(1, len(p["streamed_layers"]))
+    return f", {s['stream_requests'] / max(1, passes):.0f} requests/pass"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default="/tmp/tierlm-bench-offload")
@@ -81,6 +101,9 @@ def main():
         type=float,
         default=0.5,
         help="floor: leading greedy tokens of each baseline equal to tierlm's, as a fraction",
+    )
+    parser.add_argument(
+        "--compare-merge", action="store_true", help="also tierlm with one matrix per section"
     )
     args = parser.parse_args()
 
@@ -135,7 +158,16 @@ def main():
                 f"{info['peak'] / 2**20:.0f} MiB, overlap "
                 f"{100 * (1 - info['wait'] / info['busy']) if info['busy'] else 100:.0f}%"
             )
-            rows.append(("tierlm", frac, steps, note, bw0, bw1))
+            rows.append(("tierlm", frac, steps, note + requests_note(info), bw0, bw1))
+            if args.compare_merge:
+                sections = unmerged_sections(pkg, p)
+                bw0 = fio()
+                steps, ids, info = tierlm_decode(
+                    str(pkg), budget, prompt_ids, args.new_tokens, pkg_files, ring_sections=sections
+                )
+                require_same_tokens(f"unmerged ring at {frac:.0%} vs tierlm", ids, tierlm_ids, 1.0)
+                note = f"{sections} sections x 1 matrix{requests_note(info)}"
+                rows.append(("tierlm unmerged ring", frac, steps, note, bw0, fio()))
             if "accelerate" not in skip:
                 offload = root / f"accelerate-offload-{frac}"
                 steps, offloaded, ids = ob.accelerate_decode(

@@ -139,6 +139,7 @@ void bind_records(nb::module_& m) {
       .def_ro("read_busy_seconds", &S::read_busy_seconds)
       .def_ro("layer_waits", &S::layer_waits)
       .def_ro("chunk_waits", &S::chunk_waits)
+      .def_ro("stream_requests", &S::stream_requests)
       .def_ro("row_bytes_read", &S::row_bytes_read)
       .def_ro("ring_restarts", &S::ring_restarts)
       .def_ro("io_direct", &S::io_direct)

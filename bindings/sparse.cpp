@@ -7,6 +7,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "bindings.hpp"
 #include "tierlm/core/error.hpp"
@@ -23,31 +24,34 @@ using IdArray = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device
 using F32Vec = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using RowArray = nb::ndarray<nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 
-DType parse_dtype(const std::string& name) {
-  if (name == "f32" || name == "float32") return DType::kDTypeF32;
-  if (name == "f16" || name == "float16") return DType::kDTypeF16;
-  if (name == "bf16" || name == "bfloat16") return DType::kDTypeBF16;
-  TIERLM_FAIL(kErrorInvalidArgument, 0, "unknown dtype '", name, "' (f32, f16, bf16)");
-}
-
-const char* dtype_str(DType d) {
-  return d == DType::kDTypeF32 ? "f32" : d == DType::kDTypeF16 ? "f16" : "bf16";
-}
-
-// Rows arrive as float32 (f32) or as 16-bit words (uint16/float16/bfloat16 views).
-void check_rows(const RowArray& rows, DType dtype, size_t row_elems, const char* what) {
+// Rows arrive as float32 (f32), as 16-bit words (uint16/float16/bfloat16 views), or as the
+// bytes of a block type's rows (uint8 [n, row bytes]). Returns the row width in elements.
+size_t check_rows(const RowArray& rows, DType dtype, size_t row_elems, const char* what) {
   const size_t bits = rows.dtype().bits;
-  const size_t want = dtype == DType::kDTypeF32 ? 32 : 16;
+  const bool blocks = dtype_is_quantized(dtype);
+  const size_t want = blocks ? 8 : 8 * dtype_size(dtype);
   TIERLM_CHECK(bits == want, kErrorInvalidArgument, what, ": rows have ", bits,
-               "-bit elements but the dtype is ", dtype_str(dtype));
-  TIERLM_CHECK(row_elems == 0 || rows.shape(1) == row_elems, kErrorInvalidArgument, what,
-               ": rows have ", rows.shape(1), " elements each, expected ", row_elems);
+               "-bit elements but the dtype is ", dtype_name(dtype));
+  size_t elems = rows.shape(1);
+  if (blocks) {
+    const DTypeBlock block = dtype_block(dtype);
+    TIERLM_CHECK(elems % block.bytes == 0, kErrorInvalidArgument, what, ": rows of ", elems,
+                 " bytes are not whole ", dtype_name(dtype), " blocks (", block.bytes, " bytes)");
+    elems = elems / block.bytes * block.elems;
+  }
+  TIERLM_CHECK(row_elems == 0 || elems == row_elems, kErrorInvalidArgument, what, ": rows have ",
+               elems, " elements each, expected ", row_elems);
+  return elems;
 }
 
 nb::object rows_view(nb::handle owner, void* data, size_t n, size_t elems, DType dtype) {
   if (dtype == DType::kDTypeF32) {
     return nb::cast(
         nb::ndarray<nb::numpy, float, nb::ndim<2>>(static_cast<float*>(data), {n, elems}, owner));
+  }
+  if (dtype_is_quantized(dtype)) {
+    return nb::cast(nb::ndarray<nb::numpy, uint8_t, nb::ndim<2>>(
+        static_cast<uint8_t*>(data), {n, dtype_row_bytes(dtype, elems)}, owner));
   }
   return nb::cast(nb::ndarray<nb::numpy, uint16_t, nb::ndim<2>>(static_cast<uint16_t*>(data),
                                                                 {n, elems}, owner));
@@ -68,7 +72,7 @@ void bind_sparse(nb::module_& m) {
           "__init__",
           [](NeuronCache* self, HostTier& tier, size_t n_neurons, size_t capacity, size_t row_elems,
              const std::string& dtype) {
-            new (self) NeuronCache(tier, n_neurons, capacity, row_elems, parse_dtype(dtype));
+            new (self) NeuronCache(tier, n_neurons, capacity, row_elems, dtype_parse(dtype));
           },
           nb::arg("tier"), nb::arg("n_neurons"), nb::arg("capacity"), nb::arg("row_elems"),
           nb::arg("dtype") = "f32", nb::keep_alive<1, 2>())
@@ -78,7 +82,7 @@ void bind_sparse(nb::module_& m) {
       .def_prop_ro("row_elems", &NeuronCache::row_elems)
       .def_prop_ro("row_bytes", &NeuronCache::row_bytes)
       .def_prop_ro("reserved_bytes", &NeuronCache::reserved_bytes)
-      .def_prop_ro("dtype", [](const NeuronCache& c) { return dtype_str(c.dtype()); })
+      .def_prop_ro("dtype", [](const NeuronCache& c) { return dtype_name(c.dtype()); })
       .def("__len__", &NeuronCache::size)
       .def("__contains__", &NeuronCache::contains)
       .def("slot_of", &NeuronCache::slot_of)
@@ -137,12 +141,11 @@ void bind_sparse(nb::module_& m) {
          std::optional<F32Vec> gate_bias, std::optional<F32Vec> down_bias,
          std::optional<IdArray> slots, std::optional<std::string> level) {
         SparseFfnRows r;
-        r.dtype = parse_dtype(dtype);
-        check_rows(rows, r.dtype, 0, "sparse_ffn");
+        r.dtype = dtype_parse(dtype);
         r.rows = rows.data();
         r.n_rows = rows.shape(0);
         r.dim = dim;
-        r.row_stride = rows.shape(1);
+        r.row_stride = check_rows(rows, r.dtype, 0, "sparse_ffn");
         r.gated = gated;
         TIERLM_CHECK(x.shape(0) == dim, kErrorInvalidArgument, "sparse_ffn: x has ", x.shape(0),
                      " elements, dim is ", dim);
@@ -189,8 +192,11 @@ void bind_sparse(nb::module_& m) {
             TIERLM_FAIL(kErrorInvalidArgument, 0, "unknown SIMD level '", *level,
                         "' (scalar, avx2, avx512)");
         }
+        std::vector<char> x_blocks(kernel_sparse_ffn_workspace(r.dtype, dim));
+        r.x_blocks = x_blocks.data();
         {
           nb::gil_scoped_release release;
+          kernel_sparse_ffn_prepare(x.data(), r.dtype, dim, x_blocks.data());
           kernel_sparse_ffn_at(lv, x.data(), r, s, n, down_bias ? down_bias->data() : nullptr, y);
         }
         return nb::ndarray<nb::numpy, float, nb::ndim<1>>(y, {dim}, owner);
@@ -200,7 +206,8 @@ void bind_sparse(nb::module_& m) {
       nb::arg("gate_bias") = nb::none(), nb::arg("down_bias") = nb::none(),
       nb::arg("slots") = nb::none(), nb::arg("level") = nb::none(),
       "y = down_bias + sum over rows (or slots) of act(x . up + b) * down; rows are bundled "
-      "[up | gate | down] rows of `dtype` (16-bit dtypes as uint16 words)");
+      "[up | gate | down] rows of `dtype` (16-bit dtypes as uint16 words, block types as "
+      "uint8 [n, row bytes] with down stored as a row of down^T)");
 }
 
 }  // namespace tierlm::bindings

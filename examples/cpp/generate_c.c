@@ -1,5 +1,6 @@
 /* Loads a tierlm package and generates token ids with the C API.
- * Usage: generate_c PACKAGE IDS [MAX_NEW_TOKENS]; prints the ids comma-separated. */
+ * Usage: generate_c PACKAGE IDS [MAX_NEW_TOKENS [HOST_BUDGET_BYTES]]; prints the ids
+ * comma-separated. Under a host budget smaller than the weights, the rest stream from disk. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,7 +8,7 @@
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    fprintf(stderr, "usage: %s PACKAGE IDS [MAX_NEW_TOKENS]\n", argv[0]);
+    fprintf(stderr, "usage: %s PACKAGE IDS [MAX_NEW_TOKENS [HOST_BUDGET_BYTES]]\n", argv[0]);
     return 2;
   }
   int32_t prompt[4096];
@@ -15,8 +16,11 @@ int main(int argc, char** argv) {
   for (char* part = strtok(argv[2], ","); part && n_prompt < 4096; part = strtok(NULL, ",")) {
     prompt[n_prompt++] = (int32_t)strtol(part, NULL, 10);
   }
+  tierlm_model_options model_options;
+  tierlm_model_options_init(&model_options);
+  if (argc > 4) model_options.host_budget = strtoull(argv[4], NULL, 10);
   tierlm_model* model = NULL;
-  if (tierlm_model_create(argv[1], NULL, &model) != TIERLM_OK) {
+  if (tierlm_model_create(argv[1], &model_options, &model) != TIERLM_OK) {
     fprintf(stderr, "error: %s\n", tierlm_last_error());
     return 1;
   }

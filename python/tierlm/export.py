@@ -108,11 +108,28 @@ def plan_tensors(plan, checkpoint, dtype):
     return rows
 
 
+def file_order(rows):
+    """The plan's order, except that a layer's 1-D tensors (norms, biases) go before its
+    matrices: a streamed layer's matrices then lie side by side in the file, and the ring
+    reads a run of them with one request (docs/offload.md)."""
+    first = {}
+    for i, (spec, *_) in enumerate(rows):
+        first.setdefault(spec.layer, i)
+
+    def key(item):
+        i, (spec, *_) = item
+        if spec.layer < 0:
+            return (i, 0, i)
+        return (first[spec.layer], len(spec.shape) >= 2, i)
+
+    return [row for _, row in sorted(enumerate(rows), key=key)]
+
+
 def layout(rows, limit=FILE_LIMIT):
-    """Assigns each tensor a weight file and a 4 KiB-aligned offset; a file is closed when the
-    next tensor would pass `limit` (a larger tensor gets a file of its own)."""
+    """Assigns each tensor a weight file and a 4 KiB-aligned offset, in file_order; a file is
+    closed when the next tensor would pass `limit` (a larger tensor gets a file of its own)."""
     files, placed, index, end = [], [], 0, 0
-    for spec, source, entry, out in rows:
+    for spec, source, entry, out in file_order(rows):
         nbytes = dtype_nbytes(out, spec.shape, spec.name)
         if end and _align(end) + nbytes > limit:
             files.append({"name": weight_file(index), "size": _align(end)})
@@ -220,8 +237,6 @@ def export(
         check_sparse_config(plan.config, where)
     checkpoint = gguf.checkpoint if gguf else Checkpoint(hf_dir)
     rows, quantization = recipe_apply(plan_tensors(plan, checkpoint, dtype), recipe)
-    if sparse:
-        _check_sparse_dtypes(rows, where)
     files, placed = layout(rows, file_limit or FILE_LIMIT)
     tensors = {}
     for spec, _, _, out, file, offset, nbytes in placed:
@@ -258,7 +273,14 @@ def export(
         if sparse:
             from tierlm.sparse.package import copy_predictors, write_package_bundles
 
-            sections["bundles"] = write_package_bundles(tmp, tensors, plan.config)
+            by_name = {spec.name: (source, entry) for spec, source, entry, _ in rows}
+
+            def source_values(name):
+                source, entry = by_name[name]
+                values = to_f32(checkpoint.raw(source), entry.dtype, entry.shape)
+                return entry.dtype, values.reshape(entry.shape)
+
+            sections["bundles"] = write_package_bundles(tmp, tensors, plan.config, source_values)
             sections["predictors"] = copy_predictors(hf_dir, tmp, plan.config)
         source_dtypes = sorted({entry.dtype for _, _, entry, _ in rows})
         matrix_dtypes = sorted({out for spec, _, _, out in rows if len(spec.shape) > 1})
@@ -297,17 +319,6 @@ def export(
         discard(tmp)
         raise
     return out_dir
-
-
-def _check_sparse_dtypes(rows, where):
-    quantized = sorted({s.name for s, _, _, out in rows if dtype_is_quantized(out)})
-    ffn = [n for n in quantized if ".ffn." in n]
-    if ffn:
-        raise UnsupportedError(
-            f"{where}: --sparse bundles FFN rows of f32/f16/bf16 only, and {ffn[0]} is "
-            "quantized; export without --sparse, or with a recipe keeping the FFN matrices at "
-            "16 bits ('layers.*.ffn.* bf16')"
-        )
 
 
 def _generation_ids(hf_dir, config):

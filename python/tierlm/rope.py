@@ -1,6 +1,7 @@
 """RoPE inverse frequencies from a Hugging Face config, with the scalings whose frequencies do
-not depend on the sequence length (default, linear, llama3). Others are refused: running them
-with static frequencies would give wrong results.
+not depend on the sequence length (default, linear, llama3, and "factors": per-frequency
+divisors as a GGUF file's rope_freqs.weight stores Llama 3.1's scaling). Others are refused:
+running them with static frequencies would give wrong results.
 """
 
 import math
@@ -9,7 +10,7 @@ import numpy as np
 
 from tierlm.errors import UnsupportedError
 
-SUPPORTED = ("default", "linear", "llama3")
+SUPPORTED = ("default", "linear", "llama3", "factors")
 
 
 def rope_parameters(hf):
@@ -48,7 +49,19 @@ def rope_inv_freq(hf, head_dim):
         inv_freq = inv_freq / np.float32(params["factor"])
     elif rope_type == "llama3":
         inv_freq = _llama3(inv_freq, params)
+    elif rope_type == "factors":  # llama.cpp: theta_i / rope_freqs[i]
+        inv_freq = (inv_freq / _factors(params, inv_freq.size)).astype(np.float32)
     return theta, [float(x) for x in inv_freq], params
+
+
+def _factors(params, count):
+    factors = np.asarray(params.get("factors", []), np.float32)
+    if factors.shape != (count,) or not np.all(np.isfinite(factors)) or np.any(factors <= 0):
+        raise UnsupportedError(
+            f"rope factors: need {count} positive finite values (one per rotary frequency), "
+            f"got {factors.size}"
+        )
+    return factors
 
 
 def _llama3(inv_freq, params):

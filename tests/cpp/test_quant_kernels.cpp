@@ -320,8 +320,17 @@ TEST(QuantKernels, BadArgumentsAreClearErrors) {
   rows.n_rows = 1;
   rows.dim = 32;
   rows.row_stride = 64;
-  EXPECT_EQ(code_of([&] { kernel_sparse_ffn(x.data(), rows, nullptr, 1, nullptr, out.data()); }),
-            ErrorCode::kErrorUnsupported);
+  auto sparse = [&] { kernel_sparse_ffn(x.data(), rows, nullptr, 1, nullptr, out.data()); };
+  EXPECT_EQ(code_of(sparse), ErrorCode::kErrorInvalidArgument);  // no activation blocks
+  std::vector<unsigned char> xq(kernel_sparse_ffn_workspace(DType::kDTypeQ4_0, 32));
+  kernel_sparse_ffn_prepare(x.data(), DType::kDTypeQ4_0, 32, xq.data());
+  rows.x_blocks = xq.data();
+  EXPECT_EQ(code_of(sparse), ErrorCode::kErrorIo);  // runs
+  rows.row_stride = 48;
+  EXPECT_EQ(code_of(sparse), ErrorCode::kErrorInvalidArgument);  // not whole blocks
+  EXPECT_EQ(code_of([&] { kernel_sparse_ffn_workspace(DType::kDTypeQ8_0, 48); }),
+            ErrorCode::kErrorInvalidArgument);
+  EXPECT_EQ(kernel_sparse_ffn_workspace(DType::kDTypeF16, 48), 0u);
   try {
     kernel_rmsnorm(x.data(), w.data(), DType::kDTypeQ4_K, out.data(), 1, 64, 1e-6f);
   } catch (const Error& e) {

@@ -156,6 +156,42 @@ TEST(WeightPlacement, PageSizePlusOneRoundsUpAndGetsItsOwnChunk) {
   EXPECT_EQ(q.chunks, 2);
 }
 
+// 60 layers of small matrices a, b (1 page), c (2 pages), d (1 page): 5 pages a layer, the
+// largest 2 pages. A budget of 160 pages: the auto ring is 16 sections of 2 pages (a quarter
+// of the budget allows 20; 16 is the cap), 32 pages.
+TEST(WeightPlacement, AutoRingMergesSmallMatricesIntoSectionsOfSeveral) {
+  std::vector<TensorInfo> t;
+  for (int l = 0; l < 60; ++l) {
+    const std::string p = "l" + std::to_string(l) + ".";
+    t.push_back(tensor(p + "a", l, {32, 32}, kPage));
+    t.push_back(tensor(p + "b", l, {32, 32}, kPage - 1));
+    t.push_back(tensor(p + "c", l, {64, 32}, 2 * kPage));
+    t.push_back(tensor(p + "d", l, {32, 32}, 1));
+  }
+  const WeightPlacement one =
+      weight_placement(t, {.weight_budget = 160 * kPage, .ring_sections = 16});
+  const WeightPlacement merged = weight_placement(t, {.weight_budget = 160 * kPage});
+  // Asked for: 16 sections of one matrix. Auto: the same 32 pages as 4 sections of 8 (16 / 4
+  // keeps 4), so each streamed layer (5 pages) is one chunk.
+  EXPECT_EQ(one.sections, 16);
+  EXPECT_EQ(one.section_bytes, 2 * kPage);
+  EXPECT_EQ(merged.sections, 4);
+  EXPECT_EQ(merged.section_bytes, 8 * kPage);
+  EXPECT_EQ(merged.ring_bytes, one.ring_bytes);
+  EXPECT_EQ(merged.resident_layers, one.resident_layers);
+  EXPECT_EQ(merged.pinned_tensors, one.pinned_tensors);
+  EXPECT_EQ(merged.streamed_bytes, one.streamed_bytes);
+  EXPECT_EQ(merged.chunks, static_cast<int>(merged.streamed_layers.size()));
+  EXPECT_GT(one.chunks, 2 * merged.chunks);
+  const std::vector<WeightHome> homes = weight_homes(t, merged);
+  for (const std::vector<size_t>& c : weight_chunks(t, homes, merged)) {
+    for (size_t i : c) EXPECT_EQ(t[i].layer, t[c.front()].layer);  // never across layers
+  }
+  // A ring too small to keep 4 merged sections is left as it is.
+  const WeightPlacement small = weight_placement(t, {.weight_budget = 40 * kPage});
+  EXPECT_EQ(small.section_bytes, 2 * kPage);
+}
+
 TEST(WeightPlacement, OnlySmallTensorsNeedOnlyTheBase) {
   const std::vector<TensorInfo> t = {tensor("n", 0, {7}, 28), tensor("m", -1, {3}, 12)};
   EXPECT_TRUE(weight_placement(t, {.weight_budget = 2 * kPage - 1}).resident_layers.empty());

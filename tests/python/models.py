@@ -11,6 +11,7 @@ weights near 1, non-zero biases) so that a misplaced tensor changes the logits v
 
 import math
 import os
+import re
 
 import numpy as np
 
@@ -229,6 +230,22 @@ def hf_logits(model, ids):
 
 def prompt(length, vocab=211, seed=0):
     return np.random.default_rng(seed).integers(0, vocab, length).tolist()
+
+
+# Package tensor names of a Llama -> transformers parameter names (the matrices only).
+HF_NAME = [
+    (r"embed\.weight", "model.embed_tokens.weight"),
+    (r"lm_head\.weight", "lm_head.weight"),
+    (r"layers\.(\d+)\.attn\.([qkvo])\.weight", r"model.layers.\1.self_attn.\2_proj.weight"),
+    (r"layers\.(\d+)\.ffn\.(gate|up|down)\.weight", r"model.layers.\1.mlp.\2_proj.weight"),
+]
+
+
+def hf_name(name):
+    for pattern, repl in HF_NAME:
+        if re.fullmatch(pattern, name):
+            return re.sub(pattern, repl, name)
+    return None
 
 
 def relative_error(actual, expected):

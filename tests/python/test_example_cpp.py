@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import tierlm
 from models import package, prompt
+from tierlm.package import Package
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cpp"
 
@@ -60,6 +61,31 @@ def test_example_ids_equal_python(built, tmp_path):
         5,
     )
     assert cpp == sampled.output_ids
+
+
+@pytest.mark.parametrize("dtype", ["q8_0", "q4_k"])
+def test_c_api_runs_quantized_packages_resident_and_streamed(built, tmp_path, dtype):
+    """A package of GGUF block types (q8_0; q4_k with the m recipe, which mixes q4_k and
+    q8_0) through the C API: the same greedy ids as the Python path, with every weight
+    resident and under a host budget that streams part of them."""
+    shape = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4)
+    _, pkg = package("llama", str(tmp_path), seed=4, **shape)
+    quantized = str(tmp_path / dtype)
+    recipe = "m" if dtype == "q4_k" else None
+    tierlm.export(pkg.replace("-pkg", "-hf"), quantized, dtype=dtype, recipe=recipe, progress=False)
+    dtypes = {t["dtype"] for t in Package.open(quantized).tensors.values()}
+    assert dtype in dtypes and "q8_0" in dtypes
+    ids = prompt(9, seed=2)
+    text_ids = ",".join(map(str, ids))
+    resident = tierlm.load(quantized)
+    expected = resident.generate(ids, max_new_tokens=12).output_ids
+    s = resident.stats()
+    budget = s["kv_bytes"] + s["arena_bytes"] + s["weight_bytes"] // 2
+    streamed = tierlm.load(quantized, budget={"host": budget})
+    assert streamed.placement()["streaming"] and streamed.placement()["streamed_bytes"] > 0
+    assert streamed.generate(ids, max_new_tokens=12).output_ids == expected
+    assert run(built / "generate_c", quantized, text_ids, 12) == expected
+    assert run(built / "generate_c", quantized, text_ids, 12, budget) == expected
 
 
 def test_example_reports_errors(built, tmp_path):

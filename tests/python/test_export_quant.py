@@ -124,8 +124,16 @@ def test_recipe_file_fallback_and_errors(tmp_path):
         tierlm.export(hf_dir, tmp_path / "x", recipe=tmp_path / "bad.txt", progress=False)
     with pytest.raises(tierlm.NotFoundError, match="not a built-in recipe"):
         tierlm.export(hf_dir, tmp_path / "x", recipe="xl", progress=False)
-    with pytest.raises(tierlm.UnsupportedError, match="--sparse bundles FFN rows"):
+    # Bundles take up's block type; down, at bf16 here (300 is not whole blocks), is
+    # quantized to it along the hidden size, where its rows of down^T are whole blocks.
+    sparse = Package.open(
         tierlm.export(hf_dir, tmp_path / "x", dtype="q8_0", sparse=True, progress=False)
+    )
+    assert sparse.tensors["layers.0.ffn.down.weight"]["dtype"] == "bf16"
+    layers = sparse.manifest["bundles"]["layers"]
+    assert {(b["dtype"], b["n_neurons"], b["row_bytes"]) for b in layers} == {
+        ("q8_0", 300, 3 * SHAPE["hidden_size"] // 32 * 34)
+    }
 
 
 def test_tied_checkpoint_with_only_lm_head(tmp_path):

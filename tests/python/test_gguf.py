@@ -169,11 +169,87 @@ def test_refusals(tmp_path):
         tierlm.export(path, tmp_path / "pkg", dtype="q4_0", progress=False)
     with pytest.raises(tierlm.InvalidArgumentError, match="--recipe does not apply"):
         tierlm.export(path, tmp_path / "pkg", recipe="m", progress=False)
-    with pytest.raises(tierlm.UnsupportedError, match="--sparse bundles FFN rows"):
-        tierlm.export(path, tmp_path / "pkg", sparse=True, progress=False)
     other = write_gguf(tiny(), tmp_path / "g.gguf", "Q8_0", arch="gemma")
     with pytest.raises(tierlm.UnsupportedError, match="architecture 'gemma' is not supported"):
         tierlm.export(other, tmp_path / "pkg", progress=False)
+
+
+def test_sparse_bundles_of_a_gguf(tmp_path):
+    """--sparse from GGUF files. Q8_0: the bundles are q8_0, up and gate rows the file's own
+    bytes, down's columns its values quantized again as rows of down^T (each element within
+    half a step d = max|block| / 127, plus 127 d 2^-11 for d rounded to f16: 0.57 d). Q4_0:
+    down was rounded at 4 bits already, so the bundles are q8_0 (package.py), all parts
+    within that bound of the file's values."""
+    from tierlm.sparse.bundle import from_dtype
+
+    for qtype in ("Q8_0", "Q4_0"):
+        path = write_gguf(tiny(), tmp_path / f"{qtype}.gguf", qtype)
+        pkg = Package.open(tierlm.export(path, tmp_path / qtype, sparse=True, progress=False))
+        lay = pkg.manifest["bundles"]["layers"][1]
+        dim, n = lay["dim"], lay["n_neurons"]
+        part = dim // 32 * 34
+        assert lay["dtype"] == "q8_0" and lay["row_bytes"] == 3 * part
+        raw = np.fromfile(os.path.join(pkg.path, lay["file"]), np.uint8)[: n * lay["row_bytes"]]
+        rows = raw.reshape(n, -1)
+        if qtype == "Q8_0":
+            np.testing.assert_array_equal(rows[:, :part], pkg.tensor("layers.1.ffn.up.weight"))
+        got = from_dtype(rows, "q8_0")
+        want = [pkg.array(f"layers.1.ffn.{m}.weight") for m in ("up", "gate")]
+        want = np.concatenate([*want, pkg.array("layers.1.ffn.down.weight").T], axis=1)
+        step = np.abs(want.reshape(n, -1, 32)).max(axis=2, keepdims=True) / 127
+        assert np.all(np.abs(got - want).reshape(n, -1, 32) <= 0.57 * step + 1e-9), qtype
+
+
+def _llama31_rope_freqs(config):
+    """rope_freqs.weight as llama.cpp's convert_hf_to_gguf.py (LlamaModel) writes a llama3
+    rope scaling: one divisor per rotary frequency."""
+    import math
+
+    p = config.rope_parameters
+    base, dim = p["rope_theta"], config.hidden_size // config.num_attention_heads
+    low_wavelen = p["original_max_position_embeddings"] / p["low_freq_factor"]
+    high_wavelen = p["original_max_position_embeddings"] / p["high_freq_factor"]
+    factors = []
+    for freq in 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float32) / dim)):
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_wavelen:
+            factors.append(p["factor"])
+        else:
+            smooth = (p["original_max_position_embeddings"] / wavelen - p["low_freq_factor"]) / (
+                p["high_freq_factor"] - p["low_freq_factor"]
+            )
+            factors.append(1 / ((1 - smooth) / p["factor"] + smooth))
+    return np.asarray(factors, np.float32)
+
+
+def test_rope_freqs_import_as_llama31_scaling(tmp_path):
+    """A Llama 3.1-style GGUF holds its llama3 rope scaling only as rope_freqs.weight. Its
+    import equals transformers' llama3 rope on the same weights (1e-4 of the logit range, the
+    f32 parity bound of these tests) at 80 positions, past the 64 of
+    original_max_position_embeddings where the scaling acts; without the tensor it does not."""
+    model = tiny("llama3", num_attention_heads=4, num_key_value_heads=2)
+    plain = write_gguf(model, tmp_path / "plain.gguf", "F32")
+    factors = _llama31_rope_freqs(model.config)
+    assert len(set(factors.tolist())) > 2  # low, high and smoothed frequencies all occur
+    path = rewrite_gguf(
+        plain, tmp_path / "m.gguf", add=lambda w: w.add_tensor("rope_freqs.weight", factors)
+    )
+    pkg = Package.open(tierlm.export(path, tmp_path / "pkg", progress=False))
+    assert pkg.config["rope_scaling"]["rope_type"] == "factors"
+    assert "rope_freqs.weight" not in pkg.tensors
+    ids = models.prompt(80)
+    want = models.hf_logits(model, ids)
+    assert models.relative_error(reference_logits(pkg, ids), want) < 1e-4
+    assert models.relative_error(tierlm.load(pkg.path).logits(ids), want[-1]) < 1e-4
+    unscaled = Package.open(tierlm.export(plain, tmp_path / "plain-pkg", progress=False))
+    assert models.relative_error(reference_logits(unscaled, ids), want) > 1e-2
+    bad = rewrite_gguf(
+        plain, tmp_path / "bad.gguf", add=lambda w: w.add_tensor("rope_freqs.weight", factors[:5])
+    )
+    with pytest.raises(tierlm.UnsupportedError, match=r"rope_freqs.weight is F32 of 5 values"):
+        tierlm.export(bad, tmp_path / "bad-pkg", progress=False)
 
 
 def _gpt2_vocab(tok):

@@ -12,14 +12,13 @@ logits are identical (same kernels, same bytes).
 
 import json
 import os
-import re
 import shutil
 import zlib
 
 import numpy as np
 import pytest
 import tierlm
-from models import hf_logits, package, prompt, relative_error
+from models import hf_logits, hf_name, package, prompt, relative_error
 from quant_blocks import QTYPES, dequantize, quantized
 
 torch = pytest.importorskip("torch")
@@ -27,19 +26,6 @@ torch = pytest.importorskip("torch")
 # Dimensions whole in every block size: hidden 256, FFN 512, 4 heads of 64 (2 KV heads).
 SHAPE = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
 TOLERANCE = {"q8_0": 3e-2, "q4_0": 3e-2, "q4_1": 3e-2, "q5_0": 3e-2, "q5_1": 3e-2}
-HF_NAME = [
-    (r"embed\.weight", "model.embed_tokens.weight"),
-    (r"lm_head\.weight", "lm_head.weight"),
-    (r"layers\.(\d+)\.attn\.([qkvo])\.weight", r"model.layers.\1.self_attn.\2_proj.weight"),
-    (r"layers\.(\d+)\.ffn\.(gate|up|down)\.weight", r"model.layers.\1.mlp.\2_proj.weight"),
-]
-
-
-def hf_name(name):
-    for pattern, repl in HF_NAME:
-        if re.fullmatch(pattern, name):
-            return re.sub(pattern, repl, name)
-    return None
 
 
 def quantize_package(pkg, dtype, rng):

@@ -186,3 +186,47 @@ def test_embedding_rows_on_demand_lower_the_minimum(tmp_path, backend):
     assert s["host"]["peak"] <= minimum
     with pytest.raises(tierlm.BudgetError):
         tierlm.load(pkg, budget={"host": minimum - 1})
+
+
+def test_auto_ring_merges_small_matrices_into_larger_requests(tmp_path):
+    """Many small matrices (hidden 64, 24 layers, f32: 16-32 KiB each): the auto ring holds
+    the bytes of k one-matrix sections as fewer sections of several (at least 4 of them), so
+    each request reads a run of a layer's matrices. Against the same k asked for (sections of
+    one matrix): the same ring bytes, resident layers and bytes per token, the same tokens as
+    resident, the budget held, and at least 2x fewer requests per token (measured 2.5x: 168
+    against 414 for 6 passes over 14 streamed layers)."""
+    _, pkg = package(
+        "llama",
+        str(tmp_path),
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=24,
+        max_position_embeddings=48,
+    )
+    ids = prompt(7)
+    resident = tierlm.load(pkg)
+    ref = resident.generate(ids, max_new_tokens=6, stop_at_eos=False).output_ids
+    s = resident.stats()
+    budget = int(0.6 * s["weight_bytes"]) + s["kv_bytes"] + s["arena_bytes"]
+    largest = 128 * 64 * 4  # the FFN matrices (the embedding is resident, not a section)
+    runs = {}
+    merged_ring = tierlm.load(pkg, budget={"host": budget}).placement()["ring_bytes"]
+    k = merged_ring // largest  # the auto ring's one-matrix sections before merging
+    for name, sections in (("merged", 0), ("one matrix each", k)):
+        model = tierlm.load(pkg, budget={"host": budget}, ring_sections=sections)
+        out = model.generate(ids, max_new_tokens=6, stop_at_eos=False)
+        assert out.output_ids == ref, name
+        assert model.stats()["host"]["peak"] <= budget, name
+        runs[name] = (model.placement(), out.stats)
+    (merged, m), (one, o) = runs["merged"], runs["one matrix each"]
+    factor = merged["section_bytes"] // largest
+    assert one["section_bytes"] == largest and merged["section_bytes"] == factor * largest
+    assert factor >= 2 and merged["sections"] == k // factor >= 4
+    for key in ("ring_bytes", "resident_layers", "pinned_tensors", "streamed_bytes"):
+        assert merged[key] == one[key], key
+    assert m["stream_bytes_read"] == o["stream_bytes_read"] > 0
+    # Export writes a layer's norms before its matrices, so each chunk is one request.
+    assert m["stream_requests"] == m["chunk_waits"]
+    assert 2 * m["stream_requests"] <= o["stream_requests"], (m["stream_requests"], o)

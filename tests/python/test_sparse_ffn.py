@@ -100,3 +100,108 @@ def test_on_cached_rows_of_the_demo_model_with_oracle_sets(simd_levels):
                 got = cache.ffn(x, loaded.hidden_size, up_bias, down_bias, level=level)
                 np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
         del cache
+
+
+def _rounded(x, block):
+    """x through the int8 activation blocks the quantized dot products read (d = max|x| / 127,
+    q = round-half-even(x * (1 / d)), in f32)."""
+    xb = x.reshape(-1, block)
+    d = (np.abs(xb).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    return (np.rint(xb * inv) * d).reshape(x.shape)
+
+
+def _activation(up, gate):
+    if gate is None:
+        return np.maximum(up, 0.0)
+    with np.errstate(over="ignore"):  # exp(-gate) of a large negative gate: silu is -0
+        return gate / (1.0 + np.exp(-gate)) * up
+
+
+# (dim, ffn) in blocks of the type's size: 1 and odd counts of blocks of hidden, FFNs whole
+# blocks (the dense down's rows run along them).
+BLOCK_SHAPES = {32: [(32, 64), (96, 352), (160, 224)], 256: [(256, 512), (768, 256)]}
+
+
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("dtype", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"])
+def test_block_rows_equal_the_dense_quantized_path(level, dtype, gated):
+    """Bundled rows of a GGUF block type (down quantized as rows of down^T, as export does),
+    every neuron selected, in shuffled order through slots:
+    (a) against numpy on the dequantized bundle with x rounded through the int8 blocks: f32
+        sums only (1e-5 of the output's scale sum_r |act_r| |down_r|);
+    (b) against the dense quantized path (linear on up, gate and down's own blocks, whose
+        up/gate dot products are the same): the two quantizations of down differ, and the
+        dense down rounds the activations to int8 blocks, so per output i
+        |diff_i| <= sum_r |act_r| |D_bundle[r, i] - D_dense[i, r]| + sqrt(B)/254 |act| |D_i|
+        (plus the same f32 slack)."""
+    from quant_blocks import dequantize, quantized
+    from tierlm import _core
+    from tierlm.quant import quantize
+
+    block = 256 if dtype.endswith("_k") else 32
+    for dim, ffn in BLOCK_SHAPES[block]:
+        rng = np.random.default_rng([dim, ffn, gated])
+        up_q = quantized(dtype, rng.standard_normal((ffn, dim), np.float32), rng)
+        gate_q = (
+            quantized(dtype, rng.standard_normal((ffn, dim), np.float32), rng) if gated else None
+        )
+        down_q = quantized(dtype, rng.standard_normal((dim, ffn), np.float32) / 8, rng)
+        down = dequantize(down_q, dtype)  # the dense down's values, [dim, ffn]
+        down_t_q = quantize(dtype, down.T)  # export: its columns as rows of down^T
+        rows = np.concatenate([up_q] + ([gate_q] if gated else []) + [down_t_q], axis=1)
+        up_bias = rng.standard_normal(ffn).astype(np.float32) * 0.1
+        gate_bias = rng.standard_normal(ffn).astype(np.float32) * 0.1 if gated else None
+        down_bias = rng.standard_normal(dim).astype(np.float32)
+        x = rng.standard_normal(dim).astype(np.float32)
+        order = rng.permutation(ffn)
+        got = sparse_ffn(x, rows, dim, dtype, gated, None, up_bias, gate_bias, down_bias,
+                         slots=order, level=level)  # fmt: skip
+        what = f"{dtype} {level} dim {dim} ffn {ffn}"
+
+        xr = _rounded(x, block).astype(np.float64)
+        up = dequantize(up_q, dtype).astype(np.float64) @ xr + up_bias
+        gate = dequantize(gate_q, dtype).astype(np.float64) @ xr + gate_bias if gated else None
+        act = _activation(up, gate)
+        d_bundle = dequantize(down_t_q, dtype).astype(np.float64)  # [ffn, dim]
+        exact = act @ d_bundle + down_bias
+        scale = np.abs(act) @ np.abs(d_bundle) + np.abs(down_bias)
+        assert np.max(np.abs(got - exact)) <= 1e-5 * scale.max(), what
+
+        k = _core.kernels
+        h_up = k.linear(x[None], up_q, up_bias, dtype=dtype)[0]
+        h = (
+            h_up
+            if not gated
+            else _activation(h_up, k.linear(x[None], gate_q, gate_bias, dtype=dtype)[0])
+        )
+        if not gated:
+            h = np.maximum(h, 0).astype(np.float32)
+        dense = k.linear(h[None].astype(np.float32), down_q, down_bias, dtype=dtype)[0]
+        bound = (
+            np.abs(act) @ np.abs(d_bundle - down.T)
+            + np.sqrt(block) / 254 * np.linalg.norm(act) * np.linalg.norm(down, axis=1)
+            + 1e-5 * scale.max()
+        )
+        assert np.all(np.abs(got - dense) <= bound), what
+        # Subsets read the same rows in place: slots 1, a prime count, and none.
+        for pick in (order[:1], order[:13], order[:0]):
+            part = sparse_ffn(x, rows, dim, dtype, gated, None, up_bias, gate_bias, None,
+                              slots=pick, level=level)  # fmt: skip
+            want = act[pick] @ d_bundle[pick]
+            assert np.max(np.abs(part - want)) <= 1e-5 * scale.max() + 1e-12, what
+
+
+def test_block_rows_are_checked():
+    from tierlm.quant import quantize
+
+    rows = quantize("q8_0", np.ones((3, 64), np.float32))
+    x = np.ones(32, np.float32)
+    with pytest.raises(tierlm.InvalidArgumentError, match="whole q8_0 blocks"):
+        sparse_ffn(x, rows[:, :-1], 32, "q8_0")
+    with pytest.raises(tierlm.InvalidArgumentError, match="row stride"):
+        sparse_ffn(x, rows[:, :34], 32, "q8_0")
+    with pytest.raises(tierlm.InvalidArgumentError, match="uint8"):
+        sparse_ffn(x, rows.view(np.uint16), 32, "q8_0")
+    assert np.allclose(sparse_ffn(x, rows, 32, "q8_0"), 3 * 32 * np.ones(32), rtol=1e-2)

@@ -71,22 +71,25 @@ detail::KernelLevelPin::KernelLevelPin(int level) : saved_(t_pinned_level) {
 }
 detail::KernelLevelPin::~KernelLevelPin() { t_pinned_level = saved_; }
 
-namespace {
-
-// The quantized bodies of the current level; AVX-512 without VNNI runs the AVX2 ones.
-const detail::QuantKernels& quant_table() {
-  const SimdLevel level =
-      t_pinned_level < 0 ? simd_level() : static_cast<SimdLevel>(t_pinned_level);
+const detail::QuantKernels& detail::quant_kernels_at(SimdLevel level) {
   switch (level) {
     case SimdLevel::kSimdAvx512:
-      if (cpu_features().avx512_vnni) return detail::quant_kernels_avx512();
-      return detail::quant_kernels_avx2();
+      if (cpu_features().avx512_vnni) return quant_kernels_avx512();
+      return quant_kernels_avx2();
     case SimdLevel::kSimdAvx2:
-      return detail::quant_kernels_avx2();
+      return quant_kernels_avx2();
     case SimdLevel::kSimdScalar:
       break;
   }
-  return detail::quant_kernels_scalar();
+  return quant_kernels_scalar();
+}
+
+namespace {
+
+// The quantized bodies of the current level (or of the level a test pinned).
+const detail::QuantKernels& quant_table() {
+  return detail::quant_kernels_at(t_pinned_level < 0 ? simd_level()
+                                                     : static_cast<SimdLevel>(t_pinned_level));
 }
 
 // Runs body(n, r0, r1) over the rows of W (row_bytes each) for n tokens on the pool.

@@ -8,6 +8,7 @@
 
 #include "kernels/cpu/quant_blocks.hpp"
 #include "tierlm/core/dtype.hpp"
+#include "tierlm/core/simd.hpp"
 
 namespace tierlm::detail {
 
@@ -17,12 +18,16 @@ struct QuantKernels {
   // Y[:, r0:r1] = X · W^T (+ bias, f32) from X's activation blocks, for a block-type W.
   void (*linear)(const void* xq, const void* w, const float* bias, DType w_dtype, float* y,
                  size_t n, size_t rows, size_t cols, size_t r0, size_t r1);
+  // y[0:cols] += a * w for one block-type row w of cols elements (the sparse FFN's down part).
+  void (*axpy)(float a, const void* w, DType w_dtype, float* y, size_t cols);
 };
 
 const QuantKernels& quant_kernels_scalar();
 const QuantKernels& quant_kernels_avx2();
 // AVX512-VNNI; only for CPUs with it (cpu_features().avx512_vnni).
 const QuantKernels& quant_kernels_avx512();
+// The bodies a SIMD level runs (AVX-512 without VNNI runs the AVX2 ones).
+const QuantKernels& quant_kernels_at(SimdLevel level);
 
 inline bool quant_is_k_type(DType dtype) { return dtype_block(dtype).elems == kBlock256; }
 

@@ -14,7 +14,7 @@ NeuronCache::NeuronCache(HostTier& tier, size_t n_neurons, size_t capacity, size
     : n_neurons_(n_neurons),
       capacity_(capacity),
       row_elems_(row_elems),
-      row_bytes_(row_elems * dtype_size(dtype)),
+      row_bytes_(dtype_row_bytes(dtype, row_elems)),
       dtype_(dtype) {
   TIERLM_CHECK(n_neurons > 0 && n_neurons <= INT32_MAX, kErrorInvalidArgument,
                "neuron cache: n_neurons ", n_neurons, " must be in 1 .. 2^31-1");

@@ -59,6 +59,7 @@ struct SparseFfn::Impl {
   int32_t* evict = view<int32_t>(plan.scratch.evict);
   float* partial = view<float>(plan.scratch.partial);
   float* y_tmp = view<float>(plan.scratch.y_tmp);
+  void* x_blocks = view<char>(plan.scratch.x_blocks);
   SparseTokenInfo* rows = view<SparseTokenInfo>(plan.scratch.rows);  // per row of the batch
   SparseTokenInfo* log = view<SparseTokenInfo>(plan.scratch.log);    // ring of kSparseTokenLog
   uint64_t logged = 0;
@@ -143,6 +144,7 @@ struct SparseFfn::Impl {
     rows.gated = p.gated;
     rows.gate_bias = gate_bias;
     rows.act_threshold = p.act_threshold;
+    rows.x_blocks = x_blocks;
     const size_t work_rows = std::max<size_t>(1, kKernelWork / (2 * dim));
     const size_t chunks = std::clamp<size_t>(n / work_rows, 1, plan.partials);
     if (chunks == 1) {
@@ -154,14 +156,13 @@ struct SparseFfn::Impl {
       }
       return;
     }
-    const size_t esize = dtype_size(p.dtype);
     parallel_for(
         chunks,
         [&](size_t c0, size_t c1) {
           for (size_t c = c0; c < c1; ++c) {
             const size_t b = n * c / chunks, e = n * (c + 1) / chunks;
             SparseFfnRows part = rows;
-            part.rows = static_cast<const char*>(rows.rows) + b * p.row_elems * esize;
+            part.rows = static_cast<const char*>(rows.rows) + b * p.row_bytes;
             part.n_rows = e - b;
             part.neurons = rows.neurons + b;
             kernel_sparse_ffn(x, part, nullptr, e - b, nullptr, partial + c * dim);
@@ -229,6 +230,7 @@ struct SparseFfn::Impl {
     loader.load(l.file, p, cache, need, fill, info);
 
     t0 = Clock::now();
+    kernel_sparse_ffn_prepare(x, p.dtype, p.dim, x_blocks);
     kernel(l, x, 0, cache.size(), up_bias, down_bias, y, false);
     info.compute_seconds += since(t0);
     if (fill == n_need) return;

@@ -139,12 +139,12 @@ void read_bundles(const Package& p, const Json& manifest, const std::string& man
                  l.gated ? ": plain bundle for a gated FFN" : ": gated bundle for a ReLU FFN",
                  "; export the package again with --sparse");
     l.dtype = dtype_parse(b.at("dtype", w).as_string(w));
-    TIERLM_CHECK(!dtype_is_quantized(l.dtype), kErrorUnsupported, w, ": bundles of ",
-                 dtype_name(l.dtype),
-                 " rows have no sparse kernel yet (f32, f16, bf16); run without sparse or export "
-                 "the bundles unquantized");
+    const size_t block = dtype_block(l.dtype).elems;
+    TIERLM_CHECK(l.dim % block == 0, kErrorCorrupt, w, ": bundles of ", dtype_name(l.dtype),
+                 " hold each part as whole ", block, "-element blocks, but the width ", l.dim,
+                 " is not; export the package again with --sparse");
     l.row_elems = (l.gated ? 3 : 2) * l.dim;
-    l.row_bytes = l.row_elems * dtype_size(l.dtype);
+    l.row_bytes = dtype_row_bytes(l.dtype, l.row_elems);
     const uint64_t data = static_cast<uint64_t>(l.n_neurons) * l.row_bytes;
     const uint64_t padded = round_up(data, kAlignment);
     l.file_bytes = file_size(l.file);

@@ -58,7 +58,7 @@ struct SparseLayerPlan {
 
   // Bytes of a row's first part (up, and gate when gated): what an unbundled read fetches
   // apart from the down part.
-  size_t up_part_bytes() const { return (gated ? 2 : 1) * dim * dtype_size(dtype); }
+  size_t up_part_bytes() const { return (gated ? 2 : 1) * dtype_row_bytes(dtype, dim); }
 };
 
 // Byte offsets of the per-token views in the runtime's one scratch buffer, each 64-byte
@@ -76,6 +76,7 @@ struct SparseScratchLayout {
   size_t requests = 0;   // IoRequest[max_requests]
   size_t partial = 0;    // float[partials * max dim]: per-thread partial sums
   size_t y_tmp = 0;      // float[max dim]
+  size_t x_blocks = 0;   // block-type bundles: x's activation blocks (kernel_sparse_ffn_prepare)
   size_t rows = 0;       // SparseTokenInfo[max_rows]: per row of the batch
   size_t log = 0;        // SparseTokenInfo[kSparseTokenLog]
   size_t max_requests = 0;

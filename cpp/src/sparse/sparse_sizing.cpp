@@ -8,6 +8,7 @@
 #include "tierlm/core/align.hpp"
 #include "tierlm/core/parallel.hpp"
 #include "tierlm/io/io.hpp"
+#include "tierlm/kernels/sparse_ffn.hpp"
 #include "tierlm/sparse/neuron_cache.hpp"
 #include "tierlm/sparse/sparse_stats.hpp"
 
@@ -32,8 +33,9 @@ uint64_t worst_widened(uint64_t len, uint64_t stride) {
 }  // namespace
 
 SparseScratchLayout sparse_scratch_layout(const SparseFfnPlan& plan) {
-  size_t max_n = 0, max_rank = 0, max_dim = 0, max_cap = 0;
+  size_t max_n = 0, max_rank = 0, max_dim = 0, max_cap = 0, max_x_blocks = 0;
   for (const SparseLayerPlan& l : plan.layers) {
+    max_x_blocks = std::max(max_x_blocks, kernel_sparse_ffn_workspace(l.dtype, l.dim));
     max_n = std::max(max_n, l.n_neurons);
     max_rank = std::max(max_rank, l.rank);
     max_dim = std::max(max_dim, l.dim);
@@ -59,6 +61,7 @@ SparseScratchLayout sparse_scratch_layout(const SparseFfnPlan& plan) {
   s.requests = take(s.max_requests * sizeof(IoRequest));
   s.partial = take(plan.partials * max_dim * sizeof(float));
   s.y_tmp = take(max_dim * sizeof(float));
+  s.x_blocks = take(max_x_blocks);
   s.rows = take(plan.max_rows * sizeof(SparseTokenInfo));
   s.log = take(kSparseTokenLog * sizeof(SparseTokenInfo));
   return s;

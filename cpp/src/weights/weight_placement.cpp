@@ -19,6 +19,8 @@ namespace {
 constexpr uint64_t kAutoRingBytes = 64ull << 20;
 constexpr uint64_t kMinAutoSections = 2;
 constexpr uint64_t kMaxAutoSections = 16;
+// The auto ring merges sections while this many remain: one computes, the rest stay in flight.
+constexpr uint64_t kMinMergedSections = 4;
 
 bool streamable(const TensorInfo& t) { return t.layer >= 0 && t.shape.size() >= 2; }
 
@@ -181,6 +183,21 @@ WeightPlacement weight_placement(std::span<const TensorInfo> all,
   for (size_t i = 0; i < all.size(); ++i) {
     if (homes[i] == WeightHome::kWeightHomeStreamed) {
       p.section_bytes = std::max(p.section_bytes, slot_bytes(all[i]));
+    }
+  }
+  // Auto ring of small matrices: the same bytes as fewer, larger sections (up to
+  // kStreamRequestBytes, keeping kMinMergedSections), so that a chunk packs a run of a layer's
+  // matrices, read by one request where the file has them side by side. Requests per token
+  // fall by the merge factor while the bytes in flight stay about the same, so the disk's
+  // bandwidth, not its per-request cost, sets the time (small and quantized matrices).
+  if (options.ring_sections <= 0 && p.section_bytes > 0) {
+    const uint64_t ring = static_cast<uint64_t>(k) * p.section_bytes;
+    const uint64_t merge = std::min(kStreamRequestBytes / p.section_bytes,
+                                    ring / (kMinMergedSections * p.section_bytes));
+    if (merge > 1) {
+      p.section_bytes *= merge;
+      k = static_cast<int>(ring / p.section_bytes);
+      p.sections = k;
     }
   }
   p.chunks = static_cast<int>(weight_chunks(all, homes, p).size());

@@ -13,13 +13,19 @@
 
 namespace tierlm::detail {
 
+// The largest request the ring issues (longer reads split so several stay queued), and what
+// the auto ring's merged sections grow to.
+constexpr uint64_t kStreamRequestBytes = 8ull << 20;
+
 // The record planned (WeightPlacement, resident / streamed / row tensors) is the public
 // tierlm/weights/placement.hpp.
 
 struct WeightPlacementOptions {
   uint64_t weight_budget = 0;  // host bytes for weights (the budget less KV, arena, ...)
   // Staging sections; 0 = auto (about 64 MiB of sections, at least 2 when the budget allows,
-  // else 1), never more than the streamed matrices or than fit the budget.
+  // else 1), never more than the streamed matrices or than fit the budget. Auto sections of
+  // small matrices merge into sections of several (see weight_placement.cpp); a number asked
+  // gives sections of one matrix each.
   int ring_sections = 0;
   // Tensors that may be read by rows on demand, at most max_rows rows per forward pass; each
   // is when its row buffers are smaller than the table.

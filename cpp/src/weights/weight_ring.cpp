@@ -12,7 +12,7 @@ namespace tierlm::detail {
 
 namespace {
 
-constexpr uint64_t kMaxRequest = 8ull << 20;  // split reads so the queue keeps several in flight
+constexpr uint64_t kMaxRequest = kStreamRequestBytes;
 constexpr size_t kSectionFutures = 64;
 constexpr size_t kBatchRequests = 256;
 
@@ -225,6 +225,7 @@ void WeightRing::fill_ring() {
         requests_.push_back({base + c.reads[k].rel, c.reads[k].len, c.reads[k].offset});
       }
       for (IoFuture& f : files_[file].pread_batch(requests_)) s.futures.push_back(std::move(f));
+      stats_.stream_requests += requests_.size();
     }
   }
 }

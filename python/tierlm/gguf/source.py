@@ -39,6 +39,7 @@ _LAYER_NAMES = {
 # stacked experts -> Mixtral's name of one expert's matrix
 _EXPERTS = {"ffn_gate_exps": "w1", "ffn_up_exps": "w3", "ffn_down_exps": "w2"}
 _LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
+_ROPE_FREQS = "rope_freqs.weight"
 
 
 def hf_name(gguf_name):
@@ -142,11 +143,6 @@ class GGUFSource:
                 "sliding_window": None,
             }
         names = {t.name for t in self.reader.tensors}
-        if "rope_freqs.weight" in names:
-            raise UnsupportedError(
-                f"{self.path}: tensor rope_freqs.weight (Llama 3.1-style rope scaling factors) is "
-                "not supported by the GGUF import yet; export the Hugging Face checkpoint instead"
-            )
         hidden, heads = self._require("embedding_length"), self._require("attention.head_count")
         key_length = "attention.key_length"
         head_dim = self._positive(key_length, self.meta(key_length, int, hidden // heads))
@@ -167,6 +163,8 @@ class GGUFSource:
                 f"{self.path}: rope scaling {scaling!r} is not supported (tierlm implements "
                 "none and linear for GGUF files)"
             )
+        if _ROPE_FREQS in names:
+            rope = self._rope_factors(rope, head_dim)
         tokens = field_value(self.reader, "tokenizer.ggml.tokens", list) or []
         eos = [
             field_value(self.reader, f"tokenizer.ggml.{key}_token_id", int)
@@ -198,6 +196,23 @@ class GGUFSource:
             **moe,
         }
 
+    def _rope_factors(self, rope, head_dim):
+        """Llama 3.1's scaling as llama.cpp stores it: rope_freqs.weight, one divisor per
+        rotary frequency (its rope_type "llama3" computed once by the converter)."""
+        t = next(t for t in self.reader.tensors if t.name == _ROPE_FREQS)
+        where = f"{self.path}: tensor {_ROPE_FREQS}"
+        if rope["rope_type"] != "default":
+            raise UnsupportedError(f"{where} beside rope scaling {rope['rope_type']!r}")
+        if t.tensor_type.name != "F32" or int(t.n_elements) != head_dim // 2:
+            raise UnsupportedError(
+                f"{where} is {t.tensor_type.name} of {int(t.n_elements)} values; tierlm reads "
+                f"F32 of {head_dim // 2} (one per rotary frequency of head size {head_dim})"
+            )
+        factors = np.asarray(t.data, np.float32).reshape(-1)
+        if not np.all(np.isfinite(factors)) or np.any(factors <= 0):
+            raise UnsupportedError(f"{where} holds values that are not positive and finite")
+        return {**rope, "rope_type": "factors", "factors": [float(f) for f in factors]}
+
     def _checkpoint(self):
         entries, permuted = {}, {}
         # llama.cpp permutes Q and K of the llama architecture only (qwen2 keeps HF's order)
@@ -208,6 +223,8 @@ class GGUFSource:
                 "self_attn.k_proj": self.hf_config["num_key_value_heads"],
             }
         for t in self.reader.tensors:
+            if t.name == _ROPE_FREQS:
+                continue  # in the config (rope_parameters), not a weight
             name = hf_name(t.name)
             dtype = GGUF_DTYPES[t.tensor_type.name]
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))

@@ -5,7 +5,9 @@ other, so one contiguous read fetches one neuron; reads of adjacent neurons coal
 Layout of `ffn-bundle-{layer}.bin` (described by bundles.json, see docs/sparse.md):
 row i at offset i * row_bytes holds [up_i | gate_i | down[:, i]] in the file's dtype; the
 file starts 4 KiB-aligned and is zero-padded to a multiple of 4 KiB. Biases stay resident
-(they are tiny) and are not in the bundle.
+(they are tiny) and are not in the bundle. In a GGUF block type (q8_0, q4_0, ...) each part is
+whole blocks: up and gate are the matrices' own rows, and down[:, i] is quantized as row i of
+down^T (its blocks run along the hidden size, where the dense down's run along the FFN).
 """
 
 import json
@@ -16,11 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from tierlm import writer
+from tierlm.quant import BLOCKS, dequantize, quantize, row_bytes
 
 ALIGNMENT = 4096
 BUNDLES_JSON = "bundles.json"
 FORMAT_VERSION = 1
 _ESIZE = {"f32": 4, "f16": 2, "bf16": 2}
+_STORED = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}  # block types: uint8 bytes
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class BundleLayout:
 
     @property
     def row_bytes(self):
+        if self.dtype in BLOCKS:
+            return (3 if self.gated else 2) * row_bytes(self.dtype, self.dim, self.file)
         return self.row_elems * _ESIZE[self.dtype]
 
     @property
@@ -58,8 +64,11 @@ class BundleLayout:
 
 
 def to_dtype(a, dtype):
-    """f32 array -> the stored element type (f16 and bf16 as uint16 words for bf16)."""
+    """f32 array -> the stored element type (bf16 as uint16 words; a block type as the bytes
+    of its blocks along the last axis, uint8 [..., row bytes])."""
     a = np.asarray(a, dtype=np.float32)
+    if dtype in BLOCKS:
+        return quantize(dtype, a)
     if dtype == "f32":
         return a
     if dtype == "f16":
@@ -67,11 +76,15 @@ def to_dtype(a, dtype):
     if dtype == "bf16":  # round to nearest even
         bits = a.view(np.uint32).astype(np.uint64)
         return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    raise ValueError(f"unknown dtype '{dtype}' (f32, f16, bf16)")
+    raise ValueError(f"unknown dtype '{dtype}' (f32, f16, bf16, {', '.join(BLOCKS)})")
 
 
 def from_dtype(a, dtype):
     """Stored rows -> f32."""
+    if dtype in BLOCKS:
+        a = np.asarray(a, np.uint8)
+        elems, nbytes = BLOCKS[dtype]
+        return dequantize(dtype, a, (*a.shape[:-1], a.shape[-1] // nbytes * elems))
     if dtype == "bf16":
         return (np.asarray(a, np.uint16).astype(np.uint32) << 16).view(np.float32)
     return np.asarray(a).astype(np.float32)
@@ -107,12 +120,20 @@ def write_bundle(path, up, down, gate=None, dtype="f16"):
     return replace(layout, crc32=zlib.crc32(data))
 
 
-def write_bundle_stored(path, up, down, gate=None, dtype="f16", chunk_bytes=16 << 20):
+def write_bundle_stored(path, up, down, gate=None, dtype="f16", chunk_bytes=16 << 20, dim=None):
     """Like write_bundle, from arrays already in the stored dtype (f32 / f16 arrays, bf16 as
     uint16 words; e.g. a package's memory-mapped tensors): bytes are copied, never rounded
-    again, and `chunk_bytes` of rows are assembled at a time so memory stays small."""
+    again, and `chunk_bytes` of rows are assembled at a time so memory stays small.
+
+    For a block type, up and gate are its rows' bytes (uint8 [ffn, row bytes], copied) and
+    `dim` their width; down is f32 values [dim, ffn], whose columns are quantized here as the
+    rows of down^T."""
     path = Path(path)
-    ffn, dim = up.shape
+    blocks = dtype in BLOCKS
+    ffn = up.shape[0]
+    dim = dim if blocks else up.shape[1]
+    if blocks and up.shape[1] != row_bytes(dtype, dim, path.name):
+        raise ValueError(f"bundle {path.name}: up rows are not {dim} elements of {dtype}")
     if down.shape != (dim, ffn) or (gate is not None and gate.shape != up.shape):
         raise ValueError(f"bundle {path.name}: up {up.shape}, down {down.shape} do not match")
     layout = BundleLayout(path.name, ffn, dim, gate is not None, dtype)
@@ -124,7 +145,8 @@ def write_bundle_stored(path, up, down, gate=None, dtype="f16", chunk_bytes=16 <
             parts = [np.asarray(up[s:e])]
             if gate is not None:
                 parts.append(np.asarray(gate[s:e]))
-            parts.append(np.asarray(down[:, s:e]).T)
+            down_t = np.asarray(down[:, s:e]).T
+            parts.append(quantize(dtype, down_t, path.name) if blocks else down_t)
             data = np.ascontiguousarray(np.concatenate(parts, axis=1)).tobytes()
             crc = zlib.crc32(data, crc)
             writer.write(f, data)
@@ -212,14 +234,17 @@ def read_requests(layout, neurons, align=None):
 
 
 def read_rows(source, layout, neurons):
-    """The bundled rows of sorted unique `neurons` as stored ([n, row_elems], file dtype),
+    """The bundled rows of sorted unique `neurons` as stored ([n, row_elems] of the file
+    dtype; a block type's as uint8 [n, row_bytes]),
     read through tierlm's I/O engine: one batch of coalesced requests, each landing directly
     in its place in the result. `source` is a path or an open tierlm.io.File."""
     from tierlm.io import File
 
     ids = np.asarray(neurons, dtype=np.int64)
-    np_dtype = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[layout.dtype]
-    out = np.empty((ids.size, layout.row_elems), dtype=np_dtype)
+    if layout.dtype in BLOCKS:
+        out = np.empty((ids.size, layout.row_bytes), dtype=np.uint8)
+    else:
+        out = np.empty((ids.size, layout.row_elems), dtype=_STORED[layout.dtype])
     buf = out.reshape(-1).view(np.uint8)
     requests, pos = [], 0
     for off, length in read_requests(layout, ids):

@@ -4,6 +4,8 @@
 import numpy as np
 
 from tierlm import _core
+from tierlm.errors import InvalidArgumentError
+from tierlm.quant import BLOCKS
 
 _WORD = {"f32": np.float32, "f16": np.uint16, "bf16": np.uint16}
 
@@ -13,8 +15,16 @@ def _ids(a):
 
 
 def _words(rows, dtype):
-    """Rows as the native kernel takes them: float32, or 16-bit words for f16/bf16."""
+    """Rows as the native kernel takes them: float32, 16-bit words for f16/bf16, or a block
+    type's bytes (uint8 [n, row bytes])."""
     rows = np.asarray(rows)
+    if dtype in BLOCKS:
+        if rows.dtype != np.uint8:
+            raise InvalidArgumentError(
+                f"{dtype} rows are the bytes of their blocks (uint8 [n, row bytes]), got "
+                f"{rows.dtype}"
+            )
+        return np.ascontiguousarray(rows)
     if dtype == "f16" and rows.dtype == np.float16:
         rows = rows.view(np.uint16)
     return np.ascontiguousarray(rows, dtype=_WORD[dtype])
@@ -33,7 +43,7 @@ class NeuronCache:
         ids = _ids(neurons)
         rows = _words(rows, self.dtype)
         if rows.ndim != 2:
-            rows = rows.reshape(ids.size, self.row_elems)
+            rows = rows.reshape(ids.size, -1)
         self._native.insert(ids, rows)
 
     def erase(self, neurons):

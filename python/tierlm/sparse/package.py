@@ -9,11 +9,18 @@ import zlib
 
 import numpy as np
 
-from tierlm.dtypes import NUMPY_DTYPES
+from tierlm.dtypes import NUMPY_DTYPES, stored_shape, to_f32
 from tierlm.errors import CorruptError, UnsupportedError
+from tierlm.quant import BLOCKS, quantize
 from tierlm.sparse.bundle import ALIGNMENT, BUNDLES_JSON, write_bundle_stored, write_bundles_json
 from tierlm.sparse.predictor import PREDICTORS_JSON
 
+# A down matrix whose source is a block type (a GGUF file) was rounded once along the FFN axis;
+# its bundle rounds it again along the hidden axis. At q8_0 that second rounding is small; at
+# 4-6 bits it doubles the error (SmolLM2's Q4_1 file: logits 11-17 % of their range from dense
+# with q4_1 bundles, 3-5 % with q8_0), so such bundles are q8_0, up and gate included. A float
+# source's down is rounded once, straight into the bundle's type.
+_REROUNDED_DOWN_DTYPE = "q8_0"
 SPARSE_ACTIVATIONS = ("relu", "swiglu")  # gated SwiGLU bundles carry the gate row too
 TRAIN_HINT = "tierlm sparse train {pkg} --calibration TEXTFILE"
 
@@ -24,7 +31,7 @@ def _tensor(directory, info, name):
         NUMPY_DTYPES[info[name]["dtype"]],
         "r",
         info[name]["offset"],
-        tuple(info[name]["shape"]),
+        stored_shape(info[name]["dtype"], info[name]["shape"]),
     )
 
 
@@ -37,10 +44,21 @@ def check_sparse_config(config, where):
         )
 
 
-def write_package_bundles(directory, tensors, config):
+def _values(directory, tensors, name):
+    """A tensor's f32 values (bf16 words widened, a block type dequantized)."""
+    info = tensors[name]
+    raw = _tensor(directory, tensors, name)
+    return to_f32(raw, info["dtype"], info["shape"]).reshape(info["shape"])
+
+
+def write_package_bundles(directory, tensors, config, source_values=None):
     """Writes ffn-bundle-{i}.bin per layer and bundles.json into the package directory being
     built, from its own weight files (so the bundles hold the package dtype's exact bytes).
-    Returns the manifest section."""
+    When up (and gate) are of a block type the bundle takes it: their rows are copied and
+    down's values quantized to it as rows of down^T (down's own blocks run along the FFN, so
+    its columns cannot be copied), from its checkpoint values (source_values(name) -> (source
+    dtype, f32 values); else the package's); when those are a block type the bundle is q8_0
+    (see _REROUNDED_DOWN_DTYPE). Returns the manifest section."""
     layouts = []
     for i in range(config["num_layers"]):
         p = f"layers.{i}.ffn."
@@ -48,14 +66,28 @@ def write_package_bundles(directory, tensors, config):
         gated = p + "gate.weight" in tensors
         if gated:
             names.append(p + "gate.weight")
-        dtypes = {tensors[n]["dtype"] for n in names}
+        row_dtypes = {tensors[n]["dtype"] for n in names if n != p + "down.weight"}
+        dtypes = row_dtypes | {tensors[p + "down.weight"]["dtype"]}
         up, down = _tensor(directory, tensors, names[0]), _tensor(directory, tensors, names[1])
         gate = _tensor(directory, tensors, names[2]) if gated else None
-        dtype = dtypes.pop() if len(dtypes) == 1 else "f32"
-        if dtype == "f32":
-            up, down = (np.asarray(a, np.float32) for a in (up, down))
-            gate = None if gate is None else np.asarray(gate, np.float32)
         path = os.path.join(directory, f"ffn-bundle-{i}.bin")
+        dtype = row_dtypes.pop() if len(row_dtypes) == 1 else "f32"
+        if dtype in BLOCKS:
+            if source_values is not None:
+                down_dtype, down = source_values(names[1])
+            else:
+                down_dtype, down = tensors[names[1]]["dtype"], _values(directory, tensors, names[1])
+            dim = tensors[names[0]]["shape"][1]
+            if down_dtype in BLOCKS and dtype != _REROUNDED_DOWN_DTYPE:
+                dtype = _REROUNDED_DOWN_DTYPE
+                up = quantize(dtype, _values(directory, tensors, names[0]))
+                gate = quantize(dtype, _values(directory, tensors, names[2])) if gated else None
+            layouts.append(write_bundle_stored(path, up, down, gate, dtype, dim=dim))
+            continue
+        dtype = dtype if len(dtypes) == 1 else "f32"
+        if dtype == "f32":
+            up, down = (_values(directory, tensors, n) for n in names[:2])
+            gate = _values(directory, tensors, names[2]) if gated else None
         layouts.append(write_bundle_stored(path, up, down, gate, dtype))
     write_bundles_json(directory, layouts)
     return {

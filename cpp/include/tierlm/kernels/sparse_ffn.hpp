@@ -14,7 +14,10 @@ namespace tierlm {
 
 // The bundled rows the sparse FFN reads: rows[r] = [up | gate (gated) | down], each dim
 // elements of dtype, rows row_stride elements apart. neurons[r] is the neuron id of row r,
-// used to index the biases (null: row r is neuron r).
+// used to index the biases (null: row r is neuron r). A block type (q8_0, q4_0, ...) stores
+// each part as whole blocks (down as a row of down^T), so dim and row_stride are multiples of
+// the block's elements; its up and gate dot products are the quantized linear's, on x rounded
+// to int8 blocks once by kernel_sparse_ffn_prepare (x_blocks).
 struct TIERLM_API SparseFfnRows {
   const void* rows = nullptr;
   DType dtype = DType::kDTypeF32;
@@ -28,7 +31,17 @@ struct TIERLM_API SparseFfnRows {
   // Gated only, thresholded SiLU sparsity (lossy): a neuron counts only when
   // |silu(x·gate + b_g)| > act_threshold; 0 keeps every neuron.
   float act_threshold = 0.0f;
+  // Block types only: x's activation blocks, as kernel_sparse_ffn_prepare wrote them.
+  const void* x_blocks = nullptr;
 };
+
+// Bytes of the workspace kernel_sparse_ffn_prepare fills for rows of dtype and width dim
+// (0 for f32, f16 and bf16, which read x as it is).
+TIERLM_API size_t kernel_sparse_ffn_workspace(DType dtype, size_t dim);
+// x[dim] to the int8 activation blocks that block-type rows multiply with (the same bytes at
+// every SIMD level); once per x, then any number of kernel_sparse_ffn calls (threads included)
+// read them through rows.x_blocks.
+TIERLM_API void kernel_sparse_ffn_prepare(const float* x, DType dtype, size_t dim, void* workspace);
 
 // y[dim] = down_bias + sum over the chosen rows r of act_r * down_r with
 //   act_r = relu(x·up_r + up_bias[n_r])                              (ReLU FFN)

@@ -18,6 +18,7 @@ struct TIERLM_API StreamStats {
   double read_busy_seconds = 0.0;     // sum over chunks of issue -> reads complete (as seen)
   uint64_t layer_waits = 0;           // end_layer calls of streamed layers
   uint64_t chunk_waits = 0;           // data() calls that waited for a chunk's reads
+  uint64_t stream_requests = 0;       // read requests the ring issued
   uint64_t row_bytes_read = 0;        // embedding rows read on demand
   uint64_t ring_restarts = 0;         // out-of-order layer accesses that drained the ring
   bool io_direct = false;             // reads use O_DIRECT
@@ -33,6 +34,7 @@ struct TIERLM_API StreamStats {
     d.read_busy_seconds -= before.read_busy_seconds;
     d.layer_waits -= before.layer_waits;
     d.chunk_waits -= before.chunk_waits;
+    d.stream_requests -= before.stream_requests;
     d.row_bytes_read -= before.row_bytes_read;
     d.ring_restarts -= before.ring_restarts;
     return d;

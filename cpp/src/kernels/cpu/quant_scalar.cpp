@@ -328,8 +328,22 @@ void dequantize_row(const void* src, DType dtype, float* dst, size_t n) {
   fail_not_block_dtype("dequantize", dtype);
 }
 
+namespace {
+
+// y += a * w, one block dequantized at a time.
+void axpy(float a, const void* w, DType w_dtype, float* y, size_t cols) {
+  const DTypeBlock block = dtype_block(w_dtype);
+  float v[kBlock256];
+  for (size_t b = 0; b < cols / block.elems; ++b) {
+    dequantize_row(static_cast<const char*>(w) + b * block.bytes, w_dtype, v, block.elems);
+    for (size_t j = 0; j < block.elems; ++j) y[b * block.elems + j] += a * v[j];
+  }
+}
+
+}  // namespace
+
 const QuantKernels& quant_kernels_scalar() {
-  static const QuantKernels kTable = {quantize_rows, linear};
+  static const QuantKernels kTable = {quantize_rows, linear, axpy};
   return kTable;
 }
 

@@ -551,9 +551,79 @@ void linear_quant(const void* xq, const void* w, const float* bias, DType w_dtyp
   fail_not_block_dtype("quantized linear", w_dtype);
 }
 
+// ---- axpy (the sparse FFN's down part) ---------------------------------------------------------
+
+// y[0:32] += a * (q * d + m) over one 32-block's stored integers (m = -offset * d, or the min).
+template <class B>
+inline void axpy_block32(float a, const B& blk, float* y) {
+  using O = Ops32<B>;
+  const __m256i q = O::unpack(blk);
+  const float d = f16(blk.d);
+  float m;
+  if constexpr (O::kMin)
+    m = f16(blk.m);
+  else
+    m = -O::kOffset * d;
+  const __m256 ad = _mm256_set1_ps(a * d), am = _mm256_set1_ps(a * m);
+  auto add8 = [&](__m128i q8, float* out) {
+    const __m256i q32 = O::kSigned ? _mm256_cvtepi8_epi32(q8) : _mm256_cvtepu8_epi32(q8);
+    const __m256 v = _mm256_add_ps(_mm256_loadu_ps(out), am);
+    _mm256_storeu_ps(out, _mm256_fmadd_ps(ad, _mm256_cvtepi32_ps(q32), v));
+  };
+  const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+  add8(lo, y);
+  add8(_mm_srli_si128(lo, 8), y + 8);
+  add8(hi, y + 16);
+  add8(_mm_srli_si128(hi, 8), y + 24);
+}
+
+template <class B>
+void axpy_blocks32(float a, const void* w, float* y, size_t cols) {
+  const auto* blocks = static_cast<const B*>(w);
+  for (size_t b = 0; b < cols / kBlock32; ++b) axpy_block32(a, blocks[b], y + kBlock32 * b);
+}
+
+// k-types: each super-block dequantized by the scalar reference, then added.
+void axpy_blocks256(float a, const void* w, DType w_dtype, float* y, size_t cols) {
+  const size_t block_bytes = dtype_block(w_dtype).bytes;
+  alignas(32) float v[kBlock256];
+  const __m256 va = _mm256_set1_ps(a);
+  for (size_t b = 0; b < cols / kBlock256; ++b) {
+    dequantize_row(static_cast<const char*>(w) + b * block_bytes, w_dtype, v, kBlock256);
+    float* out = y + kBlock256 * b;
+    for (size_t j = 0; j < kBlock256; j += 8)
+      _mm256_storeu_ps(out + j,
+                       _mm256_fmadd_ps(va, _mm256_load_ps(v + j), _mm256_loadu_ps(out + j)));
+  }
+}
+
+void axpy_quant(float a, const void* w, DType w_dtype, float* y, size_t cols) {
+  switch (w_dtype) {
+    case DType::kDTypeQ8_0:
+      return axpy_blocks32<BlockQ8_0>(a, w, y, cols);
+    case DType::kDTypeQ4_0:
+      return axpy_blocks32<BlockQ4_0>(a, w, y, cols);
+    case DType::kDTypeQ4_1:
+      return axpy_blocks32<BlockQ4_1>(a, w, y, cols);
+    case DType::kDTypeQ5_0:
+      return axpy_blocks32<BlockQ5_0>(a, w, y, cols);
+    case DType::kDTypeQ5_1:
+      return axpy_blocks32<BlockQ5_1>(a, w, y, cols);
+    case DType::kDTypeQ4_K:
+    case DType::kDTypeQ5_K:
+    case DType::kDTypeQ6_K:
+      return axpy_blocks256(a, w, w_dtype, y, cols);
+    case DType::kDTypeF32:
+    case DType::kDTypeF16:
+    case DType::kDTypeBF16:
+      break;
+  }
+  fail_not_block_dtype("quantized axpy", w_dtype);
+}
+
 template <class I>
 QuantKernels make_quant_kernels() {
-  return QuantKernels{quantize_rows_simd, linear_quant<I>};
+  return QuantKernels{quantize_rows_simd, linear_quant<I>, axpy_quant};
 }
 
 }  // namespace
