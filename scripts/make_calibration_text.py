@@ -5,9 +5,8 @@ there). Topics in sorted order; every 8th topic is held out, so the two files sh
 Rerun with the same Python (3.11) to reproduce the files byte for byte."""
 
 import argparse
-from pathlib import Path
-
 import pydoc_data.topics
+from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "python" / "tierlm" / "data" / "calibration"
 HELD_OUT_EVERY = 8

@@ -10,7 +10,7 @@ token: channels kept, rows and bytes read, requests, cache hits.
 import numpy as np
 
 from tierlm.sparse.bundle import ALIGNMENT, read_requests
-from tierlm.sparse.channel import SITES, site_modules
+from tierlm.sparse.channel import site_modules
 from tierlm.sparse.channel_bundle import load_channel_layouts
 
 _NP = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}
