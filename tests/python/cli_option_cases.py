@@ -319,6 +319,127 @@ def case_sparse_bundle_json(ctx):
     assert bundle(ctx, "bjson")[1]["layers"]
 
 
+def calibrate(ctx, *argv, out="cal-out"):
+    hf, text, held = ctx.calibrate
+    base = ("--calibration", text, "--held-out", held, "--target-sparsity", "0.4")
+    return ctx.json("sparse", "calibrate", hf, *base, "--out", os.path.join(ctx.tmp, out), *argv)
+
+
+def case_sparse_calibrate_model(ctx):
+    _, text, _ = ctx.calibrate
+    ctx.fails(
+        "sparse",
+        "calibrate",
+        os.path.join(ctx.tmp, "nomodel"),
+        "--target-sparsity",
+        "0.4",
+        match="nomodel",
+    )
+    ctx.fails(
+        "sparse",
+        "calibrate",
+        ctx.hf,
+        "--target-sparsity",
+        "0.4",
+        "--calibration",
+        text,
+        "--out",
+        os.path.join(ctx.tmp, "o"),
+        match="gated",
+    )
+    assert calibrate(ctx)["quality"]["perplexity"] > 0
+
+
+def case_sparse_calibrate_target_sparsity(ctx):
+    low = calibrate(ctx, "--target-sparsity", "0.2")["thresholds"][0]["ffn_in"]
+    assert 0 < low < calibrate(ctx, "--target-sparsity", "0.6")["thresholds"][0]["ffn_in"]
+    hf, _, _ = ctx.calibrate
+    ctx.fails("sparse", "calibrate", hf, "--target-sparsity", "1", match="--target-sparsity")
+
+
+def case_sparse_calibrate_calibration(ctx):
+    hf, _, held = ctx.calibrate
+    ctx.fails(
+        "sparse",
+        "calibrate",
+        hf,
+        "--target-sparsity",
+        "0.4",
+        "--calibration",
+        os.path.join(ctx.tmp, "no.txt"),
+        match="no.txt",
+    )
+    assert calibrate(ctx, "--calibration", held)["thresholds"] != calibrate(ctx)["thresholds"]
+
+
+def case_sparse_calibrate_held_out(ctx):
+    _, text, _ = ctx.calibrate
+    a = calibrate(ctx)["quality"]["held_out_tokens"]
+    assert calibrate(ctx, "--held-out", text)["quality"]["held_out_tokens"] != a
+
+
+def case_sparse_calibrate_max_tokens(ctx):
+    assert calibrate(ctx, "--max-tokens", "40")["calibration_tokens"] == 40
+    hf, _, _ = ctx.calibrate
+    ctx.fails(
+        "sparse",
+        "calibrate",
+        hf,
+        "--target-sparsity",
+        "0.4",
+        "--max-tokens",
+        "3",
+        match="--max-tokens",
+    )
+
+
+def case_sparse_calibrate_held_out_tokens(ctx):
+    assert calibrate(ctx, "--held-out-tokens", "0")["quality"] is None
+    assert calibrate(ctx, "--held-out-tokens", "33")["quality"]["held_out_tokens"] == 33
+    hf, _, _ = ctx.calibrate
+    ctx.fails(
+        "sparse",
+        "calibrate",
+        hf,
+        "--target-sparsity",
+        "0.4",
+        "--held-out-tokens",
+        "-1",
+        match="--held-out-tokens",
+    )
+
+
+def case_sparse_calibrate_dtype(ctx):
+    f32 = calibrate(ctx, "--dtype", "f32", out="c32")["bundle_bytes"]
+    assert f32 > calibrate(ctx, "--dtype", "f16", out="c16")["bundle_bytes"]
+
+
+def case_sparse_calibrate_out(ctx):
+    result = calibrate(ctx, out="elsewhere")
+    assert result["out"] == os.path.join(ctx.tmp, "elsewhere")
+    assert os.path.exists(os.path.join(result["out"], "channel_sparsity.json"))
+    assert os.path.exists(os.path.join(result["out"], "channels.json"))
+
+
+def case_sparse_calibrate_json(ctx):
+    hf, text, held = ctx.calibrate
+    rc, out, _ = ctx.run(
+        "sparse",
+        "calibrate",
+        hf,
+        "--target-sparsity",
+        "0.4",
+        "--calibration",
+        text,
+        "--held-out",
+        held,
+        "--out",
+        os.path.join(ctx.tmp, "t"),
+    )
+    assert rc == 0 and out.startswith("LOSSY input-channel sparsity 0.4")
+    assert "thresholds" in calibrate(ctx)
+
+
 def bench(ctx, *argv):
     path = os.path.join(ctx.tmp, "bench.bin")
     return ctx.json("bench", "io", path, "--create", "1MiB", "--seconds", "0.05", *argv)

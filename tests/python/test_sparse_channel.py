@@ -193,3 +193,19 @@ def test_truncated_channel_bundle_is_named(tiny, tmp_path):
     victim.write_bytes(victim.read_bytes()[:1000])
     with pytest.raises(ValueError, match="channel-1-ffn_in.bin: 1000 bytes"):
         load_channel_layouts(tmp_path)
+
+
+def test_allocation_meets_the_byte_target_and_favours_heavy_tails():
+    rng = np.random.default_rng(5)
+    gaussian, heavy = channel.MagnitudeHistogram(), channel.MagnitudeHistogram()
+    gaussian.add(rng.standard_normal(50_000))
+    heavy.add(rng.standard_t(1.5, 50_000))
+    hists = {(0, "ffn_in"): gaussian, (0, "ffn_down"): heavy}
+    sizes = {(0, "ffn_in"): 3 * 1021, (0, "ffn_down"): 1021}
+    level = channel.allocate(hists, sizes, 0.4)
+    saved = sum(level[k] * sizes[k] for k in sizes) / sum(sizes.values())
+    assert saved == pytest.approx(0.4, abs=0.011)
+    assert level[(0, "ffn_down")] > level[(0, "ffn_in")]
+    # The energy dropped is below what the uniform split drops.
+    uniform = sum(h.dropped_energy(0.4) for h in hists.values())
+    assert sum(hists[k].dropped_energy(level[k]) for k in hists) < uniform

@@ -1,10 +1,13 @@
 """`tierlm sparse ...`: sparse-neuron flash loading tools. `train` fits the per-layer
 activation predictors on calibration text and stores them beside the model; `bundle`
-writes the row-column bundled FFN files."""
+writes the row-column bundled FFN files; `calibrate` sets the thresholds of training-free
+input-channel sparsity (Llama family, cli/sparse_calibrate.py)."""
 
 import json
 import sys
 from pathlib import Path
+
+from tierlm.cli import sparse_calibrate
 
 
 def add_parser(subparsers):
@@ -62,6 +65,8 @@ def add_parser(subparsers):
     bundle.add_argument("--dtype", default="f16", choices=["f32", "f16", "bf16"])
     bundle.add_argument("--json", action="store_true", help="print one JSON object")
     bundle.set_defaults(run=run_bundle)
+
+    sparse_calibrate.add_parser(sub)
 
 
 def run_bundle(args):

@@ -37,6 +37,7 @@ class MagnitudeHistogram:
 
     def __init__(self):
         self.counts = np.zeros(_N_BINS, np.int64)
+        self.energy = np.zeros(_N_BINS, np.float64)  # sum of x^2 per bin
         self.zeros = 0
 
     def add(self, values):
@@ -46,6 +47,17 @@ class MagnitudeHistogram:
         pos = (np.log2(nonzero) - _LOG2_LO) * _BINS_PER_OCTAVE
         idx = np.clip(pos.astype(np.int64), 0, _N_BINS - 1)
         self.counts += np.bincount(idx, minlength=_N_BINS)
+        self.energy += np.bincount(idx, weights=nonzero.astype(np.float64) ** 2, minlength=_N_BINS)
+
+    def dropped_energy(self, q):
+        """Fraction of sum(x^2) carried by the channels a threshold at quantile q drops."""
+        if q <= 0 or self.total == 0:
+            return 0.0
+        need = q * self.total - self.zeros
+        if need <= 0:
+            return 0.0
+        b = int(np.searchsorted(np.cumsum(self.counts), need))
+        return float(self.energy[: b + 1].sum() / max(self.energy.sum(), 1e-300))
 
     @property
     def total(self):
@@ -141,15 +153,53 @@ def collect_histograms(loaded, ids, context=1024, progress=None):
     return hists
 
 
-def calibrate(loaded, ids, target_sparsity, context=1024, progress=None):
-    """Thresholds that drop a fraction `target_sparsity` of every site's input channels on
-    the calibration ids (the same target at every site and layer)."""
+def site_weight_elems(loaded, layer, site):
+    """Weight elements of a site (what skipping all of its channels saves)."""
+    return sum(m.weight.numel() for m in site_modules(loaded.layers[layer], site))
+
+
+def allocate(hists, sizes, target, step=0.01, cap=0.95):
+    """Per-site sparsities whose size-weighted mean is `target`, chosen greedily: each step
+    raises the site whose next `step` drops the least input energy (sum of x^2) per weight
+    element saved. Sites whose inputs are heavy-tailed (few large channels) take more.
+    hists / sizes: {key: MagnitudeHistogram} / {key: weight elements}."""
+    total = sum(sizes.values())
+    level = dict.fromkeys(hists, 0.0)
+    cost = {k: hists[k].dropped_energy(step) for k in hists}
+    saved = 0.0
+    while saved < target * total - 1e-9:
+        k = min((k for k in hists if level[k] + step <= cap + 1e-9), key=cost.get, default=None)
+        if k is None:
+            break
+        level[k] += step
+        saved += step * sizes[k]
+        nxt = hists[k].dropped_energy(level[k] + step)
+        cost[k] = nxt - hists[k].dropped_energy(level[k])
+    return level
+
+
+def calibrate(loaded, ids, target_sparsity, context=1024, progress=None, allocation="energy"):
+    """Thresholds that skip a fraction `target_sparsity` of the weight elements the model's
+    linears would read, on the calibration ids. allocation="uniform": that fraction of every
+    site's input channels; "energy": per-site fractions from allocate()."""
     if not 0.0 <= target_sparsity < 1.0:
         raise ValueError(f"target sparsity must be in [0, 1), got {target_sparsity}")
+    if allocation not in ("uniform", "energy"):
+        raise ValueError(f"allocation must be 'uniform' or 'energy', got {allocation!r}")
     t0 = time.monotonic()
     hists = collect_histograms(loaded, ids, context, progress)
-    layers = [{s: h[s].quantile(target_sparsity) for s in SITES} for h in hists]
-    metrics = {"calibration_seconds": time.monotonic() - t0}
+    flat = {(i, s): h[s] for i, h in enumerate(hists) for s in SITES}
+    if allocation == "energy" and target_sparsity > 0:
+        sizes = {k: site_weight_elems(loaded, *k) for k in flat}
+        level = allocate(flat, sizes, target_sparsity)
+    else:
+        level = dict.fromkeys(flat, float(target_sparsity))
+    layers = [{s: flat[(i, s)].quantile(level[(i, s)]) for s in SITES} for i in range(len(hists))]
+    metrics = {
+        "calibration_seconds": time.monotonic() - t0,
+        "allocation": allocation,
+        "site_sparsity": [{s: round(level[(i, s)], 4) for s in SITES} for i in range(len(hists))],
+    }
     return ChannelThresholds(float(target_sparsity), layers, int(len(ids)), metrics)
 
 
