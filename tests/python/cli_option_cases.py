@@ -257,6 +257,19 @@ def case_sparse_train_target_sparsity(ctx):
     )
 
 
+def case_sparse_train_min_recall(ctx):
+    result = train(ctx, "--min-recall", "1.0", "--seed", "1")
+    assert result["dense_fallback_layers"] == [
+        m["layer"] for m in result["layers"] if m.get("trained_recall", m["recall"]) < 1.0
+    ]
+    assert all(m["recall"] == 1.0 for m in result["layers"] if m.get("fallback"))
+    assert train(ctx, "--min-recall", "0", "--seed", "1")["dense_fallback_layers"] == []
+    pkg, text, _ = ctx.train
+    ctx.fails(
+        "sparse", "train", pkg, "--calibration", text, "--min-recall", "2", match="--min-recall"
+    )
+
+
 def case_sparse_train_threads(ctx):
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()
@@ -351,8 +364,11 @@ def case_sparse_calibrate_model(ctx):
 
 
 def case_sparse_calibrate_target_sparsity(ctx):
-    low = calibrate(ctx, "--target-sparsity", "0.2")["thresholds"][0]["ffn_in"]
-    assert 0 < low < calibrate(ctx, "--target-sparsity", "0.6")["thresholds"][0]["ffn_in"]
+    def total(target):
+        layers = calibrate(ctx, "--target-sparsity", target)["thresholds"]
+        return sum(t for layer in layers for t in layer.values())
+
+    assert 0 < total("0.2") < total("0.6")
     hf, _, _ = ctx.calibrate
     ctx.fails("sparse", "calibrate", hf, "--target-sparsity", "1", match="--target-sparsity")
 

@@ -219,8 +219,9 @@ def _load_package(path):
     return LoadedModel(model, _load_tokenizer(tok_dir), "package", path)
 
 
-def collect_ffn_inputs(loaded, ids, context=None, max_tokens=None):
-    """Each layer's FFN input (after its layer norm) for the ids, fed in windows of `context`.
+def collect_ffn_inputs(loaded, ids, context=None, max_tokens=None, progress=None):
+    """Each layer's FFN input (after its layer norm) for the ids, fed in windows of `context`;
+    progress(done_tokens, total_tokens) after each window.
 
     Returns a list (one per layer) of f32 arrays [tokens, hidden].
     """
@@ -243,6 +244,8 @@ def collect_ffn_inputs(loaded, ids, context=None, max_tokens=None):
             for start in range(0, len(ids), context):
                 chunk = torch.from_numpy(ids[start : start + context])[None]
                 loaded.model(input_ids=chunk)
+                if progress:
+                    progress(min(len(ids), start + context), len(ids))
     finally:
         for h in hooks:
             h.remove()
