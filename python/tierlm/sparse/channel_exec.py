@@ -104,7 +104,12 @@ class NativeChannelSparse:
             key: _Site(directory, layouts[key], thresholds.layers[key[0]][key[1]], k, self.tier)
             for key in wanted
         }
-        self.dense_bytes = sum(lay.data_bytes for key, lay in layouts.items() if key in self.sites)
+        # Every linear of the model (what dense offload reads per token), and those of the
+        # sites left dense (threshold 0), which a token reads whole.
+        self.dense_bytes = sum(lay.data_bytes for lay in layouts.values())
+        self.dense_site_bytes = sum(
+            lay.data_bytes for key, lay in layouts.items() if key not in self.sites
+        )
         self.per_token = []  # one dict of counters per token (summed over sites)
         self._first = next(iter(self.sites), None)  # the site that starts a token's record
         self._hooks = []
@@ -157,12 +162,16 @@ class NativeChannelSparse:
         self.per_token.clear()
 
     def summary(self):
-        """Per-token means of the counters, the dense bytes of the same matrices, hit rate."""
+        """Per-token means of the counters, the sparsity reached and the cache hit rate (over
+        the sites run sparse), the bytes of every linear (dense_bytes_per_token), of the sites
+        left dense, and what a token reads in all (sparse reads + dense sites)."""
         n = max(1, len(self.per_token))
         total = {c: sum(t[c] for t in self.per_token) for c in _COUNTERS}
         out = {f"{c}_per_token": total[c] / n for c in _COUNTERS}
         out["tokens"] = len(self.per_token)
         out["dense_bytes_per_token"] = self.dense_bytes
+        out["dense_site_bytes_per_token"] = self.dense_site_bytes
+        out["total_bytes_per_token"] = out["bytes_read_per_token"] + self.dense_site_bytes
         out["sparsity"] = 1.0 - total["channels_kept"] / max(1, total["channels"])
         out["cache_hit_rate"] = 1.0 - total["rows_read"] / max(1, total["channels_kept"])
         return out
