@@ -115,10 +115,13 @@ def test_calibrated_sparsity_is_reached(tiny):
     loaded, ids, dirs = tiny
     from tierlm.sparse.channel_exec import NativeChannelSparse
 
-    th = channel.calibrate(loaded, ids, 0.4, context=64)
-    with NativeChannelSparse(loaded, dirs["f32"], th, k=1) as native:
-        logits(loaded, ids[:64])  # calibration tokens: the drop fraction is the target
-    assert native.summary()["sparsity"] == pytest.approx(0.4, abs=0.03)
+    # On the calibration tokens the fraction skipped is the target: of every site's channels
+    # (uniform), of the weights of all linears (energy).
+    for allocation, measure in (("uniform", "sparsity"), ("energy", "weight_sparsity")):
+        th = channel.calibrate(loaded, ids[:64], 0.4, context=64, allocation=allocation)
+        with NativeChannelSparse(loaded, dirs["f32"], th, k=1) as native:
+            logits(loaded, ids[:64])
+        assert native.summary()[measure] == pytest.approx(0.4, abs=0.03), allocation
 
 
 @pytest.mark.parametrize("k", [1, 4])

@@ -12,7 +12,6 @@ memory does not grow with the number of tokens.
 
 import contextlib
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,14 +48,17 @@ class MagnitudeHistogram:
         self.counts += np.bincount(idx, minlength=_N_BINS)
         self.energy += np.bincount(idx, weights=nonzero.astype(np.float64) ** 2, minlength=_N_BINS)
 
+    def _bin(self, q):
+        """The bin holding quantile q, or None when q falls among the exact zeros."""
+        if q <= 0 or self.total == 0 or q * self.total - self.zeros <= 0:
+            return None
+        return int(np.searchsorted(np.cumsum(self.counts), q * self.total - self.zeros))
+
     def dropped_energy(self, q):
         """Fraction of sum(x^2) carried by the channels a threshold at quantile q drops."""
-        if q <= 0 or self.total == 0:
+        b = self._bin(q)
+        if b is None:
             return 0.0
-        need = q * self.total - self.zeros
-        if need <= 0:
-            return 0.0
-        b = int(np.searchsorted(np.cumsum(self.counts), need))
         return float(self.energy[: b + 1].sum() / max(self.energy.sum(), 1e-300))
 
     @property
@@ -65,13 +67,8 @@ class MagnitudeHistogram:
 
     def quantile(self, q):
         """The smallest bin edge t with at least a fraction q of |x| <= t (0 when q is 0)."""
-        if q <= 0 or self.total == 0:
-            return 0.0
-        need = q * self.total - self.zeros
-        if need <= 0:
-            return 0.0
-        b = int(np.searchsorted(np.cumsum(self.counts), need))
-        return float(2.0 ** (_LOG2_LO + (b + 1) / _BINS_PER_OCTAVE))
+        b = self._bin(q)
+        return 0.0 if b is None else float(2.0 ** (_LOG2_LO + (b + 1) / _BINS_PER_OCTAVE))
 
 
 @dataclass
@@ -227,24 +224,6 @@ def channel_sparse_mode(loaded, thresholds):
             h.remove()
 
 
-def perplexity_and_top1(loaded, ids, context=1024):
-    """(perplexity, top-1 ids [n-1]) teacher-forced over windows of `context`."""
-    import torch
-
-    ids = np.asarray(ids, dtype=np.int64)
-    nll, count, tops = 0.0, 0, []
-    with torch.no_grad():
-        for start in range(0, len(ids) - 1, context):
-            chunk = torch.from_numpy(ids[start : start + context])[None]
-            if chunk.shape[1] < 2:
-                break
-            logits = loaded.model(input_ids=chunk).logits[0, :-1].float()
-            nll += torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="sum").item()
-            count += chunk.shape[1] - 1
-            tops.append(logits.argmax(-1).numpy())
-    return math.exp(nll / count), np.concatenate(tops)
-
-
 def greedy_top1_agreement(loaded, thresholds, prompt_ids, n_new=256):
     """Dense generates n_new greedy tokens after the prompt; the sparse model, fed the same
     tokens, picks its own top-1 at each of those positions. Returns the agreeing fraction."""
@@ -263,6 +242,8 @@ def greedy_top1_agreement(loaded, thresholds, prompt_ids, n_new=256):
 def quality(loaded, thresholds, held_ids, n_new=256, prompt_tokens=64, context=1024):
     """Held-out perplexity (sparse vs dense), teacher-forced top-1 agreement over held_ids and
     greedy top-1 agreement over n_new generated tokens."""
+    from tierlm.sparse.quality import perplexity_and_top1
+
     dense_ppl, dense_top = perplexity_and_top1(loaded, held_ids, context)
     with channel_sparse_mode(loaded, thresholds):
         ppl, top = perplexity_and_top1(loaded, held_ids, context)

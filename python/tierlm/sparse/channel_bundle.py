@@ -11,17 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from tierlm.sparse.bundle import ALIGNMENT, to_dtype
+from tierlm.sparse.bundle import ALIGNMENT, RowFile, to_dtype
 from tierlm.sparse.channel import SITES, site_modules
 
 CHANNELS_JSON = "channels.json"
 FORMAT_VERSION = 1
-_ESIZE = {"f32": 4, "f16": 2, "bf16": 2}
 
 
 @dataclass(frozen=True)
-class ChannelLayout:
-    """One site's file. Duck-types BundleLayout for tierlm.sparse.bundle.read_requests:
+class ChannelLayout(RowFile):
+    """One site's file, read like a bundle file (tierlm.sparse.bundle.read_requests):
     n_neurons is the number of input channels (rows), row_elems the summed output widths."""
 
     file: str
@@ -34,18 +33,6 @@ class ChannelLayout:
     @property
     def row_elems(self):
         return int(sum(self.outs))
-
-    @property
-    def row_bytes(self):
-        return self.row_elems * _ESIZE[self.dtype]
-
-    @property
-    def data_bytes(self):
-        return self.n_neurons * self.row_bytes
-
-    @property
-    def file_bytes(self):
-        return -(-self.data_bytes // ALIGNMENT) * ALIGNMENT
 
     def to_json(self):
         d = asdict(self)

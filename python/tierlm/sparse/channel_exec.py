@@ -14,7 +14,7 @@ from tierlm.sparse.channel import site_modules
 from tierlm.sparse.channel_bundle import load_channel_layouts
 
 _NP = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}
-_COUNTERS = ("channels", "channels_kept", "rows_read", "bytes_read", "requests")
+_COUNTERS = ("channels", "channels_kept", "bytes_kept", "rows_read", "bytes_read", "requests")
 
 
 class _Site:
@@ -63,6 +63,7 @@ class _Site:
             self.cache.insert(load, self.read(load, counts))
         counts["channels"] += x.size
         counts["channels_kept"] += kept.size
+        counts["bytes_kept"] += kept.size * self.layout.row_bytes
         rows = self.cache._native.rows()
         # threshold < 0 in the kernel keeps every cached row: the window's union holds kept.
         cut = self.threshold if self.threshold > 0 else -1.0
@@ -172,6 +173,9 @@ class NativeChannelSparse:
         out["dense_bytes_per_token"] = self.dense_bytes
         out["dense_site_bytes_per_token"] = self.dense_site_bytes
         out["total_bytes_per_token"] = out["bytes_read_per_token"] + self.dense_site_bytes
+        # The fraction of all linear weights a token skips (what the target sparsity means).
+        used = out["bytes_kept_per_token"] + self.dense_site_bytes
+        out["weight_sparsity"] = 1.0 - used / max(1, self.dense_bytes)
         out["sparsity"] = 1.0 - total["channels_kept"] / max(1, total["channels"])
         out["cache_hit_rate"] = 1.0 - total["rows_read"] / max(1, total["channels_kept"])
         return out
