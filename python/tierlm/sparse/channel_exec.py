@@ -18,7 +18,9 @@ _COUNTERS = ("channels", "channels_kept", "bytes_kept", "rows_read", "bytes_read
 
 
 class _Site:
-    """One site's channel cache, window, file and aligned staging buffer."""
+    """One site's channel cache, window, file and a 4 KiB-aligned staging buffer the size of
+    the file (each request lands at its file offset; bounded staging is the native
+    executor's job, see docs/sparse.md "Not done")."""
 
     def __init__(self, directory, layout, threshold, k, tier):
         from tierlm import _core
@@ -64,7 +66,7 @@ class _Site:
         counts["channels"] += x.size
         counts["channels_kept"] += kept.size
         counts["bytes_kept"] += kept.size * self.layout.row_bytes
-        rows = self.cache._native.rows()
+        rows = self.cache.rows()
         # threshold < 0 in the kernel keeps every cached row: the window's union holds kept.
         cut = self.threshold if self.threshold > 0 else -1.0
         return self.kernel(
