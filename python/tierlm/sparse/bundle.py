@@ -177,7 +177,10 @@ def load_layouts(directory):
             f"this tierlm reads ({FORMAT_VERSION})"
         )
     keys = ("file", "n_neurons", "dim", "gated", "dtype")
-    return [BundleLayout(**{k: layer[k] for k in keys}) for layer in meta["layers"]]
+    return [
+        BundleLayout(**{k: layer[k] for k in keys}, crc32=layer.get("crc32"))
+        for layer in meta["layers"]
+    ]
 
 
 def read_requests(layout, neurons, align=None):
