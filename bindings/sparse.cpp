@@ -1,4 +1,5 @@
-// Neuron cache, neuron window and sparse FFN kernel (tierlm/neuron_cache.hpp, sparse_ffn.hpp).
+// Neuron cache, neuron window, sparse FFN and channel sparse kernels (tierlm/neuron_cache.hpp,
+// sparse_ffn.hpp, channel_sparse.hpp).
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
@@ -11,6 +12,7 @@
 
 #include "bindings.hpp"
 #include "tierlm/core/error.hpp"
+#include "tierlm/kernels/channel_sparse.hpp"
 #include "tierlm/kernels/sparse_ffn.hpp"
 #include "tierlm/sparse/neuron_cache.hpp"
 
@@ -208,6 +210,39 @@ void bind_sparse(nb::module_& m) {
       "y = down_bias + sum over rows (or slots) of act(x . up + b) * down; rows are bundled "
       "[up | gate | down] rows of `dtype` (16-bit dtypes as uint16 words, block types as "
       "uint8 [n, row bytes] with down stored as a row of down^T)");
+
+  m.def(
+      "channel_sparse_linear",
+      [](F32Vec x, RowArray rows, const std::string& dtype, size_t out, IdArray channels,
+         float threshold, std::optional<F32Vec> bias) {
+        ChannelRows r;
+        r.dtype = parse_dtype(dtype);
+        check_rows(rows, r.dtype, 0, "channel_sparse_linear");
+        r.rows = rows.data();
+        r.n_rows = rows.shape(0);
+        r.out = out;
+        r.row_stride = rows.shape(1);
+        r.n_channels = x.shape(0);
+        TIERLM_CHECK(channels.shape(0) == r.n_rows, kErrorInvalidArgument,
+                     "channel_sparse_linear: channels has ", channels.shape(0), " ids for ",
+                     r.n_rows, " rows");
+        r.channels = channels.data();
+        TIERLM_CHECK(!bias || bias->shape(0) == out, kErrorInvalidArgument,
+                     "channel_sparse_linear: bias has ", bias ? bias->shape(0) : 0,
+                     " entries, out is ", out);
+        float* y = new float[out > 0 ? out : 1];
+        nb::capsule owner(y, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+        {
+          nb::gil_scoped_release release;
+          kernel_channel_sparse_linear(x.data(), r, threshold, bias ? bias->data() : nullptr, y);
+        }
+        return nb::ndarray<nb::numpy, float, nb::ndim<1>>(y, {out}, owner);
+      },
+      nb::arg("x"), nb::arg("rows"), nb::arg("dtype"), nb::arg("out"), nb::arg("channels"),
+      nb::arg("threshold"), nb::arg("bias") = nb::none(),
+      "y = bias + sum over rows r with |x[channels[r]]| > threshold of x[channels[r]] * "
+      "rows[r]; rows are columns of a matrix stored by input channel (16-bit dtypes as uint16 "
+      "words)");
 }
 
 }  // namespace tierlm::bindings

@@ -257,6 +257,19 @@ def case_sparse_train_target_sparsity(ctx):
     )
 
 
+def case_sparse_train_min_recall(ctx):
+    result = train(ctx, "--min-recall", "1.0", "--seed", "1")
+    assert result["dense_fallback_layers"] == [
+        m["layer"] for m in result["layers"] if m.get("trained_recall", m["recall"]) < 1.0
+    ]
+    assert all(m["recall"] == 1.0 for m in result["layers"] if m.get("fallback"))
+    assert train(ctx, "--min-recall", "0", "--seed", "1")["dense_fallback_layers"] == []
+    pkg, text, _ = ctx.train
+    ctx.fails(
+        "sparse", "train", pkg, "--calibration", text, "--min-recall", "2", match="--min-recall"
+    )
+
+
 def case_sparse_train_threads(ctx):
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()
@@ -317,6 +330,130 @@ def case_sparse_bundle_json(ctx):
     rc, out, _ = ctx.run("sparse", "bundle", ctx.hf, os.path.join(ctx.tmp, "btext"))
     assert rc == 0 and out.startswith("wrote ")
     assert bundle(ctx, "bjson")[1]["layers"]
+
+
+def calibrate(ctx, *argv, out="cal-out"):
+    hf, text, held = ctx.calibrate
+    base = ("--calibration", text, "--held-out", held, "--target-sparsity", "0.4")
+    return ctx.json("sparse", "calibrate", hf, *base, "--out", os.path.join(ctx.tmp, out), *argv)
+
+
+def case_sparse_calibrate_model(ctx):
+    _, text, _ = ctx.calibrate
+    ctx.fails(
+        "sparse",
+        "calibrate",
+        os.path.join(ctx.tmp, "nomodel"),
+        "--target-sparsity",
+        "0.4",
+        match="nomodel",
+    )
+    ctx.fails(
+        "sparse",
+        "calibrate",
+        ctx.hf,
+        "--target-sparsity",
+        "0.4",
+        "--calibration",
+        text,
+        "--out",
+        os.path.join(ctx.tmp, "o"),
+        match="gated",
+    )
+    assert calibrate(ctx)["quality"]["perplexity"] > 0
+
+
+def case_sparse_calibrate_target_sparsity(ctx):
+    def total(target):
+        layers = calibrate(ctx, "--target-sparsity", target)["thresholds"]
+        return sum(t for layer in layers for t in layer.values())
+
+    assert 0 < total("0.2") < total("0.6")
+    hf, _, _ = ctx.calibrate
+    ctx.fails("sparse", "calibrate", hf, "--target-sparsity", "1", match="--target-sparsity")
+
+
+def case_sparse_calibrate_calibration(ctx):
+    hf, _, held = ctx.calibrate
+    ctx.fails(
+        "sparse",
+        "calibrate",
+        hf,
+        "--target-sparsity",
+        "0.4",
+        "--calibration",
+        os.path.join(ctx.tmp, "no.txt"),
+        match="no.txt",
+    )
+    assert calibrate(ctx, "--calibration", held)["thresholds"] != calibrate(ctx)["thresholds"]
+
+
+def case_sparse_calibrate_held_out(ctx):
+    _, text, _ = ctx.calibrate
+    a = calibrate(ctx)["quality"]["held_out_tokens"]
+    assert calibrate(ctx, "--held-out", text)["quality"]["held_out_tokens"] != a
+
+
+def case_sparse_calibrate_max_tokens(ctx):
+    assert calibrate(ctx, "--max-tokens", "40")["calibration_tokens"] == 40
+    hf, _, _ = ctx.calibrate
+    ctx.fails(
+        "sparse",
+        "calibrate",
+        hf,
+        "--target-sparsity",
+        "0.4",
+        "--max-tokens",
+        "3",
+        match="--max-tokens",
+    )
+
+
+def case_sparse_calibrate_held_out_tokens(ctx):
+    assert calibrate(ctx, "--held-out-tokens", "0")["quality"] is None
+    assert calibrate(ctx, "--held-out-tokens", "33")["quality"]["held_out_tokens"] == 33
+    hf, _, _ = ctx.calibrate
+    ctx.fails(
+        "sparse",
+        "calibrate",
+        hf,
+        "--target-sparsity",
+        "0.4",
+        "--held-out-tokens",
+        "-1",
+        match="--held-out-tokens",
+    )
+
+
+def case_sparse_calibrate_dtype(ctx):
+    f32 = calibrate(ctx, "--dtype", "f32", out="c32")["bundle_bytes"]
+    assert f32 > calibrate(ctx, "--dtype", "f16", out="c16")["bundle_bytes"]
+
+
+def case_sparse_calibrate_out(ctx):
+    result = calibrate(ctx, out="elsewhere")
+    assert result["out"] == os.path.join(ctx.tmp, "elsewhere")
+    assert os.path.exists(os.path.join(result["out"], "channel_sparsity.json"))
+    assert os.path.exists(os.path.join(result["out"], "channels.json"))
+
+
+def case_sparse_calibrate_json(ctx):
+    hf, text, held = ctx.calibrate
+    rc, out, _ = ctx.run(
+        "sparse",
+        "calibrate",
+        hf,
+        "--target-sparsity",
+        "0.4",
+        "--calibration",
+        text,
+        "--held-out",
+        held,
+        "--out",
+        os.path.join(ctx.tmp, "t"),
+    )
+    assert rc == 0 and out.startswith("LOSSY input-channel sparsity 0.4")
+    assert "thresholds" in calibrate(ctx)
 
 
 def bench(ctx, *argv):

@@ -486,6 +486,17 @@ def train_base(shared):
     return pkg, str(text), str(held)
 
 
+@pytest.fixture(scope="module")
+def calibrate_base(shared):
+    """A Llama checkpoint with a tokenizer and short texts, for `tierlm sparse calibrate`."""
+    _, hf = hf_checkpoint("llama", shared["root"] / "hf-cal", tokenizer=True, vocab_size=300)
+    text = shared["root"] / "cal-llama.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 30)
+    held = shared["root"] / "held-llama.txt"
+    held.write_text("pack my box with five dozen liquor jugs. " * 10)
+    return hf, str(text), str(held)
+
+
 CASES = {
     name.removeprefix("case_").replace("_", " "): fn
     for module in (sys.modules[__name__], cli_option_cases)
@@ -520,6 +531,8 @@ def test_cli_option_acts_or_is_refused(option, shared, request, tmp_path, capsys
         ctx.chat_pkg = request.getfixturevalue("chat_pkg")
     if key.startswith("sparse train"):
         ctx.train = request.getfixturevalue("train_base")
+    if key.startswith("sparse calibrate"):
+        ctx.calibrate = request.getfixturevalue("calibrate_base")
     if key.startswith("demo") and not os.path.exists(os.path.join(DEMO, "config.json")):
         pytest.skip("demo model not shipped")
     CASES[key](ctx)

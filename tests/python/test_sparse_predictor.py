@@ -169,3 +169,35 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "'gpt2' is not supported by the sparse tools" in err and "OPT" in err
     with pytest.raises(FileNotFoundError):
         Predictors.load(tmp_path)
+
+
+def test_recall_at_precision_matches_brute_force():
+    from tierlm.sparse.predictor import recall_at_precision
+
+    rng = np.random.default_rng(11)
+    labels = rng.random((37, 13)) < 0.3
+    logits = labels * 1.0 + rng.standard_normal((37, 13))
+    for precision in (0.3, 0.5, 0.9):
+        best = 0.0
+        for cut in np.unique(logits):
+            pred = logits >= cut
+            tp = np.logical_and(pred, labels).sum()
+            if tp >= precision * pred.sum():
+                best = max(best, tp / labels.sum())
+        assert recall_at_precision(logits, labels, precision) == pytest.approx(best)
+    assert recall_at_precision(logits, np.zeros_like(labels)) == 1.0
+
+
+def test_keep_all_selects_every_neuron():
+    from tierlm.sparse.predictor import LayerPredictor, keep_all
+
+    rng = np.random.default_rng(2)
+    p = LayerPredictor(
+        rng.standard_normal((3, 7)).astype(np.float32),
+        rng.standard_normal((11, 3)).astype(np.float32),
+        np.full(11, -50.0, np.float32),
+        0.5,
+    )
+    x = rng.standard_normal((5, 7)).astype(np.float32) * 100
+    assert not p.predict(x).all()
+    assert keep_all(p).predict(x).all() and keep_all(p).rank == p.rank

@@ -1,10 +1,14 @@
 """`tierlm sparse ...`: sparse-neuron flash loading tools. `train` fits the per-layer
 activation predictors on calibration text and stores them beside the model; `bundle`
-writes the row-column bundled FFN files."""
+writes the row-column bundled FFN files; `calibrate` sets the thresholds of training-free
+input-channel sparsity (Llama family, cli/sparse_calibrate.py)."""
 
 import json
 import sys
+import time
 from pathlib import Path
+
+from tierlm.cli import sparse_calibrate
 
 
 def add_parser(subparsers):
@@ -46,6 +50,13 @@ def add_parser(subparsers):
         "is below a per-layer threshold calibrated so that this fraction (e.g. 0.5) of the "
         "activations are dropped; the quality cost is measured and printed",
     )
+    train.add_argument(
+        "--min-recall",
+        type=float,
+        help="layers whose held-out recall is below this run dense (their predictor selects "
+        "every neuron); default 0.9 with --target-sparsity (gated, where weak predictors cost "
+        "quality), else 0 (off)",
+    )
     train.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     train.add_argument("--out", help="where to write the predictors (default: the model dir)")
     train.add_argument("--json", action="store_true", help="print one JSON object")
@@ -62,6 +73,8 @@ def add_parser(subparsers):
     bundle.add_argument("--dtype", default="f16", choices=["f32", "f16", "bf16"])
     bundle.add_argument("--json", action="store_true", help="print one JSON object")
     bundle.set_defaults(run=run_bundle)
+
+    sparse_calibrate.add_parser(sub)
 
 
 def run_bundle(args):
@@ -118,13 +131,36 @@ def run_train(args):
     ranks = default_ranks(
         loaded.num_layers, loaded.hidden_size, args.rank, args.last_rank, args.last_layers
     )
+    min_recall = args.min_recall
+    if min_recall is None:
+        min_recall = 0.9 if args.target_sparsity is not None else 0.0
+    if not 0.0 <= min_recall <= 1.0:
+        raise ValueError(f"--min-recall {min_recall} must lie in [0, 1]")
+    t0 = time.monotonic()
+
+    def collect_progress(done, total):
+        if not args.json:
+            spent = time.monotonic() - t0
+            print(
+                f"collect: {done}/{total} tokens, {spent:.0f} s, about "
+                f"{spent / max(done, 1) * (total - done):.0f} s left",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def progress(m):
         if not args.json:
+            n, done = loaded.num_layers, m["layer"] + 1
+            spent = time.monotonic() - t0
+            left = m["train_seconds"] * (n - done)
+            fallback = f"  -> dense (recall < {min_recall})" if m.get("fallback") else ""
+            recall = m.get("trained_recall", m["recall"])
             print(
-                f"layer {m['layer']:>3}  rank {m['rank']:>4}  recall {m['recall']:.3f}  "
-                f"precision {m['precision']:.3f}  active {m['true_density']:.3f}  "
-                f"predicted {m['predicted_density']:.3f}",
+                f"layer {m['layer']:>3}/{n}  rank {m['rank']:>4}  recall {recall:.3f}  "
+                f"precision {m['precision']:.3f}  recall@precision0.5 "
+                f"{m['recall_at_precision_0.5']:.3f}  active {m['true_density']:.3f}  "
+                f"predicted {m['predicted_density']:.3f}{fallback}  ({spent:.0f} s, about "
+                f"{left:.0f} s left)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -141,6 +177,8 @@ def run_train(args):
         threshold=args.threshold,
         progress=progress,
         target_sparsity=args.target_sparsity,
+        min_recall=min_recall,
+        collect_progress=collect_progress,
     )
     out = Path(args.out) if args.out else Path(args.model)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,6 +213,9 @@ def run_train(args):
         f"measured on {predictors.metrics['held_out_tokens']} held-out tokens: "
         f"mean recall {mean_recall:.3f}, mean precision {mean_precision:.3f}; wrote {out}"
     )
+    dense = predictors.metrics["dense_fallback_layers"]
+    if dense:
+        print(f"layers run dense (held-out recall below {min_recall}): {dense}")
     if quality:
         p, t = quality["predicted"], quality["threshold_only"]
         print(

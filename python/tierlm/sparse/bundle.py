@@ -27,17 +27,9 @@ _ESIZE = {"f32": 4, "f16": 2, "bf16": 2}
 _STORED = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}  # block types: uint8 bytes
 
 
-@dataclass(frozen=True)
-class BundleLayout:
-    file: str
-    n_neurons: int
-    dim: int
-    gated: bool
-    dtype: str
-
-    @property
-    def row_elems(self):
-        return (3 if self.gated else 2) * self.dim
+class RowFile:
+    """Sizes of a file of n_neurons rows of row_elems elements of dtype, padded to 4 KiB
+    (what read_requests needs); the layouts supply n_neurons, row_elems and dtype."""
 
     @property
     def row_bytes(self):
@@ -52,6 +44,19 @@ class BundleLayout:
     @property
     def file_bytes(self):
         return -(-self.data_bytes // ALIGNMENT) * ALIGNMENT
+
+
+@dataclass(frozen=True)
+class BundleLayout(RowFile):
+    file: str
+    n_neurons: int
+    dim: int
+    gated: bool
+    dtype: str
+
+    @property
+    def row_elems(self):
+        return (3 if self.gated else 2) * self.dim
 
     crc32: int | None = None  # zlib CRC-32 of the rows, when known
 

@@ -20,7 +20,7 @@ GATED_TYPES = ("llama", "mistral", "qwen2")
 class LoadedModel:
     model: object  # transformers OPTForCausalLM, f32, eval mode
     tokenizer: object  # tokenizers.Tokenizer or None
-    source: str  # "hf" | "package"
+    source: str  # "hf" | "package" | "gguf"
     path: Path
 
     @property
@@ -103,10 +103,13 @@ def _load_tokenizer(directory):
 
 
 def load_model(path):
-    """An OPT model from an HF directory (config.json) or a package (manifest.json)."""
+    """An OPT model from an HF directory (config.json) or a package (manifest.json), or a
+    Llama-family model from an HF directory or a .gguf file (dequantized to f32)."""
     import torch
 
     path = Path(path)
+    if path.suffix == ".gguf" and path.is_file():
+        return _load_gguf(path)
     if (path / "manifest.json").exists():
         return _load_package(path)
     if not (path / "config.json").exists():
@@ -122,6 +125,21 @@ def load_model(path):
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     return LoadedModel(model, _load_tokenizer(path), "hf", path)
+
+
+def _load_gguf(path):
+    """A Llama-family GGUF, dequantized to f32 by transformers (its gguf integration)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    ).eval()
+    _check_opt({"model_type": model.config.model_type}, path, gated_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return LoadedModel(model, tokenizer.backend_tokenizer, "gguf", path)
 
 
 def _package_tensor(path, meta):
@@ -201,8 +219,9 @@ def _load_package(path):
     return LoadedModel(model, _load_tokenizer(tok_dir), "package", path)
 
 
-def collect_ffn_inputs(loaded, ids, context=None, max_tokens=None):
-    """Each layer's FFN input (after its layer norm) for the ids, fed in windows of `context`.
+def collect_ffn_inputs(loaded, ids, context=None, max_tokens=None, progress=None):
+    """Each layer's FFN input (after its layer norm) for the ids, fed in windows of `context`;
+    progress(done_tokens, total_tokens) after each window.
 
     Returns a list (one per layer) of f32 arrays [tokens, hidden].
     """
@@ -225,6 +244,8 @@ def collect_ffn_inputs(loaded, ids, context=None, max_tokens=None):
             for start in range(0, len(ids), context):
                 chunk = torch.from_numpy(ids[start : start + context])[None]
                 loaded.model(input_ids=chunk)
+                if progress:
+                    progress(min(len(ids), start + context), len(ids))
     finally:
         for h in hooks:
             h.remove()

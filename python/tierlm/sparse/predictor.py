@@ -207,6 +207,27 @@ def layer_metrics(pred, labels):
     }
 
 
+def recall_at_precision(logits, labels, precision=0.5):
+    """The largest recall any cut on the logits reaches while the precision of the neurons it
+    selects stays >= `precision` (0 when none does): how good a predictor is, whatever its
+    threshold."""
+    order = np.argsort(-np.asarray(logits, np.float32).reshape(-1), kind="stable")
+    hits = np.cumsum(np.asarray(labels, bool).reshape(-1)[order])
+    n_true = int(hits[-1]) if hits.size else 0
+    if n_true == 0:
+        return 1.0
+    ok = hits >= precision * np.arange(1, hits.size + 1)
+    return float(hits[ok].max() / n_true) if ok.any() else 0.0
+
+
+def keep_all(p):
+    """A predictor of p's shape that selects every neuron for any input: the dense fallback
+    of a layer whose predictor misses too many (logits = 30, sigmoid 1 - 1e-13)."""
+    return LayerPredictor(
+        np.zeros_like(p.down), np.zeros_like(p.up), np.full_like(p.up_bias, 30.0), p.threshold
+    )
+
+
 def split_ids(ids, held_out_fraction=0.1):
     """Calibration ids split into a training head and a held-out tail."""
     cut = int(len(ids) * (1.0 - held_out_fraction))
@@ -225,13 +246,20 @@ def train_predictors(
     threshold=0.5,
     progress=None,
     target_sparsity=None,
+    min_recall=0.0,
+    collect_progress=None,
 ):
     """Trains one predictor per layer of a loaded model (tierlm.sparse.model) and measures it
     on held-out ids. Returns Predictors with per-layer metrics.
 
     ReLU FFNs: labels relu(x·up + b) > 0. Gated SiLU FFNs (lossy): target_sparsity (0..1) is
     required; per layer the threshold t is the target_sparsity quantile of |silu(x·gate + b)|
-    over the training tokens and the labels are |silu(x·gate + b)| > t."""
+    over the training tokens and the labels are |silu(x·gate + b)| > t.
+
+    A layer whose held-out recall is below min_recall falls back to dense: its predictor
+    selects every neuron (keep_all), its metrics say "fallback": "dense" and keep the trained
+    recall. Each layer also reports recall_at_precision_0.5. collect_progress(done, total)
+    follows the collection of activations (tokens through the model)."""
     import torch
 
     from tierlm.sparse.model import collect_ffn_inputs
@@ -245,8 +273,19 @@ def train_predictors(
     if len(ranks) != loaded.num_layers:
         raise ValueError(f"{len(ranks)} ranks given for a model of {loaded.num_layers} layers")
     t0 = time.time()
-    xs_train = collect_ffn_inputs(loaded, train_ids, max_tokens=max_tokens)
-    xs_held = collect_ffn_inputs(loaded, held_ids, max_tokens=max_tokens)
+    cap = max_tokens or max(len(train_ids), len(held_ids))
+    n_train = min(len(train_ids), cap)
+    n_all = n_train + min(len(held_ids), cap)
+
+    def report(offset):
+        def f(done, _total):
+            if collect_progress:
+                collect_progress(offset + done, n_all)
+
+        return f
+
+    xs_train = collect_ffn_inputs(loaded, train_ids, max_tokens=max_tokens, progress=report(0))
+    xs_held = collect_ffn_inputs(loaded, held_ids, max_tokens=max_tokens, progress=report(n_train))
     collect_s = time.time() - t0
     layers, per_layer, act_thresholds = [], [], []
     for i in range(loaded.num_layers):
@@ -275,6 +314,13 @@ def train_predictors(
         else:
             y_held = activation_labels(xs_held[i], up, up_bias)
         m = layer_metrics(p.predict(xs_held[i]), y_held)
+        m["recall_at_precision_0.5"] = recall_at_precision(p.logits(xs_held[i]), y_held)
+        if m["recall"] < min_recall:
+            trained = m
+            p = keep_all(p)
+            m = layer_metrics(p.predict(xs_held[i]), y_held)
+            m.update(fallback="dense", trained_recall=trained["recall"])
+            m["recall_at_precision_0.5"] = trained["recall_at_precision_0.5"]
         m.update(layer=i, rank=p.rank, train_seconds=round(time.time() - t1, 2))
         if gated:
             m["act_threshold"] = cut
@@ -286,6 +332,8 @@ def train_predictors(
         "train_tokens": int(xs_train[0].shape[0]),
         "held_out_tokens": int(xs_held[0].shape[0]),
         "collect_seconds": round(collect_s, 2),
+        "min_recall": min_recall,
+        "dense_fallback_layers": [m["layer"] for m in per_layer if m.get("fallback")],
         "layers": per_layer,
     }
     if gated:

@@ -48,21 +48,27 @@ def sparse_ffn_mode(loaded, predictors=None, oracle=False, record=None):
 
 def perplexity(loaded, ids, context=None):
     """exp(mean NLL) over non-overlapping windows of `context` tokens (the model's maximum)."""
+    return perplexity_and_top1(loaded, ids, context)[0]
+
+
+def perplexity_and_top1(loaded, ids, context=None):
+    """(perplexity, top-1 ids [n-1]) teacher-forced over windows of `context` tokens (the
+    model's maximum)."""
     import torch
 
     context = context or loaded.model.config.max_position_embeddings
     ids = np.asarray(ids, dtype=np.int64)
-    total, count = 0.0, 0
+    nll, count, tops = 0.0, 0, []
     with torch.no_grad():
         for start in range(0, len(ids) - 1, context):
             chunk = torch.from_numpy(ids[start : start + context])[None]
             if chunk.shape[1] < 2:
                 break
             logits = loaded.model(input_ids=chunk).logits[0, :-1].float()
-            loss = torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="sum")
-            total += loss.item()
+            nll += torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="sum").item()
             count += chunk.shape[1] - 1
-    return math.exp(total / count)
+            tops.append(logits.argmax(-1).numpy())
+    return math.exp(nll / count), np.concatenate(tops)
 
 
 def greedy(loaded, prompt_ids, n_new):

