@@ -216,7 +216,7 @@ void bind_sparse(nb::module_& m) {
       [](F32Vec x, RowArray rows, const std::string& dtype, size_t out, IdArray channels,
          float threshold, std::optional<F32Vec> bias) {
         ChannelRows r;
-        r.dtype = parse_dtype(dtype);
+        r.dtype = dtype_parse(dtype);
         check_rows(rows, r.dtype, 0, "channel_sparse_linear");
         r.rows = rows.data();
         r.n_rows = rows.shape(0);
