@@ -101,6 +101,7 @@ void bind_records(nb::module_& m) {
       .def_ro("disk_bytes_read", &S::disk_bytes_read)
       .def_ro("weight_bytes", &S::weight_bytes)
       .def_ro("kv_bytes", &S::kv_bytes)
+      .def_ro("kv_dtype", &S::kv_dtype)
       .def_ro("arena_bytes", &S::arena_bytes)
       .def_ro("host", &S::host)
       .def_prop_ro("prefill_tokens_per_s", &S::prefill_tokens_per_s)

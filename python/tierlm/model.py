@@ -325,6 +325,7 @@ def load(
     sparse_window=4,
     sparse_bundled=True,
     sparse_capacity=0,
+    kv_dtype="f16",
 ):
     """Loads a package (tierlm export's output).
 
@@ -347,6 +348,9 @@ def load(
     from the predictors' predicted density x window x 1.5, or x 1 token when the window's
     caches would push weights out of residency). Caches, staging and predictors count
     against the host budget.
+    kv_dtype: the KV cache's element type: "f16" (default), "bf16", "f32", or "q8_0" (int8 in
+    blocks of 32 along head_dim with an f16 scale, about half of f16's bytes); attention reads
+    it in place, and its bytes count against the host budget (stats()["kv_bytes"]).
     """
     budgets = _budgets(budget)
     native = _core.Model.load(
@@ -363,5 +367,6 @@ def load(
         sparse_window=check("sparse_window", sparse_window),
         sparse_bundled=bool(sparse_bundled),
         sparse_capacity=check("sparse_capacity", sparse_capacity or 0),
+        kv_dtype=str(kv_dtype),
     )
     return Model(native, budgets)

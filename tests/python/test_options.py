@@ -143,6 +143,14 @@ def case_sparse_capacity(pkg, sparse_pkg):
         tierlm.load(sparse_pkg, sparse=True, sparse_capacity=-1)
 
 
+def case_kv_dtype(pkg, sparse_pkg):
+    f16, f32 = tierlm.load(pkg).stats(), tierlm.load(pkg, kv_dtype="f32").stats()
+    assert (f16["kv_dtype"], f32["kv_dtype"]) == ("f16", "f32")
+    assert f16["kv_bytes"] * 2 == pytest.approx(f32["kv_bytes"], abs=4096)
+    with pytest.raises(InvalidArgumentError, match="kv_dtype q6_k is not a KV cache type"):
+        tierlm.load(pkg, kv_dtype="q6_k")
+
+
 LOAD_CASES = {
     "budget": case_budget,
     "threads": case_threads,
@@ -156,6 +164,7 @@ LOAD_CASES = {
     "sparse_window": case_sparse_window,
     "sparse_bundled": case_sparse_bundled,
     "sparse_capacity": case_sparse_capacity,
+    "kv_dtype": case_kv_dtype,
 }
 
 

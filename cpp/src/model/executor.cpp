@@ -151,30 +151,25 @@ void Executor::run_op(const ExecOp& op, const ExecBatch& batch) {
 // cache first: attention reads them in place.
 void Executor::attend(const ExecOp& op, const ExecBatch& batch) {
   const size_t rows = static_cast<size_t>(batch.n);
-  const size_t kv_heads = op.shape.n_kv_heads;
   const size_t head_dim = op.shape.head_dim;
-  const size_t kv_width = kv_heads * head_dim;
+  const size_t kv_width = op.shape.n_kv_heads * head_dim;
   const size_t q_width = op.shape.n_heads * head_dim;
   const size_t groups = batch.slots == nullptr ? 1 : rows;
   const size_t per_group = batch.slots == nullptr ? rows : 1;
+  AttentionShape shape = op.shape;
+  shape.kv_dtype = kv_.dtype();
   for (size_t g = 0; g < groups; ++g) {
     const int32_t slot = batch.slots == nullptr ? batch.slot : batch.slots[g];
-    const KvSlotView cache = kv_.view(static_cast<size_t>(op.kv), slot);
+    const KvLayout cache = kv_.layout(static_cast<size_t>(op.kv), slot);
     const size_t pos0 = static_cast<size_t>(kv_.length(slot));
     const size_t row0 = g * per_group;
-    for (size_t i = 0; i < per_group; ++i) {
-      const size_t at = (pos0 + i) * head_dim;  // of head 0; heads are head_stride apart
-      const float* k = op.in[1] + (row0 + i) * kv_width;
-      const float* v = op.in[2] + (row0 + i) * kv_width;
-      backend_.copy_rows(cache.k + at, cache.head_stride, k, head_dim, kv_heads, head_dim);
-      backend_.copy_rows(cache.v + at, cache.head_stride, v, head_dim, kv_heads, head_dim);
-    }
-    AttentionShape shape = op.shape;
+    backend_.kv_store(op.in[1] + row0 * kv_width, op.in[2] + row0 * kv_width, kv_width, per_group,
+                      pos0, cache, shape);
     shape.n_q = per_group;
     shape.q_pos0 = pos0;
     shape.kv_len = pos0 + per_group;
-    backend_.attention(op.in[0] + row0 * q_width, cache.k, cache.v, op.out + row0 * q_width, shape,
-                       op.scale, op.workspace);
+    backend_.attention(op.in[0] + row0 * q_width, cache, op.out + row0 * q_width, shape, op.scale,
+                       op.workspace);
   }
 }
 

@@ -22,6 +22,7 @@ struct HostDemand {
   int64_t context = 0;                   // KV cache tokens per slot
   int64_t max_batch = 1;                 // KV cache slots
   uint64_t kv_bytes = 0;                 // the KV cache's bytes
+  DType kv_dtype = DType::kDTypeF16;     // ... in this element type
   uint64_t arena_bytes = 0;              // the arena plan's peak
 };
 

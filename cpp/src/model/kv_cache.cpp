@@ -1,5 +1,5 @@
-// The KV cache's sizing and slot addressing: per layer the keys of every slot, then the values
-// of every slot, layers one after another in one buffer.
+// The KV cache's sizing and slot addressing: each slot one block of `capacity` tokens holding
+// every layer's keys and values in the cache's row format (kernel_kv_row_bytes).
 #include "model/kv_cache.hpp"
 
 #include <algorithm>
@@ -9,47 +9,52 @@ namespace tierlm::detail {
 
 namespace {
 
-size_t slot_floats(const KvLayerShape& layer, int64_t capacity) {
-  return layer.kv_heads * static_cast<size_t>(capacity) * layer.head_dim;
+// Bytes of one layer's keys (or values) for one slot.
+uint64_t half_layer_bytes(const KvLayerShape& layer, int64_t capacity, DType dtype) {
+  return layer.kv_heads * static_cast<uint64_t>(capacity) *
+         kernel_kv_row_bytes(dtype, layer.head_dim);
+}
+
+uint64_t slot_bytes(std::span<const KvLayerShape> layers, int64_t capacity, DType dtype) {
+  uint64_t bytes = 0;
+  for (const KvLayerShape& l : layers) bytes += 2 * half_layer_bytes(l, capacity, dtype);
+  return bytes;
 }
 
 }  // namespace
 
-uint64_t KvCache::floats_needed(std::span<const KvLayerShape> layers, int64_t capacity,
-                                int64_t slots) {
-  uint64_t floats = 0;
-  for (const KvLayerShape& l : layers) {
-    floats += 2 * static_cast<uint64_t>(slots) * slot_floats(l, capacity);
-  }
-  return floats;
-}
-
 uint64_t KvCache::bytes_needed(std::span<const KvLayerShape> layers, int64_t capacity,
-                               int64_t slots) {
-  return floats_needed(layers, capacity, slots) * sizeof(float);
+                               int64_t slots, DType dtype) {
+  return static_cast<uint64_t>(slots) * slot_bytes(layers, capacity, dtype);
 }
 
-KvCache::KvCache(HostTier& host, std::vector<KvLayerShape> layers, int64_t capacity, int64_t slots)
-    : layers_(std::move(layers)), capacity_(capacity), lengths_(static_cast<size_t>(slots), 0) {
-  const uint64_t floats = floats_needed(layers_, capacity, slots);
-  buffer_ = host.allocate(std::max<uint64_t>(floats * sizeof(float), 1));
+KvCache::KvCache(HostTier& host, std::vector<KvLayerShape> layers, int64_t capacity, int64_t slots,
+                 DType dtype)
+    : layers_(std::move(layers)),
+      dtype_(dtype),
+      capacity_(capacity),
+      lengths_(static_cast<size_t>(slots), 0) {
+  const uint64_t per_slot = slot_bytes(layers_, capacity, dtype);
+  buffer_ = host.allocate(std::max<uint64_t>(per_slot * static_cast<uint64_t>(slots), 1));
   std::memset(buffer_.data(), 0, buffer_.size());
   size_t offset = 0;
   for (const KvLayerShape& l : layers_) {
     layer_offset_.push_back(offset);
-    offset += 2 * static_cast<size_t>(slots) * slot_floats(l, capacity);
+    offset += half_layer_bytes(l, capacity, dtype);
+    value_offset_.push_back(offset);
+    offset += half_layer_bytes(l, capacity, dtype);
   }
+  for (int64_t s = 0; s < slots; ++s)
+    slot_blocks_.push_back(static_cast<uint8_t*>(buffer_.data()) + s * per_slot);
 }
 
-KvSlotView KvCache::view(size_t layer, int32_t slot) const {
-  const KvLayerShape& l = layers_[layer];
-  const size_t per_slot = slot_floats(l, capacity_);
-  float* keys = static_cast<float*>(buffer_.data()) + layer_offset_[layer];
-  KvSlotView v;
-  v.k = keys + static_cast<size_t>(slot) * per_slot;
-  v.v = keys + lengths_.size() * per_slot + static_cast<size_t>(slot) * per_slot;
-  v.head_stride = static_cast<size_t>(capacity_) * l.head_dim;
-  return v;
+KvLayout KvCache::layout(size_t layer, int32_t slot) const {
+  KvLayout l;
+  l.blocks = slot_blocks_.data() + slot;
+  l.block_tokens = static_cast<size_t>(capacity_);
+  l.k_offset = layer_offset_[layer];
+  l.v_offset = value_offset_[layer];
+  return l;
 }
 
 void KvCache::clear_all() { std::fill(lengths_.begin(), lengths_.end(), 0); }

@@ -107,7 +107,9 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
       detail::buffers_assign(p, *m.backend, m.chunk, m.context, m.max_batch);
   m.plan = detail::buffers_plan(p, assignment, m.chunk);
   const std::vector<detail::KvLayerShape> kv_layers = detail::kv_layer_shapes(p);
-  demand.kv_bytes = detail::KvCache::bytes_needed(kv_layers, m.context, m.max_batch);
+  demand.kv_bytes =
+      detail::KvCache::bytes_needed(kv_layers, m.context, m.max_batch, options.kv_dtype);
+  demand.kv_dtype = options.kv_dtype;
   demand.arena_bytes = m.plan.peak;
   const detail::HostBudget budget = detail::host_budget_fit(p, options, demand, sparse_plan);
 
@@ -123,7 +125,8 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     m.weights = detail::weight_store_resident(p, *m.host, demand.tensors, store_options);
   }
   m.placement = detail::host_budget_placement(p, demand, budget);
-  m.kv = std::make_unique<detail::KvCache>(*m.host, kv_layers, m.context, m.max_batch);
+  m.kv = std::make_unique<detail::KvCache>(*m.host, kv_layers, m.context, m.max_batch,
+                                           options.kv_dtype);
   m.arena = m.host->allocate(budget.arena_bytes);
   std::memset(m.arena.data(), 0, m.arena.size());
   if (options.sparse) m.sparse = std::make_unique<detail::SparseFfn>(sparse_plan, *m.host);

@@ -1,5 +1,7 @@
-// ModelOptions' numeric fields against the option range table, before a load does any work.
+// ModelOptions' numeric fields against the option range table, and the KV dtype, before a load
+// does any work.
 #include "tierlm/core/limits.hpp"
+#include "tierlm/kernels/kernels.hpp"
 #include "tierlm/model/model.hpp"
 
 namespace tierlm {
@@ -13,6 +15,7 @@ void check_model_options(const ModelOptions& o) {
   check_option("ring_sections", o.ring_sections);
   check_option("sparse_window", o.sparse_window);
   check_option("sparse_capacity", o.sparse_capacity);
+  kernel_kv_row_bytes(o.kv_dtype, 1);  // refuses a type the KV cache cannot hold, naming it
 }
 
 }  // namespace tierlm

@@ -21,6 +21,7 @@ ModelStats Model::stats() const {
   s.disk_bytes_read = ws.disk_bytes_read;
   s.weight_bytes = ws.resident_bytes;
   s.kv_bytes = m.kv->bytes();
+  s.kv_dtype = dtype_name(m.kv->dtype());
   s.arena_bytes = m.arena.size();
   s.host = m.host->stats();
   if (m.stream != nullptr) static_cast<StreamStats&>(s) = m.stream->stream_stats();

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "tierlm/core/dtype.hpp"
 #include "tierlm/core/export.hpp"
 #include "tierlm/memory/tier.hpp"
 #include "tierlm/model/package.hpp"
@@ -30,6 +31,9 @@ struct TIERLM_API ModelOptions {
   int64_t prefill_chunk = 0;          // tokens per prefill batch; 0 = a stored plan's or 256
   bool lock = true;                   // mlock host buffers where RLIMIT_MEMLOCK allows
   int64_t max_batch = 1;              // sequences decoded together (KV cache slots)
+  // The KV cache's element type: f16 (default), bf16, f32, or q8_0 (int8 in blocks of 32 along
+  // head_dim with an f16 scale); the fused attention kernel reads it in place.
+  DType kv_dtype = DType::kDTypeF16;
   // Streaming (weights larger than the host budget): staging sections of the prefetch ring, each
   // the size of the largest streamed matrix; 0 = auto (about 64 MiB of sections, at least 2
   // when the budget allows, else 1).
@@ -45,7 +49,8 @@ struct TIERLM_API ModelOptions {
 };
 
 // Throws kErrorInvalidArgument naming the first numeric option outside its range
-// (tierlm/core/limits.hpp); Model::load calls it before any work.
+// (tierlm/core/limits.hpp), or a kv_dtype the cache cannot hold; Model::load calls it before
+// any work.
 TIERLM_API void check_model_options(const ModelOptions& options);
 
 // One activation or workspace buffer of the graph for a batch of `seq` tokens: live from op
@@ -78,6 +83,7 @@ struct TIERLM_API ModelStats : StreamStats, SparseStats {
   uint64_t disk_bytes_read = 0;  // weight bytes read from the package files at load (+ sparse rows)
   uint64_t weight_bytes = 0;     // host bytes holding weights
   uint64_t kv_bytes = 0;         // host bytes of the KV cache
+  std::string kv_dtype;          // its element type ("f16", "q8_0", ...)
   uint64_t arena_bytes = 0;      // host bytes of the activation arena
   TierStats host;
 
