@@ -216,7 +216,7 @@ def case_generate_kv_dtype(ctx):
     default = gen(ctx, "--max-new-tokens", "2")["model_stats"]
     q8 = gen(ctx, "--max-new-tokens", "2", "--kv-dtype", "q8_0")["model_stats"]
     assert (default["kv_dtype"], q8["kv_dtype"]) == ("f16", "q8_0")
-    assert q8["kv_bytes"] < default["kv_bytes"]
+    assert q8["kv_block_bytes"] < default["kv_block_bytes"]
     ctx.fails("generate", ctx.pkg, "--ids", IDS, "--kv-dtype", "q4_0", match="kv_dtype q4_0")
 
 

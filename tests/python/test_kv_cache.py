@@ -75,36 +75,67 @@ def kv_row_bytes(kv_dtype, head_dim):
 
 
 @pytest.mark.parametrize("kv_dtype", ["f32", "f16", "bf16", "q8_0"])
-def test_kv_bytes_follow_the_dtype(llama, kv_dtype):
+def test_kv_blocks_follow_the_dtype_and_the_length(llama, kv_dtype):
+    """The paged cache holds nothing at load, a block per 32 tokens as the sequence grows (bytes
+    in chunks of up to 16 blocks), and gives its blocks back when the sequences end."""
     _, pkg = llama
-    model = load(pkg, kv_dtype=kv_dtype, max_context=97, max_batch=3)
+    model = load(pkg, kv_dtype=kv_dtype, max_context=256, max_batch=3)
     c = model.config
     head_dim = c["hidden_size"] // c["num_heads"]
-    expect = 3 * c["num_layers"] * 2 * c["num_kv_heads"] * 97 * kv_row_bytes(kv_dtype, head_dim)
     s = model.stats()
-    assert s["kv_dtype"] == kv_dtype
-    assert expect <= s["kv_bytes"] < expect + 4096  # whole pages
+    block = c["num_layers"] * 2 * c["num_kv_heads"] * 32 * kv_row_bytes(kv_dtype, head_dim)
+    assert (s["kv_dtype"], s["kv_block_tokens"], s["kv_block_bytes"]) == (kv_dtype, 32, block)
+    assert (s["kv_blocks"], s["kv_bytes"]) == (0, 0)
+    per_chunk = min(16, (256 << 10) // block)  # blocks come from the host tier in chunks
+    for length in (1, 31, 33, 200):
+        model.generate(prompt(length, seed=length), max_new_tokens=1)
+        s = model.stats()
+        assert s["kv_blocks"] == -(-length // 32), length
+        assert s["kv_bytes"] == per_chunk * block  # one chunk
+    model.generate_batch([prompt(200, seed=i) for i in range(3)], max_new_tokens=1)
+    s = model.stats()
+    assert (s["kv_blocks"], s["kv_bytes"]) == (21, -(-21 // per_chunk) * per_chunk * block)
     assert s["host"]["peak"] >= s["weight_bytes"] + s["kv_bytes"] + s["arena_bytes"]
+    model._native.reset()  # ends every sequence
+    assert (model.stats()["kv_blocks"], model.stats()["kv_bytes"]) == (0, 0)
 
 
-def test_budget_counts_the_kv_dtype(llama):
-    """A host budget that holds the f16 cache but not the f32 one: f32 is refused naming the KV
-    cache and its dtype, f16 and q8_0 load and keep within the budget."""
+def test_shared_prompt_prefix_uses_fewer_blocks(llama):
+    """generate_batch computes a prefix common to several prompts once: the sequences share its
+    blocks (copied before a write), and the tokens equal separate generations."""
     _, pkg = llama
-    shape = dict(max_context=256, max_batch=64)
-    big = load(pkg, kv_dtype="f32", **shape).stats()
-    small = load(pkg, kv_dtype="f16", **shape).stats()
-    assert small["kv_bytes"] * 2 == pytest.approx(big["kv_bytes"], abs=8192)
-    # The f16 model resident plus a quarter of the f32 cache: the f32 cache and the activations
-    # alone exceed it (the weights are far smaller than a quarter of that cache).
-    budget = small["host"]["peak"] + big["kv_bytes"] // 4
-    assert big["kv_bytes"] + big["arena_bytes"] > budget
+    prefix = prompt(70, seed=21)
+    prompts = [prefix + prompt(n, seed=n) for n in (3, 9, 1)]
+    distinct = [prompt(len(p), seed=50 + i) for i, p in enumerate(prompts)]
+    counts = {}
+    for name, batch in (("shared", prompts), ("distinct", distinct)):
+        model = load(pkg, kv_dtype="f32", max_batch=3)
+        results = model.generate_batch(batch, max_new_tokens=8, stop_at_eos=False)
+        counts[name] = model.stats()["kv_blocks"]
+        for p, r in zip(batch, results, strict=True):
+            single = load(pkg, kv_dtype="f32").generate(p, max_new_tokens=8, stop_at_eos=False)
+            assert r.output_ids == single.output_ids
+    # 3 sequences of 74..80 tokens: 9 blocks apart; sharing the two full prefix blocks saves 4.
+    assert counts == {"distinct": 9, "shared": 5}
+
+
+def test_budget_holds_as_the_cache_grows(llama):
+    """The budget sets aside one full-context sequence (plus a block per other slot), not
+    max_batch of them; sequences that outgrow what is left fail with a BudgetError naming the
+    host tier, and the host peak never passes the budget."""
+    _, pkg = llama
+    small = load(pkg, kv_dtype="f16", max_context=256, max_batch=64).stats()
+    assert small["kv_bytes"] == 0
+    chunk = 16 * small["kv_block_bytes"]  # the tiny model's f16 blocks come 16 to a chunk
+    budget = small["host"]["peak"] + 8 * chunk  # the reservation (71 blocks: 5 chunks) and 3
+    model = tierlm.load(pkg, budget=budget, kv_dtype="f16", max_context=256, max_batch=64)
+    model.generate_batch([prompt(40, seed=i) for i in range(8)], max_new_tokens=4)  # 16 blocks
+    assert model.stats()["host"]["peak"] <= budget
+    with pytest.raises(tierlm.BudgetError, match="host tier"):  # 512 blocks: 32 chunks
+        model.generate_batch([prompt(250, seed=i) for i in range(64)], max_new_tokens=2)
+    assert model.stats()["host"]["peak"] <= budget
     with pytest.raises(tierlm.BudgetError, match=r"KV cache .* tokens of f32"):
-        tierlm.load(pkg, budget=budget, kv_dtype="f32", **shape)
-    for kv_dtype in ("f16", "q8_0"):
-        m = tierlm.load(pkg, budget=budget, kv_dtype=kv_dtype, **shape)
-        m.generate(prompt(30), max_new_tokens=3)
-        assert m.stats()["host"]["peak"] <= budget
+        tierlm.load(pkg, budget=1 << 20, kv_dtype="f32", max_context=256, max_batch=64)
 
 
 def test_bad_kv_dtype_is_refused_naming_it(llama):

@@ -146,7 +146,7 @@ def case_sparse_capacity(pkg, sparse_pkg):
 def case_kv_dtype(pkg, sparse_pkg):
     f16, f32 = tierlm.load(pkg).stats(), tierlm.load(pkg, kv_dtype="f32").stats()
     assert (f16["kv_dtype"], f32["kv_dtype"]) == ("f16", "f32")
-    assert f16["kv_bytes"] * 2 == pytest.approx(f32["kv_bytes"], abs=4096)
+    assert f16["kv_block_bytes"] * 2 == f32["kv_block_bytes"]
     with pytest.raises(InvalidArgumentError, match="kv_dtype q6_k is not a KV cache type"):
         tierlm.load(pkg, kv_dtype="q6_k")
 

@@ -23,6 +23,12 @@ const float* Executor::run(const ExecBatch& batch) {
     positions_[i] = static_cast<int32_t>(batch.slots == nullptr ? kv_.length(batch.slot) + i
                                                                 : kv_.length(batch.slots[i]));
   }
+  // The cache blocks this step writes, before any op runs.
+  if (batch.slots == nullptr) {
+    kv_.prepare(batch.slot, kv_.length(batch.slot) + n);
+  } else {
+    for (int64_t i = 0; i < n; ++i) kv_.prepare(batch.slots[i], kv_.length(batch.slots[i]) + 1);
+  }
   int layer = INT_MIN;
   for (const ExecOp& op : resolved_.ops) {
     if (op.layer != layer) {

@@ -48,9 +48,9 @@ HostBudget host_budget_fit(const Package& package, const ModelOptions& options,
                                       : std::string();
   const uint64_t minimum = b.minimum_budget;
   TIERLM_CHECK(b.fixed_bytes <= options.host_budget, kErrorBudget, "host tier: the KV cache (",
-               format_bytes(kv_bytes), " for ", demand.max_batch, " x ", demand.context,
-               " tokens of ", dtype_name(demand.kv_dtype), ") and activations (",
-               format_bytes(arena_bytes), ")", sparse_part,
+               format_bytes(kv_bytes), ": ", demand.context, " tokens of ",
+               dtype_name(demand.kv_dtype), " plus a block for each of ", demand.max_batch - 1,
+               " more sequences) and activations (", format_bytes(arena_bytes), ")", sparse_part,
                " stay in the host tier and do not fit the host budget of ",
                format_bytes(options.host_budget),
                "; lower max_context or max_batch, use a smaller kv_dtype (q8_0), or raise "

@@ -69,6 +69,17 @@ const float* Model::forward_slot(int32_t slot, std::span<const int32_t> tokens, 
   return logits;
 }
 
+void Model::share_slot(int32_t from, int32_t to, int64_t tokens) {
+  Impl& m = *impl_;
+  auto lock = claim(m.busy);
+  for (int32_t s : {from, to})
+    TIERLM_CHECK(s >= 0 && s < m.max_batch, kErrorInvalidArgument, "share_slot: slot ", s,
+                 " is outside 0..", m.max_batch - 1);
+  m.kv->share(from, to, tokens);
+  ++m.sequence;  // as a restart of `to`
+  if (m.sparse) m.sparse->reset();
+}
+
 const float* Model::forward_batch(std::span<const int32_t> tokens, std::span<const int32_t> slots) {
   Impl& m = *impl_;
   auto lock = claim(m.busy);

@@ -108,7 +108,7 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   m.plan = detail::buffers_plan(p, assignment, m.chunk);
   const std::vector<detail::KvLayerShape> kv_layers = detail::kv_layer_shapes(p);
   demand.kv_bytes =
-      detail::KvCache::bytes_needed(kv_layers, m.context, m.max_batch, options.kv_dtype);
+      detail::KvCache::bytes_reserved(kv_layers, m.context, m.max_batch, options.kv_dtype);
   demand.kv_dtype = options.kv_dtype;
   demand.arena_bytes = m.plan.peak;
   const detail::HostBudget budget = detail::host_budget_fit(p, options, demand, sparse_plan);

@@ -82,8 +82,11 @@ struct TIERLM_API ModelStats : StreamStats, SparseStats {
   double load_seconds = 0.0;
   uint64_t disk_bytes_read = 0;  // weight bytes read from the package files at load (+ sparse rows)
   uint64_t weight_bytes = 0;     // host bytes holding weights
-  uint64_t kv_bytes = 0;         // host bytes of the KV cache
+  uint64_t kv_bytes = 0;         // host bytes the KV cache holds now (its blocks' chunks)
   std::string kv_dtype;          // its element type ("f16", "q8_0", ...)
+  int64_t kv_blocks = 0;         // KV blocks in use (a block shared by sequences counts once)
+  int64_t kv_block_tokens = 0;   // tokens per block
+  uint64_t kv_block_bytes = 0;   // bytes per block (every layer's keys and values)
   uint64_t arena_bytes = 0;      // host bytes of the activation arena
   TierStats host;
 
@@ -149,6 +152,9 @@ class TIERLM_API Model {
   const float* forward(std::span<const int32_t> tokens, bool restart);
   // The same on sequence slot `slot` (0 .. max_batch - 1), each with its own KV cache.
   const float* forward_slot(int32_t slot, std::span<const int32_t> tokens, bool restart);
+  // Restarts slot `to` with the first `tokens` tokens of slot `from`, whose KV cache blocks it
+  // shares (a block is copied before either writes it): a common prompt prefix computed once.
+  void share_slot(int32_t from, int32_t to, int64_t tokens);
   // One decode step of several sequences at once: tokens[i] is appended to slot slots[i]
   // (distinct slots) at that slot's position. The matrix products read each weight once for
   // all rows. Returns logits [tokens.size(), vocab_size], row i for slots[i].
