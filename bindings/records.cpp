@@ -103,6 +103,7 @@ void bind_records(nb::module_& m) {
       .def_ro("kv_bytes", &S::kv_bytes)
       .def_ro("kv_dtype", &S::kv_dtype)
       .def_ro("kv_blocks", &S::kv_blocks)
+      .def_ro("kv_evicted", &S::kv_evicted)
       .def_ro("kv_block_tokens", &S::kv_block_tokens)
       .def_ro("kv_block_bytes", &S::kv_block_bytes)
       .def_ro("arena_bytes", &S::arena_bytes)

@@ -326,6 +326,7 @@ def load(
     sparse_bundled=True,
     sparse_capacity=0,
     kv_dtype="f16",
+    kv_policy="",
 ):
     """Loads a package (tierlm export's output).
 
@@ -351,6 +352,9 @@ def load(
     kv_dtype: the KV cache's element type: "f16" (default), "bf16", "f32", or "q8_0" (int8 in
     blocks of 32 along head_dim with an f16 scale, about half of f16's bytes); attention reads
     it in place, and its bytes count against the host budget (stats()["kv_bytes"]).
+    kv_policy: "" (or "full") keeps every token up to the context; "window:S+W" keeps S
+    attention sinks and the last W tokens (StreamingLLM), positions counted within the cache, so
+    generation runs past max_positions (RoPE models only; stats()["kv_evicted"] counts drops).
     """
     budgets = _budgets(budget)
     native = _core.Model.load(
@@ -368,5 +372,6 @@ def load(
         sparse_bundled=bool(sparse_bundled),
         sparse_capacity=check("sparse_capacity", sparse_capacity or 0),
         kv_dtype=str(kv_dtype),
+        kv_policy=str(kv_policy or ""),
     )
     return Model(native, budgets)

@@ -179,9 +179,44 @@ TEST(CApi, KvDtypeReachesTheCache) {
   EXPECT_LT(diff, 0.05f * scale);
 }
 
+TEST(CApi, KvPolicyRunsPastTheContext) {
+  TempDir dir;
+  write_tiny_package(dir.path());  // max_positions 64
+  tierlm_model_options options;
+  tierlm_model_options_init(&options);
+  EXPECT_EQ(options.kv_policy, nullptr);
+  tierlm_model* model = nullptr;
+  options.kv_policy = "window:4";
+  EXPECT_EQ(tierlm_model_create(dir.path().c_str(), &options, &model),
+            TIERLM_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(tierlm_last_error()).find("kv_policy 'window:4'"), std::string::npos)
+      << tierlm_last_error();
+  const int32_t prompt[] = {4, 8, 15};
+  tierlm_generate_options gen;
+  tierlm_generate_options_init(&gen);
+  gen.max_new_tokens = 100;  // past the 64-token context
+  gen.stop_at_eos = 0;
+  std::vector<int32_t> out(100);
+  size_t n = 0;
+  options.kv_policy = nullptr;
+  ASSERT_EQ(tierlm_model_create(dir.path().c_str(), &options, &model), TIERLM_OK);
+  ASSERT_EQ(tierlm_generate(model, prompt, 3, &gen, out.data(), out.size(), &n, nullptr, nullptr),
+            TIERLM_OK);
+  EXPECT_LT(n, 100u);  // stopped at the context
+  tierlm_model_destroy(model);
+  options.kv_policy = "window:0+64";  // the tiny model's whole context
+  ASSERT_EQ(tierlm_model_create(dir.path().c_str(), &options, &model), TIERLM_OK)
+      << tierlm_last_error();
+  ASSERT_EQ(tierlm_generate(model, prompt, 3, &gen, out.data(), out.size(), &n, nullptr, nullptr),
+            TIERLM_OK)
+      << tierlm_last_error();
+  EXPECT_EQ(n, 100u);
+  tierlm_model_destroy(model);
+}
+
 // Each field of the C API's option structs changes what a call does or is refused with a
 // message naming it. The sizes pin the structs: a new field fails here until it has a case.
-static_assert(sizeof(tierlm_model_options) == 56, "a new tierlm_model_options field needs a case");
+static_assert(sizeof(tierlm_model_options) == 64, "a new tierlm_model_options field needs a case");
 static_assert(sizeof(tierlm_generate_options) == 48,
               "a new tierlm_generate_options field needs a case");
 

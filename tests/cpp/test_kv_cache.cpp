@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/kernels_impl.hpp"
 #include "model/kv_cache.hpp"
 #include "tierlm/core/error.hpp"
 
@@ -149,6 +150,54 @@ TEST(KvCache, AttentionOverBlocksEqualsOneContiguousBlock) {
       kernel_attention(q.data(), paged, a.data(), s, 0.125f, ws.data());
       kernel_attention(q.data(), contiguous, b.data(), s, 0.125f, ws.data());
       EXPECT_EQ(a, b) << dtype_name(dtype) << " n_q " << n_q;
+    }
+  }
+}
+
+// Eviction moves the later tokens down and rotates their keys back: a key stored rotated at
+// position p reads as the same raw key rotated at its new position (kernel_rope), values move
+// as they are, and blocks past the new end go back.
+TEST(KvCache, EvictionMovesTokensAndRotatesTheirKeys) {
+  const size_t d = 64, heads = 3, width = heads * d;
+  std::vector<float> inv_freq(d / 2);
+  for (size_t i = 0; i < d / 2; ++i) inv_freq[i] = std::pow(10000.0f, -2.0f * i / d);
+  for (DType dtype : {DType::kDTypeF32, DType::kDTypeF16}) {
+    HostTier host(64 << 20);
+    KvCache kv(host, {{heads, d}}, 1000, 1, dtype);
+    AttentionShape s = shape_of(dtype, 1000);
+    const int64_t len = 4 * kKvBlockTokens + 9, sinks = 4, drop = 40;
+    const std::vector<float> raw = random_floats(len * width, 7), v = random_floats(len * width, 8);
+    std::vector<float> k = raw;
+    std::vector<int32_t> pos(len);
+    for (int64_t t = 0; t < len; ++t) pos[t] = static_cast<int32_t>(t);
+    kernel_rope(k.data(), pos.data(), inv_freq.data(), len, heads, d);
+    kv.prepare(0, len);
+    kernel_kv_store(k.data(), v.data(), width, len, 0, kv.layout(0, 0), s);
+    kv.advance(0, len);
+    kv.evict(0, sinks, drop, inv_freq.data());
+    EXPECT_EQ(kv.length(0), len - drop);
+    EXPECT_EQ(kv.evicted(), drop);
+    EXPECT_EQ(kv.blocks(), (len - drop + kKvBlockTokens - 1) / kKvBlockTokens);
+    // Expected: token t (kept) at position t' = t < sinks ? t : t - drop, key rope(raw, t').
+    std::vector<float> expect_k(raw), expect_v(v);
+    for (int64_t t = 0; t < len; ++t) pos[t] = static_cast<int32_t>(t < sinks ? t : t - drop);
+    kernel_rope(expect_k.data(), pos.data(), inv_freq.data(), len, heads, d);
+    const size_t row = kernel_kv_row_bytes(dtype, d);
+    const KvLayout l = kv.layout(0, 0);
+    const float tol = dtype == DType::kDTypeF32 ? 1e-4f : 4e-3f;
+    for (int64_t t = 0; t < len; ++t) {
+      if (t >= sinks && t < sinks + drop) continue;
+      const int64_t at = pos[t];
+      for (size_t h = 0; h < heads; ++h) {
+        const auto* block = static_cast<const uint8_t*>(l.blocks[at / kKvBlockTokens]);
+        const size_t r = (h * kKvBlockTokens + at % kKvBlockTokens) * row;
+        for (size_t c = 0; c < d; ++c) {
+          const size_t i = t * width + h * d + c;
+          EXPECT_NEAR(kv_element(block + l.k_offset + r, dtype, c), expect_k[i], tol)
+              << dtype_name(dtype) << " token " << t << " head " << h << " dim " << c;
+          EXPECT_NEAR(kv_element(block + l.v_offset + r, dtype, c), expect_v[i], tol);
+        }
+      }
     }
   }
 }

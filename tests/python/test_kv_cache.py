@@ -1,6 +1,9 @@
-"""The KV cache's element type (kv_dtype): f16 (the default), bf16 and q8_0 (int8 blocks along
-head_dim) against the f32 cache on the same model, the bytes it holds and what the host budget
-counts, and bad values refused with a message naming the option."""
+"""The KV cache: its element type (kv_dtype: f16 by default, bf16, q8_0 int8 blocks) against the
+f32 cache on the same model; its blocks (paged, taken as sequences grow, shared prefixes) and
+what the host budget counts; the window policy (kv_policy) that runs past the context; bad
+values refused with a message naming the option."""
+
+import re
 
 import numpy as np
 import pytest
@@ -76,8 +79,10 @@ def kv_row_bytes(kv_dtype, head_dim):
 
 @pytest.mark.parametrize("kv_dtype", ["f32", "f16", "bf16", "q8_0"])
 def test_kv_blocks_follow_the_dtype_and_the_length(llama, kv_dtype):
-    """The paged cache holds nothing at load, a block per 32 tokens as the sequence grows (bytes
-    in chunks of up to 16 blocks), and gives its blocks back when the sequences end."""
+    """The paged cache holds at load the chunks the budget sets aside (one full-context sequence
+    plus a block per other slot, in chunks of up to 16 blocks), uses a block per 32 tokens as a
+    sequence grows, takes more chunks when sequences together outgrow that, and gives those
+    back when they end."""
     _, pkg = llama
     model = load(pkg, kv_dtype=kv_dtype, max_context=256, max_batch=3)
     c = model.config
@@ -85,19 +90,20 @@ def test_kv_blocks_follow_the_dtype_and_the_length(llama, kv_dtype):
     s = model.stats()
     block = c["num_layers"] * 2 * c["num_kv_heads"] * 32 * kv_row_bytes(kv_dtype, head_dim)
     assert (s["kv_dtype"], s["kv_block_tokens"], s["kv_block_bytes"]) == (kv_dtype, 32, block)
-    assert (s["kv_blocks"], s["kv_bytes"]) == (0, 0)
     per_chunk = min(16, (256 << 10) // block)  # blocks come from the host tier in chunks
+    reserved = -(-(256 // 32 + 2) // per_chunk) * per_chunk * block
+    assert (s["kv_blocks"], s["kv_bytes"]) == (0, reserved)
     for length in (1, 31, 33, 200):
         model.generate(prompt(length, seed=length), max_new_tokens=1)
         s = model.stats()
-        assert s["kv_blocks"] == -(-length // 32), length
-        assert s["kv_bytes"] == per_chunk * block  # one chunk
-    model.generate_batch([prompt(200, seed=i) for i in range(3)], max_new_tokens=1)
+        assert (s["kv_blocks"], s["kv_bytes"]) == (-(-length // 32), reserved), length
+    model.generate_batch([prompt(250, seed=i) for i in range(3)], max_new_tokens=1)
     s = model.stats()
-    assert (s["kv_blocks"], s["kv_bytes"]) == (21, -(-21 // per_chunk) * per_chunk * block)
+    assert s["kv_blocks"] == 24
+    assert s["kv_bytes"] == max(reserved, -(-24 // per_chunk) * per_chunk * block) > reserved
     assert s["host"]["peak"] >= s["weight_bytes"] + s["kv_bytes"] + s["arena_bytes"]
-    model._native.reset()  # ends every sequence
-    assert (model.stats()["kv_blocks"], model.stats()["kv_bytes"]) == (0, 0)
+    model._native.reset()  # ends every sequence: the chunks past the reservation go back
+    assert (model.stats()["kv_blocks"], model.stats()["kv_bytes"]) == (0, reserved)
 
 
 def test_shared_prompt_prefix_uses_fewer_blocks(llama):
@@ -125,9 +131,9 @@ def test_budget_holds_as_the_cache_grows(llama):
     host tier, and the host peak never passes the budget."""
     _, pkg = llama
     small = load(pkg, kv_dtype="f16", max_context=256, max_batch=64).stats()
-    assert small["kv_bytes"] == 0
     chunk = 16 * small["kv_block_bytes"]  # the tiny model's f16 blocks come 16 to a chunk
-    budget = small["host"]["peak"] + 8 * chunk  # the reservation (71 blocks: 5 chunks) and 3
+    assert small["kv_bytes"] == 5 * chunk  # the reservation: 8 + 63 blocks
+    budget = small["host"]["peak"] + 3 * chunk
     model = tierlm.load(pkg, budget=budget, kv_dtype="f16", max_context=256, max_batch=64)
     model.generate_batch([prompt(40, seed=i) for i in range(8)], max_new_tokens=4)  # 16 blocks
     assert model.stats()["host"]["peak"] <= budget
@@ -155,3 +161,54 @@ def test_batched_decode_with_int8_cache_equals_single(llama):
         single = load(pkg, kv_dtype="q8_0").generate(p, max_new_tokens=6, stop_at_eos=False)
         assert r.output_ids == single.output_ids
     assert np.isfinite(model.logits(prompts[0])).all()
+
+
+def test_window_policy_equals_the_full_cache_until_it_fills(llama):
+    _, pkg = llama
+    ids = prompt(60, seed=31)
+    full = load(pkg, kv_dtype="f32").logits(ids)
+    windowed = load(pkg, kv_dtype="f32", kv_policy="window:4+124")
+    assert relative_error(windowed.logits(ids), full) == 0
+    assert windowed.stats()["kv_evicted"] == 0
+
+
+def test_window_policy_generates_past_max_positions(llama):
+    """window:4+124 on a model trained to 256 positions: 600 new tokens (2.3x), a bounded
+    cache, evictions counted, and output that keeps changing (no collapse to one repeated
+    token), where the full cache stops at its context."""
+    _, pkg = llama
+    ids = prompt(20, seed=3)
+    stopped = load(pkg).generate(ids, max_new_tokens=600, stop_at_eos=False)
+    assert stopped.finish_reason == "context" and len(stopped.output_ids) == 256 - 20 + 1
+    model = load(pkg, kv_policy="window:4+124")
+    result = model.generate(ids, max_new_tokens=600, stop_at_eos=False)
+    assert result.finish_reason == "length" and len(result.output_ids) == 600
+    s = model.stats()
+    # 20 + 599 tokens went through a cache of 128: at most 128 remain, dropped a block at a time.
+    assert s["kv_blocks"] <= 4 and 20 + 599 - s["kv_evicted"] <= 128
+    assert s["kv_evicted"] % 32 == 0
+    assert len(set(result.output_ids[-200:])) > 5
+
+
+def test_window_policy_batched_equals_single(llama):
+    _, pkg = llama
+    prompts = [prompt(n, seed=n) for n in (5, 70)]
+    model = load(pkg, kv_policy="window:4+92", max_batch=2)
+    batch = model.generate_batch(prompts, max_new_tokens=150, stop_at_eos=False)
+    for p, r in zip(prompts, batch, strict=True):
+        one = load(pkg, kv_policy="window:4+92").generate(p, max_new_tokens=150, stop_at_eos=False)
+        assert r.output_ids == one.output_ids
+
+
+def test_bad_kv_policy_is_refused_naming_it(llama, tmp_path):
+    _, pkg = llama
+    for bad in ("window:4", "window:4+10", "sink:4+100", "window:-1+100", "window:4+100x"):
+        with pytest.raises(tierlm.InvalidArgumentError, match=f"kv_policy '{re.escape(bad)}'"):
+            load(pkg, kv_policy=bad)
+    with pytest.raises(tierlm.InvalidArgumentError, match="max_positions 256"):
+        load(pkg, kv_policy="window:4+300")
+    with pytest.raises(tierlm.InvalidArgumentError, match="leave max_context unset"):
+        load(pkg, kv_policy="window:4+100", max_context=50)
+    _, opt = package("opt", str(tmp_path), seed=2)
+    with pytest.raises(tierlm.UnsupportedError, match="no rotary position embedding"):
+        load(opt, kv_policy="window:4+100")

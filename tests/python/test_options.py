@@ -151,6 +151,17 @@ def case_kv_dtype(pkg, sparse_pkg):
         tierlm.load(pkg, kv_dtype="q6_k")
 
 
+def case_kv_policy(pkg, sparse_pkg):
+    ids = prompt(6)
+    full = tierlm.load(pkg).generate(ids, max_new_tokens=400, stop_at_eos=False)
+    model = tierlm.load(pkg, kv_policy="window:4+124")
+    streamed = model.generate(ids, max_new_tokens=400, stop_at_eos=False)
+    assert full.finish_reason == "context" and streamed.finish_reason == "length"
+    assert model.stats()["kv_evicted"] > 0
+    with pytest.raises(InvalidArgumentError, match="kv_policy 'window:4'"):
+        tierlm.load(pkg, kv_policy="window:4")
+
+
 LOAD_CASES = {
     "budget": case_budget,
     "threads": case_threads,
@@ -165,6 +176,7 @@ LOAD_CASES = {
     "sparse_bundled": case_sparse_bundled,
     "sparse_capacity": case_sparse_capacity,
     "kv_dtype": case_kv_dtype,
+    "kv_policy": case_kv_policy,
 }
 
 

@@ -164,6 +164,36 @@ void kernel_kv_store(const float* k, const float* v, size_t src_stride, size_t n
   }
 }
 
+void kernel_kv_shift(const KvLayout& kv, const AttentionShape& shape, size_t from, size_t to,
+                     size_t n, const float* inv_freq) {
+  constexpr size_t kMaxHalf = 1024;
+  const size_t d = shape.head_dim;
+  const size_t row_bytes = kernel_kv_row_bytes(shape.kv_dtype, d);
+  check_kv_layout(kv);
+  TIERLM_CHECK(to < from && from + n <= shape.kv_capacity && d % 2 == 0 && d / 2 <= kMaxHalf,
+               kErrorInvalidArgument, "KV shift: tokens ", from, "..", from + n, " to ", to,
+               " (capacity ", shape.kv_capacity, ", head_dim ", d, ")");
+  alignas(64) float cos[kMaxHalf], sin[kMaxHalf], key[2 * kMaxHalf];
+  const float delta = -static_cast<float>(from - to);
+  for (size_t i = 0; i < d / 2; ++i) {
+    cos[i] = std::cos(delta * inv_freq[i]);
+    sin[i] = std::sin(delta * inv_freq[i]);
+  }
+  const detail::KernelTable& k = detail::kernels_current();
+  auto row = [&](size_t t, size_t offset, size_t h) {
+    return static_cast<uint8_t*>(kv.blocks[t / kv.block_tokens]) + offset +
+           (h * kv.block_tokens + t % kv.block_tokens) * row_bytes;
+  };
+  for (size_t i = 0; i < n; ++i)
+    for (size_t h = 0; h < shape.n_kv_heads; ++h) {
+      const uint8_t* src = row(from + i, kv.k_offset, h);
+      for (size_t c = 0; c < d; ++c) key[c] = detail::kv_element(src, shape.kv_dtype, c);
+      k.rope(key, cos, sin, 1, d);
+      store_row(key, d, shape.kv_dtype, row(to + i, kv.k_offset, h));
+      std::memmove(row(to + i, kv.v_offset, h), row(from + i, kv.v_offset, h), row_bytes);
+    }
+}
+
 size_t kernel_attention_workspace(const AttentionShape& shape) {
   check_attention_shape(shape);
   return attention_plan(shape).bytes;

@@ -2,23 +2,40 @@
 // backend, activation copies where an op cannot run in place, the KV append before attention.
 #include "model/executor.hpp"
 
+#include <algorithm>
 #include <climits>
 
 namespace tierlm::detail {
 
 Executor::Executor(ResolvedOps ops, Backend& backend, WeightStore& weights, KvCache& kv,
-                   SparseFfn* sparse, const float* rope_inv_freq, int64_t max_rows)
+                   SparseFfn* sparse, const float* rope_inv_freq, int64_t max_rows, KvPolicy policy)
     : resolved_(std::move(ops)),
       backend_(backend),
       weights_(weights),
+      policy_(policy),
       kv_(kv),
       sparse_(sparse),
       rope_inv_freq_(rope_inv_freq),
       positions_(static_cast<size_t>(max_rows)),
       shifted_(static_cast<size_t>(max_rows)) {}
 
+// A full window: drop a block's worth (or what the step needs) of the oldest tokens after the
+// sinks, so eviction runs once per block of tokens, not every step.
+void Executor::make_room(int32_t slot, int64_t n) {
+  const int64_t length = kv_.length(slot);
+  if (policy_.window == 0 || length + n <= kv_.capacity()) return;
+  const int64_t drop =
+      std::min(length - policy_.sinks, std::max(length + n - kv_.capacity(), kKvBlockTokens));
+  kv_.evict(slot, policy_.sinks, drop, rope_inv_freq_);
+}
+
 const float* Executor::run(const ExecBatch& batch) {
   const int64_t n = batch.n;
+  if (batch.slots == nullptr) {
+    make_room(batch.slot, n);
+  } else {
+    for (int64_t i = 0; i < n; ++i) make_room(batch.slots[i], 1);
+  }
   for (int64_t i = 0; i < n; ++i) {
     positions_[i] = static_cast<int32_t>(batch.slots == nullptr ? kv_.length(batch.slot) + i
                                                                 : kv_.length(batch.slots[i]));

@@ -10,6 +10,7 @@
 #include "model/kv_cache.hpp"
 #include "model/op_resolve.hpp"
 #include "sparse/sparse_ffn_layer.hpp"
+#include "tierlm/model/model.hpp"
 #include "weights/weight_store.hpp"
 
 namespace tierlm::detail {
@@ -28,13 +29,14 @@ class Executor {
  public:
   // max_rows: the most rows a batch has (the arena was planned for it). sparse may be null.
   Executor(ResolvedOps ops, Backend& backend, WeightStore& weights, KvCache& kv, SparseFfn* sparse,
-           const float* rope_inv_freq, int64_t max_rows);
+           const float* rope_inv_freq, int64_t max_rows, KvPolicy policy);
 
   // Runs the graph on the batch; returns the logits ([1, vocab] for one slot, [n, vocab] for a
   // batched decode), valid until the next run.
   const float* run(const ExecBatch& batch);
 
  private:
+  void make_room(int32_t slot, int64_t n);
   void run_op(const ExecOp& op, const ExecBatch& batch);
   void attend(const ExecOp& op, const ExecBatch& batch);
   const void* weight(int index) const { return index < 0 ? nullptr : weights_.data(index); }
@@ -42,6 +44,7 @@ class Executor {
   ResolvedOps resolved_;
   Backend& backend_;
   WeightStore& weights_;
+  KvPolicy policy_;
   KvCache& kv_;
   SparseFfn* sparse_;
   const float* rope_inv_freq_;

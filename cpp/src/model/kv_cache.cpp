@@ -42,11 +42,13 @@ uint64_t KvCache::bytes_reserved(std::span<const KvLayerShape> layers, int64_t c
   const int64_t per_chunk = chunk_blocks(block);
   const int64_t blocks = blocks_for(capacity) + slots - 1;
   const int64_t chunks = (blocks + per_chunk - 1) / per_chunk;
-  return static_cast<uint64_t>(chunks * per_chunk) * block;
+  // Each chunk as the host tier charges it: whole 4 KiB pages.
+  const uint64_t chunk = (static_cast<uint64_t>(per_chunk) * block + 4095) / 4096 * 4096;
+  return static_cast<uint64_t>(chunks) * chunk;
 }
 
 KvCache::KvCache(HostTier& host, std::vector<KvLayerShape> layers, int64_t capacity, int64_t slots,
-                 DType dtype)
+                 DType dtype, uint64_t reserved)
     : host_(host),
       layers_(std::move(layers)),
       dtype_(dtype),
@@ -77,6 +79,26 @@ KvCache::KvCache(HostTier& host, std::vector<KvLayerShape> layers, int64_t capac
   chunks_.reserve(most_chunks);
   refs_.reserve(most_chunks * static_cast<size_t>(blocks_per_chunk_));
   free_.reserve(most_chunks * static_cast<size_t>(blocks_per_chunk_));
+  const uint64_t chunk_bytes =
+      (static_cast<uint64_t>(blocks_per_chunk_) * block_bytes_ + 4095) / 4096 * 4096;
+  for (uint64_t held = 0; held < reserved; held += chunk_bytes) {
+    add_chunk();
+    chunks_.back().reserved = true;
+  }
+  std::reverse(free_.begin(), free_.end());  // the lowest ids first
+}
+
+void KvCache::add_chunk() {
+  // A released chunk's index is reused first, so ids stay below the reserved count.
+  size_t c = 0;
+  while (c < chunks_.size() && chunks_[c].buffer.data() != nullptr) ++c;
+  if (c == chunks_.size()) chunks_.emplace_back();
+  chunks_[c].buffer = host_.allocate(static_cast<size_t>(blocks_per_chunk_) * block_bytes_);
+  held_bytes_ += chunks_[c].buffer.size();
+  const size_t ids = chunks_.size() * static_cast<size_t>(blocks_per_chunk_);
+  if (refs_.size() < ids) refs_.resize(ids, 0);
+  for (int64_t i = blocks_per_chunk_; i-- > 0;)
+    free_.push_back(static_cast<int32_t>(static_cast<int64_t>(c) * blocks_per_chunk_ + i));
 }
 
 void* KvCache::block_data(int32_t id) const {
@@ -86,18 +108,7 @@ void* KvCache::block_data(int32_t id) const {
 }
 
 int32_t KvCache::take() {
-  if (free_.empty()) {
-    // A released chunk's index is reused first, so ids stay below the reserved count.
-    size_t c = 0;
-    while (c < chunks_.size() && chunks_[c].buffer.data() != nullptr) ++c;
-    if (c == chunks_.size()) chunks_.emplace_back();
-    chunks_[c].buffer = host_.allocate(static_cast<size_t>(blocks_per_chunk_) * block_bytes_);
-    held_bytes_ += chunks_[c].buffer.size();
-    const size_t ids = chunks_.size() * static_cast<size_t>(blocks_per_chunk_);
-    if (refs_.size() < ids) refs_.resize(ids, 0);
-    for (int64_t i = blocks_per_chunk_; i-- > 0;)
-      free_.push_back(static_cast<int32_t>(static_cast<int64_t>(c) * blocks_per_chunk_ + i));
-  }
+  if (free_.empty()) add_chunk();
   const int32_t id = free_.back();
   free_.pop_back();
   refs_[static_cast<size_t>(id)] = 1;
@@ -112,7 +123,7 @@ void KvCache::drop(int32_t id) {
   const int64_t c = id / blocks_per_chunk_;
   Chunk& chunk = chunks_[static_cast<size_t>(c)];
   free_.push_back(id);
-  if (--chunk.used > 0) return;
+  if (--chunk.used > 0 || chunk.reserved) return;
   std::erase_if(free_, [&](int32_t f) { return f / blocks_per_chunk_ == c; });
   held_bytes_ -= chunk.buffer.size();
   chunk.buffer = HostBuffer();
@@ -169,6 +180,42 @@ void KvCache::share(int32_t from, int32_t to, int64_t tokens) {
     pointers_[static_cast<size_t>(to)].push_back(block_data(id));
   }
   lengths_[static_cast<size_t>(to)] = tokens;
+}
+
+void KvCache::evict(int32_t slot, int64_t first, int64_t count, const float* rope_inv_freq) {
+  const int64_t length = lengths_[static_cast<size_t>(slot)];
+  TIERLM_CHECK(first >= 0 && count > 0 && first + count <= length, kErrorInvalidArgument,
+               "KV cache: cannot drop tokens ", first, "..", first + count, " of slot ", slot,
+               ", which holds ", length);
+  auto& table = tables_[static_cast<size_t>(slot)];
+  auto& pointers = pointers_[static_cast<size_t>(slot)];
+  // Blocks rewritten below are this slot's own first (copy on write).
+  for (size_t b = static_cast<size_t>(first / kKvBlockTokens); b < table.size(); ++b) {
+    if (refs_[static_cast<size_t>(table[b])] == 1) continue;
+    const int32_t copy = take();
+    std::memcpy(block_data(copy), block_data(table[b]), block_bytes_);
+    drop(table[b]);
+    table[b] = copy;
+    pointers[b] = block_data(copy);
+  }
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    AttentionShape shape;
+    shape.n_kv_heads = layers_[l].kv_heads;
+    shape.head_dim = layers_[l].head_dim;
+    shape.kv_capacity = table.size() * static_cast<size_t>(kKvBlockTokens);
+    shape.kv_dtype = dtype_;
+    kernel_kv_shift(layout(l, slot), shape, static_cast<size_t>(first + count),
+                    static_cast<size_t>(first), static_cast<size_t>(length - first - count),
+                    rope_inv_freq);
+  }
+  lengths_[static_cast<size_t>(slot)] = length - count;
+  evicted_ += count;
+  while (static_cast<int64_t>(table.size()) >
+         (length - count + kKvBlockTokens - 1) / kKvBlockTokens) {
+    drop(table.back());
+    table.pop_back();
+    pointers.pop_back();
+  }
 }
 
 }  // namespace tierlm::detail

@@ -34,9 +34,10 @@ class KvCache {
   static uint64_t bytes_reserved(std::span<const KvLayerShape> layers, int64_t capacity,
                                  int64_t slots, DType dtype);
 
-  // Holds no block yet; every sequence empty.
+  // Every sequence empty. Takes `reserved` bytes of chunks (bytes_reserved: what the budget set
+  // aside) from the host tier now and keeps them; chunks taken beyond them go back when empty.
   KvCache(HostTier& host, std::vector<KvLayerShape> layers, int64_t capacity, int64_t slots,
-          DType dtype);
+          DType dtype, uint64_t reserved = 0);
 
   int64_t capacity() const { return capacity_; }
   int64_t slots() const { return static_cast<int64_t>(lengths_.size()); }
@@ -60,6 +61,10 @@ class KvCache {
   void clear_all();
   // `to` continues from the first `tokens` tokens of `from`, sharing their blocks.
   void share(int32_t from, int32_t to, int64_t tokens);
+  // Drops tokens first .. first + count - 1 of slot: the later ones move down, their keys
+  // rotated back by count positions (kernel_kv_shift), and blocks past the new end go back.
+  void evict(int32_t slot, int64_t first, int64_t count, const float* rope_inv_freq);
+  int64_t evicted() const { return evicted_; }  // tokens dropped since load
 
  private:
   // Blocks come from the host tier in chunks (up to 16 blocks, about 256 KiB) so small blocks
@@ -67,7 +72,9 @@ class KvCache {
   struct Chunk {
     HostBuffer buffer;
     int64_t used = 0;
+    bool reserved = false;  // kept while the cache lives
   };
+  void add_chunk();
   int32_t take();
   void drop(int32_t id);
   void* block_data(int32_t id) const;
@@ -88,6 +95,7 @@ class KvCache {
   std::vector<int32_t> free_;  // ids of unused blocks in held chunks
   uint64_t held_bytes_ = 0;
   int64_t blocks_used_ = 0;
+  int64_t evicted_ = 0;
 };
 
 }  // namespace tierlm::detail

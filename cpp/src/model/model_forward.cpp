@@ -54,10 +54,10 @@ const float* Model::forward_slot(int32_t slot, std::span<const int32_t> tokens, 
   const int64_t n = static_cast<int64_t>(tokens.size());
   check_tokens(tokens, m.package.config.vocab_size);
   const int64_t pos = m.kv->length(slot);
-  TIERLM_CHECK(pos + n <= m.context, kErrorInvalidArgument, "the sequence needs ", pos + n,
-               " positions (", pos, " in the cache + ", n, " new tokens) but the context holds ",
-               m.context, " (max_positions ", m.package.config.max_positions,
-               "); shorten the prompt");
+  TIERLM_CHECK(m.policy.window > 0 || pos + n <= m.context, kErrorInvalidArgument,
+               "the sequence needs ", pos + n, " positions (", pos, " in the cache + ", n,
+               " new tokens) but the context holds ", m.context, " (max_positions ",
+               m.package.config.max_positions, "); shorten the prompt");
   const float* logits = nullptr;
   for (int64_t start = 0; start < n; start += m.chunk) {
     detail::ExecBatch batch;
@@ -98,8 +98,9 @@ const float* Model::forward_batch(std::span<const int32_t> tokens, std::span<con
       TIERLM_CHECK(slots[j] != s, kErrorInvalidArgument, "forward_batch: slot ", s,
                    " appears twice");
     }
-    TIERLM_CHECK(m.kv->length(s) + 1 <= m.context, kErrorInvalidArgument, "forward_batch: slot ", s,
-                 " holds ", m.kv->length(s), " tokens, the context is full (", m.context, ")");
+    TIERLM_CHECK(m.policy.window > 0 || m.kv->length(s) + 1 <= m.context, kErrorInvalidArgument,
+                 "forward_batch: slot ", s, " holds ", m.kv->length(s),
+                 " tokens, the context is full (", m.context, ")");
   }
   detail::ExecBatch batch;
   batch.tokens = tokens.data();

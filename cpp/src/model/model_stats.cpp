@@ -23,6 +23,7 @@ ModelStats Model::stats() const {
   s.kv_bytes = m.kv->bytes();
   s.kv_dtype = dtype_name(m.kv->dtype());
   s.kv_blocks = m.kv->blocks();
+  s.kv_evicted = m.kv->evicted();
   s.kv_block_tokens = detail::kKvBlockTokens;
   s.kv_block_bytes = m.kv->block_bytes();
   s.arena_bytes = m.arena.size();

@@ -78,6 +78,11 @@ def add_run_options(parser):
         default="f16",
         help="KV cache element type: f16 (default), bf16, f32, q8_0 (int8 blocks)",
     )
+    parser.add_argument(
+        "--kv-policy",
+        default="",
+        help="full (default) or window:S+W: keep S sink tokens and the last W (past the context)",
+    )
 
 
 def sampling_options(args):
@@ -123,6 +128,7 @@ def run(args):
         verify=args.verify,
         max_context=args.max_context,
         kv_dtype=args.kv_dtype,
+        kv_policy=args.kv_policy,
         ring_sections=args.ring_sections,
         sparse=args.sparse,
         sparse_window=args.sparse_window,

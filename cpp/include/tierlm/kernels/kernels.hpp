@@ -90,6 +90,13 @@ TIERLM_API size_t kernel_kv_row_bytes(DType kv_dtype, size_t head_dim);
 TIERLM_API void kernel_kv_store(const float* k, const float* v, size_t src_stride, size_t n,
                                 size_t pos, const KvLayout& kv, const AttentionShape& shape);
 
+// Streaming past the context: moves n cached tokens from positions from .. from + n - 1 down
+// to to .. to + n - 1 (to < from) and rotates their keys back by from - to positions with RoPE
+// (GPT-NeoX halves, inv_freq: head_dim / 2 entries), so a key reads as computed at its new
+// position. Values move as they are; keys in q8_0 are requantized.
+TIERLM_API void kernel_kv_shift(const KvLayout& kv, const AttentionShape& shape, size_t from,
+                                size_t to, size_t n, const float* inv_freq);
+
 // Bytes of scratch the kernel needs for this shape. It does not depend on kv_len, q_pos0 or
 // the thread count, and grows with n_q, so the size for the largest step (e.g. the longest
 // prefill) covers every smaller one, decode included. Any alignment is accepted.

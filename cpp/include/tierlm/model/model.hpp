@@ -34,6 +34,10 @@ struct TIERLM_API ModelOptions {
   // The KV cache's element type: f16 (default), bf16, f32, or q8_0 (int8 in blocks of 32 along
   // head_dim with an f16 scale); the fused attention kernel reads it in place.
   DType kv_dtype = DType::kDTypeF16;
+  // Streaming past the context (kv_policy_parse): "" keeps every token up to the context;
+  // "window:S+W" keeps S attention sinks and the last W tokens (StreamingLLM), positions
+  // counted within the cache, so a sequence runs on past max_positions.
+  std::string kv_policy;
   // Streaming (weights larger than the host budget): staging sections of the prefetch ring, each
   // the size of the largest streamed matrix; 0 = auto (about 64 MiB of sections, at least 2
   // when the budget allows, else 1).
@@ -47,6 +51,15 @@ struct TIERLM_API ModelOptions {
   bool sparse_bundled = true;   // false: up and down parts read apart, no coalescing (ablation)
   int64_t sparse_capacity = 0;  // cached neurons per layer; 0 = auto from the predictors
 };
+
+// A parsed ModelOptions::kv_policy: window > 0 keeps `sinks` first tokens and the last `window`
+// (evicting a block's worth of the oldest others when the cache is full).
+struct TIERLM_API KvPolicy {
+  int64_t sinks = 0;
+  int64_t window = 0;  // 0: no eviction
+};
+// Throws kErrorInvalidArgument naming kv_policy and the accepted forms for a malformed one.
+TIERLM_API KvPolicy kv_policy_parse(const std::string& policy);
 
 // Throws kErrorInvalidArgument naming the first numeric option outside its range
 // (tierlm/core/limits.hpp), or a kv_dtype the cache cannot hold; Model::load calls it before
@@ -85,6 +98,7 @@ struct TIERLM_API ModelStats : StreamStats, SparseStats {
   uint64_t kv_bytes = 0;         // host bytes the KV cache holds now (its blocks' chunks)
   std::string kv_dtype;          // its element type ("f16", "q8_0", ...)
   int64_t kv_blocks = 0;         // KV blocks in use (a block shared by sequences counts once)
+  int64_t kv_evicted = 0;        // tokens the kv_policy dropped since load
   int64_t kv_block_tokens = 0;   // tokens per block
   uint64_t kv_block_bytes = 0;   // bytes per block (every layer's keys and values)
   uint64_t arena_bytes = 0;      // host bytes of the activation arena
@@ -130,8 +144,10 @@ class TIERLM_API Model {
   const Package& package() const;
   const ModelConfig& config() const;
   int64_t vocab_size() const;
-  // Tokens the KV cache holds (the longest prompt + generation).
+  // Tokens a sequence may reach (the longest prompt + generation): the KV cache's capacity, or
+  // kStreamingContext with a window kv_policy.
   int64_t context_length() const;
+  static constexpr int64_t kStreamingContext = int64_t{1} << 30;
   int64_t prefill_chunk() const;
 
   // Empties the KV cache: the next forward starts at position 0. A Model runs on one thread
