@@ -26,11 +26,11 @@ namespace tierlm {
 struct TIERLM_API ModelOptions {
   uint64_t host_budget = UINT64_MAX;  // bytes the host tier may hold (weights, KV, arena)
   size_t threads = 0;                 // compute threads; 0 keeps the pool's size
-  bool verify = false;                // check each tensor's CRC-32 while loading
-  int64_t max_context = 0;            // KV cache capacity in tokens; 0 = config.max_positions
-  int64_t prefill_chunk = 0;          // tokens per prefill batch; 0 = a stored plan's or 256
-  bool lock = true;                   // mlock host buffers where RLIMIT_MEMLOCK allows
-  int64_t max_batch = 1;              // sequences decoded together (KV cache slots)
+  bool verify = false;  // check the CRC-32 of every byte the run uses at load (ModelStats::verify)
+  int64_t max_context = 0;    // KV cache capacity in tokens; 0 = config.max_positions
+  int64_t prefill_chunk = 0;  // tokens per prefill batch; 0 = a stored plan's or 256
+  bool lock = true;           // mlock host buffers where RLIMIT_MEMLOCK allows
+  int64_t max_batch = 1;      // sequences decoded together (KV cache slots)
   // The KV cache's element type: f16 (default), bf16, f32, or q8_0 (int8 in blocks of 32 along
   // head_dim with an f16 scale); the fused attention kernel reads it in place.
   DType kv_dtype = DType::kDTypeF16;
@@ -103,6 +103,7 @@ struct TIERLM_API ModelStats : StreamStats, SparseStats {
   uint64_t kv_block_bytes = 0;   // bytes per block (every layer's keys and values)
   uint64_t arena_bytes = 0;      // host bytes of the activation arena
   TierStats host;
+  VerifyStats verify;  // what verify checked: every tensor, bundle and predictor the run uses
 
   // The counters over an interval that began at `before` (one generation); sizes, peaks and
   // settings as now.
