@@ -8,6 +8,7 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <vector>
@@ -255,7 +256,8 @@ void bind_kernels(nb::module_& parent) {
          nb::ndarray<const float, nb::ndim<3>, nb::c_contig, nb::device::cpu> k_cache,
          nb::ndarray<const float, nb::ndim<3>, nb::c_contig, nb::device::cpu> v_cache,
          size_t kv_len, size_t q_pos0, float scale,
-         std::optional<nb::ndarray<uint8_t, nb::c_contig, nb::device::cpu>> workspace) {
+         std::optional<nb::ndarray<uint8_t, nb::c_contig, nb::device::cpu>> workspace,
+         const std::string& kv_dtype, size_t block_tokens) {
         AttentionShape s;
         s.n_q = q.shape(0);
         s.n_heads = q.shape(1);
@@ -264,6 +266,7 @@ void bind_kernels(nb::module_& parent) {
         s.kv_capacity = k_cache.shape(1);
         s.kv_len = kv_len;
         s.q_pos0 = q_pos0;
+        s.kv_dtype = dtype_parse(kv_dtype);
         for (size_t i = 0; i < 3; ++i)
           TIERLM_CHECK(k_cache.shape(i) == v_cache.shape(i), kErrorInvalidArgument,
                        "attention: k_cache and v_cache differ in shape");
@@ -280,14 +283,37 @@ void bind_kernels(nb::module_& parent) {
           own.resize(bytes);
           ws = own.data();
         }
+        // The f32 arrays in the cache's own format: blocks of block_tokens (0: one block of
+        // the whole capacity), keys then values in each, filled by the cache's store.
+        const size_t bt = block_tokens == 0 ? std::max<size_t>(s.kv_capacity, 1) : block_tokens;
+        const size_t n_blocks = (s.kv_capacity + bt - 1) / bt;
+        const size_t half = s.n_kv_heads * bt * kernel_kv_row_bytes(s.kv_dtype, s.head_dim);
+        std::vector<uint8_t> cache(std::max<size_t>(n_blocks, 1) * 2 * half);
+        std::vector<void*> blocks;
+        for (size_t b = 0; b < std::max<size_t>(n_blocks, 1); ++b)
+          blocks.push_back(cache.data() + b * 2 * half);
+        const KvLayout layout{blocks.data(), bt, 0, half};
+        const size_t d = s.head_dim;
+        std::vector<float> k_row(s.n_kv_heads * d), v_row(s.n_kv_heads * d);
         OutArray out = new_array(shape_of(q));
         nb::gil_scoped_release release;
-        kernel_attention(q.data(), k_cache.data(), v_cache.data(), out.data(), s, scale, ws);
+        for (size_t t = 0; t < kv_len; ++t) {
+          for (size_t h = 0; h < s.n_kv_heads; ++h) {
+            const size_t at = (h * s.kv_capacity + t) * d;
+            std::copy_n(k_cache.data() + at, d, k_row.data() + h * d);
+            std::copy_n(v_cache.data() + at, d, v_row.data() + h * d);
+          }
+          kernel_kv_store(k_row.data(), v_row.data(), 0, 1, t, layout, s);
+        }
+        kernel_attention(q.data(), layout, out.data(), s, scale, ws);
         return out;
       },
       nb::arg("q"), nb::arg("k_cache"), nb::arg("v_cache"), nb::arg("kv_len"), nb::arg("q_pos0"),
-      nb::arg("scale"), nb::arg("workspace") = nb::none(),
-      "Fused causal GQA attention: q[n_q, n_heads, d], caches [n_kv_heads, capacity, d].");
+      nb::arg("scale"), nb::arg("workspace") = nb::none(), nb::arg("kv_dtype") = "f32",
+      nb::arg("block_tokens") = 0,
+      "Fused causal GQA attention: q[n_q, n_heads, d], caches [n_kv_heads, capacity, d] (f32),\n"
+      "stored first as the KV cache stores them: kv_dtype (f32, f16, bf16, q8_0) in blocks of\n"
+      "block_tokens tokens (0: one block).");
 }
 
 }  // namespace tierlm::bindings

@@ -56,10 +56,13 @@ void bind_model(nb::module_& m) {
           [](const std::string& path, uint64_t host_budget, size_t threads, bool verify,
              int64_t max_context, int64_t prefill_chunk, bool lock, int64_t max_batch,
              int64_t ring_sections, bool sparse, int64_t sparse_window, bool sparse_bundled,
-             int64_t sparse_capacity, const std::string& expert_cache, bool expert_prefetch) {
+             int64_t sparse_capacity, const std::string& expert_cache, bool expert_prefetch,
+             const std::string& kv_dtype, const std::string& kv_policy) {
             ModelOptions o;
             o.expert_cache = expert_cache;
             o.expert_prefetch = expert_prefetch;
+            o.kv_dtype = dtype_parse(kv_dtype);
+            o.kv_policy = kv_policy;
             o.sparse = sparse;
             o.sparse_window = sparse_window;
             o.sparse_bundled = sparse_bundled;
@@ -80,7 +83,7 @@ void bind_model(nb::module_& m) {
           nb::arg("lock") = true, nb::arg("max_batch") = 1, nb::arg("ring_sections") = 0,
           nb::arg("sparse") = false, nb::arg("sparse_window") = 4, nb::arg("sparse_bundled") = true,
           nb::arg("sparse_capacity") = 0, nb::arg("expert_cache") = "lru",
-          nb::arg("expert_prefetch") = true)
+          nb::arg("expert_prefetch") = true, nb::arg("kv_dtype") = "f16", nb::arg("kv_policy") = "")
       .def_prop_ro("path", [](const Model& self) { return self.package().path; })
       .def_prop_ro("architecture", [](const Model& self) { return self.package().architecture; })
       .def_prop_ro("dtype", [](const Model& self) { return self.package().dtype; })

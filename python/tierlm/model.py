@@ -335,6 +335,8 @@ def load(
     sparse_capacity=0,
     expert_cache="lru",
     expert_prefetch=True,
+    kv_dtype="f16",
+    kv_policy="",
 ):
     """Loads a package (tierlm export's output).
 
@@ -365,6 +367,12 @@ def load(
     halve every 64 steps). The experts get the host budget the other weights leave.
     expert_prefetch: predict layer i+1's experts by applying its router to layer i's input and
     read the missing ones while layer i computes (stats: moe_prediction_accuracy_pct).
+    kv_dtype: the KV cache's element type: "f16" (default), "bf16", "f32", or "q8_0" (int8 in
+    blocks of 32 along head_dim with an f16 scale, about half of f16's bytes); attention reads
+    it in place, and its bytes count against the host budget (stats()["kv_bytes"]).
+    kv_policy: "" (or "full") keeps every token up to the context; "window:S+W" keeps S
+    attention sinks and the last W tokens (StreamingLLM), positions counted within the cache, so
+    generation runs past max_positions (RoPE models only; stats()["kv_evicted"] counts drops).
     """
     budgets = _budgets(budget)
     native = _core.Model.load(
@@ -383,5 +391,7 @@ def load(
         sparse_capacity=check("sparse_capacity", sparse_capacity or 0),
         expert_cache=str(expert_cache),
         expert_prefetch=bool(expert_prefetch),
+        kv_dtype=str(kv_dtype),
+        kv_policy=str(kv_policy or ""),
     )
     return Model(native, budgets)

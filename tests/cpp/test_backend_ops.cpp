@@ -18,12 +18,13 @@
 
 #include "count_allocations.hpp"
 #include "kernels/backend.hpp"
+#include "kernels/kernels_impl.hpp"
 #include "tierlm/core/error.hpp"
 
 namespace tierlm::detail {
 namespace {
 
-constexpr BackendOp kLastOp = BackendOp::kBackendOpCopyRows;
+constexpr BackendOp kLastOp = BackendOp::kBackendOpKvStore;
 
 enum class Mode { kModeTest, kModePerf };
 
@@ -51,11 +52,12 @@ double tolerance(BackendOp op, DType dtype) {
     case BackendOp::kBackendOpGelu:
       return 1e-6;  // vector exp / erf approximations
     case BackendOp::kBackendOpAttention:
-      return 1e-5;
+      return 1e-5;  // any KV dtype: every level widens the same stored values exactly
     case BackendOp::kBackendOpRelu:
     case BackendOp::kBackendOpAdd:
     case BackendOp::kBackendOpEmbedding:
     case BackendOp::kBackendOpCopyRows:
+    case BackendOp::kBackendOpKvStore:
       return 0.0;
   }
   return 0.0;
@@ -217,11 +219,29 @@ void add_embedding(std::vector<OpCase>& cases, size_t vocab, size_t dim, size_t 
   cases.push_back(std::move(c));
 }
 
-void add_attention(std::vector<OpCase>& cases, AttentionShape s) {
+// A KV cache of s.kv_dtype in blocks of block_tokens (0: one block of the capacity), listed in
+// reverse address order so that sequence order and memory order differ, as in a paged cache.
+struct KvCacheBuffer {
+  std::vector<uint8_t> bytes;
+  std::vector<void*> blocks;
+  KvLayout layout;
+  KvCacheBuffer(const AttentionShape& s, size_t block_tokens) {
+    const size_t bt = block_tokens == 0 ? s.kv_capacity : block_tokens;
+    const size_t n_blocks = (s.kv_capacity + bt - 1) / bt;
+    const size_t half = s.n_kv_heads * bt * kernel_kv_row_bytes(s.kv_dtype, s.head_dim);
+    bytes.assign(n_blocks * 2 * half, 0);
+    for (size_t b = n_blocks; b-- > 0;) blocks.push_back(bytes.data() + b * 2 * half);
+    layout = {blocks.data(), bt, 0, half};
+  }
+};
+
+void add_attention(std::vector<OpCase>& cases, AttentionShape s, size_t block_tokens = 0) {
   auto q = std::make_shared<std::vector<float>>(random_floats(s.n_q * s.n_heads * s.head_dim, 11));
-  const size_t cache = s.n_kv_heads * s.kv_capacity * s.head_dim;
-  auto k = std::make_shared<std::vector<float>>(random_floats(cache, 12));
-  auto v = std::make_shared<std::vector<float>>(random_floats(cache, 13));
+  const size_t width = s.n_kv_heads * s.head_dim;
+  const std::vector<float> k = random_floats(s.kv_len * width, 12);
+  const std::vector<float> v = random_floats(s.kv_len * width, 13);
+  auto cache = std::make_shared<KvCacheBuffer>(s, block_tokens);
+  kernel_kv_store(k.data(), v.data(), width, s.kv_len, 0, cache->layout, s);
   const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
   OpCase c;
   c.op = BackendOp::kBackendOpAttention;
@@ -230,13 +250,49 @@ void add_attention(std::vector<OpCase>& cases, AttentionShape s) {
                  {"kv_heads", s.n_kv_heads},
                  {"head_dim", s.head_dim},
                  {"kv_len", s.kv_len},
-                 {"q_pos0", s.q_pos0}});
+                 {"q_pos0", s.q_pos0},
+                 {"block", block_tokens}}) +
+           " kv " + dtype_name(s.kv_dtype);
   c.out_floats = q->size();
   c.prepare = [](std::vector<float>&) {};
   c.run = [=](Backend& be, std::vector<float>& out, void* ws) {
-    be.attention(q->data(), k->data(), v->data(), out.data(), s, scale, ws);
+    be.attention(q->data(), cache->layout, out.data(), s, scale, ws);
   };
   c.workspace = [=](const Backend& be) { return be.attention_workspace(s); };
+  cases.push_back(std::move(c));
+}
+
+// Stores n tokens at pos into a cache, then reads every stored element back as f32 (the scalar
+// reference's reader), so the output compares as floats.
+void add_kv_store(std::vector<OpCase>& cases, AttentionShape s, size_t n, size_t pos,
+                  size_t block_tokens) {
+  const size_t width = s.n_kv_heads * s.head_dim;
+  auto k = std::make_shared<std::vector<float>>(random_floats(n * (width + 3), 17));
+  auto v = std::make_shared<std::vector<float>>(random_floats(n * (width + 3), 18));
+  auto cache = std::make_shared<KvCacheBuffer>(s, block_tokens);
+  OpCase c;
+  c.op = BackendOp::kBackendOpKvStore;
+  c.size = dims({{"n", n},
+                 {"pos", pos},
+                 {"kv_heads", s.n_kv_heads},
+                 {"head_dim", s.head_dim},
+                 {"block", block_tokens}}) +
+           " kv " + dtype_name(s.kv_dtype);
+  c.out_floats = 2 * n * width;
+  c.prepare = [](std::vector<float>&) {};
+  c.run = [=](Backend& be, std::vector<float>& out, void*) {
+    be.kv_store(k->data(), v->data(), width + 3, n, pos, cache->layout, s);
+    const size_t row_bytes = kernel_kv_row_bytes(s.kv_dtype, s.head_dim);
+    const size_t bt = cache->layout.block_tokens;
+    size_t o = 0;
+    for (size_t half : {cache->layout.k_offset, cache->layout.v_offset})
+      for (size_t t = pos; t < pos + n; ++t)
+        for (size_t h = 0; h < s.n_kv_heads; ++h) {
+          const uint8_t* row = static_cast<const uint8_t*>(cache->blocks[t / bt]) + half +
+                               (h * bt + t % bt) * row_bytes;
+          for (size_t e = 0; e < s.head_dim; ++e) out[o++] = kv_element(row, s.kv_dtype, e);
+        }
+  };
   cases.push_back(std::move(c));
 }
 
@@ -285,6 +341,17 @@ std::vector<OpCase> op_cases() {
                                                       {1, 4, 4, 128, 4097, 4097, 4096},
                                                       {1, 32, 4, 64, 1024, 2048, 1023}}) {
     add_attention(cases, s);
+  }
+  // Compact and paged caches: every KV dtype, blocks of 16 and 64 tokens (a key tile crossing
+  // blocks, a block size of 1), head_dim not a multiple of q8_0's 32.
+  for (DType kv : {DType::kDTypeF32, DType::kDTypeF16, DType::kDTypeBF16, DType::kDTypeQ8_0}) {
+    add_attention(cases, {1, 9, 3, 64, 1021, 1024, 1020, kv}, 16);
+    add_attention(cases, {37, 8, 2, 64, 300, 320, 263, kv}, 64);
+    add_attention(cases, {13, 6, 3, 96, 13, 13, 0, kv});
+    add_attention(cases, {5, 4, 1, 37, 211, 211, 206, kv}, 1);
+    add_attention(cases, {1, 32, 4, 64, 1024, 2048, 1023, kv});
+    add_kv_store(cases, {1, 3, 3, 64, 1, 48, 0, kv}, 1, 17, 16);
+    add_kv_store(cases, {1, 2, 2, 37, 1, 64, 0, kv}, 7, 30, 0);
   }
   add_copy_rows(cases, 1, 4097, 4097);
   add_copy_rows(cases, 4, 64, 4095);  // a KV append: kv_heads rows, capacity * head_dim apart

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -144,9 +145,78 @@ TEST(CApi, SparseOptionsReachTheExecutor) {
   tierlm_model_destroy(model);
 }
 
+TEST(CApi, KvDtypeReachesTheCache) {
+  TempDir dir;
+  write_tiny_package(dir.path());
+  tierlm_model_options options;
+  tierlm_model_options_init(&options);
+  EXPECT_EQ(options.kv_dtype, nullptr);  // the default, f16
+  tierlm_model* model = nullptr;
+  options.kv_dtype = "q4_0";
+  EXPECT_EQ(tierlm_model_create(dir.path().c_str(), &options, &model),
+            TIERLM_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(tierlm_last_error()).find("kv_dtype q4_0"), std::string::npos)
+      << tierlm_last_error();
+  // The same prompt's logits through an f32 and an int8 cache: close, and not identical.
+  std::vector<float> logits[2];
+  const char* types[2] = {"f32", "q8_0"};
+  const int32_t prompt[] = {4, 8, 15, 16, 23, 35, 7};
+  for (int i = 0; i < 2; ++i) {
+    options.kv_dtype = types[i];
+    ASSERT_EQ(tierlm_model_create(dir.path().c_str(), &options, &model), TIERLM_OK)
+        << tierlm_last_error();
+    logits[i].resize(static_cast<size_t>(tierlm_model_vocab_size(model)));
+    ASSERT_EQ(tierlm_logits(model, prompt, 7, logits[i].data(), logits[i].size()), TIERLM_OK)
+        << tierlm_last_error();
+    tierlm_model_destroy(model);
+  }
+  float diff = 0.0f, scale = 0.0f;
+  for (size_t i = 0; i < logits[0].size(); ++i) {
+    diff = std::max(diff, std::fabs(logits[0][i] - logits[1][i]));
+    scale = std::max(scale, std::fabs(logits[0][i]));
+  }
+  EXPECT_GT(diff, 0.0f);
+  EXPECT_LT(diff, 0.05f * scale);
+}
+
+TEST(CApi, KvPolicyRunsPastTheContext) {
+  TempDir dir;
+  write_tiny_package(dir.path());  // max_positions 64
+  tierlm_model_options options;
+  tierlm_model_options_init(&options);
+  EXPECT_EQ(options.kv_policy, nullptr);
+  tierlm_model* model = nullptr;
+  options.kv_policy = "window:4";
+  EXPECT_EQ(tierlm_model_create(dir.path().c_str(), &options, &model),
+            TIERLM_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(tierlm_last_error()).find("kv_policy 'window:4'"), std::string::npos)
+      << tierlm_last_error();
+  const int32_t prompt[] = {4, 8, 15};
+  tierlm_generate_options gen;
+  tierlm_generate_options_init(&gen);
+  gen.max_new_tokens = 100;  // past the 64-token context
+  gen.stop_at_eos = 0;
+  std::vector<int32_t> out(100);
+  size_t n = 0;
+  options.kv_policy = nullptr;
+  ASSERT_EQ(tierlm_model_create(dir.path().c_str(), &options, &model), TIERLM_OK);
+  ASSERT_EQ(tierlm_generate(model, prompt, 3, &gen, out.data(), out.size(), &n, nullptr, nullptr),
+            TIERLM_OK);
+  EXPECT_LT(n, 100u);  // stopped at the context
+  tierlm_model_destroy(model);
+  options.kv_policy = "window:0+64";  // the tiny model's whole context
+  ASSERT_EQ(tierlm_model_create(dir.path().c_str(), &options, &model), TIERLM_OK)
+      << tierlm_last_error();
+  ASSERT_EQ(tierlm_generate(model, prompt, 3, &gen, out.data(), out.size(), &n, nullptr, nullptr),
+            TIERLM_OK)
+      << tierlm_last_error();
+  EXPECT_EQ(n, 100u);
+  tierlm_model_destroy(model);
+}
+
 // Each field of the C API's option structs changes what a call does or is refused with a
 // message naming it. The sizes pin the structs: a new field fails here until it has a case.
-static_assert(sizeof(tierlm_model_options) == 48, "a new tierlm_model_options field needs a case");
+static_assert(sizeof(tierlm_model_options) == 64, "a new tierlm_model_options field needs a case");
 static_assert(sizeof(tierlm_generate_options) == 48,
               "a new tierlm_generate_options field needs a case");
 

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <new>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "simd_levels.hpp"
@@ -43,19 +44,31 @@ std::vector<float> random_floats(size_t n, uint32_t seed) {
 std::vector<SimdLevel> levels() { return testing::simd_levels_here(); }
 using LevelGuard = testing::SimdLevelGuard;
 
+// A cache of shape.kv_dtype in blocks of block_tokens (0: one block), filled by kernel_kv_store
+// with random keys and values, its blocks listed in reverse address order.
 struct AttentionCase {
   AttentionShape shape;
-  std::vector<float> q, k, v, out;
-  std::vector<unsigned char> workspace;
-  explicit AttentionCase(AttentionShape s) : shape(s) {
+  std::vector<float> q, out;
+  std::vector<unsigned char> cache, workspace;
+  std::vector<void*> blocks;
+  KvLayout layout;
+  explicit AttentionCase(AttentionShape s, size_t block_tokens = 0) : shape(s) {
     q = random_floats(s.n_q * s.n_heads * s.head_dim, 1);
-    k = random_floats(s.n_kv_heads * s.kv_capacity * s.head_dim, 2);
-    v = random_floats(s.n_kv_heads * s.kv_capacity * s.head_dim, 3);
+    const size_t width = s.n_kv_heads * s.head_dim;
+    const std::vector<float> k = random_floats(s.kv_len * width, 2);
+    const std::vector<float> v = random_floats(s.kv_len * width, 3);
+    const size_t bt = block_tokens == 0 ? s.kv_capacity : block_tokens;
+    const size_t n_blocks = (s.kv_capacity + bt - 1) / bt;
+    const size_t half = s.n_kv_heads * bt * kernel_kv_row_bytes(s.kv_dtype, s.head_dim);
+    cache.resize(n_blocks * 2 * half);
+    for (size_t b = n_blocks; b-- > 0;) blocks.push_back(cache.data() + b * 2 * half);
+    layout = {blocks.data(), bt, 0, half};
+    kernel_kv_store(k.data(), v.data(), width, s.kv_len, 0, layout, s);
     out.assign(q.size(), 0.0f);
     workspace.resize(kernel_attention_workspace(s));
   }
   void run() {
-    kernel_attention(q.data(), k.data(), v.data(), out.data(), shape,
+    kernel_attention(q.data(), layout, out.data(), shape,
                      1.0f / std::sqrt(static_cast<float>(shape.head_dim)), workspace.data());
   }
 };
@@ -70,6 +83,8 @@ TEST(Kernels, PerTokenLaunchersDoNotAllocate) {
   std::vector<int32_t> ids = {1, 0, 2};
   AttentionCase decode({1, 8, 2, 64, 3000, 3001, 2999});
   AttentionCase prefill({37, 8, 2, 64, 300, 300, 263});
+  AttentionCase decode_q8({1, 9, 3, 64, 1000, 1024, 999, DType::kDTypeQ8_0}, 16);
+  AttentionCase prefill_f16({37, 9, 3, 64, 300, 320, 263, DType::kDTypeF16}, 32);
   auto all = [&] {
     kernel_linear(x.data(), w.data(), nullptr, DType::kDTypeF32, y.data(), n, rows, cols);
     kernel_linear(x.data(), w.data(), nullptr, DType::kDTypeBF16, y.data(), n, rows, cols / 2);
@@ -84,6 +99,8 @@ TEST(Kernels, PerTokenLaunchersDoNotAllocate) {
     kernel_embedding(w.data(), DType::kDTypeF32, ids.data(), ids.size(), cols, up.data());
     decode.run();
     prefill.run();
+    decode_q8.run();
+    prefill_f16.run();
   };
   LevelGuard guard;
   for (SimdLevel level : levels()) {
@@ -172,9 +189,25 @@ TEST(Kernels, BadArgumentsAreInvalidArgumentErrors) {
   AttentionShape bad{4, 6, 4, 64, 10, 10, 6};  // 6 heads over 4 KV heads
   EXPECT_THROW(kernel_attention_workspace(bad), Error);
   AttentionShape ok{4, 8, 4, 64, 10, 10, 6};
-  std::vector<float> q(4 * 8 * 64), kv(4 * 10 * 64), out(q.size());
-  EXPECT_THROW(kernel_attention(q.data(), kv.data(), kv.data(), out.data(), ok, 0.1f, nullptr),
-               Error);
+  std::vector<float> q(4 * 8 * 64), kv(2 * 4 * 10 * 64), out(q.size());
+  void* block = kv.data();
+  const KvLayout layout{&block, 10, 0, 4 * 10 * 64 * sizeof(float)};
+  EXPECT_THROW(kernel_attention(q.data(), layout, out.data(), ok, 0.1f, nullptr), Error);
+  std::vector<unsigned char> ws(kernel_attention_workspace(ok));
+  EXPECT_THROW(kernel_attention(q.data(), KvLayout{}, out.data(), ok, 0.1f, ws.data()), Error);
+  for (DType t : {DType::kDTypeQ4_0, DType::kDTypeQ6_K}) {
+    AttentionShape wrong = ok;
+    wrong.kv_dtype = t;
+    try {
+      kernel_attention(q.data(), layout, out.data(), wrong, 0.1f, ws.data());
+      FAIL() << dtype_name(t) << " accepted as a KV dtype";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kErrorInvalidArgument);
+      EXPECT_NE(std::string(e.what()).find("kv_dtype"), std::string::npos) << e.what();
+    }
+  }
+  // A store past the capacity is refused before it writes.
+  EXPECT_THROW(kernel_kv_store(kv.data(), kv.data(), 256, 2, 9, layout, ok), Error);
 }
 
 TEST(Kernels, AttentionWorkspaceGrowsAtMostLinearly) {

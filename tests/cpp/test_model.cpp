@@ -50,6 +50,7 @@ TEST(Model, DecodeMakesNoHeapAllocation) {
     for (size_t i = 1; i < at_token.size(); ++i) {
       EXPECT_EQ(at_token[i], at_token[0]) << "decode steps 1.." << i << " allocated";
     }
+    // The paged KV cache's blocks come from the chunks it reserved at load.
     EXPECT_EQ(model.stats().host.allocations, host_allocations_before);
     EXPECT_EQ(result.output_ids.size(), 40u);
     g_allocations = 0;

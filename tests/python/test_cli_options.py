@@ -212,6 +212,20 @@ def case_generate_max_context(ctx):
     ctx.fails("generate", ctx.pkg, "--ids", IDS, "--max-context", "-1", match="max_context")
 
 
+def case_generate_kv_dtype(ctx):
+    default = gen(ctx, "--max-new-tokens", "2")["model_stats"]
+    q8 = gen(ctx, "--max-new-tokens", "2", "--kv-dtype", "q8_0")["model_stats"]
+    assert (default["kv_dtype"], q8["kv_dtype"]) == ("f16", "q8_0")
+    assert q8["kv_block_bytes"] < default["kv_block_bytes"]
+    ctx.fails("generate", ctx.pkg, "--ids", IDS, "--kv-dtype", "q4_0", match="kv_dtype q4_0")
+
+
+def case_generate_kv_policy(ctx):
+    out = gen(ctx, "--max-new-tokens", "300", "--kv-policy", "window:4+124")
+    assert len(out["output_ids"]) == 300 and out["model_stats"]["kv_evicted"] > 0
+    ctx.fails("generate", ctx.pkg, "--ids", IDS, "--kv-policy", "window:x", match="kv_policy")
+
+
 def case_generate_verify(ctx):
     bad = flipped_copy(ctx.pkg, os.path.join(ctx.tmp, "bad-verify"))
     assert ctx.run("generate", bad, "--ids", IDS, "--max-new-tokens", "1")[0] == 0
@@ -386,6 +400,17 @@ def case_chat_threads(ctx):
         ctx.chat_fails(ctx.chat_pkg, "--threads", "1000000", match="0..1024")
     finally:
         _core.set_threads(before)
+
+
+def case_chat_kv_dtype(ctx):
+    assert ctx.chat(ctx.chat_pkg, "--kv-dtype", "bf16", "--max-new-tokens", "1")[0] == 0
+    ctx.chat_fails(ctx.chat_pkg, "--kv-dtype", "int7", match="unknown dtype 'int7'")
+
+
+def case_chat_kv_policy(ctx):
+    rc = ctx.chat(ctx.chat_pkg, "--kv-policy", "window:4+124", "--max-new-tokens", "1")[0]
+    assert rc == 0
+    ctx.chat_fails(ctx.chat_pkg, "--kv-policy", "sink:4", match="kv_policy 'sink:4'")
 
 
 def case_chat_max_context(ctx):

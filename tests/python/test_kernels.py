@@ -218,6 +218,60 @@ def test_attention_prefill_midway(level, n_q, q_pos0, kv_len):
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-5)
 
 
+def _kv_rounded(x, kv_dtype):
+    """x [heads, tokens, d] as the KV cache stores it, back in f32: f16 / bf16 rounded to nearest
+    even, q8_0 as ggml's quantize_row_q8_0 (blocks of 32 along d, the last zero-padded, scale
+    max|x| / 127 stored as f16, q = round-half-away(x / scale))."""
+    if kv_dtype == "f32":
+        return x
+    if kv_dtype == "f16":
+        return x.astype(np.float16).astype(np.float32)
+    if kv_dtype == "bf16":
+        return torch.from_numpy(x).to(torch.bfloat16).to(torch.float32).numpy()
+    d = x.shape[-1]
+    nb = -(-d // 32)
+    padded = np.zeros((*x.shape[:-1], nb * 32), np.float32)
+    padded[..., :d] = x
+    blocks = padded.reshape(*x.shape[:-1], nb, 32)
+    scale = (np.abs(blocks).max(axis=-1, keepdims=True) / 127).astype(np.float32)
+    inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
+    q = np.trunc(blocks * inv + np.copysign(0.5, blocks))  # roundf: half away from zero
+    out = q * scale.astype(np.float16).astype(np.float32)
+    return out.reshape(*x.shape[:-1], nb * 32)[..., :d]
+
+
+@pytest.mark.parametrize("kv_dtype", ["f16", "bf16", "q8_0"])
+@pytest.mark.parametrize(
+    "heads,n_q,kv_len,block",
+    [((9, 3, 64), 1, 1021, 16), ((6, 2, 37), 37, 300, 64), ((4, 4, 96), 5, 5, 1)],
+)
+def test_attention_compact_paged_cache_matches_sdpa(level, kv_dtype, heads, n_q, kv_len, block):
+    """A compact cache (f16, bf16, int8 blocks) in blocks of `block` tokens gives SDPA's output on
+    the values it stores, within the f32 tolerance: attention reads it in place without extra
+    error; and the stored values sit within the format's rounding of the f32 keys."""
+    n_heads, n_kv_heads, d = heads
+    q = RNG.standard_normal((n_q, n_heads, d)).astype(np.float32)
+    kc = RNG.standard_normal((n_kv_heads, kv_len, d)).astype(np.float32)
+    vc = RNG.standard_normal((n_kv_heads, kv_len, d)).astype(np.float32)
+    scale = d**-0.5
+    out = K.attention(q, kc, vc, kv_len, kv_len - n_q, scale, kv_dtype=kv_dtype, block_tokens=block)
+    kr, vr = _kv_rounded(kc, kv_dtype), _kv_rounded(vc, kv_dtype)
+    ref = _attention_ref(q, kr, vr, kv_len, kv_len - n_q, scale)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-5)
+    step = {"f16": 2**-11, "bf16": 2**-8, "q8_0": 1 / 127}[kv_dtype]
+    assert np.abs(kr - kc).max() <= step * np.abs(kc).max()
+    exact = _attention_ref(q, kc, vc, kv_len, kv_len - n_q, scale)
+    assert np.abs(out - exact).max() > 0  # the rounding is real, and bounded:
+    assert np.abs(out - exact).max() < {"f16": 2e-3, "bf16": 2e-2, "q8_0": 3e-2}[kv_dtype]
+
+
+def test_attention_refuses_a_block_kv_dtype_other_than_q8_0():
+    q = RNG.standard_normal((1, 2, 32)).astype(np.float32)
+    kc = RNG.standard_normal((1, 4, 32)).astype(np.float32)
+    with pytest.raises(tierlm.InvalidArgumentError, match="kv_dtype q4_0 is not a KV cache type"):
+        K.attention(q, kc, kc, 4, 3, 0.2, kv_dtype="q4_0")
+
+
 def test_attention_same_result_for_any_thread_count():
     """Split-KV decode is deterministic, and a workspace sized under one thread count stays
     valid under another."""

@@ -29,7 +29,10 @@ def packages(tmp_path_factory):
 
 
 def load(pkg, **kw):
+    """The parity tests check the f32 math against transformers, so the KV cache is f32 here;
+    test_kv_cache.py bounds the compact caches (f16 by default) against it."""
     kw.setdefault("budget", {"host": "256MiB"})
+    kw.setdefault("kv_dtype", "f32")
     return tierlm.load(pkg, **kw)
 
 

@@ -238,7 +238,10 @@ def test_demo_equals_python_native_sparse_ffn(demo_pkg, window, capacity):
         NativeSparseFfn(lm, demo_pkg, Predictors.load(demo_pkg), k=window, all_cached=True) as ref,
     ):
         expected = lm.model(torch.tensor([ids])).logits[0, -1].numpy()
-    model = tierlm.load(demo_pkg, sparse=True, sparse_window=window, sparse_capacity=capacity)
+    # f32 KV: the reference attends in f32, and a neuron count must match to the unit.
+    model = tierlm.load(
+        demo_pkg, sparse=True, sparse_window=window, sparse_capacity=capacity, kv_dtype="f32"
+    )
     got = model.logits(ids)
     # Same rows, same f16 weights; the executor's activations differ from torch's by f32
     # rounding (dense executor vs torch: ~5e-7), which can flip a borderline prediction.

@@ -171,6 +171,25 @@ def case_expert_prefetch(pkg, sparse_pkg, tmp_path):
         assert (model.placement()["experts"]["router_bytes"] > 0) is prefetch
 
 
+def case_kv_dtype(pkg, sparse_pkg):
+    f16, f32 = tierlm.load(pkg).stats(), tierlm.load(pkg, kv_dtype="f32").stats()
+    assert (f16["kv_dtype"], f32["kv_dtype"]) == ("f16", "f32")
+    assert f16["kv_block_bytes"] * 2 == f32["kv_block_bytes"]
+    with pytest.raises(InvalidArgumentError, match="kv_dtype q6_k is not a KV cache type"):
+        tierlm.load(pkg, kv_dtype="q6_k")
+
+
+def case_kv_policy(pkg, sparse_pkg):
+    ids = prompt(6)
+    full = tierlm.load(pkg).generate(ids, max_new_tokens=400, stop_at_eos=False)
+    model = tierlm.load(pkg, kv_policy="window:4+124")
+    streamed = model.generate(ids, max_new_tokens=400, stop_at_eos=False)
+    assert full.finish_reason == "context" and streamed.finish_reason == "length"
+    assert model.stats()["kv_evicted"] > 0
+    with pytest.raises(InvalidArgumentError, match="kv_policy 'window:4'"):
+        tierlm.load(pkg, kv_policy="window:4")
+
+
 LOAD_CASES = {
     "budget": case_budget,
     "threads": case_threads,
@@ -186,6 +205,8 @@ LOAD_CASES = {
     "sparse_capacity": case_sparse_capacity,
     "expert_cache": case_expert_cache,
     "expert_prefetch": case_expert_prefetch,
+    "kv_dtype": case_kv_dtype,
+    "kv_policy": case_kv_policy,
 }
 
 

@@ -42,6 +42,11 @@ typedef struct tierlm_model_options {
   int32_t sparse_window;      /* tokens whose neurons stay cached; 0 = 4 */
   int32_t sparse_no_bundling; /* nonzero: up and down parts read apart (ablation) */
   int64_t sparse_capacity;    /* cached neurons per layer; 0 = auto */
+  /* KV cache element type: "f16", "bf16", "f32", "q8_0" (int8 blocks); NULL = "f16" */
+  const char* kv_dtype;
+  /* "full" or NULL (every token up to the context), or "window:S+W": S sinks and the last W
+   * tokens, generation running past the context */
+  const char* kv_policy;
 } tierlm_model_options;
 
 typedef struct tierlm_generate_options {

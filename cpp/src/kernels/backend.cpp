@@ -29,6 +29,8 @@ const char* backend_op_name(BackendOp op) {
       return "embedding";
     case BackendOp::kBackendOpAttention:
       return "attention";
+    case BackendOp::kBackendOpKvStore:
+      return "kv_store";
     case BackendOp::kBackendOpCopyRows:
       return "copy_rows";
   }

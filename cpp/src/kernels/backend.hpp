@@ -32,6 +32,7 @@ enum class BackendOp {
   kBackendOpEmbedding,
   kBackendOpAttention,
   kBackendOpCopyRows,
+  kBackendOpKvStore,
 };
 
 const char* backend_op_name(BackendOp op);
@@ -71,10 +72,13 @@ class Backend {
   virtual void add(float* y, const float* x, size_t n) = 0;  // y += x
   virtual void embedding(const void* table, DType dtype, const int32_t* ids, size_t n, size_t dim,
                          float* out) = 0;
-  virtual void attention(const float* q, const float* k_cache, const float* v_cache, float* out,
+  virtual void attention(const float* q, const KvLayout& kv, float* out,
                          const AttentionShape& shape, float scale, void* workspace) = 0;
+  // Appends n tokens' keys and values to the cache in shape.kv_dtype (kernel_kv_store).
+  virtual void kv_store(const float* k, const float* v, size_t src_stride, size_t n, size_t pos,
+                        const KvLayout& kv, const AttentionShape& shape) = 0;
   // dst[r * dst_stride + i] = src[r * src_stride + i] for r < rows, i < elems (floats):
-  // activation copies and KV cache appends. Rows of dst must not overlap rows of src.
+  // activation copies. Rows of dst must not overlap rows of src.
   virtual void copy_rows(float* dst, size_t dst_stride, const float* src, size_t src_stride,
                          size_t rows, size_t elems) = 0;
 };

@@ -1,7 +1,6 @@
 // Kernel launchers: argument checks, work split across the compute pool, and run-time
 // dispatch to the scalar / AVX2 / AVX-512 bodies (kernels_impl.hpp). The fused attention
-// driver lives here too: it cuts the work into (KV head, query block, key split) items, runs
-// them on the pool and merges split partial softmax states.
+// driver is in attention.cpp.
 #include "tierlm/kernels/kernels.hpp"
 
 #include <algorithm>
@@ -65,6 +64,8 @@ constexpr size_t kMatvecBlockBytes = 64 << 10;
 constexpr size_t kMatvecMaxLanes = 64;
 
 }  // namespace
+
+const detail::KernelTable& detail::kernels_current() { return table(); }
 
 detail::KernelLevelPin::KernelLevelPin(int level) : saved_(t_pinned_level) {
   t_pinned_level = level;
@@ -288,183 +289,6 @@ void kernel_embedding(const void* table_data, DType dtype, const int32_t* ids, s
         }
       },
       std::max<size_t>(1, kMinChunkElements / std::max<size_t>(1, dim)));
-}
-
-// ---------------------------------------------------------------------------------------------
-// Fused attention.
-
-namespace {
-
-// Query rows per item (queries x heads of a group) the tile bodies are tuned for.
-constexpr size_t kAttentionRows = 64;
-// Below this many (KV head, query block) items, the key range is split so that every thread
-// has work even for one head (decode); each split keeps at least kMinSplitKeys keys.
-constexpr size_t kAttentionTargetItems = 32;
-constexpr size_t kMinSplitKeys = 256;
-// Scratch slots: each thread works through a slot at a time. A fixed count (not the pool size)
-// keeps the workspace valid when the thread count changes after it was sized; at most this
-// many threads share one attention call.
-constexpr size_t kAttentionSlots = 32;
-
-size_t align16(size_t floats) { return (floats + 15) / 16 * 16; }
-
-struct AttentionPlan {
-  size_t group = 1;
-  size_t q_block = 1;
-  size_t n_qblocks = 1;
-  size_t n_splits = 1;
-  size_t rows = 1;  // query rows per item
-  size_t slots = 1;
-  size_t slot_floats = 0;     // acc + m + l + tile scratch
-  size_t partial_floats = 0;  // per split item: acc + m + l
-  size_t bytes = 0;
-};
-
-AttentionPlan attention_plan(const AttentionShape& s) {
-  AttentionPlan p;
-  p.group = s.n_heads / s.n_kv_heads;
-  p.q_block = std::max<size_t>(1, std::min(s.n_q, kAttentionRows / p.group));
-  p.n_qblocks = (s.n_q + p.q_block - 1) / p.q_block;
-  p.rows = p.q_block * p.group;
-  const size_t base_items = s.n_kv_heads * p.n_qblocks;
-  if (base_items < kAttentionTargetItems) {
-    const size_t by_keys = std::max<size_t>(1, (s.q_pos0 + s.n_q) / kMinSplitKeys);
-    const size_t by_items = (kAttentionTargetItems + base_items - 1) / base_items;
-    p.n_splits = std::min(by_keys, by_items);
-  }
-  p.slots = kAttentionSlots;
-  const size_t d = s.head_dim;
-  p.slot_floats =
-      align16(p.rows * d) + 2 * align16(p.rows) + detail::attention_scratch_floats(p.rows, d);
-  p.partial_floats = align16(p.rows * d) + 2 * align16(p.rows);
-  // Split partial states: fewer than 2 * kAttentionTargetItems items ever split, and reserving
-  // them whether or not this shape splits keeps the size independent of kv_len and growing
-  // with n_q, so the size for the largest step covers every smaller one.
-  p.bytes =
-      64 + sizeof(float) * (p.slots * p.slot_floats + 2 * kAttentionTargetItems * p.partial_floats);
-  return p;
-}
-
-void check_attention_shape(const AttentionShape& s) {
-  TIERLM_CHECK(s.n_heads > 0 && s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0,
-               kErrorInvalidArgument, "attention: n_heads ", s.n_heads,
-               " must be a positive multiple of n_kv_heads ", s.n_kv_heads);
-  TIERLM_CHECK(s.head_dim > 0, kErrorInvalidArgument, "attention: head_dim is 0");
-  TIERLM_CHECK(s.kv_len <= s.kv_capacity, kErrorInvalidArgument, "attention: kv_len ", s.kv_len,
-               " exceeds kv_capacity ", s.kv_capacity);
-  TIERLM_CHECK(s.q_pos0 + s.n_q <= s.kv_len, kErrorInvalidArgument, "attention: queries at ",
-               s.q_pos0, "..", s.q_pos0 + s.n_q, " need their keys in the cache, but kv_len is ",
-               s.kv_len, " (append this step's keys before attending)");
-}
-
-}  // namespace
-
-size_t kernel_attention_workspace(const AttentionShape& shape) {
-  check_attention_shape(shape);
-  return attention_plan(shape).bytes;
-}
-
-void kernel_attention(const float* q, const float* k_cache, const float* v_cache, float* out,
-                      const AttentionShape& shape, float scale, void* workspace) {
-  check_attention_shape(shape);
-  if (shape.n_q == 0) return;
-  TIERLM_CHECK(workspace != nullptr, kErrorInvalidArgument,
-               "attention: workspace is null (size it with kernel_attention_workspace)");
-  const AttentionPlan p = attention_plan(shape);
-  const detail::KernelTable& k = table();
-  const size_t d = shape.head_dim;
-  const size_t q_stride = shape.n_heads * d;
-  const size_t kv_head_stride = shape.kv_capacity * d;
-  const size_t n_items = shape.n_kv_heads * p.n_qblocks * p.n_splits;
-
-  auto* base =
-      reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(workspace) + 63) & ~uintptr_t{63});
-  float* slots = base;
-  float* partials = base + p.slots * p.slot_floats;
-
-  // Writes out rows = acc / l for the item's queries.
-  auto finish = [&](size_t head, size_t i0, size_t nq, const float* acc, const float* l) {
-    for (size_t r = 0; r < nq * p.group; ++r) {
-      const size_t qi = i0 + r / p.group;
-      float* o = out + qi * q_stride + (head * p.group + r % p.group) * d;
-      const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-      for (size_t c = 0; c < d; ++c) o[c] = acc[r * d + c] * inv;
-    }
-  };
-
-  // Merges the split states of one (head, query block): rescale to the common max. The
-  // thread finishing a group's last split runs it, in split order, so results do not depend
-  // on the thread count.
-  auto merge = [&](size_t g) {
-    const size_t head = g / p.n_qblocks;
-    const size_t block = p.n_qblocks - 1 - g % p.n_qblocks;
-    const size_t i0 = block * p.q_block;
-    const size_t nq = std::min(p.q_block, shape.n_q - i0);
-    const float* first = partials + g * p.n_splits * p.partial_floats;
-    for (size_t r = 0; r < nq * p.group; ++r) {
-      float m = -std::numeric_limits<float>::infinity();
-      for (size_t s = 0; s < p.n_splits; ++s)
-        m = std::max(m, first[s * p.partial_floats + align16(p.rows * d) + r]);
-      const size_t qi = i0 + r / p.group;
-      float* o = out + qi * q_stride + (head * p.group + r % p.group) * d;
-      std::fill(o, o + d, 0.0f);
-      float l = 0.0f;
-      for (size_t s = 0; s < p.n_splits; ++s) {
-        const float* st = first + s * p.partial_floats;
-        const float ms = st[align16(p.rows * d) + r];
-        if (ms == -std::numeric_limits<float>::infinity()) continue;
-        const float w = std::exp(ms - m);
-        l += w * st[align16(p.rows * d) + align16(p.rows) + r];
-        k.add_scaled(o, st + r * d, w, d);
-      }
-      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-      for (size_t c = 0; c < d; ++c) o[c] *= inv;
-    }
-  };
-  // Fewer than kAttentionTargetItems groups whenever the key range is split.
-  std::atomic<size_t> splits_done[kAttentionTargetItems];
-  for (auto& c : splits_done) c.store(0, std::memory_order_relaxed);
-
-  std::atomic<size_t> next{0};
-  parallel_for(std::min(p.slots, n_items), [&](size_t s0, size_t s1) {
-    for (size_t slot = s0; slot < s1; ++slot) {
-      float* scratch = slots + slot * p.slot_floats;
-      for (size_t item = next.fetch_add(1); item < n_items; item = next.fetch_add(1)) {
-        // Head by head, so consecutive items (on both threads) reuse one head's K/V from cache;
-        // within a head the last query blocks first: under the causal mask they see the most
-        // keys, and the small blocks fill in at the end.
-        const size_t split = item % p.n_splits;
-        const size_t rest = item / p.n_splits;
-        const size_t head = rest / p.n_qblocks;
-        const size_t block = p.n_qblocks - 1 - rest % p.n_qblocks;
-        const size_t i0 = block * p.q_block;
-        const size_t nq = std::min(p.q_block, shape.n_q - i0);
-        const size_t keys = shape.q_pos0 + i0 + nq;
-        detail::AttentionTile t;
-        t.q = q + i0 * q_stride + head * p.group * d;
-        t.q_stride = q_stride;
-        t.group = p.group;
-        t.n_queries = nq;
-        t.q_pos = shape.q_pos0 + i0;
-        t.k = k_cache + head * kv_head_stride;
-        t.v = v_cache + head * kv_head_stride;
-        t.head_dim = d;
-        t.key_begin = keys * split / p.n_splits;
-        t.key_end = keys * (split + 1) / p.n_splits;
-        t.scale = scale;
-        float* state = p.n_splits > 1 ? partials + item * p.partial_floats : scratch;
-        t.acc = state;
-        t.m = state + align16(p.rows * d);
-        t.l = t.m + align16(p.rows);
-        t.scratch = p.n_splits > 1 ? scratch : t.l + align16(p.rows);
-        k.attention(t);
-        if (p.n_splits == 1)
-          finish(head, i0, nq, t.acc, t.l);
-        else if (splits_done[rest].fetch_add(1, std::memory_order_acq_rel) + 1 == p.n_splits)
-          merge(rest);
-      }
-    }
-  });
 }
 
 }  // namespace tierlm

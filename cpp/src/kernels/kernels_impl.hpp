@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/cpu/quant_blocks.hpp"
 #include "tierlm/kernels/kernels.hpp"
 
 // The block types, as case labels: the 16-bit bodies list them so that a switch over DType stays
@@ -22,6 +23,21 @@
 
 namespace tierlm::detail {
 
+// One KV head's cached rows (keys or values) as the attention bodies read them: token t's
+// row_bytes bytes in dtype at row(t), through the layout's block list (tierlm/kernels.hpp).
+struct KvHeadRows {
+  const void* const* blocks = nullptr;
+  size_t block_tokens = 1;
+  size_t offset = 0;  // bytes from a block's start to this head's first row
+  size_t row_bytes = 0;
+  DType dtype = DType::kDTypeF32;
+
+  const uint8_t* row(size_t t) const {
+    return static_cast<const uint8_t*>(blocks[t / block_tokens]) + offset +
+           (t % block_tokens) * row_bytes;
+  }
+};
+
 // One unit of fused attention: the query rows of one KV-head group over one key range.
 // Rows are (query, head-in-group) pairs, row r = query r / group, head r % group; the group's
 // heads of one query are contiguous in q. Produces the unnormalised softmax state per row:
@@ -33,9 +49,9 @@ struct AttentionTile {
   size_t q_stride = 0;       // floats between consecutive queries
   size_t group = 1;          // query heads sharing this KV head
   size_t n_queries = 1;
-  size_t q_pos = 0;          // position of the first query
-  const float* k = nullptr;  // this KV head's cache, row t at k + t * head_dim
-  const float* v = nullptr;
+  size_t q_pos = 0;  // position of the first query
+  KvHeadRows k;      // this KV head's cache
+  KvHeadRows v;
   size_t head_dim = 0;
   size_t key_begin = 0;
   size_t key_end = 0;
@@ -48,11 +64,18 @@ struct AttentionTile {
 
 // Keys per tile of the attention inner loop, and the scratch one tile call needs.
 constexpr size_t kAttentionKeyTile = 64;
+// Floats of one key tile's keys (or values) widened to f32 for the SIMD bodies: a compact or
+// paged cache is read in place a tile at a time into this L1-sized buffer, never copied whole.
+// One q8_0 block of slack: a row of head_dim % 32 != 0 dequantizes whole blocks.
+inline size_t attention_stage_floats(size_t head_dim) {
+  return (kAttentionKeyTile * head_dim + 32 + 15) / 16 * 16;
+}
 inline size_t attention_scratch_floats(size_t rows, size_t head_dim) {
   const size_t padded = (rows + 15) / 16 * 16;
   // transposed scaled queries [head_dim, padded], scores [key tile, padded], and per row:
-  // causal limit, max, sum, correction.
-  return padded * head_dim + padded * kAttentionKeyTile + 4 * padded;
+  // causal limit, max, sum, correction; then the key and value stages.
+  return padded * head_dim + padded * kAttentionKeyTile + 4 * padded +
+         2 * attention_stage_floats(head_dim);
 }
 
 struct KernelTable {
@@ -88,6 +111,8 @@ class KernelLevelPin {
   int saved_;
 };
 
+// The table of the calling thread's level (a KernelLevelPin, else simd_level()).
+const KernelTable& kernels_current();
 const KernelTable& kernels_scalar();
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
@@ -120,6 +145,35 @@ inline float f16_to_f32(uint16_t h) {
   return f;
 }
 
+// Round to nearest even; overflow to infinity, NaN stays NaN (as F16C's vcvtps2ph).
+inline uint16_t f32_to_f16(float f) {
+  uint32_t x;
+  __builtin_memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  const uint32_t abs = x & 0x7fffffffu;
+  if (abs >= 0x7f800000u)
+    return static_cast<uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0));
+  if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds past 65504
+  if (abs < 0x38800000u) {  // subnormal f16 (or zero): round abs * 2^24 to an integer
+    float a;
+    __builtin_memcpy(&a, &abs, 4);
+    const float scaled = a * 16777216.0f;  // exact: a power of two
+    const uint32_t i = static_cast<uint32_t>(scaled);
+    const float rest = scaled - static_cast<float>(i);
+    const uint32_t r = i + (rest > 0.5f || (rest == 0.5f && (i & 1u)) ? 1u : 0u);
+    return static_cast<uint16_t>(sign | r);
+  }
+  const uint32_t mant_rounded = abs + 0xfffu + ((abs >> 13) & 1u);
+  return static_cast<uint16_t>(sign | ((mant_rounded - 0x38000000u) >> 13));
+}
+
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t x;
+  __builtin_memcpy(&x, &f, 4);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);
+  return static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
 inline float bf16_to_f32(uint16_t b) {
   const uint32_t bits = static_cast<uint32_t>(b) << 16;
   float f;
@@ -145,6 +199,16 @@ inline float load_weight(const void* w, DType dtype, size_t i) {
       break;
   }
   fail_block_dtype("load_weight", dtype);
+}
+
+// Element c of a cached KV row in dtype (f32, f16, bf16 or q8_0 blocks): the scalar reference
+// reads the cache element by element.
+inline float kv_element(const uint8_t* row, DType dtype, size_t c) {
+  if (dtype == DType::kDTypeQ8_0) {
+    const auto* b = reinterpret_cast<const BlockQ8_0*>(row) + c / kBlock32;
+    return f16_to_f32(b->d) * static_cast<float>(b->qs[c % kBlock32]);
+  }
+  return load_weight(row, dtype, c);
 }
 
 }  // namespace tierlm::detail

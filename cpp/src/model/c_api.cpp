@@ -77,6 +77,8 @@ void tierlm_model_options_init(tierlm_model_options* options) {
   options->sparse_window = 0;
   options->sparse_no_bundling = 0;
   options->sparse_capacity = 0;
+  options->kv_dtype = nullptr;
+  options->kv_policy = nullptr;
 }
 
 void tierlm_generate_options_init(tierlm_generate_options* options) {
@@ -106,6 +108,8 @@ tierlm_status tierlm_model_create(const char* path, const tierlm_model_options* 
       if (options->sparse_window != 0) o.sparse_window = options->sparse_window;
       o.sparse_bundled = options->sparse_no_bundling == 0;
       o.sparse_capacity = options->sparse_capacity;
+      if (options->kv_dtype != nullptr) o.kv_dtype = tierlm::dtype_parse(options->kv_dtype);
+      if (options->kv_policy != nullptr) o.kv_policy = options->kv_policy;
     }
     *out = new tierlm_model(tierlm::Model::load(path, o));
   });

@@ -2,16 +2,18 @@
 // backend, activation copies where an op cannot run in place, the KV append before attention.
 #include "model/executor.hpp"
 
+#include <algorithm>
 #include <climits>
 
 namespace tierlm::detail {
 
 Executor::Executor(ResolvedOps ops, Backend& backend, WeightStore& weights, KvCache& kv,
                    SparseFfn* sparse, ExpertProvider* experts, const float* rope_inv_freq,
-                   int64_t max_rows)
+                   int64_t max_rows, KvPolicy policy)
     : resolved_(std::move(ops)),
       backend_(backend),
       weights_(weights),
+      policy_(policy),
       kv_(kv),
       sparse_(sparse),
       experts_(experts),
@@ -19,11 +21,32 @@ Executor::Executor(ResolvedOps ops, Backend& backend, WeightStore& weights, KvCa
       positions_(static_cast<size_t>(max_rows)),
       shifted_(static_cast<size_t>(max_rows)) {}
 
+// A full window: drop a block's worth (or what the step needs) of the oldest tokens after the
+// sinks, so eviction runs once per block of tokens, not every step.
+void Executor::make_room(int32_t slot, int64_t n) {
+  const int64_t length = kv_.length(slot);
+  if (policy_.window == 0 || length + n <= kv_.capacity()) return;
+  const int64_t drop =
+      std::min(length - policy_.sinks, std::max(length + n - kv_.capacity(), kKvBlockTokens));
+  kv_.evict(slot, policy_.sinks, drop, rope_inv_freq_);
+}
+
 const float* Executor::run(const ExecBatch& batch) {
   const int64_t n = batch.n;
+  if (batch.slots == nullptr) {
+    make_room(batch.slot, n);
+  } else {
+    for (int64_t i = 0; i < n; ++i) make_room(batch.slots[i], 1);
+  }
   for (int64_t i = 0; i < n; ++i) {
     positions_[i] = static_cast<int32_t>(batch.slots == nullptr ? kv_.length(batch.slot) + i
                                                                 : kv_.length(batch.slots[i]));
+  }
+  // The cache blocks this step writes, before any op runs.
+  if (batch.slots == nullptr) {
+    kv_.prepare(batch.slot, kv_.length(batch.slot) + n);
+  } else {
+    for (int64_t i = 0; i < n; ++i) kv_.prepare(batch.slots[i], kv_.length(batch.slots[i]) + 1);
   }
   int layer = INT_MIN;
   for (const ExecOp& op : resolved_.ops) {
@@ -165,30 +188,25 @@ void Executor::run_op(const ExecOp& op, const ExecBatch& batch) {
 // cache first: attention reads them in place.
 void Executor::attend(const ExecOp& op, const ExecBatch& batch) {
   const size_t rows = static_cast<size_t>(batch.n);
-  const size_t kv_heads = op.shape.n_kv_heads;
   const size_t head_dim = op.shape.head_dim;
-  const size_t kv_width = kv_heads * head_dim;
+  const size_t kv_width = op.shape.n_kv_heads * head_dim;
   const size_t q_width = op.shape.n_heads * head_dim;
   const size_t groups = batch.slots == nullptr ? 1 : rows;
   const size_t per_group = batch.slots == nullptr ? rows : 1;
+  AttentionShape shape = op.shape;
+  shape.kv_dtype = kv_.dtype();
   for (size_t g = 0; g < groups; ++g) {
     const int32_t slot = batch.slots == nullptr ? batch.slot : batch.slots[g];
-    const KvSlotView cache = kv_.view(static_cast<size_t>(op.kv), slot);
+    const KvLayout cache = kv_.layout(static_cast<size_t>(op.kv), slot);
     const size_t pos0 = static_cast<size_t>(kv_.length(slot));
     const size_t row0 = g * per_group;
-    for (size_t i = 0; i < per_group; ++i) {
-      const size_t at = (pos0 + i) * head_dim;  // of head 0; heads are head_stride apart
-      const float* k = op.in[1] + (row0 + i) * kv_width;
-      const float* v = op.in[2] + (row0 + i) * kv_width;
-      backend_.copy_rows(cache.k + at, cache.head_stride, k, head_dim, kv_heads, head_dim);
-      backend_.copy_rows(cache.v + at, cache.head_stride, v, head_dim, kv_heads, head_dim);
-    }
-    AttentionShape shape = op.shape;
+    backend_.kv_store(op.in[1] + row0 * kv_width, op.in[2] + row0 * kv_width, kv_width, per_group,
+                      pos0, cache, shape);
     shape.n_q = per_group;
     shape.q_pos0 = pos0;
     shape.kv_len = pos0 + per_group;
-    backend_.attention(op.in[0] + row0 * q_width, cache.k, cache.v, op.out + row0 * q_width, shape,
-                       op.scale, op.workspace);
+    backend_.attention(op.in[0] + row0 * q_width, cache, op.out + row0 * q_width, shape, op.scale,
+                       op.workspace);
   }
 }
 

@@ -11,6 +11,7 @@
 #include "model/op_resolve.hpp"
 #include "moe/moe_ffn.hpp"
 #include "sparse/sparse_ffn_layer.hpp"
+#include "tierlm/model/model.hpp"
 #include "weights/weight_store.hpp"
 
 namespace tierlm::detail {
@@ -30,13 +31,14 @@ class Executor {
   // max_rows: the most rows a batch has (the arena was planned for it). sparse may be null;
   // experts is null unless the graph has moe ops.
   Executor(ResolvedOps ops, Backend& backend, WeightStore& weights, KvCache& kv, SparseFfn* sparse,
-           ExpertProvider* experts, const float* rope_inv_freq, int64_t max_rows);
+           ExpertProvider* experts, const float* rope_inv_freq, int64_t max_rows, KvPolicy policy);
 
   // Runs the graph on the batch; returns the logits ([1, vocab] for one slot, [n, vocab] for a
   // batched decode), valid until the next run.
   const float* run(const ExecBatch& batch);
 
  private:
+  void make_room(int32_t slot, int64_t n);
   void run_op(const ExecOp& op, const ExecBatch& batch);
   void attend(const ExecOp& op, const ExecBatch& batch);
   const void* weight(int index) const { return index < 0 ? nullptr : weights_.data(index); }
@@ -44,6 +46,7 @@ class Executor {
   ResolvedOps resolved_;
   Backend& backend_;
   WeightStore& weights_;
+  KvPolicy policy_;
   KvCache& kv_;
   SparseFfn* sparse_;
   ExpertProvider* experts_;

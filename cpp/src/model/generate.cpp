@@ -220,8 +220,25 @@ std::vector<GenerateResult> generate_batch(Model& model,
       r.finish_reason = FinishReason::kFinishLength;
       continue;
     }
+    // The longest prefix shared with an earlier prompt (prefilled above; leaving this one a
+    // token to run) is not computed again: this slot takes that sequence's cache blocks for it.
+    const std::vector<int32_t>& prompt = prompts[b];
+    size_t shared = 0;
+    int32_t from = -1;
+    for (int32_t a = 0; a < b; ++a) {
+      const std::vector<int32_t>& other = prompts[a];
+      const size_t limit = std::min(other.size(), prompt.size() - 1);
+      size_t same = 0;
+      while (same < limit && other[same] == prompt[same]) ++same;
+      if (same > shared) {
+        shared = same;
+        from = a;
+      }
+    }
     const auto t0 = std::chrono::steady_clock::now();
-    const float* logits = model.forward_slot(b, prompts[b], true);
+    if (from >= 0) model.share_slot(from, b, static_cast<int64_t>(shared));
+    const float* logits =
+        model.forward_slot(b, std::span<const int32_t>(prompt).subspan(shared), from < 0);
     r.stats.prefill_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     prefill_seconds += r.stats.prefill_seconds;

@@ -21,7 +21,8 @@ struct HostDemand {
   int64_t chunk = 0;                     // rows of a batch
   int64_t context = 0;                   // KV cache tokens per slot
   int64_t max_batch = 1;                 // KV cache slots
-  uint64_t kv_bytes = 0;                 // the KV cache's bytes
+  uint64_t kv_bytes = 0;                 // KV cache bytes set aside (KvCache::bytes_reserved)
+  DType kv_dtype = DType::kDTypeF16;     // ... in this element type
   uint64_t arena_bytes = 0;              // the arena plan's peak
   uint64_t expert_bytes = 0;             // every moe expert homed on the host tier
   uint64_t expert_min_bytes = 0;         // the least the expert store runs in (expert_store.hpp)

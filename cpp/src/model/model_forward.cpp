@@ -54,10 +54,10 @@ const float* Model::forward_slot(int32_t slot, std::span<const int32_t> tokens, 
   const int64_t n = static_cast<int64_t>(tokens.size());
   check_tokens(tokens, m.package.config.vocab_size);
   const int64_t pos = m.kv->length(slot);
-  TIERLM_CHECK(pos + n <= m.context, kErrorInvalidArgument, "the sequence needs ", pos + n,
-               " positions (", pos, " in the cache + ", n, " new tokens) but the context holds ",
-               m.context, " (max_positions ", m.package.config.max_positions,
-               "); shorten the prompt");
+  TIERLM_CHECK(m.policy.window > 0 || pos + n <= m.context, kErrorInvalidArgument,
+               "the sequence needs ", pos + n, " positions (", pos, " in the cache + ", n,
+               " new tokens) but the context holds ", m.context, " (max_positions ",
+               m.package.config.max_positions, "); shorten the prompt");
   const float* logits = nullptr;
   for (int64_t start = 0; start < n; start += m.chunk) {
     detail::ExecBatch batch;
@@ -67,6 +67,17 @@ const float* Model::forward_slot(int32_t slot, std::span<const int32_t> tokens, 
     logits = m.executor->run(batch);
   }
   return logits;
+}
+
+void Model::share_slot(int32_t from, int32_t to, int64_t tokens) {
+  Impl& m = *impl_;
+  auto lock = claim(m.busy);
+  for (int32_t s : {from, to})
+    TIERLM_CHECK(s >= 0 && s < m.max_batch, kErrorInvalidArgument, "share_slot: slot ", s,
+                 " is outside 0..", m.max_batch - 1);
+  m.kv->share(from, to, tokens);
+  ++m.sequence;  // as a restart of `to`
+  if (m.sparse) m.sparse->reset();
 }
 
 const float* Model::forward_batch(std::span<const int32_t> tokens, std::span<const int32_t> slots) {
@@ -87,8 +98,9 @@ const float* Model::forward_batch(std::span<const int32_t> tokens, std::span<con
       TIERLM_CHECK(slots[j] != s, kErrorInvalidArgument, "forward_batch: slot ", s,
                    " appears twice");
     }
-    TIERLM_CHECK(m.kv->length(s) + 1 <= m.context, kErrorInvalidArgument, "forward_batch: slot ", s,
-                 " holds ", m.kv->length(s), " tokens, the context is full (", m.context, ")");
+    TIERLM_CHECK(m.policy.window > 0 || m.kv->length(s) + 1 <= m.context, kErrorInvalidArgument,
+                 "forward_batch: slot ", s, " holds ", m.kv->length(s),
+                 " tokens, the context is full (", m.context, ")");
   }
   detail::ExecBatch batch;
   batch.tokens = tokens.data();

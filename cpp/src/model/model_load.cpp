@@ -76,8 +76,25 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
 
   m.context =
       options.max_context > 0 ? std::min(options.max_context, c.max_positions) : c.max_positions;
+  m.policy = kv_policy_parse(options.kv_policy);
+  if (m.policy.window > 0) {
+    // The cache holds sinks + window tokens at positions counted within it.
+    const bool rope = std::any_of(p.graph.ops.begin(), p.graph.ops.end(),
+                                  [](const GraphOp& op) { return op.kind == OpKind::kOpRope; });
+    TIERLM_CHECK(rope, kErrorUnsupported, "kv_policy '", options.kv_policy, "': ", p.architecture,
+                 " has no rotary position embedding, so its cached keys cannot move to new "
+                 "positions; load it without kv_policy");
+    TIERLM_CHECK(options.max_context == 0, kErrorInvalidArgument, "kv_policy '", options.kv_policy,
+                 "' sets the cache to ", m.policy.sinks + m.policy.window,
+                 " tokens; leave max_context unset");
+    TIERLM_CHECK(m.policy.sinks + m.policy.window <= c.max_positions, kErrorInvalidArgument,
+                 "kv_policy '", options.kv_policy, "' keeps ", m.policy.sinks + m.policy.window,
+                 " tokens, more than the model's max_positions ", c.max_positions);
+    m.context = m.policy.sinks + m.policy.window;
+  }
   m.max_batch = options.max_batch;
   m.chunk = choose_chunk(p, options, m.context, m.max_batch);
+  if (m.policy.window > 0) m.chunk = std::min(m.chunk, m.policy.window / 2);
   m.backend = detail::backend_cpu();
 
   detail::HostDemand demand;
@@ -113,7 +130,9 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
       detail::buffers_assign(p, *m.backend, m.chunk, m.context, m.max_batch);
   m.plan = detail::buffers_plan(p, assignment, m.chunk);
   const std::vector<detail::KvLayerShape> kv_layers = detail::kv_layer_shapes(p);
-  demand.kv_bytes = detail::KvCache::bytes_needed(kv_layers, m.context, m.max_batch);
+  demand.kv_bytes =
+      detail::KvCache::bytes_reserved(kv_layers, m.context, m.max_batch, options.kv_dtype);
+  demand.kv_dtype = options.kv_dtype;
   demand.arena_bytes = m.plan.peak;
   const detail::HostBudget budget = detail::host_budget_fit(p, options, demand, sparse_plan);
 
@@ -129,7 +148,8 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     m.weights = detail::weight_store_resident(p, *m.host, demand.tensors, store_options);
   }
   m.placement = detail::host_budget_placement(p, demand, budget);
-  m.kv = std::make_unique<detail::KvCache>(*m.host, kv_layers, m.context, m.max_batch);
+  m.kv = std::make_unique<detail::KvCache>(*m.host, kv_layers, m.context, m.max_batch,
+                                           options.kv_dtype, demand.kv_bytes);
   m.arena = m.host->allocate(budget.arena_bytes);
   std::memset(m.arena.data(), 0, m.arena.size());
   if (options.sparse) m.sparse = std::make_unique<detail::SparseFfn>(sparse_plan, *m.host);
@@ -148,7 +168,7 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
                           *m.backend, options.sparse ? &sparse_plan : nullptr, m.context);
   m.executor = std::make_unique<detail::Executor>(std::move(ops), *m.backend, *m.weights, *m.kv,
                                                   m.sparse.get(), m.experts.get(),
-                                                  c.rope_inv_freq.data(), m.chunk);
+                                                  c.rope_inv_freq.data(), m.chunk, m.policy);
   m.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return Model(std::move(impl));
 }

@@ -1,6 +1,12 @@
-// ModelOptions' numeric fields against the option range table, before a load does any work.
+// ModelOptions' numeric fields against the option range table, the expert cache policy, the KV
+// dtype and the KV policy, before a load does any work.
+#include <cstdio>
+
+#include "model/kv_cache.hpp"
 #include "moe/expert_policy.hpp"
+#include "tierlm/core/error.hpp"
 #include "tierlm/core/limits.hpp"
+#include "tierlm/kernels/kernels.hpp"
 #include "tierlm/model/model.hpp"
 
 namespace tierlm {
@@ -15,6 +21,26 @@ void check_model_options(const ModelOptions& o) {
   check_option("sparse_window", o.sparse_window);
   check_option("sparse_capacity", o.sparse_capacity);
   detail::expert_policy_parse(o.expert_cache);
+  kernel_kv_row_bytes(o.kv_dtype, 1);  // refuses a type the KV cache cannot hold, naming it
+  kv_policy_parse(o.kv_policy);
+}
+
+KvPolicy kv_policy_parse(const std::string& policy) {
+  KvPolicy p;
+  if (policy.empty() || policy == "full") return p;
+  const size_t plus = policy.find('+');
+  long long sinks = -1, window = -1;
+  int used = 0;
+  const bool ok = policy.rfind("window:", 0) == 0 && plus != std::string::npos &&
+                  std::sscanf(policy.c_str(), "window:%lld+%lld%n", &sinks, &window, &used) == 2 &&
+                  used == static_cast<int>(policy.size()) && sinks >= 0 &&
+                  window >= 2 * detail::kKvBlockTokens && sinks + window <= (1 << 24);
+  TIERLM_CHECK(ok, kErrorInvalidArgument, "kv_policy '", policy,
+               "' is not one of: full, window:S+W (S attention sinks >= 0 and a window of W >= ",
+               2 * detail::kKvBlockTokens, " tokens, e.g. window:4+1020)");
+  p.sinks = sinks;
+  p.window = window;
+  return p;
 }
 
 }  // namespace tierlm

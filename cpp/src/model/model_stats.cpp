@@ -21,6 +21,11 @@ ModelStats Model::stats() const {
   s.disk_bytes_read = ws.disk_bytes_read;
   s.weight_bytes = ws.resident_bytes;
   s.kv_bytes = m.kv->bytes();
+  s.kv_dtype = dtype_name(m.kv->dtype());
+  s.kv_blocks = m.kv->blocks();
+  s.kv_evicted = m.kv->evicted();
+  s.kv_block_tokens = detail::kKvBlockTokens;
+  s.kv_block_bytes = m.kv->block_bytes();
   s.arena_bytes = m.arena.size();
   s.host = m.host->stats();
   s.verify = ws.verify;

@@ -25,6 +25,8 @@ def run(args, stdin=None, out=None):
         budget=parse_budgets(args.budget),
         threads=args.threads,
         max_context=args.max_context,
+        kv_dtype=args.kv_dtype,
+        kv_policy=args.kv_policy,
     )
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = stdin.isatty()

@@ -75,6 +75,16 @@ def add_run_options(parser):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="compute threads (0 = all)")
     parser.add_argument("--max-context", type=int, default=0, help="KV cache tokens")
+    parser.add_argument(
+        "--kv-dtype",
+        default="f16",
+        help="KV cache element type: f16 (default), bf16, f32, q8_0 (int8 blocks)",
+    )
+    parser.add_argument(
+        "--kv-policy",
+        default="",
+        help="full (default) or window:S+W: keep S sink tokens and the last W (past the context)",
+    )
 
 
 def sampling_options(args):
@@ -119,6 +129,8 @@ def run(args):
         threads=args.threads,
         verify=args.verify,
         max_context=args.max_context,
+        kv_dtype=args.kv_dtype,
+        kv_policy=args.kv_policy,
         ring_sections=args.ring_sections,
         sparse=args.sparse,
         sparse_window=args.sparse_window,
@@ -251,7 +263,7 @@ def print_placement(model, out):
     print(
         f"ring: {p['sections']} staging sections x {format_size(p['section_bytes'])} = "
         f"{format_size(p['ring_bytes'])} ({p['chunks']} chunks per token); "
-        f"KV cache {format_size(s['kv_bytes'])}, "
+        f"KV cache {format_size(s['kv_bytes'])} {s['kv_dtype']}, "
         f"activations {format_size(s['arena_bytes'])}; host budget "
         f"{format_size(s['host']['budget'])} (minimum {format_size(p['minimum_budget'])})",
         file=out,

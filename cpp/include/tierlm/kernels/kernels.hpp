@@ -52,7 +52,7 @@ TIERLM_API void kernel_embedding(const void* table, DType dtype, const int32_t* 
 
 // Fused causal attention with grouped-query heads, reading the KV cache in place.
 // q: [n_q, n_heads, head_dim]; out: same shape (f32, contiguous).
-// Cache layout per layer: k_cache / v_cache [n_kv_heads, kv_capacity, head_dim]; positions
+// The cache (KvLayout) holds token rows of head_dim elements in kv_dtype; positions
 // 0 .. kv_len-1 are valid. Query i sits at position q_pos0 + i and sees keys 0 .. q_pos0 + i,
 // so this step's keys must already be in the cache: q_pos0 + n_q <= kv_len <= kv_capacity.
 // Query head h uses KV head h / (n_heads / n_kv_heads) (repeat_interleave, as transformers).
@@ -63,15 +63,45 @@ struct TIERLM_API AttentionShape {
   size_t n_kv_heads = 1;
   size_t head_dim = 64;
   size_t kv_len = 1;
-  size_t kv_capacity = 1;
+  size_t kv_capacity = 1;  // tokens the layout addresses
   size_t q_pos0 = 0;
+  // f32, f16, bf16, or q8_0: ggml's int8 blocks of 32 along head_dim with an f16 scale
+  // (max|x| / 127), a last partial block zero-padded.
+  DType kv_dtype = DType::kDTypeF32;
 };
+
+// Where the cache's rows are: tokens in blocks of block_tokens, block b at blocks[b]; in a
+// block, keys at + k_offset and values at + v_offset bytes, each [n_kv_heads, block_tokens,
+// kernel_kv_row_bytes] (token t of head h: row h * block_tokens + t % block_tokens of block
+// t / block_tokens). A contiguous cache is one block of kv_capacity tokens; a paged cache
+// lists its blocks in sequence order (any addresses).
+struct TIERLM_API KvLayout {
+  void* const* blocks = nullptr;
+  size_t block_tokens = 1;
+  size_t k_offset = 0;
+  size_t v_offset = 0;
+};
+
+// Bytes of one cached token row of one head; refuses a dtype the cache cannot hold.
+TIERLM_API size_t kernel_kv_row_bytes(DType kv_dtype, size_t head_dim);
+// Appends n tokens: k and v are [n, n_kv_heads, head_dim] f32 with src_stride floats between
+// tokens, stored converted to shape.kv_dtype (f16 / bf16 round to nearest even, q8_0 as
+// ggml's quantize_row_q8_0) at positions pos .. pos + n - 1 <= shape.kv_capacity.
+TIERLM_API void kernel_kv_store(const float* k, const float* v, size_t src_stride, size_t n,
+                                size_t pos, const KvLayout& kv, const AttentionShape& shape);
+
+// Streaming past the context: moves n cached tokens from positions from .. from + n - 1 down
+// to to .. to + n - 1 (to < from) and rotates their keys back by from - to positions with RoPE
+// (GPT-NeoX halves, inv_freq: head_dim / 2 entries), so a key reads as computed at its new
+// position. Values move as they are; keys in q8_0 are requantized.
+TIERLM_API void kernel_kv_shift(const KvLayout& kv, const AttentionShape& shape, size_t from,
+                                size_t to, size_t n, const float* inv_freq);
+
 // Bytes of scratch the kernel needs for this shape. It does not depend on kv_len, q_pos0 or
 // the thread count, and grows with n_q, so the size for the largest step (e.g. the longest
 // prefill) covers every smaller one, decode included. Any alignment is accepted.
 TIERLM_API size_t kernel_attention_workspace(const AttentionShape& shape);
-TIERLM_API void kernel_attention(const float* q, const float* k_cache, const float* v_cache,
-                                 float* out, const AttentionShape& shape, float scale,
-                                 void* workspace);
+TIERLM_API void kernel_attention(const float* q, const KvLayout& kv, float* out,
+                                 const AttentionShape& shape, float scale, void* workspace);
 
 }  // namespace tierlm

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "tierlm/core/dtype.hpp"
 #include "tierlm/core/export.hpp"
 #include "tierlm/memory/tier.hpp"
 #include "tierlm/model/package.hpp"
@@ -31,6 +32,13 @@ struct TIERLM_API ModelOptions {
   int64_t prefill_chunk = 0;  // tokens per prefill batch; 0 = a stored plan's or 256
   bool lock = true;           // mlock host buffers where RLIMIT_MEMLOCK allows
   int64_t max_batch = 1;      // sequences decoded together (KV cache slots)
+  // The KV cache's element type: f16 (default), bf16, f32, or q8_0 (int8 in blocks of 32 along
+  // head_dim with an f16 scale); the fused attention kernel reads it in place.
+  DType kv_dtype = DType::kDTypeF16;
+  // Streaming past the context (kv_policy_parse): "" keeps every token up to the context;
+  // "window:S+W" keeps S attention sinks and the last W tokens (StreamingLLM), positions
+  // counted within the cache, so a sequence runs on past max_positions.
+  std::string kv_policy;
   // Streaming (weights larger than the host budget): staging sections of the prefetch ring, each
   // the size of the largest streamed matrix; 0 = auto (about 64 MiB of sections, at least 2
   // when the budget allows, else 1).
@@ -51,8 +59,18 @@ struct TIERLM_API ModelOptions {
   bool expert_prefetch = true;
 };
 
+// A parsed ModelOptions::kv_policy: window > 0 keeps `sinks` first tokens and the last `window`
+// (evicting a block's worth of the oldest others when the cache is full).
+struct TIERLM_API KvPolicy {
+  int64_t sinks = 0;
+  int64_t window = 0;  // 0: no eviction
+};
+// Throws kErrorInvalidArgument naming kv_policy and the accepted forms for a malformed one.
+TIERLM_API KvPolicy kv_policy_parse(const std::string& policy);
+
 // Throws kErrorInvalidArgument naming the first numeric option outside its range
-// (tierlm/core/limits.hpp); Model::load calls it before any work.
+// (tierlm/core/limits.hpp), or a kv_dtype the cache cannot hold; Model::load calls it before
+// any work.
 TIERLM_API void check_model_options(const ModelOptions& options);
 
 // One activation or workspace buffer of the graph for a batch of `seq` tokens: live from op
@@ -84,7 +102,12 @@ struct TIERLM_API ModelStats : StreamStats, SparseStats, MoeStats {
   double load_seconds = 0.0;
   uint64_t disk_bytes_read = 0;  // weight bytes read from the package files at load (+ sparse rows)
   uint64_t weight_bytes = 0;     // host bytes holding weights
-  uint64_t kv_bytes = 0;         // host bytes of the KV cache
+  uint64_t kv_bytes = 0;         // host bytes the KV cache holds now (its blocks' chunks)
+  std::string kv_dtype;          // its element type ("f16", "q8_0", ...)
+  int64_t kv_blocks = 0;         // KV blocks in use (a block shared by sequences counts once)
+  int64_t kv_evicted = 0;        // tokens the kv_policy dropped since load
+  int64_t kv_block_tokens = 0;   // tokens per block
+  uint64_t kv_block_bytes = 0;   // bytes per block (every layer's keys and values)
   uint64_t arena_bytes = 0;      // host bytes of the activation arena
   TierStats host;
   VerifyStats verify;  // what verify checked: every tensor, bundle and predictor the run uses
@@ -130,8 +153,10 @@ class TIERLM_API Model {
   const Package& package() const;
   const ModelConfig& config() const;
   int64_t vocab_size() const;
-  // Tokens the KV cache holds (the longest prompt + generation).
+  // Tokens a sequence may reach (the longest prompt + generation): the KV cache's capacity, or
+  // kStreamingContext with a window kv_policy.
   int64_t context_length() const;
+  static constexpr int64_t kStreamingContext = int64_t{1} << 30;
   int64_t prefill_chunk() const;
 
   // Empties the KV cache: the next forward starts at position 0. A Model runs on one thread
@@ -152,6 +177,9 @@ class TIERLM_API Model {
   const float* forward(std::span<const int32_t> tokens, bool restart);
   // The same on sequence slot `slot` (0 .. max_batch - 1), each with its own KV cache.
   const float* forward_slot(int32_t slot, std::span<const int32_t> tokens, bool restart);
+  // Restarts slot `to` with the first `tokens` tokens of slot `from`, whose KV cache blocks it
+  // shares (a block is copied before either writes it): a common prompt prefix computed once.
+  void share_slot(int32_t from, int32_t to, int64_t tokens);
   // One decode step of several sequences at once: tokens[i] is appended to slot slots[i]
   // (distinct slots) at that slot's position. The matrix products read each weight once for
   // all rows. Returns logits [tokens.size(), vocab_size], row i for slots[i].

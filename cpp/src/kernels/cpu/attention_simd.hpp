@@ -10,6 +10,11 @@ namespace {
 
 // ---- attention --------------------------------------------------------------------------------
 //
+// The bodies read one key tile of keys and values at a time as f32 rows (kv_tile): in place
+// when the cache is f32 and the tile sits in one block, else widened from f16 / bf16 / q8_0
+// (and gathered across blocks) into a tile-sized stage in the scratch, so a compact or paged
+// cache is never copied whole.
+//
 // Scores are kept transposed, st[key][row] (rows padded to whole vectors), so the online
 // softmax (max, exp, sum per row) runs down the key axis with full vectors, and the queries are
 // transposed and pre-scaled once per tile call, qt[c][row]. For a few rows (decode) the scores
@@ -130,6 +135,42 @@ inline void scale_acc_row(float* a, size_t d, float c) {
   for (size_t i = 0; i < d; ++i) a[i] *= c;
 }
 
+// Rows t0 .. t0 + nk of one KV head as f32 rows of d floats (see above).
+template <class V>
+const float* kv_tile(const KvHeadRows& h, size_t t0, size_t nk, size_t d, float* stage) {
+  const size_t b = h.block_tokens;
+  if (h.dtype == DType::kDTypeF32 && t0 / b == (t0 + nk - 1) / b)
+    return reinterpret_cast<const float*>(h.row(t0));
+  for (size_t i = 0; i < nk;) {
+    const size_t t = t0 + i;
+    const size_t run = std::min(nk - i, b - t % b);  // rows contiguous in t's block
+    const uint8_t* src = h.row(t);
+    float* dst = stage + i * d;
+    if (h.dtype == DType::kDTypeQ8_0) {
+      // Whole blocks per row: a partial last block writes its zero padding into the next row,
+      // which that row then overwrites (the stage has a block of slack for the last).
+      const size_t nb = h.row_bytes / sizeof(BlockQ8_0);
+      for (size_t r = 0; r < run; ++r) {
+        const auto* blk = reinterpret_cast<const BlockQ8_0*>(src + r * h.row_bytes);
+        for (size_t k = 0; k < nb; ++k) {
+          const float scale = f16_to_f32(blk[k].d);
+          float* o = dst + r * d + k * kBlock32;
+          for (size_t j = 0; j < kBlock32; ++j) o[j] = scale * static_cast<float>(blk[k].qs[j]);
+        }
+      }
+    } else {
+      convert<V>(src, h.dtype, dst, run * d);
+    }
+    i += run;
+  }
+  return stage;
+}
+
+inline float* kv_stage(const AttentionTile& t, size_t rows) {
+  return t.scratch + attention_scratch_floats(rows, t.head_dim) -
+         2 * attention_stage_floats(t.head_dim);
+}
+
 // Decode body (few rows): scores s[r][j] (row-major, one key tile per row) as dot products
 // of RB rows with 4 keys at once, reduced 4 at a time; the softmax then runs along keys.
 template <class V, size_t RB, bool kPrefetch>
@@ -190,6 +231,8 @@ void attention_decode(const AttentionTile& t) {
   float* s = q + rows * d;  // [rows][kT]
   float* m = t.m;
   float* l = t.l;
+  float* k_stage = kv_stage(t, rows);
+  float* v_stage = k_stage + attention_stage_floats(d);
   for (size_t r = 0; r < rows; ++r) {
     const float* qr = t.q + (r / t.group) * t.q_stride + (r % t.group) * d;
     for (size_t c = 0; c < d; ++c) q[r * d + c] = qr[c] * t.scale;
@@ -200,7 +243,7 @@ void attention_decode(const AttentionTile& t) {
   const size_t end = std::min(t.key_end, t.q_pos + t.n_queries);
   for (size_t t0 = t.key_begin; t0 < end; t0 += kT) {
     const size_t nk = std::min(kT, end - t0);
-    const float* k = t.k + t0 * d;
+    const float* k = kv_tile<V>(t.k, t0, nk, d, k_stage);
     size_t r = 0;
     for (; r + 4 <= rows; r += 4)
       if (r == 0)
@@ -242,7 +285,7 @@ void attention_decode(const AttentionTile& t) {
       l[r] = l[r] * corr + V::reduce_add(sum);
       m[r] = m_new;
     }
-    pv<V>(s, 1, kT, t.v + t0 * d, d, nk, rows, t.acc);
+    pv<V>(s, 1, kT, kv_tile<V>(t.v, t0, nk, d, v_stage), d, nk, rows, t.acc);
   }
 }
 
@@ -262,6 +305,8 @@ void attention(const AttentionTile& t) {
   float* m = lim + rp;
   float* l = m + rp;
   float* corr = l + rp;
+  float* k_stage = kv_stage(t, rows);
+  float* v_stage = k_stage + attention_stage_floats(d);
 
   for (size_t r = 0; r < rows; ++r) {
     const float* qr = t.q + (r / t.group) * t.q_stride + (r % t.group) * d;
@@ -282,7 +327,7 @@ void attention(const AttentionTile& t) {
   const size_t lim_min = std::min(t.key_end, t.q_pos + 1);
   for (size_t t0 = t.key_begin; t0 < end; t0 += kAttentionKeyTile) {
     const size_t nk = std::min(kAttentionKeyTile, end - t0);
-    scores_transposed<V>(t.k + t0 * d, d, nk, qt, rp, st);
+    scores_transposed<V>(kv_tile<V>(t.k, t0, nk, d, k_stage), d, nk, qt, rp, st);
     const bool masked = t0 + nk > lim_min;
     for (size_t v = 0; v < nv; ++v) {
       const size_t o = v * kW;
@@ -315,7 +360,7 @@ void attention(const AttentionTile& t) {
     if (t0 != t.key_begin)
       for (size_t r = 0; r < rows; ++r)
         if (corr[r] != 1.0f) scale_acc_row(t.acc + r * d, d, corr[r]);
-    pv<V>(st, rp, 1, t.v + t0 * d, d, nk, rows, t.acc);
+    pv<V>(st, rp, 1, kv_tile<V>(t.v, t0, nk, d, v_stage), d, nk, rows, t.acc);
   }
   for (size_t r = 0; r < rows; ++r) {
     t.m[r] = m[r];

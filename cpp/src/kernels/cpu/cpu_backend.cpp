@@ -66,10 +66,14 @@ class CpuBackend final : public Backend {
     KernelLevelPin pin(level_);
     kernel_embedding(table, dtype, ids, n, dim, out);
   }
-  void attention(const float* q, const float* k_cache, const float* v_cache, float* out,
-                 const AttentionShape& shape, float scale, void* workspace) override {
+  void attention(const float* q, const KvLayout& kv, float* out, const AttentionShape& shape,
+                 float scale, void* workspace) override {
     KernelLevelPin pin(level_);
-    kernel_attention(q, k_cache, v_cache, out, shape, scale, workspace);
+    kernel_attention(q, kv, out, shape, scale, workspace);
+  }
+  void kv_store(const float* k, const float* v, size_t src_stride, size_t n, size_t pos,
+                const KvLayout& kv, const AttentionShape& shape) override {
+    kernel_kv_store(k, v, src_stride, n, pos, kv, shape);
   }
   void copy_rows(float* dst, size_t dst_stride, const float* src, size_t src_stride, size_t rows,
                  size_t elems) override {

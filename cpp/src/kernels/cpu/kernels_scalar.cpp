@@ -141,9 +141,9 @@ void attention(const AttentionTile& t) {
       const size_t t1 = std::min(end, t0 + kAttentionKeyTile);
       float tile_max = -std::numeric_limits<float>::infinity();
       for (size_t j = t0; j < t1; ++j) {
-        const float* k = t.k + j * d;
+        const uint8_t* k = t.k.row(j);
         float s = 0.0f;
-        for (size_t c = 0; c < d; ++c) s += q[c] * k[c];
+        for (size_t c = 0; c < d; ++c) s += q[c] * kv_element(k, t.k.dtype, c);
         s *= t.scale;
         scores[j - t0] = s;
         tile_max = std::max(tile_max, s);
@@ -155,8 +155,8 @@ void attention(const AttentionTile& t) {
       for (size_t j = t0; j < t1; ++j) {
         const float p = std::exp(scores[j - t0] - m_new);
         l += p;
-        const float* v = t.v + j * d;
-        for (size_t c = 0; c < d; ++c) acc[c] += p * v[c];
+        const uint8_t* v = t.v.row(j);
+        for (size_t c = 0; c < d; ++c) acc[c] += p * kv_element(v, t.v.dtype, c);
       }
       m = m_new;
     }
