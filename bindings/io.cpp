@@ -166,6 +166,15 @@ void bind_io(nb::module_& m) {
       "requested"_a = "auto");
   m.def("io_drop_cache", &io_drop_cache, "path"_a);
   m.def(
+      "io_fault_point",
+      [](const std::string& op, const std::string& path, size_t len) {
+        io_fault_check();
+        const IoFault f = io_fault_point(io_fault_op_parse(op), path, len);
+        return nb::make_tuple(f.err, f.len);
+      },
+      "op"_a, "path"_a, "len"_a,
+      "TIERLM_FAULT's word on one call: (errno to fail with or 0, bytes it may move)");
+  m.def(
       "io_bench_read",
       [](const std::string& path, size_t block, unsigned queue_depth, const std::string& backend,
          double seconds, bool direct, uint64_t seed) {

@@ -38,6 +38,15 @@ void bind_records(nb::module_& m) {
       .def_ro("allocations", &TierStats::allocations)
       .def_ro("locked", &TierStats::locked);
 
+  record<VerifyStats>(m, "VerifyStats", "What checksum verification covered, and when")
+      .def_ro("enabled", &VerifyStats::enabled)
+      .def_ro("when", &VerifyStats::when)
+      .def_ro("tensors", &VerifyStats::tensors)
+      .def_ro("bundles", &VerifyStats::bundles)
+      .def_ro("predictors", &VerifyStats::predictors)
+      .def_ro("bytes", &VerifyStats::bytes)
+      .def_ro("seconds", &VerifyStats::seconds);
+
   record<ModelConfig>(m, "ModelConfig", "The package's model configuration")
       .def_ro("vocab_size", &ModelConfig::vocab_size)
       .def_ro("hidden_size", &ModelConfig::hidden_size)
@@ -103,6 +112,7 @@ void bind_records(nb::module_& m) {
       .def_ro("kv_bytes", &S::kv_bytes)
       .def_ro("arena_bytes", &S::arena_bytes)
       .def_ro("host", &S::host)
+      .def_ro("verify", &S::verify)
       .def_prop_ro("prefill_tokens_per_s", &S::prefill_tokens_per_s)
       .def_prop_ro("decode_tokens_per_s", &S::decode_tokens_per_s)
       .def_prop_ro("compute_seconds", &S::compute_seconds)
@@ -119,6 +129,7 @@ void bind_records(nb::module_& m) {
       .def_ro("row_bytes_read", &S::row_bytes_read)
       .def_ro("ring_restarts", &S::ring_restarts)
       .def_ro("io_direct", &S::io_direct)
+      .def_ro("io_direct_reason", &S::io_direct_reason)
       .def_ro("io_registered", &S::io_registered)
       .def_ro("io_backend", &S::io_backend)
       .def_prop_ro("overlap_pct", [](const S& s) { return s.overlap_pct(); })

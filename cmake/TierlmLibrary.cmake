@@ -57,7 +57,7 @@ add_library(tierlm::tierlm ALIAS tierlm)
 target_include_directories(tierlm PUBLIC $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/cpp/include>)
 target_link_libraries(tierlm PUBLIC Threads::Threads PRIVATE ${TIERLM_LINK_PRIVATE})
 
-if(TIERLM_BUILD_TESTS)
+if(TIERLM_BUILD_TESTS OR TIERLM_BUILD_FUZZERS)
   add_library(tierlm_internal STATIC $<TARGET_OBJECTS:tierlm_objects>)
   target_include_directories(tierlm_internal PUBLIC
     ${PROJECT_SOURCE_DIR}/cpp/include ${PROJECT_SOURCE_DIR}/cpp/src)

@@ -8,11 +8,11 @@ leaves nothing behind.
 
 import json
 import os
-import shutil
 import zlib
 
 import numpy as np
 
+from tierlm import writer
 from tierlm.archs import arch_lookup
 from tierlm.checkpoint import Checkpoint, check_no_quantization
 from tierlm.dtypes import (
@@ -31,8 +31,6 @@ from tierlm.outdir import (
     discard,
     install,
     make_staging,
-    raise_write_error,
-    writing,
 )
 from tierlm.package_format import (
     ALIGN,
@@ -154,7 +152,7 @@ def _write_tensor(f, checkpoint, source, entry, out, name, bar):
     crc = 0
     for data in chunks:
         crc = zlib.crc32(data, crc)
-        f.write(memoryview(data).cast("B"))
+        writer.write(f, data)
         bar.update(data.nbytes)
     del raw
     return crc
@@ -246,16 +244,15 @@ def export(
                 by_file.setdefault(row[4], []).append(row)
             for spec in files:
                 path = os.path.join(tmp, spec["name"])
-                with writing(os.path.join(out_dir, spec["name"])), open(path, "wb") as f:
+                with writer.writing(path), open(path, "wb") as f:
                     for tensor, source, entry, out, _, offset, _ in by_file[spec["name"]]:
-                        f.write(bytes(offset - f.tell()))
+                        writer.write(f, bytes(offset - f.tell()))
                         info = tensors[tensor.name]
                         info["crc32"] = _write_tensor(
                             f, checkpoint, source, entry, out, tensor.name, bar
                         )
-                    f.write(bytes(spec["size"] - f.tell()))
-                    f.flush()
-                    os.fsync(f.fileno())
+                    writer.write(f, bytes(spec["size"] - f.tell()))
+                    writer.fsync(f)
         token_files = gguf.write_tokenizer(tmp) if gguf else _copy_tokenizer(hf_dir, tmp)
         sections = {}
         if sparse:
@@ -294,7 +291,8 @@ def export(
         install(tmp, out_dir)
     except OSError as error:
         discard(tmp)
-        raise_write_error(error, out_dir)
+        kept = f"{out_dir} was left as it was"
+        raise writer.write_error(error, f"export to {out_dir}", kept) from error
     except BaseException:
         discard(tmp)
         raise
@@ -336,11 +334,11 @@ def _copy_tokenizer(hf_dir, tmp):
     if names:
         os.mkdir(os.path.join(tmp, TOKENIZER_DIR))
         for name in names:
-            shutil.copyfile(os.path.join(hf_dir, name), os.path.join(tmp, TOKENIZER_DIR, name))
+            writer.copy(os.path.join(hf_dir, name), os.path.join(tmp, TOKENIZER_DIR, name))
     return names
 
 
 def _write_json(path, value):
-    with writing(path), open(path, "w") as f:
-        json.dump(value, f, indent=1)
-        f.write("\n")
+    with writer.writing(path), open(path, "w") as f:
+        writer.write(f, json.dumps(value, indent=1) + "\n")
+        writer.fsync(f)

@@ -139,6 +139,12 @@ def graph_check(graph, tensors, where="graph.json"):
         info = tensors[name]
         return list(info["shape"] if isinstance(info, dict) else info.shape)
 
+    def matrix(index, name):
+        dims = shape(index, name)
+        if len(dims) != 2:
+            fail(index, f"weight {name!r} has shape {dims}; the op needs a matrix")
+        return dims
+
     for key in ("inputs", "output", "values", "ops"):
         if key not in graph:
             raise CorruptError(f"{where}: missing key {key!r}")
@@ -159,7 +165,7 @@ def graph_check(graph, tensors, where="graph.json"):
             fail(index, f"output {op['out']!r} has no width in values")
         width = values[op["out"]]
         if kind in ("linear", "lm_head", "embedding"):
-            rows, cols = shape(index, op["weight"])
+            rows, cols = matrix(index, op["weight"])
             source = values.get(op["in"][0]) if kind != "embedding" else None
             expect = [width, source] if kind != "embedding" else [rows, width]
             if [rows, cols] != expect:
@@ -168,12 +174,12 @@ def graph_check(graph, tensors, where="graph.json"):
             fail(index, f"bias {op['bias']} has shape {shape(index, op['bias'])}, needs [{width}]")
         if kind in ("rmsnorm", "layernorm") and shape(index, op["weight"]) != [width]:
             fail(index, f"weight {op['weight']} does not have shape [{width}]")
-        if kind == "position_embedding" and shape(index, op["weight"])[1] != width:
+        if kind == "position_embedding" and matrix(index, op["weight"])[1] != width:
             fail(index, f"weight {op['weight']} rows are not {width} wide")
         if kind == "rope" and op["heads"] * op["head_dim"] != width:
             fail(index, f"heads x head_dim != width {width}")
         if kind == "attention":
-            q, k, v = (values[name] for name in op["in"])
+            q, k, v = (values.get(name) for name in op["in"])
             if q != op["heads"] * op["head_dim"] or k != v or k != op["kv_heads"] * op["head_dim"]:
                 fail(index, f"q/k/v widths {q}/{k}/{v} do not match heads and head_dim")
             if op["heads"] % op["kv_heads"]:

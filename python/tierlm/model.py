@@ -332,7 +332,9 @@ def load(
     for the machine's default; other tiers' budgets (device, disk) are refused until the
     executor uses those tiers. Numeric options outside their range (tierlm.limits) raise
     InvalidArgumentError naming the option and the range.
-    verify: check every tensor's CRC-32 while reading.
+    verify: check the CRC-32 of every byte the run will use at load (resident and streamed
+    tensors, row-read embeddings, sparse bundles and predictors); stats()["verify"] says what
+    was checked (tensors, bundles, predictors, bytes, seconds) and when.
     max_context: KV cache tokens (default: the model's max_positions).
     max_batch: sequences generate_batch decodes together (each gets its own KV cache).
     When the weights do not fit the host budget (with the KV cache and activations), matrices

@@ -2,12 +2,10 @@
 builds its package in a staging folder beside OUT and renames it into place; --overwrite only
 ever replaces a tierlm package, never a folder of other files or one that holds the source."""
 
-import errno
 import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
 
 from tierlm.errors import InvalidArgumentError
 from tierlm.package_format import FORMAT, MANIFEST
@@ -122,36 +120,3 @@ def install(tmp, out_dir):
 
 def discard(tmp):
     shutil.rmtree(tmp, ignore_errors=True)
-
-
-_HINTS = {
-    errno.ENOSPC: " (the file system is full: free space or export to another disk)",
-    errno.EDQUOT: " (disk quota exceeded)",
-    errno.EIO: " (the device reported an error; check dmesg and the disk's health)",
-    errno.EACCES: " (no permission to write there)",
-    errno.EROFS: " (the file system is read-only)",
-}
-
-
-@contextmanager
-def writing(path):
-    """Marks the OSErrors of a block with the file it writes (a file object's write does not)."""
-    try:
-        yield
-    except OSError as error:
-        if error.filename is None:
-            error.filename = path
-        raise
-
-
-def raise_write_error(error, out_dir):
-    """Re-raises an OSError of an export as one that names the file and says that OUT was left
-    as it was (the staging folder is gone)."""
-    where = error.filename or out_dir
-    text = error.strerror or str(error)
-    raise OSError(
-        error.errno,
-        f"export to {out_dir} failed writing {where}: {text}{_HINTS.get(error.errno, '')}; "
-        f"{out_dir} was left as it was",
-        where,
-    ) from error

@@ -14,6 +14,7 @@ from tierlm.dtypes import NUMPY_DTYPES, PACKAGE_DTYPES, dtype_nbytes, stored_sha
 from tierlm.errors import CorruptError, InvalidArgumentError, NotFoundError, UnsupportedError
 from tierlm.graph import graph_check
 from tierlm.package_format import ALIGN, FORMAT, FORMAT_VERSION, GRAPH, MANIFEST
+from tierlm.package_schema import check_graph_types, check_manifest_types
 
 _CRC_CHUNK = 16 << 20
 
@@ -36,6 +37,7 @@ class Package:
         if not os.path.isdir(path):
             raise NotFoundError(f"{path}: package directory does not exist")
         manifest = _read_json(manifest_path)
+        check_manifest_types(manifest, manifest_path)
         if manifest.get("format") != FORMAT:
             raise CorruptError(
                 f"{manifest_path}: format is {manifest.get('format')!r}, not {FORMAT}"
@@ -53,6 +55,7 @@ class Package:
                 raise CorruptError(f"{manifest_path}: missing key {key!r}")
         _check_files(path, manifest)
         graph = _read_json(os.path.join(path, GRAPH))
+        check_graph_types(graph, os.path.join(path, GRAPH))
         graph_check(graph, manifest["tensors"], os.path.join(path, GRAPH))
         return cls(path, manifest, graph)
 
@@ -117,11 +120,12 @@ class Package:
 def _read_json(path):
     if not os.path.exists(path):
         raise NotFoundError(f"{path}: missing (not a tierlm package, or an unfinished copy)")
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except ValueError as error:
-            raise CorruptError(f"{path}: not valid JSON ({error})") from None
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+        raise CorruptError(f"{path}: not valid JSON ({error})") from None
 
 
 def _check_files(path, manifest):

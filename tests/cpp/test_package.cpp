@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <tuple>
 
 #include "tierlm/core/error.hpp"
 #include "tierlm/model/model.hpp"
@@ -90,6 +91,20 @@ TEST(Package, TokenizerDirOutsideThePackageIsRefused) {
   }
 }
 
+TEST(Package, TokenizerFilesOutsideTheTokenizerDirAreRefused) {
+  for (const char* file : {"../../etc/passwd", "/etc/passwd", "..", ""}) {
+    TempDir dir;
+    write_tiny_package(dir.path());
+    const std::string manifest = dir.path() + "/manifest.json";
+    write_text(manifest,
+               std::regex_replace(read_text(manifest), std::regex("\"tokenizer\": null"),
+                                  std::string("\"tokenizer\": {\"dir\": \"tokenizer\", ") +
+                                      "\"files\": [\"" + file + "\"]}"));
+    expect_error([&] { package_open(dir.path()); }, ErrorCode::kErrorCorrupt,
+                 "must be a plain file name inside tokenizer.dir");
+  }
+}
+
 TEST(Package, MissingFilesAreNotFound) {
   TempDir dir;
   write_tiny_package(dir.path());
@@ -130,6 +145,87 @@ TEST(Package, InconsistentTensorsAreCorrupt) {
   const std::string graph = dir.path() + "/graph.json";
   write_text(graph, std::regex_replace(read_text(graph), std::regex("\"silu_mul\""), "\"swish9\""));
   expect_error([&] { package_open(dir.path()); }, ErrorCode::kErrorUnsupported, "\"swish9\"");
+}
+
+// Writes the tiny package into dir with `from` replaced by `to` (first match) in `file`.
+void write_edited(const std::string& dir, const std::string& file, const std::string& from,
+                  const std::string& to) {
+  write_tiny_package(dir);
+  const std::string path = dir + "/" + file;
+  const std::string text = read_text(path);
+  ASSERT_NE(text.find(from), std::string::npos) << from;
+  write_text(path,
+             text.substr(0, text.find(from)) + to + text.substr(text.find(from) + from.size()));
+}
+
+// Found by tests/fuzz: each field below was accepted and misread before it was bounded.
+TEST(Package, ShapeWhoseElementCountWrapsIsRefused) {
+  // 2^52 x 4096 elements is 2^64, which wrapped to 0 and matched "nbytes": 0.
+  TempDir dir;
+  write_edited(dir.path(), "manifest.json",
+               "\"shape\": [37, 24], \"file\": \"weights-0.bin\", \"offset\": 0, \"nbytes\": 3552",
+               "\"shape\": [4503599627370496, 4096], \"file\": \"weights-0.bin\", \"offset\": 0, "
+               "\"nbytes\": 0");
+  expect_error([&] { package_open(dir.path()); }, ErrorCode::kErrorCorrupt,
+               "embed.weight\": its shape has more elements than 64-bit sizes count");
+}
+
+TEST(Package, LayerOutsideInt32IsRefused) {
+  {
+    TempDir dir;  // 2^32 was narrowed to layer 0
+    write_edited(dir.path(), "manifest.json", "\"layer\": 1}", "\"layer\": 4294967296}");
+    expect_error([&] { package_open(dir.path()); }, ErrorCode::kErrorCorrupt,
+                 ".layer is 4294967296 (-1 outside the layer stack");
+  }
+  {
+    TempDir dir;  // INT_MIN is the executor's "no layer yet" marker
+    write_edited(dir.path(), "graph.json", "\"layer\": 0}", "\"layer\": -2147483648}");
+    expect_error([&] { package_open(dir.path()); }, ErrorCode::kErrorCorrupt,
+                 "graph.json: ops[1].layer is -2147483648");
+  }
+}
+
+TEST(Package, ConfigSizesAreBounded) {
+  for (const auto& [from, to, message] :
+       {std::tuple<std::string, std::string, std::string>{"\"head_dim\": 8", "\"head_dim\": 0",
+                                                          "config.head_dim is 0 (1 to 16777216)"},
+        // 2^40 made a rope table of 2^39 floats before anything else was checked.
+        {"\"head_dim\": 8", "\"head_dim\": 1099511627776", "config.head_dim is 1099511627776"},
+        {"\"vocab_size\": 37", "\"vocab_size\": 2147483648", "config.vocab_size is 2147483648"},
+        {"\"max_positions\": 64", "\"max_positions\": 4294967296", "config.max_positions is"},
+        {"\"position_offset\": 0", "\"position_offset\": -4294967296", "position_offset is"}}) {
+    TempDir dir;
+    write_edited(dir.path(), "manifest.json", from, to);
+    expect_error([&] { package_open(dir.path()); }, ErrorCode::kErrorCorrupt, message);
+  }
+}
+
+TEST(Package, Crc32AndFileSizeOutOfRangeAreRefused) {
+  TempDir dir;  // the CRC was truncated to 32 bits, the size read as 2^64 - 1
+  write_tiny_package(dir.path());
+  const std::string manifest = dir.path() + "/manifest.json";
+  write_text(manifest,
+             std::regex_replace(read_text(manifest), std::regex("\"crc32\": \\d+"),
+                                "\"crc32\": 4294967301", std::regex_constants::format_first_only));
+  expect_error([&] { package_open(dir.path()); }, ErrorCode::kErrorCorrupt,
+               ".crc32 is 4294967301; a CRC-32 is 0 to 4294967295");
+  write_text(manifest,
+             std::regex_replace(read_text(manifest), std::regex("\"size\": \\d+"), "\"size\": -1"));
+  expect_error([&] { package_open(dir.path()); }, ErrorCode::kErrorCorrupt,
+               "files.size is -1; it must be 0 or more");
+}
+
+TEST(Package, PlanNamedWithASeqBeyond64BitsIsIgnored) {
+  // std::stoll threw std::out_of_range (not a tierlm::Error) out of Model::load.
+  TempDir dir;
+  write_tiny_package(dir.path());
+  std::filesystem::create_directories(dir.path() + "/plans");
+  write_text(dir.path() + "/plans/seq-99999999999999999999999.json", "{}");
+  write_text(dir.path() + "/plans/seq--5.json", "{}");
+  ModelOptions options;
+  options.max_context = 16;
+  Model model = Model::load(dir.path(), options);
+  EXPECT_EQ(model.memory_plan().source, "internal");
 }
 
 TEST(Package, FlippedByteFailsVerification) {

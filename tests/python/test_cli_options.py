@@ -216,6 +216,9 @@ def case_generate_verify(ctx):
     bad = flipped_copy(ctx.pkg, os.path.join(ctx.tmp, "bad-verify"))
     assert ctx.run("generate", bad, "--ids", IDS, "--max-new-tokens", "1")[0] == 0
     ctx.fails("generate", bad, "--ids", IDS, "--verify", match="CRC")
+    rc, _, err = ctx.run("generate", ctx.pkg, "--ids", IDS, "--max-new-tokens", "1", "--verify")
+    assert rc == 0 and "verified at load: " in err, err
+    assert gen(ctx, "--verify")["model_stats"]["verify"]["tensors"] > 0
 
 
 def case_generate_no_stop_at_eos(ctx):

@@ -443,6 +443,27 @@ def test_damaged_checkpoint_names_the_file(tmp_path, how):
         trainer.resume(str(tmp_path / "empty"))
 
 
+def test_checkpoint_names_outside_the_checkpoint_are_refused(tmp_path):
+    # A unit file moved out of the checkpoint, with its size and CRC intact, was read through
+    # a relative name in the manifest; LATEST could name any folder.
+    model = llama(layers=1)
+    trainer = tt.offload(model, disk_dir=str(tmp_path), **HYPER)
+    path = trainer.save(str(tmp_path / "ckpt"))
+    manifest = os.path.join(path, "manifest.json")
+    with open(manifest) as f:
+        meta = json.load(f)
+    record = meta["units"][0]
+    os.replace(os.path.join(path, record["file"]), tmp_path / "outside.bin")
+    record["file"] = "../../outside.bin"
+    with open(manifest, "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(CorruptError, match="not a file name inside the checkpoint"):
+        trainer.resume(str(tmp_path / "ckpt"))
+    (tmp_path / "ckpt" / "LATEST").write_text(f"../{os.path.basename(path)}\n")
+    with pytest.raises(CorruptError, match="not a checkpoint folder inside"):
+        trainer.resume(str(tmp_path / "ckpt"))
+
+
 def saved_state(path):
     """The manifest and unit files of a saved checkpoint (everything the trainer holds)."""
     with open(os.path.join(path, "manifest.json")) as f:

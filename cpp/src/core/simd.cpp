@@ -1,6 +1,10 @@
 // CPU feature detection through cpuid/xgetbv (GCC builtins), once per process.
 #include "tierlm/core/simd.hpp"
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -40,7 +44,9 @@ const CpuFeatures& cpu_features() {
     f.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
     f.avx512_bf16 = f.avx512 && __builtin_cpu_supports("avx512bf16");
-    f.avx512_fp16 = f.avx512 && __builtin_cpu_supports("avx512fp16");
+    // cpuid leaf 7 EDX bit 23 read directly: clang before 15 has no "avx512fp16" builtin name.
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    f.avx512_fp16 = f.avx512 && __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && (edx >> 23 & 1);
     f.avx512_vnni = f.avx512 && __builtin_cpu_supports("avx512vnni");
 #endif
     return f;

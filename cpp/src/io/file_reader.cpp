@@ -9,10 +9,12 @@
 #include <utility>
 
 #include "tierlm/core/error.hpp"
+#include "tierlm/io/io.hpp"
 
 namespace tierlm::detail {
 
 FileReader::FileReader(const std::string& path) : path_(path) {
+  io_fault_check();
   fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd_ < 0) {
     const int err = errno;
@@ -53,9 +55,12 @@ void FileReader::read(void* buf, size_t len, uint64_t offset, const std::string&
   char* out = static_cast<char*>(buf);
   size_t done = 0;
   while (done < len) {
-    const ssize_t got = ::pread(fd_, out + done, len - done, static_cast<off_t>(offset + done));
+    const IoFault fault = io_fault_point(IoFaultOp::kIoFaultRead, path_, len - done);
+    const ssize_t got =
+        fault.err != 0 ? -1
+                       : ::pread(fd_, out + done, fault.len, static_cast<off_t>(offset + done));
     if (got < 0) {
-      const int err = errno;
+      const int err = fault.err != 0 ? fault.err : errno;
       if (err == EINTR) continue;
       TIERLM_FAIL(kErrorIo, err, "read of ", what, " (", format_bytes(len), " at offset ", offset,
                   ") in ", path_, " failed: ", errno_text(err));

@@ -137,6 +137,11 @@ size_t IoFuture::get() {
   return state_->bytes;
 }
 
+void io_wait_all(std::span<IoFuture> futures) {
+  for (const IoFuture& f : futures) f.wait();
+  for (IoFuture& f : futures) f.get();
+}
+
 bool IoFuture::ready() const { return state_ != nullptr && state_->ready(); }
 
 void IoFuture::wait() const {
@@ -148,6 +153,7 @@ File::File(const std::string& path, IoMode mode, IoOptions options) : path_(path
                kErrorInvalidArgument, "queue depth ", options.queue_depth, " for ", path,
                " is out of range; use 1 to ", kMaxQueueDepth);
   backend_ = io_backend_resolve(options.backend);
+  io_fault_check();
   detail::IoFd file = detail::io_open(path, mode, options.direct);
   direct_ = file.direct_fd >= 0;
   direct_reason_ = file.direct_reason;
@@ -284,9 +290,23 @@ uint64_t File::size() const {
 
 void File::sync() {
   const int fd = engine("sync").file().fd;
-  if (fsync(fd) != 0) {
-    const int err = errno;
-    TIERLM_FAIL(kErrorIo, err, "fsync of ", path_, " failed: ", errno_text(err));
+  int err = io_fault_point(IoFaultOp::kIoFaultFsync, path_, 0).err;
+  if (err == 0 && fsync(fd) != 0) err = errno;
+  if (err != 0) {
+    TIERLM_FAIL(kErrorIo, err, "fsync of ", path_, " failed: ", errno_text(err),
+                err == EIO ? " (written data may be lost; check dmesg and the disk's health)" : "");
+  }
+}
+
+void File::allocate(uint64_t offset, uint64_t len) {
+  const int fd = engine("allocate space in").file().fd;
+  int err = io_fault_point(IoFaultOp::kIoFaultFallocate, path_, len).err;
+  if (err == 0) err = posix_fallocate(fd, static_cast<off_t>(offset), static_cast<off_t>(len));
+  if (err != 0) {
+    TIERLM_FAIL(
+        kErrorIo, err, "cannot reserve ", format_bytes(len), " (", len, " bytes) at offset ",
+        offset, " in ", path_, ": ", errno_text(err),
+        err == ENOSPC ? " (the file system is full: free space or choose another directory)" : "");
   }
 }
 

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <utility>
 
@@ -217,13 +218,30 @@ void io_op_fail(const IoFd& file, IoOp& op, int err, const char* call) {
   op.state->finish(0, std::make_exception_ptr(Error(ErrorCode::kErrorIo, err, out.str())));
 }
 
+int io_op_fault(const IoFd& file, const IoOp& op, size_t* n) {
+  const bool read = op.kind == IoOpKind::kIoOpRead;
+  const IoFault fault =
+      io_fault_point(read ? IoFaultOp::kIoFaultRead : IoFaultOp::kIoFaultWrite, file.path, *n);
+  if (fault.err != 0) return fault.err;
+  if (fault.len < *n) {
+    *n = op.direct ? std::max(round_down(fault.len, kAlignment), kAlignment) : fault.len;
+  }
+  return 0;
+}
+
 void io_op_run_blocking(const IoFd& file, IoOp& op) {
   for (;;) {
     const int fd = op.direct ? file.direct_fd : file.fd;
-    const ssize_t n =
-        op.kind == IoOpKind::kIoOpRead
-            ? ::pread(fd, op.next_buf(), op.next_len(), static_cast<off_t>(op.next_offset()))
-            : ::pwrite(fd, op.next_buf(), op.next_len(), static_cast<off_t>(op.next_offset()));
+    size_t len = op.next_len();
+    const int injected = io_op_fault(file, op, &len);
+    ssize_t n = -1;
+    if (injected != 0) {
+      errno = injected;
+    } else if (op.kind == IoOpKind::kIoOpRead) {
+      n = ::pread(fd, op.next_buf(), len, static_cast<off_t>(op.next_offset()));
+    } else {
+      n = ::pwrite(fd, op.next_buf(), len, static_cast<off_t>(op.next_offset()));
+    }
     if (io_op_advance(file, op, n < 0 ? -static_cast<long>(errno) : static_cast<long>(n))) {
       return;
     }

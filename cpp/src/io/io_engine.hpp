@@ -81,6 +81,7 @@ struct IoOp {
   size_t done = 0;
   bool direct = false;
   unsigned ring_slot = 0;  // io_uring: its place in the table of requests in the ring
+  int injected = 0;        // io_uring: errno TIERLM_FAULT gave the chunk in the ring
   std::shared_ptr<IoState> state;
 
   char* next_buf() const { return buf + done; }
@@ -94,6 +95,10 @@ struct IoOp {
 bool io_op_advance(const IoFd& file, IoOp& op, long result);
 // Finishes a request that the back end could not submit at all (`call` failed with err).
 void io_op_fail(const IoFd& file, IoOp& op, int err, const char* call);
+
+// TIERLM_FAULT's word on op's next chunk of at most n bytes: 0 and the bytes to move (n, or a
+// short count that keeps an O_DIRECT chunk aligned), or the errno the chunk fails with.
+int io_op_fault(const IoFd& file, const IoOp& op, size_t* n);
 
 // Does op's remaining chunks with pread/pwrite on the calling thread; completes its state.
 void io_op_run_blocking(const IoFd& file, IoOp& op);

@@ -195,7 +195,8 @@ class UringCore final : public IoDriver {
         IoOp* op = static_cast<IoOp*>(io_uring_cqe_get_data(batch[i]));
         unstage(op);
         --inflight_;
-        if (io_op_advance(file_, *op, batch[i]->res)) {
+        const long res = op->injected != 0 ? -static_cast<long>(op->injected) : batch[i]->res;
+        if (io_op_advance(file_, *op, res)) {
           delete op;
           --pending_;
         } else {
@@ -232,9 +233,13 @@ class UringCore final : public IoDriver {
 
   void prep(io_uring_sqe* sqe, IoOp* op) {
     const int fd = fixed_files_ ? (op->direct ? 1 : 0) : (op->direct ? file_.direct_fd : file_.fd);
-    const unsigned n = static_cast<unsigned>(std::min(op->next_len(), kMaxChunk));
+    size_t len = std::min(op->next_len(), kMaxChunk);
+    op->injected = io_op_fault(file_, *op, &len);
+    const unsigned n = static_cast<unsigned>(len);
     const int slot = buffer_slot(op->next_buf(), n);
-    if (op->kind == IoOpKind::kIoOpRead) {
+    if (op->injected != 0) {
+      io_uring_prep_nop(sqe);  // completes at once; consume_locked reports the injected error
+    } else if (op->kind == IoOpKind::kIoOpRead) {
       if (slot >= 0) {
         io_uring_prep_read_fixed(sqe, fd, op->next_buf(), n, op->next_offset(), slot);
       } else {

@@ -13,7 +13,8 @@ SafetensorsHeader::SafetensorsHeader(const std::string& path) : path_(path) {
   TIERLM_CHECK(file_bytes_ >= 8, kErrorCorrupt, path, " is truncated");
   uint64_t header_len = 0;
   file.read(&header_len, 8, 0, "the safetensors header length");
-  TIERLM_CHECK(header_len > 0 && 8 + header_len <= file_bytes_, kErrorCorrupt, path,
+  // Compared without a sum that could wrap: a length near 2^64 passed "8 + len <= size".
+  TIERLM_CHECK(header_len > 0 && header_len <= file_bytes_ - 8, kErrorCorrupt, path,
                ": safetensors header of ", header_len, " bytes does not fit the file (",
                file_bytes_, " bytes; truncated?)");
   std::string text(header_len, '\0');

@@ -45,16 +45,12 @@ class DiskSpace {
                   " but no free extent is that large (largest ", format_bytes(largest),
                   ": fragmented); free extents or raise the disk budget");
     }
-    const int r =
-        posix_fallocate(file.fd(), static_cast<off_t>(*offset), static_cast<off_t>(reserved));
-    if (r != 0) {
+    try {
+      file.allocate(*offset, reserved);
+    } catch (const Error& error) {
       free(*offset, reserved);
-      TIERLM_FAIL(kErrorIo, r, "disk tier: cannot reserve ", format_bytes(reserved), " (", reserved,
-                  " bytes) in the scratch file under ", dir, ": ", errno_text(r),
-                  r == ENOSPC ? " (the file system holding " + dir +
-                                    " is full; free space, lower the disk budget or choose "
-                                    "another directory)"
-                              : std::string());
+      TIERLM_FAIL(kErrorIo, error.sys_errno(), "disk tier: ", error.what(),
+                  error.sys_errno() == ENOSPC ? "; or lower the disk budget" : "");
     }
     return *offset;
   }

@@ -35,7 +35,8 @@ struct Model::Impl {
   uint64_t sequence = 0;
   ModelStats totals;
   double load_seconds = 0.0;
-  std::mutex busy;  // one forward at a time: the KV cache and arena are shared state
+  VerifyStats sparse_verify;  // the sparse plan's bundles and predictors checked at load
+  std::mutex busy;            // one forward at a time: the KV cache and arena are shared state
 };
 
 }  // namespace tierlm

@@ -127,6 +127,7 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   m.arena = m.host->allocate(budget.arena_bytes);
   std::memset(m.arena.data(), 0, m.arena.size());
   if (options.sparse) m.sparse = std::make_unique<detail::SparseFfn>(sparse_plan, *m.host);
+  m.sparse_verify = sparse_plan.verify;
 
   detail::ResolvedOps ops =
       detail::ops_resolve(p, assignment, m.plan, static_cast<char*>(m.arena.data()), *m.weights,

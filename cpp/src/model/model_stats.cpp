@@ -23,16 +23,26 @@ ModelStats Model::stats() const {
   s.kv_bytes = m.kv->bytes();
   s.arena_bytes = m.arena.size();
   s.host = m.host->stats();
-  if (m.stream != nullptr) static_cast<StreamStats&>(s) = m.stream->stream_stats();
+  s.verify = ws.verify;
+  s.verify.add(m.sparse_verify);
+  if (s.verify.enabled) s.verify.when = "load";
+  if (m.stream != nullptr) {
+    static_cast<StreamStats&>(s) = m.stream->stream_stats();
+  } else {
+    s.io_backend = ws.io_backend;  // the resident store's reads at load
+    s.io_direct = ws.io_direct;
+    s.io_direct_reason = ws.io_direct_reason;
+  }
   if (m.sparse) {
-    // The sparse layer's record; its reads count as disk reads, and its I/O back end names
-    // the model's when no weights stream.
+    // The sparse layer's record; its reads count as disk reads, and its I/O path is the
+    // model's per-token one when no weights stream.
     static_cast<SparseStats&>(s) = m.sparse->stats();
     s.disk_bytes_read += s.sparse_bytes_read;
-    if (s.io_backend.empty()) {
+    if (m.stream == nullptr) {
       const detail::SparseFfnIo& io = m.sparse->io();
       s.io_backend = io.backend;
       s.io_direct = io.direct;
+      s.io_direct_reason = io.direct_reason;
       s.io_registered = io.registered;
     }
   }

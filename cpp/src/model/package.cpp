@@ -4,14 +4,15 @@
 
 #include <sys/stat.h>
 
-#include <array>
 #include <cerrno>
+#include <climits>
 #include <cmath>
+#include <cstdint>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "core/json.hpp"
-#include "io/file_reader.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/memory/tier.hpp"
 
@@ -107,11 +108,28 @@ OpKind parse_op_kind(const std::string& name, size_t index) {
 
 // The widest activation a graph may declare (2^24 floats per token: far past any model).
 constexpr int64_t kMaxGraphWidth = int64_t{1} << 24;
+constexpr int64_t kInt32Max = INT32_MAX;
+
+// A layer index: -1 (outside the layer stack) to INT32_MAX, so narrowing it to int is exact
+// and no layer collides with the executor's "no layer yet" marker.
+int parse_layer(const Json& json, const std::string& what) {
+  const Json* v = json.find("layer");
+  if (v == nullptr || v->is_null()) return -1;
+  const int64_t layer = v->as_int(what + ".layer");
+  TIERLM_CHECK(layer >= -1 && layer <= kInt32Max, kErrorCorrupt, what, ".layer is ", layer,
+               " (-1 outside the layer stack, else 0 to ", kInt32Max, ")");
+  return static_cast<int>(layer);
+}
 
 uint64_t non_negative(const Json& value, const std::string& what) {
   const int64_t v = value.as_int(what);
   TIERLM_CHECK(v >= 0, kErrorCorrupt, what, " is ", v, "; it must be 0 or more");
   return static_cast<uint64_t>(v);
+}
+
+// A file name without a folder: not empty, no '/', not "." or "..".
+bool plain_file_name(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos;
 }
 
 // A path inside the package: relative, no ".." component.
@@ -165,6 +183,8 @@ ModelConfig parse_config(const Json& json) {
   c.head_dim = config_int(json, "head_dim", c.hidden_size / c.num_heads);
   c.intermediate_size = config_int(json, "intermediate_size", 0);
   c.max_positions = required("max_positions");
+  TIERLM_CHECK(c.head_dim > 0 && c.head_dim <= kMaxGraphWidth, kErrorCorrupt, what, ".head_dim is ",
+               c.head_dim, " (1 to ", kMaxGraphWidth, ")");
   c.norm_eps = config_number(json, "norm_eps", 1e-5);
   c.rope_theta = config_number(json, "rope_theta", 10000.0);
   if (const Json* inv = json.find("rope_inv_freq"); inv != nullptr && !inv->is_null()) {
@@ -195,6 +215,21 @@ ModelConfig parse_config(const Json& json) {
     }
   }
   c.position_offset = config_int(json, "position_offset", 0);
+  // Bounded as the graph's widths are, so that the rope table and every product of sizes stay
+  // small; ids and positions are 32-bit in the kernels.
+  for (const auto& [key, value, low, high] :
+       {std::tuple<const char*, int64_t, int64_t, int64_t>{"hidden_size", c.hidden_size, 1,
+                                                           kMaxGraphWidth},
+        {"num_heads", c.num_heads, 1, kMaxGraphWidth},
+        {"num_kv_heads", c.num_kv_heads, 1, kMaxGraphWidth},
+        {"intermediate_size", c.intermediate_size, 0, kMaxGraphWidth},
+        {"num_layers", c.num_layers, 1, kMaxGraphWidth},
+        {"vocab_size", c.vocab_size, 1, kInt32Max},
+        {"max_positions", c.max_positions, 1, kInt32Max},
+        {"position_offset", c.position_offset, -kInt32Max, kInt32Max}}) {
+    TIERLM_CHECK(value >= low && value <= high, kErrorCorrupt, what, ".", key, " is ", value, " (",
+                 low, " to ", high, ")");
+  }
   TIERLM_CHECK(c.num_kv_heads > 0 && c.num_heads % c.num_kv_heads == 0, kErrorCorrupt, what,
                ": num_heads ", c.num_heads, " is not a multiple of num_kv_heads ", c.num_kv_heads);
   return c;
@@ -236,7 +271,7 @@ Graph parse_graph(const Json& json) {
     op.head_dim = config_int(j, "head_dim", 0);
     op.scale = config_number(j, "scale", 0.0);
     op.offset = config_int(j, "offset", 0);
-    op.layer = static_cast<int>(config_int(j, "layer", -1));
+    op.layer = parse_layer(j, where);
     for (const auto& [name, count] : {std::pair<const char*, int64_t>{"heads", op.heads},
                                       {"kv_heads", op.kv_heads},
                                       {"head_dim", op.head_dim}}) {
@@ -271,8 +306,13 @@ void validate_tensors(const Package& p) {
     auto it = files.find(t.file);
     TIERLM_CHECK(it != files.end(), kErrorCorrupt, where, " is in \"", t.file,
                  "\", which is not in the manifest's files");
+    // The element count and byte size are computed without overflow: a crafted shape whose
+    // product wraps must not match a small nbytes.
+    int64_t numel = 1;
     for (int64_t d : t.shape) {
       TIERLM_CHECK(d > 0, kErrorCorrupt, where, " has a non-positive dimension ", d);
+      TIERLM_CHECK(!__builtin_mul_overflow(numel, d, &numel), kErrorCorrupt, where,
+                   ": its shape has more elements than 64-bit sizes count");
     }
     // Rows of whole blocks along the last dimension (one element per block unquantized).
     const int64_t cols = t.shape.empty() ? 1 : t.shape.back();
@@ -280,8 +320,11 @@ void validate_tensors(const Package& p) {
     TIERLM_CHECK(static_cast<size_t>(cols) % block == 0, kErrorCorrupt, where,
                  ": its last dimension ", cols, " is not a whole number of ", dtype_name(t.dtype),
                  " blocks (", block, " elements each)");
-    const uint64_t expected = static_cast<uint64_t>(t.numel() / cols) *
-                              dtype_row_bytes(t.dtype, static_cast<size_t>(cols));
+    uint64_t expected = 0;
+    TIERLM_CHECK(
+        !__builtin_mul_overflow(static_cast<uint64_t>(numel / cols),
+                                dtype_row_bytes(t.dtype, static_cast<size_t>(cols)), &expected),
+        kErrorCorrupt, where, ": its shape needs more bytes than 64-bit sizes count");
     TIERLM_CHECK(t.nbytes == expected, kErrorCorrupt, where, ": nbytes is ", t.nbytes,
                  " but its shape and dtype ", dtype_name(t.dtype), " need ", expected);
     TIERLM_CHECK(t.offset % kTensorAlignment == 0, kErrorCorrupt, where, ": offset ", t.offset,
@@ -324,10 +367,9 @@ Package package_open(const std::string& path) {
   for (const Json& f : manifest.at("files", what).as_array(what + ": files")) {
     PackageFile file;
     file.name = f.at("name", what + ": files").as_string(what + ": files.name");
-    TIERLM_CHECK(
-        file.name.find('/') == std::string::npos && file.name != ".." && !file.name.empty(),
-        kErrorCorrupt, what, ": file name \"", file.name, "\" must be a plain file name");
-    file.size = static_cast<uint64_t>(f.at("size", what + ": files").as_int(what + ": files.size"));
+    TIERLM_CHECK(plain_file_name(file.name), kErrorCorrupt, what, ": file name \"", file.name,
+                 "\" must be a plain file name");
+    file.size = non_negative(f.at("size", what + ": files"), what + ": files.size");
     const uint64_t actual = file_size_or_fail(p.file_path(file.name));
     TIERLM_CHECK(actual == file.size, kErrorCorrupt, p.file_path(file.name), " is ", actual,
                  " bytes but the manifest says ", file.size,
@@ -348,9 +390,12 @@ Package package_open(const std::string& path) {
     info.nbytes = non_negative(t.at("nbytes", where), where + ".nbytes");
     if (const Json* crc = t.find("crc32"); crc != nullptr && !crc->is_null()) {
       info.has_crc32 = true;
-      info.crc32 = static_cast<uint32_t>(crc->as_int(where + ".crc32"));
+      const int64_t crc32 = crc->as_int(where + ".crc32");
+      TIERLM_CHECK(crc32 >= 0 && crc32 <= UINT32_MAX, kErrorCorrupt, where, ".crc32 is ", crc32,
+                   "; a CRC-32 is 0 to ", UINT32_MAX);
+      info.crc32 = static_cast<uint32_t>(crc32);
     }
-    info.layer = static_cast<int>(config_int(t, "layer", -1));
+    info.layer = parse_layer(t, where);
     p.tensors.push_back(std::move(info));
   }
   validate_tensors(p);
@@ -363,7 +408,10 @@ Package package_open(const std::string& path) {
     p.tokenizer_dir = p.path + "/" + dir;
     if (const Json* files = tok->find("files")) {
       for (const Json& f : files->as_array(what + ": tokenizer.files")) {
-        p.tokenizer_files.push_back(f.as_string(what + ": tokenizer.files"));
+        const std::string& name = f.as_string(what + ": tokenizer.files");
+        TIERLM_CHECK(plain_file_name(name), kErrorCorrupt, what, ": tokenizer file \"", name,
+                     "\" must be a plain file name inside tokenizer.dir");
+        p.tokenizer_files.push_back(name);
       }
     }
   }
@@ -380,51 +428,6 @@ Package package_open(const std::string& path) {
     }
   }
   return p;
-}
-
-namespace {
-
-std::array<uint32_t, 256> make_crc_table() {
-  std::array<uint32_t, 256> table{};
-  for (uint32_t i = 0; i < 256; ++i) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-    table[i] = c;
-  }
-  return table;
-}
-
-}  // namespace
-
-uint32_t crc32_update(uint32_t crc, const void* data, size_t size) {
-  static const std::array<uint32_t, 256> kTable = make_crc_table();
-  const auto* bytes = static_cast<const unsigned char*>(data);
-  crc = ~crc;
-  for (size_t i = 0; i < size; ++i) crc = kTable[(crc ^ bytes[i]) & 0xFF] ^ (crc >> 8);
-  return ~crc;
-}
-
-void package_verify(const Package& package) {
-  std::vector<char> buffer(1 << 20);
-  std::unordered_map<std::string, detail::FileReader> readers;
-  for (const TensorInfo& t : package.tensors) {
-    if (!t.has_crc32) continue;
-    auto it = readers.find(t.file);
-    if (it == readers.end()) {
-      it = readers.emplace(t.file, detail::FileReader(package.file_path(t.file))).first;
-    }
-    uint32_t crc = 0;
-    for (uint64_t done = 0; done < t.nbytes;) {
-      const size_t chunk = static_cast<size_t>(std::min<uint64_t>(buffer.size(), t.nbytes - done));
-      it->second.read(buffer.data(), chunk, t.offset + done, "tensor `" + t.name + "`");
-      crc = crc32_update(crc, buffer.data(), chunk);
-      done += chunk;
-    }
-    TIERLM_CHECK(crc == t.crc32, kErrorCorrupt, "tensor `", t.name, "` (", format_bytes(t.nbytes),
-                 " at offset ", t.offset, ") in ", package.file_path(t.file),
-                 ": checksum mismatch (CRC-32 ", crc, ", manifest says ", t.crc32,
-                 "); the file is damaged, export the package again");
-  }
 }
 
 }  // namespace tierlm

@@ -5,6 +5,7 @@
 #include <dirent.h>
 
 #include <algorithm>
+#include <charconv>
 #include <unordered_map>
 
 #include "core/json.hpp"
@@ -21,9 +22,14 @@ std::vector<int64_t> package_plan_seqs(const std::string& package_path) {
     if (name.rfind("seq-", 0) != 0 || name.size() <= 9 || name.substr(name.size() - 5) != ".json") {
       continue;
     }
+    // N must be a number that fits: seq-99999999999999999999.json is not a plan of ours
+    // (std::stoll would throw out_of_range through Model::load).
     const std::string digits = name.substr(4, name.size() - 9);
     if (digits.find_first_not_of("0123456789") != std::string::npos) continue;
-    seqs.push_back(std::stoll(digits));
+    int64_t seq = 0;
+    const auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), seq);
+    if (error != std::errc() || end != digits.data() + digits.size()) continue;
+    seqs.push_back(seq);
   }
   ::closedir(dir);
   std::sort(seqs.begin(), seqs.end());

@@ -112,6 +112,7 @@ struct SparseFfn::Impl {
       const bool reg = layer.file.register_buffer(loader.staging(), loader.staging_bytes());
       bundle_io.registered = layers.empty() ? reg : bundle_io.registered && reg;
       bundle_io.direct = layer.file.direct();
+      bundle_io.direct_reason = layer.file.direct_reason();
       bundle_io.backend = io_backend_name(layer.file.backend());
       layers.push_back(std::move(layer));
     }

@@ -21,6 +21,7 @@ namespace tierlm::detail {
 struct SparseFfnIo {
   std::string backend;
   bool direct = false;
+  std::string direct_reason;  // why not, when direct is false
   bool registered = false;
 };
 

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <vector>
 
@@ -13,7 +14,6 @@
 #include "io/safetensors.hpp"
 #include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
-#include "tierlm/io/io.hpp"
 
 namespace tierlm::detail {
 
@@ -111,19 +111,6 @@ void match_ffn_layers(const Package& p, SparseFfnPlan& plan) {
   TIERLM_CHECK(!plan.layers.empty(), kErrorUnsupported, p.path, ": the model has no FFN layers");
 }
 
-// The rows' CRC-32, read in 8 MiB pieces (load-time only, with verify).
-uint32_t bundle_crc32(const std::string& path, uint64_t bytes) {
-  File f(path, IoMode::kIoModeRead, IoOptions{.direct = false});
-  std::vector<char> buf(8u << 20);
-  uint32_t sum = 0;
-  for (uint64_t at = 0; at < bytes; at += buf.size()) {
-    const size_t len = static_cast<size_t>(std::min<uint64_t>(buf.size(), bytes - at));
-    f.read(buf.data(), len, at);
-    sum = crc32_update(sum, buf.data(), len);
-  }
-  return sum;
-}
-
 // manifest "bundles": one row-column bundled file per layer.
 void read_bundles(const Package& p, const Json& manifest, const std::string& manifest_path,
                   bool verify, SparseFfnPlan& plan) {
@@ -165,12 +152,18 @@ void read_bundles(const Package& p, const Json& manifest, const std::string& man
                  " bytes but layer ", l.layer, "'s ", l.n_neurons, " bundled rows need ", padded,
                  " (file is truncated?); export the package again with --sparse");
     l.file_bytes = padded;  // reads never go past the padded rows
-    const Json* crc = b.find("crc32");
-    if (verify && crc != nullptr && crc->is_number()) {
-      const uint32_t sum = bundle_crc32(l.file, data);
+    if (verify) {
+      const Json* crc = b.find("crc32");
+      TIERLM_CHECK(crc != nullptr && crc->is_number(), kErrorCorrupt, w,
+                   ": no crc32 for the bundle file ", l.file,
+                   ", so verification cannot cover it; export the package again with --sparse or "
+                   "load without verify");
+      const uint32_t sum = file_crc32(l.file, data);
       TIERLM_CHECK(sum == static_cast<uint32_t>(crc->as_int(w)), kErrorCorrupt, l.file,
                    ": checksum mismatch (CRC-32 ", sum, ", manifest says ", crc->as_int(w),
                    "); the bundle file is damaged: export the package again with --sparse");
+      plan.verify.bundles += 1;
+      plan.verify.bytes += data;
     }
   }
 }
@@ -194,7 +187,7 @@ uint64_t predictor_tensor(const SafetensorsHeader& st, const std::string& name,
 
 // manifest "predictors": predictors.json (thresholds, metrics) and its safetensors file.
 void read_predictors(const Package& p, const Json& manifest, const std::string& manifest_path,
-                     SparseFfnPlan& plan) {
+                     bool verify, SparseFfnPlan& plan) {
   const Json* preds = manifest.find("predictors");
   TIERLM_CHECK(preds != nullptr && !preds->is_null(), kErrorNotFound, p.path,
                ": the package has no activation predictors (manifest \"predictors\"); train "
@@ -239,7 +232,22 @@ void read_predictors(const Package& p, const Json& manifest, const std::string& 
       if (d && d->is_number()) plan.layers[i].predicted_density = d->as_number(meta_path);
     }
   }
-  file_size(plan.predictors_file);  // a missing file is named with the fix
+  const uint64_t predictor_bytes = file_size(plan.predictors_file);  // names a missing file
+  if (verify) {
+    const Json* crc = preds->find("crc32");
+    TIERLM_CHECK(crc != nullptr && crc->is_number(), kErrorCorrupt, pwhere, ": no crc32 for ",
+                 plan.predictors_file,
+                 ", so verification cannot cover it; register the predictors again (`tierlm "
+                 "sparse train` or export) or load without verify");
+    const uint32_t sum = file_crc32(plan.predictors_file, predictor_bytes);
+    TIERLM_CHECK(sum == static_cast<uint32_t>(crc->as_int(pwhere)), kErrorCorrupt,
+                 plan.predictors_file, ": checksum mismatch (CRC-32 ", sum, ", manifest says ",
+                 crc->as_int(pwhere),
+                 "); the predictor file is damaged: train the predictors "
+                 "again or copy them from the checkpoint");
+    plan.verify.predictors += 1;
+    plan.verify.bytes += predictor_bytes;
+  }
   const SafetensorsHeader st(plan.predictors_file);
   for (SparseLayerPlan& l : plan.layers) {
     const std::string pre = "layers." + std::to_string(l.layer) + ".predictor.";
@@ -290,8 +298,13 @@ SparseFfnPlan sparse_ffn_plan(const Package& p, const SparseFfnOptions& options)
   const std::string manifest_path = p.path + "/manifest.json";
   const Json manifest = json_parse_file(manifest_path);
   match_ffn_layers(p, plan);
+  const auto start = std::chrono::steady_clock::now();
   read_bundles(p, manifest, manifest_path, options.verify, plan);
-  read_predictors(p, manifest, manifest_path, plan);
+  read_predictors(p, manifest, manifest_path, options.verify, plan);
+  plan.verify.seconds =
+      options.verify
+          ? std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()
+          : 0.0;
   size_sparse_caches(plan, options.capacity, plan.window);
   return plan;
 }

@@ -24,7 +24,7 @@ struct SparseFfnOptions {
   int64_t window = 4;    // tokens whose neurons stay cached (1 = no window)
   int64_t capacity = 0;  // cached neurons per layer; 0 = auto from the predictors
   bool bundled = true;   // false: up and down parts read apart, no coalescing (ablation)
-  bool verify = false;   // check the bundles' CRC-32 at load
+  bool verify = false;   // check the bundles' and predictors' CRC-32 at load
   size_t max_rows = 1;   // rows of a batch (prefill chunk)
 };
 
@@ -98,6 +98,7 @@ struct SparseFfnPlan {
   uint64_t dense_ffn_bytes = 0;  // the FFN matrices' bytes (what dense offload reads)
 
   double target_sparsity = 0.0;  // gated: what the thresholds were calibrated for
+  VerifyStats verify;            // the bundles and predictors checked at load (verify)
 
   // Index in layers of graph op `op`'s FFN (and what the op does), -1 when none.
   int layer_of_op(size_t op, SparseOpRole* role) const;

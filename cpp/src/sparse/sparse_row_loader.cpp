@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "tierlm/core/align.hpp"
+#include "tierlm/core/error.hpp"
 
 namespace tierlm::detail {
 
@@ -37,7 +38,15 @@ void SparseRowLoader::flush(File& file, const SparseLayerPlan& p, NeuronCache& c
   const auto t0 = Clock::now();
   std::vector<IoFuture> futures =
       file.pread_batch(std::span<const IoRequest>(requests_, n_requests_));
-  for (IoFuture& f : futures) f.get();
+  try {
+    io_wait_all(futures);
+  } catch (const Error&) {
+    // The batch is dropped: the next token starts from an empty staging area and reads again.
+    n_pending_ = 0;
+    n_requests_ = 0;
+    used_ = 0;
+    throw;
+  }
   info.io_seconds += since(t0);
   info.requests += n_requests_;
   for (size_t i = 0; i < n_requests_; ++i) info.bytes_read += requests_[i].len;

@@ -169,7 +169,13 @@ void WeightRing::acquire(int c) {
   if (chunk.acquired) return;
   Section& s = sections_[chunk.slot];
   const auto t0 = Clock::now();
-  for (IoFuture& f : s.futures) f.get();
+  try {
+    io_wait_all(s.futures);
+  } catch (const Error& error) {
+    free_section(chunk.slot);  // nothing in flight into it; a later pass reads the chunk again
+    throw Error(error.code(), error.sys_errno(),
+                "streamed weights of layer " + std::to_string(chunk.layer) + ": " + error.what());
+  }
   s.futures.clear();
   const auto t1 = Clock::now();
   const double wait = std::chrono::duration<double>(t1 - t0).count();

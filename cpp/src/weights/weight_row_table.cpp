@@ -45,7 +45,13 @@ const void* const* WeightRowTable::read(const int32_t* ids, size_t n) {
   }
   const auto t0 = std::chrono::steady_clock::now();
   futures_ = file_->pread_batch(requests_);
-  for (IoFuture& f : futures_) f.get();
+  try {
+    io_wait_all(futures_);
+  } catch (const Error& error) {
+    futures_.clear();
+    throw Error(error.code(), error.sys_errno(),
+                "rows of `" + tensor_->name + "`: " + error.what());
+  }
   futures_.clear();
   const double wait = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   stats_->io_wait_seconds += wait;

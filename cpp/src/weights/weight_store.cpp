@@ -1,13 +1,14 @@
-// The resident weight store: each layer's tensors in one host-tier buffer, 4 KiB-aligned so
-// the same layout can later be filled by O_DIRECT reads into staging sections.
+// The resident weight store: each layer's tensors in one host-tier buffer at 4 KiB-aligned
+// offsets, filled by one batch of O_DIRECT reads per layer through the I/O engine.
 #include "weights/weight_store.hpp"
 
 #include <chrono>
 #include <map>
 #include <unordered_map>
 
-#include "io/file_reader.hpp"
 #include "tierlm/core/error.hpp"
+#include "tierlm/io/io.hpp"
+#include "weights/weight_ring.hpp"
 
 namespace tierlm::detail {
 
@@ -34,38 +35,52 @@ class ResidentWeightStore final : public WeightStore {
     for (size_t i = 0; i < tensors_.size(); ++i)
       layers[tensors_[i].layer].push_back(static_cast<int>(i));
     data_.resize(tensors_.size(), nullptr);
-    std::unordered_map<std::string, FileReader> readers;
+    // One File per weight file: O_DIRECT where the file system allows, so the weights end up in
+    // the host tier only, not a second time in the page cache.
+    std::unordered_map<std::string, size_t> file_index;
+    std::vector<File> files;
+    std::vector<IoFuture> reads;
     for (const auto& [layer, members] : layers) {
       uint64_t bytes = 0;
       for (int i : members) bytes += round_up(tensors_[i].nbytes, kSlotAlignment);
       HostBuffer buffer = host.allocate(bytes, kSlotAlignment);
       char* base = static_cast<char*>(buffer.data());
       uint64_t offset = 0;
+      reads.clear();
       for (int i : members) {
         const TensorInfo& t = tensors_[i];
-        auto it = readers.find(t.file);
-        if (it == readers.end()) {
-          it = readers.emplace(t.file, FileReader(package.file_path(t.file))).first;
+        auto [it, added] = file_index.emplace(t.file, files.size());
+        if (added) {
+          files.emplace_back(package.file_path(t.file), IoMode::kIoModeRead,
+                             IoOptions{.direct = true});
         }
-        char* dst = base + offset;
-        it->second.read(dst, t.nbytes, t.offset, "tensor `" + t.name + "`");
+        File& f = files[it->second];
+        data_[i] = base + offset;
+        reads.push_back(f.pread(base + offset, weight_read_length(f, t), t.offset));
+        offset += round_up(t.nbytes, kSlotAlignment);
+      }
+      for (const IoFuture& read : reads) read.wait();  // none in flight if one failed
+      for (size_t k = 0; k < members.size(); ++k) {
+        const TensorInfo& t = tensors_[members[k]];
+        try {
+          reads[k].get();
+        } catch (const Error& error) {
+          throw Error(error.code(), error.sys_errno(), "tensor `" + t.name + "`: " + error.what());
+        }
         stats_.disk_bytes_read += t.nbytes;
         host.record_in(t.nbytes);
-        if (options.verify && t.has_crc32) {
-          const uint32_t crc = crc32_update(0, dst, t.nbytes);
-          TIERLM_CHECK(crc == t.crc32, kErrorCorrupt, "tensor `", t.name, "` (",
-                       format_bytes(t.nbytes), " at offset ", t.offset, ") in ",
-                       package.file_path(t.file), ": checksum mismatch (CRC-32 ", crc,
-                       ", manifest says ", t.crc32,
-                       "); the file is damaged, export the package again");
-        }
-        data_[i] = dst;
-        offset += round_up(t.nbytes, kSlotAlignment);
+        if (options.verify) tensor_verify(package, t, data_[members[k]], &stats_.verify);
       }
       stats_.resident_bytes += buffer.size();
       buffers_.push_back(std::move(buffer));
     }
+    if (!files.empty()) {
+      stats_.io_backend = io_backend_name(files[0].backend());
+      stats_.io_direct = files[0].direct();
+      stats_.io_direct_reason = files[0].direct_reason();
+    }
     stats_.tensors = tensors_.size();
+    stats_.verify.enabled = options.verify;
     stats_.load_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }

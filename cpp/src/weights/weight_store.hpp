@@ -26,6 +26,10 @@ struct WeightStoreStats {
   uint64_t resident_bytes = 0;   // host-tier bytes holding weights now
   uint64_t tensors = 0;
   double load_seconds = 0.0;
+  VerifyStats verify;      // what the store checked at load (options.verify)
+  std::string io_backend;  // how it read the weight files
+  bool io_direct = false;  // with O_DIRECT (else through the page cache, for io_direct_reason)
+  std::string io_direct_reason;
 };
 
 class WeightStore {
@@ -57,7 +61,9 @@ class WeightStore {
 };
 
 struct WeightStoreOptions {
-  bool verify = false;  // compare each tensor's CRC-32 with the manifest as it is read
+  // Check the CRC-32 of every tensor the store will ever hand out, at load: resident tensors as
+  // they are read, streamed ones and row tables by a read of their bytes before the first run.
+  bool verify = false;
 };
 
 // Host bytes the resident store needs for these tensors (per-tensor 4 KiB rounding included).

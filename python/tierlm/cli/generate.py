@@ -161,6 +161,14 @@ def run(args):
         f"read {format_size(s['disk_bytes_read'])}, host peak {format_size(s['host']['peak'])}",
         file=sys.stderr,
     )
+    v = s["verify"]
+    if v["enabled"]:
+        print(
+            f"verified at {v['when']}: {v['tensors']} tensors, {v['bundles']} bundle files, "
+            f"{v['predictors']} predictor files ({format_size(v['bytes'])}) in "
+            f"{v['seconds']:.2f} s",
+            file=sys.stderr,
+        )
     if model.placement()["streaming"]:
         print(
             f"streamed {format_size(s['stream_bytes_read'])} "

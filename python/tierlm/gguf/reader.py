@@ -92,9 +92,32 @@ def gguf_read(path):
     return reader
 
 
-def field_value(reader, key, default=None):
-    """The value of a metadata key (a str, number, bool or list), or default when absent."""
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "a boolean"}
+_KIND_NAMES[list] = "a list"
+
+
+def _is(value, kind):
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int | float) if kind is float else isinstance(value, kind)
+
+
+def field_value(reader, key, kind, default=None, items=None):
+    """The value of a metadata key, checked to be of `kind` (int, float, str, bool, or list
+    with entries of type `items`), or default when absent; a value of another type is a
+    CorruptError naming the file and the key, never a TypeError further on."""
     field = reader.fields.get(key)
     if field is None:
         return default
-    return field.contents()
+    try:
+        value = field.contents()
+    except (ValueError, IndexError, UnicodeDecodeError) as error:
+        raise CorruptError(f"{reader.path}: GGUF metadata {key} is unreadable ({error})") from None
+    if not _is(value, kind) or (items is not None and not all(_is(v, items) for v in value)):
+        expected = _KIND_NAMES[kind] + (f" of {_KIND_NAMES[items]}s" if items else "")
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise CorruptError(f"{reader.path}: GGUF metadata {key} is {shown}, not {expected}")
+    return float(value) if kind is float else value

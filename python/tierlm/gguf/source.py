@@ -9,7 +9,7 @@ import re
 import numpy as np
 
 from tierlm.checkpoint import Entry
-from tierlm.errors import InvalidArgumentError, UnsupportedError
+from tierlm.errors import CorruptError, InvalidArgumentError, UnsupportedError
 from tierlm.gguf.reader import GGUF_DTYPES, field_value, gguf_read
 
 # general.architecture -> (model_type, the HF class), for the Llama family tierlm runs
@@ -84,7 +84,7 @@ class GGUFSource:
     def __init__(self, path, reader):
         self.path = path
         self.reader = reader
-        arch = field_value(reader, "general.architecture")
+        arch = field_value(reader, "general.architecture", str)
         if arch not in ARCHITECTURES:
             raise UnsupportedError(
                 f"{path}: GGUF architecture {arch!r} is not supported; tierlm imports "
@@ -105,21 +105,26 @@ class GGUFSource:
                 )
         return cls(path, gguf_read(path))
 
-    def meta(self, key, default=None):
-        return field_value(self.reader, f"{self.arch}.{key}", default)
+    def meta(self, key, kind, default=None):
+        return field_value(self.reader, f"{self.arch}.{key}", kind, default)
 
-    def _require(self, key):
-        value = self.meta(key)
+    def _require(self, key, kind=int):
+        value = self.meta(key, kind)
         if value is None:
             raise UnsupportedError(f"{self.path}: GGUF metadata lacks {self.arch}.{key}")
+        return self._positive(key, value)
+
+    def _positive(self, key, value):
+        """A size or count: positive (a zero head count would divide by zero further on)."""
+        if not value > 0:
+            raise CorruptError(f"{self.path}: GGUF metadata {self.arch}.{key} is {value}")
         return value
 
     def _config(self):
         model_type, hf_class = ARCHITECTURES[self.arch]
-        if self.meta("expert_count"):
+        if experts := self.meta("expert_count", int):
             raise UnsupportedError(
-                f"{self.path}: mixture-of-experts GGUF ({self.meta('expert_count')} experts) is "
-                "not supported"
+                f"{self.path}: mixture-of-experts GGUF ({experts} experts) is not supported"
             )
         names = {t.name for t in self.reader.tensors}
         if "rope_freqs.weight" in names:
@@ -128,31 +133,32 @@ class GGUFSource:
                 "not supported by the GGUF import yet; export the Hugging Face checkpoint instead"
             )
         hidden, heads = self._require("embedding_length"), self._require("attention.head_count")
-        head_dim = self.meta("attention.key_length", hidden // heads)
-        if self.meta("attention.value_length", head_dim) != head_dim:
+        key_length = "attention.key_length"
+        head_dim = self._positive(key_length, self.meta(key_length, int, hidden // heads))
+        if self.meta("attention.value_length", int, head_dim) != head_dim:
             raise UnsupportedError(f"{self.path}: key and value head sizes differ")
-        rope_dims = self.meta("rope.dimension_count", head_dim)
+        rope_dims = self.meta("rope.dimension_count", int, head_dim)
         if rope_dims != head_dim:
             raise UnsupportedError(
                 f"{self.path}: rotary dimensions {rope_dims} != head size {head_dim} (partial "
                 "rotary embeddings are not supported)"
             )
-        rope = {"rope_type": "default", "rope_theta": float(self.meta("rope.freq_base", 10000.0))}
-        scaling = self.meta("rope.scaling.type", "none")
+        rope = {"rope_type": "default", "rope_theta": self.meta("rope.freq_base", float, 10000.0)}
+        scaling = self.meta("rope.scaling.type", str, "none")
         if scaling == "linear":
-            rope.update(rope_type="linear", factor=float(self._require("rope.scaling.factor")))
+            rope.update(rope_type="linear", factor=self._require("rope.scaling.factor", float))
         elif scaling != "none":
             raise UnsupportedError(
                 f"{self.path}: rope scaling {scaling!r} is not supported (tierlm implements "
                 "none and linear for GGUF files)"
             )
-        tokens = field_value(self.reader, "tokenizer.ggml.tokens") or []
+        tokens = field_value(self.reader, "tokenizer.ggml.tokens", list) or []
         eos = [
-            field_value(self.reader, f"tokenizer.ggml.{key}_token_id")
+            field_value(self.reader, f"tokenizer.ggml.{key}_token_id", int)
             for key in ("eos", "eot", "eom")
         ]
-        eos = list(dict.fromkeys(int(e) for e in eos if e is not None))
-        bos = field_value(self.reader, "tokenizer.ggml.bos_token_id")
+        eos = list(dict.fromkeys(e for e in eos if e is not None))
+        bos = field_value(self.reader, "tokenizer.ggml.bos_token_id", int)
         return {
             "model_type": model_type,
             "architectures": [hf_class],
@@ -160,17 +166,19 @@ class GGUFSource:
             "hidden_size": hidden,
             "intermediate_size": self._require("feed_forward_length"),
             "num_attention_heads": heads,
-            "num_key_value_heads": self.meta("attention.head_count_kv", heads),
+            "num_key_value_heads": self._positive(
+                "attention.head_count_kv", self.meta("attention.head_count_kv", int, heads)
+            ),
             "head_dim": head_dim,
             "max_position_embeddings": self._require("context_length"),
-            "rms_norm_eps": float(self.meta("attention.layer_norm_rms_epsilon", 1e-5)),
+            "rms_norm_eps": self.meta("attention.layer_norm_rms_epsilon", float, 1e-5),
             "rope_parameters": rope,
-            "vocab_size": self.meta("vocab_size", len(tokens)),
+            "vocab_size": self.meta("vocab_size", int, len(tokens)),
             "tie_word_embeddings": "output.weight" not in names,
             "attention_bias": model_type == "llama" and "blk.0.attn_q.bias" in names,
             "mlp_bias": model_type == "llama" and "blk.0.ffn_up.bias" in names,
             "hidden_act": "silu",
-            "bos_token_id": None if bos is None else int(bos),
+            "bos_token_id": bos,
             "eos_token_id": eos,
         }
 
@@ -209,6 +217,6 @@ class GGUFSource:
         return {
             "gguf": os.path.basename(self.path),
             "gguf_architecture": self.arch,
-            "gguf_name": field_value(self.reader, "general.name"),
+            "gguf_name": field_value(self.reader, "general.name", str),
             "gguf_types": sorted({t.tensor_type.name for t in self.reader.tensors}),
         }

@@ -94,19 +94,30 @@ def _sentencepiece(tokens, scores, add_space_prefix, unk):
     return tok
 
 
+def _built(path, build, *args):
+    """build(*args), with the `tokenizers` library's refusal of a vocabulary (an untyped
+    Exception from Rust: a merge of unknown tokens, a bad template) as a CorruptError."""
+    try:
+        return build(*args)
+    except (UnsupportedError, CorruptError):
+        raise
+    except Exception as error:
+        raise CorruptError(f"{path}: the GGUF vocabulary cannot be rebuilt ({error})") from None
+
+
 def build_tokenizer(reader, path):
     """Returns (tokenizers.Tokenizer, tokenizer_config dict) for the GGUF file's vocabulary."""
     from tokenizers import AddedToken, processors
 
-    def meta(key, default=None):
-        return field_value(reader, f"tokenizer.{key}", default)
+    def meta(key, kind, default=None, items=None):
+        return field_value(reader, f"tokenizer.{key}", kind, default, items)
 
-    model = meta("ggml.model")
-    tokens = meta("ggml.tokens")
+    model = meta("ggml.model", str)
+    tokens = meta("ggml.tokens", list, items=str)
     if tokens is None:
         raise UnsupportedError(f"{path}: the file has no vocabulary (tokenizer.ggml.tokens)")
-    types = meta("ggml.token_type") or [1] * len(tokens)
-    scores = meta("ggml.scores") or [0.0] * len(tokens)
+    types = meta("ggml.token_type", list, items=int) or [1] * len(tokens)
+    scores = meta("ggml.scores", list, items=float) or [0.0] * len(tokens)
     for key, values in (("token_type", types), ("scores", scores)):
         if len(values) != len(tokens):
             raise CorruptError(
@@ -115,21 +126,29 @@ def build_tokenizer(reader, path):
             )
     names = {}
     for key in ("bos", "eos", "unknown", "padding"):
-        token_id = meta(f"ggml.{key}_token_id")
-        names[key] = tokens[int(token_id)] if token_id is not None else None
+        token_id = meta(f"ggml.{key}_token_id", int)
+        if token_id is not None and not 0 <= token_id < len(tokens):
+            raise CorruptError(
+                f"{path}: tokenizer.ggml.{key}_token_id {token_id} is not a token of the "
+                f"{len(tokens)}-token vocabulary"
+            )
+        names[key] = tokens[token_id] if token_id is not None else None
     if model == "gpt2":
-        tok = _byte_level(tokens, meta("ggml.merges") or [], meta("ggml.pre", "default"), path)
-        add_bos = bool(meta("ggml.add_bos_token", False))
+        merges = meta("ggml.merges", list, [], items=str)
+        if any(" " not in m for m in merges):
+            raise CorruptError(f"{path}: tokenizer.ggml.merges has an entry without a space")
+        tok = _built(path, _byte_level, tokens, merges, meta("ggml.pre", str, "default"), path)
+        add_bos = meta("ggml.add_bos_token", bool, False)
     elif model == "llama":
-        prefix = bool(meta("ggml.add_space_prefix", True))
-        tok = _sentencepiece(tokens, scores, prefix, names["unknown"])
-        add_bos = bool(meta("ggml.add_bos_token", True))
+        prefix = meta("ggml.add_space_prefix", bool, True)
+        tok = _built(path, _sentencepiece, tokens, scores, prefix, names["unknown"])
+        add_bos = meta("ggml.add_bos_token", bool, True)
     else:
         raise UnsupportedError(
             f"{path}: tokenizer.ggml.model {model!r} is not supported; tierlm rebuilds gpt2 "
             "(byte-level BPE) and llama (SentencePiece BPE) vocabularies"
         )
-    add_eos = bool(meta("ggml.add_eos_token", False))
+    add_eos = meta("ggml.add_eos_token", bool, False)
     # llama.cpp matches control and user-defined tokens whole before splitting the text
     special = [
         AddedToken(t, special=True, normalized=False)
@@ -143,7 +162,8 @@ def build_tokenizer(reader, path):
     ]
     tok.add_special_tokens(special)
     tok.add_tokens(plain)
-    _post_process(tok, processors, add_bos and names["bos"], add_eos and names["eos"], tokens)
+    bos, eos = add_bos and names["bos"], add_eos and names["eos"]
+    _built(path, _post_process, tok, processors, bos, eos, tokens)
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": names["bos"],
@@ -154,7 +174,7 @@ def build_tokenizer(reader, path):
         "add_eos_token": add_eos,
         "clean_up_tokenization_spaces": False,
         "model_max_length": int(1e30),
-        "chat_template": meta("chat_template"),
+        "chat_template": meta("chat_template", str),
     }
     return tok, config
 

@@ -74,46 +74,85 @@ def save(plan, names, path, seq=None):
     return path
 
 
+def _integer(value, what, path):
+    """A JSON integer (not a bool, float or string) or CorruptError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CorruptError(f"plan file {path}: {what} is {value!r}, not an integer")
+    if not -(2**63) <= value < 2**63:
+        raise CorruptError(f"plan file {path}: {what} {value} is outside 64-bit integers")
+    return value
+
+
+def _field(doc, key, what, path):
+    if key not in doc:
+        raise CorruptError(f'plan file {path}: {what} lacks "{key}"')
+    return doc[key]
+
+
+def _buffers(doc, path):
+    """(names, sizes, starts, ends, offsets) of the plan's buffer records, each checked."""
+    buffers = _field(doc, "buffers", "the plan", path)
+    if not isinstance(buffers, list):
+        raise CorruptError(f'plan file {path}: "buffers" is not a list')
+    columns = ([], [], [], [], [])
+    for i, b in enumerate(buffers):
+        what = f"buffers[{i}]"
+        if not isinstance(b, dict):
+            raise CorruptError(f"plan file {path}: {what} is not an object")
+        name = _field(b, "name", what, path)
+        if not isinstance(name, str):
+            raise CorruptError(f"plan file {path}: {what}.name is {name!r}, not a string")
+        columns[0].append(name)
+        for column, key in zip(columns[1:], ("size", "first", "last", "offset"), strict=True):
+            column.append(_integer(_field(b, key, what, path), f"{what}.{key}", path))
+    names, *numbers = columns
+    return names, *(np.array(c, dtype=np.int64) for c in numbers)
+
+
 def load(path):
     """Reads a plan file; the Plan has .names and .seq. A damaged file raises CorruptError
-    naming it (and the buffer at fault), including a plan that fails the checker."""
+    naming it (and the field or buffer at fault), including a plan that fails the checker."""
     path = os.fspath(path)
-    with open(path) as f:
-        try:
-            doc = json.load(f)
-        except json.JSONDecodeError as error:
-            raise CorruptError(f"plan file {path}: not JSON ({error})") from error
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise CorruptError(f"plan file {path}: not JSON ({error})") from error
     if not isinstance(doc, dict) or doc.get("format", FORMAT) != FORMAT:
         raise CorruptError(f"plan file {path}: not a tierlm plan")
-    if int(doc.get("version", 1)) > VERSION:
+    version = _integer(doc.get("version", 1), "version", path)
+    if version > VERSION:
         raise CorruptError(
-            f"plan file {path}: version {doc['version']} is newer than this tierlm reads "
+            f"plan file {path}: version {version} is newer than this tierlm reads "
             f"({VERSION}); upgrade tierlm or re-plan"
         )
-    try:
-        buffers = doc["buffers"]
-        names = [b["name"] for b in buffers]
-        sizes = np.array([int(b["size"]) for b in buffers], dtype=np.int64)
-        starts = np.array([int(b["first"]) for b in buffers], dtype=np.int64)
-        ends = np.array([int(b["last"]) for b in buffers], dtype=np.int64)
-        offsets = np.array([int(b["offset"]) for b in buffers], dtype=np.int64)
-        plan = Plan(
-            offsets=offsets,
-            peak=int(doc["peak"]),
-            lower_bound=int(doc["lower_bound"]),
-            optimal=bool(doc.get("optimal", False)),
-            seconds=float(doc.get("seconds", 0.0)),
-            method=str(doc["method"]),
-            solver=str(doc.get("solver", doc["method"])),
-            align=int(doc["align"]),
-            sizes=sizes,
-            starts=starts,
-            ends=ends,
-            names=names,
-            seq=doc.get("seq"),
-        )
-    except (KeyError, TypeError, ValueError) as error:
-        raise CorruptError(f"plan file {path}: missing or malformed field ({error})") from error
+    names, sizes, starts, ends, offsets = _buffers(doc, path)
+    seq = doc.get("seq")
+    if seq is not None:
+        seq = _integer(seq, "seq", path)
+    method = _field(doc, "method", "the plan", path)
+    optimal, seconds = doc.get("optimal", False), doc.get("seconds", 0.0)
+    if not isinstance(optimal, bool) or isinstance(seconds, bool):
+        raise CorruptError(f'plan file {path}: "optimal" or "seconds" has the wrong type')
+    if not isinstance(seconds, int | float) or not isinstance(method, str):
+        raise CorruptError(f'plan file {path}: "seconds" or "method" has the wrong type')
+    solver = doc.get("solver", method)
+    plan = Plan(
+        offsets=offsets,
+        peak=_integer(_field(doc, "peak", "the plan", path), "peak", path),
+        lower_bound=_integer(_field(doc, "lower_bound", "the plan", path), "lower_bound", path),
+        optimal=optimal,
+        seconds=float(seconds),
+        method=method,
+        solver=str(solver),
+        align=_integer(_field(doc, "align", "the plan", path), "align", path),
+        sizes=sizes,
+        starts=starts,
+        ends=ends,
+        names=names,
+        seq=seq,
+    )
     try:
         peak = plan.check()
     except InvalidArgumentError as error:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tierlm import writer
+
 ALIGNMENT = 4096
 BUNDLES_JSON = "bundles.json"
 FORMAT_VERSION = 1
@@ -97,10 +99,12 @@ def write_bundle(path, up, down, gate=None, dtype="f16"):
     path = Path(path)
     rows = to_dtype(bundle_rows(up, down, gate), dtype)
     layout = BundleLayout(path.name, rows.shape[0], np.shape(up)[1], gate is not None, dtype)
-    with open(path, "wb") as f:
-        f.write(np.ascontiguousarray(rows).tobytes())
-        f.write(b"\0" * (layout.file_bytes - layout.data_bytes))
-    return layout
+    data = np.ascontiguousarray(rows).tobytes()
+    with writer.writing(path), open(path, "wb") as f:
+        writer.write(f, data)
+        writer.write(f, b"\0" * (layout.file_bytes - layout.data_bytes))
+        writer.fsync(f)
+    return replace(layout, crc32=zlib.crc32(data))
 
 
 def write_bundle_stored(path, up, down, gate=None, dtype="f16", chunk_bytes=16 << 20):
@@ -114,7 +118,7 @@ def write_bundle_stored(path, up, down, gate=None, dtype="f16", chunk_bytes=16 <
     layout = BundleLayout(path.name, ffn, dim, gate is not None, dtype)
     step = max(1, chunk_bytes // layout.row_bytes)
     crc = 0
-    with open(path, "wb") as f:
+    with writer.writing(path), open(path, "wb") as f:
         for s in range(0, ffn, step):
             e = min(ffn, s + step)
             parts = [np.asarray(up[s:e])]
@@ -123,8 +127,9 @@ def write_bundle_stored(path, up, down, gate=None, dtype="f16", chunk_bytes=16 <
             parts.append(np.asarray(down[:, s:e]).T)
             data = np.ascontiguousarray(np.concatenate(parts, axis=1)).tobytes()
             crc = zlib.crc32(data, crc)
-            f.write(data)
-        f.write(b"\0" * (layout.file_bytes - layout.data_bytes))
+            writer.write(f, data)
+        writer.write(f, b"\0" * (layout.file_bytes - layout.data_bytes))
+        writer.fsync(f)
     # CRC-32 of the rows (not the padding): tierlm.load(..., verify=True) checks it.
     return replace(layout, crc32=crc)
 

@@ -5,6 +5,7 @@ checkpoint or written by `tierlm sparse train PKG`, each listed in manifest.json
 import json
 import os
 import shutil
+import zlib
 
 import numpy as np
 
@@ -88,7 +89,17 @@ def predictors_section(directory, config, where):
         "file": file,
         "activation": meta.get("activation", "relu"),
         "num_layers": meta["num_layers"],
+        # tierlm.load(..., sparse=True, verify=True) checks the predictor tensors against it.
+        "crc32": _file_crc32(os.path.join(directory, file)),
     }
+
+
+def _file_crc32(path):
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            crc = zlib.crc32(chunk, crc)
+    return crc
 
 
 def copy_predictors(hf_dir, out_dir, config):

@@ -13,6 +13,7 @@ import zlib
 
 import numpy as np
 
+from tierlm import writer
 from tierlm.errors import CorruptError
 
 FORMAT = "tierlm-train-checkpoint"
@@ -33,34 +34,66 @@ def _write_file(path, parts):
     """Writes the byte parts to path (fsynced) and returns their CRC-32 and length."""
     crc = 0
     size = 0
-    with open(path, "wb") as f:
+    with writer.writing(path), open(path, "wb") as f:
         for part in parts:
             mv = memoryview(np.ascontiguousarray(part)).cast("B")
-            f.write(mv)
+            writer.write(f, mv)
             crc = zlib.crc32(mv, crc)
             size += len(mv)
-        f.flush()
-        os.fsync(f.fileno())
+        writer.fsync(f)
     return crc, size
 
 
 def _replace_atomic(path, text):
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with writer.writing(tmp), open(tmp, "w") as f:
+            writer.write(f, text)
+            writer.fsync(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     _fsync_dir(os.path.dirname(path) or ".")
+
+
+def _latest_name(directory):
+    try:
+        with open(os.path.join(directory, LATEST)) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
 
 
 def write(directory, name, meta, items, dp):
     """items: (unit, payload_fn) pairs this rank owns; dp: the trainer's DataParallel (ranks
-    agree on one directory name and share their files' CRCs). Returns the checkpoint's path."""
+    agree on one directory name and share their files' CRCs). Returns the checkpoint's path.
+    A failure to write (ENOSPC, EIO, EFBIG) removes this save's files and raises an OSError
+    naming the file; LATEST and the checkpoint it names are left as they were."""
     os.makedirs(directory, exist_ok=True)
     final_name = dp.agree(f"{name}-{time.time_ns()}")
     tmp = os.path.join(directory, f"{final_name}.tmp")
     final = os.path.join(directory, final_name)
+    try:
+        _write_files(directory, tmp, final, final_name, meta, items, dp)
+    except OSError as error:
+        latest = _latest_name(directory)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if latest == final_name:  # only syncing the directory failed: LATEST moved already
+            kept = f"LATEST names the new checkpoint {final}, whose files are complete"
+        else:
+            shutil.rmtree(final, ignore_errors=True)
+            kept = (
+                f"the previous checkpoint {os.path.join(directory, latest)} (LATEST) is intact"
+                if latest
+                else "no earlier checkpoint was there"
+            )
+        raise writer.write_error(error, f"checkpoint save to {directory}", kept) from error
+    dp.barrier()
+    return final
+
+
+def _write_files(directory, tmp, final, final_name, meta, items, dp):
     os.makedirs(tmp, exist_ok=True)
     crcs = {}
     for u, payload in items:
@@ -81,30 +114,40 @@ def write(directory, name, meta, items, dp):
             full = os.path.join(directory, entry)
             if entry.startswith("ckpt-") and entry != final_name and os.path.isdir(full):
                 shutil.rmtree(full, ignore_errors=True)
-    dp.barrier()
-    return final
+
+
+def _plain_name(name):
+    """True for a file or folder name inside the checkpoint directory (no path, no '..')."""
+    return (
+        isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\0")
+    )
 
 
 def read_meta(directory):
     """(manifest dict, checkpoint path) of the checkpoint LATEST points to."""
     latest = os.path.join(directory, LATEST)
     try:
-        with open(latest) as f:
-            name = f.read().strip()
+        with open(latest, "rb") as f:
+            data = f.read()
     except FileNotFoundError as e:
         raise FileNotFoundError(
             e.errno, f"resume: {latest} does not exist; no checkpoint was saved in {directory}"
         ) from e
+    name = data.decode("utf-8", "replace").strip()
+    if not _plain_name(name):
+        raise CorruptError(
+            f"resume: {latest} names {name[:80]!r}, not a checkpoint folder inside {directory}"
+        )
     path = os.path.join(directory, name)
     manifest = os.path.join(path, MANIFEST)
     try:
-        with open(manifest) as f:
-            meta = json.load(f)
+        with open(manifest, "rb") as f:
+            meta = json.loads(f.read().decode("utf-8"))
     except FileNotFoundError as e:
         raise CorruptError(f"resume: {manifest} is missing ({latest} points at it)") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise CorruptError(f"resume: {manifest} is not valid JSON ({e})") from e
-    if meta.get("format") != FORMAT or "units" not in meta:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "units" not in meta:
         raise CorruptError(f"resume: {manifest} is not a tierlm training checkpoint manifest")
     return meta, path
 
@@ -113,6 +156,11 @@ _CHUNK = 16 << 20  # bytes read at a time when only checking a file
 
 
 def _open_unit(path, record):
+    if not _plain_name(record["file"]):
+        raise CorruptError(
+            f"resume: {os.path.join(path, MANIFEST)}: unit {record.get('name')!r} has file "
+            f"{record['file']!r}, not a file name inside the checkpoint"
+        )
     full = os.path.join(path, record["file"])
     try:
         return full, open(full, "rb")
@@ -127,9 +175,11 @@ def _check(full, record, want, size, crc):
             "(truncated or from another model)"
         )
     if crc != record.get("crc32"):
+        said = record.get("crc32")
+        said = f"{said:#010x}" if isinstance(said, int) else repr(said)
         raise CorruptError(
             f"resume: checkpoint file {full} fails its CRC-32 check ({crc:#010x}, manifest "
-            f"says {record.get('crc32', 0):#010x}): the file is damaged"
+            f"says {said}): the file is damaged"
         )
 
 

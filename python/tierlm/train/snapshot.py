@@ -95,7 +95,7 @@ def _check_manifest(trainer, meta, path):
             "(units, parameter sizes or trainable set differ)"
         )
     for where, step in [("its step", meta.get("step"))] + [(r["name"], r["step"]) for r in records]:
-        if not isinstance(step, int) or step < 0:
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise CorruptError(f"resume: {manifest}: {where} has an invalid step count {step!r}")
 
 

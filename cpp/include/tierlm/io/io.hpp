@@ -74,6 +74,10 @@ class TIERLM_API IoFuture {
   std::shared_ptr<detail::IoState> state_;
 };
 
+// Waits for every future, then throws the first one's error: when it throws, no request of
+// `futures` is still in flight, so their buffers may be reused or freed.
+TIERLM_API void io_wait_all(std::span<IoFuture> futures);
+
 // A file opened for the engine. Calls may come from several threads at once (close() and
 // moves excepted). A request's buffer must stay valid until its future is ready; destroying
 // or closing the File waits for every request in flight.
@@ -98,6 +102,8 @@ class TIERLM_API File {
 
   uint64_t size() const;
   void sync();  // fsync
+  // Reserves disk space for [offset, offset + len) (posix_fallocate); throws naming the file.
+  void allocate(uint64_t offset, uint64_t len);
   // Registers a buffer with the ring so requests inside it use fixed buffers (no pinning per
   // request). Returns false where that is impossible (thread pool, RLIMIT_MEMLOCK, table
   // full); requests then work as before. The buffer must stay allocated until
@@ -127,6 +133,25 @@ class TIERLM_API File {
   bool direct_ = false;
   unsigned queue_depth_ = 0;
 };
+
+// Fault injection, for testing the error paths: with TIERLM_FAULT set (read once per process),
+// e.g. "op=read,errno=EIO,nth=3[,path=SUBSTRING]", the nth call of that kind (counted over
+// the process, on paths containing SUBSTRING when given) fails with EIO, ENOSPC or EFBIG, or
+// with errno=short moves half its bytes (a short count the caller must continue). Both back
+// ends, the package reader, File::sync / allocate and Python's writers ask before each call.
+enum class IoFaultOp { kIoFaultRead, kIoFaultWrite, kIoFaultFsync, kIoFaultFallocate };
+struct TIERLM_API IoFault {
+  int err = 0;     // errno the call fails with (0: none)
+  size_t len = 0;  // bytes the call may move (len asked for, or fewer: a short transfer)
+};
+// What the call of kind op on path moving len bytes must do (never throws: a spec that cannot
+// be parsed injects nothing, and io_fault_check reports it).
+TIERLM_API IoFault io_fault_point(IoFaultOp op, const std::string& path, size_t len);
+// Throws kErrorInvalidArgument naming TIERLM_FAULT when it is set but cannot be parsed; File
+// and the package reader call it when they open a file.
+TIERLM_API void io_fault_check();
+// Parses "read" | "write" | "fsync" | "fallocate"; throws kErrorInvalidArgument otherwise.
+TIERLM_API IoFaultOp io_fault_op_parse(const std::string& name);
 
 // Drops the file's pages from the page cache (posix_fadvise DONTNEED), for cold benchmarks.
 TIERLM_API void io_drop_cache(const std::string& path);

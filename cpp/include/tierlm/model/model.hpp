@@ -25,11 +25,11 @@ namespace tierlm {
 struct TIERLM_API ModelOptions {
   uint64_t host_budget = UINT64_MAX;  // bytes the host tier may hold (weights, KV, arena)
   size_t threads = 0;                 // compute threads; 0 keeps the pool's size
-  bool verify = false;                // check each tensor's CRC-32 while loading
-  int64_t max_context = 0;            // KV cache capacity in tokens; 0 = config.max_positions
-  int64_t prefill_chunk = 0;          // tokens per prefill batch; 0 = a stored plan's or 256
-  bool lock = true;                   // mlock host buffers where RLIMIT_MEMLOCK allows
-  int64_t max_batch = 1;              // sequences decoded together (KV cache slots)
+  bool verify = false;  // check the CRC-32 of every byte the run uses at load (ModelStats::verify)
+  int64_t max_context = 0;    // KV cache capacity in tokens; 0 = config.max_positions
+  int64_t prefill_chunk = 0;  // tokens per prefill batch; 0 = a stored plan's or 256
+  bool lock = true;           // mlock host buffers where RLIMIT_MEMLOCK allows
+  int64_t max_batch = 1;      // sequences decoded together (KV cache slots)
   // Streaming (weights larger than the host budget): staging sections of the prefetch ring, each
   // the size of the largest streamed matrix; 0 = auto (about 64 MiB of sections, at least 2
   // when the budget allows, else 1).
@@ -80,6 +80,7 @@ struct TIERLM_API ModelStats : StreamStats, SparseStats {
   uint64_t kv_bytes = 0;         // host bytes of the KV cache
   uint64_t arena_bytes = 0;      // host bytes of the activation arena
   TierStats host;
+  VerifyStats verify;  // what verify checked: every tensor, bundle and predictor the run uses
 
   // The counters over an interval that began at `before` (one generation); sizes, peaks and
   // settings as now.

@@ -121,9 +121,41 @@ struct TIERLM_API Package {
 // kErrorUnsupported (newer format_version, unknown op).
 TIERLM_API Package package_open(const std::string& path);
 
-// Reads every tensor and compares its CRC-32 with the manifest (tensors without one are
-// skipped); throws kErrorCorrupt naming the first damaged tensor, its file and offset.
-TIERLM_API void package_verify(const Package& package);
+// What checksum verification covered (ModelOptions::verify: every byte the run uses, checked
+// once at load; package_verify: the tensors asked for).
+struct TIERLM_API VerifyStats {
+  bool enabled = false;     // verification was asked for
+  std::string when;         // "load" when enabled ("" otherwise)
+  uint64_t tensors = 0;     // weight tensors whose CRC-32 matched the manifest
+  uint64_t bundles = 0;     // sparse row-column bundle files checked
+  uint64_t predictors = 0;  // sparse predictor files checked
+  uint64_t bytes = 0;       // bytes checked, all kinds together
+  double seconds = 0.0;     // time spent reading and checking them
+
+  void add(const VerifyStats& other) {
+    tensors += other.tensors;
+    bundles += other.bundles;
+    predictors += other.predictors;
+    bytes += other.bytes;
+    seconds += other.seconds;
+  }
+};
+
+// Compares the CRC-32 of `data` (t.nbytes bytes, as read) with the manifest and counts it in
+// *stats; throws kErrorCorrupt naming the tensor, its file and offset on a mismatch or when
+// the manifest has no checksum for it (verification cannot cover it).
+TIERLM_API void tensor_verify(const Package& package, const TensorInfo& t, const void* data,
+                              VerifyStats* stats);
+
+// Reads tensors `names` (every tensor when empty) and checks each as tensor_verify does, except
+// that a whole-package check (names empty) skips tensors without a checksum. Throws
+// kErrorCorrupt naming the first damaged tensor, its file and offset.
+TIERLM_API VerifyStats package_verify(const Package& package,
+                                      const std::vector<std::string>& names = {});
+
+// The CRC-32 of bytes [0, len) of a file, read through the I/O engine in pieces; names the file
+// on a read error. For the package's whole-file sections (bundles, predictors).
+TIERLM_API uint32_t file_crc32(const std::string& path, uint64_t len);
 
 // zlib-compatible CRC-32; pass the previous value to continue a running checksum.
 TIERLM_API uint32_t crc32_update(uint32_t crc, const void* data, size_t size);

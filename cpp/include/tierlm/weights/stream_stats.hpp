@@ -21,6 +21,7 @@ struct TIERLM_API StreamStats {
   uint64_t row_bytes_read = 0;        // embedding rows read on demand
   uint64_t ring_restarts = 0;         // out-of-order layer accesses that drained the ring
   bool io_direct = false;             // reads use O_DIRECT
+  std::string io_direct_reason;       // why not, when io_direct is false
   bool io_registered = false;         // sections registered with the I/O engine
   std::string io_backend;
 
