@@ -60,7 +60,7 @@ preload="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)
   python3 -m pytest -q -p no:cacheprovider --capture=sys "${PYTHON_TESTS[@]}" -k "$PYTHON_DESELECT"
 )
 
-echo "== TSan: I/O engine, thread pool, streaming ring"
+echo "== TSan: I/O engine, thread pool, streaming ring (${SECONDS}s so far)"
 tsan=build/sanitize-thread
 cmake -S . -B "$tsan" "${configure[@]}" -DTIERLM_SANITIZE=thread >/dev/null
 # test_io runs each case on both back ends itself; the ring's tests run once per back end.
@@ -70,3 +70,4 @@ cmake --build "$tsan" -j"$jobs" --target test_io test_parallel test_weight_store
 for io in threads uring; do
   TIERLM_IO=$io "$tsan/test_weight_store" --gtest_brief=1
 done
+echo "sanitize.sh: no sanitizer report (${SECONDS}s)"

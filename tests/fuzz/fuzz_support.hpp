@@ -15,15 +15,24 @@
 
 namespace tierlm::fuzz {
 
-// A folder under $TMPDIR that lives as long as the process and is removed at exit.
+// A folder under $TMPDIR that lives as long as the process and is removed at exit, by its
+// holder's destructor: an atexit handler registered while the static was being built ran after
+// the static's own destructor and read the freed path (ASan: heap-use-after-free at exit).
+struct ScratchDir {
+  std::string path;
+  ScratchDir() {
+    path = (std::filesystem::temp_directory_path() / "tierlm-fuzz-XXXXXX").string();
+    if (mkdtemp(path.data()) == nullptr) std::abort();
+  }
+  ~ScratchDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path, ignored);
+  }
+};
+
 inline const std::string& scratch_dir() {
-  static const std::string dir = [] {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "tierlm-fuzz-XXXXXX").string();
-    if (mkdtemp(tmpl.data()) == nullptr) std::abort();
-    std::atexit([] { std::filesystem::remove_all(scratch_dir()); });
-    return tmpl;
-  }();
-  return dir;
+  static const ScratchDir dir;
+  return dir.path;
 }
 
 inline void write_file(const std::string& path, std::string_view bytes) {
