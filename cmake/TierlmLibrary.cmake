@@ -36,7 +36,7 @@ set_target_properties(tierlm_objects PROPERTIES CXX_VISIBILITY_PRESET hidden
 target_include_directories(tierlm_objects PUBLIC
   $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/cpp/include>)
 target_include_directories(tierlm_objects PRIVATE ${PROJECT_SOURCE_DIR}/cpp/src)
-target_compile_options(tierlm_objects PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -O3>)
+target_compile_options(tierlm_objects PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra ${TIERLM_OPTIMIZE}>)
 target_compile_definitions(tierlm_objects PRIVATE TIERLM_VERSION="${PROJECT_VERSION}")
 find_package(Threads REQUIRED)
 set(TIERLM_LINK_PRIVATE "")

@@ -61,8 +61,9 @@ TEST(Model, CountingHooksSeeAllocations) {
   // The check above must be able to fail: an allocation while counting is seen.
   g_allocations = 0;
   g_counting = true;
-  std::vector<int>* v = new std::vector<int>(100);
-  void* p = std::malloc(17);
+  // volatile: the compiler may otherwise drop an allocation whose pointer goes unused.
+  std::vector<int>* volatile v = new std::vector<int>(100);
+  void* volatile p = std::malloc(17);
   g_counting = false;
   std::free(p);
   delete v;

@@ -262,7 +262,9 @@ inline __m128 load_group(const float* p) {
   if constexpr (G == 4)
     return _mm_loadu_ps(p);
   else
-    return _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)));
+    // _mm_loadl_epi64 reads through an unaligned type; _mm_load_sd dereferences a double*,
+    // which a float pointer (4-byte aligned) does not satisfy.
+    return _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
 }
 
 // G blocks b .. b + G (G = 2 or 4, in pairs) into T tokens' accumulators. One i32 vector holds a
