@@ -107,9 +107,9 @@ def test_gguf_package_equals_dequantized_safetensors_package(tmp_path, kind):
     ids = models.prompt(13)
     expected = reference_logits(dense, ids)
     assert models.relative_error(reference_logits(quantized, ids), expected) < 1e-6
-    native_dense = tierlm.load(dense.path).logits(ids)
+    native_dense = tierlm.load(dense.path, kv_dtype="f32").logits(ids)
     assert models.relative_error(native_dense, expected[-1]) < 1e-5
-    native_quantized = tierlm.load(quantized.path).logits(ids)
+    native_quantized = tierlm.load(quantized.path, kv_dtype="f32").logits(ids)
     bound = 6e-2 if kind.endswith("_K") else 3e-2
     assert models.relative_error(native_quantized, expected[-1]) < bound
 
@@ -242,7 +242,7 @@ def test_rope_freqs_import_as_llama31_scaling(tmp_path):
     ids = models.prompt(80)
     want = models.hf_logits(model, ids)
     assert models.relative_error(reference_logits(pkg, ids), want) < 1e-4
-    assert models.relative_error(tierlm.load(pkg.path).logits(ids), want[-1]) < 1e-4
+    assert models.relative_error(tierlm.load(pkg.path, kv_dtype="f32").logits(ids), want[-1]) < 1e-4
     unscaled = Package.open(tierlm.export(plain, tmp_path / "plain-pkg", progress=False))
     assert models.relative_error(reference_logits(unscaled, ids), want) > 1e-2
     bad = rewrite_gguf(

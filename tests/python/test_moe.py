@@ -32,6 +32,7 @@ def packages(tmp_path_factory):
 
 def load(pkg, **kw):
     kw.setdefault("budget", {"host": "256MiB"})
+    kw.setdefault("kv_dtype", "f32")  # compared with transformers' f32 (the default cache is f16)
     return tierlm.load(pkg, **kw)
 
 
