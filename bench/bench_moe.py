@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import offload_baselines as ob  # noqa: E402
 import tierlm  # noqa: E402
+from _common import require_same_tokens  # noqa: E402
 from bench_offload import tierlm_decode  # noqa: E402
 
 
@@ -89,6 +90,12 @@ def main():
     parser.add_argument("--budgets", default="0.5,0.25", help="shares of the expert bytes")
     parser.add_argument("--skip", default="", help="comma list: accelerate")
     parser.add_argument("--fio-seconds", type=int, default=3)
+    parser.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.5,
+        help="floor: leading greedy tokens of accelerate equal to tierlm's, as a fraction",
+    )
     args = parser.parse_args()
 
     root = Path(args.dir)
@@ -123,19 +130,25 @@ def main():
                 str(pkg), budget, ids, args.new_tokens, pkg_files, **options
             )
             reference_ids = reference_ids or out_ids
+            require_same_tokens(f"{name} at {frac:.0%} vs the first row", out_ids, reference_ids, 1)
             st = info["stats"]
             note = (
                 f"hit {st['moe_hit_rate_pct']:.0f}%, predicted "
                 f"{st['moe_prediction_accuracy_pct']:.0f}%, "
                 f"{st['moe_experts_per_token']:.1f} experts/token, peak "
-                f"{info['peak'] / 2**20:.0f} MiB of {budget / 2**20:.0f}, "
-                + ("ids == first row" if out_ids == reference_ids else "ids DIFFER")
+                f"{info['peak'] / 2**20:.0f} MiB of {budget / 2**20:.0f}"
             )
             rows.append((name, frac, steps, note, [bw0, fio()]))
         if "accelerate" not in set(args.skip.split(",")):
             bw0 = fio()
-            steps, offloaded = ob.accelerate_decode(
+            steps, offloaded, hf_ids = ob.accelerate_decode(
                 str(hf), budget, root / f"accelerate-{frac}", ids, args.new_tokens, hf_files
+            )
+            require_same_tokens(
+                f"accelerate at {frac:.0%} vs tierlm",
+                hf_ids[: len(reference_ids)],
+                reference_ids,
+                args.min_agreement,
             )
             note = f"{len(offloaded)} offload files"
             rows.append(("accelerate disk offload", frac, steps, note, [bw0, fio()]))
