@@ -17,9 +17,14 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import print_table  # noqa: E402
+from _common import print_table, require_close  # noqa: E402
 
 KV_DTYPES = ["f32", "f16", "bf16", "q8_0"]
+# Relative L2 error of the last logits against the f32 cache's, required before any speed is
+# compared. On SmolLM2 (8-256 tokens, random ids and shipped text) the lead measured f16
+# 1.1-3.6 %, bf16 0.7-5.4 %, q8_0 0.6-7.1 %, far above the 1e-4 of the random test model
+# (tests/python/test_kv_cache.py): not yet understood, so the ceilings are about twice that.
+MAX_ERROR = {"f16": 0.08, "bf16": 0.12, "q8_0": 0.15}
 
 
 def decode_seconds(model, prompt, tokens):
@@ -56,6 +61,11 @@ def main():
         rows = []
         for context in contexts:
             prompt = rng.integers(1, vocab, context).tolist()
+            want = models["f32"].logits(prompt)
+            for t, bound in MAX_ERROR.items():
+                require_close(
+                    f"{t} KV at {context} tokens vs f32", models[t].logits(prompt), want, bound
+                )
             times = {t: [] for t in KV_DTYPES}
             for _ in range(args.rounds):  # interleaved: each round runs every dtype
                 for t in KV_DTYPES:
