@@ -333,6 +333,7 @@ def load(
     sparse_window=4,
     sparse_bundled=True,
     sparse_capacity=0,
+    sparse_readahead=True,
     expert_cache="lru",
     expert_prefetch=True,
     kv_dtype="f16",
@@ -360,7 +361,10 @@ def load(
     coalescing (the paper's ablation); sparse_capacity: cached neurons per layer (0 = auto
     from the predictors' predicted density x window x 1.5, or x 1 token when the window's
     caches would push weights out of residency). Caches, staging and predictors count
-    against the host budget.
+    against the host budget. sparse_readahead: at decode, read layer i+1's predicted rows
+    (its predictor applied to layer i's input) while layer i computes, so that layer i+1
+    reads only the misses; the tokens are the same either way (stats:
+    sparse_readahead_recall, sparse_readahead_precision).
     expert_cache: mixture-of-experts models home each expert on the host tier (read at load)
     or on the disk tier (read with O_DIRECT when routed to, into a host-tier expert cache);
     the cache's replacement policy is "lru" or "lfu" (frequency-weighted: use counts that
@@ -389,6 +393,7 @@ def load(
         sparse_window=check("sparse_window", sparse_window),
         sparse_bundled=bool(sparse_bundled),
         sparse_capacity=check("sparse_capacity", sparse_capacity or 0),
+        sparse_readahead=bool(sparse_readahead),
         expert_cache=str(expert_cache),
         expert_prefetch=bool(expert_prefetch),
         kv_dtype=str(kv_dtype),

@@ -117,6 +117,7 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
                                               .capacity = options.sparse_capacity,
                                               .bundled = options.sparse_bundled,
                                               .verify = options.verify,
+                                              .readahead = options.sparse_readahead,
                                               .max_rows = static_cast<size_t>(m.chunk)});
     std::erase_if(demand.tensors, [&](const std::string& name) {
       return std::find(sparse_plan.dense_tensors.begin(), sparse_plan.dense_tensors.end(), name) !=
