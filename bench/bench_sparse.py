@@ -3,8 +3,10 @@ token of dense offload vs sparse loading without window, with window, and with w
 row-column bundling (the paper's ablation), on an OPT-shaped model of >= 4 GB whose
 activation sparsity is synthetic (90%, 95%, 97% of the FFN neurons off; see
 sparse_synthetic.py), host budget 50% of the weight bytes, page cache dropped before every
-decode step. Then, unless --skip-quality, the quality table of the trained demo model
-(bench_sparse_quality.py: real sparsity, predictor recall/precision, perplexity).
+decode step, and the last row with read-ahead (layer i+1's predicted rows read while layer
+i computes; its tokens must equal the row before it, which reads the same rows later). Then,
+unless --skip-quality, the quality table of the trained demo model (bench_sparse_quality.py:
+real sparsity, predictor recall/precision, perplexity).
 
 Before the table each sparse run's greedy tokens must follow dense's for --min-agreement of
 them (the predictor is lossy), else AGREEMENT FAILED and exit 1.
@@ -33,11 +35,15 @@ import tierlm  # noqa: E402
 from _common import leading_equal, require_same_tokens  # noqa: E402
 
 # name, tierlm.load options
+NO_AHEAD = {"sparse": True, "sparse_readahead": False}
+BUNDLES = "sparse + window + bundles"
+READAHEAD = "  + read-ahead"
 METHODS = [
     ("dense offload", {}),
-    ("sparse, no window", {"sparse": True, "sparse_window": 1}),
-    ("sparse + window k=4", {"sparse": True, "sparse_window": 4, "sparse_bundled": False}),
-    ("sparse + window + bundles", {"sparse": True, "sparse_window": 4}),
+    ("sparse, no window", {**NO_AHEAD, "sparse_window": 1}),
+    ("sparse + window k=4", {**NO_AHEAD, "sparse_window": 4, "sparse_bundled": False}),
+    (BUNDLES, {**NO_AHEAD, "sparse_window": 4}),
+    (READAHEAD, {"sparse": True, "sparse_window": 4, "sparse_readahead": True}),
 ]
 
 
@@ -59,7 +65,11 @@ def run_method(pkg, budget, prompt_ids, new_tokens, files, options):
     if log:  # per token through the FFNs: the last len(steps) are the timed decode steps
         last = {k: v[-len(steps) :] for k, v in log.items()}
         predicted, read = sum(last["neurons_predicted"]), sum(last["neurons_read"])
+        ahead, hits = sum(last["readahead_rows"]), sum(last["readahead_hits"])
         result["sparse"] = {
+            "ahead_recall": hits / read if read else 1.0,
+            "ahead_precision": hits / ahead if ahead else 1.0,
+            "ahead": ahead > 0,
             "ffn_bytes": ob.median(last["bytes_read"]),
             "request": sum(last["bytes_read"]) / max(sum(last["requests"]), 1),
             "predicted": predicted / len(steps),
@@ -144,16 +154,23 @@ def main():
         # the predictor misses some firing neurons, so tokens may part late: a floor, not 100%
         what = f"{sparsity:.0%} {name} vs dense offload"
         require_same_tokens(what, r["ids"], dense_ids[sparsity], args.min_agreement)
+    no_ahead = {sp: r["ids"] for sp, name, r in results if name == BUNDLES}
+    for sparsity, _, r in (x for x in results if x[1] == READAHEAD):
+        # the read-ahead changes what is read when, never what is computed
+        what = f"{sparsity:.0%} read-ahead vs the same sparse run without it"
+        require_same_tokens(what, r["ids"], no_ahead[sparsity], 1.0)
     header = (
         f"{'sparsity':>8} {'method':<26} {'s/token':>8} {'MB/token':>9} {'FFN MB/tok':>10} "
         f"{'FFN %':>6} {'bound s':>8} {'bound/t':>8} {'x dense':>8}  notes"
     )
     print(header)
     print("-" * len(header))
-    dense = {}
+    dense, before = {}, {}
     for sparsity, name, r in results:
         if name == "dense offload":
             dense[sparsity] = r
+        if name == BUNDLES:
+            before[sparsity] = r
         d = dense[sparsity]
         sp = r["sparse"]
         # Streamed matrices at the 8 MiB bandwidth, sparse rows at their request size's.
@@ -177,6 +194,12 @@ def main():
             notes += (
                 f", predicted {sp['predicted']:.0f}/tok, hit {sp['hit']:.2f}, cache "
                 f"{sp['capacity']} rows"
+            )
+        if sp and sp["ahead"]:
+            notes += (
+                f", read-ahead recall {sp['ahead_recall']:.2f} precision "
+                f"{sp['ahead_precision']:.2f}, x no read-ahead "
+                f"{before[sparsity]['time'] / r['time']:.2f}"
             )
         print(
             f"{sparsity:>8.0%} {name:<26} {r['time']:>8.3f} {r['bytes'] / 1e6:>9.1f} {ffn_cell} "
