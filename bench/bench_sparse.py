@@ -48,22 +48,29 @@ METHODS = [
 
 
 def run_method(pkg, budget, prompt_ids, new_tokens, files, options):
-    steps, ids, info = bench_offload.tierlm_decode(
-        pkg, budget, prompt_ids, new_tokens, files, **options
-    )
+    """One round: (timed decode steps, token ids, info) of tierlm with these options."""
+    return bench_offload.tierlm_decode(pkg, budget, prompt_ids, new_tokens, files, **options)
+
+
+def summarize(rounds):
+    """A method's rounds: medians over the timed decode steps of every round."""
+    steps = [s for st, _, _ in rounds for s in st]
+    ids, info = rounds[0][1], rounds[0][2]
     result = {
         "time": ob.median([s[0] for s in steps]),
         "bytes": ob.median([s[1] for s in steps]),
         "cached": max(s[2] for s in steps),
         "ids": ids,
-        "peak": info["peak"],
+        "peak": max(i["peak"] for _, _, i in rounds),
         "decode": len(steps),
         "placement": info["placement"],
         "sparse": None,
     }
-    log = info["sparse_tokens"]
-    if log:  # per token through the FFNs: the last len(steps) are the timed decode steps
-        last = {k: v[-len(steps) :] for k, v in log.items()}
+    if info["sparse_tokens"]:  # per token through the FFNs: each round's last are its timed steps
+        last = {k: [] for k in info["sparse_tokens"]}
+        for st, _, i in rounds:
+            for k, v in i["sparse_tokens"].items():
+                last[k] += v[-len(st) :]
         predicted, read = sum(last["neurons_predicted"]), sum(last["neurons_read"])
         ahead, hits = sum(last["readahead_rows"]), sum(last["readahead_hits"])
         result["sparse"] = {
@@ -103,6 +110,7 @@ def main():
     parser.add_argument("--budget", type=float, default=0.5, help="of the weight bytes")
     parser.add_argument("--prompt", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=9, help="decode steps = this - 1")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each method, interleaved")
     parser.add_argument("--keep", action="store_true", help="keep the packages")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument(
@@ -131,10 +139,16 @@ def main():
         files = [str(p) for p in pkg.glob("*.bin")]
         if bandwidths is None:
             bandwidths = fio_bandwidths(max(files, key=os.path.getsize), ["4K", "8K", "16K", "8M"])
-        for name, options in METHODS:
-            r = run_method(str(pkg), budget, prompt_ids, args.new_tokens, files, options)
-            results.append((sparsity, name, r))
-            print(f"  {sparsity:.0%} {name}: {r['time']:.3f} s/token", flush=True)
+        rounds = {name: [] for name, _ in METHODS}
+        for _ in range(args.rounds):  # interleaved, so drift hits every method alike
+            for name, options in METHODS:
+                rounds[name].append(
+                    run_method(str(pkg), budget, prompt_ids, args.new_tokens, files, options)
+                )
+                step = ob.median([t for t, _, _ in rounds[name][-1][0]])
+                print(f"  {sparsity:.0%} {name}: {step:.3f} s/token", flush=True)
+        for name, _ in METHODS:
+            results.append((sparsity, name, summarize(rounds[name])))
         if not args.keep:
             shutil.rmtree(pkg)
 
@@ -143,7 +157,8 @@ def main():
         f"{args.vocab}, f16, {weight_bytes / 1e9:.2f} GB of weights; SYNTHETIC sparsity "
         f"({sparse_synthetic.SYNTHETIC}); predictor rank {args.rank}; host budget "
         f"{args.budget:.0%} = {budget / 1e9:.2f} GB; prompt {args.prompt} tokens, "
-        f"{args.new_tokens - 1} decode steps, page cache dropped before each step"
+        f"{args.new_tokens - 1} decode steps x {args.rounds} rounds (medians over all), page "
+        "cache dropped before each step"
     )
     print(
         "fio randread QD32 O_DIRECT: "
@@ -165,7 +180,7 @@ def main():
     )
     print(header)
     print("-" * len(header))
-    dense, before = {}, {}
+    dense, before, bounds = {}, {}, {}
     for sparsity, name, r in results:
         if name == "dense offload":
             dense[sparsity] = r
@@ -177,6 +192,7 @@ def main():
         sparse_bytes = sp["ffn_bytes"] if sp else 0
         block, bw = block_for(sp["request"], bandwidths) if sp else ("8M", None)
         bound = (r["bytes"] - sparse_bytes) / bandwidths["8M"] + (sparse_bytes / bw if bw else 0)
+        bounds[(sparsity, name)] = bound
         if sp:
             ffn_cell = f"{sp['ffn_bytes'] / 1e6:>10.1f} {100 * sp['ffn_bytes'] / ffn_dense:>5.1f}%"
         else:
@@ -196,10 +212,13 @@ def main():
                 f"{sp['capacity']} rows"
             )
         if sp and sp["ahead"]:
+            # the bound of the bytes the token needs: what the same run reads without read-ahead
+            need = bounds[(sparsity, BUNDLES)]
             notes += (
                 f", read-ahead recall {sp['ahead_recall']:.2f} precision "
                 f"{sp['ahead_precision']:.2f}, x no read-ahead "
-                f"{before[sparsity]['time'] / r['time']:.2f}"
+                f"{before[sparsity]['time'] / r['time']:.2f}, bound of the bytes needed / t "
+                f"{need / r['time']:.2f}"
             )
         print(
             f"{sparsity:>8.0%} {name:<26} {r['time']:>8.3f} {r['bytes'] / 1e6:>9.1f} {ffn_cell} "
