@@ -62,6 +62,21 @@ class SparseRowGatherTest : public ::testing::TestWithParam<const char*> {
   }
 };
 
+// A gather over a staging area of `staging` bytes from its own host tier, tables for `rows`.
+struct Gather {
+  HostTier tier{64 << 20};
+  HostBuffer staging;
+  std::vector<IoRequest> requests;
+  std::vector<SparseRowSource> rows;
+  SparseRowGather g;
+  Gather(size_t staging_bytes, size_t n_rows, size_t n_requests, bool bundled)
+      : staging(tier.allocate(staging_bytes)),
+        requests(n_requests),
+        rows(n_rows),
+        g(static_cast<char*>(staging.data()), staging.size(), requests.data(), requests.size(),
+          rows.data(), bundled) {}
+};
+
 // Reads the gathered batch and checks every row's bytes.
 void expect_rows(File& file, const RowFile& f, const SparseRowGather& g,
                  const std::vector<int32_t>& ids) {
@@ -80,12 +95,8 @@ TEST_P(SparseRowGatherTest, BundledRowsCoalesceAndMatchTheFile) {
   for (size_t dim : {511, 512, 513}) {  // rows of 4088, 4096 and 4104 bytes
     RowFile f(97, dim);
     File file(f.path, IoMode::kIoModeRead, options());
-    HostTier tier(64 << 20);
-    HostBuffer staging = tier.allocate(1 << 20);
-    std::vector<IoRequest> requests(2 * 97 + 2);
-    std::vector<SparseRowSource> rows(97);
-    SparseRowGather g(static_cast<char*>(staging.data()), staging.size(), requests.data(),
-                      requests.size(), rows.data(), true);
+    Gather gather(1 << 20, 97, 2 * 97 + 2, true);
+    SparseRowGather& g = gather.g;
     const std::vector<int32_t> ids = {0, 1, 2, 7, 8, 40, 95, 96};
     for (int32_t id : ids) ASSERT_TRUE(g.add(f.plan, id));
     g.close();
@@ -99,12 +110,8 @@ TEST_P(SparseRowGatherTest, BundledRowsCoalesceAndMatchTheFile) {
 TEST_P(SparseRowGatherTest, UnbundledRowsAreTwoRequestsEach) {
   RowFile f(53, 1023);  // 8184-byte rows: parts straddle pages
   File file(f.path, IoMode::kIoModeRead, options());
-  HostTier tier(64 << 20);
-  HostBuffer staging = tier.allocate(1 << 20);
-  std::vector<IoRequest> requests(2 * 53 + 2);
-  std::vector<SparseRowSource> rows(53);
-  SparseRowGather g(static_cast<char*>(staging.data()), staging.size(), requests.data(),
-                    requests.size(), rows.data(), false);
+  Gather gather(1 << 20, 53, 2 * 53 + 2, false);
+  SparseRowGather& g = gather.g;
   const std::vector<int32_t> ids = {0, 1, 13, 51, 52};
   for (int32_t id : ids) ASSERT_TRUE(g.add(f.plan, id));
   g.close();
@@ -114,22 +121,17 @@ TEST_P(SparseRowGatherTest, UnbundledRowsAreTwoRequestsEach) {
 
 TEST_P(SparseRowGatherTest, FullStagingOrRequestTableRefusesTheRow) {
   RowFile f(31, 1024);  // 8 KiB rows
-  HostTier tier(1 << 20);
-  HostBuffer staging = tier.allocate(2 * 8192);
-  std::vector<IoRequest> requests(8);
-  std::vector<SparseRowSource> rows(31);
-  SparseRowGather g(static_cast<char*>(staging.data()), staging.size(), requests.data(),
-                    requests.size(), rows.data(), true);
+  Gather gather(2 * 8192, 31, 8, true);
+  SparseRowGather& g = gather.g;
   EXPECT_TRUE(g.add(f.plan, 3));
   EXPECT_TRUE(g.add(f.plan, 9));
   EXPECT_FALSE(g.add(f.plan, 20));  // staging holds two rows
   EXPECT_EQ(g.n_rows(), 2u);
   g.clear();
   EXPECT_TRUE(g.add(f.plan, 20));
-  SparseRowGather tiny(static_cast<char*>(staging.data()), staging.size(), requests.data(), 1,
-                       rows.data(), true);
-  EXPECT_TRUE(tiny.add(f.plan, 3));
-  EXPECT_FALSE(tiny.add(f.plan, 9));  // a second range needs a second request
+  Gather tiny(2 * 8192, 31, 1, true);
+  EXPECT_TRUE(tiny.g.add(f.plan, 3));
+  EXPECT_FALSE(tiny.g.add(f.plan, 9));  // a second range needs a second request
 }
 
 TEST_P(SparseRowGatherTest, ReadAheadHoldsWhatFitsAndFindsItsRows) {
