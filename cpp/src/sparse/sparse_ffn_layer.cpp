@@ -214,9 +214,9 @@ struct SparseFfn::Impl {
     Layer& l = layers[static_cast<size_t>(index)];
     size_t n_miss = 0;
     for (size_t j = 0; j < n; ++j) {
-      if (!l.cache.contains(ids[j])) need[n_miss++] = ids[j];
+      if (!l.cache.contains(ids[j])) to_evict[n_miss++] = ids[j];  // free once a step evicted
     }
-    aheads[static_cast<size_t>(index) % 2].issue(index, l.file, *l.plan, need, n_miss, info);
+    aheads[static_cast<size_t>(index) % 2].issue(index, l.file, *l.plan, to_evict, n_miss, info);
   }
 
   // The rows read ahead for layer `index` (waited for), or null.
@@ -228,8 +228,9 @@ struct SparseFfn::Impl {
     return &a;
   }
 
+  // ahead_next: read the next layer's predicted rows while this one computes (decode).
   void token(int index, const float* x, const float* up_bias, const float* down_bias, float* y,
-             SparseTokenInfo& info) {
+             bool ahead_next, SparseTokenInfo& info) {
     Layer& l = layers[static_cast<size_t>(index)];
     const SparseLayerPlan& p = *l.plan;
     NeuronCache& cache = l.cache;
@@ -271,6 +272,12 @@ struct SparseFfn::Impl {
     const size_t fill = std::min(n_need, cap - cache.size());
     const SparseReadAhead* ahead = n_need > 0 ? ahead_of(index, info) : nullptr;
     loader.load(l.file, p, cache, need, fill, ahead, info);
+    if (ahead_next) {
+      // The next layer's neurons predicted from this layer's input (the residual stream changes
+      // slowly), submitted after this layer's own reads so that those never queue behind them.
+      const size_t n = predict(layers[static_cast<size_t>(index) + 1], x, to_load, info);
+      read_ahead(index + 1, to_load, n, info);
+    }
 
     t0 = Clock::now();
     kernel_sparse_ffn_prepare(x, p.dtype, p.dim, x_blocks);
@@ -311,14 +318,10 @@ void SparseFfn::run(int index, const float* x, size_t rows, const float* up_bias
   m.gate_bias = gate_bias;
   const size_t dim = m.layers[static_cast<size_t>(index)].plan->dim;
   const size_t next = static_cast<size_t>(index) + 1;
-  if (rows == 1 && !m.aheads.empty() && next < m.layers.size() && m.layers[next].plan->dim == dim) {
-    // Decode: the next layer's neurons predicted from this layer's input (the residual stream
-    // changes slowly), read while this layer computes.
-    const size_t n = m.predict(m.layers[next], x, m.active, m.rows[0]);
-    m.read_ahead(static_cast<int>(next), m.active, n, m.rows[0]);
-  }
+  const bool ahead_next =
+      rows == 1 && !m.aheads.empty() && next < m.layers.size() && m.layers[next].plan->dim == dim;
   for (size_t r = 0; r < rows; ++r) {
-    m.token(index, x + r * dim, up_bias, down_bias, y + r * dim, m.rows[r]);
+    m.token(index, x + r * dim, up_bias, down_bias, y + r * dim, ahead_next, m.rows[r]);
   }
 }
 
