@@ -1,6 +1,7 @@
-// The sparse FFN's per-token path: (read ahead for the next layer) -> predictor -> window ->
-// evict -> one batch of reads (minus the rows read ahead) -> insert -> kernel, over views of one
-// scratch buffer laid out by the plan. See sparse_ffn_layer.hpp and docs/sparse.md.
+// The sparse FFN's per-token path: predictor -> window -> evict -> one batch of reads (the
+// rows read ahead taken from there) -> insert -> read-ahead of the next layer's rows (decode) ->
+// kernel, over views of one scratch buffer laid out by the plan. See sparse_ffn_layer.hpp and
+// docs/sparse.md.
 #include "sparse/sparse_ffn_layer.hpp"
 
 #include <algorithm>
