@@ -83,7 +83,7 @@ void bind_model(nb::module_& m) {
           nb::arg("verify") = false, nb::arg("max_context") = 0, nb::arg("prefill_chunk") = 0,
           nb::arg("lock") = true, nb::arg("max_batch") = 1, nb::arg("ring_sections") = 0,
           nb::arg("sparse") = false, nb::arg("sparse_window") = 4, nb::arg("sparse_bundled") = true,
-          nb::arg("sparse_capacity") = 0, nb::arg("sparse_readahead") = true,
+          nb::arg("sparse_capacity") = 0, nb::arg("sparse_readahead") = false,
           nb::arg("expert_cache") = "lru", nb::arg("expert_prefetch") = true,
           nb::arg("kv_dtype") = "f16", nb::arg("kv_policy") = "")
       .def_prop_ro("path", [](const Model& self) { return self.package().path; })

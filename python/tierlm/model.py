@@ -333,7 +333,7 @@ def load(
     sparse_window=4,
     sparse_bundled=True,
     sparse_capacity=0,
-    sparse_readahead=True,
+    sparse_readahead=False,
     expert_cache="lru",
     expert_prefetch=True,
     kv_dtype="f16",

@@ -21,12 +21,12 @@ enum class SparseOpRole { kSparseOpNone, kSparseOpCompute, kSparseOpCopy, kSpars
 // What the model passes on from ModelOptions (sparse_window, sparse_capacity, sparse_bundled,
 // verify, sparse_readahead) and its prefill chunk.
 struct SparseFfnOptions {
-  int64_t window = 4;     // tokens whose neurons stay cached (1 = no window)
-  int64_t capacity = 0;   // cached neurons per layer; 0 = auto from the predictors
-  bool bundled = true;    // false: up and down parts read apart, no coalescing (ablation)
-  bool verify = false;    // check the bundles' and predictors' CRC-32 at load
-  bool readahead = true;  // decode: read layer i+1's predicted rows while layer i computes
-  size_t max_rows = 1;    // rows of a batch (prefill chunk)
+  int64_t window = 4;      // tokens whose neurons stay cached (1 = no window)
+  int64_t capacity = 0;    // cached neurons per layer; 0 = auto from the predictors
+  bool bundled = true;     // false: up and down parts read apart, no coalescing (ablation)
+  bool verify = false;     // check the bundles' and predictors' CRC-32 at load
+  bool readahead = false;  // decode: read layer i+1's predicted rows while layer i computes
+  size_t max_rows = 1;     // rows of a batch (prefill chunk)
 };
 
 // One FFN layer: where it sits in the graph, its bundle file and its predictor.
@@ -92,7 +92,7 @@ struct SparseFfnPlan {
   bool bundled = true;
   size_t max_rows = 1;           // rows of a batch (prefill chunk)
   size_t staging_bytes = 0;      // one staging buffer shared by the layers
-  bool readahead = true;         // two read-ahead buffers (sparse_readahead.hpp), used in turn
+  bool readahead = false;        // two read-ahead buffers (sparse_readahead.hpp), used in turn
   size_t readahead_staging = 0;  // staging bytes of each
   size_t readahead_rows = 0;     // rows each holds at most
   size_t partials = 1;           // per-thread partial sums of the kernel
