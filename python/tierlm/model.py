@@ -287,12 +287,18 @@ class Model:
         "resident_layers", "streamed_layers", "streamed_tensors", "pinned_tensors",
         "row_tensors" (embedding tables read by rows on demand), ...}; for a mixture-of-experts
         model also "experts": {"host_experts", "disk_experts" (per moe layer, the experts homed on
-        each tier), "cache_slots", "policy", "expert_bytes", ...}."""
+        each tier), "homing" (by a usage profile or outer layers first), "cache_slots", "policy",
+        "expert_bytes", ...}."""
         placement = as_dict(self._native.placement())
         experts = self._native.expert_placement()
         if experts.moe:
             placement["experts"] = as_dict(experts)
         return placement
+
+    def expert_usage(self):
+        """Mixture of experts: per moe layer, the tokens routed to each expert since load (what
+        tierlm.profile_experts stores as the package's usage profile); [] without moe layers."""
+        return [list(counts) for counts in self._native.expert_usage()]
 
     def stream_events(self):
         """One entry per streamed layer, at its begin: {"t", "wait", "layer", "bytes_read"}
