@@ -370,7 +370,9 @@ def load(
     expert_cache: mixture-of-experts models home each expert on the host tier (read at load)
     or on the disk tier (read with O_DIRECT when routed to, into a host-tier expert cache);
     the cache's replacement policy is "lru" or "lfu" (frequency-weighted: use counts that
-    halve every 64 steps). The experts get the host budget the other weights leave.
+    halve every 64 steps), or "stream": no cache, every disk-homed expert of a layer read on
+    every step, routed or not (dense offload, a baseline). The experts get the host budget the
+    other weights leave; a package's usage profile (tierlm.profile_experts) homes the most used.
     expert_prefetch: predict layer i+1's experts by applying its router to layer i's input and
     read the missing ones while layer i computes (stats: moe_prediction_accuracy_pct).
     kv_dtype: the KV cache's element type: "f16" (default), "bf16", "f32", or "q8_0" (int8 in

@@ -214,3 +214,29 @@ def test_experts_split_across_weight_files(moe, tmp_path, backend):
     out = model.generate(moe["ids"], max_new_tokens=NEW_TOKENS, stop_at_eos=False).output_ids
     assert out == moe["ref"]
     assert model.stats()["moe_misses"] > 0
+
+
+def test_stream_reads_every_expert_of_every_layer(moe, backend):
+    """expert_cache="stream", the dense-offload baseline: no cache, every disk-homed expert of
+    a layer read on every step (the next layer's too with prefetch); the tokens stay the
+    resident run's and the budget holds."""
+    budget = budget_of(moe, 0.25)
+    for prefetch in (True, False):
+        model = tierlm.load(
+            moe["pkg"], budget={"host": budget}, expert_cache="stream", expert_prefetch=prefetch
+        )
+        placement = model.placement()["experts"]
+        assert placement["policy"] == "stream"
+        disk = sum(map(len, placement["disk_experts"]))
+        # slots for one layer's experts (two with prefetch), the rest of the budget homes
+        assert 1 <= placement["cache_slots"] <= (2 if prefetch else 1) * 8
+        out = model.generate(moe["ids"], max_new_tokens=NEW_TOKENS, stop_at_eos=False)
+        assert out.output_ids == moe["ref"]
+        s = model.stats()
+        assert s["host"]["peak"] <= budget
+        reads = s["moe_bytes_read"] // placement["expert_bytes"]
+        # each of the NEW_TOKENS steps (the prompt's and the decode steps) reads every
+        # disk-homed expert, less those its slots still hold from the step before
+        slots = placement["cache_slots"]
+        assert reads >= NEW_TOKENS * (disk - slots), (reads, disk, slots)
+        assert reads <= NEW_TOKENS * disk + s["moe_misses"]

@@ -98,8 +98,17 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
                format_bytes(options.budget), options.prefetch ? " with the routers" : "",
                "; raise the host budget");
   if (options.prefetch) read_routers(package, host, ops, routers, options.verify);
+  // "stream" (dense offload): slots for one layer's experts, and the next layer's with
+  // prefetch; the rest of the budget homes experts as a cache would.
+  stream_all_ = options.policy == ExpertPolicyKind::kExpertPolicyStream;
+  uint64_t most = 1;
+  for (size_t m = 0; m < ops.size(); ++m)
+    most = std::max<uint64_t>(most, layer_experts(static_cast<int>(m)));
   uint64_t slots = 0;
-  if (fit < total) slots = std::min(fit, std::max<uint64_t>(2 * max_top_k, fit / 4));
+  if (fit < total && stream_all_) slots = std::min(fit, (options.prefetch ? 2 : 1) * most);
+  if (fit < total && !stream_all_) {
+    slots = std::min(fit, std::max<uint64_t>(2 * max_top_k, fit / 4));
+  }
   const uint64_t homed = std::min(total, fit - slots);
   if (homed > 0) homed_ = host.allocate(homed * slot_bytes_);
   if (slots > 0) cache_ = host.allocate(slots * slot_bytes_);
@@ -112,6 +121,7 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
   predicted_.assign(experts_.size(), 0);
   layer_predicted_.assign(ops.size(), 0);
   prefetched_slots_.reserve(slots);
+  streamed_.reserve(slots);
   usage_.assign(experts_.size(), 0);
   const std::vector<int> order = home_order(options.usage);
   for (uint64_t i = 0; i < homed; ++i) {
@@ -261,9 +271,39 @@ const void* ExpertStore::next_router(int moe) const {
   return static_cast<const char*>(routers_.data()) + router_at_[moe];
 }
 
+int ExpertStore::layer_experts(int moe) const {
+  const int end = moe + 1 < static_cast<int>(first_key_.size()) ? first_key_[moe + 1]
+                                                                : static_cast<int>(experts_.size());
+  return end - first_key_[moe];
+}
+
+void ExpertStore::stream_layer(int moe, bool ahead) {
+  streamed_.clear();
+  for (int k = key(moe, 0); k < key(moe, 0) + layer_experts(moe); ++k) {
+    if (experts_[k].host != nullptr || experts_[k].slot >= 0) continue;
+    const int s = take_slot(false);  // queued slots stay pinned until flushed
+    if (s < 0) break;                // every slot holds an expert in use
+    queue(k, s);
+    policy_->touch(k);
+    streamed_.push_back(s);
+  }
+  flush();
+  for (int s : streamed_) {
+    if (ahead) {
+      prefetched_slots_.push_back(s);  // kept until the layer's route, as prefetches are
+    } else {
+      slots_[s].pinned = false;  // read whether used or not; the step's own are pinned
+    }
+  }
+}
+
 void ExpertStore::prefetch(int moe, std::span<const int32_t> experts) {
   layer_predicted_[moe] = 1;
   for (int32_t e : experts) predicted_[key(moe, e)] = 1;
+  if (stream_all_) {
+    stream_layer(moe, true);  // the whole next layer, as a dense offload's ring reads it
+    return;
+  }
   for (int32_t e : experts) {
     const int k = key(moe, e);
     if (experts_[k].host != nullptr || experts_[k].slot >= 0) continue;
@@ -379,6 +419,7 @@ void ExpertStore::route(int moe, std::span<const int32_t> experts, std::span<con
     queue(k, s);
   }
   flush();  // the step's misses in one batch
+  if (stream_all_) stream_layer(moe, false);
 }
 
 ExpertWeights ExpertStore::expert(int moe, int32_t e) {

@@ -99,6 +99,11 @@ class ExpertStore final : public ExpertProvider {
   // Assigns expert k to the slot and queues its reads; flush() submits the queue, one batch
   // per file.
   void queue(int k, int slot);
+  // expert_cache "stream": reads every expert of moe op `moe` that is neither homed nor in a
+  // slot (used or not, as a dense offload reads them); `ahead`: a prefetch, pinned until the
+  // layer's route.
+  void stream_layer(int moe, bool ahead);
+  int layer_experts(int moe) const;
   void flush();
   void wait(int slot);
 
@@ -120,7 +125,9 @@ class ExpertStore final : public ExpertProvider {
   std::vector<uint8_t> predicted_;        // by key: named by the last prediction of its layer
   std::vector<uint8_t> layer_predicted_;  // per moe op: a prediction awaits its route
   std::vector<int> prefetched_slots_;     // pinned by prefetch until the layer's route
+  std::vector<int> streamed_;             // scratch of stream_layer
   std::unique_ptr<ExpertPolicy> policy_;
+  bool stream_all_ = false;  // expert_cache "stream": no cache, every expert read per step
   ExpertPlacement placement_;
   MoeStats stats_;
   VerifyStats verify_;
