@@ -10,8 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import tierlm
-from models import package, prompt
-from tierlm.reference import Reference
+from models import RoutingRecorder, offload_moe_package, package, prompt
 
 NEW_TOKENS = 6
 LAYERS, EXPERTS, TOP_K = 4, 8, 2
@@ -19,16 +18,7 @@ LAYERS, EXPERTS, TOP_K = 4, 8, 2
 
 @pytest.fixture(scope="module")
 def moe(tmp_path_factory):
-    # 4 layers x 8 experts of 3 x 307 x 200 bf16, as in test_moe_offload
-    _, pkg = package(
-        "mixtral",
-        str(tmp_path_factory.mktemp("expert-usage")),
-        dtype="bf16",
-        num_hidden_layers=LAYERS,
-        num_local_experts=EXPERTS,
-        intermediate_size=307,
-        max_position_embeddings=64,
-    )
+    pkg = offload_moe_package(str(tmp_path_factory.mktemp("expert-usage")))  # 4 x 8 experts
     model = tierlm.load(pkg)
     ids = prompt(11)
     ref = model.generate(ids, max_new_tokens=NEW_TOKENS, stop_at_eos=False).output_ids
@@ -45,20 +35,6 @@ def copy_package(moe, tmp_path):
     return dst
 
 
-class RoutingCounter(Reference):
-    """The numpy reference, counting the experts each row chose per moe layer."""
-
-    def __init__(self, pkg):
-        super().__init__(pkg)
-        self.counts = []
-
-    def _moe(self, op, x):
-        logits = x @ self.weight(op["weight"]).T
-        chosen = np.argsort(-logits, axis=-1)[:, : op["top_k"]]
-        self.counts.append(np.bincount(chosen.ravel(), minlength=op["experts"]))
-        return super()._moe(op, x)
-
-
 def test_profile_counts_the_references_routing(moe, tmp_path):
     pkg = copy_package(moe, tmp_path)
     ids = prompt(61, seed=5)  # a prime number of tokens, prefilled in chunks
@@ -66,10 +42,11 @@ def test_profile_counts_the_references_routing(moe, tmp_path):
     assert profile["tokens"] == 61 and profile["source"] == "ids"
     with open(pkg / "expert_usage.json") as f:
         assert json.load(f) == profile
-    ref = RoutingCounter(str(pkg))
+    ref = RoutingRecorder(str(pkg))
     ref.forward(ids)
     assert [layer["layer"] for layer in profile["layers"]] == list(range(LAYERS))
-    for layer, want in zip(profile["layers"], ref.counts, strict=True):
+    for layer, (_, _, chosen) in zip(profile["layers"], ref.calls, strict=True):
+        want = np.bincount(chosen.ravel(), minlength=EXPERTS)
         counts = np.array(layer["tokens_per_expert"])
         assert counts.sum() == 61 * TOP_K
         # bf16 weights in f32 arithmetic: a near-tie may flip one pick of one token

@@ -8,24 +8,14 @@ import re
 import numpy as np
 import pytest
 import tierlm
-from models import package, prompt
-from tierlm.reference import Reference
+from models import RoutingRecorder, offload_moe_package, prompt
 
 NEW_TOKENS = 8
 
 
 @pytest.fixture(scope="module")
 def moe(tmp_path_factory):
-    # 4 layers x 8 experts of 3 x 307 x 200 bf16 (each part 30 pages): 32 experts, 11.8 MB
-    _, pkg = package(
-        "mixtral",
-        str(tmp_path_factory.mktemp("moe-offload")),
-        dtype="bf16",
-        num_hidden_layers=4,
-        num_local_experts=8,
-        intermediate_size=307,
-        max_position_embeddings=64,
-    )
+    pkg = offload_moe_package(str(tmp_path_factory.mktemp("moe-offload")))
     model = tierlm.load(pkg)
     ids = prompt(11)
     ref = model.generate(ids, max_new_tokens=NEW_TOKENS, stop_at_eos=False).output_ids
@@ -119,19 +109,6 @@ def test_cli_verbose_prints_expert_placement_and_stats(moe, capsys):
     assert re.search(r"layer 3: host 0-\d, disk \d-7", err)
     assert "layer 1: host none, disk 0-7" in err
     assert "fetched/token, hit rate" in err
-
-
-class RoutingRecorder(Reference):
-    """The numpy reference, recording each moe op's input and the experts each row chose."""
-
-    def __init__(self, pkg):
-        super().__init__(pkg)
-        self.calls = []
-
-    def _moe(self, op, x):
-        logits = x @ self.weight(op["weight"]).T
-        self.calls.append((op, x, np.argsort(-logits, axis=-1)[:, : op["top_k"]]))
-        return super()._moe(op, x)
 
 
 def expected_prediction_counts(moe):
