@@ -138,6 +138,8 @@ def test_profile_options_are_checked(moe, tmp_path):
         tierlm.profile_experts(pkg, text="a", ids=[1])
     with pytest.raises(tierlm.InvalidArgumentError, match="max_tokens"):
         tierlm.profile_experts(pkg, ids=[1], max_tokens=0)
+    with pytest.raises(tierlm.InvalidArgumentError, match="no tokenizer; give profile_experts"):
+        tierlm.profile_experts(pkg)  # the calibration text needs the package's tokenizer
     with pytest.raises(tierlm.InvalidArgumentError, match="no tokens"):
         tierlm.profile_experts(pkg, ids=[])
     assert not os.path.exists(pkg / "expert_usage.json")

@@ -192,3 +192,11 @@ def test_gguf_stacked_experts_import(tmp_path, arch, matrix_type):
             )[0, len(ids) :].tolist()
         got = model.generate(ids, max_new_tokens=8, stop_at_eos=False).output_ids
         assert got == want
+        # the rebuilt tokenizer reads the shipped calibration text: a usage profile of its
+        # first max_positions (256) tokens, top_k picks per token and moe layer
+        profile = tierlm.profile_experts(pkg.path)
+        assert profile["source"] == "calibration.txt" and profile["tokens"] == 256
+        top_k = hf.config.num_experts_per_tok
+        assert [sum(p["tokens_per_expert"]) for p in profile["layers"]] == [256 * top_k] * len(
+            pkg.config["moe_layers"]
+        )
