@@ -21,7 +21,13 @@ CHUNK = 32  # prefill steps of one block: 25 % of the KV keeps just two blocks i
 
 @pytest.fixture(scope="module")
 def pkg(tmp_path_factory):
-    return package("llama", str(tmp_path_factory.mktemp("kvspill")), seed=13, max_position_embeddings=CONTEXT, **SPILL_SHAPE)[1]
+    return package(
+        "llama",
+        str(tmp_path_factory.mktemp("kvspill")),
+        seed=13,
+        max_position_embeddings=CONTEXT,
+        **SPILL_SHAPE,
+    )[1]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +48,9 @@ def run(model):
 
 
 @pytest.mark.parametrize("share", [0.5, 0.25])
-def test_spilled_cache_gives_the_in_memory_tokens_and_logits(pkg, in_memory, backend, share, tmp_path):
+def test_spilled_cache_gives_the_in_memory_tokens_and_logits(
+    pkg, in_memory, backend, share, tmp_path
+):
     kv_host = int(in_memory["kv_bytes"] * share)
     host = in_memory["peak"] - in_memory["kv_bytes"] + kv_host  # the in-memory run does not fit
     disk = in_memory["kv_bytes"]

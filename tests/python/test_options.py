@@ -46,7 +46,9 @@ def case_budget(pkg, sparse_pkg):
     assert tierlm.load(pkg, budget=streaming_budget(pkg)).placement()["streaming"]
     with pytest.raises(InvalidArgumentError, match="not 'device'.*no device tier"):
         tierlm.load(pkg, budget={"host": "48MiB", "device": "1GiB"})
-    with pytest.raises(InvalidArgumentError, match="only the host and disk tier budgets, not 'gpu'"):
+    with pytest.raises(
+        InvalidArgumentError, match="only the host and disk tier budgets, not 'gpu'"
+    ):
         tierlm.load(pkg, budget={"gpu": "1GiB"})
     # the disk tier holds what kv_host_budget moves there (case_kv_host_budget), nothing else
     with pytest.raises(InvalidArgumentError, match="only a kv_host_budget"):
