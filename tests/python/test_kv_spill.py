@@ -78,6 +78,26 @@ def test_spilled_cache_gives_the_in_memory_tokens_and_logits(
     assert os.listdir(tmp_path) == []  # the scratch file is unlinked from the start
 
 
+def test_padded_q8_0_slices_spill_and_match(pkg, tmp_path):
+    """q8_0 rows of head_dim 64 are 68 bytes: a layer's slice of a block (4352 bytes) is padded
+    to two pages on disk and in memory; the padding must not shift what attention reads."""
+    ref = tierlm.load(pkg, max_context=CONTEXT, prefill_chunk=CHUNK, kv_dtype="q8_0")
+    want = run(ref)
+    model = tierlm.load(
+        pkg,
+        max_context=CONTEXT,
+        prefill_chunk=CHUNK,
+        kv_dtype="q8_0",
+        kv_host_budget=ref.stats()["kv_bytes"] // 2,
+        disk_dir=tmp_path,
+    )
+    got = run(model)
+    assert got["tokens"] == want["tokens"]
+    assert all(np.array_equal(a, b) for a, b in zip(got["steps"], want["steps"], strict=True))
+    s = model.stats()
+    assert s["kv_blocks_spilled"] > 0 and s["kv_block_bytes"] == 12 * 8192
+
+
 def test_shared_prefix_batch_spills_and_matches(pkg, tmp_path):
     """generate_batch shares the prompt's blocks among sequences: spilled shared blocks are read
     back for each, and a shared tail block is copied (from disk when it is there)."""

@@ -14,6 +14,12 @@ namespace tierlm::detail {
 
 namespace {
 
+// Adjacent slices coalesce into reads of up to this many bytes: large enough to cost one
+// request each, small enough that a layer's read-back keeps several in flight (one 1 MiB read
+// at queue depth 1 gets about 70 % of what 256 KiB reads at depth 16 get from this machine's
+// disk, measured with fio).
+constexpr uint64_t kReadPiece = 256 << 10;
+
 // Rethrows a disk tier error with what the KV cache was doing.
 [[noreturn]] void rethrow(const Error& error, const std::string& doing) {
   throw Error(error.code(), error.sys_errno(), "KV cache: " + doing + ": " + error.what());
@@ -55,6 +61,10 @@ KvSpill::KvSpill(const KvSpillPlan& plan, std::vector<uint64_t> slice_bytes,
     block_bytes_ += slice;
   }
   extent_ = tier_.allocate(plan.disk_bytes);
+  // Fixed buffers: io_uring maps the staging pages once instead of on every read.
+  for (const HostBuffer& buffer : staging_) {
+    registered_.push_back(tier_.file().register_buffer(buffer.data(), buffer.size()));
+  }
   for (int32_t d = static_cast<int32_t>(plan.disk_blocks); d-- > 0;) free_.push_back(d);
   for (auto& per_slot : layer_blocks_) {
     per_slot.resize(static_cast<size_t>(slots));
@@ -67,6 +77,9 @@ KvSpill::KvSpill(const KvSpillPlan& plan, std::vector<uint64_t> slice_bytes,
 KvSpill::~KvSpill() {
   settle(0);
   settle(1);
+  for (int b = 0; b < 2; ++b) {
+    if (registered_[static_cast<size_t>(b)]) tier_.file().unregister_buffer(staging_[b].data());
+  }
 }
 
 void KvSpill::settle(int buffer) {
@@ -155,7 +168,7 @@ void KvSpill::issue(size_t layer) {
       const uint64_t offset = disk_offset(layer, -1 - entry);
       DiskRequest* last = requests_.empty() ? nullptr : &requests_.back();
       if (last != nullptr && last->offset + last->len == offset &&
-          static_cast<char*>(last->buf) + last->len == staging) {
+          static_cast<char*>(last->buf) + last->len == staging && last->len + slice <= kReadPiece) {
         last->len += slice;  // the next slot on disk into the next place: one read
       } else {
         requests_.push_back({&extent_, staging, slice, offset});

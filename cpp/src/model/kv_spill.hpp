@@ -103,9 +103,10 @@ class KvSpill {
   HostBuffer staging_[2];
   DiskTier tier_;
   DiskExtent extent_;
-  std::vector<int32_t> refs_;  // references to each disk slot
-  std::vector<int32_t> free_;  // free disk slots, the lowest last
-  int64_t spilled_ = 0;        // disk slots in use
+  std::vector<bool> registered_;  // each staging buffer, with the tier's io_uring
+  std::vector<int32_t> refs_;     // references to each disk slot
+  std::vector<int32_t> free_;     // free disk slots, the lowest last
+  int64_t spilled_ = 0;           // disk slots in use
   // This step.
   std::vector<int32_t> step_slots_;
   const std::vector<std::vector<int32_t>>* tables_ = nullptr;
