@@ -202,7 +202,7 @@ void Executor::attend(const ExecOp& op, const ExecBatch& batch) {
   const size_t per_group = batch.slots == nullptr ? rows : 1;
   AttentionShape shape = op.shape;
   shape.kv_dtype = kv_.dtype();
-  kv_.fetch(static_cast<size_t>(op.kv));  // this layer's spilled blocks, and on to the next
+  kv_.fetch(static_cast<size_t>(op.kv));  // this layer's spilled blocks (a spilling cache)
   for (size_t g = 0; g < groups; ++g) {
     const int32_t slot = batch.slots == nullptr ? batch.slot : batch.slots[g];
     const KvLayout cache = kv_.layout(static_cast<size_t>(op.kv), slot);
@@ -216,6 +216,7 @@ void Executor::attend(const ExecOp& op, const ExecBatch& batch) {
     backend_.attention(op.in[0] + row0 * q_width, cache, op.out + row0 * q_width, shape, op.scale,
                        op.workspace);
   }
+  kv_.release(static_cast<size_t>(op.kv));
 }
 
 }  // namespace tierlm::detail

@@ -70,12 +70,16 @@ class KvCache {
   // is empty; a spilling cache writes its coldest block to disk instead), copies the blocks the
   // next tokens land in if another sequence shares them, and reads them back if spilled.
   void prepare(int32_t slot, int64_t tokens);
-  // After the step's prepare calls: a spilling cache starts reading back layer 0's spilled
-  // blocks of these slots; fetch(layer), before the layer's attention, waits for its blocks and
-  // starts on the next layer's. Neither does anything for a cache that does not spill.
+  // After the step's prepare calls: a spilling cache starts reading back the spilled blocks of
+  // these slots, layers 0 and 1; fetch(layer), before the layer's attention, waits for its
+  // blocks, and release(layer), after it, starts on layer + 2's. None does anything for a
+  // cache that does not spill.
   void stage(std::span<const int32_t> slots);
   void fetch(size_t layer) {
     if (spill_) spill_->fetch(layer);
+  }
+  void release(size_t layer) {
+    if (spill_) spill_->release(layer);
   }
   bool spills() const { return spill_ != nullptr; }
   const KvSpill* spill() const { return spill_.get(); }

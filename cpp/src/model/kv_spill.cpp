@@ -61,10 +61,6 @@ KvSpill::KvSpill(const KvSpillPlan& plan, std::vector<uint64_t> slice_bytes,
     block_bytes_ += slice;
   }
   extent_ = tier_.allocate(plan.disk_bytes);
-  // Fixed buffers: io_uring maps the staging pages once instead of on every read.
-  for (const HostBuffer& buffer : staging_) {
-    registered_.push_back(tier_.file().register_buffer(buffer.data(), buffer.size()));
-  }
   for (int32_t d = static_cast<int32_t>(plan.disk_blocks); d-- > 0;) free_.push_back(d);
   for (auto& per_slot : layer_blocks_) {
     per_slot.resize(static_cast<size_t>(slots));
@@ -77,9 +73,6 @@ KvSpill::KvSpill(const KvSpillPlan& plan, std::vector<uint64_t> slice_bytes,
 KvSpill::~KvSpill() {
   settle(0);
   settle(1);
-  for (int b = 0; b < 2; ++b) {
-    if (registered_[static_cast<size_t>(b)]) tier_.file().unregister_buffer(staging_[b].data());
-  }
 }
 
 void KvSpill::settle(int buffer) {
@@ -145,6 +138,7 @@ void KvSpill::stage(std::span<const int32_t> slots, const std::vector<std::vecto
   settle(1);
   staged_layer_[0] = staged_layer_[1] = SIZE_MAX;
   issue(0);
+  issue(1);
 }
 
 void KvSpill::issue(size_t layer) {
@@ -207,8 +201,9 @@ void KvSpill::fetch(size_t layer) {
   futures_[buffer].clear();
   counts_.wait_seconds +=
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  issue(layer + 1);
 }
+
+void KvSpill::release(size_t layer) { issue(layer + 2); }
 
 KvLayout KvSpill::layout(size_t layer, int32_t slot) const {
   const int buffer = static_cast<int>(layer % 2);

@@ -1,7 +1,9 @@
 // KV blocks on the disk tier: when the paged cache may hold only kv_host_budget bytes of host
 // memory, its coldest blocks are written whole to a scratch file of the disk tier (O_DIRECT
 // through the I/O engine) and, each step, every layer's slices of them are read back into one
-// of two host staging buffers while the layer before computes. Spilling moves bytes, it drops
+// of two host staging buffers while the layer before computes: a buffer is refilled with the
+// layer after next as soon as attention is done with it, so the disk always has the next
+// layer's reads queued behind the current one's. Spilling moves bytes, it drops
 // nothing: attention reads the same keys and values as from memory. Eviction policies
 // (kv_policy) are another matter and are not combined with it.
 #pragma once
@@ -72,12 +74,14 @@ class KvSpill {
 
   // A step over `slots` begins: tables[s] lists each slot's blocks (a host block id >= 0, or
   // -1 - disk slot), host_blocks[id] their addresses; both stay as they are until the step
-  // ends. Issues layer 0's read-backs.
+  // ends. Issues the read-backs of layers 0 and 1.
   void stage(std::span<const int32_t> slots, const std::vector<std::vector<int32_t>>& tables,
              std::span<void* const> host_blocks);
   // Waits for layer's read-backs (throwing a read's error, naming the layer and the tier's
-  // directory) and issues the next layer's into the other staging buffer.
+  // directory).
   void fetch(size_t layer);
+  // Attention is done with layer's staged blocks: their buffer reads layer + 2's.
+  void release(size_t layer);
   // Layer's blocks of slot for this step: resident ones in place, spilled ones staged
   // (block_tokens left for the cache to set).
   KvLayout layout(size_t layer, int32_t slot) const;
@@ -103,10 +107,9 @@ class KvSpill {
   HostBuffer staging_[2];
   DiskTier tier_;
   DiskExtent extent_;
-  std::vector<bool> registered_;  // each staging buffer, with the tier's io_uring
-  std::vector<int32_t> refs_;     // references to each disk slot
-  std::vector<int32_t> free_;     // free disk slots, the lowest last
-  int64_t spilled_ = 0;           // disk slots in use
+  std::vector<int32_t> refs_;  // references to each disk slot
+  std::vector<int32_t> free_;  // free disk slots, the lowest last
+  int64_t spilled_ = 0;        // disk slots in use
   // This step.
   std::vector<int32_t> step_slots_;
   const std::vector<std::vector<int32_t>>* tables_ = nullptr;
