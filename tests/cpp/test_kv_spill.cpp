@@ -89,8 +89,10 @@ TEST_P(KvSpillTest, SpilledBlocksGiveAttentionTheSameRows) {
                   KvDiskOptions{.dir = scratch_dir(), .budget = plan.disk_bytes});
   EXPECT_EQ(spilled.bytes(), plan.host_bytes);
   uint32_t seed = 1;
-  for (int64_t n : {int64_t{1}, kKvBlockTokens - 1, int64_t{1}, 3 * kKvBlockTokens + 5, int64_t{2},
-                    7 * kKvBlockTokens, kKvBlockTokens + 1, int64_t{1}}) {
+  // Steps of at most what the resident blocks hold (the executor's prefill chunk).
+  const int64_t most = (plan.resident_blocks - 1) * kKvBlockTokens;
+  for (int64_t n : {1, 31, 1, 69, 2, 90, 33, 1, 64, 47}) {
+    ASSERT_LE(n, most);
     append(memory, 0, n, seed, s);
     append(spilled, 0, n, seed, s);
     ++seed;
@@ -102,15 +104,17 @@ TEST_P(KvSpillTest, SpilledBlocksGiveAttentionTheSameRows) {
   EXPECT_EQ(host_b.stats().peak, plan.host_bytes);  // nothing beyond the plan, ever
   EXPECT_EQ(spilled.blocks(), memory.blocks());
 
-  // A shared prefix (its tail block spilled or not) continued apart in each slot.
-  const int64_t prefix = memory.length(0) - 11;
-  memory.share(0, 1, prefix);
-  spilled.share(0, 1, prefix);
-  append(memory, 1, 40, 77, s);
-  append(spilled, 1, 40, 77, s);
-  EXPECT_EQ(attend(spilled, 1, s, 5), attend(memory, 1, s, 5));
-  EXPECT_EQ(attend(spilled, 0, s, 6), attend(memory, 0, s, 6));
-  EXPECT_EQ(spilled.blocks(), memory.blocks());
+  // Shared prefixes continued apart in each slot: one whose tail block is recent (in host
+  // memory), one whose tail block went to disk long ago (read back whole before the write).
+  for (int64_t prefix : {memory.length(0) - 11, 2 * kKvBlockTokens + 7}) {
+    memory.share(0, 1, prefix);
+    spilled.share(0, 1, prefix);
+    append(memory, 1, 40, 77, s);
+    append(spilled, 1, 40, 77, s);
+    EXPECT_EQ(attend(spilled, 1, s, 5), attend(memory, 1, s, 5)) << prefix;
+    EXPECT_EQ(attend(spilled, 0, s, 6), attend(memory, 0, s, 6)) << prefix;
+    EXPECT_EQ(spilled.blocks(), memory.blocks());
+  }
   spilled.clear_all();
   EXPECT_EQ(spilled.blocks(), 0);
   EXPECT_EQ(spilled.spill()->disk_bytes(), 0u);

@@ -242,6 +242,8 @@ def case_generate_kv_host_budget(ctx):
     s = spilled["model_stats"]
     assert s["kv_blocks_spilled"] > 0 and s["kv_bytes"] <= share
     assert 0 < s["disk"]["peak"] <= s["disk"]["budget"] == 8 << 20
+    rc, _, err = ctx.run(*argv, "--kv-host-budget", str(share), "--verbose")
+    assert rc == 0 and "oldest blocks spilled to the disk tier" in err and "no limit" in err, err
     ctx.fails(*argv, "--kv-host-budget", "64KiB", match="kv_host_budget 64.0 KiB cannot hold")
     ctx.fails(*argv, "--kv-host-budget", "lots", match="kv_host_budget: cannot read 'lots'")
 

@@ -252,6 +252,15 @@ def print_placement(model, out):
             f"{s['sparse_window']})",
             file=out,
         )
+    if s["disk"]["current"] > 0:  # the extent a spilling KV cache reserves at load
+        budget = s["disk"]["budget"]
+        print(
+            f"KV cache: {format_size(s['kv_bytes'])} in the host tier (blocks and read-back "
+            f"staging), the oldest blocks spilled to the disk tier: up to "
+            f"{format_size(s['disk']['current'])} (disk budget "
+            f"{'no limit' if budget == 2**64 - 1 else format_size(budget)})",
+            file=out,
+        )
     if not p["streaming"]:
         print(
             f"placement: all {'other ' if p.get('experts') else ''}weights resident in the host "
