@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 
 #include "model/exec_buffers.hpp"
 #include "model/host_budget.hpp"
@@ -99,6 +100,11 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   const detail::KvSpillPlan spill =
       detail::KvCache::spill_plan(kv_layers, m.context, m.max_batch, options.kv_dtype,
                                   options.kv_host_budget, std::max<int64_t>(m.max_batch, 2));
+  // The disk tier opens only for a spill; a directory given for it is checked either way.
+  TIERLM_CHECK(
+      spill.on() || options.disk_dir.empty() || std::filesystem::is_directory(options.disk_dir),
+      kErrorNotFound, "disk_dir ", options.disk_dir,
+      " does not exist or is not a directory; create it or pass another directory");
   if (spill.on()) {
     // A prefill step writes up to chunk / block + 1 blocks, all in host memory at once.
     const int64_t most = (spill.resident_blocks - 1) * detail::kKvBlockTokens;
