@@ -196,8 +196,8 @@ class TIERLM_API Model {
   // Runs tokens at the current position (in prefill_chunk batches), appends them to the KV
   // cache and returns the last token's logits (vocab_size floats, valid until the next call).
   // Throws kErrorInvalidArgument for an empty batch, ids outside the vocabulary or a batch
-  // that would overflow the context. Allocates nothing but the I/O futures of streamed weight
-  // and sparse row reads.
+  // that would overflow the context. Allocates nothing but the I/O futures of streamed weight,
+  // sparse row and spilled KV block reads.
   const float* forward(std::span<const int32_t> tokens);
   // The same; restart = true empties the cache first, atomically with the run.
   const float* forward(std::span<const int32_t> tokens, bool restart);
