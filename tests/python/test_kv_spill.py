@@ -78,6 +78,29 @@ def test_spilled_cache_gives_the_in_memory_tokens_and_logits(
     assert os.listdir(tmp_path) == []  # the scratch file is unlinked from the start
 
 
+def test_spill_beside_streamed_weights(pkg, in_memory, tmp_path):
+    """A host budget below the weights too: matrices stream through the ring while the KV
+    cache spills, both through the I/O engine, each tier within its budget."""
+    kv_host = in_memory["kv_bytes"] // 4
+    full = tierlm.load(pkg, max_context=CONTEXT).stats()
+    host = full["host"]["peak"] - full["kv_bytes"] + kv_host - full["weight_bytes"] // 3
+    model = tierlm.load(
+        pkg,
+        budget={"host": host},
+        max_context=CONTEXT,
+        kv_host_budget=kv_host,
+        disk_dir=tmp_path,
+    )
+    assert model.placement()["streaming"]
+    assert model._native.prefill_chunk == CHUNK  # the default chunk shrank to 2 resident blocks
+    got = run(model)
+    assert got["tokens"] == in_memory["tokens"]
+    assert all(np.array_equal(a, b) for a, b in zip(got["steps"], in_memory["steps"], strict=True))
+    s = model.stats()
+    assert s["kv_blocks_spilled"] > 0 and s["stream_bytes_read"] > 0
+    assert s["host"]["peak"] <= host and s["disk"]["peak"] <= s["disk"]["budget"]
+
+
 def test_padded_q8_0_slices_spill_and_match(pkg, tmp_path):
     """q8_0 rows of head_dim 64 are 68 bytes: a layer's slice of a block (4352 bytes) is padded
     to two pages on disk and in memory; the padding must not shift what attention reads."""
