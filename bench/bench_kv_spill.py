@@ -137,7 +137,8 @@ def main():
         f"{args.threads} threads; {args.tokens} decode steps after {args.context} tokens, median "
         f"of {args.rounds} interleaved rounds; KV {kv_bytes / 2**20:.1f} MiB, kv_host_budget "
         f"{share / 2**20:.1f} MiB ({args.share:.0%}); fio randread io_uring O_DIRECT QD32 at "
-        f"{block >> 10} KiB (the read-back's mean request)"
+        f"{block >> 10} KiB (the read-back's mean request); tierlm's spill: "
+        f"{s['kv_io_backend']}{', O_DIRECT' if s['kv_io_direct'] else ', page cache'}"
     )
     print_table(
         [

@@ -134,6 +134,8 @@ void bind_records(nb::module_& m) {
       .def_ro("kv_disk_bytes_read", &S::kv_disk_bytes_read)
       .def_ro("kv_disk_bytes_written", &S::kv_disk_bytes_written)
       .def_ro("kv_read_wait_seconds", &S::kv_read_wait_seconds)
+      .def_ro("kv_io_backend", &S::kv_io_backend)
+      .def_ro("kv_io_direct", &S::kv_io_direct)
       .def_ro("arena_bytes", &S::arena_bytes)
       .def_ro("host", &S::host)
       .def_ro("disk", &S::disk)

@@ -69,6 +69,7 @@ def test_spilled_cache_gives_the_in_memory_tokens_and_logits(
         assert np.array_equal(ours, ref), f"step {step}: logits differ"
     s = model.stats()
     assert s["kv_blocks_spilled"] > 0 and s["kv_disk_bytes_read"] > 0 and s["kv_slices_read"] > 0
+    assert s["kv_io_backend"] == backend  # (O_DIRECT where tmp_path's file system allows it)
     assert s["kv_bytes"] <= kv_host
     assert 0 < s["host"]["peak"] <= host == s["host"]["budget"]
     assert 0 < s["disk"]["peak"] <= disk == s["disk"]["budget"]

@@ -88,6 +88,7 @@ class KvSpill {
 
   uint64_t disk_bytes() const;  // bytes of spilled blocks on disk now
   TierStats disk_stats() const { return tier_.stats(); }
+  const File& file() const { return tier_.file(); }
   const KvSpillCounts& counts() const { return counts_; }
   uint64_t staging_bytes() const { return staging_[0].size() + staging_[1].size(); }
 

@@ -35,6 +35,8 @@ ModelStats Model::stats() const {
     s.kv_disk_bytes_written = c.bytes_written;
     s.kv_read_wait_seconds = c.wait_seconds;
     s.disk = spill->disk_stats();
+    s.kv_io_backend = io_backend_name(spill->file().backend());
+    s.kv_io_direct = spill->file().direct();
   } else {
     s.disk.budget = m.options.disk_budget;
   }

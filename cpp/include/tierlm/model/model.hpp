@@ -124,6 +124,8 @@ struct TIERLM_API ModelStats : StreamStats, SparseStats, MoeStats {
   uint64_t kv_disk_bytes_read = 0;
   uint64_t kv_disk_bytes_written = 0;
   double kv_read_wait_seconds = 0.0;
+  std::string kv_io_backend;    // how the spill reads and writes ("" when it has none)
+  bool kv_io_direct = false;    // with O_DIRECT
   int64_t kv_block_tokens = 0;  // tokens per block
   uint64_t kv_block_bytes = 0;  // bytes per block (every layer's keys and values)
   uint64_t arena_bytes = 0;     // host bytes of the activation arena
