@@ -25,16 +25,6 @@ constexpr uint64_t kReadPiece = 256 << 10;
   throw Error(error.code(), error.sys_errno(), "KV cache: " + doing + ": " + error.what());
 }
 
-}  // namespace
-
-std::string kv_disk_dir(const std::string& dir) {
-  if (!dir.empty()) return dir;
-  const char* tmp = std::getenv("TMPDIR");
-  return tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
-}
-
-namespace {
-
 DiskTier open_tier(const KvSpillPlan& plan, const KvDiskOptions& disk) {
   const std::string dir = kv_disk_dir(disk.dir);
   TIERLM_CHECK(
@@ -46,6 +36,12 @@ DiskTier open_tier(const KvSpillPlan& plan, const KvDiskOptions& disk) {
 }
 
 }  // namespace
+
+std::string kv_disk_dir(const std::string& dir) {
+  if (!dir.empty()) return dir;
+  const char* tmp = std::getenv("TMPDIR");
+  return tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
+}
 
 KvSpill::KvSpill(const KvSpillPlan& plan, std::vector<uint64_t> slice_bytes,
                  std::vector<uint64_t> key_offset, std::vector<uint64_t> value_offset,
