@@ -130,8 +130,7 @@ KvCache::KvCache(HostTier& host, std::vector<KvLayerShape> layers, int64_t capac
   chunks_.reserve(most_chunks);
   refs_.reserve(most_chunks * static_cast<size_t>(blocks_per_chunk_));
   free_.reserve(most_chunks * static_cast<size_t>(blocks_per_chunk_));
-  const uint64_t chunk_bytes =
-      (static_cast<uint64_t>(blocks_per_chunk_) * block_bytes_ + 4095) / 4096 * 4096;
+  const uint64_t chunk_bytes = chunk_bytes_of(blocks_per_chunk_, block_bytes_);
   if (spill.on()) reserved = spill.resident_bytes;
   for (uint64_t held = 0; held < reserved; held += chunk_bytes) {
     add_chunk();
