@@ -117,7 +117,11 @@ def test_calibrated_sparsity_is_reached(tiny):
 
     # On the calibration tokens the fraction skipped is the target: of every site's channels
     # (uniform), of the weights of all linears (energy).
-    for allocation, measure in (("uniform", "sparsity"), ("energy", "weight_sparsity")):
+    for allocation, measure in (
+        ("uniform", "sparsity"),
+        ("energy", "weight_sparsity"),
+        ("greedy", "weight_sparsity"),
+    ):
         th = channel.calibrate(loaded, ids[:64], 0.4, context=64, allocation=allocation)
         with NativeChannelSparse(loaded, dirs["f32"], th, k=1) as native:
             logits(loaded, ids[:64])
@@ -212,6 +216,37 @@ def test_allocation_meets_the_byte_target_and_favours_heavy_tails():
     # The energy dropped is below what the uniform split drops.
     uniform = sum(h.dropped_energy(0.4) for h in hists.values())
     assert sum(hists[k].dropped_energy(level[k]) for k in hists) < uniform
+
+
+def test_greedy_walk_meets_the_byte_target_with_less_layer_error_than_uniform(tiny):
+    from tierlm.sparse.channel_alloc import capture_layer_inputs, greedy_path, levels_at
+
+    loaded, ids, _ = tiny
+    hists = channel.collect_histograms(loaded, ids, context=64)
+    captured = capture_layer_inputs(loaded, ids[:61])
+    zero = [dict.fromkeys(channel.SITES, 0.0) for _ in loaded.layers]
+
+    def layer_error(i, levels):
+        cuts = [dict(z) for z in zero]
+        cuts[i] = {s: hists[i][s].quantile(v) for s, v in levels.items()}
+        with torch.no_grad():
+            dense = loaded.layers[i](*captured[i][0], **captured[i][1])
+            with channel.channel_sparse_mode(loaded, channel.ChannelThresholds(0.4, cuts)):
+                got = loaded.layers[i](*captured[i][0], **captured[i][1])
+        return float(((got - dense) ** 2).sum())
+
+    for i, layer in enumerate(loaded.layers):
+        sizes = {s: channel.site_weight_elems(loaded, i, s) for s in channel.SITES}
+        path = greedy_path(layer, captured[i], hists[i], sizes, 0.5, step=0.05)
+        assert path[0][0] == 0.0 and 0.5 <= path[-1][0] < 0.5 + 0.05
+        assert all(b[0] > a[0] for a, b in zip(path, path[1:], strict=False))
+        for target in (0.0, 0.13, 0.4):
+            lv = levels_at(path, target)
+            reached = sum(lv[s] * sizes[s] for s in sizes) / sum(sizes.values())
+            assert reached == pytest.approx(target, abs=1e-9)
+        greedy = layer_error(i, levels_at(path, 0.4))
+        uniform = layer_error(i, dict.fromkeys(channel.SITES, 0.4))
+        assert greedy < uniform, (i, greedy, uniform)
 
 
 def test_smollm2_quality_at_25_percent():

@@ -175,21 +175,36 @@ def allocate(hists, sizes, target, step=0.01, cap=0.95):
     return level
 
 
-def calibrate(loaded, ids, target_sparsity, context=1024, progress=None, allocation="uniform"):
+ALLOCATIONS = ("uniform", "greedy", "energy")
+
+
+def calibrate(
+    loaded,
+    ids,
+    target_sparsity,
+    context=1024,
+    progress=None,
+    allocation="uniform",
+    greedy_tokens=512,
+):
     """Thresholds that skip a fraction `target_sparsity` of the weight elements the model's
     linears would read, on the calibration ids. allocation="uniform" (default): that fraction
-    of every site's input channels; "energy": per-site fractions from allocate() (on
-    SmolLM2-135M at 0.4 it costs far more perplexity than uniform: docs/sparse.md)."""
+    of every site's input channels; "greedy": per layer, the site fractions of the block-wise
+    greedy walk (channel_alloc) on the first `greedy_tokens` calibration tokens, every layer
+    at the target; "energy": per-site fractions from allocate() (on SmolLM2-135M at 0.4 it
+    costs far more perplexity than uniform: docs/sparse.md)."""
     if not 0.0 <= target_sparsity < 1.0:
         raise ValueError(f"target sparsity must be in [0, 1), got {target_sparsity}")
-    if allocation not in ("uniform", "energy"):
-        raise ValueError(f"allocation must be 'uniform' or 'energy', got {allocation!r}")
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
     t0 = time.monotonic()
     hists = collect_histograms(loaded, ids, context, progress)
     flat = {(i, s): h[s] for i, h in enumerate(hists) for s in SITES}
     if allocation == "energy" and target_sparsity > 0:
         sizes = {k: site_weight_elems(loaded, *k) for k in flat}
         level = allocate(flat, sizes, target_sparsity)
+    elif allocation == "greedy" and target_sparsity > 0:
+        level = _greedy_levels(loaded, ids[:greedy_tokens], hists, target_sparsity)
     else:
         level = dict.fromkeys(flat, float(target_sparsity))
     layers = [{s: flat[(i, s)].quantile(level[(i, s)]) for s in SITES} for i in range(len(hists))]
@@ -199,6 +214,20 @@ def calibrate(loaded, ids, target_sparsity, context=1024, progress=None, allocat
         "site_sparsity": [{s: round(level[(i, s)], 4) for s in SITES} for i in range(len(hists))],
     }
     return ChannelThresholds(float(target_sparsity), layers, int(len(ids)), metrics)
+
+
+def _greedy_levels(loaded, ids, hists, target):
+    """{(layer, site): level} of every layer's greedy walk at the target (channel_alloc)."""
+    from tierlm.sparse.channel_alloc import capture_layer_inputs, greedy_path, levels_at
+
+    captured = capture_layer_inputs(loaded, ids)
+    level = {}
+    for i, layer in enumerate(loaded.layers):
+        sizes = {s: site_weight_elems(loaded, i, s) for s in SITES}
+        path = greedy_path(layer, captured[i], hists[i], sizes, target)
+        level.update({(i, s): v for s, v in levels_at(path, target).items()})
+        captured[i] = None
+    return level
 
 
 @contextlib.contextmanager
