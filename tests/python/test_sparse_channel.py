@@ -117,23 +117,27 @@ def test_calibrated_sparsity_is_reached(tiny):
 
     # On the calibration tokens the fraction skipped is the target: of every site's channels
     # (uniform), of the weights of all linears (energy).
-    for allocation, measure in (
-        ("uniform", "sparsity"),
-        ("energy", "weight_sparsity"),
-        ("greedy", "weight_sparsity"),
+    for allocation, measure, criterion in (
+        ("uniform", "sparsity", "magnitude"),
+        ("uniform", "sparsity", "weight_norm"),
+        ("energy", "weight_sparsity", "magnitude"),
+        ("greedy", "weight_sparsity", "magnitude"),
+        ("greedy", "weight_sparsity", "weight_norm"),
     ):
-        th = channel.calibrate(loaded, ids[:64], 0.4, context=64, allocation=allocation)
+        th = channel.calibrate(
+            loaded, ids[:64], 0.4, context=64, allocation=allocation, criterion=criterion
+        )
         with NativeChannelSparse(loaded, dirs["f32"], th, k=1) as native:
             logits(loaded, ids[:64])
         assert native.summary()[measure] == pytest.approx(0.4, abs=0.03), allocation
 
 
-@pytest.mark.parametrize("k", [1, 4])
-def test_native_path_equals_torch_reference(tiny, k):
+@pytest.mark.parametrize("k,criterion", [(1, "magnitude"), (4, "magnitude"), (3, "weight_norm")])
+def test_native_path_equals_torch_reference(tiny, k, criterion):
     from tierlm.sparse.channel_exec import NativeChannelSparse
 
     loaded, ids, dirs = tiny
-    th = channel.calibrate(loaded, ids, 0.5, context=64)
+    th = channel.calibrate(loaded, ids, 0.5, context=64, criterion=criterion)
     seq = ids[100:137]
     dense = logits(loaded, seq)
     with channel.channel_sparse_mode(loaded, th):
@@ -173,13 +177,36 @@ def test_window_reads_fewer_bytes_and_keep_all_matches_dense(tiny):
 
 def test_thresholds_round_trip_and_refuse_bad_files(tiny, tmp_path):
     loaded, ids, _ = tiny
+    import json
+
+    scaled = channel.calibrate(loaded, ids, 0.25, context=64, criterion="weight_norm")
+    scaled.save(tmp_path)
+    back = channel.ChannelThresholds.load(tmp_path)
+    assert back.layers == scaled.layers and back.criterion == "weight_norm"
+    for want, got in zip(scaled.scales, back.scales, strict=True):
+        for site in channel.SITES:
+            np.testing.assert_array_equal(got[site], want[site])
+    meta = json.loads((tmp_path / channel.CHANNEL_JSON).read_text())
+    assert meta["format_version"] == 2
+    np.testing.assert_allclose(  # the scale is the column norm over q, k and v
+        meta["scales"][1]["attn_in"][5],
+        np.linalg.norm(np.concatenate([m.weight[:, 5].detach().numpy() for m in
+                                       channel.site_modules(loaded.layers[1], "attn_in")])),
+        rtol=1e-6,
+    )  # fmt: skip
+    del meta["scales"]
+    (tmp_path / channel.CHANNEL_JSON).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="criterion 'weight_norm' with scales False"):
+        channel.ChannelThresholds.load(tmp_path)
     th = channel.calibrate(loaded, ids, 0.25, context=64)
     th.save(tmp_path)
     back = channel.ChannelThresholds.load(tmp_path)
     assert back.layers == th.layers and back.target_sparsity == 0.25
+    assert back.scales is None and back.criterion == "magnitude"
     with pytest.raises(ValueError, match="target sparsity must be in"):
         channel.calibrate(loaded, ids, 1.0)
-    import json
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        channel.calibrate(loaded, ids, 0.2, criterion="wanda")
 
     meta = json.loads((tmp_path / channel.CHANNEL_JSON).read_text())
     meta["thresholds"][1]["ffn_gate"] = meta["thresholds"][1].pop("ffn_down")

@@ -8,7 +8,7 @@ layer, so the model skips the target fraction of its linears' weights)."""
 
 import contextlib
 
-from tierlm.sparse.channel import SITES, site_modules
+from tierlm.sparse.channel import SITES, site_modules, sparsify
 
 
 def capture_layer_inputs(loaded, ids):
@@ -34,17 +34,20 @@ def capture_layer_inputs(loaded, ids):
 
 
 @contextlib.contextmanager
-def _site_cuts(layer):
+def _site_cuts(layer, scales):
     """Within the block the layer's sites zero their inputs at or below cuts[site] (a dict
     the caller changes between calls; 0 leaves the site dense)."""
+    import torch
+
     cuts = dict.fromkeys(SITES, 0.0)
     hooks = []
     for site in SITES:
+        sc = None if scales is None else torch.from_numpy(scales[site])
         for mod in site_modules(layer, site):
 
-            def pre(_module, args, site=site):
+            def pre(_module, args, site=site, sc=sc):
                 t = cuts[site]
-                return None if t <= 0 else (args[0] * (args[0].abs() > t),)
+                return None if t <= 0 else (sparsify(args[0], t, sc),)
 
             hooks.append(mod.register_forward_pre_hook(pre))
     try:
@@ -59,17 +62,18 @@ def _output(layer, captured):
     return out[0] if isinstance(out, tuple) else out
 
 
-def greedy_path(layer, captured, hists, sizes, max_sparsity, step=0.05, cap=0.95):
+def greedy_path(layer, captured, hists, sizes, max_sparsity, step=0.05, cap=0.95, scales=None):
     """The walk of one layer: [(layer sparsity, {site: level})] from all zeros until the
     bytes-weighted sparsity reaches max_sparsity (or every site is at `cap`). hists[site]: a
-    MagnitudeHistogram of the site's input; sizes[site]: its weight elements. Each step costs
+    MagnitudeHistogram of the site's input (times scales[site] when given, the criterion
+    "weight_norm"); sizes[site]: its weight elements. Each step costs
     one run of the layer: a site's marginal cost is measured when it moves and kept while
     others move (the lazy form of the greedy)."""
     import torch
 
     total = sum(sizes.values())
     level = dict.fromkeys(SITES, 0.0)
-    with torch.no_grad(), _site_cuts(layer) as cuts:
+    with torch.no_grad(), _site_cuts(layer, scales) as cuts:
         dense = _output(layer, captured)
 
         def error(levels):
