@@ -308,39 +308,48 @@ def channel_sparse_mode(loaded, thresholds):
             h.remove()
 
 
-def greedy_top1_agreement(loaded, thresholds, prompt_ids, n_new=256):
-    """Dense generates n_new greedy tokens after the prompt; the sparse model, fed the same
-    tokens, picks its own top-1 at each of those positions. Returns the agreeing fraction."""
+def greedy_top1_agreement(loaded, thresholds, prompt_ids, dense_new):
+    """The sparse model, fed the prompt and dense's greedy continuation dense_new, picks its
+    own top-1 at each of those positions. Returns the agreeing fraction."""
     import torch
 
-    from tierlm.sparse.quality import greedy
-
-    dense_new = greedy(loaded, prompt_ids, n_new)
-    seq = torch.tensor([list(prompt_ids) + dense_new])
+    seq = torch.tensor([list(prompt_ids) + list(dense_new)])
     with channel_sparse_mode(loaded, thresholds), torch.no_grad():
         logits = loaded.model(input_ids=seq).logits[0]
     picks = logits[len(prompt_ids) - 1 : -1].argmax(-1).numpy()
     return float(np.mean(picks == np.asarray(dense_new)))
 
 
-def quality(loaded, thresholds, held_ids, n_new=256, prompt_tokens=64, context=1024):
+def dense_reference(loaded, held_ids, n_new=256, prompt_tokens=64, context=1024):
+    """What quality() compares with, computed once for any number of sparse settings:
+    dense held-out perplexity and top-1 ids, the prompt and dense's n_new greedy tokens."""
+    from tierlm.sparse.quality import greedy, perplexity_and_top1
+
+    ppl, top = perplexity_and_top1(loaded, held_ids, context)
+    prompt = list(np.asarray(held_ids[:prompt_tokens]).tolist())
+    new = greedy(loaded, prompt, n_new) if n_new else []
+    return {"perplexity": ppl, "top1": top, "prompt": prompt, "greedy": new, "context": context}
+
+
+def quality(loaded, thresholds, held_ids, n_new=256, prompt_tokens=64, context=1024, dense=None):
     """Held-out perplexity (sparse vs dense), teacher-forced top-1 agreement over held_ids and
-    greedy top-1 agreement over n_new generated tokens."""
+    greedy top-1 agreement over n_new generated tokens; `dense`: dense_reference() of the
+    same arguments, when already computed."""
     from tierlm.sparse.quality import perplexity_and_top1
 
-    dense_ppl, dense_top = perplexity_and_top1(loaded, held_ids, context)
+    dense = dense or dense_reference(loaded, held_ids, n_new, prompt_tokens, context)
     with channel_sparse_mode(loaded, thresholds):
         ppl, top = perplexity_and_top1(loaded, held_ids, context)
     out = {
         "target_sparsity": thresholds.target_sparsity,
         "held_out_tokens": int(len(held_ids)),
-        "dense_perplexity": dense_ppl,
+        "dense_perplexity": dense["perplexity"],
         "perplexity": ppl,
-        "perplexity_ratio": ppl / dense_ppl,
-        "teacher_forced_top1": float(np.mean(top == dense_top)),
+        "perplexity_ratio": ppl / dense["perplexity"],
+        "teacher_forced_top1": float(np.mean(top == dense["top1"])),
     }
     if n_new:
-        prompt = list(np.asarray(held_ids[:prompt_tokens]).tolist())
-        out["greedy_top1"] = greedy_top1_agreement(loaded, thresholds, prompt, n_new)
-        out["greedy_tokens"] = n_new
+        new = dense["greedy"]
+        out["greedy_top1"] = greedy_top1_agreement(loaded, thresholds, dense["prompt"], new)
+        out["greedy_tokens"] = len(new)
     return out
