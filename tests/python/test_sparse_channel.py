@@ -293,7 +293,7 @@ def test_smollm2_quality_at_25_percent():
     cal = loaded.encode((DATA / "calibration.txt").read_text(encoding="utf-8"))[:4096]
     held = loaded.encode((DATA / "held_out.txt").read_text(encoding="utf-8"))[:4096]
     assert len(held) == 4096
-    thresholds = channel.calibrate(loaded, cal, 0.25)
+    thresholds = channel.calibrate(loaded, cal, 0.25, allocation="uniform", criterion="magnitude")
     q = channel.quality(loaded, thresholds, held, n_new=256)
     assert q["perplexity_ratio"] <= 1.03, q
     assert q["greedy_top1"] >= 0.9, q
