@@ -21,6 +21,9 @@ from tierlm.sparse.spill import CHUNK_ROWS, RowSpill
 PREDICTORS_FILE = "predictors.safetensors"
 PREDICTORS_JSON = "predictors.json"
 FORMAT_VERSION = 1
+# Tokens per forward while collecting FFN inputs: the window's attention and activations are
+# what the collection holds, so it is capped (SmolLM2's 8192 positions would cost GBs).
+COLLECT_CONTEXT = 2048
 
 
 def default_ranks(num_layers, hidden, rank=None, last_rank=None, last_layers=None):
@@ -309,7 +312,8 @@ def train_predictors(
     files (under spill_dir, default the system's temporary directory: tokens x hidden x
     layers x 4 bytes, plus a bit per neuron and token of one layer's labels) and every pass
     reads `chunk_rows` rows at a time; in memory are the model, one window of the
-    collection and one chunk (chunk_rows x (hidden + 2 ffn) x 4 bytes, about).
+    collection (COLLECT_CONTEXT tokens at most) and one chunk (chunk_rows x (hidden +
+    2 ffn) x 4 bytes, about).
 
     A layer whose held-out recall is below min_recall falls back to dense: its predictor
     selects every neuron (keep_all), its metrics say "fallback": "dense" and keep the trained
@@ -347,7 +351,12 @@ def train_predictors(
     ):
         for spill, ids, offset in ((xs_train, train_ids, 0), (xs_held, held_ids, n_train)):
             collect_ffn_inputs(
-                loaded, ids, max_tokens=max_tokens, progress=report(offset), sink=spill.append
+                loaded,
+                ids,
+                context=min(loaded.model.config.max_position_embeddings, COLLECT_CONTEXT),
+                max_tokens=max_tokens,
+                progress=report(offset),
+                sink=spill.append,
             )
             spill.finish()
         collect_s = time.time() - t0
