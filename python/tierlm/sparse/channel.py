@@ -223,7 +223,7 @@ def calibrate(
     context=1024,
     progress=None,
     allocation="uniform",
-    greedy_tokens=512,
+    greedy_tokens=256,
     criterion="magnitude",
 ):
     """Thresholds that skip a fraction `target_sparsity` of the weight elements the model's
