@@ -3,6 +3,7 @@
 #include "model/executor.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 
 namespace tierlm::detail {
@@ -60,6 +61,7 @@ const float* Executor::run(const ExecBatch& batch) {
   }
   if (layer != INT_MIN) weights_.end_layer(layer);
   if (sparse_) sparse_->end_batch(static_cast<size_t>(n));
+  attention_tokens_ += static_cast<uint64_t>(n);
   if (batch.slots == nullptr) {
     kv_.advance(batch.slot, n);
   } else {
@@ -187,6 +189,7 @@ void Executor::run_op(const ExecOp& op, const ExecBatch& batch) {
 // sequence, each attending over its own slot's cache. The step's keys and values go into the
 // cache first: attention reads them in place.
 void Executor::attend(const ExecOp& op, const ExecBatch& batch) {
+  const auto t0 = std::chrono::steady_clock::now();
   const size_t rows = static_cast<size_t>(batch.n);
   const size_t head_dim = op.shape.head_dim;
   const size_t kv_width = op.shape.n_kv_heads * head_dim;
@@ -208,6 +211,8 @@ void Executor::attend(const ExecOp& op, const ExecBatch& batch) {
     backend_.attention(op.in[0] + row0 * q_width, cache, op.out + row0 * q_width, shape, op.scale,
                        op.workspace);
   }
+  attention_seconds_ +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 }  // namespace tierlm::detail

@@ -26,6 +26,8 @@ ModelStats Model::stats() const {
   s.kv_evicted = m.kv->evicted();
   s.kv_block_tokens = detail::kKvBlockTokens;
   s.kv_block_bytes = m.kv->block_bytes();
+  s.attention_seconds = m.executor->attention_seconds();
+  s.attention_tokens = m.executor->attention_tokens();
   s.arena_bytes = m.arena.size();
   s.host = m.host->stats();
   s.verify = ws.verify;

@@ -108,7 +108,11 @@ struct TIERLM_API ModelStats : StreamStats, SparseStats, MoeStats {
   int64_t kv_evicted = 0;        // tokens the kv_policy dropped since load
   int64_t kv_block_tokens = 0;   // tokens per block
   uint64_t kv_block_bytes = 0;   // bytes per block (every layer's keys and values)
-  uint64_t arena_bytes = 0;      // host bytes of the activation arena
+  uint64_t kv_disk_bytes = 0;    // KV bytes on the disk tier now (0 while it all fits the host)
+  int64_t kv_blocks_read_back = 0;  // KV blocks read back from the disk tier since load
+  double attention_seconds = 0.0;   // in the attention ops since load (KV append + attention)
+  uint64_t attention_tokens = 0;    // tokens run through them (every layer's attention each)
+  uint64_t arena_bytes = 0;         // host bytes of the activation arena
   TierStats host;
   VerifyStats verify;  // what verify checked: every tensor, bundle and predictor the run uses
 
@@ -123,10 +127,17 @@ struct TIERLM_API ModelStats : StreamStats, SparseStats, MoeStats {
     d.decode_tokens -= before.decode_tokens;
     d.prefill_seconds -= before.prefill_seconds;
     d.decode_seconds -= before.decode_seconds;
+    d.kv_blocks_read_back -= before.kv_blocks_read_back;
+    d.attention_seconds -= before.attention_seconds;
+    d.attention_tokens -= before.attention_tokens;
     return d;
   }
   double prefill_tokens_per_s() const { return rate(prefill_tokens, prefill_seconds); }
   double decode_tokens_per_s() const { return rate(decode_tokens, decode_seconds); }
+  // Seconds of attention per token (every layer's KV append and fused attention for one token).
+  double attention_seconds_per_token() const {
+    return attention_tokens > 0 ? attention_seconds / static_cast<double>(attention_tokens) : 0.0;
+  }
   // Run time not spent waiting for streamed reads.
   double compute_seconds() const {
     return std::max(prefill_seconds + decode_seconds - io_wait_seconds, 0.0);
