@@ -16,6 +16,10 @@ in f16 (GGUF written by bench/_llamacpp.convert, package by tierlm.export of the
 checkpoint): its tokens are noise, but both engines compute the same thing, which the agreement
 check confirms, and past 8k this is what the speed of a long context is about.
 
+On a machine busier than its cores, use --threads 1: llama.cpp's threads wait for each other
+at every op by spinning, and with two threads on two oversubscribed cores it ran 0.1-0.2 tok/s
+(30-60x below tierlm), which measures the scheduler, not the cache.
+
 Before any ratio: the last logits of each compact tierlm cache must be close to its f32
 cache's, and tierlm's to llama.cpp's with the same cache type (_common.require_close).
 """
