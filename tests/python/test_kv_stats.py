@@ -1,5 +1,6 @@
 """The KV cache's figures in the stats record and `tierlm generate --verbose`: host and disk
-bytes, blocks read back, tokens evicted, and the time in the attention ops per token."""
+bytes, blocks spilled and read back (the disk tier's, tests/python/test_kv_spill.py), tokens
+evicted, and the time in the attention ops per token."""
 
 import re
 
@@ -21,7 +22,7 @@ def test_attention_time_and_tokens_are_counted(pkg):
     s = model.stats()
     assert (s["attention_tokens"], s["attention_seconds"]) == (0, 0.0)
     # On the host tier only: nothing on disk, nothing read back.
-    assert (s["kv_disk_bytes"], s["kv_blocks_read_back"]) == (0, 0)
+    assert (s["kv_disk_bytes"], s["kv_slices_read"]) == (0, 0)
     model.generate(IDS, max_new_tokens=10, stop_at_eos=False)
     s = model.stats()
     assert s["attention_tokens"] == 20 + 9  # the prompt, then a step per token but the last
@@ -31,7 +32,7 @@ def test_attention_time_and_tokens_are_counted(pkg):
     model.logits(IDS[:5])  # every forward counts, not only generate's
     assert model.stats()["attention_tokens"] == 29 + 5
     assert model.stats()["attention_seconds"] > s["attention_seconds"]
-    assert (s["kv_disk_bytes"], s["kv_blocks_read_back"]) == (0, 0)
+    assert (s["kv_disk_bytes"], s["kv_slices_read"]) == (0, 0)
 
 
 def test_verbose_prints_the_kv_figures(pkg, capsys):
@@ -43,8 +44,8 @@ def test_verbose_prints_the_kv_figures(pkg, capsys):
     err = capsys.readouterr().err
     line = re.search(
         r"KV cache \(f16\): (\d+) blocks of 32 tokens, (.+) on host, 0 B on disk, "
-        r"0 blocks read back, (\d+) tokens evicted; attention (\d+\.\d+) ms/token, (\d+)% of the "
-        r"run",
+        r"0 blocks spilled, 0 layer slices read back, (\d+) tokens evicted; "
+        r"attention (\d+\.\d+) ms/token, (\d+)% of the run",
         err,
     )
     assert line, err
