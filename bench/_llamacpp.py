@@ -234,22 +234,35 @@ class LlamaCpp:
 
     repack=False keeps every weight in the mapped file: llama.cpp otherwise copies the block
     types it has interleaved kernels for (Q4_0, Q4_K on AVX2) into its own memory at load,
-    which would hold a mapped model's weights in RAM whatever the budget."""
+    which would hold a mapped model's weights in RAM whatever the budget.
+    n_batch: tokens per prompt evaluation (n_ctx by default). kv_type ("f16", "q8_0"): the KV
+    cache's element type (type_k and type_v) with flash attention on, as llama.cpp needs for a
+    quantized V cache; None keeps llama.cpp's defaults."""
 
-    def __init__(self, gguf_path, threads, n_ctx=256, use_mmap=True, repack=True):
+    KV_TYPES = {"f16": 1, "q8_0": 8}  # ggml_type numbers
+
+    def __init__(
+        self, gguf_path, threads, n_ctx=256, use_mmap=True, repack=True, n_batch=None, kv_type=None
+    ):
         import llama_cpp
 
+        n_batch = min(n_batch or n_ctx, n_ctx)
+        kv = {}
+        if kv_type is not None:
+            t = self.KV_TYPES[kv_type]
+            kv = {"type_k": t, "type_v": t, "flash_attn": True}
         with _model_defaults(**({} if repack else {"use_extra_bufts": False})):
             self.llm = llama_cpp.Llama(
                 model_path=gguf_path,
                 n_threads=threads,
                 n_threads_batch=threads,
                 n_ctx=n_ctx,
-                n_batch=n_ctx,
-                n_ubatch=n_ctx,
+                n_batch=n_batch,
+                n_ubatch=n_batch,
                 logits_all=False,
                 use_mmap=use_mmap,
                 verbose=False,
+                **kv,
             )
 
     def _last(self):

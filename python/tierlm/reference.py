@@ -8,18 +8,30 @@ import math
 
 import numpy as np
 
+from tierlm import quant
+from tierlm.dtypes import bf16_to_f32, f32_to_bf16
+from tierlm.errors import InvalidArgumentError
 from tierlm.graph import expert_names
 from tierlm.package import Package
 
 
 class Reference:
-    """Runs a package's graph with a KV cache; `forward` appends tokens and returns their logits."""
+    """Runs a package's graph with a KV cache; `forward` appends tokens and returns their logits.
 
-    def __init__(self, package, dtype=np.float32):
+    kv_dtype rounds each key and value row to the native cache's element type as it enters the
+    cache ("f32" keeps them), so a compact cache is checked against attention over exactly the
+    values it holds."""
+
+    def __init__(self, package, dtype=np.float32, kv_dtype="f32"):
         self.package = package if isinstance(package, Package) else Package.open(package)
         self.graph = self.package.graph
         self.config = self.package.config
         self.dtype = np.dtype(dtype)
+        if kv_dtype not in KV_ROUNDING:
+            raise InvalidArgumentError(
+                f"kv_dtype {kv_dtype!r} is not a KV cache type (one of {', '.join(KV_ROUNDING)})"
+            )
+        self.kv_dtype = kv_dtype
         self.weights = {}
         self.reset()
 
@@ -96,11 +108,14 @@ class Reference:
     def _attention(self, op, q, k, v):
         """Causal over cache order: the token in slot s sees slots 0..s. GQA: query head h
         reads kv head h // (heads / kv_heads)."""
+        heads, kv_heads, dim = op["heads"], op["kv_heads"], op["head_dim"]
         keys, values = self.cache.get(op["layer"], (k[:0], v[:0]))
         past = keys.shape[0]
+        rounded = KV_ROUNDING[self.kv_dtype]
+        k, v = (rounded(x.reshape(-1, kv_heads, dim)).reshape(x.shape) for x in (k, v))
+        k, v = k.astype(self.dtype), v.astype(self.dtype)
         keys, values = np.concatenate([keys, k]), np.concatenate([values, v])
         self.cache[op["layer"]] = (keys, values)
-        heads, kv_heads, dim = op["heads"], op["kv_heads"], op["head_dim"]
         n, total = q.shape[0], keys.shape[0]
         qh = q.reshape(n, heads, dim).transpose(1, 0, 2)
         group = heads // kv_heads
@@ -146,6 +161,25 @@ class Reference:
         """Exact (erf) GELU, as torch.nn.functional.gelu and transformers' "gelu"."""
         erf = np.vectorize(math.erf, otypes=[np.float64])(x / math.sqrt(2))
         return (0.5 * x * (1 + erf)).astype(x.dtype)
+
+
+def _q8_0_rows(rows):
+    """Rows [..., head_dim] as a q8_0 cache holds them: whole 32-element blocks along the row,
+    the last zero-padded (as the native store pads it)."""
+    dim = rows.shape[-1]
+    padded = np.zeros((*rows.shape[:-1], -(-dim // 32) * 32), np.float32)
+    padded[..., :dim] = rows
+    return quant.dequantize("q8_0", quant.quantize("q8_0", padded), padded.shape)[..., :dim]
+
+
+# The f32 values a cache of each element type holds for f32 rows [..., head_dim]: f16 and bf16
+# rounded to nearest even, q8_0 as ggml's reference quantizer.
+KV_ROUNDING = {
+    "f32": lambda rows: rows,
+    "f16": lambda rows: rows.astype(np.float32).astype(np.float16).astype(np.float32),
+    "bf16": lambda rows: bf16_to_f32(f32_to_bf16(rows.astype(np.float32))),
+    "q8_0": _q8_0_rows,
+}
 
 
 def reference_logits(package, tokens, dtype=np.float32):

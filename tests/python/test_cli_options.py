@@ -305,7 +305,7 @@ def case_generate_json(ctx):
 
 def case_generate_verbose(ctx):
     _, _, err = ctx.run("generate", ctx.pkg, "--ids", IDS, "--max-new-tokens", "1", "--verbose")
-    assert "placement:" in err
+    assert "placement:" in err and "KV cache (f16):" in err
     assert (
         "placement:" not in ctx.run("generate", ctx.pkg, "--ids", IDS, "--max-new-tokens", "1")[2]
     )

@@ -9,6 +9,7 @@ import tierlm
 import torch
 import torch.nn.functional as F
 from tierlm import _core
+from tierlm.reference import KV_ROUNDING
 
 K = _core.kernels
 RNG = np.random.default_rng(1234)
@@ -218,28 +219,6 @@ def test_attention_prefill_midway(level, n_q, q_pos0, kv_len):
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-5)
 
 
-def _kv_rounded(x, kv_dtype):
-    """x [heads, tokens, d] as the KV cache stores it, back in f32: f16 / bf16 rounded to nearest
-    even, q8_0 as ggml's quantize_row_q8_0 (blocks of 32 along d, the last zero-padded, scale
-    max|x| / 127 stored as f16, q = round-half-away(x / scale))."""
-    if kv_dtype == "f32":
-        return x
-    if kv_dtype == "f16":
-        return x.astype(np.float16).astype(np.float32)
-    if kv_dtype == "bf16":
-        return torch.from_numpy(x).to(torch.bfloat16).to(torch.float32).numpy()
-    d = x.shape[-1]
-    nb = -(-d // 32)
-    padded = np.zeros((*x.shape[:-1], nb * 32), np.float32)
-    padded[..., :d] = x
-    blocks = padded.reshape(*x.shape[:-1], nb, 32)
-    scale = (np.abs(blocks).max(axis=-1, keepdims=True) / 127).astype(np.float32)
-    inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
-    q = np.trunc(blocks * inv + np.copysign(0.5, blocks))  # roundf: half away from zero
-    out = q * scale.astype(np.float16).astype(np.float32)
-    return out.reshape(*x.shape[:-1], nb * 32)[..., :d]
-
-
 @pytest.mark.parametrize("kv_dtype", ["f16", "bf16", "q8_0"])
 @pytest.mark.parametrize(
     "heads,n_q,kv_len,block",
@@ -255,7 +234,7 @@ def test_attention_compact_paged_cache_matches_sdpa(level, kv_dtype, heads, n_q,
     vc = RNG.standard_normal((n_kv_heads, kv_len, d)).astype(np.float32)
     scale = d**-0.5
     out = K.attention(q, kc, vc, kv_len, kv_len - n_q, scale, kv_dtype=kv_dtype, block_tokens=block)
-    kr, vr = _kv_rounded(kc, kv_dtype), _kv_rounded(vc, kv_dtype)
+    kr, vr = KV_ROUNDING[kv_dtype](kc), KV_ROUNDING[kv_dtype](vc)
     ref = _attention_ref(q, kr, vr, kv_len, kv_len - n_q, scale)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-5)
     step = {"f16": 2**-11, "bf16": 2**-8, "q8_0": 1 / 127}[kv_dtype]

@@ -3,6 +3,7 @@
 #include "model/executor.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 
 namespace tierlm::detail {
@@ -67,6 +68,7 @@ const float* Executor::run(const ExecBatch& batch) {
   }
   if (layer != INT_MIN) weights_.end_layer(layer);
   if (sparse_) sparse_->end_batch(static_cast<size_t>(n));
+  attention_tokens_ += static_cast<uint64_t>(n);
   if (batch.slots == nullptr) {
     kv_.advance(batch.slot, n);
   } else {
@@ -194,6 +196,7 @@ void Executor::run_op(const ExecOp& op, const ExecBatch& batch) {
 // sequence, each attending over its own slot's cache. The step's keys and values go into the
 // cache first: attention reads them in place.
 void Executor::attend(const ExecOp& op, const ExecBatch& batch) {
+  const auto t0 = std::chrono::steady_clock::now();
   const size_t rows = static_cast<size_t>(batch.n);
   const size_t head_dim = op.shape.head_dim;
   const size_t kv_width = op.shape.n_kv_heads * head_dim;
@@ -217,6 +220,8 @@ void Executor::attend(const ExecOp& op, const ExecBatch& batch) {
                        op.workspace);
   }
   kv_.release(static_cast<size_t>(op.kv));
+  attention_seconds_ +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 }  // namespace tierlm::detail

@@ -36,6 +36,9 @@ class Executor {
   // Runs the graph on the batch; returns the logits ([1, vocab] for one slot, [n, vocab] for a
   // batched decode), valid until the next run.
   const float* run(const ExecBatch& batch);
+  // Time in the attention ops (KV append and fused attention) and the tokens run, since load.
+  double attention_seconds() const { return attention_seconds_; }
+  uint64_t attention_tokens() const { return attention_tokens_; }
 
  private:
   void make_room(int32_t slot, int64_t n);
@@ -53,6 +56,8 @@ class Executor {
   const float* rope_inv_freq_;
   std::vector<int32_t> positions_;  // of each row of the batch
   std::vector<int32_t> shifted_;    // positions + a position table's offset
+  double attention_seconds_ = 0.0;
+  uint64_t attention_tokens_ = 0;
 };
 
 }  // namespace tierlm::detail

@@ -26,6 +26,8 @@ ModelStats Model::stats() const {
   s.kv_evicted = m.kv->evicted();
   s.kv_block_tokens = detail::kKvBlockTokens;
   s.kv_block_bytes = m.kv->block_bytes();
+  s.attention_seconds = m.executor->attention_seconds();
+  s.attention_tokens = m.executor->attention_tokens();
   if (const detail::KvSpill* spill = m.kv->spill()) {
     const detail::KvSpillCounts& c = spill->counts();
     s.kv_disk_bytes = spill->disk_bytes();

@@ -26,7 +26,9 @@ def add_parser(subparsers):
     parser.add_argument("--no-stop-at-eos", action="store_true", help="ignore eos tokens")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
-        "--verbose", action="store_true", help="print the weight placement (resident/streamed)"
+        "--verbose",
+        action="store_true",
+        help="print the weight placement (resident/streamed) and the KV cache's figures",
     )
     parser.add_argument(
         "--ring-sections", type=int, default=0, help="streaming staging sections (0 = auto)"
@@ -209,6 +211,8 @@ def run(args):
     if s["sparse"]:
         print_sparse(s, sys.stderr)
     print_moe(s, sys.stderr)
+    if args.verbose:
+        print_kv(s, sys.stderr)
     if args.timeline:
         plot_timeline(model, args.timeline)
     return 0
@@ -235,6 +239,21 @@ def print_sparse(s, out):
         f"{1e3 * s['sparse_io_seconds'] / tokens:.2f} ms, cache "
         f"{1e3 * s['sparse_memory_seconds'] / tokens:.2f} ms, kernel "
         f"{1e3 * s['sparse_compute_seconds'] / tokens:.2f} ms",
+        file=out,
+    )
+
+
+def print_kv(s, out):
+    """The KV cache after the run: where its bytes are, what the policy dropped and the
+    attention's time per token (every layer's KV append and fused attention)."""
+    run = s["prefill_seconds"] + s["decode_seconds"]
+    share = f", {100 * s['attention_seconds'] / run:.0f}% of the run" if run > 0 else ""
+    print(
+        f"KV cache ({s['kv_dtype']}): {s['kv_blocks']} blocks of {s['kv_block_tokens']} tokens, "
+        f"{format_size(s['kv_bytes'])} on host, {format_size(s['kv_disk_bytes'])} on disk, "
+        f"{s['kv_blocks_spilled']} blocks spilled, {s['kv_slices_read']} layer slices read back, "
+        f"{s['kv_evicted']} tokens evicted; "
+        f"attention {1e3 * s['attention_seconds_per_token']:.3f} ms/token{share}",
         file=out,
     )
 

@@ -127,11 +127,14 @@ struct TIERLM_API ModelStats : StreamStats, SparseStats, MoeStats {
   uint64_t kv_disk_bytes_read = 0;
   uint64_t kv_disk_bytes_written = 0;
   double kv_read_wait_seconds = 0.0;
-  std::string kv_io_backend;    // how the spill reads and writes ("" when it has none)
-  bool kv_io_direct = false;    // with O_DIRECT
-  int64_t kv_block_tokens = 0;  // tokens per block
-  uint64_t kv_block_bytes = 0;  // bytes per block (every layer's keys and values)
-  uint64_t arena_bytes = 0;     // host bytes of the activation arena
+  std::string kv_io_backend;       // how the spill reads and writes ("" when it has none)
+  bool kv_io_direct = false;       // with O_DIRECT
+  int64_t kv_block_tokens = 0;     // tokens per block
+  uint64_t kv_block_bytes = 0;     // bytes per block (every layer's keys and values)
+  double attention_seconds = 0.0;  // in the attention ops since load (KV append, spill reads,
+                                   // fused attention)
+  uint64_t attention_tokens = 0;   // tokens run through them (every layer's attention each)
+  uint64_t arena_bytes = 0;        // host bytes of the activation arena
   TierStats host;
   TierStats disk;      // the KV cache's spill (budget UINT64_MAX and no bytes when it has none)
   VerifyStats verify;  // what verify checked: every tensor, bundle and predictor the run uses
@@ -152,10 +155,16 @@ struct TIERLM_API ModelStats : StreamStats, SparseStats, MoeStats {
     d.kv_disk_bytes_read -= before.kv_disk_bytes_read;
     d.kv_disk_bytes_written -= before.kv_disk_bytes_written;
     d.kv_read_wait_seconds -= before.kv_read_wait_seconds;
+    d.attention_seconds -= before.attention_seconds;
+    d.attention_tokens -= before.attention_tokens;
     return d;
   }
   double prefill_tokens_per_s() const { return rate(prefill_tokens, prefill_seconds); }
   double decode_tokens_per_s() const { return rate(decode_tokens, decode_seconds); }
+  // Seconds of attention per token (every layer's KV append and fused attention for one token).
+  double attention_seconds_per_token() const {
+    return attention_tokens > 0 ? attention_seconds / static_cast<double>(attention_tokens) : 0.0;
+  }
   // Run time not spent waiting for streamed reads.
   double compute_seconds() const {
     return std::max(prefill_seconds + decode_seconds - io_wait_seconds, 0.0);
