@@ -11,24 +11,16 @@
 #include <vector>
 
 #include "sparse/sparse_plan.hpp"
+#include "sparse/sparse_runtime.hpp"
 #include "tierlm/memory/tier.hpp"
 #include "tierlm/sparse/sparse_stats.hpp"
 
 namespace tierlm::detail {
 
-// The bundle files' I/O: back end, O_DIRECT, staging registered with the engine (the model's
-// I/O path in ModelStats when no weights stream).
-struct SparseFfnIo {
-  std::string backend;
-  bool direct = false;
-  std::string direct_reason;  // why not, when direct is false
-  bool registered = false;
-};
-
-class SparseFfn {
+class SparseFfn : public SparseRuntime {
  public:
   SparseFfn(const SparseFfnPlan& plan, HostTier& host);
-  ~SparseFfn();
+  ~SparseFfn() override;
   SparseFfn(const SparseFfn&) = delete;
   SparseFfn& operator=(const SparseFfn&) = delete;
 
@@ -37,14 +29,11 @@ class SparseFfn {
            const float* down_bias, float* y);
   // Row width of layers[index]'s result (the hidden size).
   size_t dim(int index) const;
-  // The batch of rows is done: its per-token counters go to the totals and the token log.
-  void end_batch(size_t rows);
-  // Empties the caches and windows (a new sequence).
-  void reset();
-  SparseStats stats() const;
-  const SparseFfnIo& io() const;
-  // One record per token since load, oldest first (the last kSparseTokenLog kept).
-  std::vector<SparseTokenInfo> tokens() const;
+  void end_batch(size_t rows) override;
+  void reset() override;
+  SparseStats stats() const override;
+  const SparseFfnIo& io() const override;
+  std::vector<SparseTokenInfo> tokens() const override;
 
  private:
   struct Impl;
