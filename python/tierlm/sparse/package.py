@@ -68,7 +68,10 @@ def write_package_bundles(directory, tensors, config, source_values=None):
             names.append(p + "gate.weight")
         row_dtypes = {tensors[n]["dtype"] for n in names if n != p + "down.weight"}
         dtypes = row_dtypes | {tensors[p + "down.weight"]["dtype"]}
-        up, down = stored_tensor(directory, tensors, names[0]), stored_tensor(directory, tensors, names[1])
+        up, down = (
+            stored_tensor(directory, tensors, names[0]),
+            stored_tensor(directory, tensors, names[1]),
+        )
         gate = stored_tensor(directory, tensors, names[2]) if gated else None
         path = os.path.join(directory, f"ffn-bundle-{i}.bin")
         dtype = row_dtypes.pop() if len(row_dtypes) == 1 else "f32"
@@ -76,12 +79,17 @@ def write_package_bundles(directory, tensors, config, source_values=None):
             if source_values is not None:
                 down_dtype, down = source_values(names[1])
             else:
-                down_dtype, down = tensors[names[1]]["dtype"], tensor_values(directory, tensors, names[1])
+                down_dtype, down = (
+                    tensors[names[1]]["dtype"],
+                    tensor_values(directory, tensors, names[1]),
+                )
             dim = tensors[names[0]]["shape"][1]
             if down_dtype in BLOCKS and dtype != _REROUNDED_DOWN_DTYPE:
                 dtype = _REROUNDED_DOWN_DTYPE
                 up = quantize(dtype, tensor_values(directory, tensors, names[0]))
-                gate = quantize(dtype, tensor_values(directory, tensors, names[2])) if gated else None
+                gate = (
+                    quantize(dtype, tensor_values(directory, tensors, names[2])) if gated else None
+                )
             layouts.append(write_bundle_stored(path, up, down, gate, dtype, dim=dim))
             continue
         dtype = dtype if len(dtypes) == 1 else "f32"
