@@ -44,6 +44,12 @@ HostBudget host_budget_fit(const Package& package, const ModelOptions& options,
   const WeightPlacement probe =
       weight_placement(p, demand.tensors, 0, 0, demand.row_tensors, demand.chunk);
   b.minimum_budget = probe.minimum() + b.fixed_bytes;
+  if (channel_plan && options.sparse_capacity == 0) {
+    // Auto channel caches shrink to one token's kept channels before anything streams.
+    ChannelPlan smallest = *channel_plan;
+    size_channel_caches(smallest, 0, 1.0);
+    b.minimum_budget -= b.sparse_bytes - std::min(b.sparse_bytes, smallest.host_bytes);
+  }
   b.expert_budget = demand.expert_min_bytes;
   if (needed <= options.host_budget) {
     // Channel caches take what is left: a cached column saves a read whenever it is kept.
