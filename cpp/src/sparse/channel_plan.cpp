@@ -22,6 +22,7 @@ namespace {
 
 constexpr size_t kMaxStaging = 64ull << 20;
 constexpr size_t kScratchAlignment = 64;
+constexpr size_t kMinCacheShare = 8;
 const char* const kHint = "; calibrate again with `tierlm sparse calibrate MODEL --out PKG`";
 
 // The linears of each site, by tensor name within a layer (tierlm/sparse/channel.py SITES).
@@ -326,9 +327,12 @@ void size_channel_caches(ChannelPlan& plan, int64_t capacity, double margin) {
     if (capacity > 0) {
       r.capacity = std::min<size_t>(static_cast<size_t>(capacity), r.n_neurons);
     } else {
+      // At least 1/kMinCacheShare of the channels, so a token past the capacity runs in at
+      // most that many rounds.
       const double kept = std::clamp(1.0 - s.sparsity, 0.0, 1.0);
       const double want = std::ceil(kept * static_cast<double>(r.n_neurons) * margin);
-      r.capacity = std::clamp<size_t>(static_cast<size_t>(want), 1, r.n_neurons);
+      const size_t floor = (r.n_neurons + kMinCacheShare - 1) / kMinCacheShare;
+      r.capacity = std::clamp<size_t>(static_cast<size_t>(want), floor, r.n_neurons);
     }
   }
   total_bytes(plan);

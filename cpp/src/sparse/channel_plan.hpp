@@ -39,7 +39,7 @@ struct ChannelSitePlan {
 // prefill chunk.
 struct ChannelOptions {
   int64_t window = 4;    // tokens whose channels stay cached (1 = no window)
-  int64_t capacity = 0;  // cached channels per site; 0 = auto (one token's kept channels x 1.5)
+  int64_t capacity = 0;  // cached channels per site; 0 = auto (size_channel_caches)
   bool verify = false;   // check the channel files' CRC-32 at load
   size_t max_rows = 1;   // rows of a batch (prefill chunk)
 };
@@ -87,8 +87,8 @@ bool channel_sparse_present(const Package& package);
 ChannelPlan channel_plan(const Package& package, const ChannelOptions& options);
 
 // Sets each site's cache capacity (`capacity` channels, or when 0 the channels one token
-// keeps x `margin`, capped at the site's channels), the staging buffer, the scratch layout and
-// plan.host_bytes.
+// keeps x `margin`, at least an eighth of the site's channels and at most all), the staging
+// buffer, the scratch layout and plan.host_bytes. margin 0: the smallest auto caches.
 void size_channel_caches(ChannelPlan& plan, int64_t capacity, double margin);
 
 // Grows the auto-sized caches by at most `spare` host bytes in all, each site's share in
