@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "sparse/row_cache.hpp"
 #include "sparse/sparse_row_loader.hpp"
 #include "tierlm/core/align.hpp"
 #include "tierlm/core/parallel.hpp"
@@ -32,12 +33,8 @@ double since(Clock::time_point t0) {
 struct ChannelSparse::Impl {
   struct Site {
     const ChannelSitePlan* plan = nullptr;
-    NeuronCache cache;
-    NeuronWindow window;
+    RowCache rows;
     File file;
-    HostBuffer last_use_buffer;
-    int64_t* last_use = nullptr;
-    int64_t token = 0;
   };
 
   ChannelPlan plan;
@@ -51,9 +48,8 @@ struct ChannelSparse::Impl {
   int32_t* need = view<int32_t>(plan.scratch.need);
   int32_t* evict = view<int32_t>(plan.scratch.evict);
   float* site_out = view<float>(plan.scratch.site_out);
-  SparseTokenInfo* rows = view<SparseTokenInfo>(plan.scratch.rows);
-  SparseTokenInfo* log = view<SparseTokenInfo>(plan.scratch.log);
-  uint64_t logged = 0;
+  SparseTokenLog log{view<SparseTokenInfo>(plan.scratch.rows), plan.max_rows,
+                     view<SparseTokenInfo>(plan.scratch.log)};
   size_t threads = 1;
 
   SparseStats totals;
@@ -70,22 +66,14 @@ struct ChannelSparse::Impl {
         loader(host.allocate(plan.staging_bytes, kAlignment),
                view<IoRequest>(plan.scratch.requests), view<uint64_t>(plan.scratch.pending_a),
                view<uint64_t>(plan.scratch.pending_b), plan.scratch.max_requests, true) {
-    std::fill(rows, rows + plan.max_rows, SparseTokenInfo{});
     threads = std::max<size_t>(1, parallel_threads());
     sites.reserve(plan.sites.size());
     for (const ChannelSitePlan& s : plan.sites) {
       const SparseLayerPlan& r = s.rows;
       IoOptions io;
       io.direct = true;
-      Site site{&s,
-                NeuronCache(host, r.n_neurons, r.capacity, r.row_elems, r.dtype),
-                NeuronWindow(host, r.n_neurons, plan.window),
-                File(r.file, IoMode::kIoModeRead, io),
-                host.allocate(r.n_neurons * sizeof(int64_t)),
-                nullptr,
-                0};
-      site.last_use = static_cast<int64_t*>(site.last_use_buffer.data());
-      std::fill(site.last_use, site.last_use + r.n_neurons, -1);
+      Site site{&s, RowCache(host, r.n_neurons, r.capacity, r.row_elems, r.dtype, plan.window),
+                File(r.file, IoMode::kIoModeRead, io)};
       const bool reg = site.file.register_buffer(loader.staging(), loader.staging_bytes());
       files_io.registered = sites.empty() ? reg : files_io.registered && reg;
       files_io.direct = site.file.direct();
@@ -107,6 +95,7 @@ struct ChannelSparse::Impl {
   // y[row_elems] (+)= the kept channels' columns among cache rows [first, first + n).
   void kernel(Site& s, const float* x, size_t first, size_t n, float* y, bool accumulate) {
     const SparseLayerPlan& r = s.plan->rows;
+    const NeuronCache& cache = s.rows.cache;
     const size_t block = dtype_block(r.dtype).elems;
     const size_t blocks = r.row_elems / block;
     const size_t chunks =
@@ -117,12 +106,12 @@ struct ChannelSparse::Impl {
           for (size_t c = c0; c < c1; ++c) {
             const size_t b = blocks * c / chunks * block, e = blocks * (c + 1) / chunks * block;
             ChannelRows rows;
-            rows.rows = static_cast<const char*>(s.cache.row(first)) + dtype_row_bytes(r.dtype, b);
+            rows.rows = static_cast<const char*>(cache.row(first)) + dtype_row_bytes(r.dtype, b);
             rows.dtype = r.dtype;
             rows.n_rows = n;
             rows.out = e - b;
             rows.row_stride = r.row_elems;
-            rows.channels = s.cache.neurons() + first;
+            rows.channels = cache.neurons() + first;
             rows.n_channels = r.n_neurons;
             if (!accumulate) {
               kernel_channel_sparse_linear(x, rows, s.plan->threshold, nullptr, y + b);
@@ -144,7 +133,7 @@ struct ChannelSparse::Impl {
 
   void token(Site& s, const float* x, float* y, SparseTokenInfo& info) {
     const SparseLayerPlan& r = s.plan->rows;
-    NeuronCache& cache = s.cache;
+    NeuronCache& cache = s.rows.cache;
     const size_t cap = r.capacity;
     auto t0 = Clock::now();
     size_t n_kept = 0;
@@ -153,34 +142,7 @@ struct ChannelSparse::Impl {
       if (std::fabs(x[c]) > t) kept[n_kept++] = static_cast<int32_t>(c);
     }
     info.neurons_predicted += n_kept;
-    const int64_t now = s.token++;
-    const NeuronWindow::Step step = s.window.step(kept, n_kept, to_load, to_evict);
-    size_t n_evict = 0;
-    for (size_t j = 0; j < step.n_evict; ++j) {
-      if (cache.contains(to_evict[j])) to_evict[n_evict++] = to_evict[j];
-    }
-    cache.erase(to_evict, n_evict);
-    size_t n_need = 0;
-    for (size_t j = 0; j < n_kept; ++j) {
-      s.last_use[kept[j]] = now;
-      if (!cache.contains(kept[j])) need[n_need++] = kept[j];
-    }
-    if (cache.size() + n_need > cap) {
-      // Past the capacity: drop cached channels this token does not keep, least recently
-      // used first.
-      size_t n_old = 0;
-      const int32_t* cached = cache.neurons();
-      for (size_t j = 0; j < cache.size(); ++j) {
-        if (s.last_use[cached[j]] != now) evict[n_old++] = cached[j];
-      }
-      const size_t drop = std::min(n_old, cache.size() + n_need - cap);
-      if (drop < n_old) {
-        const int64_t* last_use = s.last_use;
-        std::nth_element(evict, evict + drop, evict + n_old,
-                         [last_use](int32_t a, int32_t b) { return last_use[a] < last_use[b]; });
-      }
-      cache.erase(evict, drop);
-    }
+    const size_t n_need = s.rows.admit(kept, n_kept, need, to_load, to_evict, evict);
     info.memory_seconds += since(t0);
     const size_t fill = std::min(n_need, cap - cache.size());
     loader.load(s.file, r, cache, need, fill, info);
@@ -215,7 +177,7 @@ void ChannelSparse::run(int site, const float* x, size_t rows) {
   Impl& m = *impl_;
   Impl::Site& s = m.sites[static_cast<size_t>(site)];
   const size_t n = s.plan->rows.n_neurons, width = s.plan->rows.row_elems;
-  for (size_t r = 0; r < rows; ++r) m.token(s, x + r * n, m.site_out + r * width, m.rows[r]);
+  for (size_t r = 0; r < rows; ++r) m.token(s, x + r * n, m.site_out + r * width, m.log.row(r));
 }
 
 void ChannelSparse::copy(int site, size_t index, size_t rows, const float* bias, float* y) const {
@@ -229,44 +191,16 @@ void ChannelSparse::copy(int site, size_t index, size_t rows, const float* bias,
   }
 }
 
-void ChannelSparse::end_batch(size_t rows) {
-  Impl& m = *impl_;
-  for (size_t r = 0; r < rows && r < m.plan.max_rows; ++r) {
-    SparseStats& t = m.totals;
-    const SparseTokenInfo& i = m.rows[r];
-    ++t.sparse_tokens;
-    t.sparse_neurons_predicted += i.neurons_predicted;
-    t.sparse_neurons_read += i.neurons_read;
-    t.sparse_bytes_read += i.bytes_read;
-    t.sparse_requests += i.requests;
-    t.sparse_io_seconds += i.io_seconds;
-    t.sparse_memory_seconds += i.memory_seconds;
-    t.sparse_compute_seconds += i.compute_seconds;
-    m.log[m.logged++ % kSparseTokenLog] = m.rows[r];
-    m.rows[r] = SparseTokenInfo{};
-  }
-}
+void ChannelSparse::end_batch(size_t rows) { impl_->log.end_batch(rows, impl_->totals); }
 
 void ChannelSparse::reset() {
-  for (Impl::Site& s : impl_->sites) {
-    s.cache.clear();
-    s.window.reset();
-    std::fill(s.last_use, s.last_use + s.plan->rows.n_neurons, -1);
-    s.token = 0;
-  }
+  for (Impl::Site& s : impl_->sites) s.rows.reset();
 }
 
 SparseStats ChannelSparse::stats() const { return impl_->totals; }
 
 const SparseFfnIo& ChannelSparse::io() const { return impl_->files_io; }
 
-std::vector<SparseTokenInfo> ChannelSparse::tokens() const {
-  const Impl& m = *impl_;
-  std::vector<SparseTokenInfo> out;
-  const uint64_t n = std::min<uint64_t>(m.logged, kSparseTokenLog);
-  out.reserve(n);
-  for (uint64_t i = m.logged - n; i < m.logged; ++i) out.push_back(m.log[i % kSparseTokenLog]);
-  return out;
-}
+std::vector<SparseTokenInfo> ChannelSparse::tokens() const { return impl_->log.tokens(); }
 
 }  // namespace tierlm::detail
