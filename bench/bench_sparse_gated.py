@@ -71,13 +71,13 @@ def spread(thresholds, layers):
     return ChannelThresholds(thresholds.target_sparsity, per, thresholds.calibration_tokens)
 
 
-def use_thresholds(pkg, thresholds, first):
+def use_thresholds(pkg, thresholds):
     """Writes the channel files once (they do not depend on the target), then only the
-    thresholds file and the manifest's target for the next targets."""
+    thresholds file and the manifest's target."""
     from tierlm.sparse.channel_package import register_channels
     from tierlm.sparse.package import read_manifest, set_manifest_section
 
-    if first:
+    if not read_manifest(pkg).get("channels"):
         register_channels(pkg, thresholds)
         return
     thresholds.save(pkg)
@@ -168,9 +168,9 @@ def main():
     rows = [("dense offload", None)] + [(f"input sparsity {t:.0%}", t) for t in args.targets]
     results = {name: [] for name, _ in rows}
     for r in range(args.rounds):
-        for i, (name, target) in enumerate(rows):
+        for name, target in rows:
             if target is not None:
-                use_thresholds(str(pkg), spread(thresholds[target], args.layers), i == 1 and r == 0)
+                use_thresholds(str(pkg), spread(thresholds[target], args.layers))
             options = {"sparse": True, "kv_dtype": "f32"} if target else {"kv_dtype": "f32"}
             out = run_row(str(pkg), budget, prompt_ids, args.new_tokens, options)
             results[name].append(out)

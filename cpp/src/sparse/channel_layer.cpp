@@ -153,19 +153,8 @@ struct ChannelSparse::Impl {
     // This token's kept channels alone pass the capacity: the rest in rounds of at most `cap`
     // columns, each replacing the columns computed last (the sum is additive).
     ++totals.sparse_overflows;
-    for (size_t done = fill; done < n_need;) {
-      const size_t m = std::min(cap, n_need - done);
-      t0 = Clock::now();
-      const size_t size = cache.size();
-      for (size_t j = 0; j < m; ++j) evict[j] = cache.neurons()[size - 1 - j];
-      cache.erase(evict, m);
-      info.memory_seconds += since(t0);
-      loader.load(s.file, r, cache, need + done, m, info);
-      t0 = Clock::now();
-      kernel(s, x, cache.size() - m, m, y, true);
-      info.compute_seconds += since(t0);
-      done += m;
-    }
+    loader.load_rounds(s.file, r, cache, need, fill, n_need, evict, info,
+                       [&](size_t first, size_t m) { kernel(s, x, first, m, y, true); });
   }
 };
 

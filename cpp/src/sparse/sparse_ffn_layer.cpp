@@ -200,19 +200,9 @@ struct SparseFfn::Impl {
     // This token's prediction alone passes the capacity: the rest in rounds of at most
     // `cap` rows, each replacing the rows computed last (the sum is additive).
     ++totals.sparse_overflows;
-    for (size_t done = fill; done < n_need;) {
-      const size_t m = std::min(cap, n_need - done);
-      t0 = Clock::now();
-      const size_t size = cache.size();
-      for (size_t j = 0; j < m; ++j) evict[j] = cache.neurons()[size - 1 - j];
-      cache.erase(evict, m);
-      info.memory_seconds += since(t0);
-      loader.load(l.file, p, cache, need + done, m, info);
-      t0 = Clock::now();
-      kernel(l, x, cache.size() - m, m, up_bias, nullptr, y, true);
-      info.compute_seconds += since(t0);
-      done += m;
-    }
+    loader.load_rounds(
+        l.file, p, cache, need, fill, n_need, evict, info,
+        [&](size_t first, size_t m) { kernel(l, x, first, m, up_bias, nullptr, y, true); });
   }
 };
 
