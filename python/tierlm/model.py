@@ -360,7 +360,11 @@ def load(
     coalescing (the paper's ablation); sparse_capacity: cached neurons per layer (0 = auto
     from the predictors' predicted density x window x 1.5, or x 1 token when the window's
     caches would push weights out of residency). Caches, staging and predictors count
-    against the host budget.
+    against the host budget. On a package calibrated for input-channel sparsity
+    (`tierlm sparse calibrate MODEL --out PKG`, manifest "channels"), sparse=True runs every
+    linear with a threshold that way instead (LOSSY): per token only the missing columns of the
+    kept input channels are read into host-tier channel caches (sparse_capacity: columns per
+    site, 0 = auto: what the budget leaves); stats()["sparse_channels"] says so.
     expert_cache: mixture-of-experts models home each expert on the host tier (read at load)
     or on the disk tier (read with O_DIRECT when routed to, into a host-tier expert cache);
     the cache's replacement policy is "lru" or "lfu" (frequency-weighted: use counts that
