@@ -1,11 +1,12 @@
 """Runs every linear layer of a Llama-family torch model through the native input-channel
 sparse pieces from torch hooks (the executor's own path is `tierlm.load(pkg, sparse=True)`
 on a calibrated package; this one stays as the Python tools' reference), token by token:
-per site the kept channels (|x| > threshold) go through a window of the last k tokens (tierlm NeuronWindow over channels), the channel rows
-it asks for are read from the site's channel bundle with 4 KiB-aligned O_DIRECT requests
-(neighbours coalesced, one pread_batch) into a host-tier cache (NeuronCache), evicted rows
-leave it, and the native kernel sums the cached columns of the kept channels. Counts per
-token: channels kept, rows and bytes read, requests, cache hits.
+per site the kept channels (|x| > threshold) go through a window of the last k tokens
+(tierlm NeuronWindow over channels), the channel rows it asks for are read from the site's
+channel bundle with 4 KiB-aligned O_DIRECT requests (neighbours coalesced, one pread_batch)
+into a host-tier cache (NeuronCache), evicted rows leave it, and the native kernel sums the
+cached columns of the kept channels. Counts per token: channels kept, rows and bytes read,
+requests, cache hits.
 """
 
 import numpy as np
