@@ -142,6 +142,7 @@ void bind_model(nb::module_& m) {
       .def("stats", &Model::stats)
       .def("placement", &Model::placement)
       .def("expert_placement", &Model::expert_placement)
+      .def("expert_usage", &Model::expert_usage)
       .def("stream_events", &Model::stream_events)
       .def("sparse_tokens", &Model::sparse_tokens)
       .def(

@@ -92,6 +92,7 @@ void bind_records(nb::module_& m) {
       .def_ro("cache_slots", &ExpertPlacement::cache_slots)
       .def_ro("router_bytes", &ExpertPlacement::router_bytes)
       .def_ro("policy", &ExpertPlacement::policy)
+      .def_ro("homing", &ExpertPlacement::homing)
       .def_ro("host_experts", &ExpertPlacement::host_experts)
       .def_ro("disk_experts", &ExpertPlacement::disk_experts);
 

@@ -287,12 +287,18 @@ class Model:
         "resident_layers", "streamed_layers", "streamed_tensors", "pinned_tensors",
         "row_tensors" (embedding tables read by rows on demand), ...}; for a mixture-of-experts
         model also "experts": {"host_experts", "disk_experts" (per moe layer, the experts homed on
-        each tier), "cache_slots", "policy", "expert_bytes", ...}."""
+        each tier), "homing" (by a usage profile or outer layers first), "cache_slots", "policy",
+        "expert_bytes", ...}."""
         placement = as_dict(self._native.placement())
         experts = self._native.expert_placement()
         if experts.moe:
             placement["experts"] = as_dict(experts)
         return placement
+
+    def expert_usage(self):
+        """Mixture of experts: per moe layer, the tokens routed to each expert since load (what
+        tierlm.profile_experts stores as the package's usage profile); [] without moe layers."""
+        return [list(counts) for counts in self._native.expert_usage()]
 
     def stream_events(self):
         """One entry per streamed layer, at its begin: {"t", "wait", "layer", "bytes_read"}
@@ -368,7 +374,9 @@ def load(
     expert_cache: mixture-of-experts models home each expert on the host tier (read at load)
     or on the disk tier (read with O_DIRECT when routed to, into a host-tier expert cache);
     the cache's replacement policy is "lru" or "lfu" (frequency-weighted: use counts that
-    halve every 64 steps). The experts get the host budget the other weights leave.
+    halve every 64 steps), or "stream": no cache, every disk-homed expert of a layer read on
+    every step, routed or not (dense offload, a baseline). The experts get the host budget the
+    other weights leave; a package's usage profile (tierlm.profile_experts) homes the most used.
     expert_prefetch: predict layer i+1's experts by applying its router to layer i's input and
     read the missing ones while layer i computes (stats: moe_prediction_accuracy_pct).
     kv_dtype: the KV cache's element type: "f16" (default), "bf16", "f32", or "q8_0" (int8 in

@@ -150,12 +150,12 @@ def case_expert_cache(pkg, sparse_pkg, tmp_path):
     budget = full["kv_bytes"] + full["arena_bytes"] + full["weight_bytes"] // 3
     ids = prompt(9)
     tokens = {}
-    for policy in ("lru", "lfu"):
+    for policy in ("lru", "lfu", "stream"):
         model = tierlm.load(moe, budget=budget, expert_cache=policy)
         assert model.placement()["experts"]["policy"] == policy
         tokens[policy] = model.generate(ids, max_new_tokens=6, stop_at_eos=False).output_ids
         assert model.stats()["moe_misses"] > 0
-    assert tokens["lru"] == tokens["lfu"]
+    assert tokens["lru"] == tokens["lfu"] == tokens["stream"]
     with pytest.raises(InvalidArgumentError, match='expert_cache "mru"'):
         tierlm.load(moe, expert_cache="mru")
 

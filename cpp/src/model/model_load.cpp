@@ -10,6 +10,7 @@
 #include "model/model_impl.hpp"
 #include "model/op_resolve.hpp"
 #include "model/package_plans.hpp"
+#include "moe/expert_usage.hpp"
 #include "moe/moe_graph.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/core/parallel.hpp"
@@ -186,7 +187,8 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
         detail::ExpertStoreOptions{.budget = budget.expert_budget,
                                    .policy = detail::expert_policy_parse(options.expert_cache),
                                    .prefetch = options.expert_prefetch,
-                                   .verify = options.verify});
+                                   .verify = options.verify,
+                                   .usage = detail::expert_usage_read(p)});
   }
   m.sparse_verify = channels ? channel_plan.verify : sparse_plan.verify;
 

@@ -70,6 +70,10 @@ const ExpertPlacement& Model::expert_placement() const {
   return impl_->experts ? impl_->experts->placement() : kNone;
 }
 
+std::vector<std::vector<uint64_t>> Model::expert_usage() const {
+  return impl_->experts ? impl_->experts->usage() : std::vector<std::vector<uint64_t>>{};
+}
+
 std::vector<StreamEvent> Model::stream_events() const {
   if (impl_->stream == nullptr) return {};
   return impl_->stream->events();

@@ -191,6 +191,9 @@ class TIERLM_API Model {
   const WeightPlacement& placement() const;
   // Mixture of experts: where each expert lives (ExpertPlacement::moe false without moe layers).
   const ExpertPlacement& expert_placement() const;
+  // Mixture of experts: per moe layer, the tokens routed to each expert since load (empty
+  // without moe layers); tierlm.profile_experts stores them as the package's usage profile.
+  std::vector<std::vector<uint64_t>> expert_usage() const;
   // One event per streamed layer's end (time, wait, bytes read so far), oldest first.
   std::vector<StreamEvent> stream_events() const;
   // Sparse FFN: one entry per token since load, oldest first (the last 16384 kept).
