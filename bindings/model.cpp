@@ -56,8 +56,8 @@ void bind_model(nb::module_& m) {
           [](const std::string& path, uint64_t host_budget, size_t threads, bool verify,
              int64_t max_context, int64_t prefill_chunk, bool lock, int64_t max_batch,
              int64_t ring_sections, bool sparse, int64_t sparse_window, bool sparse_bundled,
-             int64_t sparse_capacity, const std::string& expert_cache, bool expert_prefetch,
-             const std::string& kv_dtype, const std::string& kv_policy) {
+             int64_t sparse_capacity, bool sparse_readahead, const std::string& expert_cache,
+             bool expert_prefetch, const std::string& kv_dtype, const std::string& kv_policy) {
             ModelOptions o;
             o.expert_cache = expert_cache;
             o.expert_prefetch = expert_prefetch;
@@ -67,6 +67,7 @@ void bind_model(nb::module_& m) {
             o.sparse_window = sparse_window;
             o.sparse_bundled = sparse_bundled;
             o.sparse_capacity = sparse_capacity;
+            o.sparse_readahead = sparse_readahead;
             o.host_budget = host_budget;
             o.threads = threads;
             o.verify = verify;
@@ -82,8 +83,9 @@ void bind_model(nb::module_& m) {
           nb::arg("verify") = false, nb::arg("max_context") = 0, nb::arg("prefill_chunk") = 0,
           nb::arg("lock") = true, nb::arg("max_batch") = 1, nb::arg("ring_sections") = 0,
           nb::arg("sparse") = false, nb::arg("sparse_window") = 4, nb::arg("sparse_bundled") = true,
-          nb::arg("sparse_capacity") = 0, nb::arg("expert_cache") = "lru",
-          nb::arg("expert_prefetch") = true, nb::arg("kv_dtype") = "f16", nb::arg("kv_policy") = "")
+          nb::arg("sparse_capacity") = 0, nb::arg("sparse_readahead") = false,
+          nb::arg("expert_cache") = "lru", nb::arg("expert_prefetch") = true,
+          nb::arg("kv_dtype") = "f16", nb::arg("kv_policy") = "")
       .def_prop_ro("path", [](const Model& self) { return self.package().path; })
       .def_prop_ro("architecture", [](const Model& self) { return self.package().architecture; })
       .def_prop_ro("dtype", [](const Model& self) { return self.package().dtype; })

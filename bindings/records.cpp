@@ -107,6 +107,8 @@ void bind_records(nb::module_& m) {
       .def_ro("neurons_read", &SparseTokenInfo::neurons_read)
       .def_ro("bytes_read", &SparseTokenInfo::bytes_read)
       .def_ro("requests", &SparseTokenInfo::requests)
+      .def_ro("readahead_rows", &SparseTokenInfo::readahead_rows)
+      .def_ro("readahead_hits", &SparseTokenInfo::readahead_hits)
       .def_ro("predictor_seconds", &SparseTokenInfo::predictor_seconds)
       .def_ro("io_seconds", &SparseTokenInfo::io_seconds)
       .def_ro("memory_seconds", &SparseTokenInfo::memory_seconds)
@@ -162,6 +164,13 @@ void bind_records(nb::module_& m) {
       .def_ro("sparse_bytes_read", &S::sparse_bytes_read)
       .def_ro("sparse_requests", &S::sparse_requests)
       .def_ro("sparse_overflows", &S::sparse_overflows)
+      .def_ro("sparse_readahead", &S::sparse_readahead)
+      .def_ro("sparse_readahead_rows", &S::sparse_readahead_rows)
+      .def_ro("sparse_readahead_hits", &S::sparse_readahead_hits)
+      .def_prop_ro("sparse_readahead_precision",
+                   [](const S& s) { return s.sparse_readahead_precision(); })
+      .def_prop_ro("sparse_readahead_recall",
+                   [](const S& s) { return s.sparse_readahead_recall(); })
       .def_ro("sparse_predictor_seconds", &S::sparse_predictor_seconds)
       .def_ro("sparse_io_seconds", &S::sparse_io_seconds)
       .def_ro("sparse_memory_seconds", &S::sparse_memory_seconds)

@@ -339,6 +339,7 @@ def load(
     sparse_window=4,
     sparse_bundled=True,
     sparse_capacity=0,
+    sparse_readahead=False,
     expert_cache="lru",
     expert_prefetch=True,
     kv_dtype="f16",
@@ -366,7 +367,11 @@ def load(
     coalescing (the paper's ablation); sparse_capacity: cached neurons per layer (0 = auto
     from the predictors' predicted density x window x 1.5, or x 1 token when the window's
     caches would push weights out of residency). Caches, staging and predictors count
-    against the host budget. On a package calibrated for input-channel sparsity
+    against the host budget. sparse_readahead: at decode, read layer i+1's predicted rows
+    (its predictor applied to layer i's input) while layer i computes, so that layer i+1
+    reads only the misses; the tokens are the same either way (stats:
+    sparse_readahead_recall, sparse_readahead_precision).
+    On a package calibrated for input-channel sparsity
     (`tierlm sparse calibrate MODEL --out PKG`, manifest "channels"), sparse=True runs every
     linear with a threshold that way instead (LOSSY): per token only the missing columns of the
     kept input channels are read into host-tier channel caches (sparse_capacity: columns per
@@ -401,6 +406,7 @@ def load(
         sparse_window=check("sparse_window", sparse_window),
         sparse_bundled=bool(sparse_bundled),
         sparse_capacity=check("sparse_capacity", sparse_capacity or 0),
+        sparse_readahead=bool(sparse_readahead),
         expert_cache=str(expert_cache),
         expert_prefetch=bool(expert_prefetch),
         kv_dtype=str(kv_dtype),

@@ -132,8 +132,10 @@ def case_sparse_bundled(pkg, sparse_pkg):
         model = tierlm.load(sparse_pkg, sparse=True, sparse_bundled=bundled)
         s = model.generate(ids, max_new_tokens=3).stats
         assert s["sparse_bundled"] is bundled
-        # Apart, each neuron read is two requests; bundled, neighbours coalesce.
-        assert (s["sparse_requests"] == 2 * s["sparse_neurons_read"]) is not bundled
+        # Apart, each row read (after the read-ahead, or ahead) is two requests; bundled,
+        # neighbours coalesce.
+        rows = s["sparse_neurons_read"] - s["sparse_readahead_hits"] + s["sparse_readahead_rows"]
+        assert (s["sparse_requests"] == 2 * rows) is not bundled
 
 
 def case_sparse_capacity(pkg, sparse_pkg):
@@ -141,6 +143,18 @@ def case_sparse_capacity(pkg, sparse_pkg):
     assert s["sparse_capacity"] == [300] * len(s["sparse_capacity"])
     with refused("sparse_capacity", -1):
         tierlm.load(sparse_pkg, sparse=True, sparse_capacity=-1)
+
+
+def case_sparse_readahead(pkg, sparse_pkg):
+    ids = prompt(7)
+    runs = {}
+    for ahead in (True, False):
+        model = tierlm.load(sparse_pkg, sparse=True, sparse_readahead=ahead)
+        out = model.generate(ids, max_new_tokens=6, stop_at_eos=False)
+        runs[ahead] = out.output_ids, model.stats()
+    assert runs[True][0] == runs[False][0]  # what is read when, never what is computed
+    assert runs[True][1]["sparse_readahead"] and runs[True][1]["sparse_readahead_rows"] > 0
+    assert not runs[False][1]["sparse_readahead"] and runs[False][1]["sparse_readahead_rows"] == 0
 
 
 def case_expert_cache(pkg, sparse_pkg, tmp_path):
@@ -203,6 +217,7 @@ LOAD_CASES = {
     "sparse_window": case_sparse_window,
     "sparse_bundled": case_sparse_bundled,
     "sparse_capacity": case_sparse_capacity,
+    "sparse_readahead": case_sparse_readahead,
     "expert_cache": case_expert_cache,
     "expert_prefetch": case_expert_prefetch,
     "kv_dtype": case_kv_dtype,

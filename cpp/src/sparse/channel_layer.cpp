@@ -64,8 +64,8 @@ struct ChannelSparse::Impl {
       : plan(p),
         scratch(host.allocate(plan.scratch.bytes)),
         loader(host.allocate(plan.staging_bytes, kAlignment),
-               view<IoRequest>(plan.scratch.requests), view<uint64_t>(plan.scratch.pending_a),
-               view<uint64_t>(plan.scratch.pending_b), plan.scratch.max_requests, true) {
+               view<IoRequest>(plan.scratch.requests), view<SparseRowSource>(plan.scratch.sources),
+               plan.scratch.max_requests, true) {
     threads = std::max<size_t>(1, parallel_threads());
     sites.reserve(plan.sites.size());
     for (const ChannelSitePlan& s : plan.sites) {
@@ -145,7 +145,7 @@ struct ChannelSparse::Impl {
     const size_t n_need = s.rows.admit(kept, n_kept, need, to_load, to_evict, evict);
     info.memory_seconds += since(t0);
     const size_t fill = std::min(n_need, cap - cache.size());
-    loader.load(s.file, r, cache, need, fill, info);
+    loader.load(s.file, r, cache, need, fill, nullptr, info);
     t0 = Clock::now();
     kernel(s, x, 0, cache.size(), y, false);
     info.compute_seconds += since(t0);
@@ -153,7 +153,7 @@ struct ChannelSparse::Impl {
     // This token's kept channels alone pass the capacity: the rest in rounds of at most `cap`
     // columns, each replacing the columns computed last (the sum is additive).
     ++totals.sparse_overflows;
-    loader.load_rounds(s.file, r, cache, need, fill, n_need, evict, info,
+    loader.load_rounds(s.file, r, cache, need, fill, n_need, evict, nullptr, info,
                        [&](size_t first, size_t m) { kernel(s, x, first, m, y, true); });
   }
 };

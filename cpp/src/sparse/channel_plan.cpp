@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "core/json.hpp"
+#include "sparse/sparse_row_gather.hpp"
 #include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/io/io.hpp"
@@ -285,8 +286,7 @@ ChannelScratchLayout channel_scratch_layout(const ChannelPlan& plan) {
   l.to_evict = take(max_n * sizeof(int32_t));
   l.need = take(max_n * sizeof(int32_t));
   l.evict = take(max_n * sizeof(int32_t));
-  l.pending_a = take(max_cap * sizeof(uint64_t));
-  l.pending_b = take(max_cap * sizeof(uint64_t));
+  l.sources = take(max_cap * sizeof(SparseRowSource));
   l.requests = take(l.max_requests * sizeof(IoRequest));
   l.site_out = take(plan.max_rows * plan.max_row_elems * sizeof(float));
   l.rows = take(plan.max_rows * sizeof(SparseTokenInfo));

@@ -51,12 +51,11 @@ struct ChannelScratchLayout {
   size_t to_evict = 0;
   size_t need = 0;
   size_t evict = 0;
-  size_t pending_a = 0;  // uint64[max capacity]: staging offset of a pending row
-  size_t pending_b = 0;  // (unused by channel rows, which are one part; the loader's view)
-  size_t requests = 0;   // IoRequest[max_requests]
-  size_t site_out = 0;   // float[max_rows * max_row_elems]: the running site's outputs
-  size_t rows = 0;       // SparseTokenInfo[max_rows]: per row of the batch
-  size_t log = 0;        // SparseTokenInfo[kSparseTokenLog]
+  size_t sources = 0;   // SparseRowSource[max capacity]: where each pending row lands
+  size_t requests = 0;  // IoRequest[max_requests]
+  size_t site_out = 0;  // float[max_rows * max_row_elems]: the running site's outputs
+  size_t rows = 0;      // SparseTokenInfo[max_rows]: per row of the batch
+  size_t log = 0;       // SparseTokenInfo[kSparseTokenLog]
   size_t max_requests = 0;
   size_t bytes = 0;
 };

@@ -68,6 +68,8 @@ void SparseTokenLog::end_batch(size_t rows, SparseStats& t) {
     t.sparse_neurons_read += i.neurons_read;
     t.sparse_bytes_read += i.bytes_read;
     t.sparse_requests += i.requests;
+    t.sparse_readahead_rows += i.readahead_rows;
+    t.sparse_readahead_hits += i.readahead_hits;
     t.sparse_predictor_seconds += i.predictor_seconds;
     t.sparse_io_seconds += i.io_seconds;
     t.sparse_memory_seconds += i.memory_seconds;

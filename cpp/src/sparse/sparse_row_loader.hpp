@@ -1,6 +1,7 @@
-// Reads neuron rows of a layer's bundle file into its neuron cache: each row's 4 KiB-widened
-// range (neighbours coalesced when bundled; up and down parts apart when not) goes into one
-// staging buffer as one batch of O_DIRECT requests, then every row is copied into the cache.
+// Reads neuron rows of a layer's bundle file into its neuron cache: the rows' 4 KiB-widened
+// ranges (SparseRowGather) go into one staging buffer as one batch of O_DIRECT requests, then
+// every row is copied into the cache. Rows already read ahead (SparseReadAhead) are copied from
+// there instead, in their place in the order, so the cache ends up the same either way.
 #pragma once
 
 #include <algorithm>
@@ -9,6 +10,8 @@
 #include <cstdint>
 
 #include "sparse/sparse_plan.hpp"
+#include "sparse/sparse_readahead.hpp"
+#include "sparse/sparse_row_gather.hpp"
 #include "tierlm/io/io.hpp"
 #include "tierlm/memory/tier.hpp"
 #include "tierlm/sparse/neuron_cache.hpp"
@@ -18,26 +21,28 @@ namespace tierlm::detail {
 
 class SparseRowLoader {
  public:
-  // staging: plan.staging_bytes, 4 KiB-aligned. requests / pending_a / pending_b: the
-  // scratch views of the layout (max_requests requests, max capacity offsets each).
-  SparseRowLoader(HostBuffer staging, IoRequest* requests, uint64_t* pending_a, uint64_t* pending_b,
+  // staging: plan.staging_bytes, 4 KiB-aligned. requests / rows: the scratch views of the
+  // layout (max_requests requests, max capacity rows).
+  SparseRowLoader(HostBuffer staging, IoRequest* requests, SparseRowSource* rows,
                   size_t max_requests, bool bundled);
 
   void* staging() { return staging_.data(); }
   size_t staging_bytes() const { return staging_.size(); }
 
   // Reads the rows of ids[0, n) (sorted, not cached) from `file` into `cache`, in as few
-  // batches as staging allows; counts requests, bytes and times into info. Allocates only the
-  // I/O engine's futures of each batch.
+  // batches as staging allows, taking those found in `ahead` (waited for; may be null) from
+  // there; counts requests, bytes, read-ahead hits and times into info. Allocates only the I/O
+  // engine's futures of each batch.
   void load(File& file, const SparseLayerPlan& plan, NeuronCache& cache, const int32_t* ids,
-            size_t n, SparseTokenInfo& info);
+            size_t n, const SparseReadAhead* ahead, SparseTokenInfo& info);
 
   // The rows of ids[done, n) that one token needs past the cache's capacity, in rounds of at
   // most the capacity: each round replaces the rows loaded last (ids in evict, scratch of the
   // capacity) and calls compute(first slot, rows) on them, whose results the caller adds up.
   template <class Compute>
   void load_rounds(File& file, const SparseLayerPlan& plan, NeuronCache& cache, const int32_t* ids,
-                   size_t done, size_t n, int32_t* evict, SparseTokenInfo& info, Compute compute) {
+                   size_t done, size_t n, int32_t* evict, const SparseReadAhead* ahead,
+                   SparseTokenInfo& info, Compute compute) {
     while (done < n) {
       const size_t m = std::min(cache.capacity(), n - done);
       auto t0 = std::chrono::steady_clock::now();
@@ -45,7 +50,7 @@ class SparseRowLoader {
       for (size_t j = 0; j < m; ++j) evict[j] = cache.neurons()[size - 1 - j];
       cache.erase(evict, m);
       info.memory_seconds += seconds_since(t0);
-      load(file, plan, cache, ids + done, m, info);
+      load(file, plan, cache, ids + done, m, ahead, info);
       t0 = std::chrono::steady_clock::now();
       compute(cache.size() - m, m);
       info.compute_seconds += seconds_since(t0);
@@ -57,20 +62,12 @@ class SparseRowLoader {
   static double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
-  // Submits the pending requests as one batch, waits, and moves the rows into the cache.
-  void flush(File& file, const SparseLayerPlan& plan, NeuronCache& cache, SparseTokenInfo& info);
+  // Submits the gathered requests as one batch, waits, and moves the rows into the cache.
+  void flush(File& file, const SparseLayerPlan& plan, NeuronCache& cache, const int32_t* ids,
+             SparseTokenInfo& info);
 
   HostBuffer staging_;
-  IoRequest* requests_ = nullptr;
-  uint64_t* pending_a_ = nullptr;  // staging offset of a pending row (its up part)
-  uint64_t* pending_b_ = nullptr;  // unbundled: staging offset of its down part
-  size_t max_requests_ = 0;
-  bool bundled_ = true;
-  // The batch being gathered.
-  const int32_t* pending_ids_ = nullptr;  // ids of the pending rows, in order
-  size_t n_pending_ = 0;
-  size_t n_requests_ = 0;
-  uint64_t used_ = 0;  // staging bytes the batch's requests cover
+  SparseRowGather gather_;
 };
 
 }  // namespace tierlm::detail

@@ -51,6 +51,9 @@ struct TIERLM_API ModelOptions {
   int64_t sparse_window = 4;    // tokens whose neurons stay cached (1 = no window)
   bool sparse_bundled = true;   // false: up and down parts read apart, no coalescing (ablation)
   int64_t sparse_capacity = 0;  // cached neurons per layer; 0 = auto from the predictors
+  // Decode: read layer i+1's predicted rows (its predictor on layer i's input) while layer i
+  // computes; the result is identical either way (docs/sparse.md). Off until measured faster.
+  bool sparse_readahead = false;
   // Mixture of experts: the replacement policy of the host-tier cache of disk-homed experts,
   // "lru" or "lfu" (use counts that halve every 64 steps).
   std::string expert_cache = "lru";
