@@ -155,6 +155,8 @@ def test_calibration_problems_are_named(llama, tmp_path):
     pkg, _ = calibrated(llama, tmp_path, 0.4)
     with pytest.raises(InvalidArgumentError, match="sparse_bundled=false"):
         tierlm.load(pkg, sparse=True, sparse_bundled=False)
+    with pytest.raises(InvalidArgumentError, match="sparse_readahead .* no predictors"):
+        tierlm.load(pkg, sparse=True, sparse_readahead=True)
     victim = os.path.join(pkg, "channel-1-ffn_in.bin")
     data = open(victim, "rb").read()
     with open(victim, "r+b") as f:
