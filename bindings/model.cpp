@@ -57,8 +57,12 @@ void bind_model(nb::module_& m) {
              int64_t max_context, int64_t prefill_chunk, bool lock, int64_t max_batch,
              int64_t ring_sections, bool sparse, int64_t sparse_window, bool sparse_bundled,
              int64_t sparse_capacity, bool sparse_readahead, const std::string& expert_cache,
-             bool expert_prefetch, const std::string& kv_dtype, const std::string& kv_policy) {
+             bool expert_prefetch, const std::string& kv_dtype, const std::string& kv_policy,
+             uint64_t kv_host_budget, uint64_t disk_budget, const std::string& disk_dir) {
             ModelOptions o;
+            o.kv_host_budget = kv_host_budget;
+            o.disk_budget = disk_budget;
+            o.disk_dir = disk_dir;
             o.expert_cache = expert_cache;
             o.expert_prefetch = expert_prefetch;
             o.kv_dtype = dtype_parse(kv_dtype);
@@ -85,7 +89,8 @@ void bind_model(nb::module_& m) {
           nb::arg("sparse") = false, nb::arg("sparse_window") = 4, nb::arg("sparse_bundled") = true,
           nb::arg("sparse_capacity") = 0, nb::arg("sparse_readahead") = false,
           nb::arg("expert_cache") = "lru", nb::arg("expert_prefetch") = true,
-          nb::arg("kv_dtype") = "f16", nb::arg("kv_policy") = "")
+          nb::arg("kv_dtype") = "f16", nb::arg("kv_policy") = "", nb::arg("kv_host_budget") = 0,
+          nb::arg("disk_budget") = UINT64_MAX, nb::arg("disk_dir") = "")
       .def_prop_ro("path", [](const Model& self) { return self.package().path; })
       .def_prop_ro("architecture", [](const Model& self) { return self.package().architecture; })
       .def_prop_ro("dtype", [](const Model& self) { return self.package().dtype; })

@@ -43,26 +43,28 @@ class Token:
 
 
 # The tiers a loaded model holds memory in. The executor keeps weights, KV cache and
-# activations in the host tier; a device tier (CUDA backend) and a disk scratch tier (KV and
-# expert spill) come with later issues, and until then their budgets are refused, not ignored.
-LOAD_TIERS = ("host",)
+# activations in the host tier, and with a kv_host_budget the KV cache's coldest blocks in a
+# disk scratch tier; a device tier (CUDA backend) comes with a later issue, and until then its
+# budget is refused, not ignored.
+LOAD_TIERS = ("host", "disk")
 
 
 def _budgets(budget):
-    """{"host": bytes} from a dict of sizes, one size (the host budget) or None (defaults)."""
+    """{"host": bytes, "disk": bytes or None} from a dict of sizes, one size (the host budget)
+    or None (defaults)."""
     if budget is None:
         budget = {}
     elif not isinstance(budget, dict):
         budget = {"host": budget}
     unused = sorted(set(budget) - set(LOAD_TIERS))
     if unused:
-        later = [t for t in unused if t in ("device", "disk")]
+        later = [t for t in unused if t == "device"]
         raise InvalidArgumentError(
-            f"budget: tierlm.load uses only the {', '.join(LOAD_TIERS)} tier budget, not "
+            f"budget: tierlm.load uses only the {' and '.join(LOAD_TIERS)} tier budgets, not "
             f"{', '.join(repr(t) for t in unused)}"
             + (
-                " (the executor has no device or disk tier yet: weights, KV cache and "
-                "activations live in the host tier; a later release adds them)"
+                " (the executor has no device tier yet: weights, KV cache and "
+                "activations live in the host tier; a later release adds it)"
                 if later
                 else ""
             )
@@ -70,7 +72,9 @@ def _budgets(budget):
         )
     host = budget.get("host")
     host = default_budgets()["host"] if host is None else parse_size(host, "host budget")
-    return {"host": check("host_budget", host)}
+    disk = budget.get("disk")
+    disk = None if disk is None else check("disk_budget", parse_size(disk, "disk budget"))
+    return {"host": check("host_budget", host), "disk": disk}
 
 
 def _load_tokenizer(tokenizer_dir):
@@ -344,6 +348,8 @@ def load(
     expert_prefetch=True,
     kv_dtype="f16",
     kv_policy="",
+    kv_host_budget=None,
+    disk_dir=None,
 ):
     """Loads a package (tierlm export's output).
 
@@ -390,6 +396,14 @@ def load(
     kv_policy: "" (or "full") keeps every token up to the context; "window:S+W" keeps S
     attention sinks and the last W tokens (StreamingLLM), positions counted within the cache, so
     generation runs past max_positions (RoPE models only; stats()["kv_evicted"] counts drops).
+    kv_host_budget: the KV cache's share of the host budget (a size; None = all it needs).
+    When the cache would need more, it keeps that many bytes of blocks and read-back staging in
+    the host tier and moves its oldest blocks to a scratch file of the disk tier, created in
+    disk_dir (default: $TMPDIR, else /tmp; unlinked at once, so nothing is left behind) under
+    budget["disk"] (default: no limit but the file system's); each layer's blocks are read
+    back with O_DIRECT while the layer before computes. Every token stays, so the results are
+    those of the cache in memory (stats(): kv_disk_bytes, kv_disk_bytes_read, disk). Not with a
+    kv_policy; a disk budget or disk_dir without kv_host_budget is refused.
     """
     budgets = _budgets(budget)
     native = _core.Model.load(
@@ -411,5 +425,11 @@ def load(
         expert_prefetch=bool(expert_prefetch),
         kv_dtype=str(kv_dtype),
         kv_policy=str(kv_policy or ""),
+        kv_host_budget=check(
+            "kv_host_budget",
+            0 if kv_host_budget is None else parse_size(kv_host_budget, "kv_host_budget"),
+        ),
+        disk_budget=2**64 - 1 if budgets["disk"] is None else budgets["disk"],
+        disk_dir="" if disk_dir is None else os.fspath(disk_dir),
     )
     return Model(native, budgets)

@@ -160,6 +160,15 @@ PARITY_ARCHS = ("llama", "llama_tied", "llama3", "mistral", "qwen2", "opt")
 MOE_ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 
 
+# A llama whose KV cache spills to disk at a quarter of its bytes (tests of kv_host_budget):
+# head_dim 64 on one KV head makes a layer's keys + values of a 32-token block 8 KiB of f16,
+# whole pages (nothing padded for O_DIRECT), and 12 layers leave room in the budget for the two
+# staging buffers that read a layer's spilled blocks back.
+SPILL_SHAPE = dict(
+    hidden_size=128, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=12
+)
+
+
 def hf_config(arch, **overrides):
     """A transformers config for one of ARCHS, with overrides."""
     _import()

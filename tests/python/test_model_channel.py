@@ -168,7 +168,12 @@ def test_calibration_problems_are_named(llama, tmp_path):
         f.write(data[:4096])
     with pytest.raises(CorruptError, match="channel-1-ffn_in.bin is 4096 bytes"):
         tierlm.load(pkg, sparse=True)
-    os.remove(os.path.join(pkg, channel.CHANNEL_JSON))
+    meta_path = os.path.join(pkg, channel.CHANNEL_JSON)
+    meta = json.load(open(meta_path))
+    json.dump({**meta, "criterion": "weight_norm"}, open(meta_path, "w"))
+    with pytest.raises(Exception, match="criterion \"weight_norm\" .* not run by the executor"):
+        tierlm.load(pkg, sparse=True)
+    os.remove(meta_path)
     with pytest.raises(NotFoundError, match="channel_sparsity.json: cannot open"):
         tierlm.load(pkg, sparse=True)
     assert tierlm.load(pkg).logits([1, 2, 3]).shape == (211,)  # dense never reads them

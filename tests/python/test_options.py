@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import tierlm
-from models import flipped_copy, package, prompt
+from models import SPILL_SHAPE, flipped_copy, package, prompt
 from tierlm import _core
 from tierlm.errors import CorruptError, InvalidArgumentError
 
@@ -44,11 +44,17 @@ def case_budget(pkg, sparse_pkg):
     model = tierlm.load(pkg, budget={"host": "48MiB"})
     assert model.stats()["host"]["budget"] == 48 << 20
     assert tierlm.load(pkg, budget=streaming_budget(pkg)).placement()["streaming"]
-    for tier in ("device", "disk"):
-        with pytest.raises(InvalidArgumentError, match=f"not '{tier}'.*no device or disk tier"):
-            tierlm.load(pkg, budget={"host": "48MiB", tier: "1GiB"})
-    with pytest.raises(InvalidArgumentError, match="only the host tier budget, not 'gpu'"):
+    with pytest.raises(InvalidArgumentError, match="not 'device'.*no device tier"):
+        tierlm.load(pkg, budget={"host": "48MiB", "device": "1GiB"})
+    with pytest.raises(
+        InvalidArgumentError, match="only the host and disk tier budgets, not 'gpu'"
+    ):
         tierlm.load(pkg, budget={"gpu": "1GiB"})
+    # the disk tier holds what kv_host_budget moves there (case_kv_host_budget), nothing else
+    with pytest.raises(InvalidArgumentError, match="only a kv_host_budget"):
+        tierlm.load(pkg, budget={"host": "48MiB", "disk": "1GiB"})
+    with refused("disk_budget", 2**64):
+        tierlm.load(pkg, budget={"disk": 2**64}, kv_host_budget="1MiB")
     with refused("host_budget", 2**64):
         tierlm.load(pkg, budget=2**64)
 
@@ -204,6 +210,33 @@ def case_kv_policy(pkg, sparse_pkg):
         tierlm.load(pkg, kv_policy="window:4")
 
 
+def case_kv_host_budget(pkg, sparse_pkg, tmp_path):
+    spill = package("llama", str(tmp_path), seed=5, **SPILL_SHAPE)[1]
+    full = tierlm.load(spill).stats()["kv_bytes"]
+    model = tierlm.load(spill, kv_host_budget=full * 2 // 5, budget={"disk": "16MiB"})
+    ids = prompt(150)
+    assert model.generate(ids, max_new_tokens=8).output_ids == (
+        tierlm.load(spill).generate(ids, max_new_tokens=8).output_ids
+    )
+    s = model.stats()
+    assert s["kv_bytes"] <= full * 2 // 5 and s["kv_blocks_spilled"] > 0
+    assert s["disk"]["budget"] == 16 << 20 and 0 < s["disk"]["peak"] <= 16 << 20
+    with refused("kv_host_budget", 2**64):
+        tierlm.load(spill, kv_host_budget=2**64)
+
+
+def case_disk_dir(pkg, sparse_pkg, tmp_path):
+    spill = package("llama", str(tmp_path), seed=5, **SPILL_SHAPE)[1]
+    full = tierlm.load(spill).stats()["kv_bytes"]
+    model = tierlm.load(spill, kv_host_budget=full * 2 // 5, disk_dir=tmp_path)
+    model.generate(prompt(150), max_new_tokens=2)
+    assert model.stats()["kv_blocks_spilled"] > 0
+    with pytest.raises(OSError, match="missing does not exist"):
+        tierlm.load(spill, kv_host_budget=full * 2 // 5, disk_dir=tmp_path / "missing")
+    with pytest.raises(InvalidArgumentError, match="only a kv_host_budget"):
+        tierlm.load(spill, disk_dir=tmp_path)
+
+
 LOAD_CASES = {
     "budget": case_budget,
     "threads": case_threads,
@@ -222,6 +255,8 @@ LOAD_CASES = {
     "expert_prefetch": case_expert_prefetch,
     "kv_dtype": case_kv_dtype,
     "kv_policy": case_kv_policy,
+    "kv_host_budget": case_kv_host_budget,
+    "disk_dir": case_disk_dir,
 }
 
 

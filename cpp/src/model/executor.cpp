@@ -34,6 +34,7 @@ void Executor::make_room(int32_t slot, int64_t n) {
 
 const float* Executor::run(const ExecBatch& batch) {
   const int64_t n = batch.n;
+  kv_.begin_step();
   if (batch.slots == nullptr) {
     make_room(batch.slot, n);
   } else {
@@ -48,6 +49,12 @@ const float* Executor::run(const ExecBatch& batch) {
     kv_.prepare(batch.slot, kv_.length(batch.slot) + n);
   } else {
     for (int64_t i = 0; i < n; ++i) kv_.prepare(batch.slots[i], kv_.length(batch.slots[i]) + 1);
+  }
+  // A cache that spills starts reading layer 0's blocks back.
+  if (batch.slots == nullptr) {
+    kv_.stage({&batch.slot, 1});
+  } else {
+    kv_.stage({batch.slots, static_cast<size_t>(n)});
   }
   int layer = INT_MIN;
   for (const ExecOp& op : resolved_.ops) {
@@ -203,6 +210,7 @@ void Executor::attend(const ExecOp& op, const ExecBatch& batch) {
   const size_t per_group = batch.slots == nullptr ? rows : 1;
   AttentionShape shape = op.shape;
   shape.kv_dtype = kv_.dtype();
+  kv_.fetch(static_cast<size_t>(op.kv));  // this layer's spilled blocks (a spilling cache)
   for (size_t g = 0; g < groups; ++g) {
     const int32_t slot = batch.slots == nullptr ? batch.slot : batch.slots[g];
     const KvLayout cache = kv_.layout(static_cast<size_t>(op.kv), slot);
@@ -216,6 +224,7 @@ void Executor::attend(const ExecOp& op, const ExecBatch& batch) {
     backend_.attention(op.in[0] + row0 * q_width, cache, op.out + row0 * q_width, shape, op.scale,
                        op.workspace);
   }
+  kv_.release(static_cast<size_t>(op.kv));
 }
 
 }  // namespace tierlm::detail

@@ -103,6 +103,12 @@ void read_thresholds(const Package& p, const Json& channels, const std::string& 
   TIERLM_CHECK(static_cast<int64_t>(layers.size()) == p.config.num_layers, kErrorCorrupt, path,
                ": thresholds for ", layers.size(), " layers, the model has ", p.config.num_layers,
                kHint);
+  const Json* criterion = meta.find("criterion");
+  const std::string cut =
+      criterion && criterion->is_string() ? criterion->as_string(path) : "magnitude";
+  TIERLM_CHECK(cut == "magnitude", kErrorUnsupported, path, ": criterion \"", cut,
+               "\" (per-channel scales) is not run by the executor yet; calibrate with "
+               "`tierlm sparse calibrate MODEL --criterion magnitude --out PKG`");
   const Json* target = meta.find("target_sparsity");
   if (target && target->is_number()) plan.target_sparsity = target->as_number(path);
   const Json* metrics = meta.find("metrics");
