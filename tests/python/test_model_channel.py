@@ -171,7 +171,7 @@ def test_calibration_problems_are_named(llama, tmp_path):
     meta_path = os.path.join(pkg, channel.CHANNEL_JSON)
     meta = json.load(open(meta_path))
     json.dump({**meta, "criterion": "weight_norm"}, open(meta_path, "w"))
-    with pytest.raises(Exception, match="criterion \"weight_norm\" .* not run by the executor"):
+    with pytest.raises(Exception, match='criterion "weight_norm" .* not run by the executor'):
         tierlm.load(pkg, sparse=True)
     os.remove(meta_path)
     with pytest.raises(NotFoundError, match="channel_sparsity.json: cannot open"):
