@@ -1,7 +1,8 @@
 """Quantized decode against llama.cpp on the same GGUF files: a random Llama of TinyLlama-1.1B's
 shape (transformers config, bf16 safetensors) written as an f16 GGUF, quantized by llama.cpp's
 own quantizer (llama_model_quantize) to Q8_0, Q4_0 and Q4_K_M; tierlm imports those files
-(`tierlm export X.gguf`, bytes copied) and exports bf16 from the same safetensors.
+(`tierlm export X.gguf`, bytes copied) and exports bf16 from the same safetensors. With
+`--types bf16,f16` (f16: both engines read the f16 GGUF), the 16-bit rows alone.
 
 - In memory, 2 threads: decode tok/s per type, tierlm and llama.cpp (llama-cpp-python, its own
   build) interleaved round by round, the paired ratio, and the DRAM bound (weight bytes read
@@ -44,7 +45,11 @@ from _common import (  # noqa: E402
 from bench_decode import streamed_bytes  # noqa: E402
 from bench_offload import tierlm_decode  # noqa: E402
 
-TYPES = ["q8_0", "q4_0", "q4_k_m", "bf16"]  # tierlm's bf16 package vs llama.cpp's bf16 GGUF
+# bf16: tierlm's bf16 package (from the safetensors) vs llama.cpp's bf16 GGUF of the same weights;
+# f16: both engines read the f16 GGUF (tierlm imports it, bytes copied). Not in the default list
+# (the 16-bit rows are another claim than the quantized ones): --types bf16,f16.
+TYPES = ["q8_0", "q4_0", "q4_k_m", "bf16", "f16"]
+DEFAULT_TYPES = ["q8_0", "q4_0", "q4_k_m", "bf16"]
 
 
 def parse_args():
@@ -59,7 +64,7 @@ def parse_args():
     ap.add_argument("--dir", default="/tmp/tierlm-bench-quant")
     ap.add_argument("--keep", action="store_true", help="keep the model files in --dir")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--types", default=",".join(TYPES))
+    ap.add_argument("--types", default=",".join(DEFAULT_TYPES), help=f"of {','.join(TYPES)}")
     ap.add_argument("--tokens", type=int, default=32, help="decode tokens per timed run")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved decode rounds")
     ap.add_argument("--prefill", type=int, default=512, help="prompt tokens (0: no prefill)")
@@ -116,6 +121,8 @@ def build_files(args, root):
         if t == "bf16":
             path = gguf("bf16", lambda p: _llamacpp.convert(str(hf), p, "bf16"))
             source, dtype = str(hf), "bf16"
+        elif t == "f16":
+            path, source, dtype = f16, f16, None
         else:
             path = gguf(t, lambda p, t=t: _llamacpp.quantize(f16, p, t, args.threads))
             source, dtype = path, None

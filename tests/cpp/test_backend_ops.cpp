@@ -319,6 +319,7 @@ std::vector<OpCase> op_cases() {
     add_linear(cases, 1, 31, 4096, dtype, false);
     add_linear(cases, 1, 7, 4097, dtype, true);
     add_linear(cases, 1, 4097, 67, dtype, false);  // matvec split across the pool
+    add_linear(cases, 1, 6, 95, dtype, true);      // a 4-row matvec block and 2 rows alone
     add_linear(cases, 3, 67, 1031, dtype, true);
     add_linear(cases, 17, 129, 257, dtype, false);
     add_linear(cases, 1, 2048, 2048, dtype, false);

@@ -198,41 +198,57 @@ void matvec_bf16(const float* x, const uint16_t* w, const uint16_t* bias, float*
 
 // bf16 matrix-vector with AVX512-BF16: x is rounded to bf16 once per call (as the
 // matrix-matrix path and llama.cpp do), then one VDPBF16PS takes 32 weights, so a row streams
-// at load speed; rows one at a time with prefetch, as in matvec_rows, with 4 accumulators.
+// at load speed; kMatvecRows rows at a time with prefetch, as in matvec_rows.
 constexpr size_t kDotMaxCols = 16384;  // the rounded x lives on the stack (32 KiB)
+
+template <size_t R>
+void matvec_bf16_dot_block(const uint16_t* xb, const uint16_t* w, const uint16_t* bias, float* y,
+                           size_t cols, size_t r) {
+  __m512 acc[R][2];
+  const uint16_t* rows[R];
+  for (size_t i = 0; i < R; ++i) {
+    acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    rows[i] = w + (r + i) * cols;
+  }
+  auto xv = [&](size_t c) {
+    return (__m512bh)_mm512_load_si512(reinterpret_cast<const __m512i*>(xb + c));
+  };
+  size_t c = 0;
+  for (; c + 64 <= cols; c += 64) {
+    const __m512bh x0 = xv(c), x1 = xv(c + 32);
+    for (size_t i = 0; i < R; ++i) {
+      prefetch_step<128>(rows[i] + c, 2 * c);
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], (__m512bh)_mm512_loadu_si512(rows[i] + c), x0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], (__m512bh)_mm512_loadu_si512(rows[i] + c + 32), x1);
+    }
+  }
+  for (; c < cols; c += 32) {  // xb is zero past cols, so masked row tails add nothing
+    const size_t k = std::min<size_t>(32, cols - c);
+    const __mmask32 m = k == 32 ? ~__mmask32{0} : (__mmask32{1} << k) - 1;
+    for (size_t i = 0; i < R; ++i)
+      acc[i][0] =
+          _mm512_dpbf16_ps(acc[i][0], (__m512bh)_mm512_maskz_loadu_epi16(m, rows[i] + c), xv(c));
+  }
+  for (size_t i = 0; i < R; ++i) {
+    const float b = bias ? bf16_to_f32(bias[r + i]) : 0.0f;
+    y[r + i] = VecAvx512::reduce_add(_mm512_add_ps(acc[i][0], acc[i][1])) + b;
+  }
+}
 
 void matvec_bf16_dot(const float* x, const uint16_t* w, const uint16_t* bias, float* y, size_t cols,
                      size_t r0, size_t r1) {
   alignas(64) uint16_t xb[kDotMaxCols];
-  for (size_t c = 0; c < cols; c += 32) {  // zero past cols, so masked row tails add nothing
+  for (size_t c = 0; c < cols; c += 32) {  // zero past cols, to the next multiple of 32
     const size_t k = cols - c;
     const __m512 lo = VecAvx512::load_n(x + c, std::min<size_t>(16, k));
     const __m512 hi =
         k > 16 ? VecAvx512::load_n(x + c + 16, std::min<size_t>(16, k - 16)) : _mm512_setzero_ps();
     _mm512_store_si512(reinterpret_cast<__m512i*>(xb + c), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
   }
-  auto xv = [&](size_t c) {
-    return (__m512bh)_mm512_load_si512(reinterpret_cast<const __m512i*>(xb + c));
-  };
-  for (size_t r = r0; r < r1; ++r) {
-    const uint16_t* row = w + r * cols;
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    size_t c = 0;
-    for (; c + 128 <= cols; c += 128) {
-      for (size_t line = 0; line < 128; line += 32) prefetch_ahead(row + c + line);
-      a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(row + c), xv(c));
-      a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512(row + c + 32), xv(c + 32));
-      a2 = _mm512_dpbf16_ps(a2, (__m512bh)_mm512_loadu_si512(row + c + 64), xv(c + 64));
-      a3 = _mm512_dpbf16_ps(a3, (__m512bh)_mm512_loadu_si512(row + c + 96), xv(c + 96));
-    }
-    for (; c < cols; c += 32) {
-      const size_t k = std::min<size_t>(32, cols - c);
-      const __mmask32 m = k == 32 ? ~__mmask32{0} : (__mmask32{1} << k) - 1;
-      a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_maskz_loadu_epi16(m, row + c), xv(c));
-    }
-    const float b = bias ? bf16_to_f32(bias[r]) : 0.0f;
-    y[r] = VecAvx512::reduce_add(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))) + b;
-  }
+  size_t r = r0;
+  for (; r + kMatvecRows <= r1; r += kMatvecRows)
+    matvec_bf16_dot_block<kMatvecRows>(xb, w, bias, y, cols, r);
+  for (; r < r1; ++r) matvec_bf16_dot_block<1>(xb, w, bias, y, cols, r);
 }
 
 void linear_avx512(const float* x, const void* w, const void* bias, DType w_dtype, float* y,
