@@ -108,9 +108,12 @@ def process_read_bytes():
     return 0
 
 
-def make_random_llama(out_dir, hidden, layers, intermediate, heads, kv_heads, vocab, seed=0):
+def make_random_llama(
+    out_dir, hidden, layers, intermediate, heads, kv_heads, vocab, seed=0, norm_spread=0.0
+):
     """Writes a random bf16 Llama checkpoint (config + sharded safetensors), one layer at a
-    time so memory stays small. Returns the weight bytes."""
+    time so memory stays small. Returns the weight bytes. norm_spread: the RMSNorm weights
+    are exp(norm_spread * N(0, 1)) per channel (0: all ones), as trained models' vary."""
     out = Path(out_dir)
     if (out / "config.json").exists():
         return sum(p.stat().st_size for p in out.glob("*.safetensors"))
@@ -120,6 +123,9 @@ def make_random_llama(out_dir, hidden, layers, intermediate, heads, kv_heads, vo
 
     def rand(*shape):
         return (torch.randn(*shape, generator=generator) * 0.02).to(torch.bfloat16)
+
+    def norm(n):
+        return torch.exp(norm_spread * torch.randn(n, generator=generator)).to(torch.bfloat16)
 
     weight_map, total = {}, 0
     shards = [
@@ -145,8 +151,8 @@ def make_random_llama(out_dir, hidden, layers, intermediate, heads, kv_heads, vo
                     p + "mlp.gate_proj.weight": rand(intermediate, hidden),
                     p + "mlp.up_proj.weight": rand(intermediate, hidden),
                     p + "mlp.down_proj.weight": rand(hidden, intermediate),
-                    p + "input_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
-                    p + "post_attention_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
+                    p + "input_layernorm.weight": norm(hidden),
+                    p + "post_attention_layernorm.weight": norm(hidden),
                 },
             )
         )

@@ -169,6 +169,7 @@ void bind_records(nb::module_& m) {
       .def_prop_ro("overlap_pct", [](const S& s) { return s.overlap_pct(); })
       // SparseStats
       .def_ro("sparse", &S::sparse)
+      .def_ro("sparse_channels", &S::sparse_channels)
       .def_ro("sparse_tokens", &S::sparse_tokens)
       .def_ro("sparse_neurons_predicted", &S::sparse_neurons_predicted)
       .def_ro("sparse_neurons_read", &S::sparse_neurons_read)

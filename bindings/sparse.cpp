@@ -217,11 +217,10 @@ void bind_sparse(nb::module_& m) {
          float threshold, std::optional<F32Vec> bias) {
         ChannelRows r;
         r.dtype = dtype_parse(dtype);
-        check_rows(rows, r.dtype, 0, "channel_sparse_linear");
         r.rows = rows.data();
         r.n_rows = rows.shape(0);
         r.out = out;
-        r.row_stride = rows.shape(1);
+        r.row_stride = check_rows(rows, r.dtype, 0, "channel_sparse_linear");
         r.n_channels = x.shape(0);
         TIERLM_CHECK(channels.shape(0) == r.n_rows, kErrorInvalidArgument,
                      "channel_sparse_linear: channels has ", channels.shape(0), " ids for ",
@@ -242,7 +241,7 @@ void bind_sparse(nb::module_& m) {
       nb::arg("threshold"), nb::arg("bias") = nb::none(),
       "y = bias + sum over rows r with |x[channels[r]]| > threshold of x[channels[r]] * "
       "rows[r]; rows are columns of a matrix stored by input channel (16-bit dtypes as uint16 "
-      "words)");
+      "words, q8_0 / q4_0 as uint8 [n, row bytes] blocked along the column)");
 }
 
 }  // namespace tierlm::bindings

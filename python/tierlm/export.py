@@ -212,8 +212,10 @@ def export(
     overwrite replaces an existing package. file_limit overrides the 2 GiB weight-file split.
     sparse: also write the row-column bundled FFN files (ffn-bundle-{i}.bin, in the package
     dtype) and copy the checkpoint's activation predictors (predictors.json + .safetensors)
-    when it has them; both are listed in the manifest ("bundles", "predictors"). The dense
-    FFN matrices stay, so the package also runs dense.
+    when it has them; both are listed in the manifest ("bundles", "predictors"); a directory
+    carrying channel_sparsity.json (`tierlm sparse calibrate`) also gets its input-channel
+    files ("channels", tierlm.sparse.channel_package). The dense matrices stay, so the package
+    also runs dense.
     """
     hf_dir, out_dir = os.fspath(hf_dir), os.path.abspath(os.fspath(out_dir))
     dtype_check(dtype, allowed=PACKAGE_DTYPES)
@@ -282,6 +284,10 @@ def export(
 
             sections["bundles"] = write_package_bundles(tmp, tensors, plan.config, source_values)
             sections["predictors"] = copy_predictors(hf_dir, tmp, plan.config)
+            if not gguf:
+                from tierlm.sparse.channel_package import copy_channels
+
+                sections["channels"] = copy_channels(hf_dir, tmp, tensors, plan.config)
         source_dtypes = sorted({entry.dtype for _, _, entry, _ in rows})
         matrix_dtypes = sorted({out for spec, _, _, out in rows if len(spec.shape) > 1})
         manifest = {

@@ -451,6 +451,13 @@ def case_sparse_calibrate_out(ctx):
     assert result["out"] == os.path.join(ctx.tmp, "elsewhere")
     assert os.path.exists(os.path.join(result["out"], "channel_sparsity.json"))
     assert os.path.exists(os.path.join(result["out"], "channels.json"))
+    # A package as --out: its manifest lists the channel files, and --sparse runs them.
+    hf, _, _ = ctx.calibrate
+    pkg = tierlm.export(hf, os.path.join(ctx.tmp, "cal-pkg"), progress=False, overwrite=True)
+    result = calibrate(ctx, out="cal-pkg")
+    assert result["package"] and result["bundle_dtypes"] == ["f32"]
+    gen = ctx.json("generate", pkg, "--ids", "5,7,11", "--max-new-tokens", "2", "--sparse")
+    assert gen["model_stats"]["sparse_channels"]
 
 
 def case_sparse_calibrate_json(ctx):

@@ -37,6 +37,24 @@ def test_kernel_matches_sequential_reference(dtype, n_in, out):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", ["q8_0", "q4_0"])
+@pytest.mark.parametrize("n_in,out", [(1, 32), (13, 96), (31, 4064), (7, 4128)])
+def test_block_column_kernel_matches_sequential_reference(dtype, n_in, out):
+    """Columns blocked along their outputs: each adds (x[c] * d) * q per element, so the
+    reference sums x[c] * (d * q) within f32 rounding of that reassociation."""
+    rng = np.random.default_rng(n_in * 5 + out)
+    x = rng.standard_normal(n_in).astype(np.float32)
+    stored = to_dtype(rng.standard_normal((n_in, out)), dtype)
+    channels = rng.permutation(n_in).astype(np.int32)
+    rows = np.ascontiguousarray(stored[channels])
+    for threshold in (-1.0, 0.5):
+        got = _core.channel_sparse_linear(x, rows, dtype, out, channels, threshold)
+        want = kernel_reference(x, from_dtype(rows, dtype), channels, threshold, None)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    with pytest.raises(Exception, match="not whole blocks of 32"):
+        _core.channel_sparse_linear(x, rows, dtype, out - 1, channels, 0.5)
+
+
 def test_kernel_refuses_bad_arguments():
     x = np.ones(3, np.float32)
     rows = np.ones((2, 4), np.float32)

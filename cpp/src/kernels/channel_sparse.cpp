@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "kernels/cpu/quant_blocks.hpp"
 #include "kernels/kernels_impl.hpp"
 #include "tierlm/core/error.hpp"
 
@@ -21,14 +22,36 @@ void axpy_column(float a, const void* column, float* y, size_t out) {
   }
 }
 
-template <DType D>
-void channel_rows(const float* x, const ChannelRows& rows, float threshold, float* y) {
-  const size_t esize = D == DType::kDTypeF32 ? 4 : 2;
+// Block columns (transposed blocking: blocks of 32 run along the outputs): y += (a * d) * q.
+void axpy_q8_0(float a, const void* column, float* y, size_t out) {
+  const auto* b = static_cast<const detail::BlockQ8_0*>(column);
+  for (size_t k = 0; k < out / 32; ++k) {
+    const float s = a * detail::f16_to_f32(b[k].d);
+    float* yk = y + k * 32;
+    for (size_t i = 0; i < 32; ++i) yk[i] += s * static_cast<float>(b[k].qs[i]);
+  }
+}
+
+void axpy_q4_0(float a, const void* column, float* y, size_t out) {
+  const auto* b = static_cast<const detail::BlockQ4_0*>(column);
+  for (size_t k = 0; k < out / 32; ++k) {
+    const float s = a * detail::f16_to_f32(b[k].d);
+    float* yk = y + k * 32;
+    for (size_t i = 0; i < 16; ++i) {
+      yk[i] += s * static_cast<float>((b[k].qs[i] & 15) - 8);
+      yk[i + 16] += s * static_cast<float>((b[k].qs[i] >> 4) - 8);
+    }
+  }
+}
+
+template <class Axpy>
+void channel_rows(const float* x, const ChannelRows& rows, float threshold, float* y,
+                  size_t row_bytes, Axpy axpy) {
   const char* base = static_cast<const char*>(rows.rows);
   for (size_t r = 0; r < rows.n_rows; ++r) {
     const float a = x[rows.channels[r]];
     if (!(std::fabs(a) > threshold)) continue;
-    axpy_column<D>(a, base + r * rows.row_stride * esize, y, rows.out);
+    axpy(a, base + r * row_bytes, y, rows.out);
   }
 }
 
@@ -50,19 +73,34 @@ void kernel_channel_sparse_linear(const float* x, const ChannelRows& rows, float
                  kErrorInvalidArgument, "channel sparse linear: row ", r, " names channel ",
                  rows.channels[r], ", outside 0 .. ", rows.n_channels, "-1");
   }
+  const bool blocks = rows.dtype == DType::kDTypeQ8_0 || rows.dtype == DType::kDTypeQ4_0;
+  TIERLM_CHECK(!blocks || (rows.out % 32 == 0 && rows.row_stride % 32 == 0), kErrorInvalidArgument,
+               "channel sparse linear: ", dtype_name(rows.dtype), " columns of ", rows.out,
+               " (stride ", rows.row_stride, ") elements are not whole blocks of 32");
   for (size_t i = 0; i < rows.out; ++i) y[i] = bias ? bias[i] : 0.0f;
+  const size_t row_bytes = dtype_row_bytes(rows.dtype, rows.row_stride);
   switch (rows.dtype) {
     case DType::kDTypeF32:
-      return channel_rows<DType::kDTypeF32>(x, rows, threshold, y);
+      return channel_rows(x, rows, threshold, y, row_bytes, axpy_column<DType::kDTypeF32>);
     case DType::kDTypeF16:
-      return channel_rows<DType::kDTypeF16>(x, rows, threshold, y);
+      return channel_rows(x, rows, threshold, y, row_bytes, axpy_column<DType::kDTypeF16>);
     case DType::kDTypeBF16:
-      return channel_rows<DType::kDTypeBF16>(x, rows, threshold, y);
-    TIERLM_CASE_BLOCK_DTYPES:
+      return channel_rows(x, rows, threshold, y, row_bytes, axpy_column<DType::kDTypeBF16>);
+    case DType::kDTypeQ8_0:
+      return channel_rows(x, rows, threshold, y, row_bytes, axpy_q8_0);
+    case DType::kDTypeQ4_0:
+      return channel_rows(x, rows, threshold, y, row_bytes, axpy_q4_0);
+    case DType::kDTypeQ4_1:
+    case DType::kDTypeQ5_0:
+    case DType::kDTypeQ5_1:
+    case DType::kDTypeQ4_K:
+    case DType::kDTypeQ5_K:
+    case DType::kDTypeQ6_K:
       break;
   }
   TIERLM_FAIL(kErrorUnsupported, 0, "channel sparse linear: columns of ", dtype_name(rows.dtype),
-              " have no kernel (f32, f16, bf16); dequantize the bundles to 16 bits");
+              " have no kernel (f32, f16, bf16, q8_0, q4_0); write the channel files in one of "
+              "them");
 }
 
 }  // namespace tierlm

@@ -9,14 +9,15 @@
 namespace tierlm::detail {
 
 Executor::Executor(ResolvedOps ops, Backend& backend, WeightStore& weights, KvCache& kv,
-                   SparseFfn* sparse, ExpertProvider* experts, const float* rope_inv_freq,
-                   int64_t max_rows, KvPolicy policy)
+                   SparseFfn* sparse, ChannelSparse* channels, ExpertProvider* experts,
+                   const float* rope_inv_freq, int64_t max_rows, KvPolicy policy)
     : resolved_(std::move(ops)),
       backend_(backend),
       weights_(weights),
       policy_(policy),
       kv_(kv),
       sparse_(sparse),
+      channels_(channels),
       experts_(experts),
       rope_inv_freq_(rope_inv_freq),
       positions_(static_cast<size_t>(max_rows)),
@@ -68,6 +69,7 @@ const float* Executor::run(const ExecBatch& batch) {
   }
   if (layer != INT_MIN) weights_.end_layer(layer);
   if (sparse_) sparse_->end_batch(static_cast<size_t>(n));
+  if (channels_) channels_->end_batch(static_cast<size_t>(n));
   attention_tokens_ += static_cast<uint64_t>(n);
   if (batch.slots == nullptr) {
     kv_.advance(batch.slot, n);
@@ -93,6 +95,12 @@ void Executor::run_op(const ExecOp& op, const ExecBatch& batch) {
                    static_cast<const float*>(weight(op.sparse_gate_bias)),
                    static_cast<const float*>(weight(op.sparse_down_bias)), op.out);
     }
+    return;
+  }
+  if (op.channel >= 0) {
+    if (op.channel_index == 0) channels_->run(op.channel, op.in[0], rows);
+    channels_->copy(op.channel, op.channel_index, rows, static_cast<const float*>(weight(op.bias)),
+                    op.out);
     return;
   }
   switch (op.kind) {

@@ -10,6 +10,7 @@
 #include "model/kv_cache.hpp"
 #include "model/op_resolve.hpp"
 #include "moe/moe_ffn.hpp"
+#include "sparse/channel_layer.hpp"
 #include "sparse/sparse_ffn_layer.hpp"
 #include "tierlm/model/model.hpp"
 #include "weights/weight_store.hpp"
@@ -28,10 +29,11 @@ struct ExecBatch {
 
 class Executor {
  public:
-  // max_rows: the most rows a batch has (the arena was planned for it). sparse may be null;
-  // experts is null unless the graph has moe ops.
+  // max_rows: the most rows a batch has (the arena was planned for it). sparse and channels
+  // may be null; experts is null unless the graph has moe ops.
   Executor(ResolvedOps ops, Backend& backend, WeightStore& weights, KvCache& kv, SparseFfn* sparse,
-           ExpertProvider* experts, const float* rope_inv_freq, int64_t max_rows, KvPolicy policy);
+           ChannelSparse* channels, ExpertProvider* experts, const float* rope_inv_freq,
+           int64_t max_rows, KvPolicy policy);
 
   // Runs the graph on the batch; returns the logits ([1, vocab] for one slot, [n, vocab] for a
   // batched decode), valid until the next run.
@@ -52,6 +54,7 @@ class Executor {
   KvPolicy policy_;
   KvCache& kv_;
   SparseFfn* sparse_;
+  ChannelSparse* channels_;
   ExpertProvider* experts_;
   const float* rope_inv_freq_;
   std::vector<int32_t> positions_;  // of each row of the batch

@@ -18,7 +18,8 @@ uint64_t whole_pages(uint64_t bytes) { return (bytes + kPageBytes - 1) / kPageBy
 }  // namespace
 
 HostBudget host_budget_fit(const Package& package, const ModelOptions& options,
-                           const HostDemand& demand, SparseFfnPlan& sparse_plan) {
+                           const HostDemand& demand, SparseFfnPlan* sparse_plan,
+                           ChannelPlan* channel_plan) {
   const Package& p = package;
   HostBudget b;
   b.weight_bytes = resident_weight_bytes(p, demand.tensors);
@@ -26,29 +27,48 @@ HostBudget host_budget_fit(const Package& package, const ModelOptions& options,
   b.arena_bytes = whole_pages(std::max<uint64_t>(demand.arena_bytes, 1));
   const uint64_t kv_bytes = b.kv_bytes;
   const uint64_t arena_bytes = b.arena_bytes;
+  auto sparse_bytes = [&] {
+    return sparse_plan ? sparse_plan->host_bytes : channel_plan ? channel_plan->host_bytes : 0;
+  };
   if (options.sparse && options.sparse_capacity == 0 &&
-      b.weight_bytes + kv_bytes + arena_bytes + sparse_plan.host_bytes > options.host_budget) {
+      b.weight_bytes + kv_bytes + arena_bytes + sparse_bytes() > options.host_budget) {
     // Weights first: a resident weight byte saves a read on every token, a cached window row
     // only on some. Auto capacities then hold one token's prediction; the window still evicts
     // the least recently used neurons when its union is larger.
-    size_sparse_caches(sparse_plan, 0, 1);
+    if (sparse_plan) size_sparse_caches(*sparse_plan, 0, 1);
+    if (channel_plan) size_channel_caches(*channel_plan, 0, 0.0);
   }
-  b.sparse_bytes = sparse_plan.host_bytes;
+  b.sparse_bytes = sparse_bytes();
   b.fixed_bytes = kv_bytes + arena_bytes + b.sparse_bytes + demand.expert_min_bytes;
   const uint64_t needed = b.weight_bytes + b.fixed_bytes;
   const WeightPlacement probe =
       weight_placement(p, demand.tensors, 0, 0, demand.row_tensors, demand.chunk);
   b.minimum_budget = probe.minimum() + b.fixed_bytes;
+  if (channel_plan && options.sparse_capacity == 0) {
+    // Auto channel caches shrink to their floor before anything streams.
+    ChannelPlan smallest = *channel_plan;
+    size_channel_caches(smallest, 0, 0.0);
+    b.minimum_budget -= b.sparse_bytes - std::min(b.sparse_bytes, smallest.host_bytes);
+  }
   b.expert_budget = demand.expert_min_bytes;
   if (needed <= options.host_budget) {
-    b.expert_budget += options.host_budget - needed;
+    // Channel caches take what is left: a cached column saves a read whenever it is kept.
+    const uint64_t grown = channel_plan && options.sparse_capacity == 0
+                               ? grow_channel_caches(*channel_plan, options.host_budget - needed)
+                               : 0;
+    b.sparse_bytes += grown;
+    b.fixed_bytes += grown;
+    b.expert_budget += options.host_budget - needed - grown;
     return b;
   }
 
-  std::string also_held = options.sparse ? " + sparse FFN neuron caches, staging and predictors " +
-                                               format_bytes(b.sparse_bytes) +
-                                               " (lower sparse_capacity or sparse_window)"
-                                         : std::string();
+  std::string also_held =
+      channel_plan ? " + input-channel caches, staging and scratch " +
+                         format_bytes(b.sparse_bytes) + " (lower sparse_capacity or sparse_window)"
+      : options.sparse
+          ? " + sparse FFN neuron caches, staging and predictors " + format_bytes(b.sparse_bytes) +
+                " (lower sparse_capacity or sparse_window)"
+          : std::string();
   if (demand.expert_min_bytes > 0) {
     also_held += " + one expert of the expert cache (and the routers) " +
                  format_bytes(demand.expert_min_bytes);

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "sparse/channel_plan.hpp"
 #include "sparse/sparse_ffn_layer.hpp"
 #include "tierlm/model/model.hpp"
 #include "tierlm/model/package.hpp"
@@ -44,9 +45,12 @@ struct HostBudget {
 
 // Fits the demand into options.host_budget. An auto-sized sparse FFN (sparse_capacity 0)
 // that would not fit beside resident weights shrinks its caches to one token's prediction
-// first (sparse_plan is resized then). Throws kErrorBudget.
+// first (sparse_plan is resized then). Auto-sized channel caches do the same, and when every
+// other weight stays resident take what the budget has left (channel_plan is resized).
+// Either plan may be null. Throws kErrorBudget.
 HostBudget host_budget_fit(const Package& package, const ModelOptions& options,
-                           const HostDemand& demand, SparseFfnPlan& sparse_plan);
+                           const HostDemand& demand, SparseFfnPlan* sparse_plan,
+                           ChannelPlan* channel_plan);
 
 // The placement record Model::placement() reports for a fit.
 WeightPlacement host_budget_placement(const Package& package, const HostDemand& demand,

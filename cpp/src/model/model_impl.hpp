@@ -11,7 +11,7 @@
 #include "model/executor.hpp"
 #include "model/kv_cache.hpp"
 #include "moe/expert_store.hpp"
-#include "sparse/sparse_ffn_layer.hpp"
+#include "sparse/sparse_runtime.hpp"
 #include "tierlm/model/model.hpp"
 #include "weights/weight_store.hpp"
 
@@ -29,7 +29,9 @@ struct Model::Impl {
   std::unique_ptr<detail::WeightStore> weights;
   detail::StreamingWeightStore* stream = nullptr;  // weights, when streaming
   std::unique_ptr<detail::ExpertStore> experts;    // when the graph has moe ops
-  std::unique_ptr<detail::SparseFfn> sparse;       // ModelOptions::sparse
+  // ModelOptions::sparse: the sparse FFN, or input-channel sparsity when the package has
+  // channel files.
+  std::unique_ptr<detail::SparseRuntime> sparse;
   std::unique_ptr<detail::KvCache> kv;
   HostBuffer arena;
   MemoryPlan plan;

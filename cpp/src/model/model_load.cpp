@@ -133,9 +133,27 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     demand.expert_bytes = detail::expert_resident_bytes(p);
     demand.expert_min_bytes = detail::expert_store_minimum(p, options.expert_prefetch);
   }
-  // Sparse FFN: the FFN matrices are read per neuron from the bundles, not by the store.
+  // Sparse: with channel files, every sparse site's matrices are read per input channel;
+  // else the FFN matrices per neuron from the bundles. Either way not by the store.
   detail::SparseFfnPlan sparse_plan;
-  if (options.sparse) {
+  detail::ChannelPlan channel_plan;
+  const bool channels = options.sparse && detail::channel_sparse_present(p);
+  if (channels) {
+    TIERLM_CHECK(options.sparse_bundled, kErrorInvalidArgument, p.path,
+                 ": sparse_bundled=false (--no-bundling) applies to FFN neuron bundles; this "
+                 "package runs input-channel sparse, whose columns are read whole");
+    TIERLM_CHECK(!options.sparse_readahead, kErrorInvalidArgument, p.path,
+                 ": sparse_readahead reads the next FFN layer's predicted neurons; this package "
+                 "runs input-channel sparse, which has no predictors: load it without it");
+    channel_plan = detail::channel_plan(p, {.window = options.sparse_window,
+                                            .capacity = options.sparse_capacity,
+                                            .verify = options.verify,
+                                            .max_rows = static_cast<size_t>(m.chunk)});
+    std::erase_if(demand.tensors, [&](const std::string& name) {
+      return std::find(channel_plan.dense_tensors.begin(), channel_plan.dense_tensors.end(),
+                       name) != channel_plan.dense_tensors.end();
+    });
+  } else if (options.sparse) {
     sparse_plan = detail::sparse_ffn_plan(p, {.window = options.sparse_window,
                                               .capacity = options.sparse_capacity,
                                               .bundled = options.sparse_bundled,
@@ -158,7 +176,9 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
                                                                  options.kv_dtype);
   demand.kv_dtype = options.kv_dtype;
   demand.arena_bytes = m.plan.peak;
-  const detail::HostBudget budget = detail::host_budget_fit(p, options, demand, sparse_plan);
+  const detail::HostBudget budget = detail::host_budget_fit(
+      p, options, demand, options.sparse && !channels ? &sparse_plan : nullptr,
+      channels ? &channel_plan : nullptr);
 
   detail::WeightStoreOptions store_options;
   store_options.verify = options.verify;
@@ -177,7 +197,17 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
       detail::KvDiskOptions{.dir = options.disk_dir, .budget = options.disk_budget});
   m.arena = m.host->allocate(budget.arena_bytes);
   std::memset(m.arena.data(), 0, m.arena.size());
-  if (options.sparse) m.sparse = std::make_unique<detail::SparseFfn>(sparse_plan, *m.host);
+  detail::SparseFfn* sparse_ffn = nullptr;
+  detail::ChannelSparse* channel_sparse = nullptr;
+  if (channels) {
+    auto runtime = std::make_unique<detail::ChannelSparse>(channel_plan, *m.host);
+    channel_sparse = runtime.get();
+    m.sparse = std::move(runtime);
+  } else if (options.sparse) {
+    auto runtime = std::make_unique<detail::SparseFfn>(sparse_plan, *m.host);
+    sparse_ffn = runtime.get();
+    m.sparse = std::move(runtime);
+  }
   if (demand.expert_bytes > 0) {
     m.experts = std::make_unique<detail::ExpertStore>(
         p, *m.host,
@@ -187,13 +217,13 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
                                    .verify = options.verify,
                                    .usage = detail::expert_usage_read(p)});
   }
-  m.sparse_verify = sparse_plan.verify;
+  m.sparse_verify = channels ? channel_plan.verify : sparse_plan.verify;
 
-  detail::ResolvedOps ops =
-      detail::ops_resolve(p, assignment, m.plan, static_cast<char*>(m.arena.data()), *m.weights,
-                          *m.backend, options.sparse ? &sparse_plan : nullptr, m.context);
+  detail::ResolvedOps ops = detail::ops_resolve(
+      p, assignment, m.plan, static_cast<char*>(m.arena.data()), *m.weights, *m.backend,
+      sparse_ffn ? &sparse_plan : nullptr, channels ? &channel_plan : nullptr, m.context);
   m.executor = std::make_unique<detail::Executor>(std::move(ops), *m.backend, *m.weights, *m.kv,
-                                                  m.sparse.get(), m.experts.get(),
+                                                  sparse_ffn, channel_sparse, m.experts.get(),
                                                   c.rope_inv_freq.data(), m.chunk, m.policy);
   m.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return Model(std::move(impl));

@@ -55,7 +55,8 @@ std::vector<KvLayerShape> kv_layer_shapes(const Package& package) {
 
 ResolvedOps ops_resolve(const Package& package, const BufferAssignment& assignment,
                         const MemoryPlan& plan, char* arena, WeightStore& weights, Backend& backend,
-                        const SparseFfnPlan* sparse_plan, int64_t context) {
+                        const SparseFfnPlan* sparse_plan, const ChannelPlan* channel_plan,
+                        int64_t context) {
   const Package& p = package;
   const ModelConfig& c = p.config;
   ResolvedOps r;
@@ -94,6 +95,18 @@ ResolvedOps ops_resolve(const Package& package, const BufferAssignment& assignme
       } else {
         op.sparse_copy = true;
       }
+      r.ops.push_back(op);
+      continue;
+    }
+    size_t channel_index = 0;
+    const int site = channel_plan ? channel_plan->site_of_op(i, &channel_index) : -1;
+    if (site >= 0) {
+      const ChannelSiteOp& so = channel_plan->sites[static_cast<size_t>(site)].ops[channel_index];
+      TIERLM_CHECK(op.width == static_cast<int64_t>(so.out), kErrorCorrupt, where, ": width ",
+                   op.width, " but its channel file holds ", so.out, " outputs");
+      op.channel = site;
+      op.channel_index = channel_index;
+      op.bias = so.bias.empty() ? -1 : weights.index(so.bias);
       r.ops.push_back(op);
       continue;
     }

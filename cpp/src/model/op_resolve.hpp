@@ -12,6 +12,7 @@
 #include "model/exec_buffers.hpp"
 #include "model/kv_cache.hpp"
 #include "moe/moe_ffn.hpp"
+#include "sparse/channel_plan.hpp"
 #include "sparse/sparse_ffn_layer.hpp"
 #include "tierlm/model/package.hpp"
 #include "weights/weight_store.hpp"
@@ -48,6 +49,10 @@ struct ExecOp {
   bool sparse_copy = false;
   int sparse_gate_bias = -1;
   int sparse_down_bias = -1;
+  // Input-channel sparsity: the op's site in the channel plan and its index among the site's
+  // linears; index 0 runs the whole site, every one copies out its part.
+  int channel = -1;
+  size_t channel_index = 0;
 };
 
 struct ResolvedOps {
@@ -66,10 +71,12 @@ AttentionShape attention_shape(const GraphOp& op, const ModelConfig& config, int
 std::vector<KvLayerShape> kv_layer_shapes(const Package& package);
 
 // Resolves package.graph for an arena at `arena` placed by `plan`. sparse_plan is null unless
-// the FFNs run sparse. Throws kErrorCorrupt naming the op (graph.json index and kind) and the
-// tensor or width that does not fit.
+// the FFNs run sparse, channel_plan unless the linears run input-channel sparse. Throws
+// kErrorCorrupt naming the op (graph.json index and kind) and the tensor or width that does not
+// fit.
 ResolvedOps ops_resolve(const Package& package, const BufferAssignment& assignment,
                         const MemoryPlan& plan, char* arena, WeightStore& weights, Backend& backend,
-                        const SparseFfnPlan* sparse_plan, int64_t context);
+                        const SparseFfnPlan* sparse_plan, const ChannelPlan* channel_plan,
+                        int64_t context);
 
 }  // namespace tierlm::detail

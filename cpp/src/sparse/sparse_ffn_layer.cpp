@@ -9,6 +9,7 @@
 #include <cstring>
 #include <string>
 
+#include "sparse/row_cache.hpp"
 #include "sparse/sparse_readahead.hpp"
 #include "sparse/sparse_row_loader.hpp"
 #include "tierlm/core/align.hpp"
@@ -34,15 +35,11 @@ double since(Clock::time_point t0) {
 struct SparseFfn::Impl {
   struct Layer {
     const SparseLayerPlan* plan = nullptr;
-    NeuronCache cache;
-    NeuronWindow window;
+    RowCache rows;
     File file;
-    HostBuffer last_use_buffer;
-    int64_t* last_use = nullptr;
     const float* pred_down = nullptr;
     const float* pred_up = nullptr;
     const float* pred_bias = nullptr;
-    int64_t token = 0;
   };
 
   SparseFfnPlan plan;
@@ -65,9 +62,8 @@ struct SparseFfn::Impl {
   float* partial = view<float>(plan.scratch.partial);
   float* y_tmp = view<float>(plan.scratch.y_tmp);
   void* x_blocks = view<char>(plan.scratch.x_blocks);
-  SparseTokenInfo* rows = view<SparseTokenInfo>(plan.scratch.rows);  // per row of the batch
-  SparseTokenInfo* log = view<SparseTokenInfo>(plan.scratch.log);    // ring of kSparseTokenLog
-  uint64_t logged = 0;
+  SparseTokenLog log{view<SparseTokenInfo>(plan.scratch.rows), plan.max_rows,
+                     view<SparseTokenInfo>(plan.scratch.log)};
   const float* gate_bias = nullptr;  // of the layer running
 
   SparseStats totals;
@@ -85,7 +81,6 @@ struct SparseFfn::Impl {
         loader(host.allocate(plan.staging_bytes, kAlignment),
                view<IoRequest>(plan.scratch.requests), view<SparseRowSource>(plan.scratch.sources),
                plan.scratch.max_requests, plan.bundled) {
-    std::fill(rows, rows + plan.max_rows, SparseTokenInfo{});
     if (plan.readahead) {
       const size_t bytes = SparseReadAhead::bytes(plan.readahead_staging, plan.readahead_rows);
       for (int i = 0; i < 2; ++i) {
@@ -101,17 +96,11 @@ struct SparseFfn::Impl {
       IoOptions io;
       io.direct = true;
       Layer layer{&l,
-                  NeuronCache(host, l.n_neurons, l.capacity, l.row_elems, l.dtype),
-                  NeuronWindow(host, l.n_neurons, plan.window),
+                  RowCache(host, l.n_neurons, l.capacity, l.row_elems, l.dtype, plan.window),
                   File(l.file, IoMode::kIoModeRead, io),
-                  host.allocate(l.n_neurons * sizeof(int64_t)),
                   nullptr,
                   nullptr,
-                  nullptr,
-                  nullptr,
-                  0};
-      layer.last_use = static_cast<int64_t*>(layer.last_use_buffer.data());
-      std::fill(layer.last_use, layer.last_use + l.n_neurons, -1);
+                  nullptr};
       const size_t n_down = l.rank * l.dim, n_up = l.n_neurons * l.rank;
       pf.read(pred, n_down * 4, l.pred_down);
       layer.pred_down = pred;
@@ -150,12 +139,12 @@ struct SparseFfn::Impl {
     const SparseLayerPlan& p = *l.plan;
     const size_t dim = p.dim;
     SparseFfnRows rows;
-    rows.rows = n > 0 ? l.cache.row(first) : l.cache.rows();
+    rows.rows = n > 0 ? l.rows.cache.row(first) : l.rows.cache.rows();
     rows.dtype = p.dtype;
     rows.n_rows = n;
     rows.dim = dim;
     rows.row_stride = p.row_elems;
-    rows.neurons = l.cache.neurons() + first;
+    rows.neurons = l.rows.cache.neurons() + first;
     rows.up_bias = up_bias;
     rows.gated = p.gated;
     rows.gate_bias = gate_bias;
@@ -215,7 +204,7 @@ struct SparseFfn::Impl {
     Layer& l = layers[static_cast<size_t>(index)];
     size_t n_miss = 0;
     for (size_t j = 0; j < n; ++j) {
-      if (!l.cache.contains(ids[j])) to_evict[n_miss++] = ids[j];  // free once a step evicted
+      if (!l.rows.cache.contains(ids[j])) to_evict[n_miss++] = ids[j];  // free once a step evicted
     }
     aheads[static_cast<size_t>(index) % 2].issue(index, l.file, *l.plan, to_evict, n_miss, info);
   }
@@ -234,41 +223,14 @@ struct SparseFfn::Impl {
              bool ahead_next, SparseTokenInfo& info) {
     Layer& l = layers[static_cast<size_t>(index)];
     const SparseLayerPlan& p = *l.plan;
-    NeuronCache& cache = l.cache;
+    NeuronCache& cache = l.rows.cache;
     const size_t cap = p.capacity;
     const size_t n_active = predict(l, x, active, info);
     info.neurons_predicted += n_active;
 
     // Window: evict what left it, then make room, oldest first.
     auto t0 = Clock::now();
-    const int64_t t = l.token++;
-    const NeuronWindow::Step step = l.window.step(active, n_active, to_load, to_evict);
-    size_t n_evict = 0;
-    for (size_t j = 0; j < step.n_evict; ++j) {
-      if (cache.contains(to_evict[j])) to_evict[n_evict++] = to_evict[j];
-    }
-    cache.erase(to_evict, n_evict);
-    size_t n_need = 0;
-    for (size_t j = 0; j < n_active; ++j) {
-      l.last_use[active[j]] = t;
-      if (!cache.contains(active[j])) need[n_need++] = active[j];
-    }
-    if (cache.size() + n_need > cap) {
-      // The union passed the capacity: drop cached neurons this token does not use, least
-      // recently used first.
-      size_t n_old = 0;
-      const int32_t* cached = cache.neurons();
-      for (size_t s = 0; s < cache.size(); ++s) {
-        if (l.last_use[cached[s]] != t) evict[n_old++] = cached[s];
-      }
-      const size_t drop = std::min(n_old, cache.size() + n_need - cap);
-      if (drop < n_old) {
-        const int64_t* last_use = l.last_use;
-        std::nth_element(evict, evict + drop, evict + n_old,
-                         [last_use](int32_t a, int32_t b) { return last_use[a] < last_use[b]; });
-      }
-      cache.erase(evict, drop);
-    }
+    const size_t n_need = l.rows.admit(active, n_active, need, to_load, to_evict, evict);
     info.memory_seconds += since(t0);
     const size_t fill = std::min(n_need, cap - cache.size());
     const SparseReadAhead* ahead = n_need > 0 ? ahead_of(index, info) : nullptr;
@@ -292,19 +254,9 @@ struct SparseFfn::Impl {
     // This token's prediction alone passes the capacity: the rest in rounds of at most
     // `cap` rows, each replacing the rows computed last (the sum is additive).
     ++totals.sparse_overflows;
-    for (size_t done = fill; done < n_need;) {
-      const size_t m = std::min(cap, n_need - done);
-      t0 = Clock::now();
-      const size_t size = cache.size();
-      for (size_t j = 0; j < m; ++j) evict[j] = cache.neurons()[size - 1 - j];
-      cache.erase(evict, m);
-      info.memory_seconds += since(t0);
-      loader.load(l.file, p, cache, need + done, m, ahead, info);
-      t0 = Clock::now();
-      kernel(l, x, cache.size() - m, m, up_bias, nullptr, y, true);
-      info.compute_seconds += since(t0);
-      done += m;
-    }
+    loader.load_rounds(
+        l.file, p, cache, need, fill, n_need, evict, ahead, info,
+        [&](size_t first, size_t m) { kernel(l, x, first, m, up_bias, nullptr, y, true); });
     if (ahead != nullptr) aheads[static_cast<size_t>(index) % 2].drop();
   }
 };
@@ -322,62 +274,31 @@ void SparseFfn::run(int index, const float* x, size_t rows, const float* up_bias
   const bool ahead_next =
       rows == 1 && !m.aheads.empty() && next < m.layers.size() && m.layers[next].plan->dim == dim;
   for (size_t r = 0; r < rows; ++r) {
-    m.token(index, x + r * dim, up_bias, down_bias, y + r * dim, ahead_next, m.rows[r]);
+    m.token(index, x + r * dim, up_bias, down_bias, y + r * dim, ahead_next, m.log.row(r));
   }
 }
 
 void SparseFfn::read_ahead(int index, const int32_t* rows, size_t n) {
   Impl& m = *impl_;
   if (m.aheads.empty() || index < 0 || static_cast<size_t>(index) >= m.layers.size()) return;
-  m.read_ahead(index, rows, n, m.rows[0]);
+  m.read_ahead(index, rows, n, m.log.row(0));
 }
 
 size_t SparseFfn::dim(int index) const {
   return impl_->layers[static_cast<size_t>(index)].plan->dim;
 }
 
-void SparseFfn::end_batch(size_t rows) {
-  Impl& m = *impl_;
-  for (size_t r = 0; r < rows && r < m.plan.max_rows; ++r) {
-    SparseStats& t = m.totals;
-    const SparseTokenInfo& i = m.rows[r];
-    ++t.sparse_tokens;
-    t.sparse_neurons_predicted += i.neurons_predicted;
-    t.sparse_neurons_read += i.neurons_read;
-    t.sparse_bytes_read += i.bytes_read;
-    t.sparse_requests += i.requests;
-    t.sparse_readahead_rows += i.readahead_rows;
-    t.sparse_readahead_hits += i.readahead_hits;
-    t.sparse_predictor_seconds += i.predictor_seconds;
-    t.sparse_io_seconds += i.io_seconds;
-    t.sparse_memory_seconds += i.memory_seconds;
-    t.sparse_compute_seconds += i.compute_seconds;
-    m.log[m.logged++ % kSparseTokenLog] = m.rows[r];
-    m.rows[r] = SparseTokenInfo{};
-  }
-}
+void SparseFfn::end_batch(size_t rows) { impl_->log.end_batch(rows, impl_->totals); }
 
 void SparseFfn::reset() {
   for (SparseReadAhead& a : impl_->aheads) a.drop();
-  for (Impl::Layer& l : impl_->layers) {
-    l.cache.clear();
-    l.window.reset();
-    std::fill(l.last_use, l.last_use + l.plan->n_neurons, -1);
-    l.token = 0;
-  }
+  for (Impl::Layer& l : impl_->layers) l.rows.reset();
 }
 
 SparseStats SparseFfn::stats() const { return impl_->totals; }
 
 const SparseFfnIo& SparseFfn::io() const { return impl_->bundle_io; }
 
-std::vector<SparseTokenInfo> SparseFfn::tokens() const {
-  const Impl& m = *impl_;
-  std::vector<SparseTokenInfo> out;
-  const uint64_t n = std::min<uint64_t>(m.logged, kSparseTokenLog);
-  out.reserve(n);
-  for (uint64_t i = m.logged - n; i < m.logged; ++i) out.push_back(m.log[i % kSparseTokenLog]);
-  return out;
-}
+std::vector<SparseTokenInfo> SparseFfn::tokens() const { return impl_->log.tokens(); }
 
 }  // namespace tierlm::detail

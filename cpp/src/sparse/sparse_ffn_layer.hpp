@@ -13,24 +13,16 @@
 #include <vector>
 
 #include "sparse/sparse_plan.hpp"
+#include "sparse/sparse_runtime.hpp"
 #include "tierlm/memory/tier.hpp"
 #include "tierlm/sparse/sparse_stats.hpp"
 
 namespace tierlm::detail {
 
-// The bundle files' I/O: back end, O_DIRECT, staging registered with the engine (the model's
-// I/O path in ModelStats when no weights stream).
-struct SparseFfnIo {
-  std::string backend;
-  bool direct = false;
-  std::string direct_reason;  // why not, when direct is false
-  bool registered = false;
-};
-
-class SparseFfn {
+class SparseFfn : public SparseRuntime {
  public:
   SparseFfn(const SparseFfnPlan& plan, HostTier& host);
-  ~SparseFfn();
+  ~SparseFfn() override;
   SparseFfn(const SparseFfn&) = delete;
   SparseFfn& operator=(const SparseFfn&) = delete;
 
@@ -45,14 +37,11 @@ class SparseFfn {
   void read_ahead(int index, const int32_t* rows, size_t n);
   // Row width of layers[index]'s result (the hidden size).
   size_t dim(int index) const;
-  // The batch of rows is done: its per-token counters go to the totals and the token log.
-  void end_batch(size_t rows);
-  // Empties the caches and windows (a new sequence).
-  void reset();
-  SparseStats stats() const;
-  const SparseFfnIo& io() const;
-  // One record per token since load, oldest first (the last kSparseTokenLog kept).
-  std::vector<SparseTokenInfo> tokens() const;
+  void end_batch(size_t rows) override;
+  void reset() override;
+  SparseStats stats() const override;
+  const SparseFfnIo& io() const override;
+  std::vector<SparseTokenInfo> tokens() const override;
 
  private:
   struct Impl;

@@ -4,6 +4,8 @@
 // there instead, in their place in the order, so the cache ends up the same either way.
 #pragma once
 
+#include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 
@@ -34,7 +36,32 @@ class SparseRowLoader {
   void load(File& file, const SparseLayerPlan& plan, NeuronCache& cache, const int32_t* ids,
             size_t n, const SparseReadAhead* ahead, SparseTokenInfo& info);
 
+  // The rows of ids[done, n) that one token needs past the cache's capacity, in rounds of at
+  // most the capacity: each round replaces the rows loaded last (ids in evict, scratch of the
+  // capacity) and calls compute(first slot, rows) on them, whose results the caller adds up.
+  template <class Compute>
+  void load_rounds(File& file, const SparseLayerPlan& plan, NeuronCache& cache, const int32_t* ids,
+                   size_t done, size_t n, int32_t* evict, const SparseReadAhead* ahead,
+                   SparseTokenInfo& info, Compute compute) {
+    while (done < n) {
+      const size_t m = std::min(cache.capacity(), n - done);
+      auto t0 = std::chrono::steady_clock::now();
+      const size_t size = cache.size();
+      for (size_t j = 0; j < m; ++j) evict[j] = cache.neurons()[size - 1 - j];
+      cache.erase(evict, m);
+      info.memory_seconds += seconds_since(t0);
+      load(file, plan, cache, ids + done, m, ahead, info);
+      t0 = std::chrono::steady_clock::now();
+      compute(cache.size() - m, m);
+      info.compute_seconds += seconds_since(t0);
+      done += m;
+    }
+  }
+
  private:
+  static double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
   // Submits the gathered requests as one batch, waits, and moves the rows into the cache.
   void flush(File& file, const SparseLayerPlan& plan, NeuronCache& cache, const int32_t* ids,
              SparseTokenInfo& info);

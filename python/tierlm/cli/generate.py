@@ -38,7 +38,9 @@ def add_parser(subparsers):
         action="store_true",
         help="sparse-neuron flash loading: read only the FFN neurons the predictors pick "
         "(package exported with --sparse, with predictors; ReLU FFNs: exact up to predictor "
-        "misses; gated SiLU FFNs (Llama family): LOSSY thresholded sparsity)",
+        "misses; gated SiLU FFNs (Llama family): LOSSY thresholded sparsity); on a package "
+        "calibrated by `tierlm sparse calibrate MODEL --out PKG`, LOSSY input-channel "
+        "sparsity of every linear instead",
     )
     parser.add_argument(
         "--sparse-window", type=int, default=4, metavar="K", help="tokens whose neurons stay cached"
@@ -222,6 +224,20 @@ def print_sparse(s, out):
     tokens = max(s["sparse_tokens"], 1)
     dense = s["sparse_dense_ffn_bytes"]
     per = s["sparse_bytes_read"] / tokens
+    if s["sparse_channels"]:
+        print(
+            f"input-channel sparsity (LOSSY, target {s['sparse_target_sparsity']:g}, window "
+            f"{s['sparse_window']}): {s['sparse_neurons_predicted'] / tokens:.0f} channels "
+            f"kept/token, {s['sparse_neurons_read'] / tokens:.0f} columns read/token, "
+            f"cache hit rate {100 * s['sparse_cache_hit_rate']:.1f}%, "
+            f"{format_size(per)}/token read vs {format_size(dense)} dense "
+            f"({100 * per / dense if dense else 0:.1f}%); per token: I/O "
+            f"{1e3 * s['sparse_io_seconds'] / tokens:.2f} ms, cache "
+            f"{1e3 * s['sparse_memory_seconds'] / tokens:.2f} ms, kernel "
+            f"{1e3 * s['sparse_compute_seconds'] / tokens:.2f} ms",
+            file=out,
+        )
+        return
     lossy = (
         f"LOSSY thresholded SiLU, target sparsity {s['sparse_target_sparsity']:g}, "
         if s.get("sparse_lossy")
@@ -262,7 +278,16 @@ def print_placement(model, out):
     p = model.placement()
     s = model.stats()
     print_expert_placement(model, out)
-    if s["sparse"]:
+    if s["sparse"] and s["sparse_channels"]:
+        caps = s["sparse_capacity"] or [0]
+        print(
+            f"input-channel sparsity: {len(s['sparse_capacity'])} sites' matrices not loaded "
+            f"({format_size(s['sparse_dense_ffn_bytes'])}); channel caches, staging and scratch "
+            f"{format_size(s['sparse_host_bytes'])} (capacity {min(caps)}..{max(caps)} "
+            f"columns per site, window {s['sparse_window']})",
+            file=out,
+        )
+    elif s["sparse"]:
         caps = s["sparse_capacity"]
         print(
             f"sparse FFN: FFN matrices not loaded ({format_size(s['sparse_dense_ffn_bytes'])}); "

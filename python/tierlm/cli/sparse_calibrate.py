@@ -1,7 +1,9 @@
 """`tierlm sparse calibrate`: training-free input-channel sparsity for Llama-family models.
 Calibrates per-layer, per-site magnitude thresholds for a target sparsity on text (the
 shipped calibration text by default), measures the quality against dense on held-out text
-and prints it, and only then writes channel_sparsity.json and the channel-bundled matrices."""
+and prints it, and only then writes channel_sparsity.json and the channel-bundled matrices:
+into a tierlm package (--out PKG), listed in its manifest so that `tierlm.load(PKG,
+sparse=True)` runs them, or beside a model directory for the torch tools."""
 
 import json
 import sys
@@ -21,7 +23,8 @@ def add_parser(sub):
         "magnitude below which input channels are skipped so that --target-sparsity of them "
         "are; report held-out perplexity and top-1 agreement against dense (LOSSY), then "
         "write channel_sparsity.json and the matrices stored by input channel "
-        "(channel-*.bin, channels.json) into --out.",
+        "(channel-*.bin) into --out: a tierlm package there gets them listed in its manifest, "
+        "so `tierlm generate PKG --sparse` runs them; a plain directory gets channels.json.",
     )
     cal.add_argument("model", help="Hugging Face directory or .gguf file (Llama family)")
     cal.add_argument(
@@ -56,8 +59,15 @@ def add_parser(sub):
     cal.add_argument(
         "--held-out-tokens", type=int, default=4096, help="held-out tokens measured (0: skip)"
     )
-    cal.add_argument("--dtype", default="f16", choices=["f32", "f16", "bf16"])
-    cal.add_argument("--out", help="output directory (default: the model directory)")
+    cal.add_argument(
+        "--dtype",
+        choices=["f32", "f16", "bf16", "q8_0", "q4_0"],
+        help="dtype of the channel files (default f16; in a package its matrices' own float "
+        "dtype, exact, or q8_0 for block types, quantized along each column)",
+    )
+    cal.add_argument(
+        "--out", help="output directory or tierlm package (default: the model directory)"
+    )
     cal.add_argument("--json", action="store_true", help="print one JSON object")
     cal.set_defaults(run=run_calibrate)
 
@@ -94,8 +104,9 @@ def _progress(quiet):
 
 def run_calibrate(args):
     from tierlm.cli.sparse import _read_text
-    from tierlm.sparse.channel import calibrate, quality
+    from tierlm.sparse.channel import CHANNEL_JSON, calibrate, quality
     from tierlm.sparse.channel_bundle import write_channel_bundles
+    from tierlm.sparse.channel_package import register_channels
     from tierlm.sparse.model import load_model
 
     out = _check(args)
@@ -128,19 +139,28 @@ def run_calibrate(args):
                 f"(x{q['perplexity_ratio']:.4f}), top-1 agreement {q['teacher_forced_top1']:.3f}",
                 flush=True,
             )
-    out.mkdir(parents=True, exist_ok=True)
-    layouts = write_channel_bundles(loaded, out, args.dtype)
-    path = thresholds.save(out)
+    package = (out / "manifest.json").is_file()
+    if package:
+        sites = register_channels(out, thresholds, args.dtype)["sites"]
+        dtypes = sorted({s["dtype"] for s in sites})
+        nbytes = sum(s["nbytes"] for s in sites)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        dtypes = [args.dtype or "f16"]
+        nbytes = sum(lay.file_bytes for lay in write_channel_bundles(loaded, out, dtypes[0]))
+        thresholds.save(out)
     result = {
         "out": str(out),
-        "thresholds_file": str(path),
+        "package": package,
+        "thresholds_file": str(out / CHANNEL_JSON),
         "target_sparsity": args.target_sparsity,
         "allocation": args.allocation,
         "criterion": args.criterion,
         "site_sparsity": thresholds.metrics["site_sparsity"],
         "calibration_tokens": thresholds.calibration_tokens,
         "quality": q,
-        "bundle_bytes": sum(lay.file_bytes for lay in layouts),
+        "bundle_bytes": nbytes,
+        "bundle_dtypes": dtypes,
         "thresholds": thresholds.layers,
     }
     if args.json:
@@ -148,6 +168,6 @@ def run_calibrate(args):
         return
     print(
         f"calibrated {len(thresholds.layers)} layers on {thresholds.calibration_tokens} tokens; "
-        f"wrote {path.name} and {len(layouts)} channel bundles "
-        f"({result['bundle_bytes']} bytes, {args.dtype}) to {out}"
+        f"wrote {CHANNEL_JSON} and the channel bundles ({nbytes} bytes, {', '.join(dtypes)}) "
+        f"to {'the package ' if package else ''}{out}"
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tierlm.quant import BLOCKS, row_bytes
 from tierlm.sparse.bundle import ALIGNMENT, RowFile, to_dtype
 from tierlm.sparse.channel import SITES, site_modules
 
@@ -33,6 +34,13 @@ class ChannelLayout(RowFile):
     @property
     def row_elems(self):
         return int(sum(self.outs))
+
+    @property
+    def row_bytes(self):
+        """Block types: each matrix's part is whole blocks along its outputs."""
+        if self.dtype in BLOCKS:
+            return sum(row_bytes(self.dtype, out, self.file) for out in self.outs)
+        return super().row_bytes
 
     def to_json(self):
         d = asdict(self)

@@ -1,10 +1,12 @@
 """Runs every linear layer of a Llama-family torch model through the native input-channel
-sparse path, token by token as decode does: per site the kept channels (|x| > threshold) go
-through a window of the last k tokens (tierlm NeuronWindow over channels), the channel rows
-it asks for are read from the site's channel bundle with 4 KiB-aligned O_DIRECT requests
-(neighbours coalesced, one pread_batch) into a host-tier cache (NeuronCache), evicted rows
-leave it, and the native kernel sums the cached columns of the kept channels. Counts per
-token: channels kept, rows and bytes read, requests, cache hits.
+sparse pieces from torch hooks (the executor's own path is `tierlm.load(pkg, sparse=True)`
+on a calibrated package; this one stays as the Python tools' reference), token by token:
+per site the kept channels (|x| > threshold) go through a window of the last k tokens
+(tierlm NeuronWindow over channels), the channel rows it asks for are read from the site's
+channel bundle with 4 KiB-aligned O_DIRECT requests (neighbours coalesced, one pread_batch)
+into a host-tier cache (NeuronCache), evicted rows leave it, and the native kernel sums the
+cached columns of the kept channels. Counts per token: channels kept, rows and bytes read,
+requests, cache hits.
 """
 
 import numpy as np
@@ -19,8 +21,8 @@ _COUNTERS = ("channels", "channels_kept", "bytes_kept", "rows_read", "bytes_read
 
 class _Site:
     """One site's channel cache, window, file and a 4 KiB-aligned staging buffer the size of
-    the file (each request lands at its file offset; bounded staging is the native
-    executor's job, see docs/sparse.md "Not done")."""
+    the file (each request lands at its file offset; the executor's path stages in a
+    bounded buffer)."""
 
     def __init__(self, directory, layout, threshold, k, tier, scale=None):
         from tierlm import _core

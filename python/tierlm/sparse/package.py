@@ -25,7 +25,7 @@ SPARSE_ACTIVATIONS = ("relu", "swiglu")  # gated SwiGLU bundles carry the gate r
 TRAIN_HINT = "tierlm sparse train {pkg} --calibration TEXTFILE"
 
 
-def _tensor(directory, info, name):
+def stored_tensor(directory, info, name):
     return np.memmap(
         os.path.join(directory, info[name]["file"]),
         NUMPY_DTYPES[info[name]["dtype"]],
@@ -44,10 +44,10 @@ def check_sparse_config(config, where):
         )
 
 
-def _values(directory, tensors, name):
+def tensor_values(directory, tensors, name):
     """A tensor's f32 values (bf16 words widened, a block type dequantized)."""
     info = tensors[name]
-    raw = _tensor(directory, tensors, name)
+    raw = stored_tensor(directory, tensors, name)
     return to_f32(raw, info["dtype"], info["shape"]).reshape(info["shape"])
 
 
@@ -68,26 +68,34 @@ def write_package_bundles(directory, tensors, config, source_values=None):
             names.append(p + "gate.weight")
         row_dtypes = {tensors[n]["dtype"] for n in names if n != p + "down.weight"}
         dtypes = row_dtypes | {tensors[p + "down.weight"]["dtype"]}
-        up, down = _tensor(directory, tensors, names[0]), _tensor(directory, tensors, names[1])
-        gate = _tensor(directory, tensors, names[2]) if gated else None
+        up, down = (
+            stored_tensor(directory, tensors, names[0]),
+            stored_tensor(directory, tensors, names[1]),
+        )
+        gate = stored_tensor(directory, tensors, names[2]) if gated else None
         path = os.path.join(directory, f"ffn-bundle-{i}.bin")
         dtype = row_dtypes.pop() if len(row_dtypes) == 1 else "f32"
         if dtype in BLOCKS:
             if source_values is not None:
                 down_dtype, down = source_values(names[1])
             else:
-                down_dtype, down = tensors[names[1]]["dtype"], _values(directory, tensors, names[1])
+                down_dtype, down = (
+                    tensors[names[1]]["dtype"],
+                    tensor_values(directory, tensors, names[1]),
+                )
             dim = tensors[names[0]]["shape"][1]
             if down_dtype in BLOCKS and dtype != _REROUNDED_DOWN_DTYPE:
                 dtype = _REROUNDED_DOWN_DTYPE
-                up = quantize(dtype, _values(directory, tensors, names[0]))
-                gate = quantize(dtype, _values(directory, tensors, names[2])) if gated else None
+                up = quantize(dtype, tensor_values(directory, tensors, names[0]))
+                gate = (
+                    quantize(dtype, tensor_values(directory, tensors, names[2])) if gated else None
+                )
             layouts.append(write_bundle_stored(path, up, down, gate, dtype, dim=dim))
             continue
         dtype = dtype if len(dtypes) == 1 else "f32"
         if dtype == "f32":
-            up, down = (_values(directory, tensors, n) for n in names[:2])
-            gate = _values(directory, tensors, names[2]) if gated else None
+            up, down = (tensor_values(directory, tensors, n) for n in names[:2])
+            gate = tensor_values(directory, tensors, names[2]) if gated else None
         layouts.append(write_bundle_stored(path, up, down, gate, dtype))
     write_bundles_json(directory, layouts)
     return {
@@ -147,14 +155,23 @@ def copy_predictors(hf_dir, out_dir, config):
 def register_predictors(package_dir):
     """Lists the predictors found in a package directory in its manifest.json (rewritten
     atomically). Returns the section."""
+    section = predictors_section(package_dir, read_manifest(package_dir)["config"], package_dir)
+    set_manifest_section(package_dir, "predictors", section)
+    return section
+
+
+def read_manifest(package_dir):
+    with open(os.path.join(package_dir, "manifest.json")) as f:
+        return json.load(f)
+
+
+def set_manifest_section(package_dir, key, section):
+    """Sets manifest.json[key] = section, rewriting the file atomically."""
     manifest_path = os.path.join(package_dir, "manifest.json")
-    with open(manifest_path) as f:
-        manifest = json.load(f)
-    section = predictors_section(package_dir, manifest["config"], package_dir)
-    manifest["predictors"] = section
+    manifest = read_manifest(package_dir)
+    manifest[key] = section
     tmp = manifest_path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(manifest, f, indent=1)
         f.write("\n")
     os.replace(tmp, manifest_path)
-    return section

@@ -12,6 +12,9 @@ namespace tierlm {
 
 struct TIERLM_API SparseStats {
   bool sparse = false;  // the model runs its FFNs sparse
+  // Input-channel sparsity (a package with channel files): the counters count input channels
+  // (kept = "predicted", columns read = "neurons read") over every site of every layer.
+  bool sparse_channels = false;
   uint64_t sparse_tokens = 0;
   uint64_t sparse_neurons_predicted = 0;
   uint64_t sparse_neurons_read = 0;  // rows read from the bundle files (cache misses)
@@ -27,7 +30,8 @@ struct TIERLM_API SparseStats {
   double sparse_memory_seconds = 0.0;   // neuron cache erase / insert (row copies included)
   double sparse_compute_seconds = 0.0;  // the sparse FFN kernel
   uint64_t sparse_host_bytes = 0;       // neuron caches + staging + predictors + scratch
-  uint64_t sparse_dense_ffn_bytes = 0;  // bytes of the dense FFN matrices a token would read
+  uint64_t sparse_dense_ffn_bytes = 0;  // bytes of the dense matrices a token would read (FFN;
+                                        // input channels: every sparse site's matrices)
   int64_t sparse_window = 0;
   bool sparse_bundled = true;
   bool sparse_readahead = false;  // rows read ahead of compute (ModelOptions::sparse_readahead)

@@ -1,0 +1,195 @@
+// The input-channel sparse path per token and site: kept channels -> window -> evict -> one
+// batch of reads -> insert -> kernel over the cached columns, split over the pool's threads by
+// output range. See channel_layer.hpp and docs/sparse.md.
+#include "sparse/channel_layer.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+
+#include "sparse/row_cache.hpp"
+#include "sparse/sparse_row_loader.hpp"
+#include "tierlm/core/align.hpp"
+#include "tierlm/core/parallel.hpp"
+#include "tierlm/io/io.hpp"
+#include "tierlm/kernels/channel_sparse.hpp"
+#include "tierlm/kernels/kernels.hpp"
+#include "tierlm/sparse/neuron_cache.hpp"
+
+namespace tierlm::detail {
+
+namespace {
+
+constexpr size_t kKernelWork = 1 << 16;  // multiply-adds per thread below which one thread runs
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+}  // namespace
+
+struct ChannelSparse::Impl {
+  struct Site {
+    const ChannelSitePlan* plan = nullptr;
+    RowCache rows;
+    File file;
+  };
+
+  ChannelPlan plan;
+  HostBuffer scratch;
+  SparseRowLoader loader;  // before sites: the files may hold its staging registered
+  std::vector<Site> sites;
+
+  int32_t* kept = view<int32_t>(plan.scratch.kept);
+  int32_t* to_load = view<int32_t>(plan.scratch.to_load);
+  int32_t* to_evict = view<int32_t>(plan.scratch.to_evict);
+  int32_t* need = view<int32_t>(plan.scratch.need);
+  int32_t* evict = view<int32_t>(plan.scratch.evict);
+  float* site_out = view<float>(plan.scratch.site_out);
+  SparseTokenLog log{view<SparseTokenInfo>(plan.scratch.rows), plan.max_rows,
+                     view<SparseTokenInfo>(plan.scratch.log)};
+  size_t threads = 1;
+
+  SparseStats totals;
+  SparseFfnIo files_io;
+
+  template <class T>
+  T* view(size_t offset) {
+    return reinterpret_cast<T*>(static_cast<char*>(scratch.data()) + offset);
+  }
+
+  Impl(const ChannelPlan& p, HostTier& host)
+      : plan(p),
+        scratch(host.allocate(plan.scratch.bytes)),
+        loader(host.allocate(plan.staging_bytes, kAlignment),
+               view<IoRequest>(plan.scratch.requests), view<SparseRowSource>(plan.scratch.sources),
+               plan.scratch.max_requests, true) {
+    threads = std::max<size_t>(1, parallel_threads());
+    sites.reserve(plan.sites.size());
+    for (const ChannelSitePlan& s : plan.sites) {
+      const SparseLayerPlan& r = s.rows;
+      IoOptions io;
+      io.direct = true;
+      Site site{&s, RowCache(host, r.n_neurons, r.capacity, r.row_elems, r.dtype, plan.window),
+                File(r.file, IoMode::kIoModeRead, io)};
+      const bool reg = site.file.register_buffer(loader.staging(), loader.staging_bytes());
+      files_io.registered = sites.empty() ? reg : files_io.registered && reg;
+      files_io.direct = site.file.direct();
+      files_io.direct_reason = site.file.direct_reason();
+      files_io.backend = io_backend_name(site.file.backend());
+      sites.push_back(std::move(site));
+    }
+    totals.sparse = true;
+    totals.sparse_channels = true;
+    totals.sparse_window = static_cast<int64_t>(plan.window);
+    totals.sparse_dense_ffn_bytes = plan.dense_bytes;
+    totals.sparse_host_bytes = plan.host_bytes;
+    totals.sparse_target_sparsity = plan.target_sparsity;
+    for (const ChannelSitePlan& s : plan.sites) {
+      totals.sparse_capacity.push_back(static_cast<int64_t>(s.rows.capacity));
+    }
+  }
+
+  // y[row_elems] (+)= the kept channels' columns among cache rows [first, first + n).
+  void kernel(Site& s, const float* x, size_t first, size_t n, float* y, bool accumulate) {
+    const SparseLayerPlan& r = s.plan->rows;
+    const NeuronCache& cache = s.rows.cache;
+    const size_t block = dtype_block(r.dtype).elems;
+    const size_t blocks = r.row_elems / block;
+    const size_t chunks =
+        std::clamp<size_t>(n * r.row_elems / kKernelWork, 1, std::min(threads, blocks));
+    parallel_for(
+        chunks,
+        [&](size_t c0, size_t c1) {
+          for (size_t c = c0; c < c1; ++c) {
+            const size_t b = blocks * c / chunks * block, e = blocks * (c + 1) / chunks * block;
+            ChannelRows rows;
+            rows.rows = static_cast<const char*>(cache.row(first)) + dtype_row_bytes(r.dtype, b);
+            rows.dtype = r.dtype;
+            rows.n_rows = n;
+            rows.out = e - b;
+            rows.row_stride = r.row_elems;
+            rows.channels = cache.neurons() + first;
+            rows.n_channels = r.n_neurons;
+            if (!accumulate) {
+              kernel_channel_sparse_linear(x, rows, s.plan->threshold, nullptr, y + b);
+            } else {
+              float part[256];
+              for (size_t at = 0; at < rows.out; at += 256) {
+                // Accumulating rounds are rare (a token past the capacity): sum in pieces.
+                ChannelRows piece = rows;
+                piece.rows = static_cast<const char*>(rows.rows) + dtype_row_bytes(r.dtype, at);
+                piece.out = std::min<size_t>(256, rows.out - at);
+                kernel_channel_sparse_linear(x, piece, s.plan->threshold, nullptr, part);
+                for (size_t i = 0; i < piece.out; ++i) y[b + at + i] += part[i];
+              }
+            }
+          }
+        },
+        1);
+  }
+
+  void token(Site& s, const float* x, float* y, SparseTokenInfo& info) {
+    const SparseLayerPlan& r = s.plan->rows;
+    NeuronCache& cache = s.rows.cache;
+    const size_t cap = r.capacity;
+    auto t0 = Clock::now();
+    size_t n_kept = 0;
+    const float t = s.plan->threshold;
+    for (size_t c = 0; c < r.n_neurons; ++c) {
+      if (std::fabs(x[c]) > t) kept[n_kept++] = static_cast<int32_t>(c);
+    }
+    info.neurons_predicted += n_kept;
+    const size_t n_need = s.rows.admit(kept, n_kept, need, to_load, to_evict, evict);
+    info.memory_seconds += since(t0);
+    const size_t fill = std::min(n_need, cap - cache.size());
+    loader.load(s.file, r, cache, need, fill, nullptr, info);
+    t0 = Clock::now();
+    kernel(s, x, 0, cache.size(), y, false);
+    info.compute_seconds += since(t0);
+    if (fill == n_need) return;
+    // This token's kept channels alone pass the capacity: the rest in rounds of at most `cap`
+    // columns, each replacing the columns computed last (the sum is additive).
+    ++totals.sparse_overflows;
+    loader.load_rounds(s.file, r, cache, need, fill, n_need, evict, nullptr, info,
+                       [&](size_t first, size_t m) { kernel(s, x, first, m, y, true); });
+  }
+};
+
+ChannelSparse::ChannelSparse(const ChannelPlan& plan, HostTier& host)
+    : impl_(std::make_unique<Impl>(plan, host)) {}
+ChannelSparse::~ChannelSparse() = default;
+
+void ChannelSparse::run(int site, const float* x, size_t rows) {
+  Impl& m = *impl_;
+  Impl::Site& s = m.sites[static_cast<size_t>(site)];
+  const size_t n = s.plan->rows.n_neurons, width = s.plan->rows.row_elems;
+  for (size_t r = 0; r < rows; ++r) m.token(s, x + r * n, m.site_out + r * width, m.log.row(r));
+}
+
+void ChannelSparse::copy(int site, size_t index, size_t rows, const float* bias, float* y) const {
+  const Impl& m = *impl_;
+  const ChannelSitePlan& s = *m.sites[static_cast<size_t>(site)].plan;
+  const ChannelSiteOp& op = s.ops[index];
+  const size_t width = s.rows.row_elems;
+  for (size_t r = 0; r < rows; ++r) {
+    std::memcpy(y + r * op.out, m.site_out + r * width + op.offset, op.out * sizeof(float));
+    if (bias != nullptr) kernel_add(y + r * op.out, bias, op.out);
+  }
+}
+
+void ChannelSparse::end_batch(size_t rows) { impl_->log.end_batch(rows, impl_->totals); }
+
+void ChannelSparse::reset() {
+  for (Impl::Site& s : impl_->sites) s.rows.reset();
+}
+
+SparseStats ChannelSparse::stats() const { return impl_->totals; }
+
+const SparseFfnIo& ChannelSparse::io() const { return impl_->files_io; }
+
+std::vector<SparseTokenInfo> ChannelSparse::tokens() const { return impl_->log.tokens(); }
+
+}  // namespace tierlm::detail

@@ -1,0 +1,382 @@
+// Builds the input-channel sparse plan from a package: the manifest's "channels" section (one
+// channel file per layer and site), the thresholds file it names, and the graph's linears of
+// each site; then sizes the caches, staging and scratch the runtime allocates.
+#include "sparse/channel_plan.hpp"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "core/json.hpp"
+#include "sparse/sparse_row_gather.hpp"
+#include "tierlm/core/align.hpp"
+#include "tierlm/core/error.hpp"
+#include "tierlm/io/io.hpp"
+#include "tierlm/sparse/neuron_cache.hpp"
+#include "tierlm/sparse/sparse_stats.hpp"
+
+namespace tierlm::detail {
+
+namespace {
+
+constexpr size_t kMaxStaging = 64ull << 20;
+constexpr size_t kScratchAlignment = 64;
+constexpr size_t kMinCacheShare = 8;
+const char* const kHint = "; calibrate again with `tierlm sparse calibrate MODEL --out PKG`";
+
+// The linears of each site, by tensor name within a layer (tierlm/sparse/channel.py SITES).
+struct SiteNames {
+  const char* site;
+  std::vector<const char*> weights;
+};
+const std::vector<SiteNames>& site_names() {
+  static const std::vector<SiteNames> names = {
+      {"attn_in", {"attn.q", "attn.k", "attn.v"}},
+      {"attn_out", {"attn.o"}},
+      {"ffn_in", {"ffn.gate", "ffn.up"}},
+      {"ffn_down", {"ffn.down"}},
+  };
+  return names;
+}
+
+uint64_t page(uint64_t bytes) { return round_up(std::max<uint64_t>(bytes, 1), kAlignment); }
+
+const Json& manifest_channels(const Json& manifest, const Package& p) {
+  const Json* channels = manifest.find("channels");
+  TIERLM_CHECK(channels != nullptr && !channels->is_null(), kErrorNotFound, p.path,
+               ": the package has no input-channel files (manifest \"channels\")", kHint);
+  return *channels;
+}
+
+// The graph's linear ops of one site of a layer, checked against the channel file's layout.
+void match_site(const Package& p, const Json& entry, const std::string& where,
+                const std::vector<const char*>& weights, ChannelSitePlan& s) {
+  const Graph& g = p.graph;
+  const auto& outs = entry.at("outs", where).as_array(where + ".outs");
+  TIERLM_CHECK(outs.size() == weights.size(), kErrorCorrupt, where, ": ", outs.size(),
+               " output widths for the ", weights.size(), " matrices of site ", s.site, kHint);
+  const std::string prefix = "layers." + std::to_string(s.layer) + ".";
+  size_t offset = 0;
+  for (size_t k = 0; k < weights.size(); ++k) {
+    const std::string name = prefix + weights[k] + ".weight";
+    size_t op = g.ops.size();
+    for (size_t i = 0; i < g.ops.size(); ++i) {
+      if (g.ops[i].kind == OpKind::kOpLinear && g.ops[i].weight == name) op = i;
+    }
+    TIERLM_CHECK(op < g.ops.size(), kErrorUnsupported, p.path, ": graph.json has no linear of `",
+                 name, "`; input-channel sparsity runs Llama-family graphs only");
+    const TensorInfo& t = p.tensor(name);
+    const size_t out = static_cast<size_t>(outs[k].as_int(where));
+    TIERLM_CHECK(t.shape.size() == 2 && static_cast<size_t>(t.shape[0]) == out &&
+                     static_cast<size_t>(t.shape[1]) == s.rows.n_neurons,
+                 kErrorCorrupt, where, ": column ", k, " of ", out, " x ", s.rows.n_neurons,
+                 " does not match `", name, "`", kHint);
+    TIERLM_CHECK(s.ops.empty() || g.ops[op].inputs == g.ops[s.ops.front().op].inputs,
+                 kErrorUnsupported, p.path, ": the linears of site ", s.site, " of layer ", s.layer,
+                 " do not share one input in graph.json");
+    const std::string& bias = g.ops[op].bias;
+    const TensorInfo* b = bias.empty() ? nullptr : p.find_tensor(bias);
+    TIERLM_CHECK(bias.empty() || (b && b->dtype == DType::kDTypeF32), kErrorUnsupported, p.path,
+                 ": bias `", bias, "` is not f32; input-channel sparsity needs f32 biases");
+    s.ops.push_back({op, offset, out, bias});
+    offset += out;
+  }
+  std::sort(s.ops.begin(), s.ops.end(),
+            [](const ChannelSiteOp& a, const ChannelSiteOp& b) { return a.op < b.op; });
+  s.rows.row_elems = offset;
+  s.rows.dim = offset;
+}
+
+// The thresholds file: [{site: threshold}] per layer, and the per-site sparsity it targeted.
+void read_thresholds(const Package& p, const Json& channels, const std::string& where,
+                     ChannelPlan& plan,
+                     std::vector<std::vector<std::pair<std::string, double>>>& thresholds,
+                     std::vector<std::vector<std::pair<std::string, double>>>& sparsity) {
+  const std::string path = p.file_path(channels.at("json", where).as_string(where + ".json"));
+  struct stat st {};
+  TIERLM_CHECK(::stat(path.c_str(), &st) == 0, kErrorNotFound, path, ": cannot open (",
+               errno_text(errno), ")", kHint);
+  const Json meta = json_parse_file(path);
+  const auto& layers = meta.at("thresholds", path).as_array(path + ".thresholds");
+  TIERLM_CHECK(static_cast<int64_t>(layers.size()) == p.config.num_layers, kErrorCorrupt, path,
+               ": thresholds for ", layers.size(), " layers, the model has ", p.config.num_layers,
+               kHint);
+  const Json* criterion = meta.find("criterion");
+  const std::string cut =
+      criterion && criterion->is_string() ? criterion->as_string(path) : "magnitude";
+  TIERLM_CHECK(cut == "magnitude", kErrorUnsupported, path, ": criterion \"", cut,
+               "\" (per-channel scales) is not run by the executor yet; calibrate with "
+               "`tierlm sparse calibrate MODEL --criterion magnitude --out PKG`");
+  const Json* target = meta.find("target_sparsity");
+  if (target && target->is_number()) plan.target_sparsity = target->as_number(path);
+  const Json* metrics = meta.find("metrics");
+  const Json* site_sparsity = metrics ? metrics->find("site_sparsity") : nullptr;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const std::string w = path + ".thresholds[" + std::to_string(i) + "]";
+    thresholds.emplace_back();
+    sparsity.emplace_back();
+    for (const auto& [site, t] : layers[i].as_object(w)) {
+      const bool known = std::any_of(site_names().begin(), site_names().end(),
+                                     [&](const SiteNames& n) { return site == n.site; });
+      TIERLM_CHECK(known, kErrorCorrupt, w, ": unknown site \"", site, "\"", kHint);
+      const double v = t.as_number(w + "." + site);
+      TIERLM_CHECK(std::isfinite(v) && v >= 0.0, kErrorCorrupt, w, ".", site, ": threshold ", v,
+                   " is not a finite number >= 0", kHint);
+      thresholds.back().emplace_back(site, v);
+      double fraction = plan.target_sparsity;
+      if (site_sparsity && site_sparsity->is_array() && i < site_sparsity->as_array(path).size()) {
+        const Json* f = site_sparsity->as_array(path)[i].find(site);
+        if (f && f->is_number()) fraction = f->as_number(path);
+      }
+      sparsity.back().emplace_back(site, fraction);
+    }
+  }
+}
+
+double lookup(const std::vector<std::pair<std::string, double>>& values, const std::string& key) {
+  for (const auto& [k, v] : values) {
+    if (k == key) return v;
+  }
+  return 0.0;
+}
+
+// The channel file of one site: its layout fields, checked against the file on disk.
+void read_site_file(const Package& p, const Json& entry, const std::string& where, bool verify,
+                    ChannelPlan& plan, ChannelSitePlan& s) {
+  SparseLayerPlan& r = s.rows;
+  r.layer = s.layer;
+  r.file = p.file_path(entry.at("file", where).as_string(where + ".file"));
+  r.n_neurons = static_cast<size_t>(entry.at("n_neurons", where).as_int(where + ".n_neurons"));
+  r.dtype = dtype_parse(entry.at("dtype", where).as_string(where + ".dtype"));
+  const size_t block = dtype_block(r.dtype).elems;
+  for (const ChannelSiteOp& op : s.ops) {
+    TIERLM_CHECK(op.out % block == 0, kErrorCorrupt, where, ": columns of ", dtype_name(r.dtype),
+                 " hold each matrix's part as whole ", block, "-element blocks, but the width ",
+                 op.out, " is not", kHint);
+  }
+  r.row_bytes = dtype_row_bytes(r.dtype, r.row_elems);
+  const uint64_t data = static_cast<uint64_t>(r.n_neurons) * r.row_bytes;
+  const uint64_t padded = round_up(data, kAlignment);
+  struct stat st {};
+  TIERLM_CHECK(::stat(r.file.c_str(), &st) == 0, kErrorNotFound, r.file, ": cannot open (",
+               errno_text(errno), ")", kHint);
+  TIERLM_CHECK(static_cast<uint64_t>(st.st_size) >= padded, kErrorCorrupt, r.file, " is ",
+               st.st_size, " bytes but site ", s.site, " of layer ", s.layer, " needs ", padded,
+               " (", r.n_neurons, " columns of ", r.row_bytes, " bytes; file is truncated?)",
+               kHint);
+  r.file_bytes = padded;
+  if (verify) {
+    const Json* crc = entry.find("crc32");
+    TIERLM_CHECK(crc != nullptr && crc->is_number(), kErrorCorrupt, where, ": no crc32 for ",
+                 r.file, ", so verification cannot cover it", kHint);
+    const uint32_t sum = file_crc32(r.file, data);
+    TIERLM_CHECK(sum == static_cast<uint32_t>(crc->as_int(where)), kErrorCorrupt, r.file,
+                 ": checksum mismatch (CRC-32 ", sum, ", manifest says ", crc->as_int(where),
+                 "); the channel file is damaged", kHint);
+    plan.verify.bundles += 1;
+    plan.verify.bytes += data;
+  }
+}
+
+}  // namespace
+
+int ChannelPlan::site_of_op(size_t op, size_t* index) const {
+  for (size_t s = 0; s < sites.size(); ++s) {
+    for (size_t k = 0; k < sites[s].ops.size(); ++k) {
+      if (sites[s].ops[k].op == op) {
+        *index = k;
+        return static_cast<int>(s);
+      }
+    }
+  }
+  return -1;
+}
+
+bool channel_sparse_present(const Package& package) {
+  const Json manifest = json_parse_file(package.path + "/manifest.json");
+  const Json* channels = manifest.find("channels");
+  return channels != nullptr && !channels->is_null();
+}
+
+ChannelPlan channel_plan(const Package& p, const ChannelOptions& options) {
+  ChannelPlan plan;
+  plan.package = p.path;
+  TIERLM_CHECK(options.window >= 1, kErrorInvalidArgument, "sparse_window ", options.window,
+               " must be >= 1 token (1 = no window)");
+  TIERLM_CHECK(options.capacity >= 0, kErrorInvalidArgument, "sparse_capacity ", options.capacity,
+               " is negative (0 = auto)");
+  plan.window = static_cast<size_t>(options.window);
+  plan.max_rows = std::max<size_t>(options.max_rows, 1);
+  const std::string manifest_path = p.path + "/manifest.json";
+  const Json manifest = json_parse_file(manifest_path);
+  const Json& channels = manifest_channels(manifest, p);
+  const std::string where = manifest_path + ": channels";
+  std::vector<std::vector<std::pair<std::string, double>>> thresholds, sparsity;
+  read_thresholds(p, channels, where, plan, thresholds, sparsity);
+  const auto start = std::chrono::steady_clock::now();
+  const auto& entries = channels.at("sites", where).as_array(where + ".sites");
+  for (size_t e = 0; e < entries.size(); ++e) {
+    const Json& entry = entries[e];
+    const std::string w = where + ".sites[" + std::to_string(e) + "]";
+    ChannelSitePlan s;
+    s.layer = static_cast<int>(entry.at("layer", w).as_int(w + ".layer"));
+    s.site = entry.at("site", w).as_string(w + ".site");
+    TIERLM_CHECK(s.layer >= 0 && s.layer < p.config.num_layers, kErrorCorrupt, w, ": layer ",
+                 s.layer, " is outside the model's ", p.config.num_layers, " layers", kHint);
+    const auto names = std::find_if(site_names().begin(), site_names().end(),
+                                    [&](const SiteNames& n) { return s.site == n.site; });
+    TIERLM_CHECK(names != site_names().end(), kErrorCorrupt, w, ": unknown site \"", s.site, "\"",
+                 kHint);
+    const double t = lookup(thresholds[static_cast<size_t>(s.layer)], s.site);
+    if (t <= 0.0) continue;  // kept dense: the weight store runs it, bit for bit
+    s.threshold = static_cast<float>(t);
+    s.sparsity = lookup(sparsity[static_cast<size_t>(s.layer)], s.site);
+    s.rows.n_neurons = static_cast<size_t>(entry.at("n_neurons", w).as_int(w + ".n_neurons"));
+    match_site(p, entry, w, names->weights, s);
+    read_site_file(p, entry, w, options.verify, plan, s);
+    for (const ChannelSiteOp& op : s.ops) {
+      const std::string& name = p.graph.ops[op.op].weight;
+      plan.dense_tensors.push_back(name);
+      plan.dense_bytes += p.tensor(name).nbytes;
+    }
+    plan.sites.push_back(std::move(s));
+  }
+  // Every site with a threshold needs its file.
+  for (size_t layer = 0; layer < thresholds.size(); ++layer) {
+    for (const auto& [site, t] : thresholds[layer]) {
+      const bool listed =
+          t <= 0.0 ||
+          std::any_of(plan.sites.begin(), plan.sites.end(), [&](const ChannelSitePlan& s) {
+            return s.layer == static_cast<int>(layer) && s.site == site;
+          });
+      TIERLM_CHECK(listed, kErrorCorrupt, where, ": site ", site, " of layer ", layer,
+                   " has threshold ", t, " but no channel file", kHint);
+    }
+  }
+  // A site runs whole at its first op; its outputs wait in scratch until its last op copies
+  // them, so no other site may run in between.
+  std::sort(plan.sites.begin(), plan.sites.end(),
+            [](const auto& a, const auto& b) { return a.ops.front().op < b.ops.front().op; });
+  for (size_t i = 1; i < plan.sites.size(); ++i) {
+    TIERLM_CHECK(plan.sites[i].ops.front().op > plan.sites[i - 1].ops.back().op, kErrorUnsupported,
+                 p.path, ": the linears of sites ", plan.sites[i - 1].site, " and ",
+                 plan.sites[i].site, " interleave in graph.json");
+  }
+  plan.verify.seconds =
+      options.verify
+          ? std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()
+          : 0.0;
+  size_channel_caches(plan, options.capacity, 1.5);
+  return plan;
+}
+
+namespace {
+
+ChannelScratchLayout channel_scratch_layout(const ChannelPlan& plan) {
+  size_t max_n = 0, max_cap = 0;
+  for (const ChannelSitePlan& s : plan.sites) {
+    max_n = std::max(max_n, s.rows.n_neurons);
+    max_cap = std::max(max_cap, s.rows.capacity);
+  }
+  ChannelScratchLayout l;
+  l.max_requests = 2 * max_cap + 2;
+  auto take = [&](size_t bytes) {
+    const size_t at = l.bytes;
+    l.bytes += round_up(bytes, kScratchAlignment);
+    return at;
+  };
+  l.kept = take(max_n * sizeof(int32_t));
+  l.to_load = take(max_n * sizeof(int32_t));
+  l.to_evict = take(max_n * sizeof(int32_t));
+  l.need = take(max_n * sizeof(int32_t));
+  l.evict = take(max_n * sizeof(int32_t));
+  l.sources = take(max_cap * sizeof(SparseRowSource));
+  l.requests = take(l.max_requests * sizeof(IoRequest));
+  l.site_out = take(plan.max_rows * plan.max_row_elems * sizeof(float));
+  l.rows = take(plan.max_rows * sizeof(SparseTokenInfo));
+  l.log = take(kSparseTokenLog * sizeof(SparseTokenInfo));
+  return l;
+}
+
+// Host bytes of one site's cache, window and last-use array at its capacity.
+uint64_t site_bytes(const ChannelSitePlan& s, size_t window) {
+  const SparseLayerPlan& r = s.rows;
+  return page(r.capacity * r.row_bytes) + page((r.n_neurons + r.capacity) * 4) +
+         page(NeuronWindow::state_bytes(r.n_neurons, window)) + page(r.n_neurons * 8);
+}
+
+void total_bytes(ChannelPlan& plan) {
+  uint64_t worst_row = 0, max_cap_bytes = 0, largest_file = 0;
+  plan.max_row_elems = 0;
+  for (const ChannelSitePlan& s : plan.sites) {
+    const SparseLayerPlan& r = s.rows;
+    worst_row = std::max<uint64_t>(worst_row, round_up(r.row_bytes + kAlignment - 1, kAlignment));
+    max_cap_bytes = std::max<uint64_t>(max_cap_bytes, r.capacity * worst_row);
+    largest_file = std::max(largest_file, r.file_bytes);
+    plan.max_row_elems = std::max(plan.max_row_elems, r.row_elems);
+  }
+  const uint64_t staging = std::min({largest_file, max_cap_bytes, uint64_t{kMaxStaging}});
+  plan.staging_bytes = static_cast<size_t>(std::max<uint64_t>(staging, 2 * worst_row));
+  plan.scratch = channel_scratch_layout(plan);
+  uint64_t bytes = page(plan.staging_bytes) + page(plan.scratch.bytes);
+  for (const ChannelSitePlan& s : plan.sites) bytes += site_bytes(s, plan.window);
+  plan.host_bytes = bytes;
+}
+
+}  // namespace
+
+void size_channel_caches(ChannelPlan& plan, int64_t capacity, double margin) {
+  for (ChannelSitePlan& s : plan.sites) {
+    SparseLayerPlan& r = s.rows;
+    if (capacity > 0) {
+      r.capacity = std::min<size_t>(static_cast<size_t>(capacity), r.n_neurons);
+    } else {
+      // At least 1/kMinCacheShare of the channels, so a token past the capacity runs in at
+      // most that many rounds.
+      const double kept = std::clamp(1.0 - s.sparsity, 0.0, 1.0);
+      const double want = std::ceil(kept * static_cast<double>(r.n_neurons) * margin);
+      const size_t floor = (r.n_neurons + kMinCacheShare - 1) / kMinCacheShare;
+      r.capacity = std::clamp<size_t>(static_cast<size_t>(want), floor, r.n_neurons);
+    }
+  }
+  total_bytes(plan);
+}
+
+uint64_t grow_channel_caches(ChannelPlan& plan, uint64_t spare) {
+  const uint64_t before = plan.host_bytes;
+  uint64_t missing = 0;  // bytes of the rows no cache holds yet
+  for (const ChannelSitePlan& s : plan.sites) {
+    missing += (s.rows.n_neurons - s.rows.capacity) * s.rows.row_bytes;
+  }
+  if (missing == 0 || plan.sites.empty()) return 0;
+  // Each site's page rounding and maps cost at most a few pages: keep them out of the share.
+  const uint64_t slack = 4 * kAlignment * plan.sites.size() + 2 * kAlignment;
+  if (spare <= slack) return 0;
+  const double share =
+      std::min(1.0, static_cast<double>(spare - slack) / static_cast<double>(missing));
+  for (ChannelSitePlan& s : plan.sites) {
+    SparseLayerPlan& r = s.rows;
+    const size_t extra =
+        static_cast<size_t>(std::floor(share * static_cast<double>(r.n_neurons - r.capacity)));
+    r.capacity = std::min(r.n_neurons, r.capacity + extra);
+  }
+  total_bytes(plan);
+  // The maps grow with the capacity too; back off a row per site until the total fits.
+  while (plan.host_bytes > before + spare) {
+    bool shrunk = false;
+    for (ChannelSitePlan& s : plan.sites) {
+      const size_t step = std::max<size_t>(1, s.rows.capacity / 64);
+      if (s.rows.capacity > step) {
+        s.rows.capacity -= step;
+        shrunk = true;
+      }
+    }
+    total_bytes(plan);
+    if (!shrunk) break;
+  }
+  return plan.host_bytes > before ? plan.host_bytes - before : 0;
+}
+
+}  // namespace tierlm::detail

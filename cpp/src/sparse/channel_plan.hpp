@@ -1,0 +1,97 @@
+// The plan of the executor's input-channel sparse linears (ModelOptions::sparse on a package
+// with a "channels" section, docs/sparse.md): per decoder layer and site (the linears sharing
+// one input: q/k/v, o, gate/up, down) the graph ops it replaces, the site's channel file (row c
+// is column c of every matrix of the site), its threshold, and every size the runtime
+// allocates at load (channel caches, staging, scratch), computed once here.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sparse/sparse_plan.hpp"
+#include "tierlm/core/dtype.hpp"
+#include "tierlm/model/package.hpp"
+
+namespace tierlm::detail {
+
+// One linear of a site: its graph op and where its output sits in the site's row.
+struct ChannelSiteOp {
+  size_t op = 0;      // graph.json index
+  size_t offset = 0;  // first element of its output in a row of the site's file
+  size_t out = 0;     // its output width
+  std::string bias;   // f32 bias tensor, empty when none
+};
+
+struct ChannelSitePlan {
+  int layer = 0;
+  std::string site;                // attn_in, attn_out, ffn_in, ffn_down
+  std::vector<ChannelSiteOp> ops;  // in graph order; ops[0] computes the whole site
+  float threshold = 0.0f;          // channels with |x| <= threshold are skipped
+  // The channel file read as a row file (SparseRowLoader): n_neurons = input channels,
+  // row_elems = the summed output widths, dim = row_elems; never gated.
+  SparseLayerPlan rows;
+  double sparsity = 0.0;  // the fraction of channels calibration meant this site to skip
+};
+
+// What the model passes on from ModelOptions (sparse_window, sparse_capacity, verify) and its
+// prefill chunk.
+struct ChannelOptions {
+  int64_t window = 4;    // tokens whose channels stay cached (1 = no window)
+  int64_t capacity = 0;  // cached channels per site; 0 = auto (size_channel_caches)
+  bool verify = false;   // check the channel files' CRC-32 at load
+  size_t max_rows = 1;   // rows of a batch (prefill chunk)
+};
+
+// Byte offsets of the per-token views in the runtime's one scratch buffer (64-byte aligned).
+struct ChannelScratchLayout {
+  size_t kept = 0;     // int32[max channels] each: kept channels, window load / evict lists,
+  size_t to_load = 0;  //   channels to read, cached channels to drop
+  size_t to_evict = 0;
+  size_t need = 0;
+  size_t evict = 0;
+  size_t sources = 0;   // SparseRowSource[max capacity]: where each pending row lands
+  size_t requests = 0;  // IoRequest[max_requests]
+  size_t site_out = 0;  // float[max_rows * max_row_elems]: the running site's outputs
+  size_t rows = 0;      // SparseTokenInfo[max_rows]: per row of the batch
+  size_t log = 0;       // SparseTokenInfo[kSparseTokenLog]
+  size_t max_requests = 0;
+  size_t bytes = 0;
+};
+
+struct ChannelPlan {
+  std::string package;
+  std::vector<ChannelSitePlan> sites;
+  std::vector<std::string> dense_tensors;  // matrices the weight store must not load
+  size_t window = 4;
+  size_t max_rows = 1;
+  size_t max_row_elems = 0;
+  size_t staging_bytes = 0;  // one staging buffer shared by the sites
+  ChannelScratchLayout scratch;
+  uint64_t host_bytes = 0;       // everything ChannelSparse allocates from the host tier
+  uint64_t dense_bytes = 0;      // the sites' matrices (what dense offload reads per token)
+  double target_sparsity = 0.0;  // what the thresholds were calibrated for
+  VerifyStats verify;
+
+  // Index in sites of graph op `op`'s site and its index among the site's ops; -1 when none.
+  int site_of_op(size_t op, size_t* index) const;
+};
+
+// True when the package's manifest lists channel files (sparse loading then runs them).
+bool channel_sparse_present(const Package& package);
+
+// Matches the graph's linears to the manifest's "channels" section and its thresholds file;
+// throws kErrorNotFound / kErrorUnsupported / kErrorCorrupt naming the file and the fix.
+ChannelPlan channel_plan(const Package& package, const ChannelOptions& options);
+
+// Sets each site's cache capacity (`capacity` channels, or when 0 the channels one token
+// keeps x `margin`, at least an eighth of the site's channels and at most all), the staging
+// buffer, the scratch layout and plan.host_bytes. margin 0: the smallest auto caches.
+void size_channel_caches(ChannelPlan& plan, int64_t capacity, double margin);
+
+// Grows the auto-sized caches by at most `spare` host bytes in all, each site's share in
+// proportion to its bytes, never past a site's channels; returns the bytes taken.
+uint64_t grow_channel_caches(ChannelPlan& plan, uint64_t spare);
+
+}  // namespace tierlm::detail
