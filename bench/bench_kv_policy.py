@@ -42,6 +42,7 @@ TEXT = os.path.join(
     "calibration",
     "calibration.txt",
 )
+SAMPLING = {"greedy": {}, "sampled": {"temperature": 0.8, "top_p": 0.95, "seed": 1}}
 PROMPT = "Tell me a long story about a lighthouse keeper and the ships she saw over many years."
 
 
@@ -123,10 +124,8 @@ def repetition_rows(tierlm, pkg, text_ids, args):
     reference = repeated_ngrams(text_ids[:seg])
     rows = []
     for policy in policies_for(args.gen_cache, args.gen_policies):
-        for mode, sampling in (
-            ("greedy", {}),
-            ("sampled", {"temperature": 0.8, "top_p": 0.95, "seed": 1}),
-        ):
+        for mode in args.gen_modes:
+            sampling = SAMPLING[mode]
             model = tierlm.load(pkg, kv_policy=policy, threads=args.threads)
             prompt = model.chat_prompt([{"role": "user", "content": PROMPT}])
             t0 = time.perf_counter()
@@ -171,6 +170,7 @@ def main():
     ap.add_argument("--gen-tokens", type=int, default=16500)
     ap.add_argument("--gen-cache", type=int, default=1024)
     ap.add_argument("--gen-policies", default="window,sirllm,h2o")
+    ap.add_argument("--gen-modes", default="greedy,sampled")
     ap.add_argument("--segment", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-ppl", action="store_true")
@@ -179,6 +179,7 @@ def main():
     args.caches = [int(c) for c in args.caches.split(",")]
     args.policies = args.policies.split(",")
     args.gen_policies = [p for p in args.gen_policies.split(",") if p]
+    args.gen_modes = [m for m in args.gen_modes.split(",") if m in SAMPLING]
 
     path = smollm2_path()
     if path is None:
