@@ -72,7 +72,7 @@ def repeated_ngrams(ids, n=4):
 def full_cache_nll(tierlm, pkg, ids, window, chunk, threads):
     """The full cache over consecutive windows of the trained length, each from empty; returns
     the nll of every token but each window's first, and the positions of those firsts."""
-    model = tierlm.load(pkg, prefill_chunk=chunk, threads=threads)
+    model = tierlm.load(pkg, prefill_chunk=chunk, max_batch=chunk, threads=threads)
     parts, starts = [], []
     for start in range(0, len(ids), window):
         piece = ids[start : start + window]
@@ -95,7 +95,11 @@ def perplexity_rows(tierlm, pkg, ids, args):
     for cache in args.caches:
         for policy in policies_for(cache, args.policies):
             model = tierlm.load(
-                pkg, kv_policy=policy, prefill_chunk=args.chunk, threads=args.threads
+                pkg,
+                kv_policy=policy,
+                prefill_chunk=args.chunk,
+                max_batch=args.chunk,
+                threads=args.threads,
             )
             t0 = time.perf_counter()
             nll = model.token_nll(ids)[keep]
@@ -119,20 +123,37 @@ def perplexity_rows(tierlm, pkg, ids, args):
     return full_ppl
 
 
+def generate_ids(tierlm, model, prompt, n, sampling, segment, label):
+    """n new tokens through the native generator (Model.stream would decode the whole text at
+    every token), printing each segment's repetition and speed as it goes."""
+    options = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0, **sampling}
+    gen = tierlm._core.Generator(
+        model._native, model.encode(prompt), max_new_tokens=n, stop_at_eos=False, **options
+    )
+    out, t0 = [], time.perf_counter()
+    while (token := gen.next()) >= 0:
+        out.append(token)
+        if len(out) % segment == 0:
+            rate = len(out) / (time.perf_counter() - t0)
+            rep = repeated_ngrams(out[-segment:])
+            print(
+                f"  {label}: {len(out)} tokens, {rate:.1f} tok/s, repeated 4-grams {rep:.3f}",
+                flush=True,
+            )
+    return out, time.perf_counter() - t0
+
+
 def repetition_rows(tierlm, pkg, text_ids, args):
     seg = args.segment
     reference = repeated_ngrams(text_ids[:seg])
     rows = []
     for policy in policies_for(args.gen_cache, args.gen_policies):
         for mode in args.gen_modes:
-            sampling = SAMPLING[mode]
             model = tierlm.load(pkg, kv_policy=policy, threads=args.threads)
             prompt = model.chat_prompt([{"role": "user", "content": PROMPT}])
-            t0 = time.perf_counter()
-            out = model.generate(
-                prompt, max_new_tokens=args.gen_tokens, stop_at_eos=False, **sampling
-            ).output_ids
-            seconds = time.perf_counter() - t0
+            out, seconds = generate_ids(
+                tierlm, model, prompt, args.gen_tokens, SAMPLING[mode], seg, f"{policy} {mode}"
+            )
             segments = [
                 repeated_ngrams(out[i : i + seg]) for i in range(0, len(out) - seg + 1, seg)
             ]
@@ -149,10 +170,6 @@ def repetition_rows(tierlm, pkg, text_ids, args):
                     f"{repeated_ngrams(past[:seg]):.3f}" if len(past) >= 4 else "-",
                 ]
             )
-            print(
-                f"  {policy} {mode}: {len(out)} tokens at {len(out) / seconds:.1f} tok/s",
-                flush=True,
-            )
             print("   last text: " + repr(model.decode(out[-60:])), flush=True)
     print(
         f"\nrepeated 4-grams per {seg}-token segment (reference text: {reference:.3f}); "
@@ -166,7 +183,12 @@ def main():
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--caches", default="1024,2048")
     ap.add_argument("--policies", default="window,sirllm,h2o")
-    ap.add_argument("--chunk", type=int, default=32, help="prefill chunk while scoring")
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        default=32,
+        help="prefill chunk while scoring (and max_batch: rows the lm head scores at once)",
+    )
     ap.add_argument("--gen-tokens", type=int, default=16500)
     ap.add_argument("--gen-cache", type=int, default=1024)
     ap.add_argument("--gen-policies", default="window,sirllm,h2o")
