@@ -27,7 +27,9 @@ class KvEviction {
   virtual void select(int32_t slot, int64_t length, int64_t count,
                       std::vector<int32_t>& drops) const;
 
-  // Keeps the scores in step with the cache: after its evict, clear and share.
+  // Keeps the scores in step with the cache: after its evict, clear and share. (sirllm: a slot
+  // sharing fewer tokens than its source holds has no prediction for its first own token,
+  // which then scores 0.)
   void evicted(int32_t slot, std::span<const int32_t> drops, int64_t length);
   virtual void cleared(int32_t slot) { (void)slot; }
   virtual void shared(int32_t from, int32_t to, int64_t tokens);
