@@ -77,7 +77,10 @@ def parse_args():
     ap.add_argument(
         "--max-logit-error",
         type=float,
-        default=0.05,
+        # On the 1.1B random model's q4_0 file both engines are 4.5 % (relative L2) from the
+        # exact f32 forward of the dequantized weights (transformers), and 5.4 % from each
+        # other: each rounds activations to int8 blocks, and 22 random layers amplify it.
+        default=0.08,
         help="ceiling: relative L2 error of any step's logits against llama.cpp's",
     )
     args = ap.parse_args()
