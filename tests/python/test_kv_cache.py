@@ -3,7 +3,6 @@ f32 cache on the same model; its blocks (paged, taken as sequences grow, shared 
 what the host budget counts; bad values refused with a message naming the option. The eviction
 policies (kv_policy) are in test_kv_policy.py."""
 
-
 import numpy as np
 import pytest
 import tierlm
