@@ -292,6 +292,34 @@ class LlamaCpp:
         return time.perf_counter() - t0
 
 
+def mmap_decode(gguf, threads, prompt, n):
+    """Decode steps (seconds, disk bytes, residency) and n greedy tokens of llama.cpp reading
+    gguf through its mmap (repack off: every weight stays in the mapped file), the file's pages
+    evicted before every step (not timed)."""
+    import offload_baselines as ob  # beside this file, on the benches' path
+
+    llm = LlamaCpp(gguf, threads, n_ctx=len(prompt) + n + 2, repack=False)
+    llm.logits(prompt[:2])  # load-time page faults out of the way
+    ob.drop_page_cache([gguf])
+    stamps, untimed, ids = [], 0.0, []
+
+    def stamp():
+        nonlocal untimed
+        start = time.perf_counter()
+        cached = ob.drop_page_cache([gguf])
+        untimed += time.perf_counter() - start
+        stamps.append((time.perf_counter(), untimed, ob.process_read_bytes(), cached))
+
+    ids.append(int(llm.logits(prompt).argmax()))
+    stamp()
+    while len(ids) < n:
+        llm.llm.eval([ids[-1]])
+        ids.append(int(llm._last().argmax()))
+        stamp()
+    del llm
+    return ob.decode_steps(stamps), ids
+
+
 def require_same_as_tierlm(what, model, llm, prompt, n, min_top1=0.9, max_error=0.05):
     """tierlm's model fed llama.cpp's (LlamaCpp llm) n greedy tokens after prompt: its top-1
     must be llama.cpp's token at min_top1 of the steps and its logits within max_error

@@ -1,5 +1,7 @@
-"""Claim: tierlm's io_uring back end reads as fast as fio (io_uring, O_DIRECT) at 64 KiB and
-1 MiB random reads, queue depth 32 (target >= 0.95x); the thread pool is shown beside it.
+"""Claim: tierlm's io_uring back end reads as fast as fio (io_uring, O_DIRECT) at 4 KiB, 64 KiB
+and 1 MiB random reads, queue depth 32 (target >= 0.95x); the thread pool is shown beside it.
+tierlm keeps the queue full the way its callers do: a batch of QD requests in the ring and the
+next batch in the engine's backlog, refilled a whole batch at a time.
 
 One table: block size x queue depth; the median MB/s of several interleaved runs of each
 back end and of fio on the same file, same block size and queue depth; the ratios. fio is the

@@ -1,191 +1,256 @@
-"""Mixture-of-experts decode with experts across the tiers: tierlm's expert store (cache +
-layer-ahead prefetch, and without prefetch) against accelerate's disk offload of the same
-checkpoint, at host budgets that hold 50% and 25% of the expert bytes besides the rest.
+"""Mixture-of-experts decode with experts across the tiers, at host budgets of 50% and 25% of the
+weights: tierlm's expert store (cache + layer-ahead prefetch, experts homed by a usage profile;
+the same with experts homed outer layers first; without prefetch; streaming every layer's
+experts, the dense offload) against llama.cpp reading the same GGUF through mmap and
+accelerate's disk offload of the same weights as a Hugging Face checkpoint.
 
-The model is a random Mixtral-shaped checkpoint (bf16) whose routers are biased so that
-expert use follows a Zipf-like skew, as trained routers' does. THE SKEW IS SYNTHETIC: hidden
-dimension 0 of the embeddings is a constant, and router row e reads it with weight
--zipf * ln(e + 1), so expert e's logit is lowered by about that much on every token; the
-top-2 share printed below is measured with transformers on the prompt.
+The model (bench/moe_gguf.py) is a random Mixtral-shaped GGUF (default 4.1 GB in Q8_0: hidden
+2048, 11 layers of 8 experts x FFN 6656, top-2, vocab 32000) quantized from F16 by llama.cpp's
+own quantizer. THE SKEW IS SYNTHETIC: its routers are biased so that expert use follows a
+Zipf-like law (a constant embedding dimension read with weight -zipf ln(rank + 1), ranks
+permuted per layer); the share of the two most used experts is printed, as measured.
+The usage profile is tierlm.profile_experts over --profile-tokens ids other than the prompt's.
 Cold for every method: before each decode step the method's files are dropped from the page
-cache (bench/offload_baselines.py); tierlm reads experts with O_DIRECT.
-Columns: decode s/token (median), bytes read from disk per token (/proc/self/io), expert hit
-rate and prediction accuracy (tierlm), the disk bound of those bytes at fio's random-read
-bandwidth (8 MiB blocks, QD 32, O_DIRECT, before and after each row), ratios vs tierlm.
+cache (offload_baselines.drop_page_cache; tierlm reads experts with O_DIRECT, llama.cpp and
+accelerate through the page cache). Columns: decode s/token and tokens/s (median), bytes read
+from disk per token (/proc/self/io), expert hit rate, the disk bound of those bytes at fio's
+random-read bandwidth (the better of 8 and 64 MiB blocks, QD 32, O_DIRECT, before and after
+each row) and how close
+the row comes to it, and tierlm cache+prefetch's speed-up over the row.
 
-    python bench/bench_moe.py [--layers 8] [--hidden 1024] [--intermediate 1792] [--experts 8]
+    python bench/bench_moe.py [--layers 11] [--hidden 2048] [--intermediate 6656] [--quant q8_0]
+        [--skip accelerate] [--keep]
+
+Disk: the F16 file (2x the parameters) and the Q8_0 one coexist while quantizing (11.8 GB at
+the default size), the package after that; --dir is deleted at the end unless --keep.
 """
 
 import argparse
-import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _llamacpp  # noqa: E402
+import moe_gguf  # noqa: E402
 import offload_baselines as ob  # noqa: E402
 import tierlm  # noqa: E402
-from _common import require_same_tokens  # noqa: E402
+from _common import print_table, require_same_tokens  # noqa: E402
 from bench_offload import tierlm_decode  # noqa: E402
 
-
-def make_skewed_mixtral(out_dir, args):
-    """Writes the random Mixtral checkpoint (once); returns the top-2 share of routing."""
-    import torch
-    import transformers
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if (out_dir / "config.json").exists():
-        return json.loads((out_dir / "skew.json").read_text())["top2_share"]
-    config = transformers.MixtralConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers,
-        num_attention_heads=16,
-        num_key_value_heads=4,
-        num_local_experts=args.experts,
-        num_experts_per_tok=2,
-        max_position_embeddings=512,
-        experts_implementation="eager",
-    )
-    torch.manual_seed(0)
-    model = transformers.MixtralForCausalLM(config).to(torch.bfloat16).eval()
-    ranks = torch.arange(args.experts, dtype=torch.float32)
-    with torch.no_grad():
-        model.model.embed_tokens.weight[:, 0] = 1.0  # a constant the residual stream carries
-        for layer in model.model.layers:
-            block = layer.mlp if hasattr(layer, "mlp") else layer.block_sparse_moe
-            router = block.gate.weight
-            # rmsnorm scales the constant to about sqrt(hidden): the bias is -zipf ln(rank+1)
-            router[:, 0] = (-args.zipf * torch.log1p(ranks) / args.hidden**0.5).to(router.dtype)
-        ids = torch.tensor([prompt_ids(args)])
-        logits = model(ids, output_router_logits=True).router_logits
-    counts = torch.zeros(args.experts)
-    for layer_logits in logits:
-        chosen = layer_logits.float().topk(2).indices.flatten()
-        counts += torch.bincount(chosen, minlength=args.experts)
-    share = float(counts.sort(descending=True).values[:2].sum() / counts.sum())
-    model.save_pretrained(out_dir)
-    (out_dir / "skew.json").write_text(json.dumps({"top2_share": share}))
-    return share
+USAGE = "expert_usage.json"
 
 
-def prompt_ids(args):
-    return [(7 * i + 3) % args.vocab for i in range(args.prompt)]
+def build(args, root):
+    """The quantized GGUF and its tierlm package (made once, kept while --dir exists)."""
+    gguf = root / f"model-{args.quant}.gguf"
+    pkg = root / "pkg"
+    if not gguf.exists():
+        f16 = root / "model-f16.gguf"
+        if not f16.exists():
+            moe_gguf.write_random_mixtral(
+                f16, args.hidden, args.intermediate, args.layers, args.experts, args.heads,
+                args.kv_heads, args.vocab, args.zipf,
+            )  # fmt: skip
+        _llamacpp.quantize(str(f16), str(gguf), args.quant, args.threads)
+        f16.unlink()
+    if not (pkg / "manifest.json").exists():
+        tierlm.export(str(gguf), str(pkg), progress=False)
+    return str(gguf), str(pkg)
+
+
+def ids_of(args, n, seed):
+    return [(seed + 7 * i) % (args.vocab - 300) + 300 for i in range(n)]
+
+
+def top2_share(profile):
+    """Of the profile's routed tokens, the share of each layer's two most used experts."""
+    top = total = 0
+    for layer in profile["layers"]:
+        counts = sorted(layer["tokens_per_expert"], reverse=True)
+        top, total = top + sum(counts[:2]), total + sum(counts)
+    return top / total
+
+
+def tierlm_rows(args, pkg, weights, prompt, fio):
+    """(method, budget, steps, hit %, note, bandwidths) per tierlm configuration and budget."""
+    files = [str(p) for p in Path(pkg).glob("*.bin")]
+    usage, aside = Path(pkg) / USAGE, Path(pkg) / (USAGE + ".aside")
+    methods = [
+        ("tierlm cache+prefetch", {}, True),
+        ("tierlm cache+prefetch, outer", {}, False),
+        ("tierlm cache, no prefetch", {"expert_prefetch": False}, True),
+        ("tierlm stream (dense offload)", {"expert_cache": "stream"}, True),
+    ]
+    rows, reference = [], None
+    for frac in args.fractions:
+        for name, options, profiled in methods:
+            if not profiled:
+                usage.rename(aside)
+            try:
+                bw0 = fio()
+                steps, ids, info = tierlm_decode(
+                    pkg, int(weights * frac), prompt, args.new_tokens, files, **options
+                )
+            finally:
+                if aside.exists():
+                    aside.rename(usage)
+            reference = reference or ids
+            require_same_tokens(f"{name} at {frac:.0%} vs the first row", ids, reference, 1.0)
+            s, e = info["stats"], info["placement"]["experts"]
+            homed = sum(map(len, e["host_experts"]))
+            note = (
+                f"{homed} homed ({e['homing']}), {e['cache_slots']} slots, predicted "
+                f"{s['moe_prediction_accuracy_pct']:.0f}%, peak {info['peak'] / 2**20:.0f} MiB"
+            )
+            rows.append((name, frac, steps, s["moe_hit_rate_pct"], note, [bw0, fio()]))
+    return rows, reference
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default="/tmp/tierlm-bench-moe")
-    parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--intermediate", type=int, default=1792)
+    parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--layers", type=int, default=11)
+    parser.add_argument("--intermediate", type=int, default=6656)
     parser.add_argument("--experts", type=int, default=8)
-    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--quant", default="q8_0", choices=["q8_0", "q4_k_m"])
     parser.add_argument("--zipf", type=float, default=1.5, help="router bias per ln(rank+1)")
     parser.add_argument("--prompt", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=9, help="decode steps = this - 1")
-    parser.add_argument("--budgets", default="0.5,0.25", help="shares of the expert bytes")
-    parser.add_argument("--skip", default="", help="comma list: accelerate")
+    parser.add_argument("--profile-tokens", type=int, default=64)
+    parser.add_argument("--budgets", default="0.5,0.25", help="shares of the weights")
+    parser.add_argument("--skip", default="", help="comma list: accelerate, llama.cpp")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fio-seconds", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="keep --dir (the model files)")
     parser.add_argument(
         "--min-agreement",
         type=float,
         default=0.5,
-        help="floor: leading greedy tokens of accelerate equal to tierlm's, as a fraction",
+        help="floor: leading greedy tokens of llama.cpp / accelerate equal to tierlm's",
     )
     args = parser.parse_args()
-
+    args.fractions = [float(f) for f in args.budgets.split(",")]
+    skip = set(args.skip.split(","))
     root = Path(args.dir)
-    hf, pkg = root / "hf", root / "pkg"
-    top2 = make_skewed_mixtral(hf, args)
-    if not (pkg / "manifest.json").exists():
-        tierlm.export(str(hf), str(pkg), dtype="bf16", progress=False)
-    hf_files = [str(p) for p in hf.glob("*.safetensors")]
-    pkg_files = [str(p) for p in pkg.glob("*.bin")]
-    biggest = max(pkg_files, key=os.path.getsize)
-    ids = prompt_ids(args)
-    full = tierlm.load(str(pkg), max_context=len(ids) + args.new_tokens)
-    s, experts = full.stats(), full.placement()["experts"]
-    expert_bytes = experts["host_bytes"] + experts["router_bytes"]
-    others = s["weight_bytes"] - expert_bytes + s["kv_bytes"] + s["arena_bytes"]
-    del full
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        run(args, root, skip)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def run(args, root, skip):
+    gguf, pkg = build(args, root)
+    weights = tierlm.Package.open(pkg).manifest
+    weights = sum(t["nbytes"] for t in weights["tensors"].values())
+    profile = tierlm.profile_experts(
+        pkg, ids=ids_of(args, args.profile_tokens, 11), budget={"host": int(weights * 0.5)}
+    )
+    prompt = ids_of(args, args.prompt, 3)
+    fio_file = max((str(p) for p in Path(pkg).glob("*.bin")), key=os.path.getsize)
 
     def fio():
-        return ob.fio_read_bandwidth(biggest, block="8M", depth=32, seconds=args.fio_seconds)
+        """The disk's bandwidth: the better of 8 MiB and 64 MiB random reads (an expert is
+        tens of MiB, read in one request)."""
+        bws = [
+            ob.fio_read_bandwidth(fio_file, block=b, depth=32, seconds=args.fio_seconds)
+            for b in ("8M", "64M")
+        ]
+        return max((b for b in bws if b), default=None)
 
-    methods = [
-        ("tierlm cache+prefetch", {"expert_prefetch": True}),
-        ("tierlm cache, no prefetch", {"expert_prefetch": False}),
-        ("tierlm lfu cache+prefetch", {"expert_prefetch": True, "expert_cache": "lfu"}),
-    ]
-    rows, reference_ids = [], None
-    for frac in [float(f) for f in args.budgets.split(",")]:
-        budget = others + int(expert_bytes * frac)
-        for name, options in methods:
+    rows, reference = tierlm_rows(args, pkg, weights, prompt, fio)
+    if "llama.cpp" not in skip:
+        bw0 = fio()
+        steps, ids = _llamacpp.mmap_decode(gguf, args.threads, prompt, args.new_tokens)
+        require_same_tokens("llama.cpp mmap vs tierlm", ids, reference, args.min_agreement)
+        rows.append(("llama.cpp mmap", None, steps, None, "budget-free, repack off", [bw0, fio()]))
+    if "accelerate" not in skip:
+        hf = moe_gguf.hf_from_gguf(gguf, root / "hf")
+        hf_files = [str(p) for p in Path(hf).glob("*.safetensors")]
+        hf_weights = sum(os.path.getsize(f) for f in hf_files)
+        for frac in args.fractions:
             bw0 = fio()
-            steps, out_ids, info = tierlm_decode(
-                str(pkg), budget, ids, args.new_tokens, pkg_files, **options
-            )
-            reference_ids = reference_ids or out_ids
-            require_same_tokens(f"{name} at {frac:.0%} vs the first row", out_ids, reference_ids, 1)
-            st = info["stats"]
-            note = (
-                f"hit {st['moe_hit_rate_pct']:.0f}%, predicted "
-                f"{st['moe_prediction_accuracy_pct']:.0f}%, "
-                f"{st['moe_experts_per_token']:.1f} experts/token, peak "
-                f"{info['peak'] / 2**20:.0f} MiB of {budget / 2**20:.0f}"
-            )
-            rows.append((name, frac, steps, note, [bw0, fio()]))
-        if "accelerate" not in set(args.skip.split(",")):
-            bw0 = fio()
-            steps, offloaded, hf_ids = ob.accelerate_decode(
-                str(hf), budget, root / f"accelerate-{frac}", ids, args.new_tokens, hf_files
-            )
+            steps, offloaded, ids = ob.accelerate_decode(
+                hf, int(hf_weights * frac), root / f"accelerate-{frac}", prompt, args.new_tokens,
+                hf_files,
+            )  # fmt: skip
+            shutil.rmtree(root / f"accelerate-{frac}", ignore_errors=True)
             require_same_tokens(
                 f"accelerate at {frac:.0%} vs tierlm",
-                hf_ids[: len(reference_ids)],
-                reference_ids,
+                ids[: len(reference)],
+                reference,
                 args.min_agreement,
             )
-            note = f"{len(offloaded)} offload files"
-            rows.append(("accelerate disk offload", frac, steps, note, [bw0, fio()]))
+            note = f"bf16 checkpoint {hf_weights / 1e9:.2f} GB, {len(offloaded)} offload files"
+            rows.append(("accelerate disk offload", frac, steps, None, note, [bw0, fio()]))
+    report(args, rows, weights, top2_share(profile))
 
-    bws = [b for row in rows for b in row[4] if b]
+
+def report(args, rows, weights, top2):
+    bws = [b for row in rows for b in row[5] if b]
     print(
-        f"\nmodel: random Mixtral-shaped bf16, hidden {args.hidden}, {args.layers} layers, "
-        f"{args.experts} experts x ffn {args.intermediate}, top-2, vocab {args.vocab}: "
-        f"experts {expert_bytes / 1e9:.2f} GB, the rest {others / 1e9:.2f} GB (weights, KV, "
-        f"activations); SYNTHETIC Zipf-like routing (zipf {args.zipf}): the two most used "
-        f"experts take {100 * top2:.0f}% of the prompt's routing (uniform: "
-        f"{200 / args.experts:.0f}%); prompt {args.prompt}, {args.new_tokens - 1} decode steps "
-        "(median), page cache dropped before every step; fio 8 MiB randread QD32 O_DIRECT: "
+        f"\nmodel: random Mixtral-shaped {args.quant} GGUF (llama.cpp's quantizer), hidden "
+        f"{args.hidden}, {args.layers} layers, {args.experts} experts x FFN {args.intermediate}, "
+        f"top-2, vocab {args.vocab}: {weights / 1e9:.2f} GB of weights; SYNTHETIC Zipf-like "
+        f"routing (zipf {args.zipf}): each layer's two most used experts take {100 * top2:.0f}% "
+        f"of the profile's tokens (uniform: {200 / args.experts:.0f}%); prompt {args.prompt}, "
+        f"{args.new_tokens - 1} decode steps (median), page cache dropped before every step; "
+        "fio 8 and 64 MiB randread QD32 O_DIRECT, the better: "
         + (f"{min(bws) / 1e9:.2f}-{max(bws) / 1e9:.2f} GB/s" if bws else "unavailable")
     )
-    header = (
-        f"{'method':<26} {'budget':>6} {'s/token':>8} {'tok/s':>7} {'MB/token':>9} "
-        f"{'bound s':>8} {'bound/t':>8} {'x tierlm':>8}  notes"
-    )
-    print(header)
-    print("-" * len(header))
-    base = {r[1]: ob.median([s[0] for s in r[2]]) for r in rows if r[0] == methods[0][0]}
-    for name, frac, steps, note, row_bws in rows:
+    base = {r[1]: ob.median([s[0] for s in r[2]]) for r in rows if r[0] == rows[0][0]}
+    table = []
+    for name, frac, steps, hit, note, row_bws in rows:
         t = ob.median([s[0] for s in steps])
         b = ob.median([s[1] for s in steps])
-        bw = sum(x for x in row_bws if x) / max(len([x for x in row_bws if x]), 1) or None
-        bound = b / bw if bw else float("nan")
-        print(
-            f"{name:<26} {int(frac * 100):>5}% {t:>8.3f} {1 / t if t else 0:>7.2f} "
-            f"{b / 1e6:>9.1f} {bound:>8.3f} {bound / t if t else float('nan'):>8.2f} "
-            f"{t / base[frac]:>8.2f}  {note}"
+        bw = [x for x in row_bws if x]
+        bound = b / (sum(bw) / len(bw)) if bw else float("nan")
+        speedups = [f"{t / base[f]:.2f}" for f in ([frac] if frac else args.fractions)]
+        table.append(
+            [
+                name,
+                f"{frac:.0%}" if frac else "-",
+                f"{t:.3f}",
+                f"{1 / t:.2f}",
+                f"{b / 1e6:.0f}",
+                f"{hit:.0f}%" if hit is not None else "-",
+                f"{bound:.3f}",
+                f"{bound / t:.2f}",
+                "/".join(speedups),
+                note,
+            ]
         )
+    print_table(
+        [
+            "method",
+            "budget",
+            "s/token",
+            "tok/s",
+            "MB/token",
+            "hit",
+            "bound s",
+            "bound/t",
+            "x tierlm",
+            "notes",
+        ],
+        table,
+    )
     print(
-        "budget: share of the expert bytes the host budget holds besides the rest; bound s: "
-        "MB/token / fio GB/s; bound/t: at the disk bound = 1.0; x tierlm: s/token / tierlm "
-        "cache+prefetch's at the same budget. Not measured: llama.cpp with mmap (tierlm "
-        "exports no MoE GGUF yet) and tierlm's dense offload of every expert."
+        "budget: host budget as a share of the weights; MB/token: read from disk per decode "
+        "step; hit: expert lookups since load (prompt and decode) served without a read on "
+        "demand; bound s: MB/token / fio "
+        "GB/s, the time the bytes actually read take at the disk's bandwidth; bound/t: 1.0 at "
+        "that bound (target >= 0.9); x tierlm: s/token over tierlm cache+prefetch's at the same "
+        "budget (llama.cpp, budget-free: at each budget; accelerate's budget is the same share "
+        "of its bf16 checkpoint; targets >= 3 llama.cpp mmap and >= 5 accelerate at 25%)."
     )
 
 

@@ -240,33 +240,6 @@ def in_memory(args, files):
     return rows, prefill_rows, greedy
 
 
-def llamacpp_mmap_decode(gguf, args):
-    """Decode steps (seconds, disk bytes, residency) and greedy tokens of llama.cpp reading
-    gguf through its mmap, the file's pages evicted before every step (not timed)."""
-    llm = _llamacpp.LlamaCpp(
-        gguf, args.threads, n_ctx=len(PROMPT) + args.offload_tokens + 2, repack=False
-    )
-    llm.logits(PROMPT[:2])  # load-time page faults out of the way
-    ob.drop_page_cache([gguf])
-    stamps, untimed, ids = [], 0.0, []
-
-    def stamp():
-        nonlocal untimed
-        start = time.perf_counter()
-        cached = ob.drop_page_cache([gguf])
-        untimed += time.perf_counter() - start
-        stamps.append((time.perf_counter(), untimed, ob.process_read_bytes(), cached))
-
-    ids.append(int(llm.logits(PROMPT).argmax()))
-    stamp()
-    while len(ids) < args.offload_tokens:
-        llm.llm.eval([ids[-1]])
-        ids.append(int(llm._last().argmax()))
-        stamp()
-    del llm
-    return ob.decode_steps(stamps), ids
-
-
 def offloaded(args, files, greedy):
     """Rows of the offloaded table: (method, budget, steps, note, fio before, fio after)."""
     import tierlm
@@ -286,7 +259,7 @@ def offloaded(args, files, greedy):
 
     rows, refused = [], []
     bw0 = fio()
-    steps, ids = llamacpp_mmap_decode(q4_gguf, args)
+    steps, ids = _llamacpp.mmap_decode(q4_gguf, args.threads, PROMPT, args.offload_tokens)
     if not greedy["q4_k_m"]["repack"]:  # the same kernels as in memory: the same tokens
         same = greedy["q4_k_m"]["llama.cpp"][:n]
         require_same_tokens("llama.cpp mmap vs llama.cpp in memory", ids, same, 1.0)

@@ -3,8 +3,10 @@ token of dense offload vs sparse loading without window, with window, and with w
 row-column bundling (the paper's ablation), on an OPT-shaped model of >= 4 GB whose
 activation sparsity is synthetic (90%, 95%, 97% of the FFN neurons off; see
 sparse_synthetic.py), host budget 50% of the weight bytes, page cache dropped before every
-decode step. Then, unless --skip-quality, the quality table of the trained demo model
-(bench_sparse_quality.py: real sparsity, predictor recall/precision, perplexity).
+decode step, and the last row with read-ahead (layer i+1's predicted rows read while layer
+i computes; its tokens must equal the row before it, which reads the same rows later). Then,
+unless --skip-quality, the quality table of the trained demo model (bench_sparse_quality.py:
+real sparsity, predictor recall/precision, perplexity).
 
 Before the table each sparse run's greedy tokens must follow dense's for --min-agreement of
 them (the predictor is lossy), else AGREEMENT FAILED and exit 1.
@@ -33,33 +35,48 @@ import tierlm  # noqa: E402
 from _common import leading_equal, require_same_tokens  # noqa: E402
 
 # name, tierlm.load options
+NO_AHEAD = {"sparse": True, "sparse_readahead": False}
+BUNDLES = "sparse + window + bundles"
+READAHEAD = "  + read-ahead"
 METHODS = [
     ("dense offload", {}),
-    ("sparse, no window", {"sparse": True, "sparse_window": 1}),
-    ("sparse + window k=4", {"sparse": True, "sparse_window": 4, "sparse_bundled": False}),
-    ("sparse + window + bundles", {"sparse": True, "sparse_window": 4}),
+    ("sparse, no window", {**NO_AHEAD, "sparse_window": 1}),
+    ("sparse + window k=4", {**NO_AHEAD, "sparse_window": 4, "sparse_bundled": False}),
+    (BUNDLES, {**NO_AHEAD, "sparse_window": 4}),
+    (READAHEAD, {"sparse": True, "sparse_window": 4, "sparse_readahead": True}),
 ]
 
 
 def run_method(pkg, budget, prompt_ids, new_tokens, files, options):
-    steps, ids, info = bench_offload.tierlm_decode(
-        pkg, budget, prompt_ids, new_tokens, files, **options
-    )
+    """One round: (timed decode steps, token ids, info) of tierlm with these options."""
+    return bench_offload.tierlm_decode(pkg, budget, prompt_ids, new_tokens, files, **options)
+
+
+def summarize(rounds):
+    """A method's rounds: medians over the timed decode steps of every round."""
+    steps = [s for st, _, _ in rounds for s in st]
+    ids, info = rounds[0][1], rounds[0][2]
     result = {
         "time": ob.median([s[0] for s in steps]),
         "bytes": ob.median([s[1] for s in steps]),
         "cached": max(s[2] for s in steps),
         "ids": ids,
-        "peak": info["peak"],
+        "peak": max(i["peak"] for _, _, i in rounds),
         "decode": len(steps),
         "placement": info["placement"],
         "sparse": None,
     }
-    log = info["sparse_tokens"]
-    if log:  # per token through the FFNs: the last len(steps) are the timed decode steps
-        last = {k: v[-len(steps) :] for k, v in log.items()}
+    if info["sparse_tokens"]:  # per token through the FFNs: each round's last are its timed steps
+        last = {k: [] for k in info["sparse_tokens"]}
+        for st, _, i in rounds:
+            for k, v in i["sparse_tokens"].items():
+                last[k] += v[-len(st) :]
         predicted, read = sum(last["neurons_predicted"]), sum(last["neurons_read"])
+        ahead, hits = sum(last["readahead_rows"]), sum(last["readahead_hits"])
         result["sparse"] = {
+            "ahead_recall": hits / read if read else 1.0,
+            "ahead_precision": hits / ahead if ahead else 1.0,
+            "ahead": ahead > 0,
             "ffn_bytes": ob.median(last["bytes_read"]),
             "request": sum(last["bytes_read"]) / max(sum(last["requests"]), 1),
             "predicted": predicted / len(steps),
@@ -93,6 +110,7 @@ def main():
     parser.add_argument("--budget", type=float, default=0.5, help="of the weight bytes")
     parser.add_argument("--prompt", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=9, help="decode steps = this - 1")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each method, interleaved")
     parser.add_argument("--keep", action="store_true", help="keep the packages")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument(
@@ -121,10 +139,16 @@ def main():
         files = [str(p) for p in pkg.glob("*.bin")]
         if bandwidths is None:
             bandwidths = fio_bandwidths(max(files, key=os.path.getsize), ["4K", "8K", "16K", "8M"])
-        for name, options in METHODS:
-            r = run_method(str(pkg), budget, prompt_ids, args.new_tokens, files, options)
-            results.append((sparsity, name, r))
-            print(f"  {sparsity:.0%} {name}: {r['time']:.3f} s/token", flush=True)
+        rounds = {name: [] for name, _ in METHODS}
+        for _ in range(args.rounds):  # interleaved, so drift hits every method alike
+            for name, options in METHODS:
+                rounds[name].append(
+                    run_method(str(pkg), budget, prompt_ids, args.new_tokens, files, options)
+                )
+                step = ob.median([t for t, _, _ in rounds[name][-1][0]])
+                print(f"  {sparsity:.0%} {name}: {step:.3f} s/token", flush=True)
+        for name, _ in METHODS:
+            results.append((sparsity, name, summarize(rounds[name])))
         if not args.keep:
             shutil.rmtree(pkg)
 
@@ -133,7 +157,8 @@ def main():
         f"{args.vocab}, f16, {weight_bytes / 1e9:.2f} GB of weights; SYNTHETIC sparsity "
         f"({sparse_synthetic.SYNTHETIC}); predictor rank {args.rank}; host budget "
         f"{args.budget:.0%} = {budget / 1e9:.2f} GB; prompt {args.prompt} tokens, "
-        f"{args.new_tokens - 1} decode steps, page cache dropped before each step"
+        f"{args.new_tokens - 1} decode steps x {args.rounds} rounds (medians over all), page "
+        "cache dropped before each step"
     )
     print(
         "fio randread QD32 O_DIRECT: "
@@ -144,22 +169,30 @@ def main():
         # the predictor misses some firing neurons, so tokens may part late: a floor, not 100%
         what = f"{sparsity:.0%} {name} vs dense offload"
         require_same_tokens(what, r["ids"], dense_ids[sparsity], args.min_agreement)
+    no_ahead = {sp: r["ids"] for sp, name, r in results if name == BUNDLES}
+    for sparsity, _, r in (x for x in results if x[1] == READAHEAD):
+        # the read-ahead changes what is read when, never what is computed
+        what = f"{sparsity:.0%} read-ahead vs the same sparse run without it"
+        require_same_tokens(what, r["ids"], no_ahead[sparsity], 1.0)
     header = (
         f"{'sparsity':>8} {'method':<26} {'s/token':>8} {'MB/token':>9} {'FFN MB/tok':>10} "
         f"{'FFN %':>6} {'bound s':>8} {'bound/t':>8} {'x dense':>8}  notes"
     )
     print(header)
     print("-" * len(header))
-    dense = {}
+    dense, before, bounds = {}, {}, {}
     for sparsity, name, r in results:
         if name == "dense offload":
             dense[sparsity] = r
+        if name == BUNDLES:
+            before[sparsity] = r
         d = dense[sparsity]
         sp = r["sparse"]
         # Streamed matrices at the 8 MiB bandwidth, sparse rows at their request size's.
         sparse_bytes = sp["ffn_bytes"] if sp else 0
         block, bw = block_for(sp["request"], bandwidths) if sp else ("8M", None)
         bound = (r["bytes"] - sparse_bytes) / bandwidths["8M"] + (sparse_bytes / bw if bw else 0)
+        bounds[(sparsity, name)] = bound
         if sp:
             ffn_cell = f"{sp['ffn_bytes'] / 1e6:>10.1f} {100 * sp['ffn_bytes'] / ffn_dense:>5.1f}%"
         else:
@@ -177,6 +210,15 @@ def main():
             notes += (
                 f", predicted {sp['predicted']:.0f}/tok, hit {sp['hit']:.2f}, cache "
                 f"{sp['capacity']} rows"
+            )
+        if sp and sp["ahead"]:
+            # the bound of the bytes the token needs: what the same run reads without read-ahead
+            need = bounds[(sparsity, BUNDLES)]
+            notes += (
+                f", read-ahead recall {sp['ahead_recall']:.2f} precision "
+                f"{sp['ahead_precision']:.2f}, x no read-ahead "
+                f"{before[sparsity]['time'] / r['time']:.2f}, bound of the bytes needed / t "
+                f"{need / r['time']:.2f}"
             )
         print(
             f"{sparsity:>8.0%} {name:<26} {r['time']:>8.3f} {r['bytes'] / 1e6:>9.1f} {ffn_cell} "

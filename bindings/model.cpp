@@ -62,9 +62,13 @@ void bind_model(nb::module_& m) {
           [](const std::string& path, uint64_t host_budget, size_t threads, bool verify,
              int64_t max_context, int64_t prefill_chunk, bool lock, int64_t max_batch,
              int64_t ring_sections, bool sparse, int64_t sparse_window, bool sparse_bundled,
-             int64_t sparse_capacity, const std::string& expert_cache, bool expert_prefetch,
-             const std::string& kv_dtype, const std::string& kv_policy) {
+             int64_t sparse_capacity, bool sparse_readahead, const std::string& expert_cache,
+             bool expert_prefetch, const std::string& kv_dtype, const std::string& kv_policy,
+             uint64_t kv_host_budget, uint64_t disk_budget, const std::string& disk_dir) {
             ModelOptions o;
+            o.kv_host_budget = kv_host_budget;
+            o.disk_budget = disk_budget;
+            o.disk_dir = disk_dir;
             o.expert_cache = expert_cache;
             o.expert_prefetch = expert_prefetch;
             o.kv_dtype = dtype_parse(kv_dtype);
@@ -73,6 +77,7 @@ void bind_model(nb::module_& m) {
             o.sparse_window = sparse_window;
             o.sparse_bundled = sparse_bundled;
             o.sparse_capacity = sparse_capacity;
+            o.sparse_readahead = sparse_readahead;
             o.host_budget = host_budget;
             o.threads = threads;
             o.verify = verify;
@@ -88,8 +93,10 @@ void bind_model(nb::module_& m) {
           nb::arg("verify") = false, nb::arg("max_context") = 0, nb::arg("prefill_chunk") = 0,
           nb::arg("lock") = true, nb::arg("max_batch") = 1, nb::arg("ring_sections") = 0,
           nb::arg("sparse") = false, nb::arg("sparse_window") = 4, nb::arg("sparse_bundled") = true,
-          nb::arg("sparse_capacity") = 0, nb::arg("expert_cache") = "lru",
-          nb::arg("expert_prefetch") = true, nb::arg("kv_dtype") = "f16", nb::arg("kv_policy") = "")
+          nb::arg("sparse_capacity") = 0, nb::arg("sparse_readahead") = false,
+          nb::arg("expert_cache") = "lru", nb::arg("expert_prefetch") = true,
+          nb::arg("kv_dtype") = "f16", nb::arg("kv_policy") = "", nb::arg("kv_host_budget") = 0,
+          nb::arg("disk_budget") = UINT64_MAX, nb::arg("disk_dir") = "")
       .def_prop_ro("path", [](const Model& self) { return self.package().path; })
       .def_prop_ro("architecture", [](const Model& self) { return self.package().architecture; })
       .def_prop_ro("dtype", [](const Model& self) { return self.package().dtype; })
@@ -163,6 +170,7 @@ void bind_model(nb::module_& m) {
       .def("stats", &Model::stats)
       .def("placement", &Model::placement)
       .def("expert_placement", &Model::expert_placement)
+      .def("expert_usage", &Model::expert_usage)
       .def("stream_events", &Model::stream_events)
       .def("sparse_tokens", &Model::sparse_tokens)
       .def(

@@ -9,6 +9,7 @@ from tierlm.errors import (
     TierlmError,
     UnsupportedError,
 )
+from tierlm.expert_usage import profile_experts
 from tierlm.export import export  # noqa: E402  (binds the function over the submodule name)
 from tierlm.package import Package  # noqa: E402
 from tierlm.sizes import format_size, parse_size
@@ -32,6 +33,7 @@ __all__ = [
     "export",
     "Package",
     "plan",
+    "profile_experts",
 ]
 
 from tierlm.model import GenerateResult, Model, Token, load  # noqa: E402

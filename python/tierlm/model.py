@@ -43,26 +43,28 @@ class Token:
 
 
 # The tiers a loaded model holds memory in. The executor keeps weights, KV cache and
-# activations in the host tier; a device tier (CUDA backend) and a disk scratch tier (KV and
-# expert spill) come with later issues, and until then their budgets are refused, not ignored.
-LOAD_TIERS = ("host",)
+# activations in the host tier, and with a kv_host_budget the KV cache's coldest blocks in a
+# disk scratch tier; a device tier (CUDA backend) comes with a later issue, and until then its
+# budget is refused, not ignored.
+LOAD_TIERS = ("host", "disk")
 
 
 def _budgets(budget):
-    """{"host": bytes} from a dict of sizes, one size (the host budget) or None (defaults)."""
+    """{"host": bytes, "disk": bytes or None} from a dict of sizes, one size (the host budget)
+    or None (defaults)."""
     if budget is None:
         budget = {}
     elif not isinstance(budget, dict):
         budget = {"host": budget}
     unused = sorted(set(budget) - set(LOAD_TIERS))
     if unused:
-        later = [t for t in unused if t in ("device", "disk")]
+        later = [t for t in unused if t == "device"]
         raise InvalidArgumentError(
-            f"budget: tierlm.load uses only the {', '.join(LOAD_TIERS)} tier budget, not "
+            f"budget: tierlm.load uses only the {' and '.join(LOAD_TIERS)} tier budgets, not "
             f"{', '.join(repr(t) for t in unused)}"
             + (
-                " (the executor has no device or disk tier yet: weights, KV cache and "
-                "activations live in the host tier; a later release adds them)"
+                " (the executor has no device tier yet: weights, KV cache and "
+                "activations live in the host tier; a later release adds it)"
                 if later
                 else ""
             )
@@ -70,7 +72,9 @@ def _budgets(budget):
         )
     host = budget.get("host")
     host = default_budgets()["host"] if host is None else parse_size(host, "host budget")
-    return {"host": check("host_budget", host)}
+    disk = budget.get("disk")
+    disk = None if disk is None else check("disk_budget", parse_size(disk, "disk budget"))
+    return {"host": check("host_budget", host), "disk": disk}
 
 
 def _load_tokenizer(tokenizer_dir):
@@ -299,12 +303,18 @@ class Model:
         "resident_layers", "streamed_layers", "streamed_tensors", "pinned_tensors",
         "row_tensors" (embedding tables read by rows on demand), ...}; for a mixture-of-experts
         model also "experts": {"host_experts", "disk_experts" (per moe layer, the experts homed on
-        each tier), "cache_slots", "policy", "expert_bytes", ...}."""
+        each tier), "homing" (by a usage profile or outer layers first), "cache_slots", "policy",
+        "expert_bytes", ...}."""
         placement = as_dict(self._native.placement())
         experts = self._native.expert_placement()
         if experts.moe:
             placement["experts"] = as_dict(experts)
         return placement
+
+    def expert_usage(self):
+        """Mixture of experts: per moe layer, the tokens routed to each expert since load (what
+        tierlm.profile_experts stores as the package's usage profile); [] without moe layers."""
+        return [list(counts) for counts in self._native.expert_usage()]
 
     def stream_events(self):
         """One entry per streamed layer, at its begin: {"t", "wait", "layer", "bytes_read"}
@@ -345,10 +355,13 @@ def load(
     sparse_window=4,
     sparse_bundled=True,
     sparse_capacity=0,
+    sparse_readahead=False,
     expert_cache="lru",
     expert_prefetch=True,
     kv_dtype="f16",
     kv_policy="",
+    kv_host_budget=None,
+    disk_dir=None,
 ):
     """Loads a package (tierlm export's output).
 
@@ -372,11 +385,16 @@ def load(
     coalescing (the paper's ablation); sparse_capacity: cached neurons per layer (0 = auto
     from the predictors' predicted density x window x 1.5, or x 1 token when the window's
     caches would push weights out of residency). Caches, staging and predictors count
-    against the host budget.
+    against the host budget. sparse_readahead: at decode, read layer i+1's predicted rows
+    (its predictor applied to layer i's input) while layer i computes, so that layer i+1
+    reads only the misses; the tokens are the same either way (stats:
+    sparse_readahead_recall, sparse_readahead_precision).
     expert_cache: mixture-of-experts models home each expert on the host tier (read at load)
     or on the disk tier (read with O_DIRECT when routed to, into a host-tier expert cache);
     the cache's replacement policy is "lru" or "lfu" (frequency-weighted: use counts that
-    halve every 64 steps). The experts get the host budget the other weights leave.
+    halve every 64 steps), or "stream": no cache, every disk-homed expert of a layer read on
+    every step, routed or not (dense offload, a baseline). The experts get the host budget the
+    other weights leave; a package's usage profile (tierlm.profile_experts) homes the most used.
     expert_prefetch: predict layer i+1's experts by applying its router to layer i's input and
     read the missing ones while layer i computes (stats: moe_prediction_accuracy_pct).
     kv_dtype: the KV cache's element type: "f16" (default), "bf16", "f32", or "q8_0" (int8 in
@@ -389,6 +407,14 @@ def load(
     accumulated attention (H2O heavy hitters). The cache holds S+W(+K) tokens at positions
     counted within it, so generation runs past max_positions (RoPE models only;
     stats()["kv_evicted"] counts drops, kv_scores() shows the scores).
+    kv_host_budget: the KV cache's share of the host budget (a size; None = all it needs).
+    When the cache would need more, it keeps that many bytes of blocks and read-back staging in
+    the host tier and moves its oldest blocks to a scratch file of the disk tier, created in
+    disk_dir (default: $TMPDIR, else /tmp; unlinked at once, so nothing is left behind) under
+    budget["disk"] (default: no limit but the file system's); each layer's blocks are read
+    back with O_DIRECT while the layer before computes. Every token stays, so the results are
+    those of the cache in memory (stats(): kv_disk_bytes, kv_disk_bytes_read, disk). Not with a
+    kv_policy; a disk budget or disk_dir without kv_host_budget is refused.
     """
     budgets = _budgets(budget)
     native = _core.Model.load(
@@ -405,9 +431,16 @@ def load(
         sparse_window=check("sparse_window", sparse_window),
         sparse_bundled=bool(sparse_bundled),
         sparse_capacity=check("sparse_capacity", sparse_capacity or 0),
+        sparse_readahead=bool(sparse_readahead),
         expert_cache=str(expert_cache),
         expert_prefetch=bool(expert_prefetch),
         kv_dtype=str(kv_dtype),
         kv_policy=str(kv_policy or ""),
+        kv_host_budget=check(
+            "kv_host_budget",
+            0 if kv_host_budget is None else parse_size(kv_host_budget, "kv_host_budget"),
+        ),
+        disk_budget=2**64 - 1 if budgets["disk"] is None else budgets["disk"],
+        disk_dir="" if disk_dir is None else os.fspath(disk_dir),
     )
     return Model(native, budgets)

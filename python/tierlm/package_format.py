@@ -13,3 +13,6 @@ TOKENIZER_DIR = "tokenizer"
 def weight_file(index):
     """Name of the index-th weight file."""
     return f"weights-{index}.bin"
+
+
+EXPERT_USAGE = "expert_usage.json"  # a mixture-of-experts package's usage profile (optional)

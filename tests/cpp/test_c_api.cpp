@@ -224,7 +224,7 @@ TEST(CApi, KvPolicyRunsPastTheContext) {
 
 // Each field of the C API's option structs changes what a call does or is refused with a
 // message naming it. The sizes pin the structs: a new field fails here until it has a case.
-static_assert(sizeof(tierlm_model_options) == 64, "a new tierlm_model_options field needs a case");
+static_assert(sizeof(tierlm_model_options) == 88, "a new tierlm_model_options field needs a case");
 static_assert(sizeof(tierlm_generate_options) == 48,
               "a new tierlm_generate_options field needs a case");
 
@@ -294,6 +294,25 @@ TEST(CApi, EveryModelOptionActsOrIsRefused) {
   o.verify = 0;
   o.sparse_no_bundling = 1;
   EXPECT_EQ(CApiModel(dir.path(), o).status, TIERLM_OK);
+  o.sparse_no_bundling = 0;
+  // kv_host_budget: below what a step writes plus the read-back staging it refuses, naming it
+  // (spilling is tested on a deeper model in test_kv_spill.cpp); with room for the whole cache
+  // nothing spills. disk_budget and disk_dir act only with it.
+  o.kv_host_budget = 4096;
+  EXPECT_EQ(CApiModel(dir.path(), o).status, TIERLM_ERROR_BUDGET);
+  EXPECT_NE(std::string(tierlm_last_error()).find("kv_host_budget 4.0 KiB"), std::string::npos)
+      << tierlm_last_error();
+  o.kv_host_budget = 32 << 20;
+  EXPECT_EQ(CApiModel(dir.path(), o).status, TIERLM_OK) << tierlm_last_error();
+  o.disk_dir = "/nonexistent-tierlm-dir";
+  EXPECT_EQ(CApiModel(dir.path(), o).status, TIERLM_ERROR_NOT_FOUND);
+  o.disk_dir = dir.path().c_str();
+  EXPECT_EQ(CApiModel(dir.path(), o).status, TIERLM_OK) << tierlm_last_error();
+  o.kv_host_budget = 0;
+  expect_refused(CApiModel(dir.path(), o).status, "only a kv_host_budget");
+  o.disk_dir = nullptr;
+  o.disk_budget = 1 << 20;
+  expect_refused(CApiModel(dir.path(), o).status, "only a kv_host_budget");
 }
 
 TEST(CApi, EveryGenerateOptionActsOrIsRefused) {

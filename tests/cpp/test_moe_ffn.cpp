@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <numeric>
 #include <random>
 #include <set>
@@ -35,8 +36,10 @@ class VectorExperts : public ExpertProvider {
       down.push_back(random_vector(s.hidden * s.inner, rng, 1.0f / std::sqrt(float(s.inner))));
     }
   }
-  void route(int, std::span<const int32_t> experts, size_t) override {
+  void route(int, std::span<const int32_t> experts, std::span<const int32_t> rows,
+             size_t) override {
     routed.assign(experts.begin(), experts.end());
+    routed_rows.assign(rows.begin(), rows.end());
   }
   const void* next_router(int) const override { return router; }
   void prefetch(int, std::span<const int32_t> experts) override {
@@ -53,7 +56,7 @@ class VectorExperts : public ExpertProvider {
   void release(int, int32_t) override {}
 
   std::vector<std::vector<float>> gate, up, down;
-  std::vector<int32_t> routed, predicted;
+  std::vector<int32_t> routed, routed_rows, predicted;
   const void* router = nullptr;
   size_t fetched = 0;
 };
@@ -138,14 +141,22 @@ TEST_P(MoeRun, MatchesPerTokenReferenceAndFetchesEachExpertOnce) {
   EXPECT_LT(err, 1e-5 * scale + 1e-7);
 
   // Each routed expert once, ascending; exactly the experts some row chose.
+  // rows[i]: how many rows chose routed[i] (the usage a profile counts).
   std::set<int32_t> chosen, predicted;
+  std::map<int32_t, int32_t> rows_of;
   for (size_t r = 0; r < c.rows; ++r) {
     const std::vector<float> l = matvec(router, x.data() + r * s.hidden, s.experts, s.hidden);
-    for (int e : top_k(l.data(), s.experts, s.top_k)) chosen.insert(e);
+    for (int e : top_k(l.data(), s.experts, s.top_k)) {
+      chosen.insert(e);
+      ++rows_of[e];
+    }
     const std::vector<float> n = matvec(next_router, x.data() + r * s.hidden, s.experts, s.hidden);
     for (int e : top_k(n.data(), s.experts, s.top_k)) predicted.insert(e);
   }
   EXPECT_EQ(std::vector<int32_t>(chosen.begin(), chosen.end()), ex.routed);
+  std::vector<int32_t> want_rows;
+  for (const auto& [e, n] : rows_of) want_rows.push_back(n);
+  EXPECT_EQ(want_rows, ex.routed_rows);
   EXPECT_EQ(ex.fetched, chosen.size());
   EXPECT_EQ(std::vector<int32_t>(predicted.begin(), predicted.end()), ex.predicted);
 }

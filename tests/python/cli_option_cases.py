@@ -425,6 +425,22 @@ def case_sparse_calibrate_held_out_tokens(ctx):
     )
 
 
+def case_sparse_calibrate_allocation(ctx):
+    uniform = calibrate(ctx, "--allocation", "uniform")
+    assert {v for layer in uniform["site_sparsity"] for v in layer.values()} == {0.4}
+    greedy = calibrate(ctx, "--allocation", "greedy")
+    assert greedy["allocation"] == "greedy"
+    assert len({v for layer in greedy["site_sparsity"] for v in layer.values()}) > 1
+
+
+def case_sparse_calibrate_criterion(ctx):
+    scaled = calibrate(ctx, "--criterion", "weight_norm", out="c-wn")
+    assert scaled["criterion"] == "weight_norm"
+    assert scaled["thresholds"] != calibrate(ctx, "--criterion", "magnitude")["thresholds"]
+    with open(os.path.join(scaled["out"], "channel_sparsity.json")) as f:
+        assert "scales" in json.load(f)
+
+
 def case_sparse_calibrate_dtype(ctx):
     f32 = calibrate(ctx, "--dtype", "f32", out="c32")["bundle_bytes"]
     assert f32 > calibrate(ctx, "--dtype", "f16", out="c16")["bundle_bytes"]

@@ -41,6 +41,7 @@ SCENARIOS = {
     "resident_load": ("read",),
     "streaming_decode": ("read",),
     "sparse_decode": ("read",),
+    "kv_spill_decode": ("read", "write"),
     "trainer_swaps": ("read", "write", "fallocate"),
     "checkpoint_save": ("write", "fsync"),
 }
@@ -50,12 +51,16 @@ GUARDED = {
     "checkpoint_save": "ckpt",
 }
 # only calls on these paths count (the save's own files, not the trainer's swaps before it)
-PATHS = {"checkpoint_save": "/ckpt/"}
+PATHS = {"checkpoint_save": "/ckpt/", "kv_spill_decode": "/tierlm-disk-"}
 TIMEOUT = 300  # generous: a loaded 2-core machine runs a trainer case in 20-70 s
 ERROR_EXIT = 3
 RETRY_EXIT = 4  # a generation after the failed one gave other tokens
 NEW_TOKENS = 4
 IDS = [5, 17, 3, 101, 42, 7]
+# kv_spill_decode: a prompt of several blocks on a 12-layer model whose KV cache keeps two
+# blocks in host memory (KV_SPILL) and the rest on disk
+KV_IDS = [(7 * i + 3) % 211 for i in range(200)]
+KV_SPILL = dict(max_context=256, prefill_chunk=32, kv_host_budget=300 << 10)
 
 
 # --- the work directory: models made once, shared by every case ----------------------------
@@ -68,7 +73,7 @@ def prepare(work):
         with open(done) as f:
             return json.load(f)
     import tierlm
-    from models import package
+    from models import SPILL_SHAPE, package
     from test_model_sparse import all_neuron_predictors
 
     _, pkg = package("llama", work, dtype="bf16", num_hidden_layers=4)
@@ -78,9 +83,14 @@ def prepare(work):
     sparse = opt + "-sparse"
     tierlm.export(opt.replace("-pkg", "-hf"), sparse, progress=False, sparse=True)
     all_neuron_predictors(sparse)
+    _, kv_pkg = package("llama", work, name="kvspill", **SPILL_SHAPE)
     model = tierlm.load(pkg)
     info = {
         "hf": hf,
+        "kv_pkg": kv_pkg,
+        "kv_tokens": tierlm.load(kv_pkg, max_context=256)
+        .generate(KV_IDS, max_new_tokens=NEW_TOKENS, stop_at_eos=False)
+        .output_ids,
         "pkg": pkg,
         "sparse": sparse,
         "minimum": model.placement()["minimum_budget"],
@@ -115,12 +125,12 @@ def run_scenario(name, work, info):
     """The scenario's result (compared with a fault-free run); raises on failure."""
     import tierlm
 
-    def tokens(model):
+    def tokens(model, ids=IDS):
         """The tokens; after a failed generation the same model must generate them again."""
         try:
-            return model.generate(IDS, max_new_tokens=NEW_TOKENS, stop_at_eos=False).output_ids
+            return model.generate(ids, max_new_tokens=NEW_TOKENS, stop_at_eos=False).output_ids
         except Exception:
-            again = model.generate(IDS, max_new_tokens=NEW_TOKENS, stop_at_eos=False).output_ids
+            again = model.generate(ids, max_new_tokens=NEW_TOKENS, stop_at_eos=False).output_ids
             if again != expected(name, info):
                 print("RETRY " + json.dumps(again), flush=True)
                 sys.exit(RETRY_EXIT)
@@ -139,6 +149,10 @@ def run_scenario(name, work, info):
         return tokens(model)
     if name == "sparse_decode":
         return tokens(tierlm.load(info["sparse"], sparse=True))
+    if name == "kv_spill_decode":
+        disk = os.path.join(work, "kv-disk")
+        os.makedirs(disk, exist_ok=True)
+        return tokens(tierlm.load(info["kv_pkg"], disk_dir=disk, **KV_SPILL), KV_IDS)
     trainer, model, data = _trainer(work)
     if name == "trainer_swaps":
         for batch in data:
@@ -153,9 +167,12 @@ def run_scenario(name, work, info):
 
 
 def expected(name, info):
-    return {"resident_load": info["tokens"], "streaming_decode": info["tokens"]}.get(
-        name, info["sparse_tokens"] if name == "sparse_decode" else None
-    )
+    return {
+        "resident_load": info["tokens"],
+        "streaming_decode": info["tokens"],
+        "sparse_decode": info["sparse_tokens"],
+        "kv_spill_decode": info["kv_tokens"],
+    }.get(name)
 
 
 def child(name, work):

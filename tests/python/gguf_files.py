@@ -1,6 +1,7 @@
 """GGUF files written for the tests with the `gguf` package's writer, the way llama.cpp's
-convert_hf_to_gguf.py writes them (tensor names, Q/K rows permuted for llama, 1-D in F32), from
-the tiny random transformers models of models.py; matrices in a chosen type.
+convert_hf_to_gguf.py writes them (tensor names, Q/K rows permuted for llama, 1-D in F32,
+experts stacked per matrix), from the tiny random transformers models of models.py (llama,
+qwen2, Mixtral as llama, qwen2moe, olmoe); matrices in a chosen type.
 """
 
 import numpy as np
@@ -16,6 +17,13 @@ _LAYER = {
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
     "block_sparse_moe.gate": "ffn_gate_inp",
+    "mlp.gate": "ffn_gate_inp",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
+    "mlp.shared_expert.gate_proj": "ffn_gate_shexp",
+    "mlp.shared_expert.up_proj": "ffn_up_shexp",
+    "mlp.shared_expert.down_proj": "ffn_down_shexp",
+    "mlp.shared_expert_gate": "ffn_gate_inp_shexp",
 }
 _GLOBAL = {
     "model.embed_tokens.weight": "token_embd.weight",
@@ -55,13 +63,13 @@ def gguf_arrays(model, arch):
             else:
                 out.append((f"blk.{parts[2]}.ffn_down_exps.weight", a))
             continue
-        if name.endswith("mlp.gate.weight"):
-            name = name.replace("mlp.gate", "block_sparse_moe.gate")
         if name.endswith("rotary_emb.inv_freq"):
             continue
         if cfg.tie_word_embeddings and name == "lm_head.weight":
             continue
         a = tensor.float().numpy()
+        if name.endswith("shared_expert_gate.weight"):
+            a = a.reshape(-1)  # llama.cpp's ffn_gate_inp_shexp is [hidden]
         if arch == "llama" and ".q_proj." in name:
             a = permute(a, heads)
         elif arch == "llama" and ".k_proj." in name:
@@ -112,9 +120,14 @@ def write_gguf(model, path, matrix_type="F32", arch="llama", types=None, vocab=N
         w.add_token_types(kinds)
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
-    if getattr(cfg, "num_local_experts", None):
-        w.add_expert_count(cfg.num_local_experts)
+    experts = getattr(cfg, "num_local_experts", None) or getattr(cfg, "num_experts", None)
+    if experts:
+        w.add_expert_count(experts)
         w.add_expert_used_count(cfg.num_experts_per_tok)
+    if getattr(cfg, "moe_intermediate_size", None):
+        w.add_expert_feed_forward_length(cfg.moe_intermediate_size)
+    if getattr(cfg, "shared_expert_intermediate_size", None):
+        w.add_expert_shared_feed_forward_length(cfg.shared_expert_intermediate_size)
     w.add_chat_template("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}")
     for name, a in gguf_arrays(model, arch):
         kind = (types or {}).get(name, matrix_type if a.ndim >= 2 else "F32")

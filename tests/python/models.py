@@ -14,6 +14,7 @@ import os
 import re
 
 import numpy as np
+from tierlm.reference import Reference
 
 torch = None
 transformers = None
@@ -159,6 +160,15 @@ PARITY_ARCHS = ("llama", "llama_tied", "llama3", "mistral", "qwen2", "opt")
 MOE_ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 
 
+# A llama whose KV cache spills to disk at a quarter of its bytes (tests of kv_host_budget):
+# head_dim 64 on one KV head makes a layer's keys + values of a 32-token block 8 KiB of f16,
+# whole pages (nothing padded for O_DIRECT), and 12 layers leave room in the budget for the two
+# staging buffers that read a layer's spilled blocks back.
+SPILL_SHAPE = dict(
+    hidden_size=128, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=12
+)
+
+
 def hf_config(arch, **overrides):
     """A transformers config for one of ARCHS, with overrides."""
     _import()
@@ -291,3 +301,30 @@ def flipped_copy(pkg, dest, offset=4096 + 17):
         f.seek(offset)
         f.write(bytes([byte[0] ^ 0x40]))
     return dest
+
+
+def offload_moe_package(tmp_dir):
+    """The MoE package of the expert-offload tests: a Mixtral of 4 layers x 8 experts of
+    3 x 307 x 200 bf16 (each part 30 pages): 32 experts, 11.8 MB."""
+    return package(
+        "mixtral",
+        tmp_dir,
+        dtype="bf16",
+        num_hidden_layers=4,
+        num_local_experts=8,
+        intermediate_size=307,
+        max_position_embeddings=64,
+    )[1]
+
+
+class RoutingRecorder(Reference):
+    """The numpy reference, recording each moe op's input and the experts each row chose."""
+
+    def __init__(self, pkg):
+        super().__init__(pkg)
+        self.calls = []
+
+    def _moe(self, op, x):
+        logits = x @ self.weight(op["weight"]).T
+        self.calls.append((op, x, np.argsort(-logits, axis=-1)[:, : op["top_k"]]))
+        return super()._moe(op, x)

@@ -14,7 +14,7 @@ import sys
 import cli_option_cases
 import pytest
 import tierlm
-from models import flipped_copy, hf_checkpoint, package
+from models import SPILL_SHAPE, flipped_copy, hf_checkpoint, package
 from tierlm import _core
 from tierlm.cli import build_parser, main
 
@@ -165,8 +165,9 @@ def case_generate_max_new_tokens(ctx):
 def case_generate_budget(ctx):
     out = gen(ctx, "--budget", "host=48MiB", "--max-new-tokens", "2")
     assert out["model_stats"]["host"]["budget"] == 48 << 20
-    for tier in ("device", "disk"):
-        ctx.fails("generate", ctx.pkg, "--ids", IDS, "--budget", f"{tier}=1GiB", match=tier)
+    ctx.fails("generate", ctx.pkg, "--ids", IDS, "--budget", "device=1GiB", match="device")
+    # disk: the tier --kv-host-budget spills to (case_generate_kv_host_budget)
+    ctx.fails("generate", ctx.pkg, "--ids", IDS, "--budget", "disk=1GiB", match="kv_host_budget")
     ctx.fails("generate", ctx.pkg, "--ids", IDS, "--budget", "host", match="TIER=SIZE")
 
 
@@ -226,6 +227,39 @@ def case_generate_kv_policy(ctx):
         assert len(out["output_ids"]) == 300 and out["model_stats"]["kv_evicted"] > 0
     for bad in ("window:x", "sirllm:4+60+64@2", "h2o:4+60"):
         ctx.fails("generate", ctx.pkg, "--ids", IDS, "--kv-policy", bad, match=f"kv_policy '{bad}'")
+
+
+def spill_package(ctx):
+    """A llama whose KV cache spills at 40 % of its bytes (models.SPILL_SHAPE)."""
+    return package("llama", ctx.tmp, seed=7, **SPILL_SHAPE)[1]
+
+
+def case_generate_kv_host_budget(ctx):
+    pkg = spill_package(ctx)
+    share = tierlm.load(pkg).stats()["kv_bytes"] * 2 // 5
+    argv = ("generate", pkg, "--ids", IDS, "--no-stop-at-eos", "--max-new-tokens", "100")
+    plain = ctx.json(*argv)
+    spilled = ctx.json(*argv, "--kv-host-budget", str(share), "--budget", "disk=8MiB")
+    assert spilled["output_ids"] == plain["output_ids"]
+    s = spilled["model_stats"]
+    assert s["kv_blocks_spilled"] > 0 and s["kv_bytes"] <= share
+    assert 0 < s["disk"]["peak"] <= s["disk"]["budget"] == 8 << 20
+    rc, _, err = ctx.run(*argv, "--kv-host-budget", str(share), "--verbose")
+    assert rc == 0 and "oldest blocks spilled to the disk tier" in err and "no limit" in err, err
+    ctx.fails(*argv, "--kv-host-budget", "64KiB", match="kv_host_budget 64.0 KiB cannot hold")
+    ctx.fails(*argv, "--kv-host-budget", "lots", match="kv_host_budget: cannot read 'lots'")
+
+
+def case_generate_disk_dir(ctx):
+    pkg = spill_package(ctx)
+    share = str(tierlm.load(pkg).stats()["kv_bytes"] * 2 // 5)
+    argv = ("generate", pkg, "--ids", IDS, "--no-stop-at-eos", "--max-new-tokens", "100")
+    disk = os.path.join(ctx.tmp, "kv-disk")
+    os.makedirs(disk)
+    out = ctx.json(*argv, "--kv-host-budget", share, "--disk-dir", disk)
+    assert out["model_stats"]["kv_blocks_spilled"] > 0 and os.listdir(disk) == []
+    ctx.fails(*argv, "--kv-host-budget", share, "--disk-dir", disk + "-x", match="-x does not")
+    ctx.fails(*argv, "--disk-dir", disk, match="only a kv_host_budget")
 
 
 def case_generate_verify(ctx):
@@ -365,6 +399,18 @@ def case_chat_budget(ctx):
     ctx.chat_fails(ctx.chat_pkg, "--budget", "host=64KiB", match="host budget")
     ctx.chat_fails(ctx.chat_pkg, "--budget", "device=1GiB", match="device")
     ctx.chat_fails(ctx.chat_pkg, "--budget", "host", match="TIER=SIZE")
+
+
+def case_chat_kv_host_budget(ctx):
+    assert ctx.chat(ctx.chat_pkg, "--kv-host-budget", "16MiB", "--max-new-tokens", "1")[0] == 0
+    ctx.chat_fails(ctx.chat_pkg, "--kv-host-budget", "64KiB", match="kv_host_budget 64.0 KiB")
+
+
+def case_chat_disk_dir(ctx):
+    argv = (ctx.chat_pkg, "--kv-host-budget", "16MiB", "--max-new-tokens", "1")
+    assert ctx.chat(*argv, "--disk-dir", ctx.tmp)[0] == 0
+    ctx.chat_fails(*argv, "--disk-dir", os.path.join(ctx.tmp, "none"), match="none does not")
+    ctx.chat_fails(ctx.chat_pkg, "--disk-dir", ctx.tmp, match="only a kv_host_budget")
 
 
 def case_chat_temperature(ctx):

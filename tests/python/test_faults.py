@@ -13,7 +13,8 @@ import pytest
 pytest.importorskip("transformers")
 
 # (scenario, op, errno, n): each fires (checked), early and later in its scenario's calls.
-# Reads of packages run on each I/O back end.
+# Reads of packages (and of the KV cache's scratch file, and its writes) run on each I/O back
+# end.
 PER_BACKEND = [
     ("resident_load", "read", "EIO", 1),
     ("resident_load", "read", "EIO", 12),
@@ -26,6 +27,14 @@ PER_BACKEND = [
     ("sparse_decode", "read", "short", 30),
     ("sparse_decode", "read", "EIO", 59),  # the first token's rows of a bundle file
     ("sparse_decode", "read", "short", 58),
+    # the KV cache's scratch file: blocks written at the first spill and later, read back
+    # whole (copy on write) or a layer at a time
+    ("kv_spill_decode", "write", "EIO", 1),
+    ("kv_spill_decode", "write", "ENOSPC", 30),
+    ("kv_spill_decode", "write", "short", 7),
+    ("kv_spill_decode", "read", "EIO", 1),
+    ("kv_spill_decode", "read", "EIO", 50),
+    ("kv_spill_decode", "read", "short", 20),
 ]
 # Python's writers (not the engine), and the trainer (20 s a case, most of it importing torch).
 ONCE = [

@@ -82,10 +82,11 @@ def test_all_neurons_equal_dense(opt_sparse, backend, dtype, window, bundled, ca
         assert s["sparse_capacity"] == [37, 37, 37]
     else:
         assert s["sparse_overflows"] == 0
-    if not bundled:  # two requests per neuron read, never coalesced
-        assert s["sparse_requests"] == 2 * s["sparse_neurons_read"]
+    rows = s["sparse_neurons_read"] - s["sparse_readahead_hits"] + s["sparse_readahead_rows"]
+    if not bundled:  # two requests per row read (after the read-ahead, or ahead), never coalesced
+        assert s["sparse_requests"] == 2 * rows
     else:
-        assert s["sparse_requests"] < s["sparse_neurons_read"]
+        assert s["sparse_requests"] < rows
 
 
 def test_bf16_rows(tmp_path):
@@ -252,6 +253,40 @@ def test_demo_equals_python_native_sparse_ffn(demo_pkg, window, capacity):
     assert s["sparse_neurons_predicted"] == ref.stats["rows_predicted"]
     assert s["sparse_neurons_read"] == ref.stats["rows_read"] or capacity < 1024
     assert (s["sparse_overflows"] > 0) == (capacity < 1024)
+
+
+@needs_demo
+@pytest.mark.parametrize(
+    "window,bundled,capacity", [(4, True, 0), (1, True, 200), (2, False, 0), (3, True, 37)]
+)
+def test_readahead_changes_what_is_read_when_never_the_result(
+    demo_pkg, backend, window, bundled, capacity
+):
+    """Decode with read-ahead (layer i+1's predictor applied to layer i's input, its rows read
+    while layer i computes, the misses after) gives bit-identical logits and tokens, and its
+    caches take the same rows as without; windows, unbundled reads, the overflow rounds (200
+    and 37 of 1024 neurons hold less than one token's prediction)."""
+    options = {"sparse_window": window, "sparse_bundled": bundled, "sparse_capacity": capacity}
+    runs = {}
+    for ahead in (False, True):
+        model = tierlm.load(demo_pkg, sparse=True, sparse_readahead=ahead, **options)
+        ids = model.encode(DEMO_PROMPT)
+        out = model.generate(ids, max_new_tokens=10, stop_at_eos=False)
+        steps = [model.logits(ids)] + [model.logits([t], append=True) for t in out.output_ids]
+        runs[ahead] = out.output_ids, steps, model.stats()
+    (off_ids, off_steps, off), (on_ids, on_steps, on) = runs[False], runs[True]
+    assert on_ids == off_ids
+    assert all(np.array_equal(a, b) for a, b in zip(off_steps, on_steps, strict=True))
+    for key in ("sparse_neurons_predicted", "sparse_neurons_read", "sparse_overflows"):
+        assert on[key] == off[key], key
+    assert not off["sparse_readahead"] and off["sparse_readahead_rows"] == 0
+    assert on["sparse_readahead"]
+    hits, rows, read = (
+        on[f"sparse_{k}"] for k in ("readahead_hits", "readahead_rows", "neurons_read")
+    )
+    assert 0 < hits <= min(rows, read)
+    assert on["sparse_readahead_precision"] == hits / rows
+    assert on["sparse_readahead_recall"] == hits / read
 
 
 @needs_demo

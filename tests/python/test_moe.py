@@ -139,28 +139,64 @@ def test_damaged_moe_op_is_refused(packages, tmp_path, change, message):
         load(tmp_path / "bad").logits([1, 2])
 
 
+# (transformers arch, GGUF architecture, the file's router / expert names in HF's checkpoint)
+GGUF_MOE = {"mixtral": "llama", "qwen2_moe": "qwen2moe", "olmoe": "olmoe"}
+
+
 @pytest.mark.parametrize("matrix_type", ["F32", "Q8_0"])
-def test_gguf_stacked_experts_import(tmp_path, matrix_type):
-    """llama.cpp's Mixtral GGUF (experts stacked per matrix as ffn_{gate,up,down}_exps) imports
-    with one tensor per expert, each expert's bytes the file's slice; F32 runs like
-    transformers."""
+@pytest.mark.parametrize("arch", list(GGUF_MOE))
+def test_gguf_stacked_experts_import(tmp_path, arch, matrix_type):
+    """llama.cpp's MoE GGUFs (experts stacked per matrix as ffn_{gate,up,down}_exps; Qwen2-MoE's
+    shared expert as ffn_*_shexp behind the 1-D gate ffn_gate_inp_shexp) import with one
+    tensor per expert, each expert's bytes the file's slice; F32 runs like transformers, logits
+    and greedy tokens. Qwen2-MoE keeps its dense layer 1 (a layer without a router)."""
     gguf = pytest.importorskip("gguf")
     from gguf_files import write_gguf
     from models import hf_model
     from tierlm.package import Package
 
-    # quantized rows are whole 32-wide blocks: hidden 256, expert width 96
+    # quantized rows are whole 32-wide blocks: hidden 256, expert widths 96 and 64
     sizes = dict(hidden_size=256, intermediate_size=96, num_attention_heads=8)
-    hf = hf_model("mixtral", seed=4, **(sizes if matrix_type != "F32" else {}))
-    path = write_gguf(hf, tmp_path / "mixtral.gguf", matrix_type)
+    if arch != "mixtral":
+        sizes.update(moe_intermediate_size=96, num_key_value_heads=8 if arch == "olmoe" else 2)
+    if arch == "qwen2_moe":
+        sizes.update(shared_expert_intermediate_size=64, intermediate_size=128)
+    hf = hf_model(arch, seed=4, **(sizes if matrix_type != "F32" else {}))
+    path = write_gguf(hf, tmp_path / f"{arch}.gguf", matrix_type, arch=GGUF_MOE[arch])
     pkg = Package.open(tierlm.export(path, tmp_path / "pkg", progress=False))
-    assert pkg.manifest["architecture"] == "moe" and pkg.config["num_experts"] == 5
-    stacked = {t.name: t.data for t in gguf.GGUFReader(path).tensors}
-    for e in range(5):
-        for part, name in (("gate", "gate"), ("up", "up"), ("down", "down")):
-            tensor = pkg.tensor(f"layers.1.moe.experts.{e}.{part}.weight")
-            want = stacked[f"blk.1.ffn_{name}_exps.weight"][e]
+    experts = hf.config.num_local_experts if arch == "mixtral" else hf.config.num_experts
+    assert pkg.manifest["architecture"] == "moe" and pkg.config["num_experts"] == experts
+    assert pkg.config["model_type"] == arch
+    reader = gguf.GGUFReader(path)
+    stacked = {t.name: t.data for t in reader.tensors}
+    layer = 2 if arch == "qwen2_moe" else 1  # qwen2_moe's layer 1 is dense
+    for e in range(experts):
+        for part in ("gate", "up", "down"):
+            tensor = pkg.tensor(f"layers.{layer}.moe.experts.{e}.{part}.weight")
+            want = stacked[f"blk.{layer}.ffn_{part}_exps.weight"][e]
             np.testing.assert_array_equal(np.asarray(tensor).reshape(-1), want.reshape(-1))
+    if arch == "qwen2_moe":
+        assert pkg.config["moe_layers"] == [0, 2] and "layers.1.ffn.up.weight" in pkg.tensors
+        for part in ("gate", "up", "down"):
+            want = stacked[f"blk.0.ffn_{part}_shexp.weight"].reshape(-1)
+            got = np.asarray(pkg.tensor(f"layers.0.moe.shared.{part}.weight")).reshape(-1)
+            np.testing.assert_array_equal(got, want)
+        assert pkg.tensors["layers.0.moe.shared_gate.weight"]["shape"] == [1, hf.config.hidden_size]
     if matrix_type == "F32":
         ids = prompt(11, seed=9)
-        assert relative_error(load(pkg.path).logits(ids), hf_logits(hf, ids)[-1]) < 1e-4
+        model = load(pkg.path)
+        assert relative_error(model.logits(ids), hf_logits(hf, ids)[-1]) < 1e-4
+        with torch.no_grad():
+            want = hf.generate(
+                torch.tensor([ids]), max_new_tokens=8, do_sample=False, min_new_tokens=8
+            )[0, len(ids) :].tolist()
+        got = model.generate(ids, max_new_tokens=8, stop_at_eos=False).output_ids
+        assert got == want
+        # the rebuilt tokenizer reads the shipped calibration text: a usage profile of its
+        # first max_positions (256) tokens, top_k picks per token and moe layer
+        profile = tierlm.profile_experts(pkg.path)
+        assert profile["source"] == "calibration.txt" and profile["tokens"] == 256
+        top_k = hf.config.num_experts_per_tok
+        assert [sum(p["tokens_per_expert"]) for p in profile["layers"]] == [256 * top_k] * len(
+            pkg.config["moe_layers"]
+        )

@@ -8,24 +8,14 @@ import re
 import numpy as np
 import pytest
 import tierlm
-from models import package, prompt
-from tierlm.reference import Reference
+from models import RoutingRecorder, offload_moe_package, prompt
 
 NEW_TOKENS = 8
 
 
 @pytest.fixture(scope="module")
 def moe(tmp_path_factory):
-    # 4 layers x 8 experts of 3 x 307 x 200 bf16 (each part 30 pages): 32 experts, 11.8 MB
-    _, pkg = package(
-        "mixtral",
-        str(tmp_path_factory.mktemp("moe-offload")),
-        dtype="bf16",
-        num_hidden_layers=4,
-        num_local_experts=8,
-        intermediate_size=307,
-        max_position_embeddings=64,
-    )
+    pkg = offload_moe_package(str(tmp_path_factory.mktemp("moe-offload")))
     model = tierlm.load(pkg)
     ids = prompt(11)
     ref = model.generate(ids, max_new_tokens=NEW_TOKENS, stop_at_eos=False).output_ids
@@ -121,19 +111,6 @@ def test_cli_verbose_prints_expert_placement_and_stats(moe, capsys):
     assert "fetched/token, hit rate" in err
 
 
-class RoutingRecorder(Reference):
-    """The numpy reference, recording each moe op's input and the experts each row chose."""
-
-    def __init__(self, pkg):
-        super().__init__(pkg)
-        self.calls = []
-
-    def _moe(self, op, x):
-        logits = x @ self.weight(op["weight"]).T
-        self.calls.append((op, x, np.argsort(-logits, axis=-1)[:, : op["top_k"]]))
-        return super()._moe(op, x)
-
-
 def expected_prediction_counts(moe):
     """(lookups, right) of the layer-ahead prediction over the fixture's generation: per step
     and moe layer l > 0, the distinct experts the rows chose, and how many of them the rows'
@@ -214,3 +191,29 @@ def test_experts_split_across_weight_files(moe, tmp_path, backend):
     out = model.generate(moe["ids"], max_new_tokens=NEW_TOKENS, stop_at_eos=False).output_ids
     assert out == moe["ref"]
     assert model.stats()["moe_misses"] > 0
+
+
+def test_stream_reads_every_expert_of_every_layer(moe, backend):
+    """expert_cache="stream", the dense-offload baseline: no cache, every disk-homed expert of
+    a layer read on every step (the next layer's too with prefetch); the tokens stay the
+    resident run's and the budget holds."""
+    budget = budget_of(moe, 0.25)
+    for prefetch in (True, False):
+        model = tierlm.load(
+            moe["pkg"], budget={"host": budget}, expert_cache="stream", expert_prefetch=prefetch
+        )
+        placement = model.placement()["experts"]
+        assert placement["policy"] == "stream"
+        disk = sum(map(len, placement["disk_experts"]))
+        # slots for one layer's experts (two with prefetch), the rest of the budget homes
+        assert 1 <= placement["cache_slots"] <= (2 if prefetch else 1) * 8
+        out = model.generate(moe["ids"], max_new_tokens=NEW_TOKENS, stop_at_eos=False)
+        assert out.output_ids == moe["ref"]
+        s = model.stats()
+        assert s["host"]["peak"] <= budget
+        reads = s["moe_bytes_read"] // placement["expert_bytes"]
+        # each of the NEW_TOKENS steps (the prompt's and the decode steps) reads every
+        # disk-homed expert, less those its slots still hold from the step before
+        slots = placement["cache_slots"]
+        assert reads >= NEW_TOKENS * (disk - slots), (reads, disk, slots)
+        assert reads <= NEW_TOKENS * disk + s["moe_misses"]

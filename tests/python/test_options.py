@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import tierlm
-from models import flipped_copy, package, prompt
+from models import SPILL_SHAPE, flipped_copy, package, prompt
 from tierlm import _core
 from tierlm.errors import CorruptError, InvalidArgumentError
 
@@ -45,11 +45,17 @@ def case_budget(pkg, sparse_pkg):
     model = tierlm.load(pkg, budget={"host": "48MiB"})
     assert model.stats()["host"]["budget"] == 48 << 20
     assert tierlm.load(pkg, budget=streaming_budget(pkg)).placement()["streaming"]
-    for tier in ("device", "disk"):
-        with pytest.raises(InvalidArgumentError, match=f"not '{tier}'.*no device or disk tier"):
-            tierlm.load(pkg, budget={"host": "48MiB", tier: "1GiB"})
-    with pytest.raises(InvalidArgumentError, match="only the host tier budget, not 'gpu'"):
+    with pytest.raises(InvalidArgumentError, match="not 'device'.*no device tier"):
+        tierlm.load(pkg, budget={"host": "48MiB", "device": "1GiB"})
+    with pytest.raises(
+        InvalidArgumentError, match="only the host and disk tier budgets, not 'gpu'"
+    ):
         tierlm.load(pkg, budget={"gpu": "1GiB"})
+    # the disk tier holds what kv_host_budget moves there (case_kv_host_budget), nothing else
+    with pytest.raises(InvalidArgumentError, match="only a kv_host_budget"):
+        tierlm.load(pkg, budget={"host": "48MiB", "disk": "1GiB"})
+    with refused("disk_budget", 2**64):
+        tierlm.load(pkg, budget={"disk": 2**64}, kv_host_budget="1MiB")
     with refused("host_budget", 2**64):
         tierlm.load(pkg, budget=2**64)
 
@@ -133,8 +139,10 @@ def case_sparse_bundled(pkg, sparse_pkg):
         model = tierlm.load(sparse_pkg, sparse=True, sparse_bundled=bundled)
         s = model.generate(ids, max_new_tokens=3).stats
         assert s["sparse_bundled"] is bundled
-        # Apart, each neuron read is two requests; bundled, neighbours coalesce.
-        assert (s["sparse_requests"] == 2 * s["sparse_neurons_read"]) is not bundled
+        # Apart, each row read (after the read-ahead, or ahead) is two requests; bundled,
+        # neighbours coalesce.
+        rows = s["sparse_neurons_read"] - s["sparse_readahead_hits"] + s["sparse_readahead_rows"]
+        assert (s["sparse_requests"] == 2 * rows) is not bundled
 
 
 def case_sparse_capacity(pkg, sparse_pkg):
@@ -144,6 +152,18 @@ def case_sparse_capacity(pkg, sparse_pkg):
         tierlm.load(sparse_pkg, sparse=True, sparse_capacity=-1)
 
 
+def case_sparse_readahead(pkg, sparse_pkg):
+    ids = prompt(7)
+    runs = {}
+    for ahead in (True, False):
+        model = tierlm.load(sparse_pkg, sparse=True, sparse_readahead=ahead)
+        out = model.generate(ids, max_new_tokens=6, stop_at_eos=False)
+        runs[ahead] = out.output_ids, model.stats()
+    assert runs[True][0] == runs[False][0]  # what is read when, never what is computed
+    assert runs[True][1]["sparse_readahead"] and runs[True][1]["sparse_readahead_rows"] > 0
+    assert not runs[False][1]["sparse_readahead"] and runs[False][1]["sparse_readahead_rows"] == 0
+
+
 def case_expert_cache(pkg, sparse_pkg, tmp_path):
     moe = package("mixtral", str(tmp_path), seed=2, num_local_experts=8)[1]
     full = tierlm.load(moe).stats()
@@ -151,12 +171,12 @@ def case_expert_cache(pkg, sparse_pkg, tmp_path):
     budget = full["kv_bytes"] + full["arena_bytes"] + full["weight_bytes"] // 3
     ids = prompt(9)
     tokens = {}
-    for policy in ("lru", "lfu"):
+    for policy in ("lru", "lfu", "stream"):
         model = tierlm.load(moe, budget=budget, expert_cache=policy)
         assert model.placement()["experts"]["policy"] == policy
         tokens[policy] = model.generate(ids, max_new_tokens=6, stop_at_eos=False).output_ids
         assert model.stats()["moe_misses"] > 0
-    assert tokens["lru"] == tokens["lfu"]
+    assert tokens["lru"] == tokens["lfu"] == tokens["stream"]
     with pytest.raises(InvalidArgumentError, match='expert_cache "mru"'):
         tierlm.load(moe, expert_cache="mru")
 
@@ -197,6 +217,33 @@ def case_kv_policy(pkg, sparse_pkg):
             tierlm.load(pkg, kv_policy=bad)
 
 
+def case_kv_host_budget(pkg, sparse_pkg, tmp_path):
+    spill = package("llama", str(tmp_path), seed=5, **SPILL_SHAPE)[1]
+    full = tierlm.load(spill).stats()["kv_bytes"]
+    model = tierlm.load(spill, kv_host_budget=full * 2 // 5, budget={"disk": "16MiB"})
+    ids = prompt(150)
+    assert model.generate(ids, max_new_tokens=8).output_ids == (
+        tierlm.load(spill).generate(ids, max_new_tokens=8).output_ids
+    )
+    s = model.stats()
+    assert s["kv_bytes"] <= full * 2 // 5 and s["kv_blocks_spilled"] > 0
+    assert s["disk"]["budget"] == 16 << 20 and 0 < s["disk"]["peak"] <= 16 << 20
+    with refused("kv_host_budget", 2**64):
+        tierlm.load(spill, kv_host_budget=2**64)
+
+
+def case_disk_dir(pkg, sparse_pkg, tmp_path):
+    spill = package("llama", str(tmp_path), seed=5, **SPILL_SHAPE)[1]
+    full = tierlm.load(spill).stats()["kv_bytes"]
+    model = tierlm.load(spill, kv_host_budget=full * 2 // 5, disk_dir=tmp_path)
+    model.generate(prompt(150), max_new_tokens=2)
+    assert model.stats()["kv_blocks_spilled"] > 0
+    with pytest.raises(OSError, match="missing does not exist"):
+        tierlm.load(spill, kv_host_budget=full * 2 // 5, disk_dir=tmp_path / "missing")
+    with pytest.raises(InvalidArgumentError, match="only a kv_host_budget"):
+        tierlm.load(spill, disk_dir=tmp_path)
+
+
 LOAD_CASES = {
     "budget": case_budget,
     "threads": case_threads,
@@ -210,10 +257,13 @@ LOAD_CASES = {
     "sparse_window": case_sparse_window,
     "sparse_bundled": case_sparse_bundled,
     "sparse_capacity": case_sparse_capacity,
+    "sparse_readahead": case_sparse_readahead,
     "expert_cache": case_expert_cache,
     "expert_prefetch": case_expert_prefetch,
     "kv_dtype": case_kv_dtype,
     "kv_policy": case_kv_policy,
+    "kv_host_budget": case_kv_host_budget,
+    "disk_dir": case_disk_dir,
 }
 
 

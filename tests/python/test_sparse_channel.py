@@ -117,19 +117,27 @@ def test_calibrated_sparsity_is_reached(tiny):
 
     # On the calibration tokens the fraction skipped is the target: of every site's channels
     # (uniform), of the weights of all linears (energy).
-    for allocation, measure in (("uniform", "sparsity"), ("energy", "weight_sparsity")):
-        th = channel.calibrate(loaded, ids[:64], 0.4, context=64, allocation=allocation)
+    for allocation, measure, criterion in (
+        ("uniform", "sparsity", "magnitude"),
+        ("uniform", "sparsity", "weight_norm"),
+        ("energy", "weight_sparsity", "magnitude"),
+        ("greedy", "weight_sparsity", "magnitude"),
+        ("greedy", "weight_sparsity", "weight_norm"),
+    ):
+        th = channel.calibrate(
+            loaded, ids[:64], 0.4, context=64, allocation=allocation, criterion=criterion
+        )
         with NativeChannelSparse(loaded, dirs["f32"], th, k=1) as native:
             logits(loaded, ids[:64])
         assert native.summary()[measure] == pytest.approx(0.4, abs=0.03), allocation
 
 
-@pytest.mark.parametrize("k", [1, 4])
-def test_native_path_equals_torch_reference(tiny, k):
+@pytest.mark.parametrize("k,criterion", [(1, "magnitude"), (4, "magnitude"), (3, "weight_norm")])
+def test_native_path_equals_torch_reference(tiny, k, criterion):
     from tierlm.sparse.channel_exec import NativeChannelSparse
 
     loaded, ids, dirs = tiny
-    th = channel.calibrate(loaded, ids, 0.5, context=64)
+    th = channel.calibrate(loaded, ids, 0.5, context=64, criterion=criterion)
     seq = ids[100:137]
     dense = logits(loaded, seq)
     with channel.channel_sparse_mode(loaded, th):
@@ -169,13 +177,36 @@ def test_window_reads_fewer_bytes_and_keep_all_matches_dense(tiny):
 
 def test_thresholds_round_trip_and_refuse_bad_files(tiny, tmp_path):
     loaded, ids, _ = tiny
+    import json
+
+    scaled = channel.calibrate(loaded, ids, 0.25, context=64, criterion="weight_norm")
+    scaled.save(tmp_path)
+    back = channel.ChannelThresholds.load(tmp_path)
+    assert back.layers == scaled.layers and back.criterion == "weight_norm"
+    for want, got in zip(scaled.scales, back.scales, strict=True):
+        for site in channel.SITES:
+            np.testing.assert_array_equal(got[site], want[site])
+    meta = json.loads((tmp_path / channel.CHANNEL_JSON).read_text())
+    assert meta["format_version"] == 2
+    np.testing.assert_allclose(  # the scale is the column norm over q, k and v
+        meta["scales"][1]["attn_in"][5],
+        np.linalg.norm(np.concatenate([m.weight[:, 5].detach().numpy() for m in
+                                       channel.site_modules(loaded.layers[1], "attn_in")])),
+        rtol=1e-6,
+    )  # fmt: skip
+    del meta["scales"]
+    (tmp_path / channel.CHANNEL_JSON).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="criterion 'weight_norm' with scales False"):
+        channel.ChannelThresholds.load(tmp_path)
     th = channel.calibrate(loaded, ids, 0.25, context=64)
     th.save(tmp_path)
     back = channel.ChannelThresholds.load(tmp_path)
     assert back.layers == th.layers and back.target_sparsity == 0.25
+    assert back.scales is None and back.criterion == "magnitude"
     with pytest.raises(ValueError, match="target sparsity must be in"):
         channel.calibrate(loaded, ids, 1.0)
-    import json
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        channel.calibrate(loaded, ids, 0.2, criterion="wanda")
 
     meta = json.loads((tmp_path / channel.CHANNEL_JSON).read_text())
     meta["thresholds"][1]["ffn_gate"] = meta["thresholds"][1].pop("ffn_down")
@@ -214,12 +245,45 @@ def test_allocation_meets_the_byte_target_and_favours_heavy_tails():
     assert sum(hists[k].dropped_energy(level[k]) for k in hists) < uniform
 
 
+def test_greedy_walk_meets_the_byte_target_with_less_layer_error_than_uniform(tiny):
+    from tierlm.sparse.channel_alloc import capture_layer_inputs, greedy_path, levels_at
+
+    loaded, ids, _ = tiny
+    hists = channel.collect_histograms(loaded, ids, context=64)
+    captured = capture_layer_inputs(loaded, ids[:61])
+    zero = [dict.fromkeys(channel.SITES, 0.0) for _ in loaded.layers]
+
+    def layer_error(i, levels):
+        cuts = [dict(z) for z in zero]
+        cuts[i] = {s: hists[i][s].quantile(v) for s, v in levels.items()}
+        with torch.no_grad():
+            dense = loaded.layers[i](*captured[i][0], **captured[i][1])
+            with channel.channel_sparse_mode(loaded, channel.ChannelThresholds(0.4, cuts)):
+                got = loaded.layers[i](*captured[i][0], **captured[i][1])
+        return float(((got - dense) ** 2).sum())
+
+    for i, layer in enumerate(loaded.layers):
+        sizes = {s: channel.site_weight_elems(loaded, i, s) for s in channel.SITES}
+        path = greedy_path(layer, captured[i], hists[i], sizes, 0.5, step=0.05)
+        assert path[0][0] == 0.0 and 0.5 <= path[-1][0] < 0.5 + 0.05
+        assert all(b[0] > a[0] for a, b in zip(path, path[1:], strict=False))
+        for target in (0.0, 0.13, 0.4):
+            lv = levels_at(path, target)
+            reached = sum(lv[s] * sizes[s] for s in sizes) / sum(sizes.values())
+            assert reached == pytest.approx(target, abs=1e-9)
+        greedy = layer_error(i, levels_at(path, 0.4))
+        uniform = layer_error(i, dict.fromkeys(channel.SITES, 0.4))
+        assert greedy < uniform, (i, greedy, uniform)
+
+
 def test_smollm2_quality_at_25_percent():
     """The issue's quality targets on the real SmolLM2-135M-Instruct (Q4_1 GGUF dequantized
     to f32), where they hold: at 25% of every linear's input channels skipped, held-out
     perplexity within 3% of dense (measured x1.017) and greedy top-1 agreement >= 0.9 over
-    256 tokens (measured 0.996). At 40% the agreement holds (0.969) but perplexity is x1.19:
-    docs/sparse.md. Calibrated on 4096 shipped tokens, measured on 4096 held-out ones."""
+    256 tokens (measured 0.996). At 40% the agreement holds (0.969) but perplexity is x1.19,
+    at 50% x1.76, and neither the weight_norm criterion nor the greedy allocation does better
+    (docs/sparse.md), so there is no 40% test. Calibrated on 4096 shipped tokens, measured on
+    4096 held-out ones."""
     from tierlm.cli.demo import smollm2_gguf
     from tierlm.cli.sparse_calibrate import DATA
     from tierlm.sparse.model import load_model
@@ -231,7 +295,7 @@ def test_smollm2_quality_at_25_percent():
     cal = loaded.encode((DATA / "calibration.txt").read_text(encoding="utf-8"))[:4096]
     held = loaded.encode((DATA / "held_out.txt").read_text(encoding="utf-8"))[:4096]
     assert len(held) == 4096
-    thresholds = channel.calibrate(loaded, cal, 0.25)
+    thresholds = channel.calibrate(loaded, cal, 0.25, allocation="uniform", criterion="magnitude")
     q = channel.quality(loaded, thresholds, held, n_new=256)
     assert q["perplexity_ratio"] <= 1.03, q
     assert q["greedy_top1"] >= 0.9, q

@@ -48,6 +48,13 @@ typedef struct tierlm_model_options {
    * tokens), "sirllm:S+W+K[@D]" (and the K of highest decayed token entropy) or "h2o:S+W+K"
    * (and the K of most accumulated attention): generation runs past the context */
   const char* kv_policy;
+  /* KV on the disk tier: the host bytes the KV cache may hold (0 = all it needs); beyond them
+   * its oldest blocks move to a scratch file of the disk tier in disk_dir (NULL = $TMPDIR, else
+   * /tmp) under disk_budget bytes (0 = no limit), read back a layer ahead of attention; every
+   * token stays. disk_budget and disk_dir need kv_host_budget. */
+  uint64_t kv_host_budget;
+  uint64_t disk_budget;
+  const char* disk_dir;
 } tierlm_model_options;
 
 typedef struct tierlm_generate_options {

@@ -17,6 +17,8 @@ constexpr int64_t kInt32Max = INT32_MAX;
 constexpr OptionRange kRanges[] = {
     {"threads", 0, 1024, "compute threads; 0 = every core"},
     {"host_budget", 0, UINT64_MAX, "bytes the host tier may hold"},
+    {"kv_host_budget", 0, UINT64_MAX, "host bytes the KV cache may hold; 0 = all it needs"},
+    {"disk_budget", 0, UINT64_MAX, "bytes the disk tier may hold"},
     {"max_context", 0, kInt32Max, "KV cache tokens; 0 = the model's max_positions"},
     {"prefill_chunk", 0, kInt32Max, "tokens per prefill batch; 0 = a stored plan's or 256"},
     {"max_batch", 1, 1024, "sequences decoded together, each with its own KV cache"},

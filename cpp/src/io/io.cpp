@@ -1,5 +1,5 @@
 // The I/O engine's front: choosing the back end (probe once, TIERLM_IO, explicit choice),
-// File's checks before anything is queued, futures, and the random-read benchmark.
+// File's checks before anything is queued, futures.
 #include "tierlm/io/io.hpp"
 
 #include <fcntl.h>
@@ -7,9 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdlib>
-#include <random>
 
 #include "io/io_engine.hpp"
 #include "tierlm/core/error.hpp"
@@ -340,75 +338,6 @@ void io_drop_cache(const std::string& path) {
   if (r != 0) {
     TIERLM_FAIL(kErrorIo, r, "posix_fadvise(DONTNEED) on ", path, " failed: ", errno_text(r));
   }
-}
-
-IoBenchResult io_bench_read(const std::string& path, size_t block, unsigned queue_depth,
-                            IoOptions options, double seconds, uint64_t seed) {
-  TIERLM_CHECK(block > 0 && queue_depth > 0, kErrorInvalidArgument,
-               "benchmark block size and queue depth must be positive");
-  options.queue_depth = queue_depth;
-  io_drop_cache(path);
-  File file(path, IoMode::kIoModeRead, options);
-  const uint64_t blocks = file.size() / block;
-  TIERLM_CHECK(blocks > 0, kErrorInvalidArgument, "benchmark file ", path, " (",
-               format_bytes(file.size()), ") is smaller than one block of ", format_bytes(block));
-
-  const size_t stride = round_up(block, kAlignment);
-  void* memory = nullptr;
-  TIERLM_CHECK(posix_memalign(&memory, kAlignment, stride * queue_depth) == 0,
-               kErrorInvalidArgument, "cannot allocate ", format_bytes(stride * queue_depth),
-               " of benchmark buffers");
-  std::unique_ptr<void, decltype(&std::free)> hold(memory, &std::free);
-  char* buffers = static_cast<char*>(memory);
-  std::fill(buffers, buffers + stride * queue_depth, 0);  // fault the pages in before timing
-  IoBenchResult result;
-  result.backend = file.backend();
-  result.direct = file.direct();
-  result.registered = file.register_buffer(buffers, stride * queue_depth);
-
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<uint64_t> pick(0, blocks - 1);
-  std::vector<IoRequest> requests(queue_depth);
-  for (unsigned i = 0; i < queue_depth; ++i) {
-    requests[i] = {buffers + i * stride, block, pick(rng) * block};
-  }
-  const auto start = std::chrono::steady_clock::now();
-  const auto stop = start + std::chrono::duration<double>(seconds);
-  std::vector<IoFuture> slots = file.pread_batch(requests);
-  std::vector<bool> live(queue_depth, true);
-  unsigned live_count = queue_depth;
-  // Waits for the oldest request, then resubmits every finished one in one batch, so the
-  // queue stays as full as the completions allow.
-  std::vector<unsigned> again;
-  std::vector<IoRequest> batch;
-  for (unsigned next = 0; live_count > 0; next = (next + 1) % queue_depth) {
-    if (!live[next]) continue;
-    slots[next].get();
-    again.assign(1, next);
-    for (unsigned k = 1; k < queue_depth; ++k) {
-      const unsigned i = (next + k) % queue_depth;
-      if (live[i] && slots[i].ready()) again.push_back(i);
-    }
-    const bool more = std::chrono::steady_clock::now() < stop;
-    batch.clear();
-    for (unsigned i : again) {
-      slots[i].get();
-      result.requests += 1;
-      result.bytes += block;
-      if (more) {
-        batch.push_back({buffers + i * stride, block, pick(rng) * block});
-      } else {
-        live[i] = false;
-        --live_count;
-      }
-    }
-    if (!more) continue;
-    std::vector<IoFuture> issued = file.pread_batch(batch);
-    for (size_t k = 0; k < again.size(); ++k) slots[again[k]] = std::move(issued[k]);
-  }
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  file.unregister_buffer(buffers);
-  return result;
 }
 
 }  // namespace tierlm

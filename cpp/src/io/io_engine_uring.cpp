@@ -107,9 +107,11 @@ class UringCore final : public IoDriver {
   void reap_backlog() {
     std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
-      reaper_cv_.wait(lock, [&] { return stopping_ || (!backlog_.empty() && !reaping_); });
+      reaper_cv_.wait(
+          lock, [&] { return stopping_ || (!backlog_.empty() && !reaping_ && followers_ == 0); });
       if (stopping_) return;
-      drive(lock, [&] { return stopping_ || backlog_.empty(); });
+      // A waiter that arrives takes over (its completion then wakes it directly).
+      drive(lock, [&] { return stopping_ || backlog_.empty() || followers_ > 0; });
     }
   }
 
@@ -181,8 +183,10 @@ class UringCore final : public IoDriver {
       reaping_ = false;
       // Wake other waiters only if there are any: a needless wake-up costs more than the I/O.
       if (followers_ > 0) progress_cv_.notify_all();
-      if (!backlog_.empty()) reaper_cv_.notify_one();
     }
+    // The background reaper keeps the ring full only when no one drives it: waking it on every
+    // reap while a waiter drives would pass the token back and forth.
+    if (!backlog_.empty() && !reaping_) reaper_cv_.notify_one();
   }
 
   // Takes every available completion, advances its request, refills the ring.

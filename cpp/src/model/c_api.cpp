@@ -79,6 +79,9 @@ void tierlm_model_options_init(tierlm_model_options* options) {
   options->sparse_capacity = 0;
   options->kv_dtype = nullptr;
   options->kv_policy = nullptr;
+  options->kv_host_budget = 0;
+  options->disk_budget = 0;
+  options->disk_dir = nullptr;
 }
 
 void tierlm_generate_options_init(tierlm_generate_options* options) {
@@ -110,6 +113,9 @@ tierlm_status tierlm_model_create(const char* path, const tierlm_model_options* 
       o.sparse_capacity = options->sparse_capacity;
       if (options->kv_dtype != nullptr) o.kv_dtype = tierlm::dtype_parse(options->kv_dtype);
       if (options->kv_policy != nullptr) o.kv_policy = options->kv_policy;
+      o.kv_host_budget = options->kv_host_budget;
+      if (options->disk_budget != 0) o.disk_budget = options->disk_budget;
+      if (options->disk_dir != nullptr) o.disk_dir = options->disk_dir;
     }
     *out = new tierlm_model(tierlm::Model::load(path, o));
   });

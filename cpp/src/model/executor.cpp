@@ -59,6 +59,7 @@ void Executor::make_room(int32_t slot, int64_t n) {
 
 const float* Executor::run(const ExecBatch& batch) {
   const int64_t n = batch.n;
+  kv_.begin_step();
   const bool one = batch.slots == nullptr;
   const int64_t groups = one ? 1 : n;
   auto slot_of = [&](int64_t g) { return one ? batch.slot : batch.slots[g]; };
@@ -74,6 +75,9 @@ const float* Executor::run(const ExecBatch& batch) {
     if (eviction_)
       eviction_->begin_step(slot_of(g), kv_.length(slot_of(g)), batch.tokens + g, per_group);
   }
+  // A cache that spills starts reading layer 0's blocks back.
+  kv_.stage(one ? std::span<const int32_t>(&batch.slot, 1)
+                : std::span<const int32_t>(batch.slots, static_cast<size_t>(n)));
   int layer = INT_MIN;
   for (const ExecOp& op : resolved_.ops) {
     if (op.layer != layer) {
@@ -250,6 +254,7 @@ void Executor::attend(const ExecOp& op, const ExecBatch& batch) {
   const size_t per_group = batch.slots == nullptr ? rows : 1;
   AttentionShape shape = op.shape;
   shape.kv_dtype = kv_.dtype();
+  kv_.fetch(static_cast<size_t>(op.kv));  // this layer's spilled blocks (a spilling cache)
   for (size_t g = 0; g < groups; ++g) {
     const int32_t slot = batch.slots == nullptr ? batch.slot : batch.slots[g];
     const KvLayout cache = kv_.layout(static_cast<size_t>(op.kv), slot);
@@ -266,6 +271,7 @@ void Executor::attend(const ExecOp& op, const ExecBatch& batch) {
                        mass ? lse_.data() : nullptr);
     if (mass) backend_.attention_mass(q, cache, shape, op.scale, lse_.data(), mass);
   }
+  kv_.release(static_cast<size_t>(op.kv));
 }
 
 }  // namespace tierlm::detail

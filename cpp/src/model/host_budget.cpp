@@ -54,15 +54,17 @@ HostBudget host_budget_fit(const Package& package, const ModelOptions& options,
                  format_bytes(demand.expert_min_bytes);
   }
   const uint64_t minimum = b.minimum_budget;
-  TIERLM_CHECK(b.fixed_bytes <= options.host_budget, kErrorBudget, "host tier: the KV cache (",
-               format_bytes(kv_bytes), ": ", demand.context, " tokens of ",
-               dtype_name(demand.kv_dtype), " plus a block for each of ", demand.max_batch - 1,
-               " more sequences) and activations (", format_bytes(arena_bytes), ")", also_held,
-               " stay in the host tier and do not fit the host budget of ",
-               format_bytes(options.host_budget),
-               "; lower max_context or max_batch, use a smaller kv_dtype (q8_0), or raise "
-               "the host budget (streaming the weights needs at least ",
-               format_bytes(minimum), ")");
+  TIERLM_CHECK(
+      b.fixed_bytes <= options.host_budget, kErrorBudget, "host tier: the KV cache (",
+      format_bytes(kv_bytes), ": ", demand.context, " tokens of ", dtype_name(demand.kv_dtype),
+      " plus a block for each of ", demand.max_batch - 1, " more sequences) and activations (",
+      format_bytes(arena_bytes), ")", also_held,
+      " stay in the host tier and do not fit the host budget of ",
+      format_bytes(options.host_budget),
+      "; lower max_context or max_batch, use a smaller kv_dtype (q8_0), set kv_host_budget "
+      "to keep the oldest KV blocks on disk, or raise "
+      "the host budget (streaming the weights needs at least ",
+      format_bytes(minimum), ")");
   TIERLM_CHECK(minimum <= options.host_budget, kErrorBudget,
                "host tier: streaming the weights "
                "needs a host budget of at least ",

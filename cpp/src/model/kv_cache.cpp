@@ -21,9 +21,15 @@ uint64_t half_layer_bytes(const KvLayerShape& layer, DType dtype) {
          kernel_kv_row_bytes(dtype, layer.head_dim);
 }
 
-uint64_t one_block_bytes(std::span<const KvLayerShape> layers, DType dtype) {
+// A layer's keys and values in a block; a spilling cache pads them to whole 4 KiB pages so that
+// each layer's slice moves to and from disk with O_DIRECT.
+uint64_t slice_bytes(const KvLayerShape& layer, DType dtype, uint64_t align) {
+  return (2 * half_layer_bytes(layer, dtype) + align - 1) / align * align;
+}
+
+uint64_t one_block_bytes(std::span<const KvLayerShape> layers, DType dtype, uint64_t align = 1) {
   uint64_t bytes = 0;
-  for (const KvLayerShape& l : layers) bytes += 2 * half_layer_bytes(l, dtype);
+  for (const KvLayerShape& l : layers) bytes += slice_bytes(l, dtype, align);
   return std::max<uint64_t>(bytes, 1);
 }
 
@@ -34,6 +40,10 @@ int64_t chunk_blocks(uint64_t block_bytes) {
 
 int64_t blocks_for(int64_t tokens) { return (tokens + kKvBlockTokens - 1) / kKvBlockTokens; }
 
+uint64_t chunk_bytes_of(int64_t per_chunk, uint64_t block) {
+  return (static_cast<uint64_t>(per_chunk) * block + 4095) / 4096 * 4096;
+}
+
 }  // namespace
 
 uint64_t KvCache::bytes_reserved(std::span<const KvLayerShape> layers, int64_t capacity,
@@ -43,27 +53,68 @@ uint64_t KvCache::bytes_reserved(std::span<const KvLayerShape> layers, int64_t c
   const int64_t blocks = blocks_for(capacity) + slots - 1;
   const int64_t chunks = (blocks + per_chunk - 1) / per_chunk;
   // Each chunk as the host tier charges it: whole 4 KiB pages.
-  const uint64_t chunk = (static_cast<uint64_t>(per_chunk) * block + 4095) / 4096 * 4096;
-  return static_cast<uint64_t>(chunks) * chunk;
+  return static_cast<uint64_t>(chunks) * chunk_bytes_of(per_chunk, block);
+}
+
+KvSpillPlan KvCache::spill_plan(std::span<const KvLayerShape> layers, int64_t capacity,
+                                int64_t slots, DType dtype, uint64_t kv_host_budget,
+                                int64_t min_resident) {
+  KvSpillPlan plan;
+  if (kv_host_budget == 0 || bytes_reserved(layers, capacity, slots, dtype) <= kv_host_budget) {
+    return plan;
+  }
+  const uint64_t block = one_block_bytes(layers, dtype, kAlignment);
+  uint64_t max_slice = 0;
+  for (const KvLayerShape& l : layers)
+    max_slice = std::max(max_slice, slice_bytes(l, dtype, kAlignment));
+  const int64_t per_chunk = chunk_blocks(block);
+  const uint64_t chunk = chunk_bytes_of(per_chunk, block);
+  const int64_t blocks = blocks_for(capacity) + slots - 1;
+  // Host bytes with k chunks resident: a layer's slices of every other block may need staging
+  // at once, in each of the two buffers.
+  auto host_bytes = [&](int64_t k) {
+    const int64_t on_disk = std::max<int64_t>(blocks - k * per_chunk, 0);
+    return static_cast<uint64_t>(k) * chunk + 2 * static_cast<uint64_t>(on_disk) * max_slice;
+  };
+  const int64_t least = (min_resident + per_chunk - 1) / per_chunk;
+  TIERLM_CHECK(host_bytes(least) <= kv_host_budget, kErrorBudget, "host tier: kv_host_budget ",
+               format_bytes(kv_host_budget), " cannot hold the ", min_resident,
+               " KV blocks one step writes (", format_bytes(block),
+               " each, every layer) and the staging to read a layer's spilled blocks back "
+               "twice over; the least that works is ",
+               format_bytes(host_bytes(least)), " (", host_bytes(least),
+               " bytes): raise kv_host_budget, or lower prefill_chunk or max_batch");
+  int64_t k = least;
+  while ((k + 1) * per_chunk < blocks && host_bytes(k + 1) <= kv_host_budget) ++k;
+  plan.resident_blocks = k * per_chunk;
+  plan.disk_blocks = std::max<int64_t>(blocks - plan.resident_blocks, 1);
+  plan.staging_bytes = static_cast<uint64_t>(plan.disk_blocks) * max_slice;
+  plan.resident_bytes = static_cast<uint64_t>(k) * chunk;
+  plan.host_bytes = plan.resident_bytes + 2 * plan.staging_bytes;
+  plan.disk_bytes = static_cast<uint64_t>(plan.disk_blocks) * block;
+  return plan;
 }
 
 KvCache::KvCache(HostTier& host, std::vector<KvLayerShape> layers, int64_t capacity, int64_t slots,
-                 DType dtype, uint64_t reserved)
+                 DType dtype, uint64_t reserved, const KvSpillPlan& spill,
+                 const KvDiskOptions& disk)
     : host_(host),
       layers_(std::move(layers)),
       dtype_(dtype),
       capacity_(capacity),
-      block_bytes_(one_block_bytes(layers_, dtype)),
+      block_bytes_(one_block_bytes(layers_, dtype, spill.on() ? kAlignment : 1)),
       blocks_per_chunk_(chunk_blocks(block_bytes_)),
       lengths_(static_cast<size_t>(slots), 0),
       tables_(static_cast<size_t>(slots)),
       pointers_(static_cast<size_t>(slots)) {
+  const uint64_t align = spill.on() ? kAlignment : 1;
+  std::vector<uint64_t> slices;
   size_t offset = 0;
   for (const KvLayerShape& l : layers_) {
     key_offset_.push_back(offset);
-    offset += half_layer_bytes(l, dtype);
-    value_offset_.push_back(offset);
-    offset += half_layer_bytes(l, dtype);
+    value_offset_.push_back(offset + half_layer_bytes(l, dtype));
+    slices.push_back(slice_bytes(l, dtype, align));
+    offset += slices.back();
   }
   // Reserved once, so that taking and dropping blocks never reallocates a table.
   const size_t per_slot = static_cast<size_t>(blocks_for(capacity));
@@ -79,13 +130,21 @@ KvCache::KvCache(HostTier& host, std::vector<KvLayerShape> layers, int64_t capac
   chunks_.reserve(most_chunks);
   refs_.reserve(most_chunks * static_cast<size_t>(blocks_per_chunk_));
   free_.reserve(most_chunks * static_cast<size_t>(blocks_per_chunk_));
-  const uint64_t chunk_bytes =
-      (static_cast<uint64_t>(blocks_per_chunk_) * block_bytes_ + 4095) / 4096 * 4096;
+  const uint64_t chunk_bytes = chunk_bytes_of(blocks_per_chunk_, block_bytes_);
+  if (spill.on()) reserved = spill.resident_bytes;
   for (uint64_t held = 0; held < reserved; held += chunk_bytes) {
     add_chunk();
     chunks_.back().reserved = true;
   }
   std::reverse(free_.begin(), free_.end());  // the lowest ids first
+  if (spill.on()) {
+    for (size_t id = 0; id < refs_.size(); ++id)
+      host_blocks_.push_back(block_data(static_cast<int32_t>(id)));
+    spill_ = std::make_unique<KvSpill>(
+        spill, std::move(slices), std::vector<uint64_t>(key_offset_.begin(), key_offset_.end()),
+        std::vector<uint64_t>(value_offset_.begin(), value_offset_.end()), host_, disk, slots,
+        static_cast<int64_t>(per_slot));
+  }
 }
 
 void KvCache::add_chunk() {
@@ -96,7 +155,11 @@ void KvCache::add_chunk() {
   chunks_[c].buffer = host_.allocate(static_cast<size_t>(blocks_per_chunk_) * block_bytes_);
   held_bytes_ += chunks_[c].buffer.size();
   const size_t ids = chunks_.size() * static_cast<size_t>(blocks_per_chunk_);
-  if (refs_.size() < ids) refs_.resize(ids, 0);
+  if (refs_.size() < ids) {
+    refs_.resize(ids, 0);
+    age_.resize(ids, 0);
+    pin_.resize(ids, 0);
+  }
   for (int64_t i = blocks_per_chunk_; i-- > 0;)
     free_.push_back(static_cast<int32_t>(static_cast<int64_t>(c) * blocks_per_chunk_ + i));
 }
@@ -108,16 +171,51 @@ void* KvCache::block_data(int32_t id) const {
 }
 
 int32_t KvCache::take() {
-  if (free_.empty()) add_chunk();
+  if (free_.empty()) {
+    if (spill_) {
+      spill_coldest();
+    } else {
+      add_chunk();
+    }
+  }
   const int32_t id = free_.back();
   free_.pop_back();
   refs_[static_cast<size_t>(id)] = 1;
+  age_[static_cast<size_t>(id)] = ++clock_;
   ++chunks_[static_cast<size_t>(id / blocks_per_chunk_)].used;
   ++blocks_used_;
   return id;
 }
 
-void KvCache::drop(int32_t id) {
+void KvCache::spill_coldest() {
+  int32_t victim = -1;
+  for (size_t id = 0; id < refs_.size(); ++id) {
+    if (refs_[id] > 0 && pin_[id] != step_ && (victim < 0 || age_[id] < age_[victim])) {
+      victim = static_cast<int32_t>(id);
+    }
+  }
+  TIERLM_CHECK(victim >= 0, kErrorBudget, "KV cache: all ", refs_.size(),
+               " blocks kept in host memory are written by this step, so none can move to "
+               "disk; raise kv_host_budget, or lower prefill_chunk or max_batch");
+  const int32_t entry = -1 - spill_->write(block_data(victim), refs_[static_cast<size_t>(victim)]);
+  for (size_t s = 0; s < tables_.size(); ++s) {
+    for (size_t b = 0; b < tables_[s].size(); ++b) {
+      if (tables_[s][b] != victim) continue;
+      tables_[s][b] = entry;
+      pointers_[s][b] = nullptr;
+    }
+  }
+  refs_[static_cast<size_t>(victim)] = 0;
+  --chunks_[static_cast<size_t>(victim / blocks_per_chunk_)].used;
+  free_.push_back(victim);  // the same logical block, now on disk: blocks_used_ stays
+}
+
+void KvCache::drop(int32_t entry) {
+  if (entry < 0) {
+    if (spill_->unref(-1 - entry)) --blocks_used_;
+    return;
+  }
+  const int32_t id = entry;
   if (--refs_[static_cast<size_t>(id)] > 0) return;
   --blocks_used_;
   const int64_t c = id / blocks_per_chunk_;
@@ -133,21 +231,48 @@ void KvCache::prepare(int32_t slot, int64_t tokens) {
   auto& table = tables_[static_cast<size_t>(slot)];
   auto& pointers = pointers_[static_cast<size_t>(slot)];
   const int64_t length = lengths_[static_cast<size_t>(slot)];
-  const size_t at = static_cast<size_t>(length / kKvBlockTokens);
-  if (at < table.size() && refs_[static_cast<size_t>(table[at])] > 1) {
-    const int32_t copy = take();
-    std::memcpy(block_data(copy), block_data(table[at]), block_bytes_);
-    drop(table[at]);
-    table[at] = copy;
-    pointers[at] = block_data(copy);
-  }
+  for (size_t b = static_cast<size_t>(length / kKvBlockTokens); b < table.size(); ++b) own(slot, b);
   while (static_cast<int64_t>(table.size()) < blocks_for(tokens)) {
     table.push_back(take());
+    pin_[static_cast<size_t>(table.back())] = step_;
     pointers.push_back(block_data(table.back()));
   }
 }
 
+void KvCache::own(int32_t slot, size_t b) {
+  auto& table = tables_[static_cast<size_t>(slot)];
+  if (table[b] >= 0 && refs_[static_cast<size_t>(table[b])] == 1) {
+    pin_[static_cast<size_t>(table[b])] = step_;
+    return;
+  }
+  const int32_t copy = take();  // may move table[b] itself to disk
+  pin_[static_cast<size_t>(copy)] = step_;
+  const int32_t source = table[b];
+  if (source >= 0) {
+    std::memcpy(block_data(copy), block_data(source), block_bytes_);
+  } else {
+    try {
+      spill_->read(-1 - source, block_data(copy));
+    } catch (...) {
+      drop(copy);  // the slot keeps its spilled block; nothing leaks
+      throw;
+    }
+  }
+  drop(source);
+  table[b] = copy;
+  pointers_[static_cast<size_t>(slot)][b] = block_data(copy);
+}
+
+void KvCache::stage(std::span<const int32_t> slots) {
+  if (spill_) spill_->stage(slots, tables_, host_blocks_);
+}
+
 KvLayout KvCache::layout(size_t layer, int32_t slot) const {
+  if (spill_) {
+    KvLayout l = spill_->layout(layer, slot);
+    l.block_tokens = static_cast<size_t>(kKvBlockTokens);
+    return l;
+  }
   KvLayout l;
   l.blocks = pointers_[static_cast<size_t>(slot)].data();
   l.block_tokens = static_cast<size_t>(kKvBlockTokens);
@@ -175,9 +300,13 @@ void KvCache::share(int32_t from, int32_t to, int64_t tokens) {
   const auto& source = tables_[static_cast<size_t>(from)];
   for (int64_t b = 0; b < blocks_for(tokens); ++b) {
     const int32_t id = source[static_cast<size_t>(b)];
-    ++refs_[static_cast<size_t>(id)];
+    if (id < 0) {
+      spill_->ref(-1 - id);
+    } else {
+      ++refs_[static_cast<size_t>(id)];
+    }
     tables_[static_cast<size_t>(to)].push_back(id);
-    pointers_[static_cast<size_t>(to)].push_back(block_data(id));
+    pointers_[static_cast<size_t>(to)].push_back(address(id));
   }
   lengths_[static_cast<size_t>(to)] = tokens;
 }
@@ -190,6 +319,8 @@ void KvCache::evict(int32_t slot, std::span<const int32_t> drops, const float* r
   TIERLM_CHECK(ok, kErrorInvalidArgument, "KV cache: cannot drop ", count, " tokens (",
                count > 0 ? drops.front() : 0, "..", count > 0 ? drops.back() : 0,
                ", ascending and distinct) of slot ", slot, ", which holds ", length);
+  TIERLM_CHECK(!spill_, kErrorUnsupported,
+               "KV cache: a cache that spills to disk keeps every token; it cannot drop any");
   auto& table = tables_[static_cast<size_t>(slot)];
   auto& pointers = pointers_[static_cast<size_t>(slot)];
   // Blocks rewritten below are this slot's own first (copy on write).

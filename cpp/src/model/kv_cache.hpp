@@ -2,14 +2,18 @@
 // tokens, taken from the host tier as a sequence grows and given back when it ends, in the
 // cache's dtype (f32, f16, bf16 or q8_0 rows, as the fused attention kernel reads them in
 // place). Each of `slots` sequences has a block table; sequences may share blocks (a common
-// prompt prefix), and a shared block is copied before it is written (copy on write).
+// prompt prefix), and a shared block is copied before it is written (copy on write). Under a
+// spill plan (kv_host_budget) the cache holds a fixed number of blocks in host memory and
+// moves the coldest to the disk tier (model/kv_spill.hpp), reading them back layer by layer.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
+#include "model/kv_spill.hpp"
 #include "tierlm/core/dtype.hpp"
 #include "tierlm/kernels/kernels.hpp"
 #include "tierlm/memory/tier.hpp"
@@ -34,22 +38,51 @@ class KvCache {
   static uint64_t bytes_reserved(std::span<const KvLayerShape> layers, int64_t capacity,
                                  int64_t slots, DType dtype);
 
+  // The blocks kept in host memory when the cache may hold `kv_host_budget` bytes there (its
+  // resident chunks and the two read-back staging buffers): as many whole chunks as fit, with
+  // at least min_resident blocks (what one step writes). Off (disk_blocks 0) when the budget is
+  // 0 or the whole cache fits it; throws kErrorBudget naming the least budget otherwise.
+  static KvSpillPlan spill_plan(std::span<const KvLayerShape> layers, int64_t capacity,
+                                int64_t slots, DType dtype, uint64_t kv_host_budget,
+                                int64_t min_resident);
+
   // Every sequence empty. Takes `reserved` bytes of chunks (bytes_reserved: what the budget set
   // aside) from the host tier now and keeps them; chunks taken beyond them go back when empty.
+  // With a spill plan that is on, `reserved` is ignored: the plan's resident chunks are taken
+  // and kept, and the disk tier opened under `disk`.
   KvCache(HostTier& host, std::vector<KvLayerShape> layers, int64_t capacity, int64_t slots,
-          DType dtype, uint64_t reserved = 0);
+          DType dtype, uint64_t reserved = 0, const KvSpillPlan& spill = {},
+          const KvDiskOptions& disk = {});
 
   int64_t capacity() const { return capacity_; }
   int64_t slots() const { return static_cast<int64_t>(lengths_.size()); }
   size_t layers() const { return layers_.size(); }
   DType dtype() const { return dtype_; }
-  uint64_t bytes() const { return held_bytes_; }   // host bytes held now
+  uint64_t bytes() const {  // host bytes held now (staging included)
+    return held_bytes_ + (spill_ ? spill_->staging_bytes() : 0);
+  }
   int64_t blocks() const { return blocks_used_; }  // blocks in use (a shared block counts once)
   uint64_t block_bytes() const { return block_bytes_; }
 
+  // A step begins: the blocks prepare() hands out until the next begin_step stay in host memory.
+  void begin_step() { ++step_; }
   // Makes slot writable up to `tokens` tokens: takes blocks from the pool (the host tier when it
-  // is empty) and copies the block the next token lands in if another sequence shares it.
+  // is empty; a spilling cache writes its coldest block to disk instead), copies the blocks the
+  // next tokens land in if another sequence shares them, and reads them back if spilled.
   void prepare(int32_t slot, int64_t tokens);
+  // After the step's prepare calls: a spilling cache starts reading back the spilled blocks of
+  // these slots, layers 0 and 1; fetch(layer), before the layer's attention, waits for its
+  // blocks, and release(layer), after it, starts on layer + 2's. None does anything for a
+  // cache that does not spill.
+  void stage(std::span<const int32_t> slots);
+  void fetch(size_t layer) {
+    if (spill_) spill_->fetch(layer);
+  }
+  void release(size_t layer) {
+    if (spill_) spill_->release(layer);
+  }
+  bool spills() const { return spill_ != nullptr; }
+  const KvSpill* spill() const { return spill_.get(); }
   // Where layer's keys and values of slot are, for kernel_attention and kernel_kv_store.
   KvLayout layout(size_t layer, int32_t slot) const;
 
@@ -77,8 +110,14 @@ class KvCache {
   };
   void add_chunk();
   int32_t take();
-  void drop(int32_t id);
+  // Table entries: a host block id >= 0, or -1 - a disk slot (spilled).
+  void drop(int32_t entry);
   void* block_data(int32_t id) const;
+  void* address(int32_t entry) const { return entry < 0 ? nullptr : block_data(entry); }
+  // Makes block b of slot a block of this slot alone, in host memory, for this step.
+  void own(int32_t slot, size_t b);
+  // Writes the least recently taken block that this step does not use to the disk tier.
+  void spill_coldest();
 
   HostTier& host_;
   std::vector<KvLayerShape> layers_;
@@ -97,6 +136,13 @@ class KvCache {
   uint64_t held_bytes_ = 0;
   int64_t blocks_used_ = 0;
   int64_t evicted_ = 0;
+  // Spilling.
+  std::unique_ptr<KvSpill> spill_;
+  std::vector<void*> host_blocks_;  // each host block id's address (spilling: fixed)
+  std::vector<uint64_t> age_;       // when each host block id was taken
+  std::vector<uint64_t> pin_;       // the step that last prepared it
+  uint64_t clock_ = 0;
+  uint64_t step_ = 1;
 };
 
 }  // namespace tierlm::detail

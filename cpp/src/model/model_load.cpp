@@ -4,12 +4,14 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 
 #include "model/exec_buffers.hpp"
 #include "model/host_budget.hpp"
 #include "model/model_impl.hpp"
 #include "model/op_resolve.hpp"
 #include "model/package_plans.hpp"
+#include "moe/expert_usage.hpp"
 #include "moe/moe_graph.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/core/parallel.hpp"
@@ -95,6 +97,27 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   m.chunk = choose_chunk(p, options, m.context, m.max_batch);
   auto eviction = detail::KvEviction::create(m.policy, m.max_batch, c.vocab_size);
   if (eviction) m.chunk = std::min(m.chunk, eviction->max_step());
+  const std::vector<detail::KvLayerShape> kv_layers = detail::kv_layer_shapes(p);
+  const detail::KvSpillPlan spill =
+      detail::KvCache::spill_plan(kv_layers, m.context, m.max_batch, options.kv_dtype,
+                                  options.kv_host_budget, std::max<int64_t>(m.max_batch, 2));
+  // The disk tier opens only for a spill; a directory given for it is checked either way.
+  TIERLM_CHECK(
+      spill.on() || options.disk_dir.empty() || std::filesystem::is_directory(options.disk_dir),
+      kErrorNotFound, "disk_dir ", options.disk_dir,
+      " does not exist or is not a directory; create it or pass another directory");
+  if (spill.on()) {
+    // A prefill step writes up to chunk / block + 1 blocks, all in host memory at once.
+    const int64_t most = (spill.resident_blocks - 1) * detail::kKvBlockTokens;
+    TIERLM_CHECK(options.prefill_chunk <= most, kErrorBudget, "prefill_chunk ",
+                 options.prefill_chunk, " writes up to ",
+                 (options.prefill_chunk + detail::kKvBlockTokens - 1) / detail::kKvBlockTokens + 1,
+                 " KV blocks a step, but kv_host_budget ", format_bytes(options.kv_host_budget),
+                 " keeps ", spill.resident_blocks,
+                 " in host memory; lower prefill_chunk to at most ", most,
+                 " or raise kv_host_budget");
+    m.chunk = std::max(std::min(m.chunk, most), m.max_batch);
+  }
   m.backend = detail::backend_cpu();
 
   detail::HostDemand demand;
@@ -117,6 +140,7 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
                                               .capacity = options.sparse_capacity,
                                               .bundled = options.sparse_bundled,
                                               .verify = options.verify,
+                                              .readahead = options.sparse_readahead,
                                               .max_rows = static_cast<size_t>(m.chunk)});
     std::erase_if(demand.tensors, [&](const std::string& name) {
       return std::find(sparse_plan.dense_tensors.begin(), sparse_plan.dense_tensors.end(), name) !=
@@ -129,9 +153,9 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   const detail::BufferAssignment assignment =
       detail::buffers_assign(p, *m.backend, m.chunk, m.context, m.max_batch);
   m.plan = detail::buffers_plan(p, assignment, m.chunk);
-  const std::vector<detail::KvLayerShape> kv_layers = detail::kv_layer_shapes(p);
-  demand.kv_bytes =
-      detail::KvCache::bytes_reserved(kv_layers, m.context, m.max_batch, options.kv_dtype);
+  demand.kv_bytes = spill.on() ? spill.host_bytes
+                               : detail::KvCache::bytes_reserved(kv_layers, m.context, m.max_batch,
+                                                                 options.kv_dtype);
   demand.kv_dtype = options.kv_dtype;
   demand.arena_bytes = m.plan.peak;
   const detail::HostBudget budget = detail::host_budget_fit(p, options, demand, sparse_plan);
@@ -148,8 +172,9 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     m.weights = detail::weight_store_resident(p, *m.host, demand.tensors, store_options);
   }
   m.placement = detail::host_budget_placement(p, demand, budget);
-  m.kv = std::make_unique<detail::KvCache>(*m.host, kv_layers, m.context, m.max_batch,
-                                           options.kv_dtype, demand.kv_bytes);
+  m.kv = std::make_unique<detail::KvCache>(
+      *m.host, kv_layers, m.context, m.max_batch, options.kv_dtype, demand.kv_bytes, spill,
+      detail::KvDiskOptions{.dir = options.disk_dir, .budget = options.disk_budget});
   m.arena = m.host->allocate(budget.arena_bytes);
   std::memset(m.arena.data(), 0, m.arena.size());
   if (options.sparse) m.sparse = std::make_unique<detail::SparseFfn>(sparse_plan, *m.host);
@@ -159,7 +184,8 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
         detail::ExpertStoreOptions{.budget = budget.expert_budget,
                                    .policy = detail::expert_policy_parse(options.expert_cache),
                                    .prefetch = options.expert_prefetch,
-                                   .verify = options.verify});
+                                   .verify = options.verify,
+                                   .usage = detail::expert_usage_read(p)});
   }
   m.sparse_verify = sparse_plan.verify;
 

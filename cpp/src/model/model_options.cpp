@@ -13,6 +13,21 @@ namespace tierlm {
 
 void check_model_options(const ModelOptions& o) {
   check_option("host_budget", o.host_budget);
+  check_option("kv_host_budget", o.kv_host_budget);
+  check_option("disk_budget", o.disk_budget);
+  detail::expert_policy_parse(o.expert_cache);
+  kernel_kv_row_bytes(o.kv_dtype, 1);  // refuses a type the KV cache cannot hold, naming it
+  kv_policy_parse(o.kv_policy);
+  TIERLM_CHECK(o.kv_host_budget > 0 || (o.disk_budget == UINT64_MAX && o.disk_dir.empty()),
+               kErrorInvalidArgument,
+               "the disk budget and disk_dir are for the KV cache's blocks on the disk tier, "
+               "which only a kv_host_budget (the KV cache's share of the host budget) turns on; "
+               "set kv_host_budget or leave them unset");
+  TIERLM_CHECK(o.kv_host_budget == 0 || o.kv_policy.empty() || o.kv_policy == "full",
+               kErrorInvalidArgument,
+               "kv_host_budget keeps every token, spilling the oldest to "
+               "disk, and kv_policy '",
+               o.kv_policy, "' drops tokens: use one or the other");
   check_option("threads", o.threads);
   check_option("max_context", o.max_context);
   check_option("prefill_chunk", o.prefill_chunk);
@@ -20,9 +35,6 @@ void check_model_options(const ModelOptions& o) {
   check_option("ring_sections", o.ring_sections);
   check_option("sparse_window", o.sparse_window);
   check_option("sparse_capacity", o.sparse_capacity);
-  detail::expert_policy_parse(o.expert_cache);
-  kernel_kv_row_bytes(o.kv_dtype, 1);  // refuses a type the KV cache cannot hold, naming it
-  kv_policy_parse(o.kv_policy);
 }
 
 namespace {

@@ -26,6 +26,20 @@ ModelStats Model::stats() const {
   s.kv_evicted = m.kv->evicted();
   s.kv_block_tokens = detail::kKvBlockTokens;
   s.kv_block_bytes = m.kv->block_bytes();
+  if (const detail::KvSpill* spill = m.kv->spill()) {
+    const detail::KvSpillCounts& c = spill->counts();
+    s.kv_disk_bytes = spill->disk_bytes();
+    s.kv_blocks_spilled = c.blocks_written;
+    s.kv_slices_read = c.slices_read;
+    s.kv_disk_bytes_read = c.bytes_read;
+    s.kv_disk_bytes_written = c.bytes_written;
+    s.kv_read_wait_seconds = c.wait_seconds;
+    s.disk = spill->disk_stats();
+    s.kv_io_backend = io_backend_name(spill->file().backend());
+    s.kv_io_direct = spill->file().direct();
+  } else {
+    s.disk.budget = m.options.disk_budget;
+  }
   s.arena_bytes = m.arena.size();
   s.host = m.host->stats();
   s.verify = ws.verify;
@@ -68,6 +82,10 @@ const WeightPlacement& Model::placement() const { return impl_->placement; }
 const ExpertPlacement& Model::expert_placement() const {
   static const ExpertPlacement kNone;
   return impl_->experts ? impl_->experts->placement() : kNone;
+}
+
+std::vector<std::vector<uint64_t>> Model::expert_usage() const {
+  return impl_->experts ? impl_->experts->usage() : std::vector<std::vector<uint64_t>>{};
 }
 
 std::vector<StreamEvent> Model::stream_events() const {

@@ -66,17 +66,27 @@ class LfuPolicy final : public ExpertPolicy {
 ExpertPolicyKind expert_policy_parse(const std::string& name) {
   if (name == "lru") return ExpertPolicyKind::kExpertPolicyLru;
   if (name == "lfu") return ExpertPolicyKind::kExpertPolicyLfu;
+  if (name == "stream") return ExpertPolicyKind::kExpertPolicyStream;
   TIERLM_FAIL(kErrorInvalidArgument, 0, "expert_cache \"", name,
-              "\" is not a replacement policy; use \"lru\" or \"lfu\" (frequency-weighted)");
+              "\" is not a replacement policy; use \"lru\", \"lfu\" (frequency-weighted) or "
+              "\"stream\" (no cache: every layer's experts read on every step)");
 }
 
 const char* expert_policy_name(ExpertPolicyKind kind) {
-  return kind == ExpertPolicyKind::kExpertPolicyLru ? "lru" : "lfu";
+  switch (kind) {
+    case ExpertPolicyKind::kExpertPolicyLru:
+      return "lru";
+    case ExpertPolicyKind::kExpertPolicyLfu:
+      return "lfu";
+    case ExpertPolicyKind::kExpertPolicyStream:
+      return "stream";
+  }
+  return "?";
 }
 
 std::unique_ptr<ExpertPolicy> expert_policy_create(ExpertPolicyKind kind, size_t keys) {
-  if (kind == ExpertPolicyKind::kExpertPolicyLru) return std::make_unique<LruPolicy>(keys);
-  return std::make_unique<LfuPolicy>(keys);
+  if (kind == ExpertPolicyKind::kExpertPolicyLfu) return std::make_unique<LfuPolicy>(keys);
+  return std::make_unique<LruPolicy>(keys);  // stream reuses its slots in LRU order
 }
 
 }  // namespace tierlm::detail

@@ -2,6 +2,9 @@
 // which expert (key) it used, and asks it which of the evictable cached experts to drop.
 // LRU drops the least recently used; LFU ("frequency-weighted") drops the one with the least
 // use count, each count decaying by half every `half_life` steps so that old popularity fades.
+// "stream" is no cache at all, the dense-offload baseline: the store reads every disk-homed
+// expert of a layer on every step (and the next layer's with prefetch), its slots reused in
+// LRU order.
 #pragma once
 
 #include <cstdint>
@@ -12,9 +15,9 @@
 
 namespace tierlm::detail {
 
-enum class ExpertPolicyKind { kExpertPolicyLru, kExpertPolicyLfu };
+enum class ExpertPolicyKind { kExpertPolicyLru, kExpertPolicyLfu, kExpertPolicyStream };
 
-// "lru" | "lfu"; throws kErrorInvalidArgument naming the option otherwise.
+// "lru" | "lfu" | "stream"; throws kErrorInvalidArgument naming the option otherwise.
 ExpertPolicyKind expert_policy_parse(const std::string& name);
 const char* expert_policy_name(ExpertPolicyKind kind);
 

@@ -31,10 +31,9 @@ uint64_t expert_bytes(const std::vector<const TensorInfo*>& parts) {
   return bytes;
 }
 
-// The order in which experts are homed on the host tier while the budget lasts: the first and
-// last moe layers first (their experts are used on every token like any other, but a model's
-// outer layers route most unevenly, so they cache worst), then inwards.
-std::vector<int> home_order(size_t layers) {
+// Moe layers from the outside in: first, last, second, ... (a model's outer layers route
+// most unevenly, so they cache worst).
+std::vector<int> outer_layers_first(size_t layers) {
   std::vector<int> order;
   for (size_t lo = 0, hi = layers; lo < hi; ++lo) {
     order.push_back(static_cast<int>(lo));
@@ -99,8 +98,17 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
                format_bytes(options.budget), options.prefetch ? " with the routers" : "",
                "; raise the host budget");
   if (options.prefetch) read_routers(package, host, ops, routers, options.verify);
+  // "stream" (dense offload): slots for one layer's experts, and the next layer's with
+  // prefetch; the rest of the budget homes experts as a cache would.
+  stream_all_ = options.policy == ExpertPolicyKind::kExpertPolicyStream;
+  uint64_t most = 1;
+  for (size_t m = 0; m < ops.size(); ++m)
+    most = std::max<uint64_t>(most, layer_experts(static_cast<int>(m)));
   uint64_t slots = 0;
-  if (fit < total) slots = std::min(fit, std::max<uint64_t>(2 * max_top_k, fit / 4));
+  if (fit < total && stream_all_) slots = std::min(fit, (options.prefetch ? 2 : 1) * most);
+  if (fit < total && !stream_all_) {
+    slots = std::min(fit, std::max<uint64_t>(2 * max_top_k, fit / 4));
+  }
   const uint64_t homed = std::min(total, fit - slots);
   if (homed > 0) homed_ = host.allocate(homed * slot_bytes_);
   if (slots > 0) cache_ = host.allocate(slots * slot_bytes_);
@@ -113,12 +121,11 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
   predicted_.assign(experts_.size(), 0);
   layer_predicted_.assign(ops.size(), 0);
   prefetched_slots_.reserve(slots);
-  uint64_t next = 0;
-  for (int m : home_order(ops.size())) {
-    for (int64_t e = 0; e < package.graph.ops[ops[m]].experts; ++e) {
-      Expert& x = experts_[key(m, static_cast<int32_t>(e))];
-      if (next < homed) x.host = static_cast<char*>(homed_.data()) + next++ * slot_bytes_;
-    }
+  streamed_.reserve(slots);
+  usage_.assign(experts_.size(), 0);
+  const std::vector<int> order = home_order(options.usage);
+  for (uint64_t i = 0; i < homed; ++i) {
+    experts_[order[i]].host = static_cast<char*>(homed_.data()) + i * slot_bytes_;
   }
   read_homed(package, options.verify);
   placement_.moe = !ops.empty();
@@ -128,6 +135,7 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
   placement_.cache_slots = static_cast<int64_t>(slots);
   placement_.router_bytes = routers;
   placement_.policy = expert_policy_name(options.policy);
+  placement_.homing = options.usage.empty() ? "outer layers first" : "usage profile";
   placement_.host_experts.resize(ops.size());
   placement_.disk_experts.resize(ops.size());
   for (size_t m = 0; m < ops.size(); ++m) {
@@ -140,6 +148,40 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
   if (slots > 0) {
     for (File& f : files_) f.register_buffer(cache_.data(), cache_.size());
   }
+}
+
+// With a usage profile, the experts by their share of their layer's routed tokens, most used
+// first (the expected host hits per homed byte; every expert takes one slot), ties in layer
+// order; without one, outer layers first, each layer whole.
+std::vector<int> ExpertStore::home_order(const std::vector<std::vector<uint64_t>>& usage) const {
+  const std::vector<int> layers = outer_layers_first(first_key_.size());
+  std::vector<int> order;
+  for (int m : layers) {
+    const int end = m + 1 < static_cast<int>(first_key_.size()) ? first_key_[m + 1]
+                                                                : static_cast<int>(experts_.size());
+    for (int k = first_key_[m]; k < end; ++k) order.push_back(k);
+  }
+  if (usage.empty()) return order;
+  std::vector<double> share(experts_.size(), 0.0);
+  for (size_t m = 0; m < usage.size(); ++m) {
+    uint64_t total = 0;
+    for (uint64_t n : usage[m]) total += n;
+    for (size_t e = 0; e < usage[m].size() && total > 0; ++e) {
+      share[key(static_cast<int>(m), static_cast<int32_t>(e))] =
+          static_cast<double>(usage[m][e]) / static_cast<double>(total);
+    }
+  }
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return share[a] > share[b]; });
+  return order;
+}
+
+std::vector<std::vector<uint64_t>> ExpertStore::usage() const {
+  std::vector<std::vector<uint64_t>> out;
+  for (size_t m = 0; m < first_key_.size(); ++m) {
+    const size_t end = m + 1 < first_key_.size() ? first_key_[m + 1] : usage_.size();
+    out.emplace_back(usage_.begin() + first_key_[m], usage_.begin() + end);
+  }
+  return out;
 }
 
 // An expert's reads: its parts at 4 KiB-rounded offsets of its slot, neighbours in one file
@@ -229,9 +271,39 @@ const void* ExpertStore::next_router(int moe) const {
   return static_cast<const char*>(routers_.data()) + router_at_[moe];
 }
 
+int ExpertStore::layer_experts(int moe) const {
+  const int end = moe + 1 < static_cast<int>(first_key_.size()) ? first_key_[moe + 1]
+                                                                : static_cast<int>(experts_.size());
+  return end - first_key_[moe];
+}
+
+void ExpertStore::stream_layer(int moe, bool ahead) {
+  streamed_.clear();
+  for (int k = key(moe, 0); k < key(moe, 0) + layer_experts(moe); ++k) {
+    if (experts_[k].host != nullptr || experts_[k].slot >= 0) continue;
+    const int s = take_slot(false);  // queued slots stay pinned until flushed
+    if (s < 0) break;                // every slot holds an expert in use
+    queue(k, s);
+    policy_->touch(k);
+    streamed_.push_back(s);
+  }
+  flush();
+  for (int s : streamed_) {
+    if (ahead) {
+      prefetched_slots_.push_back(s);  // kept until the layer's route, as prefetches are
+    } else {
+      slots_[s].pinned = false;  // read whether used or not; the step's own are pinned
+    }
+  }
+}
+
 void ExpertStore::prefetch(int moe, std::span<const int32_t> experts) {
   layer_predicted_[moe] = 1;
   for (int32_t e : experts) predicted_[key(moe, e)] = 1;
+  if (stream_all_) {
+    stream_layer(moe, true);  // the whole next layer, as a dense offload's ring reads it
+    return;
+  }
   for (int32_t e : experts) {
     const int k = key(moe, e);
     if (experts_[k].host != nullptr || experts_[k].slot >= 0) continue;
@@ -306,8 +378,10 @@ void ExpertStore::wait(int slot) {
   stats_.moe_io_wait_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-void ExpertStore::route(int moe, std::span<const int32_t> experts, size_t tokens) {
+void ExpertStore::route(int moe, std::span<const int32_t> experts, std::span<const int32_t> rows,
+                        size_t tokens) {
   if (moe == 0) stats_.moe_tokens += tokens;
+  for (size_t i = 0; i < experts.size(); ++i) usage_[key(moe, experts[i])] += rows[i];
   policy_->step();
   for (int s : prefetched_slots_) slots_[s].pinned = false;  // this layer's, now routed
   prefetched_slots_.clear();
@@ -345,6 +419,7 @@ void ExpertStore::route(int moe, std::span<const int32_t> experts, size_t tokens
     queue(k, s);
   }
   flush();  // the step's misses in one batch
+  if (stream_all_) stream_layer(moe, false);
 }
 
 ExpertWeights ExpertStore::expert(int moe, int32_t e) {

@@ -28,6 +28,9 @@ struct ExpertStoreOptions {
   ExpertPolicyKind policy = ExpertPolicyKind::kExpertPolicyLru;
   bool prefetch = true;
   bool verify = false;  // check every expert's (and router's) CRC-32 at load
+  // Per moe op, tokens routed to each expert on a calibration text (expert_usage.hpp): the
+  // most used are homed on the host tier. Empty: outer layers first.
+  std::vector<std::vector<uint64_t>> usage;
 };
 
 // Host bytes of one expert cache slot (the largest expert's read).
@@ -46,7 +49,8 @@ class ExpertStore final : public ExpertProvider {
   ExpertStore(const ExpertStore&) = delete;
   ExpertStore& operator=(const ExpertStore&) = delete;
 
-  void route(int moe, std::span<const int32_t> experts, size_t tokens) override;
+  void route(int moe, std::span<const int32_t> experts, std::span<const int32_t> rows,
+             size_t tokens) override;
   const void* next_router(int moe) const override;
   void prefetch(int moe, std::span<const int32_t> experts) override;
   ExpertWeights expert(int moe, int32_t e) override;
@@ -55,6 +59,8 @@ class ExpertStore final : public ExpertProvider {
   const ExpertPlacement& placement() const { return placement_; }
   const MoeStats& stats() const { return stats_; }
   const VerifyStats& verify() const { return verify_; }
+  // Per moe op, the tokens routed to each expert since load.
+  std::vector<std::vector<uint64_t>> usage() const;
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -85,12 +91,19 @@ class ExpertStore final : public ExpertProvider {
   // with `any`); -1: none.
   int take_slot(bool any);
   void add_expert(const Package& package, const std::vector<const TensorInfo*>& parts);
+  // Keys in the order they are homed on the host tier while the budget lasts.
+  std::vector<int> home_order(const std::vector<std::vector<uint64_t>>& usage) const;
   void read_homed(const Package& package, bool verify);
   void read_routers(const Package& package, HostTier& host, const std::vector<size_t>& ops,
                     uint64_t bytes, bool verify);
   // Assigns expert k to the slot and queues its reads; flush() submits the queue, one batch
   // per file.
   void queue(int k, int slot);
+  // expert_cache "stream": reads every expert of moe op `moe` that is neither homed nor in a
+  // slot (used or not, as a dense offload reads them); `ahead`: a prefetch, pinned until the
+  // layer's route.
+  void stream_layer(int moe, bool ahead);
+  int layer_experts(int moe) const;
   void flush();
   void wait(int slot);
 
@@ -99,6 +112,7 @@ class ExpertStore final : public ExpertProvider {
   std::unordered_map<std::string, int> file_index_;  // package file name -> files_ index
   std::vector<Expert> experts_;                      // by key
   std::vector<int> first_key_;                       // per moe op
+  std::vector<uint64_t> usage_;                      // by key: tokens routed to it
   uint64_t slot_bytes_ = 0;
   HostBuffer homed_;
   HostBuffer cache_;
@@ -111,7 +125,9 @@ class ExpertStore final : public ExpertProvider {
   std::vector<uint8_t> predicted_;        // by key: named by the last prediction of its layer
   std::vector<uint8_t> layer_predicted_;  // per moe op: a prediction awaits its route
   std::vector<int> prefetched_slots_;     // pinned by prefetch until the layer's route
+  std::vector<int> streamed_;             // scratch of stream_layer
   std::unique_ptr<ExpertPolicy> policy_;
+  bool stream_all_ = false;  // expert_cache "stream": no cache, every expert read per step
   ExpertPlacement placement_;
   MoeStats stats_;
   VerifyStats verify_;

@@ -16,7 +16,8 @@ size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
 // The pieces of a moe op's workspace, at offsets from its start.
 struct MoeLayout {
-  size_t logits, chosen, weights, starts, order_rows, order_weights, routed, xs, gate, up, down;
+  size_t logits, chosen, weights, starts, order_rows, order_weights, routed, routed_rows, xs;
+  size_t gate, up, down;
   size_t linear, total;
 };
 
@@ -36,6 +37,7 @@ MoeLayout moe_layout(const Backend& backend, const MoeShape& s, size_t rows) {
   l.order_rows = take((picks + s.experts) * sizeof(int32_t));  // + the predicted experts
   l.order_weights = take(picks * sizeof(float));
   l.routed = take(s.experts * sizeof(int32_t));
+  l.routed_rows = take(s.experts * sizeof(int32_t));
   l.xs = take(rows * s.hidden * sizeof(float));
   l.gate = take(rows * s.inner * sizeof(float));
   l.up = take(rows * s.inner * sizeof(float));
@@ -123,12 +125,16 @@ void moe_run(Backend& backend, ExpertProvider& experts, int moe, const MoeShape&
   int32_t* order_rows = at<int32_t>(workspace, l.order_rows);
   float* order_weights = at<float>(workspace, l.order_weights);
   int32_t* routed = at<int32_t>(workspace, l.routed);
+  int32_t* routed_rows = at<int32_t>(workspace, l.routed_rows);
   const size_t picks = rows * s.top_k;
   std::fill(starts, starts + s.experts + 1, 0);
   for (size_t i = 0; i < picks; ++i) ++starts[chosen[i] + 1];
   size_t n_routed = 0;
   for (size_t e = 0; e < s.experts; ++e) {
-    if (starts[e + 1] > 0) routed[n_routed++] = static_cast<int32_t>(e);
+    if (starts[e + 1] > 0) {
+      routed_rows[n_routed] = starts[e + 1];
+      routed[n_routed++] = static_cast<int32_t>(e);
+    }
     starts[e + 1] += starts[e];
   }
   for (size_t i = 0; i < picks; ++i) {  // starts[e] walks to the end of e's range
@@ -139,7 +145,7 @@ void moe_run(Backend& backend, ExpertProvider& experts, int moe, const MoeShape&
   for (size_t e = s.experts; e > 0; --e) starts[e] = starts[e - 1];  // back to the starts
   starts[0] = 0;
 
-  experts.route(moe, {routed, n_routed}, rows);
+  experts.route(moe, {routed, n_routed}, {routed_rows, n_routed}, rows);
   // The next layer's experts, predicted from this layer's input through its router (the
   // residual stream changes slowly), read while this layer's experts compute. The routing
   // buffers are free again: the picks live in order_rows / order_weights now.

@@ -33,8 +33,10 @@ class ExpertProvider {
  public:
   virtual ~ExpertProvider() = default;
   // The experts a step routes to (ascending, each once), before any expert() of the step:
-  // a store issues their reads together. Allocates nothing beyond I/O futures.
-  virtual void route(int moe, std::span<const int32_t> experts, size_t tokens) = 0;
+  // a store issues their reads together. rows[i]: how many of the step's `tokens` rows chose
+  // experts[i]. Allocates nothing beyond I/O futures.
+  virtual void route(int moe, std::span<const int32_t> experts, std::span<const int32_t> rows,
+                     size_t tokens) = 0;
   // The router of moe op `moe` for predicting its experts a layer ahead, nullptr for none (no
   // prefetch).
   virtual const void* next_router(int moe) const = 0;

@@ -1,6 +1,7 @@
-// The sparse FFN's per-token path: predictor -> window -> evict -> one batch of reads ->
-// insert -> kernel, over views of one scratch buffer laid out by the plan. See
-// sparse_ffn_layer.hpp and docs/sparse.md.
+// The sparse FFN's per-token path: predictor -> window -> evict -> one batch of reads (the
+// rows read ahead taken from there) -> insert -> read-ahead of the next layer's rows (decode) ->
+// kernel, over views of one scratch buffer laid out by the plan. See sparse_ffn_layer.hpp and
+// docs/sparse.md.
 #include "sparse/sparse_ffn_layer.hpp"
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 #include <cstring>
 #include <string>
 
+#include "sparse/sparse_readahead.hpp"
 #include "sparse/sparse_row_loader.hpp"
 #include "tierlm/core/align.hpp"
 #include "tierlm/core/parallel.hpp"
@@ -48,6 +50,9 @@ struct SparseFfn::Impl {
   HostBuffer scratch;  // plan.scratch's views
   // Before layers: the files (closed first) may hold its staging registered.
   SparseRowLoader loader;
+  // Two read-ahead buffers, layer i's in aheads[i % 2]: layer i+1's rows are read into one
+  // while layer i takes its own from the other. Empty without read-ahead.
+  std::vector<SparseReadAhead> aheads;
   std::vector<Layer> layers;
 
   float* mid = view<float>(plan.scratch.mid);
@@ -78,9 +83,16 @@ struct SparseFfn::Impl {
         predictors(host.allocate(plan.predictor_floats * sizeof(float))),
         scratch(host.allocate(plan.scratch.bytes)),
         loader(host.allocate(plan.staging_bytes, kAlignment),
-               view<IoRequest>(plan.scratch.requests), view<uint64_t>(plan.scratch.pending_a),
-               view<uint64_t>(plan.scratch.pending_b), plan.scratch.max_requests, plan.bundled) {
+               view<IoRequest>(plan.scratch.requests), view<SparseRowSource>(plan.scratch.sources),
+               plan.scratch.max_requests, plan.bundled) {
     std::fill(rows, rows + plan.max_rows, SparseTokenInfo{});
+    if (plan.readahead) {
+      const size_t bytes = SparseReadAhead::bytes(plan.readahead_staging, plan.readahead_rows);
+      for (int i = 0; i < 2; ++i) {
+        aheads.emplace_back(host.allocate(bytes, kAlignment), plan.readahead_staging,
+                            plan.readahead_rows, plan.bundled);
+      }
+    }
     // Predictor tensors, read once.
     File pf(plan.predictors_file, IoMode::kIoModeRead, IoOptions{.direct = false});
     float* pred = static_cast<float*>(predictors.data());
@@ -110,7 +122,10 @@ struct SparseFfn::Impl {
       pf.read(pred, l.n_neurons * 4, l.pred_bias);
       layer.pred_bias = pred;
       pred += l.n_neurons;
-      const bool reg = layer.file.register_buffer(loader.staging(), loader.staging_bytes());
+      bool reg = layer.file.register_buffer(loader.staging(), loader.staging_bytes());
+      for (SparseReadAhead& a : aheads) {
+        reg = layer.file.register_buffer(a.staging(), a.staging_bytes()) && reg;
+      }
       bundle_io.registered = layers.empty() ? reg : bundle_io.registered && reg;
       bundle_io.direct = layer.file.direct();
       bundle_io.direct_reason = layer.file.direct_reason();
@@ -120,6 +135,7 @@ struct SparseFfn::Impl {
     totals.sparse = true;
     totals.sparse_window = static_cast<int64_t>(plan.window);
     totals.sparse_bundled = plan.bundled;
+    totals.sparse_readahead = plan.readahead;
     totals.sparse_dense_ffn_bytes = plan.dense_ffn_bytes;
     totals.sparse_host_bytes = plan.host_bytes;
     totals.sparse_target_sparsity = plan.target_sparsity;
@@ -179,24 +195,52 @@ struct SparseFfn::Impl {
     for (size_t c = 0; c < chunks; ++c) kernel_add(y, partial + c * dim, dim);
   }
 
-  void token(Layer& l, const float* x, const float* up_bias, const float* down_bias, float* y,
-             SparseTokenInfo& info) {
+  // Layer l's predictor on x: logits = (x · downᵀ) · upᵀ + bias; the neurons whose logit
+  // passes the cut go to out, ascending. Returns how many.
+  size_t predict(const Layer& l, const float* x, int32_t* out, SparseTokenInfo& info) {
+    const SparseLayerPlan& p = *l.plan;
+    const auto t0 = Clock::now();
+    kernel_linear(x, l.pred_down, nullptr, DType::kDTypeF32, mid, 1, p.rank, p.dim);
+    kernel_linear(mid, l.pred_up, l.pred_bias, DType::kDTypeF32, logits, 1, p.n_neurons, p.rank);
+    size_t n = 0;
+    for (size_t i = 0; i < p.n_neurons; ++i) {
+      if (logits[i] > p.cut) out[n++] = static_cast<int32_t>(i);
+    }
+    info.predictor_seconds += since(t0);
+    return n;
+  }
+
+  // Starts reading the rows of ids[0, n) (ascending) that layer `index` does not cache.
+  void read_ahead(int index, const int32_t* ids, size_t n, SparseTokenInfo& info) {
+    Layer& l = layers[static_cast<size_t>(index)];
+    size_t n_miss = 0;
+    for (size_t j = 0; j < n; ++j) {
+      if (!l.cache.contains(ids[j])) to_evict[n_miss++] = ids[j];  // free once a step evicted
+    }
+    aheads[static_cast<size_t>(index) % 2].issue(index, l.file, *l.plan, to_evict, n_miss, info);
+  }
+
+  // The rows read ahead for layer `index` (waited for), or null.
+  const SparseReadAhead* ahead_of(int index, SparseTokenInfo& info) {
+    if (aheads.empty()) return nullptr;
+    SparseReadAhead& a = aheads[static_cast<size_t>(index) % 2];
+    if (a.layer() != index) return nullptr;
+    a.wait(info);
+    return &a;
+  }
+
+  // ahead_next: read the next layer's predicted rows while this one computes (decode).
+  void token(int index, const float* x, const float* up_bias, const float* down_bias, float* y,
+             bool ahead_next, SparseTokenInfo& info) {
+    Layer& l = layers[static_cast<size_t>(index)];
     const SparseLayerPlan& p = *l.plan;
     NeuronCache& cache = l.cache;
     const size_t cap = p.capacity;
-    // Predictor: logits = (x · downᵀ) · upᵀ + bias.
-    auto t0 = Clock::now();
-    kernel_linear(x, l.pred_down, nullptr, DType::kDTypeF32, mid, 1, p.rank, p.dim);
-    kernel_linear(mid, l.pred_up, l.pred_bias, DType::kDTypeF32, logits, 1, p.n_neurons, p.rank);
-    size_t n_active = 0;
-    for (size_t i = 0; i < p.n_neurons; ++i) {
-      if (logits[i] > p.cut) active[n_active++] = static_cast<int32_t>(i);
-    }
-    info.predictor_seconds += since(t0);
+    const size_t n_active = predict(l, x, active, info);
     info.neurons_predicted += n_active;
 
     // Window: evict what left it, then make room, oldest first.
-    t0 = Clock::now();
+    auto t0 = Clock::now();
     const int64_t t = l.token++;
     const NeuronWindow::Step step = l.window.step(active, n_active, to_load, to_evict);
     size_t n_evict = 0;
@@ -227,13 +271,23 @@ struct SparseFfn::Impl {
     }
     info.memory_seconds += since(t0);
     const size_t fill = std::min(n_need, cap - cache.size());
-    loader.load(l.file, p, cache, need, fill, info);
+    const SparseReadAhead* ahead = n_need > 0 ? ahead_of(index, info) : nullptr;
+    loader.load(l.file, p, cache, need, fill, ahead, info);
+    if (ahead_next) {
+      // The next layer's neurons predicted from this layer's input (the residual stream changes
+      // slowly), submitted after this layer's own reads so that those never queue behind them.
+      const size_t n = predict(layers[static_cast<size_t>(index) + 1], x, to_load, info);
+      read_ahead(index + 1, to_load, n, info);
+    }
 
     t0 = Clock::now();
     kernel_sparse_ffn_prepare(x, p.dtype, p.dim, x_blocks);
     kernel(l, x, 0, cache.size(), up_bias, down_bias, y, false);
     info.compute_seconds += since(t0);
-    if (fill == n_need) return;
+    if (fill == n_need) {
+      if (ahead != nullptr) aheads[static_cast<size_t>(index) % 2].drop();
+      return;
+    }
 
     // This token's prediction alone passes the capacity: the rest in rounds of at most
     // `cap` rows, each replacing the rows computed last (the sum is additive).
@@ -245,12 +299,13 @@ struct SparseFfn::Impl {
       for (size_t j = 0; j < m; ++j) evict[j] = cache.neurons()[size - 1 - j];
       cache.erase(evict, m);
       info.memory_seconds += since(t0);
-      loader.load(l.file, p, cache, need + done, m, info);
+      loader.load(l.file, p, cache, need + done, m, ahead, info);
       t0 = Clock::now();
       kernel(l, x, cache.size() - m, m, up_bias, nullptr, y, true);
       info.compute_seconds += since(t0);
       done += m;
     }
+    if (ahead != nullptr) aheads[static_cast<size_t>(index) % 2].drop();
   }
 };
 
@@ -262,11 +317,19 @@ void SparseFfn::run(int index, const float* x, size_t rows, const float* up_bias
                     const float* gate_bias, const float* down_bias, float* y) {
   Impl& m = *impl_;
   m.gate_bias = gate_bias;
-  Impl::Layer& l = m.layers[static_cast<size_t>(index)];
-  const size_t dim = l.plan->dim;
+  const size_t dim = m.layers[static_cast<size_t>(index)].plan->dim;
+  const size_t next = static_cast<size_t>(index) + 1;
+  const bool ahead_next =
+      rows == 1 && !m.aheads.empty() && next < m.layers.size() && m.layers[next].plan->dim == dim;
   for (size_t r = 0; r < rows; ++r) {
-    m.token(l, x + r * dim, up_bias, down_bias, y + r * dim, m.rows[r]);
+    m.token(index, x + r * dim, up_bias, down_bias, y + r * dim, ahead_next, m.rows[r]);
   }
+}
+
+void SparseFfn::read_ahead(int index, const int32_t* rows, size_t n) {
+  Impl& m = *impl_;
+  if (m.aheads.empty() || index < 0 || static_cast<size_t>(index) >= m.layers.size()) return;
+  m.read_ahead(index, rows, n, m.rows[0]);
 }
 
 size_t SparseFfn::dim(int index) const {
@@ -283,6 +346,8 @@ void SparseFfn::end_batch(size_t rows) {
     t.sparse_neurons_read += i.neurons_read;
     t.sparse_bytes_read += i.bytes_read;
     t.sparse_requests += i.requests;
+    t.sparse_readahead_rows += i.readahead_rows;
+    t.sparse_readahead_hits += i.readahead_hits;
     t.sparse_predictor_seconds += i.predictor_seconds;
     t.sparse_io_seconds += i.io_seconds;
     t.sparse_memory_seconds += i.memory_seconds;
@@ -293,6 +358,7 @@ void SparseFfn::end_batch(size_t rows) {
 }
 
 void SparseFfn::reset() {
+  for (SparseReadAhead& a : impl_->aheads) a.drop();
   for (Impl::Layer& l : impl_->layers) {
     l.cache.clear();
     l.window.reset();

@@ -292,6 +292,7 @@ SparseFfnPlan sparse_ffn_plan(const Package& p, const SparseFfnOptions& options)
                " is negative (0 = auto)");
   plan.window = static_cast<size_t>(options.window);
   plan.bundled = options.bundled;
+  plan.readahead = options.readahead;
   plan.max_rows = std::max<size_t>(options.max_rows, 1);
   // The package reader keeps no "bundles" / "predictors": a dense load never reads them, so a
   // damaged sparse section refuses only a sparse load.

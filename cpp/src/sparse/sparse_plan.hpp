@@ -19,13 +19,14 @@ constexpr size_t kSparseTokenLog = 16384;
 enum class SparseOpRole { kSparseOpNone, kSparseOpCompute, kSparseOpCopy, kSparseOpDrop };
 
 // What the model passes on from ModelOptions (sparse_window, sparse_capacity, sparse_bundled,
-// verify) and its prefill chunk.
+// verify, sparse_readahead) and its prefill chunk.
 struct SparseFfnOptions {
-  int64_t window = 4;    // tokens whose neurons stay cached (1 = no window)
-  int64_t capacity = 0;  // cached neurons per layer; 0 = auto from the predictors
-  bool bundled = true;   // false: up and down parts read apart, no coalescing (ablation)
-  bool verify = false;   // check the bundles' and predictors' CRC-32 at load
-  size_t max_rows = 1;   // rows of a batch (prefill chunk)
+  int64_t window = 4;      // tokens whose neurons stay cached (1 = no window)
+  int64_t capacity = 0;    // cached neurons per layer; 0 = auto from the predictors
+  bool bundled = true;     // false: up and down parts read apart, no coalescing (ablation)
+  bool verify = false;     // check the bundles' and predictors' CRC-32 at load
+  bool readahead = false;  // decode: read layer i+1's predicted rows while layer i computes
+  size_t max_rows = 1;     // rows of a batch (prefill chunk)
 };
 
 // One FFN layer: where it sits in the graph, its bundle file and its predictor.
@@ -71,14 +72,13 @@ struct SparseScratchLayout {
   size_t to_evict = 0;
   size_t need = 0;
   size_t evict = 0;
-  size_t pending_a = 0;  // uint64[max capacity]: staging offset of a pending row (its up part)
-  size_t pending_b = 0;  // uint64[max capacity]: unbundled, staging offset of its down part
-  size_t requests = 0;   // IoRequest[max_requests]
-  size_t partial = 0;    // float[partials * max dim]: per-thread partial sums
-  size_t y_tmp = 0;      // float[max dim]
-  size_t x_blocks = 0;   // block-type bundles: x's activation blocks (kernel_sparse_ffn_prepare)
-  size_t rows = 0;       // SparseTokenInfo[max_rows]: per row of the batch
-  size_t log = 0;        // SparseTokenInfo[kSparseTokenLog]
+  size_t sources = 0;   // SparseRowSource[max capacity]: where a pending row's bytes are
+  size_t requests = 0;  // IoRequest[max_requests]
+  size_t partial = 0;   // float[partials * max dim]: per-thread partial sums
+  size_t y_tmp = 0;     // float[max dim]
+  size_t x_blocks = 0;  // block-type bundles: x's activation blocks (kernel_sparse_ffn_prepare)
+  size_t rows = 0;      // SparseTokenInfo[max_rows]: per row of the batch
+  size_t log = 0;       // SparseTokenInfo[kSparseTokenLog]
   size_t max_requests = 0;
   size_t bytes = 0;  // the whole buffer
 };
@@ -90,10 +90,13 @@ struct SparseFfnPlan {
   std::string predictors_file;
   size_t window = 4;
   bool bundled = true;
-  size_t max_rows = 1;          // rows of a batch (prefill chunk)
-  size_t staging_bytes = 0;     // one staging buffer shared by the layers
-  size_t partials = 1;          // per-thread partial sums of the kernel
-  size_t predictor_floats = 0;  // every layer's predictor tensors, in one buffer
+  size_t max_rows = 1;           // rows of a batch (prefill chunk)
+  size_t staging_bytes = 0;      // one staging buffer shared by the layers
+  bool readahead = false;        // two read-ahead buffers (sparse_readahead.hpp), used in turn
+  size_t readahead_staging = 0;  // staging bytes of each
+  size_t readahead_rows = 0;     // rows each holds at most
+  size_t partials = 1;           // per-thread partial sums of the kernel
+  size_t predictor_floats = 0;   // every layer's predictor tensors, in one buffer
   SparseScratchLayout scratch;
   uint64_t host_bytes = 0;       // everything SparseFfn allocates from the host tier
   uint64_t dense_ffn_bytes = 0;  // the FFN matrices' bytes (what dense offload reads)

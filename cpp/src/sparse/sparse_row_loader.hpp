@@ -1,12 +1,15 @@
-// Reads neuron rows of a layer's bundle file into its neuron cache: each row's 4 KiB-widened
-// range (neighbours coalesced when bundled; up and down parts apart when not) goes into one
-// staging buffer as one batch of O_DIRECT requests, then every row is copied into the cache.
+// Reads neuron rows of a layer's bundle file into its neuron cache: the rows' 4 KiB-widened
+// ranges (SparseRowGather) go into one staging buffer as one batch of O_DIRECT requests, then
+// every row is copied into the cache. Rows already read ahead (SparseReadAhead) are copied from
+// there instead, in their place in the order, so the cache ends up the same either way.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
 #include "sparse/sparse_plan.hpp"
+#include "sparse/sparse_readahead.hpp"
+#include "sparse/sparse_row_gather.hpp"
 #include "tierlm/io/io.hpp"
 #include "tierlm/memory/tier.hpp"
 #include "tierlm/sparse/neuron_cache.hpp"
@@ -16,35 +19,28 @@ namespace tierlm::detail {
 
 class SparseRowLoader {
  public:
-  // staging: plan.staging_bytes, 4 KiB-aligned. requests / pending_a / pending_b: the
-  // scratch views of the layout (max_requests requests, max capacity offsets each).
-  SparseRowLoader(HostBuffer staging, IoRequest* requests, uint64_t* pending_a, uint64_t* pending_b,
+  // staging: plan.staging_bytes, 4 KiB-aligned. requests / rows: the scratch views of the
+  // layout (max_requests requests, max capacity rows).
+  SparseRowLoader(HostBuffer staging, IoRequest* requests, SparseRowSource* rows,
                   size_t max_requests, bool bundled);
 
   void* staging() { return staging_.data(); }
   size_t staging_bytes() const { return staging_.size(); }
 
   // Reads the rows of ids[0, n) (sorted, not cached) from `file` into `cache`, in as few
-  // batches as staging allows; counts requests, bytes and times into info. Allocates only the
-  // I/O engine's futures of each batch.
+  // batches as staging allows, taking those found in `ahead` (waited for; may be null) from
+  // there; counts requests, bytes, read-ahead hits and times into info. Allocates only the I/O
+  // engine's futures of each batch.
   void load(File& file, const SparseLayerPlan& plan, NeuronCache& cache, const int32_t* ids,
-            size_t n, SparseTokenInfo& info);
+            size_t n, const SparseReadAhead* ahead, SparseTokenInfo& info);
 
  private:
-  // Submits the pending requests as one batch, waits, and moves the rows into the cache.
-  void flush(File& file, const SparseLayerPlan& plan, NeuronCache& cache, SparseTokenInfo& info);
+  // Submits the gathered requests as one batch, waits, and moves the rows into the cache.
+  void flush(File& file, const SparseLayerPlan& plan, NeuronCache& cache, const int32_t* ids,
+             SparseTokenInfo& info);
 
   HostBuffer staging_;
-  IoRequest* requests_ = nullptr;
-  uint64_t* pending_a_ = nullptr;  // staging offset of a pending row (its up part)
-  uint64_t* pending_b_ = nullptr;  // unbundled: staging offset of its down part
-  size_t max_requests_ = 0;
-  bool bundled_ = true;
-  // The batch being gathered.
-  const int32_t* pending_ids_ = nullptr;  // ids of the pending rows, in order
-  size_t n_pending_ = 0;
-  size_t n_requests_ = 0;
-  uint64_t used_ = 0;  // staging bytes the batch's requests cover
+  SparseRowGather gather_;
 };
 
 }  // namespace tierlm::detail

@@ -1,10 +1,12 @@
 // Sizes what the sparse FFN runtime allocates at load: each layer's neuron cache capacity, the
-// shared staging buffer, the scratch layout, and their host-tier total (plan.host_bytes), which
-// the model counts against the host budget before anything is allocated.
+// shared staging buffer, the read-ahead buffers, the scratch layout, and their host-tier total
+// (plan.host_bytes), which the model counts against the host budget before anything is allocated.
 #include <algorithm>
 #include <cmath>
 
 #include "sparse/sparse_plan.hpp"
+#include "sparse/sparse_readahead.hpp"
+#include "sparse/sparse_row_gather.hpp"
 #include "tierlm/core/align.hpp"
 #include "tierlm/core/parallel.hpp"
 #include "tierlm/io/io.hpp"
@@ -56,8 +58,7 @@ SparseScratchLayout sparse_scratch_layout(const SparseFfnPlan& plan) {
   s.to_evict = take(max_n * sizeof(int32_t));
   s.need = take(max_n * sizeof(int32_t));
   s.evict = take(max_n * sizeof(int32_t));
-  s.pending_a = take(max_cap * sizeof(uint64_t));
-  s.pending_b = take(max_cap * sizeof(uint64_t));
+  s.sources = take(max_cap * sizeof(SparseRowSource));
   s.requests = take(s.max_requests * sizeof(IoRequest));
   s.partial = take(plan.partials * max_dim * sizeof(float));
   s.y_tmp = take(max_dim * sizeof(float));
@@ -68,7 +69,7 @@ SparseScratchLayout sparse_scratch_layout(const SparseFfnPlan& plan) {
 }
 
 void size_sparse_caches(SparseFfnPlan& plan, int64_t capacity, size_t capacity_tokens) {
-  size_t max_cap = 0;
+  size_t max_cap = 0, ahead_rows = 0;
   uint64_t worst_row = 0, bound = 0;
   for (SparseLayerPlan& l : plan.layers) {
     if (capacity > 0) {
@@ -81,6 +82,14 @@ void size_sparse_caches(SparseFfnPlan& plan, int64_t capacity, size_t capacity_t
       l.capacity = l.n_neurons;
     }
     max_cap = std::max(max_cap, l.capacity);
+    // One token's predicted rows (with the capacity margin); the cache capacity when the
+    // metrics lack the density.
+    const size_t token_rows =
+        l.predicted_density > 0
+            ? static_cast<size_t>(std::ceil(l.predicted_density * static_cast<double>(l.n_neurons) *
+                                            kCapacityMargin))
+            : l.capacity;
+    ahead_rows = std::max(ahead_rows, std::clamp<size_t>(token_rows, 1, l.capacity));
     const uint64_t row = plan.bundled ? worst_widened(l.row_bytes, l.row_bytes)
                                       : 2 * worst_widened(l.up_part_bytes(), l.row_bytes);
     worst_row = std::max(worst_row, row);
@@ -89,10 +98,19 @@ void size_sparse_caches(SparseFfnPlan& plan, int64_t capacity, size_t capacity_t
   const uint64_t staging = std::min<uint64_t>(bound, max_cap * worst_row);
   plan.staging_bytes = static_cast<size_t>(
       std::max<uint64_t>(std::min<uint64_t>(staging, kMaxStaging), 2 * worst_row));
+  plan.readahead_rows = plan.readahead ? ahead_rows : 0;
+  plan.readahead_staging = plan.readahead
+                               ? static_cast<size_t>(std::clamp<uint64_t>(
+                                     std::min<uint64_t>(bound, ahead_rows * worst_row),
+                                     2 * worst_row, std::max<uint64_t>(kMaxStaging, 2 * worst_row)))
+                               : 0;
   plan.partials = std::clamp<size_t>(parallel_threads(), 1, kMaxPartials);
   plan.scratch = sparse_scratch_layout(plan);
   plan.predictor_floats = 0;
   uint64_t bytes = page(plan.staging_bytes) + page(plan.scratch.bytes);
+  if (plan.readahead) {
+    bytes += 2 * page(SparseReadAhead::bytes(plan.readahead_staging, plan.readahead_rows));
+  }
   for (const SparseLayerPlan& l : plan.layers) {
     bytes += page(l.capacity * l.row_bytes) + page((l.n_neurons + l.capacity) * 4);  // cache
     bytes += page(NeuronWindow::state_bytes(l.n_neurons, plan.window));

@@ -27,6 +27,8 @@ def run(args, stdin=None, out=None):
         max_context=args.max_context,
         kv_dtype=args.kv_dtype,
         kv_policy=args.kv_policy,
+        kv_host_budget=args.kv_host_budget,
+        disk_dir=args.disk_dir,
     )
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = stdin.isatty()

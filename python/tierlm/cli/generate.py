@@ -67,7 +67,8 @@ def add_run_options(parser):
         action="append",
         default=[],
         metavar="TIER=SIZE",
-        help="host tier budget, e.g. host=4GiB (the only tier the executor uses yet)",
+        help="tier budget, e.g. host=4GiB, or disk=20GiB for the KV blocks --kv-host-budget "
+        "moves to disk (repeat for both)",
     )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=0, help="0 = no limit")
@@ -86,6 +87,18 @@ def add_run_options(parser):
         help="full (default); window:S+W: keep S sink tokens and the last W; sirllm:S+W+K[@D]: "
         "and the K of highest token entropy (decay D per token, default 0.999); h2o:S+W+K: and "
         "the K of most attention. Evicting policies run past the context",
+    )
+    parser.add_argument(
+        "--kv-host-budget",
+        metavar="SIZE",
+        help="host bytes the KV cache may hold (default: all it needs); beyond them its oldest "
+        "blocks move to the disk tier and are read back ahead of each layer, every token kept",
+    )
+    parser.add_argument(
+        "--disk-dir",
+        metavar="DIR",
+        help="directory of the disk tier's scratch file for --kv-host-budget "
+        "(default: $TMPDIR, else /tmp)",
     )
 
 
@@ -133,6 +146,8 @@ def run(args):
         max_context=args.max_context,
         kv_dtype=args.kv_dtype,
         kv_policy=args.kv_policy,
+        kv_host_budget=args.kv_host_budget,
+        disk_dir=args.disk_dir,
         ring_sections=args.ring_sections,
         sparse=args.sparse,
         sparse_window=args.sparse_window,
@@ -237,6 +252,15 @@ def print_placement(model, out):
             f"neuron caches, staging and predictors {format_size(s['sparse_host_bytes'])} "
             f"(capacity {min(caps)}..{max(caps)} neurons per layer, window "
             f"{s['sparse_window']})",
+            file=out,
+        )
+    if s["disk"]["current"] > 0:  # the extent a spilling KV cache reserves at load
+        budget = s["disk"]["budget"]
+        print(
+            f"KV cache: {format_size(s['kv_bytes'])} in the host tier (blocks and read-back "
+            f"staging), the oldest blocks spilled to the disk tier: up to "
+            f"{format_size(s['disk']['current'])} (disk budget "
+            f"{'no limit' if budget == 2**64 - 1 else format_size(budget)})",
             file=out,
         )
     if not p["streaming"]:

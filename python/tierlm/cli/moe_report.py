@@ -12,7 +12,8 @@ def print_expert_placement(model, out):
     homed = sum(map(len, e["host_experts"]))
     total = homed + sum(map(len, e["disk_experts"]))
     print(
-        f"experts: {homed} of {total} homed on the host tier ({format_size(e['host_bytes'])}), "
+        f"experts: {homed} of {total} homed on the host tier ({format_size(e['host_bytes'])}, "
+        f"{e['homing']}), "
         f"the rest on the disk tier, read into a {e['policy']} cache of {e['cache_slots']} "
         f"experts ({format_size(e['cache_bytes'])}); one expert {format_size(e['expert_bytes'])}",
         file=out,

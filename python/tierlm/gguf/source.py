@@ -1,8 +1,10 @@
 """A GGUF file as an export source: a Hugging Face style config from its metadata, its tensors
 under Hugging Face names (so the architecture plans of tierlm.archs apply unchanged), Q and K
 rows put back in Hugging Face's rotary order, and the tokenizer rebuilt from its vocabulary.
-A llama GGUF with experts (Mixtral) stacks them: ffn_{gate,up,down}_exps [experts, rows,
-cols] are read as one entry per expert, Mixtral's names.
+Mixture-of-experts GGUFs (llama with expert_count: Mixtral; qwen2moe; olmoe) stack the
+experts: ffn_{gate,up,down}_exps [experts, rows, cols] are read as one entry per expert under
+the family's Hugging Face names; Qwen2-MoE's shared expert is ffn_*_shexp with its sigmoid gate
+ffn_gate_inp_shexp.
 """
 
 import os
@@ -18,7 +20,10 @@ from tierlm.gguf.reader import GGUF_DTYPES, field_value, gguf_read
 ARCHITECTURES = {
     "llama": ("llama", "LlamaForCausalLM"),  # Llama 2/3 and Mistral: llama.cpp writes both so
     "qwen2": ("qwen2", "Qwen2ForCausalLM"),
+    "qwen2moe": ("qwen2_moe", "Qwen2MoeForCausalLM"),
+    "olmoe": ("olmoe", "OlmoeForCausalLM"),
 }
+_MOE_ARCHS = ("qwen2moe", "olmoe")  # always mixtures of experts; llama is one with expert_count
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -34,22 +39,36 @@ _LAYER_NAMES = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
-    "ffn_gate_inp": "block_sparse_moe.gate",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate_inp": "mlp.gate",
+    "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
+    "ffn_up_shexp": "mlp.shared_expert.up_proj",
+    "ffn_down_shexp": "mlp.shared_expert.down_proj",
+    "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
 }
-# stacked experts -> Mixtral's name of one expert's matrix
-_EXPERTS = {"ffn_gate_exps": "w1", "ffn_up_exps": "w3", "ffn_down_exps": "w2"}
+# Mixtral (the llama architecture with experts) names its router and experts apart
+_MIXTRAL_NAMES = {"ffn_gate_inp": "block_sparse_moe.gate"}
+# stacked experts -> (the family's name of one expert's matrix) for Mixtral, the others
+_EXPERTS = {
+    "ffn_gate_exps": ("block_sparse_moe.experts.{e}.w1", "mlp.experts.{e}.gate_proj"),
+    "ffn_up_exps": ("block_sparse_moe.experts.{e}.w3", "mlp.experts.{e}.up_proj"),
+    "ffn_down_exps": ("block_sparse_moe.experts.{e}.w2", "mlp.experts.{e}.down_proj"),
+}
+_SHARED_GATE = "ffn_gate_inp_shexp"  # 1-D [hidden] in GGUF, [1, hidden] in Hugging Face
 _LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
 _ROPE_FREQS = "rope_freqs.weight"
 
 
-def hf_name(gguf_name):
+def hf_name(gguf_name, arch="llama"):
     """llama.cpp's tensor name -> the Hugging Face checkpoint name (unknown names unchanged, so
     the export's unused-tensor check names them)."""
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
     m = _LAYER.match(gguf_name)
-    if m and m.group(2) in _LAYER_NAMES:
-        return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.{m.group(3)}"
+    names = {**_LAYER_NAMES, **(_MIXTRAL_NAMES if arch == "llama" else {})}
+    if m and m.group(2) in names:
+        return f"model.layers.{m.group(1)}.{names[m.group(2)]}.{m.group(3)}"
     return gguf_name
 
 
@@ -128,13 +147,17 @@ class GGUFSource:
 
     def _config(self):
         model_type, hf_class = ARCHITECTURES[self.arch]
+        names = {t.name for t in self.reader.tensors}
         experts = self.meta("expert_count", int)
         moe = {}
-        if experts:
+        if self.arch in _MOE_ARCHS:
+            moe = self._moe_config(names)
+        elif experts:
             if self.arch != "llama":
                 raise UnsupportedError(
                     f"{self.path}: mixture-of-experts GGUF of architecture {self.arch!r} is not "
-                    "supported (tierlm imports llama-architecture ones: Mixtral)"
+                    f"supported (tierlm imports llama-architecture ones: Mixtral; and "
+                    f"{', '.join(_MOE_ARCHS)})"
                 )
             model_type, hf_class = "mixtral", "MixtralForCausalLM"
             moe = {
@@ -142,7 +165,6 @@ class GGUFSource:
                 "num_experts_per_tok": self._require("expert_used_count"),
                 "sliding_window": None,
             }
-        names = {t.name for t in self.reader.tensors}
         hidden, heads = self._require("embedding_length"), self._require("attention.head_count")
         key_length = "attention.key_length"
         head_dim = self._positive(key_length, self.meta(key_length, int, hidden // heads))
@@ -177,7 +199,9 @@ class GGUFSource:
             "architectures": [hf_class],
             "num_hidden_layers": self._require("block_count"),
             "hidden_size": hidden,
-            "intermediate_size": self._require("feed_forward_length"),
+            "intermediate_size": self._require("feed_forward_length")
+            if self.arch not in _MOE_ARCHS
+            else self.meta("feed_forward_length", int) or moe["moe_intermediate_size"],
             "num_attention_heads": heads,
             "num_key_value_heads": self._positive(
                 "attention.head_count_kv", self.meta("attention.head_count_kv", int, heads)
@@ -194,6 +218,30 @@ class GGUFSource:
             "bos_token_id": bos,
             "eos_token_id": eos,
             **moe,
+        }
+
+    def _moe_config(self, names):
+        """Qwen2-MoE's and OLMoE's expert keys. Layers without a router keep a dense FFN
+        (Qwen2-MoE's mlp_only_layers); top-k weights are renormalised only where the file says
+        so (expert_weights_norm; llama.cpp's qwen2moe and olmoe graphs never do)."""
+        layers = self._require("block_count")
+        dense = [i for i in range(layers) if f"blk.{i}.ffn_gate_inp.weight" not in names]
+        inter = self.meta("expert_feed_forward_length", int) or self._require("feed_forward_length")
+        shared = self.meta("expert_shared_feed_forward_length", int, 0)
+        if self.arch == "qwen2moe" and "blk.0.ffn_up_shexp.weight" in names and not shared:
+            raise UnsupportedError(
+                f"{self.path}: shared-expert tensors without "
+                f"{self.arch}.expert_shared_feed_forward_length"
+            )
+        return {
+            "num_experts": self._positive("expert_count", self._require("expert_count")),
+            "num_experts_per_tok": self._require("expert_used_count"),
+            "moe_intermediate_size": self._positive("expert_feed_forward_length", inter),
+            "shared_expert_intermediate_size": shared,
+            "norm_topk_prob": bool(self.meta("expert_weights_norm", bool, False)),
+            "mlp_only_layers": dense,
+            "qkv_bias": "blk.0.attn_q.bias" in names,
+            "use_sliding_window": False,
         }
 
     def _rope_factors(self, rope, head_dim):
@@ -225,7 +273,7 @@ class GGUFSource:
         for t in self.reader.tensors:
             if t.name == _ROPE_FREQS:
                 continue  # in the config (rope_parameters), not a weight
-            name = hf_name(t.name)
+            name = hf_name(t.name, self.arch)
             dtype = GGUF_DTYPES[t.tensor_type.name]
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))
             if len(shape) == 1 and dtype not in ("f32", "f16", "bf16"):
@@ -235,8 +283,11 @@ class GGUFSource:
                 )
             m = _LAYER.match(t.name)
             if m and m.group(2) in _EXPERTS:
-                entries.update(self._expert_entries(t, m.group(1), _EXPERTS[m.group(2)], dtype))
+                part = _EXPERTS[m.group(2)][self.arch != "llama"]
+                entries.update(self._expert_entries(t, m.group(1), part, dtype))
                 continue
+            if m and m.group(2) == _SHARED_GATE:
+                shape = (1, *shape)
             entries[name] = Entry(self.path, dtype, shape, int(t.data_offset), int(t.n_bytes))
             for module, count in heads.items():
                 if f".{module}." in name:
@@ -245,14 +296,13 @@ class GGUFSource:
 
     def _expert_entries(self, t, layer, part, dtype):
         """One entry per expert of a stacked [experts, rows, cols] tensor: its bytes are the
-        experts' matrices back to back."""
+        experts' matrices back to back. part: the family's name, "{e}" for the expert."""
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         if len(shape) != 3:
             raise UnsupportedError(f"{self.path}: tensor {t.name} has shape {list(shape)}, not 3-D")
         each = int(t.n_bytes) // shape[0]
-        prefix = f"model.layers.{layer}.block_sparse_moe.experts"
         return {
-            f"{prefix}.{e}.{part}.weight": Entry(
+            f"model.layers.{layer}.{part.format(e=e)}.weight": Entry(
                 self.path, dtype, shape[1:], int(t.data_offset) + e * each, each
             )
             for e in range(shape[0])

@@ -25,7 +25,10 @@ SITES = {
     "ffn_down": ("mlp.down_proj",),
 }
 CHANNEL_JSON = "channel_sparsity.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: "criterion" and, for "weight_norm", per-channel "scales"
+# What a threshold cuts: |x_j| ("magnitude"), or |x_j| * ||column j|| ("weight_norm", the
+# criterion of CATS / R-Sparse / WINA: the size of what channel j adds to the outputs).
+CRITERIA = ("magnitude", "weight_norm")
 # Histogram of log2|x|: 1/64 octave per bin (a threshold within 1.1% of the exact quantile).
 _LOG2_LO, _LOG2_HI, _BINS_PER_OCTAVE = -40.0, 24.0, 64
 _N_BINS = int((_LOG2_HI - _LOG2_LO) * _BINS_PER_OCTAVE)
@@ -73,23 +76,36 @@ class MagnitudeHistogram:
 
 @dataclass
 class ChannelThresholds:
-    """Per layer a threshold per site: channels with |x| <= t are skipped (0: keep all)."""
+    """Per layer a threshold per site: channels with |x| * scale <= t are skipped (0: keep
+    all). scales: None (criterion "magnitude", every scale 1) or per layer {site: [scale
+    per input channel]} (criterion "weight_norm", site_scales)."""
 
     target_sparsity: float
     layers: list  # [{site: threshold}]
     calibration_tokens: int = 0
     metrics: dict = field(default_factory=dict)
+    scales: list | None = None
+
+    @property
+    def criterion(self):
+        return "magnitude" if self.scales is None else "weight_norm"
 
     def save(self, directory):
         out = {
-            "format_version": FORMAT_VERSION,
+            "format_version": 1 if self.scales is None else FORMAT_VERSION,
             "method": "input_channel_magnitude",
+            "criterion": self.criterion,
             "target_sparsity": self.target_sparsity,
             "calibration_tokens": self.calibration_tokens,
             "sites": {k: list(v) for k, v in SITES.items()},
             "thresholds": self.layers,
             "metrics": self.metrics,
         }
+        if self.scales is not None:
+            out["scales"] = [
+                {site: [float(v) for v in np.asarray(sc)] for site, sc in layer.items()}
+                for layer in self.scales
+            ]
         path = Path(directory) / CHANNEL_JSON
         path.write_text(json.dumps(out, indent=2) + "\n")
         return path
@@ -104,11 +120,21 @@ class ChannelThresholds:
             unknown = set(layer) - set(SITES)
             if unknown:
                 raise ValueError(f"{path}: layer {i} names unknown sites {sorted(unknown)}")
+        scales = meta.get("scales")
+        if (scales is None) != (meta.get("criterion", "magnitude") == "magnitude"):
+            raise ValueError(
+                f"{path}: criterion {meta.get('criterion')!r} with scales {scales is not None}"
+            )
         return cls(
             meta["target_sparsity"],
             meta["thresholds"],
             meta.get("calibration_tokens", 0),
             meta.get("metrics", {}),
+            None
+            if scales is None
+            else [
+                {site: np.asarray(v, np.float32) for site, v in layer.items()} for layer in scales
+            ],
         )
 
 
@@ -123,9 +149,19 @@ def site_modules(layer, site):
     return out
 
 
-def collect_histograms(loaded, ids, context=1024, progress=None):
-    """Per layer {site: MagnitudeHistogram} of the site's input over the ids (windows of
-    `context`). progress(done_tokens, total_tokens) is called after each window."""
+def site_scales(layer, site):
+    """Per input channel of a site, the L2 norm of its column over the site's matrices
+    ([q | k | v], [o], [gate | up], [down]): f32 numpy [in]."""
+    import torch
+
+    w = torch.cat([m.weight.detach().float() for m in site_modules(layer, site)], 0)
+    return w.norm(dim=0).numpy()
+
+
+def collect_histograms(loaded, ids, context=1024, progress=None, scales=None):
+    """Per layer {site: MagnitudeHistogram} of the site's input (times scales[layer][site]
+    when given) over the ids (windows of `context`). progress(done_tokens, total_tokens) is
+    called after each window."""
     import torch
 
     ids = np.asarray(ids, dtype=np.int64)
@@ -133,9 +169,11 @@ def collect_histograms(loaded, ids, context=1024, progress=None):
     hooks = []
     for i, layer in enumerate(loaded.layers):
         for site in SITES:
+            scale = None if scales is None else scales[i][site]
 
-            def hook(_module, args, h=hists[i][site]):
-                h.add(args[0].detach().float().numpy())
+            def hook(_module, args, h=hists[i][site], scale=scale):
+                x = args[0].detach().float().numpy()
+                h.add(x if scale is None else x * scale)
 
             hooks.append(site_modules(layer, site)[0].register_forward_pre_hook(hook))
     try:
@@ -175,21 +213,43 @@ def allocate(hists, sizes, target, step=0.01, cap=0.95):
     return level
 
 
-def calibrate(loaded, ids, target_sparsity, context=1024, progress=None, allocation="uniform"):
+ALLOCATIONS = ("uniform", "greedy", "energy")
+
+
+def calibrate(
+    loaded,
+    ids,
+    target_sparsity,
+    context=1024,
+    progress=None,
+    allocation="uniform",
+    greedy_tokens=256,
+    criterion="magnitude",
+):
     """Thresholds that skip a fraction `target_sparsity` of the weight elements the model's
     linears would read, on the calibration ids. allocation="uniform" (default): that fraction
-    of every site's input channels; "energy": per-site fractions from allocate() (on
-    SmolLM2-135M at 0.4 it costs far more perplexity than uniform: docs/sparse.md)."""
+    of every site's input channels; "greedy": per layer, the site fractions of the block-wise
+    greedy walk (channel_alloc) on the first `greedy_tokens` calibration tokens, every layer
+    at the target; "energy": per-site fractions from allocate() (on SmolLM2-135M at 0.4 it
+    costs far more perplexity than uniform: docs/sparse.md). criterion: what is compared
+    with the thresholds (CRITERIA)."""
     if not 0.0 <= target_sparsity < 1.0:
         raise ValueError(f"target sparsity must be in [0, 1), got {target_sparsity}")
-    if allocation not in ("uniform", "energy"):
-        raise ValueError(f"allocation must be 'uniform' or 'energy', got {allocation!r}")
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     t0 = time.monotonic()
-    hists = collect_histograms(loaded, ids, context, progress)
+    scales = None
+    if criterion == "weight_norm":
+        scales = [{s: site_scales(layer, s) for s in SITES} for layer in loaded.layers]
+    hists = collect_histograms(loaded, ids, context, progress, scales)
     flat = {(i, s): h[s] for i, h in enumerate(hists) for s in SITES}
     if allocation == "energy" and target_sparsity > 0:
         sizes = {k: site_weight_elems(loaded, *k) for k in flat}
         level = allocate(flat, sizes, target_sparsity)
+    elif allocation == "greedy" and target_sparsity > 0:
+        level = _greedy_levels(loaded, ids[:greedy_tokens], hists, target_sparsity, scales)
     else:
         level = dict.fromkeys(flat, float(target_sparsity))
     layers = [{s: flat[(i, s)].quantile(level[(i, s)]) for s in SITES} for i in range(len(hists))]
@@ -198,7 +258,28 @@ def calibrate(loaded, ids, target_sparsity, context=1024, progress=None, allocat
         "allocation": allocation,
         "site_sparsity": [{s: round(level[(i, s)], 4) for s in SITES} for i in range(len(hists))],
     }
-    return ChannelThresholds(float(target_sparsity), layers, int(len(ids)), metrics)
+    return ChannelThresholds(float(target_sparsity), layers, int(len(ids)), metrics, scales)
+
+
+def _greedy_levels(loaded, ids, hists, target, scales):
+    """{(layer, site): level} of every layer's greedy walk at the target (channel_alloc)."""
+    from tierlm.sparse.channel_alloc import capture_layer_inputs, greedy_path, levels_at
+
+    captured = capture_layer_inputs(loaded, ids)
+    level = {}
+    for i, layer in enumerate(loaded.layers):
+        sizes = {s: site_weight_elems(loaded, i, s) for s in SITES}
+        scale = None if scales is None else scales[i]
+        path = greedy_path(layer, captured[i], hists[i], sizes, target, scales=scale)
+        level.update({(i, s): v for s, v in levels_at(path, target).items()})
+        captured[i] = None
+    return level
+
+
+def sparsify(x, t, scale=None):
+    """x (torch) with the channels whose |x| (times scale, a torch vector) is <= t zeroed."""
+    a = x.abs() if scale is None else x.abs() * scale
+    return x * (a > t)
 
 
 @contextlib.contextmanager
@@ -206,18 +287,20 @@ def channel_sparse_mode(loaded, thresholds):
     """Within the block every linear of a site sees its input with the channels at or below
     the threshold set to zero (the torch reference of the native path). A threshold of 0
     leaves the site untouched, so 0% sparsity is the dense model, bit for bit."""
+    import torch
+
     hooks = []
-
-    def pre(_module, args, t):
-        x = args[0]
-        return (x * (x.abs() > t),)
-
-    for layer, cuts in zip(loaded.layers, thresholds.layers, strict=True):
+    for i, (layer, cuts) in enumerate(zip(loaded.layers, thresholds.layers, strict=True)):
         for site, t in cuts.items():
             if t <= 0:
                 continue
+            sc = None if thresholds.scales is None else torch.from_numpy(thresholds.scales[i][site])
+
+            def pre(_module, args, t=t, sc=sc):
+                return (sparsify(args[0], t, sc),)
+
             for mod in site_modules(layer, site):
-                hooks.append(mod.register_forward_pre_hook(lambda m, a, t=t: pre(m, a, t)))
+                hooks.append(mod.register_forward_pre_hook(pre))
     try:
         yield
     finally:
@@ -225,39 +308,48 @@ def channel_sparse_mode(loaded, thresholds):
             h.remove()
 
 
-def greedy_top1_agreement(loaded, thresholds, prompt_ids, n_new=256):
-    """Dense generates n_new greedy tokens after the prompt; the sparse model, fed the same
-    tokens, picks its own top-1 at each of those positions. Returns the agreeing fraction."""
+def greedy_top1_agreement(loaded, thresholds, prompt_ids, dense_new):
+    """The sparse model, fed the prompt and dense's greedy continuation dense_new, picks its
+    own top-1 at each of those positions. Returns the agreeing fraction."""
     import torch
 
-    from tierlm.sparse.quality import greedy
-
-    dense_new = greedy(loaded, prompt_ids, n_new)
-    seq = torch.tensor([list(prompt_ids) + dense_new])
+    seq = torch.tensor([list(prompt_ids) + list(dense_new)])
     with channel_sparse_mode(loaded, thresholds), torch.no_grad():
         logits = loaded.model(input_ids=seq).logits[0]
     picks = logits[len(prompt_ids) - 1 : -1].argmax(-1).numpy()
     return float(np.mean(picks == np.asarray(dense_new)))
 
 
-def quality(loaded, thresholds, held_ids, n_new=256, prompt_tokens=64, context=1024):
+def dense_reference(loaded, held_ids, n_new=256, prompt_tokens=64, context=1024):
+    """What quality() compares with, computed once for any number of sparse settings:
+    dense held-out perplexity and top-1 ids, the prompt and dense's n_new greedy tokens."""
+    from tierlm.sparse.quality import greedy, perplexity_and_top1
+
+    ppl, top = perplexity_and_top1(loaded, held_ids, context)
+    prompt = list(np.asarray(held_ids[:prompt_tokens]).tolist())
+    new = greedy(loaded, prompt, n_new) if n_new else []
+    return {"perplexity": ppl, "top1": top, "prompt": prompt, "greedy": new, "context": context}
+
+
+def quality(loaded, thresholds, held_ids, n_new=256, prompt_tokens=64, context=1024, dense=None):
     """Held-out perplexity (sparse vs dense), teacher-forced top-1 agreement over held_ids and
-    greedy top-1 agreement over n_new generated tokens."""
+    greedy top-1 agreement over n_new generated tokens; `dense`: dense_reference() of the
+    same arguments, when already computed."""
     from tierlm.sparse.quality import perplexity_and_top1
 
-    dense_ppl, dense_top = perplexity_and_top1(loaded, held_ids, context)
+    dense = dense or dense_reference(loaded, held_ids, n_new, prompt_tokens, context)
     with channel_sparse_mode(loaded, thresholds):
         ppl, top = perplexity_and_top1(loaded, held_ids, context)
     out = {
         "target_sparsity": thresholds.target_sparsity,
         "held_out_tokens": int(len(held_ids)),
-        "dense_perplexity": dense_ppl,
+        "dense_perplexity": dense["perplexity"],
         "perplexity": ppl,
-        "perplexity_ratio": ppl / dense_ppl,
-        "teacher_forced_top1": float(np.mean(top == dense_top)),
+        "perplexity_ratio": ppl / dense["perplexity"],
+        "teacher_forced_top1": float(np.mean(top == dense["top1"])),
     }
     if n_new:
-        prompt = list(np.asarray(held_ids[:prompt_tokens]).tolist())
-        out["greedy_top1"] = greedy_top1_agreement(loaded, thresholds, prompt, n_new)
-        out["greedy_tokens"] = n_new
+        new = dense["greedy"]
+        out["greedy_top1"] = greedy_top1_agreement(loaded, thresholds, dense["prompt"], new)
+        out["greedy_tokens"] = len(new)
     return out

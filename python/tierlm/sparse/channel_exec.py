@@ -22,12 +22,12 @@ class _Site:
     the file (each request lands at its file offset; bounded staging is the native
     executor's job, see docs/sparse.md "Not done")."""
 
-    def __init__(self, directory, layout, threshold, k, tier):
+    def __init__(self, directory, layout, threshold, k, tier, scale=None):
         from tierlm import _core
         from tierlm.io import File
         from tierlm.sparse.cache import NeuronCache, NeuronWindow
 
-        self.layout, self.threshold = layout, float(threshold)
+        self.layout, self.threshold, self.scale = layout, float(threshold), scale
         self.cache = NeuronCache(
             tier, layout.n_neurons, layout.n_neurons, layout.row_elems, layout.dtype
         )
@@ -54,7 +54,8 @@ class _Site:
 
     def token(self, x, counts):
         """y [row_elems] = sum over kept channels j of x_j * column j (all the site's outputs)."""
-        kept = np.flatnonzero(np.abs(x) > self.threshold) if self.threshold > 0 else None
+        score = np.abs(x) if self.scale is None else np.abs(x) * self.scale
+        kept = np.flatnonzero(score > self.threshold) if self.threshold > 0 else None
         if kept is None:
             kept = np.arange(x.size)
         load, evict = self.window.step(kept)
@@ -69,6 +70,9 @@ class _Site:
         rows = self.cache.rows()
         # threshold < 0 in the kernel keeps every cached row: the window's union holds kept.
         cut = self.threshold if self.threshold > 0 else -1.0
+        if self.scale is not None and self.threshold > 0:
+            # The kernel cuts on |x|: give it x with the dropped channels zeroed instead.
+            x, cut = np.where(score > self.threshold, x, np.float32(0)), -1.0
         return self.kernel(
             np.ascontiguousarray(x, np.float32),
             rows,
@@ -103,8 +107,16 @@ class NativeChannelSparse:
                 raise ValueError(f"{directory}: channels.json has no bundle for layer/site {key}")
         need = sum(layouts[key].data_bytes + 16 * layouts[key].n_neurons for key in wanted)
         self.tier = tier or HostTier(need + 64 * ALIGNMENT)
+        scales = thresholds.scales
         self.sites = {
-            key: _Site(directory, layouts[key], thresholds.layers[key[0]][key[1]], k, self.tier)
+            key: _Site(
+                directory,
+                layouts[key],
+                thresholds.layers[key[0]][key[1]],
+                k,
+                self.tier,
+                None if scales is None else scales[key[0]][key[1]],
+            )
             for key in wanted
         }
         # Every linear of the model (what dense offload reads per token), and those of the

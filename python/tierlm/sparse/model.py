@@ -219,12 +219,13 @@ def _load_package(path):
     return LoadedModel(model, _load_tokenizer(tok_dir), "package", path)
 
 
-def collect_ffn_inputs(loaded, ids, context=None, max_tokens=None, progress=None):
+def collect_ffn_inputs(loaded, ids, context=None, max_tokens=None, progress=None, sink=None):
     """Each layer's FFN input (after its layer norm) for the ids, fed in windows of `context`;
     progress(done_tokens, total_tokens) after each window.
 
-    Returns a list (one per layer) of f32 arrays [tokens, hidden].
-    """
+    Returns a list (one per layer) of f32 arrays [tokens, hidden]; with sink(layer, rows),
+    hands each window's rows to it as they come instead and returns None (memory bounded by
+    one window: tierlm.sparse.spill)."""
     import torch
 
     context = context or loaded.model.config.max_position_embeddings
@@ -236,7 +237,11 @@ def collect_ffn_inputs(loaded, ids, context=None, max_tokens=None, progress=None
     for i in range(loaded.num_layers):
 
         def hook(_module, args, i=i):
-            store[i].append(args[0].detach().reshape(-1, args[0].shape[-1]).clone())
+            rows = args[0].detach().reshape(-1, args[0].shape[-1])
+            if sink is None:
+                store[i].append(rows.clone())
+            else:
+                sink(i, rows.float().numpy())
 
         hooks.append(loaded.ffn_input_module(i).register_forward_pre_hook(hook))
     try:
@@ -249,4 +254,4 @@ def collect_ffn_inputs(loaded, ids, context=None, max_tokens=None, progress=None
     finally:
         for h in hooks:
             h.remove()
-    return [torch.cat(s).numpy() for s in store]
+    return None if sink is not None else [torch.cat(s).numpy() for s in store]

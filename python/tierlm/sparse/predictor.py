@@ -16,9 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from tierlm.sparse.spill import CHUNK_ROWS, RowSpill
+
 PREDICTORS_FILE = "predictors.safetensors"
 PREDICTORS_JSON = "predictors.json"
 FORMAT_VERSION = 1
+# Tokens per forward while collecting FFN inputs: the window's attention and activations are
+# what the collection holds, so it is capped (SmolLM2's 8192 positions would cost GBs).
+COLLECT_CONTEXT = 2048
 
 
 def default_ranks(num_layers, hidden, rank=None, last_rank=None, last_layers=None):
@@ -145,9 +150,16 @@ def silu_magnitudes(x, gate, gate_bias):
     return np.abs(g / (1.0 + np.exp(-g)))
 
 
-def calibrate_threshold(magnitudes, target_sparsity):
-    """The |silu| threshold below which `target_sparsity` of the activations fall."""
-    return float(np.quantile(magnitudes, target_sparsity))
+def calibrate_threshold(magnitude_chunks, target_sparsity):
+    """The |silu| threshold below which `target_sparsity` of the activations fall, from
+    chunks of magnitudes (arrays): the upper edge of the quantile's bin of a log2 histogram
+    (within 1.1% of the exact quantile), so memory does not grow with the chunks."""
+    from tierlm.sparse.channel import MagnitudeHistogram
+
+    hist = MagnitudeHistogram()
+    for m in magnitude_chunks:
+        hist.add(m)
+    return hist.quantile(target_sparsity)
 
 
 def train_layer(
@@ -155,15 +167,44 @@ def train_layer(
 ):
     """Fits one layer's predictor with torch on (x [n, d], labels [n, ffn] bool): `epochs`
     passes, and at least `min_steps` optimizer steps when the data is small."""
+    x = np.ascontiguousarray(x, np.float32)
+    labels = np.ascontiguousarray(labels, bool)
+    return fit_chunks(
+        [len(x)],
+        lambda _c: (x, labels),
+        float(labels.mean()),
+        rank,
+        epochs,
+        batch,
+        lr,
+        seed,
+        threshold,
+        min_steps,
+    )
+
+
+def fit_chunks(
+    sizes,
+    read_chunk,
+    density,
+    rank,
+    epochs=8,
+    batch=512,
+    lr=3e-3,
+    seed=0,
+    threshold=0.5,
+    min_steps=400,
+):
+    """Fits one layer's predictor on data in chunks: read_chunk(c) gives chunk c's (x [n_c, d]
+    f32, labels [n_c, ffn] bool), sizes[c] its rows; `density` is the labels' mean. Each
+    epoch visits the chunks in a random order and each chunk's rows in a random order, so
+    only one chunk is in memory; one chunk is plain shuffled minibatch training."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    n, d = x.shape
-    ffn = labels.shape[1]
-    xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-    yt = torch.from_numpy(np.ascontiguousarray(labels)).float()
-    density = float(yt.mean())
+    x0, y0 = read_chunk(0)
+    d, ffn = x0.shape[1], y0.shape[1]
     # Balanced: missing a firing neuron costs as much in total as reading the idle ones.
     pos_weight = torch.tensor((1.0 - density) / max(density, 1e-6))
     down = torch.nn.Linear(d, rank, bias=False)
@@ -172,20 +213,25 @@ def train_layer(
         up.bias.fill_(float(np.log(max(density, 1e-6) / max(1 - density, 1e-6))))
     params = list(down.parameters()) + list(up.parameters())
     opt = torch.optim.Adam(params, lr=lr)
-    per_epoch = max(1, (n + batch - 1) // batch)
+    per_epoch = sum(max(1, -(-n // batch)) for n in sizes)
     epochs = max(epochs, -(-min_steps // per_epoch))
-    steps = epochs * per_epoch
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * per_epoch)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    held = (0, x0, y0)  # the chunk in memory: with one chunk, read once
     for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, batch):
-            idx = order[start : start + batch]
-            loss = loss_fn(up(down(xt[idx])), yt[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+        order = torch.randperm(len(sizes), generator=gen).tolist() if len(sizes) > 1 else [0]
+        for c in order:
+            if held[0] != c:
+                held = (c, *read_chunk(c))
+            xt, yt = torch.from_numpy(held[1]), torch.from_numpy(held[2])
+            rows = torch.randperm(xt.shape[0], generator=gen)
+            for start in range(0, xt.shape[0], batch):
+                idx = rows[start : start + batch]
+                loss = loss_fn(up(down(xt[idx])), yt[idx].float())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
     return LayerPredictor(
         down.weight.detach().numpy().copy(),
         up.weight.detach().numpy().copy(),
@@ -197,13 +243,17 @@ def train_layer(
 def layer_metrics(pred, labels):
     """Recall, precision and densities of a boolean prediction against the true labels."""
     tp = int(np.logical_and(pred, labels).sum())
-    n_pred = int(pred.sum())
-    n_true = int(labels.sum())
+    return counts_metrics(tp, int(pred.sum()), int(labels.sum()), labels.size)
+
+
+def counts_metrics(tp, n_pred, n_true, size):
+    """layer_metrics from its counts (true positives, predicted, true, all), which chunks
+    add up."""
     return {
         "recall": tp / n_true if n_true else 1.0,
         "precision": tp / n_pred if n_pred else 1.0,
-        "true_density": n_true / labels.size,
-        "predicted_density": n_pred / labels.size,
+        "true_density": n_true / size,
+        "predicted_density": n_pred / size,
     }
 
 
@@ -248,18 +298,28 @@ def train_predictors(
     target_sparsity=None,
     min_recall=0.0,
     collect_progress=None,
+    spill_dir=None,
+    chunk_rows=CHUNK_ROWS,
 ):
     """Trains one predictor per layer of a loaded model (tierlm.sparse.model) and measures it
     on held-out ids. Returns Predictors with per-layer metrics.
 
     ReLU FFNs: labels relu(x·up + b) > 0. Gated SiLU FFNs (lossy): target_sparsity (0..1) is
     required; per layer the threshold t is the target_sparsity quantile of |silu(x·gate + b)|
-    over the training tokens and the labels are |silu(x·gate + b)| > t.
+    over the training tokens (calibrate_threshold) and the labels are |silu(x·gate + b)| > t.
+
+    Memory stays bounded whatever the token count: the FFN inputs are spilled to temporary
+    files (under spill_dir, default the system's temporary directory: tokens x hidden x
+    layers x 4 bytes, plus a bit per neuron and token of one layer's labels) and every pass
+    reads `chunk_rows` rows at a time; in memory are the model, one window of the
+    collection (COLLECT_CONTEXT tokens at most) and one chunk (chunk_rows x (hidden +
+    2 ffn) x 4 bytes, about).
 
     A layer whose held-out recall is below min_recall falls back to dense: its predictor
     selects every neuron (keep_all), its metrics say "fallback": "dense" and keep the trained
-    recall. Each layer also reports recall_at_precision_0.5. collect_progress(done, total)
-    follows the collection of activations (tokens through the model)."""
+    recall. Each layer also reports recall_at_precision_0.5 (over the first chunk of the
+    held-out tokens). collect_progress(done, total) follows the collection of activations
+    (tokens through the model)."""
     import torch
 
     from tierlm.sparse.model import collect_ffn_inputs
@@ -284,58 +344,129 @@ def train_predictors(
 
         return f
 
-    xs_train = collect_ffn_inputs(loaded, train_ids, max_tokens=max_tokens, progress=report(0))
-    xs_held = collect_ffn_inputs(loaded, held_ids, max_tokens=max_tokens, progress=report(n_train))
-    collect_s = time.time() - t0
-    layers, per_layer, act_thresholds = [], [], []
-    for i in range(loaded.num_layers):
-        if gated:
-            gate, gate_bias = loaded.gate(i)
-            mags = silu_magnitudes(xs_train[i], gate, gate_bias)
-            cut = calibrate_threshold(mags, target_sparsity)
-            act_thresholds.append(cut)
-            y_train = mags > cut
-        else:
-            up, up_bias, _, _ = loaded.ffn(i)
-            y_train = activation_labels(xs_train[i], up, up_bias)
-        t1 = time.time()
-        with torch.random.fork_rng():
-            p = train_layer(
-                xs_train[i],
-                y_train,
-                ranks[i],
-                epochs,
-                seed=seed + i,
-                threshold=threshold,
-                min_steps=min_steps,
+    n_layers, hidden, ffn = loaded.num_layers, loaded.hidden_size, loaded.ffn_dim
+    with (
+        RowSpill(n_layers, hidden, directory=spill_dir) as xs_train,
+        RowSpill(n_layers, hidden, directory=spill_dir) as xs_held,
+    ):
+        for spill, ids, offset in ((xs_train, train_ids, 0), (xs_held, held_ids, n_train)):
+            collect_ffn_inputs(
+                loaded,
+                ids,
+                context=min(loaded.model.config.max_position_embeddings, COLLECT_CONTEXT),
+                max_tokens=max_tokens,
+                progress=report(offset),
+                sink=spill.append,
             )
-        if gated:
-            y_held = silu_magnitudes(xs_held[i], gate, gate_bias) > cut
-        else:
-            y_held = activation_labels(xs_held[i], up, up_bias)
-        m = layer_metrics(p.predict(xs_held[i]), y_held)
-        m["recall_at_precision_0.5"] = recall_at_precision(p.logits(xs_held[i]), y_held)
-        if m["recall"] < min_recall:
-            trained = m
-            p = keep_all(p)
-            m = layer_metrics(p.predict(xs_held[i]), y_held)
-            m.update(fallback="dense", trained_recall=trained["recall"])
-            m["recall_at_precision_0.5"] = trained["recall_at_precision_0.5"]
-        m.update(layer=i, rank=p.rank, train_seconds=round(time.time() - t1, 2))
-        if gated:
-            m["act_threshold"] = cut
-        layers.append(p)
-        per_layer.append(m)
-        if progress:
-            progress(m)
-    metrics = {
-        "train_tokens": int(xs_train[0].shape[0]),
-        "held_out_tokens": int(xs_held[0].shape[0]),
-        "collect_seconds": round(collect_s, 2),
-        "min_recall": min_recall,
-        "dense_fallback_layers": [m["layer"] for m in per_layer if m.get("fallback")],
-        "layers": per_layer,
-    }
+            spill.finish()
+        collect_s = time.time() - t0
+        layers, per_layer, act_thresholds = [], [], []
+        for i in range(n_layers):
+            t1 = time.time()
+            if gated:
+                gate, gate_bias = loaded.gate(i)
+                cut = calibrate_threshold(
+                    (
+                        silu_magnitudes(x, gate, gate_bias)
+                        for _, x in xs_train.chunks(i, chunk_rows)
+                    ),
+                    target_sparsity,
+                )
+                act_thresholds.append(cut)
+
+                def label(x, gate=gate, gate_bias=gate_bias, cut=cut):
+                    return silu_magnitudes(x, gate, gate_bias) > cut
+
+            else:
+                up, up_bias, _, _ = loaded.ffn(i)
+
+                def label(x, up=up, up_bias=up_bias):
+                    return activation_labels(x, up, up_bias)
+
+            with torch.random.fork_rng():
+                p = _train_spilled(
+                    xs_train,
+                    i,
+                    label,
+                    ffn,
+                    ranks[i],
+                    epochs,
+                    seed + i,
+                    threshold,
+                    min_steps,
+                    chunk_rows,
+                    spill_dir,
+                )
+            m, (n_true, size) = _held_out_metrics(p, xs_held, i, label, chunk_rows)
+            if m["recall"] < min_recall:
+                trained = m
+                p = keep_all(p)  # selects all: every true neuron, every neuron predicted
+                m = counts_metrics(n_true, size, n_true, size)
+                m.update(fallback="dense", trained_recall=trained["recall"])
+                m["recall_at_precision_0.5"] = trained["recall_at_precision_0.5"]
+            m.update(layer=i, rank=p.rank, train_seconds=round(time.time() - t1, 2))
+            if gated:
+                m["act_threshold"] = cut
+            layers.append(p)
+            per_layer.append(m)
+            if progress:
+                progress(m)
+        metrics = {
+            "train_tokens": int(xs_train.rows[0]),
+            "held_out_tokens": int(xs_held.rows[0]),
+            "collect_seconds": round(collect_s, 2),
+            "min_recall": min_recall,
+            "dense_fallback_layers": [m["layer"] for m in per_layer if m.get("fallback")],
+            "layers": per_layer,
+        }
     if gated:
         return Predictors(layers, metrics, "silu_threshold", act_thresholds, target_sparsity)
     return Predictors(layers, metrics)
+
+
+def _train_spilled(
+    xs, layer, label, ffn, rank, epochs, seed, threshold, min_steps, chunk_rows, spill_dir
+):
+    """fit_chunks over a layer's spilled inputs; its labels computed once, spilled as bits."""
+    n_true = 0
+    with RowSpill(1, -(-ffn // 8), np.uint8, directory=spill_dir) as bits:
+        for _, x in xs.chunks(layer, chunk_rows):
+            y = label(x)
+            n_true += int(y.sum())
+            bits.append(0, np.packbits(y, axis=1))
+        bits.finish()
+        sizes = [min(chunk_rows, xs.rows[layer] - s) for s in range(0, xs.rows[layer], chunk_rows)]
+
+        def read_chunk(c):
+            x = xs.read(layer, c * chunk_rows, chunk_rows)
+            packed = bits.read(0, c * chunk_rows, chunk_rows)
+            return x, np.unpackbits(packed, axis=1, count=ffn).astype(bool)
+
+        density = n_true / max(1, xs.rows[layer] * ffn)
+        return fit_chunks(
+            sizes,
+            read_chunk,
+            density,
+            rank,
+            epochs,
+            seed=seed,
+            threshold=threshold,
+            min_steps=min_steps,
+        )
+
+
+def _held_out_metrics(p, xs, layer, label, chunk_rows):
+    """(counts_metrics of p over a layer's spilled held-out inputs, chunk by chunk, with
+    recall_at_precision_0.5 over the first chunk; (true labels, all labels))."""
+    tp = n_pred = n_true = size = 0
+    rap = 1.0
+    for start, x in xs.chunks(layer, chunk_rows):
+        y, logits = label(x), p.logits(x)
+        pred = logits > _logit(p.threshold)
+        tp += int(np.logical_and(pred, y).sum())
+        n_pred, n_true, size = n_pred + int(pred.sum()), n_true + int(y.sum()), size + y.size
+        if start == 0:
+            rap = recall_at_precision(logits, y)
+    m = counts_metrics(tp, n_pred, n_true, max(size, 1))
+    m["recall_at_precision_0.5"] = rap
+    return m, (n_true, max(size, 1))

@@ -157,7 +157,8 @@ TIERLM_API IoFaultOp io_fault_op_parse(const std::string& name);
 TIERLM_API void io_drop_cache(const std::string& path);
 
 // Random block-aligned reads of `block` bytes with `queue_depth` requests in flight for
-// `seconds` (page cache dropped first), for `tierlm bench io` and bench/bench_io.py.
+// `seconds` (page cache dropped first), for `tierlm bench io` and bench/bench_io.py: two
+// batches of queue_depth requests, one in the ring and one in the engine's backlog.
 struct TIERLM_API IoBenchResult {
   IoBackend backend = IoBackend::kIoBackendThreads;
   bool direct = false;

@@ -41,6 +41,15 @@ struct TIERLM_API ModelOptions {
   // decayed by D per token (SirLLM); "h2o:S+W+K" the K of most accumulated attention (H2O).
   // Positions are counted within the cache, so a sequence runs on past max_positions.
   std::string kv_policy;
+  // KV on the disk tier: the host bytes the KV cache may hold (its share of host_budget; 0 = as
+  // many as it needs). Below the whole cache's bytes, the cache keeps that many bytes of blocks
+  // and read-back staging in host memory and moves its coldest blocks to a scratch file of the
+  // disk tier in disk_dir (created there, unlinked at once, never another file), under
+  // disk_budget bytes, reading each layer's back while the layer before computes. Every token
+  // stays: the results are those of the cache in memory. Not with a kv_policy.
+  uint64_t kv_host_budget = 0;
+  uint64_t disk_budget = UINT64_MAX;
+  std::string disk_dir;  // "" = $TMPDIR, else /tmp
   // Streaming (weights larger than the host budget): staging sections of the prefetch ring, each
   // the size of the largest streamed matrix; 0 = auto (about 64 MiB of sections, at least 2
   // when the budget allows, else 1).
@@ -53,6 +62,9 @@ struct TIERLM_API ModelOptions {
   int64_t sparse_window = 4;    // tokens whose neurons stay cached (1 = no window)
   bool sparse_bundled = true;   // false: up and down parts read apart, no coalescing (ablation)
   int64_t sparse_capacity = 0;  // cached neurons per layer; 0 = auto from the predictors
+  // Decode: read layer i+1's predicted rows (its predictor on layer i's input) while layer i
+  // computes; the result is identical either way (docs/sparse.md). Off until measured faster.
+  bool sparse_readahead = false;
   // Mixture of experts: the replacement policy of the host-tier cache of disk-homed experts,
   // "lru" or "lfu" (use counts that halve every 64 steps).
   std::string expert_cache = "lru";
@@ -117,10 +129,22 @@ struct TIERLM_API ModelStats : StreamStats, SparseStats, MoeStats {
   std::string kv_dtype;          // its element type ("f16", "q8_0", ...)
   int64_t kv_blocks = 0;         // KV blocks in use (a block shared by sequences counts once)
   int64_t kv_evicted = 0;        // tokens the kv_policy dropped since load
-  int64_t kv_block_tokens = 0;   // tokens per block
-  uint64_t kv_block_bytes = 0;   // bytes per block (every layer's keys and values)
-  uint64_t arena_bytes = 0;      // host bytes of the activation arena
+  // KV on the disk tier (kv_host_budget): bytes of spilled blocks on disk now, blocks written
+  // there and layer slices read back since load (with their bytes), and the time attention
+  // waited for them.
+  uint64_t kv_disk_bytes = 0;
+  uint64_t kv_blocks_spilled = 0;
+  uint64_t kv_slices_read = 0;
+  uint64_t kv_disk_bytes_read = 0;
+  uint64_t kv_disk_bytes_written = 0;
+  double kv_read_wait_seconds = 0.0;
+  std::string kv_io_backend;    // how the spill reads and writes ("" when it has none)
+  bool kv_io_direct = false;    // with O_DIRECT
+  int64_t kv_block_tokens = 0;  // tokens per block
+  uint64_t kv_block_bytes = 0;  // bytes per block (every layer's keys and values)
+  uint64_t arena_bytes = 0;     // host bytes of the activation arena
   TierStats host;
+  TierStats disk;      // the KV cache's spill (budget UINT64_MAX and no bytes when it has none)
   VerifyStats verify;  // what verify checked: every tensor, bundle and predictor the run uses
 
   // The counters over an interval that began at `before` (one generation); sizes, peaks and
@@ -134,6 +158,11 @@ struct TIERLM_API ModelStats : StreamStats, SparseStats, MoeStats {
     d.decode_tokens -= before.decode_tokens;
     d.prefill_seconds -= before.prefill_seconds;
     d.decode_seconds -= before.decode_seconds;
+    d.kv_blocks_spilled -= before.kv_blocks_spilled;
+    d.kv_slices_read -= before.kv_slices_read;
+    d.kv_disk_bytes_read -= before.kv_disk_bytes_read;
+    d.kv_disk_bytes_written -= before.kv_disk_bytes_written;
+    d.kv_read_wait_seconds -= before.kv_read_wait_seconds;
     return d;
   }
   double prefill_tokens_per_s() const { return rate(prefill_tokens, prefill_seconds); }
@@ -143,7 +172,9 @@ struct TIERLM_API ModelStats : StreamStats, SparseStats, MoeStats {
     return std::max(prefill_seconds + decode_seconds - io_wait_seconds, 0.0);
   }
   // Most bytes each tier held at once.
-  std::map<std::string, uint64_t> peak_bytes() const { return {{"host", host.peak}}; }
+  std::map<std::string, uint64_t> peak_bytes() const {
+    return {{"host", host.peak}, {"disk", disk.peak}};
+  }
 
  private:
   static double rate(uint64_t tokens, double seconds) {
@@ -181,8 +212,8 @@ class TIERLM_API Model {
   // Runs tokens at the current position (in prefill_chunk batches), appends them to the KV
   // cache and returns the last token's logits (vocab_size floats, valid until the next call).
   // Throws kErrorInvalidArgument for an empty batch, ids outside the vocabulary or a batch
-  // that would overflow the context. Allocates nothing but the I/O futures of streamed weight
-  // and sparse row reads.
+  // that would overflow the context. Allocates nothing but the I/O futures of streamed weight,
+  // sparse row and spilled KV block reads.
   const float* forward(std::span<const int32_t> tokens);
   // The same; restart = true empties the cache first, atomically with the run.
   const float* forward(std::span<const int32_t> tokens, bool restart);
@@ -208,6 +239,9 @@ class TIERLM_API Model {
   const WeightPlacement& placement() const;
   // Mixture of experts: where each expert lives (ExpertPlacement::moe false without moe layers).
   const ExpertPlacement& expert_placement() const;
+  // Mixture of experts: per moe layer, the tokens routed to each expert since load (empty
+  // without moe layers); tierlm.profile_experts stores them as the package's usage profile.
+  std::vector<std::vector<uint64_t>> expert_usage() const;
   // One event per streamed layer's end (time, wait, bytes read so far), oldest first.
   std::vector<StreamEvent> stream_events() const;
   // Sparse FFN: one entry per token since load, oldest first (the last 16384 kept).

@@ -22,6 +22,9 @@ struct TIERLM_API ExpertPlacement {
   int64_t cache_slots = 0;
   uint64_t router_bytes = 0;  // copies of the routers, kept to predict a layer ahead
   std::string policy;         // the cache's replacement policy: "lru" or "lfu"
+  // What chose the host-homed experts: "usage profile" (expert_usage.json: the most used) or
+  // "outer layers first" (no profile).
+  std::string homing;
   // Per moe op, the experts homed on the host tier and on the disk tier (read into the cache).
   std::vector<std::vector<int>> host_experts;
   std::vector<std::vector<int>> disk_experts;

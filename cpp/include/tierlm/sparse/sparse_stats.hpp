@@ -18,6 +18,10 @@ struct TIERLM_API SparseStats {
   uint64_t sparse_bytes_read = 0;    // bytes requested (4 KiB-widened reads)
   uint64_t sparse_requests = 0;      // read requests submitted
   uint64_t sparse_overflows = 0;     // layer steps whose prediction alone passed the capacity
+  // Read-ahead (decode): rows of layer i+1 read while layer i computed, predicted from layer
+  // i's input, and those of them that layer i+1 then took (cache misses it did not wait for).
+  uint64_t sparse_readahead_rows = 0;
+  uint64_t sparse_readahead_hits = 0;
   double sparse_predictor_seconds = 0.0;
   double sparse_io_seconds = 0.0;       // submit -> every read of the step complete
   double sparse_memory_seconds = 0.0;   // neuron cache erase / insert (row copies included)
@@ -26,6 +30,7 @@ struct TIERLM_API SparseStats {
   uint64_t sparse_dense_ffn_bytes = 0;  // bytes of the dense FFN matrices a token would read
   int64_t sparse_window = 0;
   bool sparse_bundled = true;
+  bool sparse_readahead = false;  // rows read ahead of compute (ModelOptions::sparse_readahead)
   std::vector<int64_t> sparse_capacity;  // per layer
   // Gated SiLU FFNs: the target sparsity the thresholds were calibrated for (lossy); 0 = ReLU.
   double sparse_target_sparsity = 0.0;
@@ -39,6 +44,8 @@ struct TIERLM_API SparseStats {
     d.sparse_bytes_read -= before.sparse_bytes_read;
     d.sparse_requests -= before.sparse_requests;
     d.sparse_overflows -= before.sparse_overflows;
+    d.sparse_readahead_rows -= before.sparse_readahead_rows;
+    d.sparse_readahead_hits -= before.sparse_readahead_hits;
     d.sparse_predictor_seconds -= before.sparse_predictor_seconds;
     d.sparse_io_seconds -= before.sparse_io_seconds;
     d.sparse_memory_seconds -= before.sparse_memory_seconds;
@@ -52,6 +59,15 @@ struct TIERLM_API SparseStats {
                                                 static_cast<double>(sparse_neurons_predicted)
                                     : 1.0;
   }
+  // Of the rows read ahead, the share the next layer took (1 when none were read ahead).
+  double sparse_readahead_precision() const {
+    return ratio(sparse_readahead_hits, sparse_readahead_rows);
+  }
+  // Of the rows the caches took from disk, the share that had been read ahead (the prediction
+  // accuracy that matters for the reads: 1 when no row was read).
+  double sparse_readahead_recall() const {
+    return ratio(sparse_readahead_hits, sparse_neurons_read);
+  }
   double sparse_neurons_predicted_per_token() const { return per_token(sparse_neurons_predicted); }
   double sparse_neurons_read_per_token() const { return per_token(sparse_neurons_read); }
   double sparse_bytes_read_per_token() const { return per_token(sparse_bytes_read); }
@@ -59,6 +75,9 @@ struct TIERLM_API SparseStats {
   uint64_t dense_ffn_bytes_per_token() const { return sparse_dense_ffn_bytes; }
 
  private:
+  static double ratio(uint64_t part, uint64_t whole) {
+    return whole ? static_cast<double>(part) / static_cast<double>(whole) : 1.0;
+  }
   double per_token(uint64_t total) const {
     return static_cast<double>(total) / static_cast<double>(sparse_tokens ? sparse_tokens : 1);
   }
@@ -67,9 +86,11 @@ struct TIERLM_API SparseStats {
 // One token through every sparse FFN layer (SparseStats' counters for that token).
 struct TIERLM_API SparseTokenInfo {
   uint64_t neurons_predicted = 0;
-  uint64_t neurons_read = 0;  // rows read from the bundle files (cache misses)
-  uint64_t bytes_read = 0;    // bytes requested (4 KiB-widened reads)
-  uint64_t requests = 0;      // read requests submitted
+  uint64_t neurons_read = 0;    // rows read from the bundle files (cache misses)
+  uint64_t bytes_read = 0;      // bytes requested (4 KiB-widened reads)
+  uint64_t requests = 0;        // read requests submitted
+  uint64_t readahead_rows = 0;  // rows read ahead (included in bytes_read and requests)
+  uint64_t readahead_hits = 0;  // of neurons_read, rows taken from the read-ahead
   double predictor_seconds = 0.0;
   double io_seconds = 0.0;       // submit -> every read of the step complete
   double memory_seconds = 0.0;   // neuron cache erase / insert (row copies included)

@@ -1,0 +1,125 @@
+// KV blocks on the disk tier: when the paged cache may hold only kv_host_budget bytes of host
+// memory, its coldest blocks are written whole to a scratch file of the disk tier (O_DIRECT
+// through the I/O engine) and, each step, every layer's slices of them are read back into one
+// of two host staging buffers while the layer before computes: a buffer is refilled with the
+// layer after next as soon as attention is done with it, so the disk always has the next
+// layer's reads queued behind the current one's. Spilling moves bytes, it drops
+// nothing: attention reads the same keys and values as from memory. Eviction policies
+// (kv_policy) are another matter and are not combined with it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "tierlm/io/io.hpp"
+#include "tierlm/kernels/kernels.hpp"
+#include "tierlm/memory/disk_tier.hpp"
+#include "tierlm/memory/tier.hpp"
+
+namespace tierlm::detail {
+
+// How many blocks stay in host memory and how many may wait on disk (KvCache::spill_plan).
+struct KvSpillPlan {
+  int64_t resident_blocks = 0;  // host block slots (whole chunks of them)
+  int64_t disk_blocks = 0;      // disk block slots: 0 means the cache never spills
+  uint64_t staging_bytes = 0;   // each of the two staging buffers
+  uint64_t resident_bytes = 0;  // the chunks of the resident blocks, as the host tier charges
+  uint64_t host_bytes = 0;      // resident + both staging buffers
+  uint64_t disk_bytes = 0;      // the scratch extent: disk_blocks whole blocks
+  bool on() const { return disk_blocks > 0; }
+};
+
+// Where the spill goes: the disk tier's directory and byte budget.
+struct KvDiskOptions {
+  std::string dir;  // "" = $TMPDIR, else /tmp
+  uint64_t budget = UINT64_MAX;
+};
+// The directory a KvDiskOptions::dir of "" stands for.
+std::string kv_disk_dir(const std::string& dir);
+
+// The spill's counters since load.
+struct KvSpillCounts {
+  uint64_t blocks_written = 0;  // whole blocks spilled
+  uint64_t slices_read = 0;     // one layer of one block read back
+  uint64_t bytes_read = 0;
+  uint64_t bytes_written = 0;
+  double wait_seconds = 0.0;  // waited for read-backs at a layer's attention
+};
+
+class KvSpill {
+ public:
+  // slice_bytes[l], key_offset[l], value_offset[l]: layer l's keys + values in a block (4 KiB
+  // multiples), where its keys and its values start; max_slot_blocks: the most blocks one sequence
+  // holds. Allocates the staging buffers from host and the scratch extent from a new disk tier;
+  // throws kErrorBudget naming the disk budget when the extent does not fit it.
+  KvSpill(const KvSpillPlan& plan, std::vector<uint64_t> slice_bytes,
+          std::vector<uint64_t> key_offset, std::vector<uint64_t> value_offset, HostTier& host,
+          const KvDiskOptions& disk, int64_t slots, int64_t max_slot_blocks);
+  ~KvSpill();
+  KvSpill(const KvSpill&) = delete;
+  KvSpill& operator=(const KvSpill&) = delete;
+
+  // Writes a block (every layer) to a free disk slot, waiting for it; the slot starts with
+  // `refs` references. Returns the slot.
+  int32_t write(const void* block, int32_t refs);
+  // Reads a disk slot's block back whole into `block`, waiting for it.
+  void read(int32_t disk, void* block);
+  void ref(int32_t disk) { ++refs_[static_cast<size_t>(disk)]; }
+  // Drops a reference; true when the slot is free again.
+  bool unref(int32_t disk);
+
+  // A step over `slots` begins: tables[s] lists each slot's blocks (a host block id >= 0, or
+  // -1 - disk slot), host_blocks[id] their addresses; both stay as they are until the step
+  // ends. Issues the read-backs of layers 0 and 1.
+  void stage(std::span<const int32_t> slots, const std::vector<std::vector<int32_t>>& tables,
+             std::span<void* const> host_blocks);
+  // Waits for layer's read-backs (throwing a read's error, naming the layer and the tier's
+  // directory).
+  void fetch(size_t layer);
+  // Attention is done with layer's staged blocks: their buffer reads layer + 2's.
+  void release(size_t layer);
+  // Layer's blocks of slot for this step: resident ones in place, spilled ones staged
+  // (block_tokens left for the cache to set).
+  KvLayout layout(size_t layer, int32_t slot) const;
+
+  uint64_t disk_bytes() const;  // bytes of spilled blocks on disk now
+  TierStats disk_stats() const { return tier_.stats(); }
+  const File& file() const { return tier_.file(); }
+  const KvSpillCounts& counts() const { return counts_; }
+  uint64_t staging_bytes() const { return staging_[0].size() + staging_[1].size(); }
+
+ private:
+  void issue(size_t layer);
+  void settle(int buffer);  // waits for a staging buffer's reads without throwing
+  uint64_t disk_offset(size_t layer, int32_t disk) const {
+    return region_[layer] + static_cast<uint64_t>(disk) * slice_bytes_[layer];
+  }
+
+  std::vector<uint64_t> slice_bytes_;
+  std::vector<uint64_t> key_offset_;
+  std::vector<uint64_t> value_offset_;
+  std::vector<uint64_t> region_;  // layer -> offset of its slices in the extent
+  uint64_t block_bytes_ = 0;
+  // The staging buffers before the tier: the tier's file waits for reads in flight into them.
+  HostBuffer staging_[2];
+  DiskTier tier_;
+  DiskExtent extent_;
+  std::vector<int32_t> refs_;  // references to each disk slot
+  std::vector<int32_t> free_;  // free disk slots, the lowest last
+  int64_t spilled_ = 0;        // disk slots in use
+  // This step.
+  std::vector<int32_t> step_slots_;
+  const std::vector<std::vector<int32_t>>* tables_ = nullptr;
+  std::span<void* const> host_blocks_;
+  size_t staged_layer_[2] = {SIZE_MAX, SIZE_MAX};
+  std::vector<std::vector<void*>> layer_blocks_[2];  // [buffer][slot]: KvLayout::blocks
+  std::vector<DiskRequest> requests_;
+  std::vector<IoFuture> futures_[2];
+  KvSpillCounts counts_;
+};
+
+}  // namespace tierlm::detail

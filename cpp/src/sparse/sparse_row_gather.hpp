@@ -1,0 +1,60 @@
+// One batch of neuron-row reads being gathered into a staging area: each row's 4 KiB-widened
+// range (sorted neighbours coalesced when bundled; up and down parts apart when not) becomes a
+// request, and each row remembers where its bytes will land. The row loader and the read-ahead
+// both build their batches with it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "sparse/sparse_plan.hpp"
+#include "tierlm/io/io.hpp"
+
+namespace tierlm::detail {
+
+// Where one gathered row's bytes are: the whole row at `up` (bundled), or its up part at `up`
+// and its down part at `down` (unbundled).
+struct SparseRowSource {
+  const char* up = nullptr;
+  const char* down = nullptr;
+};
+
+class SparseRowGather {
+ public:
+  // staging: `staging_bytes`, 4 KiB-aligned; requests: room for max_requests; rows: room for
+  // the rows of one batch.
+  SparseRowGather(char* staging, size_t staging_bytes, IoRequest* requests, size_t max_requests,
+                  SparseRowSource* rows, bool bundled);
+
+  // Adds row `id` (ids ascending within a batch); false, adding nothing, when staging or the
+  // request table is full (submit the batch and clear).
+  bool add(const SparseLayerPlan& plan, int32_t id);
+  // Adds a row whose bytes are already in memory (read ahead): it needs no request.
+  void add_ready(const SparseRowSource& row) { rows_[n_rows_++] = row; }
+  // Closes the open coalesced range: the batch's requests are then complete.
+  void close();
+  void clear();
+
+  const IoRequest* requests() const { return requests_; }
+  size_t n_requests() const { return n_requests_; }
+  size_t n_rows() const { return n_rows_; }
+  const SparseRowSource& row(size_t j) const { return rows_[j]; }
+  uint64_t bytes() const;  // bytes the batch's requests cover
+  // Copies gathered row j (row_bytes, up part first) to dst.
+  void copy_row(const SparseLayerPlan& plan, size_t j, void* dst) const;
+
+ private:
+  char* staging_;
+  size_t capacity_;
+  IoRequest* requests_;
+  size_t max_requests_;
+  SparseRowSource* rows_;
+  bool bundled_;
+  size_t n_requests_ = 0;
+  size_t n_rows_ = 0;
+  uint64_t used_ = 0;  // staging bytes the requests cover
+  bool open_ = false;  // bundled: the last range may still grow
+  uint64_t open_lo_ = 0, open_hi_ = 0, open_stage_ = 0;
+};
+
+}  // namespace tierlm::detail

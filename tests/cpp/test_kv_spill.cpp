@@ -1,0 +1,154 @@
+// KV blocks on the disk tier: a cache that keeps a few blocks in host memory and spills the
+// rest gives attention the same rows, bit for bit, as a cache holding everything, over awkward
+// shapes (3 KV heads of 20, padded to pages; q8_0 rows), shared prefixes and cleared sequences;
+// its host bytes stay within the plan and its disk bytes follow the spilled blocks.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "model/kv_cache.hpp"
+#include "tierlm/core/error.hpp"
+
+namespace tierlm::detail {
+namespace {
+
+// 7 layers: two staging buffers of one layer each leave room for resident blocks.
+const std::vector<KvLayerShape> kLayers(7, KvLayerShape{3, 20});
+constexpr int64_t kCapacity = 20 * kKvBlockTokens + 9;
+
+std::vector<float> random_floats(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist;
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+AttentionShape shape_of(DType dtype) {
+  AttentionShape s{1, 6, 3, 20, 1, static_cast<size_t>(kCapacity), 0, dtype};
+  return s;
+}
+
+// One executor step: n random tokens appended to slot, each layer's keys and values stored
+// through the layout the step stages, as the executor does.
+void append(KvCache& kv, int32_t slot, int64_t n, uint32_t seed, const AttentionShape& shape) {
+  const size_t width = shape.n_kv_heads * shape.head_dim;
+  const std::vector<float> k = random_floats(n * width, seed), v = random_floats(n * width, ~seed);
+  kv.begin_step();
+  kv.prepare(slot, kv.length(slot) + n);
+  kv.stage({&slot, 1});
+  for (size_t layer = 0; layer < kv.layers(); ++layer) {
+    kv.fetch(layer);
+    kernel_kv_store(k.data(), v.data(), width, n, kv.length(slot), kv.layout(layer, slot), shape);
+    kv.release(layer);
+  }
+  kv.advance(slot, n);
+}
+
+// Every layer's attention of a random query over slot's tokens, concatenated.
+std::vector<float> attend(KvCache& kv, int32_t slot, AttentionShape shape, uint32_t seed) {
+  shape.kv_len = static_cast<size_t>(kv.length(slot));
+  shape.q_pos0 = shape.kv_len - 1;
+  const std::vector<float> q = random_floats(shape.n_heads * shape.head_dim, seed);
+  std::vector<uint8_t> ws(kernel_attention_workspace(shape));
+  std::vector<float> out;
+  kv.begin_step();
+  kv.prepare(slot, kv.length(slot));
+  kv.stage({&slot, 1});
+  for (size_t layer = 0; layer < kv.layers(); ++layer) {
+    std::vector<float> o(q.size());
+    kv.fetch(layer);
+    kernel_attention(q.data(), kv.layout(layer, slot), o.data(), shape, 0.2f, ws.data());
+    kv.release(layer);
+    out.insert(out.end(), o.begin(), o.end());
+  }
+  return out;
+}
+
+std::string scratch_dir() {
+  const char* tmp = std::getenv("TMPDIR");
+  return tmp != nullptr ? tmp : "/tmp";
+}
+
+class KvSpillTest : public ::testing::TestWithParam<DType> {};
+
+TEST_P(KvSpillTest, SpilledBlocksGiveAttentionTheSameRows) {
+  const DType dtype = GetParam();
+  const AttentionShape s = shape_of(dtype);
+  const uint64_t full = KvCache::bytes_reserved(kLayers, kCapacity, 2, dtype);
+  const KvSpillPlan plan = KvCache::spill_plan(kLayers, kCapacity, 2, dtype, full / 2, 2);
+  ASSERT_TRUE(plan.on());
+  ASSERT_LE(plan.host_bytes, full / 2);
+  HostTier host_a(64 << 20), host_b(64 << 20);
+  KvCache memory(host_a, kLayers, kCapacity, 2, dtype);
+  KvCache spilled(host_b, kLayers, kCapacity, 2, dtype, 0, plan,
+                  KvDiskOptions{.dir = scratch_dir(), .budget = plan.disk_bytes});
+  EXPECT_EQ(spilled.bytes(), plan.host_bytes);
+  uint32_t seed = 1;
+  // Steps of at most what the resident blocks hold (the executor's prefill chunk).
+  const int64_t most = (plan.resident_blocks - 1) * kKvBlockTokens;
+  for (int64_t n : {1, 31, 1, 69, 2, 90, 33, 1, 64, 47}) {
+    ASSERT_LE(n, most);
+    append(memory, 0, n, seed, s);
+    append(spilled, 0, n, seed, s);
+    ++seed;
+    EXPECT_EQ(attend(spilled, 0, s, seed), attend(memory, 0, s, seed)) << memory.length(0);
+  }
+  EXPECT_GT(spilled.spill()->counts().blocks_written, 0u);
+  EXPECT_GT(spilled.spill()->disk_bytes(), 0u);
+  EXPECT_LE(spilled.spill()->disk_stats().peak, plan.disk_bytes);
+  EXPECT_EQ(host_b.stats().peak, plan.host_bytes);  // nothing beyond the plan, ever
+  EXPECT_EQ(spilled.blocks(), memory.blocks());
+
+  // Shared prefixes continued apart in each slot: one whose tail block is recent (in host
+  // memory), one whose tail block went to disk long ago (read back whole before the write).
+  for (int64_t prefix : {memory.length(0) - 11, 2 * kKvBlockTokens + 7}) {
+    memory.share(0, 1, prefix);
+    spilled.share(0, 1, prefix);
+    append(memory, 1, 40, 77, s);
+    append(spilled, 1, 40, 77, s);
+    EXPECT_EQ(attend(spilled, 1, s, 5), attend(memory, 1, s, 5)) << prefix;
+    EXPECT_EQ(attend(spilled, 0, s, 6), attend(memory, 0, s, 6)) << prefix;
+    EXPECT_EQ(spilled.blocks(), memory.blocks());
+  }
+  spilled.clear_all();
+  EXPECT_EQ(spilled.blocks(), 0);
+  EXPECT_EQ(spilled.spill()->disk_bytes(), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, KvSpillTest,
+                         ::testing::Values(DType::kDTypeF16, DType::kDTypeQ8_0, DType::kDTypeF32));
+
+TEST(KvSpill, TooSmallBudgetsAreRefusedNamingThem) {
+  const uint64_t full = KvCache::bytes_reserved(kLayers, kCapacity, 1, DType::kDTypeF16);
+  EXPECT_FALSE(KvCache::spill_plan(kLayers, kCapacity, 1, DType::kDTypeF16, full, 2).on());
+  EXPECT_FALSE(KvCache::spill_plan(kLayers, kCapacity, 1, DType::kDTypeF16, 0, 2).on());
+  try {
+    KvCache::spill_plan(kLayers, kCapacity, 1, DType::kDTypeF16, 4096, 2);
+    FAIL() << "a 4 KiB share was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kErrorBudget);
+    EXPECT_NE(std::string(e.what()).find("kv_host_budget 4.0 KiB cannot hold"), std::string::npos)
+        << e.what();
+  }
+  const KvSpillPlan plan =
+      KvCache::spill_plan(kLayers, kCapacity, 1, DType::kDTypeF16, full / 2, 2);
+  HostTier host(64 << 20);
+  try {
+    KvCache kv(host, kLayers, kCapacity, 1, DType::kDTypeF16, 0, plan,
+               KvDiskOptions{.dir = scratch_dir(), .budget = plan.disk_bytes - 1});
+    FAIL() << "a disk budget below the spill was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kErrorBudget);
+    EXPECT_NE(std::string(e.what()).find("more than the disk budget"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(host.stats().current, 0u);  // what the failed load took went back
+}
+
+}  // namespace
+}  // namespace tierlm::detail
