@@ -257,7 +257,7 @@ void bind_kernels(nb::module_& parent) {
          nb::ndarray<const float, nb::ndim<3>, nb::c_contig, nb::device::cpu> v_cache,
          size_t kv_len, size_t q_pos0, float scale,
          std::optional<nb::ndarray<uint8_t, nb::c_contig, nb::device::cpu>> workspace,
-         const std::string& kv_dtype, size_t block_tokens) {
+         const std::string& kv_dtype, size_t block_tokens, bool mass) -> nb::object {
         AttentionShape s;
         s.n_q = q.shape(0);
         s.n_heads = q.shape(1);
@@ -296,6 +296,8 @@ void bind_kernels(nb::module_& parent) {
         const size_t d = s.head_dim;
         std::vector<float> k_row(s.n_kv_heads * d), v_row(s.n_kv_heads * d);
         OutArray out = new_array(shape_of(q));
+        OutArray lse = new_array({s.n_q, s.n_heads});
+        OutArray weights = new_array({kv_len});
         nb::gil_scoped_release release;
         for (size_t t = 0; t < kv_len; ++t) {
           for (size_t h = 0; h < s.n_kv_heads; ++h) {
@@ -305,15 +307,24 @@ void bind_kernels(nb::module_& parent) {
           }
           kernel_kv_store(k_row.data(), v_row.data(), 0, 1, t, layout, s);
         }
-        kernel_attention(q.data(), layout, out.data(), s, scale, ws);
-        return out;
+        kernel_attention(q.data(), layout, out.data(), s, scale, ws, mass ? lse.data() : nullptr);
+        if (!mass) {
+          nb::gil_scoped_acquire acquire;
+          return nb::cast(out);
+        }
+        std::fill_n(weights.data(), kv_len, 0.0f);
+        kernel_attention_mass(q.data(), layout, s, scale, lse.data(), weights.data());
+        nb::gil_scoped_acquire acquire;
+        return nb::make_tuple(out, lse, weights);
       },
       nb::arg("q"), nb::arg("k_cache"), nb::arg("v_cache"), nb::arg("kv_len"), nb::arg("q_pos0"),
       nb::arg("scale"), nb::arg("workspace") = nb::none(), nb::arg("kv_dtype") = "f32",
-      nb::arg("block_tokens") = 0,
+      nb::arg("block_tokens") = 0, nb::arg("mass") = false,
       "Fused causal GQA attention: q[n_q, n_heads, d], caches [n_kv_heads, capacity, d] (f32),\n"
       "stored first as the KV cache stores them: kv_dtype (f32, f16, bf16, q8_0) in blocks of\n"
-      "block_tokens tokens (0: one block).");
+      "block_tokens tokens (0: one block). mass=True returns (out, lse[n_q, n_heads], "
+      "mass[kv_len]):\n"
+      "the softmax normalizers and each key's softmax weights summed over queries and heads.");
 }
 
 }  // namespace tierlm::bindings

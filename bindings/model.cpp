@@ -17,6 +17,12 @@ namespace tierlm::bindings {
 
 namespace {
 
+// A numpy array owning out (a vector the caller allocated).
+nb::ndarray<nb::numpy, float, nb::ndim<1>> float_array(std::vector<float>* out) {
+  nb::capsule owner(out, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
+  return nb::ndarray<nb::numpy, float, nb::ndim<1>>(out->data(), {out->size()}, owner);
+}
+
 nb::dict buffers_dict(const std::vector<MemoryBuffer>& buffers) {
   nb::list names, sizes, starts, ends, offsets;
   for (const MemoryBuffer& b : buffers) {
@@ -117,11 +123,26 @@ void bind_model(nb::module_& m) {
                 out = new std::vector<float>(self.logits(ids));
               }
             }
-            nb::capsule owner(out,
-                              [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
-            return nb::ndarray<nb::numpy, float, nb::ndim<1>>(out->data(), {out->size()}, owner);
+            return float_array(out);
           },
           nb::arg("ids"), nb::arg("append") = false)
+      .def(
+          "token_nll",
+          [](Model& self, const std::vector<int32_t>& ids) {
+            std::vector<float>* out = nullptr;
+            {
+              nb::gil_scoped_release release;
+              out = new std::vector<float>(self.token_nll(ids));
+            }
+            return float_array(out);
+          },
+          nb::arg("ids"))
+      .def(
+          "kv_scores",
+          [](const Model& self, int32_t slot) {
+            return float_array(new std::vector<float>(self.kv_scores(slot)));
+          },
+          nb::arg("slot") = 0)
       .def(
           "generate",
           [](Model& self, const std::vector<int32_t>& ids, int64_t max_new_tokens,

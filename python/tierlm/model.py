@@ -274,6 +274,18 @@ class Model:
         piece, as perplexity and teacher-forced comparisons do)."""
         return self._native.logits(self.encode(ids), append=bool(append))
 
+    def token_nll(self, ids):
+        """-log p(ids[i] | ids[:i]) for i = 1 .. n-1 (float32 numpy), from an empty cache, run in
+        prefill chunks through the kv_policy: exp(mean) is the perplexity, past the context
+        with an evicting policy (positions counted within the cache)."""
+        return self._native.token_nll(self.encode(ids))
+
+    def kv_scores(self, slot=0):
+        """The kv_policy's score of each token the cache of `slot` holds (float32 numpy): sirllm
+        its decayed token entropy, h2o its accumulated attention mass (summed over layers and
+        query heads); empty for the full cache and the window policy."""
+        return self._native.kv_scores(int(slot))
+
     def sparse_tokens(self):
         """Sparse FFN: per token since load (the last 65536), lists of neurons_predicted,
         neurons_read, bytes_read, requests and predictor/io/memory/compute seconds."""
@@ -394,8 +406,12 @@ def load(
     blocks of 32 along head_dim with an f16 scale, about half of f16's bytes); attention reads
     it in place, and its bytes count against the host budget (stats()["kv_bytes"]).
     kv_policy: "" (or "full") keeps every token up to the context; "window:S+W" keeps S
-    attention sinks and the last W tokens (StreamingLLM), positions counted within the cache, so
-    generation runs past max_positions (RoPE models only; stats()["kv_evicted"] counts drops).
+    attention sinks and the last W tokens (StreamingLLM); "sirllm:S+W+K[@D]" also keeps the K
+    older tokens of highest token entropy -log p(token | prefix), every score decayed by D per
+    token appended (SirLLM; D defaults to 0.999); "h2o:S+W+K" the K older tokens of most
+    accumulated attention (H2O heavy hitters). The cache holds S+W(+K) tokens at positions
+    counted within it, so generation runs past max_positions (RoPE models only;
+    stats()["kv_evicted"] counts drops, kv_scores() shows the scores).
     kv_host_budget: the KV cache's share of the host budget (a size; None = all it needs).
     When the cache would need more, it keeps that many bytes of blocks and read-back staging in
     the host tier and moves its oldest blocks to a scratch file of the disk tier, created in

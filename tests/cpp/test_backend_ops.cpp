@@ -24,7 +24,7 @@
 namespace tierlm::detail {
 namespace {
 
-constexpr BackendOp kLastOp = BackendOp::kBackendOpKvStore;
+constexpr BackendOp kLastOp = BackendOp::kBackendOpAttentionMass;
 
 enum class Mode { kModeTest, kModePerf };
 
@@ -52,6 +52,7 @@ double tolerance(BackendOp op, DType dtype) {
     case BackendOp::kBackendOpGelu:
       return 1e-6;  // vector exp / erf approximations
     case BackendOp::kBackendOpAttention:
+    case BackendOp::kBackendOpAttentionMass:  // the normalizers come from the attention bodies
       return 1e-5;  // any KV dtype: every level widens the same stored values exactly
     case BackendOp::kBackendOpRelu:
     case BackendOp::kBackendOpAdd:
@@ -235,7 +236,10 @@ struct KvCacheBuffer {
   }
 };
 
-void add_attention(std::vector<OpCase>& cases, AttentionShape s, size_t block_tokens = 0) {
+// Attention, or with mass its heavy-hitter scores: the backend's attention writes the softmax
+// normalizers, its attention_mass adds the weights to a mass of ones, and the output is both.
+void add_attention(std::vector<OpCase>& cases, AttentionShape s, size_t block_tokens = 0,
+                   bool mass = false) {
   auto q = std::make_shared<std::vector<float>>(random_floats(s.n_q * s.n_heads * s.head_dim, 11));
   const size_t width = s.n_kv_heads * s.head_dim;
   const std::vector<float> k = random_floats(s.kv_len * width, 12);
@@ -243,8 +247,10 @@ void add_attention(std::vector<OpCase>& cases, AttentionShape s, size_t block_to
   auto cache = std::make_shared<KvCacheBuffer>(s, block_tokens);
   kernel_kv_store(k.data(), v.data(), width, s.kv_len, 0, cache->layout, s);
   const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+  const size_t lse_floats = s.n_q * s.n_heads;
+  auto attended = std::make_shared<std::vector<float>>(q->size());
   OpCase c;
-  c.op = BackendOp::kBackendOpAttention;
+  c.op = mass ? BackendOp::kBackendOpAttentionMass : BackendOp::kBackendOpAttention;
   c.size = dims({{"n_q", s.n_q},
                  {"heads", s.n_heads},
                  {"kv_heads", s.n_kv_heads},
@@ -253,10 +259,14 @@ void add_attention(std::vector<OpCase>& cases, AttentionShape s, size_t block_to
                  {"q_pos0", s.q_pos0},
                  {"block", block_tokens}}) +
            " kv " + dtype_name(s.kv_dtype);
-  c.out_floats = q->size();
-  c.prepare = [](std::vector<float>&) {};
+  c.out_floats = mass ? lse_floats + s.kv_len : q->size();
+  c.prepare = [=](std::vector<float>& out) {
+    if (mass) std::fill(out.begin() + lse_floats, out.end(), 1.0f);
+  };
   c.run = [=](Backend& be, std::vector<float>& out, void* ws) {
-    be.attention(q->data(), cache->layout, out.data(), s, scale, ws);
+    if (!mass) return be.attention(q->data(), cache->layout, out.data(), s, scale, ws, nullptr);
+    be.attention(q->data(), cache->layout, attended->data(), s, scale, ws, out.data());
+    be.attention_mass(q->data(), cache->layout, s, scale, out.data(), out.data() + lse_floats);
   };
   c.workspace = [=](const Backend& be) { return be.attention_workspace(s); };
   cases.push_back(std::move(c));
@@ -351,6 +361,8 @@ std::vector<OpCase> op_cases() {
     add_attention(cases, {13, 6, 3, 96, 13, 13, 0, kv});
     add_attention(cases, {5, 4, 1, 37, 211, 211, 206, kv}, 1);
     add_attention(cases, {1, 32, 4, 64, 1024, 2048, 1023, kv});
+    add_attention(cases, {1, 9, 3, 64, 1021, 1024, 1020, kv}, 16, true);
+    add_attention(cases, {37, 8, 2, 64, 300, 320, 263, kv}, 32, true);
     add_kv_store(cases, {1, 3, 3, 64, 1, 48, 0, kv}, 1, 17, 16);
     add_kv_store(cases, {1, 2, 2, 37, 1, 64, 0, kv}, 7, 30, 0);
   }

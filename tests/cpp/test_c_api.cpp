@@ -204,14 +204,22 @@ TEST(CApi, KvPolicyRunsPastTheContext) {
             TIERLM_OK);
   EXPECT_LT(n, 100u);  // stopped at the context
   tierlm_model_destroy(model);
-  options.kv_policy = "window:0+64";  // the tiny model's whole context
-  ASSERT_EQ(tierlm_model_create(dir.path().c_str(), &options, &model), TIERLM_OK)
-      << tierlm_last_error();
-  ASSERT_EQ(tierlm_generate(model, prompt, 3, &gen, out.data(), out.size(), &n, nullptr, nullptr),
-            TIERLM_OK)
-      << tierlm_last_error();
-  EXPECT_EQ(n, 100u);
-  tierlm_model_destroy(model);
+  // Each policy within the tiny model's 64 positions.
+  for (const char* policy : {"window:0+64", "sirllm:4+28+32@0.99", "h2o:4+28+32"}) {
+    options.kv_policy = policy;
+    ASSERT_EQ(tierlm_model_create(dir.path().c_str(), &options, &model), TIERLM_OK)
+        << policy << ": " << tierlm_last_error();
+    ASSERT_EQ(tierlm_generate(model, prompt, 3, &gen, out.data(), out.size(), &n, nullptr, nullptr),
+              TIERLM_OK)
+        << tierlm_last_error();
+    EXPECT_EQ(n, 100u) << policy;
+    tierlm_model_destroy(model);
+  }
+  options.kv_policy = "h2o:4+28+32@0.5";
+  EXPECT_EQ(tierlm_model_create(dir.path().c_str(), &options, &model),
+            TIERLM_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(tierlm_last_error()).find("kv_policy 'h2o:4+28+32@0.5'"),
+            std::string::npos);
 }
 
 // Each field of the C API's option structs changes what a call does or is refused with a

@@ -154,52 +154,79 @@ TEST(KvCache, AttentionOverBlocksEqualsOneContiguousBlock) {
   }
 }
 
-// Eviction moves the later tokens down and rotates their keys back: a key stored rotated at
-// position p reads as the same raw key rotated at its new position (kernel_rope), values move
-// as they are, and blocks past the new end go back.
-TEST(KvCache, EvictionMovesTokensAndRotatesTheirKeys) {
+// Eviction compacts: each kept token moves down by the drops before it and its key rotates
+// back as far: a key stored rotated at position p reads as the same raw key rotated at its new
+// position (kernel_rope), values move as they are, and blocks past the new end go back. Drops
+// as the window policy makes them (one run after the sinks) and as the scored ones do
+// (scattered, across block borders, the last token).
+TEST(KvCache, EvictionCompactsTokensAndRotatesTheirKeys) {
   const size_t d = 64, heads = 3, width = heads * d;
+  const int64_t len = 4 * kKvBlockTokens + 9;
   std::vector<float> inv_freq(d / 2);
   for (size_t i = 0; i < d / 2; ++i) inv_freq[i] = std::pow(10000.0f, -2.0f * i / d);
-  for (DType dtype : {DType::kDTypeF32, DType::kDTypeF16}) {
-    HostTier host(64 << 20);
-    KvCache kv(host, {{heads, d}}, 1000, 1, dtype);
-    AttentionShape s = shape_of(dtype, 1000);
-    const int64_t len = 4 * kKvBlockTokens + 9, sinks = 4, drop = 40;
-    const std::vector<float> raw = random_floats(len * width, 7), v = random_floats(len * width, 8);
-    std::vector<float> k = raw;
-    std::vector<int32_t> pos(len);
-    for (int64_t t = 0; t < len; ++t) pos[t] = static_cast<int32_t>(t);
-    kernel_rope(k.data(), pos.data(), inv_freq.data(), len, heads, d);
-    kv.prepare(0, len);
-    kernel_kv_store(k.data(), v.data(), width, len, 0, kv.layout(0, 0), s);
-    kv.advance(0, len);
-    kv.evict(0, sinks, drop, inv_freq.data());
-    EXPECT_EQ(kv.length(0), len - drop);
-    EXPECT_EQ(kv.evicted(), drop);
-    EXPECT_EQ(kv.blocks(), (len - drop + kKvBlockTokens - 1) / kKvBlockTokens);
-    // Expected: token t (kept) at position t' = t < sinks ? t : t - drop, key rope(raw, t').
-    std::vector<float> expect_k(raw), expect_v(v);
-    for (int64_t t = 0; t < len; ++t) pos[t] = static_cast<int32_t>(t < sinks ? t : t - drop);
-    kernel_rope(expect_k.data(), pos.data(), inv_freq.data(), len, heads, d);
-    const size_t row = kernel_kv_row_bytes(dtype, d);
-    const KvLayout l = kv.layout(0, 0);
-    const float tol = dtype == DType::kDTypeF32 ? 1e-4f : 4e-3f;
-    for (int64_t t = 0; t < len; ++t) {
-      if (t >= sinks && t < sinks + drop) continue;
-      const int64_t at = pos[t];
-      for (size_t h = 0; h < heads; ++h) {
-        const auto* block = static_cast<const uint8_t*>(l.blocks[at / kKvBlockTokens]);
-        const size_t r = (h * kKvBlockTokens + at % kKvBlockTokens) * row;
-        for (size_t c = 0; c < d; ++c) {
-          const size_t i = t * width + h * d + c;
-          EXPECT_NEAR(kv_element(block + l.k_offset + r, dtype, c), expect_k[i], tol)
-              << dtype_name(dtype) << " token " << t << " head " << h << " dim " << c;
-          EXPECT_NEAR(kv_element(block + l.v_offset + r, dtype, c), expect_v[i], tol);
+  std::vector<int32_t> run(40);
+  for (int32_t i = 0; i < 40; ++i) run[i] = 4 + i;
+  const std::vector<int32_t> scattered = {0, 5, 6, 31, 32, 33, 63, 64, 100, len - 1};
+  for (const std::vector<int32_t>& drops : {run, scattered})
+    for (DType dtype : {DType::kDTypeF32, DType::kDTypeF16}) {
+      HostTier host(64 << 20);
+      KvCache kv(host, {{heads, d}}, 1000, 1, dtype);
+      AttentionShape s = shape_of(dtype, 1000);
+      const int64_t drop = static_cast<int64_t>(drops.size());
+      const std::vector<float> raw = random_floats(len * width, 7),
+                               v = random_floats(len * width, 8);
+      std::vector<float> k = raw;
+      std::vector<int32_t> pos(len);
+      for (int64_t t = 0; t < len; ++t) pos[t] = static_cast<int32_t>(t);
+      kernel_rope(k.data(), pos.data(), inv_freq.data(), len, heads, d);
+      kv.prepare(0, len);
+      kernel_kv_store(k.data(), v.data(), width, len, 0, kv.layout(0, 0), s);
+      kv.advance(0, len);
+      kv.evict(0, drops, inv_freq.data());
+      EXPECT_EQ(kv.length(0), len - drop);
+      EXPECT_EQ(kv.evicted(), drop);
+      EXPECT_EQ(kv.blocks(), (len - drop + kKvBlockTokens - 1) / kKvBlockTokens);
+      // Expected: kept token t at t' = t - (drops before t), key rope(raw, t').
+      std::vector<float> expect_k(raw), expect_v(v);
+      std::vector<bool> dropped(len, false);
+      for (int32_t t : drops) dropped[t] = true;
+      int32_t before = 0;
+      for (int64_t t = 0; t < len; ++t) {
+        pos[t] = static_cast<int32_t>(t) - before;
+        before += dropped[t] ? 1 : 0;
+      }
+      kernel_rope(expect_k.data(), pos.data(), inv_freq.data(), len, heads, d);
+      const size_t row = kernel_kv_row_bytes(dtype, d);
+      const KvLayout l = kv.layout(0, 0);
+      const float tol = dtype == DType::kDTypeF32 ? 1e-4f : 4e-3f;
+      for (int64_t t = 0; t < len; ++t) {
+        if (dropped[t]) continue;
+        const int64_t at = pos[t];
+        for (size_t h = 0; h < heads; ++h) {
+          const auto* block = static_cast<const uint8_t*>(l.blocks[at / kKvBlockTokens]);
+          const size_t r = (h * kKvBlockTokens + at % kKvBlockTokens) * row;
+          for (size_t c = 0; c < d; ++c) {
+            const size_t i = t * width + h * d + c;
+            ASSERT_NEAR(kv_element(block + l.k_offset + r, dtype, c), expect_k[i], tol)
+                << dtype_name(dtype) << " token " << t << " head " << h << " dim " << c;
+            ASSERT_NEAR(kv_element(block + l.v_offset + r, dtype, c), expect_v[i], tol);
+          }
         }
       }
     }
+}
+
+TEST(KvCache, EvictionRefusesDropsOutOfOrderOrRange) {
+  HostTier host(64 << 20);
+  KvCache kv(host, {{2, 64}}, 100, 1, DType::kDTypeF32);
+  kv.prepare(0, 50);
+  kv.advance(0, 50);
+  std::vector<float> inv_freq(32, 1.0f);
+  for (const std::vector<int32_t>& bad :
+       std::vector<std::vector<int32_t>>{{}, {5, 5}, {7, 3}, {-1}, {50}}) {
+    EXPECT_THROW(kv.evict(0, bad, inv_freq.data()), Error);
   }
+  EXPECT_EQ(kv.length(0), 50);
 }
 
 }  // namespace

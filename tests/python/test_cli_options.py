@@ -222,9 +222,11 @@ def case_generate_kv_dtype(ctx):
 
 
 def case_generate_kv_policy(ctx):
-    out = gen(ctx, "--max-new-tokens", "300", "--kv-policy", "window:4+124")
-    assert len(out["output_ids"]) == 300 and out["model_stats"]["kv_evicted"] > 0
-    ctx.fails("generate", ctx.pkg, "--ids", IDS, "--kv-policy", "window:x", match="kv_policy")
+    for policy in ("window:4+124", "sirllm:4+60+64@0.99", "h2o:4+60+64"):
+        out = gen(ctx, "--max-new-tokens", "300", "--kv-policy", policy)
+        assert len(out["output_ids"]) == 300 and out["model_stats"]["kv_evicted"] > 0
+    for bad in ("window:x", "sirllm:4+60+64@2", "h2o:4+60"):
+        ctx.fails("generate", ctx.pkg, "--ids", IDS, "--kv-policy", bad, match=f"kv_policy '{bad}'")
 
 
 def spill_package(ctx):
@@ -454,9 +456,11 @@ def case_chat_kv_dtype(ctx):
 
 
 def case_chat_kv_policy(ctx):
-    rc = ctx.chat(ctx.chat_pkg, "--kv-policy", "window:4+124", "--max-new-tokens", "1")[0]
-    assert rc == 0
+    for policy in ("window:4+124", "sirllm:4+60+64", "h2o:4+60+64"):
+        rc = ctx.chat(ctx.chat_pkg, "--kv-policy", policy, "--max-new-tokens", "1")[0]
+        assert rc == 0
     ctx.chat_fails(ctx.chat_pkg, "--kv-policy", "sink:4", match="kv_policy 'sink:4'")
+    ctx.chat_fails(ctx.chat_pkg, "--kv-policy", "h2o:4+60+0", match="kv_policy 'h2o:4+60+0'")
 
 
 def case_chat_max_context(ctx):

@@ -244,6 +244,35 @@ def test_attention_compact_paged_cache_matches_sdpa(level, kv_dtype, heads, n_q,
     assert np.abs(out - exact).max() < {"f16": 2e-3, "bf16": 2e-2, "q8_0": 3e-2}[kv_dtype]
 
 
+@pytest.mark.parametrize("kv_dtype", ["f32", "q8_0"])
+@pytest.mark.parametrize(
+    "heads,n_q,kv_len,block",
+    [((9, 3, 64), 1, 1021, 16), ((6, 2, 37), 37, 300, 64), ((4, 4, 96), 5, 5, 1)],
+)
+def test_attention_mass_matches_numpy_softmax(level, kv_dtype, heads, n_q, kv_len, block):
+    """H2O scores: each key's softmax weight summed over the queries and heads that see it, and
+    the normalizers log(sum exp) the attention kernel writes for it, against numpy in f64 on the
+    stored (rounded) keys."""
+    n_heads, n_kv_heads, d = heads
+    q = RNG.standard_normal((n_q, n_heads, d)).astype(np.float32)
+    kc = RNG.standard_normal((n_kv_heads, kv_len, d)).astype(np.float32)
+    vc = RNG.standard_normal((n_kv_heads, kv_len, d)).astype(np.float32)
+    scale, q_pos0 = d**-0.5, kv_len - n_q
+    out, lse, mass = K.attention(
+        q, kc, vc, kv_len, q_pos0, scale, kv_dtype=kv_dtype, block_tokens=block, mass=True
+    )
+    kr = _kv_rounded(kc, kv_dtype).astype(np.float64)
+    group = n_heads // n_kv_heads
+    scores = np.einsum("ihd,hjd->ihj", q.astype(np.float64), np.repeat(kr, group, axis=0)) * scale
+    visible = np.arange(kv_len)[None, :] <= (q_pos0 + np.arange(n_q))[:, None]
+    scores = np.where(visible[:, None, :], scores, -np.inf)
+    ref_lse = np.log(np.exp(scores - scores.max(-1, keepdims=True)).sum(-1)) + scores.max(-1)
+    ref_mass = np.exp(scores - ref_lse[..., None]).sum(axis=(0, 1))
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(mass, ref_mass, rtol=1e-4, atol=1e-6)
+    assert abs(mass.sum() - n_q * n_heads) < 1e-3 * n_q * n_heads  # every row sums to one
+
+
 def test_attention_refuses_a_block_kv_dtype_other_than_q8_0():
     q = RNG.standard_normal((1, 2, 32)).astype(np.float32)
     kc = RNG.standard_normal((1, 4, 32)).astype(np.float32)

@@ -1,9 +1,7 @@
 """The KV cache: its element type (kv_dtype: f16 by default, bf16, q8_0 int8 blocks) against the
 f32 cache on the same model; its blocks (paged, taken as sequences grow, shared prefixes) and
-what the host budget counts; the window policy (kv_policy) that runs past the context; bad
-values refused with a message naming the option."""
-
-import re
+what the host budget counts; bad values refused with a message naming the option. The eviction
+policies (kv_policy) are in test_kv_policy.py."""
 
 import numpy as np
 import pytest
@@ -161,54 +159,3 @@ def test_batched_decode_with_int8_cache_equals_single(llama):
         single = load(pkg, kv_dtype="q8_0").generate(p, max_new_tokens=6, stop_at_eos=False)
         assert r.output_ids == single.output_ids
     assert np.isfinite(model.logits(prompts[0])).all()
-
-
-def test_window_policy_equals_the_full_cache_until_it_fills(llama):
-    _, pkg = llama
-    ids = prompt(60, seed=31)
-    full = load(pkg, kv_dtype="f32").logits(ids)
-    windowed = load(pkg, kv_dtype="f32", kv_policy="window:4+124")
-    assert relative_error(windowed.logits(ids), full) == 0
-    assert windowed.stats()["kv_evicted"] == 0
-
-
-def test_window_policy_generates_past_max_positions(llama):
-    """window:4+124 on a model trained to 256 positions: 600 new tokens (2.3x), a bounded
-    cache, evictions counted, and output that keeps changing (no collapse to one repeated
-    token), where the full cache stops at its context."""
-    _, pkg = llama
-    ids = prompt(20, seed=3)
-    stopped = load(pkg).generate(ids, max_new_tokens=600, stop_at_eos=False)
-    assert stopped.finish_reason == "context" and len(stopped.output_ids) == 256 - 20 + 1
-    model = load(pkg, kv_policy="window:4+124")
-    result = model.generate(ids, max_new_tokens=600, stop_at_eos=False)
-    assert result.finish_reason == "length" and len(result.output_ids) == 600
-    s = model.stats()
-    # 20 + 599 tokens went through a cache of 128: at most 128 remain, dropped a block at a time.
-    assert s["kv_blocks"] <= 4 and 20 + 599 - s["kv_evicted"] <= 128
-    assert s["kv_evicted"] % 32 == 0
-    assert len(set(result.output_ids[-200:])) > 5
-
-
-def test_window_policy_batched_equals_single(llama):
-    _, pkg = llama
-    prompts = [prompt(n, seed=n) for n in (5, 70)]
-    model = load(pkg, kv_policy="window:4+92", max_batch=2)
-    batch = model.generate_batch(prompts, max_new_tokens=150, stop_at_eos=False)
-    for p, r in zip(prompts, batch, strict=True):
-        one = load(pkg, kv_policy="window:4+92").generate(p, max_new_tokens=150, stop_at_eos=False)
-        assert r.output_ids == one.output_ids
-
-
-def test_bad_kv_policy_is_refused_naming_it(llama, tmp_path):
-    _, pkg = llama
-    for bad in ("window:4", "window:4+10", "sink:4+100", "window:-1+100", "window:4+100x"):
-        with pytest.raises(tierlm.InvalidArgumentError, match=f"kv_policy '{re.escape(bad)}'"):
-            load(pkg, kv_policy=bad)
-    with pytest.raises(tierlm.InvalidArgumentError, match="max_positions 256"):
-        load(pkg, kv_policy="window:4+300")
-    with pytest.raises(tierlm.InvalidArgumentError, match="leave max_context unset"):
-        load(pkg, kv_policy="window:4+100", max_context=50)
-    _, opt = package("opt", str(tmp_path), seed=2)
-    with pytest.raises(tierlm.UnsupportedError, match="no rotary position embedding"):
-        load(opt, kv_policy="window:4+100")

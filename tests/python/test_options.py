@@ -5,6 +5,7 @@ libtierlm's message naming it. A parameter added without a case fails the walk."
 import inspect
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -206,8 +207,14 @@ def case_kv_policy(pkg, sparse_pkg):
     streamed = model.generate(ids, max_new_tokens=400, stop_at_eos=False)
     assert full.finish_reason == "context" and streamed.finish_reason == "length"
     assert model.stats()["kv_evicted"] > 0
-    with pytest.raises(InvalidArgumentError, match="kv_policy 'window:4'"):
-        tierlm.load(pkg, kv_policy="window:4")
+    for scored in ("sirllm:4+60+64@0.99", "h2o:4+60+64"):
+        model = tierlm.load(pkg, kv_policy=scored)
+        out = model.generate(ids, max_new_tokens=400, stop_at_eos=False)
+        assert out.finish_reason == "length" and model.stats()["kv_evicted"] > 0
+        assert len(model.kv_scores()) == 6 + 399 - model.stats()["kv_evicted"]
+    for bad in ("window:4", "sirllm:4+60", "h2o:4+60+64@0.5"):
+        with pytest.raises(InvalidArgumentError, match=re.escape(f"kv_policy '{bad}'")):
+            tierlm.load(pkg, kv_policy=bad)
 
 
 def case_kv_host_budget(pkg, sparse_pkg, tmp_path):

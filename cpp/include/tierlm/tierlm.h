@@ -44,8 +44,9 @@ typedef struct tierlm_model_options {
   int64_t sparse_capacity;    /* cached neurons per layer; 0 = auto */
   /* KV cache element type: "f16", "bf16", "f32", "q8_0" (int8 blocks); NULL = "f16" */
   const char* kv_dtype;
-  /* "full" or NULL (every token up to the context), or "window:S+W": S sinks and the last W
-   * tokens, generation running past the context */
+  /* "full" or NULL (every token up to the context), "window:S+W" (S sinks and the last W
+   * tokens), "sirllm:S+W+K[@D]" (and the K of highest decayed token entropy) or "h2o:S+W+K"
+   * (and the K of most accumulated attention): generation runs past the context */
   const char* kv_policy;
   /* KV on the disk tier: the host bytes the KV cache may hold (0 = all it needs); beyond them
    * its oldest blocks move to a scratch file of the disk tier in disk_dir (NULL = $TMPDIR, else

@@ -200,7 +200,7 @@ size_t kernel_attention_workspace(const AttentionShape& shape) {
 }
 
 void kernel_attention(const float* q, const KvLayout& kv, float* out, const AttentionShape& shape,
-                      float scale, void* workspace) {
+                      float scale, void* workspace, float* lse) {
   check_attention_shape(shape);
   if (shape.n_q == 0) return;
   TIERLM_CHECK(workspace != nullptr, kErrorInvalidArgument,
@@ -217,13 +217,20 @@ void kernel_attention(const float* q, const KvLayout& kv, float* out, const Atte
   float* slots = base;
   float* partials = base + p.slots * p.slot_floats;
 
+  // Row r of a (head, query block) item: its softmax normalizer log(sum exp) = m + log l.
+  auto put_lse = [&](size_t head, size_t i0, size_t r, float m, float l) {
+    if (lse != nullptr)
+      lse[(i0 + r / p.group) * shape.n_heads + head * p.group + r % p.group] = m + std::log(l);
+  };
   // Writes out rows = acc / l for the item's queries.
-  auto finish = [&](size_t head, size_t i0, size_t nq, const float* acc, const float* l) {
+  auto finish = [&](size_t head, size_t i0, size_t nq, const float* acc, const float* m,
+                    const float* l) {
     for (size_t r = 0; r < nq * p.group; ++r) {
       const size_t qi = i0 + r / p.group;
       float* o = out + qi * q_stride + (head * p.group + r % p.group) * d;
       const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
       for (size_t c = 0; c < d; ++c) o[c] = acc[r * d + c] * inv;
+      put_lse(head, i0, r, m[r], l[r]);
     }
   };
 
@@ -254,6 +261,7 @@ void kernel_attention(const float* q, const KvLayout& kv, float* out, const Atte
       }
       const float inv = l > 0.0f ? 1.0f / l : 0.0f;
       for (size_t c = 0; c < d; ++c) o[c] *= inv;
+      put_lse(head, i0, r, m, l);
     }
   };
   // Fewer than kAttentionTargetItems groups whenever the key range is split.
@@ -294,10 +302,51 @@ void kernel_attention(const float* q, const KvLayout& kv, float* out, const Atte
         t.scratch = p.n_splits > 1 ? scratch : t.l + align16(p.rows);
         k.attention(t);
         if (p.n_splits == 1)
-          finish(head, i0, nq, t.acc, t.l);
+          finish(head, i0, nq, t.acc, t.m, t.l);
         else if (splits_done[rest].fetch_add(1, std::memory_order_acq_rel) + 1 == p.n_splits)
           merge(rest);
       }
+    }
+  });
+}
+
+void kernel_attention_mass(const float* q, const KvLayout& kv, const AttentionShape& shape,
+                           float scale, const float* lse, float* mass) {
+  constexpr size_t kMaxHeadDim = 2048;
+  check_attention_shape(shape);
+  check_kv_layout(kv);
+  const size_t d = shape.head_dim;
+  TIERLM_CHECK(d <= kMaxHeadDim && lse != nullptr && mass != nullptr, kErrorInvalidArgument,
+               "attention mass: head_dim ", d, " (at most ", kMaxHeadDim,
+               ") and non-null lse and mass are needed");
+  const size_t group = shape.n_heads / shape.n_kv_heads;
+  const size_t q_stride = shape.n_heads * d;
+  const size_t keys = shape.q_pos0 + shape.n_q;
+  // Threads own key ranges, so each mass[j] has one writer; per key, its row is widened once
+  // and dotted with every query that sees it.
+  parallel_for(keys, [&](size_t j0, size_t j1) {
+    alignas(64) float key[kMaxHeadDim];
+    for (size_t j = j0; j < j1; ++j) {
+      const size_t first = j > shape.q_pos0 ? j - shape.q_pos0 : 0;  // causal: queries >= j
+      float sum = 0.0f;
+      for (size_t h = 0; h < shape.n_kv_heads; ++h) {
+        const detail::KvHeadRows rows = head_rows(kv, kv.k_offset, h, shape);
+        const uint8_t* row = rows.row(j);
+        for (size_t c = 0; c < d; ++c) key[c] = detail::kv_element(row, shape.kv_dtype, c);
+        for (size_t i = first; i < shape.n_q; ++i)
+          for (size_t g = 0; g < group; ++g) {
+            const size_t head = h * group + g;
+            const float* qv = q + i * q_stride + head * d;
+            float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            size_t c = 0;
+            for (; c + 4 <= d; c += 4)
+              for (size_t u = 0; u < 4; ++u) s[u] += qv[c + u] * key[c + u];
+            for (; c < d; ++c) s[0] += qv[c] * key[c];
+            const float score = (s[0] + s[1] + s[2] + s[3]) * scale;
+            sum += std::exp(score - lse[i * shape.n_heads + head]);
+          }
+      }
+      mass[j] += sum;
     }
   });
 }

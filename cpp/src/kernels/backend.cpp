@@ -33,6 +33,8 @@ const char* backend_op_name(BackendOp op) {
       return "kv_store";
     case BackendOp::kBackendOpCopyRows:
       return "copy_rows";
+    case BackendOp::kBackendOpAttentionMass:
+      return "attention_mass";
   }
   return "unknown";
 }

@@ -33,6 +33,7 @@ enum class BackendOp {
   kBackendOpAttention,
   kBackendOpCopyRows,
   kBackendOpKvStore,
+  kBackendOpAttentionMass,
 };
 
 const char* backend_op_name(BackendOp op);
@@ -72,8 +73,12 @@ class Backend {
   virtual void add(float* y, const float* x, size_t n) = 0;  // y += x
   virtual void embedding(const void* table, DType dtype, const int32_t* ids, size_t n, size_t dim,
                          float* out) = 0;
+  // lse (optional): each query head's softmax normalizer, for attention_mass.
   virtual void attention(const float* q, const KvLayout& kv, float* out,
-                         const AttentionShape& shape, float scale, void* workspace) = 0;
+                         const AttentionShape& shape, float scale, void* workspace, float* lse) = 0;
+  // mass[j] += the softmax weights key j gets from this step's queries (kernel_attention_mass).
+  virtual void attention_mass(const float* q, const KvLayout& kv, const AttentionShape& shape,
+                              float scale, const float* lse, float* mass) = 0;
   // Appends n tokens' keys and values to the cache in shape.kv_dtype (kernel_kv_store).
   virtual void kv_store(const float* k, const float* v, size_t src_stride, size_t n, size_t pos,
                         const KvLayout& kv, const AttentionShape& shape) = 0;

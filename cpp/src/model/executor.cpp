@@ -10,53 +10,77 @@ namespace tierlm::detail {
 
 Executor::Executor(ResolvedOps ops, Backend& backend, WeightStore& weights, KvCache& kv,
                    SparseFfn* sparse, ChannelSparse* channels, ExpertProvider* experts,
-                   const float* rope_inv_freq, int64_t max_rows, KvPolicy policy)
+                   const float* rope_inv_freq, int64_t max_rows, int64_t logits_rows,
+                   std::unique_ptr<KvEviction> eviction)
     : resolved_(std::move(ops)),
       backend_(backend),
       weights_(weights),
-      policy_(policy),
+      eviction_(std::move(eviction)),
       kv_(kv),
       sparse_(sparse),
       channels_(channels),
       experts_(experts),
       rope_inv_freq_(rope_inv_freq),
       positions_(static_cast<size_t>(max_rows)),
-      shifted_(static_cast<size_t>(max_rows)) {}
+      shifted_(static_cast<size_t>(max_rows)),
+      logits_rows_(logits_rows) {
+  if (eviction_ == nullptr) return;
+  drops_.reserve(static_cast<size_t>(kv_.capacity()));
+  if (eviction_->attention_mass(0) == nullptr) return;
+  size_t heads = 0;
+  for (const ExecOp& op : resolved_.ops)
+    if (op.kind == OpKind::kOpAttention) heads = std::max(heads, op.shape.n_heads);
+  lse_.resize(static_cast<size_t>(max_rows) * heads);
+}
 
-// A full window: drop a block's worth (or what the step needs) of the oldest tokens after the
-// sinks, so eviction runs once per block of tokens, not every step.
+void Executor::clear(int32_t slot) {
+  kv_.clear(slot);
+  if (eviction_) eviction_->cleared(slot);
+}
+
+void Executor::clear_all() {
+  for (int32_t s = 0; s < kv_.slots(); ++s) clear(s);
+}
+
+void Executor::share(int32_t from, int32_t to, int64_t tokens) {
+  kv_.share(from, to, tokens);
+  if (eviction_) eviction_->shared(from, to, tokens);
+}
+
+// A full cache: drop a block's worth (or what the step needs) of the tokens the policy picks,
+// so eviction (and the compaction it takes) runs once per block of tokens, not every step.
 void Executor::make_room(int32_t slot, int64_t n) {
   const int64_t length = kv_.length(slot);
-  if (policy_.window == 0 || length + n <= kv_.capacity()) return;
-  const int64_t drop =
-      std::min(length - policy_.sinks, std::max(length + n - kv_.capacity(), kKvBlockTokens));
-  kv_.evict(slot, policy_.sinks, drop, rope_inv_freq_);
+  if (eviction_ == nullptr || length + n <= kv_.capacity()) return;
+  const KvPolicy& p = eviction_->policy();
+  const int64_t candidates = length - p.sinks - (p.heavy > 0 ? p.window : 0);
+  const int64_t drop = std::min(candidates, std::max(length + n - kv_.capacity(), kKvBlockTokens));
+  eviction_->select(slot, length, drop, drops_);
+  kv_.evict(slot, drops_, rope_inv_freq_);
+  eviction_->evicted(slot, drops_, length);
 }
 
 const float* Executor::run(const ExecBatch& batch) {
   const int64_t n = batch.n;
   kv_.begin_step();
-  if (batch.slots == nullptr) {
-    make_room(batch.slot, n);
-  } else {
-    for (int64_t i = 0; i < n; ++i) make_room(batch.slots[i], 1);
-  }
+  const bool one = batch.slots == nullptr;
+  const int64_t groups = one ? 1 : n;
+  auto slot_of = [&](int64_t g) { return one ? batch.slot : batch.slots[g]; };
+  const int64_t per_group = one ? n : 1;
+  for (int64_t g = 0; g < groups; ++g) make_room(slot_of(g), per_group);
   for (int64_t i = 0; i < n; ++i) {
-    positions_[i] = static_cast<int32_t>(batch.slots == nullptr ? kv_.length(batch.slot) + i
-                                                                : kv_.length(batch.slots[i]));
+    positions_[i] =
+        static_cast<int32_t>(one ? kv_.length(batch.slot) + i : kv_.length(batch.slots[i]));
   }
   // The cache blocks this step writes, before any op runs.
-  if (batch.slots == nullptr) {
-    kv_.prepare(batch.slot, kv_.length(batch.slot) + n);
-  } else {
-    for (int64_t i = 0; i < n; ++i) kv_.prepare(batch.slots[i], kv_.length(batch.slots[i]) + 1);
+  for (int64_t g = 0; g < groups; ++g) {
+    kv_.prepare(slot_of(g), kv_.length(slot_of(g)) + per_group);
+    if (eviction_)
+      eviction_->begin_step(slot_of(g), kv_.length(slot_of(g)), batch.tokens + g, per_group);
   }
   // A cache that spills starts reading layer 0's blocks back.
-  if (batch.slots == nullptr) {
-    kv_.stage({&batch.slot, 1});
-  } else {
-    kv_.stage({batch.slots, static_cast<size_t>(n)});
-  }
+  kv_.stage(one ? std::span<const int32_t>(&batch.slot, 1)
+                : std::span<const int32_t>(batch.slots, static_cast<size_t>(n)));
   int layer = INT_MIN;
   for (const ExecOp& op : resolved_.ops) {
     if (op.layer != layer) {
@@ -71,12 +95,40 @@ const float* Executor::run(const ExecBatch& batch) {
   if (sparse_) sparse_->end_batch(static_cast<size_t>(n));
   if (channels_) channels_->end_batch(static_cast<size_t>(n));
   attention_tokens_ += static_cast<uint64_t>(n);
-  if (batch.slots == nullptr) {
-    kv_.advance(batch.slot, n);
-  } else {
-    for (int64_t i = 0; i < n; ++i) kv_.advance(batch.slots[i], 1);
+  const int64_t vocab = resolved_.ops.back().width;
+  for (int64_t g = 0; g < groups; ++g) {
+    kv_.advance(slot_of(g), per_group);
+    if (eviction_ && eviction_->wants_logits())
+      eviction_->last_logits(slot_of(g), kv_.length(slot_of(g)), resolved_.logits + g * vocab);
   }
   return resolved_.logits;
+}
+
+void Executor::score_rows(const ExecOp& op, const ExecBatch& batch) {
+  const bool sirllm = eviction_ && eviction_->wants_logits();
+  if (batch.slots != nullptr || batch.n < 2 || (batch.nll == nullptr && !sirllm)) return;
+  LinearShape shape;
+  shape.rows = static_cast<size_t>(op.width);
+  shape.cols = static_cast<size_t>(op.in_width);
+  shape.w_dtype = op.dtype;
+  const void* bias = op.bias_apart ? nullptr : weight(op.bias);
+  const int64_t pos0 = positions_[0];
+  for (int64_t r0 = 0; r0 + 1 < batch.n; r0 += logits_rows_) {
+    shape.n = static_cast<size_t>(std::min(logits_rows_, batch.n - 1 - r0));
+    backend_.linear(op.in[0] + r0 * op.in_width, weight(op.weight), bias, op.out, shape,
+                    op.workspace);
+    for (size_t i = 0; i < shape.n; ++i) {
+      float* row = op.out + i * shape.rows;
+      if (op.bias_apart) {
+        backend_.add(row, op.bias_f32 ? op.bias_f32 : static_cast<const float*>(weight(op.bias)),
+                     shape.rows);
+      }
+      const int64_t r = r0 + static_cast<int64_t>(i);
+      const float nll = token_nll(row, op.width, batch.tokens[r + 1]);
+      if (batch.nll != nullptr) batch.nll[r] = nll;
+      if (sirllm) eviction_->token_entropy(batch.slot, pos0 + r + 1, pos0 + batch.n, nll);
+    }
+  }
 }
 
 void Executor::run_op(const ExecOp& op, const ExecBatch& batch) {
@@ -140,6 +192,7 @@ void Executor::run_op(const ExecOp& op, const ExecBatch& batch) {
       break;
     case OpKind::kOpLinear:
     case OpKind::kOpLmHead: {
+      if (op.kind == OpKind::kOpLmHead) score_rows(op, batch);
       const float* x = op.in[0];
       LinearShape shape;
       shape.n = rows;
@@ -224,8 +277,11 @@ void Executor::attend(const ExecOp& op, const ExecBatch& batch) {
     shape.n_q = per_group;
     shape.q_pos0 = pos0;
     shape.kv_len = pos0 + per_group;
-    backend_.attention(op.in[0] + row0 * q_width, cache, op.out + row0 * q_width, shape, op.scale,
-                       op.workspace);
+    float* mass = eviction_ ? eviction_->attention_mass(slot) : nullptr;
+    const float* q = op.in[0] + row0 * q_width;
+    backend_.attention(q, cache, op.out + row0 * q_width, shape, op.scale, op.workspace,
+                       mass ? lse_.data() : nullptr);
+    if (mass) backend_.attention_mass(q, cache, shape, op.scale, lse_.data(), mass);
   }
   kv_.release(static_cast<size_t>(op.kv));
   attention_seconds_ +=

@@ -311,17 +311,20 @@ void KvCache::share(int32_t from, int32_t to, int64_t tokens) {
   lengths_[static_cast<size_t>(to)] = tokens;
 }
 
-void KvCache::evict(int32_t slot, int64_t first, int64_t count, const float* rope_inv_freq) {
+void KvCache::evict(int32_t slot, std::span<const int32_t> drops, const float* rope_inv_freq) {
   const int64_t length = lengths_[static_cast<size_t>(slot)];
-  TIERLM_CHECK(first >= 0 && count > 0 && first + count <= length, kErrorInvalidArgument,
-               "KV cache: cannot drop tokens ", first, "..", first + count, " of slot ", slot,
-               ", which holds ", length);
+  const int64_t count = static_cast<int64_t>(drops.size());
+  bool ok = count > 0 && drops.front() >= 0 && drops.back() < length;
+  for (size_t i = 1; ok && i < drops.size(); ++i) ok = drops[i - 1] < drops[i];
+  TIERLM_CHECK(ok, kErrorInvalidArgument, "KV cache: cannot drop ", count, " tokens (",
+               count > 0 ? drops.front() : 0, "..", count > 0 ? drops.back() : 0,
+               ", ascending and distinct) of slot ", slot, ", which holds ", length);
   TIERLM_CHECK(!spill_, kErrorUnsupported,
                "KV cache: a cache that spills to disk keeps every token; it cannot drop any");
   auto& table = tables_[static_cast<size_t>(slot)];
   auto& pointers = pointers_[static_cast<size_t>(slot)];
   // Blocks rewritten below are this slot's own first (copy on write).
-  for (size_t b = static_cast<size_t>(first / kKvBlockTokens); b < table.size(); ++b) {
+  for (size_t b = static_cast<size_t>(drops.front() / kKvBlockTokens); b < table.size(); ++b) {
     if (refs_[static_cast<size_t>(table[b])] == 1) continue;
     const int32_t copy = take();
     std::memcpy(block_data(copy), block_data(table[b]), block_bytes_);
@@ -329,15 +332,22 @@ void KvCache::evict(int32_t slot, int64_t first, int64_t count, const float* rop
     table[b] = copy;
     pointers[b] = block_data(copy);
   }
+  // Compaction: each run of kept tokens moves down by the drops before it, in order, so a run
+  // only overwrites tokens already moved or dropped.
   for (size_t l = 0; l < layers_.size(); ++l) {
     AttentionShape shape;
     shape.n_kv_heads = layers_[l].kv_heads;
     shape.head_dim = layers_[l].head_dim;
     shape.kv_capacity = table.size() * static_cast<size_t>(kKvBlockTokens);
     shape.kv_dtype = dtype_;
-    kernel_kv_shift(layout(l, slot), shape, static_cast<size_t>(first + count),
-                    static_cast<size_t>(first), static_cast<size_t>(length - first - count),
-                    rope_inv_freq);
+    for (size_t i = 0; i < drops.size(); ++i) {
+      const int64_t begin = drops[i] + 1;
+      const int64_t end = i + 1 < drops.size() ? drops[i + 1] : length;
+      if (begin == end) continue;
+      kernel_kv_shift(layout(l, slot), shape, static_cast<size_t>(begin),
+                      static_cast<size_t>(begin) - (i + 1), static_cast<size_t>(end - begin),
+                      rope_inv_freq);
+    }
   }
   lengths_[static_cast<size_t>(slot)] = length - count;
   evicted_ += count;

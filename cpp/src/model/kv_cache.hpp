@@ -94,9 +94,10 @@ class KvCache {
   void clear_all();
   // `to` continues from the first `tokens` tokens of `from`, sharing their blocks.
   void share(int32_t from, int32_t to, int64_t tokens);
-  // Drops tokens first .. first + count - 1 of slot: the later ones move down, their keys
-  // rotated back by count positions (kernel_kv_shift), and blocks past the new end go back.
-  void evict(int32_t slot, int64_t first, int64_t count, const float* rope_inv_freq);
+  // Drops the tokens `drops` (ascending, distinct) of slot: the cache compacts, every later
+  // token moving down by the drops before it, its key rotated back as far (kernel_kv_shift),
+  // so positions stay counted within the cache; blocks past the new end go back.
+  void evict(int32_t slot, std::span<const int32_t> drops, const float* rope_inv_freq);
   int64_t evicted() const { return evicted_; }  // tokens dropped since load
 
  private:

@@ -12,7 +12,7 @@ const Package& Model::package() const { return impl_->package; }
 const ModelConfig& Model::config() const { return impl_->package.config; }
 int64_t Model::vocab_size() const { return impl_->package.config.vocab_size; }
 int64_t Model::context_length() const {
-  return impl_->policy.window > 0 ? kStreamingContext : impl_->context;
+  return impl_->policy.evicts() ? kStreamingContext : impl_->context;
 }
 int64_t Model::prefill_chunk() const { return impl_->chunk; }
 int64_t Model::position() const { return impl_->kv->length(0); }

@@ -30,7 +30,7 @@ void check_tokens(std::span<const int32_t> tokens, int64_t vocab) {
 
 void Model::reset() {
   auto lock = claim(impl_->busy);
-  impl_->kv->clear_all();
+  impl_->executor->clear_all();
   ++impl_->sequence;
   if (impl_->sparse) impl_->sparse->reset();
 }
@@ -47,26 +47,66 @@ const float* Model::forward_slot(int32_t slot, std::span<const int32_t> tokens, 
   TIERLM_CHECK(slot >= 0 && slot < m.max_batch, kErrorInvalidArgument, "slot ", slot,
                " is outside 0..", m.max_batch - 1, " (load the model with a larger max_batch)");
   if (restart) {
-    m.kv->clear(slot);
+    m.executor->clear(slot);
     ++m.sequence;
     if (m.sparse) m.sparse->reset();  // cached rows of another sequence would join the sum
   }
   const int64_t n = static_cast<int64_t>(tokens.size());
   check_tokens(tokens, m.package.config.vocab_size);
   const int64_t pos = m.kv->length(slot);
-  TIERLM_CHECK(m.policy.window > 0 || pos + n <= m.context, kErrorInvalidArgument,
+  TIERLM_CHECK(m.policy.evicts() || pos + n <= m.context, kErrorInvalidArgument,
                "the sequence needs ", pos + n, " positions (", pos, " in the cache + ", n,
                " new tokens) but the context holds ", m.context, " (max_positions ",
                m.package.config.max_positions, "); shorten the prompt");
+  return run_chunks(slot, tokens, nullptr);
+}
+
+// Within a chunk the executor scores its rows; across chunks the previous chunk's last logits
+// score the next chunk's first token.
+const float* Model::run_chunks(int32_t slot, std::span<const int32_t> tokens, float* nll) {
+  Impl& m = *impl_;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const int64_t vocab = m.package.config.vocab_size;
   const float* logits = nullptr;
   for (int64_t start = 0; start < n; start += m.chunk) {
+    if (nll != nullptr && start > 0) {
+      nll[start - 1] = detail::token_nll(logits, vocab, tokens[start]);
+    }
     detail::ExecBatch batch;
     batch.tokens = tokens.data() + start;
     batch.n = std::min(m.chunk, n - start);
     batch.slot = slot;
+    batch.nll = nll != nullptr ? nll + start : nullptr;
     logits = m.executor->run(batch);
   }
   return logits;
+}
+
+std::vector<float> Model::token_nll(std::span<const int32_t> ids) {
+  Impl& m = *impl_;
+  TIERLM_CHECK(ids.size() >= 2, kErrorInvalidArgument, "token_nll: ", ids.size(),
+               " ids; give at least 2 (the first is only context)");
+  check_tokens(ids, m.package.config.vocab_size);
+  auto lock = claim(m.busy);
+  m.executor->clear_all();
+  ++m.sequence;
+  if (m.sparse) m.sparse->reset();
+  std::vector<float> nll(ids.size() - 1);
+  const int64_t n = static_cast<int64_t>(ids.size());
+  TIERLM_CHECK(m.policy.evicts() || n <= m.context, kErrorInvalidArgument, "token_nll: ", n,
+               " ids but the context holds ", m.context, "; load with a kv_policy to go past it");
+  run_chunks(0, ids, nll.data());
+  return nll;
+}
+
+std::vector<float> Model::kv_scores(int32_t slot) const {
+  const Impl& m = *impl_;
+  TIERLM_CHECK(slot >= 0 && slot < m.max_batch, kErrorInvalidArgument, "kv_scores: slot ", slot,
+               " is outside 0..", m.max_batch - 1);
+  const detail::KvEviction* e = m.executor->eviction();
+  if (e == nullptr) return {};
+  const std::span<const float> s = e->scores(slot, m.kv->length(slot));
+  return {s.begin(), s.end()};
 }
 
 void Model::share_slot(int32_t from, int32_t to, int64_t tokens) {
@@ -75,7 +115,7 @@ void Model::share_slot(int32_t from, int32_t to, int64_t tokens) {
   for (int32_t s : {from, to})
     TIERLM_CHECK(s >= 0 && s < m.max_batch, kErrorInvalidArgument, "share_slot: slot ", s,
                  " is outside 0..", m.max_batch - 1);
-  m.kv->share(from, to, tokens);
+  m.executor->share(from, to, tokens);
   ++m.sequence;  // as a restart of `to`
   if (m.sparse) m.sparse->reset();
 }
@@ -98,7 +138,7 @@ const float* Model::forward_batch(std::span<const int32_t> tokens, std::span<con
       TIERLM_CHECK(slots[j] != s, kErrorInvalidArgument, "forward_batch: slot ", s,
                    " appears twice");
     }
-    TIERLM_CHECK(m.policy.window > 0 || m.kv->length(s) + 1 <= m.context, kErrorInvalidArgument,
+    TIERLM_CHECK(m.policy.evicts() || m.kv->length(s) + 1 <= m.context, kErrorInvalidArgument,
                  "forward_batch: slot ", s, " holds ", m.kv->length(s),
                  " tokens, the context is full (", m.context, ")");
   }

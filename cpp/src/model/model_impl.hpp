@@ -23,7 +23,7 @@ struct Model::Impl {
   int64_t context = 0;    // KV cache tokens per slot
   int64_t chunk = 0;      // rows per batch (prefill chunk, or a batched decode's slots)
   int64_t max_batch = 1;  // sequence slots
-  KvPolicy policy;        // window > 0: sequences run past the context, evicting
+  KvPolicy policy;        // evicts(): sequences run past the context
   std::unique_ptr<HostTier> host;
   std::unique_ptr<detail::Backend> backend;
   std::unique_ptr<detail::WeightStore> weights;

@@ -79,24 +79,24 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   m.context =
       options.max_context > 0 ? std::min(options.max_context, c.max_positions) : c.max_positions;
   m.policy = kv_policy_parse(options.kv_policy);
-  if (m.policy.window > 0) {
-    // The cache holds sinks + window tokens at positions counted within it.
+  if (m.policy.evicts()) {
+    // The cache holds the policy's tokens at positions counted within it.
     const bool rope = std::any_of(p.graph.ops.begin(), p.graph.ops.end(),
                                   [](const GraphOp& op) { return op.kind == OpKind::kOpRope; });
     TIERLM_CHECK(rope, kErrorUnsupported, "kv_policy '", options.kv_policy, "': ", p.architecture,
                  " has no rotary position embedding, so its cached keys cannot move to new "
                  "positions; load it without kv_policy");
     TIERLM_CHECK(options.max_context == 0, kErrorInvalidArgument, "kv_policy '", options.kv_policy,
-                 "' sets the cache to ", m.policy.sinks + m.policy.window,
-                 " tokens; leave max_context unset");
-    TIERLM_CHECK(m.policy.sinks + m.policy.window <= c.max_positions, kErrorInvalidArgument,
-                 "kv_policy '", options.kv_policy, "' keeps ", m.policy.sinks + m.policy.window,
+                 "' sets the cache to ", m.policy.capacity(), " tokens; leave max_context unset");
+    TIERLM_CHECK(m.policy.capacity() <= c.max_positions, kErrorInvalidArgument, "kv_policy '",
+                 options.kv_policy, "' keeps ", m.policy.capacity(),
                  " tokens, more than the model's max_positions ", c.max_positions);
-    m.context = m.policy.sinks + m.policy.window;
+    m.context = m.policy.capacity();
   }
   m.max_batch = options.max_batch;
   m.chunk = choose_chunk(p, options, m.context, m.max_batch);
-  if (m.policy.window > 0) m.chunk = std::min(m.chunk, m.policy.window / 2);
+  auto eviction = detail::KvEviction::create(m.policy, m.max_batch, c.vocab_size);
+  if (eviction) m.chunk = std::min(m.chunk, eviction->max_step());
   const std::vector<detail::KvLayerShape> kv_layers = detail::kv_layer_shapes(p);
   const detail::KvSpillPlan spill =
       detail::KvCache::spill_plan(kv_layers, m.context, m.max_batch, options.kv_dtype,
@@ -222,9 +222,9 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   detail::ResolvedOps ops = detail::ops_resolve(
       p, assignment, m.plan, static_cast<char*>(m.arena.data()), *m.weights, *m.backend,
       sparse_ffn ? &sparse_plan : nullptr, channels ? &channel_plan : nullptr, m.context);
-  m.executor = std::make_unique<detail::Executor>(std::move(ops), *m.backend, *m.weights, *m.kv,
-                                                  sparse_ffn, channel_sparse, m.experts.get(),
-                                                  c.rope_inv_freq.data(), m.chunk, m.policy);
+  m.executor = std::make_unique<detail::Executor>(
+      std::move(ops), *m.backend, *m.weights, *m.kv, sparse_ffn, channel_sparse, m.experts.get(),
+      c.rope_inv_freq.data(), m.chunk, m.max_batch, std::move(eviction));
   m.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return Model(std::move(impl));
 }

@@ -88,7 +88,9 @@ def add_run_options(parser):
     parser.add_argument(
         "--kv-policy",
         default="",
-        help="full (default) or window:S+W: keep S sink tokens and the last W (past the context)",
+        help="full (default); window:S+W: keep S sink tokens and the last W; sirllm:S+W+K[@D]: "
+        "and the K of highest token entropy (decay D per token, default 0.999); h2o:S+W+K: and "
+        "the K of most attention. Evicting policies run past the context",
     )
     parser.add_argument(
         "--kv-host-budget",

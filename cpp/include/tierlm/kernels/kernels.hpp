@@ -101,7 +101,17 @@ TIERLM_API void kernel_kv_shift(const KvLayout& kv, const AttentionShape& shape,
 // the thread count, and grows with n_q, so the size for the largest step (e.g. the longest
 // prefill) covers every smaller one, decode included. Any alignment is accepted.
 TIERLM_API size_t kernel_attention_workspace(const AttentionShape& shape);
+// lse (optional, [n_q, n_heads]): each query head's log(sum_j exp(score_j)), the softmax
+// normalizer, for kernel_attention_mass.
 TIERLM_API void kernel_attention(const float* q, const KvLayout& kv, float* out,
-                                 const AttentionShape& shape, float scale, void* workspace);
+                                 const AttentionShape& shape, float scale, void* workspace,
+                                 float* lse = nullptr);
+// Heavy-hitter scores (H2O): mass[j] += sum over queries i and query heads h that see key j of
+// its softmax weight exp(scale * q[i, h] . k[j] - lse[i, h]), for j < q_pos0 + n_q, with lse as
+// kernel_attention wrote it for the same q, cache and shape: one score per cached token,
+// summed over heads (and, by the caller, layers), since every layer keeps the same tokens.
+TIERLM_API void kernel_attention_mass(const float* q, const KvLayout& kv,
+                                      const AttentionShape& shape, float scale, const float* lse,
+                                      float* mass);
 
 }  // namespace tierlm

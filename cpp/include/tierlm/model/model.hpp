@@ -36,8 +36,10 @@ struct TIERLM_API ModelOptions {
   // head_dim with an f16 scale); the fused attention kernel reads it in place.
   DType kv_dtype = DType::kDTypeF16;
   // Streaming past the context (kv_policy_parse): "" keeps every token up to the context;
-  // "window:S+W" keeps S attention sinks and the last W tokens (StreamingLLM), positions
-  // counted within the cache, so a sequence runs on past max_positions.
+  // "window:S+W" keeps S attention sinks and the last W tokens (StreamingLLM);
+  // "sirllm:S+W+K[@D]" also keeps the K older tokens of highest token entropy -log p(token),
+  // decayed by D per token (SirLLM); "h2o:S+W+K" the K of most accumulated attention (H2O).
+  // Positions are counted within the cache, so a sequence runs on past max_positions.
   std::string kv_policy;
   // KV on the disk tier: the host bytes the KV cache may hold (its share of host_budget; 0 = as
   // many as it needs). Below the whole cache's bytes, the cache keeps that many bytes of blocks
@@ -71,12 +73,21 @@ struct TIERLM_API ModelOptions {
   bool expert_prefetch = true;
 };
 
-// A parsed ModelOptions::kv_policy: window > 0 keeps `sinks` first tokens and the last `window`
-// (evicting a block's worth of the oldest others when the cache is full).
+// A parsed ModelOptions::kv_policy. A full cache drops a block's worth of tokens (or what the
+// step needs): never the `sinks` first nor the `window` last; of the others, the window policy
+// drops the oldest, sirllm and h2o the `heavy`-tokens region's lowest scores.
+enum class KvPolicyKind { kKvPolicyFull, kKvPolicyWindow, kKvPolicySirllm, kKvPolicyH2o };
 struct TIERLM_API KvPolicy {
+  KvPolicyKind kind = KvPolicyKind::kKvPolicyFull;
   int64_t sinks = 0;
-  int64_t window = 0;  // 0: no eviction
+  int64_t window = 0;
+  int64_t heavy = 0;   // sirllm, h2o: older tokens kept by score
+  double decay = 1.0;  // sirllm: factor on every score per token appended
+  bool evicts() const { return kind != KvPolicyKind::kKvPolicyFull; }
+  int64_t capacity() const { return sinks + window + heavy; }  // tokens the cache holds
 };
+// sirllm's decay when the policy names none: a score halves in about 700 tokens.
+constexpr double kSirllmDecay = 0.999;
 // Throws kErrorInvalidArgument naming kv_policy and the accepted forms for a malformed one.
 TIERLM_API KvPolicy kv_policy_parse(const std::string& policy);
 
@@ -226,6 +237,12 @@ class TIERLM_API Model {
   const float* forward_batch(std::span<const int32_t> tokens, std::span<const int32_t> slots);
   // Last-position logits of ids from an empty cache (resets first).
   std::vector<float> logits(std::span<const int32_t> ids);
+  // From an empty cache (resets first): -log p(ids[i] | ids[..i]) for i = 1 .. n - 1, running
+  // ids in prefill chunks through the kv_policy (so past the context with an evicting one).
+  std::vector<float> token_nll(std::span<const int32_t> ids);
+  // The kv_policy's score of each token slot holds now (sirllm: decayed token entropy, h2o:
+  // accumulated attention mass; empty for full and window).
+  std::vector<float> kv_scores(int32_t slot = 0) const;
 
   ModelStats stats() const;
   const WeightPlacement& placement() const;
@@ -252,6 +269,8 @@ class TIERLM_API Model {
  private:
   struct Impl;
   explicit Model(std::unique_ptr<Impl> impl);
+  // Runs tokens on slot in prefill chunks (the caller holds the model); nll as token_nll's.
+  const float* run_chunks(int32_t slot, std::span<const int32_t> tokens, float* nll);
   std::unique_ptr<Impl> impl_;
 };
 

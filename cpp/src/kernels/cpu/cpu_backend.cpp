@@ -67,9 +67,13 @@ class CpuBackend final : public Backend {
     kernel_embedding(table, dtype, ids, n, dim, out);
   }
   void attention(const float* q, const KvLayout& kv, float* out, const AttentionShape& shape,
-                 float scale, void* workspace) override {
+                 float scale, void* workspace, float* lse) override {
     KernelLevelPin pin(level_);
-    kernel_attention(q, kv, out, shape, scale, workspace);
+    kernel_attention(q, kv, out, shape, scale, workspace, lse);
+  }
+  void attention_mass(const float* q, const KvLayout& kv, const AttentionShape& shape, float scale,
+                      const float* lse, float* mass) override {
+    kernel_attention_mass(q, kv, shape, scale, lse, mass);
   }
   void kv_store(const float* k, const float* v, size_t src_stride, size_t n, size_t pos,
                 const KvLayout& kv, const AttentionShape& shape) override {
