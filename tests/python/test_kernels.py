@@ -261,7 +261,7 @@ def test_attention_mass_matches_numpy_softmax(level, kv_dtype, heads, n_q, kv_le
     out, lse, mass = K.attention(
         q, kc, vc, kv_len, q_pos0, scale, kv_dtype=kv_dtype, block_tokens=block, mass=True
     )
-    kr = _kv_rounded(kc, kv_dtype).astype(np.float64)
+    kr = KV_ROUNDING[kv_dtype](kc).astype(np.float64)
     group = n_heads // n_kv_heads
     scores = np.einsum("ihd,hjd->ihj", q.astype(np.float64), np.repeat(kr, group, axis=0)) * scale
     visible = np.arange(kv_len)[None, :] <= (q_pos0 + np.arange(n_q))[:, None]
