@@ -19,6 +19,7 @@
 #include "count_allocations.hpp"
 #include "kernels/backend.hpp"
 #include "kernels/kernels_impl.hpp"
+#include "random_floats.hpp"
 #include "tierlm/core/error.hpp"
 
 namespace tierlm::detail {
@@ -64,13 +65,7 @@ double tolerance(BackendOp op, DType dtype) {
   return 0.0;
 }
 
-std::vector<float> random_floats(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist;
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using testing::random_floats;
 
 // Weights in dtype: f32 as is, f16 / bf16 by rounding the same normal values.
 std::vector<uint8_t> random_weights(size_t n, DType dtype, uint32_t seed) {
@@ -401,7 +396,7 @@ const std::vector<BackendEntry>& backends() {
   return list;
 }
 
-class BackendOps : public testing::TestWithParam<std::string> {
+class BackendOps : public ::testing::TestWithParam<std::string> {
  protected:
   // The backend under test, or a skip naming why it cannot run.
   std::unique_ptr<Backend> create() {
@@ -526,8 +521,8 @@ std::vector<std::string> backend_names() {
   return names;
 }
 
-INSTANTIATE_TEST_SUITE_P(Registered, BackendOps, testing::ValuesIn(backend_names()),
-                         [](const testing::TestParamInfo<std::string>& info) {
+INSTANTIATE_TEST_SUITE_P(Registered, BackendOps, ::testing::ValuesIn(backend_names()),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
                            std::string name = info.param;
                            std::replace(name.begin(), name.end(), '-', '_');
                            return name;

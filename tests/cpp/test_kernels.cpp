@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "random_floats.hpp"
 #include "simd_levels.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/core/parallel.hpp"
@@ -33,13 +34,7 @@ void operator delete(void* p, size_t) noexcept { std::free(p); }
 namespace tierlm {
 namespace {
 
-std::vector<float> random_floats(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist;
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using testing::random_floats;
 
 std::vector<SimdLevel> levels() { return testing::simd_levels_here(); }
 using LevelGuard = testing::SimdLevelGuard;

@@ -10,6 +10,7 @@
 
 #include "kernels/kernels_impl.hpp"
 #include "model/kv_cache.hpp"
+#include "random_floats.hpp"
 #include "tierlm/core/error.hpp"
 
 namespace tierlm::detail {
@@ -17,13 +18,7 @@ namespace {
 
 const std::vector<KvLayerShape> kLayers = {{3, 64}, {3, 64}};
 
-std::vector<float> random_floats(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist;
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using testing::random_floats;
 
 // Appends n random tokens to slot through the cache's own calls, as the executor does.
 void append(KvCache& kv, int32_t slot, int64_t n, uint32_t seed, const AttentionShape& shape) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "model/kv_cache.hpp"
+#include "random_floats.hpp"
 #include "tierlm/core/error.hpp"
 
 namespace tierlm::detail {
@@ -20,13 +21,7 @@ namespace {
 const std::vector<KvLayerShape> kLayers(7, KvLayerShape{3, 20});
 constexpr int64_t kCapacity = 20 * kKvBlockTokens + 9;
 
-std::vector<float> random_floats(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist;
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using testing::random_floats;
 
 AttentionShape shape_of(DType dtype) {
   AttentionShape s{1, 6, 3, 20, 1, static_cast<size_t>(kCapacity), 0, dtype};
