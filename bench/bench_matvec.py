@@ -69,10 +69,10 @@ def weight_copies(rows, cols, dtype, copies, rng):
     if dtype in BLOCK_TYPES:
         blocks = quantize(dtype, w)
         return [aligned(blocks) for _ in range(copies)], dequantize(dtype, blocks, (rows, cols))
-    matrices = [w] + [
-        rng.standard_normal((rows, cols), dtype=np.float32) * 0.02 for _ in range(copies - 1)
-    ]
-    ts = [torch.from_numpy(m).to(TORCH_DTYPE[dtype]) for m in matrices]
+    ts = [torch.from_numpy(w).to(TORCH_DTYPE[dtype])]
+    for _ in range(copies - 1):  # one f32 matrix at a time
+        w = rng.standard_normal((rows, cols), dtype=np.float32) * 0.02
+        ts.append(torch.from_numpy(w).to(TORCH_DTYPE[dtype]))
     if dtype == "bf16":
         return [t.view(torch.int16).numpy().view(np.uint16) for t in ts], ts[0].float().numpy()
     return [t.numpy() for t in ts], ts[0].float().numpy()
