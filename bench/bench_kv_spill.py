@@ -5,8 +5,9 @@ A Llama-shaped model with random weights (small matrices, many KV bytes per toke
 is bound by the read-back, not by compute) is exported once; after a prompt filling the
 context, decode steps run with the whole cache in memory and with the cache spilled, in
 interleaved rounds. Reported: the bytes read back per token (stats kv_disk_bytes_read) and the
-requests they took, tokens/s of both, fio's random-read bandwidth (io_uring, O_DIRECT, QD32) at
-the read-back's mean request size on a file in the same directory, the disk bound
+requests they took, tokens/s of both, the disk's random-read bandwidth at the read-back's mean
+request size on a file in the same directory (_common.disk_bandwidth: fio, io_uring, O_DIRECT,
+the best over queue depths), the disk bound
 (fio bytes/s / bytes per token) and the ratio; the spilled logits must equal the in-memory ones
 bit for bit before any speed is printed.
 
@@ -22,8 +23,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import print_table, require_agreement  # noqa: E402
-from offload_baselines import fio_read_bandwidth  # noqa: E402
+from _common import DISK_DEPTHS, disk_bandwidth, print_table, require_agreement  # noqa: E402
 
 
 def export_model(out, args):
@@ -87,7 +87,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=16, help="decode steps per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--fio-seconds", type=int, default=3)
+    ap.add_argument("--fio-seconds", type=int, default=1, help="per fio job")
     ap.add_argument("--dir", help="directory of the disk tier and fio's file")
     args = ap.parse_args()
 
@@ -126,7 +126,7 @@ def main():
         wait = statistics.median(r["kv_read_wait_seconds"] for r in reads) / args.tokens
         block = max(4096, int(per_token / max(requests, 1)) // 4096 * 4096)
         path = fio_file(tmp, max(1 << 30, 4 * int(per_token)))
-        bandwidth = fio_read_bandwidth(path, block=block, depth=32, seconds=args.fio_seconds)
+        bandwidth = disk_bandwidth(path, seconds=args.fio_seconds, blocks=[block])
         os.remove(path)
     if bandwidth is None:
         sys.exit("fio is missing or failed: apt-get install fio (scripts/install-deps.sh)")
@@ -136,7 +136,8 @@ def main():
         f"Llama-shaped, {args.layers} layers x {args.kv_heads} KV heads of 64, f16 KV, "
         f"{args.threads} threads; {args.tokens} decode steps after {args.context} tokens, median "
         f"of {args.rounds} interleaved rounds; KV {kv_bytes / 2**20:.1f} MiB, kv_host_budget "
-        f"{share / 2**20:.1f} MiB ({args.share:.0%}); fio randread io_uring O_DIRECT QD32 at "
+        f"{share / 2**20:.1f} MiB ({args.share:.0%}); fio randread io_uring O_DIRECT, best of QD "
+        f"{'/'.join(map(str, DISK_DEPTHS))} at "
         f"{block >> 10} KiB (the read-back's mean request); tierlm's spill: "
         f"{s['kv_io_backend']}{', O_DIRECT' if s['kv_io_direct'] else ', page cache'}"
     )
