@@ -4,13 +4,13 @@ decodes at >= 0.8x the disk bound of the KV bytes it reads back per token.
 A Llama-shaped model with random weights (small matrices, many KV bytes per token: the decode
 is bound by the read-back, not by compute) is exported once; after a prompt filling the
 context (one prefill per model), decode steps run with the whole cache in memory and with the
-cache spilled, in interleaved rounds that continue the same sequence, fio reading a file in the
-same directory between them. Reported: the bytes read back per token (stats
-kv_disk_bytes_read) and the requests they took, where a spilled step's time goes (waiting for
-reads, the rest of attention, everything else), tokens/s of both, fio's random-read bandwidth
-(io_uring, O_DIRECT, QD32, at the read-back's mean request size), the disk bound (fio bytes/s /
-bytes per token) and the ratio, each round against the fio runs on either side of it; the
-spilled logits must equal the in-memory ones
+cache spilled, in interleaved rounds that continue the same sequence, the disk's bound measured
+between them on a file in the same directory (_common.disk_bandwidth: the best of fio jobs,
+io_uring, O_DIRECT, over queue depths and block sizes, the read-back's mean request among them).
+Reported: the bytes read back per token (stats kv_disk_bytes_read) and the requests they took,
+where a spilled step's time goes (waiting for reads, the rest of attention, everything else),
+tokens/s of both, the disk bound (bytes/s / bytes per token) and the ratio, each round against
+the bound measured on either side of it; the spilled logits must equal the in-memory ones
 bit for bit before any speed is printed.
 
     python bench/bench_kv_spill.py [--context 4096] [--share 0.25] [--tokens 16] [--rounds 3]
@@ -25,8 +25,13 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import print_table, require_agreement  # noqa: E402
-from offload_baselines import fio_read_bandwidth  # noqa: E402
+from _common import (  # noqa: E402
+    DISK_BLOCKS,
+    DISK_BOUND,
+    disk_bandwidth,
+    print_table,
+    require_agreement,
+)
 
 
 def export_model(out, args):
@@ -99,7 +104,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=16, help="decode steps per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--fio-seconds", type=int, default=3)
+    ap.add_argument("--fio-seconds", type=int, default=1, help="per fio job")
     ap.add_argument("--dir", help="directory of the disk tier and fio's file")
     args = ap.parse_args()
 
@@ -118,23 +123,23 @@ def main():
         prompt = rng.integers(1, 512, args.context).tolist()
         memory.logits(prompt)
         spilled.logits(prompt)
-        # A warm-up step gives the read-back's mean request, the size fio reads at.
+        # A warm-up step gives the read-back's mean request, one of the bound's block sizes.
         warm = rng.integers(1, 512, 1).tolist()
         decode(memory, warm)
         _, _, delta = decode(spilled, warm)
         block = max(4096, delta["kv_disk_bytes_read"] // max(delta["requests"], 1) // 4096 * 4096)
         path = fio_file(tmp, max(1 << 30, 4 * delta["kv_disk_bytes_read"]))
 
-        def fio():
-            bw = fio_read_bandwidth(path, block=block, depth=32, seconds=args.fio_seconds)
+        def bound_now():
+            bw = disk_bandwidth(path, seconds=args.fio_seconds, blocks=(block, *DISK_BLOCKS))
             if bw is None:
                 sys.exit("fio is missing or failed: apt-get install fio (scripts/install-deps.sh)")
             return bw
 
-        # Interleaved rounds: in-memory steps, fio, spilled steps, so that each round's bound
-        # (fio before and after its spilled steps) sees the disk and the machine as they were.
+        # Interleaved rounds: in-memory steps, spilled steps, the bound, so that each round's
+        # bound (before and after its spilled steps) sees the disk and the machine as they were.
         times = {"memory": [], "spilled": []}
-        reads, fios = [], [fio()]
+        reads, bounds = [], [bound_now()]
         for _ in range(args.rounds):
             steps = rng.integers(1, 512, args.tokens).tolist()
             t, want, _ = decode(memory, steps)
@@ -142,7 +147,7 @@ def main():
             t, got, delta = decode(spilled, steps)
             times["spilled"].append(t)
             reads.append(delta)
-            fios.append(fio())
+            bounds.append(bound_now())
             require_agreement(
                 "spilled KV vs in memory",
                 np.array_equal(got, want),
@@ -155,11 +160,11 @@ def main():
     requests = statistics.median(r["requests"] for r in reads) / args.tokens
     wait = statistics.median(r["kv_read_wait_seconds"] for r in reads) / args.tokens
     attention = statistics.median(r["attention_seconds"] for r in reads) / args.tokens
-    bandwidth = statistics.median(fios)
-    # each round against the bound of its own fio runs: tokens/s over (fio bytes/s / bytes/token)
+    bandwidth = statistics.median(bounds)
+    # each round against its own bound: tokens/s over (disk bytes/s / bytes per token)
     ratios = [
         r["kv_disk_bytes_read"] / args.tokens / (t * (a + b) / 2)
-        for r, t, a, b in zip(reads, times["spilled"], fios[:-1], fios[1:], strict=True)
+        for r, t, a, b in zip(reads, times["spilled"], bounds[:-1], bounds[1:], strict=True)
     ]
     t_mem, t_spill = statistics.median(times["memory"]), statistics.median(times["spilled"])
     bound = bandwidth / per_token  # tokens/s the disk allows
@@ -167,9 +172,9 @@ def main():
         f"Llama-shaped, {args.layers} layers x {args.kv_heads} KV heads of 64, f16 KV, "
         f"{args.threads} threads; {args.tokens} decode steps after {args.context} tokens, median "
         f"of {args.rounds} interleaved rounds; KV {kv_bytes / 2**20:.1f} MiB, kv_host_budget "
-        f"{share / 2**20:.1f} MiB ({args.share:.0%}); fio randread io_uring O_DIRECT QD32 at "
-        f"{block >> 10} KiB (the read-back's mean request) before the first round and after each "
-        f"round's spilled steps, {args.fio_seconds} s each; tierlm's spill: "
+        f"{share / 2**20:.1f} MiB ({args.share:.0%}); disk bound: {DISK_BOUND} and "
+        f"{block >> 10} KiB blocks (the read-back's mean request), {args.fio_seconds} s per job, "
+        "before the first round and after each round's spilled steps; tierlm's spill: "
         f"{s['kv_io_backend']}{', O_DIRECT' if s['kv_io_direct'] else ', page cache'}"
         f"{', registered staging' if s['kv_io_registered'] else ''}, "
         f"{s['kv_staging_layers']} layers read ahead"
@@ -184,7 +189,7 @@ def main():
             "rest ms/token",
             "in-memory tok/s",
             "spilled tok/s",
-            "fio MB/s (min-max)",
+            "disk MB/s (min-max)",
             "disk bound tok/s",
             "spilled/bound",
             "spilled/min(bound, in-memory)",
@@ -199,7 +204,7 @@ def main():
                 f"{(t_spill - attention) * 1e3:.1f}",
                 f"{1 / t_mem:.1f}",
                 f"{1 / t_spill:.1f}",
-                f"{bandwidth / 1e6:.0f} ({min(fios) / 1e6:.0f}-{max(fios) / 1e6:.0f})",
+                f"{bandwidth / 1e6:.0f} ({min(bounds) / 1e6:.0f}-{max(bounds) / 1e6:.0f})",
                 f"{bound:.1f}",
                 f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})",
                 f"{(1 / t_spill) / min(bound, 1 / t_mem):.2f}x",
@@ -207,8 +212,8 @@ def main():
         ],
     )
     print(
-        "bound: fio bytes/s / KV bytes read back per token; spilled/bound: the median (range) of "
-        "the rounds, each against the mean of the fio runs on either side of its spilled steps; "
+        "bound: disk bytes/s / KV bytes read back per token; spilled/bound: the median (range) of "
+        "the rounds, each against the mean of the bounds on either side of its spilled steps; "
         "target >= 0.8x. Where the in-memory "
         "run is slower than that bound, compute bounds the spilled run instead: the last column "
         "is against the lower of the two. A spilled step: waiting for reads + the rest of "

@@ -13,10 +13,10 @@ The usage profile is tierlm.profile_experts over --profile-tokens ids other than
 Cold for every method: before each decode step the method's files are dropped from the page
 cache (offload_baselines.drop_page_cache; tierlm reads experts with O_DIRECT, llama.cpp and
 accelerate through the page cache). Columns: decode s/token and tokens/s (median), bytes read
-from disk per token (/proc/self/io), expert hit rate, the disk bound of those bytes at fio's
-random-read bandwidth (the better of 8 and 64 MiB blocks, QD 32, O_DIRECT, before and after
-each row) and how close
-the row comes to it, and tierlm cache+prefetch's speed-up over the row.
+from disk per token (/proc/self/io), expert hit rate, the disk bound of those bytes at the disk's
+random-read bandwidth (_common.disk_bandwidth: the best of several fio jobs on the package's
+largest file, before and after each row) and how close the row comes to it, and tierlm
+cache+prefetch's speed-up over the row.
 
     python bench/bench_moe.py [--layers 11] [--hidden 2048] [--intermediate 6656] [--quant q8_0]
         [--skip accelerate] [--keep]
@@ -37,7 +37,7 @@ import _llamacpp  # noqa: E402
 import moe_gguf  # noqa: E402
 import offload_baselines as ob  # noqa: E402
 import tierlm  # noqa: E402
-from _common import print_table, require_same_tokens  # noqa: E402
+from _common import DISK_BOUND, disk_bandwidth, print_table, require_same_tokens  # noqa: E402
 from bench_offload import tierlm_decode  # noqa: E402
 
 USAGE = "expert_usage.json"
@@ -127,7 +127,7 @@ def main():
     parser.add_argument("--budgets", default="0.5,0.25", help="shares of the weights")
     parser.add_argument("--skip", default="", help="comma list: accelerate, llama.cpp")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--fio-seconds", type=int, default=3)
+    parser.add_argument("--fio-seconds", type=int, default=1, help="per fio job")
     parser.add_argument("--keep", action="store_true", help="keep --dir (the model files)")
     parser.add_argument(
         "--min-agreement",
@@ -158,13 +158,7 @@ def run(args, root, skip):
     fio_file = max((str(p) for p in Path(pkg).glob("*.bin")), key=os.path.getsize)
 
     def fio():
-        """The disk's bandwidth: the better of 8 MiB and 64 MiB random reads (an expert is
-        tens of MiB, read in one request)."""
-        bws = [
-            ob.fio_read_bandwidth(fio_file, block=b, depth=32, seconds=args.fio_seconds)
-            for b in ("8M", "64M")
-        ]
-        return max((b for b in bws if b), default=None)
+        return disk_bandwidth(fio_file, seconds=args.fio_seconds)
 
     rows, reference = tierlm_rows(args, pkg, weights, prompt, fio)
     if "llama.cpp" not in skip:
@@ -203,7 +197,7 @@ def report(args, rows, weights, top2):
         f"routing (zipf {args.zipf}): each layer's two most used experts take {100 * top2:.0f}% "
         f"of the profile's tokens (uniform: {200 / args.experts:.0f}%); prompt {args.prompt}, "
         f"{args.new_tokens - 1} decode steps (median), page cache dropped before every step; "
-        "fio 8 and 64 MiB randread QD32 O_DIRECT, the better: "
+        f"disk: {DISK_BOUND}, before and after each row: "
         + (f"{min(bws) / 1e9:.2f}-{max(bws) / 1e9:.2f} GB/s" if bws else "unavailable")
     )
     base = {r[1]: ob.median([s[0] for s in r[2]]) for r in rows if r[0] == rows[0][0]}
