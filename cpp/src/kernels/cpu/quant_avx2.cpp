@@ -2,7 +2,7 @@
 // block types have) and madd, over the shared bodies of quant_simd.hpp.
 #include <immintrin.h>
 
-#include "kernels/cpu/quant_simd.hpp"
+#include "kernels/cpu/quant_matmul_simd.hpp"
 #include "kernels/quant_impl.hpp"
 
 namespace tierlm::detail {

@@ -3,7 +3,7 @@
 // taking larger token tiles. Picked only on CPUs with VNNI (cpu_features().avx512_vnni).
 #include <immintrin.h>
 
-#include "kernels/cpu/quant_simd.hpp"
+#include "kernels/cpu/quant_matmul_simd.hpp"
 #include "kernels/quant_impl.hpp"
 
 namespace tierlm::detail {
