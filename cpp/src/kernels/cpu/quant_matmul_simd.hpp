@@ -69,6 +69,17 @@ void linear_tiles(const void* xq, const void* w, const float* bias, DType w_dtyp
   }
 }
 
+// A k-type: n tokens go to the level's own matrix-matrix kernel (I::linear_k, where
+// I::kPanelMinTokens > 0 and n reaches it), else to the row tiles.
+template <class I, class B, class Tile>
+void linear_k(const void* xq, const void* w, const float* bias, DType w_dtype, float* y, size_t n,
+              size_t rows, size_t cols, size_t r0, size_t r1) {
+  if constexpr (I::kPanelMinTokens > 0)
+    if (n >= I::kPanelMinTokens)
+      return I::template linear_k<B>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
+  linear_tiles<Tile>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
+}
+
 template <class I>
 void linear_quant(const void* xq, const void* w, const float* bias, DType w_dtype, float* y,
                   size_t n, size_t rows, size_t cols, size_t r0, size_t r1) {
@@ -84,11 +95,13 @@ void linear_quant(const void* xq, const void* w, const float* bias, DType w_dtyp
     case DType::kDTypeQ5_1:
       return linear_tiles<Tile32<I, BlockQ5_1>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
     case DType::kDTypeQ4_K:
-      return linear_tiles<TileK4<I, BlockQ4_K>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
+      return linear_k<I, BlockQ4_K, TileK4<I, BlockQ4_K>>(xq, w, bias, w_dtype, y, n, rows, cols,
+                                                          r0, r1);
     case DType::kDTypeQ5_K:
-      return linear_tiles<TileK4<I, BlockQ5_K>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
+      return linear_k<I, BlockQ5_K, TileK4<I, BlockQ5_K>>(xq, w, bias, w_dtype, y, n, rows, cols,
+                                                          r0, r1);
     case DType::kDTypeQ6_K:
-      return linear_tiles<TileQ6K<I>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
+      return linear_k<I, BlockQ6_K, TileQ6K<I>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
     case DType::kDTypeF32:
     case DType::kDTypeF16:
     case DType::kDTypeBF16:
