@@ -20,6 +20,7 @@ namespace {
 
 constexpr size_t kPanelRows = 16;
 constexpr size_t kPanelTokens = 8;  // token accumulators in flight (VPDPBUSD latency 5)
+constexpr size_t kPanelActBytes = 1 << 20;
 
 // One super-block of 16 rows. An element e of the super-block sits at q[e / 4][row][e % 4]. Per
 // unit u (q4_k / q5_k: the 8 sub-blocks of 32, q6_k: the 16 groups of 16) scale[u][row] = d *
@@ -189,18 +190,25 @@ void linear_k_panels(const void* xq, const void* w, const float* bias, DType w_d
   const size_t nb = cols / kBlock256;
   const size_t act_bytes = quant_act_row_bytes(w_dtype, cols);
   const auto* x = static_cast<const char*>(xq);
+  // Each panel sweeps the activations of a token tile once per super-block: tiles of at most
+  // kPanelActBytes stay in L2 (the down projection's 512 tokens would not).
+  const size_t tile =
+      std::max(kPanelTokens, kPanelActBytes / act_bytes / kPanelTokens * kPanelTokens);
   KPanel p;
-  for (size_t p0 = r0; p0 < r1; p0 += kPanelRows) {
-    const size_t live = std::min(kPanelRows, r1 - p0);
-    const auto mask = static_cast<__mmask16>((1u << live) - 1);
-    const __m512 init = bias ? _mm512_maskz_loadu_ps(mask, bias + p0) : _mm512_setzero_ps();
-    for (size_t t = 0; t < n; ++t) _mm512_mask_storeu_ps(y + t * rows + p0, mask, init);
-    for (size_t b = 0; b < nb; ++b) {
-      panel_unpack<B>(static_cast<const char*>(w), row_bytes, b, p0, r1, &p);
-      size_t t = 0;
-      for (; t + kPanelTokens <= n; t += kPanelTokens)
-        panel_token_group<kUnit, kPanelTokens>(p, x, act_bytes, b, t, y + p0, rows, mask);
-      panel_token_tail<kUnit>(n - t, p, x, act_bytes, b, t, y + p0, rows, mask);
+  for (size_t t0 = 0; t0 < n; t0 += tile) {
+    const size_t t1 = std::min(n, t0 + tile);
+    for (size_t p0 = r0; p0 < r1; p0 += kPanelRows) {
+      const size_t live = std::min(kPanelRows, r1 - p0);
+      const auto mask = static_cast<__mmask16>((1u << live) - 1);
+      const __m512 init = bias ? _mm512_maskz_loadu_ps(mask, bias + p0) : _mm512_setzero_ps();
+      for (size_t t = t0; t < t1; ++t) _mm512_mask_storeu_ps(y + t * rows + p0, mask, init);
+      for (size_t b = 0; b < nb; ++b) {
+        panel_unpack<B>(static_cast<const char*>(w), row_bytes, b, p0, r1, &p);
+        size_t t = t0;
+        for (; t + kPanelTokens <= t1; t += kPanelTokens)
+          panel_token_group<kUnit, kPanelTokens>(p, x, act_bytes, b, t, y + p0, rows, mask);
+        panel_token_tail<kUnit>(t1 - t, p, x, act_bytes, b, t, y + p0, rows, mask);
+      }
     }
   }
 }
