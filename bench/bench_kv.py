@@ -12,7 +12,7 @@ they hold against 8 separate caches and their tokens/s against one sequence at a
     python bench/bench_kv.py --model smollm2 --contexts 1024,4096 --threads 1
 
 --model random (default) is a random Llama of SmolLM2-135M's shape (9 heads on 3 KV heads,
-head_dim 64, hidden 576, vocabulary 49152) with 32768 positions and --layers layers (8: the
+head_dim 64, hidden 576, vocabulary 49152) with 32768 (+ 1024) positions and --layers layers (8: the
 30 of SmolLM2 make each 32k-token prefill a quarter of an hour of both machines' cores, and
 speed per layer is what is compared), f16 weights (GGUF written by bench/_llamacpp.convert,
 package by tierlm.export of the same checkpoint). Its query and key projections are scaled up
@@ -45,6 +45,7 @@ TIERLM_KV = ["f32", "f16", "bf16", "q8_0"]
 LLAMA_KV = ["f16", "q8_0"]
 TRAINED_CONTEXT = 8192  # SmolLM2-135M
 RANDOM_CONTEXT = 32768
+RANDOM_POSITIONS = RANDOM_CONTEXT + 1024  # room for the decode steps after the longest context
 # Query and key projections of the random model times QK_GAIN: scores of std ~4 instead of
 # ~0.2, so each query attends to a few keys and an error in the cache moves the logits.
 QK_GAIN = 2.0
@@ -63,7 +64,7 @@ BATCH_SUFFIX = 16  # each sequence's own tokens after the shared prefix
 
 
 def random_llama(tmp, layers):
-    """A random SmolLM2-shaped Llama with 32768 positions: (tierlm package, GGUF path)."""
+    """A random SmolLM2-shaped Llama with 32k positions: (tierlm package, GGUF path)."""
     import tierlm
     import torch
     import transformers
@@ -75,7 +76,7 @@ def random_llama(tmp, layers):
         num_hidden_layers=layers,
         num_attention_heads=9,
         num_key_value_heads=3,
-        max_position_embeddings=RANDOM_CONTEXT,
+        max_position_embeddings=RANDOM_POSITIONS,
         rope_theta=100000.0,
         tie_word_embeddings=True,
     )
@@ -216,6 +217,8 @@ def decode_rows(engines, contexts, prompt, args, bandwidth_at_start, weight_byte
                     f"{1 / step / bound:.2f}",
                 ]
             )
+        done = ", ".join(f"{r[1]} {r[2]} tok/s (x{r[3]})" for r in rows[-len(engines) :])
+        print(f"context {context}: {done}", flush=True)  # a long run's progress
     return rows, bandwidth
 
 
@@ -253,7 +256,7 @@ def batched_rows(pkg, kvs, threads, tokens, vocab, rng):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=["smollm2", "random"], default="random")
-    ap.add_argument("--layers", type=int, default=8, help="--model random: decoder layers")
+    ap.add_argument("--layers", type=int, help="--model random: decoder layers (default 8)")
     ap.add_argument("--contexts", default="1024,4096,16384,32768")
     ap.add_argument("--kv", default="f16,q8_0", help="tierlm KV types (f32, f16, bf16, q8_0)")
     ap.add_argument("--tokens", type=int, default=16, help="decode steps per round")
@@ -265,6 +268,9 @@ def main():
     args.kv = args.kv.split(",")
     if not set(args.kv) <= set(TIERLM_KV) or not {"f16", "f32"} & set(args.kv):
         sys.exit(f"--kv {','.join(args.kv)}: types of {TIERLM_KV}, with f16 or f32 among them")
+    if args.model == "smollm2" and args.layers is not None:
+        sys.exit("--layers: only --model random is built with a chosen depth")
+    args.layers = 8 if args.layers is None else args.layers
     if args.tokens < 1 or args.rounds < 1 or args.layers < 1:
         sys.exit("--tokens, --rounds and --layers must be at least 1")
     steps = 2 + args.tokens * args.rounds  # decode steps per context (with the warm-up)
