@@ -117,7 +117,16 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
   requests_.reserve(slots * kExpertParts);
   queued_.reserve(slots);
   for (Slot& slot : slots_) slot.futures.reserve(kExpertParts);
-  policy_ = expert_policy_create(options.policy, experts_.size());
+  // A token routes to top_k experts of a layer: a share of the layer's routed tokens times
+  // top_k is the expert's expected uses per step.
+  std::vector<double> rates = usage_shares(options.usage);
+  for (size_t m = 0; m < ops.size() && !rates.empty(); ++m) {
+    const int end = first_key_[m] + layer_experts(static_cast<int>(m));
+    for (int k = first_key_[m]; k < end; ++k) {
+      rates[k] *= static_cast<double>(package.graph.ops[ops[m]].top_k);
+    }
+  }
+  policy_ = expert_policy_create(options.policy, experts_.size(), rates);
   predicted_.assign(experts_.size(), 0);
   layer_predicted_.assign(ops.size(), 0);
   prefetched_slots_.reserve(slots);
@@ -150,6 +159,22 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
   }
 }
 
+std::vector<double> ExpertStore::usage_shares(
+    const std::vector<std::vector<uint64_t>>& usage) const {
+  std::vector<double> share;
+  if (usage.empty()) return share;
+  share.assign(experts_.size(), 0.0);
+  for (size_t m = 0; m < usage.size(); ++m) {
+    uint64_t total = 0;
+    for (uint64_t n : usage[m]) total += n;
+    for (size_t e = 0; e < usage[m].size() && total > 0; ++e) {
+      share[key(static_cast<int>(m), static_cast<int32_t>(e))] =
+          static_cast<double>(usage[m][e]) / static_cast<double>(total);
+    }
+  }
+  return share;
+}
+
 // With a usage profile, the experts by their share of their layer's routed tokens, most used
 // first (the expected host hits per homed byte; every expert takes one slot), ties in layer
 // order; without one, outer layers first, each layer whole.
@@ -162,15 +187,7 @@ std::vector<int> ExpertStore::home_order(const std::vector<std::vector<uint64_t>
     for (int k = first_key_[m]; k < end; ++k) order.push_back(k);
   }
   if (usage.empty()) return order;
-  std::vector<double> share(experts_.size(), 0.0);
-  for (size_t m = 0; m < usage.size(); ++m) {
-    uint64_t total = 0;
-    for (uint64_t n : usage[m]) total += n;
-    for (size_t e = 0; e < usage[m].size() && total > 0; ++e) {
-      share[key(static_cast<int>(m), static_cast<int32_t>(e))] =
-          static_cast<double>(usage[m][e]) / static_cast<double>(total);
-    }
-  }
+  const std::vector<double> share = usage_shares(usage);
   std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return share[a] > share[b]; });
   return order;
 }

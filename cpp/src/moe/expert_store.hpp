@@ -91,6 +91,8 @@ class ExpertStore final : public ExpertProvider {
   // with `any`); -1: none.
   int take_slot(bool any);
   void add_expert(const Package& package, const std::vector<const TensorInfo*>& parts);
+  // By key, its share of its layer's routed tokens in the profile; empty without one.
+  std::vector<double> usage_shares(const std::vector<std::vector<uint64_t>>& usage) const;
   // Keys in the order they are homed on the host tier while the budget lasts.
   std::vector<int> home_order(const std::vector<std::vector<uint64_t>>& usage) const;
   void read_homed(const Package& package, bool verify);
