@@ -75,7 +75,10 @@ uint64_t expert_resident_bytes(const Package& package) {
 }
 
 ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertStoreOptions& options)
-    : host_(host), slot_bytes_(expert_slot_bytes(package)) {
+    : package_(package),
+      host_(host),
+      slot_bytes_(expert_slot_bytes(package)),
+      verify_reads_(options.verify) {
   const std::vector<size_t> ops = moe_ops(package);
   size_t max_top_k = 1;
   for (size_t i : ops) {
@@ -343,7 +346,7 @@ int ExpertStore::take_slot(bool any) {
   if (candidates_.empty()) return -1;
   const int victim = candidates_[policy_->victim(candidates_)];
   const int s = experts_[victim].slot;
-  wait(s);  // a prefetch may still be in flight into it
+  wait(s, false);  // a prefetch may still be in flight into it (evicted unused: unchecked)
   experts_[victim].slot = -1;
   slots_[s].key = -1;
   slots_[s].prefetched = false;
@@ -386,13 +389,33 @@ void ExpertStore::flush() {
   queued_.clear();
 }
 
-void ExpertStore::wait(int slot) {
+void ExpertStore::wait(int slot, bool check) {
   std::vector<IoFuture>& futures = slots_[slot].futures;
   if (futures.empty()) return;
   const auto t0 = Clock::now();
   for (IoFuture& f : futures) f.get();
   futures.clear();
   stats_.moe_io_wait_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+  if (check && verify_reads_) check_read(slot);
+}
+
+// A damaged file (or a read gone wrong) after load would otherwise give wrong tokens: with
+// verify, every expert read from disk is checked against its CRC-32 before it is used; on a
+// mismatch the slot is emptied (nothing uses its bytes) and the error names the tensor.
+void ExpertStore::check_read(int slot) {
+  const int k = slots_[slot].key;
+  const Expert& x = experts_[k];
+  try {
+    for (int p = 0; p < kExpertParts; ++p) {
+      tensor_verify(package_, *x.part[p], slot_data(slot) + x.part_rel[p], &verify_);
+    }
+  } catch (...) {
+    experts_[k].slot = -1;
+    slots_[slot].key = -1;
+    slots_[slot].pinned = false;
+    slots_[slot].prefetched = false;
+    throw;
+  }
 }
 
 void ExpertStore::route(int moe, std::span<const int32_t> experts, std::span<const int32_t> rows,
@@ -456,7 +479,7 @@ ExpertWeights ExpertStore::expert(int moe, int32_t e) {
       queue(key(moe, e), s);
       flush();
     }
-    wait(x.slot);
+    wait(x.slot, true);
     base = slot_data(x.slot);
   }
   ExpertWeights w;
