@@ -120,13 +120,15 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
   requests_.reserve(slots * kExpertParts);
   queued_.reserve(slots);
   for (Slot& slot : slots_) slot.futures.reserve(kExpertParts);
-  // A token routes to top_k experts of a layer: a share of the layer's routed tokens times
-  // top_k is the expert's expected uses per step.
+  // A token routes to top_k experts of each layer, and the policy steps once per layer's
+  // route: a share of the layer's routed tokens x top_k / layers is the expert's expected uses
+  // per policy step.
   std::vector<double> rates = usage_shares(options.usage);
   for (size_t m = 0; m < ops.size() && !rates.empty(); ++m) {
     const int end = first_key_[m] + layer_experts(static_cast<int>(m));
     for (int k = first_key_[m]; k < end; ++k) {
-      rates[k] *= static_cast<double>(package.graph.ops[ops[m]].top_k);
+      rates[k] *=
+          static_cast<double>(package.graph.ops[ops[m]].top_k) / static_cast<double>(ops.size());
     }
   }
   policy_ = expert_policy_create(options.policy, experts_.size(), rates);
