@@ -44,10 +44,11 @@ def tierlm_decode(pkg, budget, prompt_ids, new_tokens, files, **options):
         pkg, budget={"host": budget}, max_context=len(prompt_ids) + new_tokens, **options
     )
     ob.drop_page_cache(files)
-    stamps, untimed, ids = [], 0.0, []
+    stamps, untimed, ids, first = [], 0.0, [], None
     for token in model.stream(prompt_ids, max_new_tokens=new_tokens, stop_at_eos=False):
         ids.append(token.id)
         start = time.perf_counter()
+        first = first or model.stats()  # after the prompt: where the decode steps' counts start
         cached = ob.drop_page_cache(files)
         untimed += time.perf_counter() - start
         stamps.append((time.perf_counter(), untimed, ob.process_read_bytes(), cached))
@@ -55,6 +56,12 @@ def tierlm_decode(pkg, budget, prompt_ids, new_tokens, files, **options):
     s = model.stats()
     info = {
         "stats": s,
+        # the counters of the decode steps alone (stats since the first token)
+        "decode": {
+            k: v - first[k]
+            for k, v in s.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and first
+        },
         "sparse_tokens": model.sparse_tokens() if s["sparse"] else None,
         "placement": model.placement(),
         "peak": s["host"]["peak"],

@@ -77,6 +77,8 @@ ModelStats Model::stats() const {
     s.disk_bytes_read += ep.host_bytes + ep.router_bytes + s.moe_bytes_read;
     s.weight_bytes += ep.host_bytes + ep.cache_bytes + ep.router_bytes;
     s.verify.add(m.experts->verify());
+    if (s.verify.enabled && ep.cache_slots > 0)
+      s.verify.when = "load, and experts as they are read";
   }
   return s;
 }
