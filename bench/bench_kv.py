@@ -17,8 +17,8 @@ The full set's prefills (one 32k-token prompt per engine, four engines) are most
 
 --model random (default) is a random Llama of SmolLM2-135M's shape (9 heads on 3 KV heads,
 head_dim 64, hidden 576, vocabulary 49152) with 32768 (+ 1024) positions and --layers layers
-(8: the 30 of SmolLM2 make each 32k-token prefill a quarter of an hour of both machines'
-cores, and speed per layer is what is compared), f16 weights (GGUF written by bench/_llamacpp.convert,
+(8: the 30 of SmolLM2 make each 32k-token prefill a quarter of an hour of both machines' cores,
+and speed per layer is what is compared), f16 weights (GGUF written by bench/_llamacpp.convert,
 package by tierlm.export of the same checkpoint). Its query and key projections are scaled up
 (QK_GAIN) so that attention is peaked rather than uniform over thousands of keys and the
 agreement checks see the cache. --model smollm2 is the real SmolLM2-135M-Instruct, the Q4_1
