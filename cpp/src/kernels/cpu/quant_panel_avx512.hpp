@@ -26,6 +26,8 @@ namespace {
 constexpr size_t kPanelRows = 16;
 constexpr size_t kPanelTokens = 8;  // token accumulators in flight (VPDPBUSD latency 5)
 constexpr size_t kPanelActBytes = 1 << 20;
+// Super-blocks unpacked at a time (8 x 5.6 KiB): each token's sums stay in registers across them.
+constexpr size_t kPanelRun = 8;
 
 // One super-block of 16 rows. An element e of the super-block sits at q[e / 4][row][e % 4]. Per
 // unit u (q4_k / q5_k: the 8 sub-blocks of 32, q6_k: the 16 groups of 16) scale[u][row] = d *
@@ -171,63 +173,84 @@ inline __m512i broadcast4(const void* p) {
   return _mm512_set1_epi32(v);
 }
 
-// y[t][0:16] += the panel times super-block b of T tokens (xa[t]), lanes in mask.
+// A run of super-blocks c0 .. c0 + count of one panel, unpacked, and how its results are stored:
+// y = init + the run's sum for the first run of the row, y += it for the others.
+struct PanelRun {
+  const KPanel* panels;
+  size_t c0, count;
+  __mmask16 mask;
+  bool first;
+  __m512 init;
+};
+
+// y[t][0:16] (lanes in mask) gets the run times T tokens (xa[t]: their activation rows). The
+// tokens' sums stay in registers across the run's super-blocks.
 template <size_t kUnit, size_t T>
-__attribute__((always_inline)) inline void panel_tokens(const KPanel& p,
+__attribute__((always_inline)) inline void panel_tokens(const PanelRun& run,
                                                         const ActBlock256* const (&xa)[T],
-                                                        float* const (&y)[T], __mmask16 mask) {
-  __m512 acc[T];
-  for (size_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
-  for (size_t u = 0; u < kBlock256 / kUnit; ++u) {
-    __m512i sum[T];
-    for (size_t t = 0; t < T; ++t) sum[t] = _mm512_setzero_si512();
-    for (size_t k = 0; k < kUnit / 4; ++k) {
-      const size_t e = u * kUnit + 4 * k;
-      const __m512i wq = _mm512_load_si512(p.q[e / 4]);
+                                                        float* const (&y)[T]) {
+  __m512 total[T];
+  for (size_t t = 0; t < T; ++t) total[t] = _mm512_setzero_ps();
+  for (size_t i = 0; i < run.count; ++i) {
+    const KPanel& p = run.panels[i];
+    const size_t b = run.c0 + i;
+    __m512 acc[T];
+    for (size_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    for (size_t u = 0; u < kBlock256 / kUnit; ++u) {
+      __m512i sum[T];
+      for (size_t t = 0; t < T; ++t) sum[t] = _mm512_setzero_si512();
+      for (size_t k = 0; k < kUnit / 4; ++k) {
+        const size_t e = u * kUnit + 4 * k;
+        const __m512i wq = _mm512_load_si512(p.q[e / 4]);
+        for (size_t t = 0; t < T; ++t)
+          sum[t] = _mm512_dpbusd_epi32(sum[t], wq, broadcast4(xa[t][b].q + e));
+      }
+      const __m512 s = _mm512_load_ps(p.scale[u]);
       for (size_t t = 0; t < T; ++t)
-        sum[t] = _mm512_dpbusd_epi32(sum[t], wq, broadcast4(xa[t]->q + e));
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t]), s, acc[t]);
     }
-    const __m512 s = _mm512_load_ps(p.scale[u]);
-    for (size_t t = 0; t < T; ++t) acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t]), s, acc[t]);
+    __m512i corr[T];
+    for (size_t t = 0; t < T; ++t) corr[t] = _mm512_setzero_si512();
+    for (size_t g = 0; g < 8; ++g) {
+      const __m512i c = _mm512_load_si512(p.c[g]);
+      for (size_t t = 0; t < T; ++t)
+        corr[t] = _mm512_dpwssd_epi32(corr[t], c, broadcast4(xa[t][b].sums + 2 * g));
+    }
+    const __m512 cs = _mm512_load_ps(p.corr_scale);
+    for (size_t t = 0; t < T; ++t) {
+      acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(corr[t]), cs, acc[t]);
+      total[t] = _mm512_fmadd_ps(acc[t], _mm512_set1_ps(xa[t][b].d), total[t]);
+    }
   }
-  __m512i corr[T];
-  for (size_t t = 0; t < T; ++t) corr[t] = _mm512_setzero_si512();
-  for (size_t g = 0; g < 8; ++g) {
-    const __m512i c = _mm512_load_si512(p.c[g]);
-    for (size_t t = 0; t < T; ++t)
-      corr[t] = _mm512_dpwssd_epi32(corr[t], c, broadcast4(xa[t]->sums + 2 * g));
-  }
-  const __m512 cs = _mm512_load_ps(p.corr_scale);
   for (size_t t = 0; t < T; ++t) {
-    acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(corr[t]), cs, acc[t]);
-    const __m512 yt = _mm512_maskz_loadu_ps(mask, y[t]);
-    _mm512_mask_storeu_ps(y[t], mask, _mm512_fmadd_ps(acc[t], _mm512_set1_ps(xa[t]->d), yt));
+    const __m512 base = run.first ? run.init : _mm512_maskz_loadu_ps(run.mask, y[t]);
+    _mm512_mask_storeu_ps(y[t], run.mask, _mm512_add_ps(base, total[t]));
   }
 }
 
 template <size_t kUnit, size_t T>
-void panel_token_group(const KPanel& p, const char* x, size_t act_bytes, size_t b, size_t t0,
-                       float* y, size_t rows, __mmask16 mask) {
+void panel_token_group(const PanelRun& run, const char* x, size_t act_bytes, size_t t0, float* y,
+                       size_t rows) {
   const ActBlock256* xa[T];
   float* yt[T];
   for (size_t t = 0; t < T; ++t) {
-    xa[t] = act256(x, t0 + t, act_bytes) + b;
+    xa[t] = act256(x, t0 + t, act_bytes);
     yt[t] = y + (t0 + t) * rows;
   }
-  panel_tokens<kUnit, T>(p, xa, yt, mask);
+  panel_tokens<kUnit, T>(run, xa, yt);
 }
 
 // The last n % kPanelTokens tokens, one instantiation per count.
 template <size_t kUnit, size_t T = kPanelTokens - 1>
-void panel_token_tail(size_t count, const KPanel& p, const char* x, size_t act_bytes, size_t b,
-                      size_t t0, float* y, size_t rows, __mmask16 mask) {
+void panel_token_tail(size_t count, const PanelRun& run, const char* x, size_t act_bytes, size_t t0,
+                      float* y, size_t rows) {
   if constexpr (T > 0) {
-    if (count == T) return panel_token_group<kUnit, T>(p, x, act_bytes, b, t0, y, rows, mask);
-    panel_token_tail<kUnit, T - 1>(count, p, x, act_bytes, b, t0, y, rows, mask);
+    if (count == T) return panel_token_group<kUnit, T>(run, x, act_bytes, t0, y, rows);
+    panel_token_tail<kUnit, T - 1>(count, run, x, act_bytes, t0, y, rows);
   }
 }
 
-// Y[:, r0:r1] = X W^T (+ bias) for a k-type W, panel by panel.
+// Y[:, r0:r1] = X W^T (+ bias) for a k-type W, panel by panel, kPanelRun super-blocks at a time.
 template <class B>
 void linear_k_panels(const void* xq, const void* w, const float* bias, DType w_dtype, float* y,
                      size_t n, size_t rows, size_t cols, size_t r0, size_t r1) {
@@ -236,25 +259,27 @@ void linear_k_panels(const void* xq, const void* w, const float* bias, DType w_d
   const size_t nb = cols / kBlock256;
   const size_t act_bytes = quant_act_row_bytes(w_dtype, cols);
   const auto* x = static_cast<const char*>(xq);
-  // Each panel sweeps the activations of a token tile once per super-block: tiles of at most
-  // about kPanelActBytes stay in L2 (the down projection's 512 tokens would not), in equal
-  // parts (each tile unpacks every panel once more).
+  // Each panel sweeps the activations of a token tile once per run: tiles of at most about
+  // kPanelActBytes stay in L2 (the down projection's 512 tokens would not), in equal parts (each
+  // tile unpacks every panel once more).
   const size_t tiles = (n * act_bytes + kPanelActBytes - 1) / kPanelActBytes;
   const size_t tile = ((n + tiles - 1) / tiles + kPanelTokens - 1) / kPanelTokens * kPanelTokens;
-  KPanel p;
+  KPanel panels[kPanelRun];
   for (size_t t0 = 0; t0 < n; t0 += tile) {
     const size_t t1 = std::min(n, t0 + tile);
     for (size_t p0 = r0; p0 < r1; p0 += kPanelRows) {
-      const size_t live = std::min(kPanelRows, r1 - p0);
-      const auto mask = static_cast<__mmask16>((1u << live) - 1);
-      const __m512 init = bias ? _mm512_maskz_loadu_ps(mask, bias + p0) : _mm512_setzero_ps();
-      for (size_t t = t0; t < t1; ++t) _mm512_mask_storeu_ps(y + t * rows + p0, mask, init);
-      for (size_t b = 0; b < nb; ++b) {
-        panel_unpack<B>(static_cast<const char*>(w), row_bytes, b, p0, r1, &p);
+      PanelRun run{panels, 0,
+                   0,      static_cast<__mmask16>((1u << std::min(kPanelRows, r1 - p0)) - 1),
+                   true,   _mm512_setzero_ps()};
+      if (bias) run.init = _mm512_maskz_loadu_ps(run.mask, bias + p0);
+      for (run.c0 = 0; run.c0 < nb; run.c0 += kPanelRun, run.first = false) {
+        run.count = std::min(kPanelRun, nb - run.c0);
+        for (size_t i = 0; i < run.count; ++i)
+          panel_unpack<B>(static_cast<const char*>(w), row_bytes, run.c0 + i, p0, r1, &panels[i]);
         size_t t = t0;
         for (; t + kPanelTokens <= t1; t += kPanelTokens)
-          panel_token_group<kUnit, kPanelTokens>(p, x, act_bytes, b, t, y + p0, rows, mask);
-        panel_token_tail<kUnit>(t1 - t, p, x, act_bytes, b, t, y + p0, rows, mask);
+          panel_token_group<kUnit, kPanelTokens>(run, x, act_bytes, t, y + p0, rows);
+        panel_token_tail<kUnit>(t1 - t, run, x, act_bytes, t, y + p0, rows);
       }
     }
   }
