@@ -255,7 +255,7 @@ TEST(QuantKernels, EveryLevelQuantizesActivationsIdentically) {
 
 TEST(QuantKernels, LinearDoesNotAllocate) {
   LevelGuard guard;
-  const size_t rows = 300, cols = 512, n = 4;
+  const size_t rows = 300, cols = 512, n = 9;  // 4 tokens: row tiles; 9: the k-types' panels
   const std::vector<float> x = random_x(n * cols, 12);
   std::vector<float> y(n * rows);
   for (DType dtype : kTypes) {
@@ -265,6 +265,7 @@ TEST(QuantKernels, LinearDoesNotAllocate) {
       simd_set_level(level);
       auto run = [&] {
         kernel_linear(x.data(), w.data(), nullptr, dtype, y.data(), n, rows, cols, ws.data());
+        kernel_linear(x.data(), w.data(), nullptr, dtype, y.data(), 4, rows, cols, ws.data());
         kernel_linear(x.data(), w.data(), nullptr, dtype, y.data(), 1, rows, cols, ws.data());
       };
       run();  // starts the pool
