@@ -69,12 +69,13 @@ struct Gather {
   std::vector<IoRequest> requests;
   std::vector<SparseRowSource> rows;
   SparseRowGather g;
-  Gather(size_t staging_bytes, size_t n_rows, size_t n_requests, bool bundled)
+  Gather(size_t staging_bytes, size_t n_rows, size_t n_requests, bool bundled,
+         uint64_t merge_gap = 0)
       : staging(tier.allocate(staging_bytes)),
         requests(n_requests),
         rows(n_rows),
         g(static_cast<char*>(staging.data()), staging.size(), requests.data(), requests.size(),
-          rows.data(), bundled) {}
+          rows.data(), bundled, merge_gap) {}
 };
 
 // Reads the gathered batch and checks every row's bytes.
@@ -103,6 +104,23 @@ TEST_P(SparseRowGatherTest, BundledRowsCoalesceAndMatchTheFile) {
     // 0-2 and 7-8 touch their neighbours' pages; 40 stands alone; 95-96 end the file.
     EXPECT_EQ(g.n_requests(), 4u) << dim;
     EXPECT_EQ(g.bytes() % 4096, 0u);
+    expect_rows(file, f, g, ids);
+  }
+}
+
+TEST_P(SparseRowGatherTest, BundledRowsAGapApartAreOneRequest) {
+  for (size_t dim : {511, 512, 513}) {  // rows of 4088, 4096 and 4104 bytes
+    RowFile f(97, dim);
+    File file(f.path, IoMode::kIoModeRead, options());
+    // Merge gap of two pages: rows 10 and 13 (two rows between) join, 13 and 30 do not.
+    Gather gather(1 << 20, 97, 2 * 97 + 2, true, 2 * 4096);
+    SparseRowGather& g = gather.g;
+    const std::vector<int32_t> ids = {10, 13, 30, 31, 34, 96};
+    for (int32_t id : ids) ASSERT_TRUE(g.add(f.plan, id));
+    g.close();
+    EXPECT_EQ(g.n_requests(), 3u) << dim;  // 10-13, 30-34, 96
+    // The gaps are read along: 10-13 and 30-34 cover every byte from their first row's page.
+    EXPECT_GE(g.bytes(), (4 + 5) * f.plan.row_bytes) << dim;
     expect_rows(file, f, g, ids);
   }
 }
@@ -140,7 +158,7 @@ TEST_P(SparseRowGatherTest, ReadAheadHoldsWhatFitsAndFindsItsRows) {
   HostTier tier(64 << 20);
   const size_t staging = 128 << 10, max_rows = 11;
   SparseReadAhead ahead(tier.allocate(SparseReadAhead::bytes(staging, max_rows)), staging, max_rows,
-                        true);
+                        true, 0);
   EXPECT_EQ(ahead.layer(), -1);
   SparseTokenInfo info;
   std::vector<int32_t> ids;

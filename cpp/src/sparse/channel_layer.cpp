@@ -65,7 +65,7 @@ struct ChannelSparse::Impl {
         scratch(host.allocate(plan.scratch.bytes)),
         loader(host.allocate(plan.staging_bytes, kAlignment),
                view<IoRequest>(plan.scratch.requests), view<SparseRowSource>(plan.scratch.sources),
-               plan.scratch.max_requests, true) {
+               plan.scratch.max_requests, true, kSparseMergeGap) {
     threads = std::max<size_t>(1, parallel_threads());
     sites.reserve(plan.sites.size());
     for (const ChannelSitePlan& s : plan.sites) {

@@ -80,12 +80,12 @@ struct SparseFfn::Impl {
         scratch(host.allocate(plan.scratch.bytes)),
         loader(host.allocate(plan.staging_bytes, kAlignment),
                view<IoRequest>(plan.scratch.requests), view<SparseRowSource>(plan.scratch.sources),
-               plan.scratch.max_requests, plan.bundled) {
+               plan.scratch.max_requests, plan.bundled, kSparseMergeGap) {
     if (plan.readahead) {
       const size_t bytes = SparseReadAhead::bytes(plan.readahead_staging, plan.readahead_rows);
       for (int i = 0; i < 2; ++i) {
         aheads.emplace_back(host.allocate(bytes, kAlignment), plan.readahead_staging,
-                            plan.readahead_rows, plan.bundled);
+                            plan.readahead_rows, plan.bundled, kSparseMergeGap);
       }
     }
     // Predictor tensors, read once.

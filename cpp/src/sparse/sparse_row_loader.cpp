@@ -21,10 +21,10 @@ double since(Clock::time_point t0) {
 }  // namespace
 
 SparseRowLoader::SparseRowLoader(HostBuffer staging, IoRequest* requests, SparseRowSource* rows,
-                                 size_t max_requests, bool bundled)
+                                 size_t max_requests, bool bundled, uint64_t merge_gap)
     : staging_(std::move(staging)),
       gather_(static_cast<char*>(staging_.data()), staging_.size(), requests, max_requests, rows,
-              bundled) {}
+              bundled, merge_gap) {}
 
 void SparseRowLoader::flush(File& file, const SparseLayerPlan& p, NeuronCache& cache,
                             const int32_t* ids, SparseTokenInfo& info) {

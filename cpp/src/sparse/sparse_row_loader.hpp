@@ -22,9 +22,9 @@ namespace tierlm::detail {
 class SparseRowLoader {
  public:
   // staging: plan.staging_bytes, 4 KiB-aligned. requests / rows: the scratch views of the
-  // layout (max_requests requests, max capacity rows).
+  // layout (max_requests requests, max capacity rows). merge_gap: see SparseRowGather.
   SparseRowLoader(HostBuffer staging, IoRequest* requests, SparseRowSource* rows,
-                  size_t max_requests, bool bundled);
+                  size_t max_requests, bool bundled, uint64_t merge_gap);
 
   void* staging() { return staging_.data(); }
   size_t staging_bytes() const { return staging_.size(); }
