@@ -115,6 +115,7 @@ def run_row(pkg, budget, prompt_ids, new_tokens, options):
             "cache_bytes": s["sparse_host_bytes"],
             "io": sum(last["io_seconds"]) / len(steps),
             "compute": sum(last["compute_seconds"]) / len(steps),
+            "memory": sum(last["memory_seconds"]) / len(steps),
         }
     return result
 
@@ -234,7 +235,8 @@ def main():
         )
         if sp:
             notes += (
-                f", fio {block}, I/O {sp['io']:.3f} s + kernel {sp['compute']:.3f} s/token, "
+                f", fio {block}, I/O wait {sp['io']:.3f} s + kernel {sp['compute']:.3f} s + "
+                f"cache upkeep {sp['memory']:.3f} s/token, "
                 f"caches {sp['cache_bytes'] / 2**30:.2f} GiB"
             )
         print(
