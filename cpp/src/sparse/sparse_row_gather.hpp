@@ -19,10 +19,10 @@ struct SparseRowSource {
   const char* down = nullptr;
 };
 
-// Bundled rows whose 4 KiB ranges are at most this many bytes apart are read as one request,
-// the gap included: on an NVMe disk at queue depth 32 a request costs about the transfer of
-// 32 KiB (fio here: 4 KiB reads 0.2 GB/s, 8 MiB reads 1.45 GB/s; 32 KiB reads reach 1 GB/s,
-// twice 16 KiB's), so reading a smaller gap is cheaper than a second request.
+// The channel path's merge gap: bundled rows whose 4 KiB ranges are at most this many bytes
+// apart are read as one request, the gap included. On an NVMe disk at queue depth 32 a request
+// costs about the transfer of 32 KiB (fio here: 4 KiB reads 0.2 GB/s, 8 MiB reads 1.45 GB/s;
+// 32 KiB reads reach 1 GB/s, twice 16 KiB's), so reading a smaller gap beats a second request.
 inline constexpr uint64_t kSparseMergeGap = 32 << 10;
 
 class SparseRowGather {
