@@ -12,6 +12,7 @@
 
 #include "sparse/sparse_readahead.hpp"
 #include "sparse/sparse_row_gather.hpp"
+#include "sparse/sparse_row_loader.hpp"
 #include "tierlm/io/io.hpp"
 #include "tierlm/memory/tier.hpp"
 #include "tiny_package.hpp"
@@ -22,6 +23,7 @@ namespace {
 using detail::SparseLayerPlan;
 using detail::SparseReadAhead;
 using detail::SparseRowGather;
+using detail::SparseRowLoader;
 using detail::SparseRowSource;
 
 struct RowFile {
@@ -122,6 +124,36 @@ TEST_P(SparseRowGatherTest, BundledRowsAGapApartAreOneRequest) {
     // The gaps are read along: 10-13 and 30-34 cover every byte from their first row's page.
     EXPECT_GE(g.bytes(), (4 + 5) * f.plan.row_bytes) << dim;
     expect_rows(file, f, g, ids);
+  }
+}
+
+// start() submits what staging holds and returns it; finish() moves those rows into the cache;
+// load() then reads the rest: the cache holds every row's bytes, in id order, as load() alone
+// leaves it.
+TEST_P(SparseRowGatherTest, LoaderStartFinishThenLoadFillsTheCacheInOrder) {
+  RowFile f(89, 509);  // 4072-byte rows
+  File file(f.path, IoMode::kIoModeRead, options());
+  HostTier tier(64 << 20);
+  std::vector<IoRequest> requests(2 * 89 + 2);
+  std::vector<SparseRowSource> sources(89);
+  // Staging of three pages: a few rows per batch, so start() takes only part of them.
+  SparseRowLoader loader(tier.allocate(3 * 4096, 4096), requests.data(), sources.data(),
+                         requests.size(), true, 4096);
+  NeuronCache cache(tier, 89, 89, f.plan.row_elems, f.plan.dtype);
+  const std::vector<int32_t> ids = {0, 2, 3, 17, 18, 40, 41, 42, 88};
+  SparseTokenInfo info;
+  const size_t started = loader.start(file, f.plan, ids.data(), ids.size(), info);
+  ASSERT_GT(started, 0u);
+  ASSERT_LT(started, ids.size());
+  EXPECT_EQ(cache.size(), 0u);  // nothing lands before finish()
+  loader.finish(f.plan, cache, ids.data(), info);
+  EXPECT_EQ(cache.size(), started);
+  loader.load(file, f.plan, cache, ids.data() + started, ids.size() - started, nullptr, info);
+  ASSERT_EQ(cache.size(), ids.size());
+  EXPECT_EQ(info.neurons_read, ids.size());
+  for (size_t j = 0; j < ids.size(); ++j) {
+    EXPECT_EQ(cache.neuron_at(j), ids[j]);
+    EXPECT_EQ(std::memcmp(cache.row(j), f.row(ids[j]), f.plan.row_bytes), 0) << ids[j];
   }
 }
 
