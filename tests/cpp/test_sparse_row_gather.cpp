@@ -1,5 +1,6 @@
 // The sparse FFN's row reads below the executor: SparseRowGather's requests (bundled rows
-// coalesced, unbundled parts apart, a full staging area refused) and SparseReadAhead's rows,
+// coalesced, or merged across a gap; unbundled parts apart; a full staging area refused),
+// SparseRowLoader's start / finish and SparseReadAhead's rows,
 // read through both I/O back ends from a real file and compared with the file's bytes, on row
 // sizes a page below and above 4 KiB multiples.
 #include <gtest/gtest.h>
