@@ -18,9 +18,10 @@ SwiGLU it was found unusable (issue 17).
 
 Columns: decode s/token, MB the process read per token, MB of channel columns read per token,
 channels kept (of the sparse sites), cache hit rate, the disk bound for the bytes read
-(streamed matrices at the disk's random-read bandwidth, columns at the bandwidth of the small
-block nearest the mean request size; both _common.disk_bandwidth, the best of fio jobs),
-bound / measured, and speed relative to dense offload.
+(streamed matrices at the disk's random-read bandwidth, columns at the disk's bandwidth for
+reads of the row's mean request size, rounded up to 4 KiB: adjacent columns and gaps under
+32 KiB are read as one request; both _common.disk_bandwidth, the best of fio jobs over queue
+depths), bound / measured, and speed relative to dense offload.
 
     python bench/bench_sparse_gated.py [--layers 44] [--targets 0.25,0.4,0.5] [--rounds 2]
 """
@@ -37,7 +38,7 @@ import bench_offload  # noqa: E402
 import bench_sparse  # noqa: E402
 import offload_baselines as ob  # noqa: E402
 import tierlm  # noqa: E402
-from _common import DISK_BOUND, DISK_DEPTHS, leading_equal  # noqa: E402
+from _common import DISK_BOUND, DISK_DEPTHS, disk_bandwidth, leading_equal  # noqa: E402
 from tierlm.package import Package  # noqa: E402
 
 
@@ -114,6 +115,7 @@ def run_row(pkg, budget, prompt_ids, new_tokens, options):
             "cache_bytes": s["sparse_host_bytes"],
             "io": sum(last["io_seconds"]) / len(steps),
             "compute": sum(last["compute_seconds"]) / len(steps),
+            "memory": sum(last["memory_seconds"]) / len(steps),
         }
     return result
 
@@ -181,9 +183,14 @@ def main():
     bandwidths = bench_sparse.fio_bandwidths(
         max(dense_files, key=os.path.getsize), [bench_sparse.STREAMED]
     )
+    requests = {}  # sparse row -> its mean request size, a whole number of pages
+    for name, _ in rows[1:]:
+        sp = results[name][-1]["sparse"]
+        requests[name] = -(-int(sp["request"]) // 4096) * 4096 if sp and sp["request"] else None
     if channel_files:
         largest = max(channel_files, key=os.path.getsize)
-        bandwidths.update(bench_sparse.fio_bandwidths(largest, bench_sparse.SMALL_BLOCKS))
+        for block in sorted({b for b in requests.values() if b}):
+            bandwidths[f"{block >> 10}K"] = disk_bandwidth(largest, seconds=2, blocks=[block])
 
     print(
         f"\nmodel: Llama shape, hidden {args.hidden}, {args.layers} layers, ffn {args.ffn}, "
@@ -213,8 +220,8 @@ def main():
         nbytes = ob.median([x["bytes"] for x in runs])
         sp = runs[-1]["sparse"]
         cols = ob.median([x["sparse"]["bytes"] for x in runs]) if sp else 0.0
-        streamed_only = (bench_sparse.STREAMED, None)
-        block, bw = bench_sparse.block_for(sp["request"], bandwidths) if sp else streamed_only
+        block = f"{requests[name] >> 10}K" if requests.get(name) else None
+        bw = bandwidths.get(block) if block else None
         streamed = max(nbytes - cols, 0.0)
         bound = streamed / bandwidths[bench_sparse.STREAMED] + (cols / bw if bw else 0.0)
         kept = f"{sp['kept'] / (per_site * args.layers):>6.2f}" if sp else f"{'-':>6}"
@@ -228,7 +235,8 @@ def main():
         )
         if sp:
             notes += (
-                f", fio {block}, I/O {sp['io']:.3f} s + kernel {sp['compute']:.3f} s/token, "
+                f", fio {block}, I/O wait {sp['io']:.3f} s + kernel {sp['compute']:.3f} s + "
+                f"cache upkeep {sp['memory']:.3f} s/token, "
                 f"caches {sp['cache_bytes'] / 2**30:.2f} GiB"
             )
         print(

@@ -26,6 +26,15 @@ using IdArray = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device
 using F32Vec = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using RowArray = nb::ndarray<nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 
+// A kernel's `level` argument: the process level when none, else scalar, avx2 or avx512.
+SimdLevel level_arg(const std::optional<std::string>& level) {
+  if (!level) return simd_level();
+  if (*level == "scalar") return SimdLevel::kSimdScalar;
+  if (*level == "avx2") return SimdLevel::kSimdAvx2;
+  if (*level == "avx512") return SimdLevel::kSimdAvx512;
+  TIERLM_FAIL(kErrorInvalidArgument, 0, "unknown SIMD level '", *level, "' (scalar, avx2, avx512)");
+}
+
 // Rows arrive as float32 (f32), as 16-bit words (uint16/float16/bfloat16 views), or as the
 // bytes of a block type's rows (uint8 [n, row bytes]). Returns the row width in elements.
 size_t check_rows(const RowArray& rows, DType dtype, size_t row_elems, const char* what) {
@@ -182,18 +191,7 @@ void bind_sparse(nb::module_& m) {
         nb::capsule owner(y, [](void* p) noexcept { delete[] static_cast<float*>(p); });
         const int32_t* s = slots ? slots->data() : nullptr;
         const size_t n = slots ? slots->shape(0) : r.n_rows;
-        SimdLevel lv = simd_level();
-        if (level) {
-          if (*level == "scalar")
-            lv = SimdLevel::kSimdScalar;
-          else if (*level == "avx2")
-            lv = SimdLevel::kSimdAvx2;
-          else if (*level == "avx512")
-            lv = SimdLevel::kSimdAvx512;
-          else
-            TIERLM_FAIL(kErrorInvalidArgument, 0, "unknown SIMD level '", *level,
-                        "' (scalar, avx2, avx512)");
-        }
+        const SimdLevel lv = level_arg(level);
         std::vector<char> x_blocks(kernel_sparse_ffn_workspace(r.dtype, dim));
         r.x_blocks = x_blocks.data();
         {
@@ -214,7 +212,8 @@ void bind_sparse(nb::module_& m) {
   m.def(
       "channel_sparse_linear",
       [](F32Vec x, RowArray rows, const std::string& dtype, size_t out, IdArray channels,
-         float threshold, std::optional<F32Vec> bias) {
+         float threshold, std::optional<F32Vec> bias, std::optional<std::string> level) {
+        const SimdLevel lv = level_arg(level);
         ChannelRows r;
         r.dtype = dtype_parse(dtype);
         r.rows = rows.data();
@@ -233,12 +232,13 @@ void bind_sparse(nb::module_& m) {
         nb::capsule owner(y, [](void* p) noexcept { delete[] static_cast<float*>(p); });
         {
           nb::gil_scoped_release release;
-          kernel_channel_sparse_linear(x.data(), r, threshold, bias ? bias->data() : nullptr, y);
+          kernel_channel_sparse_linear_at(lv, x.data(), r, threshold, bias ? bias->data() : nullptr,
+                                          y);
         }
         return nb::ndarray<nb::numpy, float, nb::ndim<1>>(y, {out}, owner);
       },
       nb::arg("x"), nb::arg("rows"), nb::arg("dtype"), nb::arg("out"), nb::arg("channels"),
-      nb::arg("threshold"), nb::arg("bias") = nb::none(),
+      nb::arg("threshold"), nb::arg("bias") = nb::none(), nb::arg("level") = nb::none(),
       "y = bias + sum over rows r with |x[channels[r]]| > threshold of x[channels[r]] * "
       "rows[r]; rows are columns of a matrix stored by input channel (16-bit dtypes as uint16 "
       "words, q8_0 / q4_0 as uint8 [n, row bytes] blocked along the column)");

@@ -1,5 +1,6 @@
 // The sparse FFN's row reads below the executor: SparseRowGather's requests (bundled rows
-// coalesced, unbundled parts apart, a full staging area refused) and SparseReadAhead's rows,
+// coalesced, or merged across a gap; unbundled parts apart; a full staging area refused),
+// SparseRowLoader's start / finish and SparseReadAhead's rows,
 // read through both I/O back ends from a real file and compared with the file's bytes, on row
 // sizes a page below and above 4 KiB multiples.
 #include <gtest/gtest.h>
@@ -12,6 +13,7 @@
 
 #include "sparse/sparse_readahead.hpp"
 #include "sparse/sparse_row_gather.hpp"
+#include "sparse/sparse_row_loader.hpp"
 #include "tierlm/io/io.hpp"
 #include "tierlm/memory/tier.hpp"
 #include "tiny_package.hpp"
@@ -22,6 +24,7 @@ namespace {
 using detail::SparseLayerPlan;
 using detail::SparseReadAhead;
 using detail::SparseRowGather;
+using detail::SparseRowLoader;
 using detail::SparseRowSource;
 
 struct RowFile {
@@ -69,12 +72,13 @@ struct Gather {
   std::vector<IoRequest> requests;
   std::vector<SparseRowSource> rows;
   SparseRowGather g;
-  Gather(size_t staging_bytes, size_t n_rows, size_t n_requests, bool bundled)
+  Gather(size_t staging_bytes, size_t n_rows, size_t n_requests, bool bundled,
+         uint64_t merge_gap = 0)
       : staging(tier.allocate(staging_bytes)),
         requests(n_requests),
         rows(n_rows),
         g(static_cast<char*>(staging.data()), staging.size(), requests.data(), requests.size(),
-          rows.data(), bundled) {}
+          rows.data(), bundled, merge_gap) {}
 };
 
 // Reads the gathered batch and checks every row's bytes.
@@ -104,6 +108,53 @@ TEST_P(SparseRowGatherTest, BundledRowsCoalesceAndMatchTheFile) {
     EXPECT_EQ(g.n_requests(), 4u) << dim;
     EXPECT_EQ(g.bytes() % 4096, 0u);
     expect_rows(file, f, g, ids);
+  }
+}
+
+TEST_P(SparseRowGatherTest, BundledRowsAGapApartAreOneRequest) {
+  for (size_t dim : {511, 512, 513}) {  // rows of 4088, 4096 and 4104 bytes
+    RowFile f(97, dim);
+    File file(f.path, IoMode::kIoModeRead, options());
+    // Merge gap of two pages: rows 10 and 13 (two rows between) join, 13 and 30 do not.
+    Gather gather(1 << 20, 97, 2 * 97 + 2, true, 2 * 4096);
+    SparseRowGather& g = gather.g;
+    const std::vector<int32_t> ids = {10, 13, 30, 31, 34, 96};
+    for (int32_t id : ids) ASSERT_TRUE(g.add(f.plan, id));
+    g.close();
+    EXPECT_EQ(g.n_requests(), 3u) << dim;  // 10-13, 30-34, 96
+    // The gaps are read along: 10-13 and 30-34 cover every byte from their first row's page.
+    EXPECT_GE(g.bytes(), (4 + 5) * f.plan.row_bytes) << dim;
+    expect_rows(file, f, g, ids);
+  }
+}
+
+// start() submits what staging holds and returns it; finish() moves those rows into the cache;
+// load() then reads the rest: the cache holds every row's bytes, in id order, as load() alone
+// leaves it.
+TEST_P(SparseRowGatherTest, LoaderStartFinishThenLoadFillsTheCacheInOrder) {
+  RowFile f(89, 509);  // 4072-byte rows
+  File file(f.path, IoMode::kIoModeRead, options());
+  HostTier tier(64 << 20);
+  std::vector<IoRequest> requests(2 * 89 + 2);
+  std::vector<SparseRowSource> sources(89);
+  // Staging of three pages: a few rows per batch, so start() takes only part of them.
+  SparseRowLoader loader(tier.allocate(3 * 4096, 4096), requests.data(), sources.data(),
+                         requests.size(), true, 4096);
+  NeuronCache cache(tier, 89, 89, f.plan.row_elems, f.plan.dtype);
+  const std::vector<int32_t> ids = {0, 2, 3, 17, 18, 40, 41, 42, 88};
+  SparseTokenInfo info;
+  const size_t started = loader.start(file, f.plan, ids.data(), ids.size(), info);
+  ASSERT_GT(started, 0u);
+  ASSERT_LT(started, ids.size());
+  EXPECT_EQ(cache.size(), 0u);  // nothing lands before finish()
+  loader.finish(f.plan, cache, ids.data(), info);
+  EXPECT_EQ(cache.size(), started);
+  loader.load(file, f.plan, cache, ids.data() + started, ids.size() - started, nullptr, info);
+  ASSERT_EQ(cache.size(), ids.size());
+  EXPECT_EQ(info.neurons_read, ids.size());
+  for (size_t j = 0; j < ids.size(); ++j) {
+    EXPECT_EQ(cache.neuron_at(j), ids[j]);
+    EXPECT_EQ(std::memcmp(cache.row(j), f.row(ids[j]), f.plan.row_bytes), 0) << ids[j];
   }
 }
 
@@ -140,7 +191,7 @@ TEST_P(SparseRowGatherTest, ReadAheadHoldsWhatFitsAndFindsItsRows) {
   HostTier tier(64 << 20);
   const size_t staging = 128 << 10, max_rows = 11;
   SparseReadAhead ahead(tier.allocate(SparseReadAhead::bytes(staging, max_rows)), staging, max_rows,
-                        true);
+                        true, 0);
   EXPECT_EQ(ahead.layer(), -1);
   SparseTokenInfo info;
   std::vector<int32_t> ids;

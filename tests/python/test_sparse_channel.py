@@ -55,6 +55,23 @@ def test_block_column_kernel_matches_sequential_reference(dtype, n_in, out):
         _core.channel_sparse_linear(x, rows, dtype, out - 1, channels, 0.5)
 
 
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "q8_0"])
+def test_kernel_levels_are_bit_identical(dtype, simd_levels):
+    """Every SIMD level rounds each product before its add, in row order: the same bits."""
+    rng = np.random.default_rng(11)
+    n_in, out = 37, 4128  # past a group of 16 kept channels; 4128 = 129 blocks of 32
+    x = rng.standard_normal(n_in).astype(np.float32)
+    rows = to_dtype(rng.standard_normal((n_in, out)), dtype)
+    words = rows.view(np.uint16) if dtype == "f16" else rows
+    channels = rng.permutation(n_in).astype(np.int32)
+    want = _core.channel_sparse_linear(x, words, dtype, out, channels, 0.3, level="scalar")
+    for lvl in simd_levels:
+        got = _core.channel_sparse_linear(x, words, dtype, out, channels, 0.3, level=lvl)
+        assert np.array_equal(got, want), lvl
+    with pytest.raises(Exception, match="unknown SIMD level 'sse9'"):
+        _core.channel_sparse_linear(x, words, dtype, out, channels, 0.3, level="sse9")
+
+
 def test_kernel_refuses_bad_arguments():
     x = np.ones(3, np.float32)
     rows = np.ones((2, 4), np.float32)

@@ -1,9 +1,10 @@
-// Input-channel sparse linear: argument checks and the kernel (an axpy per kept column; the
-// column loop is contiguous, so the compiler vectorizes it at the wheel's baseline ISA).
+// Input-channel sparse linear: argument checks, the scalar reference (an axpy per kept column)
+// and the pick of a SIMD body (kernels/cpu/channel_sparse_simd.hpp) by level.
 #include "tierlm/kernels/channel_sparse.hpp"
 
 #include <cmath>
 
+#include "kernels/channel_sparse_impl.hpp"
 #include "kernels/cpu/quant_blocks.hpp"
 #include "kernels/kernels_impl.hpp"
 #include "tierlm/core/error.hpp"
@@ -59,6 +60,13 @@ void channel_rows(const float* x, const ChannelRows& rows, float threshold, floa
 
 void kernel_channel_sparse_linear(const float* x, const ChannelRows& rows, float threshold,
                                   const float* bias, float* y) {
+  kernel_channel_sparse_linear_at(simd_level(), x, rows, threshold, bias, y);
+}
+
+void kernel_channel_sparse_linear_at(SimdLevel level, const float* x, const ChannelRows& rows,
+                                     float threshold, const float* bias, float* y) {
+  TIERLM_CHECK(level <= simd_detected(), kErrorUnsupported, "channel sparse linear: SIMD level ",
+               simd_level_name(level), " is not supported by this CPU");
   TIERLM_CHECK(x != nullptr && y != nullptr, kErrorInvalidArgument,
                "channel sparse linear: x and y must not be null");
   TIERLM_CHECK(rows.out > 0 && rows.row_stride >= rows.out, kErrorInvalidArgument,
@@ -77,8 +85,16 @@ void kernel_channel_sparse_linear(const float* x, const ChannelRows& rows, float
   TIERLM_CHECK(!blocks || (rows.out % 32 == 0 && rows.row_stride % 32 == 0), kErrorInvalidArgument,
                "channel sparse linear: ", dtype_name(rows.dtype), " columns of ", rows.out,
                " (stride ", rows.row_stride, ") elements are not whole blocks of 32");
+  const bool simd = rows.dtype == DType::kDTypeF32 || rows.dtype == DType::kDTypeF16 ||
+                    rows.dtype == DType::kDTypeBF16 || blocks;
   for (size_t i = 0; i < rows.out; ++i) y[i] = bias ? bias[i] : 0.0f;
   const size_t row_bytes = dtype_row_bytes(rows.dtype, rows.row_stride);
+  if (simd && level == SimdLevel::kSimdAvx512) {
+    return detail::channel_sparse_avx512(x, rows, threshold, y, row_bytes);
+  }
+  if (simd && level == SimdLevel::kSimdAvx2) {
+    return detail::channel_sparse_avx2(x, rows, threshold, y, row_bytes);
+  }
   switch (rows.dtype) {
     case DType::kDTypeF32:
       return channel_rows(x, rows, threshold, y, row_bytes, axpy_column<DType::kDTypeF32>);

@@ -65,7 +65,7 @@ struct ChannelSparse::Impl {
         scratch(host.allocate(plan.scratch.bytes)),
         loader(host.allocate(plan.staging_bytes, kAlignment),
                view<IoRequest>(plan.scratch.requests), view<SparseRowSource>(plan.scratch.sources),
-               plan.scratch.max_requests, true) {
+               plan.scratch.max_requests, true, kSparseMergeGap) {
     threads = std::max<size_t>(1, parallel_threads());
     sites.reserve(plan.sites.size());
     for (const ChannelSitePlan& s : plan.sites) {
@@ -96,6 +96,10 @@ struct ChannelSparse::Impl {
   void kernel(Site& s, const float* x, size_t first, size_t n, float* y, bool accumulate) {
     const SparseLayerPlan& r = s.plan->rows;
     const NeuronCache& cache = s.rows.cache;
+    if (n == 0) {  // nothing cached (yet): no row to point at
+      if (!accumulate) std::fill(y, y + r.row_elems, 0.0f);
+      return;
+    }
     const size_t block = dtype_block(r.dtype).elems;
     const size_t blocks = r.row_elems / block;
     const size_t chunks =
@@ -113,19 +117,9 @@ struct ChannelSparse::Impl {
             rows.row_stride = r.row_elems;
             rows.channels = cache.neurons() + first;
             rows.n_channels = r.n_neurons;
-            if (!accumulate) {
-              kernel_channel_sparse_linear(x, rows, s.plan->threshold, nullptr, y + b);
-            } else {
-              float part[256];
-              for (size_t at = 0; at < rows.out; at += 256) {
-                // Accumulating rounds are rare (a token past the capacity): sum in pieces.
-                ChannelRows piece = rows;
-                piece.rows = static_cast<const char*>(rows.rows) + dtype_row_bytes(r.dtype, at);
-                piece.out = std::min<size_t>(256, rows.out - at);
-                kernel_channel_sparse_linear(x, piece, s.plan->threshold, nullptr, part);
-                for (size_t i = 0; i < piece.out; ++i) y[b + at + i] += part[i];
-              }
-            }
+            // Accumulating, y is its own bias: the rows continue y's sums in their order.
+            kernel_channel_sparse_linear(x, rows, s.plan->threshold, accumulate ? y + b : nullptr,
+                                         y + b);
           }
         },
         1);
@@ -145,9 +139,18 @@ struct ChannelSparse::Impl {
     const size_t n_need = s.rows.admit(kept, n_kept, need, to_load, to_evict, evict);
     info.memory_seconds += since(t0);
     const size_t fill = std::min(n_need, cap - cache.size());
-    loader.load(s.file, r, cache, need, fill, nullptr, info);
+    // The cached kept channels' columns are summed while the missing ones are read; the new
+    // columns land after them in the cache and continue the sums, so y is the one pass over
+    // the cache's rows in order that a load-then-compute step makes, bit for bit.
+    const size_t hits = cache.size();
+    const size_t started = loader.start(s.file, r, need, fill, info);
     t0 = Clock::now();
-    kernel(s, x, 0, cache.size(), y, false);
+    kernel(s, x, 0, hits, y, false);
+    info.compute_seconds += since(t0);
+    loader.finish(r, cache, need, info);
+    loader.load(s.file, r, cache, need + started, fill - started, nullptr, info);
+    t0 = Clock::now();
+    kernel(s, x, hits, cache.size() - hits, y, true);
     info.compute_seconds += since(t0);
     if (fill == n_need) return;
     // This token's kept channels alone pass the capacity: the rest in rounds of at most `cap`

@@ -74,18 +74,22 @@ struct SparseFfn::Impl {
     return reinterpret_cast<T*>(static_cast<char*>(scratch.data()) + offset);
   }
 
+  // Neuron rows coalesce only where they touch: the FFN path reads what its predictor picked
+  // (kSparseMergeGap is the channel path's, whose kept columns lie far denser).
+  static constexpr uint64_t kMergeGap = 0;
+
   Impl(const SparseFfnPlan& p, HostTier& host)
       : plan(p),
         predictors(host.allocate(plan.predictor_floats * sizeof(float))),
         scratch(host.allocate(plan.scratch.bytes)),
         loader(host.allocate(plan.staging_bytes, kAlignment),
                view<IoRequest>(plan.scratch.requests), view<SparseRowSource>(plan.scratch.sources),
-               plan.scratch.max_requests, plan.bundled) {
+               plan.scratch.max_requests, plan.bundled, kMergeGap) {
     if (plan.readahead) {
       const size_t bytes = SparseReadAhead::bytes(plan.readahead_staging, plan.readahead_rows);
       for (int i = 0; i < 2; ++i) {
         aheads.emplace_back(host.allocate(bytes, kAlignment), plan.readahead_staging,
-                            plan.readahead_rows, plan.bundled);
+                            plan.readahead_rows, plan.bundled, kMergeGap);
       }
     }
     // Predictor tensors, read once.

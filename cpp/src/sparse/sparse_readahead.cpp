@@ -37,7 +37,7 @@ size_t SparseReadAhead::bytes(size_t staging_bytes, size_t max_rows) {
 }
 
 SparseReadAhead::SparseReadAhead(HostBuffer memory, size_t staging_bytes, size_t max_rows,
-                                 bool bundled)
+                                 bool bundled, uint64_t merge_gap)
     : memory_(std::move(memory)),
       staging_(static_cast<char*>(memory_.data())),
       staging_bytes_(staging_bytes),
@@ -47,7 +47,7 @@ SparseReadAhead::SparseReadAhead(HostBuffer memory, size_t staging_bytes, size_t
               reinterpret_cast<IoRequest*>(staging_ + requests_at(staging_bytes)),
               max_requests(max_rows),
               reinterpret_cast<SparseRowSource*>(staging_ + rows_at(staging_bytes, max_rows)),
-              bundled) {}
+              bundled, merge_gap) {}
 
 SparseReadAhead::~SparseReadAhead() { drop(); }
 

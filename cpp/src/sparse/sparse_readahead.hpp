@@ -22,7 +22,9 @@ class SparseReadAhead {
   // Host-tier bytes of one read-ahead buffer of these sizes (sparse_readahead_bytes in the plan).
   static size_t bytes(size_t staging_bytes, size_t max_rows);
 
-  SparseReadAhead(HostBuffer memory, size_t staging_bytes, size_t max_rows, bool bundled);
+  // merge_gap: see SparseRowGather (kSparseMergeGap in production).
+  SparseReadAhead(HostBuffer memory, size_t staging_bytes, size_t max_rows, bool bundled,
+                  uint64_t merge_gap);
   SparseReadAhead(SparseReadAhead&&) noexcept = default;
   SparseReadAhead& operator=(SparseReadAhead&&) noexcept = default;
   ~SparseReadAhead();

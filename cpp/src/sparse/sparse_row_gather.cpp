@@ -9,13 +9,15 @@
 namespace tierlm::detail {
 
 SparseRowGather::SparseRowGather(char* staging, size_t staging_bytes, IoRequest* requests,
-                                 size_t max_requests, SparseRowSource* rows, bool bundled)
+                                 size_t max_requests, SparseRowSource* rows, bool bundled,
+                                 uint64_t merge_gap)
     : staging_(staging),
       capacity_(staging_bytes),
       requests_(requests),
       max_requests_(max_requests),
       rows_(rows),
-      bundled_(bundled) {}
+      bundled_(bundled),
+      merge_gap_(merge_gap) {}
 
 bool SparseRowGather::add(const SparseLayerPlan& p, int32_t id) {
   const uint64_t rb = p.row_bytes;
@@ -24,7 +26,7 @@ bool SparseRowGather::add(const SparseLayerPlan& p, int32_t id) {
     const uint64_t lo = round_down(a, kAlignment);
     const uint64_t hi = std::min(round_up(a + rb, kAlignment), p.file_bytes);
     const uint64_t grow = std::max(hi, open_hi_) - open_hi_;
-    if (open_ && lo <= open_hi_ && used_ + grow <= capacity_) {
+    if (open_ && lo <= open_hi_ + merge_gap_ && used_ + grow <= capacity_) {
       used_ += grow;
       open_hi_ = std::max(hi, open_hi_);
     } else {

@@ -21,57 +21,93 @@ double since(Clock::time_point t0) {
 }  // namespace
 
 SparseRowLoader::SparseRowLoader(HostBuffer staging, IoRequest* requests, SparseRowSource* rows,
-                                 size_t max_requests, bool bundled)
+                                 size_t max_requests, bool bundled, uint64_t merge_gap)
     : staging_(std::move(staging)),
       gather_(static_cast<char*>(staging_.data()), staging_.size(), requests, max_requests, rows,
-              bundled) {}
+              bundled, merge_gap) {}
 
-void SparseRowLoader::flush(File& file, const SparseLayerPlan& p, NeuronCache& cache,
-                            const int32_t* ids, SparseTokenInfo& info) {
-  if (gather_.n_rows() == 0) return;
-  gather_.close();
-  if (gather_.n_requests() > 0) {
-    const auto t0 = Clock::now();
-    std::vector<IoFuture> futures =
-        file.pread_batch(std::span<const IoRequest>(gather_.requests(), gather_.n_requests()));
-    try {
-      io_wait_all(futures);
-    } catch (const Error&) {
-      // The batch is dropped: the next token starts from an empty staging area and reads again.
-      gather_.clear();
-      throw;
+SparseRowLoader::~SparseRowLoader() {
+  // Reads still in flight (an exception between start and finish) land in staging_: wait.
+  for (const IoFuture& f : futures_) f.wait();
+}
+
+size_t SparseRowLoader::gather(const SparseLayerPlan& p, const int32_t* ids, size_t n,
+                               const SparseReadAhead* ahead, SparseTokenInfo& info) {
+  size_t j = 0;
+  for (; j < n; ++j) {
+    if (const SparseRowSource* row = ahead ? ahead->find(ids[j]) : nullptr) {
+      gather_.add_ready(*row);
+      ++info.readahead_hits;
+      continue;
     }
-    info.io_seconds += since(t0);
-    info.requests += gather_.n_requests();
-    info.bytes_read += gather_.bytes();
+    if (!gather_.add(p, ids[j])) break;
   }
+  // An empty staging area holds at least two of the widest rows (size_sparse_caches).
+  TIERLM_CHECK(j > 0 || n == 0, kErrorInvalidArgument, "sparse FFN staging (", staging_.size(),
+               " bytes) cannot hold one row of layer ", p.layer);
+  return j;
+}
+
+void SparseRowLoader::submit(File& file, SparseTokenInfo& info) {
+  gather_.close();
+  if (gather_.n_requests() == 0) return;
+  const auto t0 = Clock::now();
+  try {
+    futures_ =
+        file.pread_batch(std::span<const IoRequest>(gather_.requests(), gather_.n_requests()));
+  } catch (const Error&) {
+    gather_.clear();
+    throw;
+  }
+  info.io_seconds += since(t0);
+  info.requests += gather_.n_requests();
+  info.bytes_read += gather_.bytes();
+}
+
+void SparseRowLoader::complete(const SparseLayerPlan& p, NeuronCache& cache, const int32_t* ids,
+                               SparseTokenInfo& info) {
+  const auto t0 = Clock::now();
+  try {
+    io_wait_all(futures_);
+  } catch (const Error&) {
+    // The batch is dropped: the next token starts from an empty staging area and reads again.
+    for (const IoFuture& f : futures_) f.wait();
+    futures_.clear();
+    gather_.clear();
+    throw;
+  }
+  futures_.clear();
+  info.io_seconds += since(t0);
   const auto t1 = Clock::now();
   const size_t first = cache.size();
   cache.insert(ids, gather_.n_rows(), nullptr);
   for (size_t j = 0; j < gather_.n_rows(); ++j) gather_.copy_row(p, j, cache.row(first + j));
   info.memory_seconds += since(t1);
+  info.neurons_read += gather_.n_rows();
   gather_.clear();
 }
 
 void SparseRowLoader::load(File& file, const SparseLayerPlan& p, NeuronCache& cache,
                            const int32_t* ids, size_t n, const SparseReadAhead* ahead,
                            SparseTokenInfo& info) {
-  const int32_t* pending = ids;  // the first row of the batch being gathered
-  for (size_t j = 0; j < n; ++j) {
-    if (const SparseRowSource* row = ahead ? ahead->find(ids[j]) : nullptr) {
-      gather_.add_ready(*row);
-      ++info.readahead_hits;
-      continue;
-    }
-    if (gather_.add(p, ids[j])) continue;
-    flush(file, p, cache, pending, info);
-    pending = ids + j;
-    // An empty staging area holds at least two of the widest rows (size_sparse_caches).
-    TIERLM_CHECK(gather_.add(p, ids[j]), kErrorInvalidArgument, "sparse FFN staging (",
-                 staging_.size(), " bytes) cannot hold one row of layer ", p.layer);
+  for (size_t done = 0; done < n;) {
+    const size_t m = gather(p, ids + done, n - done, ahead, info);
+    submit(file, info);
+    complete(p, cache, ids + done, info);
+    done += m;
   }
-  flush(file, p, cache, pending, info);
-  info.neurons_read += n;
+}
+
+size_t SparseRowLoader::start(File& file, const SparseLayerPlan& p, const int32_t* ids, size_t n,
+                              SparseTokenInfo& info) {
+  const size_t m = gather(p, ids, n, nullptr, info);
+  submit(file, info);
+  return m;
+}
+
+void SparseRowLoader::finish(const SparseLayerPlan& p, NeuronCache& cache, const int32_t* ids,
+                             SparseTokenInfo& info) {
+  complete(p, cache, ids, info);
 }
 
 }  // namespace tierlm::detail

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "sparse/sparse_plan.hpp"
 #include "sparse/sparse_readahead.hpp"
@@ -22,9 +23,13 @@ namespace tierlm::detail {
 class SparseRowLoader {
  public:
   // staging: plan.staging_bytes, 4 KiB-aligned. requests / rows: the scratch views of the
-  // layout (max_requests requests, max capacity rows).
+  // layout (max_requests requests, max capacity rows). merge_gap: see SparseRowGather.
   SparseRowLoader(HostBuffer staging, IoRequest* requests, SparseRowSource* rows,
-                  size_t max_requests, bool bundled);
+                  size_t max_requests, bool bundled, uint64_t merge_gap);
+
+  ~SparseRowLoader();
+  SparseRowLoader(const SparseRowLoader&) = delete;
+  SparseRowLoader& operator=(const SparseRowLoader&) = delete;
 
   void* staging() { return staging_.data(); }
   size_t staging_bytes() const { return staging_.size(); }
@@ -35,6 +40,15 @@ class SparseRowLoader {
   // engine's futures of each batch.
   void load(File& file, const SparseLayerPlan& plan, NeuronCache& cache, const int32_t* ids,
             size_t n, const SparseReadAhead* ahead, SparseTokenInfo& info);
+
+  // load() split so that compute overlaps the reads: start() submits the first batch of
+  // ids[0, n) (as many rows as staging holds) and returns how many rows it holds; finish()
+  // waits for it (the wait into info.io_seconds) and moves those rows into `cache`, as load()
+  // would. The cache must not change in between; the staging must not be reused.
+  size_t start(File& file, const SparseLayerPlan& plan, const int32_t* ids, size_t n,
+               SparseTokenInfo& info);
+  void finish(const SparseLayerPlan& plan, NeuronCache& cache, const int32_t* ids,
+              SparseTokenInfo& info);
 
   // The rows of ids[done, n) that one token needs past the cache's capacity, in rounds of at
   // most the capacity: each round replaces the rows loaded last (ids in evict, scratch of the
@@ -62,12 +76,18 @@ class SparseRowLoader {
   static double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
-  // Submits the gathered requests as one batch, waits, and moves the rows into the cache.
-  void flush(File& file, const SparseLayerPlan& plan, NeuronCache& cache, const int32_t* ids,
-             SparseTokenInfo& info);
+  // Gathers rows of ids[0, n) until staging is full; returns how many.
+  size_t gather(const SparseLayerPlan& plan, const int32_t* ids, size_t n,
+                const SparseReadAhead* ahead, SparseTokenInfo& info);
+  // Submits the gathered requests as one batch (none when every row was read ahead).
+  void submit(File& file, SparseTokenInfo& info);
+  // Waits for the submitted batch and moves its rows into the cache.
+  void complete(const SparseLayerPlan& plan, NeuronCache& cache, const int32_t* ids,
+                SparseTokenInfo& info);
 
   HostBuffer staging_;
   SparseRowGather gather_;
+  std::vector<IoFuture> futures_;  // the submitted batch's, until complete()
 };
 
 }  // namespace tierlm::detail

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "tierlm/core/export.hpp"
+#include "tierlm/core/simd.hpp"
 #include "tierlm/kernels/kernels.hpp"
 
 namespace tierlm {
@@ -26,9 +27,15 @@ struct TIERLM_API ChannelRows {
 
 // y[out] = bias + sum over rows r, in row order, of x[c_r] * rows[r] where |x[c_r]| >
 // threshold (c_r = channels[r]); rows of dropped channels are skipped. threshold < 0 keeps
-// every row. bias may be null. Each y[i] is accumulated in row order, so the result is the
-// sequential f32 dot product over the kept channels in that order. No allocation.
+// every row. bias may be null, or y itself (the rows then continue y's sums). Each y[i] is
+// accumulated in row order, so the result is the sequential f32 dot product over the kept
+// channels in that order. No allocation.
 TIERLM_API void kernel_channel_sparse_linear(const float* x, const ChannelRows& rows,
                                              float threshold, const float* bias, float* y);
+// The same at a chosen SIMD level (simd_level() above). Every level rounds each product before
+// its add, in the same order, so all are bit-identical to the scalar reference.
+TIERLM_API void kernel_channel_sparse_linear_at(SimdLevel level, const float* x,
+                                                const ChannelRows& rows, float threshold,
+                                                const float* bias, float* y);
 
 }  // namespace tierlm

@@ -26,7 +26,7 @@ struct TIERLM_API SparseStats {
   uint64_t sparse_readahead_rows = 0;
   uint64_t sparse_readahead_hits = 0;
   double sparse_predictor_seconds = 0.0;
-  double sparse_io_seconds = 0.0;       // submit -> every read of the step complete
+  double sparse_io_seconds = 0.0;       // submitting reads and waiting for them (not overlapped)
   double sparse_memory_seconds = 0.0;   // neuron cache erase / insert (row copies included)
   double sparse_compute_seconds = 0.0;  // the sparse FFN kernel
   uint64_t sparse_host_bytes = 0;       // neuron caches + staging + predictors + scratch
@@ -96,7 +96,7 @@ struct TIERLM_API SparseTokenInfo {
   uint64_t readahead_rows = 0;  // rows read ahead (included in bytes_read and requests)
   uint64_t readahead_hits = 0;  // of neurons_read, rows taken from the read-ahead
   double predictor_seconds = 0.0;
-  double io_seconds = 0.0;       // submit -> every read of the step complete
+  double io_seconds = 0.0;       // submitting reads and waiting for them (not overlapped)
   double memory_seconds = 0.0;   // neuron cache erase / insert (row copies included)
   double compute_seconds = 0.0;  // the sparse FFN kernel
 };
