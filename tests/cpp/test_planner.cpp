@@ -1,7 +1,7 @@
 #include <gtest/gtest.h>
+#include <time.h>
 
 #include <algorithm>
-#include <chrono>
 #include <random>
 #include <vector>
 
@@ -113,14 +113,22 @@ TEST(Planner, BestIsTheSmallestOfAllOrders) {
   EXPECT_STREQ(plan_order_name(PlanOrder::kPlanOrderArea), "area");
 }
 
+// CPU seconds of every thread of the process: unlike wall time, not stretched when other
+// processes (ctest -j, a busy machine) share the cores.
+double process_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
 TEST(Planner, HundredThousandBuffers) {
   auto b = random_buffers(100000, 100000, 12, 1 << 24, 3);
-  auto t0 = std::chrono::steady_clock::now();
+  const double t0 = process_cpu_seconds();
   Plan p = plan_greedy(b, 64);
-  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double s = process_cpu_seconds() - t0;  // the four orders' CPU time together
   plan_check(b, p.offsets, 64);
   EXPECT_GE(p.peak, p.lower_bound);
-  EXPECT_LT(s, 10.0);  // the < 1 s claim is measured by bench/bench_plan.py
+  EXPECT_LT(s, 10.0);  // the < 1 s wall claim is measured by bench/bench_plan.py
 }
 
 TEST(Planner, CheckNamesBothOverlappingBuffers) {
