@@ -122,13 +122,15 @@ double process_cpu_seconds() {
 }
 
 TEST(Planner, HundredThousandBuffers) {
+  // A valid plan at this scale in bounded CPU time, a guard against a quadratic order that no
+  // load on the machine stretches; the < 1 s wall speed is measured by bench/bench_plan.py.
   auto b = random_buffers(100000, 100000, 12, 1 << 24, 3);
   const double t0 = process_cpu_seconds();
   Plan p = plan_greedy(b, 64);
-  const double s = process_cpu_seconds() - t0;  // the four orders' CPU time together
+  const double s = process_cpu_seconds() - t0;  // the four orders together
   plan_check(b, p.offsets, 64);
   EXPECT_GE(p.peak, p.lower_bound);
-  EXPECT_LT(s, 10.0);  // the < 1 s wall claim is measured by bench/bench_plan.py
+  EXPECT_LT(s, 10.0);
 }
 
 TEST(Planner, CheckNamesBothOverlappingBuffers) {
