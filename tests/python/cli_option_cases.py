@@ -274,6 +274,7 @@ def case_sparse_train_threads(ctx):
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)  # the tests run torch on one thread (conftest.py)
         train(ctx, "--threads", "1")
         assert torch.get_num_threads() == 1
     finally:

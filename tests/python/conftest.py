@@ -1,8 +1,16 @@
 """Fixtures shared by the Python tests: the I/O back end and the SIMD level, each run over every
 choice, with the choices this machine lacks skipped visibly (with the reason)."""
 
-import pytest
-from tierlm import _core, io
+import os
+
+# One intra-op thread for torch (and the BLAS under numpy), read when they are imported: the test
+# models are tiny, and OpenMP workers forking and spinning per op beside pytest-xdist's other
+# worker cost far more than they give (test_model.py took 7x the CPU time with two). tierlm's
+# own thread pool does not read it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+from tierlm import _core, io  # noqa: E402
 
 IO_BACKENDS = ["threads", "uring"]
 SIMD_LEVELS = ["scalar", "avx2", "avx512"]
