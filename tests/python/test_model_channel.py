@@ -98,11 +98,12 @@ def test_rotated_sites_equal_torch_reference(llama, tmp_path, capacity):
     model = tierlm.load(pkg, sparse=True, sparse_capacity=capacity, kv_dtype="f32")
     for n in (1, 2, 37):
         assert relative_error(model.logits(seq[:n]), ref[n - 1]) <= TOL, n
-    # The resident rotations (2 sites x 3 layers of 128 x 128 f32) are in the sparse budget.
+    # The resident rotations (2 sites x 3 layers of 128 x 128 f32) are in the sparse budget
+    # (the rest differs by the page rounding of the caches, sized by other kept fractions).
     unrotated, _ = calibrated(llama, tmp_path, 0.4, name="plain")
     extra = tierlm.load(pkg, sparse=True).stats()["sparse_host_bytes"]
     extra -= tierlm.load(unrotated, sparse=True).stats()["sparse_host_bytes"]
-    assert extra >= 6 * 128 * 128 * 4
+    assert abs(extra - 6 * 128 * 128 * 4) <= 4 * 4096
     os.remove(os.path.join(pkg, ROTATION_FILE))
     with pytest.raises(Exception, match=ROTATION_FILE):
         tierlm.load(pkg, sparse=True)
