@@ -1,7 +1,11 @@
-"""Shared helpers of the bench scripts: timing, the machine's memory bandwidth, and the
-agreement checks that stop a bench before it prints a ratio over different computations."""
+"""Shared helpers of the bench scripts: timing, the machine's memory and disk bandwidth, and
+the agreement checks that stop a bench before it prints a ratio over different computations."""
 
+import json
+import os
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 
@@ -63,6 +67,71 @@ def memory_bandwidth(nbytes=256 << 20, threads=2):
     read = src.nbytes / median_time(lambda: t.sum(), repeats=5)
     torch.set_num_threads(before)
     return {"copy": copy, "read": read, "bound": max(copy, read)}
+
+
+# The disk bound's fio jobs: block sizes x queue depths, none with more than
+# DISK_MAX_IN_FLIGHT bytes queued. One job understates some disks (a single 8 MiB QD32 job read
+# ~1 GB/s where tierlm read its experts at ~2 GB/s), so the bound is the best of them.
+DISK_BLOCKS = (1 << 20, 8 << 20, 64 << 20)
+DISK_DEPTHS = (4, 16, 64)
+DISK_MAX_IN_FLIGHT = 512 << 20
+DISK_BOUND = (
+    "fio randread, io_uring, O_DIRECT, on the bench's own file: the best of "
+    + "/".join(f"{b >> 20}" for b in DISK_BLOCKS)
+    + " MiB blocks x QD "
+    + "/".join(map(str, DISK_DEPTHS))
+)
+
+
+def fio_read(path, block, depth, seconds):
+    """Bytes/s of one fio job reading `block`-byte blocks of path at random offsets (io_uring,
+    O_DIRECT, `depth` requests queued) for `seconds`; None where fio is missing or fails."""
+    if shutil.which("fio") is None:
+        return None
+    out = subprocess.run(
+        [
+            "fio",
+            "--name=bound",
+            f"--filename={path}",
+            "--rw=randread",
+            f"--bs={block}",
+            f"--iodepth={depth}",
+            "--ioengine=io_uring",
+            "--direct=1",
+            "--norandommap",
+            "--randrepeat=0",
+            "--time_based",
+            f"--runtime={seconds}",
+            "--output-format=json",
+            "--readonly",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        return None
+    return json.loads(out.stdout[out.stdout.index("{") :])["jobs"][0]["read"]["bw_bytes"]
+
+
+def disk_bandwidth(path, seconds=1, blocks=DISK_BLOCKS, depths=DISK_DEPTHS):
+    """The disk's random-read bandwidth (bytes/s) under path, a file the bench reads: the best
+    of fio jobs over blocks x depths (DISK_BOUND), each for `seconds`. Blocks over half the
+    file are left out (the largest power of two that fits stands in when none does), and
+    depths queueing over DISK_MAX_IN_FLIGHT bytes (the smallest depth stays). None where fio
+    is missing or every job failed."""
+    size = os.path.getsize(path)
+    fitting = [b for b in blocks if 2 * b <= size]
+    if not fitting:
+        fitting = [max(4096, 1 << max(0, (size // 2).bit_length() - 1))]
+    best = None
+    for block in fitting:
+        queued = [d for d in depths if block * d <= DISK_MAX_IN_FLIGHT] or [min(depths)]
+        for depth in queued:
+            bw = fio_read(path, block, depth, seconds)
+            if bw and (best is None or bw > best):
+                best = bw
+    return best
 
 
 def start_kernel_bench(threads):

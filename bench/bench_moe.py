@@ -12,17 +12,22 @@ permuted per layer); the share of the two most used experts is printed, as measu
 The usage profile is tierlm.profile_experts over --profile-tokens ids other than the prompt's.
 Cold for every method: before each decode step the method's files are dropped from the page
 cache (offload_baselines.drop_page_cache; tierlm reads experts with O_DIRECT, llama.cpp and
-accelerate through the page cache). Columns: decode s/token and tokens/s (median), bytes read
-from disk per token (/proc/self/io), expert hit rate, the disk bound of those bytes at fio's
-random-read bandwidth (the better of 8 and 64 MiB blocks, QD 32, O_DIRECT, before and after
-each row) and how close
-the row comes to it, and tierlm cache+prefetch's speed-up over the row.
+accelerate through the page cache). The first row runs every expert in memory: its s/token is
+the computation every tierlm row overlaps its reads with. Columns: decode s/token and tokens/s
+(median), bytes read from disk per token (/proc/self/io), expert hit rate, the disk time of
+those bytes at the disk's random-read bandwidth (_common.disk_bandwidth: the best of several
+fio jobs on the package's largest file, before and after each row), the bound (for tierlm the
+larger of that and the in-memory s/token) and how close the row comes to it, tierlm
+cache+prefetch's speed-up over the row, and where each tierlm row's decode steps went (expert
+reads waited for, on demand, read ahead and used). accelerate runs --accelerate-tokens tokens
+only (default 2: one decode step; at 4 GB its steps take minutes).
 
     python bench/bench_moe.py [--layers 11] [--hidden 2048] [--intermediate 6656] [--quant q8_0]
-        [--skip accelerate] [--keep]
+        [--skip accelerate] [--rounds N] [--accelerate-tokens N] [--keep]
 
 Disk: the F16 file (2x the parameters) and the Q8_0 one coexist while quantizing (11.8 GB at
-the default size), the package after that; --dir is deleted at the end unless --keep.
+the default size), the package after that, and for accelerate a bf16 checkpoint (2x) and its
+offload files; --dir is deleted at the end unless --keep.
 """
 
 import argparse
@@ -37,10 +42,11 @@ import _llamacpp  # noqa: E402
 import moe_gguf  # noqa: E402
 import offload_baselines as ob  # noqa: E402
 import tierlm  # noqa: E402
-from _common import print_table, require_same_tokens  # noqa: E402
+from _common import DISK_BOUND, disk_bandwidth, print_table, require_same_tokens  # noqa: E402
 from bench_offload import tierlm_decode  # noqa: E402
 
 USAGE = "expert_usage.json"
+IN_MEMORY = "tierlm in memory"
 
 
 def build(args, root):
@@ -74,8 +80,22 @@ def top2_share(profile):
     return top / total
 
 
+def decode_note(info, steps):
+    """Where a tierlm row's decode steps went, per step: expert reads waited for, on demand
+    (misses), read ahead and how many of those were used, and the prediction's accuracy."""
+    d, n = info["decode"], max(1, len(steps))
+    ahead, used = d["moe_prefetch_reads"], d["moe_prefetch_used"]
+    right = d["moe_predicted_right"] / max(1, d["moe_predicted_lookups"])
+    return (
+        f"wait {d['moe_io_wait_seconds'] / n:.3f} s, {d['moe_misses'] / n:.1f} on demand + "
+        f"{ahead / n:.1f} ahead ({used / max(1, ahead):.0%} used) per step, predicted "
+        f"{right:.0%}"
+    )
+
+
 def tierlm_rows(args, pkg, weights, prompt, fio):
-    """(method, budget, steps, hit %, note, bandwidths) per tierlm configuration and budget."""
+    """(method, budget, steps, hit %, note, bandwidths) per tierlm configuration and budget,
+    the first row every expert in memory (the compute the others overlap their reads with)."""
     files = [str(p) for p in Path(pkg).glob("*.bin")]
     usage, aside = Path(pkg) / USAGE, Path(pkg) / (USAGE + ".aside")
     methods = [
@@ -84,28 +104,28 @@ def tierlm_rows(args, pkg, weights, prompt, fio):
         ("tierlm cache, no prefetch", {"expert_prefetch": False}, True),
         ("tierlm stream (dense offload)", {"expert_cache": "stream"}, True),
     ]
+    runs = [(IN_MEMORY, None, {}, True)]
+    runs += [(name, frac, o, p) for frac in args.fractions for name, o, p in methods]
     rows, reference = [], None
-    for frac in args.fractions:
-        for name, options, profiled in methods:
-            if not profiled:
-                usage.rename(aside)
-            try:
-                bw0 = fio()
-                steps, ids, info = tierlm_decode(
-                    pkg, int(weights * frac), prompt, args.new_tokens, files, **options
-                )
-            finally:
-                if aside.exists():
-                    aside.rename(usage)
-            reference = reference or ids
-            require_same_tokens(f"{name} at {frac:.0%} vs the first row", ids, reference, 1.0)
-            s, e = info["stats"], info["placement"]["experts"]
-            homed = sum(map(len, e["host_experts"]))
-            note = (
-                f"{homed} homed ({e['homing']}), {e['cache_slots']} slots, predicted "
-                f"{s['moe_prediction_accuracy_pct']:.0f}%, peak {info['peak'] / 2**20:.0f} MiB"
-            )
-            rows.append((name, frac, steps, s["moe_hit_rate_pct"], note, [bw0, fio()]))
+    for name, frac, options, profiled in runs:
+        if not profiled:
+            usage.rename(aside)
+        try:
+            bw0 = fio()
+            # in memory: a budget over the weights homes every expert on the host tier
+            budget = int(weights * (frac or 2))
+            steps, ids, info = tierlm_decode(pkg, budget, prompt, args.new_tokens, files, **options)
+        finally:
+            if aside.exists():
+                aside.rename(usage)
+        reference = reference or ids
+        require_same_tokens(f"{name} at {frac or 1:.0%} vs the first row", ids, reference, 1.0)
+        s, e = info["stats"], info["placement"]["experts"]
+        homed = sum(map(len, e["host_experts"]))
+        note = f"{homed} homed ({e['homing']}), {e['cache_slots']} slots, "
+        note += decode_note(info, steps) if frac else "no reads"
+        note += f", peak {info['peak'] / 2**20:.0f} MiB"
+        rows.append((name, frac, steps, s["moe_hit_rate_pct"], note, [bw0, fio()]))
     return rows, reference
 
 
@@ -124,10 +144,17 @@ def main():
     parser.add_argument("--prompt", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=9, help="decode steps = this - 1")
     parser.add_argument("--profile-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1, help="of the tierlm rows, interleaved")
+    parser.add_argument(
+        "--accelerate-tokens",
+        type=int,
+        default=2,
+        help="accelerate's tokens (decode steps = this - 1): its steps take minutes at 4 GB",
+    )
     parser.add_argument("--budgets", default="0.5,0.25", help="shares of the weights")
     parser.add_argument("--skip", default="", help="comma list: accelerate, llama.cpp")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--fio-seconds", type=int, default=3)
+    parser.add_argument("--fio-seconds", type=int, default=1, help="per fio job")
     parser.add_argument("--keep", action="store_true", help="keep --dir (the model files)")
     parser.add_argument(
         "--min-agreement",
@@ -158,15 +185,14 @@ def run(args, root, skip):
     fio_file = max((str(p) for p in Path(pkg).glob("*.bin")), key=os.path.getsize)
 
     def fio():
-        """The disk's bandwidth: the better of 8 MiB and 64 MiB random reads (an expert is
-        tens of MiB, read in one request)."""
-        bws = [
-            ob.fio_read_bandwidth(fio_file, block=b, depth=32, seconds=args.fio_seconds)
-            for b in ("8M", "64M")
-        ]
-        return max((b for b in bws if b), default=None)
+        return disk_bandwidth(fio_file, seconds=args.fio_seconds)
 
-    rows, reference = tierlm_rows(args, pkg, weights, prompt, fio)
+    rows, reference = [], None
+    for _ in range(args.rounds):  # interleaved: a slow spell hits every tierlm row alike
+        more, ids = tierlm_rows(args, pkg, weights, prompt, fio)
+        reference = reference or ids
+        require_same_tokens("tierlm rows vs the first round", ids, reference, 1.0)
+        rows += more
     if "llama.cpp" not in skip:
         bw0 = fio()
         steps, ids = _llamacpp.mmap_decode(gguf, args.threads, prompt, args.new_tokens)
@@ -176,25 +202,39 @@ def run(args, root, skip):
         hf = moe_gguf.hf_from_gguf(gguf, root / "hf")
         hf_files = [str(p) for p in Path(hf).glob("*.safetensors")]
         hf_weights = sum(os.path.getsize(f) for f in hf_files)
+        n = min(args.accelerate_tokens, args.new_tokens)
         for frac in args.fractions:
             bw0 = fio()
             steps, offloaded, ids = ob.accelerate_decode(
-                hf, int(hf_weights * frac), root / f"accelerate-{frac}", prompt, args.new_tokens,
-                hf_files,
-            )  # fmt: skip
+                hf, int(hf_weights * frac), root / f"accelerate-{frac}", prompt, n, hf_files
+            )
             shutil.rmtree(root / f"accelerate-{frac}", ignore_errors=True)
             require_same_tokens(
-                f"accelerate at {frac:.0%} vs tierlm",
-                ids[: len(reference)],
-                reference,
-                args.min_agreement,
+                f"accelerate at {frac:.0%} vs tierlm", ids[:n], reference[:n], args.min_agreement
             )
-            note = f"bf16 checkpoint {hf_weights / 1e9:.2f} GB, {len(offloaded)} offload files"
+            note = (
+                f"bf16 checkpoint {hf_weights / 1e9:.2f} GB, {len(offloaded)} offload files, "
+                f"{len(steps)} decode step(s) only (--accelerate-tokens)"
+            )
             rows.append(("accelerate disk offload", frac, steps, None, note, [bw0, fio()]))
     report(args, rows, weights, top2_share(profile))
 
 
+def pooled(rows):
+    """Rows of the same method and budget (one per round) as one: their steps and bandwidths
+    together, the first round's hit rate and note."""
+    merged = {}
+    for name, frac, steps, hit, note, bws in rows:
+        if (name, frac) in merged:
+            merged[(name, frac)][2] += steps
+            merged[(name, frac)][5] += bws
+        else:
+            merged[(name, frac)] = [name, frac, list(steps), hit, note, list(bws)]
+    return list(merged.values())
+
+
 def report(args, rows, weights, top2):
+    rows = pooled(rows)
     bws = [b for row in rows for b in row[5] if b]
     print(
         f"\nmodel: random Mixtral-shaped {args.quant} GGUF (llama.cpp's quantizer), hidden "
@@ -202,17 +242,23 @@ def report(args, rows, weights, top2):
         f"top-2, vocab {args.vocab}: {weights / 1e9:.2f} GB of weights; SYNTHETIC Zipf-like "
         f"routing (zipf {args.zipf}): each layer's two most used experts take {100 * top2:.0f}% "
         f"of the profile's tokens (uniform: {200 / args.experts:.0f}%); prompt {args.prompt}, "
-        f"{args.new_tokens - 1} decode steps (median), page cache dropped before every step; "
-        "fio 8 and 64 MiB randread QD32 O_DIRECT, the better: "
+        f"{args.new_tokens - 1} decode steps x {args.rounds} interleaved rounds of the tierlm "
+        "rows (median; accelerate: "
+        f"{min(args.accelerate_tokens, args.new_tokens) - 1}), page cache dropped before every "
+        f"step; {args.threads} threads; disk: {DISK_BOUND}, before and after each row: "
         + (f"{min(bws) / 1e9:.2f}-{max(bws) / 1e9:.2f} GB/s" if bws else "unavailable")
     )
-    base = {r[1]: ob.median([s[0] for s in r[2]]) for r in rows if r[0] == rows[0][0]}
+    median = {(r[0], r[1]): ob.median([s[0] for s in r[2]]) for r in rows}
+    compute = median[(IN_MEMORY, None)]
+    base = {f: median[(rows[1][0], f)] for f in args.fractions}
     table = []
     for name, frac, steps, hit, note, row_bws in rows:
-        t = ob.median([s[0] for s in steps])
+        t = median[(name, frac)]
         b = ob.median([s[1] for s in steps])
         bw = [x for x in row_bws if x]
-        bound = b / (sum(bw) / len(bw)) if bw else float("nan")
+        disk = b / (sum(bw) / len(bw)) if bw else float("nan")
+        # tierlm's rows compute what the in-memory row computes: their time is at least both
+        bound = max(disk, compute) if name.startswith("tierlm") else disk
         speedups = [f"{t / base[f]:.2f}" for f in ([frac] if frac else args.fractions)]
         table.append(
             [
@@ -222,9 +268,10 @@ def report(args, rows, weights, top2):
                 f"{1 / t:.2f}",
                 f"{b / 1e6:.0f}",
                 f"{hit:.0f}%" if hit is not None else "-",
+                f"{disk:.3f}",
                 f"{bound:.3f}",
                 f"{bound / t:.2f}",
-                "/".join(speedups),
+                "/".join(speedups) if name != IN_MEMORY else "-",
                 note,
             ]
         )
@@ -236,6 +283,7 @@ def report(args, rows, weights, top2):
             "tok/s",
             "MB/token",
             "hit",
+            "disk s",
             "bound s",
             "bound/t",
             "x tierlm",
@@ -246,11 +294,14 @@ def report(args, rows, weights, top2):
     print(
         "budget: host budget as a share of the weights; MB/token: read from disk per decode "
         "step; hit: expert lookups since load (prompt and decode) served without a read on "
-        "demand; bound s: MB/token / fio "
-        "GB/s, the time the bytes actually read take at the disk's bandwidth; bound/t: 1.0 at "
-        "that bound (target >= 0.9); x tierlm: s/token over tierlm cache+prefetch's at the same "
-        "budget (llama.cpp, budget-free: at each budget; accelerate's budget is the same share "
-        "of its bf16 checkpoint; targets >= 3 llama.cpp mmap and >= 5 accelerate at 25%)."
+        "demand; disk s: MB/token / the disk's GB/s, the time the bytes actually read take at "
+        "its bandwidth; bound s: for tierlm's rows the larger of that and the in-memory row's "
+        "s/token (the same computation, which the reads overlap at best), for the baselines "
+        "disk s; bound/t: 1.0 at that bound (target >= 0.9); x tierlm: s/token over tierlm "
+        "cache+prefetch's at the same budget (llama.cpp, budget-free: at each budget; "
+        "accelerate's budget is the same share of its bf16 checkpoint; targets >= 3 llama.cpp "
+        "mmap and >= 5 accelerate at 25%); notes: wait = expert reads waited for, on demand = "
+        "misses read when routed, ahead = experts read a layer ahead, per decode step."
     )
 
 

@@ -10,9 +10,9 @@ Agreement: tierlm's tokens at every budget must equal its first row's, and each 
 greedy tokens (transformers' bf16 forward) must follow tierlm's for --min-agreement of them,
 else the bench prints AGREEMENT FAILED and exits 1 before its table.
 Columns: decode s/token (median of the decode steps), bytes the process read from disk per
-token (/proc/self/io), the disk bound (bytes per token / fio's random-read bandwidth at
-8 MiB blocks, tierlm's request size; io_uring, O_DIRECT, QD 32, measured before and after
-each row since the disk is shared), and ratios.
+token (/proc/self/io), the disk bound (bytes per token / the disk's random-read bandwidth:
+_common.disk_bandwidth, the best of several fio jobs on the package's largest file, measured
+before and after each row since the disk is shared), and ratios.
 
     python bench/bench_offload.py [--layers 12] [--hidden 2048] [--new-tokens 4] [--dir DIR]
 
@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import offload_baselines as ob  # noqa: E402
 import tierlm  # noqa: E402
-from _common import require_same_tokens  # noqa: E402
+from _common import DISK_BOUND, disk_bandwidth, require_same_tokens  # noqa: E402
 from tierlm.package import Package  # noqa: E402
 
 
@@ -44,10 +44,11 @@ def tierlm_decode(pkg, budget, prompt_ids, new_tokens, files, **options):
         pkg, budget={"host": budget}, max_context=len(prompt_ids) + new_tokens, **options
     )
     ob.drop_page_cache(files)
-    stamps, untimed, ids = [], 0.0, []
+    stamps, untimed, ids, first = [], 0.0, [], None
     for token in model.stream(prompt_ids, max_new_tokens=new_tokens, stop_at_eos=False):
         ids.append(token.id)
         start = time.perf_counter()
+        first = first or model.stats()  # after the prompt: where the decode steps' counts start
         cached = ob.drop_page_cache(files)
         untimed += time.perf_counter() - start
         stamps.append((time.perf_counter(), untimed, ob.process_read_bytes(), cached))
@@ -55,6 +56,12 @@ def tierlm_decode(pkg, budget, prompt_ids, new_tokens, files, **options):
     s = model.stats()
     info = {
         "stats": s,
+        # the counters of the decode steps alone (stats since the first token)
+        "decode": {
+            k: v - first[k]
+            for k, v in s.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and first
+        },
         "sparse_tokens": model.sparse_tokens() if s["sparse"] else None,
         "placement": model.placement(),
         "peak": s["host"]["peak"],
@@ -93,7 +100,7 @@ def main():
     parser.add_argument("--budgets", default="0.5,0.25")
     parser.add_argument("--skip", default="", help="comma list: accelerate,layers")
     parser.add_argument("--ring-sections", type=int, default=0, help="tierlm's (0 = auto)")
-    parser.add_argument("--fio-seconds", type=int, default=3)
+    parser.add_argument("--fio-seconds", type=int, default=1, help="per fio job")
     parser.add_argument("--rounds", type=int, default=1, help="repeat every row, interleaved")
     parser.add_argument("--verbose", action="store_true", help="print every decode step")
     parser.add_argument(
@@ -123,7 +130,7 @@ def main():
 
     def fio():
         # The disk is shared: measure its bandwidth next to every row, not once.
-        return ob.fio_read_bandwidth(biggest, block="8M", depth=32, seconds=args.fio_seconds)
+        return disk_bandwidth(biggest, seconds=args.fio_seconds)
 
     rows = []  # (method, budget fraction, steps, note, fio bandwidth before, after)
     tierlm_ids, baseline_ids = None, []
@@ -193,7 +200,7 @@ def main():
         "rounds (median); before "
         "every step each method's weight files are unmapped (madvise) and dropped from the "
         "page cache (fadvise), residency checked with mincore (cached%: the most seen); "
-        "fio 8 MiB randread QD32 O_DIRECT before and after each row: "
+        f"{DISK_BOUND}, before and after each row: "
         + (f"{min(bws) / 1e9:.2f}-{max(bws) / 1e9:.2f} GB/s" if bws else "unavailable")
     )
     header = (

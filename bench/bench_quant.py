@@ -13,7 +13,8 @@ own quantizer (llama_model_quantize) to Q8_0, Q4_0 and Q4_K_M; tierlm imports th
   fadvise): tierlm q4_k vs tierlm bf16 at the same budget vs llama.cpp reading the Q4_K_M file
   through mmap (its way to run a model larger than memory; budget-free; its load-time repacking
   into RAM is switched off so the weights stay in the mapping), with the disk bound (bytes read
-  per token / fio's 8 MiB random-read bandwidth measured before and after each row).
+  per token / the disk's random-read bandwidth, _common.disk_bandwidth: the best of several fio
+  jobs, measured before and after each row).
 
 Before any ratio, each type's greedy tokens and last logits are checked against llama.cpp's on
 the same file; a check below its floor prints AGREEMENT FAILED and exits 1.
@@ -36,6 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _llamacpp  # noqa: E402
 import offload_baselines as ob  # noqa: E402
 from _common import (  # noqa: E402
+    DISK_BOUND,
+    disk_bandwidth,
     leading_equal,
     memory_bandwidth,
     print_table,
@@ -71,7 +74,7 @@ def parse_args():
     ap.add_argument("--prefill-rounds", type=int, default=2)
     ap.add_argument("--budgets", default="0.5,0.25", help="fractions of the Q4_K_M weights")
     ap.add_argument("--offload-tokens", type=int, default=4, help="decode steps = this - 1")
-    ap.add_argument("--fio-seconds", type=int, default=2)
+    ap.add_argument("--fio-seconds", type=int, default=1, help="per fio job")
     ap.add_argument("--check-tokens", type=int, default=32, help="greedy tokens compared")
     ap.add_argument(
         "--min-top1",
@@ -255,14 +258,9 @@ def offloaded(args, files, greedy):
     weights = package_bytes(q4_pkg)
     n = args.offload_tokens
     fio_file = max((str(p) for p in Path(q4_pkg).glob("*.bin")), key=os.path.getsize)
-    block = 8 << 20  # tierlm's request size, or what a small model's file holds twice
-    while block > 4096 and 2 * block > os.path.getsize(fio_file):
-        block //= 2
 
     def fio():
-        return ob.fio_read_bandwidth(
-            fio_file, block=f"{block // 1024}k", depth=32, seconds=args.fio_seconds
-        )
+        return disk_bandwidth(fio_file, seconds=args.fio_seconds)
 
     rows, refused = [], []
     bw0 = fio()
@@ -336,8 +334,8 @@ def offload_table(rows, weights, refused):
         f"\noffloaded decode, host budget as a fraction of the Q4_K_M weights "
         f"({weights / 1e6:.0f} MB), page cache dropped before every step; s/token: median of "
         "the decode steps; MB read: the process's disk reads per step (/proc/self/io); "
-        "of disk bound: (MB read / fio GB/s) / s/token; x: this row's s/token over tierlm "
-        "q4_k_m's at the same budget, and over llama.cpp mmap's"
+        f"of disk bound: (MB read / fio GB/s) / s/token, fio GB/s: {DISK_BOUND}; x: this row's "
+        "s/token over tierlm q4_k_m's at the same budget, and over llama.cpp mmap's"
     )
     print_table(
         [

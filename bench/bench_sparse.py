@@ -12,9 +12,9 @@ Before the table each sparse run's greedy tokens must follow dense's for --min-a
 them (the predictor is lossy), else AGREEMENT FAILED and exit 1.
 Columns: decode s/token (median of the decode steps), MB the process read from disk per
 token, FFN MB read per token (the sparse rows; dense offload: the FFN matrices streamed),
-the disk bound (streamed bytes per token / fio's random-read bandwidth at 8 MiB, plus sparse
-row bytes per token / fio's bandwidth at the mean sparse request size), and speed relative
-to dense.
+the disk bound (streamed bytes per token / the disk's random-read bandwidth, plus sparse row
+bytes per token / the bandwidth at the small block nearest the mean sparse request size; both
+_common.disk_bandwidth, the best of fio jobs over queue depths), and speed relative to dense.
 
     python bench/bench_sparse.py [--layers 40] [--sparsities 0.9,0.95,0.97] [--dir DIR]
 """
@@ -32,7 +32,7 @@ import bench_sparse_quality  # noqa: E402
 import offload_baselines as ob  # noqa: E402
 import sparse_synthetic  # noqa: E402
 import tierlm  # noqa: E402
-from _common import leading_equal, require_same_tokens  # noqa: E402
+from _common import DISK_BOUND, DISK_DEPTHS, disk_bandwidth, leading_equal, require_same_tokens  # noqa: E402
 
 # name, tierlm.load options
 NO_AHEAD = {"sparse": True, "sparse_readahead": False}
@@ -86,13 +86,25 @@ def summarize(rounds):
     return result
 
 
+# The small reads of sparse rows and columns, each measured on its own (best over queue depths);
+# STREAMED: the disk's bandwidth for the streamed matrices (the best of DISK_BOUND's jobs).
+SMALL_BLOCKS = {"4K": 4096, "8K": 8192, "16K": 16384}
+STREAMED = "streamed"
+
+
 def fio_bandwidths(path, blocks):
-    return {b: ob.fio_read_bandwidth(path, block=b, depth=32, seconds=3) for b in blocks}
+    """{block name: bytes/s} for SMALL_BLOCKS names and STREAMED, on path."""
+    return {
+        b: disk_bandwidth(path, seconds=2) if b == STREAMED
+        else disk_bandwidth(path, seconds=2, blocks=[SMALL_BLOCKS[b]])
+        for b in blocks
+    }  # fmt: skip
 
 
 def block_for(request_bytes, bandwidths):
-    """The measured block size closest to the mean request size."""
-    sizes = {"4K": 4096, "8K": 8192, "16K": 16384, "64K": 65536, "8M": 8 << 20}
+    """The measured small block size closest to the mean request size (STREAMED, whose blocks
+    are 1 MiB and up, where that is closer)."""
+    sizes = {**SMALL_BLOCKS, STREAMED: 1 << 20}
     best = min(bandwidths, key=lambda b: abs(sizes[b] - request_bytes))
     return best, bandwidths[best]
 
@@ -138,7 +150,7 @@ def main():
             tierlm.export(str(hf), str(pkg), sparse=True, progress=False)
         files = [str(p) for p in pkg.glob("*.bin")]
         if bandwidths is None:
-            bandwidths = fio_bandwidths(max(files, key=os.path.getsize), ["4K", "8K", "16K", "8M"])
+            bandwidths = fio_bandwidths(max(files, key=os.path.getsize), [*SMALL_BLOCKS, STREAMED])
         rounds = {name: [] for name, _ in METHODS}
         for _ in range(args.rounds):  # interleaved, so drift hits every method alike
             for name, options in METHODS:
@@ -161,7 +173,7 @@ def main():
         "cache dropped before each step"
     )
     print(
-        "fio randread QD32 O_DIRECT: "
+        f"disk ({DISK_BOUND}; small blocks at QD {'/'.join(map(str, DISK_DEPTHS))}): "
         + ", ".join(f"{b} {v / 1e9:.2f} GB/s" for b, v in bandwidths.items() if v)
     )
     dense_ids = {sp: r["ids"] for sp, name, r in results if name == "dense offload"}
@@ -188,10 +200,12 @@ def main():
             before[sparsity] = r
         d = dense[sparsity]
         sp = r["sparse"]
-        # Streamed matrices at the 8 MiB bandwidth, sparse rows at their request size's.
+        # Streamed matrices at the disk's bandwidth, sparse rows at their request size's.
         sparse_bytes = sp["ffn_bytes"] if sp else 0
-        block, bw = block_for(sp["request"], bandwidths) if sp else ("8M", None)
-        bound = (r["bytes"] - sparse_bytes) / bandwidths["8M"] + (sparse_bytes / bw if bw else 0)
+        block, bw = block_for(sp["request"], bandwidths) if sp else (STREAMED, None)
+        bound = (r["bytes"] - sparse_bytes) / bandwidths[STREAMED] + (
+            sparse_bytes / bw if bw else 0
+        )
         bounds[(sparsity, name)] = bound
         if sp:
             ffn_cell = f"{sp['ffn_bytes'] / 1e6:>10.1f} {100 * sp['ffn_bytes'] / ffn_dense:>5.1f}%"

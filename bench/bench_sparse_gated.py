@@ -18,8 +18,9 @@ SwiGLU it was found unusable (issue 17).
 
 Columns: decode s/token, MB the process read per token, MB of channel columns read per token,
 channels kept (of the sparse sites), cache hit rate, the disk bound for the bytes read
-(streamed matrices at fio's 8 MiB random-read bandwidth, columns at fio's bandwidth for the
-mean request size), bound / measured, and speed relative to dense offload.
+(streamed matrices at the disk's random-read bandwidth, columns at the bandwidth of the small
+block nearest the mean request size; both _common.disk_bandwidth, the best of fio jobs),
+bound / measured, and speed relative to dense offload.
 
     python bench/bench_sparse_gated.py [--layers 44] [--targets 0.25,0.4,0.5] [--rounds 2]
 """
@@ -36,7 +37,7 @@ import bench_offload  # noqa: E402
 import bench_sparse  # noqa: E402
 import offload_baselines as ob  # noqa: E402
 import tierlm  # noqa: E402
-from _common import leading_equal  # noqa: E402
+from _common import DISK_BOUND, DISK_DEPTHS, leading_equal  # noqa: E402
 from tierlm.package import Package  # noqa: E402
 
 
@@ -177,10 +178,12 @@ def main():
             print(f"  round {r + 1} {name}: {out['time']:.3f} s/token", flush=True)
     channel_files = [str(p) for p in pkg.glob("channel-*.bin")]
     dense_files = [str(p) for p in pkg.glob("*.bin") if not p.name.startswith("channel-")]
-    bandwidths = bench_sparse.fio_bandwidths(max(dense_files, key=os.path.getsize), ["8M"])
+    bandwidths = bench_sparse.fio_bandwidths(
+        max(dense_files, key=os.path.getsize), [bench_sparse.STREAMED]
+    )
     if channel_files:
         largest = max(channel_files, key=os.path.getsize)
-        bandwidths.update(bench_sparse.fio_bandwidths(largest, ["4K", "8K", "16K"]))
+        bandwidths.update(bench_sparse.fio_bandwidths(largest, bench_sparse.SMALL_BLOCKS))
 
     print(
         f"\nmodel: Llama shape, hidden {args.hidden}, {args.layers} layers, ffn {args.ffn}, "
@@ -192,7 +195,7 @@ def main():
         f"spread {args.norm_spread})"
     )
     print(
-        "fio randread QD32 O_DIRECT: "
+        f"disk ({DISK_BOUND}; small blocks at QD {'/'.join(map(str, DISK_DEPTHS))}): "
         + ", ".join(f"{b} {v / 1e9:.2f} GB/s" for b, v in bandwidths.items() if v)
     )
     header = (
@@ -210,9 +213,10 @@ def main():
         nbytes = ob.median([x["bytes"] for x in runs])
         sp = runs[-1]["sparse"]
         cols = ob.median([x["sparse"]["bytes"] for x in runs]) if sp else 0.0
-        block, bw = bench_sparse.block_for(sp["request"], bandwidths) if sp else ("8M", None)
+        streamed_only = (bench_sparse.STREAMED, None)
+        block, bw = bench_sparse.block_for(sp["request"], bandwidths) if sp else streamed_only
         streamed = max(nbytes - cols, 0.0)
-        bound = streamed / bandwidths["8M"] + (cols / bw if bw else 0.0)
+        bound = streamed / bandwidths[bench_sparse.STREAMED] + (cols / bw if bw else 0.0)
         kept = f"{sp['kept'] / (per_site * args.layers):>6.2f}" if sp else f"{'-':>6}"
         hit = f"{sp['hit']:>5.2f}" if sp else f"{'-':>5}"
         p = runs[-1]["placement"]

@@ -9,7 +9,9 @@ hf_from_gguf writes the same weights (dequantized) as a bf16 Hugging Face checkp
 accelerate.
 """
 
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -106,10 +108,12 @@ def write_random_mixtral(path, hidden, inter, layers, experts, heads, kv_heads, 
 
 def hf_from_gguf(gguf_path, out_dir):
     """The GGUF's weights, dequantized, as a bf16 MixtralForCausalLM checkpoint (Q/K rows back
-    in Hugging Face's rotate-half order); for accelerate's row."""
+    in Hugging Face's rotate-half order), one safetensors shard per layer; for accelerate's
+    row."""
     import gguf
     import torch
     import transformers
+    from safetensors.torch import save_file
     from tierlm.gguf.source import GGUFSource, unpermute_rows
 
     source = GGUFSource.open(gguf_path)
@@ -140,27 +144,47 @@ def hf_from_gguf(gguf_path, out_dir):
         "attn_k": "self_attn.k_proj",
         "attn_v": "self_attn.v_proj",
         "attn_output": "self_attn.o_proj",
-        "ffn_gate_inp": "mlp.gate",
-        "ffn_down_exps": "mlp.experts.down_proj",
+        "ffn_gate_inp": "block_sparse_moe.gate",
     }
-    state, gate_up = {}, {}
+    # the checkpoint layout save_pretrained writes for Mixtral: one matrix per expert
+    experts = {"ffn_gate_exps": "w1", "ffn_down_exps": "w2", "ffn_up_exps": "w3"}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weight_map, total, shard = {}, 0, {}
+
+    def write(group):
+        """The shard of one layer (or of the tensors outside the layers), in bf16."""
+        nonlocal total, shard
+        name = f"model-{group}.safetensors"
+        save_file(shard, str(out / name), metadata={"format": "pt"})
+        for key, t in shard.items():
+            weight_map[key] = name
+            total += t.numel() * t.element_size()
+        shard = {}
+
+    # one tensor at a time, each layer's shard written as it completes: the f32 copy of the
+    # whole model would not fit in memory at the bench's 4 GB (16 GB in f32)
+    group = None
     for t in source.reader.tensors:
-        a = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
         parts = t.name.split(".")
+        here = f"layer{int(parts[1]):03d}" if parts[0] == "blk" else "outer"
+        if group is not None and here != group and shard:
+            write(group)
+        group = here
+        a = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
         kind = parts[-2]
         if kind in heads:
             a = unpermute_rows(a, heads[kind])
-        if kind in ("ffn_gate_exps", "ffn_up_exps"):
-            gate_up.setdefault(parts[1], {})[kind] = a
-            continue
         prefix = f"model.layers.{parts[1]}." if parts[0] == "blk" else ""
-        suffix = "" if kind == "ffn_down_exps" else ".weight"
-        state[prefix + names[kind] + suffix] = torch.from_numpy(a)
-    for layer, pair in gate_up.items():  # transformers 5 stacks gate and up: [E, 2F, H]
-        both = np.concatenate([pair["ffn_gate_exps"], pair["ffn_up_exps"]], axis=1)
-        state[f"model.layers.{layer}.mlp.experts.gate_up_proj"] = torch.from_numpy(both)
-    with torch.device("meta"):
-        model = transformers.MixtralForCausalLM(config)
-    model.load_state_dict({k: v.to(torch.bfloat16) for k, v in state.items()}, assign=True)
-    model.save_pretrained(out_dir)
+        if kind in experts:
+            for e in range(a.shape[0]):
+                key = f"{prefix}block_sparse_moe.experts.{e}.{experts[kind]}.weight"
+                shard[key] = torch.from_numpy(np.ascontiguousarray(a[e])).to(torch.bfloat16)
+        else:
+            shard[prefix + names[kind] + ".weight"] = torch.from_numpy(a).to(torch.bfloat16)
+    if shard:
+        write(group)
+    config.save_pretrained(out)
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
     return str(out_dir)

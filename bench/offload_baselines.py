@@ -327,37 +327,5 @@ def layer_streaming_decode(model_dir, prompt_ids, new_tokens, files):
     return decode_steps(cumulative), tokens
 
 
-def fio_read_bandwidth(path, block="1M", depth=32, seconds=5):
-    """Random-read bandwidth (bytes/s) of fio with io_uring and O_DIRECT, or None."""
-    import shutil
-    import subprocess
-
-    if shutil.which("fio") is None:
-        return None
-    out = subprocess.run(
-        [
-            "fio",
-            "--name=bound",
-            f"--filename={path}",
-            "--rw=randread",
-            f"--bs={block}",
-            f"--iodepth={depth}",
-            "--ioengine=io_uring",
-            "--direct=1",
-            "--time_based",
-            f"--runtime={seconds}",
-            "--output-format=json",
-            "--readonly",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        return None
-    job = json.loads(out.stdout)["jobs"][0]["read"]
-    return job["bw_bytes"]
-
-
 def median(values):
     return float(np.median(values)) if values else float("nan")

@@ -139,6 +139,8 @@ void bind_records(nb::module_& m) {
       .def_ro("kv_read_wait_seconds", &S::kv_read_wait_seconds)
       .def_ro("kv_io_backend", &S::kv_io_backend)
       .def_ro("kv_io_direct", &S::kv_io_direct)
+      .def_ro("kv_io_registered", &S::kv_io_registered)
+      .def_ro("kv_staging_layers", &S::kv_staging_layers)
       .def_ro("attention_seconds", &S::attention_seconds)
       .def_ro("attention_tokens", &S::attention_tokens)
       .def_ro("arena_bytes", &S::arena_bytes)

@@ -57,7 +57,10 @@ preload="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)
     exit 1
   }
   # --capture=sys: a sanitizer's report goes to the job's stderr, not into pytest's capture.
-  python3 -m pytest -q -p no:cacheprovider --capture=sys "${PYTHON_TESTS[@]}" -k "$PYTHON_DESELECT"
+  # One worker per core, each taking whole files; a report aborts its worker, which fails the
+  # test ("worker crashed") and, with no restart, the run.
+  python3 -m pytest -q -p no:cacheprovider --capture=sys -n "$jobs" --dist loadfile \
+    --max-worker-restart=0 "${PYTHON_TESTS[@]}" -k "$PYTHON_DESELECT"
 )
 
 echo "== TSan: I/O engine, thread pool, streaming ring (${SECONDS}s so far)"

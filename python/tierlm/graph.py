@@ -104,6 +104,28 @@ class GraphBuilder:
             scale=float(scale),
         )
 
+    def attention_block(self, h, prefix, names, heads, kv_heads, head_dim, eps, qk_norm=0):
+        """A pre-norm grouped-query self-attention block with RoPE added to the residual h:
+        h += o(attention(rope(q), rope(k), v)), q/k/v projections of rmsnorm(h). The layer's
+        tensors are prefix + "attn_norm.weight", "attn.q.weight", ...; a projection has a bias
+        where its name is in `names`. qk_norm: 0 none, None an RMSNorm over the whole q and k
+        projections, n one per head of n (head_dim)."""
+
+        def bias(name):
+            return prefix + name if prefix + name in names else None
+
+        q_width, kv_width = heads * head_dim, kv_heads * head_dim
+        self.rmsnorm(h, "x", prefix + "attn_norm.weight", eps)
+        for proj, width in (("q", q_width), ("k", kv_width), ("v", kv_width)):
+            self.linear("x", proj, f"{prefix}attn.{proj}.weight", width, bias(f"attn.{proj}.bias"))
+        for proj, n in (("q", heads), ("k", kv_heads)):
+            if qk_norm != 0:
+                self.rmsnorm(proj, proj, f"{prefix}attn.{proj}_norm.weight", eps, qk_norm)
+            self.rope(proj, n, head_dim)
+        self.attention("q", "k", "v", "a", heads, kv_heads, head_dim, head_dim**-0.5)
+        self.linear("a", "o", prefix + "attn.o.weight", self._width(h), bias("attn.o.bias"))
+        return self.add(h, "o", h)
+
     def add(self, a, b, out):
         return self._op("add", [a, b], out, self._width(a))
 

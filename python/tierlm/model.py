@@ -370,8 +370,10 @@ def load(
     executor uses those tiers. Numeric options outside their range (tierlm.limits) raise
     InvalidArgumentError naming the option and the range.
     verify: check the CRC-32 of every byte the run will use at load (resident and streamed
-    tensors, row-read embeddings, sparse bundles and predictors); stats()["verify"] says what
-    was checked (tensors, bundles, predictors, bytes, seconds) and when.
+    tensors, row-read embeddings, sparse bundles and predictors), and each disk-homed expert
+    of a mixture-of-experts model again whenever it is read, before it is used;
+    stats()["verify"] says what was checked (tensors, bundles, predictors, bytes, seconds) and
+    when.
     max_context: KV cache tokens (default: the model's max_positions).
     max_batch: sequences generate_batch decodes together (each gets its own KV cache).
     When the weights do not fit the host budget (with the KV cache and activations), matrices

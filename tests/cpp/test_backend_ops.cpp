@@ -356,6 +356,14 @@ std::vector<OpCase> op_cases() {
     add_attention(cases, {13, 6, 3, 96, 13, 13, 0, kv});
     add_attention(cases, {5, 4, 1, 37, 211, 211, 206, kv}, 1);
     add_attention(cases, {1, 32, 4, 64, 1024, 2048, 1023, kv});
+    // Decode bodies (few rows): one key, a block + 1 keys with head_dim 37 (a partial q8_0
+    // block, a vector tail), 5 rows (a chunk of 4 and 1), 2 queries' causal rows, 4097 keys in
+    // blocks of 48 (a size that does not divide the key tile: the next tile's prefetch).
+    add_attention(cases, {1, 3, 3, 96, 1, 16, 0, kv});
+    add_attention(cases, {1, 6, 2, 37, 33, 64, 32, kv}, 32);
+    add_attention(cases, {1, 5, 1, 80, 31, 31, 30, kv});
+    add_attention(cases, {2, 2, 1, 64, 4097, 4097, 4095, kv}, 64);
+    add_attention(cases, {1, 9, 3, 64, 4097, 4100, 4096, kv}, 48);
     add_attention(cases, {1, 9, 3, 64, 1021, 1024, 1020, kv}, 16, true);
     add_attention(cases, {37, 8, 2, 64, 300, 320, 263, kv}, 32, true);
     add_kv_store(cases, {1, 3, 3, 64, 1, 48, 0, kv}, 1, 17, 16);

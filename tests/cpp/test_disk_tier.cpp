@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "tier_budget.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/memory/disk_tier.hpp"
 
@@ -39,18 +40,7 @@ class DiskTierTest : public ::testing::TestWithParam<IoBackend> {
 
 TEST_P(DiskTierTest, BudgetExactlyReachedThenExceededByOneByte) {
   DiskTier tier(dir_, 3 * 4096, options());
-  DiskExtent a = tier.allocate(4096);
-  DiskExtent b = tier.allocate(2 * 4096);
-  EXPECT_EQ(tier.stats().current, 3u * 4096);
-  EXPECT_EQ(tier.available(), 0u);
-  try {
-    tier.allocate(1);
-    FAIL() << "allocation past the budget succeeded";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), ErrorCode::kErrorBudget);
-    EXPECT_NE(std::string(e.what()).find("disk tier"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("budget"), std::string::npos) << e.what();
-  }
+  testing::expect_budget_reached_then_refused(tier, "disk tier");
   DiskTier odd(dir_, 8192, options());
   EXPECT_THROW(odd.allocate(8193), Error);
   EXPECT_EQ(odd.stats().current, 0u);

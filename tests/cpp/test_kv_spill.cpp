@@ -115,6 +115,69 @@ TEST_P(KvSpillTest, SpilledBlocksGiveAttentionTheSameRows) {
   EXPECT_EQ(spilled.spill()->disk_bytes(), 0u);
 }
 
+// Budgets from the least that works to nearly the whole cache: the read-ahead goes from two
+// layers to every layer, its staging within the plan's rules, and each depth gives attention the
+// same rows as memory (the ring of buffers wrapping around a layer count it does not divide).
+TEST(KvSpill, ReadsAheadAsManyLayersAsTheBudgetAffords) {
+  const DType dtype = DType::kDTypeF16;
+  const AttentionShape s = shape_of(dtype);
+  const uint64_t full = KvCache::bytes_reserved(kLayers, kCapacity, 1, dtype);
+  std::vector<KvSpillPlan> depths;  // the first plan of each depth, by growing budget
+  for (uint64_t budget = full / 8; budget < full; budget += 4096) {
+    KvSpillPlan plan;
+    try {
+      plan = KvCache::spill_plan(kLayers, kCapacity, 1, dtype, budget, 2);
+    } catch (const Error&) {
+      continue;  // below the least that works
+    }
+    ASSERT_TRUE(plan.on());
+    EXPECT_LE(plan.host_bytes, budget);
+    EXPECT_GE(plan.staging_layers, 2);
+    EXPECT_LE(plan.staging_layers, static_cast<int64_t>(kLayers.size()));
+    if (plan.staging_layers > 2) {
+      EXPECT_LE(static_cast<uint64_t>(plan.staging_layers) * plan.staging_bytes, budget / 2);
+    }
+    if (depths.empty() || plan.staging_layers != depths.back().staging_layers) {
+      if (!depths.empty()) EXPECT_GT(plan.staging_layers, depths.back().staging_layers);
+      depths.push_back(plan);
+    }
+  }
+  ASSERT_GE(depths.size(), 3u);
+  EXPECT_EQ(depths.front().staging_layers, 2);
+  EXPECT_EQ(depths.back().staging_layers, static_cast<int64_t>(kLayers.size()));
+  for (const KvSpillPlan& plan : depths) {
+    HostTier host_a(64 << 20), host_b(64 << 20);
+    KvCache memory(host_a, kLayers, kCapacity, 1, dtype);
+    KvCache spilled(host_b, kLayers, kCapacity, 1, dtype, 0, plan,
+                    KvDiskOptions{.dir = scratch_dir(), .budget = plan.disk_bytes});
+    ASSERT_EQ(spilled.spill()->staging_layers(), static_cast<size_t>(plan.staging_layers));
+    const int64_t most = (plan.resident_blocks - 1) * kKvBlockTokens;
+    uint32_t seed = 11;
+    for (int64_t left = kCapacity - 1; left > 0; ++seed) {
+      const int64_t n = std::min<int64_t>({left, most, 1 + seed % 53});
+      append(memory, 0, n, seed, s);
+      append(spilled, 0, n, seed, s);
+      left -= n;
+    }
+    EXPECT_EQ(attend(spilled, 0, s, 3), attend(memory, 0, s, 3)) << plan.staging_layers;
+    // A step starts reading staging_layers layers at once (equal layers: equal slices).
+    int32_t slot = 0;
+    const uint64_t before = spilled.spill()->counts().bytes_read;
+    spilled.begin_step();
+    spilled.prepare(slot, spilled.length(slot));
+    spilled.stage({&slot, 1});
+    EXPECT_EQ(spilled.spill()->counts().bytes_read - before,
+              spilled.spill()->disk_bytes() / kLayers.size() * plan.staging_layers);
+    for (size_t layer = 0; layer < kLayers.size(); ++layer) {
+      spilled.fetch(layer);
+      spilled.release(layer);
+    }
+    EXPECT_EQ(spilled.spill()->counts().bytes_read - before, spilled.spill()->disk_bytes());
+    EXPECT_GT(spilled.spill()->counts().blocks_written, 0u);
+    EXPECT_EQ(host_b.stats().peak, plan.host_bytes) << plan.staging_layers;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, KvSpillTest,
                          ::testing::Values(DType::kDTypeF16, DType::kDTypeQ8_0, DType::kDTypeF32));
 

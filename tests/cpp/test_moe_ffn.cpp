@@ -212,5 +212,29 @@ TEST(ExpertPolicy, LfuEvictsTheLeastUsedAndForgetsOldUse) {
   EXPECT_THROW(expert_policy_parse("mru"), tierlm::Error);
 }
 
+TEST(ExpertPolicy, LfuSeededFromAProfileKeepsItsFavouritesOverOneOffUses) {
+  const std::vector<double> rates = {0.9, 0.05, 0.5};  // expected uses per step
+  auto seeded = expert_policy_create(ExpertPolicyKind::kExpertPolicyLfu, 3, rates);
+  auto plain = expert_policy_create(ExpertPolicyKind::kExpertPolicyLfu, 3);
+  const std::vector<int> all = {0, 1, 2};
+  EXPECT_EQ(all[seeded->victim(all)], 1);  // before any use: the least expected
+  for (auto* p : {seeded.get(), plain.get()}) {
+    for (int i = 0; i < 3; ++i) {  // expert 1 used on the first steps, 0 not yet
+      p->step();
+      p->touch(1);
+    }
+  }
+  const std::vector<int> pair = {0, 1};
+  EXPECT_EQ(pair[seeded->victim(pair)], 1);  // 0's seeded count (~84) outweighs 3 uses
+  EXPECT_EQ(pair[plain->victim(pair)], 0);   // unseeded, 0 has no use at all
+  // the seed decays like a count: long unused, the favourite goes before a recent use
+  for (int i = 0; i < 2000; ++i) seeded->step();
+  seeded->touch(1);
+  EXPECT_EQ(pair[seeded->victim(pair)], 0);
+  const std::vector<double> short_rates = {0.5};
+  EXPECT_THROW(expert_policy_create(ExpertPolicyKind::kExpertPolicyLfu, 3, short_rates),
+               tierlm::Error);
+}
+
 }  // namespace
 }  // namespace tierlm::detail

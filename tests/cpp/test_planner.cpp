@@ -1,7 +1,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <chrono>
 #include <random>
 #include <vector>
 
@@ -114,13 +113,11 @@ TEST(Planner, BestIsTheSmallestOfAllOrders) {
 }
 
 TEST(Planner, HundredThousandBuffers) {
+  // A valid plan at this scale; its speed (< 1 s) is measured by bench/bench_plan.py, not here.
   auto b = random_buffers(100000, 100000, 12, 1 << 24, 3);
-  auto t0 = std::chrono::steady_clock::now();
   Plan p = plan_greedy(b, 64);
-  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   plan_check(b, p.offsets, 64);
   EXPECT_GE(p.peak, p.lower_bound);
-  EXPECT_LT(s, 10.0);  // the < 1 s claim is measured by bench/bench_plan.py
 }
 
 TEST(Planner, CheckNamesBothOverlappingBuffers) {

@@ -145,11 +145,14 @@ struct Case {
 };
 std::vector<Case> cases(DType dtype) {
   // cols: one block, three, a long row with a tail block past a power of two, and a power of
-  // two (for the 32-blocks: odd and even block counts, as the activations pair blocks).
+  // two (for the 32-blocks: odd and even block counts, as the activations pair blocks). The
+  // k-types' 16-row panels (AVX512-VNNI, from 8 tokens, in groups of 8): whole and partial
+  // panels (16, 17, 31 rows) with whole and partial token groups (8, 15, 16, 17 tokens).
   const bool k = detail::quant_is_k_type(dtype);
   const size_t c0 = k ? 256 : 32, c1 = k ? 768 : 96, c2 = k ? 4352 : 4128;
-  return {{1, c0, 1},    {3, c1, 2},  {37, c2, 7}, {4097, c0, 1}, {37, c1, 33},
-          {4097, c2, 2}, {3, c2, 33}, {37, c0, 1}, {5, 4096, 3}};
+  return {{1, c0, 1},    {3, c1, 2},   {37, c2, 7},  {4097, c0, 1}, {37, c1, 33},
+          {4097, c2, 2}, {3, c2, 33},  {37, c0, 1},  {5, 4096, 3},  {16, c0, 8},
+          {17, c1, 17},  {31, c1, 15}, {16, c2, 16}, {1, c0, 9}};
 }
 
 class QuantLinear : public ::testing::TestWithParam<DType> {};

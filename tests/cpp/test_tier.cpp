@@ -4,6 +4,7 @@
 #include <thread>
 #include <vector>
 
+#include "tier_budget.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/memory/tier.hpp"
 
@@ -12,18 +13,7 @@ namespace {
 
 TEST(HostTier, BudgetExactlyReachedThenExceededByOneByte) {
   HostTier tier(3 * 4096);
-  HostBuffer a = tier.allocate(4096);
-  HostBuffer b = tier.allocate(2 * 4096);
-  EXPECT_EQ(tier.stats().current, 3u * 4096);
-  EXPECT_EQ(tier.available(), 0u);
-  try {
-    tier.allocate(1);
-    FAIL() << "allocation past the budget succeeded";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), ErrorCode::kErrorBudget);
-    EXPECT_NE(std::string(e.what()).find("host tier"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("budget"), std::string::npos) << e.what();
-  }
+  testing::expect_budget_reached_then_refused(tier, "host tier");
 }
 
 TEST(HostTier, OneByteOverBudgetFails) {

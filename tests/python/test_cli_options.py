@@ -572,6 +572,71 @@ def calibrate_base(shared):
     return hf, str(text), str(held)
 
 
+@pytest.fixture(scope="module")
+def moe_pkg(shared):
+    """A small Mixtral package with a tokenizer, for `tierlm moe profile`."""
+    return package(
+        "mixtral",
+        str(shared["root"]),
+        tokenizer=True,
+        vocab_size=300,
+        num_hidden_layers=2,
+        max_position_embeddings=64,
+    )[1]
+
+
+def profile(ctx, *argv):
+    """`tierlm moe profile` of the moe package as JSON, checked against the file it wrote."""
+    out = ctx.json("moe", "profile", ctx.moe_pkg, *argv)
+    with open(os.path.join(ctx.moe_pkg, "expert_usage.json")) as f:
+        assert json.load(f) == out
+    return out
+
+
+def case_moe_profile_package(ctx):
+    out = profile(ctx, "--ids", IDS)
+    assert [sum(layer["tokens_per_expert"]) for layer in out["layers"]] == [4 * 2, 4 * 2]  # top-2
+    ctx.fails("moe", "profile", ctx.pkg, "--ids", IDS, match="no mixture-of-experts layers")
+
+
+def case_moe_profile_text(ctx):
+    path = os.path.join(ctx.tmp, "calibration.txt")
+    text = "tiered memory for experts"
+    with open(path, "w") as f:
+        f.write(text)
+    out = profile(ctx, "--text", path)
+    assert out["source"] == "text" and out["tokens"] == len(tierlm.load(ctx.moe_pkg).encode(text))
+    assert profile(ctx)["source"] == "calibration.txt"  # without: the text tierlm ships
+    ctx.fails("moe", "profile", ctx.moe_pkg, "--text", path + ".none", match="calibration file")
+
+
+def case_moe_profile_ids(ctx):
+    out = profile(ctx, "--ids", "5,7,11,13,17")
+    assert out["source"] == "ids" and out["tokens"] == 5
+    assert out == tierlm.profile_experts(ctx.moe_pkg, ids=[5, 7, 11, 13, 17])
+    ctx.fails("moe", "profile", ctx.moe_pkg, "--ids", "5,x", match="--ids")
+
+
+def case_moe_profile_max_tokens(ctx):
+    assert profile(ctx, "--ids", "5,7,11,13,17", "--max-tokens", "3")["tokens"] == 3
+    ctx.fails("moe", "profile", ctx.moe_pkg, "--max-tokens", "0", match="max_tokens")
+
+
+def case_moe_profile_budget(ctx):
+    # every expert homed or cached under a budget: the same routing, the same counts
+    whole = profile(ctx, "--ids", IDS)
+    assert profile(ctx, "--ids", IDS, "--budget", "host=2MiB") == whole
+    ctx.fails("moe", "profile", ctx.moe_pkg, "--budget", "host=4KiB", match="host")
+    ctx.fails("moe", "profile", ctx.moe_pkg, "--budget", "host", match="TIER=SIZE")
+
+
+def case_moe_profile_json(ctx):
+    rc, out, _ = ctx.run("moe", "profile", ctx.moe_pkg, "--ids", IDS)
+    assert rc == 0 and out.startswith("profiled 4 tokens (ids) into ")
+    assert "layer 1: most used experts" in out
+    assert profile(ctx, "--ids", IDS)["tokens"] == 4
+
+
 CASES = {
     name.removeprefix("case_").replace("_", " "): fn
     for module in (sys.modules[__name__], cli_option_cases)
@@ -606,6 +671,8 @@ def test_cli_option_acts_or_is_refused(option, shared, request, tmp_path, capsys
         ctx.chat_pkg = request.getfixturevalue("chat_pkg")
     if key.startswith("sparse train"):
         ctx.train = request.getfixturevalue("train_base")
+    if key.startswith("moe profile"):
+        ctx.moe_pkg = request.getfixturevalue("moe_pkg")
     if key.startswith("sparse calibrate"):
         ctx.calibrate = request.getfixturevalue("calibrate_base")
     if key.startswith("demo") and not os.path.exists(os.path.join(DEMO, "config.json")):

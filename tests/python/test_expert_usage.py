@@ -101,15 +101,20 @@ def test_placement_follows_the_profile(moe, tmp_path, backend, share):
     assert [sum(c) for c in model.expert_usage()] == [tokens * TOP_K] * LAYERS
 
 
-def test_a_measured_profile_homes_the_measured_favourites(moe, tmp_path):
+@pytest.mark.parametrize("policy", ["lru", "lfu"])  # lfu: its counts seeded by the profile
+def test_a_measured_profile_homes_the_measured_favourites(moe, tmp_path, policy):
     pkg = copy_package(moe, tmp_path)
     profile = tierlm.profile_experts(pkg, ids=prompt(40, seed=9))
-    model = tierlm.load(pkg, budget={"host": moe["fixed"] + int(moe["experts"] * 0.25)})
+    budget = moe["fixed"] + int(moe["experts"] * 0.25)
+    model = tierlm.load(pkg, budget={"host": budget}, expert_cache=policy)
     placement = model.placement()["experts"]
     homed = {(m, e) for m, es in enumerate(placement["host_experts"]) for e in es}
     assert homed == set(ranked(profile)[: len(homed)])
     out = model.generate(moe["ids"], max_new_tokens=NEW_TOKENS, stop_at_eos=False).output_ids
     assert out == moe["ref"]
+    s = model.stats()
+    assert s["host"]["peak"] <= budget and s["moe_misses"] + s["moe_cache_hits"] > 0
+    assert model.placement()["experts"]["policy"] == policy
 
 
 @pytest.mark.parametrize(

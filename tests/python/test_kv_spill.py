@@ -70,6 +70,10 @@ def test_spilled_cache_gives_the_in_memory_tokens_and_logits(
     s = model.stats()
     assert s["kv_blocks_spilled"] > 0 and s["kv_disk_bytes_read"] > 0 and s["kv_slices_read"] > 0
     assert s["kv_io_backend"] == backend  # (O_DIRECT where tmp_path's file system allows it)
+    # the read-ahead: two layers at least, more while they are small beside the share (12 here)
+    assert 2 <= s["kv_staging_layers"] <= 12
+    if backend == "threads":
+        assert not s["kv_io_registered"]  # fixed buffers are the ring's (uring: RLIMIT_MEMLOCK)
     assert s["kv_bytes"] <= kv_host
     assert 0 < s["host"]["peak"] <= host == s["host"]["budget"]
     assert 0 < s["disk"]["peak"] <= disk == s["disk"]["budget"]

@@ -150,21 +150,57 @@ def test_prefetch_predicts_a_layer_ahead(moe):
 
 
 def test_verify_names_a_damaged_homed_expert(moe, tmp_path):
-    import json
     import shutil
 
     bad = tmp_path / "bad"
     shutil.copytree(moe["pkg"], bad)
-    with open(bad / "manifest.json") as f:
-        info = json.load(f)["tensors"]["layers.2.moe.experts.5.up.weight"]
-    with open(bad / info["file"], "r+b") as f:
-        f.seek(info["offset"] + 101)
-        byte = f.read(1)
-        f.seek(info["offset"] + 101)
-        f.write(bytes([byte[0] ^ 0x10]))
+    flip_byte(bad, "layers.2.moe.experts.5.up.weight")
     tierlm.load(bad)  # unchecked: loads
     with pytest.raises(tierlm.CorruptError, match=r"layers\.2\.moe\.experts\.5\.up\.weight"):
         tierlm.load(bad, verify=True)
+
+
+def flip_byte(pkg, tensor, at=101):
+    """Damages one byte of a tensor in the package's weight file."""
+    import json
+
+    with open(f"{pkg}/manifest.json") as f:
+        info = json.load(f)["tensors"][tensor]
+    with open(f"{pkg}/{info['file']}", "r+b") as f:
+        f.seek(info["offset"] + at)
+        byte = f.read(1)
+        f.seek(info["offset"] + at)
+        f.write(bytes([byte[0] ^ 0x10]))
+
+
+def test_verify_checks_each_expert_read_from_disk(moe, tmp_path):
+    """With verify, an expert read into the cache is checked against its CRC-32 before it is
+    used: a file damaged after a verified load fails the step that reads the damaged expert,
+    naming it, instead of giving wrong tokens."""
+    import shutil
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(moe["pkg"], pkg)
+    budget = {"host": budget_of(moe, 0.25)}
+    model = tierlm.load(pkg, budget=budget, verify=True)
+    at_load = model.stats()["verify"]
+    assert at_load["when"] == "load, and experts as they are read"
+    out = model.generate(moe["ids"], max_new_tokens=NEW_TOKENS, stop_at_eos=False).output_ids
+    assert out == moe["ref"]
+    s = model.stats()
+    checked = s["verify"]["tensors"] - at_load["tensors"]
+    assert 0 < checked <= 3 * (s["moe_misses"] + s["moe_prefetch_reads"]) and checked % 3 == 0
+    # a disk-homed expert this prompt routes to, damaged after a fresh verified load
+    disk = model.placement()["experts"]["disk_experts"]
+    used = [(m, e) for m, counts in enumerate(model.expert_usage()) for e in disk[m] if counts[e]]
+    m, e = used[0]
+    fresh = tierlm.load(pkg, budget=budget, verify=True)
+    tensor = f"layers.{m}.moe.experts.{e}.down.weight"
+    flip_byte(pkg, tensor)
+    with pytest.raises(tierlm.CorruptError, match=re.escape(tensor)):
+        fresh.generate(moe["ids"], max_new_tokens=NEW_TOKENS, stop_at_eos=False)
+    unchecked = tierlm.load(pkg, budget=budget)  # without verify the damage goes unnoticed
+    unchecked.generate(moe["ids"], max_new_tokens=1, stop_at_eos=False)
 
 
 def test_experts_split_across_weight_files(moe, tmp_path, backend):

@@ -123,6 +123,8 @@ def test_perplexity_matches_llama_cpp(ours, theirs):
     ppl_ours = float(np.exp(np.mean(np.concatenate(nll_ours))))
     ppl_theirs = float(np.exp(np.mean(np.concatenate(nll_theirs))))
     scored = sum(len(n) for n in nll_ours)
+    # the values behind the ratio (pytest -s or -rP shows them)
+    print(f"perplexity over {scored} tokens: tierlm {ppl_ours:.4f}, llama.cpp {ppl_theirs:.4f}")
     assert scored >= 4000
     assert abs(ppl_ours / ppl_theirs - 1) <= 0.005, (ppl_ours, ppl_theirs, scored)
     assert 1.5 < ppl_theirs < 100, ppl_theirs  # a working model on English prose

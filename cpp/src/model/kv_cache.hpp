@@ -39,8 +39,10 @@ class KvCache {
                                  int64_t slots, DType dtype);
 
   // The blocks kept in host memory when the cache may hold `kv_host_budget` bytes there (its
-  // resident chunks and the two read-back staging buffers): as many whole chunks as fit, with
-  // at least min_resident blocks (what one step writes). Off (disk_blocks 0) when the budget is
+  // resident chunks and the read-back staging buffers, one layer each, at least two and more
+  // while the reads queued ahead are short of a few MiB and the staging within half the
+  // budget): as many whole chunks as fit, with at least min_resident blocks (what one step
+  // writes). Off (disk_blocks 0) when the budget is
   // 0 or the whole cache fits it; throws kErrorBudget naming the least budget otherwise.
   static KvSpillPlan spill_plan(std::span<const KvLayerShape> layers, int64_t capacity,
                                 int64_t slots, DType dtype, uint64_t kv_host_budget,
@@ -71,9 +73,9 @@ class KvCache {
   // next tokens land in if another sequence shares them, and reads them back if spilled.
   void prepare(int32_t slot, int64_t tokens);
   // After the step's prepare calls: a spilling cache starts reading back the spilled blocks of
-  // these slots, layers 0 and 1; fetch(layer), before the layer's attention, waits for its
-  // blocks, and release(layer), after it, starts on layer + 2's. None does anything for a
-  // cache that does not spill.
+  // these slots, the first staging_layers layers; fetch(layer), before the layer's attention,
+  // waits for its blocks, and release(layer), after it, starts on layer + staging_layers'. None
+  // does anything for a cache that does not spill.
   void stage(std::span<const int32_t> slots);
   void fetch(size_t layer) {
     if (spill_) spill_->fetch(layer);

@@ -1,7 +1,7 @@
 // The disk side of the KV cache: one scratch extent of the disk tier laid out by layer (slot d
 // of layer l at region[l] + d * slice[l]), so the slices of consecutively spilled blocks of a
-// layer lie together and read back as one request; and the double-buffered read-back of a
-// step's spilled slices, layer after layer.
+// layer lie together and read back as one request; and the read-back of a step's spilled slices
+// through a ring of staging buffers, several layers ahead of the one computing.
 #include "model/kv_spill.hpp"
 
 #include <algorithm>
@@ -20,6 +20,10 @@ namespace {
 // disk, measured with fio).
 constexpr uint64_t kReadPiece = 256 << 10;
 
+// Requests the ring holds at once: the read-back queues up to staging_layers layers of pieces,
+// and anything past the ring waits in the engine's backlog for a reaper thread to move it.
+constexpr unsigned kQueueDepth = 128;
+
 // Rethrows a disk tier error with what the KV cache was doing.
 [[noreturn]] void rethrow(const Error& error, const std::string& doing) {
   throw Error(error.code(), error.sys_errno(), "KV cache: " + doing + ": " + error.what());
@@ -32,7 +36,7 @@ DiskTier open_tier(const KvSpillPlan& plan, const KvDiskOptions& disk) {
       plan.disk_blocks, " blocks (", format_bytes(plan.disk_bytes), ", ", plan.disk_bytes,
       " bytes) beyond its kv_host_budget, more than the disk budget of ", format_bytes(disk.budget),
       "; raise the disk budget or kv_host_budget, or lower max_context or max_batch");
-  return DiskTier(dir, disk.budget, IoOptions{.direct = true});
+  return DiskTier(dir, disk.budget, IoOptions{.queue_depth = kQueueDepth, .direct = true});
 }
 
 }  // namespace
@@ -49,14 +53,23 @@ KvSpill::KvSpill(const KvSpillPlan& plan, std::vector<uint64_t> slice_bytes,
     : slice_bytes_(std::move(slice_bytes)),
       key_offset_(std::move(key_offset)),
       value_offset_(std::move(value_offset)),
-      staging_{host.allocate(plan.staging_bytes), host.allocate(plan.staging_bytes)},
+      buffer_bytes_(plan.staging_bytes),
+      staging_(host.allocate(static_cast<size_t>(plan.staging_layers) * plan.staging_bytes)),
       tier_(open_tier(plan, disk)),
-      refs_(static_cast<size_t>(plan.disk_blocks), 0) {
+      refs_(static_cast<size_t>(plan.disk_blocks), 0),
+      staged_layer_(static_cast<size_t>(plan.staging_layers), SIZE_MAX),
+      layer_blocks_(static_cast<size_t>(plan.staging_layers)),
+      futures_(static_cast<size_t>(plan.staging_layers)) {
+  TIERLM_CHECK(plan.staging_layers >= 2, kErrorInvalidArgument,
+               "KV cache: a spill plan needs at least 2 staging buffers, not ",
+               plan.staging_layers);
   for (uint64_t slice : slice_bytes_) {
     region_.push_back(block_bytes_ * static_cast<uint64_t>(plan.disk_blocks));
     block_bytes_ += slice;
   }
   extent_ = tier_.allocate(plan.disk_bytes);
+  // Fixed buffer: the ring maps the staging pages once, not on every read.
+  registered_ = tier_.file().register_buffer(staging_.data(), staging_.size());
   for (int32_t d = static_cast<int32_t>(plan.disk_blocks); d-- > 0;) free_.push_back(d);
   for (auto& per_slot : layer_blocks_) {
     per_slot.resize(static_cast<size_t>(slots));
@@ -67,11 +80,11 @@ KvSpill::KvSpill(const KvSpillPlan& plan, std::vector<uint64_t> slice_bytes,
 }
 
 KvSpill::~KvSpill() {
-  settle(0);
-  settle(1);
+  for (size_t b = 0; b < futures_.size(); ++b) settle(b);
+  if (registered_) tier_.file().unregister_buffer(staging_.data());
 }
 
-void KvSpill::settle(int buffer) {
+void KvSpill::settle(size_t buffer) {
   for (IoFuture& f : futures_[buffer]) f.wait();
   futures_[buffer].clear();
 }
@@ -130,20 +143,20 @@ void KvSpill::stage(std::span<const int32_t> slots, const std::vector<std::vecto
   step_slots_.assign(slots.begin(), slots.end());
   tables_ = &tables;
   host_blocks_ = host_blocks;
-  settle(0);  // what a failed step left in flight
-  settle(1);
-  staged_layer_[0] = staged_layer_[1] = SIZE_MAX;
-  issue(0);
-  issue(1);
+  for (size_t b = 0; b < staged_layer_.size(); ++b) {
+    settle(b);  // what a failed step left in flight
+    staged_layer_[b] = SIZE_MAX;
+  }
+  for (size_t layer = 0; layer < staged_layer_.size(); ++layer) issue(layer);
 }
 
 void KvSpill::issue(size_t layer) {
   if (layer >= slice_bytes_.size()) return;
-  const int buffer = static_cast<int>(layer % 2);
+  const size_t buffer = buffer_of(layer);
   settle(buffer);
   staged_layer_[buffer] = SIZE_MAX;
   const uint64_t slice = slice_bytes_[layer];
-  char* staging = static_cast<char*>(staging_[buffer].data());
+  char* staging = static_cast<char*>(staging_.data()) + buffer * buffer_bytes_;
   requests_.clear();
   for (int32_t slot : step_slots_) {
     std::vector<void*>& blocks = layer_blocks_[buffer][static_cast<size_t>(slot)];
@@ -181,7 +194,7 @@ void KvSpill::issue(size_t layer) {
 }
 
 void KvSpill::fetch(size_t layer) {
-  const int buffer = static_cast<int>(layer % 2);
+  const size_t buffer = buffer_of(layer);
   TIERLM_CHECK(staged_layer_[buffer] == layer, kErrorInvalidArgument, "KV cache: layer ", layer,
                " was not staged for this step (layers run out of order?)");
   const auto t0 = std::chrono::steady_clock::now();
@@ -199,10 +212,10 @@ void KvSpill::fetch(size_t layer) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-void KvSpill::release(size_t layer) { issue(layer + 2); }
+void KvSpill::release(size_t layer) { issue(layer + staged_layer_.size()); }
 
 KvLayout KvSpill::layout(size_t layer, int32_t slot) const {
-  const int buffer = static_cast<int>(layer % 2);
+  const size_t buffer = buffer_of(layer);
   KvLayout l;
   l.blocks = layer_blocks_[buffer][static_cast<size_t>(slot)].data();
   l.k_offset = 0;

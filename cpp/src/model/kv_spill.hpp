@@ -1,9 +1,10 @@
 // KV blocks on the disk tier: when the paged cache may hold only kv_host_budget bytes of host
 // memory, its coldest blocks are written whole to a scratch file of the disk tier (O_DIRECT
 // through the I/O engine) and, each step, every layer's slices of them are read back into one
-// of two host staging buffers while the layer before computes: a buffer is refilled with the
-// layer after next as soon as attention is done with it, so the disk always has the next
-// layer's reads queued behind the current one's. Spilling moves bytes, it drops
+// of a ring of host staging buffers, one layer each, ahead of the layer computing: a buffer is
+// refilled with the layer `staging_layers` further on as soon as attention is done with it, so
+// the disk always has the next layers' reads queued (several MiB, a deep queue of large
+// requests) however the compute threads are scheduled. Spilling moves bytes, it drops
 // nothing: attention reads the same keys and values as from memory. Eviction policies
 // (kv_policy) are another matter and are not combined with it.
 #pragma once
@@ -26,9 +27,10 @@ namespace tierlm::detail {
 struct KvSpillPlan {
   int64_t resident_blocks = 0;  // host block slots (whole chunks of them)
   int64_t disk_blocks = 0;      // disk block slots: 0 means the cache never spills
-  uint64_t staging_bytes = 0;   // each of the two staging buffers
+  int64_t staging_layers = 0;   // staging buffers: layers read back at once (>= 2)
+  uint64_t staging_bytes = 0;   // each staging buffer: one layer of every spilled block
   uint64_t resident_bytes = 0;  // the chunks of the resident blocks, as the host tier charges
-  uint64_t host_bytes = 0;      // resident + both staging buffers
+  uint64_t host_bytes = 0;      // resident + the staging buffers
   uint64_t disk_bytes = 0;      // the scratch extent: disk_blocks whole blocks
   bool on() const { return disk_blocks > 0; }
 };
@@ -54,8 +56,9 @@ class KvSpill {
  public:
   // slice_bytes[l], key_offset[l], value_offset[l]: layer l's keys + values in a block (4 KiB
   // multiples), where its keys and its values start; max_slot_blocks: the most blocks one sequence
-  // holds. Allocates the staging buffers from host and the scratch extent from a new disk tier;
-  // throws kErrorBudget naming the disk budget when the extent does not fit it.
+  // holds. Allocates the staging buffers from host (registered with the ring where it can) and
+  // the scratch extent from a new disk tier; throws kErrorBudget naming the disk budget when the
+  // extent does not fit it.
   KvSpill(const KvSpillPlan& plan, std::vector<uint64_t> slice_bytes,
           std::vector<uint64_t> key_offset, std::vector<uint64_t> value_offset, HostTier& host,
           const KvDiskOptions& disk, int64_t slots, int64_t max_slot_blocks);
@@ -74,13 +77,13 @@ class KvSpill {
 
   // A step over `slots` begins: tables[s] lists each slot's blocks (a host block id >= 0, or
   // -1 - disk slot), host_blocks[id] their addresses; both stay as they are until the step
-  // ends. Issues the read-backs of layers 0 and 1.
+  // ends. Issues the read-backs of the first staging_layers layers.
   void stage(std::span<const int32_t> slots, const std::vector<std::vector<int32_t>>& tables,
              std::span<void* const> host_blocks);
   // Waits for layer's read-backs (throwing a read's error, naming the layer and the tier's
   // directory).
   void fetch(size_t layer);
-  // Attention is done with layer's staged blocks: their buffer reads layer + 2's.
+  // Attention is done with layer's staged blocks: their buffer reads layer + staging_layers'.
   void release(size_t layer);
   // Layer's blocks of slot for this step: resident ones in place, spilled ones staged
   // (block_tokens left for the cache to set).
@@ -90,11 +93,14 @@ class KvSpill {
   TierStats disk_stats() const { return tier_.stats(); }
   const File& file() const { return tier_.file(); }
   const KvSpillCounts& counts() const { return counts_; }
-  uint64_t staging_bytes() const { return staging_[0].size() + staging_[1].size(); }
+  uint64_t staging_bytes() const { return staging_.size(); }
+  size_t staging_layers() const { return staged_layer_.size(); }
+  bool staging_registered() const { return registered_; }
 
  private:
   void issue(size_t layer);
-  void settle(int buffer);  // waits for a staging buffer's reads without throwing
+  void settle(size_t buffer);  // waits for a staging buffer's reads without throwing
+  size_t buffer_of(size_t layer) const { return layer % staged_layer_.size(); }
   uint64_t disk_offset(size_t layer, int32_t disk) const {
     return region_[layer] + static_cast<uint64_t>(disk) * slice_bytes_[layer];
   }
@@ -104,9 +110,12 @@ class KvSpill {
   std::vector<uint64_t> value_offset_;
   std::vector<uint64_t> region_;  // layer -> offset of its slices in the extent
   uint64_t block_bytes_ = 0;
-  // The staging buffers before the tier: the tier's file waits for reads in flight into them.
-  HostBuffer staging_[2];
+  uint64_t buffer_bytes_ = 0;  // one staging buffer
+  // The staging buffers, one allocation, before the tier: the tier's file waits for reads in
+  // flight into them.
+  HostBuffer staging_;
   DiskTier tier_;
+  bool registered_ = false;  // staging_ is a fixed buffer of the ring
   DiskExtent extent_;
   std::vector<int32_t> refs_;  // references to each disk slot
   std::vector<int32_t> free_;  // free disk slots, the lowest last
@@ -115,10 +124,10 @@ class KvSpill {
   std::vector<int32_t> step_slots_;
   const std::vector<std::vector<int32_t>>* tables_ = nullptr;
   std::span<void* const> host_blocks_;
-  size_t staged_layer_[2] = {SIZE_MAX, SIZE_MAX};
-  std::vector<std::vector<void*>> layer_blocks_[2];  // [buffer][slot]: KvLayout::blocks
+  std::vector<size_t> staged_layer_;                           // [buffer]: its layer, or SIZE_MAX
+  std::vector<std::vector<std::vector<void*>>> layer_blocks_;  // [buffer][slot]: KvLayout::blocks
   std::vector<DiskRequest> requests_;
-  std::vector<IoFuture> futures_[2];
+  std::vector<std::vector<IoFuture>> futures_;  // [buffer]
   KvSpillCounts counts_;
 };
 

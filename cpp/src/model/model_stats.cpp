@@ -39,6 +39,8 @@ ModelStats Model::stats() const {
     s.disk = spill->disk_stats();
     s.kv_io_backend = io_backend_name(spill->file().backend());
     s.kv_io_direct = spill->file().direct();
+    s.kv_io_registered = spill->staging_registered();
+    s.kv_staging_layers = static_cast<int64_t>(spill->staging_layers());
   } else {
     s.disk.budget = m.options.disk_budget;
   }
@@ -75,6 +77,8 @@ ModelStats Model::stats() const {
     s.disk_bytes_read += ep.host_bytes + ep.router_bytes + s.moe_bytes_read;
     s.weight_bytes += ep.host_bytes + ep.cache_bytes + ep.router_bytes;
     s.verify.add(m.experts->verify());
+    if (s.verify.enabled && ep.cache_slots > 0)
+      s.verify.when = "load, and experts as they are read";
   }
   return s;
 }

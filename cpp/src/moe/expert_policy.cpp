@@ -32,7 +32,11 @@ class LfuPolicy final : public ExpertPolicy {
  public:
   static constexpr double kHalfLife = 64.0;  // steps
 
-  explicit LfuPolicy(size_t keys) : score_(keys, 0.0), at_(keys, 0) {}
+  // A use every step with probability p keeps the score at p / (1 - 2^(-1 / kHalfLife)).
+  LfuPolicy(size_t keys, std::span<const double> rates) : score_(keys, 0.0), at_(keys, 0) {
+    const double steady = 1.0 / (1.0 - std::exp2(-1.0 / kHalfLife));
+    for (size_t k = 0; k < rates.size(); ++k) score_[k] = rates[k] * steady;
+  }
   void step() override { ++now_; }
   void touch(int key) override {
     score_[key] = decayed(key) + 1.0;
@@ -84,8 +88,11 @@ const char* expert_policy_name(ExpertPolicyKind kind) {
   return "?";
 }
 
-std::unique_ptr<ExpertPolicy> expert_policy_create(ExpertPolicyKind kind, size_t keys) {
-  if (kind == ExpertPolicyKind::kExpertPolicyLfu) return std::make_unique<LfuPolicy>(keys);
+std::unique_ptr<ExpertPolicy> expert_policy_create(ExpertPolicyKind kind, size_t keys,
+                                                   std::span<const double> rates) {
+  TIERLM_CHECK(rates.empty() || rates.size() == keys, kErrorInvalidArgument,
+               "expert cache: ", rates.size(), " use rates for ", keys, " experts");
+  if (kind == ExpertPolicyKind::kExpertPolicyLfu) return std::make_unique<LfuPolicy>(keys, rates);
   return std::make_unique<LruPolicy>(keys);  // stream reuses its slots in LRU order
 }
 

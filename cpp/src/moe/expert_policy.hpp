@@ -32,7 +32,11 @@ class ExpertPolicy {
   virtual size_t victim(std::span<const int> candidates) const = 0;
 };
 
-// keys: 0..keys-1 (every expert of every moe layer). Allocates its tables here, never after.
-std::unique_ptr<ExpertPolicy> expert_policy_create(ExpertPolicyKind kind, size_t keys);
+// keys: 0..keys-1 (every expert of every moe layer). rates (empty, or one per key): each
+// expert's expected uses per step from a usage profile, which seed LFU's counts at the level
+// that use rate keeps them at, so the profile's favourites outlast one-off uses from the first
+// step on (LRU has no counts to seed). Allocates its tables here, never after.
+std::unique_ptr<ExpertPolicy> expert_policy_create(ExpertPolicyKind kind, size_t keys,
+                                                   std::span<const double> rates = {});
 
 }  // namespace tierlm::detail

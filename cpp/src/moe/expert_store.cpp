@@ -75,7 +75,10 @@ uint64_t expert_resident_bytes(const Package& package) {
 }
 
 ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertStoreOptions& options)
-    : host_(host), slot_bytes_(expert_slot_bytes(package)) {
+    : package_(package),
+      host_(host),
+      slot_bytes_(expert_slot_bytes(package)),
+      verify_reads_(options.verify) {
   const std::vector<size_t> ops = moe_ops(package);
   size_t max_top_k = 1;
   for (size_t i : ops) {
@@ -117,7 +120,18 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
   requests_.reserve(slots * kExpertParts);
   queued_.reserve(slots);
   for (Slot& slot : slots_) slot.futures.reserve(kExpertParts);
-  policy_ = expert_policy_create(options.policy, experts_.size());
+  // A token routes to top_k experts of each layer, and the policy steps once per layer's
+  // route: a share of the layer's routed tokens x top_k / layers is the expert's expected uses
+  // per policy step.
+  std::vector<double> rates = usage_shares(options.usage);
+  for (size_t m = 0; m < ops.size() && !rates.empty(); ++m) {
+    const int end = first_key_[m] + layer_experts(static_cast<int>(m));
+    for (int k = first_key_[m]; k < end; ++k) {
+      rates[k] *=
+          static_cast<double>(package.graph.ops[ops[m]].top_k) / static_cast<double>(ops.size());
+    }
+  }
+  policy_ = expert_policy_create(options.policy, experts_.size(), rates);
   predicted_.assign(experts_.size(), 0);
   layer_predicted_.assign(ops.size(), 0);
   prefetched_slots_.reserve(slots);
@@ -150,6 +164,22 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
   }
 }
 
+std::vector<double> ExpertStore::usage_shares(
+    const std::vector<std::vector<uint64_t>>& usage) const {
+  std::vector<double> share;
+  if (usage.empty()) return share;
+  share.assign(experts_.size(), 0.0);
+  for (size_t m = 0; m < usage.size(); ++m) {
+    uint64_t total = 0;
+    for (uint64_t n : usage[m]) total += n;
+    for (size_t e = 0; e < usage[m].size() && total > 0; ++e) {
+      share[key(static_cast<int>(m), static_cast<int32_t>(e))] =
+          static_cast<double>(usage[m][e]) / static_cast<double>(total);
+    }
+  }
+  return share;
+}
+
 // With a usage profile, the experts by their share of their layer's routed tokens, most used
 // first (the expected host hits per homed byte; every expert takes one slot), ties in layer
 // order; without one, outer layers first, each layer whole.
@@ -162,15 +192,7 @@ std::vector<int> ExpertStore::home_order(const std::vector<std::vector<uint64_t>
     for (int k = first_key_[m]; k < end; ++k) order.push_back(k);
   }
   if (usage.empty()) return order;
-  std::vector<double> share(experts_.size(), 0.0);
-  for (size_t m = 0; m < usage.size(); ++m) {
-    uint64_t total = 0;
-    for (uint64_t n : usage[m]) total += n;
-    for (size_t e = 0; e < usage[m].size() && total > 0; ++e) {
-      share[key(static_cast<int>(m), static_cast<int32_t>(e))] =
-          static_cast<double>(usage[m][e]) / static_cast<double>(total);
-    }
-  }
+  const std::vector<double> share = usage_shares(usage);
   std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return share[a] > share[b]; });
   return order;
 }
@@ -326,7 +348,7 @@ int ExpertStore::take_slot(bool any) {
   if (candidates_.empty()) return -1;
   const int victim = candidates_[policy_->victim(candidates_)];
   const int s = experts_[victim].slot;
-  wait(s);  // a prefetch may still be in flight into it
+  wait(s, false);  // a prefetch may still be in flight into it (evicted unused: unchecked)
   experts_[victim].slot = -1;
   slots_[s].key = -1;
   slots_[s].prefetched = false;
@@ -369,13 +391,33 @@ void ExpertStore::flush() {
   queued_.clear();
 }
 
-void ExpertStore::wait(int slot) {
+void ExpertStore::wait(int slot, bool check) {
   std::vector<IoFuture>& futures = slots_[slot].futures;
   if (futures.empty()) return;
   const auto t0 = Clock::now();
   for (IoFuture& f : futures) f.get();
   futures.clear();
   stats_.moe_io_wait_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+  if (check && verify_reads_) check_read(slot);
+}
+
+// A damaged file (or a read gone wrong) after load would otherwise give wrong tokens: with
+// verify, every expert read from disk is checked against its CRC-32 before it is used; on a
+// mismatch the slot is emptied (nothing uses its bytes) and the error names the tensor.
+void ExpertStore::check_read(int slot) {
+  const int k = slots_[slot].key;
+  const Expert& x = experts_[k];
+  try {
+    for (int p = 0; p < kExpertParts; ++p) {
+      tensor_verify(package_, *x.part[p], slot_data(slot) + x.part_rel[p], &verify_);
+    }
+  } catch (...) {
+    experts_[k].slot = -1;
+    slots_[slot].key = -1;
+    slots_[slot].pinned = false;
+    slots_[slot].prefetched = false;
+    throw;
+  }
 }
 
 void ExpertStore::route(int moe, std::span<const int32_t> experts, std::span<const int32_t> rows,
@@ -439,7 +481,7 @@ ExpertWeights ExpertStore::expert(int moe, int32_t e) {
       queue(key(moe, e), s);
       flush();
     }
-    wait(x.slot);
+    wait(x.slot, true);
     base = slot_data(x.slot);
   }
   ExpertWeights w;

@@ -27,7 +27,9 @@ struct ExpertStoreOptions {
   uint64_t budget = 0;  // host bytes for the experts: homed ones + the cache
   ExpertPolicyKind policy = ExpertPolicyKind::kExpertPolicyLru;
   bool prefetch = true;
-  bool verify = false;  // check every expert's (and router's) CRC-32 at load
+  // check every expert's (and router's) CRC-32 at load, and each disk-homed expert's again
+  // whenever it is read into the cache, before it is used
+  bool verify = false;
   // Per moe op, tokens routed to each expert on a calibration text (expert_usage.hpp): the
   // most used are homed on the host tier. Empty: outer layers first.
   std::vector<std::vector<uint64_t>> usage;
@@ -91,6 +93,8 @@ class ExpertStore final : public ExpertProvider {
   // with `any`); -1: none.
   int take_slot(bool any);
   void add_expert(const Package& package, const std::vector<const TensorInfo*>& parts);
+  // By key, its share of its layer's routed tokens in the profile; empty without one.
+  std::vector<double> usage_shares(const std::vector<std::vector<uint64_t>>& usage) const;
   // Keys in the order they are homed on the host tier while the budget lasts.
   std::vector<int> home_order(const std::vector<std::vector<uint64_t>>& usage) const;
   void read_homed(const Package& package, bool verify);
@@ -105,8 +109,12 @@ class ExpertStore final : public ExpertProvider {
   void stream_layer(int moe, bool ahead);
   int layer_experts(int moe) const;
   void flush();
-  void wait(int slot);
+  // Waits for the slot's reads; `check`: the expert is about to be used, so with verify its
+  // CRC-32 is checked (check_read).
+  void wait(int slot, bool check);
+  void check_read(int slot);
 
+  const Package& package_;
   HostTier& host_;
   std::vector<File> files_;
   std::unordered_map<std::string, int> file_index_;  // package file name -> files_ index
@@ -127,7 +135,8 @@ class ExpertStore final : public ExpertProvider {
   std::vector<int> prefetched_slots_;     // pinned by prefetch until the layer's route
   std::vector<int> streamed_;             // scratch of stream_layer
   std::unique_ptr<ExpertPolicy> policy_;
-  bool stream_all_ = false;  // expert_cache "stream": no cache, every expert read per step
+  bool stream_all_ = false;    // expert_cache "stream": no cache, every expert read per step
+  bool verify_reads_ = false;  // verify: every expert read from disk checked before use
   ExpertPlacement placement_;
   MoeStats stats_;
   VerifyStats verify_;

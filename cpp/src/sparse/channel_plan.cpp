@@ -24,7 +24,6 @@ namespace tierlm::detail {
 namespace {
 
 constexpr size_t kMaxStaging = 64ull << 20;
-constexpr size_t kScratchAlignment = 64;
 constexpr size_t kMinCacheShare = 8;
 const char* const kHint = "; calibrate again with `tierlm sparse calibrate MODEL --out PKG`";
 
@@ -218,11 +217,7 @@ bool channel_sparse_present(const Package& package) {
 ChannelPlan channel_plan(const Package& p, const ChannelOptions& options) {
   ChannelPlan plan;
   plan.package = p.path;
-  TIERLM_CHECK(options.window >= 1, kErrorInvalidArgument, "sparse_window ", options.window,
-               " must be >= 1 token (1 = no window)");
-  TIERLM_CHECK(options.capacity >= 0, kErrorInvalidArgument, "sparse_capacity ", options.capacity,
-               " is negative (0 = auto)");
-  plan.window = static_cast<size_t>(options.window);
+  plan.window = sparse_window_checked(options.window, options.capacity);
   plan.max_rows = std::max<size_t>(options.max_rows, 1);
   const std::string manifest_path = p.path + "/manifest.json";
   const Json manifest = json_parse_file(manifest_path);
@@ -307,22 +302,19 @@ ChannelScratchLayout channel_scratch_layout(const ChannelPlan& plan) {
   }
   ChannelScratchLayout l;
   l.max_requests = 2 * max_cap + 2;
-  auto take = [&](size_t bytes) {
-    const size_t at = l.bytes;
-    l.bytes += round_up(bytes, kScratchAlignment);
-    return at;
-  };
-  l.kept = take(max_n * sizeof(int32_t));
-  l.to_load = take(max_n * sizeof(int32_t));
-  l.to_evict = take(max_n * sizeof(int32_t));
-  l.need = take(max_n * sizeof(int32_t));
-  l.evict = take(max_n * sizeof(int32_t));
-  l.sources = take(max_cap * sizeof(SparseRowSource));
-  l.requests = take(l.max_requests * sizeof(IoRequest));
-  l.site_out = take(plan.max_rows * plan.max_row_elems * sizeof(float));
-  l.rotated = take(max_n * sizeof(float));
-  l.rows = take(plan.max_rows * sizeof(SparseTokenInfo));
-  l.log = take(kSparseTokenLog * sizeof(SparseTokenInfo));
+  ScratchCursor cursor;
+  l.kept = cursor.take(max_n * sizeof(int32_t));
+  l.to_load = cursor.take(max_n * sizeof(int32_t));
+  l.to_evict = cursor.take(max_n * sizeof(int32_t));
+  l.need = cursor.take(max_n * sizeof(int32_t));
+  l.evict = cursor.take(max_n * sizeof(int32_t));
+  l.sources = cursor.take(max_cap * sizeof(SparseRowSource));
+  l.requests = cursor.take(l.max_requests * sizeof(IoRequest));
+  l.site_out = cursor.take(plan.max_rows * plan.max_row_elems * sizeof(float));
+  l.rotated = cursor.take(max_n * sizeof(float));
+  l.rows = cursor.take(plan.max_rows * sizeof(SparseTokenInfo));
+  l.log = cursor.take(kSparseTokenLog * sizeof(SparseTokenInfo));
+  l.bytes = cursor.bytes;
   return l;
 }
 

@@ -14,6 +14,7 @@
 #include "io/safetensors.hpp"
 #include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
+#include "tierlm/core/limits.hpp"
 
 namespace tierlm::detail {
 
@@ -268,14 +269,16 @@ int SparseFfnPlan::layer_of_op(size_t op, SparseOpRole* role) const {
   return -1;
 }
 
+size_t sparse_window_checked(int64_t window, int64_t capacity) {
+  check_option("sparse_window", window);
+  check_option("sparse_capacity", capacity);
+  return static_cast<size_t>(window);
+}
+
 SparseFfnPlan sparse_ffn_plan(const Package& p, const SparseFfnOptions& options) {
   SparseFfnPlan plan;
   plan.package = p.path;
-  TIERLM_CHECK(options.window >= 1, kErrorInvalidArgument, "sparse_window ", options.window,
-               " must be >= 1 token (1 = no window)");
-  TIERLM_CHECK(options.capacity >= 0, kErrorInvalidArgument, "sparse_capacity ", options.capacity,
-               " is negative (0 = auto)");
-  plan.window = static_cast<size_t>(options.window);
+  plan.window = sparse_window_checked(options.window, options.capacity);
   plan.bundled = options.bundled;
   plan.readahead = options.readahead;
   plan.max_rows = std::max<size_t>(options.max_rows, 1);

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "tierlm/core/align.hpp"
 #include "tierlm/core/dtype.hpp"
 #include "tierlm/model/package.hpp"
 
@@ -62,6 +63,17 @@ struct SparseLayerPlan {
   size_t up_part_bytes() const { return (gated ? 2 : 1) * dtype_row_bytes(dtype, dim); }
 };
 
+// Lays views out one after another in a scratch buffer, each at a 64-byte (cache line) aligned
+// offset so that no two share a line; `bytes` is the buffer's size so far.
+struct ScratchCursor {
+  size_t bytes = 0;
+  size_t take(size_t view_bytes) {
+    const size_t at = bytes;
+    bytes += round_up(view_bytes, 64);
+    return at;
+  }
+};
+
 // Byte offsets of the per-token views in the runtime's one scratch buffer, each 64-byte
 // aligned. sparse_scratch_layout sizes it with the plan; the runtime carves the same offsets.
 struct SparseScratchLayout {
@@ -107,6 +119,11 @@ struct SparseFfnPlan {
   // Index in layers of graph op `op`'s FFN (and what the op does), -1 when none.
   int layer_of_op(size_t op, SparseOpRole* role) const;
 };
+
+// The window and cache capacity of either sparse runtime (ModelOptions::sparse_window,
+// sparse_capacity) against the option range table (throws kErrorInvalidArgument naming the
+// option); returns the window.
+size_t sparse_window_checked(int64_t window, int64_t capacity);
 
 // Matches the graph's FFNs and reads the package's "bundles" and "predictors" sections;
 // throws kErrorNotFound / kErrorUnsupported / kErrorCorrupt naming the package and the fix.

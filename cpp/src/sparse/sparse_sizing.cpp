@@ -21,7 +21,6 @@ namespace {
 constexpr double kCapacityMargin = 1.5;
 constexpr size_t kMaxStaging = 64ull << 20;
 constexpr size_t kMaxPartials = 16;
-constexpr size_t kScratchAlignment = 64;  // a cache line: views never share one
 
 // What a host-tier allocation of `bytes` reserves (whole pages, at least one).
 uint64_t page(uint64_t bytes) { return round_up(std::max<uint64_t>(bytes, 1), kAlignment); }
@@ -46,25 +45,22 @@ SparseScratchLayout sparse_scratch_layout(const SparseFfnPlan& plan) {
   SparseScratchLayout s;
   // A token's reads: at most two requests per row (unbundled), plus the open range's.
   s.max_requests = 2 * max_cap + 2;
-  auto take = [&](size_t bytes) {
-    const size_t at = s.bytes;
-    s.bytes += round_up(bytes, kScratchAlignment);
-    return at;
-  };
-  s.mid = take(max_rank * sizeof(float));
-  s.logits = take(max_n * sizeof(float));
-  s.active = take(max_n * sizeof(int32_t));
-  s.to_load = take(max_n * sizeof(int32_t));
-  s.to_evict = take(max_n * sizeof(int32_t));
-  s.need = take(max_n * sizeof(int32_t));
-  s.evict = take(max_n * sizeof(int32_t));
-  s.sources = take(max_cap * sizeof(SparseRowSource));
-  s.requests = take(s.max_requests * sizeof(IoRequest));
-  s.partial = take(plan.partials * max_dim * sizeof(float));
-  s.y_tmp = take(max_dim * sizeof(float));
-  s.x_blocks = take(max_x_blocks);
-  s.rows = take(plan.max_rows * sizeof(SparseTokenInfo));
-  s.log = take(kSparseTokenLog * sizeof(SparseTokenInfo));
+  ScratchCursor cursor;
+  s.mid = cursor.take(max_rank * sizeof(float));
+  s.logits = cursor.take(max_n * sizeof(float));
+  s.active = cursor.take(max_n * sizeof(int32_t));
+  s.to_load = cursor.take(max_n * sizeof(int32_t));
+  s.to_evict = cursor.take(max_n * sizeof(int32_t));
+  s.need = cursor.take(max_n * sizeof(int32_t));
+  s.evict = cursor.take(max_n * sizeof(int32_t));
+  s.sources = cursor.take(max_cap * sizeof(SparseRowSource));
+  s.requests = cursor.take(s.max_requests * sizeof(IoRequest));
+  s.partial = cursor.take(plan.partials * max_dim * sizeof(float));
+  s.y_tmp = cursor.take(max_dim * sizeof(float));
+  s.x_blocks = cursor.take(max_x_blocks);
+  s.rows = cursor.take(plan.max_rows * sizeof(SparseTokenInfo));
+  s.log = cursor.take(kSparseTokenLog * sizeof(SparseTokenInfo));
+  s.bytes = cursor.bytes;
   return s;
 }
 

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 
 from tierlm.errors import UnsupportedError
+from tierlm.rope import rope_inv_freq
 
 
 @dataclass
@@ -81,3 +82,43 @@ def context_length(hf_max, max_positions, window, what):
             f"--max-positions {window} (max_positions={window}) to cap the context at the window"
         )
     return hf_max
+
+
+def rope_decoder_config(hf, intermediate, ffn, window, max_positions):
+    """The package config of a Llama-style decoder (RMSNorm, RoPE, grouped-query attention), the
+    part archs/llama.py and archs/moe.py share; raises UnsupportedError when the query heads do
+    not group over the KV heads or the context is refused (see context_length)."""
+    model_type = hf["model_type"]
+    hidden, heads = hf["hidden_size"], hf["num_attention_heads"]
+    kv_heads = hf.get("num_key_value_heads") or heads
+    head_dim = hf.get("head_dim") or hidden // heads
+    if heads % kv_heads:
+        raise UnsupportedError(f"config.json: {heads} heads is not a multiple of {kv_heads}")
+    context = context_length(
+        hf.get("max_position_embeddings", 2048), max_positions, window, model_type
+    )
+    theta, inv_freq, rope = rope_inv_freq(hf, head_dim)
+    eos = hf.get("eos_token_id")
+    eos_ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+    return {
+        "vocab_size": hf["vocab_size"],
+        "hidden_size": hidden,
+        "num_layers": hf["num_hidden_layers"],
+        "num_heads": heads,
+        "num_kv_heads": kv_heads,
+        "head_dim": head_dim,
+        "intermediate_size": intermediate,
+        "max_positions": context,
+        "norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
+        "rope_theta": theta,
+        "rope_inv_freq": inv_freq,
+        "rope_scaling": rope,
+        "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
+        "bos_token_id": hf.get("bos_token_id"),
+        "eos_token_id": eos_ids[0] if eos_ids else None,
+        "eos_token_ids": eos_ids,
+        "position_offset": 0,
+        "norm": "rmsnorm",
+        "ffn": ffn,
+        "model_type": model_type,
+    }

@@ -4,10 +4,9 @@ attention, SwiGLU FFN; optional q/k/v(/o) and FFN biases; tied or untied embeddi
 
 import re
 
-from tierlm.archs import ArchPlan, TensorSpec, context_length, option_refuse
+from tierlm.archs import ArchPlan, TensorSpec, option_refuse, rope_decoder_config
 from tierlm.errors import UnsupportedError
 from tierlm.graph import GraphBuilder
-from tierlm.rope import rope_inv_freq
 
 NAME = "llama"
 MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -37,44 +36,15 @@ def plan(hf, max_positions=None):
     for kind in hf.get("layer_types") or []:
         if kind not in ("full_attention", "sliding_attention"):
             raise UnsupportedError(f"config.json: {model_type} layer type {kind!r} is unknown")
-    hidden, heads = hf["hidden_size"], hf["num_attention_heads"]
-    kv_heads = hf.get("num_key_value_heads") or heads
-    head_dim = hf.get("head_dim") or hidden // heads
-    if heads % kv_heads:
-        raise UnsupportedError(f"config.json: {heads} heads is not a multiple of {kv_heads}")
-    inter, vocab = hf["intermediate_size"], hf["vocab_size"]
+    config = rope_decoder_config(
+        hf, hf["intermediate_size"], "swiglu", _window(hf, model_type), max_positions
+    )
+    hidden, heads, kv_heads = config["hidden_size"], config["num_heads"], config["num_kv_heads"]
+    head_dim, inter, vocab = config["head_dim"], config["intermediate_size"], config["vocab_size"]
     qkv_bias = model_type == "qwen2" or bool(hf.get("attention_bias"))
     o_bias = model_type == "llama" and bool(hf.get("attention_bias"))
     ffn_bias = model_type == "llama" and bool(hf.get("mlp_bias"))
-    tied = bool(hf.get("tie_word_embeddings", False))
-    context = context_length(
-        hf.get("max_position_embeddings", 2048), max_positions, _window(hf, model_type), model_type
-    )
-    theta, inv_freq, rope = rope_inv_freq(hf, head_dim)
-    eos = hf.get("eos_token_id")
-    eos_ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
-    config = {
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "num_layers": layers,
-        "num_heads": heads,
-        "num_kv_heads": kv_heads,
-        "head_dim": head_dim,
-        "intermediate_size": inter,
-        "max_positions": context,
-        "norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
-        "rope_theta": theta,
-        "rope_inv_freq": inv_freq,
-        "rope_scaling": rope,
-        "tie_embeddings": tied,
-        "bos_token_id": hf.get("bos_token_id"),
-        "eos_token_id": eos_ids[0] if eos_ids else None,
-        "eos_token_ids": eos_ids,
-        "position_offset": 0,
-        "norm": "rmsnorm",
-        "ffn": "swiglu",
-        "model_type": model_type,
-    }
+    tied = config["tie_embeddings"]
 
     def src(name):
         return (f"model.{name}", name)
@@ -123,15 +93,7 @@ def plan(hf, max_positions=None):
         def bias(name, p=p):
             return p + name if p + name in names else None
 
-        g.rmsnorm("h", "x", p + "attn_norm.weight", config["norm_eps"])
-        g.linear("x", "q", p + "attn.q.weight", q_width, bias("attn.q.bias"))
-        g.linear("x", "k", p + "attn.k.weight", kv_width, bias("attn.k.bias"))
-        g.linear("x", "v", p + "attn.v.weight", kv_width, bias("attn.v.bias"))
-        g.rope("q", heads, head_dim)
-        g.rope("k", kv_heads, head_dim)
-        g.attention("q", "k", "v", "a", heads, kv_heads, head_dim, head_dim**-0.5)
-        g.linear("a", "o", p + "attn.o.weight", hidden, bias("attn.o.bias"))
-        g.add("h", "o", "h")
+        g.attention_block("h", p, names, heads, kv_heads, head_dim, config["norm_eps"])
         g.rmsnorm("h", "x", p + "ffn_norm.weight", config["norm_eps"])
         g.linear("x", "g", p + "ffn.gate.weight", inter, bias("ffn.gate.bias"))
         g.linear("x", "u", p + "ffn.up.weight", inter, bias("ffn.up.bias"))

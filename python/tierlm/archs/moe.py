@@ -7,10 +7,9 @@ mlp_only_layers / decoder_sparse_step leave dense keep a SwiGLU FFN.
 
 import re
 
-from tierlm.archs import ArchPlan, TensorSpec, context_length, option_refuse
+from tierlm.archs import ArchPlan, TensorSpec, option_refuse, rope_decoder_config
 from tierlm.errors import UnsupportedError
 from tierlm.graph import EXPERT_PARTS, GraphBuilder
-from tierlm.rope import rope_inv_freq
 
 NAME = "moe"
 MODEL_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
@@ -52,55 +51,27 @@ def plan(hf, max_positions=None):
     model_type = hf["model_type"]
     option_refuse(hf, "hidden_act", ("silu",), model_type)
     option_refuse(hf, "clip_qkv", (None,), model_type)
-    layers, hidden, heads = hf["num_hidden_layers"], hf["hidden_size"], hf["num_attention_heads"]
-    kv_heads = hf.get("num_key_value_heads") or heads
-    head_dim = hf.get("head_dim") or hidden // heads
-    if heads % kv_heads:
-        raise UnsupportedError(f"config.json: {heads} heads is not a multiple of {kv_heads}")
+    layers = hf["num_hidden_layers"]
     experts, top_k = _experts(hf, model_type)
     sparse = _sparse_layers(hf, model_type, layers)
     dense_inter = hf.get("intermediate_size")
     inter = hf.get("moe_intermediate_size") or dense_inter  # Mixtral's experts use the latter
     shared_inter = hf.get("shared_expert_intermediate_size") if model_type == "qwen2_moe" else 0
     norm_topk = model_type == "mixtral" or bool(hf.get("norm_topk_prob", False))
-    qkv_bias = hf.get("qkv_bias", True) if model_type == "qwen2_moe" else hf.get("attention_bias")
-    qk_norm = {"qwen3_moe": head_dim, "olmoe": None}.get(model_type, 0)  # per head / whole
-    vocab, tied = hf["vocab_size"], bool(hf.get("tie_word_embeddings", False))
-    context = context_length(
-        hf.get("max_position_embeddings", 2048), max_positions, _window(hf, model_type), model_type
-    )
-    theta, inv_freq, rope = rope_inv_freq(hf, head_dim)
-    eos = hf.get("eos_token_id")
-    eos_ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
-    eps = float(hf.get("rms_norm_eps", 1e-6))
-    config = {
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "num_layers": layers,
-        "num_heads": heads,
-        "num_kv_heads": kv_heads,
-        "head_dim": head_dim,
-        "intermediate_size": inter,
-        "max_positions": context,
-        "norm_eps": eps,
-        "rope_theta": theta,
-        "rope_inv_freq": inv_freq,
-        "rope_scaling": rope,
-        "tie_embeddings": tied,
-        "bos_token_id": hf.get("bos_token_id"),
-        "eos_token_id": eos_ids[0] if eos_ids else None,
-        "eos_token_ids": eos_ids,
-        "position_offset": 0,
-        "norm": "rmsnorm",
-        "ffn": "moe",
+    config = rope_decoder_config(hf, inter, "moe", _window(hf, model_type), max_positions)
+    config |= {
         "num_experts": experts,
         "experts_per_token": top_k,
         "norm_topk_prob": norm_topk,
         "moe_layers": sorted(sparse),
         "shared_expert_intermediate_size": shared_inter or 0,
         "dense_intermediate_size": dense_inter if len(sparse) < layers else 0,
-        "model_type": model_type,
     }
+    hidden, heads, kv_heads = config["hidden_size"], config["num_heads"], config["num_kv_heads"]
+    head_dim, vocab, tied = config["head_dim"], config["vocab_size"], config["tie_embeddings"]
+    eps = config["norm_eps"]
+    qkv_bias = hf.get("qkv_bias", True) if model_type == "qwen2_moe" else hf.get("attention_bias")
+    qk_norm = {"qwen3_moe": head_dim, "olmoe": None}.get(model_type, 0)  # per head / whole
     router, expert_src, parts = _MIXTRAL if model_type == "mixtral" else _QWEN
     q_width, kv_width = heads * head_dim, kv_heads * head_dim
     tensors = []
@@ -149,19 +120,7 @@ def plan(hf, max_positions=None):
         g.layer = i
         p = f"layers.{i}."
 
-        def has(name, p=p):
-            return p + name if p + name in names else None
-
-        g.rmsnorm("h", "x", p + "attn_norm.weight", eps)
-        for proj, width, n in (("q", q_width, heads), ("k", kv_width, kv_heads)):
-            g.linear("x", proj, f"{p}attn.{proj}.weight", width, has(f"attn.{proj}.bias"))
-            if qk_norm != 0:
-                g.rmsnorm(proj, proj, f"{p}attn.{proj}_norm.weight", eps, qk_norm)
-            g.rope(proj, n, head_dim)
-        g.linear("x", "v", p + "attn.v.weight", kv_width, has("attn.v.bias"))
-        g.attention("q", "k", "v", "a", heads, kv_heads, head_dim, head_dim**-0.5)
-        g.linear("a", "o", p + "attn.o.weight", hidden)
-        g.add("h", "o", "h")
+        g.attention_block("h", p, names, heads, kv_heads, head_dim, eps, qk_norm)
         g.rmsnorm("h", "x", p + "ffn_norm.weight", eps)
         if i in sparse:
             g.moe("x", "d", p + "moe.router.weight", experts, top_k, norm_topk, p + "moe.experts")

@@ -6,10 +6,10 @@ Errors print as one line (`tierlm: error: ...`); --debug shows the traceback.
 import argparse
 import sys
 
-from tierlm.cli import bench, chat, demo, export, generate, info, plan, sparse
+from tierlm.cli import bench, chat, demo, export, generate, info, moe, plan, sparse
 
 # Each module adds its subparser and sets `run`.
-COMMANDS = [info, export, generate, chat, demo, plan, sparse, bench]
+COMMANDS = [info, export, generate, chat, demo, plan, sparse, moe, bench]
 
 
 def build_parser():

@@ -3,7 +3,7 @@ template (tierlm.chat) renders the whole history for every turn."""
 
 import sys
 
-from tierlm.cli.generate import add_run_options, parse_budgets, sampling_options
+from tierlm.cli.generate import add_run_options, load_options, sampling_options
 
 
 def add_parser(subparsers):
@@ -20,16 +20,7 @@ def run(args, stdin=None, out=None):
     import tierlm
 
     stdin, out = stdin or sys.stdin, out or sys.stdout
-    model = tierlm.load(
-        args.package,
-        budget=parse_budgets(args.budget),
-        threads=args.threads,
-        max_context=args.max_context,
-        kv_dtype=args.kv_dtype,
-        kv_policy=args.kv_policy,
-        kv_host_budget=args.kv_host_budget,
-        disk_dir=args.disk_dir,
-    )
+    model = tierlm.load(args.package, **load_options(args))
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = stdin.isatty()
     while True:

@@ -106,6 +106,19 @@ def add_run_options(parser):
     )
 
 
+def load_options(args):
+    """tierlm.load's keyword arguments from the options of add_run_options."""
+    return dict(
+        budget=parse_budgets(args.budget),
+        threads=args.threads,
+        max_context=args.max_context,
+        kv_dtype=args.kv_dtype,
+        kv_policy=args.kv_policy,
+        kv_host_budget=args.kv_host_budget,
+        disk_dir=args.disk_dir,
+    )
+
+
 def sampling_options(args):
     return dict(
         max_new_tokens=args.max_new_tokens,
@@ -144,14 +157,8 @@ def run(args):
         )
     model = tierlm.load(
         args.package,
-        budget=parse_budgets(args.budget),
-        threads=args.threads,
+        **load_options(args),
         verify=args.verify,
-        max_context=args.max_context,
-        kv_dtype=args.kv_dtype,
-        kv_policy=args.kv_policy,
-        kv_host_budget=args.kv_host_budget,
-        disk_dir=args.disk_dir,
         ring_sections=args.ring_sections,
         sparse=args.sparse,
         sparse_window=args.sparse_window,

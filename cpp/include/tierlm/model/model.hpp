@@ -140,6 +140,8 @@ struct TIERLM_API ModelStats : StreamStats, SparseStats, MoeStats {
   double kv_read_wait_seconds = 0.0;
   std::string kv_io_backend;       // how the spill reads and writes ("" when it has none)
   bool kv_io_direct = false;       // with O_DIRECT
+  bool kv_io_registered = false;   // into staging registered with the io_uring (fixed buffers)
+  int64_t kv_staging_layers = 0;   // layers of spilled blocks read back at once (read-ahead)
   int64_t kv_block_tokens = 0;     // tokens per block
   uint64_t kv_block_bytes = 0;     // bytes per block (every layer's keys and values)
   double attention_seconds = 0.0;  // in the attention ops since load (KV append, spill reads,

@@ -3,6 +3,7 @@
 // kernels_simd.hpp; like it, everything sits in an anonymous namespace per ISA translation unit.
 #pragma once
 
+#include "kernels/cpu/attention_decode_simd.hpp"
 #include "kernels/cpu/kernels_simd.hpp"
 
 namespace tierlm::detail {
@@ -17,8 +18,8 @@ namespace {
 //
 // Scores are kept transposed, st[key][row] (rows padded to whole vectors), so the online
 // softmax (max, exp, sum per row) runs down the key axis with full vectors, and the queries are
-// transposed and pre-scaled once per tile call, qt[c][row]. For a few rows (decode) the scores
-// are plain dot products over head_dim instead.
+// transposed and pre-scaled once per tile call, qt[c][row]. A few rows (decode) take the body
+// of attention_decode_simd.hpp instead, which reads the cache without a stage.
 
 // st[j][v*W ..] for keys j0..j0+KB and row vectors v0..v0+RV: sum_c k[j][c] * qt[c][rows].
 template <class V, size_t KB, size_t RV>
@@ -79,7 +80,7 @@ void scores_transposed(const float* k, size_t d, size_t nk, const float* qt, siz
 // (the last possibly partial: `tail` lanes).
 template <class V, size_t RB, size_t DV>
 inline void pv_tile(const float* p, size_t sj, size_t sr, const float* v, size_t d, size_t nk,
-                    float* acc, size_t tail, bool ahead) {
+                    float* acc, size_t tail) {
   using F = typename V::F;
   constexpr size_t kW = V::kWidth;
   F a[RB][DV];
@@ -92,8 +93,6 @@ inline void pv_tile(const float* p, size_t sj, size_t sr, const float* v, size_t
     for (size_t u = 0; u < DV; ++u)
       vv[u] =
           (u + 1 == DV && tail) ? V::load_n(v + j * d + u * kW, tail) : V::load(v + j * d + u * kW);
-    if (ahead)
-      for (size_t u = 0; u < DV; ++u) prefetch(v + (j + kAttentionKeyTile) * d + u * kW);
     for (size_t i = 0; i < RB; ++i) {
       const F pb = V::set1(p[j * sj + i * sr]);
       for (size_t u = 0; u < DV; ++u) a[i][u] = V::fma(pb, vv[u], a[i][u]);
@@ -110,14 +109,13 @@ inline void pv_tile(const float* p, size_t sj, size_t sr, const float* v, size_t
 
 template <class V, size_t RB>
 inline void pv_rows(const float* p, size_t sj, size_t sr, const float* v, size_t d, size_t nk,
-                    float* acc, bool ahead) {
+                    float* acc) {
   constexpr size_t kW = V::kWidth;
   constexpr size_t kDV = V::kPvVecs;
   size_t c = 0;
-  for (; c + kDV * kW <= d; c += kDV * kW)
-    pv_tile<V, RB, kDV>(p, sj, sr, v + c, d, nk, acc + c, 0, ahead);
-  for (; c + kW <= d; c += kW) pv_tile<V, RB, 1>(p, sj, sr, v + c, d, nk, acc + c, 0, ahead);
-  if (c < d) pv_tile<V, RB, 1>(p, sj, sr, v + c, d, nk, acc + c, d - c, ahead);
+  for (; c + kDV * kW <= d; c += kDV * kW) pv_tile<V, RB, kDV>(p, sj, sr, v + c, d, nk, acc + c, 0);
+  for (; c + kW <= d; c += kW) pv_tile<V, RB, 1>(p, sj, sr, v + c, d, nk, acc + c, 0);
+  if (c < d) pv_tile<V, RB, 1>(p, sj, sr, v + c, d, nk, acc + c, d - c);
 }
 
 // acc[0..rows) += P · V over nk keys.
@@ -126,9 +124,8 @@ inline void pv(const float* p, size_t sj, size_t sr, const float* v, size_t d, s
                size_t rows, float* acc) {
   constexpr size_t kRB = V::kPvRows;
   size_t r = 0;
-  for (; r + kRB <= rows; r += kRB)
-    pv_rows<V, kRB>(p + r * sr, sj, sr, v, d, nk, acc + r * d, r == 0);
-  for (; r < rows; ++r) pv_rows<V, 1>(p + r * sr, sj, sr, v, d, nk, acc + r * d, r == 0);
+  for (; r + kRB <= rows; r += kRB) pv_rows<V, kRB>(p + r * sr, sj, sr, v, d, nk, acc + r * d);
+  for (; r < rows; ++r) pv_rows<V, 1>(p + r * sr, sj, sr, v, d, nk, acc + r * d);
 }
 
 inline void scale_acc_row(float* a, size_t d, float c) {
@@ -138,155 +135,32 @@ inline void scale_acc_row(float* a, size_t d, float c) {
 // Rows t0 .. t0 + nk of one KV head as f32 rows of d floats (see above).
 template <class V>
 const float* kv_tile(const KvHeadRows& h, size_t t0, size_t nk, size_t d, float* stage) {
+  constexpr size_t kW = V::kWidth;
   const size_t b = h.block_tokens;
   if (h.dtype == DType::kDTypeF32 && t0 / b == (t0 + nk - 1) / b)
     return reinterpret_cast<const float*>(h.row(t0));
-  for (size_t i = 0; i < nk;) {
-    const size_t t = t0 + i;
-    const size_t run = std::min(nk - i, b - t % b);  // rows contiguous in t's block
-    const uint8_t* src = h.row(t);
+  for_runs(h, t0, nk, [&](size_t i, const uint8_t* src, size_t run) {
     float* dst = stage + i * d;
-    if (h.dtype == DType::kDTypeQ8_0) {
-      // Whole blocks per row: a partial last block writes its zero padding into the next row,
-      // which that row then overwrites (the stage has a block of slack for the last).
-      const size_t nb = h.row_bytes / sizeof(BlockQ8_0);
-      for (size_t r = 0; r < run; ++r) {
-        const auto* blk = reinterpret_cast<const BlockQ8_0*>(src + r * h.row_bytes);
-        for (size_t k = 0; k < nb; ++k) {
-          const float scale = f16_to_f32(blk[k].d);
-          float* o = dst + r * d + k * kBlock32;
-          for (size_t j = 0; j < kBlock32; ++j) o[j] = scale * static_cast<float>(blk[k].qs[j]);
-        }
+    if (h.dtype != DType::kDTypeQ8_0) return convert<V>(src, h.dtype, dst, run * d);
+    // Whole blocks per row: a partial last block writes its zero padding into the next row,
+    // which that row then overwrites (the stage has a block of slack for the last).
+    const size_t nb = h.row_bytes / sizeof(BlockQ8_0);
+    for (size_t r = 0; r < run; ++r) {
+      const auto* blk = reinterpret_cast<const BlockQ8_0*>(src + r * h.row_bytes);
+      for (size_t k = 0; k < nb; ++k) {
+        const typename V::F scale = V::set1_f16(blk[k].d);
+        float* o = dst + r * d + k * kBlock32;
+        for (size_t j = 0; j < kBlock32; j += kW)
+          V::store(o + j, V::mul(scale, V::load_i8(blk[k].qs + j)));
       }
-    } else {
-      convert<V>(src, h.dtype, dst, run * d);
     }
-    i += run;
-  }
+  });
   return stage;
 }
 
 inline float* kv_stage(const AttentionTile& t, size_t rows) {
   return t.scratch + attention_scratch_floats(rows, t.head_dim) -
          2 * attention_stage_floats(t.head_dim);
-}
-
-// Decode body (few rows): scores s[r][j] (row-major, one key tile per row) as dot products
-// of RB rows with 4 keys at once, reduced 4 at a time; the softmax then runs along keys.
-template <class V, size_t RB, bool kPrefetch>
-inline void scores_dot4(const float* q, const float* k, size_t d, size_t nk, float* s) {
-  using F = typename V::F;
-  constexpr size_t kW = V::kWidth;
-  size_t j = 0;
-  for (; j + 4 <= nk; j += 4) {
-    F a[RB][4];
-    for (size_t i = 0; i < RB; ++i)
-      for (size_t u = 0; u < 4; ++u) a[i][u] = V::zero();
-    const float* kj = k + j * d;
-    size_t c = 0;
-    for (; c + kW <= d; c += kW) {
-      F kv[4];
-      for (size_t u = 0; u < 4; ++u) kv[u] = V::load(kj + u * d + c);
-      // The next key tile streams from DRAM while this one computes.
-      if (kPrefetch)
-        for (size_t u = 0; u < 4; ++u) prefetch(kj + (kAttentionKeyTile + u) * d + c);
-      for (size_t i = 0; i < RB; ++i) {
-        const F qv = V::load(q + i * d + c);
-        for (size_t u = 0; u < 4; ++u) a[i][u] = V::fma(qv, kv[u], a[i][u]);
-      }
-    }
-    if (c < d) {
-      F kv[4];
-      for (size_t u = 0; u < 4; ++u) kv[u] = V::load_n(kj + u * d + c, d - c);
-      for (size_t i = 0; i < RB; ++i) {
-        const F qv = V::load_n(q + i * d + c, d - c);
-        for (size_t u = 0; u < 4; ++u) a[i][u] = V::fma(qv, kv[u], a[i][u]);
-      }
-    }
-    for (size_t i = 0; i < RB; ++i)
-      V::reduce4(a[i][0], a[i][1], a[i][2], a[i][3], s + i * kAttentionKeyTile + j);
-  }
-  for (; j < nk; ++j) {
-    const float* kj = k + j * d;
-    for (size_t i = 0; i < RB; ++i) {
-      F a = V::zero();
-      for (size_t c = 0; c < d; c += kW) {
-        const size_t n = std::min(kW, d - c);
-        a = V::fma(V::load_n(q + i * d + c, n), V::load_n(kj + c, n), a);
-      }
-      s[i * kAttentionKeyTile + j] = V::reduce_add(a);
-    }
-  }
-}
-
-template <class V>
-void attention_decode(const AttentionTile& t) {
-  using F = typename V::F;
-  constexpr size_t kW = V::kWidth;
-  constexpr size_t kT = kAttentionKeyTile;
-  constexpr float kInf = std::numeric_limits<float>::infinity();
-  const size_t d = t.head_dim;
-  const size_t rows = t.n_queries * t.group;
-  float* q = t.scratch;     // [rows][d], scaled
-  float* s = q + rows * d;  // [rows][kT]
-  float* m = t.m;
-  float* l = t.l;
-  float* k_stage = kv_stage(t, rows);
-  float* v_stage = k_stage + attention_stage_floats(d);
-  for (size_t r = 0; r < rows; ++r) {
-    const float* qr = t.q + (r / t.group) * t.q_stride + (r % t.group) * d;
-    for (size_t c = 0; c < d; ++c) q[r * d + c] = qr[c] * t.scale;
-    m[r] = -kInf;
-    l[r] = 0.0f;
-  }
-  std::fill(t.acc, t.acc + rows * d, 0.0f);
-  const size_t end = std::min(t.key_end, t.q_pos + t.n_queries);
-  for (size_t t0 = t.key_begin; t0 < end; t0 += kT) {
-    const size_t nk = std::min(kT, end - t0);
-    const float* k = kv_tile<V>(t.k, t0, nk, d, k_stage);
-    size_t r = 0;
-    for (; r + 4 <= rows; r += 4)
-      if (r == 0)
-        scores_dot4<V, 4, true>(q + r * d, k, d, nk, s + r * kT);
-      else
-        scores_dot4<V, 4, false>(q + r * d, k, d, nk, s + r * kT);
-    for (; r < rows; ++r)
-      if (r == 0)
-        scores_dot4<V, 1, true>(q + r * d, k, d, nk, s + r * kT);
-      else
-        scores_dot4<V, 1, false>(q + r * d, k, d, nk, s + r * kT);
-    for (r = 0; r < rows; ++r) {
-      float* sr = s + r * kT;
-      const size_t lim = std::min(t.key_end, t.q_pos + r / t.group + 1);
-      const size_t valid = lim > t0 ? std::min(nk, lim - t0) : 0;
-      if (valid == 0) {
-        std::fill(sr, sr + nk, 0.0f);
-        continue;
-      }
-      F mx = V::set1(-kInf);
-      size_t j = 0;
-      for (; j + kW <= valid; j += kW) mx = V::max(mx, V::load(sr + j));
-      float row_max = V::reduce_max(mx);
-      for (; j < valid; ++j) row_max = std::max(row_max, sr[j]);
-      const float m_new = std::max(m[r], row_max);
-      const float corr = std::exp(m[r] - m_new);  // 0 on the first visible key
-      const F vm = V::set1(m_new);
-      F sum = V::zero();
-      for (j = 0; j < valid; j += kW) {
-        const size_t n = std::min(kW, valid - j);
-        const F p = vexp<V>(V::sub(V::load_n(sr + j, n), vm));
-        // Lanes past `valid` loaded 0 and became exp(-m_new): keep them out of the sum.
-        const F pz = n == kW ? p : V::load_n_zero_rest(p, n);
-        V::store_n(sr + j, pz, n);
-        sum = V::add(sum, pz);
-      }
-      std::fill(sr + valid, sr + nk, 0.0f);
-      if (corr != 1.0f && t0 != t.key_begin) scale_acc_row(t.acc + r * d, d, corr);
-      l[r] = l[r] * corr + V::reduce_add(sum);
-      m[r] = m_new;
-    }
-    pv<V>(s, 1, kT, kv_tile<V>(t.v, t0, nk, d, v_stage), d, nk, rows, t.acc);
-  }
 }
 
 template <class V>

@@ -469,7 +469,5 @@ void convert(const void* src, DType dtype, float* dst, size_t n) {
   fail_block_dtype("convert", dtype);
 }
 
-inline void prefetch(const float* p) { __builtin_prefetch(p, 0, 3); }
-
 }  // namespace
 }  // namespace tierlm::detail

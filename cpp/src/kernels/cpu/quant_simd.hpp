@@ -1,5 +1,6 @@
 // Quantized linear bodies written once over an integer-dot trait I on 256-bit vectors
-// (quant_avx2.cpp and quant_avx512vnni.cpp define I and include this file). Everything sits in
+// (quant_avx2.cpp and quant_avx512vnni.cpp define I and include quant_matmul_simd.hpp, which
+// includes this file and adds the row x token tiling of the linear). Everything sits in
 // an anonymous namespace: each ISA translation unit gets its own copy compiled with its flags.
 //
 // A weight block is unpacked to unsigned bytes once and multiplied with the int8 activation
@@ -467,92 +468,6 @@ inline void tile_q6k(const BlockQ6_K* w, const char* x, size_t x_stride, size_t 
   for (size_t t = 0; t < T; ++t) out[t] = hsum(acc[t]);
 }
 
-// ---- linear -----------------------------------------------------------------------------------
-
-template <class I, class B>
-struct Tile32 {
-  static constexpr size_t kTokens = I::kTokens32;
-  template <size_t T>
-  static void run(const void* row, const char* x, size_t stride, size_t nb, float* out) {
-    tile32<I, B, T>(static_cast<const B*>(row), x, stride, nb, out);
-  }
-};
-template <class I, class B>
-struct TileK4 {
-  static constexpr size_t kTokens = I::kTokensK;
-  template <size_t T>
-  static void run(const void* row, const char* x, size_t stride, size_t nb, float* out) {
-    tile_k4<I, B, T>(static_cast<const B*>(row), x, stride, nb, out);
-  }
-};
-template <class I>
-struct TileQ6K {
-  static constexpr size_t kTokens = I::kTokensK;
-  template <size_t T>
-  static void run(const void* row, const char* x, size_t stride, size_t nb, float* out) {
-    tile_q6k<I, T>(static_cast<const BlockQ6_K*>(row), x, stride, nb, out);
-  }
-};
-
-// Tokens per cache tile of the matrix-matrix path: their activations stay in L2 while the rows
-// stream past (as kLinearTokenTile for the 16-bit types).
-constexpr size_t kQuantTokenTile = 64;
-
-template <class Tile>
-void linear_tiles(const void* xq, const void* w, const float* bias, DType w_dtype, float* y,
-                  size_t n, size_t rows, size_t cols, size_t r0, size_t r1) {
-  constexpr size_t kT = Tile::kTokens;
-  const size_t row_bytes = dtype_row_bytes(w_dtype, cols);
-  const size_t nb = cols / dtype_block(w_dtype).elems;
-  const size_t act_bytes = quant_act_row_bytes(w_dtype, cols);
-  const auto* x = static_cast<const char*>(xq);
-  float out[kT];
-  for (size_t t0 = 0; t0 < n; t0 += kQuantTokenTile) {
-    const size_t t1 = std::min(n, t0 + kQuantTokenTile);
-    for (size_t r = r0; r < r1; ++r) {
-      const void* row = static_cast<const char*>(w) + r * row_bytes;
-      const float b = bias ? bias[r] : 0.0f;
-      size_t t = t0;
-      for (; t + kT <= t1; t += kT) {
-        Tile::template run<kT>(row, x + t * act_bytes, act_bytes, nb, out);
-        for (size_t j = 0; j < kT; ++j) y[(t + j) * rows + r] = out[j] + b;
-      }
-      for (; t < t1; ++t) {
-        Tile::template run<1>(row, x + t * act_bytes, act_bytes, nb, out);
-        y[t * rows + r] = out[0] + b;
-      }
-    }
-  }
-}
-
-template <class I>
-void linear_quant(const void* xq, const void* w, const float* bias, DType w_dtype, float* y,
-                  size_t n, size_t rows, size_t cols, size_t r0, size_t r1) {
-  switch (w_dtype) {
-    case DType::kDTypeQ8_0:
-      return linear_tiles<Tile32<I, BlockQ8_0>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
-    case DType::kDTypeQ4_0:
-      return linear_tiles<Tile32<I, BlockQ4_0>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
-    case DType::kDTypeQ4_1:
-      return linear_tiles<Tile32<I, BlockQ4_1>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
-    case DType::kDTypeQ5_0:
-      return linear_tiles<Tile32<I, BlockQ5_0>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
-    case DType::kDTypeQ5_1:
-      return linear_tiles<Tile32<I, BlockQ5_1>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
-    case DType::kDTypeQ4_K:
-      return linear_tiles<TileK4<I, BlockQ4_K>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
-    case DType::kDTypeQ5_K:
-      return linear_tiles<TileK4<I, BlockQ5_K>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
-    case DType::kDTypeQ6_K:
-      return linear_tiles<TileQ6K<I>>(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
-    case DType::kDTypeF32:
-    case DType::kDTypeF16:
-    case DType::kDTypeBF16:
-      break;
-  }
-  fail_not_block_dtype("quantized linear", w_dtype);
-}
-
 // ---- axpy (the sparse FFN's down part) ---------------------------------------------------------
 
 // y[0:32] += a * (q * d + m) over one 32-block's stored integers (m = -offset * d, or the min).
@@ -621,11 +536,6 @@ void axpy_quant(float a, const void* w, DType w_dtype, float* y, size_t cols) {
       break;
   }
   fail_not_block_dtype("quantized axpy", w_dtype);
-}
-
-template <class I>
-QuantKernels make_quant_kernels() {
-  return QuantKernels{quantize_rows_simd, linear_quant<I>, axpy_quant};
 }
 
 }  // namespace

@@ -51,6 +51,12 @@ struct VecAvx2 {
     std::memcpy(b, p, n * 2);
     return load_bf16(b);
   }
+  // kWidth int8 values widened exactly; an f16 value in every lane (a q8_0 block's scale).
+  static F load_i8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(
+        _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  static F set1_f16(uint16_t h) { return _mm256_cvtph_ps(_mm_set1_epi16(static_cast<short>(h))); }
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
   static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
   static F mul(F a, F b) { return _mm256_mul_ps(a, b); }

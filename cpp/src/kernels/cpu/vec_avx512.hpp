@@ -49,6 +49,14 @@ struct VecAvx512 {
   static F load_bf16_n(const uint16_t* p, size_t n) {
     return bf16_bits(_mm256_maskz_loadu_epi16(mask(n), p));
   }
+  // kWidth int8 values widened exactly; an f16 value in every lane (a q8_0 block's scale).
+  static F load_i8(const int8_t* p) {
+    return _mm512_cvtepi32_ps(
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  static F set1_f16(uint16_t h) {
+    return _mm512_cvtph_ps(_mm256_set1_epi16(static_cast<short>(h)));
+  }
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
   static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
