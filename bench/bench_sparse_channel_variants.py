@@ -10,7 +10,8 @@ perplexity over the first --held-out-tokens tokens of the shipped held-out text 
 1024) against dense measured in the same run, teacher-forced top-1 agreement, and greedy top-1
 agreement over --greedy-tokens (256) tokens dense generates after the held-out text's first
 64. "weights skipped" is the byte-weighted fraction of the linears' columns skipped; "rotation
-/ linears" what the rotations add beside them (resident n x n matrices, as parameters). Deterministic.
+/ linears" what the rotations add beside them (resident n x n matrices, as parameters).
+Deterministic.
 
     python bench/bench_sparse_channel_variants.py [--variants all] [--sparsity 0.4]
 """
