@@ -163,7 +163,7 @@ ALLOCATED = {"attn_in": 0.3, "attn_out": 0.3, "ffn_in": 0.35, "ffn_down": 0.6}
 # name: (rotation kind or None, per-site levels at --sparsity s, or None for uniform)
 VARIANTS = {
     "uniform": (None, None),
-    "rotate q/k/v, gate/up inputs (site)": ("site", None),
+    "rotate q/k/v and gate/up inputs (site)": ("site", None),
     "rotate all four inputs": ("all", None),
     "rotate down's input only": ("down", None),
     "rotate o's input per kv head": ("heads", None),
