@@ -84,5 +84,30 @@ TEST(Safetensors, DamagedFilesAreRefused) {
   EXPECT_TRUE(st.find("a").has_value());
 }
 
+// f32_offset: the offset of an F32 tensor of the shape asked for; anything else is named with
+// the hint (what the channel rotations and the predictors read through it).
+TEST(Safetensors, F32OffsetChecksDtypeAndShape) {
+  TempDir dir;
+  const std::string header = R"({"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},)"
+                             R"( "b": {"dtype": "BF16", "shape": [5], "data_offsets": [24, 34]}})";
+  const SafetensorsHeader st(write(dir.path(), header, 34));
+  EXPECT_EQ(st.f32_offset("a", {2, 3}, "do X"), 8 + header.size());
+  const auto refused = [&](const std::string& name, std::vector<int64_t> shape,
+                           const std::string& part) {
+    try {
+      st.f32_offset(name, shape, "do X");
+      FAIL() << "accepted " << name;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kErrorCorrupt);
+      const std::string what = e.what();
+      EXPECT_NE(what.find(part), std::string::npos) << what;
+      EXPECT_NE(what.find("; do X"), std::string::npos) << what;
+    }
+  };
+  refused("c", {1}, "no tensor `c`");
+  refused("b", {5}, "tensor `b` is not F32");
+  refused("a", {3, 2}, "tensor `a` has the wrong shape");
+}
+
 }  // namespace
 }  // namespace tierlm::detail

@@ -442,6 +442,21 @@ def case_sparse_calibrate_criterion(ctx):
         assert "scales" in json.load(f)
 
 
+def case_sparse_calibrate_rotation(ctx):
+    rotated = calibrate(ctx, "--rotation", "site", out="c-rot")
+    assert rotated["rotation"] == "site"
+    assert rotated["thresholds"] != calibrate(ctx, "--rotation", "none")["thresholds"]
+    with open(os.path.join(rotated["out"], "channel_sparsity.json")) as f:
+        assert json.load(f)["rotation"]["scope"] == "site"
+    assert os.path.exists(os.path.join(rotated["out"], "channel_rotations.safetensors"))
+    # A package as --out: the executor runs the rotated columns.
+    hf, _, _ = ctx.calibrate
+    pkg = tierlm.export(hf, os.path.join(ctx.tmp, "rot-pkg"), progress=False, overwrite=True)
+    assert calibrate(ctx, "--rotation", "site", out="rot-pkg")["package"]
+    gen = ctx.json("generate", pkg, "--ids", "5,7,11", "--max-new-tokens", "2", "--sparse")
+    assert gen["model_stats"]["sparse_channels"]
+
+
 def case_sparse_calibrate_dtype(ctx):
     f32 = calibrate(ctx, "--dtype", "f32", out="c32")["bundle_bytes"]
     assert f32 > calibrate(ctx, "--dtype", "f16", out="c16")["bundle_bytes"]

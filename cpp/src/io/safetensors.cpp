@@ -45,4 +45,18 @@ std::optional<SafetensorsTensor> SafetensorsHeader::find(const std::string& name
   return t;
 }
 
+uint64_t SafetensorsHeader::f32_offset(const std::string& name, const std::vector<int64_t>& shape,
+                                       const char* hint) const {
+  const std::optional<SafetensorsTensor> t = find(name);
+  TIERLM_CHECK(t.has_value(), kErrorCorrupt, path_, ": no tensor `", name, "`; ", hint);
+  TIERLM_CHECK(t->dtype == "F32", kErrorCorrupt, path_, ": tensor `", name, "` is not F32; ", hint);
+  TIERLM_CHECK(t->shape == shape, kErrorCorrupt, path_, ": tensor `", name,
+               "` has the wrong shape for the model; ", hint);
+  uint64_t numel = 1;
+  for (int64_t d : shape) numel *= static_cast<uint64_t>(d);
+  TIERLM_CHECK(t->end - t->begin == numel * 4, kErrorCorrupt, path_, ": tensor `", name, "` has ",
+               t->end - t->begin, " bytes, its shape needs ", numel * 4, "; ", hint);
+  return t->begin;
+}
+
 }  // namespace tierlm::detail

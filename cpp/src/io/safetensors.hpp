@@ -27,6 +27,10 @@ class SafetensorsHeader {
   // The entry, nullopt when the file has none of that name; kErrorCorrupt naming the file and
   // the tensor when the entry is malformed or its bytes lie outside the file.
   std::optional<SafetensorsTensor> find(const std::string& name) const;
+  // The offset of an F32 tensor of exactly `shape`; kErrorCorrupt naming the file, the tensor
+  // and what is wrong (missing, not F32, another shape), then `hint` (what to do).
+  uint64_t f32_offset(const std::string& name, const std::vector<int64_t>& shape,
+                      const char* hint) const;
   const std::string& path() const { return path_; }
   uint64_t file_bytes() const { return file_bytes_; }
 

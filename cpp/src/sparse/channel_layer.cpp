@@ -35,10 +35,12 @@ struct ChannelSparse::Impl {
     const ChannelSitePlan* plan = nullptr;
     RowCache rows;
     File file;
+    const float* rotation = nullptr;  // Qᵀ [n, n] of a rotated site, in `rotations`
   };
 
   ChannelPlan plan;
   HostBuffer scratch;
+  HostBuffer rotations;    // the rotated sites' Qᵀ, one after the other
   SparseRowLoader loader;  // before sites: the files may hold its staging registered
   std::vector<Site> sites;
 
@@ -63,17 +65,20 @@ struct ChannelSparse::Impl {
   Impl(const ChannelPlan& p, HostTier& host)
       : plan(p),
         scratch(host.allocate(plan.scratch.bytes)),
+        rotations(plan.rotations.empty() ? HostBuffer() : host.allocate(rotation_bytes(plan))),
         loader(host.allocate(plan.staging_bytes, kAlignment),
                view<IoRequest>(plan.scratch.requests), view<SparseRowSource>(plan.scratch.sources),
                plan.scratch.max_requests, true, kSparseMergeGap) {
     threads = std::max<size_t>(1, parallel_threads());
+    const std::vector<float*> qt = read_rotations();
     sites.reserve(plan.sites.size());
     for (const ChannelSitePlan& s : plan.sites) {
       const SparseLayerPlan& r = s.rows;
       IoOptions io;
       io.direct = true;
       Site site{&s, RowCache(host, r.n_neurons, r.capacity, r.row_elems, r.dtype, plan.window),
-                File(r.file, IoMode::kIoModeRead, io)};
+                File(r.file, IoMode::kIoModeRead, io),
+                s.rotation < 0 ? nullptr : qt[static_cast<size_t>(s.rotation)]};
       const bool reg = site.file.register_buffer(loader.staging(), loader.staging_bytes());
       files_io.registered = sites.empty() ? reg : files_io.registered && reg;
       files_io.direct = site.file.direct();
@@ -90,6 +95,27 @@ struct ChannelSparse::Impl {
     for (const ChannelSitePlan& s : plan.sites) {
       totals.sparse_capacity.push_back(static_cast<int64_t>(s.rows.capacity));
     }
+  }
+
+  // Reads each rotation Q (row-major, as stored) and keeps Qᵀ, so that z = Qᵀ x is one
+  // kernel_linear; returns where each one lies.
+  std::vector<float*> read_rotations() {
+    std::vector<float*> at;
+    if (plan.rotations.empty()) return at;
+    File f(plan.rotation_file, IoMode::kIoModeRead, IoOptions{.direct = false});
+    float* out = static_cast<float*>(rotations.data());
+    std::vector<float> q;
+    for (size_t k = 0; k < plan.rotations.size(); ++k) {
+      const size_t n = plan.rotation_dims[k];
+      q.resize(n * n);
+      f.read(q.data(), n * n * sizeof(float), plan.rotations[k]);
+      for (size_t c = 0; c < n; ++c) {
+        for (size_t j = 0; j < n; ++j) out[j * n + c] = q[c * n + j];
+      }
+      at.push_back(out);
+      out += n * n;
+    }
+    return at;
   }
 
   // y[row_elems] (+)= the kept channels' columns among cache rows [first, first + n).
@@ -125,11 +151,17 @@ struct ChannelSparse::Impl {
         1);
   }
 
-  void token(Site& s, const float* x, float* y, SparseTokenInfo& info) {
+  void token(Site& s, const float* input, float* y, SparseTokenInfo& info) {
     const SparseLayerPlan& r = s.plan->rows;
     NeuronCache& cache = s.rows.cache;
     const size_t cap = r.capacity;
     auto t0 = Clock::now();
+    const float* x = input;  // a rotated site's channels are those of z = Qᵀ x
+    if (s.rotation != nullptr) {
+      float* z = view<float>(plan.scratch.rotated);
+      kernel_linear(input, s.rotation, nullptr, DType::kDTypeF32, z, 1, r.n_neurons, r.n_neurons);
+      x = z;
+    }
     size_t n_kept = 0;
     const float t = s.plan->threshold;
     for (size_t c = 0; c < r.n_neurons; ++c) {

@@ -8,8 +8,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <optional>
 
 #include "core/json.hpp"
+#include "io/safetensors.hpp"
 #include "sparse/sparse_row_gather.hpp"
 #include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
@@ -88,11 +90,13 @@ void match_site(const Package& p, const Json& entry, const std::string& where,
   s.rows.dim = offset;
 }
 
-// The thresholds file: [{site: threshold}] per layer, and the per-site sparsity it targeted.
+// The thresholds file: [{site: threshold}] per layer, the per-site sparsity it targeted and
+// the sites it rotates (their matrices' file in plan.rotation_file).
 void read_thresholds(const Package& p, const Json& channels, const std::string& where,
                      ChannelPlan& plan,
                      std::vector<std::vector<std::pair<std::string, double>>>& thresholds,
-                     std::vector<std::vector<std::pair<std::string, double>>>& sparsity) {
+                     std::vector<std::vector<std::pair<std::string, double>>>& sparsity,
+                     std::vector<std::string>& rotated) {
   const std::string path = p.file_path(channels.at("json", where).as_string(where + ".json"));
   struct stat st {};
   TIERLM_CHECK(::stat(path.c_str(), &st) == 0, kErrorNotFound, path, ": cannot open (",
@@ -108,6 +112,17 @@ void read_thresholds(const Package& p, const Json& channels, const std::string& 
   TIERLM_CHECK(cut == "magnitude", kErrorUnsupported, path, ": criterion \"", cut,
                "\" (per-channel scales) is not run by the executor yet; calibrate with "
                "`tierlm sparse calibrate MODEL --criterion magnitude --out PKG`");
+  const Json* rotation = meta.find("rotation");
+  if (rotation != nullptr && !rotation->is_null()) {
+    const std::string rw = path + ".rotation";
+    const std::string scope = rotation->at("scope", rw).as_string(rw + ".scope");
+    TIERLM_CHECK(scope == "site", kErrorUnsupported, rw, ": scope \"", scope,
+                 "\" is not run by the executor (only \"site\")", kHint);
+    plan.rotation_file = p.file_path(rotation->at("file", rw).as_string(rw + ".file"));
+    for (const Json& site : rotation->at("sites", rw).as_array(rw + ".sites")) {
+      rotated.push_back(site.as_string(rw + ".sites"));
+    }
+  }
   const Json* target = meta.find("target_sparsity");
   if (target && target->is_number()) plan.target_sparsity = target->as_number(path);
   const Json* metrics = meta.find("metrics");
@@ -209,7 +224,10 @@ ChannelPlan channel_plan(const Package& p, const ChannelOptions& options) {
   const Json& channels = manifest_channels(manifest, p);
   const std::string where = manifest_path + ": channels";
   std::vector<std::vector<std::pair<std::string, double>>> thresholds, sparsity;
-  read_thresholds(p, channels, where, plan, thresholds, sparsity);
+  std::vector<std::string> rotated;
+  read_thresholds(p, channels, where, plan, thresholds, sparsity, rotated);
+  std::optional<SafetensorsHeader> rotations;
+  if (!plan.rotation_file.empty()) rotations.emplace(plan.rotation_file);
   const auto start = std::chrono::steady_clock::now();
   const auto& entries = channels.at("sites", where).as_array(where + ".sites");
   for (size_t e = 0; e < entries.size(); ++e) {
@@ -231,6 +249,13 @@ ChannelPlan channel_plan(const Package& p, const ChannelOptions& options) {
     s.rows.n_neurons = static_cast<size_t>(entry.at("n_neurons", w).as_int(w + ".n_neurons"));
     match_site(p, entry, w, names->weights, s);
     read_site_file(p, entry, w, options.verify, plan, s);
+    if (std::find(rotated.begin(), rotated.end(), s.site) != rotated.end()) {
+      const auto n = static_cast<int64_t>(s.rows.n_neurons);
+      const std::string name = "layers." + std::to_string(s.layer) + "." + s.site + ".rotation";
+      s.rotation = static_cast<int>(plan.rotations.size());
+      plan.rotations.push_back(rotations->f32_offset(name, {n, n}, kHint + 2));
+      plan.rotation_dims.push_back(s.rows.n_neurons);
+    }
     for (const ChannelSiteOp& op : s.ops) {
       const std::string& name = p.graph.ops[op.op].weight;
       plan.dense_tensors.push_back(name);
@@ -286,11 +311,22 @@ ChannelScratchLayout channel_scratch_layout(const ChannelPlan& plan) {
   l.sources = cursor.take(max_cap * sizeof(SparseRowSource));
   l.requests = cursor.take(l.max_requests * sizeof(IoRequest));
   l.site_out = cursor.take(plan.max_rows * plan.max_row_elems * sizeof(float));
+  l.rotated = cursor.take(max_n * sizeof(float));
   l.rows = cursor.take(plan.max_rows * sizeof(SparseTokenInfo));
   l.log = cursor.take(kSparseTokenLog * sizeof(SparseTokenInfo));
   l.bytes = cursor.bytes;
   return l;
 }
+
+}  // namespace
+
+uint64_t rotation_bytes(const ChannelPlan& plan) {
+  uint64_t bytes = 0;
+  for (size_t n : plan.rotation_dims) bytes += static_cast<uint64_t>(n) * n * sizeof(float);
+  return bytes;
+}
+
+namespace {
 
 // Host bytes of one site's cache, window and last-use array at its capacity.
 uint64_t site_bytes(const ChannelSitePlan& s, size_t window) {
@@ -312,7 +348,7 @@ void total_bytes(ChannelPlan& plan) {
   const uint64_t staging = std::min({largest_file, max_cap_bytes, uint64_t{kMaxStaging}});
   plan.staging_bytes = static_cast<size_t>(std::max<uint64_t>(staging, 2 * worst_row));
   plan.scratch = channel_scratch_layout(plan);
-  uint64_t bytes = page(plan.staging_bytes) + page(plan.scratch.bytes);
+  uint64_t bytes = page(plan.staging_bytes) + page(plan.scratch.bytes) + page(rotation_bytes(plan));
   for (const ChannelSitePlan& s : plan.sites) bytes += site_bytes(s, plan.window);
   plan.host_bytes = bytes;
 }

@@ -33,6 +33,9 @@ struct ChannelSitePlan {
   // row_elems = the summed output widths, dim = row_elems; never gated.
   SparseLayerPlan rows;
   double sparsity = 0.0;  // the fraction of channels calibration meant this site to skip
+  // A rotated site (tierlm/sparse/channel_rotation.py) thresholds z = Qᵀ x and its file holds
+  // the columns of W Q: index into ChannelPlan::rotations, -1 when not rotated.
+  int rotation = -1;
 };
 
 // What the model passes on from ModelOptions (sparse_window, sparse_capacity, verify) and its
@@ -54,6 +57,7 @@ struct ChannelScratchLayout {
   size_t sources = 0;   // SparseRowSource[max capacity]: where each pending row lands
   size_t requests = 0;  // IoRequest[max_requests]
   size_t site_out = 0;  // float[max_rows * max_row_elems]: the running site's outputs
+  size_t rotated = 0;   // float[max channels]: a rotated site's input z = Qᵀ x
   size_t rows = 0;      // SparseTokenInfo[max_rows]: per row of the batch
   size_t log = 0;       // SparseTokenInfo[kSparseTokenLog]
   size_t max_requests = 0;
@@ -68,6 +72,12 @@ struct ChannelPlan {
   size_t max_rows = 1;
   size_t max_row_elems = 0;
   size_t staging_bytes = 0;  // one staging buffer shared by the sites
+  // The orthogonal matrices Q (f32 [n, n], row c holds Q[c][:]) of rotated sites: their
+  // offsets in rotation_file (channel_rotations.safetensors) and their dimension each. They
+  // stay resident (transposed) in the host tier: rotation_bytes.
+  std::string rotation_file;
+  std::vector<uint64_t> rotations;
+  std::vector<size_t> rotation_dims;
   ChannelScratchLayout scratch;
   uint64_t host_bytes = 0;       // everything ChannelSparse allocates from the host tier
   uint64_t dense_bytes = 0;      // the sites' matrices (what dense offload reads per token)
@@ -77,6 +87,9 @@ struct ChannelPlan {
   // Index in sites of graph op `op`'s site and its index among the site's ops; -1 when none.
   int site_of_op(size_t op, size_t* index) const;
 };
+
+// Host bytes of the rotated sites' matrices.
+uint64_t rotation_bytes(const ChannelPlan& plan);
 
 // True when the package's manifest lists channel files (sparse loading then runs them).
 bool channel_sparse_present(const Package& package);

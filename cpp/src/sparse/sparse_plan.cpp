@@ -20,6 +20,8 @@ namespace tierlm::detail {
 
 namespace {
 
+constexpr const char* kRetrain = "train the predictors again";
+
 uint64_t file_size(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
@@ -169,23 +171,6 @@ void read_bundles(const Package& p, const Json& manifest, const std::string& man
   }
 }
 
-// Offset of an F32 predictor tensor of exactly `shape` in the safetensors file.
-uint64_t predictor_tensor(const SafetensorsHeader& st, const std::string& name,
-                          const std::vector<int64_t>& shape) {
-  const std::optional<SafetensorsTensor> t = st.find(name);
-  TIERLM_CHECK(t.has_value(), kErrorCorrupt, st.path(), ": no tensor `", name,
-               "`; train the predictors again");
-  TIERLM_CHECK(t->dtype == "F32", kErrorCorrupt, st.path(), ": tensor `", name, "` is not F32");
-  TIERLM_CHECK(t->shape == shape, kErrorCorrupt, st.path(), ": tensor `", name,
-               "` has the wrong shape for the model");
-  uint64_t numel = 1;
-  for (int64_t d : shape) numel *= static_cast<uint64_t>(d);
-  TIERLM_CHECK(t->end - t->begin == numel * 4, kErrorCorrupt, st.path(), ": tensor `", name,
-               "` has ", t->end - t->begin, " bytes, its shape needs ", numel * 4,
-               "; train the predictors again");
-  return t->begin;
-}
-
 // manifest "predictors": predictors.json (thresholds, metrics) and its safetensors file.
 void read_predictors(const Package& p, const Json& manifest, const std::string& manifest_path,
                      bool verify, SparseFfnPlan& plan) {
@@ -260,9 +245,9 @@ void read_predictors(const Package& p, const Json& manifest, const std::string& 
     l.rank = static_cast<size_t>(down->shape[0]);
     const int64_t r = static_cast<int64_t>(l.rank);
     const int64_t n = static_cast<int64_t>(l.n_neurons);
-    l.pred_down = predictor_tensor(st, pre + "down", {r, static_cast<int64_t>(l.dim)});
-    l.pred_up = predictor_tensor(st, pre + "up", {n, r});
-    l.pred_bias = predictor_tensor(st, pre + "up_bias", {n});
+    l.pred_down = st.f32_offset(pre + "down", {r, static_cast<int64_t>(l.dim)}, kRetrain);
+    l.pred_up = st.f32_offset(pre + "up", {n, r}, kRetrain);
+    l.pred_bias = st.f32_offset(pre + "up_bias", {n}, kRetrain);
   }
 }
 

@@ -55,6 +55,14 @@ def add_parser(sub):
         help="what the thresholds cut: |x| (magnitude) or |x| times the norm of the weight "
         "column it multiplies (weight_norm); default %(default)s",
     )
+    cal.add_argument(
+        "--rotation",
+        default="none",
+        choices=["none", "site"],
+        help="threshold the inputs of q/k/v and gate/up in the basis of their principal axes "
+        "on the calibration text (site: one resident rotation per input), folded into the "
+        "channel files; default %(default)s (docs/sparse.md)",
+    )
     cal.add_argument("--max-tokens", type=int, default=8192, help="calibration tokens used")
     cal.add_argument(
         "--held-out-tokens", type=int, default=4096, help="held-out tokens measured (0: skip)"
@@ -124,6 +132,7 @@ def run_calibrate(args):
         progress=_progress(args.json),
         allocation=args.allocation,
         criterion=args.criterion,
+        rotation=args.rotation,
     )
     q = None
     if args.held_out_tokens:
@@ -147,7 +156,8 @@ def run_calibrate(args):
     else:
         out.mkdir(parents=True, exist_ok=True)
         dtypes = [args.dtype or "f16"]
-        nbytes = sum(lay.file_bytes for lay in write_channel_bundles(loaded, out, dtypes[0]))
+        layouts = write_channel_bundles(loaded, out, dtypes[0], thresholds.rotation)
+        nbytes = sum(lay.file_bytes for lay in layouts)
         thresholds.save(out)
     result = {
         "out": str(out),
@@ -156,6 +166,7 @@ def run_calibrate(args):
         "target_sparsity": args.target_sparsity,
         "allocation": args.allocation,
         "criterion": args.criterion,
+        "rotation": args.rotation,
         "site_sparsity": thresholds.metrics["site_sparsity"],
         "calibration_tokens": thresholds.calibration_tokens,
         "quality": q,

@@ -25,7 +25,7 @@ SITES = {
     "ffn_down": ("mlp.down_proj",),
 }
 CHANNEL_JSON = "channel_sparsity.json"
-FORMAT_VERSION = 2  # 2: "criterion" and, for "weight_norm", per-channel "scales"
+FORMAT_VERSION = 3  # 2: "criterion" and, for "weight_norm", per-channel "scales"; 3: "rotation"
 # What a threshold cuts: |x_j| ("magnitude"), or |x_j| * ||column j|| ("weight_norm", the
 # criterion of CATS / R-Sparse / WINA: the size of what channel j adds to the outputs).
 CRITERIA = ("magnitude", "weight_norm")
@@ -78,21 +78,24 @@ class MagnitudeHistogram:
 class ChannelThresholds:
     """Per layer a threshold per site: channels with |x| * scale <= t are skipped (0: keep
     all). scales: None (criterion "magnitude", every scale 1) or per layer {site: [scale
-    per input channel]} (criterion "weight_norm", site_scales)."""
+    per input channel]} (criterion "weight_norm", site_scales). rotation: None or the
+    ChannelRotation whose rotated inputs the thresholds cut (channel_rotation)."""
 
     target_sparsity: float
     layers: list  # [{site: threshold}]
     calibration_tokens: int = 0
     metrics: dict = field(default_factory=dict)
     scales: list | None = None
+    rotation: object = None  # channel_rotation.ChannelRotation
 
     @property
     def criterion(self):
         return "magnitude" if self.scales is None else "weight_norm"
 
     def save(self, directory):
+        version = 1 if self.scales is None else 2
         out = {
-            "format_version": 1 if self.scales is None else FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if self.rotation is not None else version,
             "method": "input_channel_magnitude",
             "criterion": self.criterion,
             "target_sparsity": self.target_sparsity,
@@ -106,6 +109,9 @@ class ChannelThresholds:
                 {site: [float(v) for v in np.asarray(sc)] for site, sc in layer.items()}
                 for layer in self.scales
             ]
+        if self.rotation is not None:
+            out["rotation"] = self.rotation.to_json()
+            self.rotation.save(Path(directory))
         path = Path(directory) / CHANNEL_JSON
         path.write_text(json.dumps(out, indent=2) + "\n")
         return path
@@ -125,6 +131,13 @@ class ChannelThresholds:
             raise ValueError(
                 f"{path}: criterion {meta.get('criterion')!r} with scales {scales is not None}"
             )
+        rotation = None
+        if "rotation" in meta:
+            from tierlm.sparse.channel_rotation import ChannelRotation
+
+            rotation = ChannelRotation.load(
+                path.parent, meta["rotation"], len(meta["thresholds"]), path
+            )
         return cls(
             meta["target_sparsity"],
             meta["thresholds"],
@@ -135,6 +148,7 @@ class ChannelThresholds:
             else [
                 {site: np.asarray(v, np.float32) for site, v in layer.items()} for layer in scales
             ],
+            rotation,
         )
 
 
@@ -158,10 +172,10 @@ def site_scales(layer, site):
     return w.norm(dim=0).numpy()
 
 
-def collect_histograms(loaded, ids, context=1024, progress=None, scales=None):
+def collect_histograms(loaded, ids, context=1024, progress=None, scales=None, rotation=None):
     """Per layer {site: MagnitudeHistogram} of the site's input (times scales[layer][site]
-    when given) over the ids (windows of `context`). progress(done_tokens, total_tokens) is
-    called after each window."""
+    when given; rotated when `rotation` rotates the site) over the ids (windows of
+    `context`). progress(done_tokens, total_tokens) is called after each window."""
     import torch
 
     ids = np.asarray(ids, dtype=np.int64)
@@ -170,9 +184,11 @@ def collect_histograms(loaded, ids, context=1024, progress=None, scales=None):
     for i, layer in enumerate(loaded.layers):
         for site in SITES:
             scale = None if scales is None else scales[i][site]
+            rot = None if rotation is None else rotation.of(i, site)
 
-            def hook(_module, args, h=hists[i][site], scale=scale):
+            def hook(_module, args, h=hists[i][site], scale=scale, rot=rot):
                 x = args[0].detach().float().numpy()
+                x = x if rot is None else x @ rot
                 h.add(x if scale is None else x * scale)
 
             hooks.append(site_modules(layer, site)[0].register_forward_pre_hook(hook))
@@ -225,6 +241,7 @@ def calibrate(
     allocation="uniform",
     greedy_tokens=256,
     criterion="magnitude",
+    rotation="none",
 ):
     """Thresholds that skip a fraction `target_sparsity` of the weight elements the model's
     linears would read, on the calibration ids. allocation="uniform" (default): that fraction
@@ -232,18 +249,32 @@ def calibrate(
     greedy walk (channel_alloc) on the first `greedy_tokens` calibration tokens, every layer
     at the target; "energy": per-site fractions from allocate() (on SmolLM2-135M at 0.4 it
     costs far more perplexity than uniform: docs/sparse.md). criterion: what is compared
-    with the thresholds (CRITERIA)."""
+    with the thresholds (CRITERIA). rotation: "none", or "site": the inputs of q/k/v
+    and gate/up are thresholded in the basis of their principal axes (channel_rotation; one
+    more pass over the calibration ids for the covariances)."""
+    from tierlm.sparse.channel_rotation import ROTATIONS, ChannelRotation
+
     if not 0.0 <= target_sparsity < 1.0:
         raise ValueError(f"target sparsity must be in [0, 1), got {target_sparsity}")
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    if rotation not in ROTATIONS:
+        raise ValueError(f"rotation must be one of {ROTATIONS}, got {rotation!r}")
+    if rotation != "none" and (criterion != "magnitude" or allocation == "greedy"):
+        raise ValueError(
+            f"rotation {rotation!r} runs with criterion magnitude and allocation uniform or "
+            f"energy, not {criterion!r} / {allocation!r}"
+        )
     t0 = time.monotonic()
     scales = None
     if criterion == "weight_norm":
         scales = [{s: site_scales(layer, s) for s in SITES} for layer in loaded.layers]
-    hists = collect_histograms(loaded, ids, context, progress, scales)
+    rot = None
+    if rotation != "none" and target_sparsity > 0:
+        rot = ChannelRotation.calibrate(loaded, ids, context)
+    hists = collect_histograms(loaded, ids, context, progress, scales, rot)
     flat = {(i, s): h[s] for i, h in enumerate(hists) for s in SITES}
     if allocation == "energy" and target_sparsity > 0:
         sizes = {k: site_weight_elems(loaded, *k) for k in flat}
@@ -258,7 +289,8 @@ def calibrate(
         "allocation": allocation,
         "site_sparsity": [{s: round(level[(i, s)], 4) for s in SITES} for i in range(len(hists))],
     }
-    return ChannelThresholds(float(target_sparsity), layers, int(len(ids)), metrics, scales)
+    metrics["rotation"] = rotation
+    return ChannelThresholds(float(target_sparsity), layers, int(len(ids)), metrics, scales, rot)
 
 
 def _greedy_levels(loaded, ids, hists, target, scales):
@@ -276,8 +308,12 @@ def _greedy_levels(loaded, ids, hists, target, scales):
     return level
 
 
-def sparsify(x, t, scale=None):
-    """x (torch) with the channels whose |x| (times scale, a torch vector) is <= t zeroed."""
+def sparsify(x, t, scale=None, rot=None):
+    """x (torch) with the channels whose |x| (times scale, a torch vector) is <= t zeroed;
+    with rot = Q (torch), the channels of the rotated x Q, rotated back."""
+    if rot is not None:
+        z = x @ rot
+        return (z * (z.abs() > t)) @ rot.T
     a = x.abs() if scale is None else x.abs() * scale
     return x * (a > t)
 
@@ -295,9 +331,11 @@ def channel_sparse_mode(loaded, thresholds):
             if t <= 0:
                 continue
             sc = None if thresholds.scales is None else torch.from_numpy(thresholds.scales[i][site])
+            rot = None if thresholds.rotation is None else thresholds.rotation.of(i, site)
+            rot = None if rot is None else torch.from_numpy(rot)
 
-            def pre(_module, args, t=t, sc=sc):
-                return (sparsify(args[0], t, sc),)
+            def pre(_module, args, t=t, sc=sc, rot=rot):
+                return (sparsify(args[0], t, sc, rot),)
 
             for mod in site_modules(layer, site):
                 hooks.append(mod.register_forward_pre_hook(pre))

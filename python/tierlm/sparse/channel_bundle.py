@@ -53,15 +53,22 @@ def site_weights(layer_module, site):
     return [m.weight.detach().float().numpy() for m in site_modules(layer_module, site)]
 
 
-def write_channel_bundles(loaded, out_dir, dtype="f16"):
+def write_channel_bundles(loaded, out_dir, dtype="f16", rotation=None):
     """Writes every site's file of every layer of a loaded Llama-family model and
-    channels.json; returns the layouts."""
+    channels.json; returns the layouts. rotation (channel_rotation.ChannelRotation): the
+    sites it rotates get the rotated matrices W Q, whose columns the rotated channels
+    pick."""
+    from tierlm.sparse.channel_rotation import rotated_columns
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     layouts = []
     for i, layer in enumerate(loaded.layers):
         for site in SITES:
             mats = site_weights(layer, site)
+            rot = None if rotation is None else rotation.of(i, site)
+            if rot is not None:
+                mats = [rotated_columns(m, rot) for m in mats]
             cols = np.concatenate([m.T for m in mats], axis=1)  # [in, sum(out)]
             name = f"channel-{i}-{site}.bin"
             lay = ChannelLayout(

@@ -24,12 +24,13 @@ class _Site:
     the file (each request lands at its file offset; the executor's path stages in a
     bounded buffer)."""
 
-    def __init__(self, directory, layout, threshold, k, tier, scale=None):
+    def __init__(self, directory, layout, threshold, k, tier, scale=None, rot=None):
         from tierlm import _core
         from tierlm.io import File
         from tierlm.sparse.cache import NeuronCache, NeuronWindow
 
         self.layout, self.threshold, self.scale = layout, float(threshold), scale
+        self.rot = rot  # Q: x is rotated first; the file holds rotated columns
         self.cache = NeuronCache(
             tier, layout.n_neurons, layout.n_neurons, layout.row_elems, layout.dtype
         )
@@ -55,7 +56,10 @@ class _Site:
         return rows[ids]
 
     def token(self, x, counts):
-        """y [row_elems] = sum over kept channels j of x_j * column j (all the site's outputs)."""
+        """y [row_elems] = sum over kept channels j of x_j * column j (all the site's outputs);
+        a rotated site's x is its rotated input."""
+        if self.rot is not None:
+            x = (x @ self.rot).astype(np.float32)
         score = np.abs(x) if self.scale is None else np.abs(x) * self.scale
         kept = np.flatnonzero(score > self.threshold) if self.threshold > 0 else None
         if kept is None:
@@ -109,7 +113,7 @@ class NativeChannelSparse:
                 raise ValueError(f"{directory}: channels.json has no bundle for layer/site {key}")
         need = sum(layouts[key].data_bytes + 16 * layouts[key].n_neurons for key in wanted)
         self.tier = tier or HostTier(need + 64 * ALIGNMENT)
-        scales = thresholds.scales
+        scales, rotation = thresholds.scales, thresholds.rotation
         self.sites = {
             key: _Site(
                 directory,
@@ -118,6 +122,7 @@ class NativeChannelSparse:
                 k,
                 self.tier,
                 None if scales is None else scales[key[0]][key[1]],
+                None if rotation is None else rotation.of(*key),
             )
             for key in wanted
         }

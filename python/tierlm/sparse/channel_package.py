@@ -20,6 +20,7 @@ from tierlm.quant import BLOCKS
 from tierlm.sparse.bundle import ALIGNMENT, to_dtype
 from tierlm.sparse.channel import CHANNEL_JSON, SITES, ChannelThresholds
 from tierlm.sparse.channel_bundle import ChannelLayout
+from tierlm.sparse.channel_rotation import rotated_columns
 from tierlm.sparse.package import (
     read_manifest,
     set_manifest_section,
@@ -53,12 +54,13 @@ def site_columns_dtype(dtypes, requested):
     return dtypes[0] if len(set(dtypes)) == 1 else "f32"
 
 
-def _write_site(path, directory, tensors, names, dtype):
-    """Writes one site's channel file; returns (outs, crc32)."""
+def _write_site(path, directory, tensors, names, dtype, rot=None):
+    """Writes one site's channel file; returns (outs, crc32). rot: Q of a rotated
+    site, whose file then holds the rotated matrices' columns (channel_rotation)."""
     outs = tuple(tensors[n]["shape"][0] for n in names)
     n_in = tensors[names[0]]["shape"][1]
     stored = [tensors[n]["dtype"] for n in names]
-    exact = all(d == dtype for d in stored) and dtype not in BLOCKS
+    exact = all(d == dtype for d in stored) and dtype not in BLOCKS and rot is None
     if dtype in BLOCKS:
         for n, out in zip(names, outs, strict=True):
             if out % BLOCKS[dtype][0]:
@@ -70,6 +72,8 @@ def _write_site(path, directory, tensors, names, dtype):
         stored_tensor(directory, tensors, n) if exact else tensor_values(directory, tensors, n)
         for n in names
     ]
+    if rot is not None:
+        mats = [rotated_columns(np.asarray(m, np.float32), rot) for m in mats]
     lay = ChannelLayout(os.path.basename(path), 0, "", n_in, outs, dtype)
     step = max(1, _CHUNK_BYTES // max(1, lay.row_bytes))
     crc = 0
@@ -108,8 +112,9 @@ def write_package_channels(directory, tensors, config, thresholds, dtype=None):
                 raise UnsupportedError(f"{directory}: the package has no tensor {missing[0]}")
             site_dtype = site_columns_dtype([tensors[n]["dtype"] for n in names], dtype)
             file = f"channel-{layer}-{site}.bin"
+            rot = None if thresholds.rotation is None else thresholds.rotation.of(layer, site)
             outs, crc = _write_site(
-                os.path.join(directory, file), directory, tensors, names, site_dtype
+                os.path.join(directory, file), directory, tensors, names, site_dtype, rot
             )
             lay = ChannelLayout(file, layer, site, tensors[names[0]]["shape"][1], outs, site_dtype)
             sites.append({**lay.to_json(), "crc32": crc})
