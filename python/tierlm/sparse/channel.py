@@ -172,11 +172,27 @@ def site_scales(layer, site):
     return w.norm(dim=0).numpy()
 
 
+def run_with_hooks(loaded, ids, context, hooks, progress=None):
+    """Runs the model over the ids (int64 numpy) in windows of `context` tokens, then removes
+    the forward hooks it was given (also on error). progress(done_tokens, total_tokens) is
+    called after each window."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            for start in range(0, len(ids), context):
+                loaded.model(input_ids=torch.from_numpy(ids[start : start + context])[None])
+                if progress:
+                    progress(min(len(ids), start + context), len(ids))
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def collect_histograms(loaded, ids, context=1024, progress=None, scales=None, rotation=None):
     """Per layer {site: MagnitudeHistogram} of the site's input (times scales[layer][site]
     when given; rotated when `rotation` rotates the site) over the ids (windows of
     `context`). progress(done_tokens, total_tokens) is called after each window."""
-    import torch
 
     ids = np.asarray(ids, dtype=np.int64)
     hists = [{s: MagnitudeHistogram() for s in SITES} for _ in loaded.layers]
@@ -192,15 +208,7 @@ def collect_histograms(loaded, ids, context=1024, progress=None, scales=None, ro
                 h.add(x if scale is None else x * scale)
 
             hooks.append(site_modules(layer, site)[0].register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            for start in range(0, len(ids), context):
-                loaded.model(input_ids=torch.from_numpy(ids[start : start + context])[None])
-                if progress:
-                    progress(min(len(ids), start + context), len(ids))
-    finally:
-        for h in hooks:
-            h.remove()
+    run_with_hooks(loaded, ids, context, hooks, progress)
     return hists
 
 

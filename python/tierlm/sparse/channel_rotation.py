@@ -24,9 +24,8 @@ ROTATION_FILE = "channel_rotations.safetensors"
 def collect_covariances(loaded, ids, context=1024, progress=None):
     """Per layer {site: E[x xᵀ] (f64 numpy [n, n])} of the rotated sites' inputs over the
     ids (windows of `context`)."""
-    import torch
 
-    from tierlm.sparse.channel import site_modules
+    from tierlm.sparse.channel import run_with_hooks, site_modules
 
     ids = np.asarray(ids, dtype=np.int64)
     sums = [dict.fromkeys(ROTATED_SITES, 0.0) for _ in loaded.layers]
@@ -39,15 +38,7 @@ def collect_covariances(loaded, ids, context=1024, progress=None):
                 sums[i][site] = sums[i][site] + (x.T @ x).numpy()
 
             hooks.append(site_modules(layer, site)[0].register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            for start in range(0, len(ids), context):
-                loaded.model(input_ids=torch.from_numpy(ids[start : start + context])[None])
-                if progress:
-                    progress(min(len(ids), start + context), len(ids))
-    finally:
-        for h in hooks:
-            h.remove()
+    run_with_hooks(loaded, ids, context, hooks, progress)
     return [{s: c / len(ids) for s, c in layer.items()} for layer in sums]
 
 
