@@ -1,7 +1,7 @@
 // The compute pool: parallel_for covers [0, n) exactly once per call, back to back (workers
-// spinning), after the workers went to sleep, and across pool resizes; chunks run
-// concurrently; a decode matrix-vector split over any thread
-// count gives the single-thread result bit for bit.
+// spinning), after the workers went to sleep, and across pool resizes; a fresh pool's first
+// region allocates nothing; chunks run concurrently; a decode matrix-vector split over any
+// thread count gives the single-thread result bit for bit.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "count_allocations.hpp"
 #include "tierlm/core/parallel.hpp"
 #include "tierlm/kernels/kernels.hpp"
 
@@ -55,6 +56,21 @@ TEST(Parallel, BackToBackRegionsAndAfterWorkersSleep) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
     expect_covered(6);
   }
+}
+
+TEST(Parallel, AFreshPoolsFirstRegionAllocatesNothing) {
+  // A thread's start allocates on the new thread; the pool returns only once its workers run,
+  // so a late-scheduled worker cannot allocate inside a caller's allocation-free region.
+  for (int round = 0; round < 20; ++round) {
+    parallel_set_threads(8);  // more workers than this machine's cores: some start late
+    ASSERT_EQ(parallel_threads(), 8u);
+    g_allocations = 0;
+    g_counting = true;
+    parallel_for(1024, [](size_t, size_t) {});
+    g_counting = false;
+    EXPECT_EQ(g_allocations.load(), 0) << "round " << round;
+  }
+  parallel_shutdown();
 }
 
 TEST(Parallel, ChunksRunConcurrently) {

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/running_thread.hpp"
 #include "tierlm/core/limits.hpp"
 
 namespace tierlm {
@@ -60,7 +61,8 @@ bool spin_until(Done done) {
 class Pool {
  public:
   explicit Pool(size_t threads) : threads_(threads) {
-    for (size_t i = 1; i < threads_; ++i) workers_.emplace_back([this] { work(); });
+    for (size_t i = 1; i < threads_; ++i)
+      workers_.push_back(detail::start_running_thread([this] { work(); }));
   }
 
   ~Pool() {

@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/running_thread.hpp"
 #include "io/io_engine.hpp"
 
 namespace tierlm::detail {
@@ -32,7 +33,7 @@ class ThreadsCore final : public IoDriver {
       // Start workers for the requests no idle worker will pick up.
       const size_t uncovered = queue_.size() > idle_ ? queue_.size() - idle_ : 0;
       const size_t want = std::min<size_t>(max_threads_, threads_.size() + uncovered);
-      while (threads_.size() < want) threads_.emplace_back([this] { work(); });
+      while (threads_.size() < want) threads_.push_back(start_running_thread([this] { work(); }));
     }
     if (ops.size() == 1) {
       work_cv_.notify_one();

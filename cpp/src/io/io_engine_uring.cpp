@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/running_thread.hpp"
 #include "io/io_engine.hpp"
 #include "tierlm/core/error.hpp"
 
@@ -334,7 +335,7 @@ class UringEngine final : public IoEngine {
       : IoEngine(std::move(file)),
         depth_(options.queue_depth),
         core_(std::make_shared<UringCore>(file_, options.queue_depth)),
-        reaper_([this] { core_->reap_backlog(); }) {}
+        reaper_(start_running_thread([this] { core_->reap_backlog(); })) {}
 
   ~UringEngine() override {
     core_->drain();
