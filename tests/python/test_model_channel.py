@@ -104,7 +104,25 @@ def test_rotated_sites_equal_torch_reference(llama, tmp_path, capacity):
     extra = tierlm.load(pkg, sparse=True).stats()["sparse_host_bytes"]
     extra -= tierlm.load(unrotated, sparse=True).stats()["sparse_host_bytes"]
     assert abs(extra - 6 * 128 * 128 * 4) <= 4 * 4096
-    os.remove(os.path.join(pkg, ROTATION_FILE))
+    # verify covers the rotation file: one flipped bit of one Q is named
+    path = os.path.join(pkg, ROTATION_FILE)
+    checked = tierlm.load(pkg, sparse=True, verify=True).stats()["verify"]["bytes"]
+    assert checked - tierlm.load(unrotated, sparse=True, verify=True).stats()["verify"][
+        "bytes"
+    ] == os.path.getsize(path)
+    data = open(path, "rb").read()
+    with open(path, "r+b") as f:
+        f.seek(len(data) - 5)
+        f.write(bytes([data[-5] ^ 1]))
+    with pytest.raises(CorruptError, match=f"{ROTATION_FILE}: checksum mismatch"):
+        tierlm.load(pkg, sparse=True, verify=True)
+    manifest_path = os.path.join(pkg, "manifest.json")
+    manifest = json.load(open(manifest_path))
+    del manifest["channels"]["rotation_crc32"]
+    json.dump(manifest, open(manifest_path, "w"))
+    with pytest.raises(CorruptError, match="no rotation_crc32"):
+        tierlm.load(pkg, sparse=True, verify=True)
+    os.remove(path)
     with pytest.raises(Exception, match=ROTATION_FILE):
         tierlm.load(pkg, sparse=True)
 

@@ -194,6 +194,24 @@ void read_site_file(const Package& p, const Json& entry, const std::string& wher
   }
 }
 
+// The rotation file (resident Q of the rotated sites), checked whole against the manifest's
+// "rotation_crc32" when verifying.
+void verify_rotation_file(const Json& channels, const std::string& where, ChannelPlan& plan) {
+  struct stat st {};
+  TIERLM_CHECK(::stat(plan.rotation_file.c_str(), &st) == 0, kErrorNotFound, plan.rotation_file,
+               ": cannot open (", errno_text(errno), ")", kHint);
+  const Json* crc = channels.find("rotation_crc32");
+  TIERLM_CHECK(crc != nullptr && crc->is_number(), kErrorCorrupt, where, ": no rotation_crc32 for ",
+               plan.rotation_file, ", so verification cannot cover it", kHint);
+  const auto bytes = static_cast<uint64_t>(st.st_size);
+  const uint32_t sum = file_crc32(plan.rotation_file, bytes);
+  TIERLM_CHECK(sum == static_cast<uint32_t>(crc->as_int(where)), kErrorCorrupt, plan.rotation_file,
+               ": checksum mismatch (CRC-32 ", sum, ", manifest says ", crc->as_int(where),
+               "); the rotation file is damaged", kHint);
+  plan.verify.bundles += 1;
+  plan.verify.bytes += bytes;
+}
+
 }  // namespace
 
 int ChannelPlan::site_of_op(size_t op, size_t* index) const {
@@ -227,8 +245,11 @@ ChannelPlan channel_plan(const Package& p, const ChannelOptions& options) {
   std::vector<std::string> rotated;
   read_thresholds(p, channels, where, plan, thresholds, sparsity, rotated);
   std::optional<SafetensorsHeader> rotations;
-  if (!plan.rotation_file.empty()) rotations.emplace(plan.rotation_file);
   const auto start = std::chrono::steady_clock::now();
+  if (!plan.rotation_file.empty()) {
+    if (options.verify) verify_rotation_file(channels, where, plan);
+    rotations.emplace(plan.rotation_file);
+  }
   const auto& entries = channels.at("sites", where).as_array(where + ".sites");
   for (size_t e = 0; e < entries.size(); ++e) {
     const Json& entry = entries[e];

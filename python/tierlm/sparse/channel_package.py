@@ -20,7 +20,7 @@ from tierlm.quant import BLOCKS
 from tierlm.sparse.bundle import ALIGNMENT, to_dtype
 from tierlm.sparse.channel import CHANNEL_JSON, SITES, ChannelThresholds
 from tierlm.sparse.channel_bundle import ChannelLayout
-from tierlm.sparse.channel_rotation import rotated_columns
+from tierlm.sparse.channel_rotation import ROTATION_FILE, rotated_columns
 from tierlm.sparse.package import (
     read_manifest,
     set_manifest_section,
@@ -119,12 +119,16 @@ def write_package_channels(directory, tensors, config, thresholds, dtype=None):
             lay = ChannelLayout(file, layer, site, tensors[names[0]]["shape"][1], outs, site_dtype)
             sites.append({**lay.to_json(), "crc32": crc})
     thresholds.save(directory)
-    return {
+    section = {
         "json": CHANNEL_JSON,
         "alignment": ALIGNMENT,
         "target_sparsity": thresholds.target_sparsity,
         "sites": sites,
     }
+    if thresholds.rotation is not None:  # the resident Q: covered by verify like the columns
+        with open(os.path.join(directory, ROTATION_FILE), "rb") as f:
+            section["rotation_crc32"] = zlib.crc32(f.read())
+    return section
 
 
 def register_channels(package_dir, thresholds, dtype=None):

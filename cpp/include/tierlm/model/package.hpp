@@ -142,7 +142,7 @@ struct TIERLM_API VerifyStats {
   bool enabled = false;     // verification was asked for
   std::string when;         // "load" when enabled ("" otherwise)
   uint64_t tensors = 0;     // weight tensors whose CRC-32 matched the manifest
-  uint64_t bundles = 0;     // sparse row-column bundle files checked
+  uint64_t bundles = 0;     // sparse row-column bundle, channel and rotation files checked
   uint64_t predictors = 0;  // sparse predictor files checked
   uint64_t bytes = 0;       // bytes checked, all kinds together
   double seconds = 0.0;     // time spent reading and checking them
