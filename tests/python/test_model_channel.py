@@ -31,14 +31,18 @@ def llama(tmp_path_factory):
     return LoadedModel(model, None, "hf", None), pkg, prompt(160, seed=3)
 
 
-def calibrated(llama, tmp_path, target, dtype=None, name="pkg", rotation="none"):
+def calibrated(
+    llama, tmp_path, target, dtype=None, name="pkg", rotation="none", allocation="uniform"
+):
     """A copy of the package with channel files for `target`; returns (pkg, thresholds)."""
     from tierlm.sparse.channel_package import register_channels
 
     loaded, src, ids = llama
     pkg = str(tmp_path / name)
     shutil.copytree(src, pkg)
-    thresholds = channel.calibrate(loaded, ids, target, context=64, rotation=rotation)
+    thresholds = channel.calibrate(
+        loaded, ids, target, context=64, rotation=rotation, allocation=allocation
+    )
     register_channels(pkg, thresholds, dtype)
     return pkg, thresholds
 
@@ -83,14 +87,21 @@ def test_executor_equals_torch_reference(llama, tmp_path, target, window):
     assert sum(tokens["bytes_read"]) == s["sparse_bytes_read"]
 
 
-@pytest.mark.parametrize("capacity", [0, 7])
-def test_rotated_sites_equal_torch_reference(llama, tmp_path, capacity):
+@pytest.mark.parametrize("capacity,allocation", [(0, "uniform"), (7, "uniform"), (0, "walk")])
+def test_rotated_sites_equal_torch_reference(llama, tmp_path, capacity, allocation):
     """--rotation site: q/k/v and gate/up threshold z = Qᵀ x and read columns of W Q
-    (tierlm.sparse.channel_rotation); capacity 7 runs the overflow rounds on z."""
+    (tierlm.sparse.channel_rotation); capacity 7 runs the overflow rounds on z; "walk" gives
+    each site type its own level (tierlm.sparse.channel_walk)."""
     from tierlm.sparse.channel_rotation import ROTATION_FILE
 
     loaded, _, ids = llama
-    pkg, thresholds = calibrated(llama, tmp_path, 0.4, rotation="site")
+    pkg, thresholds = calibrated(llama, tmp_path, 0.4, rotation="site", allocation=allocation)
+    if allocation == "walk":  # the levels differ between sites, the weights skipped are 0.4
+        levels = thresholds.metrics["site_sparsity"][0]
+        assert len(set(levels.values())) > 1
+        sizes = {s: channel.site_weight_elems(loaded, 0, s) for s in levels}
+        skipped = sum(levels[s] * sizes[s] for s in levels) / sum(sizes.values())
+        assert skipped == pytest.approx(0.4, abs=1e-3)
     seq = ids[60:97]
     ref = torch_logits(loaded, thresholds, seq)
     plain = torch_logits(loaded, channel.calibrate(loaded, ids, 0.4, context=64), seq)

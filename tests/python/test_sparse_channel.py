@@ -158,6 +158,8 @@ def test_calibrated_sparsity_is_reached(tiny):
         ("energy", "weight_sparsity", "magnitude"),
         ("greedy", "weight_sparsity", "magnitude"),
         ("greedy", "weight_sparsity", "weight_norm"),
+        ("walk", "weight_sparsity", "magnitude"),
+        ("walk", "weight_sparsity", "weight_norm"),
     ):
         th = channel.calibrate(
             loaded, ids[:64], 0.4, context=64, allocation=allocation, criterion=criterion

@@ -43,10 +43,12 @@ def add_parser(sub):
     cal.add_argument(
         "--allocation",
         default=ALLOCATION,
-        choices=["uniform", "greedy", "energy"],
+        choices=["uniform", "greedy", "energy", "walk"],
         help="how the target is spread over the layers' inputs: the same fraction everywhere "
         "(uniform), per layer the sites a greedy walk finds cheapest on the layer's output "
-        "(greedy), or by input energy (energy); default %(default)s (docs/sparse.md)",
+        "(greedy), by input energy (energy), or per input type the levels a greedy walk on "
+        "the model's loss over the last 1024 calibration tokens finds (walk, one model run "
+        "per step); default %(default)s (docs/sparse.md)",
     )
     cal.add_argument(
         "--criterion",
@@ -133,6 +135,7 @@ def run_calibrate(args):
         allocation=args.allocation,
         criterion=args.criterion,
         rotation=args.rotation,
+        log=None if args.json else lambda line: print(line, file=sys.stderr, flush=True),
     )
     q = None
     if args.held_out_tokens:

@@ -237,7 +237,7 @@ def allocate(hists, sizes, target, step=0.01, cap=0.95):
     return level
 
 
-ALLOCATIONS = ("uniform", "greedy", "energy")
+ALLOCATIONS = ("uniform", "greedy", "energy", "walk")
 
 
 def calibrate(
@@ -250,13 +250,17 @@ def calibrate(
     greedy_tokens=256,
     criterion="magnitude",
     rotation="none",
+    walk_tokens=1024,
+    log=None,
 ):
     """Thresholds that skip a fraction `target_sparsity` of the weight elements the model's
     linears would read, on the calibration ids. allocation="uniform" (default): that fraction
     of every site's input channels; "greedy": per layer, the site fractions of the block-wise
     greedy walk (channel_alloc) on the first `greedy_tokens` calibration tokens, every layer
     at the target; "energy": per-site fractions from allocate() (on SmolLM2-135M at 0.4 it
-    costs far more perplexity than uniform: docs/sparse.md). criterion: what is compared
+    costs far more perplexity than uniform: docs/sparse.md); "walk": one level per site type
+    in every layer, from the walk on the model's loss over the last `walk_tokens`
+    calibration tokens (channel_walk; log(line) gets its steps). criterion: what is compared
     with the thresholds (CRITERIA). rotation: "none", or "site": the inputs of q/k/v
     and gate/up are thresholded in the basis of their principal axes (channel_rotation; one
     more pass over the calibration ids for the covariances)."""
@@ -272,8 +276,8 @@ def calibrate(
         raise ValueError(f"rotation must be one of {ROTATIONS}, got {rotation!r}")
     if rotation != "none" and (criterion != "magnitude" or allocation == "greedy"):
         raise ValueError(
-            f"rotation {rotation!r} runs with criterion magnitude and allocation uniform or "
-            f"energy, not {criterion!r} / {allocation!r}"
+            f"rotation {rotation!r} runs with criterion magnitude and allocation uniform, "
+            f"energy or walk, not {criterion!r} / {allocation!r}"
         )
     t0 = time.monotonic()
     scales = None
@@ -287,6 +291,14 @@ def calibrate(
     if allocation == "energy" and target_sparsity > 0:
         sizes = {k: site_weight_elems(loaded, *k) for k in flat}
         level = allocate(flat, sizes, target_sparsity)
+    elif allocation == "walk" and target_sparsity > 0:
+        from tierlm.sparse.channel_walk import walk_site_levels
+
+        sizes = {s: site_weight_elems(loaded, 0, s) for s in SITES}
+        walk = walk_site_levels(
+            loaded, ids[-walk_tokens:], hists, sizes, target_sparsity, rot, scales, log=log
+        )
+        level = {k: walk[k[1]] for k in flat}
     elif allocation == "greedy" and target_sparsity > 0:
         level = _greedy_levels(loaded, ids[:greedy_tokens], hists, target_sparsity, scales)
     else:

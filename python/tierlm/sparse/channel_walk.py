@@ -1,0 +1,82 @@
+"""Model-level allocation of input-channel sparsity, measured on the loss: starting from every
+site at a fraction `start` of the target, repeatedly raise by `step` the site type (attn_in,
+attn_out, ffn_in, ffn_down; the same level in every layer) whose next step adds the least
+calibration loss per weight element it saves, until the model skips the target fraction of its
+linears' weights (the last step interpolated to meet it exactly). The loss is the mean
+next-token negative log-likelihood of the model, sparse, on calibration tokens: what held-out
+perplexity measures, unlike the squared error of one layer's output (channel_alloc), which
+moved sparsity where the model's loss paid for it (docs/sparse.md). Works on rotated inputs
+too (the thresholds are quantiles of whatever the histograms hold). Lazy greedy: a site's
+marginal cost is measured when it moves and kept while the others move, so a walk costs one
+model run per step plus one per site at the start."""
+
+from tierlm.sparse.channel import SITES, ChannelThresholds, channel_sparse_mode
+
+
+def mean_nll(loaded, ids):
+    """Mean next-token negative log-likelihood of the model on ids (one window)."""
+    import torch
+
+    chunk = torch.as_tensor(ids, dtype=torch.int64)[None]
+    with torch.no_grad():
+        logits = loaded.model(input_ids=chunk).logits[0, :-1].float()
+        return torch.nn.functional.cross_entropy(logits, chunk[0, 1:]).item()
+
+
+def _thresholds(hists, levels, rotation, scales):
+    layers = [{s: h[s].quantile(levels[s]) for s in SITES} for h in hists]
+    return ChannelThresholds(0.0, layers, scales=scales, rotation=rotation)
+
+
+def walk_site_levels(
+    loaded,
+    ids,
+    hists,
+    sizes,
+    target,
+    rotation=None,
+    scales=None,
+    step=0.05,
+    start=0.5,
+    cap=0.95,
+    log=None,
+):
+    """{site: level} (every layer the same) whose size-weighted mean is `target`. hists: per
+    layer {site: MagnitudeHistogram} (of the rotated inputs where `rotation` rotates a site,
+    of the inputs times `scales` for the criterion weight_norm);
+    sizes: {site: weight elements of one layer}; ids: the calibration tokens the loss is
+    measured on (one window). log(line) receives one line per step."""
+    total = sum(sizes.values())
+    level = dict.fromkeys(SITES, min(cap, target * start))
+
+    def loss(levels):
+        with channel_sparse_mode(loaded, _thresholds(hists, levels, rotation, scales)):
+            return mean_nll(loaded, ids)
+
+    def marginal(site, base):
+        if level[site] + step > cap + 1e-9:
+            return None
+        got = loss({**level, site: level[site] + step})
+        return (got - base) / (step * sizes[site]), got
+
+    def mean(levels):
+        return sum(levels[s] * sizes[s] for s in SITES) / total
+
+    base = loss(level)
+    cost = {s: marginal(s, base) for s in SITES}
+    while mean(level) < target - 1e-9:
+        moves = [s for s in SITES if cost[s] is not None]
+        if not moves:
+            break
+        best = min(moves, key=lambda s: cost[s][0])
+        short = (target - mean(level)) * total / sizes[best]
+        if short <= step + 1e-12:  # the last step: only as far as the target
+            level[best] += short
+            break
+        level[best] = round(level[best] + step, 6)
+        base = cost[best][1]
+        cost[best] = marginal(best, base)
+        if log:
+            levels = " ".join(f"{s} {level[s]:.2f}" for s in SITES)
+            log(f"walk: {mean(level):.3f} of the weights, loss {base:.4f} ({levels})")
+    return level
