@@ -10,17 +10,10 @@ too (the thresholds are quantiles of whatever the histograms hold). Lazy greedy:
 marginal cost is measured when it moves and kept while the others move, so a walk costs one
 model run per step plus one per site at the start."""
 
+import math
+
 from tierlm.sparse.channel import SITES, ChannelThresholds, channel_sparse_mode
-
-
-def mean_nll(loaded, ids):
-    """Mean next-token negative log-likelihood of the model on ids (one window)."""
-    import torch
-
-    chunk = torch.as_tensor(ids, dtype=torch.int64)[None]
-    with torch.no_grad():
-        logits = loaded.model(input_ids=chunk).logits[0, :-1].float()
-        return torch.nn.functional.cross_entropy(logits, chunk[0, 1:]).item()
+from tierlm.sparse.quality import perplexity
 
 
 def _thresholds(hists, levels, rotation, scales):
@@ -51,7 +44,7 @@ def walk_site_levels(
 
     def loss(levels):
         with channel_sparse_mode(loaded, _thresholds(hists, levels, rotation, scales)):
-            return mean_nll(loaded, ids)
+            return math.log(perplexity(loaded, ids, len(ids)))  # mean NLL, one window
 
     def marginal(site, base):
         if level[site] + step > cap + 1e-9:
