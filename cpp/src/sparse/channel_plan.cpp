@@ -6,10 +6,10 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <optional>
 
+#include "core/clock.hpp"
 #include "core/json.hpp"
 #include "io/safetensors.hpp"
 #include "sparse/sparse_row_gather.hpp"
@@ -228,7 +228,7 @@ ChannelPlan channel_plan(const Package& p, const ChannelOptions& options) {
   read_thresholds(p, channels, where, plan, thresholds, sparsity, rotated);
   std::optional<SafetensorsHeader> rotations;
   if (!plan.rotation_file.empty()) rotations.emplace(plan.rotation_file);
-  const auto start = std::chrono::steady_clock::now();
+  const auto start = Clock::now();
   const auto& entries = channels.at("sites", where).as_array(where + ".sites");
   for (size_t e = 0; e < entries.size(); ++e) {
     const Json& entry = entries[e];
@@ -284,10 +284,7 @@ ChannelPlan channel_plan(const Package& p, const ChannelOptions& options) {
                  p.path, ": the linears of sites ", plan.sites[i - 1].site, " and ",
                  plan.sites[i].site, " interleave in graph.json");
   }
-  plan.verify.seconds =
-      options.verify
-          ? std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()
-          : 0.0;
+  plan.verify.seconds = options.verify ? seconds_since(start) : 0.0;
   size_channel_caches(plan, options.capacity, 1.5);
   return plan;
 }

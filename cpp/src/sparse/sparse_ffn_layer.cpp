@@ -5,10 +5,10 @@
 #include "sparse/sparse_ffn_layer.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 #include <string>
 
+#include "core/clock.hpp"
 #include "sparse/row_cache.hpp"
 #include "sparse/sparse_readahead.hpp"
 #include "sparse/sparse_row_loader.hpp"
@@ -24,11 +24,6 @@ namespace tierlm::detail {
 namespace {
 
 constexpr size_t kKernelWork = 1 << 15;  // row elements per thread below which one thread runs
-
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 }  // namespace
 
@@ -199,7 +194,7 @@ struct SparseFfn::Impl {
     for (size_t i = 0; i < p.n_neurons; ++i) {
       if (logits[i] > p.cut) out[n++] = static_cast<int32_t>(i);
     }
-    info.predictor_seconds += since(t0);
+    info.predictor_seconds += seconds_since(t0);
     return n;
   }
 
@@ -235,7 +230,7 @@ struct SparseFfn::Impl {
     // Window: evict what left it, then make room, oldest first.
     auto t0 = Clock::now();
     const size_t n_need = l.rows.admit(active, n_active, need, to_load, to_evict, evict);
-    info.memory_seconds += since(t0);
+    info.memory_seconds += seconds_since(t0);
     const size_t fill = std::min(n_need, cap - cache.size());
     const SparseReadAhead* ahead = n_need > 0 ? ahead_of(index, info) : nullptr;
     loader.load(l.file, p, cache, need, fill, ahead, info);
@@ -249,7 +244,7 @@ struct SparseFfn::Impl {
     t0 = Clock::now();
     kernel_sparse_ffn_prepare(x, p.dtype, p.dim, x_blocks);
     kernel(l, x, 0, cache.size(), up_bias, down_bias, y, false);
-    info.compute_seconds += since(t0);
+    info.compute_seconds += seconds_since(t0);
     if (fill == n_need) {
       if (ahead != nullptr) aheads[static_cast<size_t>(index) % 2].drop();
       return;

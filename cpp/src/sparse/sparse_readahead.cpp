@@ -3,20 +3,15 @@
 #include "sparse/sparse_readahead.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <span>
 
+#include "core/clock.hpp"
 #include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
 
 namespace tierlm::detail {
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 // A row needs at most two requests (unbundled), plus the open coalesced range.
 size_t max_requests(size_t max_rows) { return 2 * max_rows + 2; }
@@ -68,7 +63,7 @@ void SparseReadAhead::issue(int layer, File& file, const SparseLayerPlan& p, con
   info.readahead_rows += taken;
   info.requests += gather_.n_requests();
   info.bytes_read += gather_.bytes();
-  info.io_seconds += since(t0);
+  info.io_seconds += seconds_since(t0);
 }
 
 void SparseReadAhead::wait(SparseTokenInfo& info) {
@@ -79,7 +74,7 @@ void SparseReadAhead::wait(SparseTokenInfo& info) {
     drop();
     throw;
   }
-  info.io_seconds += since(t0);
+  info.io_seconds += seconds_since(t0);
 }
 
 const SparseRowSource* SparseReadAhead::find(int32_t id) const {

@@ -2,10 +2,10 @@
 // offsets, filled by one batch of O_DIRECT reads per layer through the I/O engine.
 #include "weights/weight_store.hpp"
 
-#include <chrono>
 #include <map>
 #include <unordered_map>
 
+#include "core/clock.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/io/io.hpp"
 #include "weights/weight_ring.hpp"
@@ -24,7 +24,7 @@ class ResidentWeightStore final : public WeightStore {
  public:
   ResidentWeightStore(const Package& package, HostTier& host, const std::vector<std::string>& names,
                       const WeightStoreOptions& options) {
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = Clock::now();
     for (const std::string& name : names) {
       if (by_name_.count(name) != 0) continue;
       by_name_[name] = static_cast<int>(tensors_.size());
@@ -81,8 +81,7 @@ class ResidentWeightStore final : public WeightStore {
     }
     stats_.tensors = tensors_.size();
     stats_.verify.enabled = options.verify;
-    stats_.load_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    stats_.load_seconds = seconds_since(t0);
   }
 
   int index(const std::string& name) const override {
