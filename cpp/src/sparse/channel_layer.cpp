@@ -26,10 +26,8 @@ constexpr size_t kKernelWork = 1 << 16;  // multiply-adds per thread below which
 }  // namespace
 
 struct ChannelSparse::Impl {
-  struct Site {
+  struct Site : CachedRowFile {
     const ChannelSitePlan* plan = nullptr;
-    RowCache rows;
-    File file;
     const float* rotation = nullptr;  // Qᵀ [n, n] of a rotated site, in `rotations`
   };
 
@@ -68,17 +66,10 @@ struct ChannelSparse::Impl {
     const std::vector<float*> qt = read_rotations();
     sites.reserve(plan.sites.size());
     for (const ChannelSitePlan& s : plan.sites) {
-      const SparseLayerPlan& r = s.rows;
-      IoOptions io;
-      io.direct = true;
-      Site site{&s, RowCache(host, r.n_neurons, r.capacity, r.row_elems, r.dtype, plan.window),
-                File(r.file, IoMode::kIoModeRead, io),
+      Site site{CachedRowFile(s.rows, host, plan.window), &s,
                 s.rotation < 0 ? nullptr : qt[static_cast<size_t>(s.rotation)]};
       const bool reg = site.file.register_buffer(loader.staging(), loader.staging_bytes());
-      files_io.registered = sites.empty() ? reg : files_io.registered && reg;
-      files_io.direct = site.file.direct();
-      files_io.direct_reason = site.file.direct_reason();
-      files_io.backend = io_backend_name(site.file.backend());
+      record_row_file(files_io, site.file, reg, sites.empty());
       sites.push_back(std::move(site));
     }
     totals.sparse = true;

@@ -28,10 +28,8 @@ constexpr size_t kKernelWork = 1 << 15;  // row elements per thread below which 
 }  // namespace
 
 struct SparseFfn::Impl {
-  struct Layer {
+  struct Layer : CachedRowFile {
     const SparseLayerPlan* plan = nullptr;
-    RowCache rows;
-    File file;
     const float* pred_down = nullptr;
     const float* pred_up = nullptr;
     const float* pred_bias = nullptr;
@@ -92,14 +90,7 @@ struct SparseFfn::Impl {
     float* pred = static_cast<float*>(predictors.data());
     layers.reserve(plan.layers.size());
     for (const SparseLayerPlan& l : plan.layers) {
-      IoOptions io;
-      io.direct = true;
-      Layer layer{&l,
-                  RowCache(host, l.n_neurons, l.capacity, l.row_elems, l.dtype, plan.window),
-                  File(l.file, IoMode::kIoModeRead, io),
-                  nullptr,
-                  nullptr,
-                  nullptr};
+      Layer layer{CachedRowFile(l, host, plan.window), &l, nullptr, nullptr, nullptr};
       const size_t n_down = l.rank * l.dim, n_up = l.n_neurons * l.rank;
       pf.read(pred, n_down * 4, l.pred_down);
       layer.pred_down = pred;
@@ -114,10 +105,7 @@ struct SparseFfn::Impl {
       for (SparseReadAhead& a : aheads) {
         reg = layer.file.register_buffer(a.staging(), a.staging_bytes()) && reg;
       }
-      bundle_io.registered = layers.empty() ? reg : bundle_io.registered && reg;
-      bundle_io.direct = layer.file.direct();
-      bundle_io.direct_reason = layer.file.direct_reason();
-      bundle_io.backend = io_backend_name(layer.file.backend());
+      record_row_file(bundle_io, layer.file, reg, layers.empty());
       layers.push_back(std::move(layer));
     }
     totals.sparse = true;
