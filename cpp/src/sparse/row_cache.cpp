@@ -15,6 +15,13 @@ RowCache::RowCache(HostTier& host, size_t n_ids, size_t capacity, size_t row_ele
   std::fill(last_use, last_use + n_ids, -1);
 }
 
+uint64_t RowCache::host_bytes(const SparseLayerPlan& plan, size_t window) {
+  return host_pages(plan.capacity * plan.row_bytes) +
+         host_pages((plan.n_neurons + plan.capacity) * sizeof(int32_t)) +
+         host_pages(NeuronWindow::state_bytes(plan.n_neurons, window)) +
+         host_pages(plan.n_neurons * sizeof(int64_t));
+}
+
 CachedRowFile::CachedRowFile(const SparseLayerPlan& plan, HostTier& host, size_t window)
     : rows(host, plan.n_neurons, plan.capacity, plan.row_elems, plan.dtype, window),
       file(plan.file, IoMode::kIoModeRead, IoOptions{.direct = true}) {}

@@ -30,6 +30,9 @@ struct RowCache {
                int32_t* to_evict, int32_t* evict);
   // Empties the cache and the window (a new sequence).
   void reset();
+  // Host-tier bytes the cache of `plan`'s rows reserves at its capacity: rows, maps, window
+  // and last-use record.
+  static uint64_t host_bytes(const SparseLayerPlan& plan, size_t window);
 
   NeuronCache cache;
   NeuronWindow window;

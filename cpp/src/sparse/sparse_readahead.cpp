@@ -13,13 +13,11 @@ namespace tierlm::detail {
 
 namespace {
 
-// A row needs at most two requests (unbundled), plus the open coalesced range.
-size_t max_requests(size_t max_rows) { return 2 * max_rows + 2; }
-
 // Offsets in the block: staging (4 KiB-aligned first), requests, row sources, ids.
 size_t requests_at(size_t staging_bytes) { return round_up(staging_bytes, kAlignment); }
 size_t rows_at(size_t staging_bytes, size_t max_rows) {
-  return requests_at(staging_bytes) + round_up(max_requests(max_rows) * sizeof(IoRequest), 64);
+  return requests_at(staging_bytes) +
+         round_up(SparseRowGather::max_requests(max_rows) * sizeof(IoRequest), 64);
 }
 size_t ids_at(size_t staging_bytes, size_t max_rows) {
   return rows_at(staging_bytes, max_rows) + round_up(max_rows * sizeof(SparseRowSource), 64);
@@ -40,7 +38,7 @@ SparseReadAhead::SparseReadAhead(HostBuffer memory, size_t staging_bytes, size_t
       ids_(reinterpret_cast<int32_t*>(staging_ + ids_at(staging_bytes, max_rows))),
       gather_(staging_, staging_bytes,
               reinterpret_cast<IoRequest*>(staging_ + requests_at(staging_bytes)),
-              max_requests(max_rows),
+              SparseRowGather::max_requests(max_rows),
               reinterpret_cast<SparseRowSource*>(staging_ + rows_at(staging_bytes, max_rows)),
               bundled, merge_gap) {}
 
