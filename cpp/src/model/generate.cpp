@@ -3,9 +3,9 @@
 #include "tierlm/model/generate.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 
+#include "core/clock.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/core/limits.hpp"
 
@@ -155,11 +155,10 @@ int32_t Generator::next() {
   if (done()) return -1;
   const float* logits = nullptr;
   if (!started_) {
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = detail::Clock::now();
     logits = model_->forward(prompt_, true);
     sequence_id_ = model_->sequence_id();
-    stats_.prefill_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    stats_.prefill_seconds = detail::seconds_since(t0);
     model_->record_timing(prompt_.size(), stats_.prefill_seconds, 0, 0.0);
     started_ = true;
   } else {
@@ -167,10 +166,9 @@ int32_t Generator::next() {
                  "this generation was interrupted: another generate/logits call reused the "
                  "model's KV cache; start a new generation");
     const int32_t last = output_.back();
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = detail::Clock::now();
     logits = model_->forward(std::span<const int32_t>(&last, 1));
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double seconds = detail::seconds_since(t0);
     stats_.decode_seconds += seconds;
     ++stats_.decode_steps;
     model_->record_timing(0, 0.0, 1, seconds);
@@ -280,12 +278,11 @@ std::vector<GenerateResult> generate_batch(Model& model,
         from = a;
       }
     }
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = detail::Clock::now();
     if (from >= 0) model.share_slot(from, b, static_cast<int64_t>(shared));
     const float* logits =
         model.forward_slot(b, std::span<const int32_t>(prompt).subspan(shared), from < 0);
-    r.stats.prefill_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    r.stats.prefill_seconds = detail::seconds_since(t0);
     prefill_seconds += r.stats.prefill_seconds;
     if (emit(b, sample_token(logits, vocab, options, {prompt, r.output_ids}, rngs[b], scratch))) {
       slots.push_back(b);
@@ -311,7 +308,7 @@ std::vector<GenerateResult> generate_batch(Model& model,
     if (slots.empty()) break;
     tokens.clear();
     for (int32_t s : slots) tokens.push_back(results[s].output_ids.back());
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = detail::Clock::now();
     const float* logits = model.forward_batch(tokens, slots);
     kept = 0;
     for (size_t i = 0; i < slots.size(); ++i) {
@@ -322,8 +319,7 @@ std::vector<GenerateResult> generate_batch(Model& model,
         slots[kept++] = s;
       }
     }
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double seconds = detail::seconds_since(t0);
     decode_seconds += seconds;
     decode_tokens += static_cast<int64_t>(tokens.size());
     for (int32_t s : slots) results[s].stats.decode_seconds += seconds;
