@@ -13,8 +13,8 @@ own quantizer (llama_model_quantize) to Q8_0, Q4_0 and Q4_K_M; tierlm imports th
   fadvise): tierlm q4_k vs tierlm bf16 at the same budget vs llama.cpp reading the Q4_K_M file
   through mmap (its way to run a model larger than memory; budget-free; its load-time repacking
   into RAM is switched off so the weights stay in the mapping), with the disk bound (bytes read
-  per token / the disk's random-read bandwidth, _common.disk_bandwidth: the best of several fio
-  jobs, measured before and after each row).
+  per token / the disk's random-read bandwidth, _common.DiskBound: the best of several fio
+  jobs, all of them once, then the fastest few before and after each row).
 
 Before any ratio, each type's greedy tokens and last logits are checked against llama.cpp's on
 the same file; a check below its floor prints AGREEMENT FAILED and exits 1.
@@ -38,7 +38,7 @@ import _llamacpp  # noqa: E402
 import offload_baselines as ob  # noqa: E402
 from _common import (  # noqa: E402
     DISK_BOUND,
-    disk_bandwidth,
+    DiskBound,
     leading_equal,
     memory_bandwidth,
     print_table,
@@ -259,8 +259,7 @@ def offloaded(args, files, greedy):
     n = args.offload_tokens
     fio_file = max((str(p) for p in Path(q4_pkg).glob("*.bin")), key=os.path.getsize)
 
-    def fio():
-        return disk_bandwidth(fio_file, seconds=args.fio_seconds)
+    fio = DiskBound(fio_file, seconds=args.fio_seconds)
 
     rows, refused = [], []
     bw0 = fio()
@@ -296,10 +295,10 @@ def offloaded(args, files, greedy):
                 f"{', O_DIRECT' if info['direct'] else ''}"
             )
             rows.append((f"tierlm {t}", frac, steps, note, bw0, fio()))
-    return rows, weights, refused
+    return rows, weights, refused, fio
 
 
-def offload_table(rows, weights, refused):
+def offload_table(rows, weights, refused, fio):
     by_budget = {}
     for method, frac, steps, *_ in rows:
         if method == "tierlm q4_k_m" and steps:
@@ -334,7 +333,8 @@ def offload_table(rows, weights, refused):
         f"\noffloaded decode, host budget as a fraction of the Q4_K_M weights "
         f"({weights / 1e6:.0f} MB), page cache dropped before every step; s/token: median of "
         "the decode steps; MB read: the process's disk reads per step (/proc/self/io); "
-        f"of disk bound: (MB read / fio GB/s) / s/token, fio GB/s: {DISK_BOUND}; x: this row's "
+        f"of disk bound: (MB read / fio GB/s) / s/token, fio GB/s: {DISK_BOUND} ("
+        f"{fio.describe()} before and after each row); x: this row's "
         "s/token over tierlm q4_k_m's at the same budget, and over llama.cpp mmap's"
     )
     print_table(
