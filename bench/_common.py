@@ -188,6 +188,20 @@ def start_kernel_bench(threads):
     return _core.cpu_info()
 
 
+def pool_rounds(rows, pooled):
+    """Rows of the same method and budget (their first two fields; one row per round) as one:
+    the list fields at indices `pooled` (steps, bandwidths) concatenated, the others the first
+    round's."""
+    merged = {}
+    for row in rows:
+        if (row[0], row[1]) in merged:
+            for i in pooled:
+                merged[(row[0], row[1])][i] += row[i]
+        else:
+            merged[(row[0], row[1])] = [list(f) if i in pooled else f for i, f in enumerate(row)]
+    return list(merged.values())
+
+
 def print_table(headers, rows):
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
     print("  ".join(str(h).rjust(w) for h, w in zip(headers, widths, strict=True)))

@@ -43,7 +43,13 @@ import _llamacpp  # noqa: E402
 import moe_gguf  # noqa: E402
 import offload_baselines as ob  # noqa: E402
 import tierlm  # noqa: E402
-from _common import DISK_BOUND, DiskBound, print_table, require_same_tokens  # noqa: E402
+from _common import (  # noqa: E402
+    DISK_BOUND,
+    DiskBound,
+    pool_rounds,
+    print_table,
+    require_same_tokens,
+)
 from bench_offload import tierlm_decode  # noqa: E402
 
 USAGE = "expert_usage.json"
@@ -220,21 +226,8 @@ def run(args, root, skip):
     report(args, rows, weights, top2_share(profile), fio)
 
 
-def pooled(rows):
-    """Rows of the same method and budget (one per round) as one: their steps and bandwidths
-    together, the first round's hit rate and note."""
-    merged = {}
-    for name, frac, steps, hit, note, bws in rows:
-        if (name, frac) in merged:
-            merged[(name, frac)][2] += steps
-            merged[(name, frac)][5] += bws
-        else:
-            merged[(name, frac)] = [name, frac, list(steps), hit, note, list(bws)]
-    return list(merged.values())
-
-
 def report(args, rows, weights, top2, fio):
-    rows = pooled(rows)
+    rows = pool_rounds(rows, (2, 5))  # steps, bandwidths
     bws = [b for row in rows for b in row[5] if b]
     print(
         f"\nmodel: random Mixtral-shaped {args.quant} GGUF (llama.cpp's quantizer), hidden "

@@ -43,6 +43,7 @@ from _common import (  # noqa: E402
     DiskBound,
     leading_equal,
     memory_bandwidth,
+    pool_rounds,
     print_table,
     require_agreement,
     require_same_tokens,
@@ -282,22 +283,10 @@ def offloaded(args, files, greedy):
         if not greedy["q4_k_m"]["repack"]:  # the same kernels as in memory: the same tokens
             same = greedy["q4_k_m"]["llama.cpp"][:n]
             require_same_tokens("llama.cpp mmap vs llama.cpp in memory", ids, same, 1.0)
-        rows.append(("llama.cpp mmap q4_k_m", None, steps, "budget-free, repack off", bw0, fio()))
+        note = "budget-free, repack off"
+        rows.append(("llama.cpp mmap q4_k_m", None, steps, note, [bw0, fio()]))
         rows += tierlm_offloaded(args, files, greedy, weights, fio, refused)
-    return pooled(rows), weights, refused, fio
-
-
-def pooled(rows):
-    """Rows of the same method and budget (one per round) as one: their steps together, the
-    first round's note, the bandwidths of every round."""
-    merged = {}
-    for method, frac, steps, note, *bws in rows:
-        if (method, frac) in merged:
-            merged[(method, frac)][2] += steps
-            merged[(method, frac)][4] += bws
-        else:
-            merged[(method, frac)] = [method, frac, list(steps), note, list(bws)]
-    return list(merged.values())
+    return pool_rounds(rows, (2, 4)), weights, refused, fio  # steps, bandwidths
 
 
 def tierlm_offloaded(args, files, greedy, weights, fio, refused):
@@ -320,7 +309,7 @@ def tierlm_offloaded(args, files, greedy, weights, fio, refused):
                 why = f"tierlm {t} at {frac:.0%}: {error}"
                 refused += [why] if why not in refused else []
                 note = f"refused ({refused.index(why) + 1})"
-                rows.append((f"tierlm {t}", frac, [], note, bw0, None))
+                rows.append((f"tierlm {t}", frac, [], note, [bw0]))
                 continue
             require_agreement(
                 f"tierlm {t} offloaded at {frac:.0%} vs in memory",
@@ -333,7 +322,7 @@ def tierlm_offloaded(args, files, greedy, weights, fio, refused):
                 f"{p['sections']} sections, peak {info['peak'] / 2**20:.0f} MiB"
                 f"{', O_DIRECT' if info['direct'] else ''}"
             )
-            rows.append((f"tierlm {t}", frac, steps, note, bw0, fio()))
+            rows.append((f"tierlm {t}", frac, steps, note, [bw0, fio()]))
     return rows
 
 
