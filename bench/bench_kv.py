@@ -389,6 +389,8 @@ def main():
         sys.exit(f"--kv {','.join(args.kv)}: types of {TIERLM_KV}, with f16 or f32 among them")
     if args.model == "smollm2" and (args.layers is not None or args.long_layers is not None):
         sys.exit("--layers, --long-layers: only --model random is built with a chosen depth")
+    if args.long_layers is not None and contexts[-1] <= LONG_FROM:
+        sys.exit(f"--long-layers: no context of --contexts {args.contexts} is above {LONG_FROM}")
     args.layers = 8 if args.layers is None else args.layers
     args.long_layers = LONG_LAYERS if args.long_layers is None else args.long_layers
     if min(args.tokens, args.rounds, args.layers, args.long_layers) < 1:
