@@ -12,6 +12,7 @@
 #include <numeric>
 #include <optional>
 
+#include "sparse/channel_stream.hpp"
 #include "sparse/row_cache.hpp"
 #include "sparse/sparse_row_loader.hpp"
 #include "tierlm/core/align.hpp"
@@ -47,6 +48,7 @@ struct ChannelSparse::Impl {
   HostBuffer scratch;
   HostBuffer rotations;    // the rotated sites' Qᵀ, one after the other
   SparseRowLoader loader;  // before sites: the files may hold its staging registered
+  ChannelStream stream;    // the streamed sites' reads, in the loader's staging
   std::vector<Site> sites;
 
   int32_t* channel_ids = view<int32_t>(plan.scratch.channel_ids);
@@ -74,7 +76,11 @@ struct ChannelSparse::Impl {
         rotations(plan.rotations.empty() ? HostBuffer() : host.allocate(rotation_bytes(plan))),
         loader(host.allocate(plan.staging_bytes, kAlignment),
                view<IoRequest>(plan.scratch.requests), view<SparseRowSource>(plan.scratch.sources),
-               plan.scratch.max_requests, true, kSparseMergeGap) {
+               plan.scratch.max_requests, true, kSparseMergeGap),
+        stream(static_cast<char*>(loader.staging()), loader.staging_bytes(),
+               view<IoRequest>(plan.scratch.requests), plan.scratch.max_requests,
+               view<SparseRowSource>(plan.scratch.sources), plan.scratch.max_batch,
+               kSparseMergeGap) {
     threads = std::max<size_t>(1, parallel_threads());
     size_t max_n = 0;
     for (const ChannelSitePlan& s : plan.sites) max_n = std::max(max_n, s.rows.n_neurons);
@@ -183,27 +189,27 @@ struct ChannelSparse::Impl {
         y, accumulate);
   }
 
-  // A streamed site: its kept channels' columns are read (one batch when staging holds them)
-  // and summed where they landed, run by run of adjacent columns, in channel order.
+  // A streamed site: its kept channels' columns are read in batches and summed where they
+  // landed, run by run of adjacent columns, in channel order (ChannelStream).
   void token_streamed(Site& s, const float* x, size_t n_kept, float* y, SparseTokenInfo& info) {
     const SparseLayerPlan& r = s.plan->rows;
     bool accumulate = false;
-    loader.stream(s.file, r, kept, n_kept, info,
-                  [&](const SparseRowGather& batch, const int32_t* ids, size_t m) {
-                    auto runs = [&](auto visit) {
-                      for (size_t j = 0; j < m;) {
-                        size_t k = j + 1;
-                        while (k < m && ids[k] == ids[k - 1] + 1 &&
-                               batch.row(k).up == batch.row(k - 1).up + r.row_bytes) {
-                          ++k;
-                        }
-                        visit(batch.row(j).up, ids + j, k - j);
-                        j = k;
-                      }
-                    };
-                    kernel(s, x, m, runs, y, accumulate);
-                    accumulate = true;
-                  });
+    stream.run(s.file, r, kept, n_kept, info,
+               [&](const SparseRowGather& batch, const int32_t* ids, size_t m) {
+                 auto runs = [&](auto visit) {
+                   for (size_t j = 0; j < m;) {
+                     size_t k = j + 1;
+                     while (k < m && ids[k] == ids[k - 1] + 1 &&
+                            batch.row(k).up == batch.row(k - 1).up + r.row_bytes) {
+                       ++k;
+                     }
+                     visit(batch.row(j).up, ids + j, k - j);
+                     j = k;
+                   }
+                 };
+                 kernel(s, x, m, runs, y, accumulate);
+                 accumulate = true;
+               });
     if (!accumulate) std::fill(y, y + r.row_elems, 0.0f);  // nothing kept
   }
 

@@ -294,13 +294,14 @@ ChannelPlan channel_plan(const Package& p, const ChannelOptions& options) {
 namespace {
 
 ChannelScratchLayout channel_scratch_layout(const ChannelPlan& plan) {
-  size_t max_n = 0, max_batch = 0;  // a batch reads at most a cache's or a streamed site's rows
+  size_t max_n = 0, max_batch = 0;  // a batch reads at most a cache's or a site's columns
   for (const ChannelSitePlan& s : plan.sites) {
     max_n = std::max(max_n, s.rows.n_neurons);
     max_batch = std::max(max_batch, s.streamed() ? s.rows.n_neurons : s.rows.capacity);
   }
   ChannelScratchLayout l;
   l.max_requests = 2 * max_batch + 2;
+  l.max_batch = max_batch;
   ScratchCursor cursor;
   l.channel_ids = cursor.take(max_n * sizeof(int32_t));
   l.kept = cursor.take(max_n * sizeof(int32_t));
@@ -308,7 +309,7 @@ ChannelScratchLayout channel_scratch_layout(const ChannelPlan& plan) {
   l.to_evict = cursor.take(max_n * sizeof(int32_t));
   l.need = cursor.take(max_n * sizeof(int32_t));
   l.evict = cursor.take(max_n * sizeof(int32_t));
-  l.sources = cursor.take(max_batch * sizeof(SparseRowSource));
+  l.sources = cursor.take(2 * max_batch * sizeof(SparseRowSource));  // 2: ChannelStream
   l.requests = cursor.take(l.max_requests * sizeof(IoRequest));
   l.site_out = cursor.take(plan.max_rows * plan.max_row_elems * sizeof(float));
   l.rotated = cursor.take(max_n * sizeof(float));

@@ -61,13 +61,14 @@ struct ChannelScratchLayout {
   size_t to_evict = 0;
   size_t need = 0;
   size_t evict = 0;
-  size_t sources = 0;   // SparseRowSource[max capacity]: where each pending row lands
+  size_t sources = 0;   // SparseRowSource[2 x max batch]: where each pending row lands
   size_t requests = 0;  // IoRequest[max_requests]
   size_t site_out = 0;  // float[max_rows * max_row_elems]: the running site's outputs
   size_t rotated = 0;   // float[max channels]: a rotated site's input z = Qᵀ x
   size_t rows = 0;      // SparseTokenInfo[max_rows]: per row of the batch
   size_t log = 0;       // SparseTokenInfo[kSparseTokenLog]
   size_t max_requests = 0;
+  size_t max_batch = 0;  // columns one batch of reads holds at most (a cache's or a site's)
   size_t bytes = 0;
 };
 

@@ -64,7 +64,8 @@ void SparseRowLoader::submit(File& file, SparseTokenInfo& info) {
   info.bytes_read += gather_.bytes();
 }
 
-void SparseRowLoader::wait(SparseTokenInfo& info) {
+void SparseRowLoader::complete(const SparseLayerPlan& p, NeuronCache& cache, const int32_t* ids,
+                               SparseTokenInfo& info) {
   const auto t0 = Clock::now();
   try {
     io_wait_all(futures_);
@@ -77,11 +78,6 @@ void SparseRowLoader::wait(SparseTokenInfo& info) {
   }
   futures_.clear();
   info.io_seconds += since(t0);
-}
-
-void SparseRowLoader::complete(const SparseLayerPlan& p, NeuronCache& cache, const int32_t* ids,
-                               SparseTokenInfo& info) {
-  wait(info);
   const auto t1 = Clock::now();
   const size_t first = cache.size();
   cache.insert(ids, gather_.n_rows(), nullptr);

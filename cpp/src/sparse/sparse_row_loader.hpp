@@ -1,8 +1,7 @@
 // Reads neuron rows of a layer's bundle file into its neuron cache: the rows' 4 KiB-widened
 // ranges (SparseRowGather) go into one staging buffer as one batch of O_DIRECT requests, then
-// every row is copied into the cache (or, streamed, used where it landed). Rows already read ahead
-// (SparseReadAhead) are copied from there instead, in their place in the order, so the cache ends
-// up the same either way.
+// every row is copied into the cache. Rows already read ahead (SparseReadAhead) are copied from
+// there instead, in their place in the order, so the cache ends up the same either way.
 #pragma once
 
 #include <algorithm>
@@ -51,26 +50,6 @@ class SparseRowLoader {
   void finish(const SparseLayerPlan& plan, NeuronCache& cache, const int32_t* ids,
               SparseTokenInfo& info);
 
-  // Reads the rows of ids[0, n) (sorted) in as few batches as staging allows and calls
-  // compute(batch, ids of the batch, rows) on each batch where its rows landed in staging
-  // (batch.row(j).up): nothing is cached or copied. Bundled files only.
-  template <class Compute>
-  void stream(File& file, const SparseLayerPlan& plan, const int32_t* ids, size_t n,
-              SparseTokenInfo& info, Compute compute) {
-    for (size_t done = 0; done < n;) {
-      gather_.clear();
-      const size_t m = gather(plan, ids + done, n - done, nullptr, info);
-      submit(file, info);
-      wait(info);
-      const auto t0 = std::chrono::steady_clock::now();
-      compute(static_cast<const SparseRowGather&>(gather_), ids + done, m);
-      info.compute_seconds += seconds_since(t0);
-      info.neurons_read += m;
-      gather_.clear();
-      done += m;
-    }
-  }
-
   // The rows of ids[done, n) that one token needs past the cache's capacity, in rounds of at
   // most the capacity: each round replaces the rows loaded last (ids in evict, scratch of the
   // capacity) and calls compute(first slot, rows) on them, whose results the caller adds up.
@@ -102,8 +81,6 @@ class SparseRowLoader {
                 const SparseReadAhead* ahead, SparseTokenInfo& info);
   // Submits the gathered requests as one batch (none when every row was read ahead).
   void submit(File& file, SparseTokenInfo& info);
-  // Waits for the submitted batch (into info.io_seconds); on an error drops it and throws.
-  void wait(SparseTokenInfo& info);
   // Waits for the submitted batch and moves its rows into the cache.
   void complete(const SparseLayerPlan& plan, NeuronCache& cache, const int32_t* ids,
                 SparseTokenInfo& info);
