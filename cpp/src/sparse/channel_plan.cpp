@@ -12,6 +12,7 @@
 
 #include "core/json.hpp"
 #include "io/safetensors.hpp"
+#include "sparse/channel_stream.hpp"
 #include "sparse/sparse_row_gather.hpp"
 #include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
@@ -349,8 +350,11 @@ void total_bytes(ChannelPlan& plan) {
   }
   for (const ChannelSitePlan& s : plan.sites) {
     const SparseLayerPlan& r = s.rows;
-    // A streamed site reads one token's kept columns in one batch when its file fits.
-    const uint64_t batch = s.streamed() ? r.file_bytes : s.resident() ? 0 : r.capacity * worst_row;
+    // A streamed site reads into two halves of at most kChannelStreamBatch (ChannelStream); a
+    // cached one its missing columns in one batch when they fit.
+    const uint64_t batch = s.streamed() ? std::min<uint64_t>(r.file_bytes, 2 * kChannelStreamBatch)
+                           : s.resident() ? 0
+                                          : r.capacity * worst_row;
     batch_bytes = std::max(batch_bytes, batch);
   }
   const uint64_t staging = std::min(batch_bytes, uint64_t{kMaxStaging});
