@@ -11,11 +11,6 @@ namespace tierlm::detail {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
 size_t half_bytes(size_t staging_bytes) {
   return std::min(round_down(staging_bytes / 2, kAlignment), kChannelStreamBatch);
 }
@@ -49,7 +44,7 @@ size_t ChannelStream::submit(int h, File& file, const SparseLayerPlan& plan, con
   g.close();
   const auto t0 = Clock::now();
   futures_[h] = file.pread_batch(std::span<const IoRequest>(g.requests(), g.n_requests()));
-  info.io_seconds += since(t0);
+  info.io_seconds += seconds_since(t0);
   info.requests += g.n_requests();
   info.bytes_read += g.bytes();
   return m;
@@ -59,7 +54,7 @@ void ChannelStream::wait(int h, SparseTokenInfo& info) {
   const auto t0 = Clock::now();
   io_wait_all(futures_[h]);
   futures_[h].clear();
-  info.io_seconds += since(t0);
+  info.io_seconds += seconds_since(t0);
 }
 
 void ChannelStream::drop() {

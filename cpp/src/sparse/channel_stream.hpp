@@ -4,11 +4,11 @@
 // Nothing is cached or copied.
 #pragma once
 
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
+#include "core/clock.hpp"
 #include "sparse/sparse_plan.hpp"
 #include "sparse/sparse_row_gather.hpp"
 #include "tierlm/io/io.hpp"
@@ -50,10 +50,9 @@ class ChannelStream {
           done += count[next];
         }
         wait(h, info);
-        const auto t0 = std::chrono::steady_clock::now();
+        const auto t0 = Clock::now();
         compute(static_cast<const SparseRowGather&>(halves_[h]), ids + first[h], count[h]);
-        info.compute_seconds +=
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        info.compute_seconds += seconds_since(t0);
         info.neurons_read += count[h];
         halves_[h].clear();
         count[h] = 0;
