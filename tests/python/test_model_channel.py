@@ -110,10 +110,11 @@ def test_executor_equals_torch_reference(llama, tmp_path, target, mode, window):
         assert s["sparse_neurons_read"] == s["sparse_neurons_predicted"]
 
 
-@pytest.mark.parametrize("capacity", [0, 7])
-def test_rotated_sites_equal_torch_reference(llama, tmp_path, capacity):
+@pytest.mark.parametrize("capacity,streamed", [(0, False), (0, True), (7, False)])
+def test_rotated_sites_equal_torch_reference(llama, tmp_path, capacity, streamed):
     """--rotation site: q/k/v and gate/up threshold z = Qᵀ x and read columns of W Q
-    (tierlm.sparse.channel_rotation); capacity 7 runs the overflow rounds on z."""
+    (tierlm.sparse.channel_rotation), resident, streamed (the minimum budget) or cached;
+    capacity 7 runs the overflow rounds on z."""
     from tierlm.sparse.channel_rotation import ROTATION_FILE
 
     loaded, _, ids = llama
@@ -122,7 +123,11 @@ def test_rotated_sites_equal_torch_reference(llama, tmp_path, capacity):
     ref = torch_logits(loaded, thresholds, seq)
     plain = torch_logits(loaded, channel.calibrate(loaded, ids, 0.4, context=64), seq)
     assert relative_error(ref[-1], plain[-1]) > 1e-3  # the rotation changes what is kept
-    model = tierlm.load(pkg, sparse=True, sparse_capacity=capacity, kv_dtype="f32")
+    options = dict(sparse=True, sparse_capacity=capacity, kv_dtype="f32")
+    if streamed:
+        options["budget"] = tierlm.load(pkg, **options).placement()["minimum_budget"]
+    model = tierlm.load(pkg, **options)
+    assert (model.stats()["sparse_capacity"] == [0] * 12) == streamed
     for n in (1, 2, 37):
         assert relative_error(model.logits(seq[:n]), ref[n - 1]) <= TOL, n
     # The resident rotations (2 sites x 3 layers of 128 x 128 f32) are in the sparse budget
