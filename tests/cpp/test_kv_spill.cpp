@@ -192,7 +192,7 @@ class KvSpillReadAhead : public ::testing::Test {
       : host_(1 << 20),
         spill_(plan(), std::vector<uint64_t>(kSliceLayers, kPage), {0, kPage, 2 * kPage},
                {kPage / 2, kPage + kPage / 2, 2 * kPage + kPage / 2}, host_,
-               KvDiskOptions{.dir = scratch_dir()}, 1, 4) {}
+               KvDiskOptions{.dir = scratch_dir()}, 2, 4) {}
 
   static KvSpillPlan plan() {
     KvSpillPlan p;
@@ -214,18 +214,22 @@ class KvSpillReadAhead : public ::testing::Test {
     return -1 - spill_.write(aligned.data(), 1);
   }
 
-  // One step over table: each layer's staged blocks must hold the marks given.
-  void step(const std::vector<int32_t>& table, const std::vector<uint8_t>& marks) {
-    tables_ = {table};
-    const int32_t slot = 0;
-    spill_.stage({&slot, 1}, tables_, {});
+  // One step over tables (one per slot): each layer's staged blocks must hold the marks given.
+  void step(const std::vector<std::vector<int32_t>>& tables,
+            const std::vector<std::vector<uint8_t>>& marks) {
+    tables_ = tables;
+    const std::vector<int32_t> slots =
+        tables.size() == 1 ? std::vector<int32_t>{0} : std::vector<int32_t>{0, 1};
+    spill_.stage(slots, tables_, {});
     for (size_t l = 0; l < kSliceLayers; ++l) {
       spill_.fetch(l);
-      const KvLayout layout = spill_.layout(l, 0);
-      for (size_t b = 0; b < marks.size(); ++b) {
-        const auto* bytes = static_cast<const uint8_t*>(layout.blocks[b]);
-        EXPECT_EQ(bytes[0], marks[b] * 16 + l) << "layer " << l << ", block " << b;
-        EXPECT_EQ(bytes[kPage - 1], marks[b] * 16 + l) << "layer " << l << ", block " << b;
+      for (int32_t slot : slots) {
+        const KvLayout layout = spill_.layout(l, slot);
+        for (size_t b = 0; b < marks[slot].size(); ++b) {
+          const auto* bytes = static_cast<const uint8_t*>(layout.blocks[b]);
+          EXPECT_EQ(bytes[0], marks[slot][b] * 16 + l) << "layer " << l << ", block " << b;
+          EXPECT_EQ(bytes[kPage - 1], marks[slot][b] * 16 + l) << "layer " << l << ", block " << b;
+        }
       }
       spill_.release(l);
     }
@@ -240,23 +244,33 @@ class KvSpillReadAhead : public ::testing::Test {
 
 TEST_F(KvSpillReadAhead, TheNextStepUsesWhatHoldsAndReadsTheRest) {
   const int32_t a = write(1);
-  step({a}, {1});  // reads 3 layers, then the next step's first 2 ahead
+  step({{a}}, {{1}});  // reads 3 layers, then the next step's first 2 ahead
   EXPECT_EQ(read(), 5 * kPage);
   const int32_t b = write(2);  // spilled between the steps, after a on disk
   // b's slices of the 2 layers read ahead, layer 2's a and b, the next step's 2 layers ahead
-  step({a, b}, {1, 2});
+  step({{a, b}}, {{1, 2}});
   EXPECT_EQ(read(), 5 * kPage + 2 * kPage + 2 * kPage + 2 * 2 * kPage);
-  step({b}, {2});  // not an extension of {a, b}: what was read ahead is read again
-  step({a, b}, {1, 2});
+  step({{b}}, {{2}});  // not an extension of {a, b}: what was read ahead is read again
+  step({{a, b}}, {{1, 2}});
 }
 
 TEST_F(KvSpillReadAhead, ASlotFreedAndWrittenAgainIsReadAgain) {
   const int32_t a = write(1);
-  step({a}, {1});
+  step({{a}}, {{1}});
   ASSERT_TRUE(spill_.unref(-1 - a));
   const int32_t c = write(3);  // the freed slot, new contents
   ASSERT_EQ(c, a);
-  step({c}, {3});
+  step({{c}}, {{3}});
+}
+
+TEST_F(KvSpillReadAhead, ABlockSharedBySequencesIsReadOncePerStep) {
+  const int32_t a = write(1), b = write(2), c = write(3);
+  step({{a, b}, {a, c}}, {{1, 2}, {1, 3}});
+  EXPECT_EQ(read(), 3 * 3 * kPage + 2 * 3 * kPage);  // 3 blocks of 3 layers, 2 layers ahead
+  spill_.ref(-1 - a);  // a second reference: freeing one keeps what was read ahead
+  EXPECT_FALSE(spill_.unref(-1 - a));
+  step({{a, b}, {a, c}}, {{1, 2}, {1, 3}});
+  EXPECT_EQ(read(), 2 * (3 * 3 * kPage + 2 * 3 * kPage) - 2 * 3 * kPage);
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, KvSpillTest,
