@@ -15,10 +15,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "tierlm/core/error.hpp"
 #include "tierlm/io/io.hpp"
 #include "tierlm/kernels/kernels.hpp"
 #include "tierlm/memory/disk_tier.hpp"
@@ -112,7 +114,8 @@ class KvSpill {
   void read_slices(size_t buffer, size_t layer, size_t first);
   // KvLayout::blocks of layer, staged in buffer, for each slot of the step.
   void point(size_t buffer, size_t layer);
-  // Drops the layers read ahead for the next step, waiting for their reads.
+  // Drops the layers read ahead for the next step, waiting for their reads and keeping the
+  // first one's error for the next stage to throw.
   void drop_ahead();
   void settle(size_t buffer);  // waits for a staging buffer's reads without throwing
   uint64_t disk_offset(size_t layer, int32_t disk) const {
@@ -141,11 +144,12 @@ class KvSpill {
   std::vector<size_t> staged_layer_;  // [buffer]: its layer, or SIZE_MAX
   std::vector<bool> ahead_;           // [buffer]: its layer is the next step's (read ahead)
   std::vector<size_t> buffer_of_layer_;
-  std::vector<int32_t> step_disk_;   // the disk slots staged, in staging order, each once
-  std::vector<int32_t> ahead_disk_;  // the last step's step_disk_, while stage compares
-  std::vector<int32_t> place_;       // [disk slot]: its index in step_disk_, or -1
-  size_t next_layer_ = 0;            // this step's next layer to read
-  size_t next_ahead_ = 0;            // the next step's next layer to read ahead
+  std::vector<int32_t> step_disk_;    // the disk slots staged, in staging order, each once
+  std::vector<int32_t> ahead_disk_;   // the last step's step_disk_, while stage compares
+  std::vector<int32_t> place_;        // [disk slot]: its index in step_disk_, or -1
+  size_t next_layer_ = 0;             // this step's next layer to read
+  size_t next_ahead_ = 0;             // the next step's next layer to read ahead
+  std::optional<Error> ahead_error_;  // a dropped read ahead's, thrown by the next stage
   std::vector<std::vector<std::vector<void*>>> layer_blocks_;  // [buffer][slot]: KvLayout::blocks
   std::vector<DiskRequest> requests_;
   std::vector<std::vector<IoFuture>> futures_;  // [buffer]
