@@ -124,6 +124,7 @@ int32_t Generator::next() {
                  "model's KV cache; start a new generation");
     if (model_->position() >= model_->context_length()) {
       finish_ = FinishReason::kFinishContext;
+      model_->settle_reads();
       return -1;
     }
     const int32_t last = output_.back();
@@ -146,6 +147,7 @@ int32_t Generator::next() {
   if (!done() && static_cast<int64_t>(output_.size()) >= options_.max_new_tokens) {
     finish_ = FinishReason::kFinishLength;
   }
+  if (done()) model_->settle_reads();  // what the last step read ahead, for no step
   return token;
 }
 
@@ -282,6 +284,7 @@ std::vector<GenerateResult> generate_batch(Model& model,
     slots.resize(kept);
   }
   model.record_timing(0, 0.0, static_cast<uint64_t>(decode_tokens), decode_seconds);
+  model.settle_reads();  // what the last step read ahead, for no step
   for (GenerateResult& r : results) {
     GenerateStats& st = r.stats;
     if (st.prefill_seconds > 0) st.prefill_tokens_per_s = st.prompt_tokens / st.prefill_seconds;

@@ -169,18 +169,7 @@ void KvSpill::stage(std::span<const int32_t> slots, const std::vector<std::vecto
       !std::equal(ahead_disk_.begin(), ahead_disk_.end(), step_disk_.begin())) {
     drop_ahead();
   }
-  if (ahead_error_) {
-    // A read ahead failed, even one whose slices no step used: the disk is failing.
-    const Error error = *ahead_error_;
-    ahead_error_.reset();
-    for (size_t b = 0; b < staged_layer_.size(); ++b) {
-      settle(b);
-      staged_layer_[b] = SIZE_MAX;
-      ahead_[b] = false;
-    }
-    rethrow(error,
-            "reading spilled blocks ahead from the disk tier in " + tier_.directory() + " failed");
-  }
+  throw_ahead_error();
   next_layer_ = 0;
   for (size_t b = 0; b < staged_layer_.size(); ++b) {
     if (staged_layer_[b] != SIZE_MAX && ahead_[b]) {
@@ -287,6 +276,36 @@ void KvSpill::drop_ahead() {
     staged_layer_[b] = SIZE_MAX;
     ahead_[b] = false;
   }
+}
+
+void KvSpill::throw_ahead_error() {
+  if (!ahead_error_) return;
+  // A read ahead failed, even one whose slices no step used: the disk is failing.
+  const Error error = *ahead_error_;
+  ahead_error_.reset();
+  for (size_t b = 0; b < staged_layer_.size(); ++b) {
+    settle(b);
+    staged_layer_[b] = SIZE_MAX;
+    ahead_[b] = false;
+  }
+  rethrow(error,
+          "reading spilled blocks ahead from the disk tier in " + tier_.directory() + " failed");
+}
+
+void KvSpill::settle_ahead() {
+  for (size_t b = 0; b < staged_layer_.size(); ++b) {
+    if (!ahead_[b]) continue;
+    for (IoFuture& f : futures_[b]) f.wait();
+    for (IoFuture& f : futures_[b]) {
+      try {
+        f.get();  // returns (or throws) the same again when a step uses the buffer
+      } catch (const Error&) {
+        drop_ahead();  // keeps the error
+        break;
+      }
+    }
+  }
+  throw_ahead_error();
 }
 
 void KvSpill::fetch(size_t layer) {

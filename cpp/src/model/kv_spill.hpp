@@ -87,6 +87,9 @@ class KvSpill {
   // staging_layers layers not read yet.
   void stage(std::span<const int32_t> slots, const std::vector<std::vector<int32_t>>& tables,
              std::span<void* const> host_blocks);
+  // Waits for what was read ahead for a next step, keeping it, and throws the error of any
+  // read ahead that failed since the last stage (Model::settle_reads: a generation's end).
+  void settle_ahead();
   // Waits for layer's read-backs (throwing a read's error, naming the layer and the tier's
   // directory).
   void fetch(size_t layer);
@@ -117,6 +120,7 @@ class KvSpill {
   // Drops the layers read ahead for the next step, waiting for their reads and keeping the
   // first one's error for the next stage to throw.
   void drop_ahead();
+  void throw_ahead_error();    // throws the error drop_ahead kept, dropping what is staged
   void settle(size_t buffer);  // waits for a staging buffer's reads without throwing
   uint64_t disk_offset(size_t layer, int32_t disk) const {
     return region_[layer] + static_cast<uint64_t>(disk) * slice_bytes_[layer];
