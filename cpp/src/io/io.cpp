@@ -3,7 +3,6 @@
 #include "tierlm/io/io.hpp"
 
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -273,17 +272,12 @@ std::vector<IoFuture> File::pwrite_batch(std::span<const IoRequest> requests) {
 }
 
 uint64_t File::size() const {
-  const int fd = engine("stat").file().fd;
-  struct stat st {};
-  if (fstat(fd, &st) != 0) {
-    const int err = errno;
-    TIERLM_FAIL(kErrorIo, err, "cannot stat ", path_, ": ", errno_text(err));
+  const int64_t size = detail::io_file_size(engine("stat").file().fd);
+  if (size < 0) {
+    TIERLM_FAIL(kErrorIo, static_cast<int>(-size), "cannot stat ", path_, ": ",
+                errno_text(static_cast<int>(-size)));
   }
-  if (S_ISBLK(st.st_mode)) {
-    const off_t end = lseek(fd, 0, SEEK_END);
-    return end < 0 ? 0 : static_cast<uint64_t>(end);
-  }
-  return static_cast<uint64_t>(st.st_size);
+  return static_cast<uint64_t>(size);
 }
 
 void File::sync() {

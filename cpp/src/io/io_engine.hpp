@@ -70,6 +70,10 @@ struct IoFd {
 // Throws kErrorNotFound (ENOENT) / kErrorIo (errno) naming the path and what to do.
 IoFd io_open(const std::string& path, IoMode mode, bool want_direct);
 
+// Bytes in the open file fd (a block device's by seeking to its end, 0 when that fails);
+// -errno when fstat fails.
+int64_t io_file_size(int fd);
+
 enum class IoOpKind { kIoOpRead, kIoOpWrite };
 
 // One request and how far it got. `direct` says which descriptor the next chunk uses.
