@@ -273,6 +273,29 @@ TEST_F(KvSpillReadAhead, ABlockSharedBySequencesIsReadOncePerStep) {
   EXPECT_EQ(read(), 2 * (3 * 3 * kPage + 2 * 3 * kPage) - 2 * 3 * kPage);
 }
 
+// One layer and two buffers: the free buffer reads the next step's layer only once this step's
+// is done.
+TEST(KvSpill, OneLayerReadsTheNextStepAheadOnceItsOwnIsDone) {
+  KvSpillPlan plan;
+  plan.disk_blocks = 1;
+  plan.staging_layers = 2;
+  plan.staging_bytes = 4096;
+  plan.disk_bytes = 4096;
+  HostTier host(1 << 20);
+  KvSpill spill(plan, {4096}, {0}, {2048}, host, KvDiskOptions{.dir = scratch_dir()}, 1, 1);
+  HostBuffer block = host.allocate(4096);
+  std::memset(block.data(), 7, 4096);
+  const std::vector<std::vector<int32_t>> tables = {{-1 - spill.write(block.data(), 1)}};
+  const int32_t slot = 0;
+  for (int step = 0; step < 3; ++step) {
+    spill.stage({&slot, 1}, tables, {});
+    spill.fetch(0);
+    EXPECT_EQ(static_cast<const uint8_t*>(spill.layout(0, 0).blocks[0])[4095], 7);
+    spill.release(0);
+    EXPECT_EQ(spill.counts().bytes_read, 4096u * (step + 2));  // the step's, then the next's
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, KvSpillTest,
                          ::testing::Values(DType::kDTypeF16, DType::kDTypeQ8_0, DType::kDTypeF32));
 

@@ -184,6 +184,7 @@ void KvSpill::stage(std::span<const int32_t> slots, const std::vector<std::vecto
     ahead_[b] = false;
   }
   next_ahead_ = 0;
+  released_ = 0;
   for (size_t b = 0; b < staged_layer_.size(); ++b) {
     if (staged_layer_[b] == SIZE_MAX) issue(b);
   }
@@ -198,7 +199,9 @@ void KvSpill::issue(size_t buffer) {
   }
   // Every layer of this step is read or reading: the buffer reads the next step's layer ahead,
   // on the guess that it spills what this one does (KvSpill::stage checks the guess).
-  if (next_ahead_ >= slice_bytes_.size()) return;
+  // A layer ahead only once this step's same layer is done (a model of fewer layers than
+  // buffers leaves some free).
+  if (next_ahead_ >= released_) return;
   ahead_[buffer] = true;
   read_slices(buffer, next_ahead_++, 0);
 }
@@ -331,6 +334,7 @@ void KvSpill::release(size_t layer) {
   const size_t buffer = buffer_of_layer_[layer];
   if (staged_layer_[buffer] != layer || ahead_[buffer]) return;
   staged_layer_[buffer] = SIZE_MAX;
+  released_ = layer + 1;
   issue(buffer);
 }
 

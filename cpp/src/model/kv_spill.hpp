@@ -153,6 +153,7 @@ class KvSpill {
   std::vector<int32_t> place_;        // [disk slot]: its index in step_disk_, or -1
   size_t next_layer_ = 0;             // this step's next layer to read
   size_t next_ahead_ = 0;             // the next step's next layer to read ahead
+  size_t released_ = 0;               // this step's layers done (released)
   std::optional<Error> ahead_error_;  // a dropped read ahead's, thrown by the next stage
   std::vector<std::vector<std::vector<void*>>> layer_blocks_;  // [buffer][slot]: KvLayout::blocks
   std::vector<DiskRequest> requests_;
