@@ -135,7 +135,20 @@ size_t IoFuture::get() {
 }
 
 void io_wait_all(std::span<IoFuture> futures) {
-  for (const IoFuture& f : futures) f.wait();
+  // Each wait tells the back end whether the next unfinished request is also its own, so one
+  // thread drives the ring through the whole batch.
+  const size_t n = futures.size();
+  auto unfinished = [&](size_t j) {
+    const detail::IoState* s = futures[j].state_.get();
+    return s != nullptr && !s->done.load(std::memory_order_acquire);
+  };
+  for (size_t i = 0, next = 0; i < n; ++i) {
+    if (!unfinished(i)) continue;
+    next = std::max(next, i + 1);
+    while (next < n && !unfinished(next)) ++next;
+    detail::IoState& state = *futures[i].state_;
+    state.wait(next < n && state.same_driver(*futures[next].state_));
+  }
   for (IoFuture& f : futures) f.get();
 }
 

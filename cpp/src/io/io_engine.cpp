@@ -84,10 +84,10 @@ void IoState::finish(size_t transferred, std::exception_ptr failure) {
   cv.notify_all();
 }
 
-void IoState::wait() {
+void IoState::wait(bool more) {
   if (done.load(std::memory_order_acquire)) return;
   if (std::shared_ptr<IoDriver> d = driver.lock()) {
-    d->wait(*this);
+    d->wait(*this, more);
     return;
   }
   std::unique_lock<std::mutex> lock(mutex);
