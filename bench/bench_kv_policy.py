@@ -161,7 +161,8 @@ def repetition_rows(tierlm, pkg, text_ids, args):
         label = f"{policy} {mode} seed {seed}"
         out, seconds = generate_ids(model, prompt, args.gen_tokens, sampling, seg, label)
         segments = [repeated_ngrams(out[i : i + seg]) for i in range(0, len(out) - seg + 1, seg)]
-        trained = out[8192 - seg : 8192]  # the last segment within the trained length
+        end = min(len(out), 8192) // seg * seg  # the last segment within the trained length
+        trained = out[end - seg : end] if end else []
         past = out[2 * 8192 :]
 
         def cell(value):
@@ -184,7 +185,7 @@ def repetition_rows(tierlm, pkg, text_ids, args):
     print(
         f"\nrepeated 4-grams per {seg}-token segment (reference text: {reference:.3f}); "
         f"repetition penalty {args.repetition_penalty} over {args.repetition_last_n} tokens; "
-        "'to 8k' = the segment ending at 8192 generated tokens (the trained length), "
+        "'to 8k' = the last segment within 8192 generated tokens (the trained length), "
         "'past 2x' = the segment after 16384"
     )
     headers = ["policy", "mode", "seed", "tokens", "tok/s", "first", "to 8k", "worst", "past 2x"]

@@ -160,14 +160,15 @@ TEST(KvSpill, ReadsAheadAsManyLayersAsTheBudgetAffords) {
       left -= n;
     }
     EXPECT_EQ(attend(spilled, 0, s, 3), attend(memory, 0, s, 3)) << plan.staging_layers;
-    // A step starts reading staging_layers layers at once (equal layers: equal slices).
+    // The last step read this one's first staging_layers layers ahead (the same spilled
+    // blocks): staging reads nothing more, and the step reads its other layers and then the
+    // next step's first ones (equal layers: equal slices).
     int32_t slot = 0;
     const uint64_t before = spilled.spill()->counts().bytes_read;
     spilled.begin_step();
     spilled.prepare(slot, spilled.length(slot));
     spilled.stage({&slot, 1});
-    EXPECT_EQ(spilled.spill()->counts().bytes_read - before,
-              spilled.spill()->disk_bytes() / kLayers.size() * plan.staging_layers);
+    EXPECT_EQ(spilled.spill()->counts().bytes_read, before);
     for (size_t layer = 0; layer < kLayers.size(); ++layer) {
       spilled.fetch(layer);
       spilled.release(layer);
@@ -175,6 +176,123 @@ TEST(KvSpill, ReadsAheadAsManyLayersAsTheBudgetAffords) {
     EXPECT_EQ(spilled.spill()->counts().bytes_read - before, spilled.spill()->disk_bytes());
     EXPECT_GT(spilled.spill()->counts().blocks_written, 0u);
     EXPECT_EQ(host_b.stats().peak, plan.host_bytes) << plan.staging_layers;
+  }
+}
+
+// The read-ahead at the KvSpill level, with blocks of 3 one-page layers whose every byte says
+// which block and layer it is: a step reads the next step's first layers ahead; the next step
+// uses them where its spilled blocks begin with the last step's (adding the new ones), and never
+// where they differ or where a disk slot they read was freed and written again in between.
+class KvSpillReadAhead : public ::testing::Test {
+ protected:
+  static constexpr size_t kSliceLayers = 3;
+  static constexpr uint64_t kPage = 4096;
+
+  KvSpillReadAhead()
+      : host_(1 << 20),
+        spill_(plan(), std::vector<uint64_t>(kSliceLayers, kPage), {0, kPage, 2 * kPage},
+               {kPage / 2, kPage + kPage / 2, 2 * kPage + kPage / 2}, host_,
+               KvDiskOptions{.dir = scratch_dir()}, 2, 4) {}
+
+  static KvSpillPlan plan() {
+    KvSpillPlan p;
+    p.disk_blocks = 4;
+    p.staging_layers = 2;
+    p.staging_bytes = 4 * kPage;
+    p.host_bytes = 2 * p.staging_bytes;
+    p.disk_bytes = 4 * kSliceLayers * kPage;
+    return p;
+  }
+
+  // Writes a block whose layer l bytes are all `mark * 16 + l`; returns its table entry.
+  int32_t write(uint8_t mark) {
+    std::vector<uint8_t> block(kSliceLayers * kPage);
+    for (size_t l = 0; l < kSliceLayers; ++l)
+      std::memset(block.data() + l * kPage, mark * 16 + static_cast<int>(l), kPage);
+    HostBuffer aligned = host_.allocate(block.size());
+    std::memcpy(aligned.data(), block.data(), block.size());
+    return -1 - spill_.write(aligned.data(), 1);
+  }
+
+  // One step over tables (one per slot): each layer's staged blocks must hold the marks given.
+  void step(const std::vector<std::vector<int32_t>>& tables,
+            const std::vector<std::vector<uint8_t>>& marks) {
+    tables_ = tables;
+    const std::vector<int32_t> slots =
+        tables.size() == 1 ? std::vector<int32_t>{0} : std::vector<int32_t>{0, 1};
+    spill_.stage(slots, tables_, {});
+    for (size_t l = 0; l < kSliceLayers; ++l) {
+      spill_.fetch(l);
+      for (int32_t slot : slots) {
+        const KvLayout layout = spill_.layout(l, slot);
+        for (size_t b = 0; b < marks[slot].size(); ++b) {
+          const auto* bytes = static_cast<const uint8_t*>(layout.blocks[b]);
+          EXPECT_EQ(bytes[0], marks[slot][b] * 16 + l) << "layer " << l << ", block " << b;
+          EXPECT_EQ(bytes[kPage - 1], marks[slot][b] * 16 + l) << "layer " << l << ", block " << b;
+        }
+      }
+      spill_.release(l);
+    }
+  }
+
+  uint64_t read() const { return spill_.counts().bytes_read; }
+
+  HostTier host_;
+  KvSpill spill_;
+  std::vector<std::vector<int32_t>> tables_;
+};
+
+TEST_F(KvSpillReadAhead, TheNextStepUsesWhatHoldsAndReadsTheRest) {
+  const int32_t a = write(1);
+  step({{a}}, {{1}});  // reads 3 layers, then the next step's first 2 ahead
+  EXPECT_EQ(read(), 5 * kPage);
+  const int32_t b = write(2);  // spilled between the steps, after a on disk
+  // b's slices of the 2 layers read ahead, layer 2's a and b, the next step's 2 layers ahead
+  step({{a, b}}, {{1, 2}});
+  EXPECT_EQ(read(), 5 * kPage + 2 * kPage + 2 * kPage + 2 * 2 * kPage);
+  step({{b}}, {{2}});  // not an extension of {a, b}: what was read ahead is read again
+  step({{a, b}}, {{1, 2}});
+}
+
+TEST_F(KvSpillReadAhead, ASlotFreedAndWrittenAgainIsReadAgain) {
+  const int32_t a = write(1);
+  step({{a}}, {{1}});
+  ASSERT_TRUE(spill_.unref(-1 - a));
+  const int32_t c = write(3);  // the freed slot, new contents
+  ASSERT_EQ(c, a);
+  step({{c}}, {{3}});
+}
+
+TEST_F(KvSpillReadAhead, ABlockSharedBySequencesIsReadOncePerStep) {
+  const int32_t a = write(1), b = write(2), c = write(3);
+  step({{a, b}, {a, c}}, {{1, 2}, {1, 3}});
+  EXPECT_EQ(read(), 3 * 3 * kPage + 2 * 3 * kPage);  // 3 blocks of 3 layers, 2 layers ahead
+  spill_.ref(-1 - a);  // a second reference: freeing one keeps what was read ahead
+  EXPECT_FALSE(spill_.unref(-1 - a));
+  step({{a, b}, {a, c}}, {{1, 2}, {1, 3}});
+  EXPECT_EQ(read(), 2 * (3 * 3 * kPage + 2 * 3 * kPage) - 2 * 3 * kPage);
+}
+
+// One layer and two buffers: the free buffer reads the next step's layer only once this step's
+// is done.
+TEST(KvSpill, OneLayerReadsTheNextStepAheadOnceItsOwnIsDone) {
+  KvSpillPlan plan;
+  plan.disk_blocks = 1;
+  plan.staging_layers = 2;
+  plan.staging_bytes = 4096;
+  plan.disk_bytes = 4096;
+  HostTier host(1 << 20);
+  KvSpill spill(plan, {4096}, {0}, {2048}, host, KvDiskOptions{.dir = scratch_dir()}, 1, 1);
+  HostBuffer block = host.allocate(4096);
+  std::memset(block.data(), 7, 4096);
+  const std::vector<std::vector<int32_t>> tables = {{-1 - spill.write(block.data(), 1)}};
+  const int32_t slot = 0;
+  for (int step = 0; step < 3; ++step) {
+    spill.stage({&slot, 1}, tables, {});
+    spill.fetch(0);
+    EXPECT_EQ(static_cast<const uint8_t*>(spill.layout(0, 0).blocks[0])[4095], 7);
+    spill.release(0);
+    EXPECT_EQ(spill.counts().bytes_read, 4096u * (step + 2));  // the step's, then the next's
   }
 }
 

@@ -35,6 +35,9 @@ PER_BACKEND = [
     ("kv_spill_decode", "read", "EIO", 1),
     ("kv_spill_decode", "read", "EIO", 50),
     ("kv_spill_decode", "read", "short", 20),
+    # the generation's last read: its last step read the next step's first layers ahead, and
+    # no step comes (Model::settle_reads reports it)
+    ("kv_spill_decode", "read", "EIO", 106),
 ]
 # Python's writers (not the engine), and the trainer (20 s a case, most of it importing torch).
 ONCE = [

@@ -127,8 +127,9 @@ def test_padded_q8_0_slices_spill_and_match(pkg, tmp_path):
 
 
 def test_shared_prefix_batch_spills_and_matches(pkg, tmp_path):
-    """generate_batch shares the prompt's blocks among sequences: spilled shared blocks are read
-    back for each, and a shared tail block is copied (from disk when it is there)."""
+    """generate_batch shares the prompt's blocks among sequences: a spilled shared block is read
+    back once per step for all of them (staged once, tests/cpp/test_kv_spill.cpp), and a shared
+    tail block is copied (from disk when it is there)."""
     prompts = [prompt(150, seed=5)] * 3
     ref = tierlm.load(pkg, max_context=CONTEXT, prefill_chunk=CHUNK, max_batch=3)
     want = [r.output_ids for r in ref.generate_batch(prompts, max_new_tokens=40)]

@@ -190,6 +190,7 @@ int32_t Generator::next() {
   if (!done() && model_->position() >= model_->context_length()) {
     finish_ = FinishReason::kFinishContext;
   }
+  if (done()) model_->settle_reads();  // what the last step read ahead, for no step
   return token;
 }
 
@@ -326,6 +327,7 @@ std::vector<GenerateResult> generate_batch(Model& model,
     slots.resize(kept);
   }
   model.record_timing(0, 0.0, static_cast<uint64_t>(decode_tokens), decode_seconds);
+  model.settle_reads();  // what the last step read ahead, for no step
   for (GenerateResult& r : results) {
     GenerateStats& st = r.stats;
     if (st.prefill_seconds > 0) st.prefill_tokens_per_s = st.prompt_tokens / st.prefill_seconds;

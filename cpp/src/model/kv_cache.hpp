@@ -83,6 +83,11 @@ class KvCache {
   void release(size_t layer) {
     if (spill_) spill_->release(layer);
   }
+  // Between steps: waits for the reads a spilling cache started ahead for the next step,
+  // throwing the error of any that failed.
+  void settle_reads() {
+    if (spill_) spill_->settle_ahead();
+  }
   bool spills() const { return spill_ != nullptr; }
   const KvSpill* spill() const { return spill_.get(); }
   // Where layer's keys and values of slot are, for kernel_attention and kernel_kv_store.

@@ -2,20 +2,25 @@
 // memory, its coldest blocks are written whole to a scratch file of the disk tier (O_DIRECT
 // through the I/O engine) and, each step, every layer's slices of them are read back into one
 // of a ring of host staging buffers, one layer each, ahead of the layer computing: a buffer is
-// refilled with the layer `staging_layers` further on as soon as attention is done with it, so
-// the disk always has the next layers' reads queued (several MiB, a deep queue of large
-// requests) however the compute threads are scheduled. Spilling moves bytes, it drops
-// nothing: attention reads the same keys and values as from memory. Eviction policies
-// (kv_policy) are another matter and are not combined with it.
+// refilled with the next layer not read yet as soon as attention is done with it, so the disk
+// always has the next layers' reads queued (several MiB, a deep queue of large requests) however
+// the compute threads are scheduled. Past a step's last layer the ring reads the next step's
+// first layers: a step's spilled blocks are the last step's (its new token lands in a resident
+// block), so the disk keeps reading while the step ends, the logits go out and the next token's
+// first layers compute; the next step checks the guess and reads what it lacks. Spilling moves
+// bytes, it drops nothing: attention reads the same keys and values as from memory. Eviction
+// policies (kv_policy) are another matter and are not combined with it.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "tierlm/core/error.hpp"
 #include "tierlm/io/io.hpp"
 #include "tierlm/kernels/kernels.hpp"
 #include "tierlm/memory/disk_tier.hpp"
@@ -77,13 +82,20 @@ class KvSpill {
 
   // A step over `slots` begins: tables[s] lists each slot's blocks (a host block id >= 0, or
   // -1 - disk slot), host_blocks[id] their addresses; both stay as they are until the step
-  // ends. Issues the read-backs of the first staging_layers layers.
+  // ends. Keeps the layers the last step read ahead where they hold this step's slices (adding
+  // the slices they lack), drops them otherwise, and issues the read-backs of the first
+  // staging_layers layers not read yet.
   void stage(std::span<const int32_t> slots, const std::vector<std::vector<int32_t>>& tables,
              std::span<void* const> host_blocks);
+  // Waits for what was read ahead for a next step, keeping it, and throws the error of any
+  // read ahead that failed since the last stage (Model::settle_reads: a generation's end).
+  void settle_ahead();
   // Waits for layer's read-backs (throwing a read's error, naming the layer and the tier's
   // directory).
   void fetch(size_t layer);
-  // Attention is done with layer's staged blocks: their buffer reads layer + staging_layers'.
+  // Attention is done with layer's staged blocks: their buffer reads the next layer not read yet,
+  // of this step or, past its last, of the next step (read ahead, assuming it reads the slices
+  // this one does).
   void release(size_t layer);
   // Layer's blocks of slot for this step: resident ones in place, spilled ones staged
   // (block_tokens left for the cache to set).
@@ -98,9 +110,18 @@ class KvSpill {
   bool staging_registered() const { return registered_; }
 
  private:
-  void issue(size_t layer);
+  // Gives a free buffer the next layer not read yet (this step's, else the next step's).
+  void issue(size_t buffer);
+  // Reads layer's slices of step_disk_[first...] into buffer (waiting first for what it held
+  // when first is 0).
+  void read_slices(size_t buffer, size_t layer, size_t first);
+  // KvLayout::blocks of layer, staged in buffer, for each slot of the step.
+  void point(size_t buffer, size_t layer);
+  // Drops the layers read ahead for the next step, waiting for their reads and keeping the
+  // first one's error for the next stage to throw.
+  void drop_ahead();
+  void throw_ahead_error();    // throws the error drop_ahead kept, dropping what is staged
   void settle(size_t buffer);  // waits for a staging buffer's reads without throwing
-  size_t buffer_of(size_t layer) const { return layer % staged_layer_.size(); }
   uint64_t disk_offset(size_t layer, int32_t disk) const {
     return region_[layer] + static_cast<uint64_t>(disk) * slice_bytes_[layer];
   }
@@ -124,7 +145,16 @@ class KvSpill {
   std::vector<int32_t> step_slots_;
   const std::vector<std::vector<int32_t>>* tables_ = nullptr;
   std::span<void* const> host_blocks_;
-  std::vector<size_t> staged_layer_;                           // [buffer]: its layer, or SIZE_MAX
+  std::vector<size_t> staged_layer_;  // [buffer]: its layer, or SIZE_MAX
+  std::vector<bool> ahead_;           // [buffer]: its layer is the next step's (read ahead)
+  std::vector<size_t> buffer_of_layer_;
+  std::vector<int32_t> step_disk_;    // the disk slots staged, in staging order, each once
+  std::vector<int32_t> ahead_disk_;   // the last step's step_disk_, while stage compares
+  std::vector<int32_t> place_;        // [disk slot]: its index in step_disk_, or -1
+  size_t next_layer_ = 0;             // this step's next layer to read
+  size_t next_ahead_ = 0;             // the next step's next layer to read ahead
+  size_t released_ = 0;               // this step's layers done (released)
+  std::optional<Error> ahead_error_;  // a dropped read ahead's, thrown by the next stage
   std::vector<std::vector<std::vector<void*>>> layer_blocks_;  // [buffer][slot]: KvLayout::blocks
   std::vector<DiskRequest> requests_;
   std::vector<std::vector<IoFuture>> futures_;  // [buffer]

@@ -35,6 +35,11 @@ void Model::reset() {
   if (impl_->sparse) impl_->sparse->reset();
 }
 
+void Model::settle_reads() {
+  auto lock = claim(impl_->busy);
+  impl_->kv->settle_reads();
+}
+
 const float* Model::forward(std::span<const int32_t> tokens) { return forward(tokens, false); }
 
 const float* Model::forward(std::span<const int32_t> tokens, bool restart) {

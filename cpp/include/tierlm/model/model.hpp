@@ -237,6 +237,11 @@ class TIERLM_API Model {
   // (distinct slots) at that slot's position. The matrix products read each weight once for
   // all rows. Returns logits [tokens.size(), vocab_size], row i for slots[i].
   const float* forward_batch(std::span<const int32_t> tokens, std::span<const int32_t> slots);
+  // A KV cache that spills reads the next step's first layers while a step ends; settle_reads
+  // waits for those reads and throws the error of any that failed (naming the file), so that
+  // a failing disk is reported even when no step follows. generate and generate_batch call it
+  // when they end.
+  void settle_reads();
   // Last-position logits of ids from an empty cache (resets first).
   std::vector<float> logits(std::span<const int32_t> ids);
   // From an empty cache (resets first): -log p(ids[i] | ids[..i]) for i = 1 .. n - 1, running
