@@ -15,7 +15,8 @@ h2o:4+(C/2-4)+C/2 (half the cache kept by score). Target: window within 10% of t
 
 Repetition: --gen-tokens tokens generated from a chat prompt with each --gen-policies policy at
 a cache of --gen-cache ("full": the whole 8192-token context, where generation stops), greedy,
-sampled (temperature 0.8, top-p 0.95) or t1.0 (temperature 1.0); reported per segment
+sampled (temperature 0.8, top-p 0.95) or t1.0 (temperature 1.0), for --seeds seeds, with
+--repetition-penalty over the last --repetition-last-n tokens (1 = off); reported per segment
 of --segment tokens as the fraction of repeated 4-grams (1 - distinct / total), beside the same
 figure for --segment tokens of the reference text. Degeneration shows as a fraction near 1.
 """
@@ -45,8 +46,8 @@ TEXT = os.path.join(
 )
 SAMPLING = {
     "greedy": {},
-    "sampled": {"temperature": 0.8, "top_p": 0.95, "seed": 1},
-    "t1.0": {"temperature": 1.0, "top_p": 0.95, "seed": 1},
+    "sampled": {"temperature": 0.8, "top_p": 0.95},
+    "t1.0": {"temperature": 1.0, "top_p": 0.95},
 }
 PROMPT = "Tell me a long story about a lighthouse keeper and the ships she saw over many years."
 
@@ -134,16 +135,11 @@ def perplexity_rows(tierlm, pkg, ids, args):
     return full_ppl
 
 
-def generate_ids(tierlm, model, prompt, n, sampling, segment, label):
-    """n new tokens through the native generator (Model.stream would decode the whole text at
-    every token), printing each segment's repetition and speed as it goes."""
-    options = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0, **sampling}
-    gen = tierlm._core.Generator(
-        model._native, model.encode(prompt), max_new_tokens=n, stop_at_eos=False, **options
-    )
+def generate_ids(model, prompt, n, sampling, segment, label):
+    """n new tokens, printing each segment's repetition and speed as it goes."""
     out, t0 = [], time.perf_counter()
-    while (token := gen.next()) >= 0:
-        out.append(token)
+    for token in model.stream(prompt, max_new_tokens=n, stop_at_eos=False, **sampling):
+        out.append(token.id)
         if len(out) % segment == 0:
             rate = len(out) / (time.perf_counter() - t0)
             rep = repeated_ngrams(out[-segment:])
@@ -158,35 +154,51 @@ def repetition_rows(tierlm, pkg, text_ids, args):
     seg = args.segment
     reference = repeated_ngrams(text_ids[:seg])
     rows = []
-    for policy in policies_for(args.gen_cache, args.gen_policies):
-        for mode in args.gen_modes:
-            model = tierlm.load(pkg, kv_policy=policy, threads=args.threads)
-            prompt = model.chat_prompt([{"role": "user", "content": PROMPT}])
-            out, seconds = generate_ids(
-                tierlm, model, prompt, args.gen_tokens, SAMPLING[mode], seg, f"{policy} {mode}"
-            )
-            segments = [
-                repeated_ngrams(out[i : i + seg]) for i in range(0, len(out) - seg + 1, seg)
+    penalty = {
+        "repetition_penalty": args.repetition_penalty,
+        "repetition_last_n": args.repetition_last_n,
+    }
+    runs = [
+        (policy, mode, seed)
+        for policy in policies_for(args.gen_cache, args.gen_policies)
+        for mode in args.gen_modes
+        for seed in range(1, (args.seeds if mode != "greedy" else 1) + 1)
+    ]
+    for policy, mode, seed in runs:
+        model = tierlm.load(pkg, kv_policy=policy, threads=args.threads)
+        prompt = model.chat_prompt([{"role": "user", "content": PROMPT}])
+        sampling = {**SAMPLING[mode], **penalty, "seed": seed}
+        label = f"{policy} {mode} seed {seed}"
+        out, seconds = generate_ids(model, prompt, args.gen_tokens, sampling, seg, label)
+        segments = [repeated_ngrams(out[i : i + seg]) for i in range(0, len(out) - seg + 1, seg)]
+        trained = out[8192 - seg : 8192]  # the last segment within the trained length
+        past = out[2 * 8192 :]
+
+        def cell(value):
+            return f"{value:.3f}" if value is not None else "-"
+
+        rows.append(
+            [
+                policy,
+                mode,
+                str(seed),
+                str(len(out)),
+                f"{len(out) / seconds:.1f}",
+                cell(segments[0] if segments else None),
+                cell(repeated_ngrams(trained) if len(trained) == seg else None),
+                cell(max(segments) if segments else None),
+                cell(repeated_ngrams(past[:seg]) if len(past) >= 4 else None),
             ]
-            past = out[2 * 8192 :]
-            rows.append(
-                [
-                    policy,
-                    mode,
-                    str(len(out)),
-                    f"{len(out) / seconds:.1f}",
-                    f"{segments[0]:.3f}" if segments else "-",
-                    f"{max(segments):.3f}" if segments else "-",
-                    f"{segments[-1]:.3f}" if segments else "-",
-                    f"{repeated_ngrams(past[:seg]):.3f}" if len(past) >= 4 else "-",
-                ]
-            )
-            print("   last text: " + repr(model.decode(out[-60:])), flush=True)
+        )
+        print("   last text: " + repr(model.decode(out[-60:])), flush=True)
     print(
         f"\nrepeated 4-grams per {seg}-token segment (reference text: {reference:.3f}); "
-        "'past 2x' = the segment after 16384 generated tokens"
+        f"repetition penalty {args.repetition_penalty} over {args.repetition_last_n} tokens; "
+        "'to 8k' = the segment ending at 8192 generated tokens (the trained length), "
+        "'past 2x' = the segment after 16384"
     )
-    print_table(["policy", "mode", "tokens", "tok/s", "first", "worst", "last", "past 2x"], rows)
+    headers = ["policy", "mode", "seed", "tokens", "tok/s", "first", "to 8k", "worst", "past 2x"]
+    print_table(headers, rows)
 
 
 def main():
@@ -205,6 +217,9 @@ def main():
     ap.add_argument("--gen-policies", default="window,sirllm,h2o")
     ap.add_argument("--gen-modes", default="greedy,sampled")
     ap.add_argument("--segment", type=int, default=1000)
+    ap.add_argument("--seeds", type=int, default=1, help="sampling seeds per sampled mode")
+    ap.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
+    ap.add_argument("--repetition-last-n", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--full-ppl",

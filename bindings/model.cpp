@@ -41,21 +41,21 @@ nb::dict buffers_dict(const std::vector<MemoryBuffer>& buffers) {
   return d;
 }
 
-GenerateOptions generate_options(int64_t max_new_tokens, float temperature, int64_t top_k,
-                                 float top_p, uint64_t seed, bool stop_at_eos) {
-  GenerateOptions o;
-  o.max_new_tokens = max_new_tokens;
-  o.temperature = temperature;
-  o.top_k = top_k;
-  o.top_p = top_p;
-  o.seed = seed;
-  o.stop_at_eos = stop_at_eos;
-  return o;
-}
-
 }  // namespace
 
 void bind_model(nb::module_& m) {
+  using G = GenerateOptions;
+  nb::class_<G>(m, "GenerateOptions", "Sampling and stopping (tierlm/model/generate.hpp)")
+      .def(nb::init<>())
+      .def_rw("max_new_tokens", &G::max_new_tokens)
+      .def_rw("temperature", &G::temperature)
+      .def_rw("top_k", &G::top_k)
+      .def_rw("top_p", &G::top_p)
+      .def_rw("seed", &G::seed)
+      .def_rw("stop_at_eos", &G::stop_at_eos)
+      .def_rw("repetition_penalty", &G::repetition_penalty)
+      .def_rw("repetition_last_n", &G::repetition_last_n);
+
   nb::class_<Model>(m, "Model")
       .def_static(
           "load",
@@ -145,28 +145,19 @@ void bind_model(nb::module_& m) {
           nb::arg("slot") = 0)
       .def(
           "generate",
-          [](Model& self, const std::vector<int32_t>& ids, int64_t max_new_tokens,
-             float temperature, int64_t top_k, float top_p, uint64_t seed, bool stop_at_eos) {
+          [](Model& self, const std::vector<int32_t>& ids, const GenerateOptions& options) {
             nb::gil_scoped_release release;
-            return generate(
-                self, ids,
-                generate_options(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos));
+            return generate(self, ids, options);
           },
-          nb::arg("ids"), nb::arg("max_new_tokens") = 32, nb::arg("temperature") = 0.0f,
-          nb::arg("top_k") = 0, nb::arg("top_p") = 1.0f, nb::arg("seed") = 0,
-          nb::arg("stop_at_eos") = true)
+          nb::arg("ids"), nb::arg("options"))
       .def(
           "generate_batch",
-          [](Model& self, const std::vector<std::vector<int32_t>>& prompts, int64_t max_new_tokens,
-             float temperature, int64_t top_k, float top_p, uint64_t seed, bool stop_at_eos) {
+          [](Model& self, const std::vector<std::vector<int32_t>>& prompts,
+             const GenerateOptions& options) {
             nb::gil_scoped_release release;
-            return generate_batch(
-                self, prompts,
-                generate_options(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos));
+            return generate_batch(self, prompts, options);
           },
-          nb::arg("prompts"), nb::arg("max_new_tokens") = 32, nb::arg("temperature") = 0.0f,
-          nb::arg("top_k") = 0, nb::arg("top_p") = 1.0f, nb::arg("seed") = 0,
-          nb::arg("stop_at_eos") = true)
+          nb::arg("prompts"), nb::arg("options"))
       .def("stats", &Model::stats)
       .def("placement", &Model::placement)
       .def("expert_placement", &Model::expert_placement)
@@ -188,17 +179,8 @@ void bind_model(nb::module_& m) {
       });
 
   nb::class_<Generator>(m, "Generator")
-      .def(
-          "__init__",
-          [](Generator* self, Model& model, const std::vector<int32_t>& ids, int64_t max_new_tokens,
-             float temperature, int64_t top_k, float top_p, uint64_t seed, bool stop_at_eos) {
-            new (self) Generator(
-                model, ids,
-                generate_options(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos));
-          },
-          nb::arg("model"), nb::arg("ids"), nb::arg("max_new_tokens") = 32,
-          nb::arg("temperature") = 0.0f, nb::arg("top_k") = 0, nb::arg("top_p") = 1.0f,
-          nb::arg("seed") = 0, nb::arg("stop_at_eos") = true, nb::keep_alive<1, 2>())
+      .def(nb::init<Model&, const std::vector<int32_t>&, const GenerateOptions&>(),
+           nb::arg("model"), nb::arg("ids"), nb::arg("options"), nb::keep_alive<1, 2>())
       .def(
           "next",
           [](Generator& self) {

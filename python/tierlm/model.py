@@ -88,16 +88,51 @@ def _load_tokenizer(tokenizer_dir):
     return Tokenizer.from_file(path)
 
 
-def _sampling(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos):
+def _sampling(
+    max_new_tokens,
+    temperature,
+    top_k,
+    top_p,
+    seed,
+    stop_at_eos,
+    repetition_penalty,
+    repetition_last_n,
+):
     """Generation options as the native layer takes them (None means the default)."""
-    return {
-        "max_new_tokens": check("max_new_tokens", max_new_tokens),
-        "temperature": float(temperature),
-        "top_k": check("top_k", top_k or 0),
-        "top_p": float(1.0 if top_p is None else top_p),
-        "seed": check("seed", seed or 0),
-        "stop_at_eos": bool(stop_at_eos),
-    }
+    options = _core.GenerateOptions()
+    options.max_new_tokens = check("max_new_tokens", max_new_tokens)
+    options.temperature = float(temperature)
+    options.top_k = check("top_k", top_k or 0)
+    options.top_p = float(1.0 if top_p is None else top_p)
+    options.seed = check("seed", seed or 0)
+    options.stop_at_eos = bool(stop_at_eos)
+    options.repetition_penalty = float(1.0 if repetition_penalty is None else repetition_penalty)
+    options.repetition_last_n = check(
+        "repetition_last_n", 64 if repetition_last_n is None else repetition_last_n
+    )
+    return options
+
+
+class _TextStream:
+    """The text each streamed token adds, decoding only the last few tokens per step (a whole
+    decode per token is quadratic in the length). Text is held back while the tail decodes to
+    an incomplete character (U+FFFD) unless the token is the last; the texts of a stream that
+    ran to its end, joined, equal the decode of all its tokens."""
+
+    def __init__(self, model):
+        self._decode = model.decode
+        self._ids = []
+        self._start = 0  # the window decoded each step starts here
+        self._emitted = 0  # tokens whose text is out (the window's text up to them is)
+
+    def add(self, token, last):
+        self._ids.append(token)
+        done = self._decode(self._ids[self._start : self._emitted])
+        now = self._decode(self._ids[self._start :])
+        if len(now) <= len(done) or (now.endswith("\ufffd") and not last):
+            return ""
+        self._start, self._emitted = self._emitted, len(self._ids)
+        return now[len(done) :]
 
 
 class Model:
@@ -180,13 +215,24 @@ class Model:
         top_p=1.0,
         seed=0,
         stop_at_eos=True,
+        repetition_penalty=1.0,
+        repetition_last_n=64,
     ):
         """Generates after prompt (text or ids); returns a GenerateResult."""
         ids = self.encode(prompt)
         before = self._native.stats()
         out = self._native.generate(
             ids,
-            **_sampling(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos),
+            _sampling(
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                seed,
+                stop_at_eos,
+                repetition_penalty,
+                repetition_last_n,
+            ),
         )
         model = self._native.stats().since(before)
         stats = self._result_stats(model, out)
@@ -206,6 +252,8 @@ class Model:
         top_p=1.0,
         seed=0,
         stop_at_eos=True,
+        repetition_penalty=1.0,
+        repetition_last_n=64,
     ):
         """Generates for several prompts (texts or id lists) at once; returns one
         GenerateResult per prompt. Needs a model loaded with max_batch >= len(prompts).
@@ -215,7 +263,16 @@ class Model:
         before = self._native.stats()
         outs = self._native.generate_batch(
             ids,
-            **_sampling(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos),
+            _sampling(
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                seed,
+                stop_at_eos,
+                repetition_penalty,
+                repetition_last_n,
+            ),
         )
         model = self._native.stats().since(before)
         return [
@@ -247,26 +304,28 @@ class Model:
         top_p=1.0,
         seed=0,
         stop_at_eos=True,
+        repetition_penalty=1.0,
+        repetition_last_n=64,
     ):
         """Yields a Token per new token as it is generated."""
         ids = self.encode(prompt)
         generator = _core.Generator(
             self._native,
             ids,
-            **_sampling(max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos),
+            _sampling(
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                seed,
+                stop_at_eos,
+                repetition_penalty,
+                repetition_last_n,
+            ),
         )
-        emitted = ""
-        out = []
-        while True:
-            token = generator.next()
-            if token < 0:
-                return
-            out.append(token)
-            text = None
-            if self.tokenizer is not None:
-                full = self.decode(out)
-                text, emitted = full[len(emitted) :], full
-            yield Token(token, text)
+        text = _TextStream(self) if self.tokenizer is not None else None
+        while (token := generator.next()) >= 0:
+            yield Token(token, None if text is None else text.add(token, generator.done))
 
     def logits(self, ids, append=False):
         """Last-position logits (float32 numpy, vocab_size) of ids, from an empty cache; with

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -225,7 +226,7 @@ TEST(CApi, KvPolicyRunsPastTheContext) {
 // Each field of the C API's option structs changes what a call does or is refused with a
 // message naming it. The sizes pin the structs: a new field fails here until it has a case.
 static_assert(sizeof(tierlm_model_options) == 88, "a new tierlm_model_options field needs a case");
-static_assert(sizeof(tierlm_generate_options) == 48,
+static_assert(sizeof(tierlm_generate_options) == 56,
               "a new tierlm_generate_options field needs a case");
 
 struct CApiModel {
@@ -370,6 +371,28 @@ TEST(CApi, EveryGenerateOptionActsOrIsRefused) {
   g.temperature = -1.0f;
   run(g, &status);
   EXPECT_EQ(status, TIERLM_ERROR_INVALID_ARGUMENT);
+  g.temperature = 0.0f;
+  // repetition_penalty and repetition_last_n: greedy on the random weights repeats tokens; a
+  // strong penalty over the whole sequence changes the choice, one that looks back at no token
+  // but the last still differs from greedy only where greedy repeated its previous token.
+  ASSERT_LT(std::set<int32_t>(greedy.begin(), greedy.end()).size(), greedy.size());
+  g.repetition_penalty = 1e4f;
+  g.repetition_last_n = 0;
+  const std::vector<int32_t> penalized = run(g);
+  ASSERT_EQ(penalized.size(), greedy.size());
+  EXPECT_NE(penalized, greedy);
+  g.repetition_last_n = 1;
+  const std::vector<int32_t> last_one = run(g);
+  for (size_t i = 1; i < last_one.size(); ++i) EXPECT_NE(last_one[i], last_one[i - 1]);
+  g.repetition_penalty = 0.0f;
+  run(g, &status);
+  expect_refused(status, "repetition_penalty 0 must be > 0");
+  g.repetition_penalty = 1.2f;
+  g.repetition_last_n = -1;
+  run(g, &status);
+  expect_refused(status, "repetition_last_n = -1 is out of range");
+  g.repetition_penalty = 1.0f;
+  g.repetition_last_n = 64;
   // stop_at_eos: the same weights with greedy[3] as eos stop after its first occurrence, only
   // when it is set.
   g.temperature = 0.0f;

@@ -2,6 +2,7 @@
 // incremental decode equals recomputing from scratch, context and prompt errors.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <vector>
@@ -240,24 +241,56 @@ TEST(Model, GenerateBatchEqualsGenerate) {
 
 TEST(Sampler, GreedyTopKTopP) {
   const std::vector<float> logits = {0.1f, 2.0f, -1.0f, 2.0f, 1.5f};
-  SamplerScratch scratch{std::vector<int32_t>(5), std::vector<float>(5)};
+  SamplerScratch scratch(5);
   std::mt19937_64 rng(1);
   GenerateOptions o;
-  EXPECT_EQ(sample_token(logits.data(), 5, o, rng, scratch), 1);  // first maximum
+  const TokenHistory none;
+  EXPECT_EQ(sample_token(logits.data(), 5, o, none, rng, scratch), 1);  // first maximum
   o.temperature = 1.0f;
   o.top_k = 3;
   std::vector<int> seen(5, 0);
-  for (int i = 0; i < 2000; ++i) ++seen[sample_token(logits.data(), 5, o, rng, scratch)];
+  for (int i = 0; i < 2000; ++i) ++seen[sample_token(logits.data(), 5, o, none, rng, scratch)];
   EXPECT_EQ(seen[0] + seen[2], 0);
   EXPECT_GT(seen[4], 100);
   EXPECT_NEAR(static_cast<double>(seen[1]) / seen[3], 1.0, 0.2);
   o.top_k = 0;
   o.top_p = 0.5f;  // the two tokens at 2.0 hold ~0.58 of the mass
   std::fill(seen.begin(), seen.end(), 0);
-  for (int i = 0; i < 2000; ++i) ++seen[sample_token(logits.data(), 5, o, rng, scratch)];
+  for (int i = 0; i < 2000; ++i) ++seen[sample_token(logits.data(), 5, o, none, rng, scratch)];
   EXPECT_EQ(seen[0] + seen[2] + seen[4], 0);
   EXPECT_GT(seen[1], 700);
   EXPECT_GT(seen[3], 700);
+}
+
+TEST(Sampler, RepetitionPenaltyLooksBackLastNTokensOnce) {
+  // Positive logits are divided by the penalty, the others multiplied, once per distinct
+  // token however often it occurs; only the last repetition_last_n tokens count, prompt first.
+  const std::vector<float> logits = {0.1f, 2.0f, -1.0f, 1.9f, 1.5f};
+  SamplerScratch scratch(5);
+  std::mt19937_64 rng(1);
+  GenerateOptions o;
+  o.repetition_penalty = 1.5f;
+  o.repetition_last_n = 0;
+  const std::vector<int32_t> prompt = {1, 2}, generated = {1, 1};
+  EXPECT_EQ(sample_token(logits.data(), 5, o, {prompt, generated}, rng, scratch), 3);
+  EXPECT_FLOAT_EQ(scratch.penalized[1], 2.0f / 1.5f);  // once, not three times
+  EXPECT_FLOAT_EQ(scratch.penalized[2], -1.0f * 1.5f);
+  EXPECT_FLOAT_EQ(scratch.penalized[3], 1.9f);
+  // Token 3 is now seen too: 1.9 / 1.5 falls under 4's 1.5.
+  const std::vector<int32_t> more = {1, 3};
+  EXPECT_EQ(sample_token(logits.data(), 5, o, {prompt, more}, rng, scratch), 4);
+  // Looking back one token sees only the 3.
+  o.repetition_last_n = 1;
+  EXPECT_EQ(sample_token(logits.data(), 5, o, {prompt, more}, rng, scratch), 1);
+  EXPECT_FLOAT_EQ(scratch.penalized[2], -1.0f);
+  // Two tokens back reaches into the prompt when little is generated.
+  o.repetition_last_n = 2;
+  const std::vector<int32_t> one = {3};
+  sample_token(logits.data(), 5, o, {prompt, one}, rng, scratch);
+  EXPECT_FLOAT_EQ(scratch.penalized[2], -1.5f);
+  EXPECT_FLOAT_EQ(scratch.penalized[1], 2.0f);
+  // The seen-flags are cleared after each step.
+  EXPECT_TRUE(std::all_of(scratch.seen.begin(), scratch.seen.end(), [](uint8_t s) { return !s; }));
 }
 
 }  // namespace

@@ -190,6 +190,23 @@ def case_generate_top_p(ctx):
     ctx.fails("generate", ctx.pkg, "--ids", IDS, "--top-p", "0", match="top_p")
 
 
+def case_generate_repetition_penalty(ctx):
+    out = gen(ctx, "--repetition-penalty", "50", "--max-new-tokens", "12")["output_ids"]
+    assert out == python_generate(ctx, max_new_tokens=12, repetition_penalty=50.0)
+    assert out != python_generate(ctx, max_new_tokens=12)
+    ctx.fails("generate", ctx.pkg, "--ids", IDS, "--repetition-penalty", "0", match="repetition")
+
+
+def case_generate_repetition_last_n(ctx):
+    argv = ("--repetition-penalty", "50", "--max-new-tokens", "12", "--repetition-last-n")
+    out = gen(ctx, *argv, "1")["output_ids"]
+    assert out == python_generate(
+        ctx, max_new_tokens=12, repetition_penalty=50.0, repetition_last_n=1
+    )
+    assert out != gen(ctx, *argv, "0")["output_ids"]
+    ctx.fails("generate", ctx.pkg, "--ids", IDS, "--repetition-last-n", "-1", match="last_n = -1")
+
+
 def case_generate_seed(ctx):
     a = gen(ctx, "--temperature", "5", "--seed", "1", "--max-new-tokens", "12")["output_ids"]
     b = gen(ctx, "--temperature", "5", "--seed", "2", "--max-new-tokens", "12")["output_ids"]
@@ -430,6 +447,19 @@ def case_chat_top_p(ctx):
     argv = (ctx.chat_pkg, "--max-new-tokens", "8", "--temperature", "5", "--top-p", "1e-6")
     assert ctx.chat(*argv)[1] == [chat_reply(ctx, USER, max_new_tokens=8)]
     ctx.chat_fails(ctx.chat_pkg, "--top-p", "0", match="top_p")
+
+
+def case_chat_repetition_penalty(ctx):
+    argv = (ctx.chat_pkg, "--max-new-tokens", "8", "--repetition-penalty", "50")
+    assert ctx.chat(*argv)[1] == [chat_reply(ctx, USER, max_new_tokens=8, repetition_penalty=50.0)]
+    ctx.chat_fails(ctx.chat_pkg, "--repetition-penalty", "0", match="repetition")
+
+
+def case_chat_repetition_last_n(ctx):
+    argv = (ctx.chat_pkg, "--max-new-tokens", "8", "--repetition-penalty", "50")
+    expected = chat_reply(ctx, USER, max_new_tokens=8, repetition_penalty=50.0, repetition_last_n=1)
+    assert ctx.chat(*argv, "--repetition-last-n", "1")[1] == [expected]
+    ctx.chat_fails(ctx.chat_pkg, "--repetition-last-n", "-1", match="last_n = -1")
 
 
 def case_chat_seed(ctx):

@@ -101,6 +101,29 @@ def test_greedy_generation_matches_transformers(arch, length, packages):
     assert s["peak_bytes"]["host"] > 0 and s["disk_bytes_read"] > 0
 
 
+@pytest.mark.parametrize("penalty", [1.3, 0.7])
+def test_repetition_penalty_matches_transformers(penalty, packages):
+    """transformers' repetition_penalty looks at the whole sequence (repetition_last_n=0); a
+    penalty under 1 favours repeats instead."""
+    hf, pkg = packages("llama")
+    model = load(pkg)
+    ids = prompt(9, seed=5) * 2  # repeated tokens in the prompt too
+    with torch.no_grad():
+        ref = hf.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=24,
+            do_sample=False,
+            repetition_penalty=penalty,
+            pad_token_id=0,
+        )[0, len(ids) :].tolist()
+    got = model.generate(
+        ids, max_new_tokens=24, repetition_penalty=penalty, repetition_last_n=0, stop_at_eos=False
+    )
+    assert got.output_ids[: len(ref)] == ref  # transformers stops at eos
+    assert got.output_ids != model.generate(ids, max_new_tokens=24, stop_at_eos=False).output_ids
+
+
 def test_chunked_prefill_equals_one_batch(packages):
     _, pkg = packages("llama")
     whole = load(pkg)

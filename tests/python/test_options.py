@@ -282,7 +282,16 @@ def test_load_option_acts_or_is_refused(option, pkg, sparse_pkg, tmp_path):
 def test_every_generate_option_acts_or_is_refused(pkg, tmp_path):
     model = tierlm.load(pkg)
     params = set(inspect.signature(model.generate).parameters) - {"prompt"}
-    assert params == {"max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop_at_eos"}
+    assert params == {
+        "max_new_tokens",
+        "temperature",
+        "top_k",
+        "top_p",
+        "seed",
+        "stop_at_eos",
+        "repetition_penalty",
+        "repetition_last_n",
+    }
     ids = prompt(6)
 
     def run(**kw):
@@ -295,6 +304,12 @@ def test_every_generate_option_acts_or_is_refused(pkg, tmp_path):
     assert run(temperature=5.0, seed=2).output_ids != hot
     assert run(temperature=5.0, top_k=1, seed=1).output_ids == greedy
     assert run(temperature=5.0, top_p=1e-6, seed=1).output_ids == greedy
+    # Greedy on these random weights repeats tokens: a strong penalty over the whole sequence
+    # changes the choice; looking back one token, no token follows itself.
+    assert len(set(greedy)) < len(greedy)
+    assert run(repetition_penalty=1e4, repetition_last_n=0).output_ids != greedy
+    last_one = run(repetition_penalty=1e4, repetition_last_n=1).output_ids
+    assert all(a != b for a, b in zip(last_one, last_one[1:], strict=False))
     # The same weights with greedy[3] as eos: stop_at_eos ends after its first occurrence.
     eos_pkg = str(tmp_path / "eos")
     shutil.copytree(pkg, eos_pkg)
@@ -308,7 +323,14 @@ def test_every_generate_option_acts_or_is_refused(pkg, tmp_path):
     stopped = eos_model.generate(ids, max_new_tokens=16)
     assert stopped.output_ids == greedy[: greedy.index(greedy[3]) + 1]
     assert stopped.finish_reason == "eos"
-    for name, value in (("max_new_tokens", -1), ("top_k", 2**31), ("seed", -1), ("seed", 2**64)):
+    bad_values = (
+        ("max_new_tokens", -1),
+        ("top_k", 2**31),
+        ("seed", -1),
+        ("seed", 2**64),
+        ("repetition_last_n", -1),
+    )
+    for name, value in bad_values:
         with refused(name, value):
             run(**{name: value})
     for bad in (-1, 2**31, 2**40):
@@ -320,6 +342,8 @@ def test_every_generate_option_acts_or_is_refused(pkg, tmp_path):
         run(temperature=-1.0)
     with pytest.raises(InvalidArgumentError, match="top_p"):
         run(top_p=0.0)
+    with pytest.raises(InvalidArgumentError, match="repetition_penalty"):
+        run(repetition_penalty=0.0)
 
 
 def test_option_ranges_table_is_what_python_checks():

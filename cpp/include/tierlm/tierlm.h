@@ -64,6 +64,10 @@ typedef struct tierlm_generate_options {
   float top_p;            /* 1 = no nucleus cut */
   uint64_t seed;
   int32_t stop_at_eos; /* default 1 */
+  /* Logits of the tokens among the last repetition_last_n of the sequence (0 = all) divided by
+   * repetition_penalty when positive, multiplied when not; 1 (default) = off. */
+  float repetition_penalty;
+  int64_t repetition_last_n; /* default 64 */
 } tierlm_generate_options;
 
 /* Called with each new token; return nonzero to continue, 0 to stop. */

@@ -28,6 +28,7 @@ constexpr OptionRange kRanges[] = {
     {"max_new_tokens", 0, kInt32Max, "tokens to generate"},
     {"top_k", 0, kInt32Max, "candidates sampled from; 0 = no limit"},
     {"seed", 0, UINT64_MAX, "sampling seed"},
+    {"repetition_last_n", 0, kInt32Max, "tokens the repetition penalty looks back at; 0 = all"},
     {"token id", 0, kInt32Max, "prompt token ids, below the vocabulary size"},
 };
 

@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "core/clock.hpp"
 #include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/io/io.hpp"
@@ -55,7 +56,7 @@ IoBenchResult io_bench_read(const std::string& path, size_t block, unsigned queu
     }
     batches[b] = file.pread_batch({batch, queue_depth});
   };
-  const auto start = std::chrono::steady_clock::now();
+  const auto start = detail::Clock::now();
   const auto stop = start + std::chrono::duration<double>(seconds);
   for (unsigned b = 0; b < kBatches; ++b) issue(b);
   for (unsigned b = 0, live = kBatches; live > 0; b = (b + 1) % kBatches) {
@@ -63,14 +64,14 @@ IoBenchResult io_bench_read(const std::string& path, size_t block, unsigned queu
     io_wait_all(batches[b]);
     result.requests += queue_depth;
     result.bytes += uint64_t{queue_depth} * block;
-    if (std::chrono::steady_clock::now() < stop) {
+    if (detail::Clock::now() < stop) {
       issue(b);
     } else {
       batches[b].clear();
       --live;
     }
   }
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.seconds = detail::seconds_since(start);
   file.unregister_buffer(buffers);
   return result;
 }

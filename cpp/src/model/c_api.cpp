@@ -93,6 +93,8 @@ void tierlm_generate_options_init(tierlm_generate_options* options) {
   options->top_p = defaults.top_p;
   options->seed = defaults.seed;
   options->stop_at_eos = defaults.stop_at_eos ? 1 : 0;
+  options->repetition_penalty = defaults.repetition_penalty;
+  options->repetition_last_n = defaults.repetition_last_n;
 }
 
 tierlm_status tierlm_model_create(const char* path, const tierlm_model_options* options,
@@ -150,6 +152,8 @@ tierlm_status tierlm_generate(tierlm_model* model, const int32_t* prompt, size_t
       o.top_p = options->top_p;
       o.seed = options->seed;
       o.stop_at_eos = options->stop_at_eos != 0;
+      o.repetition_penalty = options->repetition_penalty;
+      o.repetition_last_n = options->repetition_last_n;
     }
     if (out_tokens != nullptr &&
         out_capacity < static_cast<size_t>(std::max<int64_t>(0, o.max_new_tokens)))

@@ -3,8 +3,9 @@
 #include "model/executor.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <climits>
+
+#include "core/clock.hpp"
 
 namespace tierlm::detail {
 
@@ -257,7 +258,7 @@ void Executor::run_op(const ExecOp& op, const ExecBatch& batch) {
 // sequence, each attending over its own slot's cache. The step's keys and values go into the
 // cache first: attention reads them in place.
 void Executor::attend(const ExecOp& op, const ExecBatch& batch) {
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = Clock::now();
   const size_t rows = static_cast<size_t>(batch.n);
   const size_t head_dim = op.shape.head_dim;
   const size_t kv_width = op.shape.n_kv_heads * head_dim;
@@ -284,8 +285,7 @@ void Executor::attend(const ExecOp& op, const ExecBatch& batch) {
     if (mass) backend_.attention_mass(q, cache, shape, op.scale, lse_.data(), mass);
   }
   kv_.release(static_cast<size_t>(op.kv));
-  attention_seconds_ +=
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  attention_seconds_ += seconds_since(t0);
 }
 
 }  // namespace tierlm::detail

@@ -3,9 +3,9 @@
 #include "tierlm/model/generate.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 
+#include "core/clock.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/core/limits.hpp"
 
@@ -27,8 +27,49 @@ const char* finish_reason_name(FinishReason reason) {
   return "unknown";
 }
 
+SamplerScratch::SamplerScratch(int64_t vocab)
+    : order(static_cast<size_t>(vocab)),
+      probs(static_cast<size_t>(vocab)),
+      penalized(static_cast<size_t>(vocab)),
+      seen(static_cast<size_t>(vocab)) {}
+
+namespace {
+
+// Calls fn on each token of the last n of the history (n = 0: all of it), oldest first.
+template <typename Fn>
+void for_each_recent(const TokenHistory& history, int64_t n, Fn fn) {
+  const size_t generated = history.generated.size();
+  const size_t total = history.prompt.size() + generated;
+  const size_t count = n == 0 ? total : std::min(total, static_cast<size_t>(n));
+  for (size_t i = total - count; i < total; ++i) {
+    fn(i < history.prompt.size() ? history.prompt[i]
+                                 : history.generated[i - history.prompt.size()]);
+  }
+}
+
+// The logits with the repetition penalty applied to the recent tokens, in scratch.penalized.
+const float* penalize_repetition(const float* logits, int64_t vocab, const GenerateOptions& options,
+                                 const TokenHistory& history, SamplerScratch& scratch) {
+  float* out = scratch.penalized.data();
+  std::copy(logits, logits + vocab, out);
+  const float penalty = options.repetition_penalty;
+  for_each_recent(history, options.repetition_last_n, [&](int32_t token) {
+    if (scratch.seen[token]) return;
+    scratch.seen[token] = 1;
+    out[token] = out[token] > 0.0f ? out[token] / penalty : out[token] * penalty;
+  });
+  for_each_recent(history, options.repetition_last_n,
+                  [&](int32_t token) { scratch.seen[token] = 0; });
+  return out;
+}
+
+}  // namespace
+
 int32_t sample_token(const float* logits, int64_t vocab, const GenerateOptions& options,
-                     std::mt19937_64& rng, SamplerScratch& scratch) {
+                     const TokenHistory& history, std::mt19937_64& rng, SamplerScratch& scratch) {
+  if (options.repetition_penalty != 1.0f) {
+    logits = penalize_repetition(logits, vocab, options, history, scratch);
+  }
   if (options.temperature <= 0.0f) {
     // Greedy: first maximum, as torch.argmax.
     int64_t best = 0;
@@ -91,6 +132,10 @@ Generator::Generator(Model& model, std::span<const int32_t> prompt, const Genera
                " must be >= 0 (0 = greedy)");
   TIERLM_CHECK(options.top_p > 0.0f && options.top_p <= 1.0f, kErrorInvalidArgument, "top_p ",
                options.top_p, " must be in (0, 1]");
+  TIERLM_CHECK(std::isfinite(options.repetition_penalty) && options.repetition_penalty > 0.0f,
+               kErrorInvalidArgument, "repetition_penalty ", options.repetition_penalty,
+               " must be > 0 (1 = off; above 1 makes repeats less likely)");
+  check_option("repetition_last_n", options.repetition_last_n);
   const int64_t context = model.context_length();
   TIERLM_CHECK(static_cast<int64_t>(prompt_.size()) <= context, kErrorInvalidArgument,
                "the prompt has ", prompt_.size(), " tokens but the model's context is ", context,
@@ -101,8 +146,7 @@ Generator::Generator(Model& model, std::span<const int32_t> prompt, const Genera
                  prompt_[i], " at index ", i, " is outside the vocabulary (0..", vocab - 1, ")");
   }
   output_.reserve(static_cast<size_t>(std::min<int64_t>(options.max_new_tokens, context)));
-  scratch_.order.resize(static_cast<size_t>(vocab));
-  scratch_.probs.resize(static_cast<size_t>(vocab));
+  scratch_ = SamplerScratch(vocab);
   stats_.prompt_tokens = static_cast<int64_t>(prompt_.size());
   if (options.max_new_tokens == 0) finish_ = FinishReason::kFinishLength;
 }
@@ -111,31 +155,26 @@ int32_t Generator::next() {
   if (done()) return -1;
   const float* logits = nullptr;
   if (!started_) {
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = detail::Clock::now();
     logits = model_->forward(prompt_, true);
     sequence_id_ = model_->sequence_id();
-    stats_.prefill_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    stats_.prefill_seconds = detail::seconds_since(t0);
     model_->record_timing(prompt_.size(), stats_.prefill_seconds, 0, 0.0);
     started_ = true;
   } else {
     TIERLM_CHECK(model_->sequence_id() == sequence_id_, kErrorInvalidArgument,
                  "this generation was interrupted: another generate/logits call reused the "
                  "model's KV cache; start a new generation");
-    if (model_->position() >= model_->context_length()) {
-      finish_ = FinishReason::kFinishContext;
-      return -1;
-    }
     const int32_t last = output_.back();
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = detail::Clock::now();
     logits = model_->forward(std::span<const int32_t>(&last, 1));
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double seconds = detail::seconds_since(t0);
     stats_.decode_seconds += seconds;
     ++stats_.decode_steps;
     model_->record_timing(0, 0.0, 1, seconds);
   }
-  const int32_t token = sample_token(logits, model_->vocab_size(), options_, rng_, scratch_);
+  const int32_t token =
+      sample_token(logits, model_->vocab_size(), options_, {prompt_, output_}, rng_, scratch_);
   output_.push_back(token);
   ++stats_.new_tokens;
   if (options_.stop_at_eos) {
@@ -145,6 +184,11 @@ int32_t Generator::next() {
   }
   if (!done() && static_cast<int64_t>(output_.size()) >= options_.max_new_tokens) {
     finish_ = FinishReason::kFinishLength;
+  }
+  // A full cache has no room for this token's keys: it is the last (known now, so that a
+  // stream can flush its text with it).
+  if (!done() && model_->position() >= model_->context_length()) {
+    finish_ = FinishReason::kFinishContext;
   }
   return token;
 }
@@ -190,8 +234,7 @@ std::vector<GenerateResult> generate_batch(Model& model,
   const int64_t context = model.context_length();
   std::vector<GenerateResult> results(static_cast<size_t>(batch));
   std::vector<std::mt19937_64> rngs;
-  SamplerScratch scratch{std::vector<int32_t>(static_cast<size_t>(vocab)),
-                         std::vector<float>(static_cast<size_t>(vocab))};
+  SamplerScratch scratch(vocab);
   std::vector<int32_t> slots, tokens;
   slots.reserve(static_cast<size_t>(batch));
   tokens.reserve(static_cast<size_t>(batch));
@@ -235,14 +278,15 @@ std::vector<GenerateResult> generate_batch(Model& model,
         from = a;
       }
     }
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = detail::Clock::now();
     if (from >= 0) model.share_slot(from, b, static_cast<int64_t>(shared));
     const float* logits =
         model.forward_slot(b, std::span<const int32_t>(prompt).subspan(shared), from < 0);
-    r.stats.prefill_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    r.stats.prefill_seconds = detail::seconds_since(t0);
     prefill_seconds += r.stats.prefill_seconds;
-    if (emit(b, sample_token(logits, vocab, options, rngs[b], scratch))) slots.push_back(b);
+    if (emit(b, sample_token(logits, vocab, options, {prompt, r.output_ids}, rngs[b], scratch))) {
+      slots.push_back(b);
+    }
   }
   int64_t prompt_tokens = 0;
   for (const auto& prompt : prompts) prompt_tokens += static_cast<int64_t>(prompt.size());
@@ -264,18 +308,18 @@ std::vector<GenerateResult> generate_batch(Model& model,
     if (slots.empty()) break;
     tokens.clear();
     for (int32_t s : slots) tokens.push_back(results[s].output_ids.back());
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = detail::Clock::now();
     const float* logits = model.forward_batch(tokens, slots);
     kept = 0;
     for (size_t i = 0; i < slots.size(); ++i) {
       const int32_t s = slots[i];
       ++results[s].stats.decode_steps;
-      if (emit(s, sample_token(logits + i * vocab, vocab, options, rngs[s], scratch))) {
+      const TokenHistory history{prompts[s], results[s].output_ids};
+      if (emit(s, sample_token(logits + i * vocab, vocab, options, history, rngs[s], scratch))) {
         slots[kept++] = s;
       }
     }
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double seconds = detail::seconds_since(t0);
     decode_seconds += seconds;
     decode_tokens += static_cast<int64_t>(tokens.size());
     for (int32_t s : slots) results[s].stats.decode_seconds += seconds;

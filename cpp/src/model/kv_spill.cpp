@@ -5,9 +5,9 @@
 #include "model/kv_spill.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <cstdlib>
 
+#include "core/clock.hpp"
 #include "tierlm/core/error.hpp"
 
 namespace tierlm::detail {
@@ -197,7 +197,7 @@ void KvSpill::fetch(size_t layer) {
   const size_t buffer = buffer_of(layer);
   TIERLM_CHECK(staged_layer_[buffer] == layer, kErrorInvalidArgument, "KV cache: layer ", layer,
                " was not staged for this step (layers run out of order?)");
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = Clock::now();
   try {
     io_wait_all(futures_[buffer]);
   } catch (const Error& error) {
@@ -208,8 +208,7 @@ void KvSpill::fetch(size_t layer) {
                        " failed");
   }
   futures_[buffer].clear();
-  counts_.wait_seconds +=
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  counts_.wait_seconds += seconds_since(t0);
 }
 
 void KvSpill::release(size_t layer) { issue(layer + staged_layer_.size()); }

@@ -1,8 +1,8 @@
 // Batching: the forward entry points check a request (tokens, slots, context room), claim the
 // model for one thread, cut a prompt into prefill batches of at most chunk rows, and hand each
 // batch to the executor.
-#include <chrono>
 
+#include "core/clock.hpp"
 #include "model/model_impl.hpp"
 #include "tierlm/core/error.hpp"
 
@@ -150,10 +150,9 @@ const float* Model::forward_batch(std::span<const int32_t> tokens, std::span<con
 }
 
 std::vector<float> Model::logits(std::span<const int32_t> ids) {
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = detail::Clock::now();
   const float* out = forward(ids, true);
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double seconds = detail::seconds_since(t0);
   record_timing(ids.size(), seconds, 0, 0.0);
   return std::vector<float>(out, out + vocab_size());
 }

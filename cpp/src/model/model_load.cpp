@@ -2,10 +2,10 @@
 // then sizes, fits and allocates (arena plan, KV cache, host budget, weights) and resolves the
 // graph into the executor. Each step's rules live in its own file; this is their order.
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 #include <filesystem>
 
+#include "core/clock.hpp"
 #include "model/exec_buffers.hpp"
 #include "model/host_budget.hpp"
 #include "model/model_impl.hpp"
@@ -65,7 +65,7 @@ Model::~Model() = default;
 
 Model Model::load(const std::string& path, const ModelOptions& options) {
   check_model_options(options);
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = detail::Clock::now();
   auto impl = std::make_unique<Impl>();
   Impl& m = *impl;
   m.options = options;
@@ -225,7 +225,7 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   m.executor = std::make_unique<detail::Executor>(
       std::move(ops), *m.backend, *m.weights, *m.kv, sparse_ffn, channel_sparse, m.experts.get(),
       c.rope_inv_freq.data(), m.chunk, m.max_batch, std::move(eviction));
-  m.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  m.load_seconds = detail::seconds_since(t0);
   return Model(std::move(impl));
 }
 

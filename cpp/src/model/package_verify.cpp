@@ -3,13 +3,13 @@
 // whole files with what the manifest recorded at export.
 #include <algorithm>
 #include <array>
-#include <chrono>
 #include <cstdlib>
 #include <memory>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
+#include "core/clock.hpp"
 #include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/io/io.hpp"
@@ -73,16 +73,15 @@ void check_crc(const Package& package, const TensorInfo& t, uint32_t crc, Verify
 
 void tensor_verify(const Package& package, const TensorInfo& t, const void* data,
                    VerifyStats* stats) {
-  const auto start = std::chrono::steady_clock::now();
+  const auto start = detail::Clock::now();
   check_crc(package, t, t.has_crc32 ? crc32_update(0, data, t.nbytes) : 0, stats);
   if (stats != nullptr) {
-    stats->seconds +=
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    stats->seconds += detail::seconds_since(start);
   }
 }
 
 VerifyStats package_verify(const Package& package, const std::vector<std::string>& names) {
-  const auto start = std::chrono::steady_clock::now();
+  const auto start = detail::Clock::now();
   std::vector<const TensorInfo*> todo;
   if (names.empty()) {
     for (const TensorInfo& t : package.tensors) {
@@ -125,7 +124,7 @@ VerifyStats package_verify(const Package& package, const std::vector<std::string
     }
     check_crc(package, *t, crc, &stats);
   }
-  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  stats.seconds = detail::seconds_since(start);
   return stats;
 }
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "core/clock.hpp"
 #include "moe/moe_graph.hpp"
 #include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
@@ -397,7 +398,7 @@ void ExpertStore::wait(int slot, bool check) {
   const auto t0 = Clock::now();
   for (IoFuture& f : futures) f.get();
   futures.clear();
-  stats_.moe_io_wait_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+  stats_.moe_io_wait_seconds += seconds_since(t0);
   if (check && verify_reads_) check_read(slot);
 }
 

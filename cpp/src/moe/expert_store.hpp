@@ -7,13 +7,13 @@
 // it predicts for layer i+1 (prefetch) while layer i computes.
 #pragma once
 
-#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "core/clock.hpp"
 #include "moe/expert_policy.hpp"
 #include "moe/moe_ffn.hpp"
 #include "tierlm/io/io.hpp"
@@ -65,7 +65,6 @@ class ExpertStore final : public ExpertProvider {
   std::vector<std::vector<uint64_t>> usage() const;
 
  private:
-  using Clock = std::chrono::steady_clock;
   struct Read {
     int file;      // in files_
     uint64_t rel;  // in the expert's slot

@@ -4,10 +4,10 @@
 #include "sparse/channel_layer.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstring>
 
+#include "core/clock.hpp"
 #include "sparse/row_cache.hpp"
 #include "sparse/sparse_row_loader.hpp"
 #include "tierlm/core/align.hpp"
@@ -23,18 +23,11 @@ namespace {
 
 constexpr size_t kKernelWork = 1 << 16;  // multiply-adds per thread below which one thread runs
 
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
 }  // namespace
 
 struct ChannelSparse::Impl {
-  struct Site {
+  struct Site : CachedRowFile {
     const ChannelSitePlan* plan = nullptr;
-    RowCache rows;
-    File file;
     const float* rotation = nullptr;  // Qᵀ [n, n] of a rotated site, in `rotations`
   };
 
@@ -73,17 +66,10 @@ struct ChannelSparse::Impl {
     const std::vector<float*> qt = read_rotations();
     sites.reserve(plan.sites.size());
     for (const ChannelSitePlan& s : plan.sites) {
-      const SparseLayerPlan& r = s.rows;
-      IoOptions io;
-      io.direct = true;
-      Site site{&s, RowCache(host, r.n_neurons, r.capacity, r.row_elems, r.dtype, plan.window),
-                File(r.file, IoMode::kIoModeRead, io),
+      Site site{CachedRowFile(s.rows, host, plan.window), &s,
                 s.rotation < 0 ? nullptr : qt[static_cast<size_t>(s.rotation)]};
       const bool reg = site.file.register_buffer(loader.staging(), loader.staging_bytes());
-      files_io.registered = sites.empty() ? reg : files_io.registered && reg;
-      files_io.direct = site.file.direct();
-      files_io.direct_reason = site.file.direct_reason();
-      files_io.backend = io_backend_name(site.file.backend());
+      record_row_file(files_io, site.file, reg, sites.empty());
       sites.push_back(std::move(site));
     }
     totals.sparse = true;
@@ -169,7 +155,7 @@ struct ChannelSparse::Impl {
     }
     info.neurons_predicted += n_kept;
     const size_t n_need = s.rows.admit(kept, n_kept, need, to_load, to_evict, evict);
-    info.memory_seconds += since(t0);
+    info.memory_seconds += seconds_since(t0);
     const size_t fill = std::min(n_need, cap - cache.size());
     // The cached kept channels' columns are summed while the missing ones are read; the new
     // columns land after them in the cache and continue the sums, so y is the one pass over
@@ -178,12 +164,12 @@ struct ChannelSparse::Impl {
     const size_t started = loader.start(s.file, r, need, fill, info);
     t0 = Clock::now();
     kernel(s, x, 0, hits, y, false);
-    info.compute_seconds += since(t0);
+    info.compute_seconds += seconds_since(t0);
     loader.finish(r, cache, need, info);
     loader.load(s.file, r, cache, need + started, fill - started, nullptr, info);
     t0 = Clock::now();
     kernel(s, x, hits, cache.size() - hits, y, true);
-    info.compute_seconds += since(t0);
+    info.compute_seconds += seconds_since(t0);
     if (fill == n_need) return;
     // This token's kept channels alone pass the capacity: the rest in rounds of at most `cap`
     // columns, each replacing the columns computed last (the sum is additive).

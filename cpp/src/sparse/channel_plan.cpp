@@ -6,12 +6,13 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <optional>
 
+#include "core/clock.hpp"
 #include "core/json.hpp"
 #include "io/safetensors.hpp"
+#include "sparse/row_cache.hpp"
 #include "sparse/sparse_row_gather.hpp"
 #include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
@@ -41,8 +42,6 @@ const std::vector<SiteNames>& site_names() {
   };
   return names;
 }
-
-uint64_t page(uint64_t bytes) { return round_up(std::max<uint64_t>(bytes, 1), kAlignment); }
 
 const Json& manifest_channels(const Json& manifest, const Package& p) {
   const Json* channels = manifest.find("channels");
@@ -228,7 +227,7 @@ ChannelPlan channel_plan(const Package& p, const ChannelOptions& options) {
   read_thresholds(p, channels, where, plan, thresholds, sparsity, rotated);
   std::optional<SafetensorsHeader> rotations;
   if (!plan.rotation_file.empty()) rotations.emplace(plan.rotation_file);
-  const auto start = std::chrono::steady_clock::now();
+  const auto start = Clock::now();
   const auto& entries = channels.at("sites", where).as_array(where + ".sites");
   for (size_t e = 0; e < entries.size(); ++e) {
     const Json& entry = entries[e];
@@ -284,10 +283,7 @@ ChannelPlan channel_plan(const Package& p, const ChannelOptions& options) {
                  p.path, ": the linears of sites ", plan.sites[i - 1].site, " and ",
                  plan.sites[i].site, " interleave in graph.json");
   }
-  plan.verify.seconds =
-      options.verify
-          ? std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()
-          : 0.0;
+  plan.verify.seconds = options.verify ? seconds_since(start) : 0.0;
   size_channel_caches(plan, options.capacity, 1.5);
   return plan;
 }
@@ -301,7 +297,7 @@ ChannelScratchLayout channel_scratch_layout(const ChannelPlan& plan) {
     max_cap = std::max(max_cap, s.rows.capacity);
   }
   ChannelScratchLayout l;
-  l.max_requests = 2 * max_cap + 2;
+  l.max_requests = SparseRowGather::max_requests(max_cap);
   ScratchCursor cursor;
   l.kept = cursor.take(max_n * sizeof(int32_t));
   l.to_load = cursor.take(max_n * sizeof(int32_t));
@@ -328,13 +324,6 @@ uint64_t rotation_bytes(const ChannelPlan& plan) {
 
 namespace {
 
-// Host bytes of one site's cache, window and last-use array at its capacity.
-uint64_t site_bytes(const ChannelSitePlan& s, size_t window) {
-  const SparseLayerPlan& r = s.rows;
-  return page(r.capacity * r.row_bytes) + page((r.n_neurons + r.capacity) * 4) +
-         page(NeuronWindow::state_bytes(r.n_neurons, window)) + page(r.n_neurons * 8);
-}
-
 void total_bytes(ChannelPlan& plan) {
   uint64_t worst_row = 0, max_cap_bytes = 0, largest_file = 0;
   plan.max_row_elems = 0;
@@ -348,8 +337,9 @@ void total_bytes(ChannelPlan& plan) {
   const uint64_t staging = std::min({largest_file, max_cap_bytes, uint64_t{kMaxStaging}});
   plan.staging_bytes = static_cast<size_t>(std::max<uint64_t>(staging, 2 * worst_row));
   plan.scratch = channel_scratch_layout(plan);
-  uint64_t bytes = page(plan.staging_bytes) + page(plan.scratch.bytes) + page(rotation_bytes(plan));
-  for (const ChannelSitePlan& s : plan.sites) bytes += site_bytes(s, plan.window);
+  uint64_t bytes = host_pages(plan.staging_bytes) + host_pages(plan.scratch.bytes) +
+                   host_pages(rotation_bytes(plan));
+  for (const ChannelSitePlan& s : plan.sites) bytes += RowCache::host_bytes(s.rows, plan.window);
   plan.host_bytes = bytes;
 }
 

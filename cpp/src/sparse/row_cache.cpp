@@ -1,4 +1,5 @@
-// The row cache's admission step and the per-token log (row_cache.hpp).
+// The row file and cache's setup, the cache's admission step and the per-token log
+// (row_cache.hpp).
 #include "sparse/row_cache.hpp"
 
 #include <algorithm>
@@ -12,6 +13,24 @@ RowCache::RowCache(HostTier& host, size_t n_ids, size_t capacity, size_t row_ele
       last_use_buffer(host.allocate(n_ids * sizeof(int64_t))),
       last_use(static_cast<int64_t*>(last_use_buffer.data())) {
   std::fill(last_use, last_use + n_ids, -1);
+}
+
+uint64_t RowCache::host_bytes(const SparseLayerPlan& plan, size_t window) {
+  return host_pages(plan.capacity * plan.row_bytes) +
+         host_pages((plan.n_neurons + plan.capacity) * sizeof(int32_t)) +
+         host_pages(NeuronWindow::state_bytes(plan.n_neurons, window)) +
+         host_pages(plan.n_neurons * sizeof(int64_t));
+}
+
+CachedRowFile::CachedRowFile(const SparseLayerPlan& plan, HostTier& host, size_t window)
+    : rows(host, plan.n_neurons, plan.capacity, plan.row_elems, plan.dtype, window),
+      file(plan.file, IoMode::kIoModeRead, IoOptions{.direct = true}) {}
+
+void record_row_file(SparseFfnIo& io, const File& file, bool registered, bool first) {
+  io.registered = first ? registered : io.registered && registered;
+  io.direct = file.direct();
+  io.direct_reason = file.direct_reason();
+  io.backend = io_backend_name(file.backend());
 }
 
 size_t RowCache::admit(const int32_t* active, size_t n_active, int32_t* need, int32_t* to_load,

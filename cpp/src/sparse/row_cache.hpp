@@ -1,6 +1,6 @@
-// What the sparse FFN and the input-channel path share per layer (or site): a host-tier row
-// cache (NeuronCache) with its window and last-use record, the step that admits one token's
-// active ids into it, and the per-token counters of a batch with their ring log.
+// What the sparse FFN and the input-channel path share per layer (or site): the row file and a
+// host-tier row cache (NeuronCache) with its window and last-use record, the step that admits
+// one token's active ids into it, and the per-token counters of a batch with their ring log.
 #pragma once
 
 #include <cstddef>
@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "sparse/sparse_plan.hpp"
+#include "sparse/sparse_runtime.hpp"
+#include "tierlm/io/io.hpp"
 #include "tierlm/memory/tier.hpp"
 #include "tierlm/sparse/neuron_cache.hpp"
 #include "tierlm/sparse/sparse_stats.hpp"
@@ -28,6 +30,9 @@ struct RowCache {
                int32_t* to_evict, int32_t* evict);
   // Empties the cache and the window (a new sequence).
   void reset();
+  // Host-tier bytes the cache of `plan`'s rows reserves at its capacity: rows, maps, window
+  // and last-use record.
+  static uint64_t host_bytes(const SparseLayerPlan& plan, size_t window);
 
   NeuronCache cache;
   NeuronWindow window;
@@ -35,6 +40,19 @@ struct RowCache {
   int64_t* last_use = nullptr;
   int64_t token = 0;
 };
+
+// One layer's (site's) rows: its row file, opened for O_DIRECT reads, and their cache.
+struct CachedRowFile {
+  CachedRowFile(const SparseLayerPlan& plan, HostTier& host, size_t window);
+
+  RowCache rows;
+  File file;
+};
+
+// Adds a row file to the runtime's I/O record: the files share one back end and O_DIRECT
+// state; `registered` (the file took every staging buffer) holds only while every file's did.
+// `first` starts the record.
+void record_row_file(SparseFfnIo& io, const File& file, bool registered, bool first);
 
 // The counters of the rows of a batch (views of a runtime's scratch) and the ring of the last
 // kSparseTokenLog tokens.

@@ -5,10 +5,10 @@
 #include "sparse/sparse_ffn_layer.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 #include <string>
 
+#include "core/clock.hpp"
 #include "sparse/row_cache.hpp"
 #include "sparse/sparse_readahead.hpp"
 #include "sparse/sparse_row_loader.hpp"
@@ -25,18 +25,11 @@ namespace {
 
 constexpr size_t kKernelWork = 1 << 15;  // row elements per thread below which one thread runs
 
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
 }  // namespace
 
 struct SparseFfn::Impl {
-  struct Layer {
+  struct Layer : CachedRowFile {
     const SparseLayerPlan* plan = nullptr;
-    RowCache rows;
-    File file;
     const float* pred_down = nullptr;
     const float* pred_up = nullptr;
     const float* pred_bias = nullptr;
@@ -97,14 +90,7 @@ struct SparseFfn::Impl {
     float* pred = static_cast<float*>(predictors.data());
     layers.reserve(plan.layers.size());
     for (const SparseLayerPlan& l : plan.layers) {
-      IoOptions io;
-      io.direct = true;
-      Layer layer{&l,
-                  RowCache(host, l.n_neurons, l.capacity, l.row_elems, l.dtype, plan.window),
-                  File(l.file, IoMode::kIoModeRead, io),
-                  nullptr,
-                  nullptr,
-                  nullptr};
+      Layer layer{CachedRowFile(l, host, plan.window), &l, nullptr, nullptr, nullptr};
       const size_t n_down = l.rank * l.dim, n_up = l.n_neurons * l.rank;
       pf.read(pred, n_down * 4, l.pred_down);
       layer.pred_down = pred;
@@ -119,10 +105,7 @@ struct SparseFfn::Impl {
       for (SparseReadAhead& a : aheads) {
         reg = layer.file.register_buffer(a.staging(), a.staging_bytes()) && reg;
       }
-      bundle_io.registered = layers.empty() ? reg : bundle_io.registered && reg;
-      bundle_io.direct = layer.file.direct();
-      bundle_io.direct_reason = layer.file.direct_reason();
-      bundle_io.backend = io_backend_name(layer.file.backend());
+      record_row_file(bundle_io, layer.file, reg, layers.empty());
       layers.push_back(std::move(layer));
     }
     totals.sparse = true;
@@ -199,7 +182,7 @@ struct SparseFfn::Impl {
     for (size_t i = 0; i < p.n_neurons; ++i) {
       if (logits[i] > p.cut) out[n++] = static_cast<int32_t>(i);
     }
-    info.predictor_seconds += since(t0);
+    info.predictor_seconds += seconds_since(t0);
     return n;
   }
 
@@ -235,7 +218,7 @@ struct SparseFfn::Impl {
     // Window: evict what left it, then make room, oldest first.
     auto t0 = Clock::now();
     const size_t n_need = l.rows.admit(active, n_active, need, to_load, to_evict, evict);
-    info.memory_seconds += since(t0);
+    info.memory_seconds += seconds_since(t0);
     const size_t fill = std::min(n_need, cap - cache.size());
     const SparseReadAhead* ahead = n_need > 0 ? ahead_of(index, info) : nullptr;
     loader.load(l.file, p, cache, need, fill, ahead, info);
@@ -249,7 +232,7 @@ struct SparseFfn::Impl {
     t0 = Clock::now();
     kernel_sparse_ffn_prepare(x, p.dtype, p.dim, x_blocks);
     kernel(l, x, 0, cache.size(), up_bias, down_bias, y, false);
-    info.compute_seconds += since(t0);
+    info.compute_seconds += seconds_since(t0);
     if (fill == n_need) {
       if (ahead != nullptr) aheads[static_cast<size_t>(index) % 2].drop();
       return;

@@ -6,10 +6,10 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <vector>
 
+#include "core/clock.hpp"
 #include "core/json.hpp"
 #include "io/safetensors.hpp"
 #include "tierlm/core/align.hpp"
@@ -287,13 +287,10 @@ SparseFfnPlan sparse_ffn_plan(const Package& p, const SparseFfnOptions& options)
   const std::string manifest_path = p.path + "/manifest.json";
   const Json manifest = json_parse_file(manifest_path);
   match_ffn_layers(p, plan);
-  const auto start = std::chrono::steady_clock::now();
+  const auto start = Clock::now();
   read_bundles(p, manifest, manifest_path, options.verify, plan);
   read_predictors(p, manifest, manifest_path, options.verify, plan);
-  plan.verify.seconds =
-      options.verify
-          ? std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()
-          : 0.0;
+  plan.verify.seconds = options.verify ? seconds_since(start) : 0.0;
   size_sparse_caches(plan, options.capacity, plan.window);
   return plan;
 }

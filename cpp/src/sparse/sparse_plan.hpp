@@ -63,6 +63,10 @@ struct SparseLayerPlan {
   size_t up_part_bytes() const { return (gated ? 2 : 1) * dtype_row_bytes(dtype, dim); }
 };
 
+// What a host-tier allocation of `bytes` reserves (whole pages, at least one): the sizers add
+// these up to the runtime's host bytes.
+inline uint64_t host_pages(uint64_t bytes) { return round_up(bytes > 0 ? bytes : 1, kAlignment); }
+
 // Lays views out one after another in a scratch buffer, each at a 64-byte (cache line) aligned
 // offset so that no two share a line; `bytes` is the buffer's size so far.
 struct ScratchCursor {

@@ -3,9 +3,9 @@
 #include "sparse/sparse_readahead.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <span>
 
+#include "core/clock.hpp"
 #include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
 
@@ -13,18 +13,11 @@ namespace tierlm::detail {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-// A row needs at most two requests (unbundled), plus the open coalesced range.
-size_t max_requests(size_t max_rows) { return 2 * max_rows + 2; }
-
 // Offsets in the block: staging (4 KiB-aligned first), requests, row sources, ids.
 size_t requests_at(size_t staging_bytes) { return round_up(staging_bytes, kAlignment); }
 size_t rows_at(size_t staging_bytes, size_t max_rows) {
-  return requests_at(staging_bytes) + round_up(max_requests(max_rows) * sizeof(IoRequest), 64);
+  return requests_at(staging_bytes) +
+         round_up(SparseRowGather::max_requests(max_rows) * sizeof(IoRequest), 64);
 }
 size_t ids_at(size_t staging_bytes, size_t max_rows) {
   return rows_at(staging_bytes, max_rows) + round_up(max_rows * sizeof(SparseRowSource), 64);
@@ -45,7 +38,7 @@ SparseReadAhead::SparseReadAhead(HostBuffer memory, size_t staging_bytes, size_t
       ids_(reinterpret_cast<int32_t*>(staging_ + ids_at(staging_bytes, max_rows))),
       gather_(staging_, staging_bytes,
               reinterpret_cast<IoRequest*>(staging_ + requests_at(staging_bytes)),
-              max_requests(max_rows),
+              SparseRowGather::max_requests(max_rows),
               reinterpret_cast<SparseRowSource*>(staging_ + rows_at(staging_bytes, max_rows)),
               bundled, merge_gap) {}
 
@@ -68,7 +61,7 @@ void SparseReadAhead::issue(int layer, File& file, const SparseLayerPlan& p, con
   info.readahead_rows += taken;
   info.requests += gather_.n_requests();
   info.bytes_read += gather_.bytes();
-  info.io_seconds += since(t0);
+  info.io_seconds += seconds_since(t0);
 }
 
 void SparseReadAhead::wait(SparseTokenInfo& info) {
@@ -79,7 +72,7 @@ void SparseReadAhead::wait(SparseTokenInfo& info) {
     drop();
     throw;
   }
-  info.io_seconds += since(t0);
+  info.io_seconds += seconds_since(t0);
 }
 
 const SparseRowSource* SparseReadAhead::find(int32_t id) const {

@@ -27,6 +27,10 @@ inline constexpr uint64_t kSparseMergeGap = 32 << 10;
 
 class SparseRowGather {
  public:
+  // The request table a batch of `rows` rows needs at most: two requests per row (unbundled),
+  // plus the open coalesced range.
+  static constexpr size_t max_requests(size_t rows) { return 2 * rows + 2; }
+
   // staging: `staging_bytes`, 4 KiB-aligned; requests: room for max_requests; rows: room for
   // the rows of one batch; merge_gap: bundled ranges at most this many bytes apart are one
   // request (0: only touching ones).

@@ -2,23 +2,14 @@
 // it or the request table is full, then one pread_batch, one wait, and the row copies.
 #include "sparse/sparse_row_loader.hpp"
 
-#include <chrono>
 #include <span>
 #include <utility>
 #include <vector>
 
+#include "core/clock.hpp"
 #include "tierlm/core/error.hpp"
 
 namespace tierlm::detail {
-
-namespace {
-
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-}  // namespace
 
 SparseRowLoader::SparseRowLoader(HostBuffer staging, IoRequest* requests, SparseRowSource* rows,
                                  size_t max_requests, bool bundled, uint64_t merge_gap)
@@ -59,7 +50,7 @@ void SparseRowLoader::submit(File& file, SparseTokenInfo& info) {
     gather_.clear();
     throw;
   }
-  info.io_seconds += since(t0);
+  info.io_seconds += seconds_since(t0);
   info.requests += gather_.n_requests();
   info.bytes_read += gather_.bytes();
 }
@@ -77,12 +68,12 @@ void SparseRowLoader::complete(const SparseLayerPlan& p, NeuronCache& cache, con
     throw;
   }
   futures_.clear();
-  info.io_seconds += since(t0);
+  info.io_seconds += seconds_since(t0);
   const auto t1 = Clock::now();
   const size_t first = cache.size();
   cache.insert(ids, gather_.n_rows(), nullptr);
   for (size_t j = 0; j < gather_.n_rows(); ++j) gather_.copy_row(p, j, cache.row(first + j));
-  info.memory_seconds += since(t1);
+  info.memory_seconds += seconds_since(t1);
   info.neurons_read += gather_.n_rows();
   gather_.clear();
 }

@@ -5,11 +5,11 @@
 #pragma once
 
 #include <algorithm>
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
+#include "core/clock.hpp"
 #include "sparse/sparse_plan.hpp"
 #include "sparse/sparse_readahead.hpp"
 #include "sparse/sparse_row_gather.hpp"
@@ -59,13 +59,13 @@ class SparseRowLoader {
                    SparseTokenInfo& info, Compute compute) {
     while (done < n) {
       const size_t m = std::min(cache.capacity(), n - done);
-      auto t0 = std::chrono::steady_clock::now();
+      auto t0 = Clock::now();
       const size_t size = cache.size();
       for (size_t j = 0; j < m; ++j) evict[j] = cache.neurons()[size - 1 - j];
       cache.erase(evict, m);
       info.memory_seconds += seconds_since(t0);
       load(file, plan, cache, ids + done, m, ahead, info);
-      t0 = std::chrono::steady_clock::now();
+      t0 = Clock::now();
       compute(cache.size() - m, m);
       info.compute_seconds += seconds_since(t0);
       done += m;
@@ -73,9 +73,6 @@ class SparseRowLoader {
   }
 
  private:
-  static double seconds_since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  }
   // Gathers rows of ids[0, n) until staging is full; returns how many.
   size_t gather(const SparseLayerPlan& plan, const int32_t* ids, size_t n,
                 const SparseReadAhead* ahead, SparseTokenInfo& info);

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "sparse/row_cache.hpp"
 #include "sparse/sparse_plan.hpp"
 #include "sparse/sparse_readahead.hpp"
 #include "sparse/sparse_row_gather.hpp"
@@ -21,9 +22,6 @@ namespace {
 constexpr double kCapacityMargin = 1.5;
 constexpr size_t kMaxStaging = 64ull << 20;
 constexpr size_t kMaxPartials = 16;
-
-// What a host-tier allocation of `bytes` reserves (whole pages, at least one).
-uint64_t page(uint64_t bytes) { return round_up(std::max<uint64_t>(bytes, 1), kAlignment); }
 
 // Worst widened size of a range of len bytes at offsets that are multiples of stride.
 uint64_t worst_widened(uint64_t len, uint64_t stride) {
@@ -43,8 +41,7 @@ SparseScratchLayout sparse_scratch_layout(const SparseFfnPlan& plan) {
     max_cap = std::max(max_cap, l.capacity);
   }
   SparseScratchLayout s;
-  // A token's reads: at most two requests per row (unbundled), plus the open range's.
-  s.max_requests = 2 * max_cap + 2;
+  s.max_requests = SparseRowGather::max_requests(max_cap);
   ScratchCursor cursor;
   s.mid = cursor.take(max_rank * sizeof(float));
   s.logits = cursor.take(max_n * sizeof(float));
@@ -103,17 +100,15 @@ void size_sparse_caches(SparseFfnPlan& plan, int64_t capacity, size_t capacity_t
   plan.partials = std::clamp<size_t>(parallel_threads(), 1, kMaxPartials);
   plan.scratch = sparse_scratch_layout(plan);
   plan.predictor_floats = 0;
-  uint64_t bytes = page(plan.staging_bytes) + page(plan.scratch.bytes);
+  uint64_t bytes = host_pages(plan.staging_bytes) + host_pages(plan.scratch.bytes);
   if (plan.readahead) {
-    bytes += 2 * page(SparseReadAhead::bytes(plan.readahead_staging, plan.readahead_rows));
+    bytes += 2 * host_pages(SparseReadAhead::bytes(plan.readahead_staging, plan.readahead_rows));
   }
   for (const SparseLayerPlan& l : plan.layers) {
-    bytes += page(l.capacity * l.row_bytes) + page((l.n_neurons + l.capacity) * 4);  // cache
-    bytes += page(NeuronWindow::state_bytes(l.n_neurons, plan.window));
-    bytes += page(l.n_neurons * sizeof(int64_t));  // last use per neuron
+    bytes += RowCache::host_bytes(l, plan.window);
     plan.predictor_floats += l.rank * l.dim + l.n_neurons * l.rank + l.n_neurons;
   }
-  bytes += page(plan.predictor_floats * sizeof(float));
+  bytes += host_pages(plan.predictor_floats * sizeof(float));
   plan.host_bytes = bytes;
 }
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "core/clock.hpp"
 #include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
 
@@ -15,10 +16,6 @@ namespace {
 constexpr uint64_t kMaxRequest = kStreamRequestBytes;
 constexpr size_t kSectionFutures = 64;
 constexpr size_t kBatchRequests = 256;
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 }  // namespace
 

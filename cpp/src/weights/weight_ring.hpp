@@ -4,12 +4,12 @@
 // released or its layer ends. Also keeps the per-layer timeline (StreamEvent).
 #pragma once
 
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <vector>
 
+#include "core/clock.hpp"
 #include "tierlm/io/io.hpp"
 #include "tierlm/memory/tier.hpp"
 #include "weights/weight_placement.hpp"
@@ -29,7 +29,7 @@ class WeightRing {
   WeightRing(std::span<const TensorInfo> tensors, std::span<const WeightHome> homes,
              std::span<const int> file_of, std::vector<File>& files,
              const WeightPlacement& placement, HostTier& host, StreamStats& stats,
-             std::chrono::steady_clock::time_point start);
+             Clock::time_point start);
   // Waits for the reads in flight and unregisters the sections.
   ~WeightRing();
   WeightRing(const WeightRing&) = delete;
@@ -50,7 +50,6 @@ class WeightRing {
   static constexpr size_t kMaxEvents = 1 << 16;
 
  private:
-  using Clock = std::chrono::steady_clock;
   struct Read {
     int file;
     uint64_t rel;     // offset in the section

@@ -3,8 +3,8 @@
 #include "weights/weight_row_table.hpp"
 
 #include <algorithm>
-#include <chrono>
 
+#include "core/clock.hpp"
 #include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
 #include "weights/weight_placement.hpp"
@@ -43,7 +43,7 @@ const void* const* WeightRowTable::read(const int32_t* ids, size_t n) {
     ptrs_[i] = dst + (offset - start);
     bytes += end - start;
   }
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = Clock::now();
   futures_ = file_->pread_batch(requests_);
   try {
     io_wait_all(futures_);
@@ -53,7 +53,7 @@ const void* const* WeightRowTable::read(const int32_t* ids, size_t n) {
                 "rows of `" + tensor_->name + "`: " + error.what());
   }
   futures_.clear();
-  const double wait = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double wait = seconds_since(t0);
   stats_->io_wait_seconds += wait;
   stats_->read_busy_seconds += wait;
   stats_->row_bytes_read += bytes;

@@ -2,10 +2,11 @@
 // offsets, filled by one batch of O_DIRECT reads per layer through the I/O engine.
 #include "weights/weight_store.hpp"
 
-#include <chrono>
 #include <map>
 #include <unordered_map>
 
+#include "core/clock.hpp"
+#include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/io/io.hpp"
 #include "weights/weight_ring.hpp"
@@ -14,22 +15,13 @@ namespace tierlm::detail {
 
 namespace {
 
-constexpr uint64_t kSlotAlignment = 4096;
-
-uint64_t round_up(uint64_t value, uint64_t multiple) {
-  return (value + multiple - 1) / multiple * multiple;
-}
-
 class ResidentWeightStore final : public WeightStore {
  public:
   ResidentWeightStore(const Package& package, HostTier& host, const std::vector<std::string>& names,
                       const WeightStoreOptions& options) {
-    const auto t0 = std::chrono::steady_clock::now();
-    for (const std::string& name : names) {
-      if (by_name_.count(name) != 0) continue;
-      by_name_[name] = static_cast<int>(tensors_.size());
-      tensors_.push_back(package.tensor(name));
-    }
+    const auto t0 = Clock::now();
+    tensors_ = weight_tensors(package, names);
+    for (size_t i = 0; i < tensors_.size(); ++i) by_name_[tensors_[i].name] = static_cast<int>(i);
     // Group by layer; each layer gets one buffer with its tensors at aligned offsets.
     std::map<int, std::vector<int>> layers;
     for (size_t i = 0; i < tensors_.size(); ++i)
@@ -42,8 +34,8 @@ class ResidentWeightStore final : public WeightStore {
     std::vector<IoFuture> reads;
     for (const auto& [layer, members] : layers) {
       uint64_t bytes = 0;
-      for (int i : members) bytes += round_up(tensors_[i].nbytes, kSlotAlignment);
-      HostBuffer buffer = host.allocate(bytes, kSlotAlignment);
+      for (int i : members) bytes += round_up(tensors_[i].nbytes, kAlignment);
+      HostBuffer buffer = host.allocate(bytes, kAlignment);
       char* base = static_cast<char*>(buffer.data());
       uint64_t offset = 0;
       reads.clear();
@@ -57,7 +49,7 @@ class ResidentWeightStore final : public WeightStore {
         File& f = files[it->second];
         data_[i] = base + offset;
         reads.push_back(f.pread(base + offset, weight_read_length(f, t), t.offset));
-        offset += round_up(t.nbytes, kSlotAlignment);
+        offset += round_up(t.nbytes, kAlignment);
       }
       for (const IoFuture& read : reads) read.wait();  // none in flight if one failed
       for (size_t k = 0; k < members.size(); ++k) {
@@ -81,8 +73,7 @@ class ResidentWeightStore final : public WeightStore {
     }
     stats_.tensors = tensors_.size();
     stats_.verify.enabled = options.verify;
-    stats_.load_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    stats_.load_seconds = seconds_since(t0);
   }
 
   int index(const std::string& name) const override {
@@ -109,15 +100,11 @@ class ResidentWeightStore final : public WeightStore {
 
 uint64_t resident_weight_bytes(const Package& package, const std::vector<std::string>& tensors) {
   std::map<int, uint64_t> layers;
-  std::unordered_map<std::string, bool> seen;
-  for (const std::string& name : tensors) {
-    if (seen[name]) continue;
-    seen[name] = true;
-    const TensorInfo& t = package.tensor(name);
-    layers[t.layer] += round_up(t.nbytes, kSlotAlignment);
+  for (const TensorInfo& t : weight_tensors(package, tensors)) {
+    layers[t.layer] += round_up(t.nbytes, kAlignment);
   }
   uint64_t total = 0;
-  for (const auto& [layer, bytes] : layers) total += round_up(bytes, 4096);
+  for (const auto& [layer, bytes] : layers) total += round_up(bytes, kAlignment);
   return total;
 }
 

@@ -2,10 +2,10 @@
 // (WeightRowTable) and the prefetch ring of staging sections (WeightRing) that the I/O engine
 // fills with O_DIRECT reads of the next layers while earlier layers compute.
 #include <algorithm>
-#include <chrono>
 #include <memory>
 #include <unordered_map>
 
+#include "core/clock.hpp"
 #include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/io/io.hpp"
@@ -17,8 +17,6 @@
 namespace tierlm::detail {
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 class StreamingStore final : public StreamingWeightStore {
  public:
@@ -50,7 +48,7 @@ class StreamingStore final : public StreamingWeightStore {
     stream_.bytes_read_per_token = placement_.streamed_bytes;
     stats_.tensors = tensors_.size();
     stats_.verify.enabled = options.verify;
-    stats_.load_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    stats_.load_seconds = seconds_since(start);
   }
 
   int index(const std::string& name) const override {

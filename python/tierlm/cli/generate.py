@@ -78,6 +78,18 @@ def add_run_options(parser):
     parser.add_argument("--top-k", type=int, default=0, help="0 = no limit")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="divide the logits of recently seen tokens by this (1 = off; 1.1-1.3 is usual)",
+    )
+    parser.add_argument(
+        "--repetition-last-n",
+        type=int,
+        default=64,
+        help="tokens the repetition penalty looks back at (prompt included; 0 = all)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="compute threads (0 = all)")
     parser.add_argument("--max-context", type=int, default=0, help="KV cache tokens")
     parser.add_argument(
@@ -127,6 +139,8 @@ def sampling_options(args):
         top_p=args.top_p,
         seed=args.seed,
         stop_at_eos=not getattr(args, "no_stop_at_eos", False),
+        repetition_penalty=args.repetition_penalty,
+        repetition_last_n=args.repetition_last_n,
     )
 
 

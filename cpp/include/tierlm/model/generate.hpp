@@ -1,6 +1,6 @@
 // Token generation on a Model: prefill the prompt, then decode one token at a time with
-// greedy or sampled choice (temperature, top-k, top-p, seeded), stopping at eos, at
-// max_new_tokens or when the context is full. The per-token path allocates nothing.
+// greedy or sampled choice (repetition penalty, temperature, top-k, top-p, seeded), stopping at
+// eos, at max_new_tokens or when the context is full. The per-token path allocates nothing.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +21,12 @@ struct TIERLM_API GenerateOptions {
   float top_p = 1.0f;        // 1: no nucleus cut
   uint64_t seed = 0;
   bool stop_at_eos = true;  // stop after emitting one of config.eos_token_ids
+  // Tokens among the last repetition_last_n of the sequence (prompt, then generated; 0: all of
+  // it) have their logit divided by repetition_penalty when positive and multiplied by it when
+  // not, once per distinct token (transformers' repetition_penalty, llama.cpp's repeat_penalty
+  // and repeat_last_n). 1: off.
+  float repetition_penalty = 1.0f;
+  int64_t repetition_last_n = 64;
 };
 
 enum class FinishReason { kFinishNone, kFinishLength, kFinishEos, kFinishContext, kFinishStopped };
@@ -45,13 +51,23 @@ struct TIERLM_API GenerateResult {
 // Called with each new token as soon as it is chosen; return false to stop.
 using TokenCallback = std::function<bool(int32_t token)>;
 
+// The sequence before the token being chosen, which the repetition penalty looks at.
+struct TIERLM_API TokenHistory {
+  std::span<const int32_t> prompt;
+  std::span<const int32_t> generated;
+};
+
 // Picks a token from logits; scratch holds vocab entries and is reused (no allocation).
 struct TIERLM_API SamplerScratch {
+  explicit SamplerScratch(int64_t vocab);
   std::vector<int32_t> order;
   std::vector<float> probs;
+  std::vector<float> penalized;  // the logits after the repetition penalty
+  std::vector<uint8_t> seen;     // tokens already penalized in this step
 };
 TIERLM_API int32_t sample_token(const float* logits, int64_t vocab, const GenerateOptions& options,
-                                std::mt19937_64& rng, SamplerScratch& scratch);
+                                const TokenHistory& history, std::mt19937_64& rng,
+                                SamplerScratch& scratch);
 
 // Step-wise generation (what streaming APIs iterate). Owns the model's KV cache while it
 // runs: starting another generation or calling logits() on the model ends this one.
@@ -73,7 +89,7 @@ class TIERLM_API Generator {
   std::vector<int32_t> prompt_;
   GenerateOptions options_;
   std::vector<int32_t> output_;
-  SamplerScratch scratch_;
+  SamplerScratch scratch_{0};
   std::mt19937_64 rng_;
   FinishReason finish_ = FinishReason::kFinishNone;
   uint64_t sequence_id_ = 0;
