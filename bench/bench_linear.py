@@ -67,22 +67,12 @@ def bench(rows, cols, dtype, rng, copy, n):
     bandwidth = copy.bytes / times[2]
     t_ours, t_torch = times[0] / copies, times[1] / copies
     t_np = times[3] / copies if dtype == "f32" else None
-    if n == 1:
-        bound = nbytes / bandwidth
+    if n == 1:  # GB/s of weights, and the DRAM bound
         rate = lambda t: f"{nbytes / t / 1e9:.1f}"  # noqa: E731
-        return [
-            f"{rows}x{cols}",
-            dtype,
-            n,
-            rate(t_ours),
-            rate(t_torch),
-            rate(t_np) if t_np else "-",
-            f"{t_torch / t_ours:.2f}",
-            f"{bandwidth / 1e9:.1f}",
-            f"{bound / t_ours:.2f}",
-        ]
-    flops = 2 * n * rows * cols
-    rate = lambda t: f"{flops / t / 1e9:.0f}"  # noqa: E731
+        bound = [f"{bandwidth / 1e9:.1f}", f"{nbytes / bandwidth / t_ours:.2f}"]
+    else:  # GFLOP/s; compute bound, no DRAM column
+        rate = lambda t: f"{2 * n * rows * cols / t / 1e9:.0f}"  # noqa: E731
+        bound = ["-", "-"]
     return [
         f"{rows}x{cols}",
         dtype,
@@ -91,8 +81,7 @@ def bench(rows, cols, dtype, rng, copy, n):
         rate(t_torch),
         rate(t_np) if t_np else "-",
         f"{t_torch / t_ours:.2f}",
-        "-",
-        "-",
+        *bound,
     ]
 
 

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import median_times, print_table, require_close  # noqa: E402
+from _common import aligned, median_times, print_table, require_close  # noqa: E402
 from _ggml_matvec import BLOCKS, MatvecGraph, quantize  # noqa: E402
 from tierlm import _core  # noqa: E402
 from tierlm.quant import dequantize  # noqa: E402
+from tierlm.sizes import parse_size  # noqa: E402
 
 K = _core.kernels
 LAYERS = 22
@@ -45,21 +46,6 @@ DTYPES = [*TORCH_DTYPE, *BLOCK_TYPES]
 # weights: llama.cpp rounds x to the weight dtype (as tierlm's AVX512-BF16 path does for bf16);
 # block types round x to int8 blocks (about 1e-2 seen at 2048 columns)
 TOLERANCE = {"bf16": 1e-2, "f16": 2e-3, "q8_0": 2e-2, "q4_0": 2e-2, "q4_k": 2e-2, "q6_k": 2e-2}
-
-
-def parse_size(text):
-    units = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
-    for unit, scale in units.items():
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * scale)
-    return int(text)
-
-
-def aligned(array):
-    """array copied into torch-allocated (64-byte aligned, as ggml needs) memory."""
-    out = torch.empty(array.shape, dtype=torch.uint8)
-    out.numpy()[...] = array
-    return out.numpy()
 
 
 def weight_copies(rows, cols, dtype, copies, rng):
@@ -113,7 +99,7 @@ def main():
     parser.add_argument("--working-set", default="1GiB", help="bytes of weights per shape")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds per shape")
     args = parser.parse_args()
-    args.working_set = parse_size(args.working_set)
+    args.working_set = parse_size(args.working_set, "--working-set")
     dtypes = [d for d in args.dtypes.split(",") if d]
     bad = sorted(set(dtypes) - set(DTYPES))
     if bad:

@@ -15,8 +15,9 @@ cache (offload_baselines.drop_page_cache; tierlm reads experts with O_DIRECT, ll
 accelerate through the page cache). The first row runs every expert in memory: its s/token is
 the computation every tierlm row overlaps its reads with. Columns: decode s/token and tokens/s
 (median), bytes read from disk per token (/proc/self/io), expert hit rate, the disk time of
-those bytes at the disk's random-read bandwidth (_common.disk_bandwidth: the best of several
-fio jobs on the package's largest file, before and after each row), the bound (for tierlm the
+those bytes at the disk's random-read bandwidth (_common.DiskBound: the best of several
+fio jobs on the package's largest file: all of them once, then the fastest few before and
+after each row), the bound (for tierlm the
 larger of that and the in-memory s/token) and how close the row comes to it, tierlm
 cache+prefetch's speed-up over the row, and where each tierlm row's decode steps went (expert
 reads waited for, on demand, read ahead and used). accelerate runs --accelerate-tokens tokens
@@ -42,7 +43,13 @@ import _llamacpp  # noqa: E402
 import moe_gguf  # noqa: E402
 import offload_baselines as ob  # noqa: E402
 import tierlm  # noqa: E402
-from _common import DISK_BOUND, disk_bandwidth, print_table, require_same_tokens  # noqa: E402
+from _common import (  # noqa: E402
+    DISK_BOUND,
+    DiskBound,
+    pool_rounds,
+    print_table,
+    require_same_tokens,
+)
 from bench_offload import tierlm_decode  # noqa: E402
 
 USAGE = "expert_usage.json"
@@ -184,8 +191,7 @@ def run(args, root, skip):
     prompt = ids_of(args, args.prompt, 3)
     fio_file = max((str(p) for p in Path(pkg).glob("*.bin")), key=os.path.getsize)
 
-    def fio():
-        return disk_bandwidth(fio_file, seconds=args.fio_seconds)
+    fio = DiskBound(fio_file, seconds=args.fio_seconds)
 
     rows, reference = [], None
     for _ in range(args.rounds):  # interleaved: a slow spell hits every tierlm row alike
@@ -217,24 +223,11 @@ def run(args, root, skip):
                 f"{len(steps)} decode step(s) only (--accelerate-tokens)"
             )
             rows.append(("accelerate disk offload", frac, steps, None, note, [bw0, fio()]))
-    report(args, rows, weights, top2_share(profile))
+    report(args, rows, weights, top2_share(profile), fio)
 
 
-def pooled(rows):
-    """Rows of the same method and budget (one per round) as one: their steps and bandwidths
-    together, the first round's hit rate and note."""
-    merged = {}
-    for name, frac, steps, hit, note, bws in rows:
-        if (name, frac) in merged:
-            merged[(name, frac)][2] += steps
-            merged[(name, frac)][5] += bws
-        else:
-            merged[(name, frac)] = [name, frac, list(steps), hit, note, list(bws)]
-    return list(merged.values())
-
-
-def report(args, rows, weights, top2):
-    rows = pooled(rows)
+def report(args, rows, weights, top2, fio):
+    rows = pool_rounds(rows, (2, 5))  # steps, bandwidths
     bws = [b for row in rows for b in row[5] if b]
     print(
         f"\nmodel: random Mixtral-shaped {args.quant} GGUF (llama.cpp's quantizer), hidden "
@@ -245,8 +238,8 @@ def report(args, rows, weights, top2):
         f"{args.new_tokens - 1} decode steps x {args.rounds} interleaved rounds of the tierlm "
         "rows (median; accelerate: "
         f"{min(args.accelerate_tokens, args.new_tokens) - 1}), page cache dropped before every "
-        f"step; {args.threads} threads; disk: {DISK_BOUND}, before and after each row: "
-        + (f"{min(bws) / 1e9:.2f}-{max(bws) / 1e9:.2f} GB/s" if bws else "unavailable")
+        f"step; {args.threads} threads; disk: {DISK_BOUND}; {fio.describe()} before and after "
+        "each row: " + (f"{min(bws) / 1e9:.2f}-{max(bws) / 1e9:.2f} GB/s" if bws else "unavailable")
     )
     median = {(r[0], r[1]): ob.median([s[0] for s in r[2]]) for r in rows}
     compute = median[(IN_MEMORY, None)]

@@ -11,8 +11,8 @@ greedy tokens (transformers' bf16 forward) must follow tierlm's for --min-agreem
 else the bench prints AGREEMENT FAILED and exits 1 before its table.
 Columns: decode s/token (median of the decode steps), bytes the process read from disk per
 token (/proc/self/io), the disk bound (bytes per token / the disk's random-read bandwidth:
-_common.disk_bandwidth, the best of several fio jobs on the package's largest file, measured
-before and after each row since the disk is shared), and ratios.
+_common.DiskBound, the best of several fio jobs on the package's largest file: all of them
+once, then the fastest few before and after each row since the disk is shared), and ratios.
 
     python bench/bench_offload.py [--layers 12] [--hidden 2048] [--new-tokens 4] [--dir DIR]
 
@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import offload_baselines as ob  # noqa: E402
 import tierlm  # noqa: E402
-from _common import DISK_BOUND, disk_bandwidth, require_same_tokens  # noqa: E402
+from _common import DISK_BOUND, DiskBound, require_same_tokens  # noqa: E402
 from tierlm.package import Package  # noqa: E402
 
 
@@ -128,9 +128,8 @@ def main():
     prompt_ids = [(7 * i + 3) % args.vocab for i in range(args.prompt)]
     skip = set(filter(None, args.skip.split(",")))
 
-    def fio():
-        # The disk is shared: measure its bandwidth next to every row, not once.
-        return disk_bandwidth(biggest, seconds=args.fio_seconds)
+    # The disk is shared: measure its bandwidth next to every row, not once.
+    fio = DiskBound(biggest, seconds=args.fio_seconds)
 
     rows = []  # (method, budget fraction, steps, note, fio bandwidth before, after)
     tierlm_ids, baseline_ids = None, []
@@ -200,7 +199,7 @@ def main():
         "rounds (median); before "
         "every step each method's weight files are unmapped (madvise) and dropped from the "
         "page cache (fadvise), residency checked with mincore (cached%: the most seen); "
-        f"{DISK_BOUND}, before and after each row: "
+        f"{DISK_BOUND}; {fio.describe()} before and after each row: "
         + (f"{min(bws) / 1e9:.2f}-{max(bws) / 1e9:.2f} GB/s" if bws else "unavailable")
     )
     header = (

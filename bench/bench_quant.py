@@ -13,8 +13,8 @@ own quantizer (llama_model_quantize) to Q8_0, Q4_0 and Q4_K_M; tierlm imports th
   fadvise): tierlm q4_k vs tierlm bf16 at the same budget vs llama.cpp reading the Q4_K_M file
   through mmap (its way to run a model larger than memory; budget-free; its load-time repacking
   into RAM is switched off so the weights stay in the mapping), with the disk bound (bytes read
-  per token / the disk's random-read bandwidth, _common.disk_bandwidth: the best of several fio
-  jobs, measured before and after each row).
+  per token / the disk's random-read bandwidth, _common.DiskBound: the best of several fio
+  jobs, all of them once, then the fastest few before and after each row).
 
 Before any ratio, each type's greedy tokens and last logits are checked against llama.cpp's on
 the same file; a check below its floor prints AGREEMENT FAILED and exits 1.
@@ -23,6 +23,8 @@ the same file; a check below its floor prints AGREEMENT FAILED and exits 1.
     python bench/bench_quant.py              # the 1.1B shape, ~10 minutes on 2 cores, ~10 GB disk
     python bench/bench_quant.py --layers 2 --hidden 512 --intermediate 1536 --heads 8 \\
         --kv-heads 2 --vocab 4096 --prefill 128      # a small shape to try it (~1 minute)
+    python bench/bench_quant.py --types q4_k_m --skip memory --offload-rounds 2 --keep
+                                             # the offloaded rows only (after the agreement check)
 """
 
 import argparse
@@ -38,9 +40,10 @@ import _llamacpp  # noqa: E402
 import offload_baselines as ob  # noqa: E402
 from _common import (  # noqa: E402
     DISK_BOUND,
-    disk_bandwidth,
+    DiskBound,
     leading_equal,
     memory_bandwidth,
+    pool_rounds,
     print_table,
     require_agreement,
     require_same_tokens,
@@ -74,6 +77,14 @@ def parse_args():
     ap.add_argument("--prefill-rounds", type=int, default=2)
     ap.add_argument("--budgets", default="0.5,0.25", help="fractions of the Q4_K_M weights")
     ap.add_argument("--offload-tokens", type=int, default=4, help="decode steps = this - 1")
+    ap.add_argument(
+        "--offload-rounds", type=int, default=1, help="interleaved rounds of the offloaded rows"
+    )
+    ap.add_argument(
+        "--skip",
+        default="",
+        help="comma list: memory (the in-memory and prefill tables; the agreement checks run)",
+    )
     ap.add_argument("--fio-seconds", type=int, default=1, help="per fio job")
     ap.add_argument("--check-tokens", type=int, default=32, help="greedy tokens compared")
     ap.add_argument(
@@ -98,6 +109,11 @@ def parse_args():
         ap.error(f"--types: {unknown} are not among {TYPES}")
     if "q4_k_m" not in args.types and args.budgets:
         ap.error("the offloaded rows need q4_k_m in --types (or --budgets '')")
+    args.skip = set(filter(None, args.skip.split(",")))
+    if args.skip - {"memory"}:
+        ap.error(f"--skip: {sorted(args.skip - {'memory'})} are not among ['memory']")
+    if args.offload_rounds < 1:
+        ap.error("--offload-rounds must be at least 1")
     return args
 
 
@@ -251,24 +267,33 @@ def in_memory(args, files):
 
 
 def offloaded(args, files, greedy):
-    """Rows of the offloaded table: (method, budget, steps, note, fio before, fio after)."""
-    import tierlm
-
+    """Rows of the offloaded table, --offload-rounds interleaved rounds pooled: (method,
+    budget, steps, note, fio bandwidths before and after each of its rounds)."""
     q4_gguf, q4_pkg = files["q4_k_m"]
     weights = package_bytes(q4_pkg)
     n = args.offload_tokens
     fio_file = max((str(p) for p in Path(q4_pkg).glob("*.bin")), key=os.path.getsize)
 
-    def fio():
-        return disk_bandwidth(fio_file, seconds=args.fio_seconds)
+    fio = DiskBound(fio_file, seconds=args.fio_seconds)
 
     rows, refused = [], []
-    bw0 = fio()
-    steps, ids = _llamacpp.mmap_decode(q4_gguf, args.threads, PROMPT, args.offload_tokens)
-    if not greedy["q4_k_m"]["repack"]:  # the same kernels as in memory: the same tokens
-        same = greedy["q4_k_m"]["llama.cpp"][:n]
-        require_same_tokens("llama.cpp mmap vs llama.cpp in memory", ids, same, 1.0)
-    rows.append(("llama.cpp mmap q4_k_m", None, steps, "budget-free, repack off", bw0, fio()))
+    for _ in range(args.offload_rounds):  # interleaved: a slow spell hits every row alike
+        bw0 = fio()
+        steps, ids = _llamacpp.mmap_decode(q4_gguf, args.threads, PROMPT, args.offload_tokens)
+        if not greedy["q4_k_m"]["repack"]:  # the same kernels as in memory: the same tokens
+            same = greedy["q4_k_m"]["llama.cpp"][:n]
+            require_same_tokens("llama.cpp mmap vs llama.cpp in memory", ids, same, 1.0)
+        note = "budget-free, repack off"
+        rows.append(("llama.cpp mmap q4_k_m", None, steps, note, [bw0, fio()]))
+        rows += tierlm_offloaded(args, files, greedy, weights, fio, refused)
+    return pool_rounds(rows, (2, 4)), weights, refused, fio  # steps, bandwidths
+
+
+def tierlm_offloaded(args, files, greedy, weights, fio, refused):
+    """One round of tierlm's offloaded rows, each budget x type."""
+    import tierlm
+
+    n, rows = args.offload_tokens, []
     for frac in [float(f) for f in args.budgets.split(",") if f]:
         budget = int(weights * frac)
         for t in ("q4_k_m", "bf16"):
@@ -281,8 +306,10 @@ def offloaded(args, files, greedy):
                     pkg, budget, PROMPT, n, [str(p) for p in Path(pkg).glob("*.bin")]
                 )
             except tierlm.BudgetError as error:
-                refused.append(f"tierlm {t} at {frac:.0%}: {error}")
-                rows.append((f"tierlm {t}", frac, [], f"refused ({len(refused)})", bw0, None))
+                why = f"tierlm {t} at {frac:.0%}: {error}"
+                refused += [why] if why not in refused else []
+                note = f"refused ({refused.index(why) + 1})"
+                rows.append((f"tierlm {t}", frac, [], note, [bw0]))
                 continue
             require_agreement(
                 f"tierlm {t} offloaded at {frac:.0%} vs in memory",
@@ -295,24 +322,24 @@ def offloaded(args, files, greedy):
                 f"{p['sections']} sections, peak {info['peak'] / 2**20:.0f} MiB"
                 f"{', O_DIRECT' if info['direct'] else ''}"
             )
-            rows.append((f"tierlm {t}", frac, steps, note, bw0, fio()))
-    return rows, weights, refused
+            rows.append((f"tierlm {t}", frac, steps, note, [bw0, fio()]))
+    return rows
 
 
-def offload_table(rows, weights, refused):
+def offload_table(rows, weights, refused, fio):
     by_budget = {}
     for method, frac, steps, *_ in rows:
         if method == "tierlm q4_k_m" and steps:
             by_budget[frac] = ob.median([s[0] for s in steps])
     llama = next(ob.median([s[0] for s in r[2]]) for r in rows if r[1] is None)
     table = []
-    for method, frac, steps, note, b0, b1 in rows:
+    for method, frac, steps, note, bws in rows:
         if not steps:
             table.append([method, f"{frac:.0%}", "-", "-", "-", "-", "-", "-", "-", note])
             continue
         t = ob.median([s[0] for s in steps])
         read = ob.median([s[1] for s in steps])
-        bws = [b for b in (b0, b1) if b]
+        bws = [b for b in bws if b]
         bw = sum(bws) / len(bws) if bws else float("nan")
         bound = read / bw
         q4 = by_budget.get(frac)
@@ -334,7 +361,8 @@ def offload_table(rows, weights, refused):
         f"\noffloaded decode, host budget as a fraction of the Q4_K_M weights "
         f"({weights / 1e6:.0f} MB), page cache dropped before every step; s/token: median of "
         "the decode steps; MB read: the process's disk reads per step (/proc/self/io); "
-        f"of disk bound: (MB read / fio GB/s) / s/token, fio GB/s: {DISK_BOUND}; x: this row's "
+        f"of disk bound: (MB read / fio GB/s) / s/token, fio GB/s: {DISK_BOUND} ("
+        f"{fio.describe()} before and after each row); x: this row's "
         "s/token over tierlm q4_k_m's at the same budget, and over llama.cpp mmap's"
     )
     print_table(
@@ -366,36 +394,45 @@ def main():
     root.mkdir(parents=True, exist_ok=True)
     try:
         files = build_files(args, root)
-        rows, prefill_rows, greedy = in_memory(args, files)
-        print(
-            f"\nin-memory decode, {args.threads} threads, hidden {args.hidden}, {args.layers} "
-            f"layers, ffn {args.intermediate}, vocab {args.vocab}: tok/s median of "
-            f"{args.rounds} interleaved rounds of {args.tokens} tokens; x: median of the "
-            "paired per-round ratios; DRAM bound = bandwidth (best of numpy copy and torch sum, "
-            "measured after each round) / weight bytes read per token"
-        )
-        print_table(
-            [
-                "type",
-                "MB/token",
-                "tierlm tok/s",
-                "llama.cpp tok/s",
-                "x llama.cpp",
-                "bound tok/s",
-                "tierlm of bound",
-                "llama.cpp of bound",
-                "GB/s",
-            ],
-            rows,
-        )
-        if prefill_rows:
-            print(f"\nprefill of {args.prefill} tokens, median of {args.prefill_rounds} runs")
-            print_table(["type", "tierlm tok/s", "llama.cpp tok/s", "x llama.cpp"], prefill_rows)
+        if "memory" in args.skip:
+            greedy = {t: Pair(args, *files[t]).check(t, args) for t in args.types}
+        else:
+            greedy = in_memory_tables(args, files)
         if args.budgets:
             offload_table(*offloaded(args, files, greedy))
     finally:
         if created and not args.keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def in_memory_tables(args, files):
+    """Prints the in-memory and prefill tables; returns each type's greedy tokens."""
+    rows, prefill_rows, greedy = in_memory(args, files)
+    print(
+        f"\nin-memory decode, {args.threads} threads, hidden {args.hidden}, {args.layers} "
+        f"layers, ffn {args.intermediate}, vocab {args.vocab}: tok/s median of "
+        f"{args.rounds} interleaved rounds of {args.tokens} tokens; x: median of the "
+        "paired per-round ratios; DRAM bound = bandwidth (best of numpy copy and torch sum, "
+        "measured after each round) / weight bytes read per token"
+    )
+    print_table(
+        [
+            "type",
+            "MB/token",
+            "tierlm tok/s",
+            "llama.cpp tok/s",
+            "x llama.cpp",
+            "bound tok/s",
+            "tierlm of bound",
+            "llama.cpp of bound",
+            "GB/s",
+        ],
+        rows,
+    )
+    if prefill_rows:
+        print(f"\nprefill of {args.prefill} tokens, median of {args.prefill_rounds} runs")
+        print_table(["type", "tierlm tok/s", "llama.cpp tok/s", "x llama.cpp"], prefill_rows)
+    return greedy
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import print_table, require_close  # noqa: E402
+from _common import aligned, print_table, require_close  # noqa: E402
 from _ggml_matvec import _InitParams, _libraries  # noqa: E402
 from bench_quant_linear import weight  # noqa: E402
 from tierlm import _core  # noqa: E402
@@ -84,15 +84,6 @@ class GgmlMatmul:
         self.g.ggml_backend_buffer_free(self.buffer)
         self.g.ggml_free(self.ctx)
         self.g.ggml_free(self.ctx_w)
-
-
-def aligned(a):
-    """a copied into a 64-byte aligned buffer."""
-    raw = np.empty(a.nbytes + 64, dtype=np.uint8)
-    start = -raw.ctypes.data % 64
-    out = raw[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
-    out[...] = a
-    return out
 
 
 def cpu_times(fns, repeats):

@@ -17,7 +17,8 @@ Neuron sparsity (predictors) is not run: no trained predictors exist for this mo
 SwiGLU it was found unusable (issue 17).
 
 Columns: decode s/token, MB the process read per token, MB of channel columns read per token,
-channels kept (of the sparse sites), cache hit rate, the disk bound for the bytes read
+channels kept (of the sparse sites), hit (kept channels whose columns were not read: those
+of the sites the budget keeps resident), the disk bound for the bytes read
 (streamed matrices at the disk's random-read bandwidth, columns at the disk's bandwidth for
 reads of the row's mean request size, rounded up to 4 KiB: adjacent columns and gaps under
 32 KiB are read as one request; both _common.disk_bandwidth, the best of fio jobs over queue
@@ -113,6 +114,8 @@ def run_row(pkg, budget, prompt_ids, new_tokens, options):
             "kept": kept / len(steps),
             "hit": 1.0 - read / kept if kept else 1.0,
             "cache_bytes": s["sparse_host_bytes"],
+            "resident": sum(1 for c in s["sparse_capacity"] if c > 0),
+            "sites": len(s["sparse_capacity"]),
             "io": sum(last["io_seconds"]) / len(steps),
             "compute": sum(last["compute_seconds"]) / len(steps),
             "memory": sum(last["memory_seconds"]) / len(steps),
@@ -236,16 +239,16 @@ def main():
         if sp:
             notes += (
                 f", fio {block}, I/O wait {sp['io']:.3f} s + kernel {sp['compute']:.3f} s + "
-                f"cache upkeep {sp['memory']:.3f} s/token, "
-                f"caches {sp['cache_bytes'] / 2**30:.2f} GiB"
+                f"selection {sp['memory']:.3f} s/token, {sp['resident']}/{sp['sites']} "
+                f"sites resident, {sp['cache_bytes'] / 2**30:.2f} GiB of columns + staging"
             )
         print(
             f"{name:<22} {t:>8.3f} {nbytes / 1e6:>9.1f} {cols / 1e6:>8.1f} {kept} {hit} "
             f"{bound:>8.3f} {bound / t:>8.2f} {dense_time / t:>8.2f}  {notes}"
         )
     print(
-        "kept: channels kept / all channels of the sparse sites; hit: kept channels found in the "
-        "channel caches; bound: the disk time of the bytes read; bound/t: bound / measured"
+        "kept: channels kept / all channels of the sparse sites; hit: kept channels not read "
+        "(resident sites); bound: the disk time of the bytes read; bound/t: bound / measured"
     )
     if not args.keep:
         shutil.rmtree(root)

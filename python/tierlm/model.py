@@ -452,9 +452,10 @@ def load(
     sparse_readahead_recall, sparse_readahead_precision).
     On a package calibrated for input-channel sparsity
     (`tierlm sparse calibrate MODEL --out PKG`, manifest "channels"), sparse=True runs every
-    linear with a threshold that way instead (LOSSY): per token only the missing columns of the
-    kept input channels are read into host-tier channel caches (sparse_capacity: columns per
-    site, 0 = auto: what the budget leaves); stats()["sparse_channels"] says so.
+    linear with a threshold that way instead (LOSSY): per token only the columns of the kept
+    input channels are summed, read from disk for the sites not resident (sparse_capacity:
+    columns cached per site; 0 = auto: whole sites resident as the budget allows, the rest
+    streamed); stats()["sparse_channels"] says so.
     expert_cache: mixture-of-experts models home each expert on the host tier (read at load)
     or on the disk tier (read with O_DIRECT when routed to, into a host-tier expert cache);
     the cache's replacement policy is "lru" or "lfu" (frequency-weighted: use counts that

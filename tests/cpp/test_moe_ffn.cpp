@@ -42,8 +42,10 @@ class VectorExperts : public ExpertProvider {
     routed_rows.assign(rows.begin(), rows.end());
   }
   const void* next_router(int) const override { return router; }
-  void prefetch(int, std::span<const int32_t> experts) override {
+  void prefetch(int, std::span<const int32_t> experts,
+                std::span<const float> likelihood_of) override {
     predicted.assign(experts.begin(), experts.end());
+    likelihood.assign(likelihood_of.begin(), likelihood_of.end());
   }
   ExpertWeights expert(int, int32_t e) override {
     ++fetched;
@@ -57,6 +59,7 @@ class VectorExperts : public ExpertProvider {
 
   std::vector<std::vector<float>> gate, up, down;
   std::vector<int32_t> routed, routed_rows, predicted;
+  std::vector<float> likelihood;
   const void* router = nullptr;
   size_t fetched = 0;
 };
@@ -142,8 +145,9 @@ TEST_P(MoeRun, MatchesPerTokenReferenceAndFetchesEachExpertOnce) {
 
   // Each routed expert once, ascending; exactly the experts some row chose.
   // rows[i]: how many rows chose routed[i] (the usage a profile counts).
-  std::set<int32_t> chosen, predicted;
+  std::set<int32_t> chosen;
   std::map<int32_t, int32_t> rows_of;
+  std::map<int32_t, double> predicted;  // expert -> its largest probability over the rows
   for (size_t r = 0; r < c.rows; ++r) {
     const std::vector<float> l = matvec(router, x.data() + r * s.hidden, s.experts, s.hidden);
     for (int e : top_k(l.data(), s.experts, s.top_k)) {
@@ -151,14 +155,30 @@ TEST_P(MoeRun, MatchesPerTokenReferenceAndFetchesEachExpertOnce) {
       ++rows_of[e];
     }
     const std::vector<float> n = matvec(next_router, x.data() + r * s.hidden, s.experts, s.hidden);
-    for (int e : top_k(n.data(), s.experts, s.top_k)) predicted.insert(e);
+    const float top = *std::max_element(n.begin(), n.end());
+    double sum = 0;
+    for (float v : n) sum += std::exp(double(v) - top);
+    for (int e : top_k(n.data(), s.experts, s.top_k)) {
+      predicted[e] = std::max(predicted[e], std::exp(double(n[e]) - top) / sum);
+    }
   }
   EXPECT_EQ(std::vector<int32_t>(chosen.begin(), chosen.end()), ex.routed);
   std::vector<int32_t> want_rows;
   for (const auto& [e, n] : rows_of) want_rows.push_back(n);
   EXPECT_EQ(want_rows, ex.routed_rows);
   EXPECT_EQ(ex.fetched, chosen.size());
-  EXPECT_EQ(std::vector<int32_t>(predicted.begin(), predicted.end()), ex.predicted);
+  // The predicted experts of the next layer, most likely first, with their likelihoods in
+  // even shares (top_k / experts).
+  std::vector<std::pair<int32_t, double>> want_predicted(predicted.begin(), predicted.end());
+  std::stable_sort(want_predicted.begin(), want_predicted.end(),
+                   [](const auto& a, const auto& b) { return a.second > b.second; });
+  ASSERT_EQ(ex.predicted.size(), want_predicted.size());
+  ASSERT_EQ(ex.likelihood.size(), want_predicted.size());
+  for (size_t i = 0; i < want_predicted.size(); ++i) {
+    EXPECT_EQ(ex.predicted[i], want_predicted[i].first) << i;
+    const double share = double(s.top_k) / double(s.experts);
+    EXPECT_NEAR(ex.likelihood[i], want_predicted[i].second / share, 1e-5) << i;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(AwkwardSizes, MoeRun,

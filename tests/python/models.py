@@ -258,6 +258,12 @@ def hf_name(name):
     return None
 
 
+def rss_bytes():
+    """Resident set size of this process now, in bytes (/proc/self/statm)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def relative_error(actual, expected):
     """max |actual - expected| / max |expected|: the parity measure of the tests."""
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)

@@ -60,16 +60,38 @@ def test_zero_sparsity_is_dense_bit_for_bit(llama, tmp_path):
     assert s["sparse_channels"] and s["sparse_bytes_read"] == 0 and s["sparse_capacity"] == []
 
 
-@pytest.mark.parametrize("target", [0.25, 0.4])
-@pytest.mark.parametrize("window", [1, 4])
-def test_executor_equals_torch_reference(llama, tmp_path, target, window):
+def site_widths():
+    """Input channels of the 4 sites of a layer of SHAPE: q/k/v, o, gate/up, down."""
+    return [128, 128, 128, 224]
+
+
+@pytest.mark.parametrize(
+    "target,mode,window",
+    [(0.25, "streamed", 4), (0.4, "streamed", 4), (0.4, "resident", 4)]
+    + [(0.4, "cached", 1), (0.4, "cached", 4)],
+)
+def test_executor_equals_torch_reference(llama, tmp_path, target, mode, window):
+    """Each way a site holds its columns: streamed (the smallest budget: every token reads its
+    kept columns and sums them where they land), resident (a roomy budget: every column read
+    once at load) and an LRU channel cache of 100 columns with its window."""
     loaded, _, ids = llama
     pkg, thresholds = calibrated(llama, tmp_path, target)
     seq = ids[100:141]
     ref = torch_logits(loaded, thresholds, seq)
     with torch.no_grad():
         dense = loaded.model(input_ids=torch.tensor([seq])).logits[0].numpy()
-    model = tierlm.load(pkg, sparse=True, sparse_window=window, kv_dtype="f32")
+    options = dict(sparse=True, sparse_window=window, kv_dtype="f32")
+    if mode == "streamed":
+        options["budget"] = tierlm.load(pkg, **options).placement()["minimum_budget"]
+    if mode == "cached":
+        options["sparse_capacity"] = 100
+    model = tierlm.load(pkg, **options)
+    capacity = {
+        "streamed": [0] * 12,
+        "resident": site_widths() * 3,
+        "cached": [min(100, n) for n in site_widths()] * 3,
+    }[mode]
+    assert model.stats()["sparse_capacity"] == capacity
     for n in (1, 2, 17, 41):  # a prompt of n tokens: prefill, then its last logits
         assert relative_error(model.logits(seq[:n]), ref[n - 1]) <= TOL, n
     assert relative_error(ref[-1], dense[-1]) > 1e-2  # the sparsity changes the result
@@ -77,16 +99,22 @@ def test_executor_equals_torch_reference(llama, tmp_path, target, window):
     tokens = model.sparse_tokens()
     assert len(tokens["bytes_read"]) == 1 + 2 + 17 + 41
     s = model.stats()
-    per_site = s["sparse_neurons_predicted_per_token"] / (3 * (128 + 128 + 128 + 224))
+    per_site = s["sparse_neurons_predicted_per_token"] / (3 * sum(site_widths()))
     assert per_site == pytest.approx(1 - target, abs=0.1)
-    assert 0 < s["sparse_bytes_read_per_token"] < s["dense_ffn_bytes_per_token"]
     assert sum(tokens["bytes_read"]) == s["sparse_bytes_read"]
+    if mode == "resident":
+        assert s["sparse_bytes_read"] == 0 and s["sparse_neurons_read"] == 0
+        return
+    assert 0 < s["sparse_bytes_read_per_token"] < s["dense_ffn_bytes_per_token"]
+    if mode == "streamed":  # every kept column is read, nothing is cached
+        assert s["sparse_neurons_read"] == s["sparse_neurons_predicted"]
 
 
-@pytest.mark.parametrize("capacity", [0, 7])
-def test_rotated_sites_equal_torch_reference(llama, tmp_path, capacity):
+@pytest.mark.parametrize("capacity,streamed", [(0, False), (0, True), (7, False)])
+def test_rotated_sites_equal_torch_reference(llama, tmp_path, capacity, streamed):
     """--rotation site: q/k/v and gate/up threshold z = Qᵀ x and read columns of W Q
-    (tierlm.sparse.channel_rotation); capacity 7 runs the overflow rounds on z."""
+    (tierlm.sparse.channel_rotation), resident, streamed (the minimum budget) or cached;
+    capacity 7 runs the overflow rounds on z."""
     from tierlm.sparse.channel_rotation import ROTATION_FILE
 
     loaded, _, ids = llama
@@ -95,7 +123,11 @@ def test_rotated_sites_equal_torch_reference(llama, tmp_path, capacity):
     ref = torch_logits(loaded, thresholds, seq)
     plain = torch_logits(loaded, channel.calibrate(loaded, ids, 0.4, context=64), seq)
     assert relative_error(ref[-1], plain[-1]) > 1e-3  # the rotation changes what is kept
-    model = tierlm.load(pkg, sparse=True, sparse_capacity=capacity, kv_dtype="f32")
+    options = dict(sparse=True, sparse_capacity=capacity, kv_dtype="f32")
+    if streamed:
+        options["budget"] = tierlm.load(pkg, **options).placement()["minimum_budget"]
+    model = tierlm.load(pkg, **options)
+    assert (model.stats()["sparse_capacity"] == [0] * 12) == streamed
     for n in (1, 2, 37):
         assert relative_error(model.logits(seq[:n]), ref[n - 1]) <= TOL, n
     # The resident rotations (2 sites x 3 layers of 128 x 128 f32) are in the sparse budget
@@ -161,6 +193,8 @@ def test_block_type_package_gets_q8_0_columns(llama, tmp_path):
 
 
 def test_budget_held_and_minimum_named(llama, tmp_path):
+    """Auto sites: resident whole, narrowest columns first, as the budget allows; the rest
+    stream. Less budget, fewer resident sites and more bytes read, the result the same."""
     loaded, _, ids = llama
     pkg, thresholds = calibrated(llama, tmp_path, 0.4)
     seq = ids[:19]
@@ -168,11 +202,22 @@ def test_budget_held_and_minimum_named(llama, tmp_path):
     roomy = tierlm.load(pkg, sparse=True, kv_dtype="f32")
     need, minimum = roomy.stats()["host"]["peak"], roomy.placement()["minimum_budget"]
     assert minimum < need
+    assert relative_error(roomy.logits(seq), ref) <= TOL
+    assert roomy.stats()["sparse_capacity"] == site_widths() * 3
+    read = [roomy.stats()["sparse_bytes_read"]]
     for budget in (need - 3 * 4096 - 1, (need + minimum) // 2, minimum):
         model = tierlm.load(pkg, budget=budget, sparse=True, kv_dtype="f32")
         assert relative_error(model.logits(seq), ref) <= TOL
-        assert model.stats()["host"]["peak"] <= budget
-        assert model.stats()["sparse_host_bytes"] < roomy.stats()["sparse_host_bytes"]
+        s = model.stats()
+        assert s["host"]["peak"] <= budget
+        assert s["sparse_host_bytes"] < roomy.stats()["sparse_host_bytes"]
+        # Each site is streamed (0) or resident (all its channels), never a partial cache.
+        assert all(
+            c in (0, n) for c, n in zip(s["sparse_capacity"], site_widths() * 3, strict=True)
+        )
+        read.append(s["sparse_bytes_read"])
+    assert s["sparse_capacity"] == [0] * 12  # the minimum streams every site
+    assert read == sorted(read) and read[0] == 0 < read[-1]
     with pytest.raises(BudgetError, match=f"at least .*{minimum} bytes.*input-channel caches"):
         tierlm.load(pkg, budget=minimum - 4096, sparse=True, kv_dtype="f32")
 

@@ -111,21 +111,34 @@ def test_cli_verbose_prints_expert_placement_and_stats(moe, capsys):
     assert "fetched/token, hit rate" in err
 
 
+# expert_store.hpp's kPrefetchFloor: a predicted expert is read ahead when some row routes to
+# it with at least this many even shares (top_k / experts) of probability.
+PREFETCH_FLOOR = 1.0
+
+
 def expected_prediction_counts(moe):
-    """(lookups, right) of the layer-ahead prediction over the fixture's generation: per step
-    and moe layer l > 0, the distinct experts the rows chose, and how many of them the rows'
-    top_k under layer l's router applied to layer l-1's input named."""
+    """(lookups, right, named, likely) of the layer-ahead prediction over the fixture's
+    generation: per step and moe layer l > 0, the distinct experts the rows chose, how many of
+    them the rows' top_k under layer l's router applied to layer l-1's input named, how many
+    distinct experts it named, and how many of those are likely enough to be read ahead
+    (PREFETCH_FLOOR)."""
     ref = RoutingRecorder(moe["pkg"])
-    lookups = right = 0
+    lookups = right = named = likely = 0
     for step in [moe["ids"]] + [[t] for t in moe["ref"][:-1]]:
         ref.calls.clear()
         ref.forward(step)
         for (_, x, _), (op, _, chosen) in zip(ref.calls, ref.calls[1:], strict=False):
-            predicted = np.argsort(-(x @ ref.weight(op["weight"]).T), axis=-1)[:, : op["top_k"]]
+            logits = x @ ref.weight(op["weight"]).T
+            predicted = np.argsort(-logits, axis=-1)[:, : op["top_k"]]
             actual = set(chosen.ravel().tolist())
             lookups += len(actual)
             right += len(actual & set(predicted.ravel().tolist()))
-    return lookups, right
+            p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            shares = (p / p.sum(axis=-1, keepdims=True)).max(axis=0) * p.shape[1] / op["top_k"]
+            names = set(predicted.ravel().tolist())
+            named += len(names)
+            likely += sum(shares[e] >= PREFETCH_FLOOR for e in names)
+    return lookups, right, named, likely
 
 
 def test_prefetch_predicts_a_layer_ahead(moe):
@@ -142,8 +155,10 @@ def test_prefetch_predicts_a_layer_ahead(moe):
     assert 0 < on["moe_prefetch_used"] <= on["moe_prefetch_reads"]
     # prefetched experts turn misses into hits
     assert on["moe_misses"] < off["moe_misses"]
-    # the accuracy is the layer-ahead prediction's, recomputed with the numpy reference
-    lookups, right = expected_prediction_counts(moe)
+    # the accuracy is the layer-ahead prediction's, recomputed with the numpy reference; only
+    # the experts predicted above the floor are read ahead
+    lookups, right, named, likely = expected_prediction_counts(moe)
+    assert on["moe_prefetch_reads"] <= likely < named
     assert on["moe_predicted_lookups"] == lookups
     assert on["moe_predicted_right"] == right
     assert on["moe_prediction_accuracy_pct"] == pytest.approx(100 * right / lookups)

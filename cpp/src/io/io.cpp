@@ -3,7 +3,6 @@
 #include "tierlm/io/io.hpp"
 
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -136,7 +135,20 @@ size_t IoFuture::get() {
 }
 
 void io_wait_all(std::span<IoFuture> futures) {
-  for (const IoFuture& f : futures) f.wait();
+  // Each wait tells the back end whether the next unfinished request is also its own, so one
+  // thread drives the ring through the whole batch.
+  const size_t n = futures.size();
+  auto unfinished = [&](size_t j) {
+    const detail::IoState* s = futures[j].state_.get();
+    return s != nullptr && !s->done.load(std::memory_order_acquire);
+  };
+  for (size_t i = 0, next = 0; i < n; ++i) {
+    if (!unfinished(i)) continue;
+    next = std::max(next, i + 1);
+    while (next < n && !unfinished(next)) ++next;
+    detail::IoState& state = *futures[i].state_;
+    state.wait(next < n && state.same_driver(*futures[next].state_));
+  }
   for (IoFuture& f : futures) f.get();
 }
 
@@ -273,17 +285,12 @@ std::vector<IoFuture> File::pwrite_batch(std::span<const IoRequest> requests) {
 }
 
 uint64_t File::size() const {
-  const int fd = engine("stat").file().fd;
-  struct stat st {};
-  if (fstat(fd, &st) != 0) {
-    const int err = errno;
-    TIERLM_FAIL(kErrorIo, err, "cannot stat ", path_, ": ", errno_text(err));
+  const int64_t size = detail::io_file_size(engine("stat").file().fd);
+  if (size < 0) {
+    TIERLM_FAIL(kErrorIo, static_cast<int>(-size), "cannot stat ", path_, ": ",
+                errno_text(static_cast<int>(-size)));
   }
-  if (S_ISBLK(st.st_mode)) {
-    const off_t end = lseek(fd, 0, SEEK_END);
-    return end < 0 ? 0 : static_cast<uint64_t>(end);
-  }
-  return static_cast<uint64_t>(st.st_size);
+  return static_cast<uint64_t>(size);
 }
 
 void File::sync() {

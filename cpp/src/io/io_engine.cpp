@@ -44,16 +44,6 @@ const char* errno_hint(int err) {
   }
 }
 
-uint64_t file_size_of(int fd) {
-  struct stat st {};
-  if (fstat(fd, &st) != 0) return 0;
-  if (S_ISBLK(st.st_mode)) {
-    const off_t end = lseek(fd, 0, SEEK_END);
-    return end < 0 ? 0 : static_cast<uint64_t>(end);
-  }
-  return static_cast<uint64_t>(st.st_size);
-}
-
 std::exception_ptr errno_error(const IoFd& file, const IoOp& op, int err) {
   std::ostringstream out;
   out << describe(file, op) << " failed";
@@ -64,7 +54,7 @@ std::exception_ptr errno_error(const IoFd& file, const IoOp& op, int err) {
 }
 
 std::exception_ptr eof_error(const IoFd& file, const IoOp& op) {
-  const uint64_t size = file_size_of(file.fd);
+  const int64_t size = std::max<int64_t>(0, io_file_size(file.fd));
   std::ostringstream out;
   out << describe(file, op) << " failed: end of file at offset " << op.next_offset()
       << " (file size " << size << " bytes) with " << op.next_len()
@@ -73,6 +63,16 @@ std::exception_ptr eof_error(const IoFd& file, const IoOp& op) {
 }
 
 }  // namespace
+
+int64_t io_file_size(int fd) {
+  struct stat st {};
+  if (fstat(fd, &st) != 0) return -errno;
+  if (S_ISBLK(st.st_mode)) {
+    const off_t end = lseek(fd, 0, SEEK_END);
+    return end < 0 ? 0 : static_cast<int64_t>(end);
+  }
+  return static_cast<int64_t>(st.st_size);
+}
 
 void IoState::finish(size_t transferred, std::exception_ptr failure) {
   bytes = transferred;
@@ -84,10 +84,10 @@ void IoState::finish(size_t transferred, std::exception_ptr failure) {
   cv.notify_all();
 }
 
-void IoState::wait() {
+void IoState::wait(bool more) {
   if (done.load(std::memory_order_acquire)) return;
   if (std::shared_ptr<IoDriver> d = driver.lock()) {
-    d->wait(*this);
+    d->wait(*this, more);
     return;
   }
   std::unique_lock<std::mutex> lock(mutex);

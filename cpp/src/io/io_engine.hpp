@@ -25,8 +25,11 @@ struct IoState;
 class IoDriver {
  public:
   virtual ~IoDriver() = default;
-  virtual void wait(IoState& state) = 0;  // returns once state.done
-  virtual void poll() = 0;                // takes finished completions without blocking
+  // Returns once state.done. `more`: the caller waits for another request of this back end
+  // right after, so progress is left to it (io_uring: no hand-over to the background reaper
+  // between the requests of one io_wait_all, which cost two thread switches each).
+  virtual void wait(IoState& state, bool more) = 0;
+  virtual void poll() = 0;  // takes finished completions without blocking
 };
 
 // The completion of one request, shared by the engine and the IoFuture.
@@ -39,7 +42,11 @@ struct IoState {
   std::weak_ptr<IoDriver> driver;  // set before the request is queued; empty: wait on cv
 
   void finish(size_t transferred, std::exception_ptr failure);
-  void wait();
+  void wait(bool more = false);  // more: see IoDriver::wait
+  // Whether next's request went to the same back end as this one's.
+  bool same_driver(const IoState& next) const {
+    return !driver.owner_before(next.driver) && !next.driver.owner_before(driver);
+  }
   bool ready();
 };
 
@@ -69,6 +76,10 @@ struct IoFd {
 // Opens path in mode; O_DIRECT beside it when want_direct and the file system accepts it.
 // Throws kErrorNotFound (ENOENT) / kErrorIo (errno) naming the path and what to do.
 IoFd io_open(const std::string& path, IoMode mode, bool want_direct);
+
+// Bytes in the open file fd (a block device's by seeking to its end, 0 when that fails);
+// -errno when fstat fails.
+int64_t io_file_size(int fd);
 
 enum class IoOpKind { kIoOpRead, kIoOpWrite };
 

@@ -42,7 +42,7 @@ class ThreadsCore final : public IoDriver {
     }
   }
 
-  void wait(IoState& state) override {
+  void wait(IoState& state, bool /*more*/) override {
     std::unique_lock<std::mutex> lock(mutex_);
     for (auto it = queue_.begin(); it != queue_.end(); ++it) {
       if (it->state.get() != &state) continue;

@@ -35,8 +35,8 @@ HostBudget host_budget_fit(const Package& package, const ModelOptions& options,
     // Weights first: a resident weight byte saves a read on every token, a cached window row
     // only on some. Auto capacities then hold one token's prediction; the window still evicts
     // the least recently used neurons when its union is larger.
+    // (Auto channel sites start streamed, their smallest.)
     if (sparse_plan) size_sparse_caches(*sparse_plan, 0, 1);
-    if (channel_plan) size_channel_caches(*channel_plan, 0, 0.0);
   }
   b.sparse_bytes = sparse_bytes();
   b.fixed_bytes = kv_bytes + arena_bytes + b.sparse_bytes + demand.expert_min_bytes;
@@ -44,15 +44,10 @@ HostBudget host_budget_fit(const Package& package, const ModelOptions& options,
   const WeightPlacement probe =
       weight_placement(p, demand.tensors, 0, 0, demand.row_tensors, demand.chunk);
   b.minimum_budget = probe.minimum() + b.fixed_bytes;
-  if (channel_plan && options.sparse_capacity == 0) {
-    // Auto channel caches shrink to their floor before anything streams.
-    ChannelPlan smallest = *channel_plan;
-    size_channel_caches(smallest, 0, 0.0);
-    b.minimum_budget -= b.sparse_bytes - std::min(b.sparse_bytes, smallest.host_bytes);
-  }
   b.expert_budget = demand.expert_min_bytes;
   if (needed <= options.host_budget) {
-    // Channel caches take what is left: a cached column saves a read whenever it is kept.
+    // Channel sites take what is left, whole ones resident: a resident column saves a read
+    // whenever it is kept.
     const uint64_t grown = channel_plan && options.sparse_capacity == 0
                                ? grow_channel_caches(*channel_plan, options.host_budget - needed)
                                : 0;

@@ -320,15 +320,16 @@ void ExpertStore::stream_layer(int moe, bool ahead) {
   }
 }
 
-void ExpertStore::prefetch(int moe, std::span<const int32_t> experts) {
+void ExpertStore::prefetch(int moe, std::span<const int32_t> experts,
+                           std::span<const float> likelihood) {
   layer_predicted_[moe] = 1;
   for (int32_t e : experts) predicted_[key(moe, e)] = 1;
   if (stream_all_) {
     stream_layer(moe, true);  // the whole next layer, as a dense offload's ring reads it
     return;
   }
-  for (int32_t e : experts) {
-    const int k = key(moe, e);
+  for (size_t i = 0; i < experts.size() && likelihood[i] >= kPrefetchFloor; ++i) {
+    const int k = key(moe, experts[i]);
     if (experts_[k].host != nullptr || experts_[k].slot >= 0) continue;
     const int s = take_slot(false);
     if (s < 0) break;  // every slot is in use by this layer or earlier predictions

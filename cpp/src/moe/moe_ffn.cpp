@@ -69,6 +69,23 @@ size_t moe_distinct(const int32_t* chosen, size_t picks, size_t experts, int32_t
   return n;
 }
 
+// Orders experts[0, n) by likelihood, most likely first (ties to the lower index), likelihood
+// alongside; n is at most the op's experts: an insertion sort, allocating nothing.
+void most_likely_first(int32_t* experts, float* likelihood, size_t n) {
+  for (size_t i = 1; i < n; ++i) {
+    const int32_t e = experts[i];
+    const float p = likelihood[i];
+    size_t j = i;
+    for (; j > 0 && (likelihood[j - 1] < p || (likelihood[j - 1] == p && experts[j - 1] > e));
+         --j) {
+      experts[j] = experts[j - 1];
+      likelihood[j] = likelihood[j - 1];
+    }
+    experts[j] = e;
+    likelihood[j] = p;
+  }
+}
+
 }  // namespace
 
 size_t moe_workspace(const Backend& backend, const MoeShape& shape, size_t rows) {
@@ -153,10 +170,18 @@ void moe_run(Backend& backend, ExpertProvider& experts, int moe, const MoeShape&
   if (next_router != nullptr && moe_predicts(s, *next)) {
     backend.linear(x, next_router, nullptr, logits, {rows, s.experts, s.hidden, s.router_dtype},
                    linear_ws);
-    moe_route(logits, rows, *next, chosen, weights);
-    int32_t* predicted = order_rows + picks;  // see moe_layout: room for `experts` more
+    moe_route(logits, rows, *next, chosen, weights);  // logits: the probabilities now
+    int32_t* predicted = order_rows + picks;          // see moe_layout: room for `experts` more
     const size_t n = moe_distinct(chosen, picks, s.experts, starts + s.experts + 1, predicted);
-    experts.prefetch(moe + 1, {predicted, n});
+    float* likelihood = weights;  // n <= picks: the predicted weights are not needed
+    const float share = static_cast<float>(next->top_k) / static_cast<float>(next->experts);
+    for (size_t i = 0; i < n; ++i) {
+      float p = 0.0f;
+      for (size_t r = 0; r < rows; ++r) p = std::max(p, logits[r * s.experts + predicted[i]]);
+      likelihood[i] = p / share;
+    }
+    most_likely_first(predicted, likelihood, n);
+    experts.prefetch(moe + 1, {predicted, n}, {likelihood, n});
   }
   std::memset(out, 0, rows * s.hidden * sizeof(float));
   float* xs = at<float>(workspace, l.xs);

@@ -41,8 +41,11 @@ class ExpertProvider {
   // prefetch).
   virtual const void* next_router(int moe) const = 0;
   // The experts moe op `moe` will likely route to (predicted from the previous moe layer's
-  // input, ascending): a store reads the missing ones now, while the previous layer computes.
-  virtual void prefetch(int moe, std::span<const int32_t> experts) = 0;
+  // input), most likely first: likelihood[i] is experts[i]'s largest routing probability over
+  // the step's rows in even shares (top_k / experts: 1 is what each expert gets when routing
+  // is uniform). A store reads the missing likely ones now, while the previous layer computes.
+  virtual void prefetch(int moe, std::span<const int32_t> experts,
+                        std::span<const float> likelihood) = 0;
   // Expert e's bytes, valid until release(moe, e).
   virtual ExpertWeights expert(int moe, int32_t e) = 0;
   virtual void release(int moe, int32_t e) = 0;

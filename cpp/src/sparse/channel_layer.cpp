@@ -1,13 +1,18 @@
-// The input-channel sparse path per token and site: kept channels -> window -> evict -> one
-// batch of reads -> insert -> kernel over the cached columns, split over the pool's threads by
-// output range. See channel_layer.hpp and docs/sparse.md.
+// The input-channel sparse path per token and site: kept channels, then by the site's mode
+// the kernel over its resident columns, over its kept columns where one batch of reads landed
+// them (streamed), or window -> evict -> reads -> insert -> kernel over the cached columns;
+// the kernel is split over the pool's threads by output range. See channel_layer.hpp and
+// docs/sparse.md.
 #include "sparse/channel_layer.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
+#include <optional>
 
 #include "core/clock.hpp"
+#include "sparse/channel_stream.hpp"
 #include "sparse/row_cache.hpp"
 #include "sparse/sparse_row_loader.hpp"
 #include "tierlm/core/align.hpp"
@@ -26,8 +31,11 @@ constexpr size_t kKernelWork = 1 << 16;  // multiply-adds per thread below which
 }  // namespace
 
 struct ChannelSparse::Impl {
-  struct Site : CachedRowFile {
+  struct Site {
     const ChannelSitePlan* plan = nullptr;
+    std::optional<RowCache> rows;  // a cached site's (neither streamed nor resident)
+    HostBuffer columns;            // a resident site's: every column in channel order
+    File file;
     const float* rotation = nullptr;  // Qᵀ [n, n] of a rotated site, in `rotations`
   };
 
@@ -35,8 +43,10 @@ struct ChannelSparse::Impl {
   HostBuffer scratch;
   HostBuffer rotations;    // the rotated sites' Qᵀ, one after the other
   SparseRowLoader loader;  // before sites: the files may hold its staging registered
+  ChannelStream stream;    // the streamed sites' reads, in the loader's staging
   std::vector<Site> sites;
 
+  int32_t* channel_ids = view<int32_t>(plan.scratch.channel_ids);
   int32_t* kept = view<int32_t>(plan.scratch.kept);
   int32_t* to_load = view<int32_t>(plan.scratch.to_load);
   int32_t* to_evict = view<int32_t>(plan.scratch.to_evict);
@@ -61,13 +71,29 @@ struct ChannelSparse::Impl {
         rotations(plan.rotations.empty() ? HostBuffer() : host.allocate(rotation_bytes(plan))),
         loader(host.allocate(plan.staging_bytes, kAlignment),
                view<IoRequest>(plan.scratch.requests), view<SparseRowSource>(plan.scratch.sources),
-               plan.scratch.max_requests, true, kSparseMergeGap) {
+               plan.scratch.max_requests, true, kSparseMergeGap),
+        stream(static_cast<char*>(loader.staging()), loader.staging_bytes(),
+               view<IoRequest>(plan.scratch.requests), plan.scratch.max_requests,
+               view<SparseRowSource>(plan.scratch.sources), plan.scratch.max_batch,
+               kSparseMergeGap) {
     threads = std::max<size_t>(1, parallel_threads());
+    size_t max_n = 0;
+    for (const ChannelSitePlan& s : plan.sites) max_n = std::max(max_n, s.rows.n_neurons);
+    std::iota(channel_ids, channel_ids + max_n, 0);
     const std::vector<float*> qt = read_rotations();
     sites.reserve(plan.sites.size());
     for (const ChannelSitePlan& s : plan.sites) {
-      Site site{CachedRowFile(s.rows, host, plan.window), &s,
+      const SparseLayerPlan& r = s.rows;
+      Site site{&s, std::nullopt, HostBuffer(),
+                File(r.file, IoMode::kIoModeRead, IoOptions{.direct = true}),
                 s.rotation < 0 ? nullptr : qt[static_cast<size_t>(s.rotation)]};
+      if (s.resident()) {
+        // Read once, whole (file_bytes: the columns rounded up to a page, as O_DIRECT needs).
+        site.columns = host.allocate(r.file_bytes, kAlignment);
+        site.file.read(site.columns.data(), r.file_bytes, 0);
+      } else if (!s.streamed()) {
+        site.rows.emplace(host, r.n_neurons, r.capacity, r.row_elems, r.dtype, plan.window);
+      }
       const bool reg = site.file.register_buffer(loader.staging(), loader.staging_bytes());
       record_row_file(files_io, site.file, reg, sites.empty());
       sites.push_back(std::move(site));
@@ -104,42 +130,82 @@ struct ChannelSparse::Impl {
     return at;
   }
 
-  // y[row_elems] (+)= the kept channels' columns among cache rows [first, first + n).
-  void kernel(Site& s, const float* x, size_t first, size_t n, float* y, bool accumulate) {
+  // y[row_elems] (+)= the kept channels' columns among `n_rows` rows given as runs:
+  // runs(visit) calls visit(rows, channels, m) for each run of m rows row_bytes apart (column
+  // channels[k] at rows + k row_bytes), in order; the sums follow that order.
+  template <class Runs>
+  void kernel(Site& s, const float* x, size_t n_rows, Runs runs, float* y, bool accumulate) {
     const SparseLayerPlan& r = s.plan->rows;
-    const NeuronCache& cache = s.rows.cache;
-    if (n == 0) {  // nothing cached (yet): no row to point at
+    if (n_rows == 0) {  // no column to sum
       if (!accumulate) std::fill(y, y + r.row_elems, 0.0f);
       return;
     }
     const size_t block = dtype_block(r.dtype).elems;
     const size_t blocks = r.row_elems / block;
     const size_t chunks =
-        std::clamp<size_t>(n * r.row_elems / kKernelWork, 1, std::min(threads, blocks));
+        std::clamp<size_t>(n_rows * r.row_elems / kKernelWork, 1, std::min(threads, blocks));
     parallel_for(
         chunks,
         [&](size_t c0, size_t c1) {
           for (size_t c = c0; c < c1; ++c) {
             const size_t b = blocks * c / chunks * block, e = blocks * (c + 1) / chunks * block;
-            ChannelRows rows;
-            rows.rows = static_cast<const char*>(cache.row(first)) + dtype_row_bytes(r.dtype, b);
-            rows.dtype = r.dtype;
-            rows.n_rows = n;
-            rows.out = e - b;
-            rows.row_stride = r.row_elems;
-            rows.channels = cache.neurons() + first;
-            rows.n_channels = r.n_neurons;
-            // Accumulating, y is its own bias: the rows continue y's sums in their order.
-            kernel_channel_sparse_linear(x, rows, s.plan->threshold, accumulate ? y + b : nullptr,
-                                         y + b);
+            bool sum = accumulate;
+            runs([&](const void* first, const int32_t* channels, size_t m) {
+              ChannelRows rows;
+              rows.rows = static_cast<const char*>(first) + dtype_row_bytes(r.dtype, b);
+              rows.dtype = r.dtype;
+              rows.n_rows = m;
+              rows.out = e - b;
+              rows.row_stride = r.row_elems;
+              rows.channels = channels;
+              rows.n_channels = r.n_neurons;
+              // Accumulating, y is its own bias: the rows continue y's sums in their order.
+              kernel_channel_sparse_linear(x, rows, s.plan->threshold, sum ? y + b : nullptr,
+                                           y + b);
+              sum = true;
+            });
           }
         },
         1);
   }
 
+  // The kernel over cache rows [first, first + n) of a cached site.
+  void kernel_cached(Site& s, const float* x, size_t first, size_t n, float* y, bool accumulate) {
+    const NeuronCache& cache = s.rows->cache;
+    kernel(
+        s, x, n,
+        [&](auto visit) {
+          if (n > 0) visit(cache.row(first), cache.neurons() + first, n);
+        },
+        y, accumulate);
+  }
+
+  // A streamed site: its kept channels' columns are read in batches and summed where they
+  // landed, run by run of adjacent columns, in channel order (ChannelStream).
+  void token_streamed(Site& s, const float* x, size_t n_kept, float* y, SparseTokenInfo& info) {
+    const SparseLayerPlan& r = s.plan->rows;
+    bool accumulate = false;
+    stream.run(s.file, r, kept, n_kept, info,
+               [&](const SparseRowGather& batch, const int32_t* ids, size_t m) {
+                 auto runs = [&](auto visit) {
+                   for (size_t j = 0; j < m;) {
+                     size_t k = j + 1;
+                     while (k < m && ids[k] == ids[k - 1] + 1 &&
+                            batch.row(k).up == batch.row(k - 1).up + r.row_bytes) {
+                       ++k;
+                     }
+                     visit(batch.row(j).up, ids + j, k - j);
+                     j = k;
+                   }
+                 };
+                 kernel(s, x, m, runs, y, accumulate);
+                 accumulate = true;
+               });
+    if (!accumulate) std::fill(y, y + r.row_elems, 0.0f);  // nothing kept
+  }
+
   void token(Site& s, const float* input, float* y, SparseTokenInfo& info) {
     const SparseLayerPlan& r = s.plan->rows;
-    NeuronCache& cache = s.rows.cache;
     const size_t cap = r.capacity;
     auto t0 = Clock::now();
     const float* x = input;  // a rotated site's channels are those of z = Qᵀ x
@@ -154,7 +220,19 @@ struct ChannelSparse::Impl {
       if (std::fabs(x[c]) > t) kept[n_kept++] = static_cast<int32_t>(c);
     }
     info.neurons_predicted += n_kept;
-    const size_t n_need = s.rows.admit(kept, n_kept, need, to_load, to_evict, evict);
+    info.memory_seconds += seconds_since(t0);
+    if (s.plan->streamed()) return token_streamed(s, x, n_kept, y, info);
+    if (s.plan->resident()) {
+      t0 = Clock::now();
+      kernel(
+          s, x, r.n_neurons, [&](auto visit) { visit(s.columns.data(), channel_ids, r.n_neurons); },
+          y, false);
+      info.compute_seconds += seconds_since(t0);
+      return;
+    }
+    t0 = Clock::now();
+    NeuronCache& cache = s.rows->cache;
+    const size_t n_need = s.rows->admit(kept, n_kept, need, to_load, to_evict, evict);
     info.memory_seconds += seconds_since(t0);
     const size_t fill = std::min(n_need, cap - cache.size());
     // The cached kept channels' columns are summed while the missing ones are read; the new
@@ -163,19 +241,19 @@ struct ChannelSparse::Impl {
     const size_t hits = cache.size();
     const size_t started = loader.start(s.file, r, need, fill, info);
     t0 = Clock::now();
-    kernel(s, x, 0, hits, y, false);
+    kernel_cached(s, x, 0, hits, y, false);
     info.compute_seconds += seconds_since(t0);
     loader.finish(r, cache, need, info);
     loader.load(s.file, r, cache, need + started, fill - started, nullptr, info);
     t0 = Clock::now();
-    kernel(s, x, hits, cache.size() - hits, y, true);
+    kernel_cached(s, x, hits, cache.size() - hits, y, true);
     info.compute_seconds += seconds_since(t0);
     if (fill == n_need) return;
     // This token's kept channels alone pass the capacity: the rest in rounds of at most `cap`
     // columns, each replacing the columns computed last (the sum is additive).
     ++totals.sparse_overflows;
     loader.load_rounds(s.file, r, cache, need, fill, n_need, evict, nullptr, info,
-                       [&](size_t first, size_t m) { kernel(s, x, first, m, y, true); });
+                       [&](size_t first, size_t m) { kernel_cached(s, x, first, m, y, true); });
   }
 };
 
@@ -204,7 +282,9 @@ void ChannelSparse::copy(int site, size_t index, size_t rows, const float* bias,
 void ChannelSparse::end_batch(size_t rows) { impl_->log.end_batch(rows, impl_->totals); }
 
 void ChannelSparse::reset() {
-  for (Impl::Site& s : impl_->sites) s.rows.reset();
+  for (Impl::Site& s : impl_->sites) {
+    if (s.rows) s.rows->reset();  // resident columns stay; streamed sites hold none
+  }
 }
 
 SparseStats ChannelSparse::stats() const { return impl_->totals; }

@@ -12,6 +12,7 @@
 #include "core/clock.hpp"
 #include "core/json.hpp"
 #include "io/safetensors.hpp"
+#include "sparse/channel_stream.hpp"
 #include "sparse/row_cache.hpp"
 #include "sparse/sparse_row_gather.hpp"
 #include "tierlm/core/align.hpp"
@@ -25,7 +26,6 @@ namespace tierlm::detail {
 namespace {
 
 constexpr size_t kMaxStaging = 64ull << 20;
-constexpr size_t kMinCacheShare = 8;
 const char* const kHint = "; calibrate again with `tierlm sparse calibrate MODEL --out PKG`";
 
 // The linears of each site, by tensor name within a layer (tierlm/sparse/channel.py SITES).
@@ -284,27 +284,29 @@ ChannelPlan channel_plan(const Package& p, const ChannelOptions& options) {
                  plan.sites[i].site, " interleave in graph.json");
   }
   plan.verify.seconds = options.verify ? seconds_since(start) : 0.0;
-  size_channel_caches(plan, options.capacity, 1.5);
+  size_channel_caches(plan, options.capacity);
   return plan;
 }
 
 namespace {
 
 ChannelScratchLayout channel_scratch_layout(const ChannelPlan& plan) {
-  size_t max_n = 0, max_cap = 0;
+  size_t max_n = 0, max_batch = 0;  // a batch reads at most a cache's or a site's columns
   for (const ChannelSitePlan& s : plan.sites) {
     max_n = std::max(max_n, s.rows.n_neurons);
-    max_cap = std::max(max_cap, s.rows.capacity);
+    max_batch = std::max(max_batch, s.streamed() ? s.rows.n_neurons : s.rows.capacity);
   }
   ChannelScratchLayout l;
-  l.max_requests = SparseRowGather::max_requests(max_cap);
+  l.max_requests = SparseRowGather::max_requests(max_batch);
+  l.max_batch = max_batch;
   ScratchCursor cursor;
+  l.channel_ids = cursor.take(max_n * sizeof(int32_t));
   l.kept = cursor.take(max_n * sizeof(int32_t));
   l.to_load = cursor.take(max_n * sizeof(int32_t));
   l.to_evict = cursor.take(max_n * sizeof(int32_t));
   l.need = cursor.take(max_n * sizeof(int32_t));
   l.evict = cursor.take(max_n * sizeof(int32_t));
-  l.sources = cursor.take(max_cap * sizeof(SparseRowSource));
+  l.sources = cursor.take(2 * max_batch * sizeof(SparseRowSource));  // 2: ChannelStream
   l.requests = cursor.take(l.max_requests * sizeof(IoRequest));
   l.site_out = cursor.take(plan.max_rows * plan.max_row_elems * sizeof(float));
   l.rotated = cursor.take(max_n * sizeof(float));
@@ -324,75 +326,70 @@ uint64_t rotation_bytes(const ChannelPlan& plan) {
 
 namespace {
 
+// Host bytes of one site: none when streamed, its columns when resident, else its cache.
+uint64_t site_bytes(const ChannelSitePlan& s, size_t window) {
+  if (s.streamed()) return 0;
+  if (s.resident()) return s.rows.file_bytes;
+  return RowCache::host_bytes(s.rows, window);
+}
+
 void total_bytes(ChannelPlan& plan) {
-  uint64_t worst_row = 0, max_cap_bytes = 0, largest_file = 0;
+  uint64_t worst_row = 0, batch_bytes = 0;
   plan.max_row_elems = 0;
   for (const ChannelSitePlan& s : plan.sites) {
     const SparseLayerPlan& r = s.rows;
     worst_row = std::max<uint64_t>(worst_row, round_up(r.row_bytes + kAlignment - 1, kAlignment));
-    max_cap_bytes = std::max<uint64_t>(max_cap_bytes, r.capacity * worst_row);
-    largest_file = std::max(largest_file, r.file_bytes);
     plan.max_row_elems = std::max(plan.max_row_elems, r.row_elems);
   }
-  const uint64_t staging = std::min({largest_file, max_cap_bytes, uint64_t{kMaxStaging}});
+  for (const ChannelSitePlan& s : plan.sites) {
+    const SparseLayerPlan& r = s.rows;
+    // A streamed site reads into two halves of at most kChannelStreamBatch (ChannelStream); a
+    // cached one its missing columns in one batch when they fit.
+    const uint64_t batch = s.streamed() ? std::min<uint64_t>(r.file_bytes, 2 * kChannelStreamBatch)
+                           : s.resident() ? 0
+                                          : r.capacity * worst_row;
+    batch_bytes = std::max(batch_bytes, batch);
+  }
+  const uint64_t staging = std::min(batch_bytes, uint64_t{kMaxStaging});
   plan.staging_bytes = static_cast<size_t>(std::max<uint64_t>(staging, 2 * worst_row));
   plan.scratch = channel_scratch_layout(plan);
   uint64_t bytes = host_pages(plan.staging_bytes) + host_pages(plan.scratch.bytes) +
                    host_pages(rotation_bytes(plan));
-  for (const ChannelSitePlan& s : plan.sites) bytes += RowCache::host_bytes(s.rows, plan.window);
+  for (const ChannelSitePlan& s : plan.sites) bytes += site_bytes(s, plan.window);
   plan.host_bytes = bytes;
 }
 
 }  // namespace
 
-void size_channel_caches(ChannelPlan& plan, int64_t capacity, double margin) {
+void size_channel_caches(ChannelPlan& plan, int64_t capacity) {
   for (ChannelSitePlan& s : plan.sites) {
-    SparseLayerPlan& r = s.rows;
-    if (capacity > 0) {
-      r.capacity = std::min<size_t>(static_cast<size_t>(capacity), r.n_neurons);
-    } else {
-      // At least 1/kMinCacheShare of the channels, so a token past the capacity runs in at
-      // most that many rounds.
-      const double kept = std::clamp(1.0 - s.sparsity, 0.0, 1.0);
-      const double want = std::ceil(kept * static_cast<double>(r.n_neurons) * margin);
-      const size_t floor = (r.n_neurons + kMinCacheShare - 1) / kMinCacheShare;
-      r.capacity = std::clamp<size_t>(static_cast<size_t>(want), floor, r.n_neurons);
-    }
+    const size_t n = s.rows.n_neurons;
+    s.rows.capacity = capacity > 0 ? std::min<size_t>(static_cast<size_t>(capacity), n) : 0;
   }
   total_bytes(plan);
 }
 
 uint64_t grow_channel_caches(ChannelPlan& plan, uint64_t spare) {
   const uint64_t before = plan.host_bytes;
-  uint64_t missing = 0;  // bytes of the rows no cache holds yet
-  for (const ChannelSitePlan& s : plan.sites) {
-    missing += (s.rows.n_neurons - s.rows.capacity) * s.rows.row_bytes;
+  // Whole sites become resident, narrowest columns first: a streamed site reads its kept
+  // columns with the gaps under kSparseMergeGap, so narrow columns (4 KiB: o, down) save
+  // almost no bytes by sparsity and cost small requests, while wide ones (gate/up) read
+  // about the kept fraction in long requests. Ties: earlier layers first.
+  std::vector<size_t> order;
+  for (size_t i = 0; i < plan.sites.size(); ++i) {
+    if (plan.sites[i].streamed()) order.push_back(i);
   }
-  if (missing == 0 || plan.sites.empty()) return 0;
-  // Each site's page rounding and maps cost at most a few pages: keep them out of the share.
-  const uint64_t slack = 4 * kAlignment * plan.sites.size() + 2 * kAlignment;
-  if (spare <= slack) return 0;
-  const double share =
-      std::min(1.0, static_cast<double>(spare - slack) / static_cast<double>(missing));
-  for (ChannelSitePlan& s : plan.sites) {
-    SparseLayerPlan& r = s.rows;
-    const size_t extra =
-        static_cast<size_t>(std::floor(share * static_cast<double>(r.n_neurons - r.capacity)));
-    r.capacity = std::min(r.n_neurons, r.capacity + extra);
-  }
-  total_bytes(plan);
-  // The maps grow with the capacity too; back off a row per site until the total fits.
-  while (plan.host_bytes > before + spare) {
-    bool shrunk = false;
-    for (ChannelSitePlan& s : plan.sites) {
-      const size_t step = std::max<size_t>(1, s.rows.capacity / 64);
-      if (s.rows.capacity > step) {
-        s.rows.capacity -= step;
-        shrunk = true;
-      }
-    }
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return plan.sites[a].rows.row_bytes < plan.sites[b].rows.row_bytes;
+  });
+  for (size_t i : order) {
+    SparseLayerPlan& r = plan.sites[i].rows;
+    r.capacity = r.n_neurons;
     total_bytes(plan);
-    if (!shrunk) break;
+    if (plan.host_bytes > before + spare) {
+      r.capacity = 0;  // a narrower or later site may still fit
+      total_bytes(plan);
+    }
   }
   return plan.host_bytes > before ? plan.host_bytes - before : 0;
 }

@@ -36,31 +36,39 @@ struct ChannelSitePlan {
   // A rotated site (tierlm/sparse/channel_rotation.py) thresholds z = Qᵀ x and its file holds
   // the columns of W Q: index into ChannelPlan::rotations, -1 when not rotated.
   int rotation = -1;
+
+  // rows.capacity picks how the site's columns are held: 0 streams them (each token reads its
+  // kept columns and sums them where they land, nothing cached), n_neurons keeps them all
+  // resident (read once at load), anything between is a window / LRU channel cache.
+  bool streamed() const { return rows.capacity == 0; }
+  bool resident() const { return rows.capacity == rows.n_neurons; }
 };
 
 // What the model passes on from ModelOptions (sparse_window, sparse_capacity, verify) and its
 // prefill chunk.
 struct ChannelOptions {
   int64_t window = 4;    // tokens whose channels stay cached (1 = no window)
-  int64_t capacity = 0;  // cached channels per site; 0 = auto (size_channel_caches)
+  int64_t capacity = 0;  // cached channels per site; 0 = auto (grow_channel_caches)
   bool verify = false;   // check the channel files' CRC-32 at load
   size_t max_rows = 1;   // rows of a batch (prefill chunk)
 };
 
 // Byte offsets of the per-token views in the runtime's one scratch buffer (64-byte aligned).
 struct ChannelScratchLayout {
-  size_t kept = 0;     // int32[max channels] each: kept channels, window load / evict lists,
-  size_t to_load = 0;  //   channels to read, cached channels to drop
+  size_t channel_ids = 0;  // int32[max channels]: 0, 1, 2, ... (a resident site's channels)
+  size_t kept = 0;         // int32[max channels] each: kept channels, window load / evict lists,
+  size_t to_load = 0;      //   channels to read, cached channels to drop
   size_t to_evict = 0;
   size_t need = 0;
   size_t evict = 0;
-  size_t sources = 0;   // SparseRowSource[max capacity]: where each pending row lands
+  size_t sources = 0;   // SparseRowSource[2 x max batch]: where each pending row lands
   size_t requests = 0;  // IoRequest[max_requests]
   size_t site_out = 0;  // float[max_rows * max_row_elems]: the running site's outputs
   size_t rotated = 0;   // float[max channels]: a rotated site's input z = Qᵀ x
   size_t rows = 0;      // SparseTokenInfo[max_rows]: per row of the batch
   size_t log = 0;       // SparseTokenInfo[kSparseTokenLog]
   size_t max_requests = 0;
+  size_t max_batch = 0;  // columns one batch of reads holds at most (a cache's or a site's)
   size_t bytes = 0;
 };
 
@@ -98,13 +106,13 @@ bool channel_sparse_present(const Package& package);
 // throws kErrorNotFound / kErrorUnsupported / kErrorCorrupt naming the file and the fix.
 ChannelPlan channel_plan(const Package& package, const ChannelOptions& options);
 
-// Sets each site's cache capacity (`capacity` channels, or when 0 the channels one token
-// keeps x `margin`, at least an eighth of the site's channels and at most all), the staging
-// buffer, the scratch layout and plan.host_bytes. margin 0: the smallest auto caches.
-void size_channel_caches(ChannelPlan& plan, int64_t capacity, double margin);
+// Sets each site's capacity: `capacity` channels (an LRU cache, resident when it covers all
+// channels), or when 0 streams every site; then the staging buffer, the scratch layout and
+// plan.host_bytes.
+void size_channel_caches(ChannelPlan& plan, int64_t capacity);
 
-// Grows the auto-sized caches by at most `spare` host bytes in all, each site's share in
-// proportion to its bytes, never past a site's channels; returns the bytes taken.
+// Makes streamed sites resident, narrowest columns first, while their columns fit in `spare`
+// host bytes in all; returns the bytes taken.
 uint64_t grow_channel_caches(ChannelPlan& plan, uint64_t spare);
 
 }  // namespace tierlm::detail

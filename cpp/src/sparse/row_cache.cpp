@@ -22,9 +22,12 @@ uint64_t RowCache::host_bytes(const SparseLayerPlan& plan, size_t window) {
          host_pages(plan.n_neurons * sizeof(int64_t));
 }
 
-CachedRowFile::CachedRowFile(const SparseLayerPlan& plan, HostTier& host, size_t window)
+CachedRowFile::CachedRowFile(const SparseLayerPlan& plan, HostTier& host, size_t window,
+                             unsigned queue_depth)
     : rows(host, plan.n_neurons, plan.capacity, plan.row_elems, plan.dtype, window),
-      file(plan.file, IoMode::kIoModeRead, IoOptions{.direct = true}) {}
+      file(plan.file, IoMode::kIoModeRead,
+           IoOptions{
+               .queue_depth = queue_depth, .threads = IoOptions{}.queue_depth, .direct = true}) {}
 
 void record_row_file(SparseFfnIo& io, const File& file, bool registered, bool first) {
   io.registered = first ? registered : io.registered && registered;

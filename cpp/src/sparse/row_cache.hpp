@@ -41,9 +41,11 @@ struct RowCache {
   int64_t token = 0;
 };
 
-// One layer's (site's) rows: its row file, opened for O_DIRECT reads, and their cache.
+// One layer's (site's) rows: its row file, opened for O_DIRECT reads with queue_depth requests
+// in the ring (the thread pool keeps the default's workers), and their cache.
 struct CachedRowFile {
-  CachedRowFile(const SparseLayerPlan& plan, HostTier& host, size_t window);
+  CachedRowFile(const SparseLayerPlan& plan, HostTier& host, size_t window,
+                unsigned queue_depth = IoOptions{}.queue_depth);
 
   RowCache rows;
   File file;

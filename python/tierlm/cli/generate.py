@@ -305,9 +305,10 @@ def print_placement(model, out):
         caps = s["sparse_capacity"] or [0]
         print(
             f"input-channel sparsity: {len(s['sparse_capacity'])} sites' matrices not loaded "
-            f"({format_size(s['sparse_dense_ffn_bytes'])}); channel caches, staging and scratch "
-            f"{format_size(s['sparse_host_bytes'])} (capacity {min(caps)}..{max(caps)} "
-            f"columns per site, window {s['sparse_window']})",
+            f"({format_size(s['sparse_dense_ffn_bytes'])}); resident columns, channel caches, "
+            f"staging and scratch {format_size(s['sparse_host_bytes'])} ({caps.count(0)} sites "
+            f"streamed; capacity {min(caps)}..{max(caps)} columns per site, window "
+            f"{s['sparse_window']})",
             file=out,
         )
     elif s["sparse"]:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tierlm.sparse.model import run_with_hooks
+
 SITES = {
     "attn_in": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
     "attn_out": ("self_attn.o_proj",),
@@ -170,23 +172,6 @@ def site_scales(layer, site):
 
     w = torch.cat([m.weight.detach().float() for m in site_modules(layer, site)], 0)
     return w.norm(dim=0).numpy()
-
-
-def run_with_hooks(loaded, ids, context, hooks, progress=None):
-    """Runs the model over the ids (int64 numpy) in windows of `context` tokens, then removes
-    the forward hooks it was given (also on error). progress(done_tokens, total_tokens) is
-    called after each window."""
-    import torch
-
-    try:
-        with torch.no_grad():
-            for start in range(0, len(ids), context):
-                loaded.model(input_ids=torch.from_numpy(ids[start : start + context])[None])
-                if progress:
-                    progress(min(len(ids), start + context), len(ids))
-    finally:
-        for h in hooks:
-            h.remove()
 
 
 def collect_histograms(loaded, ids, context=1024, progress=None, scales=None, rotation=None):

@@ -25,7 +25,8 @@ def collect_covariances(loaded, ids, context=1024, progress=None):
     """Per layer {site: E[x xᵀ] (f64 numpy [n, n])} of the rotated sites' inputs over the
     ids (windows of `context`)."""
 
-    from tierlm.sparse.channel import run_with_hooks, site_modules
+    from tierlm.sparse.channel import site_modules
+    from tierlm.sparse.model import run_with_hooks
 
     ids = np.asarray(ids, dtype=np.int64)
     sums = [dict.fromkeys(ROTATED_SITES, 0.0) for _ in loaded.layers]

@@ -219,6 +219,23 @@ def _load_package(path):
     return LoadedModel(model, _load_tokenizer(tok_dir), "package", path)
 
 
+def run_with_hooks(loaded, ids, context, hooks, progress=None):
+    """Runs the model over the ids (int64 numpy) in windows of `context` tokens, then removes
+    the forward hooks it was given (also on error). progress(done_tokens, total_tokens) is
+    called after each window."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            for start in range(0, len(ids), context):
+                loaded.model(input_ids=torch.from_numpy(ids[start : start + context])[None])
+                if progress:
+                    progress(min(len(ids), start + context), len(ids))
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def collect_ffn_inputs(loaded, ids, context=None, max_tokens=None, progress=None, sink=None):
     """Each layer's FFN input (after its layer norm) for the ids, fed in windows of `context`;
     progress(done_tokens, total_tokens) after each window.
@@ -244,14 +261,5 @@ def collect_ffn_inputs(loaded, ids, context=None, max_tokens=None, progress=None
                 sink(i, rows.float().numpy())
 
         hooks.append(loaded.ffn_input_module(i).register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            for start in range(0, len(ids), context):
-                chunk = torch.from_numpy(ids[start : start + context])[None]
-                loaded.model(input_ids=chunk)
-                if progress:
-                    progress(min(len(ids), start + context), len(ids))
-    finally:
-        for h in hooks:
-            h.remove()
+    run_with_hooks(loaded, ids, context, hooks, progress)
     return None if sink is not None else [torch.cat(s).numpy() for s in store]

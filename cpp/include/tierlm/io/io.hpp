@@ -61,6 +61,9 @@ class IoEngine;
 // Completion of one asynchronous request. get() waits and returns the bytes transferred or
 // throws the request's error (naming file, offset, length and cause).
 // get() may be called again and returns (or throws) the same result.
+class IoFuture;
+TIERLM_API void io_wait_all(std::span<IoFuture> futures);
+
 class TIERLM_API IoFuture {
  public:
   IoFuture() = default;
@@ -71,12 +74,13 @@ class TIERLM_API IoFuture {
   bool valid() const { return state_ != nullptr; }
 
  private:
+  friend void io_wait_all(std::span<IoFuture> futures);  // waits for them together
   std::shared_ptr<detail::IoState> state_;
 };
 
-// Waits for every future, then throws the first one's error: when it throws, no request of
-// `futures` is still in flight, so their buffers may be reused or freed.
-TIERLM_API void io_wait_all(std::span<IoFuture> futures);
+// io_wait_all(futures), declared above IoFuture: waits for every future, then throws the first
+// one's error: when it throws, no request of `futures` is still in flight, so their buffers
+// may be reused or freed.
 
 // A file opened for the engine. Calls may come from several threads at once (close() and
 // moves excepted). A request's buffer must stay valid until its future is ready; destroying

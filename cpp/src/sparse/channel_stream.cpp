@@ -1,0 +1,68 @@
+// The streamed channel site's double-buffered reads (see channel_stream.hpp).
+#include "sparse/channel_stream.hpp"
+
+#include <algorithm>
+#include <span>
+
+#include "tierlm/core/align.hpp"
+#include "tierlm/core/error.hpp"
+
+namespace tierlm::detail {
+
+namespace {
+
+size_t half_bytes(size_t staging_bytes) {
+  return std::min(round_down(staging_bytes / 2, kAlignment), kChannelStreamBatch);
+}
+
+}  // namespace
+
+ChannelStream::ChannelStream(char* staging, size_t staging_bytes, IoRequest* requests,
+                             size_t max_requests, SparseRowSource* rows, size_t max_rows,
+                             uint64_t merge_gap)
+    : half_bytes_(half_bytes(staging_bytes)),
+      halves_{
+          SparseRowGather(staging, half_bytes_, requests, max_requests / 2, rows, true, merge_gap),
+          SparseRowGather(staging + round_down(staging_bytes / 2, kAlignment), half_bytes_,
+                          requests + max_requests / 2, max_requests / 2, rows + max_rows, true,
+                          merge_gap)} {}
+
+ChannelStream::~ChannelStream() {
+  // Reads still in flight land in staging: wait.
+  for (const auto& futures : futures_) {
+    for (const IoFuture& f : futures) f.wait();
+  }
+}
+
+size_t ChannelStream::submit(int h, File& file, const SparseLayerPlan& plan, const int32_t* ids,
+                             size_t n, SparseTokenInfo& info) {
+  SparseRowGather& g = halves_[h];
+  size_t m = 0;
+  while (m < n && g.add(plan, ids[m])) ++m;
+  TIERLM_CHECK(m > 0 || n == 0, kErrorInvalidArgument, "channel staging (", half_bytes_,
+               " bytes a batch) cannot hold one column of layer ", plan.layer);
+  g.close();
+  const auto t0 = Clock::now();
+  futures_[h] = file.pread_batch(std::span<const IoRequest>(g.requests(), g.n_requests()));
+  info.io_seconds += seconds_since(t0);
+  info.requests += g.n_requests();
+  info.bytes_read += g.bytes();
+  return m;
+}
+
+void ChannelStream::wait(int h, SparseTokenInfo& info) {
+  const auto t0 = Clock::now();
+  io_wait_all(futures_[h]);
+  futures_[h].clear();
+  info.io_seconds += seconds_since(t0);
+}
+
+void ChannelStream::drop() {
+  for (int h = 0; h < 2; ++h) {
+    for (const IoFuture& f : futures_[h]) f.wait();
+    futures_[h].clear();
+    halves_[h].clear();
+  }
+}
+
+}  // namespace tierlm::detail

@@ -1,0 +1,100 @@
+// A streamed channel site's reads (ChannelStream): one token's kept columns from a real file,
+// in batches that alternate between the staging's two halves, each handed to the kernel
+// callback in channel order where its columns landed, byte for byte the file's; column sizes a
+// few bytes below and above a page, a prime column count, staging for a few columns (many
+// batches) and for all of them (one), through both I/O back ends.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "sparse/channel_stream.hpp"
+#include "tierlm/io/io.hpp"
+#include "tierlm/memory/tier.hpp"
+#include "tiny_package.hpp"
+
+namespace tierlm {
+namespace {
+
+using detail::ChannelStream;
+using detail::SparseLayerPlan;
+using detail::SparseRowGather;
+using detail::SparseRowSource;
+
+class ChannelStreamTest : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    if (std::string(GetParam()) == "uring" && !io_probe().uring_available) {
+      GTEST_SKIP() << "io_uring unavailable: " << io_probe().reason;
+    }
+  }
+};
+
+TEST_P(ChannelStreamTest, BatchesHandOverEveryKeptColumnInOrder) {
+  for (const size_t elems : {1023u, 1025u}) {  // f32 columns of 4092 and 4100 bytes
+    for (const size_t staging_pages : {6u, 256u}) {
+      testing::TempDir dir;
+      SparseLayerPlan plan;
+      plan.file = dir.path() + "/channels.bin";
+      plan.n_neurons = 97;
+      plan.row_elems = elems;
+      plan.dim = elems;
+      plan.row_bytes = elems * 4;
+      plan.dtype = DType::kDTypeF32;
+      const size_t used = plan.n_neurons * plan.row_bytes;
+      plan.file_bytes = (used + 4095) / 4096 * 4096;
+      std::vector<char> bytes(plan.file_bytes);
+      std::mt19937 rng(static_cast<unsigned>(elems + staging_pages));
+      for (size_t i = 0; i < used; ++i) bytes[i] = static_cast<char>(rng());
+      std::ofstream(plan.file, std::ios::binary)
+          .write(bytes.data(), static_cast<long>(bytes.size()));
+      std::vector<int32_t> kept;  // about 60% kept, runs and gaps of every length
+      for (int32_t c = 0; c < 97; ++c) {
+        if (rng() % 5 < 3) kept.push_back(c);
+      }
+
+      HostTier tier{8 << 20};
+      HostBuffer staging = tier.allocate(staging_pages * 4096);
+      std::vector<IoRequest> requests(SparseRowGather::max_requests(97));
+      std::vector<SparseRowSource> rows(2 * 97);
+      IoOptions options;
+      options.backend = io_backend_parse(GetParam());
+      File file(plan.file, IoMode::kIoModeRead, options);
+      SparseTokenInfo info;
+      std::vector<int32_t> seen;
+      size_t batches = 0;
+      {
+        ChannelStream stream(static_cast<char*>(staging.data()), staging.size(), requests.data(),
+                             requests.size(), rows.data(), 97, 8192);
+        stream.run(file, plan, kept.data(), kept.size(), info,
+                   [&](const SparseRowGather& batch, const int32_t* ids, size_t m) {
+                     ++batches;
+                     for (size_t j = 0; j < m; ++j) {
+                       seen.push_back(ids[j]);
+                       const char* want = bytes.data() + size_t(ids[j]) * plan.row_bytes;
+                       ASSERT_EQ(std::memcmp(batch.row(j).up, want, plan.row_bytes), 0)
+                           << "column " << ids[j];
+                     }
+                   });
+      }
+      EXPECT_EQ(seen, kept);
+      EXPECT_EQ(info.neurons_read, kept.size());
+      EXPECT_GE(info.bytes_read, kept.size() * plan.row_bytes);
+      // A page two columns share is read again when they fall in different batches.
+      EXPECT_LE(info.bytes_read, plan.file_bytes + (batches - 1) * 4096);
+      if (staging_pages == 6) {
+        EXPECT_GT(batches, 4u);  // three pages a half: a column or two a batch
+      } else {
+        EXPECT_EQ(batches, 1u);
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, ChannelStreamTest, ::testing::Values("threads", "uring"));
+
+}  // namespace
+}  // namespace tierlm
