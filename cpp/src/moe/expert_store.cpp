@@ -338,6 +338,19 @@ void ExpertStore::prefetch(int moe, std::span<const int32_t> experts,
     prefetched_slots_.push_back(s);
     ++stats_.moe_prefetch_reads;
   }
+  // Measured on bench_moe's model at 25%: submitted beside this layer's misses, the read-ahead
+  // slowed them more than its hits saved (0.410 s/token against 0.346 without prefetch).
+  prefetch_held_ = !queued_.empty();
+  release_held_prefetch();
+}
+
+void ExpertStore::release_held_prefetch() {
+  if (!prefetch_held_) return;
+  for (int s : miss_slots_) {
+    for (const IoFuture& f : slots_[s].futures) {
+      if (!f.ready()) return;
+    }
+  }
   flush();
 }
 
@@ -391,6 +404,7 @@ void ExpertStore::flush() {
     }
   }
   queued_.clear();
+  prefetch_held_ = false;
 }
 
 void ExpertStore::wait(int slot, bool check) {
@@ -425,6 +439,7 @@ void ExpertStore::check_read(int slot) {
 void ExpertStore::route(int moe, std::span<const int32_t> experts, std::span<const int32_t> rows,
                         size_t tokens) {
   if (moe == 0) stats_.moe_tokens += tokens;
+  flush();  // a prefetch still held (its layer's reads never waited for) goes out first
   for (size_t i = 0; i < experts.size(); ++i) usage_[key(moe, experts[i])] += rows[i];
   policy_->step();
   for (int s : prefetched_slots_) slots_[s].pinned = false;  // this layer's, now routed
@@ -454,6 +469,7 @@ void ExpertStore::route(int moe, std::span<const int32_t> experts, std::span<con
       slots_[x.slot].prefetched = false;
     }
   }
+  miss_slots_.clear();
   for (int32_t e : experts) {
     const int k = key(moe, e);
     if (experts_[k].host != nullptr || experts_[k].slot >= 0) continue;
@@ -461,6 +477,7 @@ void ExpertStore::route(int moe, std::span<const int32_t> experts, std::span<con
     const int s = take_slot(false);
     if (s < 0) continue;  // every slot holds an expert of this step: read when it is used
     queue(k, s);
+    miss_slots_.push_back(s);
   }
   flush();  // the step's misses in one batch
   if (stream_all_) stream_layer(moe, false);
@@ -486,6 +503,7 @@ ExpertWeights ExpertStore::expert(int moe, int32_t e) {
     wait(x.slot, true);
     base = slot_data(x.slot);
   }
+  release_held_prefetch();
   ExpertWeights w;
   for (int p = 0; p < kExpertParts; ++p) w.part[p] = base + x.part_rel[p];
   return w;

@@ -5,7 +5,8 @@
 // batch of reads when the router has chosen (route), and waited for as each expert is used.
 // With prefetch, the store keeps every router in the host tier, and moe_run reads the experts
 // it predicts for layer i+1 (prefetch) while layer i computes: those likely enough
-// (kPrefetchFloor), most likely first.
+// (kPrefetchFloor), most likely first, submitted once layer i's own reads have landed so that
+// they never queue in front of them on the disk.
 #pragma once
 
 #include <cstdint>
@@ -122,6 +123,8 @@ class ExpertStore final : public ExpertProvider {
   // CRC-32 is checked (check_read).
   void wait(int slot, bool check);
   void check_read(int slot);
+  // Submits a held prefetch once no read of the routed layer's misses is still in flight.
+  void release_held_prefetch();
 
   const Package& package_;
   HostTier& host_;
@@ -142,6 +145,8 @@ class ExpertStore final : public ExpertProvider {
   std::vector<uint8_t> predicted_;        // by key: named by the last prediction of its layer
   std::vector<uint8_t> layer_predicted_;  // per moe op: a prediction awaits its route
   std::vector<int> prefetched_slots_;     // pinned by prefetch until the layer's route
+  std::vector<int> miss_slots_;           // the routed layer's misses, read on demand
+  bool prefetch_held_ = false;            // queued_ holds a prefetch waiting for those reads
   std::vector<int> streamed_;             // scratch of stream_layer
   std::unique_ptr<ExpertPolicy> policy_;
   bool stream_all_ = false;    // expert_cache "stream": no cache, every expert read per step
