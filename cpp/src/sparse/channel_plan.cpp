@@ -156,6 +156,21 @@ double lookup(const std::vector<std::pair<std::string, double>>& values, const s
 }
 
 // The channel file of one site: its layout fields, checked against the file on disk.
+// Checks a whole file against the CRC-32 the manifest entry holds under `key` and counts it in
+// the plan's verify stats; `what` names the file in the damage message.
+void verify_file_crc(const Json& entry, const char* key, const std::string& file, uint64_t bytes,
+                     const std::string& where, const char* what, ChannelPlan& plan) {
+  const Json* crc = entry.find(key);
+  TIERLM_CHECK(crc != nullptr && crc->is_number(), kErrorCorrupt, where, ": no ", key, " for ",
+               file, ", so verification cannot cover it", kHint);
+  const uint32_t sum = file_crc32(file, bytes);
+  TIERLM_CHECK(sum == static_cast<uint32_t>(crc->as_int(where)), kErrorCorrupt, file,
+               ": checksum mismatch (CRC-32 ", sum, ", manifest says ", crc->as_int(where),
+               "); the ", what, " is damaged", kHint);
+  plan.verify.bundles += 1;
+  plan.verify.bytes += bytes;
+}
+
 void read_site_file(const Package& p, const Json& entry, const std::string& where, bool verify,
                     ChannelPlan& plan, ChannelSitePlan& s) {
   SparseLayerPlan& r = s.rows;
@@ -180,17 +195,7 @@ void read_site_file(const Package& p, const Json& entry, const std::string& wher
                " (", r.n_neurons, " columns of ", r.row_bytes, " bytes; file is truncated?)",
                kHint);
   r.file_bytes = padded;
-  if (verify) {
-    const Json* crc = entry.find("crc32");
-    TIERLM_CHECK(crc != nullptr && crc->is_number(), kErrorCorrupt, where, ": no crc32 for ",
-                 r.file, ", so verification cannot cover it", kHint);
-    const uint32_t sum = file_crc32(r.file, data);
-    TIERLM_CHECK(sum == static_cast<uint32_t>(crc->as_int(where)), kErrorCorrupt, r.file,
-                 ": checksum mismatch (CRC-32 ", sum, ", manifest says ", crc->as_int(where),
-                 "); the channel file is damaged", kHint);
-    plan.verify.bundles += 1;
-    plan.verify.bytes += data;
-  }
+  if (verify) verify_file_crc(entry, "crc32", r.file, data, where, "channel file", plan);
 }
 
 // The rotation file (resident Q of the rotated sites), checked whole against the manifest's
@@ -199,16 +204,8 @@ void verify_rotation_file(const Json& channels, const std::string& where, Channe
   struct stat st {};
   TIERLM_CHECK(::stat(plan.rotation_file.c_str(), &st) == 0, kErrorNotFound, plan.rotation_file,
                ": cannot open (", errno_text(errno), ")", kHint);
-  const Json* crc = channels.find("rotation_crc32");
-  TIERLM_CHECK(crc != nullptr && crc->is_number(), kErrorCorrupt, where, ": no rotation_crc32 for ",
-               plan.rotation_file, ", so verification cannot cover it", kHint);
-  const auto bytes = static_cast<uint64_t>(st.st_size);
-  const uint32_t sum = file_crc32(plan.rotation_file, bytes);
-  TIERLM_CHECK(sum == static_cast<uint32_t>(crc->as_int(where)), kErrorCorrupt, plan.rotation_file,
-               ": checksum mismatch (CRC-32 ", sum, ", manifest says ", crc->as_int(where),
-               "); the rotation file is damaged", kHint);
-  plan.verify.bundles += 1;
-  plan.verify.bytes += bytes;
+  verify_file_crc(channels, "rotation_crc32", plan.rotation_file, static_cast<uint64_t>(st.st_size),
+                  where, "rotation file", plan);
 }
 
 }  // namespace
