@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstddef>
 
+#include "kernels/cpu/quant_decode_k.hpp"
 #include "kernels/cpu/quant_simd.hpp"
 #include "kernels/quant_impl.hpp"
 
@@ -26,7 +27,10 @@ struct TileK4 {
   static constexpr size_t kTokens = I::kTokensK;
   template <size_t T>
   static void run(const void* row, const char* x, size_t stride, size_t nb, float* out) {
-    tile_k4<I, B, T>(static_cast<const B*>(row), x, stride, nb, out);
+    if constexpr (T == 1)
+      out[0] = row_k4<I, B>(static_cast<const B*>(row), act256(x, 0, stride), nb);
+    else
+      tile_k4<I, B, T>(static_cast<const B*>(row), x, stride, nb, out);
   }
 };
 template <class I>
