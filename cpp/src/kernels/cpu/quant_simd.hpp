@@ -367,10 +367,12 @@ inline const ActBlock256* act256(const char* x, size_t t, size_t stride) {
 inline __m256i pick_i16(int k) {
   return _mm256_set1_epi16(static_cast<int16_t>((2 * k + 1) << 8 | 2 * k));
 }
-// 16-byte shuffle masks: bytes 0-7 = byte 2 v, bytes 8-15 = byte 2 v + 1 (q6_k's two scales of
-// one 32-byte vector).
-inline __m128i pick_pair(int v) {
-  return _mm_set_epi64x(0x0101010101010101LL * (2 * v + 1), 0x0101010101010101LL * (2 * v));
+// shuffle_epi8 mask: i16 lane w in every lane of the low 128 bits, lane w + 1 in the high ones
+// (q6_k's two group scales of one 32-byte vector).
+inline __m256i pick_words(int w) {
+  const __m128i lo = _mm_set1_epi16(static_cast<int16_t>((2 * w + 1) << 8 | 2 * w));
+  const __m128i hi = _mm_set1_epi16(static_cast<int16_t>((2 * w + 3) << 8 | (2 * w + 2)));
+  return _mm256_set_m128i(hi, lo);
 }
 
 // q4_k / q5_k: (d d_x) * sum_s scale_s * sum(q_w q_x) - (dmin d_x) * sum_s min_s * sum_s(q_x).
@@ -430,20 +432,31 @@ inline void tile_k4(const B* w, const char* x, size_t x_stride, size_t nb, float
   for (size_t t = 0; t < T; ++t) out[t] = hsum(acc[t]) - hsum(acc_min[t]);
 }
 
-// q6_k: (d d_x) * sum_g scale_g * (sum(q_w q_x) - 32 sum_g(q_x)).
+// q6_k: (d d_x) * sum_g scale_g * (sum(q_w q_x) - 32 sum_g(q_x)). The next super-block's
+// scales are loaded while this one is multiplied, each 32-byte vector of ql / qh is loaded once
+// into a register, and a product's two group scales come from one byte shuffle of the half's
+// eight scales as i16 (instead of a shuffle and a widening each); only together did these
+// read more bytes per CPU second (1.09-1.10x in L1 and L2, docs/kernels.md).
 template <class I, size_t T>
 inline void tile_q6k(const BlockQ6_K* w, const char* x, size_t x_stride, size_t nb, float* out) {
   __m256 acc[T];
   for (size_t t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+  __m128i next_scales = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[0].scales));
   for (size_t b = 0; b < nb; ++b) {
     const BlockQ6_K& blk = w[b];
     prefetch_span(&blk, sizeof(BlockQ6_K));
-    const __m128i scales = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.scales));
+    const __m256i scales16 = _mm256_cvtepi8_epi16(next_scales);
+    if (b + 1 < nb)
+      next_scales = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b + 1].scales));
+    // The eight scales of half h (groups 8 h .. 8 h + 7) as i16 in both 128-bit lanes.
+    const __m256i half_scales[2] = {_mm256_permute4x64_epi64(scales16, 0x44),
+                                    _mm256_permute4x64_epi64(scales16, 0xee)};
     __m256i isum[T], isum2[T];  // two chains, as in tile_k4
     for (size_t t = 0; t < T; ++t) isum[t] = isum2[t] = _mm256_setzero_si256();
     for (int h = 0; h < 2; ++h) {
-      const __m256i ql0 = load32(blk.ql + 64 * h), ql1 = load32(blk.ql + 64 * h + 32);
-      const __m256i qh = load32(blk.qh + 32 * h);
+      __m256i ql0 = load32(blk.ql + 64 * h), ql1 = load32(blk.ql + 64 * h + 32);
+      __m256i qh = load32(blk.qh + 32 * h);
+      asm("" : "+v"(ql0), "+v"(ql1), "+v"(qh));  // one load each (see row_k4)
       const __m256i m4 = bytes(0x0f), m2 = bytes(0x30);
       const __m256i q[4] = {
           _mm256_or_si256(_mm256_and_si256(ql0, m4),
@@ -456,7 +469,7 @@ inline void tile_q6k(const BlockQ6_K* w, const char* x, size_t x_stride, size_t 
                           _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2)),
       };
       for (int k = 0; k < 4; ++k) {
-        const __m256i s = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick_pair(4 * h + k)));
+        const __m256i s = _mm256_shuffle_epi8(half_scales[h], pick_words(2 * k));
         for (size_t t = 0; t < T; ++t) {
           const int8_t* xq = act256(x, t, x_stride)[b].q + 128 * h + 32 * k;
           __m256i& sum = k % 2 ? isum2[t] : isum[t];
@@ -464,7 +477,6 @@ inline void tile_q6k(const BlockQ6_K* w, const char* x, size_t x_stride, size_t 
         }
       }
     }
-    const __m256i scales16 = _mm256_cvtepi8_epi16(scales);
     const float d = f16(blk.d);
     for (size_t t = 0; t < T; ++t) {
       const ActBlock256& xa = act256(x, t, x_stride)[b];
