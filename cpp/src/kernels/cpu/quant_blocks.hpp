@@ -90,15 +90,17 @@ constexpr size_t act32_index(size_t nb, size_t b, size_t j) {
 }
 
 // Activations for the k-types (q8_K-like): one scale per 256, sums[g] = sum of q over the
-// 16 elements 16 g .. 16 g + 15 (a k-type's mins and q6_k's offset of 32 act on these). q comes
-// first and the record fills five cache lines, so that in a 64-byte aligned row every 32-byte
-// load of q stays within one line: a load split across two lines costs two (the matrix-vector
-// bodies read 7 % more bytes per CPU second than with q at byte 36 of 292, docs/kernels.md).
+// 16 elements 16 g .. 16 g + 15 (q6_k's offset of 32 acts on these), sums32[s] = sums[2 s] +
+// sums[2 s + 1] (q4_k / q5_k's mins act on these). q comes first and the record fills five cache
+// lines, so that in a 64-byte aligned row every 32-byte load of q stays within one line: a load
+// split across two lines costs two (the matrix-vector bodies read 7 % more bytes per CPU second
+// than with q at byte 36 of 292, docs/kernels.md).
 struct ActBlock256 {
   int8_t q[256];
   int16_t sums[16];
+  int16_t sums32[8];
   float d;
-  uint8_t unused[28];
+  uint8_t unused[12];
 };
 static_assert(sizeof(ActBlock256) == 320);
 

@@ -186,6 +186,8 @@ void quantize_rows(const float* x, DType w_dtype, void* xq, size_t n, size_t col
         for (size_t j = 0; j < 16; ++j) sum += a.q[16 * g + j];
         a.sums[g] = static_cast<int16_t>(sum);
       }
+      for (size_t s = 0; s < 8; ++s)
+        a.sums32[s] = static_cast<int16_t>(a.sums[2 * s] + a.sums[2 * s + 1]);
     }
     return;
   }

@@ -108,6 +108,7 @@ void quantize_rows_simd(const float* x, DType w_dtype, void* xq, size_t n, size_
         store32(a.q + 32 * c, round_span32(xb + 32 * c, id, &lo, &hi));
         a.sums[2 * c] = static_cast<int16_t>(hsum_i32(lo));
         a.sums[2 * c + 1] = static_cast<int16_t>(hsum_i32(hi));
+        a.sums32[c] = static_cast<int16_t>(a.sums[2 * c] + a.sums[2 * c + 1]);
       }
     }
     return;
@@ -422,9 +423,7 @@ inline void tile_k4(const B* w, const char* x, size_t x_stride, size_t nb, float
       const ActBlock256& xa = act256(x, t, x_stride)[b];
       acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(isum[t], isum2[t])),
                                _mm256_set1_ps(d * xa.d), acc[t]);
-      const __m128i sums32 =
-          _mm_hadd_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xa.sums)),
-                         _mm_loadu_si128(reinterpret_cast<const __m128i*>(xa.sums + 8)));
+      const __m128i sums32 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(xa.sums32));
       acc_min[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(_mm_madd_epi16(mins, sums32)),
                                 _mm_set1_ps(dmin * xa.d), acc_min[t]);
     }
