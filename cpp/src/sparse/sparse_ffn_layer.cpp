@@ -13,6 +13,7 @@
 #include "sparse/sparse_readahead.hpp"
 #include "sparse/sparse_row_loader.hpp"
 #include "tierlm/core/align.hpp"
+#include "tierlm/core/error.hpp"
 #include "tierlm/core/parallel.hpp"
 #include "tierlm/io/io.hpp"
 #include "tierlm/kernels/kernels.hpp"
@@ -201,13 +202,11 @@ struct SparseFfn::Impl {
     aheads[static_cast<size_t>(index) % 2].issue(index, l.file, *l.plan, to_evict, n_miss, info);
   }
 
-  // The rows read ahead for layer `index` (waited for), or null.
-  const SparseReadAhead* ahead_of(int index, SparseTokenInfo& info) {
+  // The rows read ahead for layer `index` (maybe still in flight), or null.
+  SparseReadAhead* ahead_of(int index) {
     if (aheads.empty()) return nullptr;
     SparseReadAhead& a = aheads[static_cast<size_t>(index) % 2];
-    if (a.layer() != index) return nullptr;
-    a.wait(info);
-    return &a;
+    return a.layer() == index ? &a : nullptr;
   }
 
   // ahead_next: read the next layer's predicted rows while this one computes (decode).
@@ -225,14 +224,24 @@ struct SparseFfn::Impl {
     const size_t n_need = l.rows.admit(active, n_active, need, to_load, to_evict, evict);
     info.memory_seconds += seconds_since(t0);
     const size_t fill = std::min(n_need, cap - cache.size());
-    const SparseReadAhead* ahead = n_need > 0 ? ahead_of(index, info) : nullptr;
-    loader.load(l.file, p, cache, need, fill, ahead, info);
+    SparseReadAhead* ahead = n_need > 0 ? ahead_of(index) : nullptr;
+    // This layer's misses are submitted first, then the next layer's read-ahead, so that it is
+    // in flight while this layer waits for its misses and computes, and never queues in front
+    // of them; this layer's own read-ahead is waited for only before its rows are copied.
+    const size_t started = loader.start(l.file, p, need, fill, ahead, info);
     if (ahead_next) {
-      // The next layer's neurons predicted from this layer's input (the residual stream changes
-      // slowly), submitted after this layer's own reads so that those never queue behind them.
-      const size_t n = predict(layers[static_cast<size_t>(index) + 1], x, to_load, info);
-      read_ahead(index + 1, to_load, n, info);
+      try {
+        // The next layer's neurons predicted from this layer's input (the residual stream
+        // changes slowly).
+        const size_t n = predict(layers[static_cast<size_t>(index) + 1], x, to_load, info);
+        read_ahead(index + 1, to_load, n, info);
+      } catch (const Error&) {
+        loader.abandon();
+        throw;
+      }
     }
+    loader.finish(p, cache, need, ahead, info);
+    loader.load(l.file, p, cache, need + started, fill - started, ahead, info);
 
     t0 = Clock::now();
     kernel_sparse_ffn_prepare(x, p.dtype, p.dim, x_blocks);
