@@ -1,6 +1,7 @@
-// The sparse FFN's per-token path: predictor -> window -> evict -> one batch of reads (the
-// rows read ahead taken from there) -> insert -> read-ahead of the next layer's rows (decode) ->
-// kernel, over views of one scratch buffer laid out by the plan. See sparse_ffn_layer.hpp and
+// The sparse FFN's per-token path: predictor -> window -> evict -> submit one batch of reads (the
+// rows read ahead taken from there) -> read-ahead of the next layer's rows (decode) -> kernel
+// over the cached rows -> wait, insert -> kernel over the rows read, over views of one scratch
+// buffer laid out by the plan. See sparse_ffn_layer.hpp and
 // docs/sparse.md.
 #include "sparse/sparse_ffn_layer.hpp"
 
@@ -228,25 +229,32 @@ struct SparseFfn::Impl {
     // This layer's misses are submitted first, then the next layer's read-ahead, so that it is
     // in flight while this layer waits for its misses and computes, and never queues in front
     // of them; this layer's own read-ahead is waited for only before its rows are copied.
+    const size_t hits = cache.size();
     const size_t started = loader.start(l.file, p, need, fill, ahead, info);
-    if (ahead_next) {
-      try {
+    try {
+      if (ahead_next) {
         // The next layer's neurons predicted from this layer's input (the residual stream
         // changes slowly).
         const size_t n = predict(layers[static_cast<size_t>(index) + 1], x, to_load, info);
         read_ahead(index + 1, to_load, n, info);
-      } catch (const Error&) {
-        loader.abandon();
-        throw;
       }
+      // The cached rows are summed while the misses are read; the misses land after them in
+      // the cache and continue the sum, with or without read-ahead alike.
+      t0 = Clock::now();
+      kernel_sparse_ffn_prepare(x, p.dtype, p.dim, x_blocks);
+      kernel(l, x, 0, hits, up_bias, down_bias, y, false);
+      info.compute_seconds += seconds_since(t0);
+    } catch (const Error&) {
+      loader.abandon();
+      throw;
     }
     loader.finish(p, cache, need, ahead, info);
     loader.load(l.file, p, cache, need + started, fill - started, ahead, info);
-
-    t0 = Clock::now();
-    kernel_sparse_ffn_prepare(x, p.dtype, p.dim, x_blocks);
-    kernel(l, x, 0, cache.size(), up_bias, down_bias, y, false);
-    info.compute_seconds += seconds_since(t0);
+    if (cache.size() > hits) {
+      t0 = Clock::now();
+      kernel(l, x, hits, cache.size() - hits, up_bias, nullptr, y, true);
+      info.compute_seconds += seconds_since(t0);
+    }
     if (fill == n_need) {
       if (ahead != nullptr) aheads[static_cast<size_t>(index) % 2].drop();
       return;
