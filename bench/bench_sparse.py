@@ -18,7 +18,8 @@ _common.disk_bandwidth, the best of fio jobs over queue depths), and speed relat
 Sparse rows' notes split a token's time (medians): FFN wait (submitting and waiting for row
 reads), FFN compute (predictor, cache copies, kernel), the rest (attention, head), and the time
 not waiting; max(bound, not waiting) / t is how close the token is to what neither the disk nor
-the CPU work can go below, where the bound alone ignores compute.
+the CPU work can go below, where the bound alone ignores compute. Process CPU: CPU seconds of
+all the process's threads per decode step (less than "not waiting" when it waits for a core).
 
     python bench/bench_sparse.py [--layers 40] [--sparsities 0.9,0.95,0.97] [--dir DIR]
 """
@@ -66,6 +67,7 @@ def summarize(rounds):
         "cached": max(s[2] for s in steps),
         "ids": ids,
         "peak": max(i["peak"] for _, _, i in rounds),
+        "cpu": ob.median([c for _, _, i in rounds for c in i["cpu_seconds"]]),
         "decode": len(steps),
         "placement": info["placement"],
         "sparse": None,
@@ -246,7 +248,7 @@ def main():
             notes += (
                 f", per token: FFN wait {sp['wait']:.3f} s, FFN compute {sp['ffn_cpu']:.3f} s, "
                 f"rest {sp['rest']:.3f} s, not waiting {sp['busy']:.3f} s, max(bound, not "
-                f"waiting) / t {floor / r['time']:.2f}"
+                f"waiting) / t {floor / r['time']:.2f}, process CPU {r['cpu']:.3f} s"
             )
         if sp and sp["ahead"]:
             # the bound of the bytes the token needs: what the same run reads without read-ahead
