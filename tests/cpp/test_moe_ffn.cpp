@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <numeric>
 #include <random>
@@ -47,8 +48,10 @@ class VectorExperts : public ExpertProvider {
     predicted.assign(experts.begin(), experts.end());
     likelihood.assign(likelihood_of.begin(), likelihood_of.end());
   }
+  bool ready(int, int32_t e) override { return !late.contains(e); }
   ExpertWeights expert(int, int32_t e) override {
     ++fetched;
+    order.push_back(e);
     ExpertWeights w;
     w.part[0] = gate[e].data();
     w.part[1] = up[e].data();
@@ -58,7 +61,8 @@ class VectorExperts : public ExpertProvider {
   void release(int, int32_t) override {}
 
   std::vector<std::vector<float>> gate, up, down;
-  std::vector<int32_t> routed, routed_rows, predicted;
+  std::vector<int32_t> routed, routed_rows, predicted, order;
+  std::set<int32_t> late;  // not ready(): their reads have not landed
   std::vector<float> likelihood;
   const void* router = nullptr;
   size_t fetched = 0;
@@ -179,6 +183,41 @@ TEST_P(MoeRun, MatchesPerTokenReferenceAndFetchesEachExpertOnce) {
     const double share = double(s.top_k) / double(s.experts);
     EXPECT_NEAR(ex.likelihood[i], want_predicted[i].second / share, 1e-5) << i;
   }
+}
+
+// Experts whose reads have not landed are multiplied after the ready ones (in expert order
+// within each), and the output is bit-identical to the run where all were ready: it is summed
+// in expert order whatever the order of the multiplications (3 terms a row: not associative).
+TEST(MoeRun, MultipliesReadyExpertsFirstWithTheSameBits) {
+  MoeShape s;
+  s.hidden = 37;
+  s.inner = 19;
+  s.experts = 7;
+  s.top_k = 3;
+  const size_t rows = 13;
+  std::mt19937 rng(5);
+  const std::vector<float> router = random_vector(s.experts * s.hidden, rng, 1.0f);
+  const std::vector<float> x = random_vector(rows * s.hidden, rng, 1.0f);
+  VectorExperts ex(s, rng);
+  std::unique_ptr<Backend> backend = backend_cpu();
+  std::vector<char> workspace(moe_workspace(*backend, s, rows));
+  std::vector<float> in_order(rows * s.hidden), late_first(rows * s.hidden);
+  moe_run(*backend, ex, 0, s, nullptr, router.data(), x.data(), rows, in_order.data(),
+          workspace.data());
+  ASSERT_GE(ex.routed.size(), 4u);
+  EXPECT_EQ(ex.order, ex.routed);
+  ex.late = {ex.routed[0], ex.routed[2]};
+  ex.order.clear();
+  moe_run(*backend, ex, 0, s, nullptr, router.data(), x.data(), rows, late_first.data(),
+          workspace.data());
+  std::vector<int32_t> want;
+  for (int32_t e : ex.routed) {
+    if (!ex.late.contains(e)) want.push_back(e);
+  }
+  want.push_back(ex.routed[0]);
+  want.push_back(ex.routed[2]);
+  EXPECT_EQ(ex.order, want);
+  EXPECT_EQ(std::memcmp(in_order.data(), late_first.data(), in_order.size() * sizeof(float)), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(AwkwardSizes, MoeRun,

@@ -483,6 +483,16 @@ void ExpertStore::route(int moe, std::span<const int32_t> experts, std::span<con
   if (stream_all_) stream_layer(moe, false);
 }
 
+bool ExpertStore::ready(int moe, int32_t e) {
+  const Expert& x = experts_[key(moe, e)];
+  if (x.host != nullptr) return true;
+  if (x.slot < 0) return false;  // no slot at route time: read when it is used
+  for (const IoFuture& f : slots_[x.slot].futures) {
+    if (!f.ready()) return false;
+  }
+  return true;
+}
+
 ExpertWeights ExpertStore::expert(int moe, int32_t e) {
   Expert& x = experts_[key(moe, e)];
   char* base = x.host;
