@@ -48,7 +48,10 @@ class VectorExperts : public ExpertProvider {
     predicted.assign(experts.begin(), experts.end());
     likelihood.assign(likelihood_of.begin(), likelihood_of.end());
   }
-  bool ready(int, int32_t e) override { return !late.contains(e); }
+  uint64_t landing(int, int32_t e) override {
+    const auto it = late.find(e);
+    return it == late.end() ? kExpertReady : it->second;
+  }
   ExpertWeights expert(int, int32_t e) override {
     ++fetched;
     order.push_back(e);
@@ -62,7 +65,7 @@ class VectorExperts : public ExpertProvider {
 
   std::vector<std::vector<float>> gate, up, down;
   std::vector<int32_t> routed, routed_rows, predicted, order;
-  std::set<int32_t> late;  // not ready(): their reads have not landed
+  std::map<int32_t, uint64_t> late;  // expert -> its landing(): its read has not landed
   std::vector<float> likelihood;
   const void* router = nullptr;
   size_t fetched = 0;
@@ -185,9 +188,10 @@ TEST_P(MoeRun, MatchesPerTokenReferenceAndFetchesEachExpertOnce) {
   }
 }
 
-// Experts whose reads have not landed are multiplied after the ready ones (in expert order
-// within each), and the output is bit-identical to the run where all were ready: it is summed
-// in expert order whatever the order of the multiplications (3 terms a row: not associative).
+// Experts whose reads have not landed are multiplied after the ready ones (those in expert
+// order), the one whose read went out first first, an unread one last; the output is
+// bit-identical to the run where all were ready: it is summed in expert order whatever the
+// order of the multiplications (3 terms a row: not associative).
 TEST(MoeRun, MultipliesReadyExpertsFirstWithTheSameBits) {
   MoeShape s;
   s.hidden = 37;
@@ -206,7 +210,7 @@ TEST(MoeRun, MultipliesReadyExpertsFirstWithTheSameBits) {
           workspace.data());
   ASSERT_GE(ex.routed.size(), 4u);
   EXPECT_EQ(ex.order, ex.routed);
-  ex.late = {ex.routed[0], ex.routed[2]};
+  ex.late = {{ex.routed[0], 7}, {ex.routed[2], 3}, {ex.routed[3], ExpertProvider::kExpertUnread}};
   ex.order.clear();
   moe_run(*backend, ex, 0, s, nullptr, router.data(), x.data(), rows, late_first.data(),
           workspace.data());
@@ -214,8 +218,9 @@ TEST(MoeRun, MultipliesReadyExpertsFirstWithTheSameBits) {
   for (int32_t e : ex.routed) {
     if (!ex.late.contains(e)) want.push_back(e);
   }
-  want.push_back(ex.routed[0]);
   want.push_back(ex.routed[2]);
+  want.push_back(ex.routed[0]);
+  want.push_back(ex.routed[3]);
   EXPECT_EQ(ex.order, want);
   EXPECT_EQ(std::memcmp(in_order.data(), late_first.data(), in_order.size() * sizeof(float)), 0);
 }

@@ -184,9 +184,9 @@ void moe_run(Backend& backend, ExpertProvider& experts, int moe, const MoeShape&
     most_likely_first(predicted, likelihood, n);
     experts.prefetch(moe + 1, {predicted, n}, {likelihood, n});
   }
-  // The experts whose bytes are ready first (hits, and misses as their reads land), the rest
-  // in expert order (a store queues its misses in that order, so the first is read first).
-  // Each writes its picks' rows of `down`; out sums them in expert order, as one pass would.
+  // The experts whose bytes are ready first (hits, and misses as their reads land), then the
+  // one whose read went out first (ties in expert order). Each writes its picks' rows of
+  // `down`; out sums them in expert order afterwards, as one pass in expert order would.
   float* xs = at<float>(workspace, l.xs);
   float* gate = at<float>(workspace, l.gate);
   float* up = at<float>(workspace, l.up);
@@ -194,9 +194,14 @@ void moe_run(Backend& backend, ExpertProvider& experts, int moe, const MoeShape&
   int32_t* done = at<int32_t>(workspace, l.done);
   std::fill(done, done + n_routed, 0);
   for (size_t left = n_routed; left > 0; --left) {
-    size_t i = 0;
-    while (i < n_routed && (done[i] || !experts.ready(moe, routed[i]))) ++i;
-    if (i == n_routed) i = static_cast<size_t>(std::find(done, done + n_routed, 0) - done);
+    size_t i = n_routed;
+    uint64_t soonest = ExpertProvider::kExpertUnread;
+    for (size_t j = 0; j < n_routed; ++j) {
+      if (done[j]) continue;
+      const uint64_t at = experts.landing(moe, routed[j]);
+      if (i == n_routed || at < soonest) i = j, soonest = at;
+      if (at == ExpertProvider::kExpertReady) break;
+    }
     done[i] = 1;
     const int32_t e = routed[i];
     const size_t first = static_cast<size_t>(starts[e]);
