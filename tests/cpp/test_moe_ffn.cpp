@@ -121,16 +121,21 @@ struct Case {
   bool norm;
 };
 
-class MoeRun : public ::testing::TestWithParam<Case> {};
-
-TEST_P(MoeRun, MatchesPerTokenReferenceAndFetchesEachExpertOnce) {
-  const Case c = GetParam();
+MoeShape shape_of(const Case& c) {
   MoeShape s;
   s.hidden = 37;
   s.inner = 19;
   s.experts = c.experts;
   s.top_k = c.top_k;
   s.norm_topk = c.norm;
+  return s;
+}
+
+class MoeRun : public ::testing::TestWithParam<Case> {};
+
+TEST_P(MoeRun, MatchesPerTokenReferenceAndFetchesEachExpertOnce) {
+  const Case c = GetParam();
+  const MoeShape s = shape_of(c);
   std::mt19937 rng(static_cast<unsigned>(c.rows * 31 + c.experts * 7 + c.top_k));
   const std::vector<float> router = random_vector(s.experts * s.hidden, rng, 1.0f);
   const std::vector<float> next_router = random_vector(s.experts * s.hidden, rng, 1.0f);
@@ -193,12 +198,8 @@ TEST_P(MoeRun, MatchesPerTokenReferenceAndFetchesEachExpertOnce) {
 // bit-identical to the run where all were ready: it is summed in expert order whatever the
 // order of the multiplications (3 terms a row: not associative).
 TEST(MoeRun, MultipliesReadyExpertsFirstWithTheSameBits) {
-  MoeShape s;
-  s.hidden = 37;
-  s.inner = 19;
-  s.experts = 7;
-  s.top_k = 3;
   const size_t rows = 13;
+  const MoeShape s = shape_of({rows, 7, 3, false});
   std::mt19937 rng(5);
   const std::vector<float> router = random_vector(s.experts * s.hidden, rng, 1.0f);
   const std::vector<float> x = random_vector(rows * s.hidden, rng, 1.0f);
