@@ -1,6 +1,7 @@
 // The tiered expert store on a real package file, on both I/O back ends: the read-ahead of the
 // next layer's experts goes to the disk only after the routed layer's own misses have landed
-// (the order the I/O engine's trace records), so it never queues in front of them.
+// (the order the I/O engine's trace records), so it never queues in front of them; landing()
+// tells ready, in-flight (by submission) and unread experts apart.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -72,8 +73,18 @@ TEST_P(ExpertStoreOrder, ReadAheadIsSubmittedOnlyOnceTheLayersMissesHaveLanded) 
     const int32_t ahead[] = {2, 5};
     const int32_t rows[] = {1, 1};
     const float likely[] = {3.0f, 2.0f};
+    constexpr uint64_t kReady = ExpertProvider::kExpertReady;
+    constexpr uint64_t kUnread = ExpertProvider::kExpertUnread;
+    EXPECT_EQ(store.landing(0, 1), kUnread);
     store.route(0, misses, rows, 1);
     store.prefetch(1, ahead, likely);
+    // While a miss is still reading (they land 20 ms late), the read-ahead is held: unread.
+    // Both misses went out in one batch.
+    const uint64_t first = store.landing(0, 1);
+    const uint64_t second = store.landing(0, 6);
+    if (first != kReady && second != kReady) EXPECT_EQ(first, second);
+    EXPECT_NE(first, kUnread);
+    if (first != kReady || second != kReady) EXPECT_EQ(store.landing(1, 2), kUnread);
     for (int32_t e : misses) {
       store.expert(0, e);
       store.release(0, e);
@@ -84,6 +95,8 @@ TEST_P(ExpertStoreOrder, ReadAheadIsSubmittedOnlyOnceTheLayersMissesHaveLanded) 
       store.release(1, e);
     }
     io_trace_set(nullptr);
+    for (int32_t e : ahead) EXPECT_EQ(store.landing(1, e), kReady);
+    EXPECT_EQ(store.landing(1, 0), kUnread);
     EXPECT_EQ(store.stats().moe_misses, 2u);
     EXPECT_EQ(store.stats().moe_prefetch_reads, 2u);
     EXPECT_EQ(store.stats().moe_prefetch_used, 2u);
