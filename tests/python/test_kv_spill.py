@@ -49,20 +49,29 @@ def run(model):
     return dict(steps=steps, tokens=tokens, peak=model.stats()["host"]["peak"])
 
 
+def spilled_load(pkg, kv_bytes, peak, share, disk_dir, **options):
+    """A load whose cache keeps `share` of kv_bytes in host memory, under a host budget of the
+    in-memory run's peak less what the cache gives up (so that run does not fit) and a disk
+    budget of the KV bytes: the model and the three budgets."""
+    kv_host = int(kv_bytes * share)
+    host, disk = peak - kv_bytes + kv_host, kv_bytes
+    model = tierlm.load(
+        pkg,
+        budget={"host": host, "disk": disk},
+        prefill_chunk=CHUNK,
+        kv_host_budget=kv_host,
+        disk_dir=disk_dir,
+        **options,
+    )
+    return model, kv_host, host, disk
+
+
 @pytest.mark.parametrize("share", [0.5, 0.25])
 def test_spilled_cache_gives_the_in_memory_tokens_and_logits(
     pkg, in_memory, backend, share, tmp_path
 ):
-    kv_host = int(in_memory["kv_bytes"] * share)
-    host = in_memory["peak"] - in_memory["kv_bytes"] + kv_host  # the in-memory run does not fit
-    disk = in_memory["kv_bytes"]
-    model = tierlm.load(
-        pkg,
-        budget={"host": host, "disk": disk},
-        max_context=CONTEXT,
-        prefill_chunk=CHUNK,
-        kv_host_budget=kv_host,
-        disk_dir=tmp_path,
+    model, kv_host, host, disk = spilled_load(
+        pkg, in_memory["kv_bytes"], in_memory["peak"], share, tmp_path, max_context=CONTEXT
     )
     assert not model.placement()["streaming"]  # the weights stay: only the KV moves
     got = run(model)
@@ -117,16 +126,8 @@ def test_spilled_cache_with_a_policy_gives_the_in_memory_tokens(
     pkg, policy_in_memory, policy, backend, share, tmp_path
 ):
     ref = policy_in_memory[policy]
-    kv_host = int(ref["kv_bytes"] * share)
-    host = ref["stats"]["host"]["peak"] - ref["kv_bytes"] + kv_host
-    disk = ref["kv_bytes"]
-    model = tierlm.load(
-        pkg,
-        budget={"host": host, "disk": disk},
-        prefill_chunk=CHUNK,
-        kv_policy=policy,
-        kv_host_budget=kv_host,
-        disk_dir=tmp_path,
+    model, kv_host, host, disk = spilled_load(
+        pkg, ref["kv_bytes"], ref["stats"]["host"]["peak"], share, tmp_path, kv_policy=policy
     )
     got = run_past_the_cache(model)
     assert got["tokens"] == ref["tokens"]
