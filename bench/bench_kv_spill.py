@@ -167,8 +167,9 @@ def main():
                 sys.exit("fio is missing or failed: apt-get install fio (scripts/install-deps.sh)")
             return bw
 
-        # Interleaved rounds: in-memory steps, spilled steps, the bound, so that each round's
-        # bound (before and after its spilled steps) sees the disk and the machine as they were.
+        # Interleaved rounds: in-memory steps, spilled steps (with --kv-policy, then the policy's
+        # in memory and spilled), the bound, so that each round's bound (before and after its
+        # spilled steps) sees the disk and the machine as they were.
         times = {name: [] for name in runs}
         deltas = {name: [] for name in runs}
         reads, bounds, cpu = deltas["spilled"], [bound_now()], []
@@ -181,8 +182,8 @@ def main():
                 deltas[name].append(delta)
                 if name == "memory":
                     cpu.append(delta["cpu_seconds"] / args.tokens)
-                if name == "spilled":
-                    bounds.append(bound_now())
+            # after the round's last spilled steps: each spilled run follows an in-memory one
+            bounds.append(bound_now())
             for a, b in (("spilled", "memory"), ("policy spilled", "policy")):
                 if a in logits:
                     same = np.array_equal(logits[a], logits[b])
@@ -277,7 +278,7 @@ def print_policy_table(args, times, deltas, evictions):
     def per_token(name, key):
         return sum(d[key] for d in deltas[name]) / steps
 
-    rate = {name: steps / sum(times[name]) for name in names}
+    rate = {name: len(times[name]) / sum(times[name]) for name in names}  # times: s per step
     print(
         f"\nkv_policy {args.kv_policy}, the same {steps} decode steps past a {args.context}-token "
         f"prompt (tokens evicted in the runs, prefill included: {evictions})"
