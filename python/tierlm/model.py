@@ -480,8 +480,9 @@ def load(
     disk_dir (default: $TMPDIR, else /tmp; unlinked at once, so nothing is left behind) under
     budget["disk"] (default: no limit but the file system's); each layer's blocks are read
     back with O_DIRECT while the layer before computes. Every token stays, so the results are
-    those of the cache in memory (stats(): kv_disk_bytes, kv_disk_bytes_read, disk). Not with a
-    kv_policy; a disk budget or disk_dir without kv_host_budget is refused.
+    those of the cache in memory (stats(): kv_disk_bytes, kv_disk_bytes_read, disk). With a
+    kv_policy, evicting rewrites the spilled blocks in place, so the results are those of the
+    policy in memory. A disk budget or disk_dir without kv_host_budget is refused.
     """
     budgets = _budgets(budget)
     native = _core.Model.load(
