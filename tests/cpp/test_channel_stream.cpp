@@ -69,7 +69,7 @@ TEST_P(ChannelStreamTest, BatchesHandOverEveryKeptColumnInOrder) {
       {
         ChannelStream stream(static_cast<char*>(staging.data()), staging.size(), requests.data(),
                              requests.size(), rows.data(), 97, 8192);
-        stream.run(file, plan, kept.data(), kept.size(), info,
+        stream.run(file, plan, kept.data(), kept.size(), nullptr, info,
                    [&](const SparseRowGather& batch, const int32_t* ids, size_t m) {
                      ++batches;
                      for (size_t j = 0; j < m; ++j) {

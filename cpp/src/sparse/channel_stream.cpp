@@ -35,10 +35,25 @@ ChannelStream::~ChannelStream() {
 }
 
 size_t ChannelStream::submit(int h, File& file, const SparseLayerPlan& plan, const int32_t* ids,
-                             size_t n, SparseTokenInfo& info) {
+                             size_t n, ChannelReadAhead* ahead, SparseTokenInfo& info) {
   SparseRowGather& g = halves_[h];
-  size_t m = 0;
-  while (m < n && g.add(plan, ids[m])) ++m;
+  size_t m = 0, ready_bytes = 0;
+  ahead_requests_[h] = 0;
+  for (; m < n; ++m) {
+    size_t request = 0;
+    const SparseRowSource* row = ahead ? ahead->find(ids[m], &request) : nullptr;
+    if (row == nullptr) {
+      if (!g.add(plan, ids[m])) break;
+      continue;
+    }
+    // Read ahead: no request, but the batch waits for it; batches stay half_bytes_ of columns
+    // so the first is summed while the read-ahead's tail still lands.
+    if (ready_bytes >= half_bytes_) break;
+    g.add_ready(*row);
+    ready_bytes += plan.row_bytes;
+    ahead_requests_[h] = std::max(ahead_requests_[h], request);
+    ++info.readahead_hits;
+  }
   TIERLM_CHECK(m > 0 || n == 0, kErrorInvalidArgument, "channel staging (", half_bytes_,
                " bytes a batch) cannot hold one column of layer ", plan.layer);
   g.close();
