@@ -97,8 +97,10 @@ struct ChannelSparse::Impl {
     sites.reserve(plan.sites.size());
     for (const ChannelSitePlan& s : plan.sites) {
       const SparseLayerPlan& r = s.rows;
+      const IoOptions streamed{
+          .queue_depth = kChannelQueueDepth, .threads = IoOptions{}.queue_depth, .direct = true};
       Site site{&s, std::nullopt, HostBuffer(),
-                File(r.file, IoMode::kIoModeRead, IoOptions{.direct = true}),
+                File(r.file, IoMode::kIoModeRead, s.streamed() ? streamed : IoOptions{}),
                 s.rotation < 0 ? nullptr : qt[static_cast<size_t>(s.rotation)]};
       if (s.resident()) {
         // Read once, whole (file_bytes: the columns rounded up to a page, as O_DIRECT needs).

@@ -1,6 +1,7 @@
 // The streamed gate/up site's read-ahead (see channel_readahead.hpp).
 #include "sparse/channel_readahead.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <span>
 
@@ -11,8 +12,9 @@ namespace tierlm::detail {
 ChannelReadAhead::ChannelReadAhead(char* staging, size_t staging_bytes, IoRequest* requests,
                                    SparseRowSource* rows, int32_t* ids, int32_t* slots,
                                    int32_t* row_requests, size_t max_channels)
-    : gather_(staging, staging_bytes, requests, SparseRowGather::max_requests(max_channels), rows,
-              true, kSparseMergeGap),
+    : gather_(staging, staging_bytes, requests,
+              std::min(SparseRowGather::max_requests(max_channels), kChannelReadAheadRequests),
+              rows, true, kSparseMergeGap),
       ids_(ids),
       slots_(slots),
       row_requests_(row_requests) {}

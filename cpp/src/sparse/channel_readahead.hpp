@@ -22,6 +22,8 @@ namespace tierlm::detail {
 // (its q/k/v and o kernels and attention take a few ms), so gate/up's first batches wait
 // little; the channels past it are read by the stream.
 inline constexpr size_t kChannelReadAhead = 24u << 20;
+// Its requests at most (ChannelStream's kChannelQueueDepth counts them).
+inline constexpr size_t kChannelReadAheadRequests = 128;
 
 class ChannelReadAhead {
  public:

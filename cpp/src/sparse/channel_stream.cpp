@@ -15,17 +15,21 @@ size_t half_bytes(size_t staging_bytes) {
   return std::min(round_down(staging_bytes / 2, kAlignment), kChannelStreamBatch);
 }
 
+size_t half_requests(size_t max_requests) {
+  return std::min(max_requests / 2, kChannelStreamRequests);
+}
+
 }  // namespace
 
 ChannelStream::ChannelStream(char* staging, size_t staging_bytes, IoRequest* requests,
                              size_t max_requests, SparseRowSource* rows, size_t max_rows,
                              uint64_t merge_gap)
     : half_bytes_(half_bytes(staging_bytes)),
-      halves_{
-          SparseRowGather(staging, half_bytes_, requests, max_requests / 2, rows, true, merge_gap),
-          SparseRowGather(staging + round_down(staging_bytes / 2, kAlignment), half_bytes_,
-                          requests + max_requests / 2, max_requests / 2, rows + max_rows, true,
-                          merge_gap)} {}
+      halves_{SparseRowGather(staging, half_bytes_, requests, half_requests(max_requests), rows,
+                              true, merge_gap),
+              SparseRowGather(staging + round_down(staging_bytes / 2, kAlignment), half_bytes_,
+                              requests + max_requests / 2, half_requests(max_requests),
+                              rows + max_rows, true, merge_gap)} {}
 
 ChannelStream::~ChannelStream() {
   // Reads still in flight land in staging: wait.

@@ -22,6 +22,14 @@ namespace tierlm::detail {
 // and that the next batch is in flight during it, large enough (tens of requests) to keep the
 // disk's queue full.
 inline constexpr size_t kChannelStreamBatch = 8u << 20;
+// A batch's requests at most (about 8 MiB at the mean request of gate/up at 40%).
+inline constexpr size_t kChannelStreamRequests = 48;
+// The ring depth of a streamed site's file: every request the stream's two batches and the
+// read-ahead have in flight fits in the ring, so none waits in the engine's backlog for a
+// thread to move it in as slots free up; on 2 cores the kernel's threads kept that thread off
+// the CPU while the disk ran dry. (The thread back end keeps its default workers.)
+inline constexpr unsigned kChannelQueueDepth =
+    2 * kChannelStreamRequests + kChannelReadAheadRequests;
 
 class ChannelStream {
  public:
