@@ -449,7 +449,10 @@ def load(
     against the host budget. sparse_readahead: at decode, read layer i+1's predicted rows
     (its predictor applied to layer i's input) while layer i computes, so that layer i+1
     reads only the misses; the tokens are the same either way (stats:
-    sparse_readahead_recall, sparse_readahead_precision).
+    sparse_readahead_recall, sparse_readahead_precision); on an input-channel package, at
+    each decode step's attention input, the gate/up columns the FFN input is predicted to keep
+    (the attention input times the ratio of the two RMSNorm weights) are read while attention
+    computes, and gate/up reads only the kept columns not read ahead.
     On a package calibrated for input-channel sparsity
     (`tierlm sparse calibrate MODEL --out PKG`, manifest "channels"), sparse=True runs every
     linear with a threshold that way instead (LOSSY): per token only the columns of the kept
