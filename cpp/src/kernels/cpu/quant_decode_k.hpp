@@ -74,14 +74,8 @@ inline float row_k4(const B* w, const ActBlock256* xa, size_t nb) {
     for (int j = 0; j < 4; ++j) {
       __m256i q = load32(blk.qs + 32 * j);
       asm("" : "+v"(q));  // one load, in a register (see above)
-      __m256i lo = _mm256_and_si256(q, bytes(0x0f));
-      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), bytes(0x0f));
-      if constexpr (kQ5) {  // bit 2j, then 2j + 1, of each qh byte to bit 4
-        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(high, 4), bytes(0x10)));
-        high = _mm256_srli_epi16(high, 1);
-        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(high, 4), bytes(0x10)));
-        high = _mm256_srli_epi16(high, 1);
-      }
+      __m256i lo, hi;
+      unpack_k4<kQ5>(q, &high, &lo, &hi);
       isum = I::dot16(isum, _mm256_maddubs_epi16(lo, load32(xq + 64 * j)),
                       _mm256_set1_epi32(pair[2 * j]));
       isum2 = I::dot16(isum2, _mm256_maddubs_epi16(hi, load32(xq + 64 * j + 32)),

@@ -376,6 +376,21 @@ inline __m256i pick_words(int w) {
   return _mm256_set_m128i(hi, lo);
 }
 
+// Sub-blocks 2 j and 2 j + 1 of a q4_k / q5_k super-block as bytes (lo, hi) from the 32 bytes q
+// of nibbles; q5_k adds bit 2 j, then 2 j + 1, of each qh byte (*high, shifted two per call) as
+// bit 4.
+template <bool kQ5>
+inline void unpack_k4(__m256i q, __m256i* high, __m256i* lo, __m256i* hi) {
+  *lo = _mm256_and_si256(q, bytes(0x0f));
+  *hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), bytes(0x0f));
+  if constexpr (kQ5) {
+    *lo = _mm256_or_si256(*lo, _mm256_and_si256(_mm256_slli_epi16(*high, 4), bytes(0x10)));
+    *high = _mm256_srli_epi16(*high, 1);
+    *hi = _mm256_or_si256(*hi, _mm256_and_si256(_mm256_slli_epi16(*high, 4), bytes(0x10)));
+    *high = _mm256_srli_epi16(*high, 1);
+  }
+}
+
 // q4_k / q5_k: (d d_x) * sum_s scale_s * sum(q_w q_x) - (dmin d_x) * sum_s min_s * sum_s(q_x).
 template <class I, class B, size_t T>
 inline void tile_k4(const B* w, const char* x, size_t x_stride, size_t nb, float* out) {
@@ -401,15 +416,8 @@ inline void tile_k4(const B* w, const char* x, size_t x_stride, size_t nb, float
     __m256i isum[T], isum2[T];
     for (size_t t = 0; t < T; ++t) isum[t] = isum2[t] = _mm256_setzero_si256();
     for (int j = 0; j < 4; ++j) {
-      const __m256i q = load32(blk.qs + 32 * j);
-      __m256i lo = _mm256_and_si256(q, bytes(0x0f));
-      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), bytes(0x0f));
-      if constexpr (kQ5) {  // bit 2j, then 2j + 1, of each qh byte to bit 4
-        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(high, 4), bytes(0x10)));
-        high = _mm256_srli_epi16(high, 1);
-        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(high, 4), bytes(0x10)));
-        high = _mm256_srli_epi16(high, 1);
-      }
+      __m256i lo, hi;
+      unpack_k4<kQ5>(load32(blk.qs + 32 * j), &high, &lo, &hi);
       const __m256i s_lo = _mm256_shuffle_epi8(scales, pick_i16(2 * j));
       const __m256i s_hi = _mm256_shuffle_epi8(scales, pick_i16(2 * j + 1));
       for (size_t t = 0; t < T; ++t) {
