@@ -4,12 +4,12 @@
 // the order of the f32 sums; what differs is the shape of the loop, for a row streamed once:
 // - the next super-block's scales and mins are decoded while this one is multiplied: decoded in
 //   place, their latency (load, shuffles, store) held back every product of the block and,
-//   with the one-row dependency chains, left the core idle (measured 1.10x in L1, one core);
+//   with the one-row dependency chains, left the core idle (1.09x in L1, one core);
 // - each sub-block's scale reaches the dot product as a 32-bit broadcast from a small buffer
 //   (a load, where a register broadcast is a shuffle on the ports the products use);
 // - each 32 bytes of nibbles are loaded once (the compiler otherwise folds the load into both
 //   the low- and the high-nibble operation, two loads, often split across cache lines).
-// tile_q6k keeps q6_k's decode: the same scheme measured nothing there (docs/kernels.md).
+// q6_k has no row body of its own: tile_q6k took the parts that helped it (docs/kernels.md).
 #pragma once
 
 #include <immintrin.h>
