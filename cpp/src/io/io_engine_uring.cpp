@@ -41,10 +41,10 @@ constexpr size_t kMaxChunk = size_t{1} << 30;  // io_uring lengths are 32-bit
 // undriven ring to a caller that may come back to wait: well under one 4 KiB read at queue
 // depth 32 (~0.5 ms on NVMe), so the ring barely drains.
 constexpr timespec kReaperGrace{0, 50'000};
-// How often the background reaper looks at a ring with requests pending although nothing
-// signalled it: only against a lost signal (see arm_reaper_locked), so rarely (at 1 MiB reads,
-// ~1,000 a second here, every 10 ms was 0.1 context switches per read).
-constexpr timespec kReaperWatch{0, 100'000'000};
+// How often the background reaper looks at the ring although nothing signalled it: only
+// against a lost signal (see arm_reaper_locked), so rarely (at 1 MiB reads, ~1,000 a second
+// here, every 10 ms was 0.1 context switches per read).
+constexpr timespec kReaperWatch{1, 0};
 
 std::string setup_failure(int err) {
   std::string why = "io_uring_setup: " + errno_text(err);
@@ -164,10 +164,8 @@ class UringCore final : public IoDriver {
         drive(lock, [&] { return stopping_ || backlog_.empty() || followers_ > 0; });
         continue;
       }
-      reaper_idle_ = pending_ == 0;
-      const bool idle = reaper_idle_;
       lock.unlock();
-      sleep_until_woken(idle ? nullptr : &kReaperWatch);
+      sleep_until_woken(&kReaperWatch);
       // Kicked by hand: a caller that just submitted mostly waits at once, and taking the
       // token now would make it sleep as a follower until this thread passes the ring back.
       if (!ring_signals_) sleep_until_woken(&kReaperGrace);
@@ -218,9 +216,8 @@ class UringCore final : public IoDriver {
   };
 
   // Arms the reaper exactly while undriven(): the kernel then signals its eventfd on each
-  // completion. Returns whether it must be woken by hand: it sleeps without a timeout (it
-  // went to sleep with nothing pending), no completion is left to come (all that are in the
-  // ring are posted already), or the kernel cannot signal it.
+  // completion. Returns whether it must be woken by hand: no completion is left to come (all
+  // that are in the ring are posted already), or the kernel cannot signal it.
   bool arm_reaper_locked() {
     const bool want = undriven();
     const bool changed = want != armed_;
@@ -230,11 +227,9 @@ class UringCore final : public IoDriver {
     if (!want) return false;
     // The kernel stores the CQ tail and then reads the eventfd flag with no barrier between,
     // so a completion posted just now may be signalled to no one and seen here by no one: the
-    // reaper's watch (kReaperWatch) bounds that stall, and the idle reaper is kicked into it.
+    // reaper's watch (kReaperWatch) bounds that stall of a batch no one waits for.
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    const bool kick = reaper_idle_ || io_uring_cq_ready(&ring_) >= inflight_;
-    reaper_idle_ = false;
-    return kick;
+    return io_uring_cq_ready(&ring_) >= inflight_;
   }
 
   void kick_reaper() { eventfd_write(wake_fd_, 1); }
@@ -408,7 +403,6 @@ class UringCore final : public IoDriver {
   int wake_fd_ = -1;
   bool ring_signals_ = false;  // the eventfd is registered with the ring and can be switched
   bool armed_ = false;
-  bool reaper_idle_ = true;  // the reaper sleeps without a timeout
   unsigned followers_ = 0;
   std::deque<IoOp*> backlog_;
   unsigned inflight_ = 0;  // requests in the ring (submitted or finished, not yet consumed)
