@@ -3,13 +3,13 @@
 // and the reaper must then stay asleep: each needless wake-up is two context switches, about
 // what the reads of a whole 4 KiB batch cost (bench/bench_io.py's ctx/read column).
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -20,14 +20,22 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Voluntary context switches of the threads of this process but the calling one and the
-// kernel's io_uring workers ("iou-wrk-N", which take requests that cannot be issued without
-// blocking; they are not ours to wake).
-long other_threads_switches() {
-  long total = 0;
-  const std::string self = std::to_string(gettid());
+// The ids of this process's threads.
+std::set<std::string> thread_ids() {
+  std::set<std::string> ids;
   for (const fs::directory_entry& task : fs::directory_iterator("/proc/self/task")) {
-    if (task.path().filename() == self) continue;
+    ids.insert(task.path().filename().string());
+  }
+  return ids;
+}
+
+// Voluntary context switches of the threads started since `existing` (a sanitizer's own
+// thread, the caller's are older), but the kernel's io_uring workers ("iou-wrk-N", which take
+// requests that cannot be issued without blocking; they are not ours to wake).
+long new_threads_switches(const std::set<std::string>& existing) {
+  long total = 0;
+  for (const fs::directory_entry& task : fs::directory_iterator("/proc/self/task")) {
+    if (existing.count(task.path().filename().string()) > 0) continue;
     std::ifstream status(task.path() / "status");
     for (std::string line; std::getline(status, line);) {
       if (line.rfind("Name:\tiou-", 0) == 0) break;
@@ -52,6 +60,7 @@ TEST(IoUringReaper, StaysAsleepWhileTheSubmitterWaits) {
   std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<long>(bytes.size()));
 
   {
+    const std::set<std::string> existing = thread_ids();
     IoOptions options;
     options.backend = IoBackend::kIoBackendUring;
     options.queue_depth = 8;
@@ -66,7 +75,7 @@ TEST(IoUringReaper, StaysAsleepWhileTheSubmitterWaits) {
     void* memory = std::aligned_alloc(kBlock, kRequests * kBlock);
     char* out = static_cast<char*>(memory);
     std::vector<IoRequest> requests(kRequests);
-    const long before = other_threads_switches();
+    const long before = new_threads_switches(existing);
     for (int round = 0; round < kRounds; ++round) {
       for (size_t i = 0; i < kRequests; ++i) {
         requests[i] = {out + i * kBlock, kBlock, (rng() % kBlocks) * kBlock};
@@ -78,7 +87,7 @@ TEST(IoUringReaper, StaysAsleepWhileTheSubmitterWaits) {
             << "round " << round << " request " << i;
       }
     }
-    const long woken = other_threads_switches() - before;
+    const long woken = new_threads_switches(existing) - before;
     std::free(memory);
     // Woken at most submits before the ring signalled it (52 to 121 times here). Now only by a
     // completion that lands before this thread takes the ring over, or its 1 s watch: 0 here.
