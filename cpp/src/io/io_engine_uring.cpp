@@ -5,10 +5,11 @@
 // ring refilled. The file's descriptors are registered (fixed files) and buffers given to
 // register_buffer go to a sparse fixed-buffer table.
 //
-// Setup flags not used, on purpose: IORING_SETUP_SINGLE_ISSUER / DEFER_TASKRUN need one thread
-// to submit and reap, and here whichever thread waits drives the ring; COOP_TASKRUN leaves a
-// completion's task work on its submitting thread until that thread enters the kernel, so a
-// thread sleeping outside the ring would hold back what another waits for in it.
+// Setup flags not used, on purpose (fio 3.33 sets all three): IORING_SETUP_SINGLE_ISSUER /
+// DEFER_TASKRUN need one thread to submit and reap, and here whichever thread waits drives the
+// ring; COOP_TASKRUN leaves a completion on a running submitter until its next system call or
+// timer tick, so a caller that submits a read-ahead and computes would hold back the posting of
+// its completions, and with it the background reaper's refill of the ring.
 #include <liburing.h>
 #include <poll.h>
 #include <sys/eventfd.h>
