@@ -92,6 +92,28 @@ def rotations(kind, acts, layers, config):
                 g = getattr(layer, norm).weight.detach()
                 out[i][s] = (q / g[:, None], q.T * g[None, :])
         return out
+    if kind in ("output", "ffn", "output+wn"):  # principal axes of the site's outputs: z = x L V
+        for i, layer in enumerate(layers):
+            for s in ("attn_out", "ffn_down") if kind == "output+wn" else ():
+                w = torch.cat([module(layer, n).weight.detach() for n in SITES[s]])
+                norm = w.norm(dim=0)
+                out[i][s] = (torch.diag(norm), torch.diag(1 / norm))
+            for s in NORMS:
+                w = torch.cat([module(layer, n).weight.detach().double() for n in SITES[s]])
+                if kind == "ffn" and s == "ffn_in":  # rows weighted by what they move down's output
+                    x = acts[i][s].double()
+                    wg, wu = w.chunk(2)
+                    g, u = x @ wg.T, x @ wu.T
+                    sg = torch.sigmoid(g)
+                    dsilu = sg * (1 + g * (1 - sg))
+                    dn = (module(layer, "mlp.down_proj").weight.detach().double() ** 2).sum(0)
+                    rw = torch.cat([((dsilu * u) ** 2).mean(0) * dn, ((g * sg) ** 2).mean(0) * dn])
+                    w = w * rw.sqrt()[:, None]
+                chol = torch.linalg.cholesky(w.T @ w)
+                x = acts[i][s].double() @ chol
+                r = chol @ torch.linalg.eigh(x.T @ x)[1].flip(-1)
+                out[i][s] = (r.float(), torch.linalg.inv(r).float())
+        return out
     sites = {"site": NORMS, "all": SITES, "down": ("ffn_down",), "heads": ("attn_out",)}[kind]
     head_dim = config.hidden_size // config.num_attention_heads
     group = config.num_attention_heads // config.num_key_value_heads
@@ -165,6 +187,9 @@ VARIANTS = {
     "uniform": (None, None),
     "rotate q/k/v and gate/up inputs (site)": ("site", None),
     "rotate all four inputs": ("all", None),
+    "rotate q/k/v and gate/up inputs (output)": ("output", None),
+    "rotate q/k/v and gate/up inputs (output; ffn weighted)": ("ffn", None),
+    "rotate (output) + o and down by column norm": ("output+wn", None),
     "rotate down's input only": ("down", None),
     "rotate o's input per kv head": ("heads", None),
     "one model-wide rotation": ("global", None),
