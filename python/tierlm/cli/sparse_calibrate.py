@@ -47,8 +47,8 @@ def add_parser(sub):
         help="how the target is spread over the layers' inputs: the same fraction everywhere "
         "(uniform), per layer the sites a greedy walk finds cheapest on the layer's output "
         "(greedy), by input energy (energy), or per input type the levels a greedy walk on "
-        "the model's loss over the last 1024 calibration tokens finds (walk, one model run "
-        "per step); default %(default)s (docs/sparse.md)",
+        "the KL divergence from dense over the last 1024 calibration tokens finds (walk, one run "
+        "of the model per step); default %(default)s (docs/sparse.md)",
     )
     cal.add_argument(
         "--criterion",
