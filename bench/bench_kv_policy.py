@@ -16,7 +16,8 @@ h2o:4+(C/2-4)+C/2 (half the cache kept by score). Target: window within 10% of t
 Repetition: --gen-tokens tokens generated from a chat prompt with each --gen-policies policy at
 a cache of --gen-cache ("full": the whole 8192-token context, where generation stops), greedy,
 sampled (temperature 0.8, top-p 0.95) or t1.0 (temperature 1.0), for --seeds seeds, with
---repetition-penalty over the last --repetition-last-n tokens (1 = off); reported per segment
+--repetition-penalty over the last --repetition-last-n tokens (1 = off; seeds from --first-seed,
+--gen-batch of them decoded together); reported per segment
 of --segment tokens as the fraction of repeated 4-grams (1 - distinct / total), beside the same
 figure for --segment tokens of the reference text. Degeneration shows as a fraction near 1.
 """
@@ -140,6 +141,40 @@ def generate_ids(model, prompt, n, sampling, segment, label):
     return out, time.perf_counter() - t0
 
 
+def generate_seeds(tierlm, pkg, policy, sampling, seeds, args):
+    """One output per seed: streamed one at a time, or with --gen-batch > 1 several seeds
+    decoded together (generate_batch samples prompt i with seed + i; a batch's sequences share
+    the prompt's cache blocks, so their first logits come from a one-token step and may differ
+    from a lone run's in the last bits)."""
+    batch = max(1, min(args.gen_batch, len(seeds)))
+    model = tierlm.load(pkg, kv_policy=policy, threads=args.threads, max_batch=batch)
+    prompt = model.chat_prompt([{"role": "user", "content": PROMPT}])
+    outs = []
+    for first in range(0, len(seeds), batch):
+        group = seeds[first : first + batch]
+        label = f"{policy} seeds {group[0]}-{group[-1]}"
+        if len(group) == 1:
+            out, seconds = generate_ids(
+                model, prompt, args.gen_tokens, {**sampling, "seed": group[0]}, args.segment, label
+            )
+            outs.append((group[0], out, len(out) / seconds))
+            continue
+        t0 = time.perf_counter()
+        results = model.generate_batch(
+            [prompt] * len(group),
+            max_new_tokens=args.gen_tokens,
+            stop_at_eos=False,
+            seed=group[0],
+            **sampling,
+        )
+        rate = sum(len(r.output_ids) for r in results) / (time.perf_counter() - t0)
+        print(f"  {label}: {rate:.1f} tok/s over the batch", flush=True)
+        outs += [
+            (seed, r.output_ids, rate / len(group)) for seed, r in zip(group, results, strict=True)
+        ]
+    return model, outs
+
+
 def repetition_rows(tierlm, pkg, text_ids, args):
     seg = args.segment
     reference = repeated_ngrams(text_ids[:seg])
@@ -148,40 +183,42 @@ def repetition_rows(tierlm, pkg, text_ids, args):
         "repetition_penalty": args.repetition_penalty,
         "repetition_last_n": args.repetition_last_n,
     }
-    runs = [
-        (policy, mode, seed)
-        for policy in policies_for(args.gen_cache, args.gen_policies)
-        for mode in args.gen_modes
-        for seed in range(1, (args.seeds if mode != "greedy" else 1) + 1)
-    ]
-    for policy, mode, seed in runs:
-        model = tierlm.load(pkg, kv_policy=policy, threads=args.threads)
-        prompt = model.chat_prompt([{"role": "user", "content": PROMPT}])
-        sampling = {**SAMPLING[mode], **penalty, "seed": seed}
-        label = f"{policy} {mode} seed {seed}"
-        out, seconds = generate_ids(model, prompt, args.gen_tokens, sampling, seg, label)
-        segments = [repeated_ngrams(out[i : i + seg]) for i in range(0, len(out) - seg + 1, seg)]
-        end = min(len(out), 8192) // seg * seg  # the last segment within the trained length
-        trained = out[end - seg : end] if end else []
-        past = out[2 * 8192 :]
 
-        def cell(value):
-            return f"{value:.3f}" if value is not None else "-"
+    def cell(value):
+        return f"{value:.3f}" if value is not None else "-"
 
-        rows.append(
-            [
-                policy,
-                mode,
-                str(seed),
-                str(len(out)),
-                f"{len(out) / seconds:.1f}",
-                cell(segments[0] if segments else None),
-                cell(repeated_ngrams(trained) if len(trained) == seg else None),
-                cell(max(segments) if segments else None),
-                cell(repeated_ngrams(past[:seg]) if len(past) >= 4 else None),
-            ]
-        )
-        print("   last text: " + repr(model.decode(out[-60:])), flush=True)
+    for policy in policies_for(args.gen_cache, args.gen_policies):
+        for mode in args.gen_modes:
+            count = args.seeds if mode != "greedy" else 1
+            seeds = list(range(args.first_seed, args.first_seed + count))
+            sampling = {**SAMPLING[mode], **penalty}
+            model, outs = generate_seeds(tierlm, pkg, policy, sampling, seeds, args)
+            for seed, out, rate in outs:
+                segments = [
+                    repeated_ngrams(out[i : i + seg]) for i in range(0, len(out) - seg + 1, seg)
+                ]
+                end = min(len(out), 8192) // seg * seg  # the last segment within trained length
+                trained = out[end - seg : end] if end else []
+                past = out[2 * 8192 :]
+                print(
+                    f"  {policy} {mode} seed {seed} segments: "
+                    + " ".join(f"{x:.2f}" for x in segments),
+                    flush=True,
+                )
+                rows.append(
+                    [
+                        policy,
+                        mode,
+                        str(seed),
+                        str(len(out)),
+                        f"{rate:.1f}",
+                        cell(segments[0] if segments else None),
+                        cell(repeated_ngrams(trained) if len(trained) == seg else None),
+                        cell(max(segments) if segments else None),
+                        cell(repeated_ngrams(past[:seg]) if len(past) >= 4 else None),
+                    ]
+                )
+                print("   last text: " + repr(model.decode(out[-60:])), flush=True)
     print(
         f"\nrepeated 4-grams per {seg}-token segment (reference text: {reference:.3f}); "
         f"repetition penalty {args.repetition_penalty} over {args.repetition_last_n} tokens; "
@@ -209,6 +246,8 @@ def main():
     ap.add_argument("--gen-modes", default="greedy,sampled")
     ap.add_argument("--segment", type=int, default=1000)
     ap.add_argument("--seeds", type=int, default=1, help="sampling seeds per sampled mode")
+    ap.add_argument("--first-seed", type=int, default=1)
+    ap.add_argument("--gen-batch", type=int, default=1, help="seeds decoded together")
     ap.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
     ap.add_argument("--repetition-last-n", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)

@@ -45,13 +45,16 @@ def tierlm_decode(pkg, budget, prompt_ids, new_tokens, files, **options):
     )
     ob.drop_page_cache(files)
     stamps, untimed, ids, first = [], 0.0, [], None
+    cpu, untimed_cpu = [], 0.0  # the process's CPU time (all threads), like the stamps
     for token in model.stream(prompt_ids, max_new_tokens=new_tokens, stop_at_eos=False):
         ids.append(token.id)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         first = first or model.stats()  # after the prompt: where the decode steps' counts start
         cached = ob.drop_page_cache(files)
         untimed += time.perf_counter() - start
+        untimed_cpu += time.process_time() - start_cpu
         stamps.append((time.perf_counter(), untimed, ob.process_read_bytes(), cached))
+        cpu.append(time.process_time() - untimed_cpu)
     steps = ob.decode_steps(stamps)
     s = model.stats()
     info = {
@@ -65,6 +68,7 @@ def tierlm_decode(pkg, budget, prompt_ids, new_tokens, files, **options):
         "sparse_tokens": model.sparse_tokens() if s["sparse"] else None,
         "placement": model.placement(),
         "peak": s["host"]["peak"],
+        "cpu_seconds": [b - a for a, b in zip(cpu, cpu[1:], strict=False)],  # per decode step
         "wait": s["io_wait_seconds"],
         "busy": s["read_busy_seconds"],
         "backend": s["io_backend"],

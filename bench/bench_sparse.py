@@ -15,6 +15,11 @@ token, FFN MB read per token (the sparse rows; dense offload: the FFN matrices s
 the disk bound (streamed bytes per token / the disk's random-read bandwidth, plus sparse row
 bytes per token / the bandwidth at the small block nearest the mean sparse request size; both
 _common.disk_bandwidth, the best of fio jobs over queue depths), and speed relative to dense.
+Sparse rows' notes split a token's time (medians): FFN wait (submitting and waiting for row
+reads), FFN compute (predictor, cache copies, kernel), the rest (attention, head), and the time
+not waiting; max(bound, not waiting) / t is how close the token is to what neither the disk nor
+the CPU work can go below, where the bound alone ignores compute. Process CPU: CPU seconds of
+all the process's threads per decode step (less than "not waiting" when it waits for a core).
 
     python bench/bench_sparse.py [--layers 40] [--sparsities 0.9,0.95,0.97] [--dir DIR]
 """
@@ -62,6 +67,7 @@ def summarize(rounds):
         "cached": max(s[2] for s in steps),
         "ids": ids,
         "peak": max(i["peak"] for _, _, i in rounds),
+        "cpu": ob.median([c for _, _, i in rounds for c in i["cpu_seconds"]]),
         "decode": len(steps),
         "placement": info["placement"],
         "sparse": None,
@@ -72,6 +78,10 @@ def summarize(rounds):
             for k, v in i["sparse_tokens"].items():
                 last[k] += v[-len(st) :]
         predicted, read = sum(last["neurons_predicted"]), sum(last["neurons_read"])
+        # where a token's time goes: waiting for (and submitting) FFN reads, FFN compute
+        # (predictor, cache copies, kernel), and the rest (attention, head, sampling)
+        wait = last["io_seconds"]
+        ffn_cpu = [sum(v) for v in zip(*(last[k] for k in CPU_PARTS), strict=True)]
         ahead, hits = sum(last["readahead_rows"]), sum(last["readahead_hits"])
         result["sparse"] = {
             "ahead_recall": hits / read if read else 1.0,
@@ -82,9 +92,16 @@ def summarize(rounds):
             "predicted": predicted / len(steps),
             "hit": 1.0 - read / predicted if predicted else 1.0,
             "capacity": sum(info["stats"]["sparse_capacity"]),
+            "wait": ob.median(wait),
+            "ffn_cpu": ob.median(ffn_cpu),
+            "rest": ob.median([t[0] - w - c for t, w, c in zip(steps, wait, ffn_cpu, strict=True)]),
+            "busy": ob.median([t[0] - w for t, w in zip(steps, wait, strict=True)]),
         }
     return result
 
+
+# SparseTokenInfo's seconds spent computing (io_seconds is the time spent waiting for reads)
+CPU_PARTS = ("predictor_seconds", "memory_seconds", "compute_seconds")
 
 # The small reads of sparse rows and columns, each measured on its own (best over queue depths);
 # STREAMED: the disk's bandwidth for the streamed matrices (the best of DISK_BOUND's jobs).
@@ -224,6 +241,14 @@ def main():
             notes += (
                 f", predicted {sp['predicted']:.0f}/tok, hit {sp['hit']:.2f}, cache "
                 f"{sp['capacity']} rows"
+            )
+        if sp:
+            # the token cannot beat the disk time nor the time it spends not waiting for reads
+            floor = max(bound, sp["busy"])
+            notes += (
+                f", per token: FFN wait {sp['wait']:.3f} s, FFN compute {sp['ffn_cpu']:.3f} s, "
+                f"rest {sp['rest']:.3f} s, not waiting {sp['busy']:.3f} s, max(bound, not "
+                f"waiting) / t {floor / r['time']:.2f}, process CPU {r['cpu']:.3f} s"
             )
         if sp and sp["ahead"]:
             # the bound of the bytes the token needs: what the same run reads without read-ahead

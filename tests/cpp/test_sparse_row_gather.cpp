@@ -128,9 +128,10 @@ TEST_P(SparseRowGatherTest, BundledRowsAGapApartAreOneRequest) {
   }
 }
 
-// start() submits what staging holds and returns it; finish() moves those rows into the cache;
+// start() submits what staging holds and returns it; finish() waits for it and for the
+// read-ahead it took rows from (issued, not waited for) and moves those rows into the cache;
 // load() then reads the rest: the cache holds every row's bytes, in id order, as load() alone
-// leaves it.
+// leaves it. abandon() between start() and finish() forgets the batch.
 TEST_P(SparseRowGatherTest, LoaderStartFinishThenLoadFillsTheCacheInOrder) {
   RowFile f(89, 509);  // 4072-byte rows
   File file(f.path, IoMode::kIoModeRead, options());
@@ -140,18 +141,29 @@ TEST_P(SparseRowGatherTest, LoaderStartFinishThenLoadFillsTheCacheInOrder) {
   // Staging of three pages: a few rows per batch, so start() takes only part of them.
   SparseRowLoader loader(tier.allocate(3 * 4096, 4096), requests.data(), sources.data(),
                          requests.size(), true, 4096);
+  const size_t ahead_staging = 64 << 10, ahead_rows = 8;
+  SparseReadAhead ahead(tier.allocate(SparseReadAhead::bytes(ahead_staging, ahead_rows)),
+                        ahead_staging, ahead_rows, true, 0);
   NeuronCache cache(tier, 89, 89, f.plan.row_elems, f.plan.dtype);
   const std::vector<int32_t> ids = {0, 2, 3, 17, 18, 40, 41, 42, 88};
   SparseTokenInfo info;
-  const size_t started = loader.start(file, f.plan, ids.data(), ids.size(), info);
+  const size_t abandoned = loader.start(file, f.plan, ids.data(), ids.size(), nullptr, info);
+  ASSERT_GT(abandoned, 0u);
+  loader.abandon();
+  info = SparseTokenInfo{};
+  // Rows 2, 18 and 41 read ahead (and 5, which nobody asks for).
+  const std::vector<int32_t> read_ahead = {2, 5, 18, 41};
+  ahead.issue(0, file, f.plan, read_ahead.data(), read_ahead.size(), info);
+  const size_t started = loader.start(file, f.plan, ids.data(), ids.size(), &ahead, info);
   ASSERT_GT(started, 0u);
   ASSERT_LT(started, ids.size());
   EXPECT_EQ(cache.size(), 0u);  // nothing lands before finish()
-  loader.finish(f.plan, cache, ids.data(), info);
+  loader.finish(f.plan, cache, ids.data(), &ahead, info);
   EXPECT_EQ(cache.size(), started);
-  loader.load(file, f.plan, cache, ids.data() + started, ids.size() - started, nullptr, info);
+  loader.load(file, f.plan, cache, ids.data() + started, ids.size() - started, &ahead, info);
   ASSERT_EQ(cache.size(), ids.size());
   EXPECT_EQ(info.neurons_read, ids.size());
+  EXPECT_EQ(info.readahead_hits, 3u);
   for (size_t j = 0; j < ids.size(); ++j) {
     EXPECT_EQ(cache.neuron_at(j), ids[j]);
     EXPECT_EQ(std::memcmp(cache.row(j), f.row(ids[j]), f.plan.row_bytes), 0) << ids[j];

@@ -239,11 +239,11 @@ struct ChannelSparse::Impl {
     // columns land after them in the cache and continue the sums, so y is the one pass over
     // the cache's rows in order that a load-then-compute step makes, bit for bit.
     const size_t hits = cache.size();
-    const size_t started = loader.start(s.file, r, need, fill, info);
+    const size_t started = loader.start(s.file, r, need, fill, nullptr, info);
     t0 = Clock::now();
     kernel_cached(s, x, 0, hits, y, false);
     info.compute_seconds += seconds_since(t0);
-    loader.finish(r, cache, need, info);
+    loader.finish(r, cache, need, nullptr, info);
     loader.load(s.file, r, cache, need + started, fill - started, nullptr, info);
     t0 = Clock::now();
     kernel_cached(s, x, hits, cache.size() - hits, y, true);

@@ -1,6 +1,7 @@
-// The sparse FFN's per-token path: predictor -> window -> evict -> one batch of reads (the
-// rows read ahead taken from there) -> insert -> read-ahead of the next layer's rows (decode) ->
-// kernel, over views of one scratch buffer laid out by the plan. See sparse_ffn_layer.hpp and
+// The sparse FFN's per-token path: predictor -> window -> evict -> submit one batch of reads (the
+// rows read ahead taken from there) -> read-ahead of the next layer's rows (decode) -> kernel
+// over the cached rows -> wait, insert -> kernel over the rows read, over views of one scratch
+// buffer laid out by the plan. See sparse_ffn_layer.hpp and
 // docs/sparse.md.
 #include "sparse/sparse_ffn_layer.hpp"
 
@@ -13,6 +14,7 @@
 #include "sparse/sparse_readahead.hpp"
 #include "sparse/sparse_row_loader.hpp"
 #include "tierlm/core/align.hpp"
+#include "tierlm/core/error.hpp"
 #include "tierlm/core/parallel.hpp"
 #include "tierlm/io/io.hpp"
 #include "tierlm/kernels/kernels.hpp"
@@ -201,13 +203,11 @@ struct SparseFfn::Impl {
     aheads[static_cast<size_t>(index) % 2].issue(index, l.file, *l.plan, to_evict, n_miss, info);
   }
 
-  // The rows read ahead for layer `index` (waited for), or null.
-  const SparseReadAhead* ahead_of(int index, SparseTokenInfo& info) {
+  // The rows read ahead for layer `index` (maybe still in flight), or null.
+  SparseReadAhead* ahead_of(int index) {
     if (aheads.empty()) return nullptr;
     SparseReadAhead& a = aheads[static_cast<size_t>(index) % 2];
-    if (a.layer() != index) return nullptr;
-    a.wait(info);
-    return &a;
+    return a.layer() == index ? &a : nullptr;
   }
 
   // ahead_next: read the next layer's predicted rows while this one computes (decode).
@@ -225,19 +225,36 @@ struct SparseFfn::Impl {
     const size_t n_need = l.rows.admit(active, n_active, need, to_load, to_evict, evict);
     info.memory_seconds += seconds_since(t0);
     const size_t fill = std::min(n_need, cap - cache.size());
-    const SparseReadAhead* ahead = n_need > 0 ? ahead_of(index, info) : nullptr;
-    loader.load(l.file, p, cache, need, fill, ahead, info);
-    if (ahead_next) {
-      // The next layer's neurons predicted from this layer's input (the residual stream changes
-      // slowly), submitted after this layer's own reads so that those never queue behind them.
-      const size_t n = predict(layers[static_cast<size_t>(index) + 1], x, to_load, info);
-      read_ahead(index + 1, to_load, n, info);
+    SparseReadAhead* ahead = n_need > 0 ? ahead_of(index) : nullptr;
+    // This layer's misses are submitted first, then the next layer's read-ahead, so that it is
+    // in flight while this layer waits for its misses and computes, and never queues in front
+    // of them; this layer's own read-ahead is waited for only before its rows are copied.
+    const size_t hits = cache.size();
+    const size_t started = loader.start(l.file, p, need, fill, ahead, info);
+    try {
+      if (ahead_next) {
+        // The next layer's neurons predicted from this layer's input (the residual stream
+        // changes slowly).
+        const size_t n = predict(layers[static_cast<size_t>(index) + 1], x, to_load, info);
+        read_ahead(index + 1, to_load, n, info);
+      }
+      // The cached rows are summed while the misses are read; the misses land after them in
+      // the cache and continue the sum, with or without read-ahead alike.
+      t0 = Clock::now();
+      kernel_sparse_ffn_prepare(x, p.dtype, p.dim, x_blocks);
+      kernel(l, x, 0, hits, up_bias, down_bias, y, false);
+      info.compute_seconds += seconds_since(t0);
+    } catch (const Error&) {
+      loader.abandon();
+      throw;
     }
-
-    t0 = Clock::now();
-    kernel_sparse_ffn_prepare(x, p.dtype, p.dim, x_blocks);
-    kernel(l, x, 0, cache.size(), up_bias, down_bias, y, false);
-    info.compute_seconds += seconds_since(t0);
+    loader.finish(p, cache, need, ahead, info);
+    loader.load(l.file, p, cache, need + started, fill - started, ahead, info);
+    if (cache.size() > hits) {
+      t0 = Clock::now();
+      kernel(l, x, hits, cache.size() - hits, up_bias, nullptr, y, true);
+      info.compute_seconds += seconds_since(t0);
+    }
     if (fill == n_need) {
       if (ahead != nullptr) aheads[static_cast<size_t>(index) % 2].drop();
       return;

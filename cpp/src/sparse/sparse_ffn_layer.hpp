@@ -1,8 +1,9 @@
 // The executor's sparse FFN runtime (LLM in a flash, ModelOptions::sparse): per token and layer
 // a low-rank predictor picks neurons, the neuron window says what to evict, the missing rows
 // are read from the layer's bundle file (SparseRowLoader) into its neuron cache, and the sparse
-// FFN kernel runs over every cached row. At decode the next layer's rows are read ahead while a
-// layer computes (sparse_readahead.hpp). Its buffers come from the host tier at load, sized by
+// FFN kernel runs over every cached row (those cached before the step while the misses are
+// read). At decode the next layer's rows are read ahead while a layer computes
+// (sparse_readahead.hpp). Its buffers come from the host tier at load, sized by
 // the plan (sparse_plan.hpp); a token that reads rows allocates only the I/O futures.
 #pragma once
 

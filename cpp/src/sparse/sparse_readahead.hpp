@@ -42,7 +42,7 @@ class SparseReadAhead {
   // Waits for the reads (their time into info.io_seconds); throws a read's error, after
   // which the buffer is empty.
   void wait(SparseTokenInfo& info);
-  // Where row `id`'s bytes are, nullptr when it was not read ahead. After wait().
+  // Where row `id`'s bytes are (or will be once waited for), nullptr when it is not read ahead.
   const SparseRowSource* find(int32_t id) const;
   // Forgets the rows (waiting, without throwing, for reads still in flight).
   void drop();

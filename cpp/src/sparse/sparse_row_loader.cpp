@@ -19,7 +19,13 @@ SparseRowLoader::SparseRowLoader(HostBuffer staging, IoRequest* requests, Sparse
 
 SparseRowLoader::~SparseRowLoader() {
   // Reads still in flight (an exception between start and finish) land in staging_: wait.
+  abandon();
+}
+
+void SparseRowLoader::abandon() {
   for (const IoFuture& f : futures_) f.wait();
+  futures_.clear();
+  gather_.clear();
 }
 
 size_t SparseRowLoader::gather(const SparseLayerPlan& p, const int32_t* ids, size_t n,
@@ -56,19 +62,19 @@ void SparseRowLoader::submit(File& file, SparseTokenInfo& info) {
 }
 
 void SparseRowLoader::complete(const SparseLayerPlan& p, NeuronCache& cache, const int32_t* ids,
-                               SparseTokenInfo& info) {
+                               SparseReadAhead* ahead, SparseTokenInfo& info) {
   const auto t0 = Clock::now();
   try {
     io_wait_all(futures_);
+    // The read-ahead's own time is counted by its wait (which drops it when a read failed).
+    info.io_seconds += seconds_since(t0);
+    if (ahead != nullptr) ahead->wait(info);
   } catch (const Error&) {
     // The batch is dropped: the next token starts from an empty staging area and reads again.
-    for (const IoFuture& f : futures_) f.wait();
-    futures_.clear();
-    gather_.clear();
+    abandon();
     throw;
   }
   futures_.clear();
-  info.io_seconds += seconds_since(t0);
   const auto t1 = Clock::now();
   const size_t first = cache.size();
   cache.insert(ids, gather_.n_rows(), nullptr);
@@ -79,26 +85,26 @@ void SparseRowLoader::complete(const SparseLayerPlan& p, NeuronCache& cache, con
 }
 
 void SparseRowLoader::load(File& file, const SparseLayerPlan& p, NeuronCache& cache,
-                           const int32_t* ids, size_t n, const SparseReadAhead* ahead,
+                           const int32_t* ids, size_t n, SparseReadAhead* ahead,
                            SparseTokenInfo& info) {
   for (size_t done = 0; done < n;) {
     const size_t m = gather(p, ids + done, n - done, ahead, info);
     submit(file, info);
-    complete(p, cache, ids + done, info);
+    complete(p, cache, ids + done, ahead, info);
     done += m;
   }
 }
 
 size_t SparseRowLoader::start(File& file, const SparseLayerPlan& p, const int32_t* ids, size_t n,
-                              SparseTokenInfo& info) {
-  const size_t m = gather(p, ids, n, nullptr, info);
+                              SparseReadAhead* ahead, SparseTokenInfo& info) {
+  const size_t m = gather(p, ids, n, ahead, info);
   submit(file, info);
   return m;
 }
 
 void SparseRowLoader::finish(const SparseLayerPlan& p, NeuronCache& cache, const int32_t* ids,
-                             SparseTokenInfo& info) {
-  complete(p, cache, ids, info);
+                             SparseReadAhead* ahead, SparseTokenInfo& info) {
+  complete(p, cache, ids, ahead, info);
 }
 
 }  // namespace tierlm::detail

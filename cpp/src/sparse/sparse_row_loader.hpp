@@ -1,7 +1,8 @@
 // Reads neuron rows of a layer's bundle file into its neuron cache: the rows' 4 KiB-widened
 // ranges (SparseRowGather) go into one staging buffer as one batch of O_DIRECT requests, then
 // every row is copied into the cache. Rows already read ahead (SparseReadAhead) are copied from
-// there instead, in their place in the order, so the cache ends up the same either way.
+// there instead, in their place in the order, so the cache ends up the same either way; the
+// read-ahead is waited for only before the copies, after this batch was submitted.
 #pragma once
 
 #include <algorithm>
@@ -35,27 +36,30 @@ class SparseRowLoader {
   size_t staging_bytes() const { return staging_.size(); }
 
   // Reads the rows of ids[0, n) (sorted, not cached) from `file` into `cache`, in as few
-  // batches as staging allows, taking those found in `ahead` (waited for; may be null) from
-  // there; counts requests, bytes, read-ahead hits and times into info. Allocates only the I/O
-  // engine's futures of each batch.
+  // batches as staging allows, taking those found in `ahead` (may be null; waited for after
+  // each batch is submitted) from there; counts requests, bytes, read-ahead hits and times into
+  // info. Allocates only the I/O engine's futures of each batch.
   void load(File& file, const SparseLayerPlan& plan, NeuronCache& cache, const int32_t* ids,
-            size_t n, const SparseReadAhead* ahead, SparseTokenInfo& info);
+            size_t n, SparseReadAhead* ahead, SparseTokenInfo& info);
 
-  // load() split so that compute overlaps the reads: start() submits the first batch of
-  // ids[0, n) (as many rows as staging holds) and returns how many rows it holds; finish()
-  // waits for it (the wait into info.io_seconds) and moves those rows into `cache`, as load()
-  // would. The cache must not change in between; the staging must not be reused.
+  // load() split so that other work overlaps the reads: start() submits the first batch of
+  // ids[0, n) (as many rows as staging holds, those in `ahead` taken from there) and returns
+  // how many rows it holds; finish() waits for it and for `ahead` (the waits into
+  // info.io_seconds) and moves those rows into `cache`, as load() would. The cache must not
+  // change in between; the staging must not be reused. abandon() instead waits for the batch
+  // without throwing and forgets it (an error between the two).
   size_t start(File& file, const SparseLayerPlan& plan, const int32_t* ids, size_t n,
-               SparseTokenInfo& info);
+               SparseReadAhead* ahead, SparseTokenInfo& info);
   void finish(const SparseLayerPlan& plan, NeuronCache& cache, const int32_t* ids,
-              SparseTokenInfo& info);
+              SparseReadAhead* ahead, SparseTokenInfo& info);
+  void abandon();
 
   // The rows of ids[done, n) that one token needs past the cache's capacity, in rounds of at
   // most the capacity: each round replaces the rows loaded last (ids in evict, scratch of the
   // capacity) and calls compute(first slot, rows) on them, whose results the caller adds up.
   template <class Compute>
   void load_rounds(File& file, const SparseLayerPlan& plan, NeuronCache& cache, const int32_t* ids,
-                   size_t done, size_t n, int32_t* evict, const SparseReadAhead* ahead,
+                   size_t done, size_t n, int32_t* evict, SparseReadAhead* ahead,
                    SparseTokenInfo& info, Compute compute) {
     while (done < n) {
       const size_t m = std::min(cache.capacity(), n - done);
@@ -78,9 +82,9 @@ class SparseRowLoader {
                 const SparseReadAhead* ahead, SparseTokenInfo& info);
   // Submits the gathered requests as one batch (none when every row was read ahead).
   void submit(File& file, SparseTokenInfo& info);
-  // Waits for the submitted batch and moves its rows into the cache.
+  // Waits for the submitted batch and `ahead` (may be null), then moves the rows into the cache.
   void complete(const SparseLayerPlan& plan, NeuronCache& cache, const int32_t* ids,
-                SparseTokenInfo& info);
+                SparseReadAhead* ahead, SparseTokenInfo& info);
 
   HostBuffer staging_;
   SparseRowGather gather_;
