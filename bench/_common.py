@@ -90,6 +90,13 @@ DISK_BOUND = (
 def fio_read(path, block, depth, seconds):
     """Bytes/s of one fio job reading `block`-byte blocks of path at random offsets (io_uring,
     O_DIRECT, `depth` requests queued) for `seconds`; None where fio is missing or fails."""
+    job = fio_job(path, block, depth, seconds)
+    return None if job is None else job["read"]["bw_bytes"]
+
+
+def fio_job(path, block, depth, seconds):
+    """fio_read's job as fio reports it in JSON (["read"]["bw_bytes"], ["read"]["total_ios"],
+    ["ctx"]: its context switches), or None."""
     if shutil.which("fio") is None:
         return None
     out = subprocess.run(
@@ -115,7 +122,7 @@ def fio_read(path, block, depth, seconds):
     )
     if out.returncode != 0:
         return None
-    return json.loads(out.stdout[out.stdout.index("{") :])["jobs"][0]["read"]["bw_bytes"]
+    return json.loads(out.stdout[out.stdout.index("{") :])["jobs"][0]
 
 
 def disk_jobs(path, blocks=DISK_BLOCKS, depths=DISK_DEPTHS):

@@ -4,8 +4,11 @@ tierlm keeps the queue full the way its callers do: a batch of QD requests in th
 next batch in the engine's backlog, refilled a whole batch at a time.
 
 One table: block size x queue depth; the median MB/s of several interleaved runs of each
-back end and of fio on the same file, same block size and queue depth; the ratios. fio is the
-bound: what the device gives a tuned C tool. Installs fio with apt when missing.
+back end and of fio on the same file, same block size and queue depth; the ratios; and the
+context switches per read of each (this process's threads, all of them, from getrusage; fio's
+own count), where small random reads lose their time: a thread that sleeps and is woken per
+few reads. fio is the bound: what the device gives a tuned C tool. Installs fio with apt when
+missing.
 
     python bench/bench_io.py [--dir DIR] [--size 2GiB] [--seconds 3] [--runs 3]
 """
@@ -13,6 +16,7 @@ bound: what the device gives a tuned C tool. Installs fio with apt when missing.
 import argparse
 import mmap
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -25,7 +29,7 @@ from tierlm.cli.bench_io import create_file, measure
 from tierlm.sizes import format_size, parse_size
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import fio_read, require_agreement  # noqa: E402
+from _common import fio_job, require_agreement  # noqa: E402
 
 
 def ensure_fio():
@@ -36,6 +40,12 @@ def ensure_fio():
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
     subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "fio"], check=True, env=env)
+
+
+def switches():
+    """Context switches (voluntary and not) of every thread of this process so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_nvcsw + r.ru_nivcsw
 
 
 def check_reads(path, block, backend, count=8):
@@ -93,24 +103,29 @@ def main():
                 check_reads(path, block, name)
             for qd in qds:
                 samples = {name: [] for name in [*backends, "fio"]}
+                ctx = {name: [] for name in samples}  # context switches per read
                 direct = True
                 for _ in range(args.runs):  # interleaved, so drift hits every column alike
                     for name in backends:
+                        before = switches()
                         r = measure(path, block, qd, name, args.seconds)
+                        ctx[name].append((switches() - before) / r["requests"])
                         direct = direct and r["direct"]
                         samples[name].append(r["bytes_per_second"])
-                    fio = fio_read(path, block, qd, args.seconds)
+                    fio = fio_job(path, block, qd, args.seconds)
                     if fio is None:
                         sys.exit(f"fio failed reading {path}: run it by hand to see why")
-                    samples["fio"].append(fio)
+                    samples["fio"].append(fio["read"]["bw_bytes"])
+                    ctx["fio"].append(fio["ctx"] / max(1, fio["read"]["total_ios"]))
                 require_agreement(
                     f"{format_size(block)} QD {qd}: tierlm reads O_DIRECT like fio",
                     direct,
                     "O_DIRECT" if direct else "tierlm read through the page cache, fio did not",
                 )
                 med = {name: statistics.median(v) / 1e6 for name, v in samples.items()}
-                rows.append((block, qd, med, direct))
-                print(f"done {format_size(block)} QD {qd}: {med}", file=sys.stderr)
+                med_ctx = {name: statistics.median(v) for name, v in ctx.items()}
+                rows.append((block, qd, med, med_ctx, direct))
+                print(f"done {format_size(block)} QD {qd}: {med} {med_ctx}", file=sys.stderr)
     finally:
         if not args.keep:
             os.unlink(path)
@@ -120,11 +135,13 @@ def main():
         f"median of {args.runs} x {args.seconds:g} s; io_uring: {probe['reason']}"
     )
     head = ["block", "QD"] + [f"{b} MB/s" for b in backends] + ["fio MB/s"]
-    head += [f"{b}/fio" for b in backends] + ["direct"]
+    head += [f"{b}/fio" for b in backends] + [f"{b} ctx/read" for b in [*backends, "fio"]]
+    head += ["direct"]
     table = []
-    for block, qd, med, direct in rows:
+    for block, qd, med, ctx, direct in rows:
         line = [format_size(block), str(qd)] + [f"{med[b]:.1f}" for b in backends]
         line += [f"{med['fio']:.1f}"] + [f"{med[b] / med['fio']:.2f}x" for b in backends]
+        line += [f"{ctx[b]:.3f}" for b in [*backends, "fio"]]
         table.append(line + ["yes" if direct else "no"])
     widths = [max(len(r[i]) for r in [head, *table]) for i in range(len(head))]
     for r in [head, *table]:

@@ -13,8 +13,18 @@ tokens/s of both, the disk bound (bytes/s / bytes per token) and the ratio, each
 the bound measured on either side of it; the spilled logits must equal the in-memory ones
 bit for bit before any speed is printed.
 
+With --kv-policy P (e.g. window:4+4092, a cache of about the context), two more models run
+in the same interleaved rounds: the policy with the whole cache in memory and the policy with
+the cache spilled at the same share; the decode then runs past the policy's cache, evicting a
+block's worth every 32 tokens, and each eviction rewrites the spilled blocks it moves tokens in.
+A second table compares the three spilled or evicting runs by tokens/s over all the rounds'
+steps (not the median: an eviction falls in one round in two at 16 steps a round): spilled
+without a policy, the policy in memory, and both, with the bytes read and written per token;
+the policy's spilled logits must equal its in-memory ones bit for bit.
+
     python bench/bench_kv_spill.py [--context 4096] [--share 0.25] [--tokens 16] [--rounds 3]
         [--dir DIR]   # the disk tier's directory (default: a temporary one under $TMPDIR)
+        [--kv-policy window:4+4092]
 """
 
 import argparse
@@ -77,6 +87,8 @@ def decode(model, steps):
         k: after[k] - before[k]
         for k in (
             "kv_disk_bytes_read",
+            "kv_disk_bytes_written",
+            "kv_evicted",
             "kv_slices_read",
             "kv_read_wait_seconds",
             "attention_seconds",
@@ -110,6 +122,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fio-seconds", type=int, default=1, help="per fio job")
     ap.add_argument("--dir", help="directory of the disk tier and fio's file")
+    ap.add_argument("--kv-policy", default="", help="also time this eviction policy, spilled")
     args = ap.parse_args()
 
     import numpy as np
@@ -122,14 +135,26 @@ def main():
         share = int(kv_bytes * args.share)
         spilled = tierlm.load(pkg, kv_host_budget=share, disk_dir=tmp, **common)
         # the prefill chunk the spilled cache allows, for both: the same steps, the same bits
-        memory = tierlm.load(pkg, prefill_chunk=spilled._native.prefill_chunk, **common)
+        chunk = spilled._native.prefill_chunk
+        memory = tierlm.load(pkg, prefill_chunk=chunk, **common)
+        runs = {"memory": memory, "spilled": spilled}
+        if args.kv_policy:
+            policy = dict(threads=args.threads, kv_policy=args.kv_policy)
+            in_memory = tierlm.load(pkg, **policy)
+            share_policy = int(in_memory.stats()["kv_bytes"] * args.share)
+            both = tierlm.load(pkg, kv_host_budget=share_policy, disk_dir=tmp, **policy)
+            chunk = both._native.prefill_chunk
+            runs["policy"] = tierlm.load(pkg, prefill_chunk=chunk, **policy)
+            runs["policy spilled"] = both
         rng = np.random.default_rng(0)
         prompt = rng.integers(1, 512, args.context).tolist()
-        memory.logits(prompt)
-        spilled.logits(prompt)
+        for model in runs.values():
+            model.logits(prompt)
         # A warm-up step gives the read-back's mean request, one of the bound's block sizes.
         warm = rng.integers(1, 512, 1).tolist()
-        decode(memory, warm)
+        for name, model in runs.items():
+            if name != "spilled":
+                decode(model, warm)
         _, _, delta = decode(spilled, warm)
         block = max(4096, delta["kv_disk_bytes_read"] // max(delta["requests"], 1) // 4096 * 4096)
         path = fio_file(tmp, max(1 << 30, 4 * delta["kv_disk_bytes_read"]))
@@ -142,25 +167,35 @@ def main():
                 sys.exit("fio is missing or failed: apt-get install fio (scripts/install-deps.sh)")
             return bw
 
-        # Interleaved rounds: in-memory steps, spilled steps, the bound, so that each round's
-        # bound (before and after its spilled steps) sees the disk and the machine as they were.
-        times = {"memory": [], "spilled": []}
-        reads, bounds, cpu = [], [bound_now()], []
+        # Interleaved rounds: in-memory steps, spilled steps (with --kv-policy, then the policy's
+        # in memory and spilled), the bound, so that each round's bound (before and after its
+        # spilled steps) sees the disk and the machine as they were.
+        times = {name: [] for name in runs}
+        deltas = {name: [] for name in runs}
+        reads, bounds, cpu = deltas["spilled"], [bound_now()], []
         for _ in range(args.rounds):
             steps = rng.integers(1, 512, args.tokens).tolist()
-            t, want, in_memory = decode(memory, steps)
-            times["memory"].append(t)
-            cpu.append(in_memory["cpu_seconds"] / args.tokens)
-            t, got, delta = decode(spilled, steps)
-            times["spilled"].append(t)
-            reads.append(delta)
+            logits = {}
+            for name, model in runs.items():
+                t, logits[name], delta = decode(model, steps)
+                times[name].append(t)
+                deltas[name].append(delta)
+                if name == "memory":
+                    cpu.append(delta["cpu_seconds"] / args.tokens)
+            # after the round's last spilled steps: each spilled run follows an in-memory one
             bounds.append(bound_now())
-            require_agreement(
-                "spilled KV vs in memory",
-                np.array_equal(got, want),
-                "last decode logits bit-identical" if np.array_equal(got, want) else "differ",
-            )
+            for a, b in (("spilled", "memory"), ("policy spilled", "policy")):
+                if a in logits:
+                    same = np.array_equal(logits[a], logits[b])
+                    require_agreement(
+                        f"{a} KV vs {b} in memory",
+                        same,
+                        "last decode logits bit-identical" if same else "differ",
+                    )
         os.remove(path)
+        evictions = {
+            name: model.stats()["kv_evicted"] for name, model in runs.items() if "policy" in name
+        }
         s = spilled.stats()
         assert s["kv_bytes"] <= share and s["host"]["peak"] <= s["host"]["budget"]
     per_token = statistics.median(r["kv_disk_bytes_read"] for r in reads) / args.tokens
@@ -230,6 +265,51 @@ def main():
         "CPU ms/token: the CPU time of all the process's threads per step; where the cores are "
         "free a step takes about that / threads, and decode is disk-bound where that is below "
         "1000 / the disk bound"
+    )
+    if args.kv_policy:
+        print_policy_table(args, times, deltas, evictions)
+
+
+def print_policy_table(args, times, deltas, evictions):
+    """Tokens/s over every round's steps of the spilled and evicting runs, side by side."""
+    steps = args.rounds * args.tokens
+    names = ("spilled", "policy", "policy spilled")
+
+    def per_token(name, key):
+        return sum(d[key] for d in deltas[name]) / steps
+
+    rate = {name: len(times[name]) / sum(times[name]) for name in names}  # times: s per step
+    print(
+        f"\nkv_policy {args.kv_policy}, the same {steps} decode steps past a {args.context}-token "
+        f"prompt (tokens evicted in the runs, prefill included: {evictions})"
+    )
+    print_table(
+        [
+            "run",
+            "tok/s",
+            "x spilled (no policy)",
+            "x policy in memory",
+            "MiB read/token",
+            "MiB written/token",
+            "tokens evicted in the steps",
+        ],
+        [
+            [
+                {"spilled": "spilled, no policy", "policy": "policy, in memory"}.get(name, name),
+                f"{rate[name]:.1f}",
+                f"{rate[name] / rate['spilled']:.2f}x",
+                f"{rate[name] / rate['policy']:.2f}x",
+                f"{per_token(name, 'kv_disk_bytes_read') / 2**20:.1f}",
+                f"{per_token(name, 'kv_disk_bytes_written') / 2**20:.2f}",
+                f"{sum(d['kv_evicted'] for d in deltas[name])}",
+            ]
+            for name in names
+        ],
+    )
+    print(
+        "tok/s: all the rounds' steps over their time (interleaved, the same tokens); policy "
+        "spilled: every eviction reads and rewrites the spilled slices it moves tokens in, in "
+        "place (the written column), beside the read-back of every step"
     )
 
 

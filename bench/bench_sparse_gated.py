@@ -13,8 +13,10 @@ Random weights, except that the RMSNorm weights vary per channel as a trained mo
 0.53-0.57), so the q/k/v and gate/up inputs keep some channels more often than others; the
 attention output and down's input have no such structure here, and the massive-activation
 channels of trained models are not emulated, so the caches hit less than a real model's.
-Neuron sparsity (predictors) is not run: no trained predictors exist for this model, and on
-SwiGLU it was found unusable (issue 17).
+Each target runs twice: plain, and with sparse_readahead (at each decode step's attention
+input, the gate/up columns its FFN input is predicted to keep are read while attention
+computes; the tokens are the same). Neuron sparsity (predictors) is not run: no trained
+predictors exist for this model, and on SwiGLU it was found unusable (issue 17).
 
 Columns: decode s/token, MB the process read per token, MB of channel columns read per token,
 channels kept (of the sparse sites), hit (kept channels whose columns were not read: those
@@ -22,7 +24,9 @@ of the sites the budget keeps resident), the disk bound for the bytes read
 (streamed matrices at the disk's random-read bandwidth, columns at the disk's bandwidth for
 reads of the row's mean request size, rounded up to 4 KiB: adjacent columns and gaps under
 32 KiB are read as one request; both _common.disk_bandwidth, the best of fio jobs over queue
-depths), bound / measured, and speed relative to dense offload.
+depths), bound / measured, and speed relative to dense offload. Notes of a read-ahead row:
+recall (of the columns read, the share read ahead), precision (of the columns read ahead, the
+share kept) and the MB per token read ahead but not kept (whole columns).
 
     python bench/bench_sparse_gated.py [--layers 44] [--targets 0.25,0.4,0.5] [--rounds 2]
 """
@@ -119,6 +123,9 @@ def run_row(pkg, budget, prompt_ids, new_tokens, options):
             "io": sum(last["io_seconds"]) / len(steps),
             "compute": sum(last["compute_seconds"]) / len(steps),
             "memory": sum(last["memory_seconds"]) / len(steps),
+            "ahead_rows": sum(last["readahead_rows"]) / len(steps),
+            "ahead_hits": sum(last["readahead_hits"]) / len(steps),
+            "read": read / len(steps),
         }
     return result
 
@@ -171,13 +178,16 @@ def main():
     print(f"calibrating {args.targets} on a 2-layer model of the same shape", flush=True)
     thresholds = calibrate_small(root, args, context)
     prompt_ids = [(7 * i + 3) % args.vocab for i in range(args.prompt)]
-    rows = [("dense offload", None)] + [(f"input sparsity {t:.0%}", t) for t in args.targets]
-    results = {name: [] for name, _ in rows}
+    rows = [("dense offload", None, False)]
+    for t in args.targets:
+        rows += [(f"input sparsity {t:.0%}", t, False), (f"  + read-ahead {t:.0%}", t, True)]
+    results = {name: [] for name, _, _ in rows}
     for r in range(args.rounds):
-        for name, target in rows:
+        for name, target, ahead in rows:
+            options = {"kv_dtype": "f32"}
             if target is not None:
                 use_thresholds(str(pkg), spread(thresholds[target], args.layers))
-            options = {"sparse": True, "kv_dtype": "f32"} if target else {"kv_dtype": "f32"}
+                options.update(sparse=True, sparse_readahead=ahead)
             out = run_row(str(pkg), budget, prompt_ids, args.new_tokens, options)
             results[name].append(out)
             print(f"  round {r + 1} {name}: {out['time']:.3f} s/token", flush=True)
@@ -187,7 +197,7 @@ def main():
         max(dense_files, key=os.path.getsize), [bench_sparse.STREAMED]
     )
     requests = {}  # sparse row -> its mean request size, a whole number of pages
-    for name, _ in rows[1:]:
+    for name, _, _ in rows[1:]:
         sp = results[name][-1]["sparse"]
         requests[name] = -(-int(sp["request"]) // 4096) * 4096 if sp and sp["request"] else None
     if channel_files:
@@ -217,7 +227,8 @@ def main():
     per_site = 2 * args.hidden + args.hidden + args.ffn  # channels of the 4 sites of a layer
     dense_time = ob.median([x["time"] for x in results["dense offload"]])
     dense_ids = results["dense offload"][0]["ids"]
-    for name, _ in rows:
+    column_bytes = 2 * args.ffn * 2  # a gate/up column: both matrices' bf16 column
+    for name, _, _ in rows:
         runs = results[name]
         t = ob.median([x["time"] for x in runs])
         nbytes = ob.median([x["bytes"] for x in runs])
@@ -240,8 +251,16 @@ def main():
             notes += (
                 f", fio {block}, I/O wait {sp['io']:.3f} s + kernel {sp['compute']:.3f} s + "
                 f"selection {sp['memory']:.3f} s/token, {sp['resident']}/{sp['sites']} "
-                f"sites resident, {sp['cache_bytes'] / 2**30:.2f} GiB of columns + staging"
+                f"sites resident, {sp['cache_bytes'] / 2**30:.2f} GiB of columns + staging, "
+                f"columns at {cols / t / 1e6:.0f} MB/s over the step (fio {block} "
+                f"{bw / 1e6 if bw else 0:.0f} MB/s)"
             )
+            if sp["ahead_rows"]:
+                wasted = (sp["ahead_rows"] - sp["ahead_hits"]) * column_bytes
+                notes += (
+                    f", read-ahead recall {sp['ahead_hits'] / max(sp['read'], 1):.2f} precision "
+                    f"{sp['ahead_hits'] / sp['ahead_rows']:.2f}, {wasted / 1e6:.0f} MB wasted"
+                )
         print(
             f"{name:<22} {t:>8.3f} {nbytes / 1e6:>9.1f} {cols / 1e6:>8.1f} {kept} {hit} "
             f"{bound:>8.3f} {bound / t:>8.2f} {dense_time / t:>8.2f}  {notes}"

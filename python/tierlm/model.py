@@ -449,7 +449,10 @@ def load(
     against the host budget. sparse_readahead: at decode, read layer i+1's predicted rows
     (its predictor applied to layer i's input) while layer i computes, so that layer i+1
     reads only the misses; the tokens are the same either way (stats:
-    sparse_readahead_recall, sparse_readahead_precision).
+    sparse_readahead_recall, sparse_readahead_precision); on an input-channel package, at
+    each decode step's attention input, the gate/up columns the FFN input is predicted to keep
+    (the attention input times the ratio of the two RMSNorm weights) are read while attention
+    computes, and gate/up reads only the kept columns not read ahead.
     On a package calibrated for input-channel sparsity
     (`tierlm sparse calibrate MODEL --out PKG`, manifest "channels"), sparse=True runs every
     linear with a threshold that way instead (LOSSY): per token only the columns of the kept
@@ -480,8 +483,9 @@ def load(
     disk_dir (default: $TMPDIR, else /tmp; unlinked at once, so nothing is left behind) under
     budget["disk"] (default: no limit but the file system's); each layer's blocks are read
     back with O_DIRECT while the layer before computes. Every token stays, so the results are
-    those of the cache in memory (stats(): kv_disk_bytes, kv_disk_bytes_read, disk). Not with a
-    kv_policy; a disk budget or disk_dir without kv_host_budget is refused.
+    those of the cache in memory (stats(): kv_disk_bytes, kv_disk_bytes_read, disk). With a
+    kv_policy, evicting rewrites the spilled blocks in place, so the results are those of the
+    policy in memory. A disk budget or disk_dir without kv_host_budget is refused.
     """
     budgets = _budgets(budget)
     native = _core.Model.load(

@@ -4,6 +4,7 @@
 // its host bytes stay within the plan and its disk bytes follow the spilled blocks.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <random>
@@ -113,6 +114,66 @@ TEST_P(KvSpillTest, SpilledBlocksGiveAttentionTheSameRows) {
   spilled.clear_all();
   EXPECT_EQ(spilled.blocks(), 0);
   EXPECT_EQ(spilled.spill()->disk_bytes(), 0u);
+}
+
+// Eviction on a spilling cache runs the same compaction, its spilled blocks read into a staging
+// buffer and written back in place a layer at a time: after drops as the window policy makes
+// them (one run after the sinks) and as the scored ones do (scattered, across block borders, the
+// last token), and after appending again, attention reads what it reads from memory, bit for
+// bit, at 60% and half of the bytes; a slot sharing the prefix keeps its own rows; the
+// host peak stays the plan's, the disk within it.
+TEST_P(KvSpillTest, EvictionRewritesSpilledBlocksToWhatMemoryHolds) {
+  const DType dtype = GetParam();
+  const AttentionShape s = shape_of(dtype);
+  std::vector<float> inv_freq(10);
+  for (size_t i = 0; i < inv_freq.size(); ++i) inv_freq[i] = std::pow(10000.0f, -0.1f * i);
+  const uint64_t full = KvCache::bytes_reserved(kLayers, kCapacity, 2, dtype);
+  for (uint64_t share : {full * 3 / 5, full / 2}) {
+    const KvSpillPlan plan = KvCache::spill_plan(kLayers, kCapacity, 2, dtype, share, 2);
+    ASSERT_TRUE(plan.on());
+    HostTier host_a(64 << 20), host_b(64 << 20);
+    KvCache memory(host_a, kLayers, kCapacity, 2, dtype);
+    KvCache spilled(host_b, kLayers, kCapacity, 2, dtype, 0, plan,
+                    KvDiskOptions{.dir = scratch_dir(), .budget = plan.disk_bytes});
+    const int64_t most = (plan.resident_blocks - 1) * kKvBlockTokens;
+    uint32_t seed = 21;
+    auto fill = [&](int64_t upto) {
+      while (memory.length(0) < upto) {
+        const int64_t n = std::min<int64_t>({most, upto - memory.length(0), 1 + seed % 45});
+        append(memory, 0, n, seed, s);
+        append(spilled, 0, n, seed, s);
+        ++seed;
+      }
+    };
+    const int64_t len = 15 * kKvBlockTokens - 10;  // with the shared copies, within the plan
+    fill(len);
+    memory.share(0, 1, 3 * kKvBlockTokens + 5);
+    spilled.share(0, 1, 3 * kKvBlockTokens + 5);
+    std::vector<int32_t> run(40);
+    for (int32_t i = 0; i < 40; ++i) run[i] = 4 + i;
+    const std::vector<int32_t> scattered = {0,  5,   6,   31,  32,  33,  63,
+                                            64, 100, 200, 201, 333, 400, len - 41};
+    for (const std::vector<int32_t>& drops : {run, scattered}) {
+      ASSERT_GT(spilled.spill()->disk_bytes(), 0u);
+      const uint64_t written = spilled.spill()->counts().bytes_written;
+      memory.begin_step();
+      spilled.begin_step();
+      memory.evict(0, drops, inv_freq.data());
+      spilled.evict(0, drops, inv_freq.data());
+      EXPECT_GT(spilled.spill()->counts().bytes_written, written);  // rewritten in place
+      ASSERT_EQ(spilled.length(0), memory.length(0));
+      EXPECT_EQ(spilled.evicted(), memory.evicted());
+      EXPECT_EQ(spilled.blocks(), memory.blocks());
+      EXPECT_EQ(attend(spilled, 0, s, seed), attend(memory, 0, s, seed)) << share;
+      EXPECT_EQ(attend(spilled, 1, s, seed), attend(memory, 1, s, seed)) << share;
+      fill(len);
+      EXPECT_EQ(attend(spilled, 0, s, ~seed), attend(memory, 0, s, ~seed)) << share;
+    }
+    EXPECT_EQ(host_b.stats().peak, plan.host_bytes);
+    EXPECT_LE(spilled.spill()->disk_stats().peak, plan.disk_bytes);
+    spilled.clear_all();
+    EXPECT_EQ(spilled.spill()->disk_bytes(), 0u);
+  }
 }
 
 // Budgets from the least that works to nearly the whole cache: the read-ahead goes from two

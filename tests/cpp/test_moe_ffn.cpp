@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <numeric>
 #include <random>
@@ -47,8 +48,13 @@ class VectorExperts : public ExpertProvider {
     predicted.assign(experts.begin(), experts.end());
     likelihood.assign(likelihood_of.begin(), likelihood_of.end());
   }
+  uint64_t landing(int, int32_t e) override {
+    const auto it = late.find(e);
+    return it == late.end() ? kExpertReady : it->second;
+  }
   ExpertWeights expert(int, int32_t e) override {
     ++fetched;
+    order.push_back(e);
     ExpertWeights w;
     w.part[0] = gate[e].data();
     w.part[1] = up[e].data();
@@ -58,7 +64,8 @@ class VectorExperts : public ExpertProvider {
   void release(int, int32_t) override {}
 
   std::vector<std::vector<float>> gate, up, down;
-  std::vector<int32_t> routed, routed_rows, predicted;
+  std::vector<int32_t> routed, routed_rows, predicted, order;
+  std::map<int32_t, uint64_t> late;  // expert -> its landing(): its read has not landed
   std::vector<float> likelihood;
   const void* router = nullptr;
   size_t fetched = 0;
@@ -114,16 +121,21 @@ struct Case {
   bool norm;
 };
 
-class MoeRun : public ::testing::TestWithParam<Case> {};
-
-TEST_P(MoeRun, MatchesPerTokenReferenceAndFetchesEachExpertOnce) {
-  const Case c = GetParam();
+MoeShape shape_of(const Case& c) {
   MoeShape s;
   s.hidden = 37;
   s.inner = 19;
   s.experts = c.experts;
   s.top_k = c.top_k;
   s.norm_topk = c.norm;
+  return s;
+}
+
+class MoeRun : public ::testing::TestWithParam<Case> {};
+
+TEST_P(MoeRun, MatchesPerTokenReferenceAndFetchesEachExpertOnce) {
+  const Case c = GetParam();
+  const MoeShape s = shape_of(c);
   std::mt19937 rng(static_cast<unsigned>(c.rows * 31 + c.experts * 7 + c.top_k));
   const std::vector<float> router = random_vector(s.experts * s.hidden, rng, 1.0f);
   const std::vector<float> next_router = random_vector(s.experts * s.hidden, rng, 1.0f);
@@ -179,6 +191,39 @@ TEST_P(MoeRun, MatchesPerTokenReferenceAndFetchesEachExpertOnce) {
     const double share = double(s.top_k) / double(s.experts);
     EXPECT_NEAR(ex.likelihood[i], want_predicted[i].second / share, 1e-5) << i;
   }
+}
+
+// Experts whose reads have not landed are multiplied after the ready ones (those in expert
+// order), the one whose read went out first first, an unread one last; the output is
+// bit-identical to the run where all were ready: it is summed in expert order whatever the
+// order of the multiplications (3 terms a row: not associative).
+TEST(MoeRun, MultipliesReadyExpertsFirstWithTheSameBits) {
+  const size_t rows = 13;
+  const MoeShape s = shape_of({rows, 7, 3, false});
+  std::mt19937 rng(5);
+  const std::vector<float> router = random_vector(s.experts * s.hidden, rng, 1.0f);
+  const std::vector<float> x = random_vector(rows * s.hidden, rng, 1.0f);
+  VectorExperts ex(s, rng);
+  std::unique_ptr<Backend> backend = backend_cpu();
+  std::vector<char> workspace(moe_workspace(*backend, s, rows));
+  std::vector<float> in_order(rows * s.hidden), late_first(rows * s.hidden);
+  moe_run(*backend, ex, 0, s, nullptr, router.data(), x.data(), rows, in_order.data(),
+          workspace.data());
+  ASSERT_GE(ex.routed.size(), 4u);
+  EXPECT_EQ(ex.order, ex.routed);
+  ex.late = {{ex.routed[0], 7}, {ex.routed[2], 3}, {ex.routed[3], ExpertProvider::kExpertUnread}};
+  ex.order.clear();
+  moe_run(*backend, ex, 0, s, nullptr, router.data(), x.data(), rows, late_first.data(),
+          workspace.data());
+  std::vector<int32_t> want;
+  for (int32_t e : ex.routed) {
+    if (!ex.late.contains(e)) want.push_back(e);
+  }
+  want.push_back(ex.routed[2]);
+  want.push_back(ex.routed[0]);
+  want.push_back(ex.routed[3]);
+  EXPECT_EQ(ex.order, want);
+  EXPECT_EQ(std::memcmp(in_order.data(), late_first.data(), in_order.size() * sizeof(float)), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(AwkwardSizes, MoeRun,

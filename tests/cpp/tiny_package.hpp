@@ -1,5 +1,6 @@
-// Test helper: writes a tiny random Llama-shaped package (GQA, SwiGLU, RoPE) in format 1,
-// so C++ tests can load a real package without Python.
+// Test helper: writes a tiny random Llama-shaped package (GQA, SwiGLU, RoPE; with `experts`,
+// each layer's FFN a moe op of that many SwiGLU experts, each stored gate, up, down back to
+// back) in format 1, so C++ tests can load a real package without Python.
 #pragma once
 
 #include <unistd.h>
@@ -26,6 +27,8 @@ struct TinySpec {
   int kv_heads = 1;
   int head_dim = 8;
   int inter = 29;
+  int experts = 0;  // 0: a dense FFN
+  int top_k = 2;
   int max_positions = 64;
   int eos = 2;
   int format_version = 1;
@@ -112,13 +115,24 @@ inline std::string write_tiny_package(const std::string& dir, const TinySpec& s 
     add(p + "ffn_norm.weight", {s.hidden}, i, 0.1f, 1.0f);
     op("{\"op\": \"rmsnorm\", \"in\": [\"h\"], \"out\": \"x\", " + w(p + "ffn_norm.weight") +
        ", \"eps\": 1e-5, \"layer\": " + L + "}");
-    lin("x", "g", add(p + "ffn.gate.weight", {s.inter, s.hidden}, i, in_scale, 0), i);
-    lin("x", "u", add(p + "ffn.up.weight", {s.inter, s.hidden}, i, in_scale, 0), i);
-    op("{\"op\": \"silu_mul\", \"in\": [\"g\", \"u\"], \"out\": \"f\", \"layer\": " + L + "}");
-    lin("f", "d",
-        add(p + "ffn.down.weight", {s.hidden, s.inter}, i,
-            1.0f / std::sqrt(static_cast<float>(s.inter)), 0),
-        i);
+    const float down_scale = 1.0f / std::sqrt(static_cast<float>(s.inter));
+    if (s.experts > 0) {
+      add(p + "moe.router.weight", {s.experts, s.hidden}, i, in_scale, 0);
+      for (int e = 0; e < s.experts; ++e) {
+        const std::string x = p + "moe.experts." + std::to_string(e) + ".";
+        add(x + "gate.weight", {s.inter, s.hidden}, i, in_scale, 0);
+        add(x + "up.weight", {s.inter, s.hidden}, i, in_scale, 0);
+        add(x + "down.weight", {s.hidden, s.inter}, i, down_scale, 0);
+      }
+      op("{\"op\": \"moe\", \"in\": [\"x\"], \"out\": \"d\", " + w(p + "moe.router.weight") +
+         ", \"experts\": " + std::to_string(s.experts) + ", \"top_k\": " + std::to_string(s.top_k) +
+         ", \"expert_prefix\": \"" + p + "moe.experts\", \"layer\": " + L + "}");
+    } else {
+      lin("x", "g", add(p + "ffn.gate.weight", {s.inter, s.hidden}, i, in_scale, 0), i);
+      lin("x", "u", add(p + "ffn.up.weight", {s.inter, s.hidden}, i, in_scale, 0), i);
+      op("{\"op\": \"silu_mul\", \"in\": [\"g\", \"u\"], \"out\": \"f\", \"layer\": " + L + "}");
+      lin("f", "d", add(p + "ffn.down.weight", {s.hidden, s.inter}, i, down_scale, 0), i);
+    }
     op("{\"op\": \"add\", \"in\": [\"h\", \"d\"], \"out\": \"h\", \"layer\": " + L + "}");
   }
   add("final_norm.weight", {s.hidden}, -1, 0.1f, 1.0f);

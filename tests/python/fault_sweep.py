@@ -42,6 +42,7 @@ SCENARIOS = {
     "streaming_decode": ("read",),
     "sparse_decode": ("read",),
     "kv_spill_decode": ("read", "write"),
+    "kv_spill_evict": ("read", "write"),
     "trainer_swaps": ("read", "write", "fallocate"),
     "checkpoint_save": ("write", "fsync"),
 }
@@ -51,7 +52,11 @@ GUARDED = {
     "checkpoint_save": "ckpt",
 }
 # only calls on these paths count (the save's own files, not the trainer's swaps before it)
-PATHS = {"checkpoint_save": "/ckpt/", "kv_spill_decode": "/tierlm-disk-"}
+PATHS = {
+    "checkpoint_save": "/ckpt/",
+    "kv_spill_decode": "/tierlm-disk-",
+    "kv_spill_evict": "/tierlm-disk-",
+}
 TIMEOUT = 300  # generous: a loaded 2-core machine runs a trainer case in 20-70 s
 ERROR_EXIT = 3
 RETRY_EXIT = 4  # a generation after the failed one gave other tokens
@@ -61,6 +66,10 @@ IDS = [5, 17, 3, 101, 42, 7]
 # blocks in host memory (KV_SPILL) and the rest on disk
 KV_IDS = [(7 * i + 3) % 211 for i in range(200)]
 KV_SPILL = dict(max_context=256, prefill_chunk=32, kv_host_budget=300 << 10)
+# kv_spill_evict: the same prompt through a window policy of 4 blocks, two of them on disk, so
+# that every step past the first four blocks evicts and rewrites the spilled blocks in place
+# (the reference in memory steps as it does: where a policy evicts follows the steps)
+KV_EVICT = dict(kv_policy="window:4+124", prefill_chunk=32, kv_host_budget=300 << 10)
 
 
 # --- the work directory: models made once, shared by every case ----------------------------
@@ -89,6 +98,9 @@ def prepare(work):
         "hf": hf,
         "kv_pkg": kv_pkg,
         "kv_tokens": tierlm.load(kv_pkg, max_context=256)
+        .generate(KV_IDS, max_new_tokens=NEW_TOKENS, stop_at_eos=False)
+        .output_ids,
+        "kv_evict_tokens": tierlm.load(kv_pkg, kv_policy=KV_EVICT["kv_policy"], prefill_chunk=32)
         .generate(KV_IDS, max_new_tokens=NEW_TOKENS, stop_at_eos=False)
         .output_ids,
         "pkg": pkg,
@@ -153,6 +165,10 @@ def run_scenario(name, work, info):
         disk = os.path.join(work, "kv-disk")
         os.makedirs(disk, exist_ok=True)
         return tokens(tierlm.load(info["kv_pkg"], disk_dir=disk, **KV_SPILL), KV_IDS)
+    if name == "kv_spill_evict":
+        disk = os.path.join(work, "kv-disk")
+        os.makedirs(disk, exist_ok=True)
+        return tokens(tierlm.load(info["kv_pkg"], disk_dir=disk, **KV_EVICT), KV_IDS)
     trainer, model, data = _trainer(work)
     if name == "trainer_swaps":
         for batch in data:
@@ -172,6 +188,7 @@ def expected(name, info):
         "streaming_decode": info["tokens"],
         "sparse_decode": info["sparse_tokens"],
         "kv_spill_decode": info["kv_tokens"],
+        "kv_spill_evict": info["kv_evict_tokens"],
     }.get(name)
 
 

@@ -261,6 +261,15 @@ def case_generate_kv_host_budget(ctx):
     s = spilled["model_stats"]
     assert s["kv_blocks_spilled"] > 0 and s["kv_bytes"] <= share
     assert 0 < s["disk"]["peak"] <= s["disk"]["budget"] == 8 << 20
+    # with --kv-policy: the policy evicts from the spilled cache, the tokens those in memory
+    windowed = (*argv[:-1], "300", "--kv-policy", "window:4+252")
+    in_memory = ctx.json(*windowed)
+    half = str(in_memory["model_stats"]["kv_bytes"] // 2)
+    both = ctx.json(*windowed, "--kv-host-budget", half)
+    assert both["output_ids"] == in_memory["output_ids"]
+    s = both["model_stats"]
+    assert s["kv_evicted"] == in_memory["model_stats"]["kv_evicted"] > 0
+    assert s["kv_blocks_spilled"] > 0 and s["kv_bytes"] <= int(half)
     rc, _, err = ctx.run(*argv, "--kv-host-budget", str(share), "--verbose")
     assert rc == 0 and "oldest blocks spilled to the disk tier" in err and "no limit" in err, err
     ctx.fails(*argv, "--kv-host-budget", "64KiB", match="kv_host_budget 64.0 KiB cannot hold")

@@ -38,6 +38,12 @@ PER_BACKEND = [
     # the generation's last read: its last step read the next step's first layers ahead, and
     # no step comes (Model::settle_reads reports it)
     ("kv_spill_decode", "read", "EIO", 106),
+    # eviction's rewrite of the spilled blocks (a window policy, two of four blocks on disk):
+    # reading a layer's slices, writing them back, a short write continued; the sequence is
+    # cleared and the next generation gives the fault-free tokens
+    ("kv_spill_evict", "read", "EIO", 43),
+    ("kv_spill_evict", "write", "EIO", 29),
+    ("kv_spill_evict", "write", "short", 43),
 ]
 # Python's writers (not the engine), and the trainer (20 s a case, most of it importing torch).
 ONCE = [

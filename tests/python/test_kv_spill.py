@@ -3,7 +3,9 @@ its bytes keeps that share in host memory and the oldest blocks in a scratch fil
 tier, read back layer by layer. Every token stays, so tokens and logits must be bit for bit
 those of the cache in memory, on each I/O back end, with the host and disk peaks inside their
 budgets; a disk budget or share too small is refused naming it; faults on the KV file's reads
-and writes end in one clear error (fault_sweep.py's kv_spill_decode)."""
+and writes end in one clear error (fault_sweep.py's kv_spill_decode). With an eviction policy
+(kv_policy) the compaction rewrites the spilled blocks in place, so the tokens, logits and
+scores are again bit for bit those of the same policy in memory."""
 
 import os
 
@@ -47,20 +49,29 @@ def run(model):
     return dict(steps=steps, tokens=tokens, peak=model.stats()["host"]["peak"])
 
 
+def spilled_load(pkg, kv_bytes, peak, share, disk_dir, **options):
+    """A load whose cache keeps `share` of kv_bytes in host memory, under a host budget of the
+    in-memory run's peak less what the cache gives up (so that run does not fit) and a disk
+    budget of the KV bytes: the model and the three budgets."""
+    kv_host = int(kv_bytes * share)
+    host, disk = peak - kv_bytes + kv_host, kv_bytes
+    model = tierlm.load(
+        pkg,
+        budget={"host": host, "disk": disk},
+        prefill_chunk=CHUNK,
+        kv_host_budget=kv_host,
+        disk_dir=disk_dir,
+        **options,
+    )
+    return model, kv_host, host, disk
+
+
 @pytest.mark.parametrize("share", [0.5, 0.25])
 def test_spilled_cache_gives_the_in_memory_tokens_and_logits(
     pkg, in_memory, backend, share, tmp_path
 ):
-    kv_host = int(in_memory["kv_bytes"] * share)
-    host = in_memory["peak"] - in_memory["kv_bytes"] + kv_host  # the in-memory run does not fit
-    disk = in_memory["kv_bytes"]
-    model = tierlm.load(
-        pkg,
-        budget={"host": host, "disk": disk},
-        max_context=CONTEXT,
-        prefill_chunk=CHUNK,
-        kv_host_budget=kv_host,
-        disk_dir=tmp_path,
+    model, kv_host, host, disk = spilled_load(
+        pkg, in_memory["kv_bytes"], in_memory["peak"], share, tmp_path, max_context=CONTEXT
     )
     assert not model.placement()["streaming"]  # the weights stay: only the KV moves
     got = run(model)
@@ -81,6 +92,59 @@ def test_spilled_cache_gives_the_in_memory_tokens_and_logits(
     # 701 + 70 tokens in blocks of 32: 25 blocks of 96 KiB, all but the resident ones on disk
     assert s["kv_disk_bytes"] > 0 and s["kv_disk_bytes"] % s["kv_block_bytes"] == 0
     assert os.listdir(tmp_path) == []  # the scratch file is unlinked from the start
+
+
+# Each policy keeps 1,024 tokens (the package's max_positions), so 25 % of them spill too.
+POLICIES = ("window:4+1020", "sirllm:4+252+768@0.99", "h2o:4+252+768")
+
+
+@pytest.fixture(scope="module")
+def policy_in_memory(pkg):
+    """Per policy, the reference run with the whole cache in host memory."""
+    runs = {}
+    for policy in POLICIES:
+        model = tierlm.load(pkg, prefill_chunk=CHUNK, kv_policy=policy)
+        runs[policy] = dict(kv_bytes=model.stats()["kv_bytes"], **run_past_the_cache(model))
+    return runs
+
+
+def run_past_the_cache(model):
+    """Prefill to near the cache's end, decode past it a token at a time (evictions while the
+    spilled blocks are read ahead), then generate from the start again."""
+    ids = prompt(1000, seed=6)
+    steps = [model.logits(ids)]
+    for token in prompt(60, seed=7):
+        steps.append(model.logits([token], append=True))
+    scores = model.kv_scores()
+    tokens = model.generate(ids, max_new_tokens=90, stop_at_eos=False).output_ids
+    return dict(steps=steps, scores=scores, tokens=tokens, stats=model.stats())
+
+
+@pytest.mark.parametrize("share", [0.5, 0.25])
+@pytest.mark.parametrize("policy", POLICIES)
+def test_spilled_cache_with_a_policy_gives_the_in_memory_tokens(
+    pkg, policy_in_memory, policy, backend, share, tmp_path
+):
+    ref = policy_in_memory[policy]
+    model, kv_host, host, disk = spilled_load(
+        pkg, ref["kv_bytes"], ref["stats"]["host"]["peak"], share, tmp_path, kv_policy=policy
+    )
+    got = run_past_the_cache(model)
+    assert got["tokens"] == ref["tokens"]
+    for step, (ours, want) in enumerate(zip(got["steps"], ref["steps"], strict=True)):
+        assert np.array_equal(ours, want), f"step {step}: logits differ"
+    assert np.array_equal(got["scores"], ref["scores"])
+    s, r = got["stats"], ref["stats"]
+    assert s["kv_evicted"] == r["kv_evicted"] > 0 and s["kv_blocks"] == r["kv_blocks"]
+    assert s["kv_io_backend"] == backend
+    # every step reads the spilled blocks back; each eviction also rewrites those it moves
+    # tokens in, in place: written beyond the blocks spilled whole
+    assert s["kv_blocks_spilled"] > 0 and s["kv_slices_read"] > 0
+    assert s["kv_disk_bytes_written"] > s["kv_blocks_spilled"] * s["kv_block_bytes"]
+    assert s["kv_bytes"] <= kv_host
+    assert 0 < s["host"]["peak"] <= host == s["host"]["budget"]
+    assert 0 < s["disk"]["peak"] <= disk == s["disk"]["budget"]
+    assert os.listdir(tmp_path) == []
 
 
 def test_spill_beside_streamed_weights(pkg, in_memory, tmp_path):
@@ -170,13 +234,11 @@ def test_too_small_budgets_are_refused_naming_them(pkg, in_memory, tmp_path):
         tierlm.load(pkg, max_context=CONTEXT, kv_host_budget=kv_host, prefill_chunk=256)
 
 
-def test_options_without_a_kv_host_budget_or_with_a_policy_are_refused(pkg, tmp_path):
+def test_options_without_a_kv_host_budget_are_refused(pkg, tmp_path):
     with pytest.raises(InvalidArgumentError, match="only a kv_host_budget"):
         tierlm.load(pkg, budget={"disk": "1GiB"})
     with pytest.raises(InvalidArgumentError, match="only a kv_host_budget"):
         tierlm.load(pkg, disk_dir=tmp_path)
-    with pytest.raises(InvalidArgumentError, match="use one or the other"):
-        tierlm.load(pkg, kv_host_budget="1MiB", kv_policy="window:4+124")
     with pytest.raises(FileNotFoundError, match="missing does not exist"):
         tierlm.load(
             pkg, max_context=CONTEXT, kv_host_budget="1MiB", disk_dir=str(tmp_path / "missing")

@@ -265,12 +265,54 @@ def test_budget_held_and_minimum_named(llama, tmp_path):
         tierlm.load(pkg, budget=minimum - 4096, sparse=True, kv_dtype="f32")
 
 
+@pytest.mark.parametrize("rotation", ["none", "site"])
+def test_readahead_changes_only_what_is_read(llama, tmp_path, backend, rotation):
+    """sparse_readahead: at each one-token step (prefill_chunk=1) the gate/up columns predicted
+    from the attention input are read while attention computes and the stream reads only the
+    others. The logits equal those without read-ahead bit for bit and the torch reference's, at
+    the minimum budget (every site streamed) and at a roomier one; the peak stays in the
+    budget, and the read-ahead's staging is counted in it."""
+    loaded, _, ids = llama
+    pkg, thresholds = calibrated(llama, tmp_path, 0.4, rotation=rotation)
+    seq = ids[100:131]
+    ref = torch_logits(loaded, thresholds, seq)
+    options = dict(sparse=True, kv_dtype="f32", prefill_chunk=1)
+    plain_minimum = tierlm.load(pkg, **options).placement()["minimum_budget"]
+    roomy = tierlm.load(pkg, sparse_readahead=True, **options)
+    need, minimum = roomy.stats()["host"]["peak"], roomy.placement()["minimum_budget"]
+    assert minimum > plain_minimum  # the read-ahead's staging
+    assert roomy.stats()["sparse_readahead_rows"] == 0  # every site resident: nothing to read
+    for budget in (minimum, (need + minimum) // 2):
+        ahead = tierlm.load(pkg, budget=budget, sparse_readahead=True, **options)
+        plain = tierlm.load(pkg, budget=budget - (minimum - plain_minimum), **options)
+        assert ahead.stats()["sparse_capacity"] == plain.stats()["sparse_capacity"]
+        for n in (1, 2, 31):
+            got = ahead.logits(seq[:n])
+            assert np.array_equal(got, plain.logits(seq[:n])), n
+            assert relative_error(got, ref[n - 1]) <= TOL, n
+        s, p = ahead.stats(), plain.stats()
+        assert s["host"]["peak"] <= budget and s["sparse_readahead"] and not p["sparse_readahead"]
+        assert s["sparse_neurons_predicted"] == p["sparse_neurons_predicted"]
+        assert s["sparse_neurons_read"] == p["sparse_neurons_read"]  # kept columns, from anywhere
+        streamed_ffn = [c for i, c in enumerate(s["sparse_capacity"]) if i % 4 == 2 and c == 0]
+        if not streamed_ffn:
+            continue
+        # The residual stream changes little across attention: most kept gate/up columns
+        # were read ahead, and most columns read ahead were kept.
+        assert s["sparse_readahead_rows"] > 0 and p["sparse_readahead_rows"] == 0
+        hits = s["sparse_readahead_hits"]
+        assert hits <= min(s["sparse_readahead_rows"], s["sparse_neurons_read"])
+        assert s["sparse_readahead_precision"] > 0.5
+        # kept columns read: every site's; gate/up's are about its share of the channels
+        assert hits > 0.5 * s["sparse_neurons_read"] * 128 / sum(site_widths())
+        tokens = ahead.sparse_tokens()
+        assert sum(tokens["readahead_rows"]) == s["sparse_readahead_rows"]
+
+
 def test_calibration_problems_are_named(llama, tmp_path):
     pkg, _ = calibrated(llama, tmp_path, 0.4)
     with pytest.raises(InvalidArgumentError, match="sparse_bundled=false"):
         tierlm.load(pkg, sparse=True, sparse_bundled=False)
-    with pytest.raises(InvalidArgumentError, match="sparse_readahead .* no predictors"):
-        tierlm.load(pkg, sparse=True, sparse_readahead=True)
     victim = os.path.join(pkg, "channel-1-ffn_in.bin")
     data = open(victim, "rb").read()
     with open(victim, "r+b") as f:

@@ -230,6 +230,16 @@ def case_kv_host_budget(pkg, sparse_pkg, tmp_path):
     assert s["disk"]["budget"] == 16 << 20 and 0 < s["disk"]["peak"] <= 16 << 20
     with refused("kv_host_budget", 2**64):
         tierlm.load(spill, kv_host_budget=2**64)
+    # with a kv_policy: the policy evicts from the spilled cache, the tokens those in memory
+    policy, ids = "h2o:4+124+128", prompt(6)
+    in_memory = tierlm.load(spill, kv_policy=policy)
+    want = in_memory.generate(ids, max_new_tokens=300, stop_at_eos=False).output_ids
+    half = in_memory.stats()["kv_bytes"] // 2
+    both = tierlm.load(spill, kv_policy=policy, kv_host_budget=half)
+    assert both.generate(ids, max_new_tokens=300, stop_at_eos=False).output_ids == want
+    s = both.stats()
+    assert s["kv_evicted"] == in_memory.stats()["kv_evicted"] > 0
+    assert s["kv_blocks_spilled"] > 0 and s["kv_bytes"] <= half
 
 
 def case_disk_dir(pkg, sparse_pkg, tmp_path):

@@ -239,6 +239,7 @@ std::vector<IoFuture> submit_batch(detail::IoEngine& engine, detail::IoOpKind ki
     if (op.len == 0) {
       op.state->finish(0, nullptr);
     } else {
+      detail::io_trace(engine.file().path, op.offset, op.len, false);
       work.push_back(std::move(op));
     }
   }

@@ -64,6 +64,16 @@ std::exception_ptr eof_error(const IoFd& file, const IoOp& op) {
 
 }  // namespace
 
+namespace {
+std::atomic<IoTrace> g_trace{nullptr};
+}  // namespace
+
+void io_trace_set(IoTrace trace) { g_trace.store(trace, std::memory_order_release); }
+
+void io_trace(const std::string& path, uint64_t offset, size_t len, bool done) {
+  if (IoTrace trace = g_trace.load(std::memory_order_acquire)) trace({&path, offset, len, done});
+}
+
 int64_t io_file_size(int fd) {
   struct stat st {};
   if (fstat(fd, &st) != 0) return -errno;
@@ -203,6 +213,7 @@ bool io_op_advance(const IoFd& file, IoOp& op, long result) {
   }
   op.done += static_cast<size_t>(result);
   if (op.done >= op.len) {
+    io_trace(file.path, op.offset, op.len, true);
     op.state->finish(op.len, nullptr);
     return true;
   }

@@ -81,6 +81,21 @@ IoFd io_open(const std::string& path, IoMode mode, bool want_direct);
 // -errno when fstat fails.
 int64_t io_file_size(int fd);
 
+// The order requests go to the disk in, for tests of who reads first (the expert store's read-
+// ahead held behind a layer's own reads): when set, io_trace is called for each request as
+// its file submits it (done false, on the submitting thread) and again when it has moved all
+// its bytes, just before its future becomes ready (done true, on whichever thread finished
+// it). Unset (nullptr) by default; nothing else is traced.
+struct IoTraceEvent {
+  const std::string* path;
+  uint64_t offset;
+  size_t len;
+  bool done;
+};
+using IoTrace = void (*)(const IoTraceEvent& event);
+void io_trace_set(IoTrace trace);
+void io_trace(const std::string& path, uint64_t offset, size_t len, bool done);
+
 enum class IoOpKind { kIoOpRead, kIoOpWrite };
 
 // One request and how far it got. `direct` says which descriptor the next chunk uses.

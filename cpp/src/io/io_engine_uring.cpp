@@ -4,10 +4,19 @@
 // while the backlog is not empty): short transfers are resubmitted, futures completed and the
 // ring refilled. The file's descriptors are registered (fixed files) and buffers given to
 // register_buffer go to a sparse fixed-buffer table.
+//
+// Setup flags not used, on purpose (fio 3.33 sets all three): IORING_SETUP_SINGLE_ISSUER /
+// DEFER_TASKRUN need one thread to submit and reap, and here whichever thread waits drives the
+// ring; COOP_TASKRUN leaves a completion on a running submitter until its next system call or
+// timer tick, so a caller that submits a read-ahead and computes would hold back the posting of
+// its completions, and with it the background reaper's refill of the ring.
 #include <liburing.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -29,9 +38,14 @@ namespace {
 constexpr unsigned kBufferSlots = 64;
 constexpr unsigned kReapBatch = 64;
 constexpr size_t kMaxChunk = size_t{1} << 30;  // io_uring lengths are 32-bit
-// How long the background reaper leaves an undriven ring to a caller that may come back to
-// wait: well under one 4 KiB read at queue depth 32 (~0.5 ms on NVMe), so the ring barely drains.
-constexpr auto kReaperGrace = std::chrono::microseconds(50);
+// Without the ring's eventfd (Linux < 5.8), how long the woken background reaper leaves an
+// undriven ring to a caller that may come back to wait: well under one 4 KiB read at queue
+// depth 32 (~0.5 ms on NVMe), so the ring barely drains.
+constexpr timespec kReaperGrace{0, 50'000};
+// How often the background reaper looks at the ring although nothing signalled it: only
+// against a lost signal (see arm_reaper_locked), so rarely (at 1 MiB reads, ~1,000 a second
+// here, every 10 ms was 0.1 context switches per read).
+constexpr timespec kReaperWatch{1, 0};
 
 std::string setup_failure(int err) {
   std::string why = "io_uring_setup: " + errno_text(err);
@@ -61,18 +75,35 @@ std::string setup_failure(int err) {
 // The ring and everything about it. Only the holder of the reaping token consumes
 // completions, so a thread blocked in the kernel always has a completion coming to it.
 // Waiters take the token themselves (their completion wakes them directly, as in fio); the
-// background reaper takes it only while requests wait in the backlog for ring space.
+// background reaper takes it only while requests wait in the backlog for ring space and no
+// thread drives the ring. It sleeps on an eventfd registered with the ring, which the kernel
+// signals on each completion only while that is so (the reaper is "armed"): a caller that
+// submits and then waits, as most do, takes the token before the next completion and the
+// reaper is never woken; a caller that submits and goes computing has the reaper take over at
+// the ring's next completion.
 class UringCore final : public IoDriver {
  public:
-  UringCore(const IoFd& file, unsigned depth) : file_(file), depth_(depth) {
+  UringCore(const IoFd& file, unsigned depth)
+      : file_(file), depth_(depth), wake_fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+    if (wake_fd_ < 0) {
+      TIERLM_FAIL(kErrorIo, errno, "cannot create the eventfd of the io_uring reaper for ",
+                  file_.path, ": ", errno_text(errno),
+                  "; raise the open-file limit (`ulimit -n`) or use backend='threads'");
+    }
     io_uring_params params{};
     params.flags = IORING_SETUP_CQSIZE;
     params.cq_entries = 2 * depth_;  // never fewer than the requests in the ring
     const int r = io_uring_queue_init_params(depth_, &ring_, &params);
     if (r < 0) {
+      close(wake_fd_);
       TIERLM_FAIL(kErrorUnsupported, -r, "cannot create an io_uring of depth ", depth_, " for ",
                   file_.path, ": ", setup_failure(-r),
                   "; use backend='threads' or TIERLM_IO=threads, or a smaller queue depth");
+    }
+    ring_signals_ = io_uring_register_eventfd(&ring_, wake_fd_) == 0;
+    if (ring_signals_ && io_uring_cq_eventfd_toggle(&ring_, false) != 0) {
+      io_uring_unregister_eventfd(&ring_);  // it could not be switched off: kick by hand
+      ring_signals_ = false;
     }
     int fds[2] = {file_.fd, file_.direct_fd};
     fixed_files_ = io_uring_register_files(&ring_, fds, file_.direct_fd >= 0 ? 2 : 1) == 0;
@@ -82,7 +113,10 @@ class UringCore final : public IoDriver {
     for (unsigned i = depth_; i > 0; --i) free_slots_.push_back(i - 1);
   }
 
-  ~UringCore() override { io_uring_queue_exit(&ring_); }
+  ~UringCore() override {
+    io_uring_queue_exit(&ring_);
+    close(wake_fd_);
+  }
 
   void submit(std::vector<IoOp*>& ops) {
     std::unique_lock<std::mutex> lock(mutex_);
@@ -99,8 +133,9 @@ class UringCore final : public IoDriver {
   }
 
   void poll() override {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::unique_lock<std::mutex> lock(mutex_);
     if (!reaping_) consume_locked();
+    release_to_reaper(lock);
   }
 
   void drain() {
@@ -108,13 +143,13 @@ class UringCore final : public IoDriver {
     drive(lock, [&] { return pending_ == 0; });
   }
 
-  // Unlocks, waking the background reaper if requests wait for ring space and no one drives
-  // the ring. Only then: waking it on every reap while a waiter drives would pass the token
-  // back and forth; and not under the lock, which the woken reaper would block on at once.
+  // Unlocks, arming the background reaper if requests wait for ring space and no one drives
+  // the ring (see arm_reaper_locked), and waking it if nothing in the ring will. Not under the
+  // lock, which the woken reaper would block on at once.
   void release_to_reaper(std::unique_lock<std::mutex>& lock) {
-    const bool wake = undriven();
+    const bool wake = arm_reaper_locked();
     lock.unlock();
-    if (wake) reaper_cv_.notify_one();
+    if (wake) kick_reaper();
   }
 
   // Requests wait for ring space and no thread moves them there.
@@ -123,16 +158,19 @@ class UringCore final : public IoDriver {
   // Background progress: moves the backlog into the ring as slots free up.
   void reap_backlog() {
     std::unique_lock<std::mutex> lock(mutex_);
-    for (;;) {
-      reaper_cv_.wait(lock, [&] { return stopping_ || undriven(); });
-      if (stopping_) return;
-      // A caller that just stopped waiting mostly submits and waits again at once: taking the
-      // token now would make it sleep as a follower until this thread passes the ring back.
-      if (reaper_cv_.wait_for(lock, kReaperGrace, [&] { return stopping_ || !undriven(); })) {
+    while (!stopping_) {
+      // Due when the ring has room (finished requests) that no one refills. A waiter that
+      // arrives takes over (its completion then wakes it directly).
+      if (undriven() && (io_uring_cq_ready(&ring_) > 0 || !ring_signals_)) {
+        drive(lock, [&] { return stopping_ || backlog_.empty() || followers_ > 0; });
         continue;
       }
-      // A waiter that arrives takes over (its completion then wakes it directly).
-      drive(lock, [&] { return stopping_ || backlog_.empty() || followers_ > 0; });
+      lock.unlock();
+      sleep_until_woken(&kReaperWatch);
+      // Kicked by hand: a caller that just submitted mostly waits at once, and taking the
+      // token now would make it sleep as a follower until this thread passes the ring back.
+      if (!ring_signals_) sleep_until_woken(&kReaperGrace);
+      lock.lock();
     }
   }
 
@@ -141,7 +179,7 @@ class UringCore final : public IoDriver {
       std::lock_guard<std::mutex> lock(mutex_);
       stopping_ = true;
     }
-    reaper_cv_.notify_all();
+    kick_reaper();
   }
 
   bool register_buffer(void* buf, size_t len) {
@@ -178,6 +216,34 @@ class UringCore final : public IoDriver {
     size_t len = 0;
   };
 
+  // Arms the reaper exactly while undriven(): the kernel then signals its eventfd on each
+  // completion. Returns whether it must be woken by hand: no completion is left to come (all
+  // that are in the ring are posted already), or the kernel cannot signal it.
+  bool arm_reaper_locked() {
+    const bool want = undriven();
+    const bool changed = want != armed_;
+    armed_ = want;
+    if (!ring_signals_) return want && changed;
+    if (changed) io_uring_cq_eventfd_toggle(&ring_, want);
+    if (!want) return false;
+    // The kernel stores the CQ tail and then reads the eventfd flag with no barrier between,
+    // so a completion posted just now may be signalled to no one and seen here by no one: the
+    // reaper's watch (kReaperWatch) bounds that stall of a batch no one waits for.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    return io_uring_cq_ready(&ring_) >= inflight_;
+  }
+
+  void kick_reaper() { eventfd_write(wake_fd_, 1); }
+
+  // Blocks the reaper until its eventfd is signalled (by the ring or a kick) or timeout passes.
+  void sleep_until_woken(const timespec* timeout) {
+    pollfd p{wake_fd_, POLLIN, 0};
+    if (ppoll(&p, 1, timeout, nullptr) > 0) {
+      eventfd_t count = 0;
+      eventfd_read(wake_fd_, &count);
+    }
+  }
+
   // Consumes completions until done() holds. Blocks in the kernel only while holding the
   // token and with requests in the ring, so a completion is always on its way.
   template <typename Done>
@@ -196,6 +262,7 @@ class UringCore final : public IoDriver {
         continue;
       }
       reaping_ = true;
+      arm_reaper_locked();  // disarms: this thread moves the backlog now
       lock.unlock();
       io_uring_cqe* cqe = nullptr;
       io_uring_wait_cqe(&ring_, &cqe);  // EINTR and the like: consume what is there, loop
@@ -332,7 +399,11 @@ class UringCore final : public IoDriver {
   bool sparse_buffers_ = false;
   std::mutex mutex_;  // guards the rings' use, the backlog, the counters, the token, buffers_
   std::condition_variable progress_cv_;  // waiters whose thread does not hold the token
-  std::condition_variable reaper_cv_;    // the background reaper: backlog to move, or stop
+  // The background reaper sleeps on it: signalled by the ring's completions while armed_, and
+  // by hand to stop it (or, where the ring cannot signal it, when it is armed).
+  int wake_fd_ = -1;
+  bool ring_signals_ = false;  // the eventfd is registered with the ring and can be switched
+  bool armed_ = false;
   unsigned followers_ = 0;
   std::deque<IoOp*> backlog_;
   unsigned inflight_ = 0;  // requests in the ring (submitted or finished, not yet consumed)

@@ -173,7 +173,7 @@ void kernel_kv_shift(const KvLayout& kv, const AttentionShape& shape, size_t fro
   TIERLM_CHECK(to < from && from + n <= shape.kv_capacity && d % 2 == 0 && d / 2 <= kMaxHalf,
                kErrorInvalidArgument, "KV shift: tokens ", from, "..", from + n, " to ", to,
                " (capacity ", shape.kv_capacity, ", head_dim ", d, ")");
-  alignas(64) float cos[kMaxHalf], sin[kMaxHalf], key[2 * kMaxHalf];
+  alignas(64) float cos[kMaxHalf], sin[kMaxHalf];
   const float delta = -static_cast<float>(from - to);
   for (size_t i = 0; i < d / 2; ++i) {
     cos[i] = std::cos(delta * inv_freq[i]);
@@ -184,14 +184,30 @@ void kernel_kv_shift(const KvLayout& kv, const AttentionShape& shape, size_t fro
     return static_cast<uint8_t*>(kv.blocks[t / kv.block_tokens]) + offset +
            (h * kv.block_tokens + t % kv.block_tokens) * row_bytes;
   };
-  for (size_t i = 0; i < n; ++i)
-    for (size_t h = 0; h < shape.n_kv_heads; ++h) {
-      const uint8_t* src = row(from + i, kv.k_offset, h);
-      for (size_t c = 0; c < d; ++c) key[c] = detail::kv_element(src, shape.kv_dtype, c);
-      k.rope(key, cos, sin, 1, d);
-      store_row(key, d, shape.kv_dtype, row(to + i, kv.k_offset, h));
-      std::memmove(row(to + i, kv.v_offset, h), row(from + i, kv.v_offset, h), row_bytes);
-    }
+  // Heads on the pool: their rows are apart, and each head's tokens move in order (the ranges
+  // may overlap: a row is read before the token moving onto it is written).
+  auto heads = [&](size_t h0, size_t h1) {
+    alignas(64) float key[2 * kMaxHalf];
+    for (size_t h = h0; h < h1; ++h)
+      for (size_t i = 0; i < n; ++i) {
+        const uint8_t* src = row(from + i, kv.k_offset, h);
+        if (shape.kv_dtype == DType::kDTypeQ8_0) {
+          for (size_t c = 0; c < d; ++c) key[c] = detail::kv_element(src, shape.kv_dtype, c);
+        } else {
+          k.convert(src, shape.kv_dtype, key, d);
+        }
+        k.rope(key, cos, sin, 1, d);
+        store_row(key, d, shape.kv_dtype, row(to + i, kv.k_offset, h));
+        std::memmove(row(to + i, kv.v_offset, h), row(from + i, kv.v_offset, h), row_bytes);
+      }
+  };
+  // A few rows (a scored policy's scattered runs) are not worth waking the pool for.
+  constexpr size_t kMinPoolRows = 256;
+  if (n * shape.n_kv_heads < kMinPoolRows) {
+    heads(0, shape.n_kv_heads);
+  } else {
+    parallel_for(shape.n_kv_heads, [&](size_t h0, size_t h1) { heads(h0, h1); });
+  }
 }
 
 size_t kernel_attention_workspace(const AttentionShape& shape) {

@@ -57,7 +57,12 @@ void Executor::make_room(int32_t slot, int64_t n) {
   const int64_t candidates = length - p.sinks - (p.heavy > 0 ? p.window : 0);
   const int64_t drop = std::min(candidates, std::max(length + n - kv_.capacity(), kKvBlockTokens));
   eviction_->select(slot, length, drop, drops_);
-  kv_.evict(slot, drops_, rope_inv_freq_);
+  try {
+    kv_.evict(slot, drops_, rope_inv_freq_);
+  } catch (...) {
+    eviction_->cleared(slot);  // a spilled block failed to move: the cache ended the sequence
+    throw;
+  }
   eviction_->evicted(slot, drops_, length);
 }
 

@@ -147,6 +147,10 @@ KvCache::KvCache(HostTier& host, std::vector<KvLayerShape> layers, int64_t capac
     tables_[s].reserve(per_slot);
     pointers_[s].reserve(per_slot);
   }
+  if (spill.on()) {
+    shift_blocks_.reserve(per_slot);
+    shift_disk_.reserve(per_slot);
+  }
   // A chunk is added only when every held one is full, so at most one past the blocks' need.
   const size_t most_chunks =
       (per_slot * tables_.size() + static_cast<size_t>(blocks_per_chunk_) - 1) /
@@ -265,13 +269,21 @@ void KvCache::prepare(int32_t slot, int64_t tokens) {
 }
 
 void KvCache::own(int32_t slot, size_t b) {
-  auto& table = tables_[static_cast<size_t>(slot)];
-  if (table[b] >= 0 && refs_[static_cast<size_t>(table[b])] == 1) {
-    pin_[static_cast<size_t>(table[b])] = step_;
-    return;
+  const int32_t entry = tables_[static_cast<size_t>(slot)][b];
+  if (entry < 0 || refs_[static_cast<size_t>(entry)] > 1) copy_block(slot, b);
+  pin_[static_cast<size_t>(tables_[static_cast<size_t>(slot)][b])] = step_;
+}
+
+void KvCache::unshare(int32_t slot, size_t b) {
+  const int32_t entry = tables_[static_cast<size_t>(slot)][b];
+  if ((entry < 0 ? spill_->refs(-1 - entry) : refs_[static_cast<size_t>(entry)]) > 1) {
+    copy_block(slot, b);
   }
+}
+
+void KvCache::copy_block(int32_t slot, size_t b) {
+  auto& table = tables_[static_cast<size_t>(slot)];
   const int32_t copy = take();  // may move table[b] itself to disk
-  pin_[static_cast<size_t>(copy)] = step_;
   const int32_t source = table[b];
   if (source >= 0) {
     std::memcpy(block_data(copy), block_data(source), block_bytes_);
@@ -344,44 +356,77 @@ void KvCache::evict(int32_t slot, std::span<const int32_t> drops, const float* r
   TIERLM_CHECK(ok, kErrorInvalidArgument, "KV cache: cannot drop ", count, " tokens (",
                count > 0 ? drops.front() : 0, "..", count > 0 ? drops.back() : 0,
                ", ascending and distinct) of slot ", slot, ", which holds ", length);
-  TIERLM_CHECK(!spill_, kErrorUnsupported,
-               "KV cache: a cache that spills to disk keeps every token; it cannot drop any");
   auto& table = tables_[static_cast<size_t>(slot)];
   auto& pointers = pointers_[static_cast<size_t>(slot)];
   // Blocks rewritten below are this slot's own first (copy on write).
-  for (size_t b = static_cast<size_t>(drops.front() / kKvBlockTokens); b < table.size(); ++b) {
-    if (refs_[static_cast<size_t>(table[b])] == 1) continue;
-    const int32_t copy = take();
-    std::memcpy(block_data(copy), block_data(table[b]), block_bytes_);
-    drop(table[b]);
-    table[b] = copy;
-    pointers[b] = block_data(copy);
-  }
-  // Compaction: each run of kept tokens moves down by the drops before it, in order, so a run
-  // only overwrites tokens already moved or dropped.
+  const size_t first = static_cast<size_t>(drops.front() / kKvBlockTokens);
+  for (size_t b = first; b < table.size(); ++b) unshare(slot, b);
+  const size_t kept = static_cast<size_t>(blocks_for(length - count));
+  if (spill_) spill_->stop_reading();  // the blocks read ahead are about to change
   for (size_t l = 0; l < layers_.size(); ++l) {
-    AttentionShape shape;
-    shape.n_kv_heads = layers_[l].kv_heads;
-    shape.head_dim = layers_[l].head_dim;
-    shape.kv_capacity = table.size() * static_cast<size_t>(kKvBlockTokens);
-    shape.kv_dtype = dtype_;
-    for (size_t i = 0; i < drops.size(); ++i) {
-      const int64_t begin = drops[i] + 1;
-      const int64_t end = i + 1 < drops.size() ? drops[i + 1] : length;
-      if (begin == end) continue;
-      kernel_kv_shift(layout(l, slot), shape, static_cast<size_t>(begin),
-                      static_cast<size_t>(begin) - (i + 1), static_cast<size_t>(end - begin),
-                      rope_inv_freq);
+    try {
+      shift_layer(l, slot, drops, length, first, kept, rope_inv_freq);
+    } catch (...) {
+      clear(slot);  // layers before l moved, l and later did not
+      throw;
     }
   }
   lengths_[static_cast<size_t>(slot)] = length - count;
   evicted_ += count;
-  while (static_cast<int64_t>(table.size()) >
-         (length - count + kKvBlockTokens - 1) / kKvBlockTokens) {
+  while (table.size() > kept) {
     drop(table.back());
     table.pop_back();
     pointers.pop_back();
   }
+}
+
+// Each run of kept tokens moves down by the drops before it, in order, so a run only
+// overwrites tokens already moved or dropped.
+void KvCache::shift_layer(size_t l, int32_t slot, std::span<const int32_t> drops, int64_t length,
+                          size_t first, size_t kept, const float* rope_inv_freq) {
+  const auto& table = tables_[static_cast<size_t>(slot)];
+  AttentionShape shape;
+  shape.n_kv_heads = layers_[l].kv_heads;
+  shape.head_dim = layers_[l].head_dim;
+  shape.kv_capacity = table.size() * static_cast<size_t>(kKvBlockTokens);
+  shape.kv_dtype = dtype_;
+  KvLayout layout;
+  size_t rewritten = 0;  // spilled blocks below the new end: written back
+  if (!spill_) {
+    layout = this->layout(l, slot);
+  } else {
+    // The layer's slices: resident blocks in place, spilled ones from `first` on staged.
+    shift_disk_.clear();
+    for (size_t b = first; b < table.size(); ++b) {
+      if (table[b] >= 0) continue;
+      shift_disk_.push_back(-1 - table[b]);
+      if (b < kept) rewritten = shift_disk_.size();
+    }
+    const char* staged = shift_disk_.empty() ? nullptr : spill_->load_slices(l, shift_disk_);
+    const uint64_t slice = spill_->slice_bytes(l);
+    shift_blocks_.clear();
+    size_t i = 0;
+    for (size_t b = 0; b < table.size(); ++b) {
+      const int32_t entry = table[b];
+      const char* at = entry >= 0  ? static_cast<const char*>(host_blocks_[entry]) + key_offset_[l]
+                       : b < first ? nullptr  // before the drops: untouched
+                                   : staged + i++ * slice;
+      shift_blocks_.push_back(const_cast<char*>(at));
+    }
+    layout.blocks = shift_blocks_.data();
+    layout.block_tokens = static_cast<size_t>(kKvBlockTokens);
+    layout.k_offset = 0;
+    layout.v_offset = value_offset_[l] - key_offset_[l];
+  }
+  for (size_t i = 0; i < drops.size(); ++i) {
+    const int64_t begin = drops[i] + 1;
+    const int64_t end = i + 1 < drops.size() ? drops[i + 1] : length;
+    if (begin == end) continue;
+    kernel_kv_shift(layout, shape, static_cast<size_t>(begin), static_cast<size_t>(begin) - (i + 1),
+                    static_cast<size_t>(end - begin), rope_inv_freq);
+  }
+  if (rewritten > 0)
+    spill_->store_slices(l, std::span<const int32_t>(shift_disk_).first(rewritten));
 }
 
 }  // namespace tierlm::detail

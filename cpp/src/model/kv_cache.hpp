@@ -103,7 +103,10 @@ class KvCache {
   void share(int32_t from, int32_t to, int64_t tokens);
   // Drops the tokens `drops` (ascending, distinct) of slot: the cache compacts, every later
   // token moving down by the drops before it, its key rotated back as far (kernel_kv_shift),
-  // so positions stay counted within the cache; blocks past the new end go back.
+  // so positions stay counted within the cache; blocks past the new end go back. A spilling
+  // cache runs the same compaction a layer at a time, its spilled blocks read into a staging
+  // buffer and written back in place, so its blocks hold what a cache in memory holds, bit for
+  // bit. A disk error there ends the sequence (cleared: its blocks are half moved) and throws.
   void evict(int32_t slot, std::span<const int32_t> drops, const float* rope_inv_freq);
   int64_t evicted() const { return evicted_; }  // tokens dropped since load
 
@@ -123,6 +126,15 @@ class KvCache {
   void* address(int32_t entry) const { return entry < 0 ? nullptr : block_data(entry); }
   // Makes block b of slot a block of this slot alone, in host memory, for this step.
   void own(int32_t slot, size_t b);
+  // Makes block b of slot a block of this slot alone (a shared one is copied; a spilled one
+  // stays on disk unless shared).
+  void unshare(int32_t slot, size_t b);
+  // Puts a host copy of block b of slot (from memory or disk) in its place.
+  void copy_block(int32_t slot, size_t b);
+  // evict's compaction of layer l of slot: kernel_kv_shift over its blocks, the spilled ones
+  // from `first` on staged and written back when they are below the new end (`kept` blocks).
+  void shift_layer(size_t l, int32_t slot, std::span<const int32_t> drops, int64_t length,
+                   size_t first, size_t kept, const float* rope_inv_freq);
   // Writes the least recently taken block that this step does not use to the disk tier.
   void spill_coldest();
 
@@ -145,9 +157,11 @@ class KvCache {
   int64_t evicted_ = 0;
   // Spilling.
   std::unique_ptr<KvSpill> spill_;
-  std::vector<void*> host_blocks_;  // each host block id's address (spilling: fixed)
-  std::vector<uint64_t> age_;       // when each host block id was taken
-  std::vector<uint64_t> pin_;       // the step that last prepared it
+  std::vector<void*> host_blocks_;   // each host block id's address (spilling: fixed)
+  std::vector<uint64_t> age_;        // when each host block id was taken
+  std::vector<uint64_t> pin_;        // the step that last prepared it
+  std::vector<void*> shift_blocks_;  // evict: a layer's slices, as KvLayout lists them
+  std::vector<int32_t> shift_disk_;  // evict: the spilled blocks it rewrites, in table order
   uint64_t clock_ = 0;
   uint64_t step_ = 1;
 };

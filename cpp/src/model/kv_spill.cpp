@@ -214,15 +214,7 @@ void KvSpill::read_slices(size_t buffer, size_t layer, size_t first) {
   char* staging = static_cast<char*>(staging_.data()) + buffer * buffer_bytes_;
   requests_.clear();
   for (size_t i = first; i < step_disk_.size(); ++i) {
-    char* into = staging + i * slice;
-    const uint64_t offset = disk_offset(layer, step_disk_[i]);
-    DiskRequest* last = requests_.empty() ? nullptr : &requests_.back();
-    if (last != nullptr && last->offset + last->len == offset &&
-        static_cast<char*>(last->buf) + last->len == into && last->len + slice <= kReadPiece) {
-      last->len += slice;  // the next slot on disk into the next place: one read
-    } else {
-      requests_.push_back({&extent_, into, slice, offset});
-    }
+    add_piece(staging + i * slice, slice, disk_offset(layer, step_disk_[i]));
     ++counts_.slices_read;
     counts_.bytes_read += slice;
   }
@@ -248,6 +240,61 @@ void KvSpill::read_slices(size_t buffer, size_t layer, size_t first) {
   }
 }
 
+void KvSpill::add_piece(char* at, uint64_t len, uint64_t offset) {
+  DiskRequest* last = requests_.empty() ? nullptr : &requests_.back();
+  if (last != nullptr && last->offset + last->len == offset &&
+      static_cast<char*>(last->buf) + last->len == at && last->len + len <= kReadPiece) {
+    last->len += len;  // the next slot on disk into the next place: one request
+  } else {
+    requests_.push_back({&extent_, at, len, offset});
+  }
+}
+
+void KvSpill::stop_reading() {
+  drop_ahead();
+  for (size_t b = 0; b < staged_layer_.size(); ++b) {
+    settle(b);
+    staged_layer_[b] = SIZE_MAX;
+  }
+}
+
+char* KvSpill::load_slices(size_t layer, std::span<const int32_t> disk) {
+  move_slices(layer, disk, false);
+  return static_cast<char*>(staging_.data());
+}
+
+void KvSpill::store_slices(size_t layer, std::span<const int32_t> disk) {
+  move_slices(layer, disk, true);
+}
+
+void KvSpill::move_slices(size_t layer, std::span<const int32_t> disk, bool write) {
+  const uint64_t slice = slice_bytes_[layer];
+  TIERLM_CHECK(disk.size() * slice <= buffer_bytes_, kErrorInvalidArgument,
+               "KV cache: ", disk.size(), " spilled slices of layer ", layer,
+               " do not fit a staging buffer");
+  char* staging = static_cast<char*>(staging_.data());
+  requests_.clear();
+  for (size_t i = 0; i < disk.size(); ++i)
+    add_piece(staging + i * slice, slice, disk_offset(layer, disk[i]));
+  if (requests_.empty()) return;
+  try {
+    std::vector<IoFuture> futures =
+        write ? tier_.pwrite_batch(requests_) : tier_.pread_batch(requests_);
+    io_wait_all(futures);
+  } catch (const Error& error) {
+    rethrow(error, std::string(write ? "writing" : "reading") + " layer " + std::to_string(layer) +
+                       "'s spilled blocks " + (write ? "back to" : "from") + " the disk tier in " +
+                       tier_.directory() + " to drop evicted tokens failed");
+  }
+  const uint64_t bytes = disk.size() * slice;
+  if (write) {
+    counts_.bytes_written += bytes;
+  } else {
+    counts_.slices_read += disk.size();
+    counts_.bytes_read += bytes;
+  }
+}
+
 void KvSpill::point(size_t buffer, size_t layer) {
   const char* staging = static_cast<const char*>(staging_.data()) + buffer * buffer_bytes_;
   for (int32_t slot : step_slots_) {
@@ -264,17 +311,23 @@ void KvSpill::point(size_t buffer, size_t layer) {
   }
 }
 
+std::optional<Error> KvSpill::read_error(size_t buffer) {
+  for (IoFuture& f : futures_[buffer]) f.wait();
+  for (IoFuture& f : futures_[buffer]) {
+    try {
+      f.get();  // returns (or throws) the same again when a step uses the buffer
+    } catch (const Error& error) {
+      return error;
+    }
+  }
+  return std::nullopt;
+}
+
 void KvSpill::drop_ahead() {
   for (size_t b = 0; b < staged_layer_.size(); ++b) {
     if (!ahead_[b]) continue;
-    for (IoFuture& f : futures_[b]) f.wait();
-    for (IoFuture& f : futures_[b]) {
-      try {
-        f.get();
-      } catch (const Error& error) {
-        if (!ahead_error_) ahead_error_ = error;
-      }
-    }
+    std::optional<Error> error = read_error(b);
+    if (error && !ahead_error_) ahead_error_ = std::move(error);
     futures_[b].clear();
     staged_layer_[b] = SIZE_MAX;
     ahead_[b] = false;
@@ -297,15 +350,9 @@ void KvSpill::throw_ahead_error() {
 
 void KvSpill::settle_ahead() {
   for (size_t b = 0; b < staged_layer_.size(); ++b) {
-    if (!ahead_[b]) continue;
-    for (IoFuture& f : futures_[b]) f.wait();
-    for (IoFuture& f : futures_[b]) {
-      try {
-        f.get();  // returns (or throws) the same again when a step uses the buffer
-      } catch (const Error&) {
-        drop_ahead();  // keeps the error
-        break;
-      }
+    if (ahead_[b] && read_error(b)) {
+      drop_ahead();  // keeps the error
+      break;
     }
   }
   throw_ahead_error();

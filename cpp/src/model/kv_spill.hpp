@@ -8,8 +8,10 @@
 // first layers: a step's spilled blocks are the last step's (its new token lands in a resident
 // block), so the disk keeps reading while the step ends, the logits go out and the next token's
 // first layers compute; the next step checks the guess and reads what it lacks. Spilling moves
-// bytes, it drops nothing: attention reads the same keys and values as from memory. Eviction
-// policies (kv_policy) are another matter and are not combined with it.
+// bytes, it drops nothing: attention reads the same keys and values as from memory. An eviction
+// policy's compaction (KvCache::evict) rewrites the spilled blocks it moves tokens in, a layer
+// at a time through a staging buffer, in place on disk, so they hold what the same blocks in
+// memory would.
 #pragma once
 
 #include <cstddef>
@@ -97,6 +99,17 @@ class KvSpill {
   // of this step or, past its last, of the next step (read ahead, assuming it reads the slices
   // this one does).
   void release(size_t layer);
+  // Eviction rewrites spilled blocks (KvCache::evict): stop_reading() drops what was read ahead
+  // (keeping its error for the next stage) and waits for every staging buffer; then, a layer at
+  // a time, load_slices reads layer's slices of the disk slots `disk` (at most one buffer's)
+  // into a staging buffer, slice i at the address returned + i * slice_bytes(layer), and
+  // store_slices writes them back to their slots. Both wait, and count what they move.
+  void stop_reading();
+  char* load_slices(size_t layer, std::span<const int32_t> disk);
+  void store_slices(size_t layer, std::span<const int32_t> disk);
+  uint64_t slice_bytes(size_t layer) const { return slice_bytes_[layer]; }
+  int32_t refs(int32_t disk) const { return refs_[static_cast<size_t>(disk)]; }
+
   // Layer's blocks of slot for this step: resident ones in place, spilled ones staged
   // (block_tokens left for the cache to set).
   KvLayout layout(size_t layer, int32_t slot) const;
@@ -115,11 +128,17 @@ class KvSpill {
   // Reads layer's slices of step_disk_[first...] into buffer (waiting first for what it held
   // when first is 0).
   void read_slices(size_t buffer, size_t layer, size_t first);
+  // Appends a request for len bytes at offset into `at`, merged with the last one where both
+  // continue it (up to kReadPiece).
+  void add_piece(char* at, uint64_t len, uint64_t offset);
+  void move_slices(size_t layer, std::span<const int32_t> disk, bool write);
   // KvLayout::blocks of layer, staged in buffer, for each slot of the step.
   void point(size_t buffer, size_t layer);
   // Drops the layers read ahead for the next step, waiting for their reads and keeping the
   // first one's error for the next stage to throw.
   void drop_ahead();
+  // Waits for a staging buffer's reads; the first one's error, if one failed.
+  std::optional<Error> read_error(size_t buffer);
   void throw_ahead_error();    // throws the error drop_ahead kept, dropping what is staged
   void settle(size_t buffer);  // waits for a staging buffer's reads without throwing
   uint64_t disk_offset(size_t layer, int32_t disk) const {

@@ -142,13 +142,11 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
     TIERLM_CHECK(options.sparse_bundled, kErrorInvalidArgument, p.path,
                  ": sparse_bundled=false (--no-bundling) applies to FFN neuron bundles; this "
                  "package runs input-channel sparse, whose columns are read whole");
-    TIERLM_CHECK(!options.sparse_readahead, kErrorInvalidArgument, p.path,
-                 ": sparse_readahead reads the next FFN layer's predicted neurons; this package "
-                 "runs input-channel sparse, which has no predictors: load it without it");
     channel_plan = detail::channel_plan(p, {.window = options.sparse_window,
                                             .capacity = options.sparse_capacity,
                                             .verify = options.verify,
-                                            .max_rows = static_cast<size_t>(m.chunk)});
+                                            .max_rows = static_cast<size_t>(m.chunk),
+                                            .readahead = options.sparse_readahead});
     std::erase_if(demand.tensors, [&](const std::string& name) {
       return std::find(channel_plan.dense_tensors.begin(), channel_plan.dense_tensors.end(),
                        name) != channel_plan.dense_tensors.end();

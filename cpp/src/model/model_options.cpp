@@ -23,11 +23,6 @@ void check_model_options(const ModelOptions& o) {
                "the disk budget and disk_dir are for the KV cache's blocks on the disk tier, "
                "which only a kv_host_budget (the KV cache's share of the host budget) turns on; "
                "set kv_host_budget or leave them unset");
-  TIERLM_CHECK(o.kv_host_budget == 0 || o.kv_policy.empty() || o.kv_policy == "full",
-               kErrorInvalidArgument,
-               "kv_host_budget keeps every token, spilling the oldest to "
-               "disk, and kv_policy '",
-               o.kv_policy, "' drops tokens: use one or the other");
   check_option("threads", o.threads);
   check_option("max_context", o.max_context);
   check_option("prefill_chunk", o.prefill_chunk);

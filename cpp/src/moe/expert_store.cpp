@@ -375,6 +375,7 @@ void ExpertStore::queue(int k, int slot) {
   x.slot = slot;
   slots_[slot].key = k;
   slots_[slot].pinned = true;
+  slots_[slot].batch = kExpertUnread;  // until flush() submits it
   queued_.push_back(k);
   for (int r = 0; r < x.n_reads; ++r) stats_.moe_bytes_read += x.reads[r].len;
   for (const TensorInfo* t : x.part) host_.record_in(t->nbytes);
@@ -382,6 +383,8 @@ void ExpertStore::queue(int k, int slot) {
 }
 
 void ExpertStore::flush() {
+  if (!queued_.empty()) ++batches_;
+  for (int k : queued_) slots_[experts_[k].slot].batch = batches_;
   for (size_t f = 0; f < files_.size() && !queued_.empty(); ++f) {
     requests_.clear();
     for (int k : queued_) {
@@ -481,6 +484,17 @@ void ExpertStore::route(int moe, std::span<const int32_t> experts, std::span<con
   }
   flush();  // the step's misses in one batch
   if (stream_all_) stream_layer(moe, false);
+}
+
+uint64_t ExpertStore::landing(int moe, int32_t e) {
+  const Expert& x = experts_[key(moe, e)];
+  if (x.host != nullptr) return kExpertReady;
+  // no slot at route time (read when it is used), or a read-ahead still held
+  if (x.slot < 0 || slots_[x.slot].batch == kExpertUnread) return kExpertUnread;
+  for (const IoFuture& f : slots_[x.slot].futures) {
+    if (!f.ready()) return slots_[x.slot].batch;  // batches_ counts from 1
+  }
+  return kExpertReady;
 }
 
 ExpertWeights ExpertStore::expert(int moe, int32_t e) {

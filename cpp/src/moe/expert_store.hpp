@@ -2,7 +2,8 @@
 // the package so that one read fetches it) is homed on the host tier, read at load, or on the
 // disk tier, read with O_DIRECT through the I/O engine into a host-tier expert cache whose
 // replacement policy (expert_policy.hpp) picks what to evict. A step's misses are issued as one
-// batch of reads when the router has chosen (route), and waited for as each expert is used.
+// batch of reads when the router has chosen (route); moe_run multiplies each as its read lands
+// (landing), the hits while the misses are still reading.
 // With prefetch, the store keeps every router in the host tier, and moe_run reads the experts
 // it predicts for layer i+1 (prefetch) while layer i computes: those likely enough
 // (kPrefetchFloor), most likely first, submitted once layer i's own reads have landed so that
@@ -66,6 +67,7 @@ class ExpertStore final : public ExpertProvider {
   const void* next_router(int moe) const override;
   void prefetch(int moe, std::span<const int32_t> experts,
                 std::span<const float> likelihood) override;
+  uint64_t landing(int moe, int32_t e) override;
   ExpertWeights expert(int moe, int32_t e) override;
   void release(int moe, int32_t e) override;
 
@@ -95,6 +97,7 @@ class ExpertStore final : public ExpertProvider {
     bool pinned = false;      // routed this step and not yet released, or prefetched
     bool prefetched = false;  // read ahead and not used yet
     std::vector<IoFuture> futures;
+    uint64_t batch = 0;  // the flush that submitted its reads (kExpertUnread: queued)
   };
 
   int key(int moe, int32_t e) const { return first_key_[moe] + e; }
@@ -147,6 +150,7 @@ class ExpertStore final : public ExpertProvider {
   std::vector<int> prefetched_slots_;     // pinned by prefetch until the layer's route
   std::vector<int> miss_slots_;           // the routed layer's misses, read on demand
   bool prefetch_held_ = false;            // queued_ holds a prefetch waiting for those reads
+  uint64_t batches_ = 0;                  // flushes that submitted reads
   std::vector<int> streamed_;             // scratch of stream_layer
   std::unique_ptr<ExpertPolicy> policy_;
   bool stream_all_ = false;    // expert_cache "stream": no cache, every expert read per step

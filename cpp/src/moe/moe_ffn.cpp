@@ -16,7 +16,7 @@ size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
 // The pieces of a moe op's workspace, at offsets from its start.
 struct MoeLayout {
-  size_t logits, chosen, weights, starts, order_rows, order_weights, routed, routed_rows, xs;
+  size_t logits, chosen, weights, starts, order_rows, order_weights, routed, routed_rows, done, xs;
   size_t gate, up, down;
   size_t linear, total;
 };
@@ -38,10 +38,11 @@ MoeLayout moe_layout(const Backend& backend, const MoeShape& s, size_t rows) {
   l.order_weights = take(picks * sizeof(float));
   l.routed = take(s.experts * sizeof(int32_t));
   l.routed_rows = take(s.experts * sizeof(int32_t));
+  l.done = take(s.experts * sizeof(int32_t));
   l.xs = take(rows * s.hidden * sizeof(float));
   l.gate = take(rows * s.inner * sizeof(float));
   l.up = take(rows * s.inner * sizeof(float));
-  l.down = take(rows * s.hidden * sizeof(float));
+  l.down = take(picks * s.hidden * sizeof(float));  // per pick: summed once all have landed
   size_t linear = backend.linear_workspace({rows, s.experts, s.hidden, s.router_dtype});
   linear = std::max(linear, backend.linear_workspace({rows, s.inner, s.hidden, s.part_dtype[0]}));
   linear = std::max(linear, backend.linear_workspace({rows, s.inner, s.hidden, s.part_dtype[1]}));
@@ -183,12 +184,25 @@ void moe_run(Backend& backend, ExpertProvider& experts, int moe, const MoeShape&
     most_likely_first(predicted, likelihood, n);
     experts.prefetch(moe + 1, {predicted, n}, {likelihood, n});
   }
-  std::memset(out, 0, rows * s.hidden * sizeof(float));
+  // The experts whose bytes are ready first (hits, and misses as their reads land), then the
+  // one whose read went out first (ties in expert order). Each writes its picks' rows of
+  // `down`; out sums them in expert order afterwards, as one pass in expert order would.
   float* xs = at<float>(workspace, l.xs);
   float* gate = at<float>(workspace, l.gate);
   float* up = at<float>(workspace, l.up);
   float* down = at<float>(workspace, l.down);
-  for (size_t i = 0; i < n_routed; ++i) {
+  int32_t* done = at<int32_t>(workspace, l.done);
+  std::fill(done, done + n_routed, 0);
+  for (size_t left = n_routed; left > 0; --left) {
+    size_t i = n_routed;
+    uint64_t soonest = ExpertProvider::kExpertUnread;
+    for (size_t j = 0; j < n_routed; ++j) {
+      if (done[j]) continue;
+      const uint64_t at = experts.landing(moe, routed[j]);
+      if (i == n_routed || at < soonest) i = j, soonest = at;
+      if (at == ExpertProvider::kExpertReady) break;
+    }
+    done[i] = 1;
     const int32_t e = routed[i];
     const size_t first = static_cast<size_t>(starts[e]);
     const size_t m = static_cast<size_t>(starts[e + 1]) - first;
@@ -201,14 +215,18 @@ void moe_run(Backend& backend, ExpertProvider& experts, int moe, const MoeShape&
                    linear_ws);
     backend.linear(xs, w.part[1], nullptr, up, {m, s.inner, s.hidden, s.part_dtype[1]}, linear_ws);
     backend.silu_mul(gate, up, gate, m * s.inner);
-    backend.linear(gate, w.part[2], nullptr, down, {m, s.hidden, s.inner, s.part_dtype[2]},
-                   linear_ws);
+    backend.linear(gate, w.part[2], nullptr, down + first * s.hidden,
+                   {m, s.hidden, s.inner, s.part_dtype[2]}, linear_ws);
     experts.release(moe, e);
-    for (size_t j = 0; j < m; ++j) {
-      const float wj = order_weights[first + j];
-      float* o = out + static_cast<size_t>(order_rows[first + j]) * s.hidden;
-      const float* d = down + j * s.hidden;
-      for (size_t c = 0; c < s.hidden; ++c) o[c] += wj * d[c];
+  }
+  std::memset(out, 0, rows * s.hidden * sizeof(float));
+  for (size_t i = 0; i < n_routed; ++i) {
+    const int32_t e = routed[i];
+    for (size_t p = static_cast<size_t>(starts[e]); p < static_cast<size_t>(starts[e + 1]); ++p) {
+      const float wp = order_weights[p];
+      float* o = out + static_cast<size_t>(order_rows[p]) * s.hidden;
+      const float* d = down + p * s.hidden;
+      for (size_t c = 0; c < s.hidden; ++c) o[c] += wp * d[c];
     }
   }
 }

@@ -46,6 +46,13 @@ class ExpertProvider {
   // is uniform). A store reads the missing likely ones now, while the previous layer computes.
   virtual void prefetch(int moe, std::span<const int32_t> experts,
                         std::span<const float> likelihood) = 0;
+  // When expert(moe, e) of the routed step can be had: kExpertReady when its bytes are in
+  // memory, else a number that grows with the time its read was submitted (kExpertUnread: not
+  // yet). The op multiplies the experts that will be ready first first, while the others are
+  // still reading; only the order depends on it (expert() waits for the bytes regardless).
+  virtual uint64_t landing(int moe, int32_t e) = 0;
+  static constexpr uint64_t kExpertReady = 0;
+  static constexpr uint64_t kExpertUnread = UINT64_MAX;
   // Expert e's bytes, valid until release(moe, e).
   virtual ExpertWeights expert(int moe, int32_t e) = 0;
   virtual void release(int moe, int32_t e) = 0;
@@ -57,7 +64,9 @@ size_t moe_workspace(const Backend& backend, const MoeShape& shape, size_t rows)
 // out[rows, hidden] = the op on x[rows, hidden] (out must not alias x). router: [experts,
 // hidden] in shape.router_dtype. When `next` (the next moe op's shape) is given and its
 // router is available, the next op's experts are predicted by applying its router to x and
-// prefetched before this op's experts are multiplied. Allocates nothing.
+// prefetched before this op's experts are multiplied. The routed experts are multiplied as
+// they become ready (ExpertProvider::landing), the outputs summed in expert order afterwards,
+// so the result does not depend on the order the reads land in. Allocates nothing.
 void moe_run(Backend& backend, ExpertProvider& experts, int moe, const MoeShape& shape,
              const MoeShape* next, const void* router, const float* x, size_t rows, float* out,
              void* workspace);

@@ -44,6 +44,8 @@ struct ChannelSparse::Impl {
   HostBuffer rotations;    // the rotated sites' Qᵀ, one after the other
   SparseRowLoader loader;  // before sites: the files may hold its staging registered
   ChannelStream stream;    // the streamed sites' reads, in the loader's staging
+  HostBuffer ahead_staging;
+  std::optional<ChannelReadAhead> ahead;  // with plan.readahead_bytes
   std::vector<Site> sites;
 
   int32_t* channel_ids = view<int32_t>(plan.scratch.channel_ids);
@@ -75,17 +77,30 @@ struct ChannelSparse::Impl {
         stream(static_cast<char*>(loader.staging()), loader.staging_bytes(),
                view<IoRequest>(plan.scratch.requests), plan.scratch.max_requests,
                view<SparseRowSource>(plan.scratch.sources), plan.scratch.max_batch,
-               kSparseMergeGap) {
+               kSparseMergeGap),
+        ahead_staging(plan.readahead_bytes ? host.allocate(plan.readahead_bytes, kAlignment)
+                                           : HostBuffer()) {
     threads = std::max<size_t>(1, parallel_threads());
     size_t max_n = 0;
     for (const ChannelSitePlan& s : plan.sites) max_n = std::max(max_n, s.rows.n_neurons);
     std::iota(channel_ids, channel_ids + max_n, 0);
+    if (plan.readahead_bytes > 0) {
+      int32_t* slots = view<int32_t>(plan.scratch.ahead_slots);
+      std::fill(slots, slots + max_n, -1);
+      ahead.emplace(static_cast<char*>(ahead_staging.data()), ahead_staging.size(),
+                    view<IoRequest>(plan.scratch.ahead_requests),
+                    view<SparseRowSource>(plan.scratch.ahead_sources),
+                    view<int32_t>(plan.scratch.ahead_ids), slots,
+                    view<int32_t>(plan.scratch.ahead_row_requests), max_n);
+    }
     const std::vector<float*> qt = read_rotations();
     sites.reserve(plan.sites.size());
     for (const ChannelSitePlan& s : plan.sites) {
       const SparseLayerPlan& r = s.rows;
+      const IoOptions streamed{
+          .queue_depth = kChannelQueueDepth, .threads = IoOptions{}.queue_depth, .direct = true};
       Site site{&s, std::nullopt, HostBuffer(),
-                File(r.file, IoMode::kIoModeRead, IoOptions{.direct = true}),
+                File(r.file, IoMode::kIoModeRead, s.streamed() ? streamed : IoOptions{}),
                 s.rotation < 0 ? nullptr : qt[static_cast<size_t>(s.rotation)]};
       if (s.resident()) {
         // Read once, whole (file_bytes: the columns rounded up to a page, as O_DIRECT needs).
@@ -96,6 +111,8 @@ struct ChannelSparse::Impl {
       }
       const bool reg = site.file.register_buffer(loader.staging(), loader.staging_bytes());
       record_row_file(files_io, site.file, reg, sites.empty());
+      if (ahead && s.streamed())
+        site.file.register_buffer(ahead_staging.data(), ahead_staging.size());
       sites.push_back(std::move(site));
     }
     totals.sparse = true;
@@ -104,6 +121,7 @@ struct ChannelSparse::Impl {
     totals.sparse_dense_ffn_bytes = plan.dense_bytes;
     totals.sparse_host_bytes = plan.host_bytes;
     totals.sparse_target_sparsity = plan.target_sparsity;
+    totals.sparse_readahead = plan.readahead;
     for (const ChannelSitePlan& s : plan.sites) {
       totals.sparse_capacity.push_back(static_cast<int64_t>(s.rows.capacity));
     }
@@ -185,7 +203,8 @@ struct ChannelSparse::Impl {
   void token_streamed(Site& s, const float* x, size_t n_kept, float* y, SparseTokenInfo& info) {
     const SparseLayerPlan& r = s.plan->rows;
     bool accumulate = false;
-    stream.run(s.file, r, kept, n_kept, info,
+    ChannelReadAhead* from = ahead && ahead->pending(site_index(s)) ? &*ahead : nullptr;
+    stream.run(s.file, r, kept, n_kept, from, info,
                [&](const SparseRowGather& batch, const int32_t* ids, size_t m) {
                  auto runs = [&](auto visit) {
                    for (size_t j = 0; j < m;) {
@@ -202,6 +221,30 @@ struct ChannelSparse::Impl {
                  accumulate = true;
                });
     if (!accumulate) std::fill(y, y + r.row_elems, 0.0f);  // nothing kept
+    if (from != nullptr) from->drop();
+  }
+
+  int site_index(const Site& s) const { return static_cast<int>(&s - sites.data()); }
+
+  // Site s (attn_in) paired for read-ahead with a streamed ffn_in site: that site's input,
+  // predicted from s's input x, and the reads of its columns begin (decode, one row).
+  void read_ahead(const Site& s, const float* x, SparseTokenInfo& info) {
+    const int target = s.plan->readahead_site;
+    if (!ahead || target < 0) return;
+    Site& t = sites[static_cast<size_t>(target)];
+    if (!t.plan->streamed()) return;
+    const auto t0 = Clock::now();
+    const size_t n = t.plan->rows.n_neurons;
+    float* predicted = view<float>(plan.scratch.ahead_input);
+    const float* scale = s.plan->readahead_scale.data();
+    for (size_t c = 0; c < n; ++c) predicted[c] = x[c] * scale[c];
+    if (t.rotation != nullptr) {  // a rotated site keeps channels of z = Qᵀ x
+      float* z = view<float>(plan.scratch.rotated);
+      kernel_linear(predicted, t.rotation, nullptr, DType::kDTypeF32, z, 1, n, n);
+      std::copy(z, z + n, predicted);
+    }
+    info.predictor_seconds += seconds_since(t0);
+    ahead->start(target, t.file, t.plan->rows, predicted, t.plan->threshold, info);
   }
 
   void token(Site& s, const float* input, float* y, SparseTokenInfo& info) {
@@ -265,7 +308,13 @@ void ChannelSparse::run(int site, const float* x, size_t rows) {
   Impl& m = *impl_;
   Impl::Site& s = m.sites[static_cast<size_t>(site)];
   const size_t n = s.plan->rows.n_neurons, width = s.plan->rows.row_elems;
-  for (size_t r = 0; r < rows; ++r) m.token(s, x + r * n, m.site_out + r * width, m.log.row(r));
+  try {
+    if (rows == 1) m.read_ahead(s, x, m.log.row(0));  // decode: one token, its next site known
+    for (size_t r = 0; r < rows; ++r) m.token(s, x + r * n, m.site_out + r * width, m.log.row(r));
+  } catch (...) {
+    if (m.ahead) m.ahead->drop();
+    throw;
+  }
 }
 
 void ChannelSparse::copy(int site, size_t index, size_t rows, const float* bias, float* y) const {
@@ -282,6 +331,7 @@ void ChannelSparse::copy(int site, size_t index, size_t rows, const float* bias,
 void ChannelSparse::end_batch(size_t rows) { impl_->log.end_batch(rows, impl_->totals); }
 
 void ChannelSparse::reset() {
+  if (impl_->ahead) impl_->ahead->drop();
   for (Impl::Site& s : impl_->sites) {
     if (s.rows) s.rows->reset();  // resident columns stay; streamed sites hold none
   }

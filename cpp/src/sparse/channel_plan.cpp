@@ -18,6 +18,7 @@
 #include "tierlm/core/align.hpp"
 #include "tierlm/core/error.hpp"
 #include "tierlm/io/io.hpp"
+#include "tierlm/kernels/kernels.hpp"
 #include "tierlm/sparse/neuron_cache.hpp"
 #include "tierlm/sparse/sparse_stats.hpp"
 
@@ -208,6 +209,46 @@ void verify_rotation_file(const Json& channels, const std::string& where, Channe
                   where, "rotation file", plan);
 }
 
+// The f32 weight of the RMSNorm op whose output is the input of `s`'s linears; empty when
+// that input does not come straight from an RMSNorm.
+std::vector<float> input_norm(const Package& p, const ChannelSitePlan& s) {
+  const std::string& input = p.graph.ops[s.ops.front().op].inputs.front();
+  for (const GraphOp& op : p.graph.ops) {
+    if (op.kind != OpKind::kOpRmsNorm || op.output != input || op.weight.empty()) continue;
+    const TensorInfo& t = p.tensor(op.weight);
+    std::vector<char> bytes(t.nbytes);
+    File(p.file_path(t.file), IoMode::kIoModeRead, IoOptions{.direct = false})
+        .read(bytes.data(), bytes.size(), t.offset);
+    std::vector<float> w(static_cast<size_t>(t.numel()));
+    const int32_t row = 0;
+    kernel_embedding(bytes.data(), t.dtype, &row, 1, w.size(), w.data());
+    return w;
+  }
+  return {};
+}
+
+// Pairs each layer's ffn_in site with its attn_in site for the decode read-ahead: both inputs
+// are RMSNorms of the residual stream, which attention changes little, so ffn_in's input is
+// predicted as attn_in's times the ratio of their weights (the same per-row scale cancels).
+void pair_readahead_sites(const Package& p, ChannelPlan& plan) {
+  for (ChannelSitePlan& a : plan.sites) {
+    if (a.site != "attn_in") continue;
+    for (size_t f = 0; f < plan.sites.size(); ++f) {
+      const ChannelSitePlan& b = plan.sites[f];
+      if (b.site != "ffn_in" || b.layer != a.layer || b.rows.n_neurons != a.rows.n_neurons) {
+        continue;
+      }
+      const std::vector<float> wa = input_norm(p, a), wb = input_norm(p, b);
+      if (wa.size() != a.rows.n_neurons || wb.size() != b.rows.n_neurons) continue;
+      a.readahead_site = static_cast<int>(f);
+      a.readahead_scale.resize(wa.size());
+      for (size_t c = 0; c < wa.size(); ++c) {
+        a.readahead_scale[c] = wa[c] != 0.0f ? wb[c] / wa[c] : 0.0f;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int ChannelPlan::site_of_op(size_t op, size_t* index) const {
@@ -302,6 +343,8 @@ ChannelPlan channel_plan(const Package& p, const ChannelOptions& options) {
                  plan.sites[i].site, " interleave in graph.json");
   }
   plan.verify.seconds = options.verify ? seconds_since(start) : 0.0;
+  plan.readahead = options.readahead;
+  if (options.readahead) pair_readahead_sites(p, plan);
   size_channel_caches(plan, options.capacity);
   return plan;
 }
@@ -330,6 +373,14 @@ ChannelScratchLayout channel_scratch_layout(const ChannelPlan& plan) {
   l.rotated = cursor.take(max_n * sizeof(float));
   l.rows = cursor.take(plan.max_rows * sizeof(SparseTokenInfo));
   l.log = cursor.take(kSparseTokenLog * sizeof(SparseTokenInfo));
+  if (plan.readahead_bytes > 0) {
+    l.ahead_input = cursor.take(max_n * sizeof(float));
+    l.ahead_ids = cursor.take(max_n * sizeof(int32_t));
+    l.ahead_slots = cursor.take(max_n * sizeof(int32_t));
+    l.ahead_row_requests = cursor.take(max_n * sizeof(int32_t));
+    l.ahead_sources = cursor.take(max_n * sizeof(SparseRowSource));
+    l.ahead_requests = cursor.take(SparseRowGather::max_requests(max_n) * sizeof(IoRequest));
+  }
   l.bytes = cursor.bytes;
   return l;
 }
@@ -370,9 +421,17 @@ void total_bytes(ChannelPlan& plan) {
   }
   const uint64_t staging = std::min(batch_bytes, uint64_t{kMaxStaging});
   plan.staging_bytes = static_cast<size_t>(std::max<uint64_t>(staging, 2 * worst_row));
+  plan.readahead_bytes = 0;
+  for (const ChannelSitePlan& s : plan.sites) {
+    if (s.readahead_site < 0) continue;
+    const SparseLayerPlan& r = plan.sites[static_cast<size_t>(s.readahead_site)].rows;
+    if (r.capacity != 0) continue;  // only a streamed site reads per token
+    const uint64_t ahead = std::min<uint64_t>(r.file_bytes, kChannelReadAhead);
+    plan.readahead_bytes = std::max(plan.readahead_bytes, static_cast<size_t>(ahead));
+  }
   plan.scratch = channel_scratch_layout(plan);
-  uint64_t bytes = host_pages(plan.staging_bytes) + host_pages(plan.scratch.bytes) +
-                   host_pages(rotation_bytes(plan));
+  uint64_t bytes = host_pages(plan.staging_bytes) + host_pages(plan.readahead_bytes) +
+                   host_pages(plan.scratch.bytes) + host_pages(rotation_bytes(plan));
   for (const ChannelSitePlan& s : plan.sites) bytes += site_bytes(s, plan.window);
   plan.host_bytes = bytes;
 }

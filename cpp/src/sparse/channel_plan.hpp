@@ -41,16 +41,23 @@ struct ChannelSitePlan {
   // kept columns and sums them where they land, nothing cached), n_neurons keeps them all
   // resident (read once at load), anything between is a window / LRU channel cache.
   bool streamed() const { return rows.capacity == 0; }
+  // Decode read-ahead (ChannelOptions::readahead), on an attn_in site: the index in
+  // ChannelPlan::sites of its layer's ffn_in site, whose input is predicted from this site's
+  // as x * readahead_scale (the ratio of the two RMSNorm weights, 0 where attn_in's is 0);
+  // -1 when none.
+  int readahead_site = -1;
+  std::vector<float> readahead_scale;
   bool resident() const { return rows.capacity == rows.n_neurons; }
 };
 
 // What the model passes on from ModelOptions (sparse_window, sparse_capacity, verify) and its
 // prefill chunk.
 struct ChannelOptions {
-  int64_t window = 4;    // tokens whose channels stay cached (1 = no window)
-  int64_t capacity = 0;  // cached channels per site; 0 = auto (grow_channel_caches)
-  bool verify = false;   // check the channel files' CRC-32 at load
-  size_t max_rows = 1;   // rows of a batch (prefill chunk)
+  int64_t window = 4;      // tokens whose channels stay cached (1 = no window)
+  int64_t capacity = 0;    // cached channels per site; 0 = auto (grow_channel_caches)
+  bool verify = false;     // check the channel files' CRC-32 at load
+  size_t max_rows = 1;     // rows of a batch (prefill chunk)
+  bool readahead = false;  // decode: read gate/up's predicted columns during attention
 };
 
 // Byte offsets of the per-token views in the runtime's one scratch buffer (64-byte aligned).
@@ -67,6 +74,14 @@ struct ChannelScratchLayout {
   size_t rotated = 0;   // float[max channels]: a rotated site's input z = Qᵀ x
   size_t rows = 0;      // SparseTokenInfo[max_rows]: per row of the batch
   size_t log = 0;       // SparseTokenInfo[kSparseTokenLog]
+  // The read-ahead (ChannelReadAhead): the predicted input, its channels, per channel its row
+  // (-1: none), per row its request, where each row lands, its requests.
+  size_t ahead_input = 0;  // float[max channels]
+  size_t ahead_ids = 0;    // int32[max channels] each
+  size_t ahead_slots = 0;
+  size_t ahead_row_requests = 0;
+  size_t ahead_sources = 0;   // SparseRowSource[max channels]
+  size_t ahead_requests = 0;  // IoRequest[max_requests(max channels)]
   size_t max_requests = 0;
   size_t max_batch = 0;  // columns one batch of reads holds at most (a cache's or a site's)
   size_t bytes = 0;
@@ -80,6 +95,9 @@ struct ChannelPlan {
   size_t max_rows = 1;
   size_t max_row_elems = 0;
   size_t staging_bytes = 0;  // one staging buffer shared by the sites
+  bool readahead = false;    // ChannelOptions::readahead
+  // The read-ahead's own staging: 0 when no streamed ffn_in site is read ahead.
+  size_t readahead_bytes = 0;
   // The orthogonal matrices Q (f32 [n, n], row c holds Q[c][:]) of rotated sites: their
   // offsets in rotation_file (channel_rotations.safetensors) and their dimension each. They
   // stay resident (transposed) in the host tier: rotation_bytes.

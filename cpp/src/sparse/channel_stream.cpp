@@ -15,17 +15,21 @@ size_t half_bytes(size_t staging_bytes) {
   return std::min(round_down(staging_bytes / 2, kAlignment), kChannelStreamBatch);
 }
 
+size_t half_requests(size_t max_requests) {
+  return std::min(max_requests / 2, kChannelStreamRequests);
+}
+
 }  // namespace
 
 ChannelStream::ChannelStream(char* staging, size_t staging_bytes, IoRequest* requests,
                              size_t max_requests, SparseRowSource* rows, size_t max_rows,
                              uint64_t merge_gap)
     : half_bytes_(half_bytes(staging_bytes)),
-      halves_{
-          SparseRowGather(staging, half_bytes_, requests, max_requests / 2, rows, true, merge_gap),
-          SparseRowGather(staging + round_down(staging_bytes / 2, kAlignment), half_bytes_,
-                          requests + max_requests / 2, max_requests / 2, rows + max_rows, true,
-                          merge_gap)} {}
+      halves_{SparseRowGather(staging, half_bytes_, requests, half_requests(max_requests), rows,
+                              true, merge_gap),
+              SparseRowGather(staging + round_down(staging_bytes / 2, kAlignment), half_bytes_,
+                              requests + max_requests / 2, half_requests(max_requests),
+                              rows + max_rows, true, merge_gap)} {}
 
 ChannelStream::~ChannelStream() {
   // Reads still in flight land in staging: wait.
@@ -35,10 +39,25 @@ ChannelStream::~ChannelStream() {
 }
 
 size_t ChannelStream::submit(int h, File& file, const SparseLayerPlan& plan, const int32_t* ids,
-                             size_t n, SparseTokenInfo& info) {
+                             size_t n, ChannelReadAhead* ahead, SparseTokenInfo& info) {
   SparseRowGather& g = halves_[h];
-  size_t m = 0;
-  while (m < n && g.add(plan, ids[m])) ++m;
+  size_t m = 0, ready_bytes = 0;
+  ahead_requests_[h] = 0;
+  for (; m < n; ++m) {
+    size_t request = 0;
+    const SparseRowSource* row = ahead ? ahead->find(ids[m], &request) : nullptr;
+    if (row == nullptr) {
+      if (!g.add(plan, ids[m])) break;
+      continue;
+    }
+    // Read ahead: no request, but the batch waits for it; batches stay half_bytes_ of columns
+    // so the first is summed while the read-ahead's tail still lands.
+    if (ready_bytes >= half_bytes_) break;
+    g.add_ready(*row);
+    ready_bytes += plan.row_bytes;
+    ahead_requests_[h] = std::max(ahead_requests_[h], request);
+    ++info.readahead_hits;
+  }
   TIERLM_CHECK(m > 0 || n == 0, kErrorInvalidArgument, "channel staging (", half_bytes_,
                " bytes a batch) cannot hold one column of layer ", plan.layer);
   g.close();

@@ -64,6 +64,8 @@ struct TIERLM_API ModelOptions {
   int64_t sparse_capacity = 0;  // cached neurons per layer; 0 = auto from the predictors
   // Decode: read layer i+1's predicted rows (its predictor on layer i's input) while layer i
   // computes; the result is identical either way (docs/sparse.md). Off until measured faster.
+  // Input-channel packages: at layer i's attention input, read the gate/up columns its FFN
+  // input is predicted to keep (a streamed gate/up site) while attention computes.
   bool sparse_readahead = false;
   // Mixture of experts: the replacement policy of the host-tier cache of disk-homed experts,
   // "lru" or "lfu" (use counts that halve every 64 steps).

@@ -1,0 +1,122 @@
+// The tiered expert store on a real package file, on both I/O back ends: the read-ahead of the
+// next layer's experts goes to the disk only after the routed layer's own misses have landed
+// (the order the I/O engine's trace records), so it never queues in front of them; landing()
+// tells ready, in-flight (by submission) and unread experts apart.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "io/io_engine.hpp"
+#include "moe/expert_store.hpp"
+#include "tiny_package.hpp"
+
+namespace tierlm::detail {
+namespace {
+
+using tierlm::testing::TempDir;
+using tierlm::testing::TinySpec;
+using tierlm::testing::write_tiny_package;
+
+struct Traced {
+  uint64_t offset;
+  bool done;
+};
+
+std::mutex g_mutex;
+std::vector<Traced> g_trace;
+
+// Every read lands 20 ms late: a read-ahead submitted while the misses are in flight is then
+// recorded before their landing, whatever the disk's speed.
+void record(const IoTraceEvent& event) {
+  if (event.done) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_trace.push_back({event.offset, event.done});
+}
+
+// Where in the trace expert e of layer `layer` was submitted (done false) or landed (true); -1
+// when it was not.
+int trace_index(const Package& p, int layer, int32_t e, bool done) {
+  const std::string prefix = "layers." + std::to_string(layer) + ".moe.experts";
+  const uint64_t offset =
+      p.tensor(moe_expert_tensor(prefix, e, ExpertPart::kExpertPartGate)).offset;
+  for (size_t i = 0; i < g_trace.size(); ++i) {
+    if (g_trace[i].offset == offset && g_trace[i].done == done) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+class ExpertStoreOrder : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ExpertStoreOrder, ReadAheadIsSubmittedOnlyOnceTheLayersMissesHaveLanded) {
+  if (GetParam() == "uring" && !io_probe().uring_available) GTEST_SKIP() << "no io_uring here";
+  setenv("TIERLM_IO", GetParam().c_str(), 1);
+  TempDir dir;
+  TinySpec spec;
+  spec.experts = 8;
+  spec.top_k = 2;
+  const Package p = package_open(write_tiny_package(dir.path(), spec));
+  HostTier host(64 << 20);
+  ExpertStoreOptions options;
+  options.budget = expert_store_minimum(p, true) + 3 * expert_slot_bytes(p);  // 4 slots
+  {
+    ExpertStore store(p, host, options);
+    ASSERT_EQ(store.placement().cache_slots, 4);
+    ASSERT_EQ(store.placement().host_bytes, 0u);  // every expert is read from the disk
+    g_trace.clear();
+    io_trace_set(record);
+    const int32_t misses[] = {1, 6};
+    const int32_t ahead[] = {2, 5};
+    const int32_t rows[] = {1, 1};
+    const float likely[] = {3.0f, 2.0f};
+    constexpr uint64_t kReady = ExpertProvider::kExpertReady;
+    constexpr uint64_t kUnread = ExpertProvider::kExpertUnread;
+    EXPECT_EQ(store.landing(0, 1), kUnread);
+    store.route(0, misses, rows, 1);
+    store.prefetch(1, ahead, likely);
+    // While a miss is still reading (they land 20 ms late), the read-ahead is held: unread.
+    // Both misses went out in one batch.
+    const uint64_t first = store.landing(0, 1);
+    const uint64_t second = store.landing(0, 6);
+    if (first != kReady && second != kReady) EXPECT_EQ(first, second);
+    EXPECT_NE(first, kUnread);
+    if (first != kReady || second != kReady) EXPECT_EQ(store.landing(1, 2), kUnread);
+    for (int32_t e : misses) {
+      store.expert(0, e);
+      store.release(0, e);
+    }
+    store.route(1, ahead, rows, 1);
+    for (int32_t e : ahead) {
+      store.expert(1, e);
+      store.release(1, e);
+    }
+    io_trace_set(nullptr);
+    for (int32_t e : ahead) EXPECT_EQ(store.landing(1, e), kReady);
+    EXPECT_EQ(store.landing(1, 0), kUnread);
+    EXPECT_EQ(store.stats().moe_misses, 2u);
+    EXPECT_EQ(store.stats().moe_prefetch_reads, 2u);
+    EXPECT_EQ(store.stats().moe_prefetch_used, 2u);
+  }
+  unsetenv("TIERLM_IO");
+  ASSERT_EQ(g_trace.size(), 8u);  // each expert one read (its parts merged), submitted, landed
+  int last_miss_landed = -1;
+  for (int32_t e : {1, 6}) {
+    ASSERT_GE(trace_index(p, 0, e, false), 0) << "miss " << e;
+    last_miss_landed = std::max(last_miss_landed, trace_index(p, 0, e, true));
+  }
+  for (int32_t e : {2, 5}) {
+    ASSERT_GE(trace_index(p, 1, e, true), 0) << "read-ahead " << e;
+    EXPECT_GT(trace_index(p, 1, e, false), last_miss_landed)
+        << "layer 1's expert " << e << " was read ahead before layer 0's misses landed";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, ExpertStoreOrder, ::testing::Values("threads", "uring"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace tierlm::detail
