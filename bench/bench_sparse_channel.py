@@ -11,9 +11,9 @@ O_DIRECT reads of channel-bundled f16 columns -> channel cache -> kernel) over
 --native-tokens held-out tokens: bytes read per token against the dense bytes of every
 linear, and its error against the torch reference. Deterministic (no timing). Each
 --methods entry is ALLOCATION:CRITERION[:ROTATION] (tierlm.sparse.channel.calibrate; ROTATION
-none or site: tierlm.sparse.channel_rotation), one row per target and method; the
+none, site or output: tierlm.sparse.channel_rotation), one row per target and method; the
 dense baseline is measured once in the same run. "rotation MiB" is what the rotated sites add
-beside their columns: the orthogonal matrices (f32), resident, and their multiply per token.
+beside their columns: the matrices Q (f32), resident, and their multiply per token.
 
     python bench/bench_sparse_channel.py [--sparsities 0.25,0.4,0.5]
         [--methods uniform:magnitude,greedy:weight_norm,uniform:magnitude:site]

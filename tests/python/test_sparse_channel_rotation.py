@@ -63,14 +63,45 @@ def test_rotation_is_the_principal_axes_of_the_inputs(model):
         assert rot.of(i, "attn_out") is None and rot.of(i, "ffn_down") is None
 
 
+def test_output_axes_make_the_stored_columns_orthonormal(model):
+    """rotation "output": Q = L V; W Q⁻ᵀ has orthonormal columns, so a skipped z_j costs
+    exactly z_j² of the outputs' squared error, and Qᵀ C Q is diagonal with the eigenvalues
+    of (WᵀW) C (numpy's eigvals as the reference), decreasing."""
+    from tierlm.sparse.channel_bundle import site_weights
+
+    loaded, ids = model
+    rot = cr.ChannelRotation.calibrate(loaded, ids, context=64, axes="output")
+    assert rot.axes == "output"
+    for i, layer in enumerate(loaded.layers):
+        for site in cr.ROTATED_SITES:
+            q = rot.of(i, site).astype(np.float64)
+            w = np.concatenate(site_weights(layer, site)).astype(np.float64)
+            folded = w @ np.linalg.inv(q).T
+            np.testing.assert_allclose(folded.T @ folded, np.eye(q.shape[0]), atol=1e-4)
+            x = site_inputs(loaded, ids, i, site)
+            cov = x.T @ x / len(ids)
+            d = q.T @ cov @ q
+            want = np.sort(np.linalg.eigvals(w.T @ w @ cov).real)[::-1]
+            np.testing.assert_allclose(np.diag(d), want, rtol=1e-3, atol=1e-6 * want[0])
+            assert np.abs(d - np.diag(np.diag(d))).max() <= 1e-3 * want[0]
+            # the skipped channels' cost on the outputs is the sum of their z_j²
+            z = x[:5] @ q
+            cut = z * (np.abs(z) > np.median(np.abs(z)))
+            err = ((x[:5] - cut @ np.linalg.inv(q)) @ w.T) ** 2
+            np.testing.assert_allclose(err.sum(1), ((z - cut) ** 2).sum(1), rtol=1e-3)
+    with pytest.raises(ValueError, match="axes must be one of"):
+        cr.ChannelRotation.calibrate(loaded, ids, context=64, axes="hadamard")
+
+
 def test_rotated_columns_equal_the_matrix_on_the_rotated_input():
     rng = np.random.default_rng(5)
     n, out = 37, 13
-    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    orthogonal, _ = np.linalg.qr(rng.standard_normal((n, n)))
     w = rng.standard_normal((out, n)).astype(np.float32)
     x = rng.standard_normal((7, n)).astype(np.float32)
-    z = x @ q
-    np.testing.assert_allclose(z @ cr.rotated_columns(w, q).T, x @ w.T, rtol=1e-4, atol=1e-4)
+    for q in (orthogonal, orthogonal * rng.uniform(0.5, 2.0, n)):  # and one not orthogonal
+        z = x @ q
+        np.testing.assert_allclose(z @ cr.rotated_columns(w, q).T, x @ w.T, rtol=1e-4, atol=1e-4)
 
 
 def test_zero_sparsity_is_dense_bit_for_bit(model):
@@ -82,12 +113,13 @@ def test_zero_sparsity_is_dense_bit_for_bit(model):
         assert torch.equal(logits(loaded, ids[:40]), dense)
 
 
-def test_reference_and_native_path_sparsify_the_rotated_input(model, tmp_path):
+@pytest.mark.parametrize("rotation", ["site", "output"])
+def test_reference_and_native_path_sparsify_the_rotated_input(model, tmp_path, rotation):
     from tierlm.sparse.channel_bundle import write_channel_bundles
     from tierlm.sparse.channel_exec import NativeChannelSparse
 
     loaded, ids = model
-    th = channel.calibrate(loaded, ids, 0.4, context=64, rotation="site")
+    th = channel.calibrate(loaded, ids, 0.4, context=64, rotation=rotation)
     # The torch reference: one site's output against numpy (rotate, cut at t, rotate back),
     # on the site's input as the sparse model upstream gives it (hooks run in order: these
     # two see the input before the sparse mode's hook, and the output after it).
@@ -107,7 +139,7 @@ def test_reference_and_native_path_sparsify_the_rotated_input(model, tmp_path):
     z = seen[0] @ q
     keep = np.abs(z) > th.layers[1]["ffn_in"]
     assert 0.2 < 1 - keep.mean() < 0.6  # near the calibrated fraction, on other tokens
-    want = ((z * keep) @ q.T) @ up.weight.detach().numpy().T
+    want = ((z * keep) @ np.linalg.inv(q.astype(np.float64))) @ up.weight.detach().numpy().T
     np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     # The native path on rotated f32 columns equals the reference.
     write_channel_bundles(loaded, tmp_path, "f32", th.rotation)
@@ -129,7 +161,9 @@ def test_rotation_round_trips_and_bad_files_are_named(model, tmp_path):
     th.save(tmp_path)
     meta = json.loads((tmp_path / channel.CHANNEL_JSON).read_text())
     assert meta["format_version"] == 3 and meta["rotation"]["scope"] == "site"
+    assert meta["rotation"]["axes"] == "input"
     back = channel.ChannelThresholds.load(tmp_path)
+    assert back.rotation.axes == "input"
     assert back.layers == th.layers
     for i in range(len(th.layers)):
         for site in cr.ROTATED_SITES:
@@ -138,6 +172,16 @@ def test_rotation_round_trips_and_bad_files_are_named(model, tmp_path):
         channel.calibrate(loaded, ids, 0.3, rotation="hadamard")
     with pytest.raises(ValueError, match="criterion magnitude and allocation uniform"):
         channel.calibrate(loaded, ids, 0.3, rotation="site", allocation="greedy")
+    out = channel.calibrate(loaded, ids, 0.3, context=64, rotation="output")
+    (tmp_path / "out").mkdir()
+    out.save(tmp_path / "out")
+    assert channel.ChannelThresholds.load(tmp_path / "out").rotation.axes == "output"
+    meta_path = tmp_path / "out" / channel.CHANNEL_JSON
+    meta = json.loads(meta_path.read_text())
+    meta["rotation"]["axes"] = "sideways"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="rotation axes 'sideways' are not one of"):
+        channel.ChannelThresholds.load(tmp_path / "out")
     from safetensors.numpy import load_file, save_file
 
     tensors = load_file(str(tmp_path / cr.ROTATION_FILE))

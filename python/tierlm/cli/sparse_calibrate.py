@@ -47,8 +47,8 @@ def add_parser(sub):
         help="how the target is spread over the layers' inputs: the same fraction everywhere "
         "(uniform), per layer the sites a greedy walk finds cheapest on the layer's output "
         "(greedy), by input energy (energy), or per input type the levels a greedy walk on "
-        "the model's loss over the last 1024 calibration tokens finds (walk, one model run "
-        "per step); default %(default)s (docs/sparse.md)",
+        "the KL divergence from dense over the last 1024 calibration tokens finds (walk, one run "
+        "of the model per step); default %(default)s (docs/sparse.md)",
     )
     cal.add_argument(
         "--criterion",
@@ -60,9 +60,10 @@ def add_parser(sub):
     cal.add_argument(
         "--rotation",
         default="none",
-        choices=["none", "site"],
+        choices=["none", "site", "output"],
         help="threshold the inputs of q/k/v and gate/up in the basis of their principal axes "
-        "on the calibration text (site: one resident rotation per input), folded into the "
+        "on the calibration text (site: one resident rotation per input; output: the same, "
+        "in the basis of the principal axes of the site's outputs), folded into the "
         "channel files; default %(default)s (docs/sparse.md)",
     )
     cal.add_argument("--max-tokens", type=int, default=8192, help="calibration tokens used")

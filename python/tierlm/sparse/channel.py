@@ -248,8 +248,9 @@ def calibrate(
     calibration tokens (channel_walk; log(line) gets its steps). criterion: what is compared
     with the thresholds (CRITERIA). rotation: "none", or "site": the inputs of q/k/v
     and gate/up are thresholded in the basis of their principal axes (channel_rotation; one
-    more pass over the calibration ids for the covariances)."""
-    from tierlm.sparse.channel_rotation import ROTATIONS, ChannelRotation
+    more pass over the calibration ids for the covariances); "output": the same sites in the
+    basis of their outputs' principal axes (channel_rotation's docstring)."""
+    from tierlm.sparse.channel_rotation import AXES, ROTATIONS, ChannelRotation
 
     if not 0.0 <= target_sparsity < 1.0:
         raise ValueError(f"target sparsity must be in [0, 1), got {target_sparsity}")
@@ -270,7 +271,7 @@ def calibrate(
         scales = [{s: site_scales(layer, s) for s in SITES} for layer in loaded.layers]
     rot = None
     if rotation != "none" and target_sparsity > 0:
-        rot = ChannelRotation.calibrate(loaded, ids, context)
+        rot = ChannelRotation.calibrate(loaded, ids, context, axes=AXES[rotation])
     hists = collect_histograms(loaded, ids, context, progress, scales, rot)
     flat = {(i, s): h[s] for i, h in enumerate(hists) for s in SITES}
     if allocation == "energy" and target_sparsity > 0:
@@ -315,10 +316,10 @@ def _greedy_levels(loaded, ids, hists, target, scales):
 
 def sparsify(x, t, scale=None, rot=None):
     """x (torch) with the channels whose |x| (times scale, a torch vector) is <= t zeroed;
-    with rot = Q (torch), the channels of the rotated x Q, rotated back."""
+    with rot = (Q, Q⁻¹) (torch), the channels of the rotated x Q, rotated back."""
     if rot is not None:
-        z = x @ rot
-        return (z * (z.abs() > t)) @ rot.T
+        z = x @ rot[0]
+        return (z * (z.abs() > t)) @ rot[1]
     a = x.abs() if scale is None else x.abs() * scale
     return x * (a > t)
 
@@ -330,6 +331,8 @@ def channel_sparse_mode(loaded, thresholds):
     leaves the site untouched, so 0% sparsity is the dense model, bit for bit."""
     import torch
 
+    from tierlm.sparse.channel_rotation import unrotation
+
     hooks = []
     for i, (layer, cuts) in enumerate(zip(loaded.layers, thresholds.layers, strict=True)):
         for site, t in cuts.items():
@@ -337,7 +340,9 @@ def channel_sparse_mode(loaded, thresholds):
                 continue
             sc = None if thresholds.scales is None else torch.from_numpy(thresholds.scales[i][site])
             rot = None if thresholds.rotation is None else thresholds.rotation.of(i, site)
-            rot = None if rot is None else torch.from_numpy(rot)
+            if rot is not None:
+                back = torch.from_numpy(unrotation(rot).astype(np.float32))
+                rot = (torch.from_numpy(rot), back)
 
             def pre(_module, args, t=t, sc=sc, rot=rot):
                 return (sparsify(args[0], t, sc, rot),)
