@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "count_allocations.hpp"
+#include "kernels/kernels_impl.hpp"
 #include "kernels/quant_impl.hpp"
 #include "simd_levels.hpp"
 #include "tierlm/core/error.hpp"
@@ -276,6 +277,60 @@ TEST(QuantKernels, LinearDoesNotAllocate) {
       EXPECT_EQ(g_allocations.load(), 0) << dtype_name(dtype) << " " << simd_level_name(level);
     }
   }
+}
+
+// A matrix streamed in row parts: each part, computed from a buffer holding only its rows,
+// fills exactly its rows of Y (the others keep their sentinel) with what the whole matrix
+// gives there, within the level-vs-scalar tolerance (1e-6 of |x| |w_row|; the same bodies
+// run, only the rows handed to each thread differ). Parts of 1, 7, 123 and 169 rows of 300.
+TEST(QuantKernels, LinearPartFillsItsRowsAsTheWholeMatrixDoes) {
+  LevelGuard guard;
+  const size_t rows = 300, cols = 512;
+  const size_t cuts[] = {0, 1, 8, 131, 300};
+  std::vector<DType> types(std::begin(kTypes), std::end(kTypes));
+  types.push_back(DType::kDTypeF32);
+  for (size_t n : {size_t{1}, size_t{4}, size_t{9}}) {
+    const std::vector<float> x = random_x(n * cols, 21);
+    for (DType dtype : types) {
+      const std::vector<float> wf = random_x(rows * cols, 22);
+      const std::vector<uint8_t> w =
+          dtype == DType::kDTypeF32
+              ? std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(wf.data()),
+                                     reinterpret_cast<const uint8_t*>(wf.data() + wf.size()))
+              : random_blocks(dtype, rows, cols, 23);
+      const size_t row_bytes = dtype_row_bytes(dtype, cols);
+      std::vector<unsigned char> ws(std::max<size_t>(1, kernel_linear_workspace(dtype, n, cols)));
+      for (SimdLevel level : levels()) {
+        simd_set_level(level);
+        std::vector<float> whole(n * rows);
+        kernel_linear(x.data(), w.data(), nullptr, dtype, whole.data(), n, rows, cols, ws.data());
+        std::vector<float> y(n * rows, std::nanf(""));
+        for (size_t c = 0; c + 1 < std::size(cuts); ++c) {
+          const size_t r0 = cuts[c], r1 = cuts[c + 1];
+          const std::vector<uint8_t> part(w.begin() + r0 * row_bytes, w.begin() + r1 * row_bytes);
+          detail::kernel_linear_part(x.data(), part.data(), nullptr, dtype, y.data(), n, rows, cols,
+                                     r0, r1 - r0, ws.data());
+          for (size_t t = 0; t < n; ++t) {
+            for (size_t r = 0; r < rows; ++r) {
+              const float got = y[t * rows + r];
+              if (r >= r1) {
+                EXPECT_TRUE(std::isnan(got)) << "row " << r << " written by part " << c;
+                continue;
+              }
+              const float ref = whole[t * rows + r];
+              EXPECT_NEAR(got, ref, 1e-6 * (1 + std::fabs(ref)))
+                  << dtype_name(dtype) << " " << simd_level_name(level) << " n " << n << " row "
+                  << r;
+            }
+          }
+        }
+      }
+    }
+  }
+  std::vector<float> y(300);
+  EXPECT_THROW(detail::kernel_linear_part(y.data(), y.data(), nullptr, DType::kDTypeF32, y.data(),
+                                          1, 10, 30, 5, 6, nullptr),
+               Error);
 }
 
 TEST(QuantKernels, WorkspaceGrowsWithTokensAndIsZeroUnquantized) {
