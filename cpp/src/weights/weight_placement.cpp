@@ -255,8 +255,10 @@ WeightPlacement weight_placement(std::span<const TensorInfo> all,
   // bandwidth, not its per-request cost, sets the time (small and quantized matrices).
   if (options.ring_sections <= 0 && p.section_bytes > 0) {
     const uint64_t ring = static_cast<uint64_t>(k) * p.section_bytes;
-    const uint64_t merge = std::min(kStreamRequestBytes / p.section_bytes,
-                                    ring / (kMinMergedSections * p.section_bytes));
+    uint64_t merge = std::min(kStreamRequestBytes / p.section_bytes,
+                              ring / (kMinMergedSections * p.section_bytes));
+    // A factor that divides the sections: the ring keeps every byte the budget gave it.
+    while (merge > 1 && static_cast<uint64_t>(k) % merge != 0) --merge;
     if (merge > 1) {
       p.section_bytes *= merge;
       k = static_cast<int>(ring / p.section_bytes);
