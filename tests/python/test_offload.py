@@ -252,8 +252,8 @@ def cuttable(tmp_path_factory):
 @pytest.mark.parametrize("extra_pages", [0, 1, 37])
 def test_row_parts_at_small_budgets(cuttable, backend, extra_pages):
     """At the minimum (one section of 3 pages: every matrix in parts of at most that), one page
-    above it and a prime number of pages above: the same tokens as resident, every streamed byte read
-    once per pass, the host peak within the budget and accounted for part by part."""
+    above it and a prime number of pages above: the same tokens as resident, every streamed
+    byte read once per pass, the host peak within the budget and accounted for part by part."""
     largest = 768 * 256 * 2  # gate / up / down
     budget = cuttable["minimum"] + extra_pages * 4096
     model = tierlm.load(cuttable["pkg"], budget={"host": budget})
