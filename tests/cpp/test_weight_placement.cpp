@@ -73,16 +73,17 @@ TEST(WeightPlacement, ExactlyFittingKeepsEverythingResident) {
 }
 
 TEST(WeightPlacement, OneByteShortStreamsAndPinsWhatIsLeft) {
-  // avail = 21 pages - 1 byte; auto ring = 2 sections (8 pages): room for layer 0 (7 pages),
-  // layers 1 and 2 stream. Left: 6 pages - 1 byte pins l2.q (2) and l2.k (1), then l1.q (2);
-  // 1 page - 1 byte pins nothing more. Still streamed: l1.k, l1.mlp, l2.mlp -> sections of
-  // 4 pages, chunks [l1.k] [l1.mlp] (5 pages do not fit one) [l2.mlp].
+  // avail = 21 pages - 1 byte; auto ring = 2 sections (8 pages): room for one layer (7 pages),
+  // the middle one of three (spread); layers 0 and 2 stream. Left: 6 pages - 1 byte pins l2.q
+  // (2) and l2.k (1), then l0.q (2); 1 page - 1 byte pins nothing more. Still streamed: l0.k,
+  // l0.mlp, l2.mlp -> sections of 4 pages, chunks [l0.k] [l0.mlp] (5 pages do not fit one)
+  // [l2.mlp].
   const uint64_t budget = kBase + 3 * kLayer - 1;
   const WeightPlacement p = place(budget);
   EXPECT_EQ(p.sections, 2);
-  EXPECT_EQ(p.resident_layers, (std::vector<int>{0}));
-  EXPECT_EQ(p.streamed_layers, (std::vector<int>{1, 2}));
-  EXPECT_EQ(p.pinned_tensors, (std::vector<std::string>{"l2.q", "l2.k", "l1.q"}));
+  EXPECT_EQ(p.resident_layers, (std::vector<int>{1}));
+  EXPECT_EQ(p.streamed_layers, (std::vector<int>{0, 2}));
+  EXPECT_EQ(p.pinned_tensors, (std::vector<std::string>{"l2.q", "l2.k", "l0.q"}));
   EXPECT_EQ(p.resident_bytes, kBase + kLayer + 5 * kPage);
   EXPECT_EQ(p.section_bytes, kLargest);
   EXPECT_EQ(p.ring_bytes, 2 * kLargest);
@@ -96,13 +97,13 @@ TEST(WeightPlacement, OneByteShortStreamsAndPinsWhatIsLeft) {
   for (size_t i = 0; i < t.size(); ++i) {
     if (homes[i] == WeightHome::kWeightHomeStreamed) streamed.push_back(t[i].name);
   }
-  EXPECT_EQ(streamed, (std::vector<std::string>{"l1.k", "l1.mlp", "l2.mlp"}));
+  EXPECT_EQ(streamed, (std::vector<std::string>{"l0.k", "l0.mlp", "l2.mlp"}));
   std::vector<std::vector<std::string>> chunks;
   for (const std::vector<WeightPart>& c : weight_chunks(t, homes, p)) {
     chunks.emplace_back();
     for (const WeightPart& part : c) chunks.back().push_back(t[part.tensor].name);
   }
-  EXPECT_EQ(chunks, (std::vector<std::vector<std::string>>{{"l1.k"}, {"l1.mlp"}, {"l2.mlp"}}));
+  EXPECT_EQ(chunks, (std::vector<std::vector<std::string>>{{"l0.k"}, {"l0.mlp"}, {"l2.mlp"}}));
 }
 
 TEST(WeightPlacement, AtTheMinimumOneSectionStreamsEveryLayer) {
@@ -127,10 +128,11 @@ TEST(WeightPlacement, RingLargerThanTheBudgetGetsWhatFits) {
   EXPECT_EQ(p.ring_bytes, 3 * kLargest);
   EXPECT_TRUE(p.resident_layers.empty());
   EXPECT_LE(p.resident_bytes + p.ring_bytes, kBase + 3 * kLargest);
-  // One asked, one given: the rest of the budget keeps layer 0 resident and pins from the end.
+  // One asked, one given: the rest of the budget keeps the middle layer resident and pins from
+  // the end.
   const WeightPlacement one = place(kBase + kLargest + kLayer + kPage, 1);
   EXPECT_EQ(one.sections, 1);
-  EXPECT_EQ(one.resident_layers, (std::vector<int>{0}));
+  EXPECT_EQ(one.resident_layers, (std::vector<int>{1}));
   EXPECT_EQ(one.pinned_tensors, (std::vector<std::string>{"l2.k"}));
 }
 
@@ -219,6 +221,27 @@ TEST(WeightPlacement, RowsOnDemandWhenTheirBuffersAreSmaller) {
   EXPECT_EQ(weight_row_slot_bytes(t[0]), kPage);
   EXPECT_EQ(weight_placement(t, {.row_tensors = {"e"}, .max_rows = 2}).row_buffer_bytes, 2 * kPage);
   EXPECT_EQ(weight_row_slot_bytes(tensor("e", -1, {3, 1024}, 3 * kPage, 100)), 2 * kPage);
+}
+
+// Resident layers spread over the stack: 60 layers of 5 pages, room for 3 -> the middles of
+// three runs of 20 (10, 30, 50); layers of other sizes where the spread set would not fit
+// keep the first ones.
+TEST(WeightPlacement, ResidentLayersSpreadOverTheStack) {
+  std::vector<TensorInfo> t;
+  for (int l = 0; l < 60; ++l) {
+    t.push_back(tensor("l" + std::to_string(l) + ".a", l, {5, 4096}, 5 * kPage));
+  }
+  const WeightPlacement p =
+      weight_placement(t, {.weight_budget = 15 * kPage + 4 * 5 * kPage, .ring_sections = 4});
+  EXPECT_EQ(p.resident_layers, (std::vector<int>{10, 30, 50}));
+  EXPECT_EQ(p.streamed_layers.size(), 57u);
+  EXPECT_TRUE(p.pinned_tensors.empty());
+  // Layer 10 twice the size: 3 at 5 pages fit in order (0, 1, 2) but not 10, 30, 50.
+  t[10].nbytes = 10 * kPage;
+  t[10].shape[0] = 10;
+  const WeightPlacement q =
+      weight_placement(t, {.weight_budget = 15 * kPage + 4 * 10 * kPage, .ring_sections = 4});
+  EXPECT_EQ(q.resident_layers, (std::vector<int>{0, 1, 2}));
 }
 
 // Parts on awkward sizes: every row once, in order, each part starting 4 KiB-aligned in the

@@ -1,6 +1,6 @@
 // The streaming store's placement (see weight_placement.hpp): row tables, base and per-layer
-// bytes, the ring depth, the resident prefix of layers, matrices pinned with what is left, and
-// the chunks the ring will read, by the same rules the store applies.
+// bytes, the ring depth, the resident layers (spread over the stack), matrices pinned with what
+// is left, row parts, and the chunks the ring will read, by the same rules the store applies.
 #include "weights/weight_placement.hpp"
 
 #include <algorithm>
@@ -44,6 +44,31 @@ uint64_t cut_row_bytes(const TensorInfo& t) {
 int64_t cut_rows(const TensorInfo& t) {
   const uint64_t row = cut_row_bytes(t);
   return row == 0 ? 0 : static_cast<int64_t>(kAlignment / std::gcd(row, kAlignment));
+}
+
+// Which of `layers` (ascending) stay resident in `room` bytes: as many as fit in order, spread
+// evenly over the stack rather than the first ones, so that no long run of resident layers
+// (with the lm head at the end of a token and the embedding read at the start of the next)
+// computes while the ring, full of read-ahead, leaves the disk idle. Falls back to the first
+// ones when the spread set, of layers of other sizes, does not fit.
+std::vector<bool> resident_spread(const std::vector<int>& layers,
+                                  const std::map<int, uint64_t>& layer_bytes, uint64_t room) {
+  const size_t n = layers.size();
+  std::vector<bool> prefix(n, false);
+  size_t count = 0;
+  for (uint64_t left = room; count < n && layer_bytes.at(layers[count]) <= left; ++count) {
+    left -= layer_bytes.at(layers[count]);
+    prefix[count] = true;
+  }
+  if (count == 0 || count == n) return prefix;
+  std::vector<bool> spread(n, false);
+  uint64_t bytes = 0;
+  for (size_t j = 0; j < count; ++j) {
+    const size_t i = (2 * j + 1) * n / (2 * count);  // the middle of the j-th of count runs
+    spread[i] = true;
+    bytes += layer_bytes.at(layers[i]);
+  }
+  return bytes <= room ? spread : prefix;
 }
 
 }  // namespace
@@ -199,19 +224,20 @@ WeightPlacement weight_placement(std::span<const TensorInfo> all,
     want = std::min<uint64_t>(want, kMaxAutoSections);
   }
   int k = static_cast<int>(std::min<uint64_t>(want, std::max<uint64_t>(fit, 1)));
+  std::vector<int> layers;
+  for (const auto& [layer, bytes] : layer_bytes) layers.push_back(layer);
   for (;;) {
+    const std::vector<bool> resident =
+        resident_spread(layers, layer_bytes, avail - static_cast<uint64_t>(k) * section);
     p.resident_layers.clear();
     p.streamed_layers.clear();
-    uint64_t room = avail - static_cast<uint64_t>(k) * section;
     int matrices = 0;
-    for (const auto& [layer, bytes] : layer_bytes) {
-      if (bytes <= room) {
-        room -= bytes;
-        p.resident_layers.push_back(layer);
+    for (size_t i = 0; i < layers.size(); ++i) {
+      if (resident[i]) {
+        p.resident_layers.push_back(layers[i]);
       } else {
-        room = 0;  // keep resident layers a prefix: the ring streams a contiguous run
-        p.streamed_layers.push_back(layer);
-        matrices += layer_parts[layer];
+        p.streamed_layers.push_back(layers[i]);
+        matrices += layer_parts[layers[i]];
       }
     }
     if (matrices >= k) break;

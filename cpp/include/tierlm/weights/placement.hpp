@@ -11,12 +11,13 @@
 
 namespace tierlm {
 
-// Resident = layer -1 tensors, every 1-D tensor (norms, biases) and the first whole layers
-// that fit; the other layers' matrices are read with O_DIRECT through `sections` staging
-// sections of `section_bytes` each. A streamed matrix larger than part_bytes that only linear
-// ops read is cut into row parts of at most part_bytes; a layer's streamed matrices (or their
-// parts), in the order the graph uses them, are packed into chunks of at most section_bytes; a
-// chunk is one section's reads, ring order = layer order, then use order.
+// Resident = layer -1 tensors, every 1-D tensor (norms, biases) and as many whole layers as
+// fit, spread evenly over the stack (a run of resident layers would idle the disk); the other
+// layers' matrices are read with O_DIRECT through `sections` staging sections of `section_bytes`
+// each. A streamed matrix larger than part_bytes that only linear ops read is cut into row parts of
+// at most part_bytes; a layer's streamed matrices (or their parts), in the order the graph uses
+// them, are packed into chunks of at most section_bytes; a chunk is one section's reads, ring order
+// = layer order, then use order.
 struct TIERLM_API WeightPlacement {
   bool streaming = false;       // false: every weight resident (the fields below stay 0 / empty)
   uint64_t resident_bytes = 0;  // base + resident layers + pinned matrices
