@@ -159,8 +159,8 @@ TEST(WeightPlacement, PageSizePlusOneRoundsUpAndGetsItsOwnChunk) {
 }
 
 // 60 layers of small matrices a, b (1 page), c (2 pages), d (1 page): 5 pages a layer, the
-// largest 2 pages. A budget of 240 pages: the auto ring is 15 sections of 2 pages (an eighth
-// of the budget), 30 pages.
+// largest 2 pages. A budget of 160 pages: the auto ring is 16 sections of 2 pages (a quarter
+// of the budget, under kMinAutoRingBytes, allows 20; 16 is the cap), 32 pages.
 TEST(WeightPlacement, AutoRingMergesSmallMatricesIntoSectionsOfSeveral) {
   std::vector<TensorInfo> t;
   for (int l = 0; l < 60; ++l) {
@@ -171,14 +171,14 @@ TEST(WeightPlacement, AutoRingMergesSmallMatricesIntoSectionsOfSeveral) {
     t.push_back(tensor(p + "d", l, {32, 32}, 1));
   }
   const WeightPlacement one =
-      weight_placement(t, {.weight_budget = 240 * kPage, .ring_sections = 15});
-  const WeightPlacement merged = weight_placement(t, {.weight_budget = 240 * kPage});
-  // Asked for: 15 sections of one matrix. Auto: the same 30 pages as 5 sections of 6 (15 / 3
-  // keeps 5 of at least 4), so each streamed layer (5 pages) is one chunk.
-  EXPECT_EQ(one.sections, 15);
+      weight_placement(t, {.weight_budget = 160 * kPage, .ring_sections = 16});
+  const WeightPlacement merged = weight_placement(t, {.weight_budget = 160 * kPage});
+  // Asked for: 16 sections of one matrix. Auto: the same 32 pages as 4 sections of 8 (16 / 4
+  // keeps 4), so each streamed layer (5 pages) is one chunk.
+  EXPECT_EQ(one.sections, 16);
   EXPECT_EQ(one.section_bytes, 2 * kPage);
-  EXPECT_EQ(merged.sections, 5);
-  EXPECT_EQ(merged.section_bytes, 6 * kPage);
+  EXPECT_EQ(merged.sections, 4);
+  EXPECT_EQ(merged.section_bytes, 8 * kPage);
   EXPECT_EQ(merged.ring_bytes, one.ring_bytes);
   EXPECT_EQ(merged.resident_layers, one.resident_layers);
   EXPECT_EQ(merged.pinned_tensors, one.pinned_tensors);

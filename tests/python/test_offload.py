@@ -189,8 +189,7 @@ def test_auto_ring_merges_small_matrices_into_larger_requests(tmp_path):
     each request reads a run of a layer's matrices. Against the same k asked for (sections of
     one matrix): the same ring bytes, resident layers and bytes per token, the same tokens as
     resident, the budget held, and at least 2x fewer requests per token (measured 2.5x: 168
-    against 414 for 6 passes over 14 streamed layers, at a ring of a quarter of the budget).
-    At 90% the auto ring (an eighth of the budget) is 12 one-matrix sections, merged by 3."""
+    against 414 for 6 passes over 14 streamed layers)."""
     _, pkg = package(
         "llama",
         str(tmp_path),
@@ -205,7 +204,7 @@ def test_auto_ring_merges_small_matrices_into_larger_requests(tmp_path):
     resident = tierlm.load(pkg)
     ref = resident.generate(ids, max_new_tokens=6, stop_at_eos=False).output_ids
     s = resident.stats()
-    budget = int(0.9 * s["weight_bytes"]) + s["kv_bytes"] + s["arena_bytes"]
+    budget = int(0.6 * s["weight_bytes"]) + s["kv_bytes"] + s["arena_bytes"]
     largest = 128 * 64 * 4  # the FFN matrices (the embedding is resident, not a section)
     runs = {}
     merged_ring = tierlm.load(pkg, budget={"host": budget}).placement()["ring_bytes"]
