@@ -220,8 +220,8 @@ WeightPlacement weight_placement(std::span<const TensorInfo> all,
   const uint64_t fit = avail / section;
   uint64_t want = static_cast<uint64_t>(options.ring_sections);
   if (options.ring_sections <= 0) {
-    const uint64_t ring = std::min({std::max(avail / kAutoRingShare, kMinAutoRingBytes),
-                                    avail / 4, kAutoRingBytes});
+    const uint64_t ring =
+        std::min({std::max(avail / kAutoRingShare, kMinAutoRingBytes), avail / 4, kAutoRingBytes});
     want = std::max<uint64_t>(kMinAutoSections, ring / section);
     want = std::min<uint64_t>(want, kMaxAutoSections);
   }
