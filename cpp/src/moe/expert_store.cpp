@@ -79,7 +79,11 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
     : package_(package),
       host_(host),
       slot_bytes_(expert_slot_bytes(package)),
+      ahead_chunk_(options.ahead_chunk),
       verify_reads_(options.verify) {
+  TIERLM_CHECK(ahead_chunk_ > 0 && ahead_chunk_ % kAlignment == 0, kErrorInvalidArgument,
+               "expert store: the read-ahead's chunk (", ahead_chunk_,
+               " bytes) must be a positive multiple of ", kAlignment, " bytes");
   const std::vector<size_t> ops = moe_ops(package);
   size_t max_top_k = 1;
   for (size_t i : ops) {
@@ -121,7 +125,7 @@ ExpertStore::ExpertStore(const Package& package, HostTier& host, const ExpertSto
   requests_.reserve(slots * kExpertParts);
   queued_.reserve(slots);
   // a read-ahead's chunks, then its rest in up to one request per read
-  for (Slot& slot : slots_) slot.futures.reserve(slot_bytes_ / kAheadChunk + 1 + 2 * kExpertParts);
+  for (Slot& slot : slots_) slot.futures.reserve(slot_bytes_ / ahead_chunk_ + 1 + 2 * kExpertParts);
   // A token routes to top_k experts of each layer, and the policy steps once per layer's
   // route: a share of the layer's routed tokens x top_k / layers is the expert's expected uses
   // per policy step.
@@ -405,7 +409,7 @@ void ExpertStore::pump_ahead() {
       prefetched_slots_.push_back(s);
       ++stats_.moe_prefetch_reads;
     }
-    submit_ahead(s, kAheadChunk);
+    submit_ahead(s, ahead_chunk_);
     ++in_flight;
   }
 }
@@ -570,7 +574,7 @@ uint64_t ExpertStore::landing(int moe, int32_t e) {
   pump_ahead();
   const Expert& x = experts_[key(moe, e)];
   if (x.host != nullptr) return kExpertReady;
-  // no slot at route time (read when it is used), or a read-ahead still held
+  // no slot at route time (read when it is used)
   if (x.slot < 0 || slots_[x.slot].batch == kExpertUnread) return kExpertUnread;
   for (const IoFuture& f : slots_[x.slot].futures) {
     if (!f.ready()) return slots_[x.slot].batch;  // batches_ counts from 1
