@@ -331,7 +331,7 @@ def report(args, rows, weights, top2, fio):
     )
     for name, frac, *_, traced in rows if args.trace else []:
         for i, steps in enumerate(traced):
-            if steps:
+            if steps and frac:  # the in-memory row reads nothing
                 print(f"\n{name} at {frac:.0%}, round {i + 1}:")
                 print("\n".join(_disk_trace.step_lines(steps)))
 
