@@ -18,13 +18,15 @@ the computation every tierlm row overlaps its reads with. Columns: decode s/toke
 those bytes at the disk's random-read bandwidth (_common.DiskBound: the best of several
 fio jobs on the package's largest file: all of them once, then the fastest few before and
 after each row), the bound (for tierlm the
-larger of that and the in-memory s/token) and how close the row comes to it, tierlm
-cache+prefetch's speed-up over the row, and where each tierlm row's decode steps went (expert
-reads waited for, on demand, read ahead and used). accelerate runs --accelerate-tokens tokens
+larger of that and the in-memory s/token) and how close the row comes to it, pooled and in
+each round, tierlm cache+prefetch's speed-up over the row, and where each tierlm row's decode
+steps went (expert reads waited for, on demand, read ahead and used; the share of the steps
+the disk had an expert read in flight, from tierlm.io.trace(); --trace prints each step's idle
+gaps). accelerate runs --accelerate-tokens tokens
 only (default 2: one decode step; at 4 GB its steps take minutes).
 
     python bench/bench_moe.py [--layers 11] [--hidden 2048] [--intermediate 6656] [--quant q8_0]
-        [--skip accelerate] [--rounds N] [--accelerate-tokens N] [--keep]
+        [--skip accelerate] [--rounds 4] [--accelerate-tokens N] [--keep] [--trace]
 
 Disk: the F16 file (2x the parameters) and the Q8_0 one coexist while quantizing (11.8 GB at
 the default size), the package after that, and for accelerate a bf16 checkpoint (2x) and its
@@ -162,7 +164,13 @@ def main():
     parser.add_argument("--prompt", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=9, help="decode steps = this - 1")
     parser.add_argument("--profile-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=1, help="of the tierlm rows, interleaved")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="of the tierlm rows, interleaved (each round's bound/t is printed: the disk's speed "
+        "drifts within a run by more than prefetch and no prefetch differ)",
+    )
     parser.add_argument(
         "--accelerate-tokens",
         type=int,
