@@ -9,6 +9,7 @@
 // The dequantizer itself is checked against gguf.quants in tests/python/test_quant_kernels.py.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -148,12 +149,15 @@ std::vector<Case> cases(DType dtype) {
   // two (for the 32-blocks: odd and even block counts, as the activations pair blocks). The
   // k-types' 16-row panels (AVX512-VNNI, from 5 tokens, in groups of 8): whole and partial
   // panels (16, 17, 31 rows) with whole and partial token groups (5, 8, 15, 16, 17 tokens), and
-  // 4 tokens, the most that still go to the row tiles.
+  // 4 tokens, the most that still go to the row tiles. One token (decode) also on long rows:
+  // the 32-blocks' decode body takes eight blocks a step, then fours, a pair and a last block
+  // (c3: 15 blocks, one of each).
   const bool k = detail::quant_is_k_type(dtype);
-  const size_t c0 = k ? 256 : 32, c1 = k ? 768 : 96, c2 = k ? 4352 : 4128;
-  return {{1, c0, 1},   {3, c1, 2},  {37, c2, 7},  {4097, c0, 1}, {37, c1, 33}, {4097, c2, 2},
-          {3, c2, 33},  {37, c0, 1}, {5, 4096, 3}, {16, c0, 8},   {17, c1, 17}, {31, c1, 15},
-          {16, c2, 16}, {1, c0, 9},  {7, c1, 5},   {19, c0, 4}};
+  const size_t c0 = k ? 256 : 32, c1 = k ? 768 : 96, c2 = k ? 4352 : 4128, c3 = k ? 3840 : 480;
+  return {{1, c0, 1},    {3, c1, 2},   {37, c2, 7},  {4097, c0, 1}, {37, c1, 33},
+          {4097, c2, 2}, {3, c2, 33},  {37, c0, 1},  {5, 4096, 3},  {16, c0, 8},
+          {17, c1, 17},  {31, c1, 15}, {16, c2, 16}, {1, c0, 9},    {7, c1, 5},
+          {19, c0, 4},   {3, c2, 1},   {6, c3, 1},   {2, 4096, 1}};
 }
 
 class QuantLinear : public ::testing::TestWithParam<DType> {};
@@ -189,6 +193,32 @@ TEST_P(QuantLinear, EveryLevelEqualsTheDequantizedReference) {
       EXPECT_LE(worst_exact, kExactTolerance) << what;
       EXPECT_LE(worst_scalar, kExactTolerance) << what;
       EXPECT_LE(worst_plain, bound) << what;
+    }
+  }
+}
+
+// Decode (one token) has its own loop for the nibble 32-block types (quant_decode_32.hpp) that
+// must keep tile32's sums to the bit: bench_quant's agreement with llama.cpp moves with a 1e-7
+// change. A token of a two-token call, which goes through tile32 one token at a time, is the
+// reference.
+TEST_P(QuantLinear, DecodeEqualsATokenOfTheRowTilesBitForBit) {
+  const DType dtype = GetParam();
+  LevelGuard guard;
+  const size_t e = dtype_block(dtype).elems;
+  for (size_t cols : {e, 8 * e, 15 * e, 129 * e}) {
+    const size_t rows = 5, n = 2;
+    const std::vector<uint8_t> w = random_blocks(dtype, rows, cols, 11);
+    const std::vector<float> x = random_x(n * cols, 12);
+    std::vector<unsigned char> ws(kernel_linear_workspace(dtype, n, cols));
+    for (SimdLevel level : levels()) {
+      simd_set_level(level);
+      std::vector<float> one(rows), two(n * rows);
+      kernel_linear(x.data(), w.data(), nullptr, dtype, one.data(), 1, rows, cols, ws.data());
+      kernel_linear(x.data(), w.data(), nullptr, dtype, two.data(), n, rows, cols, ws.data());
+      for (size_t r = 0; r < rows; ++r)
+        EXPECT_EQ(std::bit_cast<uint32_t>(one[r]), std::bit_cast<uint32_t>(two[r]))
+            << dtype_name(dtype) << " " << simd_level_name(level) << " cols " << cols << " row "
+            << r;
     }
   }
 }

@@ -95,6 +95,7 @@ const float* Executor::run(const ExecBatch& batch) {
       weights_.begin_layer(layer);
     }
     run_op(op, batch);
+    if (op.sparse_ahead >= 0 && n == 1) sparse_->read_ahead_from(op.sparse_ahead, op.out);
     if (op.weight >= 0) weights_.release(op.weight);  // a streaming store reuses its section
   }
   if (layer != INT_MIN) weights_.end_layer(layer);
