@@ -234,6 +234,64 @@ TEST_P(ExpertStoreOrder, AWrongGuessReadAheadInChunksHasItsRestDropped) {
   EXPECT_EQ(run.stats.moe_bytes_read, 4 * run.expert + run.ahead);
 }
 
+// Two slots, three experts routed: expert 6 finds no slot at the route. Once experts 1 and 4
+// have been used, both slots are free while the read-ahead of layer 1 is pending; they go to
+// expert 6 first. (Given to the read-ahead, one of its slots was taken back for expert 6 and
+// counted as a hit of this step turned miss: bytes read and lookups no longer added up.)
+TEST_P(ExpertStoreOrder, AFreeSlotGoesToTheLayersSlotlessExpertBeforeTheReadAhead) {
+  if (GetParam() == "uring" && !io_probe().uring_available) GTEST_SKIP() << "no io_uring here";
+  setenv("TIERLM_IO", GetParam().c_str(), 1);
+  TempDir dir;
+  const Package p = expert_package(dir);
+  HostTier host(64 << 20);
+  ExpertStoreOptions options;
+  options.budget = expert_store_minimum(p, true) + expert_slot_bytes(p);
+  MoeStats stats;
+  uint64_t expert = 0;
+  {
+    ExpertStore store(p, host, options);
+    ASSERT_EQ(store.placement().cache_slots, 2);
+    expert = store.placement().expert_bytes;
+    g_trace.clear();
+    io_trace_set(record);
+    const int32_t routed[] = {1, 4, 6};
+    const int32_t ahead[] = {2, 5};
+    const int32_t rows[] = {1, 1, 1};
+    const float likely[] = {3.0f, 2.0f};
+    store.route(0, routed, rows, 1);
+    for (int32_t e : {1, 4}) {
+      store.expert(0, e);
+      store.release(0, e);
+    }
+    store.prefetch(1, ahead, likely);
+    store.expert(0, 6);
+    store.release(0, 6);
+    store.route(1, ahead, rows, 1);
+    for (int32_t e : ahead) {
+      store.expert(1, e);
+      store.release(1, e);
+    }
+    io_trace_set(nullptr);
+    stats = store.stats();
+  }
+  unsetenv("TIERLM_IO");
+  // where expert 6's read went out: nothing of layer 1's read ahead before it
+  const uint64_t six = expert_offset(p, 0, 6);
+  size_t first_six = g_trace.size();
+  for (size_t i = g_trace.size(); i-- > 0;) {
+    if (!g_trace[i].done && g_trace[i].offset >= six && g_trace[i].offset < six + expert) {
+      first_six = i;
+    }
+  }
+  ASSERT_LT(first_six, g_trace.size());
+  for (int32_t e : {2, 5}) {
+    EXPECT_EQ(submitted_within(p, 1, e, expert, 0), submitted_within(p, 1, e, expert, first_six))
+        << "layer 1's expert " << e << " was read ahead before layer 0's expert 6 had a slot";
+  }
+  EXPECT_EQ(stats.moe_cache_hits + stats.moe_misses + stats.moe_host_hits, stats.moe_lookups);
+  EXPECT_EQ(stats.moe_bytes_read, (stats.moe_misses + stats.moe_prefetch_reads) * expert);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, ExpertStoreOrder, ::testing::Values("threads", "uring"),
                          [](const auto& info) { return info.param; });
 

@@ -372,7 +372,9 @@ uint64_t ExpertStore::submit_ahead(int slot, uint64_t most) {
 }
 
 void ExpertStore::pump_ahead() {
-  if (stream_all_) return;
+  // A slot released now goes first to the routed layer's experts still without one: a
+  // read-ahead taking it would be evicted again before the next route.
+  if (stream_all_ || slotless_ > 0) return;
   for (int s : miss_slots_) {
     for (const IoFuture& f : slots_[s].futures) {
       if (!f.ready()) return;  // the step waits for these: nothing goes in front of them
@@ -531,6 +533,7 @@ void ExpertStore::route(int moe, std::span<const int32_t> experts, std::span<con
   for (size_t i = 0; i < experts.size(); ++i) usage_[key(moe, experts[i])] += rows[i];
   policy_->step();
   miss_slots_.clear();
+  slotless_ = 0;
   settle_ahead(moe, experts);
   if (layer_predicted_[moe]) {
     stats_.moe_predicted_lookups += experts.size();
@@ -562,7 +565,10 @@ void ExpertStore::route(int moe, std::span<const int32_t> experts, std::span<con
     if (experts_[k].host != nullptr || experts_[k].slot >= 0) continue;
     ++stats_.moe_misses;
     const int s = take_slot(false);
-    if (s < 0) continue;  // every slot holds an expert of this step: read when it is used
+    if (s < 0) {  // every slot holds an expert of this step: read when it is used
+      ++slotless_;
+      continue;
+    }
     queue(k, s);
     miss_slots_.push_back(s);
   }
@@ -595,9 +601,11 @@ ExpertWeights ExpertStore::expert(int moe, int32_t e) {
         s = take_slot(true);
         --stats_.moe_cache_hits;
         ++stats_.moe_misses;
+        ++slotless_;  // the evicted hit, read again when its turn comes
       }
       queue(key(moe, e), s);
       flush();
+      --slotless_;
     }
     wait(x.slot, true);
     base = slot_data(x.slot);

@@ -144,8 +144,9 @@ class ExpertStore final : public ExpertProvider {
   // Submits the slot's read-ahead from byte `slots_[slot].ahead` of its expert, at most `most`
   // bytes (within one of its reads); returns the bytes submitted.
   uint64_t submit_ahead(int slot, uint64_t most);
-  // Keeps the read-ahead going: while no read the routed layer waits for is in flight, submits
-  // chunks of the predicted experts, most likely first, up to kAheadDepth in flight.
+  // Keeps the read-ahead going: while no read the routed layer waits for is in flight and each
+  // of its experts has a slot, submits chunks of the predicted experts, most likely first, up
+  // to kAheadDepth in flight.
   void pump_ahead();
   // At moe op `moe`'s route: its read-ahead experts' unread rest, submitted when routed (as
   // demand, into miss_slots_) and dropped (the slot emptied) when not.
@@ -172,10 +173,11 @@ class ExpertStore final : public ExpertProvider {
   std::vector<uint8_t> layer_predicted_;  // per moe op: a prediction awaits its route
   std::vector<int> prefetched_slots_;     // pinned by prefetch until the layer's route
   std::vector<int> miss_slots_;           // the routed layer's reads it waits for
-  std::vector<int> ahead_;                // keys predicted for the next layer, to read ahead
-  size_t ahead_next_ = 0;                 // ahead_[ahead_next_..] have no slot yet
-  uint64_t batches_ = 0;                  // flushes that submitted reads
-  std::vector<int> streamed_;             // scratch of stream_layer
+  int slotless_ = 0;           // the routed layer's experts that found no slot at the route
+  std::vector<int> ahead_;     // keys predicted for the next layer, to read ahead
+  size_t ahead_next_ = 0;      // ahead_[ahead_next_..] have no slot yet
+  uint64_t batches_ = 0;       // flushes that submitted reads
+  std::vector<int> streamed_;  // scratch of stream_layer
   std::unique_ptr<ExpertPolicy> policy_;
   bool stream_all_ = false;    // expert_cache "stream": no cache, every expert read per step
   bool verify_reads_ = false;  // verify: every expert read from disk checked before use
