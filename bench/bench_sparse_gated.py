@@ -29,7 +29,7 @@ recall (of the columns read, the share read ahead), precision (of the columns re
 share kept) and the MB per token read ahead but not kept (whole columns).
 
 --trace adds, per sparse row, one more decode step with the I/O engine's request log on
-(tierlm._core.io_trace_begin/end): the requests' sizes, the share of the step with requests
+(tierlm.io.trace): the requests' sizes, the share of the step with requests
 in flight, their mean number then, the streamed sites' read rate over their span (first
 submit to last completion) and the disk's idle time between one streamed site and the next.
 
@@ -49,6 +49,7 @@ import bench_offload  # noqa: E402
 import bench_sparse  # noqa: E402
 import offload_baselines as ob  # noqa: E402
 import tierlm  # noqa: E402
+import tierlm.io  # noqa: E402
 from _common import DISK_BOUND, DISK_DEPTHS, disk_bandwidth, leading_equal  # noqa: E402
 from tierlm.package import Package  # noqa: E402
 
@@ -137,23 +138,29 @@ def run_row(pkg, budget, prompt_ids, new_tokens, options):
 
 
 def traced_step(pkg, budget, prompt_ids, options):
-    """One decode step (the third) of a fresh load with the request log on: (seconds, records)."""
+    """One decode step (the third) of a fresh load with the request log on: (seconds,
+    [(path, offset, len, submitted, landed)], times in seconds from the step's start)."""
     import time
-
-    from tierlm import _core
 
     files = [str(p) for p in Path(pkg).glob("*.bin")]
     model = tierlm.load(pkg, budget={"host": budget}, max_context=len(prompt_ids) + 4, **options)
     ob.drop_page_cache(files)
-    start, records = None, None
-    for i, _ in enumerate(model.stream(prompt_ids, max_new_tokens=4, stop_at_eos=False)):
-        if start is not None and records is None:
-            seconds, records = time.perf_counter() - start, _core.io_trace_end()
-        ob.drop_page_cache(files)
-        if i == 2:
-            _core.io_trace_begin()
-            start = time.perf_counter()
+    tokens = model.stream(prompt_ids, max_new_tokens=4, stop_at_eos=False)
+    for _ in range(3):
+        next(tokens)
+    ob.drop_page_cache(files)
+    with tierlm.io.trace() as log:
+        start = time.monotonic()
+        next(tokens)
+        seconds = time.monotonic() - start
+    for _ in tokens:
+        pass
     del model
+    records = [
+        (r["path"], r["offset"], r["len"], r["submitted"] - start, r["landed"] - start)
+        for r in log
+        if r["landed"] >= 0
+    ]
     return seconds, records
 
 

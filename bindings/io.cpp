@@ -164,17 +164,6 @@ void bind_io(nb::module_& m) {
         return nb::make_tuple(io_backend_name(b), reason);
       },
       "requested"_a = "auto");
-  m.def("io_trace_begin", &io_trace_begin);
-  m.def(
-      "io_trace_end",
-      [] {
-        nb::list out;
-        for (const IoTraceRecord& r : io_trace_end()) {
-          out.append(nb::make_tuple(r.path, r.offset, r.len, r.submitted, r.done));
-        }
-        return out;
-      },
-      "Requests since io_trace_begin: (path, offset, len, submitted s, done s or -1).");
   m.def("io_drop_cache", &io_drop_cache, "path"_a);
   m.def("io_trace_record_start", &io_trace_record_start);
   m.def("io_trace_record_stop", [] {

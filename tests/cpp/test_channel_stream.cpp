@@ -69,15 +69,15 @@ TEST_P(ChannelStreamTest, BatchesHandOverEveryKeptColumnInOrder) {
       size_t batches = 0;
       // Requests submitted when each batch is handed over: the later slots' are in flight.
       std::vector<size_t> submitted_at;
-      io_trace_begin();
+      io_trace_record_start();
       {
         ChannelStream stream(static_cast<char*>(staging.data()), staging.size(), requests.data(),
                              requests.size(), rows.data(), 97, 8192);
         stream.run(file, plan, kept.data(), kept.size(), nullptr, info,
                    [&](const SparseRowGather& batch, const int32_t* ids, size_t m) {
                      ++batches;
-                     submitted_at.push_back(io_trace_end().size());
-                     io_trace_begin();
+                     submitted_at.push_back(io_trace_record_stop().size());
+                     io_trace_record_start();
                      for (size_t j = 0; j < m; ++j) {
                        seen.push_back(ids[j]);
                        const char* want = bytes.data() + size_t(ids[j]) * plan.row_bytes;
@@ -86,7 +86,7 @@ TEST_P(ChannelStreamTest, BatchesHandOverEveryKeptColumnInOrder) {
                      }
                    });
       }
-      io_trace_end();
+      io_trace_record_stop();
       EXPECT_EQ(seen, kept);
       EXPECT_EQ(info.neurons_read, kept.size());
       if (batches > detail::kChannelStreamSlots) {

@@ -210,40 +210,6 @@ TEST_P(IoTest, BatchLargerThanQueueDepth) {
   EXPECT_EQ(std::memcmp(out.data, bytes.data(), size), 0);
 }
 
-// The request log (io_trace_begin/end): each request submitted between the two calls once,
-// with its file, range and times (0 <= submitted <= done); a request submitted before begin
-// and landing after it is not logged, and nothing is after end. A batch larger than the ring,
-// so that some requests wait in the backlog.
-TEST_P(IoTest, TraceLogsEachRequestOnceWithItsTimes) {
-  const size_t size = 61 * 4096 + 5;
-  const std::string path = dir_.file("trace.bin");
-  write_file(path, random_bytes(size, 9));
-  File file(path, IoMode::kIoModeRead, options(4));
-  Aligned out(size + 4096);
-  IoFuture before = file.pread(out.data, size, 0);
-  io_trace_begin();
-  before.get();
-  std::vector<IoRequest> requests;
-  for (uint64_t at = 0, i = 0; at < size; ++i) {
-    const size_t len = std::min<size_t>(i % 2 == 0 ? 4096 : 4096 * 3 + 1, size - at);
-    requests.push_back({out.data + at, len, at});
-    at += len;
-  }
-  for (IoFuture& f : file.pread_batch(requests)) f.get();
-  const std::vector<IoTraceRecord> log = io_trace_end();
-  file.read(out.data, 4096, 0);
-  io_trace_begin();
-  EXPECT_TRUE(io_trace_end().empty());
-  ASSERT_EQ(log.size(), requests.size());
-  for (size_t i = 0; i < log.size(); ++i) {
-    EXPECT_EQ(log[i].path, path);
-    EXPECT_EQ(log[i].offset, requests[i].offset) << i;  // submitted in order
-    EXPECT_EQ(log[i].len, requests[i].len) << i;
-    EXPECT_GE(log[i].submitted, 0.0);
-    EXPECT_GE(log[i].done, log[i].submitted) << i;
-  }
-}
-
 // io_wait_all over futures of several files in any order, with finished (empty) requests
 // among them: each back end is driven through its own requests (io_uring: without
 // handing its ring to the background reaper between them). With io_uring, a third file's

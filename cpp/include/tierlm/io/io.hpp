@@ -176,22 +176,6 @@ TIERLM_API std::vector<IoTraceRecord> io_trace_record_stop();
 // Drops the file's pages from the page cache (posix_fadvise DONTNEED), for cold benchmarks.
 TIERLM_API void io_drop_cache(const std::string& path);
 
-// A log of the requests every File submits between io_trace_begin() and io_trace_end(), for
-// benchmarks that ask where the disk idles (bench/bench_sparse_gated.py --trace): the file and
-// range of each request, when it was submitted and when its last byte was taken from the
-// kernel (the completion's reaping: never before the disk finished it), in seconds since
-// io_trace_begin. It replaces any other trace hook while it runs; done is -1 for a request
-// still in flight at io_trace_end.
-struct TIERLM_API IoTraceRecord {
-  std::string path;
-  uint64_t offset = 0;
-  size_t len = 0;
-  double submitted = 0;
-  double done = -1;
-};
-TIERLM_API void io_trace_begin();
-TIERLM_API std::vector<IoTraceRecord> io_trace_end();
-
 // Random block-aligned reads of `block` bytes with `queue_depth` requests in flight for
 // `seconds` (page cache dropped first), for `tierlm bench io` and bench/bench_io.py: two
 // batches of queue_depth requests, one in the ring and one in the engine's backlog.
