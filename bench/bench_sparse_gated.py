@@ -28,7 +28,13 @@ depths), bound / measured, and speed relative to dense offload. Notes of a read-
 recall (of the columns read, the share read ahead), precision (of the columns read ahead, the
 share kept) and the MB per token read ahead but not kept (whole columns).
 
+--trace adds, per sparse row, one more decode step with the I/O engine's request log on
+(tierlm.io.trace): the requests' sizes, the share of the step with requests
+in flight, their mean number then, the streamed sites' read rate over their span (first
+submit to last completion) and the disk's idle time between one streamed site and the next.
+
     python bench/bench_sparse_gated.py [--layers 44] [--targets 0.25,0.4,0.5] [--rounds 2]
+        [--dir /tmp/tierlm-bench-sparse-gated --keep] [--trace]
 """
 
 import argparse
@@ -43,6 +49,7 @@ import bench_offload  # noqa: E402
 import bench_sparse  # noqa: E402
 import offload_baselines as ob  # noqa: E402
 import tierlm  # noqa: E402
+import tierlm.io  # noqa: E402
 from _common import DISK_BOUND, DISK_DEPTHS, disk_bandwidth, leading_equal  # noqa: E402
 from tierlm.package import Package  # noqa: E402
 
@@ -130,6 +137,60 @@ def run_row(pkg, budget, prompt_ids, new_tokens, options):
     return result
 
 
+def traced_step(pkg, budget, prompt_ids, options):
+    """One decode step (the third) of a fresh load with the request log on: (seconds,
+    [(path, offset, len, submitted, landed)], times in seconds from the step's start)."""
+    import time
+
+    files = [str(p) for p in Path(pkg).glob("*.bin")]
+    model = tierlm.load(pkg, budget={"host": budget}, max_context=len(prompt_ids) + 4, **options)
+    ob.drop_page_cache(files)
+    tokens = model.stream(prompt_ids, max_new_tokens=4, stop_at_eos=False)
+    for _ in range(3):
+        next(tokens)
+    ob.drop_page_cache(files)
+    with tierlm.io.trace() as log:
+        start = time.monotonic()
+        next(tokens)
+        seconds = time.monotonic() - start
+    for _ in tokens:
+        pass
+    del model
+    records = [
+        (r["path"], r["offset"], r["len"], r["submitted"] - start, r["landed"] - start)
+        for r in log
+        if r["landed"] >= 0
+    ]
+    return seconds, records
+
+
+def trace_summary(seconds, records):
+    """The request log of one step as one line (see the module's doc)."""
+    sizes = sorted(r[2] for r in records)
+    events = sorted([(r[3], 1) for r in records] + [(r[4], -1) for r in records if r[4] >= 0])
+    depth, last, busy, weighted = 0, 0.0, 0.0, 0.0
+    for t, step in events:
+        if depth > 0:
+            busy += t - last
+            weighted += depth * (t - last)
+        depth, last = depth + step, t
+    sites = {}
+    for path, _, size, submitted, done in records:
+        s = sites.setdefault(path, [submitted, done, 0])
+        s[0], s[1], s[2] = min(s[0], submitted), max(s[1], done), s[2] + size
+    spans = sorted(sites.values())
+    span = sum(b - a for a, b, _ in spans)
+    gaps = [nxt[0] - cur[1] for cur, nxt in zip(spans, spans[1:], strict=False)]
+    q = [sizes[len(sizes) * k // 4] >> 10 for k in (1, 2, 3)] if sizes else [0, 0, 0]
+    return (
+        f"{len(records)} requests (quartiles {q[0]}/{q[1]}/{q[2]} KiB), in flight "
+        f"{busy / seconds:.0%} of the step ({weighted / max(busy, 1e-9):.0f} on average), "
+        f"{len(spans)} files at {sum(b for _, _, b in spans) / max(span, 1e-9) / 1e6:.0f} MB/s "
+        f"over their spans, idle between them {sum(gaps) * 1e3:.0f} ms "
+        f"({sum(gaps) / max(len(gaps), 1) * 1e3:.2f} ms each) of {seconds * 1e3:.0f} ms"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default="/tmp/tierlm-bench-sparse-gated")
@@ -153,6 +214,9 @@ def main():
         "std of log|w| 0.53-0.57); 0: all ones",
     )
     parser.add_argument("--keep", action="store_true", help="keep the package")
+    parser.add_argument(
+        "--trace", action="store_true", help="log one more step's requests per sparse row"
+    )
     args = parser.parse_args()
     args.targets = [float(t) for t in args.targets.split(",")]
 
@@ -191,6 +255,12 @@ def main():
             out = run_row(str(pkg), budget, prompt_ids, args.new_tokens, options)
             results[name].append(out)
             print(f"  round {r + 1} {name}: {out['time']:.3f} s/token", flush=True)
+    traces = {}
+    if args.trace:
+        for name, target, ahead in rows[1:]:
+            use_thresholds(str(pkg), spread(thresholds[target], args.layers))
+            options = {"kv_dtype": "f32", "sparse": True, "sparse_readahead": ahead}
+            traces[name] = trace_summary(*traced_step(str(pkg), budget, prompt_ids, options))
     channel_files = [str(p) for p in pkg.glob("channel-*.bin")]
     dense_files = [str(p) for p in pkg.glob("*.bin") if not p.name.startswith("channel-")]
     bandwidths = bench_sparse.fio_bandwidths(
@@ -265,6 +335,8 @@ def main():
             f"{name:<22} {t:>8.3f} {nbytes / 1e6:>9.1f} {cols / 1e6:>8.1f} {kept} {hit} "
             f"{bound:>8.3f} {bound / t:>8.2f} {dense_time / t:>8.2f}  {notes}"
         )
+    for name, line in traces.items():
+        print(f"trace {name.strip()}: {line}")
     print(
         "kept: channels kept / all channels of the sparse sites; hit: kept channels not read "
         "(resident sites); bound: the disk time of the bytes read; bound/t: bound / measured"

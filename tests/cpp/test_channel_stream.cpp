@@ -1,5 +1,5 @@
 // A streamed channel site's reads (ChannelStream): one token's kept columns from a real file,
-// in batches that alternate between the staging's two halves, each handed to the kernel
+// in batches that take turns in the staging's slots, each handed to the kernel
 // callback in channel order where its columns landed, byte for byte the file's; column sizes a
 // few bytes below and above a page, a prime column count, staging for a few columns (many
 // batches) and for all of them (one), through both I/O back ends.
@@ -36,7 +36,7 @@ class ChannelStreamTest : public ::testing::TestWithParam<const char*> {
 
 TEST_P(ChannelStreamTest, BatchesHandOverEveryKeptColumnInOrder) {
   for (const size_t elems : {1023u, 1025u}) {  // f32 columns of 4092 and 4100 bytes
-    for (const size_t staging_pages : {6u, 256u}) {
+    for (const size_t staging_pages : {12u, 512u}) {
       testing::TempDir dir;
       SparseLayerPlan plan;
       plan.file = dir.path() + "/channels.bin";
@@ -60,19 +60,24 @@ TEST_P(ChannelStreamTest, BatchesHandOverEveryKeptColumnInOrder) {
       HostTier tier{8 << 20};
       HostBuffer staging = tier.allocate(staging_pages * 4096);
       std::vector<IoRequest> requests(SparseRowGather::max_requests(97));
-      std::vector<SparseRowSource> rows(2 * 97);
+      std::vector<SparseRowSource> rows(detail::kChannelStreamSlots * 97);
       IoOptions options;
       options.backend = io_backend_parse(GetParam());
       File file(plan.file, IoMode::kIoModeRead, options);
       SparseTokenInfo info;
       std::vector<int32_t> seen;
       size_t batches = 0;
+      // Requests submitted when each batch is handed over: the later slots' are in flight.
+      std::vector<size_t> submitted_at;
+      io_trace_record_start();
       {
         ChannelStream stream(static_cast<char*>(staging.data()), staging.size(), requests.data(),
                              requests.size(), rows.data(), 97, 8192);
         stream.run(file, plan, kept.data(), kept.size(), nullptr, info,
                    [&](const SparseRowGather& batch, const int32_t* ids, size_t m) {
                      ++batches;
+                     submitted_at.push_back(io_trace_record_stop().size());
+                     io_trace_record_start();
                      for (size_t j = 0; j < m; ++j) {
                        seen.push_back(ids[j]);
                        const char* want = bytes.data() + size_t(ids[j]) * plan.row_bytes;
@@ -81,13 +86,20 @@ TEST_P(ChannelStreamTest, BatchesHandOverEveryKeptColumnInOrder) {
                      }
                    });
       }
+      io_trace_record_stop();
       EXPECT_EQ(seen, kept);
       EXPECT_EQ(info.neurons_read, kept.size());
+      if (batches > detail::kChannelStreamSlots) {
+        // Before the first batch is summed every slot's batch was submitted; after, each batch
+        // summed frees its slot for exactly one more.
+        EXPECT_EQ(submitted_at[0], detail::kChannelStreamSlots) << "one request a batch";
+        EXPECT_EQ(submitted_at[1], 1u);
+      }
       EXPECT_GE(info.bytes_read, kept.size() * plan.row_bytes);
       // A page two columns share is read again when they fall in different batches.
       EXPECT_LE(info.bytes_read, plan.file_bytes + (batches - 1) * 4096);
-      if (staging_pages == 6) {
-        EXPECT_GT(batches, 4u);  // three pages a half: a column or two a batch
+      if (staging_pages == 12) {
+        EXPECT_GT(batches, 8u);  // three pages a slot: a column or two a batch
       } else {
         EXPECT_EQ(batches, 1u);
       }
@@ -126,7 +138,7 @@ TEST_P(ChannelStreamTest, ReadAheadColumnsJoinTheBatchesInOrder) {
   HostBuffer staging = tier.allocate(24 * 4096), ahead_staging = tier.allocate(40 * 4096);
   std::vector<IoRequest> requests(SparseRowGather::max_requests(211));
   std::vector<IoRequest> ahead_requests(SparseRowGather::max_requests(211));
-  std::vector<SparseRowSource> rows(2 * 211), ahead_rows(211);
+  std::vector<SparseRowSource> rows(detail::kChannelStreamSlots * 211), ahead_rows(211);
   std::vector<int32_t> ids(211), slots(211, -1), row_requests(211);
   IoOptions options;
   options.backend = io_backend_parse(GetParam());

@@ -367,7 +367,7 @@ ChannelScratchLayout channel_scratch_layout(const ChannelPlan& plan) {
   l.to_evict = cursor.take(max_n * sizeof(int32_t));
   l.need = cursor.take(max_n * sizeof(int32_t));
   l.evict = cursor.take(max_n * sizeof(int32_t));
-  l.sources = cursor.take(2 * max_batch * sizeof(SparseRowSource));  // 2: ChannelStream
+  l.sources = cursor.take(kChannelStreamSlots * max_batch * sizeof(SparseRowSource));
   l.requests = cursor.take(l.max_requests * sizeof(IoRequest));
   l.site_out = cursor.take(plan.max_rows * plan.max_row_elems * sizeof(float));
   l.rotated = cursor.take(max_n * sizeof(float));
@@ -412,15 +412,17 @@ void total_bytes(ChannelPlan& plan) {
   }
   for (const ChannelSitePlan& s : plan.sites) {
     const SparseLayerPlan& r = s.rows;
-    // A streamed site reads into two halves of at most kChannelStreamBatch (ChannelStream); a
-    // cached one its missing columns in one batch when they fit.
-    const uint64_t batch = s.streamed() ? std::min<uint64_t>(r.file_bytes, 2 * kChannelStreamBatch)
-                           : s.resident() ? 0
-                                          : r.capacity * worst_row;
+    // A streamed site reads into kChannelStreamSlots slots of at most kChannelStreamBatch
+    // (ChannelStream); a cached one its missing columns in one batch when they fit.
+    const uint64_t batch =
+        s.streamed()   ? std::min<uint64_t>(r.file_bytes, kChannelStreamSlots * kChannelStreamBatch)
+        : s.resident() ? 0
+                       : r.capacity * worst_row;
     batch_bytes = std::max(batch_bytes, batch);
   }
   const uint64_t staging = std::min(batch_bytes, uint64_t{kMaxStaging});
-  plan.staging_bytes = static_cast<size_t>(std::max<uint64_t>(staging, 2 * worst_row));
+  plan.staging_bytes =
+      static_cast<size_t>(std::max<uint64_t>(staging, kChannelStreamSlots * worst_row));
   plan.readahead_bytes = 0;
   for (const ChannelSitePlan& s : plan.sites) {
     if (s.readahead_site < 0) continue;

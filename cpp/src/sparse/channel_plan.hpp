@@ -68,7 +68,7 @@ struct ChannelScratchLayout {
   size_t to_evict = 0;
   size_t need = 0;
   size_t evict = 0;
-  size_t sources = 0;   // SparseRowSource[2 x max batch]: where each pending row lands
+  size_t sources = 0;   // SparseRowSource[kChannelStreamSlots x max batch]: where rows land
   size_t requests = 0;  // IoRequest[max_requests]
   size_t site_out = 0;  // float[max_rows * max_row_elems]: the running site's outputs
   size_t rotated = 0;   // float[max channels]: a rotated site's input z = Qᵀ x

@@ -11,12 +11,8 @@ namespace tierlm::detail {
 
 namespace {
 
-size_t half_bytes(size_t staging_bytes) {
-  return std::min(round_down(staging_bytes / 2, kAlignment), kChannelStreamBatch);
-}
-
-size_t half_requests(size_t max_requests) {
-  return std::min(max_requests / 2, kChannelStreamRequests);
+size_t slot_bytes(size_t staging_bytes) {
+  return std::min(round_down(staging_bytes / kChannelStreamSlots, kAlignment), kChannelStreamBatch);
 }
 
 }  // namespace
@@ -24,12 +20,15 @@ size_t half_requests(size_t max_requests) {
 ChannelStream::ChannelStream(char* staging, size_t staging_bytes, IoRequest* requests,
                              size_t max_requests, SparseRowSource* rows, size_t max_rows,
                              uint64_t merge_gap)
-    : half_bytes_(half_bytes(staging_bytes)),
-      halves_{SparseRowGather(staging, half_bytes_, requests, half_requests(max_requests), rows,
-                              true, merge_gap),
-              SparseRowGather(staging + round_down(staging_bytes / 2, kAlignment), half_bytes_,
-                              requests + max_requests / 2, half_requests(max_requests),
-                              rows + max_rows, true, merge_gap)} {}
+    : slot_bytes_(slot_bytes(staging_bytes)) {
+  const size_t slot_requests = std::min(max_requests / kSlots, kChannelStreamRequests);
+  slots_.reserve(kSlots);
+  for (size_t k = 0; k < kSlots; ++k) {
+    slots_.emplace_back(staging + k * slot_bytes_, slot_bytes_,
+                        requests + k * (max_requests / kSlots), slot_requests, rows + k * max_rows,
+                        true, merge_gap);
+  }
+}
 
 ChannelStream::~ChannelStream() {
   // Reads still in flight land in staging: wait.
@@ -38,9 +37,9 @@ ChannelStream::~ChannelStream() {
   }
 }
 
-size_t ChannelStream::submit(int h, File& file, const SparseLayerPlan& plan, const int32_t* ids,
+size_t ChannelStream::submit(size_t h, File& file, const SparseLayerPlan& plan, const int32_t* ids,
                              size_t n, ChannelReadAhead* ahead, SparseTokenInfo& info) {
-  SparseRowGather& g = halves_[h];
+  SparseRowGather& g = slots_[h];
   size_t m = 0, ready_bytes = 0;
   ahead_requests_[h] = 0;
   for (; m < n; ++m) {
@@ -50,15 +49,15 @@ size_t ChannelStream::submit(int h, File& file, const SparseLayerPlan& plan, con
       if (!g.add(plan, ids[m])) break;
       continue;
     }
-    // Read ahead: no request, but the batch waits for it; batches stay half_bytes_ of columns
+    // Read ahead: no request, but the batch waits for it; batches stay slot_bytes_ of columns
     // so the first is summed while the read-ahead's tail still lands.
-    if (ready_bytes >= half_bytes_) break;
+    if (ready_bytes >= slot_bytes_) break;
     g.add_ready(*row);
     ready_bytes += plan.row_bytes;
     ahead_requests_[h] = std::max(ahead_requests_[h], request);
     ++info.readahead_hits;
   }
-  TIERLM_CHECK(m > 0 || n == 0, kErrorInvalidArgument, "channel staging (", half_bytes_,
+  TIERLM_CHECK(m > 0 || n == 0, kErrorInvalidArgument, "channel staging (", slot_bytes_,
                " bytes a batch) cannot hold one column of layer ", plan.layer);
   g.close();
   const auto t0 = Clock::now();
@@ -69,7 +68,7 @@ size_t ChannelStream::submit(int h, File& file, const SparseLayerPlan& plan, con
   return m;
 }
 
-void ChannelStream::wait(int h, SparseTokenInfo& info) {
+void ChannelStream::wait(size_t h, SparseTokenInfo& info) {
   const auto t0 = Clock::now();
   io_wait_all(futures_[h]);
   futures_[h].clear();
@@ -77,10 +76,10 @@ void ChannelStream::wait(int h, SparseTokenInfo& info) {
 }
 
 void ChannelStream::drop() {
-  for (int h = 0; h < 2; ++h) {
+  for (size_t h = 0; h < kSlots; ++h) {
     for (const IoFuture& f : futures_[h]) f.wait();
     futures_[h].clear();
-    halves_[h].clear();
+    slots_[h].clear();
   }
 }
 

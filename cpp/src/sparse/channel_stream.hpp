@@ -1,8 +1,10 @@
 // A streamed channel site's reads (channel_plan.hpp: capacity 0): one token's kept columns are
-// read in batches into the two halves of the staging buffer, and each batch is summed where
-// its columns landed while the next one is read, so the kernel's time hides behind the disk.
-// Nothing is cached or copied. Columns read ahead (ChannelReadAhead) join the batches where
-// they lie, so a batch sums the kept columns in channel order wherever their bytes came from.
+// read in batches into the slots of the staging buffer, kChannelStreamSlots batches in flight,
+// and each batch is summed where its columns landed as soon as it is there, its slot then
+// taking the next batch: the disk's queue never drains inside a site, while the kernel's time
+// hides behind the reads. Nothing is cached or copied. Columns read ahead (ChannelReadAhead)
+// join the batches where they lie, so a batch sums the kept columns in channel order wherever
+// their bytes came from.
 #pragma once
 
 #include <cstddef>
@@ -18,23 +20,29 @@
 
 namespace tierlm::detail {
 
-// A batch's staging bytes at most: small enough that the first batch's kernel starts early
-// and that the next batch is in flight during it, large enough (tens of requests) to keep the
-// disk's queue full.
-inline constexpr size_t kChannelStreamBatch = 8u << 20;
-// A batch's requests at most (about 8 MiB at the mean request of gate/up at 40%).
-inline constexpr size_t kChannelStreamRequests = 48;
-// The ring depth of a streamed site's file: every request the stream's two batches and the
+// The batches in flight. The disk finishes the requests in flight in no particular order
+// (bench_sparse_gated --trace: two batches of 48 requests landed within the same 0.1 ms), so a
+// batch waited for alone lands only when most of what is in flight has, and with two halves
+// the queue emptied while each was summed; with several smaller batches the oldest lands
+// first and the rest keep the disk busy while it is summed.
+inline constexpr size_t kChannelStreamSlots = 4;
+// A batch's staging bytes at most: small enough that the first batch's kernel starts early,
+// large enough that the slots' batches together (tens of requests) keep the disk's queue full.
+inline constexpr size_t kChannelStreamBatch = 4u << 20;
+// A batch's requests at most (about 3 MiB at the mean request of gate/up at 40%).
+inline constexpr size_t kChannelStreamRequests = 16;
+// The ring depth of a streamed site's file: every request the stream's batches and the
 // read-ahead have in flight fits in the ring, so none waits in the engine's backlog for a
 // thread to move it in as slots free up; on 2 cores the kernel's threads kept that thread off
 // the CPU while the disk ran dry. (The thread back end keeps its default workers.)
 inline constexpr unsigned kChannelQueueDepth =
-    2 * kChannelStreamRequests + kChannelReadAheadRequests;
+    kChannelStreamSlots * kChannelStreamRequests + kChannelReadAheadRequests;
 
 class ChannelStream {
  public:
-  // staging: 4 KiB-aligned, at least two of the widest column ranges; requests: room for
-  // max_requests; rows: room for 2 * max_rows (max_rows: the most columns of a site).
+  // staging: 4 KiB-aligned, at least kChannelStreamSlots of the widest column ranges;
+  // requests: room for max_requests; rows: room for kChannelStreamSlots * max_rows (max_rows:
+  // the most columns of a site).
   ChannelStream(char* staging, size_t staging_bytes, IoRequest* requests, size_t max_requests,
                 SparseRowSource* rows, size_t max_rows, uint64_t merge_gap);
   ~ChannelStream();
@@ -48,26 +56,30 @@ class ChannelStream {
   template <class Compute>
   void run(File& file, const SparseLayerPlan& plan, const int32_t* ids, size_t n,
            ChannelReadAhead* ahead, SparseTokenInfo& info, Compute compute) {
-    size_t first[2] = {0, 0}, count[2] = {0, 0};
+    size_t first[kSlots] = {}, count[kSlots] = {};
     size_t done = 0;
     try {
-      count[0] = submit(0, file, plan, ids, n, ahead, info);
-      done = count[0];
-      for (int h = 0; count[h] > 0; h = 1 - h) {
-        const int next = 1 - h;
-        if (done < n) {  // the next batch reads while this one is summed
-          first[next] = done;
-          count[next] = submit(next, file, plan, ids + done, n - done, ahead, info);
-          done += count[next];
-        }
+      for (size_t k = 0; k < kSlots && done < n; ++k) {
+        first[k] = done;
+        count[k] = submit(k, file, plan, ids + done, n - done, ahead, info);
+        done += count[k];
+      }
+      // Batches land and are summed in the order they were submitted; each slot, once summed,
+      // takes the next batch at once.
+      for (size_t h = 0; count[h] > 0; h = (h + 1) % kSlots) {
         wait(h, info);
         if (ahead != nullptr) ahead->wait_through(ahead_requests_[h], info);
         const auto t0 = Clock::now();
-        compute(static_cast<const SparseRowGather&>(halves_[h]), ids + first[h], count[h]);
+        compute(static_cast<const SparseRowGather&>(slots_[h]), ids + first[h], count[h]);
         info.compute_seconds += seconds_since(t0);
         info.neurons_read += count[h];
-        halves_[h].clear();
+        slots_[h].clear();
         count[h] = 0;
+        if (done < n) {
+          first[h] = done;
+          count[h] = submit(h, file, plan, ids + done, n - done, ahead, info);
+          done += count[h];
+        }
       }
     } catch (...) {
       drop();
@@ -76,19 +88,20 @@ class ChannelStream {
   }
 
  private:
-  // Gathers ids[0, n) into half h until it is full (its staging, or half_bytes_ of columns
+  static constexpr size_t kSlots = kChannelStreamSlots;
+  // Gathers ids[0, n) into slot h until it is full (its staging, or slot_bytes_ of columns
   // read ahead), submits the reads; returns how many.
-  size_t submit(int h, File& file, const SparseLayerPlan& plan, const int32_t* ids, size_t n,
+  size_t submit(size_t h, File& file, const SparseLayerPlan& plan, const int32_t* ids, size_t n,
                 ChannelReadAhead* ahead, SparseTokenInfo& info);
-  // Waits for half h's batch (into info.io_seconds).
-  void wait(int h, SparseTokenInfo& info);
-  // Waits for whatever is in flight and empties both halves.
+  // Waits for slot h's batch (into info.io_seconds).
+  void wait(size_t h, SparseTokenInfo& info);
+  // Waits for whatever is in flight and empties every slot.
   void drop();
 
-  size_t half_bytes_;  // staging bytes of each half
-  SparseRowGather halves_[2];
-  std::vector<IoFuture> futures_[2];
-  size_t ahead_requests_[2] = {0, 0};  // read-ahead requests half h's columns wait for
+  size_t slot_bytes_;  // staging bytes of each slot
+  std::vector<SparseRowGather> slots_;
+  std::vector<IoFuture> futures_[kSlots];
+  size_t ahead_requests_[kSlots] = {};  // read-ahead requests slot h's columns wait for
 };
 
 }  // namespace tierlm::detail
