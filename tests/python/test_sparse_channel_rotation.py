@@ -155,6 +155,26 @@ def test_reference_and_native_path_sparsify_the_rotated_input(model, tmp_path, r
     assert 0.2 < native.summary()["sparsity"] < 0.6
 
 
+def test_split_windows_alternates_windows_or_halves():
+    ids = np.arange(7 * 64 + 5)
+    even, odd = channel.split_windows(ids, 64)
+    assert even.tolist() == [i for i in ids if (i // 64) % 2 == 0]
+    assert odd.tolist() == [i for i in ids if (i // 64) % 2 == 1]
+    a, b = channel.split_windows(np.arange(63), 64)  # one window: its two halves
+    assert a.tolist() == list(range(31)) and b.tolist() == list(range(31, 63))
+
+
+@pytest.mark.parametrize("rotation", ["site", "output"])
+def test_thresholds_skip_the_target_on_text_the_rotation_has_not_seen(model, rotation):
+    # The rotation fits the tokens it is computed on; quantiles taken on those same tokens
+    # would skip less on any other text (here 0.35 of the weights for a 0.4 target).
+    loaded, ids = model
+    other = np.random.default_rng(11).integers(0, 101, 383)
+    th = channel.calibrate(loaded, ids, 0.4, context=64, rotation=rotation)
+    q = channel.quality(loaded, th, other, n_new=0, context=64)
+    assert q["held_out_sparsity"] == pytest.approx(0.4, abs=0.03)
+
+
 def test_rotation_round_trips_and_bad_files_are_named(model, tmp_path):
     loaded, ids = model
     th = channel.calibrate(loaded, ids, 0.3, context=64, rotation="site")
