@@ -18,13 +18,15 @@ the computation every tierlm row overlaps its reads with. Columns: decode s/toke
 those bytes at the disk's random-read bandwidth (_common.DiskBound: the best of several
 fio jobs on the package's largest file: all of them once, then the fastest few before and
 after each row), the bound (for tierlm the
-larger of that and the in-memory s/token) and how close the row comes to it, tierlm
-cache+prefetch's speed-up over the row, and where each tierlm row's decode steps went (expert
-reads waited for, on demand, read ahead and used). accelerate runs --accelerate-tokens tokens
+larger of that and the in-memory s/token) and how close the row comes to it, pooled and in
+each round, tierlm cache+prefetch's speed-up over the row, and where each tierlm row's decode
+steps went (expert reads waited for, on demand, read ahead and used; the share of the steps
+the disk had an expert read in flight, from tierlm.io.trace(); --trace prints each step's idle
+gaps). accelerate runs --accelerate-tokens tokens
 only (default 2: one decode step; at 4 GB its steps take minutes).
 
     python bench/bench_moe.py [--layers 11] [--hidden 2048] [--intermediate 6656] [--quant q8_0]
-        [--skip accelerate] [--rounds N] [--accelerate-tokens N] [--keep]
+        [--skip accelerate] [--rounds 4] [--accelerate-tokens N] [--keep] [--trace]
 
 Disk: the F16 file (2x the parameters) and the Q8_0 one coexist while quantizing (11.8 GB at
 the default size), the package after that, and for accelerate a bf16 checkpoint (2x) and its
@@ -39,10 +41,12 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _disk_trace  # noqa: E402
 import _llamacpp  # noqa: E402
 import moe_gguf  # noqa: E402
 import offload_baselines as ob  # noqa: E402
 import tierlm  # noqa: E402
+import tierlm.io  # noqa: E402
 from _common import (  # noqa: E402
     DISK_BOUND,
     DiskBound,
@@ -101,8 +105,9 @@ def decode_note(info, steps):
 
 
 def tierlm_rows(args, pkg, weights, prompt, fio):
-    """(method, budget, steps, hit %, note, bandwidths) per tierlm configuration and budget,
-    the first row every expert in memory (the compute the others overlap their reads with)."""
+    """(method, budget, steps, hit %, note, bandwidths, [this round's (steps, bandwidths)],
+    traced steps) per tierlm configuration and budget, the first row every expert in memory
+    (the compute the others overlap their reads with)."""
     files = [str(p) for p in Path(pkg).glob("*.bin")]
     usage, aside = Path(pkg) / USAGE, Path(pkg) / (USAGE + ".aside")
     methods = [
@@ -121,7 +126,10 @@ def tierlm_rows(args, pkg, weights, prompt, fio):
             bw0 = fio()
             # in memory: a budget over the weights homes every expert on the host tier
             budget = int(weights * (frac or 2))
-            steps, ids, info = tierlm_decode(pkg, budget, prompt, args.new_tokens, files, **options)
+            with tierlm.io.trace() as records:
+                steps, ids, info = tierlm_decode(
+                    pkg, budget, prompt, args.new_tokens, files, **options
+                )
         finally:
             if aside.exists():
                 aside.rename(usage)
@@ -130,9 +138,14 @@ def tierlm_rows(args, pkg, weights, prompt, fio):
         s, e = info["stats"], info["placement"]["experts"]
         homed = sum(map(len, e["host_experts"]))
         note = f"{homed} homed ({e['homing']}), {e['cache_slots']} slots, "
-        note += decode_note(info, steps) if frac else "no reads"
+        traced = _disk_trace.step_disk(records, info["windows"])
+        if frac:
+            note += decode_note(info, steps) + ", " + _disk_trace.summary(traced)
+        else:
+            note += "no reads"
         note += f", peak {info['peak'] / 2**20:.0f} MiB"
-        rows.append((name, frac, steps, s["moe_hit_rate_pct"], note, [bw0, fio()]))
+        bws = [bw0, fio()]
+        rows.append((name, frac, steps, s["moe_hit_rate_pct"], note, bws, [(steps, bws)], [traced]))
     return rows, reference
 
 
@@ -151,7 +164,13 @@ def main():
     parser.add_argument("--prompt", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=9, help="decode steps = this - 1")
     parser.add_argument("--profile-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=1, help="of the tierlm rows, interleaved")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="of the tierlm rows, interleaved (each round's bound/t is printed: the disk's speed "
+        "drifts within a run by more than prefetch and no prefetch differ)",
+    )
     parser.add_argument(
         "--accelerate-tokens",
         type=int,
@@ -163,6 +182,11 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fio-seconds", type=int, default=1, help="per fio job")
     parser.add_argument("--keep", action="store_true", help="keep --dir (the model files)")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="print each tierlm row's decode steps: disk busy time and its idle gaps",
+    )
     parser.add_argument(
         "--min-agreement",
         type=float,
@@ -203,7 +227,9 @@ def run(args, root, skip):
         bw0 = fio()
         steps, ids = _llamacpp.mmap_decode(gguf, args.threads, prompt, args.new_tokens)
         require_same_tokens("llama.cpp mmap vs tierlm", ids, reference, args.min_agreement)
-        rows.append(("llama.cpp mmap", None, steps, None, "budget-free, repack off", [bw0, fio()]))
+        bws = [bw0, fio()]
+        note = "budget-free, repack off"
+        rows.append(("llama.cpp mmap", None, steps, None, note, bws, [(steps, bws)], []))
     if "accelerate" not in skip:
         hf = moe_gguf.hf_from_gguf(gguf, root / "hf")
         hf_files = [str(p) for p in Path(hf).glob("*.safetensors")]
@@ -222,12 +248,25 @@ def run(args, root, skip):
                 f"bf16 checkpoint {hf_weights / 1e9:.2f} GB, {len(offloaded)} offload files, "
                 f"{len(steps)} decode step(s) only (--accelerate-tokens)"
             )
-            rows.append(("accelerate disk offload", frac, steps, None, note, [bw0, fio()]))
+            bws = [bw0, fio()]
+            rows.append(
+                ("accelerate disk offload", frac, steps, None, note, bws, [(steps, bws)], [])
+            )
     report(args, rows, weights, top2_share(profile), fio)
 
 
+def against_bound(name, steps, bandwidths, compute):
+    """(median s/token, median bytes/token, disk s of those bytes, bound s) of a row's steps."""
+    t = ob.median([s[0] for s in steps])
+    b = ob.median([s[1] for s in steps])
+    bw = [x for x in bandwidths if x]
+    disk = b / (sum(bw) / len(bw)) if bw else float("nan")
+    # tierlm's rows compute what the in-memory row computes: their time is at least both
+    return t, b, disk, max(disk, compute) if name.startswith("tierlm") else disk
+
+
 def report(args, rows, weights, top2, fio):
-    rows = pool_rounds(rows, (2, 5))  # steps, bandwidths
+    rows = pool_rounds(rows, (2, 5, 6, 7))  # steps, bandwidths, per round, traced steps
     bws = [b for row in rows for b in row[5] if b]
     print(
         f"\nmodel: random Mixtral-shaped {args.quant} GGUF (llama.cpp's quantizer), hidden "
@@ -245,13 +284,11 @@ def report(args, rows, weights, top2, fio):
     compute = median[(IN_MEMORY, None)]
     base = {f: median[(rows[1][0], f)] for f in args.fractions}
     table = []
-    for name, frac, steps, hit, note, row_bws in rows:
-        t = median[(name, frac)]
-        b = ob.median([s[1] for s in steps])
-        bw = [x for x in row_bws if x]
-        disk = b / (sum(bw) / len(bw)) if bw else float("nan")
-        # tierlm's rows compute what the in-memory row computes: their time is at least both
-        bound = max(disk, compute) if name.startswith("tierlm") else disk
+    for name, frac, steps, hit, note, row_bws, rounds, _traced in rows:
+        t, b, disk, bound = against_bound(name, steps, row_bws, compute)
+        per_round = "/".join(
+            f"{r[3] / r[0]:.2f}" for r in (against_bound(name, *x, compute) for x in rounds)
+        )
         speedups = [f"{t / base[f]:.2f}" for f in ([frac] if frac else args.fractions)]
         table.append(
             [
@@ -264,6 +301,7 @@ def report(args, rows, weights, top2, fio):
                 f"{disk:.3f}",
                 f"{bound:.3f}",
                 f"{bound / t:.2f}",
+                per_round,
                 "/".join(speedups) if name != IN_MEMORY else "-",
                 note,
             ]
@@ -279,6 +317,7 @@ def report(args, rows, weights, top2, fio):
             "disk s",
             "bound s",
             "bound/t",
+            "per round",
             "x tierlm",
             "notes",
         ],
@@ -290,12 +329,19 @@ def report(args, rows, weights, top2, fio):
         "demand; disk s: MB/token / the disk's GB/s, the time the bytes actually read take at "
         "its bandwidth; bound s: for tierlm's rows the larger of that and the in-memory row's "
         "s/token (the same computation, which the reads overlap at best), for the baselines "
-        "disk s; bound/t: 1.0 at that bound (target >= 0.9); x tierlm: s/token over tierlm "
+        "disk s; bound/t: 1.0 at that bound (target >= 0.9); per round: each round's bound/t "
+        "(its steps' median, its disk measurements); x tierlm: s/token over tierlm "
         "cache+prefetch's at the same budget (llama.cpp, budget-free: at each budget; "
         "accelerate's budget is the same share of its bf16 checkpoint; targets >= 3 llama.cpp "
         "mmap and >= 5 accelerate at 25%); notes: wait = expert reads waited for, on demand = "
-        "misses read when routed, ahead = experts read a layer ahead, per decode step."
+        "misses read when routed, ahead = experts read a layer ahead, per decode step; disk "
+        "busy: the share of the decode steps with an expert read in flight (tierlm.io.trace)."
     )
+    for name, frac, *_, traced in rows if args.trace else []:
+        for i, steps in enumerate(traced):
+            if steps and frac:  # the in-memory row reads nothing
+                print(f"\n{name} at {frac:.0%}, round {i + 1}:")
+                print("\n".join(_disk_trace.step_lines(steps)))
 
 
 if __name__ == "__main__":

@@ -46,11 +46,13 @@ def tierlm_decode(pkg, budget, prompt_ids, new_tokens, files, **options):
     ob.drop_page_cache(files)
     stamps, untimed, ids, first = [], 0.0, [], None
     cpu, untimed_cpu = [], 0.0  # the process's CPU time (all threads), like the stamps
+    drops = []  # (start, end) of each untimed part, time.perf_counter (CLOCK_MONOTONIC)
     for token in model.stream(prompt_ids, max_new_tokens=new_tokens, stop_at_eos=False):
         ids.append(token.id)
         start, start_cpu = time.perf_counter(), time.process_time()
         first = first or model.stats()  # after the prompt: where the decode steps' counts start
         cached = ob.drop_page_cache(files)
+        drops.append((start, time.perf_counter()))
         untimed += time.perf_counter() - start
         untimed_cpu += time.process_time() - start_cpu
         stamps.append((time.perf_counter(), untimed, ob.process_read_bytes(), cached))
@@ -69,6 +71,8 @@ def tierlm_decode(pkg, budget, prompt_ids, new_tokens, files, **options):
         "placement": model.placement(),
         "peak": s["host"]["peak"],
         "cpu_seconds": [b - a for a, b in zip(cpu, cpu[1:], strict=False)],  # per decode step
+        # each decode step's timed span on the monotonic clock (tierlm.io.trace's)
+        "windows": [(a[1], b[0]) for a, b in zip(drops, drops[1:], strict=False)],
         "wait": s["io_wait_seconds"],
         "busy": s["read_busy_seconds"],
         "backend": s["io_backend"],

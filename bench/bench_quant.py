@@ -85,6 +85,12 @@ def parse_args():
         default="",
         help="comma list: memory (the in-memory and prefill tables; the agreement checks run)",
     )
+    ap.add_argument(
+        "--ring-sections",
+        type=int,
+        default=0,
+        help="tierlm's staging sections in the offloaded rows (0: auto)",
+    )
     ap.add_argument("--fio-seconds", type=int, default=1, help="per fio job")
     ap.add_argument("--check-tokens", type=int, default=32, help="greedy tokens compared")
     ap.add_argument(
@@ -112,6 +118,8 @@ def parse_args():
     args.skip = set(filter(None, args.skip.split(",")))
     if args.skip - {"memory"}:
         ap.error(f"--skip: {sorted(args.skip - {'memory'})} are not among ['memory']")
+    if args.ring_sections < 0:
+        ap.error("--ring-sections must be 0 (auto) or more")
     if args.offload_rounds < 1:
         ap.error("--offload-rounds must be at least 1")
     return args
@@ -303,7 +311,12 @@ def tierlm_offloaded(args, files, greedy, weights, fio, refused):
             bw0 = fio()
             try:
                 steps, ids, info = tierlm_decode(
-                    pkg, budget, PROMPT, n, [str(p) for p in Path(pkg).glob("*.bin")]
+                    pkg,
+                    budget,
+                    PROMPT,
+                    n,
+                    [str(p) for p in Path(pkg).glob("*.bin")],
+                    ring_sections=args.ring_sections,
                 )
             except tierlm.BudgetError as error:
                 why = f"tierlm {t} at {frac:.0%}: {error}"
@@ -319,7 +332,8 @@ def tierlm_offloaded(args, files, greedy, weights, fio, refused):
             p = info["placement"]
             note = (
                 f"{len(p['resident_layers'])}/{args.layers} layers resident, "
-                f"{p['sections']} sections, peak {info['peak'] / 2**20:.0f} MiB"
+                f"{p['sections']} sections of {p['section_bytes'] / 1e6:.1f} MB, "
+                f"peak {info['peak'] / 2**20:.0f} MiB"
                 f"{', O_DIRECT' if info['direct'] else ''}"
             )
             rows.append((f"tierlm {t}", frac, steps, note, [bw0, fio()]))

@@ -165,6 +165,20 @@ void bind_io(nb::module_& m) {
       },
       "requested"_a = "auto");
   m.def("io_drop_cache", &io_drop_cache, "path"_a);
+  m.def("io_trace_record_start", &io_trace_record_start);
+  m.def("io_trace_record_stop", [] {
+    nb::list out;
+    for (const IoTraceRecord& r : io_trace_record_stop()) {
+      nb::dict d;
+      d["path"] = r.path;
+      d["offset"] = r.offset;
+      d["len"] = r.len;
+      d["submitted"] = r.submitted;
+      d["landed"] = r.landed;
+      out.append(d);
+    }
+    return out;
+  });
   m.def(
       "io_fault_point",
       [](const std::string& op, const std::string& path, size_t len) {

@@ -69,6 +69,7 @@ void bind_records(nb::module_& m) {
       .def_ro("resident_bytes", &WeightPlacement::resident_bytes)
       .def_ro("base_bytes", &WeightPlacement::base_bytes)
       .def_ro("section_bytes", &WeightPlacement::section_bytes)
+      .def_ro("part_bytes", &WeightPlacement::part_bytes)
       .def_ro("ring_bytes", &WeightPlacement::ring_bytes)
       .def_ro("streamed_bytes", &WeightPlacement::streamed_bytes)
       .def_ro("minimum_budget", &WeightPlacement::minimum_budget)
@@ -78,6 +79,7 @@ void bind_records(nb::module_& m) {
       .def_ro("streamed_layers", &WeightPlacement::streamed_layers)
       .def_ro("streamed_tensors", &WeightPlacement::streamed_tensors)
       .def_ro("pinned_tensors", &WeightPlacement::pinned_tensors)
+      .def_ro("split_tensors", &WeightPlacement::split_tensors)
       .def_ro("row_tensors", &WeightPlacement::row_tensors)
       .def_ro("row_buffer_bytes", &WeightPlacement::row_buffer_bytes)
       .def_ro("max_rows", &WeightPlacement::max_rows);

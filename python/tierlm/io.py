@@ -10,7 +10,7 @@ import threading
 
 from tierlm import _core
 
-__all__ = ["File", "Future", "InFlight", "drop_cache", "probe"]
+__all__ = ["File", "Future", "InFlight", "drop_cache", "probe", "trace"]
 
 
 def probe():
@@ -21,6 +21,20 @@ def probe():
 def drop_cache(path):
     """Drops the file's pages from the page cache (posix_fadvise DONTNEED)."""
     _core.io_drop_cache(str(path))
+
+
+@contextlib.contextmanager
+def trace():
+    """Records the engine's requests while the block runs, to see when the disk is busy: yields a
+    list that receives, when the block ends, one dict per request in submission order: path,
+    offset, len, submitted and landed (time.monotonic seconds; landed -1 while in flight). One
+    recording at a time."""
+    records = []
+    _core.io_trace_record_start()
+    try:
+        yield records
+    finally:
+        records.extend(_core.io_trace_record_stop())
 
 
 @contextlib.contextmanager

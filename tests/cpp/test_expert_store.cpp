@@ -1,12 +1,14 @@
 // The tiered expert store on a real package file, on both I/O back ends: the read-ahead of the
 // next layer's experts goes to the disk only after the routed layer's own misses have landed
-// (the order the I/O engine's trace records), so it never queues in front of them; landing()
+// (the order the I/O engine's trace records), so it never queues in front of them; it goes in
+// chunks, the rest of a routed guess at its route and none more of a wrong one; landing()
 // tells ready, in-flight (by submission) and unread experts apart.
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -113,6 +115,123 @@ TEST_P(ExpertStoreOrder, ReadAheadIsSubmittedOnlyOnceTheLayersMissesHaveLanded) 
     EXPECT_GT(trace_index(p, 1, e, false), last_miss_landed)
         << "layer 1's expert " << e << " was read ahead before layer 0's misses landed";
   }
+}
+
+// Where expert e of layer `layer` starts in the package, and whether a trace entry from index
+// `from` on lies within that expert's bytes (submitted: done false).
+uint64_t expert_offset(const Package& p, int layer, int32_t e) {
+  const std::string prefix = "layers." + std::to_string(layer) + ".moe.experts";
+  return p.tensor(moe_expert_tensor(prefix, e, ExpertPart::kExpertPartGate)).offset;
+}
+
+size_t submitted_within(const Package& p, int layer, int32_t e, uint64_t bytes, size_t from) {
+  const uint64_t start = expert_offset(p, layer, e);
+  size_t n = 0;
+  for (size_t i = from; i < g_trace.size(); ++i) {
+    n += !g_trace[i].done && g_trace[i].offset >= start && g_trace[i].offset < start + bytes;
+  }
+  return n;
+}
+
+Package expert_package(const TempDir& dir) {
+  TinySpec spec;
+  spec.experts = 8;
+  spec.top_k = 2;
+  spec.inter = 131;  // each part just over 3 pages: an expert is 12, many chunks of one
+  return package_open(write_tiny_package(dir.path(), spec));
+}
+
+// On `backend`: layer 0 routes to its misses 1 and 6 and predicts 2 then 5 for layer 1; the
+// read-ahead goes out a page at a time (ahead_chunk), at most kAheadDepth pages in flight,
+// once the misses have landed. Then layer 1 routes to `routed`. Every expert read from the disk
+// is checked against its CRC-32 before use (verify), so a chunk landing in the wrong place
+// fails.
+struct AheadRun {
+  uint64_t expert = 0;      // one expert's bytes
+  uint64_t ahead = 0;       // bytes of expert 2 read ahead before layer 1's route
+  size_t guess_before = 0;  // requests in expert 2's bytes submitted before that route
+  size_t guess_after = 0;   // and after it
+  size_t second_guess = 0;  // requests in expert 5's bytes
+  uint64_t landing = 0;     // landing(1, 2) right after the route
+  MoeStats stats;
+};
+
+AheadRun run_ahead(const std::string& backend, std::span<const int32_t> routed) {
+  setenv("TIERLM_IO", backend.c_str(), 1);
+  TempDir dir;
+  const Package p = expert_package(dir);
+  HostTier host(64 << 20);
+  ExpertStoreOptions options;
+  options.budget = expert_store_minimum(p, true) + 3 * expert_slot_bytes(p);  // 4 slots
+  options.ahead_chunk = kAlignment;
+  options.verify = true;
+  AheadRun run;
+  size_t at_route = 0;
+  {
+    ExpertStore store(p, host, options);
+    run.expert = store.placement().expert_bytes;
+    g_trace.clear();
+    io_trace_set(record);
+    const int32_t misses[] = {1, 6};
+    const int32_t ahead[] = {2, 5};
+    const int32_t rows[] = {1, 1};
+    const float likely[] = {3.0f, 2.0f};
+    store.route(0, misses, rows, 1);
+    store.prefetch(1, ahead, likely);
+    for (int32_t e : misses) {
+      store.expert(0, e);
+      store.release(0, e);
+    }
+    run.ahead = store.stats().moe_bytes_read - 2 * run.expert;
+    at_route = g_trace.size();
+    store.route(1, routed, rows, 1);
+    run.landing = store.landing(1, 2);
+    for (int32_t e : routed) {
+      store.expert(1, e);
+      store.release(1, e);
+    }
+    io_trace_set(nullptr);
+    run.stats = store.stats();
+  }
+  unsetenv("TIERLM_IO");
+  run.guess_after = submitted_within(p, 1, 2, run.expert, at_route);
+  run.guess_before = submitted_within(p, 1, 2, run.expert, 0) - run.guess_after;
+  run.second_guess = submitted_within(p, 1, 5, run.expert, 0);
+  return run;
+}
+
+TEST_P(ExpertStoreOrder, ARoutedGuessReadAheadInChunksHasItsRestReadAtItsRoute) {
+  if (GetParam() == "uring" && !io_probe().uring_available) GTEST_SKIP() << "no io_uring here";
+  const int32_t routed[] = {2, 3};
+  const AheadRun run = run_ahead(GetParam(), routed);
+  ASSERT_GT(run.expert, 4 * kAlignment);
+  // Chunks went out after the misses landed (a page each, each store call letting at most two
+  // more go); the expert was not whole when its layer routed to it, and its rest went then.
+  EXPECT_GE(run.ahead, kAheadDepth * kAlignment);
+  EXPECT_LT(run.ahead, run.expert);
+  EXPECT_EQ(run.guess_before, run.ahead / kAlignment);
+  EXPECT_GE(run.guess_after, 1u);
+  EXPECT_NE(run.landing, ExpertProvider::kExpertUnread);
+  EXPECT_EQ(run.second_guess, 0u);  // its turn had not come: a guess not read costs nothing
+  EXPECT_EQ(run.stats.moe_prefetch_reads, 1u);
+  EXPECT_EQ(run.stats.moe_prefetch_used, 1u);
+  EXPECT_EQ(run.stats.moe_misses, 3u);  // 1, 6 and 3
+  EXPECT_EQ(run.stats.moe_bytes_read, 4 * run.expert);
+}
+
+TEST_P(ExpertStoreOrder, AWrongGuessReadAheadInChunksHasItsRestDropped) {
+  if (GetParam() == "uring" && !io_probe().uring_available) GTEST_SKIP() << "no io_uring here";
+  const int32_t routed[] = {3, 4};
+  const AheadRun run = run_ahead(GetParam(), routed);
+  EXPECT_GE(run.ahead, kAheadDepth * kAlignment);
+  EXPECT_LT(run.ahead, run.expert);
+  // nothing more of expert 2 after the route, and its slot went to a miss
+  EXPECT_EQ(run.guess_after, 0u);
+  EXPECT_EQ(run.landing, ExpertProvider::kExpertUnread);
+  EXPECT_EQ(run.stats.moe_prefetch_reads, 1u);
+  EXPECT_EQ(run.stats.moe_prefetch_used, 0u);
+  EXPECT_EQ(run.stats.moe_misses, 4u);
+  EXPECT_EQ(run.stats.moe_bytes_read, 4 * run.expert + run.ahead);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, ExpertStoreOrder, ::testing::Values("threads", "uring"),

@@ -9,12 +9,14 @@
 // The dequantizer itself is checked against gguf.quants in tests/python/test_quant_kernels.py.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <random>
 #include <vector>
 
 #include "count_allocations.hpp"
+#include "kernels/kernels_impl.hpp"
 #include "kernels/quant_impl.hpp"
 #include "simd_levels.hpp"
 #include "tierlm/core/error.hpp"
@@ -148,12 +150,15 @@ std::vector<Case> cases(DType dtype) {
   // two (for the 32-blocks: odd and even block counts, as the activations pair blocks). The
   // k-types' 16-row panels (AVX512-VNNI, from 5 tokens, in groups of 8): whole and partial
   // panels (16, 17, 31 rows) with whole and partial token groups (5, 8, 15, 16, 17 tokens), and
-  // 4 tokens, the most that still go to the row tiles.
+  // 4 tokens, the most that still go to the row tiles. One token (decode) also on long rows:
+  // the 32-blocks' decode body takes eight blocks a step, then fours, a pair and a last block
+  // (c3: 15 blocks, one of each).
   const bool k = detail::quant_is_k_type(dtype);
-  const size_t c0 = k ? 256 : 32, c1 = k ? 768 : 96, c2 = k ? 4352 : 4128;
-  return {{1, c0, 1},   {3, c1, 2},  {37, c2, 7},  {4097, c0, 1}, {37, c1, 33}, {4097, c2, 2},
-          {3, c2, 33},  {37, c0, 1}, {5, 4096, 3}, {16, c0, 8},   {17, c1, 17}, {31, c1, 15},
-          {16, c2, 16}, {1, c0, 9},  {7, c1, 5},   {19, c0, 4}};
+  const size_t c0 = k ? 256 : 32, c1 = k ? 768 : 96, c2 = k ? 4352 : 4128, c3 = k ? 3840 : 480;
+  return {{1, c0, 1},    {3, c1, 2},   {37, c2, 7},  {4097, c0, 1}, {37, c1, 33},
+          {4097, c2, 2}, {3, c2, 33},  {37, c0, 1},  {5, 4096, 3},  {16, c0, 8},
+          {17, c1, 17},  {31, c1, 15}, {16, c2, 16}, {1, c0, 9},    {7, c1, 5},
+          {19, c0, 4},   {3, c2, 1},   {6, c3, 1},   {2, 4096, 1}};
 }
 
 class QuantLinear : public ::testing::TestWithParam<DType> {};
@@ -189,6 +194,32 @@ TEST_P(QuantLinear, EveryLevelEqualsTheDequantizedReference) {
       EXPECT_LE(worst_exact, kExactTolerance) << what;
       EXPECT_LE(worst_scalar, kExactTolerance) << what;
       EXPECT_LE(worst_plain, bound) << what;
+    }
+  }
+}
+
+// Decode (one token) has its own loop for the nibble 32-block types (quant_decode_32.hpp) that
+// must keep tile32's sums to the bit: bench_quant's agreement with llama.cpp moves with a 1e-7
+// change. A token of a two-token call, which goes through tile32 one token at a time, is the
+// reference.
+TEST_P(QuantLinear, DecodeEqualsATokenOfTheRowTilesBitForBit) {
+  const DType dtype = GetParam();
+  LevelGuard guard;
+  const size_t e = dtype_block(dtype).elems;
+  for (size_t cols : {e, 8 * e, 15 * e, 129 * e}) {
+    const size_t rows = 5, n = 2;
+    const std::vector<uint8_t> w = random_blocks(dtype, rows, cols, 11);
+    const std::vector<float> x = random_x(n * cols, 12);
+    std::vector<unsigned char> ws(kernel_linear_workspace(dtype, n, cols));
+    for (SimdLevel level : levels()) {
+      simd_set_level(level);
+      std::vector<float> one(rows), two(n * rows);
+      kernel_linear(x.data(), w.data(), nullptr, dtype, one.data(), 1, rows, cols, ws.data());
+      kernel_linear(x.data(), w.data(), nullptr, dtype, two.data(), n, rows, cols, ws.data());
+      for (size_t r = 0; r < rows; ++r)
+        EXPECT_EQ(std::bit_cast<uint32_t>(one[r]), std::bit_cast<uint32_t>(two[r]))
+            << dtype_name(dtype) << " " << simd_level_name(level) << " cols " << cols << " row "
+            << r;
     }
   }
 }
@@ -276,6 +307,60 @@ TEST(QuantKernels, LinearDoesNotAllocate) {
       EXPECT_EQ(g_allocations.load(), 0) << dtype_name(dtype) << " " << simd_level_name(level);
     }
   }
+}
+
+// A matrix streamed in row parts: each part, computed from a buffer holding only its rows,
+// fills exactly its rows of Y (the others keep their sentinel) with what the whole matrix
+// gives there, within the level-vs-scalar tolerance (1e-6 of |x| |w_row|; the same bodies
+// run, only the rows handed to each thread differ). Parts of 1, 7, 123 and 169 rows of 300.
+TEST(QuantKernels, LinearPartFillsItsRowsAsTheWholeMatrixDoes) {
+  LevelGuard guard;
+  const size_t rows = 300, cols = 512;
+  const size_t cuts[] = {0, 1, 8, 131, 300};
+  std::vector<DType> types(std::begin(kTypes), std::end(kTypes));
+  types.push_back(DType::kDTypeF32);
+  for (size_t n : {size_t{1}, size_t{4}, size_t{9}}) {
+    const std::vector<float> x = random_x(n * cols, 21);
+    for (DType dtype : types) {
+      const std::vector<float> wf = random_x(rows * cols, 22);
+      const std::vector<uint8_t> w =
+          dtype == DType::kDTypeF32
+              ? std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(wf.data()),
+                                     reinterpret_cast<const uint8_t*>(wf.data() + wf.size()))
+              : random_blocks(dtype, rows, cols, 23);
+      const size_t row_bytes = dtype_row_bytes(dtype, cols);
+      std::vector<unsigned char> ws(std::max<size_t>(1, kernel_linear_workspace(dtype, n, cols)));
+      for (SimdLevel level : levels()) {
+        simd_set_level(level);
+        std::vector<float> whole(n * rows);
+        kernel_linear(x.data(), w.data(), nullptr, dtype, whole.data(), n, rows, cols, ws.data());
+        std::vector<float> y(n * rows, std::nanf(""));
+        for (size_t c = 0; c + 1 < std::size(cuts); ++c) {
+          const size_t r0 = cuts[c], r1 = cuts[c + 1];
+          const std::vector<uint8_t> part(w.begin() + r0 * row_bytes, w.begin() + r1 * row_bytes);
+          detail::kernel_linear_part(x.data(), part.data(), nullptr, dtype, y.data(), n, rows, cols,
+                                     r0, r1 - r0, ws.data());
+          for (size_t t = 0; t < n; ++t) {
+            for (size_t r = 0; r < rows; ++r) {
+              const float got = y[t * rows + r];
+              if (r >= r1) {
+                EXPECT_TRUE(std::isnan(got)) << "row " << r << " written by part " << c;
+                continue;
+              }
+              const float ref = whole[t * rows + r];
+              EXPECT_NEAR(got, ref, 1e-6 * (1 + std::fabs(ref)))
+                  << dtype_name(dtype) << " " << simd_level_name(level) << " n " << n << " row "
+                  << r;
+            }
+          }
+        }
+      }
+    }
+  }
+  std::vector<float> y(300);
+  EXPECT_THROW(detail::kernel_linear_part(y.data(), y.data(), nullptr, DType::kDTypeF32, y.data(),
+                                          1, 10, 30, 5, 6, nullptr),
+               Error);
 }
 
 TEST(QuantKernels, WorkspaceGrowsWithTokensAndIsZeroUnquantized) {

@@ -227,6 +227,49 @@ TEST_P(SparseRowGatherTest, ReadAheadHoldsWhatFitsAndFindsItsRows) {
   EXPECT_EQ(ahead.find(ids[0]), nullptr);
 }
 
+TEST_P(SparseRowGatherTest, ReadAheadAddsOnlyRowsItDoesNotHold) {
+  RowFile f(101, 257);
+  File file(f.path, IoMode::kIoModeRead, options());
+  HostTier tier(64 << 20);
+  const size_t staging = 128 << 10, max_rows = 13;
+  SparseReadAhead ahead(tier.allocate(SparseReadAhead::bytes(staging, max_rows)), staging, max_rows,
+                        true, 0);
+  SparseTokenInfo info;
+  // add() to an empty buffer starts it, like issue().
+  const std::vector<int32_t> first = {5, 40, 41, 77};
+  ahead.add(2, file, f.plan, first.data(), first.size(), info);
+  EXPECT_EQ(ahead.layer(), 2);
+  EXPECT_EQ(info.readahead_rows, 4u);
+  // A second batch while the first may be in flight: 40 and 77 are held, and 9 of the 11 new
+  // rows fit (max_rows 13); its ids interleave with the first batch's.
+  const std::vector<int32_t> second = {0, 6, 39, 40, 42, 60, 61, 77, 80, 90, 95, 99, 100};
+  const uint64_t bytes_before = info.bytes_read;
+  ahead.add(2, file, f.plan, second.data(), second.size(), info);
+  EXPECT_EQ(info.readahead_rows, max_rows);
+  EXPECT_GT(info.bytes_read, bytes_before);
+  ahead.wait(info);
+  std::vector<char> out(f.plan.row_bytes);
+  auto held = [&](int32_t id) {
+    const SparseRowSource* src = ahead.find(id);
+    if (src == nullptr) return false;
+    std::memcpy(out.data(), src->up, out.size());
+    EXPECT_EQ(std::memcmp(out.data(), f.row(id), out.size()), 0) << id;
+    return true;
+  };
+  for (int32_t id : {5, 40, 41, 77, 0, 6, 39, 42, 60, 61, 80, 90, 95}) EXPECT_TRUE(held(id)) << id;
+  for (int32_t id : {1, 99, 100}) EXPECT_FALSE(held(id)) << id;
+  // Full: a third batch reads nothing; another layer's starts afresh.
+  const int32_t more = 1;
+  ahead.add(2, file, f.plan, &more, 1, info);
+  EXPECT_EQ(info.readahead_rows, max_rows);
+  EXPECT_FALSE(held(1));
+  ahead.add(3, file, f.plan, &more, 1, info);
+  EXPECT_EQ(ahead.layer(), 3);
+  ahead.wait(info);
+  EXPECT_TRUE(held(1));
+  EXPECT_FALSE(held(5));
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, SparseRowGatherTest, ::testing::Values("threads", "uring"));
 
 }  // namespace

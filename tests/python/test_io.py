@@ -413,3 +413,33 @@ def test_result_releases_the_buffer_at_once(tmp_path):
             f.pread(buf.numpy(), 4096).result()
             del buf
             assert tier.stats()["current"] == 0
+
+
+def test_trace_records_each_request_from_submission_to_landing(tmp_path, backend):
+    """io.trace(): every asynchronous request once, in submission order, with its file, offset
+    and length, submitted before it landed, both within the block on time.monotonic's clock;
+    synchronous reads and requests after the block are not recorded."""
+    import time
+
+    path = tmp_path / "data.bin"
+    make_file(path, SIZE, seed=3)
+    spans = [(0, 1), (4095, 4097), (8192, 4096), (1, SIZE - 1)]
+    with io.File(path, "r", backend=backend) as f:
+        bufs = [bytearray(n) for _, n in spans]
+        with io.trace() as records:
+            t0 = time.monotonic()
+            f.read(bytearray(3), 5)
+            futures = f.pread_batch([(b, o) for b, (o, _) in zip(bufs, spans, strict=True)])
+            assert [fu.result() for fu in futures] == [n for _, n in spans]
+            t1 = time.monotonic()
+            with pytest.raises(tierlm.InvalidArgumentError, match="a recording is already running"):
+                with io.trace():
+                    pass
+        f.pread(bytearray(7), 0).result()
+    assert [(r["offset"], r["len"]) for r in records] == spans
+    for r in records:
+        assert r["path"] == str(path)
+        assert t0 <= r["submitted"] <= r["landed"] <= t1
+    with io.trace() as again:  # the hook is free again after a refused start
+        pass
+    assert again == []

@@ -289,6 +289,37 @@ def test_readahead_changes_what_is_read_when_never_the_result(
     assert on["sparse_readahead_recall"] == hits / read
 
 
+def test_first_layer_reads_ahead_from_its_attention_input(tmp_path, backend):
+    """A layer no earlier FFN reads ahead for (here the only one) has its predicted rows read
+    from its attention input, while attention computes: decode reads rows ahead and hits some,
+    with logits bit-identical to no read-ahead and the same rows read in all."""
+    from tierlm.sparse.package import register_predictors
+    from tierlm.sparse.predictor import LayerPredictor, Predictors
+
+    _, pkg = package("opt", str(tmp_path), dtype="f32", num_hidden_layers=1)
+    sparse = pkg + "-sparse"
+    tierlm.export(pkg.replace("-pkg", "-hf"), sparse, progress=False, sparse=True)
+    rng = np.random.default_rng(7)  # random rank-5 predictor: about half the neurons, by token
+    pred = LayerPredictor(
+        rng.standard_normal((5, 200), dtype=np.float32),
+        rng.standard_normal((307, 5), dtype=np.float32),
+        np.zeros(307, np.float32),
+    )
+    Predictors([pred], {"layers": [{"predicted_density": 0.5}]}).save(sparse)
+    register_predictors(sparse)
+    ids = prompt(9)
+    runs = {}
+    for ahead in (False, True):
+        model = tierlm.load(sparse, sparse=True, sparse_window=1, sparse_readahead=ahead)
+        steps = [model.logits(ids)] + [model.logits([t], append=True) for t in prompt(6, seed=1)]
+        runs[ahead] = steps, model.stats()
+    (off_steps, off), (on_steps, on) = runs[False], runs[True]
+    assert all(np.array_equal(a, b) for a, b in zip(off_steps, on_steps, strict=True))
+    assert on["sparse_neurons_read"] == off["sparse_neurons_read"] > 0
+    assert off["sparse_readahead_rows"] == 0
+    assert 0 < on["sparse_readahead_hits"] <= on["sparse_readahead_rows"]
+
+
 @needs_demo
 def test_demo_greedy_agrees_with_dense_and_window_reads_less(demo_pkg):
     dense = tierlm.load(demo_pkg)

@@ -66,7 +66,8 @@ def test_tokens_equal_resident_at_every_budget(moe, backend, share):
         return
     assert on_disk > 0 and placement["cache_slots"] >= 1
     assert s["moe_misses"] > 0 and s["moe_hit_rate_pct"] < 100.0
-    # every miss and every prefetch is one expert read: one expert's bytes
+    # every miss and every prefetch is one expert read: one expert's bytes (the fixture's
+    # experts fit one read-ahead chunk, so none is read ahead in part and then dropped)
     reads = s["moe_misses"] + s["moe_prefetch_reads"]
     assert s["moe_bytes_read"] == reads * placement["expert_bytes"]
     assert s["moe_bytes_read_per_token"] == pytest.approx(s["moe_bytes_read"] / tokens)
@@ -113,7 +114,7 @@ def test_cli_verbose_prints_expert_placement_and_stats(moe, capsys):
 
 # expert_store.hpp's kPrefetchFloor: a predicted expert is read ahead when some row routes to
 # it with at least this many even shares (top_k / experts) of probability.
-PREFETCH_FLOOR = 1.0
+PREFETCH_FLOOR = 0.75
 
 
 def expected_prediction_counts(moe):

@@ -225,3 +225,57 @@ def test_auto_ring_merges_small_matrices_into_larger_requests(tmp_path):
     # Export writes a layer's norms before its matrices, so each chunk is one request.
     assert m["stream_requests"] == m["chunk_waits"]
     assert 2 * m["stream_requests"] <= o["stream_requests"], (m["stream_requests"], o)
+
+
+@pytest.fixture(scope="module")
+def cuttable(tmp_path_factory):
+    """A Llama whose matrices all cut into 4 KiB runs of rows (bf16 rows of 512, 1536 and 1024
+    bytes; q8_0 would do as well): below the largest matrix the ring's sections hold row parts."""
+    _, pkg = package(
+        "llama",
+        str(tmp_path_factory.mktemp("parts")),
+        dtype="bf16",
+        hidden_size=256,
+        intermediate_size=768,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=4,
+        max_position_embeddings=32,
+    )
+    model = tierlm.load(pkg)
+    ids = prompt(9)
+    ref = model.generate(ids, max_new_tokens=NEW_TOKENS, stop_at_eos=False).output_ids
+    return {"pkg": pkg, "ids": ids, "ref": ref, "minimum": model.placement()["minimum_budget"]}
+
+
+@pytest.mark.parametrize("extra_pages", [0, 1, 37])
+def test_row_parts_at_small_budgets(cuttable, backend, extra_pages):
+    """At the minimum (one section of 3 pages: every matrix in parts of at most that), one page
+    above it and a prime number of pages above: the same tokens as resident, every streamed
+    byte read once per pass, the host peak within the budget and accounted for part by part."""
+    largest = 768 * 256 * 2  # gate / up / down
+    budget = cuttable["minimum"] + extra_pages * 4096
+    model = tierlm.load(cuttable["pkg"], budget={"host": budget})
+    p = model.placement()
+    assert p["streaming"] and p["split_tensors"], p
+    assert p["section_bytes"] <= p["part_bytes"] < largest
+    assert set(p["split_tensors"]) <= set(p["streamed_tensors"])
+    if extra_pages == 0:
+        # down's 1536-byte rows end page-aligned every 8 rows: 3 pages, the least part
+        assert p["section_bytes"] == 3 * 4096 and p["sections"] == 1
+        assert not p["resident_layers"]
+    out = model.generate(cuttable["ids"], max_new_tokens=NEW_TOKENS, stop_at_eos=False)
+    assert out.output_ids == cuttable["ref"]
+    s = model.stats()
+    assert s["io_backend"] == backend
+    assert s["ring_restarts"] == 0
+    passes = s["layer_waits"] // len(p["streamed_layers"])
+    assert passes == NEW_TOKENS
+    assert s["stream_bytes_read"] == passes * p["streamed_bytes"]
+    assert s["chunk_waits"] == passes * p["chunks"]
+    assert s["host"]["peak"] <= budget
+    assert s["host"]["peak"] == p["resident_bytes"] + p["ring_bytes"] + pages(
+        s["kv_bytes"]
+    ) + pages(s["arena_bytes"])
+    with pytest.raises(tierlm.BudgetError):
+        tierlm.load(cuttable["pkg"], budget={"host": cuttable["minimum"] - 1})

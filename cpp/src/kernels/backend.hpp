@@ -61,6 +61,11 @@ class Backend {
   // Run. bias (optional) is in shape.w_dtype; workspace holds linear_workspace(shape) bytes.
   virtual void linear(const float* x, const void* w, const void* bias, float* y,
                       const LinearShape& shape, void* workspace) = 0;
+  // Rows [row0, row0 + part_rows) of the same Y (shape.rows wide) from w_part, which holds just
+  // those rows of W (a matrix streamed in row parts); bias is the whole matrix's.
+  virtual void linear_part(const float* x, const void* w_part, const void* bias, float* y,
+                           const LinearShape& shape, size_t row0, size_t part_rows,
+                           void* workspace) = 0;
   virtual void rmsnorm(const float* x, const void* weight, DType w_dtype, float* y, size_t n,
                        size_t dim, float eps) = 0;
   virtual void layernorm(const float* x, const void* weight, const void* bias, DType w_dtype,

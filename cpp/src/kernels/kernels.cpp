@@ -137,8 +137,10 @@ void linear_split(size_t n, size_t rows, size_t cols, size_t row_bytes, const Bo
       min_blocks);
 }
 
+// Rows [row0, row1) of Y = X W^T, w pointing at W's row 0 (the bodies index rows from there).
 void linear_quantized(const float* x, const void* w, const float* bias, DType w_dtype, float* y,
-                      size_t n, size_t rows, size_t cols, void* workspace) {
+                      size_t n, size_t rows, size_t cols, size_t row0, size_t row1,
+                      void* workspace) {
   const size_t block = dtype_block(w_dtype).elems;
   TIERLM_CHECK(cols % block == 0, kErrorInvalidArgument, "linear: ", cols, " columns of ",
                dtype_name(w_dtype), " weights are not a whole number of ", block,
@@ -157,8 +159,21 @@ void linear_quantized(const float* x, const void* w, const float* bias, DType w_
                         cols);
       },
       std::max<size_t>(1, kMinChunkElements / std::max<size_t>(1, cols)));
-  linear_split(n, rows, cols, dtype_row_bytes(w_dtype, cols), [&](size_t r0, size_t r1) {
-    q.linear(xq, w, bias, w_dtype, y, n, rows, cols, r0, r1);
+  linear_split(n, row1 - row0, cols, dtype_row_bytes(w_dtype, cols), [&](size_t r0, size_t r1) {
+    q.linear(xq, w, bias, w_dtype, y, n, rows, cols, row0 + r0, row0 + r1);
+  });
+}
+
+// kernel_linear on rows [row0, row1) of W, w pointing at W's row 0.
+void linear_range(const float* x, const void* w, const void* bias, DType w_dtype, float* y,
+                  size_t n, size_t rows, size_t cols, size_t row0, size_t row1, void* workspace) {
+  if (n == 0 || row1 == row0) return;
+  if (dtype_is_quantized(w_dtype))
+    return linear_quantized(x, w, static_cast<const float*>(bias), w_dtype, y, n, rows, cols, row0,
+                            row1, workspace);
+  const detail::KernelTable& k = table();
+  linear_split(n, row1 - row0, cols, cols * dtype_size(w_dtype), [&](size_t r0, size_t r1) {
+    k.linear(x, w, bias, w_dtype, y, n, rows, cols, row0 + r0, row0 + r1);
   });
 }
 
@@ -171,15 +186,25 @@ size_t kernel_linear_workspace(DType w_dtype, size_t n, size_t cols) {
 
 void kernel_linear(const float* x, const void* w, const void* bias, DType w_dtype, float* y,
                    size_t n, size_t rows, size_t cols, void* workspace) {
-  if (n == 0 || rows == 0) return;
-  if (dtype_is_quantized(w_dtype))
-    return linear_quantized(x, w, static_cast<const float*>(bias), w_dtype, y, n, rows, cols,
-                            workspace);
-  const detail::KernelTable& k = table();
-  linear_split(n, rows, cols, cols * dtype_size(w_dtype), [&](size_t r0, size_t r1) {
-    k.linear(x, w, bias, w_dtype, y, n, rows, cols, r0, r1);
-  });
+  linear_range(x, w, bias, w_dtype, y, n, rows, cols, 0, rows, workspace);
 }
+
+namespace detail {
+
+void kernel_linear_part(const float* x, const void* w_part, const void* bias, DType w_dtype,
+                        float* y, size_t n, size_t rows, size_t cols, size_t row0, size_t part_rows,
+                        void* workspace) {
+  TIERLM_CHECK(row0 + part_rows <= rows, kErrorInvalidArgument, "linear: rows ", row0, "..",
+               row0 + part_rows, " of a matrix of ", rows);
+  // The bodies index W from its row 0: hand them w_part moved back by row0 rows (never
+  // dereferenced below row0).
+  const uintptr_t row_zero =
+      reinterpret_cast<uintptr_t>(w_part) - row0 * dtype_row_bytes(w_dtype, cols);
+  linear_range(x, reinterpret_cast<const void*>(row_zero), bias, w_dtype, y, n, rows, cols, row0,
+               row0 + part_rows, workspace);
+}
+
+}  // namespace detail
 
 namespace {
 

@@ -181,6 +181,13 @@ inline float bf16_to_f32(uint16_t b) {
   return f;
 }
 
+// kernel_linear's rows [row0, row0 + part_rows) of Y[n, rows] (the other rows untouched) from
+// w_part, which holds just those rows of W: a matrix streamed in row parts. bias, when given,
+// is the whole matrix's.
+void kernel_linear_part(const float* x, const void* w_part, const void* bias, DType w_dtype,
+                        float* y, size_t n, size_t rows, size_t cols, size_t row0, size_t part_rows,
+                        void* workspace);
+
 // Thrown where a per-element kernel body meets a block type. The launchers refuse block types
 // (or route them to the quantized kernels) first, so reaching it is a bug in tierlm.
 [[noreturn]] void fail_block_dtype(const char* kernel, DType dtype);

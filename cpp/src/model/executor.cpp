@@ -95,6 +95,7 @@ const float* Executor::run(const ExecBatch& batch) {
       weights_.begin_layer(layer);
     }
     run_op(op, batch);
+    if (op.sparse_ahead >= 0 && n == 1) sparse_->read_ahead_from(op.sparse_ahead, op.out);
     if (op.weight >= 0) weights_.release(op.weight);  // a streaming store reuses its section
   }
   if (layer != INT_MIN) weights_.end_layer(layer);
@@ -210,7 +211,17 @@ void Executor::run_op(const ExecOp& op, const ExecBatch& batch) {
         shape.n = 1;
       }
       const void* bias = op.bias_apart ? nullptr : weight(op.bias);
-      backend_.linear(x, weight(op.weight), bias, op.out, shape, op.workspace);
+      const int parts = op.weight >= 0 ? weights_.parts(op.weight) : 1;
+      if (parts == 1) {
+        backend_.linear(x, weight(op.weight), bias, op.out, shape, op.workspace);
+      } else {
+        for (int k = 0; k < parts; ++k) {  // streamed in row parts: each as soon as it is read
+          const WeightRowPart part = weights_.part(op.weight, k);
+          backend_.linear_part(x, part.data, bias, op.out, shape, static_cast<size_t>(part.row0),
+                               static_cast<size_t>(part.rows), op.workspace);
+          weights_.release_part(op.weight, k);
+        }
+      }
       if (op.bias_apart) {
         const float* b = op.bias_f32 ? op.bias_f32 : static_cast<const float*>(weight(op.bias));
         for (size_t r = 0; r < shape.n; ++r) backend_.add(op.out + r * width, b, width);

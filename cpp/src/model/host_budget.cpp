@@ -41,8 +41,8 @@ HostBudget host_budget_fit(const Package& package, const ModelOptions& options,
   b.sparse_bytes = sparse_bytes();
   b.fixed_bytes = kv_bytes + arena_bytes + b.sparse_bytes + demand.expert_min_bytes;
   const uint64_t needed = b.weight_bytes + b.fixed_bytes;
-  const WeightPlacement probe =
-      weight_placement(p, demand.tensors, 0, 0, demand.row_tensors, demand.chunk);
+  const WeightPlacement probe = weight_placement(p, demand.tensors, 0, 0, demand.row_tensors,
+                                                 demand.chunk, demand.split_tensors);
   b.minimum_budget = probe.minimum() + b.fixed_bytes;
   b.expert_budget = demand.expert_min_bytes;
   if (needed <= options.host_budget) {
@@ -84,14 +84,15 @@ HostBudget host_budget_fit(const Package& package, const ModelOptions& options,
                "host tier: streaming the weights "
                "needs a host budget of at least ",
                format_bytes(minimum), " (", minimum, " bytes: resident norms/embeddings/lm_head ",
-               format_bytes(probe.base_bytes), " + one staging section (the largest matrix) ",
+               format_bytes(probe.base_bytes),
+               " + one staging section (the largest matrix, or row part of one) ",
                format_bytes(probe.section_bytes), " + KV cache ", format_bytes(kv_bytes),
                " + activations ", format_bytes(arena_bytes), also_held, ") but the host budget is ",
                format_bytes(options.host_budget), "; raise the host budget or lower max_context");
   b.streaming = true;
-  b.placement =
-      weight_placement(p, demand.tensors, options.host_budget - b.fixed_bytes,
-                       static_cast<int>(options.ring_sections), demand.row_tensors, demand.chunk);
+  b.placement = weight_placement(p, demand.tensors, options.host_budget - b.fixed_bytes,
+                                 static_cast<int>(options.ring_sections), demand.row_tensors,
+                                 demand.chunk, demand.split_tensors);
   return b;
 }
 

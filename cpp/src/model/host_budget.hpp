@@ -17,16 +17,17 @@ namespace tierlm::detail {
 
 // What load asks of the host tier besides the weights.
 struct HostDemand {
-  std::vector<std::string> tensors;      // weights the store holds
-  std::vector<std::string> row_tensors;  // tables that may be read by rows on demand
-  int64_t chunk = 0;                     // rows of a batch
-  int64_t context = 0;                   // KV cache tokens per slot
-  int64_t max_batch = 1;                 // KV cache slots
-  uint64_t kv_bytes = 0;                 // KV cache bytes set aside (KvCache::bytes_reserved)
-  DType kv_dtype = DType::kDTypeF16;     // ... in this element type
-  uint64_t arena_bytes = 0;              // the arena plan's peak
-  uint64_t expert_bytes = 0;             // every moe expert homed on the host tier
-  uint64_t expert_min_bytes = 0;         // the least the expert store runs in (expert_store.hpp)
+  std::vector<std::string> tensors;        // weights the store holds
+  std::vector<std::string> row_tensors;    // tables that may be read by rows on demand
+  std::vector<std::string> split_tensors;  // matrices that may stream in row parts
+  int64_t chunk = 0;                       // rows of a batch
+  int64_t context = 0;                     // KV cache tokens per slot
+  int64_t max_batch = 1;                   // KV cache slots
+  uint64_t kv_bytes = 0;                   // KV cache bytes set aside (KvCache::bytes_reserved)
+  DType kv_dtype = DType::kDTypeF16;       // ... in this element type
+  uint64_t arena_bytes = 0;                // the arena plan's peak
+  uint64_t expert_bytes = 0;               // every moe expert homed on the host tier
+  uint64_t expert_min_bytes = 0;           // the least the expert store runs in (expert_store.hpp)
 };
 
 struct HostBudget {

@@ -39,21 +39,22 @@ int64_t choose_chunk(const Package& package, const ModelOptions& options, int64_
   return std::max(chunk, max_batch);
 }
 
-// Tables that only token embeddings read, which a streaming store may read by rows on demand.
-std::vector<std::string> row_read_tables(const Package& package) {
-  std::vector<std::string> tables;
+// Weights that only ops of `kind` read: embedding tables (a streaming store may read them by
+// rows on demand) and linear matrices (it may stream them in row parts).
+std::vector<std::string> weights_read_only_by(const Package& package, OpKind kind) {
+  std::vector<std::string> names;
   for (const GraphOp& op : package.graph.ops) {
-    if (op.kind != OpKind::kOpEmbedding) continue;
+    if (op.kind != kind) continue;
     const std::string name = detail::graph_weight_name(package, op);
-    bool only_rows = true;
+    bool only = std::find(names.begin(), names.end(), name) == names.end();
     for (const GraphOp& other : package.graph.ops) {
-      if (other.kind != OpKind::kOpEmbedding &&
+      if (other.kind != kind &&
           (detail::graph_weight_name(package, other) == name || other.bias == name))
-        only_rows = false;
+        only = false;
     }
-    if (only_rows) tables.push_back(name);
+    if (only) names.push_back(name);
   }
-  return tables;
+  return names;
 }
 
 }  // namespace
@@ -163,7 +164,8 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
              sparse_plan.dense_tensors.end();
     });
   }
-  demand.row_tensors = row_read_tables(p);
+  demand.row_tensors = weights_read_only_by(p, OpKind::kOpEmbedding);
+  demand.split_tensors = weights_read_only_by(p, OpKind::kOpLinear);
 
   // Memory: buffers and plan for a chunk, KV cache for the context, then the budget.
   const detail::BufferAssignment assignment =

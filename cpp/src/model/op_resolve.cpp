@@ -24,6 +24,30 @@ std::vector<float> to_f32(Backend& backend, const void* data, DType dtype, size_
   return out;
 }
 
+// Marks each sparse FFN's attention input: the layer's first norm over the FFN's width that an
+// attention op follows before the FFN (ExecOp::sparse_ahead).
+void mark_sparse_ahead(std::vector<ExecOp>& ops) {
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const ExecOp& ffn = ops[i];
+    if (ffn.sparse < 0 || ffn.sparse_copy) continue;
+    size_t first = i;
+    while (first > 0 && ops[first - 1].layer == ffn.layer) --first;
+    ExecOp* norm = nullptr;
+    for (size_t j = first; j < i; ++j) {
+      const ExecOp& op = ops[j];
+      // (an rmsnorm with a head_dim normalises each head apart: q/k norms, not the stream's)
+      const bool row_norm = (op.kind == OpKind::kOpLayerNorm ||
+                             (op.kind == OpKind::kOpRmsNorm && op.shape.head_dim == 0)) &&
+                            op.width == ffn.width;
+      if (norm == nullptr && row_norm) norm = &ops[j];
+      if (norm != nullptr && op.kind == OpKind::kOpAttention) {
+        norm->sparse_ahead = ffn.sparse;
+        break;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 std::string graph_weight_name(const Package& package, const GraphOp& op) {
@@ -249,6 +273,7 @@ ResolvedOps ops_resolve(const Package& package, const BufferAssignment& assignme
     }
     r.ops.push_back(op);
   }
+  mark_sparse_ahead(r.ops);
   r.logits = buffer_ptr(assignment.output);
   TIERLM_CHECK(p.graph.width(p.graph.output) == c.vocab_size, kErrorCorrupt,
                "graph.json: the output \"", p.graph.output, "\" has width ",

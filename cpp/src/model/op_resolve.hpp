@@ -49,6 +49,9 @@ struct ExecOp {
   bool sparse_copy = false;
   int sparse_gate_bias = -1;
   int sparse_down_bias = -1;
+  // On a layer's attention input norm: the sparse plan index of the layer's FFN, whose rows
+  // are read ahead from this norm's output (decode) while attention computes; -1 for none.
+  int sparse_ahead = -1;
   // Input-channel sparsity: the op's site in the channel plan and its index among the site's
   // linears; index 0 runs the whole site, every one copies out its part.
   int channel = -1;

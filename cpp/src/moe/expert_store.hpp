@@ -4,10 +4,13 @@
 // replacement policy (expert_policy.hpp) picks what to evict. A step's misses are issued as one
 // batch of reads when the router has chosen (route); moe_run multiplies each as its read lands
 // (landing), the hits while the misses are still reading.
-// With prefetch, the store keeps every router in the host tier, and moe_run reads the experts
+// With prefetch, the store keeps every router in the host tier, and moe_run names the experts
 // it predicts for layer i+1 (prefetch) while layer i computes: those likely enough
-// (kPrefetchFloor), most likely first, submitted once layer i's own reads have landed so that
-// they never queue in front of them on the disk.
+// (kPrefetchFloor), most likely first, are read ahead in chunks (kAheadChunk, at most
+// kAheadDepth in flight) while none of layer i's own reads is in flight, so that the read-ahead
+// fills the disk's idle time and never queues in front of what the step waits for. At layer
+// i+1's route, a routed expert's unread rest goes out at once with the misses; a wrong guess's
+// unread rest is dropped, so it costs at most the chunks already in flight.
 #pragma once
 
 #include <cstdint>
@@ -27,17 +30,26 @@
 namespace tierlm::detail {
 
 // An expert predicted a layer ahead is read ahead only when its likelihood (ExpertProvider::
-// prefetch: in even shares, top_k / experts) is at least this: a wrong guess costs its read and
-// evicts a cached expert while the disk, not the computation, bounds an offloaded decode. On
-// bench_moe's model at 25% (8 experts, top-2), experts read ahead at >= 1 share were used 92%
-// of the time and the bytes per token stayed those of no prefetch; with no floor 70% were used
-// and each token read 23% more.
-constexpr float kPrefetchFloor = 1.0f;
+// prefetch: in even shares, top_k / experts) is at least this. On bench_moe's model at 25% (8
+// experts, top-2, decode), of the experts predicted at 0.75 to 1 shares 56% were routed to, at
+// 1 to 1.25 89%, above that nearly all. A wrong guess costs the chunks it has in flight when
+// its layer routes (and the cached expert its slot evicted); a right one fills the disk's idle
+// time while the layer computes: read ahead in chunks, with the floor at 1 the disk idled 120
+// ms of each step under the helpers' load, at 0.75 30 to 65, for 3 to 6% more bytes read.
+constexpr float kPrefetchFloor = 0.75f;
+// The read-ahead's request size and how many of them may be in flight: a wrong guess wastes at
+// most this much disk time once the route shows it wrong, and the misses then submitted share
+// the disk with no more than this.
+constexpr uint64_t kAheadChunk = uint64_t{8} << 20;
+constexpr int kAheadDepth = 2;
 
 struct ExpertStoreOptions {
   uint64_t budget = 0;  // host bytes for the experts: homed ones + the cache
   ExpertPolicyKind policy = ExpertPolicyKind::kExpertPolicyLru;
   bool prefetch = true;
+  // the read-ahead's request size: a positive multiple of 4 KiB (tests make it a page, so that
+  // a small expert is read ahead in several)
+  uint64_t ahead_chunk = kAheadChunk;
   // check every expert's (and router's) CRC-32 at load, and each disk-homed expert's again
   // whenever it is read into the cache, before it is used
   bool verify = false;
@@ -98,6 +110,7 @@ class ExpertStore final : public ExpertProvider {
     bool prefetched = false;  // read ahead and not used yet
     std::vector<IoFuture> futures;
     uint64_t batch = 0;  // the flush that submitted its reads (kExpertUnread: queued)
+    uint64_t ahead = 0;  // read ahead: bytes of its expert submitted (in read order) so far
   };
 
   int key(int moe, int32_t e) const { return first_key_[moe] + e; }
@@ -126,8 +139,17 @@ class ExpertStore final : public ExpertProvider {
   // CRC-32 is checked (check_read).
   void wait(int slot, bool check);
   void check_read(int slot);
-  // Submits a held prefetch once no read of the routed layer's misses is still in flight.
-  void release_held_prefetch();
+  // Bytes of expert k's reads.
+  uint64_t read_bytes(int k) const;
+  // Submits the slot's read-ahead from byte `slots_[slot].ahead` of its expert, at most `most`
+  // bytes (within one of its reads); returns the bytes submitted.
+  uint64_t submit_ahead(int slot, uint64_t most);
+  // Keeps the read-ahead going: while no read the routed layer waits for is in flight, submits
+  // chunks of the predicted experts, most likely first, up to kAheadDepth in flight.
+  void pump_ahead();
+  // At moe op `moe`'s route: its read-ahead experts' unread rest, submitted when routed (as
+  // demand, into miss_slots_) and dropped (the slot emptied) when not.
+  void settle_ahead(int moe, std::span<const int32_t> experts);
 
   const Package& package_;
   HostTier& host_;
@@ -137,6 +159,7 @@ class ExpertStore final : public ExpertProvider {
   std::vector<int> first_key_;                       // per moe op
   std::vector<uint64_t> usage_;                      // by key: tokens routed to it
   uint64_t slot_bytes_ = 0;
+  uint64_t ahead_chunk_ = kAheadChunk;
   HostBuffer homed_;
   HostBuffer cache_;
   std::vector<Slot> slots_;
@@ -148,8 +171,9 @@ class ExpertStore final : public ExpertProvider {
   std::vector<uint8_t> predicted_;        // by key: named by the last prediction of its layer
   std::vector<uint8_t> layer_predicted_;  // per moe op: a prediction awaits its route
   std::vector<int> prefetched_slots_;     // pinned by prefetch until the layer's route
-  std::vector<int> miss_slots_;           // the routed layer's misses, read on demand
-  bool prefetch_held_ = false;            // queued_ holds a prefetch waiting for those reads
+  std::vector<int> miss_slots_;           // the routed layer's reads it waits for
+  std::vector<int> ahead_;                // keys predicted for the next layer, to read ahead
+  size_t ahead_next_ = 0;                 // ahead_[ahead_next_..] have no slot yet
   uint64_t batches_ = 0;                  // flushes that submitted reads
   std::vector<int> streamed_;             // scratch of stream_layer
   std::unique_ptr<ExpertPolicy> policy_;

@@ -193,14 +193,22 @@ struct SparseFfn::Impl {
     return n;
   }
 
-  // Starts reading the rows of ids[0, n) (ascending) that layer `index` does not cache.
+  // Starts reading the rows of ids[0, n) (ascending) that layer `index` does not cache and
+  // its read-ahead buffer does not hold yet.
   void read_ahead(int index, const int32_t* ids, size_t n, SparseTokenInfo& info) {
     Layer& l = layers[static_cast<size_t>(index)];
     size_t n_miss = 0;
     for (size_t j = 0; j < n; ++j) {
       if (!l.rows.cache.contains(ids[j])) to_evict[n_miss++] = ids[j];  // free once a step evicted
     }
-    aheads[static_cast<size_t>(index) % 2].issue(index, l.file, *l.plan, to_evict, n_miss, info);
+    aheads[static_cast<size_t>(index) % 2].add(index, l.file, *l.plan, to_evict, n_miss, info);
+  }
+
+  // Whether layer `index`'s step at decode reads ahead the rows of layer `index` + 1 (whose
+  // predictor then takes its input: the same width).
+  bool fed_by_previous(int index) const {
+    const auto i = static_cast<size_t>(index);
+    return index > 0 && i < layers.size() && layers[i].plan->dim == layers[i - 1].plan->dim;
   }
 
   // The rows read ahead for layer `index` (maybe still in flight), or null.
@@ -256,7 +264,7 @@ struct SparseFfn::Impl {
       info.compute_seconds += seconds_since(t0);
     }
     if (fill == n_need) {
-      if (ahead != nullptr) aheads[static_cast<size_t>(index) % 2].drop();
+      drop_ahead(index);
       return;
     }
 
@@ -266,7 +274,13 @@ struct SparseFfn::Impl {
     loader.load_rounds(
         l.file, p, cache, need, fill, n_need, evict, ahead, info,
         [&](size_t first, size_t m) { kernel(l, x, first, m, up_bias, nullptr, y, true); });
-    if (ahead != nullptr) aheads[static_cast<size_t>(index) % 2].drop();
+    drop_ahead(index);
+  }
+
+  // Layer `index`'s step is done: its read-ahead (used or not, e.g. when nothing was missing)
+  // is forgotten, so that the next token's reads for it start afresh.
+  void drop_ahead(int index) {
+    if (SparseReadAhead* a = ahead_of(index)) a->drop();
   }
 };
 
@@ -279,9 +293,7 @@ void SparseFfn::run(int index, const float* x, size_t rows, const float* up_bias
   Impl& m = *impl_;
   m.gate_bias = gate_bias;
   const size_t dim = m.layers[static_cast<size_t>(index)].plan->dim;
-  const size_t next = static_cast<size_t>(index) + 1;
-  const bool ahead_next =
-      rows == 1 && !m.aheads.empty() && next < m.layers.size() && m.layers[next].plan->dim == dim;
+  const bool ahead_next = rows == 1 && !m.aheads.empty() && m.fed_by_previous(index + 1);
   for (size_t r = 0; r < rows; ++r) {
     m.token(index, x + r * dim, up_bias, down_bias, y + r * dim, ahead_next, m.log.row(r));
   }
@@ -291,6 +303,18 @@ void SparseFfn::read_ahead(int index, const int32_t* rows, size_t n) {
   Impl& m = *impl_;
   if (m.aheads.empty() || index < 0 || static_cast<size_t>(index) >= m.layers.size()) return;
   m.read_ahead(index, rows, n, m.log.row(0));
+}
+
+void SparseFfn::read_ahead_from(int index, const float* x) {
+  Impl& m = *impl_;
+  if (m.aheads.empty() || index < 0 || static_cast<size_t>(index) >= m.layers.size()) return;
+  // A layer the previous one reads ahead for (run()) is left to that read: a second prediction
+  // per layer cost more predictor time than its few extra rows saved in waiting (bench_sparse,
+  // docs/sparse.md); the first layer has no earlier FFN, and only this read runs ahead of it.
+  if (m.fed_by_previous(index)) return;
+  SparseTokenInfo& info = m.log.row(0);
+  const size_t n = m.predict(m.layers[static_cast<size_t>(index)], x, m.to_load, info);
+  m.read_ahead(index, m.to_load, n, info);
 }
 
 size_t SparseFfn::dim(int index) const {

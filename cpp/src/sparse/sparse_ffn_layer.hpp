@@ -36,6 +36,10 @@ class SparseFfn : public SparseRuntime {
   // when, never what is computed. run() calls it itself at decode with the next layer's
   // predictor applied to this layer's input. Does nothing without read-ahead.
   void read_ahead(int index, const int32_t* rows, size_t n);
+  // read_ahead() of the rows layers[index]'s predictor picks on x, a row of the residual stream
+  // normalised ahead of the FFN's own input (the executor passes the layer's attention input,
+  // so its rows are read while attention computes). Adds to what is already read ahead.
+  void read_ahead_from(int index, const float* x);
   // Row width of layers[index]'s result (the hidden size).
   size_t dim(int index) const;
   void end_batch(size_t rows) override;

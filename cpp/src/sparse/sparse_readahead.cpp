@@ -48,19 +48,43 @@ void SparseReadAhead::issue(int layer, File& file, const SparseLayerPlan& p, con
                             size_t n, SparseTokenInfo& info) {
   drop();
   if (n == 0) return;
+  layer_ = layer;
+  add(layer, file, p, ids, n, info);
+}
+
+void SparseReadAhead::add(int layer, File& file, const SparseLayerPlan& p, const int32_t* ids,
+                          size_t n, SparseTokenInfo& info) {
+  if (layer != layer_) return issue(layer, file, p, ids, n, info);
+  if (batches_ == kMaxBatches) return;
   const auto t0 = Clock::now();
-  size_t taken = 0;
-  while (taken < n && taken < max_rows_ && gather_.add(p, ids[taken])) {
-    ids_[taken] = ids[taken];
-    ++taken;
+  const size_t first_row = gather_.n_rows(), first_request = gather_.n_requests();
+  for (size_t j = 0; j < n && gather_.n_rows() < max_rows_; ++j) {
+    if (find(ids[j]) != nullptr) continue;
+    const size_t at = gather_.n_rows();
+    if (!gather_.add(p, ids[j])) break;
+    ids_[at] = ids[j];
   }
   gather_.close();
-  if (taken == 0) return;
-  futures_ = file.pread_batch(std::span<const IoRequest>(gather_.requests(), gather_.n_requests()));
-  layer_ = layer;
+  const size_t taken = gather_.n_rows() - first_row;
+  if (taken == 0) {
+    if (batches_ == 0) layer_ = -1;
+    return;
+  }
+  const std::span<const IoRequest> requests(gather_.requests() + first_request,
+                                            gather_.n_requests() - first_request);
+  std::vector<IoFuture> more;
+  try {
+    more = file.pread_batch(requests);
+  } catch (...) {
+    drop();  // rows gathered without reads in flight must not be found
+    throw;
+  }
+  futures_.insert(futures_.end(), std::make_move_iterator(more.begin()),
+                  std::make_move_iterator(more.end()));
+  batch_end_[batches_++] = gather_.n_rows();
   info.readahead_rows += taken;
-  info.requests += gather_.n_requests();
-  info.bytes_read += gather_.bytes();
+  info.requests += requests.size();
+  for (const IoRequest& r : requests) info.bytes_read += r.len;
   info.io_seconds += seconds_since(t0);
 }
 
@@ -76,15 +100,21 @@ void SparseReadAhead::wait(SparseTokenInfo& info) {
 }
 
 const SparseRowSource* SparseReadAhead::find(int32_t id) const {
-  const size_t n = gather_.n_rows();
-  const int32_t* at = std::lower_bound(ids_, ids_ + n, id);
-  return at != ids_ + n && *at == id ? &gather_.row(static_cast<size_t>(at - ids_)) : nullptr;
+  size_t begin = 0;
+  for (size_t b = 0; b < batches_; ++b) {
+    const int32_t* end = ids_ + batch_end_[b];
+    const int32_t* at = std::lower_bound(static_cast<const int32_t*>(ids_) + begin, end, id);
+    if (at != end && *at == id) return &gather_.row(static_cast<size_t>(at - ids_));
+    begin = batch_end_[b];
+  }
+  return nullptr;
 }
 
 void SparseReadAhead::drop() {
   for (const IoFuture& f : futures_) f.wait();
   futures_.clear();
   gather_.clear();
+  batches_ = 0;
   layer_ = -1;
 }
 

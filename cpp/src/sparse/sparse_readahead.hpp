@@ -5,6 +5,7 @@
 // is identical: the read-ahead changes what is read when, never what is computed.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -37,6 +38,13 @@ class SparseReadAhead {
   // Reads nothing (and allocates nothing) when n is 0.
   void issue(int layer, File& file, const SparseLayerPlan& plan, const int32_t* ids, size_t n,
              SparseTokenInfo& info);
+  // Adds to what this buffer reads for `layer`: rows ids[0, n) (ascending) it does not hold yet,
+  // as many as still fit, in one more batch of requests (nothing once it has kMaxBatches);
+  // issue() when it holds another layer or none. Rows in flight stay where they land.
+  void add(int layer, File& file, const SparseLayerPlan& plan, const int32_t* ids, size_t n,
+           SparseTokenInfo& info);
+  // Batches one buffer takes (issue() and add()s): find() searches each batch's sorted ids.
+  static constexpr size_t kMaxBatches = 2;
   // The layer whose rows this buffer holds or reads, -1 for none.
   int layer() const { return layer_; }
   // Waits for the reads (their time into info.io_seconds); throws a read's error, after
@@ -52,7 +60,9 @@ class SparseReadAhead {
   char* staging_ = nullptr;
   size_t staging_bytes_ = 0;
   size_t max_rows_ = 0;
-  int32_t* ids_ = nullptr;  // [max_rows] the rows read ahead, ascending
+  int32_t* ids_ = nullptr;  // [max_rows] the rows read ahead, ascending within each batch
+  std::array<size_t, kMaxBatches> batch_end_{};  // ids_ index past each batch's last row
+  size_t batches_ = 0;
   SparseRowGather gather_;
   std::vector<IoFuture> futures_;
   int layer_ = -1;

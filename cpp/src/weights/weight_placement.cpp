@@ -1,10 +1,11 @@
 // The streaming store's placement (see weight_placement.hpp): row tables, base and per-layer
-// bytes, the ring depth, the resident prefix of layers, matrices pinned with what is left, and
-// the chunks the ring will read, by the same rules the store applies.
+// bytes, the ring depth, the resident layers (spread over the stack), matrices pinned with what
+// is left, row parts, and the chunks the ring will read, by the same rules the store applies.
 #include "weights/weight_placement.hpp"
 
 #include <algorithm>
 #include <map>
+#include <numeric>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -14,9 +15,14 @@ namespace tierlm::detail {
 
 namespace {
 
-// Auto ring depth: sections of one matrix each, about this many bytes in all so several
-// 8 MiB requests stay queued while a matrix computes.
+// Auto ring depth: sections of one matrix (or part) each, about an eighth of the weight budget
+// beyond the base (every ring byte is one more byte read per token), but at least
+// kMinAutoRingBytes where a quarter of it allows (a ring of 2 sections of 9.5 MB read 0.94 of
+// the disk bound, one of 7 read 1.01: the disk wants several requests queued) and at most
+// kAutoRingBytes.
 constexpr uint64_t kAutoRingBytes = 64ull << 20;
+constexpr uint64_t kMinAutoRingBytes = 16ull << 20;
+constexpr uint64_t kAutoRingShare = 8;
 constexpr uint64_t kMinAutoSections = 2;
 constexpr uint64_t kMaxAutoSections = 16;
 // The auto ring merges sections while this many remain: one computes, the rest stay in flight.
@@ -30,7 +36,77 @@ bool contains(const std::vector<std::string>& names, const std::string& name) {
   return std::find(names.begin(), names.end(), name) != names.end();
 }
 
+// Bytes of one row when t is a matrix of equal rows starting 4 KiB-aligned, else 0.
+uint64_t cut_row_bytes(const TensorInfo& t) {
+  if (t.shape.size() != 2 || t.shape[0] <= 1 || t.offset % kAlignment != 0) return 0;
+  const uint64_t rows = static_cast<uint64_t>(t.shape[0]);
+  return t.nbytes % rows == 0 ? t.nbytes / rows : 0;
+}
+
+// Rows of t's smallest run that ends 4 KiB-aligned (0: t cannot be cut).
+int64_t cut_rows(const TensorInfo& t) {
+  const uint64_t row = cut_row_bytes(t);
+  return row == 0 ? 0 : static_cast<int64_t>(kAlignment / std::gcd(row, kAlignment));
+}
+
+// Which of `layers` (ascending) stay resident in `room` bytes: as many as fit in order, spread
+// evenly over the stack rather than the first ones, so that no long run of resident layers
+// (with the lm head at the end of a token and the embedding read at the start of the next)
+// computes while the ring, full of read-ahead, leaves the disk idle. Falls back to the first
+// ones when the spread set, of layers of other sizes, does not fit.
+std::vector<bool> resident_spread(const std::vector<int>& layers,
+                                  const std::map<int, uint64_t>& layer_bytes, uint64_t room) {
+  const size_t n = layers.size();
+  std::vector<bool> prefix(n, false);
+  size_t count = 0;
+  for (uint64_t left = room; count < n && layer_bytes.at(layers[count]) <= left; ++count) {
+    left -= layer_bytes.at(layers[count]);
+    prefix[count] = true;
+  }
+  if (count == 0 || count == n) return prefix;
+  std::vector<bool> spread(n, false);
+  uint64_t bytes = 0;
+  for (size_t j = 0; j < count; ++j) {
+    const size_t i = (2 * j + 1) * n / (2 * count);  // the middle of the j-th of count runs
+    spread[i] = true;
+    bytes += layer_bytes.at(layers[i]);
+  }
+  return bytes <= room ? spread : prefix;
+}
+
 }  // namespace
+
+uint64_t WeightPart::slot() const { return round_up(bytes, kAlignment); }
+
+uint64_t weight_min_part_bytes(const TensorInfo& t) {
+  const int64_t unit = cut_rows(t);
+  if (unit == 0 || unit >= t.shape[0]) return slot_bytes(t);
+  return static_cast<uint64_t>(unit) * cut_row_bytes(t);
+}
+
+std::vector<WeightPart> weight_parts(const TensorInfo& t, size_t index, uint64_t part_bytes,
+                                     bool split) {
+  const int64_t unit = cut_rows(t);
+  if (!split || unit == 0 || unit >= t.shape[0] || slot_bytes(t) <= part_bytes) {
+    return {
+        {.tensor = index, .row0 = 0, .rows = t.shape.empty() ? 0 : t.shape[0], .bytes = t.nbytes}};
+  }
+  const uint64_t row = cut_row_bytes(t);
+  const int64_t units = (t.shape[0] + unit - 1) / unit;
+  const int64_t fit = std::max<int64_t>(1, static_cast<int64_t>(part_bytes / (unit * row)));
+  const int64_t n = (units + fit - 1) / fit;
+  const int64_t rows = (units + n - 1) / n * unit;  // about equal parts, whole units each
+  std::vector<WeightPart> parts;
+  for (int64_t r0 = 0; r0 < t.shape[0]; r0 += rows) {
+    const int64_t r = std::min(rows, t.shape[0] - r0);
+    parts.push_back({.tensor = index,
+                     .row0 = r0,
+                     .rows = r,
+                     .offset = static_cast<uint64_t>(r0) * row,
+                     .bytes = static_cast<uint64_t>(r) * row});
+  }
+  return parts;
+}
 
 uint64_t weight_row_slot_bytes(const TensorInfo& t) {
   if (t.shape.size() != 2 || t.shape[0] <= 0) return 0;
@@ -71,23 +147,25 @@ std::vector<WeightHome> weight_homes(std::span<const TensorInfo> tensors,
   return homes;
 }
 
-std::vector<std::vector<size_t>> weight_chunks(std::span<const TensorInfo> tensors,
-                                               std::span<const WeightHome> homes,
-                                               const WeightPlacement& placement) {
-  std::vector<std::vector<size_t>> chunks;
+std::vector<std::vector<WeightPart>> weight_chunks(std::span<const TensorInfo> tensors,
+                                                   std::span<const WeightHome> homes,
+                                                   const WeightPlacement& placement) {
+  std::vector<std::vector<WeightPart>> chunks;
   for (int layer : placement.streamed_layers) {
     uint64_t used = 0;
     bool first = true;  // a layer's first matrix opens a chunk: a chunk is one layer's
     for (size_t i = 0; i < tensors.size(); ++i) {
       if (homes[i] != WeightHome::kWeightHomeStreamed || tensors[i].layer != layer) continue;
-      const uint64_t bytes = slot_bytes(tensors[i]);
-      if (first || used + bytes > placement.section_bytes) {
-        chunks.emplace_back();
-        used = 0;
-        first = false;
+      const bool split = contains(placement.split_tensors, tensors[i].name);
+      for (const WeightPart& part : weight_parts(tensors[i], i, placement.part_bytes, split)) {
+        if (first || used + part.slot() > placement.section_bytes) {
+          chunks.emplace_back();
+          used = 0;
+          first = false;
+        }
+        chunks.back().push_back(part);
+        used += part.slot();
       }
-      chunks.back().push_back(i);
-      used += bytes;
     }
   }
   return chunks;
@@ -97,9 +175,9 @@ WeightPlacement weight_placement(std::span<const TensorInfo> all,
                                  const WeightPlacementOptions& options) {
   WeightPlacement p;
   std::map<int, uint64_t> layer_bytes;
-  std::map<int, int> layer_matrices;
   const int64_t max_rows = options.max_rows;
   p.max_rows = max_rows;
+  uint64_t largest = 0;  // streamed matrix
   for (const TensorInfo& t : all) {
     const uint64_t bytes = slot_bytes(t);
     const uint64_t row_buffer =
@@ -111,8 +189,10 @@ WeightPlacement weight_placement(std::span<const TensorInfo> all,
       p.base_bytes += row_buffer;
     } else if (streamable(t)) {
       layer_bytes[t.layer] += bytes;
-      ++layer_matrices[t.layer];
-      p.section_bytes = std::max(p.section_bytes, bytes);
+      largest = std::max(largest, bytes);
+      // The least section: the largest part any streamed matrix can be cut to.
+      const bool split = contains(options.split_tensors, t.name);
+      p.section_bytes = std::max(p.section_bytes, split ? weight_min_part_bytes(t) : bytes);
     } else {
       p.base_bytes += bytes;
     }
@@ -126,35 +206,44 @@ WeightPlacement weight_placement(std::span<const TensorInfo> all,
     p.resident_bytes = p.base_bytes + total;
     return p;
   }
-  // Sections hold one matrix (the largest); auto: about kAutoRingBytes of them, at least
-  // kMinAutoSections, never more than a quarter of the budget beyond that.
-  const uint64_t section = p.section_bytes;
+  // Sections hold one matrix (the largest), or one part of about kStreamPartBytes where the
+  // matrices may be cut; auto: see kAutoRingShare, at least kMinAutoSections.
+  const uint64_t section = std::max(p.section_bytes, std::min({kStreamPartBytes, largest, avail}));
+  p.part_bytes = section;
+  // Parts (matrices, or their row parts) of each layer: a section per part at most is useful.
+  std::map<int, int> layer_parts;
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (!streamable(all[i]) || contains(p.row_tensors, all[i].name)) continue;
+    const bool split = contains(options.split_tensors, all[i].name);
+    layer_parts[all[i].layer] += static_cast<int>(weight_parts(all[i], i, section, split).size());
+  }
   const uint64_t fit = avail / section;
   uint64_t want = static_cast<uint64_t>(options.ring_sections);
   if (options.ring_sections <= 0) {
-    want = std::max<uint64_t>(
-        kMinAutoSections,
-        std::min<uint64_t>((kAutoRingBytes + section - 1) / section, avail / 4 / section));
+    const uint64_t ring =
+        std::min({std::max(avail / kAutoRingShare, kMinAutoRingBytes), avail / 4, kAutoRingBytes});
+    want = std::max<uint64_t>(kMinAutoSections, ring / section);
     want = std::min<uint64_t>(want, kMaxAutoSections);
   }
   int k = static_cast<int>(std::min<uint64_t>(want, std::max<uint64_t>(fit, 1)));
+  std::vector<int> layers;
+  for (const auto& [layer, bytes] : layer_bytes) layers.push_back(layer);
   for (;;) {
+    const std::vector<bool> resident =
+        resident_spread(layers, layer_bytes, avail - static_cast<uint64_t>(k) * section);
     p.resident_layers.clear();
     p.streamed_layers.clear();
-    uint64_t room = avail - static_cast<uint64_t>(k) * section;
     int matrices = 0;
-    for (const auto& [layer, bytes] : layer_bytes) {
-      if (bytes <= room) {
-        room -= bytes;
-        p.resident_layers.push_back(layer);
+    for (size_t i = 0; i < layers.size(); ++i) {
+      if (resident[i]) {
+        p.resident_layers.push_back(layers[i]);
       } else {
-        room = 0;  // keep resident layers a prefix: the ring streams a contiguous run
-        p.streamed_layers.push_back(layer);
-        matrices += layer_matrices[layer];
+        p.streamed_layers.push_back(layers[i]);
+        matrices += layer_parts[layers[i]];
       }
     }
     if (matrices >= k) break;
-    k = std::max(matrices, 1);  // more sections than streamed matrices would sit idle
+    k = std::max(matrices, 1);  // more sections than streamed parts would sit idle
   }
   p.sections = k;
   p.resident_bytes = p.base_bytes;
@@ -177,13 +266,15 @@ WeightPlacement weight_placement(std::span<const TensorInfo> all,
       left -= bytes;
     }
   }
-  // Sections shrink to the largest matrix still streamed; the chunks are those the store packs.
+  // Sections shrink to the largest part still streamed; the chunks are those the store packs.
   const std::vector<WeightHome> homes = weight_homes(all, p);
   p.section_bytes = 0;
   for (size_t i = 0; i < all.size(); ++i) {
-    if (homes[i] == WeightHome::kWeightHomeStreamed) {
-      p.section_bytes = std::max(p.section_bytes, slot_bytes(all[i]));
-    }
+    if (homes[i] != WeightHome::kWeightHomeStreamed) continue;
+    const bool split = contains(options.split_tensors, all[i].name);
+    const std::vector<WeightPart> parts = weight_parts(all[i], i, p.part_bytes, split);
+    if (parts.size() > 1) p.split_tensors.push_back(all[i].name);
+    for (const WeightPart& part : parts) p.section_bytes = std::max(p.section_bytes, part.slot());
   }
   // Auto ring of small matrices: the same bytes as fewer, larger sections (up to
   // kStreamRequestBytes, keeping kMinMergedSections), so that a chunk packs a run of a layer's
@@ -192,8 +283,10 @@ WeightPlacement weight_placement(std::span<const TensorInfo> all,
   // bandwidth, not its per-request cost, sets the time (small and quantized matrices).
   if (options.ring_sections <= 0 && p.section_bytes > 0) {
     const uint64_t ring = static_cast<uint64_t>(k) * p.section_bytes;
-    const uint64_t merge = std::min(kStreamRequestBytes / p.section_bytes,
-                                    ring / (kMinMergedSections * p.section_bytes));
+    uint64_t merge = std::min(kStreamRequestBytes / p.section_bytes,
+                              ring / (kMinMergedSections * p.section_bytes));
+    // A factor that divides the sections: the ring keeps every byte the budget gave it.
+    while (merge > 1 && static_cast<uint64_t>(k) % merge != 0) --merge;
     if (merge > 1) {
       p.section_bytes *= merge;
       k = static_cast<int>(ring / p.section_bytes);
@@ -208,12 +301,14 @@ WeightPlacement weight_placement(std::span<const TensorInfo> all,
 
 WeightPlacement weight_placement(const Package& package, const std::vector<std::string>& names,
                                  uint64_t weight_budget, int ring_sections,
-                                 const std::vector<std::string>& row_tensors, int64_t max_rows) {
+                                 const std::vector<std::string>& row_tensors, int64_t max_rows,
+                                 const std::vector<std::string>& split_tensors) {
   const std::vector<TensorInfo> tensors = weight_tensors(package, names);
   return weight_placement(tensors, {.weight_budget = weight_budget,
                                     .ring_sections = ring_sections,
                                     .row_tensors = row_tensors,
-                                    .max_rows = max_rows});
+                                    .max_rows = max_rows,
+                                    .split_tensors = split_tensors});
 }
 
 }  // namespace tierlm::detail

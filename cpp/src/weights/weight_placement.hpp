@@ -16,6 +16,10 @@ namespace tierlm::detail {
 // The largest request the ring issues (longer reads split so several stay queued), and what
 // the auto ring's merged sections grow to.
 constexpr uint64_t kStreamRequestBytes = 8ull << 20;
+// A matrix that only linear ops read and that is larger than this streams as row parts of at
+// most this (or of its smallest 4 KiB-aligned run of rows, when that is larger): sections then
+// hold a part, not the largest matrix, and the bytes a section no longer needs stay resident.
+constexpr uint64_t kStreamPartBytes = 4ull << 20;
 
 // The record planned (WeightPlacement, resident / streamed / row tensors) is the public
 // tierlm/weights/placement.hpp.
@@ -31,6 +35,9 @@ struct WeightPlacementOptions {
   // is when its row buffers are smaller than the table.
   std::vector<std::string> row_tensors;
   int64_t max_rows = 0;
+  // Matrices that may stream in row parts (read by linear ops alone, which compute a row range
+  // of the output from a part).
+  std::vector<std::string> split_tensors;
 };
 
 // Plans placement of `tensors` (unique, in the graph's first-use order). Below minimum()
@@ -43,7 +50,8 @@ WeightPlacement weight_placement(std::span<const TensorInfo> tensors,
 WeightPlacement weight_placement(const Package& package, const std::vector<std::string>& tensors,
                                  uint64_t weight_budget, int ring_sections,
                                  const std::vector<std::string>& row_tensors = {},
-                                 int64_t max_rows = 0);
+                                 int64_t max_rows = 0,
+                                 const std::vector<std::string>& split_tensors = {});
 
 // The package's tensors named by `names`, each once, in first-use order.
 std::vector<TensorInfo> weight_tensors(const Package& package,
@@ -55,11 +63,32 @@ enum class WeightHome { kWeightHomeResident, kWeightHomeStreamed, kWeightHomeRow
 std::vector<WeightHome> weight_homes(std::span<const TensorInfo> tensors,
                                      const WeightPlacement& placement);
 
-// The ring's chunks: indices into `tensors` of each chunk's members, in ring order (a streamed
-// layer's streamed tensors in use order, packed into runs of at most section_bytes).
-std::vector<std::vector<size_t>> weight_chunks(std::span<const TensorInfo> tensors,
-                                               std::span<const WeightHome> homes,
-                                               const WeightPlacement& placement);
+// Rows [row0, row0 + rows) of a streamed tensor, `offset` bytes (4 KiB-aligned) into it.
+struct WeightPart {
+  size_t tensor = 0;  // index into the tensors
+  int64_t row0 = 0;
+  int64_t rows = 0;
+  uint64_t offset = 0;
+  uint64_t bytes = 0;
+  uint64_t slot() const;  // bytes rounded up to 4 KiB: its room in a section
+};
+
+// The least bytes of a part of t: its smallest run of whole rows that ends 4 KiB-aligned (the
+// whole tensor's slot when it cannot be cut: not 2-D, rows of unequal bytes, unaligned).
+uint64_t weight_min_part_bytes(const TensorInfo& t);
+
+// Tensor `index` (t) as parts of at most part_bytes each, as few as fit and of about equal rows
+// (each at least weight_min_part_bytes); one part, the whole tensor, when it fits or when
+// `split` is false.
+std::vector<WeightPart> weight_parts(const TensorInfo& t, size_t index, uint64_t part_bytes,
+                                     bool split);
+
+// The ring's chunks, in ring order: a streamed layer's streamed tensors in use order, cut into
+// parts (placement.part_bytes, the tensors placement.split_tensors names), packed into runs of
+// at most section_bytes.
+std::vector<std::vector<WeightPart>> weight_chunks(std::span<const TensorInfo> tensors,
+                                                   std::span<const WeightHome> homes,
+                                                   const WeightPlacement& placement);
 
 // Host bytes of one row slot of a 2-D table read with O_DIRECT: the aligned span around a row.
 uint64_t weight_row_slot_bytes(const TensorInfo& tensor);

@@ -28,34 +28,38 @@ WeightRing::WeightRing(std::span<const TensorInfo> tensors, std::span<const Weig
                        const WeightPlacement& placement, HostTier& host, StreamStats& stats,
                        Clock::time_point start)
     : files_(files), host_(host), stats_(stats), start_(start) {
-  chunk_of_.assign(tensors.size(), -1);
-  chunk_offset_.assign(tensors.size(), 0);
+  first_part_.assign(tensors.size(), -1);
+  part_count_.assign(tensors.size(), 0);
   for (int layer : placement.streamed_layers) {
     if (layer >= static_cast<int>(streamed_layer_.size())) streamed_layer_.resize(layer + 1);
     streamed_layer_[layer] = true;
   }
   // Each chunk's reads: file-contiguous neighbours merge into one read, then reads longer than
   // kMaxRequest split.
-  for (const std::vector<size_t>& members : weight_chunks(tensors, homes, placement)) {
+  for (const std::vector<WeightPart>& members : weight_chunks(tensors, homes, placement)) {
     Chunk& c = chunks_.emplace_back();
-    for (size_t i : members) {
-      const TensorInfo& t = tensors[i];
-      const uint64_t bytes = round_up(t.nbytes, kAlignment);
-      TIERLM_CHECK(bytes <= placement.section_bytes, kErrorCorrupt, "streamed tensor `", t.name,
-                   "` needs ", bytes, " bytes, the ring's sections hold ", placement.section_bytes);
+    for (const WeightPart& part : members) {
+      const TensorInfo& t = tensors[part.tensor];
+      TIERLM_CHECK(part.slot() <= placement.section_bytes, kErrorCorrupt, "streamed tensor `",
+                   t.name, "` rows ", part.row0, "..", part.row0 + part.rows, " need ", part.slot(),
+                   " bytes, the ring's sections hold ", placement.section_bytes);
       c.layer = t.layer;
-      chunk_of_[i] = static_cast<int>(chunks_.size()) - 1;
-      chunk_offset_[i] = c.bytes;
-      const int file = file_of[i];
-      const uint64_t len = weight_read_length(files_[file], t);
+      const int index = static_cast<int>(parts_.size());
+      if (part_count_[part.tensor]++ == 0) first_part_[part.tensor] = index;
+      parts_.push_back(part);
+      chunk_of_.push_back(static_cast<int>(chunks_.size()) - 1);
+      chunk_offset_.push_back(c.bytes);
+      const int file = file_of[part.tensor];
+      const uint64_t offset = t.offset + part.offset;
+      const uint64_t len = std::min(weight_read_length(files_[file], t) - part.offset, part.slot());
       Read* last = c.reads.empty() ? nullptr : &c.reads.back();
-      if (last && last->file == file && last->offset + last->len == t.offset &&
+      if (last && last->file == file && last->offset + last->len == offset &&
           last->rel + last->len == c.bytes) {
         last->len += len;
       } else {
-        c.reads.push_back({file, c.bytes, t.offset, len});
+        c.reads.push_back({file, c.bytes, offset, len});
       }
-      c.bytes += bytes;
+      c.bytes += part.slot();
       ++c.members;
     }
     std::vector<Read> split;
@@ -92,14 +96,31 @@ WeightRing::~WeightRing() {
 }
 
 const void* WeightRing::data(int index) {
-  const int c = chunk_of_[index];
+  TIERLM_CHECK(part_count_[index] == 1, kErrorInvalidArgument, "weight ring: a tensor of ",
+               part_count_[index], " row parts is read by part(), not data()");
+  return part_data(first_part_[index]);
+}
+
+WeightRowPart WeightRing::part(int index, int k) {
+  const int p = first_part_[index] + k;
+  return {part_data(p), parts_[p].row0, parts_[p].rows};
+}
+
+const void* WeightRing::part_data(int p) {
+  const int c = chunk_of_[p];
   acquire(c);
-  return static_cast<const char*>(sections_[chunks_[c].slot].buffer.data()) + chunk_offset_[index];
+  return static_cast<const char*>(sections_[chunks_[c].slot].buffer.data()) + chunk_offset_[p];
 }
 
 void WeightRing::release(int index) {
-  const int c = chunk_of_[index];
-  if (c < 0 || chunks_[c].slot < 0 || !chunks_[c].acquired) return;
+  if (part_count_[index] == 1) release_one(first_part_[index]);
+}
+
+void WeightRing::release_part(int index, int k) { release_one(first_part_[index] + k); }
+
+void WeightRing::release_one(int p) {
+  const int c = chunk_of_[p];
+  if (chunks_[c].slot < 0 || !chunks_[c].acquired) return;
   if (++chunks_[c].released < chunks_[c].members) return;
   free_section(chunks_[c].slot);
   fill_ring();

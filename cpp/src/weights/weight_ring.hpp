@@ -35,12 +35,17 @@ class WeightRing {
   WeightRing(const WeightRing&) = delete;
   WeightRing& operator=(const WeightRing&) = delete;
 
-  // Whether tensor `index` streams through the ring.
-  bool streams(int index) const { return chunk_of_[index] >= 0; }
-  // The streamed tensor's bytes, waiting for its chunk's reads (restarting the ring at its
-  // chunk when it is not in the ring).
+  // Whether tensor `index` streams through the ring, and in how many row parts.
+  bool streams(int index) const { return part_count_[index] > 0; }
+  int parts(int index) const { return part_count_[index]; }
+  // The streamed tensor's bytes (a tensor of one part), waiting for its chunk's reads
+  // (restarting the ring at its chunk when it is not in the ring).
   const void* data(int index);
+  // Part k of the tensor, likewise.
+  WeightRowPart part(int index, int k);
+  // A tensor of one part is released by release(index), one of several part by part.
   void release(int index);
+  void release_part(int index, int k);
   void begin_layer(int layer);
   // Frees the sections of the layer's chunks, refills them and records the layer's event.
   void end_layer(int layer);
@@ -73,6 +78,8 @@ class WeightRing {
   };
 
   bool is_streamed_layer(int layer) const;
+  const void* part_data(int p);
+  void release_one(int p);
   void acquire(int c);
   void free_section(int s);
   void fill_ring();
@@ -81,8 +88,11 @@ class WeightRing {
   HostTier& host_;
   StreamStats& stats_;
   Clock::time_point start_;
-  std::vector<int> chunk_of_;           // tensor -> chunk, -1 not streamed
-  std::vector<uint64_t> chunk_offset_;  // tensor -> offset in its chunk's section
+  std::vector<int> first_part_;         // tensor -> its first part in parts_
+  std::vector<int> part_count_;         // tensor -> its parts (0: not streamed)
+  std::vector<WeightPart> parts_;       // of every streamed tensor, in ring order
+  std::vector<int> chunk_of_;           // part -> chunk
+  std::vector<uint64_t> chunk_offset_;  // part -> offset in its chunk's section
   std::vector<bool> streamed_layer_;    // by layer id
   std::vector<Chunk> chunks_;           // ring order
   std::vector<Section> sections_;

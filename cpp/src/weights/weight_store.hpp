@@ -21,6 +21,13 @@ namespace tierlm::detail {
 // Layer id of tensors outside the layer stack (embeddings, final norm, lm_head).
 constexpr int kGlobalLayer = -1;
 
+// Rows [row0, row0 + rows) of a matrix, at data.
+struct WeightRowPart {
+  const void* data = nullptr;
+  int64_t row0 = 0;
+  int64_t rows = 0;
+};
+
 struct WeightStoreStats {
   uint64_t disk_bytes_read = 0;  // bytes read from the package's weight files
   uint64_t resident_bytes = 0;   // host-tier bytes holding weights now
@@ -47,6 +54,14 @@ class WeightStore {
   // The executor is done with the tensor's bytes for this pass (call once per data() use, after
   // the op): a streaming store reuses its staging space for the next tensors' reads.
   virtual void release(int /*index*/) {}
+  // A streaming store may hand a matrix that only linear ops read (placement.split_tensors) in
+  // row parts, each valid from part() until release_part(): the executor asks parts() first and
+  // uses data() only when it is 1.
+  virtual int parts(int /*index*/) const { return 1; }
+  virtual WeightRowPart part(int index, int /*k*/) {
+    return {data(index), 0, info(index).shape.empty() ? 1 : info(index).shape[0]};
+  }
+  virtual void release_part(int /*index*/, int /*k*/) {}
   // Rows ids[0..n) of a tensor the store reads by rows on demand (a streaming store's embedding
   // table): one pointer per id, valid until the next rows() call. nullptr when the store holds
   // the whole tensor (use data()). Must not allocate beyond the I/O futures.

@@ -66,6 +66,13 @@ class StreamingStore final : public StreamingWeightStore {
   }
 
   void release(int index) override { ring_->release(index); }
+  int parts(int index) const override { return std::max(ring_->parts(index), 1); }
+  WeightRowPart part(int index, int k) override {
+    return ring_->streams(index) ? ring_->part(index, k) : WeightStore::part(index, k);
+  }
+  void release_part(int index, int k) override {
+    if (ring_->streams(index)) ring_->release_part(index, k);
+  }
 
   const void* const* rows(int index, const int32_t* ids, size_t n) override {
     const int r = row_of_[index];

@@ -157,6 +157,22 @@ TIERLM_API void io_fault_check();
 // Parses "read" | "write" | "fsync" | "fallocate"; throws kErrorInvalidArgument otherwise.
 TIERLM_API IoFaultOp io_fault_op_parse(const std::string& name);
 
+// A recording of the engine's requests, for finding where the disk idles (bench_moe --trace):
+// between io_trace_record_start and io_trace_record_stop, each request's file, offset and
+// length, when its file submitted it and when it moved its last byte (just before its future
+// became ready; io_uring: when its completion was taken), in seconds of CLOCK_MONOTONIC
+// (Python's time.monotonic). It takes the engine's one trace hook: start throws
+// kErrorInvalidArgument while a recording runs; stop returns the requests in submission order.
+struct TIERLM_API IoTraceRecord {
+  std::string path;
+  uint64_t offset = 0;
+  uint64_t len = 0;
+  double submitted = 0;
+  double landed = -1;  // -1: still in flight when the recording stopped
+};
+TIERLM_API void io_trace_record_start();
+TIERLM_API std::vector<IoTraceRecord> io_trace_record_stop();
+
 // Drops the file's pages from the page cache (posix_fadvise DONTNEED), for cold benchmarks.
 TIERLM_API void io_drop_cache(const std::string& path);
 

@@ -30,6 +30,13 @@ class CpuBackend final : public Backend {
     KernelLevelPin pin(level_);
     kernel_linear(x, w, bias, shape.w_dtype, y, shape.n, shape.rows, shape.cols, workspace);
   }
+  void linear_part(const float* x, const void* w_part, const void* bias, float* y,
+                   const LinearShape& shape, size_t row0, size_t part_rows,
+                   void* workspace) override {
+    KernelLevelPin pin(level_);
+    kernel_linear_part(x, w_part, bias, shape.w_dtype, y, shape.n, shape.rows, shape.cols, row0,
+                       part_rows, workspace);
+  }
   void rmsnorm(const float* x, const void* weight, DType w_dtype, float* y, size_t n, size_t dim,
                float eps) override {
     KernelLevelPin pin(level_);

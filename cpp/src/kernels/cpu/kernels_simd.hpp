@@ -158,13 +158,19 @@ inline void linear_tile(const float* x, const typename W::Storage* w,
 // threads, CPU time per byte over 60-100 interleaved trials); one stream at a time had been
 // chosen on a Zen 5, where 8 interleaved rows streamed slower. Every cache line is also
 // prefetched kMatvecPrefetchBytes ahead, through the end of the row into the next block:
-// without it the four streams read up to 11 % slower (never faster).
+// without it the four streams read up to 11 % slower (never faster). The prefetch goes to L2
+// (T1), not L1: far L1 prefetches hold the core's few L1 fill buffers for a DRAM latency each
+// (as the quantized kernels found, quant_simd.hpp). f16 2048x2048 and 8192x2048 from DRAM, 2
+// threads, 1.2 GiB of copies: 1.05-1.06x the bytes per CPU second of the L1 prefetch (median of
+// 12-20 interleaved pairs, three runs at load average 8), 0.94 of a plain read's rate in CPU
+// time against 0.88; an added L1 prefetch 384 B ahead (0.98x) or L2 2 KiB ahead (0.90x) was
+// slower. The AVX512-BF16 dot path (kernels_avx512.cpp) shares it: 1.04-1.05x the same way.
 constexpr size_t kMatvecRows = 4;
 constexpr size_t kMatvecUnroll = 2;
 constexpr size_t kMatvecPrefetchBytes = 4096;
 
 inline void prefetch_ahead(const void* p) {
-  __builtin_prefetch(static_cast<const char*>(p) + kMatvecPrefetchBytes, 0, 3);
+  __builtin_prefetch(static_cast<const char*>(p) + kMatvecPrefetchBytes, 0, 2);  // T1
 }
 
 // One prefetch per cache line of a row's step of kStepBytes, starting offset bytes into the row.

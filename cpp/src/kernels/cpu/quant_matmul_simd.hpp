@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstddef>
 
+#include "kernels/cpu/quant_decode_32.hpp"
 #include "kernels/cpu/quant_decode_k.hpp"
 #include "kernels/cpu/quant_simd.hpp"
 #include "kernels/quant_impl.hpp"
@@ -20,6 +21,21 @@ struct Tile32 {
   template <size_t T>
   static void run(const void* row, const char* x, size_t stride, size_t nb, float* out) {
     tile32<I, B, T>(static_cast<const B*>(row), x, stride, nb, out);
+  }
+};
+// The nibble types decode R = 1 or 2 rows per pass (rows32); q8_0 decodes through tile32.
+template <class I, class B>
+requires(!Ops32<B>::kSigned) struct Tile32<I, B> {
+  static constexpr size_t kTokens = I::kTokens32;
+  template <size_t T>
+  static void run(const void* row, const char* x, size_t stride, size_t nb, float* out) {
+    tile32<I, B, T>(static_cast<const B*>(row), x, stride, nb, out);
+  }
+  template <size_t R>
+  static void decode(const char* const (&rows)[R], const char* x, size_t nb, float (&out)[R]) {
+    const B* w[R];
+    for (size_t r = 0; r < R; ++r) w[r] = reinterpret_cast<const B*>(rows[r]);
+    rows32<I, B, R>(w, x, nb, out);
   }
 };
 template <class I, class B>
@@ -54,6 +70,20 @@ void linear_tiles(const void* xq, const void* w, const float* bias, DType w_dtyp
   const size_t nb = cols / dtype_block(w_dtype).elems;
   const size_t act_bytes = quant_act_row_bytes(w_dtype, cols);
   const auto* x = static_cast<const char*>(xq);
+  const auto* wb = static_cast<const char*>(w);
+  if constexpr (requires(const char* const(&rows)[1], float(&o)[1]) {
+                  Tile::template decode<1>(rows, x, nb, o);
+                }) {
+    if (n == 1) {
+      for (size_t r = r0; r < r1; ++r) {
+        const char* const row[1] = {wb + r * row_bytes};
+        float o[1];
+        Tile::template decode<1>(row, x, nb, o);
+        y[r] = o[0] + (bias ? bias[r] : 0.0f);
+      }
+      return;
+    }
+  }
   float out[kT];
   for (size_t t0 = 0; t0 < n; t0 += kQuantTokenTile) {
     const size_t t1 = std::min(n, t0 + kQuantTokenTile);

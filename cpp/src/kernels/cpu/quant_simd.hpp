@@ -310,25 +310,14 @@ __attribute__((always_inline)) inline void group32(const B* w, size_t b, const c
   }
 }
 
-// y[t] for T tokens of one weight row: per block (d_w * d_x) * sum(q_w * q_x) + m_w * s_x, with
-// m_w = -offset * d_w for the offset types (as row_dot32 in quant_scalar.cpp), four blocks at a
-// time; decode (T = 1) keeps two groups in flight on separate accumulators.
+// The blocks b .. nb of a row that the main loops leave (groups of four, a pair, a last unpaired
+// block) into T tokens' sums, then y[t] = the sums of acc, acc2 + those of off, off2 + the
+// unpaired block's product.
 template <class I, class B, size_t T>
-inline void tile32(const B* w, const char* x, size_t x_stride, size_t nb, float* out) {
+inline void finish32(const B* w, size_t b, const char* x, size_t x_stride, size_t nb,
+                     __m256 (&acc)[T], const __m256 (&acc2)[T], __m128 (&off)[T],
+                     const __m128 (&off2)[T], float* out) {
   using O = Ops32<B>;
-  __m256 acc[T], acc2[T];
-  __m128 off[T], off2[T];
-  for (size_t t = 0; t < T; ++t) {
-    acc[t] = acc2[t] = _mm256_setzero_ps();
-    off[t] = off2[t] = _mm_setzero_ps();
-  }
-  size_t b = 0;
-  if constexpr (T == 1)
-    for (; b + 8 <= nb; b += 8) {
-      prefetch_span(w + b, 8 * sizeof(B));
-      group32<I, B, 4, T>(w, b, x, x_stride, nb, acc, off);
-      group32<I, B, 4, T>(w, b + 4, x, x_stride, nb, acc2, off2);
-    }
   for (; b + 4 <= nb; b += 4) {
     prefetch_span(w + b, 4 * sizeof(B));
     group32<I, B, 4, T>(w, b, x, x_stride, nb, acc, off);
@@ -355,6 +344,28 @@ inline void tile32(const B* w, const char* x, size_t x_stride, size_t nb, float*
   }
   for (size_t t = 0; t < T; ++t)
     out[t] = hsum(_mm256_add_ps(acc[t], acc2[t])) + hsum(_mm_add_ps(off[t], off2[t])) + lone[t];
+}
+
+// y[t] for T tokens of one weight row: per block (d_w * d_x) * sum(q_w * q_x) + m_w * s_x, with
+// m_w = -offset * d_w for the offset types (as row_dot32 in quant_scalar.cpp), four blocks at a
+// time; decode (T = 1) keeps two groups in flight on separate accumulators (q8_0; the nibble
+// types decode through rows32 in quant_decode_32.hpp, with the same sums).
+template <class I, class B, size_t T>
+inline void tile32(const B* w, const char* x, size_t x_stride, size_t nb, float* out) {
+  __m256 acc[T], acc2[T];
+  __m128 off[T], off2[T];
+  for (size_t t = 0; t < T; ++t) {
+    acc[t] = acc2[t] = _mm256_setzero_ps();
+    off[t] = off2[t] = _mm_setzero_ps();
+  }
+  size_t b = 0;
+  if constexpr (T == 1)
+    for (; b + 8 <= nb; b += 8) {
+      prefetch_span(w + b, 8 * sizeof(B));
+      group32<I, B, 4, T>(w, b, x, x_stride, nb, acc, off);
+      group32<I, B, 4, T>(w, b + 4, x, x_stride, nb, acc2, off2);
+    }
+  finish32<I, B, T>(w, b, x, x_stride, nb, acc, acc2, off, off2, out);
 }
 
 // ---- k-types ----------------------------------------------------------------------------------
