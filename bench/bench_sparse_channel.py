@@ -14,9 +14,13 @@ linear, and its error against the torch reference. Deterministic (no timing). Ea
 none, site or output: tierlm.sparse.channel_rotation), one row per target and method; the
 dense baseline is measured once in the same run. "rotation MiB" is what the rotated sites add
 beside their columns: the matrices Q (f32), resident, and their multiply per token.
+"held-out skipped" is the fraction of all linears' weights the thresholds skip on the held-out
+tokens (the target is met on calibration text; a rotation fit to the tokens it is measured on
+skips less elsewhere). --calibration-tokens takes several sizes: one block of rows each.
 
     python bench/bench_sparse_channel.py [--sparsities 0.25,0.4,0.5]
         [--methods uniform:magnitude,greedy:weight_norm,uniform:magnitude:site]
+        [--calibration-tokens 2048,4096,8192]
 """
 
 import argparse
@@ -34,7 +38,9 @@ def main(argv=None):
         help="comma-separated ALLOCATION:CRITERION[:ROTATION] (channel.ALLOCATIONS, "
         "channel.CRITERIA, channel_rotation.ROTATIONS)",
     )
-    parser.add_argument("--calibration-tokens", type=int, default=4096)
+    parser.add_argument(
+        "--calibration-tokens", default="4096", help="comma-separated: first N calibration tokens"
+    )
     parser.add_argument("--held-out-tokens", type=int, default=4096)
     parser.add_argument("--greedy-tokens", type=int, default=256)
     parser.add_argument("--native-tokens", type=int, default=64, help="0: skip the native path")
@@ -42,6 +48,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     methods = [tuple(m.split(":")) for m in args.methods.split(",")]
     methods = [m if len(m) != 2 else (*m, "none") for m in methods]
+    sizes = [int(n) for n in args.calibration_tokens.split(",")]
+    if min(sizes) < 16:
+        parser.error(f"--calibration-tokens {args.calibration_tokens}: each must be >= 16")
 
     from tierlm.cli.demo import smollm2_gguf
     from tierlm.cli.sparse_calibrate import DATA
@@ -66,7 +75,7 @@ def main(argv=None):
     loaded = load_model(gguf)
     cal = loaded.encode((DATA / "calibration.txt").read_text(encoding="utf-8"))
     held = loaded.encode((DATA / "held_out.txt").read_text(encoding="utf-8"))
-    cal, held = cal[: args.calibration_tokens], held[: args.held_out_tokens]
+    held = held[: args.held_out_tokens]
     bundles = tempfile.TemporaryDirectory(prefix="tierlm-channels-")
     if args.native_tokens:
         write_channel_bundles(loaded, bundles.name, "f16")
@@ -74,22 +83,27 @@ def main(argv=None):
         with torch.no_grad():
             dense_logits = loaded.model(input_ids=seq).logits[0]
     print(
-        f"SmolLM2-135M-Instruct, calibrated on {len(cal)} tokens, "
+        f"SmolLM2-135M-Instruct, calibrated on the first {args.calibration_tokens} tokens, "
         f"held-out {len(held)} tokens, greedy {args.greedy_tokens}, native {args.native_tokens} "
         f"tokens (window {args.k}, f16 columns)"
     )
     print(
-        "| target | allocation | criterion | rotation | rotation MiB | ppl dense | ppl sparse | "
-        "ratio | top-1 teacher-forced | top-1 greedy | native: channels skipped | "
-        "bytes/token (of dense) | error vs torch |"
+        "| calibration tokens | target | allocation | criterion | rotation | rotation MiB | "
+        "held-out skipped | ppl dense | ppl sparse | ratio | top-1 teacher-forced | "
+        "top-1 greedy | native: channels skipped | bytes/token (of dense) | error vs torch |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     dense = channel.dense_reference(loaded, held, args.greedy_tokens)
-    for target, (allocation, criterion, rotation) in (
-        (float(s), m) for s in args.sparsities.split(",") for m in methods
+    for n_cal, target, (allocation, criterion, rotation) in (
+        (n, float(s), m) for n in sizes for s in args.sparsities.split(",") for m in methods
     ):
         th = channel.calibrate(
-            loaded, cal, target, allocation=allocation, criterion=criterion, rotation=rotation
+            loaded,
+            cal[:n_cal],
+            target,
+            allocation=allocation,
+            criterion=criterion,
+            rotation=rotation,
         )
         rot_mib = 0.0 if th.rotation is None else th.rotation.nbytes
         rot_mib /= 2**20
@@ -116,7 +130,8 @@ def main(argv=None):
             )
         greedy = f"{q['greedy_top1']:.3f}" if args.greedy_tokens else "-"
         print(
-            f"| {target} | {allocation} | {criterion} | {rotation} | {rot_mib:.2f} | "
+            f"| {len(cal[:n_cal])} | {target} | {allocation} | {criterion} | {rotation} | "
+            f"{rot_mib:.2f} | {q['held_out_sparsity']:.3f} | "
             f"{q['dense_perplexity']:.3f} | "
             f"{q['perplexity']:.3f} | "
             f"{q['perplexity_ratio']:.4f} | {q['teacher_forced_top1']:.3f} | {greedy} {native} |",

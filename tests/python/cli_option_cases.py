@@ -429,13 +429,13 @@ def case_sparse_calibrate_held_out_tokens(ctx):
 def case_sparse_calibrate_allocation(ctx):
     uniform = calibrate(ctx, "--allocation", "uniform")
     assert {v for layer in uniform["site_sparsity"] for v in layer.values()} == {0.4}
-    greedy = calibrate(ctx, "--allocation", "greedy")
+    greedy = calibrate(ctx, "--allocation", "greedy", "--rotation", "none")
     assert greedy["allocation"] == "greedy"
     assert len({v for layer in greedy["site_sparsity"] for v in layer.values()}) > 1
 
 
 def case_sparse_calibrate_criterion(ctx):
-    scaled = calibrate(ctx, "--criterion", "weight_norm", out="c-wn")
+    scaled = calibrate(ctx, "--criterion", "weight_norm", "--rotation", "none", out="c-wn")
     assert scaled["criterion"] == "weight_norm"
     assert scaled["thresholds"] != calibrate(ctx, "--criterion", "magnitude")["thresholds"]
     with open(os.path.join(scaled["out"], "channel_sparsity.json")) as f:
@@ -451,6 +451,18 @@ def case_sparse_calibrate_rotation(ctx):
     assert os.path.exists(os.path.join(rotated["out"], "channel_rotations.safetensors"))
     output = calibrate(ctx, "--rotation", "output", out="c-rot-out")
     assert output["rotation"] == "output" and output["thresholds"] != rotated["thresholds"]
+    assert calibrate(ctx)["rotation"] == "output"  # the default
+    hf, _, _ = ctx.calibrate
+    ctx.fails(
+        "sparse",
+        "calibrate",
+        hf,
+        "--target-sparsity",
+        "0.4",
+        "--allocation",
+        "greedy",
+        match="--rotation none",
+    )
     with open(os.path.join(output["out"], "channel_sparsity.json")) as f:
         assert json.load(f)["rotation"]["axes"] == "output"
     # A package as --out: the executor runs the rotated columns.

@@ -167,6 +167,13 @@ def test_calibrated_sparsity_is_reached(tiny):
         with NativeChannelSparse(loaded, dirs["f32"], th, k=1) as native:
             logits(loaded, ids[:64])
         assert native.summary()[measure] == pytest.approx(0.4, abs=0.03), allocation
+        # The reference's count of what it skips (quality()'s held_out_sparsity) agrees
+        # with the weight bytes the native path left unread, on the same tokens.
+        counts = {}
+        with channel.channel_sparse_mode(loaded, th, counts):
+            logits(loaded, ids[:64])
+        want = native.summary()["weight_sparsity"]
+        assert channel.weight_sparsity(loaded, counts) == pytest.approx(want, abs=1e-3)
 
 
 @pytest.mark.parametrize("k,criterion", [(1, "magnitude"), (4, "magnitude"), (3, "weight_norm")])

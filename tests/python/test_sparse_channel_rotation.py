@@ -33,11 +33,12 @@ def logits(loaded, ids):
         return loaded.model(input_ids=torch.tensor([list(ids)])).logits[0]
 
 
-def site_inputs(loaded, ids, layer, site, context=64):
-    """The site's input rows on ids run in windows of `context` (f64 numpy)."""
+def site_inputs(loaded, ids, layer, site, context=64, skip=0):
+    """The site's input rows on ids run in windows of `context` (f64 numpy), the first
+    `skip` of each window left out."""
     got = []
     mod = channel.site_modules(loaded.layers[layer], site)[0]
-    h = mod.register_forward_pre_hook(lambda _m, a: got.append(a[0][0].double().numpy()))
+    h = mod.register_forward_pre_hook(lambda _m, a: got.append(a[0][0, skip:].double().numpy()))
     try:
         for start in range(0, len(ids), context):
             logits(loaded, ids[start : start + context])
@@ -48,11 +49,13 @@ def site_inputs(loaded, ids, layer, site, context=64):
 
 def test_rotation_is_the_principal_axes_of_the_inputs(model):
     loaded, ids = model
+    # ids: 211 tokens in windows of 64, the last of 19; the sinks of each window left out.
     rot = cr.ChannelRotation.calibrate(loaded, ids, context=64)
     for i in range(len(loaded.layers)):
         for site in cr.ROTATED_SITES:
-            x = site_inputs(loaded, ids, i, site)
-            cov = x.T @ x / len(ids)
+            x = site_inputs(loaded, ids, i, site, skip=cr.SINK_POSITIONS)
+            assert len(x) == len(ids) - 4 * cr.SINK_POSITIONS
+            cov = x.T @ x / len(x)
             q = rot.of(i, site)
             np.testing.assert_allclose(q.T @ q, np.eye(q.shape[0]), atol=1e-5)
             # Qᵀ C Q is diagonal, decreasing (numpy's eigvalsh as the reference)
@@ -78,8 +81,8 @@ def test_output_axes_make_the_stored_columns_orthonormal(model):
             w = np.concatenate(site_weights(layer, site)).astype(np.float64)
             folded = w @ np.linalg.inv(q).T
             np.testing.assert_allclose(folded.T @ folded, np.eye(q.shape[0]), atol=1e-4)
-            x = site_inputs(loaded, ids, i, site)
-            cov = x.T @ x / len(ids)
+            x = site_inputs(loaded, ids, i, site, skip=cr.SINK_POSITIONS)
+            cov = x.T @ x / len(x)
             d = q.T @ cov @ q
             want = np.sort(np.linalg.eigvals(w.T @ w @ cov).real)[::-1]
             np.testing.assert_allclose(np.diag(d), want, rtol=1e-3, atol=1e-6 * want[0])
@@ -91,6 +94,8 @@ def test_output_axes_make_the_stored_columns_orthonormal(model):
             np.testing.assert_allclose(err.sum(1), ((z - cut) ** 2).sum(1), rtol=1e-3)
     with pytest.raises(ValueError, match="axes must be one of"):
         cr.ChannelRotation.calibrate(loaded, ids, context=64, axes="hadamard")
+    with pytest.raises(ValueError, match="leave no token"):
+        cr.ChannelRotation.calibrate(loaded, ids[:7], context=3)
 
 
 def test_rotated_columns_equal_the_matrix_on_the_rotated_input():
@@ -153,6 +158,26 @@ def test_reference_and_native_path_sparsify_the_rotated_input(model, tmp_path, r
     assert float((out - ref).abs().max()) <= 1e-4 * span
     assert float((ref - dense).abs().max()) > 1e-2 * span
     assert 0.2 < native.summary()["sparsity"] < 0.6
+
+
+def test_split_windows_alternates_windows_or_halves():
+    ids = np.arange(7 * 64 + 5)
+    even, odd = channel.split_windows(ids, 64)
+    assert even.tolist() == [i for i in ids if (i // 64) % 2 == 0]
+    assert odd.tolist() == [i for i in ids if (i // 64) % 2 == 1]
+    a, b = channel.split_windows(np.arange(63), 64)  # one window: its two halves
+    assert a.tolist() == list(range(31)) and b.tolist() == list(range(31, 63))
+
+
+@pytest.mark.parametrize("rotation", ["site", "output"])
+def test_thresholds_skip_the_target_on_text_the_rotation_has_not_seen(model, rotation):
+    # The rotation fits the tokens it is computed on; quantiles taken on those same tokens
+    # would skip less on any other text (here 0.35 of the weights for a 0.4 target).
+    loaded, ids = model
+    other = np.random.default_rng(11).integers(0, 101, 383)
+    th = channel.calibrate(loaded, ids, 0.4, context=64, rotation=rotation)
+    q = channel.quality(loaded, th, other, n_new=0, context=64)
+    assert q["held_out_sparsity"] == pytest.approx(0.4, abs=0.03)
 
 
 def test_rotation_round_trips_and_bad_files_are_named(model, tmp_path):
