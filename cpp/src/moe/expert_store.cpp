@@ -464,9 +464,10 @@ void ExpertStore::queue(int k, int slot) {
   slots_[slot].key = k;
   slots_[slot].pinned = true;
   slots_[slot].batch = kExpertUnread;  // until flush() submits it
-  slots_[slot].ahead = read_bytes(k);  // all of it goes out in flush()
+  const uint64_t bytes = read_bytes(k);
+  slots_[slot].ahead = bytes;  // all of it goes out in flush()
   queued_.push_back(k);
-  for (int r = 0; r < x.n_reads; ++r) stats_.moe_bytes_read += x.reads[r].len;
+  stats_.moe_bytes_read += bytes;
   for (const TensorInfo* t : x.part) host_.record_in(t->nbytes);
   stats_.moe_reads += static_cast<uint64_t>(x.n_reads);
 }
